@@ -1,0 +1,2 @@
+//! The `ipsec` command.
+fn main() {}

@@ -1,0 +1,96 @@
+//! [`PacketBuf`]: a packet inside a caller-owned buffer, with headroom and tailroom.
+//!
+//! This is the DPDK mbuf model: the caller owns `buf`, the packet occupies
+//! `buf[offset..offset + len]`, the bytes before it are headroom and the bytes after it
+//! tailroom. Transforms grow the packet into the headroom (headers) and the tailroom
+//! (trailer, ICV) and shrink it again, updating `offset` and `len`; the payload stays
+//! where it is.
+
+use crate::error::{Error, Malformed};
+
+/// A packet at `offset..offset + len` of a caller-owned buffer.
+#[derive(Debug)]
+pub struct PacketBuf<'a> {
+    buf: &'a mut [u8],
+    offset: usize,
+    len: usize,
+}
+
+impl<'a> PacketBuf<'a> {
+    /// Describes the packet at `buf[offset..offset + len]`.
+    ///
+    /// Fails with [`Malformed::BadDescriptor`] when that range does not lie inside `buf`.
+    pub fn new(buf: &'a mut [u8], offset: usize, len: usize) -> Result<Self, Error> {
+        match offset.checked_add(len) {
+            Some(end) if end <= buf.len() => Ok(PacketBuf { buf, offset, len }),
+            _ => Err(Error::Malformed(Malformed::BadDescriptor)),
+        }
+    }
+
+    /// The packet bytes.
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.offset..self.offset + self.len]
+    }
+
+    /// The packet bytes, mutable.
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.offset..self.offset + self.len]
+    }
+
+    /// Where the packet starts in the buffer (bytes of headroom).
+    #[inline]
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// The packet's length.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the packet has no bytes.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Free bytes in front of the packet.
+    #[inline]
+    pub fn headroom(&self) -> usize {
+        self.offset
+    }
+
+    /// Free bytes behind the packet.
+    #[inline]
+    pub fn tailroom(&self) -> usize {
+        self.buf.len() - self.offset - self.len
+    }
+
+    /// The whole underlying buffer (headroom, packet and tailroom).
+    #[inline]
+    pub fn buffer(&self) -> &[u8] {
+        self.buf
+    }
+
+    /// The whole underlying buffer, mutable.
+    #[inline]
+    pub(crate) fn buffer_mut(&mut self) -> &mut [u8] {
+        self.buf
+    }
+
+    /// Moves the packet window; callers inside the crate guarantee it stays in bounds.
+    #[inline]
+    pub(crate) fn set_window(&mut self, offset: usize, len: usize) {
+        debug_assert!(offset + len <= self.buf.len());
+        self.offset = offset;
+        self.len = len;
+    }
+
+    /// Gives back the buffer, the packet's offset and its length.
+    pub fn into_parts(self) -> (&'a mut [u8], usize, usize) {
+        (self.buf, self.offset, self.len)
+    }
+}

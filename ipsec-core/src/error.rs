@@ -1,0 +1,330 @@
+//! Typed errors: why a packet was refused, and why a configuration was rejected.
+//!
+//! Packet errors ([`Error`]) are small `Copy` values so that the burst path can report
+//! one per packet without allocating. Every packet error maps to exactly one
+//! [`DropReason`], and every drop bumps the counter of that reason in
+//! [`SaStats`](crate::SaStats): nothing is dropped silently.
+
+use core::fmt;
+
+/// Why a packet was dropped. Each reason has its own counter in [`SaStats`](crate::SaStats).
+///
+/// The string forms ([`DropReason::as_str`]) are stable: they are the keys of the
+/// Python `sa.stats` dictionary, the C stats struct fields and the CLI's JSON output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The integrity check value did not verify.
+    AuthFailed,
+    /// The sequence number was already received (inside the replay window).
+    Replay,
+    /// The sequence number is older than the replay window's bottom.
+    TooOld,
+    /// The packet could not be parsed: truncated, bad lengths, not ESP, bad IP header.
+    Malformed,
+    /// The ICV verified but the RFC 4303 padding bytes were not 1, 2, 3, ...
+    BadPadding,
+    /// The ICV verified but the next-header field names nothing this SA may carry.
+    BadNextHeader,
+    /// The SPI is not the SA's (or, in a SAD, not known at all).
+    UnknownSpi,
+    /// The decapsulated packet does not match the selectors of the SA's policy.
+    PolicyMismatch,
+    /// A hard lifetime (bytes, packets or time) has been reached.
+    LifetimeExpired,
+    /// The outbound sequence number space is exhausted; the SA must be replaced.
+    SequenceOverflow,
+    /// An RFC 4303 dummy packet (next header 59): dropped on purpose, counted here.
+    Dummy,
+    /// The caller's buffer had too little headroom or tailroom for the transform.
+    NoBufferSpace,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 12] = [
+        DropReason::AuthFailed,
+        DropReason::Replay,
+        DropReason::TooOld,
+        DropReason::Malformed,
+        DropReason::BadPadding,
+        DropReason::BadNextHeader,
+        DropReason::UnknownSpi,
+        DropReason::PolicyMismatch,
+        DropReason::LifetimeExpired,
+        DropReason::SequenceOverflow,
+        DropReason::Dummy,
+        DropReason::NoBufferSpace,
+    ];
+
+    /// The stable snake_case name of the reason (`"auth_failed"`, `"replay"`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::AuthFailed => "auth_failed",
+            DropReason::Replay => "replay",
+            DropReason::TooOld => "too_old",
+            DropReason::Malformed => "malformed",
+            DropReason::BadPadding => "bad_padding",
+            DropReason::BadNextHeader => "bad_next_header",
+            DropReason::UnknownSpi => "unknown_spi",
+            DropReason::PolicyMismatch => "policy_mismatch",
+            DropReason::LifetimeExpired => "lifetime_expired",
+            DropReason::SequenceOverflow => "sequence_overflow",
+            DropReason::Dummy => "dummy",
+            DropReason::NoBufferSpace => "no_buffer_space",
+        }
+    }
+
+    /// Position of this reason in [`DropReason::ALL`] (and in the counter array).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What exactly was wrong with a malformed packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Malformed {
+    /// Fewer bytes than the headers or the ICV need.
+    Truncated,
+    /// The IP version nibble is neither 4 nor 6.
+    BadIpVersion,
+    /// An IPv4 header length, IPv4 total length or IPv6 payload length disagrees with
+    /// the bytes present.
+    BadIpLength,
+    /// The IPv4 header checksum is wrong.
+    BadIpChecksum,
+    /// The packet is neither ESP (IP protocol 50) nor ESP in UDP.
+    NotEsp,
+    /// A UDP-encapsulated packet is a NAT-T keepalive (a single 0xFF byte): it carries
+    /// no ESP and is consumed, not forwarded.
+    NatKeepalive,
+    /// A UDP-encapsulated packet starts with the non-ESP marker (IKE traffic): it belongs
+    /// to the key exchange daemon, not the data plane.
+    NonEspMarker,
+    /// The encrypted part is not a multiple of the cipher's block size.
+    BadCiphertextLength,
+    /// The IPv4 packet is a fragment; ESP is applied to and removed from whole packets.
+    Fragment,
+    /// An IPv6 extension header chain is longer than the packet or loops too long.
+    BadExtensionHeader,
+    /// The inner packet's length fields disagree with what was decrypted.
+    BadInnerLength,
+    /// The caller's packet descriptor is inconsistent (offset + length beyond the buffer).
+    BadDescriptor,
+    /// The outer header says CE (congestion experienced) but the inner packet is not
+    /// ECN-capable: RFC 6040 §4.2 requires the packet to be dropped.
+    EcnCeOnNotEct,
+    /// The packet to encapsulate is not an IPv4 or IPv6 packet (tunnel mode) or its
+    /// header cannot carry ESP (transport mode).
+    BadInnerPacket,
+    /// The protected packet would exceed the IP length limit (65,535 bytes).
+    TooBig,
+}
+
+impl Malformed {
+    /// A short description, used in error messages.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Malformed::Truncated => "packet truncated",
+            Malformed::BadIpVersion => "IP version is neither 4 nor 6",
+            Malformed::BadIpLength => "IP length fields disagree with the packet size",
+            Malformed::BadIpChecksum => "IPv4 header checksum is wrong",
+            Malformed::NotEsp => "not an ESP or UDP-encapsulated ESP packet",
+            Malformed::NatKeepalive => "NAT-T keepalive (no ESP payload)",
+            Malformed::NonEspMarker => "non-ESP marker: IKE packet on the NAT-T port",
+            Malformed::BadCiphertextLength => {
+                "encrypted payload is not a multiple of the cipher block size"
+            }
+            Malformed::Fragment => "IP fragment (reassemble before ESP processing)",
+            Malformed::BadExtensionHeader => "bad IPv6 extension header chain",
+            Malformed::BadInnerLength => "inner packet length fields disagree with the payload",
+            Malformed::BadDescriptor => "packet offset/length lie outside the buffer",
+            Malformed::EcnCeOnNotEct => "outer CE mark on a Not-ECT inner packet (RFC 6040)",
+            Malformed::BadInnerPacket => "the packet to protect is not a valid IP packet",
+            Malformed::TooBig => "the protected packet would exceed 65,535 bytes",
+        }
+    }
+}
+
+/// Which lifetime limit was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LifetimeLimit {
+    /// Bytes of payload processed.
+    Bytes,
+    /// Packets processed.
+    Packets,
+    /// Time since the SA was created.
+    Time,
+}
+
+impl LifetimeLimit {
+    /// `"bytes"`, `"packets"` or `"time"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LifetimeLimit::Bytes => "bytes",
+            LifetimeLimit::Packets => "packets",
+            LifetimeLimit::Time => "time",
+        }
+    }
+}
+
+/// Why a packet could not be processed. Small and `Copy`: the burst path returns one
+/// per packet without allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The ICV did not verify: the packet was tampered with or the key is wrong.
+    AuthenticationFailed,
+    /// The sequence number was already received.
+    Replayed {
+        /// The (ESN-inferred) sequence number of the packet.
+        seq: u64,
+    },
+    /// The sequence number lies below the replay window.
+    TooOld {
+        /// The (ESN-inferred) sequence number of the packet.
+        seq: u64,
+        /// The highest sequence number received so far.
+        highest: u64,
+    },
+    /// The packet could not be parsed.
+    Malformed(Malformed),
+    /// The padding bytes were not 1, 2, 3, ... (RFC 4303 §2.4).
+    BadPadding,
+    /// The next-header field is not an IP protocol this SA's mode can carry.
+    BadNextHeader(u8),
+    /// The packet's SPI is not the SA's.
+    UnknownSpi {
+        /// The SPI found in the packet.
+        spi: u32,
+    },
+    /// The decapsulated packet does not match the policy the SA serves.
+    PolicyMismatch,
+    /// A hard lifetime was reached; the SA refuses packets.
+    LifetimeExpired(LifetimeLimit),
+    /// The outbound sequence number would wrap; the SA refuses packets.
+    SequenceOverflow,
+    /// A dummy packet (next header 59) was received and dropped on purpose.
+    DummyPacket,
+    /// Not enough headroom in front of the packet.
+    NoHeadroom {
+        /// Bytes needed in front of the packet.
+        needed: usize,
+        /// Bytes available.
+        available: usize,
+    },
+    /// Not enough tailroom behind the packet.
+    NoTailroom {
+        /// Bytes needed behind the packet.
+        needed: usize,
+        /// Bytes available.
+        available: usize,
+    },
+    /// The operation does not fit the SA's direction (encrypt on an inbound SA or
+    /// decrypt on an outbound one).
+    WrongDirection,
+}
+
+impl Error {
+    /// The counter this error is accounted under.
+    pub const fn drop_reason(&self) -> DropReason {
+        match self {
+            Error::AuthenticationFailed => DropReason::AuthFailed,
+            Error::Replayed { .. } => DropReason::Replay,
+            Error::TooOld { .. } => DropReason::TooOld,
+            Error::Malformed(_) | Error::WrongDirection => DropReason::Malformed,
+            Error::BadPadding => DropReason::BadPadding,
+            Error::BadNextHeader(_) => DropReason::BadNextHeader,
+            Error::UnknownSpi { .. } => DropReason::UnknownSpi,
+            Error::PolicyMismatch => DropReason::PolicyMismatch,
+            Error::LifetimeExpired(_) => DropReason::LifetimeExpired,
+            Error::SequenceOverflow => DropReason::SequenceOverflow,
+            Error::DummyPacket => DropReason::Dummy,
+            Error::NoHeadroom { .. } | Error::NoTailroom { .. } => DropReason::NoBufferSpace,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::AuthenticationFailed => f.write_str("authentication failed: ICV mismatch"),
+            Error::Replayed { seq } => write!(f, "replayed packet: sequence number {seq}"),
+            Error::TooOld { seq, highest } => write!(
+                f,
+                "sequence number {seq} is below the replay window (highest received {highest})"
+            ),
+            Error::Malformed(m) => write!(f, "malformed packet: {}", m.describe()),
+            Error::BadPadding => f.write_str("bad ESP padding (RFC 4303 §2.4)"),
+            Error::BadNextHeader(nh) => write!(f, "bad ESP next header {nh}"),
+            Error::UnknownSpi { spi } => write!(f, "unknown SPI {spi:#010x}"),
+            Error::PolicyMismatch => {
+                f.write_str("decapsulated packet does not match the SA's policy selectors")
+            }
+            Error::LifetimeExpired(l) => write!(f, "SA hard lifetime ({}) expired", l.as_str()),
+            Error::SequenceOverflow => f.write_str("outbound sequence number space exhausted"),
+            Error::DummyPacket => f.write_str("dummy packet (next header 59) dropped"),
+            Error::NoHeadroom { needed, available } => write!(
+                f,
+                "not enough headroom: {needed} bytes needed, {available} available"
+            ),
+            Error::NoTailroom { needed, available } => write!(
+                f,
+                "not enough tailroom: {needed} bytes needed, {available} available"
+            ),
+            Error::WrongDirection => f.write_str("operation does not match the SA's direction"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A rejected configuration: which field, and what was wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    field: String,
+    message: String,
+}
+
+impl ConfigError {
+    /// A new error about `field` (a keyword argument or TOML key name).
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The field (keyword or TOML key) that was wrong; may include a context prefix
+    /// such as `sa "branch1-out": key`.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// What was wrong with it.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The same error with `context` prepended to the field (e.g. the SA's name).
+    pub fn in_context(mut self, context: &str) -> Self {
+        self.field = format!("{context}: {}", self.field);
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}

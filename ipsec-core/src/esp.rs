@@ -1,0 +1,555 @@
+//! ESP encapsulation and decapsulation (RFC 4303), tunnel and transport mode, IPv4 and
+//! IPv6, with UDP encapsulation for NAT traversal (RFC 3948).
+//!
+//! All transforms work in place on a [`PacketBuf`]:
+//!
+//! ```text
+//! tunnel encap:     [headroom][inner IP packet     ][tailroom]
+//!                => [outer IP][UDP][ESP][IV][inner IP packet][TFC][pad][pl][nh][ICV]
+//! transport encap:  [headroom][IP hdr][payload          ][tailroom]
+//!                => [IP hdr][UDP][ESP][IV][payload][pad][pl][nh][ICV]
+//! ```
+//!
+//! The payload is encrypted where it lies; in transport mode only the IP header (and
+//! the IPv6 extension headers that stay in front of ESP) move, into the headroom.
+//! Decapsulation reverses this and leaves the inner packet in the buffer's window.
+//!
+//! Inbound order of checks (RFC 4303 §3.4): parse, SPI, replay check (no state change),
+//! ICV verification, replay window update, then padding and next header. Every failure
+//! is counted under its [`DropReason`](crate::DropReason) before it is returned.
+
+use crate::buffer::PacketBuf;
+use crate::crypto::EspLayout;
+use crate::error::{Error, Malformed};
+use crate::packet::{
+    self, IPPROTO_ESP, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_NONE, IPPROTO_UDP, IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN, IpVersion, UDP_HEADER_LEN,
+};
+use crate::sa::{Direction, Mode, SecurityAssociation, TfcPadding};
+use bytes::BytesMut;
+use core::time::Duration;
+use std::net::IpAddr;
+
+const ESP_HEADER_LEN: usize = 8;
+
+impl SecurityAssociation {
+    /// Encrypts the IP packet in `pkt` in place (outbound SAs).
+    ///
+    /// Tunnel mode: the whole packet becomes the payload of a new outer IPv4/IPv6 header
+    /// (DSCP copied, ECN per RFC 6040, TTL/hop limit [`crate::SaConfig::outer_ttl`]).
+    /// Transport mode: the IP header stays, its protocol becomes ESP (or UDP with NAT-T).
+    /// Needs [`SecurityAssociation::max_headroom`] bytes of headroom and
+    /// [`SecurityAssociation::tailroom_for`] bytes of tailroom; bytes after the IP
+    /// packet's own length (link-layer padding) are dropped.
+    pub fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
+        if self.direction != Direction::Outbound {
+            return Err(self.drop(Error::WrongDirection));
+        }
+        self.admit(now)?;
+        self.encrypt_admitted(pkt, None)
+    }
+
+    /// Sends an RFC 4303 §2.6 dummy packet: the `pkt.len()` bytes in `pkt` (any content)
+    /// are carried with next header 59, which the receiver drops and counts as `dummy`.
+    pub fn encrypt_dummy(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
+        if self.direction != Direction::Outbound || self.mode != Mode::Tunnel {
+            return Err(self.drop(Error::WrongDirection));
+        }
+        self.admit(now)?;
+        self.encrypt_admitted(pkt, Some(IPPROTO_NONE))
+    }
+
+    /// Encrypts a burst of packets under one key schedule. `results[i]` receives the
+    /// outcome of `packets[i]`; a failed packet is left in its buffer, never freed, and
+    /// counted under its drop reason. Only the first `min(packets.len(),
+    /// results.len())` packets are processed. Returns how many succeeded.
+    pub fn encrypt_burst(
+        &mut self,
+        packets: &mut [PacketBuf<'_>],
+        results: &mut [Result<(), Error>],
+        now: Duration,
+    ) -> usize {
+        let mut ok = 0;
+        for (pkt, res) in packets.iter_mut().zip(results.iter_mut()) {
+            *res = self.encrypt(pkt, now);
+            ok += usize::from(res.is_ok());
+        }
+        ok
+    }
+
+    /// Decrypts a burst of packets. `results[i]` receives the outcome of `packets[i]`;
+    /// failed packets stay in their buffers and are counted under their drop reason.
+    /// Only the first `min(packets.len(), results.len())` packets are processed.
+    /// Returns how many succeeded.
+    pub fn decrypt_burst(
+        &mut self,
+        packets: &mut [PacketBuf<'_>],
+        results: &mut [Result<(), Error>],
+        now: Duration,
+    ) -> usize {
+        let mut ok = 0;
+        for (pkt, res) in packets.iter_mut().zip(results.iter_mut()) {
+            *res = self.decrypt(pkt, now);
+            ok += usize::from(res.is_ok());
+        }
+        ok
+    }
+
+    /// Convenience for code that holds packets in [`BytesMut`]: replaces the IP packet
+    /// in `packet` with its protected form, reusing the allocation when it is large
+    /// enough. (This moves the packet twice; the zero-copy path is [`Self::encrypt`].)
+    pub fn encrypt_bytes(&mut self, packet: &mut BytesMut, now: Duration) -> Result<(), Error> {
+        let head = self.max_headroom();
+        let tail = self.tailroom_for(packet.len());
+        self.transform_bytes(packet, head, tail, |sa, p| sa.encrypt(p, now))
+    }
+
+    /// Convenience for code that holds packets in [`BytesMut`]: replaces the protected
+    /// packet in `packet` with the inner (tunnel) or restored (transport) packet.
+    pub fn decrypt_bytes(&mut self, packet: &mut BytesMut, now: Duration) -> Result<(), Error> {
+        self.transform_bytes(packet, 0, 0, |sa, p| sa.decrypt(p, now))
+    }
+
+    fn transform_bytes(
+        &mut self,
+        packet: &mut BytesMut,
+        head: usize,
+        tail: usize,
+        f: impl FnOnce(&mut Self, &mut PacketBuf<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let len = packet.len();
+        packet.resize(head + len + tail, 0);
+        packet.copy_within(0..len, head);
+        let mut buf = PacketBuf::new(&mut packet[..], head, len)?;
+        let res = f(self, &mut buf);
+        let (offset, out_len) = match res {
+            Ok(()) => (buf.offset(), buf.len()),
+            Err(_) => (head, len),
+        };
+        packet.copy_within(offset..offset + out_len, 0);
+        packet.truncate(out_len);
+        res
+    }
+
+    fn encrypt_admitted(
+        &mut self,
+        pkt: &mut PacketBuf<'_>,
+        dummy: Option<u8>,
+    ) -> Result<(), Error> {
+        let next = match self.next_seq() {
+            Ok(s) => s,
+            Err(e) => return Err(self.drop(e)),
+        };
+        let res = match (self.mode, dummy) {
+            (Mode::Tunnel, _) => self.encap_tunnel(pkt, next, dummy),
+            (Mode::Transport, _) => self.encap_transport(pkt, next),
+        };
+        match res {
+            Ok(inner_len) => {
+                self.seq = next;
+                self.account(inner_len);
+                Ok(())
+            }
+            Err(e) => Err(self.drop(e)),
+        }
+    }
+
+    /// The next outbound sequence number; never wraps (RFC 4303 §3.3.3).
+    #[inline]
+    fn next_seq(&self) -> Result<u64, Error> {
+        let limit = if self.esn {
+            u64::MAX
+        } else {
+            u64::from(u32::MAX)
+        };
+        if self.seq >= limit {
+            Err(Error::SequenceOverflow)
+        } else {
+            Ok(self.seq + 1)
+        }
+    }
+
+    /// Padding length for `payload` bytes followed by the 2-byte trailer.
+    #[inline]
+    fn pad_len(&self, payload: usize) -> usize {
+        let align = self.transform.pad_align;
+        (align - (payload + 2) % align) % align
+    }
+
+    /// Writes padding, pad length and next header at `at`; returns the end offset.
+    #[inline]
+    fn write_trailer(buf: &mut [u8], at: usize, pad: usize, next_header: u8) -> usize {
+        for (i, b) in buf[at..at + pad].iter_mut().enumerate() {
+            *b = (i + 1) as u8;
+        }
+        buf[at + pad] = pad as u8;
+        buf[at + pad + 1] = next_header;
+        at + pad + 2
+    }
+
+    fn encap_tunnel(
+        &mut self,
+        pkt: &mut PacketBuf<'_>,
+        seq: u64,
+        dummy: Option<u8>,
+    ) -> Result<usize, Error> {
+        let (inner_len, inner_tos, next_header) = match dummy {
+            Some(nh) => (pkt.len(), 0, nh),
+            None => {
+                let info = packet::parse_ip(pkt.data())
+                    .map_err(|_| Error::Malformed(Malformed::BadInnerPacket))?;
+                let nh = match info.version {
+                    IpVersion::V4 => IPPROTO_IPIP,
+                    IpVersion::V6 => IPPROTO_IPV6,
+                };
+                (info.total_len, info.tos, nh)
+            }
+        };
+        let Some((src, dst)) = self.tunnel else {
+            return Err(Error::WrongDirection);
+        };
+        let outer_len = if src.is_ipv4() {
+            IPV4_HEADER_LEN
+        } else {
+            IPV6_HEADER_LEN
+        };
+        let udp_len = if self.udp_encap.is_some() {
+            UDP_HEADER_LEN
+        } else {
+            0
+        };
+        let iv_len = self.transform.iv_len;
+        let icv_len = self.transform.icv_len;
+        let head = outer_len + udp_len + ESP_HEADER_LEN + iv_len;
+        let payload = match self.tfc {
+            TfcPadding::PadTo(n) if dummy.is_none() => inner_len.max(usize::from(n)),
+            _ => inner_len,
+        };
+        let pad = self.pad_len(payload);
+        let tail = (payload - inner_len) + pad + 2 + icv_len;
+        let offset = pkt.offset();
+        if offset < head {
+            return Err(Error::NoHeadroom {
+                needed: head,
+                available: offset,
+            });
+        }
+        let available_tail = pkt.buffer().len() - offset - inner_len;
+        if available_tail < tail {
+            return Err(Error::NoTailroom {
+                needed: tail,
+                available: available_tail,
+            });
+        }
+        let total = head + payload + pad + 2 + icv_len;
+        if total - if src.is_ipv4() { 0 } else { IPV6_HEADER_LEN } > usize::from(u16::MAX) {
+            return Err(Error::Malformed(Malformed::TooBig));
+        }
+        let start = offset - head;
+        let esp = start + outer_len + udp_len;
+        let body = esp + ESP_HEADER_LEN + iv_len;
+        let spi = self.spi;
+        let ttl = self.outer_ttl;
+        let udp_ports = self.udp_encap;
+        let buf = pkt.buffer_mut();
+        // TFC padding: zeros after the inner packet (RFC 4303 §2.7).
+        buf[body + inner_len..body + payload].fill(0);
+        let icv = Self::write_trailer(buf, body + payload, pad, next_header);
+        buf[esp..esp + 4].copy_from_slice(&spi.to_be_bytes());
+        buf[esp + 4..esp + 8].copy_from_slice(&(seq as u32).to_be_bytes());
+        self.transform
+            .seal(buf, EspLayout { esp, icv }, seq, self.esn);
+        let proto = if let Some((sport, dport)) = udp_ports {
+            write_udp(
+                &mut buf[esp - UDP_HEADER_LEN..esp],
+                sport,
+                dport,
+                total - outer_len,
+            );
+            IPPROTO_UDP
+        } else {
+            IPPROTO_ESP
+        };
+        write_outer_ip(
+            &mut buf[start..start + outer_len],
+            src,
+            dst,
+            packet::encap_tos(inner_tos),
+            ttl,
+            proto,
+            total,
+        );
+        pkt.set_window(start, total);
+        Ok(inner_len)
+    }
+
+    fn encap_transport(&mut self, pkt: &mut PacketBuf<'_>, seq: u64) -> Result<usize, Error> {
+        let info = packet::parse_ip(pkt.data())
+            .map_err(|_| Error::Malformed(Malformed::BadInnerPacket))?;
+        if info.is_fragment {
+            return Err(Error::Malformed(Malformed::Fragment));
+        }
+        let total_len = info.total_len;
+        // `hdr`: bytes that stay in front of ESP; `nh_at`: the protocol byte to rewrite.
+        let (hdr, nh_at, protocol) = match info.version {
+            IpVersion::V4 => (info.header_len, 9, info.protocol),
+            IpVersion::V6 => {
+                let ins =
+                    packet::ipv6_esp_insertion(pkt.data(), total_len).map_err(Error::Malformed)?;
+                (ins.offset, ins.next_header_at, ins.protocol)
+            }
+        };
+        let udp_len = if self.udp_encap.is_some() {
+            UDP_HEADER_LEN
+        } else {
+            0
+        };
+        let iv_len = self.transform.iv_len;
+        let icv_len = self.transform.icv_len;
+        let grow = udp_len + ESP_HEADER_LEN + iv_len;
+        let payload = total_len - hdr;
+        let pad = self.pad_len(payload);
+        let tail = pad + 2 + icv_len;
+        let offset = pkt.offset();
+        if offset < grow {
+            return Err(Error::NoHeadroom {
+                needed: grow,
+                available: offset,
+            });
+        }
+        let available_tail = pkt.buffer().len() - offset - total_len;
+        if available_tail < tail {
+            return Err(Error::NoTailroom {
+                needed: tail,
+                available: available_tail,
+            });
+        }
+        let start = offset - grow;
+        let esp = start + hdr + udp_len;
+        let body = esp + ESP_HEADER_LEN + iv_len;
+        debug_assert_eq!(body, offset + hdr);
+        let new_total = total_len + grow + tail;
+        if new_total > usize::from(u16::MAX) {
+            return Err(Error::Malformed(Malformed::TooBig));
+        }
+        let spi = self.spi;
+        let udp_ports = self.udp_encap;
+        let buf = pkt.buffer_mut();
+        // Move the IP header (and the extension headers that stay in front) into the
+        // headroom; the payload does not move.
+        buf.copy_within(offset..offset + hdr, start);
+        let icv = Self::write_trailer(buf, body + payload, pad, protocol);
+        buf[esp..esp + 4].copy_from_slice(&spi.to_be_bytes());
+        buf[esp + 4..esp + 8].copy_from_slice(&(seq as u32).to_be_bytes());
+        self.transform
+            .seal(buf, EspLayout { esp, icv }, seq, self.esn);
+        buf[start + nh_at] = if let Some((sport, dport)) = udp_ports {
+            write_udp(
+                &mut buf[esp - UDP_HEADER_LEN..esp],
+                sport,
+                dport,
+                new_total - hdr,
+            );
+            IPPROTO_UDP
+        } else {
+            IPPROTO_ESP
+        };
+        packet::set_ip_length(&mut buf[start..], info.version, info.header_len, new_total);
+        pkt.set_window(start, new_total);
+        Ok(total_len)
+    }
+
+    /// Decrypts the ESP (or UDP-encapsulated ESP) packet in `pkt` in place (inbound SAs)
+    /// and leaves the inner packet (tunnel) or the restored packet (transport) in `pkt`.
+    ///
+    /// NAT-T keepalives and IKE packets (non-ESP marker) on the UDP path are refused
+    /// with [`Malformed::NatKeepalive`] / [`Malformed::NonEspMarker`] so the caller can
+    /// hand them to the key exchange daemon; they are counted as `malformed`.
+    pub fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
+        if self.direction != Direction::Inbound {
+            return Err(self.drop(Error::WrongDirection));
+        }
+        self.admit(now)?;
+        match self.decap(pkt) {
+            Ok(len) => {
+                self.account(len);
+                Ok(())
+            }
+            Err(e) => {
+                if let Error::TooOld { seq, .. } = e {
+                    self.replay.note_too_old(seq);
+                }
+                Err(self.drop(e))
+            }
+        }
+    }
+
+    fn decap(&mut self, pkt: &mut PacketBuf<'_>) -> Result<usize, Error> {
+        let info = packet::parse_ip(pkt.data()).map_err(Error::Malformed)?;
+        if info.is_fragment {
+            return Err(Error::Malformed(Malformed::Fragment));
+        }
+        let data = pkt.data();
+        if info.version == IpVersion::V4 && !packet::ipv4_checksum_ok(&data[..info.header_len]) {
+            return Err(Error::Malformed(Malformed::BadIpChecksum));
+        }
+        let total_len = info.total_len;
+        // `hdr`: end of the IP header chain; `nh_at`: the protocol byte naming ESP/UDP.
+        let (hdr, nh_at, proto) = match info.version {
+            IpVersion::V4 => (info.header_len, 9, info.protocol),
+            IpVersion::V6 => packet::ipv6_upper_layer(data, total_len).map_err(Error::Malformed)?,
+        };
+        let esp_rel = match proto {
+            IPPROTO_ESP => hdr,
+            IPPROTO_UDP => {
+                let udp = &data[hdr..total_len];
+                if udp.len() < UDP_HEADER_LEN {
+                    return Err(Error::Malformed(Malformed::Truncated));
+                }
+                let body = &udp[UDP_HEADER_LEN..];
+                if body == [0xff] {
+                    return Err(Error::Malformed(Malformed::NatKeepalive));
+                }
+                if body.len() >= 4 && body[..4] == [0, 0, 0, 0] {
+                    return Err(Error::Malformed(Malformed::NonEspMarker));
+                }
+                hdr + UDP_HEADER_LEN
+            }
+            _ => return Err(Error::Malformed(Malformed::NotEsp)),
+        };
+        let iv_len = self.transform.iv_len;
+        let icv_len = self.transform.icv_len;
+        let esp_len = total_len - esp_rel;
+        if esp_len < ESP_HEADER_LEN {
+            return Err(Error::Malformed(Malformed::Truncated));
+        }
+        let spi = u32::from_be_bytes(data[esp_rel..esp_rel + 4].try_into().expect("4 bytes"));
+        if spi != self.spi {
+            return Err(Error::UnknownSpi { spi });
+        }
+        if esp_len < ESP_HEADER_LEN + iv_len + 2 + icv_len {
+            return Err(Error::Malformed(Malformed::Truncated));
+        }
+        let enc_len = esp_len - ESP_HEADER_LEN - iv_len - icv_len;
+        if enc_len % self.transform.pad_align != 0 && self.transform.pad_align == 16 {
+            return Err(Error::Malformed(Malformed::BadCiphertextLength));
+        }
+        let seq_wire =
+            u32::from_be_bytes(data[esp_rel + 4..esp_rel + 8].try_into().expect("4 bytes"));
+        let outer_tos = info.tos;
+        let seq = self.replay.check(seq_wire)?;
+        let offset = pkt.offset();
+        let esp = offset + esp_rel;
+        let body = esp + ESP_HEADER_LEN + iv_len;
+        let icv = body + enc_len;
+        let esn = self.esn;
+        if !self
+            .transform
+            .open(pkt.buffer_mut(), EspLayout { esp, icv }, seq, esn)
+        {
+            return Err(Error::AuthenticationFailed);
+        }
+        self.replay.update(seq)?;
+        let buf = pkt.buffer_mut();
+        let next_header = buf[icv - 1];
+        let pad = usize::from(buf[icv - 2]);
+        if pad + 2 > enc_len {
+            return Err(Error::BadPadding);
+        }
+        let payload_end = icv - 2 - pad;
+        if buf[payload_end..icv - 2]
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| usize::from(b) != i + 1)
+        {
+            return Err(Error::BadPadding);
+        }
+        if next_header == IPPROTO_NONE {
+            return Err(Error::DummyPacket);
+        }
+        match self.mode {
+            Mode::Tunnel => {
+                let expected = match next_header {
+                    IPPROTO_IPIP => IpVersion::V4,
+                    IPPROTO_IPV6 => IpVersion::V6,
+                    other => return Err(Error::BadNextHeader(other)),
+                };
+                let inner = packet::parse_ip(&buf[body..payload_end])
+                    .map_err(|_| Error::Malformed(Malformed::BadInnerLength))?;
+                if inner.version != expected {
+                    return Err(Error::BadNextHeader(next_header));
+                }
+                let new_ecn = packet::decap_ecn(outer_tos, inner.tos)
+                    .ok_or(Error::Malformed(Malformed::EcnCeOnNotEct))?;
+                let new_tos = (inner.tos & !0b11) | new_ecn;
+                if new_tos != inner.tos {
+                    packet::set_tos(&mut buf[body..], inner.version, new_tos);
+                }
+                // Anything after the inner packet's own length is TFC padding.
+                pkt.set_window(body, inner.total_len);
+                Ok(inner.total_len)
+            }
+            Mode::Transport => {
+                if next_header == 0 {
+                    // Hop-by-Hop options may only follow the IPv6 header directly.
+                    return Err(Error::BadNextHeader(next_header));
+                }
+                let shift = body - (offset + hdr);
+                buf.copy_within(offset..offset + hdr, offset + shift);
+                let start = offset + shift;
+                buf[start + nh_at] = next_header;
+                let new_total = payload_end - start;
+                packet::set_ip_length(&mut buf[start..], info.version, info.header_len, new_total);
+                pkt.set_window(start, new_total);
+                Ok(new_total)
+            }
+        }
+    }
+}
+
+/// Writes a UDP header for ESP-in-UDP; the checksum is zero (RFC 3948 §2.1).
+#[inline]
+fn write_udp(h: &mut [u8], sport: u16, dport: u16, len: usize) {
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+    h[6..8].copy_from_slice(&[0, 0]);
+}
+
+/// Writes an outer IPv4 (with checksum) or IPv6 header of a packet of `total` bytes.
+#[inline]
+fn write_outer_ip(
+    h: &mut [u8],
+    src: IpAddr,
+    dst: IpAddr,
+    tos: u8,
+    ttl: u8,
+    proto: u8,
+    total: usize,
+) {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            h[0] = 0x45;
+            h[1] = tos;
+            h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            // Identification 0 with DF clear: the packet is not fragmented by us.
+            h[4..8].copy_from_slice(&[0, 0, 0, 0]);
+            h[8] = ttl;
+            h[9] = proto;
+            h[12..16].copy_from_slice(&s.octets());
+            h[16..20].copy_from_slice(&d.octets());
+            packet::set_ipv4_checksum(h);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            h[0] = 0x60 | (tos >> 4);
+            h[1] = tos << 4;
+            h[2..4].copy_from_slice(&[0, 0]);
+            h[4..6].copy_from_slice(&((total - IPV6_HEADER_LEN) as u16).to_be_bytes());
+            h[6] = proto;
+            h[7] = ttl;
+            h[8..24].copy_from_slice(&s.octets());
+            h[24..40].copy_from_slice(&d.octets());
+        }
+        _ => unreachable!("SaConfig::validate refuses mixed tunnel address families"),
+    }
+}

@@ -1,0 +1,421 @@
+//! IP header parsing and rewriting needed around ESP: lengths, checksums, IPv6
+//! extension-header walks, DSCP and ECN (RFC 6040).
+//!
+//! Everything here works on byte slices and never allocates.
+
+use crate::error::Malformed;
+
+/// IP protocol number of ESP.
+pub const IPPROTO_ESP: u8 = 50;
+/// IP protocol number of AH.
+pub const IPPROTO_AH: u8 = 51;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of ICMP.
+pub const IPPROTO_ICMP: u8 = 1;
+/// IP protocol number of ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// IP protocol number of IPv4-in-IP (tunnel-mode next header for an IPv4 inner packet).
+pub const IPPROTO_IPIP: u8 = 4;
+/// IP protocol number of IPv6-in-IP (tunnel-mode next header for an IPv6 inner packet).
+pub const IPPROTO_IPV6: u8 = 41;
+/// "No next header": RFC 4303 dummy packets carry this next-header value.
+pub const IPPROTO_NONE: u8 = 59;
+/// The UDP port of NAT traversal (RFC 3948).
+pub const NAT_T_PORT: u16 = 4500;
+
+/// Length of an IPv4 header without options.
+pub const IPV4_HEADER_LEN: usize = 20;
+/// Length of the fixed IPv6 header.
+pub const IPV6_HEADER_LEN: usize = 40;
+/// Length of a UDP header.
+pub const UDP_HEADER_LEN: usize = 8;
+
+/// The IP version of a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IpVersion {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+/// What [`parse_ip`] found out about an IP packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IpInfo {
+    /// IPv4 or IPv6.
+    pub version: IpVersion,
+    /// Length of the fixed header plus IPv4 options (not IPv6 extension headers).
+    pub header_len: usize,
+    /// The packet's length according to its own header (≤ the bytes given).
+    pub total_len: usize,
+    /// IPv4 protocol or the IPv6 fixed header's next header.
+    pub protocol: u8,
+    /// The DSCP and ECN byte (IPv4 TOS, IPv6 traffic class).
+    pub tos: u8,
+    /// True for an IPv4 packet with MF set or a non-zero fragment offset.
+    pub is_fragment: bool,
+}
+
+/// Reads the version and lengths of the IP packet at the start of `pkt`.
+///
+/// `pkt` may be longer than the packet (link-layer padding); the packet's own length is
+/// in [`IpInfo::total_len`]. Fails when the header is truncated or its lengths are
+/// inconsistent.
+pub fn parse_ip(pkt: &[u8]) -> Result<IpInfo, Malformed> {
+    let first = *pkt.first().ok_or(Malformed::Truncated)?;
+    match first >> 4 {
+        4 => {
+            if pkt.len() < IPV4_HEADER_LEN {
+                return Err(Malformed::Truncated);
+            }
+            let header_len = usize::from(first & 0x0f) * 4;
+            let total_len = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+            if header_len < IPV4_HEADER_LEN || total_len < header_len || total_len > pkt.len() {
+                return Err(Malformed::BadIpLength);
+            }
+            let frag = u16::from_be_bytes([pkt[6], pkt[7]]);
+            Ok(IpInfo {
+                version: IpVersion::V4,
+                header_len,
+                total_len,
+                protocol: pkt[9],
+                tos: pkt[1],
+                is_fragment: frag & 0x3fff != 0,
+            })
+        }
+        6 => {
+            if pkt.len() < IPV6_HEADER_LEN {
+                return Err(Malformed::Truncated);
+            }
+            let total_len = IPV6_HEADER_LEN + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+            if total_len > pkt.len() {
+                return Err(Malformed::BadIpLength);
+            }
+            Ok(IpInfo {
+                version: IpVersion::V6,
+                header_len: IPV6_HEADER_LEN,
+                total_len,
+                protocol: pkt[6],
+                tos: ((pkt[0] & 0x0f) << 4) | (pkt[1] >> 4),
+                is_fragment: false,
+            })
+        }
+        _ => Err(Malformed::BadIpVersion),
+    }
+}
+
+/// The Internet checksum (RFC 1071) of `data`, as it would be stored in a header.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Recomputes the checksum of the IPv4 header `header` (exactly the header bytes).
+pub fn set_ipv4_checksum(header: &mut [u8]) {
+    header[10] = 0;
+    header[11] = 0;
+    let c = internet_checksum(header);
+    header[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// True when the IPv4 header `header` (exactly the header bytes) has a correct checksum.
+pub fn ipv4_checksum_ok(header: &[u8]) -> bool {
+    internet_checksum(header) == 0
+}
+
+/// Writes the DSCP/ECN byte of the IP packet starting at `pkt` (IPv4 TOS, with the
+/// header checksum updated incrementally per RFC 1624; IPv6 traffic class).
+pub fn set_tos(pkt: &mut [u8], version: IpVersion, tos: u8) {
+    match version {
+        IpVersion::V4 => {
+            let old = pkt[1];
+            if old == tos {
+                return;
+            }
+            pkt[1] = tos;
+            // RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), on the 16-bit word holding TOS.
+            let hc = u16::from_be_bytes([pkt[10], pkt[11]]);
+            let m = u16::from_be_bytes([pkt[0], old]);
+            let m2 = u16::from_be_bytes([pkt[0], tos]);
+            let mut sum = u32::from(!hc) + u32::from(!m) + u32::from(m2);
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            pkt[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        }
+        IpVersion::V6 => {
+            pkt[0] = (pkt[0] & 0xf0) | (tos >> 4);
+            pkt[1] = (pkt[1] & 0x0f) | (tos << 4);
+        }
+    }
+}
+
+/// ECN codepoint Not-ECT.
+pub const ECN_NOT_ECT: u8 = 0b00;
+/// ECN codepoint ECT(1).
+pub const ECN_ECT1: u8 = 0b01;
+/// ECN codepoint ECT(0).
+pub const ECN_ECT0: u8 = 0b10;
+/// ECN codepoint CE (congestion experienced).
+pub const ECN_CE: u8 = 0b11;
+
+/// The outer header's DSCP/ECN byte for tunnel encapsulation: the DSCP is copied and
+/// the ECN field set by RFC 6040 §4.1 normal mode (copied, except that CE becomes
+/// ECT(0) so that congestion marks are not duplicated by the decapsulator).
+pub const fn encap_tos(inner_tos: u8) -> u8 {
+    let ecn = inner_tos & 0b11;
+    let outer_ecn = if ecn == ECN_CE { ECN_ECT0 } else { ecn };
+    (inner_tos & !0b11) | outer_ecn
+}
+
+/// The inner header's new ECN field at tunnel decapsulation (RFC 6040 §4.2, Figure 4),
+/// or `None` when the packet must be dropped (outer CE on a Not-ECT inner packet).
+/// The inner DSCP is left unchanged (RFC 4301 §5.1.2.1: no copy on decapsulation).
+pub const fn decap_ecn(outer_tos: u8, inner_tos: u8) -> Option<u8> {
+    let outer = outer_tos & 0b11;
+    let inner = inner_tos & 0b11;
+    let new = match (inner, outer) {
+        (ECN_NOT_ECT, ECN_CE) => return None,
+        (ECN_NOT_ECT, _) => ECN_NOT_ECT,
+        (_, ECN_CE) => ECN_CE,
+        (ECN_ECT0, ECN_ECT1) => ECN_ECT1,
+        (i, _) => i,
+    };
+    Some(new)
+}
+
+/// Where ESP goes in an IPv6 packet in transport mode (RFC 4303 §3.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Ipv6EspInsertion {
+    /// Offset of the first byte that ESP protects (the ESP header is inserted here).
+    pub offset: usize,
+    /// Offset of the next-header byte that must become 50 (the fixed header's, or that
+    /// of the last extension header that stays in front of ESP).
+    pub next_header_at: usize,
+    /// The protocol that ESP will carry (its trailer's next header).
+    pub protocol: u8,
+}
+
+const EXT_HOP_BY_HOP: u8 = 0;
+const EXT_ROUTING: u8 = 43;
+const EXT_FRAGMENT: u8 = 44;
+const EXT_DEST_OPTS: u8 = 60;
+
+/// Walks the IPv6 extension headers of `pkt` (whose packet length is `total_len`) and
+/// finds where ESP must be inserted in transport mode: after Hop-by-Hop, Routing and
+/// Fragment headers, and after a Destination Options header only when a Routing
+/// header follows it (those options are for the intermediate hops); a final
+/// Destination Options header is for the receiver and is protected by ESP.
+pub fn ipv6_esp_insertion(pkt: &[u8], total_len: usize) -> Result<Ipv6EspInsertion, Malformed> {
+    let mut next_header_at = 6;
+    let mut offset = IPV6_HEADER_LEN;
+    let mut nh = pkt[6];
+    // Bounded: each extension header is at least 8 bytes and the packet is finite,
+    // but a cap keeps the walk cheap on hostile input.
+    for _ in 0..16 {
+        let stays_in_front = match nh {
+            EXT_HOP_BY_HOP | EXT_ROUTING | EXT_FRAGMENT => true,
+            EXT_DEST_OPTS => {
+                // Peek: does a Routing header follow these options?
+                let len = ext_len(pkt, offset, total_len, nh)?;
+                pkt[offset] == EXT_ROUTING && offset + len <= total_len
+            }
+            _ => false,
+        };
+        if !stays_in_front {
+            return Ok(Ipv6EspInsertion {
+                offset,
+                next_header_at,
+                protocol: nh,
+            });
+        }
+        let len = ext_len(pkt, offset, total_len, nh)?;
+        next_header_at = offset;
+        nh = pkt[offset];
+        offset += len;
+    }
+    Err(Malformed::BadExtensionHeader)
+}
+
+fn ext_len(pkt: &[u8], offset: usize, total_len: usize, kind: u8) -> Result<usize, Malformed> {
+    if offset + 8 > total_len {
+        return Err(Malformed::BadExtensionHeader);
+    }
+    let len = if kind == EXT_FRAGMENT {
+        8
+    } else {
+        (usize::from(pkt[offset + 1]) + 1) * 8
+    };
+    if offset + len > total_len {
+        return Err(Malformed::BadExtensionHeader);
+    }
+    Ok(len)
+}
+
+/// Writes the length field of the IP packet at the start of `pkt` (IPv4 total length
+/// with the checksum recomputed over `header_len` bytes, or IPv6 payload length).
+pub fn set_ip_length(pkt: &mut [u8], version: IpVersion, header_len: usize, total_len: usize) {
+    match version {
+        IpVersion::V4 => {
+            pkt[2..4].copy_from_slice(&(total_len as u16).to_be_bytes());
+            set_ipv4_checksum(&mut pkt[..header_len]);
+        }
+        IpVersion::V6 => {
+            pkt[4..6].copy_from_slice(&((total_len - IPV6_HEADER_LEN) as u16).to_be_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_matches_rfc1071_example() {
+        // A well-known IPv4 header whose checksum is 0xb861.
+        let mut h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        set_ipv4_checksum(&mut h);
+        assert_eq!(&h[10..12], &[0xb8, 0x61]);
+        assert!(ipv4_checksum_ok(&h));
+    }
+
+    #[test]
+    fn incremental_tos_update_equals_full_recompute() {
+        let mut h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        set_ipv4_checksum(&mut h);
+        for tos in [0u8, 1, 0x2e << 2, 0xff, 0x03] {
+            set_tos(&mut h, IpVersion::V4, tos);
+            assert!(ipv4_checksum_ok(&h), "tos {tos:#x}");
+            assert_eq!(h[1], tos);
+        }
+    }
+
+    #[test]
+    fn ipv6_traffic_class_round_trips() {
+        let mut p = [0u8; 40];
+        p[0] = 0x60;
+        set_tos(&mut p, IpVersion::V6, 0xb9);
+        assert_eq!(p[0], 0x6b);
+        assert_eq!(p[1] >> 4, 0x9);
+        p[4] = 0;
+        assert_eq!(parse_ip(&p).unwrap().tos, 0xb9);
+    }
+
+    #[test]
+    fn rfc6040_encap_and_decap_tables() {
+        assert_eq!(encap_tos(0xb8 | ECN_CE), 0xb8 | ECN_ECT0);
+        assert_eq!(encap_tos(0xb8 | ECN_ECT1), 0xb8 | ECN_ECT1);
+        assert_eq!(encap_tos(0xb8), 0xb8);
+        // RFC 6040 Figure 4, row by row: (inner, outer) -> new inner ECN or drop.
+        let d = |inner: u8, outer: u8| decap_ecn(outer, inner);
+        assert_eq!(d(ECN_NOT_ECT, ECN_NOT_ECT), Some(ECN_NOT_ECT));
+        assert_eq!(d(ECN_NOT_ECT, ECN_ECT0), Some(ECN_NOT_ECT));
+        assert_eq!(d(ECN_NOT_ECT, ECN_ECT1), Some(ECN_NOT_ECT));
+        assert_eq!(d(ECN_NOT_ECT, ECN_CE), None);
+        assert_eq!(d(ECN_ECT0, ECN_NOT_ECT), Some(ECN_ECT0));
+        assert_eq!(d(ECN_ECT0, ECN_ECT0), Some(ECN_ECT0));
+        assert_eq!(d(ECN_ECT0, ECN_ECT1), Some(ECN_ECT1));
+        assert_eq!(d(ECN_ECT0, ECN_CE), Some(ECN_CE));
+        assert_eq!(d(ECN_ECT1, ECN_NOT_ECT), Some(ECN_ECT1));
+        assert_eq!(d(ECN_ECT1, ECN_ECT0), Some(ECN_ECT1));
+        assert_eq!(d(ECN_ECT1, ECN_ECT1), Some(ECN_ECT1));
+        assert_eq!(d(ECN_ECT1, ECN_CE), Some(ECN_CE));
+        assert_eq!(d(ECN_CE, ECN_NOT_ECT), Some(ECN_CE));
+        assert_eq!(d(ECN_CE, ECN_ECT0), Some(ECN_CE));
+        assert_eq!(d(ECN_CE, ECN_ECT1), Some(ECN_CE));
+        assert_eq!(d(ECN_CE, ECN_CE), Some(ECN_CE));
+    }
+
+    #[test]
+    fn ipv6_walk_keeps_hop_by_hop_in_front_and_protects_final_dest_opts() {
+        // IPv6 | HbH(8) | DestOpts(8) | UDP
+        let mut p = vec![0u8; 40 + 8 + 8 + 8];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&24u16.to_be_bytes());
+        p[6] = EXT_HOP_BY_HOP;
+        p[40] = EXT_DEST_OPTS;
+        p[48] = IPPROTO_UDP;
+        let ins = ipv6_esp_insertion(&p, p.len()).unwrap();
+        assert_eq!(ins.offset, 48);
+        assert_eq!(ins.next_header_at, 40);
+        assert_eq!(ins.protocol, EXT_DEST_OPTS);
+
+        // IPv6 | DestOpts(8) | Routing(8) | UDP: both stay in front.
+        p[6] = EXT_DEST_OPTS;
+        p[40] = EXT_ROUTING;
+        p[48] = IPPROTO_UDP;
+        let ins = ipv6_esp_insertion(&p, p.len()).unwrap();
+        assert_eq!(
+            (ins.offset, ins.next_header_at, ins.protocol),
+            (56, 48, IPPROTO_UDP)
+        );
+    }
+
+    #[test]
+    fn ipv6_walk_rejects_truncated_chain() {
+        let mut p = vec![0u8; 44];
+        p[0] = 0x60;
+        p[6] = EXT_HOP_BY_HOP;
+        assert_eq!(
+            ipv6_esp_insertion(&p, 44),
+            Err(Malformed::BadExtensionHeader)
+        );
+    }
+
+    #[test]
+    fn parse_rejects_bad_lengths() {
+        assert_eq!(parse_ip(&[]), Err(Malformed::Truncated));
+        assert_eq!(parse_ip(&[0x55; 20]), Err(Malformed::BadIpVersion));
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[3] = 40; // claims 40 bytes, has 20
+        assert_eq!(parse_ip(&h), Err(Malformed::BadIpLength));
+        h[0] = 0x44; // IHL 16 bytes
+        h[3] = 20;
+        assert_eq!(parse_ip(&h), Err(Malformed::BadIpLength));
+    }
+}
+
+/// Walks every IPv6 extension header (Hop-by-Hop, Routing, Fragment, Destination
+/// Options) of `pkt` and returns `(offset, next_header_at, protocol)` of the first
+/// header that is not one of them: for a received ESP packet, where ESP starts.
+pub fn ipv6_upper_layer(pkt: &[u8], total_len: usize) -> Result<(usize, usize, u8), Malformed> {
+    let mut next_header_at = 6;
+    let mut offset = IPV6_HEADER_LEN;
+    let mut nh = pkt[6];
+    for _ in 0..16 {
+        if !matches!(
+            nh,
+            EXT_HOP_BY_HOP | EXT_ROUTING | EXT_FRAGMENT | EXT_DEST_OPTS
+        ) {
+            return Ok((offset, next_header_at, nh));
+        }
+        let len = ext_len(pkt, offset, total_len, nh)?;
+        next_header_at = offset;
+        nh = pkt[offset];
+        offset += len;
+    }
+    Err(Malformed::BadExtensionHeader)
+}

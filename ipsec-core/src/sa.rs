@@ -1,0 +1,666 @@
+//! Security associations: configuration, state, lifetimes, events and counters.
+//!
+//! A [`SecurityAssociation`] is one direction of one IPsec SA (RFC 4301 §4.4.2): its
+//! keys, its mode, its sequence numbers or replay window, its lifetimes and its
+//! counters. The packet transforms themselves live in [`crate::esp`].
+//!
+//! Method kinds follow the sans-IO convention: getters take `&self`; `encrypt*` and
+//! `decrypt*` take packets and the caller's `now`; [`SecurityAssociation::poll_event`]
+//! returns what the caller must act on (a rekey request) until it returns `None`.
+//!
+//! Thread safety: an SA is `Send` but is mutated by every packet, so one thread owns it
+//! at a time (as DPDK: "only one thread processes a given SA"). Wrap it in a mutex to
+//! share it.
+
+use crate::crypto::{Cipher, Integrity, IvSource, Transform};
+use crate::error::{ConfigError, DropReason, Error, LifetimeLimit};
+use crate::replay::ReplayWindow;
+use core::fmt;
+use core::time::Duration;
+use std::net::IpAddr;
+use zeroize::Zeroizing;
+
+/// Which way an SA carries traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Direction {
+    /// This side encrypts.
+    Outbound,
+    /// This side decrypts.
+    Inbound,
+}
+
+impl Direction {
+    /// `"outbound"` or `"inbound"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+
+    /// Parses `"outbound"` / `"inbound"`.
+    pub fn from_name(name: &str) -> Result<Direction, ConfigError> {
+        match name.to_ascii_lowercase().as_str() {
+            "outbound" | "out" => Ok(Direction::Outbound),
+            "inbound" | "in" => Ok(Direction::Inbound),
+            _ => Err(ConfigError::new(
+                "direction",
+                format!("expected \"outbound\" or \"inbound\", got {name:?}"),
+            )),
+        }
+    }
+}
+
+/// ESP mode (RFC 4301 §4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Mode {
+    /// The whole IP packet is protected and carried inside a new outer IP header.
+    Tunnel,
+    /// The IP header stays; only what follows it is protected.
+    Transport,
+}
+
+impl Mode {
+    /// `"tunnel"` or `"transport"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Tunnel => "tunnel",
+            Mode::Transport => "transport",
+        }
+    }
+
+    /// Parses `"tunnel"` / `"transport"`.
+    pub fn from_name(name: &str) -> Result<Mode, ConfigError> {
+        match name.to_ascii_lowercase().as_str() {
+            "tunnel" => Ok(Mode::Tunnel),
+            "transport" => Ok(Mode::Transport),
+            _ => Err(ConfigError::new(
+                "mode",
+                format!("expected \"tunnel\" or \"transport\", got {name:?}"),
+            )),
+        }
+    }
+}
+
+/// A set of lifetime limits (RFC 4301 §4.4.2.1); `None` means no limit of that kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Lifetime {
+    /// Bytes of inner packets processed.
+    pub bytes: Option<u64>,
+    /// Packets processed.
+    pub packets: Option<u64>,
+    /// Time since the SA was created (the `now` given to [`SecurityAssociation::new`]).
+    pub time: Option<Duration>,
+}
+
+impl Lifetime {
+    /// No limits.
+    pub const NONE: Lifetime = Lifetime {
+        bytes: None,
+        packets: None,
+        time: None,
+    };
+
+    /// The same limits with a byte limit.
+    pub const fn with_bytes(mut self, bytes: u64) -> Self {
+        self.bytes = Some(bytes);
+        self
+    }
+
+    /// The same limits with a packet limit.
+    pub const fn with_packets(mut self, packets: u64) -> Self {
+        self.packets = Some(packets);
+        self
+    }
+
+    /// The same limits with a time limit.
+    pub const fn with_time(mut self, time: Duration) -> Self {
+        self.time = Some(time);
+        self
+    }
+
+    /// The first limit that `bytes`, `packets` and `age` have reached, if any.
+    fn reached(&self, bytes: u64, packets: u64, age: Duration) -> Option<LifetimeLimit> {
+        if self.time.is_some_and(|t| age >= t) {
+            Some(LifetimeLimit::Time)
+        } else if self.packets.is_some_and(|p| packets >= p) {
+            Some(LifetimeLimit::Packets)
+        } else if self.bytes.is_some_and(|b| bytes >= b) {
+            Some(LifetimeLimit::Bytes)
+        } else {
+            None
+        }
+    }
+}
+
+/// Something the owner of an SA must act on; returned by
+/// [`SecurityAssociation::poll_event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SaEvent {
+    /// A soft lifetime was reached: negotiate a replacement SA (rekey) now.
+    Rekey(LifetimeLimit),
+    /// A hard lifetime was reached: the SA refuses all packets from now on.
+    Expired(LifetimeLimit),
+}
+
+/// Counters of one SA: packets and bytes processed, and one counter per drop reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SaStats {
+    /// Packets successfully encrypted (outbound) or decrypted (inbound).
+    pub packets: u64,
+    /// Bytes of inner packets in those packets (before encryption / after decryption).
+    pub bytes: u64,
+    drops: [u64; DropReason::ALL.len()],
+}
+
+impl SaStats {
+    /// Packets dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
+    }
+
+    /// All packets dropped, whatever the reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// `(reason, count)` for every reason, zero counts included, in a stable order.
+    pub fn drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .into_iter()
+            .map(|r| (r, self.drops[r.index()]))
+    }
+
+    #[inline]
+    pub(crate) fn count_drop(&mut self, reason: DropReason) {
+        self.drops[reason.index()] += 1;
+    }
+}
+
+/// Extra bytes TFC padding (RFC 4303 §2.7) adds to tunnel-mode packets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TfcPadding {
+    /// No TFC padding.
+    #[default]
+    None,
+    /// Pad every inner packet up to this many bytes (shorter packets grow, longer ones
+    /// are unchanged), hiding packet sizes below it.
+    PadTo(u16),
+}
+
+/// Everything needed to create a [`SecurityAssociation`].
+///
+/// Field names are those of the Python constructor and the `[[sa]]` TOML tables.
+pub struct SaConfig {
+    pub(crate) spi: u32,
+    pub(crate) direction: Direction,
+    pub(crate) mode: Mode,
+    pub(crate) cipher: Cipher,
+    pub(crate) key: Zeroizing<Vec<u8>>,
+    pub(crate) integrity: Option<Integrity>,
+    pub(crate) integrity_key: Zeroizing<Vec<u8>>,
+    pub(crate) esn: bool,
+    pub(crate) replay_window: u32,
+    pub(crate) tunnel: Option<(IpAddr, IpAddr)>,
+    pub(crate) udp_encap: Option<(u16, u16)>,
+    pub(crate) seq: u64,
+    pub(crate) soft: Lifetime,
+    pub(crate) hard: Lifetime,
+    pub(crate) tfc: TfcPadding,
+    pub(crate) outer_ttl: u8,
+    pub(crate) iv_source: Option<Box<dyn IvSource>>,
+}
+
+impl fmt::Debug for SaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SaConfig")
+            .field("spi", &format_args!("{:#010x}", self.spi))
+            .field("direction", &self.direction)
+            .field("mode", &self.mode)
+            .field("cipher", &self.cipher)
+            .field("key", &"<redacted>")
+            .field("integrity", &self.integrity)
+            .field("esn", &self.esn)
+            .field("replay_window", &self.replay_window)
+            .field("tunnel", &self.tunnel)
+            .field("udp_encap", &self.udp_encap)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SaConfig {
+    /// The default outer TTL / hop limit of tunnel-mode packets.
+    pub const DEFAULT_OUTER_TTL: u8 = 64;
+    /// The default replay window (RFC 4303 §3.4.3 suggests 32 at least; 64 is common).
+    pub const DEFAULT_REPLAY_WINDOW: u32 = 64;
+
+    /// A configuration with the required fields; everything else has its default
+    /// (no integrity algorithm, no ESN, 64-packet replay window, no tunnel endpoints, no
+    /// UDP encapsulation, sequence number 0, no lifetimes, no TFC padding).
+    ///
+    /// `key` is copied; the copy is zeroized when the configuration is dropped.
+    pub fn new(spi: u32, direction: Direction, mode: Mode, cipher: Cipher, key: &[u8]) -> Self {
+        SaConfig {
+            spi,
+            direction,
+            mode,
+            cipher,
+            key: Zeroizing::new(key.to_vec()),
+            integrity: None,
+            integrity_key: Zeroizing::new(Vec::new()),
+            esn: false,
+            replay_window: Self::DEFAULT_REPLAY_WINDOW,
+            tunnel: None,
+            udp_encap: None,
+            seq: 0,
+            soft: Lifetime::NONE,
+            hard: Lifetime::NONE,
+            tfc: TfcPadding::None,
+            outer_ttl: Self::DEFAULT_OUTER_TTL,
+            iv_source: None,
+        }
+    }
+
+    /// Sets the integrity algorithm and its key (AES-CBC and NULL need one).
+    pub fn integrity(&mut self, integrity: Integrity, key: &[u8]) -> &mut Self {
+        self.integrity = Some(integrity);
+        self.integrity_key = Zeroizing::new(key.to_vec());
+        self
+    }
+
+    /// Turns extended (64-bit) sequence numbers on or off (RFC 4303 §2.2.1).
+    pub fn esn(&mut self, esn: bool) -> &mut Self {
+        self.esn = esn;
+        self
+    }
+
+    /// Sets the inbound replay window size: 0 (off) or 32..=2^24 packets.
+    pub fn replay_window(&mut self, size: u32) -> &mut Self {
+        self.replay_window = size;
+        self
+    }
+
+    /// Sets the outer tunnel addresses (outbound tunnel mode needs them; IPv4 and IPv6
+    /// may be mixed with either inner family, but both ends share one family).
+    pub fn tunnel(&mut self, src: IpAddr, dst: IpAddr) -> &mut Self {
+        self.tunnel = Some((src, dst));
+        self
+    }
+
+    /// Encapsulates ESP in UDP with these ports (RFC 3948 NAT traversal).
+    pub fn udp_encap(&mut self, src_port: u16, dst_port: u16) -> &mut Self {
+        self.udp_encap = Some((src_port, dst_port));
+        self
+    }
+
+    /// Outbound: the last sequence number used (the next is `seq + 1`). Inbound: the
+    /// highest already received, the window's top (64-bit with ESN): for restoring SAs.
+    pub fn seq(&mut self, seq: u64) -> &mut Self {
+        self.seq = seq;
+        self
+    }
+
+    /// Sets the soft lifetime: reaching it raises [`SaEvent::Rekey`].
+    pub fn soft_lifetime(&mut self, lifetime: Lifetime) -> &mut Self {
+        self.soft = lifetime;
+        self
+    }
+
+    /// Sets the hard lifetime: reaching it raises [`SaEvent::Expired`] and the SA
+    /// refuses packets with [`Error::LifetimeExpired`].
+    pub fn hard_lifetime(&mut self, lifetime: Lifetime) -> &mut Self {
+        self.hard = lifetime;
+        self
+    }
+
+    /// Sets TFC padding for outbound tunnel-mode packets (RFC 4303 §2.7).
+    pub fn tfc_padding(&mut self, tfc: TfcPadding) -> &mut Self {
+        self.tfc = tfc;
+        self
+    }
+
+    /// Sets the outer TTL / hop limit of tunnel-mode packets (default 64).
+    pub fn outer_ttl(&mut self, ttl: u8) -> &mut Self {
+        self.outer_ttl = ttl;
+        self
+    }
+
+    /// Replaces the source of CBC IVs (by default: the OS, see [`crate::crypto::OsIvSource`]).
+    pub fn iv_source(&mut self, source: Box<dyn IvSource>) -> &mut Self {
+        self.iv_source = Some(source);
+        self
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.spi < 256 {
+            return Err(ConfigError::new(
+                "spi",
+                format!(
+                    "SPI {} is reserved: values 0..=255 are reserved by IANA (RFC 4303 §2.1)",
+                    self.spi
+                ),
+            ));
+        }
+        if !self.esn && self.seq > u64::from(u32::MAX) {
+            return Err(ConfigError::new(
+                "seq",
+                format!("{} does not fit 32 bits and ESN is off", self.seq),
+            ));
+        }
+        if let Some((src, dst)) = self.tunnel {
+            if src.is_ipv4() != dst.is_ipv4() {
+                return Err(ConfigError::new(
+                    "tunnel_dst",
+                    "tunnel_src and tunnel_dst must be of the same IP family",
+                ));
+            }
+            if self.mode == Mode::Transport {
+                return Err(ConfigError::new(
+                    "tunnel_src",
+                    "transport mode has no tunnel endpoints",
+                ));
+            }
+        } else if self.mode == Mode::Tunnel && self.direction == Direction::Outbound {
+            return Err(ConfigError::new(
+                "tunnel_src",
+                "an outbound tunnel-mode SA needs tunnel_src and tunnel_dst",
+            ));
+        }
+        if self.tfc != TfcPadding::None && self.mode == Mode::Transport {
+            return Err(ConfigError::new(
+                "tfc_padding",
+                "TFC padding needs tunnel mode (the inner IP header gives the real length)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Pending events, as bits, so that raising one never allocates.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PendingEvents {
+    raised: u8,
+    pending: u8,
+}
+
+impl PendingEvents {
+    fn bit(event: SaEvent) -> u8 {
+        let kind = match event {
+            SaEvent::Rekey(_) => 0,
+            SaEvent::Expired(_) => 3,
+        };
+        let limit = match event {
+            SaEvent::Rekey(l) | SaEvent::Expired(l) => match l {
+                LifetimeLimit::Bytes => 0,
+                LifetimeLimit::Packets => 1,
+                LifetimeLimit::Time => 2,
+            },
+        };
+        1 << (kind + limit)
+    }
+
+    /// Raises `event` once in the SA's life.
+    fn raise(&mut self, event: SaEvent) {
+        let b = Self::bit(event);
+        if self.raised & b == 0 {
+            self.raised |= b;
+            self.pending |= b;
+        }
+    }
+
+    fn pop(&mut self) -> Option<SaEvent> {
+        if self.pending == 0 {
+            return None;
+        }
+        let i = self.pending.trailing_zeros();
+        self.pending &= !(1 << i);
+        let limit = match i % 3 {
+            0 => LifetimeLimit::Bytes,
+            1 => LifetimeLimit::Packets,
+            _ => LifetimeLimit::Time,
+        };
+        Some(if i < 3 {
+            SaEvent::Rekey(limit)
+        } else {
+            SaEvent::Expired(limit)
+        })
+    }
+}
+
+/// One direction of an IPsec SA: keys, state and counters.
+pub struct SecurityAssociation {
+    pub(crate) spi: u32,
+    pub(crate) direction: Direction,
+    pub(crate) mode: Mode,
+    pub(crate) cipher: Cipher,
+    pub(crate) integrity: Option<Integrity>,
+    pub(crate) esn: bool,
+    pub(crate) transform: Transform,
+    /// Outbound: the last sequence number used.
+    pub(crate) seq: u64,
+    /// Inbound: the replay window (always present; size 0 means "off").
+    pub(crate) replay: ReplayWindow,
+    pub(crate) tunnel: Option<(IpAddr, IpAddr)>,
+    pub(crate) udp_encap: Option<(u16, u16)>,
+    pub(crate) tfc: TfcPadding,
+    pub(crate) outer_ttl: u8,
+    pub(crate) soft: Lifetime,
+    pub(crate) hard: Lifetime,
+    pub(crate) created: Duration,
+    pub(crate) expired: Option<LifetimeLimit>,
+    pub(crate) events: PendingEvents,
+    pub(crate) stats: SaStats,
+}
+
+impl fmt::Debug for SecurityAssociation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecurityAssociation")
+            .field("spi", &format_args!("{:#010x}", self.spi))
+            .field("direction", &self.direction)
+            .field("mode", &self.mode)
+            .field("cipher", &self.cipher)
+            .field("integrity", &self.integrity)
+            .field("esn", &self.esn)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecurityAssociation {
+    /// Checks `config` (SPI range, key lengths, algorithm combination, addresses,
+    /// window size) and creates the SA at time `now` (the caller's clock; lifetimes
+    /// count from here).
+    pub fn new(mut config: SaConfig, now: Duration) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let transform = Transform::new(
+            config.cipher,
+            &config.key,
+            config.integrity,
+            &config.integrity_key,
+            config.iv_source.take(),
+        )?;
+        let replay = match config.direction {
+            Direction::Inbound => {
+                ReplayWindow::with_highest(config.replay_window, config.esn, config.seq)?
+            }
+            Direction::Outbound => ReplayWindow::new(0, config.esn)?,
+        };
+        Ok(SecurityAssociation {
+            spi: config.spi,
+            direction: config.direction,
+            mode: config.mode,
+            cipher: config.cipher,
+            integrity: config.integrity,
+            esn: config.esn,
+            transform,
+            seq: config.seq,
+            replay,
+            tunnel: config.tunnel,
+            udp_encap: config.udp_encap,
+            tfc: config.tfc,
+            outer_ttl: config.outer_ttl,
+            soft: config.soft,
+            hard: config.hard,
+            created: now,
+            expired: None,
+            events: PendingEvents::default(),
+            stats: SaStats::default(),
+        })
+    }
+
+    /// The SPI.
+    pub fn spi(&self) -> u32 {
+        self.spi
+    }
+
+    /// Outbound or inbound.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// Tunnel or transport.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The cipher.
+    pub fn cipher(&self) -> Cipher {
+        self.cipher
+    }
+
+    /// The integrity algorithm, if the cipher needs one.
+    pub fn integrity(&self) -> Option<Integrity> {
+        self.integrity
+    }
+
+    /// True when extended sequence numbers are on.
+    pub fn esn(&self) -> bool {
+        self.esn
+    }
+
+    /// Outbound: the last sequence number used. Inbound: the highest received.
+    pub fn seq(&self) -> u64 {
+        match self.direction {
+            Direction::Outbound => self.seq,
+            Direction::Inbound => self.replay.highest(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &SaStats {
+        &self.stats
+    }
+
+    /// The inbound replay window (its late-packet histogram helps size it).
+    pub fn replay_window(&self) -> &ReplayWindow {
+        &self.replay
+    }
+
+    /// The UDP encapsulation ports, if NAT traversal is on.
+    pub fn udp_encap(&self) -> Option<(u16, u16)> {
+        self.udp_encap
+    }
+
+    /// The tunnel endpoints, if configured.
+    pub fn tunnel(&self) -> Option<(IpAddr, IpAddr)> {
+        self.tunnel
+    }
+
+    /// True once a hard lifetime was reached.
+    pub fn is_expired(&self) -> bool {
+        self.expired.is_some()
+    }
+
+    /// Checks the time-based lifetimes against `now` and returns the next event the
+    /// caller must act on, or `None`. Call it until it returns `None`.
+    #[must_use]
+    pub fn poll_event(&mut self, now: Duration) -> Option<SaEvent> {
+        self.update_lifetimes(now);
+        self.events.pop()
+    }
+
+    /// The headroom an outbound packet needs in front of it (outer IP header, UDP
+    /// header, ESP header and IV), for the largest outer header this SA can write.
+    pub fn max_headroom(&self) -> usize {
+        let outer = match (self.mode, self.tunnel) {
+            (Mode::Tunnel, Some((src, _))) if src.is_ipv4() => crate::packet::IPV4_HEADER_LEN,
+            (Mode::Tunnel, _) => crate::packet::IPV6_HEADER_LEN,
+            (Mode::Transport, _) => 0,
+        };
+        let udp = if self.udp_encap.is_some() {
+            crate::packet::UDP_HEADER_LEN
+        } else {
+            0
+        };
+        outer + udp + 8 + self.transform.iv_len
+    }
+
+    /// The tailroom an outbound packet of `len` bytes needs behind it (TFC padding,
+    /// ESP padding, pad length, next header and ICV).
+    pub fn tailroom_for(&self, len: usize) -> usize {
+        let payload = match self.tfc {
+            TfcPadding::PadTo(n) => len.max(usize::from(n)),
+            TfcPadding::None => len,
+        };
+        let align = self.transform.pad_align;
+        let pad = (align - (payload + 2) % align) % align;
+        (payload - len) + pad + 2 + self.transform.icv_len
+    }
+
+    /// The most an outbound packet can grow: [`Self::max_headroom`] plus the largest
+    /// [`Self::tailroom_for`] (for buffer sizing).
+    pub fn max_overhead(&self) -> usize {
+        let tfc = match self.tfc {
+            TfcPadding::PadTo(n) => usize::from(n),
+            TfcPadding::None => 0,
+        };
+        self.max_headroom() + tfc + self.transform.pad_align + 1 + self.transform.icv_len
+    }
+
+    /// Refuses a packet when the SA has expired; otherwise `Ok`.
+    #[inline]
+    pub(crate) fn admit(&mut self, now: Duration) -> Result<(), Error> {
+        if self.expired.is_none() {
+            self.update_lifetimes(now);
+        }
+        match self.expired {
+            Some(limit) => Err(self.drop(Error::LifetimeExpired(limit))),
+            None => Ok(()),
+        }
+    }
+
+    /// Accounts a processed packet of `bytes` inner bytes.
+    #[inline]
+    pub(crate) fn account(&mut self, bytes: usize) {
+        self.stats.packets += 1;
+        self.stats.bytes += bytes as u64;
+    }
+
+    /// Counts `err` under its drop reason and hands it back.
+    #[inline]
+    pub(crate) fn drop(&mut self, err: Error) -> Error {
+        self.stats.count_drop(err.drop_reason());
+        err
+    }
+
+    #[inline]
+    fn update_lifetimes(&mut self, now: Duration) {
+        let age = now.saturating_sub(self.created);
+        let (bytes, packets) = (self.stats.bytes, self.stats.packets);
+        if let Some(l) = self.soft.reached(bytes, packets, age) {
+            self.events.raise(SaEvent::Rekey(l));
+        }
+        if self.expired.is_none() {
+            if let Some(l) = self.hard.reached(bytes, packets, age) {
+                self.expired = Some(l);
+                self.events.raise(SaEvent::Expired(l));
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! SA files: `[[sa]]` tables in TOML whose keys are the Python constructor's keyword
+//! arguments (DESIGN.md "Policy file"), keys as hex strings.
+//!
+//! ```toml
+//! [[sa]]
+//! name = "branch1-out"
+//! spi = 0x1000
+//! direction = "outbound"
+//! mode = "tunnel"
+//! cipher = "aes-128-gcm"
+//! key = "00112233445566778899aabbccddeeff01020304"
+//! tunnel_src = "192.0.2.1"
+//! tunnel_dst = "192.0.2.2"
+//! # optional: integrity, integrity_key, esn, replay_window, udp_encap = [4500, 4500],
+//! # seq, outer_ttl, tfc_pad_to, soft_lifetime / hard_lifetime = { bytes, packets, seconds }
+//! ```
+//!
+//! Unknown keys are errors; every error names the SA and the key.
+
+use crate::crypto::{Cipher, Integrity};
+use crate::error::ConfigError;
+use crate::sa::{Direction, Lifetime, Mode, SaConfig, TfcPadding};
+use core::time::Duration;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use zeroize::Zeroizing;
+
+/// One `[[sa]]` table, parsed and checked, ready to become a
+/// [`SecurityAssociation`](crate::SecurityAssociation).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct NamedSa {
+    /// The SA's unique name.
+    pub name: String,
+    /// Its configuration.
+    pub config: SaConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SaFile {
+    #[serde(default)]
+    sa: Vec<toml::Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSa {
+    name: String,
+    spi: u32,
+    direction: String,
+    mode: String,
+    cipher: String,
+    #[serde(default)]
+    key: Zeroizing<String>,
+    integrity: Option<String>,
+    #[serde(default)]
+    integrity_key: Zeroizing<String>,
+    #[serde(default)]
+    esn: bool,
+    replay_window: Option<u32>,
+    tunnel_src: Option<String>,
+    tunnel_dst: Option<String>,
+    udp_encap: Option<(u16, u16)>,
+    #[serde(default)]
+    seq: u64,
+    outer_ttl: Option<u8>,
+    tfc_pad_to: Option<u16>,
+    soft_lifetime: Option<RawLifetime>,
+    hard_lifetime: Option<RawLifetime>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLifetime {
+    bytes: Option<u64>,
+    packets: Option<u64>,
+    seconds: Option<u64>,
+}
+
+impl From<RawLifetime> for Lifetime {
+    fn from(r: RawLifetime) -> Lifetime {
+        Lifetime {
+            bytes: r.bytes,
+            packets: r.packets,
+            time: r.seconds.map(Duration::from_secs),
+        }
+    }
+}
+
+/// Decodes a hex string (spaces, colons and a `0x` prefix allowed) into bytes.
+pub fn decode_hex(field: &str, text: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
+    let text = text.strip_prefix("0x").unwrap_or(text);
+    let digits: Zeroizing<Vec<u8>> = Zeroizing::new(
+        text.bytes()
+            .filter(|b| !matches!(b, b' ' | b':' | b'_'))
+            .collect(),
+    );
+    if digits.len() % 2 != 0 {
+        return Err(ConfigError::new(
+            field,
+            "hex string has an odd number of digits",
+        ));
+    }
+    let nibble = |c: u8| -> Result<u8, ConfigError> {
+        match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            b'A'..=b'F' => Ok(c - b'A' + 10),
+            _ => Err(ConfigError::new(
+                field,
+                format!("{:?} is not a hex digit", char::from(c)),
+            )),
+        }
+    };
+    let mut out = Zeroizing::new(Vec::with_capacity(digits.len() / 2));
+    for pair in digits.chunks_exact(2) {
+        out.push(nibble(pair[0])? << 4 | nibble(pair[1])?);
+    }
+    Ok(out)
+}
+
+fn parse_addr(field: &str, text: &str) -> Result<IpAddr, ConfigError> {
+    text.parse()
+        .map_err(|_| ConfigError::new(field, format!("{text:?} is not an IPv4 or IPv6 address")))
+}
+
+impl RawSa {
+    fn into_config(self) -> Result<SaConfig, ConfigError> {
+        let cipher = Cipher::from_name(&self.cipher)?;
+        let key = decode_hex("key", &self.key)?;
+        let mut cfg = SaConfig::new(
+            self.spi,
+            Direction::from_name(&self.direction)?,
+            Mode::from_name(&self.mode)?,
+            cipher,
+            &key,
+        );
+        if let Some(name) = &self.integrity {
+            let alg = Integrity::from_name(name)?;
+            cfg.integrity(alg, &decode_hex("integrity_key", &self.integrity_key)?);
+        } else if !self.integrity_key.is_empty() {
+            return Err(ConfigError::new(
+                "integrity_key",
+                "given without an integrity algorithm",
+            ));
+        }
+        cfg.esn(self.esn).seq(self.seq);
+        if let Some(w) = self.replay_window {
+            cfg.replay_window(w);
+        }
+        match (&self.tunnel_src, &self.tunnel_dst) {
+            (Some(s), Some(d)) => {
+                cfg.tunnel(parse_addr("tunnel_src", s)?, parse_addr("tunnel_dst", d)?);
+            }
+            (None, None) => {}
+            (Some(_), None) => return Err(ConfigError::new("tunnel_dst", "missing")),
+            (None, Some(_)) => return Err(ConfigError::new("tunnel_src", "missing")),
+        }
+        if let Some((s, d)) = self.udp_encap {
+            cfg.udp_encap(s, d);
+        }
+        if let Some(ttl) = self.outer_ttl {
+            cfg.outer_ttl(ttl);
+        }
+        if let Some(n) = self.tfc_pad_to {
+            cfg.tfc_padding(TfcPadding::PadTo(n));
+        }
+        if let Some(l) = self.soft_lifetime {
+            cfg.soft_lifetime(l.into());
+        }
+        if let Some(l) = self.hard_lifetime {
+            cfg.hard_lifetime(l.into());
+        }
+        Ok(cfg)
+    }
+}
+
+/// Parses every `[[sa]]` table of `text`. Names must be unique. The configurations are
+/// checked as far as possible without creating the SAs (creation checks key lengths
+/// and the algorithm combination).
+pub fn parse_sa_file(text: &str) -> Result<Vec<NamedSa>, ConfigError> {
+    let file: SaFile = toml::from_str(text).map_err(|e| {
+        ConfigError::new(
+            "toml",
+            e.to_string()
+                .trim_end()
+                .replace('\n', " ")
+                .replace("  ", " "),
+        )
+    })?;
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(file.sa.len());
+    for (i, table) in file.sa.into_iter().enumerate() {
+        let label = match table.get("name").and_then(|v| v.as_str()) {
+            Some(n) => format!("sa {n:?}"),
+            None => format!("sa #{}", i + 1),
+        };
+        let raw: RawSa = table.try_into().map_err(|e: toml::de::Error| {
+            ConfigError::new(label.clone(), e.message().to_string())
+        })?;
+        if !names.insert(raw.name.clone()) {
+            return Err(ConfigError::new(label, "duplicate SA name"));
+        }
+        let name = raw.name.clone();
+        let config = raw.into_config().map_err(|e| e.in_context(&label))?;
+        out.push(NamedSa { name, config });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SecurityAssociation;
+
+    const GOOD: &str = r#"
+        [[sa]]
+        name = "b1-out"
+        spi = 0x1000
+        direction = "outbound"
+        mode = "tunnel"
+        cipher = "aes-128-gcm"
+        key = "00112233445566778899aabbccddeeff01020304"
+        tunnel_src = "192.0.2.1"
+        tunnel_dst = "192.0.2.2"
+        udp_encap = [4500, 4500]
+        hard_lifetime = { packets = 1000, seconds = 3600 }
+
+        [[sa]]
+        name = "b1-in"
+        spi = 0x1001
+        direction = "inbound"
+        mode = "transport"
+        cipher = "aes-256-cbc"
+        key = "0x0001020304050607080910111213141516171819202122232425262728293031"
+        integrity = "hmac-sha256-128"
+        integrity_key = "00:01:02:03:04:05:06:07:08:09:10:11:12:13:14:15:16:17:18:19:20:21:22:23:24:25:26:27:28:29:30:31"
+        esn = true
+        replay_window = 4096
+    "#;
+
+    #[test]
+    fn parses_and_builds_sas() {
+        let sas = parse_sa_file(GOOD).unwrap();
+        assert_eq!(sas.len(), 2);
+        assert_eq!(sas[0].name, "b1-out");
+        for s in sas {
+            let sa = SecurityAssociation::new(s.config, Duration::ZERO).unwrap();
+            assert!(sa.spi() >= 0x1000);
+        }
+    }
+
+    #[test]
+    fn errors_name_the_sa_and_the_key() {
+        let bad_key = GOOD.replace("01020304\"", "010203\"");
+        let sas = parse_sa_file(&bad_key).unwrap();
+        let err = SecurityAssociation::new(sas.into_iter().next().unwrap().config, Duration::ZERO)
+            .unwrap_err();
+        assert_eq!(err.field(), "key");
+
+        let unknown = GOOD.replace("esn = true", "esn = true\nkye = 1");
+        let err = parse_sa_file(&unknown).unwrap_err();
+        assert!(err.field().contains("b1-in"), "{err}");
+        assert!(err.message().contains("kye"), "{err}");
+
+        let bad_hex = GOOD.replace("0x0001", "0xzz01");
+        let err = parse_sa_file(&bad_hex).unwrap_err();
+        assert!(
+            err.to_string().contains("b1-in") && err.to_string().contains("key"),
+            "{err}"
+        );
+
+        let dup = GOOD.replace("b1-in", "b1-out");
+        assert!(
+            parse_sa_file(&dup)
+                .unwrap_err()
+                .message()
+                .contains("duplicate")
+        );
+
+        let bad_addr = GOOD.replace("192.0.2.2", "192.0.2.300");
+        let err = parse_sa_file(&bad_addr).unwrap_err();
+        assert!(err.field().contains("tunnel_dst"), "{err}");
+    }
+}
