@@ -431,7 +431,7 @@ impl SecurityAssociation {
             return Err(Error::Malformed(Malformed::Truncated));
         }
         let enc_len = esp_len - ESP_HEADER_LEN - iv_len - icv_len;
-        if enc_len % self.transform.pad_align != 0 && self.transform.pad_align == 16 {
+        if self.transform.pad_align == 16 && !enc_len.is_multiple_of(16) {
             return Err(Error::Malformed(Malformed::BadCiphertextLength));
         }
         let seq_wire =

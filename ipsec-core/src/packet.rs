@@ -282,6 +282,28 @@ pub fn set_ip_length(pkt: &mut [u8], version: IpVersion, header_len: usize, tota
     }
 }
 
+/// Walks every IPv6 extension header (Hop-by-Hop, Routing, Fragment, Destination
+/// Options) of `pkt` and returns `(offset, next_header_at, protocol)` of the first
+/// header that is not one of them: for a received ESP packet, where ESP starts.
+pub fn ipv6_upper_layer(pkt: &[u8], total_len: usize) -> Result<(usize, usize, u8), Malformed> {
+    let mut next_header_at = 6;
+    let mut offset = IPV6_HEADER_LEN;
+    let mut nh = pkt[6];
+    for _ in 0..16 {
+        if !matches!(
+            nh,
+            EXT_HOP_BY_HOP | EXT_ROUTING | EXT_FRAGMENT | EXT_DEST_OPTS
+        ) {
+            return Ok((offset, next_header_at, nh));
+        }
+        let len = ext_len(pkt, offset, total_len, nh)?;
+        next_header_at = offset;
+        nh = pkt[offset];
+        offset += len;
+    }
+    Err(Malformed::BadExtensionHeader)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,26 +418,4 @@ mod tests {
         h[3] = 20;
         assert_eq!(parse_ip(&h), Err(Malformed::BadIpLength));
     }
-}
-
-/// Walks every IPv6 extension header (Hop-by-Hop, Routing, Fragment, Destination
-/// Options) of `pkt` and returns `(offset, next_header_at, protocol)` of the first
-/// header that is not one of them: for a received ESP packet, where ESP starts.
-pub fn ipv6_upper_layer(pkt: &[u8], total_len: usize) -> Result<(usize, usize, u8), Malformed> {
-    let mut next_header_at = 6;
-    let mut offset = IPV6_HEADER_LEN;
-    let mut nh = pkt[6];
-    for _ in 0..16 {
-        if !matches!(
-            nh,
-            EXT_HOP_BY_HOP | EXT_ROUTING | EXT_FRAGMENT | EXT_DEST_OPTS
-        ) {
-            return Ok((offset, next_header_at, nh));
-        }
-        let len = ext_len(pkt, offset, total_len, nh)?;
-        next_header_at = offset;
-        nh = pkt[offset];
-        offset += len;
-    }
-    Err(Malformed::BadExtensionHeader)
 }

@@ -602,15 +602,22 @@ impl SecurityAssociation {
     }
 
     /// The tailroom an outbound packet of `len` bytes needs behind it (TFC padding,
-    /// ESP padding, pad length, next header and ICV).
+    /// ESP padding, pad length, next header and ICV). Exact in tunnel mode; in
+    /// transport mode only the part after the IP header is padded, so this returns the
+    /// worst case over header lengths.
     pub fn tailroom_for(&self, len: usize) -> usize {
-        let payload = match self.tfc {
-            TfcPadding::PadTo(n) => len.max(usize::from(n)),
-            TfcPadding::None => len,
-        };
         let align = self.transform.pad_align;
-        let pad = (align - (payload + 2) % align) % align;
-        (payload - len) + pad + 2 + self.transform.icv_len
+        let trailer = 2 + self.transform.icv_len;
+        match (self.mode, self.tfc) {
+            (Mode::Transport, _) => align - 1 + trailer,
+            (Mode::Tunnel, tfc) => {
+                let payload = match tfc {
+                    TfcPadding::PadTo(n) => len.max(usize::from(n)),
+                    TfcPadding::None => len,
+                };
+                (payload - len) + (align - (payload + 2) % align) % align + trailer
+            }
+        }
     }
 
     /// The most an outbound packet can grow: [`Self::max_headroom`] plus the largest
@@ -656,11 +663,11 @@ impl SecurityAssociation {
         if let Some(l) = self.soft.reached(bytes, packets, age) {
             self.events.raise(SaEvent::Rekey(l));
         }
-        if self.expired.is_none() {
-            if let Some(l) = self.hard.reached(bytes, packets, age) {
-                self.expired = Some(l);
-                self.events.raise(SaEvent::Expired(l));
-            }
+        if self.expired.is_none()
+            && let Some(l) = self.hard.reached(bytes, packets, age)
+        {
+            self.expired = Some(l);
+            self.events.raise(SaEvent::Expired(l));
         }
     }
 }

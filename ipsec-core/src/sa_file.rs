@@ -97,7 +97,7 @@ pub fn decode_hex(field: &str, text: &str) -> Result<Zeroizing<Vec<u8>>, ConfigE
             .filter(|b| !matches!(b, b' ' | b':' | b'_'))
             .collect(),
     );
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(ConfigError::new(
             field,
             "hex string has an odd number of digits",

@@ -267,7 +267,7 @@ proptest! {
     /// Without ESN: in-order runs, reordering within and beyond the window, duplicates,
     /// jumps, sequence number 0, through every entry point.
     #[test]
-    fn matches_model_without_esn(
+    fn replay_matches_model_without_esn(
         size in size(),
         start in prop_oneof![Just(0u64), 0u64..3000],
         steps in prop::collection::vec((step(9000), via()), 1..400),
@@ -277,7 +277,7 @@ proptest! {
 
     /// Without ESN, close to the end of the 32-bit space.
     #[test]
-    fn matches_model_near_2_32_without_esn(
+    fn replay_matches_model_near_2_32_without_esn(
         size in size(),
         back in 0u64..5000,
         steps in prop::collection::vec((step(9000), via()), 1..200),
@@ -290,7 +290,7 @@ proptest! {
     /// go beyond the window, where the inference differs from the sent value (and the
     /// packet would fail its ICV).
     #[test]
-    fn matches_model_with_esn(
+    fn replay_matches_model_with_esn(
         size in size(),
         start in (TWO32 - 2000)..(TWO32 + 100),
         steps in prop::collection::vec((step(9000), via()), 1..400),
@@ -300,7 +300,7 @@ proptest! {
 
     /// With ESN, through many 2^32 boundaries (big jumps) and high in the 64-bit space.
     #[test]
-    fn matches_model_with_esn_far(
+    fn replay_matches_model_with_esn_far(
         size in size(),
         start in prop_oneof![any::<u32>().prop_map(u64::from), (5 * TWO32 - 3000)..(5 * TWO32 + 3000)],
         steps in prop::collection::vec((step(9000), via()), 1..400),
@@ -310,7 +310,7 @@ proptest! {
 
     /// The inference alone, for arbitrary states, against the reference formulation.
     #[test]
-    fn inference_matches_reference(
+    fn replay_inference_matches_reference(
         size in size(),
         highest in prop_oneof![
             any::<u64>(),
@@ -330,7 +330,7 @@ proptest! {
 
     /// A restored window treats the whole window below its top as received.
     #[test]
-    fn restored_window_matches_model(
+    fn replay_restored_window_matches_model(
         size in size(),
         esn in any::<bool>(),
         highest in prop_oneof![0u64..200, 1000u64..100_000, (TWO32 - 100)..(TWO32 + 100)],
@@ -360,7 +360,7 @@ proptest! {
     /// `check` leaves the window as it was, and `update` with the value a successful
     /// `check` returned always succeeds.
     #[test]
-    fn check_is_pure_and_update_follows(
+    fn replay_check_is_pure_and_update_follows(
         size in size(),
         esn in any::<bool>(),
         start in 1u64..100_000,
@@ -398,7 +398,7 @@ proptest! {
 /// arrive with jitter smaller than the window is accepted packet for packet, and every
 /// duplicate is refused.
 #[test]
-fn esn_stream_with_jitter_across_2_32() {
+fn replay_esn_stream_with_jitter_across_2_32() {
     for size in SIZES {
         let mut w = ReplayWindow::new(size, true).unwrap();
         let mut m = Model::new(size);

@@ -1,0 +1,276 @@
+//! Helpers shared by the integration tests: hex, packet builders, buffer handling,
+//! a fixed CBC IV source, SA constructors and reference HMACs.
+#![allow(dead_code)]
+
+use core::time::Duration;
+use std::net::IpAddr;
+
+use hmac::{KeyInit, Mac};
+use ipsec_core::crypto::IvSource;
+use ipsec_core::{
+    Cipher, Direction, DropReason, Error, Integrity, Mode, PacketBuf, SaConfig, SecurityAssociation,
+};
+
+/// Time zero: the tests do not depend on the clock unless they say so.
+pub(crate) const T0: Duration = Duration::ZERO;
+
+/// Headroom and tailroom around every packet the helpers encrypt.
+pub(crate) const ROOM: usize = 512;
+
+/// Decodes lowercase or uppercase hex (panics on bad input: test data only).
+pub(crate) fn hex(s: &str) -> Vec<u8> {
+    assert!(s.len().is_multiple_of(2), "odd-length hex {s:?}");
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
+        .collect()
+}
+
+/// Encodes bytes as lowercase hex.
+pub(crate) fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The RFC 1071 checksum of `data`.
+pub(crate) fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
+        sum += u32::from(w);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Recomputes the checksum of the IPv4 header at the start of `pkt`.
+pub(crate) fn fix_ipv4_checksum(pkt: &mut [u8]) {
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    pkt[10] = 0;
+    pkt[11] = 0;
+    let c = checksum(&pkt[..ihl]);
+    pkt[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// True when the IPv4 header at the start of `pkt` has a valid checksum.
+pub(crate) fn ipv4_checksum_ok(pkt: &[u8]) -> bool {
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    checksum(&pkt[..ihl]) == 0
+}
+
+/// An IPv4 packet `src -> dst` with protocol `proto`, TOS `tos` and `payload`.
+pub(crate) fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, tos: u8, payload: &[u8]) -> Vec<u8> {
+    let total = 20 + payload.len();
+    let mut p = vec![0u8; 20];
+    p[0] = 0x45;
+    p[1] = tos;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[4..6].copy_from_slice(&0x1c46u16.to_be_bytes());
+    p[6] = 0x40; // DF
+    p[8] = 61;
+    p[9] = proto;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    fix_ipv4_checksum(&mut p);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// An IPv6 packet with next header `nh`, traffic class `tc` and `payload` (which holds
+/// any extension headers).
+pub(crate) fn ipv6(nh: u8, tc: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x60 | (tc >> 4);
+    p[1] = (tc << 4) | 0x0a; // flow label 0xabcde
+    p[2] = 0xbc;
+    p[3] = 0xde;
+    p[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+    p[6] = nh;
+    p[7] = 55;
+    let src: std::net::Ipv6Addr = "2001:db8:1::5".parse().expect("addr");
+    let dst: std::net::Ipv6Addr = "2001:db8:2::3".parse().expect("addr");
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// A UDP datagram (checksum left 0) with `n` bytes of payload.
+pub(crate) fn udp(sport: u16, dport: u16, n: usize) -> Vec<u8> {
+    let mut u = vec![0u8; 8];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&((8 + n) as u16).to_be_bytes());
+    u.extend((0..n).map(|i| (i * 7 + 3) as u8));
+    u
+}
+
+/// An IPv4 UDP packet 10.0.0.5 -> 10.1.2.3 with `n` bytes of payload and TOS `tos`.
+pub(crate) fn inner_v4(n: usize, tos: u8) -> Vec<u8> {
+    ipv4([10, 0, 0, 5], [10, 1, 2, 3], 17, tos, &udp(5000, 53, n))
+}
+
+/// An IPv6 UDP packet 2001:db8:1::5 -> 2001:db8:2::3 with `n` bytes of payload.
+pub(crate) fn inner_v6(n: usize, tc: u8) -> Vec<u8> {
+    ipv6(17, tc, &udp(5000, 53, n))
+}
+
+/// A CBC IV source that always returns the same IV.
+#[derive(Debug)]
+pub(crate) struct FixedIv(pub(crate) [u8; 16]);
+
+impl IvSource for FixedIv {
+    fn fill_iv(&mut self, iv: &mut [u8; 16]) {
+        *iv = self.0;
+    }
+}
+
+/// The (cipher, integrity) pairs the design allows.
+pub(crate) fn all_suites() -> Vec<(Cipher, Option<Integrity>)> {
+    let mut v: Vec<(Cipher, Option<Integrity>)> = [
+        Cipher::Aes128Gcm,
+        Cipher::Aes256Gcm,
+        Cipher::ChaCha20Poly1305,
+        Cipher::Aes128Gmac,
+        Cipher::Aes256Gmac,
+    ]
+    .into_iter()
+    .map(|c| (c, None))
+    .collect();
+    for c in [Cipher::Aes128Cbc, Cipher::Aes256Cbc, Cipher::Null] {
+        for i in Integrity::ALL {
+            v.push((c, Some(i)));
+        }
+    }
+    v
+}
+
+/// A deterministic key of the cipher's length (salt included).
+pub(crate) fn key_for(c: Cipher) -> Vec<u8> {
+    (0..c.key_len())
+        .map(|i| (i as u8).wrapping_mul(13) ^ 0x5a)
+        .collect()
+}
+
+/// A deterministic key of the integrity algorithm's length.
+pub(crate) fn integ_key_for(i: Integrity) -> Vec<u8> {
+    (0..i.key_len())
+        .map(|k| (k as u8).wrapping_mul(29) ^ 0xa5)
+        .collect()
+}
+
+/// A configuration with the suite's deterministic keys.
+pub(crate) fn config(
+    spi: u32,
+    dir: Direction,
+    mode: Mode,
+    suite: (Cipher, Option<Integrity>),
+) -> SaConfig {
+    let mut cfg = SaConfig::new(spi, dir, mode, suite.0, &key_for(suite.0));
+    if let Some(i) = suite.1 {
+        cfg.integrity(i, &integ_key_for(i));
+    }
+    cfg
+}
+
+/// An outbound/inbound pair in `mode` (tunnel: IPv4 endpoints 192.0.2.1 -> 198.51.100.2).
+pub(crate) fn pair(
+    spi: u32,
+    mode: Mode,
+    suite: (Cipher, Option<Integrity>),
+) -> (SecurityAssociation, SecurityAssociation) {
+    let mut out = config(spi, Direction::Outbound, mode, suite);
+    if mode == Mode::Tunnel {
+        out.tunnel(
+            "192.0.2.1".parse::<IpAddr>().expect("addr"),
+            "198.51.100.2".parse::<IpAddr>().expect("addr"),
+        );
+    }
+    let inb = config(spi, Direction::Inbound, mode, suite);
+    (
+        SecurityAssociation::new(out, T0).expect("outbound SA"),
+        SecurityAssociation::new(inb, T0).expect("inbound SA"),
+    )
+}
+
+/// Encrypts `pkt` with `ROOM` bytes of headroom and tailroom; returns the protected packet.
+pub(crate) fn encrypt(sa: &mut SecurityAssociation, pkt: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0u8; ROOM + pkt.len() + ROOM];
+    buf[ROOM..ROOM + pkt.len()].copy_from_slice(pkt);
+    let mut p = PacketBuf::new(&mut buf, ROOM, pkt.len())?;
+    sa.encrypt(&mut p, T0)?;
+    Ok(p.data().to_vec())
+}
+
+/// Decrypts `pkt` (placed at offset 16 of a buffer with no tailroom); returns the result.
+pub(crate) fn decrypt(sa: &mut SecurityAssociation, pkt: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0u8; 16 + pkt.len()];
+    buf[16..].copy_from_slice(pkt);
+    let mut p = PacketBuf::new(&mut buf, 16, pkt.len())?;
+    sa.decrypt(&mut p, T0)?;
+    Ok(p.data().to_vec())
+}
+
+/// The drop counters of `sa`, in `DropReason::ALL` order.
+pub(crate) fn drops(sa: &SecurityAssociation) -> Vec<u64> {
+    DropReason::ALL
+        .iter()
+        .map(|r| sa.stats().dropped(*r))
+        .collect()
+}
+
+/// Checks that exactly `reason` went up by one between `before` and now, and nothing else.
+pub(crate) fn assert_one_drop(
+    sa: &SecurityAssociation,
+    before: &[u64],
+    reason: DropReason,
+    what: &str,
+) {
+    let after = drops(sa);
+    for (i, r) in DropReason::ALL.iter().enumerate() {
+        let want = before[i] + u64::from(*r == reason);
+        assert_eq!(
+            after[i], want,
+            "{what}: counter {r} is {} (was {}), expected only {reason} to grow by one",
+            after[i], before[i]
+        );
+    }
+}
+
+/// HMAC of `data` under `key` with the hash of `alg`, truncated to the ICV length.
+pub(crate) fn hmac_trunc(alg: Integrity, key: &[u8], data: &[u8]) -> Vec<u8> {
+    fn run<M: Mac + KeyInit>(key: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut m = <M as KeyInit>::new_from_slice(key).expect("any key length");
+        m.update(data);
+        m.finalize().into_bytes().to_vec()
+    }
+    let full = match alg {
+        Integrity::HmacSha1_96 => run::<hmac::Hmac<sha1::Sha1>>(key, data),
+        Integrity::HmacSha256_128 => run::<hmac::Hmac<sha2::Sha256>>(key, data),
+        Integrity::HmacSha384_192 => run::<hmac::Hmac<sha2::Sha384>>(key, data),
+        Integrity::HmacSha512_256 => run::<hmac::Hmac<sha2::Sha512>>(key, data),
+        other => panic!("no reference HMAC for {other:?}"),
+    };
+    full[..alg.icv_len()].to_vec()
+}
+
+/// The full (untruncated) HMAC of `data` under `key`, hash named as in Python `hashlib`.
+pub(crate) fn hmac_full(hash: &str, key: &[u8], data: &[u8]) -> Vec<u8> {
+    fn run<M: Mac + KeyInit>(key: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut m = <M as KeyInit>::new_from_slice(key).expect("any key length");
+        m.update(data);
+        m.finalize().into_bytes().to_vec()
+    }
+    match hash {
+        "sha1" => run::<hmac::Hmac<sha1::Sha1>>(key, data),
+        "sha256" => run::<hmac::Hmac<sha2::Sha256>>(key, data),
+        "sha384" => run::<hmac::Hmac<sha2::Sha384>>(key, data),
+        "sha512" => run::<hmac::Hmac<sha2::Sha512>>(key, data),
+        other => panic!("unknown hash {other}"),
+    }
+}

@@ -1,0 +1,165 @@
+//! Proves that the packet path does not touch the heap: a counting global allocator
+//! counts the allocations of the current thread while 1000 packets go through
+//! `encrypt`, `decrypt`, `encrypt_burst` and `decrypt_burst` (SAs and buffers are made
+//! before counting starts). The count must be 0.
+#![allow(unsafe_code)]
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use common::{T0, inner_v4, inner_v6, pair};
+use ipsec_core::{Cipher, Error, Integrity, Mode, PacketBuf, SecurityAssociation};
+
+/// Wraps the system allocator and counts allocations made by the current thread.
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded unchanged to `System`, which upholds the
+// `GlobalAlloc` contract; the counter is a const-initialised thread-local `Cell`
+// (no allocation, no reentrancy) updated with `try_with` so that it is never touched
+// during thread teardown.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: `ptr` was allocated by `System` with `layout` (all allocations are).
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> u64 {
+    ALLOCS.with(Cell::get)
+}
+
+const SUITES: [(Cipher, Option<Integrity>); 6] = [
+    (Cipher::Aes128Gcm, None),
+    (Cipher::Aes256Gcm, None),
+    (Cipher::ChaCha20Poly1305, None),
+    (Cipher::Aes128Gmac, None),
+    (Cipher::Aes128Cbc, Some(Integrity::HmacSha256_128)),
+    (Cipher::Null, Some(Integrity::HmacSha1_96)),
+];
+
+const PACKETS: usize = 1000;
+const HEAD: usize = 128;
+
+/// One packet at a time: encrypt and decrypt 1000 packets per suite, mode and family.
+#[test]
+fn single_packet_path_does_not_allocate() {
+    for suite in SUITES {
+        for mode in [Mode::Tunnel, Mode::Transport] {
+            for plain in [inner_v4(100, 0), inner_v6(1300, 0)] {
+                let (mut out, mut inb) = pair(0x4444, mode, suite);
+                let mut buf = vec![0u8; 2048];
+                let before = allocs();
+                for _ in 0..PACKETS {
+                    buf[HEAD..HEAD + plain.len()].copy_from_slice(&plain);
+                    let mut p = PacketBuf::new(&mut buf, HEAD, plain.len()).expect("buf");
+                    out.encrypt(&mut p, T0).expect("encrypt");
+                    inb.decrypt(&mut p, T0).expect("decrypt");
+                    assert!(p.data() == &plain[..]);
+                }
+                let n = allocs() - before;
+                assert_eq!(
+                    n, 0,
+                    "{:?} {mode:?}: {n} allocations in {PACKETS} packets",
+                    suite
+                );
+                assert_eq!(inb.stats().packets, PACKETS as u64);
+            }
+        }
+    }
+}
+
+/// Failed packets (tampered) do not allocate either.
+#[test]
+fn refused_packets_do_not_allocate() {
+    for suite in SUITES {
+        let (mut out, mut inb) = pair(0x4444, Mode::Tunnel, suite);
+        let plain = inner_v4(64, 0);
+        let mut buf = vec![0u8; 1024];
+        let before = allocs();
+        for _ in 0..PACKETS {
+            buf[HEAD..HEAD + plain.len()].copy_from_slice(&plain);
+            let mut p = PacketBuf::new(&mut buf, HEAD, plain.len()).expect("buf");
+            out.encrypt(&mut p, T0).expect("encrypt");
+            let last = p.len() - 1;
+            p.data_mut()[last] ^= 1;
+            assert_eq!(inb.decrypt(&mut p, T0), Err(Error::AuthenticationFailed));
+        }
+        assert_eq!(allocs() - before, 0, "{suite:?}");
+    }
+}
+
+const BURST: usize = 8;
+
+fn burst_round(
+    out: &mut SecurityAssociation,
+    inb: &mut SecurityAssociation,
+    bufs: &mut [[u8; 512]; BURST],
+    plain: &[u8],
+) {
+    for b in bufs.iter_mut() {
+        b[HEAD..HEAD + plain.len()].copy_from_slice(plain);
+    }
+    let mut it = bufs.iter_mut();
+    let mut pkts: [PacketBuf<'_>; BURST] = core::array::from_fn(|_| {
+        PacketBuf::new(it.next().expect("buffer"), HEAD, plain.len()).expect("buf")
+    });
+    let mut res: [Result<(), Error>; BURST] = [Ok(()); BURST];
+    assert_eq!(out.encrypt_burst(&mut pkts, &mut res, T0), BURST);
+    assert_eq!(inb.decrypt_burst(&mut pkts, &mut res, T0), BURST);
+    assert!(pkts.iter().all(|p| p.data() == plain));
+}
+
+/// Bursts: 1000 packets in bursts of 8 through `encrypt_burst` and `decrypt_burst`.
+#[test]
+fn burst_path_does_not_allocate() {
+    for suite in SUITES {
+        for mode in [Mode::Tunnel, Mode::Transport] {
+            let (mut out, mut inb) = pair(0x4444, mode, suite);
+            let mut bufs = Box::new([[0u8; 512]; BURST]);
+            let plain = inner_v4(200, 0);
+            let before = allocs();
+            for _ in 0..PACKETS / BURST {
+                burst_round(&mut out, &mut inb, &mut bufs, &plain);
+            }
+            let n = allocs() - before;
+            assert_eq!(n, 0, "{suite:?} {mode:?}: {n} allocations in bursts");
+            assert_eq!(inb.stats().packets, (PACKETS / BURST * BURST) as u64);
+        }
+    }
+}
+
+/// The counter works (so a 0 above means something).
+#[test]
+fn the_counter_sees_allocations() {
+    let before = allocs();
+    let v = std::hint::black_box(vec![1u8; 100]);
+    assert!(allocs() > before);
+    drop(v);
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (a Python venv with pytest and scapy,
+# cargo-fuzz) and runs every test. Usage: ./scripts/test.sh
+#
+# Stages, in order (the first failure stops the run with a non-zero exit):
+#   1. cargo fmt --check, cargo clippy -D warnings (all targets)
+#   2. Rust unit, integration and doc tests of the workspace
+#   3. the release CLI, then the live scapy interop tests (pytest) against it
+#   4. a smoke run of every cargo-fuzz target (nightly), or their corpora as plain
+#      tests where no nightly toolchain exists
+#   5. criterion benches compiled and run once in test mode (no timing is asserted)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+FUZZ_SECONDS=${FUZZ_SECONDS:-10}
+
+stage() { printf '\n=== %s ===\n' "$*"; }
+start=$(date +%s)
+
+stage "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+stage "Rust tests (unit, integration, doc)"
+cargo test --workspace --locked
+
+stage "release CLI"
+cargo build --release --locked -p ipsec-cli
+
+stage "Python venv (pytest, scapy)"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+
+stage "live interop with scapy"
+IPSEC_BIN="$root/target/release/ipsec" .venv/bin/python -m pytest -q -c tests/python/pytest.ini tests/python
+
+stage "fuzz targets"
+targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^ipsec-fuzz$')
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+  fi
+  work=$(mktemp -d)
+  for t in $targets; do
+    # Fuzz a copy of the corpus so that new inputs do not dirty the checkout.
+    cp -r "fuzz/corpus/$t" "$work/$t"
+    log="$work/$t.log"
+    if ! (cd fuzz && cargo +nightly fuzz run "$t" "$work/$t" -- \
+          -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 >"$log" 2>&1); then
+      tail -n 60 "$log"
+      echo "fuzz target $t failed"
+      exit 1
+    fi
+    echo "$t: $(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$') runs in ${FUZZ_SECONDS}s, no crash"
+  done
+  rm -rf "$work"
+else
+  echo "no nightly toolchain: cargo-fuzz needs one; replaying every target's corpus as plain tests instead"
+fi
+# On every machine: the corpora (and saved regressions) as plain tests on stable.
+(cd fuzz && cargo test --locked)
+
+stage "benchmarks (compiled and run once, no timing asserted)"
+cargo test --locked -p ipsec-benches --benches
+
+echo
+echo "all tests passed in $(( $(date +%s) - start ))s"
