@@ -172,8 +172,7 @@ impl SecurityAssociation {
     /// Padding length for `payload` bytes followed by the 2-byte trailer.
     #[inline]
     fn pad_len(&self, payload: usize) -> usize {
-        let align = self.transform.pad_align;
-        (align - (payload + 2) % align) % align
+        crate::crypto::pad_len(payload, self.transform.pad_align)
     }
 
     /// Writes padding, pad length and next header at `at`; returns the end offset.
@@ -253,7 +252,9 @@ impl SecurityAssociation {
         let udp_ports = self.udp_encap;
         let buf = pkt.buffer_mut();
         // TFC padding: zeros after the inner packet (RFC 4303 §2.7).
-        buf[body + inner_len..body + payload].fill(0);
+        if payload > inner_len {
+            buf[body + inner_len..body + payload].fill(0);
+        }
         let icv = Self::write_trailer(buf, body + payload, pad, next_header);
         buf[esp..esp + 4].copy_from_slice(&spi.to_be_bytes());
         buf[esp + 4..esp + 8].copy_from_slice(&(seq as u32).to_be_bytes());

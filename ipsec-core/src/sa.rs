@@ -615,7 +615,7 @@ impl SecurityAssociation {
                     TfcPadding::PadTo(n) => len.max(usize::from(n)),
                     TfcPadding::None => len,
                 };
-                (payload - len) + (align - (payload + 2) % align) % align + trailer
+                (payload - len) + crate::crypto::pad_len(payload, align) + trailer
             }
         }
     }

@@ -31,6 +31,7 @@ from scapy.layers.inet6 import (
     IPv6,
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
     PadN,
     RouterAlert,
 )
@@ -162,6 +163,11 @@ def packets_transport6():
         sized(lambda p: v6(tcp(445, p), ext=(hbh(),)), 1400, "w"),
         _freeze(v6(ICMPv6EchoRequest(id=0x4d2, seq=9, data=_pl(24, "x")))),
         _freeze(v6(tcp(3389, _pl(9, "y")), ext=(dstopt(),))),
+        # DestOpt before a Routing header stays in clear, the final DestOpt goes
+        # after ESP (RFC 4303 3.1.1; scapy splits the same way, see split_for_transport)
+        _freeze(v6(udp(4789, _pl(27, "D"), sport=53003),
+                   ext=(hbh(), dstopt(), IPv6ExtHdrRouting(type=0, segleft=0, addresses=[]),
+                        dstopt()))),
     ]
 
 

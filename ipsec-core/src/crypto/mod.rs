@@ -664,6 +664,15 @@ impl Transform {
     }
 }
 
+/// RFC 4303 §2.4 padding: the fewest bytes that bring `payload` plus the 2-byte
+/// trailer to a multiple of `align` (a power of two: 4, or 16 for CBC). A mask, not a
+/// division: this runs for every packet.
+#[inline]
+pub(crate) const fn pad_len(payload: usize, align: usize) -> usize {
+    debug_assert!(align.is_power_of_two());
+    (payload + 2).wrapping_neg() & (align - 1)
+}
+
 /// The AEAD nonce: salt || 64-bit IV (RFC 4106 §4, RFC 7634 §2).
 #[inline]
 fn nonce(salt: &[u8; 4], seq: u64) -> [u8; 12] {
