@@ -1,0 +1,338 @@
+//! `ipsec pcap encrypt` and `ipsec pcap decrypt`.
+
+use crate::netpkt::ip_offset;
+use crate::pcap::{self, Capture, Record};
+use crate::{CliError, Outcome};
+use ipsec_core::error::{Error, Malformed};
+use ipsec_core::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
+use ipsec_core::sa_file::parse_sa_file;
+use ipsec_core::{Direction, DropReason, PacketBuf, SecurityAssociation};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// Which way the packets go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Encrypt,
+    Decrypt,
+}
+
+/// Options of `ipsec pcap encrypt|decrypt`.
+#[derive(Debug)]
+pub(crate) struct PcapArgs<'a> {
+    pub(crate) op: Op,
+    pub(crate) sa_file: &'a Path,
+    pub(crate) input: &'a Path,
+    pub(crate) output: &'a Path,
+    pub(crate) name: Option<&'a str>,
+    pub(crate) json: bool,
+    pub(crate) strict: bool,
+}
+
+struct NamedSa {
+    name: String,
+    sa: SecurityAssociation,
+}
+
+/// Reads and parses the SA file; every problem is a configuration error (exit 2).
+fn parse_sas(path: &Path) -> Result<Vec<ipsec_core::sa_file::NamedSa>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::usage(format!("{}: cannot read: {e}", path.display())))?;
+    let parsed =
+        parse_sa_file(&text).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+    if parsed.is_empty() {
+        return Err(CliError::usage(format!(
+            "{}: no [[sa]] tables in the file",
+            path.display()
+        )));
+    }
+    Ok(parsed)
+}
+
+/// Creates the SAs (key lengths and algorithm combinations are checked here).
+fn create_sas(
+    path: &Path,
+    parsed: Vec<ipsec_core::sa_file::NamedSa>,
+    now: Duration,
+) -> Result<Vec<NamedSa>, CliError> {
+    parsed
+        .into_iter()
+        .map(|n| {
+            let sa = SecurityAssociation::new(n.config, now).map_err(|e| {
+                CliError::usage(format!("{}: sa {:?}: {e}", path.display(), n.name))
+            })?;
+            Ok(NamedSa { name: n.name, sa })
+        })
+        .collect()
+}
+
+/// Finds the SPI of an ESP or UDP-encapsulated ESP packet. `nat_ports` are the UDP
+/// ports (besides 4500) that carry ESP.
+fn find_spi(ip: &[u8], nat_ports: &[u16]) -> Result<u32, Error> {
+    let m = Error::Malformed;
+    let info = packet::parse_ip(ip).map_err(m)?;
+    let (hdr, proto) = match info.version {
+        IpVersion::V4 => (info.header_len, info.protocol),
+        _ => {
+            let (hdr, _, proto) = packet::ipv6_upper_layer(ip, info.total_len).map_err(m)?;
+            (hdr, proto)
+        }
+    };
+    let body = &ip[hdr.min(info.total_len)..info.total_len];
+    let esp = match proto {
+        IPPROTO_ESP => body,
+        IPPROTO_UDP if body.len() >= 8 => {
+            let sport = u16::from_be_bytes([body[0], body[1]]);
+            let dport = u16::from_be_bytes([body[2], body[3]]);
+            let ours = |p: u16| p == NAT_T_PORT || nat_ports.contains(&p);
+            if !(ours(dport) || ours(sport)) {
+                return Err(m(Malformed::NotEsp));
+            }
+            let esp = &body[8..];
+            if esp == [0xff] {
+                return Err(m(Malformed::NatKeepalive));
+            }
+            if esp.len() >= 4 && esp[..4] == [0, 0, 0, 0] {
+                return Err(m(Malformed::NonEspMarker));
+            }
+            esp
+        }
+        IPPROTO_UDP => return Err(m(Malformed::Truncated)),
+        _ => return Err(m(Malformed::NotEsp)),
+    };
+    if esp.len() < 8 {
+        return Err(m(Malformed::Truncated));
+    }
+    Ok(u32::from_be_bytes([esp[0], esp[1], esp[2], esp[3]]))
+}
+
+/// Runs one `pcap` subcommand.
+pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
+    let parsed = parse_sas(args.sa_file)?;
+    let bytes = std::fs::read(args.input)
+        .map_err(|e| CliError::usage(format!("{}: cannot read: {e}", args.input.display())))?;
+    let cap = pcap::parse(&bytes)
+        .map_err(|e| CliError::usage(format!("{}: {e}", args.input.display())))?;
+    if let Err(e) = ip_offset(cap.linktype, &[])
+        && e.contains("not supported")
+    {
+        return Err(CliError::usage(format!(
+            "{}: {e} (supported: 1 Ethernet, 101/12 raw IP, 228 IPv4, 229 IPv6)",
+            args.input.display()
+        )));
+    }
+    let start = cap.records.first().map_or(Duration::ZERO, |r| r.ts);
+    let mut sas = create_sas(args.sa_file, parsed, start)?;
+    let want = match args.op {
+        Op::Encrypt => Direction::Outbound,
+        Op::Decrypt => Direction::Inbound,
+    };
+    let sa_path = args.sa_file.display();
+    let chosen: Vec<usize> = match args.name {
+        Some(name) => {
+            let i = sas
+                .iter()
+                .position(|s| s.name == name)
+                .ok_or_else(|| CliError::usage(format!("{sa_path}: no SA named {name:?}")))?;
+            if sas[i].sa.direction() != want {
+                return Err(CliError::usage(format!(
+                    "{sa_path}: sa {name:?} is {}, {} needs an {} SA",
+                    sas[i].sa.direction().name(),
+                    if args.op == Op::Encrypt {
+                        "encrypt"
+                    } else {
+                        "decrypt"
+                    },
+                    want.name()
+                )));
+            }
+            vec![i]
+        }
+        None => {
+            let all: Vec<usize> = (0..sas.len())
+                .filter(|&i| sas[i].sa.direction() == want)
+                .collect();
+            if all.is_empty() {
+                return Err(CliError::usage(format!(
+                    "{sa_path}: no {} SA in the file",
+                    want.name()
+                )));
+            }
+            match args.op {
+                Op::Encrypt => all[..1].to_vec(),
+                Op::Decrypt => all,
+            }
+        }
+    };
+    // Inbound SAs by SPI; a duplicate SPI would make the choice ambiguous.
+    let mut by_spi: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut nat_ports = Vec::new();
+    if args.op == Op::Decrypt {
+        for &i in &chosen {
+            if let Some(&j) = by_spi.get(&sas[i].sa.spi()) {
+                return Err(CliError::usage(format!(
+                    "{sa_path}: inbound SAs {:?} and {:?} share SPI {:#x}",
+                    sas[j].name,
+                    sas[i].name,
+                    sas[i].sa.spi()
+                )));
+            }
+            by_spi.insert(sas[i].sa.spi(), i);
+            if let Some((s, d)) = sas[i].sa.udp_encap() {
+                nat_ports.extend([s, d]);
+            }
+        }
+    }
+
+    // Raw IPv4/IPv6 link types name one family; the result may be the other (tunnel
+    // mode may change the family), so those files are written as plain raw IP.
+    let out_linktype = match cap.linktype {
+        pcap::LINKTYPE_IPV4 | pcap::LINKTYPE_IPV6 => pcap::LINKTYPE_RAW,
+        other => other,
+    };
+    let mut out = Capture {
+        linktype: out_linktype,
+        nanos: cap.nanos,
+        snaplen: cap.snaplen,
+        records: Vec::with_capacity(cap.records.len()),
+    };
+    let mut drops: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut scratch = vec![0u8; 65536 + 512];
+    for (index, rec) in cap.records.iter().enumerate() {
+        let res = transform(
+            args.op,
+            &mut sas,
+            &chosen,
+            &by_spi,
+            &nat_ports,
+            cap.linktype,
+            rec,
+            &mut scratch,
+        );
+        let (ok, error, detail, sa_name) = match res {
+            Ok((data, sa_i)) => {
+                out.records.push(Record {
+                    ts: rec.ts,
+                    orig_len: u32::try_from(data.len()).unwrap_or(u32::MAX),
+                    data,
+                });
+                (true, None, None, Some(sas[sa_i].name.as_str()))
+            }
+            Err((reason, detail, sa_i)) => {
+                *drops.entry(reason).or_default() += 1;
+                (
+                    false,
+                    Some(reason),
+                    Some(detail),
+                    sa_i.map(|i| sas[i].name.as_str()),
+                )
+            }
+        };
+        if args.json {
+            let line = serde_json::json!({
+                "index": index,
+                "ok": ok,
+                "error": error,
+                "detail": detail,
+                "sa": sa_name,
+            });
+            println!("{line}");
+        }
+    }
+    std::fs::write(args.output, pcap::write(&out))
+        .map_err(|e| CliError::failure(format!("{}: cannot write: {e}", args.output.display())))?;
+
+    let n_in = cap.records.len();
+    let n_out = out.records.len();
+    let mut summary = format!(
+        "{} {}: {n_in} packets in, {n_out} {} out to {}, {} dropped",
+        if args.op == Op::Encrypt {
+            "encrypt"
+        } else {
+            "decrypt"
+        },
+        args.input.display(),
+        if args.op == Op::Encrypt {
+            "encrypted"
+        } else {
+            "decrypted"
+        },
+        args.output.display(),
+        n_in - n_out
+    );
+    for (reason, n) in &drops {
+        summary.push_str(&format!("\n  dropped {reason:<18} {n}"));
+    }
+    if args.json {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
+    if args.strict && n_out != n_in {
+        return Ok(Outcome::Failed(format!(
+            "--strict: {} of {n_in} packets failed",
+            n_in - n_out
+        )));
+    }
+    Ok(Outcome::Ok)
+}
+
+type Failure = (&'static str, String, Option<usize>);
+
+#[allow(clippy::too_many_arguments)]
+fn transform(
+    op: Op,
+    sas: &mut [NamedSa],
+    chosen: &[usize],
+    by_spi: &BTreeMap<u32, usize>,
+    nat_ports: &[u16],
+    linktype: u32,
+    rec: &Record,
+    scratch: &mut [u8],
+) -> Result<(Vec<u8>, usize), Failure> {
+    let malformed = |d: String| (DropReason::Malformed.as_str(), d, None);
+    let (ip_at, ethertype_at) = ip_offset(linktype, &rec.data).map_err(malformed)?;
+    let ip = &rec.data[ip_at..];
+    if ip.is_empty() {
+        return Err(malformed("no IP packet in the frame".into()));
+    }
+    let sa_i = match op {
+        Op::Encrypt => chosen[0],
+        Op::Decrypt => {
+            let spi = find_spi(ip, nat_ports)
+                .map_err(|e| (e.drop_reason().as_str(), e.to_string(), None))?;
+            *by_spi.get(&spi).ok_or_else(|| {
+                let e = Error::UnknownSpi { spi };
+                (e.drop_reason().as_str(), e.to_string(), None)
+            })?
+        }
+    };
+    let sa = &mut sas[sa_i].sa;
+    let head = 256;
+    let need = head + ip.len() + sa.tailroom_for(ip.len()) + 64;
+    if ip.len() > 65535 || need > scratch.len() {
+        return Err(malformed("packet larger than 65,535 bytes".into()));
+    }
+    scratch[head..head + ip.len()].copy_from_slice(ip);
+    let mut pkt = PacketBuf::new(&mut scratch[..need], head, ip.len())
+        .map_err(|e| (e.drop_reason().as_str(), e.to_string(), Some(sa_i)))?;
+    let res = match op {
+        Op::Encrypt => sa.encrypt(&mut pkt, rec.ts),
+        Op::Decrypt => sa.decrypt(&mut pkt, rec.ts),
+    };
+    res.map_err(|e| (e.drop_reason().as_str(), e.to_string(), Some(sa_i)))?;
+    let result = pkt.data();
+    let mut frame = Vec::with_capacity(ip_at + result.len());
+    frame.extend_from_slice(&rec.data[..ip_at]);
+    if let Some(at) = ethertype_at {
+        let ty: u16 = if result.first().is_some_and(|b| b >> 4 == 6) {
+            0x86dd
+        } else {
+            0x0800
+        };
+        frame[at..at + 2].copy_from_slice(&ty.to_be_bytes());
+    }
+    frame.extend_from_slice(result);
+    Ok((frame, sa_i))
+}

@@ -1,0 +1,521 @@
+//! End-to-end tests of the `ipsec` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ipsec");
+
+const SA_TOML: &str = r#"
+[[sa]]
+name = "branch-out"
+spi = 0x1000
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "00112233445566778899aabbccddeeff01020304"
+tunnel_src = "198.51.100.2"
+tunnel_dst = "192.0.2.1"
+
+[[sa]]
+name = "hq-in"
+spi = 0x1000
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "00112233445566778899aabbccddeeff01020304"
+
+[[sa]]
+name = "other-in"
+spi = 0x2000
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-256-cbc"
+key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+integrity = "hmac-sha256-128"
+integrity_key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+"#;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("ipsec-cli-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut acc = 0u32;
+    for c in data.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// IPv4/UDP packet with a recognisable payload.
+fn ipv4_udp(id: u16, payload: &[u8]) -> Vec<u8> {
+    let total = 28 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[4..6].copy_from_slice(&id.to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&[10, 1, 0, 15]);
+    p[16..20].copy_from_slice(&[10, 0, 0, 10]);
+    let c = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20..22].copy_from_slice(&5000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&3389u16.to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    p
+}
+
+/// IPv6/UDP packet (UDP checksum left 0: not checked by ESP).
+fn ipv6_udp(payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 48 + payload.len()];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[6] = 17;
+    p[7] = 64;
+    p[8..10].copy_from_slice(&[0x20, 0x01]);
+    p[23] = 1;
+    p[24..26].copy_from_slice(&[0x20, 0x01]);
+    p[39] = 2;
+    p[40..42].copy_from_slice(&5000u16.to_be_bytes());
+    p[42..44].copy_from_slice(&443u16.to_be_bytes());
+    p[44..46].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[48..].copy_from_slice(payload);
+    p
+}
+
+fn ethernet(ip: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    f.extend_from_slice(if ip[0] >> 4 == 6 {
+        &[0x86, 0xdd]
+    } else {
+        &[0x08, 0x00]
+    });
+    f.extend_from_slice(ip);
+    f
+}
+
+fn write_pcap(path: &Path, linktype: u32, packets: &[Vec<u8>]) {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    for v in [0u32, 0, 65535, linktype] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for (i, p) in packets.iter().enumerate() {
+        for v in [
+            1_700_000_000 + i as u32,
+            250,
+            p.len() as u32,
+            p.len() as u32,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(p);
+    }
+    std::fs::write(path, out).expect("write pcap");
+}
+
+fn read_pcap(path: &Path) -> (u32, Vec<Vec<u8>>) {
+    let b = std::fs::read(path).expect("read pcap");
+    let u = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    assert_eq!(
+        u(0),
+        0xa1b2_c3d4,
+        "written with the input's (micro) resolution"
+    );
+    let linktype = u(20);
+    let mut at = 24;
+    let mut pkts = Vec::new();
+    while at < b.len() {
+        let len = u(at + 8) as usize;
+        pkts.push(b[at + 16..at + 16 + len].to_vec());
+        at += 16 + len;
+    }
+    (linktype, pkts)
+}
+
+fn ipsec(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run ipsec")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn roundtrip(linktype: u32, frame: fn(&[u8]) -> Vec<u8>, tag: &str) {
+    let dir = TempDir::new(tag);
+    let sa = dir.path("sa.toml");
+    std::fs::write(&sa, SA_TOML).unwrap();
+    let secret = b"cleartext that must not be on the wire";
+    let ips = [ipv4_udp(1, secret), ipv6_udp(secret), ipv4_udp(2, b"short")];
+    let frames: Vec<Vec<u8>> = ips.iter().map(|p| frame(p)).collect();
+    let (input, enc, dec) = (
+        dir.path("in.pcap"),
+        dir.path("enc.pcap"),
+        dir.path("dec.pcap"),
+    );
+    write_pcap(&input, linktype, &frames);
+
+    let o = ipsec(&["pcap", "encrypt", "--sa", s(&sa), s(&input), s(&enc)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("3 packets in, 3 encrypted out"), "{stdout}");
+    let (lt, wire) = read_pcap(&enc);
+    assert_eq!(lt, linktype);
+    assert_eq!(wire.len(), 3);
+    let off = frame(&[0x45])[..].len() - 1;
+    for w in &wire {
+        assert!(!contains(w, secret), "payload visible on the wire");
+        assert_eq!(w[off] >> 4, 4, "outer IPv4");
+        assert_eq!(w[off + 9], 50, "ESP");
+        if off > 0 {
+            assert_eq!(
+                &w[12..14],
+                &[0x08, 0x00],
+                "EtherType fixed for the outer IPv4"
+            );
+        }
+    }
+
+    let o = ipsec(&["pcap", "decrypt", "--sa", s(&sa), s(&enc), s(&dec)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (lt, back) = read_pcap(&dec);
+    assert_eq!(lt, linktype);
+    assert_eq!(back, frames, "decrypt gives back the original frames");
+}
+
+#[test]
+fn pcap_roundtrip_raw_ip() {
+    roundtrip(101, |p| p.to_vec(), "raw");
+}
+
+#[test]
+fn pcap_roundtrip_ethernet() {
+    roundtrip(1, ethernet, "eth");
+}
+
+#[test]
+fn pcap_json_reports_auth_failed_unknown_spi_and_replay() {
+    let dir = TempDir::new("json");
+    let sa = dir.path("sa.toml");
+    std::fs::write(&sa, SA_TOML).unwrap();
+    let (input, enc) = (dir.path("in.pcap"), dir.path("enc.pcap"));
+    write_pcap(
+        &input,
+        101,
+        &[
+            ipv4_udp(1, b"one one one"),
+            ipv4_udp(2, b"two two two"),
+            ipv4_udp(3, b"three"),
+        ],
+    );
+    let o = ipsec(&[
+        "pcap",
+        "encrypt",
+        "--json",
+        "--name",
+        "branch-out",
+        "--sa",
+        s(&sa),
+        s(&input),
+        s(&enc),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 3);
+    let (_, wire) = read_pcap(&enc);
+
+    let mut tampered = wire[1].clone();
+    let n = tampered.len();
+    tampered[n - 20] ^= 0x04;
+    let mut wrong_spi = wire[2].clone();
+    wrong_spi[20..24].copy_from_slice(&0x0bad_0bad_u32.to_be_bytes());
+    let not_esp = ipv4_udp(9, b"plain");
+    let attack = vec![
+        wire[0].clone(),
+        tampered,
+        wrong_spi,
+        wire[0].clone(),
+        wire[1].clone(),
+        not_esp,
+    ];
+    let (atk, out) = (dir.path("attack.pcap"), dir.path("out.pcap"));
+    write_pcap(&atk, 101, &attack);
+    let o = ipsec(&[
+        "pcap",
+        "decrypt",
+        "--json",
+        "--sa",
+        s(&sa),
+        s(&atk),
+        s(&out),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "packet failures are reported, not fatal"
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("valid JSON line"))
+        .collect();
+    let expect = [
+        None,
+        Some("auth_failed"),
+        Some("unknown_spi"),
+        Some("replay"),
+        None,
+        Some("malformed"),
+    ];
+    assert_eq!(lines.len(), expect.len());
+    for (i, (line, want)) in lines.iter().zip(expect).enumerate() {
+        assert_eq!(line["index"], i, "{line}");
+        assert_eq!(line["ok"], want.is_none(), "{line}");
+        match want {
+            None => assert!(
+                line["error"].is_null() && line["detail"].is_null(),
+                "{line}"
+            ),
+            Some(reason) => {
+                assert_eq!(line["error"], reason, "{line}");
+                assert!(
+                    line["detail"].as_str().is_some_and(|d| !d.is_empty()),
+                    "{line}"
+                );
+            }
+        }
+    }
+    assert!(lines[2]["detail"].as_str().unwrap().contains("0x0bad0bad"));
+    let (_, good) = read_pcap(&out);
+    assert_eq!(
+        good,
+        vec![ipv4_udp(1, b"one one one"), ipv4_udp(2, b"two two two")]
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("6 packets in, 2 decrypted out"), "{stderr}");
+    assert!(
+        stderr.contains("auth_failed") && stderr.contains("replay"),
+        "{stderr}"
+    );
+
+    let o = ipsec(&[
+        "pcap",
+        "decrypt",
+        "--strict",
+        "--sa",
+        s(&sa),
+        s(&atk),
+        s(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "--strict fails on drops");
+}
+
+#[test]
+fn bad_sa_file_exits_2_naming_sa_and_key() {
+    let dir = TempDir::new("badsa");
+    let input = dir.path("in.pcap");
+    write_pcap(&input, 101, &[ipv4_udp(1, b"x")]);
+    let out = dir.path("out.pcap");
+    let cases = [
+        (
+            SA_TOML.replace(
+                "cipher = \"aes-256-cbc\"",
+                "cipher = \"aes-256-cbc\"\nkye = 1",
+            ),
+            ["other-in", "kye"],
+        ),
+        (
+            SA_TOML.replace("01020304\"", "010203\""),
+            ["branch-out", "key"],
+        ),
+        (
+            SA_TOML.replace("192.0.2.1\"", "192.0.2.300\""),
+            ["branch-out", "tunnel_dst"],
+        ),
+    ];
+    for (text, words) in cases {
+        let sa = dir.path("sa.toml");
+        std::fs::write(&sa, text).unwrap();
+        let o = ipsec(&["pcap", "encrypt", "--sa", s(&sa), s(&input), s(&out)]);
+        assert_eq!(o.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("sa.toml"), "{err}");
+        for w in words {
+            assert!(err.contains(w), "{w:?} missing in {err}");
+        }
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = TempDir::new("usage");
+    let sa = dir.path("sa.toml");
+    std::fs::write(&sa, SA_TOML).unwrap();
+    let input = dir.path("in.pcap");
+    write_pcap(&input, 101, &[ipv4_udp(1, b"x")]);
+    let out = dir.path("out.pcap");
+    let missing = dir.path("missing.pcap");
+    let garbage = dir.path("garbage.pcap");
+    std::fs::write(&garbage, b"this is not a capture file at all").unwrap();
+    let wrong_dir = [
+        "pcap",
+        "encrypt",
+        "--name",
+        "hq-in",
+        "--sa",
+        s(&sa),
+        s(&input),
+        s(&out),
+    ];
+    let no_such = [
+        "pcap",
+        "encrypt",
+        "--name",
+        "nope",
+        "--sa",
+        s(&sa),
+        s(&input),
+        s(&out),
+    ];
+    let no_file = ["pcap", "decrypt", "--sa", s(&sa), s(&missing), s(&out)];
+    let not_pcap = ["pcap", "decrypt", "--sa", s(&sa), s(&garbage), s(&out)];
+    for args in [
+        &wrong_dir[..],
+        &no_such,
+        &no_file,
+        &not_pcap,
+        &["frobnicate"],
+        &["bench", "--seconds", "-1"],
+    ] {
+        let o = ipsec(args);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!o.stderr.is_empty());
+    }
+}
+
+#[test]
+fn demo_exits_0_and_prints_the_monitor() {
+    let o = ipsec(&["demo"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for want in [
+        "SA monitor",
+        "PACKETS",
+        "0x00001001",
+        "auth_failed=1",
+        "replay=1",
+        "DISCARD",
+        "PROTECT",
+        "All expectations held",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing:\n{stdout}");
+    }
+    assert!(!stdout.contains("FAILED"), "{stdout}");
+}
+
+#[test]
+fn bench_json_records_have_all_keys() {
+    let o = ipsec(&["bench", "--json", "--seconds", "0.002"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut ops = std::collections::BTreeSet::new();
+    let mut backends = std::collections::BTreeSet::new();
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON record");
+        for k in [
+            "op",
+            "cipher",
+            "backend",
+            "size",
+            "burst",
+            "ns_per_packet",
+            "gbps",
+        ] {
+            assert!(!v[k].is_null(), "{k} missing in {line}");
+        }
+        assert!(v["ns_per_packet"].as_f64().unwrap() > 0.0);
+        ops.insert(v["op"].as_str().unwrap().to_string());
+        backends.insert(v["backend"].as_str().unwrap().to_string());
+        assert!([64, 512, 1420].contains(&v["size"].as_u64().unwrap()));
+    }
+    for op in ["encrypt", "decrypt", "aead-seal", "aead-open"] {
+        assert!(ops.contains(op), "{op} missing");
+    }
+    for b in ["rustcrypto", "ring", "aws-lc-rs"] {
+        assert!(backends.contains(b), "{b} missing");
+    }
+    assert!(stdout.contains("\"burst\":32"));
+}
+
+#[test]
+fn pcap_roundtrip_nat_t_over_ipv6_outer() {
+    let dir = TempDir::new("natt6");
+    let sa = dir.path("sa.toml");
+    let text = SA_TOML
+        .replace("\"198.51.100.2\"", "\"2001:db8:b::2\"")
+        .replace(
+            "tunnel_dst = \"192.0.2.1\"",
+            "tunnel_dst = \"2001:db8:a::1\"\nudp_encap = [4500, 4500]",
+        );
+    std::fs::write(&sa, text).unwrap();
+    let frames = vec![
+        ethernet(&ipv4_udp(1, b"nat traversal payload")),
+        ethernet(&ipv6_udp(b"v6 in v6")),
+    ];
+    let (input, enc, dec) = (
+        dir.path("in.pcap"),
+        dir.path("enc.pcap"),
+        dir.path("dec.pcap"),
+    );
+    write_pcap(&input, 1, &frames);
+    let o = ipsec(&["pcap", "encrypt", "--sa", s(&sa), s(&input), s(&enc)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_, wire) = read_pcap(&enc);
+    assert_eq!(wire.len(), 2);
+    for w in &wire {
+        assert_eq!(
+            &w[12..14],
+            &[0x86, 0xdd],
+            "EtherType fixed for the outer IPv6"
+        );
+        assert_eq!(w[14 + 6], 17, "UDP-encapsulated ESP");
+        assert_eq!(&w[14 + 42..14 + 44], &4500u16.to_be_bytes());
+    }
+    let o = ipsec(&["pcap", "decrypt", "--sa", s(&sa), s(&enc), s(&dec)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read_pcap(&dec).1, frames);
+}
