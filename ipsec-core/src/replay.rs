@@ -238,7 +238,9 @@ impl ReplayWindow {
     /// The same checks as [`check_seq`](Self::check_seq) run first: a sequence number
     /// that is not fresh is not recorded and its error is returned (this is what stops a
     /// second packet with the same number in one burst). A number above the top moves
-    /// the window up; one below it goes to the [`LateHistogram`].
+    /// the window up; one below it goes to the [`LateHistogram`]. Pass the value `check`
+    /// returned (without ESN it is below 2^32; a larger value is not refused, but would
+    /// put the window's top where no 32-bit wire value can follow).
     #[inline]
     pub fn update(&mut self, seq: u64) -> Result<(), Error> {
         if seq > self.highest {
