@@ -20,6 +20,7 @@ start=$(date +%s)
 
 stage "format and lints"
 cargo fmt --all --check
+(cd fuzz && cargo fmt --check)
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 stage "Rust tests (unit, integration, doc)"

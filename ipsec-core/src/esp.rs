@@ -300,6 +300,12 @@ impl SecurityAssociation {
                 (ins.offset, ins.next_header_at, ins.protocol)
             }
         };
+        if protocol == IPPROTO_NONE || protocol == 0 {
+            // In the ESP trailer, 59 means "dummy packet" (RFC 4303 §2.6) and 0
+            // (Hop-by-Hop) may only follow an IPv6 header directly: the receiver would
+            // drop either, so refuse them here instead of losing them silently there.
+            return Err(Error::Malformed(Malformed::BadInnerPacket));
+        }
         let udp_len = if self.udp_encap.is_some() {
             UDP_HEADER_LEN
         } else {
