@@ -39,11 +39,11 @@ stage "live interop with scapy"
 IPSEC_BIN="$root/target/release/ipsec" .venv/bin/python -m pytest -q -c tests/python/pytest.ini tests/python
 
 stage "fuzz targets"
-targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^ipsec-fuzz$')
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
   fi
+  targets=$(cd fuzz && cargo fuzz list)
   work=$(mktemp -d)
   for t in $targets; do
     # Fuzz a copy of the corpus so that new inputs do not dirty the checkout.
