@@ -204,19 +204,10 @@ impl SecurityAssociation {
                 (info.total_len, info.tos, nh)
             }
         };
-        let Some((src, dst)) = self.tunnel else {
+        let Some(outer) = &self.outer else {
             return Err(Error::WrongDirection);
         };
-        let outer_len = if src.is_ipv4() {
-            IPV4_HEADER_LEN
-        } else {
-            IPV6_HEADER_LEN
-        };
-        let udp_len = if self.udp_encap.is_some() {
-            UDP_HEADER_LEN
-        } else {
-            0
-        };
+        let (outer_len, udp_len) = (outer.ip_len, outer.udp_len);
         let iv_len = self.transform.iv_len;
         let icv_len = self.transform.icv_len;
         let head = outer_len + udp_len + ESP_HEADER_LEN + iv_len;
@@ -241,45 +232,24 @@ impl SecurityAssociation {
             });
         }
         let total = head + payload + pad + 2 + icv_len;
-        if total - if src.is_ipv4() { 0 } else { IPV6_HEADER_LEN } > usize::from(u16::MAX) {
+        if total - outer.length_field_excludes() > usize::from(u16::MAX) {
             return Err(Error::Malformed(Malformed::TooBig));
         }
         let start = offset - head;
         let esp = start + outer_len + udp_len;
         let body = esp + ESP_HEADER_LEN + iv_len;
         let spi = self.spi;
-        let ttl = self.outer_ttl;
-        let udp_ports = self.udp_encap;
         let buf = pkt.buffer_mut();
         // TFC padding: zeros after the inner packet (RFC 4303 §2.7).
         if payload > inner_len {
             buf[body + inner_len..body + payload].fill(0);
         }
         let icv = Self::write_trailer(buf, body + payload, pad, next_header);
+        outer.write(&mut buf[start..esp], packet::encap_tos(inner_tos), total);
         buf[esp..esp + 4].copy_from_slice(&spi.to_be_bytes());
         buf[esp + 4..esp + 8].copy_from_slice(&(seq as u32).to_be_bytes());
         self.transform
             .seal(buf, EspLayout { esp, icv }, seq, self.esn);
-        let proto = if let Some((sport, dport)) = udp_ports {
-            write_udp(
-                &mut buf[esp - UDP_HEADER_LEN..esp],
-                sport,
-                dport,
-                total - outer_len,
-            );
-            IPPROTO_UDP
-        } else {
-            IPPROTO_ESP
-        };
-        write_outer_ip(
-            &mut buf[start..start + outer_len],
-            src,
-            dst,
-            packet::encap_tos(inner_tos),
-            ttl,
-            proto,
-            total,
-        );
         pkt.set_window(start, total);
         Ok(inner_len)
     }
@@ -438,7 +408,7 @@ impl SecurityAssociation {
             return Err(Error::Malformed(Malformed::Truncated));
         }
         let enc_len = esp_len - ESP_HEADER_LEN - iv_len - icv_len;
-        if self.transform.pad_align == 16 && !enc_len.is_multiple_of(16) {
+        if !enc_len.is_multiple_of(self.transform.cipher_block) {
             return Err(Error::Malformed(Malformed::BadCiphertextLength));
         }
         let seq_wire =
@@ -510,6 +480,98 @@ impl SecurityAssociation {
                 pkt.set_window(start, new_total);
                 Ok(new_total)
             }
+        }
+    }
+}
+
+/// The outer IP (and UDP) header of an outbound tunnel-mode SA, built once when the SA
+/// is created; per packet only the DSCP/ECN byte, the lengths and the IPv4 checksum
+/// change (the checksum from a precomputed partial sum, RFC 1071).
+#[derive(Clone, Debug)]
+pub(crate) struct OuterHeader {
+    bytes: [u8; IPV6_HEADER_LEN + UDP_HEADER_LEN],
+    ip_len: usize,
+    udp_len: usize,
+    /// One's-complement sum of the IPv4 header words with TOS, length and checksum 0.
+    v4_sum: u32,
+}
+
+impl OuterHeader {
+    /// The header for tunnel endpoints `src`/`dst` (same family), outer TTL / hop limit
+    /// `ttl`, and optional UDP encapsulation ports.
+    pub(crate) fn new(src: IpAddr, dst: IpAddr, ttl: u8, udp: Option<(u16, u16)>) -> Self {
+        let ip_len = if src.is_ipv4() {
+            IPV4_HEADER_LEN
+        } else {
+            IPV6_HEADER_LEN
+        };
+        let mut bytes = [0u8; IPV6_HEADER_LEN + UDP_HEADER_LEN];
+        let proto = if udp.is_some() {
+            IPPROTO_UDP
+        } else {
+            IPPROTO_ESP
+        };
+        write_outer_ip(&mut bytes[..ip_len], src, dst, 0, ttl, proto, ip_len);
+        let udp_len = match udp {
+            Some((sport, dport)) => {
+                write_udp(&mut bytes[ip_len..ip_len + UDP_HEADER_LEN], sport, dport, 0);
+                UDP_HEADER_LEN
+            }
+            None => 0,
+        };
+        let mut v4_sum = 0;
+        if ip_len == IPV4_HEADER_LEN {
+            bytes[2..4].fill(0);
+            bytes[10..12].fill(0);
+            v4_sum = bytes[..IPV4_HEADER_LEN]
+                .chunks_exact(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                .sum();
+        }
+        OuterHeader {
+            bytes,
+            ip_len,
+            udp_len,
+            v4_sum,
+        }
+    }
+
+    /// Bytes of the packet that the IP length field does not count (the IPv6 header).
+    #[inline]
+    fn length_field_excludes(&self) -> usize {
+        if self.ip_len == IPV6_HEADER_LEN {
+            IPV6_HEADER_LEN
+        } else {
+            0
+        }
+    }
+
+    /// Writes the header into `out` (exactly `ip_len + udp_len` bytes) for a packet of
+    /// `total` bytes whose DSCP/ECN byte is `tos`.
+    #[inline]
+    fn write(&self, out: &mut [u8], tos: u8, total: usize) {
+        // Constant-length copies: each arm compiles to a few vector stores.
+        match out.len() {
+            20 => out.copy_from_slice(&self.bytes[..20]),
+            28 => out.copy_from_slice(&self.bytes[..28]),
+            40 => out.copy_from_slice(&self.bytes[..40]),
+            _ => out.copy_from_slice(&self.bytes[..48]),
+        }
+        if self.ip_len == IPV4_HEADER_LEN {
+            out[1] = tos;
+            out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            let mut sum = self.v4_sum + u32::from(tos) + total as u32;
+            sum = (sum & 0xffff) + (sum >> 16);
+            sum = (sum & 0xffff) + (sum >> 16);
+            out[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        } else {
+            out[0] |= tos >> 4;
+            out[1] |= tos << 4;
+            out[4..6].copy_from_slice(&((total - IPV6_HEADER_LEN) as u16).to_be_bytes());
+        }
+        if self.udp_len != 0 {
+            let udp = &mut out[self.ip_len..];
+            udp[4..6].copy_from_slice(&((total - self.ip_len) as u16).to_be_bytes());
         }
     }
 }

@@ -63,4 +63,7 @@ pub use buffer::PacketBuf;
 pub use crypto::{Cipher, Integrity};
 pub use error::{ConfigError, DropReason, Error, LifetimeLimit, Malformed};
 pub use replay::{LateHistogram, ReplayWindow};
-pub use sa::{Direction, Lifetime, Mode, SaConfig, SaEvent, SaStats, SecurityAssociation};
+pub use sa::{
+    Direction, EspPadding, Lifetime, Mode, SaConfig, SaEvent, SaStats, SecurityAssociation,
+    TfcPadding,
+};

@@ -14,6 +14,7 @@
 
 use crate::crypto::{Cipher, Integrity, IvSource, Transform};
 use crate::error::{ConfigError, DropReason, Error, LifetimeLimit};
+use crate::esp::OuterHeader;
 use crate::replay::ReplayWindow;
 use core::fmt;
 use core::time::Duration;
@@ -193,6 +194,55 @@ pub enum TfcPadding {
     PadTo(u16),
 }
 
+/// How much ESP padding outbound packets get (RFC 4303 §2.4 allows 0 to 255 bytes).
+///
+/// Receivers accept either: the padding is verified as 1, 2, 3, ... whatever its length.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EspPadding {
+    /// Pad the encrypted part (payload, padding, pad length, next header) to whole
+    /// 16-byte blocks. Up to 12 bytes more on the wire than [`EspPadding::Minimal`], but
+    /// the AEAD backends process whole blocks much faster: sealing 68 bytes with ring's
+    /// AES-GCM took 113-117 ns against 87-94 ns for 80 bytes on the machine this was tuned
+    /// on (RustCrypto: 146-183 ns against 101-108 ns). The default.
+    #[default]
+    CipherBlocks,
+    /// The fewest bytes: 4-byte alignment (16 for AES-CBC), as Linux and scapy send.
+    Minimal,
+}
+
+impl EspPadding {
+    /// `"blocks"` or `"minimal"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EspPadding::CipherBlocks => "blocks",
+            EspPadding::Minimal => "minimal",
+        }
+    }
+
+    /// Parses `"blocks"` / `"minimal"`.
+    pub fn from_name(name: &str) -> Result<EspPadding, ConfigError> {
+        match name.to_ascii_lowercase().as_str() {
+            "blocks" => Ok(EspPadding::CipherBlocks),
+            "minimal" => Ok(EspPadding::Minimal),
+            _ => Err(ConfigError::new(
+                "padding",
+                format!("expected \"blocks\" or \"minimal\", got {name:?}"),
+            )),
+        }
+    }
+
+    /// The alignment of the encrypted part for `cipher` under this policy.
+    pub(crate) const fn align(self, cipher: Cipher) -> usize {
+        match (self, cipher) {
+            (EspPadding::Minimal, c) => c.pad_align(),
+            // NULL has no cipher blocks; its HMAC does not care about alignment.
+            (EspPadding::CipherBlocks, Cipher::Null) => 4,
+            (EspPadding::CipherBlocks, _) => 16,
+        }
+    }
+}
+
 /// Everything needed to create a [`SecurityAssociation`].
 ///
 /// Field names are those of the Python constructor and the `[[sa]]` TOML tables.
@@ -212,6 +262,7 @@ pub struct SaConfig {
     pub(crate) soft: Lifetime,
     pub(crate) hard: Lifetime,
     pub(crate) tfc: TfcPadding,
+    pub(crate) padding: EspPadding,
     pub(crate) outer_ttl: u8,
     pub(crate) iv_source: Option<Box<dyn IvSource>>,
 }
@@ -242,7 +293,8 @@ impl SaConfig {
 
     /// A configuration with the required fields; everything else has its default
     /// (no integrity algorithm, no ESN, 64-packet replay window, no tunnel endpoints, no
-    /// UDP encapsulation, sequence number 0, no lifetimes, no TFC padding).
+    /// UDP encapsulation, sequence number 0, no lifetimes, no TFC padding, padding to
+    /// cipher blocks).
     ///
     /// `key` is copied; the copy is zeroized when the configuration is dropped.
     pub fn new(spi: u32, direction: Direction, mode: Mode, cipher: Cipher, key: &[u8]) -> Self {
@@ -262,6 +314,7 @@ impl SaConfig {
             soft: Lifetime::NONE,
             hard: Lifetime::NONE,
             tfc: TfcPadding::None,
+            padding: EspPadding::CipherBlocks,
             outer_ttl: Self::DEFAULT_OUTER_TTL,
             iv_source: None,
         }
@@ -322,6 +375,13 @@ impl SaConfig {
     /// Sets TFC padding for outbound tunnel-mode packets (RFC 4303 §2.7).
     pub fn tfc_padding(&mut self, tfc: TfcPadding) -> &mut Self {
         self.tfc = tfc;
+        self
+    }
+
+    /// Sets how much ESP padding outbound packets get (default
+    /// [`EspPadding::CipherBlocks`]).
+    pub fn padding(&mut self, padding: EspPadding) -> &mut Self {
+        self.padding = padding;
         self
     }
 
@@ -447,9 +507,10 @@ pub struct SecurityAssociation {
     /// Inbound: the replay window (always present; size 0 means "off").
     pub(crate) replay: ReplayWindow,
     pub(crate) tunnel: Option<(IpAddr, IpAddr)>,
+    /// Outbound tunnel mode: the outer header, built once.
+    pub(crate) outer: Option<OuterHeader>,
     pub(crate) udp_encap: Option<(u16, u16)>,
     pub(crate) tfc: TfcPadding,
-    pub(crate) outer_ttl: u8,
     pub(crate) soft: Lifetime,
     pub(crate) hard: Lifetime,
     pub(crate) created: Duration,
@@ -483,6 +544,7 @@ impl SecurityAssociation {
             &config.key,
             config.integrity,
             &config.integrity_key,
+            config.padding.align(config.cipher),
             config.iv_source.take(),
         )?;
         let replay = match config.direction {
@@ -502,9 +564,17 @@ impl SecurityAssociation {
             seq: config.seq,
             replay,
             tunnel: config.tunnel,
+            outer: match (config.direction, config.mode, config.tunnel) {
+                (Direction::Outbound, Mode::Tunnel, Some((src, dst))) => Some(OuterHeader::new(
+                    src,
+                    dst,
+                    config.outer_ttl,
+                    config.udp_encap,
+                )),
+                _ => None,
+            },
             udp_encap: config.udp_encap,
             tfc: config.tfc,
-            outer_ttl: config.outer_ttl,
             soft: config.soft,
             hard: config.hard,
             created: now,

@@ -12,14 +12,14 @@
 //! tunnel_src = "192.0.2.1"
 //! tunnel_dst = "192.0.2.2"
 //! # optional: integrity, integrity_key, esn, replay_window, udp_encap = [4500, 4500],
-//! # seq, outer_ttl, tfc_pad_to, soft_lifetime / hard_lifetime = { bytes, packets, seconds }
+//! # seq, outer_ttl, tfc_pad_to, padding = "blocks" | "minimal", soft_lifetime / hard_lifetime = { bytes, packets, seconds }
 //! ```
 //!
 //! Unknown keys are errors; every error names the SA and the key.
 
 use crate::crypto::{Cipher, Integrity};
 use crate::error::ConfigError;
-use crate::sa::{Direction, Lifetime, Mode, SaConfig, TfcPadding};
+use crate::sa::{Direction, EspPadding, Lifetime, Mode, SaConfig, TfcPadding};
 use core::time::Duration;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -67,6 +67,7 @@ struct RawSa {
     seq: u64,
     outer_ttl: Option<u8>,
     tfc_pad_to: Option<u16>,
+    padding: Option<String>,
     soft_lifetime: Option<RawLifetime>,
     hard_lifetime: Option<RawLifetime>,
 }
@@ -167,6 +168,9 @@ impl RawSa {
         if let Some(n) = self.tfc_pad_to {
             cfg.tfc_padding(TfcPadding::PadTo(n));
         }
+        if let Some(p) = &self.padding {
+            cfg.padding(EspPadding::from_name(p)?);
+        }
         if let Some(l) = self.soft_lifetime {
             cfg.soft_lifetime(l.into());
         }
@@ -208,6 +212,39 @@ pub fn parse_sa_file(text: &str) -> Result<Vec<NamedSa>, ConfigError> {
         out.push(NamedSa { name, config });
     }
     Ok(out)
+}
+
+/// Parses already-read `[[sa]]` tables (for files that hold other tables too, such as
+/// policy files), continuing past bad entries: returns every SA that parsed and one
+/// error per bad entry (each naming the SA and the key). Names must be unique.
+pub fn parse_sa_tables(tables: Vec<toml::Table>) -> (Vec<NamedSa>, Vec<ConfigError>) {
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(tables.len());
+    let mut errors = Vec::new();
+    for (i, table) in tables.into_iter().enumerate() {
+        let label = match table.get("name").and_then(|v| v.as_str()) {
+            Some(n) => format!("sa {n:?}"),
+            None => format!("sa #{}", i + 1),
+        };
+        let raw: RawSa = match table.try_into() {
+            Ok(r) => r,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                errors.push(ConfigError::new(label, e.message().to_string()));
+                continue;
+            }
+        };
+        if !names.insert(raw.name.clone()) {
+            errors.push(ConfigError::new(label, "duplicate SA name"));
+            continue;
+        }
+        let name = raw.name.clone();
+        match raw.into_config() {
+            Ok(config) => out.push(NamedSa { name, config }),
+            Err(e) => errors.push(e.in_context(&label)),
+        }
+    }
+    (out, errors)
 }
 
 #[cfg(test)]

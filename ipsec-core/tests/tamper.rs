@@ -625,7 +625,8 @@ fn needed_tail(suite: (Cipher, Option<Integrity>), mode: Mode, pkt: &[u8]) -> us
         Mode::Transport => pkt.len() - 20,
         _ => pkt.len(),
     };
-    let align = suite.0.pad_align();
+    // The default `EspPadding::CipherBlocks` pads to 16-byte blocks (NULL: 4 bytes).
+    let align = if suite.0 == Cipher::Null { 4 } else { 16 };
     let pad = (align - (payload + 2) % align) % align;
     let icv = suite.1.map_or(16, Integrity::icv_len);
     pad + 2 + icv

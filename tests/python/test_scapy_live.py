@@ -4,7 +4,7 @@ Direction A ("we encrypt, scapy decrypts"): scapy builds plaintext packets, they
 into a pcap, `ipsec pcap encrypt` protects them, and a scapy SecurityAssociation
 must decrypt every output packet back to the plaintext (byte for byte).  The wire
 format promised by our contract is checked on the way (SPI, sequence numbers, AEAD
-IV = 64-bit sequence number, random CBC IVs, minimal 1,2,3,... padding, outer
+IV = 64-bit sequence number, random CBC IVs, 1,2,3,... padding to 16-byte blocks, outer
 header TTL/ID/DF/DSCP/ECN, NAT-T UDP header, IPv6 ESP placement).
 
 Direction B ("scapy encrypts, we decrypt"): scapy protects the same plaintext
@@ -495,17 +495,19 @@ def test_we_encrypt_scapy_decrypts(ipsec_bin, tmp_path, cipher, integ, sc):
             hdr_len = off - (8 if sc.nat_t else 0)
             assert hdr_len == split, "%s: ESP at offset %d, want %d" % (what, hdr_len, split)
 
-        # padding: minimal, 1,2,3,... (inspect the decrypted ESP trailer)
+        # padding: 1,2,3,... up to whole 16-byte cipher blocks, our default
+        # (EspPadding::CipherBlocks; NULL keeps 4-byte alignment) -- inspect the
+        # decrypted ESP trailer
         sa.esn = seq >> 32
         esp_pkt = parse_ip(ct)[ESP]
         clear = sa.crypt_algo.decrypt(sa, esp_pkt, sa.crypt_key,
                                       sa.crypt_icv_size or sa.crypt_algo.icv_size
                                       or sa.auth_algo.icv_size,
                                       esn_en=sc.esn, esn=seq >> 32)
-        align = 16 if kind == "cbc" else 4
+        align = 4 if cipher == "null" else 16
         assert clear.padding == bytes(range(1, clear.padlen + 1)), "%s: padding %r" % (
             what, clear.padding)
-        assert clear.padlen == -(len(clear.data) + 2) % align, "%s: padding not minimal" % what
+        assert clear.padlen == -(len(clear.data) + 2) % align, "%s: padding is not the fewest bytes to %d-byte blocks" % (what, align)
         assert len(esp) == 8 + iv_len + len(clear.data) + clear.padlen + 2 + icv_len, what
 
         # scapy decrypts (integrity checked) to the plaintext

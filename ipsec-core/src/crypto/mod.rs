@@ -138,8 +138,9 @@ impl Cipher {
         }
     }
 
-    /// The alignment the ESP padding brings the encrypted part to (RFC 4303 §2.4: the
-    /// cipher's block size, at least 4).
+    /// The smallest alignment the ESP padding may bring the encrypted part to (RFC 4303
+    /// §2.4: the cipher's block size, at least 4). [`crate::sa::EspPadding`] chooses
+    /// the alignment actually used.
     pub const fn pad_align(self) -> usize {
         match self {
             Cipher::Aes128Cbc | Cipher::Aes256Cbc => 16,
@@ -446,6 +447,9 @@ pub(crate) struct Transform {
     pub(crate) iv_len: usize,
     pub(crate) icv_len: usize,
     pub(crate) pad_align: usize,
+    /// The block size the ciphertext must be a whole multiple of (16 for CBC; 1 for
+    /// the counter-mode AEADs and NULL, which take any length).
+    pub(crate) cipher_block: usize,
 }
 
 impl Transform {
@@ -455,6 +459,7 @@ impl Transform {
         key: &[u8],
         integrity: Option<Integrity>,
         integrity_key: &[u8],
+        pad_align: usize,
         iv_source: Option<Box<dyn IvSource>>,
     ) -> Result<Transform, ConfigError> {
         if key.len() != cipher.key_len() {
@@ -552,7 +557,8 @@ impl Transform {
             engine,
             iv_len: cipher.iv_len(),
             icv_len,
-            pad_align: cipher.pad_align(),
+            pad_align,
+            cipher_block: if cipher.pad_align() == 16 { 16 } else { 1 },
         })
     }
 
