@@ -32,6 +32,18 @@ use std::net::IpAddr;
 
 const ESP_HEADER_LEN: usize = 8;
 
+/// The RFC 4303 §2.4 padding pattern 1, 2, 3, ..., 255: written and checked as one
+/// slice rather than byte by byte.
+const PAD_BYTES: [u8; 255] = {
+    let mut t = [0u8; 255];
+    let mut i = 0;
+    while i < 255 {
+        t[i] = (i + 1) as u8;
+        i += 1;
+    }
+    t
+};
+
 impl SecurityAssociation {
     /// Encrypts the IP packet in `pkt` in place (outbound SAs).
     ///
@@ -178,9 +190,7 @@ impl SecurityAssociation {
     /// Writes padding, pad length and next header at `at`; returns the end offset.
     #[inline]
     fn write_trailer(buf: &mut [u8], at: usize, pad: usize, next_header: u8) -> usize {
-        for (i, b) in buf[at..at + pad].iter_mut().enumerate() {
-            *b = (i + 1) as u8;
-        }
+        buf[at..at + pad].copy_from_slice(&PAD_BYTES[..pad]);
         buf[at + pad] = pad as u8;
         buf[at + pad + 1] = next_header;
         at + pad + 2
@@ -434,11 +444,7 @@ impl SecurityAssociation {
             return Err(Error::BadPadding);
         }
         let payload_end = icv - 2 - pad;
-        if buf[payload_end..icv - 2]
-            .iter()
-            .enumerate()
-            .any(|(i, &b)| usize::from(b) != i + 1)
-        {
+        if buf[payload_end..icv - 2] != PAD_BYTES[..pad] {
             return Err(Error::BadPadding);
         }
         if next_header == IPPROTO_NONE {
