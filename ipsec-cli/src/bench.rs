@@ -371,7 +371,7 @@ fn emit(json: bool, r: &Record, raw: &[Record]) {
             "burst": r.burst,
             "ns_per_packet": (r.ns * 100.0).round() / 100.0,
             "gbps": (r.gbps() * 1000.0).round() / 1000.0,
-            "copy_included": true,
+            "copy_included": r.backend != "openssl-speed",
         });
         println!("{line}");
         return;
@@ -403,8 +403,40 @@ fn emit(json: bool, r: &Record, raw: &[Record]) {
     );
 }
 
-/// Runs the benchmark; `seconds` is the budget of one case.
-pub(crate) fn run(json: bool, seconds: f64) -> Result<Outcome, CliError> {
+/// Runs `openssl speed -evp` for one second on `size`-byte buffers and returns its ns per
+/// seal (OpenSSL EVP, as installed on this machine; not timed by us, so the copy of the
+/// other rows is not included).
+fn openssl_speed(cipher: Cipher, size: usize) -> Result<f64, String> {
+    let evp = match cipher {
+        Cipher::Aes128Gcm => "aes-128-gcm",
+        Cipher::Aes256Gcm => "aes-256-gcm",
+        _ => "chacha20-poly1305",
+    };
+    let out = std::process::Command::new("openssl")
+        .args([
+            "speed",
+            "-evp",
+            evp,
+            "-bytes",
+            &size.to_string(),
+            "-seconds",
+            "1",
+            "-mr",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run openssl: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Machine-readable result line: "+F:<n>:<NAME>:<bytes per second>".
+    let bytes_per_s: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("+F:")?.rsplit(':').next()?.parse().ok())
+        .ok_or_else(|| format!("no +F: line in the output of openssl speed: {text}"))?;
+    Ok(size as f64 / bytes_per_s * 1e9)
+}
+
+/// Runs the benchmark; `seconds` is the budget of one case; `openssl` adds the figures
+/// of `openssl speed -evp` on the same sizes.
+pub(crate) fn run(json: bool, seconds: f64, openssl: bool) -> Result<Outcome, CliError> {
     let full = Duration::from_secs_f64(seconds);
     let brief = full / 3;
     let started = Instant::now();
@@ -487,6 +519,20 @@ pub(crate) fn run(json: bool, seconds: f64) -> Result<Outcome, CliError> {
                     emit(json, &r, &[]);
                     raw.push(r);
                 }
+            }
+            if openssl {
+                let ns = openssl_speed(cipher, size)
+                    .map_err(|e| fail(format!("{} openssl speed", cipher.name()), e))?;
+                let r = Record {
+                    op: "aead-seal",
+                    cipher: cipher.name().into(),
+                    backend: "openssl-speed",
+                    size,
+                    burst: 1,
+                    ns,
+                };
+                emit(json, &r, &[]);
+                raw.push(r);
             }
         }
     }

@@ -72,6 +72,9 @@ enum Command {
         /// ciphers get a third of it).
         #[arg(long, default_value_t = 0.12)]
         seconds: f64,
+        /// Also run `openssl speed -evp` on the same ciphers and sizes (adds ~10 s).
+        #[arg(long)]
+        openssl: bool,
     },
 }
 
@@ -122,13 +125,17 @@ fn main() -> ExitCode {
             })
         }
         Command::Demo => demo::run(),
-        Command::Bench { json, seconds } => {
+        Command::Bench {
+            json,
+            seconds,
+            openssl,
+        } => {
             if !(seconds.is_finite() && *seconds > 0.0 && *seconds <= 60.0) {
                 Err(CliError::usage(format!(
                     "--seconds {seconds}: must be a number of seconds above 0 and at most 60"
                 )))
             } else {
-                bench::run(*json, *seconds)
+                bench::run(*json, *seconds, *openssl)
             }
         }
     };
