@@ -194,24 +194,11 @@ pub fn parse_sa_file(text: &str) -> Result<Vec<NamedSa>, ConfigError> {
                 .replace("  ", " "),
         )
     })?;
-    let mut names = HashSet::new();
-    let mut out = Vec::with_capacity(file.sa.len());
-    for (i, table) in file.sa.into_iter().enumerate() {
-        let label = match table.get("name").and_then(|v| v.as_str()) {
-            Some(n) => format!("sa {n:?}"),
-            None => format!("sa #{}", i + 1),
-        };
-        let raw: RawSa = table.try_into().map_err(|e: toml::de::Error| {
-            ConfigError::new(label.clone(), e.message().to_string())
-        })?;
-        if !names.insert(raw.name.clone()) {
-            return Err(ConfigError::new(label, "duplicate SA name"));
-        }
-        let name = raw.name.clone();
-        let config = raw.into_config().map_err(|e| e.in_context(&label))?;
-        out.push(NamedSa { name, config });
+    let (sas, errors) = parse_sa_tables(file.sa);
+    match errors.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(sas),
     }
-    Ok(out)
 }
 
 /// Parses already-read `[[sa]]` tables (for files that hold other tables too, such as
