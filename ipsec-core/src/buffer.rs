@@ -75,10 +75,27 @@ impl<'a> PacketBuf<'a> {
         self.buf
     }
 
-    /// The whole underlying buffer, mutable.
+    /// The whole underlying buffer, mutable (to write the next packet into it before
+    /// [`PacketBuf::reset`]).
     #[inline]
-    pub(crate) fn buffer_mut(&mut self) -> &mut [u8] {
+    pub fn buffer_mut(&mut self) -> &mut [u8] {
         self.buf
+    }
+
+    /// Points the descriptor at a new packet at `offset..offset + len` of the same
+    /// buffer, as a gateway does when it reuses a buffer for the next packet (DPDK's
+    /// `rte_pktmbuf_reset`). Fails with [`Malformed::BadDescriptor`] when the range does
+    /// not lie inside the buffer; the descriptor is then unchanged.
+    #[inline]
+    pub fn reset(&mut self, offset: usize, len: usize) -> Result<(), Error> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.buf.len() => {
+                self.offset = offset;
+                self.len = len;
+                Ok(())
+            }
+            _ => Err(Error::Malformed(Malformed::BadDescriptor)),
+        }
     }
 
     /// Moves the packet window; callers inside the crate guarantee it stays in bounds.

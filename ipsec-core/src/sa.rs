@@ -137,6 +137,44 @@ impl Lifetime {
     }
 }
 
+/// The first point (absolute time, packet count, byte count) at which a lifetime that
+/// has not fired yet is reached, so that the per-packet check is three comparisons.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Trip {
+    at: Duration,
+    packets: u64,
+    bytes: u64,
+}
+
+impl Trip {
+    const NEVER: Trip = Trip {
+        at: Duration::MAX,
+        packets: u64::MAX,
+        bytes: u64::MAX,
+    };
+
+    fn of(l: &Lifetime, created: Duration) -> Trip {
+        Trip {
+            at: l.time.map_or(Duration::MAX, |t| created.saturating_add(t)),
+            packets: l.packets.unwrap_or(u64::MAX),
+            bytes: l.bytes.unwrap_or(u64::MAX),
+        }
+    }
+
+    fn min(self, o: Trip) -> Trip {
+        Trip {
+            at: self.at.min(o.at),
+            packets: self.packets.min(o.packets),
+            bytes: self.bytes.min(o.bytes),
+        }
+    }
+
+    #[inline]
+    fn hit(&self, now: Duration, packets: u64, bytes: u64) -> bool {
+        now >= self.at || packets >= self.packets || bytes >= self.bytes
+    }
+}
+
 /// Something the owner of an SA must act on; returned by
 /// [`SecurityAssociation::poll_event`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -474,6 +512,15 @@ impl PendingEvents {
         }
     }
 
+    /// Whether the Rekey event was raised for bytes, packets and time.
+    fn raised_rekeys(&self) -> [bool; 3] {
+        [
+            self.raised & 1 != 0,
+            self.raised & 2 != 0,
+            self.raised & 4 != 0,
+        ]
+    }
+
     fn pop(&mut self) -> Option<SaEvent> {
         if self.pending == 0 {
             return None;
@@ -514,6 +561,8 @@ pub struct SecurityAssociation {
     pub(crate) soft: Lifetime,
     pub(crate) hard: Lifetime,
     pub(crate) created: Duration,
+    /// When the slow lifetime check must run next.
+    pub(crate) trip: Trip,
     pub(crate) expired: Option<LifetimeLimit>,
     pub(crate) events: PendingEvents,
     pub(crate) stats: SaStats,
@@ -578,6 +627,7 @@ impl SecurityAssociation {
             soft: config.soft,
             hard: config.hard,
             created: now,
+            trip: Trip::of(&config.soft, now).min(Trip::of(&config.hard, now)),
             expired: None,
             events: PendingEvents::default(),
             stats: SaStats::default(),
@@ -703,7 +753,7 @@ impl SecurityAssociation {
     /// Refuses a packet when the SA has expired; otherwise `Ok`.
     #[inline]
     pub(crate) fn admit(&mut self, now: Duration) -> Result<(), Error> {
-        if self.expired.is_none() {
+        if self.trip.hit(now, self.stats.packets, self.stats.bytes) {
             self.update_lifetimes(now);
         }
         match self.expired {
@@ -739,5 +789,23 @@ impl SecurityAssociation {
             self.expired = Some(l);
             self.events.raise(SaEvent::Expired(l));
         }
+        // Re-arm: the hard limits (once expired, nothing more to watch) and the soft
+        // limits whose Rekey event has not been raised yet.
+        self.trip = if self.expired.is_some() {
+            Trip::NEVER
+        } else {
+            let mut soft = Trip::of(&self.soft, self.created);
+            let raised = self.events.raised_rekeys();
+            if raised[0] {
+                soft.bytes = u64::MAX;
+            }
+            if raised[1] {
+                soft.packets = u64::MAX;
+            }
+            if raised[2] {
+                soft.at = Duration::MAX;
+            }
+            soft.min(Trip::of(&self.hard, self.created))
+        };
     }
 }
