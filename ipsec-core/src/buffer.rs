@@ -111,3 +111,30 @@ impl<'a> PacketBuf<'a> {
         (self.buf, self.offset, self.len)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_outside_the_buffer_are_refused() {
+        let mut storage = [0u8; 16];
+        assert!(PacketBuf::new(&mut storage, 10, 7).is_err());
+        assert!(PacketBuf::new(&mut storage, usize::MAX, 2).is_err());
+        let mut p = PacketBuf::new(&mut storage, 4, 8).unwrap();
+        assert_eq!((p.headroom(), p.len(), p.tailroom()), (4, 8, 4));
+        assert_eq!(
+            p.reset(9, 8),
+            Err(Error::Malformed(Malformed::BadDescriptor))
+        );
+        assert_eq!(
+            (p.offset(), p.len()),
+            (4, 8),
+            "unchanged after a refused reset"
+        );
+        p.buffer_mut()[0] = 7;
+        p.reset(0, 16).unwrap();
+        assert_eq!(p.data()[0], 7);
+        assert!(!p.is_empty());
+    }
+}
