@@ -1,7 +1,7 @@
 //! The ESP cryptographic transforms, behind one small internal interface.
 //!
 //! [`Cipher`] and [`Integrity`] name the algorithms of RFC 8221 (MUST/SHOULD) plus the
-//! interop ones. Internally a [`Transform`] seals and opens one ESP packet in place:
+//! interop ones. Internally a `Transform` seals and opens one ESP packet in place:
 //!
 //! | cipher | backend | IV | ICV |
 //! | --- | --- | --- | --- |
@@ -10,14 +10,28 @@
 //! | AES-CBC (RFC 3602) + HMAC-SHA-1/SHA-2 (RFC 2404, RFC 4868) | RustCrypto | 16 random bytes | 12..32 |
 //! | NULL (RFC 2410) + HMAC | RustCrypto | none | 12..32 |
 //!
-//! **Backend choice, by measurement.** On the x86-64 machines this was tuned on
-//! (2-core AMD EPYC guest with AES-NI, VAES, AVX-512), raw AES-128-GCM seal of a
-//! 64/1420-byte packet took ring 0.17 77/246 ns, aws-lc-rs 1.19 92/257 ns and RustCrypto
-//! aes-gcm 0.11 125/752 ns in a portable build (119/580 ns with `+aes,+pclmulqdq`, 36/395
-//! ns only with `-C target-cpu=native`); ChaCha20-Poly1305 at 1420 bytes: ring 737,
-//! aws-lc-rs 747, RustCrypto 3221 ns. ring wins at every size in the builds we ship, so
-//! it carries every AEAD when the `ring` feature is on. ring does not wipe its key
-//! schedules, so its keys live in a box that zeroes them on drop (`wipe.rs`).
+//! **Backend choice, by measurement.** On the 2-core AMD EPYC guest (AES-NI, VAES,
+//! AVX-512) this was tuned on, the median raw AES-128-GCM seal of a 64/512/1420-byte
+//! buffer (`scripts/bench-report.py`, 5 runs) took ring 0.17 93/143/280 ns, aws-lc-rs
+//! 1.19 112/190/291 ns, RustCrypto aes-gcm 0.11 146/276/631 ns and OpenSSL 3.0 EVP
+//! (`openssl speed`) 351/451/681 ns; ChaCha20-Poly1305 at 1420 bytes: OpenSSL 668, ring
+//! 767, aws-lc-rs 781, RustCrypto 2750 ns. ring wins every AES-GCM size and ties
+//! aws-lc-rs on ChaCha20-Poly1305, so it carries every AEAD when the `ring` feature is
+//! on (the default); a per-size choice would pick ring everywhere.
+//!
+//! **Build flags.** RustCrypto's AES-GCM is fast only when compiled for the CPU: 36 ns
+//! at 64 bytes with `-C target-cpu=native`, 45 ns with `+aes,+pclmulqdq,+avx2,+vaes,
+//! +vpclmulqdq,+avx512f`, but 100-119 ns with `x86-64-v3` plus `+aes,+pclmulqdq` and
+//! 125 ns in a default build; wrapping the calls in `#[target_feature]` functions
+//! behind run-time detection does not help (the crates dispatch internally, so nothing
+//! inlines). Those flags would make the shipped artifacts crash on CPUs without
+//! AVX-512/VAES. ring and aws-lc-rs select AES-NI/VAES/AVX-512 code at run time, so the
+//! shipped builds set no target features and run on any x86-64.
+//!
+//! **Whole blocks.** Every backend seals a buffer that ends in a partial 16-byte block
+//! much more slowly than one of whole blocks (ring: 68 bytes 113-117 ns, 80 bytes 87-94
+//! ns), so [`crate::sa::EspPadding::CipherBlocks`] (the default) pads the encrypted part
+//! of AEAD packets to 16 bytes, which RFC 4303 §2.4 allows.
 //!
 //! AEAD nonces are `salt || IV` with the IV equal to the 64-bit sequence number, which
 //! never repeats under one key because outbound sequence numbers never wrap. CBC IVs
