@@ -22,6 +22,7 @@ stage "format and lints"
 cargo fmt --all --check
 (cd fuzz && cargo fmt --check)
 cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 stage "Rust tests (unit, integration, doc)"
 cargo test --workspace --locked

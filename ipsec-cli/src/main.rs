@@ -80,7 +80,7 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct PcapOpts {
-    /// The SA file ([[sa]] tables).
+    /// The SA file (`[[sa]]` tables).
     #[arg(long = "sa", value_name = "SA.toml")]
     sa: PathBuf,
     /// Use this SA (encrypt: the outbound SA; decrypt: the only inbound SA tried).
