@@ -45,7 +45,6 @@ use aes::cipher::array::Array;
 use aes::cipher::{BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit, KeyInit};
 use aes_gcm::aead::AeadInOut;
 use hmac::{Hmac, Mac};
-use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
 /// The ESP encryption (or combined-mode) algorithm of an SA.
@@ -591,6 +590,18 @@ impl Transform {
                 let tag = key.seal(nonce(salt, seq), &aad[..aad_len], body);
                 tag_out.copy_from_slice(&tag);
             }
+            _ => self.seal_slow(buf, at, seq, esn),
+        }
+    }
+
+    /// The non-AEAD transforms, kept out of line so that the AEAD path stays small.
+    #[inline(never)]
+    fn seal_slow(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) {
+        let EspLayout { esp, icv } = at;
+        let iv_end = esp + 8 + self.iv_len;
+        let icv_len = self.icv_len;
+        match &mut self.engine {
+            Engine::Aead { .. } => unreachable!("handled by seal"),
             Engine::Gmac { key, salt } => {
                 buf[esp + 8..iv_end].copy_from_slice(&seq.to_be_bytes());
                 let tag = with_gmac_aad(buf, esp, icv, seq, esn, |aad| {
@@ -633,7 +644,6 @@ impl Transform {
     pub(crate) fn open(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) -> bool {
         let EspLayout { esp, icv } = at;
         let iv_end = esp + 8 + self.iv_len;
-        let icv_len = self.icv_len;
         match &mut self.engine {
             Engine::Aead { key, salt } => {
                 let iv: [u8; 8] = buf[esp + 8..iv_end].try_into().expect("8-byte IV");
@@ -646,6 +656,18 @@ impl Transform {
                     &tag,
                 )
             }
+            _ => self.open_slow(buf, at, seq, esn),
+        }
+    }
+
+    /// The non-AEAD transforms, kept out of line so that the AEAD path stays small.
+    #[inline(never)]
+    fn open_slow(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) -> bool {
+        let EspLayout { esp, icv } = at;
+        let iv_end = esp + 8 + self.iv_len;
+        let icv_len = self.icv_len;
+        match &mut self.engine {
+            Engine::Aead { .. } => unreachable!("handled by open"),
             Engine::Gmac { key, salt } => {
                 let iv: [u8; 8] = buf[esp + 8..iv_end].try_into().expect("8-byte IV");
                 let tag: [u8; 16] = buf[icv..icv + 16].try_into().expect("16-byte ICV");
@@ -657,7 +679,7 @@ impl Transform {
                 let mut expect = [0u8; 32];
                 let (hi, n) = esn_tail(seq, esn);
                 mac.compute(&buf[esp..icv], &hi[..n], &mut expect[..icv_len]);
-                if !bool::from(expect[..icv_len].ct_eq(&buf[icv..icv + icv_len])) {
+                if !ct_eq(&expect[..icv_len], &buf[icv..icv + icv_len]) {
                     return false;
                 }
                 let iv: [u8; 16] = buf[esp + 8..iv_end].try_into().expect("16-byte IV");
@@ -678,10 +700,22 @@ impl Transform {
                 let mut expect = [0u8; 32];
                 let (hi, n) = esn_tail(seq, esn);
                 mac.compute(&buf[esp..icv], &hi[..n], &mut expect[..icv_len]);
-                bool::from(expect[..icv_len].ct_eq(&buf[icv..icv + icv_len]))
+                ct_eq(&expect[..icv_len], &buf[icv..icv + icv_len])
             }
         }
     }
+}
+
+/// Constant-time equality of two ICVs: every byte is looked at whatever the
+/// differences, and only the accumulated difference (hidden from the optimiser) is
+/// tested.
+#[inline]
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(u8::from(a.len() != b.len()), |d, (x, y)| d | (x ^ y));
+    core::hint::black_box(diff) == 0
 }
 
 /// RFC 4303 §2.4 padding: the fewest bytes that bring `payload` plus the 2-byte
