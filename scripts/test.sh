@@ -4,7 +4,7 @@
 #
 # Stages, in order (the first failure stops the run with a non-zero exit):
 #   1. cargo fmt --check, cargo clippy -D warnings (all targets)
-#   2. Rust unit, integration and doc tests of the workspace
+#   2. Rust unit, integration and doc tests of the workspace; Miri on the unsafe module
 #   3. the release CLI, then the live scapy interop tests (pytest) against it
 #   4. a smoke run of every cargo-fuzz target (nightly), or their corpora as plain
 #      tests where no nightly toolchain exists
@@ -26,6 +26,15 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 stage "Rust tests (unit, integration, doc)"
 cargo test --workspace --locked
+
+stage "Miri on the unsafe code (crypto::wipe)"
+if rustup toolchain list 2>/dev/null | grep -q '^nightly' &&
+   { rustup +nightly component list --installed 2>/dev/null | grep -q '^miri' ||
+     rustup component add --toolchain nightly miri rust-src; }; then
+  cargo +nightly miri test -p ipsec-core --no-default-features --lib crypto::wipe
+else
+  echo "Miri is not available here (needs a nightly toolchain with the miri component): skipped"
+fi
 
 stage "release CLI"
 cargo build --release --locked -p ipsec-cli
