@@ -228,19 +228,7 @@ impl SecurityAssociation {
         let pad = self.pad_len(payload);
         let tail = (payload - inner_len) + pad + 2 + icv_len;
         let offset = pkt.offset();
-        if offset < head {
-            return Err(Error::NoHeadroom {
-                needed: head,
-                available: offset,
-            });
-        }
-        let available_tail = pkt.buffer().len() - offset - inner_len;
-        if available_tail < tail {
-            return Err(Error::NoTailroom {
-                needed: tail,
-                available: available_tail,
-            });
-        }
+        check_room(pkt, head, inner_len, tail)?;
         let total = head + payload + pad + 2 + icv_len;
         if total - outer.length_field_excludes() > usize::from(u16::MAX) {
             return Err(Error::Malformed(Malformed::TooBig));
@@ -298,19 +286,7 @@ impl SecurityAssociation {
         let pad = self.pad_len(payload);
         let tail = pad + 2 + icv_len;
         let offset = pkt.offset();
-        if offset < grow {
-            return Err(Error::NoHeadroom {
-                needed: grow,
-                available: offset,
-            });
-        }
-        let available_tail = pkt.buffer().len() - offset - total_len;
-        if available_tail < tail {
-            return Err(Error::NoTailroom {
-                needed: tail,
-                available: available_tail,
-            });
-        }
+        check_room(pkt, grow, total_len, tail)?;
         let start = offset - grow;
         let esp = start + hdr + udp_len;
         let body = esp + ESP_HEADER_LEN + iv_len;
@@ -580,6 +556,27 @@ impl OuterHeader {
             udp[4..6].copy_from_slice(&((total - self.ip_len) as u16).to_be_bytes());
         }
     }
+}
+
+/// Checks that `head` bytes fit in front of the packet and `tail` bytes behind its
+/// first `len` bytes (what follows them, such as link padding, may be overwritten).
+#[inline]
+fn check_room(pkt: &PacketBuf<'_>, head: usize, len: usize, tail: usize) -> Result<(), Error> {
+    let offset = pkt.offset();
+    if offset < head {
+        return Err(Error::NoHeadroom {
+            needed: head,
+            available: offset,
+        });
+    }
+    let available = pkt.buffer().len() - offset - len;
+    if available < tail {
+        return Err(Error::NoTailroom {
+            needed: tail,
+            available,
+        });
+    }
+    Ok(())
 }
 
 /// Writes a UDP header for ESP-in-UDP; the checksum is zero (RFC 3948 §2.1).
