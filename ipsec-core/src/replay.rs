@@ -885,3 +885,121 @@ mod tests {
         assert!(s.contains("highest: 0"));
     }
 }
+
+pub mod reference {
+    //! The naive replay window that [`ReplayWindow`](super::ReplayWindow) is tested
+    //! against (property tests and the `replay_window` fuzz target): a set of the
+    //! accepted 64-bit sequence numbers plus the highest one, and RFC 4303 Appendix A
+    //! inference written independently as "the one value with the wire's low 32 bits in
+    //! `[highest - W + 1, highest - W + 2^32]`". Obviously right and slow; it allocates
+    //! per packet. Not for the data path.
+
+    use super::LateHistogram;
+    use crate::error::Error;
+    use std::collections::BTreeSet;
+
+    /// The reference window.
+    #[derive(Clone, Debug)]
+    pub struct NaiveWindow {
+        size: u32,
+        esn: bool,
+        highest: u64,
+        /// Sequence numbers up to here count as received (a restored window).
+        restored: u64,
+        seen: BTreeSet<u64>,
+        late: LateHistogram,
+    }
+
+    impl NaiveWindow {
+        /// An empty window of `size` packets (0: replay protection off).
+        pub fn new(size: u32, esn: bool) -> NaiveWindow {
+            NaiveWindow::with_highest(size, esn, 0)
+        }
+
+        /// A window restored at `highest`: as `ReplayWindow::with_highest`, everything
+        /// up to `highest` counts as received.
+        pub fn with_highest(size: u32, esn: bool, highest: u64) -> NaiveWindow {
+            NaiveWindow {
+                size,
+                esn,
+                highest,
+                restored: highest,
+                seen: BTreeSet::new(),
+                late: LateHistogram::new(),
+            }
+        }
+
+        /// The highest sequence number recorded.
+        pub fn highest(&self) -> u64 {
+            self.highest
+        }
+
+        /// The late-packet histogram, as the real window keeps it.
+        pub fn late_histogram(&self) -> &LateHistogram {
+            &self.late
+        }
+
+        /// The window `W` of RFC 4303 Appendix A inference (2^31 when the window is off).
+        pub fn inference_window(&self) -> u64 {
+            if self.size == 0 {
+                1 << 31
+            } else {
+                u64::from(self.size)
+            }
+        }
+
+        /// The 64-bit sequence number of a wire value.
+        pub fn infer(&self, wire: u32) -> u64 {
+            if !self.esn {
+                return u64::from(wire);
+            }
+            let span = 1i128 << 32;
+            let bottom = i128::from(self.highest) - i128::from(self.inference_window()) + 1;
+            let mut c = bottom + (i128::from(wire) - bottom).rem_euclid(span);
+            if c < 0 {
+                // No subspace below 0: the only candidate is ahead.
+                c += span;
+            }
+            if c > i128::from(u64::MAX) {
+                // No subspace above 2^64 - 1: the only candidate is below the window.
+                c -= span;
+            }
+            u64::try_from(c).unwrap_or(u64::MAX)
+        }
+
+        /// Fresh (`Ok`), replayed or too old, without recording anything.
+        pub fn check(&self, seq: u64) -> Result<(), Error> {
+            let too_old = seq == 0
+                || (self.size != 0
+                    && u128::from(seq) + u128::from(self.size) <= u128::from(self.highest));
+            if too_old {
+                Err(Error::TooOld {
+                    seq,
+                    highest: self.highest,
+                })
+            } else if self.size != 0 && (seq <= self.restored || self.seen.contains(&seq)) {
+                Err(Error::Replayed { seq })
+            } else {
+                Ok(())
+            }
+        }
+
+        /// Records a fresh `seq`; refuses it as [`NaiveWindow::check`] does otherwise.
+        pub fn update(&mut self, seq: u64) -> Result<(), Error> {
+            self.check(seq)?;
+            if seq < self.highest {
+                self.late.record(self.highest - seq);
+            }
+            self.seen.insert(seq);
+            self.highest = self.highest.max(seq);
+            Ok(())
+        }
+
+        /// Adds a too-old `seq` to the late histogram (ignores anything else).
+        pub fn note_too_old(&mut self, seq: u64) {
+            if seq != 0 && matches!(self.check(seq), Err(Error::TooOld { .. })) {
+                self.late.record(self.highest - seq);
+            }
+        }
+    }
+}

@@ -5,109 +5,14 @@
 //! formulation of RFC 4303 Appendix A: the one value with the wire's low 32 bits in
 //! `[highest - W + 1, highest - W + 2^32]`.
 
-use std::collections::BTreeSet;
-
-use ipsec_core::{Error, LateHistogram, ReplayWindow};
+use ipsec_core::replay::reference::NaiveWindow;
+use ipsec_core::{Error, ReplayWindow};
 use proptest::prelude::*;
 
 const TWO32: u64 = 1 << 32;
 /// The window sizes under test: off, the minimum, the RFC default, two that are not a
 /// multiple of 64, and two larger ones.
 const SIZES: [u32; 7] = [0, 32, 64, 77, 100, 1024, 4096];
-
-/// The naive reference window.
-struct Model {
-    size: u32,
-    highest: u64,
-    seen: BTreeSet<u64>,
-    late: LateHistogram,
-}
-
-impl Model {
-    fn new(size: u32) -> Model {
-        Model {
-            size,
-            highest: 0,
-            seen: BTreeSet::new(),
-            late: LateHistogram::new(),
-        }
-    }
-
-    /// As `ReplayWindow::with_highest`: everything in the window up to `highest` counts
-    /// as received.
-    fn restored(size: u32, highest: u64) -> Model {
-        let mut m = Model::new(size);
-        m.highest = highest;
-        if size != 0 {
-            let low = highest.saturating_sub(u64::from(size) - 1).max(1);
-            if highest >= low {
-                m.seen.extend(low..=highest);
-            }
-        }
-        m
-    }
-
-    /// The RFC 4303 Appendix A window `W` for inference.
-    fn infer_window(&self) -> u64 {
-        if self.size == 0 {
-            1 << 31
-        } else {
-            u64::from(self.size)
-        }
-    }
-
-    fn verdict(&self, seq: u64) -> Result<(), Error> {
-        let too_old = seq == 0
-            || (self.size != 0
-                && u128::from(seq) + u128::from(self.size) <= u128::from(self.highest));
-        if too_old {
-            Err(Error::TooOld {
-                seq,
-                highest: self.highest,
-            })
-        } else if self.size != 0 && self.seen.contains(&seq) {
-            Err(Error::Replayed { seq })
-        } else {
-            Ok(())
-        }
-    }
-
-    fn update(&mut self, seq: u64) -> Result<(), Error> {
-        self.verdict(seq)?;
-        if seq < self.highest {
-            self.late.record(self.highest - seq);
-        }
-        self.seen.insert(seq);
-        self.highest = self.highest.max(seq);
-        Ok(())
-    }
-
-    fn note_too_old(&mut self, seq: u64) {
-        if matches!(self.verdict(seq), Err(Error::TooOld { .. })) && seq != 0 {
-            self.late.record(self.highest - seq);
-        }
-    }
-
-    /// Reference ESN inference (see the file's doc comment); `esn == false` is the wire
-    /// value itself.
-    fn infer(&self, esn: bool, wire: u32) -> u64 {
-        if !esn {
-            return u64::from(wire);
-        }
-        let bottom = i128::from(self.highest) - i128::from(self.infer_window()) + 1;
-        let span = i128::from(TWO32);
-        let mut c = bottom + (i128::from(wire) - bottom).rem_euclid(span);
-        if c < 0 {
-            // No subspace below 0: the only candidate is ahead.
-            c += span;
-        }
-        if c > i128::from(u64::MAX) {
-            // No subspace above 2^64 - 1: the only candidate is below the window.
-            c -= span;
-        }
-        u64::try_from(c).unwrap()
-    }
-}
 
 /// One step of traffic, relative to the highest sequence number sent so far.
 #[derive(Clone, Debug)]
@@ -160,7 +65,7 @@ fn via() -> impl Strategy<Value = Via> {
 /// Both start restored with `start` as the highest sequence number received (0: new).
 fn run(size: u32, esn: bool, start: u64, steps: &[(Step, Via)]) -> Result<(), TestCaseError> {
     let mut w = ReplayWindow::with_highest(size, esn, start).unwrap();
-    let mut m = Model::restored(size, start);
+    let mut m = NaiveWindow::with_highest(size, esn, start);
     let mut cursor = start;
     let mut history: Vec<u64> = Vec::new();
     for (st, via) in steps {
@@ -185,7 +90,7 @@ fn run(size: u32, esn: bool, start: u64, steps: &[(Step, Via)]) -> Result<(), Te
         }
         history.push(seq);
         let wire = seq as u32;
-        let before = m.highest;
+        let before = m.highest();
         match via {
             Via::Update64 => {
                 prop_assert_eq!(
@@ -197,7 +102,7 @@ fn run(size: u32, esn: bool, start: u64, steps: &[(Step, Via)]) -> Result<(), Te
                 );
             }
             Via::Accept | Via::CheckUpdate | Via::CheckOnly => {
-                let inferred = m.infer(esn, wire);
+                let inferred = m.infer(wire);
                 prop_assert_eq!(
                     w.infer(wire),
                     inferred,
@@ -206,12 +111,14 @@ fn run(size: u32, esn: bool, start: u64, steps: &[(Step, Via)]) -> Result<(), Te
                     before
                 );
                 // The true value is recovered whenever it is inside the window or ahead.
-                if seq > 0 && u128::from(seq) + u128::from(m.infer_window()) > u128::from(before) {
+                if seq > 0
+                    && u128::from(seq) + u128::from(m.inference_window()) > u128::from(before)
+                {
                     prop_assert_eq!(inferred, seq, "inference lost seq {:#x}", seq);
                 }
                 // A wrongly inferred value would fail the ICV: the SA never updates it.
                 let authentic = inferred == seq;
-                let expect = m.verdict(inferred).map(|()| inferred);
+                let expect = m.check(inferred).map(|()| inferred);
                 match via {
                     Via::Accept => {
                         if authentic {
@@ -245,14 +152,14 @@ fn run(size: u32, esn: bool, start: u64, steps: &[(Step, Via)]) -> Result<(), Te
                 }
             }
         }
-        prop_assert_eq!(w.highest(), m.highest);
-        cursor = cursor.max(m.highest);
+        prop_assert_eq!(w.highest(), m.highest());
+        cursor = cursor.max(m.highest());
     }
-    prop_assert_eq!(w.late_histogram(), &m.late);
+    prop_assert_eq!(w.late_histogram(), m.late_histogram());
     // Finally the whole window and a margin around it agree.
-    let lo = m.highest.saturating_sub(u64::from(size) + 70);
-    for s in lo..=m.highest + 70 {
-        prop_assert_eq!(w.check_seq(s), m.verdict(s), "final check_seq({})", s);
+    let lo = m.highest().saturating_sub(u64::from(size) + 70);
+    for s in lo..=m.highest() + 70 {
+        prop_assert_eq!(w.check_seq(s), m.check(s), "final check_seq({})", s);
     }
     Ok(())
 }
@@ -321,9 +228,8 @@ proptest! {
         wire in prop_oneof![any::<u32>(), 0u32..5000, (u32::MAX - 5000)..=u32::MAX],
     ) {
         let w = ReplayWindow::with_highest(size, true, highest).unwrap();
-        let mut m = Model::new(size);
-        m.highest = highest;
-        prop_assert_eq!(w.infer(wire), m.infer(true, wire));
+        let m = NaiveWindow::with_highest(size, true, highest);
+        prop_assert_eq!(w.infer(wire), m.infer(wire));
         let w = ReplayWindow::with_highest(size, false, u64::from(highest as u32)).unwrap();
         prop_assert_eq!(w.infer(wire), u64::from(wire));
     }
@@ -339,9 +245,9 @@ proptest! {
     ) {
         let highest = if esn { highest } else { highest.min(u64::from(u32::MAX)) };
         let mut w = ReplayWindow::with_highest(size, esn, highest).unwrap();
-        let mut m = Model::restored(size, highest);
+        let mut m = NaiveWindow::with_highest(size, esn, highest);
         let probe_seq = |h: u64| h.checked_add_signed(probe).unwrap_or(0);
-        prop_assert_eq!(w.check_seq(probe_seq(highest)), m.verdict(probe_seq(highest)));
+        prop_assert_eq!(w.check_seq(probe_seq(highest)), m.check(probe_seq(highest)));
         let mut cursor = highest;
         for (d, ahead) in steps {
             let seq = if ahead { cursor + d } else { cursor.saturating_sub(d * 17) };
@@ -351,9 +257,9 @@ proptest! {
             cursor = cursor.max(seq);
             prop_assert_eq!(w.update(seq), m.update(seq));
         }
-        let lo = m.highest.saturating_sub(u64::from(size) + 70);
-        for s in lo..=m.highest + 70 {
-            prop_assert_eq!(w.check_seq(s), m.verdict(s), "check_seq({})", s);
+        let lo = m.highest().saturating_sub(u64::from(size) + 70);
+        for s in lo..=m.highest() + 70 {
+            prop_assert_eq!(w.check_seq(s), m.check(s), "check_seq({})", s);
         }
     }
 
@@ -401,7 +307,7 @@ proptest! {
 fn replay_esn_stream_with_jitter_across_2_32() {
     for size in SIZES {
         let mut w = ReplayWindow::new(size, true).unwrap();
-        let mut m = Model::new(size);
+        let mut m = NaiveWindow::new(size, true);
         let jitter = u64::from(size.clamp(1, 64)) - 1;
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = TWO32 - 2000;
@@ -427,10 +333,10 @@ fn replay_esn_stream_with_jitter_across_2_32() {
                 let got = w.check(seq as u32);
                 assert_eq!(got, Ok(seq), "size {size}");
                 assert_eq!(w.update(seq), m.update(seq));
-                assert_eq!(w.check(seq as u32), m.verdict(seq).map(|()| seq));
+                assert_eq!(w.check(seq as u32), m.check(seq).map(|()| seq));
             }
         }
         assert!(w.highest() > TWO32 + 15_000);
-        assert_eq!(w.late_histogram(), &m.late);
+        assert_eq!(w.late_histogram(), m.late_histogram());
     }
 }
