@@ -7,9 +7,13 @@
 //!   with and without ESN), plus a valid packet built from the input and then mutated.
 //! * [`esp_roundtrip`]: structured IP packets ([`RoundtripInput`]) encrypted and decrypted;
 //!   the output must equal the input.
+//! * [`spd::policy_parse`] and [`spd::spd_differential`]: the policy file parser and the
+//!   compiled SPD against the naive scan.
 //!
 //! Keys are those of `tests/interop/scapy_vectors.json`, so the scapy packets of that file
 //! are meaningful seeds for `esp_decap` (see `corpus/README.md`).
+
+pub mod spd;
 
 use arbitrary::Arbitrary;
 use core::time::Duration;

@@ -72,6 +72,27 @@ fn replay_window_corpus() {
 }
 
 #[test]
+fn policy_parse_corpus() {
+    for path in seeds("policy_parse") {
+        let data = fs::read(&path).expect("seed readable");
+        println!("policy_parse {}", path.display());
+        ipsec_fuzz::spd::policy_parse(&data);
+    }
+}
+
+#[test]
+fn spd_differential_corpus() {
+    for path in seeds("spd_differential") {
+        let data = fs::read(&path).expect("seed readable");
+        println!("spd_differential {}", path.display());
+        if let Ok(input) = ipsec_fuzz::spd::SpdInput::arbitrary_take_rest(Unstructured::new(&data))
+        {
+            ipsec_fuzz::spd::spd_differential(&input);
+        }
+    }
+}
+
+#[test]
 fn regressions_stay_fixed() {
     for path in regressions("esp_decap") {
         ipsec_fuzz::esp_decap(&fs::read(&path).expect("readable"));

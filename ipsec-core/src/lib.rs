@@ -58,6 +58,7 @@ pub mod packet;
 pub mod replay;
 pub mod sa;
 pub mod sa_file;
+pub mod spd;
 
 pub use buffer::PacketBuf;
 pub use crypto::{Cipher, Integrity};
@@ -67,3 +68,4 @@ pub use sa::{
     Direction, EspPadding, Lifetime, Mode, SaConfig, SaEvent, SaStats, SecurityAssociation,
     TfcPadding,
 };
+pub use spd::{Action, Decision, Flow, PolicyDirection, Spd, SpdCache};

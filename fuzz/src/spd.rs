@@ -1,0 +1,299 @@
+//! Bodies of the SPD fuzz targets.
+//!
+//! * [`policy_parse`]: arbitrary text into [`Spd::from_toml`] and
+//!   [`Spd::from_toml_all_errors`]: no panic, and both agree.
+//! * [`spd_differential`]: structured random policies over a small address space (so
+//!   that rules overlap often) and random flows and packets: the compiled classifier,
+//!   the flow cache and the naive first-match scan answer the same, always.
+
+use arbitrary::Arbitrary;
+use ipsec_core::spd::EngineKind;
+use ipsec_core::{Action, Direction, Flow, Spd, SpdCache};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+const SAS: &str = r#"
+[[sa]]
+name = "o"
+spi = 0x100
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "00112233445566778899aabbccddeeff01020304"
+tunnel_src = "192.0.2.1"
+tunnel_dst = "192.0.2.2"
+
+[[sa]]
+name = "i"
+spi = 0x101
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "00112233445566778899aabbccddeeff01020304"
+"#;
+
+/// Fuzz target `policy_parse`: any text is either a policy set or a list of errors.
+pub fn policy_parse(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let one = Spd::from_toml(&text);
+    let all = Spd::from_toml_all_errors(&text);
+    match (&one, &all) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.policies(), b.policies());
+            // A loaded SPD answers lookups; compiled == naive on a few flows.
+            let addrs: [IpAddr; 4] = [
+                "10.0.0.1".parse().expect("addr"),
+                "192.0.2.1".parse().expect("addr"),
+                "2001:db8::1".parse().expect("addr"),
+                "0.0.0.0".parse().expect("addr"),
+            ];
+            for (i, &s) in addrs.iter().enumerate() {
+                for &d in &addrs {
+                    for proto in [6u8, 17, 1, 58, 50] {
+                        let dir = if i % 2 == 0 {
+                            Direction::Outbound
+                        } else {
+                            Direction::Inbound
+                        };
+                        let f = Flow::new(dir, s, d, proto).ports(500, 4500).icmp(8, 0);
+                        assert_eq!(a.lookup(&f), a.lookup_linear(&f));
+                    }
+                }
+            }
+        }
+        (Err(e), Err(list)) => {
+            assert!(!list.is_empty());
+            assert!(list.contains(e), "{e} not among {list:?}");
+            for e in list {
+                assert!(!e.to_string().is_empty());
+            }
+        }
+        _ => panic!("from_toml and from_toml_all_errors disagree"),
+    }
+}
+
+/// An address element over 10.0.0.0-15 and 2001:db8::0-f.
+#[derive(Arbitrary, Debug, Clone)]
+pub enum FAddr {
+    /// `any`.
+    Any,
+    /// One address.
+    Single(u8, bool),
+    /// A prefix: base, length 28..=32 (IPv6: 124..=128).
+    Prefix(u8, u8, bool),
+    /// A range `a-b` (ordered).
+    Range(u8, u8, bool),
+}
+
+impl FAddr {
+    fn text(&self) -> String {
+        let a = |i: u8, six: bool| {
+            let i = i % 16;
+            if six {
+                format!("2001:db8::{i:x}")
+            } else {
+                format!("10.0.0.{i}")
+            }
+        };
+        match *self {
+            FAddr::Any => "any".into(),
+            FAddr::Single(i, six) => a(i, six),
+            FAddr::Prefix(i, len, six) => {
+                let len = 28 + len % 5;
+                let block = 1u8 << (32 - len);
+                let base = (i % 16) - (i % 16) % block;
+                format!("{}/{}", a(base, six), if six { len + 96 } else { len })
+            }
+            FAddr::Range(x, y, six) => {
+                let (x, y) = (x % 16, y % 16);
+                format!("{}-{}", a(x.min(y), six), a(x.max(y), six))
+            }
+        }
+    }
+}
+
+/// A port selector over 0..16.
+#[derive(Arbitrary, Debug, Clone)]
+pub enum FPort {
+    /// Omitted.
+    Omit,
+    /// `"any"`.
+    Any,
+    /// One port.
+    One(u8),
+    /// `"a-b"`.
+    Range(u8, u8),
+}
+
+/// One policy.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct FPolicy {
+    /// 0 outbound, 1 inbound, 2+ both.
+    pub direction: u8,
+    /// `local` (omitted if empty).
+    pub local: Vec<FAddr>,
+    /// `remote` (omitted if empty).
+    pub remote: Vec<FAddr>,
+    /// Index into any, tcp, udp, icmp, icmpv6, 50, sctp.
+    pub protocol: u8,
+    /// `local_port` (TCP/UDP/SCTP only).
+    pub local_port: FPort,
+    /// `remote_port` (TCP/UDP/SCTP only).
+    pub remote_port: FPort,
+    /// `icmp_type` and optional `icmp_code` (ICMP only).
+    pub icmp: Option<(u8, Option<u8>)>,
+    /// 0 protect, 1 bypass, 2+ discard.
+    pub action: u8,
+}
+
+/// One flow over the same small space.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct FFlow {
+    outbound: bool,
+    six: bool,
+    src: u8,
+    dst: u8,
+    protocol: u8,
+    ports: Option<(u8, u8)>,
+    icmp: Option<(u8, u8)>,
+}
+
+/// Input of `spd_differential`.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct SpdInput {
+    /// The policies, in order.
+    pub policies: Vec<FPolicy>,
+    /// Flows to look up.
+    pub flows: Vec<FFlow>,
+    /// Raw packets: their selectors (if they parse) are looked up too.
+    pub packets: Vec<Vec<u8>>,
+}
+
+const PROTOS: [&str; 7] = ["any", "tcp", "udp", "icmp", "icmpv6", "50", "sctp"];
+
+fn port_text(p: &FPort) -> Option<String> {
+    match *p {
+        FPort::Omit => None,
+        FPort::Any => Some("\"any\"".into()),
+        FPort::One(x) => Some((x % 16).to_string()),
+        FPort::Range(x, y) => {
+            let (x, y) = (x % 16, y % 16);
+            Some(format!("\"{}-{}\"", x.min(y), x.max(y)))
+        }
+    }
+}
+
+fn addr_list(v: &[FAddr]) -> String {
+    let items: Vec<String> = v.iter().map(|a| format!("{:?}", a.text())).collect();
+    if items.len() == 1 {
+        items[0].clone()
+    } else {
+        format!("[{}]", items.join(", "))
+    }
+}
+
+/// The policy file of `policies` (always valid).
+pub fn to_toml(policies: &[FPolicy]) -> String {
+    let mut s = String::from(SAS);
+    for (i, p) in policies.iter().enumerate() {
+        let dir = ["outbound", "inbound", "both"][usize::from(p.direction.min(2))];
+        let _ = write!(s, "\n[[policy]]\nname = \"p{i}\"\ndirection = \"{dir}\"\n");
+        if !p.local.is_empty() {
+            let _ = writeln!(s, "local = {}", addr_list(&p.local[..p.local.len().min(4)]));
+        }
+        if !p.remote.is_empty() {
+            let _ = writeln!(
+                s,
+                "remote = {}",
+                addr_list(&p.remote[..p.remote.len().min(4)])
+            );
+        }
+        let proto = PROTOS[usize::from(p.protocol) % PROTOS.len()];
+        let _ = writeln!(s, "protocol = \"{proto}\"");
+        if matches!(proto, "tcp" | "udp" | "sctp") {
+            if let Some(v) = port_text(&p.local_port) {
+                let _ = writeln!(s, "local_port = {v}");
+            }
+            if let Some(v) = port_text(&p.remote_port) {
+                let _ = writeln!(s, "remote_port = {v}");
+            }
+        }
+        if matches!(proto, "icmp" | "icmpv6")
+            && let Some((t, c)) = p.icmp
+        {
+            let _ = writeln!(s, "icmp_type = {}", t % 8);
+            if let Some(c) = c {
+                let _ = writeln!(s, "icmp_code = {}", c % 4);
+            }
+        }
+        let action = ["protect", "bypass", "discard"][usize::from(p.action.min(2))];
+        let _ = writeln!(s, "action = \"{action}\"");
+        if action == "protect" {
+            s += match dir {
+                "outbound" => "sa = \"o\"\n",
+                "inbound" => "sa = \"i\"\n",
+                _ => "sa = [\"o\", \"i\"]\n",
+            };
+        }
+    }
+    s
+}
+
+fn check(spd: &Spd, others: &[Spd], cache: &mut SpdCache<'_>, f: &Flow) {
+    let naive = spd.lookup_linear(f);
+    assert_eq!(spd.lookup(f), naive, "compiled != naive for {f:?}");
+    for (i, o) in others.iter().enumerate() {
+        assert_eq!(o.lookup(f), naive, "engine {i} != naive for {f:?}");
+    }
+    assert_eq!(cache.lookup(f), naive, "cache != naive for {f:?}");
+    match naive.policy_index {
+        Some(i) => assert!(spd.policies()[i].matches(f)),
+        None => assert_eq!(naive.action, Action::Discard),
+    }
+}
+
+/// Fuzz target `spd_differential`.
+pub fn spd_differential(input: &SpdInput) {
+    let policies = &input.policies[..input.policies.len().min(64)];
+    let text = to_toml(policies);
+    let spd = Spd::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let mut cache = SpdCache::new(&spd, 8);
+    // The alternative structures of the module docs must agree too.
+    let others = [
+        spd.recompiled(EngineKind::BitVector),
+        spd.recompiled(EngineKind::Tree),
+    ];
+    for ff in input.flows.iter().take(256) {
+        let addr = |i: u8| -> IpAddr {
+            let i = i % 18; // 16 and 17 fall outside every prefix above
+            if ff.six {
+                format!("2001:db8::{i:x}").parse().expect("addr")
+            } else {
+                format!("10.0.0.{i}").parse().expect("addr")
+            }
+        };
+        let dir = if ff.outbound {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        };
+        let proto = [6u8, 17, 1, 58, 50, 132, 0, 255][usize::from(ff.protocol % 8)];
+        let mut f = Flow::new(dir, addr(ff.src), addr(ff.dst), proto);
+        if let Some((a, b)) = ff.ports {
+            f = f.ports(u16::from(a % 18), u16::from(b % 18));
+        }
+        if let Some((t, c)) = ff.icmp {
+            f = f.icmp(t % 9, c % 5);
+        }
+        check(&spd, &others, &mut cache, &f);
+        // The same flow twice: the cache answers from its slot.
+        check(&spd, &others, &mut cache, &f);
+    }
+    for p in input.packets.iter().take(16) {
+        for dir in [Direction::Outbound, Direction::Inbound] {
+            if let Ok(f) = Flow::from_packet(dir, p) {
+                check(&spd, &others, &mut cache, &f);
+            }
+        }
+    }
+}

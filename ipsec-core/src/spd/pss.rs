@@ -1,0 +1,341 @@
+//! The default compiled classifier: rules partitioned by wildcard pattern, each part
+//! indexed by interval stabbing on its most selective dimension.
+//!
+//! The five dimensions (source, destination, protocol, A = source port or ICMP type,
+//! B = destination port or ICMP code) are ranked by how selective they are in this rule
+//! set (how many rules share their most common range there). Each rule joins the group
+//! of the best-ranked dimension it does not leave as "any" — the idea of tuple-space
+//! search (Srinivasan, Suri & Varghese, SIGCOMM 1999), with ranges instead of prefix
+//! masks and far fewer groups. A group's dimension is its index: it is cut into
+//! elementary intervals at the rule boundaries and each interval keeps the list of the
+//! group's rules whose range covers it, in priority order (identical lists stored once),
+//! each with its bounding box inline so that checking a candidate reads nothing else. A lookup binary-searches each
+//! group's index once and checks the listed rules in order against the whole key; the
+//! first that matches is the group's answer, and the earliest answer over all groups is
+//! the first match. A candidate that comes after the best answer so far stops the scan,
+//! and whole groups whose first rule comes after it are skipped.
+//!
+//! The answer depends only on each list holding every rule of its group whose index
+//! range covers the point, in order: the full check does the rest, so it equals the naive
+//! scan by construction. Memory is the rules plus one list entry per (rule, elementary
+//! interval it covers); rules nested inside many others (a /8 over a thousand /24s) are
+//! copied into many lists, so a global budget turns a group that would exceed it into a
+//! plain ordered list (slower, still exact).
+
+use crate::spd::tree::{DIMS, TRule};
+use std::collections::{BTreeSet, HashMap};
+
+/// Copies of rules into interval lists allowed per rule (plus a fixed allowance).
+const BUDGET_PER_RULE: usize = 256;
+
+/// A key type: `u32` for IPv4 (every dimension fits), `u128` for IPv6.
+pub(crate) trait KeyInt: Copy + Ord + Default + core::fmt::Debug {
+    /// Narrows a value known to fit.
+    fn narrow(v: u128) -> Self;
+}
+impl KeyInt for u32 {
+    #[inline]
+    fn narrow(v: u128) -> u32 {
+        v as u32
+    }
+}
+impl KeyInt for u128 {
+    #[inline]
+    fn narrow(v: u128) -> u128 {
+        v
+    }
+}
+
+/// Interval starts, searched in two steps: a binary search over every [`BLOCK`]-th start
+/// (a small array that stays in the L1 cache), then one block of starts. A plain binary
+/// search over thousands of starts costs a dependent cache miss per step.
+struct Starts<K> {
+    top: Vec<K>,
+    all: Vec<K>,
+}
+
+const BLOCK: usize = 16;
+
+impl<K: KeyInt> Starts<K> {
+    fn new(all: Vec<K>) -> Starts<K> {
+        Starts {
+            top: all.iter().step_by(BLOCK).copied().collect(),
+            all,
+        }
+    }
+
+    /// The index of the interval holding `k` (the first start is the domain's minimum).
+    #[inline]
+    fn find(&self, k: K) -> usize {
+        let t = self.top.partition_point(|&s| s <= k) - 1;
+        let base = t * BLOCK;
+        let block = &self.all[base..(base + BLOCK).min(self.all.len())];
+        base + block.partition_point(|&s| s <= k) - 1
+    }
+
+    fn bytes(&self) -> usize {
+        (self.top.len() + self.all.len()) * size_of::<K>()
+    }
+}
+
+/// A candidate as stored in the lists: the rule's bounding box, inline, so that checking
+/// a candidate reads the list and nothing else. `exact` is false when some dimension of
+/// the rule has several ranges (an address list): then the box only filters and the
+/// rule's full ranges decide.
+#[derive(Clone, Copy, Debug)]
+struct Entry<K> {
+    lo: [K; DIMS],
+    hi: [K; DIMS],
+    id: u32,
+    local: u32,
+    exact: bool,
+}
+
+/// The elementary intervals of one group's index dimension.
+struct Index<K> {
+    dim: usize,
+    starts: Starts<K>,
+    /// `pool[a..b]` is the list of each interval.
+    lists: Vec<(u32, u32)>,
+    pool: Vec<Entry<K>>,
+}
+
+/// The rules of one wildcard pattern.
+struct Group<K> {
+    first: u32,
+    rules: Vec<TRule>,
+    /// `None`: every rule is a candidate, in order (`all`).
+    index: Option<Index<K>>,
+    all: Vec<Entry<K>>,
+}
+
+impl<K: KeyInt> Group<K> {
+    #[inline]
+    fn candidates(&self, key: &[K; DIMS]) -> &[Entry<K>] {
+        match &self.index {
+            Some(ix) => {
+                let i = ix.starts.find(key[ix.dim]);
+                let (a, b) = ix.lists[i];
+                &ix.pool[a as usize..b as usize]
+            }
+            None => &self.all,
+        }
+    }
+}
+
+/// Rules of one group under construction: (position, rule).
+type Members = Vec<(u32, TRule)>;
+
+/// The classifier of one address family.
+pub(crate) struct Partitioned<K> {
+    groups: Vec<Group<K>>,
+}
+
+fn entry<K: KeyInt>(r: &TRule, id: u32, local: u32) -> Entry<K> {
+    let mut e = Entry {
+        lo: [K::default(); DIMS],
+        hi: [K::default(); DIMS],
+        id,
+        local,
+        exact: true,
+    };
+    for d in 0..DIMS {
+        let ranges = r.dim(d);
+        e.lo[d] = K::narrow(ranges[0].0);
+        e.hi[d] = K::narrow(ranges[ranges.len() - 1].1);
+        e.exact &= ranges.len() == 1;
+    }
+    e
+}
+
+fn build_index<K: KeyInt>(
+    rules: &[TRule],
+    entries: &[Entry<K>],
+    dim: usize,
+    budget: &mut usize,
+) -> Option<Index<K>> {
+    let mut events: Vec<(u128, bool, u32)> = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        for &(l, h) in r.dim(dim) {
+            events.push((l, true, i as u32));
+            if let Some(e) = h.checked_add(1) {
+                events.push((e, false, i as u32));
+            }
+        }
+    }
+    events.sort_unstable_by_key(|e| e.0);
+    let mut active: BTreeSet<u32> = BTreeSet::new();
+    let mut seen: HashMap<Vec<u32>, (u32, u32)> = HashMap::new();
+    let mut starts: Vec<K> = Vec::new();
+    let mut lists = Vec::new();
+    let mut pool = Vec::new();
+    let mut i = 0;
+    let mut point = 0u128;
+    loop {
+        while i < events.len() && events[i].0 == point {
+            let (_, add, r) = events[i];
+            if add {
+                active.insert(r);
+            } else {
+                active.remove(&r);
+            }
+            i += 1;
+        }
+        let list: Vec<u32> = active.iter().copied().collect();
+        let span = match seen.get(&list) {
+            Some(&s) => s,
+            None => {
+                *budget = budget.checked_sub(list.len())?;
+                let a = pool.len() as u32;
+                pool.extend(list.iter().map(|&r| entries[r as usize]));
+                let s = (a, pool.len() as u32);
+                seen.insert(list, s);
+                s
+            }
+        };
+        starts.push(K::narrow(point));
+        lists.push(span);
+        match events.get(i) {
+            Some(e) => point = e.0,
+            None => break,
+        }
+    }
+    Some(Index {
+        dim,
+        starts: Starts::new(starts),
+        lists,
+        pool,
+    })
+}
+
+impl<K: KeyInt> Partitioned<K> {
+    /// Builds the classifier of `rules` (priority order); `max[d]` is the largest value
+    /// of dimension `d` (a rule covering `0..=max[d]` leaves it as "any"), and must fit
+    /// in `K`.
+    pub(crate) fn build(rules: Vec<TRule>, max: [u128; DIMS]) -> Partitioned<K> {
+        let rules: Vec<(u32, TRule)> = rules
+            .into_iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(i, r)| (i as u32, r))
+            .collect();
+        let specific = |r: &TRule, d: usize| r.dim(d) != [(0, max[d])];
+        // Order the dimensions by how crowded they are: the most rules sharing one range
+        // (a lower bound of the longest list an index on it would have); addresses first
+        // on ties (they are the most selective in practice).
+        let mut order: Vec<(usize, usize)> = [1, 0, 4, 3, 2]
+            .into_iter()
+            .map(|d| {
+                let mut ranges: Vec<&[(u128, u128)]> = rules
+                    .iter()
+                    .filter(|(_, r)| specific(r, d))
+                    .map(|(_, r)| r.dim(d))
+                    .collect();
+                ranges.sort_unstable();
+                let crowd = ranges.chunk_by(|a, b| a == b).map(<[_]>::len).max();
+                (d, crowd.unwrap_or(usize::MAX))
+            })
+            .collect();
+        order.sort_by_key(|&(_, crowd)| crowd);
+        // Each rule goes to the group of the first dimension (in that order) it does not
+        // leave as "any"; rules that leave every dimension as "any" go to the last group.
+        let mut by_dim: Vec<(Option<usize>, Members)> = Vec::new();
+        for (id, r) in rules {
+            let dim = order.iter().map(|&(d, _)| d).find(|&d| specific(&r, d));
+            match by_dim.iter_mut().find(|(d, _)| *d == dim) {
+                Some((_, v)) => v.push((id, r)),
+                None => by_dim.push((dim, vec![(id, r)])),
+            }
+        }
+        let total: usize = by_dim.iter().map(|(_, v)| v.len()).sum();
+        let mut budget = BUDGET_PER_RULE * total + (1 << 20);
+        let mut groups = Vec::with_capacity(by_dim.len());
+        for (dim, mut members) in by_dim {
+            if dim.is_none() {
+                // Matches everything: only its first rule can ever answer.
+                members.truncate(1);
+            }
+            let (ids, rules): (Vec<u32>, Vec<TRule>) = members.into_iter().unzip();
+            let entries: Vec<Entry<K>> = rules
+                .iter()
+                .zip(&ids)
+                .enumerate()
+                .map(|(local, (r, &id))| entry(r, id, local as u32))
+                .collect();
+            let index = dim.and_then(|d| build_index(&rules, &entries, d, &mut budget));
+            groups.push(Group {
+                first: ids[0],
+                rules,
+                index,
+                all: entries,
+            });
+        }
+        groups.sort_by_key(|g| g.first);
+        Partitioned { groups }
+    }
+
+    /// The position of the first rule matching `key`.
+    #[inline]
+    pub(crate) fn lookup(&self, key: &[K; DIMS], wide: &[u128; DIMS]) -> Option<usize> {
+        let mut best = u32::MAX;
+        for g in &self.groups {
+            if g.first >= best {
+                // Groups are sorted by their first rule: none after this one can win.
+                break;
+            }
+            for e in g.candidates(key) {
+                if e.id >= best {
+                    break;
+                }
+                let inside = (0..DIMS).all(|d| e.lo[d] <= key[d] && key[d] <= e.hi[d]);
+                if inside && (e.exact || g.rules[e.local as usize].matches(wide)) {
+                    best = e.id;
+                    break;
+                }
+            }
+        }
+        (best != u32::MAX).then_some(best as usize)
+    }
+
+    /// One line per group: size, index dimension, intervals, mean and max list length.
+    pub(crate) fn stats(&self) -> String {
+        let mut out = String::new();
+        for g in &self.groups {
+            let (dim, n, mean, max) = match &g.index {
+                Some(ix) => {
+                    let lens: Vec<usize> =
+                        ix.lists.iter().map(|&(a, b)| (b - a) as usize).collect();
+                    (
+                        ix.dim as i64,
+                        lens.len(),
+                        lens.iter().sum::<usize>() as f64 / lens.len() as f64,
+                        lens.iter().copied().max().unwrap_or(0),
+                    )
+                }
+                None => (-1, 1, g.all.len() as f64, g.all.len()),
+            };
+            out += &format!(
+                "group first={} rules={} dim={dim} intervals={n} mean={mean:.1} max={max}\n",
+                g.first,
+                g.all.len()
+            );
+        }
+        out
+    }
+
+    /// Heap bytes used.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.groups
+            .iter()
+            .map(|g| {
+                g.all.len() * size_of::<Entry<K>>()
+                    + g.rules.iter().map(TRule::heap_bytes).sum::<usize>()
+                    + g.index.as_ref().map_or(0, |ix| {
+                        ix.starts.bytes()
+                            + ix.lists.len() * 8
+                            + ix.pool.len() * size_of::<Entry<K>>()
+                    })
+            })
+            .sum()
+    }
+}
