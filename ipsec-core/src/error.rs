@@ -38,11 +38,13 @@ pub enum DropReason {
     Dummy,
     /// The caller's buffer had too little headroom or tailroom for the transform.
     NoBufferSpace,
+    /// The SPD said DISCARD (or no policy matched, which means DISCARD).
+    PolicyDiscard,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::AuthFailed,
         DropReason::Replay,
         DropReason::TooOld,
@@ -55,6 +57,7 @@ impl DropReason {
         DropReason::SequenceOverflow,
         DropReason::Dummy,
         DropReason::NoBufferSpace,
+        DropReason::PolicyDiscard,
     ];
 
     /// The stable snake_case name of the reason (`"auth_failed"`, `"replay"`, ...).
@@ -72,6 +75,7 @@ impl DropReason {
             DropReason::SequenceOverflow => "sequence_overflow",
             DropReason::Dummy => "dummy",
             DropReason::NoBufferSpace => "no_buffer_space",
+            DropReason::PolicyDiscard => "policy_discard",
         }
     }
 
@@ -231,6 +235,11 @@ pub enum Error {
     /// The operation does not fit the SA's direction (encrypt on an inbound SA or
     /// decrypt on an outbound one).
     WrongDirection,
+    /// The SPD discards this traffic (a DISCARD policy, or no policy at all).
+    PolicyDiscard,
+    /// Cleartext arrived for traffic that a PROTECT policy says must come through
+    /// IPsec (RFC 4301 §5.2): dropped, counted as `policy_mismatch`.
+    UnprotectedTraffic,
 }
 
 impl Error {
@@ -244,7 +253,8 @@ impl Error {
             Error::BadPadding => DropReason::BadPadding,
             Error::BadNextHeader(_) => DropReason::BadNextHeader,
             Error::UnknownSpi { .. } => DropReason::UnknownSpi,
-            Error::PolicyMismatch => DropReason::PolicyMismatch,
+            Error::PolicyMismatch | Error::UnprotectedTraffic => DropReason::PolicyMismatch,
+            Error::PolicyDiscard => DropReason::PolicyDiscard,
             Error::LifetimeExpired(_) => DropReason::LifetimeExpired,
             Error::SequenceOverflow => DropReason::SequenceOverflow,
             Error::DummyPacket => DropReason::Dummy,
@@ -281,6 +291,10 @@ impl fmt::Display for Error {
                 "not enough tailroom: {needed} bytes needed, {available} available"
             ),
             Error::WrongDirection => f.write_str("operation does not match the SA's direction"),
+            Error::PolicyDiscard => f.write_str("discarded by policy"),
+            Error::UnprotectedTraffic => {
+                f.write_str("cleartext for traffic that policy says must be protected")
+            }
         }
     }
 }

@@ -329,15 +329,30 @@ impl SecurityAssociation {
     /// with [`Malformed::NatKeepalive`] / [`Malformed::NonEspMarker`] so the caller can
     /// hand them to the key exchange daemon; they are counted as `malformed`.
     pub fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
+        self.decrypt_checked(pkt, now, |_| true)
+    }
+
+    /// [`Self::decrypt`], then RFC 4301 §5.2: `selectors_ok` is shown the decapsulated
+    /// packet and says whether it matches the selectors of the policy this SA serves
+    /// (see `Spd::check_inbound`). If not, the packet is dropped with
+    /// [`Error::PolicyMismatch`] and counted as `policy_mismatch`; the replay window
+    /// still records it, since its ICV verified.
+    pub fn decrypt_checked(
+        &mut self,
+        pkt: &mut PacketBuf<'_>,
+        now: Duration,
+        selectors_ok: impl FnOnce(&[u8]) -> bool,
+    ) -> Result<(), Error> {
         if self.direction != Direction::Inbound {
             return Err(self.drop(Error::WrongDirection));
         }
         self.admit(now)?;
         match self.decap(pkt) {
-            Ok(len) => {
+            Ok(len) if selectors_ok(pkt.data()) => {
                 self.account(len);
                 Ok(())
             }
+            Ok(_) => Err(self.drop(Error::PolicyMismatch)),
             Err(e) => {
                 if let Error::TooOld { seq, .. } = e {
                     self.replay.note_too_old(seq);

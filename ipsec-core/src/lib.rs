@@ -54,6 +54,7 @@ pub mod buffer;
 pub mod crypto;
 pub mod error;
 pub mod esp;
+pub mod gateway;
 pub mod packet;
 pub mod replay;
 pub mod sa;
@@ -63,6 +64,7 @@ pub mod spd;
 pub use buffer::PacketBuf;
 pub use crypto::{Cipher, Integrity};
 pub use error::{ConfigError, DropReason, Error, LifetimeLimit, Malformed};
+pub use gateway::Gateway;
 pub use replay::{LateHistogram, ReplayWindow};
 pub use sa::{
     Direction, EspPadding, Lifetime, Mode, SaConfig, SaEvent, SaStats, SecurityAssociation,

@@ -42,6 +42,10 @@ pub struct NamedSa {
 struct SaFile {
     #[serde(default)]
     sa: Vec<toml::Table>,
+    /// A policy file's `[[policy]]` tables: allowed, so that one file can serve as
+    /// both, and left to `Spd` to check.
+    #[serde(default, rename = "policy")]
+    _policies: Vec<toml::Table>,
 }
 
 #[derive(Deserialize)]
@@ -181,7 +185,8 @@ impl RawSa {
     }
 }
 
-/// Parses every `[[sa]]` table of `text`. Names must be unique. The configurations are
+/// Parses every `[[sa]]` table of `text` (a policy file's `[[policy]]` tables are
+/// allowed and ignored here). Names must be unique. The configurations are
 /// checked as far as possible without creating the SAs (creation checks key lengths
 /// and the algorithm combination).
 pub fn parse_sa_file(text: &str) -> Result<Vec<NamedSa>, ConfigError> {

@@ -1,0 +1,215 @@
+//! A gateway's IPsec data path: the SPD and the SAD together (RFC 4301 §5).
+//!
+//! [`Gateway::outbound`] classifies a packet with the SPD and then bypasses it,
+//! discards it or encrypts it with the SA the PROTECT policy names.
+//! [`Gateway::inbound`] finds the SA of an ESP packet by its SPI, decrypts it and checks
+//! the inner packet against the selectors of the policies that SA serves (RFC 4301 §5.2:
+//! `policy_mismatch` otherwise); cleartext is let in only when a BYPASS policy covers
+//! it — cleartext that a PROTECT policy covers is dropped, never accepted.
+//!
+//! Drops that belong to an SA are counted on that SA; the others (unknown SPI, policy
+//! discard, unprotected cleartext, unparseable packets) on the gateway's own
+//! [`SaStats`]. Like an SA, a gateway is owned by one thread at a time.
+
+use crate::buffer::PacketBuf;
+use crate::error::{ConfigError, Error, Malformed};
+use crate::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
+use crate::sa::{Direction, SaStats, SecurityAssociation};
+use crate::spd::{Action, Flow, Spd};
+use core::time::Duration;
+use std::collections::HashMap;
+
+/// What happened to an outbound packet that was not dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outbound<'a> {
+    /// Encrypted with the named SA; send it to the SA's peer.
+    Protected {
+        /// The SA that encrypted it.
+        sa: &'a str,
+    },
+    /// A BYPASS policy lets it through in the clear, unchanged.
+    Bypassed,
+}
+
+/// What happened to an inbound packet that was not dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Inbound<'a> {
+    /// Decrypted by the named SA and checked against its policy; the inner packet is in
+    /// the buffer.
+    Decrypted {
+        /// The SA that decrypted it.
+        sa: &'a str,
+    },
+    /// Cleartext that a BYPASS policy lets in, unchanged.
+    Bypassed,
+}
+
+/// The SPD and the SAs it names, ready to process packets.
+pub struct Gateway {
+    spd: Spd,
+    names: Vec<String>,
+    sas: Vec<SecurityAssociation>,
+    by_name: HashMap<String, usize>,
+    inbound_by_spi: HashMap<u32, usize>,
+    stats: SaStats,
+}
+
+impl core::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("sas", &self.names)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Creates the SAs of the SPD's `[[sa]]` tables at time `now`. Fails when an SA's
+    /// configuration is invalid or two inbound SAs share an SPI.
+    pub fn new(mut spd: Spd, now: Duration) -> Result<Gateway, ConfigError> {
+        let configs = spd.take_sas();
+        let mut names = Vec::with_capacity(configs.len());
+        let mut sas = Vec::with_capacity(configs.len());
+        let mut by_name = HashMap::new();
+        let mut inbound_by_spi = HashMap::new();
+        for named in configs {
+            let label = format!("sa {:?}", named.name);
+            let sa =
+                SecurityAssociation::new(named.config, now).map_err(|e| e.in_context(&label))?;
+            if sa.direction() == Direction::Inbound
+                && inbound_by_spi.insert(sa.spi(), sas.len()).is_some()
+            {
+                return Err(ConfigError::new(
+                    label,
+                    format!("another inbound SA already has SPI {:#010x}", sa.spi()),
+                ));
+            }
+            by_name.insert(named.name.clone(), sas.len());
+            names.push(named.name);
+            sas.push(sa);
+        }
+        Ok(Gateway {
+            spd,
+            names,
+            sas,
+            by_name,
+            inbound_by_spi,
+            stats: SaStats::default(),
+        })
+    }
+
+    /// The policies.
+    pub fn spd(&self) -> &Spd {
+        &self.spd
+    }
+
+    /// The SA called `name`.
+    pub fn sa(&self, name: &str) -> Option<&SecurityAssociation> {
+        self.by_name.get(name).map(|&i| &self.sas[i])
+    }
+
+    /// Every SA with its name, in file order (for monitoring).
+    pub fn sas(&self) -> impl Iterator<Item = (&str, &SecurityAssociation)> {
+        self.names.iter().map(String::as_str).zip(&self.sas)
+    }
+
+    /// Drops that belong to no SA: unknown SPI, policy discard, unprotected cleartext,
+    /// packets too malformed to classify.
+    pub fn stats(&self) -> &SaStats {
+        &self.stats
+    }
+
+    fn drop(&mut self, err: Error) -> Error {
+        self.stats.count_drop(err.drop_reason());
+        err
+    }
+
+    /// Classifies the packet in `pkt` (direction outbound) and bypasses, discards or
+    /// encrypts it in place with the SA the PROTECT policy names.
+    pub fn outbound(
+        &mut self,
+        pkt: &mut PacketBuf<'_>,
+        now: Duration,
+    ) -> Result<Outbound<'_>, Error> {
+        let flow = match Flow::from_packet(Direction::Outbound, pkt.data()) {
+            Ok(f) => f,
+            Err(m) => return Err(self.drop(Error::Malformed(m))),
+        };
+        let decision = self.spd.lookup(&flow);
+        let index = match (decision.action, decision.sa) {
+            (Action::Bypass, _) => return Ok(Outbound::Bypassed),
+            (Action::Protect, Some(name)) => self.by_name.get(name).copied(),
+            _ => None,
+        };
+        let Some(i) = index else {
+            return Err(self.drop(Error::PolicyDiscard));
+        };
+        self.sas[i].encrypt(pkt, now)?;
+        Ok(Outbound::Protected { sa: &self.names[i] })
+    }
+
+    /// Processes an inbound packet: ESP (or ESP in UDP on the NAT-T port) is decrypted
+    /// by the SA of its SPI and checked against that SA's policies; cleartext passes
+    /// only under a BYPASS policy.
+    pub fn inbound(
+        &mut self,
+        pkt: &mut PacketBuf<'_>,
+        now: Duration,
+    ) -> Result<Inbound<'_>, Error> {
+        let spi = match esp_spi(pkt.data()) {
+            Ok(spi) => spi,
+            Err(m) => return Err(self.drop(Error::Malformed(m))),
+        };
+        let Some(spi) = spi else {
+            let flow = match Flow::from_packet(Direction::Inbound, pkt.data()) {
+                Ok(f) => f,
+                Err(m) => return Err(self.drop(Error::Malformed(m))),
+            };
+            return match self.spd.lookup(&flow).action {
+                Action::Bypass => Ok(Inbound::Bypassed),
+                Action::Protect => Err(self.drop(Error::UnprotectedTraffic)),
+                _ => Err(self.drop(Error::PolicyDiscard)),
+            };
+        };
+        let Some(&i) = self.inbound_by_spi.get(&spi) else {
+            return Err(self.drop(Error::UnknownSpi { spi }));
+        };
+        let (spd, name) = (&self.spd, self.names[i].as_str());
+        self.sas[i].decrypt_checked(pkt, now, |inner| {
+            Flow::from_packet(Direction::Inbound, inner).is_ok_and(|f| spd.check_inbound(name, &f))
+        })?;
+        Ok(Inbound::Decrypted { sa: &self.names[i] })
+    }
+}
+
+/// The SPI of an ESP packet (IP protocol 50, or UDP to the NAT-T port that is neither a
+/// keepalive nor IKE), or `None` for any other packet.
+fn esp_spi(pkt: &[u8]) -> Result<Option<u32>, Malformed> {
+    let info = packet::parse_ip(pkt)?;
+    let (start, proto) = match info.version {
+        IpVersion::V4 => (info.header_len, info.protocol),
+        IpVersion::V6 => {
+            let (offset, _, proto) = packet::ipv6_upper_layer(pkt, info.total_len)?;
+            (offset, proto)
+        }
+    };
+    let body = &pkt[start..info.total_len];
+    let esp = match proto {
+        IPPROTO_ESP => body,
+        IPPROTO_UDP if body.len() >= 8 && u16::from_be_bytes([body[2], body[3]]) == NAT_T_PORT => {
+            let inner = &body[8..];
+            // A keepalive (0xFF) or the non-ESP marker (IKE) is not ESP: policy decides.
+            if inner == [0xff] || inner.get(..4) == Some(&[0, 0, 0, 0]) {
+                return Ok(None);
+            }
+            inner
+        }
+        _ => return Ok(None),
+    };
+    match esp.get(..4) {
+        Some(b) => Ok(Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))),
+        None => Err(Malformed::Truncated),
+    }
+}

@@ -1,0 +1,240 @@
+//! The SPD and the SAD together: a branch gateway and a head-office gateway built from
+//! mirrored policy files, exchanging real packets (RFC 4301 §5: outbound policy,
+//! inbound SA lookup by SPI, the post-decryption selector check, and cleartext that a
+//! PROTECT policy covers).
+
+use ipsec_core::gateway::{Inbound, Outbound};
+use ipsec_core::sa_file::parse_sa_file;
+use ipsec_core::spd::Spd;
+use ipsec_core::{DropReason, Error, Gateway, PacketBuf, SecurityAssociation};
+use std::time::Duration;
+
+const T0: Duration = Duration::ZERO;
+const K1: &str = "000102030405060708090a0b0c0d0e0f10111213";
+const K2: &str = "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3";
+
+fn hq_toml() -> String {
+    format!(
+        r#"
+[[policy]]
+name = "ike"
+direction = "both"
+local = "192.0.2.1"
+remote = "198.51.100.2"
+protocol = "udp"
+local_port = 500
+remote_port = 500
+action = "bypass"
+
+[[policy]]
+name = "rdp"
+direction = "both"
+local = "10.0.0.0/24"
+remote = "10.1.0.0/24"
+protocol = "tcp"
+local_port = 3389
+action = "protect"
+sa = ["hq-out", "hq-in"]
+
+[[policy]]
+name = "deny"
+direction = "both"
+action = "discard"
+
+[[sa]]
+name = "hq-out"
+spi = 0x1001
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "{K1}"
+tunnel_src = "192.0.2.1"
+tunnel_dst = "198.51.100.2"
+
+[[sa]]
+name = "hq-in"
+spi = 0x2001
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "{K2}"
+"#
+    )
+}
+
+fn branch_toml() -> String {
+    format!(
+        r#"
+[[policy]]
+name = "rdp"
+direction = "both"
+local = "10.1.0.0/24"
+remote = "10.0.0.0/24"
+protocol = "tcp"
+remote_port = 3389
+action = "protect"
+sa = ["br-out", "br-in"]
+
+[[policy]]
+name = "deny"
+direction = "both"
+action = "discard"
+
+[[sa]]
+name = "br-out"
+spi = 0x2001
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "{K2}"
+tunnel_src = "198.51.100.2"
+tunnel_dst = "192.0.2.1"
+
+[[sa]]
+name = "br-in"
+spi = 0x1001
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "{K1}"
+"#
+    )
+}
+
+fn gateways() -> (Gateway, Gateway) {
+    let hq = Gateway::new(Spd::from_toml(&hq_toml()).expect("hq policy"), T0).expect("hq SAs");
+    let br = Gateway::new(Spd::from_toml(&branch_toml()).expect("branch policy"), T0)
+        .expect("branch SAs");
+    (hq, br)
+}
+
+/// An IPv4 TCP or UDP packet with a 16-byte payload.
+fn packet(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 20 + 20 + 16];
+    let len = p.len() as u16;
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    p[8] = 64;
+    p[9] = proto;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    ipsec_core::packet::set_ipv4_checksum(&mut p[..20]);
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p[22..24].copy_from_slice(&dport.to_be_bytes());
+    p[32] = 0x50;
+    p[40..].copy_from_slice(b"remote desktop..");
+    p
+}
+
+/// Runs `f` on `pkt` placed with room around it; returns the result and the bytes.
+fn with_buf<R>(pkt: &[u8], f: impl FnOnce(&mut PacketBuf<'_>) -> R) -> (R, Vec<u8>) {
+    let mut storage = vec![0u8; pkt.len() + 256];
+    storage[128..128 + pkt.len()].copy_from_slice(pkt);
+    let mut p = PacketBuf::new(&mut storage, 128, pkt.len()).expect("in bounds");
+    let r = f(&mut p);
+    let out = p.data().to_vec();
+    (r, out)
+}
+
+#[test]
+fn protected_flow_is_encrypted_at_the_branch_and_decrypted_at_head_office() {
+    let (mut hq, mut br) = gateways();
+    let rdp = packet([10, 1, 0, 5], [10, 0, 0, 10], 6, 50000, 3389);
+    let (r, wire) = with_buf(&rdp, |p| {
+        br.outbound(p, T0)
+            .map(|o| o == Outbound::Protected { sa: "br-out" })
+    });
+    assert_eq!(r, Ok(true));
+    assert_eq!(wire[9], 50, "ESP on the wire");
+    assert!(
+        !wire.windows(16).any(|w| w == b"remote desktop.."),
+        "payload hidden"
+    );
+    let (r, inner) = with_buf(&wire, |p| {
+        hq.inbound(p, T0)
+            .map(|i| i == Inbound::Decrypted { sa: "hq-in" })
+    });
+    assert_eq!(r, Ok(true));
+    assert_eq!(inner, rdp);
+    assert_eq!(hq.sa("hq-in").unwrap().stats().packets, 1);
+
+    // And the reply goes back the other way.
+    let reply = packet([10, 0, 0, 10], [10, 1, 0, 5], 6, 3389, 50000);
+    let (r, wire) = with_buf(&reply, |p| {
+        hq.outbound(p, T0)
+            .map(|o| o == Outbound::Protected { sa: "hq-out" })
+    });
+    assert_eq!(r, Ok(true));
+    let (r, inner) = with_buf(&wire, |p| br.inbound(p, T0).is_ok());
+    assert!(r);
+    assert_eq!(inner, reply);
+}
+
+#[test]
+fn discarded_flow_never_leaves_and_is_counted() {
+    let (_, mut br) = gateways();
+    let telnet = packet([10, 1, 0, 5], [10, 0, 0, 10], 6, 50000, 23);
+    let (r, out) = with_buf(&telnet, |p| br.outbound(p, T0).map(|_| ()));
+    assert_eq!(r, Err(Error::PolicyDiscard));
+    assert_eq!(out, telnet, "a refused packet is left as it was");
+    assert_eq!(br.stats().dropped(DropReason::PolicyDiscard), 1);
+}
+
+#[test]
+fn inner_packet_outside_the_sa_policy_is_a_policy_mismatch() {
+    let (mut hq, _) = gateways();
+    // An attacker who holds the branch SA's key (or a misconfigured peer) sends traffic
+    // the SA was not negotiated for: source 10.9.9.9 is not the branch subnet.
+    let cfg = parse_sa_file(&branch_toml())
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "br-out")
+        .unwrap()
+        .config;
+    let mut rogue = SecurityAssociation::new(cfg, T0).unwrap();
+    let off_policy = packet([10, 9, 9, 9], [10, 0, 0, 10], 6, 50000, 3389);
+    let (r, wire) = with_buf(&off_policy, |p| rogue.encrypt(p, T0));
+    assert_eq!(r, Ok(()));
+    let (r, _) = with_buf(&wire, |p| hq.inbound(p, T0).map(|_| ()));
+    assert_eq!(r, Err(Error::PolicyMismatch));
+    let sa = hq.sa("hq-in").unwrap();
+    assert_eq!(sa.stats().dropped(DropReason::PolicyMismatch), 1);
+    assert_eq!(sa.stats().packets, 0, "not counted as delivered");
+}
+
+#[test]
+fn cleartext_that_should_have_been_protected_is_dropped() {
+    let (mut hq, _) = gateways();
+    let rdp = packet([10, 1, 0, 5], [10, 0, 0, 10], 6, 50000, 3389);
+    let (r, _) = with_buf(&rdp, |p| hq.inbound(p, T0).map(|_| ()));
+    assert_eq!(r, Err(Error::UnprotectedTraffic));
+    assert_eq!(hq.stats().dropped(DropReason::PolicyMismatch), 1);
+}
+
+#[test]
+fn ike_is_bypassed_and_unknown_spis_are_counted() {
+    let (mut hq, _) = gateways();
+    let ike = packet([198, 51, 100, 2], [192, 0, 2, 1], 17, 500, 500);
+    let (r, out) = with_buf(&ike, |p| hq.inbound(p, T0).map(|i| i == Inbound::Bypassed));
+    assert_eq!(r, Ok(true));
+    assert_eq!(out, ike);
+
+    let mut esp = packet([198, 51, 100, 2], [192, 0, 2, 1], 50, 0, 0);
+    esp[20..24].copy_from_slice(&0x0bad_0001u32.to_be_bytes());
+    let (r, _) = with_buf(&esp, |p| hq.inbound(p, T0).map(|_| ()));
+    assert_eq!(r, Err(Error::UnknownSpi { spi: 0x0bad_0001 }));
+    assert_eq!(hq.stats().dropped(DropReason::UnknownSpi), 1);
+}
+
+#[test]
+fn duplicate_inbound_spis_are_refused() {
+    let doubled = format!(
+        "{}\n[[sa]]\nname = \"hq-in-again\"\nspi = 0x2001\ndirection = \"inbound\"\n\
+         mode = \"tunnel\"\ncipher = \"aes-128-gcm\"\nkey = \"{K1}\"\n",
+        hq_toml()
+    );
+    let spd = Spd::from_toml(&doubled).expect("an unused SA is fine for the SPD");
+    let err = Gateway::new(spd, T0).unwrap_err();
+    assert!(err.field().contains("hq-in-again"), "{err}");
+    assert!(err.message().contains("0x00002001"), "{err}");
+}
