@@ -558,9 +558,18 @@ fn branch_office_example_loads() {
     for (dst, sa) in [("10.1.0.20", "ho-to-b1"), ("10.2.0.20", "ho-to-b2")] {
         let d = spd.lookup(&out("10.0.0.10", dst, 6, 3389, 50123));
         assert_eq!((d.action, d.sa), (Action::Protect, Some(sa)), "{dst}");
-        for port in [443, 135, 445, 631, 9100] {
+        // Each service only from its own server.
+        for (server, port) in [
+            ("10.0.0.20", 443),
+            ("10.0.0.20", 135),
+            ("10.0.0.30", 445),
+            ("10.0.0.30", 631),
+            ("10.0.0.41", 9100),
+        ] {
+            let d = spd.lookup(&out(server, dst, 6, port, 50123));
+            assert_eq!(d.action, Action::Protect, "{server} {dst} {port}");
             let d = spd.lookup(&out("10.0.0.10", dst, 6, port, 50123));
-            assert_eq!(d.action, Action::Protect, "{dst} {port}");
+            assert_eq!(d.action, Action::Discard, "{port} from the terminal server");
         }
         let d = spd.lookup(&out("10.0.0.10", dst, 6, 22, 50123));
         assert_eq!(d.action, Action::Discard);

@@ -83,14 +83,20 @@
 
 mod bv;
 mod cache;
+pub mod cases;
+pub mod firewall;
 mod flow;
+pub mod lint;
 mod parse;
 mod pss;
 pub mod selector;
 mod tree;
 
 pub use cache::SpdCache;
+pub use cases::{CaseOutcome, CaseReport, Probe};
+pub use firewall::Opening;
 pub use flow::Flow;
+pub use lint::{Finding, Severity, lint_toml};
 pub use selector::AddrSet;
 
 use crate::error::{ConfigError, Malformed};

@@ -1,0 +1,885 @@
+//! Policy lint ([`Spd::lint`], [`lint_toml`]): findings with stable codes.
+//!
+//! # Codes
+//!
+//! | code | severity | meaning |
+//! |------|----------|---------|
+//! | `invalid` | error | a load error ([`lint_toml`] only) |
+//! | `shadowed` | error | the policy never matches: earlier policies cover all of its traffic and at least one of them decides otherwise (or it matches no packet at all) |
+//! | `redundant` | warning | the policy never matches: earlier policies cover all of its traffic and all of them decide the same (action and SA) |
+//! | `conflict` | warning | a partial overlap with an earlier policy that decides otherwise: the order decides |
+//! | `no-catch-all` | warning | no explicit rule matching everything in a direction: the implicit DISCARD is silent |
+//! | `ike-blocked` | error | IKE (UDP 500, and UDP 4500 with NAT-T) between the tunnel endpoints is discarded or would be encrypted by the policy itself |
+//! | `protocol-number-as-port` | warning | TCP/UDP port 50 or 51: ESP and AH are IP protocols 50 and 51, not ports |
+//! | `any-any-bypass` | warning | a BYPASS rule with any addresses, protocol and ports |
+//! | `incomplete` | info | the exact shadow analysis of a policy hit its work bound and was not finished |
+//!
+//! # The exact shadow check
+//!
+//! The flow space of one direction and address family has five dimensions, written in
+//! the policy's own coordinates (which are the same for outbound and inbound packets):
+//! local address, remote address, protocol, `a` (local port, or ICMP type) and `b`
+//! (remote port, or ICMP code), where `a`/`b` take the extra value 65536 for OPAQUE
+//! (no ports: other protocols, non-first fragments). Only flows a packet can produce
+//! are counted: for TCP/UDP/SCTP both ports are known (0..=65535) or both OPAQUE, for
+//! ICMP/ICMPv6 type and code are 0..=255 or both OPAQUE, for every other protocol both
+//! are OPAQUE. This "valid space" is a union of disjoint boxes.
+//!
+//! A policy is a union of boxes (its address sets are unions of ranges). For rule `i`,
+//! each box of `i ∩ valid` is partitioned by **first match**: take the earliest box of
+//! an earlier rule `j` (in file order) that overlaps the region; every point of
+//! `region ∩ box_j` is won by `j` (no earlier box touches the region), and
+//! `region \ box_j` is split into at most ten disjoint boxes (two per dimension) that
+//! are processed the same way with the boxes after `box_j`. A region that no later
+//! box overlaps is a point set where rule `i` wins: rule `i` is reachable, and the
+//! region's lowest corner is a witness flow. If no such region remains, rule `i` never
+//! matches; the set of winners tells `shadowed` (some winner decides otherwise) from
+//! `redundant` (all decide as `i`). Only earlier rules of the same direction whose boxes
+//! overlap rule `i` take part (pruning).
+//!
+//! Exactness and cost: every region produced is a union of cells of the grid that the
+//! endpoints of the involved boxes induce in each dimension, and the leaves are
+//! disjoint, so there are at most `∏_d (2·k_d + 1)` leaves (`k_d` boxes with distinct
+//! endpoints in dimension `d`), at most as many inner nodes (each inner node produces a
+//! won leaf), and each node scans at most `k` boxes: `O(k · ∏_d (2·k_d + 1))`, never
+//! worse than enumerating the grid and usually far better. The scan steps are counted;
+//! past [`WORK_BOUND`] per policy the analysis stops and an `incomplete` Info finding
+//! says so instead of guessing.
+
+use crate::error::ConfigError;
+use crate::sa::Direction;
+use crate::spd::selector::{has_ports, is_icmp};
+use crate::spd::{Action, Flow, Policy, Spd};
+use core::fmt;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Scan steps allowed for the shadow analysis of one policy (all directions and
+/// families together) before it reports `incomplete`.
+pub const WORK_BOUND: u64 = 4_000_000;
+
+/// How serious a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Severity {
+    /// The policy file does not do what it says (or does not load).
+    Error,
+    /// Probably a mistake, or something to look at.
+    Warning,
+    /// For information (e.g. an analysis that could not be finished).
+    Info,
+}
+
+impl Severity {
+    /// `"error"`, `"warning"` or `"info"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One lint finding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Finding {
+    /// How serious it is.
+    pub severity: Severity,
+    /// The stable code (see the [module docs](self)).
+    pub code: &'static str,
+    /// The policy it is about, `None` for the file as a whole.
+    pub policy: Option<String>,
+    /// One sentence for a person.
+    pub message: String,
+}
+
+impl Finding {
+    fn new(
+        severity: Severity,
+        code: &'static str,
+        policy: Option<&str>,
+        message: impl Into<String>,
+    ) -> Finding {
+        Finding {
+            severity,
+            code,
+            policy: policy.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.severity, self.code)?;
+        if let Some(p) = &self.policy {
+            write!(f, " policy {p:?}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Lints a policy file's text: every load error as an `invalid` finding (all of them,
+/// not just the first), or, when the file loads, the findings of [`Spd::lint`].
+pub fn lint_toml(text: &str) -> Vec<Finding> {
+    match Spd::from_toml_all_errors(text) {
+        Ok(spd) => spd.lint(),
+        Err(errors) => errors.iter().map(invalid).collect(),
+    }
+}
+
+fn invalid(e: &ConfigError) -> Finding {
+    // Policy errors are reported as `policy "NAME": key`.
+    let policy = e
+        .field()
+        .strip_prefix("policy \"")
+        .and_then(|rest| rest.split_once("\":"))
+        .map(|(name, _)| name);
+    Finding::new(Severity::Error, "invalid", policy, e.to_string())
+}
+
+// ---------------------------------------------------------------------------------
+// Geometry
+// ---------------------------------------------------------------------------------
+
+/// The OPAQUE value of the `a`/`b` dimensions.
+const OP: u128 = 1 << 16;
+
+/// An inclusive interval.
+type Iv = (u128, u128);
+
+/// A box: local, remote, protocol, a, b.
+pub(crate) type Bx = [Iv; 5];
+
+/// An address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Fam {
+    V4,
+    V6,
+}
+
+const FAMS: [Fam; 2] = [Fam::V4, Fam::V6];
+const DIRS: [Direction; 2] = [Direction::Outbound, Direction::Inbound];
+
+fn ranges(set: &crate::spd::AddrSet, fam: Fam) -> Vec<Iv> {
+    match fam {
+        Fam::V4 => set
+            .v4_ranges()
+            .iter()
+            .map(|&(l, h)| (u128::from(l), u128::from(h)))
+            .collect(),
+        Fam::V6 => set.v6_ranges().to_vec(),
+    }
+}
+
+/// The boxes of a policy in one family (before intersecting with the valid space).
+pub(crate) fn rule_boxes(p: &Policy, fam: Fam) -> Vec<Bx> {
+    let proto = p
+        .protocol
+        .map_or((0, 255), |x| (u128::from(x), u128::from(x)));
+    let (a, b) = if p.protocol.is_some_and(is_icmp) {
+        let one = |v: Option<u8>| v.map_or((0, OP), |x| (u128::from(x), u128::from(x)));
+        (one(p.icmp_type), one(p.icmp_code))
+    } else {
+        let r = |v: Option<(u16, u16)>| v.map_or((0, OP), |(l, h)| (u128::from(l), u128::from(h)));
+        (r(p.local_port), r(p.remote_port))
+    };
+    let remote = ranges(&p.remote, fam);
+    let mut out = Vec::new();
+    for &l in &ranges(&p.local, fam) {
+        for &r in &remote {
+            out.push([l, r, proto, a, b]);
+        }
+    }
+    out
+}
+
+/// The flows a packet can produce, as disjoint boxes over (protocol, a, b).
+fn valid_space() -> Vec<[Iv; 3]> {
+    const SPECIAL: [u8; 5] = [1, 6, 17, 58, 132];
+    let opaque = [(OP, OP), (OP, OP)];
+    let mut out = Vec::new();
+    let mut start: u128 = 0;
+    for s in SPECIAL {
+        let s = u128::from(s);
+        if start < s {
+            out.push([(start, s - 1), opaque[0], opaque[1]]);
+        }
+        let (a, b) = if is_icmp(s as u8) {
+            ((0, 255), (0, 255))
+        } else {
+            ((0, 65535), (0, 65535))
+        };
+        out.push([(s, s), a, b]);
+        out.push([(s, s), opaque[0], opaque[1]]);
+        start = s + 1;
+    }
+    out.push([(start, 255), opaque[0], opaque[1]]);
+    out
+}
+
+fn meet(x: Iv, y: Iv) -> Option<Iv> {
+    let lo = x.0.max(y.0);
+    let hi = x.1.min(y.1);
+    (lo <= hi).then_some((lo, hi))
+}
+
+fn overlaps(x: &Bx, y: &Bx) -> bool {
+    x.iter().zip(y).all(|(a, b)| a.0 <= b.1 && b.0 <= a.1)
+}
+
+fn inter(x: &Bx, y: &Bx) -> Option<Bx> {
+    let mut out = *x;
+    for d in 0..5 {
+        out[d] = meet(x[d], y[d])?;
+    }
+    Some(out)
+}
+
+/// The part of a policy's boxes that packets can reach.
+pub(crate) fn region(p: &Policy, fam: Fam) -> Vec<Bx> {
+    let valid = valid_space();
+    let mut out = Vec::new();
+    for b in rule_boxes(p, fam) {
+        for v in &valid {
+            let vb = [b[0], b[1], v[0], v[1], v[2]];
+            if let Some(x) = inter(&b, &vb) {
+                out.push(x);
+            }
+        }
+    }
+    out
+}
+
+/// `r \ b` as disjoint boxes (`r` and `b` overlap).
+fn subtract(r: &Bx, b: &Bx, out: &mut Vec<Bx>) {
+    let mut cur = *r;
+    for d in 0..5 {
+        if cur[d].0 < b[d].0 {
+            let mut piece = cur;
+            piece[d] = (cur[d].0, b[d].0 - 1);
+            out.push(piece);
+            cur[d].0 = b[d].0;
+        }
+        if cur[d].1 > b[d].1 {
+            let mut piece = cur;
+            piece[d] = (b[d].1 + 1, cur[d].1);
+            out.push(piece);
+            cur[d].1 = b[d].1;
+        }
+    }
+}
+
+/// Outcome of the first-match partition of a region.
+pub(crate) enum Cover {
+    /// Every point is won by an earlier rule; the winners' rule indices.
+    Covered(BTreeSet<usize>),
+    /// Some point is won by the rule itself: a box of such points.
+    Reachable(Bx),
+    /// The work bound was hit.
+    Incomplete,
+}
+
+/// Partitions `start` by first match among `rules` (rule index, box; in priority
+/// order). `budget` counts scan steps.
+pub(crate) fn partition(start: &[Bx], rules: &[(usize, Bx)], budget: &mut u64) -> Cover {
+    let mut winners = BTreeSet::new();
+    let mut stack: Vec<(Bx, usize)> = start.iter().map(|&b| (b, 0)).collect();
+    let mut pieces = Vec::new();
+    while let Some((reg, from)) = stack.pop() {
+        let mut hit = None;
+        for (k, (_, b)) in rules.iter().enumerate().skip(from) {
+            if *budget == 0 {
+                return Cover::Incomplete;
+            }
+            *budget -= 1;
+            if overlaps(&reg, b) {
+                hit = Some(k);
+                break;
+            }
+        }
+        let Some(k) = hit else {
+            return Cover::Reachable(reg);
+        };
+        winners.insert(rules[k].0);
+        pieces.clear();
+        subtract(&reg, &rules[k].1, &mut pieces);
+        stack.extend(pieces.iter().map(|&p| (p, k + 1)));
+    }
+    Cover::Covered(winners)
+}
+
+/// The lowest corner of a reachable box as a flow of `direction`.
+pub(crate) fn corner_flow(b: &Bx, fam: Fam, direction: Direction, protocol: u8) -> Flow {
+    let addr = |v: u128| match fam {
+        Fam::V4 => IpAddr::V4(Ipv4Addr::from(v as u32)),
+        Fam::V6 => IpAddr::V6(Ipv6Addr::from(v)),
+    };
+    let (local, remote) = (addr(b[0].0), addr(b[1].0));
+    let (a, b2) = (b[3].0, b[4].0);
+    let val = |v: u128| (v != OP).then_some(v as u16);
+    let (src, dst) = match direction {
+        Direction::Outbound => (local, remote),
+        Direction::Inbound => (remote, local),
+    };
+    let mut f = Flow::new(direction, src, dst, protocol);
+    if is_icmp(protocol) {
+        f.icmp_type = val(a).map(|v| v as u8);
+        f.icmp_code = val(b2).map(|v| v as u8);
+    } else if has_ports(protocol) {
+        let (lp, rp) = (val(a), val(b2));
+        (f.src_port, f.dst_port) = match direction {
+            Direction::Outbound => (lp, rp),
+            Direction::Inbound => (rp, lp),
+        };
+    }
+    f
+}
+
+/// Per-policy analysis result.
+pub(crate) struct Analysis {
+    /// A flow (per direction the policy serves) that the policy itself decides, if any.
+    pub(crate) witness: Vec<Flow>,
+    /// Winners (rule index, direction) when the policy is fully covered.
+    pub(crate) winners: BTreeSet<(usize, u8)>,
+    /// True when the policy covers no packet at all.
+    pub(crate) empty: bool,
+    /// True if the work bound was hit.
+    pub(crate) incomplete: bool,
+}
+
+impl Analysis {
+    fn covered(&self) -> bool {
+        !self.incomplete && self.witness.is_empty()
+    }
+}
+
+fn dir_code(d: Direction) -> u8 {
+    match d {
+        Direction::Outbound => 0,
+        Direction::Inbound => 1,
+    }
+}
+
+fn dir_of(code: u8) -> Direction {
+    if code == 0 {
+        Direction::Outbound
+    } else {
+        Direction::Inbound
+    }
+}
+
+/// Boxes of every policy, per family (computed once per lint run).
+pub(crate) struct Geometry {
+    /// `boxes[fam][i]`: the plain boxes of policy `i`.
+    boxes: [Vec<Vec<Bx>>; 2],
+    /// `regions[fam][i]`: the valid part of them.
+    regions: [Vec<Vec<Bx>>; 2],
+    /// Scan steps allowed per policy.
+    bound: u64,
+}
+
+impl Geometry {
+    pub(crate) fn new(policies: &[Policy]) -> Geometry {
+        let per = |fam| policies.iter().map(|p| rule_boxes(p, fam)).collect();
+        let reg = |fam| policies.iter().map(|p| region(p, fam)).collect();
+        Geometry {
+            boxes: [per(Fam::V4), per(Fam::V6)],
+            regions: [reg(Fam::V4), reg(Fam::V6)],
+            bound: WORK_BOUND,
+        }
+    }
+
+    fn fi(fam: Fam) -> usize {
+        match fam {
+            Fam::V4 => 0,
+            Fam::V6 => 1,
+        }
+    }
+
+    /// First-match analysis of policy `i`.
+    pub(crate) fn analyse(&self, policies: &[Policy], i: usize) -> Analysis {
+        let p = &policies[i];
+        let mut out = Analysis {
+            witness: Vec::new(),
+            winners: BTreeSet::new(),
+            empty: true,
+            incomplete: false,
+        };
+        let mut budget = self.bound;
+        for d in DIRS {
+            if !p.direction.covers(d) {
+                continue;
+            }
+            for fam in FAMS {
+                let f = Self::fi(fam);
+                let reg = &self.regions[f][i];
+                if reg.is_empty() {
+                    continue;
+                }
+                out.empty = false;
+                let rules: Vec<(usize, Bx)> = (0..i)
+                    .filter(|&j| policies[j].direction.covers(d))
+                    .flat_map(|j| self.boxes[f][j].iter().map(move |b| (j, *b)))
+                    .filter(|(_, b)| reg.iter().any(|r| overlaps(r, b)))
+                    .collect();
+                match partition(reg, &rules, &mut budget) {
+                    Cover::Covered(w) => {
+                        out.winners.extend(w.into_iter().map(|j| (j, dir_code(d))));
+                    }
+                    Cover::Reachable(b) => {
+                        let proto = b[2].0 as u8;
+                        out.witness.push(corner_flow(&b, fam, d, proto));
+                        break;
+                    }
+                    Cover::Incomplete => out.incomplete = true,
+                }
+            }
+        }
+        out
+    }
+
+    /// True if the region of `i` (valid part) is inside the boxes of `j`, ignoring
+    /// directions. `None` when the work bound was hit.
+    fn contained(&self, i: usize, j: usize, budget: &mut u64) -> Option<bool> {
+        for fam in FAMS {
+            let f = Self::fi(fam);
+            let rules: Vec<(usize, Bx)> = self.boxes[f][j].iter().map(|b| (j, *b)).collect();
+            match partition(&self.regions[f][i], &rules, budget) {
+                Cover::Covered(_) => {}
+                Cover::Reachable(_) => return Some(false),
+                Cover::Incomplete => return None,
+            }
+        }
+        Some(true)
+    }
+
+    /// True if the valid regions of `i` and `j` share a point (ignoring directions).
+    fn overlap(&self, i: usize, j: usize) -> bool {
+        FAMS.iter().any(|&fam| {
+            let f = Self::fi(fam);
+            self.regions[f][i]
+                .iter()
+                .any(|r| self.regions[f][j].iter().any(|b| overlaps(r, b)))
+        })
+    }
+}
+
+fn dirs_of(p: &Policy) -> Vec<Direction> {
+    DIRS.into_iter()
+        .filter(|&d| p.direction.covers(d))
+        .collect()
+}
+
+/// What a policy answers in direction `d`: action and SA.
+fn answer(p: &Policy, d: Direction) -> (Action, Option<&str>) {
+    (p.action, p.sa(d))
+}
+
+fn describe(p: &Policy, d: Direction) -> String {
+    match p.sa(d) {
+        Some(sa) => format!("{} via SA {sa:?}", p.action),
+        None => p.action.to_string(),
+    }
+}
+
+fn is_catch_all(p: &Policy) -> bool {
+    p.local.is_any()
+        && p.remote.is_any()
+        && p.protocol.is_none()
+        && p.local_port.is_none()
+        && p.remote_port.is_none()
+        && p.icmp_type.is_none()
+        && p.icmp_code.is_none()
+}
+
+/// At most this many policy names are listed in one message.
+const MAX_NAMES: usize = 8;
+
+fn join_capped(items: Vec<String>) -> String {
+    let n = items.len();
+    let mut s = items
+        .into_iter()
+        .take(MAX_NAMES)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if n > MAX_NAMES {
+        s.push_str(&format!(" and {} more", n - MAX_NAMES));
+    }
+    s
+}
+
+fn names(policies: &[Policy], idx: impl IntoIterator<Item = usize>) -> String {
+    let v: BTreeSet<usize> = idx.into_iter().collect();
+    join_capped(
+        v.iter()
+            .map(|&j| format!("{:?}", policies[j].name))
+            .collect(),
+    )
+}
+
+impl Spd {
+    /// Checks the policy for mistakes: shadowed, redundant and conflicting rules, a
+    /// missing catch-all, IKE blocked by the policy itself, TCP/UDP ports 50/51 and
+    /// any-any BYPASS rules. Each [`Finding`] has a stable code (see the
+    /// [`lint`](crate::spd::lint) module docs, which also describe the exact shadow
+    /// analysis and its work bound). Findings come in file order of their policy, the
+    /// file-wide ones last.
+    pub fn lint(&self) -> Vec<Finding> {
+        self.lint_bounded(WORK_BOUND)
+    }
+
+    fn lint_bounded(&self, bound: u64) -> Vec<Finding> {
+        let ps = &self.policies;
+        let mut geo = Geometry::new(ps);
+        geo.bound = bound;
+        let analyses: Vec<Analysis> = (0..ps.len()).map(|i| geo.analyse(ps, i)).collect();
+        let flagged: Vec<bool> = analyses.iter().map(Analysis::covered).collect();
+        let mut out = Vec::new();
+        for (i, p) in ps.iter().enumerate() {
+            let a = &analyses[i];
+            let name = Some(p.name.as_str());
+            if a.incomplete {
+                out.push(Finding::new(
+                    Severity::Info,
+                    "incomplete",
+                    name,
+                    format!(
+                        "the exact shadow analysis stopped after {bound} steps; \
+                         whether this policy can ever match was not decided"
+                    ),
+                ));
+            } else if a.empty {
+                out.push(Finding::new(
+                    Severity::Error,
+                    "shadowed",
+                    name,
+                    "never matches any packet: its local and remote addresses share no \
+                     address family (IPv4 with IPv6)",
+                ));
+            } else if a.covered() {
+                let differ: BTreeSet<usize> = a
+                    .winners
+                    .iter()
+                    .filter(|&&(j, d)| answer(&ps[j], dir_of(d)) != answer(p, dir_of(d)))
+                    .map(|&(j, _)| j)
+                    .collect();
+                let all = names(ps, a.winners.iter().map(|&(j, _)| j));
+                if differ.is_empty() {
+                    out.push(Finding::new(
+                        Severity::Warning,
+                        "redundant",
+                        name,
+                        format!(
+                            "never matches: earlier policies {all} cover all of its traffic \
+                             and decide the same ({}); it can be removed",
+                            describe(p, dirs_of(p)[0])
+                        ),
+                    ));
+                } else {
+                    let detail = join_capped(
+                        differ
+                            .iter()
+                            .map(|&j| {
+                                let d = a
+                                    .winners
+                                    .iter()
+                                    .find(|w| w.0 == j)
+                                    .map_or(Direction::Outbound, |w| dir_of(w.1));
+                                format!("{:?} ({})", ps[j].name, describe(&ps[j], d))
+                            })
+                            .collect(),
+                    );
+                    out.push(Finding::new(
+                        Severity::Error,
+                        "shadowed",
+                        name,
+                        format!(
+                            "never matches: earlier policies {all} cover all of its traffic, \
+                             and {detail} decide otherwise than its {}",
+                            describe(p, dirs_of(p)[0])
+                        ),
+                    ));
+                }
+            }
+            if !flagged[i] && !a.empty {
+                self.conflicts(&geo, &flagged, i, &mut out);
+            }
+            if p.protocol.is_some_and(|x| x == 6 || x == 17) {
+                for (key, range) in [("local_port", p.local_port), ("remote_port", p.remote_port)] {
+                    if let Some((lo, hi)) = range
+                        && lo == hi
+                        && (lo == 50 || lo == 51)
+                    {
+                        out.push(Finding::new(
+                            Severity::Warning,
+                            "protocol-number-as-port",
+                            name,
+                            format!(
+                                "{key} = {lo} with protocol {}: ESP and AH are IP protocols \
+                                 50 and 51, not ports; to match ESP write protocol = \"esp\" \
+                                 (or 50) without ports",
+                                crate::spd::selector::protocol_name(p.protocol)
+                            ),
+                        ));
+                    }
+                }
+            }
+            if p.action == Action::Bypass && is_catch_all(p) {
+                out.push(Finding::new(
+                    Severity::Warning,
+                    "any-any-bypass",
+                    name,
+                    "this BYPASS matches any address, protocol and port: everything it \
+                     reaches goes through in the clear",
+                ));
+            }
+        }
+        self.ike_findings(&mut out);
+        let missing: Vec<&str> = DIRS
+            .into_iter()
+            .filter(|&d| !ps.iter().any(|p| p.direction.covers(d) && is_catch_all(p)))
+            .map(Direction::name)
+            .collect();
+        if !missing.is_empty() {
+            out.push(Finding::new(
+                Severity::Warning,
+                "no-catch-all",
+                None,
+                format!(
+                    "no final explicit rule matches everything ({}): packets no policy matches \
+                     are dropped silently by the implicit DISCARD; end the file with a \
+                     catch-all (local = remote = protocol = \"any\", action = \"discard\") so \
+                     that it says so",
+                    missing.join(" and ")
+                ),
+            ));
+        }
+        out
+    }
+
+    fn conflicts(&self, geo: &Geometry, flagged: &[bool], i: usize, out: &mut Vec<Finding>) {
+        let ps = &self.policies;
+        let p = &ps[i];
+        let mut budget = geo.bound;
+        for (j, q) in ps.iter().enumerate().take(i) {
+            if flagged[j] {
+                continue;
+            }
+            let shared: Vec<Direction> = dirs_of(p)
+                .into_iter()
+                .filter(|&d| q.direction.covers(d))
+                .collect();
+            if shared.is_empty()
+                || shared.iter().all(|&d| answer(p, d) == answer(q, d))
+                || !geo.overlap(i, j)
+            {
+                continue;
+            }
+            let dirs_in =
+                |a: &Policy, b: &Policy| dirs_of(a).iter().all(|&d| b.direction.covers(d));
+            let i_in_j = dirs_in(p, q) && geo.contained(i, j, &mut budget) != Some(false);
+            let j_in_i = dirs_in(q, p) && geo.contained(j, i, &mut budget) != Some(false);
+            if i_in_j || j_in_i {
+                continue;
+            }
+            let d = shared[0];
+            out.push(Finding::new(
+                Severity::Warning,
+                "conflict",
+                Some(&p.name),
+                format!(
+                    "partly overlaps the earlier policy {:?} ({}) but decides otherwise ({}); \
+                     for the traffic both match, the order decides ({:?} wins)",
+                    q.name,
+                    describe(q, d),
+                    describe(p, d),
+                    q.name
+                ),
+            ));
+        }
+    }
+
+    /// Gateway pairs (local, remote) from the SAs' tunnel endpoints, with "some SA of
+    /// the pair uses UDP encapsulation". Inbound SAs without tunnel endpoints take the
+    /// swapped endpoints of the outbound SA they are paired with in a policy.
+    pub(crate) fn gateway_pairs(&self) -> BTreeMap<(IpAddr, IpAddr), GatewayPair> {
+        let mut pairs: BTreeMap<(IpAddr, IpAddr), GatewayPair> = BTreeMap::new();
+        let by_name: BTreeMap<&str, &crate::sa_file::NamedSa> =
+            self.sas.iter().map(|s| (s.name.as_str(), s)).collect();
+        let endpoints = |name: &str| -> Option<(IpAddr, IpAddr)> {
+            let sa = by_name.get(name)?;
+            let (s, d) = sa.config.tunnel?;
+            Some(match sa.config.direction {
+                Direction::Outbound => (s, d),
+                Direction::Inbound => (d, s),
+            })
+        };
+        for sa in &self.sas {
+            let pair = endpoints(&sa.name).or_else(|| {
+                // An inbound SA without tunnel endpoints: its outbound partner's.
+                self.policies
+                    .iter()
+                    .filter(|p| p.sa_in.as_deref() == Some(sa.name.as_str()))
+                    .find_map(|p| endpoints(p.sa_out.as_deref()?))
+            });
+            let Some(pair) = pair else { continue };
+            let e = pairs.entry(pair).or_default();
+            e.sas.push(sa.name.clone());
+            let esp = match sa.config.udp_encap {
+                Some((_, dport)) => EspCarrier::Udp(dport),
+                None => EspCarrier::Esp,
+            };
+            if sa.config.udp_encap.is_some() {
+                e.nat_t = true;
+            }
+            match sa.config.direction {
+                Direction::Outbound => e.outbound.push((sa.name.clone(), esp)),
+                Direction::Inbound => e.inbound.push((sa.name.clone(), esp)),
+            }
+        }
+        pairs
+    }
+
+    fn ike_findings(&self, out: &mut Vec<Finding>) {
+        let mut seen = BTreeSet::new();
+        for ((local, remote), pair) in self.gateway_pairs() {
+            let mut ports = vec![500u16];
+            if pair.nat_t {
+                ports.push(4500);
+            }
+            for port in ports {
+                for d in DIRS {
+                    let (src, dst) = match d {
+                        Direction::Outbound => (local, remote),
+                        Direction::Inbound => (remote, local),
+                    };
+                    let flow = Flow::new(d, src, dst, 17).ports(port, port);
+                    let dec = self.lookup_linear(&flow);
+                    if dec.action == Action::Bypass {
+                        continue;
+                    }
+                    let what = match (dec.action, dec.policy) {
+                        (Action::Protect, _) => "would be encrypted (PROTECT), but IKE must run \
+                                                 in the clear to set up the SAs"
+                            .to_string(),
+                        (_, Some(_)) => "is discarded".to_string(),
+                        (_, None) => "matches no policy and is dropped by the implicit \
+                                      DISCARD"
+                            .to_string(),
+                    };
+                    if !seen.insert((
+                        dec.policy.map(str::to_owned),
+                        port,
+                        dir_code(d),
+                        local,
+                        remote,
+                    )) {
+                        continue;
+                    }
+                    out.push(Finding::new(
+                        Severity::Error,
+                        "ike-blocked",
+                        dec.policy,
+                        format!(
+                            "{} IKE {src} -> {dst} udp/{port}{} {what}; add a BYPASS for UDP \
+                             {port} between the gateways before it",
+                            d.name(),
+                            if port == 4500 { " (NAT-T)" } else { "" },
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// How ESP travels for one SA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EspCarrier {
+    /// As IP protocol 50.
+    Esp,
+    /// Inside UDP to this destination port (NAT-T, RFC 3948).
+    Udp(u16),
+}
+
+/// The SAs between one pair of gateways.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GatewayPair {
+    pub(crate) sas: Vec<String>,
+    pub(crate) nat_t: bool,
+    pub(crate) outbound: Vec<(String, EspCarrier)>,
+    pub(crate) inbound: Vec<(String, EspCarrier)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"
+[[policy]]
+name = "a"
+direction = "outbound"
+local = "10.0.0.0/25"
+action = "discard"
+[[policy]]
+name = "b"
+direction = "outbound"
+local = "10.0.0.128/25"
+protocol = "tcp"
+action = "discard"
+[[policy]]
+name = "c"
+direction = "outbound"
+local = "10.0.0.128/25"
+action = "bypass"
+[[policy]]
+name = "d"
+direction = "outbound"
+local = "10.0.0.0/24"
+action = "discard"
+"#;
+
+    #[test]
+    fn work_bound_reports_incomplete_instead_of_guessing() {
+        let spd = Spd::from_toml(TEXT).unwrap();
+        let full = spd.lint_bounded(WORK_BOUND);
+        assert!(
+            full.iter()
+                .any(|f| f.code == "shadowed" && f.policy.as_deref() == Some("d"))
+        );
+        let cut = spd.lint_bounded(3);
+        let d: Vec<&Finding> = cut
+            .iter()
+            .filter(|f| f.policy.as_deref() == Some("d"))
+            .collect();
+        assert_eq!(d.len(), 1, "{cut:?}");
+        assert_eq!((d[0].code, d[0].severity), ("incomplete", Severity::Info));
+    }
+
+    #[test]
+    fn subtract_gives_disjoint_cover() {
+        let r: Bx = [(0, 9), (0, 9), (6, 6), (0, 9), (0, 9)];
+        let b: Bx = [(3, 5), (0, 20), (6, 6), (2, 2), (4, 30)];
+        let mut pieces = Vec::new();
+        subtract(&r, &b, &mut pieces);
+        let inside = |x: &Bx, p: [u128; 5]| x.iter().zip(p).all(|(iv, v)| iv.0 <= v && v <= iv.1);
+        for l in 0..10 {
+            for a in 0..10 {
+                for c in 0..10 {
+                    let p = [l, 0, 6, a, c];
+                    let n = pieces.iter().filter(|x| inside(x, p)).count();
+                    assert_eq!(n, usize::from(!inside(&b, p)), "{p:?}");
+                }
+            }
+        }
+    }
+}
