@@ -1,196 +1,89 @@
-//! `ipsec demo`: the branch-office scenario end to end through two gateways' SAs.
+//! `ipsec demo`: the branch-office scenario end to end, driven by the policy file.
 //!
-//! Head office 10.0.0.0/24 behind gateway 192.0.2.1, the branch 10.1.0.0/24 behind
-//! gateway 198.51.100.2, joined by a leased line. One SA per direction (an SA is
-//! one-way): `branch-to-hq` is outbound on the branch gateway and inbound on the head
-//! office gateway, `hq-to-branch` the reverse, both AES-128-GCM. A fixed allow-list
-//! stands in for the SPD (a later change replaces it with the real policy engine).
+//! The policy is `examples/branch-office.toml`: the `--policy FILE` given, else
+//! `./examples/branch-office.toml` when run from the repository root, else the copy built
+//! into the binary. It is the **head office** gateway's view (local = head office,
+//! remote = a branch), with two tunnels: each distinct pair of SAs named by the PROTECT
+//! policies (`sa = [outbound, inbound]`) is one tunnel to one branch, whose gateway is
+//! the outbound SA's `tunnel_dst` and whose subnet is the policies' `remote`.
+//!
+//! # The branch gateways are the mirror image
+//!
+//! The file only describes the head office. Each branch gateway holds the **mirror**
+//! of its tunnel, built here from the head office's `[[sa]]` tables:
+//! * the head office's inbound SA (`b1-to-ho`) becomes the branch's **outbound** SA of the
+//!   same name, SPI, cipher and key, with `tunnel_src` = the branch gateway and
+//!   `tunnel_dst` = the head-office gateway (its replay window dropped, UDP ports swapped);
+//! * the head office's outbound SA (`ho-to-b1`) becomes the branch's **inbound** SA
+//!   (tunnel endpoints and sequence number dropped; the replay window of the head
+//!   office's inbound SA of that tunnel).
+//! * The branch's SPD is the head office's with `local` and `remote` swapped, so the
+//!   branch's **outbound** decision for a packet is the head office's **inbound**
+//!   decision for it: the demo asks the one SPD both questions (`lookup_packet` with
+//!   `inbound` for the request at the branch, `outbound` for the reply at the head
+//!   office) and uses the SA each answer names.
+//!
+//! For every administrators' flow the demo builds the real IPv4/TCP (or UDP) packet,
+//! looks it up, and either sends it through the tunnel (branch encrypts with the SA the
+//! SPD names, the head office decrypts with its peer SA and checks the inner packet
+//! against that SA's policy, RFC 4301 §5.2; then the reply the other way) or drops it.
+//! Before the flows it prints the lint findings (`Spd::lint`; an error finding fails the
+//! demo) and the firewall openings (`Spd::firewall_openings`; UDP 500 and ESP both ways
+//! per tunnel are expected). Then an attacker on the line replays and tampers with
+//! packets, and the SA monitor shows every SA's counters. Exit 0 only when every
+//! expectation held.
 
 use crate::netpkt::{ipv4_l4, ipv4_l4_checksum_ok};
+use crate::policy_cmd::{firewall_human, lint_human, spd_from_text};
 use crate::{CliError, Outcome};
 use bytes::BytesMut;
 use ipsec_core::packet::{IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP};
-use ipsec_core::{
-    Cipher, Direction, DropReason, Error, Integrity, Mode, SaConfig, SecurityAssociation,
-};
+use ipsec_core::sa_file::{NamedSa, parse_sa_tables};
+use ipsec_core::spd::{AddrSet, Severity};
+use ipsec_core::{Action, Direction, DropReason, Error, Flow, SecurityAssociation, Spd};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 use std::time::Duration;
 
-const HQ_GW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const BRANCH_GW: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// The example policy, built in so that `ipsec demo` works from any directory.
+const BUILT_IN: &str = include_str!("../../examples/branch-office.toml");
+const DEFAULT_PATH: &str = "examples/branch-office.toml";
 
-/// The services the branch may reach at head office: (server, TCP port, what it is).
-const ALLOWED: [(Ipv4Addr, u16); 6] = [
-    (Ipv4Addr::new(10, 0, 0, 10), 3389),
-    (Ipv4Addr::new(10, 0, 0, 20), 443),
-    (Ipv4Addr::new(10, 0, 0, 20), 135),
-    (Ipv4Addr::new(10, 0, 0, 30), 445),
-    (Ipv4Addr::new(10, 0, 0, 30), 631),
-    (Ipv4Addr::new(10, 0, 0, 30), 9100),
-];
-
-fn in_prefix(a: Ipv4Addr, net: Ipv4Addr, len: u32) -> bool {
-    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-    u32::from(a) & mask == u32::from(net) & mask
+/// One tunnel of the head office: a branch.
+struct Tunnel {
+    label: String,
+    /// The head office's outbound SA (to the branch) and inbound SA (from it).
+    out_sa: String,
+    in_sa: String,
+    hq_gw: IpAddr,
+    branch_gw: IpAddr,
+    /// The branch subnet (the policies' `remote`).
+    remote: AddrSet,
 }
-
-/// The stand-in policy for traffic entering the tunnel at the branch gateway.
-fn branch_policy(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, dport: u16) -> bool {
-    in_prefix(src, Ipv4Addr::new(10, 1, 0, 0), 24)
-        && in_prefix(dst, Ipv4Addr::new(10, 0, 0, 0), 24)
-        && proto == IPPROTO_TCP
-        && ALLOWED.contains(&(dst, dport))
-}
-
-struct Flow {
-    name: &'static str,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    proto: u8,
-    sport: u16,
-    dport: u16,
-    expect_protect: bool,
-}
-
-const fn flow(
-    name: &'static str,
-    src: [u8; 4],
-    dst: [u8; 4],
-    proto: u8,
-    dport: u16,
-    expect_protect: bool,
-) -> Flow {
-    Flow {
-        name,
-        src: Ipv4Addr::new(src[0], src[1], src[2], src[3]),
-        dst: Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]),
-        proto,
-        sport: 49152 + dport % 1000,
-        dport,
-        expect_protect,
-    }
-}
-
-const FLOWS: [Flow; 10] = [
-    flow(
-        "terminal services (RDP)",
-        [10, 1, 0, 15],
-        [10, 0, 0, 10],
-        IPPROTO_TCP,
-        3389,
-        true,
-    ),
-    flow(
-        "Outlook (HTTPS)",
-        [10, 1, 0, 15],
-        [10, 0, 0, 20],
-        IPPROTO_TCP,
-        443,
-        true,
-    ),
-    flow(
-        "Outlook (RPC endpoint mapper)",
-        [10, 1, 0, 16],
-        [10, 0, 0, 20],
-        IPPROTO_TCP,
-        135,
-        true,
-    ),
-    flow(
-        "printing (SMB)",
-        [10, 1, 0, 17],
-        [10, 0, 0, 30],
-        IPPROTO_TCP,
-        445,
-        true,
-    ),
-    flow(
-        "printing (IPP)",
-        [10, 1, 0, 17],
-        [10, 0, 0, 30],
-        IPPROTO_TCP,
-        631,
-        true,
-    ),
-    flow(
-        "printing (raw 9100)",
-        [10, 1, 0, 17],
-        [10, 0, 0, 30],
-        IPPROTO_TCP,
-        9100,
-        true,
-    ),
-    flow(
-        "telnet",
-        [10, 1, 0, 15],
-        [10, 0, 0, 10],
-        IPPROTO_TCP,
-        23,
-        false,
-    ),
-    flow(
-        "SMB from a non-branch subnet",
-        [172, 16, 5, 5],
-        [10, 0, 0, 30],
-        IPPROTO_TCP,
-        445,
-        false,
-    ),
-    flow(
-        "SMB to a non-print server",
-        [10, 1, 0, 15],
-        [10, 0, 0, 10],
-        IPPROTO_TCP,
-        445,
-        false,
-    ),
-    flow(
-        "anything else (DNS over UDP)",
-        [10, 1, 0, 15],
-        [10, 0, 0, 53],
-        IPPROTO_UDP,
-        53,
-        false,
-    ),
-];
 
 /// One SA as one gateway holds it.
 struct GwSa {
-    gateway: &'static str,
-    name: &'static str,
+    gateway: String,
+    name: String,
     sa: SecurityAssociation,
 }
 
-fn key(cipher: Cipher, seed: u8) -> Vec<u8> {
-    (0..cipher.key_len())
-        .map(|i| seed.wrapping_mul(31).wrapping_add(i as u8 * 7))
-        .collect()
+fn find(sas: &[GwSa], gateway: &str, name: &str) -> Option<usize> {
+    sas.iter()
+        .position(|g| g.gateway == gateway && g.name == name)
 }
 
-/// The SA pair of one direction: (sender's outbound, receiver's inbound).
-fn sa_pair(
-    spi: u32,
-    cipher: Cipher,
-    integrity: Option<Integrity>,
-    from: Ipv4Addr,
-    to: Ipv4Addr,
-    now: Duration,
-) -> Result<(SecurityAssociation, SecurityAssociation), CliError> {
-    let k = key(cipher, spi as u8);
-    let ik: Vec<u8> = integrity.map_or(Vec::new(), |i| vec![0x5a; i.key_len()]);
-    let make = |dir| {
-        let mut c = SaConfig::new(spi, dir, Mode::Tunnel, cipher, &k);
-        if let Some(i) = integrity {
-            c.integrity(i, &ik);
-        }
-        if dir == Direction::Outbound {
-            c.tunnel(IpAddr::V4(from), IpAddr::V4(to));
-        }
-        SecurityAssociation::new(c, now)
-            .map_err(|e| CliError::failure(format!("demo SA {spi:#x}: {e}")))
-    };
-    Ok((make(Direction::Outbound)?, make(Direction::Inbound)?))
+/// Two distinct SAs mutably.
+fn pair_mut(sas: &mut [GwSa], i: usize, j: usize) -> (&mut GwSa, &mut GwSa) {
+    assert_ne!(i, j, "two different SAs");
+    if i < j {
+        let (a, b) = sas.split_at_mut(j);
+        (&mut a[i], &mut b[0])
+    } else {
+        let (a, b) = sas.split_at_mut(i);
+        (&mut b[0], &mut a[j])
+    }
 }
 
 fn cipher_label(sa: &SecurityAssociation) -> String {
@@ -204,6 +97,13 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+fn v4(a: IpAddr) -> Option<Ipv4Addr> {
+    match a {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }
+}
+
 /// Encrypts `inner` with `out`, checks the wire form, decrypts with `inb`, checks it
 /// came back. Returns the wire bytes.
 fn through_tunnel(
@@ -211,7 +111,7 @@ fn through_tunnel(
     inb: &mut SecurityAssociation,
     inner: &[u8],
     payload: &[u8],
-    gws: (Ipv4Addr, Ipv4Addr),
+    gws: (IpAddr, IpAddr),
     now: Duration,
 ) -> Result<Vec<u8>, String> {
     let mut buf = BytesMut::from(inner);
@@ -221,7 +121,10 @@ fn through_tunnel(
     if wire.len() < 20 || wire[9] != IPPROTO_ESP {
         return Err("wire packet is not ESP".into());
     }
-    if wire[12..16] != gws.0.octets() || wire[16..20] != gws.1.octets() {
+    let (Some(a), Some(b)) = (v4(gws.0), v4(gws.1)) else {
+        return Err("the demo's gateways are IPv4".into());
+    };
+    if wire[12..16] != a.octets() || wire[16..20] != b.octets() {
         return Err("outer header does not carry the gateway addresses".into());
     }
     if contains(&wire, payload) {
@@ -238,215 +141,486 @@ fn through_tunnel(
     Ok(wire)
 }
 
+fn str_field<'a>(t: &'a toml::Table, key: &str) -> Option<&'a str> {
+    t.get(key).and_then(toml::Value::as_str)
+}
+
+/// The tunnels of the head office, from its PROTECT policies and its SA tables.
+fn tunnels(spd: &Spd, sa_tables: &[toml::Table]) -> Result<Vec<Tunnel>, String> {
+    let mut out: Vec<Tunnel> = Vec::new();
+    for p in spd.policies() {
+        if p.action() != Action::Protect {
+            continue;
+        }
+        let (Some(o), Some(i)) = (p.sa(Direction::Outbound), p.sa(Direction::Inbound)) else {
+            continue;
+        };
+        if out.iter().any(|t| t.out_sa == o && t.in_sa == i) {
+            continue;
+        }
+        let table = sa_tables
+            .iter()
+            .find(|t| str_field(t, "name") == Some(o))
+            .ok_or_else(|| format!("sa {o:?}: no [[sa]] table"))?;
+        let addr = |key: &str| -> Result<IpAddr, String> {
+            str_field(table, key)
+                .ok_or_else(|| format!("sa {o:?}: the demo needs {key} (a tunnel-mode SA)"))?
+                .parse()
+                .map_err(|e| format!("sa {o:?}: {key}: {e}"))
+        };
+        out.push(Tunnel {
+            label: format!("branch{}", out.len() + 1),
+            out_sa: o.to_string(),
+            in_sa: i.to_string(),
+            hq_gw: addr("tunnel_src")?,
+            branch_gw: addr("tunnel_dst")?,
+            remote: p.remote().clone(),
+        });
+    }
+    if out.is_empty() {
+        return Err("no PROTECT policy with an SA pair: nothing to demonstrate".into());
+    }
+    Ok(out)
+}
+
+/// The branch's SA tables: the mirror of the head office's (see the module docs).
+fn mirror_tables(t: &Tunnel, sa_tables: &[toml::Table]) -> Result<Vec<toml::Table>, String> {
+    let get = |name: &str| {
+        sa_tables
+            .iter()
+            .find(|x| str_field(x, "name") == Some(name))
+            .cloned()
+            .ok_or_else(|| format!("sa {name:?}: no [[sa]] table"))
+    };
+    let swap_udp = |x: &mut toml::Table| {
+        if let Some(toml::Value::Array(a)) = x.get_mut("udp_encap")
+            && a.len() == 2
+        {
+            a.swap(0, 1);
+        }
+    };
+    // Head office inbound -> branch outbound.
+    let mut up = get(&t.in_sa)?;
+    let window = up.remove("replay_window");
+    up.insert("direction".into(), "outbound".into());
+    up.insert("tunnel_src".into(), t.branch_gw.to_string().into());
+    up.insert("tunnel_dst".into(), t.hq_gw.to_string().into());
+    up.remove("seq");
+    swap_udp(&mut up);
+    // Head office outbound -> branch inbound.
+    let mut down = get(&t.out_sa)?;
+    down.insert("direction".into(), "inbound".into());
+    down.remove("tunnel_src");
+    down.remove("tunnel_dst");
+    down.remove("seq");
+    down.remove("outer_ttl");
+    if let Some(w) = window {
+        down.insert("replay_window".into(), w);
+    }
+    swap_udp(&mut down);
+    Ok(vec![up, down])
+}
+
+fn create(gateway: &str, sas: Vec<NamedSa>, now: Duration) -> Result<Vec<GwSa>, CliError> {
+    sas.into_iter()
+        .map(|n| {
+            let sa = SecurityAssociation::new(n.config, now)
+                .map_err(|e| CliError::usage(format!("{gateway}: sa {:?}: {e}", n.name)))?;
+            Ok(GwSa {
+                gateway: gateway.to_string(),
+                name: n.name,
+                sa,
+            })
+        })
+        .collect()
+}
+
+/// What the administrators expect of a flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Allowed: encrypted through the tunnel of the branch it comes from.
+    Protect,
+    /// Refused.
+    Discard,
+}
+
+struct DemoFlow {
+    name: String,
+    branch: usize,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    expect: Expect,
+}
+
+fn host(net: &AddrSet, n: u32) -> Option<Ipv4Addr> {
+    net.v4_ranges()
+        .first()
+        .map(|&(lo, _)| Ipv4Addr::from(lo + n))
+}
+
+/// The head office's LAN: the `local` of the first PROTECT policy.
+fn hq_lan(spd: &Spd) -> Option<&AddrSet> {
+    spd.policies()
+        .iter()
+        .find(|p| p.action() == Action::Protect)
+        .map(|p| p.local())
+}
+
+fn demo_flows(tunnels: &[Tunnel]) -> Result<Vec<DemoFlow>, String> {
+    // The head office's servers, as examples/branch-office.toml describes them.
+    let (terminal, mail, print) = (
+        Ipv4Addr::new(10, 0, 0, 10),
+        Ipv4Addr::new(10, 0, 0, 20),
+        Ipv4Addr::new(10, 0, 0, 30),
+    );
+    let mut flows = Vec::new();
+    let mk = |name: &str, branch, src, dst, proto, dport: u16, expect| DemoFlow {
+        name: name.to_string(),
+        branch,
+        src,
+        dst,
+        proto,
+        sport: 49152 + dport % 1000,
+        dport,
+        expect,
+    };
+    for (b, t) in tunnels.iter().enumerate() {
+        let h = |n| host(&t.remote, n).ok_or("a branch subnet has no IPv4 prefix");
+        let (pc1, pc2, pc3) = (h(15)?, h(16)?, h(17)?);
+        for (name, src, dst, port) in [
+            ("terminal services (RDP)", pc1, terminal, 3389),
+            ("Outlook (HTTPS)", pc1, mail, 443),
+            ("Outlook (RPC endpoint mapper)", pc2, mail, 135),
+            ("printing (SMB)", pc3, print, 445),
+            ("printing (IPP)", pc3, print, 631),
+            ("printing (raw 9100)", pc3, print, 9100),
+        ] {
+            flows.push(mk(name, b, src, dst, IPPROTO_TCP, port, Expect::Protect));
+        }
+        if b == 0 {
+            flows.push(mk(
+                "telnet",
+                b,
+                pc1,
+                terminal,
+                IPPROTO_TCP,
+                23,
+                Expect::Discard,
+            ));
+            flows.push(mk(
+                "SMB from an unknown subnet",
+                b,
+                Ipv4Addr::new(172, 16, 5, 5),
+                print,
+                IPPROTO_TCP,
+                445,
+                Expect::Discard,
+            ));
+            flows.push(mk(
+                "SMB to a non-print server",
+                b,
+                pc1,
+                terminal,
+                IPPROTO_TCP,
+                445,
+                Expect::Discard,
+            ));
+        } else {
+            flows.push(mk(
+                "DNS (UDP 53)",
+                b,
+                pc1,
+                Ipv4Addr::from(u32::from(terminal) + 43),
+                IPPROTO_UDP,
+                53,
+                Expect::Discard,
+            ));
+            flows.push(mk(
+                "telnet",
+                b,
+                pc2,
+                terminal,
+                IPPROTO_TCP,
+                23,
+                Expect::Discard,
+            ));
+        }
+    }
+    Ok(flows)
+}
+
 /// Runs the demonstration.
-pub(crate) fn run() -> Result<Outcome, CliError> {
+pub(crate) fn run(policy: Option<&Path>) -> Result<Outcome, CliError> {
+    let (origin, text) = match policy {
+        Some(p) => (
+            p.display().to_string(),
+            std::fs::read_to_string(p)
+                .map_err(|e| CliError::usage(format!("{}: cannot read: {e}", p.display())))?,
+        ),
+        None => match std::fs::read_to_string(DEFAULT_PATH) {
+            Ok(t) => (DEFAULT_PATH.to_string(), t),
+            Err(_) => (
+                "built-in examples/branch-office.toml".to_string(),
+                BUILT_IN.to_string(),
+            ),
+        },
+    };
+    let usage = |e: String| CliError::usage(format!("{origin}: {e}"));
+    let mut spd = spd_from_text(&origin, &text)?;
+    let doc: toml::Table = toml::from_str(&text).map_err(|e| usage(e.to_string()))?;
+    let sa_tables: Vec<toml::Table> = doc
+        .get("sa")
+        .and_then(toml::Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_table().cloned()).collect())
+        .unwrap_or_default();
+    let tunnels = tunnels(&spd, &sa_tables).map_err(usage)?;
+    let flows = demo_flows(&tunnels).map_err(usage)?;
+
+    // Lint and firewall openings need the SAs: before they are taken out.
+    let findings = spd.lint();
+    let openings = spd.firewall_openings();
     let mut t = Duration::from_secs(1_780_000_000);
-    let gcm = Cipher::Aes128Gcm;
-    let (b2h_out, b2h_in) = sa_pair(0x0000_1001, gcm, None, BRANCH_GW, HQ_GW, t)?;
-    let (h2b_out, h2b_in) = sa_pair(0x0000_2001, gcm, None, HQ_GW, BRANCH_GW, t)?;
-    let (cbc_out, cbc_in) = sa_pair(
-        0x0000_1002,
-        Cipher::Aes256Cbc,
-        Some(Integrity::HmacSha256_128),
-        BRANCH_GW,
-        HQ_GW,
-        t,
-    )?;
-    let (cc_out, cc_in) = sa_pair(
-        0x0000_1003,
-        Cipher::ChaCha20Poly1305,
-        None,
-        BRANCH_GW,
-        HQ_GW,
-        t,
-    )?;
-    let mut sas = vec![
-        GwSa {
-            gateway: "branch-gw",
-            name: "branch-to-hq",
-            sa: b2h_out,
-        },
-        GwSa {
-            gateway: "hq-gw",
-            name: "branch-to-hq",
-            sa: b2h_in,
-        },
-        GwSa {
-            gateway: "hq-gw",
-            name: "hq-to-branch",
-            sa: h2b_out,
-        },
-        GwSa {
-            gateway: "branch-gw",
-            name: "hq-to-branch",
-            sa: h2b_in,
-        },
-        GwSa {
-            gateway: "branch-gw",
-            name: "branch-to-hq-cbc",
-            sa: cbc_out,
-        },
-        GwSa {
-            gateway: "hq-gw",
-            name: "branch-to-hq-cbc",
-            sa: cbc_in,
-        },
-        GwSa {
-            gateway: "branch-gw",
-            name: "branch-to-hq-chacha",
-            sa: cc_out,
-        },
-        GwSa {
-            gateway: "hq-gw",
-            name: "branch-to-hq-chacha",
-            sa: cc_in,
-        },
-    ];
+    let mut sas = create("head-office", spd.take_sas(), t)?;
+    for tun in &tunnels {
+        let (named, errors) = parse_sa_tables(mirror_tables(tun, &sa_tables).map_err(usage)?);
+        if let Some(e) = errors.first() {
+            return Err(usage(format!("mirrored SA for {}: {e}", tun.label)));
+        }
+        sas.extend(create(&tun.label, named, t)?);
+    }
+
     let mut failures: Vec<String> = Vec::new();
     let mut out = String::new();
+    let _ = writeln!(out, "Policy: {origin} (the head office gateway's view)");
     let _ = writeln!(
         out,
-        "Branch office 10.1.0.0/24 (gateway {BRANCH_GW}) <== leased line ==> head office 10.0.0.0/24 (gateway {HQ_GW})"
+        "Head office {} behind gateway {}",
+        hq_lan(&spd).map_or_else(String::new, ToString::to_string),
+        tunnels[0].hq_gw
+    );
+    for tun in &tunnels {
+        let _ = writeln!(
+            out,
+            "  <== leased line ==> {} {} behind gateway {}: SA {:?} out, {:?} in (the branch holds the mirror image)",
+            tun.label, tun.remote, tun.branch_gw, tun.out_sa, tun.in_sa
+        );
+    }
+
+    // (a) Lint, (b) firewall openings.
+    let _ = writeln!(out, "\nLint (ipsec policy lint):");
+    for l in lint_human(&findings).lines() {
+        let _ = writeln!(out, "  {l}");
+    }
+    let lint_errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    if lint_errors > 0 {
+        failures.push(format!("lint: {lint_errors} error finding(s)"));
+    }
+    let _ = writeln!(
+        out,
+        "\nFirewall openings between the gateways (ipsec policy firewall):"
+    );
+    for l in firewall_human(&openings).lines() {
+        let _ = writeln!(out, "  {l}");
+    }
+    for tun in &tunnels {
+        let has = |from, to, proto, port| {
+            openings
+                .iter()
+                .any(|o| (o.from, o.to, o.protocol, o.port) == (from, to, proto, port))
+        };
+        if !(has(tun.hq_gw, tun.branch_gw, 17, Some(500))
+            && has(tun.branch_gw, tun.hq_gw, 17, Some(500))
+            && has(tun.hq_gw, tun.branch_gw, IPPROTO_ESP, None)
+            && has(tun.branch_gw, tun.hq_gw, IPPROTO_ESP, None))
+        {
+            failures.push(format!(
+                "firewall: UDP 500 and ESP both ways missing for {}",
+                tun.label
+            ));
+        }
+    }
+
+    // (c) Per-flow decisions.
+    let _ = writeln!(
+        out,
+        "\nPer-flow decisions (looked up in the SPD; allowed flows encrypted at the branch, decrypted at the head office, reply the other way):"
     );
     let _ = writeln!(
         out,
-        "SAs: branch-to-hq SPI 0x00001001 and hq-to-branch SPI 0x00002001, ESP tunnel mode, {}\n",
-        gcm.name()
-    );
-    let _ = writeln!(
-        out,
-        "{:<31} {:<40} {:<8} RESULT",
-        "FLOW", "PACKET", "ACTION"
+        "{:<8} {:<30} {:<40} {:<8} {:<21} {:<9} RESULT",
+        "FROM", "FLOW", "PACKET", "ACTION", "POLICY", "SA"
     );
     let mut captured: Option<Vec<u8>> = None;
-    for (n, f) in FLOWS.iter().enumerate() {
+    for (n, f) in flows.iter().enumerate() {
+        let tun = &tunnels[f.branch];
         let proto = if f.proto == IPPROTO_TCP { "tcp" } else { "udp" };
         let desc = format!("{}:{} -> {}:{}/{proto}", f.src, f.sport, f.dst, f.dport);
-        let protect = branch_policy(f.src, f.dst, f.proto, f.dport);
-        let action = if protect { "PROTECT" } else { "DISCARD" };
-        let result = if protect != f.expect_protect {
-            Err(format!(
-                "policy said {action}, expected {}",
-                if f.expect_protect {
-                    "PROTECT"
-                } else {
-                    "DISCARD"
-                }
-            ))
-        } else if !protect {
-            Ok("refused at the branch gateway, nothing sent".to_string())
-        } else {
-            t += Duration::from_millis(10);
-            let payload = format!("{} request #{n}: confidential branch data", f.name);
-            let req = ipv4_l4(
-                f.proto,
-                (f.src, f.sport),
-                (f.dst, f.dport),
-                100 + n as u16,
-                payload.as_bytes(),
-            );
-            let reply_payload = format!("{} reply #{n}: confidential head-office data", f.name);
-            let rep = ipv4_l4(
-                f.proto,
-                (f.dst, f.dport),
-                (f.src, f.sport),
-                200 + n as u16,
-                reply_payload.as_bytes(),
-            );
-            let (a, b) = sas.split_at_mut(1);
-            let there = through_tunnel(
-                &mut a[0].sa,
-                &mut b[0].sa,
-                &req,
-                payload.as_bytes(),
-                (BRANCH_GW, HQ_GW),
-                t,
-            );
-            let (c, d) = b.split_at_mut(2);
-            let back = through_tunnel(
-                &mut c[1].sa,
-                &mut d[0].sa,
-                &rep,
-                reply_payload.as_bytes(),
-                (HQ_GW, BRANCH_GW),
-                t,
-            );
-            match (there, back) {
-                (Ok(wire), Ok(_)) => {
-                    let msg = format!(
-                        "ok: {} B -> {} B ESP, payload not in wire bytes, decrypted equal; reply ok",
-                        req.len(),
-                        wire.len()
-                    );
-                    captured.get_or_insert(wire);
-                    Ok(msg)
-                }
-                (Err(e), _) => Err(format!("request: {e}")),
-                (_, Err(e)) => Err(format!("reply: {e}")),
-            }
-        };
-        match result {
-            Ok(m) => {
-                let _ = writeln!(out, "{:<31} {desc:<40} {action:<8} {m}", f.name);
-            }
-            Err(m) => {
-                let _ = writeln!(out, "{:<31} {desc:<40} {action:<8} FAILED: {m}", f.name);
-                failures.push(format!("flow {:?}: {m}", f.name));
-            }
-        }
-    }
-
-    // The same service over the other ciphers.
-    let _ = writeln!(out, "\nThe terminal-services flow over other ciphers:");
-    for i in [4usize, 6] {
         t += Duration::from_millis(10);
-        let payload = b"RDP keystrokes: the password is hunter2";
-        let f = &FLOWS[0];
+        let payload = format!("{} request #{n}: confidential branch data", f.name);
         let req = ipv4_l4(
-            IPPROTO_TCP,
+            f.proto,
             (f.src, f.sport),
             (f.dst, f.dport),
-            300 + i as u16,
-            payload,
+            100 + n as u16,
+            payload.as_bytes(),
         );
-        let (a, b) = sas.split_at_mut(i + 1);
-        let label = cipher_label(&a[i].sa);
-        match through_tunnel(
-            &mut a[i].sa,
-            &mut b[0].sa,
-            &req,
-            payload,
-            (BRANCH_GW, HQ_GW),
-            t,
-        ) {
-            Ok(wire) => {
-                let _ = writeln!(
-                    out,
-                    "  {label:<34} ok: {} B -> {} B ESP, payload not in wire bytes, decrypted equal",
-                    req.len(),
-                    wire.len()
-                );
-            }
+        // The branch's outbound decision = the head office's inbound one (mirror SPD).
+        let d = match spd.lookup_packet(Direction::Inbound, &req) {
+            Ok(d) => d,
             Err(e) => {
-                let _ = writeln!(out, "  {label:<34} FAILED: {e}");
-                failures.push(format!("{label}: {e}"));
+                failures.push(format!("flow {:?}: lookup: {e:?}", f.name));
+                continue;
             }
-        }
+        };
+        let action = d.action.name().to_ascii_uppercase();
+        let policy = d.policy.unwrap_or("(none)");
+        let sa_name = d.sa.unwrap_or("-");
+        let result: Result<String, String> = match (f.expect, d.action) {
+            (Expect::Protect, Action::Protect) if d.sa != Some(tun.in_sa.as_str()) => Err(format!(
+                "SPD names SA {sa_name}, expected {} for {}",
+                tun.in_sa, tun.label
+            )),
+            (Expect::Protect, Action::Protect) => {
+                let reply_payload = format!("{} reply #{n}: confidential head-office data", f.name);
+                let rep = ipv4_l4(
+                    f.proto,
+                    (f.dst, f.dport),
+                    (f.src, f.sport),
+                    200 + n as u16,
+                    reply_payload.as_bytes(),
+                );
+                let back_d = spd.lookup_packet(Direction::Outbound, &rep);
+                let sa_in = d.sa.unwrap_or_default();
+                let there = match (
+                    find(&sas, &tun.label, sa_in),
+                    find(&sas, "head-office", sa_in),
+                ) {
+                    (Some(i), Some(j)) => {
+                        let (a, b) = pair_mut(&mut sas, i, j);
+                        through_tunnel(
+                            &mut a.sa,
+                            &mut b.sa,
+                            &req,
+                            payload.as_bytes(),
+                            (tun.branch_gw, tun.hq_gw),
+                            t,
+                        )
+                    }
+                    _ => Err(format!("SA {sa_in} missing on a gateway")),
+                };
+                let selectors_ok = Flow::from_packet(Direction::Inbound, &req)
+                    .is_ok_and(|fl| spd.check_inbound(sa_in, &fl));
+                let back = match back_d {
+                    Ok(bd)
+                        if bd.action == Action::Protect && bd.sa == Some(tun.out_sa.as_str()) =>
+                    {
+                        match (
+                            find(&sas, "head-office", &tun.out_sa),
+                            find(&sas, &tun.label, &tun.out_sa),
+                        ) {
+                            (Some(i), Some(j)) => {
+                                let (a, b) = pair_mut(&mut sas, i, j);
+                                through_tunnel(
+                                    &mut a.sa,
+                                    &mut b.sa,
+                                    &rep,
+                                    reply_payload.as_bytes(),
+                                    (tun.hq_gw, tun.branch_gw),
+                                    t,
+                                )
+                                .map(|_| ())
+                            }
+                            _ => Err(format!("SA {} missing on a gateway", tun.out_sa)),
+                        }
+                    }
+                    Ok(bd) => Err(format!(
+                        "the reply got {} (SA {}), expected protect with {}",
+                        bd.action,
+                        bd.sa.unwrap_or("none"),
+                        tun.out_sa
+                    )),
+                    Err(e) => Err(format!("reply lookup: {e:?}")),
+                };
+                match (there, back, selectors_ok) {
+                    (Ok(wire), Ok(()), true) => {
+                        if f.name.starts_with("terminal") && f.branch == 0 {
+                            captured.get_or_insert(wire.clone());
+                        }
+                        Ok(format!(
+                            "ok: {} B -> {} B ESP, no cleartext on the wire, decrypted equal, inner packet matches the SA's policy; reply via {}",
+                            req.len(),
+                            wire.len(),
+                            tun.out_sa
+                        ))
+                    }
+                    (Err(e), _, _) => Err(format!("request: {e}")),
+                    (_, Err(e), _) => Err(format!("reply: {e}")),
+                    (_, _, false) => Err(format!(
+                        "inner packet does not match the policies of SA {sa_in}"
+                    )),
+                }
+            }
+            (Expect::Discard, Action::Discard) => {
+                let flow = Flow::from_packet(Direction::Inbound, &req).ok();
+                if flow.is_some_and(|fl| spd.inbound_cleartext_allowed(&fl)) {
+                    Err("the head office would accept it in the clear".into())
+                } else {
+                    Ok("refused: dropped at the branch gateway, nothing sent (and the head office drops it in the clear)".into())
+                }
+            }
+            (want, got) => Err(format!(
+                "SPD said {got}, expected {}",
+                if want == Expect::Protect {
+                    "protect"
+                } else {
+                    "discard"
+                }
+            )),
+        };
+        let line = match &result {
+            Ok(m) => m.clone(),
+            Err(m) => {
+                failures.push(format!("flow {:?} from {}: {m}", f.name, tun.label));
+                format!("FAILED: {m}")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{:<8} {:<30} {desc:<40} {action:<8} {policy:<21} {sa_name:<9} {line}",
+            tun.label, f.name
+        );
     }
 
-    // Attacks on the branch-to-hq SA.
-    let _ = writeln!(out, "\nAttacker on the leased line:");
+    // Attacks on the first branch's tunnel towards the head office (the SA monitor, (d), follows).
+    let tun = &tunnels[0];
+    let _ = writeln!(
+        out,
+        "\nAttacker on {}'s leased line (SA {}):",
+        tun.label, tun.in_sa
+    );
     let mut expect = |ok: bool, what: &str, msg: String, out: &mut String| {
         let _ = writeln!(out, "  {what:<52} {msg}");
         if !ok {
             failures.push(format!("{what}: {msg}"));
         }
     };
+    let (Some(bo), Some(hi)) = (
+        find(&sas, &tun.label, &tun.in_sa),
+        find(&sas, "head-office", &tun.in_sa),
+    ) else {
+        return Err(CliError::failure(format!("SA {} missing", tun.in_sa)));
+    };
     match captured {
         Some(wire) => {
             t += Duration::from_millis(10);
             let mut buf = BytesMut::from(&wire[..]);
-            let r = sas[1].sa.decrypt_bytes(&mut buf, t);
+            let r = sas[hi].sa.decrypt_bytes(&mut buf, t);
             let ok = matches!(r, Err(Error::Replayed { .. }));
             let msg = match r {
                 Err(e) => format!("dropped ({}): {e}", e.drop_reason()),
@@ -456,9 +630,11 @@ pub(crate) fn run() -> Result<Outcome, CliError> {
         }
         None => expect(false, "replay", "no packet was captured".into(), &mut out),
     }
+    if let Some(f) = flows
+        .iter()
+        .find(|f| f.branch == 0 && f.name.starts_with("Outlook"))
     {
         t += Duration::from_millis(10);
-        let f = &FLOWS[1];
         let payload = b"Outlook: quarterly figures attached";
         let req = ipv4_l4(
             IPPROTO_TCP,
@@ -468,8 +644,7 @@ pub(crate) fn run() -> Result<Outcome, CliError> {
             payload,
         );
         let mut genuine = BytesMut::from(&req[..]);
-        let enc = sas[0].sa.encrypt_bytes(&mut genuine, t);
-        if let Err(e) = enc {
+        if let Err(e) = sas[bo].sa.encrypt_bytes(&mut genuine, t) {
             expect(
                 false,
                 "encrypt for the tamper test",
@@ -480,7 +655,7 @@ pub(crate) fn run() -> Result<Outcome, CliError> {
             let mut forged = genuine.clone();
             let at = forged.len() - 24; // inside the encrypted payload
             forged[at] ^= 0x01;
-            let r = sas[1].sa.decrypt_bytes(&mut forged, t);
+            let r = sas[hi].sa.decrypt_bytes(&mut forged, t);
             let ok = matches!(r, Err(Error::AuthenticationFailed));
             let msg = match r {
                 Err(e) => format!("dropped ({}): {e}", e.drop_reason()),
@@ -492,7 +667,7 @@ pub(crate) fn run() -> Result<Outcome, CliError> {
                 msg,
                 &mut out,
             );
-            let r = sas[1].sa.decrypt_bytes(&mut genuine, t);
+            let r = sas[hi].sa.decrypt_bytes(&mut genuine, t);
             let ok = r.is_ok() && genuine[..] == req[..];
             let msg = match r {
                 Ok(()) if ok => "accepted: the forgery did not advance the replay window".into(),
@@ -507,12 +682,12 @@ pub(crate) fn run() -> Result<Outcome, CliError> {
             );
         }
     }
-    let hq_in = sas[1].sa.stats();
+    let hq_in = sas[hi].sa.stats();
     let counted =
         hq_in.dropped(DropReason::Replay) == 1 && hq_in.dropped(DropReason::AuthFailed) == 1;
     expect(
         counted,
-        "hq-gw counters for branch-to-hq",
+        &format!("head-office counters for {}", tun.in_sa),
         format!(
             "replay={} auth_failed={} (expected 1 and 1)",
             hq_in.dropped(DropReason::Replay),
@@ -525,7 +700,7 @@ pub(crate) fn run() -> Result<Outcome, CliError> {
     let _ = writeln!(out, "\nSA monitor:");
     let _ = writeln!(
         out,
-        "{:<10} {:<20} {:<10} {:<8} {:<31} {:>7} {:>7}  DROPS",
+        "{:<12} {:<10} {:<10} {:<8} {:<20} {:>7} {:>7}  DROPS",
         "GATEWAY", "SA", "SPI", "DIR", "CIPHER", "PACKETS", "BYTES"
     );
     for g in &sas {
@@ -537,7 +712,7 @@ pub(crate) fn run() -> Result<Outcome, CliError> {
             .collect();
         let _ = writeln!(
             out,
-            "{:<10} {:<20} {:<10} {:<8} {:<31} {:>7} {:>7}  {}",
+            "{:<12} {:<10} {:<10} {:<8} {:<20} {:>7} {:>7}  {}",
             g.gateway,
             g.name,
             format!("{:#010x}", g.sa.spi()),

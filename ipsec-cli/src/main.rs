@@ -1,15 +1,21 @@
 //! The `ipsec` command: protect and unprotect pcap captures with the SAs of an SA file,
-//! run the branch-office demonstration, and measure throughput.
+//! audit a capture against a policy, answer questions about a policy file (`policy
+//! lint|firewall|test|explain|lookup`), run the branch-office demonstration, and measure
+//! throughput.
 //!
 //! Exit codes: 0 success; 1 a failure (a demo expectation did not hold, an output file
-//! could not be written, `--strict` with dropped packets); 2 a usage or configuration
-//! error (bad arguments, unreadable or invalid SA file or capture).
+//! could not be written, `--strict` with dropped packets, a plaintext leak found by
+//! `pcap audit`, a lint error finding, a failed policy test case, an unreadable flow
+//! line in `policy lookup`); 2 a usage or configuration error (bad arguments,
+//! unreadable or invalid SA file, policy file or capture).
 
+mod audit;
 mod bench;
 mod demo;
 mod netpkt;
 mod pcap;
 mod pcap_cmd;
+mod policy_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -47,7 +53,7 @@ pub(crate) enum Outcome {
 #[command(
     name = "ipsec",
     version,
-    about = "IPsec data-plane tool: pcap transforms, demo, benchmark"
+    about = "IPsec data-plane tool: pcap transforms and audit, policy tools, demo, benchmark"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -62,7 +68,17 @@ enum Command {
         op: PcapOp,
     },
     /// The branch-office scenario end to end: policy, encryption, attacks, SA monitor.
-    Demo,
+    Demo {
+        /// The head office's policy file (default: ./examples/branch-office.toml if it
+        /// exists, else the copy built into the binary).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+    /// Questions about a policy file.
+    Policy {
+        #[command(subcommand)]
+        op: PolicyOp,
+    },
     /// Encrypt/decrypt throughput per cipher, packet size and burst, and raw AEAD cost.
     Bench {
         /// Print one JSON record per measurement instead of the table.
@@ -104,27 +120,120 @@ enum PcapOp {
     Encrypt(PcapOpts),
     /// Unprotect every packet with the inbound SA its SPI names.
     Decrypt(PcapOpts),
+    /// Check a capture taken between the gateways: cleartext that a PROTECT policy
+    /// covers (a leak, exit 1), ESP per SPI, IKE, packets no policy allows.
+    Audit {
+        /// The policy file (`[[policy]]` and `[[sa]]` tables).
+        #[arg(value_name = "POLICY.toml")]
+        policy: PathBuf,
+        /// The capture (classic pcap; Ethernet or raw IP link type).
+        #[arg(value_name = "CAPTURE.pcap")]
+        capture: PathBuf,
+        /// One JSON object per finding, then a summary object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyOp {
+    /// Every problem of a policy file at once (shadowed, redundant, conflicting rules,
+    /// no catch-all, IKE blocked, ...), load errors included; exit 1 on an error.
+    Lint {
+        /// The policy file.
+        #[arg(value_name = "FILE")]
+        policy: PathBuf,
+        /// One JSON object per finding (code, severity, policy, message).
+        #[arg(long)]
+        json: bool,
+    },
+    /// What a firewall between the gateways must let through (UDP 500, UDP 4500 with
+    /// NAT-T, IP protocol 50 for ESP, 51 for AH).
+    Firewall {
+        /// The policy file.
+        #[arg(value_name = "FILE")]
+        policy: PathBuf,
+        /// One JSON object per opening.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a cases file (`[[case]]` ... `expect = ...`) against the policy; exit 1 when
+    /// a case fails.
+    Test {
+        /// The policy file.
+        #[arg(value_name = "FILE")]
+        policy: PathBuf,
+        /// The cases file.
+        #[arg(value_name = "CASES")]
+        cases: PathBuf,
+        /// One JSON object per case, then a summary object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boundary probes: for each rule, flows just inside and just outside each of its
+    /// ranges, and what they hit.
+    Explain {
+        /// The policy file.
+        #[arg(value_name = "FILE")]
+        policy: PathBuf,
+        /// One JSON object per probe.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Look flows up: one JSON decision per line of a CSV file
+    /// (direction,src,dst,protocol,src_port,dst_port).
+    Lookup {
+        /// The policy file.
+        #[arg(value_name = "FILE")]
+        policy: PathBuf,
+        /// The flows, one CSV line each (`-` for stdin).
+        #[arg(long, value_name = "FLOWS.csv")]
+        flows: PathBuf,
+        /// Answer through the SPD flow cache (RFC 4301 SPD cache).
+        #[arg(long)]
+        cache: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Pcap { op } => {
-            let (op, o) = match op {
-                PcapOp::Encrypt(o) => (pcap_cmd::Op::Encrypt, o),
-                PcapOp::Decrypt(o) => (pcap_cmd::Op::Decrypt, o),
-            };
-            pcap_cmd::run(&pcap_cmd::PcapArgs {
-                op,
+        Command::Policy { op } => match op {
+            PolicyOp::Lookup {
+                policy,
+                flows,
+                cache,
+            } => policy_cmd::lookup(policy, flows, *cache),
+            PolicyOp::Lint { policy, json } => policy_cmd::lint(policy, *json),
+            PolicyOp::Firewall { policy, json } => policy_cmd::firewall(policy, *json),
+            PolicyOp::Test {
+                policy,
+                cases,
+                json,
+            } => policy_cmd::test(policy, cases, *json),
+            PolicyOp::Explain { policy, json } => policy_cmd::explain(policy, *json),
+        },
+        Command::Pcap { op } => match op {
+            PcapOp::Audit {
+                policy,
+                capture,
+                json,
+            } => audit::run(policy, capture, *json),
+            PcapOp::Encrypt(o) | PcapOp::Decrypt(o) => pcap_cmd::run(&pcap_cmd::PcapArgs {
+                op: if matches!(op, PcapOp::Encrypt(_)) {
+                    pcap_cmd::Op::Encrypt
+                } else {
+                    pcap_cmd::Op::Decrypt
+                },
                 sa_file: &o.sa,
                 input: &o.input,
                 output: &o.output,
                 name: o.name.as_deref(),
                 json: o.json,
                 strict: o.strict,
-            })
-        }
-        Command::Demo => demo::run(),
+            }),
+        },
+        Command::Demo { policy } => demo::run(policy.as_deref()),
         Command::Bench {
             json,
             seconds,

@@ -69,7 +69,7 @@ fn create_sas(
 
 /// Finds the SPI of an ESP or UDP-encapsulated ESP packet. `nat_ports` are the UDP
 /// ports (besides 4500) that carry ESP.
-fn find_spi(ip: &[u8], nat_ports: &[u16]) -> Result<u32, Error> {
+pub(crate) fn find_spi(ip: &[u8], nat_ports: &[u16]) -> Result<u32, Error> {
     let m = Error::Malformed;
     let info = packet::parse_ip(ip).map_err(m)?;
     let (hdr, proto) = match info.version {

@@ -1,0 +1,607 @@
+//! End-to-end tests of `ipsec policy lookup`, `ipsec pcap audit` and the policy-driven
+//! `ipsec demo`, on `examples/branch-office.toml`.
+
+use serde_json::Value;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ipsec");
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/branch-office.toml")
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p =
+            std::env::temp_dir().join(format!("ipsec-policy-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn ipsec(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run the ipsec binary")
+}
+
+fn json_lines(o: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+fn lookup(dir: &TempDir, csv: &str, extra: &[&str]) -> Output {
+    let flows = dir.path("flows.csv");
+    std::fs::write(&flows, csv).unwrap();
+    let policy = example();
+    let mut args = vec![
+        "policy",
+        "lookup",
+        policy.to_str().unwrap(),
+        "--flows",
+        flows.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ipsec(&args)
+}
+
+const FLOWS: &str = "\
+direction,src,dst,protocol,src_port,dst_port
+# branch 1 reaches the terminal server
+inbound,10.1.0.15,10.0.0.10,tcp,50000,3389
+
+outbound,10.0.0.10,10.1.0.15,tcp,3389,50000
+inbound,10.2.0.17,10.0.0.30,6,50001,9100
+inbound,10.1.0.15,10.0.0.10,tcp,50000,23
+outbound,192.0.2.1,198.51.100.2,udp,500,500
+inbound,203.0.113.2,192.0.2.1,UDP,4500,4500
+inbound,10.1.0.15,10.0.0.53,udp,53000,53
+outbound,10.0.0.1,10.1.0.1,icmp,8,0
+";
+
+#[test]
+fn lookup_answers_in_order_with_the_right_sa() {
+    let dir = TempDir::new("lookup");
+    for extra in [&[][..], &["--cache"][..]] {
+        let o = lookup(&dir, FLOWS, extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v = json_lines(&o);
+        let want: [(&str, Option<&str>, Option<&str>); 8] = [
+            ("protect", Some("b1-rdp"), Some("b1-to-ho")),
+            ("protect", Some("b1-rdp"), Some("ho-to-b1")),
+            ("protect", Some("b2-print-raw"), Some("b2-to-ho")),
+            ("discard", Some("deny-everything-else"), None),
+            ("bypass", Some("ike"), None),
+            ("bypass", Some("ike-nat-t"), None),
+            ("discard", Some("deny-everything-else"), None),
+            ("discard", Some("deny-everything-else"), None),
+        ];
+        assert_eq!(v.len(), want.len(), "{v:?}");
+        for (got, (action, policy, sa)) in v.iter().zip(want) {
+            assert_eq!(got["action"], action, "{got}");
+            assert_eq!(got["policy"].as_str(), policy, "{got}");
+            assert_eq!(got["sa"].as_str(), sa, "{got}");
+        }
+    }
+}
+
+#[test]
+fn lookup_reports_bad_lines_in_place_and_exits_1() {
+    let dir = TempDir::new("badcsv");
+    let csv = "\
+inbound,10.1.0.15,10.0.0.10,tcp,50000,3389
+sideways,10.1.0.15,10.0.0.10,tcp,50000,3389
+inbound,10.1.0.300,10.0.0.10,tcp,50000,3389
+inbound,10.1.0.15,10.0.0.10,tcp,50000
+inbound,10.1.0.15,10.0.0.10,tcp,99999,3389
+inbound,10.1.0.15,10.0.0.10,bogus,1,2
+inbound,10.1.0.15,10.0.0.10,esp,1,2
+inbound,10.1.0.15,::1,tcp,1,2
+
+inbound,10.1.0.15,10.0.0.20,tcp,50000,443
+";
+    let o = lookup(&dir, csv, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v = json_lines(&o);
+    assert_eq!(v.len(), 9, "{v:?}");
+    assert_eq!(v[0]["action"], "protect");
+    for (k, line) in (1..8).zip(2..) {
+        let e = v[k]["error"].as_str().unwrap_or_else(|| panic!("{}", v[k]));
+        assert!(e.starts_with(&format!("line {line}: ")), "{e}");
+    }
+    assert_eq!(v[8]["policy"], "b1-outlook-https");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("7 of 9"));
+}
+
+#[test]
+fn lookup_bad_policy_file_exits_2() {
+    let dir = TempDir::new("badpolicy");
+    let policy = dir.path("p.toml");
+    std::fs::write(
+        &policy,
+        "[[policy]]\nname = \"x\"\nlocal = \"10.0.0.0/33\"\n",
+    )
+    .unwrap();
+    let flows = dir.path("f.csv");
+    std::fs::write(&flows, "").unwrap();
+    let o = ipsec(&[
+        "policy",
+        "lookup",
+        policy.to_str().unwrap(),
+        "--flows",
+        flows.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("local"));
+}
+
+#[test]
+fn lookup_100k_flows() {
+    let mut csv = String::with_capacity(100_000 * 48);
+    csv.push_str("direction,src,dst,protocol,src_port,dst_port\n");
+    let ports = [3389u16, 443, 135, 445, 631, 9100, 23, 80];
+    for i in 0..100_000u32 {
+        let branch = 1 + i % 3; // 10.3.0.0/24 is unknown
+        let port = ports[(i as usize / 3) % ports.len()];
+        // The server each service runs on (examples/branch-office.toml).
+        let server = match port {
+            443 | 135 => 20,
+            445 | 631 => 30,
+            9100 => 30 + i % 20,
+            _ => 10,
+        };
+        csv.push_str(&format!(
+            "inbound,10.{branch}.{}.{},10.0.0.{server},tcp,{},{port}\n",
+            0,
+            i % 250 + 1,
+            1024 + i % 60000
+        ));
+    }
+    let policy = example();
+    for extra in [&[][..], &["--cache"][..]] {
+        let mut args = vec!["policy", "lookup", policy.to_str().unwrap(), "--flows", "-"];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let data = csv.clone();
+        let writer = std::thread::spawn(move || stdin.write_all(data.as_bytes()));
+        let o = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8_lossy(&o.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 100_000);
+        // Spot checks: line 0 is branch 1 RDP; line 2 is from the unknown 10.3.0.0/24.
+        assert!(lines[0].contains("\"b1-rdp\""), "{}", lines[0]);
+        assert!(lines[2].contains("\"discard\""), "{}", lines[2]);
+        let protect = lines.iter().filter(|l| l.contains("protect")).count();
+        // 2 of 3 from a branch, 6 of 8 ports allowed.
+        assert!((45_000..55_000).contains(&protect), "{protect}");
+    }
+}
+
+// --- pcap audit -----------------------------------------------------------------------
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut acc = 0u32;
+    for c in data.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// An IPv4 packet with `proto` and `l4` as its payload.
+fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let total = 20 + l4.len();
+    let mut p = vec![0u8; 20];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = proto;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    let c = checksum(&p);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(l4);
+    p
+}
+
+fn tcp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x18;
+    t.extend_from_slice(payload);
+    t
+}
+
+fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = vec![0u8; 8];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(payload);
+    u
+}
+
+fn esp(spi: u32, seq: u32) -> Vec<u8> {
+    let mut e = spi.to_be_bytes().to_vec();
+    e.extend_from_slice(&seq.to_be_bytes());
+    e.extend_from_slice(&[0xa5; 48]);
+    e
+}
+
+fn pcap(linktype: u32, packets: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    for v in [0u32, 0, 65535, linktype] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for (i, p) in packets.iter().enumerate() {
+        for v in [1_700_000_000 + i as u32, 0, p.len() as u32, p.len() as u32] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+fn ether(ip: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    f.extend_from_slice(ip);
+    f
+}
+
+const HO: [u8; 4] = [192, 0, 2, 1];
+const B1: [u8; 4] = [198, 51, 100, 2];
+const B2: [u8; 4] = [203, 0, 113, 2];
+
+fn tunnel_traffic() -> Vec<Vec<u8>> {
+    let mut v = vec![
+        ipv4(HO, B1, 17, &udp(500, 500, &[0x11; 40])),
+        ipv4(B1, HO, 17, &udp(500, 500, &[0x22; 40])),
+    ];
+    for seq in 1..=5 {
+        v.push(ipv4(B1, HO, 50, &esp(0x2001, seq)));
+        v.push(ipv4(HO, B1, 50, &esp(0x1001, seq)));
+    }
+    v.push(ipv4(B2, HO, 17, &udp(4500, 4500, &esp(0x2002, 1))));
+    v.push(ipv4(
+        B2,
+        HO,
+        17,
+        &udp(4500, 4500, &[0, 0, 0, 0, 1, 2, 3, 4]),
+    ));
+    v
+}
+
+fn audit(dir: &TempDir, name: &str, linktype: u32, packets: &[Vec<u8>], json: bool) -> Output {
+    let cap = dir.path(name);
+    std::fs::write(&cap, pcap(linktype, packets)).unwrap();
+    let policy = example();
+    let mut args = vec![
+        "pcap",
+        "audit",
+        policy.to_str().unwrap(),
+        cap.to_str().unwrap(),
+    ];
+    if json {
+        args.push("--json");
+    }
+    ipsec(&args)
+}
+
+#[test]
+fn audit_all_esp_capture_is_clean() {
+    let dir = TempDir::new("audit-clean");
+    let pkts = tunnel_traffic();
+    let o = audit(&dir, "clean.pcap", 101, &pkts, false);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("0x00002001"), "{stdout}");
+    assert!(stdout.contains("SA b1-to-ho"), "{stdout}");
+    assert!(stdout.contains("no plaintext leak"), "{stdout}");
+
+    let o = audit(&dir, "clean.pcap", 101, &pkts, true);
+    assert_eq!(o.status.code(), Some(0));
+    let v = json_lines(&o);
+    assert_eq!(v.len(), 1, "{v:?}");
+    let s = &v[0];
+    assert_eq!(s["kind"], "summary");
+    assert_eq!(s["packets"], 14);
+    assert_eq!(s["ike"], 3);
+    assert_eq!(s["leaks"], 0);
+    let esp = s["esp"].as_array().unwrap();
+    assert_eq!(esp.len(), 2);
+    assert_eq!(esp[0]["spi"], "0x00001001");
+    assert_eq!(esp[0]["sa"], "ho-to-b1");
+    assert_eq!(esp[0]["packets"], 5);
+    assert_eq!(s["esp_in_udp"][0]["spi"], "0x00002002");
+    assert_eq!(s["esp_in_udp"][0]["packets"], 1);
+}
+
+#[test]
+fn audit_finds_a_leak_and_exits_1() {
+    let dir = TempDir::new("audit-leak");
+    let mut pkts = tunnel_traffic();
+    // Terminal services from branch 1 in the clear (a leak), and its reply (a leak too:
+    // the lookup is made in both directions), a telnet attempt (no policy allows it).
+    pkts.push(ipv4(
+        [10, 1, 0, 15],
+        [10, 0, 0, 10],
+        6,
+        &tcp(50000, 3389, b"password"),
+    ));
+    pkts.push(ipv4(
+        [10, 0, 0, 10],
+        [10, 1, 0, 15],
+        6,
+        &tcp(3389, 50000, b"desktop"),
+    ));
+    pkts.push(ipv4(
+        [10, 2, 0, 15],
+        [10, 0, 0, 10],
+        6,
+        &tcp(50000, 23, b"telnet"),
+    ));
+    for (linktype, frames) in [
+        (101u32, pkts.clone()),
+        (1, pkts.iter().map(|p| ether(p)).collect()),
+    ] {
+        let o = audit(&dir, "leak.pcap", linktype, &frames, false);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(1), "{stdout}");
+        assert!(stdout.contains("LEAK"), "{stdout}");
+        assert!(stdout.contains("b1-rdp"), "{stdout}");
+        assert!(stdout.contains("NOT ALLOWED"), "{stdout}");
+
+        let o = audit(&dir, "leak.pcap", linktype, &frames, true);
+        assert_eq!(o.status.code(), Some(1));
+        let v = json_lines(&o);
+        let leaks: Vec<&Value> = v.iter().filter(|x| x["kind"] == "leak").collect();
+        assert_eq!(leaks.len(), 2, "{v:?}");
+        assert_eq!(leaks[0]["packet"], 15);
+        assert_eq!(leaks[0]["policy"], "b1-rdp");
+        assert_eq!(leaks[0]["direction"], "inbound");
+        assert_eq!(leaks[0]["sa"], "b1-to-ho");
+        assert_eq!(leaks[1]["direction"], "outbound");
+        assert_eq!(leaks[1]["sa"], "ho-to-b1");
+        let na: Vec<&Value> = v.iter().filter(|x| x["kind"] == "not-allowed").collect();
+        assert_eq!(na.len(), 1);
+        assert_eq!(na[0]["dst_port"], 23);
+        let s = v.last().unwrap();
+        assert_eq!(
+            (s["leaks"].as_u64(), s["not_allowed"].as_u64()),
+            (Some(2), Some(1))
+        );
+    }
+}
+
+#[test]
+fn audit_usage_errors_exit_2() {
+    let dir = TempDir::new("audit-usage");
+    let bad = dir.path("bad.pcap");
+    std::fs::write(&bad, b"not a pcap file at all, really").unwrap();
+    let policy = example();
+    let o = ipsec(&[
+        "pcap",
+        "audit",
+        policy.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = ipsec(&["pcap", "audit", "/nonexistent.toml", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+// --- demo -----------------------------------------------------------------------------
+
+#[test]
+fn demo_is_policy_driven_and_exits_0() {
+    // From a directory without examples/: the built-in copy of the policy.
+    let o = Command::new(BIN)
+        .arg("demo")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for want in [
+        "built-in examples/branch-office.toml",
+        "Lint",
+        "0 error(s)",
+        "Firewall openings",
+        "IP protocol 50",
+        "b1-rdp",
+        "b2-print-raw",
+        "deny-everything-else",
+        "b1-to-ho",
+        "ho-to-b2",
+        "branch2",
+        "SA monitor",
+        "replay=1",
+        "auth_failed=1",
+        "All expectations held",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing:\n{stdout}");
+    }
+    assert!(!stdout.contains("FAILED"), "{stdout}");
+    // Each branch's allowed flows are PROTECTed, the refused ones DISCARDed.
+    let rows = |from: &str, action: &str| {
+        stdout
+            .lines()
+            .filter(|l| l.starts_with(from) && l.contains(action))
+            .count()
+    };
+    assert_eq!(rows("branch1", "PROTECT"), 6);
+    assert_eq!(rows("branch2", "PROTECT"), 6);
+    assert_eq!(rows("branch1", "DISCARD"), 3); // telnet, unknown subnet, SMB to a non-print host
+    assert_eq!(rows("branch2", "DISCARD"), 2);
+
+    // With --policy FILE.
+    let policy = example();
+    let o = ipsec(&["demo", "--policy", policy.to_str().unwrap()]);
+    assert!(o.status.success());
+    let o = ipsec(&["demo", "--policy", "/nonexistent.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+// --- lint, firewall, test, explain --------------------------------------------------
+
+#[test]
+fn lint_firewall_test_explain_on_the_example() {
+    let policy = example();
+    let p = policy.to_str().unwrap();
+    let o = ipsec(&["policy", "lint", p, "--json"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(json_lines(&o).iter().all(|f| f["severity"] != "error"));
+
+    let o = ipsec(&["policy", "firewall", p, "--json"]);
+    assert!(o.status.success());
+    let v = json_lines(&o);
+    let has = |from: &str, to: &str, proto: u64, port: Option<u64>| {
+        v.iter().any(|x| {
+            x["from"] == from
+                && x["to"] == to
+                && x["protocol"] == proto
+                && x["port"].as_u64() == port
+        })
+    };
+    assert!(has("198.51.100.2", "192.0.2.1", 50, None), "{v:?}");
+    assert!(has("192.0.2.1", "203.0.113.2", 17, Some(500)), "{v:?}");
+    assert!(!v.iter().any(|x| x["protocol"] == 51), "no AH: {v:?}");
+
+    let dir = TempDir::new("cases");
+    let cases = dir.path("cases.toml");
+    std::fs::write(
+        &cases,
+        r#"
+[[case]]
+name = "b2 prints"
+direction = "inbound"
+src = "10.2.0.9"
+dst = "10.0.0.30"
+protocol = "tcp"
+src_port = 40000
+dst_port = 631
+expect = "protect"
+policy = "b2-print-ipp"
+
+[[case]]
+name = "telnet is refused"
+direction = "inbound"
+src = "10.2.0.9"
+dst = "10.0.0.10"
+protocol = "tcp"
+src_port = 40000
+dst_port = 23
+expect = "discard"
+"#,
+    )
+    .unwrap();
+    let o = ipsec(&["policy", "test", p, cases.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
+    let text = std::fs::read_to_string(&cases)
+        .unwrap()
+        .replace("expect = \"discard\"", "expect = \"bypass\"");
+    std::fs::write(&cases, text).unwrap();
+    let o = ipsec(&["policy", "test", p, cases.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v = json_lines(&o);
+    assert_eq!(v[1]["passed"], false);
+    assert_eq!(v[1]["policy"], "deny-everything-else");
+    std::fs::write(&cases, "[[case]]\nbogus = 1\n").unwrap();
+    let o = ipsec(&["policy", "test", p, cases.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+
+    let o = ipsec(&["policy", "explain", p, "--json"]);
+    assert!(o.status.success());
+    let v = json_lines(&o);
+    assert!(
+        v.iter()
+            .any(|x| x["policy"] == "b1-rdp" && x["inside"] == true && x["hit"] == "b1-rdp"),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn lint_reports_every_problem_and_exits_1() {
+    let dir = TempDir::new("lint");
+    let policy = dir.path("bad.toml");
+    std::fs::write(
+        &policy,
+        r#"
+[[policy]]
+name = "a"
+local = "10.0.0.0/33"
+action = "bypass"
+
+[[policy]]
+name = "b"
+protocol = "tcp"
+local_port = "9-1"
+action = "discard"
+"#,
+    )
+    .unwrap();
+    let o = ipsec(&["policy", "lint", policy.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v = json_lines(&o);
+    let invalid: Vec<&Value> = v.iter().filter(|x| x["code"] == "invalid").collect();
+    assert!(invalid.len() >= 2, "{v:?}");
+    assert!(invalid.iter().any(|x| x["policy"] == "a"), "{v:?}");
+    assert!(invalid.iter().any(|x| x["policy"] == "b"), "{v:?}");
+    let o = ipsec(&["policy", "lint", policy.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("invalid"));
+}
