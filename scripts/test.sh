@@ -39,6 +39,11 @@ fi
 stage "release CLI"
 cargo build --release --locked -p ipsec-cli
 
+stage "examples: the demo, and the branch-office policy linted and tested"
+./target/release/ipsec demo >/dev/null
+./target/release/ipsec policy lint examples/branch-office.toml
+./target/release/ipsec policy test examples/branch-office.toml examples/branch-office-cases.toml
+
 stage "Python venv (pytest, scapy)"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
