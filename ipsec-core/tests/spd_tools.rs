@@ -1084,3 +1084,48 @@ proptest! {
         }
     }
 }
+
+/// `ipsec policy lint` must report every problem of a file in one run: load errors of
+/// the broken policies and the analysis of the policies that did load, each finding
+/// naming its policy once.
+#[test]
+fn lint_toml_reports_load_errors_and_lints_the_rest() {
+    let text = r#"
+[[policy]]
+name = "web"
+direction = "outbound"
+local = "10.0.0.0/24"
+protocol = "tcp"
+remote_port = 50
+action = "bypass"
+
+[[policy]]
+name = "web-narrow"
+direction = "outbound"
+local = "10.0.0.5"
+protocol = "tcp"
+remote_port = 50
+action = "discard"
+
+[[policy]]
+name = "broken"
+direction = "outbound"
+local = "10.0.0.300/24"
+action = "bypass"
+"#;
+    let findings = lint_toml(text);
+    let has = |code: &str, policy: &str| {
+        findings
+            .iter()
+            .any(|f| f.code == code && f.policy.as_deref() == Some(policy))
+    };
+    assert!(has("invalid", "broken"), "{findings:#?}");
+    assert!(has("shadowed", "web-narrow"), "{findings:#?}");
+    assert!(has("protocol-number-as-port", "web"), "{findings:#?}");
+    let invalid = findings.iter().find(|f| f.code == "invalid").unwrap();
+    assert!(
+        invalid.message.starts_with("local: "),
+        "the policy is named once, by the finding: {}",
+        invalid.message
+    );
+}

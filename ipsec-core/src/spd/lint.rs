@@ -49,7 +49,7 @@
 use crate::error::ConfigError;
 use crate::sa::Direction;
 use crate::spd::selector::{has_ports, is_icmp};
-use crate::spd::{Action, Flow, Policy, Spd};
+use crate::spd::{Action, EngineKind, Flow, Policy, Spd};
 use core::fmt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -130,20 +130,36 @@ impl fmt::Display for Finding {
 /// Lints a policy file's text: every load error as an `invalid` finding (all of them,
 /// not just the first), or, when the file loads, the findings of [`Spd::lint`].
 pub fn lint_toml(text: &str) -> Vec<Finding> {
-    match Spd::from_toml_all_errors(text) {
-        Ok(spd) => spd.lint(),
-        Err(errors) => errors.iter().map(invalid).collect(),
+    let (policies, sas, errors) = super::parse::parse(text);
+    let mut findings: Vec<Finding> = errors.iter().map(invalid).collect();
+    // Lint the policies that did load, so that one run reports every problem in the
+    // file (unless nothing loaded at all, e.g. broken TOML: then there is nothing to
+    // analyse and a "no catch-all" finding would only be noise).
+    if errors.is_empty() || !policies.is_empty() {
+        findings.extend(Spd::build(policies, sas, EngineKind::Partitioned).lint());
     }
+    findings
 }
 
 fn invalid(e: &ConfigError) -> Finding {
-    // Policy errors are reported as `policy "NAME": key`.
-    let policy = e
+    // Policy errors are reported as `policy "NAME": key: message`: the finding names the
+    // policy once, and its message starts at the key.
+    let named = e
         .field()
         .strip_prefix("policy \"")
-        .and_then(|rest| rest.split_once("\":"))
-        .map(|(name, _)| name);
-    Finding::new(Severity::Error, "invalid", policy, e.to_string())
+        .and_then(|rest| rest.split_once('"'));
+    match named {
+        Some((name, rest)) => {
+            let key = rest.trim_start_matches(':').trim();
+            let message = if key.is_empty() {
+                e.message().to_string()
+            } else {
+                format!("{key}: {}", e.message())
+            };
+            Finding::new(Severity::Error, "invalid", Some(name), message)
+        }
+        None => Finding::new(Severity::Error, "invalid", None, e.to_string()),
+    }
 }
 
 // ---------------------------------------------------------------------------------
