@@ -12,25 +12,7 @@ use ipsec_core::{Action, Direction, Flow, Spd, SpdCache};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-const SAS: &str = r#"
-[[sa]]
-name = "o"
-spi = 0x100
-direction = "outbound"
-mode = "tunnel"
-cipher = "aes-128-gcm"
-key = "00112233445566778899aabbccddeeff01020304"
-tunnel_src = "192.0.2.1"
-tunnel_dst = "192.0.2.2"
-
-[[sa]]
-name = "i"
-spi = 0x101
-direction = "inbound"
-mode = "tunnel"
-cipher = "aes-128-gcm"
-key = "00112233445566778899aabbccddeeff01020304"
-"#;
+const SAS: &str = include_str!("../../ipsec-core/tests/data/sa-pair.toml");
 
 /// Fuzz target `policy_parse`: any text is either a policy set or a list of errors.
 pub fn policy_parse(data: &[u8]) {

@@ -7,25 +7,7 @@ use ipsec_core::{Action, Direction, Flow, Spd, SpdCache};
 use proptest::prelude::*;
 use std::net::IpAddr;
 
-const SAS: &str = r#"
-[[sa]]
-name = "o"
-spi = 0x100
-direction = "outbound"
-mode = "tunnel"
-cipher = "aes-128-gcm"
-key = "00112233445566778899aabbccddeeff01020304"
-tunnel_src = "192.0.2.1"
-tunnel_dst = "192.0.2.2"
-
-[[sa]]
-name = "i"
-spi = 0x101
-direction = "inbound"
-mode = "tunnel"
-cipher = "aes-128-gcm"
-key = "00112233445566778899aabbccddeeff01020304"
-"#;
+const SAS: &str = include_str!("data/sa-pair.toml");
 
 fn v4(i: u8) -> String {
     format!("10.0.0.{i}")

@@ -6,25 +6,10 @@ use ipsec_core::{Action, Direction, Flow, Spd};
 use proptest::prelude::*;
 use std::net::IpAddr;
 
-const SAS: &str = r#"
-[[sa]]
-name = "o"
-spi = 0x100
-direction = "outbound"
-mode = "tunnel"
-cipher = "aes-128-gcm"
-key = "00112233445566778899aabbccddeeff01020304"
-tunnel_src = "192.0.2.1"
-tunnel_dst = "192.0.2.2"
-
-[[sa]]
-name = "i"
-spi = 0x101
-direction = "inbound"
-mode = "tunnel"
-cipher = "aes-128-gcm"
-key = "00112233445566778899aabbccddeeff01020304"
-
+/// The shared SA pair plus a second outbound SA ("o2").
+const SAS: &str = concat!(
+    include_str!("data/sa-pair.toml"),
+    r#"
 [[sa]]
 name = "o2"
 spi = 0x102
@@ -34,7 +19,8 @@ cipher = "aes-128-gcm"
 key = "00112233445566778899aabbccddeeff01020304"
 tunnel_src = "192.0.2.1"
 tunnel_dst = "192.0.2.2"
-"#;
+"#
+);
 
 /// IKE bypass (so that `ike-blocked` stays quiet) + the given rules + a catch-all.
 fn spd(rules: &str) -> Spd {
