@@ -1,9 +1,9 @@
 //! End-to-end tests of the `ipsec` binary.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ipsec");
+mod common;
+use common::{TempDir, checksum, ipsec};
 
 const SA_TOML: &str = r#"
 [[sa]]
@@ -34,37 +34,6 @@ key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 integrity = "hmac-sha256-128"
 integrity_key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 "#;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("ipsec-cli-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut acc = 0u32;
-    for c in data.chunks(2) {
-        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
 
 /// IPv4/UDP packet with a recognisable payload.
 fn ipv4_udp(id: u16, payload: &[u8]) -> Vec<u8> {
@@ -154,10 +123,6 @@ fn read_pcap(path: &Path) -> (u32, Vec<Vec<u8>>) {
         at += 16 + len;
     }
     (linktype, pkts)
-}
-
-fn ipsec(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run ipsec")
 }
 
 fn s(p: &Path) -> &str {
