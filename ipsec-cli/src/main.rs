@@ -38,6 +38,19 @@ impl CliError {
     pub(crate) fn failure(message: String) -> Self {
         CliError { code: 1, message }
     }
+
+    /// A failure to write the output. When the reader went away (`ipsec ... | head`),
+    /// the command just stops, quietly and successfully, as Unix tools do.
+    pub(crate) fn output(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            CliError {
+                code: 0,
+                message: String::new(),
+            }
+        } else {
+            CliError::failure(format!("writing the output: {e}"))
+        }
+    }
 }
 
 /// How a command that ran to its end went.
@@ -255,7 +268,9 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("ipsec: error: {}", e.message);
+            if !e.message.is_empty() {
+                eprintln!("ipsec: error: {}", e.message);
+            }
             ExitCode::from(e.code)
         }
     }

@@ -155,7 +155,7 @@ pub(crate) fn parse_flow(line: &str) -> Result<Flow, String> {
 
 fn write_opt<W: Write>(out: &mut W, v: Option<&str>) -> std::io::Result<()> {
     match v {
-        Some(s) => serde_json::to_writer(&mut *out, s).map_err(std::io::Error::other),
+        Some(s) => serde_json::to_writer(&mut *out, s).map_err(std::io::Error::from),
         None => out.write_all(b"null"),
     }
 }
@@ -187,7 +187,7 @@ pub(crate) fn lookup(policy: &Path, flows: &Path, cache: bool) -> Result<Outcome
     let mut cache = cache.then(|| SpdCache::new(&spd, 4096));
     let mut line = String::new();
     let (mut lineno, mut flows_read, mut bad) = (0usize, 0usize, 0usize);
-    let io_err = |e: std::io::Error| CliError::failure(format!("writing the output: {e}"));
+    let io_err = CliError::output;
     loop {
         line.clear();
         let n = reader.read_line(&mut line).map_err(|e| {
@@ -221,7 +221,7 @@ pub(crate) fn lookup(policy: &Path, flows: &Path, cache: bool) -> Result<Outcome
                 bad += 1;
                 out.write_all(b"{\"error\":").map_err(io_err)?;
                 serde_json::to_writer(&mut out, &format!("line {lineno}: {e}"))
-                    .map_err(|e| io_err(std::io::Error::other(e)))?;
+                    .map_err(|e| io_err(e.into()))?;
                 out.write_all(b"}\n").map_err(io_err)?;
             }
         }
@@ -405,7 +405,7 @@ pub(crate) fn explain(policy: &Path, json_out: bool) -> Result<Outcome, CliError
     let probes = spd.probes();
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let io_err = |e: std::io::Error| CliError::failure(format!("writing the output: {e}"));
+    let io_err = CliError::output;
     let mut current: Option<&str> = None;
     for p in &probes {
         if json_out {

@@ -567,3 +567,40 @@ action = "discard"
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains("invalid"));
 }
+
+/// `ipsec policy lookup ... | head -1`: when the reader goes away the command stops
+/// quietly with success, as Unix tools do, instead of reporting a broken pipe.
+#[test]
+fn lookup_stops_quietly_when_the_reader_goes_away() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new("epipe");
+    let flows = dir.path("flows.csv");
+    let line = "inbound,10.1.0.15,10.0.0.10,tcp,50000,3389\n";
+    std::fs::write(&flows, line.repeat(200_000)).unwrap();
+    let policy = example();
+    let mut child = Command::new(BIN)
+        .args(["policy", "lookup", policy.to_str().unwrap(), "--flows"])
+        .arg(&flows)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("\"b1-rdp\""), "{first}");
+    // The reader is dropped here: the rest of the output has nowhere to go.
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
