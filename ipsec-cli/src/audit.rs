@@ -24,6 +24,7 @@ use crate::pcap_cmd::find_spi;
 use crate::policy_cmd::load_spd;
 use crate::{CliError, Outcome};
 use ipsec_core::error::{Error, Malformed};
+use ipsec_core::packet::NAT_T_PORT;
 use ipsec_core::spd::selector::protocol_name;
 use ipsec_core::{Action, Decision, Direction, Flow, SecurityAssociation};
 use serde_json::{Value, json};
@@ -132,7 +133,7 @@ pub(crate) fn run(policy: &Path, capture: &Path, json: bool) -> Result<Outcome, 
             continue;
         };
         match proto {
-            50 => match find_spi(ip, &[]) {
+            50 => match find_spi(ip, &[NAT_T_PORT]) {
                 Ok(spi) => *s.esp.entry(spi).or_default() += 1,
                 Err(_) => s.malformed += 1,
             },
@@ -154,7 +155,7 @@ pub(crate) fn run(policy: &Path, capture: &Path, json: bool) -> Result<Outcome, 
             continue;
         }
         if proto == 17 {
-            match find_spi(ip, &[]) {
+            match find_spi(ip, &[NAT_T_PORT]) {
                 Ok(spi) => {
                     *s.esp_udp.entry(spi).or_default() += 1;
                     continue;

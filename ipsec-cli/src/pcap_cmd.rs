@@ -4,7 +4,7 @@ use crate::netpkt::ip_offset;
 use crate::pcap::{self, Capture, Record};
 use crate::{CliError, Outcome};
 use ipsec_core::error::{Error, Malformed};
-use ipsec_core::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
+use ipsec_core::packet::{self, NAT_T_PORT};
 use ipsec_core::sa_file::parse_sa_file;
 use ipsec_core::{Direction, DropReason, PacketBuf, SecurityAssociation};
 use std::collections::BTreeMap;
@@ -68,43 +68,13 @@ fn create_sas(
 }
 
 /// Finds the SPI of an ESP or UDP-encapsulated ESP packet. `nat_ports` are the UDP
-/// ports (besides 4500) that carry ESP.
+/// ports that carry ESP (4500, and those the SAs of the file encapsulate with).
 pub(crate) fn find_spi(ip: &[u8], nat_ports: &[u16]) -> Result<u32, Error> {
-    let m = Error::Malformed;
-    let info = packet::parse_ip(ip).map_err(m)?;
-    let (hdr, proto) = match info.version {
-        IpVersion::V4 => (info.header_len, info.protocol),
-        _ => {
-            let (hdr, _, proto) = packet::ipv6_upper_layer(ip, info.total_len).map_err(m)?;
-            (hdr, proto)
-        }
-    };
-    let body = &ip[hdr.min(info.total_len)..info.total_len];
-    let esp = match proto {
-        IPPROTO_ESP => body,
-        IPPROTO_UDP if body.len() >= 8 => {
-            let sport = u16::from_be_bytes([body[0], body[1]]);
-            let dport = u16::from_be_bytes([body[2], body[3]]);
-            let ours = |p: u16| p == NAT_T_PORT || nat_ports.contains(&p);
-            if !(ours(dport) || ours(sport)) {
-                return Err(m(Malformed::NotEsp));
-            }
-            let esp = &body[8..];
-            if esp == [0xff] {
-                return Err(m(Malformed::NatKeepalive));
-            }
-            if esp.len() >= 4 && esp[..4] == [0, 0, 0, 0] {
-                return Err(m(Malformed::NonEspMarker));
-            }
-            esp
-        }
-        IPPROTO_UDP => return Err(m(Malformed::Truncated)),
-        _ => return Err(m(Malformed::NotEsp)),
-    };
-    if esp.len() < 8 {
-        return Err(m(Malformed::Truncated));
+    let pos = packet::locate_esp(ip, Some(nat_ports)).map_err(Error::Malformed)?;
+    match ip[pos.esp..pos.ip.total_len].get(..8) {
+        Some(h) => Ok(u32::from_be_bytes([h[0], h[1], h[2], h[3]])),
+        None => Err(Error::Malformed(Malformed::Truncated)),
     }
-    Ok(u32::from_be_bytes([esp[0], esp[1], esp[2], esp[3]]))
 }
 
 /// Runs one `pcap` subcommand.
@@ -167,7 +137,7 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
     };
     // Inbound SAs by SPI; a duplicate SPI would make the choice ambiguous.
     let mut by_spi: BTreeMap<u32, usize> = BTreeMap::new();
-    let mut nat_ports = Vec::new();
+    let mut nat_ports = vec![NAT_T_PORT];
     if args.op == Op::Decrypt {
         for &i in &chosen {
             if let Some(&j) = by_spi.get(&sas[i].sa.spi()) {

@@ -363,38 +363,19 @@ impl SecurityAssociation {
     }
 
     fn decap(&mut self, pkt: &mut PacketBuf<'_>) -> Result<usize, Error> {
-        let info = packet::parse_ip(pkt.data()).map_err(Error::Malformed)?;
+        let data = pkt.data();
+        // Any UDP port: the caller chose this SA, so a UDP packet handed to it is
+        // meant as ESP in UDP.
+        let pos = packet::locate_esp(data, None).map_err(Error::Malformed)?;
+        let info = pos.ip;
         if info.is_fragment {
             return Err(Error::Malformed(Malformed::Fragment));
         }
-        let data = pkt.data();
         if info.version == IpVersion::V4 && !packet::ipv4_checksum_ok(&data[..info.header_len]) {
             return Err(Error::Malformed(Malformed::BadIpChecksum));
         }
         let total_len = info.total_len;
-        // `hdr`: end of the IP header chain; `nh_at`: the protocol byte naming ESP/UDP.
-        let (hdr, nh_at, proto) = match info.version {
-            IpVersion::V4 => (info.header_len, 9, info.protocol),
-            IpVersion::V6 => packet::ipv6_upper_layer(data, total_len).map_err(Error::Malformed)?,
-        };
-        let esp_rel = match proto {
-            IPPROTO_ESP => hdr,
-            IPPROTO_UDP => {
-                let udp = &data[hdr..total_len];
-                if udp.len() < UDP_HEADER_LEN {
-                    return Err(Error::Malformed(Malformed::Truncated));
-                }
-                let body = &udp[UDP_HEADER_LEN..];
-                if body == [0xff] {
-                    return Err(Error::Malformed(Malformed::NatKeepalive));
-                }
-                if body.len() >= 4 && body[..4] == [0, 0, 0, 0] {
-                    return Err(Error::Malformed(Malformed::NonEspMarker));
-                }
-                hdr + UDP_HEADER_LEN
-            }
-            _ => return Err(Error::Malformed(Malformed::NotEsp)),
-        };
+        let (hdr, nh_at, esp_rel) = (pos.header_end, pos.next_header_at, pos.esp);
         let iv_len = self.transform.iv_len;
         let icv_len = self.transform.icv_len;
         let esp_len = total_len - esp_rel;

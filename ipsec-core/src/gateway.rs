@@ -13,7 +13,7 @@
 
 use crate::buffer::PacketBuf;
 use crate::error::{ConfigError, Error, Malformed};
-use crate::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
+use crate::packet::{self, NAT_T_PORT};
 use crate::sa::{Direction, SaStats, SecurityAssociation};
 use crate::spd::{Action, Flow, Spd};
 use core::time::Duration;
@@ -184,32 +184,16 @@ impl Gateway {
     }
 }
 
-/// The SPI of an ESP packet (IP protocol 50, or UDP to the NAT-T port that is neither a
-/// keepalive nor IKE), or `None` for any other packet.
+/// The SPI of an ESP packet (IP protocol 50, or UDP to or from the NAT-T port that is
+/// neither a keepalive nor IKE), or `None` for any other packet.
 fn esp_spi(pkt: &[u8]) -> Result<Option<u32>, Malformed> {
-    let info = packet::parse_ip(pkt)?;
-    let (start, proto) = match info.version {
-        IpVersion::V4 => (info.header_len, info.protocol),
-        IpVersion::V6 => {
-            let (offset, _, proto) = packet::ipv6_upper_layer(pkt, info.total_len)?;
-            (offset, proto)
-        }
-    };
-    let body = &pkt[start..info.total_len];
-    let esp = match proto {
-        IPPROTO_ESP => body,
-        IPPROTO_UDP if body.len() >= 8 && u16::from_be_bytes([body[2], body[3]]) == NAT_T_PORT => {
-            let inner = &body[8..];
-            // A keepalive (0xFF) or the non-ESP marker (IKE) is not ESP: policy decides.
-            if inner == [0xff] || inner.get(..4) == Some(&[0, 0, 0, 0]) {
-                return Ok(None);
-            }
-            inner
-        }
-        _ => return Ok(None),
-    };
-    match esp.get(..4) {
-        Some(b) => Ok(Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))),
-        None => Err(Malformed::Truncated),
+    match packet::locate_esp(pkt, Some(&[NAT_T_PORT])) {
+        Ok(pos) => match pkt[pos.esp..pos.ip.total_len].get(..4) {
+            Some(b) => Ok(Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))),
+            None => Err(Malformed::Truncated),
+        },
+        // A keepalive or IKE on the NAT-T port, or no ESP at all: policy decides.
+        Err(Malformed::NotEsp | Malformed::NatKeepalive | Malformed::NonEspMarker) => Ok(None),
+        Err(e) => Err(e),
     }
 }

@@ -304,6 +304,68 @@ pub fn ipv6_upper_layer(pkt: &[u8], total_len: usize) -> Result<(usize, usize, u
     Err(Malformed::BadExtensionHeader)
 }
 
+/// Where ESP starts in a received IP packet: right after the IP header chain (RFC 4303)
+/// or inside UDP (RFC 3948).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EspPosition {
+    /// The outer IP header.
+    pub ip: IpInfo,
+    /// End of the IP header chain (IPv4 options and IPv6 extension headers included).
+    pub header_end: usize,
+    /// Offset of the next-header byte that names ESP or UDP.
+    pub next_header_at: usize,
+    /// Offset of the ESP header (the SPI); at most `ip.total_len`.
+    pub esp: usize,
+    /// True for ESP in UDP.
+    pub udp: bool,
+}
+
+/// Finds the ESP header of `pkt`. UDP counts as ESP in UDP when `udp_ports` is `None`
+/// or holds its source or destination port; then a NAT-T keepalive (a single 0xFF
+/// byte) and the non-ESP marker (four zero bytes: IKE) are recognised and refused as
+/// such. Anything else is [`Malformed::NotEsp`].
+#[inline]
+pub fn locate_esp(pkt: &[u8], udp_ports: Option<&[u16]>) -> Result<EspPosition, Malformed> {
+    let ip = parse_ip(pkt)?;
+    let (header_end, next_header_at, proto) = match ip.version {
+        IpVersion::V4 => (ip.header_len, 9, ip.protocol),
+        IpVersion::V6 => ipv6_upper_layer(pkt, ip.total_len)?,
+    };
+    let (esp, udp) = match proto {
+        IPPROTO_ESP => (header_end, false),
+        IPPROTO_UDP => {
+            let udp = &pkt[header_end..ip.total_len];
+            if udp.len() < UDP_HEADER_LEN {
+                return Err(Malformed::Truncated);
+            }
+            if let Some(ports) = udp_ports {
+                let sport = u16::from_be_bytes([udp[0], udp[1]]);
+                let dport = u16::from_be_bytes([udp[2], udp[3]]);
+                if !ports.contains(&sport) && !ports.contains(&dport) {
+                    return Err(Malformed::NotEsp);
+                }
+            }
+            let body = &udp[UDP_HEADER_LEN..];
+            if body == [0xff] {
+                return Err(Malformed::NatKeepalive);
+            }
+            if body.get(..4) == Some(&[0, 0, 0, 0]) {
+                return Err(Malformed::NonEspMarker);
+            }
+            (header_end + UDP_HEADER_LEN, true)
+        }
+        _ => return Err(Malformed::NotEsp),
+    };
+    Ok(EspPosition {
+        ip,
+        header_end,
+        next_header_at,
+        esp,
+        udp,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,5 +479,30 @@ mod tests {
         h[0] = 0x44; // IHL 16 bytes
         h[3] = 20;
         assert_eq!(parse_ip(&h), Err(Malformed::BadIpLength));
+    }
+
+    #[test]
+    fn locate_esp_finds_esp_and_esp_in_udp_only_on_the_given_ports() {
+        let mut p = vec![0u8; 20 + 8 + 12];
+        p[0] = 0x45;
+        p[3] = p.len() as u8;
+        p[9] = IPPROTO_ESP;
+        let pos = locate_esp(&p, Some(&[NAT_T_PORT])).unwrap();
+        assert_eq!(
+            (pos.header_end, pos.next_header_at, pos.esp, pos.udp),
+            (20, 9, 20, false)
+        );
+        p[9] = IPPROTO_UDP;
+        p[20..22].copy_from_slice(&4500u16.to_be_bytes());
+        p[28] = 0x10; // an SPI, not the non-ESP marker
+        assert_eq!(locate_esp(&p, Some(&[NAT_T_PORT])).unwrap().esp, 28);
+        assert_eq!(locate_esp(&p, Some(&[9999])), Err(Malformed::NotEsp));
+        assert_eq!(locate_esp(&p, None).unwrap().esp, 28);
+        p[28] = 0; // 0, 0, 0, 0: IKE
+        assert_eq!(locate_esp(&p, None), Err(Malformed::NonEspMarker));
+        p.truncate(29);
+        p[3] = 29;
+        p[28] = 0xff;
+        assert_eq!(locate_esp(&p, None), Err(Malformed::NatKeepalive));
     }
 }
