@@ -126,6 +126,19 @@ fn packets_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedBytes>> {
     Ok(out)
 }
 
+fn lifetime_arg(obj: Option<&Bound<'_, PyAny>>, field: &str) -> PyResult<Option<Lifetime>> {
+    match obj {
+        Some(o) if !o.is_none() => match o.cast::<PyLifetime>() {
+            Ok(l) => l.get().to_core().map(Some),
+            Err(_) => Err(PyTypeError::new_err(format!(
+                "{field} must be an ipsec.Lifetime or None, got {}",
+                convert::type_name(o)
+            ))),
+        },
+        _ => Ok(None),
+    }
+}
+
 fn now_arg(now: Option<f64>) -> PyResult<Option<Duration>> {
     now.map(|n| convert::seconds(n, "now", Bad::Value))
         .transpose()
@@ -202,7 +215,7 @@ impl PySecurityAssociation {
     #[pyo3(signature = (
         spi, direction, mode, cipher, key, integrity=None, integrity_key=None, esn=false,
         replay_window=None, tunnel_src=None, tunnel_dst=None, udp_encap=None, seq=None, *,
-        soft_lifetime=None, hard_lifetime=None, padding="blocks", tfc_pad_to=None,
+        soft_lifetime=None, hard_lifetime=None, padding=None, tfc_pad_to=None,
         outer_ttl=None, now=0.0
     ), text_signature = "(spi, direction, mode, cipher, key, integrity=None, integrity_key=b'', \
         esn=False, replay_window=64, tunnel_src=None, tunnel_dst=None, udp_encap=None, seq=0, *, \
@@ -223,9 +236,9 @@ impl PySecurityAssociation {
         tunnel_dst: Option<&Bound<'_, PyAny>>,
         udp_encap: Option<&Bound<'_, PyAny>>,
         seq: Option<&Bound<'_, PyAny>>,
-        soft_lifetime: Option<&Bound<'_, PyLifetime>>,
-        hard_lifetime: Option<&Bound<'_, PyLifetime>>,
-        padding: &str,
+        soft_lifetime: Option<&Bound<'_, PyAny>>,
+        hard_lifetime: Option<&Bound<'_, PyAny>>,
+        padding: Option<&Bound<'_, PyAny>>,
         tfc_pad_to: Option<&Bound<'_, PyAny>>,
         outer_ttl: Option<&Bound<'_, PyAny>>,
         now: f64,
@@ -300,13 +313,15 @@ impl PySecurityAssociation {
         if let Some(s) = convert::opt_int::<u64>(seq, "seq", Bad::Config)? {
             cfg.seq(s);
         }
-        if let Some(l) = soft_lifetime {
-            cfg.soft_lifetime(l.get().to_core()?);
+        if let Some(l) = lifetime_arg(soft_lifetime, "soft_lifetime")? {
+            cfg.soft_lifetime(l);
         }
-        if let Some(l) = hard_lifetime {
-            cfg.hard_lifetime(l.get().to_core()?);
+        if let Some(l) = lifetime_arg(hard_lifetime, "hard_lifetime")? {
+            cfg.hard_lifetime(l);
         }
-        cfg.padding(EspPadding::from_name(padding).map_err(Failure::from)?);
+        if let Some(p) = padding.filter(|p| !p.is_none()) {
+            cfg.padding(EspPadding::from_name(&name(p, "padding")?).map_err(Failure::from)?);
+        }
         if let Some(n) = convert::opt_int::<u16>(tfc_pad_to, "tfc_pad_to", Bad::Config)? {
             cfg.tfc_padding(TfcPadding::PadTo(n));
         }
@@ -775,7 +790,8 @@ pub(crate) fn load_sas<'py>(
 
 /// The SPI of an ESP (or ESP-in-UDP on one of `udp_ports`) packet.
 #[pyfunction]
-#[pyo3(signature = (packet, *, udp_ports=vec![ipsec_core::packet::NAT_T_PORT]))]
+#[pyo3(signature = (packet, *, udp_ports=vec![ipsec_core::packet::NAT_T_PORT]),
+       text_signature = "(packet, *, udp_ports=(4500,))")]
 pub(crate) fn esp_spi(packet: &Bound<'_, PyAny>, udp_ports: Vec<u16>) -> PyResult<u32> {
     let data = packet_arg(packet, "packet")?;
     let pos = ipsec_core::packet::locate_esp(&data, Some(&udp_ports)).map_err(Failure::from)?;
