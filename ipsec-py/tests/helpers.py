@@ -100,7 +100,7 @@ def sa_pair(
 def checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    s = int(sum(struct.unpack("!%dH" % (len(data) // 2), data)))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return (~s) & 0xFFFF

@@ -8,7 +8,7 @@ import os
 import random
 import struct
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import pytest
 
@@ -78,7 +78,8 @@ def test_bytearray_input_and_iterables() -> None:
     out, inb = sa_pair()
     pkt = udp4(7)
     a = out.encrypt(bytearray(pkt))
-    b_list = out.encrypt_many(p for p in [pkt, bytearray(pkt)])
+    mixed: list[Union[bytes, bytearray]] = [pkt, bytearray(pkt)]
+    b_list = out.encrypt_many(p for p in mixed)
     assert [inb.decrypt(a)] + inb.decrypt_many(tuple(b_list)) == [pkt] * 3
     assert out.encrypt_many([]) == [] and inb.decrypt_many([]) == []
 
@@ -472,7 +473,7 @@ def test_policy_free_optional_kwargs() -> None:
 
 def test_unknown_keyword_message() -> None:
     with pytest.raises(TypeError, match="unexpected keyword"):
-        ipsec.SecurityAssociation(**BASE, window=3)
+        ipsec.SecurityAssociation(**BASE, window=3)  # type: ignore[call-arg]
 
 
 def test_none_means_default_for_optional_ints() -> None:
