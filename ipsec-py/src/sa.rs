@@ -788,13 +788,13 @@ pub(crate) fn load_sas<'py>(
     sas_dict(py, &text, now)
 }
 
-/// The SPI of an ESP (or ESP-in-UDP on one of `udp_ports`) packet.
+/// The SPI of an ESP packet, or of ESP in UDP on one of `udp_ports` (default: 4500).
 #[pyfunction]
-#[pyo3(signature = (packet, *, udp_ports=vec![ipsec_core::packet::NAT_T_PORT]),
-       text_signature = "(packet, *, udp_ports=(4500,))")]
-pub(crate) fn esp_spi(packet: &Bound<'_, PyAny>, udp_ports: Vec<u16>) -> PyResult<u32> {
+#[pyo3(signature = (packet, *, udp_ports=None))]
+pub(crate) fn esp_spi(packet: &Bound<'_, PyAny>, udp_ports: Option<Vec<u16>>) -> PyResult<u32> {
     let data = packet_arg(packet, "packet")?;
-    let pos = ipsec_core::packet::locate_esp(&data, Some(&udp_ports)).map_err(Failure::from)?;
+    let ports = udp_ports.unwrap_or_else(|| vec![ipsec_core::packet::NAT_T_PORT]);
+    let pos = ipsec_core::packet::locate_esp(&data, Some(&ports)).map_err(Failure::from)?;
     match data[pos.esp..pos.ip.total_len].get(..4) {
         Some(h) => Ok(u32::from_be_bytes([h[0], h[1], h[2], h[3]])),
         None => Err(Failure::from(ipsec_core::Malformed::Truncated).into()),
