@@ -38,6 +38,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, TryLockError};
+use zeroize::Zeroizing;
 
 /// What the mutex protects: the core SA, the caller's latest time, a decrypt scratch
 /// buffer.
@@ -96,6 +97,38 @@ fn packet_arg<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> PyResult<Cow<'a, [u
             "{field} must be bytes or bytearray, got {}",
             convert::type_name(obj)
         )))
+    }
+}
+
+/// A key argument: `bytes` is borrowed, `bytearray` copied into memory that is wiped
+/// when dropped (the core keeps its own zeroized copy).
+fn key_arg<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> PyResult<KeyBytes<'a>> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        Ok(KeyBytes::Borrowed(b.as_bytes()))
+    } else if let Ok(b) = obj.cast::<PyByteArray>() {
+        Ok(KeyBytes::Owned(Zeroizing::new(b.to_vec())))
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "{field} must be bytes or bytearray, got {}",
+            convert::type_name(obj)
+        )))
+    }
+}
+
+/// Key bytes, borrowed from a `bytes` object or a wiped-on-drop copy.
+enum KeyBytes<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Zeroizing<Vec<u8>>),
+}
+
+impl core::ops::Deref for KeyBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            KeyBytes::Borrowed(b) => b,
+            KeyBytes::Owned(v) => v,
+        }
     }
 }
 
@@ -251,10 +284,10 @@ impl PySecurityAssociation {
             Direction::from_name(&name(direction, "direction")?).map_err(Failure::from)?;
         let mode = Mode::from_name(&name(mode, "mode")?).map_err(Failure::from)?;
         let cipher = Cipher::from_name(&name(cipher, "cipher")?).map_err(Failure::from)?;
-        let key = packet_arg(key, "key")?;
+        let key = key_arg(key, "key")?;
         let mut cfg = SaConfig::new(spi, direction, mode, cipher, &key);
         let integrity_key = match integrity_key {
-            Some(k) if !k.is_none() => Some(packet_arg(k, "integrity_key")?),
+            Some(k) if !k.is_none() => Some(key_arg(k, "integrity_key")?),
             _ => None,
         };
         match integrity {

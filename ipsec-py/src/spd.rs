@@ -541,3 +541,17 @@ impl PySpd {
 pub(crate) fn py_lint_toml(text: &str) -> Vec<PyFinding> {
     lint_toml(text).into_iter().map(PyFinding::from).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::str_repr;
+
+    #[test]
+    fn str_repr_quotes_like_python() {
+        assert_eq!(str_repr("abc"), "'abc'");
+        assert_eq!(str_repr("it's"), "\"it's\"");
+        assert_eq!(str_repr("a'b\"c"), "'a\\'b\"c'");
+        assert_eq!(str_repr("x\ny\\"), "'x\\ny\\\\'");
+        assert_eq!(str_repr("\u{1}"), "'\\x01'");
+    }
+}

@@ -320,8 +320,8 @@ sa = ["s-out", "s-in"]
     ike = [f for f in findings if f.code == "ike-blocked"]
     assert ike and ike[0].severity == "error" and ike[0].policy == "all-protected"
     assert "ike-blocked" in str(ike[0]) and ike[0].message in str(ike[0])
-    assert repr(ike[0]).startswith("Finding(severity='error', code='ike-blocked', "
-                                   "policy='all-protected', message=")
+    assert repr(ike[0]) == ("Finding(severity='error', code='ike-blocked', "
+                            "policy='all-protected', message=%r)" % ike[0].message)
 
 
 def test_lint_clean_example_and_lint_toml() -> None:
