@@ -10,6 +10,8 @@ must decrypt exactly once, and each deliberately re-sent copy must be refused as
 from __future__ import annotations
 
 import queue
+import sys
+import time
 import random
 import threading
 from collections import Counter
@@ -127,3 +129,38 @@ def test_eight_threads_share_two_sas() -> None:
     assert s_in["replay"] == sum(replays_sent)
     assert sum(v for k, v in s_in.items() if k not in ("packets", "bytes", "replay")) == 0
     assert inb.seq == TOTAL
+
+
+def test_batches_release_the_gil() -> None:
+    """With a 10 s switch interval the interpreter never takes the GIL away from a thread
+    by itself: the main thread can only run while the worker is inside a batch if the
+    batch released the GIL."""
+    out, inb = sa_pair(replay_window=0)
+    batch = [udp4(i, size=512) for i in range(20000)]
+    protected = out.encrypt_many(batch[:100])
+    old = sys.getswitchinterval()
+    ran_during: list[int] = []
+    for call in ("encrypt_many", "decrypt_many"):
+        started = threading.Event()
+
+        def worker(call: str = call) -> None:
+            started.set()
+            if call == "encrypt_many":
+                out.encrypt_many(batch)
+            else:
+                inb.decrypt_many(protected * 200)
+
+        sys.setswitchinterval(10.0)
+        try:
+            t = threading.Thread(target=worker)
+            t.start()
+            started.wait()
+            count = 0
+            while t.is_alive():
+                count += 1
+                time.sleep(0)
+            t.join()
+        finally:
+            sys.setswitchinterval(old)
+        ran_during.append(count)
+    assert all(c > 0 for c in ran_during), ran_during
