@@ -6,8 +6,9 @@ use crate::errors::config;
 use core::time::Duration;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyInt, PyString};
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyString};
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 /// How a bad value is reported.
 #[derive(Clone, Copy)]
@@ -137,4 +138,65 @@ pub(crate) fn protocol(obj: &Bound<'_, PyAny>) -> PyResult<u8> {
         )),
         Err(e) => Err(PyValueError::new_err(format!("protocol: {e}"))),
     }
+}
+
+/// A `bool` argument (`None` or absent: `default`).
+pub(crate) fn boolean(
+    obj: Option<&Bound<'_, PyAny>>,
+    field: &str,
+    default: bool,
+) -> PyResult<bool> {
+    match obj {
+        Some(o) if !o.is_none() => o.cast::<PyBool>().map(|b| b.is_true()).map_err(|_| {
+            PyTypeError::new_err(format!("{field} must be a bool, got {}", type_name(o)))
+        }),
+        _ => Ok(default),
+    }
+}
+
+/// An optional time in seconds (an int or a float); `None` or absent: `None`.
+pub(crate) fn opt_seconds(
+    obj: Option<&Bound<'_, PyAny>>,
+    field: &str,
+    kind: Bad,
+) -> PyResult<Option<Duration>> {
+    match obj {
+        Some(o) if !o.is_none() => {
+            if o.is_instance_of::<PyBool>()
+                || !(o.is_instance_of::<PyFloat>() || o.is_instance_of::<PyInt>())
+            {
+                return Err(PyTypeError::new_err(format!(
+                    "{field} must be a number of seconds (int or float), got {}",
+                    type_name(o)
+                )));
+            }
+            let value: f64 = o
+                .extract()
+                .map_err(|_| bad_value(kind, field, format!("{o} is not a time in seconds")))?;
+            seconds(value, field, kind).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A text argument, copied.
+pub(crate) fn text(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<String> {
+    Ok(string(obj, field)?.to_cow()?.into_owned())
+}
+
+/// A file path: a `str` or an `os.PathLike`.
+pub(crate) fn path(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<PathBuf> {
+    obj.extract::<PathBuf>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{field} must be a str or an os.PathLike, got {}",
+            type_name(obj)
+        ))
+    })
+}
+
+/// A `bytes` argument, borrowed.
+pub(crate) fn bytes<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> PyResult<&'a [u8]> {
+    obj.cast::<PyBytes>()
+        .map(|b| b.as_bytes())
+        .map_err(|_| PyTypeError::new_err(format!("{field} must be bytes, got {}", type_name(obj))))
 }

@@ -16,13 +16,14 @@ pub(crate) struct PyReplayWindow {
 #[pymethods]
 impl PyReplayWindow {
     #[new]
-    #[pyo3(signature = (size=None, esn=false, *, highest=None),
+    #[pyo3(signature = (size=None, esn=None, *, highest=None),
            text_signature = "(size=64, esn=False, *, highest=0)")]
     fn new(
         size: Option<&Bound<'_, PyAny>>,
-        esn: bool,
+        esn: Option<&Bound<'_, PyAny>>,
         highest: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let esn = convert::boolean(esn, "esn", false)?;
         let size: u32 = convert::opt_int(size, "size", Bad::Config)?.unwrap_or(64);
         let highest: u64 = convert::opt_int(highest, "highest", Bad::Config)?.unwrap_or(0);
         let window = ReplayWindow::with_highest(size, esn, highest).map_err(Failure::from)?;

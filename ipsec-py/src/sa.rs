@@ -36,7 +36,6 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use zeroize::Zeroizing;
 
@@ -172,9 +171,8 @@ fn lifetime_arg(obj: Option<&Bound<'_, PyAny>>, field: &str) -> PyResult<Option<
     }
 }
 
-fn now_arg(now: Option<f64>) -> PyResult<Option<Duration>> {
-    now.map(|n| convert::seconds(n, "now", Bad::Value))
-        .transpose()
+fn now_arg(now: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+    convert::opt_seconds(now, "now", Bad::Value)
 }
 
 impl PySecurityAssociation {
@@ -246,10 +244,10 @@ impl PySecurityAssociation {
     /// Creates an SA. See the package documentation for every argument.
     #[new]
     #[pyo3(signature = (
-        spi, direction, mode, cipher, key, integrity=None, integrity_key=None, esn=false,
+        spi, direction, mode, cipher, key, integrity=None, integrity_key=None, esn=None,
         replay_window=None, tunnel_src=None, tunnel_dst=None, udp_encap=None, seq=None, *,
         soft_lifetime=None, hard_lifetime=None, padding=None, tfc_pad_to=None,
-        outer_ttl=None, now=0.0
+        outer_ttl=None, now=None
     ), text_signature = "(spi, direction, mode, cipher, key, integrity=None, integrity_key=b'', \
         esn=False, replay_window=64, tunnel_src=None, tunnel_dst=None, udp_encap=None, seq=0, *, \
         soft_lifetime=None, hard_lifetime=None, padding='blocks', tfc_pad_to=None, outer_ttl=64, \
@@ -263,7 +261,7 @@ impl PySecurityAssociation {
         key: &Bound<'_, PyAny>,
         integrity: Option<&Bound<'_, PyAny>>,
         integrity_key: Option<&Bound<'_, PyAny>>,
-        esn: bool,
+        esn: Option<&Bound<'_, PyAny>>,
         replay_window: Option<&Bound<'_, PyAny>>,
         tunnel_src: Option<&Bound<'_, PyAny>>,
         tunnel_dst: Option<&Bound<'_, PyAny>>,
@@ -274,7 +272,7 @@ impl PySecurityAssociation {
         padding: Option<&Bound<'_, PyAny>>,
         tfc_pad_to: Option<&Bound<'_, PyAny>>,
         outer_ttl: Option<&Bound<'_, PyAny>>,
-        now: f64,
+        now: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let name = |o: &Bound<'_, PyAny>, f: &str| -> PyResult<String> {
             Ok(convert::string(o, f)?.to_cow()?.into_owned())
@@ -304,7 +302,7 @@ impl PySecurityAssociation {
                 }
             }
         }
-        cfg.esn(esn);
+        cfg.esn(convert::boolean(esn, "esn", false)?);
         if let Some(w) = convert::opt_int::<u32>(replay_window, "replay_window", Bad::Config)? {
             cfg.replay_window(w);
         }
@@ -361,7 +359,7 @@ impl PySecurityAssociation {
         if let Some(t) = convert::opt_int::<u8>(outer_ttl, "outer_ttl", Bad::Config)? {
             cfg.outer_ttl(t);
         }
-        let now = convert::seconds(now, "now", Bad::Config)?;
+        let now = convert::opt_seconds(now, "now", Bad::Config)?.unwrap_or(Duration::ZERO);
         Ok(Self::create(cfg, now)?)
     }
 
@@ -371,7 +369,7 @@ impl PySecurityAssociation {
         &self,
         py: Python<'py>,
         packet: &Bound<'py, PyAny>,
-        now: Option<f64>,
+        now: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let data = packet_arg(packet, "packet")?;
         let now = now_arg(now)?;
@@ -408,7 +406,7 @@ impl PySecurityAssociation {
         &self,
         py: Python<'py>,
         packet: &Bound<'py, PyAny>,
-        now: Option<f64>,
+        now: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let data = packet_arg(packet, "packet")?;
         let now = now_arg(now)?;
@@ -435,7 +433,7 @@ impl PySecurityAssociation {
         &self,
         py: Python<'py>,
         packets: &Bound<'py, PyAny>,
-        now: Option<f64>,
+        now: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let inputs = packets_arg(packets)?;
         let now = now_arg(now)?;
@@ -511,7 +509,7 @@ impl PySecurityAssociation {
         &self,
         py: Python<'py>,
         packets: &Bound<'py, PyAny>,
-        now: Option<f64>,
+        now: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let inputs = packets_arg(packets)?;
         let now = now_arg(now)?;
@@ -568,7 +566,11 @@ impl PySecurityAssociation {
     /// Checks the lifetimes at `now` (default: the last time given) and returns the
     /// next event to act on, or `None`.
     #[pyo3(signature = (now=None))]
-    fn poll_event(&self, py: Python<'_>, now: Option<f64>) -> PyResult<Option<PySaEvent>> {
+    fn poll_event(
+        &self,
+        py: Python<'_>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<PySaEvent>> {
         let now = now_arg(now)?;
         let event = {
             let mut st = self.lock(py)?;
@@ -580,7 +582,11 @@ impl PySecurityAssociation {
 
     /// Every pending event (rekey and expiry), in order, until none is left.
     #[pyo3(signature = (now=None))]
-    fn poll_events(&self, py: Python<'_>, now: Option<f64>) -> PyResult<Vec<PySaEvent>> {
+    fn poll_events(
+        &self,
+        py: Python<'_>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<PySaEvent>> {
         let now = now_arg(now)?;
         let events: Vec<SaEvent> = {
             let mut st = self.lock(py)?;
@@ -786,8 +792,12 @@ fn create_all(
         .collect()
 }
 
-fn sas_dict<'py>(py: Python<'py>, text: &str, now: f64) -> PyResult<Bound<'py, PyDict>> {
-    let now = convert::seconds(now, "now", Bad::Config)?;
+fn sas_dict<'py>(
+    py: Python<'py>,
+    text: &str,
+    now: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let now = convert::opt_seconds(now, "now", Bad::Config)?.unwrap_or(Duration::ZERO);
     let named = parse_sa_file(text).map_err(Failure::from)?;
     let d = PyDict::new(py);
     for (name, sa) in create_all(named, now)? {
@@ -799,23 +809,24 @@ fn sas_dict<'py>(py: Python<'py>, text: &str, now: f64) -> PyResult<Bound<'py, P
 /// The SAs of the `[[sa]]` tables of a TOML text, by name (a policy file's
 /// `[[policy]]` tables are allowed and ignored).
 #[pyfunction]
-#[pyo3(signature = (text, *, now=0.0))]
+#[pyo3(signature = (text, *, now=None), text_signature = "(text, *, now=0.0)")]
 pub(crate) fn sas_from_toml<'py>(
     py: Python<'py>,
-    text: &str,
-    now: f64,
+    text: &Bound<'py, PyAny>,
+    now: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    sas_dict(py, text, now)
+    sas_dict(py, &convert::text(text, "text")?, now)
 }
 
 /// The SAs of the `[[sa]]` tables of a TOML file, by name.
 #[pyfunction]
-#[pyo3(signature = (path, *, now=0.0))]
+#[pyo3(signature = (path, *, now=None), text_signature = "(path, *, now=0.0)")]
 pub(crate) fn load_sas<'py>(
     py: Python<'py>,
-    path: PathBuf,
-    now: f64,
+    path: &Bound<'py, PyAny>,
+    now: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let path = convert::path(path, "path")?;
     let text = std::fs::read_to_string(&path)
         .map_err(|e| crate::errors::config(&path.display().to_string(), e.to_string()))?;
     sas_dict(py, &text, now)

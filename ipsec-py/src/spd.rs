@@ -8,7 +8,6 @@ use ipsec_core::spd::{CaseOutcome, CaseReport, Finding, Opening, lint_toml};
 use ipsec_core::{Decision, Direction, Flow, Spd};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 /// A Python `repr` of a string: single quotes unless the text holds one and no double
@@ -378,8 +377,9 @@ impl PyCaseReport {
     }
 }
 
-fn direction(text: &str) -> PyResult<Direction> {
-    Ok(Direction::from_name(text).map_err(Failure::from)?)
+fn direction(obj: &Bound<'_, PyAny>) -> PyResult<Direction> {
+    let text = convert::text(obj, "direction")?;
+    Ok(Direction::from_name(&text).map_err(Failure::from)?)
 }
 
 /// A security policy database (Python `ipsec.Spd`), immutable once loaded.
@@ -401,6 +401,10 @@ impl PySpd {
         }
     }
 
+    fn run_cases_text(&self, text: &str) -> PyResult<PyCaseReport> {
+        Ok(self.spd()?.run_cases(text).map_err(Failure::from)?.into())
+    }
+
     fn spd(&self) -> PyResult<MutexGuard<'_, Spd>> {
         self.spd.lock().map_err(|_| {
             PyErr::new::<crate::errors::IpsecError, _>("Spd unusable after an internal error")
@@ -412,13 +416,15 @@ impl PySpd {
 impl PySpd {
     /// Parses a policy file's text.
     #[staticmethod]
-    fn from_toml(text: &str) -> PyResult<Self> {
-        Ok(PySpd::new(Spd::from_toml(text).map_err(Failure::from)?))
+    fn from_toml(text: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let text = convert::text(text, "text")?;
+        Ok(PySpd::new(Spd::from_toml(&text).map_err(Failure::from)?))
     }
 
     /// Reads and parses a policy file.
     #[staticmethod]
-    fn load(path: PathBuf) -> PyResult<Self> {
+    fn load(path: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let path = convert::path(path, "path")?;
         Ok(PySpd::new(Spd::load(path).map_err(Failure::from)?))
     }
 
@@ -427,7 +433,7 @@ impl PySpd {
     #[allow(clippy::too_many_arguments)]
     fn lookup(
         &self,
-        direction: &str,
+        direction: &Bound<'_, PyAny>,
         src: &Bound<'_, PyAny>,
         dst: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
@@ -468,8 +474,13 @@ impl PySpd {
     }
 
     /// Reads the selectors of an IP packet and looks them up.
-    fn lookup_packet(&self, direction: &str, packet: &[u8]) -> PyResult<PyDecision> {
+    fn lookup_packet(
+        &self,
+        direction: &Bound<'_, PyAny>,
+        packet: &Bound<'_, PyAny>,
+    ) -> PyResult<PyDecision> {
         let dir = self::direction(direction)?;
+        let packet = convert::bytes(packet, "packet")?;
         Ok(self
             .spd()?
             .lookup_packet(dir, packet)
@@ -499,15 +510,17 @@ impl PySpd {
     }
 
     /// Runs the `[[case]]` tables of a cases file's text against this policy.
-    fn run_cases(&self, text: &str) -> PyResult<PyCaseReport> {
-        Ok(self.spd()?.run_cases(text).map_err(Failure::from)?.into())
+    fn run_cases(&self, text: &Bound<'_, PyAny>) -> PyResult<PyCaseReport> {
+        let text = convert::text(text, "text")?;
+        self.run_cases_text(&text)
     }
 
     /// Reads a cases file and runs it against this policy.
-    fn run_cases_file(&self, path: PathBuf) -> PyResult<PyCaseReport> {
+    fn run_cases_file(&self, path: &Bound<'_, PyAny>) -> PyResult<PyCaseReport> {
+        let path = convert::path(path, "path")?;
         let text = std::fs::read_to_string(&path)
             .map_err(|e| crate::errors::config(&path.display().to_string(), e.to_string()))?;
-        self.run_cases(&text)
+        self.run_cases_text(&text)
     }
 
     /// The policy names, in file order.
@@ -538,8 +551,9 @@ impl PySpd {
 /// Lints a policy file's text: every load error as an `invalid` finding, or, when the
 /// file loads, the findings of `Spd.lint()`.
 #[pyfunction(name = "lint_toml")]
-pub(crate) fn py_lint_toml(text: &str) -> Vec<PyFinding> {
-    lint_toml(text).into_iter().map(PyFinding::from).collect()
+pub(crate) fn py_lint_toml(text: &Bound<'_, PyAny>) -> PyResult<Vec<PyFinding>> {
+    let text = convert::text(text, "text")?;
+    Ok(lint_toml(&text).into_iter().map(PyFinding::from).collect())
 }
 
 #[cfg(test)]

@@ -271,9 +271,15 @@ def test_sa_file_errors_name_the_sa_and_key(text: str, field: str, fragment: str
     assert fragment in str(e.value)
 
 
-def test_load_sas_missing_file(tmp_path: Path) -> None:
+def test_load_sas_missing_file_and_bad_types(tmp_path: Path) -> None:
     with pytest.raises(ipsec.ConfigError, match="No such file"):
         ipsec.load_sas(tmp_path / "nope.toml")
+    with pytest.raises(TypeError, match="path must be a str or an os.PathLike"):
+        ipsec.load_sas(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="text must be a str"):
+        ipsec.sas_from_toml(SA_TOML.encode())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="now must be a number"):
+        ipsec.sas_from_toml(SA_TOML, now="0")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- replay window
@@ -337,6 +343,8 @@ def test_replay_window_defaults_and_errors() -> None:
         w.check(-1)
     with pytest.raises(TypeError, match="seq must be an int"):
         w.accept("1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="esn must be a bool"):
+        ipsec.ReplayWindow(esn="yes")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- bad input
@@ -384,6 +392,8 @@ BASE: dict[str, Any] = dict(spi=0x1000, direction="outbound", mode="tunnel", cip
     ({"esn": "yes"}, TypeError, "esn"),
     ({"now": -1.0}, ipsec.ConfigError, "now"),
     ({"now": float("nan")}, ipsec.ConfigError, "now"),
+    ({"now": "soon"}, TypeError, "now must be a number"),
+    ({"esn": 1}, TypeError, "esn must be a bool"),
     ({"soft_lifetime": {"packets": 1}}, TypeError, "soft_lifetime"),
     ({"bogus": 1}, TypeError, "bogus"),
 ])
@@ -447,8 +457,11 @@ def test_now_arguments_are_checked() -> None:
     out, _ = sa_pair()
     with pytest.raises(ValueError, match="now"):
         out.encrypt(udp4(1), now=-5.0)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="now must be a number"):
         out.encrypt(udp4(1), now="later")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="now must be a number"):
+        out.poll_events(now=[1])  # type: ignore[arg-type]
+    assert out.poll_event(now=5) is None  # an int is a time too
     with pytest.raises(ValueError, match="now"):
         out.poll_event(float("inf"))
 

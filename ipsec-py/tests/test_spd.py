@@ -228,7 +228,7 @@ def test_lookup_packet_reads_the_selectors() -> None:
     assert spd.lookup_packet("outbound", v6).action == "discard"
     with pytest.raises(ipsec.MalformedPacketError):
         spd.lookup_packet("inbound", b"\x45\x00")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="packet must be bytes"):
         spd.lookup_packet("inbound", "not bytes")  # type: ignore[arg-type]
 
 
@@ -389,13 +389,29 @@ def test_bad_policy_files(text: str, fragment: str) -> None:
         ipsec.Spd.from_toml(text)
 
 
-def test_load_missing_policy_file(tmp_path: object) -> None:
+def test_load_missing_policy_file_and_bad_types() -> None:
     with pytest.raises(ipsec.ConfigError, match="No such file"):
         ipsec.Spd.load("/nonexistent/policy.toml")
+    with pytest.raises(TypeError, match="path must be a str or an os.PathLike, got int"):
+        ipsec.Spd.load(5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="text must be a str, got bytes"):
+        ipsec.Spd.from_toml(CATCH_ALL.encode())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="text must be a str"):
+        ipsec.lint_toml(None)  # type: ignore[arg-type]
+    spd = ipsec.Spd.from_toml(CATCH_ALL)
+    with pytest.raises(TypeError, match="text must be a str"):
+        spd.run_cases(1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="path must be a str or an os.PathLike"):
+        spd.run_cases_file(1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="packet must be bytes, got str"):
+        spd.lookup_packet("inbound", "x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="direction must be a str"):
+        spd.lookup_packet(0, b"")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("kwargs,exc,fragment", [
     (dict(direction="sideways"), ipsec.ConfigError, "direction"),
+    (dict(direction=None), TypeError, "direction must be a str"),
     (dict(src="10.0.0.999"), ValueError, "src"),
     (dict(dst=5), TypeError, "dst must be a str"),
     (dict(dst="2001:db8::1"), ValueError, "address families"),
