@@ -8,7 +8,6 @@ use ipsec_core::spd::{CaseOutcome, CaseReport, Finding, Opening, lint_toml};
 use ipsec_core::{Decision, Direction, Flow, Spd};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use std::sync::{Mutex, MutexGuard};
 
 /// A Python `repr` of a string: single quotes unless the text holds one and no double
 /// quote; backslashes, quotes and control characters escaped.
@@ -384,31 +383,20 @@ fn direction(obj: &Bound<'_, PyAny>) -> PyResult<Direction> {
 
 /// A security policy database (Python `ipsec.Spd`), immutable once loaded.
 ///
-/// The core `Spd` keeps the file's SA configurations, which are `Send` but not `Sync`
-/// (an injected IV source may not be), so the wrapper holds it in a mutex to be
-/// shareable between Python threads. Every method takes it with the GIL held and never
-/// waits for the GIL while holding it (no Python code runs under it), so it is never
-/// contended and cannot deadlock.
+/// The core `Spd` is `Send + Sync` and never mutated after loading, so Python threads
+/// share it without a lock.
 #[pyclass(module = "ipsec", name = "Spd", frozen)]
 pub(crate) struct PySpd {
-    spd: Mutex<Spd>,
+    spd: Spd,
 }
 
 impl PySpd {
     fn new(spd: Spd) -> Self {
-        PySpd {
-            spd: Mutex::new(spd),
-        }
+        PySpd { spd }
     }
 
     fn run_cases_text(&self, text: &str) -> PyResult<PyCaseReport> {
-        Ok(self.spd()?.run_cases(text).map_err(Failure::from)?.into())
-    }
-
-    fn spd(&self) -> PyResult<MutexGuard<'_, Spd>> {
-        self.spd.lock().map_err(|_| {
-            PyErr::new::<crate::errors::IpsecError, _>("Spd unusable after an internal error")
-        })
+        Ok(self.spd.run_cases(text).map_err(Failure::from)?.into())
     }
 }
 
@@ -470,7 +458,7 @@ impl PySpd {
         flow.dst_port = dport;
         flow.icmp_type = itype;
         flow.icmp_code = icode;
-        Ok(self.spd()?.lookup(&flow).into())
+        Ok(self.spd.lookup(&flow).into())
     }
 
     /// Reads the selectors of an IP packet and looks them up.
@@ -482,7 +470,7 @@ impl PySpd {
         let dir = self::direction(direction)?;
         let packet = convert::bytes(packet, "packet")?;
         Ok(self
-            .spd()?
+            .spd
             .lookup_packet(dir, packet)
             .map_err(Failure::from)?
             .into())
@@ -491,18 +479,13 @@ impl PySpd {
     /// The lint findings (shadowed, redundant and conflicting rules, missing
     /// catch-all, IKE blocked, ...).
     fn lint(&self) -> PyResult<Vec<PyFinding>> {
-        Ok(self
-            .spd()?
-            .lint()
-            .into_iter()
-            .map(PyFinding::from)
-            .collect())
+        Ok(self.spd.lint().into_iter().map(PyFinding::from).collect())
     }
 
     /// What a firewall between the gateways must let through for IPsec to work.
     fn firewall_openings(&self) -> PyResult<Vec<PyOpening>> {
         Ok(self
-            .spd()?
+            .spd
             .firewall_openings()
             .into_iter()
             .map(PyOpening::from)
@@ -527,7 +510,7 @@ impl PySpd {
     #[getter]
     fn policy_names(&self) -> PyResult<Vec<String>> {
         Ok(self
-            .spd()?
+            .spd
             .policies()
             .iter()
             .map(|p| p.name().to_owned())
@@ -535,11 +518,11 @@ impl PySpd {
     }
 
     fn __len__(&self) -> PyResult<usize> {
-        Ok(self.spd()?.policies().len())
+        Ok(self.spd.policies().len())
     }
 
     fn __repr__(&self) -> PyResult<String> {
-        let spd = self.spd()?;
+        let spd = &self.spd;
         Ok(format!(
             "Spd(policies={}, sas={})",
             spd.policies().len(),

@@ -360,7 +360,7 @@ def test_policy_cases() -> None:
     o = failing.outcomes[0]
     assert not failing.all_passed and failing.failed == 1 and not o.passed
     assert (o.name, o.expected, o.action, o.policy) == (
-        'case "telnet"', "discard", "protect", "b1-rdp")
+        "telnet", "discard", "protect", "b1-rdp")
     assert o.flow == ipsec.Spd.from_toml(CATCH_ALL).run_cases(
         '[[case]]\ndirection = "inbound"\nsrc = "10.1.0.15"\ndst = "10.0.0.10"\n'
         'protocol = "tcp"\nsrc_port = 50000\ndst_port = 3389\nexpect = "discard"\n'
