@@ -43,7 +43,7 @@ def test_audit_policy_reports_problems(tmp_path: Path) -> None:
     p = run("audit_policy.py", str(policy), str(cases))
     assert p.returncode == 1, p.stdout + p.stderr
     assert "shadowed" in p.stdout and "any-any-bypass" in p.stdout
-    assert 'FAIL  case "blocked"' in p.stdout and "PROBLEMS FOUND" in p.stdout
+    assert 'FAIL  blocked' in p.stdout and "PROBLEMS FOUND" in p.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text('[[policy]]\nname = "x"\naction = "maybe"\n')
     p = run("audit_policy.py", str(bad))
