@@ -15,6 +15,7 @@ use pyo3::prelude::*;
 
 mod convert;
 mod errors;
+mod gateway;
 mod replay;
 mod sa;
 mod spd;
@@ -28,6 +29,8 @@ fn _ipsec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sa::PyLifetime>()?;
     m.add_class::<sa::PySaEvent>()?;
     m.add_class::<replay::PyReplayWindow>()?;
+    m.add_class::<gateway::PyGateway>()?;
+    m.add_class::<gateway::PyGatewayVerdict>()?;
     m.add_class::<spd::PySpd>()?;
     m.add_class::<spd::PyDecision>()?;
     m.add_class::<spd::PyFinding>()?;
