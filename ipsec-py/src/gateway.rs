@@ -20,7 +20,7 @@
 
 use crate::convert;
 use crate::errors::{Failure, IpsecError};
-use crate::sa::{lock_releasing_gil, now_arg, packet_arg, stats_dict};
+use crate::sa::{PySaEvent, event_of, lock_releasing_gil, now_arg, packet_arg, stats_dict};
 use crate::spd::{PySpd, read_file, str_repr};
 use core::time::Duration;
 use ipsec_core::gateway::{Inbound, Outbound};
@@ -322,6 +322,30 @@ impl PyGateway {
                 self.sa_names.join(", ")
             ))),
         }
+    }
+
+    /// Checks every SA's lifetimes at `now` (default: the last time given) and returns
+    /// every pending event as `(SA name, SaEvent)`, SAs in file order.
+    #[pyo3(signature = (now=None))]
+    fn poll_events(
+        &self,
+        py: Python<'_>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<(String, PySaEvent)>> {
+        let now = now_arg(now)?;
+        let events: Vec<(String, ipsec_core::SaEvent)> = {
+            let mut st = self.lock(py)?;
+            let now = st.time(now);
+            st.gateway
+                .poll_events(now)
+                .into_iter()
+                .map(|(name, e)| (name.to_owned(), e))
+                .collect()
+        };
+        Ok(events
+            .into_iter()
+            .filter_map(|(name, e)| event_of(e).map(|e| (name, e)))
+            .collect())
     }
 
     /// The SA names, in file order.

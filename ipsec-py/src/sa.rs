@@ -245,7 +245,7 @@ pub(crate) fn stats_dict<'py>(py: Python<'py>, stats: &SaStats) -> PyResult<Boun
     Ok(d)
 }
 
-fn event_of(e: SaEvent) -> Option<PySaEvent> {
+pub(crate) fn event_of(e: SaEvent) -> Option<PySaEvent> {
     let (kind, limit) = match e {
         SaEvent::Rekey(l) => ("rekey", l),
         SaEvent::Expired(l) => ("expired", l),

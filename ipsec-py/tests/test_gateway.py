@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 
 import pytest
 
@@ -294,9 +295,14 @@ def test_unknown_spi_and_malformed_packets_count_on_the_gateway(
 def test_sa_lifetime_follows_the_time_passed_in() -> None:
     text = branch1_policy().replace(
         'tunnel_dst = "%s"\n' % HQ_GW,
-        'tunnel_dst = "%s"\nhard_lifetime = { seconds = 60 }\n' % HQ_GW)
+        'tunnel_dst = "%s"\nsoft_lifetime = { seconds = 30 }\n'
+        'hard_lifetime = { seconds = 60 }\n' % HQ_GW)
     branch = ipsec.Gateway.from_toml(text, now=T0)
     req = request(PC1, TERMINAL, 3389)
+    assert branch.poll_events(now=T0 + 29) == []
+    assert [(n, e.kind, e.limit) for n, e in branch.poll_events(now=T0 + 30)] == [
+        ("b1-to-ho", "rekey", "time")]
+    assert branch.poll_events() == [], "each event is reported once"
     assert branch.outbound(req, now=T0 + 59).action == "protect"
     with pytest.raises(ipsec.LifetimeExpiredError):
         branch.outbound(req, now=T0 + 61)
@@ -304,6 +310,34 @@ def test_sa_lifetime_follows_the_time_passed_in() -> None:
     with pytest.raises(ipsec.LifetimeExpiredError):
         branch.outbound(req)
     assert drops(branch.sa_stats("b1-to-ho")) == {"lifetime_expired": 2}
+    assert [(n, e.kind, e.limit) for n, e in branch.poll_events()] == [
+        ("b1-to-ho", "expired", "time")]
+
+
+def test_threads_share_the_gateways(gateways: tuple[ipsec.Gateway, ipsec.Gateway]) -> None:
+    hq, branch = gateways
+    threads, per_thread = 4, 50
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(per_thread):
+                req = request(PC1, TERMINAL, 3389, b"thread %d packet %d" % (k, i))
+                wire = branch.outbound(req).packet
+                assert wire is not None
+                assert hq.inbound(wire).packet == req
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert errors == []
+    assert branch.sa_stats("b1-to-ho")["packets"] == threads * per_thread
+    assert hq.sa_stats("b1-to-ho")["packets"] == threads * per_thread
+    assert drops(hq.sa_stats("b1-to-ho")) == {}
 
 
 def test_construction_and_introspection() -> None:

@@ -361,6 +361,8 @@ class Gateway:
         """The gateway's own drops (unknown SPI, policy discard, unprotected cleartext,
         malformed packets); the SAs count theirs (``sa_stats``)."""
     def sa_stats(self, name: str) -> dict[str, int]: ...
+    def poll_events(self, now: Optional[float] = None) -> list[tuple[str, SaEvent]]:
+        """Every SA's pending lifetime events as (SA name, event), SAs in file order."""
     @property
     def sa_names(self) -> list[str]: ...
     @property
