@@ -6,7 +6,8 @@
 //! The core gateway lives behind a [`Mutex`], with the discipline of the SA
 //! ([`crate::sa`]): a thread holding the GIL that finds the mutex taken waits for it with
 //! the GIL released ([`lock_releasing_gil`]), and nothing under the lock creates Python
-//! objects other than `bytes`.
+//! objects other than `bytes`. `outbound_many` / `inbound_many` release the GIL for the
+//! whole batch ([`Python::detach`]) and make the verdicts after it.
 //!
 //! # What is an exception and what is a verdict
 //!
@@ -20,14 +21,17 @@
 
 use crate::convert;
 use crate::errors::{Failure, IpsecError};
-use crate::sa::{PySaEvent, event_of, lock_releasing_gil, now_arg, packet_arg, stats_dict};
+use crate::sa::{
+    PySaEvent, event_of, lock_releasing_gil, now_arg, packet_arg, packets_arg, poisoned, stats_dict,
+};
 use crate::spd::{PySpd, read_file, str_repr};
+use core::ops::Range;
 use core::time::Duration;
 use ipsec_core::gateway::{Inbound, Outbound};
-use ipsec_core::{Direction, Error, Flow, Gateway, PacketBuf, Spd};
+use ipsec_core::{Direction, Error, Flow, Gateway, PacketBuf, SecurityAssociation, Spd};
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyList};
 use std::sync::Mutex;
 
 /// What the mutex protects: the core gateway, the caller's latest time, a scratch
@@ -67,17 +71,6 @@ pub(crate) struct PyGatewayVerdict {
     packet: Option<Py<PyBytes>>,
 }
 
-impl PyGatewayVerdict {
-    fn discard(policy: Option<String>) -> Self {
-        PyGatewayVerdict {
-            action: "discard",
-            policy,
-            sa: None,
-            packet: None,
-        }
-    }
-}
-
 #[pymethods]
 impl PyGatewayVerdict {
     fn __repr__(&self, py: Python<'_>) -> String {
@@ -112,10 +105,112 @@ fn serving_policy(spd: &Spd, sa: &str, inner: &[u8]) -> Option<String> {
         .map(|p| p.name().to_owned())
 }
 
-fn unexpected(what: impl core::fmt::Debug) -> PyErr {
-    PyErr::new::<IpsecError, _>(format!(
-        "the gateway answered {what:?}, which this version of the bindings does not know"
-    ))
+/// What the gateway did with one packet, before any Python object is made: the output
+/// packet is `scratch[range]`.
+struct Done {
+    action: &'static str,
+    policy: Option<String>,
+    sa: Option<String>,
+    range: Option<Range<usize>>,
+}
+
+impl Done {
+    fn into_verdict(self, packet: Option<Py<PyBytes>>) -> PyGatewayVerdict {
+        PyGatewayVerdict {
+            action: self.action,
+            policy: self.policy,
+            sa: self.sa,
+            packet,
+        }
+    }
+}
+
+/// Why a packet got no verdict.
+enum Refused {
+    /// The core's error (counted by the core).
+    Packet(Error),
+    /// An outcome added to the core after these bindings were written.
+    Unexpected(String),
+}
+
+impl Refused {
+    fn into_exception(self, py: Python<'_>) -> PyErr {
+        match self {
+            Refused::Packet(e) => Failure::from(e).into_exception(py),
+            Refused::Unexpected(what) => PyErr::new::<IpsecError, _>(format!(
+                "the gateway answered {what}, which this version of the bindings does not know"
+            )),
+        }
+    }
+}
+
+/// Runs one packet through the core gateway in `scratch` (no Python objects involved,
+/// so it runs with the GIL held or released alike).
+fn process(
+    gateway: &mut Gateway,
+    scratch: &mut Vec<u8>,
+    direction: Direction,
+    data: &[u8],
+    now: Duration,
+) -> Result<Done, Refused> {
+    let len = data.len();
+    // Outbound: room for the SA with the largest headers and trailer (the core's
+    // lookup picks the SA).
+    let outbound = direction == Direction::Outbound;
+    let (head, tail) = if outbound {
+        let sas = || gateway.sas().map(|(_, sa)| sa);
+        (
+            sas()
+                .map(SecurityAssociation::max_headroom)
+                .max()
+                .unwrap_or(0),
+            sas().map(|sa| sa.tailroom_for(len)).max().unwrap_or(0),
+        )
+    } else {
+        (0, 0)
+    };
+    scratch.clear();
+    scratch.resize(head + len + tail, 0);
+    scratch[head..head + len].copy_from_slice(data);
+    let mut pkt = PacketBuf::new(scratch, head, len).map_err(Refused::Packet)?;
+    let answer = if outbound {
+        match gateway.outbound(&mut pkt, now) {
+            Ok(Outbound::Protected { sa }) => Ok(("protect", Some(sa.to_owned()))),
+            Ok(Outbound::Bypassed) => Ok(("bypass", None)),
+            Ok(other) => return Err(Refused::Unexpected(format!("{other:?}"))),
+            Err(e) => Err(e),
+        }
+    } else {
+        match gateway.inbound(&mut pkt, now) {
+            Ok(Inbound::Decrypted { sa }) => Ok(("protect", Some(sa.to_owned()))),
+            Ok(Inbound::Bypassed) => Ok(("bypass", None)),
+            Ok(other) => return Err(Refused::Unexpected(format!("{other:?}"))),
+            Err(e) => Err(e),
+        }
+    };
+    let range = pkt.offset()..pkt.offset() + pkt.len();
+    let spd = gateway.spd();
+    match answer {
+        Ok((action, sa)) => {
+            let policy = match &sa {
+                Some(sa) if !outbound => serving_policy(spd, sa, &scratch[range.clone()]),
+                _ => first_match(spd, direction, data),
+            };
+            Ok(Done {
+                action,
+                policy,
+                sa,
+                range: Some(range),
+            })
+        }
+        Err(Error::PolicyDiscard) => Ok(Done {
+            action: "discard",
+            policy: first_match(spd, direction, data),
+            sa: None,
+            range: None,
+        }),
+        Err(e) => Err(Refused::Packet(e)),
+    }
 }
 
 /// An IPsec gateway: an SPD and the SAs of its `[[sa]]` tables (Python `ipsec.Gateway`).
@@ -148,6 +243,92 @@ impl PyGateway {
 
     fn lock<'a>(&'a self, py: Python<'_>) -> PyResult<std::sync::MutexGuard<'a, State>> {
         lock_releasing_gil(py, &self.state)
+    }
+
+    /// `outbound` / `inbound`: the output `bytes` is made under the lock (no other
+    /// Python object is).
+    fn one(
+        &self,
+        py: Python<'_>,
+        direction: Direction,
+        packet: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyGatewayVerdict> {
+        let data = packet_arg(packet, "packet")?;
+        let now = now_arg(now)?;
+        let mut st = self.lock(py)?;
+        let now = st.time(now);
+        let State {
+            gateway, scratch, ..
+        } = &mut *st;
+        match process(gateway, scratch, direction, &data, now) {
+            Ok(done) => {
+                let packet = done
+                    .range
+                    .clone()
+                    .map(|r| PyBytes::new(py, &scratch[r]).unbind());
+                Ok(done.into_verdict(packet))
+            }
+            Err(refused) => {
+                drop(st);
+                Err(refused.into_exception(py))
+            }
+        }
+    }
+
+    /// `outbound_many` / `inbound_many`: the packets are referenced (or copied) with
+    /// the GIL, processed with it released (their outputs appended to one arena), and
+    /// the verdicts and exceptions made with it again.
+    fn many<'py>(
+        &self,
+        py: Python<'py>,
+        direction: Direction,
+        packets: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let inputs = packets_arg(packets)?;
+        let now = now_arg(now)?;
+        let batch = py.detach(|| {
+            let mut st = self.state.lock().map_err(|_| ())?;
+            let now = st.time(now);
+            let State {
+                gateway, scratch, ..
+            } = &mut *st;
+            let mut arena = Vec::with_capacity(inputs.iter().map(|p| p.len() + 64).sum());
+            let results: Vec<Result<Done, Refused>> = inputs
+                .iter()
+                .map(|input| {
+                    process(gateway, scratch, direction, input, now).map(|mut done| {
+                        done.range = done.range.take().map(|r| {
+                            let start = arena.len();
+                            arena.extend_from_slice(&scratch[r]);
+                            start..arena.len()
+                        });
+                        done
+                    })
+                })
+                .collect();
+            Ok((arena, results))
+        });
+        let (arena, results) = batch.map_err(|()| poisoned())?;
+        let mut items: Vec<Bound<'py, PyAny>> = Vec::with_capacity(results.len());
+        for r in results {
+            items.push(match r {
+                Ok(done) => {
+                    let packet = done
+                        .range
+                        .clone()
+                        .map(|r| PyBytes::new(py, &arena[r]).unbind());
+                    Bound::new(py, done.into_verdict(packet))?.into_any()
+                }
+                Err(refused) => refused
+                    .into_exception(py)
+                    .into_value(py)
+                    .into_bound(py)
+                    .into_any(),
+            });
+        }
+        PyList::new(py, items)
     }
 }
 
@@ -200,50 +381,7 @@ impl PyGateway {
         packet: &Bound<'_, PyAny>,
         now: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyGatewayVerdict> {
-        let data = packet_arg(packet, "packet")?;
-        let now = now_arg(now)?;
-        let len = data.len();
-        let mut st = self.lock(py)?;
-        let now = st.time(now);
-        let State {
-            gateway, scratch, ..
-        } = &mut *st;
-        // Room for the SA with the largest headers and trailer (the SA is chosen by
-        // the lookup inside the core's `outbound`).
-        let head = gateway
-            .sas()
-            .map(|(_, sa)| sa.max_headroom())
-            .max()
-            .unwrap_or(0);
-        let tail = gateway
-            .sas()
-            .map(|(_, sa)| sa.tailroom_for(len))
-            .max()
-            .unwrap_or(0);
-        scratch.clear();
-        scratch.resize(head + len + tail, 0);
-        scratch[head..head + len].copy_from_slice(&data);
-        let policy = first_match(gateway.spd(), Direction::Outbound, &data);
-        let mut pkt =
-            PacketBuf::new(scratch, head, len).map_err(|e| Failure::from(e).into_exception(py))?;
-        // Only `bytes` objects are created under the lock.
-        match gateway.outbound(&mut pkt, now) {
-            Ok(Outbound::Protected { sa }) => Ok(PyGatewayVerdict {
-                action: "protect",
-                policy,
-                sa: Some(sa.to_owned()),
-                packet: Some(PyBytes::new(py, pkt.data()).unbind()),
-            }),
-            Ok(Outbound::Bypassed) => Ok(PyGatewayVerdict {
-                action: "bypass",
-                policy,
-                sa: None,
-                packet: Some(PyBytes::new(py, pkt.data()).unbind()),
-            }),
-            Ok(other) => Err(unexpected(other)),
-            Err(Error::PolicyDiscard) => Ok(PyGatewayVerdict::discard(policy)),
-            Err(e) => Err(Failure::from(e).into_exception(py)),
-        }
+        self.one(py, Direction::Outbound, packet, now)
     }
 
     /// Processes an inbound packet: ESP (or ESP in UDP on port 4500) is decrypted by the
@@ -256,45 +394,31 @@ impl PyGateway {
         packet: &Bound<'_, PyAny>,
         now: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyGatewayVerdict> {
-        let data = packet_arg(packet, "packet")?;
-        let now = now_arg(now)?;
-        let mut st = self.lock(py)?;
-        let now = st.time(now);
-        let State {
-            gateway, scratch, ..
-        } = &mut *st;
-        scratch.clear();
-        scratch.extend_from_slice(&data);
-        let mut pkt = PacketBuf::new(scratch, 0, data.len())
-            .map_err(|e| Failure::from(e).into_exception(py))?;
-        let verdict = match gateway.inbound(&mut pkt, now) {
-            Ok(Inbound::Decrypted { sa }) => Ok(Some(sa.to_owned())),
-            Ok(Inbound::Bypassed) => Ok(None),
-            Ok(other) => return Err(unexpected(other)),
-            Err(e) => Err(e),
-        };
-        let spd = gateway.spd();
-        // Only `bytes` objects are created under the lock.
-        match verdict {
-            Ok(Some(sa)) => Ok(PyGatewayVerdict {
-                action: "protect",
-                policy: serving_policy(spd, &sa, pkt.data()),
-                sa: Some(sa),
-                packet: Some(PyBytes::new(py, pkt.data()).unbind()),
-            }),
-            Ok(None) => Ok(PyGatewayVerdict {
-                action: "bypass",
-                policy: first_match(spd, Direction::Inbound, &data),
-                sa: None,
-                packet: Some(PyBytes::new(py, pkt.data()).unbind()),
-            }),
-            Err(Error::PolicyDiscard) => Ok(PyGatewayVerdict::discard(first_match(
-                spd,
-                Direction::Inbound,
-                &data,
-            ))),
-            Err(e) => Err(Failure::from(e).into_exception(py)),
-        }
+        self.one(py, Direction::Inbound, packet, now)
+    }
+
+    /// `outbound` for a batch of packets, with the GIL released; returns, per packet,
+    /// the verdict or the exception describing why it was dropped.
+    #[pyo3(signature = (packets, /, *, now=None))]
+    fn outbound_many<'py>(
+        &self,
+        py: Python<'py>,
+        packets: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.many(py, Direction::Outbound, packets, now)
+    }
+
+    /// `inbound` for a batch of packets, with the GIL released; returns, per packet, the
+    /// verdict or the exception describing why it was dropped.
+    #[pyo3(signature = (packets, /, *, now=None))]
+    fn inbound_many<'py>(
+        &self,
+        py: Python<'py>,
+        packets: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.many(py, Direction::Inbound, packets, now)
     }
 
     /// The gateway's own counters (drops that belong to no SA: unknown SPI, policy

@@ -6,7 +6,8 @@
 //!
 //! The layer holds no packet or policy logic: every call converts its arguments,
 //! delegates to `ipsec-core`, and converts the answer. Errors become Python exceptions
-//! in one place (`errors`); the GIL and threading rules are in the `sa` module.
+//! in one place (`errors`); the GIL and threading rules are in the `sa` module (the
+//! `gateway` module, the SPD and its SAs together, follows them).
 //!
 //! Unsafe code: one audited block in `sa` (a detached batch writes into the buffers of
 //! `bytes` objects it created and has not published yet), allowed item by item.

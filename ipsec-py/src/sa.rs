@@ -134,7 +134,7 @@ impl core::ops::Deref for KeyBytes<'_> {
 /// The packets of an `*_many` call: any iterable of `bytes`/`bytearray`. `bytes` are
 /// referenced (not copied), `bytearray` contents copied, so the batch can run without
 /// the GIL even if the caller's list changes meanwhile.
-fn packets_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedBytes>> {
+pub(crate) fn packets_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedBytes>> {
     let mut out = Vec::with_capacity(obj.len().unwrap_or(0));
     let iter = obj.try_iter().map_err(|_| {
         PyTypeError::new_err(format!(

@@ -392,3 +392,45 @@ key = "%s"
 """ % hq_key("ho-to-b1")
     with pytest.raises(ipsec.ConfigError, match="SPI 0x00001001"):
         ipsec.Gateway.from_toml(text)
+
+
+def test_batches_give_one_verdict_or_exception_per_packet(
+    gateways: tuple[ipsec.Gateway, ipsec.Gateway],
+) -> None:
+    hq, branch = gateways
+    reqs = [request(client, server, port, b"batch %d" % i)
+            for i, (_, client, server, port, _) in enumerate(ALLOWED)]
+    telnet = request(PC1, TERMINAL, 23)
+    ike = ipv4(B1_GW, HQ_GW, 17, udp(500, 500, b"IKE"))
+    out = branch.outbound_many([*reqs, telnet, bytearray(ike)], now=T0)
+    assert all(isinstance(v, ipsec.GatewayVerdict) for v in out)
+    verdicts = [v for v in out if isinstance(v, ipsec.GatewayVerdict)]
+    assert [(v.action, v.policy, v.sa) for v in verdicts] == [
+        ("protect", policy, "b1-to-ho") for *_, policy in ALLOWED
+    ] + [("discard", "deny-everything-else", None), ("bypass", "ike", None)]
+    assert verdicts[-1].packet == ike and verdicts[-2].packet is None
+    wires = [v.packet for v in verdicts[:len(reqs)]]
+    assert all(w is not None for w in wires)
+    protected = [w for w in wires if w is not None]
+    forged = bytearray(protected[1])
+    forged[-24] ^= 0x01
+    got = hq.inbound_many([protected[0], bytes(forged), *protected[1:], protected[0],
+                           request(PC1, TERMINAL, 3389), b"\x45"], now=T0)
+    assert len(got) == len(reqs) + 4
+    first = got[0]
+    assert isinstance(first, ipsec.GatewayVerdict)
+    assert (first.action, first.policy, first.packet) == ("protect", "b1-rdp", reqs[0])
+    assert isinstance(got[1], ipsec.AuthenticationError) and got[1].reason == "auth_failed"
+    for v, req in zip(got[2:2 + len(reqs) - 1], reqs[1:]):
+        assert isinstance(v, ipsec.GatewayVerdict) and v.packet == req
+    tail = got[len(reqs) + 1:]
+    assert isinstance(tail[0], ipsec.ReplayError)
+    assert isinstance(tail[1], ipsec.PolicyMismatchError)  # RDP in the clear
+    assert isinstance(tail[2], ipsec.MalformedPacketError)
+    assert hq.sa_stats("b1-to-ho")["packets"] == len(reqs)
+    assert drops(hq.sa_stats("b1-to-ho")) == {"auth_failed": 1, "replay": 1}
+    assert drops(hq.stats) == {"policy_mismatch": 1, "malformed": 1}
+    assert drops(branch.stats) == {"policy_discard": 1}
+    with pytest.raises(TypeError, match=r"packets\[1\] must be bytes or bytearray, got int"):
+        hq.inbound_many([b"", 5])  # type: ignore[list-item]
+    assert hq.inbound_many([]) == []
