@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
+import time
+from typing import Union
 
 import pytest
 
@@ -434,3 +437,35 @@ def test_batches_give_one_verdict_or_exception_per_packet(
     with pytest.raises(TypeError, match=r"packets\[1\] must be bytes or bytearray, got int"):
         hq.inbound_many([b"", 5])  # type: ignore[list-item]
     assert hq.inbound_many([]) == []
+
+
+def test_gateway_batches_release_the_gil(
+    gateways: tuple[ipsec.Gateway, ipsec.Gateway],
+) -> None:
+    """As test_threads.test_batches_release_the_gil: with a 10 s switch interval the main
+    thread only runs while the worker is inside a batch if the batch released the GIL."""
+    hq, branch = gateways
+    batch = [request(PC1, TERMINAL, 3389, b"%05d" % i + bytes(400)) for i in range(20000)]
+    old = sys.getswitchinterval()
+    started = threading.Event()
+    results: list[list[Union[ipsec.GatewayVerdict, ipsec.IpsecError]]] = []
+
+    def worker() -> None:
+        started.set()
+        results.append(branch.outbound_many(batch))
+
+    sys.setswitchinterval(10.0)
+    try:
+        t = threading.Thread(target=worker)
+        t.start()
+        started.wait()
+        count = 0
+        while t.is_alive():
+            count += 1
+            time.sleep(0)
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert count > 0
+    assert len(results) == 1 and len(results[0]) == len(batch)
+    assert branch.sa_stats("b1-to-ho")["packets"] == len(batch)
