@@ -14,7 +14,7 @@
 use crate::buffer::PacketBuf;
 use crate::error::{ConfigError, Error, Malformed};
 use crate::packet::{self, NAT_T_PORT};
-use crate::sa::{Direction, SaStats, SecurityAssociation};
+use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation};
 use crate::spd::{Action, Flow, Spd};
 use core::time::Duration;
 use std::collections::HashMap;
@@ -119,6 +119,19 @@ impl Gateway {
     /// packets too malformed to classify.
     pub fn stats(&self) -> &SaStats {
         &self.stats
+    }
+
+    /// Checks every SA's lifetimes at `now` ([`SecurityAssociation::poll_event`]) and
+    /// returns all pending events with the name of their SA: SAs in file order, each
+    /// SA's events in the order it reports them. An SA reports each event once.
+    pub fn poll_events(&mut self, now: Duration) -> Vec<(&str, SaEvent)> {
+        let mut events = Vec::new();
+        for (name, sa) in self.names.iter().zip(&mut self.sas) {
+            while let Some(e) = sa.poll_event(now) {
+                events.push((name.as_str(), e));
+            }
+        }
+        events
     }
 
     fn drop(&mut self, err: Error) -> Error {

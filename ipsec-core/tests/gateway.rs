@@ -6,7 +6,9 @@
 use ipsec_core::gateway::{Inbound, Outbound};
 use ipsec_core::sa_file::parse_sa_file;
 use ipsec_core::spd::Spd;
-use ipsec_core::{DropReason, Error, Gateway, PacketBuf, SecurityAssociation};
+use ipsec_core::{
+    DropReason, Error, Gateway, LifetimeLimit, PacketBuf, SaEvent, SecurityAssociation,
+};
 use std::time::Duration;
 
 const T0: Duration = Duration::ZERO;
@@ -237,4 +239,29 @@ fn duplicate_inbound_spis_are_refused() {
     let err = Gateway::new(spd, T0).unwrap_err();
     assert!(err.field().contains("hq-in-again"), "{err}");
     assert!(err.message().contains("0x00002001"), "{err}");
+}
+
+#[test]
+fn lifetime_events_are_reported_with_their_sa() {
+    let limited = hq_toml().replace(
+        "tunnel_dst = \"198.51.100.2\"\n",
+        "tunnel_dst = \"198.51.100.2\"\nsoft_lifetime = { seconds = 30 }\n\
+         hard_lifetime = { seconds = 60 }\n",
+    );
+    let mut hq = Gateway::new(Spd::from_toml(&limited).expect("policy"), T0).expect("SAs");
+    assert!(hq.poll_events(Duration::from_secs(29)).is_empty());
+    assert_eq!(
+        hq.poll_events(Duration::from_secs(30)),
+        [("hq-out", SaEvent::Rekey(LifetimeLimit::Time))]
+    );
+    assert!(
+        hq.poll_events(Duration::from_secs(31)).is_empty(),
+        "reported once"
+    );
+    assert_eq!(
+        hq.poll_events(Duration::from_secs(60)),
+        [("hq-out", SaEvent::Expired(LifetimeLimit::Time))]
+    );
+    assert!(hq.sa("hq-out").unwrap().is_expired());
+    assert!(!hq.sa("hq-in").unwrap().is_expired());
 }

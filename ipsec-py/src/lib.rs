@@ -6,7 +6,8 @@
 //!
 //! The layer holds no packet or policy logic: every call converts its arguments,
 //! delegates to `ipsec-core`, and converts the answer. Errors become Python exceptions
-//! in one place (`errors`); the GIL and threading rules are in the `sa` module.
+//! in one place (`errors`); the GIL and threading rules are in the `sa` module (the
+//! `gateway` module, the SPD and its SAs together, follows them).
 //!
 //! Unsafe code: one audited block in `sa` (a detached batch writes into the buffers of
 //! `bytes` objects it created and has not published yet), allowed item by item.
@@ -15,6 +16,7 @@ use pyo3::prelude::*;
 
 mod convert;
 mod errors;
+mod gateway;
 mod replay;
 mod sa;
 mod spd;
@@ -28,6 +30,8 @@ fn _ipsec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sa::PyLifetime>()?;
     m.add_class::<sa::PySaEvent>()?;
     m.add_class::<replay::PyReplayWindow>()?;
+    m.add_class::<gateway::PyGateway>()?;
+    m.add_class::<gateway::PyGatewayVerdict>()?;
     m.add_class::<spd::PySpd>()?;
     m.add_class::<spd::PyDecision>()?;
     m.add_class::<spd::PyFinding>()?;

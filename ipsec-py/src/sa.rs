@@ -28,7 +28,7 @@ use core::time::Duration;
 use ipsec_core::sa_file::{NamedSa, parse_sa_file};
 use ipsec_core::{
     Cipher, Direction, EspPadding, Integrity, Lifetime, LifetimeLimit, Mode, PacketBuf, SaConfig,
-    SaEvent, SecurityAssociation, TfcPadding,
+    SaEvent, SaStats, SecurityAssociation, TfcPadding,
 };
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -79,14 +79,14 @@ struct OutSlot {
 #[allow(unsafe_code)]
 unsafe impl Send for OutSlot {}
 
-fn poisoned() -> PyErr {
+pub(crate) fn poisoned() -> PyErr {
     PyErr::new::<IpsecError, _>(
         "this SA is unusable: an internal error (panic) happened while it was in use",
     )
 }
 
 /// A packet argument: `bytes` is borrowed, `bytearray` copied.
-fn packet_arg<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> PyResult<Cow<'a, [u8]>> {
+pub(crate) fn packet_arg<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> PyResult<Cow<'a, [u8]>> {
     if let Ok(b) = obj.cast::<PyBytes>() {
         Ok(Cow::Borrowed(b.as_bytes()))
     } else if let Ok(b) = obj.cast::<PyByteArray>() {
@@ -134,7 +134,7 @@ impl core::ops::Deref for KeyBytes<'_> {
 /// The packets of an `*_many` call: any iterable of `bytes`/`bytearray`. `bytes` are
 /// referenced (not copied), `bytearray` contents copied, so the batch can run without
 /// the GIL even if the caller's list changes meanwhile.
-fn packets_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedBytes>> {
+pub(crate) fn packets_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedBytes>> {
     let mut out = Vec::with_capacity(obj.len().unwrap_or(0));
     let iter = obj.try_iter().map_err(|_| {
         PyTypeError::new_err(format!(
@@ -171,7 +171,7 @@ fn lifetime_arg(obj: Option<&Bound<'_, PyAny>>, field: &str) -> PyResult<Option<
     }
 }
 
-fn now_arg(now: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+pub(crate) fn now_arg(now: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
     convert::opt_seconds(now, "now", Bad::Value)
 }
 
@@ -205,13 +205,7 @@ impl PySecurityAssociation {
     /// running detached), waits for it with the GIL released, then retries: the GIL is
     /// never waited for while the mutex is held.
     fn lock(&self, py: Python<'_>) -> PyResult<MutexGuard<'_, State>> {
-        loop {
-            match self.state.try_lock() {
-                Ok(guard) => return Ok(guard),
-                Err(TryLockError::WouldBlock) => py.detach(|| drop(self.state.lock())),
-                Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
-            }
-        }
+        lock_releasing_gil(py, &self.state)
     }
 
     /// The time to use for a call: the one given (remembered), or the last one.
@@ -223,7 +217,35 @@ impl PySecurityAssociation {
     }
 }
 
-fn event_of(e: SaEvent) -> Option<PySaEvent> {
+/// Locks `mutex` while holding the GIL. When another thread holds it (a batch running
+/// detached), waits for it with the GIL released, then retries: the GIL is never waited
+/// for while the mutex is held. Shared by the SA and the gateway.
+pub(crate) fn lock_releasing_gil<'a, T: Send>(
+    py: Python<'_>,
+    mutex: &'a Mutex<T>,
+) -> PyResult<MutexGuard<'a, T>> {
+    loop {
+        match mutex.try_lock() {
+            Ok(guard) => return Ok(guard),
+            Err(TryLockError::WouldBlock) => py.detach(|| drop(mutex.lock())),
+            Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
+        }
+    }
+}
+
+/// The counters as a dict: `packets`, `bytes` and one key per drop reason (the shape of
+/// `SecurityAssociation.stats`, also used for the gateway's own counters).
+pub(crate) fn stats_dict<'py>(py: Python<'py>, stats: &SaStats) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("packets", stats.packets)?;
+    d.set_item("bytes", stats.bytes)?;
+    for (reason, count) in stats.drops() {
+        d.set_item(reason.as_str(), count)?;
+    }
+    Ok(d)
+}
+
+pub(crate) fn event_of(e: SaEvent) -> Option<PySaEvent> {
     let (kind, limit) = match e {
         SaEvent::Rekey(l) => ("rekey", l),
         SaEvent::Expired(l) => ("expired", l),
@@ -554,13 +576,7 @@ impl PySecurityAssociation {
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stats = *self.lock(py)?.sa.stats();
-        let d = PyDict::new(py);
-        d.set_item("packets", stats.packets)?;
-        d.set_item("bytes", stats.bytes)?;
-        for (reason, count) in stats.drops() {
-            d.set_item(reason.as_str(), count)?;
-        }
-        Ok(d)
+        stats_dict(py, &stats)
     }
 
     /// Checks the lifetimes at `now` (default: the last time given) and returns the

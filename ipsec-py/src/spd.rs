@@ -376,6 +376,13 @@ impl PyCaseReport {
     }
 }
 
+/// Reads a policy or cases file; a read failure is a `ConfigError` naming the path (as
+/// the core's `Spd::load` reports it).
+pub(crate) fn read_file(path: &std::path::Path) -> PyResult<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| crate::errors::config(&path.display().to_string(), e.to_string()))
+}
+
 fn direction(obj: &Bound<'_, PyAny>) -> PyResult<Direction> {
     let text = convert::text(obj, "direction")?;
     Ok(Direction::from_name(&text).map_err(Failure::from)?)
@@ -388,11 +395,26 @@ fn direction(obj: &Bound<'_, PyAny>) -> PyResult<Direction> {
 #[pyclass(module = "ipsec", name = "Spd", frozen)]
 pub(crate) struct PySpd {
     spd: Spd,
+    /// The policy file's text: `ipsec.Gateway(spd)` builds its own core `Spd` from it
+    /// (a gateway owns its SPD and takes the SA configurations out of it).
+    text: String,
 }
 
 impl PySpd {
-    fn new(spd: Spd) -> Self {
-        PySpd { spd }
+    /// Parses a policy file's text.
+    pub(crate) fn from_text(text: String) -> PyResult<Self> {
+        let spd = Spd::from_toml(&text).map_err(Failure::from)?;
+        Ok(PySpd { spd, text })
+    }
+
+    /// The policy file's text it was loaded from.
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The core SPD.
+    pub(crate) fn core(&self) -> &Spd {
+        &self.spd
     }
 
     fn run_cases_text(&self, text: &str) -> PyResult<PyCaseReport> {
@@ -405,15 +427,13 @@ impl PySpd {
     /// Parses a policy file's text.
     #[staticmethod]
     fn from_toml(text: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let text = convert::text(text, "text")?;
-        Ok(PySpd::new(Spd::from_toml(&text).map_err(Failure::from)?))
+        PySpd::from_text(convert::text(text, "text")?)
     }
 
     /// Reads and parses a policy file.
     #[staticmethod]
     fn load(path: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let path = convert::path(path, "path")?;
-        Ok(PySpd::new(Spd::load(path).map_err(Failure::from)?))
+        PySpd::from_text(read_file(&convert::path(path, "path")?)?)
     }
 
     /// The first policy matching the flow (DISCARD with no policy if none does).
@@ -500,10 +520,7 @@ impl PySpd {
 
     /// Reads a cases file and runs it against this policy.
     fn run_cases_file(&self, path: &Bound<'_, PyAny>) -> PyResult<PyCaseReport> {
-        let path = convert::path(path, "path")?;
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| crate::errors::config(&path.display().to_string(), e.to_string()))?;
-        self.run_cases_text(&text)
+        self.run_cases_text(&read_file(&convert::path(path, "path")?)?)
     }
 
     /// The policy names, in file order.

@@ -28,6 +28,8 @@ __all__ = [
     "Flow",
     "CaseOutcome",
     "CaseReport",
+    "Gateway",
+    "GatewayVerdict",
     "sas_from_toml",
     "load_sas",
     "esp_spi",
@@ -316,6 +318,61 @@ class Spd:
     @property
     def policy_names(self) -> list[str]: ...
     def __len__(self) -> int: ...
+
+@final
+class GatewayVerdict:
+    """What a gateway did with a packet.
+
+    ``action`` is ``"protect"`` (outbound: encrypted by ``sa``; inbound: decrypted by
+    ``sa`` and its inner packet checked against that SA's policies), ``"bypass"`` (let
+    through in the clear, unchanged) or ``"discard"`` (a DISCARD policy, or no policy
+    at all; counted in ``Gateway.stats["policy_discard"]``).
+    """
+
+    @property
+    def action(self) -> _Action: ...
+    @property
+    def policy(self) -> Optional[str]:
+        """The policy that decided: outbound and inbound cleartext, the SPD's first
+        match (None: no policy matched); inbound ESP, the first policy of the SA whose
+        selectors the inner packet matches."""
+    @property
+    def sa(self) -> Optional[str]:
+        """For ``"protect"``: the SA that encrypted or decrypted the packet."""
+    @property
+    def packet(self) -> Optional[bytes]:
+        """The packet to pass on (the ESP packet, the inner packet, or the bypassed
+        packet unchanged); None for ``"discard"``."""
+
+@final
+class Gateway:
+    """An IPsec gateway: an SPD and the SAs of its ``[[sa]]`` tables, doing the whole
+    data path (RFC 4301 section 5)."""
+
+    def __new__(cls, spd: Spd, *, now: float = 0.0) -> Gateway: ...
+    @staticmethod
+    def from_toml(text: str, *, now: float = 0.0) -> Gateway: ...
+    @staticmethod
+    def load(path: _Path, *, now: float = 0.0) -> Gateway: ...
+    def outbound(self, packet: _Bytes, /, *, now: Optional[float] = None) -> GatewayVerdict: ...
+    def inbound(self, packet: _Bytes, /, *, now: Optional[float] = None) -> GatewayVerdict: ...
+    def outbound_many(
+        self, packets: Iterable[_Bytes], /, *, now: Optional[float] = None
+    ) -> list[Union[GatewayVerdict, IpsecError]]: ...
+    def inbound_many(
+        self, packets: Iterable[_Bytes], /, *, now: Optional[float] = None
+    ) -> list[Union[GatewayVerdict, IpsecError]]: ...
+    @property
+    def stats(self) -> dict[str, int]:
+        """The gateway's own drops (unknown SPI, policy discard, unprotected cleartext,
+        malformed packets); the SAs count theirs (``sa_stats``)."""
+    def sa_stats(self, name: str) -> dict[str, int]: ...
+    def poll_events(self, now: Optional[float] = None) -> list[tuple[str, SaEvent]]:
+        """Every SA's pending lifetime events as (SA name, event), SAs in file order."""
+    @property
+    def sa_names(self) -> list[str]: ...
+    @property
+    def spd(self) -> Spd: ...
 
 def sas_from_toml(text: str, *, now: float = 0.0) -> dict[str, SecurityAssociation]: ...
 def load_sas(path: _Path, *, now: float = 0.0) -> dict[str, SecurityAssociation]: ...

@@ -1,0 +1,495 @@
+//! `Gateway` (the core's [`ipsec_core::Gateway`]: an SPD and the SAs it names, doing the
+//! whole data path) and its answer, `GatewayVerdict`.
+//!
+//! # Threads and the GIL
+//!
+//! The core gateway lives behind a [`Mutex`], with the discipline of the SA
+//! ([`crate::sa`]): a thread holding the GIL that finds the mutex taken waits for it with
+//! the GIL released ([`lock_releasing_gil`]), and nothing under the lock creates Python
+//! objects other than `bytes`. `outbound_many` / `inbound_many` release the GIL for the
+//! whole batch ([`Python::detach`]) and make the verdicts after it.
+//!
+//! # What is an exception and what is a verdict
+//!
+//! The policy's answers are verdicts: `"protect"` (encrypted, or decrypted and checked
+//! against the SA's policies), `"bypass"` and `"discard"` (a DISCARD policy, or no policy,
+//! as the core counts it under `policy_discard`). A packet the gateway must refuse for any
+//! other reason raises the exception of the core's error: `PolicyMismatchError` for an
+//! inner packet outside its SA's selectors (RFC 4301 §5.2, counted on the SA) and for
+//! cleartext that a PROTECT policy covers (counted on the gateway), `AuthenticationError`,
+//! `ReplayError`, `UnknownSpiError`, `MalformedPacketError`, ...
+
+use crate::convert;
+use crate::errors::{Failure, IpsecError};
+use crate::sa::{
+    PySaEvent, event_of, lock_releasing_gil, now_arg, packet_arg, packets_arg, poisoned, stats_dict,
+};
+use crate::spd::{PySpd, read_file, str_repr};
+use core::ops::Range;
+use core::time::Duration;
+use ipsec_core::gateway::{Inbound, Outbound};
+use ipsec_core::{Direction, Error, Flow, Gateway, PacketBuf, SecurityAssociation, Spd};
+use pyo3::exceptions::{PyKeyError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use std::sync::Mutex;
+
+/// What the mutex protects: the core gateway, the caller's latest time, a scratch
+/// buffer the packets are processed in.
+struct State {
+    gateway: Gateway,
+    /// The latest `now` the caller gave (creation time at first); used when a call
+    /// gives none. The bindings never read a clock.
+    now: Duration,
+    scratch: Vec<u8>,
+}
+
+impl State {
+    /// The time to use for a call: the one given (remembered), or the last one.
+    fn time(&mut self, now: Option<Duration>) -> Duration {
+        if let Some(n) = now {
+            self.now = n;
+        }
+        self.now
+    }
+}
+
+/// What a gateway did with a packet (Python `ipsec.GatewayVerdict`).
+#[pyclass(module = "ipsec", name = "GatewayVerdict", frozen)]
+pub(crate) struct PyGatewayVerdict {
+    /// `"protect"`, `"bypass"` or `"discard"`.
+    #[pyo3(get)]
+    action: &'static str,
+    /// The policy that decided (see the `.pyi` stub), or `None`.
+    #[pyo3(get)]
+    policy: Option<String>,
+    /// For `"protect"`: the SA that encrypted (outbound) or decrypted (inbound) it.
+    #[pyo3(get)]
+    sa: Option<String>,
+    /// The packet to pass on; `None` for `"discard"`.
+    #[pyo3(get)]
+    packet: Option<Py<PyBytes>>,
+}
+
+#[pymethods]
+impl PyGatewayVerdict {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let opt = |v: &Option<String>| v.as_deref().map_or_else(|| "None".into(), str_repr);
+        let packet = self.packet.as_ref().map_or_else(
+            || "None".to_owned(),
+            |p| format!("<{} bytes>", p.bind(py).as_bytes().len()),
+        );
+        format!(
+            "GatewayVerdict(action='{}', policy={}, sa={}, packet={packet})",
+            self.action,
+            opt(&self.policy),
+            opt(&self.sa),
+        )
+    }
+}
+
+/// The name of the policy the SPD's lookup of `pkt` matches, if any.
+fn first_match(spd: &Spd, direction: Direction, pkt: &[u8]) -> Option<String> {
+    spd.lookup_packet(direction, pkt)
+        .ok()
+        .and_then(|d| d.policy.map(str::to_owned))
+}
+
+/// The first of the policies inbound SA `sa` serves that the decapsulated packet `inner`
+/// matches: the policy the core's RFC 4301 §5.2 check accepted it under.
+fn serving_policy(spd: &Spd, sa: &str, inner: &[u8]) -> Option<String> {
+    let flow = Flow::from_packet(Direction::Inbound, inner).ok()?;
+    spd.policy_selectors_for_sa(sa)
+        .into_iter()
+        .find(|p| p.matches(&flow))
+        .map(|p| p.name().to_owned())
+}
+
+/// What the gateway did with one packet, before any Python object is made: the output
+/// packet is `scratch[range]`.
+struct Done {
+    action: &'static str,
+    policy: Option<String>,
+    sa: Option<String>,
+    range: Option<Range<usize>>,
+}
+
+impl Done {
+    fn into_verdict(self, packet: Option<Py<PyBytes>>) -> PyGatewayVerdict {
+        PyGatewayVerdict {
+            action: self.action,
+            policy: self.policy,
+            sa: self.sa,
+            packet,
+        }
+    }
+}
+
+/// Why a packet got no verdict.
+enum Refused {
+    /// The core's error (counted by the core).
+    Packet(Error),
+    /// An outcome added to the core after these bindings were written.
+    Unexpected(String),
+}
+
+impl Refused {
+    fn into_exception(self, py: Python<'_>) -> PyErr {
+        match self {
+            Refused::Packet(e) => Failure::from(e).into_exception(py),
+            Refused::Unexpected(what) => PyErr::new::<IpsecError, _>(format!(
+                "the gateway answered {what}, which this version of the bindings does not know"
+            )),
+        }
+    }
+}
+
+/// Runs one packet through the core gateway in `scratch` (no Python objects involved,
+/// so it runs with the GIL held or released alike).
+fn process(
+    gateway: &mut Gateway,
+    scratch: &mut Vec<u8>,
+    direction: Direction,
+    data: &[u8],
+    now: Duration,
+) -> Result<Done, Refused> {
+    let len = data.len();
+    // Outbound: room for the SA with the largest headers and trailer (the core's
+    // lookup picks the SA).
+    let outbound = direction == Direction::Outbound;
+    let (head, tail) = if outbound {
+        let sas = || gateway.sas().map(|(_, sa)| sa);
+        (
+            sas()
+                .map(SecurityAssociation::max_headroom)
+                .max()
+                .unwrap_or(0),
+            sas().map(|sa| sa.tailroom_for(len)).max().unwrap_or(0),
+        )
+    } else {
+        (0, 0)
+    };
+    scratch.clear();
+    scratch.resize(head + len + tail, 0);
+    scratch[head..head + len].copy_from_slice(data);
+    let mut pkt = PacketBuf::new(scratch, head, len).map_err(Refused::Packet)?;
+    let answer = if outbound {
+        match gateway.outbound(&mut pkt, now) {
+            Ok(Outbound::Protected { sa }) => Ok(("protect", Some(sa.to_owned()))),
+            Ok(Outbound::Bypassed) => Ok(("bypass", None)),
+            Ok(other) => return Err(Refused::Unexpected(format!("{other:?}"))),
+            Err(e) => Err(e),
+        }
+    } else {
+        match gateway.inbound(&mut pkt, now) {
+            Ok(Inbound::Decrypted { sa }) => Ok(("protect", Some(sa.to_owned()))),
+            Ok(Inbound::Bypassed) => Ok(("bypass", None)),
+            Ok(other) => return Err(Refused::Unexpected(format!("{other:?}"))),
+            Err(e) => Err(e),
+        }
+    };
+    let range = pkt.offset()..pkt.offset() + pkt.len();
+    let spd = gateway.spd();
+    match answer {
+        Ok((action, sa)) => {
+            let policy = match &sa {
+                Some(sa) if !outbound => serving_policy(spd, sa, &scratch[range.clone()]),
+                _ => first_match(spd, direction, data),
+            };
+            Ok(Done {
+                action,
+                policy,
+                sa,
+                range: Some(range),
+            })
+        }
+        Err(Error::PolicyDiscard) => Ok(Done {
+            action: "discard",
+            policy: first_match(spd, direction, data),
+            sa: None,
+            range: None,
+        }),
+        Err(e) => Err(Refused::Packet(e)),
+    }
+}
+
+/// An IPsec gateway: an SPD and the SAs of its `[[sa]]` tables (Python `ipsec.Gateway`).
+#[pyclass(module = "ipsec", name = "Gateway", frozen)]
+pub(crate) struct PyGateway {
+    state: Mutex<State>,
+    /// The policies, as the Python `Spd` it was built from (immutable).
+    spd: Py<PySpd>,
+    /// The SA names in file order (fixed at creation, read without the lock).
+    sa_names: Vec<String>,
+}
+
+impl PyGateway {
+    /// Creates the gateway's SAs at `now` from the policy file text of `spd`.
+    fn create(spd: Bound<'_, PySpd>, now: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let now = convert::opt_seconds(now, "now", convert::Bad::Config)?.unwrap_or_default();
+        let core_spd = Spd::from_toml(spd.get().text()).map_err(Failure::from)?;
+        let gateway = Gateway::new(core_spd, now).map_err(Failure::from)?;
+        let sa_names = gateway.sas().map(|(name, _)| name.to_owned()).collect();
+        Ok(PyGateway {
+            state: Mutex::new(State {
+                gateway,
+                now,
+                scratch: Vec::new(),
+            }),
+            spd: spd.unbind(),
+            sa_names,
+        })
+    }
+
+    fn lock<'a>(&'a self, py: Python<'_>) -> PyResult<std::sync::MutexGuard<'a, State>> {
+        lock_releasing_gil(py, &self.state)
+    }
+
+    /// `outbound` / `inbound`: the output `bytes` is made under the lock (no other
+    /// Python object is).
+    fn one(
+        &self,
+        py: Python<'_>,
+        direction: Direction,
+        packet: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyGatewayVerdict> {
+        let data = packet_arg(packet, "packet")?;
+        let now = now_arg(now)?;
+        let mut st = self.lock(py)?;
+        let now = st.time(now);
+        let State {
+            gateway, scratch, ..
+        } = &mut *st;
+        match process(gateway, scratch, direction, &data, now) {
+            Ok(done) => {
+                let packet = done
+                    .range
+                    .clone()
+                    .map(|r| PyBytes::new(py, &scratch[r]).unbind());
+                Ok(done.into_verdict(packet))
+            }
+            Err(refused) => {
+                drop(st);
+                Err(refused.into_exception(py))
+            }
+        }
+    }
+
+    /// `outbound_many` / `inbound_many`: the packets are referenced (or copied) with
+    /// the GIL, processed with it released (their outputs appended to one arena), and
+    /// the verdicts and exceptions made with it again.
+    fn many<'py>(
+        &self,
+        py: Python<'py>,
+        direction: Direction,
+        packets: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let inputs = packets_arg(packets)?;
+        let now = now_arg(now)?;
+        let batch = py.detach(|| {
+            let mut st = self.state.lock().map_err(|_| ())?;
+            let now = st.time(now);
+            let State {
+                gateway, scratch, ..
+            } = &mut *st;
+            let mut arena = Vec::with_capacity(inputs.iter().map(|p| p.len() + 64).sum());
+            let results: Vec<Result<Done, Refused>> = inputs
+                .iter()
+                .map(|input| {
+                    process(gateway, scratch, direction, input, now).map(|mut done| {
+                        done.range = done.range.take().map(|r| {
+                            let start = arena.len();
+                            arena.extend_from_slice(&scratch[r]);
+                            start..arena.len()
+                        });
+                        done
+                    })
+                })
+                .collect();
+            Ok((arena, results))
+        });
+        let (arena, results) = batch.map_err(|()| poisoned())?;
+        let mut items: Vec<Bound<'py, PyAny>> = Vec::with_capacity(results.len());
+        for r in results {
+            items.push(match r {
+                Ok(done) => {
+                    let packet = done
+                        .range
+                        .clone()
+                        .map(|r| PyBytes::new(py, &arena[r]).unbind());
+                    Bound::new(py, done.into_verdict(packet))?.into_any()
+                }
+                Err(refused) => refused
+                    .into_exception(py)
+                    .into_value(py)
+                    .into_bound(py)
+                    .into_any(),
+            });
+        }
+        PyList::new(py, items)
+    }
+}
+
+#[pymethods]
+impl PyGateway {
+    /// Creates the SAs of the SPD's `[[sa]]` tables at time `now`.
+    #[new]
+    #[pyo3(signature = (spd, *, now=None), text_signature = "(spd, *, now=0.0)")]
+    fn new(spd: &Bound<'_, PyAny>, now: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let spd = spd.cast::<PySpd>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "spd must be an ipsec.Spd, got {}",
+                convert::type_name(spd)
+            ))
+        })?;
+        PyGateway::create(spd.clone(), now)
+    }
+
+    /// A gateway from a policy file's text (`[[policy]]` and `[[sa]]` tables).
+    #[staticmethod]
+    #[pyo3(signature = (text, *, now=None), text_signature = "(text, *, now=0.0)")]
+    fn from_toml(
+        py: Python<'_>,
+        text: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let spd = Bound::new(py, PySpd::from_text(convert::text(text, "text")?)?)?;
+        PyGateway::create(spd, now)
+    }
+
+    /// A gateway from a policy file.
+    #[staticmethod]
+    #[pyo3(signature = (path, *, now=None), text_signature = "(path, *, now=0.0)")]
+    fn load(
+        py: Python<'_>,
+        path: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let text = read_file(&convert::path(path, "path")?)?;
+        let spd = Bound::new(py, PySpd::from_text(text)?)?;
+        PyGateway::create(spd, now)
+    }
+
+    /// Classifies an outbound packet and encrypts it with the SA its PROTECT policy
+    /// names, lets it through (BYPASS) or drops it (DISCARD).
+    #[pyo3(signature = (packet, /, *, now=None))]
+    fn outbound(
+        &self,
+        py: Python<'_>,
+        packet: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyGatewayVerdict> {
+        self.one(py, Direction::Outbound, packet, now)
+    }
+
+    /// Processes an inbound packet: ESP (or ESP in UDP on port 4500) is decrypted by the
+    /// SA of its SPI and checked against that SA's policies; cleartext passes only under
+    /// a BYPASS policy.
+    #[pyo3(signature = (packet, /, *, now=None))]
+    fn inbound(
+        &self,
+        py: Python<'_>,
+        packet: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyGatewayVerdict> {
+        self.one(py, Direction::Inbound, packet, now)
+    }
+
+    /// `outbound` for a batch of packets, with the GIL released; returns, per packet,
+    /// the verdict or the exception describing why it was dropped.
+    #[pyo3(signature = (packets, /, *, now=None))]
+    fn outbound_many<'py>(
+        &self,
+        py: Python<'py>,
+        packets: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.many(py, Direction::Outbound, packets, now)
+    }
+
+    /// `inbound` for a batch of packets, with the GIL released; returns, per packet, the
+    /// verdict or the exception describing why it was dropped.
+    #[pyo3(signature = (packets, /, *, now=None))]
+    fn inbound_many<'py>(
+        &self,
+        py: Python<'py>,
+        packets: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.many(py, Direction::Inbound, packets, now)
+    }
+
+    /// The gateway's own counters (drops that belong to no SA: unknown SPI, policy
+    /// discard, unprotected cleartext, unparseable packets), in the shape of
+    /// `SecurityAssociation.stats`.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = *self.lock(py)?.gateway.stats();
+        stats_dict(py, &stats)
+    }
+
+    /// The counters of the SA called `name` (`SecurityAssociation.stats`' shape).
+    fn sa_stats<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let name = convert::text(name, "name")?;
+        let stats = self.lock(py)?.gateway.sa(&name).map(|sa| *sa.stats());
+        match stats {
+            Some(s) => stats_dict(py, &s),
+            None => Err(PyKeyError::new_err(format!(
+                "name: no SA called {} (the gateway's SAs: {})",
+                str_repr(&name),
+                self.sa_names.join(", ")
+            ))),
+        }
+    }
+
+    /// Checks every SA's lifetimes at `now` (default: the last time given) and returns
+    /// every pending event as `(SA name, SaEvent)`, SAs in file order.
+    #[pyo3(signature = (now=None))]
+    fn poll_events(
+        &self,
+        py: Python<'_>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<(String, PySaEvent)>> {
+        let now = now_arg(now)?;
+        let events: Vec<(String, ipsec_core::SaEvent)> = {
+            let mut st = self.lock(py)?;
+            let now = st.time(now);
+            st.gateway
+                .poll_events(now)
+                .into_iter()
+                .map(|(name, e)| (name.to_owned(), e))
+                .collect()
+        };
+        Ok(events
+            .into_iter()
+            .filter_map(|(name, e)| event_of(e).map(|e| (name, e)))
+            .collect())
+    }
+
+    /// The SA names, in file order.
+    #[getter]
+    fn sa_names(&self) -> Vec<String> {
+        self.sa_names.clone()
+    }
+
+    /// The policies (the `Spd` the gateway was built from).
+    #[getter]
+    fn spd(&self, py: Python<'_>) -> Py<PySpd> {
+        self.spd.clone_ref(py)
+    }
+
+    fn __repr__(&self) -> String {
+        let names: Vec<String> = self.sa_names.iter().map(|n| str_repr(n)).collect();
+        format!(
+            "Gateway(policies={}, sas=[{}])",
+            self.spd.get().core().policies().len(),
+            names.join(", ")
+        )
+    }
+}

@@ -1,0 +1,471 @@
+"""ipsec.Gateway: the branch-office scenario of `ipsec demo` through Python.
+
+The head office is examples/branch-office.toml as it stands; branch 1 holds the mirror
+image of its tunnel (local and remote swapped, the SAs swapped: the head office's
+inbound SA is the branch's outbound SA of the same name, SPI and key, and the other way
+round), written out below as `ipsec demo` builds it. Every packet crosses from one
+gateway to the other; the counters are asserted exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import time
+from typing import Union
+
+import pytest
+
+import ipsec
+from helpers import EXAMPLES, ipv4, tcp, udp
+
+HQ_POLICY = os.path.join(EXAMPLES, "branch-office.toml")
+HQ_GW, B1_GW = "192.0.2.1", "198.51.100.2"
+TERMINAL, MAIL, PRINT, PRINTER = "10.0.0.10", "10.0.0.20", "10.0.0.30", "10.0.0.31"
+PC1, PC2, PC3 = "10.1.0.15", "10.1.0.16", "10.1.0.17"
+
+
+def hq_key(sa: str) -> str:
+    """The hex key of one [[sa]] table of the head office's file."""
+    with open(HQ_POLICY, encoding="utf-8") as f:
+        text = f.read()
+    m = re.search(r'name = "%s"\n(?:[^\[]*?\n)?key = "([0-9a-f]+)"' % re.escape(sa), text)
+    assert m is not None, "no key for SA %s in %s" % (sa, HQ_POLICY)
+    return m.group(1)
+
+
+def branch1_policy() -> str:
+    """Branch 1's gateway: the mirror of the head office's branch-1 tunnel."""
+    rules = [
+        ("b1-rdp", TERMINAL, 3389),
+        ("b1-outlook-https", MAIL, 443),
+        ("b1-outlook-rpc", MAIL, 135),
+        ("b1-print-smb", PRINT, 445),
+        ("b1-print-ipp", PRINT, 631),
+        ("b1-print-raw", "10.0.0.30-10.0.0.49", 9100),
+    ]
+    text = """
+[[policy]]
+name = "ike"
+direction = "both"
+local = "%s"
+remote = "%s"
+protocol = "udp"
+local_port = 500
+remote_port = 500
+action = "bypass"
+""" % (B1_GW, HQ_GW)
+    for name, server, port in rules:
+        text += """
+[[policy]]
+name = "%s"
+direction = "both"
+local = "10.1.0.0/24"
+remote = "%s"
+protocol = "tcp"
+local_port = "any"
+remote_port = %d
+action = "protect"
+sa = ["b1-to-ho", "ho-to-b1"]
+""" % (name, server, port)
+    text += """
+[[policy]]
+name = "deny-everything-else"
+direction = "both"
+action = "discard"
+
+[[sa]]
+name = "b1-to-ho"
+spi = 0x2001
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "%s"
+tunnel_src = "%s"
+tunnel_dst = "%s"
+
+[[sa]]
+name = "ho-to-b1"
+spi = 0x1001
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "%s"
+replay_window = 1024
+""" % (hq_key("b1-to-ho"), B1_GW, HQ_GW, hq_key("ho-to-b1"))
+    return text
+
+
+T0 = 1_780_000_000.0
+
+# The administrators' flows of branch 1 (as `ipsec demo`): name, client, server, port,
+# the head office's policy.
+ALLOWED = [
+    ("terminal services (RDP)", PC1, TERMINAL, 3389, "b1-rdp"),
+    ("Outlook (HTTPS)", PC1, MAIL, 443, "b1-outlook-https"),
+    ("Outlook (RPC endpoint mapper)", PC2, MAIL, 135, "b1-outlook-rpc"),
+    ("printing (SMB)", PC3, PRINT, 445, "b1-print-smb"),
+    ("printing (IPP)", PC3, PRINT, 631, "b1-print-ipp"),
+    ("printing (raw 9100)", PC3, PRINTER, 9100, "b1-print-raw"),
+]
+
+
+def request(src: str, dst: str, dport: int, payload: bytes = b"hello head office") -> bytes:
+    return ipv4(src, dst, 6, tcp(49152 + dport % 1000, dport, payload))
+
+
+def reply(req_src: str, req_dst: str, dport: int, payload: bytes = b"hello branch") -> bytes:
+    return ipv4(req_dst, req_src, 6, tcp(dport, 49152 + dport % 1000, payload))
+
+
+@pytest.fixture
+def gateways() -> tuple[ipsec.Gateway, ipsec.Gateway]:
+    """(head office, branch 1), created at T0."""
+    hq = ipsec.Gateway(ipsec.Spd.load(HQ_POLICY), now=T0)
+    branch = ipsec.Gateway.from_toml(branch1_policy(), now=T0)
+    return hq, branch
+
+
+def drops(stats: dict[str, int]) -> dict[str, int]:
+    """The non-zero drop counters of a stats dict."""
+    return {k: v for k, v in stats.items() if k not in ("packets", "bytes") and v}
+
+
+def test_allowed_flows_cross_the_tunnel_both_ways(
+    gateways: tuple[ipsec.Gateway, ipsec.Gateway],
+) -> None:
+    hq, branch = gateways
+    sent = received = 0
+    for i, (name, client, server, port, policy) in enumerate(ALLOWED):
+        now = T0 + i
+        secret = b"%s: confidential #%d" % (name.encode(), i)
+        req = request(client, server, port, secret)
+        out = branch.outbound(req, now=now)
+        assert (out.action, out.policy, out.sa) == ("protect", policy, "b1-to-ho"), name
+        wire = out.packet
+        assert wire is not None
+        assert wire[9] == 50, "%s: not ESP on the wire" % name
+        assert wire[12:16] == bytes([198, 51, 100, 2]) and wire[16:20] == bytes([192, 0, 2, 1])
+        assert secret not in wire, "%s: cleartext on the wire" % name
+        assert ipsec.esp_spi(wire) == 0x2001
+        got = hq.inbound(wire, now=now)
+        assert (got.action, got.policy, got.sa, got.packet) == ("protect", policy, "b1-to-ho", req)
+        sent += len(req)
+
+        rep = reply(client, server, port, b"reply to " + secret)
+        back = hq.outbound(rep, now=now)
+        assert (back.action, back.policy, back.sa) == ("protect", policy, "ho-to-b1"), name
+        assert back.packet is not None and b"reply to " not in back.packet
+        home = branch.inbound(back.packet, now=now)
+        assert (home.action, home.policy, home.sa, home.packet) == (
+            "protect", policy, "ho-to-b1", rep)
+        received += len(rep)
+
+    n = len(ALLOWED)
+    for gw in (hq, branch):
+        assert gw.sa_stats("b1-to-ho")["packets"] == n
+        assert gw.sa_stats("b1-to-ho")["bytes"] == sent
+        assert gw.sa_stats("ho-to-b1")["packets"] == n
+        assert gw.sa_stats("ho-to-b1")["bytes"] == received
+        assert drops(gw.sa_stats("b1-to-ho")) == {}
+        assert drops(gw.stats) == {}
+    # Branch 2's SAs at the head office saw nothing.
+    assert hq.sa_stats("ho-to-b2")["packets"] == 0
+    assert hq.sa_stats("b2-to-ho")["packets"] == 0
+
+
+def test_refused_traffic_is_discarded_and_counted(
+    gateways: tuple[ipsec.Gateway, ipsec.Gateway],
+) -> None:
+    hq, branch = gateways
+    refused = [
+        request(PC1, TERMINAL, 23),  # telnet
+        request(PC1, TERMINAL, 445),  # SMB to a non-print server
+        ipv4(PC1, "10.0.0.53", 17, udp(40000, 53, b"dns")),  # DNS
+    ]
+    for pkt in refused:
+        v = branch.outbound(pkt)
+        assert (v.action, v.policy, v.sa, v.packet) == (
+            "discard", "deny-everything-else", None, None)
+        # The head office drops the same packet when it arrives in the clear.
+        v = hq.inbound(pkt)
+        assert (v.action, v.policy, v.sa, v.packet) == (
+            "discard", "deny-everything-else", None, None)
+    # SMB from an unknown subnet, in the clear, at the head office.
+    v = hq.inbound(request("172.16.5.5", PRINT, 445))
+    assert (v.action, v.policy) == ("discard", "deny-everything-else")
+    assert drops(branch.stats) == {"policy_discard": 3}
+    assert drops(hq.stats) == {"policy_discard": 4}
+    for gw in (hq, branch):
+        for name in gw.sa_names:
+            s = gw.sa_stats(name)
+            assert s["packets"] == 0 and drops(s) == {}, name
+
+
+def test_ike_is_bypassed_in_the_clear(gateways: tuple[ipsec.Gateway, ipsec.Gateway]) -> None:
+    hq, branch = gateways
+    ike = ipv4(B1_GW, HQ_GW, 17, udp(500, 500, b"IKE_SA_INIT"))
+    out = branch.outbound(ike)
+    assert (out.action, out.policy, out.sa, out.packet) == ("bypass", "ike", None, ike)
+    got = hq.inbound(ike)
+    assert (got.action, got.policy, got.sa, got.packet) == ("bypass", "ike", None, ike)
+    assert drops(hq.stats) == {} and drops(branch.stats) == {}
+
+
+def test_inner_packet_outside_the_sas_policy_raises_policy_mismatch(
+    gateways: tuple[ipsec.Gateway, ipsec.Gateway],
+) -> None:
+    hq, _ = gateways
+    # The branch's outbound SA itself, used directly: it encrypts whatever it is given.
+    rogue = ipsec.sas_from_toml(branch1_policy(), now=T0)["b1-to-ho"]
+    outside = [
+        request(PC1, TERMINAL, 23),  # telnet: no policy of b1-to-ho allows it
+        request("10.2.0.15", TERMINAL, 3389),  # branch 2's subnet through branch 1's SA
+    ]
+    for i, inner in enumerate(outside):
+        with pytest.raises(ipsec.PolicyMismatchError, match="policy selectors") as exc:
+            hq.inbound(rogue.encrypt(inner, now=T0 + i), now=T0 + i)
+        assert exc.value.reason == "policy_mismatch"
+    s = hq.sa_stats("b1-to-ho")
+    assert s["packets"] == 0
+    assert drops(s) == {"policy_mismatch": 2}
+    assert drops(hq.stats) == {}
+    # A packet the SA's policy does allow still goes through after the mismatches.
+    ok = request(PC1, TERMINAL, 3389)
+    v = hq.inbound(rogue.encrypt(ok, now=T0 + 5), now=T0 + 5)
+    assert (v.action, v.policy, v.packet) == ("protect", "b1-rdp", ok)
+    assert hq.sa_stats("b1-to-ho")["packets"] == 1
+
+
+def test_cleartext_that_must_be_protected_is_refused(
+    gateways: tuple[ipsec.Gateway, ipsec.Gateway],
+) -> None:
+    hq, branch = gateways
+    rdp = request(PC1, TERMINAL, 3389)
+    with pytest.raises(ipsec.PolicyMismatchError, match="must be protected") as exc:
+        hq.inbound(rdp)
+    assert exc.value.reason == "policy_mismatch"
+    reply_in_clear = reply(PC3, PRINT, 445)
+    with pytest.raises(ipsec.PolicyMismatchError):
+        branch.inbound(reply_in_clear)
+    assert drops(hq.stats) == {"policy_mismatch": 1}
+    assert drops(branch.stats) == {"policy_mismatch": 1}
+    assert hq.sa_stats("b1-to-ho")["policy_mismatch"] == 0
+
+
+def test_tampered_and_replayed_packets_raise_and_are_counted(
+    gateways: tuple[ipsec.Gateway, ipsec.Gateway],
+) -> None:
+    hq, branch = gateways
+    req = request(PC1, MAIL, 443, b"Outlook: quarterly figures attached")
+    wire = branch.outbound(req).packet
+    assert wire is not None
+    forged = bytearray(wire)
+    forged[-24] ^= 0x01  # inside the encrypted payload
+    with pytest.raises(ipsec.AuthenticationError) as auth:
+        hq.inbound(forged)
+    assert auth.value.reason == "auth_failed"
+    # The forgery did not advance the replay window: the genuine packet is accepted.
+    assert hq.inbound(wire).packet == req
+    with pytest.raises(ipsec.ReplayError) as replay:
+        hq.inbound(wire)
+    assert replay.value.reason == "replay"
+    s = hq.sa_stats("b1-to-ho")
+    assert s["packets"] == 1
+    assert drops(s) == {"auth_failed": 1, "replay": 1}
+    assert drops(hq.stats) == {}
+
+
+def test_unknown_spi_and_malformed_packets_count_on_the_gateway(
+    gateways: tuple[ipsec.Gateway, ipsec.Gateway],
+) -> None:
+    hq, _ = gateways
+    stranger = ipsec.SecurityAssociation(
+        spi=0x9999, direction="outbound", mode="tunnel", cipher="aes-128-gcm",
+        key=bytes(20), tunnel_src=B1_GW, tunnel_dst=HQ_GW)
+    with pytest.raises(ipsec.UnknownSpiError, match="0x00009999") as exc:
+        hq.inbound(stranger.encrypt(request(PC1, TERMINAL, 3389)))
+    assert exc.value.reason == "unknown_spi"
+    with pytest.raises(ipsec.MalformedPacketError):
+        hq.inbound(b"\x45\x00")
+    with pytest.raises(ipsec.MalformedPacketError):
+        hq.outbound(b"")
+    assert drops(hq.stats) == {"unknown_spi": 1, "malformed": 2}
+
+
+def test_sa_lifetime_follows_the_time_passed_in() -> None:
+    text = branch1_policy().replace(
+        'tunnel_dst = "%s"\n' % HQ_GW,
+        'tunnel_dst = "%s"\nsoft_lifetime = { seconds = 30 }\n'
+        'hard_lifetime = { seconds = 60 }\n' % HQ_GW)
+    branch = ipsec.Gateway.from_toml(text, now=T0)
+    req = request(PC1, TERMINAL, 3389)
+    assert branch.poll_events(now=T0 + 29) == []
+    assert [(n, e.kind, e.limit) for n, e in branch.poll_events(now=T0 + 30)] == [
+        ("b1-to-ho", "rekey", "time")]
+    assert branch.poll_events() == [], "each event is reported once"
+    assert branch.outbound(req, now=T0 + 59).action == "protect"
+    with pytest.raises(ipsec.LifetimeExpiredError):
+        branch.outbound(req, now=T0 + 61)
+    # Without now=, the last time given is used: still expired.
+    with pytest.raises(ipsec.LifetimeExpiredError):
+        branch.outbound(req)
+    assert drops(branch.sa_stats("b1-to-ho")) == {"lifetime_expired": 2}
+    assert [(n, e.kind, e.limit) for n, e in branch.poll_events()] == [
+        ("b1-to-ho", "expired", "time")]
+
+
+def test_threads_share_the_gateways(gateways: tuple[ipsec.Gateway, ipsec.Gateway]) -> None:
+    hq, branch = gateways
+    threads, per_thread = 4, 50
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(per_thread):
+                req = request(PC1, TERMINAL, 3389, b"thread %d packet %d" % (k, i))
+                wire = branch.outbound(req).packet
+                assert wire is not None
+                assert hq.inbound(wire).packet == req
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert errors == []
+    assert branch.sa_stats("b1-to-ho")["packets"] == threads * per_thread
+    assert hq.sa_stats("b1-to-ho")["packets"] == threads * per_thread
+    assert drops(hq.sa_stats("b1-to-ho")) == {}
+
+
+def test_construction_and_introspection() -> None:
+    spd = ipsec.Spd.load(HQ_POLICY)
+    hq = ipsec.Gateway(spd)
+    assert hq.spd is spd
+    assert hq.sa_names == ["ho-to-b1", "b1-to-ho", "ho-to-b2", "b2-to-ho"]
+    assert repr(hq) == (
+        "Gateway(policies=%d, sas=['ho-to-b1', 'b1-to-ho', 'ho-to-b2', 'b2-to-ho'])" % len(spd))
+    loaded = ipsec.Gateway.load(HQ_POLICY, now=5)
+    assert loaded.sa_names == hq.sa_names
+    assert loaded.spd.policy_names == spd.policy_names
+    stats = hq.stats
+    assert stats["packets"] == 0 and set(stats) == set(hq.sa_stats("ho-to-b1"))
+
+    v = hq.outbound(reply(PC1, TERMINAL, 3389))
+    assert repr(v).startswith("GatewayVerdict(action='protect', policy='b1-rdp', sa='ho-to-b1', packet=<")
+    assert repr(v).endswith(" bytes>)")
+    with pytest.raises(AttributeError):
+        v.action = "bypass"  # type: ignore[misc]
+    d = hq.outbound(request(PC1, TERMINAL, 23))
+    assert repr(d) == "GatewayVerdict(action='discard', policy='deny-everything-else', sa=None, packet=None)"
+
+
+def test_bad_arguments_name_the_argument() -> None:
+    hq = ipsec.Gateway.load(HQ_POLICY)
+    with pytest.raises(TypeError, match="spd must be an ipsec.Spd, got str"):
+        ipsec.Gateway("policy text")  # type: ignore[arg-type]
+    with pytest.raises(ipsec.ConfigError) as cfg:
+        ipsec.Gateway(ipsec.Spd.load(HQ_POLICY), now=-1.0)
+    assert cfg.value.field == "now"
+    with pytest.raises(TypeError, match="packet must be bytes or bytearray, got str"):
+        hq.outbound("packet")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="now"):
+        hq.inbound(b"", now=float("nan"))
+    with pytest.raises(KeyError, match="no SA called 'nope'"):
+        hq.sa_stats("nope")
+    with pytest.raises(TypeError, match="name must be a str"):
+        hq.sa_stats(1)  # type: ignore[arg-type]
+    with pytest.raises(ipsec.ConfigError) as missing:
+        ipsec.Gateway.load(os.path.join(EXAMPLES, "no-such-file.toml"))
+    assert missing.value.field is not None and "no-such-file" in missing.value.field
+    # Two inbound SAs with one SPI: the core refuses to build the gateway.
+    text = branch1_policy() + """
+[[sa]]
+name = "twin"
+spi = 0x1001
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "%s"
+""" % hq_key("ho-to-b1")
+    with pytest.raises(ipsec.ConfigError, match="SPI 0x00001001"):
+        ipsec.Gateway.from_toml(text)
+
+
+def test_batches_give_one_verdict_or_exception_per_packet(
+    gateways: tuple[ipsec.Gateway, ipsec.Gateway],
+) -> None:
+    hq, branch = gateways
+    reqs = [request(client, server, port, b"batch %d" % i)
+            for i, (_, client, server, port, _) in enumerate(ALLOWED)]
+    telnet = request(PC1, TERMINAL, 23)
+    ike = ipv4(B1_GW, HQ_GW, 17, udp(500, 500, b"IKE"))
+    out = branch.outbound_many([*reqs, telnet, bytearray(ike)], now=T0)
+    assert all(isinstance(v, ipsec.GatewayVerdict) for v in out)
+    verdicts = [v for v in out if isinstance(v, ipsec.GatewayVerdict)]
+    assert [(v.action, v.policy, v.sa) for v in verdicts] == [
+        ("protect", policy, "b1-to-ho") for *_, policy in ALLOWED
+    ] + [("discard", "deny-everything-else", None), ("bypass", "ike", None)]
+    assert verdicts[-1].packet == ike and verdicts[-2].packet is None
+    wires = [v.packet for v in verdicts[:len(reqs)]]
+    assert all(w is not None for w in wires)
+    protected = [w for w in wires if w is not None]
+    forged = bytearray(protected[1])
+    forged[-24] ^= 0x01
+    got = hq.inbound_many([protected[0], bytes(forged), *protected[1:], protected[0],
+                           request(PC1, TERMINAL, 3389), b"\x45"], now=T0)
+    assert len(got) == len(reqs) + 4
+    first = got[0]
+    assert isinstance(first, ipsec.GatewayVerdict)
+    assert (first.action, first.policy, first.packet) == ("protect", "b1-rdp", reqs[0])
+    assert isinstance(got[1], ipsec.AuthenticationError) and got[1].reason == "auth_failed"
+    for v, req in zip(got[2:2 + len(reqs) - 1], reqs[1:]):
+        assert isinstance(v, ipsec.GatewayVerdict) and v.packet == req
+    tail = got[len(reqs) + 1:]
+    assert isinstance(tail[0], ipsec.ReplayError)
+    assert isinstance(tail[1], ipsec.PolicyMismatchError)  # RDP in the clear
+    assert isinstance(tail[2], ipsec.MalformedPacketError)
+    assert hq.sa_stats("b1-to-ho")["packets"] == len(reqs)
+    assert drops(hq.sa_stats("b1-to-ho")) == {"auth_failed": 1, "replay": 1}
+    assert drops(hq.stats) == {"policy_mismatch": 1, "malformed": 1}
+    assert drops(branch.stats) == {"policy_discard": 1}
+    with pytest.raises(TypeError, match=r"packets\[1\] must be bytes or bytearray, got int"):
+        hq.inbound_many([b"", 5])  # type: ignore[list-item]
+    assert hq.inbound_many([]) == []
+
+
+def test_gateway_batches_release_the_gil(
+    gateways: tuple[ipsec.Gateway, ipsec.Gateway],
+) -> None:
+    """As test_threads.test_batches_release_the_gil: with a 10 s switch interval the main
+    thread only runs while the worker is inside a batch if the batch released the GIL."""
+    hq, branch = gateways
+    batch = [request(PC1, TERMINAL, 3389, b"%05d" % i + bytes(400)) for i in range(20000)]
+    old = sys.getswitchinterval()
+    started = threading.Event()
+    results: list[list[Union[ipsec.GatewayVerdict, ipsec.IpsecError]]] = []
+
+    def worker() -> None:
+        started.set()
+        results.append(branch.outbound_many(batch))
+
+    sys.setswitchinterval(10.0)
+    try:
+        t = threading.Thread(target=worker)
+        t.start()
+        started.wait()
+        count = 0
+        while t.is_alive():
+            count += 1
+            time.sleep(0)
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert count > 0
+    assert len(results) == 1 and len(results[0]) == len(batch)
+    assert branch.sa_stats("b1-to-ho")["packets"] == len(batch)
