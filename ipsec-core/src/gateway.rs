@@ -12,7 +12,7 @@
 //! [`SaStats`]. Like an SA, a gateway is owned by one thread at a time.
 
 use crate::buffer::PacketBuf;
-use crate::error::{ConfigError, Error, Malformed};
+use crate::error::{ConfigError, DropReason, Error, Malformed};
 use crate::packet::{self, NAT_T_PORT};
 use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation};
 use crate::spd::{Action, Flow, Spd};
@@ -27,9 +27,14 @@ pub enum Outbound<'a> {
     Protected {
         /// The SA that encrypted it.
         sa: &'a str,
+        /// The PROTECT policy that matched.
+        policy: &'a str,
     },
     /// A BYPASS policy lets it through in the clear, unchanged.
-    Bypassed,
+    Bypassed {
+        /// The BYPASS policy that matched.
+        policy: &'a str,
+    },
 }
 
 /// What happened to an inbound packet that was not dropped.
@@ -41,9 +46,15 @@ pub enum Inbound<'a> {
     Decrypted {
         /// The SA that decrypted it.
         sa: &'a str,
+        /// The first of that SA's policies whose selectors the inner packet matches
+        /// (RFC 4301 §5.2).
+        policy: &'a str,
     },
     /// Cleartext that a BYPASS policy lets in, unchanged.
-    Bypassed,
+    Bypassed {
+        /// The BYPASS policy that matched.
+        policy: &'a str,
+    },
 }
 
 /// The SPD and the SAs it names, ready to process packets.
@@ -115,6 +126,26 @@ impl Gateway {
         self.names.iter().map(String::as_str).zip(&self.sas)
     }
 
+    /// The headroom to leave in front of an outbound packet so that any of the
+    /// gateway's SAs can encrypt it ([`SecurityAssociation::max_headroom`]).
+    pub fn max_headroom(&self) -> usize {
+        self.sas
+            .iter()
+            .map(SecurityAssociation::max_headroom)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The tailroom to leave behind an outbound packet of `len` bytes so that any of
+    /// the gateway's SAs can encrypt it ([`SecurityAssociation::tailroom_for`]).
+    pub fn tailroom_for(&self, len: usize) -> usize {
+        self.sas
+            .iter()
+            .map(|sa| sa.tailroom_for(len))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Drops that belong to no SA: unknown SPI, policy discard, unprotected cleartext,
     /// packets too malformed to classify.
     pub fn stats(&self) -> &SaStats {
@@ -151,16 +182,22 @@ impl Gateway {
             Err(m) => return Err(self.drop(Error::Malformed(m))),
         };
         let decision = self.spd.lookup(&flow);
-        let index = match (decision.action, decision.sa) {
-            (Action::Bypass, _) => return Ok(Outbound::Bypassed),
-            (Action::Protect, Some(name)) => self.by_name.get(name).copied(),
+        let found = match (decision.action, decision.policy, decision.sa) {
+            (Action::Bypass, Some(policy), _) => return Ok(Outbound::Bypassed { policy }),
+            (Action::Protect, Some(policy), Some(name)) => {
+                self.by_name.get(name).map(|&i| (i, policy))
+            }
             _ => None,
         };
-        let Some(i) = index else {
-            return Err(self.drop(Error::PolicyDiscard));
+        let Some((i, policy)) = found else {
+            self.stats.count_drop(DropReason::PolicyDiscard);
+            return Err(Error::PolicyDiscard);
         };
         self.sas[i].encrypt(pkt, now)?;
-        Ok(Outbound::Protected { sa: &self.names[i] })
+        Ok(Outbound::Protected {
+            sa: &self.names[i],
+            policy,
+        })
     }
 
     /// Processes an inbound packet: ESP (or ESP in UDP on the NAT-T port) is decrypted
@@ -180,20 +217,31 @@ impl Gateway {
                 Ok(f) => f,
                 Err(m) => return Err(self.drop(Error::Malformed(m))),
             };
-            return match self.spd.lookup(&flow).action {
-                Action::Bypass => Ok(Inbound::Bypassed),
-                Action::Protect => Err(self.drop(Error::UnprotectedTraffic)),
-                _ => Err(self.drop(Error::PolicyDiscard)),
+            let decision = self.spd.lookup(&flow);
+            let err = match (decision.action, decision.policy) {
+                (Action::Bypass, Some(policy)) => return Ok(Inbound::Bypassed { policy }),
+                (Action::Protect, _) => Error::UnprotectedTraffic,
+                _ => Error::PolicyDiscard,
             };
+            self.stats.count_drop(err.drop_reason());
+            return Err(err);
         };
         let Some(&i) = self.inbound_by_spi.get(&spi) else {
             return Err(self.drop(Error::UnknownSpi { spi }));
         };
         let (spd, name) = (&self.spd, self.names[i].as_str());
+        let mut serving = None;
         self.sas[i].decrypt_checked(pkt, now, |inner| {
-            Flow::from_packet(Direction::Inbound, inner).is_ok_and(|f| spd.check_inbound(name, &f))
+            serving = Flow::from_packet(Direction::Inbound, inner)
+                .ok()
+                .and_then(|f| spd.inbound_policy(name, &f));
+            serving.is_some()
         })?;
-        Ok(Inbound::Decrypted { sa: &self.names[i] })
+        Ok(Inbound::Decrypted {
+            sa: name,
+            // Set: the check above passed only with a serving policy.
+            policy: serving.unwrap_or_default(),
+        })
     }
 }
 

@@ -143,8 +143,12 @@ fn protected_flow_is_encrypted_at_the_branch_and_decrypted_at_head_office() {
     let (mut hq, mut br) = gateways();
     let rdp = packet([10, 1, 0, 5], [10, 0, 0, 10], 6, 50000, 3389);
     let (r, wire) = with_buf(&rdp, |p| {
-        br.outbound(p, T0)
-            .map(|o| o == Outbound::Protected { sa: "br-out" })
+        br.outbound(p, T0).map(|o| {
+            o == Outbound::Protected {
+                sa: "br-out",
+                policy: "rdp",
+            }
+        })
     });
     assert_eq!(r, Ok(true));
     assert_eq!(wire[9], 50, "ESP on the wire");
@@ -153,8 +157,12 @@ fn protected_flow_is_encrypted_at_the_branch_and_decrypted_at_head_office() {
         "payload hidden"
     );
     let (r, inner) = with_buf(&wire, |p| {
-        hq.inbound(p, T0)
-            .map(|i| i == Inbound::Decrypted { sa: "hq-in" })
+        hq.inbound(p, T0).map(|i| {
+            i == Inbound::Decrypted {
+                sa: "hq-in",
+                policy: "rdp",
+            }
+        })
     });
     assert_eq!(r, Ok(true));
     assert_eq!(inner, rdp);
@@ -163,8 +171,12 @@ fn protected_flow_is_encrypted_at_the_branch_and_decrypted_at_head_office() {
     // And the reply goes back the other way.
     let reply = packet([10, 0, 0, 10], [10, 1, 0, 5], 6, 3389, 50000);
     let (r, wire) = with_buf(&reply, |p| {
-        hq.outbound(p, T0)
-            .map(|o| o == Outbound::Protected { sa: "hq-out" })
+        hq.outbound(p, T0).map(|o| {
+            o == Outbound::Protected {
+                sa: "hq-out",
+                policy: "rdp",
+            }
+        })
     });
     assert_eq!(r, Ok(true));
     let (r, inner) = with_buf(&wire, |p| br.inbound(p, T0).is_ok());
@@ -217,7 +229,10 @@ fn cleartext_that_should_have_been_protected_is_dropped() {
 fn ike_is_bypassed_and_unknown_spis_are_counted() {
     let (mut hq, _) = gateways();
     let ike = packet([198, 51, 100, 2], [192, 0, 2, 1], 17, 500, 500);
-    let (r, out) = with_buf(&ike, |p| hq.inbound(p, T0).map(|i| i == Inbound::Bypassed));
+    let (r, out) = with_buf(&ike, |p| {
+        hq.inbound(p, T0)
+            .map(|i| i == Inbound::Bypassed { policy: "ike" })
+    });
     assert_eq!(r, Ok(true));
     assert_eq!(out, ike);
 

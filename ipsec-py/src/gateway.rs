@@ -28,7 +28,7 @@ use crate::spd::{PySpd, read_file, str_repr};
 use core::ops::Range;
 use core::time::Duration;
 use ipsec_core::gateway::{Inbound, Outbound};
-use ipsec_core::{Direction, Error, Flow, Gateway, PacketBuf, SecurityAssociation, Spd};
+use ipsec_core::{Direction, Error, Gateway, PacketBuf, Spd};
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -95,16 +95,6 @@ fn first_match(spd: &Spd, direction: Direction, pkt: &[u8]) -> Option<String> {
         .and_then(|d| d.policy.map(str::to_owned))
 }
 
-/// The first of the policies inbound SA `sa` serves that the decapsulated packet `inner`
-/// matches: the policy the core's RFC 4301 §5.2 check accepted it under.
-fn serving_policy(spd: &Spd, sa: &str, inner: &[u8]) -> Option<String> {
-    let flow = Flow::from_packet(Direction::Inbound, inner).ok()?;
-    spd.policy_selectors_for_sa(sa)
-        .into_iter()
-        .find(|p| p.matches(&flow))
-        .map(|p| p.name().to_owned())
-}
-
 /// What the gateway did with one packet, before any Python object is made: the output
 /// packet is `scratch[range]`.
 struct Done {
@@ -158,14 +148,7 @@ fn process(
     // lookup picks the SA).
     let outbound = direction == Direction::Outbound;
     let (head, tail) = if outbound {
-        let sas = || gateway.sas().map(|(_, sa)| sa);
-        (
-            sas()
-                .map(SecurityAssociation::max_headroom)
-                .max()
-                .unwrap_or(0),
-            sas().map(|sa| sa.tailroom_for(len)).max().unwrap_or(0),
-        )
+        (gateway.max_headroom(), gateway.tailroom_for(len))
     } else {
         (0, 0)
     };
@@ -175,37 +158,32 @@ fn process(
     let mut pkt = PacketBuf::new(scratch, head, len).map_err(Refused::Packet)?;
     let answer = if outbound {
         match gateway.outbound(&mut pkt, now) {
-            Ok(Outbound::Protected { sa }) => Ok(("protect", Some(sa.to_owned()))),
-            Ok(Outbound::Bypassed) => Ok(("bypass", None)),
+            Ok(Outbound::Protected { sa, policy }) => Ok(("protect", policy, Some(sa))),
+            Ok(Outbound::Bypassed { policy }) => Ok(("bypass", policy, None)),
             Ok(other) => return Err(Refused::Unexpected(format!("{other:?}"))),
             Err(e) => Err(e),
         }
     } else {
         match gateway.inbound(&mut pkt, now) {
-            Ok(Inbound::Decrypted { sa }) => Ok(("protect", Some(sa.to_owned()))),
-            Ok(Inbound::Bypassed) => Ok(("bypass", None)),
+            Ok(Inbound::Decrypted { sa, policy }) => Ok(("protect", policy, Some(sa))),
+            Ok(Inbound::Bypassed { policy }) => Ok(("bypass", policy, None)),
             Ok(other) => return Err(Refused::Unexpected(format!("{other:?}"))),
             Err(e) => Err(e),
         }
     };
     let range = pkt.offset()..pkt.offset() + pkt.len();
-    let spd = gateway.spd();
     match answer {
-        Ok((action, sa)) => {
-            let policy = match &sa {
-                Some(sa) if !outbound => serving_policy(spd, sa, &scratch[range.clone()]),
-                _ => first_match(spd, direction, data),
-            };
-            Ok(Done {
-                action,
-                policy,
-                sa,
-                range: Some(range),
-            })
-        }
+        Ok((action, policy, sa)) => Ok(Done {
+            action,
+            policy: Some(policy.to_owned()),
+            sa: sa.map(str::to_owned),
+            range: Some(range),
+        }),
+        // The core's error carries no policy name: look up which DISCARD policy (if
+        // any) matched, on this rare path only.
         Err(Error::PolicyDiscard) => Ok(Done {
             action: "discard",
-            policy: first_match(spd, direction, data),
+            policy: first_match(gateway.spd(), direction, data),
             sa: None,
             range: None,
         }),

@@ -702,11 +702,21 @@ impl Spd {
     /// fresh first-match lookup: an earlier, broader rule does not change which traffic
     /// the SA was negotiated for.
     pub fn check_inbound(&self, sa_name: &str, flow: &Flow) -> bool {
+        self.inbound_policy(sa_name, flow).is_some()
+    }
+
+    /// The policy under which [`Spd::check_inbound`] accepts `flow` after the inbound SA
+    /// `sa_name` decapsulated it: the first, in file order, of the policies that SA
+    /// serves whose selectors `flow` matches; `None` when the check fails.
+    pub fn inbound_policy(&self, sa_name: &str, flow: &Flow) -> Option<&str> {
         let mut f = *flow;
         f.direction = Direction::Inbound;
-        self.by_inbound_sa
-            .get(sa_name)
-            .is_some_and(|v| v.iter().any(|&i| self.policies[i].selectors_match(&f)))
+        let serving = self.by_inbound_sa.get(sa_name)?;
+        serving
+            .iter()
+            .map(|&i| &self.policies[i])
+            .find(|p| p.selectors_match(&f))
+            .map(Policy::name)
     }
 
     /// RFC 4301 §5.2 for packets that arrived **without** IPsec: only a BYPASS decision
