@@ -68,7 +68,7 @@ pub struct ipsec_gateway_result {
     pub sa: *const c_char,
 }
 
-/// One SA of a gateway (`ipsec_gateway_sa`).
+/// One SA of a gateway (`ipsec_gateway_get_sa`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
@@ -202,7 +202,7 @@ unsafe fn process(
 /// policy names (updating `*offset` and `*length`), writing what happened to `*out`.
 /// `IPSEC_ERR_POLICY_DISCARD` when a DISCARD policy (or none) covers it; the other
 /// statuses as `ipsec_sa_encrypt`. Every drop is counted (on the SA, or on the
-/// gateway's own `ipsec_gateway_stats`).
+/// gateway's own `ipsec_gateway_get_stats`).
 ///
 /// # Safety
 ///
@@ -264,7 +264,7 @@ pub unsafe extern "C" fn ipsec_gateway_inbound(
 ///
 /// `gateway` is a live gateway; `out` points to a writable `ipsec_sa_stats`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn ipsec_gateway_stats(
+pub unsafe extern "C" fn ipsec_gateway_get_stats(
     gateway: *const ipsec_gateway,
     out: *mut ipsec_sa_stats,
 ) -> ipsec_status {
@@ -296,7 +296,7 @@ pub unsafe extern "C" fn ipsec_gateway_sa_count(gateway: *const ipsec_gateway) -
 ///
 /// `gateway` is a live gateway; `out` points to a writable `ipsec_gateway_sa`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn ipsec_gateway_sa(
+pub unsafe extern "C" fn ipsec_gateway_get_sa(
     gateway: *const ipsec_gateway,
     index: usize,
     out: *mut ipsec_gateway_sa,

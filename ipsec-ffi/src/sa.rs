@@ -287,7 +287,7 @@ impl From<&SaStats> for ipsec_sa_stats {
     }
 }
 
-/// What an SA is (`ipsec_sa_info`).
+/// What an SA is (`ipsec_sa_get_info`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -936,7 +936,7 @@ pub unsafe extern "C" fn ipsec_sa_overhead(
 ///
 /// `sa` is a live SA; `out` points to a writable `ipsec_sa_stats`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn ipsec_sa_stats(
+pub unsafe extern "C" fn ipsec_sa_get_stats(
     sa: *const ipsec_sa,
     out: *mut ipsec_sa_stats,
 ) -> ipsec_status {
@@ -956,7 +956,7 @@ pub unsafe extern "C" fn ipsec_sa_stats(
 ///
 /// `sa` is a live SA; `out` points to a writable `ipsec_sa_info`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn ipsec_sa_info(
+pub unsafe extern "C" fn ipsec_sa_get_info(
     sa: *const ipsec_sa,
     out: *mut ipsec_sa_info,
 ) -> ipsec_status {
