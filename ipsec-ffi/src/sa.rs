@@ -328,7 +328,9 @@ pub struct ipsec_sa_event {
 /// those behind (up to `capacity`) tailroom.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-#[non_exhaustive]
+// C programs (and Rust callers of the C API) build it field by field: its layout is
+// the ABI, so it is exhaustive by design.
+#[allow(clippy::exhaustive_structs)]
 pub struct ipsec_packet {
     /// The buffer (never freed by the library).
     pub buf: *mut u8,

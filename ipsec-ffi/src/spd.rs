@@ -125,7 +125,9 @@ pub enum ipsec_severity {
 /// policy's `local` side; for an inbound one the destination is).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-#[non_exhaustive]
+// C programs (and Rust callers of the C API) build it field by field: its layout is
+// the ABI, so it is exhaustive by design.
+#[allow(clippy::exhaustive_structs)]
 pub struct ipsec_flow {
     /// An `ipsec_direction` value.
     pub direction: u32,
