@@ -67,10 +67,8 @@ impl CSa {
     fn new(direction: Direction) -> CSa {
         let mut cfg = std::mem::MaybeUninit::<ipsec_sa_config>::uninit();
         // SAFETY: `cfg` is writable; init fills every field.
-        assert_eq!(
-            unsafe { ipsec_sa_config_init(cfg.as_mut_ptr()) },
-            ipsec_status::IPSEC_OK
-        );
+        let st = unsafe { ipsec_sa_config_init(cfg.as_mut_ptr()) };
+        assert_eq!(st, ipsec_status::IPSEC_OK);
         // SAFETY: initialised just above.
         let mut cfg = unsafe { cfg.assume_init() };
         cfg.spi = SPI;
@@ -91,10 +89,8 @@ impl CSa {
         }
         let mut sa = null_mut();
         // SAFETY: `cfg` holds valid pointers; `sa` is writable.
-        assert_eq!(
-            unsafe { ipsec_sa_new(&cfg, 0, &mut sa) },
-            ipsec_status::IPSEC_OK
-        );
+        let st = unsafe { ipsec_sa_new(&cfg, 0, &mut sa) };
+        assert_eq!(st, ipsec_status::IPSEC_OK);
         CSa(sa)
     }
 }

@@ -134,9 +134,12 @@ enum Way {
     In,
 }
 
+/// The body of both entry points below (their C signature, plus which way).
+///
 /// # Safety
 ///
 /// As the entry points below.
+#[allow(clippy::too_many_arguments)] // the C signature's seven, and the direction
 unsafe fn process(
     gateway: *mut ipsec_gateway,
     buf: *mut u8,

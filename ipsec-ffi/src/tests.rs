@@ -31,10 +31,8 @@ fn last_error() -> String {
 fn config(spi: u32, direction: ipsec_direction) -> ipsec_sa_config {
     let mut c = core::mem::MaybeUninit::<ipsec_sa_config>::uninit();
     // SAFETY: c is writable; init fills every field.
-    assert_eq!(
-        unsafe { ipsec_sa_config_init(c.as_mut_ptr()) },
-        ipsec_status::IPSEC_OK
-    );
+    let st = unsafe { ipsec_sa_config_init(c.as_mut_ptr()) };
+    assert_eq!(st, ipsec_status::IPSEC_OK);
     // SAFETY: initialised by ipsec_sa_config_init.
     let mut c = unsafe { c.assume_init() };
     c.spi = spi;
@@ -53,10 +51,8 @@ fn config(spi: u32, direction: ipsec_direction) -> ipsec_sa_config {
 fn new_sa(c: &ipsec_sa_config) -> *mut ipsec_sa {
     let mut sa = null_mut();
     // SAFETY: c is initialised with valid pointers; sa is writable.
-    assert_eq!(
-        unsafe { ipsec_sa_new(c, T0, &mut sa) },
-        ipsec_status::IPSEC_OK
-    );
+    let st = unsafe { ipsec_sa_new(c, T0, &mut sa) };
+    assert_eq!(st, ipsec_status::IPSEC_OK);
     assert!(!sa.is_null());
     sa
 }
@@ -76,10 +72,8 @@ fn put_packet(buf: &mut [u8], off: usize) -> usize {
 fn stats(sa: *const ipsec_sa) -> ipsec_sa_stats {
     let mut s = core::mem::MaybeUninit::uninit();
     // SAFETY: sa is live; s is writable.
-    assert_eq!(
-        unsafe { ipsec_sa_get_stats(sa, s.as_mut_ptr()) },
-        ipsec_status::IPSEC_OK
-    );
+    let st = unsafe { ipsec_sa_get_stats(sa, s.as_mut_ptr()) };
+    assert_eq!(st, ipsec_status::IPSEC_OK);
     // SAFETY: written on success.
     unsafe { s.assume_init() }
 }
@@ -117,8 +111,8 @@ fn status_numbers_follow_the_drop_counters() {
         );
     }
     assert_eq!(size_of::<ipsec_sa_stats>(), 256);
-    // SAFETY: ipsec_status_str returns static NUL-terminated strings.
     let text = |n: u32| {
+        // SAFETY: ipsec_status_str returns static NUL-terminated strings.
         unsafe { CStr::from_ptr(ipsec_status_str(n)) }
             .to_str()
             .unwrap()
@@ -149,10 +143,8 @@ fn encrypt_then_decrypt_in_place_and_count() {
     let inb = new_sa(&config(0x1000, ipsec_direction::IPSEC_DIRECTION_INBOUND));
     let mut oh = ipsec_overhead::default();
     // SAFETY: out is live; oh writable.
-    assert_eq!(
-        unsafe { ipsec_sa_overhead(out, 60, &mut oh) },
-        ipsec_status::IPSEC_OK
-    );
+    let st = unsafe { ipsec_sa_overhead(out, 60, &mut oh) };
+    assert_eq!(st, ipsec_status::IPSEC_OK);
     assert_eq!(oh.headroom, 36);
 
     let mut buf = [0u8; 256];
@@ -237,10 +229,8 @@ fn bursts_report_a_status_per_packet() {
     assert_eq!((pkts[0].offset, pkts[1].offset), (4, 10));
     // NULL SA: every packet says so.
     // SAFETY: as above.
-    assert_eq!(
-        unsafe { ipsec_sa_decrypt_burst(null_mut(), pkts.as_mut_ptr(), 2, T0) },
-        0
-    );
+    let st = unsafe { ipsec_sa_decrypt_burst(null_mut(), pkts.as_mut_ptr(), 2, T0) };
+    assert_eq!(st, 0);
     assert_eq!(
         pkts[0].status,
         ipsec_status::IPSEC_ERR_INVALID_ARGUMENT as u32
@@ -278,10 +268,8 @@ fn out_of_range_enums_and_reserved_fields_are_refused() {
     }
     c.spi = 7;
     // SAFETY: as above.
-    assert_eq!(
-        unsafe { ipsec_sa_new(&c, T0, &mut sa) },
-        ipsec_status::IPSEC_ERR_CONFIG
-    );
+    let st = unsafe { ipsec_sa_new(&c, T0, &mut sa) };
+    assert_eq!(st, ipsec_status::IPSEC_ERR_CONFIG);
     assert!(last_error().starts_with("spi:"));
     // SAFETY: NULL config / out.
     unsafe {
@@ -333,10 +321,8 @@ fn lifetime_events_are_polled_with_the_callers_time() {
     let poll = |t: u64| {
         let mut ev = core::mem::MaybeUninit::uninit();
         // SAFETY: sa is live; ev writable.
-        assert_eq!(
-            unsafe { ipsec_sa_poll_event(sa, t, ev.as_mut_ptr()) },
-            ipsec_status::IPSEC_OK
-        );
+        let st = unsafe { ipsec_sa_poll_event(sa, t, ev.as_mut_ptr()) };
+        assert_eq!(st, ipsec_status::IPSEC_OK);
         // SAFETY: written on success.
         let ev = unsafe { ev.assume_init() };
         (ev.kind, ev.limit)
