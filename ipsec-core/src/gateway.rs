@@ -14,7 +14,7 @@
 use crate::buffer::PacketBuf;
 use crate::error::{ConfigError, Error, Malformed};
 use crate::packet::{self, NAT_T_PORT};
-use crate::sa::{Direction, SaStats, SecurityAssociation};
+use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation};
 use crate::spd::{Action, Flow, Spd};
 use core::time::Duration;
 use std::collections::HashMap;
@@ -119,6 +119,17 @@ impl Gateway {
     /// packets too malformed to classify.
     pub fn stats(&self) -> &SaStats {
         &self.stats
+    }
+
+    /// Checks every SA's lifetimes against `now` and returns the next event the caller
+    /// must act on (a rekey or an expiry, as [`SecurityAssociation::poll_event`]) with
+    /// the name of its SA, or `None` when nothing is due. Call it until it returns `None`.
+    #[must_use]
+    pub fn poll_event(&mut self, now: Duration) -> Option<(&str, SaEvent)> {
+        self.names
+            .iter()
+            .zip(self.sas.iter_mut())
+            .find_map(|(name, sa)| sa.poll_event(now).map(|e| (name.as_str(), e)))
     }
 
     fn drop(&mut self, err: Error) -> Error {
