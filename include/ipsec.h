@@ -687,6 +687,35 @@ typedef struct ipsec_gateway_sa {
 } ipsec_gateway_sa;
 
 /**
+ * One `ipsec_sa_poll_event` answer.
+ */
+typedef struct ipsec_sa_event {
+  /**
+   * An `ipsec_event_kind` value.
+   */
+  uint32_t kind;
+  /**
+   * An `ipsec_lifetime_limit` value (`IPSEC_LIMIT_NONE` with `IPSEC_EVENT_NONE`).
+   */
+  uint32_t limit;
+} ipsec_sa_event;
+
+/**
+ * One `ipsec_gateway_poll_event` answer: an SA's lifetime event.
+ */
+typedef struct ipsec_gateway_event {
+  /**
+   * The SA the event is about (lives as long as the gateway); NULL with
+   * `IPSEC_EVENT_NONE`.
+   */
+  const char *sa;
+  /**
+   * What happened to it.
+   */
+  struct ipsec_sa_event event;
+} ipsec_gateway_event;
+
+/**
  * Lifetime limits (RFC 4301 §4.4.2.1); 0 means no limit of that kind.
  */
 typedef struct ipsec_lifetime {
@@ -857,20 +886,6 @@ typedef struct ipsec_overhead {
    */
   size_t max_overhead;
 } ipsec_overhead;
-
-/**
- * One `ipsec_sa_poll_event` answer.
- */
-typedef struct ipsec_sa_event {
-  /**
-   * An `ipsec_event_kind` value.
-   */
-  uint32_t kind;
-  /**
-   * An `ipsec_lifetime_limit` value (`IPSEC_LIMIT_NONE` with `IPSEC_EVENT_NONE`).
-   */
-  uint32_t limit;
-} ipsec_sa_event;
 
 /**
  * The selectors of one packet, for `ipsec_spd_lookup`. `src` and `dst` are the
@@ -1129,6 +1144,21 @@ size_t ipsec_gateway_sa_count(const struct ipsec_gateway *gateway);
 ipsec_status ipsec_gateway_get_sa(const struct ipsec_gateway *gateway,
                                   size_t index,
                                   struct ipsec_gateway_sa *out);
+
+/**
+ * Checks the lifetimes of every SA of the gateway against `now_ns` and writes the next
+ * event to act on into `*out` (the SA's name and an `IPSEC_EVENT_REKEY` or
+ * `IPSEC_EVENT_EXPIRED` event), or `IPSEC_EVENT_NONE` with a NULL name. Each event is
+ * reported once; call until `IPSEC_EVENT_NONE`.
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `out` points to
+ * a writable `ipsec_gateway_event`.
+ */
+ipsec_status ipsec_gateway_poll_event(struct ipsec_gateway *gateway,
+                                      uint64_t now_ns,
+                                      struct ipsec_gateway_event *out);
 
 /**
  * Creates a window `size` packets wide (0: replay protection off, or 32..=16777216),

@@ -12,7 +12,7 @@ use crate::boundary::{bad_descriptor, boundary, call, config_error, invalid, pac
 use crate::handle::{
     Handle, borrow, borrow_mut, bytes_mut, c_string, free_handle, into_handle, out_ptr, text,
 };
-use crate::sa::{info_of, ipsec_sa_info, ipsec_sa_stats, now};
+use crate::sa::{event_to, info_of, ipsec_sa_event, ipsec_sa_info, ipsec_sa_stats, now};
 use crate::status::ipsec_status;
 
 /// A gateway: policies plus the SAs they name, ready to process packets.
@@ -79,6 +79,18 @@ pub struct ipsec_gateway_sa {
     pub info: ipsec_sa_info,
     /// Its counters.
     pub stats: ipsec_sa_stats,
+}
+
+/// One `ipsec_gateway_poll_event` answer: an SA's lifetime event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct ipsec_gateway_event {
+    /// The SA the event is about (lives as long as the gateway); NULL with
+    /// `IPSEC_EVENT_NONE`.
+    pub sa: *const c_char,
+    /// What happened to it.
+    pub event: ipsec_sa_event,
 }
 
 /// Creates a gateway from a policy file's text (`[[policy]]` and `[[sa]]` tables) at
@@ -318,6 +330,42 @@ pub unsafe extern "C" fn ipsec_gateway_get_sa(
             name: h.names[index].1.as_ptr(),
             info: info_of(sa),
             stats: sa.stats().into(),
+        };
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out.write(value) };
+        Ok(())
+    })
+}
+
+/// Checks the lifetimes of every SA of the gateway against `now_ns` and writes the next
+/// event to act on into `*out` (the SA's name and an `IPSEC_EVENT_REKEY` or
+/// `IPSEC_EVENT_EXPIRED` event), or `IPSEC_EVENT_NONE` with a NULL name. Each event is
+/// reported once; call until `IPSEC_EVENT_NONE`.
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `out` points to
+/// a writable `ipsec_gateway_event`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_poll_event(
+    gateway: *mut ipsec_gateway,
+    now_ns: u64,
+    out: *mut ipsec_gateway_event,
+) -> ipsec_status {
+    call(|| {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: caller's contract.
+        let h = unsafe { borrow_mut(gateway, "gateway") }?;
+        let names = &h.names;
+        let value = match h.gateway.poll_event(now(now_ns)) {
+            Some((name, event)) => ipsec_gateway_event {
+                sa: GatewayHandle::name_ptr(names, name),
+                event: event_to(Some(event)),
+            },
+            None => ipsec_gateway_event {
+                sa: core::ptr::null(),
+                event: event_to(None),
+            },
         };
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out.write(value) };

@@ -448,6 +448,29 @@ fn limit_to(l: LifetimeLimit) -> u32 {
     }
 }
 
+/// The C form of a polled event.
+pub(crate) fn event_to(event: Option<SaEvent>) -> ipsec_sa_event {
+    match event {
+        None => ipsec_sa_event {
+            kind: ipsec_event_kind::IPSEC_EVENT_NONE as u32,
+            limit: ipsec_lifetime_limit::IPSEC_LIMIT_NONE as u32,
+        },
+        Some(SaEvent::Rekey(l)) => ipsec_sa_event {
+            kind: ipsec_event_kind::IPSEC_EVENT_REKEY as u32,
+            limit: limit_to(l),
+        },
+        Some(SaEvent::Expired(l)) => ipsec_sa_event {
+            kind: ipsec_event_kind::IPSEC_EVENT_EXPIRED as u32,
+            limit: limit_to(l),
+        },
+        // A kind of event added to ipsec-core later: the SA stops working either way.
+        Some(_) => ipsec_sa_event {
+            kind: ipsec_event_kind::IPSEC_EVENT_EXPIRED as u32,
+            limit: ipsec_lifetime_limit::IPSEC_LIMIT_NONE as u32,
+        },
+    }
+}
+
 pub(crate) fn info_of(sa: &SecurityAssociation) -> ipsec_sa_info {
     ipsec_sa_info {
         spi: sa.spi(),
@@ -996,24 +1019,7 @@ pub unsafe extern "C" fn ipsec_sa_poll_event(
         let out = out_ptr(out, "out")?;
         // SAFETY: caller's contract.
         let sa = unsafe { borrow_mut(sa, "sa") }?;
-        let event = match sa.poll_event(now(now_ns)) {
-            None => ipsec_sa_event {
-                kind: ipsec_event_kind::IPSEC_EVENT_NONE as u32,
-                limit: ipsec_lifetime_limit::IPSEC_LIMIT_NONE as u32,
-            },
-            Some(SaEvent::Rekey(l)) => ipsec_sa_event {
-                kind: ipsec_event_kind::IPSEC_EVENT_REKEY as u32,
-                limit: limit_to(l),
-            },
-            Some(SaEvent::Expired(l)) => ipsec_sa_event {
-                kind: ipsec_event_kind::IPSEC_EVENT_EXPIRED as u32,
-                limit: limit_to(l),
-            },
-            Some(_) => ipsec_sa_event {
-                kind: ipsec_event_kind::IPSEC_EVENT_EXPIRED as u32,
-                limit: ipsec_lifetime_limit::IPSEC_LIMIT_NONE as u32,
-            },
-        };
+        let event = event_to(sa.poll_event(now(now_ns)));
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out.write(event) };
         Ok(())

@@ -602,6 +602,15 @@ fn gateway_protects_and_discards() {
             (c_text(e.name), e.stats.packets, e.info.spi),
             (Some("out"), 1, 4097)
         );
+        let mut ev = core::mem::MaybeUninit::uninit();
+        let st = ipsec_gateway_poll_event(gw, T0, ev.as_mut_ptr());
+        assert_eq!(st, ipsec_status::IPSEC_OK);
+        let ev = ev.assume_init();
+        assert_eq!(
+            (ev.sa, ev.event.kind),
+            (null(), 0),
+            "no lifetimes: nothing due"
+        );
         ipsec_gateway_free(gw);
     }
 }

@@ -177,6 +177,10 @@ static void null_handles_and_pointers(void)
     TRUE("gateway_sa_count(NULL) is 0", ipsec_gateway_sa_count(NULL) == 0);
     CHECK("gateway_new NULL text", ipsec_gateway_new(NULL, 3, T0, NULL), IPSEC_ERR_INVALID_ARGUMENT, "`out`");
     CHECK("gateway outbound with a NULL gateway", ipsec_gateway_outbound(NULL, buf, sizeof buf, &off, &len, T0, (ipsec_gateway_result *)&d), IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
+    {
+        ipsec_gateway_event gev;
+        CHECK("gateway poll_event with a NULL gateway", ipsec_gateway_poll_event(NULL, T0, &gev), IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
+    }
     CHECK("replay check of a NULL window", ipsec_replay_window_check(NULL, 1), IPSEC_ERR_INVALID_ARGUMENT, "`window`");
     CHECK("replay accept of a NULL window", ipsec_replay_window_accept(NULL, 1), IPSEC_ERR_INVALID_ARGUMENT, "`window`");
     CHECK("replay highest of a NULL window", ipsec_replay_window_highest(NULL, &highest), IPSEC_ERR_INVALID_ARGUMENT, "`window`");
