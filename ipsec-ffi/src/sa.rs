@@ -846,6 +846,12 @@ unsafe fn burst_one(
 
 /// The burst loop shared by encrypt and decrypt: returns how many packets succeeded.
 ///
+/// `SecurityAssociation::encrypt_burst` is itself this loop over `encrypt`; calling it
+/// would first need an array of `PacketBuf`s built from the descriptors (an allocation
+/// or a fixed-size chunking per burst), so the descriptors are converted and processed
+/// one at a time instead, under the same key schedule, with no allocation. A descriptor
+/// that does not describe its buffer fails on its own; the others go on.
+///
 /// # Safety
 ///
 /// `packets` points to `count` descriptors as documented on the entry points.
