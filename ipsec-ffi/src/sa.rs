@@ -688,9 +688,9 @@ pub unsafe extern "C" fn ipsec_sa_from_toml(
         let toml = unsafe { text(toml, toml_len, "toml") }?;
         // SAFETY: caller's contract.
         let name = unsafe { c_str(name, "name") }?;
-        let sas = parse_sa_file(toml).map_err(|e| config_error(&e))?;
-        let names: Vec<&str> = sas.iter().map(|s| s.name.as_str()).collect();
-        let Some(pos) = names.iter().position(|n| *n == name) else {
+        let mut sas = parse_sa_file(toml).map_err(|e| config_error(&e))?;
+        let Some(pos) = sas.iter().position(|s| s.name == name) else {
+            let names: Vec<&str> = sas.iter().map(|s| s.name.as_str()).collect();
             return Err(fail(
                 ipsec_status::IPSEC_ERR_NOT_FOUND,
                 format!(
@@ -699,10 +699,7 @@ pub unsafe extern "C" fn ipsec_sa_from_toml(
                 ),
             ));
         };
-        let named = sas
-            .into_iter()
-            .nth(pos)
-            .ok_or_else(|| null_argument("name"))?;
+        let named = sas.swap_remove(pos);
         let sa = SecurityAssociation::new(named.config, now(now_ns))
             .map_err(|e| config_error(&e.in_context(&format!("sa {name:?}"))))?;
         // SAFETY: `out` checked non-NULL and aligned; writable by contract.
