@@ -190,3 +190,33 @@ pub(crate) unsafe fn c_str<'a>(
 pub(crate) fn c_string(s: &str) -> std::ffi::CString {
     std::ffi::CString::new(s.replace('\0', "\\0")).unwrap_or_default()
 }
+
+/// Reads a C struct by value after checking that its `bool` fields (at the given
+/// offsets) hold 0 or 1: a C caller may have left another byte there (a `memset`, a
+/// struct filled from the wire), which is refused rather than read as a Rust `bool`.
+///
+/// # Safety
+///
+/// A non-NULL `ptr` points to a readable, initialised `T`.
+pub(crate) unsafe fn read_struct<T>(
+    ptr: *const T,
+    name: &'static str,
+    bools: &[(usize, &'static str)],
+) -> Result<T, ipsec_status> {
+    if ptr.is_null() || !ptr.is_aligned() {
+        return Err(null_argument(name));
+    }
+    for &(offset, field) in bools {
+        debug_assert!(offset < size_of::<T>());
+        // SAFETY: `offset` is a field offset inside the readable `T` at `ptr`.
+        let byte = unsafe { ptr.cast::<u8>().add(offset).read() };
+        if byte > 1 {
+            return Err(invalid(format!(
+                "{name}->{field} is {byte}: a bool must be 0 (false) or 1 (true)"
+            )));
+        }
+    }
+    // SAFETY: non-NULL, aligned, initialised (caller's contract), and every `bool`
+    // field was just checked to hold a valid value.
+    Ok(unsafe { ptr.read() })
+}

@@ -10,12 +10,10 @@ use ipsec_core::{
     Mode, PacketBuf, SaConfig, SaEvent, SaStats, SecurityAssociation, TfcPadding,
 };
 
-use crate::boundary::{
-    bad_descriptor, boundary, call, config_error, fail, invalid, null_argument, packet_error,
-};
+use crate::boundary::{bad_descriptor, boundary, call, config_error, fail, invalid, packet_error};
 use crate::handle::{
     Handle, array_mut, borrow, borrow_mut, bytes, bytes_mut, c_str, free_handle, into_handle,
-    out_ptr, text,
+    out_ptr, read_struct, text,
 };
 use crate::status::ipsec_status;
 
@@ -649,12 +647,21 @@ pub unsafe extern "C" fn ipsec_sa_new(
 ) -> ipsec_status {
     call(|| {
         let out = out_ptr(out, "out")?;
-        if config.is_null() || !config.is_aligned() {
-            return Err(null_argument("config"));
-        }
-        // SAFETY: non-NULL, aligned, initialised (caller's contract); read by value so
-        // no reference to caller memory outlives the call.
-        let c = unsafe { config.read() };
+        // SAFETY: initialised (caller's contract); read by value so no reference to
+        // caller memory outlives the call.
+        let c = unsafe {
+            read_struct(
+                config,
+                "config",
+                &[
+                    (core::mem::offset_of!(ipsec_sa_config, esn), "esn"),
+                    (
+                        core::mem::offset_of!(ipsec_sa_config, udp_encap),
+                        "udp_encap",
+                    ),
+                ],
+            )
+        }?;
         // SAFETY: the pointers inside are valid (caller's contract).
         let cfg = unsafe { config_from(&c) }?;
         let sa = SecurityAssociation::new(cfg, now(now_ns)).map_err(|e| config_error(&e))?;

@@ -10,7 +10,7 @@ use ipsec_core::{Action, Decision, Direction, Flow, Spd};
 
 use crate::boundary::{boundary, call, config_error, fail, invalid, packet_error};
 use crate::handle::{
-    Handle, borrow, bytes, c_str, c_string, free_handle, into_handle, out_ptr, text,
+    Handle, borrow, bytes, c_str, c_string, free_handle, into_handle, out_ptr, read_struct, text,
 };
 use crate::sa::direction_from;
 use crate::status::ipsec_status;
@@ -372,11 +372,17 @@ pub unsafe extern "C" fn ipsec_spd_lookup(
         let out = out_ptr(out, "out")?;
         // SAFETY: caller's contract.
         let h = unsafe { borrow(spd, "spd") }?;
-        if flow.is_null() || !flow.is_aligned() {
-            return Err(crate::boundary::null_argument("flow"));
-        }
-        // SAFETY: non-NULL, aligned, initialised (caller's contract); read by value.
-        let f = unsafe { flow.read() };
+        // SAFETY: initialised (caller's contract); read by value.
+        let f = unsafe {
+            read_struct(
+                flow,
+                "flow",
+                &[
+                    (core::mem::offset_of!(ipsec_flow, has_ports), "has_ports"),
+                    (core::mem::offset_of!(ipsec_flow, has_icmp), "has_icmp"),
+                ],
+            )
+        }?;
         let direction = direction_from(f.direction, "flow->direction")?;
         let mut fl = Flow::new(
             direction,

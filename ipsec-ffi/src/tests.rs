@@ -614,3 +614,18 @@ fn gateway_protects_and_discards() {
         ipsec_gateway_free(gw);
     }
 }
+
+#[test]
+fn bool_fields_holding_other_bytes_are_refused_not_read() {
+    let mut raw =
+        core::mem::MaybeUninit::new(config(0x1000, ipsec_direction::IPSEC_DIRECTION_OUTBOUND));
+    let at = core::mem::offset_of!(ipsec_sa_config, udp_encap);
+    // SAFETY: one byte inside the struct: what a C caller's memset could leave there.
+    unsafe { raw.as_mut_ptr().cast::<u8>().add(at).write(7) };
+    let mut sa = null_mut();
+    // SAFETY: the struct's pointers are valid; the bool byte is checked before any read.
+    let st = unsafe { ipsec_sa_new(raw.as_ptr(), T0, &mut sa) };
+    assert_eq!(st, ipsec_status::IPSEC_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("udp_encap is 7"), "{}", last_error());
+    assert!(sa.is_null());
+}

@@ -353,6 +353,9 @@ static void configs_and_enums(void)
     c.reserved[3] = 1;
     CHECK("reserved field set", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_INVALID_ARGUMENT, "reserved");
     c.reserved[3] = 0;
+    memset(&c.esn, 2, 1); /* a byte that is no bool, as a memset or the wire leaves it */
+    CHECK("esn holding 2", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_INVALID_ARGUMENT, "esn is 2");
+    c.esn = false;
     c.spi = 255;
     CHECK("reserved SPI 255", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_CONFIG, "spi");
     c.spi = 0x1000;
@@ -395,6 +398,11 @@ static void configs_and_enums(void)
     flow.family = IPSEC_FAMILY_IPV4;
     flow.direction = 0;
     CHECK("flow direction 0", ipsec_spd_lookup(spd, &flow, &d), IPSEC_ERR_INVALID_ARGUMENT, "direction 0");
+    flow.direction = IPSEC_DIRECTION_OUTBOUND;
+    memset(&flow.has_icmp, 0x80, 1);
+    CHECK("flow has_icmp holding 0x80", ipsec_spd_lookup(spd, &flow, &d), IPSEC_ERR_INVALID_ARGUMENT, "has_icmp is 128");
+    flow.has_icmp = false;
+    flow.direction = 0;
     CHECK("flow NULL", ipsec_spd_lookup(spd, NULL, &d), IPSEC_ERR_INVALID_ARGUMENT, "`flow`");
     CHECK("lookup_packet direction 3", ipsec_spd_lookup_packet(spd, 3, pkt, sizeof pkt, &d), IPSEC_ERR_INVALID_ARGUMENT, "direction 3");
     CHECK("lookup_packet of a truncated packet", ipsec_spd_lookup_packet(spd, IPSEC_DIRECTION_OUTBOUND, pkt, 10, &d), IPSEC_ERR_MALFORMED, "truncated");
