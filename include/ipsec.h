@@ -1239,10 +1239,14 @@ ipsec_status ipsec_sa_new(const struct ipsec_sa_config *config,
                           struct ipsec_sa **out);
 
 /**
- * Creates the SA called `name` from TOML text holding `[[sa]]` tables (an SA file or a
- * policy file; the keys are those of `ipsec_sa_config`, see ipsec_core::sa_file), at
- * time `now_ns`, and stores it in `*out`. `IPSEC_ERR_CONFIG` when the text or an SA in
- * it is invalid (the message names the SA and the key), `IPSEC_ERR_NOT_FOUND` when no
+ * Creates the SA called `name` from TOML text holding `[[sa]]` tables (an SA file such
+ * as examples/sa-pair.toml, or a policy file) at time `now_ns` and stores it in `*out`.
+ * A table's keys: `name`, `spi`, `direction` ("outbound" / "inbound"), `mode`,
+ * `cipher` ("aes-128-gcm", ...), `key` (hex), and optionally `integrity`,
+ * `integrity_key`, `esn`, `replay_window`, `tunnel_src`, `tunnel_dst`,
+ * `udp_encap = [src, dst]`, `seq`, `outer_ttl`, `tfc_pad_to`, `padding`,
+ * `soft_lifetime` / `hard_lifetime = { bytes, packets, seconds }`. `IPSEC_ERR_CONFIG` when the text or an SA
+ * in it is invalid (the message names the SA and the key), `IPSEC_ERR_NOT_FOUND` when no
  * SA has that name.
  *
  * # Safety
