@@ -6,9 +6,10 @@
 #   1. cargo fmt --check, cargo clippy -D warnings (all targets)
 #   2. Rust unit, integration and doc tests of the workspace; Miri on the unsafe module
 #   3. the release CLI, then the live scapy interop tests (pytest) against it
-#   4. a smoke run of every cargo-fuzz target (nightly), or their corpora as plain
+#   4. the Python package: a fresh wheel, stubtest, mypy --strict, pytest (scripts/test-py.sh)
+#   5. a smoke run of every cargo-fuzz target (nightly), or their corpora as plain
 #      tests where no nightly toolchain exists
-#   5. criterion benches compiled and run once in test mode (no timing is asserted)
+#   6. criterion benches compiled and run once in test mode (no timing is asserted)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -52,6 +53,9 @@ fi
 
 stage "live interop with scapy"
 IPSEC_BIN="$root/target/release/ipsec" .venv/bin/python -m pytest -q -c tests/python/pytest.ini tests/python
+
+stage "Python package (ipsec-py): wheel, stubtest, mypy --strict, pytest"
+./scripts/test-py.sh
 
 stage "fuzz targets"
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then

@@ -234,7 +234,11 @@ impl Integrity {
 
 /// Where CBC initialisation vectors come from. The default draws a key from the OS
 /// once per SA and encrypts a counter with it; tests and simulations inject their own.
-pub trait IvSource: Send {
+///
+/// `Send + Sync` so that the types holding SA configurations ([`crate::SaConfig`],
+/// [`crate::Spd`]) can be shared between threads; `fill_iv` takes `&mut self`, so an
+/// implementation needs no locking of its own.
+pub trait IvSource: Send + Sync {
     /// Fills `iv` with a fresh, unpredictable IV.
     fn fill_iv(&mut self, iv: &mut [u8; 16]);
 }

@@ -121,7 +121,8 @@ struct Case {
     policy: Option<String>,
 }
 
-fn parse_case(t: &toml::Table, label: &str) -> Result<Case, ConfigError> {
+/// Parses one case; `name` is what the outcome reports, `label` names the case in errors.
+fn parse_case(t: &toml::Table, name: String, label: &str) -> Result<Case, ConfigError> {
     let err = |key: &str, msg: String| ConfigError::new(key, msg).in_context(label);
     for k in t.keys() {
         if !KEYS.contains(&k.as_str()) {
@@ -207,7 +208,7 @@ fn parse_case(t: &toml::Table, label: &str) -> Result<Case, ConfigError> {
     }
     let expect = Action::from_name(required("expect")?).map_err(|m| err("expect", m))?;
     Ok(Case {
-        name: label.to_owned(),
+        name,
         flow,
         expect,
         policy: string("policy")?.map(str::to_owned),
@@ -416,11 +417,11 @@ impl Spd {
             .map_err(|e| ConfigError::new("toml", e.to_string().trim_end().replace('\n', " ")))?;
         let mut outcomes = Vec::with_capacity(file.case.len());
         for (i, t) in file.case.iter().enumerate() {
-            let label = match t.get("name").and_then(Value::as_str) {
-                Some(n) => format!("case {n:?}"),
-                None => format!("case #{}", i + 1),
+            let (name, label) = match t.get("name").and_then(Value::as_str) {
+                Some(n) => (n.to_owned(), format!("case {n:?}")),
+                None => (format!("case #{}", i + 1), format!("case #{}", i + 1)),
             };
-            let case = parse_case(t, &label)?;
+            let case = parse_case(t, name, &label)?;
             let d = self.lookup(&case.flow);
             let policy_ok = case.policy.as_deref().is_none_or(|p| d.policy == Some(p));
             let passed = d.action == case.expect && policy_ok;

@@ -490,6 +490,13 @@ impl Table {
     }
 }
 
+// The thread-safety promises of the docs below, checked by the compiler.
+const _: () = {
+    const fn shared_between_threads<T: Send + Sync>() {}
+    shared_between_threads::<Spd>();
+    shared_between_threads::<crate::SaConfig>();
+};
+
 /// A Security Policy Database: ordered policies, their SAs, and the compiled lookup.
 ///
 /// Immutable once built. `Send + Sync`: share it between threads by reference or `Arc`.

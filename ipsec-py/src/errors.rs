@@ -1,0 +1,208 @@
+//! The exception hierarchy and the one conversion of `ipsec_core` errors to `PyErr`.
+//!
+//! ```text
+//! IpsecError(Exception)            .reason: the drop counter the failure was counted
+//!  +- AuthenticationError                   under ("auth_failed", ...), or None
+//!  +- ReplayError                  .index: position in an encrypt_many batch, or None
+//!  +- MalformedPacketError
+//!  +- UnknownSpiError
+//!  +- PolicyMismatchError
+//!  +- LifetimeExpiredError
+//!  +- SequenceOverflowError
+//!  +- ConfigError(IpsecError, ValueError)   .field: the keyword or TOML key, or None
+//! ```
+//!
+//! `ConfigError` derives from two bases, which `create_exception!` cannot express; it is
+//! made once with `type(name, bases, namespace)` and kept in a [`PyOnceLock`].
+
+use ipsec_core::{ConfigError as CoreConfigError, Error};
+use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
+
+pyo3::create_exception!(
+    ipsec,
+    IpsecError,
+    PyException,
+    "Base class of every error raised by the ipsec package."
+);
+pyo3::create_exception!(
+    ipsec,
+    AuthenticationError,
+    IpsecError,
+    "The integrity check value did not verify: the packet was altered or the key is wrong."
+);
+pyo3::create_exception!(
+    ipsec,
+    ReplayError,
+    IpsecError,
+    "The sequence number was already received, or lies below the replay window."
+);
+pyo3::create_exception!(
+    ipsec,
+    MalformedPacketError,
+    IpsecError,
+    "The packet could not be parsed (truncated, bad lengths, not ESP, bad padding ...)."
+);
+pyo3::create_exception!(
+    ipsec,
+    UnknownSpiError,
+    IpsecError,
+    "The packet's SPI is not the SA's."
+);
+pyo3::create_exception!(
+    ipsec,
+    PolicyMismatchError,
+    IpsecError,
+    "The decapsulated packet does not match the selectors of the SA's policy."
+);
+pyo3::create_exception!(
+    ipsec,
+    LifetimeExpiredError,
+    IpsecError,
+    "A hard lifetime (bytes, packets or time) was reached; the SA refuses packets."
+);
+pyo3::create_exception!(
+    ipsec,
+    SequenceOverflowError,
+    IpsecError,
+    "The outbound sequence number space is exhausted; the SA must be replaced."
+);
+
+static CONFIG_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// The `ipsec.ConfigError` class (a subclass of both `IpsecError` and `ValueError`).
+pub(crate) fn config_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    CONFIG_ERROR
+        .get_or_try_init(py, || {
+            let bases = PyTuple::new(
+                py,
+                [py.get_type::<IpsecError>(), py.get_type::<PyValueError>()],
+            )?;
+            let ns = PyDict::new(py);
+            ns.set_item("__module__", "ipsec")?;
+            ns.set_item("__qualname__", "ConfigError")?;
+            ns.set_item(
+                "__doc__",
+                "A rejected configuration (keyword argument, TOML file or cases file). \
+                 Also a ValueError. `.field` names the keyword or TOML key.",
+            )?;
+            ns.set_item("field", py.None())?;
+            let cls = py
+                .get_type::<PyType>()
+                .call1(("ConfigError", bases, ns))?
+                .cast_into::<PyType>()?;
+            Ok::<_, PyErr>(cls.unbind())
+        })
+        .map(|t| t.bind(py))
+}
+
+/// Every failure the bindings report, converted to a Python exception in one place
+/// ([`From<Failure> for PyErr`]).
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// A packet error of the core (counted under its drop reason).
+    Packet(Error),
+    /// A configuration error of the core, or of the bindings' argument checks.
+    Config(CoreConfigError),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Packet(e)
+    }
+}
+
+impl From<CoreConfigError> for Failure {
+    fn from(e: CoreConfigError) -> Self {
+        Failure::Config(e)
+    }
+}
+
+impl From<ipsec_core::Malformed> for Failure {
+    fn from(m: ipsec_core::Malformed) -> Self {
+        Failure::Packet(Error::Malformed(m))
+    }
+}
+
+/// The exception class of a packet error.
+fn packet_error_type<'py>(py: Python<'py>, e: &Error) -> Bound<'py, PyType> {
+    match e {
+        Error::AuthenticationFailed => py.get_type::<AuthenticationError>(),
+        Error::Replayed { .. } | Error::TooOld { .. } => py.get_type::<ReplayError>(),
+        Error::Malformed(_) | Error::BadPadding | Error::BadNextHeader(_) => {
+            py.get_type::<MalformedPacketError>()
+        }
+        Error::UnknownSpi { .. } => py.get_type::<UnknownSpiError>(),
+        Error::PolicyMismatch | Error::UnprotectedTraffic => py.get_type::<PolicyMismatchError>(),
+        Error::LifetimeExpired(_) => py.get_type::<LifetimeExpiredError>(),
+        Error::SequenceOverflow => py.get_type::<SequenceOverflowError>(),
+        // A dummy packet, a policy DISCARD, an SA used in the wrong direction, a buffer
+        // too small (a bug of these bindings, which size every buffer): the base class,
+        // with the drop reason in `.reason`.
+        _ => py.get_type::<IpsecError>(),
+    }
+}
+
+impl Failure {
+    /// The exception instance (normalized, so that attributes can be set on it).
+    pub(crate) fn into_exception(self, py: Python<'_>) -> PyErr {
+        match self {
+            Failure::Packet(e) => {
+                let err = PyErr::from_type(packet_error_type(py, &e), e.to_string());
+                // Setting an attribute on a fresh exception instance only fails on
+                // memory exhaustion; the exception is raised either way.
+                let _ = err.value(py).setattr("reason", e.drop_reason().as_str());
+                err
+            }
+            Failure::Config(e) => match config_error_type(py) {
+                Ok(cls) => {
+                    let err = PyErr::from_type(cls.clone(), e.to_string());
+                    let _ = err.value(py).setattr("field", e.field());
+                    err
+                }
+                Err(err) => err,
+            },
+        }
+    }
+}
+
+impl From<Failure> for PyErr {
+    fn from(f: Failure) -> PyErr {
+        Python::attach(|py| f.into_exception(py))
+    }
+}
+
+/// A `ConfigError` about `field`.
+pub(crate) fn config(field: &str, message: impl Into<String>) -> PyErr {
+    Failure::Config(CoreConfigError::new(field, message)).into()
+}
+
+/// Registers the exception classes in the module, with their class-level attribute
+/// defaults (`reason`, `index`, `field`).
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    let base = py.get_type::<IpsecError>();
+    base.setattr("reason", py.None())?;
+    base.setattr("index", py.None())?;
+    m.add("IpsecError", base)?;
+    m.add("AuthenticationError", py.get_type::<AuthenticationError>())?;
+    m.add("ReplayError", py.get_type::<ReplayError>())?;
+    m.add(
+        "MalformedPacketError",
+        py.get_type::<MalformedPacketError>(),
+    )?;
+    m.add("UnknownSpiError", py.get_type::<UnknownSpiError>())?;
+    m.add("PolicyMismatchError", py.get_type::<PolicyMismatchError>())?;
+    m.add(
+        "LifetimeExpiredError",
+        py.get_type::<LifetimeExpiredError>(),
+    )?;
+    m.add(
+        "SequenceOverflowError",
+        py.get_type::<SequenceOverflowError>(),
+    )?;
+    m.add("ConfigError", config_error_type(py)?)?;
+    Ok(())
+}

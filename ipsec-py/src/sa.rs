@@ -1,0 +1,846 @@
+//! `SecurityAssociation`, `Lifetime`, `SaEvent`, and SA loading from `[[sa]]` TOML.
+//!
+//! # Threads and the GIL
+//!
+//! The core SA lives behind a [`Mutex`]: calls from several Python threads on one SA
+//! take turns. The rule that keeps this free of deadlocks: **no code ever waits for the
+//! GIL while holding an SA's mutex** (nothing under the lock creates Python objects
+//! other than `bytes`, whose allocation runs no Python code and no garbage collection).
+//! A thread that holds the GIL and finds the mutex taken releases the GIL while it
+//! waits ([`PySecurityAssociation::lock`]). `encrypt_many` / `decrypt_many` allocate
+//! their Python objects with the GIL, then release it ([`Python::detach`]) for the
+//! whole batch (lock, copy, transform, unlock), then take it back to build the list.
+//!
+//! # Buffers
+//!
+//! `encrypt` writes the protected packet straight into the `bytes` object it returns:
+//! the object is allocated with the SA's headroom and tailroom around the packet
+//! (`max_headroom` / `tailroom_for`), the packet is copied once into it, and ESP is
+//! applied in place. In tunnel mode the result fills the object exactly; in transport
+//! mode the tailroom is a worst case over IP header lengths, so the (shorter) result is
+//! copied into a second object. `decrypt` works in a scratch buffer owned by the SA and
+//! copies the inner packet out once.
+
+use crate::convert::{self, Bad};
+use crate::errors::{Failure, IpsecError};
+use core::ptr::NonNull;
+use core::time::Duration;
+use ipsec_core::sa_file::{NamedSa, parse_sa_file};
+use ipsec_core::{
+    Cipher, Direction, EspPadding, Integrity, Lifetime, LifetimeLimit, Mode, PacketBuf, SaConfig,
+    SaEvent, SecurityAssociation, TfcPadding,
+};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use zeroize::Zeroizing;
+
+/// What the mutex protects: the core SA, the caller's latest time, a decrypt scratch
+/// buffer.
+struct State {
+    sa: SecurityAssociation,
+    /// The latest `now` the caller gave (creation time at first); used when a call
+    /// gives none. The bindings never read a clock.
+    now: Duration,
+    scratch: Vec<u8>,
+}
+
+/// One direction of an IPsec SA (Python `ipsec.SecurityAssociation`).
+#[pyclass(module = "ipsec", name = "SecurityAssociation", frozen)]
+pub(crate) struct PySecurityAssociation {
+    state: Mutex<State>,
+    // Fixed at creation, read without the lock.
+    spi: u32,
+    direction: Direction,
+    mode: Mode,
+    cipher: Cipher,
+    integrity: Option<Integrity>,
+    esn: bool,
+    tunnel: Option<(IpAddr, IpAddr)>,
+    udp_encap: Option<(u16, u16)>,
+    /// `max_headroom()`: constant for the SA's life.
+    headroom: usize,
+}
+
+/// A `bytes` object's buffer, written by a detached batch. Only created for objects
+/// that no other code can reach yet.
+struct OutSlot {
+    ptr: NonNull<u8>,
+    cap: usize,
+}
+
+// SAFETY: the pointed-to buffer belongs to a fresh `bytes` object referenced only by
+// the batch that made it (held in a local Vec while the GIL is released); exactly one
+// thread (the detached batch) writes it, and nothing reads it until the batch returns.
+#[allow(unsafe_code)]
+unsafe impl Send for OutSlot {}
+
+fn poisoned() -> PyErr {
+    PyErr::new::<IpsecError, _>(
+        "this SA is unusable: an internal error (panic) happened while it was in use",
+    )
+}
+
+/// A packet argument: `bytes` is borrowed, `bytearray` copied.
+fn packet_arg<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> PyResult<Cow<'a, [u8]>> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        Ok(Cow::Borrowed(b.as_bytes()))
+    } else if let Ok(b) = obj.cast::<PyByteArray>() {
+        Ok(Cow::Owned(b.to_vec()))
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "{field} must be bytes or bytearray, got {}",
+            convert::type_name(obj)
+        )))
+    }
+}
+
+/// A key argument: `bytes` is borrowed, `bytearray` copied into memory that is wiped
+/// when dropped (the core keeps its own zeroized copy).
+fn key_arg<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> PyResult<KeyBytes<'a>> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        Ok(KeyBytes::Borrowed(b.as_bytes()))
+    } else if let Ok(b) = obj.cast::<PyByteArray>() {
+        Ok(KeyBytes::Owned(Zeroizing::new(b.to_vec())))
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "{field} must be bytes or bytearray, got {}",
+            convert::type_name(obj)
+        )))
+    }
+}
+
+/// Key bytes, borrowed from a `bytes` object or a wiped-on-drop copy.
+enum KeyBytes<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Zeroizing<Vec<u8>>),
+}
+
+impl core::ops::Deref for KeyBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            KeyBytes::Borrowed(b) => b,
+            KeyBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// The packets of an `*_many` call: any iterable of `bytes`/`bytearray`. `bytes` are
+/// referenced (not copied), `bytearray` contents copied, so the batch can run without
+/// the GIL even if the caller's list changes meanwhile.
+fn packets_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedBytes>> {
+    let mut out = Vec::with_capacity(obj.len().unwrap_or(0));
+    let iter = obj.try_iter().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "packets must be a list (or iterable) of bytes, got {}",
+            convert::type_name(obj)
+        ))
+    })?;
+    for (i, item) in iter.enumerate() {
+        let item = item?;
+        if let Ok(b) = item.cast::<PyBytes>() {
+            out.push(PyBackedBytes::from(b.clone()));
+        } else if let Ok(b) = item.cast::<PyByteArray>() {
+            out.push(PyBackedBytes::from(b.clone()));
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "packets[{i}] must be bytes or bytearray, got {}",
+                convert::type_name(&item)
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn lifetime_arg(obj: Option<&Bound<'_, PyAny>>, field: &str) -> PyResult<Option<Lifetime>> {
+    match obj {
+        Some(o) if !o.is_none() => match o.cast::<PyLifetime>() {
+            Ok(l) => l.get().to_core().map(Some),
+            Err(_) => Err(PyTypeError::new_err(format!(
+                "{field} must be an ipsec.Lifetime or None, got {}",
+                convert::type_name(o)
+            ))),
+        },
+        _ => Ok(None),
+    }
+}
+
+fn now_arg(now: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+    convert::opt_seconds(now, "now", Bad::Value)
+}
+
+impl PySecurityAssociation {
+    /// Wraps a created core SA.
+    fn wrap(sa: SecurityAssociation, now: Duration) -> Self {
+        PySecurityAssociation {
+            spi: sa.spi(),
+            direction: sa.direction(),
+            mode: sa.mode(),
+            cipher: sa.cipher(),
+            integrity: sa.integrity(),
+            esn: sa.esn(),
+            tunnel: sa.tunnel(),
+            udp_encap: sa.udp_encap(),
+            headroom: sa.max_headroom(),
+            state: Mutex::new(State {
+                sa,
+                now,
+                scratch: Vec::new(),
+            }),
+        }
+    }
+
+    /// Creates the SA from a configuration (constructor and file loading).
+    fn create(config: SaConfig, now: Duration) -> Result<Self, Failure> {
+        Ok(Self::wrap(SecurityAssociation::new(config, now)?, now))
+    }
+
+    /// Locks the SA while holding the GIL. When another thread holds the SA (a batch
+    /// running detached), waits for it with the GIL released, then retries: the GIL is
+    /// never waited for while the mutex is held.
+    fn lock(&self, py: Python<'_>) -> PyResult<MutexGuard<'_, State>> {
+        loop {
+            match self.state.try_lock() {
+                Ok(guard) => return Ok(guard),
+                Err(TryLockError::WouldBlock) => py.detach(|| drop(self.state.lock())),
+                Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
+            }
+        }
+    }
+
+    /// The time to use for a call: the one given (remembered), or the last one.
+    fn time(state: &mut State, now: Option<Duration>) -> Duration {
+        if let Some(n) = now {
+            state.now = n;
+        }
+        state.now
+    }
+}
+
+fn event_of(e: SaEvent) -> Option<PySaEvent> {
+    let (kind, limit) = match e {
+        SaEvent::Rekey(l) => ("rekey", l),
+        SaEvent::Expired(l) => ("expired", l),
+        _ => return None,
+    };
+    Some(PySaEvent {
+        kind,
+        limit: limit_name(limit),
+    })
+}
+
+fn limit_name(l: LifetimeLimit) -> &'static str {
+    l.as_str()
+}
+
+#[pymethods]
+impl PySecurityAssociation {
+    /// Creates an SA. See the package documentation for every argument.
+    #[new]
+    #[pyo3(signature = (
+        spi, direction, mode, cipher, key, integrity=None, integrity_key=None, esn=None,
+        replay_window=None, tunnel_src=None, tunnel_dst=None, udp_encap=None, seq=None, *,
+        soft_lifetime=None, hard_lifetime=None, padding=None, tfc_pad_to=None,
+        outer_ttl=None, now=None
+    ), text_signature = "(spi, direction, mode, cipher, key, integrity=None, integrity_key=b'', \
+        esn=False, replay_window=64, tunnel_src=None, tunnel_dst=None, udp_encap=None, seq=0, *, \
+        soft_lifetime=None, hard_lifetime=None, padding='blocks', tfc_pad_to=None, outer_ttl=64, \
+        now=0.0)")]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        spi: &Bound<'_, PyAny>,
+        direction: &Bound<'_, PyAny>,
+        mode: &Bound<'_, PyAny>,
+        cipher: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        integrity: Option<&Bound<'_, PyAny>>,
+        integrity_key: Option<&Bound<'_, PyAny>>,
+        esn: Option<&Bound<'_, PyAny>>,
+        replay_window: Option<&Bound<'_, PyAny>>,
+        tunnel_src: Option<&Bound<'_, PyAny>>,
+        tunnel_dst: Option<&Bound<'_, PyAny>>,
+        udp_encap: Option<&Bound<'_, PyAny>>,
+        seq: Option<&Bound<'_, PyAny>>,
+        soft_lifetime: Option<&Bound<'_, PyAny>>,
+        hard_lifetime: Option<&Bound<'_, PyAny>>,
+        padding: Option<&Bound<'_, PyAny>>,
+        tfc_pad_to: Option<&Bound<'_, PyAny>>,
+        outer_ttl: Option<&Bound<'_, PyAny>>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let name = |o: &Bound<'_, PyAny>, f: &str| -> PyResult<String> {
+            Ok(convert::string(o, f)?.to_cow()?.into_owned())
+        };
+        let spi: u32 = convert::int(spi, "spi", Bad::Config)?;
+        let direction =
+            Direction::from_name(&name(direction, "direction")?).map_err(Failure::from)?;
+        let mode = Mode::from_name(&name(mode, "mode")?).map_err(Failure::from)?;
+        let cipher = Cipher::from_name(&name(cipher, "cipher")?).map_err(Failure::from)?;
+        let key = key_arg(key, "key")?;
+        let mut cfg = SaConfig::new(spi, direction, mode, cipher, &key);
+        let integrity_key = match integrity_key {
+            Some(k) if !k.is_none() => Some(key_arg(k, "integrity_key")?),
+            _ => None,
+        };
+        match integrity {
+            Some(i) if !i.is_none() => {
+                let alg = Integrity::from_name(&name(i, "integrity")?).map_err(Failure::from)?;
+                cfg.integrity(alg, integrity_key.as_deref().unwrap_or(&[]));
+            }
+            _ => {
+                if integrity_key.as_ref().is_some_and(|k| !k.is_empty()) {
+                    return Err(crate::errors::config(
+                        "integrity_key",
+                        "given without an integrity algorithm",
+                    ));
+                }
+            }
+        }
+        cfg.esn(convert::boolean(esn, "esn", false)?);
+        if let Some(w) = convert::opt_int::<u32>(replay_window, "replay_window", Bad::Config)? {
+            cfg.replay_window(w);
+        }
+        let src = tunnel_src.filter(|o| !o.is_none());
+        let dst = tunnel_dst.filter(|o| !o.is_none());
+        match (src, dst) {
+            (Some(s), Some(d)) => {
+                cfg.tunnel(
+                    convert::addr(s, "tunnel_src", Bad::Config)?,
+                    convert::addr(d, "tunnel_dst", Bad::Config)?,
+                );
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(crate::errors::config(
+                    "tunnel_dst",
+                    "missing (tunnel_src is given)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(crate::errors::config(
+                    "tunnel_src",
+                    "missing (tunnel_dst is given)",
+                ));
+            }
+        }
+        if let Some(u) = udp_encap.filter(|o| !o.is_none()) {
+            let pair: (Bound<'_, PyAny>, Bound<'_, PyAny>) = u.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "udp_encap must be a (src_port, dst_port) tuple, got {}",
+                    convert::type_name(u)
+                ))
+            })?;
+            cfg.udp_encap(
+                convert::int(&pair.0, "udp_encap", Bad::Config)?,
+                convert::int(&pair.1, "udp_encap", Bad::Config)?,
+            );
+        }
+        if let Some(s) = convert::opt_int::<u64>(seq, "seq", Bad::Config)? {
+            cfg.seq(s);
+        }
+        if let Some(l) = lifetime_arg(soft_lifetime, "soft_lifetime")? {
+            cfg.soft_lifetime(l);
+        }
+        if let Some(l) = lifetime_arg(hard_lifetime, "hard_lifetime")? {
+            cfg.hard_lifetime(l);
+        }
+        if let Some(p) = padding.filter(|p| !p.is_none()) {
+            cfg.padding(EspPadding::from_name(&name(p, "padding")?).map_err(Failure::from)?);
+        }
+        if let Some(n) = convert::opt_int::<u16>(tfc_pad_to, "tfc_pad_to", Bad::Config)? {
+            cfg.tfc_padding(TfcPadding::PadTo(n));
+        }
+        if let Some(t) = convert::opt_int::<u8>(outer_ttl, "outer_ttl", Bad::Config)? {
+            cfg.outer_ttl(t);
+        }
+        let now = convert::opt_seconds(now, "now", Bad::Config)?.unwrap_or(Duration::ZERO);
+        Ok(Self::create(cfg, now)?)
+    }
+
+    /// Protects one IP packet: the whole IP packet in, the whole protected packet out.
+    #[pyo3(signature = (packet, /, *, now=None))]
+    fn encrypt<'py>(
+        &self,
+        py: Python<'py>,
+        packet: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let data = packet_arg(packet, "packet")?;
+        let now = now_arg(now)?;
+        let head = self.headroom;
+        let len = data.len();
+        let mut outcome = Ok((0, 0));
+        let total;
+        let out = {
+            let mut st = self.lock(py)?;
+            let now = Self::time(&mut st, now);
+            total = head + len + st.sa.tailroom_for(len);
+            // Only a `bytes` object is created under the lock (no Python code runs).
+            PyBytes::new_with(py, total, |buf| {
+                buf[head..head + len].copy_from_slice(&data);
+                outcome = PacketBuf::new(buf, head, len).and_then(|mut pkt| {
+                    st.sa
+                        .encrypt(&mut pkt, now)
+                        .map(|()| (pkt.offset(), pkt.len()))
+                });
+                Ok(())
+            })
+        }?;
+        match outcome {
+            Ok((0, n)) if n == total => Ok(out),
+            Ok((off, n)) => Ok(PyBytes::new(py, &out.as_bytes()[off..off + n])),
+            Err(e) => Err(Failure::from(e).into_exception(py)),
+        }
+    }
+
+    /// Removes ESP from one packet: the outer packet in, the inner (tunnel) or restored
+    /// (transport) packet out.
+    #[pyo3(signature = (packet, /, *, now=None))]
+    fn decrypt<'py>(
+        &self,
+        py: Python<'py>,
+        packet: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let data = packet_arg(packet, "packet")?;
+        let now = now_arg(now)?;
+        let outcome = {
+            let mut st = self.lock(py)?;
+            let now = Self::time(&mut st, now);
+            let State { sa, scratch, .. } = &mut *st;
+            scratch.clear();
+            scratch.extend_from_slice(&data);
+            PacketBuf::new(scratch, 0, data.len())
+                .and_then(|mut pkt| {
+                    sa.decrypt(&mut pkt, now)
+                        .map(|()| pkt.data().len())
+                        .map(|n| (pkt.offset(), n))
+                })
+                .map(|(off, n)| PyBytes::new(py, &scratch[off..off + n]))
+        };
+        outcome.map_err(|e| Failure::from(e).into_exception(py))
+    }
+
+    /// Protects a batch of packets with the GIL released; returns one `bytes` per packet.
+    #[pyo3(signature = (packets, /, *, now=None))]
+    fn encrypt_many<'py>(
+        &self,
+        py: Python<'py>,
+        packets: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let inputs = packets_arg(packets)?;
+        let now = now_arg(now)?;
+        let head = self.headroom;
+        // The sizes depend only on the SA's configuration; the lock is held briefly.
+        let sizes: Vec<usize> = {
+            let st = self.lock(py)?;
+            inputs
+                .iter()
+                .map(|p| head + p.len() + st.sa.tailroom_for(p.len()))
+                .collect()
+        };
+        let mut outs = Vec::with_capacity(inputs.len());
+        let mut slots = Vec::with_capacity(inputs.len());
+        for &size in &sizes {
+            let mut ptr = NonNull::dangling();
+            let b = PyBytes::new_with(py, size, |buf| {
+                ptr = NonNull::from(buf).cast::<u8>();
+                Ok(())
+            })?;
+            slots.push(OutSlot { ptr, cap: size });
+            outs.push(b);
+        }
+        let results = py.detach(|| {
+            let mut st = self.state.lock().map_err(|_| ())?;
+            let now = Self::time(&mut st, now);
+            let results: Vec<_> = slots
+                .into_iter()
+                .zip(&inputs)
+                .map(|(slot, input)| {
+                    // SAFETY: `slot` describes the `cap` bytes of a bytes object made
+                    // above for this batch alone (see `OutSlot`); it stays alive in
+                    // `outs` until after this closure returns, and this is the only
+                    // reference to its buffer.
+                    #[allow(unsafe_code)]
+                    let buf =
+                        unsafe { core::slice::from_raw_parts_mut(slot.ptr.as_ptr(), slot.cap) };
+                    let len = input.len();
+                    buf[head..head + len].copy_from_slice(input);
+                    PacketBuf::new(buf, head, len).and_then(|mut pkt| {
+                        st.sa
+                            .encrypt(&mut pkt, now)
+                            .map(|()| (pkt.offset(), pkt.len()))
+                    })
+                })
+                .collect();
+            Ok(results)
+        });
+        let results = results.map_err(|()| poisoned())?;
+        let mut items = Vec::with_capacity(outs.len());
+        let mut first_error = None;
+        for (i, (out, result)) in outs.into_iter().zip(results).enumerate() {
+            match result {
+                Ok((0, n)) if n == sizes[i] => items.push(out),
+                Ok((off, n)) => items.push(PyBytes::new(py, &out.as_bytes()[off..off + n])),
+                Err(e) => {
+                    first_error.get_or_insert((i, e));
+                }
+            }
+        }
+        if let Some((i, e)) = first_error {
+            let err = Failure::from(e).into_exception(py);
+            err.value(py).setattr("index", i)?;
+            return Err(err);
+        }
+        PyList::new(py, items)
+    }
+
+    /// Removes ESP from a batch of packets with the GIL released; returns, per packet,
+    /// the inner packet or the exception describing why it was dropped.
+    #[pyo3(signature = (packets, /, *, now=None))]
+    fn decrypt_many<'py>(
+        &self,
+        py: Python<'py>,
+        packets: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let inputs = packets_arg(packets)?;
+        let now = now_arg(now)?;
+        let total: usize = inputs.iter().map(|p| p.len()).sum();
+        let batch = py.detach(|| {
+            // One arena for the batch: each packet is copied in and decrypted in place.
+            let mut arena = vec![0u8; total];
+            let mut st = self.state.lock().map_err(|_| ())?;
+            let now = Self::time(&mut st, now);
+            let mut start = 0;
+            let mut results = Vec::with_capacity(inputs.len());
+            for input in &inputs {
+                let len = input.len();
+                let buf = &mut arena[start..start + len];
+                buf.copy_from_slice(input);
+                results.push(PacketBuf::new(buf, 0, len).and_then(|mut pkt| {
+                    st.sa
+                        .decrypt(&mut pkt, now)
+                        .map(|()| (start + pkt.offset(), pkt.len()))
+                }));
+                start += len;
+            }
+            drop(st);
+            Ok((arena, results))
+        });
+        let (arena, results) = batch.map_err(|()| poisoned())?;
+        let mut items: Vec<Bound<'py, PyAny>> = Vec::with_capacity(results.len());
+        for r in results {
+            items.push(match r {
+                Ok((off, n)) => PyBytes::new(py, &arena[off..off + n]).into_any(),
+                Err(e) => Failure::from(e)
+                    .into_exception(py)
+                    .into_value(py)
+                    .into_bound(py)
+                    .into_any(),
+            });
+        }
+        PyList::new(py, items)
+    }
+
+    /// The counters: `packets`, `bytes` and one key per drop reason.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = *self.lock(py)?.sa.stats();
+        let d = PyDict::new(py);
+        d.set_item("packets", stats.packets)?;
+        d.set_item("bytes", stats.bytes)?;
+        for (reason, count) in stats.drops() {
+            d.set_item(reason.as_str(), count)?;
+        }
+        Ok(d)
+    }
+
+    /// Checks the lifetimes at `now` (default: the last time given) and returns the
+    /// next event to act on, or `None`.
+    #[pyo3(signature = (now=None))]
+    fn poll_event(
+        &self,
+        py: Python<'_>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<PySaEvent>> {
+        let now = now_arg(now)?;
+        let event = {
+            let mut st = self.lock(py)?;
+            let now = Self::time(&mut st, now);
+            st.sa.poll_event(now)
+        };
+        Ok(event.and_then(event_of))
+    }
+
+    /// Every pending event (rekey and expiry), in order, until none is left.
+    #[pyo3(signature = (now=None))]
+    fn poll_events(
+        &self,
+        py: Python<'_>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<PySaEvent>> {
+        let now = now_arg(now)?;
+        let events: Vec<SaEvent> = {
+            let mut st = self.lock(py)?;
+            let now = Self::time(&mut st, now);
+            core::iter::from_fn(|| st.sa.poll_event(now)).collect()
+        };
+        Ok(events.into_iter().filter_map(event_of).collect())
+    }
+
+    /// The SPI.
+    #[getter]
+    fn spi(&self) -> u32 {
+        self.spi
+    }
+
+    /// `"outbound"` or `"inbound"`.
+    #[getter]
+    fn direction(&self) -> &'static str {
+        self.direction.name()
+    }
+
+    /// `"tunnel"` or `"transport"`.
+    #[getter]
+    fn mode(&self) -> &'static str {
+        self.mode.name()
+    }
+
+    /// The cipher name.
+    #[getter]
+    fn cipher(&self) -> &'static str {
+        self.cipher.name()
+    }
+
+    /// The integrity algorithm name, or `None`.
+    #[getter]
+    fn integrity(&self) -> Option<&'static str> {
+        self.integrity.map(Integrity::name)
+    }
+
+    /// True with extended sequence numbers.
+    #[getter]
+    fn esn(&self) -> bool {
+        self.esn
+    }
+
+    /// Outbound: the last sequence number used. Inbound: the highest received.
+    #[getter]
+    fn seq(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(self.lock(py)?.sa.seq())
+    }
+
+    /// The tunnel endpoints `(src, dst)` as text, or `None`.
+    #[getter]
+    fn tunnel(&self) -> Option<(String, String)> {
+        self.tunnel.map(|(s, d)| (s.to_string(), d.to_string()))
+    }
+
+    /// The UDP encapsulation ports `(src, dst)`, or `None`.
+    #[getter]
+    fn udp_encap(&self) -> Option<(u16, u16)> {
+        self.udp_encap
+    }
+
+    /// True once a hard lifetime was reached (the SA refuses packets).
+    #[getter]
+    fn expired(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.lock(py)?.sa.is_expired())
+    }
+
+    /// The most bytes encryption adds to a packet (for buffer and MTU sizing).
+    #[getter]
+    fn max_overhead(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.lock(py)?.sa.max_overhead())
+    }
+
+    fn __repr__(&self) -> String {
+        let integrity = self
+            .integrity
+            .map_or_else(|| "None".to_owned(), |i| format!("'{}'", i.name()));
+        format!(
+            "SecurityAssociation(spi={:#x}, direction='{}', mode='{}', cipher='{}', integrity={integrity}, esn={})",
+            self.spi,
+            self.direction.name(),
+            self.mode.name(),
+            self.cipher.name(),
+            if self.esn { "True" } else { "False" },
+        )
+    }
+}
+
+/// Soft or hard lifetime limits (Python `ipsec.Lifetime`); `None` means no limit.
+#[pyclass(module = "ipsec", name = "Lifetime", frozen, eq)]
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PyLifetime {
+    bytes: Option<u64>,
+    packets: Option<u64>,
+    seconds: Option<f64>,
+}
+
+impl PyLifetime {
+    fn to_core(&self) -> PyResult<Lifetime> {
+        let mut l = Lifetime::NONE;
+        if let Some(b) = self.bytes {
+            l = l.with_bytes(b);
+        }
+        if let Some(p) = self.packets {
+            l = l.with_packets(p);
+        }
+        if let Some(s) = self.seconds {
+            l = l.with_time(convert::seconds(s, "seconds", Bad::Config)?);
+        }
+        Ok(l)
+    }
+}
+
+#[pymethods]
+impl PyLifetime {
+    #[new]
+    #[pyo3(signature = (*, bytes=None, packets=None, seconds=None))]
+    fn new(
+        bytes: Option<&Bound<'_, PyAny>>,
+        packets: Option<&Bound<'_, PyAny>>,
+        seconds: Option<f64>,
+    ) -> PyResult<Self> {
+        if let Some(s) = seconds {
+            convert::seconds(s, "seconds", Bad::Config)?;
+        }
+        Ok(PyLifetime {
+            bytes: convert::opt_int(bytes, "bytes", Bad::Config)?,
+            packets: convert::opt_int(packets, "packets", Bad::Config)?,
+            seconds,
+        })
+    }
+
+    /// Bytes of inner packets, or `None`.
+    #[getter]
+    fn bytes(&self) -> Option<u64> {
+        self.bytes
+    }
+
+    /// Packets, or `None`.
+    #[getter]
+    fn packets(&self) -> Option<u64> {
+        self.packets
+    }
+
+    /// Seconds since the SA was created, or `None`.
+    #[getter]
+    fn seconds(&self) -> Option<f64> {
+        self.seconds
+    }
+
+    fn __repr__(&self) -> String {
+        let o = |v: Option<String>| v.unwrap_or_else(|| "None".into());
+        format!(
+            "Lifetime(bytes={}, packets={}, seconds={})",
+            o(self.bytes.map(|v| v.to_string())),
+            o(self.packets.map(|v| v.to_string())),
+            o(self.seconds.map(|v| format!("{v:?}"))),
+        )
+    }
+}
+
+/// Something the owner of an SA must act on (Python `ipsec.SaEvent`).
+#[pyclass(module = "ipsec", name = "SaEvent", frozen, eq, hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PySaEvent {
+    kind: &'static str,
+    limit: &'static str,
+}
+
+#[pymethods]
+impl PySaEvent {
+    /// `"rekey"` (a soft lifetime was reached) or `"expired"` (a hard one).
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// `"bytes"`, `"packets"` or `"time"`.
+    #[getter]
+    fn limit(&self) -> &'static str {
+        self.limit
+    }
+
+    fn __repr__(&self) -> String {
+        format!("SaEvent(kind='{}', limit='{}')", self.kind, self.limit)
+    }
+}
+
+/// Creates the SAs of parsed `[[sa]]` tables.
+fn create_all(
+    named: Vec<NamedSa>,
+    now: Duration,
+) -> Result<Vec<(String, PySecurityAssociation)>, Failure> {
+    named
+        .into_iter()
+        .map(|n| {
+            let label = format!("sa {:?}", n.name);
+            let sa = SecurityAssociation::new(n.config, now).map_err(|e| e.in_context(&label))?;
+            Ok((n.name, PySecurityAssociation::wrap(sa, now)))
+        })
+        .collect()
+}
+
+fn sas_dict<'py>(
+    py: Python<'py>,
+    text: &str,
+    now: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let now = convert::opt_seconds(now, "now", Bad::Config)?.unwrap_or(Duration::ZERO);
+    let named = parse_sa_file(text).map_err(Failure::from)?;
+    let d = PyDict::new(py);
+    for (name, sa) in create_all(named, now)? {
+        d.set_item(name, Bound::new(py, sa)?)?;
+    }
+    Ok(d)
+}
+
+/// The SAs of the `[[sa]]` tables of a TOML text, by name (a policy file's
+/// `[[policy]]` tables are allowed and ignored).
+#[pyfunction]
+#[pyo3(signature = (text, *, now=None), text_signature = "(text, *, now=0.0)")]
+pub(crate) fn sas_from_toml<'py>(
+    py: Python<'py>,
+    text: &Bound<'py, PyAny>,
+    now: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    sas_dict(py, &convert::text(text, "text")?, now)
+}
+
+/// The SAs of the `[[sa]]` tables of a TOML file, by name.
+#[pyfunction]
+#[pyo3(signature = (path, *, now=None), text_signature = "(path, *, now=0.0)")]
+pub(crate) fn load_sas<'py>(
+    py: Python<'py>,
+    path: &Bound<'py, PyAny>,
+    now: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let path = convert::path(path, "path")?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| crate::errors::config(&path.display().to_string(), e.to_string()))?;
+    sas_dict(py, &text, now)
+}
+
+/// The SPI of an ESP packet, or of ESP in UDP on one of `udp_ports` (default: 4500).
+#[pyfunction]
+#[pyo3(signature = (packet, *, udp_ports=None))]
+pub(crate) fn esp_spi(packet: &Bound<'_, PyAny>, udp_ports: Option<Vec<u16>>) -> PyResult<u32> {
+    let data = packet_arg(packet, "packet")?;
+    let ports = udp_ports.unwrap_or_else(|| vec![ipsec_core::packet::NAT_T_PORT]);
+    let pos = ipsec_core::packet::locate_esp(&data, Some(&ports)).map_err(Failure::from)?;
+    match data[pos.esp..pos.ip.total_len].get(..4) {
+        Some(h) => Ok(u32::from_be_bytes([h[0], h[1], h[2], h[3]])),
+        None => Err(Failure::from(ipsec_core::Malformed::Truncated).into()),
+    }
+}
