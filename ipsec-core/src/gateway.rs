@@ -152,17 +152,15 @@ impl Gateway {
         &self.stats
     }
 
-    /// Checks every SA's lifetimes at `now` ([`SecurityAssociation::poll_event`]) and
-    /// returns all pending events with the name of their SA: SAs in file order, each
-    /// SA's events in the order it reports them. An SA reports each event once.
-    pub fn poll_events(&mut self, now: Duration) -> Vec<(&str, SaEvent)> {
-        let mut events = Vec::new();
-        for (name, sa) in self.names.iter().zip(&mut self.sas) {
-            while let Some(e) = sa.poll_event(now) {
-                events.push((name.as_str(), e));
-            }
-        }
-        events
+    /// Checks every SA's lifetimes against `now` and returns the next event the caller
+    /// must act on (a rekey or an expiry, as [`SecurityAssociation::poll_event`]) with
+    /// the name of its SA, or `None` when nothing is due. Call it until it returns `None`.
+    #[must_use]
+    pub fn poll_event(&mut self, now: Duration) -> Option<(&str, SaEvent)> {
+        self.names
+            .iter()
+            .zip(self.sas.iter_mut())
+            .find_map(|(name, sa)| sa.poll_event(now).map(|e| (name.as_str(), e)))
     }
 
     fn drop(&mut self, err: Error) -> Error {

@@ -257,26 +257,33 @@ fn duplicate_inbound_spis_are_refused() {
 }
 
 #[test]
-fn lifetime_events_are_reported_with_their_sa() {
-    let limited = hq_toml().replace(
-        "tunnel_dst = \"198.51.100.2\"\n",
-        "tunnel_dst = \"198.51.100.2\"\nsoft_lifetime = { seconds = 30 }\n\
-         hard_lifetime = { seconds = 60 }\n",
+fn lifetime_events_of_every_sa_are_polled_with_their_names() {
+    let text = hq_toml().replace(
+        "tunnel_dst = \"198.51.100.2\"",
+        "tunnel_dst = \"198.51.100.2\"\nsoft_lifetime = { seconds = 10 }\nhard_lifetime = { seconds = 20 }",
     );
-    let mut hq = Gateway::new(Spd::from_toml(&limited).expect("policy"), T0).expect("SAs");
-    assert!(hq.poll_events(Duration::from_secs(29)).is_empty());
+    let mut hq = Gateway::new(Spd::from_toml(&text).expect("valid policy"), T0).expect("SAs");
+    assert_eq!(hq.poll_event(Duration::from_secs(9)), None);
     assert_eq!(
-        hq.poll_events(Duration::from_secs(30)),
-        [("hq-out", SaEvent::Rekey(LifetimeLimit::Time))]
-    );
-    assert!(
-        hq.poll_events(Duration::from_secs(31)).is_empty(),
-        "reported once"
+        hq.poll_event(Duration::from_secs(10)),
+        Some((
+            "hq-out",
+            ipsec_core::SaEvent::Rekey(ipsec_core::LifetimeLimit::Time)
+        ))
     );
     assert_eq!(
-        hq.poll_events(Duration::from_secs(60)),
-        [("hq-out", SaEvent::Expired(LifetimeLimit::Time))]
+        hq.poll_event(Duration::from_secs(11)),
+        None,
+        "each event once"
     );
-    assert!(hq.sa("hq-out").unwrap().is_expired());
-    assert!(!hq.sa("hq-in").unwrap().is_expired());
+    assert_eq!(
+        hq.poll_event(Duration::from_secs(20)),
+        Some((
+            "hq-out",
+            ipsec_core::SaEvent::Expired(ipsec_core::LifetimeLimit::Time)
+        ))
+    );
+    assert_eq!(hq.poll_event(Duration::from_secs(21)), None);
+    assert!(hq.sa("hq-out").is_some_and(SecurityAssociation::is_expired));
+    assert!(hq.sa("hq-in").is_some_and(|sa| !sa.is_expired()));
 }

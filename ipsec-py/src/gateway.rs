@@ -438,11 +438,12 @@ impl PyGateway {
         let events: Vec<(String, ipsec_core::SaEvent)> = {
             let mut st = self.lock(py)?;
             let now = st.time(now);
-            st.gateway
-                .poll_events(now)
-                .into_iter()
-                .map(|(name, e)| (name.to_owned(), e))
-                .collect()
+            core::iter::from_fn(|| {
+                st.gateway
+                    .poll_event(now)
+                    .map(|(name, e)| (name.to_owned(), e))
+            })
+            .collect()
         };
         Ok(events
             .into_iter()

@@ -1,0 +1,280 @@
+//! The cost of the C ABI: each C entry point of `ipsec-ffi` against the Rust call it
+//! wraps, on the same SA setup (AES-128-GCM, tunnel mode, IPv4/UDP inner packets).
+//!
+//! * `rust_encrypt/N`, `c_encrypt/N` (N = 64, 1420): one packet, `SecurityAssociation::
+//!   encrypt` against `ipsec_sa_encrypt`; likewise `rust_decrypt/N`, `c_decrypt/N`
+//!   (replay window off so one ciphertext can be decrypted again and again).
+//! * `rust_encrypt_burst32/1420`, `c_encrypt_burst32/1420` (and `decrypt`): 32 packets,
+//!   `encrypt_burst` against `ipsec_sa_encrypt_burst` over `ipsec_packet` descriptors.
+//!
+//! The C entry points are called through a function pointer hidden behind `black_box`,
+//! so the optimiser cannot inline them into the benchmark: the call costs what it costs
+//! a C program calling into libipsec (argument checks, the panic boundary, the
+//! conversions). Both sides restore their input with the same `copy_from_slice` each
+//! iteration (the transform works in place); the difference of two medians is the
+//! per-packet cost of the C ABI.
+//!
+//! Run: `cargo bench -p ipsec-benches --bench ffi` (about a minute and a half); smoke
+//! test: `cargo test -p ipsec-benches --bench ffi`.
+// The C entry points are `unsafe extern "C"` functions: calling them is the point.
+#![allow(unsafe_code)]
+
+use std::hint::black_box;
+use std::ptr::null_mut;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ipsec::{
+    ipsec_cipher, ipsec_direction, ipsec_mode, ipsec_packet, ipsec_sa, ipsec_sa_config,
+    ipsec_sa_config_init, ipsec_sa_new, ipsec_status,
+};
+use ipsec_core::{Cipher, Direction, Mode, PacketBuf, SaConfig, SecurityAssociation};
+
+const KEY: [u8; 20] = [0x42; 20];
+const SPI: u32 = 0x1000;
+const BURST: usize = 32;
+
+type OneFn = unsafe extern "C" fn(
+    *mut ipsec_sa,
+    *mut u8,
+    usize,
+    *mut usize,
+    *mut usize,
+    u64,
+) -> ipsec_status;
+type BurstFn = unsafe extern "C" fn(*mut ipsec_sa, *mut ipsec_packet, usize, u64) -> usize;
+
+fn rust_sa(direction: Direction) -> SecurityAssociation {
+    let mut cfg = SaConfig::new(SPI, direction, Mode::Tunnel, Cipher::Aes128Gcm, &KEY);
+    match direction {
+        Direction::Outbound => {
+            cfg.tunnel(
+                "192.0.2.1".parse().expect("address"),
+                "192.0.2.2".parse().expect("address"),
+            );
+        }
+        _ => {
+            cfg.replay_window(0);
+        }
+    }
+    SecurityAssociation::new(cfg, Duration::ZERO).expect("valid SA")
+}
+
+/// The same SA through the C API.
+struct CSa(*mut ipsec_sa);
+
+impl CSa {
+    fn new(direction: Direction) -> CSa {
+        let mut cfg = std::mem::MaybeUninit::<ipsec_sa_config>::uninit();
+        // SAFETY: `cfg` is writable; init fills every field.
+        let st = unsafe { ipsec_sa_config_init(cfg.as_mut_ptr()) };
+        assert_eq!(st, ipsec_status::IPSEC_OK);
+        // SAFETY: initialised just above.
+        let mut cfg = unsafe { cfg.assume_init() };
+        cfg.spi = SPI;
+        cfg.mode = ipsec_mode::IPSEC_MODE_TUNNEL as u32;
+        cfg.cipher = ipsec_cipher::IPSEC_CIPHER_AES_128_GCM as u32;
+        cfg.key = KEY.as_ptr();
+        cfg.key_len = KEY.len();
+        match direction {
+            Direction::Outbound => {
+                cfg.direction = ipsec_direction::IPSEC_DIRECTION_OUTBOUND as u32;
+                cfg.tunnel_src = c"192.0.2.1".as_ptr();
+                cfg.tunnel_dst = c"192.0.2.2".as_ptr();
+            }
+            _ => {
+                cfg.direction = ipsec_direction::IPSEC_DIRECTION_INBOUND as u32;
+                cfg.replay_window = 0;
+            }
+        }
+        let mut sa = null_mut();
+        // SAFETY: `cfg` holds valid pointers; `sa` is writable.
+        let st = unsafe { ipsec_sa_new(&cfg, 0, &mut sa) };
+        assert_eq!(st, ipsec_status::IPSEC_OK);
+        CSa(sa)
+    }
+}
+
+impl Drop for CSa {
+    fn drop(&mut self) {
+        // SAFETY: created by ipsec_sa_new, freed once.
+        unsafe { ipsec::ipsec_sa_free(self.0) }
+    }
+}
+
+/// An IPv4/UDP packet of exactly `size` bytes (header checksum correct).
+fn inner_packet(size: usize) -> Vec<u8> {
+    let mut p = vec![0u8; size];
+    p[..20].copy_from_slice(&[
+        0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 1, 0, 1,
+    ]);
+    p[2..4].copy_from_slice(&(size as u16).to_be_bytes());
+    ipsec_core::packet::set_ipv4_checksum(&mut p[..20]);
+    p[20..24].copy_from_slice(&[0x13, 0x88, 0x13, 0x89]);
+    p[24..26].copy_from_slice(&((size - 20) as u16).to_be_bytes());
+    for (i, b) in p[28..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    p
+}
+
+fn ffi(c: &mut Criterion) {
+    let now = Duration::ZERO;
+    let c_encrypt: OneFn = black_box(ipsec::ipsec_sa_encrypt);
+    let c_decrypt: OneFn = black_box(ipsec::ipsec_sa_decrypt);
+    let c_encrypt_burst: BurstFn = black_box(ipsec::ipsec_sa_encrypt_burst);
+    let c_decrypt_burst: BurstFn = black_box(ipsec::ipsec_sa_decrypt_burst);
+
+    let mut g = c.benchmark_group("ffi-aes-128-gcm");
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(3));
+    for size in [64usize, 1420] {
+        let inner = inner_packet(size);
+        let mut rust_out = rust_sa(Direction::Outbound);
+        let head = rust_out.max_headroom();
+        let slot = head + size + rust_out.tailroom_for(size);
+        g.throughput(Throughput::Bytes(size as u64));
+
+        let mut storage = vec![0u8; slot];
+        g.bench_function(format!("rust_encrypt/{size}"), |b| {
+            b.iter(|| {
+                storage[head..head + size].copy_from_slice(&inner);
+                let mut pkt = PacketBuf::new(&mut storage, head, size).expect("in bounds");
+                rust_out.encrypt(&mut pkt, now).expect("encrypts");
+                black_box(pkt.len())
+            })
+        });
+        let c_out = CSa::new(Direction::Outbound);
+        g.bench_function(format!("c_encrypt/{size}"), |b| {
+            b.iter(|| {
+                storage[head..head + size].copy_from_slice(&inner);
+                let (mut off, mut len) = (head, size);
+                // SAFETY: `storage` has `slot` bytes; off/len are valid.
+                let st = unsafe {
+                    c_encrypt(c_out.0, storage.as_mut_ptr(), slot, &mut off, &mut len, 0)
+                };
+                assert_eq!(st, ipsec_status::IPSEC_OK);
+                black_box(len)
+            })
+        });
+
+        // One ciphertext, decrypted again and again (replay window off on both).
+        let mut pkt = PacketBuf::new(&mut storage, head, size).expect("in bounds");
+        pkt.buffer_mut()[head..head + size].copy_from_slice(&inner);
+        rust_out.encrypt(&mut pkt, now).expect("encrypts");
+        let protected = pkt.data().to_vec();
+        let plen = protected.len();
+        let mut storage = vec![0u8; plen];
+        let mut rust_in = rust_sa(Direction::Inbound);
+        g.bench_function(format!("rust_decrypt/{size}"), |b| {
+            b.iter(|| {
+                storage.copy_from_slice(&protected);
+                let mut pkt = PacketBuf::new(&mut storage, 0, plen).expect("in bounds");
+                rust_in.decrypt(&mut pkt, now).expect("decrypts");
+                black_box(pkt.len())
+            })
+        });
+        let c_in = CSa::new(Direction::Inbound);
+        g.bench_function(format!("c_decrypt/{size}"), |b| {
+            b.iter(|| {
+                storage.copy_from_slice(&protected);
+                let (mut off, mut len) = (0, plen);
+                // SAFETY: `storage` has `plen` bytes; off/len are valid.
+                let st =
+                    unsafe { c_decrypt(c_in.0, storage.as_mut_ptr(), plen, &mut off, &mut len, 0) };
+                assert_eq!(st, ipsec_status::IPSEC_OK);
+                black_box(len)
+            })
+        });
+
+        if size != 1420 {
+            continue;
+        }
+        // Bursts of 32 x 1420 bytes.
+        g.throughput(Throughput::Bytes((size * BURST) as u64));
+        let mut storage = vec![0u8; slot * BURST];
+        let mut results = [Ok(()); BURST];
+        g.bench_function(format!("rust_encrypt_burst{BURST}/{size}"), |b| {
+            b.iter(|| {
+                let mut slots = storage.chunks_exact_mut(slot);
+                let mut pkts: [PacketBuf<'_>; BURST] = std::array::from_fn(|_| {
+                    let s = slots.next().expect("BURST slots");
+                    s[head..head + size].copy_from_slice(&inner);
+                    PacketBuf::new(s, head, size).expect("in bounds")
+                });
+                assert_eq!(rust_out.encrypt_burst(&mut pkts, &mut results, now), BURST);
+                black_box(&pkts);
+            })
+        });
+        let base = storage.as_mut_ptr();
+        let mut descs: Vec<ipsec_packet> = (0..BURST)
+            .map(|i| ipsec_packet {
+                // SAFETY: slot `i` lies inside `storage`.
+                buf: unsafe { base.add(i * slot) },
+                capacity: slot,
+                offset: head,
+                length: size,
+                status: 0,
+            })
+            .collect();
+        g.bench_function(format!("c_encrypt_burst{BURST}/{size}"), |b| {
+            b.iter(|| {
+                for (i, d) in descs.iter_mut().enumerate() {
+                    // SAFETY: slot `i` of `storage`, `slot` bytes, not otherwise borrowed.
+                    let s = unsafe { std::slice::from_raw_parts_mut(base.add(i * slot), slot) };
+                    s[head..head + size].copy_from_slice(&inner);
+                    d.offset = head;
+                    d.length = size;
+                }
+                // SAFETY: every descriptor points into `storage`.
+                let ok = unsafe { c_encrypt_burst(c_out.0, descs.as_mut_ptr(), BURST, 0) };
+                assert_eq!(ok, BURST);
+                black_box(&descs);
+            })
+        });
+
+        let mut storage = vec![0u8; plen * BURST];
+        g.bench_function(format!("rust_decrypt_burst{BURST}/{size}"), |b| {
+            b.iter(|| {
+                let mut slots = storage.chunks_exact_mut(plen);
+                let mut pkts: [PacketBuf<'_>; BURST] = std::array::from_fn(|_| {
+                    let s = slots.next().expect("BURST slots");
+                    s.copy_from_slice(&protected);
+                    PacketBuf::new(s, 0, plen).expect("in bounds")
+                });
+                assert_eq!(rust_in.decrypt_burst(&mut pkts, &mut results, now), BURST);
+                black_box(&pkts);
+            })
+        });
+        let base = storage.as_mut_ptr();
+        let mut descs: Vec<ipsec_packet> = (0..BURST)
+            .map(|i| ipsec_packet {
+                // SAFETY: slot `i` lies inside `storage`.
+                buf: unsafe { base.add(i * plen) },
+                capacity: plen,
+                offset: 0,
+                length: plen,
+                status: 0,
+            })
+            .collect();
+        g.bench_function(format!("c_decrypt_burst{BURST}/{size}"), |b| {
+            b.iter(|| {
+                for (i, d) in descs.iter_mut().enumerate() {
+                    // SAFETY: slot `i` of `storage`, `plen` bytes, not otherwise borrowed.
+                    let s = unsafe { std::slice::from_raw_parts_mut(base.add(i * plen), plen) };
+                    s.copy_from_slice(&protected);
+                    d.offset = 0;
+                    d.length = plen;
+                }
+                // SAFETY: every descriptor points into `storage`.
+                let ok = unsafe { c_decrypt_burst(c_in.0, descs.as_mut_ptr(), BURST, 0) };
+                assert_eq!(ok, BURST);
+                black_box(&descs);
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, ffi);
+criterion_main!(benches);

@@ -1,0 +1,65 @@
+//! # ipsec-ffi: the C ABI of ipsec-core
+//!
+//! `libipsec.a` / `libipsec.so` and `include/ipsec.h` (generated from this crate by
+//! cbindgen). The crate holds no IPsec logic: every entry point checks its arguments,
+//! converts them, calls [`ipsec_core`] and converts the answer back.
+//!
+//! ## Conventions (as rustls-ffi and DPDK)
+//!
+//! * Opaque handles (`ipsec_sa`, `ipsec_spd`, `ipsec_gateway`, `ipsec_replay_window`,
+//!   `ipsec_lint`, `ipsec_firewall`) are created by a `*_new` / `*_from_*` / `*_load`
+//!   call and released by the matching `*_free`, which accepts NULL.
+//! * Every fallible call returns an [`ipsec_status`] and writes its results through
+//!   out-pointers, **only on success**. Arguments come in the order: object, inputs,
+//!   outputs. A `const` handle pointer means the call does not change the object.
+//! * A buffer pointer is followed by its `size_t` length. Strings are either a pointer
+//!   and a length (TOML text) or NUL-terminated (names, paths, addresses); either way
+//!   they must be UTF-8.
+//! * NULL where a pointer is required, a length that cannot be a buffer's, a packet
+//!   descriptor outside its buffer, an integer that is not a value of its enum, or
+//!   non-zero reserved fields give `IPSEC_ERR_INVALID_ARGUMENT`, never a crash.
+//!   Enum-typed inputs are taken as `uint32_t` and checked, never reinterpreted.
+//! * No Rust panic crosses the boundary: each entry point runs inside one
+//!   `catch_unwind` (`boundary`) and a panic becomes `IPSEC_ERR_PANIC`.
+//! * After a failed call, `ipsec_last_error` (thread-local, like `errno`) explains it.
+//!   Successful calls leave it alone.
+//! * Packet errors are numbered `300 + ` the `DropReason` index, so a status names the
+//!   counter of `ipsec_sa_stats` the drop was counted under.
+//! * Time is the caller's: `now_ns`, nanoseconds since any epoch the caller likes (the
+//!   same epoch for every call on one object), as a `uint64_t`.
+//!
+//! ## Thread safety
+//!
+//! An `ipsec_sa`, `ipsec_gateway` or `ipsec_replay_window` is used by one thread at a
+//! time (DPDK: "only one thread processes a given SA"); it may move between threads.
+//! `ipsec_spd`, `ipsec_lint` and `ipsec_firewall` are immutable: any number of threads
+//! may use one at once. The last-error message is per thread.
+//!
+//! ## Unsafe code
+//!
+//! This crate is the one place where the workspace allows `unsafe`: turning C pointers
+//! into references. Every `unsafe` block states why it is sound; the pointer
+//! conversions live in the `handle` module and are checked by the compiler per handle type.
+#![allow(unsafe_code)]
+// The C names (`ipsec_sa`, `IPSEC_ERR_CONFIG`) are the Rust names: what cbindgen sees
+// is what a C programmer reads.
+#![allow(non_camel_case_types)]
+#![deny(missing_docs)]
+
+mod boundary;
+pub mod gateway;
+mod handle;
+pub mod replay;
+pub mod sa;
+pub mod spd;
+pub mod status;
+
+pub use boundary::{ipsec_last_error, ipsec_last_error_length};
+pub use gateway::*;
+pub use replay::*;
+pub use sa::*;
+pub use spd::*;
+pub use status::{ipsec_status, ipsec_status_str, ipsec_version};
+
+#[cfg(test)]
+mod tests;

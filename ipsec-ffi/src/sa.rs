@@ -1,0 +1,1041 @@
+//! Security associations: creation from a config struct or TOML, packets one at a time
+//! and in bursts, overhead, counters, lifetime events.
+
+use core::ffi::c_char;
+use core::time::Duration;
+
+use ipsec_core::sa_file::parse_sa_file;
+use ipsec_core::{
+    Cipher, ConfigError, Direction, DropReason, EspPadding, Integrity, Lifetime, LifetimeLimit,
+    Mode, PacketBuf, SaConfig, SaEvent, SaStats, SecurityAssociation, TfcPadding,
+};
+
+use crate::boundary::{bad_descriptor, boundary, call, config_error, fail, invalid, packet_error};
+use crate::handle::{
+    Handle, array_mut, borrow, borrow_mut, bytes, bytes_mut, c_str, free_handle, into_handle,
+    out_ptr, read_struct, text,
+};
+use crate::status::ipsec_status;
+
+/// One direction of an IPsec SA: keys, sequence numbers or replay window, lifetimes,
+/// counters.
+///
+/// Thread safety: one thread at a time (every packet changes it); it may move between
+/// threads. Use one SA per core, or a lock around it.
+pub struct ipsec_sa {
+    _private: [u8; 0],
+}
+
+impl Handle for ipsec_sa {
+    type Inner = SecurityAssociation;
+}
+
+/// Which way an SA carries traffic.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ipsec_direction {
+    /// This side encrypts.
+    IPSEC_DIRECTION_OUTBOUND = 1,
+    /// This side decrypts.
+    IPSEC_DIRECTION_INBOUND = 2,
+}
+
+/// ESP mode (RFC 4301 §4.1).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ipsec_mode {
+    /// The whole IP packet is carried inside a new outer IP header.
+    IPSEC_MODE_TUNNEL = 1,
+    /// The IP header stays; what follows it is protected.
+    IPSEC_MODE_TRANSPORT = 2,
+}
+
+/// The ESP cipher. Key lengths: GCM, GMAC and ChaCha20-Poly1305 take the key followed
+/// by the 4-byte salt (20 or 36 bytes); AES-CBC 16 or 32 bytes; NULL none.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ipsec_cipher {
+    /// AES-GCM-16, 128-bit key (RFC 4106); 20 key bytes.
+    IPSEC_CIPHER_AES_128_GCM = 1,
+    /// AES-GCM-16, 256-bit key (RFC 4106); 36 key bytes.
+    IPSEC_CIPHER_AES_256_GCM = 2,
+    /// ChaCha20-Poly1305 (RFC 7634); 36 key bytes.
+    IPSEC_CIPHER_CHACHA20_POLY1305 = 3,
+    /// AES-GMAC, 128-bit key (RFC 4543): integrity only; 20 key bytes.
+    IPSEC_CIPHER_AES_128_GMAC = 4,
+    /// AES-GMAC, 256-bit key (RFC 4543): integrity only; 36 key bytes.
+    IPSEC_CIPHER_AES_256_GMAC = 5,
+    /// AES-CBC, 128-bit key (RFC 3602); needs an integrity algorithm.
+    IPSEC_CIPHER_AES_128_CBC = 6,
+    /// AES-CBC, 256-bit key (RFC 3602); needs an integrity algorithm.
+    IPSEC_CIPHER_AES_256_CBC = 7,
+    /// NULL encryption (RFC 2410); needs an integrity algorithm.
+    IPSEC_CIPHER_NULL = 8,
+}
+
+/// The integrity algorithm for AES-CBC and NULL encryption.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ipsec_integrity {
+    /// None (the combined-mode ciphers).
+    IPSEC_INTEGRITY_NONE = 0,
+    /// HMAC-SHA-1-96 (RFC 2404); 20 key bytes.
+    IPSEC_INTEGRITY_HMAC_SHA1_96 = 1,
+    /// HMAC-SHA-256-128 (RFC 4868); 32 key bytes.
+    IPSEC_INTEGRITY_HMAC_SHA256_128 = 2,
+    /// HMAC-SHA-384-192 (RFC 4868); 48 key bytes.
+    IPSEC_INTEGRITY_HMAC_SHA384_192 = 3,
+    /// HMAC-SHA-512-256 (RFC 4868); 64 key bytes.
+    IPSEC_INTEGRITY_HMAC_SHA512_256 = 4,
+}
+
+/// How much ESP padding outbound packets get.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ipsec_padding {
+    /// Pad the encrypted part to whole 16-byte blocks (faster to seal; the default).
+    IPSEC_PADDING_BLOCKS = 0,
+    /// The RFC 4303 minimum (4-byte alignment, 16 for AES-CBC), as Linux sends.
+    IPSEC_PADDING_MINIMAL = 1,
+}
+
+/// What `ipsec_sa_poll_event` reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ipsec_event_kind {
+    /// Nothing to act on.
+    IPSEC_EVENT_NONE = 0,
+    /// A soft lifetime was reached: negotiate a replacement SA now.
+    IPSEC_EVENT_REKEY = 1,
+    /// A hard lifetime was reached: the SA refuses packets from now on.
+    IPSEC_EVENT_EXPIRED = 2,
+}
+
+/// Which lifetime limit an event is about.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ipsec_lifetime_limit {
+    /// No limit (with `IPSEC_EVENT_NONE`).
+    IPSEC_LIMIT_NONE = 0,
+    /// Bytes of inner packets.
+    IPSEC_LIMIT_BYTES = 1,
+    /// Packets.
+    IPSEC_LIMIT_PACKETS = 2,
+    /// Time since the SA was created.
+    IPSEC_LIMIT_TIME = 3,
+}
+
+/// Lifetime limits (RFC 4301 §4.4.2.1); 0 means no limit of that kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ipsec_lifetime {
+    /// Bytes of inner packets processed.
+    pub bytes: u64,
+    /// Packets processed.
+    pub packets: u64,
+    /// Seconds since the SA was created (the `now_ns` given at creation).
+    pub seconds: u64,
+}
+
+/// Everything needed to create an SA with `ipsec_sa_new`. Fill it with
+/// `ipsec_sa_config_init` first (it sets the defaults), then set the fields. The field
+/// names are those of the `[[sa]]` TOML keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct ipsec_sa_config {
+    /// The SPI; 0..=255 are reserved and refused.
+    pub spi: u32,
+    /// An `ipsec_direction` value.
+    pub direction: u32,
+    /// An `ipsec_mode` value.
+    pub mode: u32,
+    /// An `ipsec_cipher` value.
+    pub cipher: u32,
+    /// The cipher key (for GCM, GMAC and ChaCha20-Poly1305 followed by the 4-byte
+    /// salt); copied, so it may be wiped after `ipsec_sa_new` returns. NULL if
+    /// `key_len` is 0.
+    pub key: *const u8,
+    /// Bytes at `key`.
+    pub key_len: usize,
+    /// An `ipsec_integrity` value (`IPSEC_INTEGRITY_NONE` by default).
+    pub integrity: u32,
+    /// The integrity key (copied); NULL if `integrity_key_len` is 0.
+    pub integrity_key: *const u8,
+    /// Bytes at `integrity_key`.
+    pub integrity_key_len: usize,
+    /// Extended (64-bit) sequence numbers (RFC 4303 §2.2.1).
+    pub esn: bool,
+    /// Inbound replay window: 0 (off) or 32..=16777216 packets (default 64).
+    pub replay_window: u32,
+    /// Outbound: the last sequence number used (the next is `seq + 1`). Inbound: the
+    /// highest already received. 0 for a new SA.
+    pub seq: u64,
+    /// Outer source address (IPv4 or IPv6 text), NUL-terminated; NULL for none.
+    /// Outbound tunnel-mode SAs need both endpoints.
+    pub tunnel_src: *const c_char,
+    /// Outer destination address, NUL-terminated; NULL for none.
+    pub tunnel_dst: *const c_char,
+    /// Encapsulate ESP in UDP (RFC 3948 NAT traversal) with the two ports below.
+    pub udp_encap: bool,
+    /// UDP source port when `udp_encap`.
+    pub udp_src_port: u16,
+    /// UDP destination port when `udp_encap`.
+    pub udp_dst_port: u16,
+    /// Outer TTL / hop limit of tunnel-mode packets; 0 means the default, 64.
+    pub outer_ttl: u8,
+    /// TFC padding (tunnel mode): pad inner packets up to this many bytes; 0 for none.
+    pub tfc_pad_to: u16,
+    /// An `ipsec_padding` value (`IPSEC_PADDING_BLOCKS` by default).
+    pub padding: u32,
+    /// Reaching it raises `IPSEC_EVENT_REKEY`.
+    pub soft_lifetime: ipsec_lifetime,
+    /// Reaching it raises `IPSEC_EVENT_EXPIRED`; the SA then refuses packets.
+    pub hard_lifetime: ipsec_lifetime,
+    /// Must be zero: room for fields added later without changing the struct's size.
+    pub reserved: [u64; 8],
+}
+
+/// How much room an outbound packet needs around it (`ipsec_sa_overhead`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ipsec_overhead {
+    /// Bytes of headroom an outbound packet needs in front of it (outer IP header, UDP
+    /// header for NAT-T, ESP header, IV).
+    pub headroom: usize,
+    /// Bytes of tailroom a packet of the given length needs behind it (TFC and ESP
+    /// padding, pad length, next header, ICV).
+    pub tailroom: usize,
+    /// The most any outbound packet can grow (headroom plus the largest tailroom), for
+    /// sizing buffers once.
+    pub max_overhead: usize,
+}
+
+/// An SA's counters: packets and bytes processed, and one counter per drop reason.
+///
+/// A drop with status `IPSEC_ERR_x` (300 + n) is counted in the n-th counter after
+/// `bytes`. New counters will be taken from `reserved`, so the struct keeps its size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ipsec_sa_stats {
+    /// Packets encrypted (outbound) or decrypted (inbound).
+    pub packets: u64,
+    /// Bytes of inner packets in those packets.
+    pub bytes: u64,
+    /// Dropped: ICV did not verify.
+    pub auth_failed: u64,
+    /// Dropped: replayed sequence number.
+    pub replay: u64,
+    /// Dropped: sequence number below the replay window.
+    pub too_old: u64,
+    /// Dropped: unparseable packet (and operations against the SA's direction).
+    pub malformed: u64,
+    /// Dropped: bad ESP padding.
+    pub bad_padding: u64,
+    /// Dropped: bad next header.
+    pub bad_next_header: u64,
+    /// Dropped: SPI not the SA's / unknown.
+    pub unknown_spi: u64,
+    /// Dropped: inner packet outside the SA's policy, or unprotected cleartext.
+    pub policy_mismatch: u64,
+    /// Dropped: hard lifetime reached.
+    pub lifetime_expired: u64,
+    /// Dropped: sequence numbers exhausted.
+    pub sequence_overflow: u64,
+    /// Dropped on purpose: dummy packets.
+    pub dummy: u64,
+    /// Dropped: too little headroom or tailroom.
+    pub no_buffer_space: u64,
+    /// Dropped: the SPD said DISCARD.
+    pub policy_discard: u64,
+    /// Zero; room for counters added later.
+    pub reserved: [u64; 17],
+}
+
+impl From<&SaStats> for ipsec_sa_stats {
+    fn from(s: &SaStats) -> Self {
+        ipsec_sa_stats {
+            packets: s.packets,
+            bytes: s.bytes,
+            auth_failed: s.dropped(DropReason::AuthFailed),
+            replay: s.dropped(DropReason::Replay),
+            too_old: s.dropped(DropReason::TooOld),
+            malformed: s.dropped(DropReason::Malformed),
+            bad_padding: s.dropped(DropReason::BadPadding),
+            bad_next_header: s.dropped(DropReason::BadNextHeader),
+            unknown_spi: s.dropped(DropReason::UnknownSpi),
+            policy_mismatch: s.dropped(DropReason::PolicyMismatch),
+            lifetime_expired: s.dropped(DropReason::LifetimeExpired),
+            sequence_overflow: s.dropped(DropReason::SequenceOverflow),
+            dummy: s.dropped(DropReason::Dummy),
+            no_buffer_space: s.dropped(DropReason::NoBufferSpace),
+            policy_discard: s.dropped(DropReason::PolicyDiscard),
+            reserved: [0; 17],
+        }
+    }
+}
+
+/// What an SA is (`ipsec_sa_get_info`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ipsec_sa_info {
+    /// The SPI.
+    pub spi: u32,
+    /// An `ipsec_direction` value.
+    pub direction: u32,
+    /// An `ipsec_mode` value.
+    pub mode: u32,
+    /// An `ipsec_cipher` value.
+    pub cipher: u32,
+    /// An `ipsec_integrity` value.
+    pub integrity: u32,
+    /// Extended sequence numbers on.
+    pub esn: bool,
+    /// A hard lifetime was reached: the SA refuses packets.
+    pub expired: bool,
+    /// The inbound replay window's size (0: off).
+    pub replay_window: u32,
+    /// Outbound: the last sequence number used. Inbound: the highest received.
+    pub seq: u64,
+}
+
+/// One `ipsec_sa_poll_event` answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ipsec_sa_event {
+    /// An `ipsec_event_kind` value.
+    pub kind: u32,
+    /// An `ipsec_lifetime_limit` value (`IPSEC_LIMIT_NONE` with `IPSEC_EVENT_NONE`).
+    pub limit: u32,
+}
+
+/// A packet in a caller-owned buffer, for the burst calls (a DPDK mbuf, reduced): the
+/// packet occupies `buf[offset .. offset + length]`; the bytes in front are headroom,
+/// those behind (up to `capacity`) tailroom.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+// C programs (and Rust callers of the C API) build it field by field: its layout is
+// the ABI, so it is exhaustive by design.
+#[allow(clippy::exhaustive_structs)]
+pub struct ipsec_packet {
+    /// The buffer (never freed by the library).
+    pub buf: *mut u8,
+    /// Bytes at `buf`.
+    pub capacity: usize,
+    /// Where the packet starts; updated on success.
+    pub offset: usize,
+    /// The packet's length; updated on success.
+    pub length: usize,
+    /// Written by the burst call: an `ipsec_status` value, `IPSEC_OK` or why this packet
+    /// failed (its offset and length are then unchanged).
+    pub status: u32,
+}
+
+// ---------------------------------------------------------------------------------------
+// Conversions of C integers to core enums and back.
+
+pub(crate) fn direction_from(v: u32, field: &str) -> Result<Direction, ipsec_status> {
+    match v {
+        1 => Ok(Direction::Outbound),
+        2 => Ok(Direction::Inbound),
+        _ => Err(invalid(format!(
+            "{field} {v} is not an ipsec_direction (1 outbound, 2 inbound)"
+        ))),
+    }
+}
+
+pub(crate) fn direction_to(d: Direction) -> u32 {
+    match d {
+        Direction::Outbound => ipsec_direction::IPSEC_DIRECTION_OUTBOUND as u32,
+        _ => ipsec_direction::IPSEC_DIRECTION_INBOUND as u32,
+    }
+}
+
+fn mode_from(v: u32) -> Result<Mode, ipsec_status> {
+    match v {
+        1 => Ok(Mode::Tunnel),
+        2 => Ok(Mode::Transport),
+        _ => Err(invalid(format!(
+            "mode {v} is not an ipsec_mode (1 tunnel, 2 transport)"
+        ))),
+    }
+}
+
+const CIPHERS: [(u32, Cipher); 8] = [
+    (1, Cipher::Aes128Gcm),
+    (2, Cipher::Aes256Gcm),
+    (3, Cipher::ChaCha20Poly1305),
+    (4, Cipher::Aes128Gmac),
+    (5, Cipher::Aes256Gmac),
+    (6, Cipher::Aes128Cbc),
+    (7, Cipher::Aes256Cbc),
+    (8, Cipher::Null),
+];
+
+const INTEGRITIES: [(u32, Integrity); 4] = [
+    (1, Integrity::HmacSha1_96),
+    (2, Integrity::HmacSha256_128),
+    (3, Integrity::HmacSha384_192),
+    (4, Integrity::HmacSha512_256),
+];
+
+fn cipher_from(v: u32) -> Result<Cipher, ipsec_status> {
+    CIPHERS
+        .iter()
+        .find(|(n, _)| *n == v)
+        .map(|&(_, c)| c)
+        .ok_or_else(|| invalid(format!("cipher {v} is not an ipsec_cipher (1..=8)")))
+}
+
+fn integrity_from(v: u32) -> Result<Option<Integrity>, ipsec_status> {
+    if v == 0 {
+        return Ok(None);
+    }
+    INTEGRITIES
+        .iter()
+        .find(|(n, _)| *n == v)
+        .map(|&(_, i)| Some(i))
+        .ok_or_else(|| {
+            invalid(format!(
+                "integrity {v} is not an ipsec_integrity (0 none, 1..=4)"
+            ))
+        })
+}
+
+fn padding_from(v: u32) -> Result<EspPadding, ipsec_status> {
+    match v {
+        0 => Ok(EspPadding::CipherBlocks),
+        1 => Ok(EspPadding::Minimal),
+        _ => Err(invalid(format!(
+            "padding {v} is not an ipsec_padding (0 blocks, 1 minimal)"
+        ))),
+    }
+}
+
+fn lifetime_from(l: &ipsec_lifetime) -> Lifetime {
+    let mut out = Lifetime::NONE;
+    if l.bytes != 0 {
+        out = out.with_bytes(l.bytes);
+    }
+    if l.packets != 0 {
+        out = out.with_packets(l.packets);
+    }
+    if l.seconds != 0 {
+        out = out.with_time(Duration::from_secs(l.seconds));
+    }
+    out
+}
+
+fn limit_to(l: LifetimeLimit) -> u32 {
+    match l {
+        LifetimeLimit::Bytes => ipsec_lifetime_limit::IPSEC_LIMIT_BYTES as u32,
+        LifetimeLimit::Packets => ipsec_lifetime_limit::IPSEC_LIMIT_PACKETS as u32,
+        _ => ipsec_lifetime_limit::IPSEC_LIMIT_TIME as u32,
+    }
+}
+
+/// The C form of a polled event.
+pub(crate) fn event_to(event: Option<SaEvent>) -> ipsec_sa_event {
+    match event {
+        None => ipsec_sa_event {
+            kind: ipsec_event_kind::IPSEC_EVENT_NONE as u32,
+            limit: ipsec_lifetime_limit::IPSEC_LIMIT_NONE as u32,
+        },
+        Some(SaEvent::Rekey(l)) => ipsec_sa_event {
+            kind: ipsec_event_kind::IPSEC_EVENT_REKEY as u32,
+            limit: limit_to(l),
+        },
+        Some(SaEvent::Expired(l)) => ipsec_sa_event {
+            kind: ipsec_event_kind::IPSEC_EVENT_EXPIRED as u32,
+            limit: limit_to(l),
+        },
+        // A kind of event added to ipsec-core later: the SA stops working either way.
+        Some(_) => ipsec_sa_event {
+            kind: ipsec_event_kind::IPSEC_EVENT_EXPIRED as u32,
+            limit: ipsec_lifetime_limit::IPSEC_LIMIT_NONE as u32,
+        },
+    }
+}
+
+pub(crate) fn info_of(sa: &SecurityAssociation) -> ipsec_sa_info {
+    ipsec_sa_info {
+        spi: sa.spi(),
+        direction: direction_to(sa.direction()),
+        mode: match sa.mode() {
+            Mode::Tunnel => ipsec_mode::IPSEC_MODE_TUNNEL as u32,
+            _ => ipsec_mode::IPSEC_MODE_TRANSPORT as u32,
+        },
+        cipher: CIPHERS
+            .iter()
+            .find(|(_, c)| *c == sa.cipher())
+            .map_or(0, |&(n, _)| n),
+        integrity: sa.integrity().map_or(0, |i| {
+            INTEGRITIES
+                .iter()
+                .find(|(_, x)| *x == i)
+                .map_or(0, |&(n, _)| n)
+        }),
+        esn: sa.esn(),
+        expired: sa.is_expired(),
+        replay_window: sa.replay_window().size(),
+        seq: sa.seq(),
+    }
+}
+
+/// The caller's time.
+#[inline]
+pub(crate) fn now(now_ns: u64) -> Duration {
+    Duration::from_nanos(now_ns)
+}
+
+/// The core configuration a C config struct describes.
+///
+/// # Safety
+///
+/// The pointers in `c` are valid as their field docs say.
+unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
+    if c.reserved.iter().any(|&r| r != 0) {
+        return Err(invalid(
+            "ipsec_sa_config.reserved must be zero (initialise with ipsec_sa_config_init)",
+        ));
+    }
+    // SAFETY: forwarded caller's contract for `key` / `integrity_key`.
+    let key = unsafe { bytes(c.key, c.key_len, "config->key") }?;
+    // SAFETY: as above.
+    let integrity_key = unsafe {
+        bytes(
+            c.integrity_key,
+            c.integrity_key_len,
+            "config->integrity_key",
+        )
+    }?;
+    let mut cfg = SaConfig::new(
+        c.spi,
+        direction_from(c.direction, "direction")?,
+        mode_from(c.mode)?,
+        cipher_from(c.cipher)?,
+        key,
+    );
+    match integrity_from(c.integrity)? {
+        Some(alg) => {
+            cfg.integrity(alg, integrity_key);
+        }
+        None if !integrity_key.is_empty() => {
+            return Err(config_error(&ConfigError::new(
+                "integrity_key",
+                "given without an integrity algorithm",
+            )));
+        }
+        None => {}
+    }
+    cfg.esn(c.esn)
+        .replay_window(c.replay_window)
+        .seq(c.seq)
+        .padding(padding_from(c.padding)?)
+        .soft_lifetime(lifetime_from(&c.soft_lifetime))
+        .hard_lifetime(lifetime_from(&c.hard_lifetime));
+    let addr = |ptr: *const c_char,
+                field: &'static str|
+     -> Result<Option<std::net::IpAddr>, ipsec_status> {
+        if ptr.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: a non-NULL endpoint is NUL-terminated (the field's contract).
+        let s = unsafe { c_str(ptr, field) }?;
+        s.parse().map(Some).map_err(|_| {
+            config_error(&ConfigError::new(
+                field,
+                format!("{s:?} is not an IPv4 or IPv6 address"),
+            ))
+        })
+    };
+    match (
+        addr(c.tunnel_src, "tunnel_src")?,
+        addr(c.tunnel_dst, "tunnel_dst")?,
+    ) {
+        (Some(s), Some(d)) => {
+            cfg.tunnel(s, d);
+        }
+        (None, None) => {}
+        (Some(_), None) => return Err(config_error(&ConfigError::new("tunnel_dst", "missing"))),
+        (None, Some(_)) => return Err(config_error(&ConfigError::new("tunnel_src", "missing"))),
+    }
+    if c.udp_encap {
+        cfg.udp_encap(c.udp_src_port, c.udp_dst_port);
+    }
+    if c.outer_ttl != 0 {
+        cfg.outer_ttl(c.outer_ttl);
+    }
+    if c.tfc_pad_to != 0 {
+        cfg.tfc_padding(TfcPadding::PadTo(c.tfc_pad_to));
+    }
+    Ok(cfg)
+}
+
+// ---------------------------------------------------------------------------------------
+// Entry points.
+
+/// Fills `*config` with the defaults: everything zero or NULL, except `replay_window`
+/// 64 and `outer_ttl` 64. `direction`, `mode`, `cipher` stay 0, which is no valid
+/// value: set them (and `spi`, the keys, the tunnel endpoints) before `ipsec_sa_new`.
+///
+/// # Safety
+///
+/// `config` points to a writable `ipsec_sa_config`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_config_init(config: *mut ipsec_sa_config) -> ipsec_status {
+    call(|| {
+        let config = out_ptr(config, "config")?;
+        let value = ipsec_sa_config {
+            spi: 0,
+            direction: 0,
+            mode: 0,
+            cipher: 0,
+            key: core::ptr::null(),
+            key_len: 0,
+            integrity: ipsec_integrity::IPSEC_INTEGRITY_NONE as u32,
+            integrity_key: core::ptr::null(),
+            integrity_key_len: 0,
+            esn: false,
+            replay_window: SaConfig::DEFAULT_REPLAY_WINDOW,
+            seq: 0,
+            tunnel_src: core::ptr::null(),
+            tunnel_dst: core::ptr::null(),
+            udp_encap: false,
+            udp_src_port: 0,
+            udp_dst_port: 0,
+            outer_ttl: SaConfig::DEFAULT_OUTER_TTL,
+            tfc_pad_to: 0,
+            padding: ipsec_padding::IPSEC_PADDING_BLOCKS as u32,
+            soft_lifetime: ipsec_lifetime::default(),
+            hard_lifetime: ipsec_lifetime::default(),
+            reserved: [0; 8],
+        };
+        // SAFETY: `config` is non-NULL, aligned and writable (checked / caller's contract).
+        unsafe { config.write(value) };
+        Ok(())
+    })
+}
+
+/// Creates an SA from `*config` at time `now_ns` (lifetimes count from here) and
+/// stores it in `*out`. Keys are copied. `IPSEC_ERR_CONFIG` when the configuration is
+/// refused (reserved SPI, wrong key length, CBC without integrity, missing tunnel
+/// endpoints, bad window size ...), `IPSEC_ERR_INVALID_ARGUMENT` for NULL pointers or
+/// enum fields out of range. Free the SA with `ipsec_sa_free`.
+///
+/// # Safety
+///
+/// `config` points to an initialised `ipsec_sa_config` whose pointers are valid as
+/// documented; `out` points to a writable `ipsec_sa *`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_new(
+    config: *const ipsec_sa_config,
+    now_ns: u64,
+    out: *mut *mut ipsec_sa,
+) -> ipsec_status {
+    call(|| {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: initialised (caller's contract); read by value so no reference to
+        // caller memory outlives the call.
+        let c = unsafe {
+            read_struct(
+                config,
+                "config",
+                &[
+                    (core::mem::offset_of!(ipsec_sa_config, esn), "esn"),
+                    (
+                        core::mem::offset_of!(ipsec_sa_config, udp_encap),
+                        "udp_encap",
+                    ),
+                ],
+            )
+        }?;
+        // SAFETY: the pointers inside are valid (caller's contract).
+        let cfg = unsafe { config_from(&c) }?;
+        let sa = SecurityAssociation::new(cfg, now(now_ns)).map_err(|e| config_error(&e))?;
+        // SAFETY: `out` checked non-NULL and aligned; writable by contract.
+        unsafe { out.write(into_handle::<ipsec_sa>(sa)) };
+        Ok(())
+    })
+}
+
+/// Creates the SA called `name` from TOML text holding `[[sa]]` tables (an SA file such
+/// as examples/sa-pair.toml, or a policy file) at time `now_ns` and stores it in `*out`.
+/// A table's keys: `name`, `spi`, `direction` ("outbound" / "inbound"), `mode`,
+/// `cipher` ("aes-128-gcm", ...), `key` (hex), and optionally `integrity`,
+/// `integrity_key`, `esn`, `replay_window`, `tunnel_src`, `tunnel_dst`,
+/// `udp_encap = [src, dst]`, `seq`, `outer_ttl`, `tfc_pad_to`, `padding`,
+/// `soft_lifetime` / `hard_lifetime = { bytes, packets, seconds }`. `IPSEC_ERR_CONFIG` when the text or an SA
+/// in it is invalid (the message names the SA and the key), `IPSEC_ERR_NOT_FOUND` when no
+/// SA has that name.
+///
+/// # Safety
+///
+/// `toml` points to `toml_len` bytes of UTF-8; `name` is NUL-terminated; `out` points
+/// to a writable `ipsec_sa *`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_from_toml(
+    toml: *const c_char,
+    toml_len: usize,
+    name: *const c_char,
+    now_ns: u64,
+    out: *mut *mut ipsec_sa,
+) -> ipsec_status {
+    call(|| {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: caller's contract.
+        let toml = unsafe { text(toml, toml_len, "toml") }?;
+        // SAFETY: caller's contract.
+        let name = unsafe { c_str(name, "name") }?;
+        let mut sas = parse_sa_file(toml).map_err(|e| config_error(&e))?;
+        let Some(pos) = sas.iter().position(|s| s.name == name) else {
+            let names: Vec<&str> = sas.iter().map(|s| s.name.as_str()).collect();
+            return Err(fail(
+                ipsec_status::IPSEC_ERR_NOT_FOUND,
+                format!(
+                    "no [[sa]] named {name:?} (the text has: {})",
+                    names.join(", ")
+                ),
+            ));
+        };
+        let named = sas.swap_remove(pos);
+        let sa = SecurityAssociation::new(named.config, now(now_ns))
+            .map_err(|e| config_error(&e.in_context(&format!("sa {name:?}"))))?;
+        // SAFETY: `out` checked non-NULL and aligned; writable by contract.
+        unsafe { out.write(into_handle::<ipsec_sa>(sa)) };
+        Ok(())
+    })
+}
+
+/// Frees an SA (its keys are wiped). NULL is ignored.
+///
+/// # Safety
+///
+/// `sa` is NULL or an SA from `ipsec_sa_new` / `ipsec_sa_from_toml` not freed before;
+/// it must not be used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_free(sa: *mut ipsec_sa) {
+    // SAFETY: caller's contract.
+    boundary(|| unsafe { free_handle(sa) })
+}
+
+/// Runs `f` on the packet `buf[*offset .. *offset + *length]` and writes the new offset
+/// and length back on success.
+///
+/// # Safety
+///
+/// `buf` points to `capacity` writable bytes; `offset` and `length` to `size_t`s.
+#[inline(always)]
+unsafe fn in_place(
+    buf: *mut u8,
+    capacity: usize,
+    offset: *mut usize,
+    length: *mut usize,
+    f: impl FnOnce(&mut PacketBuf<'_>) -> Result<(), ipsec_core::Error>,
+) -> Result<(), ipsec_status> {
+    let offset = out_ptr(offset, "offset")?;
+    let length = out_ptr(length, "length")?;
+    // SAFETY: caller's contract.
+    let buf = unsafe { bytes_mut(buf, capacity, "buf") }?;
+    // SAFETY: both checked non-NULL and aligned; readable by contract.
+    let (off, len) = unsafe { (offset.read(), length.read()) };
+    let mut pkt = PacketBuf::new(buf, off, len).map_err(|_| bad_descriptor(off, len, capacity))?;
+    f(&mut pkt).map_err(packet_error)?;
+    // SAFETY: checked non-NULL and aligned; writable by contract.
+    unsafe {
+        offset.write(pkt.offset());
+        length.write(pkt.len());
+    }
+    Ok(())
+}
+
+/// Encrypts the IP packet at `buf[*offset .. *offset + *length]` in place with an
+/// outbound SA and updates `*offset` and `*length` to the ESP packet.
+///
+/// The headers go into the headroom in front of the packet and the trailer into the
+/// tailroom behind it (`ipsec_sa_overhead` says how much); the payload is encrypted
+/// where it lies. On failure `*offset` and `*length` are unchanged, the packet is
+/// counted under its drop reason and the status says why: `IPSEC_ERR_NO_BUFFER_SPACE`,
+/// `IPSEC_ERR_MALFORMED` (not an IP packet, empty), `IPSEC_ERR_LIFETIME_EXPIRED`,
+/// `IPSEC_ERR_SEQUENCE_OVERFLOW`, `IPSEC_ERR_WRONG_DIRECTION`; NULL pointers or a
+/// descriptor beyond `capacity` give `IPSEC_ERR_INVALID_ARGUMENT` (not counted).
+///
+/// # Safety
+///
+/// `sa` is a live SA used by no other thread during the call; `buf` points to
+/// `capacity` writable bytes; `offset` and `length` point to writable `size_t`s.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_encrypt(
+    sa: *mut ipsec_sa,
+    buf: *mut u8,
+    capacity: usize,
+    offset: *mut usize,
+    length: *mut usize,
+    now_ns: u64,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let sa = unsafe { borrow_mut(sa, "sa") }?;
+        // SAFETY: caller's contract.
+        unsafe {
+            in_place(buf, capacity, offset, length, |p| {
+                sa.encrypt(p, now(now_ns))
+            })
+        }
+    })
+}
+
+/// Decrypts the ESP (or UDP-encapsulated ESP) packet at `buf[*offset .. *offset +
+/// *length]` in place with an inbound SA and updates `*offset` and `*length` to the
+/// inner packet (tunnel mode) or the restored packet (transport mode).
+///
+/// The replay window is checked before and updated after the ICV verifies. On failure
+/// `*offset` and `*length` are unchanged (the buffer's bytes may not be), the packet is
+/// counted under its drop reason and the status says why: `IPSEC_ERR_AUTH_FAILED`,
+/// `IPSEC_ERR_REPLAY`, `IPSEC_ERR_TOO_OLD`, `IPSEC_ERR_UNKNOWN_SPI`,
+/// `IPSEC_ERR_MALFORMED`, `IPSEC_ERR_BAD_PADDING`, `IPSEC_ERR_BAD_NEXT_HEADER`,
+/// `IPSEC_ERR_DUMMY`, `IPSEC_ERR_LIFETIME_EXPIRED`, `IPSEC_ERR_WRONG_DIRECTION`.
+///
+/// # Safety
+///
+/// As `ipsec_sa_encrypt`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_decrypt(
+    sa: *mut ipsec_sa,
+    buf: *mut u8,
+    capacity: usize,
+    offset: *mut usize,
+    length: *mut usize,
+    now_ns: u64,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let sa = unsafe { borrow_mut(sa, "sa") }?;
+        // SAFETY: caller's contract.
+        unsafe {
+            in_place(buf, capacity, offset, length, |p| {
+                sa.decrypt(p, now(now_ns))
+            })
+        }
+    })
+}
+
+/// One packet of a burst: checks its descriptor and runs `f` on it.
+///
+/// # Safety
+///
+/// `p.buf` points to `p.capacity` writable bytes not accessed elsewhere.
+#[inline(always)]
+unsafe fn burst_one(
+    p: &mut ipsec_packet,
+    f: &mut impl FnMut(&mut PacketBuf<'_>) -> Result<(), ipsec_core::Error>,
+) -> Result<(), ipsec_status> {
+    // SAFETY: caller's contract.
+    let buf = unsafe { bytes_mut(p.buf, p.capacity, "packets[i].buf") }?;
+    let mut pkt = PacketBuf::new(buf, p.offset, p.length)
+        .map_err(|_| bad_descriptor(p.offset, p.length, p.capacity))?;
+    f(&mut pkt).map_err(packet_error)?;
+    p.offset = pkt.offset();
+    p.length = pkt.len();
+    Ok(())
+}
+
+/// The burst loop shared by encrypt and decrypt: returns how many packets succeeded.
+///
+/// `SecurityAssociation::encrypt_burst` is itself this loop over `encrypt`; calling it
+/// would first need an array of `PacketBuf`s built from the descriptors (an allocation
+/// or a fixed-size chunking per burst), so the descriptors are converted and processed
+/// one at a time instead, under the same key schedule, with no allocation. A descriptor
+/// that does not describe its buffer fails on its own; the others go on.
+///
+/// # Safety
+///
+/// `packets` points to `count` descriptors as documented on the entry points.
+#[inline(always)]
+unsafe fn burst(
+    sa: *mut ipsec_sa,
+    packets: *mut ipsec_packet,
+    count: usize,
+    mut f: impl FnMut(&mut SecurityAssociation, &mut PacketBuf<'_>) -> Result<(), ipsec_core::Error>,
+) -> usize {
+    // SAFETY: caller's contract.
+    let Ok(packets) = (unsafe { array_mut(packets, count, "packets") }) else {
+        return 0;
+    };
+    // SAFETY: caller's contract.
+    let sa = match unsafe { borrow_mut(sa, "sa") } {
+        Ok(sa) => sa,
+        Err(status) => {
+            for p in packets.iter_mut() {
+                p.status = status as u32;
+            }
+            return 0;
+        }
+    };
+    let mut ok = 0;
+    let mut one = |pkt: &mut PacketBuf<'_>| f(sa, pkt);
+    for p in packets.iter_mut() {
+        // SAFETY: each descriptor's buffer is valid and not otherwise accessed (the
+        // caller's contract); one buffer is borrowed at a time.
+        p.status = match unsafe { burst_one(p, &mut one) } {
+            Ok(()) => {
+                ok += 1;
+                ipsec_status::IPSEC_OK as u32
+            }
+            Err(s) => s as u32,
+        };
+    }
+    ok
+}
+
+/// Encrypts `count` packets in place with one outbound SA (DPDK's
+/// `rte_ipsec_pkt_process`): each descriptor's `offset` and `length` are updated on
+/// success and its `status` is set to `IPSEC_OK` or the reason it failed (as
+/// `ipsec_sa_encrypt`). Failed packets stay where they are, unchanged, never freed.
+/// Returns how many succeeded; 0 also when `sa` is NULL (every status is then
+/// `IPSEC_ERR_INVALID_ARGUMENT`) or `packets` is NULL with `count > 0` (no status can
+/// be written; the last error says so). The last error describes the last failed packet.
+///
+/// # Safety
+///
+/// `sa` as for `ipsec_sa_encrypt`; `packets` points to `count` writable descriptors,
+/// each `buf` to `capacity` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_encrypt_burst(
+    sa: *mut ipsec_sa,
+    packets: *mut ipsec_packet,
+    count: usize,
+    now_ns: u64,
+) -> usize {
+    let now = now(now_ns);
+    // SAFETY: caller's contract.
+    boundary(|| unsafe { burst(sa, packets, count, |sa, p| sa.encrypt(p, now)) })
+}
+
+/// Decrypts `count` packets in place with one inbound SA; the burst form of
+/// `ipsec_sa_decrypt`, with the conventions of `ipsec_sa_encrypt_burst`.
+///
+/// # Safety
+///
+/// As `ipsec_sa_encrypt_burst`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_decrypt_burst(
+    sa: *mut ipsec_sa,
+    packets: *mut ipsec_packet,
+    count: usize,
+    now_ns: u64,
+) -> usize {
+    let now = now(now_ns);
+    // SAFETY: caller's contract.
+    boundary(|| unsafe { burst(sa, packets, count, |sa, p| sa.decrypt(p, now)) })
+}
+
+/// The room an outbound packet of `packet_len` bytes needs (`headroom` in front,
+/// `tailroom` behind) and the most any packet can grow (`max_overhead`).
+///
+/// # Safety
+///
+/// `sa` is a live SA; `out` points to a writable `ipsec_overhead`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_overhead(
+    sa: *const ipsec_sa,
+    packet_len: usize,
+    out: *mut ipsec_overhead,
+) -> ipsec_status {
+    call(|| {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: caller's contract.
+        let sa = unsafe { borrow(sa, "sa") }?;
+        let value = ipsec_overhead {
+            headroom: sa.max_headroom(),
+            tailroom: sa.tailroom_for(packet_len),
+            max_overhead: sa.max_overhead(),
+        };
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out.write(value) };
+        Ok(())
+    })
+}
+
+/// Copies the SA's counters into `*out`.
+///
+/// # Safety
+///
+/// `sa` is a live SA; `out` points to a writable `ipsec_sa_stats`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_get_stats(
+    sa: *const ipsec_sa,
+    out: *mut ipsec_sa_stats,
+) -> ipsec_status {
+    call(|| {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: caller's contract.
+        let sa = unsafe { borrow(sa, "sa") }?;
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out.write(sa.stats().into()) };
+        Ok(())
+    })
+}
+
+/// Describes the SA (SPI, direction, algorithms, sequence number, expiry).
+///
+/// # Safety
+///
+/// `sa` is a live SA; `out` points to a writable `ipsec_sa_info`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_get_info(
+    sa: *const ipsec_sa,
+    out: *mut ipsec_sa_info,
+) -> ipsec_status {
+    call(|| {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: caller's contract.
+        let sa = unsafe { borrow(sa, "sa") }?;
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out.write(info_of(sa)) };
+        Ok(())
+    })
+}
+
+/// Checks the lifetimes against `now_ns` and writes the next event to act on into
+/// `*out`: `IPSEC_EVENT_REKEY` (soft lifetime: negotiate a new SA),
+/// `IPSEC_EVENT_EXPIRED` (hard lifetime: the SA now refuses packets) or
+/// `IPSEC_EVENT_NONE`. Each event is reported once; call until `IPSEC_EVENT_NONE`:
+///
+/// ```c
+/// ipsec_sa_event ev;
+/// while (ipsec_sa_poll_event(sa, now_ns, &ev) == IPSEC_OK && ev.kind != IPSEC_EVENT_NONE) { ... }
+/// ```
+///
+/// # Safety
+///
+/// `sa` is a live SA used by no other thread during the call; `out` points to a
+/// writable `ipsec_sa_event`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_poll_event(
+    sa: *mut ipsec_sa,
+    now_ns: u64,
+    out: *mut ipsec_sa_event,
+) -> ipsec_status {
+    call(|| {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: caller's contract.
+        let sa = unsafe { borrow_mut(sa, "sa") }?;
+        let event = event_to(sa.poll_event(now(now_ns)));
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out.write(event) };
+        Ok(())
+    })
+}

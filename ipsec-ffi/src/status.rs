@@ -1,0 +1,197 @@
+//! [`ipsec_status`]: the result of every fallible call, its text, and the version.
+
+use core::ffi::c_char;
+use ipsec_core::{DropReason, Error};
+
+use crate::boundary::boundary;
+
+/// The result of every fallible call.
+///
+/// The numbers are stable and come in blocks per family: 0 success, 1xx misuse of the
+/// API, 2xx configuration, 3xx packet drops. A retired number is never reused. A packet
+/// drop is `300 +` the position of its counter in `ipsec_sa_stats` after `bytes`
+/// (`IPSEC_ERR_AUTH_FAILED` is counted in `auth_failed`, and so on).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ipsec_status {
+    /// Success.
+    IPSEC_OK = 0,
+    /// A required pointer was NULL or misaligned, a length or index out of range, a
+    /// packet's offset + length beyond its buffer's capacity, an integer that is not a
+    /// value of its enum, a string that is not UTF-8, or a reserved field not zero.
+    IPSEC_ERR_INVALID_ARGUMENT = 100,
+    /// A panic inside the library was caught at the boundary (a bug: please report it
+    /// with the last-error message). Free the handle involved; do not use it again.
+    IPSEC_ERR_PANIC = 101,
+    /// The caller's output buffer is too small; nothing was written.
+    IPSEC_ERR_BUFFER_TOO_SMALL = 102,
+    /// No SA of that name in the TOML text.
+    IPSEC_ERR_NOT_FOUND = 103,
+    /// Encrypt on an inbound SA or decrypt on an outbound one (counted as `malformed`).
+    IPSEC_ERR_WRONG_DIRECTION = 104,
+    /// A configuration (SA fields, TOML text, policy file) was rejected; the last-error
+    /// message names the field (and the SA or policy) and says what was wrong.
+    IPSEC_ERR_CONFIG = 200,
+    /// A file could not be read.
+    IPSEC_ERR_IO = 201,
+    /// Dropped: the ICV did not verify (tampered packet or wrong key).
+    IPSEC_ERR_AUTH_FAILED = 300,
+    /// Dropped: the sequence number was already received.
+    IPSEC_ERR_REPLAY = 301,
+    /// Dropped: the sequence number is below the replay window.
+    IPSEC_ERR_TOO_OLD = 302,
+    /// Dropped: the packet could not be parsed (truncated, bad lengths, not ESP, an
+    /// empty packet, a fragment ...).
+    IPSEC_ERR_MALFORMED = 303,
+    /// Dropped: the ICV verified but the ESP padding was not 1, 2, 3, ...
+    IPSEC_ERR_BAD_PADDING = 304,
+    /// Dropped: the ICV verified but the next header is not one the SA may carry.
+    IPSEC_ERR_BAD_NEXT_HEADER = 305,
+    /// Dropped: the packet's SPI is not the SA's (or, in a gateway, no SA has it).
+    IPSEC_ERR_UNKNOWN_SPI = 306,
+    /// Dropped: the decrypted packet does not match the SA's policy (RFC 4301 §5.2), or
+    /// cleartext arrived for traffic that must be protected.
+    IPSEC_ERR_POLICY_MISMATCH = 307,
+    /// Dropped: a hard lifetime was reached; the SA refuses packets from now on.
+    IPSEC_ERR_LIFETIME_EXPIRED = 308,
+    /// Dropped: the outbound sequence numbers are exhausted; replace the SA.
+    IPSEC_ERR_SEQUENCE_OVERFLOW = 309,
+    /// Dropped on purpose: an RFC 4303 dummy packet (next header 59).
+    IPSEC_ERR_DUMMY = 310,
+    /// Dropped: too little headroom in front of the packet or tailroom behind it (see
+    /// `ipsec_sa_overhead`). The packet is unchanged.
+    IPSEC_ERR_NO_BUFFER_SPACE = 311,
+    /// Dropped: the SPD said DISCARD (or no policy matched).
+    IPSEC_ERR_POLICY_DISCARD = 312,
+}
+
+// A new drop reason in ipsec-core needs its status here and its counter in
+// `ipsec_sa_stats` (taken from the reserved space): this stops the build until then.
+const _: () = assert!(DropReason::ALL.len() == 13);
+
+impl ipsec_status {
+    /// The status of a drop counted under `reason`.
+    pub(crate) fn of_drop(reason: DropReason) -> ipsec_status {
+        use ipsec_status::*;
+        match reason {
+            DropReason::AuthFailed => IPSEC_ERR_AUTH_FAILED,
+            DropReason::Replay => IPSEC_ERR_REPLAY,
+            DropReason::TooOld => IPSEC_ERR_TOO_OLD,
+            DropReason::Malformed => IPSEC_ERR_MALFORMED,
+            DropReason::BadPadding => IPSEC_ERR_BAD_PADDING,
+            DropReason::BadNextHeader => IPSEC_ERR_BAD_NEXT_HEADER,
+            DropReason::UnknownSpi => IPSEC_ERR_UNKNOWN_SPI,
+            DropReason::PolicyMismatch => IPSEC_ERR_POLICY_MISMATCH,
+            DropReason::LifetimeExpired => IPSEC_ERR_LIFETIME_EXPIRED,
+            DropReason::SequenceOverflow => IPSEC_ERR_SEQUENCE_OVERFLOW,
+            DropReason::Dummy => IPSEC_ERR_DUMMY,
+            DropReason::NoBufferSpace => IPSEC_ERR_NO_BUFFER_SPACE,
+            DropReason::PolicyDiscard => IPSEC_ERR_POLICY_DISCARD,
+            // Unreachable while the assertion above holds.
+            _ => IPSEC_ERR_MALFORMED,
+        }
+    }
+
+    /// The status of a packet error.
+    pub(crate) fn of_error(e: &Error) -> ipsec_status {
+        match e {
+            Error::WrongDirection => ipsec_status::IPSEC_ERR_WRONG_DIRECTION,
+            e => ipsec_status::of_drop(e.drop_reason()),
+        }
+    }
+
+    /// The status's NUL-terminated name and meaning.
+    pub(crate) fn describe(status: u32) -> &'static core::ffi::CStr {
+        use ipsec_status::*;
+        let known = [
+            (IPSEC_OK, c"IPSEC_OK: success"),
+            (
+                IPSEC_ERR_INVALID_ARGUMENT,
+                c"IPSEC_ERR_INVALID_ARGUMENT: invalid argument",
+            ),
+            (
+                IPSEC_ERR_PANIC,
+                c"IPSEC_ERR_PANIC: internal error (panic caught)",
+            ),
+            (
+                IPSEC_ERR_BUFFER_TOO_SMALL,
+                c"IPSEC_ERR_BUFFER_TOO_SMALL: output buffer too small",
+            ),
+            (IPSEC_ERR_NOT_FOUND, c"IPSEC_ERR_NOT_FOUND: no such name"),
+            (
+                IPSEC_ERR_WRONG_DIRECTION,
+                c"IPSEC_ERR_WRONG_DIRECTION: operation does not match the SA's direction",
+            ),
+            (IPSEC_ERR_CONFIG, c"IPSEC_ERR_CONFIG: invalid configuration"),
+            (IPSEC_ERR_IO, c"IPSEC_ERR_IO: file could not be read"),
+            (
+                IPSEC_ERR_AUTH_FAILED,
+                c"IPSEC_ERR_AUTH_FAILED: authentication failed (ICV mismatch)",
+            ),
+            (IPSEC_ERR_REPLAY, c"IPSEC_ERR_REPLAY: replayed packet"),
+            (
+                IPSEC_ERR_TOO_OLD,
+                c"IPSEC_ERR_TOO_OLD: sequence number below the replay window",
+            ),
+            (
+                IPSEC_ERR_MALFORMED,
+                c"IPSEC_ERR_MALFORMED: malformed packet",
+            ),
+            (
+                IPSEC_ERR_BAD_PADDING,
+                c"IPSEC_ERR_BAD_PADDING: bad ESP padding",
+            ),
+            (
+                IPSEC_ERR_BAD_NEXT_HEADER,
+                c"IPSEC_ERR_BAD_NEXT_HEADER: bad ESP next header",
+            ),
+            (IPSEC_ERR_UNKNOWN_SPI, c"IPSEC_ERR_UNKNOWN_SPI: unknown SPI"),
+            (
+                IPSEC_ERR_POLICY_MISMATCH,
+                c"IPSEC_ERR_POLICY_MISMATCH: packet does not match the SA's policy",
+            ),
+            (
+                IPSEC_ERR_LIFETIME_EXPIRED,
+                c"IPSEC_ERR_LIFETIME_EXPIRED: SA hard lifetime expired",
+            ),
+            (
+                IPSEC_ERR_SEQUENCE_OVERFLOW,
+                c"IPSEC_ERR_SEQUENCE_OVERFLOW: sequence numbers exhausted",
+            ),
+            (IPSEC_ERR_DUMMY, c"IPSEC_ERR_DUMMY: dummy packet dropped"),
+            (
+                IPSEC_ERR_NO_BUFFER_SPACE,
+                c"IPSEC_ERR_NO_BUFFER_SPACE: not enough headroom or tailroom",
+            ),
+            (
+                IPSEC_ERR_POLICY_DISCARD,
+                c"IPSEC_ERR_POLICY_DISCARD: discarded by policy",
+            ),
+        ];
+        known
+            .iter()
+            .find(|(s, _)| *s as u32 == status)
+            .map_or(c"unknown ipsec_status value", |(_, text)| text)
+    }
+}
+
+/// The name and meaning of a status value, as a static NUL-terminated string (never
+/// NULL; "unknown ipsec_status value" for a number that is not one). Any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn ipsec_status_str(status: u32) -> *const c_char {
+    boundary(|| ipsec_status::describe(status).as_ptr())
+}
+
+/// The library version, `"MAJOR.MINOR.PATCH"`, a static NUL-terminated string equal
+/// to `IPSEC_VERSION_STRING` of the header the library was built with. Any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn ipsec_version() -> *const c_char {
+    const VERSION: &core::ffi::CStr = match core::ffi::CStr::from_bytes_with_nul(
+        concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
+    ) {
+        Ok(v) => v,
+        Err(_) => panic!("the version has no NUL byte"),
+    };
+    VERSION.as_ptr()
+}

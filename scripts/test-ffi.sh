@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# The C ABI stage: libipsec (ipsec-ffi) as a C program sees it. Run from anywhere:
+#   ./scripts/test-ffi.sh
+#
+#   1. the release libraries (libipsec.a, libipsec.so)
+#   2. include/ipsec.h compiles as C99 (-pedantic) and as C++11, warnings as errors
+#   3. examples/c/gateway.c and ipsec-ffi/tests/c/error_paths.c built against the static
+#      and the shared library and run; then under valgrind (no errors, no leaks) and
+#      with ASan/UBSan
+#   4. install into a temporary prefix (scripts/install-c.sh) and build gateway.c with
+#      `pkg-config --cflags --libs ipsec`
+# (The header drift check and the version-macro check are Rust tests:
+#  `cargo test -p ipsec-ffi --test header`, part of `cargo test --workspace`.)
+#
+# Needs cargo and gcc/g++; valgrind and pkg-config are used when present (their part is
+# skipped with a message otherwise).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+start=$(date +%s)
+stage() { printf '\n=== %s ===\n' "$*"; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+CC=${CC:-cc}
+CXX=${CXX:-g++}
+CFLAGS=(-std=c99 -pedantic -Wall -Wextra -Werror -I"$root/include")
+# What a Rust staticlib needs from the C runtime on Linux/glibc.
+STATIC_LIBS=(-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc)
+lib="$root/target/release"
+supp="$root/ipsec-ffi/tests/c/valgrind.supp"
+
+stage "release libraries"
+cargo build --release --locked -p ipsec-ffi
+ls -l "$lib/libipsec.a" "$lib/libipsec.so"
+
+stage "include/ipsec.h as C99 and C++11"
+cat >"$work/header.c" <<'C'
+#include <ipsec.h>
+#include <stddef.h>
+/* Every type and a few constants, so the compiler looks at all of it. */
+ipsec_status st = IPSEC_ERR_POLICY_DISCARD;
+ipsec_sa_config cfg;
+ipsec_packet pkt;
+ipsec_sa_stats stats;
+ipsec_flow flow;
+ipsec_decision decision;
+ipsec_lint_finding finding;
+ipsec_firewall_opening opening;
+ipsec_gateway_result result;
+ipsec_gateway_sa gsa;
+ipsec_sa_event ev;
+ipsec_overhead oh;
+int main(void) { return (int)sizeof(ipsec_sa_stats) == 256 && IPSEC_VERSION_MAJOR >= 0 ? 0 : 1; }
+C
+cp "$work/header.c" "$work/header.cpp"
+"$CC" "${CFLAGS[@]}" "$work/header.c" -c -o "$work/header-c.o"
+"$CXX" -std=c++11 -pedantic -Wall -Wextra -Werror -I"$root/include" "$work/header.cpp" -c -o "$work/header-cxx.o"
+echo "ok: C99 and C++11, no warnings"
+
+stage "C programs against the static and the shared library"
+programs=("gateway:examples/c/gateway.c" "error_paths:ipsec-ffi/tests/c/error_paths.c")
+for entry in "${programs[@]}"; do
+  name=${entry%%:*}
+  src=${entry#*:}
+  "$CC" "${CFLAGS[@]}" "$src" "$lib/libipsec.a" "${STATIC_LIBS[@]}" -o "$work/$name-static"
+  "$CC" "${CFLAGS[@]}" "$src" -L"$lib" -lipsec -Wl,-rpath,"$lib" -o "$work/$name-shared"
+  if ! readelf -d "$work/$name-shared" | grep -q 'NEEDED.*libipsec\.so'; then
+    echo "$name-shared is not linked against libipsec.so"
+    exit 1
+  fi
+  for kind in static shared; do
+    log="$work/$name-$kind.log"
+    if ! "$work/$name-$kind" >"$log" 2>&1; then
+      cat "$log"
+      echo "FAILED: $name ($kind)"
+      exit 1
+    fi
+    echo "ok: $name ($kind): $(tail -n 1 "$log")"
+  done
+done
+
+stage "valgrind (no errors, no leaks)"
+if command -v valgrind >/dev/null 2>&1; then
+  for entry in "${programs[@]}"; do
+    name=${entry%%:*}
+    for kind in static shared; do
+      log="$work/$name-$kind-valgrind.log"
+      if ! valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect,possible \
+            --error-exitcode=1 --suppressions="$supp" \
+            "$work/$name-$kind" >"$log" 2>&1; then
+        cat "$log"
+        echo "FAILED: $name ($kind) under valgrind"
+        exit 1
+      fi
+      echo "ok: $name ($kind) under valgrind"
+    done
+  done
+else
+  echo "valgrind is not installed: skipped"
+fi
+
+stage "AddressSanitizer and UndefinedBehaviorSanitizer"
+for entry in "${programs[@]}"; do
+  name=${entry%%:*}
+  src=${entry#*:}
+  "$CC" "${CFLAGS[@]}" -g -fsanitize=address,undefined -fno-sanitize-recover=all \
+    "$src" "$lib/libipsec.a" "${STATIC_LIBS[@]}" -o "$work/$name-asan"
+  log="$work/$name-asan.log"
+  if ! "$work/$name-asan" >"$log" 2>&1; then
+    cat "$log"
+    echo "FAILED: $name with ASan/UBSan"
+    exit 1
+  fi
+  echo "ok: $name with ASan/UBSan"
+done
+
+stage "install and pkg-config"
+if command -v pkg-config >/dev/null 2>&1; then
+  prefix="$work/prefix"
+  scripts/install-c.sh "$prefix"
+  export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
+  echo "pkg-config --cflags --libs ipsec: $(pkg-config --cflags --libs ipsec)"
+  echo "pkg-config --static --libs ipsec: $(pkg-config --static --libs ipsec)"
+  # shellcheck disable=SC2046 # word splitting of pkg-config's flags is intended
+  "$CC" -std=c99 -pedantic -Wall -Wextra -Werror examples/c/gateway.c \
+    $(pkg-config --cflags --libs ipsec) -o "$work/gateway-pkg-config"
+  LD_LIBRARY_PATH="$prefix/lib" "$work/gateway-pkg-config" >"$work/gateway-pkg-config.log" 2>&1 || {
+    cat "$work/gateway-pkg-config.log"
+    echo "FAILED: gateway built with pkg-config"
+    exit 1
+  }
+  echo "ok: gateway built with pkg-config (shared): $(tail -n 1 "$work/gateway-pkg-config.log")"
+  # shellcheck disable=SC2046
+  "$CC" -std=c99 -pedantic -Wall -Wextra -Werror examples/c/gateway.c \
+    $(pkg-config --cflags ipsec) "$(pkg-config --variable=libdir ipsec)/libipsec.a" \
+    $(pkg-config --static --libs-only-l ipsec | sed 's/-lipsec //') -o "$work/gateway-pkg-config-static"
+  "$work/gateway-pkg-config-static" >/dev/null
+  echo "ok: gateway built with pkg-config (static)"
+else
+  echo "pkg-config is not installed: skipped"
+fi
+
+echo
+echo "C ABI stage passed in $(( $(date +%s) - start ))s"
