@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (a Python venv with pytest and scapy,
-# cargo-fuzz) and runs every test. Usage: ./scripts/test.sh
+# The test command: installs what the tests need (a Python venv with maturin, pytest,
+# mypy and scapy; cargo-fuzz) and runs every test. Usage: ./scripts/test.sh
 #
 # Stages, in order (the first failure stops the run with a non-zero exit):
 #   1. cargo fmt --check, cargo clippy -D warnings (all targets)
-#   2. Rust unit, integration and doc tests of the workspace; Miri on the unsafe module
+#   2. Rust unit, integration and doc tests of the workspace (and the header-drift check);
+#      Miri on the unsafe code
 #   3. the release CLI, then the live scapy interop tests (pytest) against it
-#   4. the Python package: a fresh wheel, stubtest, mypy --strict, pytest (scripts/test-py.sh)
-#   5. a smoke run of every cargo-fuzz target (nightly), or their corpora as plain
+#   4. the C ABI: header, examples/c/gateway.c and the C error-path tests, static and
+#      shared, under valgrind and ASan/UBSan, pkg-config install (scripts/test-ffi.sh)
+#   5. the Python package: a fresh wheel, stubtest, mypy --strict, pytest (scripts/test-py.sh)
+#   6. a smoke run of every cargo-fuzz target (nightly), or their corpora as plain
 #      tests where no nightly toolchain exists
-#   6. criterion benches compiled and run once in test mode (no timing is asserted)
+#   7. criterion benches compiled and run once in test mode (no timing is asserted)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -28,11 +31,12 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 stage "Rust tests (unit, integration, doc)"
 cargo test --workspace --locked
 
-stage "Miri on the unsafe code (crypto::wipe)"
+stage "Miri on the unsafe code (crypto::wipe, the C ABI's own tests)"
 if rustup toolchain list 2>/dev/null | grep -q '^nightly' &&
    { rustup +nightly component list --installed 2>/dev/null | grep -q '^miri' ||
      rustup component add --toolchain nightly miri rust-src; }; then
   cargo +nightly miri test -p ipsec-core --no-default-features --lib crypto::wipe
+  cargo +nightly miri test -p ipsec-ffi --no-default-features --lib
 else
   echo "Miri is not available here (needs a nightly toolchain with the miri component): skipped"
 fi
@@ -53,6 +57,9 @@ fi
 
 stage "live interop with scapy"
 IPSEC_BIN="$root/target/release/ipsec" .venv/bin/python -m pytest -q -c tests/python/pytest.ini tests/python
+
+stage "C ABI (ipsec-ffi): header as C99 and C++, the C gateway and error-path tests, valgrind, ASan/UBSan, pkg-config"
+./scripts/test-ffi.sh
 
 stage "Python package (ipsec-py): wheel, stubtest, mypy --strict, pytest"
 ./scripts/test-py.sh
