@@ -20,103 +20,14 @@
 #![allow(unsafe_code)]
 
 use std::hint::black_box;
-use std::ptr::null_mut;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ipsec::{
-    ipsec_cipher, ipsec_direction, ipsec_mode, ipsec_packet, ipsec_sa, ipsec_sa_config,
-    ipsec_sa_config_init, ipsec_sa_new, ipsec_status,
-};
-use ipsec_core::{Cipher, Direction, Mode, PacketBuf, SaConfig, SecurityAssociation};
 
-const KEY: [u8; 20] = [0x42; 20];
-const SPI: u32 = 0x1000;
-const BURST: usize = 32;
-
-type OneFn = unsafe extern "C" fn(
-    *mut ipsec_sa,
-    *mut u8,
-    usize,
-    *mut usize,
-    *mut usize,
-    u64,
-) -> ipsec_status;
-type BurstFn = unsafe extern "C" fn(*mut ipsec_sa, *mut ipsec_packet, usize, u64) -> usize;
-
-fn rust_sa(direction: Direction) -> SecurityAssociation {
-    let mut cfg = SaConfig::new(SPI, direction, Mode::Tunnel, Cipher::Aes128Gcm, &KEY);
-    match direction {
-        Direction::Outbound => {
-            cfg.tunnel(
-                "192.0.2.1".parse().expect("address"),
-                "192.0.2.2".parse().expect("address"),
-            );
-        }
-        _ => {
-            cfg.replay_window(0);
-        }
-    }
-    SecurityAssociation::new(cfg, Duration::ZERO).expect("valid SA")
-}
-
-/// The same SA through the C API.
-struct CSa(*mut ipsec_sa);
-
-impl CSa {
-    fn new(direction: Direction) -> CSa {
-        let mut cfg = std::mem::MaybeUninit::<ipsec_sa_config>::uninit();
-        // SAFETY: `cfg` is writable; init fills every field.
-        let st = unsafe { ipsec_sa_config_init(cfg.as_mut_ptr()) };
-        assert_eq!(st, ipsec_status::IPSEC_OK);
-        // SAFETY: initialised just above.
-        let mut cfg = unsafe { cfg.assume_init() };
-        cfg.spi = SPI;
-        cfg.mode = ipsec_mode::IPSEC_MODE_TUNNEL as u32;
-        cfg.cipher = ipsec_cipher::IPSEC_CIPHER_AES_128_GCM as u32;
-        cfg.key = KEY.as_ptr();
-        cfg.key_len = KEY.len();
-        match direction {
-            Direction::Outbound => {
-                cfg.direction = ipsec_direction::IPSEC_DIRECTION_OUTBOUND as u32;
-                cfg.tunnel_src = c"192.0.2.1".as_ptr();
-                cfg.tunnel_dst = c"192.0.2.2".as_ptr();
-            }
-            _ => {
-                cfg.direction = ipsec_direction::IPSEC_DIRECTION_INBOUND as u32;
-                cfg.replay_window = 0;
-            }
-        }
-        let mut sa = null_mut();
-        // SAFETY: `cfg` holds valid pointers; `sa` is writable.
-        let st = unsafe { ipsec_sa_new(&cfg, 0, &mut sa) };
-        assert_eq!(st, ipsec_status::IPSEC_OK);
-        CSa(sa)
-    }
-}
-
-impl Drop for CSa {
-    fn drop(&mut self) {
-        // SAFETY: created by ipsec_sa_new, freed once.
-        unsafe { ipsec::ipsec_sa_free(self.0) }
-    }
-}
-
-/// An IPv4/UDP packet of exactly `size` bytes (header checksum correct).
-fn inner_packet(size: usize) -> Vec<u8> {
-    let mut p = vec![0u8; size];
-    p[..20].copy_from_slice(&[
-        0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 1, 0, 1,
-    ]);
-    p[2..4].copy_from_slice(&(size as u16).to_be_bytes());
-    ipsec_core::packet::set_ipv4_checksum(&mut p[..20]);
-    p[20..24].copy_from_slice(&[0x13, 0x88, 0x13, 0x89]);
-    p[24..26].copy_from_slice(&((size - 20) as u16).to_be_bytes());
-    for (i, b) in p[28..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    p
-}
+mod ffi_setup;
+use ffi_setup::{BURST, BurstFn, CSa, OneFn, inner_packet, rust_sa};
+use ipsec::{ipsec_packet, ipsec_status};
+use ipsec_core::{Direction, PacketBuf};
 
 fn ffi(c: &mut Criterion) {
     let now = Duration::ZERO;

@@ -18,84 +18,15 @@
 #![allow(unsafe_code)] // calling the C entry points is the point
 
 use std::hint::black_box;
-use std::ptr::null_mut;
 use std::time::{Duration, Instant};
 
-use ipsec::{
-    ipsec_cipher, ipsec_direction, ipsec_mode, ipsec_packet, ipsec_sa, ipsec_sa_config,
-    ipsec_sa_config_init, ipsec_sa_new, ipsec_status,
-};
-use ipsec_core::{Cipher, Direction, Mode, PacketBuf, SaConfig, SecurityAssociation};
+mod ffi_setup;
+use ffi_setup::{BURST, BurstFn, CSa, OneFn, inner_packet, rust_sa};
 
-const KEY: [u8; 20] = [0x42; 20];
-const SPI: u32 = 0x1000;
-const BURST: usize = 32;
+use ipsec::{ipsec_packet, ipsec_status};
+use ipsec_core::{Direction, PacketBuf};
+
 const NOW: Duration = Duration::ZERO;
-
-type OneFn = unsafe extern "C" fn(
-    *mut ipsec_sa,
-    *mut u8,
-    usize,
-    *mut usize,
-    *mut usize,
-    u64,
-) -> ipsec_status;
-type BurstFn = unsafe extern "C" fn(*mut ipsec_sa, *mut ipsec_packet, usize, u64) -> usize;
-
-fn rust_sa(direction: Direction) -> SecurityAssociation {
-    let mut cfg = SaConfig::new(SPI, direction, Mode::Tunnel, Cipher::Aes128Gcm, &KEY);
-    match direction {
-        Direction::Outbound => {
-            cfg.tunnel(
-                "192.0.2.1".parse().expect("address"),
-                "192.0.2.2".parse().expect("address"),
-            );
-        }
-        _ => {
-            cfg.replay_window(0);
-        }
-    }
-    SecurityAssociation::new(cfg, NOW).expect("valid SA")
-}
-
-fn c_sa(direction: Direction) -> *mut ipsec_sa {
-    let mut cfg = std::mem::MaybeUninit::<ipsec_sa_config>::uninit();
-    // SAFETY: `cfg` is writable; init fills every field.
-    let st = unsafe { ipsec_sa_config_init(cfg.as_mut_ptr()) };
-    assert_eq!(st, ipsec_status::IPSEC_OK);
-    // SAFETY: initialised just above.
-    let mut cfg = unsafe { cfg.assume_init() };
-    cfg.spi = SPI;
-    cfg.mode = ipsec_mode::IPSEC_MODE_TUNNEL as u32;
-    cfg.cipher = ipsec_cipher::IPSEC_CIPHER_AES_128_GCM as u32;
-    cfg.key = KEY.as_ptr();
-    cfg.key_len = KEY.len();
-    if direction == Direction::Outbound {
-        cfg.direction = ipsec_direction::IPSEC_DIRECTION_OUTBOUND as u32;
-        cfg.tunnel_src = c"192.0.2.1".as_ptr();
-        cfg.tunnel_dst = c"192.0.2.2".as_ptr();
-    } else {
-        cfg.direction = ipsec_direction::IPSEC_DIRECTION_INBOUND as u32;
-        cfg.replay_window = 0;
-    }
-    let mut sa = null_mut();
-    // SAFETY: `cfg` holds valid pointers; `sa` is writable.
-    let st = unsafe { ipsec_sa_new(&cfg, 0, &mut sa) };
-    assert_eq!(st, ipsec_status::IPSEC_OK);
-    sa
-}
-
-fn inner_packet(size: usize) -> Vec<u8> {
-    let mut p = vec![0u8; size];
-    p[..20].copy_from_slice(&[
-        0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 1, 0, 1,
-    ]);
-    p[2..4].copy_from_slice(&(size as u16).to_be_bytes());
-    ipsec_core::packet::set_ipv4_checksum(&mut p[..20]);
-    p[20..24].copy_from_slice(&[0x13, 0x88, 0x13, 0x89]);
-    p[24..26].copy_from_slice(&((size - 20) as u16).to_be_bytes());
-    p
-}
 
 /// Rounds of (Rust batch, C batch); returns per-operation medians of Rust, C and of the
 /// per-round difference, in ns per call of `rust`/`c`.
@@ -135,7 +66,8 @@ fn main() {
     let c_decrypt: OneFn = black_box(ipsec::ipsec_sa_decrypt);
     let c_encrypt_burst: BurstFn = black_box(ipsec::ipsec_sa_encrypt_burst);
     let c_decrypt_burst: BurstFn = black_box(ipsec::ipsec_sa_decrypt_burst);
-    let (c_out, c_in) = (c_sa(Direction::Outbound), c_sa(Direction::Inbound));
+    let (c_out_sa, c_in_sa) = (CSa::new(Direction::Outbound), CSa::new(Direction::Inbound));
+    let (c_out, c_in) = (c_out_sa.0, c_in_sa.0);
     let (mut r_out, mut r_in) = (rust_sa(Direction::Outbound), rust_sa(Direction::Inbound));
 
     println!("ns per call, medians over {rounds} rounds of {batch} calls each way");
@@ -299,10 +231,5 @@ fn main() {
             },
         );
         report(&format!("decrypt_burst{BURST}/{size}"), db);
-    }
-    // SAFETY: created by ipsec_sa_new, freed once.
-    unsafe {
-        ipsec::ipsec_sa_free(c_out);
-        ipsec::ipsec_sa_free(c_in);
     }
 }
