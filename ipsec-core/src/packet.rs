@@ -153,7 +153,7 @@ pub fn ipv4_checksum_ok(header: &[u8]) -> bool {
         // Not an IPv4 header length; the byte-wise definition decides.
         return internet_checksum(header) == 0;
     }
-    sum != 0 && sum % 0xffff == 0
+    sum != 0 && sum.is_multiple_of(0xffff)
 }
 
 /// Writes the DSCP/ECN byte of the IP packet starting at `pkt` (IPv4 TOS, with the

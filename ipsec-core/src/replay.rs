@@ -261,7 +261,7 @@ impl ReplayWindow {
     /// [`update`](Self::update) without its checks, for a `seq` that
     /// [`check`](Self::check) (or [`check_seq`](Self::check_seq)) just accepted with no
     /// change to the window in between (the SA's check, decrypt, record).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn record_checked(&mut self, seq: u64) {
         debug_assert!(self.check_seq(seq).is_ok(), "record_checked needs a checked seq");
         if seq > self.highest {

@@ -346,7 +346,7 @@ impl AeadKey {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn open(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8], tag: &[u8; 16]) -> bool {
         match self {
             #[cfg(feature = "ring")]
@@ -461,7 +461,7 @@ pub(crate) struct Transform {
     pub(crate) icv_len: usize,
     pub(crate) pad_align: usize,
     /// The block size the ciphertext must be a whole multiple of (16 for CBC; 1 for
-    /// the counter-mode AEADs and NULL, which take any length).
+    /// the counter-mode AEADs and NULL, which take any length). Always a power of two.
     pub(crate) cipher_block: usize,
 }
 
