@@ -232,7 +232,7 @@ fn raw_cbc_case(size: usize, budget: Duration) -> Result<(f64, f64), String> {
     let seal_one = |buf: &mut [u8], icv: &mut [u8; 16]| {
         let iv: [u8; 16] = buf[8..24].try_into().unwrap_or([0; 16]);
         let (blocks, _) = Array::slice_as_chunks_mut(&mut buf[24..]);
-        cbc::Encryptor::inner_iv_init(aes.clone(), &iv.into()).encrypt_blocks(blocks);
+        cbc::Encryptor::inner_iv_init(&aes, &iv.into()).encrypt_blocks(blocks);
         let mut m = mac.clone();
         m.update(buf);
         icv.copy_from_slice(&m.finalize().into_bytes()[..16]);
@@ -255,7 +255,7 @@ fn raw_cbc_case(size: usize, budget: Duration) -> Result<(f64, f64), String> {
         }
         let iv: [u8; 16] = buf[8..24].try_into().unwrap_or([0; 16]);
         let (blocks, _) = Array::slice_as_chunks_mut(&mut buf[24..]);
-        cbc::Decryptor::inner_iv_init(aes.clone(), &iv.into()).decrypt_blocks(blocks);
+        cbc::Decryptor::inner_iv_init(&aes, &iv.into()).decrypt_blocks(blocks);
         true
     };
     buf.copy_from_slice(&sealed);

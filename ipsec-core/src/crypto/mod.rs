@@ -701,11 +701,11 @@ impl Transform {
                 let (hi, n) = esn_tail(seq, esn);
                 match cbc {
                     CbcKey::Aes128(c) => {
-                        let enc = cbc::Encryptor::inner_iv_init((**c).clone(), &iv.into());
+                        let enc = cbc::Encryptor::inner_iv_init(&**c, &iv.into());
                         mac.encrypt_then_mac(enc, buf, (esp, iv_end, icv), &hi[..n], icv_len);
                     }
                     CbcKey::Aes256(c) => {
-                        let enc = cbc::Encryptor::inner_iv_init((**c).clone(), &iv.into());
+                        let enc = cbc::Encryptor::inner_iv_init(&**c, &iv.into());
                         mac.encrypt_then_mac(enc, buf, (esp, iv_end, icv), &hi[..n], icv_len);
                     }
                 }
@@ -767,11 +767,11 @@ impl Transform {
                 let (blocks, _) = Array::slice_as_chunks_mut(&mut buf[iv_end..icv]);
                 match cbc {
                     CbcKey::Aes128(c) => {
-                        cbc::Decryptor::inner_iv_init((**c).clone(), &iv.into())
+                        cbc::Decryptor::inner_iv_init(&**c, &iv.into())
                             .decrypt_blocks(blocks);
                     }
                     CbcKey::Aes256(c) => {
-                        cbc::Decryptor::inner_iv_init((**c).clone(), &iv.into())
+                        cbc::Decryptor::inner_iv_init(&**c, &iv.into())
                             .decrypt_blocks(blocks);
                     }
                 }
