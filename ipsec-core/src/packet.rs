@@ -427,7 +427,10 @@ mod tests {
             }
         }
         // Odd lengths are not IPv4 headers but still follow the definition.
-        assert_eq!(ipv4_checksum_ok(&[0xff; 3]), internet_checksum(&[0xff; 3]) == 0);
+        assert_eq!(
+            ipv4_checksum_ok(&[0xff; 3]),
+            internet_checksum(&[0xff; 3]) == 0
+        );
         assert!(!ipv4_checksum_ok(&[0; 20]));
     }
 

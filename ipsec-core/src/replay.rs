@@ -263,7 +263,10 @@ impl ReplayWindow {
     /// change to the window in between (the SA's check, decrypt, record).
     #[inline(always)]
     pub(crate) fn record_checked(&mut self, seq: u64) {
-        debug_assert!(self.check_seq(seq).is_ok(), "record_checked needs a checked seq");
+        debug_assert!(
+            self.check_seq(seq).is_ok(),
+            "record_checked needs a checked seq"
+        );
         if seq > self.highest {
             self.advance(seq);
             return;

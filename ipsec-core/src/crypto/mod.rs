@@ -767,12 +767,10 @@ impl Transform {
                 let (blocks, _) = Array::slice_as_chunks_mut(&mut buf[iv_end..icv]);
                 match cbc {
                     CbcKey::Aes128(c) => {
-                        cbc::Decryptor::inner_iv_init(&**c, &iv.into())
-                            .decrypt_blocks(blocks);
+                        cbc::Decryptor::inner_iv_init(&**c, &iv.into()).decrypt_blocks(blocks);
                     }
                     CbcKey::Aes256(c) => {
-                        cbc::Decryptor::inner_iv_init(&**c, &iv.into())
-                            .decrypt_blocks(blocks);
+                        cbc::Decryptor::inner_iv_init(&**c, &iv.into()).decrypt_blocks(blocks);
                     }
                 }
                 true
@@ -898,8 +896,7 @@ mod tests {
                         let esp = 20;
                         let body = esp + 8 + 16;
                         let icv = body + 16 * blocks;
-                        let mut buf: Vec<u8> =
-                            (0..icv + icv_len).map(|i| (i * 7) as u8).collect();
+                        let mut buf: Vec<u8> = (0..icv + icv_len).map(|i| (i * 7) as u8).collect();
                         let plain = buf.clone();
                         t.seal(&mut buf, EspLayout { esp, icv }, seq, esn);
                         // Reference: CBC over the plaintext with the IV now in the
