@@ -241,7 +241,7 @@ pub trait IvSource: Send {
 
 /// The default [`IvSource`]: AES-128 in counter mode under a random key from the OS.
 ///
-/// IVs are made [`IV_BATCH`] at a time (one pipelined AES call for the whole batch, about
+/// IVs are made 8 at a time (one pipelined AES call for the whole batch, about
 /// the latency of two single blocks) and handed out one per packet, so that a packet
 /// does not wait for an AES encryption before its CBC chain can start.
 pub struct OsIvSource {
