@@ -297,7 +297,7 @@ fn raw_cbc_hmac_benches(g: &mut BenchmarkGroup<'_, WallTime>, size: usize) {
     g.bench_function(format!("rustcrypto_cbc_hmac/{size}"), |b| {
         b.iter(|| {
             let (blocks, _) = Array::slice_as_chunks_mut(&mut buf);
-            cbc::Encryptor::<aes::Aes128>::inner_iv_init(cipher.clone(), &iv.into())
+            cbc::Encryptor::<&aes::Aes128>::inner_iv_init(&cipher, &iv.into())
                 .encrypt_blocks(blocks);
             let mut m = mac.clone();
             m.update(&AAD);

@@ -258,6 +258,28 @@ impl ReplayWindow {
         Ok(())
     }
 
+    /// [`update`](Self::update) without its checks, for a `seq` that
+    /// [`check`](Self::check) (or [`check_seq`](Self::check_seq)) just accepted with no
+    /// change to the window in between (the SA's check, decrypt, record).
+    #[inline(always)]
+    pub(crate) fn record_checked(&mut self, seq: u64) {
+        debug_assert!(
+            self.check_seq(seq).is_ok(),
+            "record_checked needs a checked seq"
+        );
+        if seq > self.highest {
+            self.advance(seq);
+            return;
+        }
+        if !self.blocks.is_empty() {
+            let i = self.block_index(seq);
+            self.blocks[i] |= 1u64 << (seq & 63);
+        }
+        if seq < self.highest {
+            self.late.record(self.highest - seq);
+        }
+    }
+
     /// Checks and records a wire sequence number in one step: `true` if it was fresh
     /// (and is now recorded), `false` if it was replayed or too old. A too-old packet's
     /// distance goes to the [`LateHistogram`].
