@@ -266,10 +266,7 @@ fn lifetime_events_of_every_sa_are_polled_with_their_names() {
     assert_eq!(hq.poll_event(Duration::from_secs(9)), None);
     assert_eq!(
         hq.poll_event(Duration::from_secs(10)),
-        Some((
-            "hq-out",
-            ipsec_core::SaEvent::Rekey(ipsec_core::LifetimeLimit::Time)
-        ))
+        Some(("hq-out", SaEvent::Rekey(LifetimeLimit::Time)))
     );
     assert_eq!(
         hq.poll_event(Duration::from_secs(11)),
@@ -278,10 +275,7 @@ fn lifetime_events_of_every_sa_are_polled_with_their_names() {
     );
     assert_eq!(
         hq.poll_event(Duration::from_secs(20)),
-        Some((
-            "hq-out",
-            ipsec_core::SaEvent::Expired(ipsec_core::LifetimeLimit::Time)
-        ))
+        Some(("hq-out", SaEvent::Expired(LifetimeLimit::Time)))
     );
     assert_eq!(hq.poll_event(Duration::from_secs(21)), None);
     assert!(hq.sa("hq-out").is_some_and(SecurityAssociation::is_expired));
