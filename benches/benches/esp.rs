@@ -37,7 +37,10 @@ use aes_gcm::aead::AeadInOut;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use hmac::{Hmac, Mac};
-use ipsec_core::{Cipher, Direction, Integrity, Mode, PacketBuf, SaConfig, SecurityAssociation};
+use ipsec_core::{Cipher, Direction, Integrity, PacketBuf, SecurityAssociation};
+
+mod common;
+use common::{inner_packet, tunnel_sa};
 
 /// Inner packet sizes: a small packet, a medium one, and a full one that still fits a
 /// 1500-byte MTU after tunnel-mode ESP overhead.
@@ -84,44 +87,10 @@ const SUITES: [Suite; 4] = [
     },
 ];
 
-const SPI: u32 = 0x1000;
-
 fn sa(suite: Suite, direction: Direction) -> SecurityAssociation {
     let key = vec![0x42u8; suite.key_len];
-    let mut cfg = SaConfig::new(SPI, direction, Mode::Tunnel, suite.cipher, &key);
-    if let Some(integrity) = suite.integrity {
-        cfg.integrity(integrity, &[0x24; 32]);
-    }
-    match direction {
-        Direction::Outbound => {
-            cfg.tunnel(
-                "192.0.2.1".parse().expect("address"),
-                "192.0.2.2".parse().expect("address"),
-            );
-        }
-        _ => {
-            // Off, so that the same ciphertext is accepted on every iteration.
-            cfg.replay_window(0);
-        }
-    }
-    SecurityAssociation::new(cfg, Duration::ZERO).expect("valid SA")
-}
-
-/// An IPv4/UDP packet of exactly `size` bytes (header checksum correct).
-fn inner_packet(size: usize) -> Vec<u8> {
-    assert!(size >= 28);
-    let mut p = vec![0u8; size];
-    p[..20].copy_from_slice(&[
-        0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 1, 0, 1,
-    ]);
-    p[2..4].copy_from_slice(&(size as u16).to_be_bytes());
-    ipsec_core::packet::set_ipv4_checksum(&mut p[..20]);
-    p[20..24].copy_from_slice(&[0x13, 0x88, 0x13, 0x89]);
-    p[24..26].copy_from_slice(&((size - 20) as u16).to_be_bytes());
-    for (i, b) in p[28..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    p
+    let integrity = suite.integrity.map(|i| (i, &[0x24u8; 32][..]));
+    tunnel_sa(suite.cipher, &key, integrity, direction)
 }
 
 /// Buffer geometry for one packet: headroom, and the whole slot size.

@@ -24,8 +24,10 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
+mod common;
 mod ffi_setup;
-use ffi_setup::{BURST, BurstFn, CSa, OneFn, inner_packet, rust_sa};
+use common::inner_packet;
+use ffi_setup::{BURST, BurstFn, CSa, OneFn, rust_sa};
 use ipsec::{ipsec_packet, ipsec_status};
 use ipsec_core::{Direction, PacketBuf};
 

@@ -20,8 +20,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+mod common;
 mod ffi_setup;
-use ffi_setup::{BURST, BurstFn, CSa, OneFn, inner_packet, rust_sa};
+use common::inner_packet;
+use ffi_setup::{BURST, BurstFn, CSa, OneFn, rust_sa};
 
 use ipsec::{ipsec_packet, ipsec_status};
 use ipsec_core::{Direction, PacketBuf};

@@ -1,19 +1,18 @@
 //! What `benches/ffi.rs` and `benches/ffi_ab.rs` share: the same AES-128-GCM tunnel SA
-//! built through the Rust API and through the C API, the C entry points' types, and
-//! the inner packets.
+//! built through the Rust API and through the C API, and the C entry points' types.
 #![allow(dead_code)] // each bench uses its own subset
 
 use std::ptr::null_mut;
-use std::time::Duration;
 
 use ipsec::{
     ipsec_cipher, ipsec_direction, ipsec_mode, ipsec_packet, ipsec_sa, ipsec_sa_config,
     ipsec_sa_config_init, ipsec_sa_new, ipsec_status,
 };
-use ipsec_core::{Cipher, Direction, Mode, SaConfig, SecurityAssociation};
+use ipsec_core::{Cipher, Direction, SecurityAssociation};
+
+use crate::common::{SPI, tunnel_sa};
 
 pub(crate) const KEY: [u8; 20] = [0x42; 20];
-pub(crate) const SPI: u32 = 0x1000;
 pub(crate) const BURST: usize = 32;
 
 pub(crate) type OneFn = unsafe extern "C" fn(
@@ -27,20 +26,9 @@ pub(crate) type OneFn = unsafe extern "C" fn(
 pub(crate) type BurstFn =
     unsafe extern "C" fn(*mut ipsec_sa, *mut ipsec_packet, usize, u64) -> usize;
 
+/// The AES-128-GCM tunnel SA through the Rust API.
 pub(crate) fn rust_sa(direction: Direction) -> SecurityAssociation {
-    let mut cfg = SaConfig::new(SPI, direction, Mode::Tunnel, Cipher::Aes128Gcm, &KEY);
-    match direction {
-        Direction::Outbound => {
-            cfg.tunnel(
-                "192.0.2.1".parse().expect("address"),
-                "192.0.2.2".parse().expect("address"),
-            );
-        }
-        _ => {
-            cfg.replay_window(0);
-        }
-    }
-    SecurityAssociation::new(cfg, Duration::ZERO).expect("valid SA")
+    tunnel_sa(Cipher::Aes128Gcm, &KEY, None, direction)
 }
 
 /// The same SA through the C API.
@@ -83,20 +71,4 @@ impl Drop for CSa {
         // SAFETY: created by ipsec_sa_new, freed once.
         unsafe { ipsec::ipsec_sa_free(self.0) }
     }
-}
-
-/// An IPv4/UDP packet of exactly `size` bytes (header checksum correct).
-pub(crate) fn inner_packet(size: usize) -> Vec<u8> {
-    let mut p = vec![0u8; size];
-    p[..20].copy_from_slice(&[
-        0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 1, 0, 1,
-    ]);
-    p[2..4].copy_from_slice(&(size as u16).to_be_bytes());
-    ipsec_core::packet::set_ipv4_checksum(&mut p[..20]);
-    p[20..24].copy_from_slice(&[0x13, 0x88, 0x13, 0x89]);
-    p[24..26].copy_from_slice(&((size - 20) as u16).to_be_bytes());
-    for (i, b) in p[28..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    p
 }

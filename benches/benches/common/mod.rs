@@ -1,0 +1,50 @@
+//! What the ESP and C ABI benches share: the SA they measure and the inner packets.
+#![allow(dead_code)] // each bench uses its own subset
+
+use std::time::Duration;
+
+use ipsec_core::{Cipher, Direction, Integrity, Mode, SaConfig, SecurityAssociation};
+
+/// The SPI of every benchmarked SA.
+pub(crate) const SPI: u32 = 0x1000;
+
+/// A tunnel-mode SA (outbound 192.0.2.1 -> 192.0.2.2) with the given key and optional
+/// integrity algorithm and key. Inbound SAs have replay protection off, so that the
+/// same ciphertext is accepted on every iteration.
+pub(crate) fn tunnel_sa(
+    cipher: Cipher,
+    key: &[u8],
+    integrity: Option<(Integrity, &[u8])>,
+    direction: Direction,
+) -> SecurityAssociation {
+    let mut cfg = SaConfig::new(SPI, direction, Mode::Tunnel, cipher, key);
+    if let Some((integrity, integrity_key)) = integrity {
+        cfg.integrity(integrity, integrity_key);
+    }
+    if direction == Direction::Outbound {
+        cfg.tunnel(
+            "192.0.2.1".parse().expect("address"),
+            "192.0.2.2".parse().expect("address"),
+        );
+    } else {
+        cfg.replay_window(0);
+    }
+    SecurityAssociation::new(cfg, Duration::ZERO).expect("valid SA")
+}
+
+/// An IPv4/UDP packet of exactly `size` bytes (header checksum correct).
+pub(crate) fn inner_packet(size: usize) -> Vec<u8> {
+    assert!(size >= 28);
+    let mut p = vec![0u8; size];
+    p[..20].copy_from_slice(&[
+        0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 1, 0, 1,
+    ]);
+    p[2..4].copy_from_slice(&(size as u16).to_be_bytes());
+    ipsec_core::packet::set_ipv4_checksum(&mut p[..20]);
+    p[20..24].copy_from_slice(&[0x13, 0x88, 0x13, 0x89]);
+    p[24..26].copy_from_slice(&((size - 20) as u16).to_be_bytes());
+    for (i, b) in p[28..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    p
+}
