@@ -3,6 +3,7 @@
 //! decryption by SPI with the RFC 4301 §5.2 policy check.
 
 use core::ffi::c_char;
+use std::collections::HashMap;
 use std::ffi::CString;
 
 use ipsec_core::gateway::{Inbound, Outbound};
@@ -23,24 +24,40 @@ pub struct ipsec_gateway {
     _private: [u8; 0],
 }
 
-/// The gateway and NUL-terminated copies of its SA names and policy names, in file
-/// order.
+/// The gateway and NUL-terminated copies of its SA names and policy names.
 pub(crate) struct GatewayHandle {
     gateway: Gateway,
-    names: Vec<(Box<str>, CString)>,
-    policy_names: Vec<(Box<str>, CString)>,
+    names: CNames,
+    policy_names: CNames,
 }
 
 impl Handle for ipsec_gateway {
     type Inner = GatewayHandle;
 }
 
-impl GatewayHandle {
-    fn name_ptr(names: &[(Box<str>, CString)], name: &str) -> *const c_char {
-        names
-            .iter()
-            .find(|(n, _)| &**n == name)
-            .map_or(core::ptr::null(), |(_, c)| c.as_ptr())
+/// NUL-terminated copies of names, in file order, found by name in one hash lookup (a
+/// packet's verdict names its SA and policy; a policy file may have thousands).
+struct CNames {
+    list: Vec<CString>,
+    index: HashMap<Box<str>, usize>,
+}
+
+impl CNames {
+    fn new<'a>(names: impl Iterator<Item = &'a str>) -> CNames {
+        let mut list = Vec::new();
+        let mut index = HashMap::new();
+        for name in names {
+            index.insert(Box::from(name), list.len());
+            list.push(c_string(name));
+        }
+        CNames { list, index }
+    }
+
+    /// The C string of `name`; NULL if it is not one of these names.
+    fn ptr(&self, name: &str) -> *const c_char {
+        self.index
+            .get(name)
+            .map_or(core::ptr::null(), |&i| self.list[i].as_ptr())
     }
 }
 
@@ -119,16 +136,8 @@ pub unsafe extern "C" fn ipsec_gateway_new(
         let toml = unsafe { text(toml, toml_len, "toml") }?;
         let spd = Spd::from_toml(toml).map_err(|e| config_error(&e))?;
         let gateway = Gateway::new(spd, now(now_ns)).map_err(|e| config_error(&e))?;
-        let names = gateway
-            .sas()
-            .map(|(n, _)| (Box::from(n), c_string(n)))
-            .collect();
-        let policy_names = gateway
-            .spd()
-            .policies()
-            .iter()
-            .map(|p| (Box::from(p.name()), c_string(p.name())))
-            .collect();
+        let names = CNames::new(gateway.sas().map(|(n, _)| n));
+        let policy_names = CNames::new(gateway.spd().policies().iter().map(|p| p.name()));
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe {
             out.write(into_handle::<ipsec_gateway>(GatewayHandle {
@@ -186,7 +195,6 @@ unsafe fn process(
     let (off, len) = unsafe { (offset.read(), length.read()) };
     let mut pkt = PacketBuf::new(buf, off, len).map_err(|_| bad_descriptor(off, len, capacity))?;
     let (names, policies) = (&h.names, &h.policy_names);
-    let name = GatewayHandle::name_ptr;
     let result = match way {
         Way::Out => match h
             .gateway
@@ -195,10 +203,10 @@ unsafe fn process(
         {
             Outbound::Protected { sa, policy } => ipsec_gateway_result {
                 verdict: ipsec_verdict::IPSEC_VERDICT_PROTECTED as u32,
-                sa: name(names, sa),
-                policy: name(policies, policy),
+                sa: names.ptr(sa),
+                policy: policies.ptr(policy),
             },
-            Outbound::Bypassed { policy } => bypassed(name(policies, policy)),
+            Outbound::Bypassed { policy } => bypassed(policies.ptr(policy)),
             _ => return Err(unknown_verdict()),
         },
         Way::In => match h
@@ -208,10 +216,10 @@ unsafe fn process(
         {
             Inbound::Decrypted { sa, policy } => ipsec_gateway_result {
                 verdict: ipsec_verdict::IPSEC_VERDICT_DECRYPTED as u32,
-                sa: name(names, sa),
-                policy: name(policies, policy),
+                sa: names.ptr(sa),
+                policy: policies.ptr(policy),
             },
-            Inbound::Bypassed { policy } => bypassed(name(policies, policy)),
+            Inbound::Bypassed { policy } => bypassed(policies.ptr(policy)),
             _ => return Err(unknown_verdict()),
         },
     };
@@ -331,7 +339,7 @@ pub unsafe extern "C" fn ipsec_gateway_get_stats(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ipsec_gateway_sa_count(gateway: *const ipsec_gateway) -> usize {
     // SAFETY: caller's contract.
-    boundary(|| unsafe { borrow(gateway, "gateway") }.map_or(0, |h| h.names.len()))
+    boundary(|| unsafe { borrow(gateway, "gateway") }.map_or(0, |h| h.names.list.len()))
 }
 
 /// SA number `index` of the gateway (file order): name, description and counters.
@@ -353,11 +361,11 @@ pub unsafe extern "C" fn ipsec_gateway_get_sa(
         let (_, sa) = h.gateway.sas().nth(index).ok_or_else(|| {
             invalid(format!(
                 "index {index} is out of range ({} SAs)",
-                h.names.len()
+                h.names.list.len()
             ))
         })?;
         let value = ipsec_gateway_sa {
-            name: h.names[index].1.as_ptr(),
+            name: h.names.list[index].as_ptr(),
             info: info_of(sa),
             stats: sa.stats().into(),
         };
@@ -389,7 +397,7 @@ pub unsafe extern "C" fn ipsec_gateway_poll_event(
         let names = &h.names;
         let value = match h.gateway.poll_event(now(now_ns)) {
             Some((name, event)) => ipsec_gateway_event {
-                sa: GatewayHandle::name_ptr(names, name),
+                sa: names.ptr(name),
                 event: event_to(Some(event)),
             },
             None => ipsec_gateway_event {
