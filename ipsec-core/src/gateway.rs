@@ -65,6 +65,8 @@ pub struct Gateway {
     by_name: HashMap<String, usize>,
     inbound_by_spi: HashMap<u32, usize>,
     stats: SaStats,
+    /// The largest headroom any SA needs (the SAs never change).
+    max_headroom: usize,
 }
 
 impl core::fmt::Debug for Gateway {
@@ -101,7 +103,13 @@ impl Gateway {
             names.push(named.name);
             sas.push(sa);
         }
+        let max_headroom = sas
+            .iter()
+            .map(SecurityAssociation::max_headroom)
+            .max()
+            .unwrap_or(0);
         Ok(Gateway {
+            max_headroom,
             spd,
             names,
             sas,
@@ -129,11 +137,7 @@ impl Gateway {
     /// The headroom to leave in front of an outbound packet so that any of the
     /// gateway's SAs can encrypt it ([`SecurityAssociation::max_headroom`]).
     pub fn max_headroom(&self) -> usize {
-        self.sas
-            .iter()
-            .map(SecurityAssociation::max_headroom)
-            .max()
-            .unwrap_or(0)
+        self.max_headroom
     }
 
     /// The tailroom to leave behind an outbound packet of `len` bytes so that any of
