@@ -152,8 +152,13 @@ fn process(
     } else {
         (0, 0)
     };
-    scratch.clear();
-    scratch.resize(head + len + tail, 0);
+    // The scratch buffer only grows: what lies around the packet is headroom and
+    // tailroom, which the transform overwrites, so it need not be zeroed per packet.
+    let need = head + len + tail;
+    if scratch.len() < need {
+        scratch.resize(need, 0);
+    }
+    let scratch = &mut scratch[..need];
     scratch[head..head + len].copy_from_slice(data);
     let mut pkt = PacketBuf::new(scratch, head, len).map_err(Refused::Packet)?;
     let answer = if outbound {
