@@ -92,6 +92,22 @@ fi
 
 stage "benchmarks (compiled and run once, no timing asserted)"
 cargo test --locked -p ipsec-benches --benches
+# OpenSSL's per-packet EVP seal/open, the OpenSSL baseline of scripts/bench-report.py:
+# built with the C example's warnings, run with a 1 ms budget per case (its self-check
+# round-trips and tampers each case), and its records checked for the bench format.
+if printf '#include <openssl/evp.h>\n' | cc -E -x c - >/dev/null 2>&1; then
+  cc -std=c99 -O2 -Wall -Wextra -Werror -pedantic -o target/evp_aead \
+    benches/openssl/evp_aead.c -lcrypto
+  target/evp_aead 1 | .venv/bin/python -c '
+import json, sys
+rows = [json.loads(line) for line in sys.stdin]
+assert len(rows) == 18, rows
+for r in rows:
+    assert r["backend"] == "openssl-evp" and r["per_packet"] and r["ns_per_packet"] > 0, r
+print(len(rows), "OpenSSL EVP records")'
+else
+  echo "no OpenSSL headers: benches/openssl/evp_aead.c not built (bench-report.py says so too)"
+fi
 
 echo
 echo "all tests passed in $(( $(date +%s) - start ))s"
