@@ -874,6 +874,75 @@ fn with_gmac_aad<R>(
 mod tests {
     use super::*;
 
+    /// Every AEAD key (ring's, in the default build) seals exactly as the RustCrypto
+    /// crates do, opens what it sealed and refuses a flipped bit of tag or ciphertext,
+    /// at every length from 0 to 300 bytes (whole and partial blocks) and at 512 and
+    /// 1424, with both ESP AAD lengths (8, and 12 with ESN).
+    #[test]
+    fn aead_keys_agree_with_rustcrypto_at_every_small_length() {
+        for cipher in [
+            Cipher::Aes128Gcm,
+            Cipher::Aes256Gcm,
+            Cipher::ChaCha20Poly1305,
+        ] {
+            let key: Vec<u8> = (0..cipher.key_len() - 4)
+                .map(|i| (i as u8).wrapping_mul(7) ^ 0x5c)
+                .collect();
+            let ours = AeadKey::new(cipher, &key);
+            let reference_seal = |nonce: [u8; 12], aad: &[u8], buf: &mut [u8]| match cipher {
+                Cipher::Aes128Gcm => {
+                    let k = aes_gcm::Aes128Gcm::new_from_slice(&key).expect("key");
+                    rc_seal(&k, nonce, aad, buf)
+                }
+                Cipher::Aes256Gcm => {
+                    let k = aes_gcm::Aes256Gcm::new_from_slice(&key).expect("key");
+                    rc_seal(&k, nonce, aad, buf)
+                }
+                _ => {
+                    let k = chacha20poly1305::ChaCha20Poly1305::new_from_slice(&key).expect("key");
+                    rc_seal(&k, nonce, aad, buf)
+                }
+            };
+            for len in (0..=300).chain([512, 1424]) {
+                for aad_len in [8, 12] {
+                    let aad: Vec<u8> = (0..aad_len as u8).collect();
+                    let nonce = [len as u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, aad_len as u8];
+                    let plain: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+                    let mut sealed = plain.clone();
+                    let tag = ours.seal(nonce, &aad, &mut sealed);
+                    let mut expected = plain.clone();
+                    let expected_tag = reference_seal(nonce, &aad, &mut expected);
+                    assert_eq!(
+                        (&sealed, tag),
+                        (&expected, expected_tag),
+                        "{cipher:?} {len}"
+                    );
+                    let mut opened = sealed.clone();
+                    assert!(
+                        ours.open(nonce, &aad, &mut opened, &tag),
+                        "{cipher:?} {len}"
+                    );
+                    assert_eq!(opened, plain, "{cipher:?} {len}");
+                    let mut bad_tag = tag;
+                    bad_tag[len % 16] ^= 0x01;
+                    let mut opened = sealed.clone();
+                    assert!(
+                        !ours.open(nonce, &aad, &mut opened, &bad_tag),
+                        "{cipher:?} {len}"
+                    );
+                    if len > 0 {
+                        let mut tampered = sealed.clone();
+                        tampered[len / 2] ^= 0x80;
+                        assert!(
+                            !ours.open(nonce, &aad, &mut tampered, &tag),
+                            "{cipher:?} {len}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// The interleaved CBC + HMAC of `seal` produces exactly CBC first, then the HMAC
     /// over header, IV and ciphertext (and the ESN tail), for every integrity
     /// algorithm and ciphertext lengths from 16 bytes to past a jumbo frame.
