@@ -11,13 +11,16 @@
 //! | NULL (RFC 2410) + HMAC | RustCrypto | none | 12..32 |
 //!
 //! **Backend choice, by measurement.** On the 2-core AMD EPYC guest (AES-NI, VAES,
-//! AVX-512) this was tuned on, the median raw AES-128-GCM seal of a 64/512/1420-byte
-//! buffer (`scripts/bench-report.py`, 5 runs) took ring 0.17 93/143/280 ns, aws-lc-rs
-//! 1.19 112/190/291 ns, RustCrypto aes-gcm 0.11 146/276/631 ns and OpenSSL 3.0 EVP
-//! (`openssl speed`) 351/451/681 ns; ChaCha20-Poly1305 at 1420 bytes: OpenSSL 668, ring
-//! 767, aws-lc-rs 781, RustCrypto 2750 ns. ring wins every AES-GCM size and ties
-//! aws-lc-rs on ChaCha20-Poly1305, so it carries every AEAD when the `ring` feature is
-//! on (the default); a per-size choice would pick ring everywhere.
+//! AVX-512) this was tuned on, the median raw per-packet AES-128-GCM seal of a
+//! 64/512/1420-byte buffer (`scripts/bench-report.py`, 5 runs) took ring 0.17
+//! 91/145/279 ns, aws-lc-rs 1.19 108/222/308 ns, RustCrypto aes-gcm 0.11 123/269/628 ns
+//! and OpenSSL 3.0 EVP (one seal per packet with its nonce, AAD and tag:
+//! `benches/openssl/evp_aead.c`) 208/316/521 ns; ChaCha20-Poly1305 at 1420 bytes: ring
+//! 783, aws-lc-rs 789, OpenSSL EVP 949, RustCrypto 2851 ns. ring wins every AES-GCM
+//! size and ties aws-lc-rs on ChaCha20-Poly1305, so it carries every AEAD when the
+//! `ring` feature is on (the default); a per-size choice would pick ring everywhere.
+//! (`openssl speed -evp` reports ChaCha20-Poly1305 at 669 ns for 1420 bytes, but it
+//! times a stream of updates with no nonce, AAD or tag per buffer, not a packet's seal.)
 //!
 //! **Build flags.** RustCrypto's AES-GCM is fast only when compiled for the CPU: 36 ns
 //! at 64 bytes with `-C target-cpu=native`, 45 ns with `+aes,+pclmulqdq,+avx2,+vaes,
@@ -26,7 +29,9 @@
 //! behind run-time detection does not help (the crates dispatch internally, so nothing
 //! inlines). Those flags would make the shipped artifacts crash on CPUs without
 //! AVX-512/VAES. ring and aws-lc-rs select AES-NI/VAES/AVX-512 code at run time, so the
-//! shipped builds set no target features and run on any x86-64.
+//! shipped builds set no target features and run on any x86-64. Handing small AES-GCM
+//! packets to RustCrypto in `x86-64-v3` builds was tried and measured slower inside the
+//! ESP path (64 bytes: encrypt 109-115 against 103 ns, decrypt 131-135 against 109 ns).
 //!
 //! **Whole blocks.** Every backend seals a buffer that ends in a partial 16-byte block
 //! much more slowly than one of whole blocks (ring: 68 bytes 113-117 ns, 80 bytes 87-94
