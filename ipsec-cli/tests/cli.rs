@@ -446,6 +446,37 @@ fn bench_json_records_have_all_keys() {
     assert!(stdout.contains("\"burst\":32"));
 }
 
+/// `--openssl` adds `openssl speed` rows marked as not per packet; every other row is a
+/// per-packet measurement. Skipped (with a message) where no `openssl` command exists.
+#[test]
+fn bench_openssl_speed_rows_are_marked_not_per_packet() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!("no openssl command: --openssl not tested");
+        return;
+    }
+    let o = ipsec(&["bench", "--json", "--openssl", "--seconds", "0.002"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut speed_rows = 0;
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON record");
+        let from_speed = v["backend"] == "openssl-speed";
+        assert_eq!(v["per_packet"].as_bool(), Some(!from_speed), "{line}");
+        assert_eq!(v["copy_included"].as_bool(), Some(!from_speed), "{line}");
+        if from_speed {
+            speed_rows += 1;
+            assert_eq!(v["op"], "aead-seal", "{line}");
+            assert!(v["ns_per_packet"].as_f64().unwrap() > 0.0, "{line}");
+        }
+    }
+    // Three AEADs at three sizes.
+    assert_eq!(speed_rows, 9, "{stdout}");
+}
+
 #[test]
 fn pcap_roundtrip_nat_t_over_ipv6_outer() {
     let dir = TempDir::new("natt6");
