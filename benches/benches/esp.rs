@@ -40,13 +40,11 @@ use hmac::{Hmac, Mac};
 use ipsec_core::{Cipher, Direction, Integrity, PacketBuf, SecurityAssociation};
 
 mod common;
-use common::{inner_packet, tunnel_sa};
+use common::{BURST, inner_packet, refilled_burst, tunnel_sa};
 
 /// Inner packet sizes: a small packet, a medium one, and a full one that still fits a
 /// 1500-byte MTU after tunnel-mode ESP overhead.
 const SIZES: [usize; 3] = [64, 512, 1420];
-/// Packets per burst.
-const BURST: usize = 32;
 /// 8 bytes of AAD for the raw AEADs, as ESP authenticates SPI and sequence number.
 const AAD: [u8; 8] = [0, 0, 0x10, 0, 0, 0, 0, 1];
 const NONCE: [u8; 12] = [0x11; 12];
@@ -157,12 +155,7 @@ fn esp_benches(g: &mut BenchmarkGroup<'_, WallTime>, suite: Suite, size: usize) 
         let mut results = [Ok(()); BURST];
         g.bench_function(format!("esp_encrypt_burst{BURST}/{size}"), |b| {
             b.iter(|| {
-                let mut slots = storage.chunks_exact_mut(slot);
-                let mut pkts: [PacketBuf<'_>; BURST] = std::array::from_fn(|_| {
-                    let s = slots.next().expect("BURST slots");
-                    s[head..head + size].copy_from_slice(&inner);
-                    PacketBuf::new(s, head, size).expect("in bounds")
-                });
+                let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
                 let ok = outbound.encrypt_burst(&mut pkts, &mut results, now);
                 assert_eq!(ok, BURST);
                 black_box(&pkts);
@@ -176,12 +169,7 @@ fn esp_benches(g: &mut BenchmarkGroup<'_, WallTime>, suite: Suite, size: usize) 
         let mut results = [Ok(()); BURST];
         g.bench_function(format!("esp_decrypt_burst{BURST}/{size}"), |b| {
             b.iter(|| {
-                let mut slots = storage.chunks_exact_mut(plen);
-                let mut pkts: [PacketBuf<'_>; BURST] = std::array::from_fn(|_| {
-                    let s = slots.next().expect("BURST slots");
-                    s.copy_from_slice(&protected);
-                    PacketBuf::new(s, 0, plen).expect("in bounds")
-                });
+                let mut pkts = refilled_burst(&mut storage, plen, 0, &protected);
                 let ok = inbound.decrypt_burst(&mut pkts, &mut results, now);
                 assert_eq!(ok, BURST);
                 black_box(&pkts);

@@ -26,7 +26,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 mod common;
 mod ffi_setup;
-use common::inner_packet;
+use common::{inner_packet, refilled_burst};
 use ffi_setup::{BURST, BurstFn, CSa, OneFn, rust_sa};
 use ipsec::{ipsec_packet, ipsec_status};
 use ipsec_core::{Direction, PacketBuf};
@@ -109,12 +109,7 @@ fn ffi(c: &mut Criterion) {
         let mut results = [Ok(()); BURST];
         g.bench_function(format!("rust_encrypt_burst{BURST}/{size}"), |b| {
             b.iter(|| {
-                let mut slots = storage.chunks_exact_mut(slot);
-                let mut pkts: [PacketBuf<'_>; BURST] = std::array::from_fn(|_| {
-                    let s = slots.next().expect("BURST slots");
-                    s[head..head + size].copy_from_slice(&inner);
-                    PacketBuf::new(s, head, size).expect("in bounds")
-                });
+                let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
                 assert_eq!(rust_out.encrypt_burst(&mut pkts, &mut results, now), BURST);
                 black_box(&pkts);
             })
@@ -149,12 +144,7 @@ fn ffi(c: &mut Criterion) {
         let mut storage = vec![0u8; plen * BURST];
         g.bench_function(format!("rust_decrypt_burst{BURST}/{size}"), |b| {
             b.iter(|| {
-                let mut slots = storage.chunks_exact_mut(plen);
-                let mut pkts: [PacketBuf<'_>; BURST] = std::array::from_fn(|_| {
-                    let s = slots.next().expect("BURST slots");
-                    s.copy_from_slice(&protected);
-                    PacketBuf::new(s, 0, plen).expect("in bounds")
-                });
+                let mut pkts = refilled_burst(&mut storage, plen, 0, &protected);
                 assert_eq!(rust_in.decrypt_burst(&mut pkts, &mut results, now), BURST);
                 black_box(&pkts);
             })

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 mod ffi_setup;
-use common::inner_packet;
+use common::{inner_packet, refilled_burst};
 use ffi_setup::{BURST, BurstFn, CSa, OneFn, rust_sa};
 
 use ipsec::{ipsec_packet, ipsec_status};
@@ -166,12 +166,7 @@ fn main() {
             || {
                 // SAFETY: `sp` points to `slot * BURST` bytes; no other borrow is live.
                 let all = unsafe { std::slice::from_raw_parts_mut(sp, slot * BURST) };
-                let mut slots = all.chunks_exact_mut(slot);
-                let mut pkts: [PacketBuf<'_>; BURST] = std::array::from_fn(|_| {
-                    let s = slots.next().expect("BURST slots");
-                    s[head..head + size].copy_from_slice(&inner);
-                    PacketBuf::new(s, head, size).expect("in bounds")
-                });
+                let mut pkts = refilled_burst(all, slot, head, &inner);
                 assert_eq!(r_out.encrypt_burst(&mut pkts, &mut results, NOW), BURST);
                 black_box(&pkts);
             },
@@ -209,12 +204,7 @@ fn main() {
             || {
                 // SAFETY: `qp` points to `plen * BURST` bytes; no other borrow is live.
                 let all = unsafe { std::slice::from_raw_parts_mut(qp, plen * BURST) };
-                let mut slots = all.chunks_exact_mut(plen);
-                let mut pkts: [PacketBuf<'_>; BURST] = std::array::from_fn(|_| {
-                    let s = slots.next().expect("BURST slots");
-                    s.copy_from_slice(&protected);
-                    PacketBuf::new(s, 0, plen).expect("in bounds")
-                });
+                let mut pkts = refilled_burst(all, plen, 0, &protected);
                 assert_eq!(r_in.decrypt_burst(&mut pkts, &mut results, NOW), BURST);
                 black_box(&pkts);
             },

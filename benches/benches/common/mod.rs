@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use ipsec_core::{Cipher, Direction, Integrity, Mode, SaConfig, SecurityAssociation};
+use ipsec_core::{Cipher, Direction, Integrity, Mode, PacketBuf, SaConfig, SecurityAssociation};
+
+/// Packets per burst in the burst benches.
+pub(crate) const BURST: usize = 32;
 
 /// The SPI of every benchmarked SA.
 pub(crate) const SPI: u32 = 0x1000;
@@ -47,4 +50,21 @@ pub(crate) fn inner_packet(size: usize) -> Vec<u8> {
         *b = i as u8;
     }
     p
+}
+
+/// A burst of [`BURST`] packets over `storage` cut into `slot`-byte buffers, each given a
+/// fresh copy of `template` at offset `at` (the rest of its buffer is headroom and
+/// tailroom), as a gateway refills the buffers it reuses.
+pub(crate) fn refilled_burst<'a>(
+    storage: &'a mut [u8],
+    slot: usize,
+    at: usize,
+    template: &[u8],
+) -> [PacketBuf<'a>; BURST] {
+    let mut slots = storage.chunks_exact_mut(slot);
+    std::array::from_fn(|_| {
+        let s = slots.next().expect("a slot per packet");
+        s[at..at + template.len()].copy_from_slice(template);
+        PacketBuf::new(s, at, template.len()).expect("in bounds")
+    })
 }

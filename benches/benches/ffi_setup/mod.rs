@@ -10,10 +10,10 @@ use ipsec::{
 };
 use ipsec_core::{Cipher, Direction, SecurityAssociation};
 
+pub(crate) use crate::common::BURST;
 use crate::common::{SPI, tunnel_sa};
 
 pub(crate) const KEY: [u8; 20] = [0x42; 20];
-pub(crate) const BURST: usize = 32;
 
 pub(crate) type OneFn = unsafe extern "C" fn(
     *mut ipsec_sa,
