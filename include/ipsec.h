@@ -77,7 +77,9 @@ enum ipsec_status
    */
   IPSEC_ERR_NOT_FOUND = 103,
   /**
-   * Encrypt on an inbound SA or decrypt on an outbound one (counted as `malformed`).
+   * Encrypt on an inbound SA or decrypt on an outbound one. Counted in the SA's
+   * `wrong_direction` counter; the one drop whose status is not `300 +` its counter's
+   * position (315 is never returned).
    */
   IPSEC_ERR_WRONG_DIRECTION = 104,
   /**
@@ -144,6 +146,49 @@ enum ipsec_status
    * Dropped: the SPD said DISCARD (or no policy matched).
    */
   IPSEC_ERR_POLICY_DISCARD = 312,
+  /**
+   * Consumed: a NAT-T keepalive (one 0xFF byte in UDP, RFC 3948 §2.3) carries no ESP.
+   */
+  IPSEC_ERR_NAT_KEEPALIVE = 313,
+  /**
+   * Dropped: outer ECN CE on a Not-ECT inner packet (RFC 6040 §4.2).
+   */
+  IPSEC_ERR_ECN_CE_NOT_ECT = 314,
+  /**
+   * Dropped: the packet does not fit the SA's path MTU after ESP and may not be
+   * fragmented (IPv4 DF set, or IPv6). `ipsec_sa_too_big_mtu` / the gateway result
+   * give the usable inner MTU; `ipsec_icmp_too_big` builds the ICMP error for the
+   * sender (RFC 4301 §8.2).
+   */
+  IPSEC_ERR_TOO_BIG = 316,
+  /**
+   * Dropped: a fragment's datagram was not complete within the reassembly lifetime.
+   */
+  IPSEC_ERR_FRAGMENT_TIMEOUT = 317,
+  /**
+   * Dropped: overlapping fragments (RFC 5722): the whole datagram is dropped.
+   */
+  IPSEC_ERR_FRAGMENT_OVERLAP = 318,
+  /**
+   * Dropped: an exact copy of a fragment already held (only the copy).
+   */
+  IPSEC_ERR_FRAGMENT_DUPLICATE = 319,
+  /**
+   * Dropped: a reassembly limit (memory, datagrams, fragments per datagram) was reached.
+   */
+  IPSEC_ERR_FRAGMENT_LIMIT = 320,
+  /**
+   * Dropped: a fragment that cannot belong to a valid datagram.
+   */
+  IPSEC_ERR_FRAGMENT_INVALID = 321,
+  /**
+   * Dropped: a first fragment too short to hold the ports (RFC 3128).
+   */
+  IPSEC_ERR_FRAGMENT_TOO_SHORT = 322,
+  /**
+   * Dropped: a non-first fragment whose policy cannot be decided (RFC 4301 §7).
+   */
+  IPSEC_ERR_FRAGMENT_UNRESOLVED = 323,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -587,7 +632,7 @@ typedef struct ipsec_sa_stats {
    */
   uint64_t too_old;
   /**
-   * Dropped: unparseable packet (and operations against the SA's direction).
+   * Dropped: unparseable packet.
    */
   uint64_t malformed;
   /**
@@ -627,9 +672,54 @@ typedef struct ipsec_sa_stats {
    */
   uint64_t policy_discard;
   /**
+   * Consumed: NAT-T keepalives handed to the SA.
+   */
+  uint64_t nat_keepalive;
+  /**
+   * Dropped: outer ECN CE on a Not-ECT inner packet.
+   */
+  uint64_t ecn_ce_not_ect;
+  /**
+   * Refused: encrypt on an inbound SA or decrypt on an outbound one
+   * (`IPSEC_ERR_WRONG_DIRECTION`).
+   */
+  uint64_t wrong_direction;
+  /**
+   * Refused: too big for the path MTU and not fragmentable.
+   */
+  uint64_t too_big;
+  /**
+   * Dropped: fragments whose datagram timed out.
+   */
+  uint64_t fragment_timeout;
+  /**
+   * Dropped: overlapping fragments (and the rest of their datagram).
+   */
+  uint64_t fragment_overlap;
+  /**
+   * Dropped: duplicate fragments.
+   */
+  uint64_t fragment_duplicate;
+  /**
+   * Dropped: fragments over a reassembly limit.
+   */
+  uint64_t fragment_limit;
+  /**
+   * Dropped: invalid fragments.
+   */
+  uint64_t fragment_invalid;
+  /**
+   * Dropped: first fragments too short to hold the ports.
+   */
+  uint64_t fragment_too_short;
+  /**
+   * Dropped: non-first fragments with no policy decision.
+   */
+  uint64_t fragment_unresolved;
+  /**
    * Zero; room for counters added later.
    */
-  uint64_t reserved[17];
+  uint64_t reserved[6];
 } ipsec_sa_stats;
 
 /**

@@ -112,6 +112,89 @@ impl<'a> PacketBuf<'a> {
     }
 }
 
+/// Spare buffers for the packets an operation adds to the one it was given: the
+/// fragments of a packet that had to be split to fit the path MTU (RFC 4459
+/// pre-fragmentation: each fragment becomes its own ESP packet).
+///
+/// The caller owns the buffers, as a gateway owns mbufs from a pool. Each spare's
+/// current offset is the headroom to keep in front of the packet written into it (as
+/// a fresh mbuf's data offset); its contents are overwritten. An operation takes
+/// spares in order from the front, all it needs or none (then it fails with
+/// [`Error::NoSpareBuffers`] and leaves its packet unchanged), and reports how many it
+/// took. A burst takes them in packet order: the extra packets of packet `i` follow
+/// those of packet `i - 1`. [`SpareBuffers::filled`] gives them back in that order.
+///
+/// ```
+/// use ipsec_core::{PacketBuf, SpareBuffers};
+/// let mut a = [0u8; 2048];
+/// let mut b = [0u8; 2048];
+/// let mut spares = [PacketBuf::new(&mut a, 128, 0)?, PacketBuf::new(&mut b, 128, 0)?];
+/// let pool = SpareBuffers::new(&mut spares);
+/// assert_eq!((pool.used(), pool.remaining()), (0, 2));
+/// # Ok::<(), ipsec_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct SpareBuffers<'s, 'b> {
+    bufs: &'s mut [PacketBuf<'b>],
+    used: usize,
+}
+
+impl<'s, 'b> SpareBuffers<'s, 'b> {
+    /// A pool of the spare buffers `bufs`, none used yet.
+    pub fn new(bufs: &'s mut [PacketBuf<'b>]) -> Self {
+        SpareBuffers { bufs, used: 0 }
+    }
+
+    /// No spare buffers: an operation that would need one fails with
+    /// [`Error::NoSpareBuffers`] instead.
+    pub fn none() -> SpareBuffers<'static, 'static> {
+        SpareBuffers {
+            bufs: &mut [],
+            used: 0,
+        }
+    }
+
+    /// How many spares operations have filled so far.
+    #[inline]
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// How many spares are left.
+    #[inline]
+    pub fn remaining(&self) -> usize {
+        self.bufs.len() - self.used
+    }
+
+    /// The filled spares, in the order the packets were produced.
+    pub fn filled(&self) -> &[PacketBuf<'b>] {
+        &self.bufs[..self.used]
+    }
+
+    /// Reserves the next `n` spares (all or none), or fails with
+    /// [`Error::NoSpareBuffers`]. They count as used once [`Self::commit`] is called.
+    #[inline]
+    #[allow(dead_code)] // Until the fragmenting encrypt path lands (issue 10, item 3).
+    pub(crate) fn reserve(&mut self, n: usize) -> Result<&mut [PacketBuf<'b>], Error> {
+        let available = self.remaining();
+        if n > available {
+            return Err(Error::NoSpareBuffers {
+                needed: n,
+                available,
+            });
+        }
+        Ok(&mut self.bufs[self.used..self.used + n])
+    }
+
+    /// Marks the `n` spares last reserved as used.
+    #[inline]
+    #[allow(dead_code)] // Until the fragmenting encrypt path lands (issue 10, item 3).
+    pub(crate) fn commit(&mut self, n: usize) {
+        debug_assert!(n <= self.remaining());
+        self.used += n;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +219,29 @@ mod tests {
         p.reset(0, 16).unwrap();
         assert_eq!(p.data()[0], 7);
         assert!(!p.is_empty());
+    }
+
+    #[test]
+    fn spares_are_reserved_all_or_none_and_taken_in_order() {
+        let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
+        let mut bufs = [
+            PacketBuf::new(&mut a, 2, 0).unwrap(),
+            PacketBuf::new(&mut b, 2, 0).unwrap(),
+        ];
+        let mut pool = SpareBuffers::new(&mut bufs);
+        assert_eq!(
+            pool.reserve(3).unwrap_err(),
+            Error::NoSpareBuffers {
+                needed: 3,
+                available: 2
+            }
+        );
+        pool.reserve(1).unwrap()[0].reset(2, 3).unwrap();
+        pool.commit(1);
+        assert_eq!((pool.used(), pool.remaining()), (1, 1));
+        assert_eq!(pool.filled().len(), 1);
+        assert_eq!(pool.filled()[0].len(), 3);
+        assert!(SpareBuffers::none().reserve(1).is_err());
+        assert!(pool.reserve(1).is_ok());
     }
 }

@@ -40,11 +40,43 @@ pub enum DropReason {
     NoBufferSpace,
     /// The SPD said DISCARD (or no policy matched, which means DISCARD).
     PolicyDiscard,
+    /// A NAT-T keepalive (RFC 3948 §2.3: one 0xFF byte in UDP) was handed to an SA: it
+    /// carries no ESP and is consumed here.
+    NatKeepalive,
+    /// The outer header said CE (congestion experienced) but the inner packet is not
+    /// ECN-capable: RFC 6040 §4.2 requires the packet to be dropped.
+    EcnCeOnNotEct,
+    /// A packet was given to an SA of the other direction (encrypt on an inbound SA,
+    /// decrypt on an outbound one).
+    WrongDirection,
+    /// The packet would exceed the path MTU after ESP and may not be fragmented (DF set,
+    /// or IPv6): refused, and an ICMP "too big" can be built for its sender
+    /// (RFC 4301 §8.2).
+    TooBig,
+    /// A fragment's datagram was not complete within the reassembly lifetime.
+    FragmentTimeout,
+    /// A fragment overlapped another of its datagram (RFC 5722; RFC 1858 attacks): the
+    /// whole datagram is dropped.
+    FragmentOverlap,
+    /// An exact copy of a fragment already held (RFC 8200 §4.5): only the copy is dropped.
+    FragmentDuplicate,
+    /// A reassembly limit (memory, datagrams in progress, fragments per datagram) was
+    /// reached.
+    FragmentLimit,
+    /// A fragment that cannot be part of a valid datagram: a non-last fragment whose
+    /// length is not a multiple of 8, a datagram beyond 65,535 bytes, ends that disagree.
+    FragmentInvalid,
+    /// A first fragment too short to hold the transport ports or ICMP type the policy
+    /// decides on (RFC 3128 "tiny fragments").
+    FragmentTooShort,
+    /// A non-first fragment whose policy cannot be decided: its first fragment was not
+    /// seen, and a port-specific policy could cover it (RFC 4301 §7).
+    FragmentUnresolved,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::AuthFailed,
         DropReason::Replay,
         DropReason::TooOld,
@@ -58,6 +90,17 @@ impl DropReason {
         DropReason::Dummy,
         DropReason::NoBufferSpace,
         DropReason::PolicyDiscard,
+        DropReason::NatKeepalive,
+        DropReason::EcnCeOnNotEct,
+        DropReason::WrongDirection,
+        DropReason::TooBig,
+        DropReason::FragmentTimeout,
+        DropReason::FragmentOverlap,
+        DropReason::FragmentDuplicate,
+        DropReason::FragmentLimit,
+        DropReason::FragmentInvalid,
+        DropReason::FragmentTooShort,
+        DropReason::FragmentUnresolved,
     ];
 
     /// The stable snake_case name of the reason (`"auth_failed"`, `"replay"`, ...).
@@ -76,6 +119,17 @@ impl DropReason {
             DropReason::Dummy => "dummy",
             DropReason::NoBufferSpace => "no_buffer_space",
             DropReason::PolicyDiscard => "policy_discard",
+            DropReason::NatKeepalive => "nat_keepalive",
+            DropReason::EcnCeOnNotEct => "ecn_ce_not_ect",
+            DropReason::WrongDirection => "wrong_direction",
+            DropReason::TooBig => "too_big",
+            DropReason::FragmentTimeout => "fragment_timeout",
+            DropReason::FragmentOverlap => "fragment_overlap",
+            DropReason::FragmentDuplicate => "fragment_duplicate",
+            DropReason::FragmentLimit => "fragment_limit",
+            DropReason::FragmentInvalid => "fragment_invalid",
+            DropReason::FragmentTooShort => "fragment_too_short",
+            DropReason::FragmentUnresolved => "fragment_unresolved",
         }
     }
 
@@ -107,14 +161,16 @@ pub enum Malformed {
     /// The packet is neither ESP (IP protocol 50) nor ESP in UDP.
     NotEsp,
     /// A UDP-encapsulated packet is a NAT-T keepalive (a single 0xFF byte): it carries
-    /// no ESP and is consumed, not forwarded.
+    /// no ESP and is consumed, not forwarded. Counted as `nat_keepalive`.
     NatKeepalive,
     /// A UDP-encapsulated packet starts with the non-ESP marker (IKE traffic): it belongs
     /// to the key exchange daemon, not the data plane.
     NonEspMarker,
     /// The encrypted part is not a multiple of the cipher's block size.
     BadCiphertextLength,
-    /// The IPv4 packet is a fragment; ESP is applied to and removed from whole packets.
+    /// The packet is an IPv4 fragment or carries an IPv6 Fragment header: ESP is removed
+    /// from whole packets (reassemble first: `reassembly`), and transport
+    /// mode protects whole datagrams only (RFC 4303 §3.3).
     Fragment,
     /// An IPv6 extension header chain is longer than the packet or loops too long.
     BadExtensionHeader,
@@ -123,7 +179,8 @@ pub enum Malformed {
     /// The caller's packet descriptor is inconsistent (offset + length beyond the buffer).
     BadDescriptor,
     /// The outer header says CE (congestion experienced) but the inner packet is not
-    /// ECN-capable: RFC 6040 §4.2 requires the packet to be dropped.
+    /// ECN-capable: RFC 6040 §4.2 requires the packet to be dropped. Counted as
+    /// `ecn_ce_not_ect`.
     EcnCeOnNotEct,
     /// The packet to encapsulate is not an IPv4 or IPv6 packet (tunnel mode) or its
     /// header cannot carry ESP (transport mode).
@@ -240,6 +297,77 @@ pub enum Error {
     /// Cleartext arrived for traffic that a PROTECT policy says must come through
     /// IPsec (RFC 4301 §5.2): dropped, counted as `policy_mismatch`.
     UnprotectedTraffic,
+    /// The packet would not fit the SA's path MTU after ESP and may not be fragmented
+    /// (IPv4 with DF set, or IPv6): RFC 4301 §8.2. `inner_mtu` is the largest inner
+    /// packet that fits; send the sender an ICMP "too big" carrying it
+    /// (`icmp::too_big_reply`).
+    TooBig {
+        /// The largest inner packet, in bytes, that fits the path MTU after ESP.
+        inner_mtu: u16,
+    },
+    /// A fragment was dropped, or a fragmented datagram could not be decided on.
+    Fragment(FragmentError),
+    /// The packet had to be split into several (pre-fragmentation, RFC 4459) but too few
+    /// spare buffers were given for the extra packets ([`crate::SpareBuffers`]). The
+    /// packet is unchanged. Counted as `no_buffer_space`.
+    NoSpareBuffers {
+        /// Extra buffers the packet needs.
+        needed: usize,
+        /// Spare buffers that were left.
+        available: usize,
+    },
+}
+
+/// Why a fragment was dropped (each has its own [`DropReason`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FragmentError {
+    /// The datagram was not complete within the reassembly lifetime.
+    Timeout,
+    /// The fragment overlapped another one of its datagram: the datagram is dropped.
+    Overlap,
+    /// An exact copy of a fragment already held: this copy is dropped.
+    Duplicate,
+    /// A reassembly limit was reached (memory, datagrams in progress, fragments per
+    /// datagram).
+    Limit,
+    /// The fragment cannot belong to a valid datagram (bad length or offset, beyond
+    /// 65,535 bytes, last fragments that disagree).
+    Invalid,
+    /// A first fragment too short to hold the transport ports or ICMP type.
+    TooShort,
+    /// A non-first fragment whose policy cannot be decided (RFC 4301 §7).
+    Unresolved,
+}
+
+impl FragmentError {
+    /// The counter this error is accounted under.
+    pub const fn drop_reason(self) -> DropReason {
+        match self {
+            FragmentError::Timeout => DropReason::FragmentTimeout,
+            FragmentError::Overlap => DropReason::FragmentOverlap,
+            FragmentError::Duplicate => DropReason::FragmentDuplicate,
+            FragmentError::Limit => DropReason::FragmentLimit,
+            FragmentError::Invalid => DropReason::FragmentInvalid,
+            FragmentError::TooShort => DropReason::FragmentTooShort,
+            FragmentError::Unresolved => DropReason::FragmentUnresolved,
+        }
+    }
+
+    /// A short description, used in error messages.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            FragmentError::Timeout => "datagram not reassembled within its lifetime",
+            FragmentError::Overlap => "fragment overlaps another of its datagram",
+            FragmentError::Duplicate => "duplicate of a fragment already held",
+            FragmentError::Limit => "reassembly limit reached",
+            FragmentError::Invalid => "fragment cannot belong to a valid datagram",
+            FragmentError::TooShort => "first fragment too short to hold the ports",
+            FragmentError::Unresolved => {
+                "non-first fragment whose policy cannot be decided (first fragment not seen)"
+            }
+        }
+    }
 }
 
 impl Error {
@@ -249,7 +377,12 @@ impl Error {
             Error::AuthenticationFailed => DropReason::AuthFailed,
             Error::Replayed { .. } => DropReason::Replay,
             Error::TooOld { .. } => DropReason::TooOld,
-            Error::Malformed(_) | Error::WrongDirection => DropReason::Malformed,
+            Error::Malformed(Malformed::NatKeepalive) => DropReason::NatKeepalive,
+            Error::Malformed(Malformed::EcnCeOnNotEct) => DropReason::EcnCeOnNotEct,
+            Error::Malformed(_) => DropReason::Malformed,
+            Error::WrongDirection => DropReason::WrongDirection,
+            Error::TooBig { .. } => DropReason::TooBig,
+            Error::Fragment(f) => f.drop_reason(),
             Error::BadPadding => DropReason::BadPadding,
             Error::BadNextHeader(_) => DropReason::BadNextHeader,
             Error::UnknownSpi { .. } => DropReason::UnknownSpi,
@@ -258,7 +391,9 @@ impl Error {
             Error::LifetimeExpired(_) => DropReason::LifetimeExpired,
             Error::SequenceOverflow => DropReason::SequenceOverflow,
             Error::DummyPacket => DropReason::Dummy,
-            Error::NoHeadroom { .. } | Error::NoTailroom { .. } => DropReason::NoBufferSpace,
+            Error::NoHeadroom { .. } | Error::NoTailroom { .. } | Error::NoSpareBuffers { .. } => {
+                DropReason::NoBufferSpace
+            }
         }
     }
 }
@@ -295,6 +430,16 @@ impl fmt::Display for Error {
             Error::UnprotectedTraffic => {
                 f.write_str("cleartext for traffic that policy says must be protected")
             }
+            Error::TooBig { inner_mtu } => write!(
+                f,
+                "packet too big for the path MTU after ESP (largest inner packet {inner_mtu} \
+                 bytes) and it may not be fragmented"
+            ),
+            Error::Fragment(e) => write!(f, "fragment dropped: {}", e.describe()),
+            Error::NoSpareBuffers { needed, available } => write!(
+                f,
+                "not enough spare buffers for the fragments: {needed} needed, {available} given"
+            ),
         }
     }
 }

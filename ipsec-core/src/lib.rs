@@ -61,9 +61,9 @@ pub mod sa;
 pub mod sa_file;
 pub mod spd;
 
-pub use buffer::PacketBuf;
+pub use buffer::{PacketBuf, SpareBuffers};
 pub use crypto::{Cipher, Integrity};
-pub use error::{ConfigError, DropReason, Error, LifetimeLimit, Malformed};
+pub use error::{ConfigError, DropReason, Error, FragmentError, LifetimeLimit, Malformed};
 pub use gateway::Gateway;
 pub use replay::{LateHistogram, ReplayWindow};
 pub use sa::{

@@ -54,7 +54,8 @@ fn keepalive_is_recognised_and_counted() {
         decrypt(&mut sa, &udp4500(&[0xff])),
         Err(Error::Malformed(Malformed::NatKeepalive))
     );
-    assert_eq!(sa.stats().dropped(DropReason::Malformed), 1);
+    assert_eq!(sa.stats().dropped(DropReason::NatKeepalive), 1);
+    assert_eq!(sa.stats().dropped(DropReason::Malformed), 0);
     assert_eq!(sa.stats().dropped(DropReason::AuthFailed), 0);
 }
 

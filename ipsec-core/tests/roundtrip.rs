@@ -391,17 +391,18 @@ fn dscp_copied_and_ecn_per_rfc6040() {
             set_outer_ecn(&mut prot, 1);
             let back = common::decrypt(&mut inb, &prot).expect("ECT(1) on ECT(0)");
             assert_eq!(inner_tos(&back), 0x29, "{tag}");
-            // Outer CE on a Not-ECT inner: dropped (RFC 6040 §4.2), counted as malformed.
+            // Outer CE on a Not-ECT inner: dropped (RFC 6040 §4.2), under its own reason.
             let plain = mk(0x28);
             let mut prot = common::encrypt(&mut out, &plain).expect("enc");
             set_outer_ecn(&mut prot, 3);
-            let before = inb.stats().dropped(DropReason::Malformed);
+            let before = inb.stats().dropped(DropReason::EcnCeOnNotEct);
             assert_eq!(
                 common::decrypt(&mut inb, &prot),
                 Err(Error::Malformed(Malformed::EcnCeOnNotEct)),
                 "{tag}"
             );
-            assert_eq!(inb.stats().dropped(DropReason::Malformed), before + 1);
+            assert_eq!(inb.stats().dropped(DropReason::EcnCeOnNotEct), before + 1);
+            assert_eq!(inb.stats().dropped(DropReason::Malformed), 0, "{tag}");
             assert_eq!(inb.stats().dropped_total(), 1, "{tag}");
         }
     }

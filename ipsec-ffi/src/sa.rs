@@ -238,7 +238,7 @@ pub struct ipsec_sa_stats {
     pub replay: u64,
     /// Dropped: sequence number below the replay window.
     pub too_old: u64,
-    /// Dropped: unparseable packet (and operations against the SA's direction).
+    /// Dropped: unparseable packet.
     pub malformed: u64,
     /// Dropped: bad ESP padding.
     pub bad_padding: u64,
@@ -258,8 +258,31 @@ pub struct ipsec_sa_stats {
     pub no_buffer_space: u64,
     /// Dropped: the SPD said DISCARD.
     pub policy_discard: u64,
+    /// Consumed: NAT-T keepalives handed to the SA.
+    pub nat_keepalive: u64,
+    /// Dropped: outer ECN CE on a Not-ECT inner packet.
+    pub ecn_ce_not_ect: u64,
+    /// Refused: encrypt on an inbound SA or decrypt on an outbound one
+    /// (`IPSEC_ERR_WRONG_DIRECTION`).
+    pub wrong_direction: u64,
+    /// Refused: too big for the path MTU and not fragmentable.
+    pub too_big: u64,
+    /// Dropped: fragments whose datagram timed out.
+    pub fragment_timeout: u64,
+    /// Dropped: overlapping fragments (and the rest of their datagram).
+    pub fragment_overlap: u64,
+    /// Dropped: duplicate fragments.
+    pub fragment_duplicate: u64,
+    /// Dropped: fragments over a reassembly limit.
+    pub fragment_limit: u64,
+    /// Dropped: invalid fragments.
+    pub fragment_invalid: u64,
+    /// Dropped: first fragments too short to hold the ports.
+    pub fragment_too_short: u64,
+    /// Dropped: non-first fragments with no policy decision.
+    pub fragment_unresolved: u64,
     /// Zero; room for counters added later.
-    pub reserved: [u64; 17],
+    pub reserved: [u64; 6],
 }
 
 impl From<&SaStats> for ipsec_sa_stats {
@@ -280,7 +303,18 @@ impl From<&SaStats> for ipsec_sa_stats {
             dummy: s.dropped(DropReason::Dummy),
             no_buffer_space: s.dropped(DropReason::NoBufferSpace),
             policy_discard: s.dropped(DropReason::PolicyDiscard),
-            reserved: [0; 17],
+            nat_keepalive: s.dropped(DropReason::NatKeepalive),
+            ecn_ce_not_ect: s.dropped(DropReason::EcnCeOnNotEct),
+            wrong_direction: s.dropped(DropReason::WrongDirection),
+            too_big: s.dropped(DropReason::TooBig),
+            fragment_timeout: s.dropped(DropReason::FragmentTimeout),
+            fragment_overlap: s.dropped(DropReason::FragmentOverlap),
+            fragment_duplicate: s.dropped(DropReason::FragmentDuplicate),
+            fragment_limit: s.dropped(DropReason::FragmentLimit),
+            fragment_invalid: s.dropped(DropReason::FragmentInvalid),
+            fragment_too_short: s.dropped(DropReason::FragmentTooShort),
+            fragment_unresolved: s.dropped(DropReason::FragmentUnresolved),
+            reserved: [0; 6],
         }
     }
 }

@@ -28,7 +28,9 @@ pub enum ipsec_status {
     IPSEC_ERR_BUFFER_TOO_SMALL = 102,
     /// No SA of that name in the TOML text.
     IPSEC_ERR_NOT_FOUND = 103,
-    /// Encrypt on an inbound SA or decrypt on an outbound one (counted as `malformed`).
+    /// Encrypt on an inbound SA or decrypt on an outbound one. Counted in the SA's
+    /// `wrong_direction` counter; the one drop whose status is not `300 +` its counter's
+    /// position (315 is never returned).
     IPSEC_ERR_WRONG_DIRECTION = 104,
     /// A configuration (SA fields, TOML text, policy file) was rejected; the last-error
     /// message names the field (and the SA or policy) and says what was wrong.
@@ -64,11 +66,34 @@ pub enum ipsec_status {
     IPSEC_ERR_NO_BUFFER_SPACE = 311,
     /// Dropped: the SPD said DISCARD (or no policy matched).
     IPSEC_ERR_POLICY_DISCARD = 312,
+    /// Consumed: a NAT-T keepalive (one 0xFF byte in UDP, RFC 3948 §2.3) carries no ESP.
+    IPSEC_ERR_NAT_KEEPALIVE = 313,
+    /// Dropped: outer ECN CE on a Not-ECT inner packet (RFC 6040 §4.2).
+    IPSEC_ERR_ECN_CE_NOT_ECT = 314,
+    /// Dropped: the packet does not fit the SA's path MTU after ESP and may not be
+    /// fragmented (IPv4 DF set, or IPv6). `ipsec_sa_too_big_mtu` / the gateway result
+    /// give the usable inner MTU; `ipsec_icmp_too_big` builds the ICMP error for the
+    /// sender (RFC 4301 §8.2).
+    IPSEC_ERR_TOO_BIG = 316,
+    /// Dropped: a fragment's datagram was not complete within the reassembly lifetime.
+    IPSEC_ERR_FRAGMENT_TIMEOUT = 317,
+    /// Dropped: overlapping fragments (RFC 5722): the whole datagram is dropped.
+    IPSEC_ERR_FRAGMENT_OVERLAP = 318,
+    /// Dropped: an exact copy of a fragment already held (only the copy).
+    IPSEC_ERR_FRAGMENT_DUPLICATE = 319,
+    /// Dropped: a reassembly limit (memory, datagrams, fragments per datagram) was reached.
+    IPSEC_ERR_FRAGMENT_LIMIT = 320,
+    /// Dropped: a fragment that cannot belong to a valid datagram.
+    IPSEC_ERR_FRAGMENT_INVALID = 321,
+    /// Dropped: a first fragment too short to hold the ports (RFC 3128).
+    IPSEC_ERR_FRAGMENT_TOO_SHORT = 322,
+    /// Dropped: a non-first fragment whose policy cannot be decided (RFC 4301 §7).
+    IPSEC_ERR_FRAGMENT_UNRESOLVED = 323,
 }
 
 // A new drop reason in ipsec-core needs its status here and its counter in
 // `ipsec_sa_stats` (taken from the reserved space): this stops the build until then.
-const _: () = assert!(DropReason::ALL.len() == 13);
+const _: () = assert!(DropReason::ALL.len() == 24);
 
 impl ipsec_status {
     /// The status of a drop counted under `reason`.
@@ -88,6 +113,17 @@ impl ipsec_status {
             DropReason::Dummy => IPSEC_ERR_DUMMY,
             DropReason::NoBufferSpace => IPSEC_ERR_NO_BUFFER_SPACE,
             DropReason::PolicyDiscard => IPSEC_ERR_POLICY_DISCARD,
+            DropReason::NatKeepalive => IPSEC_ERR_NAT_KEEPALIVE,
+            DropReason::EcnCeOnNotEct => IPSEC_ERR_ECN_CE_NOT_ECT,
+            DropReason::WrongDirection => IPSEC_ERR_WRONG_DIRECTION,
+            DropReason::TooBig => IPSEC_ERR_TOO_BIG,
+            DropReason::FragmentTimeout => IPSEC_ERR_FRAGMENT_TIMEOUT,
+            DropReason::FragmentOverlap => IPSEC_ERR_FRAGMENT_OVERLAP,
+            DropReason::FragmentDuplicate => IPSEC_ERR_FRAGMENT_DUPLICATE,
+            DropReason::FragmentLimit => IPSEC_ERR_FRAGMENT_LIMIT,
+            DropReason::FragmentInvalid => IPSEC_ERR_FRAGMENT_INVALID,
+            DropReason::FragmentTooShort => IPSEC_ERR_FRAGMENT_TOO_SHORT,
+            DropReason::FragmentUnresolved => IPSEC_ERR_FRAGMENT_UNRESOLVED,
             // Unreachable while the assertion above holds.
             _ => IPSEC_ERR_MALFORMED,
         }
@@ -95,10 +131,7 @@ impl ipsec_status {
 
     /// The status of a packet error.
     pub(crate) fn of_error(e: &Error) -> ipsec_status {
-        match e {
-            Error::WrongDirection => ipsec_status::IPSEC_ERR_WRONG_DIRECTION,
-            e => ipsec_status::of_drop(e.drop_reason()),
-        }
+        ipsec_status::of_drop(e.drop_reason())
     }
 
     /// The status's NUL-terminated name and meaning.
@@ -167,6 +200,46 @@ impl ipsec_status {
             (
                 IPSEC_ERR_POLICY_DISCARD,
                 c"IPSEC_ERR_POLICY_DISCARD: discarded by policy",
+            ),
+            (
+                IPSEC_ERR_NAT_KEEPALIVE,
+                c"IPSEC_ERR_NAT_KEEPALIVE: NAT-T keepalive consumed",
+            ),
+            (
+                IPSEC_ERR_ECN_CE_NOT_ECT,
+                c"IPSEC_ERR_ECN_CE_NOT_ECT: outer CE on a Not-ECT inner packet",
+            ),
+            (
+                IPSEC_ERR_TOO_BIG,
+                c"IPSEC_ERR_TOO_BIG: packet too big for the path MTU and not fragmentable",
+            ),
+            (
+                IPSEC_ERR_FRAGMENT_TIMEOUT,
+                c"IPSEC_ERR_FRAGMENT_TIMEOUT: datagram not reassembled in time",
+            ),
+            (
+                IPSEC_ERR_FRAGMENT_OVERLAP,
+                c"IPSEC_ERR_FRAGMENT_OVERLAP: overlapping fragments",
+            ),
+            (
+                IPSEC_ERR_FRAGMENT_DUPLICATE,
+                c"IPSEC_ERR_FRAGMENT_DUPLICATE: duplicate fragment",
+            ),
+            (
+                IPSEC_ERR_FRAGMENT_LIMIT,
+                c"IPSEC_ERR_FRAGMENT_LIMIT: reassembly limit reached",
+            ),
+            (
+                IPSEC_ERR_FRAGMENT_INVALID,
+                c"IPSEC_ERR_FRAGMENT_INVALID: invalid fragment",
+            ),
+            (
+                IPSEC_ERR_FRAGMENT_TOO_SHORT,
+                c"IPSEC_ERR_FRAGMENT_TOO_SHORT: first fragment too short for the ports",
+            ),
+            (
+                IPSEC_ERR_FRAGMENT_UNRESOLVED,
+                c"IPSEC_ERR_FRAGMENT_UNRESOLVED: non-first fragment with no policy decision",
             ),
         ];
         known

@@ -9,6 +9,9 @@
 //!  +- PolicyMismatchError
 //!  +- LifetimeExpiredError
 //!  +- SequenceOverflowError
+//!  +- WrongDirectionError
+//!  +- PacketTooBigError            .mtu: the largest inner packet that fits
+//!  +- FragmentError
 //!  +- ConfigError(IpsecError, ValueError)   .field: the keyword or TOML key, or None
 //! ```
 //!
@@ -68,6 +71,29 @@ pyo3::create_exception!(
     SequenceOverflowError,
     IpsecError,
     "The outbound sequence number space is exhausted; the SA must be replaced."
+);
+
+pyo3::create_exception!(
+    ipsec,
+    WrongDirectionError,
+    IpsecError,
+    "Encrypt on an inbound SA or decrypt on an outbound one."
+);
+pyo3::create_exception!(
+    ipsec,
+    PacketTooBigError,
+    IpsecError,
+    "The packet does not fit the SA's path MTU after ESP and may not be fragmented \
+     (IPv4 with DF set, or IPv6). `.mtu` is the largest inner packet that fits; \
+     `SecurityAssociation.too_big_reply` builds the ICMP error for its sender."
+);
+pyo3::create_exception!(
+    ipsec,
+    FragmentError,
+    IpsecError,
+    "A fragment was dropped: overlapping, duplicate, invalid, timed out, over a \
+     reassembly limit, a first fragment too short for the ports, or a non-first \
+     fragment whose policy cannot be decided. `.reason` says which."
 );
 
 static CONFIG_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -138,9 +164,12 @@ fn packet_error_type<'py>(py: Python<'py>, e: &Error) -> Bound<'py, PyType> {
         Error::PolicyMismatch | Error::UnprotectedTraffic => py.get_type::<PolicyMismatchError>(),
         Error::LifetimeExpired(_) => py.get_type::<LifetimeExpiredError>(),
         Error::SequenceOverflow => py.get_type::<SequenceOverflowError>(),
-        // A dummy packet, a policy DISCARD, an SA used in the wrong direction, a buffer
-        // too small (a bug of these bindings, which size every buffer): the base class,
-        // with the drop reason in `.reason`.
+        Error::WrongDirection => py.get_type::<WrongDirectionError>(),
+        Error::TooBig { .. } => py.get_type::<PacketTooBigError>(),
+        Error::Fragment(_) => py.get_type::<FragmentError>(),
+        // A dummy packet, a policy DISCARD, a buffer too small (a bug of these
+        // bindings, which size every buffer): the base class, with the drop reason in
+        // `.reason`.
         _ => py.get_type::<IpsecError>(),
     }
 }
@@ -154,6 +183,9 @@ impl Failure {
                 // Setting an attribute on a fresh exception instance only fails on
                 // memory exhaustion; the exception is raised either way.
                 let _ = err.value(py).setattr("reason", e.drop_reason().as_str());
+                if let Error::TooBig { inner_mtu } = e {
+                    let _ = err.value(py).setattr("mtu", inner_mtu);
+                }
                 err
             }
             Failure::Config(e) => match config_error_type(py) {
@@ -203,6 +235,11 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "SequenceOverflowError",
         py.get_type::<SequenceOverflowError>(),
     )?;
+    m.add("WrongDirectionError", py.get_type::<WrongDirectionError>())?;
+    let too_big = py.get_type::<PacketTooBigError>();
+    too_big.setattr("mtu", py.None())?;
+    m.add("PacketTooBigError", too_big)?;
+    m.add("FragmentError", py.get_type::<FragmentError>())?;
     m.add("ConfigError", config_error_type(py)?)?;
     Ok(())
 }

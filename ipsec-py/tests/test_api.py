@@ -18,7 +18,9 @@ from helpers import EXAMPLES, T4_DST, T4_SRC, key_for, sa_pair, udp4
 DROP_KEYS = [
     "auth_failed", "replay", "too_old", "malformed", "bad_padding", "bad_next_header",
     "unknown_spi", "policy_mismatch", "lifetime_expired", "sequence_overflow", "dummy",
-    "no_buffer_space", "policy_discard",
+    "no_buffer_space", "policy_discard", "nat_keepalive", "ecn_ce_not_ect", "wrong_direction",
+    "too_big", "fragment_timeout", "fragment_overlap", "fragment_duplicate", "fragment_limit",
+    "fragment_invalid", "fragment_too_short", "fragment_unresolved",
 ]
 
 
@@ -107,21 +109,25 @@ def test_nat_t_round_trip_and_esp_spi() -> None:
         ipsec.esp_spi(udp4(1))
 
 
-def test_keepalive_is_malformed_and_counted() -> None:
+def test_keepalive_is_counted_under_its_own_reason() -> None:
     _, inb = sa_pair(udp_encap=(4500, 4500))
     from helpers import ipv4, udp
     keepalive = ipv4(T4_DST, T4_SRC, 17, udp(4500, 4500, b"\xff"))
     with pytest.raises(ipsec.MalformedPacketError, match="keepalive") as e:
         inb.decrypt(keepalive)
-    assert e.value.reason == "malformed" and inb.stats["malformed"] == 1
+    assert e.value.reason == "nat_keepalive"
+    assert inb.stats["nat_keepalive"] == 1 and inb.stats["malformed"] == 0
 
 
-def test_wrong_direction_is_an_ipsec_error() -> None:
+def test_wrong_direction_has_its_own_exception_and_counter() -> None:
     out, inb = sa_pair()
-    with pytest.raises(ipsec.IpsecError, match="direction"):
+    with pytest.raises(ipsec.WrongDirectionError, match="direction") as e:
         inb.encrypt(udp4(1))
-    with pytest.raises(ipsec.IpsecError, match="direction"):
+    assert e.value.reason == "wrong_direction"
+    with pytest.raises(ipsec.WrongDirectionError, match="direction"):
         out.decrypt(udp4(1))
+    for sa in (out, inb):
+        assert sa.stats["wrong_direction"] == 1 and sa.stats["malformed"] == 0
 
 
 def test_lifetimes_and_events_with_time_passed_in() -> None:

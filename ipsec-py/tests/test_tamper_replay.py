@@ -13,7 +13,10 @@ from helpers import PAIR_IDS, PAIRS, checksum, sa_pair, udp4
 
 COUNTERS = ["auth_failed", "replay", "too_old", "malformed", "bad_padding", "bad_next_header",
             "unknown_spi", "policy_mismatch", "lifetime_expired", "sequence_overflow", "dummy",
-            "no_buffer_space", "policy_discard"]
+            "no_buffer_space", "policy_discard", "nat_keepalive", "ecn_ce_not_ect",
+            "wrong_direction", "too_big", "fragment_timeout", "fragment_overlap",
+            "fragment_duplicate", "fragment_limit", "fragment_invalid", "fragment_too_short",
+            "fragment_unresolved"]
 
 
 def drops(sa: ipsec.SecurityAssociation) -> dict[str, int]:

@@ -243,6 +243,10 @@ static void lengths_and_room(void)
     put_packet(buf, off, len);
     CHECK("encrypt on an inbound SA", ipsec_sa_encrypt(in, buf, sizeof buf, &off, &len, T0), IPSEC_ERR_WRONG_DIRECTION, "direction");
     CHECK("decrypt on an outbound SA", ipsec_sa_decrypt(sa, buf, sizeof buf, &off, &len, T0), IPSEC_ERR_WRONG_DIRECTION, "direction");
+    CHECK("stats", ipsec_sa_get_stats(sa, &s), IPSEC_OK, NULL);
+    TRUE("wrong direction counted under its own reason, not malformed", s.wrong_direction == 1 && s.malformed == 1);
+    CHECK("stats", ipsec_sa_get_stats(in, &s), IPSEC_OK, NULL);
+    TRUE("wrong direction counted on the inbound SA", s.wrong_direction == 1 && s.malformed == 0);
     ipsec_sa_free(sa);
     ipsec_sa_free(in);
 }

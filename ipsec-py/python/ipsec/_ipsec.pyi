@@ -16,6 +16,9 @@ __all__ = [
     "PolicyMismatchError",
     "LifetimeExpiredError",
     "SequenceOverflowError",
+    "WrongDirectionError",
+    "PacketTooBigError",
+    "FragmentError",
     "ConfigError",
     "SecurityAssociation",
     "Lifetime",
@@ -55,6 +58,15 @@ class UnknownSpiError(IpsecError): ...
 class PolicyMismatchError(IpsecError): ...
 class LifetimeExpiredError(IpsecError): ...
 class SequenceOverflowError(IpsecError): ...
+class WrongDirectionError(IpsecError): ...
+
+class PacketTooBigError(IpsecError):
+    """Too big for the path MTU after ESP and not fragmentable (DF set, or IPv6)."""
+
+    mtu: Optional[int]
+    """The largest inner packet, in bytes, that fits."""
+
+class FragmentError(IpsecError): ...
 
 class ConfigError(IpsecError, ValueError):
     """A rejected configuration; also a ValueError."""
