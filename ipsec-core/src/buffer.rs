@@ -174,7 +174,6 @@ impl<'s, 'b> SpareBuffers<'s, 'b> {
     /// Reserves the next `n` spares (all or none), or fails with
     /// [`Error::NoSpareBuffers`]. They count as used once [`Self::commit`] is called.
     #[inline]
-    #[allow(dead_code)] // Until the fragmenting encrypt path lands (issue 10, item 3).
     pub(crate) fn reserve(&mut self, n: usize) -> Result<&mut [PacketBuf<'b>], Error> {
         let available = self.remaining();
         if n > available {
@@ -188,7 +187,6 @@ impl<'s, 'b> SpareBuffers<'s, 'b> {
 
     /// Marks the `n` spares last reserved as used.
     #[inline]
-    #[allow(dead_code)] // Until the fragmenting encrypt path lands (issue 10, item 3).
     pub(crate) fn commit(&mut self, n: usize) {
         debug_assert!(n <= self.remaining());
         self.used += n;

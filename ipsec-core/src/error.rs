@@ -187,6 +187,9 @@ pub enum Malformed {
     BadInnerPacket,
     /// The protected packet would exceed the IP length limit (65,535 bytes).
     TooBig,
+    /// Not an ICMP "fragmentation needed" / ICMPv6 "packet too big" message about this
+    /// SA's own packets (see `SecurityAssociation::handle_icmp`).
+    NotPathMtuMessage,
 }
 
 impl Malformed {
@@ -210,6 +213,7 @@ impl Malformed {
             Malformed::EcnCeOnNotEct => "outer CE mark on a Not-ECT inner packet (RFC 6040)",
             Malformed::BadInnerPacket => "the packet to protect is not a valid IP packet",
             Malformed::TooBig => "the protected packet would exceed 65,535 bytes",
+            Malformed::NotPathMtuMessage => "not an ICMP too-big message about this SA's packets",
         }
     }
 }

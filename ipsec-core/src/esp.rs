@@ -18,13 +18,15 @@
 //! ICV verification, replay window update, then padding and next header. Every failure
 //! is counted under its [`DropReason`](crate::DropReason) before it is returned.
 
-use crate::buffer::PacketBuf;
+use crate::buffer::{PacketBuf, SpareBuffers};
 use crate::crypto::EspLayout;
-use crate::error::{Error, Malformed};
+use crate::error::{Error, LifetimeLimit, Malformed};
+use crate::fragment::{Ipv4Split, Ipv6Split, spares_hold};
 use crate::packet::{
     self, IPPROTO_ESP, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_NONE, IPPROTO_UDP, IPV4_HEADER_LEN,
     IPV6_HEADER_LEN, IpVersion, UDP_HEADER_LEN,
 };
+use crate::path_mtu::IPV6_MIN_MTU;
 use crate::sa::{Direction, Mode, SecurityAssociation, TfcPadding};
 use bytes::BytesMut;
 use core::time::Duration;
@@ -53,12 +55,54 @@ impl SecurityAssociation {
     /// Needs [`SecurityAssociation::max_headroom`] bytes of headroom and
     /// [`SecurityAssociation::tailroom_for`] bytes of tailroom; bytes after the IP
     /// packet's own length (link-layer padding) are dropped.
+    ///
+    /// A packet that does not fit the SA's path MTU ([`crate::path_mtu`]) is refused
+    /// with [`Error::TooBig`] when it may not be fragmented, and with
+    /// [`Error::NoSpareBuffers`] when it may: [`Self::encrypt_fragmenting`] takes the
+    /// buffers fragmenting needs.
     pub fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
         if self.direction != Direction::Outbound {
             return Err(self.drop(Error::WrongDirection));
         }
         self.admit(now)?;
-        self.encrypt_admitted(pkt, None)
+        self.encrypt_admitted(pkt, None, &mut SpareBuffers::none(), now)
+            .map(|_| ())
+    }
+
+    /// [`Self::encrypt`] for a packet that may need more than one packet on the wire:
+    /// when it does not fit the path MTU and may be fragmented ([`crate::path_mtu`]:
+    /// tunnel-mode IPv4 with DF clear is pre-fragmented, each fragment its own ESP
+    /// packet, RFC 4459; transport mode and small IPv6 packets are sent as fragments of
+    /// the ESP packet), the first packet stays in `pkt` and the others are written into
+    /// the next spares of `spares` (each needs the SA's [`Self::max_headroom`] in front
+    /// and room for a path-MTU sized packet behind: [`Self::spares_needed`] says how
+    /// many). Returns how many spares were filled (0 when the packet fit). On failure
+    /// the packet and the spares are unchanged, and no spare is counted as used.
+    pub fn encrypt_fragmenting(
+        &mut self,
+        pkt: &mut PacketBuf<'_>,
+        spares: &mut SpareBuffers<'_, '_>,
+        now: Duration,
+    ) -> Result<usize, Error> {
+        if self.direction != Direction::Outbound {
+            return Err(self.drop(Error::WrongDirection));
+        }
+        self.admit(now)?;
+        self.encrypt_admitted(pkt, None, spares, now)
+    }
+
+    /// How many spare buffers [`Self::encrypt_fragmenting`] needs for the IP packet
+    /// `packet` at `now`: 0 when it fits the path MTU (or will be refused).
+    pub fn spares_needed(&self, packet: &[u8], now: Duration) -> usize {
+        let Ok(info) = packet::parse_ip(packet) else {
+            return 0;
+        };
+        let cap = self.pmtu.cap(now);
+        match self.oversize_plan(packet, &info, cap) {
+            Ok(Oversize::Pre(plan)) => plan.count() - 1,
+            Ok(Oversize::Post(n)) => n - 1,
+            _ => 0,
+        }
     }
 
     /// Sends an RFC 4303 §2.6 dummy packet: the `pkt.len()` bytes in `pkt` (any content)
@@ -68,7 +112,8 @@ impl SecurityAssociation {
             return Err(self.drop(Error::WrongDirection));
         }
         self.admit(now)?;
-        self.encrypt_admitted(pkt, Some(IPPROTO_NONE))
+        self.encrypt_admitted(pkt, Some(IPPROTO_NONE), &mut SpareBuffers::none(), now)
+            .map(|_| ())
     }
 
     /// Encrypts a burst of packets under one key schedule. `results[i]` receives the
@@ -84,6 +129,26 @@ impl SecurityAssociation {
         let mut ok = 0;
         for (pkt, res) in packets.iter_mut().zip(results.iter_mut()) {
             ok += usize::from(store_result(res, self.encrypt(pkt, now)));
+        }
+        ok
+    }
+
+    /// [`Self::encrypt_burst`] with spare buffers for packets that must be fragmented
+    /// ([`Self::encrypt_fragmenting`]): `results[i]` receives how many spares packet `i`
+    /// filled; packet `i`'s extra packets follow those of the packets before it in
+    /// `spares`. Returns how many packets succeeded.
+    pub fn encrypt_burst_fragmenting(
+        &mut self,
+        packets: &mut [PacketBuf<'_>],
+        results: &mut [Result<usize, Error>],
+        spares: &mut SpareBuffers<'_, '_>,
+        now: Duration,
+    ) -> usize {
+        let mut ok = 0;
+        for (pkt, res) in packets.iter_mut().zip(results.iter_mut()) {
+            let r = self.encrypt_fragmenting(pkt, spares, now);
+            ok += usize::from(r.is_ok());
+            *res = r;
         }
         ok
     }
@@ -114,6 +179,60 @@ impl SecurityAssociation {
         self.transform_bytes(packet, head, tail, |sa, p| sa.encrypt(p, now))
     }
 
+    /// The usable inner MTU when [`Self::encrypt`] would refuse the IP packet `packet`
+    /// at `now` as [`Error::TooBig`] (what the ICMP error to its sender reports,
+    /// [`crate::icmp::too_big_reply`]); `None` when it would not.
+    pub fn too_big_mtu(&self, packet: &[u8], now: Duration) -> Option<u16> {
+        let info = packet::parse_ip(packet).ok()?;
+        match self.oversize_plan(packet, &info, self.pmtu.cap(now)) {
+            Err(Error::TooBig { inner_mtu }) => Some(inner_mtu),
+            _ => None,
+        }
+    }
+
+    /// [`Self::encrypt_bytes`] for packets that may have to be fragmented
+    /// ([`Self::encrypt_fragmenting`]): the first packet replaces `packet`, the others
+    /// are returned in order (an empty vector when the packet fit).
+    pub fn encrypt_bytes_fragmenting(
+        &mut self,
+        packet: &mut BytesMut,
+        now: Duration,
+    ) -> Result<Vec<BytesMut>, Error> {
+        let n = self.spares_needed(packet, now);
+        if n == 0 {
+            return self.encrypt_bytes(packet, now).map(|()| Vec::new());
+        }
+        let head = self.max_headroom();
+        let room = self.pmtu.cap(now).min(packet.len());
+        let size = head + room + self.tailroom_for(room);
+        let mut stores: Vec<BytesMut> = (0..n).map(|_| BytesMut::zeroed(size)).collect();
+        let mut used = 0;
+        let (len, mut spans) = (packet.len(), Vec::with_capacity(n));
+        let tail = self.tailroom_for(len);
+        let res = {
+            let mut spares = stores
+                .iter_mut()
+                .map(|s| PacketBuf::new(&mut s[..], head, 0))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut pool = SpareBuffers::new(&mut spares);
+            let r = self.transform_bytes(packet, head, tail, |sa, p| {
+                sa.encrypt_fragmenting(p, &mut pool, now).map(|k| used = k)
+            });
+            spans.extend(pool.filled().iter().map(|p| (p.offset(), p.len())));
+            r
+        };
+        res?;
+        debug_assert_eq!(used, spans.len());
+        Ok(stores
+            .into_iter()
+            .zip(spans)
+            .map(|(mut b, (off, len))| {
+                b.truncate(off + len);
+                b.split_off(off)
+            })
+            .collect())
+    }
+
     /// Convenience for code that holds packets in [`BytesMut`]: replaces the protected
     /// packet in `packet` with the inner (tunnel) or restored (transport) packet.
     pub fn decrypt_bytes(&mut self, packet: &mut BytesMut, now: Duration) -> Result<(), Error> {
@@ -141,24 +260,344 @@ impl SecurityAssociation {
         res
     }
 
+    /// Encrypts an admitted packet; returns how many spares it filled.
+    #[inline(always)]
     fn encrypt_admitted(
         &mut self,
         pkt: &mut PacketBuf<'_>,
         dummy: Option<u8>,
-    ) -> Result<(), Error> {
+        spares: &mut SpareBuffers<'_, '_>,
+        now: Duration,
+    ) -> Result<usize, Error> {
         let next = match self.next_seq() {
             Ok(s) => s,
             Err(e) => return Err(self.drop(e)),
         };
-        let res = match (self.mode, dummy) {
-            (Mode::Tunnel, _) => self.encap_tunnel(pkt, next, dummy),
-            (Mode::Transport, _) => self.encap_transport(pkt, next),
+        let res = match self.mode {
+            Mode::Tunnel => self.encap_tunnel(pkt, next, dummy, true),
+            Mode::Transport => self.encap_transport(pkt, next, true),
         };
         match res {
             Ok(inner_len) => {
                 self.seq = next;
                 self.account(inner_len);
+                Ok(0)
+            }
+            Err(Some(e)) => Err(self.drop(e)),
+            Err(None) => self.encrypt_oversize(pkt, dummy, spares, now),
+        }
+    }
+
+    /// The slow path of a packet beyond the cached path MTU or the hard byte lifetime:
+    /// refreshes the path MTU (a learned value may have aged out), then encrypts the
+    /// packet whole, fragments it, or refuses it ([`crate::path_mtu`]).
+    #[cold]
+    #[inline(never)]
+    fn encrypt_oversize(
+        &mut self,
+        pkt: &mut PacketBuf<'_>,
+        dummy: Option<u8>,
+        spares: &mut SpareBuffers<'_, '_>,
+        now: Duration,
+    ) -> Result<usize, Error> {
+        self.mtu_cap = self.pmtu.cap(now);
+        let plan = match dummy {
+            // A dummy packet's size is the caller's choice: never fragmented.
+            Some(_) => {
+                let total = self.protected_len(pkt.len(), 0);
+                if total > self.mtu_cap {
+                    let mtu = self.inner_mtu_within(self.mtu_cap, 0);
+                    return Err(self.drop(Error::TooBig { inner_mtu: mtu }));
+                }
+                Oversize::Fits(pkt.len())
+            }
+            None => {
+                let info = match packet::parse_ip(pkt.data()) {
+                    Ok(i) => i,
+                    Err(_) => return Err(self.drop(Error::Malformed(Malformed::BadInnerPacket))),
+                };
+                match self.oversize_plan(pkt.data(), &info, self.mtu_cap) {
+                    Ok(plan) => plan,
+                    Err(e) => return Err(self.drop(e)),
+                }
+            }
+        };
+        match plan {
+            Oversize::Fits(len) => {
+                self.check_lifetime_room(1, len as u64)?;
+                let next = self.next_seq().map_err(|e| self.drop(e))?;
+                let res = match self.mode {
+                    Mode::Tunnel => self.encap_tunnel(pkt, next, dummy, false),
+                    Mode::Transport => self.encap_transport(pkt, next, false),
+                };
+                let len = res.map_err(|e| self.drop(e.unwrap_or(Error::SequenceOverflow)))?;
+                self.seq = next;
+                self.account(len);
+                Ok(0)
+            }
+            Oversize::Pre(plan) => self.pre_fragment(pkt, &plan, spares),
+            Oversize::Post(n) => self.post_fragment(pkt, n, spares),
+        }
+    }
+
+    /// What to do with the IP packet `data` (parsed as `info`) against an outer MTU of
+    /// `cap` bytes.
+    fn oversize_plan(
+        &self,
+        data: &[u8],
+        info: &packet::IpInfo,
+        cap: usize,
+    ) -> Result<Oversize, Error> {
+        let len = info.total_len;
+        let hdr = self.front_len(data, info)?;
+        let total = self.protected_len(len, hdr);
+        if total <= cap {
+            return Ok(Oversize::Fits(len));
+        }
+        let df = info.version == IpVersion::V4 && data[6] & 0x40 != 0;
+        let inner_mtu = self.inner_mtu_within(cap, hdr);
+        match (self.mode, info.version) {
+            (Mode::Tunnel, IpVersion::V4) if !df => Ok(Oversize::Pre(Ipv4Split::plan(
+                data,
+                usize::from(inner_mtu),
+            )?)),
+            (Mode::Tunnel, IpVersion::V6) if len <= usize::from(IPV6_MIN_MTU) => {
+                Ok(Oversize::Post(self.post_count(total, hdr, cap)?))
+            }
+            (Mode::Tunnel, IpVersion::V6) => Err(Error::TooBig {
+                inner_mtu: inner_mtu.max(IPV6_MIN_MTU),
+            }),
+            (Mode::Transport, IpVersion::V6) => {
+                Ok(Oversize::Post(self.post_count(total, hdr, cap)?))
+            }
+            (Mode::Transport, IpVersion::V4) if !df => {
+                Ok(Oversize::Post(self.post_count(total, hdr, cap)?))
+            }
+            _ => Err(Error::TooBig { inner_mtu }),
+        }
+    }
+
+    /// Bytes of the inner packet that stay in front of ESP (transport mode: the IP
+    /// header, and the IPv6 extension headers routers read); 0 in tunnel mode.
+    fn front_len(&self, data: &[u8], info: &packet::IpInfo) -> Result<usize, Error> {
+        match (self.mode, info.version) {
+            (Mode::Tunnel, _) => Ok(0),
+            (Mode::Transport, IpVersion::V4) => Ok(info.header_len),
+            (Mode::Transport, IpVersion::V6) => {
+                Ok(packet::ipv6_esp_insertion(data, info.total_len)
+                    .map_err(Error::Malformed)?
+                    .offset)
+            }
+        }
+    }
+
+    /// The length of the ESP packet made of an inner packet of `len` bytes (`hdr` of
+    /// them staying in front of ESP in transport mode).
+    pub(crate) fn protected_len(&self, len: usize, hdr: usize) -> usize {
+        let t = &self.transform;
+        let udp = if self.udp_encap.is_some() {
+            UDP_HEADER_LEN
+        } else {
+            0
+        };
+        match self.mode {
+            Mode::Tunnel => {
+                let outer = self.outer.as_ref().map_or(0, |o| o.ip_len);
+                let payload = match self.tfc {
+                    TfcPadding::PadTo(n) => len.max(usize::from(n)),
+                    _ => len,
+                };
+                outer
+                    + udp
+                    + ESP_HEADER_LEN
+                    + t.iv_len
+                    + payload
+                    + self.pad_len(payload)
+                    + 2
+                    + t.icv_len
+            }
+            Mode::Transport => {
+                let payload = len - hdr;
+                len + udp + ESP_HEADER_LEN + t.iv_len + self.pad_len(payload) + 2 + t.icv_len
+            }
+        }
+    }
+
+    /// How many fragments an ESP packet of `total` bytes becomes at an MTU of `cap`.
+    fn post_count(&self, total: usize, hdr: usize, cap: usize) -> Result<usize, Error> {
+        let v6 = match self.mode {
+            Mode::Tunnel => self
+                .outer
+                .as_ref()
+                .is_some_and(|o| o.ip_len == IPV6_HEADER_LEN),
+            Mode::Transport => hdr >= IPV6_HEADER_LEN,
+        };
+        let front = match self.mode {
+            Mode::Tunnel => self.outer.as_ref().map_or(0, |o| o.ip_len),
+            Mode::Transport => hdr,
+        };
+        let per = if v6 {
+            cap.saturating_sub(front + 8) & !7
+        } else {
+            cap.saturating_sub(front) & !7
+        };
+        if per == 0 {
+            return Err(Error::Malformed(Malformed::TooBig));
+        }
+        Ok((total - front).div_ceil(per).max(1))
+    }
+
+    /// Refuses `packets` more packets of `bytes` inner bytes when they would cross a
+    /// hard lifetime; the SA then expires (raising [`crate::SaEvent::Expired`]).
+    fn check_lifetime_room(&mut self, packets: u64, bytes: u64) -> Result<(), Error> {
+        let limit = if self.stats.bytes.saturating_add(bytes) > self.byte_cap {
+            Some(LifetimeLimit::Bytes)
+        } else if self
+            .hard
+            .packets
+            .is_some_and(|p| self.stats.packets.saturating_add(packets) > p)
+        {
+            Some(LifetimeLimit::Packets)
+        } else {
+            None
+        };
+        match limit {
+            Some(l) => {
+                self.expire(l);
+                Err(self.drop(Error::LifetimeExpired(l)))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// RFC 4459 pre-fragmentation: the inner IPv4 packet is cut to the inner MTU and
+    /// each fragment becomes its own ESP packet.
+    fn pre_fragment(
+        &mut self,
+        pkt: &mut PacketBuf<'_>,
+        plan: &Ipv4Split,
+        spares: &mut SpareBuffers<'_, '_>,
+    ) -> Result<usize, Error> {
+        let n = plan.count();
+        let bytes: usize = (0..n).map(|i| plan.fragment_len(i)).sum();
+        self.check_lifetime_room(n as u64, bytes as u64)?;
+        let limit = if self.esn {
+            u64::MAX
+        } else {
+            u64::from(u32::MAX)
+        };
+        if limit - self.seq < n as u64 {
+            return Err(self.drop(Error::SequenceOverflow));
+        }
+        let head = self.max_headroom();
+        check_room(
+            pkt,
+            head,
+            plan.fragment_len(0),
+            self.tailroom_for(plan.fragment_len(0)),
+        )
+        .map_err(|e| self.drop(e))?;
+        let reserved = match spares.reserve(n - 1) {
+            Ok(r) => r,
+            Err(e) => return Err(self.drop(e)),
+        };
+        if let Err(e) = spares_hold(
+            reserved,
+            (1..n).map(|i| plan.fragment_len(i)),
+            head,
+            |len| self.tailroom_for(len),
+        ) {
+            return Err(self.drop(e));
+        }
+        plan.split(pkt, reserved);
+        self.encap_fragment(pkt)?;
+        for p in reserved.iter_mut() {
+            self.encap_fragment(p)?;
+        }
+        spares.commit(n - 1);
+        Ok(n - 1)
+    }
+
+    /// Encrypts one pre-made fragment whose room was checked.
+    fn encap_fragment(&mut self, p: &mut PacketBuf<'_>) -> Result<(), Error> {
+        let next = self.seq + 1;
+        match self.encap_tunnel(p, next, None, false) {
+            Ok(len) => {
+                self.seq = next;
+                self.account(len);
                 Ok(())
+            }
+            // Every size and room was checked before the split: a failure here is a
+            // bug; the fragments already encrypted are valid packets all the same.
+            Err(e) => Err(self.drop(e.unwrap_or(Error::Malformed(Malformed::TooBig)))),
+        }
+    }
+
+    /// Fragmentation of the ESP packet itself (transport mode, where the SA is the
+    /// source host, and IPv6 inner packets of at most 1,280 bytes in tunnel mode).
+    fn post_fragment(
+        &mut self,
+        pkt: &mut PacketBuf<'_>,
+        n: usize,
+        spares: &mut SpareBuffers<'_, '_>,
+    ) -> Result<usize, Error> {
+        let cap = self.mtu_cap;
+        let len = packet::parse_ip(pkt.data()).map_or(pkt.len(), |i| i.total_len);
+        self.check_lifetime_room(1, len as u64)?;
+        let next = self.next_seq().map_err(|e| self.drop(e))?;
+        let reserved = match spares.reserve(n - 1) {
+            Ok(r) => r,
+            Err(e) => return Err(self.drop(e)),
+        };
+        // Each spare takes at most one MTU-sized fragment; the first fragment of an
+        // IPv6 packet needs 8 more bytes of headroom for its Fragment header.
+        if let Err(e) = spares_hold(reserved, (1..n).map(|_| cap), 0, |_| 0) {
+            return Err(self.drop(e));
+        }
+        let v6 = match self.mode {
+            Mode::Tunnel => self
+                .outer
+                .as_ref()
+                .is_some_and(|o| o.ip_len == IPV6_HEADER_LEN),
+            Mode::Transport => {
+                packet::parse_ip(pkt.data()).is_ok_and(|i| i.version == IpVersion::V6)
+            }
+        };
+        let head = self.max_headroom() + if v6 { 8 } else { 0 };
+        if pkt.offset() < head {
+            return Err(self.drop(Error::NoHeadroom {
+                needed: head,
+                available: pkt.offset(),
+            }));
+        }
+        let len = match self.mode {
+            Mode::Tunnel => self.encap_tunnel(pkt, next, None, false),
+            Mode::Transport => self.encap_transport(pkt, next, false),
+        }
+        .map_err(|e| self.drop(e.unwrap_or(Error::Malformed(Malformed::TooBig))))?;
+        self.seq = next;
+        self.account(len);
+        let used = match packet::parse_ip(pkt.data()).map(|i| i.version) {
+            Ok(IpVersion::V4) => Ipv4Split::plan(pkt.data(), cap).map(|plan| {
+                let k = plan.count();
+                plan.split(pkt, &mut reserved[..k - 1]);
+                k - 1
+            }),
+            _ => Ipv6Split::plan(pkt.data(), cap).map(|plan| {
+                let k = plan.count();
+                let id = self.fragment_id;
+                self.fragment_id = id.wrapping_add(1);
+                plan.split(pkt, &mut reserved[..k - 1], id);
+                k - 1
+            }),
+        };
+        match used {
+            Ok(k) => {
+                // Later IPv4 fragments may carry fewer options than the first, so the
+                // count planned ahead is an upper bound.
+                debug_assert!(k < n);
+                spares.commit(k);
+                Ok(k)
             }
             Err(e) => Err(self.drop(e)),
         }
@@ -194,12 +633,17 @@ impl SecurityAssociation {
         at + pad + 2
     }
 
+    /// Tunnel-mode encapsulation. With `limits`, a packet beyond the cached path MTU or
+    /// the hard byte lifetime is left unchanged and `Err(None)` sends it to the slow
+    /// path; `Err(Some(e))` is a drop.
+    #[inline(always)]
     fn encap_tunnel(
         &mut self,
         pkt: &mut PacketBuf<'_>,
         seq: u64,
         dummy: Option<u8>,
-    ) -> Result<usize, Error> {
+        limits: bool,
+    ) -> Result<usize, Option<Error>> {
         let (inner_len, inner_tos, next_header) = match dummy {
             Some(nh) => (pkt.len(), 0, nh),
             None => {
@@ -213,7 +657,7 @@ impl SecurityAssociation {
             }
         };
         let Some(outer) = &self.outer else {
-            return Err(Error::WrongDirection);
+            return Err(Some(Error::WrongDirection));
         };
         let (outer_len, udp_len) = (outer.ip_len, outer.udp_len);
         let iv_len = self.transform.iv_len;
@@ -225,11 +669,17 @@ impl SecurityAssociation {
         };
         let pad = self.pad_len(payload);
         let tail = (payload - inner_len) + pad + 2 + icv_len;
+        let total = head + payload + pad + 2 + icv_len;
+        if limits
+            && (total > self.mtu_cap
+                || self.stats.bytes.saturating_add(inner_len as u64) > self.byte_cap)
+        {
+            return Err(None);
+        }
         let offset = pkt.offset();
         check_room(pkt, head, inner_len, tail)?;
-        let total = head + payload + pad + 2 + icv_len;
         if total - outer.length_field_excludes() > usize::from(u16::MAX) {
-            return Err(Error::Malformed(Malformed::TooBig));
+            return Err(Some(Error::Malformed(Malformed::TooBig)));
         }
         let start = offset - head;
         let esp = start + outer_len + udp_len;
@@ -250,11 +700,18 @@ impl SecurityAssociation {
         Ok(inner_len)
     }
 
-    fn encap_transport(&mut self, pkt: &mut PacketBuf<'_>, seq: u64) -> Result<usize, Error> {
+    /// Transport-mode encapsulation; `limits` and the errors as [`Self::encap_tunnel`].
+    #[inline(always)]
+    fn encap_transport(
+        &mut self,
+        pkt: &mut PacketBuf<'_>,
+        seq: u64,
+        limits: bool,
+    ) -> Result<usize, Option<Error>> {
         let info = packet::parse_ip(pkt.data())
             .map_err(|_| Error::Malformed(Malformed::BadInnerPacket))?;
         if info.is_fragment {
-            return Err(Error::Malformed(Malformed::Fragment));
+            return Err(Some(Error::Malformed(Malformed::Fragment)));
         }
         let total_len = info.total_len;
         // `hdr`: bytes that stay in front of ESP; `nh_at`: the protocol byte to rewrite.
@@ -270,7 +727,7 @@ impl SecurityAssociation {
             // In the ESP trailer, 59 means "dummy packet" (RFC 4303 §2.6) and 0
             // (Hop-by-Hop) may only follow an IPv6 header directly: the receiver would
             // drop either, so refuse them here instead of losing them silently there.
-            return Err(Error::Malformed(Malformed::BadInnerPacket));
+            return Err(Some(Error::Malformed(Malformed::BadInnerPacket)));
         }
         let udp_len = if self.udp_encap.is_some() {
             UDP_HEADER_LEN
@@ -283,15 +740,21 @@ impl SecurityAssociation {
         let payload = total_len - hdr;
         let pad = self.pad_len(payload);
         let tail = pad + 2 + icv_len;
+        let new_total = total_len + grow + tail;
+        if limits
+            && (new_total > self.mtu_cap
+                || self.stats.bytes.saturating_add(total_len as u64) > self.byte_cap)
+        {
+            return Err(None);
+        }
         let offset = pkt.offset();
         check_room(pkt, grow, total_len, tail)?;
         let start = offset - grow;
         let esp = start + hdr + udp_len;
         let body = esp + ESP_HEADER_LEN + iv_len;
         debug_assert_eq!(body, offset + hdr);
-        let new_total = total_len + grow + tail;
         if new_total > usize::from(u16::MAX) {
-            return Err(Error::Malformed(Malformed::TooBig));
+            return Err(Some(Error::Malformed(Malformed::TooBig)));
         }
         let spi = self.spi;
         let udp_ports = self.udp_encap;
@@ -347,6 +810,12 @@ impl SecurityAssociation {
         self.admit(now)?;
         match self.decap(pkt) {
             Ok(len) if selectors_ok(pkt.data()) => {
+                if self.stats.bytes.saturating_add(len as u64) > self.byte_cap {
+                    // The hard byte lifetime is never overshot (its ICV verified, so the
+                    // replay window has recorded it all the same).
+                    self.expire(LifetimeLimit::Bytes);
+                    return Err(self.drop(Error::LifetimeExpired(LifetimeLimit::Bytes)));
+                }
                 self.account(len);
                 Ok(())
             }
@@ -468,6 +937,16 @@ impl SecurityAssociation {
             }
         }
     }
+}
+
+/// What the slow path does with a packet beyond the path MTU.
+enum Oversize {
+    /// It fits after all (a learned MTU aged out); encrypt these bytes whole.
+    Fits(usize),
+    /// Pre-fragment the inner IPv4 packet.
+    Pre(Ipv4Split),
+    /// Encrypt, then fragment the ESP packet into this many fragments.
+    Post(usize),
 }
 
 /// Stores a burst member's outcome in its slot; true for success.
@@ -607,7 +1086,7 @@ const PAD_EXPECTED: [u128; 17] = {
 #[derive(Clone, Debug)]
 pub(crate) struct OuterHeader {
     bytes: [u8; IPV6_HEADER_LEN + UDP_HEADER_LEN],
-    ip_len: usize,
+    pub(crate) ip_len: usize,
     udp_len: usize,
     /// One's-complement sum of the IPv4 header words with TOS, length and checksum 0.
     v4_sum: u32,

@@ -11,8 +11,9 @@
 //! discard, unprotected cleartext, unparseable packets) on the gateway's own
 //! [`SaStats`]. Like an SA, a gateway is owned by one thread at a time.
 
-use crate::buffer::PacketBuf;
+use crate::buffer::{PacketBuf, SpareBuffers};
 use crate::error::{ConfigError, DropReason, Error, Malformed};
+use crate::icmp::TooBigMessage;
 use crate::packet::{self, NAT_T_PORT};
 use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation};
 use crate::spd::{Action, Flow, Spd};
@@ -64,6 +65,9 @@ pub struct Gateway {
     sas: Vec<SecurityAssociation>,
     by_name: HashMap<String, usize>,
     inbound_by_spi: HashMap<u32, usize>,
+    /// Outbound SAs by SPI, for ICMP about their packets (SPIs are chosen by the
+    /// peers, so two outbound SAs may share one).
+    outbound_by_spi: HashMap<u32, Vec<usize>>,
     stats: SaStats,
     /// The largest headroom any SA needs (the SAs never change).
     max_headroom: usize,
@@ -87,6 +91,7 @@ impl Gateway {
         let mut sas = Vec::with_capacity(configs.len());
         let mut by_name = HashMap::new();
         let mut inbound_by_spi = HashMap::new();
+        let mut outbound_by_spi: HashMap<u32, Vec<usize>> = HashMap::new();
         for named in configs {
             let label = format!("sa {:?}", named.name);
             let sa =
@@ -98,6 +103,9 @@ impl Gateway {
                     label,
                     format!("another inbound SA already has SPI {:#010x}", sa.spi()),
                 ));
+            }
+            if sa.direction() == Direction::Outbound {
+                outbound_by_spi.entry(sa.spi()).or_default().push(sas.len());
             }
             by_name.insert(named.name.clone(), sas.len());
             names.push(named.name);
@@ -115,6 +123,7 @@ impl Gateway {
             sas,
             by_name,
             inbound_by_spi,
+            outbound_by_spi,
             stats: SaStats::default(),
         })
     }
@@ -174,18 +183,35 @@ impl Gateway {
 
     /// Classifies the packet in `pkt` (direction outbound) and bypasses, discards or
     /// encrypts it in place with the SA the PROTECT policy names.
+    ///
+    /// A packet that does not fit its SA's path MTU is refused with
+    /// [`Error::TooBig`] or, when it may be fragmented, [`Error::NoSpareBuffers`]:
+    /// [`Self::outbound_fragmenting`] takes spare buffers for the fragments.
     pub fn outbound(
         &mut self,
         pkt: &mut PacketBuf<'_>,
         now: Duration,
     ) -> Result<Outbound<'_>, Error> {
+        self.outbound_fragmenting(pkt, &mut SpareBuffers::none(), now)
+            .map(|(verdict, _)| verdict)
+    }
+
+    /// [`Self::outbound`] for packets that may have to be fragmented to fit the path
+    /// MTU ([`SecurityAssociation::encrypt_fragmenting`]): the extra packets go into the
+    /// next spares of `spares`; returns the verdict and how many spares were filled.
+    pub fn outbound_fragmenting(
+        &mut self,
+        pkt: &mut PacketBuf<'_>,
+        spares: &mut SpareBuffers<'_, '_>,
+        now: Duration,
+    ) -> Result<(Outbound<'_>, usize), Error> {
         let flow = match Flow::from_packet(Direction::Outbound, pkt.data()) {
             Ok(f) => f,
             Err(m) => return Err(self.drop(Error::Malformed(m))),
         };
         let decision = self.spd.lookup(&flow);
         let found = match (decision.action, decision.policy, decision.sa) {
-            (Action::Bypass, Some(policy), _) => return Ok(Outbound::Bypassed { policy }),
+            (Action::Bypass, Some(policy), _) => return Ok((Outbound::Bypassed { policy }, 0)),
             (Action::Protect, Some(policy), Some(name)) => {
                 self.by_name.get(name).map(|&i| (i, policy))
             }
@@ -195,11 +221,61 @@ impl Gateway {
             self.stats.count_drop(DropReason::PolicyDiscard);
             return Err(Error::PolicyDiscard);
         };
-        self.sas[i].encrypt(pkt, now)?;
-        Ok(Outbound::Protected {
-            sa: &self.names[i],
-            policy,
-        })
+        let extra = self.sas[i].encrypt_fragmenting(pkt, spares, now)?;
+        Ok((
+            Outbound::Protected {
+                sa: &self.names[i],
+                policy,
+            },
+            extra,
+        ))
+    }
+
+    /// How many spare buffers [`Self::outbound_fragmenting`] needs for the outbound
+    /// packet `packet` at `now` (0 when it fits, is bypassed or is refused).
+    pub fn spares_needed(&self, packet: &[u8], now: Duration) -> usize {
+        self.protecting_sa(packet)
+            .map_or(0, |i| self.sas[i].spares_needed(packet, now))
+    }
+
+    /// The usable inner MTU when [`Self::outbound`] would refuse the outbound packet
+    /// `packet` at `now` as [`Error::TooBig`] (for [`crate::icmp::too_big_reply`]).
+    pub fn too_big_mtu(&self, packet: &[u8], now: Duration) -> Option<u16> {
+        self.protecting_sa(packet)
+            .and_then(|i| self.sas[i].too_big_mtu(packet, now))
+    }
+
+    /// The SA a PROTECT policy sends the outbound packet `packet` through.
+    fn protecting_sa(&self, packet: &[u8]) -> Option<usize> {
+        let flow = Flow::from_packet(Direction::Outbound, packet).ok()?;
+        let d = self.spd.lookup(&flow);
+        match (d.action, d.sa) {
+            (Action::Protect, Some(name)) => self.by_name.get(name).copied(),
+            _ => None,
+        }
+    }
+
+    /// Hands an ICMP "fragmentation needed" / ICMPv6 "packet too big" message to the
+    /// outbound SA whose packet it quotes ([`SecurityAssociation::handle_icmp`]): returns
+    /// that SA's name and its new path MTU, `None` when the MTU did not go down, or
+    /// [`Malformed::NotPathMtuMessage`] when no SA sent the quoted packet.
+    pub fn handle_icmp(
+        &mut self,
+        icmp: &[u8],
+        now: Duration,
+    ) -> Result<Option<(&str, u16)>, Error> {
+        let not_ours = Error::Malformed(Malformed::NotPathMtuMessage);
+        let msg = TooBigMessage::parse(icmp).map_err(Error::Malformed)?;
+        let spi = msg.quoted_spi().ok_or(not_ours)?;
+        let candidates = self.outbound_by_spi.get(&spi).ok_or(not_ours)?;
+        for &i in candidates {
+            match self.sas[i].handle_icmp(icmp, now) {
+                Ok(learned) => return Ok(learned.map(|m| (self.names[i].as_str(), m))),
+                Err(e) if e == not_ours => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(not_ours)
     }
 
     /// Processes an inbound packet: ESP (or ESP in UDP on the NAT-T port) is decrypted

@@ -15,6 +15,8 @@
 use crate::crypto::{Cipher, Integrity, IvSource, Transform};
 use crate::error::{ConfigError, DropReason, Error, LifetimeLimit};
 use crate::esp::OuterHeader;
+use crate::icmp::{TooBigMessage, plateau_below};
+use crate::path_mtu::{IPV4_MIN_MTU, IPV6_MIN_MTU, MIN_LEARNED_IPV4_MTU, PathMtu};
 use crate::replay::ReplayWindow;
 use core::fmt;
 use core::time::Duration;
@@ -302,6 +304,7 @@ pub struct SaConfig {
     pub(crate) tfc: TfcPadding,
     pub(crate) padding: EspPadding,
     pub(crate) outer_ttl: u8,
+    pub(crate) path_mtu: Option<u16>,
     pub(crate) iv_source: Option<Box<dyn IvSource>>,
 }
 
@@ -354,6 +357,7 @@ impl SaConfig {
             tfc: TfcPadding::None,
             padding: EspPadding::CipherBlocks,
             outer_ttl: Self::DEFAULT_OUTER_TTL,
+            path_mtu: None,
             iv_source: None,
         }
     }
@@ -429,6 +433,16 @@ impl SaConfig {
         self
     }
 
+    /// Sets the path MTU towards the peer (outbound SAs): the largest outer packet the
+    /// path carries. Packets that would be larger after ESP are fragmented or refused
+    /// as [`crate::path_mtu`] describes. `None` (the default) sets no limit. The value
+    /// can change later ([`SecurityAssociation::set_path_mtu`]) and ICMP can lower it
+    /// ([`SecurityAssociation::handle_icmp`]).
+    pub fn path_mtu(&mut self, mtu: Option<u16>) -> &mut Self {
+        self.path_mtu = mtu;
+        self
+    }
+
     /// Replaces the source of CBC IVs (by default: the OS, see [`crate::crypto::OsIvSource`]).
     pub fn iv_source(&mut self, source: Box<dyn IvSource>) -> &mut Self {
         self.iv_source = Some(source);
@@ -469,6 +483,18 @@ impl SaConfig {
                 "tunnel_src",
                 "an outbound tunnel-mode SA needs tunnel_src and tunnel_dst",
             ));
+        }
+        if let Some(mtu) = self.path_mtu {
+            let min = match self.tunnel {
+                Some((src, _)) if src.is_ipv6() => IPV6_MIN_MTU,
+                _ => IPV4_MIN_MTU,
+            };
+            if mtu < min {
+                return Err(ConfigError::new(
+                    "path_mtu",
+                    format!("{mtu} is below the smallest MTU of the path's IP family ({min})"),
+                ));
+            }
         }
         if self.tfc != TfcPadding::None && self.mode == Mode::Transport {
             return Err(ConfigError::new(
@@ -566,6 +592,17 @@ pub struct SecurityAssociation {
     pub(crate) expired: Option<LifetimeLimit>,
     pub(crate) events: PendingEvents,
     pub(crate) stats: SaStats,
+    /// Outbound: the configured and learned path MTU.
+    pub(crate) pmtu: PathMtu,
+    /// The largest outer packet that needs no further look (the path MTU as last
+    /// computed, `usize::MAX` without one); larger packets take the slow path, which
+    /// refreshes it first.
+    pub(crate) mtu_cap: usize,
+    /// The hard byte lifetime (`u64::MAX` without one): no packet may cross it.
+    pub(crate) byte_cap: u64,
+    /// Identification of the next IPv6 Fragment header this SA writes (a per-peer
+    /// counter from a random start, RFC 7739 §5.1).
+    pub(crate) fragment_id: u32,
 }
 
 impl fmt::Debug for SecurityAssociation {
@@ -631,6 +668,13 @@ impl SecurityAssociation {
             expired: None,
             events: PendingEvents::default(),
             stats: SaStats::default(),
+            pmtu: PathMtu {
+                configured: config.path_mtu,
+                learned: None,
+            },
+            mtu_cap: config.path_mtu.map_or(usize::MAX, usize::from),
+            byte_cap: config.hard.bytes.unwrap_or(u64::MAX),
+            fragment_id: getrandom::u32().unwrap_or(0x9e37_79b9),
         })
     }
 
@@ -705,6 +749,126 @@ impl SecurityAssociation {
         self.events.pop()
     }
 
+    /// The path MTU in force at `now` (outbound SAs): the configured value or a lower
+    /// one learned from ICMP that has not aged out; `None` when no limit is set.
+    pub fn path_mtu(&self, now: Duration) -> Option<u16> {
+        self.pmtu.current(now)
+    }
+
+    /// Sets (or with `None` removes) the configured path MTU. A value learned from ICMP
+    /// is forgotten, so the new value applies at once. Fails for a value below the
+    /// smallest MTU of the SA's IP family (68 for IPv4, 1,280 for IPv6).
+    pub fn set_path_mtu(&mut self, mtu: Option<u16>) -> Result<(), ConfigError> {
+        if let Some(m) = mtu {
+            let min = self.min_path_mtu();
+            if m < min {
+                return Err(ConfigError::new(
+                    "path_mtu",
+                    format!("{m} is below the smallest MTU of the path's IP family ({min})"),
+                ));
+            }
+        }
+        self.pmtu = PathMtu {
+            configured: mtu,
+            learned: None,
+        };
+        self.mtu_cap = mtu.map_or(usize::MAX, usize::from);
+        Ok(())
+    }
+
+    fn min_path_mtu(&self) -> u16 {
+        match self.tunnel {
+            Some((src, _)) if src.is_ipv6() => IPV6_MIN_MTU,
+            _ => IPV4_MIN_MTU,
+        }
+    }
+
+    /// The largest inner packet that fits the path MTU at `now` after ESP (for a plain
+    /// 20-byte IPv4 header in transport mode), or `None` without a path MTU: what a
+    /// gateway advertises to its LAN (a TUN device's MTU, a TCP MSS clamp).
+    pub fn inner_mtu(&self, now: Duration) -> Option<u16> {
+        let mtu = usize::from(self.pmtu.current(now)?);
+        Some(self.inner_mtu_within(mtu, crate::packet::IPV4_HEADER_LEN))
+    }
+
+    /// The largest inner packet whose ESP packet fits in `mtu` bytes; `hdr` is the
+    /// inner header length that stays in front of ESP (transport mode).
+    pub(crate) fn inner_mtu_within(&self, mtu: usize, hdr: usize) -> u16 {
+        let align = self.transform.pad_align;
+        let fixed = 8 + self.transform.iv_len + self.transform.icv_len;
+        let udp = if self.udp_encap.is_some() {
+            crate::packet::UDP_HEADER_LEN
+        } else {
+            0
+        };
+        let (outer, front) = match self.mode {
+            Mode::Tunnel => (self.outer.as_ref().map_or(0, |o| o.ip_len), 0),
+            Mode::Transport => (0, hdr),
+        };
+        // ESP carries roundup(payload + 2, align) bytes after the fixed headers.
+        let room = mtu.saturating_sub(outer + front + udp + fixed) & !(align - 1);
+        (front + room.saturating_sub(2)).min(usize::from(u16::MAX)) as u16
+    }
+
+    /// Takes an ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big" message
+    /// that the caller received and, when it is about one of this outbound SA's own
+    /// packets, lowers the SA's path MTU for [`crate::path_mtu::PMTU_AGING`]. Returns
+    /// the new path MTU, or `None` when the message changes nothing (its MTU is not
+    /// lower).
+    ///
+    /// The message must quote an ESP packet (or ESP in UDP) with this SA's SPI, sent
+    /// between this SA's tunnel endpoints (tunnel mode), with a sequence number the SA
+    /// has used: a forged message has to guess the SPI and a recent sequence number
+    /// (RFC 4301 §8.2.1 asks implementations to authenticate ICMP PMTU messages as far as
+    /// they can). Reported MTUs are floored at 552 bytes for IPv4 (as Linux does) and
+    /// 1,280 for IPv6 (RFC 8201 §4). Anything else fails with
+    /// [`crate::Malformed::NotPathMtuMessage`] (or the parse error), and nothing is
+    /// counted: ICMP is not traffic of the SA.
+    pub fn handle_icmp(&mut self, icmp: &[u8], now: Duration) -> Result<Option<u16>, Error> {
+        use crate::error::Malformed;
+        if self.direction != Direction::Outbound {
+            return Err(Error::WrongDirection);
+        }
+        let msg = TooBigMessage::parse(icmp).map_err(Error::Malformed)?;
+        let not_ours = Error::Malformed(Malformed::NotPathMtuMessage);
+        let (qsrc, qdst) = msg.quoted_addresses().ok_or(not_ours)?;
+        if let Some((src, dst)) = self.tunnel
+            && (qsrc != src || qdst != dst)
+        {
+            return Err(not_ours);
+        }
+        if let (Some(ours), Some(theirs)) = (self.udp_encap, msg.quoted_udp_ports)
+            && ours != theirs
+        {
+            return Err(not_ours);
+        }
+        if msg.quoted_spi() != Some(self.spi) {
+            return Err(not_ours);
+        }
+        // The sequence number must be one this SA has sent, recently enough that a
+        // router could still be complaining about it.
+        let sent = msg.quoted_seq().ok_or(not_ours)?;
+        let last = self.seq as u32;
+        if sent == 0 || last.wrapping_sub(sent) >= 1 << 20 {
+            return Err(not_ours);
+        }
+        let (v6, floor) = match qsrc {
+            IpAddr::V4(_) => (false, MIN_LEARNED_IPV4_MTU),
+            IpAddr::V6(_) => (true, IPV6_MIN_MTU),
+        };
+        let reported = if msg.mtu == 0 && !v6 {
+            u32::from(plateau_below(
+                msg.quoted_len().unwrap_or(usize::from(u16::MAX)),
+            ))
+        } else {
+            msg.mtu
+        };
+        let mtu = reported.clamp(u32::from(floor), u32::from(u16::MAX)) as u16;
+        let learned = self.pmtu.learn(mtu, now);
+        self.mtu_cap = self.pmtu.cap(now);
+        Ok(learned)
+    }
+
     /// The headroom an outbound packet needs in front of it (outer IP header, UDP
     /// header, ESP header and IV), for the largest outer header this SA can write.
     pub fn max_headroom(&self) -> usize {
@@ -767,6 +931,16 @@ impl SecurityAssociation {
     pub(crate) fn account(&mut self, bytes: usize) {
         self.stats.packets += 1;
         self.stats.bytes += bytes as u64;
+    }
+
+    /// Marks the SA expired by `limit` now (a packet would have crossed it), raising
+    /// [`SaEvent::Expired`] once.
+    pub(crate) fn expire(&mut self, limit: LifetimeLimit) {
+        if self.expired.is_none() {
+            self.expired = Some(limit);
+            self.events.raise(SaEvent::Expired(limit));
+            self.trip = Trip::NEVER;
+        }
     }
 
     /// Counts `err` under its drop reason and hands it back.

@@ -12,7 +12,8 @@
 //! tunnel_src = "192.0.2.1"
 //! tunnel_dst = "192.0.2.2"
 //! # optional: integrity, integrity_key, esn, replay_window, udp_encap = [4500, 4500],
-//! # seq, outer_ttl, tfc_pad_to, padding = "blocks" | "minimal", soft_lifetime / hard_lifetime = { bytes, packets, seconds }
+//! # seq, outer_ttl, tfc_pad_to, padding = "blocks" | "minimal", soft_lifetime / hard_lifetime = { bytes, packets, seconds },
+//! # path_mtu (outbound: the largest outer packet the path carries, see `path_mtu`)
 //! ```
 //!
 //! Unknown keys are errors; every error names the SA and the key.
@@ -70,6 +71,7 @@ struct RawSa {
     #[serde(default)]
     seq: u64,
     outer_ttl: Option<u8>,
+    path_mtu: Option<u16>,
     tfc_pad_to: Option<u16>,
     padding: Option<String>,
     soft_lifetime: Option<RawLifetime>,
@@ -169,6 +171,7 @@ impl RawSa {
         if let Some(ttl) = self.outer_ttl {
             cfg.outer_ttl(ttl);
         }
+        cfg.path_mtu(self.path_mtu);
         if let Some(n) = self.tfc_pad_to {
             cfg.tfc_padding(TfcPadding::PadTo(n));
         }

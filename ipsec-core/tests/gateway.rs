@@ -281,3 +281,94 @@ fn lifetime_events_of_every_sa_are_polled_with_their_names() {
     assert!(hq.sa("hq-out").is_some_and(SecurityAssociation::is_expired));
     assert!(hq.sa("hq-in").is_some_and(|sa| !sa.is_expired()));
 }
+
+/// A TCP packet of `total` bytes on the RDP flow, DF as given.
+fn rdp_packet(total: usize, df: bool) -> Vec<u8> {
+    let mut p = packet([10, 1, 0, 5], [10, 0, 0, 10], 6, 50000, 3389);
+    p.resize(total, 0x42);
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[6] = if df { 0x40 } else { 0 };
+    ipsec_core::packet::set_ipv4_checksum(&mut p[..20]);
+    p
+}
+
+#[test]
+fn the_gateway_fragments_to_the_path_mtu_and_learns_it_from_icmp() {
+    use ipsec_core::SpareBuffers;
+    use ipsec_core::icmp::{ICMPV4_ERROR_MAX, too_big_reply};
+    let toml = branch_toml().replace(
+        "tunnel_src = \"198.51.100.2\"",
+        "tunnel_src = \"198.51.100.2\"\npath_mtu = 1200",
+    );
+    assert!(toml.contains("path_mtu"));
+    let mut br = Gateway::new(Spd::from_toml(&toml).unwrap(), T0).unwrap();
+    let (mut hq, _) = gateways();
+    let big = rdp_packet(3000, false);
+    assert_eq!(br.spares_needed(&big, T0), 2);
+    // Without spares: refused, counted on the SA.
+    let (r, _) = with_buf(&big, |p| br.outbound(p, T0).map(|_| ()));
+    assert!(matches!(r, Err(Error::NoSpareBuffers { needed: 2, .. })));
+    // With spares: three ESP packets, each decrypted by head office's SA to a fragment
+    // of the RDP packet.
+    let mut storage = vec![0u8; 4096];
+    storage[128..128 + big.len()].copy_from_slice(&big);
+    let mut stores = vec![vec![0u8; 2048]; 2];
+    let mut bufs: Vec<PacketBuf<'_>> = stores
+        .iter_mut()
+        .map(|s| PacketBuf::new(s, 128, 0).unwrap())
+        .collect();
+    let mut pool = SpareBuffers::new(&mut bufs);
+    let mut p = PacketBuf::new(&mut storage, 128, big.len()).unwrap();
+    let (verdict, extra) = br.outbound_fragmenting(&mut p, &mut pool, T0).unwrap();
+    assert_eq!(
+        (verdict, extra),
+        (
+            Outbound::Protected {
+                sa: "br-out",
+                policy: "rdp"
+            },
+            2
+        )
+    );
+    let wire: Vec<Vec<u8>> = std::iter::once(p.data().to_vec())
+        .chain(pool.filled().iter().map(|s| s.data().to_vec()))
+        .collect();
+    let hq_in = parse_sa_file(&hq_toml())
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "hq-in")
+        .unwrap();
+    let mut hq_in = SecurityAssociation::new(hq_in.config, T0).unwrap();
+    let mut data = 0;
+    for (i, w) in wire.iter().enumerate() {
+        assert!(w.len() <= 1200);
+        let (r, frag) = with_buf(w, |p| hq_in.decrypt(p, T0));
+        assert_eq!(r, Ok(()));
+        assert_eq!(frag[6] & 0x20 != 0, i < 2, "MF on all but the last");
+        data += frag.len() - 20;
+    }
+    assert_eq!(data, big.len() - 20);
+    // Head office's gateway takes the first fragment (it carries the ports).
+    let (r, _) = with_buf(&wire[0], |p| hq.inbound(p, T0).map(|_| ()));
+    assert_eq!(r, Ok(()));
+    // DF set: too big, with the MTU the sender must use, and the ICMP error for it.
+    let df = rdp_packet(1400, true);
+    let mtu = br.too_big_mtu(&df, T0).expect("refused as too big");
+    let (r, _) = with_buf(&df, |p| br.outbound(p, T0).map(|_| ()));
+    assert_eq!(r, Err(Error::TooBig { inner_mtu: mtu }));
+    let mut icmp = [0u8; ICMPV4_ERROR_MAX];
+    let n = too_big_reply(&df, mtu, "10.1.0.1".parse().unwrap(), &mut icmp)
+        .unwrap()
+        .unwrap();
+    assert_eq!(&icmp[16..20], &[10, 1, 0, 5], "back to the sender");
+    assert_eq!(u16::from_be_bytes([icmp[26], icmp[27]]), mtu);
+    assert!(n > 28 + 20);
+    // A router on the path says 1100: the gateway's SA learns it.
+    let (_, esp) = with_buf(&rdp_packet(1000, true), |p| br.outbound(p, T0).map(|_| ()));
+    let n = too_big_reply(&esp, 1100, "203.0.113.1".parse().unwrap(), &mut icmp)
+        .unwrap()
+        .unwrap();
+    assert_eq!(br.handle_icmp(&icmp[..n], T0), Ok(Some(("br-out", 1100))));
+    assert_eq!(br.sa("br-out").unwrap().path_mtu(T0), Some(1100));
+    assert!(br.too_big_mtu(&df, T0).unwrap() < mtu);
+}
