@@ -605,6 +605,41 @@ typedef struct ipsec_gateway_result {
 } ipsec_gateway_result;
 
 /**
+ * A packet in a caller-owned buffer, for the burst calls (a DPDK mbuf, reduced): the
+ * packet occupies `buf[offset .. offset + length]`; the bytes in front are headroom,
+ * those behind (up to `capacity`) tailroom.
+ */
+typedef struct ipsec_packet {
+  /**
+   * The buffer (never freed by the library).
+   */
+  uint8_t *buf;
+  /**
+   * Bytes at `buf`.
+   */
+  size_t capacity;
+  /**
+   * Where the packet starts; updated on success.
+   */
+  size_t offset;
+  /**
+   * The packet's length; updated on success.
+   */
+  size_t length;
+  /**
+   * Written by the burst call: an `ipsec_status` value, `IPSEC_OK` or why this packet
+   * failed (its offset and length are then unchanged).
+   */
+  uint32_t status;
+  /**
+   * Written by `ipsec_sa_encrypt_burst_fragmenting`: how many spare descriptors this
+   * packet's extra fragments filled (0 when it fit the path MTU). Other calls leave
+   * it alone. (It sits in what was the struct's tail padding: the size is unchanged.)
+   */
+  uint32_t fragments;
+} ipsec_packet;
+
+/**
  * An SA's counters: packets and bytes processed, and one counter per drop reason.
  *
  * A drop with status `IPSEC_ERR_x` (300 + n) is counted in the n-th counter after
@@ -924,43 +959,26 @@ typedef struct ipsec_sa_config {
    */
   struct ipsec_lifetime soft_lifetime;
   /**
-   * Reaching it raises `IPSEC_EVENT_EXPIRED`; the SA then refuses packets.
+   * Reaching it raises `IPSEC_EVENT_EXPIRED`; the SA then refuses packets. A packet
+   * that would cross the byte limit is refused (`IPSEC_ERR_LIFETIME_EXPIRED`) and
+   * expires the SA: the limit is never overshot.
    */
   struct ipsec_lifetime hard_lifetime;
   /**
+   * Outbound: the path MTU, the largest outer packet the path carries (0: no limit).
+   * Larger packets are fragmented (`ipsec_sa_encrypt_fragmenting`) or refused with
+   * `IPSEC_ERR_TOO_BIG`; see `ipsec_sa_set_path_mtu`.
+   */
+  uint32_t path_mtu;
+  /**
+   * Must be zero.
+   */
+  uint32_t reserved32;
+  /**
    * Must be zero: room for fields added later without changing the struct's size.
    */
-  uint64_t reserved[8];
+  uint64_t reserved[7];
 } ipsec_sa_config;
-
-/**
- * A packet in a caller-owned buffer, for the burst calls (a DPDK mbuf, reduced): the
- * packet occupies `buf[offset .. offset + length]`; the bytes in front are headroom,
- * those behind (up to `capacity`) tailroom.
- */
-typedef struct ipsec_packet {
-  /**
-   * The buffer (never freed by the library).
-   */
-  uint8_t *buf;
-  /**
-   * Bytes at `buf`.
-   */
-  size_t capacity;
-  /**
-   * Where the packet starts; updated on success.
-   */
-  size_t offset;
-  /**
-   * The packet's length; updated on success.
-   */
-  size_t length;
-  /**
-   * Written by the burst call: an `ipsec_status` value, `IPSEC_OK` or why this packet
-   * failed (its offset and length are then unchanged).
-   */
-  uint32_t status;
-} ipsec_packet;
 
 /**
  * How much room an outbound packet needs around it (`ipsec_sa_overhead`).
@@ -1190,6 +1208,83 @@ ipsec_status ipsec_gateway_outbound(struct ipsec_gateway *gateway,
                                     struct ipsec_gateway_result *out);
 
 /**
+ * `ipsec_gateway_outbound` for packets that may have to be fragmented to fit their
+ * SA's path MTU: the extra packets go into the first `*spares_used` of the
+ * `spare_count` spare descriptors (as `ipsec_sa_encrypt_fragmenting`). A packet that
+ * may not be fragmented fails with `IPSEC_ERR_TOO_BIG`: `ipsec_gateway_too_big_reply`
+ * builds the ICMP error for its sender.
+ *
+ * # Safety
+ *
+ * As `ipsec_gateway_outbound`; `spares` points to `spare_count` writable descriptors
+ * whose buffers are valid and distinct from each other and from `buf`; `spares_used`
+ * to a writable `size_t`.
+ */
+ipsec_status ipsec_gateway_outbound_fragmenting(struct ipsec_gateway *gateway,
+                                                uint8_t *buf,
+                                                size_t capacity,
+                                                size_t *offset,
+                                                size_t *length,
+                                                uint64_t now_ns,
+                                                struct ipsec_packet *spares,
+                                                size_t spare_count,
+                                                size_t *spares_used,
+                                                struct ipsec_gateway_result *out);
+
+/**
+ * How many spare descriptors `ipsec_gateway_outbound_fragmenting` needs for the
+ * outbound packet `packet[..len]` at `now_ns` (0 when it fits, is bypassed or refused).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway; `packet` points to `len` readable bytes; `out` to a
+ * writable `size_t`.
+ */
+ipsec_status ipsec_gateway_spares_needed(const struct ipsec_gateway *gateway,
+                                         const uint8_t *packet,
+                                         size_t len,
+                                         uint64_t now_ns,
+                                         size_t *out);
+
+/**
+ * Builds the ICMP "too big" error for the sender of the outbound packet `packet`
+ * that `ipsec_gateway_outbound` refused with `IPSEC_ERR_TOO_BIG`, carrying the usable
+ * inner MTU of the SA its policy names; otherwise as `ipsec_sa_too_big_reply`
+ * (`*out_len` 0 when no error is due).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway; the other arguments as `ipsec_sa_too_big_reply`.
+ */
+ipsec_status ipsec_gateway_too_big_reply(const struct ipsec_gateway *gateway,
+                                         const uint8_t *packet,
+                                         size_t len,
+                                         const char *src,
+                                         uint64_t now_ns,
+                                         uint8_t *out,
+                                         size_t capacity,
+                                         size_t *out_len);
+
+/**
+ * Hands an ICMP "fragmentation needed" / ICMPv6 "packet too big" message to the
+ * outbound SA whose packet it quotes (as `ipsec_sa_handle_icmp`). `*sa_name` is that
+ * SA's name (lives as long as the gateway) and `*new_mtu` its new path MTU, or NULL
+ * and 0 when nothing changed. `IPSEC_ERR_MALFORMED` when no SA of the gateway sent the
+ * quoted packet.
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `packet`
+ * points to `len` readable bytes; `sa_name` and `new_mtu` to writable objects.
+ */
+ipsec_status ipsec_gateway_handle_icmp(struct ipsec_gateway *gateway,
+                                       const uint8_t *packet,
+                                       size_t len,
+                                       uint64_t now_ns,
+                                       const char **sa_name,
+                                       uint32_t *new_mtu);
+
+/**
  * Processes an inbound packet: ESP (or ESP in UDP on port 4500) is decrypted in place
  * by the SA of its SPI and the inner packet checked against that SA's policies
  * (RFC 4301 §5.2); cleartext passes unchanged only under a BYPASS policy. Statuses as
@@ -1255,6 +1350,136 @@ ipsec_status ipsec_gateway_get_sa(const struct ipsec_gateway *gateway,
 ipsec_status ipsec_gateway_poll_event(struct ipsec_gateway *gateway,
                                       uint64_t now_ns,
                                       struct ipsec_gateway_event *out);
+
+/**
+ * Sets the SA's path MTU (the largest outer packet the path carries; 0 removes it),
+ * forgetting any value learned from ICMP. `IPSEC_ERR_CONFIG` below the smallest MTU
+ * of the SA's IP family (68, or 1,280 for IPv6 tunnels).
+ *
+ * # Safety
+ *
+ * `sa` is a live SA used by no other thread during the call.
+ */
+ipsec_status ipsec_sa_set_path_mtu(struct ipsec_sa *sa, uint32_t path_mtu);
+
+/**
+ * The SA's path MTU in force at `now_ns` (configured, or lower and learned from ICMP
+ * and not aged out) and the largest inner packet that fits it after ESP (for a plain
+ * IPv4 header in transport mode); both 0 when no path MTU is set.
+ *
+ * # Safety
+ *
+ * `sa` is a live SA; `path_mtu` and `inner_mtu` point to writable `uint32_t`s.
+ */
+ipsec_status ipsec_sa_get_path_mtu(const struct ipsec_sa *sa,
+                                   uint64_t now_ns,
+                                   uint32_t *path_mtu,
+                                   uint32_t *inner_mtu);
+
+/**
+ * Hands the SA an ICMP "fragmentation needed" / ICMPv6 "packet too big" message the
+ * caller received (the whole IP packet). When it quotes one of this SA's own packets
+ * (its SPI, endpoints and a sequence number it sent) and reports a lower MTU, the SA
+ * uses that for ten minutes of the caller's clock; `*new_mtu` is the new path MTU, or
+ * 0 when nothing changed. `IPSEC_ERR_MALFORMED` for anything else (the last error says
+ * why); nothing is counted.
+ *
+ * # Safety
+ *
+ * `sa` is a live SA used by no other thread during the call; `packet` points to `len`
+ * readable bytes; `new_mtu` to a writable `uint32_t`.
+ */
+ipsec_status ipsec_sa_handle_icmp(struct ipsec_sa *sa,
+                                  const uint8_t *packet,
+                                  size_t len,
+                                  uint64_t now_ns,
+                                  uint32_t *new_mtu);
+
+/**
+ * How many spare descriptors `ipsec_sa_encrypt_fragmenting` needs for the IP packet
+ * `packet[..len]` at `now_ns`: 0 when it fits the path MTU (or will be refused).
+ *
+ * # Safety
+ *
+ * `sa` is a live SA; `packet` points to `len` readable bytes; `out` to a writable
+ * `size_t`.
+ */
+ipsec_status ipsec_sa_spares_needed(const struct ipsec_sa *sa,
+                                    const uint8_t *packet,
+                                    size_t len,
+                                    uint64_t now_ns,
+                                    size_t *out);
+
+/**
+ * `ipsec_sa_encrypt` for packets that may have to be fragmented to fit the path MTU:
+ * the first packet stays in `buf` (its `*offset` / `*length` updated), the others go
+ * into the first `*spares_used` of the `spare_count` spare descriptors (each needs
+ * `ipsec_sa_overhead`'s headroom at its offset and room for a path-MTU sized packet
+ * behind it). On failure nothing is written: `IPSEC_ERR_TOO_BIG` (may not be
+ * fragmented), `IPSEC_ERR_NO_BUFFER_SPACE` (too few or too small spares, or too little
+ * room around the packet), and the statuses of `ipsec_sa_encrypt`. `spares` may be NULL
+ * when `spare_count` is 0.
+ *
+ * # Safety
+ *
+ * As `ipsec_sa_encrypt`; `spares` points to `spare_count` writable descriptors whose
+ * buffers are valid, distinct from each other and from `buf`; `spares_used` points to
+ * a writable `size_t`.
+ */
+ipsec_status ipsec_sa_encrypt_fragmenting(struct ipsec_sa *sa,
+                                          uint8_t *buf,
+                                          size_t capacity,
+                                          size_t *offset,
+                                          size_t *length,
+                                          uint64_t now_ns,
+                                          struct ipsec_packet *spares,
+                                          size_t spare_count,
+                                          size_t *spares_used);
+
+/**
+ * `ipsec_sa_encrypt_burst` with spare descriptors for packets that must be
+ * fragmented: each packet's `fragments` is set to how many spares it filled, and a
+ * packet's spares follow those of the packets before it, so packet `i`'s extra
+ * packets are the next `packets[i].fragments` filled spares. `*spares_used` is the
+ * total. Returns how many packets succeeded (0 with every status
+ * `IPSEC_ERR_INVALID_ARGUMENT` when `sa` or `spares_used` is NULL).
+ *
+ * # Safety
+ *
+ * As `ipsec_sa_encrypt_burst` and `ipsec_sa_encrypt_fragmenting`.
+ */
+size_t ipsec_sa_encrypt_burst_fragmenting(struct ipsec_sa *sa,
+                                          struct ipsec_packet *packets,
+                                          size_t count,
+                                          uint64_t now_ns,
+                                          struct ipsec_packet *spares,
+                                          size_t spare_count,
+                                          size_t *spares_used);
+
+/**
+ * Builds into `out` the ICMP error for the sender of `packet` (an IPv4 or IPv6 packet
+ * the caller was refused with `IPSEC_ERR_TOO_BIG`): "fragmentation needed" (type 3
+ * code 4) or ICMPv6 "packet too big", carrying the usable inner MTU, from the address
+ * `src` (NUL-terminated text, the gateway's own address of the packet's family), to
+ * the packet's source. `*out_len` is its length, or 0 when no ICMP error may be sent
+ * about this packet (it is not too big for the SA, is itself an ICMP error or a
+ * non-first fragment, or comes from an address that cannot be answered). `out` needs
+ * up to 576 bytes (IPv4) or 1,280 (IPv6): `IPSEC_ERR_BUFFER_TOO_SMALL` otherwise.
+ * Sending it, and rate-limiting what is sent (RFC 4443 §2.4(f)), is the caller's part.
+ *
+ * # Safety
+ *
+ * `sa` is a live SA; `packet` points to `len` readable bytes; `src` is NUL-terminated;
+ * `out` points to `capacity` writable bytes; `out_len` to a writable `size_t`.
+ */
+ipsec_status ipsec_sa_too_big_reply(const struct ipsec_sa *sa,
+                                    const uint8_t *packet,
+                                    size_t len,
+                                    const char *src,
+                                    uint64_t now_ns,
+                                    uint8_t *out,
+                                    size_t capacity,
+                                    size_t *out_len);
 
 /**
  * Creates a window `size` packets wide (0: replay protection off, or 32..=16777216),
@@ -1340,7 +1565,7 @@ ipsec_status ipsec_sa_new(const struct ipsec_sa_config *config,
  * A table's keys: `name`, `spi`, `direction` ("outbound" / "inbound"), `mode`,
  * `cipher` ("aes-128-gcm", ...), `key` (hex), and optionally `integrity`,
  * `integrity_key`, `esn`, `replay_window`, `tunnel_src`, `tunnel_dst`,
- * `udp_encap = [src, dst]`, `seq`, `outer_ttl`, `tfc_pad_to`, `padding`,
+ * `udp_encap = [src, dst]`, `seq`, `outer_ttl`, `tfc_pad_to`, `padding`, `path_mtu`,
  * `soft_lifetime` / `hard_lifetime = { bytes, packets, seconds }`. `IPSEC_ERR_CONFIG` when the text or an SA
  * in it is invalid (the message names the SA and the key), `IPSEC_ERR_NOT_FOUND` when no
  * SA has that name.

@@ -4,7 +4,7 @@
 #
 #   1. the release libraries (libipsec.a, libipsec.so)
 #   2. include/ipsec.h compiles as C99 (-pedantic) and as C++11, warnings as errors
-#   3. examples/c/gateway.c and ipsec-ffi/tests/c/error_paths.c built against the static
+#   3. examples/c/gateway.c, ipsec-ffi/tests/c/error_paths.c and path_mtu.c built against the static
 #      and the shared library and run; then under valgrind (no errors, no leaks) and
 #      with ASan/UBSan
 #   4. install into a temporary prefix (scripts/install-c.sh) and build gateway.c with
@@ -60,7 +60,7 @@ cp "$work/header.c" "$work/header.cpp"
 echo "ok: C99 and C++11, no warnings"
 
 stage "C programs against the static and the shared library"
-programs=("gateway:examples/c/gateway.c" "error_paths:ipsec-ffi/tests/c/error_paths.c")
+programs=("gateway:examples/c/gateway.c" "error_paths:ipsec-ffi/tests/c/error_paths.c" "path_mtu:ipsec-ffi/tests/c/path_mtu.c")
 for entry in "${programs[@]}"; do
   name=${entry%%:*}
   src=${entry#*:}

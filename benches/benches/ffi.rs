@@ -123,6 +123,7 @@ fn ffi(c: &mut Criterion) {
                 offset: head,
                 length: size,
                 status: 0,
+                fragments: 0,
             })
             .collect();
         g.bench_function(format!("c_encrypt_burst{BURST}/{size}"), |b| {
@@ -158,6 +159,7 @@ fn ffi(c: &mut Criterion) {
                 offset: 0,
                 length: plen,
                 status: 0,
+                fragments: 0,
             })
             .collect();
         g.bench_function(format!("c_decrypt_burst{BURST}/{size}"), |b| {

@@ -158,6 +158,7 @@ fn main() {
                 offset: head,
                 length: size,
                 status: 0,
+                fragments: 0,
             })
             .collect();
         let eb = ab(
@@ -196,6 +197,7 @@ fn main() {
                 offset: 0,
                 length: plen,
                 status: 0,
+                fragments: 0,
             })
             .collect();
         let db = ab(

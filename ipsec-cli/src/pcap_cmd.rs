@@ -6,7 +6,7 @@ use crate::{CliError, Outcome};
 use ipsec_core::error::{Error, Malformed};
 use ipsec_core::packet::{self, NAT_T_PORT};
 use ipsec_core::sa_file::parse_sa_file;
-use ipsec_core::{Direction, DropReason, PacketBuf, SecurityAssociation};
+use ipsec_core::{Direction, DropReason, PacketBuf, SecurityAssociation, SpareBuffers};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -181,12 +181,15 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
             &mut scratch,
         );
         let (ok, error, detail, sa_name) = match res {
-            Ok((data, sa_i)) => {
-                out.records.push(Record {
-                    ts: rec.ts,
-                    orig_len: u32::try_from(data.len()).unwrap_or(u32::MAX),
-                    data,
-                });
+            Ok((frames, sa_i)) => {
+                // More than one frame: the packet was fragmented to fit the path MTU.
+                for data in frames {
+                    out.records.push(Record {
+                        ts: rec.ts,
+                        orig_len: u32::try_from(data.len()).unwrap_or(u32::MAX),
+                        data,
+                    });
+                }
                 (true, None, None, Some(sas[sa_i].name.as_str()))
             }
             Err((reason, detail, sa_i)) => {
@@ -214,9 +217,11 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
         .map_err(|e| CliError::failure(format!("{}: cannot write: {e}", args.output.display())))?;
 
     let n_in = cap.records.len();
+    let n_failed: u64 = drops.values().sum();
+    let n_ok = n_in - n_failed as usize;
     let n_out = out.records.len();
     let mut summary = format!(
-        "{} {}: {n_in} packets in, {n_out} {} out to {}, {} dropped",
+        "{} {}: {n_in} packets in, {n_ok} {} out to {}, {n_failed} dropped",
         if args.op == Op::Encrypt {
             "encrypt"
         } else {
@@ -229,8 +234,12 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
             "decrypted"
         },
         args.output.display(),
-        n_in - n_out
     );
+    if n_out != n_ok {
+        summary.push_str(&format!(
+            " ({n_out} packets written: some were fragmented to fit the path MTU)"
+        ));
+    }
     for (reason, n) in &drops {
         summary.push_str(&format!("\n  dropped {reason:<18} {n}"));
     }
@@ -239,10 +248,9 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
     } else {
         println!("{summary}");
     }
-    if args.strict && n_out != n_in {
+    if args.strict && n_failed != 0 {
         return Ok(Outcome::Failed(format!(
-            "--strict: {} of {n_in} packets failed",
-            n_in - n_out
+            "--strict: {n_failed} of {n_in} packets failed"
         )));
     }
     Ok(Outcome::Ok)
@@ -260,7 +268,7 @@ fn transform(
     linktype: u32,
     rec: &Record,
     scratch: &mut [u8],
-) -> Result<(Vec<u8>, usize), Failure> {
+) -> Result<(Vec<Vec<u8>>, usize), Failure> {
     let malformed = |d: String| (DropReason::Malformed.as_str(), d, None);
     let (ip_at, ethertype_at) = ip_offset(linktype, &rec.data).map_err(malformed)?;
     let ip = &rec.data[ip_at..];
@@ -287,22 +295,47 @@ fn transform(
     scratch[head..head + ip.len()].copy_from_slice(ip);
     let mut pkt = PacketBuf::new(&mut scratch[..need], head, ip.len())
         .map_err(|e| (e.drop_reason().as_str(), e.to_string(), Some(sa_i)))?;
+    let fail = |e: Error| (e.drop_reason().as_str(), e.to_string(), Some(sa_i));
+    // Encrypting may split a packet that does not fit the SA's path MTU: spare
+    // buffers for the extra packets, only when needed.
+    let spares_needed = match op {
+        Op::Encrypt => sa.spares_needed(ip, rec.ts),
+        Op::Decrypt => 0,
+    };
+    let mut spare_store = vec![vec![0u8; need]; spares_needed];
+    let mut spares = spare_store
+        .iter_mut()
+        .map(|b| PacketBuf::new(b, head, 0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
+    let mut pool = SpareBuffers::new(&mut spares);
     let res = match op {
-        Op::Encrypt => sa.encrypt(&mut pkt, rec.ts),
+        Op::Encrypt => sa
+            .encrypt_fragmenting(&mut pkt, &mut pool, rec.ts)
+            .map(|_| ()),
         Op::Decrypt => sa.decrypt(&mut pkt, rec.ts),
     };
-    res.map_err(|e| (e.drop_reason().as_str(), e.to_string(), Some(sa_i)))?;
-    let result = pkt.data();
-    let mut frame = Vec::with_capacity(ip_at + result.len());
-    frame.extend_from_slice(&rec.data[..ip_at]);
+    res.map_err(fail)?;
+    let frames = std::iter::once(pkt.data())
+        .chain(pool.filled().iter().map(PacketBuf::data))
+        .map(|result| frame_of(&rec.data[..ip_at], ethertype_at, result))
+        .collect();
+    Ok((frames, sa_i))
+}
+
+/// A capture frame: the link-layer header `link` (its EtherType fixed for the IP
+/// version when `ethertype_at` says where it is), then the IP packet `ip`.
+fn frame_of(link: &[u8], ethertype_at: Option<usize>, ip: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(link.len() + ip.len());
+    frame.extend_from_slice(link);
     if let Some(at) = ethertype_at {
-        let ty: u16 = if result.first().is_some_and(|b| b >> 4 == 6) {
+        let ty: u16 = if ip.first().is_some_and(|b| b >> 4 == 6) {
             0x86dd
         } else {
             0x0800
         };
         frame[at..at + 2].copy_from_slice(&ty.to_be_bytes());
     }
-    frame.extend_from_slice(result);
-    Ok((frame, sa_i))
+    frame.extend_from_slice(ip);
+    frame
 }

@@ -11,8 +11,9 @@ use ipsec_core::{Gateway, PacketBuf, Spd};
 
 use crate::boundary::{bad_descriptor, boundary, call, config_error, fail, invalid, packet_error};
 use crate::handle::{
-    Handle, borrow, borrow_mut, bytes_mut, c_string, free_handle, into_handle, out_ptr, text,
+    Handle, borrow, borrow_mut, bytes, bytes_mut, c_string, free_handle, into_handle, out_ptr, text,
 };
+use crate::path_mtu::with_spares;
 use crate::sa::{event_to, info_of, ipsec_sa_event, ipsec_sa_info, ipsec_sa_stats, now};
 use crate::status::ipsec_status;
 
@@ -161,11 +162,28 @@ pub unsafe extern "C" fn ipsec_gateway_free(gateway: *mut ipsec_gateway) {
     boundary(|| unsafe { free_handle(gateway) })
 }
 
-/// Which way a packet goes through the gateway.
+/// Which way a packet goes through the gateway (outbound with the caller's spare
+/// descriptors for fragments, if any).
 #[derive(Clone, Copy)]
 enum Way {
-    Out,
+    Out(Spares),
     In,
+}
+
+/// The spare descriptors of `ipsec_gateway_outbound_fragmenting`.
+#[derive(Clone, Copy)]
+struct Spares {
+    spares: *mut crate::sa::ipsec_packet,
+    count: usize,
+    used: *mut usize,
+}
+
+impl Spares {
+    const NONE: Spares = Spares {
+        spares: core::ptr::null_mut(),
+        count: 0,
+        used: core::ptr::null_mut(),
+    };
 }
 
 /// The body of both entry points below (their C signature, plus which way).
@@ -195,20 +213,38 @@ unsafe fn process(
     let (off, len) = unsafe { (offset.read(), length.read()) };
     let mut pkt = PacketBuf::new(buf, off, len).map_err(|_| bad_descriptor(off, len, capacity))?;
     let (names, policies) = (&h.names, &h.policy_names);
+    let mut used = 0;
     let result = match way {
-        Way::Out => match h
-            .gateway
-            .outbound(&mut pkt, now(now_ns))
-            .map_err(packet_error)?
-        {
-            Outbound::Protected { sa, policy } => ipsec_gateway_result {
-                verdict: ipsec_verdict::IPSEC_VERDICT_PROTECTED as u32,
-                sa: names.ptr(sa),
-                policy: policies.ptr(policy),
-            },
-            Outbound::Bypassed { policy } => bypassed(policies.ptr(policy)),
-            _ => return Err(unknown_verdict()),
-        },
+        Way::Out(spares) => {
+            let used_out = if spares.used.is_null() {
+                None
+            } else {
+                Some(out_ptr(spares.used, "spares_used")?)
+            };
+            let t = now(now_ns);
+            let needed = h.gateway.spares_needed(pkt.data(), t);
+            let gateway = &mut h.gateway;
+            // SAFETY: the spare descriptors are valid (caller's contract).
+            let ((verdict, _), k) = unsafe {
+                with_spares(spares.spares, spares.count, needed, |pool| {
+                    gateway.outbound_fragmenting(&mut pkt, pool, t)
+                })
+            }?;
+            used = k;
+            if let Some(u) = used_out {
+                // SAFETY: checked non-NULL and aligned; writable by contract.
+                unsafe { u.write(used) };
+            }
+            match verdict {
+                Outbound::Protected { sa, policy } => ipsec_gateway_result {
+                    verdict: ipsec_verdict::IPSEC_VERDICT_PROTECTED as u32,
+                    sa: names.ptr(sa),
+                    policy: policies.ptr(policy),
+                },
+                Outbound::Bypassed { policy } => bypassed(policies.ptr(policy)),
+                _ => return Err(unknown_verdict()),
+            }
+        }
         Way::In => match h
             .gateway
             .inbound(&mut pkt, now(now_ns))
@@ -223,6 +259,7 @@ unsafe fn process(
             _ => return Err(unknown_verdict()),
         },
     };
+    debug_assert!(used == 0 || matches!(way, Way::Out(_)));
     // SAFETY: all three checked non-NULL and aligned; writable by contract.
     unsafe {
         offset.write(pkt.offset());
@@ -281,8 +318,157 @@ pub unsafe extern "C" fn ipsec_gateway_outbound(
             length,
             now_ns,
             out,
-            Way::Out,
+            Way::Out(Spares::NONE),
         )
+    })
+}
+
+/// `ipsec_gateway_outbound` for packets that may have to be fragmented to fit their
+/// SA's path MTU: the extra packets go into the first `*spares_used` of the
+/// `spare_count` spare descriptors (as `ipsec_sa_encrypt_fragmenting`). A packet that
+/// may not be fragmented fails with `IPSEC_ERR_TOO_BIG`: `ipsec_gateway_too_big_reply`
+/// builds the ICMP error for its sender.
+///
+/// # Safety
+///
+/// As `ipsec_gateway_outbound`; `spares` points to `spare_count` writable descriptors
+/// whose buffers are valid and distinct from each other and from `buf`; `spares_used`
+/// to a writable `size_t`.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn ipsec_gateway_outbound_fragmenting(
+    gateway: *mut ipsec_gateway,
+    buf: *mut u8,
+    capacity: usize,
+    offset: *mut usize,
+    length: *mut usize,
+    now_ns: u64,
+    spares: *mut crate::sa::ipsec_packet,
+    spare_count: usize,
+    spares_used: *mut usize,
+    out: *mut ipsec_gateway_result,
+) -> ipsec_status {
+    call(|| {
+        out_ptr(spares_used, "spares_used")?;
+        let spares = Spares {
+            spares,
+            count: spare_count,
+            used: spares_used,
+        };
+        // SAFETY: caller's contract.
+        unsafe {
+            process(
+                gateway,
+                buf,
+                capacity,
+                offset,
+                length,
+                now_ns,
+                out,
+                Way::Out(spares),
+            )
+        }
+    })
+}
+
+/// How many spare descriptors `ipsec_gateway_outbound_fragmenting` needs for the
+/// outbound packet `packet[..len]` at `now_ns` (0 when it fits, is bypassed or refused).
+///
+/// # Safety
+///
+/// `gateway` is a live gateway; `packet` points to `len` readable bytes; `out` to a
+/// writable `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_spares_needed(
+    gateway: *const ipsec_gateway,
+    packet: *const u8,
+    len: usize,
+    now_ns: u64,
+    out: *mut usize,
+) -> ipsec_status {
+    call(|| {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: caller's contract.
+        let h = unsafe { borrow(gateway, "gateway") }?;
+        // SAFETY: caller's contract.
+        let pkt = unsafe { bytes(packet, len, "packet") }?;
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out.write(h.gateway.spares_needed(pkt, now(now_ns))) };
+        Ok(())
+    })
+}
+
+/// Builds the ICMP "too big" error for the sender of the outbound packet `packet`
+/// that `ipsec_gateway_outbound` refused with `IPSEC_ERR_TOO_BIG`, carrying the usable
+/// inner MTU of the SA its policy names; otherwise as `ipsec_sa_too_big_reply`
+/// (`*out_len` 0 when no error is due).
+///
+/// # Safety
+///
+/// `gateway` is a live gateway; the other arguments as `ipsec_sa_too_big_reply`.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn ipsec_gateway_too_big_reply(
+    gateway: *const ipsec_gateway,
+    packet: *const u8,
+    len: usize,
+    src: *const c_char,
+    now_ns: u64,
+    out: *mut u8,
+    capacity: usize,
+    out_len: *mut usize,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let h = unsafe { borrow(gateway, "gateway") }?;
+        // SAFETY: caller's contract.
+        let pkt = unsafe { bytes(packet, len, "packet") }?;
+        let mtu = h.gateway.too_big_mtu(pkt, now(now_ns));
+        // SAFETY: caller's contract.
+        unsafe { crate::path_mtu::write_reply(pkt, mtu, src, out, capacity, out_len) }
+    })
+}
+
+/// Hands an ICMP "fragmentation needed" / ICMPv6 "packet too big" message to the
+/// outbound SA whose packet it quotes (as `ipsec_sa_handle_icmp`). `*sa_name` is that
+/// SA's name (lives as long as the gateway) and `*new_mtu` its new path MTU, or NULL
+/// and 0 when nothing changed. `IPSEC_ERR_MALFORMED` when no SA of the gateway sent the
+/// quoted packet.
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `packet`
+/// points to `len` readable bytes; `sa_name` and `new_mtu` to writable objects.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_handle_icmp(
+    gateway: *mut ipsec_gateway,
+    packet: *const u8,
+    len: usize,
+    now_ns: u64,
+    sa_name: *mut *const c_char,
+    new_mtu: *mut u32,
+) -> ipsec_status {
+    call(|| {
+        let sa_name = out_ptr(sa_name, "sa_name")?;
+        let new_mtu = out_ptr(new_mtu, "new_mtu")?;
+        // SAFETY: caller's contract.
+        let h = unsafe { borrow_mut(gateway, "gateway") }?;
+        // SAFETY: caller's contract.
+        let pkt = unsafe { bytes(packet, len, "packet") }?;
+        let learned = h
+            .gateway
+            .handle_icmp(pkt, now(now_ns))
+            .map_err(packet_error)?;
+        let (name, mtu) = match learned {
+            Some((name, mtu)) => (h.names.ptr(name), u32::from(mtu)),
+            None => (core::ptr::null(), 0),
+        };
+        // SAFETY: both checked non-NULL and aligned; writable by contract.
+        unsafe {
+            sa_name.write(name);
+            new_mtu.write(mtu);
+        }
+        Ok(())
     })
 }
 

@@ -49,6 +49,7 @@
 mod boundary;
 pub mod gateway;
 mod handle;
+pub mod path_mtu;
 pub mod replay;
 pub mod sa;
 pub mod spd;
@@ -56,6 +57,7 @@ pub mod status;
 
 pub use boundary::{ipsec_last_error, ipsec_last_error_length};
 pub use gateway::*;
+pub use path_mtu::*;
 pub use replay::*;
 pub use sa::*;
 pub use spd::*;

@@ -198,10 +198,18 @@ pub struct ipsec_sa_config {
     pub padding: u32,
     /// Reaching it raises `IPSEC_EVENT_REKEY`.
     pub soft_lifetime: ipsec_lifetime,
-    /// Reaching it raises `IPSEC_EVENT_EXPIRED`; the SA then refuses packets.
+    /// Reaching it raises `IPSEC_EVENT_EXPIRED`; the SA then refuses packets. A packet
+    /// that would cross the byte limit is refused (`IPSEC_ERR_LIFETIME_EXPIRED`) and
+    /// expires the SA: the limit is never overshot.
     pub hard_lifetime: ipsec_lifetime,
+    /// Outbound: the path MTU, the largest outer packet the path carries (0: no limit).
+    /// Larger packets are fragmented (`ipsec_sa_encrypt_fragmenting`) or refused with
+    /// `IPSEC_ERR_TOO_BIG`; see `ipsec_sa_set_path_mtu`.
+    pub path_mtu: u32,
+    /// Must be zero.
+    pub reserved32: u32,
     /// Must be zero: room for fields added later without changing the struct's size.
-    pub reserved: [u64; 8],
+    pub reserved: [u64; 7],
 }
 
 /// How much room an outbound packet needs around it (`ipsec_sa_overhead`).
@@ -375,6 +383,10 @@ pub struct ipsec_packet {
     /// Written by the burst call: an `ipsec_status` value, `IPSEC_OK` or why this packet
     /// failed (its offset and length are then unchanged).
     pub status: u32,
+    /// Written by `ipsec_sa_encrypt_burst_fragmenting`: how many spare descriptors this
+    /// packet's extra fragments filled (0 when it fit the path MTU). Other calls leave
+    /// it alone. (It sits in what was the struct's tail padding: the size is unchanged.)
+    pub fragments: u32,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -540,6 +552,11 @@ pub(crate) fn now(now_ns: u64) -> Duration {
 ///
 /// The pointers in `c` are valid as their field docs say.
 unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
+    if c.reserved32 != 0 {
+        return Err(invalid(
+            "ipsec_sa_config.reserved32 must be zero (initialise with ipsec_sa_config_init)",
+        ));
+    }
     if c.reserved.iter().any(|&r| r != 0) {
         return Err(invalid(
             "ipsec_sa_config.reserved must be zero (initialise with ipsec_sa_config_init)",
@@ -615,6 +632,11 @@ unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
     if c.tfc_pad_to != 0 {
         cfg.tfc_padding(TfcPadding::PadTo(c.tfc_pad_to));
     }
+    if c.path_mtu != 0 {
+        let mtu = u16::try_from(c.path_mtu)
+            .map_err(|_| config_error(&ConfigError::new("path_mtu", "exceeds 65,535")))?;
+        cfg.path_mtu(Some(mtu));
+    }
     Ok(cfg)
 }
 
@@ -655,7 +677,9 @@ pub unsafe extern "C" fn ipsec_sa_config_init(config: *mut ipsec_sa_config) -> i
             padding: ipsec_padding::IPSEC_PADDING_BLOCKS as u32,
             soft_lifetime: ipsec_lifetime::default(),
             hard_lifetime: ipsec_lifetime::default(),
-            reserved: [0; 8],
+            path_mtu: 0,
+            reserved32: 0,
+            reserved: [0; 7],
         };
         // SAFETY: `config` is non-NULL, aligned and writable (checked / caller's contract).
         unsafe { config.write(value) };
@@ -710,7 +734,7 @@ pub unsafe extern "C" fn ipsec_sa_new(
 /// A table's keys: `name`, `spi`, `direction` ("outbound" / "inbound"), `mode`,
 /// `cipher` ("aes-128-gcm", ...), `key` (hex), and optionally `integrity`,
 /// `integrity_key`, `esn`, `replay_window`, `tunnel_src`, `tunnel_dst`,
-/// `udp_encap = [src, dst]`, `seq`, `outer_ttl`, `tfc_pad_to`, `padding`,
+/// `udp_encap = [src, dst]`, `seq`, `outer_ttl`, `tfc_pad_to`, `padding`, `path_mtu`,
 /// `soft_lifetime` / `hard_lifetime = { bytes, packets, seconds }`. `IPSEC_ERR_CONFIG` when the text or an SA
 /// in it is invalid (the message names the SA and the key), `IPSEC_ERR_NOT_FOUND` when no
 /// SA has that name.

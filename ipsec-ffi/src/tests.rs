@@ -223,6 +223,7 @@ fn bursts_report_a_status_per_packet() {
                 offset,
                 length: len,
                 status: 999,
+                fragments: 0,
             }
         })
         .collect();
@@ -269,7 +270,8 @@ fn out_of_range_enums_and_reserved_fields_are_refused() {
         ("cipher 0", |c| c.cipher = 0),
         ("integrity 77", |c| c.integrity = 77),
         ("padding 4", |c| c.padding = 4),
-        ("reserved", |c| c.reserved[7] = 1),
+        ("reserved", |c| c.reserved[6] = 1),
+        ("reserved32", |c| c.reserved32 = 1),
     ] {
         let mut bad = c;
         set(&mut bad);

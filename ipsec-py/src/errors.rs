@@ -85,7 +85,7 @@ pyo3::create_exception!(
     IpsecError,
     "The packet does not fit the SA's path MTU after ESP and may not be fragmented \
      (IPv4 with DF set, or IPv6). `.mtu` is the largest inner packet that fits; \
-     `SecurityAssociation.too_big_reply` builds the ICMP error for its sender."
+     `ipsec.too_big_reply` builds the ICMP error for its sender."
 );
 pyo3::create_exception!(
     ipsec,

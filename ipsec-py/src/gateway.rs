@@ -28,7 +28,7 @@ use crate::spd::{PySpd, read_file, str_repr};
 use core::ops::Range;
 use core::time::Duration;
 use ipsec_core::gateway::{Inbound, Outbound};
-use ipsec_core::{Direction, Error, Gateway, PacketBuf, Spd};
+use ipsec_core::{Direction, Error, Gateway, PacketBuf, SpareBuffers, Spd};
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -69,10 +69,24 @@ pub(crate) struct PyGatewayVerdict {
     /// The packet to pass on; `None` for `"discard"`.
     #[pyo3(get)]
     packet: Option<Py<PyBytes>>,
+    /// The fragments after `packet` when it had to be fragmented to fit the path MTU.
+    extra: Vec<Py<PyBytes>>,
 }
 
 #[pymethods]
 impl PyGatewayVerdict {
+    /// Every packet to pass on, in order: `[packet]`, or more when the packet was
+    /// fragmented to fit its SA's path MTU (each fragment its own ESP packet); `[]` for
+    /// `"discard"`.
+    #[getter]
+    fn packets<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        self.packet
+            .iter()
+            .chain(&self.extra)
+            .map(|p| p.bind(py).clone())
+            .collect()
+    }
+
     fn __repr__(&self, py: Python<'_>) -> String {
         let opt = |v: &Option<String>| v.as_deref().map_or_else(|| "None".into(), str_repr);
         let packet = self.packet.as_ref().map_or_else(
@@ -102,15 +116,22 @@ struct Done {
     policy: Option<String>,
     sa: Option<String>,
     range: Option<Range<usize>>,
+    /// More packets (fragments that did not fit the path MTU in one).
+    extra: Vec<Vec<u8>>,
 }
 
 impl Done {
-    fn into_verdict(self, packet: Option<Py<PyBytes>>) -> PyGatewayVerdict {
+    fn into_verdict(self, py: Python<'_>, packet: Option<Py<PyBytes>>) -> PyGatewayVerdict {
         PyGatewayVerdict {
             action: self.action,
             policy: self.policy,
             sa: self.sa,
             packet,
+            extra: self
+                .extra
+                .iter()
+                .map(|p| PyBytes::new(py, p).unbind())
+                .collect(),
         }
     }
 }
@@ -161,11 +182,24 @@ fn process(
     let scratch = &mut scratch[..need];
     scratch[head..head + len].copy_from_slice(data);
     let mut pkt = PacketBuf::new(scratch, head, len).map_err(Refused::Packet)?;
+    // Spare buffers only for a packet that must be fragmented (a rare, slow path).
+    let spares_needed = if outbound {
+        gateway.spares_needed(data, now)
+    } else {
+        0
+    };
+    let mut spare_store = vec![vec![0u8; head + len + tail]; spares_needed];
+    let mut spares = spare_store
+        .iter_mut()
+        .map(|b| PacketBuf::new(b, head, 0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Refused::Packet)?;
+    let mut pool = SpareBuffers::new(&mut spares);
     let answer = if outbound {
-        match gateway.outbound(&mut pkt, now) {
-            Ok(Outbound::Protected { sa, policy }) => Ok(("protect", policy, Some(sa))),
-            Ok(Outbound::Bypassed { policy }) => Ok(("bypass", policy, None)),
-            Ok(other) => return Err(Refused::Unexpected(format!("{other:?}"))),
+        match gateway.outbound_fragmenting(&mut pkt, &mut pool, now) {
+            Ok((Outbound::Protected { sa, policy }, _)) => Ok(("protect", policy, Some(sa))),
+            Ok((Outbound::Bypassed { policy }, _)) => Ok(("bypass", policy, None)),
+            Ok((other, _)) => return Err(Refused::Unexpected(format!("{other:?}"))),
             Err(e) => Err(e),
         }
     } else {
@@ -176,6 +210,7 @@ fn process(
             Err(e) => Err(e),
         }
     };
+    let extra: Vec<Vec<u8>> = pool.filled().iter().map(|p| p.data().to_vec()).collect();
     let range = pkt.offset()..pkt.offset() + pkt.len();
     match answer {
         Ok((action, policy, sa)) => Ok(Done {
@@ -183,6 +218,7 @@ fn process(
             policy: Some(policy.to_owned()),
             sa: sa.map(str::to_owned),
             range: Some(range),
+            extra,
         }),
         // The core's error carries no policy name: look up which DISCARD policy (if
         // any) matched, on this rare path only.
@@ -191,6 +227,7 @@ fn process(
             policy: first_match(gateway.spd(), direction, data),
             sa: None,
             range: None,
+            extra,
         }),
         Err(e) => Err(Refused::Packet(e)),
     }
@@ -250,7 +287,7 @@ impl PyGateway {
                     .range
                     .clone()
                     .map(|r| PyBytes::new(py, &scratch[r]).unbind());
-                Ok(done.into_verdict(packet))
+                Ok(done.into_verdict(py, packet))
             }
             Err(refused) => {
                 drop(st);
@@ -302,7 +339,7 @@ impl PyGateway {
                         .range
                         .clone()
                         .map(|r| PyBytes::new(py, &arena[r]).unbind());
-                    Bound::new(py, done.into_verdict(packet))?.into_any()
+                    Bound::new(py, done.into_verdict(py, packet))?.into_any()
                 }
                 Err(refused) => refused
                     .into_exception(py)
@@ -454,6 +491,29 @@ impl PyGateway {
             .into_iter()
             .filter_map(|(name, e)| event_of(e).map(|e| (name, e)))
             .collect())
+    }
+
+    /// Hands an ICMP "fragmentation needed" / ICMPv6 "packet too big" message (the whole
+    /// IP packet) to the outbound SA whose packet it quotes; returns `(SA name, new path
+    /// MTU)`, or `None` when the MTU did not go down. Raises `MalformedPacketError` when
+    /// no SA of the gateway sent the quoted packet.
+    #[pyo3(signature = (packet, /, *, now=None))]
+    fn handle_icmp(
+        &self,
+        py: Python<'_>,
+        packet: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<(String, u16)>> {
+        let data = packet_arg(packet, "packet")?;
+        let now = now_arg(now)?;
+        let res = {
+            let mut st = self.lock(py)?;
+            let now = st.time(now);
+            st.gateway
+                .handle_icmp(&data, now)
+                .map(|r| r.map(|(name, mtu)| (name.to_owned(), mtu)))
+        };
+        res.map_err(|e| Failure::from(e).into_exception(py))
     }
 
     /// The SA names, in file order.

@@ -42,6 +42,7 @@ fn _ipsec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sa::sas_from_toml, m)?)?;
     m.add_function(wrap_pyfunction!(sa::load_sas, m)?)?;
     m.add_function(wrap_pyfunction!(sa::esp_spi, m)?)?;
+    m.add_function(wrap_pyfunction!(sa::too_big_reply, m)?)?;
     m.add_function(wrap_pyfunction!(spd::py_lint_toml, m)?)?;
     Ok(())
 }

@@ -269,11 +269,11 @@ impl PySecurityAssociation {
         spi, direction, mode, cipher, key, integrity=None, integrity_key=None, esn=None,
         replay_window=None, tunnel_src=None, tunnel_dst=None, udp_encap=None, seq=None, *,
         soft_lifetime=None, hard_lifetime=None, padding=None, tfc_pad_to=None,
-        outer_ttl=None, now=None
+        outer_ttl=None, path_mtu=None, now=None
     ), text_signature = "(spi, direction, mode, cipher, key, integrity=None, integrity_key=b'', \
         esn=False, replay_window=64, tunnel_src=None, tunnel_dst=None, udp_encap=None, seq=0, *, \
         soft_lifetime=None, hard_lifetime=None, padding='blocks', tfc_pad_to=None, outer_ttl=64, \
-        now=0.0)")]
+        path_mtu=None, now=0.0)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         spi: &Bound<'_, PyAny>,
@@ -294,6 +294,7 @@ impl PySecurityAssociation {
         padding: Option<&Bound<'_, PyAny>>,
         tfc_pad_to: Option<&Bound<'_, PyAny>>,
         outer_ttl: Option<&Bound<'_, PyAny>>,
+        path_mtu: Option<&Bound<'_, PyAny>>,
         now: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let name = |o: &Bound<'_, PyAny>, f: &str| -> PyResult<String> {
@@ -381,6 +382,7 @@ impl PySecurityAssociation {
         if let Some(t) = convert::opt_int::<u8>(outer_ttl, "outer_ttl", Bad::Config)? {
             cfg.outer_ttl(t);
         }
+        cfg.path_mtu(convert::opt_int::<u16>(path_mtu, "path_mtu", Bad::Config)?);
         let now = convert::opt_seconds(now, "now", Bad::Config)?.unwrap_or(Duration::ZERO);
         Ok(Self::create(cfg, now)?)
     }
@@ -678,6 +680,76 @@ impl PySecurityAssociation {
         Ok(self.lock(py)?.sa.max_overhead())
     }
 
+    /// Protects one IP packet that may not fit the path MTU: returns the packets to
+    /// send, in order (one when it fits; IPv4 with DF clear is pre-fragmented, each
+    /// fragment its own ESP packet). A packet that may not be fragmented raises
+    /// `PacketTooBigError` (`.mtu`: the largest inner packet that fits).
+    #[pyo3(signature = (packet, /, *, now=None))]
+    fn encrypt_fragments<'py>(
+        &self,
+        py: Python<'py>,
+        packet: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let data = packet_arg(packet, "packet")?;
+        let now = now_arg(now)?;
+        let mut first = bytes::BytesMut::from(&data[..]);
+        let outcome = {
+            let mut st = self.lock(py)?;
+            let now = Self::time(&mut st, now);
+            st.sa.encrypt_bytes_fragmenting(&mut first, now)
+        };
+        let extra = outcome.map_err(|e| Failure::from(e).into_exception(py))?;
+        let items = core::iter::once(&first)
+            .chain(&extra)
+            .map(|p| PyBytes::new(py, p));
+        PyList::new(py, items)
+    }
+
+    /// The path MTU in force (configured, or lower and learned from ICMP and not aged
+    /// out) at the last time given, or `None` without a limit.
+    #[getter]
+    fn path_mtu(&self, py: Python<'_>) -> PyResult<Option<u16>> {
+        let st = self.lock(py)?;
+        Ok(st.sa.path_mtu(st.now))
+    }
+
+    /// The largest inner packet that fits the path MTU after ESP (for a plain IPv4
+    /// header in transport mode), or `None` without a path MTU.
+    #[getter]
+    fn inner_mtu(&self, py: Python<'_>) -> PyResult<Option<u16>> {
+        let st = self.lock(py)?;
+        Ok(st.sa.inner_mtu(st.now))
+    }
+
+    /// Sets the configured path MTU (`None` removes it), forgetting a learned one.
+    fn set_path_mtu(&self, py: Python<'_>, mtu: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let mtu = convert::opt_int::<u16>(mtu, "path_mtu", Bad::Config)?;
+        let res = self.lock(py)?.sa.set_path_mtu(mtu);
+        res.map_err(|e| Failure::from(e).into())
+    }
+
+    /// Takes an ICMP "fragmentation needed" / ICMPv6 "packet too big" message (the whole
+    /// IP packet) about this SA's own packets and lowers the path MTU for ten minutes;
+    /// returns the new path MTU, or `None` when it did not go down. Raises
+    /// `MalformedPacketError` for a message about anything else.
+    #[pyo3(signature = (packet, /, *, now=None))]
+    fn handle_icmp(
+        &self,
+        py: Python<'_>,
+        packet: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<u16>> {
+        let data = packet_arg(packet, "packet")?;
+        let now = now_arg(now)?;
+        let res = {
+            let mut st = self.lock(py)?;
+            let now = Self::time(&mut st, now);
+            st.sa.handle_icmp(&data, now)
+        };
+        res.map_err(|e| Failure::from(e).into_exception(py))
+    }
+
     fn __repr__(&self) -> String {
         let integrity = self
             .integrity
@@ -846,6 +918,29 @@ pub(crate) fn load_sas<'py>(
     let text = std::fs::read_to_string(&path)
         .map_err(|e| crate::errors::config(&path.display().to_string(), e.to_string()))?;
     sas_dict(py, &text, now)
+}
+
+/// The ICMP error ("fragmentation needed", or ICMPv6 "packet too big") telling the
+/// sender of `packet` that packets of at most `mtu` bytes pass, from the address `src`;
+/// `None` when no ICMP error may be sent about this packet.
+#[pyfunction]
+pub(crate) fn too_big_reply<'py>(
+    py: Python<'py>,
+    packet: &Bound<'py, PyAny>,
+    mtu: &Bound<'py, PyAny>,
+    src: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    use ipsec_core::icmp::{self, IcmpError};
+    let data = packet_arg(packet, "packet")?;
+    let mtu: u16 = convert::int(mtu, "mtu", Bad::Value)?;
+    let src = convert::addr(src, "src", Bad::Value)?;
+    let mut out = [0u8; icmp::ICMPV6_ERROR_MAX];
+    match icmp::too_big_reply(&data, mtu, src, &mut out) {
+        Ok(Some(n)) => Ok(Some(PyBytes::new(py, &out[..n]))),
+        Ok(None) => Ok(None),
+        Err(IcmpError::BadPacket(m)) => Err(Failure::from(m).into()),
+        Err(e) => Err(pyo3::exceptions::PyValueError::new_err(e.to_string())),
+    }
 }
 
 /// The SPI of an ESP packet, or of ESP in UDP on one of `udp_ports` (default: 4500).

@@ -36,6 +36,7 @@ from ipsec._ipsec import (
     lint_toml,
     load_sas,
     sas_from_toml,
+    too_big_reply,
 )
 
 __all__ = [
@@ -69,4 +70,5 @@ __all__ = [
     "lint_toml",
     "load_sas",
     "sas_from_toml",
+    "too_big_reply",
 ]

@@ -36,6 +36,7 @@ __all__ = [
     "sas_from_toml",
     "load_sas",
     "esp_spi",
+    "too_big_reply",
     "lint_toml",
 ]
 
@@ -131,6 +132,7 @@ class SecurityAssociation:
         padding: str = "blocks",
         tfc_pad_to: Optional[int] = None,
         outer_ttl: int = 64,
+        path_mtu: Optional[int] = None,
         now: float = 0.0,
     ) -> SecurityAssociation: ...
     def encrypt(self, packet: _Bytes, /, *, now: Optional[float] = None) -> bytes: ...
@@ -167,6 +169,19 @@ class SecurityAssociation:
     def expired(self) -> bool: ...
     @property
     def max_overhead(self) -> int: ...
+    def encrypt_fragments(self, packet: _Bytes, /, *, now: Optional[float] = None) -> list[bytes]:
+        """Protects a packet that may not fit the path MTU: every packet to send, in order
+        (IPv4 with DF clear is pre-fragmented, each fragment its own ESP packet)."""
+    @property
+    def path_mtu(self) -> Optional[int]:
+        """The path MTU in force (configured, or lower and learned from ICMP)."""
+    @property
+    def inner_mtu(self) -> Optional[int]:
+        """The largest inner packet that fits the path MTU after ESP."""
+    def set_path_mtu(self, mtu: Optional[int]) -> None: ...
+    def handle_icmp(self, packet: _Bytes, /, *, now: Optional[float] = None) -> Optional[int]:
+        """Learns a lower path MTU from an ICMP too-big message about this SA's packets;
+        the new path MTU, or None when it did not go down."""
 
 @final
 class ReplayWindow:
@@ -355,6 +370,10 @@ class GatewayVerdict:
     def packet(self) -> Optional[bytes]:
         """The packet to pass on (the ESP packet, the inner packet, or the bypassed
         packet unchanged); None for ``"discard"``."""
+    @property
+    def packets(self) -> list[bytes]:
+        """Every packet to pass on: ``[packet]``, or more when the packet was fragmented
+        to fit its SA's path MTU; ``[]`` for ``"discard"``."""
 
 @final
 class Gateway:
@@ -374,6 +393,9 @@ class Gateway:
     def inbound_many(
         self, packets: Iterable[_Bytes], /, *, now: Optional[float] = None
     ) -> list[Union[GatewayVerdict, IpsecError]]: ...
+    def handle_icmp(
+        self, packet: _Bytes, /, *, now: Optional[float] = None
+    ) -> Optional[tuple[str, int]]: ...
     @property
     def stats(self) -> dict[str, int]:
         """The gateway's own drops (unknown SPI, policy discard, unprotected cleartext,
@@ -389,4 +411,7 @@ class Gateway:
 def sas_from_toml(text: str, *, now: float = 0.0) -> dict[str, SecurityAssociation]: ...
 def load_sas(path: _Path, *, now: float = 0.0) -> dict[str, SecurityAssociation]: ...
 def esp_spi(packet: _Bytes, *, udp_ports: Optional[Sequence[int]] = None) -> int: ...
+def too_big_reply(packet: _Bytes, mtu: int, src: _Addr) -> Optional[bytes]:
+    """The ICMP "fragmentation needed" / ICMPv6 "packet too big" error for the sender of
+    ``packet`` (rate-limit what you send); None when no error may be sent about it."""
 def lint_toml(text: str) -> list[Finding]: ...
