@@ -13,6 +13,7 @@
 //! Keys are those of `tests/interop/scapy_vectors.json`, so the scapy packets of that file
 //! are meaningful seeds for `esp_decap` (see `corpus/README.md`).
 
+pub mod fragmenting;
 pub mod spd;
 
 use arbitrary::Arbitrary;

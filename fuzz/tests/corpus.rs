@@ -105,3 +105,18 @@ fn regressions_stay_fixed() {
         }
     }
 }
+
+#[test]
+fn esp_fragmenting_corpus() {
+    use ipsec_fuzz::fragmenting::{FragmentingInput, esp_fragmenting};
+    for path in seeds("esp_fragmenting")
+        .into_iter()
+        .chain(regressions("esp_fragmenting"))
+    {
+        let data = fs::read(&path).expect("seed readable");
+        println!("esp_fragmenting {}", path.display());
+        if let Ok(input) = FragmentingInput::arbitrary_take_rest(Unstructured::new(&data)) {
+            esp_fragmenting(&input);
+        }
+    }
+}

@@ -21,7 +21,7 @@
 use crate::buffer::{PacketBuf, SpareBuffers};
 use crate::crypto::EspLayout;
 use crate::error::{Error, LifetimeLimit, Malformed};
-use crate::fragment::{Ipv4Split, Ipv6Split, spares_hold};
+use crate::fragment::{Ipv4Split, Ipv6Split, has_fragment_header, spares_hold};
 use crate::packet::{
     self, IPPROTO_ESP, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_NONE, IPPROTO_UDP, IPV4_HEADER_LEN,
     IPV6_HEADER_LEN, IpVersion, UDP_HEADER_LEN,
@@ -367,6 +367,10 @@ impl SecurityAssociation {
             (Mode::Tunnel, IpVersion::V6) => Err(Error::TooBig {
                 inner_mtu: inner_mtu.max(IPV6_MIN_MTU),
             }),
+            // A fragment is not cut again (and transport mode protects whole datagrams).
+            (Mode::Transport, IpVersion::V6) if has_fragment_header(data, hdr) => {
+                Err(Error::Malformed(Malformed::Fragment))
+            }
             (Mode::Transport, IpVersion::V6) => {
                 Ok(Oversize::Post(self.post_count(total, hdr, cap)?))
             }

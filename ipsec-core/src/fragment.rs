@@ -169,7 +169,9 @@ impl Ipv6Split {
     pub(crate) fn plan(pkt: &[u8], mtu: usize) -> Result<Ipv6Split, Error> {
         let info = packet::parse_ip(pkt).map_err(Error::Malformed)?;
         let ins = packet::ipv6_esp_insertion(pkt, info.total_len).map_err(Error::Malformed)?;
-        if ins.protocol == IPPROTO_FRAGMENT {
+        // A packet that already is a fragment is not cut again (one Fragment header
+        // per packet, RFC 8200 §4.1).
+        if ins.protocol == IPPROTO_FRAGMENT || has_fragment_header(pkt, ins.offset) {
             return Err(Error::Malformed(Malformed::Fragment));
         }
         let unfragmentable = ins.offset;
@@ -242,6 +244,21 @@ impl Ipv6Split {
         fh[2..4].copy_from_slice(&offset_flags.to_be_bytes());
         fh[4..8].copy_from_slice(&id.to_be_bytes());
     }
+}
+
+/// True when a Fragment header sits among the IPv6 extension headers before `end`
+/// (a chain [`packet::ipv6_esp_insertion`] has already checked).
+pub(crate) fn has_fragment_header(pkt: &[u8], end: usize) -> bool {
+    let mut nh = pkt[6];
+    let mut at = IPV6_HEADER_LEN;
+    while at < end {
+        if nh == IPPROTO_FRAGMENT {
+            return true;
+        }
+        nh = pkt[at];
+        at += (usize::from(pkt[at + 1]) + 1) * 8;
+    }
+    false
 }
 
 /// Checks that each spare can take its packet: `lens[i]` bytes at the spare's offset,
