@@ -36,8 +36,8 @@
 //! length plus [`Reassembler::FRAGMENT_OVERHEAD`] bytes for its bookkeeping, so a flood
 //! of tiny fragments is charged what it costs, as Linux charges an skb's true size), the
 //! datagrams in progress, the fragments per datagram and the lifetime. Besides what it
-//! holds, a reassembler keeps one output buffer of at most one datagram (65,575 bytes)
-//! for [`Reassembler::insert`].
+//! holds, a reassembler keeps one output buffer of at most one datagram
+//! ([`MAX_DATAGRAM_LEN`], 65,575 bytes) for [`Reassembler::insert`].
 //!
 //! A fragment that would exceed a limit is refused (`fragment_limit`); nothing held is
 //! evicted to make room. This is what Linux does since 4.17: evicting old datagrams for
@@ -109,6 +109,11 @@ use std::collections::HashMap;
 
 /// The largest value of the IPv4 total length and the IPv6 payload length.
 const MAX_LENGTH_FIELD: usize = 65_535;
+
+/// The longest datagram a [`Reassembler`] returns: an IPv6 header and a 65,535-byte
+/// payload (an IPv4 datagram is at most 65,535 bytes). A buffer of this many bytes from
+/// the fragment's offset always has room for [`Reassembler::insert_in_place`].
+pub const MAX_DATAGRAM_LEN: usize = IPV6_HEADER_LEN + MAX_LENGTH_FIELD;
 
 /// The limits of a [`Reassembler`]. Start from [`ReassemblyLimits::DEFAULT`] (also
 /// `Default`) and change what you need with the `with_*` methods.
