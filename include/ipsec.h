@@ -16,10 +16,10 @@
  *    length; headers go into the headroom, trailers into the tailroom (DPDK mbufs).
  *  - Time is passed in: now_ns, nanoseconds since any epoch of the caller's choosing.
  *
- * Thread safety: ipsec_sa, ipsec_gateway and ipsec_replay_window are used by one thread
- * at a time (they may move between threads); ipsec_spd, ipsec_lint and ipsec_firewall
- * are immutable and may be shared by any number of threads. Everything else is
- * reentrant.
+ * Thread safety: ipsec_sa, ipsec_gateway, ipsec_replay_window and ipsec_reassembler are
+ * used by one thread at a time (they may move between threads); ipsec_spd, ipsec_lint
+ * and ipsec_firewall are immutable and may be shared by any number of threads.
+ * Everything else is reentrant.
  *
  * Linking: see ipsec-ffi/README.md (pkg-config --cflags --libs ipsec).
  */
@@ -526,12 +526,50 @@ enum ipsec_verdict
    * in the buffer.
    */
   IPSEC_VERDICT_DECRYPTED = 3,
+  /**
+   * Inbound: an outer fragment of an ESP packet, copied and held until its datagram
+   * is complete. Nothing to pass on (`sa` and `policy` are NULL, offset and length
+   * unchanged); the buffer is free again.
+   */
+  IPSEC_VERDICT_REASSEMBLING = 4,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
 typedef enum ipsec_verdict ipsec_verdict;
 #else
 typedef uint32_t ipsec_verdict;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * What `ipsec_reassembler_insert` did with a packet it did not drop.
+ */
+enum ipsec_reassembly
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Not a fragment: process the packet as it is (offset and length unchanged).
+   */
+  IPSEC_REASSEMBLY_NOT_FRAGMENT = 1,
+  /**
+   * A fragment, copied and held until its datagram completes: nothing to do yet,
+   * and the buffer is free again (offset and length unchanged).
+   */
+  IPSEC_REASSEMBLY_HELD = 2,
+  /**
+   * The fragment completed its datagram, which now lies whole in the buffer at the
+   * updated offset and length (IPv4 with MF and offset cleared, length and checksum
+   * fixed; IPv6 without its Fragment header).
+   */
+  IPSEC_REASSEMBLY_COMPLETE = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum ipsec_reassembly ipsec_reassembly;
+#else
+typedef uint32_t ipsec_reassembly;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -558,6 +596,14 @@ typedef struct ipsec_gateway ipsec_gateway;
  * Thread safety: immutable; any thread.
  */
 typedef struct ipsec_lint ipsec_lint;
+
+/**
+ * A fragment reassembler: the datagrams in progress, within its limits.
+ *
+ * Thread safety: one thread at a time (every fragment changes it); it may move between
+ * threads.
+ */
+typedef struct ipsec_reassembler ipsec_reassembler;
 
 /**
  * An anti-replay window, exactly `size` packets wide.
@@ -592,14 +638,14 @@ typedef struct ipsec_gateway_result {
    */
   uint32_t verdict;
   /**
-   * The SA that encrypted or decrypted the packet (NULL for BYPASSED); the string
-   * lives as long as the gateway.
+   * The SA that encrypted or decrypted the packet (NULL for BYPASSED and
+   * REASSEMBLING); the string lives as long as the gateway.
    */
   const char *sa;
   /**
    * The policy that decided: the PROTECT or BYPASS policy that matched, or for a
    * decrypted packet the first of its SA's policies whose selectors the inner packet
-   * matches (RFC 4301 §5.2). Lives as long as the gateway.
+   * matches (RFC 4301 §5.2); NULL for REASSEMBLING. Lives as long as the gateway.
    */
   const char *policy;
 } ipsec_gateway_result;
@@ -845,6 +891,35 @@ typedef struct ipsec_gateway_event {
    */
   struct ipsec_sa_event event;
 } ipsec_gateway_event;
+
+/**
+ * The limits of a reassembler. Fill it with `ipsec_reassembly_limits_init` (the
+ * defaults) and change what you need.
+ */
+typedef struct ipsec_reassembly_limits {
+  /**
+   * Bytes held at most: each held fragment counts its IP length plus 64 bytes of
+   * bookkeeping. Default 4 MiB.
+   */
+  size_t max_bytes;
+  /**
+   * Datagrams in progress at most. Default 1024.
+   */
+  size_t max_datagrams;
+  /**
+   * Fragments per datagram at most. Default 64.
+   */
+  size_t max_fragments;
+  /**
+   * How long a datagram may take to complete from its first fragment, in
+   * nanoseconds of the caller's clock. Default 30 s.
+   */
+  uint64_t lifetime_ns;
+  /**
+   * Must be zero: room for limits added later.
+   */
+  uint64_t reserved[4];
+} ipsec_reassembly_limits;
 
 /**
  * Lifetime limits (RFC 4301 §4.4.2.1); 0 means no limit of that kind.
@@ -1292,6 +1367,14 @@ ipsec_status ipsec_gateway_handle_icmp(struct ipsec_gateway *gateway,
  * `IPSEC_ERR_POLICY_MISMATCH` (inner packet outside the SA's policy, or cleartext that
  * must be protected) and `IPSEC_ERR_POLICY_DISCARD`.
  *
+ * Outer fragments of ESP (IPv4 fragments of ESP or UDP, IPv6 fragments whose Fragment
+ * header names ESP or UDP) are reassembled first, as `ipsec_reassembler_insert` does:
+ * a held fragment is `IPSEC_VERDICT_REASSEMBLING`; the fragment that completes its
+ * datagram writes it whole into `buf` from `*offset` and goes on as that packet
+ * (`IPSEC_ERR_NO_BUFFER_SPACE`, nothing taken, when it does not fit before
+ * `capacity`: give the fragment room for a whole datagram, up to 65,575 bytes). A
+ * dropped fragment is `IPSEC_ERR_FRAGMENT_*`, counted in the gateway's stats.
+ *
  * # Safety
  *
  * As `ipsec_gateway_outbound`.
@@ -1306,7 +1389,8 @@ ipsec_status ipsec_gateway_inbound(struct ipsec_gateway *gateway,
 
 /**
  * The gateway's own counters: drops that belong to no SA (unknown SPI, policy
- * discard, unprotected cleartext, packets too malformed to classify).
+ * discard, unprotected cleartext, packets too malformed to classify, outer fragments
+ * dropped, reassembled datagrams that did not fit the buffer).
  *
  * # Safety
  *
@@ -1350,6 +1434,37 @@ ipsec_status ipsec_gateway_get_sa(const struct ipsec_gateway *gateway,
 ipsec_status ipsec_gateway_poll_event(struct ipsec_gateway *gateway,
                                       uint64_t now_ns,
                                       struct ipsec_gateway_event *out);
+
+/**
+ * Replaces the limits of the gateway's reassembler of outer ESP fragments with
+ * `*limits` (NULL: the defaults, see `ipsec_reassembly_limits_init`); fragments held
+ * beyond the new limits are dropped (`fragment_limit`) and their number written to
+ * `*out_dropped`. `IPSEC_ERR_INVALID_ARGUMENT` for non-zero reserved fields.
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `limits` is
+ * NULL or points to a readable `ipsec_reassembly_limits`; `out_dropped` points to a
+ * writable `size_t`.
+ */
+ipsec_status ipsec_gateway_set_reassembly_limits(struct ipsec_gateway *gateway,
+                                                 const struct ipsec_reassembly_limits *limits,
+                                                 size_t *out_dropped);
+
+/**
+ * Drops the outer fragments whose datagram did not complete within its lifetime at
+ * `now_ns` (counted as `fragment_timeout` in the gateway's stats) and writes how many
+ * to `*out_dropped`. `ipsec_gateway_inbound` does this on every fragment; call this
+ * when none come, to free what is held.
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `out_dropped`
+ * points to a writable `size_t`.
+ */
+ipsec_status ipsec_gateway_expire_fragments(struct ipsec_gateway *gateway,
+                                            uint64_t now_ns,
+                                            size_t *out_dropped);
 
 /**
  * Sets the SA's path MTU (the largest outer packet the path carries; 0 removes it),
@@ -1480,6 +1595,100 @@ ipsec_status ipsec_sa_too_big_reply(const struct ipsec_sa *sa,
                                     uint8_t *out,
                                     size_t capacity,
                                     size_t *out_len);
+
+/**
+ * Fills `*limits` with the defaults: 4 MiB, 1024 datagrams, 64 fragments per datagram,
+ * 30 seconds, reserved fields zero.
+ *
+ * # Safety
+ *
+ * `limits` points to a writable `ipsec_reassembly_limits`.
+ */
+ipsec_status ipsec_reassembly_limits_init(struct ipsec_reassembly_limits *limits);
+
+/**
+ * Creates a reassembler with `*limits` (NULL: the defaults) and stores it in `*out`.
+ * `IPSEC_ERR_INVALID_ARGUMENT` for non-zero reserved fields. Free it with
+ * `ipsec_reassembler_free`.
+ *
+ * # Safety
+ *
+ * `limits` is NULL or points to a readable `ipsec_reassembly_limits`; `out` points to
+ * a writable `ipsec_reassembler *`.
+ */
+ipsec_status ipsec_reassembler_new(const struct ipsec_reassembly_limits *limits,
+                                   struct ipsec_reassembler **out);
+
+/**
+ * Frees a reassembler and every fragment it holds. NULL is ignored.
+ *
+ * # Safety
+ *
+ * `reassembler` is NULL or from `ipsec_reassembler_new`, not freed before, not used
+ * after.
+ */
+void ipsec_reassembler_free(struct ipsec_reassembler *reassembler);
+
+/**
+ * Takes the IP packet at `buf[*offset .. *offset + *length]` at time `now_ns` and
+ * writes what happened to `*out` (an `ipsec_reassembly` value):
+ * `IPSEC_REASSEMBLY_NOT_FRAGMENT` (process the packet as it is),
+ * `IPSEC_REASSEMBLY_HELD` (the fragment was copied; the buffer is free again) or
+ * `IPSEC_REASSEMBLY_COMPLETE` (the whole datagram was written into `buf` from
+ * `*offset`, and `*length` updated; an IPv6 atomic fragment loses its Fragment header
+ * in place, `*offset` moving 8 bytes on).
+ *
+ * Drops, each counted in the reassembler's stats: `IPSEC_ERR_FRAGMENT_OVERLAP` (the
+ * whole datagram), `IPSEC_ERR_FRAGMENT_DUPLICATE` (only this copy),
+ * `IPSEC_ERR_FRAGMENT_INVALID`, `IPSEC_ERR_FRAGMENT_LIMIT` (the fragment is refused,
+ * nothing held is evicted), `IPSEC_ERR_MALFORMED` (not an IP packet, or a bad IPv4
+ * header checksum) and `IPSEC_ERR_NO_BUFFER_SPACE` when the completed datagram does not
+ * fit between `*offset` and `capacity`: the fragment is then not taken, the others stay
+ * held, and the call may be repeated with a larger buffer. Datagrams whose lifetime
+ * ended at `now_ns` are dropped first (`fragment_timeout`). On any failure `*offset`,
+ * `*length` and `*out` are unchanged.
+ *
+ * # Safety
+ *
+ * `reassembler` is a live reassembler used by no other thread during the call; `buf`
+ * points to `capacity` writable bytes; `offset`, `length` and `out` to writable
+ * objects.
+ */
+ipsec_status ipsec_reassembler_insert(struct ipsec_reassembler *reassembler,
+                                      uint8_t *buf,
+                                      size_t capacity,
+                                      size_t *offset,
+                                      size_t *length,
+                                      uint64_t now_ns,
+                                      uint32_t *out);
+
+/**
+ * Drops every datagram whose lifetime ended at `now_ns` (each held fragment counted as
+ * `fragment_timeout`) and writes how many fragments were dropped to `*out_dropped`.
+ * `ipsec_reassembler_insert` does this on every call; call this when no fragments
+ * come, to free what is held.
+ *
+ * # Safety
+ *
+ * `reassembler` is a live reassembler used by no other thread during the call;
+ * `out_dropped` points to a writable `size_t`.
+ */
+ipsec_status ipsec_reassembler_expire(struct ipsec_reassembler *reassembler,
+                                      uint64_t now_ns,
+                                      size_t *out_dropped);
+
+/**
+ * The reassembler's counters: `packets` and `bytes` are the datagrams it completed,
+ * and every dropped fragment is counted under its reason (`fragment_timeout`,
+ * `fragment_overlap`, `fragment_duplicate`, `fragment_limit`, `fragment_invalid`,
+ * `malformed`, `no_buffer_space`).
+ *
+ * # Safety
+ *
+ * `reassembler` is a live reassembler; `out` points to a writable `ipsec_sa_stats`.
+ */
+ipsec_status ipsec_reassembler_get_stats(const struct ipsec_reassembler *reassembler,
+                                         struct ipsec_sa_stats *out);
 
 /**
  * Creates a window `size` packets wide (0: replay protection off, or 32..=16777216),

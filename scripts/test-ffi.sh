@@ -52,6 +52,8 @@ ipsec_gateway_result result;
 ipsec_gateway_sa gsa;
 ipsec_sa_event ev;
 ipsec_overhead oh;
+ipsec_reassembly_limits rl;
+ipsec_reassembly ra = IPSEC_REASSEMBLY_COMPLETE;
 int main(void) { return (int)sizeof(ipsec_sa_stats) == 256 && IPSEC_VERSION_MAJOR >= 0 ? 0 : 1; }
 C
 cp "$work/header.c" "$work/header.cpp"

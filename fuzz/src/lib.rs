@@ -9,11 +9,15 @@
 //!   the output must equal the input.
 //! * [`spd::policy_parse`] and [`spd::spd_differential`]: the policy file parser and the
 //!   compiled SPD against the naive scan.
+//! * [`reassembly::reassembly`]: a fragment reassembler driven by coded operations
+//!   (raw packets, synthetic fragments, time, expiry, limits), its invariants checked
+//!   after every one.
 //!
 //! Keys are those of `tests/interop/scapy_vectors.json`, so the scapy packets of that file
 //! are meaningful seeds for `esp_decap` (see `corpus/README.md`).
 
 pub mod fragmenting;
+pub mod reassembly;
 pub mod spd;
 
 use arbitrary::Arbitrary;

@@ -93,9 +93,21 @@ fn spd_differential_corpus() {
 }
 
 #[test]
+fn reassembly_corpus() {
+    for path in seeds("reassembly") {
+        let data = fs::read(&path).expect("seed readable");
+        println!("reassembly {}", path.display());
+        ipsec_fuzz::reassembly::reassembly(&data);
+    }
+}
+
+#[test]
 fn regressions_stay_fixed() {
     for path in regressions("esp_decap") {
         ipsec_fuzz::esp_decap(&fs::read(&path).expect("readable"));
+    }
+    for path in regressions("reassembly") {
+        ipsec_fuzz::reassembly::reassembly(&fs::read(&path).expect("readable"));
     }
     for path in regressions("esp_roundtrip") {
         let data = fs::read(&path).expect("readable");

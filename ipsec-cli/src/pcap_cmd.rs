@@ -1,12 +1,20 @@
 //! `ipsec pcap encrypt` and `ipsec pcap decrypt`.
+//!
+//! `decrypt` puts ESP packets that were fragmented on the path back together first
+//! (`ipsec_core::Reassembler`, on the capture's timestamps): a held fragment writes
+//! nothing, the fragment that completes a datagram writes the decrypted datagram (with
+//! its own link-layer header and timestamp), and the fragments of datagrams still
+//! incomplete at the end of the capture are dropped as `fragment_timeout`.
 
 use crate::netpkt::ip_offset;
 use crate::pcap::{self, Capture, Record};
 use crate::{CliError, Outcome};
 use ipsec_core::error::{Error, Malformed};
-use ipsec_core::packet::{self, NAT_T_PORT};
+use ipsec_core::packet::{self, IpVersion, NAT_T_PORT};
 use ipsec_core::sa_file::parse_sa_file;
-use ipsec_core::{Direction, DropReason, PacketBuf, SecurityAssociation, SpareBuffers};
+use ipsec_core::{
+    Direction, DropReason, PacketBuf, Reassembler, Reassembly, SecurityAssociation, SpareBuffers,
+};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -168,7 +176,9 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
         records: Vec::with_capacity(cap.records.len()),
     };
     let mut drops: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut fragmented = 0u64;
     let mut scratch = vec![0u8; 65536 + 512];
+    let mut reassembler = Reassembler::default();
     for (index, rec) in cap.records.iter().enumerate() {
         let res = transform(
             args.op,
@@ -179,10 +189,14 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
             cap.linktype,
             rec,
             &mut scratch,
+            &mut reassembler,
         );
-        let (ok, error, detail, sa_name) = match res {
-            Ok((frames, sa_i)) => {
+        let (ok, error, detail, sa_name, reassembly) = match res {
+            Ok(Done::Packet(frames, sa_i, reassembled)) => {
                 // More than one frame: the packet was fragmented to fit the path MTU.
+                if frames.len() > 1 {
+                    fragmented += 1;
+                }
                 for data in frames {
                     out.records.push(Record {
                         ts: rec.ts,
@@ -190,15 +204,25 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
                         data,
                     });
                 }
-                (true, None, None, Some(sas[sa_i].name.as_str()))
+                let reassembly = reassembled.then_some("complete");
+                (true, None, None, Some(sas[sa_i].name.as_str()), reassembly)
+            }
+            Ok(Done::Held) => {
+                let detail = Some("fragment held for reassembly".to_owned());
+                (true, None, detail, None, Some("held"))
             }
             Err((reason, detail, sa_i)) => {
-                *drops.entry(reason).or_default() += 1;
+                // Fragment drops are counted by the reassembler (an overlap drops the
+                // fragments it held too): added from its counters below.
+                if !reason.starts_with("fragment_") {
+                    *drops.entry(reason).or_default() += 1;
+                }
                 (
                     false,
                     Some(reason),
                     Some(detail),
                     sa_i.map(|i| sas[i].name.as_str()),
+                    None,
                 )
             }
         };
@@ -209,19 +233,26 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
                 "error": error,
                 "detail": detail,
                 "sa": sa_name,
+                "reassembly": reassembly,
             });
             println!("{line}");
         }
     }
+    // What is still held at the end of the capture never completed.
+    reassembler.expire(Duration::MAX);
+    for (reason, n) in reassembler.stats().drops() {
+        if n > 0 && reason.as_str().starts_with("fragment_") {
+            *drops.entry(reason.as_str()).or_default() += n;
+        }
+    }
+    let n_dropped: u64 = drops.values().sum();
     std::fs::write(args.output, pcap::write(&out))
         .map_err(|e| CliError::failure(format!("{}: cannot write: {e}", args.output.display())))?;
 
     let n_in = cap.records.len();
-    let n_failed: u64 = drops.values().sum();
-    let n_ok = n_in - n_failed as usize;
     let n_out = out.records.len();
     let mut summary = format!(
-        "{} {}: {n_in} packets in, {n_ok} {} out to {}, {n_failed} dropped",
+        "{} {}: {n_in} packets in, {n_out} {} out to {}, {} dropped",
         if args.op == Op::Encrypt {
             "encrypt"
         } else {
@@ -234,10 +265,17 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
             "decrypted"
         },
         args.output.display(),
+        n_dropped
     );
-    if n_out != n_ok {
+    if fragmented > 0 {
         summary.push_str(&format!(
-            " ({n_out} packets written: some were fragmented to fit the path MTU)"
+            "\n  packets fragmented to fit the path MTU: {fragmented}"
+        ));
+    }
+    let datagrams = reassembler.stats().packets;
+    if datagrams > 0 {
+        summary.push_str(&format!(
+            "\n  datagrams reassembled from fragments: {datagrams}"
         ));
     }
     for (reason, n) in &drops {
@@ -248,15 +286,37 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
     } else {
         println!("{summary}");
     }
-    if args.strict && n_failed != 0 {
+    if args.strict && n_dropped > 0 {
         return Ok(Outcome::Failed(format!(
-            "--strict: {n_failed} of {n_in} packets failed"
+            "--strict: {n_dropped} of {n_in} packets failed"
         )));
     }
     Ok(Outcome::Ok)
 }
 
 type Failure = (&'static str, String, Option<usize>);
+
+/// What became of a record that was not dropped.
+enum Done {
+    /// The output frames (more than one when encrypting fragmented the packet to fit the
+    /// path MTU), the SA, and whether the packet was reassembled from fragments.
+    Packet(Vec<Vec<u8>>, usize, bool),
+    /// A fragment, held until its datagram is complete.
+    Held,
+}
+
+/// An IPv4 fragment, or an IPv6 packet with a Fragment header that is not an atomic
+/// fragment: what `decrypt` reassembles before looking for ESP.
+fn is_fragment(ip: &[u8]) -> bool {
+    match packet::parse_ip(ip) {
+        Ok(info) if info.version == IpVersion::V4 => info.is_fragment,
+        Ok(info) => matches!(
+            packet::ipv6_fragment(ip, info.total_len),
+            Ok(Some(f)) if !f.is_atomic()
+        ),
+        Err(_) => false,
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 fn transform(
@@ -268,13 +328,29 @@ fn transform(
     linktype: u32,
     rec: &Record,
     scratch: &mut [u8],
-) -> Result<(Vec<Vec<u8>>, usize), Failure> {
+    reassembler: &mut Reassembler,
+) -> Result<Done, Failure> {
     let malformed = |d: String| (DropReason::Malformed.as_str(), d, None);
     let (ip_at, ethertype_at) = ip_offset(linktype, &rec.data).map_err(malformed)?;
     let ip = &rec.data[ip_at..];
     if ip.is_empty() {
         return Err(malformed("no IP packet in the frame".into()));
     }
+    let datagram: Vec<u8>;
+    let reassembled = op == Op::Decrypt && is_fragment(ip);
+    let ip = if reassembled {
+        match reassembler.insert(ip, rec.ts) {
+            Ok(Reassembly::Complete(d)) => {
+                datagram = d.to_vec();
+                &datagram[..]
+            }
+            Ok(Reassembly::Held) => return Ok(Done::Held),
+            Ok(_) => ip,
+            Err(e) => return Err((e.drop_reason().as_str(), e.to_string(), None)),
+        }
+    } else {
+        ip
+    };
     let sa_i = match op {
         Op::Encrypt => chosen[0],
         Op::Decrypt => {
@@ -320,7 +396,7 @@ fn transform(
         .chain(pool.filled().iter().map(PacketBuf::data))
         .map(|result| frame_of(&rec.data[..ip_at], ethertype_at, result))
         .collect();
-    Ok((frames, sa_i))
+    Ok(Done::Packet(frames, sa_i, reassembled))
 }
 
 /// A capture frame: the link-layer header `link` (its EtherType fixed for the IP

@@ -168,9 +168,10 @@ pub enum Malformed {
     NonEspMarker,
     /// The encrypted part is not a multiple of the cipher's block size.
     BadCiphertextLength,
-    /// The packet is an IPv4 fragment or carries an IPv6 Fragment header: ESP is removed
-    /// from whole packets (reassemble first: `reassembly`), and transport
-    /// mode protects whole datagrams only (RFC 4303 §3.3).
+    /// The packet is an IPv4 fragment or carries an IPv6 Fragment header (other than an
+    /// atomic fragment, RFC 6946): ESP is removed from whole packets (reassemble first:
+    /// [`Reassembler`](crate::Reassembler)), and transport mode protects whole
+    /// datagrams only (RFC 4303 §3.3).
     Fragment,
     /// An IPv6 extension header chain is longer than the packet or loops too long.
     BadExtensionHeader,

@@ -7,14 +7,22 @@
 //! `policy_mismatch` otherwise); cleartext is let in only when a BYPASS policy covers
 //! it — cleartext that a PROTECT policy covers is dropped, never accepted.
 //!
+//! ESP packets fragmented on the path (outer fragments: IPv4 fragments of ESP or UDP,
+//! IPv6 fragments whose Fragment header names ESP or UDP) are put back together first by
+//! the gateway's [`Reassembler`] (see [`crate::reassembly`]): a held fragment is
+//! [`Inbound::Reassembling`], and the fragment that completes a datagram brings it,
+//! whole, into the caller's buffer, where it is decrypted as any packet. Other
+//! fragments are left to the policy path.
+//!
 //! Drops that belong to an SA are counted on that SA; the others (unknown SPI, policy
-//! discard, unprotected cleartext, unparseable packets) on the gateway's own
-//! [`SaStats`]. Like an SA, a gateway is owned by one thread at a time.
+//! discard, unprotected cleartext, unparseable packets, dropped outer fragments) on the
+//! gateway's own [`SaStats`]. Like an SA, a gateway is owned by one thread at a time.
 
 use crate::buffer::{PacketBuf, SpareBuffers};
 use crate::error::{ConfigError, DropReason, Error, Malformed};
 use crate::icmp::TooBigMessage;
-use crate::packet::{self, NAT_T_PORT};
+use crate::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
+use crate::reassembly::{Reassembler, Reassembly, ReassemblyLimits};
 use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation};
 use crate::spd::{Action, Flow, Spd};
 use core::time::Duration;
@@ -56,6 +64,9 @@ pub enum Inbound<'a> {
         /// The BYPASS policy that matched.
         policy: &'a str,
     },
+    /// An outer fragment of an ESP packet, copied and held until its datagram is
+    /// complete: nothing to pass on yet, and the buffer is free again.
+    Reassembling,
 }
 
 /// The SPD and the SAs it names, ready to process packets.
@@ -71,6 +82,8 @@ pub struct Gateway {
     stats: SaStats,
     /// The largest headroom any SA needs (the SAs never change).
     max_headroom: usize,
+    /// Outer ESP fragments in progress.
+    reassembler: Reassembler,
 }
 
 impl core::fmt::Debug for Gateway {
@@ -125,6 +138,7 @@ impl Gateway {
             inbound_by_spi,
             outbound_by_spi,
             stats: SaStats::default(),
+            reassembler: Reassembler::new(ReassemblyLimits::DEFAULT),
         })
     }
 
@@ -160,9 +174,37 @@ impl Gateway {
     }
 
     /// Drops that belong to no SA: unknown SPI, policy discard, unprotected cleartext,
-    /// packets too malformed to classify.
+    /// packets too malformed to classify, outer fragments dropped (timed out,
+    /// overlapping, duplicate, over a limit, invalid) and reassembled datagrams that did
+    /// not fit the caller's buffer (`no_buffer_space`).
     pub fn stats(&self) -> &SaStats {
         &self.stats
+    }
+
+    /// The reassembler of outer ESP fragments: the datagrams it completed (`packets`,
+    /// `bytes` of its stats) and what it holds. Its drops are also counted in
+    /// [`Self::stats`].
+    pub fn reassembler(&self) -> &Reassembler {
+        &self.reassembler
+    }
+
+    /// Replaces the reassembler's limits (default [`ReassemblyLimits::DEFAULT`]);
+    /// fragments held beyond the new ones are dropped as `fragment_limit`. Returns how
+    /// many.
+    pub fn set_reassembly_limits(&mut self, limits: ReassemblyLimits) -> usize {
+        let n = self.reassembler.set_limits(limits);
+        self.stats.count_drops(DropReason::FragmentLimit, n as u64);
+        n
+    }
+
+    /// Drops the outer fragments whose datagram did not complete within its lifetime at
+    /// `now` (counted as `fragment_timeout`) and returns how many. `inbound` does this on
+    /// every fragment; call it when none come, to free what is held.
+    pub fn expire_fragments(&mut self, now: Duration) -> usize {
+        let n = self.reassembler.expire(now);
+        self.stats
+            .count_drops(DropReason::FragmentTimeout, n as u64);
+        n
     }
 
     /// Checks every SA's lifetimes against `now` and returns the next event the caller
@@ -281,11 +323,20 @@ impl Gateway {
     /// Processes an inbound packet: ESP (or ESP in UDP on the NAT-T port) is decrypted
     /// by the SA of its SPI and checked against that SA's policies; cleartext passes
     /// only under a BYPASS policy.
+    ///
+    /// An outer fragment of ESP is reassembled first: [`Inbound::Reassembling`] while
+    /// its datagram is incomplete; the fragment that completes it leaves the whole
+    /// datagram in `pkt` (written at its offset) and goes on as that packet. When the
+    /// datagram does not fit the buffer the fragment is refused with
+    /// [`Error::NoTailroom`] (`pkt` unchanged, the other fragments still held).
     pub fn inbound(
         &mut self,
         pkt: &mut PacketBuf<'_>,
         now: Duration,
     ) -> Result<Inbound<'_>, Error> {
+        if is_outer_esp_fragment(pkt.data()) && !self.reassemble(pkt, now)? {
+            return Ok(Inbound::Reassembling);
+        }
         let spi = match esp_spi(pkt.data()) {
             Ok(spi) => spi,
             Err(m) => return Err(self.drop(Error::Malformed(m))),
@@ -320,6 +371,40 @@ impl Gateway {
             // Set: the check above passed only with a serving policy.
             policy: serving.unwrap_or_default(),
         })
+    }
+}
+
+impl Gateway {
+    /// Hands an outer fragment to the reassembler: `true` when `pkt` now holds a whole
+    /// datagram, `false` when the fragment is held. Its drops (and any datagrams that
+    /// timed out meanwhile) are counted on the gateway.
+    fn reassemble(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<bool, Error> {
+        let before = *self.reassembler.stats();
+        let whole = self
+            .reassembler
+            .insert_in_place(pkt, now)
+            .map(|r| !matches!(r, Reassembly::Held));
+        let after = self.reassembler.stats();
+        for (reason, n) in after.drops() {
+            self.stats.count_drops(reason, n - before.dropped(reason));
+        }
+        whole
+    }
+}
+
+/// An outer fragment the gateway reassembles: an IPv4 fragment of ESP or UDP (NAT-T),
+/// or an IPv6 packet whose Fragment header (not an atomic fragment) names ESP or UDP.
+/// Any other fragment is cleartext, for the policy path.
+fn is_outer_esp_fragment(pkt: &[u8]) -> bool {
+    match packet::parse_ip(pkt) {
+        Ok(ip) if ip.version == IpVersion::V4 => {
+            ip.is_fragment && matches!(ip.protocol, IPPROTO_ESP | IPPROTO_UDP)
+        }
+        Ok(ip) => matches!(
+            packet::ipv6_fragment(pkt, ip.total_len),
+            Ok(Some(f)) if !f.is_atomic() && matches!(f.next_header, IPPROTO_ESP | IPPROTO_UDP)
+        ),
+        Err(_) => false,
     }
 }
 

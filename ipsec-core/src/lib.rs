@@ -3,7 +3,8 @@
 //! The packet path of IPsec, without I/O: security associations with their keys,
 //! sequence numbers, lifetimes and counters ([`SecurityAssociation`]), the RFC 4303
 //! anti-replay window with ESN inference ([`ReplayWindow`]) and the ESP transforms in
-//! tunnel and transport mode, IPv4 and IPv6, with NAT traversal (RFC 3948).
+//! tunnel and transport mode, IPv4 and IPv6, with NAT traversal (RFC 3948). ESP packets
+//! fragmented on the path are put back together by a bounded [`Reassembler`] first.
 //!
 //! The library opens no sockets, starts no threads and reads no clock: every call that
 //! depends on time takes `now` from the caller, so a gateway, a test tool and a
@@ -59,6 +60,7 @@ pub mod gateway;
 pub mod icmp;
 pub mod packet;
 pub mod path_mtu;
+pub mod reassembly;
 pub mod replay;
 pub mod sa;
 pub mod sa_file;
@@ -68,6 +70,7 @@ pub use buffer::{PacketBuf, SpareBuffers};
 pub use crypto::{Cipher, Integrity};
 pub use error::{ConfigError, DropReason, Error, FragmentError, LifetimeLimit, Malformed};
 pub use gateway::Gateway;
+pub use reassembly::{Reassembler, Reassembly, ReassemblyLimits};
 pub use replay::{LateHistogram, ReplayWindow};
 pub use sa::{
     Direction, EspPadding, Lifetime, Mode, SaConfig, SaEvent, SaStats, SecurityAssociation,

@@ -57,7 +57,10 @@ pub struct IpInfo {
     pub protocol: u8,
     /// The DSCP and ECN byte (IPv4 TOS, IPv6 traffic class).
     pub tos: u8,
-    /// True for an IPv4 packet with MF set or a non-zero fragment offset.
+    /// True for an IPv4 packet with MF set or a non-zero fragment offset. [`parse_ip`]
+    /// reads only the fixed header, so it sets this for IPv4 alone; [`locate_esp`], which
+    /// walks the IPv6 header chain, also sets it for an IPv6 packet with a Fragment
+    /// header that is not an atomic fragment (RFC 6946: offset 0 and M clear).
     pub is_fragment: bool,
 }
 
@@ -240,6 +243,9 @@ const EXT_DEST_OPTS: u8 = 60;
 /// Fragment headers, and after a Destination Options header only when a Routing
 /// header follows it (those options are for the intermediate hops); a final
 /// Destination Options header is for the receiver and is protected by ESP.
+///
+/// Transport mode protects whole datagrams only (RFC 4303 §3.3): a Fragment header
+/// that is not an atomic fragment (RFC 6946) is refused with [`Malformed::Fragment`].
 pub fn ipv6_esp_insertion(pkt: &[u8], total_len: usize) -> Result<Ipv6EspInsertion, Malformed> {
     let mut next_header_at = 6;
     let mut offset = IPV6_HEADER_LEN;
@@ -264,6 +270,9 @@ pub fn ipv6_esp_insertion(pkt: &[u8], total_len: usize) -> Result<Ipv6EspInserti
             });
         }
         let len = ext_len(pkt, offset, total_len, nh)?;
+        if nh == EXT_FRAGMENT && !read_fragment_header(pkt, offset, next_header_at).is_atomic() {
+            return Err(Malformed::Fragment);
+        }
         next_header_at = offset;
         nh = pkt[offset];
         offset += len;
@@ -303,21 +312,133 @@ pub fn set_ip_length(pkt: &mut [u8], version: IpVersion, header_len: usize, tota
 /// Walks every IPv6 extension header (Hop-by-Hop, Routing, Fragment, Destination
 /// Options) of `pkt` and returns `(offset, next_header_at, protocol)` of the first
 /// header that is not one of them: for a received ESP packet, where ESP starts.
+///
+/// In a non-first fragment (a Fragment header with a non-zero offset) nothing after the
+/// Fragment header is a header: the walk stops there and answers with the Fragment
+/// header's next header.
 pub fn ipv6_upper_layer(pkt: &[u8], total_len: usize) -> Result<(usize, usize, u8), Malformed> {
+    ipv6_walk(pkt, total_len).map(|w| (w.offset, w.next_header_at, w.protocol))
+}
+
+/// What a walk of an IPv6 header chain found.
+struct Ipv6Walk {
+    /// Offset of the first header that is not an extension header.
+    offset: usize,
+    /// Offset of the next-header byte that names it.
+    next_header_at: usize,
+    /// Its protocol number.
+    protocol: u8,
+    /// True when the chain holds a Fragment header that is not an atomic fragment.
+    fragment: bool,
+}
+
+fn ipv6_walk(pkt: &[u8], total_len: usize) -> Result<Ipv6Walk, Malformed> {
     let mut next_header_at = 6;
     let mut offset = IPV6_HEADER_LEN;
     let mut nh = pkt[6];
+    let mut fragment = false;
     for _ in 0..16 {
         if !matches!(
             nh,
             EXT_HOP_BY_HOP | EXT_ROUTING | EXT_FRAGMENT | EXT_DEST_OPTS
         ) {
-            return Ok((offset, next_header_at, nh));
+            return Ok(Ipv6Walk {
+                offset,
+                next_header_at,
+                protocol: nh,
+                fragment,
+            });
         }
         let len = ext_len(pkt, offset, total_len, nh)?;
+        let later_fragment = if nh == EXT_FRAGMENT {
+            let f = read_fragment_header(pkt, offset, next_header_at);
+            fragment |= !f.is_atomic();
+            f.offset != 0
+        } else {
+            false
+        };
         next_header_at = offset;
         nh = pkt[offset];
         offset += len;
+        if later_fragment {
+            return Ok(Ipv6Walk {
+                offset,
+                next_header_at,
+                protocol: nh,
+                fragment,
+            });
+        }
+    }
+    Err(Malformed::BadExtensionHeader)
+}
+
+/// An IPv6 Fragment header (RFC 8200 §4.5), as [`ipv6_fragment`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Ipv6Fragment {
+    /// Offset of the Fragment header: the length of the unfragmentable part (the IPv6
+    /// header and the extension headers in front of the Fragment header).
+    pub at: usize,
+    /// Offset of the next-header byte that names the Fragment header (44): 6, or the
+    /// first byte of the last extension header of the unfragmentable part.
+    pub next_header_at: usize,
+    /// The Fragment header's next header: the first header of the fragmentable part.
+    pub next_header: u8,
+    /// The fragment offset, in bytes (the 13-bit field times 8).
+    pub offset: usize,
+    /// The M flag: more fragments follow.
+    pub more: bool,
+    /// The Identification field.
+    pub id: u32,
+}
+
+impl Ipv6Fragment {
+    /// An atomic fragment (RFC 6946): offset 0 and M clear, a whole packet that carries
+    /// a Fragment header. It is processed as a whole packet.
+    pub const fn is_atomic(&self) -> bool {
+        self.offset == 0 && !self.more
+    }
+}
+
+/// Reads the Fragment header at `at` (8 bytes present) named by the byte at
+/// `next_header_at`.
+fn read_fragment_header(pkt: &[u8], at: usize, next_header_at: usize) -> Ipv6Fragment {
+    let off_m = u16::from_be_bytes([pkt[at + 2], pkt[at + 3]]);
+    Ipv6Fragment {
+        at,
+        next_header_at,
+        next_header: pkt[at],
+        offset: usize::from(off_m >> 3) * 8,
+        more: off_m & 1 != 0,
+        id: u32::from_be_bytes([pkt[at + 4], pkt[at + 5], pkt[at + 6], pkt[at + 7]]),
+    }
+}
+
+/// Finds the Fragment header of the IPv6 packet `pkt` (whose packet length is
+/// `total_len`): it follows the headers that may precede it (Hop-by-Hop, Routing,
+/// Destination Options; RFC 8200 §4.1). `None` when the chain reaches any other header
+/// first. Fails when one of those headers runs past the packet.
+pub fn ipv6_fragment(pkt: &[u8], total_len: usize) -> Result<Option<Ipv6Fragment>, Malformed> {
+    if pkt.len() < IPV6_HEADER_LEN || total_len > pkt.len() {
+        return Err(Malformed::Truncated);
+    }
+    let mut next_header_at = 6;
+    let mut offset = IPV6_HEADER_LEN;
+    let mut nh = pkt[6];
+    for _ in 0..16 {
+        match nh {
+            EXT_FRAGMENT => {
+                ext_len(pkt, offset, total_len, nh)?;
+                return Ok(Some(read_fragment_header(pkt, offset, next_header_at)));
+            }
+            EXT_HOP_BY_HOP | EXT_ROUTING | EXT_DEST_OPTS => {
+                let len = ext_len(pkt, offset, total_len, nh)?;
+                next_header_at = offset;
+                nh = pkt[offset];
+                offset += len;
+            }
+            _ => return Ok(None),
+        }
     }
     Err(Malformed::BadExtensionHeader)
 }
@@ -343,12 +464,20 @@ pub struct EspPosition {
 /// or holds its source or destination port; then a NAT-T keepalive (a single 0xFF
 /// byte) and the non-ESP marker (four zero bytes: IKE) are recognised and refused as
 /// such. Anything else is [`Malformed::NotEsp`].
+///
+/// A fragment is not refused here: `ip.is_fragment` says so (IPv4 MF or offset, or an
+/// IPv6 Fragment header that is not an atomic fragment), and callers that need whole
+/// packets check it.
 #[inline]
 pub fn locate_esp(pkt: &[u8], udp_ports: Option<&[u16]>) -> Result<EspPosition, Malformed> {
-    let ip = parse_ip(pkt)?;
+    let mut ip = parse_ip(pkt)?;
     let (header_end, next_header_at, proto) = match ip.version {
         IpVersion::V4 => (ip.header_len, 9, ip.protocol),
-        IpVersion::V6 => ipv6_upper_layer(pkt, ip.total_len)?,
+        IpVersion::V6 => {
+            let walk = ipv6_walk(pkt, ip.total_len)?;
+            ip.is_fragment = walk.fragment;
+            (walk.offset, walk.next_header_at, walk.protocol)
+        }
     };
     let (esp, udp) = match proto {
         IPPROTO_ESP => (header_end, false),
@@ -518,6 +647,55 @@ mod tests {
             ipv6_esp_insertion(&p, 44),
             Err(Malformed::BadExtensionHeader)
         );
+    }
+
+    #[test]
+    fn ipv6_fragment_header_is_found_behind_the_unfragmentable_headers() {
+        // IPv6 | HbH(8) | Fragment(offset 1448, M=1, id 0x01020304) | 16 bytes
+        let mut p = vec![0u8; 40 + 8 + 8 + 16];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&32u16.to_be_bytes());
+        p[6] = EXT_HOP_BY_HOP;
+        p[40] = EXT_FRAGMENT;
+        p[48] = IPPROTO_ESP;
+        p[50..52].copy_from_slice(&((1448u16 / 8) << 3 | 1).to_be_bytes());
+        p[52..56].copy_from_slice(&[1, 2, 3, 4]);
+        let f = ipv6_fragment(&p, p.len()).unwrap().unwrap();
+        assert_eq!(
+            (
+                f.at,
+                f.next_header_at,
+                f.next_header,
+                f.offset,
+                f.more,
+                f.id
+            ),
+            (48, 40, IPPROTO_ESP, 1448, true, 0x0102_0304)
+        );
+        assert!(!f.is_atomic());
+        // A later fragment: nothing behind the Fragment header is a header.
+        p[56] = EXT_DEST_OPTS;
+        p[48] = EXT_DEST_OPTS;
+        assert_eq!(ipv6_upper_layer(&p, p.len()), Ok((56, 48, EXT_DEST_OPTS)));
+        let pos = locate_esp(&p, None);
+        assert_eq!(pos, Err(Malformed::NotEsp));
+        p[48] = IPPROTO_ESP;
+        let pos = locate_esp(&p, None).unwrap();
+        assert!(pos.ip.is_fragment, "a non-atomic IPv6 fragment is flagged");
+        // Atomic: offset 0, M clear.
+        p[50..52].copy_from_slice(&[0, 0]);
+        assert!(ipv6_fragment(&p, p.len()).unwrap().unwrap().is_atomic());
+        assert!(!locate_esp(&p, None).unwrap().ip.is_fragment);
+        // No Fragment header in front of the upper layer: none.
+        p[40] = IPPROTO_UDP;
+        assert_eq!(ipv6_fragment(&p, p.len()), Ok(None));
+        // A Hop-by-Hop header that runs past the packet.
+        p[41] = 9;
+        assert_eq!(
+            ipv6_fragment(&p, p.len()),
+            Err(Malformed::BadExtensionHeader)
+        );
+        assert_eq!(ipv6_fragment(&p[..39], 39), Err(Malformed::Truncated));
     }
 
     #[test]

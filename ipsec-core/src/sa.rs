@@ -220,6 +220,12 @@ impl SaStats {
     pub(crate) fn count_drop(&mut self, reason: DropReason) {
         self.drops[reason.index()] += 1;
     }
+
+    /// Counts `n` packets dropped for `reason` at once (a datagram's held fragments).
+    #[inline]
+    pub(crate) fn count_drops(&mut self, reason: DropReason, n: u64) {
+        self.drops[reason.index()] += n;
+    }
 }
 
 /// Extra bytes TFC padding (RFC 4303 §2.7) adds to tunnel-mode packets.

@@ -1,6 +1,7 @@
 //! A gateway's whole IPsec data path (`ipsec_core::Gateway`): the SPD and the SAs its
 //! `[[sa]]` tables describe, outbound classification and encryption, inbound
-//! decryption by SPI with the RFC 4301 §5.2 policy check.
+//! reassembly of outer ESP fragments and decryption by SPI with the RFC 4301 §5.2
+//! policy check.
 
 use core::ffi::c_char;
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use crate::handle::{
     Handle, borrow, borrow_mut, bytes, bytes_mut, c_string, free_handle, into_handle, out_ptr, text,
 };
 use crate::path_mtu::with_spares;
+use crate::reassembly::{ipsec_reassembly_limits, limits_from};
 use crate::sa::{event_to, info_of, ipsec_sa_event, ipsec_sa_info, ipsec_sa_stats, now};
 use crate::status::ipsec_status;
 
@@ -74,6 +76,10 @@ pub enum ipsec_verdict {
     /// Inbound: decrypted by `sa` and checked against its policy; the inner packet is
     /// in the buffer.
     IPSEC_VERDICT_DECRYPTED = 3,
+    /// Inbound: an outer fragment of an ESP packet, copied and held until its datagram
+    /// is complete. Nothing to pass on (`sa` and `policy` are NULL, offset and length
+    /// unchanged); the buffer is free again.
+    IPSEC_VERDICT_REASSEMBLING = 4,
 }
 
 /// The answer of `ipsec_gateway_outbound` / `ipsec_gateway_inbound`.
@@ -83,12 +89,12 @@ pub enum ipsec_verdict {
 pub struct ipsec_gateway_result {
     /// An `ipsec_verdict` value.
     pub verdict: u32,
-    /// The SA that encrypted or decrypted the packet (NULL for BYPASSED); the string
-    /// lives as long as the gateway.
+    /// The SA that encrypted or decrypted the packet (NULL for BYPASSED and
+    /// REASSEMBLING); the string lives as long as the gateway.
     pub sa: *const c_char,
     /// The policy that decided: the PROTECT or BYPASS policy that matched, or for a
     /// decrypted packet the first of its SA's policies whose selectors the inner packet
-    /// matches (RFC 4301 §5.2). Lives as long as the gateway.
+    /// matches (RFC 4301 §5.2); NULL for REASSEMBLING. Lives as long as the gateway.
     pub policy: *const c_char,
 }
 
@@ -256,6 +262,11 @@ unsafe fn process(
                 policy: policies.ptr(policy),
             },
             Inbound::Bypassed { policy } => bypassed(policies.ptr(policy)),
+            Inbound::Reassembling => ipsec_gateway_result {
+                verdict: ipsec_verdict::IPSEC_VERDICT_REASSEMBLING as u32,
+                sa: core::ptr::null(),
+                policy: core::ptr::null(),
+            },
             _ => return Err(unknown_verdict()),
         },
     };
@@ -479,6 +490,14 @@ pub unsafe extern "C" fn ipsec_gateway_handle_icmp(
 /// `IPSEC_ERR_POLICY_MISMATCH` (inner packet outside the SA's policy, or cleartext that
 /// must be protected) and `IPSEC_ERR_POLICY_DISCARD`.
 ///
+/// Outer fragments of ESP (IPv4 fragments of ESP or UDP, IPv6 fragments whose Fragment
+/// header names ESP or UDP) are reassembled first, as `ipsec_reassembler_insert` does:
+/// a held fragment is `IPSEC_VERDICT_REASSEMBLING`; the fragment that completes its
+/// datagram writes it whole into `buf` from `*offset` and goes on as that packet
+/// (`IPSEC_ERR_NO_BUFFER_SPACE`, nothing taken, when it does not fit before
+/// `capacity`: give the fragment room for a whole datagram, up to 65,575 bytes). A
+/// dropped fragment is `IPSEC_ERR_FRAGMENT_*`, counted in the gateway's stats.
+///
 /// # Safety
 ///
 /// As `ipsec_gateway_outbound`.
@@ -497,7 +516,8 @@ pub unsafe extern "C" fn ipsec_gateway_inbound(
 }
 
 /// The gateway's own counters: drops that belong to no SA (unknown SPI, policy
-/// discard, unprotected cleartext, packets too malformed to classify).
+/// discard, unprotected cleartext, packets too malformed to classify, outer fragments
+/// dropped, reassembled datagrams that did not fit the buffer).
 ///
 /// # Safety
 ///
@@ -593,6 +613,61 @@ pub unsafe extern "C" fn ipsec_gateway_poll_event(
         };
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out.write(value) };
+        Ok(())
+    })
+}
+
+/// Replaces the limits of the gateway's reassembler of outer ESP fragments with
+/// `*limits` (NULL: the defaults, see `ipsec_reassembly_limits_init`); fragments held
+/// beyond the new limits are dropped (`fragment_limit`) and their number written to
+/// `*out_dropped`. `IPSEC_ERR_INVALID_ARGUMENT` for non-zero reserved fields.
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `limits` is
+/// NULL or points to a readable `ipsec_reassembly_limits`; `out_dropped` points to a
+/// writable `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_set_reassembly_limits(
+    gateway: *mut ipsec_gateway,
+    limits: *const ipsec_reassembly_limits,
+    out_dropped: *mut usize,
+) -> ipsec_status {
+    call(|| {
+        let out_dropped = out_ptr(out_dropped, "out_dropped")?;
+        // SAFETY: caller's contract.
+        let h = unsafe { borrow_mut(gateway, "gateway") }?;
+        // SAFETY: caller's contract.
+        let limits = unsafe { limits_from(limits) }?;
+        let n = h.gateway.set_reassembly_limits(limits);
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out_dropped.write(n) };
+        Ok(())
+    })
+}
+
+/// Drops the outer fragments whose datagram did not complete within its lifetime at
+/// `now_ns` (counted as `fragment_timeout` in the gateway's stats) and writes how many
+/// to `*out_dropped`. `ipsec_gateway_inbound` does this on every fragment; call this
+/// when none come, to free what is held.
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `out_dropped`
+/// points to a writable `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_expire_fragments(
+    gateway: *mut ipsec_gateway,
+    now_ns: u64,
+    out_dropped: *mut usize,
+) -> ipsec_status {
+    call(|| {
+        let out_dropped = out_ptr(out_dropped, "out_dropped")?;
+        // SAFETY: caller's contract.
+        let h = unsafe { borrow_mut(gateway, "gateway") }?;
+        let n = h.gateway.expire_fragments(now(now_ns));
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out_dropped.write(n) };
         Ok(())
     })
 }

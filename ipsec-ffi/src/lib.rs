@@ -7,7 +7,7 @@
 //! ## Conventions (as rustls-ffi and DPDK)
 //!
 //! * Opaque handles (`ipsec_sa`, `ipsec_spd`, `ipsec_gateway`, `ipsec_replay_window`,
-//!   `ipsec_lint`, `ipsec_firewall`) are created by a `*_new` / `*_from_*` / `*_load`
+//!   `ipsec_reassembler`, `ipsec_lint`, `ipsec_firewall`) are created by a `*_new` / `*_from_*` / `*_load`
 //!   call and released by the matching `*_free`, which accepts NULL.
 //! * Every fallible call returns an [`ipsec_status`] and writes its results through
 //!   out-pointers, **only on success**. Arguments come in the order: object, inputs,
@@ -30,8 +30,8 @@
 //!
 //! ## Thread safety
 //!
-//! An `ipsec_sa`, `ipsec_gateway` or `ipsec_replay_window` is used by one thread at a
-//! time (DPDK: "only one thread processes a given SA"); it may move between threads.
+//! An `ipsec_sa`, `ipsec_gateway`, `ipsec_replay_window` or `ipsec_reassembler` is used
+//! by one thread at a time (DPDK: "only one thread processes a given SA"); it may move between threads.
 //! `ipsec_spd`, `ipsec_lint` and `ipsec_firewall` are immutable: any number of threads
 //! may use one at once. The last-error message is per thread.
 //!
@@ -50,6 +50,7 @@ mod boundary;
 pub mod gateway;
 mod handle;
 pub mod path_mtu;
+pub mod reassembly;
 pub mod replay;
 pub mod sa;
 pub mod spd;
@@ -58,6 +59,7 @@ pub mod status;
 pub use boundary::{ipsec_last_error, ipsec_last_error_length};
 pub use gateway::*;
 pub use path_mtu::*;
+pub use reassembly::*;
 pub use replay::*;
 pub use sa::*;
 pub use spd::*;

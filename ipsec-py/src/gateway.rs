@@ -13,7 +13,8 @@
 //!
 //! The policy's answers are verdicts: `"protect"` (encrypted, or decrypted and checked
 //! against the SA's policies), `"bypass"` and `"discard"` (a DISCARD policy, or no policy,
-//! as the core counts it under `policy_discard`). A packet the gateway must refuse for any
+//! as the core counts it under `policy_discard`); and `"reassembling"` for an outer
+//! fragment of ESP held until its datagram is complete (no packet to pass on). A packet the gateway must refuse for any
 //! other reason raises the exception of the core's error: `PolicyMismatchError` for an
 //! inner packet outside its SA's selectors (RFC 4301 §5.2, counted on the SA) and for
 //! cleartext that a PROTECT policy covers (counted on the gateway), `AuthenticationError`,
@@ -21,6 +22,7 @@
 
 use crate::convert;
 use crate::errors::{Failure, IpsecError};
+use crate::reassembly::limits_arg;
 use crate::sa::{
     PySaEvent, event_of, lock_releasing_gil, now_arg, packet_arg, packets_arg, poisoned, stats_dict,
 };
@@ -28,6 +30,7 @@ use crate::spd::{PySpd, read_file, str_repr};
 use core::ops::Range;
 use core::time::Duration;
 use ipsec_core::gateway::{Inbound, Outbound};
+use ipsec_core::reassembly::MAX_DATAGRAM_LEN;
 use ipsec_core::{Direction, Error, Gateway, PacketBuf, SpareBuffers, Spd};
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
@@ -57,7 +60,7 @@ impl State {
 /// What a gateway did with a packet (Python `ipsec.GatewayVerdict`).
 #[pyclass(module = "ipsec", name = "GatewayVerdict", frozen)]
 pub(crate) struct PyGatewayVerdict {
-    /// `"protect"`, `"bypass"` or `"discard"`.
+    /// `"protect"`, `"bypass"`, `"discard"` or `"reassembling"`.
     #[pyo3(get)]
     action: &'static str,
     /// The policy that decided (see the `.pyi` stub), or `None`.
@@ -66,7 +69,7 @@ pub(crate) struct PyGatewayVerdict {
     /// For `"protect"`: the SA that encrypted (outbound) or decrypted (inbound) it.
     #[pyo3(get)]
     sa: Option<String>,
-    /// The packet to pass on; `None` for `"discard"`.
+    /// The packet to pass on; `None` for `"discard"` and `"reassembling"`.
     #[pyo3(get)]
     packet: Option<Py<PyBytes>>,
     /// The fragments after `packet` when it had to be fragmented to fit the path MTU.
@@ -166,12 +169,13 @@ fn process(
 ) -> Result<Done, Refused> {
     let len = data.len();
     // Outbound: room for the SA with the largest headers and trailer (the core's
-    // lookup picks the SA).
+    // lookup picks the SA). Inbound: room for a whole datagram, in case the packet is
+    // the fragment that completes one.
     let outbound = direction == Direction::Outbound;
     let (head, tail) = if outbound {
         (gateway.max_headroom(), gateway.tailroom_for(len))
     } else {
-        (0, 0)
+        (0, MAX_DATAGRAM_LEN.saturating_sub(len))
     };
     // The scratch buffer only grows: what lies around the packet is headroom and
     // tailroom, which the transform overwrites, so it need not be zeroed per packet.
@@ -206,6 +210,15 @@ fn process(
         match gateway.inbound(&mut pkt, now) {
             Ok(Inbound::Decrypted { sa, policy }) => Ok(("protect", policy, Some(sa))),
             Ok(Inbound::Bypassed { policy }) => Ok(("bypass", policy, None)),
+            Ok(Inbound::Reassembling) => {
+                return Ok(Done {
+                    action: "reassembling",
+                    policy: None,
+                    sa: None,
+                    range: None,
+                    extra: Vec::new(),
+                });
+            }
             Ok(other) => return Err(Refused::Unexpected(format!("{other:?}"))),
             Err(e) => Err(e),
         }
@@ -429,6 +442,33 @@ impl PyGateway {
         self.many(py, Direction::Outbound, packets, now)
     }
 
+    /// Replaces the limits of the reassembler of outer ESP fragments (keywords as
+    /// `Reassembler`'s, the defaults for those left out); returns how many held
+    /// fragments the new limits dropped (counted as `fragment_limit`).
+    #[pyo3(signature = (*, max_bytes=None, max_datagrams=None, max_fragments=None, lifetime=None))]
+    fn set_reassembly_limits(
+        &self,
+        py: Python<'_>,
+        max_bytes: Option<&Bound<'_, PyAny>>,
+        max_datagrams: Option<&Bound<'_, PyAny>>,
+        max_fragments: Option<&Bound<'_, PyAny>>,
+        lifetime: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
+        let limits = limits_arg(max_bytes, max_datagrams, max_fragments, lifetime)?;
+        Ok(self.lock(py)?.gateway.set_reassembly_limits(limits))
+    }
+
+    /// Drops the outer fragments whose datagram did not complete within its lifetime at
+    /// `now` (default: the last time given), counted as `fragment_timeout` in `stats`;
+    /// returns how many.
+    #[pyo3(signature = (now=None))]
+    fn expire_fragments(&self, py: Python<'_>, now: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+        let now = now_arg(now)?;
+        let mut st = self.lock(py)?;
+        let now = st.time(now);
+        Ok(st.gateway.expire_fragments(now))
+    }
+
     /// `inbound` for a batch of packets, with the GIL released; returns, per packet, the
     /// verdict or the exception describing why it was dropped.
     #[pyo3(signature = (packets, /, *, now=None))]
@@ -442,8 +482,8 @@ impl PyGateway {
     }
 
     /// The gateway's own counters (drops that belong to no SA: unknown SPI, policy
-    /// discard, unprotected cleartext, unparseable packets), in the shape of
-    /// `SecurityAssociation.stats`.
+    /// discard, unprotected cleartext, unparseable packets, dropped outer fragments), in
+    /// the shape of `SecurityAssociation.stats`.
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stats = *self.lock(py)?.gateway.stats();

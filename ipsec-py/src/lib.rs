@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 mod convert;
 mod errors;
 mod gateway;
+mod reassembly;
 mod replay;
 mod sa;
 mod spd;
@@ -30,6 +31,7 @@ fn _ipsec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sa::PyLifetime>()?;
     m.add_class::<sa::PySaEvent>()?;
     m.add_class::<replay::PyReplayWindow>()?;
+    m.add_class::<reassembly::PyReassembler>()?;
     m.add_class::<gateway::PyGateway>()?;
     m.add_class::<gateway::PyGatewayVerdict>()?;
     m.add_class::<spd::PySpd>()?;

@@ -51,7 +51,7 @@ def test_pcap_encrypt_pre_fragments_to_the_path_mtu(ipsec_bin, tmp_path):
         _, frames = read_pcap(out_path)
         assert len(frames) == 3 + 1, "three ESP packets for the first, one for the second"
         assert all(len(f) <= 1000 for f in frames)
-        assert "fragmented to fit the path MTU" in p.stderr
+        assert "packets fragmented to fit the path MTU: 1" in p.stderr
         peer = scapy_sa(cipher, integ, 0x6100, _Tunnel4)
         inner = [peer.decrypt(IP(f)) for f in frames]
         assert [x[IP].id for x in inner] == [0x1111] * 3 + [0x2222]

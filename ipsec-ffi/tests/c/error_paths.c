@@ -199,6 +199,7 @@ static void null_handles_and_pointers(void)
     ipsec_lint_free(NULL);
     ipsec_firewall_free(NULL);
     ipsec_replay_window_free(NULL);
+    ipsec_reassembler_free(NULL);
     ipsec_sa_free(sa);
 }
 
@@ -246,7 +247,8 @@ static void lengths_and_room(void)
     CHECK("stats", ipsec_sa_get_stats(sa, &s), IPSEC_OK, NULL);
     TRUE("wrong direction counted under its own reason, not malformed", s.wrong_direction == 1 && s.malformed == 1);
     CHECK("stats", ipsec_sa_get_stats(in, &s), IPSEC_OK, NULL);
-    TRUE("wrong direction counted on the inbound SA", s.wrong_direction == 1);
+    /* malformed: the empty packet decrypted above. */
+    TRUE("wrong direction counted on the inbound SA", s.wrong_direction == 1 && s.malformed == 1);
     ipsec_sa_free(sa);
     ipsec_sa_free(in);
 }
@@ -446,6 +448,116 @@ static void replay_window(void)
     ipsec_replay_window_free(w);
 }
 
+/* Fragment `index` (of two, 32 payload bytes each) of an 84-byte IPv4 ESP datagram,
+   written at buf + off; `corrupt` breaks its header checksum. */
+static void put_fragment(uint8_t *buf, size_t off, int index, int corrupt)
+{
+    uint8_t *p = buf + off;
+    uint32_t sum = 0;
+    int i;
+    memset(p, 0, 20);
+    p[0] = 0x45;
+    p[3] = 52;
+    p[5] = 0x42;
+    p[6] = index == 0 ? 0x20 : 0; /* MF on the first */
+    p[7] = index == 0 ? 0 : 4;    /* offset 32 / 8 on the second */
+    p[8] = 64;
+    p[9] = 50;
+    p[12] = 192; p[14] = 2; p[15] = 1;
+    p[16] = 198; p[17] = 51; p[18] = 100; p[19] = 2;
+    for (i = 0; i < 20; i += 2) {
+        sum += (uint32_t)((p[i] << 8) | p[i + 1]);
+    }
+    while (sum >> 16) {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum = ~sum & 0xffff;
+    p[10] = (uint8_t)(sum >> 8);
+    p[11] = (uint8_t)(sum ^ (corrupt ? 1u : 0u));
+    for (i = 0; i < 32; i++) {
+        p[20 + i] = (uint8_t)(index * 32 + i);
+    }
+}
+
+static void reassembly(void)
+{
+    uint8_t buf[256];
+    size_t off, len, dropped = 99;
+    uint32_t what = 0;
+    ipsec_reassembler *r = NULL;
+    ipsec_reassembly_limits limits;
+    ipsec_sa_stats s;
+    ipsec_gateway *gw = NULL;
+
+    printf("\n-- fragment reassembly\n");
+    CHECK("limits_init(NULL)", ipsec_reassembly_limits_init(NULL), IPSEC_ERR_INVALID_ARGUMENT, "`limits`");
+    CHECK("limits_init", ipsec_reassembly_limits_init(&limits), IPSEC_OK, NULL);
+    TRUE("default limits", limits.max_bytes == 4u << 20 && limits.max_datagrams == 1024 &&
+         limits.max_fragments == 64 && limits.lifetime_ns == 30 * SECOND);
+    limits.reserved[2] = 7;
+    CHECK("reserved limits field set", ipsec_reassembler_new(&limits, &r), IPSEC_ERR_INVALID_ARGUMENT, "reserved");
+    TRUE("no reassembler written on failure", r == NULL);
+    CHECK("new with a NULL out", ipsec_reassembler_new(NULL, NULL), IPSEC_ERR_INVALID_ARGUMENT, "`out`");
+    CHECK("new with the defaults", ipsec_reassembler_new(NULL, &r), IPSEC_OK, NULL);
+
+    off = 16; len = 52;
+    put_fragment(buf, off, 0, 0);
+    CHECK("insert into a NULL reassembler", ipsec_reassembler_insert(NULL, buf, sizeof buf, &off, &len, T0, &what), IPSEC_ERR_INVALID_ARGUMENT, "`reassembler`");
+    CHECK("insert with a NULL out", ipsec_reassembler_insert(r, buf, sizeof buf, &off, &len, T0, NULL), IPSEC_ERR_INVALID_ARGUMENT, "`out`");
+    off = 250;
+    CHECK("insert a descriptor beyond the buffer", ipsec_reassembler_insert(r, buf, sizeof buf, &off, &len, T0, &what), IPSEC_ERR_INVALID_ARGUMENT, "out of bounds");
+    off = 16;
+    put_fragment(buf, off, 0, 1);
+    CHECK("a fragment with a bad header checksum", ipsec_reassembler_insert(r, buf, sizeof buf, &off, &len, T0, &what), IPSEC_ERR_MALFORMED, "checksum");
+    put_fragment(buf, off, 0, 0);
+    CHECK("the first fragment", ipsec_reassembler_insert(r, buf, sizeof buf, &off, &len, T0, &what), IPSEC_OK, NULL);
+    TRUE("held, descriptor unchanged", what == IPSEC_REASSEMBLY_HELD && off == 16 && len == 52);
+    CHECK("its exact copy", ipsec_reassembler_insert(r, buf, sizeof buf, &off, &len, T0, &what), IPSEC_ERR_FRAGMENT_DUPLICATE, "duplicate");
+    put_fragment(buf, off, 1, 0);
+    CHECK("the last fragment, 83 bytes of room", ipsec_reassembler_insert(r, buf, off + 83, &off, &len, T0, &what), IPSEC_ERR_NO_BUFFER_SPACE, "tailroom");
+    TRUE("refused: descriptor unchanged", off == 16 && len == 52 && what == IPSEC_REASSEMBLY_HELD);
+    CHECK("the last fragment, room enough", ipsec_reassembler_insert(r, buf, off + 84, &off, &len, T0, &what), IPSEC_OK, NULL);
+    TRUE("complete: the whole datagram in place", what == IPSEC_REASSEMBLY_COMPLETE && off == 16 && len == 84 &&
+         buf[16 + 3] == 84 && buf[16 + 6] == 0 && buf[16 + 20 + 40] == 40);
+    put_fragment(buf, off, 1, 0);
+    len = 52;
+    CHECK("a lone fragment", ipsec_reassembler_insert(r, buf, sizeof buf, &off, &len, T0, &what), IPSEC_OK, NULL);
+    CHECK("expire into NULL", ipsec_reassembler_expire(r, T0, NULL), IPSEC_ERR_INVALID_ARGUMENT, "`out_dropped`");
+    CHECK("expire before its lifetime", ipsec_reassembler_expire(r, T0 + 29 * SECOND, &dropped), IPSEC_OK, NULL);
+    TRUE("nothing dropped yet", dropped == 0);
+    CHECK("expire after its lifetime", ipsec_reassembler_expire(r, T0 + 30 * SECOND, &dropped), IPSEC_OK, NULL);
+    TRUE("one fragment timed out", dropped == 1);
+    CHECK("stats of a NULL reassembler", ipsec_reassembler_get_stats(NULL, &s), IPSEC_ERR_INVALID_ARGUMENT, "`reassembler`");
+    CHECK("stats", ipsec_reassembler_get_stats(r, &s), IPSEC_OK, NULL);
+    TRUE("every drop counted under its reason", s.packets == 1 && s.bytes == 84 && s.malformed == 1 &&
+         s.fragment_duplicate == 1 && s.no_buffer_space == 1 && s.fragment_timeout == 1);
+    TRUE("status_str names the fragment statuses",
+         strstr(ipsec_status_str(IPSEC_ERR_FRAGMENT_OVERLAP), "IPSEC_ERR_FRAGMENT_OVERLAP") != NULL);
+    ipsec_reassembler_free(r);
+
+    /* A gateway holds an outer ESP fragment: REASSEMBLING, no SA, no policy. */
+    {
+        const char *t = "[[policy]]\nname = \"all\"\ndirection = \"both\"\naction = \"discard\"\n";
+        ipsec_gateway_result res;
+        CHECK("a gateway", ipsec_gateway_new(t, strlen(t), T0, &gw), IPSEC_OK, NULL);
+        off = 16; len = 52;
+        put_fragment(buf, off, 0, 0);
+        CHECK("an outer ESP fragment", ipsec_gateway_inbound(gw, buf, sizeof buf, &off, &len, T0, &res), IPSEC_OK, NULL);
+        TRUE("reassembling", res.verdict == IPSEC_VERDICT_REASSEMBLING && res.sa == NULL && res.policy == NULL &&
+             off == 16 && len == 52);
+        CHECK("its copy", ipsec_gateway_inbound(gw, buf, sizeof buf, &off, &len, T0, &res), IPSEC_ERR_FRAGMENT_DUPLICATE, "duplicate");
+        ipsec_reassembly_limits_init(&limits);
+        limits.reserved[0] = 1;
+        CHECK("gateway limits with a reserved field set", ipsec_gateway_set_reassembly_limits(gw, &limits, &dropped), IPSEC_ERR_INVALID_ARGUMENT, "reserved");
+        CHECK("gateway limits into NULL", ipsec_gateway_set_reassembly_limits(gw, NULL, NULL), IPSEC_ERR_INVALID_ARGUMENT, "`out_dropped`");
+        CHECK("gateway expire", ipsec_gateway_expire_fragments(gw, T0 + 31 * SECOND, &dropped), IPSEC_OK, NULL);
+        TRUE("the held fragment timed out", dropped == 1);
+        CHECK("gateway stats", ipsec_gateway_get_stats(gw, &s), IPSEC_OK, NULL);
+        TRUE("fragment drops on the gateway", s.fragment_duplicate == 1 && s.fragment_timeout == 1);
+        ipsec_gateway_free(gw);
+    }
+}
+
 static void bursts(void)
 {
     uint8_t bufs[4][512];
@@ -487,6 +599,7 @@ int main(void)
     lifetimes_and_sequence();
     configs_and_enums();
     replay_window();
+    reassembly();
     bursts();
     printf("\n%d checks, %d failed\n", checks, failed);
     return failed == 0 ? 0 : 1;

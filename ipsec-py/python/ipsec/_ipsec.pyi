@@ -24,6 +24,7 @@ __all__ = [
     "Lifetime",
     "SaEvent",
     "ReplayWindow",
+    "Reassembler",
     "Spd",
     "Decision",
     "Finding",
@@ -198,6 +199,43 @@ class ReplayWindow:
     def esn(self) -> bool: ...
 
 _Action = Literal["protect", "bypass", "discard"]
+_GatewayAction = Literal["protect", "bypass", "discard", "reassembling"]
+
+@final
+class Reassembler:
+    """IP fragment reassembly (IPv4 and IPv6) within hard limits, on the caller's clock.
+
+    ``insert`` returns the packet to process (the packet itself when it is not a
+    fragment, or the whole datagram a fragment completed) or None while the fragment
+    is held. A dropped fragment raises ``FragmentError`` (``.reason``:
+    ``fragment_overlap``, ``fragment_duplicate``, ``fragment_limit``,
+    ``fragment_invalid``); a packet that is not IP, ``MalformedPacketError``.
+    """
+
+    def __new__(
+        cls,
+        *,
+        max_bytes: int = 4194304,
+        max_datagrams: int = 1024,
+        max_fragments: int = 64,
+        lifetime: float = 30.0,
+        now: float = 0.0,
+    ) -> Reassembler: ...
+    def insert(self, packet: _Bytes, /, *, now: Optional[float] = None) -> Optional[bytes]: ...
+    def expire(self, now: Optional[float] = None) -> int:
+        """Drops the datagrams whose lifetime ended at ``now``; returns how many
+        fragments were dropped (counted as ``fragment_timeout``)."""
+    @property
+    def stats(self) -> dict[str, int]:
+        """``packets``/``bytes``: datagrams completed; one key per drop reason."""
+    @property
+    def held_bytes(self) -> int: ...
+    @property
+    def held_fragments(self) -> int: ...
+    @property
+    def datagrams(self) -> int: ...
+    @property
+    def limits(self) -> dict[str, Union[int, float]]: ...
 
 @final
 class Decision:
@@ -352,12 +390,14 @@ class GatewayVerdict:
 
     ``action`` is ``"protect"`` (outbound: encrypted by ``sa``; inbound: decrypted by
     ``sa`` and its inner packet checked against that SA's policies), ``"bypass"`` (let
-    through in the clear, unchanged) or ``"discard"`` (a DISCARD policy, or no policy
-    at all; counted in ``Gateway.stats["policy_discard"]``).
+    through in the clear, unchanged), ``"discard"`` (a DISCARD policy, or no policy
+    at all; counted in ``Gateway.stats["policy_discard"]``) or, inbound,
+    ``"reassembling"`` (an outer fragment of an ESP packet, held until its datagram is
+    complete; ``packet``, ``sa`` and ``policy`` are None).
     """
 
     @property
-    def action(self) -> _Action: ...
+    def action(self) -> _GatewayAction: ...
     @property
     def policy(self) -> Optional[str]:
         """The policy that decided: outbound and inbound cleartext, the SPD's first
@@ -369,11 +409,11 @@ class GatewayVerdict:
     @property
     def packet(self) -> Optional[bytes]:
         """The packet to pass on (the ESP packet, the inner packet, or the bypassed
-        packet unchanged); None for ``"discard"``."""
+        packet unchanged); None for ``"discard"`` and ``"reassembling"``."""
     @property
     def packets(self) -> list[bytes]:
         """Every packet to pass on: ``[packet]``, or more when the packet was fragmented
-        to fit its SA's path MTU; ``[]`` for ``"discard"``."""
+        to fit its SA's path MTU; ``[]`` for ``"discard"`` and ``"reassembling"``."""
 
 @final
 class Gateway:
@@ -396,10 +436,23 @@ class Gateway:
     def handle_icmp(
         self, packet: _Bytes, /, *, now: Optional[float] = None
     ) -> Optional[tuple[str, int]]: ...
+    def set_reassembly_limits(
+        self,
+        *,
+        max_bytes: Optional[int] = None,
+        max_datagrams: Optional[int] = None,
+        max_fragments: Optional[int] = None,
+        lifetime: Optional[float] = None,
+    ) -> int:
+        """Replaces the limits of the reassembler of outer ESP fragments (None: the
+        default); returns how many held fragments the new limits dropped."""
+    def expire_fragments(self, now: Optional[float] = None) -> int:
+        """Drops outer fragments whose datagram did not complete in time; returns how
+        many (counted in ``stats["fragment_timeout"]``)."""
     @property
     def stats(self) -> dict[str, int]:
         """The gateway's own drops (unknown SPI, policy discard, unprotected cleartext,
-        malformed packets); the SAs count theirs (``sa_stats``)."""
+        malformed packets, outer fragments); the SAs count theirs (``sa_stats``)."""
     def sa_stats(self, name: str) -> dict[str, int]: ...
     def poll_events(self, now: Optional[float] = None) -> list[tuple[str, SaEvent]]:
         """Every SA's pending lifetime events as (SA name, event), SAs in file order."""
