@@ -5,6 +5,8 @@
 
 Each ESP (or UDP-encapsulated ESP) packet is matched to an inbound SA by its SPI and
 decrypted (in batches, per SA); the inner packets go to the output pcap in capture order.
+ESP packets fragmented on the way are reassembled first (``ipsec.Reassembler``); the
+decrypted packet takes the place of the fragment that completed it.
 Packets that are not ESP, carry an SPI no SA has, or fail to decrypt are left out (with
 ``--keep-other``, non-ESP packets are copied unchanged). The time given to the SAs is the
 capture time since the first packet, so lifetimes work as they would have live.
@@ -129,9 +131,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     counts: Counter[str] = Counter()
     out: list[Optional[Record]] = [None] * len(cap.records)
     batches: dict[int, list[int]] = defaultdict(list)  # SPI -> record indexes
+    packets: dict[int, bytes] = {}  # record index -> the ESP packet (reassembled if need be)
     t0 = cap.records[0].ts_sec if cap.records else 0
+    # ESP fragmented on the way is put back together first (ESP covers whole packets).
+    reassembler = ipsec.Reassembler()
     for i, rec in enumerate(cap.records):
-        _, ip = split_frame(cap.linktype, rec.frame)
+        _, frame_ip = split_frame(cap.linktype, rec.frame)
+        t = max((rec.ts_sec - t0) + rec.ts_frac * cap.tick, 0.0)
+        try:
+            whole = reassembler.insert(frame_ip, now=t)
+        except ipsec.FragmentError as e:
+            counts["fragment dropped (%s)" % e.reason] += 1
+            continue
+        except ipsec.MalformedPacketError:
+            whole = frame_ip
+        if whole is None:
+            continue  # a fragment, held until its datagram is complete
+        ip = whole
+        packets[i] = ip
         try:
             spi = ipsec.esp_spi(ip, udp_ports=udp_ports)
         except ipsec.MalformedPacketError:
@@ -150,8 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # time of the batch's last packet since the first packet of the capture.
         last = cap.records[indexes[-1]]
         now = (last.ts_sec - t0) + last.ts_frac * cap.tick
-        results = sa.decrypt_many([split_frame(cap.linktype, cap.records[i].frame)[1]
-                                   for i in indexes], now=max(now, 0.0))
+        results = sa.decrypt_many([packets[i] for i in indexes], now=max(now, 0.0))
         for i, res in zip(indexes, results):
             if isinstance(res, bytes):
                 rec = cap.records[i]
@@ -170,6 +186,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("sa %-16s spi 0x%08x: %d decrypted (%d bytes)%s" % (
             name, sa.spi, stats["packets"], stats["bytes"],
             "; dropped: " + drops if drops else ""))
+    # What is still held after the capture's end (plus the longest lifetime) never completed.
+    last_t = (cap.records[-1].ts_sec - t0) if cap.records else 0
+    reassembler.expire(now=max(last_t, 0) + 3600.0)
+    fragments = reassembler.stats
+    if fragments["packets"]:
+        print("datagrams reassembled from fragments: %d" % fragments["packets"])
+    if fragments["fragment_timeout"]:
+        counts["fragment of an incomplete datagram"] += fragments["fragment_timeout"]
     for what, n in sorted(counts.items()):
         print("%s: %d" % (what, n))
     return 0
