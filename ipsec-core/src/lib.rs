@@ -3,7 +3,9 @@
 //! The packet path of IPsec, without I/O: security associations with their keys,
 //! sequence numbers, lifetimes and counters ([`SecurityAssociation`]), the RFC 4303
 //! anti-replay window with ESN inference ([`ReplayWindow`]) and the ESP transforms in
-//! tunnel and transport mode, IPv4 and IPv6, with NAT traversal (RFC 3948).
+//! tunnel and transport mode, IPv4 and IPv6, with NAT traversal (RFC 3948: ESP in
+//! UDP, NAT-keepalives the caller polls for, the transport-mode checksum fix-up:
+//! [`nat`]).
 //!
 //! The library opens no sockets, starts no threads and reads no clock: every call that
 //! depends on time takes `now` from the caller, so a gateway, a test tool and a
@@ -55,6 +57,7 @@ pub mod crypto;
 pub mod error;
 pub mod esp;
 pub mod gateway;
+pub mod nat;
 pub mod packet;
 pub mod replay;
 pub mod sa;
@@ -65,9 +68,10 @@ pub use buffer::{PacketBuf, SpareBuffers};
 pub use crypto::{Cipher, Integrity};
 pub use error::{ConfigError, DropReason, Error, FragmentError, LifetimeLimit, Malformed};
 pub use gateway::Gateway;
+pub use nat::NAT_KEEPALIVE_MAX_LEN;
 pub use replay::{LateHistogram, ReplayWindow};
 pub use sa::{
-    Direction, EspPadding, Lifetime, Mode, SaConfig, SaEvent, SaStats, SecurityAssociation,
-    TfcPadding,
+    DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, SaEvent, SaStats,
+    SecurityAssociation, TfcPadding,
 };
 pub use spd::{Action, Decision, Flow, PolicyDirection, Spd, SpdCache};
