@@ -41,6 +41,12 @@
 #define IPSEC_VERSION_STRING "0.1.0"
 
 /**
+ * The largest NAT-keepalive `ipsec_sa_poll_keepalive` writes (IPv6 header, UDP header,
+ * one 0xFF byte): give it a buffer of at least this many bytes.
+ */
+#define IPSEC_NAT_KEEPALIVE_MAX_LEN 49
+
+/**
  * The result of every fallible call.
  *
  * The numbers are stable and come in blocks per family: 0 success, 1xx misuse of the
@@ -574,6 +580,36 @@ typedef uint32_t ipsec_reassembly;
 #endif // __cplusplus
 
 /**
+ * The DF bit policy of outer IPv4 headers (RFC 4301 §8.1), `ipsec_sa_config.df`.
+ */
+enum ipsec_df
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Copy DF from the inner IPv4 header; packets without one (inner IPv6, dummy
+   * packets, NAT-keepalives) get DF set, as Linux does. The default.
+   */
+  IPSEC_DF_COPY = 0,
+  /**
+   * Always set DF.
+   */
+  IPSEC_DF_SET = 1,
+  /**
+   * Always clear DF (routers may fragment the outer packet).
+   */
+  IPSEC_DF_CLEAR = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum ipsec_df ipsec_df;
+#else
+typedef uint32_t ipsec_df;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * Firewall openings (`ipsec_spd_firewall_openings`): `ipsec_firewall_count` of them,
  * read with `ipsec_firewall_get`.
  *
@@ -1040,6 +1076,29 @@ typedef struct ipsec_sa_config {
    */
   struct ipsec_lifetime hard_lifetime;
   /**
+   * An `ipsec_df` value: the DF bit of outer IPv4 headers (`IPSEC_DF_COPY` by
+   * default, and in a zeroed struct).
+   */
+  uint32_t df;
+  /**
+   * Outbound with `udp_encap`: seconds of silence after which a NAT-keepalive is due
+   * (`ipsec_sa_poll_keepalive`); 0 turns keepalives off. `ipsec_sa_config_init` sets
+   * 20 (RFC 3948).
+   */
+  uint32_t nat_keepalive_interval;
+  /**
+   * Inbound transport mode with UDP encapsulation: the original source address of
+   * the peer's packets before NAT (NAT-OA, from IKE), NUL-terminated; NULL for none.
+   * With both original addresses the inner TCP/UDP/ICMPv6 checksum is updated
+   * incrementally to the received addresses, without them it is recomputed
+   * (RFC 3948 §3.1.2).
+   */
+  const char *nat_original_src;
+  /**
+   * The original destination address (NAT-OA), NUL-terminated; NULL for none.
+   */
+  const char *nat_original_dst;
+  /**
    * Outbound: the path MTU, the largest outer packet the path carries (0: no limit).
    * Larger packets are fragmented (`ipsec_sa_encrypt_fragmenting`) or refused with
    * `IPSEC_ERR_TOO_BIG`; see `ipsec_sa_set_path_mtu`.
@@ -1051,8 +1110,9 @@ typedef struct ipsec_sa_config {
   uint32_t reserved32;
   /**
    * Must be zero: room for fields added later without changing the struct's size.
+   * (These were `reserved[8]`; the fields above took the first four words.)
    */
-  uint64_t reserved[7];
+  uint64_t reserved[4];
 } ipsec_sa_config;
 
 /**
@@ -1467,6 +1527,37 @@ ipsec_status ipsec_gateway_expire_fragments(struct ipsec_gateway *gateway,
                                             size_t *out_dropped);
 
 /**
+ * Writes the next NAT-keepalive any SA of the gateway owes at `now_ns` into `buf`, as
+ * `ipsec_sa_poll_keepalive` does for one SA: stores its length in `*out_len` and the
+ * name of its SA in `*out_sa` (the string lives as long as the gateway), or 0 and NULL
+ * when none is due. Call until `*out_len` is 0, sending each keepalive as it comes.
+ * `capacity` must be at least `IPSEC_NAT_KEEPALIVE_MAX_LEN`
+ * (`IPSEC_ERR_BUFFER_TOO_SMALL` otherwise, nothing written).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `buf` points to
+ * `capacity` writable bytes; `out_len` and `out_sa` to writable objects.
+ */
+ipsec_status ipsec_gateway_poll_keepalive(struct ipsec_gateway *gateway,
+                                          uint64_t now_ns,
+                                          uint8_t *buf,
+                                          size_t capacity,
+                                          size_t *out_len,
+                                          const char **out_sa);
+
+/**
+ * Stores in `*out_ns` when the next NAT-keepalive of any SA of the gateway is due, on
+ * the caller's clock, for a timer (then call `ipsec_gateway_poll_keepalive`);
+ * `UINT64_MAX` when none of its SAs sends keepalives.
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway; `out_ns` points to a writable `uint64_t`.
+ */
+ipsec_status ipsec_gateway_next_keepalive(const struct ipsec_gateway *gateway, uint64_t *out_ns);
+
+/**
  * Sets the SA's path MTU (the largest outer packet the path carries; 0 removes it),
  * forgetting any value learned from ICMP. `IPSEC_ERR_CONFIG` below the smallest MTU
  * of the SA's IP family (68, or 1,280 for IPv6 tunnels).
@@ -1743,7 +1834,7 @@ ipsec_status ipsec_replay_window_highest(const struct ipsec_replay_window *windo
 
 /**
  * Fills `*config` with the defaults: everything zero or NULL, except `replay_window`
- * 64 and `outer_ttl` 64. `direction`, `mode`, `cipher` stay 0, which is no valid
+ * 64, `outer_ttl` 64 and `nat_keepalive_interval` 20 (`df` 0 is `IPSEC_DF_COPY`). `direction`, `mode`, `cipher` stay 0, which is no valid
  * value: set them (and `spi`, the keys, the tunnel endpoints) before `ipsec_sa_new`.
  *
  * # Safety
@@ -1775,7 +1866,9 @@ ipsec_status ipsec_sa_new(const struct ipsec_sa_config *config,
  * `cipher` ("aes-128-gcm", ...), `key` (hex), and optionally `integrity`,
  * `integrity_key`, `esn`, `replay_window`, `tunnel_src`, `tunnel_dst`,
  * `udp_encap = [src, dst]`, `seq`, `outer_ttl`, `tfc_pad_to`, `padding`, `path_mtu`,
- * `soft_lifetime` / `hard_lifetime = { bytes, packets, seconds }`. `IPSEC_ERR_CONFIG` when the text or an SA
+ * `soft_lifetime` / `hard_lifetime = { bytes, packets, seconds }`, `df` ("copy", "set",
+ * "clear"), `nat_keepalive_interval` (seconds, 0 off), `nat_original_addresses =
+ * [src, dst]`. `IPSEC_ERR_CONFIG` when the text or an SA
  * in it is invalid (the message names the SA and the key), `IPSEC_ERR_NOT_FOUND` when no
  * SA has that name.
  *
@@ -1926,6 +2019,41 @@ ipsec_status ipsec_sa_get_info(const struct ipsec_sa *sa, struct ipsec_sa_info *
  * writable `ipsec_sa_event`.
  */
 ipsec_status ipsec_sa_poll_event(struct ipsec_sa *sa, uint64_t now_ns, struct ipsec_sa_event *out);
+
+/**
+ * Writes a NAT-keepalive into `buf` when the SA owes its peer one at `now_ns` (RFC 3948
+ * §2.3: an outbound SA with `udp_encap` that has sent nothing for
+ * `nat_keepalive_interval` seconds) and stores its length in `*out_len`, counting it as
+ * sent; stores 0 when none is due. Send the bytes as they are: a whole IP packet (the
+ * SA's addresses, UDP with its ports and a valid checksum, one 0xFF byte). Call it
+ * when the time `ipsec_sa_next_keepalive` gives has come; every packet encrypted moves
+ * that time on. `capacity` must be at least `IPSEC_NAT_KEEPALIVE_MAX_LEN`
+ * (`IPSEC_ERR_BUFFER_TOO_SMALL` otherwise, nothing written). An inbound SA, one
+ * without UDP encapsulation or with keepalives off, an expired SA and a transport-mode
+ * SA that has not encrypted its first packet yet (it takes the addresses from it) owe
+ * none.
+ *
+ * # Safety
+ *
+ * `sa` is a live SA used by no other thread during the call; `buf` points to
+ * `capacity` writable bytes; `out_len` to a writable `size_t`.
+ */
+ipsec_status ipsec_sa_poll_keepalive(struct ipsec_sa *sa,
+                                     uint64_t now_ns,
+                                     uint8_t *buf,
+                                     size_t capacity,
+                                     size_t *out_len);
+
+/**
+ * Stores in `*out_ns` when the SA's next NAT-keepalive is due, on the caller's clock
+ * (the `now_ns` of the other calls), for a timer: then call `ipsec_sa_poll_keepalive`.
+ * `UINT64_MAX` when the SA owes none (see `ipsec_sa_poll_keepalive`).
+ *
+ * # Safety
+ *
+ * `sa` is a live SA; `out_ns` points to a writable `uint64_t`.
+ */
+ipsec_status ipsec_sa_next_keepalive(const struct ipsec_sa *sa, uint64_t *out_ns);
 
 /**
  * Parses a policy file (DESIGN.md "Policy file": `[[policy]]` and `[[sa]]` tables)

@@ -261,7 +261,106 @@ fn udp_packet(v6: bool, payload: &[u8]) -> Vec<u8> {
     p.extend_from_slice(&(udp_len as u16).to_be_bytes());
     p.extend_from_slice(&[0, 0]);
     p.extend_from_slice(payload);
-    p
+    // A valid UDP checksum (IPv6 requires one; after transport-mode ESP in UDP the
+    // receiver makes it valid, RFC 3948 §3.1.2).
+    with_valid_l4_checksum(&p)
+}
+
+/// The oracle's own Internet checksum (RFC 1071), independent of `ipsec_core::packet`.
+fn rfc1071(parts: &[&[u8]]) -> u16 {
+    let mut sum: u64 = 0;
+    let mut odd: Option<u8> = None;
+    for part in parts {
+        for &b in *part {
+            match odd.take() {
+                Some(hi) => sum += u64::from(u16::from_be_bytes([hi, b])),
+                None => odd = Some(b),
+            }
+        }
+    }
+    if let Some(hi) = odd {
+        sum += u64::from(u16::from_be_bytes([hi, 0]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// What a receiver's transport-mode NAT-T fix-up (RFC 3948 §3.1.2, without NAT
+/// original addresses) leaves of the IP packet `p`: the TCP, UDP or ICMPv6 checksum
+/// made valid over the header's own addresses, found after any IPv6 extension headers;
+/// a zero UDP checksum over IPv4 and segments too short for a checksum stay as they are.
+pub fn with_valid_l4_checksum(p: &[u8]) -> Vec<u8> {
+    let mut out = p.to_vec();
+    let v6 = p[0] >> 4 == 6;
+    let (mut at, mut proto) = if v6 {
+        (40, p[6])
+    } else {
+        (usize::from(p[0] & 0x0f) * 4, p[9])
+    };
+    while v6 && matches!(proto, 0 | 43 | 44 | 60) {
+        if at + 8 > p.len() {
+            return out;
+        }
+        let len = if proto == 44 {
+            8
+        } else {
+            (usize::from(p[at + 1]) + 1) * 8
+        };
+        proto = p[at];
+        at += len;
+    }
+    let field = match proto {
+        6 => 16,
+        17 => 6,
+        58 if v6 => 2,
+        _ => return out,
+    };
+    if at + field + 2 > p.len() || (!v6 && proto == 17 && p[at + field..at + field + 2] == [0, 0]) {
+        return out;
+    }
+    out[at + field..at + field + 2].fill(0);
+    let (addresses, seg) = if v6 {
+        (&p[8..40], &out[at..])
+    } else {
+        (&p[12..20], &out[at..])
+    };
+    let seg_len = seg.len() as u32;
+    let pseudo: Vec<u8> = if v6 {
+        let mut v = seg_len.to_be_bytes().to_vec();
+        v.extend_from_slice(&[0, 0, 0, proto]);
+        v
+    } else {
+        vec![0, proto, (seg_len >> 8) as u8, seg_len as u8]
+    };
+    let mut c = rfc1071(&[addresses, &pseudo, seg]);
+    if c == 0 && proto == 17 {
+        c = 0xffff;
+    }
+    out[at + field..at + field + 2].copy_from_slice(&c.to_be_bytes());
+    out
+}
+
+/// Transport mode with ESP in UDP over IPv6: true when a Routing header in front of ESP
+/// (within `p[..esp_at]`) has segments left but is too short to name the final
+/// destination (type 0 needs at least one address): the sender cannot compute the UDP
+/// checksum (RFC 8200 §8.1) and refuses the packet. The builder makes type 0 only.
+fn routing_header_without_final_destination(p: &[u8], esp_at: usize) -> bool {
+    let (mut at, mut nh) = (40, p[6]);
+    while at < esp_at && matches!(nh, 0 | 43 | 44 | 60) {
+        let len = if nh == 44 {
+            8
+        } else {
+            (usize::from(p[at + 1]) + 1) * 8
+        };
+        if nh == 43 && p[at + 3] != 0 && len < 24 {
+            return true;
+        }
+        nh = p[at];
+        at += len;
+    }
+    false
 }
 
 /// Fuzz target `esp_decap`.
@@ -628,9 +727,20 @@ pub fn esp_roundtrip(input: &RoundtripInput) {
         } else {
             original[9]
         };
-        if carried == 59 || carried == 0 {
+        let refusal = if carried == 59 || carried == 0 {
+            Some(Malformed::BadInnerPacket)
+        } else if input.nat_t && input.inner.v6 {
+            let esp_at = packet::ipv6_esp_insertion(&original, original.len())
+                .expect("the builder makes valid chains")
+                .offset;
+            routing_header_without_final_destination(&original, esp_at)
+                .then_some(Malformed::BadExtensionHeader)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
             let enc = outbound.encrypt(&mut pkt, Duration::ZERO);
-            assert_eq!(enc, Err(Error::Malformed(Malformed::BadInnerPacket)));
+            assert_eq!(enc, Err(Error::Malformed(reason)));
             assert_eq!(outbound.stats().dropped_total(), 1);
             assert_eq!(
                 pkt.data(),
@@ -650,7 +760,13 @@ pub fn esp_roundtrip(input: &RoundtripInput) {
     assert_eq!(outbound.stats().packets, 1);
     assert!(pkt.offset() + pkt.len() <= head + original.len() + tail);
 
-    let mut expected = original.clone();
+    // Transport mode in UDP: the receiver makes the inner checksum valid (RFC 3948
+    // §3.1.2); the builder leaves checksums 0 or wrong.
+    let mut expected = if !tunnel && input.nat_t {
+        with_valid_l4_checksum(&original)
+    } else {
+        original.clone()
+    };
     let mut expected_err = None;
     if tunnel && input.outer_ce {
         let data = pkt.data_mut();

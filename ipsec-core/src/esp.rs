@@ -27,7 +27,7 @@ use crate::packet::{
     IPV6_HEADER_LEN, IpVersion, UDP_HEADER_LEN,
 };
 use crate::path_mtu::IPV6_MIN_MTU;
-use crate::sa::{Direction, Mode, SecurityAssociation, TfcPadding};
+use crate::sa::{DfPolicy, Direction, Mode, SecurityAssociation, TfcPadding};
 use bytes::BytesMut;
 use core::time::Duration;
 use std::net::IpAddr;
@@ -65,8 +65,9 @@ impl SecurityAssociation {
             return Err(self.drop(Error::WrongDirection));
         }
         self.admit(now)?;
-        self.encrypt_admitted(pkt, None, &mut SpareBuffers::none(), now)
-            .map(|_| ())
+        self.encrypt_admitted(pkt, None, &mut SpareBuffers::none(), now)?;
+        self.nat.note_sent(now);
+        Ok(())
     }
 
     /// [`Self::encrypt`] for a packet that may need more than one packet on the wire:
@@ -88,7 +89,9 @@ impl SecurityAssociation {
             return Err(self.drop(Error::WrongDirection));
         }
         self.admit(now)?;
-        self.encrypt_admitted(pkt, None, spares, now)
+        let extra = self.encrypt_admitted(pkt, None, spares, now)?;
+        self.nat.note_sent(now);
+        Ok(extra)
     }
 
     /// How many spare buffers [`Self::encrypt_fragmenting`] needs for the IP packet
@@ -112,8 +115,9 @@ impl SecurityAssociation {
             return Err(self.drop(Error::WrongDirection));
         }
         self.admit(now)?;
-        self.encrypt_admitted(pkt, Some(IPPROTO_NONE), &mut SpareBuffers::none(), now)
-            .map(|_| ())
+        self.encrypt_admitted(pkt, Some(IPPROTO_NONE), &mut SpareBuffers::none(), now)?;
+        self.nat.note_sent(now);
+        Ok(())
     }
 
     /// Encrypts a burst of packets under one key schedule. `results[i]` receives the
@@ -648,16 +652,18 @@ impl SecurityAssociation {
         dummy: Option<u8>,
         limits: bool,
     ) -> Result<usize, Option<Error>> {
-        let (inner_len, inner_tos, next_header) = match dummy {
-            Some(nh) => (pkt.len(), 0, nh),
+        // `inner_df`: what DfPolicy::Copy copies; true unless an inner IPv4 header says
+        // the packet may be fragmented.
+        let (inner_len, inner_tos, inner_df, next_header) = match dummy {
+            Some(nh) => (pkt.len(), 0, true, nh),
             None => {
                 let info = packet::parse_ip(pkt.data())
                     .map_err(|_| Error::Malformed(Malformed::BadInnerPacket))?;
-                let nh = match info.version {
-                    IpVersion::V4 => IPPROTO_IPIP,
-                    IpVersion::V6 => IPPROTO_IPV6,
+                let (nh, df) = match info.version {
+                    IpVersion::V4 => (IPPROTO_IPIP, pkt.data()[6] & 0x40 != 0),
+                    IpVersion::V6 => (IPPROTO_IPV6, true),
                 };
-                (info.total_len, info.tos, nh)
+                (info.total_len, info.tos, df, nh)
             }
         };
         let Some(outer) = &self.outer else {
@@ -695,11 +701,23 @@ impl SecurityAssociation {
             buf[body + inner_len..body + payload].fill(0);
         }
         let icv = Self::write_trailer(buf, body + payload, pad, next_header);
-        outer.write(&mut buf[start..esp], packet::encap_tos(inner_tos), total);
+        let ident = self.next_ipv4_ident;
+        self.next_ipv4_ident = ident.wrapping_add(1);
+        outer.write(
+            &mut buf[start..esp],
+            packet::encap_tos(inner_tos),
+            total,
+            inner_df,
+            ident,
+        );
         buf[esp..esp + 4].copy_from_slice(&spi.to_be_bytes());
         buf[esp + 4..esp + 8].copy_from_slice(&(seq as u32).to_be_bytes());
         self.transform
             .seal(buf, EspLayout { esp, icv }, seq, self.esn);
+        if outer.udp_checksum {
+            // IPv6: over the sealed packet (RFC 8200 §8.1).
+            outer.set_udp_checksum(&mut buf[start..start + total], icv - start);
+        }
         pkt.set_window(start, total);
         Ok(inner_len)
     }
@@ -738,6 +756,12 @@ impl SecurityAssociation {
         } else {
             0
         };
+        // ESP in UDP over IPv6 needs a UDP checksum, whose pseudo-header holds the final
+        // destination (RFC 8200 §8.1): found (or refused) before anything moves.
+        let udp6_addresses = match (udp_len, info.version) {
+            (UDP_HEADER_LEN, IpVersion::V6) => Some(ipv6_pseudo_header_addresses(pkt.data(), hdr)?),
+            _ => None,
+        };
         let iv_len = self.transform.iv_len;
         let icv_len = self.transform.icv_len;
         let grow = udp_len + ESP_HEADER_LEN + iv_len;
@@ -772,12 +796,14 @@ impl SecurityAssociation {
         self.transform
             .seal(buf, EspLayout { esp, icv }, seq, self.esn);
         buf[start + nh_at] = if let Some((sport, dport)) = udp_ports {
-            write_udp(
-                &mut buf[esp - UDP_HEADER_LEN..esp],
-                sport,
-                dport,
-                new_total - hdr,
-            );
+            let udp = esp - UDP_HEADER_LEN;
+            let end = start + new_total;
+            write_udp(&mut buf[udp..esp], sport, dport, new_total - hdr);
+            if let Some(addresses) = udp6_addresses {
+                set_udp_checksum(&mut buf[udp..end], icv - udp, addresses);
+            }
+            self.nat
+                .learn_transport_peer(&buf[start..end], info.version, hdr);
             IPPROTO_UDP
         } else {
             IPPROTO_ESP
@@ -936,6 +962,15 @@ impl SecurityAssociation {
                 buf[start + nh_at] = next_header;
                 let new_total = payload_end - start;
                 packet::set_ip_length(&mut buf[start..], version, header_len, new_total);
+                if esp_rel != hdr {
+                    // It came in UDP: a NAT may have rewritten the addresses its TCP/UDP
+                    // checksum covers (RFC 3948 §3.1.2).
+                    self.nat.fix_transport_checksum(
+                        &mut buf[start..start + new_total],
+                        version,
+                        header_len,
+                    );
+                }
                 pkt.set_window(start, new_total);
                 Ok(new_total)
             }
@@ -1085,21 +1120,55 @@ const PAD_EXPECTED: [u128; 17] = {
 };
 
 /// The outer IP (and UDP) header of an outbound tunnel-mode SA, built once when the SA
-/// is created; per packet only the DSCP/ECN byte, the lengths and the IPv4 checksum
-/// change (the checksum from a precomputed partial sum, RFC 1071).
+/// is created (also the header of its NAT-keepalives, and of a transport-mode SA's
+/// keepalives once their addresses are known).
+///
+/// Per packet only the DSCP/ECN byte, the lengths and, for IPv4, the Identification,
+/// the DF bit and the header checksum change; the checksum comes from a precomputed
+/// partial sum (RFC 1071) plus those few words. Over IPv6 with UDP encapsulation the UDP
+/// checksum is computed once the packet is sealed: the pseudo-header and ports are a
+/// precomputed partial sum, and the ESP packet is summed in one pass
+/// ([`packet::ones_complement_sum`]).
+///
+/// IPv4 Identifications (RFC 6864 §4.1: they must not repeat within the reassembly
+/// lifetime while DF is clear) come from a per-SA 16-bit counter
+/// (`SecurityAssociation::next_ipv4_ident`) that starts at a random value drawn from the
+/// SA's randomness source when it is created. Several SAs between
+/// the same two addresses count independently, so their values may meet; 65,536 values
+/// last a few seconds at gigabit rates anyway, which is why fragmenting the outer packet
+/// ([`DfPolicy::Clear`]) is best avoided.
 #[derive(Clone, Debug)]
 pub(crate) struct OuterHeader {
     bytes: [u8; IPV6_HEADER_LEN + UDP_HEADER_LEN],
     pub(crate) ip_len: usize,
     udp_len: usize,
-    /// One's-complement sum of the IPv4 header words with TOS, length and checksum 0.
+    /// One's-complement sum of the IPv4 header words with TOS, length, Identification,
+    /// flags and checksum 0.
     v4_sum: u32,
+    /// IPv4 flags word: the bits every packet gets (DF under [`DfPolicy::Set`]).
+    df_always: u16,
+    /// IPv4 flags word: the DF bit taken from the inner packet ([`DfPolicy::Copy`]).
+    df_copied: u16,
+    /// With UDP: the sum of the pseudo-header's addresses and protocol and of the UDP
+    /// ports, to which a packet adds its UDP length (twice) and its payload.
+    udp_sum: u32,
+    /// Data packets carry a UDP checksum: IPv6 with UDP encapsulation.
+    pub(crate) udp_checksum: bool,
 }
 
+/// The DF bit in the IPv4 flags/fragment-offset word.
+const IPV4_DF: u16 = 0x4000;
+
 impl OuterHeader {
-    /// The header for tunnel endpoints `src`/`dst` (same family), outer TTL / hop limit
-    /// `ttl`, and optional UDP encapsulation ports.
-    pub(crate) fn new(src: IpAddr, dst: IpAddr, ttl: u8, udp: Option<(u16, u16)>) -> Self {
+    /// The header for endpoints `src`/`dst` (same family), outer TTL / hop limit `ttl`,
+    /// optional UDP encapsulation ports and the DF policy.
+    pub(crate) fn new(
+        src: IpAddr,
+        dst: IpAddr,
+        ttl: u8,
+        udp: Option<(u16, u16)>,
+        df: DfPolicy,
+    ) -> Self {
         let ip_len = if src.is_ipv4() {
             IPV4_HEADER_LEN
         } else {
@@ -1112,12 +1181,22 @@ impl OuterHeader {
             IPPROTO_ESP
         };
         write_outer_ip(&mut bytes[..ip_len], src, dst, 0, ttl, proto, ip_len);
-        let udp_len = match udp {
+        let (udp_len, udp_sum) = match udp {
             Some((sport, dport)) => {
                 write_udp(&mut bytes[ip_len..ip_len + UDP_HEADER_LEN], sport, dport, 0);
-                UDP_HEADER_LEN
+                // The addresses as just written into the IP header.
+                let addresses = if ip_len == IPV4_HEADER_LEN {
+                    12..20
+                } else {
+                    8..40
+                };
+                let addresses = u32::from(packet::ones_complement_sum(&bytes[addresses]));
+                (
+                    UDP_HEADER_LEN,
+                    addresses + u32::from(IPPROTO_UDP) + u32::from(sport) + u32::from(dport),
+                )
             }
-            None => 0,
+            None => (0, 0),
         };
         let mut v4_sum = 0;
         if ip_len == IPV4_HEADER_LEN {
@@ -1128,11 +1207,20 @@ impl OuterHeader {
                 .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
                 .sum();
         }
+        let (df_always, df_copied) = match df {
+            DfPolicy::Set => (IPV4_DF, 0),
+            DfPolicy::Clear => (0, 0),
+            _ => (0, IPV4_DF),
+        };
         OuterHeader {
             bytes,
             ip_len,
             udp_len,
             v4_sum,
+            df_always,
+            df_copied,
+            udp_sum,
+            udp_checksum: ip_len == IPV6_HEADER_LEN && udp_len != 0,
         }
     }
 
@@ -1147,9 +1235,11 @@ impl OuterHeader {
     }
 
     /// Writes the header into `out` (exactly `ip_len + udp_len` bytes) for a packet of
-    /// `total` bytes whose DSCP/ECN byte is `tos`.
+    /// `total` bytes whose DSCP/ECN byte is `tos`; `inner_df` is the DF bit that
+    /// [`DfPolicy::Copy`] copies, `ident` the IPv4 Identification. The UDP checksum is
+    /// left 0 (see [`OuterHeader::set_udp_checksum`]).
     #[inline]
-    fn write(&self, out: &mut [u8], tos: u8, total: usize) {
+    fn write(&self, out: &mut [u8], tos: u8, total: usize, inner_df: bool, ident: u16) {
         // Constant-length copies: each arm compiles to a few vector stores.
         match out.len() {
             20 => out.copy_from_slice(&self.bytes[..20]),
@@ -1158,12 +1248,14 @@ impl OuterHeader {
             _ => out.copy_from_slice(&self.bytes[..48]),
         }
         if self.ip_len == IPV4_HEADER_LEN {
+            let flags = self.df_always | (self.df_copied & (u16::from(inner_df) << 14));
             out[1] = tos;
             out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            let mut sum = self.v4_sum + u32::from(tos) + total as u32;
-            sum = (sum & 0xffff) + (sum >> 16);
-            sum = (sum & 0xffff) + (sum >> 16);
-            out[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+            // Identification and flags/fragment offset: one 32-bit store.
+            out[4..8].copy_from_slice(&((u32::from(ident) << 16) | u32::from(flags)).to_be_bytes());
+            let sum =
+                self.v4_sum + u32::from(tos) + total as u32 + u32::from(ident) + u32::from(flags);
+            out[10..12].copy_from_slice(&(!packet::fold_checksum(sum)).to_be_bytes());
         } else {
             out[0] |= tos >> 4;
             out[1] |= tos << 4;
@@ -1174,6 +1266,81 @@ impl OuterHeader {
             udp[4..6].copy_from_slice(&((total - self.ip_len) as u16).to_be_bytes());
         }
     }
+
+    /// Fills in the UDP checksum of `pkt`, a whole packet whose headers
+    /// [`OuterHeader::write`] wrote and whose payload is final, its ICV (if any) at
+    /// `icv_at`: one pass over the payload ([`udp_payload_sum`]), the rest from the
+    /// precomputed sum. Out of line: only IPv6 needs it.
+    #[inline(never)]
+    pub(crate) fn set_udp_checksum(&self, pkt: &mut [u8], icv_at: usize) {
+        let udp = self.ip_len;
+        let payload = udp + UDP_HEADER_LEN;
+        let udp_len = (pkt.len() - udp) as u32;
+        let sum = self.udp_sum + 2 * udp_len + udp_payload_sum(&pkt[payload..], icv_at - payload);
+        pkt[udp + 6..udp + 8].copy_from_slice(&packet::udp_checksum_field(sum).to_be_bytes());
+    }
+
+    /// Writes a NAT-keepalive (RFC 3948 §2.3: IP, UDP and one 0xFF byte, with a UDP
+    /// checksum over either family) into `out` and returns its length. Needs UDP
+    /// encapsulation. Over IPv4 it carries `ident`, and DF as a packet without an inner
+    /// IPv4 header would.
+    pub(crate) fn write_keepalive(
+        &self,
+        out: &mut [u8; crate::nat::NAT_KEEPALIVE_MAX_LEN],
+        ident: u16,
+    ) -> usize {
+        debug_assert_eq!(self.udp_len, UDP_HEADER_LEN);
+        let len = self.ip_len + UDP_HEADER_LEN + 1;
+        let pkt = &mut out[..len];
+        self.write(&mut pkt[..len - 1], 0, len, true, ident);
+        pkt[len - 1] = 0xff;
+        self.set_udp_checksum(pkt, len);
+        len
+    }
+}
+
+/// The sum of the addresses in the UDP pseudo-header of the IPv6 packet `pkt` whose
+/// first `hdr` bytes stay in front of ESP: its source and final destination.
+/// Out of line, like [`set_udp_checksum`], so that the IPv4 and plain-ESP paths keep
+/// their code as it was.
+#[inline(never)]
+fn ipv6_pseudo_header_addresses(pkt: &[u8], hdr: usize) -> Result<u32, Error> {
+    if hdr == IPV6_HEADER_LEN {
+        return Ok(u32::from(packet::ones_complement_sum(&pkt[8..40])));
+    }
+    let final_dst = packet::ipv6_final_destination(pkt, hdr).map_err(Error::Malformed)?;
+    Ok(u32::from(packet::ones_complement_sum(&pkt[8..24]))
+        + u32::from(packet::ones_complement_sum(&final_dst)))
+}
+
+/// Fills in the checksum of the UDP datagram `udp` (header just written, checksum 0;
+/// payload an ESP packet whose ICV starts at `icv_at`) whose pseudo-header addresses
+/// sum to `addresses`. The header's words are added by value, not read back: they were
+/// stored a moment ago in pieces, and wide loads over them would wait for the stores.
+#[inline(never)]
+fn set_udp_checksum(udp: &mut [u8], icv_at: usize, addresses: u32) {
+    let h = |i: usize| u32::from(u16::from_be_bytes([udp[i], udp[i + 1]]));
+    let header = h(0) + h(2) + h(4);
+    let sum = addresses
+        + u32::from(IPPROTO_UDP)
+        + udp.len() as u32
+        + header
+        + udp_payload_sum(&udp[UDP_HEADER_LEN..], icv_at - UDP_HEADER_LEN);
+    udp[6..8].copy_from_slice(&packet::udp_checksum_field(sum).to_be_bytes());
+}
+
+/// The one's-complement sum of a UDP payload (an ESP packet, or a keepalive's byte) in
+/// two parts split where its ICV starts (`icv_at`; even, as ESP aligns the ICV to 4
+/// bytes). The transform stores the ICV last, a moment before this runs: summing from
+/// its first byte reads it with loads that match that store, where loads straddling
+/// its start would stall until the store completes (failed store-to-load forwarding).
+/// The bytes before it are read in 16-byte steps from the ESP header, in phase with the
+/// payload the transform wrote.
+#[inline]
+fn udp_payload_sum(payload: &[u8], icv_at: usize) -> u32 {
+    debug_assert!(icv_at.is_multiple_of(2) || icv_at == payload.len());
+    let (body, icv) = payload.split_at(icv_at);
+    u32::from(packet::ones_complement_sum(body)) + u32::from(packet::ones_complement_sum(icv))
 }
 
 /// Checks that `head` bytes fit in front of the packet and `tail` bytes behind its
@@ -1197,7 +1364,9 @@ fn check_room(pkt: &PacketBuf<'_>, head: usize, len: usize, tail: usize) -> Resu
     Ok(())
 }
 
-/// Writes a UDP header for ESP-in-UDP; the checksum is zero (RFC 3948 §2.1).
+/// Writes a UDP header for ESP-in-UDP with checksum zero: final over IPv4 (RFC 3948
+/// §2.1 allows it); over IPv6 the caller fills in the checksum once the packet is sealed
+/// (RFC 8200 §8.1 forbids a zero one).
 #[inline]
 fn write_udp(h: &mut [u8], sport: u16, dport: u16, len: usize) {
     h[0..2].copy_from_slice(&sport.to_be_bytes());
@@ -1222,7 +1391,7 @@ fn write_outer_ip(
             h[0] = 0x45;
             h[1] = tos;
             h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            // Identification 0 with DF clear: the packet is not fragmented by us.
+            // Identification and flags: written per packet (OuterHeader::write).
             h[4..8].copy_from_slice(&[0, 0, 0, 0]);
             h[8] = ttl;
             h[9] = proto;

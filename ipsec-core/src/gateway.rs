@@ -21,6 +21,7 @@
 use crate::buffer::{PacketBuf, SpareBuffers};
 use crate::error::{ConfigError, DropReason, Error, Malformed};
 use crate::icmp::TooBigMessage;
+use crate::nat::NAT_KEEPALIVE_MAX_LEN;
 use crate::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
 use crate::reassembly::{Reassembler, Reassembly, ReassemblyLimits};
 use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation};
@@ -216,6 +217,33 @@ impl Gateway {
             .iter()
             .zip(self.sas.iter_mut())
             .find_map(|(name, sa)| sa.poll_event(now).map(|e| (name.as_str(), e)))
+    }
+
+    /// When the next NAT-keepalive of any of the gateway's SAs is due, on the caller's
+    /// clock ([`SecurityAssociation::next_keepalive`]), or `None` when none of them sends
+    /// keepalives. Arm a timer for it and call [`Gateway::poll_keepalive`] then.
+    pub fn next_keepalive(&self) -> Option<Duration> {
+        self.sas
+            .iter()
+            .filter_map(SecurityAssociation::next_keepalive)
+            .min()
+    }
+
+    /// Writes the next NAT-keepalive due at `now` into `out` and returns the name of the
+    /// SA it belongs to and its length, as [`SecurityAssociation::poll_keepalive`] does
+    /// for one SA; `None` when no SA owes one. Call it until it returns `None`, sending
+    /// each keepalive as it comes. SAs that share a NAT mapping (the same addresses and
+    /// ports) each keep their own schedule.
+    #[must_use]
+    pub fn poll_keepalive(
+        &mut self,
+        now: Duration,
+        out: &mut [u8; NAT_KEEPALIVE_MAX_LEN],
+    ) -> Option<(&str, usize)> {
+        self.names
+            .iter()
+            .zip(self.sas.iter_mut())
+            .find_map(|(name, sa)| sa.poll_keepalive(now, out).map(|n| (name.as_str(), n)))
     }
 
     fn drop(&mut self, err: Error) -> Error {

@@ -3,8 +3,11 @@
 //! The packet path of IPsec, without I/O: security associations with their keys,
 //! sequence numbers, lifetimes and counters ([`SecurityAssociation`]), the RFC 4303
 //! anti-replay window with ESN inference ([`ReplayWindow`]) and the ESP transforms in
-//! tunnel and transport mode, IPv4 and IPv6, with NAT traversal (RFC 3948). ESP packets
-//! fragmented on the path are put back together by a bounded [`Reassembler`] first.
+//! tunnel and transport mode, IPv4 and IPv6, with NAT traversal (RFC 3948: ESP in
+//! UDP, NAT-keepalives the caller polls for, the transport-mode checksum fix-up:
+//! [`nat`]). Packets that do not fit the path MTU are fragmented or refused
+//! ([`path_mtu`]); ESP packets fragmented on the path are put back together by a
+//! bounded [`Reassembler`] first.
 //!
 //! The library opens no sockets, starts no threads and reads no clock: every call that
 //! depends on time takes `now` from the caller, so a gateway, a test tool and a
@@ -58,6 +61,7 @@ pub mod esp;
 mod fragment;
 pub mod gateway;
 pub mod icmp;
+pub mod nat;
 pub mod packet;
 pub mod path_mtu;
 pub mod reassembly;
@@ -70,10 +74,11 @@ pub use buffer::{PacketBuf, SpareBuffers};
 pub use crypto::{Cipher, Integrity};
 pub use error::{ConfigError, DropReason, Error, FragmentError, LifetimeLimit, Malformed};
 pub use gateway::Gateway;
+pub use nat::NAT_KEEPALIVE_MAX_LEN;
 pub use reassembly::{Reassembler, Reassembly, ReassemblyLimits};
 pub use replay::{LateHistogram, ReplayWindow};
 pub use sa::{
-    Direction, EspPadding, Lifetime, Mode, SaConfig, SaEvent, SaStats, SecurityAssociation,
-    TfcPadding,
+    DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, SaEvent, SaStats,
+    SecurityAssociation, TfcPadding,
 };
 pub use spd::{Action, Decision, Flow, PolicyDirection, Spd, SpdCache};

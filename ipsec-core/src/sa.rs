@@ -16,6 +16,7 @@ use crate::crypto::{Cipher, Integrity, IvSource, Transform};
 use crate::error::{ConfigError, DropReason, Error, LifetimeLimit};
 use crate::esp::OuterHeader;
 use crate::icmp::{TooBigMessage, plateau_below};
+use crate::nat::NatTraversal;
 use crate::path_mtu::{IPV4_MIN_MTU, IPV6_MIN_MTU, MIN_LEARNED_IPV4_MTU, PathMtu};
 use crate::replay::ReplayWindow;
 use core::fmt;
@@ -289,6 +290,55 @@ impl EspPadding {
     }
 }
 
+/// What the DF (Don't Fragment) bit of an outer IPv4 header says, per SA (RFC 4301
+/// §8.1: copy, set or clear).
+///
+/// It applies to the IPv4 headers the SA writes itself: the outer header of tunnel
+/// mode and the NAT-keepalives. Transport mode keeps the packet's own header, DF
+/// included; an IPv6 outer header has no DF bit (routers never fragment IPv6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DfPolicy {
+    /// Copy DF from the inner IPv4 header (the default, as Linux does). A packet with no
+    /// inner IPv4 header gets DF **set**: an inner IPv6 packet, because IPv6 packets are
+    /// never fragmented on their way (RFC 8200 §5) and their senders rely on path MTU
+    /// discovery, which an outer IPv4 fragmentation would defeat (Linux sets DF there
+    /// too, unless PMTU discovery is off for the SA; choose [`DfPolicy::Clear`] for
+    /// that); and the packets the SA makes up itself (dummy packets, NAT-keepalives),
+    /// which then look like the rest of the traffic.
+    #[default]
+    Copy,
+    /// Always set DF: the outer packet is never fragmented on its way.
+    Set,
+    /// Always clear DF: routers may fragment the outer packet (the receiver reassembles
+    /// before ESP; fragments often do not cross NATs and firewalls).
+    Clear,
+}
+
+impl DfPolicy {
+    /// `"copy"`, `"set"` or `"clear"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DfPolicy::Copy => "copy",
+            DfPolicy::Set => "set",
+            DfPolicy::Clear => "clear",
+        }
+    }
+
+    /// Parses `"copy"` / `"set"` / `"clear"`.
+    pub fn from_name(name: &str) -> Result<DfPolicy, ConfigError> {
+        match name.to_ascii_lowercase().as_str() {
+            "copy" => Ok(DfPolicy::Copy),
+            "set" => Ok(DfPolicy::Set),
+            "clear" => Ok(DfPolicy::Clear),
+            _ => Err(ConfigError::new(
+                "df",
+                format!("expected \"copy\", \"set\" or \"clear\", got {name:?}"),
+            )),
+        }
+    }
+}
+
 /// Everything needed to create a [`SecurityAssociation`].
 ///
 /// Field names are those of the Python constructor and the `[[sa]]` TOML tables.
@@ -312,6 +362,9 @@ pub struct SaConfig {
     pub(crate) outer_ttl: u8,
     pub(crate) path_mtu: Option<u16>,
     pub(crate) iv_source: Option<Box<dyn IvSource>>,
+    pub(crate) df: DfPolicy,
+    pub(crate) nat_keepalive_interval: Option<Duration>,
+    pub(crate) nat_original_addresses: Option<(IpAddr, IpAddr)>,
 }
 
 impl fmt::Debug for SaConfig {
@@ -328,6 +381,9 @@ impl fmt::Debug for SaConfig {
             .field("tunnel", &self.tunnel)
             .field("udp_encap", &self.udp_encap)
             .field("seq", &self.seq)
+            .field("df", &self.df)
+            .field("nat_keepalive_interval", &self.nat_keepalive_interval)
+            .field("nat_original_addresses", &self.nat_original_addresses)
             .finish_non_exhaustive()
     }
 }
@@ -337,11 +393,14 @@ impl SaConfig {
     pub const DEFAULT_OUTER_TTL: u8 = 64;
     /// The default replay window (RFC 4303 §3.4.3 suggests 32 at least; 64 is common).
     pub const DEFAULT_REPLAY_WINDOW: u32 = 64;
+    /// The default NAT-keepalive interval: 20 seconds of silence (RFC 3948 §4).
+    pub const DEFAULT_NAT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 
     /// A configuration with the required fields; everything else has its default
     /// (no integrity algorithm, no ESN, 64-packet replay window, no tunnel endpoints, no
     /// UDP encapsulation, sequence number 0, no lifetimes, no TFC padding, padding to
-    /// cipher blocks).
+    /// cipher blocks, DF copied, NAT-keepalives every 20 s of silence when UDP
+    /// encapsulation is on, no NAT original addresses).
     ///
     /// `key` is copied; the copy is zeroized when the configuration is dropped.
     pub fn new(spi: u32, direction: Direction, mode: Mode, cipher: Cipher, key: &[u8]) -> Self {
@@ -365,6 +424,9 @@ impl SaConfig {
             outer_ttl: Self::DEFAULT_OUTER_TTL,
             path_mtu: None,
             iv_source: None,
+            df: DfPolicy::Copy,
+            nat_keepalive_interval: Some(Self::DEFAULT_NAT_KEEPALIVE_INTERVAL),
+            nat_original_addresses: None,
         }
     }
 
@@ -450,8 +512,38 @@ impl SaConfig {
     }
 
     /// Replaces the source of CBC IVs (by default: the OS, see [`crate::crypto::OsIvSource`]).
+    /// An outbound SA also draws the first Identification of its outer IPv4 headers
+    /// from it (one IV, when the SA is created).
     pub fn iv_source(&mut self, source: Box<dyn IvSource>) -> &mut Self {
         self.iv_source = Some(source);
+        self
+    }
+
+    /// Sets the DF bit policy of the outer IPv4 header (default [`DfPolicy::Copy`]).
+    pub fn df(&mut self, df: DfPolicy) -> &mut Self {
+        self.df = df;
+        self
+    }
+
+    /// Sets after how much silence (no packet sent on the SA) an outbound SA with UDP
+    /// encapsulation owes its peer a NAT-keepalive (RFC 3948 §2.3); `None` or zero turns
+    /// keepalives off. Default 20 s. See
+    /// [`SecurityAssociation::poll_keepalive`]; ignored without UDP encapsulation and on
+    /// inbound SAs.
+    pub fn nat_keepalive_interval(&mut self, interval: Option<Duration>) -> &mut Self {
+        self.nat_keepalive_interval = interval;
+        self
+    }
+
+    /// Inbound transport mode with UDP encapsulation: the original source and
+    /// destination addresses of the peer's packets before a NAT rewrote them (NAT-OA,
+    /// from IKE: RFC 3947 NAT-OAi/NAT-OAr, or in IKEv2 the traffic selectors, RFC 7296
+    /// §2.23.1). The inner TCP, UDP and ICMPv6 checksums, which cover these addresses,
+    /// are then updated incrementally to the addresses of the received header
+    /// (RFC 3948 §3.1.2, RFC 1624). Without them, such checksums are recomputed. Give
+    /// the received address for a side that no NAT rewrote.
+    pub fn nat_original_addresses(&mut self, src: IpAddr, dst: IpAddr) -> &mut Self {
+        self.nat_original_addresses = Some((src, dst));
         self
     }
 
@@ -508,8 +600,36 @@ impl SaConfig {
                 "TFC padding needs tunnel mode (the inner IP header gives the real length)",
             ));
         }
+        if let Some((src, dst)) = self.nat_original_addresses {
+            if self.direction != Direction::Inbound || self.mode != Mode::Transport {
+                return Err(ConfigError::new(
+                    "nat_original_addresses",
+                    "only inbound transport-mode SAs use NAT original addresses (RFC 3948 \
+                     §3.1.2); tunnel mode carries the inner packet unchanged",
+                ));
+            }
+            if src.is_ipv4() != dst.is_ipv4() {
+                return Err(ConfigError::new(
+                    "nat_original_addresses",
+                    "the original source and destination must be of the same IP family",
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// The first Identification of an outbound SA's IPv4 headers: from the injected
+/// randomness source if there is one (so that tests are repeatable), else from the OS.
+fn first_ipv4_ident(source: &mut Option<Box<dyn IvSource>>) -> Result<u16, ConfigError> {
+    let mut bytes = [0u8; 16];
+    match source {
+        Some(s) => s.fill_iv(&mut bytes),
+        None => getrandom::fill(&mut bytes[..2]).map_err(|e| {
+            ConfigError::new("iv_source", format!("the OS random generator failed: {e}"))
+        })?,
+    }
+    Ok(u16::from_be_bytes([bytes[0], bytes[1]]))
 }
 
 /// Pending events, as bits, so that raising one never allocates.
@@ -609,6 +729,11 @@ pub struct SecurityAssociation {
     /// Identification of the next IPv6 Fragment header this SA writes (a per-peer
     /// counter from a random start, RFC 7739 §5.1).
     pub(crate) fragment_id: u32,
+    /// The Identification of the next IPv4 header the SA writes (tunnel mode, NAT-keepalives):
+    /// a counter from a random start (RFC 6864 §4.1; see `OuterHeader`).
+    pub(crate) next_ipv4_ident: u16,
+    /// NAT traversal beyond the UDP header: keepalives, NAT original addresses.
+    pub(crate) nat: NatTraversal,
 }
 
 impl fmt::Debug for SecurityAssociation {
@@ -631,6 +756,11 @@ impl SecurityAssociation {
     /// count from here).
     pub fn new(mut config: SaConfig, now: Duration) -> Result<Self, ConfigError> {
         config.validate()?;
+        // RFC 6864: the outer IPv4 Identifications count up from a random start.
+        let first_ident = match config.direction {
+            Direction::Outbound => first_ipv4_ident(&mut config.iv_source)?,
+            Direction::Inbound => 0,
+        };
         let transform = Transform::new(
             config.cipher,
             &config.key,
@@ -662,6 +792,7 @@ impl SecurityAssociation {
                     dst,
                     config.outer_ttl,
                     config.udp_encap,
+                    config.df,
                 )),
                 _ => None,
             },
@@ -681,6 +812,8 @@ impl SecurityAssociation {
             mtu_cap: config.path_mtu.map_or(usize::MAX, usize::from),
             byte_cap: config.hard.bytes.unwrap_or(u64::MAX),
             fragment_id: getrandom::u32().unwrap_or(0x9e37_79b9),
+            next_ipv4_ident: first_ident,
+            nat: NatTraversal::new(&config, now),
         })
     }
 
@@ -918,6 +1051,15 @@ impl SecurityAssociation {
             TfcPadding::None => 0,
         };
         self.max_headroom() + tfc + self.transform.pad_align + 1 + self.transform.icv_len
+    }
+
+    /// Brings the lifetimes up to `now` (as a packet would) and says whether a hard
+    /// lifetime has been reached.
+    pub(crate) fn expired_at(&mut self, now: Duration) -> bool {
+        if self.trip.hit(now, self.stats.packets, self.stats.bytes) {
+            self.update_lifetimes(now);
+        }
+        self.expired.is_some()
     }
 
     /// Refuses a packet when the SA has expired; otherwise `Ok`.

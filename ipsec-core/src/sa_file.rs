@@ -12,7 +12,10 @@
 //! tunnel_src = "192.0.2.1"
 //! tunnel_dst = "192.0.2.2"
 //! # optional: integrity, integrity_key, esn, replay_window, udp_encap = [4500, 4500],
-//! # seq, outer_ttl, tfc_pad_to, padding = "blocks" | "minimal", soft_lifetime / hard_lifetime = { bytes, packets, seconds },
+//! # seq, outer_ttl, tfc_pad_to, padding = "blocks" | "minimal",
+//! # soft_lifetime / hard_lifetime = { bytes, packets, seconds },
+//! # df = "copy" | "set" | "clear", nat_keepalive_interval = 20 (seconds; 0: off),
+//! # nat_original_addresses = ["198.51.100.7", "10.0.0.5"] (inbound transport mode),
 //! # path_mtu (outbound: the largest outer packet the path carries, see `path_mtu`)
 //! ```
 //!
@@ -20,7 +23,7 @@
 
 use crate::crypto::{Cipher, Integrity};
 use crate::error::ConfigError;
-use crate::sa::{Direction, EspPadding, Lifetime, Mode, SaConfig, TfcPadding};
+use crate::sa::{DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, TfcPadding};
 use core::time::Duration;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -76,6 +79,9 @@ struct RawSa {
     padding: Option<String>,
     soft_lifetime: Option<RawLifetime>,
     hard_lifetime: Option<RawLifetime>,
+    df: Option<String>,
+    nat_keepalive_interval: Option<u64>,
+    nat_original_addresses: Option<(String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +189,18 @@ impl RawSa {
         }
         if let Some(l) = self.hard_lifetime {
             cfg.hard_lifetime(l.into());
+        }
+        if let Some(df) = &self.df {
+            cfg.df(DfPolicy::from_name(df)?);
+        }
+        if let Some(seconds) = self.nat_keepalive_interval {
+            cfg.nat_keepalive_interval(Some(Duration::from_secs(seconds)));
+        }
+        if let Some((src, dst)) = &self.nat_original_addresses {
+            cfg.nat_original_addresses(
+                parse_addr("nat_original_addresses", src)?,
+                parse_addr("nat_original_addresses", dst)?,
+            );
         }
         Ok(cfg)
     }

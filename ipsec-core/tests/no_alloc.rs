@@ -155,6 +155,64 @@ fn burst_path_does_not_allocate() {
     }
 }
 
+/// NAT traversal: ESP in UDP over IPv4 and IPv6 (the IPv6 UDP checksum), the
+/// transport-mode checksum fix-up on the way in (with and without NAT original
+/// addresses), and keepalive polling.
+#[test]
+fn nat_traversal_paths_do_not_allocate() {
+    let suite = (Cipher::Aes128Gcm, None);
+    let v6 = |s: &str| s.parse::<std::net::IpAddr>().expect("address");
+    for (mode, outer6, nat_oa) in [
+        (Mode::Tunnel, false, false),
+        (Mode::Tunnel, true, false),
+        (Mode::Transport, false, false),
+        (Mode::Transport, false, true),
+        (Mode::Transport, true, true),
+    ] {
+        let mut out_cfg = common::config(0x4545, ipsec_core::Direction::Outbound, mode, suite);
+        let mut in_cfg = common::config(0x4545, ipsec_core::Direction::Inbound, mode, suite);
+        out_cfg.udp_encap(4500, 4500);
+        in_cfg.udp_encap(4500, 4500);
+        if mode == Mode::Tunnel {
+            if outer6 {
+                out_cfg.tunnel(v6("2001:db8::1"), v6("2001:db8::2"));
+            } else {
+                out_cfg.tunnel(v6("192.0.2.1"), v6("192.0.2.2"));
+            }
+        }
+        let plain = if outer6 {
+            inner_v6(300, 0)
+        } else {
+            inner_v4(300, 0)
+        };
+        if nat_oa {
+            let (s, d) = if outer6 {
+                ("2001:db8:1::5", "2001:db8:2::3")
+            } else {
+                ("10.0.0.5", "10.1.2.3")
+            };
+            in_cfg.nat_original_addresses(v6(s), v6(d));
+        }
+        let mut out = SecurityAssociation::new(out_cfg, T0).expect("outbound SA");
+        let mut inb = SecurityAssociation::new(in_cfg, T0).expect("inbound SA");
+        let mut buf = vec![0u8; 2048];
+        let mut keepalive = [0u8; ipsec_core::NAT_KEEPALIVE_MAX_LEN];
+        let before = allocs();
+        for i in 0..PACKETS {
+            buf[HEAD..HEAD + plain.len()].copy_from_slice(&plain);
+            let mut p = PacketBuf::new(&mut buf, HEAD, plain.len()).expect("buf");
+            let now = std::time::Duration::from_secs(30 * i as u64);
+            out.encrypt(&mut p, now).expect("encrypt");
+            inb.decrypt(&mut p, T0).expect("decrypt");
+            assert!(p.data() == &plain[..]);
+            let later = now + std::time::Duration::from_secs(25);
+            assert!(out.poll_keepalive(later, &mut keepalive).is_some());
+        }
+        let n = allocs() - before;
+        assert_eq!(n, 0, "{mode:?} outer6 {outer6}: {n} allocations");
+    }
+}
+
 /// The counter works (so a 0 above means something).
 #[test]
 fn the_counter_sees_allocations() {

@@ -8,7 +8,9 @@ mod common;
 use std::net::IpAddr;
 
 use bytes::BytesMut;
-use common::{T0, checksum, config, inner_v4, inner_v6, ipv4_checksum_ok, ipv6, pair, udp};
+use common::{
+    T0, checksum, config, inner_v4, inner_v6, ipv4_checksum_ok, ipv6, l4_checksum_ok, pair, udp,
+};
 use ipsec_core::sa::TfcPadding;
 use ipsec_core::{
     Cipher, Direction, DropReason, Error, Integrity, Malformed, Mode, PacketBuf,
@@ -94,8 +96,14 @@ fn check_outer(c: &Case, prot: &[u8], plain: &[u8], seq: u64) -> Result<usize, S
         if usize::from(u16::from_be_bytes([u[4], u[5]])) != prot.len() - off {
             return Err("UDP length".into());
         }
-        if u[6..8] != [0, 0] {
-            return Err("UDP checksum not 0 (RFC 3948 §2.1)".into());
+        if !v6 && u[6..8] != [0, 0] {
+            return Err("UDP checksum over IPv4 not 0 (RFC 3948 §2.1)".into());
+        }
+        if v6 && u[6..8] == [0, 0] {
+            return Err("UDP checksum 0 over IPv6 (RFC 8200 §8.1 forbids it)".into());
+        }
+        if v6 && !l4_checksum_ok(&prot[8..24], &prot[24..40], 17, &prot[off..]) {
+            return Err("UDP checksum over IPv6 does not verify".into());
         }
         off += 8;
     } else if proto != 50 {

@@ -16,7 +16,10 @@ use crate::handle::{
 };
 use crate::path_mtu::with_spares;
 use crate::reassembly::{ipsec_reassembly_limits, limits_from};
-use crate::sa::{event_to, info_of, ipsec_sa_event, ipsec_sa_info, ipsec_sa_stats, now};
+use crate::sa::{
+    event_to, info_of, ipsec_sa_event, ipsec_sa_info, ipsec_sa_stats, keepalive_buffer, now,
+    time_ns,
+};
 use crate::status::ipsec_status;
 
 /// A gateway: policies plus the SAs they name, ready to process packets.
@@ -668,6 +671,71 @@ pub unsafe extern "C" fn ipsec_gateway_expire_fragments(
         let n = h.gateway.expire_fragments(now(now_ns));
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out_dropped.write(n) };
+        Ok(())
+    })
+}
+
+/// Writes the next NAT-keepalive any SA of the gateway owes at `now_ns` into `buf`, as
+/// `ipsec_sa_poll_keepalive` does for one SA: stores its length in `*out_len` and the
+/// name of its SA in `*out_sa` (the string lives as long as the gateway), or 0 and NULL
+/// when none is due. Call until `*out_len` is 0, sending each keepalive as it comes.
+/// `capacity` must be at least `IPSEC_NAT_KEEPALIVE_MAX_LEN`
+/// (`IPSEC_ERR_BUFFER_TOO_SMALL` otherwise, nothing written).
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `buf` points to
+/// `capacity` writable bytes; `out_len` and `out_sa` to writable objects.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_poll_keepalive(
+    gateway: *mut ipsec_gateway,
+    now_ns: u64,
+    buf: *mut u8,
+    capacity: usize,
+    out_len: *mut usize,
+    out_sa: *mut *const c_char,
+) -> ipsec_status {
+    call(|| {
+        let out_len = out_ptr(out_len, "out_len")?;
+        let out_sa = out_ptr(out_sa, "out_sa")?;
+        // SAFETY: caller's contract.
+        let h = unsafe { borrow_mut(gateway, "gateway") }?;
+        // SAFETY: caller's contract.
+        let buf = unsafe { bytes_mut(buf, capacity, "buf") }?;
+        let out = keepalive_buffer(buf)?;
+        let names = &h.names;
+        let (len, sa) = match h.gateway.poll_keepalive(now(now_ns), out) {
+            Some((name, len)) => (len, names.ptr(name)),
+            None => (0, core::ptr::null()),
+        };
+        // SAFETY: both checked non-NULL and aligned; writable by contract.
+        unsafe {
+            out_len.write(len);
+            out_sa.write(sa);
+        }
+        Ok(())
+    })
+}
+
+/// Stores in `*out_ns` when the next NAT-keepalive of any SA of the gateway is due, on
+/// the caller's clock, for a timer (then call `ipsec_gateway_poll_keepalive`);
+/// `UINT64_MAX` when none of its SAs sends keepalives.
+///
+/// # Safety
+///
+/// `gateway` is a live gateway; `out_ns` points to a writable `uint64_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_next_keepalive(
+    gateway: *const ipsec_gateway,
+    out_ns: *mut u64,
+) -> ipsec_status {
+    call(|| {
+        let out_ns = out_ptr(out_ns, "out_ns")?;
+        // SAFETY: caller's contract.
+        let h = unsafe { borrow(gateway, "gateway") }?;
+        let due = time_ns(h.gateway.next_keepalive());
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out_ns.write(due) };
         Ok(())
     })
 }

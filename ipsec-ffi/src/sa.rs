@@ -6,8 +6,9 @@ use core::time::Duration;
 
 use ipsec_core::sa_file::parse_sa_file;
 use ipsec_core::{
-    Cipher, ConfigError, Direction, DropReason, EspPadding, Integrity, Lifetime, LifetimeLimit,
-    Mode, PacketBuf, SaConfig, SaEvent, SaStats, SecurityAssociation, TfcPadding,
+    Cipher, ConfigError, DfPolicy, Direction, DropReason, EspPadding, Integrity, Lifetime,
+    LifetimeLimit, Mode, NAT_KEEPALIVE_MAX_LEN, PacketBuf, SaConfig, SaEvent, SaStats,
+    SecurityAssociation, TfcPadding,
 };
 
 use crate::boundary::{bad_descriptor, boundary, call, config_error, fail, invalid, packet_error};
@@ -103,6 +104,25 @@ pub enum ipsec_padding {
     /// The RFC 4303 minimum (4-byte alignment, 16 for AES-CBC), as Linux sends.
     IPSEC_PADDING_MINIMAL = 1,
 }
+
+/// The DF bit policy of outer IPv4 headers (RFC 4301 §8.1), `ipsec_sa_config.df`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ipsec_df {
+    /// Copy DF from the inner IPv4 header; packets without one (inner IPv6, dummy
+    /// packets, NAT-keepalives) get DF set, as Linux does. The default.
+    IPSEC_DF_COPY = 0,
+    /// Always set DF.
+    IPSEC_DF_SET = 1,
+    /// Always clear DF (routers may fragment the outer packet).
+    IPSEC_DF_CLEAR = 2,
+}
+
+/// The largest NAT-keepalive `ipsec_sa_poll_keepalive` writes (IPv6 header, UDP header,
+/// one 0xFF byte): give it a buffer of at least this many bytes.
+pub const IPSEC_NAT_KEEPALIVE_MAX_LEN: usize = 49;
+const _: () = assert!(IPSEC_NAT_KEEPALIVE_MAX_LEN == ipsec_core::NAT_KEEPALIVE_MAX_LEN);
 
 /// What `ipsec_sa_poll_event` reports.
 #[repr(u32)]
@@ -202,6 +222,21 @@ pub struct ipsec_sa_config {
     /// that would cross the byte limit is refused (`IPSEC_ERR_LIFETIME_EXPIRED`) and
     /// expires the SA: the limit is never overshot.
     pub hard_lifetime: ipsec_lifetime,
+    /// An `ipsec_df` value: the DF bit of outer IPv4 headers (`IPSEC_DF_COPY` by
+    /// default, and in a zeroed struct).
+    pub df: u32,
+    /// Outbound with `udp_encap`: seconds of silence after which a NAT-keepalive is due
+    /// (`ipsec_sa_poll_keepalive`); 0 turns keepalives off. `ipsec_sa_config_init` sets
+    /// 20 (RFC 3948).
+    pub nat_keepalive_interval: u32,
+    /// Inbound transport mode with UDP encapsulation: the original source address of
+    /// the peer's packets before NAT (NAT-OA, from IKE), NUL-terminated; NULL for none.
+    /// With both original addresses the inner TCP/UDP/ICMPv6 checksum is updated
+    /// incrementally to the received addresses, without them it is recomputed
+    /// (RFC 3948 §3.1.2).
+    pub nat_original_src: *const c_char,
+    /// The original destination address (NAT-OA), NUL-terminated; NULL for none.
+    pub nat_original_dst: *const c_char,
     /// Outbound: the path MTU, the largest outer packet the path carries (0: no limit).
     /// Larger packets are fragmented (`ipsec_sa_encrypt_fragmenting`) or refused with
     /// `IPSEC_ERR_TOO_BIG`; see `ipsec_sa_set_path_mtu`.
@@ -209,8 +244,19 @@ pub struct ipsec_sa_config {
     /// Must be zero.
     pub reserved32: u32,
     /// Must be zero: room for fields added later without changing the struct's size.
-    pub reserved: [u64; 7],
+    /// (These were `reserved[8]`; the fields above took the first four words.)
+    pub reserved: [u64; 4],
 }
+
+// The fields above came out of the reserved words: the struct keeps its size, and the
+// words still reserved their offsets (on 64-bit targets, where pointers take a word).
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    assert!(core::mem::size_of::<ipsec_sa_config>() == 216);
+    assert!(core::mem::offset_of!(ipsec_sa_config, df) == 152);
+    assert!(core::mem::offset_of!(ipsec_sa_config, path_mtu) == 176);
+    assert!(core::mem::offset_of!(ipsec_sa_config, reserved) == 184);
+};
 
 /// How much room an outbound packet needs around it (`ipsec_sa_overhead`).
 #[repr(C)]
@@ -470,6 +516,17 @@ fn padding_from(v: u32) -> Result<EspPadding, ipsec_status> {
     }
 }
 
+fn df_from(v: u32) -> Result<DfPolicy, ipsec_status> {
+    match v {
+        0 => Ok(DfPolicy::Copy),
+        1 => Ok(DfPolicy::Set),
+        2 => Ok(DfPolicy::Clear),
+        _ => Err(invalid(format!(
+            "df {v} is not an ipsec_df (0 copy, 1 set, 2 clear)"
+        ))),
+    }
+}
+
 fn lifetime_from(l: &ipsec_lifetime) -> Lifetime {
     let mut out = Lifetime::NONE;
     if l.bytes != 0 {
@@ -596,7 +653,12 @@ unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
         .seq(c.seq)
         .padding(padding_from(c.padding)?)
         .soft_lifetime(lifetime_from(&c.soft_lifetime))
-        .hard_lifetime(lifetime_from(&c.hard_lifetime));
+        .hard_lifetime(lifetime_from(&c.hard_lifetime))
+        .df(df_from(c.df)?)
+        .nat_keepalive_interval(
+            (c.nat_keepalive_interval != 0)
+                .then(|| Duration::from_secs(u64::from(c.nat_keepalive_interval))),
+        );
     let addr = |ptr: *const c_char,
                 field: &'static str|
      -> Result<Option<std::net::IpAddr>, ipsec_status> {
@@ -626,6 +688,27 @@ unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
     if c.udp_encap {
         cfg.udp_encap(c.udp_src_port, c.udp_dst_port);
     }
+    match (
+        addr(c.nat_original_src, "nat_original_src")?,
+        addr(c.nat_original_dst, "nat_original_dst")?,
+    ) {
+        (Some(s), Some(d)) => {
+            cfg.nat_original_addresses(s, d);
+        }
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(config_error(&ConfigError::new(
+                "nat_original_dst",
+                "missing (nat_original_src is given)",
+            )));
+        }
+        (None, Some(_)) => {
+            return Err(config_error(&ConfigError::new(
+                "nat_original_src",
+                "missing (nat_original_dst is given)",
+            )));
+        }
+    }
     if c.outer_ttl != 0 {
         cfg.outer_ttl(c.outer_ttl);
     }
@@ -644,7 +727,7 @@ unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
 // Entry points.
 
 /// Fills `*config` with the defaults: everything zero or NULL, except `replay_window`
-/// 64 and `outer_ttl` 64. `direction`, `mode`, `cipher` stay 0, which is no valid
+/// 64, `outer_ttl` 64 and `nat_keepalive_interval` 20 (`df` 0 is `IPSEC_DF_COPY`). `direction`, `mode`, `cipher` stay 0, which is no valid
 /// value: set them (and `spi`, the keys, the tunnel endpoints) before `ipsec_sa_new`.
 ///
 /// # Safety
@@ -677,9 +760,13 @@ pub unsafe extern "C" fn ipsec_sa_config_init(config: *mut ipsec_sa_config) -> i
             padding: ipsec_padding::IPSEC_PADDING_BLOCKS as u32,
             soft_lifetime: ipsec_lifetime::default(),
             hard_lifetime: ipsec_lifetime::default(),
+            df: ipsec_df::IPSEC_DF_COPY as u32,
+            nat_keepalive_interval: SaConfig::DEFAULT_NAT_KEEPALIVE_INTERVAL.as_secs() as u32,
+            nat_original_src: core::ptr::null(),
+            nat_original_dst: core::ptr::null(),
             path_mtu: 0,
             reserved32: 0,
-            reserved: [0; 7],
+            reserved: [0; 4],
         };
         // SAFETY: `config` is non-NULL, aligned and writable (checked / caller's contract).
         unsafe { config.write(value) };
@@ -735,7 +822,9 @@ pub unsafe extern "C" fn ipsec_sa_new(
 /// `cipher` ("aes-128-gcm", ...), `key` (hex), and optionally `integrity`,
 /// `integrity_key`, `esn`, `replay_window`, `tunnel_src`, `tunnel_dst`,
 /// `udp_encap = [src, dst]`, `seq`, `outer_ttl`, `tfc_pad_to`, `padding`, `path_mtu`,
-/// `soft_lifetime` / `hard_lifetime = { bytes, packets, seconds }`. `IPSEC_ERR_CONFIG` when the text or an SA
+/// `soft_lifetime` / `hard_lifetime = { bytes, packets, seconds }`, `df` ("copy", "set",
+/// "clear"), `nat_keepalive_interval` (seconds, 0 off), `nat_original_addresses =
+/// [src, dst]`. `IPSEC_ERR_CONFIG` when the text or an SA
 /// in it is invalid (the message names the SA and the key), `IPSEC_ERR_NOT_FOUND` when no
 /// SA has that name.
 ///
@@ -1095,5 +1184,90 @@ pub unsafe extern "C" fn ipsec_sa_poll_event(
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out.write(event) };
         Ok(())
+    })
+}
+
+/// Writes a NAT-keepalive into `buf` when the SA owes its peer one at `now_ns` (RFC 3948
+/// §2.3: an outbound SA with `udp_encap` that has sent nothing for
+/// `nat_keepalive_interval` seconds) and stores its length in `*out_len`, counting it as
+/// sent; stores 0 when none is due. Send the bytes as they are: a whole IP packet (the
+/// SA's addresses, UDP with its ports and a valid checksum, one 0xFF byte). Call it
+/// when the time `ipsec_sa_next_keepalive` gives has come; every packet encrypted moves
+/// that time on. `capacity` must be at least `IPSEC_NAT_KEEPALIVE_MAX_LEN`
+/// (`IPSEC_ERR_BUFFER_TOO_SMALL` otherwise, nothing written). An inbound SA, one
+/// without UDP encapsulation or with keepalives off, an expired SA and a transport-mode
+/// SA that has not encrypted its first packet yet (it takes the addresses from it) owe
+/// none.
+///
+/// # Safety
+///
+/// `sa` is a live SA used by no other thread during the call; `buf` points to
+/// `capacity` writable bytes; `out_len` to a writable `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_poll_keepalive(
+    sa: *mut ipsec_sa,
+    now_ns: u64,
+    buf: *mut u8,
+    capacity: usize,
+    out_len: *mut usize,
+) -> ipsec_status {
+    call(|| {
+        let out_len = out_ptr(out_len, "out_len")?;
+        // SAFETY: caller's contract.
+        let sa = unsafe { borrow_mut(sa, "sa") }?;
+        // SAFETY: caller's contract.
+        let buf = unsafe { bytes_mut(buf, capacity, "buf") }?;
+        let out = keepalive_buffer(buf)?;
+        let len = sa.poll_keepalive(now(now_ns), out).unwrap_or(0);
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out_len.write(len) };
+        Ok(())
+    })
+}
+
+/// The first `IPSEC_NAT_KEEPALIVE_MAX_LEN` bytes of `buf`, or
+/// `IPSEC_ERR_BUFFER_TOO_SMALL`.
+pub(crate) fn keepalive_buffer(
+    buf: &mut [u8],
+) -> Result<&mut [u8; NAT_KEEPALIVE_MAX_LEN], ipsec_status> {
+    let len = buf.len();
+    buf.first_chunk_mut().ok_or_else(|| {
+        fail(
+            ipsec_status::IPSEC_ERR_BUFFER_TOO_SMALL,
+            format!(
+                "capacity {len} is less than IPSEC_NAT_KEEPALIVE_MAX_LEN ({NAT_KEEPALIVE_MAX_LEN})"
+            ),
+        )
+    })
+}
+
+/// Stores in `*out_ns` when the SA's next NAT-keepalive is due, on the caller's clock
+/// (the `now_ns` of the other calls), for a timer: then call `ipsec_sa_poll_keepalive`.
+/// `UINT64_MAX` when the SA owes none (see `ipsec_sa_poll_keepalive`).
+///
+/// # Safety
+///
+/// `sa` is a live SA; `out_ns` points to a writable `uint64_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_next_keepalive(
+    sa: *const ipsec_sa,
+    out_ns: *mut u64,
+) -> ipsec_status {
+    call(|| {
+        let out_ns = out_ptr(out_ns, "out_ns")?;
+        // SAFETY: caller's contract.
+        let sa = unsafe { borrow(sa, "sa") }?;
+        let due = time_ns(sa.next_keepalive());
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out_ns.write(due) };
+        Ok(())
+    })
+}
+
+/// A point on the caller's clock in nanoseconds; `None` (never) is `u64::MAX`, as are
+/// times beyond it.
+pub(crate) fn time_ns(t: Option<Duration>) -> u64 {
+    t.map_or(u64::MAX, |t| {
+        u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
     })
 }

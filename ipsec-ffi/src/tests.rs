@@ -270,8 +270,9 @@ fn out_of_range_enums_and_reserved_fields_are_refused() {
         ("cipher 0", |c| c.cipher = 0),
         ("integrity 77", |c| c.integrity = 77),
         ("padding 4", |c| c.padding = 4),
-        ("reserved", |c| c.reserved[6] = 1),
+        ("reserved", |c| c.reserved[3] = 1),
         ("reserved32", |c| c.reserved32 = 1),
+        ("df 3", |c| c.df = 3),
     ] {
         let mut bad = c;
         set(&mut bad);
@@ -816,6 +817,218 @@ fn gateway_holds_outer_esp_fragments_as_reassembling() {
             ipsec_gateway_set_reassembly_limits(gw, null(), &mut dropped),
             ipsec_status::IPSEC_OK,
             "NULL: the defaults"
+        );
+        ipsec_gateway_free(gw);
+    }
+}
+
+#[test]
+fn nat_t_config_fields_come_from_the_reserved_words() {
+    let c = config(0x1000, ipsec_direction::IPSEC_DIRECTION_OUTBOUND);
+    assert_eq!(c.df, ipsec_df::IPSEC_DF_COPY as u32);
+    assert_eq!(c.nat_keepalive_interval, 20);
+    assert!(c.nat_original_src.is_null() && c.nat_original_dst.is_null());
+    assert_eq!((c.path_mtu, c.reserved32), (0, 0));
+    assert_eq!(c.reserved, [0; 4]);
+    #[cfg(target_pointer_width = "64")]
+    {
+        // The layout before these fields: 216 bytes, reserved[8] at 152; the last
+        // reserved word keeps its offset.
+        assert_eq!(core::mem::size_of::<ipsec_sa_config>(), 216);
+        assert_eq!(core::mem::offset_of!(ipsec_sa_config, df), 152);
+        assert_eq!(
+            core::mem::offset_of!(ipsec_sa_config, reserved) + 3 * 8,
+            152 + 7 * 8
+        );
+    }
+}
+
+/// An outbound tunnel SA with NAT-T: DF policy on the wire, keepalives polled.
+#[test]
+fn df_and_keepalives_through_the_c_api() {
+    let mut c = config(0x1000, ipsec_direction::IPSEC_DIRECTION_OUTBOUND);
+    c.udp_encap = true;
+    c.udp_src_port = 4500;
+    c.udp_dst_port = 4500;
+    c.df = ipsec_df::IPSEC_DF_CLEAR as u32;
+    c.nat_keepalive_interval = 5;
+    let sa = new_sa(&c);
+    let mut buf = [0u8; 256];
+    let (mut off, mut len) = (128usize, put_packet(&mut buf, 128));
+    buf[128 + 6] = 0x40; // inner DF set: cleared outside by policy
+    // SAFETY: sa live; buf valid for its length; outputs writable; freed once.
+    unsafe {
+        let st = ipsec_sa_encrypt(sa, buf.as_mut_ptr(), buf.len(), &mut off, &mut len, T0);
+        assert_eq!(st, ipsec_status::IPSEC_OK);
+        assert_eq!(buf[off + 6] & 0x40, 0, "DF cleared by policy");
+
+        let mut due = 0u64;
+        assert_eq!(
+            ipsec_sa_next_keepalive(sa, &mut due),
+            ipsec_status::IPSEC_OK
+        );
+        assert_eq!(due, T0 + 5_000_000_000);
+        let mut ka = [0u8; IPSEC_NAT_KEEPALIVE_MAX_LEN];
+        let mut n = 99usize;
+        let st = ipsec_sa_poll_keepalive(sa, due - 1, ka.as_mut_ptr(), ka.len(), &mut n);
+        assert_eq!((st, n), (ipsec_status::IPSEC_OK, 0), "not due yet");
+        let st = ipsec_sa_poll_keepalive(sa, due, ka.as_mut_ptr(), ka.len(), &mut n);
+        assert_eq!((st, n), (ipsec_status::IPSEC_OK, 29));
+        assert_eq!(&ka[20..28], &[0x11, 0x94, 0x11, 0x94, 0, 9, ka[26], ka[27]]);
+        assert_eq!(ka[28], 0xff);
+        assert_eq!(ka[9], 17);
+        assert_eq!(
+            ipsec_sa_next_keepalive(sa, &mut due),
+            ipsec_status::IPSEC_OK
+        );
+        assert_eq!(due, T0 + 10_000_000_000);
+
+        // Too small a buffer: refused, nothing written, nothing marked sent.
+        let mut small = [0u8; 48];
+        n = 7;
+        let st = ipsec_sa_poll_keepalive(sa, due, small.as_mut_ptr(), small.len(), &mut n);
+        assert_eq!(st, ipsec_status::IPSEC_ERR_BUFFER_TOO_SMALL);
+        assert_eq!(n, 7);
+        assert!(last_error().contains("IPSEC_NAT_KEEPALIVE_MAX_LEN"));
+        // NULL arguments.
+        assert_eq!(
+            ipsec_sa_poll_keepalive(null_mut(), due, ka.as_mut_ptr(), ka.len(), &mut n),
+            ipsec_status::IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            ipsec_sa_poll_keepalive(sa, due, null_mut(), ka.len(), &mut n),
+            ipsec_status::IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            ipsec_sa_poll_keepalive(sa, due, ka.as_mut_ptr(), ka.len(), null_mut()),
+            ipsec_status::IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            ipsec_sa_next_keepalive(sa, null_mut()),
+            ipsec_status::IPSEC_ERR_INVALID_ARGUMENT
+        );
+        ipsec_sa_free(sa);
+
+        // Keepalives off: never due.
+        c.nat_keepalive_interval = 0;
+        let sa = new_sa(&c);
+        assert_eq!(
+            ipsec_sa_next_keepalive(sa, &mut due),
+            ipsec_status::IPSEC_OK
+        );
+        assert_eq!(due, u64::MAX);
+        ipsec_sa_free(sa);
+    }
+}
+
+#[test]
+fn nat_original_addresses_are_checked() {
+    let mut c = config(0x1000, ipsec_direction::IPSEC_DIRECTION_INBOUND);
+    c.mode = ipsec_mode::IPSEC_MODE_TRANSPORT as u32;
+    c.udp_encap = true;
+    c.nat_original_src = c"10.0.0.5".as_ptr();
+    let mut sa = null_mut();
+    // SAFETY: c's pointers are valid C strings; sa writable; freed once.
+    unsafe {
+        assert_eq!(
+            ipsec_sa_new(&c, T0, &mut sa),
+            ipsec_status::IPSEC_ERR_CONFIG
+        );
+        assert!(
+            last_error().contains("nat_original_dst"),
+            "{}",
+            last_error()
+        );
+        c.nat_original_dst = c"198.51.100.500".as_ptr();
+        assert_eq!(
+            ipsec_sa_new(&c, T0, &mut sa),
+            ipsec_status::IPSEC_ERR_CONFIG
+        );
+        assert!(
+            last_error().contains("nat_original_dst"),
+            "{}",
+            last_error()
+        );
+        c.nat_original_dst = c"198.51.100.2".as_ptr();
+        let ok = new_sa(&c);
+        ipsec_sa_free(ok);
+        c.mode = ipsec_mode::IPSEC_MODE_TUNNEL as u32;
+        assert_eq!(
+            ipsec_sa_new(&c, T0, &mut sa),
+            ipsec_status::IPSEC_ERR_CONFIG
+        );
+        assert!(
+            last_error().contains("nat_original_addresses"),
+            "{}",
+            last_error()
+        );
+    }
+}
+
+const NATT_POLICY: &str = r#"
+[[policy]]
+name = "rdp"
+direction = "both"
+local = "10.0.0.10"
+remote = "10.1.0.0/24"
+action = "protect"
+sa = ["out", "in"]
+
+[[sa]]
+name = "out"
+spi = 4097
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "0707070707070707070707070707070707070707"
+tunnel_src = "2001:db8::1"
+tunnel_dst = "2001:db8::2"
+udp_encap = [4500, 4500]
+nat_keepalive_interval = 30
+
+[[sa]]
+name = "in"
+spi = 8193
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "0707070707070707070707070707070707070707"
+"#;
+
+#[test]
+fn gateway_keepalives_through_the_c_api() {
+    let mut gw = null_mut();
+    // SAFETY: NATT_POLICY valid; buffers valid for their capacity; freed once.
+    unsafe {
+        assert_eq!(
+            ipsec_gateway_new(NATT_POLICY.as_ptr().cast(), NATT_POLICY.len(), T0, &mut gw),
+            ipsec_status::IPSEC_OK
+        );
+        let mut due = 0u64;
+        assert_eq!(
+            ipsec_gateway_next_keepalive(gw, &mut due),
+            ipsec_status::IPSEC_OK
+        );
+        assert_eq!(due, T0 + 30_000_000_000);
+        let mut ka = [0u8; 64];
+        let (mut n, mut name) = (0usize, null());
+        let st =
+            ipsec_gateway_poll_keepalive(gw, due, ka.as_mut_ptr(), ka.len(), &mut n, &mut name);
+        assert_eq!((st, n), (ipsec_status::IPSEC_OK, 49));
+        assert_eq!(c_text(name), Some("out"));
+        assert_eq!((ka[0] >> 4, ka[6], ka[48]), (6, 17, 0xff));
+        assert_ne!(&ka[46..48], &[0, 0], "UDP checksum over IPv6");
+        let st =
+            ipsec_gateway_poll_keepalive(gw, due, ka.as_mut_ptr(), ka.len(), &mut n, &mut name);
+        assert_eq!((st, n), (ipsec_status::IPSEC_OK, 0));
+        assert!(name.is_null());
+        assert_eq!(
+            ipsec_gateway_poll_keepalive(gw, due, ka.as_mut_ptr(), 10, &mut n, &mut name),
+            ipsec_status::IPSEC_ERR_BUFFER_TOO_SMALL
+        );
+        assert_eq!(
+            ipsec_gateway_poll_keepalive(gw, due, ka.as_mut_ptr(), ka.len(), &mut n, null_mut()),
+            ipsec_status::IPSEC_ERR_INVALID_ARGUMENT
         );
         ipsec_gateway_free(gw);
     }

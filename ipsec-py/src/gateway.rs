@@ -556,6 +556,38 @@ impl PyGateway {
         res.map_err(|e| Failure::from(e).into_exception(py))
     }
 
+    /// Returns the next NAT-keepalive any of the gateway's SAs owes at `now` (default:
+    /// the last time given) as `(SA name, packet)`, counting it as sent, or `None`. Call
+    /// until `None`, sending each as it comes.
+    #[pyo3(signature = (now=None))]
+    fn poll_keepalive<'py>(
+        &self,
+        py: Python<'py>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<(String, Bound<'py, PyBytes>)>> {
+        let now = now_arg(now)?;
+        let mut out = [0u8; ipsec_core::NAT_KEEPALIVE_MAX_LEN];
+        let found = {
+            let mut st = self.lock(py)?;
+            let now = st.time(now);
+            st.gateway
+                .poll_keepalive(now, &mut out)
+                .map(|(name, n)| (name.to_owned(), n))
+        };
+        Ok(found.map(|(name, n)| (name, PyBytes::new(py, &out[..n]))))
+    }
+
+    /// When the next NAT-keepalive of any SA is due, in seconds on the caller's clock,
+    /// or `None` when none of them sends keepalives.
+    #[getter]
+    fn next_keepalive(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        Ok(self
+            .lock(py)?
+            .gateway
+            .next_keepalive()
+            .map(|t| t.as_secs_f64()))
+    }
+
     /// The SA names, in file order.
     #[getter]
     fn sa_names(&self) -> Vec<String> {

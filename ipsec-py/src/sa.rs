@@ -27,8 +27,8 @@ use core::ptr::NonNull;
 use core::time::Duration;
 use ipsec_core::sa_file::{NamedSa, parse_sa_file};
 use ipsec_core::{
-    Cipher, Direction, EspPadding, Integrity, Lifetime, LifetimeLimit, Mode, PacketBuf, SaConfig,
-    SaEvent, SaStats, SecurityAssociation, TfcPadding,
+    Cipher, DfPolicy, Direction, EspPadding, Integrity, Lifetime, LifetimeLimit, Mode,
+    NAT_KEEPALIVE_MAX_LEN, PacketBuf, SaConfig, SaEvent, SaStats, SecurityAssociation, TfcPadding,
 };
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -38,6 +38,10 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use zeroize::Zeroizing;
+
+/// The default of the `nat_keepalive_interval` keyword, in seconds.
+const DEFAULT_KEEPALIVE_SECONDS: f64 = 20.0;
+const _: () = assert!(SaConfig::DEFAULT_NAT_KEEPALIVE_INTERVAL.as_secs() == 20);
 
 /// What the mutex protects: the core SA, the caller's latest time, a decrypt scratch
 /// buffer.
@@ -269,11 +273,14 @@ impl PySecurityAssociation {
         spi, direction, mode, cipher, key, integrity=None, integrity_key=None, esn=None,
         replay_window=None, tunnel_src=None, tunnel_dst=None, udp_encap=None, seq=None, *,
         soft_lifetime=None, hard_lifetime=None, padding=None, tfc_pad_to=None,
-        outer_ttl=None, path_mtu=None, now=None
+        outer_ttl=None, path_mtu=None, df=None,
+        nat_keepalive_interval=Some(DEFAULT_KEEPALIVE_SECONDS), nat_original_addresses=None,
+        now=None
     ), text_signature = "(spi, direction, mode, cipher, key, integrity=None, integrity_key=b'', \
         esn=False, replay_window=64, tunnel_src=None, tunnel_dst=None, udp_encap=None, seq=0, *, \
         soft_lifetime=None, hard_lifetime=None, padding='blocks', tfc_pad_to=None, outer_ttl=64, \
-        path_mtu=None, now=0.0)")]
+        path_mtu=None, df='copy', nat_keepalive_interval=20.0, nat_original_addresses=None, \
+        now=0.0)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         spi: &Bound<'_, PyAny>,
@@ -295,6 +302,9 @@ impl PySecurityAssociation {
         tfc_pad_to: Option<&Bound<'_, PyAny>>,
         outer_ttl: Option<&Bound<'_, PyAny>>,
         path_mtu: Option<&Bound<'_, PyAny>>,
+        df: Option<&Bound<'_, PyAny>>,
+        nat_keepalive_interval: Option<f64>,
+        nat_original_addresses: Option<&Bound<'_, PyAny>>,
         now: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let name = |o: &Bound<'_, PyAny>, f: &str| -> PyResult<String> {
@@ -383,6 +393,26 @@ impl PySecurityAssociation {
             cfg.outer_ttl(t);
         }
         cfg.path_mtu(convert::opt_int::<u16>(path_mtu, "path_mtu", Bad::Config)?);
+        if let Some(d) = df.filter(|d| !d.is_none()) {
+            cfg.df(DfPolicy::from_name(&name(d, "df")?).map_err(Failure::from)?);
+        }
+        cfg.nat_keepalive_interval(match nat_keepalive_interval {
+            Some(s) => Some(convert::seconds(s, "nat_keepalive_interval", Bad::Config)?),
+            None => None,
+        });
+        if let Some(pair) = nat_original_addresses.filter(|o| !o.is_none()) {
+            let (src, dst): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+                pair.extract().map_err(|_| {
+                    PyTypeError::new_err(format!(
+                        "nat_original_addresses must be a (src, dst) tuple of addresses, got {}",
+                        convert::type_name(pair)
+                    ))
+                })?;
+            cfg.nat_original_addresses(
+                convert::addr(&src, "nat_original_addresses", Bad::Config)?,
+                convert::addr(&dst, "nat_original_addresses", Bad::Config)?,
+            );
+        }
         let now = convert::opt_seconds(now, "now", Bad::Config)?.unwrap_or(Duration::ZERO);
         Ok(Self::create(cfg, now)?)
     }
@@ -596,6 +626,43 @@ impl PySecurityAssociation {
             st.sa.poll_event(now)
         };
         Ok(event.and_then(event_of))
+    }
+
+    /// Returns the NAT-keepalive (a whole IP packet: IP, UDP, one 0xFF byte) this SA
+    /// owes its peer at `now` (default: the last time given), counting it as sent, or
+    /// `None` when none is due (see `next_keepalive`).
+    #[pyo3(signature = (now=None))]
+    fn poll_keepalive<'py>(
+        &self,
+        py: Python<'py>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let now = now_arg(now)?;
+        let mut out = [0u8; NAT_KEEPALIVE_MAX_LEN];
+        let len = {
+            let mut st = self.lock(py)?;
+            let now = Self::time(&mut st, now);
+            st.sa.poll_keepalive(now, &mut out)
+        };
+        Ok(len.map(|n| PyBytes::new(py, &out[..n])))
+    }
+
+    /// When the next NAT-keepalive is due, in seconds on the caller's clock (the `now`
+    /// of the other calls), or `None` when the SA sends none (keepalives off, inbound,
+    /// no UDP encapsulation, expired, or transport mode before its first packet).
+    #[getter]
+    fn next_keepalive(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        Ok(self.lock(py)?.sa.next_keepalive().map(|t| t.as_secs_f64()))
+    }
+
+    /// The NAT-keepalive interval in seconds, or `None` when the SA sends none.
+    #[getter]
+    fn nat_keepalive_interval(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        Ok(self
+            .lock(py)?
+            .sa
+            .nat_keepalive_interval()
+            .map(|t| t.as_secs_f64()))
     }
 
     /// Every pending event (rekey and expiry), in order, until none is left.

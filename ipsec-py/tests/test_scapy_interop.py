@@ -139,7 +139,8 @@ def rfc6040_outer_tos(inner: int) -> int:
     return (inner & 0xFC) | (2 if ecn == 3 else ecn)
 
 
-def scapy_sa(cipher: str, integ: Optional[str], spi: int, sc: Scenario, tos: int = 0) -> Any:
+def scapy_sa(cipher: str, integ: Optional[str], spi: int, sc: Scenario, tos: int = 0,
+             ident: int = 0, df: bool = False) -> Any:
     kwargs: dict[str, Any] = dict(spi=spi, seq_num=1, crypt_algo=SCAPY_CIPHER[cipher],
                                   crypt_key=key_for(cipher) or None, esn_en=sc.esn, esn=0)
     if integ:
@@ -147,8 +148,9 @@ def scapy_sa(cipher: str, integ: Optional[str], spi: int, sc: Scenario, tos: int
         kwargs["auth_key"] = integrity_key_for(integ)
     if sc.mode == "tunnel":
         if sc.outer == 4:
-            kwargs["tunnel_header"] = IP(version=4, ihl=5, tos=tos, id=0, flags=0, frag=0,
-                                         ttl=64, src=T4_SRC, dst=T4_DST)
+            kwargs["tunnel_header"] = IP(version=4, ihl=5, tos=tos, id=ident,
+                                         flags="DF" if df else 0, frag=0, ttl=64,
+                                         src=T4_SRC, dst=T4_DST)
         else:
             kwargs["tunnel_header"] = IPv6(version=6, tc=tos, fl=0, hlim=64, src=T6_SRC,
                                            dst=T6_DST)
@@ -238,9 +240,14 @@ def test_byte_exact_with_minimal_padding(cipher: str, integ: Optional[str], sc: 
     plain = [p for p in sc.packets() if tos_of(p) == 0]  # scapy copies no DSCP/ECN
     ours = our_sa(cipher, integ, spi, sc, "outbound", padding="minimal")
     mine = ours.encrypt_many(plain)
+    first_id = IP(mine[0]).id if sc.mode == "tunnel" and sc.outer == 4 else 0
     for i, (pt, ct) in enumerate(zip(plain, mine)):
         seq = i + 1
-        theirs = scapy_sa(cipher, integ, spi, sc)
+        # Outer IPv4: our Identification counts up from a random start (RFC 6864), and
+        # DF is copied from the inner header, set for an inner IPv6 packet (RFC 4301
+        # 8.1, the default policy); scapy's template is given the same.
+        inner_df = pt[0] >> 4 == 6 or bool(pt[6] & 0x40)
+        theirs = scapy_sa(cipher, integ, spi, sc, ident=(first_id + i) & 0xFFFF, df=inner_df)
         theirs.seq_num = seq
         iv = struct.pack("!Q", seq) if cipher in COUNTER_IV else None
         want = bytes(raw(theirs.encrypt(parse_ip(pt), iv=iv)))

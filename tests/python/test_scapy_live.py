@@ -192,6 +192,17 @@ def packets_natt_tunnel():
     return packets_natt4() + [_freeze(v6(tcp(445, _pl(30, "C"))))]
 
 
+def packets_natt6():
+    # No extension headers: scapy 2.8.0 mishandles ESP in UDP behind them (it names
+    # ESP, not UDP, in the header before, and does not find the UDP when decrypting).
+    return [
+        _freeze(v6(tcp(3389, _pl(30, "E")))),
+        _freeze(v6(udp(53, _pl(19, "F")))),
+        sized(lambda p: v6(tcp(443, p)), 1400, "G"),
+        _freeze(v6(ICMPv6EchoRequest(id=0x4d2, seq=9, data=_pl(24, "H")))),
+    ]
+
+
 class Scenario(object):
     def __init__(self, tag, mode, outer, packets, start=0, esn=False, nat_t=False):
         self.tag = tag
@@ -212,6 +223,8 @@ SCENARIOS = [
     Scenario("esn-transport-v6", "transport", None, packets_esn6, start=ESN_START, esn=True),
     Scenario("natt-tunnel-outer4", "tunnel", 4, packets_natt_tunnel, nat_t=True),
     Scenario("natt-transport-v4", "transport", None, packets_natt4, nat_t=True),
+    Scenario("natt-tunnel-outer6", "tunnel", 6, packets_natt_tunnel, nat_t=True),
+    Scenario("natt-transport-v6", "transport", None, packets_natt6, nat_t=True),
 ]
 SCENARIO_IDS = [s.tag for s in SCENARIOS]
 
@@ -406,6 +419,15 @@ def ipv4_checksum_ok(hdr):
     return s == 0xFFFF
 
 
+def scapy_udp_checksum(pkt_bytes):
+    """The UDP checksum scapy computes for the UDP datagram in `pkt_bytes` (its own
+    pseudo-header code, RFC 768 / RFC 8200 8.1)."""
+    pkt = parse_ip(pkt_bytes)
+    fresh = pkt.copy()
+    del fresh[UDP].chksum
+    return parse_ip(raw(fresh))[UDP].chksum
+
+
 def split_esp(protected):
     """Offset of the ESP header in an outer packet; checks outer framing basics."""
     pkt = parse_ip(protected)
@@ -439,6 +461,7 @@ def test_we_encrypt_scapy_decrypts(ipsec_bin, tmp_path, cipher, integ, sc):
     iv_len = {"aead": 8, "gmac": 8, "cbc": 16, "null": 0}[kind]
     sa = scapy_sa(cipher, integ, spi, sc)
     seen_ivs = set()
+    outer_ids = []
     for i, (pt, ct) in enumerate(zip(plain, out)):
         seq = sc.start + 1 + i
         what = "packet #%d (seq %d)" % (i, seq)
@@ -466,7 +489,14 @@ def test_we_encrypt_scapy_decrypts(ipsec_bin, tmp_path, cipher, integ, sc):
             sport, dport, ulen, csum = struct.unpack("!HHHH", ct[off - 8:off])
             assert (sport, dport) == NAT_T, what
             assert ulen == len(esp) + 8, what
-            assert csum == 0, "%s: NAT-T UDP checksum must be 0 (RFC 3948 2.1)" % what
+            if ct[0] >> 4 == 4:
+                assert csum == 0, "%s: NAT-T UDP checksum over IPv4 must be 0 (RFC 3948 2.1)" % what
+            else:
+                # RFC 8200 8.1: never 0 over IPv6; scapy recomputes it.
+                assert csum != 0, "%s: NAT-T UDP checksum 0 over IPv6" % what
+                assert csum == scapy_udp_checksum(ct), \
+                    "%s: UDP checksum 0x%04x, scapy computes 0x%04x" % (
+                        what, csum, scapy_udp_checksum(ct))
 
         if sc.mode == "tunnel":
             o = parse_ip(ct)
@@ -474,9 +504,16 @@ def test_we_encrypt_scapy_decrypts(ipsec_bin, tmp_path, cipher, integ, sc):
             if sc.outer == 4:
                 assert isinstance(o, IP), what
                 assert (o.src, o.dst) == (T4_SRC, T4_DST), what
-                assert o.ttl == 64 and o.id == 0 and o.flags == 0 and o.frag == 0, \
-                    "%s: outer IPv4 ttl=%d id=%d flags=%s (want 64/0/DF clear)" % (
-                        what, o.ttl, o.id, o.flags)
+                # RFC 6864: one Identification per packet (a per-SA counter from a
+                # random start); RFC 4301 8.1 "copy" (the default): DF from the inner
+                # IPv4 header, set for an inner IPv6 packet.
+                want_df = pt[0] >> 4 == 6 or bool(pt[6] & 0x40)
+                assert o.ttl == 64 and o.frag == 0 and (o.flags == "DF") == want_df, \
+                    "%s: outer IPv4 ttl=%d flags=%s (want 64, DF %s)" % (
+                        what, o.ttl, o.flags, want_df)
+                assert o.id == (outer_ids[0] + i) & 0xFFFF if outer_ids else True, \
+                    "%s: outer IPv4 id %d, want %d" % (what, o.id, outer_ids[0] + i)
+                outer_ids.append(o.id)
                 assert o.tos == rfc6040_outer_tos(inner_tos), \
                     "%s: inner tos 0x%02x -> outer 0x%02x, want 0x%02x" % (
                         what, inner_tos, o.tos, rfc6040_outer_tos(inner_tos))
@@ -699,3 +736,111 @@ def test_decap_propagates_ce(ipsec_bin, tmp_path):
     want = [raw(want0.__class__(raw(want0))), raw(want1), raw(inner[2])]
     for i, (w, g) in enumerate(zip(want, out)):
         assert_same_bytes(g, w, "packet #%d: RFC 6040 4.2 (outer CE, inner ECT -> inner CE)" % i)
+
+
+# --------------------------------------------------------------------------
+# Outer IPv4 DF policy (RFC 4301 8.1) and Identification (RFC 6864)
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("df", [None, "copy", "set", "clear"])
+def test_outer_ipv4_df_policy_and_identification(ipsec_bin, tmp_path, df):
+    """`df = "copy" | "set" | "clear"` in the [[sa]] table; scapy reads the flags and
+    recomputes the header checksum; every packet has its own Identification."""
+    cipher, integ = "aes-128-gcm", None
+    spi = 0x70000 + [None, "copy", "set", "clear"].index(df)
+    pkts = [_freeze(v4(tcp(3389, _pl(30, "df1")))),                  # DF set
+            _freeze(IP(src=I4_SRC, dst=I4_DST, flags=0, id=7) / udp(53, _pl(20, "df2"))),
+            _freeze(v6(tcp(443, _pl(30, "df3")))),                      # no DF field
+            _freeze(v4(tcp(445, _pl(1200, "df4"))))]
+    plain = [raw(p) for p in pkts]
+    want = {None: [1, 0, 1, 1], "copy": [1, 0, 1, 1], "set": [1, 1, 1, 1],
+            "clear": [0, 0, 0, 0]}[df]
+    entry = sa_entry("out", cipher, integ, spi, "outbound", "tunnel", outer=4, nat_t=True)
+    if df is not None:
+        entry["df"] = df
+    sa_path, inp, outp = (str(tmp_path / n) for n in ("sa.toml", "in.pcap", "out.pcap"))
+    write_sa_file(sa_path, [entry])
+    write_pcap(inp, plain, LINKTYPE_RAW)
+    p, records = run_cli(ipsec_bin, "encrypt", sa_path, inp, outp)
+    check_records(p, records, len(plain))
+    _, out = read_pcap(outp)
+    outer = [IP(o) for o in out]
+    assert [int(o.flags == "DF") for o in outer] == want, [str(o.flags) for o in outer]
+    ids = [o.id for o in outer]
+    assert ids == [(ids[0] + i) & 0xFFFF for i in range(len(ids))], ids
+    for o in outer:
+        fresh = o.copy()
+        del fresh.chksum
+        assert IP(raw(fresh)).chksum == o.chksum, "outer IPv4 header checksum"
+        assert o.frag == 0
+    sa = scapy_sa(cipher, integ, spi, Scenario("df", "tunnel", 4, None, nat_t=True))
+    for pt, o in zip(plain, out):
+        assert_same_bytes(raw(sa.decrypt(IP(o))), pt, "scapy decrypt")
+
+
+# --------------------------------------------------------------------------
+# Transport mode behind a NAT: the inner checksum after decryption (RFC 3948 3.1.2)
+# --------------------------------------------------------------------------
+
+PEER_PRIVATE4, PEER_PUBLIC4 = "10.0.0.5", "203.0.113.77"
+PEER_PRIVATE6, PEER_PUBLIC6 = "2001:db8:1::5", "2001:db8:77::5"
+
+
+def nat_packets():
+    ip4 = lambda l4: IP(src=PEER_PRIVATE4, dst=I4_DST, flags="DF", id=0x1234) / l4
+    ip6 = lambda l4: IPv6(src=PEER_PRIVATE6, dst=I6_DST, hlim=64) / l4
+    return [
+        _freeze(ip4(tcp(3389, _pl(40, "n1")))),
+        _freeze(ip4(udp(53, _pl(33, "n2")))),
+        _freeze(ip6(tcp(443, _pl(40, "n3")))),
+        _freeze(ip6(udp(53, _pl(33, "n4")))),
+        _freeze(ip6(ICMPv6EchoRequest(id=0x4d2, seq=3, data=_pl(16, "n5")))),
+    ]
+
+
+@pytest.mark.parametrize("with_nat_oa", [True, False], ids=["nat-oa", "recompute"])
+def test_transport_checksum_fixed_after_nat(ipsec_bin, tmp_path, with_nat_oa):
+    """scapy protects transport-mode packets in UDP; a NAT rewrites their source address
+    (it cannot fix the TCP/UDP checksum inside ESP); `ipsec pcap decrypt` must hand out
+    packets whose inner checksum scapy recomputes to the same value over the addresses
+    they arrived with: incrementally from `nat_original_addresses`, or recomputed."""
+    cipher, integ = "aes-256-gcm", None
+    sc = Scenario("nat", "transport", None, None, nat_t=True)
+    pkts = nat_packets()
+    protected = []
+    for i, pkt in enumerate(pkts):
+        sa = scapy_sa(cipher, integ, 0x71000 + int(pkt.version == 6), sc)
+        wire = parse_ip(scapy_encrypt(sa, pkt, i + 1))
+        if wire.version == 4:
+            wire.src = PEER_PUBLIC4
+            del wire.chksum
+        else:
+            wire.src = PEER_PUBLIC6
+        protected.append(raw(wire))
+    entries = []
+    for fam, private, spi in ((4, PEER_PRIVATE4, 0x71000), (6, PEER_PRIVATE6, 0x71001)):
+        e = sa_entry("in%d" % fam, cipher, integ, spi, "inbound", "transport", nat_t=True)
+        if with_nat_oa:
+            e["nat_original_addresses"] = [private, I4_DST if fam == 4 else I6_DST]
+        entries.append(e)
+    sa_path, inp, outp = (str(tmp_path / n) for n in ("sa.toml", "in.pcap", "out.pcap"))
+    write_sa_file(sa_path, entries)
+    write_pcap(inp, protected, LINKTYPE_RAW)
+    p, records = run_cli(ipsec_bin, "decrypt", sa_path, inp, outp)
+    check_records(p, records, len(pkts))
+    _, out = read_pcap(outp)
+    assert len(out) == len(pkts)
+    for i, (pkt, got) in enumerate(zip(pkts, out)):
+        g = parse_ip(got)
+        assert g.src in (PEER_PUBLIC4, PEER_PUBLIC6), "packet #%d keeps the received address" % i
+        layer = TCP if g.haslayer(TCP) else UDP if g.haslayer(UDP) else ICMPv6EchoRequest
+        field = "cksum" if layer is ICMPv6EchoRequest else "chksum"
+        fresh = g.copy()
+        delattr(fresh[layer], field)
+        want = parse_ip(raw(fresh))[layer]
+        have = g[layer]
+        assert getattr(have, field) == getattr(want, field), \
+            "packet #%d: inner %s checksum 0x%04x, scapy computes 0x%04x" % (
+                i, layer.__name__, getattr(have, field), getattr(want, field))
+        assert raw(have.payload) == raw(pkt[layer].payload), "packet #%d payload" % i

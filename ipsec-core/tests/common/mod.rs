@@ -48,6 +48,24 @@ pub(crate) fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// True when `segment` (a TCP, UDP or ICMPv6 header and its data) carries a checksum
+/// that verifies over the pseudo-header of `src` and `dst` (4 or 16 bytes each: the
+/// IPv4 pseudo-header of RFC 768/793 or the IPv6 one of RFC 8200 §8.1) and `proto`.
+pub(crate) fn l4_checksum_ok(src: &[u8], dst: &[u8], proto: u8, segment: &[u8]) -> bool {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(src);
+    pseudo.extend_from_slice(dst);
+    if src.len() == 4 {
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    } else {
+        pseudo.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, proto]);
+    }
+    pseudo.extend_from_slice(segment);
+    checksum(&pseudo) == 0
+}
+
 /// Recomputes the checksum of the IPv4 header at the start of `pkt`.
 pub(crate) fn fix_ipv4_checksum(pkt: &mut [u8]) {
     let ihl = usize::from(pkt[0] & 0x0f) * 4;
@@ -115,9 +133,42 @@ pub(crate) fn inner_v4(n: usize, tos: u8) -> Vec<u8> {
     ipv4([10, 0, 0, 5], [10, 1, 2, 3], 17, tos, &udp(5000, 53, n))
 }
 
-/// An IPv6 UDP packet 2001:db8:1::5 -> 2001:db8:2::3 with `n` bytes of payload.
+/// An IPv6 UDP packet 2001:db8:1::5 -> 2001:db8:2::3 with `n` bytes of payload and a
+/// valid UDP checksum (IPv6 requires one).
 pub(crate) fn inner_v6(n: usize, tc: u8) -> Vec<u8> {
-    ipv6(17, tc, &udp(5000, 53, n))
+    let mut p = ipv6(17, tc, &udp(5000, 53, n));
+    set_l4_checksum(&mut p, 40, 6);
+    p
+}
+
+/// Writes the checksum at `at + field` of the segment at `p[at..]` (TCP 16, UDP 6,
+/// ICMPv6 2) over the pseudo-header of the IPv4 or IPv6 packet `p` and its protocol
+/// byte (`p[9]`, or `p[6]` for IPv6 without extension headers).
+pub(crate) fn set_l4_checksum(p: &mut [u8], at: usize, field: usize) {
+    p[at + field..at + field + 2].fill(0);
+    let v6 = p[0] >> 4 == 6;
+    let (src, dst, proto) = if v6 {
+        (&p[8..24], &p[24..40], p[6])
+    } else {
+        (&p[12..16], &p[16..20], p[9])
+    };
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(src);
+    pseudo.extend_from_slice(dst);
+    let seg = &p[at..];
+    if v6 {
+        pseudo.extend_from_slice(&(seg.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, proto]);
+    } else {
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    }
+    pseudo.extend_from_slice(seg);
+    let mut c = checksum(&pseudo);
+    if c == 0 && proto == 17 {
+        c = 0xffff;
+    }
+    p[at + field..at + field + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 /// A CBC IV source that always returns the same IV.

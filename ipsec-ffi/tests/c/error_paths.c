@@ -591,6 +591,94 @@ static void bursts(void)
     ipsec_sa_free(sa);
 }
 
+/* RFC 1071 sum of `n` bytes (not complemented), added to `sum`. */
+static uint32_t sum16(uint32_t sum, const uint8_t *p, size_t n)
+{
+    size_t i;
+    for (i = 0; i + 1 < n; i += 2) {
+        sum += (uint32_t)(p[i] << 8 | p[i + 1]);
+    }
+    if (n % 2 == 1) {
+        sum += (uint32_t)(p[n - 1] << 8);
+    }
+    return sum;
+}
+
+static uint16_t fold(uint32_t sum)
+{
+    while (sum > 0xffff) {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    return (uint16_t)sum;
+}
+
+static void nat_traversal(void)
+{
+    ipsec_sa_config c;
+    ipsec_sa *sa = NULL;
+    uint8_t buf[512], ka[IPSEC_NAT_KEEPALIVE_MAX_LEN], small[IPSEC_NAT_KEEPALIVE_MAX_LEN - 1];
+    size_t off = 128, len = 100, n = 12345;
+    uint64_t due = 0;
+    uint32_t pseudo;
+
+    printf("\n-- NAT traversal: DF, keepalives, NAT original addresses\n");
+    TRUE("the config struct kept its size (LP64: 216 bytes)",
+         sizeof(void *) != 8 || sizeof(ipsec_sa_config) == 216);
+    base_config(&c, 0x3000, IPSEC_DIRECTION_OUTBOUND);
+    TRUE("config_init: DF copy, keepalive every 20 s, no NAT-OA",
+         c.df == IPSEC_DF_COPY && c.nat_keepalive_interval == 20 && c.nat_original_src == NULL &&
+             c.nat_original_dst == NULL);
+    c.df = 3;
+    CHECK("df 3", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_INVALID_ARGUMENT, "ipsec_df");
+    c.df = IPSEC_DF_SET;
+    c.udp_encap = true;
+    c.udp_src_port = 4500;
+    c.udp_dst_port = 4501;
+    CHECK("a NAT-T SA with DF set", ipsec_sa_new(&c, T0, &sa), IPSEC_OK, NULL);
+    put_packet(buf, off, len);
+    CHECK("encrypt", ipsec_sa_encrypt(sa, buf, sizeof buf, &off, &len, T0), IPSEC_OK, NULL);
+    TRUE("outer DF set by policy (the inner packet has none)", (buf[off + 6] & 0x40) != 0);
+    CHECK("next_keepalive", ipsec_sa_next_keepalive(sa, &due), IPSEC_OK, NULL);
+    TRUE("due 20 s after the last packet", due == T0 + 20 * SECOND);
+    CHECK("poll_keepalive, not due", ipsec_sa_poll_keepalive(sa, due - 1, ka, sizeof ka, &n), IPSEC_OK, NULL);
+    TRUE("... writes length 0", n == 0);
+    CHECK("poll_keepalive into too small a buffer",
+          ipsec_sa_poll_keepalive(sa, due, small, sizeof small, &n), IPSEC_ERR_BUFFER_TOO_SMALL,
+          "IPSEC_NAT_KEEPALIVE_MAX_LEN");
+    TRUE("... writes nothing", n == 0);
+    CHECK("poll_keepalive with a NULL sa", ipsec_sa_poll_keepalive(NULL, due, ka, sizeof ka, &n), IPSEC_ERR_INVALID_ARGUMENT, "`sa`");
+    CHECK("poll_keepalive into a NULL buffer", ipsec_sa_poll_keepalive(sa, due, NULL, sizeof ka, &n), IPSEC_ERR_INVALID_ARGUMENT, "`buf`");
+    CHECK("poll_keepalive with a NULL out_len", ipsec_sa_poll_keepalive(sa, due, ka, sizeof ka, NULL), IPSEC_ERR_INVALID_ARGUMENT, "`out_len`");
+    CHECK("next_keepalive of a NULL sa", ipsec_sa_next_keepalive(NULL, &due), IPSEC_ERR_INVALID_ARGUMENT, "`sa`");
+    CHECK("poll_keepalive, due", ipsec_sa_poll_keepalive(sa, due, ka, sizeof ka, &n), IPSEC_OK, NULL);
+    TRUE("an IPv4 keepalive of 29 bytes", n == 29 && ka[0] == 0x45 && ka[3] == 29 && ka[9] == 17);
+    TRUE("IPv4 header checksum", fold(sum16(0, ka, 20)) == 0xffff);
+    TRUE("ports 4500 -> 4501, UDP length 9, payload 0xFF",
+         ka[20] == 0x11 && ka[21] == 0x94 && ka[22] == 0x11 && ka[23] == 0x95 && ka[25] == 9 && ka[28] == 0xff);
+    pseudo = sum16(0, ka + 12, 8) + 17 + 9;
+    TRUE("UDP checksum verifies", (ka[26] | ka[27]) != 0 && fold(sum16(pseudo, ka + 20, 9)) == 0xffff);
+    CHECK("poll_keepalive again", ipsec_sa_poll_keepalive(sa, due, ka, sizeof ka, &n), IPSEC_OK, NULL);
+    TRUE("... none: it was just sent", n == 0);
+    ipsec_sa_free(sa);
+
+    base_config(&c, 0x3001, IPSEC_DIRECTION_INBOUND);
+    c.mode = IPSEC_MODE_TRANSPORT;
+    c.udp_encap = true;
+    c.nat_original_src = "10.0.0.5";
+    CHECK("NAT-OA source without destination", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_CONFIG, "nat_original_dst");
+    c.nat_original_dst = "not an address";
+    CHECK("NAT-OA destination not an address", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_CONFIG, "nat_original_dst");
+    c.nat_original_dst = "198.51.100.2";
+    CHECK("NAT-OA on an inbound transport SA", ipsec_sa_new(&c, T0, &sa), IPSEC_OK, NULL);
+    CHECK("no keepalives from an inbound SA", ipsec_sa_next_keepalive(sa, &due), IPSEC_OK, NULL);
+    TRUE("... UINT64_MAX", due == UINT64_MAX);
+    ipsec_sa_free(sa);
+    c.mode = IPSEC_MODE_TUNNEL;
+    sa = NULL;
+    CHECK("NAT-OA on a tunnel SA", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_CONFIG, "nat_original_addresses");
+    TRUE("... nothing written", sa == NULL);
+}
+
 int main(void)
 {
     null_handles_and_pointers();
@@ -601,6 +689,7 @@ int main(void)
     replay_window();
     reassembly();
     bursts();
+    nat_traversal();
     printf("\n%d checks, %d failed\n", checks, failed);
     return failed == 0 ? 0 : 1;
 }

@@ -134,6 +134,9 @@ class SecurityAssociation:
         tfc_pad_to: Optional[int] = None,
         outer_ttl: int = 64,
         path_mtu: Optional[int] = None,
+        df: Literal["copy", "set", "clear"] = "copy",
+        nat_keepalive_interval: Optional[float] = 20.0,
+        nat_original_addresses: Optional[tuple[_Addr, _Addr]] = None,
         now: float = 0.0,
     ) -> SecurityAssociation: ...
     def encrypt(self, packet: _Bytes, /, *, now: Optional[float] = None) -> bytes: ...
@@ -148,6 +151,15 @@ class SecurityAssociation:
     def stats(self) -> dict[str, int]: ...
     def poll_event(self, now: Optional[float] = None) -> Optional[SaEvent]: ...
     def poll_events(self, now: Optional[float] = None) -> list[SaEvent]: ...
+    def poll_keepalive(self, now: Optional[float] = None) -> Optional[bytes]:
+        """The NAT-keepalive (a whole IP packet) the SA owes its peer at ``now``, counted
+        as sent; None when none is due."""
+    @property
+    def next_keepalive(self) -> Optional[float]:
+        """When the next NAT-keepalive is due (seconds, the caller's clock); None when
+        the SA sends none."""
+    @property
+    def nat_keepalive_interval(self) -> Optional[float]: ...
     @property
     def spi(self) -> int: ...
     @property
@@ -456,6 +468,13 @@ class Gateway:
     def sa_stats(self, name: str) -> dict[str, int]: ...
     def poll_events(self, now: Optional[float] = None) -> list[tuple[str, SaEvent]]:
         """Every SA's pending lifetime events as (SA name, event), SAs in file order."""
+    def poll_keepalive(self, now: Optional[float] = None) -> Optional[tuple[str, bytes]]:
+        """The next NAT-keepalive any SA owes at ``now`` as (SA name, packet), counted as
+        sent; None when none is due. Call until None."""
+    @property
+    def next_keepalive(self) -> Optional[float]:
+        """When the next NAT-keepalive of any SA is due (seconds); None when none sends
+        keepalives."""
     @property
     def sa_names(self) -> list[str]: ...
     @property
