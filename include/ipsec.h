@@ -1541,7 +1541,13 @@ ipsec_status ipsec_spd_lookup(const struct ipsec_spd *spd,
 /**
  * Reads the selectors of the IPv4/IPv6 packet `packet[0 .. len]` (`direction`: an
  * `ipsec_direction` value), looks them up and writes the answer into `*out`.
- * `IPSEC_ERR_MALFORMED` when the packet cannot be read.
+ * `IPSEC_ERR_MALFORMED` when the packet cannot be read. Fragments are answered as the
+ * gateway answers them without fragment state: `IPSEC_ERR_FRAGMENT_TOO_SHORT` for a
+ * first fragment too short to hold its transport header (RFC 3128),
+ * `IPSEC_ERR_FRAGMENT_OVERLAP` for a fragment that would overwrite it (RFC 1858), and
+ * `IPSEC_ERR_FRAGMENT_UNRESOLVED` for a non-first fragment that a port-specific policy
+ * may cover (RFC 4301 §7); a non-first fragment that the first policy that could match
+ * it decides regardless of ports gets that policy's answer.
  *
  * # Safety
  *

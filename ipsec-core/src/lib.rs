@@ -70,4 +70,4 @@ pub use sa::{
     Direction, EspPadding, Lifetime, Mode, SaConfig, SaEvent, SaStats, SecurityAssociation,
     TfcPadding,
 };
-pub use spd::{Action, Decision, Flow, PolicyDirection, Spd, SpdCache};
+pub use spd::{Action, Decision, Flow, Fragment, FragmentDecision, PolicyDirection, Spd, SpdCache};
