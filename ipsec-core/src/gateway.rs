@@ -7,15 +7,27 @@
 //! `policy_mismatch` otherwise); cleartext is let in only when a BYPASS policy covers
 //! it — cleartext that a PROTECT policy covers is dropped, never accepted.
 //!
+//! Fragments are decided with state (RFC 4301 §7.3, §7.4; [`crate::fragment_policy`]):
+//! the gateway remembers the decision of each first fragment for a bounded time and
+//! number of datagrams ([`FragmentLimits`], [`Gateway::set_fragment_limits`]) and gives
+//! the datagram's later fragments the same one (PROTECT with the same SA, BYPASS,
+//! DISCARD); tiny first fragments and overlapping fragments are dropped
+//! (`fragment_too_short`, `fragment_overlap`), and a later fragment whose first
+//! fragment was not seen gets [`Spd::lookup_non_first_fragment`]'s answer or is
+//! dropped as `fragment_unresolved`. Unfragmented packets never touch that state.
+//!
 //! Drops that belong to an SA are counted on that SA; the others (unknown SPI, policy
-//! discard, unprotected cleartext, unparseable packets) on the gateway's own
-//! [`SaStats`]. Like an SA, a gateway is owned by one thread at a time.
+//! discard, unprotected cleartext, fragment drops of cleartext, unparseable packets)
+//! on the gateway's own [`SaStats`]. Like an SA, a gateway is owned by one thread at a
+//! time.
 
 use crate::buffer::PacketBuf;
 use crate::error::{ConfigError, DropReason, Error, Malformed};
+pub use crate::fragment_policy::FragmentLimits;
+use crate::fragment_policy::{self, FragmentTable};
 use crate::packet::{self, NAT_T_PORT};
 use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation};
-use crate::spd::{Action, Flow, Spd};
+use crate::spd::{Action, Spd};
 use core::time::Duration;
 use std::collections::HashMap;
 
@@ -67,6 +79,8 @@ pub struct Gateway {
     stats: SaStats,
     /// The largest headroom any SA needs (the SAs never change).
     max_headroom: usize,
+    /// First fragments' decisions, for the datagrams' later fragments.
+    fragments: FragmentTable,
 }
 
 impl core::fmt::Debug for Gateway {
@@ -116,7 +130,25 @@ impl Gateway {
             by_name,
             inbound_by_spi,
             stats: SaStats::default(),
+            fragments: FragmentTable::new(FragmentLimits::DEFAULT),
         })
+    }
+
+    /// The limits of the memory of first fragments (see [`crate::fragment_policy`]).
+    pub fn fragment_limits(&self) -> FragmentLimits {
+        self.fragments.limits()
+    }
+
+    /// Sets the limits of the memory of first fragments; what it held is forgotten
+    /// (later fragments of those datagrams get the stateless answer). Its memory is
+    /// allocated here, once.
+    pub fn set_fragment_limits(&mut self, limits: FragmentLimits) {
+        self.fragments = FragmentTable::new(limits);
+    }
+
+    /// How many datagrams' first fragments are remembered at `now` (for monitoring).
+    pub fn remembered_datagrams(&self, now: Duration) -> usize {
+        self.fragments.len(now)
     }
 
     /// The policies.
@@ -179,11 +211,21 @@ impl Gateway {
         pkt: &mut PacketBuf<'_>,
         now: Duration,
     ) -> Result<Outbound<'_>, Error> {
-        let flow = match Flow::from_packet(Direction::Outbound, pkt.data()) {
-            Ok(f) => f,
-            Err(m) => return Err(self.drop(Error::Malformed(m))),
+        let decision = match fragment_policy::cleartext_decision(
+            &self.spd,
+            &mut self.fragments,
+            Direction::Outbound,
+            pkt.data(),
+            now,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                // (`self.drop` would borrow all of `self`, and the decision borrows
+                // the SPD until the verdict is returned.)
+                self.stats.count_drop(e.drop_reason());
+                return Err(e);
+            }
         };
-        let decision = self.spd.lookup(&flow);
         let found = match (decision.action, decision.policy, decision.sa) {
             (Action::Bypass, Some(policy), _) => return Ok(Outbound::Bypassed { policy }),
             (Action::Protect, Some(policy), Some(name)) => {
@@ -215,11 +257,19 @@ impl Gateway {
             Err(m) => return Err(self.drop(Error::Malformed(m))),
         };
         let Some(spi) = spi else {
-            let flow = match Flow::from_packet(Direction::Inbound, pkt.data()) {
-                Ok(f) => f,
-                Err(m) => return Err(self.drop(Error::Malformed(m))),
+            let decision = match fragment_policy::cleartext_decision(
+                &self.spd,
+                &mut self.fragments,
+                Direction::Inbound,
+                pkt.data(),
+                now,
+            ) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.stats.count_drop(e.drop_reason());
+                    return Err(e);
+                }
             };
-            let decision = self.spd.lookup(&flow);
             let err = match (decision.action, decision.policy) {
                 (Action::Bypass, Some(policy)) => return Ok(Inbound::Bypassed { policy }),
                 (Action::Protect, _) => Error::UnprotectedTraffic,
@@ -231,18 +281,15 @@ impl Gateway {
         let Some(&i) = self.inbound_by_spi.get(&spi) else {
             return Err(self.drop(Error::UnknownSpi { spi }));
         };
-        let (spd, name) = (&self.spd, self.names[i].as_str());
-        let mut serving = None;
-        self.sas[i].decrypt_checked(pkt, now, |inner| {
-            serving = Flow::from_packet(Direction::Inbound, inner)
-                .ok()
-                .and_then(|f| spd.inbound_policy(name, &f));
-            serving.is_some()
+        let (spd, fragments, name) = (&self.spd, &mut self.fragments, self.names[i].as_str());
+        let mut serving = "";
+        self.sas[i].decrypt_verified(pkt, now, |inner| {
+            serving = fragment_policy::decrypted_policy(spd, fragments, i, name, inner, now)?;
+            Ok(())
         })?;
         Ok(Inbound::Decrypted {
             sa: name,
-            // Set: the check above passed only with a serving policy.
-            policy: serving.unwrap_or_default(),
+            policy: serving,
         })
     }
 }

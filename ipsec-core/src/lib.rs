@@ -54,6 +54,7 @@ pub mod buffer;
 pub mod crypto;
 pub mod error;
 pub mod esp;
+pub mod fragment_policy;
 pub mod gateway;
 pub mod packet;
 pub mod replay;
@@ -64,6 +65,7 @@ pub mod spd;
 pub use buffer::{PacketBuf, SpareBuffers};
 pub use crypto::{Cipher, Integrity};
 pub use error::{ConfigError, DropReason, Error, FragmentError, LifetimeLimit, Malformed};
+pub use fragment_policy::FragmentLimits;
 pub use gateway::Gateway;
 pub use replay::{LateHistogram, ReplayWindow};
 pub use sa::{

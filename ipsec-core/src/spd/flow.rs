@@ -31,7 +31,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// * a **non-first fragment** is decided by [`crate::Spd::lookup_non_first_fragment`]:
 ///   the first policy that *could* match it with its ports unknown decides when it does
 ///   not look at ports or ICMP fields (then it certainly matches); otherwise the answer
-///   is unresolved and the fragment is dropped as `fragment_unresolved`.
+///   is unresolved and the fragment is dropped as `fragment_unresolved`;
+/// * the [`crate::Gateway`] adds state (RFC 4301 §7.3/§7.4): it remembers the decision
+///   of each first fragment it saw, for a bounded time and number of datagrams
+///   ([`crate::gateway::FragmentLimits`]), and gives the datagram's later fragments that
+///   same decision (PROTECT with the same SA, BYPASS or DISCARD); a later fragment that
+///   overlaps the first one is dropped (`fragment_overlap`). Only fragments whose first
+///   fragment was not seen get the stateless answer above.
 ///
 /// [`Flow::from_packet_with_fragment`] reads both the selectors and the fragment facts
 /// from a packet; [`crate::Spd::lookup_packet`] applies the stateless rules.

@@ -85,8 +85,9 @@
 //! ports or ICMP fields it certainly matches, and decides
 //! ([`FragmentDecision::Decided`]); otherwise the fragment may or may not be its
 //! traffic and the answer is [`FragmentDecision::Unresolved`] (the data path drops it
-//! as `fragment_unresolved`). [`Spd::lookup_packet`] answers fragments this way.
-//! First fragments pass [`Fragment::check_transport_header`]
+//! as `fragment_unresolved`). [`Spd::lookup_packet`] and the
+//! [`Gateway`](crate::Gateway) (for fragments whose first fragment it has not seen)
+//! answer fragments this way. First fragments pass [`Fragment::check_transport_header`]
 //! (tiny and overlapping fragments, RFC 1858 and RFC 3128) and are then looked up like
 //! whole packets.
 //!
@@ -979,6 +980,15 @@ impl Spd {
         }
     }
 
+    /// The decision of the policy at `index` (file order) for `direction`;
+    /// [`Decision::NO_MATCH`] for `None`. Out-of-range indices are treated as `None`.
+    pub(crate) fn decision_at(&self, index: Option<usize>, direction: Direction) -> Decision<'_> {
+        match index {
+            Some(i) if i < self.policies.len() => self.decision(i, direction),
+            _ => Decision::NO_MATCH,
+        }
+    }
+
     /// The SA that carries `flow` (the outbound SA to encrypt with, or the inbound SA
     /// the packet must have arrived on), `None` unless the decision is PROTECT.
     pub fn sa_for(&self, flow: &Flow) -> Option<&str> {
@@ -1009,14 +1019,52 @@ impl Spd {
     /// `sa_name` decapsulated it: the first, in file order, of the policies that SA
     /// serves whose selectors `flow` matches; `None` when the check fails.
     pub fn inbound_policy(&self, sa_name: &str, flow: &Flow) -> Option<&str> {
+        self.inbound_policy_index(sa_name, flow)
+            .map(|i| self.policies[i].name())
+    }
+
+    /// The file position of [`Spd::inbound_policy`]'s answer.
+    pub(crate) fn inbound_policy_index(&self, sa_name: &str, flow: &Flow) -> Option<usize> {
         let mut f = *flow;
         f.direction = Direction::Inbound;
         let serving = self.by_inbound_sa.get(sa_name)?;
         serving
             .iter()
-            .map(|&i| &self.policies[i])
-            .find(|p| p.selectors_match(&f))
-            .map(Policy::name)
+            .copied()
+            .find(|&i| self.policies[i].selectors_match(&f))
+    }
+
+    /// [`Spd::inbound_policy_index`] for a non-first fragment decapsulated by the SA
+    /// `sa_name` whose first fragment the gateway does not remember: the first of the
+    /// SA's policies that certainly covers it (it could match with the ports unknown
+    /// and does not look at ports or ICMP fields). [`FragmentError::Unresolved`] when
+    /// only policies that look at ports could cover it (or an IPv6 fragment hides its
+    /// protocol), [`Error::PolicyMismatch`] when none could.
+    pub(crate) fn inbound_policy_index_non_first_fragment(
+        &self,
+        sa_name: &str,
+        flow: &Flow,
+    ) -> Result<usize, Error> {
+        if flow.dst.is_ipv6() && is_ipv6_extension(flow.protocol) {
+            return Err(Error::Fragment(FragmentError::Unresolved));
+        }
+        let mut f = *flow;
+        f.direction = Direction::Inbound;
+        let serving = self
+            .by_inbound_sa
+            .get(sa_name)
+            .map_or(&[][..], Vec::as_slice);
+        let mut could = serving
+            .iter()
+            .copied()
+            .filter(|&i| self.policies[i].matches_with_ports_unknown(&f))
+            .peekable();
+        if could.peek().is_none() {
+            return Err(Error::PolicyMismatch);
+        }
+        could
+            .find(|&i| !self.policies[i].has_port_or_icmp_selector())
+            .ok_or(Error::Fragment(FragmentError::Unresolved))
     }
 
     /// RFC 4301 §5.2 for packets that arrived **without** IPsec: only a BYPASS decision
