@@ -604,3 +604,78 @@ fn lookup_stops_quietly_when_the_reader_goes_away() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+// --- fragments (RFC 4301 §7) --------------------------------------------------------
+
+const FRAGMENT_POLICY: &str = r#"
+[[policy]]
+name = "rdp"
+direction = "both"
+local = "10.0.0.0/24"
+remote = "10.1.0.0/16"
+protocol = "tcp"
+local_port = 3389
+action = "protect"
+sa = ["out", "in"]
+
+[[policy]]
+name = "rest"
+direction = "both"
+action = "bypass"
+
+[[sa]]
+name = "out"
+spi = 0x1001
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "000102030405060708090a0b0c0d0e0f10111213"
+tunnel_src = "192.0.2.1"
+tunnel_dst = "198.51.100.2"
+
+[[sa]]
+name = "in"
+spi = 0x2001
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3"
+"#;
+
+#[test]
+fn lint_warns_when_later_fragments_of_a_port_specific_protect_reach_a_bypass() {
+    let dir = TempDir::new("lint-frag");
+    let policy = dir.path("p.toml");
+    std::fs::write(&policy, FRAGMENT_POLICY).unwrap();
+    let o = ipsec(&["policy", "lint", policy.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "a warning, not an error");
+    let v = json_lines(&o);
+    let frag: Vec<&Value> = v
+        .iter()
+        .filter(|x| x["code"] == "fragment-bypass")
+        .collect();
+    assert_eq!(frag.len(), 1, "{v:?}");
+    assert_eq!(frag[0]["policy"], "rest");
+    assert_eq!(frag[0]["severity"], "warning");
+    let m = frag[0]["message"].as_str().unwrap();
+    assert!(
+        m.contains("\"rdp\"") && m.contains("non-first fragments"),
+        "{m}"
+    );
+    let o = ipsec(&["policy", "lint", policy.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("warning[fragment-bypass] policy \"rest\""),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // The example stays clean (README: `ipsec policy lint examples/branch-office.toml`).
+    let example = example();
+    let o = ipsec(&["policy", "lint", example.to_str().unwrap(), "--json"]);
+    assert!(
+        json_lines(&o)
+            .iter()
+            .all(|x| x["code"] != "fragment-bypass"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
