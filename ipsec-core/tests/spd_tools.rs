@@ -661,6 +661,80 @@ fn fragment_bypass_is_quiet_when_fragments_cannot_reach_the_bypass() {
 }
 
 #[test]
+fn cases_without_ports_are_non_first_fragments() {
+    let spd = spd(&format!(
+        "{RDP_PROTECT}
+[[policy]]
+name = \"rest\"
+direction = \"both\"
+action = \"bypass\"
+"
+    ));
+    let report = spd
+        .run_cases(
+            r#"
+[[case]]
+name = "a later RDP fragment is not bypassed"
+direction = "inbound"
+src = "10.1.0.7"
+dst = "10.0.0.10"
+protocol = "tcp"
+expect = "bypass"
+
+[[case]]
+name = "it is dropped"
+direction = "inbound"
+src = "10.1.0.7"
+dst = "10.0.0.10"
+protocol = "tcp"
+expect = "discard"
+
+[[case]]
+name = "a later UDP fragment is rest's"
+direction = "inbound"
+src = "10.1.0.7"
+dst = "10.0.0.10"
+protocol = "udp"
+expect = "bypass"
+policy = "rest"
+
+[[case]]
+name = "a whole RDP packet"
+direction = "inbound"
+src = "10.1.0.7"
+dst = "10.0.0.10"
+protocol = "tcp"
+src_port = 50000
+dst_port = 3389
+expect = "protect"
+"#,
+        )
+        .unwrap();
+    let o = &report.outcomes;
+    assert_eq!(
+        o.iter().map(|c| c.passed).collect::<Vec<_>>(),
+        [false, true, true, true],
+        "{report}"
+    );
+    assert_eq!(
+        (o[0].action, o[0].policy.as_deref()),
+        (Action::Discard, None)
+    );
+    assert!(
+        o[0].message.contains("non-first fragment")
+            && o[0].message.contains("\"rdp\"")
+            && o[0].message.contains("fragment_unresolved"),
+        "{}",
+        o[0].message
+    );
+    assert!(
+        o[2].message.contains("as a non-first fragment"),
+        "{}",
+        o[2].message
+    );
+}
+
+#[test]
 fn branch_office_lint() {
     let f = branch_office().lint();
     println!("branch-office.toml lint:\n{}", show(&f));

@@ -85,9 +85,10 @@
 //! ports or ICMP fields it certainly matches, and decides
 //! ([`FragmentDecision::Decided`]); otherwise the fragment may or may not be its
 //! traffic and the answer is [`FragmentDecision::Unresolved`] (the data path drops it
-//! as `fragment_unresolved`). [`Spd::lookup_packet`] and the
-//! [`Gateway`](crate::Gateway) (for fragments whose first fragment it has not seen)
-//! answer fragments this way. First fragments pass [`Fragment::check_transport_header`]
+//! as `fragment_unresolved`). [`Spd::lookup_packet`], the
+//! [`Gateway`](crate::Gateway) (for fragments whose first fragment it has not seen),
+//! the policy tests ([`Spd::run_cases`]) and the command-line tools all answer
+//! fragments this way. First fragments pass [`Fragment::check_transport_header`]
 //! (tiny and overlapping fragments, RFC 1858 and RFC 3128) and are then looked up like
 //! whole packets.
 //!
@@ -945,6 +946,19 @@ impl Spd {
                 }
             }
             Some(i) => FragmentDecision::Decided(self.decision(i, flow.direction)),
+        }
+    }
+
+    /// What the data path answers for a packet with the selectors `flow` when it holds
+    /// no fragment state: [`Spd::lookup`], or, for a flow whose ports (or ICMP type and
+    /// code) are unknown ([`Flow::ports_unknown`]: a non-first fragment),
+    /// [`Spd::lookup_non_first_fragment`]. The policy tools answer flows this way.
+    #[inline]
+    pub fn lookup_as_packet(&self, flow: &Flow) -> FragmentDecision<'_> {
+        if flow.ports_unknown() {
+            self.lookup_non_first_fragment(flow)
+        } else {
+            FragmentDecision::Decided(self.lookup(flow))
         }
     }
 
