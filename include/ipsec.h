@@ -1176,6 +1176,14 @@ void ipsec_gateway_free(struct ipsec_gateway *gateway);
  * statuses as `ipsec_sa_encrypt`. Every drop is counted (on the SA, or on the
  * gateway's own `ipsec_gateway_get_stats`).
  *
+ * Fragments (RFC 4301 §7): a first fragment is classified like a whole packet and its
+ * decision remembered; the datagram's later fragments get the same one (encrypted
+ * with the same SA, each as its own ESP packet). `IPSEC_ERR_FRAGMENT_TOO_SHORT` for a
+ * first fragment too short to hold its transport header (RFC 3128),
+ * `IPSEC_ERR_FRAGMENT_OVERLAP` for a fragment overlapping it (RFC 1858, RFC 5722), and
+ * `IPSEC_ERR_FRAGMENT_UNRESOLVED` for a later fragment whose first fragment was not seen
+ * and that a port-specific policy may cover.
+ *
  * # Safety
  *
  * `gateway` is a live gateway used by no other thread during the call; `buf` points to
@@ -1195,7 +1203,11 @@ ipsec_status ipsec_gateway_outbound(struct ipsec_gateway *gateway,
  * (RFC 4301 §5.2); cleartext passes unchanged only under a BYPASS policy. Statuses as
  * `ipsec_sa_decrypt`, plus `IPSEC_ERR_UNKNOWN_SPI` (no SA has the SPI),
  * `IPSEC_ERR_POLICY_MISMATCH` (inner packet outside the SA's policy, or cleartext that
- * must be protected) and `IPSEC_ERR_POLICY_DISCARD`.
+ * must be protected) and `IPSEC_ERR_POLICY_DISCARD`. Cleartext fragments, and inner
+ * packets that are fragments, as `ipsec_gateway_outbound` says (an inner later
+ * fragment is accepted under the policy its first fragment was accepted under on the
+ * same SA): `IPSEC_ERR_FRAGMENT_TOO_SHORT`, `IPSEC_ERR_FRAGMENT_OVERLAP`,
+ * `IPSEC_ERR_FRAGMENT_UNRESOLVED`.
  *
  * # Safety
  *
@@ -1210,8 +1222,26 @@ ipsec_status ipsec_gateway_inbound(struct ipsec_gateway *gateway,
                                    struct ipsec_gateway_result *out);
 
 /**
+ * Sets the limits of the gateway's memory of first fragments (stateful fragment
+ * checking, RFC 4301 §7.3, §7.4): at most `max_datagrams` datagrams (0 turns it off:
+ * every later fragment gets the stateless answer), each remembered for `lifetime_ns`
+ * nanoseconds after its first fragment, by the `now_ns` of the packet calls. What it
+ * held is forgotten. The defaults are 4096 datagrams and 30 seconds; the memory
+ * (80 bytes a datagram) is allocated here, once. `IPSEC_ERR_CONFIG` when
+ * `max_datagrams` is above 1048576 (2^20).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call.
+ */
+ipsec_status ipsec_gateway_set_fragment_limits(struct ipsec_gateway *gateway,
+                                               size_t max_datagrams,
+                                               uint64_t lifetime_ns);
+
+/**
  * The gateway's own counters: drops that belong to no SA (unknown SPI, policy
- * discard, unprotected cleartext, packets too malformed to classify).
+ * discard, unprotected cleartext, cleartext fragments dropped, packets too malformed
+ * to classify).
  *
  * # Safety
  *
