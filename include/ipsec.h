@@ -1329,6 +1329,14 @@ void ipsec_gateway_free(struct ipsec_gateway *gateway);
  * statuses as `ipsec_sa_encrypt`. Every drop is counted (on the SA, or on the
  * gateway's own `ipsec_gateway_get_stats`).
  *
+ * Fragments (RFC 4301 §7): a first fragment is classified like a whole packet and its
+ * decision remembered; the datagram's later fragments get the same one (encrypted
+ * with the same SA, each as its own ESP packet). `IPSEC_ERR_FRAGMENT_TOO_SHORT` for a
+ * first fragment too short to hold its transport header (RFC 3128),
+ * `IPSEC_ERR_FRAGMENT_OVERLAP` for a fragment overlapping it (RFC 1858, RFC 5722), and
+ * `IPSEC_ERR_FRAGMENT_UNRESOLVED` for a later fragment whose first fragment was not seen
+ * and that a port-specific policy may cover.
+ *
  * # Safety
  *
  * `gateway` is a live gateway used by no other thread during the call; `buf` points to
@@ -1425,7 +1433,11 @@ ipsec_status ipsec_gateway_handle_icmp(struct ipsec_gateway *gateway,
  * (RFC 4301 §5.2); cleartext passes unchanged only under a BYPASS policy. Statuses as
  * `ipsec_sa_decrypt`, plus `IPSEC_ERR_UNKNOWN_SPI` (no SA has the SPI),
  * `IPSEC_ERR_POLICY_MISMATCH` (inner packet outside the SA's policy, or cleartext that
- * must be protected) and `IPSEC_ERR_POLICY_DISCARD`.
+ * must be protected) and `IPSEC_ERR_POLICY_DISCARD`. Cleartext fragments, and inner
+ * packets that are fragments, as `ipsec_gateway_outbound` says (an inner later
+ * fragment is accepted under the policy its first fragment was accepted under on the
+ * same SA): `IPSEC_ERR_FRAGMENT_TOO_SHORT`, `IPSEC_ERR_FRAGMENT_OVERLAP`,
+ * `IPSEC_ERR_FRAGMENT_UNRESOLVED`.
  *
  * Outer fragments of ESP (IPv4 fragments of ESP or UDP, IPv6 fragments whose Fragment
  * header names ESP or UDP) are reassembled first, as `ipsec_reassembler_insert` does:
@@ -1448,9 +1460,27 @@ ipsec_status ipsec_gateway_inbound(struct ipsec_gateway *gateway,
                                    struct ipsec_gateway_result *out);
 
 /**
+ * Sets the limits of the gateway's memory of first fragments (stateful fragment
+ * checking, RFC 4301 §7.3, §7.4): at most `max_datagrams` datagrams (0 turns it off:
+ * every later fragment gets the stateless answer), each remembered for `lifetime_ns`
+ * nanoseconds after its first fragment, by the `now_ns` of the packet calls. What it
+ * held is forgotten. The defaults are 4096 datagrams and 30 seconds; the memory
+ * (80 bytes a datagram) is allocated here, once. `IPSEC_ERR_CONFIG` when
+ * `max_datagrams` is above 1048576 (2^20).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call.
+ */
+ipsec_status ipsec_gateway_set_fragment_limits(struct ipsec_gateway *gateway,
+                                               size_t max_datagrams,
+                                               uint64_t lifetime_ns);
+
+/**
  * The gateway's own counters: drops that belong to no SA (unknown SPI, policy
- * discard, unprotected cleartext, packets too malformed to classify, outer fragments
- * dropped, reassembled datagrams that did not fit the buffer).
+ * discard, unprotected cleartext, cleartext fragments dropped, packets too malformed
+ * to classify, outer fragments dropped, reassembled datagrams that did not fit the
+ * buffer).
  *
  * # Safety
  *
@@ -2103,7 +2133,13 @@ ipsec_status ipsec_spd_lookup(const struct ipsec_spd *spd,
 /**
  * Reads the selectors of the IPv4/IPv6 packet `packet[0 .. len]` (`direction`: an
  * `ipsec_direction` value), looks them up and writes the answer into `*out`.
- * `IPSEC_ERR_MALFORMED` when the packet cannot be read.
+ * `IPSEC_ERR_MALFORMED` when the packet cannot be read. Fragments are answered as the
+ * gateway answers them without fragment state: `IPSEC_ERR_FRAGMENT_TOO_SHORT` for a
+ * first fragment too short to hold its transport header (RFC 3128),
+ * `IPSEC_ERR_FRAGMENT_OVERLAP` for a fragment that would overwrite it (RFC 1858), and
+ * `IPSEC_ERR_FRAGMENT_UNRESOLVED` for a non-first fragment that a port-specific policy
+ * may cover (RFC 4301 §7); a non-first fragment that the first policy that could match
+ * it decides regardless of ports gets that policy's answer.
  *
  * # Safety
  *

@@ -1,5 +1,7 @@
 //! SPD lookup cost: the compiled classifier against the naive first-match scan and the
-//! flow cache, for 10 to 100,000 rules, plus the compile time at 10,000 rules.
+//! flow cache, for 10 to 100,000 rules, plus the compile time at 10,000 rules; and the
+//! non-first fragment query (`Spd::lookup_non_first_fragment`, the same flows with
+//! their ports taken away) against its plain scan.
 //!
 //! The rule sets are "realistic" (ClassBench-like, deterministic): local networks from 64
 //! site prefixes (/16 and /24), remotes mostly /24s and hosts out of 172.16.0.0/12 (10%
@@ -22,6 +24,18 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ipsec_core::spd::EngineKind;
 use ipsec_core::{Direction, Flow, Spd, SpdCache};
+
+/// `flows` as non-first fragments see them: no ports, no ICMP type or code.
+fn without_ports(flows: &[Flow]) -> Vec<Flow> {
+    flows
+        .iter()
+        .map(|f| {
+            let mut g = *f;
+            (g.src_port, g.dst_port, g.icmp_type, g.icmp_code) = (None, None, None, None);
+            g
+        })
+        .collect()
+}
 
 const FLOWS: usize = 1024;
 const SIZES: [usize; 5] = [10, 100, 1_000, 10_000, 100_000];
@@ -244,6 +258,26 @@ fn setup(n: usize) -> (Spd, Vec<Flow>) {
     for f in flows.iter().take(if n > NAIVE_MAX { 64 } else { FLOWS }) {
         assert_eq!(spd.lookup(f), spd.lookup_linear(f));
     }
+    let fragments = without_ports(&flows);
+    let unresolved = fragments
+        .iter()
+        .filter(|f| spd.lookup_non_first_fragment(f).decided().is_none())
+        .count();
+    eprintln!(
+        "spd {n:>6} rules: non-first fragment index {:>11} bytes ({:>7.0} B/rule) of the \
+         compiled bytes; {unresolved}/{FLOWS} of the flows' non-first fragments are unresolved",
+        again.fragment_index_bytes(),
+        again.fragment_index_bytes() as f64 / n as f64,
+    );
+    for f in fragments
+        .iter()
+        .take(if n > NAIVE_MAX { 64 } else { FLOWS })
+    {
+        assert_eq!(
+            spd.lookup_non_first_fragment(f),
+            spd.lookup_non_first_fragment_linear(f)
+        );
+    }
     (spd, flows)
 }
 
@@ -263,6 +297,31 @@ fn bench_spd(c: &mut Criterion) {
                 }
             });
         });
+        let fragments = without_ports(&flows);
+        g.bench_with_input(
+            BenchmarkId::new("non_first_fragment", n),
+            &fragments,
+            |b, fragments| {
+                b.iter(|| {
+                    for f in fragments {
+                        black_box(spd.lookup_non_first_fragment(black_box(f)));
+                    }
+                });
+            },
+        );
+        if n <= NAIVE_MAX {
+            g.bench_with_input(
+                BenchmarkId::new("non_first_fragment_naive", n),
+                &fragments,
+                |b, fragments| {
+                    b.iter(|| {
+                        for f in fragments {
+                            black_box(spd.lookup_non_first_fragment_linear(black_box(f)));
+                        }
+                    });
+                },
+            );
+        }
         let mut cache = SpdCache::new(&spd, 16 * FLOWS);
         g.bench_with_input(BenchmarkId::new("cached", n), &flows, |b, flows| {
             b.iter(|| {

@@ -4,11 +4,13 @@
 //!   [`Spd::from_toml_all_errors`]: no panic, and both agree.
 //! * [`spd_differential`]: structured random policies over a small address space (so
 //!   that rules overlap often) and random flows and packets: the compiled classifier,
-//!   the flow cache and the naive first-match scan answer the same, always.
+//!   the flow cache and the naive first-match scan answer the same, always; so do the
+//!   compiled non-first fragment query and its plain scan, and `lookup_packet` gives a
+//!   packet's fragments the answers those queries give.
 
 use arbitrary::Arbitrary;
 use ipsec_core::spd::EngineKind;
-use ipsec_core::{Action, Direction, Flow, Spd, SpdCache};
+use ipsec_core::{Action, Direction, Error, Flow, FragmentDecision, Spd, SpdCache};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -232,6 +234,39 @@ fn check(spd: &Spd, others: &[Spd], cache: &mut SpdCache<'_>, f: &Flow) {
         Some(i) => assert!(spd.policies()[i].matches(f)),
         None => assert_eq!(naive.action, Action::Discard),
     }
+    let frag = spd.lookup_non_first_fragment_linear(f);
+    assert_eq!(
+        spd.lookup_non_first_fragment(f),
+        frag,
+        "fragment query: compiled != naive for {f:?}"
+    );
+    if let FragmentDecision::Decided(d) = frag {
+        // Decided: whatever the ports, the whole packet gets the same answer.
+        assert_eq!(
+            naive, d,
+            "decided fragment of {f:?} disagrees with the packet"
+        );
+    }
+}
+
+/// `lookup_packet` on a raw packet: whole packets and first fragments as `lookup`,
+/// non-first fragments as the fragment query, and fragment drops only for fragments.
+fn check_packet(spd: &Spd, dir: Direction, p: &[u8]) {
+    let answer = spd.lookup_packet(dir, p);
+    match Flow::from_packet_with_fragment(dir, p) {
+        Err(m) => assert_eq!(answer, Err(Error::Malformed(m))),
+        Ok((f, None)) => assert_eq!(answer, Ok(spd.lookup_linear(&f))),
+        Ok((f, Some(frag))) => match frag.check_transport_header(f.protocol) {
+            Err(e) => assert_eq!(answer, Err(Error::Fragment(e))),
+            Ok(()) if frag.is_first() => assert_eq!(answer, Ok(spd.lookup_linear(&f))),
+            Ok(()) => assert_eq!(
+                answer,
+                spd.lookup_non_first_fragment_linear(&f)
+                    .into_result()
+                    .map_err(Error::Fragment)
+            ),
+        },
+    }
 }
 
 /// Fuzz target `spd_differential`.
@@ -276,6 +311,7 @@ pub fn spd_differential(input: &SpdInput) {
             if let Ok(f) = Flow::from_packet(dir, p) {
                 check(&spd, &others, &mut cache, &f);
             }
+            check_packet(&spd, dir, p);
         }
     }
 }

@@ -132,3 +132,88 @@ fn esp_fragmenting_corpus() {
         }
     }
 }
+
+/// The `spd_differential` body on fragments (random seeds rarely build them): a
+/// port-specific PROTECT before a BYPASS of everything, and IPv4 and IPv6 first, tiny,
+/// overlapping and later fragments of TCP, UDP and ICMP.
+#[test]
+fn spd_differential_fragments() {
+    use ipsec_fuzz::spd::{FAddr, FPolicy, FPort, SpdInput};
+    let protect = |protocol: u8, port: FPort, icmp: Option<(u8, Option<u8>)>| FPolicy {
+        direction: 2,
+        local: vec![FAddr::Prefix(0, 0, false), FAddr::Prefix(0, 0, true)],
+        remote: vec![FAddr::Range(4, 9, false), FAddr::Range(4, 9, true)],
+        protocol,
+        local_port: port,
+        remote_port: FPort::Omit,
+        icmp,
+        action: 0,
+    };
+    let policies = vec![
+        protect(1, FPort::One(3), None),
+        protect(3, FPort::Omit, Some((0, None))),
+        FPolicy {
+            direction: 2,
+            local: vec![],
+            remote: vec![],
+            protocol: 0,
+            local_port: FPort::Omit,
+            remote_port: FPort::Omit,
+            icmp: None,
+            action: 1,
+        },
+    ];
+    let v4 = |proto: u8, frag: u16, l4: &[u8]| {
+        let mut p = vec![
+            0x45, 0, 0, 0, 0, 7, 0, 0, 64, proto, 0, 0, 10, 0, 0, 5, 10, 0, 0, 1,
+        ];
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p.extend_from_slice(l4);
+        let n = p.len() as u16;
+        p[2..4].copy_from_slice(&n.to_be_bytes());
+        p
+    };
+    let v6 = |nh: u8, fo: u16, l4: &[u8]| {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x60;
+        p[6] = 44;
+        p[23] = 5;
+        p[39] = 1;
+        p[8] = 0x20;
+        p[9] = 0x01;
+        p[10] = 0x0d;
+        p[11] = 0xb8;
+        p[24..28].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        p.extend_from_slice(&[nh, 0]);
+        p.extend_from_slice(&fo.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 9]);
+        p.extend_from_slice(l4);
+        let n = (p.len() - 40) as u16;
+        p[4..6].copy_from_slice(&n.to_be_bytes());
+        p
+    };
+    let tcp = [
+        0, 9, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 2, 0, 0, 0, 0, 0, 0,
+    ];
+    let packets = vec![
+        v4(6, 0x2000, &tcp),
+        v4(6, 0x2000, &tcp[..8]),
+        v4(6, 0x2000, &tcp[..2]),
+        v4(6, 0x2001, &tcp),
+        v4(6, 0x0004, &tcp),
+        v4(17, 0x0004, &tcp),
+        v4(1, 0x2000, &tcp[..4]),
+        v4(1, 0x0004, &tcp),
+        v6(6, 1, &tcp),
+        v6(6, 1 << 3, &tcp),
+        v6(6, 5 << 3, &tcp),
+        v6(60, 5 << 3, &tcp),
+        v6(58, 5 << 3, &tcp),
+        v6(6, 0, &tcp),
+    ];
+    ipsec_fuzz::spd::spd_differential(&SpdInput {
+        policies,
+        flows: Vec::new(),
+        packets,
+    });
+}

@@ -17,9 +17,10 @@
 //! * `protocol`: a name (`tcp`, `udp`, `icmp`, `icmpv6`, `sctp`, `esp`, `ah`, `gre`) or a
 //!   number 0..=255;
 //! * `src_port`, `dst_port`: ports for TCP, UDP and SCTP; for ICMP and ICMPv6 the same
-//!   two columns are the message type and code; empty means "none" (an OPAQUE port, as
-//!   a non-first fragment has, RFC 4301 §7). A port given for a protocol without ports
-//!   is an error.
+//!   two columns are the message type and code. Both empty means a **non-first
+//!   fragment** (its ports are unknown, RFC 4301 §7), answered as the gateway answers
+//!   one whose first fragment it has not seen (`Spd::lookup_as_packet`); one empty and
+//!   the other not is an error, and so is a port given for a protocol without ports.
 //!
 //! A first line whose first field is `direction` is a header and skipped; blank lines
 //! and lines starting with `#` are skipped too (they give no output). `-` reads stdin.
@@ -28,7 +29,10 @@
 //!
 //! One JSON object per flow line, in input order, on stdout:
 //! `{"action":"protect","policy":"b1-rdp","sa":"ho-to-b1"}` (`policy` and `sa` are null
-//! when absent); a line that cannot be read gives `{"error":"line N: ..."}` in its place
+//! when absent). A non-first fragment that cannot be decided without its first fragment
+//! is dropped: `{"action":"discard","policy":null,"sa":null,"drop":"fragment_unresolved",
+//! "could_match":"b1-rdp"}` (`could_match`: the port-specific policy that may cover
+//! it, or null). A line that cannot be read gives `{"error":"line N: ..."}` in its place
 //! and the command exits 1 at the end. A policy file that does not load exits 2 with
 //! every problem on stderr.
 //!
@@ -38,7 +42,7 @@
 use crate::{CliError, Outcome};
 use ipsec_core::spd::selector::{has_ports, is_icmp, parse_protocol, protocol_name};
 use ipsec_core::spd::{Finding, Opening, Severity, lint_toml};
-use ipsec_core::{Decision, Direction, Flow, Spd, SpdCache};
+use ipsec_core::{Decision, Direction, Flow, FragmentDecision, Spd, SpdCache};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -121,6 +125,16 @@ pub(crate) fn parse_flow(line: &str) -> Result<Flow, String> {
         ));
     }
     let mut flow = Flow::new(direction, src, dst, protocol);
+    if (has_ports(protocol) || is_icmp(protocol)) && sport.is_empty() != dport.is_empty() {
+        return Err(format!(
+            "give both {} or neither (neither: a non-first fragment, whose ports are unknown)",
+            if has_ports(protocol) {
+                "ports"
+            } else {
+                "ICMP type and code"
+            }
+        ));
+    }
     if has_ports(protocol) {
         let port = |s: &str, what: &str| -> Result<Option<u16>, String> {
             if s.is_empty() {
@@ -170,6 +184,15 @@ fn write_decision<W: Write>(out: &mut W, d: &Decision<'_>) -> std::io::Result<()
     out.write_all(b"}\n")
 }
 
+/// A non-first fragment dropped as undecidable, and the policy that may cover it.
+fn write_unresolved<W: Write>(out: &mut W, could_match: Option<&str>) -> std::io::Result<()> {
+    out.write_all(
+        b"{\"action\":\"discard\",\"policy\":null,\"sa\":null,\"drop\":\"fragment_unresolved\",\"could_match\":",
+    )?;
+    write_opt(out, could_match)?;
+    out.write_all(b"}\n")
+}
+
 /// `ipsec policy lookup FILE --flows FLOWS.csv [--cache]`.
 pub(crate) fn lookup(policy: &Path, flows: &Path, cache: bool) -> Result<Outcome, CliError> {
     let spd = load_spd(policy)?;
@@ -211,11 +234,19 @@ pub(crate) fn lookup(policy: &Path, flows: &Path, cache: bool) -> Result<Outcome
         flows_read += 1;
         match parse_flow(l) {
             Ok(flow) => {
-                let d = match &mut cache {
-                    Some(c) => c.lookup(&flow),
-                    None => spd.lookup(&flow),
+                let answer = match &mut cache {
+                    Some(c) if !flow.ports_unknown() => FragmentDecision::Decided(c.lookup(&flow)),
+                    _ => spd.lookup_as_packet(&flow),
                 };
-                write_decision(&mut out, &d).map_err(io_err)?;
+                match answer {
+                    FragmentDecision::Unresolved { could_match } => {
+                        write_unresolved(&mut out, could_match.and_then(|d| d.policy))
+                    }
+                    answer => {
+                        write_decision(&mut out, &answer.decided().unwrap_or(Decision::NO_MATCH))
+                    }
+                }
+                .map_err(io_err)?;
             }
             Err(e) => {
                 bad += 1;
@@ -480,6 +511,8 @@ mod tests {
             "out,10.0.0.1,10.0.0.2,esp,1,2",
             "out,10.0.0.1,10.0.0.2,tcp,1",
             "out,10.0.0.1,10.0.0.2,tcp,1,2,3",
+            "out,10.0.0.1,10.0.0.2,tcp,,2",
+            "out,10.0.0.1,10.0.0.2,icmp,8,",
         ] {
             assert!(parse_flow(bad).is_err(), "{bad}");
         }

@@ -604,3 +604,211 @@ fn lookup_stops_quietly_when_the_reader_goes_away() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+// --- fragments (RFC 4301 §7) --------------------------------------------------------
+
+#[test]
+fn lookup_answers_port_less_flows_as_non_first_fragments() {
+    let dir = TempDir::new("lookup-frag");
+    let csv = "\
+inbound,10.1.0.15,10.0.0.10,tcp,,
+inbound,10.3.0.1,10.0.0.10,tcp,,
+outbound,192.0.2.1,198.51.100.2,udp,,
+outbound,10.0.0.10,10.1.0.15,icmp,,
+inbound,10.1.0.15,10.0.0.10,tcp,,3389
+";
+    for extra in [&[][..], &["--cache"][..]] {
+        let o = lookup(&dir, csv, extra);
+        assert_eq!(o.status.code(), Some(1), "the half-empty line is an error");
+        let v = json_lines(&o);
+        assert_eq!(v.len(), 5, "{v:?}");
+        // A later fragment between a branch and the terminal server: "b1-rdp" may
+        // cover it (port 3389), so it cannot be decided without its first fragment.
+        assert_eq!(v[0]["action"], "discard", "{}", v[0]);
+        assert_eq!(v[0]["drop"], "fragment_unresolved", "{}", v[0]);
+        assert_eq!(v[0]["could_match"], "b1-rdp", "{}", v[0]);
+        assert!(v[0]["policy"].is_null());
+        // From an unknown network only the catch-all could take it: decided.
+        assert_eq!(v[1]["policy"], "deny-everything-else", "{}", v[1]);
+        assert!(v[1].get("drop").is_none(), "{}", v[1]);
+        // IKE's later fragments: "ike" is port-specific too.
+        assert_eq!(v[2]["could_match"], "ike", "{}", v[2]);
+        // ICMP between the networks: nothing looks at ICMP fields; the catch-all.
+        assert_eq!(v[3]["policy"], "deny-everything-else", "{}", v[3]);
+        let e = v[4]["error"].as_str().unwrap();
+        assert!(e.contains("both ports or neither"), "{e}");
+    }
+}
+
+const FRAGMENT_POLICY: &str = r#"
+[[policy]]
+name = "rdp"
+direction = "both"
+local = "10.0.0.0/24"
+remote = "10.1.0.0/16"
+protocol = "tcp"
+local_port = 3389
+action = "protect"
+sa = ["out", "in"]
+
+[[policy]]
+name = "rest"
+direction = "both"
+action = "bypass"
+
+[[sa]]
+name = "out"
+spi = 0x1001
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "000102030405060708090a0b0c0d0e0f10111213"
+tunnel_src = "192.0.2.1"
+tunnel_dst = "198.51.100.2"
+
+[[sa]]
+name = "in"
+spi = 0x2001
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3"
+"#;
+
+#[test]
+fn lint_warns_when_later_fragments_of_a_port_specific_protect_reach_a_bypass() {
+    let dir = TempDir::new("lint-frag");
+    let policy = dir.path("p.toml");
+    std::fs::write(&policy, FRAGMENT_POLICY).unwrap();
+    let o = ipsec(&["policy", "lint", policy.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "a warning, not an error");
+    let v = json_lines(&o);
+    let frag: Vec<&Value> = v
+        .iter()
+        .filter(|x| x["code"] == "fragment-bypass")
+        .collect();
+    assert_eq!(frag.len(), 1, "{v:?}");
+    assert_eq!(frag[0]["policy"], "rest");
+    assert_eq!(frag[0]["severity"], "warning");
+    let m = frag[0]["message"].as_str().unwrap();
+    assert!(
+        m.contains("\"rdp\"") && m.contains("non-first fragments"),
+        "{m}"
+    );
+    let o = ipsec(&["policy", "lint", policy.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("warning[fragment-bypass] policy \"rest\""),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // The example stays clean (README: `ipsec policy lint examples/branch-office.toml`).
+    let example = example();
+    let o = ipsec(&["policy", "lint", example.to_str().unwrap(), "--json"]);
+    assert!(
+        json_lines(&o)
+            .iter()
+            .all(|x| x["code"] != "fragment-bypass"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+/// An IPv4 fragment: `data` at byte `offset` of datagram `id`.
+fn ipv4_frag(
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    id: u16,
+    offset: u16,
+    more: bool,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut p = ipv4(src, dst, proto, data);
+    p[4..6].copy_from_slice(&id.to_be_bytes());
+    let flags = (offset / 8) | if more { 0x2000 } else { 0 };
+    p[6..8].copy_from_slice(&flags.to_be_bytes());
+    p[10..12].copy_from_slice(&[0, 0]);
+    let c = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+#[test]
+fn audit_follows_fragments_through_the_capture() {
+    let dir = TempDir::new("audit-frag");
+    let (branch, server) = ([10, 1, 0, 15], [10, 0, 0, 10]);
+    let rdp = tcp(50000, 3389, b"pass");
+    let mut pkts = tunnel_traffic();
+    let base = pkts.len();
+    pkts.extend([
+        // What the old gateway sent: the first fragment inside ESP, the later ones in
+        // the clear (their first fragment is not in the clear capture).
+        ipv4_frag(branch, server, 6, 7, 24, true, &[0x77; 24]),
+        ipv4_frag(branch, server, 6, 7, 48, false, &[0x77; 8]),
+        // A whole datagram in the clear, in two fragments: both leak, like the first.
+        ipv4_frag(branch, server, 6, 8, 0, true, &rdp),
+        ipv4_frag(branch, server, 6, 8, 24, false, &[0x77; 8]),
+        // A tiny first fragment and a TCP fragment at offset 8: the gateway drops them.
+        ipv4_frag(branch, server, 6, 9, 0, true, &rdp[..8]),
+        ipv4_frag(branch, server, 6, 10, 8, false, &[0x77; 16]),
+        // ESP in UDP 4500, fragmented: both pieces are ESP of SPI 0x2002.
+        ipv4_frag(
+            B2,
+            HO,
+            17,
+            11,
+            0,
+            true,
+            &udp(4500, 4500, &esp(0x2002, 2))[..24],
+        ),
+        ipv4_frag(
+            B2,
+            HO,
+            17,
+            11,
+            24,
+            false,
+            &udp(4500, 4500, &esp(0x2002, 2))[24..],
+        ),
+    ]);
+    let o = audit(&dir, "frag.pcap", 101, &pkts, true);
+    assert_eq!(o.status.code(), Some(1));
+    let v = json_lines(&o);
+    let at = |n: usize| {
+        v.iter()
+            .find(|x| x["packet"] == base + n + 1)
+            .unwrap_or_else(|| panic!("no finding for packet {}: {v:?}", base + n + 1))
+    };
+    for n in [0, 1] {
+        assert_eq!(at(n)["kind"], "leak", "{}", at(n));
+        assert_eq!(at(n)["fragment"], "unresolved", "{}", at(n));
+        assert_eq!(at(n)["policy"], "b1-rdp", "{}", at(n));
+    }
+    for n in [2, 3] {
+        assert_eq!(at(n)["kind"], "leak", "{}", at(n));
+        assert_eq!(at(n)["policy"], "b1-rdp", "{}", at(n));
+        assert!(at(n).get("fragment").is_none(), "{}", at(n));
+    }
+    assert_eq!(at(4)["kind"], "not-allowed");
+    assert_eq!(at(4)["reason"], "fragment_too_short");
+    assert_eq!(at(5)["kind"], "not-allowed");
+    assert_eq!(at(5)["reason"], "fragment_overlap");
+    assert!(
+        v.iter()
+            .all(|x| x["packet"] != base + 7 && x["packet"] != base + 8)
+    );
+    let s = v.last().unwrap();
+    assert_eq!(s["leaks"], 4, "{s}");
+    assert_eq!(s["not_allowed"], 2, "{s}");
+    assert_eq!(s["esp_in_udp"][0]["packets"], 3, "{s}");
+    let o = audit(&dir, "frag.pcap", 101, &pkts, false);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("a later fragment (its first fragment is not in the capture)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the gateway drops this fragment (fragment_too_short)"),
+        "{text}"
+    );
+}

@@ -834,22 +834,43 @@ impl SecurityAssociation {
         now: Duration,
         selectors_ok: impl FnOnce(&[u8]) -> bool,
     ) -> Result<(), Error> {
+        self.decrypt_verified(pkt, now, |inner| {
+            if selectors_ok(inner) {
+                Ok(())
+            } else {
+                Err(Error::PolicyMismatch)
+            }
+        })
+    }
+
+    /// [`Self::decrypt_checked`] with a check that says why it refuses the
+    /// decapsulated packet: its error is returned and counted on this SA under its
+    /// drop reason (e.g. [`Error::PolicyMismatch`], or a fragment the policy cannot
+    /// accept, [`Error::Fragment`]). The replay window still records the packet.
+    pub fn decrypt_verified(
+        &mut self,
+        pkt: &mut PacketBuf<'_>,
+        now: Duration,
+        verify: impl FnOnce(&[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         if self.direction != Direction::Inbound {
             return Err(self.drop(Error::WrongDirection));
         }
         self.admit(now)?;
         match self.decap(pkt) {
-            Ok(len) if selectors_ok(pkt.data()) => {
-                if self.stats.bytes.saturating_add(len as u64) > self.byte_cap {
-                    // The hard byte lifetime is never overshot (its ICV verified, so the
-                    // replay window has recorded it all the same).
-                    self.expire(LifetimeLimit::Bytes);
-                    return Err(self.drop(Error::LifetimeExpired(LifetimeLimit::Bytes)));
+            Ok(len) => match verify(pkt.data()) {
+                Ok(()) => {
+                    if self.stats.bytes.saturating_add(len as u64) > self.byte_cap {
+                        // The hard byte lifetime is never overshot (its ICV verified, so
+                        // the replay window has recorded it all the same).
+                        self.expire(LifetimeLimit::Bytes);
+                        return Err(self.drop(Error::LifetimeExpired(LifetimeLimit::Bytes)));
+                    }
+                    self.account(len);
+                    Ok(())
                 }
-                self.account(len);
-                Ok(())
-            }
-            Ok(_) => Err(self.drop(Error::PolicyMismatch)),
+                Err(e) => Err(self.drop(e)),
+            },
             Err(e) => {
                 if let Error::TooOld { seq, .. } = e {
                     self.replay.note_too_old(seq);

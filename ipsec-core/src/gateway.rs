@@ -14,18 +14,30 @@
 //! whole, into the caller's buffer, where it is decrypted as any packet. Other
 //! fragments are left to the policy path.
 //!
+//! Cleartext fragments, and inner packets that are fragments, are decided with state
+//! (RFC 4301 §7.3, §7.4; [`crate::fragment_policy`]): the gateway remembers the
+//! decision of each first fragment for a bounded time and number of datagrams
+//! ([`FragmentLimits`], [`Gateway::set_fragment_limits`]) and gives the datagram's later
+//! fragments the same one (PROTECT with the same SA, BYPASS, DISCARD); tiny first
+//! fragments and overlapping fragments are dropped (`fragment_too_short`,
+//! `fragment_overlap`), and a later fragment whose first fragment was not seen gets
+//! [`Spd::lookup_non_first_fragment`]'s answer or is dropped as `fragment_unresolved`.
+//! Unfragmented packets never touch that state.
+//!
 //! Drops that belong to an SA are counted on that SA; the others (unknown SPI, policy
-//! discard, unprotected cleartext, unparseable packets, dropped outer fragments) on the
+//! discard, unprotected cleartext, fragment drops, unparseable packets) on the
 //! gateway's own [`SaStats`]. Like an SA, a gateway is owned by one thread at a time.
 
 use crate::buffer::{PacketBuf, SpareBuffers};
 use crate::error::{ConfigError, DropReason, Error, Malformed};
+pub use crate::fragment_policy::FragmentLimits;
+use crate::fragment_policy::{self, FragmentTable};
 use crate::icmp::TooBigMessage;
 use crate::nat::NAT_KEEPALIVE_MAX_LEN;
 use crate::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
 use crate::reassembly::{Reassembler, Reassembly, ReassemblyLimits};
 use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation};
-use crate::spd::{Action, Flow, Spd};
+use crate::spd::{Action, Spd};
 use core::time::Duration;
 use std::collections::HashMap;
 
@@ -85,6 +97,8 @@ pub struct Gateway {
     max_headroom: usize,
     /// Outer ESP fragments in progress.
     reassembler: Reassembler,
+    /// First fragments' decisions, for the datagrams' later fragments.
+    fragments: FragmentTable,
 }
 
 impl core::fmt::Debug for Gateway {
@@ -140,7 +154,25 @@ impl Gateway {
             outbound_by_spi,
             stats: SaStats::default(),
             reassembler: Reassembler::new(ReassemblyLimits::DEFAULT),
+            fragments: FragmentTable::new(FragmentLimits::DEFAULT),
         })
+    }
+
+    /// The limits of the memory of first fragments (see [`crate::fragment_policy`]).
+    pub fn fragment_limits(&self) -> FragmentLimits {
+        self.fragments.limits()
+    }
+
+    /// Sets the limits of the memory of first fragments; what it held is forgotten
+    /// (later fragments of those datagrams get the stateless answer). Its memory is
+    /// allocated here, once.
+    pub fn set_fragment_limits(&mut self, limits: FragmentLimits) {
+        self.fragments = FragmentTable::new(limits);
+    }
+
+    /// How many datagrams' first fragments are remembered at `now` (for monitoring).
+    pub fn remembered_datagrams(&self, now: Duration) -> usize {
+        self.fragments.len(now)
     }
 
     /// The policies.
@@ -275,11 +307,21 @@ impl Gateway {
         spares: &mut SpareBuffers<'_, '_>,
         now: Duration,
     ) -> Result<(Outbound<'_>, usize), Error> {
-        let flow = match Flow::from_packet(Direction::Outbound, pkt.data()) {
-            Ok(f) => f,
-            Err(m) => return Err(self.drop(Error::Malformed(m))),
+        let decision = match fragment_policy::cleartext_decision(
+            &self.spd,
+            &mut self.fragments,
+            Direction::Outbound,
+            pkt.data(),
+            now,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                // (`self.drop` would borrow all of `self`, and the decision borrows
+                // the SPD until the verdict is returned.)
+                self.stats.count_drop(e.drop_reason());
+                return Err(e);
+            }
         };
-        let decision = self.spd.lookup(&flow);
         let found = match (decision.action, decision.policy, decision.sa) {
             (Action::Bypass, Some(policy), _) => return Ok((Outbound::Bypassed { policy }, 0)),
             (Action::Protect, Some(policy), Some(name)) => {
@@ -317,8 +359,9 @@ impl Gateway {
 
     /// The SA a PROTECT policy sends the outbound packet `packet` through.
     fn protecting_sa(&self, packet: &[u8]) -> Option<usize> {
-        let flow = Flow::from_packet(Direction::Outbound, packet).ok()?;
-        let d = self.spd.lookup(&flow);
+        // The stateless answer (a later fragment's remembered decision is not looked
+        // up: this only sizes spares and ICMP errors).
+        let d = self.spd.lookup_packet(Direction::Outbound, packet).ok()?;
         match (d.action, d.sa) {
             (Action::Protect, Some(name)) => self.by_name.get(name).copied(),
             _ => None,
@@ -370,11 +413,19 @@ impl Gateway {
             Err(m) => return Err(self.drop(Error::Malformed(m))),
         };
         let Some(spi) = spi else {
-            let flow = match Flow::from_packet(Direction::Inbound, pkt.data()) {
-                Ok(f) => f,
-                Err(m) => return Err(self.drop(Error::Malformed(m))),
+            let decision = match fragment_policy::cleartext_decision(
+                &self.spd,
+                &mut self.fragments,
+                Direction::Inbound,
+                pkt.data(),
+                now,
+            ) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.stats.count_drop(e.drop_reason());
+                    return Err(e);
+                }
             };
-            let decision = self.spd.lookup(&flow);
             let err = match (decision.action, decision.policy) {
                 (Action::Bypass, Some(policy)) => return Ok(Inbound::Bypassed { policy }),
                 (Action::Protect, _) => Error::UnprotectedTraffic,
@@ -386,18 +437,15 @@ impl Gateway {
         let Some(&i) = self.inbound_by_spi.get(&spi) else {
             return Err(self.drop(Error::UnknownSpi { spi }));
         };
-        let (spd, name) = (&self.spd, self.names[i].as_str());
-        let mut serving = None;
-        self.sas[i].decrypt_checked(pkt, now, |inner| {
-            serving = Flow::from_packet(Direction::Inbound, inner)
-                .ok()
-                .and_then(|f| spd.inbound_policy(name, &f));
-            serving.is_some()
+        let (spd, fragments, name) = (&self.spd, &mut self.fragments, self.names[i].as_str());
+        let mut serving = "";
+        self.sas[i].decrypt_verified(pkt, now, |inner| {
+            serving = fragment_policy::decrypted_policy(spd, fragments, i, name, inner, now)?;
+            Ok(())
         })?;
         Ok(Inbound::Decrypted {
             sa: name,
-            // Set: the check above passed only with a serving policy.
-            policy: serving.unwrap_or_default(),
+            policy: serving,
         })
     }
 }

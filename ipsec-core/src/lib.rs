@@ -59,6 +59,7 @@ pub mod crypto;
 pub mod error;
 pub mod esp;
 mod fragment;
+pub mod fragment_policy;
 pub mod gateway;
 pub mod icmp;
 pub mod nat;
@@ -73,6 +74,7 @@ pub mod spd;
 pub use buffer::{PacketBuf, SpareBuffers};
 pub use crypto::{Cipher, Integrity};
 pub use error::{ConfigError, DropReason, Error, FragmentError, LifetimeLimit, Malformed};
+pub use fragment_policy::FragmentLimits;
 pub use gateway::Gateway;
 pub use nat::NAT_KEEPALIVE_MAX_LEN;
 pub use reassembly::{Reassembler, Reassembly, ReassemblyLimits};
@@ -81,4 +83,4 @@ pub use sa::{
     DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, SaEvent, SaStats,
     SecurityAssociation, TfcPadding,
 };
-pub use spd::{Action, Decision, Flow, PolicyDirection, Spd, SpdCache};
+pub use spd::{Action, Decision, Flow, Fragment, FragmentDecision, PolicyDirection, Spd, SpdCache};

@@ -3,7 +3,7 @@
 //! policy file's error messages and the DESIGN.md example.
 
 use ipsec_core::spd::{EngineKind, Policy};
-use ipsec_core::{Action, Direction, Flow, Spd, SpdCache};
+use ipsec_core::{Action, Direction, Error, Flow, FragmentDecision, FragmentError, Spd, SpdCache};
 use proptest::prelude::*;
 use std::net::IpAddr;
 
@@ -198,6 +198,67 @@ proptest! {
         // Twice, so the cache answers from its slots too.
         for f in &flows {
             prop_assert_eq!(cache.lookup(f), spd.lookup_linear(f));
+        }
+    }
+
+    /// The non-first fragment query (compiled, built at load time) against its plain
+    /// reference, and what its answers mean: a decided fragment gets the decision the
+    /// whole packet would get whatever its ports; an unresolved one could be the
+    /// traffic of a port-specific policy that no earlier policy can take.
+    #[test]
+    fn non_first_fragment_compiled_equals_naive(
+        policies in prop::collection::vec(gen_policy(), 0..80),
+        flows in prop::collection::vec(gen_flow(), 1..64),
+        ports in prop::collection::vec((0u16..12, 0u16..12, 0u8..5, 0u8..4), 1..8),
+    ) {
+        let text = to_toml(&policies);
+        let spd = Spd::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        // (The fragment index is the partitioned classifier whatever the engine, so
+        // the other engines add nothing here.)
+        for f in &flows {
+            let naive = spd.lookup_non_first_fragment_linear(f);
+            prop_assert_eq!(spd.lookup_non_first_fragment(f), naive, "flow {:?}\n{}", f, text);
+            // The query ignores whatever ports and ICMP fields the flow carries.
+            let mut bare = *f;
+            (bare.src_port, bare.dst_port, bare.icmp_type, bare.icmp_code) = (None, None, None, None);
+            prop_assert_eq!(spd.lookup_non_first_fragment(&bare), naive);
+            // Every concrete packet of the flow.
+            let concrete: Vec<Flow> = ports
+                .iter()
+                .map(|&(a, b, t, c)| {
+                    let mut g = bare;
+                    if matches!(g.protocol, 6 | 17 | 132) {
+                        g = g.ports(a, b);
+                    } else if matches!(g.protocol, 1 | 58) {
+                        g = g.icmp(t, c);
+                    }
+                    g
+                })
+                .collect();
+            match naive {
+                FragmentDecision::Decided(d) => {
+                    for g in &concrete {
+                        prop_assert_eq!(spd.lookup(g), d, "decided {:?} but {:?}\n{}", f, g, text);
+                    }
+                    if let Some(i) = d.policy_index {
+                        prop_assert!(!spd.policies()[i].has_port_or_icmp_selector());
+                    }
+                }
+                FragmentDecision::Unresolved { could_match: None } => {
+                    // Only an IPv6 fragment that hides its upper-layer protocol.
+                    prop_assert!(f.dst.is_ipv6() && matches!(f.protocol, 0 | 43 | 44 | 60));
+                }
+                FragmentDecision::Unresolved { could_match: Some(d) } => {
+                    let p = &spd.policies()[d.policy_index.unwrap()];
+                    prop_assert!(p.has_port_or_icmp_selector() && p.matches_with_ports_unknown(f));
+                    // No earlier policy could take any packet of the flow.
+                    for g in &concrete {
+                        let hit = spd.lookup(g).policy_index;
+                        prop_assert!(hit.is_none_or(|h| h >= d.policy_index.unwrap()));
+                    }
+                }
+                _ => prop_assert!(false, "unknown variant"),
+            }
         }
     }
 }
@@ -642,6 +703,221 @@ fn flow_from_ipv6_packets_walks_extension_headers() {
     let mut short = p[..48].to_vec();
     short[4..6].copy_from_slice(&8u16.to_be_bytes());
     assert!(Flow::from_packet(Direction::Inbound, &short).is_err());
+}
+
+/// The issue's policy: PROTECT tcp/3389 between two subnets (and ICMP echo requests
+/// between them), then BYPASS everything.
+fn protect_then_bypass() -> Spd {
+    let text = format!(
+        "{SAS}
+[[policy]]
+name = \"rdp\"
+direction = \"both\"
+local = \"10.0.0.0/24\"
+remote = \"10.1.0.0/16\"
+protocol = \"tcp\"
+local_port = 3389
+action = \"protect\"
+sa = [\"o\", \"i\"]
+
+[[policy]]
+name = \"ping\"
+direction = \"both\"
+local = \"10.0.0.0/24\"
+remote = \"10.1.0.0/16\"
+protocol = \"icmp\"
+icmp_type = 8
+action = \"protect\"
+sa = [\"o\", \"i\"]
+
+[[policy]]
+name = \"rdp6\"
+direction = \"both\"
+local = \"2001:db8::/64\"
+remote = \"2001:db8:1::/64\"
+protocol = \"tcp\"
+local_port = 3389
+action = \"protect\"
+sa = [\"o\", \"i\"]
+
+[[policy]]
+name = \"anything\"
+direction = \"both\"
+action = \"bypass\"
+"
+    );
+    Spd::from_toml(&text).unwrap()
+}
+
+/// An IPv4 packet 10.1.2.3 -> 10.0.0.5 (inbound to the head office side).
+fn ipv4_in(proto: u8, frag: u16, l4: &[u8]) -> Vec<u8> {
+    let mut p = ipv4(proto, frag, l4);
+    p[12..16].copy_from_slice(&[10, 1, 2, 3]);
+    p[16..20].copy_from_slice(&[10, 0, 0, 5]);
+    p
+}
+
+fn tcp_header(sport: u16, dport: u16) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[12] = 0x50;
+    t[13] = 0x02;
+    t
+}
+
+#[track_caller]
+fn fragment_error(r: Result<ipsec_core::Decision<'_>, Error>) -> FragmentError {
+    match r {
+        Err(Error::Fragment(e)) => e,
+        other => panic!("expected a fragment drop, got {other:?}"),
+    }
+}
+
+#[test]
+fn lookup_packet_answers_fragments_as_the_gateway_does_without_state() {
+    let spd = protect_then_bypass();
+    let dir = Direction::Inbound;
+    let rdp = tcp_header(50000, 3389);
+    // The whole packet and a proper first fragment (the whole TCP header): PROTECT.
+    for pkt in [ipv4_in(6, 0, &rdp), ipv4_in(6, 0x2000, &rdp)] {
+        let d = spd.lookup_packet(dir, &pkt).unwrap();
+        assert_eq!((d.action, d.policy), (Action::Protect, Some("rdp")));
+    }
+    // RFC 3128 tiny first fragments: 2 bytes (no ports), 8 bytes (ports, no flags:
+    // under RFC 1858's 16).
+    assert_eq!(
+        fragment_error(spd.lookup_packet(dir, &ipv4_in(6, 0x2000, &rdp[..2]))),
+        FragmentError::TooShort
+    );
+    assert_eq!(
+        fragment_error(spd.lookup_packet(dir, &ipv4_in(6, 0x2000, &rdp[..8]))),
+        FragmentError::TooShort
+    );
+    assert!(
+        spd.lookup_packet(dir, &ipv4_in(6, 0x2000, &rdp[..16]))
+            .is_ok()
+    );
+    // RFC 1858: a TCP fragment at offset 8 (fragment offset 1) rewrites the header.
+    assert_eq!(
+        fragment_error(spd.lookup_packet(dir, &ipv4_in(6, 0x2001, &[0u8; 16]))),
+        FragmentError::Overlap
+    );
+    // A later TCP fragment: "rdp" could cover it, so it is not BYPASSed.
+    assert_eq!(
+        fragment_error(spd.lookup_packet(dir, &ipv4_in(6, 0x0003, &[0u8; 16]))),
+        FragmentError::Unresolved
+    );
+    // A later UDP fragment between the same subnets: only "anything" could take it.
+    let d = spd
+        .lookup_packet(dir, &ipv4_in(17, 0x0003, &[0u8; 16]))
+        .unwrap();
+    assert_eq!((d.action, d.policy), (Action::Bypass, Some("anything")));
+    // ICMP: a first fragment needs the 8-byte header; a later one may be an echo
+    // request, which "ping" protects.
+    assert_eq!(
+        fragment_error(spd.lookup_packet(dir, &ipv4_in(1, 0x2000, &[8, 0, 0, 0]))),
+        FragmentError::TooShort
+    );
+    let d = spd
+        .lookup_packet(dir, &ipv4_in(1, 0x2000, &[8, 0, 0, 0, 0, 1, 0, 1]))
+        .unwrap();
+    assert_eq!(d.policy, Some("ping"));
+    assert_eq!(
+        fragment_error(spd.lookup_packet(dir, &ipv4_in(1, 0x0003, &[0u8; 8]))),
+        FragmentError::Unresolved
+    );
+    // Outside the protected subnets a later fragment is certainly "anything"'s.
+    let mut far = ipv4_in(6, 0x0003, &[0u8; 16]);
+    far[12..16].copy_from_slice(&[192, 0, 2, 9]);
+    assert_eq!(spd.lookup_packet(dir, &far).unwrap().action, Action::Bypass);
+    // The flow API keeps matching semantics: with OPAQUE ports "rdp" cannot match.
+    let f = Flow::from_packet(dir, &ipv4_in(6, 0x0003, &[0u8; 16])).unwrap();
+    assert_eq!(spd.lookup(&f).policy, Some("anything"));
+    match spd.lookup_non_first_fragment(&f) {
+        FragmentDecision::Unresolved { could_match } => {
+            assert_eq!(could_match.and_then(|d| d.policy), Some("rdp"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An IPv6 packet 2001:db8:1::7 -> 2001:db8::5 with a Fragment header (next header
+/// `nh`, offset in 8-byte units, M flag) and `data` after it.
+fn ipv6_fragment(nh: u8, offset: u16, more: bool, data: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x60;
+    p[6] = 44;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&ip6("2001:db8:1::7"));
+    p[24..40].copy_from_slice(&ip6("2001:db8::5"));
+    let fo = (offset << 3) | u16::from(more);
+    p.extend_from_slice(&[nh, 0]);
+    p.extend_from_slice(&fo.to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend_from_slice(data);
+    let plen = (p.len() - 40) as u16;
+    p[4..6].copy_from_slice(&plen.to_be_bytes());
+    p
+}
+
+#[test]
+fn ipv6_fragments_follow_the_same_rules() {
+    let spd = protect_then_bypass();
+    let dir = Direction::Inbound;
+    let rdp = tcp_header(50000, 3389);
+    let (flow, frag) =
+        Flow::from_packet_with_fragment(dir, &ipv6_fragment(6, 0, true, &rdp)).unwrap();
+    let frag = frag.expect("a fragment");
+    assert_eq!(
+        (frag.id, frag.offset, frag.len, frag.more),
+        (0x1234_5678, 0, 20, true)
+    );
+    assert_eq!((flow.protocol, flow.dst_port), (6, Some(3389)));
+    assert_eq!(
+        spd.lookup_packet(dir, &ipv6_fragment(6, 0, true, &rdp))
+            .unwrap()
+            .policy,
+        Some("rdp6")
+    );
+    assert_eq!(
+        fragment_error(spd.lookup_packet(dir, &ipv6_fragment(6, 0, true, &rdp[..8]))),
+        FragmentError::TooShort
+    );
+    assert_eq!(
+        fragment_error(spd.lookup_packet(dir, &ipv6_fragment(6, 1, true, &[0; 16]))),
+        FragmentError::Overlap
+    );
+    assert_eq!(
+        fragment_error(spd.lookup_packet(dir, &ipv6_fragment(6, 5, false, &[0; 16]))),
+        FragmentError::Unresolved
+    );
+    // Destination Options first in the fragmentable part: a later fragment does not
+    // show its upper-layer protocol at all.
+    assert_eq!(
+        fragment_error(spd.lookup_packet(dir, &ipv6_fragment(60, 5, false, &[0; 16]))),
+        FragmentError::Unresolved
+    );
+    // A later UDP fragment: certainly "anything".
+    assert_eq!(
+        spd.lookup_packet(dir, &ipv6_fragment(17, 5, false, &[0; 16]))
+            .unwrap()
+            .action,
+        Action::Bypass
+    );
+    // An atomic fragment (offset 0, M clear, RFC 6946) is a whole packet.
+    let (_, frag) =
+        Flow::from_packet_with_fragment(dir, &ipv6_fragment(6, 0, false, &rdp)).unwrap();
+    assert_eq!(frag, None);
+    // Two Fragment headers: malformed, not a panic.
+    let mut two = ipv6_fragment(44, 0, true, &[6, 0, 0, 1, 0, 0, 0, 1]);
+    two.extend_from_slice(&rdp);
+    let plen = (two.len() - 40) as u16;
+    two[4..6].copy_from_slice(&plen.to_be_bytes());
+    assert!(matches!(
+        spd.lookup_packet(dir, &two),
+        Err(Error::Malformed(_))
+    ));
 }
 
 fn ip6(s: &str) -> [u8; 16] {

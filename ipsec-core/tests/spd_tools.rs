@@ -540,6 +540,200 @@ action = "bypass"
     assert_eq!(codes(&f, "shadowed"), ["deny"], "{}", show(&f));
 }
 
+const RDP_PROTECT: &str = r#"
+[[policy]]
+name = "rdp"
+direction = "both"
+local = "10.0.0.0/24"
+remote = "10.1.0.0/16"
+protocol = "tcp"
+local_port = 3389
+action = "protect"
+sa = ["o", "i"]
+"#;
+
+#[test]
+fn fragment_bypass_after_a_port_specific_protect() {
+    // The issue's policy: PROTECT tcp/3389 between two subnets, then BYPASS any.
+    let f = spd(&format!(
+        "{RDP_PROTECT}
+[[policy]]
+name = \"rest\"
+direction = \"both\"
+action = \"bypass\"
+"
+    ))
+    .lint();
+    assert_eq!(codes(&f, "fragment-bypass"), ["rest"], "{}", show(&f));
+    let x = f.iter().find(|x| x.code == "fragment-bypass").unwrap();
+    assert_eq!(x.severity, Severity::Warning);
+    for needle in [
+        "follows the PROTECT \"rdp\" (tcp local_port = 3389)",
+        "non-first fragments carry no ports",
+        "10.0.0.0 -> 10.1.0.0 tcp fragments",
+        "fragment_unresolved",
+        "with ports \"any\"",
+        "RFC 4301 §7",
+    ] {
+        assert!(
+            x.message.contains(needle),
+            "{needle:?} not in {}",
+            x.message
+        );
+    }
+    // ICMP type selectors are the same story.
+    let f = spd(r#"
+[[policy]]
+name = "ping"
+direction = "outbound"
+local = "10.0.0.0/24"
+protocol = "icmp"
+icmp_type = 8
+action = "protect"
+sa = "o"
+[[policy]]
+name = "rest"
+direction = "outbound"
+action = "bypass"
+"#)
+    .lint();
+    assert_eq!(codes(&f, "fragment-bypass"), ["rest"], "{}", show(&f));
+    assert!(
+        f.iter()
+            .any(|x| x.code == "fragment-bypass" && x.message.contains("icmp_type = 8")),
+        "{}",
+        show(&f)
+    );
+}
+
+#[test]
+fn fragment_bypass_is_quiet_when_fragments_cannot_reach_the_bypass() {
+    for (what, rules) in [
+        (
+            "another protocol",
+            "[[policy]]\nname = \"b\"\ndirection = \"both\"\nprotocol = \"udp\"\naction = \"bypass\"\n",
+        ),
+        (
+            "other addresses",
+            "[[policy]]\nname = \"b\"\ndirection = \"both\"\nremote = \"10.2.0.0/16\"\naction = \"bypass\"\n",
+        ),
+        (
+            "a port-any DISCARD of the protocol in between",
+            "[[policy]]\nname = \"no-tcp\"\ndirection = \"both\"\nlocal = \"10.0.0.0/24\"\n\
+             remote = \"10.1.0.0/16\"\nprotocol = \"tcp\"\naction = \"discard\"\n\
+             [[policy]]\nname = \"b\"\ndirection = \"both\"\naction = \"bypass\"\n",
+        ),
+        (
+            "a port-specific BYPASS",
+            "[[policy]]\nname = \"b\"\ndirection = \"both\"\nprotocol = \"tcp\"\n\
+             remote_port = 80\naction = \"bypass\"\n",
+        ),
+        (
+            "a DISCARD rather than a BYPASS",
+            "[[policy]]\nname = \"b\"\ndirection = \"both\"\nprotocol = \"tcp\"\naction = \"discard\"\n",
+        ),
+        (
+            "a BYPASS of the other direction only",
+            "[[policy]]\nname = \"b\"\ndirection = \"inbound\"\naction = \"bypass\"\n",
+        ),
+    ] {
+        let protect = if what.contains("other direction") {
+            RDP_PROTECT
+                .replace("\"both\"", "\"outbound\"")
+                .replace("[\"o\", \"i\"]", "\"o\"")
+        } else {
+            RDP_PROTECT.to_string()
+        };
+        let f = spd(&format!("{protect}{rules}")).lint();
+        assert!(
+            codes(&f, "fragment-bypass").is_empty(),
+            "{what}:\n{}",
+            show(&f)
+        );
+    }
+    // A PROTECT with ports "any" covers the fragments itself.
+    let f = spd(&format!(
+        "{}[[policy]]\nname = \"b\"\ndirection = \"both\"\naction = \"bypass\"\n",
+        RDP_PROTECT.replace("local_port = 3389\n", "")
+    ))
+    .lint();
+    assert!(codes(&f, "fragment-bypass").is_empty(), "{}", show(&f));
+}
+
+#[test]
+fn cases_without_ports_are_non_first_fragments() {
+    let spd = spd(&format!(
+        "{RDP_PROTECT}
+[[policy]]
+name = \"rest\"
+direction = \"both\"
+action = \"bypass\"
+"
+    ));
+    let report = spd
+        .run_cases(
+            r#"
+[[case]]
+name = "a later RDP fragment is not bypassed"
+direction = "inbound"
+src = "10.1.0.7"
+dst = "10.0.0.10"
+protocol = "tcp"
+expect = "bypass"
+
+[[case]]
+name = "it is dropped"
+direction = "inbound"
+src = "10.1.0.7"
+dst = "10.0.0.10"
+protocol = "tcp"
+expect = "discard"
+
+[[case]]
+name = "a later UDP fragment is rest's"
+direction = "inbound"
+src = "10.1.0.7"
+dst = "10.0.0.10"
+protocol = "udp"
+expect = "bypass"
+policy = "rest"
+
+[[case]]
+name = "a whole RDP packet"
+direction = "inbound"
+src = "10.1.0.7"
+dst = "10.0.0.10"
+protocol = "tcp"
+src_port = 50000
+dst_port = 3389
+expect = "protect"
+"#,
+        )
+        .unwrap();
+    let o = &report.outcomes;
+    assert_eq!(
+        o.iter().map(|c| c.passed).collect::<Vec<_>>(),
+        [false, true, true, true],
+        "{report}"
+    );
+    assert_eq!(
+        (o[0].action, o[0].policy.as_deref()),
+        (Action::Discard, None)
+    );
+    assert!(
+        o[0].message.contains("non-first fragment")
+            && o[0].message.contains("\"rdp\"")
+            && o[0].message.contains("fragment_unresolved"),
+        "{}",
+        o[0].message
+    );
+    assert!(
+        o[2].message.contains("as a non-first fragment"),
+        "{}",
+        o[2].message
+    );
+}
+
 #[test]
 fn branch_office_lint() {
     let f = branch_office().lint();

@@ -1,14 +1,15 @@
 //! A gateway's whole IPsec data path (`ipsec_core::Gateway`): the SPD and the SAs its
 //! `[[sa]]` tables describe, outbound classification and encryption, inbound
 //! reassembly of outer ESP fragments and decryption by SPI with the RFC 4301 §5.2
-//! policy check.
+//! policy check, and fragments decided with the core's stateful fragment checking
+//! (RFC 4301 §7; limits set with `ipsec_gateway_set_fragment_limits`).
 
 use core::ffi::c_char;
 use std::collections::HashMap;
 use std::ffi::CString;
 
 use ipsec_core::gateway::{Inbound, Outbound};
-use ipsec_core::{Gateway, PacketBuf, Spd};
+use ipsec_core::{FragmentLimits, Gateway, PacketBuf, Spd};
 
 use crate::boundary::{bad_descriptor, boundary, call, config_error, fail, invalid, packet_error};
 use crate::handle::{
@@ -308,6 +309,14 @@ fn unknown_verdict() -> ipsec_status {
 /// statuses as `ipsec_sa_encrypt`. Every drop is counted (on the SA, or on the
 /// gateway's own `ipsec_gateway_get_stats`).
 ///
+/// Fragments (RFC 4301 §7): a first fragment is classified like a whole packet and its
+/// decision remembered; the datagram's later fragments get the same one (encrypted
+/// with the same SA, each as its own ESP packet). `IPSEC_ERR_FRAGMENT_TOO_SHORT` for a
+/// first fragment too short to hold its transport header (RFC 3128),
+/// `IPSEC_ERR_FRAGMENT_OVERLAP` for a fragment overlapping it (RFC 1858, RFC 5722), and
+/// `IPSEC_ERR_FRAGMENT_UNRESOLVED` for a later fragment whose first fragment was not seen
+/// and that a port-specific policy may cover.
+///
 /// # Safety
 ///
 /// `gateway` is a live gateway used by no other thread during the call; `buf` points to
@@ -491,7 +500,11 @@ pub unsafe extern "C" fn ipsec_gateway_handle_icmp(
 /// (RFC 4301 §5.2); cleartext passes unchanged only under a BYPASS policy. Statuses as
 /// `ipsec_sa_decrypt`, plus `IPSEC_ERR_UNKNOWN_SPI` (no SA has the SPI),
 /// `IPSEC_ERR_POLICY_MISMATCH` (inner packet outside the SA's policy, or cleartext that
-/// must be protected) and `IPSEC_ERR_POLICY_DISCARD`.
+/// must be protected) and `IPSEC_ERR_POLICY_DISCARD`. Cleartext fragments, and inner
+/// packets that are fragments, as `ipsec_gateway_outbound` says (an inner later
+/// fragment is accepted under the policy its first fragment was accepted under on the
+/// same SA): `IPSEC_ERR_FRAGMENT_TOO_SHORT`, `IPSEC_ERR_FRAGMENT_OVERLAP`,
+/// `IPSEC_ERR_FRAGMENT_UNRESOLVED`.
 ///
 /// Outer fragments of ESP (IPv4 fragments of ESP or UDP, IPv6 fragments whose Fragment
 /// header names ESP or UDP) are reassembled first, as `ipsec_reassembler_insert` does:
@@ -518,9 +531,37 @@ pub unsafe extern "C" fn ipsec_gateway_inbound(
     call(|| unsafe { process(gateway, buf, capacity, offset, length, now_ns, out, Way::In) })
 }
 
+/// Sets the limits of the gateway's memory of first fragments (stateful fragment
+/// checking, RFC 4301 §7.3, §7.4): at most `max_datagrams` datagrams (0 turns it off:
+/// every later fragment gets the stateless answer), each remembered for `lifetime_ns`
+/// nanoseconds after its first fragment, by the `now_ns` of the packet calls. What it
+/// held is forgotten. The defaults are 4096 datagrams and 30 seconds; the memory
+/// (80 bytes a datagram) is allocated here, once. `IPSEC_ERR_CONFIG` when
+/// `max_datagrams` is above 1048576 (2^20).
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_set_fragment_limits(
+    gateway: *mut ipsec_gateway,
+    max_datagrams: usize,
+    lifetime_ns: u64,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let h = unsafe { borrow_mut(gateway, "gateway") }?;
+        let limits =
+            FragmentLimits::new(max_datagrams, now(lifetime_ns)).map_err(|e| config_error(&e))?;
+        h.gateway.set_fragment_limits(limits);
+        Ok(())
+    })
+}
+
 /// The gateway's own counters: drops that belong to no SA (unknown SPI, policy
-/// discard, unprotected cleartext, packets too malformed to classify, outer fragments
-/// dropped, reassembled datagrams that did not fit the buffer).
+/// discard, unprotected cleartext, cleartext fragments dropped, packets too malformed
+/// to classify, outer fragments dropped, reassembled datagrams that did not fit the
+/// buffer).
 ///
 /// # Safety
 ///

@@ -405,7 +405,13 @@ pub unsafe extern "C" fn ipsec_spd_lookup(
 
 /// Reads the selectors of the IPv4/IPv6 packet `packet[0 .. len]` (`direction`: an
 /// `ipsec_direction` value), looks them up and writes the answer into `*out`.
-/// `IPSEC_ERR_MALFORMED` when the packet cannot be read.
+/// `IPSEC_ERR_MALFORMED` when the packet cannot be read. Fragments are answered as the
+/// gateway answers them without fragment state: `IPSEC_ERR_FRAGMENT_TOO_SHORT` for a
+/// first fragment too short to hold its transport header (RFC 3128),
+/// `IPSEC_ERR_FRAGMENT_OVERLAP` for a fragment that would overwrite it (RFC 1858), and
+/// `IPSEC_ERR_FRAGMENT_UNRESOLVED` for a non-first fragment that a port-specific policy
+/// may cover (RFC 4301 §7); a non-first fragment that the first policy that could match
+/// it decides regardless of ports gets that policy's answer.
 ///
 /// # Safety
 ///
@@ -426,10 +432,7 @@ pub unsafe extern "C" fn ipsec_spd_lookup_packet(
         let direction = direction_from(direction, "direction")?;
         // SAFETY: caller's contract.
         let pkt = unsafe { bytes(packet, len, "packet") }?;
-        let d = h
-            .spd
-            .lookup_packet(direction, pkt)
-            .map_err(|m| packet_error(ipsec_core::Error::Malformed(m)))?;
+        let d = h.spd.lookup_packet(direction, pkt).map_err(packet_error)?;
         let d = h.decision(&d, direction);
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out.write(d) };

@@ -631,6 +631,137 @@ fn gateway_protects_and_discards() {
     }
 }
 
+/// An IPv4 TCP fragment 10.0.0.10 -> 10.1.0.7 (outbound under `POLICY`) of datagram
+/// 0x77 at `offset`, with `data`, placed at byte 64 of a 200-byte buffer.
+fn fragment(offset: u16, more: bool, data: &[u8]) -> ([u8; 200], usize) {
+    let mut buf = [0u8; 200];
+    let len = 20 + data.len();
+    let flags = (offset / 8) | if more { 0x2000 } else { 0 };
+    buf[64..84].copy_from_slice(&[
+        0x45,
+        0,
+        0,
+        len as u8,
+        0,
+        0x77,
+        (flags >> 8) as u8,
+        flags as u8,
+        64,
+        6,
+        0,
+        0,
+        10,
+        0,
+        0,
+        10,
+        10,
+        1,
+        0,
+        7,
+    ]);
+    ipsec_core::packet::set_ipv4_checksum(&mut buf[64..84]);
+    buf[84..84 + data.len()].copy_from_slice(data);
+    (buf, len)
+}
+
+#[test]
+fn gateway_fragments_statuses_counters_and_limits() {
+    // The policy: PROTECT tcp/3389, then BYPASS the rest.
+    let policy = POLICY.replace(
+        "name = \"rest\"\ndirection = \"both\"\naction = \"discard\"",
+        "name = \"rest\"\ndirection = \"both\"\naction = \"bypass\"",
+    );
+    assert_ne!(policy, POLICY);
+    let mut gw = null_mut();
+    let run = |gw: *mut ipsec_gateway, offset: u16, more: bool, data: &[u8]| {
+        let (mut buf, len) = fragment(offset, more, data);
+        let (mut off, mut len) = (64usize, len);
+        let mut r = core::mem::MaybeUninit::uninit();
+        // SAFETY: a live gateway; the buffer is valid for its capacity.
+        let st = unsafe {
+            ipsec_gateway_outbound(
+                gw,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut off,
+                &mut len,
+                T0,
+                r.as_mut_ptr(),
+            )
+        };
+        // SAFETY: written on success.
+        (
+            st,
+            (st == ipsec_status::IPSEC_OK).then(|| unsafe { r.assume_init() }.verdict),
+        )
+    };
+    let mut tcp = [0u8; 24];
+    tcp[..4].copy_from_slice(&[0x0d, 0x3d, 0xc3, 0x50]); // 3389 -> 50000
+    tcp[12] = 0x50;
+    // SAFETY: the policy text is valid; every handle freed once.
+    unsafe {
+        assert_eq!(
+            ipsec_gateway_new(policy.as_ptr().cast(), policy.len(), T0, &mut gw),
+            ipsec_status::IPSEC_OK
+        );
+        // A later fragment whose first fragment was not seen: not bypassed.
+        assert_eq!(
+            run(gw, 24, false, &[0; 16]).0,
+            ipsec_status::IPSEC_ERR_FRAGMENT_UNRESOLVED
+        );
+        // A tiny first fragment, and a fragment at offset 8.
+        assert_eq!(
+            run(gw, 0, true, &tcp[..8]).0,
+            ipsec_status::IPSEC_ERR_FRAGMENT_TOO_SHORT
+        );
+        assert_eq!(
+            run(gw, 8, true, &[0; 16]).0,
+            ipsec_status::IPSEC_ERR_FRAGMENT_OVERLAP
+        );
+        // The first fragment, then its later one: both encrypted.
+        let protected = Some(ipsec_verdict::IPSEC_VERDICT_PROTECTED as u32);
+        assert_eq!(run(gw, 0, true, &tcp), (ipsec_status::IPSEC_OK, protected));
+        assert_eq!(
+            run(gw, 24, false, &[0; 16]),
+            (ipsec_status::IPSEC_OK, protected)
+        );
+        let mut s = core::mem::MaybeUninit::uninit();
+        assert_eq!(
+            ipsec_gateway_get_stats(gw, s.as_mut_ptr()),
+            ipsec_status::IPSEC_OK
+        );
+        let s = s.assume_init();
+        assert_eq!(
+            (
+                s.fragment_unresolved,
+                s.fragment_too_short,
+                s.fragment_overlap
+            ),
+            (1, 1, 1)
+        );
+        // Limits: too many is a configuration error; none turns the memory off.
+        assert_eq!(
+            ipsec_gateway_set_fragment_limits(gw, (1 << 20) + 1, 1_000_000_000),
+            ipsec_status::IPSEC_ERR_CONFIG
+        );
+        assert!(last_error().contains("max_datagrams"), "{}", last_error());
+        assert_eq!(
+            ipsec_gateway_set_fragment_limits(gw, 0, 1_000_000_000),
+            ipsec_status::IPSEC_OK
+        );
+        assert_eq!(run(gw, 0, true, &tcp), (ipsec_status::IPSEC_OK, protected));
+        assert_eq!(
+            run(gw, 24, false, &[0; 16]).0,
+            ipsec_status::IPSEC_ERR_FRAGMENT_UNRESOLVED
+        );
+        assert_eq!(
+            ipsec_gateway_set_fragment_limits(null_mut(), 16, 0),
+            ipsec_status::IPSEC_ERR_INVALID_ARGUMENT
+        );
+        ipsec_gateway_free(gw);
+    }
+}
+
 #[test]
 fn bool_fields_holding_other_bytes_are_refused_not_read() {
     let mut raw =

@@ -18,7 +18,10 @@
 //! other reason raises the exception of the core's error: `PolicyMismatchError` for an
 //! inner packet outside its SA's selectors (RFC 4301 §5.2, counted on the SA) and for
 //! cleartext that a PROTECT policy covers (counted on the gateway), `AuthenticationError`,
-//! `ReplayError`, `UnknownSpiError`, `MalformedPacketError`, ...
+//! `ReplayError`, `UnknownSpiError`, `MalformedPacketError`, ..., and `FragmentError`
+//! for a fragment the core's stateful fragment checking drops (RFC 4301 §7; `.reason`
+//! `fragment_too_short`, `fragment_overlap` or `fragment_unresolved`, counted on the
+//! gateway for cleartext and on the SA for an inner packet).
 
 use crate::convert;
 use crate::errors::{Failure, IpsecError};
@@ -31,7 +34,7 @@ use core::ops::Range;
 use core::time::Duration;
 use ipsec_core::gateway::{Inbound, Outbound};
 use ipsec_core::reassembly::MAX_DATAGRAM_LEN;
-use ipsec_core::{Direction, Error, Gateway, PacketBuf, SpareBuffers, Spd};
+use ipsec_core::{Direction, Error, FragmentLimits, Gateway, PacketBuf, SpareBuffers, Spd};
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -481,9 +484,35 @@ impl PyGateway {
         self.many(py, Direction::Inbound, packets, now)
     }
 
+    /// Sets the limits of the gateway's memory of first fragments (stateful fragment
+    /// checking, RFC 4301 §7.3/§7.4): at most `max_datagrams` datagrams (0 turns it
+    /// off), each remembered for `lifetime` seconds after its first fragment (by the
+    /// `now` of the packet calls). What it held is forgotten.
+    #[pyo3(signature = (*, max_datagrams, lifetime))]
+    fn set_fragment_limits(
+        &self,
+        py: Python<'_>,
+        max_datagrams: &Bound<'_, PyAny>,
+        lifetime: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let max = convert::int::<u32>(max_datagrams, "max_datagrams", convert::Bad::Config)?;
+        let lifetime = convert::opt_seconds(Some(lifetime), "lifetime", convert::Bad::Config)?
+            .unwrap_or_default();
+        let limits = FragmentLimits::new(max as usize, lifetime).map_err(Failure::from)?;
+        self.lock(py)?.gateway.set_fragment_limits(limits);
+        Ok(())
+    }
+
+    /// `(max_datagrams, lifetime in seconds)` of the memory of first fragments.
+    #[getter]
+    fn fragment_limits(&self, py: Python<'_>) -> PyResult<(usize, f64)> {
+        let l = self.lock(py)?.gateway.fragment_limits();
+        Ok((l.max_datagrams(), l.lifetime().as_secs_f64()))
+    }
+
     /// The gateway's own counters (drops that belong to no SA: unknown SPI, policy
-    /// discard, unprotected cleartext, unparseable packets, dropped outer fragments), in
-    /// the shape of `SecurityAssociation.stats`.
+    /// discard, unprotected cleartext, cleartext fragments dropped, unparseable
+    /// packets, dropped outer fragments), in the shape of `SecurityAssociation.stats`.
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stats = *self.lock(py)?.gateway.stats();

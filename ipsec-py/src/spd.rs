@@ -481,7 +481,9 @@ impl PySpd {
         Ok(self.spd.lookup(&flow).into())
     }
 
-    /// Reads the selectors of an IP packet and looks them up.
+    /// Reads the selectors of an IP packet and looks them up; fragments are answered as
+    /// the gateway answers them without fragment state (`FragmentError` for a tiny or
+    /// overlapping fragment, or a non-first fragment a port-specific policy may cover).
     fn lookup_packet(
         &self,
         direction: &Bound<'_, PyAny>,

@@ -469,3 +469,224 @@ def test_gateway_batches_release_the_gil(
     assert count > 0
     assert len(results) == 1 and len(results[0]) == len(batch)
     assert branch.sa_stats("b1-to-ho")["packets"] == len(batch)
+
+
+# --- fragments (RFC 4301 section 7, RFC 1858, RFC 3128) -------------------------------
+# The policy of issue 10: PROTECT tcp/3389 (and ICMP echo requests) between two subnets,
+# then BYPASS everything. Packets and fragments are made with scapy.
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP, defragment, fragment  # noqa: E402
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6  # noqa: E402
+from scapy.packet import Raw  # noqa: E402
+
+FRAG_KEYS = ("00" * 16 + "01020304", "11" * 16 + "05060708")
+SERVER, CLIENT = "10.0.0.10", "10.1.0.5"
+SERVER6, CLIENT6 = "2001:db8::10", "2001:db8:1::5"
+
+
+def fragment_policy(hq: bool) -> str:
+    """The head office's policy, or the branch's mirror image of it."""
+    local, remote = ("10.0.0.0/24", "10.1.0.0/24") if hq else ("10.1.0.0/24", "10.0.0.0/24")
+    local6, remote6 = (
+        ("2001:db8::/64", "2001:db8:1::/64") if hq else ("2001:db8:1::/64", "2001:db8::/64")
+    )
+    port_key = "local_port" if hq else "remote_port"
+    out_key, in_key = FRAG_KEYS if hq else FRAG_KEYS[::-1]
+    out_spi, in_spi = (0x1001, 0x2001) if hq else (0x2001, 0x1001)
+    src, dst = (HQ_GW, B1_GW) if hq else (B1_GW, HQ_GW)
+    return f"""
+[[policy]]
+name = "rdp"
+direction = "both"
+local = ["{local}", "{local6}"]
+remote = ["{remote}", "{remote6}"]
+protocol = "tcp"
+{port_key} = 3389
+action = "protect"
+sa = ["out", "in"]
+
+[[policy]]
+name = "ping"
+direction = "both"
+local = "{local}"
+remote = "{remote}"
+protocol = "icmp"
+icmp_type = 8
+action = "protect"
+sa = ["out", "in"]
+
+[[policy]]
+name = "rest"
+direction = "both"
+action = "bypass"
+
+[[sa]]
+name = "out"
+spi = {out_spi}
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "{out_key}"
+tunnel_src = "{src}"
+tunnel_dst = "{dst}"
+
+[[sa]]
+name = "in"
+spi = {in_spi}
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "{in_key}"
+"""
+
+
+def fragment_gateways() -> tuple[ipsec.Gateway, ipsec.Gateway]:
+    """(head office, branch) with the issue's policy."""
+    return (
+        ipsec.Gateway.from_toml(fragment_policy(True), now=T0),
+        ipsec.Gateway.from_toml(fragment_policy(False), now=T0),
+    )
+
+
+def fragment_drop(gw: ipsec.Gateway, way: str, packet: bytes) -> str:
+    """The reason a fragment is refused (it must be refused)."""
+    call = gw.inbound if way == "inbound" else gw.outbound
+    with pytest.raises(ipsec.FragmentError) as e:
+        call(packet, now=T0)
+    reason = getattr(e.value, "reason")
+    assert isinstance(reason, str)
+    return reason
+
+
+def test_tiny_and_overlapping_cleartext_fragments_are_dropped_not_bypassed() -> None:
+    hq, _ = fragment_gateways()
+    rdp = bytes(TCP(sport=50000, dport=3389, flags="S"))
+    # The same flow unfragmented is refused in the clear: it must come through ESP.
+    whole = bytes(IP(src=CLIENT, dst=SERVER, id=1) / TCP(sport=50000, dport=3389))
+    with pytest.raises(ipsec.PolicyMismatchError):
+        hq.inbound(whole, now=T0)
+    # A cleartext first fragment carrying 2 bytes of TCP header (RFC 3128)...
+    tiny = bytes(IP(src=CLIENT, dst=SERVER, id=2, proto=6, flags="MF", frag=0) / Raw(rdp[:2]))
+    assert fragment_drop(hq, "inbound", tiny) == "fragment_too_short"
+    # ... or 8 (ports, no flags: RFC 1858 wants 16).
+    eight = bytes(IP(src=CLIENT, dst=SERVER, id=3, proto=6, flags="MF", frag=0) / Raw(rdp[:8]))
+    assert fragment_drop(hq, "inbound", eight) == "fragment_too_short"
+    # A fragment at offset 8 (fragment offset 1) overlapping the first one's TCP header.
+    at8 = bytes(IP(src=CLIENT, dst=SERVER, id=4, proto=6, frag=1) / Raw(b"\x0d\x3d" + b"\0" * 14))
+    assert fragment_drop(hq, "inbound", at8) == "fragment_overlap"
+    # A UDP datagram: UDP fragments are put back together before any decision (a later
+    # one cannot show whether it is ESP in UDP), and one that overlaps another drops the
+    # whole datagram (RFC 5722): the held first fragment and the overlapping one.
+    udp_frags = fragment(
+        IP(src=CLIENT, dst=SERVER, id=5) / UDP(sport=5353, dport=53) / Raw(b"q" * 40), fragsize=16
+    )
+    assert hq.inbound(bytes(udp_frags[0]), now=T0).action == "reassembling"
+    overlap = bytes(IP(src=CLIENT, dst=SERVER, id=5, proto=17, flags="MF", frag=1) / Raw(b"x" * 16))
+    assert fragment_drop(hq, "inbound", overlap) == "fragment_overlap"
+    stats = hq.stats
+    assert (stats["fragment_too_short"], stats["fragment_overlap"]) == (2, 1 + 2)
+    assert stats["policy_mismatch"] == 1
+
+
+def test_later_fragments_of_a_protected_flow_leave_encrypted_with_its_sa() -> None:
+    hq, branch = fragment_gateways()
+    datagram = IP(src=SERVER, dst=CLIENT, id=0x4242) / TCP(sport=3389, dport=50000) / Raw(
+        bytes(range(200))
+    )
+    frags = fragment(datagram, fragsize=64)
+    assert len(frags) == 4
+    received = []
+    for f in frags:
+        v = hq.outbound(bytes(f), now=T0)
+        assert (v.action, v.policy, v.sa) == ("protect", "rdp", "out"), f.summary()
+        assert v.packet is not None and IP(v.packet).proto == 50
+        # The branch decrypts each fragment and accepts it under the datagram's policy.
+        back = branch.inbound(v.packet, now=T0)
+        assert (back.action, back.policy, back.sa) == ("protect", "rdp", "in")
+        assert back.packet == bytes(f)
+        received.append(IP(back.packet))
+    assert bytes(defragment(received)[0]) == bytes(datagram)
+    assert hq.sa_stats("out")["packets"] == 4 and branch.sa_stats("in")["packets"] == 4
+    # A later fragment whose first fragment the gateway never saw: "rdp" may cover it,
+    # so it is dropped rather than bypassed in the clear.
+    stray = fragment(IP(src=SERVER, dst=CLIENT, id=0x4343) / TCP(sport=3389) / Raw(bytes(200)), 64)
+    assert fragment_drop(hq, "outbound", bytes(stray[2])) == "fragment_unresolved"
+    assert hq.stats["fragment_unresolved"] == 1
+    # A later UDP fragment between the subnets: certainly "rest"'s.
+    udp = fragment(IP(src=SERVER, dst=CLIENT, id=0x4444) / UDP() / Raw(bytes(200)), 64)
+    assert hq.outbound(bytes(udp[2]), now=T0).action == "bypass"
+    # The batch call answers the same way.
+    results = hq.outbound_many([bytes(stray[1]), bytes(udp[1])], now=T0)
+    assert isinstance(results[0], ipsec.FragmentError)
+    assert getattr(results[0], "reason") == "fragment_unresolved"
+    assert isinstance(results[1], ipsec.GatewayVerdict) and results[1].action == "bypass"
+
+
+def test_icmp_and_ipv6_fragments() -> None:
+    hq, branch = fragment_gateways()
+    echo = fragment(IP(src=SERVER, dst=CLIENT, id=7) / ICMP(type=8) / Raw(bytes(100)), 48)
+    for f in echo:
+        v = hq.outbound(bytes(f), now=T0)
+        assert (v.action, v.policy) == ("protect", "ping")
+        assert v.packet is not None
+        assert branch.inbound(v.packet, now=T0).policy == "ping"
+    tiny = bytes(IP(src=SERVER, dst=CLIENT, id=8, proto=1, flags="MF") / Raw(b"\x08\x00\x00\x00"))
+    assert fragment_drop(hq, "outbound", tiny) == "fragment_too_short"
+    lone = fragment(IP(src=SERVER, dst=CLIENT, id=9) / ICMP(type=8) / Raw(bytes(100)), 48)[1]
+    assert fragment_drop(hq, "outbound", bytes(lone)) == "fragment_unresolved"
+
+    # IPv6: a Fragment header, made by scapy's fragment6.
+    datagram6 = (
+        IPv6(src=SERVER6, dst=CLIENT6)
+        / IPv6ExtHdrFragment(id=0xBEEF)
+        / TCP(sport=3389, dport=50000)
+        / Raw(bytes(300))
+    )
+    frags6 = fragment6(datagram6, 160)
+    assert len(frags6) > 1
+    for f in frags6:
+        v = hq.outbound(bytes(f), now=T0)
+        assert (v.action, v.policy, v.sa) == ("protect", "rdp", "out")
+        assert v.packet is not None
+        assert branch.inbound(v.packet, now=T0).packet == bytes(f)
+    lone6 = fragment6(
+        IPv6(src=SERVER6, dst=CLIENT6) / IPv6ExtHdrFragment(id=0xF00D) / TCP() / Raw(bytes(300)),
+        160,
+    )[1]
+    assert fragment_drop(hq, "outbound", bytes(lone6)) == "fragment_unresolved"
+
+
+def test_fragment_limits_are_settable() -> None:
+    hq, _ = fragment_gateways()
+    assert hq.fragment_limits == (4096, 30.0)
+    frags = fragment(IP(src=SERVER, dst=CLIENT, id=11) / TCP(sport=3389) / Raw(bytes(200)), 64)
+    assert hq.outbound(bytes(frags[0]), now=T0).action == "protect"
+    # After the lifetime the first fragment is forgotten: the stateless answer.
+    assert hq.outbound(bytes(frags[1]), now=T0 + 29.0).action == "protect"
+    later = hq.outbound_many([bytes(frags[2])], now=T0 + 30.0)
+    assert isinstance(later[0], ipsec.FragmentError)
+    assert getattr(later[0], "reason") == "fragment_unresolved"
+    # No memory at all.
+    hq.set_fragment_limits(max_datagrams=0, lifetime=30.0)
+    assert hq.fragment_limits == (0, 30.0)
+    again = fragment(IP(src=SERVER, dst=CLIENT, id=12) / TCP(sport=3389) / Raw(bytes(200)), 64)
+    assert hq.outbound(bytes(again[0]), now=T0).action == "protect"
+    assert fragment_drop(hq, "outbound", bytes(again[1])) == "fragment_unresolved"
+    with pytest.raises(ipsec.ConfigError, match="max_datagrams"):
+        hq.set_fragment_limits(max_datagrams=(1 << 20) + 1, lifetime=1.0)
+    with pytest.raises(ipsec.ConfigError, match="lifetime"):
+        hq.set_fragment_limits(max_datagrams=16, lifetime=-1.0)
+    with pytest.raises(TypeError):
+        hq.set_fragment_limits(max_datagrams="16", lifetime=1.0)  # type: ignore[arg-type]
+
+
+def test_spd_lookup_packet_answers_fragments_as_the_gateway_does() -> None:
+    spd = ipsec.Spd.from_toml(fragment_policy(True))
+    first, later = fragment(IP(src=CLIENT, dst=SERVER, id=13) / TCP(dport=3389) / Raw(bytes(99)), 64)[:2]
+    assert spd.lookup_packet("inbound", bytes(first)).policy == "rdp"
+    with pytest.raises(ipsec.FragmentError) as e:
+        spd.lookup_packet("inbound", bytes(later))
+    assert getattr(e.value, "reason") == "fragment_unresolved"
+    tiny = bytes(IP(src=CLIENT, dst=SERVER, proto=6, flags="MF") / Raw(b"\x01\x02"))
+    with pytest.raises(ipsec.FragmentError, match="too short"):
+        spd.lookup_packet("inbound", tiny)

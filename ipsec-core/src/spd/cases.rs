@@ -18,12 +18,18 @@
 //!
 //! Unknown keys are rejected; every error names the case (`case "NAME"` or `case #N`)
 //! and the key.
+//!
+//! A TCP, UDP or SCTP case without ports (or an ICMP case without type and code) is a
+//! **non-first fragment**, and is answered as the gateway answers one whose first
+//! fragment it has not seen ([`Spd::lookup_as_packet`]): by the first policy that could
+//! match it if that policy does not look at ports, otherwise DISCARD with no policy
+//! (dropped as `fragment_unresolved`). The boundary probes are answered the same way.
 
 use crate::error::ConfigError;
 use crate::sa::Direction;
 use crate::spd::lint::Geometry;
 use crate::spd::selector::{has_ports, is_icmp, parse_protocol};
-use crate::spd::{Action, AddrSet, Flow, Policy, Spd};
+use crate::spd::{Action, AddrSet, Decision, Flow, FragmentDecision, Policy, Spd};
 use core::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use toml::Value;
@@ -422,13 +428,9 @@ impl Spd {
                 None => (format!("case #{}", i + 1), format!("case #{}", i + 1)),
             };
             let case = parse_case(t, name, &label)?;
-            let d = self.lookup(&case.flow);
+            let (d, matched) = self.answer(&case.flow);
             let policy_ok = case.policy.as_deref().is_none_or(|p| d.policy == Some(p));
             let passed = d.action == case.expect && policy_ok;
-            let matched = match d.policy {
-                Some(p) => format!("matched policy {p:?} (action {})", d.action),
-                None => "matched no policy (implicit discard)".to_string(),
-            };
             let flow = flow_text(&case.flow);
             let message = if passed {
                 format!("{flow}: {matched}")
@@ -452,6 +454,37 @@ impl Spd {
             });
         }
         Ok(CaseReport { outcomes })
+    }
+
+    /// The decision for a case's flow ([`Spd::lookup_as_packet`]) and what happened,
+    /// in words: `matched policy "x" (action bypass)`, ...
+    fn answer(&self, flow: &Flow) -> (Decision<'_>, String) {
+        let fragment = if flow.ports_unknown() {
+            " as a non-first fragment (no ports)"
+        } else {
+            ""
+        };
+        match self.lookup_as_packet(flow) {
+            FragmentDecision::Decided(d) => {
+                let m = match d.policy {
+                    Some(p) => format!("matched policy {p:?}{fragment} (action {})", d.action),
+                    None => format!("matched no policy{fragment} (implicit discard)"),
+                };
+                (d, m)
+            }
+            FragmentDecision::Unresolved { could_match } => {
+                let by = match could_match.and_then(|d| d.policy) {
+                    Some(p) => format!("policy {p:?}, which looks at ports,"),
+                    None => "a policy (its upper-layer protocol is hidden)".into(),
+                };
+                let m = format!(
+                    "was dropped as a non-first fragment (no ports) that {by} may cover and \
+                     that cannot be decided without its first fragment \
+                     (fragment_unresolved, action discard)"
+                );
+                (Decision::NO_MATCH, m)
+            }
+        }
     }
 
     /// Boundary probes: for each policy and each direction it serves, a flow inside it
@@ -489,7 +522,10 @@ impl Spd {
     fn probe_policy(&self, p: &Policy, d: Direction, v6: bool, base: Point, out: &mut Vec<Probe>) {
         let mut add = |sel: &'static str, inside: bool, description: String, pt: Point| {
             let flow = pt.flow(d);
-            let dec = self.lookup(&flow);
+            let dec = self
+                .lookup_as_packet(&flow)
+                .decided()
+                .unwrap_or(Decision::NO_MATCH);
             out.push(Probe {
                 policy: p.name.clone(),
                 selector: sel,

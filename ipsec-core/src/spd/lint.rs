@@ -12,6 +12,7 @@
 //! | `ike-blocked` | error | IKE (UDP 500, and UDP 4500 with NAT-T) between the tunnel endpoints is discarded or would be encrypted by the policy itself |
 //! | `protocol-number-as-port` | warning | TCP/UDP port 50 or 51: ESP and AH are IP protocols 50 and 51, not ports |
 //! | `any-any-bypass` | warning | a BYPASS rule with any addresses, protocol and ports |
+//! | `fragment-bypass` | warning | a BYPASS with ports "any" after a port-specific (or ICMP type-specific) PROTECT of overlapping addresses and protocol: non-first fragments of the protected traffic carry no ports and would reach the BYPASS (see below) |
 //! | `incomplete` | info | the exact shadow analysis of a policy hit its work bound and was not finished |
 //!
 //! # The exact shadow check
@@ -45,6 +46,18 @@
 //! worse than enumerating the grid and usually far better. The scan steps are counted;
 //! past [`WORK_BOUND`] per policy the analysis stops and an `incomplete` Info finding
 //! says so instead of guessing.
+//!
+//! # `fragment-bypass`
+//!
+//! A non-first fragment carries no ports (RFC 4301 §7): it is the flow with `a` and `b`
+//! OPAQUE. For a PROTECT policy `p` that selects on ports or ICMP fields and a later
+//! BYPASS `q` that does not, the finding is raised when some non-first fragment that
+//! `p` could cover (its addresses and protocol, OPAQUE ports) is matched first by `q`
+//! among the rules that match OPAQUE ports: exactly the fragments an implementation
+//! without fragment state would bypass in the clear, though they may belong to `p`'s
+//! protected traffic. The same first-match partition as above decides it (earlier
+//! port-"any" rules covering those fragments, such as a DISCARD of the protocol
+//! between the same networks, silence it), and the finding names a witness.
 
 use crate::error::ConfigError;
 use crate::sa::Direction;
@@ -478,6 +491,56 @@ impl Geometry {
         Some(true)
     }
 
+    /// A non-first fragment (OPAQUE ports) that the PROTECT policy `protect` could
+    /// cover and that, among the rules matching OPAQUE ports, the later BYPASS policy
+    /// `bypass` matches first: (direction, family, a box of such fragments). `None`
+    /// when there is none or the work bound was hit.
+    fn fragment_reaching_bypass(
+        &self,
+        policies: &[Policy],
+        protect: usize,
+        bypass: usize,
+        budget: &mut u64,
+    ) -> Option<(Direction, Fam, Bx)> {
+        let (p, q) = (&policies[protect], &policies[bypass]);
+        for d in DIRS {
+            if !(p.direction.covers(d) && q.direction.covers(d)) {
+                continue;
+            }
+            for fam in FAMS {
+                let f = Self::fi(fam);
+                let mut start = Vec::new();
+                for bp in &self.boxes[f][protect] {
+                    for bq in &self.boxes[f][bypass] {
+                        let mut r = *bp;
+                        r[3] = (OP, OP);
+                        r[4] = (OP, OP);
+                        let mut other = *bq;
+                        other[3] = (OP, OP);
+                        other[4] = (OP, OP);
+                        if let Some(x) = inter(&r, &other) {
+                            start.push(x);
+                        }
+                    }
+                }
+                if start.is_empty() {
+                    continue;
+                }
+                let rules: Vec<(usize, Bx)> = (0..bypass)
+                    .filter(|&j| policies[j].direction.covers(d))
+                    .flat_map(|j| self.boxes[f][j].iter().map(move |b| (j, *b)))
+                    .filter(|(_, b)| start.iter().any(|r| overlaps(r, b)))
+                    .collect();
+                match partition(&start, &rules, budget) {
+                    Cover::Reachable(b) => return Some((d, fam, b)),
+                    Cover::Covered(_) => {}
+                    Cover::Incomplete => return None,
+                }
+            }
+        }
+        None
+    }
+
     /// True if the valid regions of `i` and `j` share a point (ignoring directions).
     fn overlap(&self, i: usize, j: usize) -> bool {
         FAMS.iter().any(|&fam| {
@@ -505,6 +568,31 @@ fn describe(p: &Policy, d: Direction) -> String {
         Some(sa) => format!("{} via SA {sa:?}", p.action),
         None => p.action.to_string(),
     }
+}
+
+/// The port or ICMP selectors of a policy, as `local_port = 3389, icmp_type = 8`.
+fn port_selectors(p: &Policy) -> String {
+    let range = |(lo, hi): (u16, u16)| {
+        if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}-{hi}")
+        }
+    };
+    let mut parts = Vec::new();
+    if let Some(r) = p.local_port {
+        parts.push(format!("local_port = {}", range(r)));
+    }
+    if let Some(r) = p.remote_port {
+        parts.push(format!("remote_port = {}", range(r)));
+    }
+    if let Some(t) = p.icmp_type {
+        parts.push(format!("icmp_type = {t}"));
+    }
+    if let Some(c) = p.icmp_code {
+        parts.push(format!("icmp_code = {c}"));
+    }
+    parts.join(", ")
 }
 
 fn is_catch_all(p: &Policy) -> bool {
@@ -544,8 +632,9 @@ fn names(policies: &[Policy], idx: impl IntoIterator<Item = usize>) -> String {
 
 impl Spd {
     /// Checks the policy for mistakes: shadowed, redundant and conflicting rules, a
-    /// missing catch-all, IKE blocked by the policy itself, TCP/UDP ports 50/51 and
-    /// any-any BYPASS rules. Each [`Finding`] has a stable code (see the
+    /// missing catch-all, IKE blocked by the policy itself, TCP/UDP ports 50/51,
+    /// any-any BYPASS rules, and BYPASS rules that non-first fragments of port-specific
+    /// PROTECT traffic reach. Each [`Finding`] has a stable code (see the
     /// [`lint`](crate::spd::lint) module docs, which also describe the exact shadow
     /// analysis and its work bound). Findings come in file order of their policy, the
     /// file-wide ones last.
@@ -628,6 +717,9 @@ impl Spd {
             }
             if !flagged[i] && !a.empty {
                 self.conflicts(&geo, &flagged, i, &mut out);
+                if p.action == Action::Bypass && !p.has_port_or_icmp_selector() {
+                    self.fragment_bypass(&geo, &flagged, i, &mut out);
+                }
             }
             if p.protocol.is_some_and(|x| x == 6 || x == 17) {
                 for (key, range) in [("local_port", p.local_port), ("remote_port", p.remote_port)] {
@@ -680,6 +772,53 @@ impl Spd {
             ));
         }
         out
+    }
+
+    /// The `fragment-bypass` finding of the BYPASS policy `i` (ports "any").
+    fn fragment_bypass(&self, geo: &Geometry, flagged: &[bool], i: usize, out: &mut Vec<Finding>) {
+        let ps = &self.policies;
+        let mut budget = geo.bound;
+        let mut protects = Vec::new();
+        let mut witness = None;
+        for (j, p) in ps.iter().enumerate().take(i) {
+            if flagged[j] || p.action != Action::Protect || !p.has_port_or_icmp_selector() {
+                continue;
+            }
+            if let Some(w) = geo.fragment_reaching_bypass(ps, j, i, &mut budget) {
+                protects.push(j);
+                witness.get_or_insert(w);
+            }
+        }
+        let Some((d, fam, b)) = witness else {
+            return;
+        };
+        let first = &ps[protects[0]];
+        let example = corner_flow(&b, fam, d, b[2].0 as u8);
+        let selectors = port_selectors(first);
+        out.push(Finding::new(
+            Severity::Warning,
+            "fragment-bypass",
+            Some(&ps[i].name),
+            format!(
+                "this BYPASS (ports \"any\") follows the PROTECT {} ({} {selectors}) for \
+                 overlapping addresses and protocol; non-first fragments carry no ports, so \
+                 a later fragment of that protected traffic cannot be told from this \
+                 BYPASS's (e.g. {} {} -> {} {} fragments). A gateway without fragment state \
+                 bypasses such fragments in the clear (RFC 4301 §7.4); this one remembers \
+                 first fragments and drops the later fragments it cannot place \
+                 (fragment_unresolved), so out-of-order fragments of this BYPASS's traffic \
+                 there are lost. To fix it, protect that protocol between those addresses \
+                 with ports \"any\" (RFC 4301 §7.1), or keep this BYPASS off those \
+                 addresses and protocol (narrow it, or put a port-\"any\" rule for them \
+                 before it), or reassemble fragments before they reach the gateway",
+                names(ps, protects.iter().copied()),
+                crate::spd::selector::protocol_name(first.protocol),
+                example.direction.name(),
+                example.src,
+                example.dst,
+                crate::spd::selector::protocol_name(Some(example.protocol)),
+            ),
+        ));
     }
 
     fn conflicts(&self, geo: &Geometry, flagged: &[bool], i: usize, out: &mut Vec<Finding>) {

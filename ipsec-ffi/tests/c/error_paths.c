@@ -181,6 +181,7 @@ static void null_handles_and_pointers(void)
         ipsec_gateway_event gev;
         CHECK("gateway poll_event with a NULL gateway", ipsec_gateway_poll_event(NULL, T0, &gev), IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
     }
+    CHECK("gateway set_fragment_limits with a NULL gateway", ipsec_gateway_set_fragment_limits(NULL, 16, T0), IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
     CHECK("replay check of a NULL window", ipsec_replay_window_check(NULL, 1), IPSEC_ERR_INVALID_ARGUMENT, "`window`");
     CHECK("replay accept of a NULL window", ipsec_replay_window_accept(NULL, 1), IPSEC_ERR_INVALID_ARGUMENT, "`window`");
     CHECK("replay highest of a NULL window", ipsec_replay_window_highest(NULL, &highest), IPSEC_ERR_INVALID_ARGUMENT, "`window`");

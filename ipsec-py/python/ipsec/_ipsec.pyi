@@ -387,7 +387,12 @@ class Spd:
         icmp_type: Optional[int] = None,
         icmp_code: Optional[int] = None,
     ) -> Decision: ...
-    def lookup_packet(self, direction: str, packet: bytes) -> Decision: ...
+    def lookup_packet(self, direction: str, packet: bytes) -> Decision:
+        """The SPD's answer for an IP packet. Fragments are answered as the gateway
+        answers them without fragment state: ``FragmentError`` (``.reason``
+        ``"fragment_too_short"``, ``"fragment_overlap"`` or ``"fragment_unresolved"``)
+        for a tiny first fragment, an overlapping fragment, or a non-first fragment a
+        port-specific policy may cover (RFC 4301 section 7)."""
     def lint(self) -> list[Finding]: ...
     def firewall_openings(self) -> list[FirewallOpening]: ...
     def run_cases(self, text: str) -> CaseReport: ...
@@ -430,7 +435,15 @@ class GatewayVerdict:
 @final
 class Gateway:
     """An IPsec gateway: an SPD and the SAs of its ``[[sa]]`` tables, doing the whole
-    data path (RFC 4301 section 5)."""
+    data path (RFC 4301 section 5).
+
+    Fragments (RFC 4301 section 7): a first fragment is classified like a whole packet
+    and its decision remembered (``set_fragment_limits``); the datagram's later
+    fragments get the same one (protected by the same SA, bypassed or discarded).
+    ``FragmentError`` is raised for a first fragment too short to hold its transport
+    header (``.reason == "fragment_too_short"``), a fragment overlapping it
+    (``"fragment_overlap"``) and a later fragment whose first fragment was not seen and
+    that a port-specific policy may cover (``"fragment_unresolved"``)."""
 
     def __new__(cls, spd: Spd, *, now: float = 0.0) -> Gateway: ...
     @staticmethod
@@ -464,7 +477,15 @@ class Gateway:
     @property
     def stats(self) -> dict[str, int]:
         """The gateway's own drops (unknown SPI, policy discard, unprotected cleartext,
-        malformed packets, outer fragments); the SAs count theirs (``sa_stats``)."""
+        cleartext fragments dropped, malformed packets, outer fragments); the SAs count theirs
+        (``sa_stats``)."""
+    def set_fragment_limits(self, *, max_datagrams: int, lifetime: float) -> None:
+        """Limits of the memory of first fragments (RFC 4301 section 7): at most
+        ``max_datagrams`` datagrams (0: off; at most 2**20), each for ``lifetime``
+        seconds after its first fragment. Defaults: 4096 and 30.0."""
+    @property
+    def fragment_limits(self) -> tuple[int, float]:
+        """``(max_datagrams, lifetime)`` of the memory of first fragments."""
     def sa_stats(self, name: str) -> dict[str, int]: ...
     def poll_events(self, now: Optional[float] = None) -> list[tuple[str, SaEvent]]:
         """Every SA's pending lifetime events as (SA name, event), SAs in file order."""
