@@ -28,7 +28,7 @@ impl<'a> PacketBuf<'a> {
     }
 
     /// The packet bytes.
-    #[inline]
+    #[inline(always)]
     pub fn data(&self) -> &[u8] {
         &self.buf[self.offset..self.offset + self.len]
     }

@@ -358,7 +358,7 @@ impl SecurityAssociation {
         if total <= cap {
             return Ok(Oversize::Fits(len));
         }
-        let df = info.version == IpVersion::V4 && data[6] & 0x40 != 0;
+        let df = info.dont_fragment;
         let inner_mtu = self.inner_mtu_within(cap, hdr);
         match (self.mode, info.version) {
             (Mode::Tunnel, IpVersion::V4) if !df => Ok(Oversize::Pre(Ipv4Split::plan(
@@ -633,7 +633,7 @@ impl SecurityAssociation {
     }
 
     /// Writes padding, pad length and next header at `at`; returns the end offset.
-    #[inline]
+    #[inline(always)]
     fn write_trailer(buf: &mut [u8], at: usize, pad: usize, next_header: u8) -> usize {
         buf[at..at + pad].copy_from_slice(&PAD_BYTES[..pad]);
         buf[at + pad] = pad as u8;
@@ -660,7 +660,7 @@ impl SecurityAssociation {
                 let info = packet::parse_ip(pkt.data())
                     .map_err(|_| Error::Malformed(Malformed::BadInnerPacket))?;
                 let (nh, df) = match info.version {
-                    IpVersion::V4 => (IPPROTO_IPIP, pkt.data()[6] & 0x40 != 0),
+                    IpVersion::V4 => (IPPROTO_IPIP, info.dont_fragment),
                     IpVersion::V6 => (IPPROTO_IPV6, true),
                 };
                 (info.total_len, info.tos, df, nh)
@@ -1259,7 +1259,7 @@ impl OuterHeader {
     /// `total` bytes whose DSCP/ECN byte is `tos`; `inner_df` is the DF bit that
     /// [`DfPolicy::Copy`] copies, `ident` the IPv4 Identification. The UDP checksum is
     /// left 0 (see [`OuterHeader::set_udp_checksum`]).
-    #[inline]
+    #[inline(always)]
     fn write(&self, out: &mut [u8], tos: u8, total: usize, inner_df: bool, ident: u16) {
         // Constant-length copies: each arm compiles to a few vector stores.
         match out.len() {

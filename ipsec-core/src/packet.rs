@@ -62,6 +62,9 @@ pub struct IpInfo {
     /// walks the IPv6 header chain, also sets it for an IPv6 packet with a Fragment
     /// header that is not an atomic fragment (RFC 6946: offset 0 and M clear).
     pub is_fragment: bool,
+    /// True for an IPv4 packet with DF (don't fragment) set; false for IPv6, which has no
+    /// such flag.
+    pub dont_fragment: bool,
 }
 
 /// Reads the version and lengths of the IP packet at the start of `pkt`.
@@ -90,6 +93,7 @@ pub fn parse_ip(pkt: &[u8]) -> Result<IpInfo, Malformed> {
                 protocol: pkt[9],
                 tos: pkt[1],
                 is_fragment: frag & 0x3fff != 0,
+                dont_fragment: frag & 0x4000 != 0,
             })
         }
         6 => {
@@ -107,6 +111,7 @@ pub fn parse_ip(pkt: &[u8]) -> Result<IpInfo, Malformed> {
                 protocol: pkt[6],
                 tos: ((pkt[0] & 0x0f) << 4) | (pkt[1] >> 4),
                 is_fragment: false,
+                dont_fragment: false,
             })
         }
         _ => Err(Malformed::BadIpVersion),
