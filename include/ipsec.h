@@ -2164,6 +2164,20 @@ ipsec_status ipsec_spd_lookup_packet(const struct ipsec_spd *spd,
 ipsec_status ipsec_spd_lint(const struct ipsec_spd *spd, struct ipsec_lint **out);
 
 /**
+ * `ipsec_spd_lint` within a work budget of `budget_steps` steps (a few nanoseconds
+ * each; 0 means the default, 400 million): when the analyses that compare policies
+ * run out of it they stop, and a `budget` finding names the first policy they did not
+ * finish. For policies from untrusted sources.
+ *
+ * # Safety
+ *
+ * As `ipsec_spd_lint`.
+ */
+ipsec_status ipsec_spd_lint_budget(const struct ipsec_spd *spd,
+                                   uint64_t budget_steps,
+                                   struct ipsec_lint **out);
+
+/**
  * Lints policy-file text: every load error as an `invalid` finding (all of them),
  * or, when it loads, the findings of `ipsec_spd_lint`. Succeeds for any UTF-8 text.
  *
@@ -2172,6 +2186,19 @@ ipsec_status ipsec_spd_lint(const struct ipsec_spd *spd, struct ipsec_lint **out
  * `toml` points to `toml_len` readable bytes; `out` to a writable `ipsec_lint *`.
  */
 ipsec_status ipsec_lint_toml(const char *toml, size_t toml_len, struct ipsec_lint **out);
+
+/**
+ * `ipsec_lint_toml` within a work budget of `budget_steps` steps (0: the default), as
+ * `ipsec_spd_lint_budget`: for text from untrusted sources.
+ *
+ * # Safety
+ *
+ * As `ipsec_lint_toml`.
+ */
+ipsec_status ipsec_lint_toml_budget(const char *toml,
+                                    size_t toml_len,
+                                    uint64_t budget_steps,
+                                    struct ipsec_lint **out);
 
 /**
  * The number of findings (0 for NULL).

@@ -159,6 +159,11 @@ enum PolicyOp {
         /// One JSON object per finding (code, severity, policy, message).
         #[arg(long)]
         json: bool,
+        /// Work budget of the analyses that compare policies, in steps (a few ns
+        /// each): past it they stop with a `budget` finding instead of running long
+        /// on a hostile file [default: 400000000].
+        #[arg(long, value_name = "STEPS")]
+        budget: Option<u64>,
     },
     /// What a firewall between the gateways must let through (UDP 500, UDP 4500 with
     /// NAT-T, IP protocol 50 for ESP, 51 for AH).
@@ -217,7 +222,11 @@ fn main() -> ExitCode {
                 flows,
                 cache,
             } => policy_cmd::lookup(policy, flows, *cache),
-            PolicyOp::Lint { policy, json } => policy_cmd::lint(policy, *json),
+            PolicyOp::Lint {
+                policy,
+                json,
+                budget,
+            } => policy_cmd::lint(policy, *json, *budget),
             PolicyOp::Firewall { policy, json } => policy_cmd::firewall(policy, *json),
             PolicyOp::Test {
                 policy,

@@ -1,6 +1,6 @@
 //! `ipsec policy ...`: the administrators' questions about a policy file.
 //!
-//! * `lint FILE [--json]`: every finding of `lint_toml` (load errors included, code
+//! * `lint FILE [--json] [--budget STEPS]`: every finding of `lint_toml` (load errors included, code
 //!   `invalid`); JSON: one `{"code","severity","policy","message"}` object per line.
 //!   Exit 1 when a finding is an error.
 //! * `firewall FILE [--json]`: the openings a firewall between the gateways needs.
@@ -41,7 +41,7 @@
 
 use crate::{CliError, Outcome};
 use ipsec_core::spd::selector::{has_ports, is_icmp, parse_protocol, protocol_name};
-use ipsec_core::spd::{Finding, Opening, Severity, lint_toml};
+use ipsec_core::spd::{Finding, LintBudget, Opening, Severity, lint_toml_with};
 use ipsec_core::{Decision, Direction, Flow, FragmentDecision, Spd, SpdCache};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -295,9 +295,14 @@ pub(crate) fn flow_json(f: &Flow) -> Value {
 
 /// `ipsec policy lint FILE [--json]`: every finding, load errors included (`invalid`).
 /// Exit 1 when a finding has severity `error`, else 0.
-pub(crate) fn lint(policy: &Path, json_out: bool) -> Result<Outcome, CliError> {
+pub(crate) fn lint(
+    policy: &Path,
+    json_out: bool,
+    budget: Option<u64>,
+) -> Result<Outcome, CliError> {
     let text = read_text(policy)?;
-    let findings = lint_toml(&text);
+    let budget = budget.map_or(LintBudget::DEFAULT, LintBudget::with_total);
+    let findings = lint_toml_with(&text, budget);
     let mut out = String::new();
     if json_out {
         for f in &findings {

@@ -812,3 +812,30 @@ fn audit_follows_fragments_through_the_capture() {
         "{text}"
     );
 }
+
+#[test]
+fn lint_budget_ends_a_long_lint_with_a_finding() {
+    let dir = TempDir::new("lint-budget");
+    let policy = dir.path("many.toml");
+    let mut text = String::new();
+    for i in 0..200 {
+        text.push_str(&format!(
+            "[[policy]]\nname = \"p{i}\"\ndirection = \"both\"\nlocal = \"10.0.{}.{}\"\naction = \"bypass\"\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    text.push_str("[[policy]]\nname = \"deny\"\ndirection = \"both\"\naction = \"discard\"\n");
+    std::fs::write(&policy, text).unwrap();
+    let path = policy.to_str().unwrap();
+    let full = ipsec(&["policy", "lint", path, "--json"]);
+    assert!(!String::from_utf8_lossy(&full.stdout).contains("\"budget\""));
+    let cut = ipsec(&["policy", "lint", path, "--json", "--budget", "500"]);
+    let out = String::from_utf8_lossy(&cut.stdout);
+    let budget: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("\"code\":\"budget\""))
+        .collect();
+    assert_eq!(budget.len(), 1, "{out}");
+    assert!(budget[0].contains("500 steps"), "{}", budget[0]);
+}

@@ -5,7 +5,7 @@ use core::ffi::c_char;
 use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipsec_core::spd::{Finding, Opening, Severity, lint_toml};
+use ipsec_core::spd::{Finding, LintBudget, Opening, Severity, lint_toml, lint_toml_with};
 use ipsec_core::{Action, Decision, Direction, Flow, Spd};
 
 use crate::boundary::{boundary, call, config_error, fail, invalid, packet_error};
@@ -463,6 +463,39 @@ pub unsafe extern "C" fn ipsec_spd_lint(
     })
 }
 
+/// `ipsec_spd_lint` within a work budget of `budget_steps` steps (a few nanoseconds
+/// each; 0 means the default, 400 million): when the analyses that compare policies
+/// run out of it they stop, and a `budget` finding names the first policy they did not
+/// finish. For policies from untrusted sources.
+///
+/// # Safety
+///
+/// As `ipsec_spd_lint`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_spd_lint_budget(
+    spd: *const ipsec_spd,
+    budget_steps: u64,
+    out: *mut *mut ipsec_lint,
+) -> ipsec_status {
+    call(|| {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: caller's contract.
+        let h = unsafe { borrow(spd, "spd") }?;
+        let entries = lint_entries(&h.spd.lint_with(budget_of(budget_steps)));
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out.write(into_handle::<ipsec_lint>(entries)) };
+        Ok(())
+    })
+}
+
+/// The budget of a C lint call (0: the default).
+fn budget_of(steps: u64) -> LintBudget {
+    match steps {
+        0 => LintBudget::DEFAULT,
+        n => LintBudget::with_total(n),
+    }
+}
+
 /// Lints policy-file text: every load error as an `invalid` finding (all of them),
 /// or, when it loads, the findings of `ipsec_spd_lint`. Succeeds for any UTF-8 text.
 ///
@@ -480,6 +513,30 @@ pub unsafe extern "C" fn ipsec_lint_toml(
         // SAFETY: caller's contract.
         let toml = unsafe { text(toml, toml_len, "toml") }?;
         let entries = lint_entries(&lint_toml(toml));
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out.write(into_handle::<ipsec_lint>(entries)) };
+        Ok(())
+    })
+}
+
+/// `ipsec_lint_toml` within a work budget of `budget_steps` steps (0: the default), as
+/// `ipsec_spd_lint_budget`: for text from untrusted sources.
+///
+/// # Safety
+///
+/// As `ipsec_lint_toml`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_lint_toml_budget(
+    toml: *const c_char,
+    toml_len: usize,
+    budget_steps: u64,
+    out: *mut *mut ipsec_lint,
+) -> ipsec_status {
+    call(|| {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: caller's contract.
+        let toml = unsafe { text(toml, toml_len, "toml") }?;
+        let entries = lint_entries(&lint_toml_with(toml, budget_of(budget_steps)));
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out.write(into_handle::<ipsec_lint>(entries)) };
         Ok(())

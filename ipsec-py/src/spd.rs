@@ -4,7 +4,7 @@
 use crate::convert::{self, Bad};
 use crate::errors::Failure;
 use ipsec_core::spd::selector::{has_ports, is_icmp};
-use ipsec_core::spd::{CaseOutcome, CaseReport, Finding, Opening, lint_toml};
+use ipsec_core::spd::{CaseOutcome, CaseReport, Finding, LintBudget, Opening, lint_toml_with};
 use ipsec_core::{Decision, Direction, Flow, Spd};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -499,9 +499,14 @@ impl PySpd {
     }
 
     /// The lint findings (shadowed, redundant and conflicting rules, missing
-    /// catch-all, IKE blocked, ...).
-    fn lint(&self) -> PyResult<Vec<PyFinding>> {
-        Ok(self.spd.lint().into_iter().map(PyFinding::from).collect())
+    /// catch-all, IKE blocked, ...), within a work `budget` of steps (default 400
+    /// million): past it the analyses that compare policies stop with a `budget`
+    /// finding. The GIL is released while it runs.
+    #[pyo3(signature = (*, budget=None))]
+    fn lint(&self, py: Python<'_>, budget: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<PyFinding>> {
+        let budget = lint_budget(budget)?;
+        let findings = py.detach(|| self.spd.lint_with(budget));
+        Ok(findings.into_iter().map(PyFinding::from).collect())
     }
 
     /// What a firewall between the gateways must let through for IPsec to work.
@@ -551,11 +556,30 @@ impl PySpd {
 }
 
 /// Lints a policy file's text: every load error as an `invalid` finding, or, when the
-/// file loads, the findings of `Spd.lint()`.
+/// file loads, the findings of `Spd.lint()` (within `budget`, as there). The GIL is
+/// released while it runs.
 #[pyfunction(name = "lint_toml")]
-pub(crate) fn py_lint_toml(text: &Bound<'_, PyAny>) -> PyResult<Vec<PyFinding>> {
+#[pyo3(signature = (text, *, budget=None))]
+pub(crate) fn py_lint_toml(
+    py: Python<'_>,
+    text: &Bound<'_, PyAny>,
+    budget: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Vec<PyFinding>> {
     let text = convert::text(text, "text")?;
-    Ok(lint_toml(&text).into_iter().map(PyFinding::from).collect())
+    let budget = lint_budget(budget)?;
+    let text: &str = &text;
+    let findings = py.detach(|| lint_toml_with(text, budget));
+    Ok(findings.into_iter().map(PyFinding::from).collect())
+}
+
+/// The `budget` keyword of the lint calls (`None`: the default).
+fn lint_budget(budget: Option<&Bound<'_, PyAny>>) -> PyResult<LintBudget> {
+    Ok(
+        match convert::opt_int::<u64>(budget, "budget", convert::Bad::Value)? {
+            Some(steps) => LintBudget::with_total(steps),
+            None => LintBudget::DEFAULT,
+        },
+    )
 }
 
 #[cfg(test)]

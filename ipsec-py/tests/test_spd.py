@@ -432,3 +432,27 @@ def test_bad_lookup_arguments(kwargs: dict[str, object], exc: type[Exception],
     args.update(kwargs)
     with pytest.raises(exc, match=fragment):
         spd.lookup(**args)  # type: ignore[arg-type]
+
+
+def disjoint_rules(n: int) -> str:
+    """`n` policies no two of which overlap, and a final DISCARD."""
+    parts = []
+    for i in range(n):
+        parts.append(
+            '[[policy]]\nname = "p%d"\ndirection = "outbound"\nlocal = "10.%d.%d.%d"\n'
+            'protocol = "tcp"\nlocal_port = %d\naction = "bypass"\n'
+            % (i, (i >> 16) & 255, (i >> 8) & 255, i & 255, 1000 + i % 1000)
+        )
+    parts.append('[[policy]]\nname = "deny"\ndirection = "both"\naction = "discard"\n')
+    return "\n".join(parts)
+
+
+def test_lint_budget_ends_a_long_lint_with_a_finding() -> None:
+    text = disjoint_rules(400)
+    assert not [f for f in ipsec.lint_toml(text) if f.code == "budget"]
+    cut = [f for f in ipsec.lint_toml(text, budget=1000) if f.code == "budget"]
+    assert len(cut) == 1 and cut[0].severity == "info" and "1000 steps" in cut[0].message
+    spd = ipsec.Spd.from_toml(text)
+    assert [f.code for f in spd.lint(budget=1000) if f.code == "budget"] == ["budget"]
+    with pytest.raises(ValueError):
+        spd.lint(budget=-1)

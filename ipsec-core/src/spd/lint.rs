@@ -61,8 +61,10 @@
 
 use crate::error::ConfigError;
 use crate::sa::Direction;
+use crate::spd::lint_index::{BoxIndex, Entry, OrderedQuery, in_file_order};
 use crate::spd::selector::{has_ports, is_icmp};
 use crate::spd::{Action, EngineKind, Flow, Policy, Spd};
+use core::cell::Cell;
 use core::fmt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -70,6 +72,46 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// Scan steps allowed for the shadow analysis of one policy (all directions and
 /// families together) before it reports `incomplete`.
 pub const WORK_BOUND: u64 = 4_000_000;
+
+/// How much work one lint run may do ([`Spd::lint_with`], [`lint_toml_with`]).
+///
+/// The work is counted in steps (a box compared, an index node visited; a few
+/// nanoseconds each), never in time: the library reads no clock. A policy whose
+/// analysis needs more than `per_policy` steps gets an `incomplete` finding; when the
+/// whole run has used `total` steps, the analyses that compare policies (shadowed,
+/// redundant, conflict, fragment-bypass) stop and a `budget` finding says from which
+/// policy on they were not done. The other checks always run (they cost one pass).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LintBudget {
+    /// Steps for the analysis of one policy.
+    pub per_policy: u64,
+    /// Steps for the whole run.
+    pub total: u64,
+}
+
+impl LintBudget {
+    /// The default: [`WORK_BOUND`] steps per policy and 400 million in all (about a
+    /// few seconds of work; a file of 100,000 disjoint rules needs a small part of it).
+    pub const DEFAULT: LintBudget = LintBudget {
+        per_policy: WORK_BOUND,
+        total: 400_000_000,
+    };
+
+    /// The default with a total of `steps` for the whole run.
+    pub const fn with_total(steps: u64) -> LintBudget {
+        LintBudget {
+            per_policy: WORK_BOUND,
+            total: steps,
+        }
+    }
+}
+
+impl Default for LintBudget {
+    fn default() -> Self {
+        LintBudget::DEFAULT
+    }
+}
 
 /// How serious a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -143,13 +185,18 @@ impl fmt::Display for Finding {
 /// Lints a policy file's text: every load error as an `invalid` finding (all of them,
 /// not just the first), or, when the file loads, the findings of [`Spd::lint`].
 pub fn lint_toml(text: &str) -> Vec<Finding> {
+    lint_toml_with(text, LintBudget::DEFAULT)
+}
+
+/// [`lint_toml`] within `budget` (for text from untrusted sources: see [`LintBudget`]).
+pub fn lint_toml_with(text: &str, budget: LintBudget) -> Vec<Finding> {
     let (policies, sas, errors) = super::parse::parse(text);
     let mut findings: Vec<Finding> = errors.iter().map(invalid).collect();
     // Lint the policies that did load, so that one run reports every problem in the
     // file (unless nothing loaded at all, e.g. broken TOML: then there is nothing to
     // analyse and a "no catch-all" finding would only be noise).
     if errors.is_empty() || !policies.is_empty() {
-        findings.extend(Spd::build(policies, sas, EngineKind::Partitioned).lint());
+        findings.extend(Spd::build(policies, sas, EngineKind::Partitioned).lint_with(budget));
     }
     findings
 }
@@ -412,19 +459,186 @@ pub(crate) struct Geometry {
     boxes: [Vec<Vec<Bx>>; 2],
     /// `regions[fam][i]`: the valid part of them.
     regions: [Vec<Vec<Bx>>; 2],
+    /// Every policy's boxes, per family, for finding the earlier boxes a region
+    /// overlaps.
+    index: [BoxIndex; 2],
     /// Scan steps allowed per policy.
     bound: u64,
+    /// Scan steps left for the whole run.
+    total: Cell<u64>,
+    /// Find earlier boxes by scanning every earlier policy instead of the index (the
+    /// reference the tests compare the index with).
+    scan: bool,
 }
 
 impl Geometry {
     pub(crate) fn new(policies: &[Policy]) -> Geometry {
-        let per = |fam| policies.iter().map(|p| rule_boxes(p, fam)).collect();
+        let per = |fam| -> Vec<Vec<Bx>> { policies.iter().map(|p| rule_boxes(p, fam)).collect() };
         let reg = |fam| policies.iter().map(|p| region(p, fam)).collect();
+        let boxes = [per(Fam::V4), per(Fam::V6)];
+        let index = |f: usize| {
+            let mut order = 0u32;
+            let mut entries = Vec::new();
+            for (policy, bxs) in boxes[f].iter().enumerate() {
+                for bx in bxs {
+                    entries.push(Entry {
+                        policy,
+                        order,
+                        bx: *bx,
+                    });
+                    order += 1;
+                }
+            }
+            BoxIndex::new(entries)
+        };
+        let index = [index(0), index(1)];
         Geometry {
-            boxes: [per(Fam::V4), per(Fam::V6)],
+            boxes,
             regions: [reg(Fam::V4), reg(Fam::V6)],
+            index,
             bound: WORK_BOUND,
+            total: Cell::new(u64::MAX),
+            scan: false,
         }
+    }
+
+    /// A policy's budget: the per-policy bound, or what is left of the total.
+    fn budget(&self) -> u64 {
+        self.bound.min(self.total.get())
+    }
+
+    /// Charges the steps a policy's analysis used (`start - left`) to the total.
+    fn charge(&self, start: u64, left: u64) {
+        self.total.set(self.total.get() - (start - left));
+    }
+
+    /// True once the whole run's budget is spent.
+    fn exhausted(&self) -> bool {
+        self.total.get() == 0
+    }
+
+    /// The boxes of policies before `before` that overlap any of `query` (in family
+    /// `f`), in file order; `None` when `budget` ran out.
+    fn earlier(
+        &self,
+        f: usize,
+        query: &[Bx],
+        before: usize,
+        budget: &mut u64,
+    ) -> Option<Vec<Entry>> {
+        let mut found = Vec::new();
+        if self.scan {
+            let mut order = 0;
+            for (j, bxs) in self.boxes[f].iter().enumerate().take(before) {
+                for b in bxs {
+                    *budget = budget.saturating_sub(1);
+                    if query.iter().any(|q| overlaps(q, b)) {
+                        found.push(Entry {
+                            policy: j,
+                            order,
+                            bx: *b,
+                        });
+                    }
+                    order += 1;
+                }
+            }
+            return Some(found);
+        }
+        for q in query {
+            if !self.index[f].query(q, before, budget, &mut found) {
+                return None;
+            }
+        }
+        in_file_order(&mut found);
+        Some(found)
+    }
+
+    /// The policies before `i` whose boxes meet `i`'s valid regions (with `any_ports`,
+    /// `i`'s boxes with their ports and ICMP fields made "any": what the fragment
+    /// analysis compares), in file order, each once. When the budget runs out, the ones
+    /// found so far.
+    fn earlier_meeting(&self, i: usize, any_ports: bool, budget: &mut u64) -> Vec<usize> {
+        if self.scan {
+            *budget = budget.saturating_sub(i as u64);
+            return (0..i).collect();
+        }
+        let mut found = Vec::new();
+        'fams: for f in 0..2 {
+            let query: Vec<Bx> = if any_ports {
+                self.boxes[f][i]
+                    .iter()
+                    .map(|b| {
+                        let mut q = *b;
+                        q[3] = (0, OP);
+                        q[4] = (0, OP);
+                        q
+                    })
+                    .collect()
+            } else {
+                self.regions[f][i].clone()
+            };
+            for q in &query {
+                if !self.index[f].query(q, i, budget, &mut found) {
+                    break 'fams;
+                }
+            }
+        }
+        let mut policies: Vec<usize> = found.into_iter().map(|e| e.policy).collect();
+        policies.sort_unstable();
+        policies.dedup();
+        policies
+    }
+
+    /// The first-match partition of policy `i`'s region `reg` (family `f`) among the
+    /// earlier policies serving direction `d`: [`partition`], with the first earlier box
+    /// that overlaps each piece (from a file position on) asked of the index instead of
+    /// found by a scan. Same pieces in the same order, so the same answer and witness as
+    /// the scan; but a policy inside an earlier, wider one costs a few index nodes,
+    /// however many other earlier policies overlap it.
+    fn first_match(
+        &self,
+        policies: &[Policy],
+        f: usize,
+        reg: &[Bx],
+        i: usize,
+        d: Direction,
+        budget: &mut u64,
+    ) -> Cover {
+        let serves = |e: &Entry| policies[e.policy].direction.covers(d);
+        if self.scan {
+            let Some(found) = self.earlier(f, reg, i, budget) else {
+                return Cover::Incomplete;
+            };
+            let rules: Vec<(usize, Bx)> = found
+                .into_iter()
+                .filter(serves)
+                .map(|e| (e.policy, e.bx))
+                .collect();
+            return partition(reg, &rules, budget);
+        }
+        let mut winners = BTreeSet::new();
+        let mut stack: Vec<(Bx, u32)> = reg.iter().map(|&b| (b, 0)).collect();
+        let mut pieces = Vec::new();
+        while let Some((piece, from)) = stack.pop() {
+            let one = [piece];
+            let mut query = OrderedQuery::new(&self.index[f], &one, i, from);
+            let hit = loop {
+                match query.next(budget) {
+                    None => break None,
+                    Some(Err(())) => return Cover::Incomplete,
+                    Some(Ok(e)) if serves(&e) => break Some(e),
+                    Some(Ok(_)) => {}
+                }
+            };
+            let Some(e) = hit else {
+                return Cover::Reachable(piece);
+            };
+            winners.insert(e.policy);
+            pieces.clear();
+            subtract(&piece, &e.bx, &mut pieces);
+            stack.extend(pieces.iter().map(|&p| (p, e.order + 1)));
+        }
+        Cover::Covered(winners)
     }
 
     fn fi(fam: Fam) -> usize {
@@ -443,7 +657,8 @@ impl Geometry {
             empty: true,
             incomplete: false,
         };
-        let mut budget = self.bound;
+        let start = self.budget();
+        let mut budget = start;
         for d in DIRS {
             if !p.direction.covers(d) {
                 continue;
@@ -455,12 +670,7 @@ impl Geometry {
                     continue;
                 }
                 out.empty = false;
-                let rules: Vec<(usize, Bx)> = (0..i)
-                    .filter(|&j| policies[j].direction.covers(d))
-                    .flat_map(|j| self.boxes[f][j].iter().map(move |b| (j, *b)))
-                    .filter(|(_, b)| reg.iter().any(|r| overlaps(r, b)))
-                    .collect();
-                match partition(reg, &rules, &mut budget) {
+                match self.first_match(policies, f, reg, i, d, &mut budget) {
                     Cover::Covered(w) => {
                         out.winners.extend(w.into_iter().map(|j| (j, dir_code(d))));
                     }
@@ -473,6 +683,7 @@ impl Geometry {
                 }
             }
         }
+        self.charge(start, budget);
         out
     }
 
@@ -526,10 +737,11 @@ impl Geometry {
                 if start.is_empty() {
                     continue;
                 }
-                let rules: Vec<(usize, Bx)> = (0..bypass)
-                    .filter(|&j| policies[j].direction.covers(d))
-                    .flat_map(|j| self.boxes[f][j].iter().map(move |b| (j, *b)))
-                    .filter(|(_, b)| start.iter().any(|r| overlaps(r, b)))
+                let found = self.earlier(f, &start, bypass, budget)?;
+                let rules: Vec<(usize, Bx)> = found
+                    .into_iter()
+                    .filter(|e| policies[e.policy].direction.covers(d))
+                    .map(|e| (e.policy, e.bx))
                     .collect();
                 match partition(&start, &rules, budget) {
                     Cover::Reachable(b) => return Some((d, fam, b)),
@@ -638,118 +850,67 @@ impl Spd {
     /// [`lint`](crate::spd::lint) module docs, which also describe the exact shadow
     /// analysis and its work bound). Findings come in file order of their policy, the
     /// file-wide ones last.
+    ///
+    /// The analyses that compare policies run within [`LintBudget::DEFAULT`]: its cost
+    /// grows as `n log n` on disjoint rules (an index of the policies' boxes finds the
+    /// earlier rules a policy overlaps), and a hostile file ends with a `budget`
+    /// finding instead of running long. [`Self::lint_with`] sets the budget.
     pub fn lint(&self) -> Vec<Finding> {
-        self.lint_bounded(WORK_BOUND)
+        self.lint_with(LintBudget::DEFAULT)
     }
 
-    fn lint_bounded(&self, bound: u64) -> Vec<Finding> {
+    /// [`Self::lint`] within `budget`.
+    pub fn lint_with(&self, budget: LintBudget) -> Vec<Finding> {
+        self.lint_counting(budget, false).0
+    }
+
+    /// The lint and the steps it used; with `scan`, earlier boxes are found by scanning
+    /// every earlier policy instead of the index (the tests' reference).
+    pub(crate) fn lint_counting(&self, budget: LintBudget, scan: bool) -> (Vec<Finding>, u64) {
         let ps = &self.policies;
         let mut geo = Geometry::new(ps);
-        geo.bound = bound;
-        let analyses: Vec<Analysis> = (0..ps.len()).map(|i| geo.analyse(ps, i)).collect();
-        let flagged: Vec<bool> = analyses.iter().map(Analysis::covered).collect();
+        geo.bound = budget.per_policy;
+        geo.total.set(budget.total);
+        geo.scan = scan;
+        // Policies from `cut` on are not compared with others: the budget ran out.
+        let mut cut = ps.len();
+        let mut flagged: Vec<bool> = Vec::with_capacity(ps.len());
         let mut out = Vec::new();
         for (i, p) in ps.iter().enumerate() {
-            let a = &analyses[i];
-            let name = Some(p.name.as_str());
-            if a.incomplete {
-                out.push(Finding::new(
-                    Severity::Info,
-                    "incomplete",
-                    name,
-                    format!(
-                        "the exact shadow analysis stopped after {bound} steps; \
-                         whether this policy can ever match was not decided"
-                    ),
-                ));
-            } else if a.empty {
-                out.push(Finding::new(
-                    Severity::Error,
-                    "shadowed",
-                    name,
-                    "never matches any packet: its local and remote addresses share no \
-                     address family (IPv4 with IPv6)",
-                ));
-            } else if a.covered() {
-                let differ: BTreeSet<usize> = a
-                    .winners
-                    .iter()
-                    .filter(|&&(j, d)| answer(&ps[j], dir_of(d)) != answer(p, dir_of(d)))
-                    .map(|&(j, _)| j)
-                    .collect();
-                let all = names(ps, a.winners.iter().map(|&(j, _)| j));
-                if differ.is_empty() {
-                    out.push(Finding::new(
-                        Severity::Warning,
-                        "redundant",
-                        name,
-                        format!(
-                            "never matches: earlier policies {all} cover all of its traffic \
-                             and decide the same ({}); it can be removed",
-                            describe(p, dirs_of(p)[0])
-                        ),
-                    ));
-                } else {
-                    let detail = join_capped(
-                        differ
-                            .iter()
-                            .map(|&j| {
-                                let d = a
-                                    .winners
-                                    .iter()
-                                    .find(|w| w.0 == j)
-                                    .map_or(Direction::Outbound, |w| dir_of(w.1));
-                                format!("{:?} ({})", ps[j].name, describe(&ps[j], d))
-                            })
-                            .collect(),
-                    );
-                    out.push(Finding::new(
-                        Severity::Error,
-                        "shadowed",
-                        name,
-                        format!(
-                            "never matches: earlier policies {all} cover all of its traffic, \
-                             and {detail} decide otherwise than its {}",
-                            describe(p, dirs_of(p)[0])
-                        ),
-                    ));
-                }
+            if cut == ps.len() && geo.exhausted() {
+                cut = i;
             }
-            if !flagged[i] && !a.empty {
-                self.conflicts(&geo, &flagged, i, &mut out);
-                if p.action == Action::Bypass && !p.has_port_or_icmp_selector() {
-                    self.fragment_bypass(&geo, &flagged, i, &mut out);
-                }
-            }
-            if p.protocol.is_some_and(|x| x == 6 || x == 17) {
-                for (key, range) in [("local_port", p.local_port), ("remote_port", p.remote_port)] {
-                    if let Some((lo, hi)) = range
-                        && lo == hi
-                        && (lo == 50 || lo == 51)
-                    {
-                        out.push(Finding::new(
-                            Severity::Warning,
-                            "protocol-number-as-port",
-                            name,
-                            format!(
-                                "{key} = {lo} with protocol {}: ESP and AH are IP protocols \
-                                 50 and 51, not ports; to match ESP write protocol = \"esp\" \
-                                 (or 50) without ports",
-                                crate::spd::selector::protocol_name(p.protocol)
-                            ),
-                        ));
+            if i < cut {
+                let a = geo.analyse(ps, i);
+                flagged.push(a.covered());
+                self.shadow_findings(p, &a, geo.bound, &mut out);
+                if !a.covered() && !a.empty && !geo.exhausted() {
+                    self.conflicts(&geo, &flagged, i, &mut out);
+                    if p.action == Action::Bypass && !p.has_port_or_icmp_selector() {
+                        self.fragment_bypass(&geo, &flagged, i, &mut out);
                     }
                 }
+                if geo.exhausted() && cut == ps.len() {
+                    // This policy's comparisons may have been cut short.
+                    cut = i;
+                }
             }
-            if p.action == Action::Bypass && is_catch_all(p) {
-                out.push(Finding::new(
-                    Severity::Warning,
-                    "any-any-bypass",
-                    name,
-                    "this BYPASS matches any address, protocol and port: everything it \
-                     reaches goes through in the clear",
-                ));
-            }
+            self.cheap_findings(p, &mut out);
+        }
+        if cut < ps.len() {
+            out.push(Finding::new(
+                Severity::Info,
+                "budget",
+                Some(&ps[cut].name),
+                format!(
+                    "the lint's work budget ({} steps) ran out here: this policy and the \
+                     {} after it were not fully compared with the others (shadowed, \
+                     redundant, conflicting and fragment-bypass rules; the other checks \
+                     ran); lint with a larger budget to finish",
+                    budget.total,
+                    ps.len() - cut - 1
+                ),
+            ));
         }
         self.ike_findings(&mut out);
         let missing: Vec<&str> = DIRS
@@ -771,16 +932,124 @@ impl Spd {
                 ),
             ));
         }
-        out
+        (out, budget.total - geo.total.get())
+    }
+
+    /// The findings of the first-match analysis `a` of policy `p`: `incomplete`,
+    /// `shadowed` or `redundant`.
+    fn shadow_findings(&self, p: &Policy, a: &Analysis, bound: u64, out: &mut Vec<Finding>) {
+        let ps = &self.policies;
+        let name = Some(p.name.as_str());
+        if a.incomplete {
+            out.push(Finding::new(
+                Severity::Info,
+                "incomplete",
+                name,
+                format!(
+                    "the exact shadow analysis stopped after {bound} steps; whether this \
+                     policy can ever match was not decided"
+                ),
+            ));
+        } else if a.empty {
+            out.push(Finding::new(
+                Severity::Error,
+                "shadowed",
+                name,
+                "never matches any packet: its local and remote addresses share no address \
+                 family (IPv4 with IPv6)",
+            ));
+        } else if a.covered() {
+            let differ: BTreeSet<usize> = a
+                .winners
+                .iter()
+                .filter(|&&(j, d)| answer(&ps[j], dir_of(d)) != answer(p, dir_of(d)))
+                .map(|&(j, _)| j)
+                .collect();
+            let all = names(ps, a.winners.iter().map(|&(j, _)| j));
+            if differ.is_empty() {
+                out.push(Finding::new(
+                    Severity::Warning,
+                    "redundant",
+                    name,
+                    format!(
+                        "never matches: earlier policies {all} cover all of its traffic and \
+                         decide the same ({}); it can be removed",
+                        describe(p, dirs_of(p)[0])
+                    ),
+                ));
+            } else {
+                let detail = join_capped(
+                    differ
+                        .iter()
+                        .map(|&j| {
+                            let d = a
+                                .winners
+                                .iter()
+                                .find(|w| w.0 == j)
+                                .map_or(Direction::Outbound, |w| dir_of(w.1));
+                            format!("{:?} ({})", ps[j].name, describe(&ps[j], d))
+                        })
+                        .collect(),
+                );
+                out.push(Finding::new(
+                    Severity::Error,
+                    "shadowed",
+                    name,
+                    format!(
+                        "never matches: earlier policies {all} cover all of its traffic, and \
+                         {detail} decide otherwise than its {}",
+                        describe(p, dirs_of(p)[0])
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// The checks of one policy that look at it alone (one pass over the file).
+    fn cheap_findings(&self, p: &Policy, out: &mut Vec<Finding>) {
+        let name = Some(p.name.as_str());
+        if p.protocol.is_some_and(|x| x == 6 || x == 17) {
+            for (key, range) in [("local_port", p.local_port), ("remote_port", p.remote_port)] {
+                if let Some((lo, hi)) = range
+                    && lo == hi
+                    && (lo == 50 || lo == 51)
+                {
+                    out.push(Finding::new(
+                        Severity::Warning,
+                        "protocol-number-as-port",
+                        name,
+                        format!(
+                            "{key} = {lo} with protocol {}: ESP and AH are IP protocols \
+                                 50 and 51, not ports; to match ESP write protocol = \"esp\" \
+                                 (or 50) without ports",
+                            crate::spd::selector::protocol_name(p.protocol)
+                        ),
+                    ));
+                }
+            }
+        }
+        if p.action == Action::Bypass && is_catch_all(p) {
+            out.push(Finding::new(
+                Severity::Warning,
+                "any-any-bypass",
+                name,
+                "this BYPASS matches any address, protocol and port: everything it \
+                 reaches goes through in the clear",
+            ));
+        }
     }
 
     /// The `fragment-bypass` finding of the BYPASS policy `i` (ports "any").
     fn fragment_bypass(&self, geo: &Geometry, flagged: &[bool], i: usize, out: &mut Vec<Finding>) {
         let ps = &self.policies;
-        let mut budget = geo.bound;
+        let start = geo.budget();
+        let mut budget = start;
         let mut protects = Vec::new();
         let mut witness = None;
-        for (j, p) in ps.iter().enumerate().take(i) {
+        // Earlier policies whose addresses and protocol meet this BYPASS's (any ports).
+        let candidates = geo.earlier_meeting(i, true, &mut budget);
+        for j in candidates {
+            let p = &ps[j];
             if flagged[j] || p.action != Action::Protect || !p.has_port_or_icmp_selector() {
                 continue;
             }
@@ -789,6 +1058,7 @@ impl Spd {
                 witness.get_or_insert(w);
             }
         }
+        geo.charge(start, budget);
         let Some((d, fam, b)) = witness else {
             return;
         };
@@ -824,8 +1094,10 @@ impl Spd {
     fn conflicts(&self, geo: &Geometry, flagged: &[bool], i: usize, out: &mut Vec<Finding>) {
         let ps = &self.policies;
         let p = &ps[i];
-        let mut budget = geo.bound;
-        for (j, q) in ps.iter().enumerate().take(i) {
+        let start = geo.budget();
+        let mut budget = start;
+        for j in geo.earlier_meeting(i, false, &mut budget) {
+            let q = &ps[j];
             if flagged[j] {
                 continue;
             }
@@ -861,6 +1133,7 @@ impl Spd {
                 ),
             ));
         }
+        geo.charge(start, budget);
     }
 
     /// Gateway pairs (local, remote) from the SAs' tunnel endpoints, with "some SA of
@@ -918,7 +1191,7 @@ impl Spd {
                         Direction::Inbound => (remote, local),
                     };
                     let flow = Flow::new(d, src, dst, 17).ports(port, port);
-                    let dec = self.lookup_linear(&flow);
+                    let dec = self.lookup(&flow);
                     if dec.action == Action::Bypass {
                         continue;
                     }
@@ -1006,18 +1279,189 @@ action = "discard"
     #[test]
     fn work_bound_reports_incomplete_instead_of_guessing() {
         let spd = Spd::from_toml(TEXT).unwrap();
-        let full = spd.lint_bounded(WORK_BOUND);
+        let full = spd.lint();
         assert!(
             full.iter()
                 .any(|f| f.code == "shadowed" && f.policy.as_deref() == Some("d"))
         );
-        let cut = spd.lint_bounded(3);
+        let cut = spd.lint_with(LintBudget {
+            per_policy: 3,
+            total: u64::MAX,
+        });
         let d: Vec<&Finding> = cut
             .iter()
             .filter(|f| f.policy.as_deref() == Some("d"))
             .collect();
         assert_eq!(d.len(), 1, "{cut:?}");
         assert_eq!((d[0].code, d[0].severity), ("incomplete", Severity::Info));
+    }
+
+    /// `n` policies that no two overlap (distinct local addresses), PROTECT and BYPASS
+    /// alternating, and a final DISCARD.
+    fn disjoint(n: usize) -> Spd {
+        let mut text = String::from(
+            "[[sa]]\nname = \"out\"\nspi = 0x100\ndirection = \"outbound\"\nmode = \"tunnel\"\n\
+             cipher = \"aes-128-gcm\"\nkey = \"00112233445566778899aabbccddeeff01020304\"\n\
+             tunnel_src = \"192.0.2.1\"\ntunnel_dst = \"192.0.2.2\"\n",
+        );
+        for i in 0..n {
+            let action = if i % 2 == 0 {
+                "action = \"protect\"\nsa = \"out\""
+            } else {
+                "action = \"bypass\""
+            };
+            text.push_str(&format!(
+                "[[policy]]\nname = \"p{i}\"\ndirection = \"outbound\"\nlocal = \"10.{}.{}.{}\"\n\
+                 remote = \"172.16.0.0/12\"\nprotocol = \"tcp\"\nlocal_port = {}\n{action}\n",
+                (i >> 16) & 255,
+                (i >> 8) & 255,
+                i & 255,
+                1000 + i % 1000
+            ));
+        }
+        text.push_str(
+            "[[policy]]\nname = \"deny\"\ndirection = \"outbound\"\naction = \"discard\"\n",
+        );
+        Spd::from_toml(&text).unwrap()
+    }
+
+    /// The work of the comparing analyses grows as n log n on disjoint rules, where
+    /// comparing every pair of policies grows as n²: counted in steps, not timed.
+    #[test]
+    fn work_on_disjoint_rules_grows_as_n_log_n() {
+        let unlimited = LintBudget {
+            per_policy: u64::MAX,
+            total: u64::MAX,
+        };
+        let (small, large) = (disjoint(500), disjoint(4000));
+        let (f_small, w_small) = small.lint_counting(unlimited, false);
+        let (f_large, w_large) = large.lint_counting(unlimited, false);
+        assert!(f_small.iter().chain(&f_large).all(|f| f.code != "budget"));
+        // 8 times the rules: n log n gives about 8 * log(4000) / log(500) = 10.7 times
+        // the work, n² 64 times.
+        assert!(
+            w_large < 14 * w_small,
+            "work {w_small} for 500 rules, {w_large} for 4000"
+        );
+        // The pairwise scan the index replaced: quadratic.
+        let (_, s_small) = small.lint_counting(unlimited, true);
+        let (_, s_large) = large.lint_counting(unlimited, true);
+        assert!(s_large > 40 * s_small.max(1) || s_small == 0);
+    }
+
+    /// A wide rule first, then `n` rules inside it, each overlapping up to 2,000 earlier
+    /// ones (port ranges sliding by one): the first earlier box each meets (the wide
+    /// rule) covers it, so the work grows as n log n, where collecting every overlapping
+    /// earlier box grew as n * min(n, 2000).
+    #[test]
+    fn rules_inside_an_earlier_wide_one_cost_n_log_n() {
+        let unlimited = LintBudget {
+            per_policy: u64::MAX,
+            total: u64::MAX,
+        };
+        let under_wide = |n: usize| {
+            let mut text = String::from(
+                "[[policy]]\nname = \"wide\"\ndirection = \"both\"\nlocal = \"10.0.0.0/8\"\n\
+                 action = \"discard\"\n",
+            );
+            for i in 0..n {
+                text.push_str(&format!(
+                    "[[policy]]\nname = \"h{i}\"\ndirection = \"both\"\nlocal = \"10.0.0.0/16\"\n\
+                     protocol = \"tcp\"\nlocal_port = \"{}-{}\"\naction = \"bypass\"\n",
+                    i + 1,
+                    i + 2000
+                ));
+            }
+            Spd::from_toml(&text).unwrap()
+        };
+        let (small, large) = (under_wide(500), under_wide(4000));
+        let (f_small, w_small) = small.lint_counting(unlimited, false);
+        let (f_large, w_large) = large.lint_counting(unlimited, false);
+        let shadowed = |f: &[Finding]| f.iter().filter(|f| f.code == "shadowed").count();
+        assert_eq!((shadowed(&f_small), shadowed(&f_large)), (500, 4000));
+        assert!(
+            w_large < 14 * w_small,
+            "work {w_small} for 500 rules, {w_large} for 4000"
+        );
+    }
+
+    /// A budget too small for a file ends the comparing analyses with a `budget`
+    /// finding that names where they stopped; the other checks still run.
+    #[test]
+    fn a_spent_budget_says_where_the_lint_stopped() {
+        let spd = disjoint(300);
+        let full = spd.lint();
+        assert!(full.iter().all(|f| f.code != "budget"));
+        let cut = spd.lint_with(LintBudget::with_total(2_000));
+        let b: Vec<&Finding> = cut.iter().filter(|f| f.code == "budget").collect();
+        assert_eq!(b.len(), 1, "{cut:?}");
+        assert_eq!(b[0].severity, Severity::Info);
+        assert!(b[0].message.contains("2000 steps"), "{}", b[0].message);
+        let stopped = b[0].policy.as_deref().unwrap();
+        assert!(stopped.starts_with('p') && stopped != "p0", "{stopped}");
+        // The file-wide checks ran all the same.
+        assert!(cut.iter().any(|f| f.code == "ike-blocked"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// The index finds exactly the earlier boxes the pairwise scan finds: both
+        /// lints give the same findings, on files whose rules overlap in every way.
+        #[test]
+        fn the_index_changes_no_finding(
+            rules in proptest::collection::vec(
+                (0usize..7, 0usize..5, 0usize..4, 0usize..4, 0usize..3, 0usize..3),
+                1..14,
+            )
+        ) {
+            const LOCAL: [&str; 7] = [
+                "any", "10.0.0.0/24", "10.0.0.0/25", "10.0.0.128/25", "10.0.1.0/24",
+                "10.0.0.5", "2001:db8::/64",
+            ];
+            const REMOTE: [&str; 5] =
+                ["any", "10.1.0.0/16", "10.1.2.0/24", "192.0.2.2", "2001:db8:1::/64"];
+            const PROTO: [&str; 4] = ["any", "tcp", "udp", "icmp"];
+            const DIR: [&str; 3] = ["both", "outbound", "inbound"];
+            let mut text = String::from(
+                "[[sa]]\nname = \"o\"\nspi = 0x100\ndirection = \"outbound\"\nmode = \"tunnel\"\n\
+                 cipher = \"aes-128-gcm\"\nkey = \"00112233445566778899aabbccddeeff01020304\"\n\
+                 tunnel_src = \"192.0.2.1\"\ntunnel_dst = \"192.0.2.2\"\n\
+                 [[sa]]\nname = \"i\"\nspi = 0x101\ndirection = \"inbound\"\nmode = \"tunnel\"\n\
+                 cipher = \"aes-128-gcm\"\nkey = \"a0112233445566778899aabbccddeeff01020304\"\n",
+            );
+            for (n, &(l, r, pr, port, act, dir)) in rules.iter().enumerate() {
+                text.push_str(&format!(
+                    "[[policy]]\nname = \"r{n}\"\ndirection = \"{}\"\nlocal = \"{}\"\n\
+                     remote = \"{}\"\nprotocol = \"{}\"\n",
+                    DIR[dir], LOCAL[l], REMOTE[r], PROTO[pr]
+                ));
+                match (PROTO[pr], port) {
+                    ("tcp" | "udp", 1) => text.push_str("local_port = 80\n"),
+                    ("tcp" | "udp", 2) => text.push_str("remote_port = \"1000-2000\"\n"),
+                    ("tcp" | "udp", 3) => text.push_str("local_port = \"1-1024\"\n"),
+                    ("icmp", 1 | 2) => text.push_str("icmp_type = 8\n"),
+                    _ => {}
+                }
+                let sa = match DIR[dir] {
+                    "both" => "[\"o\", \"i\"]",
+                    "outbound" => "\"o\"",
+                    _ => "\"i\"",
+                };
+                text.push_str(match act {
+                    0 => "action = \"bypass\"\n",
+                    1 => "action = \"discard\"\n",
+                    _ => "",
+                });
+                if act == 2 {
+                    text.push_str(&format!("action = \"protect\"\nsa = {sa}\n"));
+                }
+            }
+            let spd = Spd::from_toml(&text).unwrap();
+            let unlimited = LintBudget { per_policy: u64::MAX, total: u64::MAX };
+            let with_index = spd.lint_counting(unlimited, false).0;
+            let with_scan = spd.lint_counting(unlimited, true).0;
+            proptest::prop_assert_eq!(with_index, with_scan, "{}", text);
+        }
     }
 
     #[test]

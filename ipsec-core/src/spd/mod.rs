@@ -135,6 +135,7 @@ pub mod cases;
 pub mod firewall;
 mod flow;
 pub mod lint;
+mod lint_index;
 mod parse;
 mod pss;
 pub mod selector;
@@ -144,7 +145,7 @@ pub use cache::SpdCache;
 pub use cases::{CaseOutcome, CaseReport, Probe};
 pub use firewall::Opening;
 pub use flow::{Flow, Fragment};
-pub use lint::{Finding, Severity, lint_toml};
+pub use lint::{Finding, LintBudget, Severity, lint_toml, lint_toml_with};
 pub use selector::AddrSet;
 
 use crate::error::{ConfigError, Error, FragmentError};

@@ -426,6 +426,31 @@ static void configs_and_enums(void)
         CHECK("lint of broken TOML", ipsec_lint_toml(BAD_NAME, strlen(BAD_NAME), &lint), IPSEC_OK, NULL);
         TRUE("broken TOML gives an invalid finding", ipsec_lint_count(lint) >= 1 && ipsec_lint_get(lint, 0, &f) == IPSEC_OK && f.severity == IPSEC_SEVERITY_ERROR && strcmp(f.code, "invalid") == 0);
         ipsec_lint_free(lint);
+        {
+            /* A work budget too small for the file ends the lint with a "budget" finding. */
+            static const char RULES[] =
+                "[[policy]]\nname = \"a\"\ndirection = \"both\"\nlocal = \"10.0.0.1\"\naction = \"bypass\"\n"
+                "[[policy]]\nname = \"b\"\ndirection = \"both\"\nlocal = \"10.0.0.2\"\naction = \"bypass\"\n"
+                "[[policy]]\nname = \"c\"\ndirection = \"both\"\nlocal = \"10.0.0.0/24\"\naction = \"discard\"\n";
+            size_t i, budget_findings = 0;
+            CHECK("lint with a budget of 1 step", ipsec_lint_toml_budget(RULES, strlen(RULES), 1, &lint), IPSEC_OK, NULL);
+            for (i = 0; i < ipsec_lint_count(lint); i++) {
+                if (ipsec_lint_get(lint, i, &f) == IPSEC_OK && strcmp(f.code, "budget") == 0) {
+                    budget_findings++;
+                }
+            }
+            TRUE("one budget finding", budget_findings == 1);
+            ipsec_lint_free(lint);
+            CHECK("lint with the default budget (0)", ipsec_lint_toml_budget(RULES, strlen(RULES), 0, &lint), IPSEC_OK, NULL);
+            budget_findings = 0;
+            for (i = 0; i < ipsec_lint_count(lint); i++) {
+                if (ipsec_lint_get(lint, i, &f) == IPSEC_OK && strcmp(f.code, "budget") == 0) {
+                    budget_findings++;
+                }
+            }
+            TRUE("no budget finding with the default", budget_findings == 0 && ipsec_lint_count(lint) > 0);
+            ipsec_lint_free(lint);
+        }
     }
     ipsec_spd_free(spd);
 }
