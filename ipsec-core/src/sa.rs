@@ -512,8 +512,8 @@ impl SaConfig {
 
     /// Sets the outer TTL / hop limit of tunnel-mode packets and NAT-keepalives
     /// (default [`Self::DEFAULT_OUTER_TTL`]). 0 is refused when the SA is created: the
-    /// first router would drop every packet (RFC 1812 §5.3.1, RFC 8200 §3). (The C
-    /// config struct reads its 0 as "the default", so that a zeroed struct works.)
+    /// first router would drop every packet (RFC 1812 §5.3.1, RFC 8200 §3). The SA
+    /// file, Python and C forms refuse it alike.
     pub fn outer_ttl(&mut self, ttl: u8) -> &mut Self {
         self.outer_ttl = ttl;
         self

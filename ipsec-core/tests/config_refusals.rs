@@ -359,6 +359,8 @@ fn sa_file_errors_name_the_key_nested_keys_with_a_dot() {
     ] {
         let e = file_refusal(&sa_file(extra));
         assert_eq!(e.field(), format!("sa \"x\": {key}"), "{extra}: {e}");
+        // The two parts on their own (what Python's `ConfigError.field` gives).
+        assert_eq!((e.context(), e.key()), (Some("sa \"x\""), key), "{extra}");
     }
     let e = file_refusal(&sa_file("").replace("spi = 0x1000\n", ""));
     assert_eq!(e.field(), "sa \"x\": spi", "{e}");
@@ -423,4 +425,18 @@ fn policy_files_refuse_the_same_sa_configurations() {
             "{extra}: {findings:?}"
         );
     }
+}
+
+#[test]
+fn a_config_error_keeps_its_key_apart_from_its_context() {
+    let e = ConfigError::new("hard_lifetime.bytes", "0 would expire the SA");
+    assert_eq!((e.context(), e.key()), (None, "hard_lifetime.bytes"));
+    let e = e.in_context("sa \"b1\"").in_context("branch.toml");
+    assert_eq!(e.field(), "branch.toml: sa \"b1\": hard_lifetime.bytes");
+    assert_eq!(e.key(), "hard_lifetime.bytes");
+    assert_eq!(e.context(), Some("branch.toml: sa \"b1\""));
+    assert_eq!(
+        e.to_string(),
+        "branch.toml: sa \"b1\": hard_lifetime.bytes: 0 would expire the SA"
+    );
 }
