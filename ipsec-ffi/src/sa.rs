@@ -843,7 +843,8 @@ pub unsafe extern "C" fn ipsec_sa_new(
 /// `udp_encap = [src, dst]`, `seq`, `outer_ttl`, `tfc_pad_to`, `padding`, `path_mtu`,
 /// `soft_lifetime` / `hard_lifetime = { bytes, packets, seconds }`, `df` ("copy", "set",
 /// "clear"), `nat_keepalive_interval` (seconds, 0 off), `nat_original_addresses =
-/// [src, dst]`. `IPSEC_ERR_CONFIG` when the text or an SA
+/// [src, dst]`; the 64-bit values (`seq`, lifetimes) may be decimal or `0x` strings
+/// (`seq = "0x8765432100000006"`). `IPSEC_ERR_CONFIG` when the text or an SA
 /// in it is invalid (the message names the SA and the key), `IPSEC_ERR_NOT_FOUND` when no
 /// SA has that name.
 ///
