@@ -10,7 +10,8 @@
  *  - NULL or misaligned pointers, impossible lengths, packet descriptors outside their
  *    buffer, integers that are not values of their enum, non-zero reserved fields:
  *    IPSEC_ERR_INVALID_ARGUMENT, never a crash. No Rust panic crosses the boundary
- *    (IPSEC_ERR_PANIC).
+ *    (IPSEC_ERR_PANIC); the handle in use is then poisoned (IPSEC_ERR_POISONED from
+ *    every later call on it; free it).
  *  - After a failure, ipsec_last_error() (per thread, like errno) says why.
  *  - Packets are processed in place in caller-owned buffers: buffer, capacity, offset,
  *    length; headers go into the headroom, trailers into the tailroom (DPDK mbufs).
@@ -71,7 +72,9 @@ enum ipsec_status
   IPSEC_ERR_INVALID_ARGUMENT = 100,
   /**
    * A panic inside the library was caught at the boundary (a bug: please report it
-   * with the last-error message). Free the handle involved; do not use it again.
+   * with the last-error message). The handle involved is poisoned: every later call
+   * on it answers `IPSEC_ERR_POISONED`; free it. In a burst, the packet being
+   * processed gets this status.
    */
   IPSEC_ERR_PANIC = 101,
   /**
@@ -88,6 +91,13 @@ enum ipsec_status
    * position (315 is never returned).
    */
   IPSEC_ERR_WRONG_DIRECTION = 104,
+  /**
+   * The handle is unusable: a panic was caught during an earlier call on it
+   * (`IPSEC_ERR_PANIC`), which may have left it half-changed. Only `*_free` still
+   * works on it. In a burst that panicked, the packets after the one that panicked
+   * get this status (they were not processed).
+   */
+  IPSEC_ERR_POISONED = 105,
   /**
    * A configuration (SA fields, TOML text, policy file) was rejected; the last-error
    * message names the field (and the SA or policy) and says what was wrong.
@@ -958,7 +968,9 @@ typedef struct ipsec_reassembly_limits {
 } ipsec_reassembly_limits;
 
 /**
- * Lifetime limits (RFC 4301 §4.4.2.1); 0 means no limit of that kind.
+ * Lifetime limits (RFC 4301 §4.4.2.1); 0 means no limit of that kind. A soft limit must
+ * be below the hard limit of its kind when both are set (`IPSEC_ERR_CONFIG` otherwise,
+ * naming e.g. `soft_lifetime.bytes`).
  */
 typedef struct ipsec_lifetime {
   /**
@@ -1024,12 +1036,14 @@ typedef struct ipsec_sa_config {
    */
   bool esn;
   /**
-   * Inbound replay window: 0 (off) or 32..=16777216 packets (default 64).
+   * Inbound replay window: 0 (off) or 32..=16777216 packets (default 64). An outbound
+   * SA has none: leave it at 64 (`ipsec_sa_config_init`) or 0; another value is
+   * refused (`IPSEC_ERR_CONFIG`).
    */
   uint32_t replay_window;
   /**
    * Outbound: the last sequence number used (the next is `seq + 1`). Inbound: the
-   * highest already received. 0 for a new SA.
+   * highest already received. 0 for a new SA. Above 2^32-1 only with `esn`.
    */
   uint64_t seq;
   /**
@@ -1046,19 +1060,24 @@ typedef struct ipsec_sa_config {
    */
   bool udp_encap;
   /**
-   * UDP source port when `udp_encap`.
+   * UDP source port when `udp_encap` (not 0: refused).
    */
   uint16_t udp_src_port;
   /**
-   * UDP destination port when `udp_encap`.
+   * UDP destination port when `udp_encap` (not 0: refused); NAT-T uses 4500.
    */
   uint16_t udp_dst_port;
   /**
-   * Outer TTL / hop limit of tunnel-mode packets; 0 means the default, 64.
+   * Outer TTL / hop limit of tunnel-mode packets and NAT-keepalives, 1..=255
+   * (`ipsec_sa_config_init` sets the default, 64). 0 is refused (`IPSEC_ERR_CONFIG`
+   * naming `outer_ttl`), as by the Rust, TOML and Python forms: the first router
+   * would drop every packet.
    */
   uint8_t outer_ttl;
   /**
-   * TFC padding (tunnel mode): pad inner packets up to this many bytes; 0 for none.
+   * TFC padding (outbound tunnel mode): pad inner packets up to this many bytes; 0
+   * for none. A length whose padded packet cannot be an IP packet after ESP (over
+   * 65,535 bytes of IP length) is refused.
    */
   uint16_t tfc_pad_to;
   /**
@@ -1678,7 +1697,9 @@ ipsec_status ipsec_sa_encrypt_fragmenting(struct ipsec_sa *sa,
  * packet's spares follow those of the packets before it, so packet `i`'s extra
  * packets are the next `packets[i].fragments` filled spares. `*spares_used` is the
  * total. Returns how many packets succeeded (0 with every status
- * `IPSEC_ERR_INVALID_ARGUMENT` when `sa` or `spares_used` is NULL).
+ * `IPSEC_ERR_INVALID_ARGUMENT` when `sa` or `spares_used` is NULL). After a panic
+ * part-way, as `ipsec_sa_encrypt_burst`; `*spares_used` counts the spares of the
+ * packets before it.
  *
  * # Safety
  *
@@ -1898,7 +1919,8 @@ ipsec_status ipsec_sa_new(const struct ipsec_sa_config *config,
  * `udp_encap = [src, dst]`, `seq`, `outer_ttl`, `tfc_pad_to`, `padding`, `path_mtu`,
  * `soft_lifetime` / `hard_lifetime = { bytes, packets, seconds }`, `df` ("copy", "set",
  * "clear"), `nat_keepalive_interval` (seconds, 0 off), `nat_original_addresses =
- * [src, dst]`. `IPSEC_ERR_CONFIG` when the text or an SA
+ * [src, dst]`; the 64-bit values (`seq`, lifetimes) may be decimal or `0x` strings
+ * (`seq = "0x8765432100000006"`). `IPSEC_ERR_CONFIG` when the text or an SA
  * in it is invalid (the message names the SA and the key), `IPSEC_ERR_NOT_FOUND` when no
  * SA has that name.
  *
@@ -1976,8 +1998,12 @@ ipsec_status ipsec_sa_decrypt(struct ipsec_sa *sa,
  * success and its `status` is set to `IPSEC_OK` or the reason it failed (as
  * `ipsec_sa_encrypt`). Failed packets stay where they are, unchanged, never freed.
  * Returns how many succeeded; 0 also when `sa` is NULL (every status is then
- * `IPSEC_ERR_INVALID_ARGUMENT`) or `packets` is NULL with `count > 0` (no status can
- * be written; the last error says so). The last error describes the last failed packet.
+ * `IPSEC_ERR_INVALID_ARGUMENT`; `IPSEC_ERR_POISONED` for a poisoned SA) or `packets`
+ * is NULL with `count > 0` (no status can be written; the last error says so). The
+ * last error describes the last failed packet. Should a panic be caught part-way, the
+ * packets before it keep their results (and are counted in the value returned), the
+ * one being processed gets `IPSEC_ERR_PANIC`, the rest `IPSEC_ERR_POISONED`
+ * (unprocessed), and the SA is poisoned.
  *
  * # Safety
  *

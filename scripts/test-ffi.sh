@@ -6,7 +6,9 @@
 #   2. include/ipsec.h compiles as C99 (-pedantic) and as C++11, warnings as errors
 #   3. examples/c/gateway.c, ipsec-ffi/tests/c/error_paths.c and path_mtu.c built against the static
 #      and the shared library and run; then under valgrind (no errors, no leaks) and
-#      with ASan/UBSan
+#      with ASan/UBSan; error_paths.c once more with -DIPSEC_TEST_HOOKS against a
+#      separate (debug) library built with the tests-only `test-hooks` feature, whose
+#      deliberate panic tests handle poisoning (the release libraries never have it)
 #   4. install into a temporary prefix (scripts/install-c.sh) and build gateway.c with
 #      `pkg-config --cflags --libs ipsec`
 # (The header drift check and the version-macro check are Rust tests:
@@ -34,6 +36,15 @@ supp="$root/ipsec-ffi/tests/c/valgrind.supp"
 stage "release libraries"
 cargo build --release --locked -p ipsec-ffi
 ls -l "$lib/libipsec.a" "$lib/libipsec.so"
+if nm -g "$lib/libipsec.a" 2>/dev/null | grep -q ' T ipsec_test_panic_after$'; then
+  echo "the release library has the test hooks"
+  exit 1
+fi
+
+stage "test-hooks library (debug, tests only)"
+cargo build --locked -p ipsec-ffi --features test-hooks
+hooks_lib="$root/target/debug/libipsec.a"
+ls -l "$hooks_lib"
 
 stage "include/ipsec.h as C99 and C++11"
 cat >"$work/header.c" <<'C'
@@ -83,6 +94,15 @@ for entry in "${programs[@]}"; do
   done
 done
 
+"$CC" "${CFLAGS[@]}" -DIPSEC_TEST_HOOKS ipsec-ffi/tests/c/error_paths.c "$hooks_lib" \
+  "${STATIC_LIBS[@]}" -o "$work/error_paths-hooks"
+if ! "$work/error_paths-hooks" >"$work/error_paths-hooks.log" 2>&1; then
+  cat "$work/error_paths-hooks.log"
+  echo "FAILED: error_paths (test hooks)"
+  exit 1
+fi
+echo "ok: error_paths (test hooks): $(tail -n 1 "$work/error_paths-hooks.log")"
+
 stage "valgrind (no errors, no leaks)"
 if command -v valgrind >/dev/null 2>&1; then
   for entry in "${programs[@]}"; do
@@ -99,6 +119,14 @@ if command -v valgrind >/dev/null 2>&1; then
       echo "ok: $name ($kind) under valgrind"
     done
   done
+  if ! valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect,possible \
+        --error-exitcode=1 --suppressions="$supp" \
+        "$work/error_paths-hooks" >"$work/error_paths-hooks-valgrind.log" 2>&1; then
+    cat "$work/error_paths-hooks-valgrind.log"
+    echo "FAILED: error_paths (test hooks) under valgrind"
+    exit 1
+  fi
+  echo "ok: error_paths (test hooks) under valgrind"
 else
   echo "valgrind is not installed: skipped"
 fi

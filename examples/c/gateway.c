@@ -222,7 +222,9 @@ static ipsec_status branch_sa(uint32_t spi, uint32_t direction, const char *key_
     cfg.cipher = IPSEC_CIPHER_AES_128_GCM;
     cfg.key = key;
     cfg.key_len = (size_t)key_len;
-    cfg.replay_window = 1024;
+    if (direction == IPSEC_DIRECTION_INBOUND) {
+        cfg.replay_window = 1024; /* only the receiver keeps a window */
+    }
     cfg.tunnel_src = src;
     cfg.tunnel_dst = dst;
     st = ipsec_sa_new(&cfg, NOW_NS, out);

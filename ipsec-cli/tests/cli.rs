@@ -337,6 +337,81 @@ fn bad_sa_file_exits_2_naming_sa_and_key() {
 }
 
 #[test]
+fn sa_files_that_cannot_work_exit_2_naming_the_field() {
+    let dir = TempDir::new("refusedsa");
+    let input = dir.path("in.pcap");
+    write_pcap(&input, 101, &[ipv4_udp(1, b"x")]);
+    let out = dir.path("out.pcap");
+    let branch_out = "tunnel_dst = \"192.0.2.1\"\n";
+    for (extra, field) in [
+        ("outer_ttl = 0", "outer_ttl: 0"),
+        ("udp_encap = [0, 0]", "udp_encap: the source port is 0"),
+        (
+            "soft_lifetime = { packets = 10 }\nhard_lifetime = { packets = 10 }",
+            "soft_lifetime.packets: 10 is not below",
+        ),
+        (
+            "replay_window = 64",
+            "replay_window: 64 given for an outbound SA",
+        ),
+        ("tfc_pad_to = 65535", "tfc_pad_to: 65535"),
+        ("seq = \"0x1_0000_0000_0000_0000\"", "seq: "),
+    ] {
+        let sa = dir.path("sa.toml");
+        std::fs::write(
+            &sa,
+            SA_TOML.replace(branch_out, &format!("{branch_out}{extra}\n")),
+        )
+        .unwrap();
+        let o = ipsec(&["pcap", "encrypt", "--sa", s(&sa), s(&input), s(&out)]);
+        assert_eq!(o.status.code(), Some(2), "{extra}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("sa \"branch-out\": {field}")),
+            "{extra}: {err}"
+        );
+    }
+    // A missing key is "missing".
+    let sa = dir.path("sa.toml");
+    let no_key = SA_TOML.replacen(
+        "key = \"00112233445566778899aabbccddeeff01020304\"\n",
+        "",
+        1,
+    );
+    std::fs::write(&sa, no_key).unwrap();
+    let o = ipsec(&["pcap", "encrypt", "--sa", s(&sa), s(&input), s(&out)]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("sa \"branch-out\": key: missing"), "{err}");
+}
+
+#[test]
+fn sa_file_seq_above_2_63_as_a_hex_string() {
+    // TOML integers stop at 2^63-1; an ESN sequence number may use all 64 bits.
+    let dir = TempDir::new("esnseq");
+    let input = dir.path("in.pcap");
+    write_pcap(&input, 101, &[ipv4_udp(1, b"esn")]);
+    let out = dir.path("out.pcap");
+    let sa = dir.path("sa.toml");
+    let branch_out = "tunnel_dst = \"192.0.2.1\"\n";
+    let text = SA_TOML.replace(
+        branch_out,
+        &format!("{branch_out}esn = true\nseq = \"0x8765_4321_0000_0005\"\n"),
+    );
+    std::fs::write(&sa, text).unwrap();
+    let o = ipsec(&["pcap", "encrypt", "--sa", s(&sa), s(&input), s(&out)]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (_, packets) = read_pcap(&out);
+    // Outer IPv4 (20 bytes), then SPI and the low 32 bits of the next number.
+    assert_eq!(&packets[0][20..28], &[0, 0, 0x10, 0, 0, 0, 0, 6]);
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let dir = TempDir::new("usage");
     let sa = dir.path("sa.toml");

@@ -454,7 +454,10 @@ impl std::error::Error for Error {}
 /// A rejected configuration: which field, and what was wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The contexts (outermost first) and the key, joined by `": "`.
     field: String,
+    /// Where the key starts in `field`.
+    key_start: usize,
     message: String,
 }
 
@@ -463,14 +466,28 @@ impl ConfigError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             field: field.into(),
+            key_start: 0,
             message: message.into(),
         }
     }
 
     /// The field (keyword or TOML key) that was wrong; may include a context prefix
-    /// such as `sa "branch1-out": key`.
+    /// such as `sa "branch1-out": key` (see [`Self::key`] and [`Self::context`] for the
+    /// two parts).
     pub fn field(&self) -> &str {
         &self.field
+    }
+
+    /// The keyword argument or TOML key that was wrong, without its context: `key`,
+    /// or `hard_lifetime.bytes` for a nested key.
+    pub fn key(&self) -> &str {
+        &self.field[self.key_start..]
+    }
+
+    /// Where the key is (`sa "branch1-out"`, or several joined by `": "`), or `None`
+    /// when the error is about a keyword argument or key of its own.
+    pub fn context(&self) -> Option<&str> {
+        self.key_start.checked_sub(2).map(|end| &self.field[..end])
     }
 
     /// What was wrong with it.
@@ -481,6 +498,7 @@ impl ConfigError {
     /// The same error with `context` prepended to the field (e.g. the SA's name).
     pub fn in_context(mut self, context: &str) -> Self {
         self.field = format!("{context}: {}", self.field);
+        self.key_start += context.len() + 2;
         self
     }
 }

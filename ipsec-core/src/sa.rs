@@ -351,7 +351,8 @@ pub struct SaConfig {
     pub(crate) integrity: Option<Integrity>,
     pub(crate) integrity_key: Zeroizing<Vec<u8>>,
     pub(crate) esn: bool,
-    pub(crate) replay_window: u32,
+    /// `None`: not set (the default window for an inbound SA; an outbound SA has none).
+    pub(crate) replay_window: Option<u32>,
     pub(crate) tunnel: Option<(IpAddr, IpAddr)>,
     pub(crate) udp_encap: Option<(u16, u16)>,
     pub(crate) seq: u64,
@@ -413,7 +414,7 @@ impl SaConfig {
             integrity: None,
             integrity_key: Zeroizing::new(Vec::new()),
             esn: false,
-            replay_window: Self::DEFAULT_REPLAY_WINDOW,
+            replay_window: None,
             tunnel: None,
             udp_encap: None,
             seq: 0,
@@ -443,9 +444,12 @@ impl SaConfig {
         self
     }
 
-    /// Sets the inbound replay window size: 0 (off) or 32..=2^24 packets.
+    /// Sets the inbound replay window size: 0 (off) or 32..=2^24 packets (default
+    /// [`Self::DEFAULT_REPLAY_WINDOW`]). Only inbound SAs have a window: setting one on
+    /// an outbound SA is refused when the SA is created (the receiver keeps the window;
+    /// a window on the sender usually means the two directions were mixed up).
     pub fn replay_window(&mut self, size: u32) -> &mut Self {
-        self.replay_window = size;
+        self.replay_window = Some(size);
         self
     }
 
@@ -456,7 +460,8 @@ impl SaConfig {
         self
     }
 
-    /// Encapsulates ESP in UDP with these ports (RFC 3948 NAT traversal).
+    /// Encapsulates ESP in UDP with these ports (RFC 3948 NAT traversal). Port 0 is
+    /// refused when the SA is created (no packet can be addressed to it, RFC 768).
     pub fn udp_encap(&mut self, src_port: u16, dst_port: u16) -> &mut Self {
         self.udp_encap = Some((src_port, dst_port));
         self
@@ -469,20 +474,30 @@ impl SaConfig {
         self
     }
 
-    /// Sets the soft lifetime: reaching it raises [`SaEvent::Rekey`].
+    /// Sets the soft lifetime: reaching it raises [`SaEvent::Rekey`]. Each limit must be
+    /// above 0 and below the hard limit of its kind, if there is one (checked when the
+    /// SA is created): a rekey that comes with, or after, the expiry is no warning (and
+    /// a soft byte limit equal to the hard one is never reached, since no packet may
+    /// cross the hard one).
     pub fn soft_lifetime(&mut self, lifetime: Lifetime) -> &mut Self {
         self.soft = lifetime;
         self
     }
 
     /// Sets the hard lifetime: reaching it raises [`SaEvent::Expired`] and the SA
-    /// refuses packets with [`Error::LifetimeExpired`].
+    /// refuses packets with [`Error::LifetimeExpired`]. A limit of 0 is refused when the
+    /// SA is created (the SA would expire before its first packet): leave the kind out
+    /// for no limit.
     pub fn hard_lifetime(&mut self, lifetime: Lifetime) -> &mut Self {
         self.hard = lifetime;
         self
     }
 
-    /// Sets TFC padding for outbound tunnel-mode packets (RFC 4303 §2.7).
+    /// Sets TFC padding for outbound tunnel-mode packets (RFC 4303 §2.7). A length whose
+    /// padded packet cannot be an IP packet after ESP (more than 65,535 bytes in the
+    /// outer IPv4 total length or IPv6 payload length, for this SA's cipher, integrity,
+    /// padding, outer header and UDP encapsulation: at most 65,470 for AES-GCM over IPv4)
+    /// is refused when the SA is created, since every packet would be dropped.
     pub fn tfc_padding(&mut self, tfc: TfcPadding) -> &mut Self {
         self.tfc = tfc;
         self
@@ -495,7 +510,10 @@ impl SaConfig {
         self
     }
 
-    /// Sets the outer TTL / hop limit of tunnel-mode packets (default 64).
+    /// Sets the outer TTL / hop limit of tunnel-mode packets and NAT-keepalives
+    /// (default [`Self::DEFAULT_OUTER_TTL`]). 0 is refused when the SA is created: the
+    /// first router would drop every packet (RFC 1812 §5.3.1, RFC 8200 §3). The SA
+    /// file, Python and C forms refuse it alike.
     pub fn outer_ttl(&mut self, ttl: u8) -> &mut Self {
         self.outer_ttl = ttl;
         self
@@ -547,7 +565,10 @@ impl SaConfig {
         self
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks everything that can be checked without keying the SA: every field on its
+    /// own and the fields together (key and ICV lengths are checked by
+    /// [`SecurityAssociation::new`]). SA files run it when they are parsed.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.spi < 256 {
             return Err(ConfigError::new(
                 "spi",
@@ -557,6 +578,7 @@ impl SaConfig {
                 ),
             ));
         }
+        self.validate_keys()?;
         if !self.esn && self.seq > u64::from(u32::MAX) {
             return Err(ConfigError::new(
                 "seq",
@@ -596,10 +618,43 @@ impl SaConfig {
         }
         if self.tfc != TfcPadding::None && self.mode == Mode::Transport {
             return Err(ConfigError::new(
-                "tfc_padding",
+                "tfc_pad_to",
                 "TFC padding needs tunnel mode (the inner IP header gives the real length)",
             ));
         }
+        self.validate_tfc()?;
+        if self.direction == Direction::Outbound
+            && let Some(size) = self.replay_window
+        {
+            return Err(ConfigError::new(
+                "replay_window",
+                format!(
+                    "{size} given for an outbound SA: only the receiver keeps a replay \
+                     window (set it on the inbound SA)"
+                ),
+            ));
+        }
+        if self.outer_ttl == 0 {
+            return Err(ConfigError::new(
+                "outer_ttl",
+                "0: the first router would drop every packet (RFC 1812 §5.3.1, RFC 8200 §3); \
+                 give 1..=255 (default 64)",
+            ));
+        }
+        if let Some((src, dst)) = self.udp_encap {
+            for (port, which) in [(src, "source"), (dst, "destination")] {
+                if port == 0 {
+                    return Err(ConfigError::new(
+                        "udp_encap",
+                        format!(
+                            "the {which} port is 0, which no UDP packet can be addressed \
+                             to (RFC 768); NAT-T uses 4500 (RFC 3948)"
+                        ),
+                    ));
+                }
+            }
+        }
+        validate_lifetimes(&self.soft, &self.hard)?;
         if let Some((src, dst)) = self.nat_original_addresses {
             if self.direction != Direction::Inbound || self.mode != Mode::Transport {
                 return Err(ConfigError::new(
@@ -616,6 +671,128 @@ impl SaConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl SaConfig {
+    /// A missing key is "missing", not "got 0 bytes" (checked before the lengths, which
+    /// [`Transform::new`] checks).
+    fn validate_keys(&self) -> Result<(), ConfigError> {
+        let cipher = self.cipher;
+        if self.key.is_empty() && cipher.key_len() > 0 {
+            return Err(ConfigError::new(
+                "key",
+                format!(
+                    "missing: {} needs a {}-byte key{}",
+                    cipher.name(),
+                    cipher.key_len(),
+                    if cipher.is_combined() {
+                        " (the cipher key followed by the 4-byte salt)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        if let Some(i) = self.integrity
+            && !cipher.is_combined()
+            && self.integrity_key.is_empty()
+        {
+            return Err(ConfigError::new(
+                "integrity_key",
+                format!("missing: {} needs a {}-byte key", i.name(), i.key_len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// TFC padding (outbound tunnel mode) must leave a packet padded to it room to be an
+    /// IP packet after ESP; otherwise every packet would be dropped as too big.
+    fn validate_tfc(&self) -> Result<(), ConfigError> {
+        let (TfcPadding::PadTo(n), Direction::Outbound, Some((src, _))) =
+            (self.tfc, self.direction, self.tunnel)
+        else {
+            return Ok(());
+        };
+        let max = self.max_tfc_pad_to(src.is_ipv6());
+        if usize::from(n) > max {
+            return Err(ConfigError::new(
+                "tfc_pad_to",
+                format!(
+                    "{n}: a packet padded to {n} bytes does not fit an IP packet after ESP; \
+                     at most {max} with this SA's cipher, integrity, padding, outer header \
+                     and UDP encapsulation"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest TFC padding length whose ESP packet still fits the outer header's
+    /// length field (65,535: the IPv4 total length, or the IPv6 payload length, which
+    /// leaves out the 40-byte header).
+    fn max_tfc_pad_to(&self, outer_v6: bool) -> usize {
+        use crate::packet::{IPV4_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN};
+        let (outer, uncounted) = if outer_v6 {
+            (IPV6_HEADER_LEN, IPV6_HEADER_LEN)
+        } else {
+            (IPV4_HEADER_LEN, 0)
+        };
+        let udp = if self.udp_encap.is_some() {
+            UDP_HEADER_LEN
+        } else {
+            0
+        };
+        let icv = match self.integrity {
+            _ if self.cipher.is_combined() => 16,
+            Some(i) => i.icv_len(),
+            None => 0,
+        };
+        let fixed = outer + udp + 8 + self.cipher.iv_len() + icv;
+        let align = self.padding.align(self.cipher);
+        // The payload, its padding, pad length and next header fill whole `align` units.
+        let room = (usize::from(u16::MAX) + uncounted - fixed) & !(align - 1);
+        room - 2
+    }
+}
+
+/// Each lifetime limit must be above 0, and a soft limit below the hard one of its kind.
+fn validate_lifetimes(soft: &Lifetime, hard: &Lifetime) -> Result<(), ConfigError> {
+    for (which, l, what) in [
+        ("soft_lifetime", soft, "ask for a rekey"),
+        ("hard_lifetime", hard, "expire the SA"),
+    ] {
+        let zero = [
+            ("bytes", l.bytes == Some(0)),
+            ("packets", l.packets == Some(0)),
+            ("seconds", l.time == Some(Duration::ZERO)),
+        ];
+        if let Some((kind, _)) = zero.into_iter().find(|&(_, z)| z) {
+            return Err(ConfigError::new(
+                format!("{which}.{kind}"),
+                format!("0 would {what} before the first packet; leave {kind} out for no limit"),
+            ));
+        }
+    }
+    soft_below_hard("bytes", soft.bytes, hard.bytes)?;
+    soft_below_hard("packets", soft.packets, hard.packets)?;
+    soft_below_hard("seconds", soft.time, hard.time)
+}
+
+fn soft_below_hard<T: PartialOrd + fmt::Debug>(
+    kind: &str,
+    soft: Option<T>,
+    hard: Option<T>,
+) -> Result<(), ConfigError> {
+    match (soft, hard) {
+        (Some(s), Some(h)) if s >= h => Err(ConfigError::new(
+            format!("soft_lifetime.{kind}"),
+            format!(
+                "{s:?} is not below hard_lifetime.{kind} ({h:?}): the rekey event must come \
+                 while the SA still works"
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -751,9 +928,11 @@ impl fmt::Debug for SecurityAssociation {
 }
 
 impl SecurityAssociation {
-    /// Checks `config` (SPI range, key lengths, algorithm combination, addresses,
-    /// window size) and creates the SA at time `now` (the caller's clock; lifetimes
-    /// count from here).
+    /// Checks `config` (SPI range, keys present and of the right lengths, algorithm
+    /// combination, addresses, window size and direction, ports, outer TTL, TFC padding
+    /// length, lifetimes: a configuration that cannot work is refused, the error naming
+    /// the field) and creates the SA at time `now` (the caller's clock; lifetimes count
+    /// from here).
     pub fn new(mut config: SaConfig, now: Duration) -> Result<Self, ConfigError> {
         config.validate()?;
         // RFC 6864: the outer IPv4 Identifications count up from a random start.
@@ -770,9 +949,13 @@ impl SecurityAssociation {
             config.iv_source.take(),
         )?;
         let replay = match config.direction {
-            Direction::Inbound => {
-                ReplayWindow::with_highest(config.replay_window, config.esn, config.seq)?
-            }
+            Direction::Inbound => ReplayWindow::with_highest(
+                config
+                    .replay_window
+                    .unwrap_or(SaConfig::DEFAULT_REPLAY_WINDOW),
+                config.esn,
+                config.seq,
+            )?,
             Direction::Outbound => ReplayWindow::new(0, config.esn)?,
         };
         Ok(SecurityAssociation {

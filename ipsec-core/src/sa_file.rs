@@ -19,7 +19,13 @@
 //! # path_mtu (outbound: the largest outer packet the path carries, see `path_mtu`)
 //! ```
 //!
-//! Unknown keys are errors; every error names the SA and the key.
+//! Unknown keys are errors; every error names the SA and the key (nested keys with a
+//! dot: `sa "branch1-out": hard_lifetime.bytes`).
+//!
+//! The 64-bit fields (`seq`, the lifetime limits, `nat_keepalive_interval`) take a TOML
+//! integer or a string holding a decimal or `0x` hexadecimal number: TOML integers stop
+//! at 2^63-1, and an ESN sequence number may use all 64 bits
+//! (`seq = "0x8765432100000006"`).
 
 use crate::crypto::{Cipher, Integrity};
 use crate::error::ConfigError;
@@ -72,7 +78,7 @@ struct RawSa {
     tunnel_dst: Option<String>,
     udp_encap: Option<(u16, u16)>,
     #[serde(default)]
-    seq: u64,
+    seq: U64,
     outer_ttl: Option<u8>,
     path_mtu: Option<u16>,
     tfc_pad_to: Option<u16>,
@@ -80,26 +86,89 @@ struct RawSa {
     soft_lifetime: Option<RawLifetime>,
     hard_lifetime: Option<RawLifetime>,
     df: Option<String>,
-    nat_keepalive_interval: Option<u64>,
+    nat_keepalive_interval: Option<U64>,
     nat_original_addresses: Option<(String, String)>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLifetime {
-    bytes: Option<u64>,
-    packets: Option<u64>,
-    seconds: Option<u64>,
+    bytes: Option<U64>,
+    packets: Option<U64>,
+    seconds: Option<U64>,
 }
 
 impl From<RawLifetime> for Lifetime {
     fn from(r: RawLifetime) -> Lifetime {
         Lifetime {
-            bytes: r.bytes,
-            packets: r.packets,
-            time: r.seconds.map(Duration::from_secs),
+            bytes: r.bytes.map(|v| v.0),
+            packets: r.packets.map(|v| v.0),
+            time: r.seconds.map(|v| Duration::from_secs(v.0)),
         }
     }
+}
+
+/// A 64-bit unsigned field: a TOML integer (which stops at 2^63-1) or a string holding
+/// a decimal or `0x` hexadecimal number up to 2^64-1 (`_` allowed between digits).
+#[derive(Clone, Copy, Debug, Default)]
+struct U64(u64);
+
+impl<'de> Deserialize<'de> for U64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<U64, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = U64;
+
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(
+                    "a non-negative integer, or a string holding a decimal or 0x-hexadecimal \
+                     one up to 2^64-1",
+                )
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<U64, E> {
+                Ok(U64(v))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<U64, E> {
+                u64::try_from(v)
+                    .map(U64)
+                    .map_err(|_| E::custom(format!("{v} is negative")))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<U64, E> {
+                parse_u64(v).map(U64).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Parses `text` as a decimal or `0x`-prefixed hexadecimal `u64`; `_` may separate
+/// digits, as in TOML integers.
+fn parse_u64(text: &str) -> Result<u64, String> {
+    let (digits, radix) = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None => (text, 10),
+    };
+    let bad = || {
+        format!(
+            "{text:?} is not a decimal or 0x-hexadecimal number (a string holds numbers above \
+             2^63-1, which TOML integers cannot)"
+        )
+    };
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || digits.ends_with('_')
+        || digits.contains("__")
+    {
+        return Err(bad());
+    }
+    let clean: String = digits.chars().filter(|&c| c != '_').collect();
+    if !clean.chars().all(|c| c.is_digit(radix)) {
+        return Err(bad());
+    }
+    u64::from_str_radix(&clean, radix).map_err(|_| format!("{text:?} does not fit 64 bits"))
 }
 
 /// Decodes a hex string (spaces, colons and a `0x` prefix allowed) into bytes.
@@ -159,7 +228,7 @@ impl RawSa {
                 "given without an integrity algorithm",
             ));
         }
-        cfg.esn(self.esn).seq(self.seq);
+        cfg.esn(self.esn).seq(self.seq.0);
         if let Some(w) = self.replay_window {
             cfg.replay_window(w);
         }
@@ -194,7 +263,7 @@ impl RawSa {
             cfg.df(DfPolicy::from_name(df)?);
         }
         if let Some(seconds) = self.nat_keepalive_interval {
-            cfg.nat_keepalive_interval(Some(Duration::from_secs(seconds)));
+            cfg.nat_keepalive_interval(Some(Duration::from_secs(seconds.0)));
         }
         if let Some((src, dst)) = &self.nat_original_addresses {
             cfg.nat_original_addresses(
@@ -202,14 +271,56 @@ impl RawSa {
                 parse_addr("nat_original_addresses", dst)?,
             );
         }
+        cfg.validate()?;
         Ok(cfg)
     }
 }
 
+/// A table that does not deserialize as an `[[sa]]` table, as an error naming the key:
+/// the dotted path toml reports for a bad value (`hard_lifetime.bytes`), and the key
+/// itself for an unknown or missing one (`hard_lifetime.minutes`). `label` (the SA) when
+/// there is no key.
+fn table_error(e: &toml::de::Error, label: &str) -> ConfigError {
+    let message = e.message();
+    // toml keeps the path of a bad value private, but writes it as the last line of
+    // its Display ("in `hard_lifetime.bytes`") when the error has no source text.
+    let text = e.to_string();
+    let path = text
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("in `"))
+        .and_then(|l| l.strip_suffix('`'));
+    let quoted = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(key, _)| key)
+    };
+    let (key, what) = if let Some(key) = quoted("unknown field `") {
+        let what = match message.split_once(", expected ") {
+            Some((_, expected)) => format!("unknown key; expected {expected}"),
+            None => "unknown key".to_owned(),
+        };
+        (Some(key), what)
+    } else if let Some(key) = quoted("missing field `") {
+        (Some(key), "missing".to_owned())
+    } else {
+        (None, message.to_owned())
+    };
+    let field = match (path, key) {
+        (Some(p), Some(k)) => format!("{p}.{k}"),
+        (Some(p), None) => p.to_owned(),
+        (None, Some(k)) => k.to_owned(),
+        (None, None) => return ConfigError::new(label, what),
+    };
+    ConfigError::new(field, what).in_context(label)
+}
+
 /// Parses every `[[sa]]` table of `text` (a policy file's `[[policy]]` tables are
 /// allowed and ignored here). Names must be unique. The configurations are
-/// checked as far as possible without creating the SAs (creation checks key lengths
-/// and the algorithm combination).
+/// checked as far as possible without creating the SAs (everything
+/// [`SecurityAssociation::new`](crate::SecurityAssociation::new) checks but the key
+/// lengths and the algorithm combination).
 pub fn parse_sa_file(text: &str) -> Result<Vec<NamedSa>, ConfigError> {
     let file: SaFile = toml::from_str(text).map_err(|e| {
         ConfigError::new(
@@ -242,8 +353,7 @@ pub fn parse_sa_tables(tables: Vec<toml::Table>) -> (Vec<NamedSa>, Vec<ConfigErr
         let raw: RawSa = match table.try_into() {
             Ok(r) => r,
             Err(e) => {
-                let e: toml::de::Error = e;
-                errors.push(ConfigError::new(label, e.message().to_string()));
+                errors.push(table_error(&e, &label));
                 continue;
             }
         };
@@ -312,8 +422,8 @@ mod tests {
 
         let unknown = GOOD.replace("esn = true", "esn = true\nkye = 1");
         let err = parse_sa_file(&unknown).unwrap_err();
-        assert!(err.field().contains("b1-in"), "{err}");
-        assert!(err.message().contains("kye"), "{err}");
+        assert_eq!(err.field(), "sa \"b1-in\": kye", "{err}");
+        assert!(err.message().starts_with("unknown key"), "{err}");
 
         let bad_hex = GOOD.replace("0x0001", "0xzz01");
         let err = parse_sa_file(&bad_hex).unwrap_err();

@@ -503,7 +503,7 @@ fn a_hard_byte_lifetime_is_never_overshot() {
 
     // Inbound: the same limit on decrypted bytes. A sender without the limit sends
     // three; the third is refused after its ICV verified.
-    let mut sender = byte_limited(Direction::Outbound, u64::MAX, u64::MAX);
+    let mut sender = byte_limited(Direction::Outbound, u64::MAX, u64::MAX - 1);
     for i in 0..3 {
         let esp = common::encrypt(&mut sender, &pkt).unwrap();
         let r = common::decrypt(&mut inb, &esp);

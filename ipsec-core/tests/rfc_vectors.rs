@@ -136,21 +136,7 @@ fn draft_mcgrew_gcm_test_01_packets_decrypt() {
             format!("{seq:016x}"),
             "case {case}: IV = seq, test encrypt"
         );
-        let packet = hex(&field(v, "packet"));
-        // The ESP plaintext: GCM prints it; for GMAC it is the AAD after SPI||seq||IV.
-        let esp_plain = if v["gmac"].as_bool().expect("gmac") {
-            hex(&field(v, "aad"))[16..].to_vec()
-        } else {
-            hex(&field(v, "plaintext"))
-        };
-        let (payload, nh) = split_trailer(&esp_plain);
-        let outer = wrap_esp(&packet);
-        let mut expect = outer[..20].to_vec();
-        expect[9] = nh;
-        expect.extend_from_slice(payload);
-        let total = expect.len() as u16;
-        expect[2..4].copy_from_slice(&total.to_be_bytes());
-        common::fix_ipv4_checksum(&mut expect);
+        let (outer, expect) = draft_packet(v);
 
         let mut sa = inbound(spi, Mode::Transport, cipher, &key, esn, seq);
         ran += 1;
@@ -187,6 +173,69 @@ fn draft_mcgrew_gcm_test_01_packets_decrypt() {
     }
     assert_eq!(ran, 15, "cases run (17 minus 4 and 7)");
     assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
+}
+
+/// A draft-mcgrew-gcm-test-01 packet wrapped in an IPv4 header (protocol 50), and the
+/// packet a transport-mode SA restores from it.
+fn draft_packet(v: &Value) -> (Vec<u8>, Vec<u8>) {
+    let packet = hex(&field(v, "packet"));
+    // The ESP plaintext: GCM prints it; for GMAC it is the AAD after SPI||seq||IV.
+    let esp_plain = if v["gmac"].as_bool().expect("gmac") {
+        hex(&field(v, "aad"))[16..].to_vec()
+    } else {
+        hex(&field(v, "plaintext"))
+    };
+    let (payload, nh) = split_trailer(&esp_plain);
+    let outer = wrap_esp(&packet);
+    let mut expect = outer[..20].to_vec();
+    expect[9] = nh;
+    expect.extend_from_slice(payload);
+    let total = expect.len() as u16;
+    expect[2..4].copy_from_slice(&total.to_be_bytes());
+    common::fix_ipv4_checksum(&mut expect);
+    (outer, expect)
+}
+
+// The ESN packets of draft-mcgrew-gcm-test-01 (sequence numbers with the high 32 bits
+// set, three of them above 2^63-1, which no TOML integer holds) restored from an SA
+// file: `seq` written as a hexadecimal string, the window top just below the packet's.
+#[test]
+fn draft_mcgrew_gcm_test_01_esn_packets_load_from_an_sa_file() {
+    let d = doc();
+    let mut ran = 0;
+    let mut above_i64 = 0;
+    for v in d["gcm_test_01"].as_array().expect("gcm_test_01") {
+        let seq = u64::from_str_radix(&field(v, "seq"), 16).expect("seq");
+        if !v["esn"].as_bool().expect("esn") || seq >> 32 == 0 {
+            continue;
+        }
+        let case = v["case"].as_u64().expect("case");
+        let text = format!(
+            "[[sa]]\nname = \"case-{case}\"\nspi = 0x{}\ndirection = \"inbound\"\n\
+             mode = \"transport\"\ncipher = \"{}\"\nkey = \"{}\"\nesn = true\n\
+             seq = \"0x{:016x}\"\n",
+            field(v, "spi"),
+            field(v, "cipher"),
+            field(v, "key_with_salt"),
+            seq - 1
+        );
+        let named = ipsec_core::sa_file::parse_sa_file(&text)
+            .unwrap_or_else(|e| panic!("case {case}: {e}"))
+            .remove(0);
+        let mut sa = SecurityAssociation::new(named.config, T0).expect("SA");
+        assert_eq!(sa.seq(), seq - 1, "case {case}");
+        let (outer, expect) = draft_packet(v);
+        let out = common::decrypt(&mut sa, &outer).unwrap_or_else(|e| panic!("case {case}: {e}"));
+        assert_eq!(to_hex(&out), to_hex(&expect), "case {case}");
+        assert_eq!(sa.seq(), seq, "case {case}");
+        ran += 1;
+        above_i64 += usize::from(seq > i64::MAX as u64);
+    }
+    assert_eq!(
+        (ran, above_i64),
+        (9, 3),
+        "cases 1, 5, 6, 9, 10, 11, 14, 16, 17"
+    );
 }
 
 // RFC 4868 Section 2.7 (2.7.1 PRF vectors, 2.7.2.1-3 authenticator vectors). Checks that

@@ -10,6 +10,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use ipsec_core::{ConfigError, Error};
 
+use crate::handle::array_mut;
+use crate::sa::ipsec_packet;
 use crate::status::ipsec_status;
 
 /// The cause of the last failure on this thread.
@@ -96,6 +98,15 @@ pub(crate) fn packet_error(e: Error) -> ipsec_status {
     ipsec_status::of_error(&e)
 }
 
+/// Records a call on a poisoned handle: `IPSEC_ERR_POISONED`.
+pub(crate) fn poisoned() -> ipsec_status {
+    fail(
+        ipsec_status::IPSEC_ERR_POISONED,
+        "this handle is unusable: a panic was caught during an earlier call on it \
+         (IPSEC_ERR_PANIC); free it and make a new one",
+    )
+}
+
 /// Records a rejected configuration: `IPSEC_ERR_CONFIG`.
 pub(crate) fn config_error(e: &ConfigError) -> ipsec_status {
     fail(ipsec_status::IPSEC_ERR_CONFIG, e.to_string())
@@ -123,26 +134,88 @@ impl PanicValue for () {
     const ON_PANIC: Self = ();
 }
 
+/// Runs `body`; a panic becomes `Err(())` and the last error says what panicked. A
+/// handle borrowed when the panic happened is poisoned (see `handle::Slot`).
+#[inline(always)]
+fn catch<T>(body: impl FnOnce() -> T) -> Result<T, ()> {
+    catch_unwind(AssertUnwindSafe(body)).map_err(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic payload".to_string());
+        // Formatting the message could panic again (out of memory): keep it outside
+        // the caught region's guarantees by catching once more.
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            set(LastError::Text(format!(
+                "internal error, panic caught at the C boundary: {what}; the handle \
+                 involved is poisoned (IPSEC_ERR_POISONED from now on): free it"
+            )));
+        }));
+    })
+}
+
 /// Runs an entry point's body; a panic becomes `T::ON_PANIC` and the last error says
 /// what panicked. No panic unwinds into C.
 #[inline(always)]
 pub(crate) fn boundary<T: PanicValue>(body: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(v) => v,
-        Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic payload".to_string());
-            // Formatting the message could panic again (out of memory): keep it outside
-            // the caught region's guarantees by catching once more.
-            let _ = catch_unwind(AssertUnwindSafe(|| {
-                set(LastError::Text(format!(
-                    "internal error, panic caught at the C boundary: {what}"
-                )));
-            }));
-            T::ON_PANIC
+    catch(body).unwrap_or(T::ON_PANIC)
+}
+
+/// How far a burst got: kept outside its panic boundary, so that a burst that panics
+/// part-way still reports what it did.
+#[derive(Debug, Default)]
+pub(crate) struct BurstProgress {
+    /// The descriptors were checked and statuses may be written.
+    pub(crate) started: bool,
+    /// Packets finished (their status written).
+    pub(crate) done: usize,
+    /// Packets that succeeded.
+    pub(crate) ok: usize,
+    /// Spare descriptors filled by the finished packets (fragmenting bursts).
+    pub(crate) spares_used: usize,
+}
+
+/// [`boundary`] for a burst over `count` descriptors at `packets`, whose body keeps
+/// `progress` up to date and returns how many packets succeeded. After a panic, the
+/// packet being processed gets `IPSEC_ERR_PANIC` and the ones after it (never started:
+/// the handle is poisoned) `IPSEC_ERR_POISONED`, with no fragments; `after_panic` may
+/// write the call's other results; the packets that succeeded before are counted in
+/// the value returned.
+///
+/// # Safety
+///
+/// `packets` points to `count` writable descriptors whenever `progress.started` is set.
+#[inline(always)]
+pub(crate) unsafe fn burst_boundary(
+    packets: *mut ipsec_packet,
+    count: usize,
+    body: impl FnOnce(&mut BurstProgress) -> usize,
+    after_panic: impl FnOnce(&BurstProgress),
+) -> usize {
+    let mut progress = BurstProgress::default();
+    match catch(|| body(&mut progress)) {
+        Ok(ok) => ok,
+        Err(()) => {
+            let _ = catch(|| {
+                if !progress.started {
+                    return;
+                }
+                // SAFETY: `started` says the body checked the array (caller's
+                // contract); the body's borrow of it ended with the unwind.
+                if let Ok(packets) = unsafe { array_mut(packets, count, "packets") } {
+                    for (i, p) in packets.iter_mut().enumerate().skip(progress.done) {
+                        p.status = if i == progress.done {
+                            ipsec_status::IPSEC_ERR_PANIC
+                        } else {
+                            ipsec_status::IPSEC_ERR_POISONED
+                        } as u32;
+                        p.fragments = 0;
+                    }
+                }
+                after_panic(&progress);
+            });
+            progress.ok
         }
     }
 }

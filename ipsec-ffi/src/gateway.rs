@@ -216,7 +216,10 @@ unsafe fn process(
     let offset = out_ptr(offset, "offset")?;
     let length = out_ptr(length, "length")?;
     // SAFETY: caller's contract.
-    let h = unsafe { borrow_mut(gateway, "gateway") }?;
+    let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+    // Reborrowed, so that fields can be borrowed apart (the guard poisons the
+    // handle should a panic unwind through this call).
+    let h = &mut *guard;
     // SAFETY: caller's contract.
     let buf = unsafe { bytes_mut(buf, capacity, "buf") }?;
     // SAFETY: checked non-NULL and aligned; readable by contract.
@@ -475,7 +478,10 @@ pub unsafe extern "C" fn ipsec_gateway_handle_icmp(
         let sa_name = out_ptr(sa_name, "sa_name")?;
         let new_mtu = out_ptr(new_mtu, "new_mtu")?;
         // SAFETY: caller's contract.
-        let h = unsafe { borrow_mut(gateway, "gateway") }?;
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        // Reborrowed, so that fields can be borrowed apart (the guard poisons the
+        // handle should a panic unwind through this call).
+        let h = &mut *guard;
         // SAFETY: caller's contract.
         let pkt = unsafe { bytes(packet, len, "packet") }?;
         let learned = h
@@ -550,7 +556,10 @@ pub unsafe extern "C" fn ipsec_gateway_set_fragment_limits(
 ) -> ipsec_status {
     call(|| {
         // SAFETY: caller's contract.
-        let h = unsafe { borrow_mut(gateway, "gateway") }?;
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        // Reborrowed, so that fields can be borrowed apart (the guard poisons the
+        // handle should a panic unwind through this call).
+        let h = &mut *guard;
         let limits =
             FragmentLimits::new(max_datagrams, now(lifetime_ns)).map_err(|e| config_error(&e))?;
         h.gateway.set_fragment_limits(limits);
@@ -643,7 +652,10 @@ pub unsafe extern "C" fn ipsec_gateway_poll_event(
     call(|| {
         let out = out_ptr(out, "out")?;
         // SAFETY: caller's contract.
-        let h = unsafe { borrow_mut(gateway, "gateway") }?;
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        // Reborrowed, so that fields can be borrowed apart (the guard poisons the
+        // handle should a panic unwind through this call).
+        let h = &mut *guard;
         let names = &h.names;
         let value = match h.gateway.poll_event(now(now_ns)) {
             Some((name, event)) => ipsec_gateway_event {
@@ -680,7 +692,10 @@ pub unsafe extern "C" fn ipsec_gateway_set_reassembly_limits(
     call(|| {
         let out_dropped = out_ptr(out_dropped, "out_dropped")?;
         // SAFETY: caller's contract.
-        let h = unsafe { borrow_mut(gateway, "gateway") }?;
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        // Reborrowed, so that fields can be borrowed apart (the guard poisons the
+        // handle should a panic unwind through this call).
+        let h = &mut *guard;
         // SAFETY: caller's contract.
         let limits = unsafe { limits_from(limits) }?;
         let n = h.gateway.set_reassembly_limits(limits);
@@ -708,7 +723,10 @@ pub unsafe extern "C" fn ipsec_gateway_expire_fragments(
     call(|| {
         let out_dropped = out_ptr(out_dropped, "out_dropped")?;
         // SAFETY: caller's contract.
-        let h = unsafe { borrow_mut(gateway, "gateway") }?;
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        // Reborrowed, so that fields can be borrowed apart (the guard poisons the
+        // handle should a panic unwind through this call).
+        let h = &mut *guard;
         let n = h.gateway.expire_fragments(now(now_ns));
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out_dropped.write(n) };
@@ -740,7 +758,10 @@ pub unsafe extern "C" fn ipsec_gateway_poll_keepalive(
         let out_len = out_ptr(out_len, "out_len")?;
         let out_sa = out_ptr(out_sa, "out_sa")?;
         // SAFETY: caller's contract.
-        let h = unsafe { borrow_mut(gateway, "gateway") }?;
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        // Reborrowed, so that fields can be borrowed apart (the guard poisons the
+        // handle should a panic unwind through this call).
+        let h = &mut *guard;
         // SAFETY: caller's contract.
         let buf = unsafe { bytes_mut(buf, capacity, "buf") }?;
         let out = keepalive_buffer(buf)?;

@@ -6,8 +6,10 @@
 //! `ipsec_sa *` can only ever produce a `SecurityAssociation` (rustls-ffi's pattern).
 
 use core::ffi::{CStr, c_char};
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::boundary::{invalid, null_argument};
+use crate::boundary::{invalid, null_argument, poisoned};
 use crate::status::ipsec_status;
 
 /// An opaque C type and the Rust object behind it (owned through a `Box`).
@@ -16,12 +18,94 @@ pub(crate) trait Handle {
     type Inner;
 }
 
-/// Moves `value` to the heap and returns it as an opaque handle.
-pub(crate) fn into_handle<H: Handle>(value: H::Inner) -> *mut H {
-    Box::into_raw(Box::new(value)).cast()
+/// What a handle points to: its object, and whether a panic was caught while a call
+/// was using it (then the object may be half-changed, and every later call on the
+/// handle answers `IPSEC_ERR_POISONED`, as a poisoned `std::sync::Mutex` does).
+pub(crate) struct Slot<T> {
+    /// Atomic: the immutable handles (`ipsec_spd` ...) are shared between threads.
+    poisoned: AtomicBool,
+    value: T,
 }
 
-/// The object behind a `const` handle.
+impl<T> Slot<T> {
+    fn check(&self) -> Result<(), ipsec_status> {
+        if self.poisoned.load(Ordering::Acquire) {
+            Err(poisoned())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Marks the slot poisoned when called while a panic unwinds.
+    fn poison_if_panicking(&self) {
+        if std::thread::panicking() {
+            self.poisoned.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// The object behind a `const` handle, for the length of one call. A panic while it is
+/// held poisons the handle.
+pub(crate) struct Borrowed<'a, T> {
+    slot: &'a Slot<T>,
+}
+
+impl<T> Deref for Borrowed<'_, T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.slot.value
+    }
+}
+
+impl<T> Drop for Borrowed<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.slot.poison_if_panicking();
+    }
+}
+
+/// The object behind a mutable handle, for the length of one call. A panic while it is
+/// held poisons the handle.
+pub(crate) struct BorrowedMut<'a, T> {
+    slot: &'a mut Slot<T>,
+}
+
+impl<T> Deref for BorrowedMut<'_, T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.slot.value
+    }
+}
+
+impl<T> DerefMut for BorrowedMut<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.slot.value
+    }
+}
+
+impl<T> Drop for BorrowedMut<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.slot.poison_if_panicking();
+    }
+}
+
+/// Moves `value` to the heap and returns it as an opaque handle.
+pub(crate) fn into_handle<H: Handle>(value: H::Inner) -> *mut H {
+    Box::into_raw(Box::new(Slot {
+        poisoned: AtomicBool::new(false),
+        value,
+    }))
+    .cast()
+}
+
+/// The object behind a `const` handle: `IPSEC_ERR_INVALID_ARGUMENT` for NULL,
+/// `IPSEC_ERR_POISONED` after a panic in an earlier call on it.
 ///
 /// # Safety
 ///
@@ -31,12 +115,16 @@ pub(crate) fn into_handle<H: Handle>(value: H::Inner) -> *mut H {
 pub(crate) unsafe fn borrow<'a, H: Handle>(
     ptr: *const H,
     name: &'static str,
-) -> Result<&'a H::Inner, ipsec_status> {
-    // SAFETY: by the caller's contract a non-NULL `ptr` points to a live `H::Inner`.
-    unsafe { ptr.cast::<H::Inner>().as_ref() }.ok_or_else(|| null_argument(name))
+) -> Result<Borrowed<'a, H::Inner>, ipsec_status> {
+    // SAFETY: by the caller's contract a non-NULL `ptr` points to a live
+    // `Slot<H::Inner>` (made by `into_handle`).
+    let slot =
+        unsafe { ptr.cast::<Slot<H::Inner>>().as_ref() }.ok_or_else(|| null_argument(name))?;
+    slot.check()?;
+    Ok(Borrowed { slot })
 }
 
-/// The object behind a mutable handle.
+/// The object behind a mutable handle: as [`borrow`].
 ///
 /// # Safety
 ///
@@ -46,13 +134,16 @@ pub(crate) unsafe fn borrow<'a, H: Handle>(
 pub(crate) unsafe fn borrow_mut<'a, H: Handle>(
     ptr: *mut H,
     name: &'static str,
-) -> Result<&'a mut H::Inner, ipsec_status> {
-    // SAFETY: by the caller's contract a non-NULL `ptr` points to a live `H::Inner`
-    // that nothing else references.
-    unsafe { ptr.cast::<H::Inner>().as_mut() }.ok_or_else(|| null_argument(name))
+) -> Result<BorrowedMut<'a, H::Inner>, ipsec_status> {
+    // SAFETY: by the caller's contract a non-NULL `ptr` points to a live
+    // `Slot<H::Inner>` that nothing else references.
+    let slot =
+        unsafe { ptr.cast::<Slot<H::Inner>>().as_mut() }.ok_or_else(|| null_argument(name))?;
+    slot.check()?;
+    Ok(BorrowedMut { slot })
 }
 
-/// Drops the object behind a handle; NULL is ignored.
+/// Drops the object behind a handle (poisoned or not); NULL is ignored.
 ///
 /// # Safety
 ///
@@ -60,9 +151,9 @@ pub(crate) unsafe fn borrow_mut<'a, H: Handle>(
 /// not used afterwards.
 pub(crate) unsafe fn free_handle<H: Handle>(ptr: *mut H) {
     if !ptr.is_null() {
-        // SAFETY: `ptr` came from `Box::into_raw` of an `H::Inner` (caller's contract)
-        // and is given back exactly once.
-        drop(unsafe { Box::from_raw(ptr.cast::<H::Inner>()) });
+        // SAFETY: `ptr` came from `Box::into_raw` of a `Slot<H::Inner>` (caller's
+        // contract) and is given back exactly once.
+        drop(unsafe { Box::from_raw(ptr.cast::<Slot<H::Inner>>()) });
     }
 }
 

@@ -20,7 +20,10 @@
 //!   non-zero reserved fields give `IPSEC_ERR_INVALID_ARGUMENT`, never a crash.
 //!   Enum-typed inputs are taken as `uint32_t` and checked, never reinterpreted.
 //! * No Rust panic crosses the boundary: each entry point runs inside one
-//!   `catch_unwind` (`boundary`) and a panic becomes `IPSEC_ERR_PANIC`.
+//!   `catch_unwind` (`boundary`) and a panic becomes `IPSEC_ERR_PANIC`. The handle the
+//!   call was using is then poisoned (it may be half-changed): every later call on it
+//!   answers `IPSEC_ERR_POISONED` (calls that return a count answer 0), and only
+//!   `*_free` still works. A burst that panics part-way reports the packets it finished.
 //! * After a failed call, `ipsec_last_error` (thread-local, like `errno`) explains it.
 //!   Successful calls leave it alone.
 //! * Packet errors are numbered `300 + ` the `DropReason` index, so a status names the
@@ -64,6 +67,16 @@ pub use replay::*;
 pub use sa::*;
 pub use spd::*;
 pub use status::{ipsec_status, ipsec_status_str, ipsec_version};
+
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod test_hooks;
+/// Without the `test-hooks` feature the hooks compile to nothing.
+#[cfg(not(any(test, feature = "test-hooks")))]
+mod test_hooks {
+    /// No hook: nothing happens.
+    #[inline(always)]
+    pub(crate) fn packet_step() {}
+}
 
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,9 @@
 //! `ipsec_sa_too_big_reply` / `ipsec_gateway_too_big_reply` then build the ICMP error
 //! for its sender (the caller sends it, rate-limited).
 
-use crate::boundary::{bad_descriptor, boundary, call, config_error, invalid, packet_error};
+use crate::boundary::{
+    BurstProgress, bad_descriptor, burst_boundary, call, config_error, invalid, packet_error,
+};
 use crate::handle::{array_mut, borrow, borrow_mut, bytes, bytes_mut, c_str, out_ptr};
 use crate::sa::{ipsec_packet, ipsec_sa, now};
 use crate::status::ipsec_status;
@@ -73,7 +75,7 @@ pub(crate) unsafe fn with_spares<R>(
 pub unsafe extern "C" fn ipsec_sa_set_path_mtu(sa: *mut ipsec_sa, path_mtu: u32) -> ipsec_status {
     call(|| {
         // SAFETY: caller's contract.
-        let sa = unsafe { borrow_mut(sa, "sa") }?;
+        let mut sa = unsafe { borrow_mut(sa, "sa") }?;
         let mtu = match path_mtu {
             0 => None,
             m => Some(u16::try_from(m).map_err(|_| invalid("path_mtu exceeds 65,535"))?),
@@ -133,7 +135,7 @@ pub unsafe extern "C" fn ipsec_sa_handle_icmp(
     call(|| {
         let new_mtu = out_ptr(new_mtu, "new_mtu")?;
         // SAFETY: caller's contract.
-        let sa = unsafe { borrow_mut(sa, "sa") }?;
+        let mut sa = unsafe { borrow_mut(sa, "sa") }?;
         // SAFETY: caller's contract.
         let pkt = unsafe { bytes(packet, len, "packet") }?;
         let learned = sa.handle_icmp(pkt, now(now_ns)).map_err(packet_error)?;
@@ -202,7 +204,7 @@ pub unsafe extern "C" fn ipsec_sa_encrypt_fragmenting(
         let length = out_ptr(length, "length")?;
         let spares_used = out_ptr(spares_used, "spares_used")?;
         // SAFETY: caller's contract.
-        let sa = unsafe { borrow_mut(sa, "sa") }?;
+        let mut sa = unsafe { borrow_mut(sa, "sa") }?;
         // SAFETY: caller's contract.
         let buf = unsafe { bytes_mut(buf, capacity, "buf") }?;
         // SAFETY: checked non-NULL and aligned; readable by contract.
@@ -232,7 +234,9 @@ pub unsafe extern "C" fn ipsec_sa_encrypt_fragmenting(
 /// packet's spares follow those of the packets before it, so packet `i`'s extra
 /// packets are the next `packets[i].fragments` filled spares. `*spares_used` is the
 /// total. Returns how many packets succeeded (0 with every status
-/// `IPSEC_ERR_INVALID_ARGUMENT` when `sa` or `spares_used` is NULL).
+/// `IPSEC_ERR_INVALID_ARGUMENT` when `sa` or `spares_used` is NULL). After a panic
+/// part-way, as `ipsec_sa_encrypt_burst`; `*spares_used` counts the spares of the
+/// packets before it.
 ///
 /// # Safety
 ///
@@ -247,7 +251,7 @@ pub unsafe extern "C" fn ipsec_sa_encrypt_burst_fragmenting(
     spare_count: usize,
     spares_used: *mut usize,
 ) -> usize {
-    boundary(|| {
+    let body = |progress: &mut BurstProgress| {
         // SAFETY: caller's contract.
         let Ok(packets) = (unsafe { array_mut(packets, count, "packets") }) else {
             return 0;
@@ -256,7 +260,7 @@ pub unsafe extern "C" fn ipsec_sa_encrypt_burst_fragmenting(
             // SAFETY: caller's contract.
             unsafe { borrow_mut(sa, "sa") }.map(|sa| (used, sa))
         });
-        let (spares_used, sa) = match setup {
+        let (spares_used, mut sa) = match setup {
             Ok(v) => v,
             Err(status) => {
                 for p in packets.iter_mut() {
@@ -266,10 +270,11 @@ pub unsafe extern "C" fn ipsec_sa_encrypt_burst_fragmenting(
                 return 0;
             }
         };
+        progress.started = true;
         let t = now(now_ns);
-        let (mut ok, mut used) = (0, 0);
         for p in packets.iter_mut() {
             p.fragments = 0;
+            let used = progress.spares_used;
             let res = (|| {
                 // SAFETY: each descriptor's buffer is valid and not otherwise accessed.
                 let buf = unsafe { bytes_mut(p.buf, p.capacity, "packets[i].buf") }?;
@@ -286,6 +291,7 @@ pub unsafe extern "C" fn ipsec_sa_encrypt_burst_fragmenting(
                 // SAFETY: `base` points into the caller's spare array (or is NULL with 0).
                 let (_, k) = unsafe {
                     with_spares(base, rest, needed, |pool| {
+                        crate::test_hooks::packet_step();
                         sa.encrypt_fragmenting(&mut pkt, pool, t)
                     })
                 }?;
@@ -296,17 +302,26 @@ pub unsafe extern "C" fn ipsec_sa_encrypt_burst_fragmenting(
                     p.offset = off;
                     p.length = len;
                     p.fragments = k as u32;
-                    used += k;
-                    ok += 1;
+                    progress.spares_used += k;
+                    progress.ok += 1;
                     ipsec_status::IPSEC_OK as u32
                 }
                 Err(s) => s as u32,
             };
+            progress.done += 1;
         }
         // SAFETY: checked non-NULL and aligned; writable by contract.
-        unsafe { spares_used.write(used) };
-        ok
-    })
+        unsafe { spares_used.write(progress.spares_used) };
+        progress.ok
+    };
+    // The spares the packets before a panic filled are theirs.
+    let after_panic = |progress: &BurstProgress| {
+        // SAFETY: checked non-NULL and aligned before `started` was set; writable by
+        // contract.
+        unsafe { spares_used.write(progress.spares_used) }
+    };
+    // SAFETY: `started` is set once `packets` was checked (caller's contract).
+    unsafe { burst_boundary(packets, count, body, after_panic) }
 }
 
 /// Builds into `out` the ICMP error for the sender of `packet` (an IPv4 or IPv6 packet

@@ -192,7 +192,7 @@ pub unsafe extern "C" fn ipsec_reassembler_insert(
         let offset = out_ptr(offset, "offset")?;
         let length = out_ptr(length, "length")?;
         // SAFETY: caller's contract.
-        let r = unsafe { borrow_mut(reassembler, "reassembler") }?;
+        let mut r = unsafe { borrow_mut(reassembler, "reassembler") }?;
         // SAFETY: caller's contract.
         let buf = unsafe { bytes_mut(buf, capacity, "buf") }?;
         // SAFETY: checked non-NULL and aligned; readable by contract.
@@ -235,7 +235,7 @@ pub unsafe extern "C" fn ipsec_reassembler_expire(
     call(|| {
         let out_dropped = out_ptr(out_dropped, "out_dropped")?;
         // SAFETY: caller's contract.
-        let r = unsafe { borrow_mut(reassembler, "reassembler") }?;
+        let mut r = unsafe { borrow_mut(reassembler, "reassembler") }?;
         let n = r.expire(now(now_ns));
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out_dropped.write(n) };

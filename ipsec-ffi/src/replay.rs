@@ -85,7 +85,7 @@ pub unsafe extern "C" fn ipsec_replay_window_accept(
 ) -> ipsec_status {
     call(|| {
         // SAFETY: caller's contract.
-        let w = unsafe { borrow_mut(window, "window") }?;
+        let mut w = unsafe { borrow_mut(window, "window") }?;
         // The verdict `accept` reaches, for the status; then `accept` records it (or,
         // for a too-old packet, its distance in the late-packet histogram).
         let verdict: Result<u64, Error> = w.check(seq);

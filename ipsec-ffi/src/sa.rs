@@ -11,7 +11,10 @@ use ipsec_core::{
     SecurityAssociation, TfcPadding,
 };
 
-use crate::boundary::{bad_descriptor, boundary, call, config_error, fail, invalid, packet_error};
+use crate::boundary::{
+    BurstProgress, bad_descriptor, boundary, burst_boundary, call, config_error, fail, invalid,
+    packet_error,
+};
 use crate::handle::{
     Handle, array_mut, borrow, borrow_mut, bytes, bytes_mut, c_str, free_handle, into_handle,
     out_ptr, read_struct, text,
@@ -152,7 +155,9 @@ pub enum ipsec_lifetime_limit {
     IPSEC_LIMIT_TIME = 3,
 }
 
-/// Lifetime limits (RFC 4301 §4.4.2.1); 0 means no limit of that kind.
+/// Lifetime limits (RFC 4301 §4.4.2.1); 0 means no limit of that kind. A soft limit must
+/// be below the hard limit of its kind when both are set (`IPSEC_ERR_CONFIG` otherwise,
+/// naming e.g. `soft_lifetime.bytes`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -194,10 +199,12 @@ pub struct ipsec_sa_config {
     pub integrity_key_len: usize,
     /// Extended (64-bit) sequence numbers (RFC 4303 §2.2.1).
     pub esn: bool,
-    /// Inbound replay window: 0 (off) or 32..=16777216 packets (default 64).
+    /// Inbound replay window: 0 (off) or 32..=16777216 packets (default 64). An outbound
+    /// SA has none: leave it at 64 (`ipsec_sa_config_init`) or 0; another value is
+    /// refused (`IPSEC_ERR_CONFIG`).
     pub replay_window: u32,
     /// Outbound: the last sequence number used (the next is `seq + 1`). Inbound: the
-    /// highest already received. 0 for a new SA.
+    /// highest already received. 0 for a new SA. Above 2^32-1 only with `esn`.
     pub seq: u64,
     /// Outer source address (IPv4 or IPv6 text), NUL-terminated; NULL for none.
     /// Outbound tunnel-mode SAs need both endpoints.
@@ -206,13 +213,18 @@ pub struct ipsec_sa_config {
     pub tunnel_dst: *const c_char,
     /// Encapsulate ESP in UDP (RFC 3948 NAT traversal) with the two ports below.
     pub udp_encap: bool,
-    /// UDP source port when `udp_encap`.
+    /// UDP source port when `udp_encap` (not 0: refused).
     pub udp_src_port: u16,
-    /// UDP destination port when `udp_encap`.
+    /// UDP destination port when `udp_encap` (not 0: refused); NAT-T uses 4500.
     pub udp_dst_port: u16,
-    /// Outer TTL / hop limit of tunnel-mode packets; 0 means the default, 64.
+    /// Outer TTL / hop limit of tunnel-mode packets and NAT-keepalives, 1..=255
+    /// (`ipsec_sa_config_init` sets the default, 64). 0 is refused (`IPSEC_ERR_CONFIG`
+    /// naming `outer_ttl`), as by the Rust, TOML and Python forms: the first router
+    /// would drop every packet.
     pub outer_ttl: u8,
-    /// TFC padding (tunnel mode): pad inner packets up to this many bytes; 0 for none.
+    /// TFC padding (outbound tunnel mode): pad inner packets up to this many bytes; 0
+    /// for none. A length whose padded packet cannot be an IP packet after ESP (over
+    /// 65,535 bytes of IP length) is refused.
     pub tfc_pad_to: u16,
     /// An `ipsec_padding` value (`IPSEC_PADDING_BLOCKS` by default).
     pub padding: u32,
@@ -648,8 +660,15 @@ unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
         }
         None => {}
     }
+    // An outbound SA has no window: the defaults (64 from `ipsec_sa_config_init`, 0 in a
+    // zeroed struct) mean "not set"; another value is passed on, and refused.
+    let unset_window = [0, SaConfig::DEFAULT_REPLAY_WINDOW];
+    if c.direction != ipsec_direction::IPSEC_DIRECTION_OUTBOUND as u32
+        || !unset_window.contains(&c.replay_window)
+    {
+        cfg.replay_window(c.replay_window);
+    }
     cfg.esn(c.esn)
-        .replay_window(c.replay_window)
         .seq(c.seq)
         .padding(padding_from(c.padding)?)
         .soft_lifetime(lifetime_from(&c.soft_lifetime))
@@ -709,9 +728,9 @@ unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
             )));
         }
     }
-    if c.outer_ttl != 0 {
-        cfg.outer_ttl(c.outer_ttl);
-    }
+    // 0 is passed on, and refused, as in every other layer (a TTL of 0 would be
+    // dropped by the first router); `ipsec_sa_config_init` sets the default, 64.
+    cfg.outer_ttl(c.outer_ttl);
     if c.tfc_pad_to != 0 {
         cfg.tfc_padding(TfcPadding::PadTo(c.tfc_pad_to));
     }
@@ -824,7 +843,8 @@ pub unsafe extern "C" fn ipsec_sa_new(
 /// `udp_encap = [src, dst]`, `seq`, `outer_ttl`, `tfc_pad_to`, `padding`, `path_mtu`,
 /// `soft_lifetime` / `hard_lifetime = { bytes, packets, seconds }`, `df` ("copy", "set",
 /// "clear"), `nat_keepalive_interval` (seconds, 0 off), `nat_original_addresses =
-/// [src, dst]`. `IPSEC_ERR_CONFIG` when the text or an SA
+/// [src, dst]`; the 64-bit values (`seq`, lifetimes) may be decimal or `0x` strings
+/// (`seq = "0x8765432100000006"`). `IPSEC_ERR_CONFIG` when the text or an SA
 /// in it is invalid (the message names the SA and the key), `IPSEC_ERR_NOT_FOUND` when no
 /// SA has that name.
 ///
@@ -899,6 +919,7 @@ unsafe fn in_place(
     // SAFETY: both checked non-NULL and aligned; readable by contract.
     let (off, len) = unsafe { (offset.read(), length.read()) };
     let mut pkt = PacketBuf::new(buf, off, len).map_err(|_| bad_descriptor(off, len, capacity))?;
+    crate::test_hooks::packet_step();
     f(&mut pkt).map_err(packet_error)?;
     // SAFETY: checked non-NULL and aligned; writable by contract.
     unsafe {
@@ -934,7 +955,7 @@ pub unsafe extern "C" fn ipsec_sa_encrypt(
 ) -> ipsec_status {
     call(|| {
         // SAFETY: caller's contract.
-        let sa = unsafe { borrow_mut(sa, "sa") }?;
+        let mut sa = unsafe { borrow_mut(sa, "sa") }?;
         // SAFETY: caller's contract.
         unsafe {
             in_place(buf, capacity, offset, length, |p| {
@@ -969,7 +990,7 @@ pub unsafe extern "C" fn ipsec_sa_decrypt(
 ) -> ipsec_status {
     call(|| {
         // SAFETY: caller's contract.
-        let sa = unsafe { borrow_mut(sa, "sa") }?;
+        let mut sa = unsafe { borrow_mut(sa, "sa") }?;
         // SAFETY: caller's contract.
         unsafe {
             in_place(buf, capacity, offset, length, |p| {
@@ -993,13 +1014,15 @@ unsafe fn burst_one(
     let buf = unsafe { bytes_mut(p.buf, p.capacity, "packets[i].buf") }?;
     let mut pkt = PacketBuf::new(buf, p.offset, p.length)
         .map_err(|_| bad_descriptor(p.offset, p.length, p.capacity))?;
+    crate::test_hooks::packet_step();
     f(&mut pkt).map_err(packet_error)?;
     p.offset = pkt.offset();
     p.length = pkt.len();
     Ok(())
 }
 
-/// The burst loop shared by encrypt and decrypt: returns how many packets succeeded.
+/// The burst loop shared by encrypt and decrypt, run inside [`burst_boundary`]:
+/// returns how many packets succeeded, also after a panic part-way.
 ///
 /// `SecurityAssociation::encrypt_burst` is itself this loop over `encrypt`; calling it
 /// would first need an array of `PacketBuf`s built from the descriptors (an allocation
@@ -1017,34 +1040,39 @@ unsafe fn burst(
     count: usize,
     mut f: impl FnMut(&mut SecurityAssociation, &mut PacketBuf<'_>) -> Result<(), ipsec_core::Error>,
 ) -> usize {
-    // SAFETY: caller's contract.
-    let Ok(packets) = (unsafe { array_mut(packets, count, "packets") }) else {
-        return 0;
-    };
-    // SAFETY: caller's contract.
-    let sa = match unsafe { borrow_mut(sa, "sa") } {
-        Ok(sa) => sa,
-        Err(status) => {
-            for p in packets.iter_mut() {
-                p.status = status as u32;
-            }
+    let body = |progress: &mut BurstProgress| {
+        // SAFETY: caller's contract.
+        let Ok(packets) = (unsafe { array_mut(packets, count, "packets") }) else {
             return 0;
-        }
-    };
-    let mut ok = 0;
-    let mut one = |pkt: &mut PacketBuf<'_>| f(sa, pkt);
-    for p in packets.iter_mut() {
-        // SAFETY: each descriptor's buffer is valid and not otherwise accessed (the
-        // caller's contract); one buffer is borrowed at a time.
-        p.status = match unsafe { burst_one(p, &mut one) } {
-            Ok(()) => {
-                ok += 1;
-                ipsec_status::IPSEC_OK as u32
-            }
-            Err(s) => s as u32,
         };
-    }
-    ok
+        // SAFETY: caller's contract.
+        let mut sa = match unsafe { borrow_mut(sa, "sa") } {
+            Ok(sa) => sa,
+            Err(status) => {
+                for p in packets.iter_mut() {
+                    p.status = status as u32;
+                }
+                return 0;
+            }
+        };
+        progress.started = true;
+        let mut one = |pkt: &mut PacketBuf<'_>| f(&mut sa, pkt);
+        for p in packets.iter_mut() {
+            // SAFETY: each descriptor's buffer is valid and not otherwise accessed (the
+            // caller's contract); one buffer is borrowed at a time.
+            p.status = match unsafe { burst_one(p, &mut one) } {
+                Ok(()) => {
+                    progress.ok += 1;
+                    ipsec_status::IPSEC_OK as u32
+                }
+                Err(s) => s as u32,
+            };
+            progress.done += 1;
+        }
+        progress.ok
+    };
+    // SAFETY: `started` is set once `packets` was checked (caller's contract).
+    unsafe { burst_boundary(packets, count, body, |_| {}) }
 }
 
 /// Encrypts `count` packets in place with one outbound SA (DPDK's
@@ -1052,8 +1080,12 @@ unsafe fn burst(
 /// success and its `status` is set to `IPSEC_OK` or the reason it failed (as
 /// `ipsec_sa_encrypt`). Failed packets stay where they are, unchanged, never freed.
 /// Returns how many succeeded; 0 also when `sa` is NULL (every status is then
-/// `IPSEC_ERR_INVALID_ARGUMENT`) or `packets` is NULL with `count > 0` (no status can
-/// be written; the last error says so). The last error describes the last failed packet.
+/// `IPSEC_ERR_INVALID_ARGUMENT`; `IPSEC_ERR_POISONED` for a poisoned SA) or `packets`
+/// is NULL with `count > 0` (no status can be written; the last error says so). The
+/// last error describes the last failed packet. Should a panic be caught part-way, the
+/// packets before it keep their results (and are counted in the value returned), the
+/// one being processed gets `IPSEC_ERR_PANIC`, the rest `IPSEC_ERR_POISONED`
+/// (unprocessed), and the SA is poisoned.
 ///
 /// # Safety
 ///
@@ -1068,7 +1100,7 @@ pub unsafe extern "C" fn ipsec_sa_encrypt_burst(
 ) -> usize {
     let now = now(now_ns);
     // SAFETY: caller's contract.
-    boundary(|| unsafe { burst(sa, packets, count, |sa, p| sa.encrypt(p, now)) })
+    unsafe { burst(sa, packets, count, |sa, p| sa.encrypt(p, now)) }
 }
 
 /// Decrypts `count` packets in place with one inbound SA; the burst form of
@@ -1086,7 +1118,7 @@ pub unsafe extern "C" fn ipsec_sa_decrypt_burst(
 ) -> usize {
     let now = now(now_ns);
     // SAFETY: caller's contract.
-    boundary(|| unsafe { burst(sa, packets, count, |sa, p| sa.decrypt(p, now)) })
+    unsafe { burst(sa, packets, count, |sa, p| sa.decrypt(p, now)) }
 }
 
 /// The room an outbound packet of `packet_len` bytes needs (`headroom` in front,
@@ -1151,7 +1183,7 @@ pub unsafe extern "C" fn ipsec_sa_get_info(
         // SAFETY: caller's contract.
         let sa = unsafe { borrow(sa, "sa") }?;
         // SAFETY: checked non-NULL and aligned; writable by contract.
-        unsafe { out.write(info_of(sa)) };
+        unsafe { out.write(info_of(&sa)) };
         Ok(())
     })
 }
@@ -1179,7 +1211,7 @@ pub unsafe extern "C" fn ipsec_sa_poll_event(
     call(|| {
         let out = out_ptr(out, "out")?;
         // SAFETY: caller's contract.
-        let sa = unsafe { borrow_mut(sa, "sa") }?;
+        let mut sa = unsafe { borrow_mut(sa, "sa") }?;
         let event = event_to(sa.poll_event(now(now_ns)));
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out.write(event) };
@@ -1214,7 +1246,7 @@ pub unsafe extern "C" fn ipsec_sa_poll_keepalive(
     call(|| {
         let out_len = out_ptr(out_len, "out_len")?;
         // SAFETY: caller's contract.
-        let sa = unsafe { borrow_mut(sa, "sa") }?;
+        let mut sa = unsafe { borrow_mut(sa, "sa") }?;
         // SAFETY: caller's contract.
         let buf = unsafe { bytes_mut(buf, capacity, "buf") }?;
         let out = keepalive_buffer(buf)?;

@@ -551,7 +551,7 @@ pub unsafe extern "C" fn ipsec_lint_toml_budget(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ipsec_lint_count(lint: *const ipsec_lint) -> usize {
     // SAFETY: caller's contract.
-    boundary(|| unsafe { borrow(lint, "lint") }.map_or(0, Vec::len))
+    boundary(|| unsafe { borrow(lint, "lint") }.map_or(0, |v| v.len()))
 }
 
 /// Finding number `index` (0-based, in file order of their policy, file-wide ones
@@ -631,7 +631,7 @@ pub unsafe extern "C" fn ipsec_spd_firewall_openings(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ipsec_firewall_count(firewall: *const ipsec_firewall) -> usize {
     // SAFETY: caller's contract.
-    boundary(|| unsafe { borrow(firewall, "firewall") }.map_or(0, Vec::len))
+    boundary(|| unsafe { borrow(firewall, "firewall") }.map_or(0, |v| v.len()))
 }
 
 /// Opening number `index` (0-based; by gateway pair, then IKE, NAT-T, ESP). The strings

@@ -22,7 +22,9 @@ pub enum ipsec_status {
     /// value of its enum, a string that is not UTF-8, or a reserved field not zero.
     IPSEC_ERR_INVALID_ARGUMENT = 100,
     /// A panic inside the library was caught at the boundary (a bug: please report it
-    /// with the last-error message). Free the handle involved; do not use it again.
+    /// with the last-error message). The handle involved is poisoned: every later call
+    /// on it answers `IPSEC_ERR_POISONED`; free it. In a burst, the packet being
+    /// processed gets this status.
     IPSEC_ERR_PANIC = 101,
     /// The caller's output buffer is too small; nothing was written.
     IPSEC_ERR_BUFFER_TOO_SMALL = 102,
@@ -32,6 +34,11 @@ pub enum ipsec_status {
     /// `wrong_direction` counter; the one drop whose status is not `300 +` its counter's
     /// position (315 is never returned).
     IPSEC_ERR_WRONG_DIRECTION = 104,
+    /// The handle is unusable: a panic was caught during an earlier call on it
+    /// (`IPSEC_ERR_PANIC`), which may have left it half-changed. Only `*_free` still
+    /// works on it. In a burst that panicked, the packets after the one that panicked
+    /// get this status (they were not processed).
+    IPSEC_ERR_POISONED = 105,
     /// A configuration (SA fields, TOML text, policy file) was rejected; the last-error
     /// message names the field (and the SA or policy) and says what was wrong.
     IPSEC_ERR_CONFIG = 200,
@@ -155,6 +162,10 @@ impl ipsec_status {
             (
                 IPSEC_ERR_WRONG_DIRECTION,
                 c"IPSEC_ERR_WRONG_DIRECTION: operation does not match the SA's direction",
+            ),
+            (
+                IPSEC_ERR_POISONED,
+                c"IPSEC_ERR_POISONED: handle unusable after a panic in an earlier call",
             ),
             (IPSEC_ERR_CONFIG, c"IPSEC_ERR_CONFIG: invalid configuration"),
             (IPSEC_ERR_IO, c"IPSEC_ERR_IO: file could not be read"),

@@ -1057,6 +1057,7 @@ fn nat_original_addresses_are_checked() {
     let mut c = config(0x1000, ipsec_direction::IPSEC_DIRECTION_INBOUND);
     c.mode = ipsec_mode::IPSEC_MODE_TRANSPORT as u32;
     c.udp_encap = true;
+    (c.udp_src_port, c.udp_dst_port) = (4500, 4500);
     c.nat_original_src = c"10.0.0.5".as_ptr();
     let mut sa = null_mut();
     // SAFETY: c's pointers are valid C strings; sa writable; freed once.
@@ -1162,5 +1163,384 @@ fn gateway_keepalives_through_the_c_api() {
             ipsec_status::IPSEC_ERR_INVALID_ARGUMENT
         );
         ipsec_gateway_free(gw);
+    }
+}
+
+/// `ipsec_sa_new(c)` must fail with `IPSEC_ERR_CONFIG` and a message starting with
+/// `field` (the key name, as in the TOML files and the Python keywords).
+fn refused(c: &ipsec_sa_config, field: &str) {
+    let mut sa = null_mut();
+    // SAFETY: c's pointers are valid; sa writable.
+    let st = unsafe { ipsec_sa_new(c, T0, &mut sa) };
+    assert_eq!(st, ipsec_status::IPSEC_ERR_CONFIG, "{field}");
+    assert!(sa.is_null());
+    let msg = last_error();
+    assert!(msg.starts_with(&format!("{field}: ")), "{field}: {msg}");
+}
+
+#[test]
+fn configurations_that_cannot_work_are_refused_naming_the_field() {
+    let out = || config(0x1000, ipsec_direction::IPSEC_DIRECTION_OUTBOUND);
+
+    let mut c = out();
+    c.udp_encap = true;
+    (c.udp_src_port, c.udp_dst_port) = (0, 4500);
+    refused(&c, "udp_encap");
+    (c.udp_src_port, c.udp_dst_port) = (4500, 0);
+    refused(&c, "udp_encap");
+
+    let mut c = out();
+    c.soft_lifetime.bytes = 2000;
+    c.hard_lifetime.bytes = 1000;
+    refused(&c, "soft_lifetime.bytes");
+    let mut c = out();
+    c.soft_lifetime.packets = 10;
+    c.hard_lifetime.packets = 10;
+    refused(&c, "soft_lifetime.packets");
+    // 0 is "no limit" in the C struct: a soft limit under no hard one is fine.
+    c.hard_lifetime.packets = 0;
+    // SAFETY: freed once.
+    unsafe { ipsec_sa_free(new_sa(&c)) };
+
+    // An outbound SA has no replay window; the struct's defaults (64, 0) mean "unset".
+    let mut c = out();
+    c.replay_window = 1024;
+    refused(&c, "replay_window");
+    for default in [0, 64] {
+        c.replay_window = default;
+        // SAFETY: freed once.
+        unsafe { ipsec_sa_free(new_sa(&c)) };
+    }
+
+    let mut c = out();
+    c.tfc_pad_to = u16::MAX;
+    refused(&c, "tfc_pad_to");
+    c.tfc_pad_to = 65_470;
+    // SAFETY: freed once.
+    unsafe { ipsec_sa_free(new_sa(&c)) };
+
+    let mut c = out();
+    c.key = null();
+    c.key_len = 0;
+    refused(&c, "key");
+    assert!(last_error().starts_with("key: missing"), "{}", last_error());
+}
+
+#[test]
+fn outer_ttl_zero_is_refused_in_c_too() {
+    // As in every layer: a TTL of 0 would be dropped by the first router.
+    // `ipsec_sa_config_init` sets 64, which is what a packet then carries.
+    let mut c = config(0x1000, ipsec_direction::IPSEC_DIRECTION_OUTBOUND);
+    c.outer_ttl = 0;
+    refused(&c, "outer_ttl");
+    c.outer_ttl = 1;
+    // SAFETY: freed once.
+    unsafe { ipsec_sa_free(new_sa(&c)) };
+    let sa = new_sa(&config(0x1000, ipsec_direction::IPSEC_DIRECTION_OUTBOUND));
+    let mut buf = [0u8; 256];
+    let (mut off, mut len) = (64, put_packet(&mut buf, 64));
+    // SAFETY: buf has 256 writable bytes; sa live, freed once.
+    unsafe {
+        let st = ipsec_sa_encrypt(sa, buf.as_mut_ptr(), buf.len(), &mut off, &mut len, T0);
+        assert_eq!(st, ipsec_status::IPSEC_OK);
+        ipsec_sa_free(sa);
+    }
+    // The outer IPv4 header's TTL.
+    assert_eq!(buf[off + 8], ipsec_core::SaConfig::DEFAULT_OUTER_TTL);
+}
+
+#[test]
+fn sa_files_take_64_bit_sequence_numbers_as_strings() {
+    let text = "[[sa]]\nname = \"a\"\nspi = 4096\ndirection = \"inbound\"\nmode = \"tunnel\"\n\
+                cipher = \"aes-128-gcm\"\nkey = \"0707070707070707070707070707070707070707\"\n\
+                esn = true\nseq = \"0x8765432100000006\"\n\
+                [[sa]]\nname = \"b\"\nspi = 4097\ndirection = \"outbound\"\nmode = \"tunnel\"\n\
+                cipher = \"aes-128-gcm\"\nkey = \"0707070707070707070707070707070707070707\"\n\
+                tunnel_src = \"192.0.2.1\"\ntunnel_dst = \"192.0.2.2\"\n\
+                hard_lifetime = { bytes = -1 }\n";
+    let mut sa = null_mut();
+    // SAFETY: text is valid for its length; names are NUL-terminated; sa freed once.
+    unsafe {
+        let st = ipsec_sa_from_toml(text.as_ptr().cast(), text.len(), c"a".as_ptr(), T0, &mut sa);
+        // The file's first bad table is reported, whichever SA is asked for.
+        assert_eq!(st, ipsec_status::IPSEC_ERR_CONFIG);
+        assert!(
+            last_error().starts_with("sa \"b\": hard_lifetime.bytes: "),
+            "{}",
+            last_error()
+        );
+        let good = &text[..text.find("hard_lifetime").unwrap()];
+        let st = ipsec_sa_from_toml(good.as_ptr().cast(), good.len(), c"a".as_ptr(), T0, &mut sa);
+        assert_eq!(st, ipsec_status::IPSEC_OK, "{}", last_error());
+        let mut info = core::mem::MaybeUninit::uninit();
+        assert_eq!(
+            ipsec_sa_get_info(sa, info.as_mut_ptr()),
+            ipsec_status::IPSEC_OK
+        );
+        assert_eq!(info.assume_init().seq, 0x8765_4321_0000_0006);
+        ipsec_sa_free(sa);
+    }
+}
+
+/// `n` descriptors of 60-byte packets with 64 bytes of headroom in `bufs`.
+fn descriptors(bufs: &mut [[u8; 256]]) -> Vec<ipsec_packet> {
+    bufs.iter_mut()
+        .map(|b| {
+            let length = put_packet(b, 64);
+            ipsec_packet {
+                buf: b.as_mut_ptr(),
+                capacity: b.len(),
+                offset: 64,
+                length,
+                status: 999,
+                fragments: 7,
+            }
+        })
+        .collect()
+}
+
+fn statuses(pkts: &[ipsec_packet]) -> Vec<u32> {
+    pkts.iter().map(|p| p.status).collect()
+}
+
+const POISONED: ipsec_status = ipsec_status::IPSEC_ERR_POISONED;
+
+#[test]
+fn a_panic_poisons_the_sa_and_every_later_call_says_so() {
+    let sa = new_sa(&config(0x1000, ipsec_direction::IPSEC_DIRECTION_OUTBOUND));
+    let other = new_sa(&config(0x1001, ipsec_direction::IPSEC_DIRECTION_OUTBOUND));
+    let mut buf = [0u8; 256];
+    let (mut off, mut len) = (64, put_packet(&mut buf, 64));
+    // SAFETY: buf valid for its length; out-pointers valid; each SA freed once.
+    unsafe {
+        // Before: a packet goes through.
+        let st = ipsec_sa_encrypt(sa, buf.as_mut_ptr(), buf.len(), &mut off, &mut len, T0);
+        assert_eq!(st, ipsec_status::IPSEC_OK);
+        let (mut off, mut len) = (64, put_packet(&mut buf, 64));
+        test_hooks::ipsec_test_panic_after(1);
+        let st = ipsec_sa_encrypt(sa, buf.as_mut_ptr(), buf.len(), &mut off, &mut len, T0);
+        assert_eq!(st, ipsec_status::IPSEC_ERR_PANIC);
+        assert_eq!((off, len), (64, 60), "outputs written only on success");
+        let msg = last_error();
+        assert!(msg.contains("deliberate panic"), "{msg}");
+        assert!(msg.contains("IPSEC_ERR_POISONED"), "{msg}");
+
+        // After: every call on it answers IPSEC_ERR_POISONED, and says why.
+        let mut stats = core::mem::MaybeUninit::uninit();
+        let mut info = core::mem::MaybeUninit::uninit();
+        let mut oh = core::mem::MaybeUninit::uninit();
+        let mut ev = core::mem::MaybeUninit::uninit();
+        let (mut n, mut t, mut m1, mut m2) = (0usize, 0u64, 0u32, 0u32);
+        let p = buf.as_mut_ptr();
+        let calls: [(&str, ipsec_status); 14] = [
+            (
+                "encrypt",
+                ipsec_sa_encrypt(sa, p, 256, &mut off, &mut len, T0),
+            ),
+            (
+                "decrypt",
+                ipsec_sa_decrypt(sa, p, 256, &mut off, &mut len, T0),
+            ),
+            ("get_stats", ipsec_sa_get_stats(sa, stats.as_mut_ptr())),
+            ("get_info", ipsec_sa_get_info(sa, info.as_mut_ptr())),
+            ("overhead", ipsec_sa_overhead(sa, 60, oh.as_mut_ptr())),
+            ("poll_event", ipsec_sa_poll_event(sa, T0, ev.as_mut_ptr())),
+            (
+                "poll_keepalive",
+                ipsec_sa_poll_keepalive(sa, T0, p, 256, &mut n),
+            ),
+            ("next_keepalive", ipsec_sa_next_keepalive(sa, &mut t)),
+            ("set_path_mtu", ipsec_sa_set_path_mtu(sa, 1400)),
+            (
+                "get_path_mtu",
+                ipsec_sa_get_path_mtu(sa, T0, &mut m1, &mut m2),
+            ),
+            ("handle_icmp", ipsec_sa_handle_icmp(sa, p, 60, T0, &mut m1)),
+            (
+                "spares_needed",
+                ipsec_sa_spares_needed(sa, p, 60, T0, &mut n),
+            ),
+            (
+                "encrypt_fragmenting",
+                ipsec_sa_encrypt_fragmenting(
+                    sa,
+                    p,
+                    256,
+                    &mut off,
+                    &mut len,
+                    T0,
+                    null_mut(),
+                    0,
+                    &mut n,
+                ),
+            ),
+            (
+                "too_big_reply",
+                ipsec_sa_too_big_reply(sa, p, 60, c"192.0.2.1".as_ptr(), T0, p, 256, &mut n),
+            ),
+        ];
+        for (name, st) in calls {
+            assert_eq!(st, POISONED, "{name}");
+        }
+        assert!(last_error().contains("panic"), "{}", last_error());
+        let mut bufs = [[0u8; 256]; 2];
+        let mut pkts = descriptors(&mut bufs);
+        assert_eq!(ipsec_sa_encrypt_burst(sa, pkts.as_mut_ptr(), 2, T0), 0);
+        assert_eq!(statuses(&pkts), [POISONED as u32; 2]);
+        assert_eq!(ipsec_sa_decrypt_burst(sa, pkts.as_mut_ptr(), 2, T0), 0);
+        assert_eq!(statuses(&pkts), [POISONED as u32; 2]);
+        let n =
+            ipsec_sa_encrypt_burst_fragmenting(sa, pkts.as_mut_ptr(), 2, T0, null_mut(), 0, &mut n);
+        assert_eq!(n, 0);
+        assert_eq!(statuses(&pkts), [POISONED as u32; 2]);
+
+        // Another SA is not affected; the poisoned one is freed as usual.
+        let (mut off, mut len) = (64, put_packet(&mut buf, 64));
+        let st = ipsec_sa_encrypt(other, buf.as_mut_ptr(), 256, &mut off, &mut len, T0);
+        assert_eq!(st, ipsec_status::IPSEC_OK);
+        ipsec_sa_free(sa);
+        ipsec_sa_free(other);
+    }
+}
+
+#[test]
+fn a_burst_that_panics_part_way_reports_what_it_did() {
+    let sa = new_sa(&config(0x1000, ipsec_direction::IPSEC_DIRECTION_OUTBOUND));
+    let mut bufs = [[0u8; 256]; 5];
+    let mut pkts = descriptors(&mut bufs);
+    // SAFETY: every descriptor is valid for its buffer; sa freed once.
+    unsafe {
+        test_hooks::ipsec_test_panic_after(3);
+        let ok = ipsec_sa_encrypt_burst(sa, pkts.as_mut_ptr(), pkts.len(), T0);
+        assert_eq!(ok, 2, "the two packets before the panic");
+        let (ok_, panic, poisoned) = (
+            ipsec_status::IPSEC_OK as u32,
+            ipsec_status::IPSEC_ERR_PANIC as u32,
+            POISONED as u32,
+        );
+        assert_eq!(statuses(&pkts), [ok_, ok_, panic, poisoned, poisoned]);
+        // The first two were encrypted (ESP in front), the last two left alone.
+        let spans: Vec<(usize, usize)> = pkts.iter().map(|p| (p.offset, p.length)).collect();
+        assert!(spans[0].0 < 64 && spans[0].1 > 60, "{spans:?}");
+        assert_eq!(spans[0], spans[1]);
+        assert_eq!(&spans[3..], [(64, 60), (64, 60)]);
+        assert!(last_error().contains("deliberate panic"));
+        let mut info = core::mem::MaybeUninit::uninit();
+        assert_eq!(ipsec_sa_get_info(sa, info.as_mut_ptr()), POISONED);
+        ipsec_sa_free(sa);
+
+        // The fragmenting burst: the same report, and the spares the packets before
+        // the panic used (none: they fit).
+        let sa = new_sa(&config(0x1000, ipsec_direction::IPSEC_DIRECTION_OUTBOUND));
+        let mut bufs = [[0u8; 256]; 3];
+        let mut pkts = descriptors(&mut bufs);
+        let mut used = 99usize;
+        test_hooks::ipsec_test_panic_after(2);
+        let ok = ipsec_sa_encrypt_burst_fragmenting(
+            sa,
+            pkts.as_mut_ptr(),
+            3,
+            T0,
+            null_mut(),
+            0,
+            &mut used,
+        );
+        assert_eq!((ok, used), (1, 0));
+        assert_eq!(statuses(&pkts), [ok_, panic, poisoned]);
+        assert_eq!(pkts.iter().map(|p| p.fragments).collect::<Vec<_>>(), [0; 3]);
+        ipsec_sa_free(sa);
+    }
+}
+
+#[test]
+fn every_kind_of_handle_is_poisoned_by_a_panic_while_in_use() {
+    use crate::handle::{borrow, borrow_mut};
+    /// A panic inside an entry point while `h` is borrowed (as C cannot cause one).
+    fn panic_with<T>(use_it: impl FnOnce() -> T) {
+        let st: ipsec_status = boundary(|| {
+            let _borrowed = use_it();
+            panic!("deliberate test panic")
+        });
+        assert_eq!(st, ipsec_status::IPSEC_ERR_PANIC);
+    }
+    // SAFETY: every handle is live until freed once at the end; out-pointers valid.
+    unsafe {
+        let mut spd = null_mut();
+        let st = ipsec_spd_from_toml(POLICY.as_ptr().cast(), POLICY.len(), &mut spd);
+        assert_eq!(st, ipsec_status::IPSEC_OK);
+        let (mut lint, mut fw) = (null_mut(), null_mut());
+        assert_eq!(ipsec_spd_lint(spd, &mut lint), ipsec_status::IPSEC_OK);
+        assert_eq!(
+            ipsec_spd_firewall_openings(spd, &mut fw),
+            ipsec_status::IPSEC_OK
+        );
+        let mut gw = null_mut();
+        let st = ipsec_gateway_new(POLICY.as_ptr().cast(), POLICY.len(), T0, &mut gw);
+        assert_eq!(st, ipsec_status::IPSEC_OK);
+        let mut w = null_mut();
+        assert_eq!(
+            ipsec_replay_window_new(64, false, &mut w),
+            ipsec_status::IPSEC_OK
+        );
+        let mut r = null_mut();
+        assert_eq!(
+            ipsec_reassembler_new(null(), &mut r),
+            ipsec_status::IPSEC_OK
+        );
+        assert!(ipsec_lint_count(lint) > 0 && ipsec_firewall_count(fw) > 0);
+        assert_eq!(ipsec_gateway_sa_count(gw), 2);
+
+        // A shared (const) handle is poisoned too: it may be half-built.
+        panic_with(|| borrow(spd, "spd").ok());
+        panic_with(|| borrow(lint, "lint").ok());
+        panic_with(|| borrow(fw, "firewall").ok());
+        panic_with(|| borrow_mut(gw, "gateway").ok());
+        panic_with(|| borrow_mut(w, "window").ok());
+        panic_with(|| borrow_mut(r, "reassembler").ok());
+
+        let mut pkt = [0u8; 60];
+        put_packet(&mut pkt, 0);
+        let mut decision = core::mem::MaybeUninit::uninit();
+        let mut stats = core::mem::MaybeUninit::uninit();
+        let (mut n, mut highest) = (0usize, 0u64);
+        let mut out_lint = null_mut();
+        let outbound = ipsec_direction::IPSEC_DIRECTION_OUTBOUND as u32;
+        let calls: [(&str, ipsec_status); 7] = [
+            (
+                "spd_lookup_packet",
+                ipsec_spd_lookup_packet(spd, outbound, pkt.as_ptr(), 60, decision.as_mut_ptr()),
+            ),
+            ("spd_lint", ipsec_spd_lint(spd, &mut out_lint)),
+            (
+                "gateway_get_stats",
+                ipsec_gateway_get_stats(gw, stats.as_mut_ptr()),
+            ),
+            ("replay_window_check", ipsec_replay_window_check(w, 5)),
+            ("replay_window_accept", ipsec_replay_window_accept(w, 5)),
+            (
+                "replay_window_highest",
+                ipsec_replay_window_highest(w, &mut highest),
+            ),
+            (
+                "reassembler_expire",
+                ipsec_reassembler_expire(r, T0, &mut n),
+            ),
+        ];
+        for (name, st) in calls {
+            assert_eq!(st, POISONED, "{name}");
+        }
+        assert!(out_lint.is_null(), "no output on failure");
+        // Counts cannot answer a status: 0, with the last error saying why.
+        assert_eq!(ipsec_lint_count(lint), 0);
+        assert_eq!(ipsec_firewall_count(fw), 0);
+        assert_eq!(ipsec_gateway_sa_count(gw), 0);
+        assert!(last_error().contains("panic"), "{}", last_error());
+
+        ipsec_lint_free(lint);
+        ipsec_firewall_free(fw);
+        ipsec_spd_free(spd);
+        ipsec_gateway_free(gw);
+        ipsec_replay_window_free(w);
+        ipsec_reassembler_free(r);
     }
 }

@@ -13,6 +13,7 @@
 //!  +- PacketTooBigError            .mtu: the largest inner packet that fits
 //!  +- FragmentError
 //!  +- ConfigError(IpsecError, ValueError)   .field: the keyword or TOML key, or None
+//!                                           .context: where the key is (`sa "b1-out"`), or None
 //! ```
 //!
 //! `ConfigError` derives from two bases, which `create_exception!` cannot express; it is
@@ -112,9 +113,12 @@ pub(crate) fn config_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> 
             ns.set_item(
                 "__doc__",
                 "A rejected configuration (keyword argument, TOML file or cases file). \
-                 Also a ValueError. `.field` names the keyword or TOML key.",
+                 Also a ValueError. `.field` names the keyword or TOML key (a nested key \
+                 with a dot: `hard_lifetime.bytes`); `.context` says where it is \
+                 (`sa \"b1-out\"`, `policy \"p\"`), or is None.",
             )?;
             ns.set_item("field", py.None())?;
+            ns.set_item("context", py.None())?;
             let cls = py
                 .get_type::<PyType>()
                 .call1(("ConfigError", bases, ns))?
@@ -191,7 +195,10 @@ impl Failure {
             Failure::Config(e) => match config_error_type(py) {
                 Ok(cls) => {
                     let err = PyErr::from_type(cls.clone(), e.to_string());
-                    let _ = err.value(py).setattr("field", e.field());
+                    // The key alone, as documented; the SA or policy in `.context` (the
+                    // message holds both).
+                    let _ = err.value(py).setattr("field", e.key());
+                    let _ = err.value(py).setattr("context", e.context());
                     err
                 }
                 Err(err) => err,

@@ -337,7 +337,13 @@ impl PySecurityAssociation {
         }
         cfg.esn(convert::boolean(esn, "esn", false)?);
         if let Some(w) = convert::opt_int::<u32>(replay_window, "replay_window", Bad::Config)? {
-            cfg.replay_window(w);
+            // An outbound SA has no window. As in the C struct, the signature's default
+            // (64, which a caller passing arguments by position must give) and 0 ("no
+            // window") mean "none" there; another value is refused by the core.
+            let unset = [0, SaConfig::DEFAULT_REPLAY_WINDOW];
+            if direction != Direction::Outbound || !unset.contains(&w) {
+                cfg.replay_window(w);
+            }
         }
         let src = tunnel_src.filter(|o| !o.is_none());
         let dst = tunnel_dst.filter(|o| !o.is_none());
@@ -983,7 +989,7 @@ pub(crate) fn load_sas<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let path = convert::path(path, "path")?;
     let text = std::fs::read_to_string(&path)
-        .map_err(|e| crate::errors::config(&path.display().to_string(), e.to_string()))?;
+        .map_err(|e| crate::errors::config("path", format!("{}: {e}", path.display())))?;
     sas_dict(py, &text, now)
 }
 

@@ -380,7 +380,7 @@ impl PyCaseReport {
 /// the core's `Spd::load` reports it).
 pub(crate) fn read_file(path: &std::path::Path) -> PyResult<String> {
     std::fs::read_to_string(path)
-        .map_err(|e| crate::errors::config(&path.display().to_string(), e.to_string()))
+        .map_err(|e| crate::errors::config("path", format!("{}: {e}", path.display())))
 }
 
 fn direction(obj: &Bound<'_, PyAny>) -> PyResult<Direction> {

@@ -261,20 +261,120 @@ def test_sas_from_toml_and_load_sas(tmp_path: Path) -> None:
     assert len(pair) >= 2
 
 
-@pytest.mark.parametrize("text,field,fragment", [
+@pytest.mark.parametrize("text,context,field", [
     ("[[sa]]\nname='x'\nspi=300\ndirection='outbound'\nmode='tunnel'\ncipher='aes-128-gcm'\n"
      "key='00'\ntunnel_src='192.0.2.1'\ntunnel_dst='192.0.2.2'\n", 'sa "x"', "key"),
     ("[[sa]]\nname='x'\nspi=300\ndirection='sideways'\nmode='tunnel'\ncipher='aes-128-gcm'\n",
      'sa "x"', "direction"),
     ("[[sa]]\nname='x'\nspi=300\nbogus=1\n", 'sa "x"', "bogus"),
-    ("[[sa]\n", "toml", ""),
+    ("[[sa]\n", None, "toml"),
 ])
-def test_sa_file_errors_name_the_sa_and_key(text: str, field: str, fragment: str) -> None:
+def test_sa_file_errors_name_the_sa_and_key(text: str, context: Optional[str],
+                                            field: str) -> None:
     with pytest.raises(ipsec.ConfigError) as e:
         ipsec.sas_from_toml(text)
     assert isinstance(e.value, ValueError)
-    assert e.value.field is not None and e.value.field.startswith(field)
-    assert fragment in str(e.value)
+    # `.field` is the key alone, `.context` the SA; the message names both.
+    assert (e.value.field, e.value.context) == (field, context)
+    assert str(e.value).startswith(f"{context}: {field}: " if context else f"{field}: ")
+
+
+# A valid outbound SA called "x"; the tests below add one key to it.
+SA_X = """[[sa]]
+name = "x"
+spi = 0x1000
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "%s"
+tunnel_src = "192.0.2.1"
+tunnel_dst = "192.0.2.2"
+""" % bytes(20).hex()
+
+
+@pytest.mark.parametrize("override,field,fragment", [
+    ({"outer_ttl": 0}, "outer_ttl", "1..=255"),
+    ({"udp_encap": (0, 0)}, "udp_encap", "source port is 0"),
+    ({"udp_encap": (4500, 0)}, "udp_encap", "destination port is 0"),
+    ({"soft_lifetime": ipsec.Lifetime(bytes=2000), "hard_lifetime": ipsec.Lifetime(bytes=1000)},
+     "soft_lifetime.bytes", "not below"),
+    ({"soft_lifetime": ipsec.Lifetime(seconds=60.0),
+      "hard_lifetime": ipsec.Lifetime(seconds=60.0)}, "soft_lifetime.seconds", "not below"),
+    ({"hard_lifetime": ipsec.Lifetime(packets=0)}, "hard_lifetime.packets", "no limit"),
+    # (64, the signature's default, and 0 mean "no window" on an outbound SA, as in C.)
+    ({"replay_window": 1024}, "replay_window", "inbound"),
+    ({"replay_window": 32}, "replay_window", "inbound"),
+    ({"tfc_pad_to": 65535}, "tfc_pad_to", "at most 65470"),
+    ({"key": b""}, "key", "key: missing"),
+    ({"cipher": "aes-128-cbc", "key": bytes(16), "integrity": "hmac-sha256-128"},
+     "integrity_key", "integrity_key: missing"),
+])
+def test_configurations_that_cannot_work_are_refused(override: dict[str, Any], field: str,
+                                                     fragment: str) -> None:
+    kwargs = dict(BASE)
+    kwargs.update(override)
+    with pytest.raises(ipsec.ConfigError) as e:
+        ipsec.SecurityAssociation(**kwargs)
+    assert (e.value.field, e.value.context) == (field, None)
+    assert fragment in str(e.value) and "got 0" not in str(e.value), str(e.value)
+
+
+def test_values_next_to_the_refusals_are_accepted() -> None:
+    # The edges of the refusals above: each works.
+    sa = ipsec.SecurityAssociation(
+        **BASE, outer_ttl=1, udp_encap=(4500, 4500), tfc_pad_to=65000,
+        soft_lifetime=ipsec.Lifetime(bytes=999, seconds=59.0),
+        hard_lifetime=ipsec.Lifetime(bytes=1000, seconds=60.0))
+    assert sa.udp_encap == (4500, 4500)
+    for window in (0, 64):
+        ipsec.SecurityAssociation(**BASE, replay_window=window)
+    inb = ipsec.SecurityAssociation(**{**BASE, "direction": "inbound"}, replay_window=1024,
+                                    esn=True, seq=(1 << 64) - 2)
+    assert inb.seq == (1 << 64) - 2
+
+
+@pytest.mark.parametrize("extra,field", [
+    ("outer_ttl = 0", "outer_ttl"),
+    ("udp_encap = [0, 0]", "udp_encap"),
+    ("soft_lifetime = { packets = 20 }\nhard_lifetime = { packets = 10 }",
+     "soft_lifetime.packets"),
+    ("replay_window = 1024", "replay_window"),
+    ("tfc_pad_to = 65535", "tfc_pad_to"),
+    ("hard_lifetime = { bytes = -1 }", "hard_lifetime.bytes"),
+    ('seq = "0x1_0000_0000_0000_0000"', "seq"),
+    ('esn = true\nseq = "twelve"', "seq"),
+])
+def test_sa_files_refuse_them_too(tmp_path: Path, extra: str, field: str) -> None:
+    path = tmp_path / "sa.toml"
+    path.write_text(SA_X + extra + "\n")
+    with pytest.raises(ipsec.ConfigError) as e:
+        ipsec.sas_from_toml(SA_X + extra + "\n")
+    assert (e.value.field, e.value.context) == (field, 'sa "x"'), str(e.value)
+    with pytest.raises(ipsec.ConfigError) as e:
+        ipsec.load_sas(path)
+    assert (e.value.field, e.value.context) == (field, 'sa "x"'), str(e.value)
+    # A policy file's [[sa]] tables are the same tables.
+    policy = ('[[policy]]\nname = "p"\ndirection = "outbound"\naction = "protect"\n'
+              'sa = ["x"]\n' + SA_X + extra + "\n")
+    with pytest.raises(ipsec.ConfigError) as e:
+        ipsec.Spd.from_toml(policy)
+    assert (e.value.field, e.value.context) == (field, 'sa "x"'), str(e.value)
+
+
+def test_a_missing_key_in_an_sa_file_is_missing() -> None:
+    text = SA_X.replace('key = "%s"\n' % bytes(20).hex(), "")
+    with pytest.raises(ipsec.ConfigError, match="missing") as e:
+        ipsec.sas_from_toml(text)
+    assert (e.value.field, e.value.context) == ("key", 'sa "x"')
+
+
+def test_sa_files_take_64_bit_numbers_as_strings() -> None:
+    # TOML integers stop at 2^63-1; an ESN sequence number may use all 64 bits.
+    text = SA_X.replace('"outbound"', '"inbound"') + 'esn = true\nseq = "0xffff_ffff_ffff_ff00"\n'
+    sas = ipsec.sas_from_toml(text)
+    assert sas["x"].seq == 0xFFFF_FFFF_FFFF_FF00
+    text = SA_X + 'hard_lifetime = { bytes = "18446744073709551615" }\n'
+    assert ipsec.sas_from_toml(text)["x"].cipher == "aes-128-gcm"
 
 
 def test_load_sas_missing_file_and_bad_types(tmp_path: Path) -> None:

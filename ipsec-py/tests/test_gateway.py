@@ -382,7 +382,7 @@ def test_bad_arguments_name_the_argument() -> None:
         hq.sa_stats(1)  # type: ignore[arg-type]
     with pytest.raises(ipsec.ConfigError) as missing:
         ipsec.Gateway.load(os.path.join(EXAMPLES, "no-such-file.toml"))
-    assert missing.value.field is not None and "no-such-file" in missing.value.field
+    assert missing.value.field == "path" and "no-such-file" in str(missing.value)
     # Two inbound SAs with one SPI: the core refuses to build the gateway.
     text = branch1_policy() + """
 [[sa]]

@@ -368,7 +368,7 @@ def test_policy_cases() -> None:
     assert "expected discard" in o.message and str(o).startswith("FAIL")
     with pytest.raises(ipsec.ConfigError, match="colour") as e:
         spd.run_cases('[[case]]\nname = "c"\ncolour = "red"\n')
-    assert e.value.field is not None and 'case "c"' in e.value.field
+    assert (e.value.field, e.value.context) == ("colour", 'case "c"')
 
 
 @pytest.mark.parametrize("text,fragment", [

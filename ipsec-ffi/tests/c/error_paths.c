@@ -192,6 +192,7 @@ static void null_handles_and_pointers(void)
     TRUE("last_error_length counts the NUL", ipsec_last_error_length() > sizeof msg);
     TRUE("status_str of an unknown number", strstr(ipsec_status_str(12345), "unknown") != NULL);
     TRUE("status_str names the status", strstr(ipsec_status_str(IPSEC_ERR_REPLAY), "IPSEC_ERR_REPLAY") != NULL);
+    TRUE("status_str of IPSEC_ERR_POISONED", strstr(ipsec_status_str(IPSEC_ERR_POISONED), "panic") != NULL);
 
     /* Every _free accepts NULL. */
     ipsec_sa_free(NULL);
@@ -455,6 +456,67 @@ static void configs_and_enums(void)
     ipsec_spd_free(spd);
 }
 
+/* Configurations that cannot work: refused with IPSEC_ERR_CONFIG, the message naming the
+ * field as the TOML files and the Python keywords do. */
+static void refused_configs(void)
+{
+    ipsec_sa_config c;
+    ipsec_sa *sa = NULL;
+    ipsec_sa_info info;
+    uint8_t buf[512];
+    size_t off, len;
+    const char *esn_sa = "[[sa]]\nname = \"esn\"\nspi = 4096\ndirection = \"inbound\"\n"
+                         "mode = \"tunnel\"\ncipher = \"aes-128-gcm\"\n"
+                         "key = \"0102030405060708090a0b0c0d0e0f1011121314\"\nesn = true\n"
+                         "seq = \"0xffffffffffffff00\"\n";
+
+    printf("\n-- configurations that cannot work\n");
+    base_config(&c, 0x1000, IPSEC_DIRECTION_OUTBOUND);
+    c.udp_encap = true;
+    c.udp_src_port = 4500;
+    CHECK("UDP encapsulation to port 0", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_CONFIG, "udp_encap: the destination port is 0");
+    base_config(&c, 0x1000, IPSEC_DIRECTION_OUTBOUND);
+    c.soft_lifetime.bytes = 2000000;
+    c.hard_lifetime.bytes = 1000000;
+    CHECK("soft byte lifetime above the hard one", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_CONFIG, "soft_lifetime.bytes");
+    c.soft_lifetime.bytes = 0;
+    c.soft_lifetime.seconds = 60;
+    c.hard_lifetime.seconds = 60;
+    CHECK("soft time lifetime equal to the hard one", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_CONFIG, "soft_lifetime.seconds");
+    base_config(&c, 0x1000, IPSEC_DIRECTION_OUTBOUND);
+    c.replay_window = 1024;
+    CHECK("replay window on an outbound SA", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_CONFIG, "replay_window");
+    base_config(&c, 0x1000, IPSEC_DIRECTION_OUTBOUND);
+    c.tfc_pad_to = 65535;
+    CHECK("TFC padding no IP packet can hold", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_CONFIG, "tfc_pad_to");
+    base_config(&c, 0x1000, IPSEC_DIRECTION_INBOUND);
+    c.key = NULL;
+    c.key_len = 0;
+    CHECK("no key", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_CONFIG, "key: missing");
+    TRUE("no SA written on any failure", sa == NULL);
+
+    /* outer_ttl 0 is refused, as in every layer; ipsec_sa_config_init sets 64. */
+    base_config(&c, 0x1000, IPSEC_DIRECTION_OUTBOUND);
+    c.outer_ttl = 0;
+    CHECK("outer_ttl 0", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_CONFIG, "outer_ttl: 0");
+    TRUE("... nothing written", sa == NULL);
+    base_config(&c, 0x1000, IPSEC_DIRECTION_OUTBOUND);
+    CHECK("outer_ttl from ipsec_sa_config_init", ipsec_sa_new(&c, T0, &sa), IPSEC_OK, NULL);
+    off = 128;
+    len = 100;
+    put_packet(buf, off, len);
+    CHECK("encrypt with the default outer_ttl", ipsec_sa_encrypt(sa, buf, sizeof buf, &off, &len, T0), IPSEC_OK, NULL);
+    TRUE("the outer TTL is 64", buf[off + 8] == 64);
+    ipsec_sa_free(sa);
+    sa = NULL;
+
+    /* A 64-bit ESN sequence number above 2^63-1, as a string in the SA file. */
+    CHECK("SA file with seq = \"0xffffffffffffff00\"", ipsec_sa_from_toml(esn_sa, strlen(esn_sa), "esn", T0, &sa), IPSEC_OK, NULL);
+    CHECK("its info", ipsec_sa_get_info(sa, &info), IPSEC_OK, NULL);
+    TRUE("its window top is the 64-bit number", info.seq == UINT64_C(0xffffffffffffff00));
+    ipsec_sa_free(sa);
+}
+
 static void replay_window(void)
 {
     ipsec_replay_window *w = NULL;
@@ -686,10 +748,13 @@ static void nat_traversal(void)
     CHECK("poll_keepalive again", ipsec_sa_poll_keepalive(sa, due, ka, sizeof ka, &n), IPSEC_OK, NULL);
     TRUE("... none: it was just sent", n == 0);
     ipsec_sa_free(sa);
+    sa = NULL;
 
     base_config(&c, 0x3001, IPSEC_DIRECTION_INBOUND);
     c.mode = IPSEC_MODE_TRANSPORT;
     c.udp_encap = true;
+    c.udp_src_port = 4500; /* port 0 is refused */
+    c.udp_dst_port = 4500;
     c.nat_original_src = "10.0.0.5";
     CHECK("NAT-OA source without destination", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_CONFIG, "nat_original_dst");
     c.nat_original_dst = "not an address";
@@ -705,6 +770,97 @@ static void nat_traversal(void)
     TRUE("... nothing written", sa == NULL);
 }
 
+#ifdef IPSEC_TEST_HOOKS
+/* Only in a library built with the `test-hooks` feature (never a release one): the
+ * n-th SA packet operation from now on, on this thread, panics inside the library. */
+void ipsec_test_panic_after(uint64_t n);
+
+/* After a caught panic the handle is poisoned: every later call on it answers
+ * IPSEC_ERR_POISONED; a burst that panics part-way reports what it did. */
+static void poisoned_handles(void)
+{
+    ipsec_sa *sa = make_sa(0x1000, IPSEC_DIRECTION_OUTBOUND);
+    ipsec_sa *other = make_sa(0x1001, IPSEC_DIRECTION_OUTBOUND);
+    ipsec_packet pkts[5];
+    uint8_t bufs[5][256];
+    uint8_t buf[256];
+    ipsec_sa_stats stats;
+    ipsec_sa_info info;
+    ipsec_overhead oh;
+    ipsec_sa_event ev;
+    size_t off, len, used = 99, i;
+    uint32_t path_mtu, inner_mtu;
+
+    printf("\n-- a panic poisons the handle (test hooks)\n");
+    for (i = 0; i < 5; i++) {
+        memset(&pkts[i], 0, sizeof pkts[i]);
+        put_packet(bufs[i], 64, 100);
+        pkts[i].buf = bufs[i];
+        pkts[i].capacity = sizeof bufs[i];
+        pkts[i].offset = 64;
+        pkts[i].length = 100;
+        pkts[i].status = 999;
+    }
+    ipsec_test_panic_after(3);
+    TRUE("a burst that panics at its third packet: 2 succeeded",
+         ipsec_sa_encrypt_burst(sa, pkts, 5, T0) == 2);
+    TRUE("... the first two are IPSEC_OK and encrypted",
+         pkts[0].status == IPSEC_OK && pkts[1].status == IPSEC_OK && pkts[0].offset < 64 &&
+             pkts[1].length > 100);
+    TRUE("... the third is IPSEC_ERR_PANIC", pkts[2].status == IPSEC_ERR_PANIC);
+    TRUE("... the last two IPSEC_ERR_POISONED and untouched",
+         pkts[3].status == IPSEC_ERR_POISONED && pkts[4].status == IPSEC_ERR_POISONED &&
+             pkts[3].offset == 64 && pkts[4].length == 100);
+    off = 64;
+    len = 100;
+    put_packet(buf, off, len);
+    CHECK("encrypt on the poisoned SA", ipsec_sa_encrypt(sa, buf, sizeof buf, &off, &len, T0), IPSEC_ERR_POISONED, "panic");
+    TRUE("... nothing written", off == 64 && len == 100);
+    CHECK("decrypt on it", ipsec_sa_decrypt(sa, buf, sizeof buf, &off, &len, T0), IPSEC_ERR_POISONED, "panic");
+    CHECK("get_stats on it", ipsec_sa_get_stats(sa, &stats), IPSEC_ERR_POISONED, "panic");
+    CHECK("get_info on it", ipsec_sa_get_info(sa, &info), IPSEC_ERR_POISONED, "panic");
+    CHECK("overhead on it", ipsec_sa_overhead(sa, 100, &oh), IPSEC_ERR_POISONED, "panic");
+    CHECK("poll_event on it", ipsec_sa_poll_event(sa, T0, &ev), IPSEC_ERR_POISONED, "panic");
+    CHECK("get_path_mtu on it", ipsec_sa_get_path_mtu(sa, T0, &path_mtu, &inner_mtu), IPSEC_ERR_POISONED, "panic");
+    TRUE("a burst on it: 0", ipsec_sa_encrypt_burst(sa, pkts, 2, T0) == 0);
+    TRUE("... every status IPSEC_ERR_POISONED",
+         pkts[0].status == IPSEC_ERR_POISONED && pkts[1].status == IPSEC_ERR_POISONED);
+    ipsec_sa_free(sa);
+    off = 64;
+    len = 100;
+    CHECK("another SA still works", ipsec_sa_encrypt(other, buf, sizeof buf, &off, &len, T0), IPSEC_OK, NULL);
+
+    /* One packet: the SA is poisoned by the call that panicked. */
+    ipsec_sa_free(other);
+    other = make_sa(0x1002, IPSEC_DIRECTION_OUTBOUND);
+    off = 64;
+    len = 100;
+    put_packet(buf, off, len);
+    ipsec_test_panic_after(1);
+    CHECK("encrypt that panics", ipsec_sa_encrypt(other, buf, sizeof buf, &off, &len, T0), IPSEC_ERR_PANIC, "deliberate panic");
+    CHECK("the next call", ipsec_sa_encrypt(other, buf, sizeof buf, &off, &len, T0), IPSEC_ERR_POISONED, "IPSEC_ERR_PANIC");
+    for (i = 0; i < 3; i++) {
+        put_packet(bufs[i], 64, 100);
+        pkts[i].buf = bufs[i];
+        pkts[i].offset = 64;
+        pkts[i].length = 100;
+        pkts[i].fragments = 7;
+    }
+    ipsec_sa_free(other);
+
+    /* The fragmenting burst reports the spares the packets before the panic used. */
+    other = make_sa(0x1003, IPSEC_DIRECTION_OUTBOUND);
+    ipsec_test_panic_after(2);
+    TRUE("a fragmenting burst that panics at its second packet: 1 succeeded",
+         ipsec_sa_encrypt_burst_fragmenting(other, pkts, 3, T0, NULL, 0, &used) == 1);
+    TRUE("... spares used written (0: the first packet fit)", used == 0);
+    TRUE("... statuses OK, PANIC, POISONED",
+         pkts[0].status == IPSEC_OK && pkts[1].status == IPSEC_ERR_PANIC &&
+             pkts[2].status == IPSEC_ERR_POISONED && pkts[2].fragments == 0);
+    ipsec_sa_free(other);
+}
+#endif
+
 int main(void)
 {
     null_handles_and_pointers();
@@ -712,10 +868,14 @@ int main(void)
     bad_packets();
     lifetimes_and_sequence();
     configs_and_enums();
+    refused_configs();
     replay_window();
     reassembly();
     bursts();
     nat_traversal();
+#ifdef IPSEC_TEST_HOOKS
+    poisoned_handles();
+#endif
     printf("\n%d checks, %d failed\n", checks, failed);
     return failed == 0 ? 0 : 1;
 }

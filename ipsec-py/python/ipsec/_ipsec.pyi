@@ -74,7 +74,11 @@ class ConfigError(IpsecError, ValueError):
     """A rejected configuration; also a ValueError."""
 
     field: Optional[str]
-    """The keyword argument or TOML key that was wrong."""
+    """The keyword argument or TOML key that was wrong (a nested key with a dot:
+    ``hard_lifetime.bytes``)."""
+    context: Optional[str]
+    """Where the key is: ``sa "b1-out"``, ``policy "p"``, ``case "c"``; None for a
+    keyword argument."""
 
 @final
 class Lifetime:
