@@ -1309,3 +1309,44 @@ action = "bypass"
         invalid.message
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Issue 11 ("Hardening"), items 2, 4, 7, 8, 9: the SAs a file defines, and the
+// consistency of lint, loaders and hints.
+// ---------------------------------------------------------------------------------
+
+/// Item 9: `direction` defaults to "both", so the rule the `no-catch-all` hint
+/// describes (a name and `action = "discard"`, nothing else) loads and silences it.
+#[test]
+fn direction_defaults_to_both_as_the_catch_all_hint_says() {
+    let without = r#"
+[[policy]]
+name = "rdp"
+local = "10.0.0.0/24"
+protocol = "tcp"
+local_port = 3389
+action = "bypass"
+"#;
+    let spd = Spd::from_toml(without).expect("direction may be left out");
+    assert_eq!(
+        spd.policies()[0].direction(),
+        ipsec_core::PolicyDirection::Both
+    );
+    let f = spd.lint();
+    let hint = f
+        .iter()
+        .find(|x| x.code == "no-catch-all")
+        .expect("no catch-all yet");
+    assert!(
+        hint.message
+            .contains("a [[policy]] with a name and action = \"discard\" only"),
+        "{hint}"
+    );
+    assert!(
+        hint.message.contains("direction defaults to \"both\""),
+        "{hint}"
+    );
+    let with = format!("{without}\n[[policy]]\nname = \"deny-all\"\naction = \"discard\"\n");
+    let f = lint_toml(&with);
+    assert!(f.is_empty(), "{}", show(&f));
+}

@@ -765,8 +765,8 @@ impl Spd {
                 format!(
                     "no final explicit rule matches everything ({}): packets no policy matches \
                      are dropped silently by the implicit DISCARD; end the file with a \
-                     catch-all (local = remote = protocol = \"any\", action = \"discard\") so \
-                     that it says so",
+                     catch-all that says so: a [[policy]] with a name and action = \"discard\" \
+                     only (omitted selectors mean \"any\", direction defaults to \"both\")",
                     missing.join(" and ")
                 ),
             ));

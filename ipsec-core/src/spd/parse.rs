@@ -183,13 +183,8 @@ fn parse_policy(
         Some(d) => PolicyDirection::from_name(d)
             .map_err(|m| errs.push(ConfigError::new("direction", m)))
             .ok(),
-        None if !t.contains_key("direction") => {
-            errs.push(ConfigError::new(
-                "direction",
-                "missing (\"outbound\", \"inbound\" or \"both\")",
-            ));
-            None
-        }
+        // DESIGN.md: "both" (a mirrored pair) is the default.
+        None if !t.contains_key("direction") => Some(PolicyDirection::Both),
         None => None,
     };
     let action = match get_str(t, "action", errs) {
