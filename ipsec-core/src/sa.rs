@@ -547,6 +547,25 @@ impl SaConfig {
         self
     }
 
+    /// Every check [`SecurityAssociation::new`] makes of this configuration, without
+    /// creating the SA: the field checks (SPI range, sequence number width, tunnel
+    /// endpoints, path MTU, TFC padding, NAT original addresses), the key lengths and
+    /// the algorithm combination, and the replay window size of an inbound SA.
+    /// `SecurityAssociation::new` runs exactly this first, so a configuration that
+    /// passes can fail there only for want of OS randomness. Loaders and the policy
+    /// lint call it to report every invalid SA of a file without building any
+    /// ([`crate::sa_set::check_sas`]).
+    ///
+    /// Errors name the field, never a key's bytes.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.validate()?;
+        Transform::check(self.cipher, &self.key, self.integrity, &self.integrity_key)?;
+        if self.direction == Direction::Inbound {
+            ReplayWindow::check_size(self.replay_window)?;
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.spi < 256 {
             return Err(ConfigError::new(
@@ -755,7 +774,7 @@ impl SecurityAssociation {
     /// window size) and creates the SA at time `now` (the caller's clock; lifetimes
     /// count from here).
     pub fn new(mut config: SaConfig, now: Duration) -> Result<Self, ConfigError> {
-        config.validate()?;
+        config.check()?;
         // RFC 6864: the outer IPv4 Identifications count up from a random start.
         let first_ident = match config.direction {
             Direction::Outbound => first_ipv4_ident(&mut config.iv_source)?,

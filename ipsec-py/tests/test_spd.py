@@ -36,7 +36,7 @@ direction = "inbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
 key = "%s"
-""" % (key_for("aes-128-gcm").hex(), key_for("aes-128-gcm").hex())
+""" % (key_for("aes-128-gcm").hex(), key_for("aes-128-gcm", "in").hex())
 
 
 @dataclass

@@ -15,6 +15,12 @@
 //! | `fragment-bypass` | warning | a BYPASS with ports "any" after a port-specific (or ICMP type-specific) PROTECT of overlapping addresses and protocol: non-first fragments of the protected traffic carry no ports and would reach the BYPASS (see below) |
 //! | `incomplete` | info | the exact shadow analysis of a policy hit its work bound and was not finished |
 //!
+//! [`lint_toml`] also reports, as `invalid`, every check a loader makes: the policy
+//! tables, and the SAs as [`Spd::from_toml`] and [`Gateway::new`](crate::Gateway::new)
+//! check them ([`crate::sa_set`]: key lengths, algorithm combinations, every other
+//! field, inbound SPIs unique, no key used by two SAs). It calls the loaders' own
+//! functions, so a file `lint_toml` passes without an `invalid` finding loads.
+//!
 //! # The exact shadow check
 //!
 //! The flow space of one direction and address family has five dimensions, written in

@@ -60,6 +60,8 @@ pub(crate) fn parse(text: &str) -> (Vec<Policy>, Vec<NamedSa>, Vec<ConfigError>)
         Err(e) => return (Vec::new(), Vec::new(), vec![toml_error(&e)]),
     };
     let (sas, mut errors) = sa_file::parse_sa_tables(file.sa);
+    // The SAs must be able to exist: every check a gateway makes when it creates them.
+    errors.extend(crate::sa_set::check_sas(&sas));
     let sa_dirs: HashMap<&str, Direction> = sas
         .iter()
         .map(|s| (s.name.as_str(), s.config.direction))
