@@ -1444,6 +1444,96 @@ fn a_key_shared_by_two_sas_is_refused_by_every_loader() {
     ipsec_core::Gateway::new(spd, std::time::Duration::ZERO).expect("gateway");
 }
 
+/// Item 4: lint judges the SAs' algorithms and keys by RFC 8221.
+#[test]
+fn lint_judges_the_sas_by_rfc_8221() {
+    let zero = "00".repeat(16) + "c0ffee00";
+    let sas = sa_table(
+        "out",
+        0x1000,
+        "outbound",
+        "null",
+        "",
+        &format!("integrity = \"hmac-sha256-128\"\nintegrity_key = \"{HMAC_A}\"\n{TUNNEL}"),
+    ) + &sa_table("in", 0x2000, "inbound", "aes-128-gmac", GCM_B, "")
+        + &sa_table(
+            "legacy",
+            0x2001,
+            "inbound",
+            "aes-128-cbc",
+            &GCM_A[..32],
+            &format!(
+                "integrity = \"hmac-sha1-96\"\nintegrity_key = \"{}\"",
+                &HMAC_A[..40]
+            ),
+        )
+        + &sa_table("zero", 0x2002, "inbound", "aes-128-gcm", &zero, "");
+    let f = Spd::from_toml(&file_with_sas(&sas))
+        .expect("algorithm choices and zero keys are lint findings, not load errors")
+        .lint();
+    let of = |code: &str| -> Vec<&Finding> { f.iter().filter(|x| x.code == code).collect() };
+    let not_encrypted = of("sa-not-encrypted");
+    assert_eq!(not_encrypted.len(), 1, "{}", show(&f));
+    assert_eq!(not_encrypted[0].severity, Severity::Warning);
+    assert_eq!(not_encrypted[0].policy.as_deref(), Some("lan"));
+    let m = &not_encrypted[0].message;
+    assert!(m.contains("authenticated but NOT encrypted"), "{m}");
+    assert!(m.contains("sa \"out\" (null encryption"), "{m}");
+    assert!(
+        m.contains("sa \"in\" (aes-128-gmac, integrity only)"),
+        "{m}"
+    );
+    let cbc = of("sa-cbc");
+    assert_eq!(cbc.len(), 1, "{}", show(&f));
+    assert_eq!(cbc[0].severity, Severity::Info);
+    assert!(
+        cbc[0].message.contains("sa \"legacy\" uses aes-128-cbc"),
+        "{}",
+        cbc[0]
+    );
+    let sha1 = of("sa-hmac-sha1");
+    assert_eq!(sha1.len(), 1, "{}", show(&f));
+    assert_eq!(sha1[0].severity, Severity::Info);
+    assert!(sha1[0].message.contains("MUST-"), "{}", sha1[0]);
+    let zero_key = of("sa-zero-key");
+    assert_eq!(zero_key.len(), 1, "{}", show(&f));
+    assert_eq!(zero_key[0].severity, Severity::Error);
+    assert!(
+        zero_key[0]
+            .message
+            .contains("sa \"zero\": its key is all zeros")
+    );
+    let all = show(&f);
+    for secret in [&GCM_A[..8], &GCM_B[..8], &HMAC_A[..8], "c0ffee"] {
+        assert!(!all.contains(secret), "key bytes in the findings: {all}");
+    }
+    // A clean pair of AEAD SAs gives no SA finding (the branch office example neither).
+    let clean = Spd::from_toml(&file_with_sas(
+        &(sa_table(
+            "out",
+            0x1000,
+            "outbound",
+            "aes-256-gcm",
+            &("7a".repeat(32) + "01020304"),
+            TUNNEL,
+        ) + &sa_table(
+            "in",
+            0x2000,
+            "inbound",
+            "chacha20-poly1305",
+            &("5b".repeat(32) + "01020304"),
+            "",
+        )),
+    ))
+    .unwrap()
+    .lint();
+    assert!(
+        clean.iter().all(|x| !x.code.starts_with("sa-")),
+        "{}",
+        show(&clean)
+    );
+}
+
 /// Item 7: `lint_toml` reports every SA problem a loader refuses (a 19-byte AES-128-GCM
 /// key, AES-CBC without integrity, three inbound SAs sharing one SPI), as `invalid`
 /// findings naming the SA and the key; and for every one-field change of a good file,

@@ -14,6 +14,10 @@
 //! | `any-any-bypass` | warning | a BYPASS rule with any addresses, protocol and ports |
 //! | `fragment-bypass` | warning | a BYPASS with ports "any" after a port-specific (or ICMP type-specific) PROTECT of overlapping addresses and protocol: non-first fragments of the protected traffic carry no ports and would reach the BYPASS (see below) |
 //! | `incomplete` | info | the exact shadow analysis of a policy hit its work bound and was not finished |
+//! | `sa-zero-key` | error | an SA's cipher key (salt left out) or integrity key is all zeros |
+//! | `sa-not-encrypted` | warning | a PROTECT policy uses an SA with NULL encryption or AES-GMAC: authenticated, not encrypted (RFC 8221) |
+//! | `sa-cbc` | info | an SA uses AES-CBC with HMAC: RFC 8221 prefers AEAD ciphers |
+//! | `sa-hmac-sha1` | info | an SA uses HMAC-SHA1-96 (MUST- in RFC 8221 §6) |
 //!
 //! [`lint_toml`] also reports, as `invalid`, every check a loader makes: the policy
 //! tables, and the SAs as [`Spd::from_toml`] and [`Gateway::new`](crate::Gateway::new)
@@ -64,6 +68,8 @@
 //! protected traffic. The same first-match partition as above decides it (earlier
 //! port-"any" rules covering those fragments, such as a DISCARD of the protocol
 //! between the same networks, silence it), and the finding names a witness.
+
+mod sa;
 
 use crate::error::ConfigError;
 use crate::sa::Direction;
@@ -639,11 +645,12 @@ fn names(policies: &[Policy], idx: impl IntoIterator<Item = usize>) -> String {
 impl Spd {
     /// Checks the policy for mistakes: shadowed, redundant and conflicting rules, a
     /// missing catch-all, IKE blocked by the policy itself, TCP/UDP ports 50/51,
-    /// any-any BYPASS rules, and BYPASS rules that non-first fragments of port-specific
-    /// PROTECT traffic reach. Each [`Finding`] has a stable code (see the
-    /// [`lint`](crate::spd::lint) module docs, which also describe the exact shadow
-    /// analysis and its work bound). Findings come in file order of their policy, the
-    /// file-wide ones last.
+    /// any-any BYPASS rules, BYPASS rules that non-first fragments of port-specific
+    /// PROTECT traffic reach, and the SAs' algorithms and keys by RFC 8221 (all-zero
+    /// keys, PROTECT policies without encryption, AES-CBC, HMAC-SHA1-96). Each
+    /// [`Finding`] has a stable code (see the [`lint`](crate::spd::lint) module docs,
+    /// which also describe the exact shadow analysis and its work bound). Findings come
+    /// in file order of their policy, then the file-wide ones, then the SA findings.
     pub fn lint(&self) -> Vec<Finding> {
         self.lint_bounded(WORK_BOUND)
     }
@@ -777,6 +784,7 @@ impl Spd {
                 ),
             ));
         }
+        out.extend(sa::findings(self));
         out
     }
 
