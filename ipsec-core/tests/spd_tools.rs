@@ -1652,6 +1652,67 @@ fn lint_runs_every_check_the_loaders_run() {
     }
 }
 
+/// Item 8: a TCP/UDP port range of at most 16 ports holding 50 or 51, on either port
+/// key, is the "open ports 50 and 51 for IPsec" mistake.
+#[test]
+fn protocol_number_as_port_catches_small_ranges() {
+    let f = spd(r#"
+[[policy]]
+name = "esp-ah-range"
+direction = "outbound"
+protocol = "tcp"
+remote_port = "50-51"
+action = "bypass"
+[[policy]]
+name = "around"
+direction = "outbound"
+protocol = "udp"
+local_port = "49-52"
+action = "bypass"
+[[policy]]
+name = "sixteen"
+direction = "outbound"
+protocol = "udp"
+remote_port = "51-66"
+action = "bypass"
+[[policy]]
+name = "seventeen"
+direction = "outbound"
+protocol = "udp"
+remote_port = "51-67"
+action = "bypass"
+[[policy]]
+name = "below"
+direction = "outbound"
+protocol = "tcp"
+remote_port = "34-49"
+action = "bypass"
+[[policy]]
+name = "sctp"
+direction = "outbound"
+protocol = "sctp"
+remote_port = "50-51"
+action = "bypass"
+"#)
+    .lint();
+    assert_eq!(
+        codes(&f, "protocol-number-as-port"),
+        ["esp-ah-range", "around", "sixteen"],
+        "{}",
+        show(&f)
+    );
+    let m = &f
+        .iter()
+        .find(|x| x.code == "protocol-number-as-port")
+        .unwrap()
+        .message;
+    assert!(
+        m.starts_with("remote_port = \"50-51\" (port 50 and 51) with protocol tcp"),
+        "{m}"
+    );
+    assert_eq!(ipsec_core::spd::lint::MAX_FLAGGED_RANGE, 16);
+}
+
 /// Item 9: `direction` defaults to "both", so the rule the `no-catch-all` hint
 /// describes (a name and `action = "discard"`, nothing else) loads and silences it.
 #[test]

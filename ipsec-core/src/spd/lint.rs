@@ -10,7 +10,7 @@
 //! | `conflict` | warning | a partial overlap with an earlier policy that decides otherwise: the order decides |
 //! | `no-catch-all` | warning | no explicit rule matching everything in a direction: the implicit DISCARD is silent |
 //! | `ike-blocked` | error | IKE (UDP 500, and UDP 4500 with NAT-T) between the tunnel endpoints is discarded or would be encrypted by the policy itself |
-//! | `protocol-number-as-port` | warning | TCP/UDP port 50 or 51: ESP and AH are IP protocols 50 and 51, not ports |
+//! | `protocol-number-as-port` | warning | a TCP/UDP port, or a range of at most [`MAX_FLAGGED_RANGE`] ports (such as `"50-51"`), holding 50 or 51, on either port key: ESP and AH are IP protocols 50 and 51, not ports |
 //! | `any-any-bypass` | warning | a BYPASS rule with any addresses, protocol and ports |
 //! | `fragment-bypass` | warning | a BYPASS with ports "any" after a port-specific (or ICMP type-specific) PROTECT of overlapping addresses and protocol: non-first fragments of the protected traffic carry no ports and would reach the BYPASS (see below) |
 //! | `incomplete` | info | the exact shadow analysis of a policy hit its work bound and was not finished |
@@ -69,7 +69,10 @@
 //! port-"any" rules covering those fragments, such as a DISCARD of the protocol
 //! between the same networks, silence it), and the finding names a witness.
 
+mod ports;
 mod sa;
+
+pub use ports::MAX_FLAGGED_RANGE;
 
 use crate::error::ConfigError;
 use crate::sa::Direction;
@@ -734,26 +737,7 @@ impl Spd {
                     self.fragment_bypass(&geo, &flagged, i, &mut out);
                 }
             }
-            if p.protocol.is_some_and(|x| x == 6 || x == 17) {
-                for (key, range) in [("local_port", p.local_port), ("remote_port", p.remote_port)] {
-                    if let Some((lo, hi)) = range
-                        && lo == hi
-                        && (lo == 50 || lo == 51)
-                    {
-                        out.push(Finding::new(
-                            Severity::Warning,
-                            "protocol-number-as-port",
-                            name,
-                            format!(
-                                "{key} = {lo} with protocol {}: ESP and AH are IP protocols \
-                                 50 and 51, not ports; to match ESP write protocol = \"esp\" \
-                                 (or 50) without ports",
-                                crate::spd::selector::protocol_name(p.protocol)
-                            ),
-                        ));
-                    }
-                }
-            }
+            out.extend(ports::protocol_number_as_port(p));
             if p.action == Action::Bypass && is_catch_all(p) {
                 out.push(Finding::new(
                     Severity::Warning,
