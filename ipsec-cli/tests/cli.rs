@@ -630,6 +630,16 @@ fn pcap_decrypt_reassembles_fragmented_esp() {
     assert_eq!(o.status.code(), Some(1));
 }
 
+/// The ESP sequence numbers of the packets of a raw-IP capture with an outer IPv4
+/// header (ESP starts at byte 20).
+fn esp_seqs(path: &Path) -> Vec<u32> {
+    read_pcap(path)
+        .1
+        .iter()
+        .map(|p| u32::from_be_bytes(p[24..28].try_into().unwrap()))
+        .collect()
+}
+
 /// Issue 11, item 2: an SA file whose key serves two SAs (here the branch's outbound SA
 /// and the head office's inbound copy of it, in one file) is refused by `pcap encrypt`
 /// and `pcap decrypt` with an error that names both SAs and not the key.
@@ -651,4 +661,102 @@ fn pcap_refuses_an_sa_file_whose_key_serves_two_sas() {
         assert!(err.contains("nonces repeat"), "{op}: {err}");
         assert!(!err.contains("00112233"), "{op}: key bytes shown: {err}");
     }
+}
+
+/// Issue 11, item 2: every `pcap encrypt` run starts after the SA file's `seq`; an AEAD
+/// SA says loudly that this repeats nonces, and `--seq-from` / `--save-seq` continue.
+#[test]
+fn pcap_encrypt_warns_of_nonce_reuse_and_continues_with_seq_from_or_save_seq() {
+    let dir = TempDir::new("seq");
+    let (sa, hq) = sa_files(&dir);
+    let (input, enc, dec) = (
+        dir.path("in.pcap"),
+        dir.path("enc.pcap"),
+        dir.path("dec.pcap"),
+    );
+    let plain = [ipv4_udp(1, b"one"), ipv4_udp(2, b"two")];
+    write_pcap(&input, 101, &plain);
+    let encrypt = |extra: &[&str]| {
+        let mut args = vec!["pcap", "encrypt", "--sa", s(&sa)];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[s(&input), s(&enc)]);
+        let o = ipsec(&args);
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+
+    // Without options: a warning on stderr; the summary names the last number used.
+    let (stdout, stderr) = encrypt(&[]);
+    assert!(
+        stderr.contains("ipsec: warning: sa \"branch-out\" (aes-128-gcm)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("repeats them under the same key"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--seq-from") && stderr.contains("--save-seq"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("last sequence number used: 2 (continue with --seq-from 2)"),
+        "{stdout}"
+    );
+    assert_eq!(esp_seqs(&enc), [1, 2]);
+    // The danger the warning names: a second run repeats the numbers.
+    encrypt(&[]);
+    assert_eq!(esp_seqs(&enc), [1, 2]);
+
+    // --seq-from continues without touching the file, and the peer decrypts it.
+    let (stdout, stderr) = encrypt(&["--seq-from", "2"]);
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(stdout.contains("sequence numbers 3..=4 used"), "{stdout}");
+    assert_eq!(esp_seqs(&enc), [3, 4]);
+    assert_eq!(std::fs::read_to_string(&sa).unwrap(), SA_TOML);
+    let o = ipsec(&["pcap", "decrypt", "--sa", s(&hq), s(&enc), s(&dec)]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(read_pcap(&dec).1, plain);
+
+    // --save-seq records the last number in the file (only that value changes), and the
+    // next run, with or without it, continues after it.
+    let (stdout, _) = encrypt(&["--save-seq"]);
+    assert_eq!(esp_seqs(&enc), [1, 2]);
+    assert!(stdout.contains("seq = 2 saved to"), "{stdout}");
+    let saved = std::fs::read_to_string(&sa).unwrap();
+    let expected = SA_TOML.replace(
+        "tunnel_dst = \"192.0.2.1\"\n",
+        "tunnel_dst = \"192.0.2.1\"\nseq = 2\n",
+    );
+    assert_eq!(saved, expected);
+    encrypt(&["--save-seq"]);
+    assert_eq!(esp_seqs(&enc), [3, 4]);
+    assert_eq!(
+        std::fs::read_to_string(&sa).unwrap(),
+        expected.replace("seq = 2", "seq = 4")
+    );
+    let (_, stderr) = encrypt(&[]);
+    assert_eq!(esp_seqs(&enc), [5, 6]);
+    assert!(stderr.contains("starts after seq = 4"), "{stderr}");
+
+    // Numbers the file says were used are refused.
+    let o = ipsec(&[
+        "pcap",
+        "encrypt",
+        "--seq-from",
+        "3",
+        "--sa",
+        s(&sa),
+        s(&input),
+        s(&enc),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--seq-from 3 is below sa \"branch-out\"'s seq = 4"),
+        "{err}"
+    );
 }
