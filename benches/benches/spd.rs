@@ -89,7 +89,7 @@ spi = 0x101
 direction = "inbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
-key = "00112233445566778899aabbccddeeff01020304"
+key = "8899aabbccddeeff0011223344556677c1c2c3c4"
 "#,
     );
     let mut rules = Vec::with_capacity(n);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Decrypt the ESP packets of a pcap capture with the inbound SAs of an SA file.
 
-    python examples/python/decrypt_capture.py --sa examples/sa-pair.toml in.pcap out.pcap
+    python examples/python/decrypt_capture.py --sa examples/sa-pair-hq.toml in.pcap out.pcap
 
 Each ESP (or UDP-encapsulated ESP) packet is matched to an inbound SA by its SPI and
 decrypted (in batches, per SA); the inner packets go to the output pcap in capture order.

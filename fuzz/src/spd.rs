@@ -1,7 +1,9 @@
 //! Bodies of the SPD fuzz targets.
 //!
 //! * [`policy_parse`]: arbitrary text into [`Spd::from_toml`] and
-//!   [`Spd::from_toml_all_errors`]: no panic, and both agree.
+//!   [`Spd::from_toml_all_errors`]: no panic, and both agree; a file that loads gives a
+//!   [`Gateway`] (loading ran every check creating the SAs runs), and `lint_toml` has an
+//!   `invalid` finding exactly when the loaders refuse the file.
 //! * [`spd_differential`]: structured random policies over a small address space (so
 //!   that rules overlap often) and random flows and packets: the compiled classifier,
 //!   the flow cache and the naive first-match scan answer the same, always; so do the
@@ -10,9 +12,10 @@
 
 use arbitrary::Arbitrary;
 use ipsec_core::spd::EngineKind;
-use ipsec_core::{Action, Direction, Error, Flow, FragmentDecision, Spd, SpdCache};
+use ipsec_core::{Action, Direction, Error, Flow, FragmentDecision, Gateway, Spd, SpdCache};
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::time::Duration;
 
 const SAS: &str = include_str!("../../ipsec-core/tests/data/sa-pair.toml");
 
@@ -53,6 +56,19 @@ pub fn policy_parse(data: &[u8]) {
             }
         }
         _ => panic!("from_toml and from_toml_all_errors disagree"),
+    }
+    // Lint reports every load error (bounded input: the shadow analysis is not cheap).
+    if text.len() <= 2048 {
+        let invalid = ipsec_core::spd::lint_toml(&text)
+            .iter()
+            .any(|f| f.code == "invalid");
+        assert_eq!(invalid, one.is_err(), "lint and the loader disagree");
+    }
+    // Every SA the SPD accepted can be created: the gateway refuses nothing it loaded.
+    if let Ok(spd) = one
+        && let Err(e) = Gateway::new(spd, Duration::ZERO)
+    {
+        panic!("the SPD loaded but its gateway fails: {e}");
     }
 }
 

@@ -16,6 +16,7 @@ mod netpkt;
 mod pcap;
 mod pcap_cmd;
 mod policy_cmd;
+mod seq_file;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -127,10 +128,29 @@ struct PcapOpts {
     output: PathBuf,
 }
 
+/// `pcap encrypt`'s options: the common ones and where its sequence numbers start.
+#[derive(clap::Args, Debug)]
+struct EncryptOpts {
+    #[command(flatten)]
+    common: PcapOpts,
+    /// Continue after this sequence number (the last one already used with this SA,
+    /// as the SA file's `seq` means it): the first packet gets N+1. Not below the
+    /// file's `seq`.
+    #[arg(long, value_name = "N")]
+    seq_from: Option<u64>,
+    /// Write the last sequence number used back into the SA file (only that SA's
+    /// `seq`; the rest of the file stays as written), so that the next run continues
+    /// after it instead of repeating the AEAD nonces.
+    #[arg(long)]
+    save_seq: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum PcapOp {
-    /// Protect every packet with the outbound SA (the first one, or --name).
-    Encrypt(PcapOpts),
+    /// Protect every packet with the outbound SA (the first one, or --name). Sequence
+    /// numbers (the AEAD nonces) start after the SA file's `seq`, on every run: use
+    /// --save-seq or --seq-from to continue, never the same numbers twice.
+    Encrypt(EncryptOpts),
     /// Unprotect every packet with the inbound SA its SPI names.
     Decrypt(PcapOpts),
     /// Check a capture taken between the gateways: cleartext that a PROTECT policy
@@ -241,18 +261,32 @@ fn main() -> ExitCode {
                 capture,
                 json,
             } => audit::run(policy, capture, *json),
-            PcapOp::Encrypt(o) | PcapOp::Decrypt(o) => pcap_cmd::run(&pcap_cmd::PcapArgs {
-                op: if matches!(op, PcapOp::Encrypt(_)) {
-                    pcap_cmd::Op::Encrypt
-                } else {
-                    pcap_cmd::Op::Decrypt
-                },
+            PcapOp::Encrypt(EncryptOpts {
+                common: o,
+                seq_from,
+                save_seq,
+            }) => pcap_cmd::run(&pcap_cmd::PcapArgs {
+                op: pcap_cmd::Op::Encrypt,
                 sa_file: &o.sa,
                 input: &o.input,
                 output: &o.output,
                 name: o.name.as_deref(),
                 json: o.json,
                 strict: o.strict,
+                seq: pcap_cmd::SeqStart {
+                    from: *seq_from,
+                    save: *save_seq,
+                },
+            }),
+            PcapOp::Decrypt(o) => pcap_cmd::run(&pcap_cmd::PcapArgs {
+                op: pcap_cmd::Op::Decrypt,
+                sa_file: &o.sa,
+                input: &o.input,
+                output: &o.output,
+                name: o.name.as_deref(),
+                json: o.json,
+                strict: o.strict,
+                seq: pcap_cmd::SeqStart::default(),
             }),
         },
         Command::Demo { policy } => demo::run(policy.as_deref()),

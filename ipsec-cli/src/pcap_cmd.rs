@@ -1,5 +1,24 @@
 //! `ipsec pcap encrypt` and `ipsec pcap decrypt`.
 //!
+//! # Sequence numbers of `encrypt`
+//!
+//! The outbound SA starts after the SA file's `seq` (the last sequence number used), on
+//! every run. With AES-GCM, ChaCha20-Poly1305 and AES-GMAC the sequence number is the
+//! nonce, so two captures encrypted with one SA file (or one capture twice) repeat
+//! nonces under one key, which exposes the XOR of their plaintexts and the
+//! authentication key. So every run whose AEAD SA starts from the file's `seq` says so
+//! on stderr, and two ways continue instead:
+//!
+//! * `--save-seq` writes the last sequence number used back into the SA file (only that
+//!   SA's `seq`; see `seq_file`), so the file stays the one record of the SA's state
+//!   and the next run continues after it. The default choice for a series of captures.
+//! * `--seq-from N` starts after `N` without touching the file (for SA files that are
+//!   read-only, shared or under version control, and for scripts that keep the count
+//!   themselves). `N` below the file's `seq` is refused: those numbers were used.
+//!
+//! The summary names the last sequence number used, so that a run can be continued by
+//! hand.
+//!
 //! `decrypt` puts ESP packets that were fragmented on the path back together first
 //! (`ipsec_core::Reassembler`, on the capture's timestamps): a held fragment writes
 //! nothing, the fragment that completes a datagram writes the decrypted datagram (with
@@ -36,6 +55,17 @@ pub(crate) struct PcapArgs<'a> {
     pub(crate) name: Option<&'a str>,
     pub(crate) json: bool,
     pub(crate) strict: bool,
+    /// Where `encrypt` starts counting (ignored by `decrypt`).
+    pub(crate) seq: SeqStart,
+}
+
+/// `encrypt`'s `--seq-from` and `--save-seq` (see the module docs).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SeqStart {
+    /// Continue after this sequence number instead of the file's `seq`.
+    pub(crate) from: Option<u64>,
+    /// Write the last sequence number used back into the SA file.
+    pub(crate) save: bool,
 }
 
 struct NamedSa {
@@ -142,6 +172,10 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
                 Op::Decrypt => all,
             }
         }
+    };
+    let seq_start = match args.op {
+        Op::Encrypt => Some(start_seq(args, &mut sas[chosen[0]], start)?),
+        Op::Decrypt => None,
     };
     // Inbound SAs by SPI; a duplicate SPI would make the choice ambiguous.
     let mut by_spi: BTreeMap<u32, usize> = BTreeMap::new();
@@ -281,6 +315,9 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
     for (reason, n) in &drops {
         summary.push_str(&format!("\n  dropped {reason:<18} {n}"));
     }
+    if let Some(first) = seq_start {
+        summary.push_str(&finish_seq(args, &sas[chosen[0]], first)?);
+    }
     if args.json {
         eprintln!("{summary}");
     } else {
@@ -292,6 +329,95 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
         )));
     }
     Ok(Outcome::Ok)
+}
+
+/// Sets up where the encrypting SA `sa` starts (see the module docs): `--seq-from`
+/// re-creates it from the SA file with that `seq`; starting from the file's `seq` with
+/// an AEAD cipher warns on stderr. Returns (the sequence number it starts after, the
+/// file's `seq`).
+fn start_seq(args: &PcapArgs<'_>, sa: &mut NamedSa, now: Duration) -> Result<(u64, u64), CliError> {
+    let path = args.sa_file.display();
+    let file_seq = sa.sa.seq();
+    if let Some(from) = args.seq.from {
+        if from < file_seq {
+            return Err(CliError::usage(format!(
+                "{path}: --seq-from {from} is below sa {:?}'s seq = {file_seq}: the file says \
+                 sequence numbers up to {file_seq} were used, and using them again repeats \
+                 nonces",
+                sa.name
+            )));
+        }
+        let mut config = parse_sas(args.sa_file)?
+            .into_iter()
+            .find(|n| n.name == sa.name)
+            .ok_or_else(|| CliError::usage(format!("{path}: sa {:?} disappeared", sa.name)))?
+            .config;
+        config.seq(from);
+        sa.sa = SecurityAssociation::new(config, now).map_err(|e| {
+            CliError::usage(format!("{path}: sa {:?}: --seq-from {from}: {e}", sa.name))
+        })?;
+        return Ok((from, file_seq));
+    }
+    if sa.sa.cipher().is_combined() {
+        let cipher = sa.sa.cipher().name();
+        let name = &sa.name;
+        if args.seq.save {
+            eprintln!(
+                "ipsec: warning: sa {name:?} ({cipher}) starts after seq = {file_seq} from \
+                 {path}; --save-seq records the last sequence number used in that file so that \
+                 the next run continues after it (a copy of the old file would still repeat \
+                 nonces)"
+            );
+        } else {
+            eprintln!(
+                "ipsec: warning: sa {name:?} ({cipher}) starts after seq = {file_seq} from \
+                 {path}, as every run with this file does: its sequence numbers are its \
+                 nonces, so encrypting another capture (or this one again) with this SA file \
+                 repeats them under the same key, which exposes the XOR of the plaintexts; \
+                 continue with --seq-from LAST (the summary names it) or let --save-seq \
+                 record it in the file"
+            );
+        }
+    }
+    Ok((file_seq, file_seq))
+}
+
+/// The summary lines about the encrypting SA's sequence numbers, after saving the last
+/// one with `--save-seq` (`first`, `file_seq`: as [`start_seq`] returned them).
+fn finish_seq(
+    args: &PcapArgs<'_>,
+    sa: &NamedSa,
+    (first, file_seq): (u64, u64),
+) -> Result<String, CliError> {
+    let last = sa.sa.seq();
+    let path = args.sa_file.display();
+    let mut out = if last == first {
+        format!(
+            "\n  sa {:?}: no sequence number used (still after {first})",
+            sa.name
+        )
+    } else {
+        format!(
+            "\n  sa {:?}: sequence numbers {}..={last} used; last sequence number used: \
+             {last} (continue with --seq-from {last})",
+            sa.name,
+            first + 1
+        )
+    };
+    if args.seq.save && last != first {
+        crate::seq_file::save(args.sa_file, &sa.name, file_seq, last).map_err(|e| {
+            CliError::failure(format!(
+                "{path}: --save-seq: could not record seq = {last} for sa {:?}: {e}; the next \
+                 run must use --seq-from {last} or a new SA",
+                sa.name
+            ))
+        })?;
+        out.push_str(&format!(
+            "\n  sa {:?}: seq = {last} saved to {path}",
+            sa.name
+        ));
+    }
+    Ok(out)
 }
 
 type Failure = (&'static str, String, Option<usize>);

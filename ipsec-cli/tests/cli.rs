@@ -5,6 +5,9 @@ use std::path::Path;
 mod common;
 use common::{TempDir, checksum, ipsec};
 
+/// The branch gateway's SA file: it encrypts with "branch-out". (A key serves one SA:
+/// the head office's copy of that SA, the inbound "hq-in", is in its own file,
+/// `HQ_SA_TOML`, as it would be on the head office gateway.)
 const SA_TOML: &str = r#"
 [[sa]]
 name = "branch-out"
@@ -17,14 +20,6 @@ tunnel_src = "198.51.100.2"
 tunnel_dst = "192.0.2.1"
 
 [[sa]]
-name = "hq-in"
-spi = 0x1000
-direction = "inbound"
-mode = "tunnel"
-cipher = "aes-128-gcm"
-key = "00112233445566778899aabbccddeeff01020304"
-
-[[sa]]
 name = "other-in"
 spi = 0x2000
 direction = "inbound"
@@ -32,8 +27,27 @@ mode = "tunnel"
 cipher = "aes-256-cbc"
 key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 integrity = "hmac-sha256-128"
-integrity_key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+integrity_key = "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
 "#;
+
+/// The head office gateway's SA file: it decrypts what "branch-out" sends.
+const HQ_SA_TOML: &str = r#"
+[[sa]]
+name = "hq-in"
+spi = 0x1000
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "00112233445566778899aabbccddeeff01020304"
+"#;
+
+/// Writes both SA files into `dir`: (the branch's `sa.toml`, the head office's `hq.toml`).
+fn sa_files(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (sa, hq) = (dir.path("sa.toml"), dir.path("hq.toml"));
+    std::fs::write(&sa, SA_TOML).unwrap();
+    std::fs::write(&hq, HQ_SA_TOML).unwrap();
+    (sa, hq)
+}
 
 /// IPv4/UDP packet with a recognisable payload.
 fn ipv4_udp(id: u16, payload: &[u8]) -> Vec<u8> {
@@ -135,8 +149,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 fn roundtrip(linktype: u32, frame: fn(&[u8]) -> Vec<u8>, tag: &str) {
     let dir = TempDir::new(tag);
-    let sa = dir.path("sa.toml");
-    std::fs::write(&sa, SA_TOML).unwrap();
+    let (sa, hq) = sa_files(&dir);
     let secret = b"cleartext that must not be on the wire";
     let ips = [ipv4_udp(1, secret), ipv6_udp(secret), ipv4_udp(2, b"short")];
     let frames: Vec<Vec<u8>> = ips.iter().map(|p| frame(p)).collect();
@@ -168,7 +181,7 @@ fn roundtrip(linktype: u32, frame: fn(&[u8]) -> Vec<u8>, tag: &str) {
         }
     }
 
-    let o = ipsec(&["pcap", "decrypt", "--sa", s(&sa), s(&enc), s(&dec)]);
+    let o = ipsec(&["pcap", "decrypt", "--sa", s(&hq), s(&enc), s(&dec)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (lt, back) = read_pcap(&dec);
     assert_eq!(lt, linktype);
@@ -188,8 +201,7 @@ fn pcap_roundtrip_ethernet() {
 #[test]
 fn pcap_json_reports_auth_failed_unknown_spi_and_replay() {
     let dir = TempDir::new("json");
-    let sa = dir.path("sa.toml");
-    std::fs::write(&sa, SA_TOML).unwrap();
+    let (sa, hq) = sa_files(&dir);
     let (input, enc) = (dir.path("in.pcap"), dir.path("enc.pcap"));
     write_pcap(
         &input,
@@ -236,7 +248,7 @@ fn pcap_json_reports_auth_failed_unknown_spi_and_replay() {
         "decrypt",
         "--json",
         "--sa",
-        s(&sa),
+        s(&hq),
         s(&atk),
         s(&out),
     ]);
@@ -293,7 +305,7 @@ fn pcap_json_reports_auth_failed_unknown_spi_and_replay() {
         "decrypt",
         "--strict",
         "--sa",
-        s(&sa),
+        s(&hq),
         s(&atk),
         s(&out),
     ]);
@@ -426,7 +438,7 @@ fn usage_errors_exit_2() {
         "pcap",
         "encrypt",
         "--name",
-        "hq-in",
+        "other-in",
         "--sa",
         s(&sa),
         s(&input),
@@ -586,7 +598,9 @@ fn pcap_roundtrip_nat_t_over_ipv6_outer() {
         assert_eq!(w[14 + 6], 17, "UDP-encapsulated ESP");
         assert_eq!(&w[14 + 42..14 + 44], &4500u16.to_be_bytes());
     }
-    let o = ipsec(&["pcap", "decrypt", "--sa", s(&sa), s(&enc), s(&dec)]);
+    let hq = dir.path("hq.toml");
+    std::fs::write(&hq, HQ_SA_TOML).unwrap();
+    let o = ipsec(&["pcap", "decrypt", "--sa", s(&hq), s(&enc), s(&dec)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(read_pcap(&dec).1, frames);
 }
@@ -616,8 +630,7 @@ fn fragments_v4(ip: &[u8], size: usize, id: u16) -> Vec<Vec<u8>> {
 #[test]
 fn pcap_decrypt_reassembles_fragmented_esp() {
     let dir = TempDir::new("frag");
-    let sa = dir.path("sa.toml");
-    std::fs::write(&sa, SA_TOML).unwrap();
+    let (sa, hq) = sa_files(&dir);
     let plain = [ipv4_udp(1, &[0x61; 1400]), ipv4_udp(2, b"small")];
     let (input, enc, frag, dec) = (
         dir.path("in.pcap"),
@@ -647,7 +660,7 @@ fn pcap_decrypt_reassembles_fragmented_esp() {
         "decrypt",
         "--json",
         "--sa",
-        s(&sa),
+        s(&hq),
         s(&frag),
         s(&dec),
     ]);
@@ -685,9 +698,140 @@ fn pcap_decrypt_reassembles_fragmented_esp() {
         "decrypt",
         "--strict",
         "--sa",
-        s(&sa),
+        s(&hq),
         s(&frag),
         s(&dec),
     ]);
     assert_eq!(o.status.code(), Some(1));
+}
+
+/// The ESP sequence numbers of the packets of a raw-IP capture with an outer IPv4
+/// header (ESP starts at byte 20).
+fn esp_seqs(path: &Path) -> Vec<u32> {
+    read_pcap(path)
+        .1
+        .iter()
+        .map(|p| u32::from_be_bytes(p[24..28].try_into().unwrap()))
+        .collect()
+}
+
+/// Issue 11, item 2: an SA file whose key serves two SAs (here the branch's outbound SA
+/// and the head office's inbound copy of it, in one file) is refused by `pcap encrypt`
+/// and `pcap decrypt` with an error that names both SAs and not the key.
+#[test]
+fn pcap_refuses_an_sa_file_whose_key_serves_two_sas() {
+    let dir = TempDir::new("sharedkey");
+    let (input, out) = (dir.path("in.pcap"), dir.path("out.pcap"));
+    write_pcap(&input, 101, &[ipv4_udp(1, b"x")]);
+    let sa = dir.path("both-ends.toml");
+    std::fs::write(&sa, format!("{SA_TOML}\n{HQ_SA_TOML}")).unwrap();
+    for op in ["encrypt", "decrypt"] {
+        let o = ipsec(&["pcap", op, "--sa", s(&sa), s(&input), s(&out)]);
+        assert_eq!(o.status.code(), Some(2), "{op}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("sa \"hq-in\": key: the same key as the key of sa \"branch-out\""),
+            "{op}: {err}"
+        );
+        assert!(err.contains("nonces repeat"), "{op}: {err}");
+        assert!(!err.contains("00112233"), "{op}: key bytes shown: {err}");
+    }
+}
+
+/// Issue 11, item 2: every `pcap encrypt` run starts after the SA file's `seq`; an AEAD
+/// SA says loudly that this repeats nonces, and `--seq-from` / `--save-seq` continue.
+#[test]
+fn pcap_encrypt_warns_of_nonce_reuse_and_continues_with_seq_from_or_save_seq() {
+    let dir = TempDir::new("seq");
+    let (sa, hq) = sa_files(&dir);
+    let (input, enc, dec) = (
+        dir.path("in.pcap"),
+        dir.path("enc.pcap"),
+        dir.path("dec.pcap"),
+    );
+    let plain = [ipv4_udp(1, b"one"), ipv4_udp(2, b"two")];
+    write_pcap(&input, 101, &plain);
+    let encrypt = |extra: &[&str]| {
+        let mut args = vec!["pcap", "encrypt", "--sa", s(&sa)];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[s(&input), s(&enc)]);
+        let o = ipsec(&args);
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+
+    // Without options: a warning on stderr; the summary names the last number used.
+    let (stdout, stderr) = encrypt(&[]);
+    assert!(
+        stderr.contains("ipsec: warning: sa \"branch-out\" (aes-128-gcm)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("repeats them under the same key"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--seq-from") && stderr.contains("--save-seq"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("last sequence number used: 2 (continue with --seq-from 2)"),
+        "{stdout}"
+    );
+    assert_eq!(esp_seqs(&enc), [1, 2]);
+    // The danger the warning names: a second run repeats the numbers.
+    encrypt(&[]);
+    assert_eq!(esp_seqs(&enc), [1, 2]);
+
+    // --seq-from continues without touching the file, and the peer decrypts it.
+    let (stdout, stderr) = encrypt(&["--seq-from", "2"]);
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(stdout.contains("sequence numbers 3..=4 used"), "{stdout}");
+    assert_eq!(esp_seqs(&enc), [3, 4]);
+    assert_eq!(std::fs::read_to_string(&sa).unwrap(), SA_TOML);
+    let o = ipsec(&["pcap", "decrypt", "--sa", s(&hq), s(&enc), s(&dec)]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(read_pcap(&dec).1, plain);
+
+    // --save-seq records the last number in the file (only that value changes), and the
+    // next run, with or without it, continues after it.
+    let (stdout, _) = encrypt(&["--save-seq"]);
+    assert_eq!(esp_seqs(&enc), [1, 2]);
+    assert!(stdout.contains("seq = 2 saved to"), "{stdout}");
+    let saved = std::fs::read_to_string(&sa).unwrap();
+    let expected = SA_TOML.replace(
+        "tunnel_dst = \"192.0.2.1\"\n",
+        "tunnel_dst = \"192.0.2.1\"\nseq = 2\n",
+    );
+    assert_eq!(saved, expected);
+    encrypt(&["--save-seq"]);
+    assert_eq!(esp_seqs(&enc), [3, 4]);
+    assert_eq!(
+        std::fs::read_to_string(&sa).unwrap(),
+        expected.replace("seq = 2", "seq = 4")
+    );
+    let (_, stderr) = encrypt(&[]);
+    assert_eq!(esp_seqs(&enc), [5, 6]);
+    assert!(stderr.contains("starts after seq = 4"), "{stderr}");
+
+    // Numbers the file says were used are refused.
+    let o = ipsec(&[
+        "pcap",
+        "encrypt",
+        "--seq-from",
+        "3",
+        "--sa",
+        s(&sa),
+        s(&input),
+        s(&enc),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--seq-from 3 is below sa \"branch-out\"'s seq = 4"),
+        "{err}"
+    );
 }

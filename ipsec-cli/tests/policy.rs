@@ -839,3 +839,107 @@ fn lint_budget_ends_a_long_lint_with_a_finding() {
     assert_eq!(budget.len(), 1, "{out}");
     assert!(budget[0].contains("500 steps"), "{}", budget[0]);
 }
+
+// --- issue 11, item 7: lint and firewall see what the loaders refuse -----------------
+
+/// A 19-byte AES-128-GCM key, AES-CBC without integrity and three inbound SAs on one
+/// SPI: `policy lint` reports each as an `invalid` error (exit 1), and `policy
+/// firewall` lists no openings for these SAs: the file does not load (exit 2).
+#[test]
+fn lint_reports_and_firewall_refuses_sas_that_cannot_exist() {
+    let sa = |name: &str, spi: &str, dir: &str, cipher: &str, key: &str, extra: &str| {
+        format!(
+            "[[sa]]\nname = \"{name}\"\nspi = {spi}\ndirection = \"{dir}\"\nmode = \
+             \"tunnel\"\ncipher = \"{cipher}\"\nkey = \"{key}\"\n{extra}\n"
+        )
+    };
+    let text = format!(
+        r#"
+[[policy]]
+name = "ike"
+local = "192.0.2.1"
+remote = "192.0.2.2"
+protocol = "udp"
+local_port = 500
+remote_port = 500
+action = "bypass"
+
+[[policy]]
+name = "lan"
+local = "10.0.0.0/24"
+remote = "10.1.0.0/24"
+action = "protect"
+sa = ["out", "in"]
+
+[[policy]]
+name = "deny"
+action = "discard"
+
+{}{}{}{}"#,
+        sa(
+            "out",
+            "0x1000",
+            "outbound",
+            "aes-128-gcm",
+            &"3c".repeat(19),
+            "tunnel_src = \"192.0.2.1\"\ntunnel_dst = \"192.0.2.2\""
+        ),
+        sa(
+            "in",
+            "0x2000",
+            "inbound",
+            "aes-128-cbc",
+            &"4d".repeat(16),
+            ""
+        ),
+        sa(
+            "in-2",
+            "0x2000",
+            "inbound",
+            "aes-128-gcm",
+            &"5e".repeat(20),
+            ""
+        ),
+        sa(
+            "in-3",
+            "0x2000",
+            "inbound",
+            "aes-128-gcm",
+            &"6f".repeat(20),
+            ""
+        ),
+    );
+    let dir = TempDir::new("lint-sas");
+    let file = dir.path("policy.toml");
+    std::fs::write(&file, text).unwrap();
+    let p = file.to_str().unwrap();
+
+    let o = ipsec(&["policy", "lint", p, "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let invalid: Vec<String> = json_lines(&o)
+        .iter()
+        .filter(|f| f["code"] == "invalid")
+        .map(|f| {
+            assert_eq!(f["severity"], "error");
+            f["message"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(invalid.len(), 4, "{invalid:#?}");
+    assert!(
+        invalid[0].contains("sa \"out\": key: aes-128-gcm needs a 20-byte key"),
+        "{}",
+        invalid[0]
+    );
+    assert!(invalid[1].contains("sa \"in\": integrity: aes-128-cbc needs an integrity"));
+    assert!(invalid[2].contains("sa \"in-2\": spi: inbound sa \"in\" already has SPI"));
+    assert!(invalid[3].contains("sa \"in-3\": spi: inbound sa \"in\" already has SPI"));
+
+    let o = ipsec(&["policy", "firewall", p, "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(o.stdout.is_empty(), "no openings: {o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("sa \"out\": key") && err.contains("sa \"in-3\": spi"),
+        "{err}"
+    );
+}

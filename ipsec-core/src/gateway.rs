@@ -112,9 +112,19 @@ impl core::fmt::Debug for Gateway {
 
 impl Gateway {
     /// Creates the SAs of the SPD's `[[sa]]` tables at time `now`. Fails when an SA's
-    /// configuration is invalid or two inbound SAs share an SPI.
+    /// configuration is invalid, two inbound SAs share an SPI, or a key serves two SAs
+    /// (or one SA twice): the checks of [`crate::sa_set`], which loading the [`Spd`]
+    /// already ran, are run again here so that a gateway never depends on how its SPD
+    /// was made.
     pub fn new(mut spd: Spd, now: Duration) -> Result<Gateway, ConfigError> {
         let configs = spd.take_sas();
+        if let Some(e) = crate::sa_set::check_key_reuse(&configs)
+            .into_iter()
+            .chain(crate::sa_set::check_sas(&configs))
+            .next()
+        {
+            return Err(e);
+        }
         let mut names = Vec::with_capacity(configs.len());
         let mut sas = Vec::with_capacity(configs.len());
         let mut by_name = HashMap::new();
@@ -124,13 +134,9 @@ impl Gateway {
             let label = format!("sa {:?}", named.name);
             let sa =
                 SecurityAssociation::new(named.config, now).map_err(|e| e.in_context(&label))?;
-            if sa.direction() == Direction::Inbound
-                && inbound_by_spi.insert(sa.spi(), sas.len()).is_some()
-            {
-                return Err(ConfigError::new(
-                    label,
-                    format!("another inbound SA already has SPI {:#010x}", sa.spi()),
-                ));
+            if sa.direction() == Direction::Inbound {
+                // Unique: `check_sas` above.
+                inbound_by_spi.insert(sa.spi(), sas.len());
             }
             if sa.direction() == Direction::Outbound {
                 outbound_by_spi.entry(sa.spi()).or_default().push(sas.len());

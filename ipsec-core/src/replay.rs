@@ -85,12 +85,8 @@ pub struct ReplayWindow {
 }
 
 impl ReplayWindow {
-    /// A window `size` packets wide, with nothing received yet (`highest` is 0).
-    ///
-    /// `size` is 0 (replay protection off) or in `32..=16_777_216` (2^24); any other
-    /// value is a [`ConfigError`] naming the field `replay_window`. `esn` selects 64-bit
-    /// extended sequence numbers, whose high half is inferred from the 32 bits on the wire.
-    pub fn new(size: u32, esn: bool) -> Result<ReplayWindow, ConfigError> {
+    /// The size check of [`ReplayWindow::new`], without allocating the window.
+    pub(crate) fn check_size(size: u32) -> Result<(), ConfigError> {
         if size != 0 && !(MIN_SIZE..=MAX_SIZE).contains(&size) {
             return Err(ConfigError::new(
                 "replay_window",
@@ -99,6 +95,16 @@ impl ReplayWindow {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// A window `size` packets wide, with nothing received yet (`highest` is 0).
+    ///
+    /// `size` is 0 (replay protection off) or in `32..=16_777_216` (2^24); any other
+    /// value is a [`ConfigError`] naming the field `replay_window`. `esn` selects 64-bit
+    /// extended sequence numbers, whose high half is inferred from the 32 bits on the wire.
+    pub fn new(size: u32, esn: bool) -> Result<ReplayWindow, ConfigError> {
+        Self::check_size(size)?;
         let nblocks = if size == 0 {
             0
         } else {

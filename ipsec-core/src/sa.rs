@@ -565,6 +565,28 @@ impl SaConfig {
         self
     }
 
+    /// Every check [`SecurityAssociation::new`] makes of this configuration, without
+    /// creating the SA: the field checks (SPI range, sequence number width, tunnel
+    /// endpoints, path MTU, TFC padding, NAT original addresses), the key lengths and
+    /// the algorithm combination, and the replay window size of an inbound SA.
+    /// `SecurityAssociation::new` runs exactly this first, so a configuration that
+    /// passes can fail there only for want of OS randomness. Loaders and the policy
+    /// lint call it to report every invalid SA of a file without building any
+    /// ([`crate::sa_set::check_sas`]).
+    ///
+    /// Errors name the field, never a key's bytes.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.validate()?;
+        Transform::check(self.cipher, &self.key, self.integrity, &self.integrity_key)?;
+        if self.direction == Direction::Inbound {
+            ReplayWindow::check_size(
+                self.replay_window
+                    .unwrap_or(SaConfig::DEFAULT_REPLAY_WINDOW),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Checks everything that can be checked without keying the SA: every field on its
     /// own and the fields together (key and ICV lengths are checked by
     /// [`SecurityAssociation::new`]). SA files run it when they are parsed.
@@ -934,7 +956,7 @@ impl SecurityAssociation {
     /// the field) and creates the SA at time `now` (the caller's clock; lifetimes count
     /// from here).
     pub fn new(mut config: SaConfig, now: Duration) -> Result<Self, ConfigError> {
-        config.validate()?;
+        config.check()?;
         // RFC 6864: the outer IPv4 Identifications count up from a random start.
         let first_ident = match config.direction {
             Direction::Outbound => first_ipv4_ident(&mut config.iv_source)?,

@@ -317,10 +317,11 @@ fn table_error(e: &toml::de::Error, label: &str) -> ConfigError {
 }
 
 /// Parses every `[[sa]]` table of `text` (a policy file's `[[policy]]` tables are
-/// allowed and ignored here). Names must be unique. The configurations are
-/// checked as far as possible without creating the SAs (everything
-/// [`SecurityAssociation::new`](crate::SecurityAssociation::new) checks but the key
-/// lengths and the algorithm combination).
+/// allowed and ignored here). Names must be unique, and so must keys: a key used by
+/// two SAs (or as one SA's cipher and integrity key) is an error naming both
+/// ([`crate::sa_set::check_key_reuse`]). Each configuration's fields are checked as
+/// they are parsed; the key lengths and the algorithm combination are left to SA
+/// creation ([`SaConfig::check`] runs every check without creating anything).
 pub fn parse_sa_file(text: &str) -> Result<Vec<NamedSa>, ConfigError> {
     let file: SaFile = toml::from_str(text).map_err(|e| {
         ConfigError::new(
@@ -340,7 +341,8 @@ pub fn parse_sa_file(text: &str) -> Result<Vec<NamedSa>, ConfigError> {
 
 /// Parses already-read `[[sa]]` tables (for files that hold other tables too, such as
 /// policy files), continuing past bad entries: returns every SA that parsed and one
-/// error per bad entry (each naming the SA and the key). Names must be unique.
+/// error per bad entry (each naming the SA and the key). Names must be unique, and keys
+/// too ([`crate::sa_set::check_key_reuse`]: one more error per repeated key).
 pub fn parse_sa_tables(tables: Vec<toml::Table>) -> (Vec<NamedSa>, Vec<ConfigError>) {
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(tables.len());
@@ -367,6 +369,7 @@ pub fn parse_sa_tables(tables: Vec<toml::Table>) -> (Vec<NamedSa>, Vec<ConfigErr
             Err(e) => errors.push(e.in_context(&label)),
         }
     }
+    errors.extend(crate::sa_set::check_key_reuse(&out));
     (out, errors)
 }
 
@@ -396,7 +399,7 @@ mod tests {
         cipher = "aes-256-cbc"
         key = "0x0001020304050607080910111213141516171819202122232425262728293031"
         integrity = "hmac-sha256-128"
-        integrity_key = "00:01:02:03:04:05:06:07:08:09:10:11:12:13:14:15:16:17:18:19:20:21:22:23:24:25:26:27:28:29:30:31"
+        integrity_key = "a0:a1:a2:a3:04:05:06:07:08:09:10:11:12:13:14:15:16:17:18:19:20:21:22:23:24:25:26:27:28:29:30:31"
         esn = true
         replay_window = 4096
     "#;

@@ -248,13 +248,19 @@ fn ike_is_bypassed_and_unknown_spis_are_counted() {
 fn duplicate_inbound_spis_are_refused() {
     let doubled = format!(
         "{}\n[[sa]]\nname = \"hq-in-again\"\nspi = 0x2001\ndirection = \"inbound\"\n\
-         mode = \"tunnel\"\ncipher = \"aes-128-gcm\"\nkey = \"{K1}\"\n",
-        hq_toml()
+         mode = \"tunnel\"\ncipher = \"aes-128-gcm\"\nkey = \"{}\"\n",
+        hq_toml(),
+        "c0".repeat(20)
     );
-    let spd = Spd::from_toml(&doubled).expect("an unused SA is fine for the SPD");
-    let err = Gateway::new(spd, T0).unwrap_err();
+    // Loading the SPD runs every check creating the gateway's SAs would run
+    // (`ipsec_core::sa_set`), so an SPD whose SAs cannot all exist does not load.
+    let err = Spd::from_toml(&doubled).unwrap_err();
     assert!(err.field().contains("hq-in-again"), "{err}");
     assert!(err.message().contains("0x00002001"), "{err}");
+    assert!(
+        err.message().contains("\"hq-in\""),
+        "names the first SA: {err}"
+    );
 }
 
 #[test]

@@ -290,7 +290,7 @@ spi = 0x2001
 direction = "outbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
-key = "0000000000000000000000000000000000000001"
+key = "0100000000000000000000000000000000000000"
 tunnel_src = "192.0.2.1"
 tunnel_dst = "192.0.2.3"
 
@@ -300,7 +300,7 @@ spi = 0x2002
 direction = "inbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
-key = "0000000000000000000000000000000000000002"
+key = "0200000000000000000000000000000000000000"
 
 [[sa]]
 name = "natted-out"
@@ -308,7 +308,7 @@ spi = 0x2003
 direction = "outbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
-key = "0000000000000000000000000000000000000003"
+key = "0300000000000000000000000000000000000000"
 tunnel_src = "192.0.2.1"
 tunnel_dst = "198.51.100.2"
 udp_encap = [4500, 4501]
@@ -320,7 +320,7 @@ spi = 0x2004
 direction = "inbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
-key = "0000000000000000000000000000000000000004"
+key = "0400000000000000000000000000000000000000"
 udp_encap = [4501, 4500]
 "#;
 

@@ -382,8 +382,8 @@ fn error_unknown_key_missing_name_and_duplicates() {
     // Without a name, the policy is named by its position.
     let e = err("direction = \"both\"\naction = \"bypass\"");
     assert!(e.starts_with("policy #1: name: missing"), "{e}");
-    let e = err("name = \"k\"\naction = \"bypass\"");
-    assert!(e.starts_with("policy \"k\": direction: missing"), "{e}");
+    // A missing direction is no error: it defaults to "both" (spd_tools.rs,
+    // `direction_defaults_to_both_as_the_catch_all_hint_says`).
     let e = err("name = \"k\"\ndirection = \"sideways\"\naction = \"bypass\"");
     assert!(e.starts_with("policy \"k\": direction: expected"), "{e}");
     let e = err("name = \"k\"\ndirection = \"both\"\naction = \"allow\"");

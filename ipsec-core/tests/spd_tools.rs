@@ -16,7 +16,7 @@ spi = 0x102
 direction = "outbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
-key = "00112233445566778899aabbccddeeff01020304"
+key = "2233445566778899aabbccddeeff0011d1d2d3d4"
 tunnel_src = "192.0.2.1"
 tunnel_dst = "192.0.2.2"
 "#
@@ -469,7 +469,7 @@ spi = 0x101
 direction = "inbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
-key = "00112233445566778899aabbccddeeff01020304"
+key = "8899aabbccddeeff0011223344556677c1c2c3c4"
 "#;
     let f = Spd::from_toml(text).unwrap().lint();
     let ike: Vec<&Finding> = f.iter().filter(|x| x.code == "ike-blocked").collect();
@@ -847,7 +847,7 @@ spi = 0x101
 direction = "inbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
-key = "00112233445566778899aabbccddeeff01020304"
+key = "8899aabbccddeeff0011223344556677c1c2c3c4"
 
 [[policy]]
 name = "p"
@@ -1308,4 +1308,443 @@ action = "bypass"
         "the policy is named once, by the finding: {}",
         invalid.message
     );
+}
+
+// ---------------------------------------------------------------------------------
+// Issue 11 ("Hardening"), items 2, 4, 7, 8, 9: the SAs a file defines, and the
+// consistency of lint, loaders and hints.
+// ---------------------------------------------------------------------------------
+
+/// One `[[sa]]` table; `extra` adds lines (integrity, tunnel endpoints, ...).
+fn sa_table(name: &str, spi: u32, direction: &str, cipher: &str, key: &str, extra: &str) -> String {
+    format!(
+        "\n[[sa]]\nname = \"{name}\"\nspi = {spi:#x}\ndirection = \"{direction}\"\nmode = \
+         \"tunnel\"\ncipher = \"{cipher}\"\nkey = \"{key}\"\n{extra}\n"
+    )
+}
+
+const TUNNEL: &str = "tunnel_src = \"192.0.2.1\"\ntunnel_dst = \"192.0.2.2\"";
+const GCM_A: &str = "3f7c9a1e5b2d8046c1e9a7b3d5f20864a1b2c3d4";
+const GCM_B: &str = "9e4b7d2c1a6f3058e2d4c6a8b0f1e3d5b1b2c3d4";
+const HMAC_A: &str = "5a4b3c2d1e0f5a4b3c2d1e0f5a4b3c2d1e0f5a4b3c2d1e0f5a4b3c2d1e0f5a4b";
+
+/// A policy file with a PROTECT policy over the SAs "out" and "in" and the given SA
+/// tables, IKE let through and a catch-all.
+fn file_with_sas(sas: &str) -> String {
+    format!(
+        r#"
+[[policy]]
+name = "ike"
+local = "192.0.2.1"
+remote = "192.0.2.2"
+protocol = "udp"
+local_port = 500
+remote_port = 500
+action = "bypass"
+[[policy]]
+name = "lan"
+local = "10.0.0.0/24"
+remote = "10.1.0.0/24"
+action = "protect"
+sa = ["out", "in"]
+[[policy]]
+name = "deny"
+action = "discard"
+{sas}"#
+    )
+}
+
+/// Item 2: a key used by two SAs (two outbound SAs, an outbound and an inbound one,
+/// keys that differ only in the salt, an integrity key, one SA's key as its own
+/// integrity key) is refused by every loader with an error that names both SAs and
+/// the field, never the key; `lint_toml` reports it as `invalid`.
+#[test]
+fn a_key_shared_by_two_sas_is_refused_by_every_loader() {
+    let salt_only = format!("{}ffffffff", &GCM_A[..32]);
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            sa_table("out", 0x1000, "outbound", "aes-128-gcm", GCM_A, TUNNEL)
+                + &sa_table("in", 0x2000, "inbound", "aes-128-gcm", GCM_B, "")
+                + &sa_table("out-copy", 0x1001, "outbound", "aes-128-gcm", GCM_A, TUNNEL),
+            "sa \"out-copy\": key",
+            "the key of sa \"out\"",
+        ),
+        (
+            sa_table("out", 0x1000, "outbound", "aes-128-gcm", GCM_A, TUNNEL)
+                + &sa_table("in", 0x2000, "inbound", "aes-128-gcm", GCM_A, ""),
+            "sa \"in\": key",
+            "peer's outbound key",
+        ),
+        (
+            sa_table("out", 0x1000, "outbound", "aes-128-gcm", GCM_A, TUNNEL)
+                + &sa_table("in", 0x2000, "inbound", "aes-128-gcm", &salt_only, ""),
+            "sa \"in\": key",
+            "the key of sa \"out\"",
+        ),
+        (
+            sa_table("out", 0x1000, "outbound", "aes-128-gcm", GCM_A, TUNNEL)
+                + &sa_table(
+                    "in",
+                    0x2000,
+                    "inbound",
+                    "aes-256-cbc",
+                    &HMAC_A[..64],
+                    &format!("integrity = \"hmac-sha256-128\"\nintegrity_key = \"{HMAC_A}\""),
+                ),
+            "sa \"in\": integrity_key",
+            "this SA's own key",
+        ),
+        (
+            sa_table(
+                "out",
+                0x1000,
+                "outbound",
+                "null",
+                "",
+                &format!("integrity = \"hmac-sha256-128\"\nintegrity_key = \"{HMAC_A}\"\n{TUNNEL}"),
+            ) + &sa_table(
+                "in",
+                0x2000,
+                "inbound",
+                "null",
+                "",
+                &format!("integrity = \"hmac-sha256-128\"\nintegrity_key = \"{HMAC_A}\""),
+            ),
+            "sa \"in\": integrity_key",
+            "key separation",
+        ),
+    ];
+    for (sas, field, says) in cases {
+        let text = file_with_sas(&sas);
+        let secrets = [&GCM_A[..8], &GCM_A[8..16], &HMAC_A[..8], &HMAC_A[8..16]];
+        let clean = |what: &str, s: &str| {
+            for secret in secrets {
+                assert!(!s.contains(secret), "{what} shows key bytes: {s}");
+            }
+        };
+        let e = Spd::from_toml(&text).expect_err("Spd::from_toml refuses a shared key");
+        assert_eq!(e.field(), field, "{e}");
+        assert!(e.message().contains(says), "{e}");
+        clean("Display", &e.to_string());
+        clean("Debug", &format!("{e:?}"));
+        let e = ipsec_core::sa_file::parse_sa_file(&sas).expect_err("parse_sa_file refuses");
+        assert_eq!(e.field(), field, "{e}");
+        let f = lint_toml(&text);
+        let invalid: Vec<&Finding> = f.iter().filter(|x| x.code == "invalid").collect();
+        assert_eq!(invalid.len(), 1, "{}", show(&f));
+        assert!(invalid[0].message.contains(field), "{}", invalid[0]);
+        clean("lint", &show(&f));
+    }
+    // Distinct keys load, and the gateway is built.
+    let ok = file_with_sas(
+        &(sa_table("out", 0x1000, "outbound", "aes-128-gcm", GCM_A, TUNNEL)
+            + &sa_table("in", 0x2000, "inbound", "aes-128-gcm", GCM_B, "")),
+    );
+    let spd = Spd::from_toml(&ok).expect("distinct keys load");
+    ipsec_core::Gateway::new(spd, std::time::Duration::ZERO).expect("gateway");
+}
+
+/// Item 4: lint judges the SAs' algorithms and keys by RFC 8221.
+#[test]
+fn lint_judges_the_sas_by_rfc_8221() {
+    let zero = "00".repeat(16) + "c0ffee00";
+    let sas = sa_table(
+        "out",
+        0x1000,
+        "outbound",
+        "null",
+        "",
+        &format!("integrity = \"hmac-sha256-128\"\nintegrity_key = \"{HMAC_A}\"\n{TUNNEL}"),
+    ) + &sa_table("in", 0x2000, "inbound", "aes-128-gmac", GCM_B, "")
+        + &sa_table(
+            "legacy",
+            0x2001,
+            "inbound",
+            "aes-128-cbc",
+            &GCM_A[..32],
+            &format!(
+                "integrity = \"hmac-sha1-96\"\nintegrity_key = \"{}\"",
+                &HMAC_A[..40]
+            ),
+        )
+        + &sa_table("zero", 0x2002, "inbound", "aes-128-gcm", &zero, "");
+    let f = Spd::from_toml(&file_with_sas(&sas))
+        .expect("algorithm choices and zero keys are lint findings, not load errors")
+        .lint();
+    let of = |code: &str| -> Vec<&Finding> { f.iter().filter(|x| x.code == code).collect() };
+    let not_encrypted = of("sa-not-encrypted");
+    assert_eq!(not_encrypted.len(), 1, "{}", show(&f));
+    assert_eq!(not_encrypted[0].severity, Severity::Warning);
+    assert_eq!(not_encrypted[0].policy.as_deref(), Some("lan"));
+    let m = &not_encrypted[0].message;
+    assert!(m.contains("authenticated but NOT encrypted"), "{m}");
+    assert!(m.contains("sa \"out\" (null encryption"), "{m}");
+    assert!(
+        m.contains("sa \"in\" (aes-128-gmac, integrity only)"),
+        "{m}"
+    );
+    let cbc = of("sa-cbc");
+    assert_eq!(cbc.len(), 1, "{}", show(&f));
+    assert_eq!(cbc[0].severity, Severity::Info);
+    assert!(
+        cbc[0].message.contains("sa \"legacy\" uses aes-128-cbc"),
+        "{}",
+        cbc[0]
+    );
+    let sha1 = of("sa-hmac-sha1");
+    assert_eq!(sha1.len(), 1, "{}", show(&f));
+    assert_eq!(sha1[0].severity, Severity::Info);
+    assert!(sha1[0].message.contains("MUST-"), "{}", sha1[0]);
+    let zero_key = of("sa-zero-key");
+    assert_eq!(zero_key.len(), 1, "{}", show(&f));
+    assert_eq!(zero_key[0].severity, Severity::Error);
+    assert!(
+        zero_key[0]
+            .message
+            .contains("sa \"zero\": its key is all zeros")
+    );
+    let all = show(&f);
+    for secret in [&GCM_A[..8], &GCM_B[..8], &HMAC_A[..8], "c0ffee"] {
+        assert!(!all.contains(secret), "key bytes in the findings: {all}");
+    }
+    // A clean pair of AEAD SAs gives no SA finding (the branch office example neither).
+    let clean = Spd::from_toml(&file_with_sas(
+        &(sa_table(
+            "out",
+            0x1000,
+            "outbound",
+            "aes-256-gcm",
+            &("7a".repeat(32) + "01020304"),
+            TUNNEL,
+        ) + &sa_table(
+            "in",
+            0x2000,
+            "inbound",
+            "chacha20-poly1305",
+            &("5b".repeat(32) + "01020304"),
+            "",
+        )),
+    ))
+    .unwrap()
+    .lint();
+    assert!(
+        clean.iter().all(|x| !x.code.starts_with("sa-")),
+        "{}",
+        show(&clean)
+    );
+}
+
+/// Item 7: `lint_toml` reports every SA problem a loader refuses (a 19-byte AES-128-GCM
+/// key, AES-CBC without integrity, three inbound SAs sharing one SPI), as `invalid`
+/// findings naming the SA and the key; and for every one-field change of a good file,
+/// lint has an `invalid` finding exactly when `Spd` + `Gateway` loading fails.
+#[test]
+fn lint_runs_every_check_the_loaders_run() {
+    let sas = sa_table(
+        "out",
+        0x1000,
+        "outbound",
+        "aes-128-gcm",
+        &GCM_A[..38],
+        TUNNEL,
+    ) + &sa_table("in", 0x2000, "inbound", "aes-128-cbc", &GCM_B[..32], "")
+        + &sa_table(
+            "in-2",
+            0x2000,
+            "inbound",
+            "aes-128-gcm",
+            &("6c".repeat(16) + "01020304"),
+            "",
+        )
+        + &sa_table(
+            "in-3",
+            0x2000,
+            "inbound",
+            "aes-128-gcm",
+            &("4d".repeat(16) + "01020304"),
+            "",
+        );
+    let text = file_with_sas(&sas);
+    let f = lint_toml(&text);
+    let invalid: Vec<String> = f
+        .iter()
+        .filter(|x| x.code == "invalid")
+        .map(|x| x.message.clone())
+        .collect();
+    assert_eq!(invalid.len(), 4, "{}", show(&f));
+    assert!(
+        invalid[0].starts_with("sa \"out\": key: aes-128-gcm needs a 20-byte key"),
+        "{}",
+        invalid[0]
+    );
+    assert!(
+        invalid[1].starts_with("sa \"in\": integrity: aes-128-cbc needs an integrity"),
+        "{}",
+        invalid[1]
+    );
+    assert!(
+        invalid[2].starts_with("sa \"in-2\": spi: inbound sa \"in\" already has SPI 0x00002000"),
+        "{}",
+        invalid[2]
+    );
+    assert!(
+        invalid[3].starts_with("sa \"in-3\": spi: inbound sa \"in\" already has SPI"),
+        "{}",
+        invalid[3]
+    );
+    let errors = Spd::from_toml_all_errors(&text).expect_err("the loader refuses it");
+    assert_eq!(errors.len(), 4, "{errors:?}");
+
+    // The one-field changes: lint and the loaders agree on every one.
+    let base = sa_table("out", 0x1000, "outbound", "aes-128-gcm", GCM_A, TUNNEL)
+        + &sa_table("in", 0x2000, "inbound", "aes-128-gcm", GCM_B, "");
+    let changes: [(&str, &str); 14] = [
+        ("spi = 0x1000", "spi = 0x10"),
+        (GCM_B, &GCM_B[..38]),
+        (
+            "cipher = \"aes-128-gcm\"\nkey = \"3f",
+            "cipher = \"aes-256-gcm\"\nkey = \"3f",
+        ),
+        (
+            "direction = \"inbound\"\n",
+            "direction = \"inbound\"\nreplay_window = 5\n",
+        ),
+        (
+            "direction = \"inbound\"\n",
+            "direction = \"inbound\"\nseq = 5000000000\n",
+        ),
+        (
+            "direction = \"inbound\"\n",
+            "direction = \"inbound\"\nesn = true\nseq = 5000000000\n",
+        ),
+        ("tunnel_dst = \"192.0.2.2\"", "tunnel_dst = \"2001:db8::2\""),
+        (
+            "tunnel_dst = \"192.0.2.2\"",
+            "tunnel_dst = \"192.0.2.2\"\npath_mtu = 60",
+        ),
+        (
+            "tunnel_dst = \"192.0.2.2\"",
+            "tunnel_dst = \"192.0.2.2\"\npath_mtu = 1400",
+        ),
+        (
+            "direction = \"inbound\"\n",
+            "direction = \"inbound\"\nintegrity = \"hmac-sha256-128\"\n",
+        ),
+        (
+            "mode = \"tunnel\"\ncipher = \"aes-128-gcm\"\nkey = \"9e",
+            "mode = \"transport\"\ncipher = \"aes-128-gcm\"\nkey = \"9e",
+        ),
+        (
+            "direction = \"inbound\"\n",
+            "direction = \"inbound\"\nmode_x = 1\n",
+        ),
+        ("spi = 0x2000", "spi = 0x1000"),
+        (GCM_B, GCM_A),
+    ];
+    for (from, to) in changes {
+        assert!(base.contains(from), "{from}");
+        let text = file_with_sas(&base.replacen(from, to, 1));
+        let lint_invalid = lint_toml(&text).iter().any(|x| x.code == "invalid");
+        let loads = Spd::from_toml(&text)
+            .and_then(|spd| ipsec_core::Gateway::new(spd, std::time::Duration::ZERO))
+            .map(|_| ());
+        assert_eq!(lint_invalid, loads.is_err(), "{from} -> {to}: {loads:?}");
+    }
+}
+
+/// Item 8: a TCP/UDP port range of at most 16 ports holding 50 or 51, on either port
+/// key, is the "open ports 50 and 51 for IPsec" mistake.
+#[test]
+fn protocol_number_as_port_catches_small_ranges() {
+    let f = spd(r#"
+[[policy]]
+name = "esp-ah-range"
+direction = "outbound"
+protocol = "tcp"
+remote_port = "50-51"
+action = "bypass"
+[[policy]]
+name = "around"
+direction = "outbound"
+protocol = "udp"
+local_port = "49-52"
+action = "bypass"
+[[policy]]
+name = "sixteen"
+direction = "outbound"
+protocol = "udp"
+remote_port = "51-66"
+action = "bypass"
+[[policy]]
+name = "seventeen"
+direction = "outbound"
+protocol = "udp"
+remote_port = "51-67"
+action = "bypass"
+[[policy]]
+name = "below"
+direction = "outbound"
+protocol = "tcp"
+remote_port = "34-49"
+action = "bypass"
+[[policy]]
+name = "sctp"
+direction = "outbound"
+protocol = "sctp"
+remote_port = "50-51"
+action = "bypass"
+"#)
+    .lint();
+    assert_eq!(
+        codes(&f, "protocol-number-as-port"),
+        ["esp-ah-range", "around", "sixteen"],
+        "{}",
+        show(&f)
+    );
+    let m = &f
+        .iter()
+        .find(|x| x.code == "protocol-number-as-port")
+        .unwrap()
+        .message;
+    assert!(
+        m.starts_with("remote_port = \"50-51\" (port 50 and 51) with protocol tcp"),
+        "{m}"
+    );
+    assert_eq!(ipsec_core::spd::lint::MAX_FLAGGED_RANGE, 16);
+}
+
+/// Item 9: `direction` defaults to "both", so the rule the `no-catch-all` hint
+/// describes (a name and `action = "discard"`, nothing else) loads and silences it.
+#[test]
+fn direction_defaults_to_both_as_the_catch_all_hint_says() {
+    let without = r#"
+[[policy]]
+name = "rdp"
+local = "10.0.0.0/24"
+protocol = "tcp"
+local_port = 3389
+action = "bypass"
+"#;
+    let spd = Spd::from_toml(without).expect("direction may be left out");
+    assert_eq!(
+        spd.policies()[0].direction(),
+        ipsec_core::PolicyDirection::Both
+    );
+    let f = spd.lint();
+    let hint = f
+        .iter()
+        .find(|x| x.code == "no-catch-all")
+        .expect("no catch-all yet");
+    assert!(
+        hint.message
+            .contains("a [[policy]] with a name and action = \"discard\" only"),
+        "{hint}"
+    );
+    assert!(
+        hint.message.contains("direction defaults to \"both\""),
+        "{hint}"
+    );
+    let with = format!("{without}\n[[policy]]\nname = \"deny-all\"\naction = \"discard\"\n");
+    let f = lint_toml(&with);
+    assert!(f.is_empty(), "{}", show(&f));
 }

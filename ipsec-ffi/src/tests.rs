@@ -328,6 +328,51 @@ fn sa_from_toml_picks_by_name() {
     }
 }
 
+/// Issue 11, item 2: a key that serves two SAs is refused by every C loader (SA files,
+/// SPDs, gateways) with `IPSEC_ERR_CONFIG` and a last error naming both SAs, never the
+/// key; nothing is written to `out`.
+#[test]
+fn a_key_shared_by_two_sas_is_refused_by_every_loader() {
+    let sas = "[[sa]]\nname = \"out\"\nspi = 4097\ndirection = \"outbound\"\nmode = \
+               \"tunnel\"\ncipher = \"aes-128-gcm\"\nkey = \"5a5b5c5d5e5f60616263646566676869\
+               01020304\"\ntunnel_src = \"192.0.2.1\"\ntunnel_dst = \"198.51.100.2\"\n\n\
+               [[sa]]\nname = \"out-copy\"\nspi = 4098\ndirection = \"outbound\"\nmode = \
+               \"tunnel\"\ncipher = \"aes-128-gcm\"\nkey = \"5a5b5c5d5e5f60616263646566676869\
+               01020304\"\ntunnel_src = \"192.0.2.1\"\ntunnel_dst = \"198.51.100.3\"\n";
+    let policy = format!(
+        "[[policy]]\nname = \"p\"\ndirection = \"outbound\"\naction = \"protect\"\n\
+         sa = \"out\"\n\n{sas}"
+    );
+    let refused = |what: &str| {
+        let e = last_error();
+        assert!(
+            e.starts_with("sa \"out-copy\": key: the same key as the key of sa \"out\""),
+            "{what}: {e}"
+        );
+        assert!(e.contains("nonces repeat"), "{what}: {e}");
+        assert!(!e.contains("5a5b5c"), "{what}: key bytes in {e}");
+    };
+    // SAFETY: the texts are valid for their lengths; the names NUL-terminated; the out
+    // pointers writable.
+    unsafe {
+        let mut sa = null_mut();
+        let st = ipsec_sa_from_toml(sas.as_ptr().cast(), sas.len(), c"out".as_ptr(), T0, &mut sa);
+        assert_eq!(st, ipsec_status::IPSEC_ERR_CONFIG);
+        assert!(sa.is_null());
+        refused("ipsec_sa_from_toml");
+        let mut spd = null_mut();
+        let st = ipsec_spd_from_toml(policy.as_ptr().cast(), policy.len(), &mut spd);
+        assert_eq!(st, ipsec_status::IPSEC_ERR_CONFIG);
+        assert!(spd.is_null());
+        refused("ipsec_spd_from_toml");
+        let mut gw = null_mut();
+        let st = ipsec_gateway_new(policy.as_ptr().cast(), policy.len(), T0, &mut gw);
+        assert_eq!(st, ipsec_status::IPSEC_ERR_CONFIG);
+        assert!(gw.is_null());
+        refused("ipsec_gateway_new");
+    }
+}
+
 #[test]
 fn lifetime_events_are_polled_with_the_callers_time() {
     let mut c = config(0x1000, ipsec_direction::IPSEC_DIRECTION_OUTBOUND);
@@ -440,7 +485,7 @@ spi = 8193
 direction = "inbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
-key = "0707070707070707070707070707070707070707"
+key = "0808080808080808080808080808080808080808"
 "#;
 
 fn c_text(p: *const c_char) -> Option<&'static str> {
@@ -1124,7 +1169,7 @@ spi = 8193
 direction = "inbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
-key = "0707070707070707070707070707070707070707"
+key = "0808080808080808080808080808080808080808"
 "#;
 
 #[test]

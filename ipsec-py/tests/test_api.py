@@ -236,13 +236,26 @@ soft_lifetime = { packets = 1 }
 
 [[sa]]
 name = "b1-in"
+spi = 0x1001
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-256-gcm"
+key = "%s"
+replay_window = 128
+""" % (key_for("aes-256-gcm").hex(), key_for("aes-256-gcm", "peer").hex())
+
+# The peer's end of "b1-out": the same SPI and key, inbound. It belongs in the peer's
+# file: with "b1-out" in one file, the key would serve two SAs.
+PEER_SA_TOML = """
+[[sa]]
+name = "hq-in"
 spi = 0x1000
 direction = "inbound"
 mode = "tunnel"
 cipher = "aes-256-gcm"
 key = "%s"
 replay_window = 128
-""" % (key_for("aes-256-gcm").hex(), key_for("aes-256-gcm").hex())
+""" % key_for("aes-256-gcm").hex()
 
 
 def test_sas_from_toml_and_load_sas(tmp_path: Path) -> None:
@@ -250,7 +263,8 @@ def test_sas_from_toml_and_load_sas(tmp_path: Path) -> None:
     assert sorted(sas) == ["b1-in", "b1-out"]
     assert sas["b1-out"].cipher == "aes-256-gcm"
     protected = sas["b1-out"].encrypt(udp4(9))
-    assert sas["b1-in"].decrypt(protected) == udp4(9)
+    peer = ipsec.sas_from_toml(PEER_SA_TOML)
+    assert peer["hq-in"].decrypt(protected) == udp4(9)
     sas["b1-out"].encrypt(udp4(10))
     assert [e.kind for e in sas["b1-out"].poll_events()] == ["rekey"]
     path = tmp_path / "sa.toml"
@@ -258,7 +272,38 @@ def test_sas_from_toml_and_load_sas(tmp_path: Path) -> None:
     assert sorted(ipsec.load_sas(path)) == ["b1-in", "b1-out"]
     assert sorted(ipsec.load_sas(str(path))) == ["b1-in", "b1-out"]
     pair = ipsec.load_sas(os.path.join(EXAMPLES, "sa-pair.toml"))
-    assert len(pair) >= 2
+    hq = ipsec.load_sas(os.path.join(EXAMPLES, "sa-pair-hq.toml"))
+    assert sorted(pair) == ["branch-to-hq", "hq-to-branch-in"]
+    assert hq["branch-to-hq-in"].decrypt(pair["branch-to-hq"].encrypt(udp4(1))) == udp4(1)
+    assert pair["hq-to-branch-in"].decrypt(hq["hq-to-branch"].encrypt(udp4(2))) == udp4(2)
+
+
+def test_a_key_shared_by_two_sas_is_refused_naming_both() -> None:
+    """Issue 11, item 2: two SAs with one key repeat AEAD nonces; every loader refuses
+    it (sas_from_toml, load_sas, Spd, Gateway) naming both SAs, never the key."""
+    both_ends = SA_TOML + PEER_SA_TOML
+    key_hex = key_for("aes-256-gcm").hex()
+    with pytest.raises(ipsec.ConfigError) as e:
+        ipsec.sas_from_toml(both_ends)
+    assert e.value.field == 'sa "hq-in": key'
+    assert 'the same key as the key of sa "b1-out"' in str(e.value)
+    assert "nonces repeat" in str(e.value)
+    assert key_hex[:8] not in str(e.value) and key_hex[:8] not in repr(e.value)
+    policy = """
+[[policy]]
+name = "lan"
+local = "10.0.0.0/24"
+remote = "10.1.0.0/24"
+action = "protect"
+sa = ["b1-out", "b1-in"]
+""" + both_ends
+    for load in (ipsec.Spd.from_toml, ipsec.Gateway.from_toml):
+        with pytest.raises(ipsec.ConfigError) as e:
+            load(policy)
+        assert e.value.field == 'sa "hq-in": key', load
+        assert key_hex[:8] not in str(e.value)
+    lint = [f for f in ipsec.lint_toml(policy) if f.code == "invalid"]
+    assert len(lint) == 1 and 'sa "b1-out"' in lint[0].message
 
 
 @pytest.mark.parametrize("text,context,field", [

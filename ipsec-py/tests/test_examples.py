@@ -68,7 +68,10 @@ def read_pcap(path: Path) -> tuple[int, list[bytes]]:
     return int(linktype), frames
 
 
-SA_FILE = """
+# The sending gateway's SAs (what the test encrypts with) and the receiving gateway's
+# file (the same SAs, inbound, which decrypt_capture.py reads): a key serves one SA on
+# one gateway, so both ends of an SA never share a file.
+SENDER_SAS = """
 [[sa]]
 name = "gw-out"
 spi = 0x3000
@@ -80,14 +83,6 @@ tunnel_src = "192.0.2.1"
 tunnel_dst = "192.0.2.2"
 
 [[sa]]
-name = "gw-in"
-spi = 0x3000
-direction = "inbound"
-mode = "tunnel"
-cipher = "chacha20-poly1305"
-key = "{key}"
-
-[[sa]]
 name = "natt-out"
 spi = 0x3001
 direction = "outbound"
@@ -97,6 +92,17 @@ key = "{cbc}"
 integrity = "hmac-sha256-128"
 integrity_key = "{hkey}"
 udp_encap = [4500, 4500]
+""".format(key=key_for("chacha20-poly1305").hex(), cbc=key_for("aes-128-cbc").hex(),
+           hkey=bytes(range(32)).hex())
+
+SA_FILE = """
+[[sa]]
+name = "gw-in"
+spi = 0x3000
+direction = "inbound"
+mode = "tunnel"
+cipher = "chacha20-poly1305"
+key = "{key}"
 
 [[sa]]
 name = "natt-in"
@@ -115,7 +121,7 @@ udp_encap = [4500, 4500]
 def test_decrypt_capture(tmp_path: Path) -> None:
     sa_path = tmp_path / "sa.toml"
     sa_path.write_text(SA_FILE)
-    sas = ipsec.load_sas(sa_path)
+    sas = ipsec.sas_from_toml(SENDER_SAS)
     plain_a = [udp4(i, size=50 + 10 * i) for i in range(6)]
     plain_b = [udp4(100 + i, size=80) for i in range(3)]
     prot_a = sas["gw-out"].encrypt_many(plain_a)
@@ -171,7 +177,7 @@ def test_decrypt_capture_reassembles_fragmented_esp(tmp_path: Path) -> None:
 
     sa_path = tmp_path / "sa.toml"
     sa_path.write_text(SA_FILE)
-    sas = ipsec.load_sas(sa_path)
+    sas = ipsec.sas_from_toml(SENDER_SAS)
     plain = [udp4(i, size=1400) for i in range(2)]
     esp = [sas["gw-out"].encrypt(p) for p in plain]
     # The first ESP packet is cut on the way by a router (scapy), out of order.

@@ -392,7 +392,7 @@ direction = "inbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
 key = "%s"
-""" % hq_key("ho-to-b1")
+""" % ("5c" * 20)
     with pytest.raises(ipsec.ConfigError, match="SPI 0x00001001"):
         ipsec.Gateway.from_toml(text)
 

@@ -117,7 +117,7 @@ direction = "inbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
 key = "%s"
-""" % (KEY.hex(), T4_SRC, T4_DST, KEY.hex())
+""" % (KEY.hex(), T4_SRC, T4_DST, key_for("aes-128-gcm", "in").hex())
     gw = ipsec.Gateway.from_toml(text, now=10.0)
     assert gw.next_keepalive == 35.0
     assert gw.poll_keepalive(now=34.0) is None

@@ -118,6 +118,10 @@ def test_bad_arguments_are_typed_errors() -> None:
         r.insert(b"", now=-5.0)
 
 
+# One key per SA: a key that served both would repeat AEAD nonces (a load error).
+KEY_1 = "000102030405060708090a0b0c0d0e0f10111213"
+KEY_2 = "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3"
+
 GATEWAY = """
 [[policy]]
 name = "site"
@@ -139,16 +143,21 @@ tunnel_dst = "198.51.100.2"
 
 [[sa]]
 name = "in"
-spi = 0x3001
+spi = 0x3002
 direction = "inbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
-key = "000102030405060708090a0b0c0d0e0f10111213"
+key = "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3"
 """
 
+# The peer: the policy mirrored, and the SAs' ends swapped (its "out" is our "in": the
+# same SPI and key; a key serves one SA on one gateway).
 PEER = (GATEWAY.replace('local = "10.0.0.0/24"', 'local = "PEER"')
         .replace('remote = "10.1.0.0/24"', 'remote = "10.0.0.0/24"')
-        .replace('local = "PEER"', 'local = "10.1.0.0/24"'))
+        .replace('local = "PEER"', 'local = "10.1.0.0/24"')
+        .replace("spi = 0x3001", "spi = 0xSWAP").replace("spi = 0x3002", "spi = 0x3001")
+        .replace("spi = 0xSWAP", "spi = 0x3002")
+        .replace(KEY_1, "SWAP").replace(KEY_2, KEY_1).replace("SWAP", KEY_2))
 
 
 def test_gateway_reassembles_outer_esp_fragments_cut_by_scapy() -> None:

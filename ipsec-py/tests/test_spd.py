@@ -36,7 +36,7 @@ direction = "inbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
 key = "%s"
-""" % (key_for("aes-128-gcm").hex(), key_for("aes-128-gcm").hex())
+""" % (key_for("aes-128-gcm").hex(), key_for("aes-128-gcm", "in").hex())
 
 
 @dataclass
@@ -381,12 +381,22 @@ def test_policy_cases() -> None:
      "nope"),
     ('[[policy]]\nname = "p"\ndirection = "both"\nwhatever = 1\naction = "bypass"\n',
      "whatever"),
-    ('[[policy]]\nname = "p"\naction = "bypass"\n', "direction"),
     ("not toml [", "toml"),
 ])
 def test_bad_policy_files(text: str, fragment: str) -> None:
     with pytest.raises(ipsec.ConfigError, match=fragment.replace('"', '.')):
         ipsec.Spd.from_toml(text)
+
+
+def test_a_policy_without_direction_is_both() -> None:
+    """Issue 11, item 9: `direction` defaults to "both", so the final deny-all that the
+    no-catch-all finding suggests (a name and action = "discard") loads and counts."""
+    spd = ipsec.Spd.from_toml('[[policy]]\nname = "deny-all"\naction = "discard"\n')
+    for direction in ("outbound", "inbound"):
+        d = spd.lookup(direction, src="10.0.0.1", dst="10.1.0.1", protocol="udp",
+                       src_port=1, dst_port=2)
+        assert (d.action, d.policy) == ("discard", "deny-all"), direction
+    assert [f.code for f in spd.lint()] == []
 
 
 def test_load_missing_policy_file_and_bad_types() -> None:

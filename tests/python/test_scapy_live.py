@@ -17,6 +17,7 @@ The cipher/integrity name mapping and the scapy quirks come from
 tests/interop/gen_scapy_vectors.py and tests/interop/README.md (imported below).
 """
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -255,6 +256,21 @@ def write_sa_file(path, sas):
         f.write("\n".join(lines))
 
 
+def cipher_key(cipher, spi):
+    """The key (|| salt) of the SA with this SPI: one per SA, because the CLI refuses an
+    SA file in which two SAs share a key (they would repeat AEAD nonces)."""
+    n = CIPHERS[cipher][1] + CIPHERS[cipher][2]
+    return hashlib.sha512(b"key:%s:%d" % (cipher.encode(), spi)).digest()[:n]
+
+
+def integrity_key(integ, spi):
+    """The integrity key of the SA with this SPI (b"" without integrity)."""
+    if integ is None:
+        return b""
+    n = INTEGRITY[integ][1]
+    return hashlib.sha512(b"integrity-key:%s:%d" % (integ.encode(), spi)).digest()[:n]
+
+
 def sa_entry(name, cipher, integ, spi, direction, mode, esn=False, seq=0, outer=None,
              nat_t=False, replay_window=None):
     e = {
@@ -263,9 +279,9 @@ def sa_entry(name, cipher, integ, spi, direction, mode, esn=False, seq=0, outer=
         "direction": direction,
         "mode": mode,
         "cipher": cipher,
-        "key": gen.cipher_key(cipher).hex(),
+        "key": cipher_key(cipher, spi).hex(),
         "integrity": integ,
-        "integrity_key": gen.integrity_key(integ).hex() if integ else None,
+        "integrity_key": integrity_key(integ, spi).hex() if integ else None,
         "esn": esn,
         "seq": seq,
     }
@@ -368,10 +384,10 @@ def tunnel_template(outer, tos=0):
 
 def scapy_sa(cipher, integ, spi, sc, tos=0):
     kwargs = dict(spi=spi, seq_num=1, crypt_algo=CIPHERS[cipher][0],
-                  crypt_key=gen.cipher_key(cipher) or None, esn_en=sc.esn, esn=0)
+                  crypt_key=cipher_key(cipher, spi) or None, esn_en=sc.esn, esn=0)
     if integ:
         kwargs["auth_algo"] = INTEGRITY[integ][0]
-        kwargs["auth_key"] = gen.integrity_key(integ)
+        kwargs["auth_key"] = integrity_key(integ, spi)
     if sc.mode == "tunnel":
         kwargs["tunnel_header"] = tunnel_template(sc.outer, tos)
     if sc.nat_t:

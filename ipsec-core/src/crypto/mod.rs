@@ -556,15 +556,16 @@ pub(crate) struct Transform {
 }
 
 impl Transform {
-    /// Checks key lengths and builds the keyed transform.
-    pub(crate) fn new(
+    /// Checks what [`Transform::new`] checks, without building anything: the key
+    /// length of `cipher`, and that `integrity` (with an `integrity_key` of its length)
+    /// is given exactly when the cipher is not a combined mode. Errors name the field
+    /// (`key`, `integrity`, `integrity_key`) and lengths, never key bytes.
+    pub(crate) fn check(
         cipher: Cipher,
         key: &[u8],
         integrity: Option<Integrity>,
         integrity_key: &[u8],
-        pad_align: usize,
-        iv_source: Option<Box<dyn IvSource>>,
-    ) -> Result<Transform, ConfigError> {
+    ) -> Result<(), ConfigError> {
         if key.len() != cipher.key_len() {
             return Err(ConfigError::new(
                 "key",
@@ -581,49 +582,53 @@ impl Transform {
                 ),
             ));
         }
-        let mac = match (cipher.is_combined(), integrity) {
-            (true, Some(i)) => {
-                return Err(ConfigError::new(
-                    "integrity",
-                    format!(
-                        "{} provides its own integrity; {} must not be set",
-                        cipher.name(),
-                        i.name()
-                    ),
-                ));
-            }
-            (true, None) => {
-                if !integrity_key.is_empty() {
-                    return Err(ConfigError::new(
-                        "integrity_key",
-                        format!("{} takes no integrity key", cipher.name()),
-                    ));
-                }
-                None
-            }
-            (false, None) => {
-                return Err(ConfigError::new(
-                    "integrity",
-                    format!(
-                        "{} needs an integrity algorithm (confidentiality-only ESP is not offered)",
-                        cipher.name()
-                    ),
-                ));
-            }
-            (false, Some(i)) => {
-                if integrity_key.len() != i.key_len() {
-                    return Err(ConfigError::new(
-                        "integrity_key",
-                        format!(
-                            "{} needs a {}-byte key, got {} bytes",
-                            i.name(),
-                            i.key_len(),
-                            integrity_key.len()
-                        ),
-                    ));
-                }
-                Some((i, HmacKey::new(i, integrity_key)))
-            }
+        match (cipher.is_combined(), integrity) {
+            (true, Some(i)) => Err(ConfigError::new(
+                "integrity",
+                format!(
+                    "{} provides its own integrity; {} must not be set",
+                    cipher.name(),
+                    i.name()
+                ),
+            )),
+            (true, None) if !integrity_key.is_empty() => Err(ConfigError::new(
+                "integrity_key",
+                format!("{} takes no integrity key", cipher.name()),
+            )),
+            (true, None) => Ok(()),
+            (false, None) => Err(ConfigError::new(
+                "integrity",
+                format!(
+                    "{} needs an integrity algorithm (confidentiality-only ESP is not offered)",
+                    cipher.name()
+                ),
+            )),
+            (false, Some(i)) if integrity_key.len() != i.key_len() => Err(ConfigError::new(
+                "integrity_key",
+                format!(
+                    "{} needs a {}-byte key, got {} bytes",
+                    i.name(),
+                    i.key_len(),
+                    integrity_key.len()
+                ),
+            )),
+            (false, Some(_)) => Ok(()),
+        }
+    }
+
+    /// Checks key lengths ([`Transform::check`]) and builds the keyed transform.
+    pub(crate) fn new(
+        cipher: Cipher,
+        key: &[u8],
+        integrity: Option<Integrity>,
+        integrity_key: &[u8],
+        pad_align: usize,
+        iv_source: Option<Box<dyn IvSource>>,
+    ) -> Result<Transform, ConfigError> {
+        Transform::check(cipher, key, integrity, integrity_key)?;
+        let mac = match integrity {
+            Some(i) if !cipher.is_combined() => Some((i, HmacKey::new(i, integrity_key))),
+            _ => None,
         };
         let salt = |key: &[u8]| -> [u8; 4] { key[key.len() - 4..].try_into().expect("4") };
         let (engine, icv_len) = match (cipher, mac) {
@@ -654,7 +659,9 @@ impl Transform {
                 (Engine::CbcHmac { cbc, mac, ivs }, i.icv_len())
             }
             (_, Some((i, mac))) => (Engine::NullHmac { mac }, i.icv_len()),
-            (_, None) => unreachable!("non-combined ciphers were given an integrity key above"),
+            (_, None) => {
+                unreachable!("Transform::check: non-combined ciphers have an integrity algorithm")
+            }
         };
         Ok(Transform {
             engine,
@@ -798,7 +805,7 @@ impl Transform {
 /// differences, and only the accumulated difference (hidden from the optimiser) is
 /// tested.
 #[inline]
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     let diff = a
         .iter()
         .zip(b)

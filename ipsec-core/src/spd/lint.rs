@@ -10,10 +10,20 @@
 //! | `conflict` | warning | a partial overlap with an earlier policy that decides otherwise: the order decides |
 //! | `no-catch-all` | warning | no explicit rule matching everything in a direction: the implicit DISCARD is silent |
 //! | `ike-blocked` | error | IKE (UDP 500, and UDP 4500 with NAT-T) between the tunnel endpoints is discarded or would be encrypted by the policy itself |
-//! | `protocol-number-as-port` | warning | TCP/UDP port 50 or 51: ESP and AH are IP protocols 50 and 51, not ports |
+//! | `protocol-number-as-port` | warning | a TCP/UDP port, or a range of at most [`MAX_FLAGGED_RANGE`] ports (such as `"50-51"`), holding 50 or 51, on either port key: ESP and AH are IP protocols 50 and 51, not ports |
 //! | `any-any-bypass` | warning | a BYPASS rule with any addresses, protocol and ports |
 //! | `fragment-bypass` | warning | a BYPASS with ports "any" after a port-specific (or ICMP type-specific) PROTECT of overlapping addresses and protocol: non-first fragments of the protected traffic carry no ports and would reach the BYPASS (see below) |
 //! | `incomplete` | info | the exact shadow analysis of a policy hit its work bound and was not finished |
+//! | `sa-zero-key` | error | an SA's cipher key (salt left out) or integrity key is all zeros |
+//! | `sa-not-encrypted` | warning | a PROTECT policy uses an SA with NULL encryption or AES-GMAC: authenticated, not encrypted (RFC 8221) |
+//! | `sa-cbc` | info | an SA uses AES-CBC with HMAC: RFC 8221 prefers AEAD ciphers |
+//! | `sa-hmac-sha1` | info | an SA uses HMAC-SHA1-96 (MUST- in RFC 8221 §6) |
+//!
+//! [`lint_toml`] also reports, as `invalid`, every check a loader makes: the policy
+//! tables, and the SAs as [`Spd::from_toml`] and [`Gateway::new`](crate::Gateway::new)
+//! check them ([`crate::sa_set`]: key lengths, algorithm combinations, every other
+//! field, inbound SPIs unique, no key used by two SAs). It calls the loaders' own
+//! functions, so a file `lint_toml` passes without an `invalid` finding loads.
 //!
 //! # The exact shadow check
 //!
@@ -58,6 +68,11 @@
 //! protected traffic. The same first-match partition as above decides it (earlier
 //! port-"any" rules covering those fragments, such as a DISCARD of the protocol
 //! between the same networks, silence it), and the finding names a witness.
+
+mod ports;
+mod sa;
+
+pub use ports::MAX_FLAGGED_RANGE;
 
 use crate::error::ConfigError;
 use crate::sa::Direction;
@@ -845,11 +860,12 @@ fn names(policies: &[Policy], idx: impl IntoIterator<Item = usize>) -> String {
 impl Spd {
     /// Checks the policy for mistakes: shadowed, redundant and conflicting rules, a
     /// missing catch-all, IKE blocked by the policy itself, TCP/UDP ports 50/51,
-    /// any-any BYPASS rules, and BYPASS rules that non-first fragments of port-specific
-    /// PROTECT traffic reach. Each [`Finding`] has a stable code (see the
-    /// [`lint`](crate::spd::lint) module docs, which also describe the exact shadow
-    /// analysis and its work bound). Findings come in file order of their policy, the
-    /// file-wide ones last.
+    /// any-any BYPASS rules, BYPASS rules that non-first fragments of port-specific
+    /// PROTECT traffic reach, and the SAs' algorithms and keys by RFC 8221 (all-zero
+    /// keys, PROTECT policies without encryption, AES-CBC, HMAC-SHA1-96). Each
+    /// [`Finding`] has a stable code (see the [`lint`](crate::spd::lint) module docs,
+    /// which also describe the exact shadow analysis and its work bound). Findings come
+    /// in file order of their policy, then the file-wide ones, then the SA findings.
     ///
     /// The analyses that compare policies run within [`LintBudget::DEFAULT`]: its cost
     /// grows as `n log n` on disjoint rules (an index of the policies' boxes finds the
@@ -926,12 +942,13 @@ impl Spd {
                 format!(
                     "no final explicit rule matches everything ({}): packets no policy matches \
                      are dropped silently by the implicit DISCARD; end the file with a \
-                     catch-all (local = remote = protocol = \"any\", action = \"discard\") so \
-                     that it says so",
+                     catch-all that says so: a [[policy]] with a name and action = \"discard\" \
+                     only (omitted selectors mean \"any\", direction defaults to \"both\")",
                     missing.join(" and ")
                 ),
             ));
         }
+        out.extend(sa::findings(self));
         (out, budget.total - geo.total.get())
     }
 
@@ -1008,26 +1025,7 @@ impl Spd {
     /// The checks of one policy that look at it alone (one pass over the file).
     fn cheap_findings(&self, p: &Policy, out: &mut Vec<Finding>) {
         let name = Some(p.name.as_str());
-        if p.protocol.is_some_and(|x| x == 6 || x == 17) {
-            for (key, range) in [("local_port", p.local_port), ("remote_port", p.remote_port)] {
-                if let Some((lo, hi)) = range
-                    && lo == hi
-                    && (lo == 50 || lo == 51)
-                {
-                    out.push(Finding::new(
-                        Severity::Warning,
-                        "protocol-number-as-port",
-                        name,
-                        format!(
-                            "{key} = {lo} with protocol {}: ESP and AH are IP protocols \
-                                 50 and 51, not ports; to match ESP write protocol = \"esp\" \
-                                 (or 50) without ports",
-                            crate::spd::selector::protocol_name(p.protocol)
-                        ),
-                    ));
-                }
-            }
-        }
+        out.extend(ports::protocol_number_as_port(p));
         if p.action == Action::Bypass && is_catch_all(p) {
             out.push(Finding::new(
                 Severity::Warning,

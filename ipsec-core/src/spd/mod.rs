@@ -8,7 +8,10 @@
 //! * For an outbound packet `local` is its source and `remote` its destination; for an
 //!   inbound packet the reverse. `direction = "both"` is a mirrored pair: the same
 //!   `local`/`remote` (and `local_port`/`remote_port`) serve both directions, with the
-//!   packet's source and destination swapped for inbound.
+//!   packet's source and destination swapped for inbound. It is the default: a policy
+//!   without `direction` is `"both"` (as Windows IPsec filters are mirrored by
+//!   default), so an administrator's final deny-all needs only a `name` and
+//!   `action = "discard"`, the rule the `no-catch-all` lint finding suggests.
 //! * Omitted selectors mean "any". Ports only exist for TCP, UDP and SCTP, ICMP type and
 //!   code only for ICMP and ICMPv6 (they are not swapped for inbound).
 //! * A flow whose ports (or ICMP type and code) are unknown — OPAQUE, RFC 4301

@@ -60,6 +60,8 @@ pub(crate) fn parse(text: &str) -> (Vec<Policy>, Vec<NamedSa>, Vec<ConfigError>)
         Err(e) => return (Vec::new(), Vec::new(), vec![toml_error(&e)]),
     };
     let (sas, mut errors) = sa_file::parse_sa_tables(file.sa);
+    // The SAs must be able to exist: every check a gateway makes when it creates them.
+    errors.extend(crate::sa_set::check_sas(&sas));
     let sa_dirs: HashMap<&str, Direction> = sas
         .iter()
         .map(|s| (s.name.as_str(), s.config.direction))
@@ -183,13 +185,8 @@ fn parse_policy(
         Some(d) => PolicyDirection::from_name(d)
             .map_err(|m| errs.push(ConfigError::new("direction", m)))
             .ok(),
-        None if !t.contains_key("direction") => {
-            errs.push(ConfigError::new(
-                "direction",
-                "missing (\"outbound\", \"inbound\" or \"both\")",
-            ));
-            None
-        }
+        // DESIGN.md: "both" (a mirrored pair) is the default.
+        None if !t.contains_key("direction") => Some(PolicyDirection::Both),
         None => None,
     };
     let action = match get_str(t, "action", errs) {
