@@ -23,6 +23,7 @@
 //! builds and runs it beside this command).
 
 use crate::netpkt::ipv4_l4;
+use crate::output::Stdout;
 use crate::{CliError, Outcome};
 use aes::cipher::array::Array;
 use aes::cipher::{BlockModeDecrypt, BlockModeEncrypt, InnerIvInit, KeyInit};
@@ -33,6 +34,7 @@ use ipsec_core::{
     Cipher, Direction, Error, Integrity, Mode, PacketBuf, SaConfig, SecurityAssociation,
 };
 use std::hint::black_box;
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
@@ -388,7 +390,7 @@ fn esp_case(
     Ok((enc / burst as f64, dec / burst as f64))
 }
 
-fn emit(json: bool, r: &Record, raw: &[Record]) {
+fn emit(out: &mut Stdout, json: bool, r: &Record, raw: &[Record]) -> Result<(), CliError> {
     if json {
         let from_openssl_speed = r.backend == OPENSSL_SPEED;
         let line = serde_json::json!({
@@ -403,8 +405,9 @@ fn emit(json: bool, r: &Record, raw: &[Record]) {
             "per_packet": !from_openssl_speed,
             "clock": if from_openssl_speed { "process-cpu" } else { CLOCK },
         });
-        println!("{line}");
-        return;
+        return writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(CliError::output);
     }
     let raw_op = if r.op == "encrypt" {
         "aead-seal"
@@ -422,7 +425,8 @@ fn emit(json: bool, r: &Record, raw: &[Record]) {
         ("encrypt" | "decrypt", Some(b)) => format!("{:.2}x", r.ns / b),
         _ => "-".into(),
     };
-    println!(
+    writeln!(
+        out,
         "{:<10} {:<30} {:<11} {:>5} {:>5} {:>10.1} {:>8.2} {:>8}",
         r.op,
         r.cipher,
@@ -432,7 +436,9 @@ fn emit(json: bool, r: &Record, raw: &[Record]) {
         r.ns,
         r.gbps(),
         ratio
-    );
+    )
+    .and_then(|()| out.flush())
+    .map_err(CliError::output)
 }
 
 /// Runs `openssl speed -evp` for one second on `size`-byte buffers and returns its ns per
@@ -473,27 +479,38 @@ pub(crate) fn run(json: bool, seconds: f64, openssl: bool) -> Result<Outcome, Cl
     let brief = full / 3;
     let started = Instant::now();
     let fail = |what: String, e: String| CliError::failure(format!("bench {what}: {e}"));
+    // When the reader goes away (`| head`) the measuring stops: nobody reads the rest.
+    let mut out = Stdout::new();
+    let io_err = CliError::output;
     if !json {
-        println!(
+        writeln!(
+            out,
             "ipsec bench: median of {ROUNDS} timed rounds after warm-up, ~{:.0} ms per case \
              ({CLOCK} clock); every iteration restores its input with copy_from_slice \
              (included).",
             seconds * 1000.0
-        );
-        println!(
+        )
+        .map_err(io_err)?;
+        writeln!(
+            out,
             "ESP: tunnel mode, IPv4/UDP inner packet of SIZE bytes; decrypt with replay_window 0. \
              AEAD backend of the ESP rows: {}.",
             ipsec_core::crypto::AEAD_BACKEND
-        );
-        println!(
+        )
+        .map_err(io_err)?;
+        writeln!(
+            out,
             "VS RAW = ESP ns / best raw per-packet primitive ns of the same cipher and size \
              (seal for encrypt, open for decrypt); openssl-speed rows stream one context \
              with no per-packet nonce, AAD or tag and are shown for reference only.\n"
-        );
-        println!(
+        )
+        .map_err(io_err)?;
+        writeln!(
+            out,
             "{:<10} {:<30} {:<11} {:>5} {:>5} {:>10} {:>8} {:>8}",
             "OP", "CIPHER", "BACKEND", "SIZE", "BURST", "NS/PKT", "GBIT/S", "VS RAW"
-        );
+        )
+        .map_err(io_err)?;
     }
     let mut raw: Vec<Record> = Vec::new();
     let aead_ciphers = [
@@ -538,6 +555,9 @@ pub(crate) fn run(json: bool, seconds: f64, openssl: bool) -> Result<Outcome, Cl
             ("aws-lc-rs", &ak),
         ];
         for size in SIZES {
+            if out.gone() {
+                return Ok(Outcome::Ok);
+            }
             for (backend, k) in backends {
                 let (seal, open) = raw_aead_case(k, size, full)
                     .map_err(|e| fail(format!("{} {backend}", cipher.name()), e))?;
@@ -550,7 +570,7 @@ pub(crate) fn run(json: bool, seconds: f64, openssl: bool) -> Result<Outcome, Cl
                         burst: 1,
                         ns,
                     };
-                    emit(json, &r, &[]);
+                    emit(&mut out, json, &r, &[])?;
                     raw.push(r);
                 }
             }
@@ -565,7 +585,7 @@ pub(crate) fn run(json: bool, seconds: f64, openssl: bool) -> Result<Outcome, Cl
                     burst: 1,
                     ns,
                 };
-                emit(json, &r, &[]);
+                emit(&mut out, json, &r, &[])?;
                 raw.push(r);
             }
         }
@@ -582,12 +602,12 @@ pub(crate) fn run(json: bool, seconds: f64, openssl: bool) -> Result<Outcome, Cl
                 burst: 1,
                 ns,
             };
-            emit(json, &r, &[]);
+            emit(&mut out, json, &r, &[])?;
             raw.push(r);
         }
     }
     if !json {
-        println!();
+        writeln!(out).map_err(io_err)?;
     }
     let esp: [(Cipher, Option<Integrity>, Duration); 9] = [
         (Cipher::Aes128Gcm, None, full),
@@ -608,6 +628,9 @@ pub(crate) fn run(json: bool, seconds: f64, openssl: bool) -> Result<Outcome, Cl
             "rustcrypto"
         };
         for size in SIZES {
+            if out.gone() {
+                return Ok(Outcome::Ok);
+            }
             for burst in [1, BURST] {
                 let (enc, dec) = esp_case(cipher, integrity, size, burst, budget)
                     .map_err(|e| fail(format!("{name} size {size} burst {burst}"), e))?;
@@ -620,16 +643,19 @@ pub(crate) fn run(json: bool, seconds: f64, openssl: bool) -> Result<Outcome, Cl
                         burst,
                         ns,
                     };
-                    emit(json, &r, &raw);
+                    emit(&mut out, json, &r, &raw)?;
                 }
             }
         }
     }
     if !json {
-        println!(
+        writeln!(
+            out,
             "\nbench finished in {:.1} s",
             started.elapsed().as_secs_f64()
-        );
+        )
+        .map_err(io_err)?;
     }
+    out.flush().map_err(io_err)?;
     Ok(Outcome::Ok)
 }

@@ -356,9 +356,8 @@ fn demo_flows(tunnels: &[Tunnel]) -> Result<Vec<DemoFlow>, String> {
 pub(crate) fn run(policy: Option<&Path>) -> Result<Outcome, CliError> {
     let (origin, text) = match policy {
         Some(p) => (
-            p.display().to_string(),
-            std::fs::read_to_string(p)
-                .map_err(|e| CliError::usage(format!("{}: cannot read: {e}", p.display())))?,
+            crate::text::clip(&p.display().to_string()).into_owned(),
+            crate::text::read_text_file(p).map_err(CliError::usage)?,
         ),
         None => match std::fs::read_to_string(DEFAULT_PATH) {
             Ok(t) => (DEFAULT_PATH.to_string(), t),
@@ -727,9 +726,11 @@ pub(crate) fn run(policy: Option<&Path>) -> Result<Outcome, CliError> {
             }
         );
     }
-    print!("{out}");
     if failures.is_empty() {
-        println!("\nAll expectations held.");
+        let _ = writeln!(out, "\nAll expectations held.");
+    }
+    crate::policy_cmd::print_all(&out)?;
+    if failures.is_empty() {
         Ok(Outcome::Ok)
     } else {
         Ok(Outcome::Failed(format!(

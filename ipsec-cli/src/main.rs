@@ -4,19 +4,26 @@
 //! throughput.
 //!
 //! Exit codes: 0 success; 1 a failure (a demo expectation did not hold, an output file
-//! could not be written, `--strict` with dropped packets, a plaintext leak found by
-//! `pcap audit`, a lint error finding, a failed policy test case, an unreadable flow
-//! line in `policy lookup`); 2 a usage or configuration error (bad arguments,
-//! unreadable or invalid SA file, policy file or capture).
+//! could not be written, `--strict` with dropped packets, a plaintext leak, unknown SPI
+//! or unencrypted ESP found by `pcap audit`, a lint error finding, a failed policy test
+//! case, an unreadable flow line in `policy lookup`); 2 a usage or configuration error
+//! (bad arguments, unreadable or invalid SA file, policy file, cases file or capture);
+//! 3 `pcap audit` inconclusive: no problem found, but packets it could not read.
+//!
+//! When the reader of standard output goes away (`ipsec ... | head`), a command ends
+//! quietly: no message, no panic, files written in full, and the exit code its whole
+//! run earns (`output` module).
 
 mod audit;
 mod bench;
 mod demo;
 mod netpkt;
+mod output;
 mod pcap;
 mod pcap_cmd;
 mod policy_cmd;
 mod seq_file;
+mod text;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -40,17 +47,10 @@ impl CliError {
         CliError { code: 1, message }
     }
 
-    /// A failure to write the output. When the reader went away (`ipsec ... | head`),
-    /// the command just stops, quietly and successfully, as Unix tools do.
+    /// A failure to write standard output (a full disk behind a redirection, ...).
+    /// EPIPE never gets here: [`output::Stdout`] takes it as the reader having gone.
     pub(crate) fn output(e: std::io::Error) -> Self {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            CliError {
-                code: 0,
-                message: String::new(),
-            }
-        } else {
-            CliError::failure(format!("writing the output: {e}"))
-        }
+        CliError::failure(format!("writing the output: {e}"))
     }
 }
 
@@ -61,6 +61,8 @@ pub(crate) enum Outcome {
     Ok,
     /// The command ran but something it checks did not hold (exit 1).
     Failed(String),
+    /// The command ran, found nothing wrong, but could not check everything (exit 3).
+    Inconclusive(String),
 }
 
 #[derive(Parser, Debug)]
@@ -154,7 +156,9 @@ enum PcapOp {
     /// Unprotect every packet with the inbound SA its SPI names.
     Decrypt(PcapOpts),
     /// Check a capture taken between the gateways: cleartext that a PROTECT policy
-    /// covers (a leak, exit 1), ESP per SPI, IKE, packets no policy allows.
+    /// covers (a leak), ESP of an SPI not in the file or of an SA that does not encrypt
+    /// (exit 1 for any of these), ESP per SPI, IKE, packets no policy allows; packets it
+    /// could not read make it inconclusive (exit 3).
     Audit {
         /// The policy file (`[[policy]]` and `[[sa]]` tables).
         #[arg(value_name = "POLICY.toml")]
@@ -304,15 +308,23 @@ fn main() -> ExitCode {
             }
         }
     };
+    // Messages may quote user text (a field, a value the library repeats): shortened.
+    let report = |prefix: &str, msg: &str| {
+        output::eprint_line(&format!("ipsec: {prefix}{}", text::clip_message(msg)));
+    };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Failed(msg)) => {
-            eprintln!("ipsec: FAILED: {msg}");
+            report("FAILED: ", &msg);
             ExitCode::from(1)
+        }
+        Ok(Outcome::Inconclusive(msg)) => {
+            report("INCONCLUSIVE: ", &msg);
+            ExitCode::from(3)
         }
         Err(e) => {
             if !e.message.is_empty() {
-                eprintln!("ipsec: error: {}", e.message);
+                report("error: ", &e.message);
             }
             ExitCode::from(e.code)
         }

@@ -87,9 +87,30 @@ pub(crate) fn ipv4_l4_checksum_ok(p: &[u8]) -> bool {
     fold(pseudo + sum16(l4)) == 0 && internet_checksum(&p[..hl]) == 0
 }
 
+/// Why [`ip_offset`] found no IP packet in a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LinkError {
+    /// The frame ends inside its link-layer header.
+    Truncated,
+    /// Not an IP frame: the EtherType.
+    NotIp(u16),
+    /// A link type this tool does not read.
+    Unsupported(u32),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Truncated => f.write_str("Ethernet frame truncated"),
+            LinkError::NotIp(ty) => write!(f, "not an IP frame (EtherType {ty:#06x})"),
+            LinkError::Unsupported(lt) => write!(f, "link type {lt} is not supported"),
+        }
+    }
+}
+
 /// Where the IP packet starts inside a frame of `linktype`, and where the EtherType
 /// that names it sits (Ethernet only; 802.1Q/802.1ad tags are skipped).
-pub(crate) fn ip_offset(linktype: u32, frame: &[u8]) -> Result<(usize, Option<usize>), String> {
+pub(crate) fn ip_offset(linktype: u32, frame: &[u8]) -> Result<(usize, Option<usize>), LinkError> {
     use crate::pcap::{
         LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_RAW, LINKTYPE_RAW_BSD,
     };
@@ -99,16 +120,16 @@ pub(crate) fn ip_offset(linktype: u32, frame: &[u8]) -> Result<(usize, Option<us
             let mut at = 12;
             loop {
                 if frame.len() < at + 2 {
-                    return Err("Ethernet frame truncated".into());
+                    return Err(LinkError::Truncated);
                 }
                 let ty = u16::from_be_bytes([frame[at], frame[at + 1]]);
                 match ty {
                     0x8100 | 0x88a8 => at += 4,
                     0x0800 | 0x86dd => return Ok((at + 2, Some(at))),
-                    other => return Err(format!("not an IP frame (EtherType {other:#06x})")),
+                    other => return Err(LinkError::NotIp(other)),
                 }
             }
         }
-        other => Err(format!("link type {other} is not supported")),
+        other => Err(LinkError::Unsupported(other)),
     }
 }

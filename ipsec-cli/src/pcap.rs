@@ -1,10 +1,13 @@
-//! A small classic-pcap reader and writer (libpcap format, not pcapng).
+//! A small classic-pcap reader and writer (libpcap format, not pcapng), one record at a
+//! time: a capture of any size is read and written in constant memory.
 //!
 //! Both byte orders and both the microsecond (`0xa1b2c3d4`) and nanosecond
 //! (`0xa1b23c4d`) magic numbers are read; files are written in little-endian with the
 //! input's timestamp resolution. Written by hand rather than taken from a crate: the
 //! format is 40 lines of code and this keeps the tool free of a parser dependency.
 
+use std::fmt;
+use std::io::{self, Read, Write};
 use std::time::Duration;
 
 /// Ethernet (`LINKTYPE_ETHERNET`).
@@ -21,10 +24,10 @@ pub(crate) const LINKTYPE_IPV6: u32 = 229;
 const MAGIC_MICRO: u32 = 0xa1b2_c3d4;
 const MAGIC_NANO: u32 = 0xa1b2_3c4d;
 /// Larger records than this are refused as corrupt (pcap's own limit is 256 KiB).
-const MAX_RECORD: usize = 1 << 20;
+pub(crate) const MAX_RECORD: usize = 1 << 20;
 
 /// One captured packet.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Record {
     /// Capture time since the Unix epoch.
     pub(crate) ts: Duration,
@@ -34,139 +37,230 @@ pub(crate) struct Record {
     pub(crate) orig_len: u32,
 }
 
-/// A whole pcap file in memory.
-#[derive(Clone, Debug)]
-pub(crate) struct Capture {
-    /// The link type of every record.
-    pub(crate) linktype: u32,
+/// Why a record could not be read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The file is not a capture, or it breaks off or is corrupt at a record: what
+    /// follows cannot be read.
+    Format(String),
+    /// The file could not be read.
+    Io(io::Error),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Format(m) => f.write_str(m),
+            ReadError::Io(e) => write!(f, "cannot read: {e}"),
+        }
+    }
+}
+
+/// Reads into `buf` until it is full or the input ends; the number of bytes read.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A pcap file read one record at a time.
+pub(crate) struct Reader<R> {
+    r: R,
+    le: bool,
     /// Nanosecond timestamps (else microseconds).
     pub(crate) nanos: bool,
     /// The snapshot length of the header.
     pub(crate) snaplen: u32,
-    /// The packets.
-    pub(crate) records: Vec<Record>,
+    /// The link type of every record.
+    pub(crate) linktype: u32,
+    /// Records read so far.
+    index: usize,
+    /// Bytes read so far.
+    offset: u64,
 }
 
-fn u32_at(b: &[u8], at: usize, le: bool) -> u32 {
-    let a = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-    if le {
-        u32::from_le_bytes(a)
-    } else {
-        u32::from_be_bytes(a)
+impl<R: Read> Reader<R> {
+    /// Reads the file header.
+    pub(crate) fn new(mut r: R) -> Result<Reader<R>, ReadError> {
+        let mut h = [0u8; 24];
+        let n = read_full(&mut r, &mut h).map_err(ReadError::Io)?;
+        if n < 24 {
+            return Err(ReadError::Format(format!(
+                "not a pcap file: {n} bytes, shorter than the 24-byte file header"
+            )));
+        }
+        let magic = [h[0], h[1], h[2], h[3]];
+        let (le, nanos) = match (u32::from_le_bytes(magic), u32::from_be_bytes(magic)) {
+            (MAGIC_MICRO, _) => (true, false),
+            (MAGIC_NANO, _) => (true, true),
+            (_, MAGIC_MICRO) => (false, false),
+            (_, MAGIC_NANO) => (false, true),
+            _ if magic == *b"\x0a\x0d\x0d\x0a" => {
+                return Err(ReadError::Format(
+                    "pcapng files are not supported; convert with `editcap -F pcap`".into(),
+                ));
+            }
+            _ => {
+                return Err(ReadError::Format(format!(
+                    "not a pcap file: bad magic {magic:02x?}"
+                )));
+            }
+        };
+        let u32_at = |at: usize| {
+            let a = [h[at], h[at + 1], h[at + 2], h[at + 3]];
+            if le {
+                u32::from_le_bytes(a)
+            } else {
+                u32::from_be_bytes(a)
+            }
+        };
+        Ok(Reader {
+            snaplen: u32_at(16),
+            linktype: u32_at(20) & 0x0fff_ffff,
+            r,
+            le,
+            nanos,
+            index: 0,
+            offset: 24,
+        })
     }
-}
 
-/// Parses a classic pcap file.
-pub(crate) fn parse(bytes: &[u8]) -> Result<Capture, String> {
-    if bytes.len() < 24 {
-        return Err(format!(
-            "not a pcap file: {} bytes, shorter than the 24-byte file header",
-            bytes.len()
-        ));
-    }
-    let (le, nanos) = match (
-        u32::from_le_bytes(bytes[..4].try_into().expect("4")),
-        u32::from_be_bytes(bytes[..4].try_into().expect("4")),
-    ) {
-        (MAGIC_MICRO, _) => (true, false),
-        (MAGIC_NANO, _) => (true, true),
-        (_, MAGIC_MICRO) => (false, false),
-        (_, MAGIC_NANO) => (false, true),
-        _ if &bytes[..4] == b"\x0a\x0d\x0d\x0a" => {
-            return Err("pcapng files are not supported; convert with `editcap -F pcap`".into());
+    /// Reads the next record into `rec` (reusing its buffer); `false` at the end of the
+    /// file. After an error nothing more can be read.
+    pub(crate) fn next_into(&mut self, rec: &mut Record) -> Result<bool, ReadError> {
+        let index = self.index;
+        let mut h = [0u8; 16];
+        let n = read_full(&mut self.r, &mut h).map_err(ReadError::Io)?;
+        if n == 0 {
+            return Ok(false);
         }
-        _ => return Err(format!("not a pcap file: bad magic {:02x?}", &bytes[..4])),
-    };
-    let snaplen = u32_at(bytes, 16, le);
-    let linktype = u32_at(bytes, 20, le) & 0x0fff_ffff;
-    let mut records = Vec::new();
-    let mut at = 24;
-    while at < bytes.len() {
-        let index = records.len();
-        if bytes.len() - at < 16 {
-            return Err(format!(
-                "packet {index}: record header truncated at byte offset {at}"
-            ));
+        if n < 16 {
+            return Err(ReadError::Format(format!(
+                "packet {index}: record header truncated at byte offset {}",
+                self.offset
+            )));
         }
-        let sec = u32_at(bytes, at, le);
-        let frac = u32_at(bytes, at + 4, le);
-        let incl = u32_at(bytes, at + 8, le) as usize;
-        let orig_len = u32_at(bytes, at + 12, le);
-        at += 16;
-        if incl > MAX_RECORD || bytes.len() - at < incl {
-            return Err(format!(
+        let u32_at = |at: usize| {
+            let a = [h[at], h[at + 1], h[at + 2], h[at + 3]];
+            if self.le {
+                u32::from_le_bytes(a)
+            } else {
+                u32::from_be_bytes(a)
+            }
+        };
+        let (sec, frac, incl, orig_len) = (u32_at(0), u32_at(4), u32_at(8) as usize, u32_at(12));
+        if incl > MAX_RECORD {
+            return Err(ReadError::Format(format!(
+                "packet {index}: record of {incl} bytes at byte offset {}: larger than the \
+                 {} MiB limit (a corrupt file?)",
+                self.offset,
+                MAX_RECORD >> 20
+            )));
+        }
+        rec.data.resize(incl, 0);
+        let got = read_full(&mut self.r, &mut rec.data).map_err(ReadError::Io)?;
+        if got < incl {
+            return Err(ReadError::Format(format!(
                 "packet {index}: record of {incl} bytes runs past the end of the file"
-            ));
+            )));
         }
-        let sub_ns = if nanos {
+        let sub_ns = if self.nanos {
             frac
         } else {
             frac.saturating_mul(1000)
         };
-        let ts = Duration::from_secs(u64::from(sec)) + Duration::from_nanos(u64::from(sub_ns));
-        records.push(Record {
-            ts,
-            data: bytes[at..at + incl].to_vec(),
-            orig_len,
-        });
-        at += incl;
+        rec.ts = Duration::from_secs(u64::from(sec)) + Duration::from_nanos(u64::from(sub_ns));
+        rec.orig_len = orig_len;
+        self.index += 1;
+        self.offset += 16 + incl as u64;
+        Ok(true)
     }
-    Ok(Capture {
-        linktype,
-        nanos,
-        snaplen,
-        records,
-    })
 }
 
-/// Serializes a capture (little-endian).
-pub(crate) fn write(cap: &Capture) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(24 + cap.records.iter().map(|r| 16 + r.data.len()).sum::<usize>());
-    out.extend_from_slice(&(if cap.nanos { MAGIC_NANO } else { MAGIC_MICRO }).to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
-    out.extend_from_slice(&0i32.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&cap.snaplen.max(65535).to_le_bytes());
-    out.extend_from_slice(&cap.linktype.to_le_bytes());
-    for r in &cap.records {
-        let sec = u32::try_from(r.ts.as_secs()).unwrap_or(u32::MAX);
-        let frac = if cap.nanos {
-            r.ts.subsec_nanos()
-        } else {
-            r.ts.subsec_micros()
-        };
-        let len = u32::try_from(r.data.len()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&sec.to_le_bytes());
-        out.extend_from_slice(&frac.to_le_bytes());
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&r.orig_len.max(len).to_le_bytes());
-        out.extend_from_slice(&r.data);
+/// A pcap file written one record at a time (little-endian).
+pub(crate) struct Writer<W: Write> {
+    w: W,
+    nanos: bool,
+}
+
+impl<W: Write> Writer<W> {
+    /// Writes the file header.
+    pub(crate) fn new(mut w: W, linktype: u32, nanos: bool, snaplen: u32) -> io::Result<Self> {
+        let mut h = Vec::with_capacity(24);
+        h.extend_from_slice(&(if nanos { MAGIC_NANO } else { MAGIC_MICRO }).to_le_bytes());
+        h.extend_from_slice(&2u16.to_le_bytes());
+        h.extend_from_slice(&4u16.to_le_bytes());
+        h.extend_from_slice(&0i32.to_le_bytes());
+        h.extend_from_slice(&0u32.to_le_bytes());
+        h.extend_from_slice(&snaplen.max(65535).to_le_bytes());
+        h.extend_from_slice(&linktype.to_le_bytes());
+        w.write_all(&h)?;
+        Ok(Writer { w, nanos })
     }
-    out
+
+    /// Writes one record: `data` captured at `ts`, `orig_len` long on the wire (at
+    /// least `data.len()`).
+    pub(crate) fn write(&mut self, ts: Duration, data: &[u8], orig_len: u32) -> io::Result<()> {
+        let sec = u32::try_from(ts.as_secs()).unwrap_or(u32::MAX);
+        let frac = if self.nanos {
+            ts.subsec_nanos()
+        } else {
+            ts.subsec_micros()
+        };
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&sec.to_le_bytes());
+        h[4..8].copy_from_slice(&frac.to_le_bytes());
+        h[8..12].copy_from_slice(&len.to_le_bytes());
+        h[12..].copy_from_slice(&orig_len.max(len).to_le_bytes());
+        self.w.write_all(&h)?;
+        self.w.write_all(data)
+    }
+
+    /// Flushes and gives the underlying writer back.
+    pub(crate) fn finish(mut self) -> io::Result<W> {
+        self.w.flush()?;
+        Ok(self.w)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn read_all(bytes: &[u8]) -> Result<(Reader<&[u8]>, Vec<Record>), ReadError> {
+        let mut r = Reader::new(bytes)?;
+        let mut out = Vec::new();
+        let mut rec = Record::default();
+        while r.next_into(&mut rec)? {
+            out.push(rec.clone());
+        }
+        Ok((r, out))
+    }
+
     #[test]
     fn round_trip_and_big_endian() {
-        let cap = Capture {
-            linktype: LINKTYPE_RAW,
-            nanos: true,
-            snaplen: 65535,
-            records: vec![Record {
-                ts: Duration::new(1_700_000_000, 123_456_789),
-                data: vec![0x45, 1, 2, 3],
-                orig_len: 4,
-            }],
-        };
-        let bytes = write(&cap);
-        let back = parse(&bytes).unwrap();
-        assert_eq!(back.records, cap.records);
+        let recs = vec![Record {
+            ts: Duration::new(1_700_000_000, 123_456_789),
+            data: vec![0x45, 1, 2, 3],
+            orig_len: 4,
+        }];
+        let mut w = Writer::new(Vec::new(), LINKTYPE_RAW, true, 65535).unwrap();
+        for r in &recs {
+            w.write(r.ts, &r.data, r.orig_len).unwrap();
+        }
+        let bytes = w.finish().unwrap();
+        let (back, got) = read_all(&bytes).unwrap();
+        assert_eq!(got, recs);
         assert!(back.nanos);
+        assert_eq!(back.linktype, LINKTYPE_RAW);
         // The same file in big-endian, microseconds.
         let mut be = Vec::new();
         be.extend_from_slice(&MAGIC_MICRO.to_be_bytes());
@@ -176,11 +270,23 @@ mod tests {
             be.extend_from_slice(&v.to_be_bytes());
         }
         be.extend_from_slice(&[0xaa, 0xbb]);
-        let c = parse(&be).unwrap();
+        let (c, got) = read_all(&be).unwrap();
         assert_eq!(c.linktype, LINKTYPE_ETHERNET);
-        assert_eq!(c.records[0].ts, Duration::new(5, 7_000));
-        assert_eq!(c.records[0].data, vec![0xaa, 0xbb]);
-        assert!(parse(&be[..30]).is_err());
-        assert!(parse(b"garbage garbage garbage garbage").is_err());
+        assert_eq!(got[0].ts, Duration::new(5, 7_000));
+        assert_eq!(got[0].data, vec![0xaa, 0xbb]);
+        // Cut inside the record header, inside the record, or no pcap at all.
+        for cut in [30, 41] {
+            match read_all(&be[..cut]) {
+                Err(ReadError::Format(m)) => assert!(m.starts_with("packet 0:"), "{m}"),
+                other => panic!("{cut}: {:?}", other.map(|x| x.1)),
+            }
+        }
+        assert!(read_all(b"garbage garbage garbage garbage").is_err());
+        // A record larger than the limit is refused before anything is allocated.
+        let mut big = be[..24].to_vec();
+        for v in [0u32, 0, u32::MAX, u32::MAX] {
+            big.extend_from_slice(&v.to_be_bytes());
+        }
+        assert!(matches!(read_all(&big), Err(ReadError::Format(_))));
     }
 }

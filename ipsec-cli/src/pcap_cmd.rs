@@ -25,8 +25,10 @@
 //! its own link-layer header and timestamp), and the fragments of datagrams still
 //! incomplete at the end of the capture are dropped as `fragment_timeout`.
 
-use crate::netpkt::ip_offset;
-use crate::pcap::{self, Capture, Record};
+use crate::netpkt::{LinkError, ip_offset};
+use crate::output::{NewFile, Stdout, eprint_line};
+use crate::pcap::{self, Record};
+use crate::text::{clip, read_text_file};
 use crate::{CliError, Outcome};
 use ipsec_core::error::{Error, Malformed};
 use ipsec_core::packet::{self, IpVersion, NAT_T_PORT};
@@ -35,6 +37,7 @@ use ipsec_core::{
     Direction, DropReason, PacketBuf, Reassembler, Reassembly, SecurityAssociation, SpareBuffers,
 };
 use std::collections::BTreeMap;
+use std::io::{BufReader, BufWriter, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
@@ -75,8 +78,7 @@ struct NamedSa {
 
 /// Reads and parses the SA file; every problem is a configuration error (exit 2).
 fn parse_sas(path: &Path) -> Result<Vec<ipsec_core::sa_file::NamedSa>, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::usage(format!("{}: cannot read: {e}", path.display())))?;
+    let text = read_text_file(path).map_err(CliError::usage)?;
     let parsed =
         parse_sa_file(&text).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
     if parsed.is_empty() {
@@ -115,34 +117,55 @@ pub(crate) fn find_spi(ip: &[u8], nat_ports: &[u16]) -> Result<u32, Error> {
     }
 }
 
-/// Runs one `pcap` subcommand.
-pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
-    let parsed = parse_sas(args.sa_file)?;
-    let bytes = std::fs::read(args.input)
-        .map_err(|e| CliError::usage(format!("{}: cannot read: {e}", args.input.display())))?;
-    let cap = pcap::parse(&bytes)
-        .map_err(|e| CliError::usage(format!("{}: {e}", args.input.display())))?;
-    if let Err(e) = ip_offset(cap.linktype, &[])
-        && e.contains("not supported")
-    {
+/// Opens the input capture (exit 2 when it cannot be read or is not a capture of a
+/// supported link type).
+pub(crate) fn open_capture(
+    path: &Path,
+) -> Result<pcap::Reader<BufReader<std::fs::File>>, CliError> {
+    let shown = path.display().to_string();
+    let shown = clip(&shown);
+    let file = std::fs::File::open(path)
+        .map_err(|e| CliError::usage(format!("{shown}: cannot read: {e}")))?;
+    let reader = pcap::Reader::new(BufReader::with_capacity(1 << 16, file))
+        .map_err(|e| CliError::usage(format!("{shown}: {e}")))?;
+    if let Err(e @ LinkError::Unsupported(_)) = ip_offset(reader.linktype, &[]) {
         return Err(CliError::usage(format!(
-            "{}: {e} (supported: 1 Ethernet, 101/12 raw IP, 228 IPv4, 229 IPv6)",
-            args.input.display()
+            "{shown}: {e} (supported: 1 Ethernet, 101/12 raw IP, 228 IPv4, 229 IPv6)"
         )));
     }
-    let start = cap.records.first().map_or(Duration::ZERO, |r| r.ts);
+    Ok(reader)
+}
+
+/// Runs one `pcap` subcommand.
+///
+/// The capture is streamed: one record is read, transformed and written before the
+/// next is read, so memory does not grow with the capture (the reassembler of
+/// `decrypt` holds a bounded number of fragments). The output goes to a temporary file
+/// renamed into place at the end ([`NewFile`]): a capture that turns out to be corrupt
+/// half-way leaves no output. Standard output may go away (`| head`): the output file
+/// is still written in full ([`Stdout`]).
+pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
+    let parsed = parse_sas(args.sa_file)?;
+    let input_shown = args.input.display().to_string();
+    let input_shown = clip(&input_shown);
+    let mut reader = open_capture(args.input)?;
+    let bad_capture = |e: pcap::ReadError| CliError::usage(format!("{input_shown}: {e}"));
+    // The first record, read ahead: its time is the SAs' creation time.
+    let mut rec = Record::default();
+    let mut have = reader.next_into(&mut rec).map_err(bad_capture)?;
+    let start = if have { rec.ts } else { Duration::ZERO };
     let mut sas = create_sas(args.sa_file, parsed, start)?;
     let want = match args.op {
         Op::Encrypt => Direction::Outbound,
         Op::Decrypt => Direction::Inbound,
     };
-    let sa_path = args.sa_file.display();
+    let sa_path = args.sa_file.display().to_string();
+    let sa_path = clip(&sa_path);
     let chosen: Vec<usize> = match args.name {
         Some(name) => {
-            let i = sas
-                .iter()
-                .position(|s| s.name == name)
-                .ok_or_else(|| CliError::usage(format!("{sa_path}: no SA named {name:?}")))?;
+            let i = sas.iter().position(|s| s.name == name).ok_or_else(|| {
+                CliError::usage(format!("{sa_path}: no SA named {:?}", clip(name)))
+            })?;
             if sas[i].sa.direction() != want {
                 return Err(CliError::usage(format!(
                     "{sa_path}: sa {name:?} is {}, {} needs an {} SA",
@@ -199,29 +222,40 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
 
     // Raw IPv4/IPv6 link types name one family; the result may be the other (tunnel
     // mode may change the family), so those files are written as plain raw IP.
-    let out_linktype = match cap.linktype {
+    let linktype = reader.linktype;
+    let out_linktype = match linktype {
         pcap::LINKTYPE_IPV4 | pcap::LINKTYPE_IPV6 => pcap::LINKTYPE_RAW,
         other => other,
     };
-    let mut out = Capture {
-        linktype: out_linktype,
-        nanos: cap.nanos,
-        snaplen: cap.snaplen,
-        records: Vec::with_capacity(cap.records.len()),
-    };
+    let output_shown = args.output.display().to_string();
+    let output_shown = clip(&output_shown);
+    let cannot_write =
+        |e: std::io::Error| CliError::failure(format!("{output_shown}: cannot write: {e}"));
+    let (new_file, file) = NewFile::create(args.output).map_err(cannot_write)?;
+    let mut out = pcap::Writer::new(
+        BufWriter::with_capacity(1 << 16, file),
+        out_linktype,
+        reader.nanos,
+        reader.snaplen,
+    )
+    .map_err(cannot_write)?;
+    let mut stdout = Stdout::new();
     let mut drops: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut fragmented = 0u64;
     let mut scratch = vec![0u8; 65536 + 512];
     let mut reassembler = Reassembler::default();
-    for (index, rec) in cap.records.iter().enumerate() {
+    let (mut n_in, mut n_out) = (0usize, 0usize);
+    while have {
+        let index = n_in;
+        n_in += 1;
         let res = transform(
             args.op,
             &mut sas,
             &chosen,
             &by_spi,
             &nat_ports,
-            cap.linktype,
-            rec,
+            linktype,
+            &rec,
             &mut scratch,
             &mut reassembler,
         );
@@ -232,11 +266,9 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
                     fragmented += 1;
                 }
                 for data in frames {
-                    out.records.push(Record {
-                        ts: rec.ts,
-                        orig_len: u32::try_from(data.len()).unwrap_or(u32::MAX),
-                        data,
-                    });
+                    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                    out.write(rec.ts, &data, len).map_err(cannot_write)?;
+                    n_out += 1;
                 }
                 let reassembly = reassembled.then_some("complete");
                 (true, None, None, Some(sas[sa_i].name.as_str()), reassembly)
@@ -269,8 +301,9 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
                 "sa": sa_name,
                 "reassembly": reassembly,
             });
-            println!("{line}");
+            writeln!(stdout, "{line}").map_err(CliError::output)?;
         }
+        have = reader.next_into(&mut rec).map_err(bad_capture)?;
     }
     // What is still held at the end of the capture never completed.
     reassembler.expire(Duration::MAX);
@@ -280,26 +313,23 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
         }
     }
     let n_dropped: u64 = drops.values().sum();
-    std::fs::write(args.output, pcap::write(&out))
-        .map_err(|e| CliError::failure(format!("{}: cannot write: {e}", args.output.display())))?;
+    out.finish()
+        .and_then(|w| w.into_inner().map_err(std::io::IntoInnerError::into_error))
+        .map_err(cannot_write)?;
+    new_file.commit().map_err(cannot_write)?;
 
-    let n_in = cap.records.len();
-    let n_out = out.records.len();
     let mut summary = format!(
-        "{} {}: {n_in} packets in, {n_out} {} out to {}, {} dropped",
+        "{} {input_shown}: {n_in} packets in, {n_out} {} out to {output_shown}, {n_dropped} dropped",
         if args.op == Op::Encrypt {
             "encrypt"
         } else {
             "decrypt"
         },
-        args.input.display(),
         if args.op == Op::Encrypt {
             "encrypted"
         } else {
             "decrypted"
         },
-        args.output.display(),
-        n_dropped
     );
     if fragmented > 0 {
         summary.push_str(&format!(
@@ -319,10 +349,11 @@ pub(crate) fn run(args: &PcapArgs<'_>) -> Result<Outcome, CliError> {
         summary.push_str(&finish_seq(args, &sas[chosen[0]], first)?);
     }
     if args.json {
-        eprintln!("{summary}");
+        eprint_line(&summary);
     } else {
-        println!("{summary}");
+        writeln!(stdout, "{summary}").map_err(CliError::output)?;
     }
+    stdout.flush().map_err(CliError::output)?;
     if args.strict && n_dropped > 0 {
         return Ok(Outcome::Failed(format!(
             "--strict: {n_dropped} of {n_in} packets failed"
@@ -457,7 +488,8 @@ fn transform(
     reassembler: &mut Reassembler,
 ) -> Result<Done, Failure> {
     let malformed = |d: String| (DropReason::Malformed.as_str(), d, None);
-    let (ip_at, ethertype_at) = ip_offset(linktype, &rec.data).map_err(malformed)?;
+    let (ip_at, ethertype_at) =
+        ip_offset(linktype, &rec.data).map_err(|e| malformed(e.to_string()))?;
     let ip = &rec.data[ip_at..];
     if ip.is_empty() {
         return Err(malformed("no IP packet in the frame".into()));

@@ -36,24 +36,30 @@
 //! and the command exits 1 at the end. A policy file that does not load exits 2 with
 //! every problem on stderr.
 //!
+//! A line longer than 4096 bytes, a field longer than 64 bytes, or a line that is not
+//! UTF-8 is an error for that line alone (`text` module: the limits); errors repeat
+//! at most 64 characters of a value.
+//!
 //! The loop allocates nothing per line beyond the reused line buffer (errors aside):
-//! fields are slices of the line, stdout is locked once behind a `BufWriter`.
+//! fields are slices of the line, stdout is locked once behind a buffer. Memory stays
+//! bounded whatever the input: a line is never stored beyond its first 4096 bytes.
 
+use crate::output::Stdout;
+use crate::text::{LineRead, MAX_FIELD, MAX_LINE, clip, clip_message, read_line, read_text_file};
 use crate::{CliError, Outcome};
 use ipsec_core::spd::selector::{has_ports, is_icmp, parse_protocol, protocol_name};
 use ipsec_core::spd::{Finding, LintBudget, Opening, Severity, lint_toml_with};
 use ipsec_core::{Decision, Direction, Flow, FragmentDecision, Spd, SpdCache};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::IpAddr;
 use std::path::Path;
 
 /// Loads a policy file, reporting every problem (exit 2).
 pub(crate) fn load_spd(path: &Path) -> Result<Spd, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::usage(format!("{}: cannot read: {e}", path.display())))?;
-    spd_from_text(&path.display().to_string(), &text)
+    let text = read_text(path)?;
+    spd_from_text(&clip(&path.display().to_string()), &text)
 }
 
 /// Parses policy text, reporting every problem (exit 2).
@@ -71,7 +77,8 @@ fn parse_direction(s: &str) -> Result<Direction, String> {
         Ok(Direction::Inbound)
     } else {
         Err(format!(
-            "direction {s:?}: expected \"outbound\" or \"inbound\""
+            "direction {:?}: expected \"outbound\" or \"inbound\"",
+            clip(s)
         ))
     }
 }
@@ -89,27 +96,36 @@ fn parse_proto(s: &str) -> Result<u8, String> {
     match parse_protocol(s) {
         Ok(Some(n)) => Ok(n),
         Ok(None) => Err("protocol \"any\": a flow has one protocol".into()),
-        Err(e) => Err(format!("protocol: {e}")),
+        Err(e) => Err(format!("protocol: {}", clip_message(&e))),
     }
 }
 
-/// Reads one flow line (already trimmed, not blank, not a comment).
+/// Reads one flow line (already trimmed, not blank, not a comment). A field longer than
+/// [`MAX_FIELD`] bytes is an error; values are repeated in errors [`clip`]ped.
 pub(crate) fn parse_flow(line: &str) -> Result<Flow, String> {
     let mut it = line.split(',').map(str::trim);
     let mut field = |what: &str| {
-        it.next().ok_or_else(|| {
+        let f = it.next().ok_or_else(|| {
             format!("missing field {what} (expected direction,src,dst,protocol,src_port,dst_port)")
-        })
+        })?;
+        if f.len() > MAX_FIELD {
+            return Err(format!(
+                "field {what} ({:?}) is {} bytes long, longer than the {MAX_FIELD}-byte limit",
+                clip(f),
+                f.len()
+            ));
+        }
+        Ok(f)
     };
     let direction = parse_direction(field("direction")?)?;
     let src_s = field("src")?;
     let src: IpAddr = src_s
         .parse()
-        .map_err(|_| format!("src {src_s:?} is not an IP address"))?;
+        .map_err(|_| format!("src {:?} is not an IP address", clip(src_s)))?;
     let dst_s = field("dst")?;
     let dst: IpAddr = dst_s
         .parse()
-        .map_err(|_| format!("dst {dst_s:?} is not an IP address"))?;
+        .map_err(|_| format!("dst {:?} is not an IP address", clip(dst_s)))?;
     let protocol = parse_proto(field("protocol")?)?;
     let sport = field("src_port")?;
     let dport = field("dst_port")?;
@@ -142,7 +158,7 @@ pub(crate) fn parse_flow(line: &str) -> Result<Flow, String> {
             } else {
                 s.parse()
                     .map(Some)
-                    .map_err(|_| format!("{what} {s:?} is not a port number (0..=65535)"))
+                    .map_err(|_| format!("{what} {:?} is not a port number (0..=65535)", clip(s)))
             }
         };
         flow.src_port = port(sport, "src_port")?;
@@ -153,7 +169,10 @@ pub(crate) fn parse_flow(line: &str) -> Result<Flow, String> {
                 Ok(None)
             } else {
                 s.parse().map(Some).map_err(|_| {
-                    format!("{what} {s:?}: for ICMP this column is the type/code (0..=255)")
+                    format!(
+                        "{what} {:?}: for ICMP this column is the type/code (0..=255)",
+                        clip(s)
+                    )
                 })
             }
         };
@@ -194,45 +213,71 @@ fn write_unresolved<W: Write>(out: &mut W, could_match: Option<&str>) -> std::io
 }
 
 /// `ipsec policy lookup FILE --flows FLOWS.csv [--cache]`.
+///
+/// Lines are read as bytes, at most [`MAX_LINE`] of each kept: a longer line, one that
+/// is not UTF-8 or one that does not parse is an error for that line alone. When the
+/// reader of the output goes away the command stops reading flows.
 pub(crate) fn lookup(policy: &Path, flows: &Path, cache: bool) -> Result<Outcome, CliError> {
     let spd = load_spd(policy)?;
+    let shown = flows.display().to_string();
+    let shown = clip(&shown);
     let input: Box<dyn Read> = if flows.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(
             std::fs::File::open(flows)
-                .map_err(|e| CliError::usage(format!("{}: cannot read: {e}", flows.display())))?,
+                .map_err(|e| CliError::usage(format!("{shown}: cannot read: {e}")))?,
         )
     };
     let mut reader = BufReader::with_capacity(1 << 16, input);
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut out = Stdout::new();
     let mut cache = cache.then(|| SpdCache::new(&spd, 4096));
-    let mut line = String::new();
+    let mut buf = Vec::with_capacity(MAX_LINE);
     let (mut lineno, mut flows_read, mut bad) = (0usize, 0usize, 0usize);
     let io_err = CliError::output;
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).map_err(|e| {
-            CliError::usage(format!("{}: line {}: {e}", flows.display(), lineno + 1))
-        })?;
-        if n == 0 {
-            break;
-        }
+    while !out.gone() {
+        let got = read_line(&mut reader, &mut buf, MAX_LINE)
+            .map_err(|e| CliError::usage(format!("{shown}: line {}: {e}", lineno + 1)))?;
         lineno += 1;
-        let l = line.trim();
-        if l.is_empty() || l.starts_with('#') {
-            continue;
-        }
-        if flows_read == 0
-            && l.split(',')
-                .next()
-                .is_some_and(|f| f.trim().eq_ignore_ascii_case("direction"))
-        {
-            continue;
-        }
+        let line = match got {
+            LineRead::End => break,
+            LineRead::TooLong { len } => {
+                // A long comment is still a comment.
+                if buf.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'#') {
+                    continue;
+                }
+                Err(format!(
+                    "{len} bytes long, longer than the {MAX_LINE}-byte limit of a flow line"
+                ))
+            }
+            LineRead::Full => std::str::from_utf8(&buf).map_err(|e| {
+                let at = e.valid_up_to();
+                format!(
+                    "not UTF-8 text (invalid byte {:#04x} at column {})",
+                    buf[at],
+                    at + 1
+                )
+            }),
+        };
+        let flow = match line {
+            Ok(l) => {
+                let l = l.trim();
+                if l.is_empty() || l.starts_with('#') {
+                    continue;
+                }
+                if flows_read == 0
+                    && l.split(',')
+                        .next()
+                        .is_some_and(|f| f.trim().eq_ignore_ascii_case("direction"))
+                {
+                    continue;
+                }
+                parse_flow(l)
+            }
+            Err(e) => Err(e),
+        };
         flows_read += 1;
-        match parse_flow(l) {
+        match flow {
             Ok(flow) => {
                 let answer = match &mut cache {
                     Some(c) if !flow.ports_unknown() => FragmentDecision::Decided(c.lookup(&flow)),
@@ -268,8 +313,7 @@ pub(crate) fn lookup(policy: &Path, flows: &Path, cache: bool) -> Result<Outcome
 }
 
 fn read_text(path: &Path) -> Result<String, CliError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| CliError::usage(format!("{}: cannot read: {e}", path.display())))
+    read_text_file(path).map_err(CliError::usage)
 }
 
 /// A flow as JSON (ports or ICMP fields only when present).
@@ -310,14 +354,14 @@ pub(crate) fn lint(
                 "code": f.code,
                 "severity": f.severity.name(),
                 "policy": f.policy,
-                "message": f.message,
+                "message": clip_message(&f.message),
             });
             let _ = writeln!(out, "{v}");
         }
     } else {
         out = lint_human(&findings);
     }
-    print!("{out}");
+    print_all(&out)?;
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)
@@ -325,18 +369,28 @@ pub(crate) fn lint(
     if errors > 0 {
         Ok(Outcome::Failed(format!(
             "{}: {errors} error finding(s)",
-            policy.display()
+            clip(&policy.display().to_string())
         )))
     } else {
         Ok(Outcome::Ok)
     }
 }
 
-/// The human form of lint findings (also used by the demo).
+/// Writes `text` to standard output (a reader that went away is not an error: the
+/// command carries on, see [`crate::output`]).
+pub(crate) fn print_all(text: &str) -> Result<(), CliError> {
+    let mut out = Stdout::new();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(CliError::output)
+}
+
+/// The human form of lint findings (also used by the demo); user text the messages
+/// quote is [`clip_message`]d.
 pub(crate) fn lint_human(findings: &[Finding]) -> String {
     let mut out = String::new();
     for f in findings {
-        let _ = writeln!(out, "{f}");
+        let _ = writeln!(out, "{}", clip_message(&f.to_string()));
     }
     let count = |s| findings.iter().filter(|f| f.severity == s).count();
     let _ = writeln!(
@@ -371,7 +425,7 @@ pub(crate) fn firewall(policy: &Path, json_out: bool) -> Result<Outcome, CliErro
     } else {
         out = firewall_human(&openings);
     }
-    print!("{out}");
+    print_all(&out)?;
     Ok(Outcome::Ok)
 }
 
@@ -391,13 +445,16 @@ pub(crate) fn firewall_human(openings: &[Opening]) -> String {
 }
 
 /// `ipsec policy test FILE CASES [--json]`: exit 1 when a case fails, 2 when the cases
-/// file is bad.
+/// file is bad (every bad case is reported, one per line).
 pub(crate) fn test(policy: &Path, cases: &Path, json_out: bool) -> Result<Outcome, CliError> {
     let spd = load_spd(policy)?;
     let text = read_text(cases)?;
-    let report = spd
-        .run_cases(&text)
-        .map_err(|e| CliError::usage(format!("{}: {e}", cases.display())))?;
+    let shown = cases.display().to_string();
+    let shown = clip(&shown);
+    let report = spd.run_cases_all_errors(&text).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("{shown}: {e}")).collect();
+        CliError::usage(lines.join("\n"))
+    })?;
     let mut out = String::new();
     if json_out {
         for o in &report.outcomes {
@@ -421,9 +478,11 @@ pub(crate) fn test(policy: &Path, cases: &Path, json_out: bool) -> Result<Outcom
         });
         let _ = writeln!(out, "{v}");
     } else {
-        let _ = writeln!(out, "{report}");
+        for line in report.to_string().lines() {
+            let _ = writeln!(out, "{}", clip_message(line));
+        }
     }
-    print!("{out}");
+    print_all(&out)?;
     if report.all_passed() {
         Ok(Outcome::Ok)
     } else {
@@ -439,8 +498,7 @@ pub(crate) fn test(policy: &Path, cases: &Path, json_out: bool) -> Result<Outcom
 pub(crate) fn explain(policy: &Path, json_out: bool) -> Result<Outcome, CliError> {
     let spd = load_spd(policy)?;
     let probes = spd.probes();
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
+    let mut out = Stdout::new();
     let io_err = CliError::output;
     let mut current: Option<&str> = None;
     for p in &probes {

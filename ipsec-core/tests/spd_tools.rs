@@ -1002,6 +1002,33 @@ fn cases_file_errors_name_case_and_key() {
 }
 
 #[test]
+fn run_cases_all_errors_reports_every_bad_case() {
+    let spd = branch_office();
+    let case = |name: &str, extra: &str| {
+        format!(
+            "[[case]]\nname = \"{name}\"\ndirection = \"inbound\"\nsrc = \"10.1.0.1\"\ndst = \"10.0.0.10\"\nprotocol = \"tcp\"\n{extra}\n"
+        )
+    };
+    let text = [
+        case("a", "expect = \"maybe\""),
+        case("ok", "dst_port = 3389\nexpect = \"protect\""),
+        case("b", "expect = \"discard\"\ncolour = 1"),
+        case("c", "dst_port = 70000\nexpect = \"discard\""),
+    ]
+    .concat();
+    let errors = spd.run_cases_all_errors(&text).unwrap_err();
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert!(texts[0].contains("case \"a\": expect"), "{texts:?}");
+    assert!(texts[1].contains("case \"b\": colour"), "{texts:?}");
+    assert!(texts[2].contains("case \"c\": dst_port"), "{texts:?}");
+    // run_cases keeps answering with the first one.
+    assert_eq!(spd.run_cases(&text).unwrap_err().to_string(), texts[0]);
+    let good = case("ok", "dst_port = 3389\nexpect = \"protect\"");
+    assert!(spd.run_cases_all_errors(&good).unwrap().all_passed());
+}
+
+#[test]
 fn probes_branch_office() {
     let spd = branch_office();
     let probes = spd.probes();

@@ -1300,7 +1300,7 @@ fn sa_files_take_64_bit_sequence_numbers_as_strings() {
                 cipher = \"aes-128-gcm\"\nkey = \"0707070707070707070707070707070707070707\"\n\
                 esn = true\nseq = \"0x8765432100000006\"\n\
                 [[sa]]\nname = \"b\"\nspi = 4097\ndirection = \"outbound\"\nmode = \"tunnel\"\n\
-                cipher = \"aes-128-gcm\"\nkey = \"0707070707070707070707070707070707070707\"\n\
+                cipher = \"aes-128-gcm\"\nkey = \"0808080808080808080808080808080808080808\"\n\
                 tunnel_src = \"192.0.2.1\"\ntunnel_dst = \"192.0.2.2\"\n\
                 hard_lifetime = { bytes = -1 }\n";
     let mut sa = null_mut();

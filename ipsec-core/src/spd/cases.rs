@@ -417,17 +417,36 @@ fn base_point(p: &Policy, v6: bool) -> Option<Point> {
 impl Spd {
     /// Runs a cases file (see the [module docs](self)) against this policy: each case
     /// is looked up and compared with its `expect` (and `policy`, when given). Fails
-    /// only when the cases file itself is bad (naming the case and the key).
+    /// only when the cases file itself is bad (naming the case and the key): with the
+    /// first problem; [`Spd::run_cases_all_errors`] reports every bad case.
     pub fn run_cases(&self, cases_text: &str) -> Result<CaseReport, ConfigError> {
-        let file: CasesFile = toml::from_str(cases_text)
-            .map_err(|e| ConfigError::new("toml", e.to_string().trim_end().replace('\n', " ")))?;
+        self.run_cases_all_errors(cases_text)
+            .map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// [`Spd::run_cases`], reporting every bad case of the file (one error each, in
+    /// file order; never an empty list) instead of the first one.
+    pub fn run_cases_all_errors(&self, cases_text: &str) -> Result<CaseReport, Vec<ConfigError>> {
+        let file: CasesFile = toml::from_str(cases_text).map_err(|e| {
+            vec![ConfigError::new(
+                "toml",
+                e.to_string().trim_end().replace('\n', " "),
+            )]
+        })?;
         let mut outcomes = Vec::with_capacity(file.case.len());
+        let mut errors = Vec::new();
         for (i, t) in file.case.iter().enumerate() {
             let (name, label) = match t.get("name").and_then(Value::as_str) {
                 Some(n) => (n.to_owned(), format!("case {n:?}")),
                 None => (format!("case #{}", i + 1), format!("case #{}", i + 1)),
             };
-            let case = parse_case(t, name, &label)?;
+            let case = match parse_case(t, name, &label) {
+                Ok(case) => case,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
             let (d, matched) = self.answer(&case.flow);
             let policy_ok = case.policy.as_deref().is_none_or(|p| d.policy == Some(p));
             let passed = d.action == case.expect && policy_ok;
@@ -453,7 +472,11 @@ impl Spd {
                 message,
             });
         }
-        Ok(CaseReport { outcomes })
+        if errors.is_empty() {
+            Ok(CaseReport { outcomes })
+        } else {
+            Err(errors)
+        }
     }
 
     /// The decision for a case's flow ([`Spd::lookup_as_packet`]) and what happened,
