@@ -69,6 +69,7 @@ pub mod reassembly;
 pub mod replay;
 pub mod sa;
 pub mod sa_file;
+pub mod secret;
 pub mod spd;
 
 pub use buffer::{PacketBuf, SpareBuffers};

@@ -20,10 +20,15 @@
 //! ```
 //!
 //! Unknown keys are errors; every error names the SA and the key.
+//!
+//! Secrets ([`crate::secret::SECRET_FIELDS`]: `key`, `integrity_key`) are taken out of each
+//! table before the rest is deserialized: they are held, decoded and dropped in memory
+//! that is wiped, and no error ever quotes their value (see [`crate::secret`]).
 
 use crate::crypto::{Cipher, Integrity};
 use crate::error::ConfigError;
 use crate::sa::{DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, TfcPadding};
+use crate::secret;
 use core::time::Duration;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -60,9 +65,12 @@ struct RawSa {
     direction: String,
     mode: String,
     cipher: String,
+    /// Always absent from the table deserialized (see [`take_secrets`]); declared so that
+    /// serde's "unknown field" messages list it.
     #[serde(default)]
     key: Zeroizing<String>,
     integrity: Option<String>,
+    /// As `key`.
     #[serde(default)]
     integrity_key: Zeroizing<String>,
     #[serde(default)]
@@ -211,19 +219,44 @@ impl RawSa {
 /// checked as far as possible without creating the SAs (creation checks key lengths
 /// and the algorithm combination).
 pub fn parse_sa_file(text: &str) -> Result<Vec<NamedSa>, ConfigError> {
-    let file: SaFile = toml::from_str(text).map_err(|e| {
-        ConfigError::new(
-            "toml",
-            e.to_string()
-                .trim_end()
-                .replace('\n', " ")
-                .replace("  ", " "),
-        )
-    })?;
+    let file: SaFile = toml::from_str(text).map_err(|e| secret::toml_error(e, text))?;
     let (sas, errors) = parse_sa_tables(file.sa);
     match errors.into_iter().next() {
-        Some(first) => Err(first),
+        Some(first) => Err(secret::Scrubber::new(text).error(first)),
         None => Ok(sas),
+    }
+}
+
+/// The secret fields of one `[[sa]]` table, taken out of it.
+struct Secrets {
+    key: Zeroizing<String>,
+    integrity_key: Zeroizing<String>,
+}
+
+/// Takes every [`secret::SECRET_FIELDS`] entry out of `table` (see the module docs).
+fn take_secrets(table: &mut toml::Table) -> Result<Secrets, ConfigError> {
+    let mut key = None;
+    let mut integrity_key = None;
+    let mut first_error = None;
+    for name in secret::SECRET_FIELDS {
+        let slot = match name {
+            "key" => &mut key,
+            "integrity_key" => &mut integrity_key,
+            _ => unreachable!("every secret field of an [[sa]] table has a slot here"),
+        };
+        match secret::take_secret(table, name) {
+            Ok(v) => *slot = v,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(Secrets {
+            key: key.unwrap_or_default(),
+            integrity_key: integrity_key.unwrap_or_default(),
+        }),
     }
 }
 
@@ -234,12 +267,19 @@ pub fn parse_sa_tables(tables: Vec<toml::Table>) -> (Vec<NamedSa>, Vec<ConfigErr
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(tables.len());
     let mut errors = Vec::new();
-    for (i, table) in tables.into_iter().enumerate() {
+    for (i, mut table) in tables.into_iter().enumerate() {
         let label = match table.get("name").and_then(|v| v.as_str()) {
             Some(n) => format!("sa {n:?}"),
             None => format!("sa #{}", i + 1),
         };
-        let raw: RawSa = match table.try_into() {
+        let secrets = match take_secrets(&mut table) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e.in_context(&label));
+                continue;
+            }
+        };
+        let mut raw: RawSa = match table.try_into() {
             Ok(r) => r,
             Err(e) => {
                 let e: toml::de::Error = e;
@@ -247,6 +287,8 @@ pub fn parse_sa_tables(tables: Vec<toml::Table>) -> (Vec<NamedSa>, Vec<ConfigErr
                 continue;
             }
         };
+        raw.key = secrets.key;
+        raw.integrity_key = secrets.integrity_key;
         if !names.insert(raw.name.clone()) {
             errors.push(ConfigError::new(label, "duplicate SA name"));
             continue;

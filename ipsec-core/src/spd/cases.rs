@@ -419,8 +419,8 @@ impl Spd {
     /// is looked up and compared with its `expect` (and `policy`, when given). Fails
     /// only when the cases file itself is bad (naming the case and the key).
     pub fn run_cases(&self, cases_text: &str) -> Result<CaseReport, ConfigError> {
-        let file: CasesFile = toml::from_str(cases_text)
-            .map_err(|e| ConfigError::new("toml", e.to_string().trim_end().replace('\n', " ")))?;
+        let file: CasesFile =
+            toml::from_str(cases_text).map_err(|e| crate::secret::toml_error(e, cases_text))?;
         let mut outcomes = Vec::with_capacity(file.case.len());
         for (i, t) in file.case.iter().enumerate() {
             let (name, label) = match t.get("name").and_then(Value::as_str) {

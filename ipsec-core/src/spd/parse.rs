@@ -6,6 +6,7 @@
 use crate::error::ConfigError;
 use crate::sa::Direction;
 use crate::sa_file::{self, NamedSa};
+use crate::secret;
 use crate::spd::selector::{
     AddrSet, has_ports, is_icmp, parse_port_range, parse_protocol, protocol_name,
 };
@@ -38,16 +39,6 @@ const KEYS: [&str; 11] = [
     "sa",
 ];
 
-fn toml_error(e: &toml::de::Error) -> ConfigError {
-    ConfigError::new(
-        "toml",
-        e.to_string()
-            .trim_end()
-            .replace('\n', " ")
-            .replace("  ", " "),
-    )
-}
-
 fn type_name(v: &Value) -> &'static str {
     v.type_str()
 }
@@ -57,7 +48,7 @@ fn type_name(v: &Value) -> &'static str {
 pub(crate) fn parse(text: &str) -> (Vec<Policy>, Vec<NamedSa>, Vec<ConfigError>) {
     let file: PolicyFile = match toml::from_str(text) {
         Ok(f) => f,
-        Err(e) => return (Vec::new(), Vec::new(), vec![toml_error(&e)]),
+        Err(e) => return (Vec::new(), Vec::new(), vec![secret::toml_error(e, text)]),
     };
     let (sas, mut errors) = sa_file::parse_sa_tables(file.sa);
     let sa_dirs: HashMap<&str, Direction> = sas
@@ -87,6 +78,11 @@ pub(crate) fn parse(text: &str) -> (Vec<Policy>, Vec<NamedSa>, Vec<ConfigError>)
             policies.push(p);
         }
         errors.extend(errs.into_iter().map(|e| e.in_context(&label)));
+    }
+    if !errors.is_empty() {
+        // Defence in depth: no piece of a secret value leaves in a message.
+        let scrubber = secret::Scrubber::new(text);
+        errors = errors.into_iter().map(|e| scrubber.error(e)).collect();
     }
     (policies, sas, errors)
 }
