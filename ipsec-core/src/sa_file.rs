@@ -113,11 +113,10 @@ impl From<RawLifetime> for Lifetime {
 /// Decodes a hex string (spaces, colons and a `0x` prefix allowed) into bytes.
 pub fn decode_hex(field: &str, text: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
     let text = text.strip_prefix("0x").unwrap_or(text);
-    let digits: Zeroizing<Vec<u8>> = Zeroizing::new(
-        text.bytes()
-            .filter(|b| !matches!(b, b' ' | b':' | b'_'))
-            .collect(),
-    );
+    // Room for every byte up front: a vector that grew would leave copies of the key's
+    // first digits in the blocks it outgrew, freed without being wiped.
+    let mut digits: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(text.len()));
+    digits.extend(text.bytes().filter(|b| !matches!(b, b' ' | b':' | b'_')));
     if !digits.len().is_multiple_of(2) {
         return Err(ConfigError::new(
             field,

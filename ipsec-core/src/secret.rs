@@ -24,11 +24,16 @@
 //! inline table; a comment that names a secret field is masked after the name.
 //!
 //! Memory: the secret strings of `[[sa]]` tables are moved into
-//! [`Zeroizing`] storage, decoded keys and SA configurations are wiped when dropped
-//! (see [`crate::sa_file`] and [`crate::SaConfig`]). What this crate cannot reach: the
-//! caller's own copy of the text; on a TOML *syntax* error, the copy of the document the
-//! toml crate keeps inside its error value; and, for a secret string written with escape
-//! sequences, the toml crate's decoding buffers. Those are freed without being wiped.
+//! [`Zeroizing`] storage and a secret of the wrong type is wiped ([`take_secret`]); hex
+//! is decoded in buffers sized once and wiped; decoded keys, SA configurations, key
+//! schedules and the AEAD salt are wiped when dropped (see [`crate::sa_file`],
+//! [`crate::SaConfig`] and the `crypto` module); files are read with [`read_file`].
+//! `tests/freed_secrets.rs` checks this with an allocator that reads every block as it
+//! is freed. What this crate cannot reach: the caller's own copy of the text; on a TOML
+//! error (syntax, duplicate key, a top-level value of the wrong type), the copy of the
+//! whole document the toml crate keeps inside its error value; and, for a secret string
+//! written with escape sequences, the toml crate's decoding buffers. Those are freed
+//! without being wiped.
 
 use crate::error::ConfigError;
 use core::ops::Range;
@@ -328,6 +333,13 @@ impl<'t> Scrubber<'t> {
         }
         ConfigError::new(self.scrub(e.field()), self.scrub(e.message()))
     }
+}
+
+/// Reads a whole file that may hold secrets (a policy, SA or cases file) into memory
+/// that is wiped when dropped. `std::fs::read_to_string` sizes its buffer from the
+/// file's length, so no outgrown copy of the text is freed on the way.
+pub fn read_file(path: &std::path::Path) -> std::io::Result<Zeroizing<String>> {
+    std::fs::read_to_string(path).map(Zeroizing::new)
 }
 
 /// Overwrites every string (and number) inside `value` with zeros, recursively.

@@ -749,7 +749,7 @@ impl Spd {
     /// Reads and parses the policy file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Spd, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
+        let text = crate::secret::read_file(path)
             .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
         Spd::from_toml(&text)
     }
