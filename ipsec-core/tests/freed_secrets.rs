@@ -2,9 +2,9 @@
 //! back to the allocator.
 //!
 //! A checking global allocator reads every block as it is freed (and the old block of
-//! every reallocation) and counts the blocks that still hold a piece of one of the keys
-//! below: 16 characters of a key's hex text, or 8 bytes (4 for the AEAD salt) of the
-//! decoded key. Each test loads, uses and drops configurations, SPDs, SAs and gateways
+//! every reallocation), then zeroes it, and counts the blocks that still held a piece of
+//! one of the keys below: 16 characters of a key's hex text, or 8 bytes (4 for the AEAD
+//! salt) of the decoded key. Each test loads, uses and drops configurations, SPDs, SAs and gateways
 //! made from those keys, and the count must stay 0: every copy of a key was wiped
 //! before its memory was freed. The keys themselves live in static memory (constants),
 //! never on the heap of the test.
@@ -91,8 +91,8 @@ fn check_freed(block: &[u8]) {
 }
 
 // SAFETY: allocation and deallocation are forwarded unchanged to `System`; `dealloc`
-// reads the block (live and `layout.size()` bytes long until it is freed) first, and the
-// check allocates nothing (a const-initialised thread-local, touched with `try_with` so
+// reads and then zeroes the block (live and `layout.size()` bytes long until it is
+// freed) first, and the check allocates nothing (a const-initialised thread-local, touched with `try_with` so
 // never during thread teardown). `realloc` is the trait's default (alloc, copy,
 // dealloc), so old blocks go through `dealloc` too.
 unsafe impl GlobalAlloc for Checking {
@@ -105,6 +105,11 @@ unsafe impl GlobalAlloc for Checking {
         // SAFETY: `ptr` is a live block of `layout.size()` bytes allocated by `alloc`
         // above; it is only read, before it is freed.
         check_freed(unsafe { std::slice::from_raw_parts(ptr, layout.size()) });
+        // Zeroed before it is reused, so that what a block holds when it is freed was
+        // written during its own lifetime, not left over from a block freed earlier
+        // (by another test, say) in the same memory.
+        // SAFETY: the same live block, written once before it is freed.
+        unsafe { core::ptr::write_bytes(ptr, 0, layout.size()) };
         // SAFETY: `ptr` was allocated by `System` with `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -207,7 +212,12 @@ fn a_policy_file_and_its_gateway_leave_no_key_behind() {
     let found = freed_secrets(|| {
         let spd = Spd::from_toml(POLICY).expect("policy loads");
         assert!(!spd.lint().is_empty());
-        let mut gateway = Gateway::new(spd, Duration::ZERO).expect("gateway");
+        // A second owner (the Python `Gateway(spd)`) gets a copy, not the file's text.
+        let copy = spd.clone();
+        assert_eq!(copy.sas().len(), 3);
+        assert_eq!(copy.policies(), spd.policies());
+        drop(spd);
+        let mut gateway = Gateway::new(copy, Duration::ZERO).expect("gateway");
         let mut packet = common::inner_v4(200, 0);
         packet[12..16].copy_from_slice(&[10, 0, 0, 5]);
         packet[16..20].copy_from_slice(&[10, 1, 0, 5]);

@@ -727,6 +727,28 @@ impl fmt::Debug for Spd {
     }
 }
 
+/// A second SPD with the same policies and copies of the SA configurations (keys in
+/// memory that is wiped when dropped), for a second owner such as a
+/// [`Gateway`](crate::Gateway), which takes its SPD's SAs: no need to keep the policy
+/// file's text, keys and all, to parse it again. The classifiers are compiled again.
+/// (SAs come only from policy files, which configure no IV source, so every SA is
+/// copied.)
+impl Clone for Spd {
+    fn clone(&self) -> Spd {
+        let sas = self
+            .sas
+            .iter()
+            .filter_map(|s| {
+                Some(NamedSa {
+                    name: s.name.clone(),
+                    config: s.config.try_clone()?,
+                })
+            })
+            .collect();
+        Spd::build(self.policies.clone(), sas, EngineKind::Partitioned)
+    }
+}
+
 impl Spd {
     /// Parses a policy file (DESIGN.md "Policy file (TOML)"); fails with the first
     /// problem found. See [`Spd::from_toml_all_errors`] to get all of them.
