@@ -45,7 +45,8 @@ struct NamedSa {
 
 /// Reads and parses the SA file; every problem is a configuration error (exit 2).
 fn parse_sas(path: &Path) -> Result<Vec<ipsec_core::sa_file::NamedSa>, CliError> {
-    let text = std::fs::read_to_string(path)
+    // Wiped when dropped: the file holds the SA keys.
+    let text = ipsec_core::secret::read_file(path)
         .map_err(|e| CliError::usage(format!("{}: cannot read: {e}", path.display())))?;
     let parsed =
         parse_sa_file(&text).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;

@@ -40,6 +40,7 @@
 //! fields are slices of the line, stdout is locked once behind a `BufWriter`.
 
 use crate::{CliError, Outcome};
+use ipsec_core::secret::Zeroizing;
 use ipsec_core::spd::selector::{has_ports, is_icmp, parse_protocol, protocol_name};
 use ipsec_core::spd::{Finding, Opening, Severity, lint_toml};
 use ipsec_core::{Decision, Direction, Flow, FragmentDecision, Spd, SpdCache};
@@ -51,8 +52,7 @@ use std::path::Path;
 
 /// Loads a policy file, reporting every problem (exit 2).
 pub(crate) fn load_spd(path: &Path) -> Result<Spd, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::usage(format!("{}: cannot read: {e}", path.display())))?;
+    let text = read_text(path)?;
     spd_from_text(&path.display().to_string(), &text)
 }
 
@@ -267,8 +267,10 @@ pub(crate) fn lookup(policy: &Path, flows: &Path, cache: bool) -> Result<Outcome
     }
 }
 
-fn read_text(path: &Path) -> Result<String, CliError> {
-    std::fs::read_to_string(path)
+/// Reads a policy or cases file into memory that is wiped when dropped (a policy file
+/// holds the SA keys).
+fn read_text(path: &Path) -> Result<Zeroizing<String>, CliError> {
+    ipsec_core::secret::read_file(path)
         .map_err(|e| CliError::usage(format!("{}: cannot read: {e}", path.display())))
 }
 

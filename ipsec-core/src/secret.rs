@@ -40,7 +40,9 @@ use core::ops::Range;
 use std::borrow::Cow;
 use toml_parser::Source;
 use toml_parser::lexer::{Token, TokenKind};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
+/// The string type of [`read_file`]: wiped when dropped (re-exported from `zeroize`).
+pub use zeroize::Zeroizing;
 
 /// The TOML keys whose values are secret: SA keys. Every redaction and every wipe of
 /// this crate uses this list; a new secret field is added here (and taken out of its
