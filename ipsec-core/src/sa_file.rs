@@ -218,7 +218,11 @@ impl RawSa {
 /// checked as far as possible without creating the SAs (creation checks key lengths
 /// and the algorithm combination).
 pub fn parse_sa_file(text: &str) -> Result<Vec<NamedSa>, ConfigError> {
-    let file: SaFile = toml::from_str(text).map_err(|e| secret::toml_error(e, text))?;
+    let mut file: SaFile = toml::from_str(text).map_err(|e| secret::toml_error(e, text))?;
+    // Policy tables are ignored here; a secret written into one is wiped.
+    file._policies
+        .iter_mut()
+        .for_each(secret::wipe_secret_fields);
     let (sas, errors) = parse_sa_tables(file.sa);
     match errors.into_iter().next() {
         Some(first) => Err(secret::Scrubber::new(text).error(first)),
@@ -250,6 +254,9 @@ fn take_secrets(table: &mut toml::Table) -> Result<Secrets, ConfigError> {
             }
         }
     }
+    // What is left named like a secret (`Key`, `integrity-key`, nested) is an unknown
+    // field: wiped before serde reports it by name.
+    secret::wipe_secret_fields(table);
     match first_error {
         Some(e) => Err(e),
         None => Ok(Secrets {

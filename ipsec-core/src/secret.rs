@@ -362,6 +362,29 @@ pub fn wipe_toml_table(table: &mut toml::Table) {
     table.iter_mut().for_each(|(_, v)| wipe_toml_value(v));
 }
 
+/// Wipes, in place, the value of every field of `table` named like a secret field
+/// ([`is_secret_field`]: `Key`, `integrity-key`, ...), in nested tables and arrays of
+/// tables too. For tables that are dropped after use and whose secret-looking fields
+/// are errors or ignored (policy tables, misspelt SA fields): their values go before
+/// the table does, and serde never sees them.
+pub fn wipe_secret_fields(table: &mut toml::Table) {
+    for (name, value) in table.iter_mut() {
+        if is_secret_field(name) {
+            wipe_toml_value(value);
+        } else {
+            wipe_secret_fields_in(value);
+        }
+    }
+}
+
+fn wipe_secret_fields_in(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(t) => wipe_secret_fields(t),
+        toml::Value::Array(items) => items.iter_mut().for_each(wipe_secret_fields_in),
+        _ => {}
+    }
+}
+
 /// Takes the secret field `name` out of `table`: a string, now in memory that is wiped
 /// when dropped. Any other type is an error that names the field and the type, never
 /// the value (which is wiped).

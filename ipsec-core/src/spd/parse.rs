@@ -46,7 +46,7 @@ fn type_name(v: &Value) -> &'static str {
 /// Parses `text` into policies and SAs; collects every problem it can find instead of
 /// stopping at the first (a bad policy is skipped, the others are still checked).
 pub(crate) fn parse(text: &str) -> (Vec<Policy>, Vec<NamedSa>, Vec<ConfigError>) {
-    let file: PolicyFile = match toml::from_str(text) {
+    let mut file: PolicyFile = match toml::from_str(text) {
         Ok(f) => f,
         Err(e) => return (Vec::new(), Vec::new(), vec![secret::toml_error(e, text)]),
     };
@@ -79,6 +79,9 @@ pub(crate) fn parse(text: &str) -> (Vec<Policy>, Vec<NamedSa>, Vec<ConfigError>)
         }
         errors.extend(errs.into_iter().map(|e| e.in_context(&label)));
     }
+    // A secret written into a policy table is an error (an unknown key): its value is
+    // wiped before the table is dropped.
+    file.policy.iter_mut().for_each(secret::wipe_secret_fields);
     if !errors.is_empty() {
         // Defence in depth: no piece of a secret value leaves in a message.
         let scrubber = secret::Scrubber::new(text);
