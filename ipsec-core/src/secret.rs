@@ -24,7 +24,7 @@
 //! inline table; a comment that names a secret field is masked after the name.
 //!
 //! Memory: the secret strings of `[[sa]]` tables are moved into
-//! [`Zeroizing`] storage and a secret of the wrong type is wiped ([`take_secret`]); hex
+//! [`Zeroizing`] storage and a secret of the wrong type is wiped (`take_secret`); hex
 //! is decoded in buffers sized once and wiped; decoded keys, SA configurations, key
 //! schedules and the AEAD salt are wiped when dropped (see [`crate::sa_file`],
 //! [`crate::SaConfig`] and the `crypto` module); files are read with [`read_file`].
