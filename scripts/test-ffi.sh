@@ -4,11 +4,12 @@
 #
 #   1. the release libraries (libipsec.a, libipsec.so)
 #   2. include/ipsec.h compiles as C99 (-pedantic) and as C++11, warnings as errors
-#   3. examples/c/gateway.c, ipsec-ffi/tests/c/error_paths.c and path_mtu.c built against the static
-#      and the shared library and run; then under valgrind (no errors, no leaks) and
-#      with ASan/UBSan; error_paths.c once more with -DIPSEC_TEST_HOOKS against a
-#      separate (debug) library built with the tests-only `test-hooks` feature, whose
-#      deliberate panic tests handle poisoning (the release libraries never have it)
+#   3. examples/c/gateway.c, ipsec-ffi/tests/c/error_paths.c, path_mtu.c and secrets.c
+#      built against the static and the shared library and run; then under valgrind (no
+#      errors, no leaks) and with ASan/UBSan; error_paths.c once more with
+#      -DIPSEC_TEST_HOOKS against a separate (debug) library built with the tests-only
+#      `test-hooks` feature, whose deliberate panic tests handle poisoning (the release
+#      libraries never have it)
 #   4. install into a temporary prefix (scripts/install-c.sh) and build gateway.c with
 #      `pkg-config --cflags --libs ipsec`
 # (The header drift check and the version-macro check are Rust tests:
@@ -73,7 +74,8 @@ cp "$work/header.c" "$work/header.cpp"
 echo "ok: C99 and C++11, no warnings"
 
 stage "C programs against the static and the shared library"
-programs=("gateway:examples/c/gateway.c" "error_paths:ipsec-ffi/tests/c/error_paths.c" "path_mtu:ipsec-ffi/tests/c/path_mtu.c")
+programs=("gateway:examples/c/gateway.c" "error_paths:ipsec-ffi/tests/c/error_paths.c" "path_mtu:ipsec-ffi/tests/c/path_mtu.c"
+          "secrets:ipsec-ffi/tests/c/secrets.c")
 for entry in "${programs[@]}"; do
   name=${entry%%:*}
   src=${entry#*:}

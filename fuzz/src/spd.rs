@@ -3,7 +3,10 @@
 //! * [`policy_parse`]: arbitrary text into [`Spd::from_toml`] and
 //!   [`Spd::from_toml_all_errors`]: no panic, and both agree; a file that loads gives a
 //!   [`Gateway`] (loading ran every check creating the SAs runs), and `lint_toml` has an
-//!   `invalid` finding exactly when the loaders refuse the file.
+//!   `invalid` finding exactly when the loaders refuse the file; and secrets never in
+//!   output: every [`KEY_MARKER`] of the text becomes a key generated from the input,
+//!   and no 8 consecutive characters of it appear in any error, finding or `Debug`
+//!   text of any loader (unless they also stand outside the file's secret values).
 //! * [`spd_differential`]: structured random policies over a small address space (so
 //!   that rules overlap often) and random flows and packets: the compiled classifier,
 //!   the flow cache and the naive first-match scan answer the same, always; so do the
@@ -19,9 +22,37 @@ use std::time::Duration;
 
 const SAS: &str = include_str!("../../ipsec-core/tests/data/sa-pair.toml");
 
-/// Fuzz target `policy_parse`: any text is either a policy set or a list of errors.
+/// What [`policy_parse`] replaces with the generated key: `key = "$K"`, `key = $K`,
+/// `integrity_key = "$K" garbage`, ... (the seeds of `corpus/policy_parse/secret-*`).
+pub const KEY_MARKER: &str = "$K";
+
+/// The key [`policy_parse`] puts in place of each [`KEY_MARKER`] of `data`: 40 lower-case
+/// hex digits (an AES-128-GCM key and salt) drawn from a hash of the input, so that the
+/// fuzzer cannot simply write the same digits elsewhere in the file.
+pub fn generated_key(data: &[u8]) -> String {
+    // FNV-1a, then SplitMix64 for the digits.
+    let mut h = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let mut key = String::with_capacity(40);
+    while key.len() < 40 {
+        h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = h;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let _ = write!(key, "{z:016x}");
+    }
+    key.truncate(40);
+    key
+}
+
+/// Fuzz target `policy_parse`: any text is either a policy set or a list of errors,
+/// and a generated key in it is never echoed ([`secrets_never_in_output`]).
 pub fn policy_parse(data: &[u8]) {
-    let text = String::from_utf8_lossy(data);
+    let key = generated_key(data);
+    let text = String::from_utf8_lossy(data).replace(KEY_MARKER, &key);
+    secrets_never_in_output(&text, &key);
     let one = Spd::from_toml(&text);
     let all = Spd::from_toml_all_errors(&text);
     match (&one, &all) {
@@ -69,6 +100,85 @@ pub fn policy_parse(data: &[u8]) {
         && let Err(e) = Gateway::new(spd, Duration::ZERO)
     {
         panic!("the SPD loaded but its gateway fails: {e}");
+    }
+}
+
+/// The "secrets never in output" property: no 8 consecutive characters of `key` (any
+/// letter case) appear in anything the loaders say about `text`: the errors of
+/// `Spd::from_toml`, `from_toml_all_errors`, `parse_sa_file`, SA and gateway creation
+/// and `run_cases` (the text given as a cases file), every `lint_toml` and `Spd::lint`
+/// finding, in `Display` and `Debug` form.
+///
+/// Only the key where it stands as a secret value is secret: the pieces of `key` that
+/// also appear in the text outside its secret values ([`ipsec_core::secret::secret_spans`],
+/// which masks from a secret field name to the end of its value), as in
+/// `name = "$K"`, may be quoted and are not checked.
+pub fn secrets_never_in_output(text: &str, key: &str) {
+    let mut public = String::with_capacity(text.len());
+    let mut at = 0;
+    for span in ipsec_core::secret::secret_spans(text) {
+        public.push_str(&text[at..span.start]);
+        public.push('\n');
+        at = span.end;
+    }
+    public.push_str(&text[at..]);
+    let public = public.to_ascii_lowercase();
+    let key = key.to_ascii_lowercase();
+    let pieces: Vec<&str> = (0..=key.len().saturating_sub(8))
+        .filter_map(|i| key.get(i..i + 8))
+        .filter(|p| !public.contains(p))
+        .collect();
+    if pieces.is_empty() || !text.contains(key.as_str()) {
+        return;
+    }
+    let mut said: Vec<(&str, String)> = Vec::new();
+    match Spd::from_toml_all_errors(text) {
+        Ok(spd) => {
+            for f in spd.lint() {
+                said.push(("Spd::lint", format!("{f} {f:?}")));
+            }
+            if let Err(e) = ipsec_core::Gateway::new(spd, core::time::Duration::ZERO) {
+                said.push(("Gateway::new", format!("{e} {e:?}")));
+            }
+        }
+        Err(errors) => {
+            for e in errors {
+                said.push(("Spd::from_toml_all_errors", format!("{e} {e:?}")));
+            }
+        }
+    }
+    if let Err(e) = Spd::from_toml(text) {
+        said.push(("Spd::from_toml", format!("{e} {e:?}")));
+    }
+    match ipsec_core::sa_file::parse_sa_file(text) {
+        Err(e) => said.push(("parse_sa_file", format!("{e} {e:?}"))),
+        Ok(sas) => {
+            for s in sas {
+                said.push(("NamedSa Debug", format!("{s:?}")));
+                if let Err(e) =
+                    ipsec_core::SecurityAssociation::new(s.config, core::time::Duration::ZERO)
+                {
+                    said.push(("SecurityAssociation::new", format!("{e} {e:?}")));
+                }
+            }
+        }
+    }
+    for f in ipsec_core::spd::lint_toml(text) {
+        said.push(("lint_toml", format!("{f} {f:?}")));
+    }
+    if let Ok(empty) = Spd::from_toml("")
+        && let Err(e) = empty.run_cases(text)
+    {
+        said.push(("Spd::run_cases", format!("{e} {e:?}")));
+    }
+    for (what, out) in said {
+        let low = out.to_ascii_lowercase();
+        for piece in &pieces {
+            assert!(
+                !low.contains(piece),
+                "{what} shows {piece:?}, a piece of the generated key:\n{out}\n--- text:\n{text}"
+            );
+        }
     }
 }
 

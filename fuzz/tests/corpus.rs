@@ -80,6 +80,33 @@ fn policy_parse_corpus() {
     }
 }
 
+/// The `secret-*` seeds put the generated key where it is a secret value, so that the
+/// "secrets never in output" property of `policy_parse` has something to check.
+#[test]
+fn policy_parse_secret_seeds_hold_the_key_as_a_secret() {
+    let mut checked = 0;
+    for path in seeds("policy_parse") {
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if !name.starts_with("secret-") {
+            continue;
+        }
+        let data = fs::read(&path).expect("seed readable");
+        let key = ipsec_fuzz::spd::generated_key(&data);
+        let text = String::from_utf8_lossy(&data).replace(ipsec_fuzz::spd::KEY_MARKER, &key);
+        let spans = ipsec_core::secret::secret_spans(&text);
+        assert!(
+            spans.iter().any(|s| text[s.clone()].contains(&key)),
+            "{name}: the key is nowhere a secret value"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} secret seeds");
+}
+
 #[test]
 fn spd_differential_corpus() {
     for path in seeds("spd_differential") {

@@ -39,6 +39,7 @@ use crate::{CliError, Outcome};
 use bytes::BytesMut;
 use ipsec_core::packet::{IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP};
 use ipsec_core::sa_file::{NamedSa, parse_sa_tables};
+use ipsec_core::secret::{Zeroizing, toml_error, wipe_toml_table};
 use ipsec_core::spd::{AddrSet, Severity};
 use ipsec_core::{Action, Direction, DropReason, Error, Flow, SecurityAssociation, Spd};
 use std::fmt::Write as _;
@@ -352,30 +353,45 @@ fn demo_flows(tunnels: &[Tunnel]) -> Result<Vec<DemoFlow>, String> {
     Ok(flows)
 }
 
+/// `[[sa]]` tables that hold keys: their values are wiped when dropped.
+struct WipedTables(Vec<toml::Table>);
+
+impl Drop for WipedTables {
+    fn drop(&mut self) {
+        self.0.iter_mut().for_each(wipe_toml_table);
+    }
+}
+
 /// Runs the demonstration.
 pub(crate) fn run(policy: Option<&Path>) -> Result<Outcome, CliError> {
     let (origin, text) = match policy {
         Some(p) => (
             crate::text::clip(&p.display().to_string()).into_owned(),
+            // Wiped when dropped, as the tables parsed from it below: it holds the keys.
             crate::text::read_text_file(p).map_err(CliError::usage)?,
         ),
-        None => match std::fs::read_to_string(DEFAULT_PATH) {
+        None => match crate::text::read_text_file(Path::new(DEFAULT_PATH)) {
             Ok(t) => (DEFAULT_PATH.to_string(), t),
             Err(_) => (
                 "built-in examples/branch-office.toml".to_string(),
-                BUILT_IN.to_string(),
+                Zeroizing::new(BUILT_IN.to_string()),
             ),
         },
     };
     let usage = |e: String| CliError::usage(format!("{origin}: {e}"));
     let mut spd = spd_from_text(&origin, &text)?;
-    let doc: toml::Table = toml::from_str(&text).map_err(|e| usage(e.to_string()))?;
-    let sa_tables: Vec<toml::Table> = doc
-        .get("sa")
-        .and_then(toml::Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_table().cloned()).collect())
-        .unwrap_or_default();
-    let tunnels = tunnels(&spd, &sa_tables).map_err(usage)?;
+    let mut doc: toml::Table = toml::from_str(&text)
+        .map_err(|e| toml_error(e, &text).to_string())
+        .map_err(usage)?;
+    let sa_tables = WipedTables(
+        doc.get("sa")
+            .and_then(toml::Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_table().cloned()).collect())
+            .unwrap_or_default(),
+    );
+    wipe_toml_table(&mut doc);
+    drop(doc);
+    let tunnels = tunnels(&spd, &sa_tables.0).map_err(usage)?;
     let flows = demo_flows(&tunnels).map_err(usage)?;
 
     // Lint and firewall openings need the SAs: before they are taken out.
@@ -384,7 +400,7 @@ pub(crate) fn run(policy: Option<&Path>) -> Result<Outcome, CliError> {
     let mut t = Duration::from_secs(1_780_000_000);
     let mut sas = create("head-office", spd.take_sas(), t)?;
     for tun in &tunnels {
-        let (named, errors) = parse_sa_tables(mirror_tables(tun, &sa_tables).map_err(usage)?);
+        let (named, errors) = parse_sa_tables(mirror_tables(tun, &sa_tables.0).map_err(usage)?);
         if let Some(e) = errors.first() {
             return Err(usage(format!("mirrored SA for {}: {e}", tun.label)));
         }

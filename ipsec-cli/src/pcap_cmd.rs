@@ -78,6 +78,7 @@ struct NamedSa {
 
 /// Reads and parses the SA file; every problem is a configuration error (exit 2).
 fn parse_sas(path: &Path) -> Result<Vec<ipsec_core::sa_file::NamedSa>, CliError> {
+    // Wiped when dropped: the file holds the SA keys.
     let text = read_text_file(path).map_err(CliError::usage)?;
     let parsed =
         parse_sa_file(&text).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;

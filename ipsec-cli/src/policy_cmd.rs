@@ -47,6 +47,7 @@
 use crate::output::Stdout;
 use crate::text::{LineRead, MAX_FIELD, MAX_LINE, clip, clip_message, read_line, read_text_file};
 use crate::{CliError, Outcome};
+use ipsec_core::secret::Zeroizing;
 use ipsec_core::spd::selector::{has_ports, is_icmp, parse_protocol, protocol_name};
 use ipsec_core::spd::{Finding, LintBudget, Opening, Severity, lint_toml_with};
 use ipsec_core::{Decision, Direction, Flow, FragmentDecision, Spd, SpdCache};
@@ -312,7 +313,9 @@ pub(crate) fn lookup(policy: &Path, flows: &Path, cache: bool) -> Result<Outcome
     }
 }
 
-fn read_text(path: &Path) -> Result<String, CliError> {
+/// Reads a policy or cases file (at most 64 MiB) into memory that is wiped when
+/// dropped (a policy file holds the SA keys).
+fn read_text(path: &Path) -> Result<Zeroizing<String>, CliError> {
     read_text_file(path).map_err(CliError::usage)
 }
 

@@ -13,6 +13,7 @@
 //! quotes) is shortened to [`MAX_ECHO`] characters plus "…" by [`clip`], so that a
 //! 1 MB field gives a one-line error, not a 1 MB one.
 
+use ipsec_core::secret::Zeroizing;
 use std::borrow::Cow;
 use std::io::{BufRead, Read};
 use std::path::Path;
@@ -119,29 +120,40 @@ fn clip_quoted(line: &str) -> Cow<'_, str> {
     }
 }
 
-/// Reads a whole text file of at most [`MAX_TEXT_FILE`] bytes: a larger file, one that
-/// cannot be read, or one that is not UTF-8 (the message names the line) is a usage
-/// error message.
-pub(crate) fn read_text_file(path: &Path) -> Result<String, String> {
+/// Reads a whole text file of at most [`MAX_TEXT_FILE`] bytes into memory that is wiped
+/// when dropped (a policy or SA file holds the keys): a larger file, one that cannot be
+/// read, or one that is not UTF-8 (the message names the line) is a usage error
+/// message. The buffer is sized from the file's length, so no outgrown copy of the text
+/// is freed on the way; the bytes of a file refused as not UTF-8 are wiped too.
+pub(crate) fn read_text_file(path: &Path) -> Result<Zeroizing<String>, String> {
     let shown = path.display().to_string();
     let shown = clip(&shown);
     let file = std::fs::File::open(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
-    let mut bytes = Vec::new();
+    let too_large = || {
+        format!(
+            "{shown}: larger than {} MiB, the limit for a policy, SA or cases file",
+            MAX_TEXT_FILE >> 20
+        )
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    if len > MAX_TEXT_FILE {
+        return Err(too_large());
+    }
+    let mut bytes = Zeroizing::new(Vec::with_capacity(len as usize + 1));
     file.take(MAX_TEXT_FILE + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("{shown}: cannot read: {e}"))?;
     if bytes.len() as u64 > MAX_TEXT_FILE {
-        return Err(format!(
-            "{shown}: larger than {} MiB, the limit for a policy, SA or cases file",
-            MAX_TEXT_FILE >> 20
-        ));
+        return Err(too_large());
     }
-    String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        let bytes = e.as_bytes();
-        let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
-        format!("{shown}: line {line}: not UTF-8 text (invalid byte at offset {at})")
-    })
+    String::from_utf8(std::mem::take(&mut *bytes))
+        .map(Zeroizing::new)
+        .map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let bytes = Zeroizing::new(e.into_bytes());
+            let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+            format!("{shown}: line {line}: not UTF-8 text (invalid byte at offset {at})")
+        })
 }
 
 /// What [`read_line`] read.

@@ -495,6 +495,22 @@ impl ConfigError {
         &self.message
     }
 
+    /// The same error with its field and message replaced by same-length rewrites (a
+    /// secret masked byte for byte), so that [`Self::key`] and [`Self::context`] still
+    /// split it where they did; a field of another length is taken as one key.
+    pub(crate) fn rewritten(&self, field: String, message: String) -> Self {
+        let key_start = if field.len() == self.field.len() {
+            self.key_start
+        } else {
+            0
+        };
+        ConfigError {
+            field,
+            key_start,
+            message,
+        }
+    }
+
     /// The same error with `context` prepended to the field (e.g. the SA's name).
     pub fn in_context(mut self, context: &str) -> Self {
         self.field = format!("{context}: {}", self.field);

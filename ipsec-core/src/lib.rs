@@ -70,6 +70,7 @@ pub mod replay;
 pub mod sa;
 pub mod sa_file;
 pub mod sa_set;
+pub mod secret;
 pub mod spd;
 
 pub use buffer::{PacketBuf, SpareBuffers};

@@ -431,6 +431,21 @@ impl SaConfig {
         }
     }
 
+    /// A copy of this configuration, keys included (the copies are wiped when dropped
+    /// too); `None` when it has an [`IvSource`], which cannot be copied. Configurations
+    /// read from policy and SA files have none.
+    pub fn try_clone(&self) -> Option<SaConfig> {
+        if self.iv_source.is_some() {
+            return None;
+        }
+        Some(SaConfig {
+            key: self.key.clone(),
+            integrity_key: self.integrity_key.clone(),
+            iv_source: None,
+            ..*self
+        })
+    }
+
     /// Sets the integrity algorithm and its key (AES-CBC and NULL need one).
     pub fn integrity(&mut self, integrity: Integrity, key: &[u8]) -> &mut Self {
         self.integrity = Some(integrity);

@@ -26,10 +26,15 @@
 //! integer or a string holding a decimal or `0x` hexadecimal number: TOML integers stop
 //! at 2^63-1, and an ESN sequence number may use all 64 bits
 //! (`seq = "0x8765432100000006"`).
+//!
+//! Secrets ([`crate::secret::SECRET_FIELDS`]: `key`, `integrity_key`) are taken out of each
+//! table before the rest is deserialized: they are held, decoded and dropped in memory
+//! that is wiped, and no error ever quotes their value (see [`crate::secret`]).
 
 use crate::crypto::{Cipher, Integrity};
 use crate::error::ConfigError;
 use crate::sa::{DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, TfcPadding};
+use crate::secret;
 use core::time::Duration;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -66,9 +71,12 @@ struct RawSa {
     direction: String,
     mode: String,
     cipher: String,
+    /// Always absent from the table deserialized (see [`take_secrets`]); declared so that
+    /// serde's "unknown field" messages list it.
     #[serde(default)]
     key: Zeroizing<String>,
     integrity: Option<String>,
+    /// As `key`.
     #[serde(default)]
     integrity_key: Zeroizing<String>,
     #[serde(default)]
@@ -174,11 +182,10 @@ fn parse_u64(text: &str) -> Result<u64, String> {
 /// Decodes a hex string (spaces, colons and a `0x` prefix allowed) into bytes.
 pub fn decode_hex(field: &str, text: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
     let text = text.strip_prefix("0x").unwrap_or(text);
-    let digits: Zeroizing<Vec<u8>> = Zeroizing::new(
-        text.bytes()
-            .filter(|b| !matches!(b, b' ' | b':' | b'_'))
-            .collect(),
-    );
+    // Room for every byte up front: a vector that grew would leave copies of the key's
+    // first digits in the blocks it outgrew, freed without being wiped.
+    let mut digits: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(text.len()));
+    digits.extend(text.bytes().filter(|b| !matches!(b, b' ' | b':' | b'_')));
     if !digits.len().is_multiple_of(2) {
         return Err(ConfigError::new(
             field,
@@ -323,19 +330,51 @@ fn table_error(e: &toml::de::Error, label: &str) -> ConfigError {
 /// they are parsed; the key lengths and the algorithm combination are left to SA
 /// creation ([`SaConfig::check`] runs every check without creating anything).
 pub fn parse_sa_file(text: &str) -> Result<Vec<NamedSa>, ConfigError> {
-    let file: SaFile = toml::from_str(text).map_err(|e| {
-        ConfigError::new(
-            "toml",
-            e.to_string()
-                .trim_end()
-                .replace('\n', " ")
-                .replace("  ", " "),
-        )
-    })?;
+    let mut file: SaFile = toml::from_str(text).map_err(|e| secret::toml_error(e, text))?;
+    // Policy tables are ignored here; a secret written into one is wiped.
+    file._policies
+        .iter_mut()
+        .for_each(secret::wipe_secret_fields);
     let (sas, errors) = parse_sa_tables(file.sa);
     match errors.into_iter().next() {
-        Some(first) => Err(first),
+        Some(first) => Err(secret::Scrubber::new(text).error(first)),
         None => Ok(sas),
+    }
+}
+
+/// The secret fields of one `[[sa]]` table, taken out of it.
+struct Secrets {
+    key: Zeroizing<String>,
+    integrity_key: Zeroizing<String>,
+}
+
+/// Takes every [`secret::SECRET_FIELDS`] entry out of `table` (see the module docs).
+fn take_secrets(table: &mut toml::Table) -> Result<Secrets, ConfigError> {
+    let mut key = None;
+    let mut integrity_key = None;
+    let mut first_error = None;
+    for name in secret::SECRET_FIELDS {
+        let slot = match name {
+            "key" => &mut key,
+            "integrity_key" => &mut integrity_key,
+            _ => unreachable!("every secret field of an [[sa]] table has a slot here"),
+        };
+        match secret::take_secret(table, name) {
+            Ok(v) => *slot = v,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    // What is left named like a secret (`Key`, `integrity-key`, nested) is an unknown
+    // field: wiped before serde reports it by name.
+    secret::wipe_secret_fields(table);
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(Secrets {
+            key: key.unwrap_or_default(),
+            integrity_key: integrity_key.unwrap_or_default(),
+        }),
     }
 }
 
@@ -347,18 +386,27 @@ pub fn parse_sa_tables(tables: Vec<toml::Table>) -> (Vec<NamedSa>, Vec<ConfigErr
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(tables.len());
     let mut errors = Vec::new();
-    for (i, table) in tables.into_iter().enumerate() {
+    for (i, mut table) in tables.into_iter().enumerate() {
         let label = match table.get("name").and_then(|v| v.as_str()) {
             Some(n) => format!("sa {n:?}"),
             None => format!("sa #{}", i + 1),
         };
-        let raw: RawSa = match table.try_into() {
+        let secrets = match take_secrets(&mut table) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e.in_context(&label));
+                continue;
+            }
+        };
+        let mut raw: RawSa = match table.try_into() {
             Ok(r) => r,
             Err(e) => {
                 errors.push(table_error(&e, &label));
                 continue;
             }
         };
+        raw.key = secrets.key;
+        raw.integrity_key = secrets.integrity_key;
         if !names.insert(raw.name.clone()) {
             errors.push(ConfigError::new(label, "duplicate SA name"));
             continue;

@@ -334,7 +334,8 @@ pub unsafe extern "C" fn ipsec_spd_load(
         let out = out_ptr(out, "out")?;
         // SAFETY: caller's contract.
         let path = unsafe { c_str(path, "path") }?;
-        let toml = std::fs::read_to_string(path)
+        // Wiped when dropped: the file holds the SA keys.
+        let toml = ipsec_core::secret::read_file(path.as_ref())
             .map_err(|e| fail(ipsec_status::IPSEC_ERR_IO, format!("{path}: {e}")))?;
         let spd = Spd::from_toml(&toml).map_err(|e| config_error(&e.in_context(path)))?;
         // SAFETY: checked non-NULL and aligned; writable by contract.

@@ -184,6 +184,23 @@ pub(crate) fn text(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<String> {
     Ok(string(obj, field)?.to_cow()?.into_owned())
 }
 
+/// A `str` argument that may hold secrets (policy or SA file text), copied into memory
+/// that is wiped when dropped. (The Python `str` itself is the caller's.)
+pub(crate) fn secret_text(
+    obj: &Bound<'_, PyAny>,
+    field: &str,
+) -> PyResult<zeroize::Zeroizing<String>> {
+    let s = string(obj, field)?;
+    let cow = s.to_cow()?;
+    let mut copy = zeroize::Zeroizing::new(String::with_capacity(cow.len()));
+    copy.push_str(&cow);
+    if let std::borrow::Cow::Owned(owned) = cow {
+        // The UTF-8 copy made for abi3 builds: wiped before it is freed.
+        drop(zeroize::Zeroizing::new(owned));
+    }
+    Ok(copy)
+}
+
 /// A file path: a `str` or an `os.PathLike`.
 pub(crate) fn path(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<PathBuf> {
     obj.extract::<PathBuf>().map_err(|_| {

@@ -263,7 +263,7 @@ impl PyGateway {
     /// Creates the gateway's SAs at `now` from the policy file text of `spd`.
     fn create(spd: Bound<'_, PySpd>, now: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
         let now = convert::opt_seconds(now, "now", convert::Bad::Config)?.unwrap_or_default();
-        let core_spd = Spd::from_toml(spd.get().text()).map_err(Failure::from)?;
+        let core_spd = spd.get().core().clone();
         let gateway = Gateway::new(core_spd, now).map_err(Failure::from)?;
         let sa_names = gateway.sas().map(|(name, _)| name.to_owned()).collect();
         Ok(PyGateway {
@@ -391,7 +391,7 @@ impl PyGateway {
         text: &Bound<'_, PyAny>,
         now: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let spd = Bound::new(py, PySpd::from_text(convert::text(text, "text")?)?)?;
+        let spd = Bound::new(py, PySpd::from_text(&convert::secret_text(text, "text")?)?)?;
         PyGateway::create(spd, now)
     }
 
@@ -404,7 +404,7 @@ impl PyGateway {
         now: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let text = read_file(&convert::path(path, "path")?)?;
-        let spd = Bound::new(py, PySpd::from_text(text)?)?;
+        let spd = Bound::new(py, PySpd::from_text(&text)?)?;
         PyGateway::create(spd, now)
     }
 

@@ -10,7 +10,8 @@
 //! `gateway` module, the SPD and its SAs together, follows them).
 //!
 //! Unsafe code: one audited block in `sa` (a detached batch writes into the buffers of
-//! `bytes` objects it created and has not published yet), allowed item by item.
+//! `bytes` objects it created and has not published yet), allowed item by item; and,
+//! in the unit tests only, the checking allocator of `freed_memory_tests`.
 
 use pyo3::prelude::*;
 
@@ -21,6 +22,9 @@ mod reassembly;
 mod replay;
 mod sa;
 mod spd;
+
+#[cfg(test)]
+mod freed_memory_tests;
 
 /// The extension module `ipsec._ipsec`; the package `ipsec` re-exports it.
 #[pymodule]

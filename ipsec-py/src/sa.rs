@@ -976,7 +976,7 @@ pub(crate) fn sas_from_toml<'py>(
     text: &Bound<'py, PyAny>,
     now: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    sas_dict(py, &convert::text(text, "text")?, now)
+    sas_dict(py, &convert::secret_text(text, "text")?, now)
 }
 
 /// The SAs of the `[[sa]]` tables of a TOML file, by name.
@@ -988,8 +988,7 @@ pub(crate) fn load_sas<'py>(
     now: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let path = convert::path(path, "path")?;
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| crate::errors::config("path", format!("{}: {e}", path.display())))?;
+    let text = crate::spd::read_file(&path)?;
     sas_dict(py, &text, now)
 }
 

@@ -8,6 +8,7 @@ use ipsec_core::spd::{CaseOutcome, CaseReport, Finding, LintBudget, Opening, lin
 use ipsec_core::{Decision, Direction, Flow, Spd};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use zeroize::Zeroizing;
 
 /// A Python `repr` of a string: single quotes unless the text holds one and no double
 /// quote; backslashes, quotes and control characters escaped.
@@ -376,10 +377,10 @@ impl PyCaseReport {
     }
 }
 
-/// Reads a policy or cases file; a read failure is a `ConfigError` naming the path (as
-/// the core's `Spd::load` reports it).
-pub(crate) fn read_file(path: &std::path::Path) -> PyResult<String> {
-    std::fs::read_to_string(path)
+/// Reads a policy, SA or cases file into memory that is wiped when dropped; a read
+/// failure is a `ConfigError` naming the path (as the core's `Spd::load` reports it).
+pub(crate) fn read_file(path: &std::path::Path) -> PyResult<Zeroizing<String>> {
+    ipsec_core::secret::read_file(path)
         .map_err(|e| crate::errors::config("path", format!("{}: {e}", path.display())))
 }
 
@@ -393,23 +394,19 @@ fn direction(obj: &Bound<'_, PyAny>) -> PyResult<Direction> {
 /// The core `Spd` is `Send + Sync` and never mutated after loading, so Python threads
 /// share it without a lock.
 #[pyclass(module = "ipsec", name = "Spd", frozen)]
+///
+/// It keeps the parsed policies and SA configurations (keys wiped when dropped), never
+/// the file's text: `ipsec.Gateway(spd)` gets a copy of the core `Spd` (a gateway owns
+/// its SPD and takes the SA configurations out of it).
 pub(crate) struct PySpd {
     spd: Spd,
-    /// The policy file's text: `ipsec.Gateway(spd)` builds its own core `Spd` from it
-    /// (a gateway owns its SPD and takes the SA configurations out of it).
-    text: String,
 }
 
 impl PySpd {
     /// Parses a policy file's text.
-    pub(crate) fn from_text(text: String) -> PyResult<Self> {
-        let spd = Spd::from_toml(&text).map_err(Failure::from)?;
-        Ok(PySpd { spd, text })
-    }
-
-    /// The policy file's text it was loaded from.
-    pub(crate) fn text(&self) -> &str {
-        &self.text
+    pub(crate) fn from_text(text: &str) -> PyResult<Self> {
+        let spd = Spd::from_toml(text).map_err(Failure::from)?;
+        Ok(PySpd { spd })
     }
 
     /// The core SPD.
@@ -427,13 +424,13 @@ impl PySpd {
     /// Parses a policy file's text.
     #[staticmethod]
     fn from_toml(text: &Bound<'_, PyAny>) -> PyResult<Self> {
-        PySpd::from_text(convert::text(text, "text")?)
+        PySpd::from_text(&convert::secret_text(text, "text")?)
     }
 
     /// Reads and parses a policy file.
     #[staticmethod]
     fn load(path: &Bound<'_, PyAny>) -> PyResult<Self> {
-        PySpd::from_text(read_file(&convert::path(path, "path")?)?)
+        PySpd::from_text(&read_file(&convert::path(path, "path")?)?)
     }
 
     /// The first policy matching the flow (DISCARD with no policy if none does).
@@ -565,7 +562,7 @@ pub(crate) fn py_lint_toml(
     text: &Bound<'_, PyAny>,
     budget: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Vec<PyFinding>> {
-    let text = convert::text(text, "text")?;
+    let text = convert::secret_text(text, "text")?;
     let budget = lint_budget(budget)?;
     let text: &str = &text;
     let findings = py.detach(|| lint_toml_with(text, budget));

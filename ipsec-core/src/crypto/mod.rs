@@ -50,7 +50,7 @@ use aes::cipher::array::Array;
 use aes::cipher::{BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit, KeyInit};
 use aes_gcm::aead::AeadInOut;
 use hmac::{Hmac, Mac};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 /// The ESP encryption (or combined-mode) algorithm of an SA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -520,11 +520,16 @@ enum CbcKey {
     Aes256(Box<aes::Aes256>),
 }
 
+/// The 4-byte salt of an AEAD key (the nonce's first bytes), boxed and wiped on drop.
+type Salt = Box<Zeroizing<[u8; 4]>>;
+
 enum Engine {
     /// GCM or ChaCha20-Poly1305: payload encrypted, SPI and sequence number as AAD.
-    Aead { key: AeadKey, salt: [u8; 4] },
+    /// The salt is key material (RFC 4106 §8.1): on the heap like the key schedule, so
+    /// that moving the SA leaves no copy behind, and wiped when dropped.
+    Aead { key: AeadKey, salt: Salt },
     /// GMAC: everything from the ESP header to the trailer is AAD, nothing encrypted.
-    Gmac { key: AeadKey, salt: [u8; 4] },
+    Gmac { key: AeadKey, salt: Salt },
     /// AES-CBC then HMAC over header, IV and ciphertext (encrypt-then-MAC).
     CbcHmac {
         cbc: CbcKey,
@@ -630,7 +635,9 @@ impl Transform {
             Some(i) if !cipher.is_combined() => Some((i, HmacKey::new(i, integrity_key))),
             _ => None,
         };
-        let salt = |key: &[u8]| -> [u8; 4] { key[key.len() - 4..].try_into().expect("4") };
+        let salt = |key: &[u8]| -> Salt {
+            Box::new(Zeroizing::new(key[key.len() - 4..].try_into().expect("4")))
+        };
         let (engine, icv_len) = match (cipher, mac) {
             (Cipher::Aes128Gcm | Cipher::Aes256Gcm | Cipher::ChaCha20Poly1305, _) => (
                 Engine::Aead {

@@ -427,12 +427,8 @@ impl Spd {
     /// [`Spd::run_cases`], reporting every bad case of the file (one error each, in
     /// file order; never an empty list) instead of the first one.
     pub fn run_cases_all_errors(&self, cases_text: &str) -> Result<CaseReport, Vec<ConfigError>> {
-        let file: CasesFile = toml::from_str(cases_text).map_err(|e| {
-            vec![ConfigError::new(
-                "toml",
-                e.to_string().trim_end().replace('\n', " "),
-            )]
-        })?;
+        let file: CasesFile = toml::from_str(cases_text)
+            .map_err(|e| vec![crate::secret::toml_error(e, cases_text)])?;
         let mut outcomes = Vec::with_capacity(file.case.len());
         let mut errors = Vec::new();
         for (i, t) in file.case.iter().enumerate() {

@@ -731,6 +731,28 @@ impl fmt::Debug for Spd {
     }
 }
 
+/// A second SPD with the same policies and copies of the SA configurations (keys in
+/// memory that is wiped when dropped), for a second owner such as a
+/// [`Gateway`](crate::Gateway), which takes its SPD's SAs: no need to keep the policy
+/// file's text, keys and all, to parse it again. The classifiers are compiled again.
+/// (SAs come only from policy files, which configure no IV source, so every SA is
+/// copied.)
+impl Clone for Spd {
+    fn clone(&self) -> Spd {
+        let sas = self
+            .sas
+            .iter()
+            .filter_map(|s| {
+                Some(NamedSa {
+                    name: s.name.clone(),
+                    config: s.config.try_clone()?,
+                })
+            })
+            .collect();
+        Spd::build(self.policies.clone(), sas, EngineKind::Partitioned)
+    }
+}
+
 impl Spd {
     /// Parses a policy file (DESIGN.md "Policy file (TOML)"); fails with the first
     /// problem found. See [`Spd::from_toml_all_errors`] to get all of them.
@@ -753,7 +775,7 @@ impl Spd {
     /// Reads and parses the policy file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Spd, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
+        let text = crate::secret::read_file(path)
             .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
         Spd::from_toml(&text)
     }

@@ -6,6 +6,7 @@
 use crate::error::ConfigError;
 use crate::sa::Direction;
 use crate::sa_file::{self, NamedSa};
+use crate::secret;
 use crate::spd::selector::{
     AddrSet, has_ports, is_icmp, parse_port_range, parse_protocol, protocol_name,
 };
@@ -38,16 +39,6 @@ const KEYS: [&str; 11] = [
     "sa",
 ];
 
-fn toml_error(e: &toml::de::Error) -> ConfigError {
-    ConfigError::new(
-        "toml",
-        e.to_string()
-            .trim_end()
-            .replace('\n', " ")
-            .replace("  ", " "),
-    )
-}
-
 fn type_name(v: &Value) -> &'static str {
     v.type_str()
 }
@@ -55,9 +46,9 @@ fn type_name(v: &Value) -> &'static str {
 /// Parses `text` into policies and SAs; collects every problem it can find instead of
 /// stopping at the first (a bad policy is skipped, the others are still checked).
 pub(crate) fn parse(text: &str) -> (Vec<Policy>, Vec<NamedSa>, Vec<ConfigError>) {
-    let file: PolicyFile = match toml::from_str(text) {
+    let mut file: PolicyFile = match toml::from_str(text) {
         Ok(f) => f,
-        Err(e) => return (Vec::new(), Vec::new(), vec![toml_error(&e)]),
+        Err(e) => return (Vec::new(), Vec::new(), vec![secret::toml_error(e, text)]),
     };
     let (sas, mut errors) = sa_file::parse_sa_tables(file.sa);
     // The SAs must be able to exist: every check a gateway makes when it creates them.
@@ -89,6 +80,14 @@ pub(crate) fn parse(text: &str) -> (Vec<Policy>, Vec<NamedSa>, Vec<ConfigError>)
             policies.push(p);
         }
         errors.extend(errs.into_iter().map(|e| e.in_context(&label)));
+    }
+    // A secret written into a policy table is an error (an unknown key): its value is
+    // wiped before the table is dropped.
+    file.policy.iter_mut().for_each(secret::wipe_secret_fields);
+    if !errors.is_empty() {
+        // Defence in depth: no piece of a secret value leaves in a message.
+        let scrubber = secret::Scrubber::new(text);
+        errors = errors.into_iter().map(|e| scrubber.error(e)).collect();
     }
     (policies, sas, errors)
 }
