@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 mod common;
-use common::{BIN, TempDir, checksum, ipsec};
+use common::{BIN, TempDir, checksum, esp, ether, ipsec, ipv4, tcp, udp};
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/branch-office.toml")
@@ -183,48 +183,6 @@ fn lookup_100k_flows() {
 
 // --- pcap audit -----------------------------------------------------------------------
 
-/// An IPv4 packet with `proto` and `l4` as its payload.
-fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
-    let total = 20 + l4.len();
-    let mut p = vec![0u8; 20];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = proto;
-    p[12..16].copy_from_slice(&src);
-    p[16..20].copy_from_slice(&dst);
-    let c = checksum(&p);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    p.extend_from_slice(l4);
-    p
-}
-
-fn tcp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut t = vec![0u8; 20];
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = 0x18;
-    t.extend_from_slice(payload);
-    t
-}
-
-fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut u = vec![0u8; 8];
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    u.extend_from_slice(payload);
-    u
-}
-
-fn esp(spi: u32, seq: u32) -> Vec<u8> {
-    let mut e = spi.to_be_bytes().to_vec();
-    e.extend_from_slice(&seq.to_be_bytes());
-    e.extend_from_slice(&[0xa5; 48]);
-    e
-}
-
 fn pcap(linktype: u32, packets: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
@@ -240,12 +198,6 @@ fn pcap(linktype: u32, packets: &[Vec<u8>]) -> Vec<u8> {
         out.extend_from_slice(p);
     }
     out
-}
-
-fn ether(ip: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-    f.extend_from_slice(ip);
-    f
 }
 
 const HO: [u8; 4] = [192, 0, 2, 1];
