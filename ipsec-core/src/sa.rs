@@ -384,6 +384,7 @@ impl fmt::Debug for SaConfig {
             .field("tunnel", &self.tunnel)
             .field("udp_encap", &self.udp_encap)
             .field("seq", &self.seq)
+            .field("soft_lifetime_jitter", &self.soft_jitter)
             .field("df", &self.df)
             .field("nat_keepalive_interval", &self.nat_keepalive_interval)
             .field("nat_original_addresses", &self.nat_original_addresses)
