@@ -108,6 +108,15 @@ enum ipsec_status
    */
   IPSEC_ERR_IO = 201,
   /**
+   * No SPI is free: every SPI of the allocator's range is in use or reserved
+   * (`ipsec_gateway_allocate_spi`).
+   */
+  IPSEC_ERR_SPI_EXHAUSTED = 220,
+  /**
+   * The OS random generator failed, and the call needs randomness (an SPI).
+   */
+  IPSEC_ERR_RANDOMNESS_UNAVAILABLE = 221,
+  /**
    * Dropped: the ICV did not verify (tampered packet or wrong key).
    */
   IPSEC_ERR_AUTH_FAILED = 300,
@@ -1124,9 +1133,15 @@ typedef struct ipsec_sa_config {
    */
   uint32_t path_mtu;
   /**
-   * Must be zero.
+   * Soft lifetime jitter in percent, 0..=100 (over 100: `IPSEC_ERR_CONFIG` naming
+   * `soft_lifetime_jitter`): each soft limit of the SA is drawn once, at creation,
+   * uniformly from `[soft - soft * jitter / 100, soft]` (never 0), so that SAs
+   * created together do not rekey together. `ipsec_sa_config_init` sets the
+   * library's default, 10 (as strongSwan's `rand_time`); 0 (as in a zeroed struct)
+   * keeps the soft limits exact. `ipsec_sa_get_soft_limits` gives the limits drawn.
+   * (This was `reserved32`.)
    */
-  uint32_t reserved32;
+  uint32_t soft_lifetime_jitter;
   /**
    * Must be zero: room for fields added later without changing the struct's size.
    * (These were `reserved[8]`; the fields above took the first four words.)
@@ -1494,6 +1509,36 @@ ipsec_status ipsec_gateway_inbound(struct ipsec_gateway *gateway,
 ipsec_status ipsec_gateway_set_fragment_limits(struct ipsec_gateway *gateway,
                                                size_t max_datagrams,
                                                uint64_t lifetime_ns);
+
+/**
+ * Allocates an SPI for an inbound SA being negotiated (`get_spi`, as IKE daemons call
+ * it) and writes it to `*out_spi`: random, never below 256, never the SPI of one of the
+ * gateway's inbound SAs nor one allocated before whose reservation still runs at
+ * `now_ns` (reservations last 165 seconds of the caller's clock, as a kernel's larval
+ * SA). `IPSEC_ERR_SPI_EXHAUSTED` when no SPI of the range (see
+ * `ipsec_gateway_set_spi_range`) is free, `IPSEC_ERR_RANDOMNESS_UNAVAILABLE` when the
+ * OS random generator fails; nothing is written then.
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `out_spi`
+ * points to a writable `uint32_t`.
+ */
+ipsec_status ipsec_gateway_allocate_spi(struct ipsec_gateway *gateway,
+                                        uint64_t now_ns,
+                                        uint32_t *out_spi);
+
+/**
+ * Makes `ipsec_gateway_allocate_spi` draw from `min..=max` only (as strongSwan's
+ * `spi_min` / `spi_max`, e.g. to leave a range to another key manager); SPIs in use and
+ * reserved stay so. The default range is 256..=0xffffffff. `IPSEC_ERR_CONFIG` (naming
+ * `spi_min` or `spi_max`, nothing changed) when `min` is below 256 or above `max`.
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call.
+ */
+ipsec_status ipsec_gateway_set_spi_range(struct ipsec_gateway *gateway, uint32_t min, uint32_t max);
 
 /**
  * The gateway's own counters: drops that belong to no SA (unknown SPI, policy
@@ -1885,7 +1930,8 @@ ipsec_status ipsec_replay_window_highest(const struct ipsec_replay_window *windo
 
 /**
  * Fills `*config` with the defaults: everything zero or NULL, except `replay_window`
- * 64, `outer_ttl` 64 and `nat_keepalive_interval` 20 (`df` 0 is `IPSEC_DF_COPY`). `direction`, `mode`, `cipher` stay 0, which is no valid
+ * 64, `outer_ttl` 64, `nat_keepalive_interval` 20 and `soft_lifetime_jitter` 10 (`df`
+ * 0 is `IPSEC_DF_COPY`). `direction`, `mode`, `cipher` stay 0, which is no valid
  * value: set them (and `spi`, the keys, the tunnel endpoints) before `ipsec_sa_new`.
  *
  * # Safety
@@ -2057,6 +2103,21 @@ ipsec_status ipsec_sa_get_stats(const struct ipsec_sa *sa, struct ipsec_sa_stats
  * `sa` is a live SA; `out` points to a writable `ipsec_sa_info`.
  */
 ipsec_status ipsec_sa_get_info(const struct ipsec_sa *sa, struct ipsec_sa_info *out);
+
+/**
+ * Writes the SA's soft limits in force into `*out_bytes`, `*out_packets` and
+ * `*out_time_ns` (nanoseconds after the SA's creation), 0 for no limit of that kind:
+ * the configured soft lifetime with the jitter drawn when the SA was created
+ * (`soft_lifetime_jitter`). Reaching one raises `IPSEC_EVENT_REKEY`.
+ *
+ * # Safety
+ *
+ * `sa` is a live SA; the three out-pointers point to writable `uint64_t`s.
+ */
+ipsec_status ipsec_sa_get_soft_limits(const struct ipsec_sa *sa,
+                                      uint64_t *out_bytes,
+                                      uint64_t *out_packets,
+                                      uint64_t *out_time_ns);
 
 /**
  * Checks the lifetimes against `now_ns` and writes the next event to act on into

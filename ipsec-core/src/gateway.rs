@@ -38,6 +38,7 @@ use crate::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
 use crate::reassembly::{Reassembler, Reassembly, ReassemblyLimits};
 use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation};
 use crate::spd::{Action, Spd};
+use crate::spi::{SpiAllocator, SpiError};
 use core::time::Duration;
 use std::collections::HashMap;
 
@@ -99,6 +100,8 @@ pub struct Gateway {
     reassembler: Reassembler,
     /// First fragments' decisions, for the datagrams' later fragments.
     fragments: FragmentTable,
+    /// SPIs handed out for SAs being negotiated; the inbound SAs' SPIs are in use.
+    spis: SpiAllocator,
 }
 
 impl core::fmt::Debug for Gateway {
@@ -130,6 +133,7 @@ impl Gateway {
         let mut by_name = HashMap::new();
         let mut inbound_by_spi = HashMap::new();
         let mut outbound_by_spi: HashMap<u32, Vec<usize>> = HashMap::new();
+        let mut spis = SpiAllocator::new();
         for named in configs {
             let label = format!("sa {:?}", named.name);
             let sa =
@@ -137,6 +141,9 @@ impl Gateway {
             if sa.direction() == Direction::Inbound {
                 // Unique: `check_sas` above.
                 inbound_by_spi.insert(sa.spi(), sas.len());
+                // Cannot fail: the SA's SPI is 256 or more (`SaConfig::check`).
+                spis.mark_in_use(sa.spi())
+                    .map_err(|e| ConfigError::new("spi", e.to_string()).in_context(&label))?;
             }
             if sa.direction() == Direction::Outbound {
                 outbound_by_spi.entry(sa.spi()).or_default().push(sas.len());
@@ -161,7 +168,26 @@ impl Gateway {
             stats: SaStats::default(),
             reassembler: Reassembler::new(ReassemblyLimits::DEFAULT),
             fragments: FragmentTable::new(FragmentLimits::DEFAULT),
+            spis,
         })
+    }
+
+    /// Allocates an SPI for an inbound SA being negotiated (`get_spi`, as IKE daemons
+    /// call it): random, never below 256, never the SPI of one of the gateway's inbound
+    /// SAs nor one handed out before whose reservation still runs at `now` (see
+    /// [`crate::spi`]; reservations last [`SpiAllocator::DEFAULT_RESERVATION`] on the
+    /// caller's clock). Fails with [`SpiError::Exhausted`] when no SPI is free, or
+    /// [`SpiError::RandomnessUnavailable`].
+    pub fn allocate_spi(&mut self, now: Duration) -> Result<u32, SpiError> {
+        self.spis.allocate(now)
+    }
+
+    /// Makes [`Self::allocate_spi`] draw from `min..=max` only (as strongSwan's
+    /// `spi_min` / `spi_max`, e.g. to leave a range to another key manager); SPIs in use
+    /// and reserved stay so. Refused (nothing changed) when `min` is below 256 or above
+    /// `max`. The default range is 256..=2^32-1.
+    pub fn set_spi_range(&mut self, min: u32, max: u32) -> Result<(), ConfigError> {
+        self.spis.set_range(min, max)
     }
 
     /// The limits of the memory of first fragments (see [`crate::fragment_policy`]).

@@ -72,6 +72,7 @@ pub mod sa_file;
 pub mod sa_set;
 pub mod secret;
 pub mod spd;
+pub mod spi;
 
 pub use buffer::{PacketBuf, SpareBuffers};
 pub use crypto::{Cipher, Integrity};
@@ -86,3 +87,4 @@ pub use sa::{
     SecurityAssociation, TfcPadding,
 };
 pub use spd::{Action, Decision, Flow, Fragment, FragmentDecision, PolicyDirection, Spd, SpdCache};
+pub use spi::{SpiAllocator, SpiError};

@@ -357,6 +357,8 @@ pub struct SaConfig {
     pub(crate) udp_encap: Option<(u16, u16)>,
     pub(crate) seq: u64,
     pub(crate) soft: Lifetime,
+    /// Percent of each soft limit by which the SA's own soft limit may come earlier.
+    pub(crate) soft_jitter: u32,
     pub(crate) hard: Lifetime,
     pub(crate) tfc: TfcPadding,
     pub(crate) padding: EspPadding,
@@ -382,6 +384,7 @@ impl fmt::Debug for SaConfig {
             .field("tunnel", &self.tunnel)
             .field("udp_encap", &self.udp_encap)
             .field("seq", &self.seq)
+            .field("soft_lifetime_jitter", &self.soft_jitter)
             .field("df", &self.df)
             .field("nat_keepalive_interval", &self.nat_keepalive_interval)
             .field("nat_original_addresses", &self.nat_original_addresses)
@@ -396,10 +399,15 @@ impl SaConfig {
     pub const DEFAULT_REPLAY_WINDOW: u32 = 64;
     /// The default NAT-keepalive interval: 20 seconds of silence (RFC 3948 §4).
     pub const DEFAULT_NAT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+    /// The default soft lifetime jitter: 10 percent, as strongSwan's default
+    /// `rand_time` (its `over_time`, 10% of `rekey_time`): each soft limit of an SA is
+    /// drawn from the last tenth before the configured one.
+    pub const DEFAULT_SOFT_LIFETIME_JITTER: u32 = 10;
 
     /// A configuration with the required fields; everything else has its default
     /// (no integrity algorithm, no ESN, 64-packet replay window, no tunnel endpoints, no
-    /// UDP encapsulation, sequence number 0, no lifetimes, no TFC padding, padding to
+    /// UDP encapsulation, sequence number 0, no lifetimes, soft lifetime jitter 10
+    /// percent ([`Self::DEFAULT_SOFT_LIFETIME_JITTER`]), no TFC padding, padding to
     /// cipher blocks, DF copied, NAT-keepalives every 20 s of silence when UDP
     /// encapsulation is on, no NAT original addresses).
     ///
@@ -419,6 +427,7 @@ impl SaConfig {
             udp_encap: None,
             seq: 0,
             soft: Lifetime::NONE,
+            soft_jitter: Self::DEFAULT_SOFT_LIFETIME_JITTER,
             hard: Lifetime::NONE,
             tfc: TfcPadding::None,
             padding: EspPadding::CipherBlocks,
@@ -496,6 +505,23 @@ impl SaConfig {
     /// cross the hard one).
     pub fn soft_lifetime(&mut self, lifetime: Lifetime) -> &mut Self {
         self.soft = lifetime;
+        self
+    }
+
+    /// Sets the soft lifetime jitter, in percent (0..=100, default
+    /// [`Self::DEFAULT_SOFT_LIFETIME_JITTER`]): so that SAs created together do not all
+    /// ask for a rekey at the same moment, each soft limit (bytes, packets, time) of an
+    /// SA is drawn once, when the SA is created, uniformly from
+    /// `[soft - soft * percent / 100, soft]`, from the OS random generator (or the SA's
+    /// [`IvSource`], when one is set, so that tests can repeat it). It never becomes 0
+    /// (at least 1 byte, 1 packet, 1 ns) and never rises, so it stays below the hard
+    /// limit. 0 keeps the configured limits exactly. A value above 100 is refused when
+    /// the SA is created. [`SecurityAssociation::soft_limits`] gives the limits drawn.
+    ///
+    /// strongSwan draws its `rand_time` the same way; when a key manager that already
+    /// jitters its soft lifetimes (charon does) passes them on, set 0 here.
+    pub fn soft_lifetime_jitter(&mut self, percent: u32) -> &mut Self {
+        self.soft_jitter = percent;
         self
     }
 
@@ -692,6 +718,16 @@ impl SaConfig {
             }
         }
         validate_lifetimes(&self.soft, &self.hard)?;
+        if self.soft_jitter > 100 {
+            return Err(ConfigError::new(
+                "soft_lifetime_jitter",
+                format!(
+                    "{}: the jitter is a percentage of the soft lifetime, 0..=100 (default {})",
+                    self.soft_jitter,
+                    Self::DEFAULT_SOFT_LIFETIME_JITTER
+                ),
+            ));
+        }
         if let Some((src, dst)) = self.nat_original_addresses {
             if self.direction != Direction::Inbound || self.mode != Mode::Transport {
                 return Err(ConfigError::new(
@@ -846,6 +882,59 @@ fn first_ipv4_ident(source: &mut Option<Box<dyn IvSource>>) -> Result<u16, Confi
     Ok(u16::from_be_bytes([bytes[0], bytes[1]]))
 }
 
+/// The soft limits of a new SA: each limit of `soft` lowered by a random part of up to
+/// `percent` of it (never to 0), drawn from the injected randomness source if there is
+/// one, else from the OS. No randomness is drawn when there is nothing to jitter.
+fn jittered(
+    soft: Lifetime,
+    percent: u32,
+    source: &mut Option<Box<dyn IvSource>>,
+) -> Result<Lifetime, ConfigError> {
+    if percent == 0 || soft == Lifetime::NONE {
+        return Ok(soft);
+    }
+    let mut bytes = [0u8; 48];
+    match source {
+        Some(s) => {
+            for block in bytes.chunks_exact_mut(16) {
+                let mut iv = [0u8; 16];
+                s.fill_iv(&mut iv);
+                block.copy_from_slice(&iv);
+            }
+        }
+        None => getrandom::fill(&mut bytes).map_err(|e| {
+            ConfigError::new(
+                "soft_lifetime_jitter",
+                format!("the OS random generator failed: {e}"),
+            )
+        })?,
+    }
+    let mut draws = bytes.chunks_exact(16).map(|c| {
+        let mut r = [0u8; 16];
+        r.copy_from_slice(c);
+        u128::from_le_bytes(r)
+    });
+    let mut lower = |limit: u128| -> u128 {
+        // Up to `percent` of the limit earlier, uniformly (the modulo bias of a 128-bit
+        // draw over a span below 2^72 is under 2^-56).
+        let span = limit * u128::from(percent) / 100;
+        let r = draws.next().unwrap_or(0);
+        (limit - r % (span + 1)).max(1)
+    };
+    let bytes_limit = soft.bytes.map(|b| lower(u128::from(b)) as u64);
+    let packets = soft.packets.map(|p| lower(u128::from(p)) as u64);
+    let time = soft.time.map(|t| {
+        let nanos = lower(t.as_nanos());
+        let per_sec = 1_000_000_000u128;
+        Duration::new((nanos / per_sec) as u64, (nanos % per_sec) as u32)
+    });
+    Ok(Lifetime {
+        bytes: bytes_limit,
+        packets,
+        time,
+    })
+}
+
 /// Pending events, as bits, so that raising one never allocates.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct PendingEvents {
@@ -977,6 +1066,7 @@ impl SecurityAssociation {
             Direction::Outbound => first_ipv4_ident(&mut config.iv_source)?,
             Direction::Inbound => 0,
         };
+        let soft = jittered(config.soft, config.soft_jitter, &mut config.iv_source)?;
         let transform = Transform::new(
             config.cipher,
             &config.key,
@@ -1018,10 +1108,10 @@ impl SecurityAssociation {
             },
             udp_encap: config.udp_encap,
             tfc: config.tfc,
-            soft: config.soft,
+            soft,
             hard: config.hard,
             created: now,
-            trip: Trip::of(&config.soft, now).min(Trip::of(&config.hard, now)),
+            trip: Trip::of(&soft, now).min(Trip::of(&config.hard, now)),
             expired: None,
             events: PendingEvents::default(),
             stats: SaStats::default(),
@@ -1093,6 +1183,18 @@ impl SecurityAssociation {
     /// The tunnel endpoints, if configured.
     pub fn tunnel(&self) -> Option<(IpAddr, IpAddr)> {
         self.tunnel
+    }
+
+    /// The soft limits in force: the configured soft lifetime with this SA's jitter
+    /// drawn when it was created ([`SaConfig::soft_lifetime_jitter`]); reaching one
+    /// raises [`SaEvent::Rekey`].
+    pub fn soft_limits(&self) -> Lifetime {
+        self.soft
+    }
+
+    /// The hard limits: reaching one raises [`SaEvent::Expired`].
+    pub fn hard_limits(&self) -> Lifetime {
+        self.hard
     }
 
     /// True once a hard lifetime was reached.

@@ -14,6 +14,7 @@
 //! # optional: integrity, integrity_key, esn, replay_window, udp_encap = [4500, 4500],
 //! # seq, outer_ttl, tfc_pad_to, padding = "blocks" | "minimal",
 //! # soft_lifetime / hard_lifetime = { bytes, packets, seconds },
+//! # soft_lifetime_jitter = 10 (percent, 0..=100: see `SaConfig::soft_lifetime_jitter`),
 //! # df = "copy" | "set" | "clear", nat_keepalive_interval = 20 (seconds; 0: off),
 //! # nat_original_addresses = ["198.51.100.7", "10.0.0.5"] (inbound transport mode),
 //! # path_mtu (outbound: the largest outer packet the path carries, see `path_mtu`)
@@ -92,6 +93,7 @@ struct RawSa {
     tfc_pad_to: Option<u16>,
     padding: Option<String>,
     soft_lifetime: Option<RawLifetime>,
+    soft_lifetime_jitter: Option<u32>,
     hard_lifetime: Option<RawLifetime>,
     df: Option<String>,
     nat_keepalive_interval: Option<U64>,
@@ -262,6 +264,9 @@ impl RawSa {
         }
         if let Some(l) = self.soft_lifetime {
             cfg.soft_lifetime(l.into());
+        }
+        if let Some(percent) = self.soft_lifetime_jitter {
+            cfg.soft_lifetime_jitter(percent);
         }
         if let Some(l) = self.hard_lifetime {
             cfg.hard_lifetime(l.into());

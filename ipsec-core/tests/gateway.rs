@@ -8,7 +8,7 @@ use ipsec_core::sa_file::parse_sa_file;
 use ipsec_core::spd::Spd;
 use ipsec_core::{
     DropReason, Error, FragmentError, Gateway, LifetimeLimit, PacketBuf, ReassemblyLimits, SaEvent,
-    SecurityAssociation,
+    SecurityAssociation, SpiAllocator, SpiError,
 };
 use std::time::Duration;
 
@@ -287,6 +287,46 @@ fn lifetime_events_of_every_sa_are_polled_with_their_names() {
     assert_eq!(hq.poll_event(Duration::from_secs(21)), None);
     assert!(hq.sa("hq-out").is_some_and(SecurityAssociation::is_expired));
     assert!(hq.sa("hq-in").is_some_and(|sa| !sa.is_expired()));
+}
+
+#[test]
+fn allocated_spis_never_collide_with_inbound_sas_or_each_other() {
+    let (mut hq, _) = gateways();
+    // Full range: random, valid and distinct.
+    let spis: Vec<u32> = (0..200)
+        .map(|_| hq.allocate_spi(T0).expect("free SPIs"))
+        .collect();
+    assert!(spis.iter().all(|&s| s >= 256 && s != 0x2001));
+    let distinct: std::collections::HashSet<u32> = spis.iter().copied().collect();
+    assert_eq!(distinct.len(), spis.len());
+    // A range of four around hq-in's SPI (0x2001): the other three come out, then none.
+    hq.set_spi_range(0x2000, 0x2003).expect("valid range");
+    let mut got: Vec<u32> = (0..3).map(|_| hq.allocate_spi(T0).expect("free")).collect();
+    got.sort_unstable();
+    assert_eq!(got, [0x2000, 0x2002, 0x2003]);
+    assert_eq!(
+        hq.allocate_spi(T0),
+        Err(SpiError::Exhausted {
+            min: 0x2000,
+            max: 0x2003
+        })
+    );
+    // Reservations run out on the caller's clock; hq-in's SPI stays taken.
+    let later = T0 + SpiAllocator::DEFAULT_RESERVATION;
+    let mut again: Vec<u32> = (0..3)
+        .map(|_| hq.allocate_spi(later).expect("free"))
+        .collect();
+    again.sort_unstable();
+    assert_eq!(again, [0x2000, 0x2002, 0x2003]);
+    // Bad ranges are refused and change nothing.
+    let e = hq.set_spi_range(100, 0x3000).unwrap_err();
+    assert_eq!(e.field(), "spi_min", "{e}");
+    let e = hq.set_spi_range(0x3000, 0x2000).unwrap_err();
+    assert_eq!(e.field(), "spi_max", "{e}");
+    assert!(
+        hq.allocate_spi(later).is_err(),
+        "still the full four-SPI range"
+    );
 }
 
 /// The IPv4 packet `pkt` (20-byte header) cut into fragments of `size` payload bytes

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 
 use ipsec_core::gateway::{Inbound, Outbound};
-use ipsec_core::{FragmentLimits, Gateway, PacketBuf, Spd};
+use ipsec_core::{FragmentLimits, Gateway, PacketBuf, Spd, SpiError};
 
 use crate::boundary::{bad_descriptor, boundary, call, config_error, fail, invalid, packet_error};
 use crate::handle::{
@@ -564,6 +564,64 @@ pub unsafe extern "C" fn ipsec_gateway_set_fragment_limits(
             FragmentLimits::new(max_datagrams, now(lifetime_ns)).map_err(|e| config_error(&e))?;
         h.gateway.set_fragment_limits(limits);
         Ok(())
+    })
+}
+
+/// Allocates an SPI for an inbound SA being negotiated (`get_spi`, as IKE daemons call
+/// it) and writes it to `*out_spi`: random, never below 256, never the SPI of one of the
+/// gateway's inbound SAs nor one allocated before whose reservation still runs at
+/// `now_ns` (reservations last 165 seconds of the caller's clock, as a kernel's larval
+/// SA). `IPSEC_ERR_SPI_EXHAUSTED` when no SPI of the range (see
+/// `ipsec_gateway_set_spi_range`) is free, `IPSEC_ERR_RANDOMNESS_UNAVAILABLE` when the
+/// OS random generator fails; nothing is written then.
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `out_spi`
+/// points to a writable `uint32_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_allocate_spi(
+    gateway: *mut ipsec_gateway,
+    now_ns: u64,
+    out_spi: *mut u32,
+) -> ipsec_status {
+    call(|| {
+        let out_spi = out_ptr(out_spi, "out_spi")?;
+        // SAFETY: caller's contract.
+        let mut h = unsafe { borrow_mut(gateway, "gateway") }?;
+        let spi = h.gateway.allocate_spi(now(now_ns)).map_err(|e| {
+            let status = match e {
+                SpiError::RandomnessUnavailable => ipsec_status::IPSEC_ERR_RANDOMNESS_UNAVAILABLE,
+                _ => ipsec_status::IPSEC_ERR_SPI_EXHAUSTED,
+            };
+            fail(status, e.to_string())
+        })?;
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out_spi.write(spi) };
+        Ok(())
+    })
+}
+
+/// Makes `ipsec_gateway_allocate_spi` draw from `min..=max` only (as strongSwan's
+/// `spi_min` / `spi_max`, e.g. to leave a range to another key manager); SPIs in use and
+/// reserved stay so. The default range is 256..=0xffffffff. `IPSEC_ERR_CONFIG` (naming
+/// `spi_min` or `spi_max`, nothing changed) when `min` is below 256 or above `max`.
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_set_spi_range(
+    gateway: *mut ipsec_gateway,
+    min: u32,
+    max: u32,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let mut h = unsafe { borrow_mut(gateway, "gateway") }?;
+        h.gateway
+            .set_spi_range(min, max)
+            .map_err(|e| config_error(&e))
     })
 }
 

@@ -253,8 +253,14 @@ pub struct ipsec_sa_config {
     /// Larger packets are fragmented (`ipsec_sa_encrypt_fragmenting`) or refused with
     /// `IPSEC_ERR_TOO_BIG`; see `ipsec_sa_set_path_mtu`.
     pub path_mtu: u32,
-    /// Must be zero.
-    pub reserved32: u32,
+    /// Soft lifetime jitter in percent, 0..=100 (over 100: `IPSEC_ERR_CONFIG` naming
+    /// `soft_lifetime_jitter`): each soft limit of the SA is drawn once, at creation,
+    /// uniformly from `[soft - soft * jitter / 100, soft]` (never 0), so that SAs
+    /// created together do not rekey together. `ipsec_sa_config_init` sets the
+    /// library's default, 10 (as strongSwan's `rand_time`); 0 (as in a zeroed struct)
+    /// keeps the soft limits exact. `ipsec_sa_get_soft_limits` gives the limits drawn.
+    /// (This was `reserved32`.)
+    pub soft_lifetime_jitter: u32,
     /// Must be zero: room for fields added later without changing the struct's size.
     /// (These were `reserved[8]`; the fields above took the first four words.)
     pub reserved: [u64; 4],
@@ -267,6 +273,7 @@ const _: () = {
     assert!(core::mem::size_of::<ipsec_sa_config>() == 216);
     assert!(core::mem::offset_of!(ipsec_sa_config, df) == 152);
     assert!(core::mem::offset_of!(ipsec_sa_config, path_mtu) == 176);
+    assert!(core::mem::offset_of!(ipsec_sa_config, soft_lifetime_jitter) == 180);
     assert!(core::mem::offset_of!(ipsec_sa_config, reserved) == 184);
 };
 
@@ -621,11 +628,6 @@ pub(crate) fn now(now_ns: u64) -> Duration {
 ///
 /// The pointers in `c` are valid as their field docs say.
 unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
-    if c.reserved32 != 0 {
-        return Err(invalid(
-            "ipsec_sa_config.reserved32 must be zero (initialise with ipsec_sa_config_init)",
-        ));
-    }
     if c.reserved.iter().any(|&r| r != 0) {
         return Err(invalid(
             "ipsec_sa_config.reserved must be zero (initialise with ipsec_sa_config_init)",
@@ -672,6 +674,7 @@ unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
         .seq(c.seq)
         .padding(padding_from(c.padding)?)
         .soft_lifetime(lifetime_from(&c.soft_lifetime))
+        .soft_lifetime_jitter(c.soft_lifetime_jitter)
         .hard_lifetime(lifetime_from(&c.hard_lifetime))
         .df(df_from(c.df)?)
         .nat_keepalive_interval(
@@ -746,7 +749,8 @@ unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
 // Entry points.
 
 /// Fills `*config` with the defaults: everything zero or NULL, except `replay_window`
-/// 64, `outer_ttl` 64 and `nat_keepalive_interval` 20 (`df` 0 is `IPSEC_DF_COPY`). `direction`, `mode`, `cipher` stay 0, which is no valid
+/// 64, `outer_ttl` 64, `nat_keepalive_interval` 20 and `soft_lifetime_jitter` 10 (`df`
+/// 0 is `IPSEC_DF_COPY`). `direction`, `mode`, `cipher` stay 0, which is no valid
 /// value: set them (and `spi`, the keys, the tunnel endpoints) before `ipsec_sa_new`.
 ///
 /// # Safety
@@ -784,7 +788,7 @@ pub unsafe extern "C" fn ipsec_sa_config_init(config: *mut ipsec_sa_config) -> i
             nat_original_src: core::ptr::null(),
             nat_original_dst: core::ptr::null(),
             path_mtu: 0,
-            reserved32: 0,
+            soft_lifetime_jitter: SaConfig::DEFAULT_SOFT_LIFETIME_JITTER,
             reserved: [0; 4],
         };
         // SAFETY: `config` is non-NULL, aligned and writable (checked / caller's contract).
@@ -1184,6 +1188,41 @@ pub unsafe extern "C" fn ipsec_sa_get_info(
         let sa = unsafe { borrow(sa, "sa") }?;
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out.write(info_of(&sa)) };
+        Ok(())
+    })
+}
+
+/// Writes the SA's soft limits in force into `*out_bytes`, `*out_packets` and
+/// `*out_time_ns` (nanoseconds after the SA's creation), 0 for no limit of that kind:
+/// the configured soft lifetime with the jitter drawn when the SA was created
+/// (`soft_lifetime_jitter`). Reaching one raises `IPSEC_EVENT_REKEY`.
+///
+/// # Safety
+///
+/// `sa` is a live SA; the three out-pointers point to writable `uint64_t`s.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_get_soft_limits(
+    sa: *const ipsec_sa,
+    out_bytes: *mut u64,
+    out_packets: *mut u64,
+    out_time_ns: *mut u64,
+) -> ipsec_status {
+    call(|| {
+        let out_bytes = out_ptr(out_bytes, "out_bytes")?;
+        let out_packets = out_ptr(out_packets, "out_packets")?;
+        let out_time_ns = out_ptr(out_time_ns, "out_time_ns")?;
+        // SAFETY: caller's contract.
+        let sa = unsafe { borrow(sa, "sa") }?;
+        let soft = sa.soft_limits();
+        let time_ns = soft
+            .time
+            .map_or(0, |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX));
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe {
+            out_bytes.write(soft.bytes.unwrap_or(0));
+            out_packets.write(soft.packets.unwrap_or(0));
+            out_time_ns.write(time_ns);
+        }
         Ok(())
     })
 }

@@ -44,6 +44,11 @@ pub enum ipsec_status {
     IPSEC_ERR_CONFIG = 200,
     /// A file could not be read.
     IPSEC_ERR_IO = 201,
+    /// No SPI is free: every SPI of the allocator's range is in use or reserved
+    /// (`ipsec_gateway_allocate_spi`).
+    IPSEC_ERR_SPI_EXHAUSTED = 220,
+    /// The OS random generator failed, and the call needs randomness (an SPI).
+    IPSEC_ERR_RANDOMNESS_UNAVAILABLE = 221,
     /// Dropped: the ICV did not verify (tampered packet or wrong key).
     IPSEC_ERR_AUTH_FAILED = 300,
     /// Dropped: the sequence number was already received.
@@ -169,6 +174,14 @@ impl ipsec_status {
             ),
             (IPSEC_ERR_CONFIG, c"IPSEC_ERR_CONFIG: invalid configuration"),
             (IPSEC_ERR_IO, c"IPSEC_ERR_IO: file could not be read"),
+            (
+                IPSEC_ERR_SPI_EXHAUSTED,
+                c"IPSEC_ERR_SPI_EXHAUSTED: no free SPI in the range",
+            ),
+            (
+                IPSEC_ERR_RANDOMNESS_UNAVAILABLE,
+                c"IPSEC_ERR_RANDOMNESS_UNAVAILABLE: the OS random generator failed",
+            ),
             (
                 IPSEC_ERR_AUTH_FAILED,
                 c"IPSEC_ERR_AUTH_FAILED: authentication failed (ICV mismatch)",

@@ -271,7 +271,6 @@ fn out_of_range_enums_and_reserved_fields_are_refused() {
         ("integrity 77", |c| c.integrity = 77),
         ("padding 4", |c| c.padding = 4),
         ("reserved", |c| c.reserved[3] = 1),
-        ("reserved32", |c| c.reserved32 = 1),
         ("df 3", |c| c.df = 3),
     ] {
         let mut bad = c;
@@ -595,6 +594,45 @@ fn spd_lookups_lint_and_firewall() {
         assert_eq!(esp, 2, "ESP both ways");
         ipsec_firewall_free(fw);
         ipsec_spd_free(spd);
+    }
+}
+
+#[test]
+fn gateway_allocates_spis_outside_its_inbound_sas_until_the_range_is_full() {
+    let mut gw = null_mut();
+    // SAFETY: POLICY valid; out-pointers valid; freed once.
+    unsafe {
+        assert_eq!(
+            ipsec_gateway_new(POLICY.as_ptr().cast(), POLICY.len(), T0, &mut gw),
+            ipsec_status::IPSEC_OK
+        );
+        // The inbound SA has SPI 0x2001.
+        assert_eq!(
+            ipsec_gateway_set_spi_range(gw, 0x2000, 0x2002),
+            ipsec_status::IPSEC_OK
+        );
+        let mut got = [0u32; 2];
+        for spi in &mut got {
+            assert_eq!(
+                ipsec_gateway_allocate_spi(gw, T0, spi),
+                ipsec_status::IPSEC_OK
+            );
+        }
+        got.sort_unstable();
+        assert_eq!(got, [0x2000, 0x2002]);
+        let mut spi = 7;
+        assert_eq!(
+            ipsec_gateway_allocate_spi(gw, T0, &mut spi),
+            ipsec_status::IPSEC_ERR_SPI_EXHAUSTED
+        );
+        assert_eq!(spi, 7, "nothing written on failure");
+        assert!(last_error().contains("no free SPI"), "{}", last_error());
+        assert_eq!(
+            ipsec_gateway_set_spi_range(gw, 0x2002, 0x2000),
+            ipsec_status::IPSEC_ERR_CONFIG
+        );
+        assert!(last_error().starts_with("spi_max"), "{}", last_error());
+        ipsec_gateway_free(gw);
     }
 }
 
@@ -1004,7 +1042,7 @@ fn nat_t_config_fields_come_from_the_reserved_words() {
     assert_eq!(c.df, ipsec_df::IPSEC_DF_COPY as u32);
     assert_eq!(c.nat_keepalive_interval, 20);
     assert!(c.nat_original_src.is_null() && c.nat_original_dst.is_null());
-    assert_eq!((c.path_mtu, c.reserved32), (0, 0));
+    assert_eq!((c.path_mtu, c.soft_lifetime_jitter), (0, 10));
     assert_eq!(c.reserved, [0; 4]);
     #[cfg(target_pointer_width = "64")]
     {
@@ -1242,6 +1280,9 @@ fn configurations_that_cannot_work_are_refused_naming_the_field() {
     c.soft_lifetime.packets = 10;
     c.hard_lifetime.packets = 10;
     refused(&c, "soft_lifetime.packets");
+    let mut jittery = out();
+    jittery.soft_lifetime_jitter = 101;
+    refused(&jittery, "soft_lifetime_jitter");
     // 0 is "no limit" in the C struct: a soft limit under no hard one is fine.
     c.hard_lifetime.packets = 0;
     // SAFETY: freed once.

@@ -12,6 +12,7 @@
 //!  +- WrongDirectionError
 //!  +- PacketTooBigError            .mtu: the largest inner packet that fits
 //!  +- FragmentError
+//!  +- SpiExhaustedError            no free SPI (`Gateway.allocate_spi`)
 //!  +- ConfigError(IpsecError, ValueError)   .field: the keyword or TOML key, or None
 //!                                           .context: where the key is (`sa "b1-out"`), or None
 //! ```
@@ -19,7 +20,7 @@
 //! `ConfigError` derives from two bases, which `create_exception!` cannot express; it is
 //! made once with `type(name, bases, namespace)` and kept in a [`PyOnceLock`].
 
-use ipsec_core::{ConfigError as CoreConfigError, Error};
+use ipsec_core::{ConfigError as CoreConfigError, Error, SpiError};
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -97,6 +98,13 @@ pyo3::create_exception!(
      fragment whose policy cannot be decided. `.reason` says which."
 );
 
+pyo3::create_exception!(
+    ipsec,
+    SpiExhaustedError,
+    IpsecError,
+    "No SPI is free: every SPI of the gateway's SPI range is in use or reserved."
+);
+
 static CONFIG_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// The `ipsec.ConfigError` class (a subclass of both `IpsecError` and `ValueError`).
@@ -136,6 +144,14 @@ pub(crate) enum Failure {
     Packet(Error),
     /// A configuration error of the core, or of the bindings' argument checks.
     Config(CoreConfigError),
+    /// No SPI could be allocated.
+    Spi(SpiError),
+}
+
+impl From<SpiError> for Failure {
+    fn from(e: SpiError) -> Self {
+        Failure::Spi(e)
+    }
 }
 
 impl From<Error> for Failure {
@@ -192,6 +208,11 @@ impl Failure {
                 }
                 err
             }
+            // Exhaustion has its class; a failed OS random generator is the base class.
+            Failure::Spi(e @ SpiError::Exhausted { .. }) => {
+                PyErr::from_type(py.get_type::<SpiExhaustedError>(), e.to_string())
+            }
+            Failure::Spi(e) => PyErr::from_type(py.get_type::<IpsecError>(), e.to_string()),
             Failure::Config(e) => match config_error_type(py) {
                 Ok(cls) => {
                     let err = PyErr::from_type(cls.clone(), e.to_string());
@@ -247,6 +268,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     too_big.setattr("mtu", py.None())?;
     m.add("PacketTooBigError", too_big)?;
     m.add("FragmentError", py.get_type::<FragmentError>())?;
+    m.add("SpiExhaustedError", py.get_type::<SpiExhaustedError>())?;
     m.add("ConfigError", config_error_type(py)?)?;
     Ok(())
 }

@@ -537,6 +537,34 @@ impl PyGateway {
         }
     }
 
+    /// Allocates an SPI for an inbound SA being negotiated (`get_spi`): random, never
+    /// below 256, never an inbound SA's nor one allocated before whose reservation (165
+    /// seconds of the caller's clock) still runs at `now` (default: the last time
+    /// given). Raises `SpiExhaustedError` when no SPI of the range is free.
+    #[pyo3(signature = (now=None))]
+    fn allocate_spi(&self, py: Python<'_>, now: Option<&Bound<'_, PyAny>>) -> PyResult<u32> {
+        let now = now_arg(now)?;
+        let mut st = self.lock(py)?;
+        let now = st.time(now);
+        Ok(st.gateway.allocate_spi(now).map_err(Failure::from)?)
+    }
+
+    /// Makes `allocate_spi` draw from `min..=max` only; SPIs in use and reserved stay
+    /// so. Raises `ConfigError` (field `spi_min` or `spi_max`, nothing changed) when
+    /// `min` is below 256 or above `max`.
+    #[pyo3(signature = (min, max))]
+    fn set_spi_range(
+        &self,
+        py: Python<'_>,
+        min: &Bound<'_, PyAny>,
+        max: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let min: u32 = convert::int(min, "spi_min", convert::Bad::Config)?;
+        let max: u32 = convert::int(max, "spi_max", convert::Bad::Config)?;
+        let mut st = self.lock(py)?;
+        Ok(st.gateway.set_spi_range(min, max).map_err(Failure::from)?)
+    }
+
     /// Checks every SA's lifetimes at `now` (default: the last time given) and returns
     /// every pending event as `(SA name, SaEvent)`, SAs in file order.
     #[pyo3(signature = (now=None))]

@@ -272,13 +272,14 @@ impl PySecurityAssociation {
     #[pyo3(signature = (
         spi, direction, mode, cipher, key, integrity=None, integrity_key=None, esn=None,
         replay_window=None, tunnel_src=None, tunnel_dst=None, udp_encap=None, seq=None, *,
-        soft_lifetime=None, hard_lifetime=None, padding=None, tfc_pad_to=None,
-        outer_ttl=None, path_mtu=None, df=None,
+        soft_lifetime=None, hard_lifetime=None, soft_lifetime_jitter=None, padding=None,
+        tfc_pad_to=None, outer_ttl=None, path_mtu=None, df=None,
         nat_keepalive_interval=Some(DEFAULT_KEEPALIVE_SECONDS), nat_original_addresses=None,
         now=None
     ), text_signature = "(spi, direction, mode, cipher, key, integrity=None, integrity_key=b'', \
         esn=False, replay_window=64, tunnel_src=None, tunnel_dst=None, udp_encap=None, seq=0, *, \
-        soft_lifetime=None, hard_lifetime=None, padding='blocks', tfc_pad_to=None, outer_ttl=64, \
+        soft_lifetime=None, hard_lifetime=None, soft_lifetime_jitter=10, padding='blocks', \
+        tfc_pad_to=None, outer_ttl=64, \
         path_mtu=None, df='copy', nat_keepalive_interval=20.0, nat_original_addresses=None, \
         now=0.0)")]
     #[allow(clippy::too_many_arguments)]
@@ -298,6 +299,7 @@ impl PySecurityAssociation {
         seq: Option<&Bound<'_, PyAny>>,
         soft_lifetime: Option<&Bound<'_, PyAny>>,
         hard_lifetime: Option<&Bound<'_, PyAny>>,
+        soft_lifetime_jitter: Option<&Bound<'_, PyAny>>,
         padding: Option<&Bound<'_, PyAny>>,
         tfc_pad_to: Option<&Bound<'_, PyAny>>,
         outer_ttl: Option<&Bound<'_, PyAny>>,
@@ -388,6 +390,11 @@ impl PySecurityAssociation {
         }
         if let Some(l) = lifetime_arg(hard_lifetime, "hard_lifetime")? {
             cfg.hard_lifetime(l);
+        }
+        if let Some(j) =
+            convert::opt_int::<u32>(soft_lifetime_jitter, "soft_lifetime_jitter", Bad::Config)?
+        {
+            cfg.soft_lifetime_jitter(j);
         }
         if let Some(p) = padding.filter(|p| !p.is_none()) {
             cfg.padding(EspPadding::from_name(&name(p, "padding")?).map_err(Failure::from)?);
@@ -662,6 +669,18 @@ impl PySecurityAssociation {
     }
 
     /// The NAT-keepalive interval in seconds, or `None` when the SA sends none.
+    /// The soft limits in force (`Lifetime`): the configured soft lifetime with the
+    /// jitter drawn when the SA was created (`soft_lifetime_jitter`).
+    #[getter]
+    fn soft_limits(&self, py: Python<'_>) -> PyResult<PyLifetime> {
+        let l = self.lock(py)?.sa.soft_limits();
+        Ok(PyLifetime {
+            bytes: l.bytes,
+            packets: l.packets,
+            seconds: l.time.map(|t| t.as_secs_f64()),
+        })
+    }
+
     #[getter]
     fn nat_keepalive_interval(&self, py: Python<'_>) -> PyResult<Option<f64>> {
         Ok(self

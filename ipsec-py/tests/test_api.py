@@ -135,7 +135,8 @@ def test_lifetimes_and_events_with_time_passed_in() -> None:
         spi=0x2000, direction="outbound", mode="tunnel", cipher="aes-128-gcm",
         key=key_for("aes-128-gcm"), tunnel_src=T4_SRC, tunnel_dst=T4_DST,
         soft_lifetime=ipsec.Lifetime(packets=2, seconds=100.0),
-        hard_lifetime=ipsec.Lifetime(packets=4, seconds=200.0), now=1000.0)
+        hard_lifetime=ipsec.Lifetime(packets=4, seconds=200.0), now=1000.0,
+        soft_lifetime_jitter=0)  # exact soft limits (the default draws them 10% early)
     assert sa.poll_event() is None
     sa.encrypt(udp4(1))
     assert sa.poll_events() == []
@@ -157,12 +158,45 @@ def test_lifetimes_and_events_with_time_passed_in() -> None:
     assert [(e.kind, e.limit) for e in sa.poll_events()] == [("expired", "packets")]
 
 
+def test_soft_lifetime_jitter_spreads_sas_created_together() -> None:
+    def make(i: int, jitter: int = 10) -> ipsec.SecurityAssociation:
+        return ipsec.SecurityAssociation(
+            spi=0x3000 + i, direction="inbound", mode="tunnel", cipher="aes-128-gcm",
+            key=key_for("aes-128-gcm"), soft_lifetime=ipsec.Lifetime(packets=1000, seconds=3600.0),
+            hard_lifetime=ipsec.Lifetime(seconds=3601.0), soft_lifetime_jitter=jitter)
+
+    sas = [make(i) for i in range(1000)]
+    seconds = [sa.soft_limits.seconds for sa in sas]
+    packets = [sa.soft_limits.packets for sa in sas]
+    assert all(s is not None and 3240.0 <= s <= 3600.0 for s in seconds)
+    assert all(p is not None and 900 <= p <= 1000 for p in packets)
+    assert len(set(seconds)) > 990
+    assert len(set(packets)) > 90
+    exact = make(0, jitter=0).soft_limits
+    assert (exact.packets, exact.seconds, exact.bytes) == (1000, 3600.0, None)
+    halved = [make(i, jitter=50).soft_limits.seconds for i in range(100)]
+    assert all(s is not None and 1800.0 <= s <= 3600.0 for s in halved)
+    with pytest.raises(ipsec.ConfigError, match="0..=100") as e:
+        make(0, jitter=101)
+    assert e.value.field == "soft_lifetime_jitter"
+    with pytest.raises(ipsec.ConfigError) as e:
+        make(0, jitter=-1)
+    assert e.value.field == "soft_lifetime_jitter"
+    text = ('[[sa]]\nname = "a"\nspi = 0x1000\ndirection = "inbound"\nmode = "tunnel"\n'
+            'cipher = "aes-128-gcm"\nkey = "%s"\nsoft_lifetime = { packets = 1000 }\n'
+            % key_for("aes-128-gcm").hex())
+    assert ipsec.sas_from_toml(text + "soft_lifetime_jitter = 0\n")["a"].soft_limits.packets == 1000
+    with pytest.raises(ipsec.ConfigError) as e:
+        ipsec.sas_from_toml(text + "soft_lifetime_jitter = 200\n")
+    assert e.value.field == "soft_lifetime_jitter"
+
+
 def test_time_lifetime_expiry() -> None:
     sa = ipsec.SecurityAssociation(
         spi=0x2001, direction="outbound", mode="tunnel", cipher="aes-128-gcm",
         key=key_for("aes-128-gcm"), tunnel_src=T4_SRC, tunnel_dst=T4_DST,
         soft_lifetime=ipsec.Lifetime(seconds=10.0), hard_lifetime=ipsec.Lifetime(seconds=20.0),
-        now=50.0)
+        soft_lifetime_jitter=0, now=50.0)
     assert sa.poll_event(now=59.9) is None
     ev = sa.poll_event(now=60.0)
     assert ev is not None and (ev.kind, ev.limit) == ("rekey", "time")

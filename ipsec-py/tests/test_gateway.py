@@ -298,7 +298,7 @@ def test_unknown_spi_and_malformed_packets_count_on_the_gateway(
 def test_sa_lifetime_follows_the_time_passed_in() -> None:
     text = branch1_policy().replace(
         'tunnel_dst = "%s"\n' % HQ_GW,
-        'tunnel_dst = "%s"\nsoft_lifetime = { seconds = 30 }\n'
+        'tunnel_dst = "%s"\nsoft_lifetime = { seconds = 30 }\nsoft_lifetime_jitter = 0\n'
         'hard_lifetime = { seconds = 60 }\n' % HQ_GW)
     branch = ipsec.Gateway.from_toml(text, now=T0)
     req = request(PC1, TERMINAL, 3389)
@@ -315,6 +315,29 @@ def test_sa_lifetime_follows_the_time_passed_in() -> None:
     assert drops(branch.sa_stats("b1-to-ho")) == {"lifetime_expired": 2}
     assert [(n, e.kind, e.limit) for n, e in branch.poll_events()] == [
         ("b1-to-ho", "expired", "time")]
+
+
+def test_allocated_spis_are_random_free_and_never_an_inbound_sas(
+    gateways: tuple[ipsec.Gateway, ipsec.Gateway],
+) -> None:
+    hq, _ = gateways
+    inbound = {0x2001, 0x2002}  # b1-to-ho, b2-to-ho
+    spis = [hq.allocate_spi(now=T0) for _ in range(200)]
+    assert all(s >= 256 and s not in inbound for s in spis)
+    assert len(set(spis)) == len(spis)
+    # Four SPIs around the inbound SAs': the two free ones come out, then none.
+    hq.set_spi_range(0x2000, 0x2003)
+    assert {hq.allocate_spi(), hq.allocate_spi()} == {0x2000, 0x2003}
+    with pytest.raises(ipsec.SpiExhaustedError, match="no free SPI"):
+        hq.allocate_spi()
+    # Reservations run out after 165 s of the caller's clock.
+    assert hq.allocate_spi(now=T0 + 165) in (0x2000, 0x2003)
+    for lo, hi, field in [(100, 0x3000, "spi_min"), (0x3000, 0x2000, "spi_max")]:
+        with pytest.raises(ipsec.ConfigError) as e:
+            hq.set_spi_range(lo, hi)
+        assert e.value.field == field
+    with pytest.raises(TypeError):
+        hq.set_spi_range("256", 300)  # type: ignore[arg-type]
 
 
 def test_threads_share_the_gateways(gateways: tuple[ipsec.Gateway, ipsec.Gateway]) -> None:

@@ -646,6 +646,89 @@ static void reassembly(void)
     }
 }
 
+static void spi_allocation_and_jitter(void)
+{
+    const char *t =
+        "[[policy]]\nname = \"rdp\"\ndirection = \"inbound\"\nprotocol = \"tcp\"\n"
+        "action = \"protect\"\nsa = \"in\"\n"
+        "[[sa]]\nname = \"in\"\nspi = 0x2001\ndirection = \"inbound\"\nmode = \"tunnel\"\n"
+        "cipher = \"aes-128-gcm\"\nkey = \"000102030405060708090a0b0c0d0e0f10111213\"\n";
+    ipsec_gateway *gw = NULL;
+    ipsec_sa_config c;
+    ipsec_sa *sa = NULL;
+    ipsec_sa_event ev;
+    uint32_t spis[100], spi = 0;
+    uint64_t bytes = 1, packets = 1, time_ns = 0, first_ns = 0;
+    int i, j, distinct = 1, valid = 1, spread = 0, bounded = 1;
+
+    printf("\n-- SPI allocation (get_spi), soft lifetime jitter\n");
+    CHECK("a gateway with an inbound SA 0x2001", ipsec_gateway_new(t, strlen(t), T0, &gw), IPSEC_OK, NULL);
+    CHECK("allocate_spi on a NULL gateway", ipsec_gateway_allocate_spi(NULL, T0, &spi), IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
+    CHECK("allocate_spi into NULL", ipsec_gateway_allocate_spi(gw, T0, NULL), IPSEC_ERR_INVALID_ARGUMENT, "`out_spi`");
+    for (i = 0; i < 100; i++) {
+        CHECK("allocate_spi", ipsec_gateway_allocate_spi(gw, T0, &spis[i]), IPSEC_OK, NULL);
+        valid &= spis[i] >= 256 && spis[i] != 0x2001;
+        for (j = 0; j < i; j++) {
+            distinct &= spis[i] != spis[j];
+        }
+    }
+    TRUE("SPIs >= 256, not the inbound SA's", valid);
+    TRUE("SPIs distinct", distinct);
+    CHECK("SPI range below 256", ipsec_gateway_set_spi_range(gw, 100, 0x3000), IPSEC_ERR_CONFIG, "spi_min");
+    CHECK("SPI range upside down", ipsec_gateway_set_spi_range(gw, 0x3000, 0x2000), IPSEC_ERR_CONFIG, "spi_max");
+    CHECK("SPI range on a NULL gateway", ipsec_gateway_set_spi_range(NULL, 0x2000, 0x2003), IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
+    CHECK("SPI range of four around the inbound SA's", ipsec_gateway_set_spi_range(gw, 0x2000, 0x2003), IPSEC_OK, NULL);
+    for (i = 0; i < 3; i++) {
+        CHECK("allocate in the small range", ipsec_gateway_allocate_spi(gw, T0, &spis[i]), IPSEC_OK, NULL);
+    }
+    TRUE("the three free SPIs, the inbound SA's left out",
+         spis[0] + spis[1] + spis[2] == 0x2000 + 0x2002 + 0x2003 &&
+         spis[0] != spis[1] && spis[1] != spis[2] && spis[0] != spis[2] &&
+         spis[0] != 0x2001 && spis[1] != 0x2001 && spis[2] != 0x2001);
+    spi = 7;
+    CHECK("the range is full", ipsec_gateway_allocate_spi(gw, T0, &spi), IPSEC_ERR_SPI_EXHAUSTED, "no free SPI");
+    TRUE("nothing written on failure", spi == 7);
+    TRUE("status_str names it", strstr(ipsec_status_str(IPSEC_ERR_SPI_EXHAUSTED), "IPSEC_ERR_SPI_EXHAUSTED") != NULL);
+    CHECK("reservations ran out after 165 s", ipsec_gateway_allocate_spi(gw, T0 + 165 * SECOND, &spi), IPSEC_OK, NULL);
+    TRUE("a free SPI again", spi == 0x2000 || spi == 0x2002 || spi == 0x2003);
+    ipsec_gateway_free(gw);
+
+    base_config(&c, 0x1000, IPSEC_DIRECTION_INBOUND);
+    TRUE("config_init sets the default jitter, 10%", c.soft_lifetime_jitter == 10);
+    c.soft_lifetime.seconds = 100;
+    c.soft_lifetime.packets = 1000;
+    c.hard_lifetime.seconds = 200;
+    c.soft_lifetime_jitter = 101;
+    CHECK("jitter above 100%", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_CONFIG, "soft_lifetime_jitter");
+    TRUE("no SA written on failure", sa == NULL);
+    c.soft_lifetime_jitter = 0;
+    CHECK("jitter 0", ipsec_sa_new(&c, T0, &sa), IPSEC_OK, NULL);
+    CHECK("soft limits into NULL", ipsec_sa_get_soft_limits(sa, &bytes, NULL, &time_ns), IPSEC_ERR_INVALID_ARGUMENT, "`out_packets`");
+    CHECK("soft limits of a NULL SA", ipsec_sa_get_soft_limits(NULL, &bytes, &packets, &time_ns), IPSEC_ERR_INVALID_ARGUMENT, "`sa`");
+    CHECK("soft limits", ipsec_sa_get_soft_limits(sa, &bytes, &packets, &time_ns), IPSEC_OK, NULL);
+    TRUE("jitter 0: the limits exactly", bytes == 0 && packets == 1000 && time_ns == 100 * SECOND);
+    CHECK("poll a nanosecond before", ipsec_sa_poll_event(sa, T0 + 100 * SECOND - 1, &ev), IPSEC_OK, NULL);
+    TRUE("no event yet", ev.kind == IPSEC_EVENT_NONE);
+    CHECK("poll at the soft lifetime", ipsec_sa_poll_event(sa, T0 + 100 * SECOND, &ev), IPSEC_OK, NULL);
+    TRUE("rekey by time", ev.kind == IPSEC_EVENT_REKEY && ev.limit == IPSEC_LIMIT_TIME);
+    ipsec_sa_free(sa);
+    c.soft_lifetime_jitter = 50;
+    for (i = 0; i < 50; i++) {
+        sa = NULL;
+        CHECK("jitter 50%", ipsec_sa_new(&c, T0, &sa), IPSEC_OK, NULL);
+        CHECK("its soft limits", ipsec_sa_get_soft_limits(sa, &bytes, &packets, &time_ns), IPSEC_OK, NULL);
+        bounded &= time_ns >= 50 * SECOND && time_ns <= 100 * SECOND && packets >= 500 && packets <= 1000;
+        if (i == 0) {
+            first_ns = time_ns;
+        } else if (time_ns != first_ns) {
+            spread = 1;
+        }
+        ipsec_sa_free(sa);
+    }
+    TRUE("jittered limits within [soft/2, soft]", bounded);
+    TRUE("SAs created together get different soft limits", spread);
+}
+
 static void bursts(void)
 {
     uint8_t bufs[4][512];
@@ -873,6 +956,7 @@ int main(void)
     reassembly();
     bursts();
     nat_traversal();
+    spi_allocation_and_jitter();
 #ifdef IPSEC_TEST_HOOKS
     poisoned_handles();
 #endif

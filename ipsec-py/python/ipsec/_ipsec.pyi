@@ -19,6 +19,7 @@ __all__ = [
     "WrongDirectionError",
     "PacketTooBigError",
     "FragmentError",
+    "SpiExhaustedError",
     "ConfigError",
     "SecurityAssociation",
     "Lifetime",
@@ -69,6 +70,9 @@ class PacketTooBigError(IpsecError):
     """The largest inner packet, in bytes, that fits."""
 
 class FragmentError(IpsecError): ...
+
+class SpiExhaustedError(IpsecError):
+    """No SPI is free: every SPI of the gateway's SPI range is in use or reserved."""
 
 class ConfigError(IpsecError, ValueError):
     """A rejected configuration; also a ValueError."""
@@ -134,6 +138,7 @@ class SecurityAssociation:
         *,
         soft_lifetime: Optional[Lifetime] = None,
         hard_lifetime: Optional[Lifetime] = None,
+        soft_lifetime_jitter: int = 10,
         padding: str = "blocks",
         tfc_pad_to: Optional[int] = None,
         outer_ttl: int = 64,
@@ -162,6 +167,10 @@ class SecurityAssociation:
     def next_keepalive(self) -> Optional[float]:
         """When the next NAT-keepalive is due (seconds, the caller's clock); None when
         the SA sends none."""
+    @property
+    def soft_limits(self) -> Lifetime:
+        """The soft limits in force: the soft lifetime with the jitter drawn when the SA
+        was created (``soft_lifetime_jitter``, percent, default 10)."""
     @property
     def nat_keepalive_interval(self) -> Optional[float]: ...
     @property
@@ -495,6 +504,13 @@ class Gateway:
     def sa_stats(self, name: str) -> dict[str, int]: ...
     def poll_events(self, now: Optional[float] = None) -> list[tuple[str, SaEvent]]:
         """Every SA's pending lifetime events as (SA name, event), SAs in file order."""
+    def allocate_spi(self, now: Optional[float] = None) -> int:
+        """A random SPI for an inbound SA being negotiated (``get_spi``): never below
+        256, never an inbound SA's nor one allocated before whose reservation (165 s)
+        still runs at ``now``. Raises ``SpiExhaustedError`` when none is free."""
+    def set_spi_range(self, min: int, max: int) -> None:
+        """Makes ``allocate_spi`` draw from ``min..=max`` only (``ConfigError`` naming
+        ``spi_min`` / ``spi_max`` when ``min < 256`` or ``min > max``)."""
     def poll_keepalive(self, now: Optional[float] = None) -> Optional[tuple[str, bytes]]:
         """The next NAT-keepalive any SA owes at ``now`` as (SA name, packet), counted as
         sent; None when none is due. Call until None."""
