@@ -93,9 +93,9 @@
 //! ```
 //!
 //! A reader refuses another magic ([`SnapshotError::BadMagic`]), a version it does not
-//! know ([`SnapshotError::UnsupportedVersion`]), a body shorter or longer than
-//! `body_len` or than its fields ([`SnapshotError::Truncated`],
-//! [`SnapshotError::BadLength`]), impossible values ([`SnapshotError::BadField`]) and a
+//! know ([`SnapshotError::UnsupportedVersion`]), a body shorter than `body_len` or
+//! than its fields ([`SnapshotError::Truncated`]), bytes left over after either
+//! ([`SnapshotError::BadLength`]), impossible values ([`SnapshotError::BadField`]) and a
 //! configuration [`SecurityAssociation::new`] would refuse ([`SnapshotError::Config`]).
 //! A later version adds fields at the end of the body and bumps the version.
 
@@ -125,14 +125,14 @@ const FIXED_BODY_MAX: usize = 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SnapshotError {
-    /// The bytes end before the header or a field does.
+    /// The bytes end before the header, the body its header declares, or a field does.
     Truncated,
     /// The bytes do not start with [`SNAPSHOT_MAGIC`]: not an SA snapshot.
     BadMagic,
     /// A format version this library does not read.
     UnsupportedVersion(u16),
-    /// The header's body length disagrees with the bytes given, or bytes are left over
-    /// after the last field.
+    /// Bytes are left over after the body the header declares, or after the body's
+    /// last field.
     BadLength {
         /// The body length the header declares.
         declared: u64,
@@ -736,6 +736,9 @@ fn parse(bytes: &[u8]) -> Result<Parsed, SnapshotError> {
         return Err(bad("flags", "reserved, must be 0"));
     }
     let declared = r.u32()?;
+    if (declared as usize) > r.bytes.len() {
+        return Err(SnapshotError::Truncated);
+    }
     if u64::from(declared) != r.bytes.len() as u64 {
         return Err(SnapshotError::BadLength {
             declared: u64::from(declared),
@@ -931,7 +934,7 @@ mod tests {
             let e =
                 SecurityAssociation::restore(&bytes[..n], &RestoreOptions::new(), Duration::ZERO)
                     .unwrap_err();
-            assert!(e.is_invalid_snapshot(), "{n}: {e}");
+            assert_eq!(e, SnapshotError::Truncated, "{n}");
         }
         let mut long = bytes.to_vec();
         long.push(0);

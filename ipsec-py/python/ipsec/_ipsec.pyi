@@ -3,7 +3,7 @@
 import os
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv6Address
-from typing import Literal, Optional, Union, final
+from typing import ClassVar, Literal, Optional, Union, final
 
 __version__: str
 __all__ = [
@@ -164,6 +164,24 @@ class SecurityAssociation:
         the SA sends none."""
     @property
     def nat_keepalive_interval(self) -> Optional[float]: ...
+    DEFAULT_SEQ_MARGIN: ClassVar[int]
+    def snapshot(self, now: Optional[float] = None) -> bytes:
+        """The SA's whole state (keys included: protect the bytes like keys) for
+        ``restore`` on a standby."""
+    @staticmethod
+    def restore(
+        snapshot: _Bytes,
+        /,
+        now: Optional[float] = None,
+        *,
+        seq_margin: int = 1048576,
+        not_below: Optional[int] = None,
+        elapsed_since_snapshot: Optional[float] = None,
+    ) -> SecurityAssociation:
+        """An SA restored from ``snapshot`` at ``now`` (this machine's clock). Outbound:
+        continues after the snapshot's sequence number + ``seq_margin``; refused
+        (ConfigError, field ``not_below``) when that is below ``not_below``. Inbound:
+        the replay window exactly as it was."""
     @property
     def spi(self) -> int: ...
     @property
