@@ -65,6 +65,7 @@ ipsec_gateway_sa gsa;
 ipsec_sa_event ev;
 ipsec_overhead oh;
 ipsec_reassembly_limits rl;
+ipsec_restore_options ropts;
 ipsec_reassembly ra = IPSEC_REASSEMBLY_COMPLETE;
 int main(void) { return (int)sizeof(ipsec_sa_stats) == 256 && IPSEC_VERSION_MAJOR >= 0 ? 0 : 1; }
 C
