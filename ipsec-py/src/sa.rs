@@ -688,13 +688,9 @@ impl PySecurityAssociation {
         Ok(events.into_iter().filter_map(event_of).collect())
     }
 
-    /// The default `seq_margin` of [`Self::restore`]: 2^20 (written as a literal in its
-    /// signature, so that Python shows it; checked equal below).
+    /// The `seq_margin` of [`Self::restore`] when none is given: 2^20.
     #[classattr]
-    const DEFAULT_SEQ_MARGIN: u64 = {
-        assert!(RestoreOptions::DEFAULT_SEQ_MARGIN == 1_048_576);
-        RestoreOptions::DEFAULT_SEQ_MARGIN
-    };
+    const DEFAULT_SEQ_MARGIN: u64 = RestoreOptions::DEFAULT_SEQ_MARGIN;
 
     /// The SA's whole state at `now` (default: the last time given) as bytes: keys,
     /// sequence number or replay window, lifetime usage, counters, pending events (the
@@ -720,7 +716,7 @@ impl PySecurityAssociation {
 
     /// An SA restored from `snapshot` bytes at `now` on this machine's clock (default
     /// 0). An outbound SA continues after the snapshot's sequence number plus
-    /// `seq_margin`, so that it never reuses a sequence number (an AEAD nonce) the
+    /// `seq_margin` (default `DEFAULT_SEQ_MARGIN`), so that it never reuses a sequence number (an AEAD nonce) the
     /// primary may have sent after the snapshot; `not_below` (a sequence number known to
     /// be used) refuses a restore that would not continue above it. An inbound SA gets
     /// its replay window back exactly. `elapsed_since_snapshot` (seconds) is added to
@@ -728,18 +724,21 @@ impl PySecurityAssociation {
     /// valid snapshot, `seq_margin` or `not_below` for a refused restore.
     #[staticmethod]
     #[pyo3(signature = (
-        snapshot, /, now=None, *, seq_margin=1048576,
+        snapshot, /, now=None, *, seq_margin=None,
         not_below=None, elapsed_since_snapshot=None
     ))]
     fn restore(
         py: Python<'_>,
         snapshot: &Bound<'_, PyAny>,
         now: Option<&Bound<'_, PyAny>>,
-        seq_margin: u64,
-        not_below: Option<u64>,
+        seq_margin: Option<&Bound<'_, PyAny>>,
+        not_below: Option<&Bound<'_, PyAny>>,
         elapsed_since_snapshot: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let bytes = key_arg(snapshot, "snapshot")?;
+        let seq_margin: u64 = convert::opt_int(seq_margin, "seq_margin", Bad::Config)?
+            .unwrap_or(RestoreOptions::DEFAULT_SEQ_MARGIN);
+        let not_below: Option<u64> = convert::opt_int(not_below, "not_below", Bad::Config)?;
         let now = now_arg(now)?.unwrap_or(Duration::ZERO);
         let elapsed = convert::opt_seconds(
             elapsed_since_snapshot,

@@ -63,6 +63,10 @@ def test_default_margin_not_below_and_sequence_space() -> None:
         ipsec.SecurityAssociation.restore(snap)
     assert e.value.field == "seq_margin"
     assert ipsec.SecurityAssociation.restore(snap, seq_margin=8).seq == 2**32 - 2
+    for bad in ({"seq_margin": -1}, {"seq_margin": 2**64}, {"not_below": -5}):
+        with pytest.raises(ipsec.ConfigError) as e:
+            ipsec.SecurityAssociation.restore(snap, **bad)
+        assert e.value.field == next(iter(bad))
     esn, _ = sa_pair(seq=2**32 - 10, esn=True)
     assert ipsec.SecurityAssociation.restore(esn.snapshot()).seq == 2**32 - 10 + 2**20
 

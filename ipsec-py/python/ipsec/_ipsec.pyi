@@ -174,12 +174,13 @@ class SecurityAssociation:
         /,
         now: Optional[float] = None,
         *,
-        seq_margin: int = 1048576,
+        seq_margin: Optional[int] = None,
         not_below: Optional[int] = None,
         elapsed_since_snapshot: Optional[float] = None,
     ) -> SecurityAssociation:
         """An SA restored from ``snapshot`` at ``now`` (this machine's clock). Outbound:
-        continues after the snapshot's sequence number + ``seq_margin``; refused
+        continues after the snapshot's sequence number + ``seq_margin`` (None:
+        ``DEFAULT_SEQ_MARGIN``, 2**20); refused
         (ConfigError, field ``not_below``) when that is below ``not_below``. Inbound:
         the replay window exactly as it was."""
     @property
