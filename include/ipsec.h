@@ -48,6 +48,12 @@
 #define IPSEC_NAT_KEEPALIVE_MAX_LEN 49
 
 /**
+ * The default `seq_margin` of `ipsec_restore_options` (2^20): how far a restored
+ * outbound SA's sequence number jumps ahead of its snapshot's.
+ */
+#define IPSEC_DEFAULT_SEQ_MARGIN (1 << 20)
+
+/**
  * The result of every fallible call.
  *
  * The numbers are stable and come in blocks per family: 0 success, 1xx misuse of the
@@ -107,6 +113,18 @@ enum ipsec_status
    * A file could not be read.
    */
   IPSEC_ERR_IO = 201,
+  /**
+   * The bytes given to `ipsec_sa_restore` are not a valid SA snapshot (truncated,
+   * bad magic, unsupported format version, bad length or field, or a configuration
+   * the library refuses); the last-error message says which.
+   */
+  IPSEC_ERR_BAD_SNAPSHOT = 210,
+  /**
+   * A valid snapshot whose restore was refused to protect the sequence numbers: the
+   * margin leaves no sequence number to send, or the restored SA would not continue
+   * above `ipsec_restore_options.not_below`.
+   */
+  IPSEC_ERR_SNAPSHOT_REFUSED = 211,
   /**
    * No SPI is free: every SPI of the allocator's range is in use or reserved
    * (`ipsec_gateway_allocate_spi`).
@@ -1171,6 +1189,36 @@ typedef struct ipsec_overhead {
 } ipsec_overhead;
 
 /**
+ * How `ipsec_sa_restore` restores an SA. Fill it with `ipsec_restore_options_init`
+ * first (it sets the defaults), then set the fields.
+ */
+typedef struct ipsec_restore_options {
+  /**
+   * Outbound: the restored SA's last-used sequence number is the snapshot's plus
+   * this, so that it never sends a sequence number (an AEAD nonce) the primary may
+   * have sent after the snapshot. Choose more than the packets the primary can send
+   * between two snapshots. Default `IPSEC_DEFAULT_SEQ_MARGIN`. Ignored for inbound
+   * SAs (their replay window is restored exactly).
+   */
+  uint64_t seq_margin;
+  /**
+   * Outbound: a sequence number the caller knows the primary used (0: none). A
+   * restore whose last-used sequence number (snapshot + margin) would be below it is
+   * refused with `IPSEC_ERR_SNAPSHOT_REFUSED`.
+   */
+  uint64_t not_below;
+  /**
+   * Nanoseconds between taking the snapshot and restoring it, if the caller knows
+   * them: added to the SA's age so its time lifetimes stay on schedule. 0 by default.
+   */
+  uint64_t elapsed_ns;
+  /**
+   * Must be zero: room for options added later.
+   */
+  uint64_t reserved[4];
+} ipsec_restore_options;
+
+/**
  * The selectors of one packet, for `ipsec_spd_lookup`. `src` and `dst` are the
  * packet's own source and destination (for an outbound packet the source is the
  * policy's `local` side; for an inbound one the destination is).
@@ -2171,6 +2219,75 @@ ipsec_status ipsec_sa_poll_keepalive(struct ipsec_sa *sa,
  * `sa` is a live SA; `out_ns` points to a writable `uint64_t`.
  */
 ipsec_status ipsec_sa_next_keepalive(const struct ipsec_sa *sa, uint64_t *out_ns);
+
+/**
+ * Sets `*options` to the defaults: margin `IPSEC_DEFAULT_SEQ_MARGIN`, no `not_below`,
+ * no elapsed time.
+ *
+ * # Safety
+ *
+ * `options` points to a writable `ipsec_restore_options`.
+ */
+ipsec_status ipsec_restore_options_init(struct ipsec_restore_options *options);
+
+/**
+ * Stores in `*out_len` the length of the snapshot `ipsec_sa_snapshot` writes for this
+ * SA at `now_ns` (it depends on the SA's window size and on whether a learned path MTU
+ * still holds at `now_ns`).
+ *
+ * # Safety
+ *
+ * `sa` is a live SA; `out_len` points to a writable `size_t`.
+ */
+ipsec_status ipsec_sa_snapshot_size(const struct ipsec_sa *sa, uint64_t now_ns, size_t *out_len);
+
+/**
+ * Writes the SA's whole state at `now_ns` (keys, sequence number or replay window,
+ * lifetime usage, counters, pending events) into `buf` and its length into
+ * `*out_len`, for `ipsec_sa_restore` on a standby. `IPSEC_ERR_BUFFER_TOO_SMALL`
+ * (nothing written) when `capacity` is less than `ipsec_sa_snapshot_size` gives.
+ *
+ * **The bytes hold the SA's keys**: send them to the standby over an authenticated,
+ * encrypted channel, never log them, and wipe the buffer when done. The SA is not
+ * changed.
+ *
+ * # Safety
+ *
+ * `sa` is a live SA; `buf` points to `capacity` writable bytes; `out_len` to a
+ * writable `size_t`.
+ */
+ipsec_status ipsec_sa_snapshot(const struct ipsec_sa *sa,
+                               uint64_t now_ns,
+                               uint8_t *buf,
+                               size_t capacity,
+                               size_t *out_len);
+
+/**
+ * Restores an SA from `snapshot` (`snapshot_len` bytes written by
+ * `ipsec_sa_snapshot`) at `now_ns` on this machine's clock, with `options` (NULL for
+ * the defaults), and stores it in `*out`.
+ *
+ * An outbound SA continues after the snapshot's sequence number plus
+ * `options->seq_margin`, so that it never reuses a (key, nonce) pair the primary may
+ * have used after the snapshot; an inbound SA gets its replay window back bit for bit.
+ * The SA's age is carried over as an age, not as the primary's clock.
+ *
+ * `IPSEC_ERR_BAD_SNAPSHOT` when the bytes are not a valid snapshot (truncated, bad
+ * magic, unsupported version, bad length or field, a configuration the library
+ * refuses: the message says which), `IPSEC_ERR_SNAPSHOT_REFUSED` when the margin leaves
+ * no sequence number to send or the restore would not reach `options->not_below`,
+ * `IPSEC_ERR_INVALID_ARGUMENT` for non-zero reserved fields.
+ *
+ * # Safety
+ *
+ * `snapshot` points to `snapshot_len` readable bytes; `options` is NULL or points to
+ * an initialised `ipsec_restore_options`; `out` points to a writable `ipsec_sa *`.
+ */
+ipsec_status ipsec_sa_restore(const uint8_t *snapshot,
+                              size_t snapshot_len,
+                              const struct ipsec_restore_options *options,
+                              uint64_t now_ns,
+                              struct ipsec_sa **out);
 
 /**
  * Parses a policy file (DESIGN.md "Policy file": `[[policy]]` and `[[sa]]` tables)

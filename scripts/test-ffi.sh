@@ -4,7 +4,7 @@
 #
 #   1. the release libraries (libipsec.a, libipsec.so)
 #   2. include/ipsec.h compiles as C99 (-pedantic) and as C++11, warnings as errors
-#   3. examples/c/gateway.c, ipsec-ffi/tests/c/error_paths.c, path_mtu.c and secrets.c
+#   3. examples/c/gateway.c, ipsec-ffi/tests/c/error_paths.c, path_mtu.c, secrets.c and snapshot.c
 #      built against the static and the shared library and run; then under valgrind (no
 #      errors, no leaks) and with ASan/UBSan; error_paths.c once more with
 #      -DIPSEC_TEST_HOOKS against a separate (debug) library built with the tests-only
@@ -65,6 +65,7 @@ ipsec_gateway_sa gsa;
 ipsec_sa_event ev;
 ipsec_overhead oh;
 ipsec_reassembly_limits rl;
+ipsec_restore_options ropts;
 ipsec_reassembly ra = IPSEC_REASSEMBLY_COMPLETE;
 int main(void) { return (int)sizeof(ipsec_sa_stats) == 256 && IPSEC_VERSION_MAJOR >= 0 ? 0 : 1; }
 C
@@ -75,7 +76,7 @@ echo "ok: C99 and C++11, no warnings"
 
 stage "C programs against the static and the shared library"
 programs=("gateway:examples/c/gateway.c" "error_paths:ipsec-ffi/tests/c/error_paths.c" "path_mtu:ipsec-ffi/tests/c/path_mtu.c"
-          "secrets:ipsec-ffi/tests/c/secrets.c")
+          "secrets:ipsec-ffi/tests/c/secrets.c" "snapshot:ipsec-ffi/tests/c/snapshot.c")
 for entry in "${programs[@]}"; do
   name=${entry%%:*}
   src=${entry#*:}

@@ -12,12 +12,15 @@
 //! * [`reassembly::reassembly`]: a fragment reassembler driven by coded operations
 //!   (raw packets, synthetic fragments, time, expiry, limits), its invariants checked
 //!   after every one.
+//! * [`snapshot::sa_snapshot`]: untrusted bytes into the SA snapshot parser and restore
+//!   (no panic, parser and restore agree, snapshots stable after one restore).
 //!
 //! Keys are those of `tests/interop/scapy_vectors.json`, so the scapy packets of that file
 //! are meaningful seeds for `esp_decap` (see `corpus/README.md`).
 
 pub mod fragmenting;
 pub mod reassembly;
+pub mod snapshot;
 pub mod spd;
 
 use arbitrary::Arbitrary;

@@ -129,6 +129,36 @@ fn reassembly_corpus() {
 }
 
 #[test]
+fn sa_snapshot_corpus() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/sa_snapshot");
+    let generated = ipsec_fuzz::snapshot::seeds();
+    if std::env::var_os("IPSEC_BLESS_SEEDS").is_some() {
+        fs::create_dir_all(&dir).expect("corpus directory");
+        for (name, bytes) in &generated {
+            fs::write(dir.join(name), bytes).expect("seed written");
+        }
+    }
+    for (name, bytes) in &generated {
+        println!("sa_snapshot (generated) {name}");
+        ipsec_fuzz::snapshot::sa_snapshot(bytes);
+        // Every truncation and a flipped byte at every position: typed errors, no panic.
+        for n in 0..bytes.len() {
+            ipsec_fuzz::snapshot::sa_snapshot(&bytes[..n]);
+        }
+        for i in 1..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x41;
+            ipsec_fuzz::snapshot::sa_snapshot(&b);
+        }
+    }
+    for path in seeds("sa_snapshot") {
+        let data = fs::read(&path).expect("seed readable");
+        println!("sa_snapshot {}", path.display());
+        ipsec_fuzz::snapshot::sa_snapshot(&data);
+    }
+}
+
+#[test]
 fn regressions_stay_fixed() {
     for path in regressions("esp_decap") {
         ipsec_fuzz::esp_decap(&fs::read(&path).expect("readable"));

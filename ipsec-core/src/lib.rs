@@ -71,6 +71,7 @@ pub mod sa;
 pub mod sa_file;
 pub mod sa_set;
 pub mod secret;
+pub mod snapshot;
 pub mod spd;
 pub mod spi;
 
@@ -86,5 +87,6 @@ pub use sa::{
     DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, SaEvent, SaStats,
     SecurityAssociation, TfcPadding,
 };
+pub use snapshot::{RestoreOptions, SaSnapshot, SnapshotError};
 pub use spd::{Action, Decision, Flow, Fragment, FragmentDecision, PolicyDirection, Spd, SpdCache};
 pub use spi::{SpiAllocator, SpiError};

@@ -61,7 +61,7 @@ pub(crate) struct NatTraversal {
     /// Outbound with UDP encapsulation: the keepalive interval (`None`: no keepalives).
     keepalive_interval: Option<Duration>,
     /// When the SA last sent a packet (or was created), on the caller's clock.
-    last_sent: Duration,
+    pub(crate) last_sent: Duration,
     /// Transport mode: the keepalive's headers, once the first packet gave the
     /// addresses.
     transport_header: Option<OuterHeader>,

@@ -156,6 +156,44 @@ impl ReplayWindow {
         Ok(w)
     }
 
+    /// Whether the sequence number `distance` below the top was recorded (for the
+    /// snapshots of [`crate::snapshot`]): `false` outside the window, for sequence
+    /// number 0, and always with replay protection off.
+    pub(crate) fn recorded_below_top(&self, distance: u64) -> bool {
+        if self.blocks.is_empty() || distance >= u64::from(self.size) || distance >= self.highest {
+            return false;
+        }
+        let seq = self.highest - distance;
+        self.blocks[self.block_index(seq)] & (1u64 << (seq & 63)) != 0
+    }
+
+    /// A window with `highest` as its top in which exactly the sequence numbers
+    /// `highest - d` with `recorded(d)` (for `d` below the size and the top) are
+    /// recorded, and `late` as its histogram: a window restored bit for bit from a
+    /// snapshot. Errors as [`ReplayWindow::with_highest`].
+    pub(crate) fn restored(
+        size: u32,
+        esn: bool,
+        highest: u64,
+        recorded: impl Fn(u64) -> bool,
+        late: LateHistogram,
+    ) -> Result<ReplayWindow, ConfigError> {
+        let mut w = ReplayWindow::with_highest(0, esn, highest)?;
+        if size != 0 {
+            w = ReplayWindow::new(size, esn)?;
+            w.highest = highest;
+            for d in 0..u64::from(size).min(highest) {
+                if recorded(d) {
+                    let seq = highest - d;
+                    let i = w.block_index(seq);
+                    w.blocks[i] |= 1u64 << (seq & 63);
+                }
+            }
+        }
+        w.late = late;
+        Ok(w)
+    }
+
     /// The window width in packets (0: replay protection off).
     #[inline]
     pub fn size(&self) -> u32 {
@@ -397,6 +435,11 @@ impl LateHistogram {
     /// An empty histogram.
     pub const fn new() -> LateHistogram {
         LateHistogram { buckets: [0; 64] }
+    }
+
+    /// A histogram with these counters (a restored snapshot's).
+    pub(crate) const fn from_buckets(buckets: [u64; 64]) -> LateHistogram {
+        LateHistogram { buckets }
     }
 
     /// Counts one late packet `distance` (at least 1) behind the top; 0 is ignored.

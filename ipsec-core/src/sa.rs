@@ -156,9 +156,14 @@ impl Trip {
         bytes: u64::MAX,
     };
 
-    fn of(l: &Lifetime, created: Duration) -> Trip {
+    /// The trip point of `l` for an SA whose age at `now` is `now - created + bias`
+    /// (`bias` is non-zero only for an SA restored on a clock that read less than the
+    /// SA's age: see [`crate::snapshot`]).
+    fn of(l: &Lifetime, created: Duration, bias: Duration) -> Trip {
         Trip {
-            at: l.time.map_or(Duration::MAX, |t| created.saturating_add(t)),
+            at: l.time.map_or(Duration::MAX, |t| {
+                created.saturating_add(t.saturating_sub(bias))
+            }),
             packets: l.packets.unwrap_or(u64::MAX),
             bytes: l.bytes.unwrap_or(u64::MAX),
         }
@@ -196,7 +201,7 @@ pub struct SaStats {
     pub packets: u64,
     /// Bytes of inner packets in those packets (before encryption / after decryption).
     pub bytes: u64,
-    drops: [u64; DropReason::ALL.len()],
+    pub(crate) drops: [u64; DropReason::ALL.len()],
 }
 
 impl SaStats {
@@ -938,8 +943,10 @@ fn jittered(
 /// Pending events, as bits, so that raising one never allocates.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct PendingEvents {
-    raised: u8,
-    pending: u8,
+    /// Every event raised in the SA's life, one bit each (see `bit`).
+    pub(crate) raised: u8,
+    /// The raised events not polled yet.
+    pub(crate) pending: u8,
 }
 
 impl PendingEvents {
@@ -1016,6 +1023,13 @@ pub struct SecurityAssociation {
     pub(crate) soft: Lifetime,
     pub(crate) hard: Lifetime,
     pub(crate) created: Duration,
+    /// Age the SA had already reached at `created` (non-zero only after a restore on a
+    /// clock that read less than the snapshot's age): the SA's age at `now` is
+    /// `now - created + age_bias`.
+    pub(crate) age_bias: Duration,
+    /// The configuration the SA was made from, keys included (wiped on drop), without
+    /// its IV source: what [`SecurityAssociation::snapshot`] writes out.
+    pub(crate) origin: Box<SaConfig>,
     /// When the slow lifetime check must run next.
     pub(crate) trip: Trip,
     pub(crate) expired: Option<LifetimeLimit>,
@@ -1111,7 +1125,12 @@ impl SecurityAssociation {
             soft,
             hard: config.hard,
             created: now,
-            trip: Trip::of(&soft, now).min(Trip::of(&config.hard, now)),
+            age_bias: Duration::ZERO,
+            trip: Trip::of(&soft, now, Duration::ZERO).min(Trip::of(
+                &config.hard,
+                now,
+                Duration::ZERO,
+            )),
             expired: None,
             events: PendingEvents::default(),
             stats: SaStats::default(),
@@ -1124,6 +1143,7 @@ impl SecurityAssociation {
             fragment_id: getrandom::u32().unwrap_or(0x9e37_79b9),
             next_ipv4_ident: first_ident,
             nat: NatTraversal::new(&config, now),
+            origin: Box::new(config),
         })
     }
 
@@ -1420,9 +1440,15 @@ impl SecurityAssociation {
         err
     }
 
+    /// The SA's age at `now` on the caller's clock (what time lifetimes count).
+    pub(crate) fn age(&self, now: Duration) -> Duration {
+        now.saturating_sub(self.created)
+            .saturating_add(self.age_bias)
+    }
+
     #[inline]
-    fn update_lifetimes(&mut self, now: Duration) {
-        let age = now.saturating_sub(self.created);
+    pub(crate) fn update_lifetimes(&mut self, now: Duration) {
+        let age = self.age(now);
         let (bytes, packets) = (self.stats.bytes, self.stats.packets);
         if let Some(l) = self.soft.reached(bytes, packets, age) {
             self.events.raise(SaEvent::Rekey(l));
@@ -1438,7 +1464,7 @@ impl SecurityAssociation {
         self.trip = if self.expired.is_some() {
             Trip::NEVER
         } else {
-            let mut soft = Trip::of(&self.soft, self.created);
+            let mut soft = Trip::of(&self.soft, self.created, self.age_bias);
             let raised = self.events.raised_rekeys();
             if raised[0] {
                 soft.bytes = u64::MAX;
@@ -1449,7 +1475,7 @@ impl SecurityAssociation {
             if raised[2] {
                 soft.at = Duration::MAX;
             }
-            soft.min(Trip::of(&self.hard, self.created))
+            soft.min(Trip::of(&self.hard, self.created, self.age_bias))
         };
     }
 }

@@ -180,3 +180,23 @@ fn the_sa_file_key_sets_the_jitter_and_out_of_range_values_are_refused() {
         assert_eq!(e.field(), "sa \"a\": soft_lifetime_jitter", "{bad}: {e}");
     }
 }
+
+/// A restored SA keeps the soft limits its jitter drew when it was created (a snapshot
+/// carries them), instead of drawing new ones: the standby asks for the rekey when the
+/// primary would have.
+#[test]
+fn a_restored_sa_keeps_the_soft_limits_it_drew() {
+    for spi in 0x4000..0x4010 {
+        let mut c = config(spi);
+        c.soft_lifetime_jitter(50);
+        let sa = SecurityAssociation::new(c, T0).unwrap();
+        let snapshot = sa.snapshot(T0);
+        let restored = SecurityAssociation::restore(
+            snapshot.as_bytes(),
+            &ipsec_core::RestoreOptions::default(),
+            T0,
+        )
+        .unwrap();
+        assert_eq!(restored.soft_limits(), sa.soft_limits(), "spi {spi:#x}");
+    }
+}

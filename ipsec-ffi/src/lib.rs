@@ -56,6 +56,7 @@ pub mod path_mtu;
 pub mod reassembly;
 pub mod replay;
 pub mod sa;
+pub mod snapshot;
 pub mod spd;
 pub mod status;
 
@@ -65,6 +66,7 @@ pub use path_mtu::*;
 pub use reassembly::*;
 pub use replay::*;
 pub use sa::*;
+pub use snapshot::*;
 pub use spd::*;
 pub use status::{ipsec_status, ipsec_status_str, ipsec_version};
 

@@ -44,6 +44,14 @@ pub enum ipsec_status {
     IPSEC_ERR_CONFIG = 200,
     /// A file could not be read.
     IPSEC_ERR_IO = 201,
+    /// The bytes given to `ipsec_sa_restore` are not a valid SA snapshot (truncated,
+    /// bad magic, unsupported format version, bad length or field, or a configuration
+    /// the library refuses); the last-error message says which.
+    IPSEC_ERR_BAD_SNAPSHOT = 210,
+    /// A valid snapshot whose restore was refused to protect the sequence numbers: the
+    /// margin leaves no sequence number to send, or the restored SA would not continue
+    /// above `ipsec_restore_options.not_below`.
+    IPSEC_ERR_SNAPSHOT_REFUSED = 211,
     /// No SPI is free: every SPI of the allocator's range is in use or reserved
     /// (`ipsec_gateway_allocate_spi`).
     IPSEC_ERR_SPI_EXHAUSTED = 220,
@@ -174,6 +182,14 @@ impl ipsec_status {
             ),
             (IPSEC_ERR_CONFIG, c"IPSEC_ERR_CONFIG: invalid configuration"),
             (IPSEC_ERR_IO, c"IPSEC_ERR_IO: file could not be read"),
+            (
+                IPSEC_ERR_BAD_SNAPSHOT,
+                c"IPSEC_ERR_BAD_SNAPSHOT: not a valid SA snapshot",
+            ),
+            (
+                IPSEC_ERR_SNAPSHOT_REFUSED,
+                c"IPSEC_ERR_SNAPSHOT_REFUSED: restore would reuse or exhaust sequence numbers",
+            ),
             (
                 IPSEC_ERR_SPI_EXHAUSTED,
                 c"IPSEC_ERR_SPI_EXHAUSTED: no free SPI in the range",

@@ -1418,7 +1418,10 @@ fn a_panic_poisons_the_sa_and_every_later_call_says_so() {
         let mut ev = core::mem::MaybeUninit::uninit();
         let (mut n, mut t, mut m1, mut m2) = (0usize, 0u64, 0u32, 0u32);
         let p = buf.as_mut_ptr();
-        let calls: [(&str, ipsec_status); 14] = [
+        let calls: [(&str, ipsec_status); 16] = [
+            // A half-changed SA must not be carried to a standby either.
+            ("snapshot_size", ipsec_sa_snapshot_size(sa, T0, &mut n)),
+            ("snapshot", ipsec_sa_snapshot(sa, T0, p, 256, &mut n)),
             (
                 "encrypt",
                 ipsec_sa_encrypt(sa, p, 256, &mut off, &mut len, T0),
@@ -1628,5 +1631,101 @@ fn every_kind_of_handle_is_poisoned_by_a_panic_while_in_use() {
         ipsec_gateway_free(gw);
         ipsec_replay_window_free(w);
         ipsec_reassembler_free(r);
+    }
+}
+
+#[test]
+fn snapshot_and_restore_as_c_calls_them() {
+    let out = new_sa(&config(0x2000, ipsec_direction::IPSEC_DIRECTION_OUTBOUND));
+    let mut buf = [0u8; 256];
+    // SAFETY: every pointer is valid for the length given; each SA freed once.
+    unsafe {
+        for _ in 0..3 {
+            let (mut off, mut len) = (64, put_packet(&mut buf, 64));
+            let st = ipsec_sa_encrypt(out, buf.as_mut_ptr(), 256, &mut off, &mut len, T0);
+            assert_eq!(st, ipsec_status::IPSEC_OK);
+        }
+        let mut need = 0usize;
+        assert_eq!(
+            ipsec_sa_snapshot_size(out, T0, &mut need),
+            ipsec_status::IPSEC_OK
+        );
+        let mut snap = vec![0u8; need];
+        let mut len = 12345usize;
+        // Too small: nothing written.
+        assert_eq!(
+            ipsec_sa_snapshot(out, T0, snap.as_mut_ptr(), need - 1, &mut len),
+            ipsec_status::IPSEC_ERR_BUFFER_TOO_SMALL
+        );
+        assert_eq!(len, 12345);
+        assert!(last_error().contains("ipsec_sa_snapshot_size"));
+        assert_eq!(
+            ipsec_sa_snapshot(out, T0, null_mut(), need, &mut len),
+            ipsec_status::IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            ipsec_sa_snapshot(out, T0, snap.as_mut_ptr(), need, &mut len),
+            ipsec_status::IPSEC_OK
+        );
+        assert_eq!(len, need);
+
+        let mut opts = core::mem::MaybeUninit::uninit();
+        assert_eq!(
+            ipsec_restore_options_init(opts.as_mut_ptr()),
+            ipsec_status::IPSEC_OK
+        );
+        let mut opts = opts.assume_init();
+        assert_eq!(opts.seq_margin, IPSEC_DEFAULT_SEQ_MARGIN);
+        opts.seq_margin = 10;
+        let mut restored = null_mut();
+        assert_eq!(
+            ipsec_sa_restore(snap.as_ptr(), len, &opts, T0, &mut restored),
+            ipsec_status::IPSEC_OK
+        );
+        let mut info = core::mem::MaybeUninit::uninit();
+        assert_eq!(
+            ipsec_sa_get_info(restored, info.as_mut_ptr()),
+            ipsec_status::IPSEC_OK
+        );
+        assert_eq!(info.assume_init().seq, 13);
+        assert_eq!(stats(restored).packets, 3);
+        ipsec_sa_free(restored);
+
+        // Refused restores: typed statuses, nothing written.
+        let mut untouched = null_mut();
+        opts.not_below = 14;
+        assert_eq!(
+            ipsec_sa_restore(snap.as_ptr(), len, &opts, T0, &mut untouched),
+            ipsec_status::IPSEC_ERR_SNAPSHOT_REFUSED
+        );
+        assert!(last_error().contains("14 was already used"));
+        opts.not_below = 0;
+        opts.seq_margin = u64::MAX;
+        assert_eq!(
+            ipsec_sa_restore(snap.as_ptr(), len, &opts, T0, &mut untouched),
+            ipsec_status::IPSEC_ERR_SNAPSHOT_REFUSED
+        );
+        opts.seq_margin = 1;
+        opts.reserved[3] = 1;
+        assert_eq!(
+            ipsec_sa_restore(snap.as_ptr(), len, &opts, T0, &mut untouched),
+            ipsec_status::IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            ipsec_sa_restore(snap.as_ptr(), len - 1, null(), T0, &mut untouched),
+            ipsec_status::IPSEC_ERR_BAD_SNAPSHOT
+        );
+        assert!(last_error().contains("truncated"));
+        snap[0] = b'x';
+        assert_eq!(
+            ipsec_sa_restore(snap.as_ptr(), len, null(), T0, &mut untouched),
+            ipsec_status::IPSEC_ERR_BAD_SNAPSHOT
+        );
+        assert_eq!(
+            ipsec_sa_restore(snap.as_ptr(), len, null(), T0, null_mut()),
+            ipsec_status::IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert!(untouched.is_null());
+        ipsec_sa_free(out);
     }
 }

@@ -28,7 +28,8 @@ use core::time::Duration;
 use ipsec_core::sa_file::{NamedSa, parse_sa_file};
 use ipsec_core::{
     Cipher, DfPolicy, Direction, EspPadding, Integrity, Lifetime, LifetimeLimit, Mode,
-    NAT_KEEPALIVE_MAX_LEN, PacketBuf, SaConfig, SaEvent, SaStats, SecurityAssociation, TfcPadding,
+    NAT_KEEPALIVE_MAX_LEN, PacketBuf, RestoreOptions, SaConfig, SaEvent, SaStats,
+    SecurityAssociation, TfcPadding,
 };
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -704,6 +705,76 @@ impl PySecurityAssociation {
             core::iter::from_fn(|| st.sa.poll_event(now)).collect()
         };
         Ok(events.into_iter().filter_map(event_of).collect())
+    }
+
+    /// The `seq_margin` of [`Self::restore`] when none is given: 2^20.
+    #[classattr]
+    const DEFAULT_SEQ_MARGIN: u64 = RestoreOptions::DEFAULT_SEQ_MARGIN;
+
+    /// The SA's whole state at `now` (default: the last time given) as bytes: keys,
+    /// sequence number or replay window, lifetime usage, counters, pending events (the
+    /// versioned format of `ipsec_core::snapshot`), for `restore` on a standby.
+    ///
+    /// The bytes hold the SA's keys. The library wipes its own copy; a Python `bytes`
+    /// object cannot be wiped, so keep it short-lived and send it only over an
+    /// authenticated, encrypted channel.
+    #[pyo3(signature = (now=None))]
+    fn snapshot<'py>(
+        &self,
+        py: Python<'py>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let now = now_arg(now)?;
+        let snap = {
+            let mut st = self.lock(py)?;
+            let now = Self::time(&mut st, now);
+            st.sa.snapshot(now)
+        };
+        Ok(PyBytes::new(py, snap.as_bytes()))
+    }
+
+    /// An SA restored from `snapshot` bytes at `now` on this machine's clock (default
+    /// 0). An outbound SA continues after the snapshot's sequence number plus
+    /// `seq_margin` (default `DEFAULT_SEQ_MARGIN`), so that it never reuses a sequence number (an AEAD nonce) the
+    /// primary may have sent after the snapshot; `not_below` (a sequence number known to
+    /// be used) refuses a restore that would not continue above it. An inbound SA gets
+    /// its replay window back exactly. `elapsed_since_snapshot` (seconds) is added to
+    /// the SA's age. Raises `ConfigError`: field `snapshot` for bytes that are not a
+    /// valid snapshot, `seq_margin` or `not_below` for a refused restore.
+    #[staticmethod]
+    #[pyo3(signature = (
+        snapshot, /, now=None, *, seq_margin=None,
+        not_below=None, elapsed_since_snapshot=None
+    ))]
+    fn restore(
+        py: Python<'_>,
+        snapshot: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+        seq_margin: Option<&Bound<'_, PyAny>>,
+        not_below: Option<&Bound<'_, PyAny>>,
+        elapsed_since_snapshot: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let bytes = key_arg(snapshot, "snapshot")?;
+        let seq_margin: u64 = convert::opt_int(seq_margin, "seq_margin", Bad::Config)?
+            .unwrap_or(RestoreOptions::DEFAULT_SEQ_MARGIN);
+        let not_below: Option<u64> = convert::opt_int(not_below, "not_below", Bad::Config)?;
+        let now = now_arg(now)?.unwrap_or(Duration::ZERO);
+        let elapsed = convert::opt_seconds(
+            elapsed_since_snapshot,
+            "elapsed_since_snapshot",
+            Bad::Config,
+        )?
+        .unwrap_or(Duration::ZERO);
+        let mut opts = RestoreOptions::new()
+            .seq_margin(seq_margin)
+            .elapsed_since_snapshot(elapsed);
+        if let Some(n) = not_below {
+            opts = opts.not_below(n);
+        }
+        let sa = py
+            .detach(|| SecurityAssociation::restore(&bytes, &opts, now))
+            .map_err(|e| Failure::Config(e.to_config_error()))?;
+        Ok(Self::wrap(sa, now))
     }
 
     /// The SPI.

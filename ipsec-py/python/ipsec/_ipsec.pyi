@@ -3,7 +3,7 @@
 import os
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv6Address
-from typing import Literal, Optional, Union, final
+from typing import ClassVar, Literal, Optional, Union, final
 
 __version__: str
 __all__ = [
@@ -173,6 +173,25 @@ class SecurityAssociation:
         was created (``soft_lifetime_jitter``, percent, default 10)."""
     @property
     def nat_keepalive_interval(self) -> Optional[float]: ...
+    DEFAULT_SEQ_MARGIN: ClassVar[int]
+    def snapshot(self, now: Optional[float] = None) -> bytes:
+        """The SA's whole state (keys included: protect the bytes like keys) for
+        ``restore`` on a standby."""
+    @staticmethod
+    def restore(
+        snapshot: _Bytes,
+        /,
+        now: Optional[float] = None,
+        *,
+        seq_margin: Optional[int] = None,
+        not_below: Optional[int] = None,
+        elapsed_since_snapshot: Optional[float] = None,
+    ) -> SecurityAssociation:
+        """An SA restored from ``snapshot`` at ``now`` (this machine's clock). Outbound:
+        continues after the snapshot's sequence number + ``seq_margin`` (None:
+        ``DEFAULT_SEQ_MARGIN``, 2**20); refused
+        (ConfigError, field ``not_below``) when that is below ``not_below``. Inbound:
+        the replay window exactly as it was."""
     @property
     def spi(self) -> int: ...
     @property
