@@ -134,7 +134,9 @@ def test_eight_threads_share_two_sas() -> None:
 def test_batches_release_the_gil() -> None:
     """With a 10 s switch interval the interpreter never takes the GIL away from a thread
     by itself: the main thread can only run while the worker is inside a batch if the
-    batch released the GIL."""
+    batch released the GIL. The worker repeats its batch (up to 50 times) until the main
+    thread has run, so that a loaded machine that schedules the main thread late cannot
+    make the test fail; without the release the main thread never runs in time."""
     out, inb = sa_pair(replay_window=0)
     batch = [udp4(i, size=512) for i in range(20000)]
     protected = out.encrypt_many(batch[:100])
@@ -142,13 +144,17 @@ def test_batches_release_the_gil() -> None:
     ran_during: list[int] = []
     for call in ("encrypt_many", "decrypt_many"):
         started = threading.Event()
+        main_ran = threading.Event()
 
         def worker(call: str = call) -> None:
             started.set()
-            if call == "encrypt_many":
-                out.encrypt_many(batch)
-            else:
-                inb.decrypt_many(protected * 200)
+            for _ in range(50):
+                if call == "encrypt_many":
+                    out.encrypt_many(batch)
+                else:
+                    inb.decrypt_many(protected * 200)
+                if main_ran.is_set():
+                    break
 
         sys.setswitchinterval(10.0)
         try:
@@ -158,6 +164,7 @@ def test_batches_release_the_gil() -> None:
             count = 0
             while t.is_alive():
                 count += 1
+                main_ran.set()
                 time.sleep(0)
             t.join()
         finally:
