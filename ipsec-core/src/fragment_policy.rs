@@ -165,6 +165,9 @@ struct Remembered {
     first_end: u32,
     /// An overlap was seen: every further fragment of the datagram is dropped.
     overlapped: bool,
+    /// The table's epoch when this was remembered: entries of an older epoch are
+    /// forgotten ([`FragmentTable::forget_all`]).
+    epoch: u16,
 }
 
 /// Entries per set.
@@ -175,6 +178,8 @@ pub(crate) struct FragmentTable {
     limits: FragmentLimits,
     slots: Box<[Option<Remembered>]>,
     hasher: RandomState,
+    /// Bumped by [`FragmentTable::forget_all`].
+    epoch: u16,
 }
 
 impl FragmentTable {
@@ -184,7 +189,25 @@ impl FragmentTable {
             limits,
             slots: vec![None; limits.max_datagrams].into_boxed_slice(),
             hasher: RandomState::new(),
+            epoch: 0,
         }
+    }
+
+    /// Forgets every remembered decision at once (O(1)): a live gateway does this when
+    /// its SAs or policies change, so that no later fragment is decided by a policy
+    /// position or an SA that is gone. Those fragments get the stateless answer.
+    pub(crate) fn forget_all(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            // Once in 65,536 changes: entries of the epoch that comes round again must
+            // not come back to life.
+            self.slots.fill(None);
+        }
+    }
+
+    /// Whether `r` is remembered and alive at `now`.
+    fn live(&self, r: &Remembered, now: Duration) -> bool {
+        r.epoch == self.epoch && now < r.expires
     }
 
     pub(crate) fn limits(&self) -> FragmentLimits {
@@ -196,7 +219,7 @@ impl FragmentTable {
         self.slots
             .iter()
             .flatten()
-            .filter(|r| now < r.expires)
+            .filter(|r| self.live(r, now))
             .count()
     }
 
@@ -213,10 +236,11 @@ impl FragmentTable {
             return None;
         }
         let set = self.set_of(key);
+        let epoch = self.epoch;
         self.slots[set]
             .iter_mut()
             .flatten()
-            .find(|r| r.key == *key && now < r.expires)
+            .find(|r| r.key == *key && r.epoch == epoch && now < r.expires)
     }
 
     /// Records that the first fragment of `key`'s datagram, covering `0..first_end`,
@@ -241,11 +265,12 @@ impl FragmentTable {
             return Ok(());
         }
         let set = self.set_of(&key);
+        let epoch = self.epoch;
         let slots = &mut self.slots[set];
-        // A free or expired entry, else the one that expires first (the oldest).
+        // A free, forgotten or expired entry, else the one that expires first (the oldest).
         let victim = slots
             .iter()
-            .position(|s| s.is_none_or(|r| now >= r.expires))
+            .position(|s| s.is_none_or(|r| r.epoch != epoch || now >= r.expires))
             .unwrap_or_else(|| {
                 (0..slots.len())
                     .min_by_key(|&i| slots[i].map_or(Duration::ZERO, |r| r.expires))
@@ -257,6 +282,7 @@ impl FragmentTable {
             policy,
             first_end,
             overlapped: false,
+            epoch,
         });
         Ok(())
     }
@@ -331,8 +357,9 @@ fn cleartext_fragment_decision<'s>(
 }
 
 /// RFC 4301 §5.2 for the inner packet `inner` that the gateway's SA number `sa_index`,
-/// called `sa_name`, decapsulated: the SA policy it is accepted under. A whole packet
-/// must match the selectors of one of the SA's policies
+/// serving the policies that name one of `serves` (its own name, and after a
+/// make-before-break rekey its predecessor's), decapsulated: the SA policy it is
+/// accepted under. A whole packet must match the selectors of one of the SA's policies
 /// ([`Spd::inbound_policy`]); a fragment is decided as the [module docs](self) say.
 /// Errors: [`Error::PolicyMismatch`] (also for an inner packet that cannot be read) and
 /// [`Error::Fragment`].
@@ -341,7 +368,7 @@ pub(crate) fn decrypted_policy<'s>(
     spd: &'s Spd,
     table: &mut FragmentTable,
     sa_index: usize,
-    sa_name: &str,
+    serves: &[String],
     inner: &[u8],
     now: Duration,
 ) -> Result<&'s str, Error> {
@@ -350,9 +377,10 @@ pub(crate) fn decrypted_policy<'s>(
     };
     match fragment {
         None => spd
-            .inbound_policy(sa_name, &flow)
+            .inbound_policy_index_serving(serves, &flow)
+            .map(|i| spd.policies()[i].name())
             .ok_or(Error::PolicyMismatch),
-        Some(f) => decrypted_fragment_policy(spd, table, sa_index, sa_name, &flow, &f, now),
+        Some(f) => decrypted_fragment_policy(spd, table, sa_index, serves, &flow, &f, now),
     }
 }
 
@@ -361,7 +389,7 @@ fn decrypted_fragment_policy<'s>(
     spd: &'s Spd,
     table: &mut FragmentTable,
     sa_index: usize,
-    sa_name: &str,
+    serves: &[String],
     flow: &Flow,
     fragment: &Fragment,
     now: Duration,
@@ -376,7 +404,7 @@ fn decrypted_fragment_policy<'s>(
     );
     let index = if fragment.is_first() {
         let index = spd
-            .inbound_policy_index(sa_name, flow)
+            .inbound_policy_index_serving(serves, flow)
             .ok_or(Error::PolicyMismatch)?;
         table
             .remember_first(key, Some(index as u32), fragment.end(), now)
@@ -388,7 +416,7 @@ fn decrypted_fragment_policy<'s>(
             // Only accepted first fragments are remembered on an SA's path.
             Some(Ok(None)) => return Err(Error::PolicyMismatch),
             Some(Err(e)) => return Err(Error::Fragment(e)),
-            None => spd.inbound_policy_index_non_first_fragment(sa_name, flow)?,
+            None => spd.inbound_policy_index_non_first_fragment(serves, flow)?,
         }
     };
     Ok(spd.policies()[index].name())

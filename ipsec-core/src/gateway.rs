@@ -37,10 +37,11 @@ use crate::nat::NAT_KEEPALIVE_MAX_LEN;
 use crate::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
 use crate::reassembly::{Reassembler, Reassembly, ReassemblyLimits};
 use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation};
+use crate::sa_set::KeyRegistry;
 use crate::spd::{Action, Spd};
 use crate::spi::{SpiAllocator, SpiError};
 use core::time::Duration;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// What happened to an outbound packet that was not dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,31 +84,64 @@ pub enum Inbound<'a> {
     Reassembling,
 }
 
-/// The SPD and the SAs it names, ready to process packets.
+/// One installed SA of a [`Gateway`].
+pub(crate) struct SaEntry {
+    pub(crate) name: String,
+    pub(crate) sa: SecurityAssociation,
+    /// Inbound: the SA names whose policies this SA serves, its own first (a successor
+    /// installed make-before-break serves its predecessor's policies too, RFC 4301
+    /// §4.1's "SAs that share selectors").
+    pub(crate) serves: Vec<String>,
+    /// Outbound: the SA names, as policies write them, whose traffic this SA carries
+    /// (its own, and those of the SAs it succeeded).
+    pub(crate) routes: Vec<String>,
+    /// When the caller's clock reaches this, the SA is deleted ([`Gateway::retire_sa`]).
+    pub(crate) retire_at: Option<Duration>,
+}
+
+/// The SPD and the SAs it names, ready to process packets; SAs and policies can be
+/// added, replaced and deleted while it runs (the [`crate::control`] methods).
 pub struct Gateway {
-    spd: Spd,
-    names: Vec<String>,
-    sas: Vec<SecurityAssociation>,
-    by_name: HashMap<String, usize>,
-    inbound_by_spi: HashMap<u32, usize>,
+    pub(crate) spd: Spd,
+    /// Installed SAs; `None` is a free slot (indices of live SAs never move).
+    pub(crate) entries: Vec<Option<SaEntry>>,
+    pub(crate) free: Vec<usize>,
+    pub(crate) by_name: HashMap<String, usize>,
+    /// Outbound SA names as policies write them → the outbound SA that carries them.
+    pub(crate) routes: HashMap<String, usize>,
+    /// Inbound SA names as policies write them → the inbound SAs that serve them.
+    pub(crate) served_by: HashMap<String, Vec<usize>>,
+    pub(crate) inbound_by_spi: HashMap<u32, usize>,
     /// Outbound SAs by SPI, for ICMP about their packets (SPIs are chosen by the
     /// peers, so two outbound SAs may share one).
-    outbound_by_spi: HashMap<u32, Vec<usize>>,
-    stats: SaStats,
-    /// The largest headroom any SA needs (the SAs never change).
-    max_headroom: usize,
+    pub(crate) outbound_by_spi: HashMap<u32, Vec<usize>>,
+    pub(crate) stats: SaStats,
+    /// How many installed SAs need each headroom: the largest is `max_headroom`.
+    pub(crate) headrooms: BTreeMap<usize, usize>,
+    /// SAs with a retirement time set.
+    pub(crate) retiring: usize,
+    /// The keys of the installed SAs (no key may serve two SAs).
+    pub(crate) keys: KeyRegistry,
     /// Outer ESP fragments in progress.
     reassembler: Reassembler,
     /// First fragments' decisions, for the datagrams' later fragments.
-    fragments: FragmentTable,
+    pub(crate) fragments: FragmentTable,
     /// SPIs handed out for SAs being negotiated; the inbound SAs' SPIs are in use.
-    spis: SpiAllocator,
+    pub(crate) spis: SpiAllocator,
 }
 
 impl core::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Gateway")
-            .field("sas", &self.names)
+            .field(
+                "sas",
+                &self
+                    .entries
+                    .iter()
+                    .flatten()
+                    .map(|e| &e.name)
+                    .collect::<Vec<_>>(),
+            )
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -128,48 +162,123 @@ impl Gateway {
         {
             return Err(e);
         }
-        let mut names = Vec::with_capacity(configs.len());
-        let mut sas = Vec::with_capacity(configs.len());
-        let mut by_name = HashMap::new();
-        let mut inbound_by_spi = HashMap::new();
-        let mut outbound_by_spi: HashMap<u32, Vec<usize>> = HashMap::new();
-        let mut spis = SpiAllocator::new();
+        let mut gateway = Gateway {
+            spd,
+            entries: Vec::with_capacity(configs.len()),
+            free: Vec::new(),
+            by_name: HashMap::with_capacity(configs.len()),
+            routes: HashMap::new(),
+            served_by: HashMap::new(),
+            inbound_by_spi: HashMap::new(),
+            outbound_by_spi: HashMap::new(),
+            stats: SaStats::default(),
+            headrooms: BTreeMap::new(),
+            retiring: 0,
+            keys: KeyRegistry::new(),
+            reassembler: Reassembler::new(ReassemblyLimits::DEFAULT),
+            fragments: FragmentTable::new(FragmentLimits::DEFAULT),
+            spis: SpiAllocator::new(),
+        };
         for named in configs {
             let label = format!("sa {:?}", named.name);
             let sa =
                 SecurityAssociation::new(named.config, now).map_err(|e| e.in_context(&label))?;
-            if sa.direction() == Direction::Inbound {
-                // Unique: `check_sas` above.
-                inbound_by_spi.insert(sa.spi(), sas.len());
-                // Cannot fail: the SA's SPI is 256 or more (`SaConfig::check`).
-                spis.mark_in_use(sa.spi())
-                    .map_err(|e| ConfigError::new("spi", e.to_string()).in_context(&label))?;
-            }
-            if sa.direction() == Direction::Outbound {
-                outbound_by_spi.entry(sa.spi()).or_default().push(sas.len());
-            }
-            by_name.insert(named.name.clone(), sas.len());
-            names.push(named.name);
-            sas.push(sa);
+            // Unique names, SPIs and keys: the checks above.
+            gateway.insert_entry(SaEntry {
+                serves: vec![named.name.clone()],
+                routes: vec![named.name.clone()],
+                name: named.name,
+                sa,
+                retire_at: None,
+            });
         }
-        let max_headroom = sas
-            .iter()
-            .map(SecurityAssociation::max_headroom)
-            .max()
-            .unwrap_or(0);
-        Ok(Gateway {
-            max_headroom,
-            spd,
-            names,
-            sas,
-            by_name,
-            inbound_by_spi,
-            outbound_by_spi,
-            stats: SaStats::default(),
-            reassembler: Reassembler::new(ReassemblyLimits::DEFAULT),
-            fragments: FragmentTable::new(FragmentLimits::DEFAULT),
-            spis,
-        })
+        Ok(gateway)
+    }
+
+    /// Puts a checked SA into the tables (its name, SPI and keys are free) and returns
+    /// its index.
+    pub(crate) fn insert_entry(&mut self, entry: SaEntry) -> usize {
+        let index = self.free.pop().unwrap_or(self.entries.len());
+        let sa = &entry.sa;
+        match sa.direction() {
+            Direction::Inbound => {
+                self.inbound_by_spi.insert(sa.spi(), index);
+                // Cannot fail: the SA's SPI is 256 or more (`SaConfig::check`).
+                let _ = self.spis.mark_in_use(sa.spi());
+                for name in &entry.serves {
+                    self.served_by.entry(name.clone()).or_default().push(index);
+                }
+            }
+            Direction::Outbound => {
+                self.outbound_by_spi
+                    .entry(sa.spi())
+                    .or_default()
+                    .push(index);
+                for name in &entry.routes {
+                    self.routes.insert(name.clone(), index);
+                }
+            }
+        }
+        *self.headrooms.entry(sa.max_headroom()).or_default() += 1;
+        self.keys.insert(index, &sa.origin);
+        self.by_name.insert(entry.name.clone(), index);
+        self.retiring += usize::from(entry.retire_at.is_some());
+        if index == self.entries.len() {
+            self.entries.push(Some(entry));
+        } else {
+            self.entries[index] = Some(entry);
+        }
+        index
+    }
+
+    /// Takes the SA `index` out of every table; the remembered fragment decisions are
+    /// forgotten (none may name it any more).
+    pub(crate) fn remove_entry(&mut self, index: usize) -> SaEntry {
+        let entry = self.entries[index].take().expect("a live SA index");
+        let sa = &entry.sa;
+        match sa.direction() {
+            Direction::Inbound => {
+                self.inbound_by_spi.remove(&sa.spi());
+                self.spis.release(sa.spi());
+                for name in &entry.serves {
+                    if let Some(v) = self.served_by.get_mut(name) {
+                        v.retain(|&i| i != index);
+                        if v.is_empty() {
+                            self.served_by.remove(name);
+                        }
+                    }
+                }
+            }
+            Direction::Outbound => {
+                if let Some(v) = self.outbound_by_spi.get_mut(&sa.spi()) {
+                    v.retain(|&i| i != index);
+                    if v.is_empty() {
+                        self.outbound_by_spi.remove(&sa.spi());
+                    }
+                }
+                for name in &entry.routes {
+                    self.routes.remove(name);
+                }
+            }
+        }
+        if let Some(n) = self.headrooms.get_mut(&sa.max_headroom()) {
+            *n -= 1;
+            if *n == 0 {
+                self.headrooms.remove(&sa.max_headroom());
+            }
+        }
+        self.keys.remove(index, &sa.origin);
+        self.by_name.remove(&entry.name);
+        self.retiring -= usize::from(entry.retire_at.is_some());
+        self.fragments.forget_all();
+        self.free.push(index);
+        entry
+    }
+
+    /// The live SA `index`.
+    #[inline]
+    pub(crate) fn entry(&self, index: usize) -> &SaEntry {
+        self.entries[index].as_ref().expect("a live SA index")
     }
 
     /// Allocates an SPI for an inbound SA being negotiated (`get_spi`, as IKE daemons
@@ -214,26 +323,29 @@ impl Gateway {
 
     /// The SA called `name`.
     pub fn sa(&self, name: &str) -> Option<&SecurityAssociation> {
-        self.by_name.get(name).map(|&i| &self.sas[i])
+        self.by_name.get(name).map(|&i| &self.entry(i).sa)
     }
 
-    /// Every SA with its name, in file order (for monitoring).
+    /// Every SA with its name (for monitoring): those of the policy file in file order,
+    /// then those added later (an added SA may take the place of a deleted one).
     pub fn sas(&self) -> impl Iterator<Item = (&str, &SecurityAssociation)> {
-        self.names.iter().map(String::as_str).zip(&self.sas)
+        self.entries
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), &e.sa))
     }
 
     /// The headroom to leave in front of an outbound packet so that any of the
     /// gateway's SAs can encrypt it ([`SecurityAssociation::max_headroom`]).
     pub fn max_headroom(&self) -> usize {
-        self.max_headroom
+        self.headrooms.keys().next_back().copied().unwrap_or(0)
     }
 
     /// The tailroom to leave behind an outbound packet of `len` bytes so that any of
     /// the gateway's SAs can encrypt it ([`SecurityAssociation::tailroom_for`]).
     pub fn tailroom_for(&self, len: usize) -> usize {
-        self.sas
-            .iter()
-            .map(|sa| sa.tailroom_for(len))
+        self.sas()
+            .map(|(_, sa)| sa.tailroom_for(len))
             .max()
             .unwrap_or(0)
     }
@@ -277,20 +389,18 @@ impl Gateway {
     /// the name of its SA, or `None` when nothing is due. Call it until it returns `None`.
     #[must_use]
     pub fn poll_event(&mut self, now: Duration) -> Option<(&str, SaEvent)> {
-        self.names
-            .iter()
-            .zip(self.sas.iter_mut())
-            .find_map(|(name, sa)| sa.poll_event(now).map(|e| (name.as_str(), e)))
+        self.reap_retired(now);
+        self.entries
+            .iter_mut()
+            .flatten()
+            .find_map(|e| e.sa.poll_event(now).map(|ev| (e.name.as_str(), ev)))
     }
 
     /// When the next NAT-keepalive of any of the gateway's SAs is due, on the caller's
     /// clock ([`SecurityAssociation::next_keepalive`]), or `None` when none of them sends
     /// keepalives. Arm a timer for it and call [`Gateway::poll_keepalive`] then.
     pub fn next_keepalive(&self) -> Option<Duration> {
-        self.sas
-            .iter()
-            .filter_map(SecurityAssociation::next_keepalive)
-            .min()
+        self.sas().filter_map(|(_, sa)| sa.next_keepalive()).min()
     }
 
     /// Writes the next NAT-keepalive due at `now` into `out` and returns the name of the
@@ -304,10 +414,10 @@ impl Gateway {
         now: Duration,
         out: &mut [u8; NAT_KEEPALIVE_MAX_LEN],
     ) -> Option<(&str, usize)> {
-        self.names
-            .iter()
-            .zip(self.sas.iter_mut())
-            .find_map(|(name, sa)| sa.poll_keepalive(now, out).map(|n| (name.as_str(), n)))
+        self.entries
+            .iter_mut()
+            .flatten()
+            .find_map(|e| e.sa.poll_keepalive(now, out).map(|n| (e.name.as_str(), n)))
     }
 
     fn drop(&mut self, err: Error) -> Error {
@@ -357,7 +467,7 @@ impl Gateway {
         let found = match (decision.action, decision.policy, decision.sa) {
             (Action::Bypass, Some(policy), _) => return Ok((Outbound::Bypassed { policy }, 0)),
             (Action::Protect, Some(policy), Some(name)) => {
-                self.by_name.get(name).map(|&i| (i, policy))
+                self.routes.get(name).map(|&i| (i, policy))
             }
             _ => None,
         };
@@ -365,10 +475,11 @@ impl Gateway {
             self.stats.count_drop(DropReason::PolicyDiscard);
             return Err(Error::PolicyDiscard);
         };
-        let extra = self.sas[i].encrypt_fragmenting(pkt, spares, now)?;
+        let entry = self.entries[i].as_mut().expect("routes name live SAs");
+        let extra = entry.sa.encrypt_fragmenting(pkt, spares, now)?;
         Ok((
             Outbound::Protected {
-                sa: &self.names[i],
+                sa: &entry.name,
                 policy,
             },
             extra,
@@ -379,14 +490,14 @@ impl Gateway {
     /// packet `packet` at `now` (0 when it fits, is bypassed or is refused).
     pub fn spares_needed(&self, packet: &[u8], now: Duration) -> usize {
         self.protecting_sa(packet)
-            .map_or(0, |i| self.sas[i].spares_needed(packet, now))
+            .map_or(0, |i| self.entry(i).sa.spares_needed(packet, now))
     }
 
     /// The usable inner MTU when [`Self::outbound`] would refuse the outbound packet
     /// `packet` at `now` as [`Error::TooBig`] (for [`crate::icmp::too_big_reply`]).
     pub fn too_big_mtu(&self, packet: &[u8], now: Duration) -> Option<u16> {
         self.protecting_sa(packet)
-            .and_then(|i| self.sas[i].too_big_mtu(packet, now))
+            .and_then(|i| self.entry(i).sa.too_big_mtu(packet, now))
     }
 
     /// The SA a PROTECT policy sends the outbound packet `packet` through.
@@ -395,7 +506,7 @@ impl Gateway {
         // up: this only sizes spares and ICMP errors).
         let d = self.spd.lookup_packet(Direction::Outbound, packet).ok()?;
         match (d.action, d.sa) {
-            (Action::Protect, Some(name)) => self.by_name.get(name).copied(),
+            (Action::Protect, Some(name)) => self.routes.get(name).copied(),
             _ => None,
         }
     }
@@ -412,15 +523,27 @@ impl Gateway {
         let not_ours = Error::Malformed(Malformed::NotPathMtuMessage);
         let msg = TooBigMessage::parse(icmp).map_err(Error::Malformed)?;
         let spi = msg.quoted_spi().ok_or(not_ours)?;
-        let candidates = self.outbound_by_spi.get(&spi).ok_or(not_ours)?;
+        let Gateway {
+            outbound_by_spi,
+            entries,
+            ..
+        } = self;
+        let candidates = outbound_by_spi.get(&spi).ok_or(not_ours)?;
+        let mut answer = None;
         for &i in candidates {
-            match self.sas[i].handle_icmp(icmp, now) {
-                Ok(learned) => return Ok(learned.map(|m| (self.names[i].as_str(), m))),
+            let entry = entries[i].as_mut().expect("outbound_by_spi names live SAs");
+            match entry.sa.handle_icmp(icmp, now) {
+                Ok(learned) => {
+                    answer = Some((i, learned));
+                    break;
+                }
                 Err(e) if e == not_ours => continue,
                 Err(e) => return Err(e),
             }
         }
-        Err(not_ours)
+        let (i, learned) = answer.ok_or(not_ours)?;
+        let name = entries[i].as_ref().map_or("", |e| e.name.as_str());
+        Ok(learned.map(|m| (name, m)))
     }
 
     /// Processes an inbound packet: ESP (or ESP in UDP on the NAT-T port) is decrypted
@@ -469,20 +592,49 @@ impl Gateway {
         let Some(&i) = self.inbound_by_spi.get(&spi) else {
             return Err(self.drop(Error::UnknownSpi { spi }));
         };
-        let (spd, fragments, name) = (&self.spd, &mut self.fragments, self.names[i].as_str());
+        if self.retiring > 0 && self.entry(i).retire_at.is_some_and(|t| now >= t) {
+            // Its grace time ran out: gone, as if deleted before this packet came.
+            self.remove_entry(i);
+            return Err(self.drop(Error::UnknownSpi { spi }));
+        }
+        let (spd, fragments) = (&self.spd, &mut self.fragments);
+        let entry = self.entries[i]
+            .as_mut()
+            .expect("inbound_by_spi names live SAs");
         let mut serving = "";
-        self.sas[i].decrypt_verified(pkt, now, |inner| {
-            serving = fragment_policy::decrypted_policy(spd, fragments, i, name, inner, now)?;
+        entry.sa.decrypt_verified(pkt, now, |inner| {
+            serving =
+                fragment_policy::decrypted_policy(spd, fragments, i, &entry.serves, inner, now)?;
             Ok(())
         })?;
         Ok(Inbound::Decrypted {
-            sa: name,
+            sa: &entry.name,
             policy: serving,
         })
     }
 }
 
 impl Gateway {
+    /// Deletes the SAs whose retirement time ([`Gateway::retire_sa`]) `now` reached;
+    /// returns how many.
+    pub(crate) fn reap_retired(&mut self, now: Duration) -> usize {
+        if self.retiring == 0 {
+            return 0;
+        }
+        let due: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| {
+                self.entries[i]
+                    .as_ref()
+                    .and_then(|e| e.retire_at)
+                    .is_some_and(|t| now >= t)
+            })
+            .collect();
+        for &i in &due {
+            self.remove_entry(i);
+        }
+        due.len()
+    }
+
     /// Hands an outer fragment to the reassembler: `true` when `pkt` now holds a whole
     /// datagram, `false` when the fragment is held. Its drops (and any datagrams that
     /// timed out meanwhile) are counted on the gateway.

@@ -55,6 +55,7 @@
 #![deny(missing_docs)]
 
 pub mod buffer;
+pub mod control;
 pub mod crypto;
 pub mod error;
 pub mod esp;
@@ -76,6 +77,7 @@ pub mod spd;
 pub mod spi;
 
 pub use buffer::{PacketBuf, SpareBuffers};
+pub use control::ControlError;
 pub use crypto::{Cipher, Integrity};
 pub use error::{ConfigError, DropReason, Error, FragmentError, LifetimeLimit, Malformed};
 pub use fragment_policy::FragmentLimits;

@@ -46,7 +46,7 @@
 
 use crate::crypto::ct_eq;
 use crate::error::ConfigError;
-use crate::sa::Direction;
+use crate::sa::{Direction, SaConfig};
 use crate::sa_file::NamedSa;
 use hmac::{Hmac, KeyInit, Mac};
 use std::collections::HashMap;
@@ -59,18 +59,19 @@ type Slot<'a> = (usize, &'static str, &'a [u8]);
 /// 4-byte salt of the combined modes, see the [module docs](self)) and the integrity
 /// key; empty ones (NULL encryption, combined modes) are left out.
 fn slots(index: usize, sa: &NamedSa) -> impl Iterator<Item = Slot<'_>> {
-    let cfg = &sa.config;
+    config_keys(&sa.config).map(move |(field, key)| (index, field, key))
+}
+
+/// The keys of `cfg` that take part in the reuse check, with their field names.
+fn config_keys(cfg: &SaConfig) -> impl Iterator<Item = (&'static str, &[u8])> {
     let key: &[u8] = if cfg.cipher.is_combined() && cfg.key.len() > 4 {
         &cfg.key[..cfg.key.len() - 4]
     } else {
         &cfg.key
     };
-    [
-        (index, "key", key),
-        (index, "integrity_key", &cfg.integrity_key[..]),
-    ]
-    .into_iter()
-    .filter(|(_, _, k)| !k.is_empty())
+    [("key", key), ("integrity_key", &cfg.integrity_key[..])]
+        .into_iter()
+        .filter(|(_, k)| !k.is_empty())
 }
 
 /// Every key (cipher key or integrity key) of `sas` that an earlier SA, or the same
@@ -108,16 +109,31 @@ pub fn check_key_reuse(sas: &[NamedSa]) -> Vec<ConfigError> {
 
 fn reuse_error(sas: &[NamedSa], first: Slot<'_>, again: Slot<'_>) -> ConfigError {
     let (sa, first_sa) = (&sas[again.0], &sas[first.0]);
-    let whose = if first.0 == again.0 {
-        format!("this SA's own {}", first.1)
+    key_reuse_error(
+        (&sa.name, &sa.config, again.1),
+        (&first_sa.name, &first_sa.config, first.1),
+        first.0 == again.0,
+    )
+}
+
+/// The error for the key `again` = (SA name, its configuration, field) that the SA
+/// `first` already uses (`same_sa`: in its other role).
+pub(crate) fn key_reuse_error(
+    again: (&str, &SaConfig, &'static str),
+    first: (&str, &SaConfig, &'static str),
+    same_sa: bool,
+) -> ConfigError {
+    let (name, cfg, field) = again;
+    let (first_name, first_cfg, first_field) = first;
+    let whose = if same_sa {
+        format!("this SA's own {first_field}")
     } else {
-        format!("the {} of sa {:?}", first.1, first_sa.name)
+        format!("the {first_field} of sa {first_name:?}")
     };
-    let both_ciphers = first.1 == "key" && again.1 == "key";
-    let counter_mode =
-        both_ciphers && (sa.config.cipher.is_combined() || first_sa.config.cipher.is_combined());
+    let both_ciphers = first_field == "key" && field == "key";
+    let counter_mode = both_ciphers && (cfg.cipher.is_combined() || first_cfg.cipher.is_combined());
     let why = if counter_mode {
-        let peer = if sa.config.direction == first_sa.config.direction {
+        let peer = if cfg.direction == first_cfg.direction {
             ""
         } else {
             " (an inbound SA's key is the peer's outbound key)"
@@ -125,22 +141,101 @@ fn reuse_error(sas: &[NamedSa], first: Slot<'_>, again: Slot<'_>) -> ConfigError
         format!(
             "both SAs count sequence numbers from 1, so {} nonces repeat under one key{peer}, \
              which exposes the XOR of their plaintexts and lets packets be forged",
-            if sa.config.cipher.is_combined() {
-                sa.config.cipher.name()
+            if cfg.cipher.is_combined() {
+                cfg.cipher.name()
             } else {
-                first_sa.config.cipher.name()
+                first_cfg.cipher.name()
             }
         )
     } else {
         "a key must serve one SA and one purpose (key separation)".to_owned()
     };
     ConfigError::new(
-        format!("sa {:?}: {}", sa.name, again.1),
+        format!("sa {name:?}: {field}"),
         format!(
             "the same key as {whose}: {why}; give every SA fresh random keys of its own \
              (IKE derives new ones for each SA and direction)"
         ),
     )
+}
+
+/// The keys of a live gateway's SAs, for refusing an SA added later whose key one of
+/// them already uses ([`check_key_reuse`]'s rule, one SA at a time): each key is held
+/// only as a 16-byte HMAC-SHA-256 tag under a key drawn for this registry, and equal
+/// tags are confirmed on the keys themselves in constant time. Adding and removing an
+/// SA is O(1).
+pub(crate) struct KeyRegistry {
+    hash_key: Zeroizing<[u8; 32]>,
+    tags: HashMap<[u8; 16], Vec<(usize, &'static str)>>,
+}
+
+impl KeyRegistry {
+    pub(crate) fn new() -> KeyRegistry {
+        let mut hash_key = Zeroizing::new([0u8; 32]);
+        if getrandom::fill(&mut hash_key[..]).is_err() {
+            hash_key.fill(0x5c);
+        }
+        KeyRegistry {
+            hash_key,
+            tags: HashMap::new(),
+        }
+    }
+
+    fn tag(&self, key: &[u8]) -> [u8; 16] {
+        let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.hash_key[..])
+            .expect("HMAC takes any key length");
+        mac.update(key);
+        let full: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&full[..16]);
+        tag
+    }
+
+    /// The first key of `cfg` already in use: `(its field, the SA index holding it,
+    /// that SA's field)`, or `(field, None, other field)` when `cfg` uses one key for
+    /// both purposes. `config_of` gives the configuration of a registered SA.
+    pub(crate) fn find_reuse<'c>(
+        &self,
+        cfg: &SaConfig,
+        config_of: impl Fn(usize) -> &'c SaConfig,
+    ) -> Option<(&'static str, Option<usize>, &'static str)> {
+        let own: Vec<(&'static str, &[u8])> = config_keys(cfg).collect();
+        if let [(f1, k1), (f2, k2)] = own[..]
+            && ct_eq(k1, k2)
+        {
+            return Some((f2, None, f1));
+        }
+        for (field, key) in own {
+            for &(index, other_field) in self.tags.get(&self.tag(key)).into_iter().flatten() {
+                let other = config_of(index);
+                if config_keys(other).any(|(f, k)| f == other_field && ct_eq(k, key)) {
+                    return Some((field, Some(index), other_field));
+                }
+            }
+        }
+        None
+    }
+
+    /// Registers the keys of the SA `index`.
+    pub(crate) fn insert(&mut self, index: usize, cfg: &SaConfig) {
+        for (field, key) in config_keys(cfg) {
+            let tag = self.tag(key);
+            self.tags.entry(tag).or_default().push((index, field));
+        }
+    }
+
+    /// Forgets the keys of the SA `index`.
+    pub(crate) fn remove(&mut self, index: usize, cfg: &SaConfig) {
+        for (_, key) in config_keys(cfg) {
+            let tag = self.tag(key);
+            if let Some(v) = self.tags.get_mut(&tag) {
+                v.retain(|&(i, _)| i != index);
+                if v.is_empty() {
+                    self.tags.remove(&tag);
+                }
+            }
+        }
+    }
 }
 
 /// Every check that creating `sas` as a gateway's SAs makes, without creating them:

@@ -139,7 +139,7 @@ pub mod firewall;
 mod flow;
 pub mod lint;
 mod lint_index;
-mod parse;
+pub(crate) mod parse;
 mod pss;
 pub mod selector;
 mod tree;
@@ -158,6 +158,7 @@ use bv::{Classifier, Key, OPAQUE, RuleRef};
 use core::fmt;
 use pss::Partitioned;
 use selector::{has_ports, is_icmp};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
@@ -718,6 +719,7 @@ pub struct Spd {
     policies: Vec<Policy>,
     sas: Vec<NamedSa>,
     by_inbound_sa: HashMap<String, Vec<usize>>,
+    by_outbound_sa: HashMap<String, Vec<usize>>,
     outbound: Table,
     inbound: Table,
 }
@@ -783,9 +785,13 @@ impl Spd {
     /// Builds an SPD from checked policies and SAs.
     fn build(policies: Vec<Policy>, sas: Vec<NamedSa>, kind: EngineKind) -> Spd {
         let mut by_inbound_sa: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_outbound_sa: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, p) in policies.iter().enumerate() {
             if let Some(sa) = &p.sa_in {
                 by_inbound_sa.entry(sa.clone()).or_default().push(i);
+            }
+            if let Some(sa) = &p.sa_out {
+                by_outbound_sa.entry(sa.clone()).or_default().push(i);
             }
         }
         Spd {
@@ -794,7 +800,25 @@ impl Spd {
             policies,
             sas,
             by_inbound_sa,
+            by_outbound_sa,
         }
+    }
+
+    /// An SPD of `policies` (checked, their SA names resolved by the caller) with no
+    /// SAs: what a live [`Gateway`](crate::Gateway) swaps in when its policies change.
+    pub(crate) fn with_policies(policies: Vec<Policy>) -> Spd {
+        Spd::build(policies, Vec::new(), EngineKind::Partitioned)
+    }
+
+    /// The first policy, in order, that names `sa_name` as its SA of `direction`.
+    pub fn first_policy_naming(&self, sa_name: &str, direction: Direction) -> Option<&Policy> {
+        let map = match direction {
+            Direction::Outbound => &self.by_outbound_sa,
+            Direction::Inbound => &self.by_inbound_sa,
+        };
+        map.get(sa_name)
+            .and_then(|v| v.first())
+            .map(|&i| &self.policies[i])
     }
 
     /// The same policies with freshly compiled classifiers and no SAs: for benchmarks
@@ -1074,6 +1098,41 @@ impl Spd {
             .find(|&i| self.policies[i].selectors_match(&f))
     }
 
+    /// The policies (positions, in order) that name any of `names` as their inbound
+    /// SA: those an inbound SA serving these names serves. Borrowed for one name (the
+    /// packet path's common case), merged for several (an SA rekeyed make-before-break
+    /// serves its predecessor's policies too).
+    pub(crate) fn serving<'s>(&'s self, names: &[String]) -> Cow<'s, [usize]> {
+        match names {
+            [one] => Cow::Borrowed(self.by_inbound_sa.get(one).map_or(&[][..], Vec::as_slice)),
+            _ => {
+                let mut all: Vec<usize> = names
+                    .iter()
+                    .filter_map(|n| self.by_inbound_sa.get(n))
+                    .flatten()
+                    .copied()
+                    .collect();
+                all.sort_unstable();
+                all.dedup();
+                Cow::Owned(all)
+            }
+        }
+    }
+
+    /// [`Spd::inbound_policy_index`] for an SA that serves the policies of `names`.
+    pub(crate) fn inbound_policy_index_serving(
+        &self,
+        names: &[String],
+        flow: &Flow,
+    ) -> Option<usize> {
+        let mut f = *flow;
+        f.direction = Direction::Inbound;
+        self.serving(names)
+            .iter()
+            .copied()
+            .find(|&i| self.policies[i].selectors_match(&f))
+    }
+
     /// [`Spd::inbound_policy_index`] for a non-first fragment decapsulated by the SA
     /// `sa_name` whose first fragment the gateway does not remember: the first of the
     /// SA's policies that certainly covers it (it could match with the ports unknown
@@ -1082,7 +1141,7 @@ impl Spd {
     /// protocol), [`Error::PolicyMismatch`] when none could.
     pub(crate) fn inbound_policy_index_non_first_fragment(
         &self,
-        sa_name: &str,
+        names: &[String],
         flow: &Flow,
     ) -> Result<usize, Error> {
         if flow.dst.is_ipv6() && is_ipv6_extension(flow.protocol) {
@@ -1090,10 +1149,7 @@ impl Spd {
         }
         let mut f = *flow;
         f.direction = Direction::Inbound;
-        let serving = self
-            .by_inbound_sa
-            .get(sa_name)
-            .map_or(&[][..], Vec::as_slice);
+        let serving = self.serving(names);
         let mut could = serving
             .iter()
             .copied()

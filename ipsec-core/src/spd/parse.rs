@@ -92,6 +92,71 @@ pub(crate) fn parse(text: &str) -> (Vec<Policy>, Vec<NamedSa>, Vec<ConfigError>)
     (policies, sas, errors)
 }
 
+/// Parses one policy for a live gateway ([`crate::Gateway::install_policy`]): `text` is
+/// the body of one `[[policy]]` table (its `key = value` lines), or a document holding
+/// exactly one `[[policy]]` table. `sa_dirs` gives the direction of every SA name a
+/// policy may use. Errors are in the context `policy "NAME"`, scrubbed like the file
+/// parser's.
+pub(crate) fn parse_one_policy(
+    text: &str,
+    sa_dirs: &HashMap<&str, Direction>,
+) -> Result<Policy, ConfigError> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| secret::toml_error(e, text))?;
+    if let Some(Value::Array(list)) = table.get_mut("policy") {
+        let one = match list.as_mut_slice() {
+            [Value::Table(t)] => core::mem::take(t),
+            _ => {
+                return Err(ConfigError::new(
+                    "policy",
+                    "expected exactly one [[policy]] table (or the keys of one policy)",
+                ));
+            }
+        };
+        table = one;
+    }
+    let label = match table.get("name").and_then(Value::as_str) {
+        Some(n) => format!("policy {n:?}"),
+        None => "policy".to_owned(),
+    };
+    let mut errs = Vec::new();
+    let policy = parse_policy(&table, sa_dirs, &mut errs);
+    secret::wipe_secret_fields(&mut table);
+    match (policy, errs.into_iter().next()) {
+        (Some(p), None) => Ok(p),
+        (_, Some(e)) => Err(secret::Scrubber::new(text).error(e.in_context(&label))),
+        (None, None) => Err(ConfigError::new(label, "not a policy")),
+    }
+}
+
+/// The `name` of a policy table and the SA names its `sa` key gives (empty when
+/// missing or not strings): for checking them against a live gateway before parsing.
+pub(crate) fn policy_name_and_sas(text: &str) -> (String, Vec<String>) {
+    let Ok(mut table) = toml::from_str::<toml::Table>(text) else {
+        return (String::new(), Vec::new());
+    };
+    if let Some(Value::Array(list)) = table.get_mut("policy")
+        && let [Value::Table(t)] = list.as_mut_slice()
+    {
+        table = core::mem::take(t);
+    }
+    let name = table
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let sas = match table.get("sa") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    secret::wipe_secret_fields(&mut table);
+    (name, sas)
+}
+
 fn get_str<'a>(t: &'a toml::Table, key: &str, errs: &mut Vec<ConfigError>) -> Option<&'a str> {
     match t.get(key)? {
         Value::String(s) => Some(s),

@@ -1,0 +1,427 @@
+//! A live gateway driven as a key manager drives it: SAs added, rekeyed make-before-break
+//! and deleted, policies installed, replaced and removed while packets flow between a
+//! head-office and a branch gateway. Every refused call is checked to change nothing.
+
+use ipsec_core::gateway::{Inbound, Outbound};
+use ipsec_core::sa::{Direction, Mode};
+use ipsec_core::spd::Spd;
+use ipsec_core::{Cipher, ControlError, DropReason, Error, Gateway, PacketBuf, SaConfig};
+use std::time::Duration;
+
+const T0: Duration = Duration::ZERO;
+const ROOM: usize = 128;
+
+/// A fresh 20-byte AES-128-GCM key (16 key + 4 salt) derived from `n`.
+fn key(n: u32) -> Vec<u8> {
+    (0..20u32)
+        .map(|i| (n.wrapping_mul(2_654_435_761).rotate_left(i) ^ i) as u8)
+        .collect()
+}
+
+fn sa(spi: u32, dir: Direction, n: u32) -> SaConfig {
+    let mut cfg = SaConfig::new(spi, dir, Mode::Tunnel, Cipher::Aes128Gcm, &key(n));
+    if dir == Direction::Outbound {
+        cfg.tunnel(
+            "192.0.2.1".parse().unwrap(),
+            "198.51.100.2".parse().unwrap(),
+        );
+    }
+    cfg
+}
+
+/// A gateway with only the final deny-all.
+fn empty_gateway() -> Gateway {
+    let spd =
+        Spd::from_toml("[[policy]]\nname = \"deny\"\ndirection = \"both\"\naction = \"discard\"\n")
+            .unwrap();
+    Gateway::new(spd, T0).unwrap()
+}
+
+fn rdp_policy(name: &str, local: &str, remote: &str, sas: [&str; 2]) -> String {
+    format!(
+        "name = \"{name}\"\nlocal = \"{local}\"\nremote = \"{remote}\"\nprotocol = \"tcp\"\n\
+         action = \"protect\"\nsa = [\"{}\", \"{}\"]\n",
+        sas[0], sas[1]
+    )
+}
+
+/// A TCP packet 10.0.0.5:3389 -> 10.1.0.9:50000 (head office to branch) with `tag`.
+fn packet(src: [u8; 4], dst: [u8; 4], tag: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    p[20..22].copy_from_slice(&3389u16.to_be_bytes());
+    p[22..24].copy_from_slice(&50000u16.to_be_bytes());
+    p[24..28].copy_from_slice(&tag.to_be_bytes());
+    p
+}
+
+fn hq_packet(tag: u32) -> Vec<u8> {
+    packet([10, 0, 0, 5], [10, 1, 0, 9], tag)
+}
+
+/// Runs `pkt` outbound through `gw`: the protected packet and the SA's name.
+fn send(gw: &mut Gateway, pkt: &[u8]) -> Result<(Vec<u8>, String), Error> {
+    let mut buf = vec![0u8; ROOM + pkt.len() + ROOM];
+    buf[ROOM..ROOM + pkt.len()].copy_from_slice(pkt);
+    let mut p = PacketBuf::new(&mut buf, ROOM, pkt.len())?;
+    let sa = match gw.outbound(&mut p, T0)? {
+        Outbound::Protected { sa, .. } => sa.to_owned(),
+        other => panic!("not protected: {other:?}"),
+    };
+    Ok((p.data().to_vec(), sa))
+}
+
+/// Runs `pkt` inbound through `gw` at `now`: the inner packet and the SA's name.
+fn receive(gw: &mut Gateway, pkt: &[u8], now: Duration) -> Result<(Vec<u8>, String), Error> {
+    let mut buf = pkt.to_vec();
+    let len = buf.len();
+    let mut p = PacketBuf::new(&mut buf, 0, len)?;
+    let sa = match gw.inbound(&mut p, now)? {
+        Inbound::Decrypted { sa, .. } => sa.to_owned(),
+        other => panic!("not decrypted: {other:?}"),
+    };
+    Ok((p.data().to_vec(), sa))
+}
+
+/// The head office (sends through `hq-out`) and the branch (receives on `br-in`), built
+/// at run time from empty gateways.
+fn live_pair() -> (Gateway, Gateway) {
+    let mut hq = empty_gateway();
+    let mut br = empty_gateway();
+    hq.add_sa("hq-out", sa(0x1000, Direction::Outbound, 1), T0)
+        .unwrap();
+    hq.add_sa("hq-in", sa(0x2000, Direction::Inbound, 2), T0)
+        .unwrap();
+    br.add_sa("br-out", sa(0x2000, Direction::Outbound, 2), T0)
+        .unwrap();
+    br.add_sa("br-in", sa(0x1000, Direction::Inbound, 1), T0)
+        .unwrap();
+    hq.install_policy(
+        &rdp_policy("rdp", "10.0.0.0/24", "10.1.0.0/24", ["hq-out", "hq-in"]),
+        Some("deny"),
+    )
+    .unwrap();
+    br.install_policy(
+        &rdp_policy("rdp", "10.1.0.0/24", "10.0.0.0/24", ["br-out", "br-in"]),
+        Some("deny"),
+    )
+    .unwrap();
+    (hq, br)
+}
+
+/// What an observer sees of a gateway: its policies in order and its SAs.
+fn shape(gw: &Gateway) -> (Vec<String>, Vec<(String, u32)>) {
+    (
+        gw.spd()
+            .policies()
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect(),
+        gw.sas().map(|(n, sa)| (n.to_owned(), sa.spi())).collect(),
+    )
+}
+
+#[test]
+fn sas_and_policies_added_at_run_time_carry_traffic() {
+    let (mut hq, mut br) = live_pair();
+    assert_eq!(shape(&hq).0, ["rdp", "deny"]);
+    for tag in 0..5 {
+        let (wire, sa) = send(&mut hq, &hq_packet(tag)).unwrap();
+        assert_eq!(sa, "hq-out");
+        let (inner, sa) = receive(&mut br, &wire, T0).unwrap();
+        assert_eq!(sa, "br-in");
+        assert_eq!(inner, hq_packet(tag));
+    }
+    assert_eq!(br.sa("br-in").unwrap().stats().packets, 5);
+}
+
+#[test]
+fn a_key_used_by_an_installed_sa_is_refused() {
+    let mut gw = empty_gateway();
+    gw.add_sa("a", sa(0x1000, Direction::Outbound, 7), T0)
+        .unwrap();
+    let before = shape(&gw);
+    let e = gw
+        .add_sa("b", sa(0x1001, Direction::Inbound, 7), T0)
+        .unwrap_err();
+    let ControlError::Config(c) = &e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(c.field(), "sa \"b\": key");
+    assert!(c.message().contains("sa \"a\""), "{c}");
+    assert_eq!(shape(&gw), before);
+    // Once "a" is deleted, its key is free again (a restarted negotiation).
+    gw.delete_sa("a").unwrap();
+    gw.add_sa("b", sa(0x1001, Direction::Inbound, 7), T0)
+        .unwrap();
+}
+
+#[test]
+fn every_refused_call_names_the_problem_and_changes_nothing() {
+    let (mut hq, _) = live_pair();
+    let before = shape(&hq);
+    let cases: Vec<(Result<(), ControlError>, ControlError)> = vec![
+        (
+            hq.add_sa("hq-out", sa(0x3000, Direction::Outbound, 30), T0),
+            ControlError::DuplicateName {
+                name: "hq-out".into(),
+            },
+        ),
+        (
+            hq.add_sa("other-in", sa(0x2000, Direction::Inbound, 31), T0),
+            ControlError::DuplicateSpi {
+                spi: 0x2000,
+                sa: "hq-in".into(),
+            },
+        ),
+        (
+            hq.delete_sa("nope").map(drop),
+            ControlError::UnknownSa {
+                name: "nope".into(),
+            },
+        ),
+        (
+            hq.delete_sa("hq-out").map(drop),
+            ControlError::SaInUse {
+                sa: "hq-out".into(),
+                policy: "rdp".into(),
+            },
+        ),
+        (
+            hq.retire_sa("hq-in", T0).map(drop),
+            ControlError::SaInUse {
+                sa: "hq-in".into(),
+                policy: "rdp".into(),
+            },
+        ),
+        (
+            hq.install_policy(
+                &rdp_policy("mail", "10.0.0.0/24", "10.1.0.0/24", ["hq-out", "gone"]),
+                None,
+            ),
+            ControlError::MissingSa {
+                policy: "mail".into(),
+                sa: "gone".into(),
+            },
+        ),
+        (
+            hq.install_policy(
+                &rdp_policy("rdp", "10.0.0.0/24", "10.1.0.0/24", ["hq-out", "hq-in"]),
+                None,
+            ),
+            ControlError::DuplicatePolicy { name: "rdp".into() },
+        ),
+        (
+            hq.install_policy(
+                &rdp_policy("mail", "10.0.0.0/24", "10.1.0.0/24", ["hq-out", "hq-in"]),
+                Some("nope"),
+            ),
+            ControlError::UnknownPolicy {
+                name: "nope".into(),
+            },
+        ),
+        (
+            hq.remove_policy("nope"),
+            ControlError::UnknownPolicy {
+                name: "nope".into(),
+            },
+        ),
+        (
+            hq.rekey_sa("hq-out", "hq-in-2", sa(0x2001, Direction::Inbound, 32), T0),
+            ControlError::DirectionMismatch {
+                sa: "hq-in-2".into(),
+                replaces: "hq-out".into(),
+            },
+        ),
+    ];
+    for (got, want) in cases {
+        assert_eq!(got.unwrap_err(), want);
+        assert_eq!(shape(&hq), before);
+    }
+    // An SA named in the wrong direction, and a policy that is not valid.
+    let e = hq
+        .install_policy(
+            &rdp_policy("mail", "10.0.0.0/24", "10.1.0.0/24", ["hq-in", "hq-out"]),
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, ControlError::Config(c) if c.field() == "policy \"mail\": sa"),
+        "{e}"
+    );
+    let e = hq
+        .install_policy("name = \"x\"\naction = \"encrypt\"\n", None)
+        .unwrap_err();
+    assert!(
+        matches!(&e, ControlError::Config(c) if c.field() == "policy \"x\": action"),
+        "{e}"
+    );
+    let bad_key = SaConfig::new(
+        0x4000,
+        Direction::Inbound,
+        Mode::Tunnel,
+        Cipher::Aes128Gcm,
+        &[1; 5],
+    );
+    let e = hq.add_sa("short", bad_key, T0).unwrap_err();
+    assert!(
+        matches!(&e, ControlError::Config(c) if c.field() == "sa \"short\": key"),
+        "{e}"
+    );
+    assert_eq!(shape(&hq), before);
+}
+
+#[test]
+fn policies_are_installed_in_place_replaced_and_removed() {
+    let (mut hq, mut br) = live_pair();
+    // A second policy before the deny-all: web traffic, bypassed.
+    hq.install_policy(
+        "name = \"web\"\nremote = \"10.1.0.0/24\"\nprotocol = \"tcp\"\nremote_port = 80\naction = \"bypass\"\n",
+        Some("deny"),
+    )
+    .unwrap();
+    assert_eq!(shape(&hq).0, ["rdp", "web", "deny"]);
+    // Narrowed: the policy now covers 10.1.0.0/25 only; 10.1.0.200 falls to the deny-all.
+    hq.replace_policy(&rdp_policy(
+        "rdp",
+        "10.0.0.0/24",
+        "10.1.0.0/25",
+        ["hq-out", "hq-in"],
+    ))
+    .unwrap();
+    assert_eq!(shape(&hq).0, ["rdp", "web", "deny"]);
+    let (wire, _) = send(&mut hq, &hq_packet(1)).unwrap();
+    receive(&mut br, &wire, T0).unwrap();
+    let far = packet([10, 0, 0, 5], [10, 1, 0, 200], 2);
+    assert_eq!(send(&mut hq, &far).unwrap_err(), Error::PolicyDiscard);
+    // Removed: now the SA may go too.
+    hq.remove_policy("rdp").unwrap();
+    assert_eq!(
+        send(&mut hq, &hq_packet(3)).unwrap_err(),
+        Error::PolicyDiscard
+    );
+    let stats = hq.delete_sa("hq-out").unwrap();
+    assert_eq!(stats.packets, 1);
+    assert!(hq.sa("hq-out").is_none());
+}
+
+#[test]
+fn make_before_break_rekey_loses_nothing_and_the_old_sa_stops_after_delete() {
+    let (mut hq, mut br) = live_pair();
+    // Sent under the old SA, still on the wire during the rekey.
+    let (late, _) = send(&mut hq, &hq_packet(1)).unwrap();
+    // 1. The receiver installs the new inbound SA next to the old one.
+    let spi = br.allocate_spi(T0).unwrap();
+    br.rekey_sa("br-in", "br-in-2", sa(spi, Direction::Inbound, 50), T0)
+        .unwrap();
+    // 2. The sender switches in one step.
+    hq.rekey_sa("hq-out", "hq-out-2", sa(spi, Direction::Outbound, 50), T0)
+        .unwrap();
+    let (fresh, via) = send(&mut hq, &hq_packet(2)).unwrap();
+    assert_eq!(via, "hq-out-2");
+    assert_eq!(&fresh[20..24], &spi.to_be_bytes()); // outer IPv4, then the SPI
+    // The old outbound SA carries nothing now and can go; the policy keeps its text.
+    hq.delete_sa("hq-out").unwrap();
+    assert_eq!(send(&mut hq, &hq_packet(3)).unwrap().1, "hq-out-2");
+    // 3. Both inbound SAs accept, and the new one serves the old one's policy.
+    assert_eq!(receive(&mut br, &fresh, T0).unwrap().1, "br-in-2");
+    assert_eq!(
+        receive(&mut br, &late, T0).unwrap(),
+        (hq_packet(1), "br-in".into())
+    );
+    // The old inbound SA is no longer the last to serve "rdp": it may be retired.
+    let (late2, _) = {
+        // (another packet of the old SA, as if still queued at the peer)
+        let mut old = sa(0x1000, Direction::Outbound, 1);
+        old.seq(10);
+        let mut again = empty_gateway();
+        again.add_sa("old", old, T0).unwrap();
+        again
+            .install_policy(
+                "name = \"rdp\"\ndirection = \"outbound\"\nlocal = \"10.0.0.0/24\"\n\
+                     remote = \"10.1.0.0/24\"\naction = \"protect\"\nsa = \"old\"\n",
+                Some("deny"),
+            )
+            .unwrap();
+        send(&mut again, &hq_packet(4)).unwrap()
+    };
+    let grace = Duration::from_secs(5);
+    br.retire_sa("br-in", grace).unwrap();
+    assert_eq!(
+        receive(&mut br, &late2, grace - Duration::from_millis(1))
+            .unwrap()
+            .1,
+        "br-in"
+    );
+    // At the end of the grace time it is gone: its packets are unknown SPIs, counted.
+    let mut third = late2.clone();
+    third[20 + 7] = third[20 + 7].wrapping_add(1); // another sequence number
+    let before = br.stats().dropped(DropReason::UnknownSpi);
+    assert_eq!(
+        receive(&mut br, &third, grace).unwrap_err(),
+        Error::UnknownSpi { spi: 0x1000 }
+    );
+    assert_eq!(br.stats().dropped(DropReason::UnknownSpi), before + 1);
+    assert!(br.sa("br-in").is_none());
+    // The new SA now serves the policy alone and cannot be deleted under it.
+    assert!(matches!(
+        br.delete_sa("br-in-2"),
+        Err(ControlError::SaInUse { .. })
+    ));
+    // Its SPI is taken; the old one is free again.
+    assert!(matches!(
+        br.add_sa("x", sa(spi, Direction::Inbound, 60), T0),
+        Err(ControlError::DuplicateSpi { .. })
+    ));
+    br.add_sa("x", sa(0x1000, Direction::Inbound, 61), T0)
+        .unwrap();
+}
+
+#[test]
+fn a_deleted_inbound_sa_decides_no_packet_and_its_spi_can_be_allocated_again() {
+    let (mut hq, mut br) = live_pair();
+    let (wire, _) = send(&mut hq, &hq_packet(1)).unwrap();
+    br.remove_policy("rdp").unwrap();
+    br.delete_sa("br-in").unwrap();
+    assert_eq!(
+        receive(&mut br, &wire, T0).unwrap_err(),
+        Error::UnknownSpi { spi: 0x1000 }
+    );
+    br.set_spi_range(0x1000, 0x1000).unwrap();
+    assert_eq!(br.allocate_spi(T0).unwrap(), 0x1000);
+}
+
+#[test]
+fn a_chain_of_rekeys_keeps_the_policy_served() {
+    let (mut hq, mut br) = live_pair();
+    let (mut out, mut inb) = ("hq-out".to_owned(), "br-in".to_owned());
+    for round in 1..=20u32 {
+        let spi = 0x10_000 + round;
+        let (new_out, new_in) = (format!("hq-out-{round}"), format!("br-in-{round}"));
+        br.rekey_sa(&inb, &new_in, sa(spi, Direction::Inbound, 1000 + round), T0)
+            .unwrap();
+        hq.rekey_sa(
+            &out,
+            &new_out,
+            sa(spi, Direction::Outbound, 1000 + round),
+            T0,
+        )
+        .unwrap();
+        hq.delete_sa(&out).unwrap();
+        br.delete_sa(&inb).unwrap();
+        let (wire, via) = send(&mut hq, &hq_packet(round)).unwrap();
+        assert_eq!(via, new_out);
+        assert_eq!(
+            receive(&mut br, &wire, T0).unwrap(),
+            (hq_packet(round), new_in.clone())
+        );
+        (out, inb) = (new_out, new_in);
+    }
+    assert_eq!(hq.sas().count(), 2);
+    assert_eq!(br.sas().count(), 2);
+}
