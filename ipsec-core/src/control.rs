@@ -88,7 +88,7 @@ pub enum ControlError {
         /// The first policy that needs it.
         policy: String,
     },
-    /// The policy names an SA that is not installed, or one of the other direction.
+    /// The policy names an SA that is not installed (or only by SAs being retired).
     MissingSa {
         /// The policy.
         policy: String,
@@ -120,9 +120,11 @@ pub enum ControlError {
 impl fmt::Display for ControlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ControlError::DuplicateName { name } => {
-                write!(f, "an SA called {name:?} is installed (names are unique)")
-            }
+            ControlError::DuplicateName { name } => write!(
+                f,
+                "the name {name:?} is taken by an installed SA, or by policies for the SA \
+                 that succeeded one (SA names are unique)"
+            ),
             ControlError::DuplicateSpi { spi, sa } => write!(
                 f,
                 "inbound sa {sa:?} already has SPI {spi:#010x}: inbound SAs are found by \
@@ -136,7 +138,7 @@ impl fmt::Display for ControlError {
             ),
             ControlError::MissingSa { policy, sa } => write!(
                 f,
-                "policy {policy:?} names sa {sa:?}, which is not installed in that direction"
+                "policy {policy:?} names sa {sa:?}, which is not installed (or only SAs being retired serve it)"
             ),
             ControlError::DirectionMismatch { sa, replaces } => write!(
                 f,
@@ -311,10 +313,8 @@ impl Gateway {
             }
             Direction::Inbound => {
                 for n in &entry.serves {
-                    let alone = self
-                        .served_by
-                        .get(n)
-                        .is_none_or(|v| v.iter().all(|&i| i == index));
+                    // SAs on their way out (retiring) do not count as serving.
+                    let alone = !self.is_served_by_another(n, index);
                     if alone && let Some(p) = self.spd.first_policy_naming(n, Direction::Inbound) {
                         return Err(in_use(p));
                     }
@@ -322,6 +322,15 @@ impl Gateway {
             }
         }
         Ok(index)
+    }
+
+    /// Whether an inbound SA other than `index` that is not retiring serves the
+    /// policies naming `name`.
+    fn is_served_by_another(&self, name: &str, index: usize) -> bool {
+        self.served_by.get(name).is_some_and(|v| {
+            v.iter()
+                .any(|&i| i != index && self.entry(i).retire_at.is_none())
+        })
     }
 
     /// Creates the SA of `config` after checking that `name` is free, its SPI unique
@@ -443,6 +452,7 @@ impl Gateway {
         sa_dirs.extend(
             self.served_by
                 .keys()
+                .filter(|n| self.is_served_by_another(n, usize::MAX))
                 .map(|n| (n.as_str(), Direction::Inbound)),
         );
         let (policy, named) = policy_name_and_sas(text);

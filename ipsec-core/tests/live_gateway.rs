@@ -425,3 +425,28 @@ fn a_chain_of_rekeys_keeps_the_policy_served() {
     assert_eq!(hq.sas().count(), 2);
     assert_eq!(br.sas().count(), 2);
 }
+
+#[test]
+fn an_sa_being_retired_does_not_count_as_serving_a_policy() {
+    let (_, mut br) = live_pair();
+    br.rekey_sa("br-in", "br-in-2", sa(0x1001, Direction::Inbound, 70), T0)
+        .unwrap();
+    br.retire_sa("br-in", Duration::from_secs(10)).unwrap();
+    // The successor is now the only SA that will still serve "rdp" after the grace time.
+    assert_eq!(
+        br.delete_sa("br-in-2").unwrap_err(),
+        ControlError::SaInUse {
+            sa: "br-in-2".into(),
+            policy: "rdp".into(),
+        }
+    );
+    assert!(br.retire_sa("br-in-2", T0).is_err());
+    // Retiring again just moves the time; deleting at once is allowed.
+    br.retire_sa("br-in", Duration::from_secs(20)).unwrap();
+    br.delete_sa("br-in").unwrap();
+    // After a refused delete and a real one, only the successor is left and it serves.
+    assert_eq!(
+        br.sas().map(|(n, _)| n.to_owned()).collect::<Vec<_>>(),
+        ["br-out", "br-in-2"]
+    );
+}
