@@ -42,12 +42,17 @@
 //! # Cost and threads
 //!
 //! Adding, rekeying and deleting an SA are O(1) (hash maps; an SA's creation expands
-//! its key schedule). Policy changes compile a new classifier for the whole SPD
-//! (O(n log n) in the number of policies, off no lock of the caller's: the gateway is
-//! `&mut`) and swap it in; `benches/benches/scale.rs` measures both. Like every
-//! `&mut self` method, a control call runs on the thread that owns the gateway (or
-//! under the caller's lock around it), between packets: a packet is processed under
-//! the state before or after a change, never half of one.
+//! its key schedule). A policy change compiles a new classifier for the whole SPD
+//! (O(n log n) in the number of policies) and swaps it in; `benches/benches/scale.rs`
+//! measures both. Like every `&mut self` method, a control call runs on the thread
+//! that owns the gateway (or under the caller's lock around it), between packets: a
+//! packet is processed under the state before or after a change, never half of one.
+//!
+//! To keep the compile off that thread or lock, batch policy changes in a
+//! [`PolicyEdit`] ([`Gateway::edit_policies`]), [`PolicyEdit::compile`] it anywhere,
+//! and [`Gateway::commit_policies`] the result: the gateway is needed only to take the
+//! edit and to commit it (an O(1) swap), and a commit over policies that changed
+//! meanwhile is refused ([`ControlError::StalePolicies`]), never half-applied.
 
 use crate::error::ConfigError;
 use crate::gateway::{Gateway, SaEntry};
@@ -115,6 +120,9 @@ pub enum ControlError {
     /// The SA's configuration or the policy's text is invalid, or the SA would share a
     /// key with an installed SA. Says which field and why; never quotes a key.
     Config(ConfigError),
+    /// [`Gateway::commit_policies`]: the gateway's policies changed after the edit was
+    /// taken; take a new one ([`Gateway::edit_policies`]) and make the changes again.
+    StalePolicies,
 }
 
 impl fmt::Display for ControlError {
@@ -153,6 +161,10 @@ impl fmt::Display for ControlError {
                 write!(f, "no policy called {name:?} is installed")
             }
             ControlError::Config(e) => e.fmt(f),
+            ControlError::StalePolicies => f.write_str(
+                "the policies changed after this edit was taken: edit them again from the \
+                 gateway's current policies",
+            ),
         }
     }
 }
@@ -286,6 +298,7 @@ impl Gateway {
         if entry.retire_at.replace(at).is_none() {
             self.retiring += 1;
         }
+        self.sa_removals += 1;
         Ok(())
     }
 
@@ -440,9 +453,10 @@ impl Gateway {
         self.spd.policies().iter().position(|p| p.name() == name)
     }
 
-    /// Parses `text` as one policy whose SA names must be installed: outbound names
-    /// are those the outbound SAs carry, inbound names those the inbound SAs serve.
-    fn parse_policy(&self, text: &str) -> Result<Policy, ControlError> {
+    /// The direction of every SA name policies may use now: outbound names are those
+    /// the outbound SAs carry, inbound names those served by an inbound SA that is not
+    /// being retired.
+    fn sa_directions(&self) -> HashMap<&str, Direction> {
         let mut sa_dirs: HashMap<&str, Direction> = HashMap::new();
         sa_dirs.extend(
             self.routes
@@ -455,20 +469,189 @@ impl Gateway {
                 .filter(|n| self.is_served_by_another(n, usize::MAX))
                 .map(|n| (n.as_str(), Direction::Inbound)),
         );
-        let (policy, named) = policy_name_and_sas(text);
-        if let Some(sa) = named
-            .into_iter()
-            .find(|n| !sa_dirs.contains_key(n.as_str()))
-        {
-            return Err(ControlError::MissingSa { policy, sa });
+        sa_dirs
+    }
+
+    /// Parses `text` as one policy whose SA names must be installed.
+    fn parse_policy(&self, text: &str) -> Result<Policy, ControlError> {
+        parse_policy_for(text, |n| self.sa_direction(n))
+    }
+
+    /// The direction of the SA name `n` as policies may use it now (see
+    /// [`Gateway::sa_directions`]).
+    fn sa_direction(&self, n: &str) -> Option<Direction> {
+        if self.routes.contains_key(n) {
+            Some(Direction::Outbound)
+        } else if self.is_served_by_another(n, usize::MAX) {
+            Some(Direction::Inbound)
+        } else {
+            None
         }
-        Ok(parse_one_policy(text, &sa_dirs)?)
+    }
+
+    /// Starts a batch of policy changes that is compiled away from the gateway: take
+    /// it (O(policies + SAs), a copy), make the changes and [`PolicyEdit::compile`] on
+    /// any thread, without the gateway (the expensive step: a new classifier for the
+    /// whole SPD), then [`Gateway::commit_policies`] swaps the result in, O(1) unless
+    /// SAs were deleted meanwhile. A C or Python gateway whose packet threads share
+    /// one lock holds it only for this call and the commit, never for the compile.
+    pub fn edit_policies(&self) -> PolicyEdit {
+        PolicyEdit {
+            policies: self.spd.policies().to_vec(),
+            sa_dirs: self
+                .sa_directions()
+                .into_iter()
+                .map(|(n, d)| (n.to_owned(), d))
+                .collect(),
+            base: self.policy_generation,
+            sa_removals: self.sa_removals,
+        }
+    }
+
+    /// Swaps in the policies `compiled` from an edit taken by
+    /// [`Gateway::edit_policies`] on this gateway. Refused (nothing changed) with
+    /// [`ControlError::StalePolicies`] when the policies changed since the edit was
+    /// taken (take a new one), or [`ControlError::MissingSa`] when an SA a policy names
+    /// was deleted (or is being retired) since.
+    pub fn commit_policies(&mut self, compiled: CompiledPolicies) -> Result<(), ControlError> {
+        if compiled.base != self.policy_generation {
+            return Err(ControlError::StalePolicies);
+        }
+        if compiled.sa_removals != self.sa_removals {
+            for p in compiled.spd.policies() {
+                for (name, want) in [
+                    (p.sa(Direction::Outbound), Direction::Outbound),
+                    (p.sa(Direction::Inbound), Direction::Inbound),
+                ] {
+                    if let Some(n) = name
+                        && self.sa_direction(n) != Some(want)
+                    {
+                        return Err(ControlError::MissingSa {
+                            policy: p.name().to_owned(),
+                            sa: n.to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        self.spd = compiled.spd;
+        self.policy_generation += 1;
+        self.fragments.forget_all();
+        Ok(())
     }
 
     /// Compiles `policies` into a new SPD and swaps it in; remembered fragment
     /// decisions (positions in the old SPD) are forgotten.
     fn swap_policies(&mut self, policies: Vec<Policy>) {
         self.spd = Spd::with_policies(policies);
+        self.policy_generation += 1;
         self.fragments.forget_all();
     }
+}
+
+/// Parses `text` as one policy whose SA names must be known to `dir_of` (which gives
+/// each installed name's direction). Only the names the policy uses are looked up, so
+/// the cost does not grow with the number of SAs.
+fn parse_policy_for(
+    text: &str,
+    dir_of: impl Fn(&str) -> Option<Direction>,
+) -> Result<Policy, ControlError> {
+    let (policy, named) = policy_name_and_sas(text);
+    let mut dirs: HashMap<&str, Direction> = HashMap::new();
+    for n in &named {
+        match dir_of(n) {
+            Some(d) => {
+                dirs.insert(n, d);
+            }
+            None => {
+                return Err(ControlError::MissingSa {
+                    policy,
+                    sa: n.clone(),
+                });
+            }
+        }
+    }
+    Ok(parse_one_policy(text, &dirs)?)
+}
+
+/// A batch of policy changes made away from the gateway ([`Gateway::edit_policies`]):
+/// each change is checked as [`Gateway::install_policy`] and the others check it
+/// (against the gateway's SAs as they were when the edit was taken) and refused
+/// changes change nothing; [`PolicyEdit::compile`] builds the classifier.
+#[derive(Clone, Debug)]
+pub struct PolicyEdit {
+    policies: Vec<Policy>,
+    sa_dirs: HashMap<String, Direction>,
+    base: u64,
+    sa_removals: u64,
+}
+
+impl PolicyEdit {
+    /// The policies as edited so far, in order.
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.policies.iter().position(|p| p.name() == name)
+    }
+
+    /// [`Gateway::install_policy`] on the edit.
+    pub fn install(&mut self, text: &str, before: Option<&str>) -> Result<(), ControlError> {
+        let policy = parse_policy_for(text, |n| self.sa_dirs.get(n).copied())?;
+        if self.position(policy.name()).is_some() {
+            return Err(ControlError::DuplicatePolicy {
+                name: policy.name().to_owned(),
+            });
+        }
+        let at = match before {
+            None => self.policies.len(),
+            Some(b) => self
+                .position(b)
+                .ok_or_else(|| ControlError::UnknownPolicy { name: b.to_owned() })?,
+        };
+        self.policies.insert(at, policy);
+        Ok(())
+    }
+
+    /// [`Gateway::replace_policy`] on the edit.
+    pub fn replace(&mut self, text: &str) -> Result<(), ControlError> {
+        let policy = parse_policy_for(text, |n| self.sa_dirs.get(n).copied())?;
+        let at = self
+            .position(policy.name())
+            .ok_or_else(|| ControlError::UnknownPolicy {
+                name: policy.name().to_owned(),
+            })?;
+        self.policies[at] = policy;
+        Ok(())
+    }
+
+    /// [`Gateway::remove_policy`] on the edit.
+    pub fn remove(&mut self, name: &str) -> Result<(), ControlError> {
+        let at = self
+            .position(name)
+            .ok_or_else(|| ControlError::UnknownPolicy {
+                name: name.to_owned(),
+            })?;
+        self.policies.remove(at);
+        Ok(())
+    }
+
+    /// Compiles the edited policies (the expensive step; needs no gateway, so it can
+    /// run on any thread while the gateway goes on processing packets).
+    pub fn compile(self) -> CompiledPolicies {
+        CompiledPolicies {
+            spd: Spd::with_policies(self.policies),
+            base: self.base,
+            sa_removals: self.sa_removals,
+        }
+    }
+}
+
+/// Policies compiled by [`PolicyEdit::compile`], for [`Gateway::commit_policies`].
+#[derive(Debug)]
+pub struct CompiledPolicies {
+    spd: Spd,
+    base: u64,
+    sa_removals: u64,
 }

@@ -120,6 +120,10 @@ pub struct Gateway {
     pub(crate) headrooms: BTreeMap<usize, usize>,
     /// SAs with a retirement time set.
     pub(crate) retiring: usize,
+    /// Bumped whenever the policies change ([`crate::control::PolicyEdit`]).
+    pub(crate) policy_generation: u64,
+    /// Bumped whenever an SA is deleted or set to retire.
+    pub(crate) sa_removals: u64,
     /// The keys of the installed SAs (no key may serve two SAs).
     pub(crate) keys: KeyRegistry,
     /// Outer ESP fragments in progress.
@@ -174,6 +178,8 @@ impl Gateway {
             stats: SaStats::default(),
             headrooms: BTreeMap::new(),
             retiring: 0,
+            policy_generation: 0,
+            sa_removals: 0,
             keys: KeyRegistry::new(),
             reassembler: Reassembler::new(ReassemblyLimits::DEFAULT),
             fragments: FragmentTable::new(FragmentLimits::DEFAULT),
@@ -271,6 +277,7 @@ impl Gateway {
         self.by_name.remove(&entry.name);
         self.retiring -= usize::from(entry.retire_at.is_some());
         self.fragments.forget_all();
+        self.sa_removals += 1;
         self.free.push(index);
         entry
     }

@@ -77,7 +77,7 @@ pub mod spd;
 pub mod spi;
 
 pub use buffer::{PacketBuf, SpareBuffers};
-pub use control::ControlError;
+pub use control::{CompiledPolicies, ControlError, PolicyEdit};
 pub use crypto::{Cipher, Integrity};
 pub use error::{ConfigError, DropReason, Error, FragmentError, LifetimeLimit, Malformed};
 pub use fragment_policy::FragmentLimits;

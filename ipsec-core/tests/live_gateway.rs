@@ -450,3 +450,71 @@ fn an_sa_being_retired_does_not_count_as_serving_a_policy() {
         ["br-out", "br-in-2"]
     );
 }
+
+#[test]
+fn a_policy_batch_compiles_on_another_thread_while_packets_flow() {
+    let (mut hq, mut br) = live_pair();
+    let mut edit = hq.edit_policies();
+    edit.install(
+        "name = \"web\"\nremote = \"10.1.0.0/24\"\nprotocol = \"tcp\"\nremote_port = 80\naction = \"bypass\"\n",
+        Some("deny"),
+    )
+    .unwrap();
+    edit.replace(&rdp_policy(
+        "rdp",
+        "10.0.0.0/24",
+        "10.1.0.0/25",
+        ["hq-out", "hq-in"],
+    ))
+    .unwrap();
+    // A refused change inside the batch changes nothing in it.
+    assert!(matches!(
+        edit.install(
+            &rdp_policy("x", "10.0.0.0/24", "10.1.0.0/24", ["nope", "hq-in"]),
+            None
+        ),
+        Err(ControlError::MissingSa { .. })
+    ));
+    assert_eq!(
+        edit.policies().iter().map(|p| p.name()).collect::<Vec<_>>(),
+        ["rdp", "web", "deny"]
+    );
+    let compiling = std::thread::spawn(move || edit.compile());
+    // Meanwhile the gateway goes on under the old policies (10.1.0.200 is protected).
+    let far = packet([10, 0, 0, 5], [10, 1, 0, 200], 1);
+    let (wire, _) = send(&mut hq, &far).unwrap();
+    receive(&mut br, &wire, T0).unwrap();
+    let compiled = compiling.join().unwrap();
+    hq.commit_policies(compiled).unwrap();
+    assert_eq!(shape(&hq).0, ["rdp", "web", "deny"]);
+    assert_eq!(send(&mut hq, &far).unwrap_err(), Error::PolicyDiscard);
+
+    // An edit taken before another change is stale.
+    let stale = hq.edit_policies();
+    hq.remove_policy("web").unwrap();
+    assert_eq!(
+        hq.commit_policies(stale.compile()).unwrap_err(),
+        ControlError::StalePolicies
+    );
+    assert_eq!(shape(&hq).0, ["rdp", "deny"]);
+
+    // An SA deleted while a batch that names it compiles: the commit is refused.
+    hq.add_sa("mail-out", sa(0x5000, Direction::Outbound, 80), T0)
+        .unwrap();
+    let mut edit = hq.edit_policies();
+    edit.install(
+        "name = \"mail\"\ndirection = \"outbound\"\nremote = \"10.1.0.0/24\"\nprotocol = \"tcp\"\n\
+         remote_port = 25\naction = \"protect\"\nsa = \"mail-out\"\n",
+        Some("deny"),
+    )
+    .unwrap();
+    hq.delete_sa("mail-out").unwrap();
+    assert_eq!(
+        hq.commit_policies(edit.compile()).unwrap_err(),
+        ControlError::MissingSa {
+            policy: "mail".into(),
+            sa: "mail-out".into()
+        }
+    );
+    assert_eq!(shape(&hq).0, ["rdp", "deny"]);
+}
