@@ -923,7 +923,7 @@ impl SecurityAssociation {
         }
         let seq_wire =
             u32::from_be_bytes([esp_header[4], esp_header[5], esp_header[6], esp_header[7]]);
-        let seq = self.replay.check(seq_wire)?;
+        let seq = self.replay_check(seq_wire)?;
         let offset = pkt.offset();
         let esp = offset + esp_rel;
         let body = esp + ESP_HEADER_LEN + iv_len;
@@ -935,8 +935,9 @@ impl SecurityAssociation {
         {
             return Err(Error::AuthenticationFailed);
         }
-        // `check` passed and nothing has touched the window since.
-        self.replay.record_checked(seq);
+        // `check` passed and nothing has touched the window since (on a lane of a
+        // shared SA another lane may have: then this is a replay).
+        self.replay_record(seq)?;
         let buf = pkt.buffer_mut();
         let next_header = buf[icv - 1];
         let pad = usize::from(buf[icv - 2]);

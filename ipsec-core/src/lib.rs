@@ -72,6 +72,7 @@ pub mod sa;
 pub mod sa_file;
 pub mod sa_set;
 pub mod secret;
+pub mod shared;
 pub mod snapshot;
 pub mod spd;
 pub mod spi;
@@ -89,6 +90,7 @@ pub use sa::{
     DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, SaEvent, SaStats,
     SecurityAssociation, TfcPadding,
 };
+pub use shared::{SaLane, SharedSa, SharedSaOptions};
 pub use snapshot::{RestoreOptions, SaSnapshot, SnapshotError};
 pub use spd::{Action, Decision, Flow, Fragment, FragmentDecision, PolicyDirection, Spd, SpdCache};
 pub use spi::{SpiAllocator, SpiError};

@@ -1051,6 +1051,8 @@ pub struct SecurityAssociation {
     pub(crate) next_ipv4_ident: u16,
     /// NAT traversal beyond the UDP header: keepalives, NAT original addresses.
     pub(crate) nat: NatTraversal,
+    /// A lane of a [`crate::shared::SharedSa`] (inbound): the replay window it checks.
+    pub(crate) shared_replay: Option<std::sync::Arc<crate::shared::SharedState>>,
 }
 
 impl fmt::Debug for SecurityAssociation {
@@ -1144,6 +1146,7 @@ impl SecurityAssociation {
             next_ipv4_ident: first_ident,
             nat: NatTraversal::new(&config, now),
             origin: Box::new(config),
+            shared_replay: None,
         })
     }
 

@@ -1,0 +1,387 @@
+//! One SA's traffic on several threads at once (RFC 4301 leaves this to the
+//! implementation; RFC 9611 describes the other model, one SA per core).
+//!
+//! A [`SharedSa`] is made with a number of [`SaLane`]s, one per thread. A lane is a
+//! whole [`SecurityAssociation`] of the same keys, SPI and mode (its own key schedule,
+//! counters and scratch state, so the threads share no cache line on the per-packet
+//! path) that takes the SA's **state** from the shared part:
+//!
+//! * **Outbound sequence numbers** are leased from one atomic counter in blocks of
+//!   [`SharedSaOptions::block`] numbers (default 8); a lane uses its block in order,
+//!   so no number is ever used twice under the key (the nonce of the AEAD suites is
+//!   the sequence number: a repeat would be fatal) and no number is skipped while the
+//!   lanes run; only the unused rest of each lane's last block is never sent. Lanes
+//!   send at most `lanes x block` numbers apart, far inside a peer's replay window
+//!   (64 by default) for the defaults.
+//! * **The inbound replay window** is one [`ReplayWindow`] behind a mutex, held twice
+//!   per packet for a few nanoseconds: to check the sequence number before the ICV is
+//!   verified (RFC 4303 §3.4.3), and to record it after; decryption runs in parallel.
+//!   A packet two lanes verify at the same time is accepted by exactly one: the second
+//!   record fails and it is dropped as `replayed`. (A lock-free bitmap would save the
+//!   two uncontended lock round trips; `benches/benches/cores.rs` measures what they
+//!   cost.)
+//! * **Counters** are per lane (no shared writes); [`SharedSa::stats`] sums what the
+//!   lanes published: a lane publishes at each block lease (outbound), every 64 packets
+//!   (inbound), and when [`SaLane::publish`] is called or it is dropped.
+//! * **Lifetimes**: the hard packet limit is exact (sequence numbers are leased against
+//!   it). Byte limits, and the soft packet limit, are split evenly between the lanes
+//!   (each lane's share; one lane may therefore reach its share before the SA as a
+//!   whole reaches the limit: the SA then expires early, never late). Time limits are
+//!   the SA's own. Each lane raises its own events ([`SaLane::poll_event`]).
+//!
+//! NAT-keepalives (UDP encapsulation) are sent by lane 0 only
+//! ([`SaLane::poll_keepalive`]): one sender per mapping is enough. Snapshots are of whole SAs
+//! ([`SecurityAssociation::snapshot`]), not of lanes. IPv4 Identification counters are
+//! per lane, from independent random starts.
+
+use crate::buffer::PacketBuf;
+use crate::error::{ConfigError, Error};
+use crate::replay::ReplayWindow;
+use crate::sa::{Direction, SaConfig, SaEvent, SaStats, SecurityAssociation};
+use core::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// How a [`SharedSa`] is split between its lanes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SharedSaOptions {
+    /// Lanes (threads), 1 to 256.
+    pub lanes: usize,
+    /// Outbound: sequence numbers leased at a time, 1 to 1,024 (1: one atomic
+    /// operation per packet; more: fewer, at the price of up to `block - 1` numbers
+    /// never sent per lane when the SA ends).
+    pub block: u32,
+}
+
+impl SharedSaOptions {
+    /// `lanes` lanes with blocks of 8 sequence numbers.
+    pub const fn lanes(lanes: usize) -> SharedSaOptions {
+        SharedSaOptions { lanes, block: 8 }
+    }
+
+    /// The same with blocks of `block` sequence numbers.
+    pub const fn with_block(mut self, block: u32) -> SharedSaOptions {
+        self.block = block;
+        self
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(1..=256).contains(&self.lanes) {
+            return Err(ConfigError::new(
+                "lanes",
+                format!("{} lanes: expected 1 to 256", self.lanes),
+            ));
+        }
+        if !(1..=1024).contains(&self.block) {
+            return Err(ConfigError::new(
+                "block",
+                format!("{}: expected 1 to 1024 sequence numbers", self.block),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The state the lanes of one SA share.
+pub(crate) struct SharedState {
+    direction: Direction,
+    spi: u32,
+    /// Outbound: the next sequence number no lane has leased.
+    next_seq: AtomicU64,
+    /// Outbound: the last sequence number that may be leased (the sequence space, or
+    /// the hard packet lifetime, whichever ends first).
+    last_seq: u64,
+    block: u64,
+    /// Inbound: the one replay window.
+    replay: Mutex<ReplayWindow>,
+    /// What each lane last published.
+    published: Box<[Mutex<SaStats>]>,
+}
+
+impl SharedState {
+    fn replay(&self) -> MutexGuard<'_, ReplayWindow> {
+        // A lane that panicked while holding it left the window consistent (every
+        // operation on it is a single call).
+        self.replay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The shared part of an SA processed by several threads (see the [module
+/// docs](self)): for monitoring; the packets go through its [`SaLane`]s.
+#[derive(Clone)]
+pub struct SharedSa {
+    shared: Arc<SharedState>,
+}
+
+impl core::fmt::Debug for SharedSa {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SharedSa")
+            .field("spi", &format_args!("{:#010x}", self.shared.spi))
+            .field("direction", &self.shared.direction)
+            .field("lanes", &self.shared.published.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One thread's lane of a [`SharedSa`]: `Send`, owned by one thread.
+pub struct SaLane {
+    sa: SecurityAssociation,
+    shared: Arc<SharedState>,
+    index: usize,
+    /// Outbound: the last sequence number of the lane's current block (the lane's SA
+    /// counts `seq` up to it).
+    block_end: u64,
+    /// Inbound: packets since the lane last published.
+    unpublished: u32,
+}
+
+impl core::fmt::Debug for SaLane {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SaLane")
+            .field("index", &self.index)
+            .field("sa", &self.sa)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits an optional limit between `n` lanes (at least 1 each).
+fn share(limit: Option<u64>, n: u64) -> Option<u64> {
+    limit.map(|l| (l / n).max(1))
+}
+
+impl SharedSa {
+    /// Creates the SA of `config` at `now` as `options.lanes` lanes. Refused as
+    /// [`SecurityAssociation::new`] refuses a configuration, and for bad options.
+    pub fn new(
+        config: SaConfig,
+        options: SharedSaOptions,
+        now: Duration,
+    ) -> Result<(SharedSa, Vec<SaLane>), ConfigError> {
+        options.check()?;
+        config.check()?;
+        let n = options.lanes as u64;
+        let space_end = if config.esn {
+            u64::MAX
+        } else {
+            u64::from(u32::MAX)
+        };
+        let last_seq = match config.hard.packets {
+            Some(p) => space_end.min(config.seq.saturating_add(p)),
+            None => space_end,
+        };
+        let window = match config.direction {
+            Direction::Inbound => ReplayWindow::with_highest(
+                config
+                    .replay_window
+                    .unwrap_or(SaConfig::DEFAULT_REPLAY_WINDOW),
+                config.esn,
+                config.seq,
+            )?,
+            Direction::Outbound => ReplayWindow::new(0, config.esn)?,
+        };
+        let shared = Arc::new(SharedState {
+            direction: config.direction,
+            spi: config.spi,
+            next_seq: AtomicU64::new(config.seq + 1),
+            last_seq,
+            block: u64::from(options.block),
+            replay: Mutex::new(window),
+            published: (0..options.lanes)
+                .map(|_| Mutex::new(SaStats::default()))
+                .collect(),
+        });
+        let mut lanes = Vec::with_capacity(options.lanes);
+        for index in 0..options.lanes {
+            let mut lane_config = config.try_clone().ok_or_else(|| {
+                ConfigError::new(
+                    "iv_source",
+                    "a shared SA cannot copy a custom IV source to its lanes",
+                )
+            })?;
+            lane_config.hard.packets = None;
+            lane_config.hard.bytes = share(config.hard.bytes, n);
+            lane_config.soft.packets = share(config.soft.packets, n);
+            lane_config.soft.bytes = share(config.soft.bytes, n);
+            if config.direction == Direction::Inbound {
+                // The lane's own window is not used: the shared one decides.
+                lane_config.replay_window = Some(0);
+            }
+            if index > 0 {
+                // One NAT-keepalive sender per mapping is enough: lane 0.
+                lane_config.nat_keepalive_interval = None;
+            }
+            let mut sa = SecurityAssociation::new(lane_config, now)?;
+            if config.direction == Direction::Inbound {
+                sa.shared_replay = Some(Arc::clone(&shared));
+            }
+            // Outbound: no block yet; the first packet leases one.
+            sa.seq = config.seq;
+            lanes.push(SaLane {
+                sa,
+                shared: Arc::clone(&shared),
+                index,
+                block_end: config.seq,
+                unpublished: 0,
+            });
+        }
+        Ok((SharedSa { shared }, lanes))
+    }
+
+    /// The SPI.
+    pub fn spi(&self) -> u32 {
+        self.shared.spi
+    }
+
+    /// Outbound: the highest sequence number leased to a lane (every number up to it
+    /// was or will be used by exactly one lane). Inbound: the highest sequence number
+    /// accepted.
+    pub fn seq(&self) -> u64 {
+        match self.shared.direction {
+            Direction::Outbound => self.shared.next_seq.load(Ordering::Relaxed) - 1,
+            Direction::Inbound => self.shared.replay().highest(),
+        }
+    }
+
+    /// The sum of the counters the lanes published (see the [module docs](self)).
+    pub fn stats(&self) -> SaStats {
+        let mut sum = SaStats::default();
+        for slot in self.shared.published.iter() {
+            let s = *slot.lock().unwrap_or_else(|p| p.into_inner());
+            sum.packets += s.packets;
+            sum.bytes += s.bytes;
+            for (reason, n) in s.drops() {
+                sum.count_drops(reason, n);
+            }
+        }
+        sum
+    }
+}
+
+impl SaLane {
+    /// The lane's number (0-based).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The lane's own counters.
+    pub fn stats(&self) -> &SaStats {
+        self.sa.stats()
+    }
+
+    /// Publishes the lane's counters to [`SharedSa::stats`].
+    pub fn publish(&self) {
+        *self.shared.published[self.index]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = *self.sa.stats();
+    }
+
+    /// The next lifetime event of this lane ([`SecurityAssociation::poll_event`]).
+    pub fn poll_event(&mut self, now: Duration) -> Option<SaEvent> {
+        self.sa.poll_event(now)
+    }
+
+    /// The NAT-keepalive due at `now`, if any ([`SecurityAssociation::poll_keepalive`];
+    /// lane 0 only sends them).
+    pub fn poll_keepalive(
+        &mut self,
+        now: Duration,
+        out: &mut [u8; crate::NAT_KEEPALIVE_MAX_LEN],
+    ) -> Option<usize> {
+        self.sa.poll_keepalive(now, out)
+    }
+
+    /// Takes the next block of sequence numbers when the current one is used up.
+    #[inline]
+    fn ensure_seq(&mut self) -> Result<(), Error> {
+        if self.sa.seq < self.block_end {
+            return Ok(());
+        }
+        self.lease()
+    }
+
+    #[cold]
+    fn lease(&mut self) -> Result<(), Error> {
+        let s = &self.shared;
+        let start = s.next_seq.fetch_add(s.block, Ordering::Relaxed);
+        if start > s.last_seq {
+            // Counted once per packet refused, as an SA whose numbers ran out does.
+            let e = if s.last_seq
+                < (if self.sa.esn {
+                    u64::MAX
+                } else {
+                    u64::from(u32::MAX)
+                }) {
+                Error::LifetimeExpired(crate::LifetimeLimit::Packets)
+            } else {
+                Error::SequenceOverflow
+            };
+            self.sa.stats.count_drop(e.drop_reason());
+            return Err(e);
+        }
+        self.sa.seq = start - 1;
+        self.block_end = (start + s.block - 1).min(s.last_seq);
+        self.publish();
+        Ok(())
+    }
+
+    /// Encrypts the packet in `pkt` in place ([`SecurityAssociation::encrypt`]) with
+    /// the next sequence number of the lane's block.
+    pub fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
+        if self.shared.direction != Direction::Outbound {
+            return self.sa.encrypt(pkt, now);
+        }
+        self.ensure_seq()?;
+        self.sa.encrypt(pkt, now)
+    }
+
+    /// Decrypts the packet in `pkt` in place ([`SecurityAssociation::decrypt`]),
+    /// checking and recording its sequence number in the shared replay window.
+    pub fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
+        let r = self.sa.decrypt(pkt, now);
+        self.unpublished += 1;
+        if self.unpublished >= 64 {
+            self.unpublished = 0;
+            self.publish();
+        }
+        r
+    }
+}
+
+impl Drop for SaLane {
+    fn drop(&mut self) {
+        self.publish();
+    }
+}
+
+impl SecurityAssociation {
+    /// The inbound replay check ([`ReplayWindow::check`]) against the SA's own window or,
+    /// on a lane, the shared one.
+    #[inline]
+    pub(crate) fn replay_check(&self, seq_wire: u32) -> Result<u64, Error> {
+        match &self.shared_replay {
+            None => self.replay.check(seq_wire),
+            Some(s) => s.replay().check(seq_wire),
+        }
+    }
+
+    /// Records `seq`, checked by [`Self::replay_check`] and verified since. On a lane
+    /// another lane may have recorded it meanwhile: then it is a replay.
+    #[inline]
+    pub(crate) fn replay_record(&mut self, seq: u64) -> Result<(), Error> {
+        match &self.shared_replay {
+            None => {
+                self.replay.record_checked(seq);
+                Ok(())
+            }
+            Some(s) => s.replay().update(seq),
+        }
+    }
+}
+
+const _: () = {
+    const fn send<T: Send>() {}
+    const fn send_sync<T: Send + Sync>() {}
+    send::<SaLane>();
+    send_sync::<SharedSa>();
+};
