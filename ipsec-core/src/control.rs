@@ -20,7 +20,8 @@
 //!   call that would leave one so is refused with [`ControlError::SaInUse`] or
 //!   [`ControlError::MissingSa`]); the decisions remembered for fragments are forgotten
 //!   whenever SAs or policies change, so a later fragment gets the stateless answer
-//!   (see [`crate::fragment_policy`]), never one made by a policy or SA that is gone.
+//!   (see [`crate::fragment_policy`]), never one made by a policy or SA that is gone;
+//!   the SPD cache ([`Gateway::set_spd_cache`]) is emptied with every policy change.
 //! * **Keys are never shared.** An SA whose cipher or integrity key another installed
 //!   SA uses is refused, as loading a policy file refuses it ([`crate::sa_set`]).
 //!
@@ -537,6 +538,7 @@ impl Gateway {
         self.spd = compiled.spd;
         self.policy_generation += 1;
         self.fragments.forget_all();
+        self.flow_cache.clear();
         Ok(())
     }
 
@@ -546,6 +548,7 @@ impl Gateway {
         self.spd = Spd::with_policies(policies);
         self.policy_generation += 1;
         self.fragments.forget_all();
+        self.flow_cache.clear();
     }
 }
 

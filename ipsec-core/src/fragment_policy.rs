@@ -57,6 +57,7 @@
 
 use crate::error::{ConfigError, Error, FragmentError};
 use crate::sa::Direction;
+use crate::spd::cache::FlowCache;
 use crate::spd::{Decision, Flow, Fragment, Spd};
 use core::time::Duration;
 use std::hash::{BuildHasher, RandomState};
@@ -313,6 +314,7 @@ impl FragmentTable {
 #[inline]
 pub(crate) fn cleartext_decision<'s>(
     spd: &'s Spd,
+    cache: &mut FlowCache,
     table: &mut FragmentTable,
     direction: Direction,
     pkt: &[u8],
@@ -321,7 +323,7 @@ pub(crate) fn cleartext_decision<'s>(
     let (flow, fragment) =
         Flow::from_packet_with_fragment(direction, pkt).map_err(Error::Malformed)?;
     match fragment {
-        None => Ok(spd.lookup(&flow)),
+        None => Ok(cache.lookup(spd, &flow)),
         Some(f) => cleartext_fragment_decision(spd, table, &flow, &f, now),
     }
 }

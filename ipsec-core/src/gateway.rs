@@ -38,6 +38,7 @@ use crate::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
 use crate::reassembly::{Reassembler, Reassembly, ReassemblyLimits};
 use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation};
 use crate::sa_set::KeyRegistry;
+use crate::spd::cache::FlowCache;
 use crate::spd::{Action, Spd};
 use crate::spi::{SpiAllocator, SpiError};
 use core::time::Duration;
@@ -130,6 +131,8 @@ pub struct Gateway {
     reassembler: Reassembler,
     /// First fragments' decisions, for the datagrams' later fragments.
     pub(crate) fragments: FragmentTable,
+    /// The SPD cache of whole cleartext packets (off by default).
+    pub(crate) flow_cache: FlowCache,
     /// SPIs handed out for SAs being negotiated; the inbound SAs' SPIs are in use.
     pub(crate) spis: SpiAllocator,
 }
@@ -183,6 +186,7 @@ impl Gateway {
             keys: KeyRegistry::new(),
             reassembler: Reassembler::new(ReassemblyLimits::DEFAULT),
             fragments: FragmentTable::new(FragmentLimits::DEFAULT),
+            flow_cache: FlowCache::new(0),
             spis: SpiAllocator::new(),
         };
         for named in configs {
@@ -304,6 +308,26 @@ impl Gateway {
     /// `max`. The default range is 256..=2^32-1.
     pub fn set_spi_range(&mut self, min: u32, max: u32) -> Result<(), ConfigError> {
         self.spis.set_range(min, max)
+    }
+
+    /// Turns the SPD cache (RFC 4301 §4.4.2) of the gateway's own path on with room for
+    /// `capacity` flows (rounded up to a power of two), or off with 0 (the default).
+    /// Whole cleartext packets (outbound, and inbound cleartext) whose exact flow was
+    /// seen are then decided without the classifier. It is emptied whenever the
+    /// policies change, so it never answers from a replaced SPD. Its memory (about 56
+    /// bytes a flow) is allocated here, once. Worth it when the flows of the traffic fit
+    /// and the SPD is large (`benches/benches/scale.rs` measures both paths).
+    pub fn set_spd_cache(&mut self, capacity: usize) {
+        self.flow_cache = FlowCache::new(capacity);
+    }
+
+    /// The SPD cache's room (0: off), and its hits and misses so far.
+    pub fn spd_cache_stats(&self) -> (usize, u64, u64) {
+        (
+            self.flow_cache.capacity(),
+            self.flow_cache.hits,
+            self.flow_cache.misses,
+        )
     }
 
     /// The limits of the memory of first fragments (see [`crate::fragment_policy`]).
@@ -458,6 +482,7 @@ impl Gateway {
     ) -> Result<(Outbound<'_>, usize), Error> {
         let decision = match fragment_policy::cleartext_decision(
             &self.spd,
+            &mut self.flow_cache,
             &mut self.fragments,
             Direction::Outbound,
             pkt.data(),
@@ -577,6 +602,7 @@ impl Gateway {
         let Some(spi) = spi else {
             let decision = match fragment_policy::cleartext_decision(
                 &self.spd,
+                &mut self.flow_cache,
                 &mut self.fragments,
                 Direction::Inbound,
                 pkt.data(),

@@ -518,3 +518,67 @@ fn a_policy_batch_compiles_on_another_thread_while_packets_flow() {
     );
     assert_eq!(shape(&hq).0, ["rdp", "deny"]);
 }
+
+/// The verdict of `pkt` outbound: the SA or the error.
+fn verdict(gw: &mut Gateway, pkt: &[u8]) -> Result<String, Error> {
+    let mut buf = vec![0u8; ROOM + pkt.len() + ROOM];
+    buf[ROOM..ROOM + pkt.len()].copy_from_slice(pkt);
+    let mut p = PacketBuf::new(&mut buf, ROOM, pkt.len())?;
+    Ok(match gw.outbound(&mut p, T0)? {
+        Outbound::Protected { sa, policy } => format!("protect {sa} {policy}"),
+        Outbound::Bypassed { policy } => format!("bypass {policy}"),
+        other => format!("{other:?}"),
+    })
+}
+
+#[test]
+fn the_spd_cache_never_answers_from_a_replaced_spd() {
+    let (mut cached, _) = live_pair();
+    let (mut plain, _) = live_pair();
+    // A tiny cache: flows evict each other too.
+    cached.set_spd_cache(4);
+    assert_eq!(cached.spd_cache_stats().0, 4);
+    // Flow 0 and 1 go to 10.1.0.250 and .249: outside the narrowed policies.
+    let flows: Vec<Vec<u8>> = (0..40u8)
+        .map(|i| packet([10, 0, 0, 5], [10, 1, 0, 250 - i * 6], u32::from(i)))
+        .collect();
+    let changes = [
+        rdp_policy("rdp", "10.0.0.0/24", "10.1.0.0/25", ["hq-out", "hq-in"]),
+        rdp_policy("rdp", "10.0.0.0/24", "10.1.0.0/26", ["hq-out", "hq-in"]),
+        rdp_policy("rdp", "10.0.0.0/24", "10.1.0.0/24", ["hq-out", "hq-in"]),
+    ];
+    for round in 0..4 {
+        // Each flow twice in a row (a hit), forward then backward: the flows cached
+        // last before a change (0 and 1) are the first asked after it.
+        for pass in 0..2 {
+            let order: Vec<&Vec<u8>> = if pass == 0 {
+                flows.iter().collect()
+            } else {
+                flows.iter().rev().collect()
+            };
+            for f in order.into_iter().flat_map(|f| [f, f]) {
+                assert_eq!(
+                    verdict(&mut cached, f),
+                    verdict(&mut plain, f),
+                    "round {round}"
+                );
+            }
+        }
+        if let Some(text) = changes.get(round) {
+            cached.replace_policy(text).unwrap();
+            plain.replace_policy(text).unwrap();
+        }
+    }
+    // A batch commit empties it too.
+    let mut edit = cached.edit_policies();
+    edit.remove("rdp").unwrap();
+    cached.commit_policies(edit.compile()).unwrap();
+    plain.remove_policy("rdp").unwrap();
+    for f in &flows {
+        assert_eq!(verdict(&mut cached, f), Err(Error::PolicyDiscard));
+        assert_eq!(verdict(&mut plain, f), Err(Error::PolicyDiscard));
+    }
+    let (_, hits, misses) = cached.spd_cache_stats();
+    assert!(hits > 0 && misses > 0, "{hits} hits, {misses} misses");
+    assert_eq!(plain.spd_cache_stats(), (0, 0, 0));
+}

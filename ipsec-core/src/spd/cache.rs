@@ -67,6 +67,72 @@ impl<'a> SpdCache<'a> {
     }
 }
 
+/// The SPD cache of a [`Gateway`](crate::Gateway) (off unless
+/// [`Gateway::set_spd_cache`](crate::Gateway::set_spd_cache) gives it room): like
+/// [`SpdCache`] but holding policy positions rather than borrowed decisions, so that it
+/// can live in the gateway beside the SPD it caches. The gateway empties it whenever it
+/// swaps its policies, so it never answers from a replaced SPD. Its hash is keyed with a
+/// random seed, so that flows cannot be chosen to collide in one set.
+pub(crate) struct FlowCache {
+    slots: Vec<[Option<(Flow, Option<u32>)>; 2]>,
+    mask: usize,
+    seed: u64,
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+}
+
+impl FlowCache {
+    /// Room for `capacity` flows (rounded up to a power of two); 0 turns it off.
+    pub(crate) fn new(capacity: usize) -> FlowCache {
+        let sets = if capacity == 0 {
+            0
+        } else {
+            (capacity / 2).max(1).next_power_of_two()
+        };
+        FlowCache {
+            slots: vec![[None, None]; sets],
+            mask: sets.saturating_sub(1),
+            seed: getrandom::u64().unwrap_or(0x2545_f491_4f6c_dd1d),
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// Flows it has room for (0: off).
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.len() * 2
+    }
+
+    /// The same answer as [`Spd::lookup`] on `spd` (the SPD the cache was last
+    /// [`FlowCache::clear`]ed for).
+    #[inline]
+    pub(crate) fn lookup<'s>(&mut self, spd: &'s Spd, flow: &Flow) -> Decision<'s> {
+        if self.slots.is_empty() {
+            return spd.lookup(flow);
+        }
+        let set = &mut self.slots[(hash(flow) ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            as usize
+            >> 7
+            & self.mask];
+        for (f, index) in set.iter().flatten() {
+            if f == flow {
+                self.hits += 1;
+                return spd.decision_at(index.map(|i| i as usize), flow.direction);
+            }
+        }
+        self.misses += 1;
+        let d = spd.lookup(flow);
+        set[1] = set[0].take();
+        set[0] = Some((*flow, d.policy_index.map(|i| i as u32)));
+        d
+    }
+
+    /// Forgets every flow (the SPD changed).
+    pub(crate) fn clear(&mut self) {
+        self.slots.iter_mut().for_each(|s| *s = [None, None]);
+    }
+}
+
 #[inline]
 fn addr_bits(a: IpAddr) -> u64 {
     match a {

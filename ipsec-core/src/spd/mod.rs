@@ -133,7 +133,7 @@
 //! is a new `Spd`, and the borrow checker makes the old caches go with the old one).
 
 mod bv;
-mod cache;
+pub(crate) mod cache;
 pub mod cases;
 pub mod firewall;
 mod flow;
