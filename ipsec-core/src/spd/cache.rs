@@ -67,6 +67,9 @@ impl<'a> SpdCache<'a> {
     }
 }
 
+/// A flow and the position of the policy that decides it (`None`: no policy, DISCARD).
+type CachedFlow = (Flow, Option<u32>);
+
 /// The SPD cache of a [`Gateway`](crate::Gateway) (off unless
 /// [`Gateway::set_spd_cache`](crate::Gateway::set_spd_cache) gives it room): like
 /// [`SpdCache`] but holding policy positions rather than borrowed decisions, so that it
@@ -74,7 +77,7 @@ impl<'a> SpdCache<'a> {
 /// swaps its policies, so it never answers from a replaced SPD. Its hash is keyed with a
 /// random seed, so that flows cannot be chosen to collide in one set.
 pub(crate) struct FlowCache {
-    slots: Vec<[Option<(Flow, Option<u32>)>; 2]>,
+    slots: Vec<[Option<CachedFlow>; 2]>,
     mask: usize,
     seed: u64,
     pub(crate) hits: u64,
