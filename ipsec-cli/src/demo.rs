@@ -30,8 +30,11 @@
 //! Before the flows it prints the lint findings (`Spd::lint`; an error finding fails the
 //! demo) and the firewall openings (`Spd::firewall_openings`; UDP 500 and ESP both ways
 //! per tunnel are expected). Then an attacker on the line replays and tampers with
-//! packets, and the SA monitor shows every SA's counters. Exit 0 only when every
-//! expectation held.
+//! packets, and the SA monitor shows every SA's counters. Last, the first branch's
+//! tunnel is rekeyed under traffic on two live [`ipsec_core::Gateway`]s driven through
+//! the control plane as a key manager drives them (make-before-break; see the `rekey`
+//! submodule), with a second monitor that accounts for every packet across the old and
+//! new SAs. Exit 0 only when every expectation held.
 
 use crate::netpkt::{ipv4_l4, ipv4_l4_checksum_ok};
 use crate::policy_cmd::{firewall_human, lint_human, spd_from_text};
@@ -51,7 +54,10 @@ use std::time::Duration;
 const BUILT_IN: &str = include_str!("../../examples/branch-office.toml");
 const DEFAULT_PATH: &str = "examples/branch-office.toml";
 
+mod rekey;
+
 /// One tunnel of the head office: a branch.
+#[derive(Clone)]
 struct Tunnel {
     label: String,
     /// The head office's outbound SA (to the branch) and inbound SA (from it).
@@ -389,6 +395,12 @@ pub(crate) fn run(policy: Option<&Path>) -> Result<Outcome, CliError> {
             .map(|a| a.iter().filter_map(|v| v.as_table().cloned()).collect())
             .unwrap_or_default(),
     );
+    // The policies (no secrets): the rekey scene installs them through the control plane.
+    let policy_tables: Vec<toml::Table> = doc
+        .get("policy")
+        .and_then(toml::Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_table().cloned()).collect())
+        .unwrap_or_default();
     wipe_toml_table(&mut doc);
     drop(doc);
     let tunnels = tunnels(&spd, &sa_tables.0).map_err(usage)?;
@@ -742,6 +754,24 @@ pub(crate) fn run(policy: Option<&Path>) -> Result<Outcome, CliError> {
             }
         );
     }
+
+    // (e) Rekeying under traffic, on live gateways (the first branch's tunnel).
+    match flows
+        .iter()
+        .find(|f| f.branch == 0 && f.expect == Expect::Protect)
+    {
+        Some(f) => rekey::run(
+            &tunnels[0],
+            f,
+            &sa_tables.0,
+            &policy_tables,
+            &mut t,
+            &mut out,
+            &mut failures,
+        ),
+        None => failures.push("rekey scene: no allowed flow from the first branch".into()),
+    }
+
     if failures.is_empty() {
         let _ = writeln!(out, "\nAll expectations held.");
     }

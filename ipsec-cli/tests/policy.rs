@@ -403,6 +403,107 @@ fn demo_is_policy_driven_and_exits_0() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// The rekey scene of `ipsec demo`: a soft lifetime fires under traffic, the new SA pair
+/// is installed make-before-break, late packets of the old SAs are still accepted, the old
+/// SAs are deleted, and the monitor accounts for every packet across old and new SAs.
+#[test]
+fn demo_rekeys_under_traffic_without_losing_a_packet() {
+    let o = ipsec(&["demo"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let scene = stdout
+        .split_once("Rekeying under traffic")
+        .map(|(_, s)| s)
+        .unwrap_or_else(|| panic!("no rekey scene:\n{stdout}"));
+    assert!(!scene.contains("FAILED"), "{scene}");
+    for want in [
+        // The soft lifetime (8 packets, jitter 0) fires at the same packet every run.
+        "poll_event -> Rekey (soft packet limit) for SA \"ho-to-b1\" after 8 packets sent",
+        // Make-before-break: the receivers' inbound SAs first, then the senders'.
+        "rekey 1/4   branch1: rekey_sa(\"ho-to-b1\" -> \"ho-to-b1-2\", inbound",
+        "rekey 2/4   head office: rekey_sa(\"b1-to-ho\" -> \"b1-to-ho-2\", inbound",
+        "rekey 3/4   head office: rekey_sa(\"ho-to-b1\" -> \"ho-to-b1-2\", outbound",
+        "rekey 4/4   branch1: rekey_sa(\"b1-to-ho\" -> \"b1-to-ho-2\", outbound",
+        "arrive: accepted by the old inbound SAs",
+        "drops: 0 on the SAs, 0 on the gateways",
+    ] {
+        assert!(scene.contains(want), "{want:?} missing:\n{scene}");
+    }
+    assert!(stdout.ends_with("All expectations held.\n"), "{stdout}");
+
+    // The monitor after the rekey: GATEWAY SA SPI DIR STATE PACKETS BYTES DROPS.
+    let monitor = scene
+        .split_once("SA monitor after the rekey")
+        .map(|(_, m)| m)
+        .unwrap_or_else(|| panic!("no monitor:\n{scene}"));
+    let rows: Vec<Vec<&str>> = monitor
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() == 8 && (w[0] == "head-office" || w[0] == "branch1"))
+        .collect();
+    assert_eq!(
+        rows.len(),
+        8,
+        "old and new SA of each direction, both gateways:\n{monitor}"
+    );
+    let row = |gw: &str, sa: &str| -> (String, String, u64, u64, String) {
+        let w = rows
+            .iter()
+            .find(|w| w[0] == gw && w[1] == sa)
+            .unwrap_or_else(|| panic!("no row for {gw} {sa}:\n{monitor}"));
+        (
+            w[3].to_owned(),
+            w[4].to_owned(),
+            w[5].parse().expect("packets"),
+            w[6].parse().expect("bytes"),
+            w[7].to_owned(),
+        )
+    };
+    for w in &rows {
+        assert_eq!(w[7], "none", "a drop:\n{monitor}");
+    }
+    // (old, new, sender, receiver) for each direction.
+    for (old, new, sender, receiver) in [
+        ("ho-to-b1", "ho-to-b1-2", "head-office", "branch1"),
+        ("b1-to-ho", "b1-to-ho-2", "branch1", "head-office"),
+    ] {
+        let (s_old, s_new) = (row(sender, old), row(sender, new));
+        let (r_old, r_new) = (row(receiver, old), row(receiver, new));
+        assert_eq!(
+            (s_old.0.as_str(), r_old.0.as_str()),
+            ("outbound", "inbound")
+        );
+        assert_eq!(
+            (s_new.0.as_str(), r_new.0.as_str()),
+            ("outbound", "inbound")
+        );
+        // The old SAs are gone, the new ones carry the traffic.
+        assert_eq!((s_old.1.as_str(), r_old.1.as_str()), ("deleted", "deleted"));
+        assert_eq!((s_new.1.as_str(), r_new.1.as_str()), ("active", "active"));
+        assert!(
+            s_new.2 > 0 && r_new.2 > 0,
+            "the new SA carried nothing:\n{monitor}"
+        );
+        // Every packet sent under each SA arrived under it: the late ones included.
+        assert_eq!((s_old.2, s_old.3), (r_old.2, r_old.3), "{old}:\n{monitor}");
+        assert_eq!((s_new.2, s_new.3), (r_new.2, r_new.3), "{new}:\n{monitor}");
+        // 8 packets before the event and 2 late ones went out under the old SA.
+        assert_eq!(s_old.2, 10, "{monitor}");
+        let total = s_old.2 + s_new.2;
+        assert!(
+            monitor.contains(&format!(
+                "sent {} ({old}) + {} ({new}) = {total}, received {} + {} = {total}: every packet accounted for, 0 lost",
+                s_old.2, s_new.2, r_old.2, r_new.2
+            )),
+            "{monitor}"
+        );
+    }
+}
+
 // --- lint, firewall, test, explain --------------------------------------------------
 
 #[test]

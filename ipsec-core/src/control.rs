@@ -54,6 +54,75 @@
 //! and [`Gateway::commit_policies`] the result: the gateway is needed only to take the
 //! edit and to commit it (an O(1) swap), and a commit over policies that changed
 //! meanwhile is refused ([`ControlError::StalePolicies`]), never half-applied.
+//!
+//! # Example: a key manager's calls, from bring-up to teardown
+//!
+//! One gateway's side of a CHILD_SA's life (the peer makes the mirror-image calls; the
+//! keys would come from IKE's KEYMAT, here they are fixed bytes). `ipsec demo` runs the
+//! rekey on two gateways under traffic.
+//!
+//! ```
+//! use ipsec_core::sa::{Direction, Mode};
+//! use ipsec_core::{Cipher, ControlError, Gateway, Lifetime, LifetimeLimit, SaConfig, SaEvent, Spd};
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! fn sa(spi: u32, direction: Direction, key: u8) -> SaConfig {
+//!     let mut cfg = SaConfig::new(spi, direction, Mode::Tunnel, Cipher::Aes128Gcm, &[key; 20]);
+//!     if direction == Direction::Outbound {
+//!         cfg.tunnel([192, 0, 2, 1].into(), [198, 51, 100, 2].into());
+//!     }
+//!     cfg
+//! }
+//! let t0 = Duration::from_secs(1_000);
+//! let deny = "[[policy]]\nname = \"deny-all\"\naction = \"discard\"\n";
+//! let mut gw = Gateway::new(Spd::from_toml(deny)?, t0)?;
+//!
+//! // Bring-up: our inbound SPI from get_spi, the peer's outbound SPI from the exchange.
+//! let spi_in = gw.allocate_spi(t0)?;
+//! gw.add_sa("b1-in", sa(spi_in, Direction::Inbound, 1), t0)?;
+//! let mut out = sa(0x1001, Direction::Outbound, 2);
+//! out.soft_lifetime(Lifetime::NONE.with_time(Duration::from_secs(3_000)));
+//! gw.add_sa("b1-out", out, t0)?;
+//! let rdp = "name = \"b1-rdp\"\nlocal = \"10.0.0.10\"\nremote = \"10.1.0.0/24\"\n\
+//!            protocol = \"tcp\"\nlocal_port = 3389\naction = \"protect\"\n\
+//!            sa = [\"b1-out\", \"b1-in\"]\n";
+//! gw.install_policy(rdp, Some("deny-all"))?; // before the deny-all, or it never matches
+//!
+//! // The soft lifetime runs out: rekey, make-before-break.
+//! let now = t0 + Duration::from_secs(3_000);
+//! let (name, event) = gw.poll_event(now).expect("a rekey is due");
+//! assert_eq!((name, event), ("b1-out", SaEvent::Rekey(LifetimeLimit::Time)));
+//! let spi_new = gw.allocate_spi(now)?;
+//! gw.rekey_sa("b1-in", "b1-in-2", sa(spi_new, Direction::Inbound, 3), now)?; // 1. both accept
+//! gw.rekey_sa("b1-out", "b1-out-2", sa(0x1002, Direction::Outbound, 4), now)?; // 2. switch
+//! let last = gw.delete_sa("b1-out")?; // 3. sends no more: its final counters
+//! assert_eq!(last.packets, 0);
+//! gw.retire_sa("b1-in", now + Duration::from_secs(5))?; // late packets: 5 s more
+//!
+//! // The grace time ends (checked by poll_event and by packets of that SA).
+//! assert!(gw.poll_event(now + Duration::from_secs(5)).is_none());
+//! assert!(gw.sa("b1-in").is_none());
+//!
+//! // Refused calls say why and change nothing: "b1-in-2" now serves the policy alone.
+//! assert!(matches!(
+//!     gw.delete_sa("b1-in-2"),
+//!     Err(ControlError::SaInUse { policy, .. }) if policy == "b1-rdp"
+//! ));
+//! assert!(matches!(
+//!     gw.add_sa("b1-in-3", sa(spi_new, Direction::Inbound, 5), now),
+//!     Err(ControlError::DuplicateSpi { sa, .. }) if sa == "b1-in-2"
+//! ));
+//!
+//! // Narrow the policy in place; at teardown, the policy goes first, then its SAs.
+//! gw.replace_policy(&rdp.replace("10.1.0.0/24", "10.1.0.0/25"))?;
+//! gw.remove_policy("b1-rdp")?;
+//! gw.delete_sa("b1-out-2")?;
+//! gw.delete_sa("b1-in-2")?;
+//! assert_eq!(gw.sas().count(), 0);
+//! # Ok(())
+//! # }
+//! ```
 
 use crate::error::ConfigError;
 use crate::gateway::{Gateway, SaEntry};
