@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Python batch calls on two threads (issue 12, many cores): do they run in parallel?
+
+``encrypt_many`` and ``decrypt_many`` release the GIL while the Rust code runs, so two
+Python threads, each with its own SA (the one-SA-per-core model), should process about
+twice the packets per second of one thread on a machine with two free cores. For each
+inner packet size (64, 512, 1420 bytes; AES-128-GCM, tunnel mode) it times batches of
+1,000 packets: one thread doing ``2 x rounds`` batches, then two threads doing ``rounds``
+batches each at once, and prints ns per packet and the speed-up (one-thread time over
+two-thread time for the same number of packets). Each figure is the median of
+``--runs`` runs; the machine may be shared, so quote ``nproc``, ``uptime`` and the CPU
+model with it.
+
+    .venv/bin/python ipsec-py/bench/bench_threads.py [--runs 7] [--rounds 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+
+import ipsec
+
+KEYS = [bytes([0x10 + i] * 20) for i in range(4)]
+
+
+def udp4(size: int) -> bytes:
+    """An IPv4/UDP packet of ``size`` bytes (the checksums do not matter here)."""
+    header = bytearray(
+        [0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 1, 0, 1]
+    )
+    header[2:4] = size.to_bytes(2, "big")
+    udp = bytearray([0x13, 0x88, 0x13, 0x89, 0, 0, 0, 0])
+    udp[4:6] = (size - 20).to_bytes(2, "big")
+    return bytes(header + udp + bytes(i & 0xFF for i in range(size - 28)))
+
+
+def pair(index: int) -> tuple[ipsec.SecurityAssociation, ipsec.SecurityAssociation]:
+    """An outbound SA and its inbound mirror (replay window off, so that one batch of
+    ciphertexts can be decrypted again and again)."""
+    spi, key = 0x1000 + index, KEYS[index]
+    out = ipsec.SecurityAssociation(
+        spi=spi,
+        direction="outbound",
+        mode="tunnel",
+        cipher="aes-128-gcm",
+        key=key,
+        tunnel_src="192.0.2.1",
+        tunnel_dst="192.0.2.2",
+    )
+    inb = ipsec.SecurityAssociation(
+        spi=spi, direction="inbound", mode="tunnel", cipher="aes-128-gcm", key=key, replay_window=0
+    )
+    return out, inb
+
+
+def timed(workers: list[threading.Thread]) -> float:
+    start = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=40)
+    args = parser.parse_args()
+    print(f"nproc {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
+    print(f"{'op':8} {'size':>5} {'1 thread ns/pkt':>16} {'2 threads ns/pkt':>17} {'speed-up':>9}")
+    batch_len = 1000
+    for size in (64, 512, 1420):
+        batch = [udp4(size)] * batch_len
+        sas = [pair(0), pair(1)]
+        protected = [out.encrypt_many(batch) for out, _ in sas]
+        for op in ("encrypt", "decrypt"):
+
+            def work(i: int, rounds: int, op: str = op) -> None:
+                out, inb = sas[i]
+                for _ in range(rounds):
+                    if op == "encrypt":
+                        out.encrypt_many(batch)
+                    else:
+                        inb.decrypt_many(protected[i])
+
+            one, two = [], []
+            for _ in range(args.runs):
+                one.append(timed([threading.Thread(target=work, args=(0, 2 * args.rounds))]))
+                two.append(
+                    timed([threading.Thread(target=work, args=(i, args.rounds)) for i in (0, 1)])
+                )
+            packets = 2 * args.rounds * batch_len
+            t1, t2 = statistics.median(one), statistics.median(two)
+            print(
+                f"{op:8} {size:5} {t1 / packets * 1e9:16.0f} {t2 / packets * 1e9:17.0f} "
+                f"{t1 / t2:8.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
