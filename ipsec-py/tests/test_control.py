@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import struct
+import sys
+import threading
+import time
 from typing import Any, Callable
 
 import pytest
@@ -427,3 +430,44 @@ def test_bad_arguments_raise_type_or_value_errors() -> None:
             call()
     assert shape(hq) == before
     assert_flows(hq, br, 1)
+
+
+def test_control_calls_release_the_gil() -> None:
+    """As test_threads.test_batches_release_the_gil: with a 10 s switch interval the main
+    thread only runs while the worker is inside a control call if the call released the
+    GIL. The worker replaces a policy of a gateway of 2,000 policies (each replacement
+    compiles the whole SPD) until the main thread has run, at most 50 times."""
+    text = "".join('[[policy]]\nname = "p%d"\nremote = "10.%d.%d.0/24"\naction = "bypass"\n'
+                   % (i, 100 + i // 256, i % 256) for i in range(2000)) + DENY_ALL
+    gw = ipsec.Gateway.from_toml(text, now=T0)
+    started = threading.Event()
+    main_ran = threading.Event()
+    done: list[int] = []
+
+    def worker() -> None:
+        started.set()
+        for i in range(50):
+            gw.replace_policy('name = "p7"\nremote = "10.200.%d.0/24"\naction = "bypass"\n' % i)
+            done.append(i)
+            if main_ran.is_set():
+                break
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(10.0)
+    try:
+        t = threading.Thread(target=worker)
+        t.start()
+        started.wait()
+        count = 0
+        while t.is_alive():
+            count += 1
+            main_ran.set()
+            time.sleep(0)
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert count > 0
+    assert done and len(gw.spd) == 2001
+    d = gw.spd.lookup("outbound", src="10.0.0.1", dst="10.200.%d.1" % done[-1], protocol="udp",
+                      src_port=1, dst_port=2)
+    assert (d.action, d.policy) == ("bypass", "p7")
