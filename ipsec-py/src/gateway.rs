@@ -267,7 +267,8 @@ fn process(
     }
 }
 
-/// An IPsec gateway: an SPD and the SAs of its `[[sa]]` tables (Python `ipsec.Gateway`).
+/// An IPsec gateway: an SPD and the SAs of its `[[sa]]` tables, changed while it runs by
+/// the control calls (Python `ipsec.Gateway`).
 #[pyclass(module = "ipsec", name = "Gateway", frozen)]
 pub(crate) struct PyGateway {
     state: Mutex<State>,

@@ -536,6 +536,12 @@ class Gateway:
     """An IPsec gateway: an SPD and the SAs of its ``[[sa]]`` tables, doing the whole
     data path (RFC 4301 section 5).
 
+    Control plane (what a key manager calls while packets flow): ``add_sa``,
+    ``rekey_sa`` (make-before-break), ``retire_sa``, ``delete_sa``, ``install_policy``,
+    ``replace_policy``, ``remove_policy``. Each runs with the GIL released; a refused
+    call raises ``ControlError`` (or ``ConfigError`` for an invalid configuration or
+    policy text) and changes nothing.
+
     Fragments (RFC 4301 section 7): a first fragment is classified like a whole packet
     and its decision remembered (``set_fragment_limits``); the datagram's later
     fragments get the same one (protected by the same SA, bypassed or discarded).
