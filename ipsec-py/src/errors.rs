@@ -14,13 +14,30 @@
 //!  +- FragmentError
 //!  +- SpiExhaustedError            no free SPI (`Gateway.allocate_spi`)
 //!  +- ConfigError(IpsecError, ValueError)   .field: the keyword or TOML key, or None
-//!                                           .context: where the key is (`sa "b1-out"`), or None
+//!  |                                        .context: where the key is (`sa "b1-out"`), or None
+//!  +- ControlError                 a refused control call of a live Gateway (nothing changed)
+//!      +- DuplicateNameError       .name
+//!      +- DuplicateSpiError        .spi, .sa
+//!      +- UnknownSaError           .name
+//!      +- SaInUseError             .sa, .policy
+//!      +- MissingSaError           .policy, .sa
+//!      +- DirectionMismatchError   .sa, .replaces
+//!      +- DuplicatePolicyError     .name
+//!      +- UnknownPolicyError       .name
 //! ```
+//!
+//! A control call refused for an invalid SA configuration or policy text
+//! (`ControlError::Config` of the core) raises `ConfigError`, as the same mistake does
+//! anywhere else; every other refusal is a `ControlError` subclass named after the
+//! core's variant, with the variant's fields as attributes and its `Display` text as
+//! the message.
 //!
 //! `ConfigError` derives from two bases, which `create_exception!` cannot express; it is
 //! made once with `type(name, bases, namespace)` and kept in a [`PyOnceLock`].
 
-use ipsec_core::{ConfigError as CoreConfigError, Error, SpiError};
+use ipsec_core::{
+    ConfigError as CoreConfigError, ControlError as CoreControlError, Error, SpiError,
+};
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -105,6 +122,68 @@ pyo3::create_exception!(
     "No SPI is free: every SPI of the gateway's SPI range is in use or reserved."
 );
 
+pyo3::create_exception!(
+    ipsec,
+    ControlError,
+    IpsecError,
+    "A control call of a live Gateway (add_sa, rekey_sa, delete_sa, retire_sa, \
+     install_policy, replace_policy, remove_policy) was refused; the gateway is \
+     unchanged. The subclasses say why and carry the names involved as attributes."
+);
+pyo3::create_exception!(
+    ipsec,
+    DuplicateNameError,
+    ControlError,
+    "The SA name is taken (by an installed SA, or lent by a rekeyed SA to its \
+     successor). `.name`: the name."
+);
+pyo3::create_exception!(
+    ipsec,
+    DuplicateSpiError,
+    ControlError,
+    "An inbound SA with this SPI is installed. `.spi`: the SPI; `.sa`: the inbound SA \
+     that has it."
+);
+pyo3::create_exception!(
+    ipsec,
+    UnknownSaError,
+    ControlError,
+    "No SA of this name is installed. `.name`: the name."
+);
+pyo3::create_exception!(
+    ipsec,
+    SaInUseError,
+    ControlError,
+    "Deleting (or retiring) the SA would leave a policy without the SA it names. \
+     `.sa`: the SA; `.policy`: the first policy that needs it."
+);
+pyo3::create_exception!(
+    ipsec,
+    MissingSaError,
+    ControlError,
+    "The policy names an SA that is not installed, or one of the other direction. \
+     `.policy`: the policy; `.sa`: the SA name."
+);
+pyo3::create_exception!(
+    ipsec,
+    DirectionMismatchError,
+    ControlError,
+    "A successor (rekey_sa) must have the direction of the SA it replaces. `.sa`: the \
+     new SA; `.replaces`: the SA it was to replace."
+);
+pyo3::create_exception!(
+    ipsec,
+    DuplicatePolicyError,
+    ControlError,
+    "A policy of this name is installed (replace_policy changes it). `.name`: the name."
+);
+pyo3::create_exception!(
+    ipsec,
+    UnknownPolicyError,
+    ControlError,
+    "No policy of this name is installed. `.name`: the name."
+);
+
 static CONFIG_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// The `ipsec.ConfigError` class (a subclass of both `IpsecError` and `ValueError`).
@@ -146,6 +225,18 @@ pub(crate) enum Failure {
     Config(CoreConfigError),
     /// No SPI could be allocated.
     Spi(SpiError),
+    /// A refused control call of a live gateway.
+    Control(CoreControlError),
+}
+
+impl From<CoreControlError> for Failure {
+    fn from(e: CoreControlError) -> Self {
+        match e {
+            // The same exception as an invalid configuration anywhere else.
+            CoreControlError::Config(c) => Failure::Config(c),
+            e => Failure::Control(e),
+        }
+    }
 }
 
 impl From<SpiError> for Failure {
@@ -194,6 +285,51 @@ fn packet_error_type<'py>(py: Python<'py>, e: &Error) -> Bound<'py, PyType> {
     }
 }
 
+/// An exception class and the attributes its instance carries.
+type ClassAndAttrs<'py> = (Bound<'py, PyType>, Vec<(&'static str, Bound<'py, PyAny>)>);
+
+/// The exception class of a refused control call and the attributes its instance
+/// carries (the fields of the core's variant).
+fn control_error<'py>(py: Python<'py>, e: &CoreControlError) -> PyResult<ClassAndAttrs<'py>> {
+    let s = |v: &String| v.into_pyobject(py).map(Bound::into_any);
+    Ok(match e {
+        CoreControlError::DuplicateName { name } => (
+            py.get_type::<DuplicateNameError>(),
+            vec![("name", s(name)?)],
+        ),
+        CoreControlError::DuplicateSpi { spi, sa } => (
+            py.get_type::<DuplicateSpiError>(),
+            vec![("spi", spi.into_pyobject(py)?.into_any()), ("sa", s(sa)?)],
+        ),
+        CoreControlError::UnknownSa { name } => {
+            (py.get_type::<UnknownSaError>(), vec![("name", s(name)?)])
+        }
+        CoreControlError::SaInUse { sa, policy } => (
+            py.get_type::<SaInUseError>(),
+            vec![("sa", s(sa)?), ("policy", s(policy)?)],
+        ),
+        CoreControlError::MissingSa { policy, sa } => (
+            py.get_type::<MissingSaError>(),
+            vec![("policy", s(policy)?), ("sa", s(sa)?)],
+        ),
+        CoreControlError::DirectionMismatch { sa, replaces } => (
+            py.get_type::<DirectionMismatchError>(),
+            vec![("sa", s(sa)?), ("replaces", s(replaces)?)],
+        ),
+        CoreControlError::DuplicatePolicy { name } => (
+            py.get_type::<DuplicatePolicyError>(),
+            vec![("name", s(name)?)],
+        ),
+        CoreControlError::UnknownPolicy { name } => (
+            py.get_type::<UnknownPolicyError>(),
+            vec![("name", s(name)?)],
+        ),
+        // `Config` is converted to `ConfigError` before this (`From<CoreControlError>`);
+        // a variant added to the core later is the base class, with its message.
+        _ => (py.get_type::<ControlError>(), Vec::new()),
+    })
+}
+
 impl Failure {
     /// The exception instance (normalized, so that attributes can be set on it).
     pub(crate) fn into_exception(self, py: Python<'_>) -> PyErr {
@@ -220,6 +356,17 @@ impl Failure {
                     // message holds both).
                     let _ = err.value(py).setattr("field", e.key());
                     let _ = err.value(py).setattr("context", e.context());
+                    err
+                }
+                Err(err) => err,
+            },
+            Failure::Control(CoreControlError::Config(e)) => Failure::Config(e).into_exception(py),
+            Failure::Control(e) => match control_error(py, &e) {
+                Ok((cls, attrs)) => {
+                    let err = PyErr::from_type(cls, e.to_string());
+                    for (name, value) in attrs {
+                        let _ = err.value(py).setattr(name, value);
+                    }
                     err
                 }
                 Err(err) => err,
@@ -270,5 +417,20 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FragmentError", py.get_type::<FragmentError>())?;
     m.add("SpiExhaustedError", py.get_type::<SpiExhaustedError>())?;
     m.add("ConfigError", config_error_type(py)?)?;
+    m.add("ControlError", py.get_type::<ControlError>())?;
+    m.add("DuplicateNameError", py.get_type::<DuplicateNameError>())?;
+    m.add("DuplicateSpiError", py.get_type::<DuplicateSpiError>())?;
+    m.add("UnknownSaError", py.get_type::<UnknownSaError>())?;
+    m.add("SaInUseError", py.get_type::<SaInUseError>())?;
+    m.add("MissingSaError", py.get_type::<MissingSaError>())?;
+    m.add(
+        "DirectionMismatchError",
+        py.get_type::<DirectionMismatchError>(),
+    )?;
+    m.add(
+        "DuplicatePolicyError",
+        py.get_type::<DuplicatePolicyError>(),
+    )?;
+    m.add("UnknownPolicyError", py.get_type::<UnknownPolicyError>())?;
     Ok(())
 }

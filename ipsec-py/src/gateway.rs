@@ -1,5 +1,16 @@
 //! `Gateway` (the core's [`ipsec_core::Gateway`]: an SPD and the SAs it names, doing the
-//! whole data path) and its answer, `GatewayVerdict`.
+//! whole data path), its answer, `GatewayVerdict`, and `GatewaySa`, what `sa_info`
+//! tells of one of its SAs.
+//!
+//! # The control plane
+//!
+//! `add_sa`, `rekey_sa`, `delete_sa`, `retire_sa`, `install_policy`, `replace_policy`
+//! and `remove_policy` are the core's control calls ([`ipsec_core::control`]): the SA
+//! keywords are the `SecurityAssociation` constructor's, converted by the same code
+//! ([`SaArgs`]); a refused call raises a `ControlError` subclass (or `ConfigError` for
+//! an invalid configuration or policy text) and changes nothing, not even the time the
+//! gateway remembers. Each runs with the GIL released (a policy change compiles the
+//! whole SPD). `sa_names`, `spd` and `repr` show the gateway as it is now.
 //!
 //! # Threads and the GIL
 //!
@@ -24,17 +35,22 @@
 //! gateway for cleartext and on the SA for an inner packet).
 
 use crate::convert;
+use crate::convert::Bad;
 use crate::errors::{Failure, IpsecError};
 use crate::reassembly::limits_arg;
 use crate::sa::{
-    PySaEvent, event_of, lock_releasing_gil, now_arg, packet_arg, packets_arg, poisoned, stats_dict,
+    PySaEvent, SaArgs, event_of, lock_releasing_gil, now_arg, packet_arg, packets_arg, poisoned,
+    stats_dict,
 };
 use crate::spd::{PySpd, read_file, str_repr};
 use core::ops::Range;
 use core::time::Duration;
 use ipsec_core::gateway::{Inbound, Outbound};
 use ipsec_core::reassembly::MAX_DATAGRAM_LEN;
-use ipsec_core::{Direction, Error, FragmentLimits, Gateway, PacketBuf, SpareBuffers, Spd};
+use ipsec_core::{
+    ControlError, Direction, Error, FragmentLimits, Gateway, Integrity, PacketBuf, SaStats,
+    SpareBuffers, Spd,
+};
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -48,6 +64,8 @@ struct State {
     /// gives none. The bindings never read a clock.
     now: Duration,
     scratch: Vec<u8>,
+    /// How many times the control plane changed the policies (for `spd`).
+    policy_changes: u64,
 }
 
 impl State {
@@ -249,14 +267,16 @@ fn process(
     }
 }
 
-/// An IPsec gateway: an SPD and the SAs of its `[[sa]]` tables (Python `ipsec.Gateway`).
+/// An IPsec gateway: an SPD and the SAs of its `[[sa]]` tables, changed while it runs by
+/// the control calls (Python `ipsec.Gateway`).
 #[pyclass(module = "ipsec", name = "Gateway", frozen)]
 pub(crate) struct PyGateway {
     state: Mutex<State>,
-    /// The policies, as the Python `Spd` it was built from (immutable).
-    spd: Py<PySpd>,
-    /// The SA names in file order (fixed at creation, read without the lock).
-    sa_names: Vec<String>,
+    /// The policies as a Python `Spd`, with the `policy_changes` count it shows: the
+    /// `Spd` the gateway was built from until the control plane changes a policy, then
+    /// one made from the live policies when `spd` is read. Locked only with the GIL
+    /// held, never while Python code runs.
+    spd: Mutex<(u64, Py<PySpd>)>,
 }
 
 impl PyGateway {
@@ -265,16 +285,66 @@ impl PyGateway {
         let now = convert::opt_seconds(now, "now", convert::Bad::Config)?.unwrap_or_default();
         let core_spd = spd.get().core().clone();
         let gateway = Gateway::new(core_spd, now).map_err(Failure::from)?;
-        let sa_names = gateway.sas().map(|(name, _)| name.to_owned()).collect();
         Ok(PyGateway {
             state: Mutex::new(State {
                 gateway,
                 now,
                 scratch: Vec::new(),
+                policy_changes: 0,
             }),
-            spd: spd.unbind(),
-            sa_names,
+            spd: Mutex::new((0, spd.unbind())),
         })
+    }
+
+    /// Runs the control call `call` on the core gateway with the GIL released, at the
+    /// time `now` (default: the last time given, which `now` replaces only when the
+    /// call succeeds: a refused call changes nothing). `changes_policies`: a success
+    /// changes the policies (`spd` shows new ones).
+    fn control<T: Send>(
+        &self,
+        py: Python<'_>,
+        now: Option<Duration>,
+        changes_policies: bool,
+        call: impl FnOnce(&mut Gateway, Duration) -> Result<T, ControlError> + Send,
+    ) -> PyResult<T> {
+        let result = py.detach(|| {
+            let mut st = self.state.lock().map_err(|_| ())?;
+            let at = now.unwrap_or(st.now);
+            let result = call(&mut st.gateway, at);
+            if result.is_ok() {
+                st.now = at;
+                if changes_policies {
+                    st.policy_changes += 1;
+                }
+            }
+            Ok(result)
+        });
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(refused)) => Err(Failure::from(refused).into_exception(py)),
+            Err(()) => Err(poisoned()),
+        }
+    }
+
+    /// The names of the installed SAs: those of the policy file in file order, then
+    /// those the control plane added (one may take the place of a deleted one).
+    fn live_sa_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        Ok(self
+            .lock(py)?
+            .gateway
+            .sas()
+            .map(|(name, _)| name.to_owned())
+            .collect())
+    }
+
+    /// A `KeyError` for the SA name `name` that no SA has.
+    fn no_sa(&self, py: Python<'_>, name: &str) -> PyErr {
+        let names = self.live_sa_names(py).unwrap_or_default();
+        PyKeyError::new_err(format!(
+            "name: no SA called {} (the gateway's SAs: {})",
+            str_repr(name),
+            names.join(", ")
+        ))
     }
 
     fn lock<'a>(&'a self, py: Python<'_>) -> PyResult<std::sync::MutexGuard<'a, State>> {
@@ -529,12 +599,161 @@ impl PyGateway {
         let stats = self.lock(py)?.gateway.sa(&name).map(|sa| *sa.stats());
         match stats {
             Some(s) => stats_dict(py, &s),
-            None => Err(PyKeyError::new_err(format!(
-                "name: no SA called {} (the gateway's SAs: {})",
-                str_repr(&name),
-                self.sa_names.join(", ")
-            ))),
+            None => Err(self.no_sa(py, &name)),
         }
+    }
+
+    /// What the gateway holds of the installed SA called `name` (`GatewaySa`: its SPI,
+    /// direction, algorithms, sequence number and counters, read at once). Raises
+    /// `KeyError` when no SA has the name.
+    fn sa_info(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<PyGatewaySa> {
+        let name = convert::text(name, "name")?;
+        let info = self.lock(py)?.gateway.sa(&name).map(|sa| PyGatewaySa {
+            name: name.clone(),
+            spi: sa.spi(),
+            direction: sa.direction().name(),
+            mode: sa.mode().name(),
+            cipher: sa.cipher().name(),
+            integrity: sa.integrity().map(Integrity::name),
+            esn: sa.esn(),
+            tunnel: sa.tunnel().map(|(s, d)| (s.to_string(), d.to_string())),
+            udp_encap: sa.udp_encap(),
+            seq: sa.seq(),
+            expired: sa.is_expired(),
+            stats: *sa.stats(),
+        });
+        info.ok_or_else(|| self.no_sa(py, &name))
+    }
+
+    /// Installs a new SA called `name` (`add_sa` of IKE daemons), created at `now`
+    /// (default: the last time given) from the keyword arguments of
+    /// `SecurityAssociation(...)`. Policies may name it from now on (`install_policy`);
+    /// an inbound SA accepts its packets at once. Raises `DuplicateNameError`,
+    /// `DuplicateSpiError` (an inbound SA has the SPI) or `ConfigError` (an invalid
+    /// configuration, or a key an installed SA uses); nothing is changed then.
+    #[pyo3(
+        signature = (name, *, now=None, **config),
+        text_signature = "($self, name, *, spi, direction, mode, cipher, key, integrity=None, \
+            integrity_key=b'', esn=False, replay_window=64, tunnel_src=None, tunnel_dst=None, \
+            udp_encap=None, seq=0, soft_lifetime=None, hard_lifetime=None, \
+            soft_lifetime_jitter=10, padding='blocks', tfc_pad_to=None, outer_ttl=64, \
+            path_mtu=None, df='copy', nat_keepalive_interval=20.0, \
+            nat_original_addresses=None, now=None)"
+    )]
+    fn add_sa(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+        config: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let name = convert::text(name, "name")?;
+        let config = SaArgs::from_kwargs("add_sa", config)?.config()?;
+        let now = now_arg(now)?;
+        self.control(py, now, false, move |gw, now| gw.add_sa(&name, config, now))
+    }
+
+    /// Installs the SA `name` as the successor of the installed SA `replaces`
+    /// (make-before-break rekeying; SA keywords as `add_sa`'s). Inbound: the new SA
+    /// accepts next to the old one and serves its policies; the old one accepts until
+    /// `delete_sa` or `retire_sa`. Outbound: every policy that sent through `replaces`
+    /// sends through `name` from the next packet on (delete `replaces` when
+    /// convenient). Raises as `add_sa`, and `UnknownSaError` (no SA `replaces`) or
+    /// `DirectionMismatchError`; nothing is changed then.
+    #[pyo3(
+        signature = (replaces, name, *, now=None, **config),
+        text_signature = "($self, replaces, name, *, spi, direction, mode, cipher, key, \
+            integrity=None, integrity_key=b'', esn=False, replay_window=64, tunnel_src=None, \
+            tunnel_dst=None, udp_encap=None, seq=0, soft_lifetime=None, hard_lifetime=None, \
+            soft_lifetime_jitter=10, padding='blocks', tfc_pad_to=None, outer_ttl=64, \
+            path_mtu=None, df='copy', nat_keepalive_interval=20.0, \
+            nat_original_addresses=None, now=None)"
+    )]
+    fn rekey_sa(
+        &self,
+        py: Python<'_>,
+        replaces: &Bound<'_, PyAny>,
+        name: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+        config: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let replaces = convert::text(replaces, "replaces")?;
+        let name = convert::text(name, "name")?;
+        let config = SaArgs::from_kwargs("rekey_sa", config)?.config()?;
+        let now = now_arg(now)?;
+        self.control(py, now, false, move |gw, now| {
+            gw.rekey_sa(&replaces, &name, config, now)
+        })
+    }
+
+    /// Deletes the SA `name` at once (`del_sa`) and returns its final counters
+    /// (`SecurityAssociation.stats`' shape): its SPI is unknown to the next packet
+    /// (counted in `stats["unknown_spi"]`). Raises `UnknownSaError`, or `SaInUseError`
+    /// when a policy still needs it; nothing is changed then.
+    fn delete_sa<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let name = convert::text(name, "name")?;
+        let stats: SaStats = self.control(py, None, false, move |gw, _| gw.delete_sa(&name))?;
+        stats_dict(py, &stats)
+    }
+
+    /// Deletes the SA `name` when the caller's clock reaches `at` (seconds, as `now`;
+    /// checked by the packets for that SA and by `poll_events`): the old inbound SA of
+    /// a rekey, kept for packets still on their way. Calling it again moves the time.
+    /// Raises as `delete_sa` (on the state of now); nothing is changed then.
+    fn retire_sa(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        at: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let name = convert::text(name, "name")?;
+        let at = convert::opt_seconds(Some(at), "at", Bad::Value)?.ok_or_else(|| {
+            PyTypeError::new_err("at must be a number of seconds (int or float), got None")
+        })?;
+        self.control(py, None, false, move |gw, _| gw.retire_sa(&name, at))
+    }
+
+    /// Installs the policy `text` (one `[[policy]]` table of the policy file, or its
+    /// `key = value` lines) before the installed policy `before`, or last when
+    /// `before` is None (after a final deny-all it would never match: name the
+    /// deny-all). Raises `ConfigError` (invalid text), `DuplicatePolicyError`,
+    /// `MissingSaError` (it names an SA not installed in that direction) or
+    /// `UnknownPolicyError` (no policy `before`); nothing is changed then.
+    #[pyo3(signature = (text, *, before=None))]
+    fn install_policy(
+        &self,
+        py: Python<'_>,
+        text: &Bound<'_, PyAny>,
+        before: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let text = convert::secret_text(text, "text")?;
+        let before = match before.filter(|b| !b.is_none()) {
+            Some(b) => Some(convert::text(b, "before")?),
+            None => None,
+        };
+        self.control(py, None, true, move |gw, _| {
+            gw.install_policy(&text, before.as_deref())
+        })
+    }
+
+    /// Replaces the installed policy of the same name as `text` with it, in the same
+    /// place in the order. Raises `ConfigError`, `UnknownPolicyError` or
+    /// `MissingSaError`; nothing is changed then.
+    fn replace_policy(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<()> {
+        let text = convert::secret_text(text, "text")?;
+        self.control(py, None, true, move |gw, _| gw.replace_policy(&text))
+    }
+
+    /// Removes the policy `name` (its traffic is decided by the policies after it); the
+    /// SAs it named stay installed. Raises `UnknownPolicyError`; nothing is changed
+    /// then.
+    fn remove_policy(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        let name = convert::text(name, "name")?;
+        self.control(py, None, true, move |gw, _| gw.remove_policy(&name))
     }
 
     /// Allocates an SPI for an inbound SA being negotiated (`get_spi`): random, never
@@ -645,24 +864,110 @@ impl PyGateway {
             .map(|t| t.as_secs_f64()))
     }
 
-    /// The SA names, in file order.
+    /// The names of the installed SAs: those of the policy file in file order, then
+    /// those added by `add_sa` / `rekey_sa` (one may take the place of a deleted one).
     #[getter]
-    fn sa_names(&self) -> Vec<String> {
-        self.sa_names.clone()
+    fn sa_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.live_sa_names(py)
     }
 
-    /// The policies (the `Spd` the gateway was built from).
+    /// The policies: the `Spd` the gateway was built from until `install_policy`,
+    /// `replace_policy` or `remove_policy` changes them; then an `Spd` of the live
+    /// policies, in their order (it holds no `[[sa]]` tables: the SAs are the
+    /// gateway's).
     #[getter]
-    fn spd(&self, py: Python<'_>) -> Py<PySpd> {
-        self.spd.clone_ref(py)
+    fn spd(&self, py: Python<'_>) -> PyResult<Py<PySpd>> {
+        let changes = self.lock(py)?.policy_changes;
+        {
+            let cached = self.spd.lock().map_err(|_| poisoned())?;
+            if cached.0 == changes {
+                return Ok(cached.1.clone_ref(py));
+            }
+        }
+        // Made with neither lock held (creating a Python object may run Python code).
+        let (changes, core) = {
+            let st = self.lock(py)?;
+            (st.policy_changes, st.gateway.spd().clone())
+        };
+        let fresh = Py::new(py, PySpd::from_core(core))?;
+        let old = {
+            let mut cached = self.spd.lock().map_err(|_| poisoned())?;
+            core::mem::replace(&mut *cached, (changes, fresh.clone_ref(py)))
+        };
+        drop(old);
+        Ok(fresh)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let (policies, names) = {
+            let st = self.lock(py)?;
+            let names: Vec<String> = st.gateway.sas().map(|(n, _)| str_repr(n)).collect();
+            (st.gateway.spd().policies().len(), names)
+        };
+        Ok(format!(
+            "Gateway(policies={policies}, sas=[{}])",
+            names.join(", ")
+        ))
+    }
+}
+
+/// What a gateway holds of one of its SAs, read at once (Python `ipsec.GatewaySa`, from
+/// `Gateway.sa_info`): a snapshot, not a live view.
+#[pyclass(module = "ipsec", name = "GatewaySa", frozen)]
+pub(crate) struct PyGatewaySa {
+    /// The SA's name.
+    #[pyo3(get)]
+    name: String,
+    /// The SPI.
+    #[pyo3(get)]
+    spi: u32,
+    /// `"outbound"` or `"inbound"`.
+    #[pyo3(get)]
+    direction: &'static str,
+    /// `"tunnel"` or `"transport"`.
+    #[pyo3(get)]
+    mode: &'static str,
+    /// The cipher name.
+    #[pyo3(get)]
+    cipher: &'static str,
+    /// The integrity algorithm name, or `None`.
+    #[pyo3(get)]
+    integrity: Option<&'static str>,
+    /// True with extended sequence numbers.
+    #[pyo3(get)]
+    esn: bool,
+    /// The tunnel endpoints `(src, dst)` as text (outbound tunnel SAs), or `None`.
+    #[pyo3(get)]
+    tunnel: Option<(String, String)>,
+    /// The UDP encapsulation ports `(src, dst)`, or `None`.
+    #[pyo3(get)]
+    udp_encap: Option<(u16, u16)>,
+    /// Outbound: the last sequence number used. Inbound: the highest received.
+    #[pyo3(get)]
+    seq: u64,
+    /// True once a hard lifetime was reached (the SA refuses packets).
+    #[pyo3(get)]
+    expired: bool,
+    stats: SaStats,
+}
+
+#[pymethods]
+impl PyGatewaySa {
+    /// The SA's counters (`SecurityAssociation.stats`' shape).
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        stats_dict(py, &self.stats)
     }
 
     fn __repr__(&self) -> String {
-        let names: Vec<String> = self.sa_names.iter().map(|n| str_repr(n)).collect();
         format!(
-            "Gateway(policies={}, sas=[{}])",
-            self.spd.get().core().policies().len(),
-            names.join(", ")
+            "GatewaySa(name={}, spi={:#x}, direction='{}', mode='{}', cipher='{}', seq={})",
+            str_repr(&self.name),
+            self.spi,
+            self.direction,
+            self.mode,
+            self.cipher,
+            self.seq
         )
     }
 }

@@ -38,6 +38,7 @@ fn _ipsec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reassembly::PyReassembler>()?;
     m.add_class::<gateway::PyGateway>()?;
     m.add_class::<gateway::PyGatewayVerdict>()?;
+    m.add_class::<gateway::PyGatewaySa>()?;
     m.add_class::<spd::PySpd>()?;
     m.add_class::<spd::PyDecision>()?;
     m.add_class::<spd::PyFinding>()?;

@@ -33,7 +33,7 @@ use ipsec_core::{
 };
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::pybacked::PyBackedBytes;
+use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -266,6 +266,297 @@ fn limit_name(l: LifetimeLimit) -> &'static str {
     l.as_str()
 }
 
+/// The SA configuration arguments of `SecurityAssociation(...)`, shared by the
+/// constructor and the gateway's `add_sa` / `rekey_sa` (which take them as keyword
+/// arguments, [`SaArgs::from_kwargs`]): one conversion to an [`SaConfig`] for all.
+pub(crate) struct SaArgs<'py> {
+    spi: Bound<'py, PyAny>,
+    direction: Bound<'py, PyAny>,
+    mode: Bound<'py, PyAny>,
+    cipher: Bound<'py, PyAny>,
+    key: Bound<'py, PyAny>,
+    integrity: Option<Bound<'py, PyAny>>,
+    integrity_key: Option<Bound<'py, PyAny>>,
+    esn: Option<Bound<'py, PyAny>>,
+    replay_window: Option<Bound<'py, PyAny>>,
+    tunnel_src: Option<Bound<'py, PyAny>>,
+    tunnel_dst: Option<Bound<'py, PyAny>>,
+    udp_encap: Option<Bound<'py, PyAny>>,
+    seq: Option<Bound<'py, PyAny>>,
+    soft_lifetime: Option<Bound<'py, PyAny>>,
+    hard_lifetime: Option<Bound<'py, PyAny>>,
+    soft_lifetime_jitter: Option<Bound<'py, PyAny>>,
+    padding: Option<Bound<'py, PyAny>>,
+    tfc_pad_to: Option<Bound<'py, PyAny>>,
+    outer_ttl: Option<Bound<'py, PyAny>>,
+    path_mtu: Option<Bound<'py, PyAny>>,
+    df: Option<Bound<'py, PyAny>>,
+    /// Seconds; `None`: no keepalives (the keyword's default is 20 seconds).
+    nat_keepalive_interval: Option<f64>,
+    nat_original_addresses: Option<Bound<'py, PyAny>>,
+}
+
+/// The keywords of [`SaArgs`], in the constructor's order; the first five are required.
+pub(crate) const SA_KEYWORDS: [&str; 23] = [
+    "spi",
+    "direction",
+    "mode",
+    "cipher",
+    "key",
+    "integrity",
+    "integrity_key",
+    "esn",
+    "replay_window",
+    "tunnel_src",
+    "tunnel_dst",
+    "udp_encap",
+    "seq",
+    "soft_lifetime",
+    "hard_lifetime",
+    "soft_lifetime_jitter",
+    "padding",
+    "tfc_pad_to",
+    "outer_ttl",
+    "path_mtu",
+    "df",
+    "nat_keepalive_interval",
+    "nat_original_addresses",
+];
+
+impl<'py> SaArgs<'py> {
+    /// The arguments from the keyword arguments `kwargs` of the method `method` (for
+    /// messages): the constructor's keywords (except `now`), the first five required.
+    /// An unknown or missing keyword raises `TypeError`, as Python's own call checks do.
+    pub(crate) fn from_kwargs(method: &str, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Self> {
+        let mut found: [Option<Bound<'py, PyAny>>; 23] = Default::default();
+        if let Some(kwargs) = kwargs {
+            for (k, v) in kwargs.iter() {
+                let key = k.extract::<PyBackedStr>()?;
+                let Some(i) = SA_KEYWORDS.iter().position(|n| **n == *key) else {
+                    return Err(PyTypeError::new_err(format!(
+                        "{method}() got an unexpected keyword argument '{}'",
+                        &*key
+                    )));
+                };
+                found[i] = Some(v);
+            }
+        }
+        let missing: Vec<String> = SA_KEYWORDS[..5]
+            .iter()
+            .zip(&found)
+            .filter(|(_, v)| v.is_none())
+            .map(|(n, _)| format!("'{n}'"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(PyTypeError::new_err(format!(
+                "{method}() missing required keyword argument{}: {}",
+                if missing.len() == 1 { "" } else { "s" },
+                missing.join(", ")
+            )));
+        }
+        let [
+            spi,
+            direction,
+            mode,
+            cipher,
+            key,
+            integrity,
+            integrity_key,
+            esn,
+            replay_window,
+            tunnel_src,
+            tunnel_dst,
+            udp_encap,
+            seq,
+            soft_lifetime,
+            hard_lifetime,
+            soft_lifetime_jitter,
+            padding,
+            tfc_pad_to,
+            outer_ttl,
+            path_mtu,
+            df,
+            nat_keepalive_interval,
+            nat_original_addresses,
+        ] = found;
+        // As the constructor's signature: left out, 20 seconds; None, no keepalives.
+        let nat_keepalive_interval = match nat_keepalive_interval {
+            None => Some(DEFAULT_KEEPALIVE_SECONDS),
+            Some(v) if v.is_none() => None,
+            Some(v) => Some(v.extract::<f64>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "nat_keepalive_interval must be a number of seconds or None, got {}",
+                    convert::type_name(&v)
+                ))
+            })?),
+        };
+        let required = |v: Option<Bound<'py, PyAny>>| v.expect("checked above");
+        Ok(SaArgs {
+            spi: required(spi),
+            direction: required(direction),
+            mode: required(mode),
+            cipher: required(cipher),
+            key: required(key),
+            integrity,
+            integrity_key,
+            esn,
+            replay_window,
+            tunnel_src,
+            tunnel_dst,
+            udp_encap,
+            seq,
+            soft_lifetime,
+            hard_lifetime,
+            soft_lifetime_jitter,
+            padding,
+            tfc_pad_to,
+            outer_ttl,
+            path_mtu,
+            df,
+            nat_keepalive_interval,
+            nat_original_addresses,
+        })
+    }
+
+    /// Converts the arguments to an SA configuration (checked by the core when the SA
+    /// is created). Wrong types raise `TypeError`, bad values `ConfigError`.
+    pub(crate) fn config(&self) -> PyResult<SaConfig> {
+        let name = |o: &Bound<'_, PyAny>, f: &str| -> PyResult<String> {
+            Ok(convert::string(o, f)?.to_cow()?.into_owned())
+        };
+        let spi: u32 = convert::int(&self.spi, "spi", Bad::Config)?;
+        let direction =
+            Direction::from_name(&name(&self.direction, "direction")?).map_err(Failure::from)?;
+        let mode = Mode::from_name(&name(&self.mode, "mode")?).map_err(Failure::from)?;
+        let cipher = Cipher::from_name(&name(&self.cipher, "cipher")?).map_err(Failure::from)?;
+        let key = key_arg(&self.key, "key")?;
+        let mut cfg = SaConfig::new(spi, direction, mode, cipher, &key);
+        let integrity_key = match self.integrity_key.as_ref() {
+            Some(k) if !k.is_none() => Some(key_arg(k, "integrity_key")?),
+            _ => None,
+        };
+        match self.integrity.as_ref() {
+            Some(i) if !i.is_none() => {
+                let alg = Integrity::from_name(&name(i, "integrity")?).map_err(Failure::from)?;
+                cfg.integrity(alg, integrity_key.as_deref().unwrap_or(&[]));
+            }
+            _ => {
+                if integrity_key.as_ref().is_some_and(|k| !k.is_empty()) {
+                    return Err(crate::errors::config(
+                        "integrity_key",
+                        "given without an integrity algorithm",
+                    ));
+                }
+            }
+        }
+        cfg.esn(convert::boolean(self.esn.as_ref(), "esn", false)?);
+        if let Some(w) =
+            convert::opt_int::<u32>(self.replay_window.as_ref(), "replay_window", Bad::Config)?
+        {
+            // An outbound SA has no window. As in the C struct, the signature's default
+            // (64, which a caller passing arguments by position must give) and 0 ("no
+            // window") mean "none" there; another value is refused by the core.
+            let unset = [0, SaConfig::DEFAULT_REPLAY_WINDOW];
+            if direction != Direction::Outbound || !unset.contains(&w) {
+                cfg.replay_window(w);
+            }
+        }
+        let src = self.tunnel_src.as_ref().filter(|o| !o.is_none());
+        let dst = self.tunnel_dst.as_ref().filter(|o| !o.is_none());
+        match (src, dst) {
+            (Some(s), Some(d)) => {
+                cfg.tunnel(
+                    convert::addr(s, "tunnel_src", Bad::Config)?,
+                    convert::addr(d, "tunnel_dst", Bad::Config)?,
+                );
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(crate::errors::config(
+                    "tunnel_dst",
+                    "missing (tunnel_src is given)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(crate::errors::config(
+                    "tunnel_src",
+                    "missing (tunnel_dst is given)",
+                ));
+            }
+        }
+        if let Some(u) = self.udp_encap.as_ref().filter(|o| !o.is_none()) {
+            let pair: (Bound<'_, PyAny>, Bound<'_, PyAny>) = u.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "udp_encap must be a (src_port, dst_port) tuple, got {}",
+                    convert::type_name(u)
+                ))
+            })?;
+            cfg.udp_encap(
+                convert::int(&pair.0, "udp_encap", Bad::Config)?,
+                convert::int(&pair.1, "udp_encap", Bad::Config)?,
+            );
+        }
+        if let Some(s) = convert::opt_int::<u64>(self.seq.as_ref(), "seq", Bad::Config)? {
+            cfg.seq(s);
+        }
+        if let Some(l) = lifetime_arg(self.soft_lifetime.as_ref(), "soft_lifetime")? {
+            cfg.soft_lifetime(l);
+        }
+        if let Some(l) = lifetime_arg(self.hard_lifetime.as_ref(), "hard_lifetime")? {
+            cfg.hard_lifetime(l);
+        }
+        if let Some(j) = convert::opt_int::<u32>(
+            self.soft_lifetime_jitter.as_ref(),
+            "soft_lifetime_jitter",
+            Bad::Config,
+        )? {
+            cfg.soft_lifetime_jitter(j);
+        }
+        if let Some(p) = self.padding.as_ref().filter(|p| !p.is_none()) {
+            cfg.padding(EspPadding::from_name(&name(p, "padding")?).map_err(Failure::from)?);
+        }
+        if let Some(n) =
+            convert::opt_int::<u16>(self.tfc_pad_to.as_ref(), "tfc_pad_to", Bad::Config)?
+        {
+            cfg.tfc_padding(TfcPadding::PadTo(n));
+        }
+        if let Some(t) = convert::opt_int::<u8>(self.outer_ttl.as_ref(), "outer_ttl", Bad::Config)?
+        {
+            cfg.outer_ttl(t);
+        }
+        cfg.path_mtu(convert::opt_int::<u16>(
+            self.path_mtu.as_ref(),
+            "path_mtu",
+            Bad::Config,
+        )?);
+        if let Some(d) = self.df.as_ref().filter(|d| !d.is_none()) {
+            cfg.df(DfPolicy::from_name(&name(d, "df")?).map_err(Failure::from)?);
+        }
+        cfg.nat_keepalive_interval(match self.nat_keepalive_interval {
+            Some(s) => Some(convert::seconds(s, "nat_keepalive_interval", Bad::Config)?),
+            None => None,
+        });
+        if let Some(pair) = self
+            .nat_original_addresses
+            .as_ref()
+            .filter(|o| !o.is_none())
+        {
+            let (src, dst): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+                pair.extract().map_err(|_| {
+                    PyTypeError::new_err(format!(
+                        "nat_original_addresses must be a (src, dst) tuple of addresses, got {}",
+                        convert::type_name(pair)
+                    ))
+                })?;
+            cfg.nat_original_addresses(
+                convert::addr(&src, "nat_original_addresses", Bad::Config)?,
+                convert::addr(&dst, "nat_original_addresses", Bad::Config)?,
+            );
+        }
+        Ok(cfg)
+    }
+}
+
 #[pymethods]
 impl PySecurityAssociation {
     /// Creates an SA. See the package documentation for every argument.
@@ -310,125 +601,34 @@ impl PySecurityAssociation {
         nat_original_addresses: Option<&Bound<'_, PyAny>>,
         now: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let name = |o: &Bound<'_, PyAny>, f: &str| -> PyResult<String> {
-            Ok(convert::string(o, f)?.to_cow()?.into_owned())
-        };
-        let spi: u32 = convert::int(spi, "spi", Bad::Config)?;
-        let direction =
-            Direction::from_name(&name(direction, "direction")?).map_err(Failure::from)?;
-        let mode = Mode::from_name(&name(mode, "mode")?).map_err(Failure::from)?;
-        let cipher = Cipher::from_name(&name(cipher, "cipher")?).map_err(Failure::from)?;
-        let key = key_arg(key, "key")?;
-        let mut cfg = SaConfig::new(spi, direction, mode, cipher, &key);
-        let integrity_key = match integrity_key {
-            Some(k) if !k.is_none() => Some(key_arg(k, "integrity_key")?),
-            _ => None,
-        };
-        match integrity {
-            Some(i) if !i.is_none() => {
-                let alg = Integrity::from_name(&name(i, "integrity")?).map_err(Failure::from)?;
-                cfg.integrity(alg, integrity_key.as_deref().unwrap_or(&[]));
-            }
-            _ => {
-                if integrity_key.as_ref().is_some_and(|k| !k.is_empty()) {
-                    return Err(crate::errors::config(
-                        "integrity_key",
-                        "given without an integrity algorithm",
-                    ));
-                }
-            }
+        let config = SaArgs {
+            spi: spi.clone(),
+            direction: direction.clone(),
+            mode: mode.clone(),
+            cipher: cipher.clone(),
+            key: key.clone(),
+            integrity: integrity.cloned(),
+            integrity_key: integrity_key.cloned(),
+            esn: esn.cloned(),
+            replay_window: replay_window.cloned(),
+            tunnel_src: tunnel_src.cloned(),
+            tunnel_dst: tunnel_dst.cloned(),
+            udp_encap: udp_encap.cloned(),
+            seq: seq.cloned(),
+            soft_lifetime: soft_lifetime.cloned(),
+            hard_lifetime: hard_lifetime.cloned(),
+            soft_lifetime_jitter: soft_lifetime_jitter.cloned(),
+            padding: padding.cloned(),
+            tfc_pad_to: tfc_pad_to.cloned(),
+            outer_ttl: outer_ttl.cloned(),
+            path_mtu: path_mtu.cloned(),
+            df: df.cloned(),
+            nat_keepalive_interval,
+            nat_original_addresses: nat_original_addresses.cloned(),
         }
-        cfg.esn(convert::boolean(esn, "esn", false)?);
-        if let Some(w) = convert::opt_int::<u32>(replay_window, "replay_window", Bad::Config)? {
-            // An outbound SA has no window. As in the C struct, the signature's default
-            // (64, which a caller passing arguments by position must give) and 0 ("no
-            // window") mean "none" there; another value is refused by the core.
-            let unset = [0, SaConfig::DEFAULT_REPLAY_WINDOW];
-            if direction != Direction::Outbound || !unset.contains(&w) {
-                cfg.replay_window(w);
-            }
-        }
-        let src = tunnel_src.filter(|o| !o.is_none());
-        let dst = tunnel_dst.filter(|o| !o.is_none());
-        match (src, dst) {
-            (Some(s), Some(d)) => {
-                cfg.tunnel(
-                    convert::addr(s, "tunnel_src", Bad::Config)?,
-                    convert::addr(d, "tunnel_dst", Bad::Config)?,
-                );
-            }
-            (None, None) => {}
-            (Some(_), None) => {
-                return Err(crate::errors::config(
-                    "tunnel_dst",
-                    "missing (tunnel_src is given)",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(crate::errors::config(
-                    "tunnel_src",
-                    "missing (tunnel_dst is given)",
-                ));
-            }
-        }
-        if let Some(u) = udp_encap.filter(|o| !o.is_none()) {
-            let pair: (Bound<'_, PyAny>, Bound<'_, PyAny>) = u.extract().map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "udp_encap must be a (src_port, dst_port) tuple, got {}",
-                    convert::type_name(u)
-                ))
-            })?;
-            cfg.udp_encap(
-                convert::int(&pair.0, "udp_encap", Bad::Config)?,
-                convert::int(&pair.1, "udp_encap", Bad::Config)?,
-            );
-        }
-        if let Some(s) = convert::opt_int::<u64>(seq, "seq", Bad::Config)? {
-            cfg.seq(s);
-        }
-        if let Some(l) = lifetime_arg(soft_lifetime, "soft_lifetime")? {
-            cfg.soft_lifetime(l);
-        }
-        if let Some(l) = lifetime_arg(hard_lifetime, "hard_lifetime")? {
-            cfg.hard_lifetime(l);
-        }
-        if let Some(j) =
-            convert::opt_int::<u32>(soft_lifetime_jitter, "soft_lifetime_jitter", Bad::Config)?
-        {
-            cfg.soft_lifetime_jitter(j);
-        }
-        if let Some(p) = padding.filter(|p| !p.is_none()) {
-            cfg.padding(EspPadding::from_name(&name(p, "padding")?).map_err(Failure::from)?);
-        }
-        if let Some(n) = convert::opt_int::<u16>(tfc_pad_to, "tfc_pad_to", Bad::Config)? {
-            cfg.tfc_padding(TfcPadding::PadTo(n));
-        }
-        if let Some(t) = convert::opt_int::<u8>(outer_ttl, "outer_ttl", Bad::Config)? {
-            cfg.outer_ttl(t);
-        }
-        cfg.path_mtu(convert::opt_int::<u16>(path_mtu, "path_mtu", Bad::Config)?);
-        if let Some(d) = df.filter(|d| !d.is_none()) {
-            cfg.df(DfPolicy::from_name(&name(d, "df")?).map_err(Failure::from)?);
-        }
-        cfg.nat_keepalive_interval(match nat_keepalive_interval {
-            Some(s) => Some(convert::seconds(s, "nat_keepalive_interval", Bad::Config)?),
-            None => None,
-        });
-        if let Some(pair) = nat_original_addresses.filter(|o| !o.is_none()) {
-            let (src, dst): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
-                pair.extract().map_err(|_| {
-                    PyTypeError::new_err(format!(
-                        "nat_original_addresses must be a (src, dst) tuple of addresses, got {}",
-                        convert::type_name(pair)
-                    ))
-                })?;
-            cfg.nat_original_addresses(
-                convert::addr(&src, "nat_original_addresses", Bad::Config)?,
-                convert::addr(&dst, "nat_original_addresses", Bad::Config)?,
-            );
-        }
+        .config()?;
         let now = convert::opt_seconds(now, "now", Bad::Config)?.unwrap_or(Duration::ZERO);
-        Ok(Self::create(cfg, now)?)
+        Ok(Self::create(config, now)?)
     }
 
     /// Protects one IP packet: the whole IP packet in, the whole protected packet out.

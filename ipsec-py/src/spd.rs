@@ -409,6 +409,11 @@ impl PySpd {
         Ok(PySpd { spd })
     }
 
+    /// Wraps a core SPD (the live policies of a gateway).
+    pub(crate) fn from_core(spd: Spd) -> Self {
+        PySpd { spd }
+    }
+
     /// The core SPD.
     pub(crate) fn core(&self) -> &Spd {
         &self.spd

@@ -21,6 +21,15 @@ __all__ = [
     "FragmentError",
     "SpiExhaustedError",
     "ConfigError",
+    "ControlError",
+    "DuplicateNameError",
+    "DuplicateSpiError",
+    "UnknownSaError",
+    "SaInUseError",
+    "MissingSaError",
+    "DirectionMismatchError",
+    "DuplicatePolicyError",
+    "UnknownPolicyError",
     "SecurityAssociation",
     "Lifetime",
     "SaEvent",
@@ -35,6 +44,7 @@ __all__ = [
     "CaseReport",
     "Gateway",
     "GatewayVerdict",
+    "GatewaySa",
     "sas_from_toml",
     "load_sas",
     "esp_spi",
@@ -83,6 +93,61 @@ class ConfigError(IpsecError, ValueError):
     context: Optional[str]
     """Where the key is: ``sa "b1-out"``, ``policy "p"``, ``case "c"``; None for a
     keyword argument."""
+
+class ControlError(IpsecError):
+    """A control call of a live ``Gateway`` (``add_sa``, ``rekey_sa``, ``delete_sa``,
+    ``retire_sa``, ``install_policy``, ``replace_policy``, ``remove_policy``) was
+    refused; the gateway is unchanged. An invalid SA configuration or policy text
+    raises ``ConfigError`` instead."""
+
+class DuplicateNameError(ControlError):
+    """The SA name is taken (by an installed SA, or lent by a rekeyed SA to its
+    successor)."""
+
+    name: str
+
+class DuplicateSpiError(ControlError):
+    """An inbound SA with this SPI is installed."""
+
+    spi: int
+    sa: str
+    """The inbound SA that has the SPI."""
+
+class UnknownSaError(ControlError):
+    """No SA of this name is installed."""
+
+    name: str
+
+class SaInUseError(ControlError):
+    """Deleting (or retiring) the SA would leave a policy without the SA it names."""
+
+    sa: str
+    policy: str
+    """The first policy that needs the SA."""
+
+class MissingSaError(ControlError):
+    """The policy names an SA that is not installed, or one of the other direction."""
+
+    policy: str
+    sa: str
+
+class DirectionMismatchError(ControlError):
+    """A successor (``rekey_sa``) must have the direction of the SA it replaces."""
+
+    sa: str
+    """The new SA."""
+    replaces: str
+    """The SA it was to replace."""
+
+class DuplicatePolicyError(ControlError):
+    """A policy of this name is installed (``replace_policy`` changes it)."""
+
+    name: str
+
+class UnknownPolicyError(ControlError):
+    """No policy of this name is installed."""
+
+    name: str
 
 @final
 class Lifetime:
@@ -471,6 +536,12 @@ class Gateway:
     """An IPsec gateway: an SPD and the SAs of its ``[[sa]]`` tables, doing the whole
     data path (RFC 4301 section 5).
 
+    Control plane (what a key manager calls while packets flow): ``add_sa``,
+    ``rekey_sa`` (make-before-break), ``retire_sa``, ``delete_sa``, ``install_policy``,
+    ``replace_policy``, ``remove_policy``. Each runs with the GIL released; a refused
+    call raises ``ControlError`` (or ``ConfigError`` for an invalid configuration or
+    policy text) and changes nothing.
+
     Fragments (RFC 4301 section 7): a first fragment is classified like a whole packet
     and its decision remembered (``set_fragment_limits``); the datagram's later
     fragments get the same one (protected by the same SA, bypassed or discarded).
@@ -537,10 +608,135 @@ class Gateway:
     def next_keepalive(self) -> Optional[float]:
         """When the next NAT-keepalive of any SA is due (seconds); None when none sends
         keepalives."""
+    def sa_info(self, name: str) -> GatewaySa:
+        """What the gateway holds of the installed SA ``name`` (SPI, direction,
+        algorithms, sequence number, counters), read at once; ``KeyError`` when no SA
+        has the name."""
+    def add_sa(
+        self,
+        name: str,
+        *,
+        spi: int,
+        direction: str,
+        mode: str,
+        cipher: str,
+        key: _Bytes,
+        integrity: Optional[str] = None,
+        integrity_key: _Bytes = b"",
+        esn: bool = False,
+        replay_window: int = 64,
+        tunnel_src: Optional[_Addr] = None,
+        tunnel_dst: Optional[_Addr] = None,
+        udp_encap: Optional[tuple[int, int]] = None,
+        seq: int = 0,
+        soft_lifetime: Optional[Lifetime] = None,
+        hard_lifetime: Optional[Lifetime] = None,
+        soft_lifetime_jitter: int = 10,
+        padding: str = "blocks",
+        tfc_pad_to: Optional[int] = None,
+        outer_ttl: int = 64,
+        path_mtu: Optional[int] = None,
+        df: Literal["copy", "set", "clear"] = "copy",
+        nat_keepalive_interval: Optional[float] = 20.0,
+        nat_original_addresses: Optional[tuple[_Addr, _Addr]] = None,
+        now: Optional[float] = None,
+    ) -> None:
+        """Installs a new SA ``name`` (keywords: ``SecurityAssociation``'s), created at
+        ``now`` (default: the last time given). Policies may name it from now on; an
+        inbound SA accepts at once. ``DuplicateNameError``, ``DuplicateSpiError`` or
+        ``ConfigError`` (also for a key an installed SA uses): nothing changed."""
+    def rekey_sa(
+        self,
+        replaces: str,
+        name: str,
+        *,
+        spi: int,
+        direction: str,
+        mode: str,
+        cipher: str,
+        key: _Bytes,
+        integrity: Optional[str] = None,
+        integrity_key: _Bytes = b"",
+        esn: bool = False,
+        replay_window: int = 64,
+        tunnel_src: Optional[_Addr] = None,
+        tunnel_dst: Optional[_Addr] = None,
+        udp_encap: Optional[tuple[int, int]] = None,
+        seq: int = 0,
+        soft_lifetime: Optional[Lifetime] = None,
+        hard_lifetime: Optional[Lifetime] = None,
+        soft_lifetime_jitter: int = 10,
+        padding: str = "blocks",
+        tfc_pad_to: Optional[int] = None,
+        outer_ttl: int = 64,
+        path_mtu: Optional[int] = None,
+        df: Literal["copy", "set", "clear"] = "copy",
+        nat_keepalive_interval: Optional[float] = 20.0,
+        nat_original_addresses: Optional[tuple[_Addr, _Addr]] = None,
+        now: Optional[float] = None,
+    ) -> None:
+        """Installs ``name`` as the successor of ``replaces`` (make-before-break).
+        Inbound: both accept until the old one is deleted or retired. Outbound: every
+        policy that sent through ``replaces`` sends through ``name`` from the next
+        packet on. Raises as ``add_sa``, and ``UnknownSaError`` /
+        ``DirectionMismatchError``: nothing changed."""
+    def delete_sa(self, name: str) -> dict[str, int]:
+        """Deletes the SA at once; returns its final counters (``stats``' shape). Its
+        SPI is unknown to the next packet. ``UnknownSaError`` or ``SaInUseError``
+        (a policy still needs it): nothing changed."""
+    def retire_sa(self, name: str, at: float) -> None:
+        """Deletes the SA when the caller's clock reaches ``at`` (checked by its packets
+        and by ``poll_events``); calling again moves the time. Raises as
+        ``delete_sa``."""
+    def install_policy(self, text: str, *, before: Optional[str] = None) -> None:
+        """Installs one policy (a ``[[policy]]`` table or its ``key = value`` lines)
+        before the policy ``before``, or last. ``ConfigError``,
+        ``DuplicatePolicyError``, ``MissingSaError`` or ``UnknownPolicyError``:
+        nothing changed."""
+    def replace_policy(self, text: str) -> None:
+        """Replaces the installed policy of the same name, in place. ``ConfigError``,
+        ``UnknownPolicyError`` or ``MissingSaError``: nothing changed."""
+    def remove_policy(self, name: str) -> None:
+        """Removes the policy (the SAs it named stay). ``UnknownPolicyError``: nothing
+        changed."""
     @property
-    def sa_names(self) -> list[str]: ...
+    def sa_names(self) -> list[str]:
+        """The installed SAs: the policy file's in file order, then those added later
+        (one may take the place of a deleted one)."""
     @property
-    def spd(self) -> Spd: ...
+    def spd(self) -> Spd:
+        """The ``Spd`` the gateway was built from until a policy is installed, replaced
+        or removed; then an ``Spd`` of the live policies (without ``[[sa]]`` tables)."""
+
+@final
+class GatewaySa:
+    """What a gateway holds of one of its SAs (``Gateway.sa_info``), read at once."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def spi(self) -> int: ...
+    @property
+    def direction(self) -> Literal["outbound", "inbound"]: ...
+    @property
+    def mode(self) -> Literal["tunnel", "transport"]: ...
+    @property
+    def cipher(self) -> str: ...
+    @property
+    def integrity(self) -> Optional[str]: ...
+    @property
+    def esn(self) -> bool: ...
+    @property
+    def tunnel(self) -> Optional[tuple[str, str]]: ...
+    @property
+    def udp_encap(self) -> Optional[tuple[int, int]]: ...
+    @property
+    def seq(self) -> int:
+        """Outbound: the last sequence number used. Inbound: the highest received."""
+    @property
+    def expired(self) -> bool: ...
+    @property
+    def stats(self) -> dict[str, int]: ...
 
 def sas_from_toml(text: str, *, now: float = 0.0) -> dict[str, SecurityAssociation]: ...
 def load_sas(path: _Path, *, now: float = 0.0) -> dict[str, SecurityAssociation]: ...
