@@ -151,12 +151,13 @@ pub(crate) fn key_reuse_error(
         "a key must serve one SA and one purpose (key separation)".to_owned()
     };
     ConfigError::new(
-        format!("sa {name:?}: {field}"),
+        field,
         format!(
             "the same key as {whose}: {why}; give every SA fresh random keys of its own \
              (IKE derives new ones for each SA and direction)"
         ),
     )
+    .in_context(&format!("sa {name:?}"))
 }
 
 /// The keys of a live gateway's SAs, for refusing an SA added later whose key one of
