@@ -89,13 +89,43 @@ impl GatewayHandle {
     }
 }
 
+/// A NUL-terminated copy of a name, owned through a raw pointer: it moves (as the map
+/// holding it grows, or when it is put aside by a removal) without disturbing the
+/// pointers handed to C. A moved `CString` is a moved `Box`, which Rust's aliasing rules
+/// treat as a new unique owner of the bytes: Miri reports a later read through a
+/// pointer taken before as undefined behaviour.
+struct OwnedName(*mut c_char);
+
+impl OwnedName {
+    fn new(name: &str) -> OwnedName {
+        OwnedName(c_string(name).into_raw())
+    }
+
+    fn as_ptr(&self) -> *const c_char {
+        self.0
+    }
+}
+
+impl Drop for OwnedName {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `CString::into_raw` and is given back once.
+        drop(unsafe { CString::from_raw(self.0) });
+    }
+}
+
+// SAFETY: an `OwnedName` is the only owner of its bytes and never changes them, as a
+// `CString` (which is `Send` and `Sync`).
+unsafe impl Send for OwnedName {}
+// SAFETY: as above.
+unsafe impl Sync for OwnedName {}
+
 /// NUL-terminated copies of names, found by name in one hash lookup (a packet's verdict
 /// names its SA and policy; a gateway may have hundreds of thousands).
 pub(crate) struct CNames {
-    by_name: HashMap<Box<str>, CString>,
+    by_name: HashMap<Box<str>, OwnedName>,
     /// The strings of removed names, kept for pointers handed out before (see
     /// [`ipsec_gateway`]) until [`GatewayHandle::free_stale`].
-    stale: Vec<CString>,
+    stale: Vec<OwnedName>,
 }
 
 impl CNames {
@@ -127,11 +157,11 @@ impl CNames {
             .map_or(core::ptr::null(), |c| c.as_ptr())
     }
 
-    /// Adds `name` (a name already there keeps its string). The string's bytes live on
-    /// the heap: they stay where they are while the map grows.
+    /// Adds `name` (a name already there keeps its string). The string's bytes stay
+    /// where they are while the map grows.
     pub(crate) fn add(&mut self, name: &str) {
         if !self.by_name.contains_key(name) {
-            self.by_name.insert(Box::from(name), c_string(name));
+            self.by_name.insert(Box::from(name), OwnedName::new(name));
         }
     }
 
