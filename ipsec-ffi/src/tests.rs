@@ -488,8 +488,9 @@ key = "0808080808080808080808080808080808080808"
 "#;
 
 fn c_text(p: *const c_char) -> Option<&'static str> {
-    // SAFETY: the strings handed out live as long as their owner, which outlives the
-    // checks in these tests.
+    // SAFETY: the strings handed out live as long as their owner (a gateway's names:
+    // while their SA or policy is installed, then until the next successful control
+    // call), which the checks in these tests respect.
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_str().unwrap())
 }
 
