@@ -1446,6 +1446,10 @@ ipsec_status ipsec_last_error(char *buf, size_t len, size_t *out_n);
  * time `now_ns` and stores it in `*out`. `IPSEC_ERR_CONFIG` when a policy or SA is
  * invalid, or two inbound SAs share an SPI. Free it with `ipsec_gateway_free`.
  *
+ * A key manager may start from a file with no SAs (say, only a final deny-all policy)
+ * and add SAs and policies while the gateway runs: `ipsec_gateway_add_sa`,
+ * `ipsec_gateway_install_policy` and the other control calls.
+ *
  * # Safety
  *
  * `toml` points to `toml_len` readable bytes; `out` to a writable `ipsec_gateway *`.
