@@ -2567,8 +2567,9 @@ const char *ipsec_version(void);
  * Refused, with nothing changed: `IPSEC_ERR_DUPLICATE_NAME` (the name is taken),
  * `IPSEC_ERR_DUPLICATE_SPI` (an inbound SA has the SPI), `IPSEC_ERR_CONFIG` (an
  * invalid configuration or an empty name, or a cipher or integrity key that an
- * installed SA uses: keys are never shared), `IPSEC_ERR_INVALID_ARGUMENT` (NULL
- * `gateway`, `name` or `config`, a name that is not UTF-8, an enum field out of range).
+ * installed SA uses: keys are never shared; the message names the SA and the field,
+ * `sa "name": key: ...`), `IPSEC_ERR_INVALID_ARGUMENT` (NULL `gateway`, `name` or
+ * `config`, a name that is not UTF-8, an enum field out of range).
  *
  * # Safety
  *

@@ -33,7 +33,7 @@ use std::collections::HashSet;
 
 use ipsec_core::ControlError;
 
-use crate::boundary::{call, fail};
+use crate::boundary::{call, fail, in_context};
 use crate::gateway::{GatewayHandle, ipsec_gateway};
 use crate::handle::{borrow_mut, c_str, out_ptr};
 use crate::sa::{ipsec_sa_config, ipsec_sa_stats, now, read_config};
@@ -42,6 +42,20 @@ use crate::status::ipsec_status;
 /// Records a refused control call: its status, and the core's message.
 fn refused(e: ControlError) -> ipsec_status {
     fail(ipsec_status::of_control(&e), e.to_string())
+}
+
+/// The configuration of the new SA `name`; an error found converting it names the SA
+/// (`sa "name": tunnel_src: ...`), as those the core finds do.
+///
+/// # Safety
+///
+/// As [`read_config`].
+unsafe fn sa_config(
+    config: *const ipsec_sa_config,
+    name: &str,
+) -> Result<ipsec_core::SaConfig, ipsec_status> {
+    // SAFETY: forwarded caller's contract.
+    unsafe { read_config(config) }.map_err(|st| in_context(st, &format!("sa {name:?}")))
 }
 
 impl GatewayHandle {
@@ -95,8 +109,9 @@ impl GatewayHandle {
 /// Refused, with nothing changed: `IPSEC_ERR_DUPLICATE_NAME` (the name is taken),
 /// `IPSEC_ERR_DUPLICATE_SPI` (an inbound SA has the SPI), `IPSEC_ERR_CONFIG` (an
 /// invalid configuration or an empty name, or a cipher or integrity key that an
-/// installed SA uses: keys are never shared), `IPSEC_ERR_INVALID_ARGUMENT` (NULL
-/// `gateway`, `name` or `config`, a name that is not UTF-8, an enum field out of range).
+/// installed SA uses: keys are never shared; the message names the SA and the field,
+/// `sa "name": key: ...`), `IPSEC_ERR_INVALID_ARGUMENT` (NULL `gateway`, `name` or
+/// `config`, a name that is not UTF-8, an enum field out of range).
 ///
 /// # Safety
 ///
@@ -114,7 +129,7 @@ pub unsafe extern "C" fn ipsec_gateway_add_sa(
         // SAFETY: caller's contract.
         let name = unsafe { c_str(name, "name") }?;
         // SAFETY: caller's contract.
-        let config = unsafe { read_config(config) }?;
+        let config = unsafe { sa_config(config, name) }?;
         // SAFETY: caller's contract.
         let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
         let h = &mut *guard;
@@ -163,7 +178,7 @@ pub unsafe extern "C" fn ipsec_gateway_rekey_sa(
         // SAFETY: caller's contract.
         let name = unsafe { c_str(name, "name") }?;
         // SAFETY: caller's contract.
-        let config = unsafe { read_config(config) }?;
+        let config = unsafe { sa_config(config, name) }?;
         // SAFETY: caller's contract.
         let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
         let h = &mut *guard;

@@ -364,7 +364,13 @@ static void refusals(void)
     make_config(&c, key, 0x4000, IPSEC_DIRECTION_INBOUND, 41);
     c.mode = 77;
     REFUSED_WITH("an SA configuration with an enum out of range",
-                 ipsec_gateway_add_sa(hq, "short", &c, T0), IPSEC_ERR_INVALID_ARGUMENT, "77");
+                 ipsec_gateway_add_sa(hq, "short", &c, T0), IPSEC_ERR_INVALID_ARGUMENT,
+                 "sa \"short\": mode 77");
+    make_config(&c, key, 0x4000, IPSEC_DIRECTION_OUTBOUND, 41);
+    c.tunnel_dst = "198.51.100.300";
+    REFUSED_WITH("an SA configuration with a bad address, named by the SA",
+                 ipsec_gateway_rekey_sa(hq, "hq-out", "bad-peer", &c, T0), IPSEC_ERR_CONFIG,
+                 "sa \"bad-peer\": tunnel_dst");
     REFUSED_WITH("an empty SA name", add_sa(hq, "", 0x4000, IPSEC_DIRECTION_INBOUND, 42),
                  IPSEC_ERR_CONFIG, "name");
     REFUSED_WITH("a policy that is not valid",
