@@ -6,7 +6,9 @@
 //!
 //! * **All or nothing.** A refused call returns the status of its reason (230..=237,
 //!   one per `ControlError` variant, or `IPSEC_ERR_CONFIG`), the last-error message is
-//!   the core's explanation (it names SAs, policies and fields, never key bytes), and
+//!   the core's explanation, its `Display` text (it names SAs, policies and fields,
+//!   never key bytes; an `ipsec_sa_config` refused before the core sees it is named
+//!   `sa "name": field: ...` in the same way), and
 //!   the gateway is as it was: its SAs, policies, counters and the name strings handed
 //!   out. Invalid arguments (NULL, not UTF-8) are `IPSEC_ERR_INVALID_ARGUMENT`, also
 //!   with nothing changed.
@@ -85,7 +87,7 @@ impl GatewayHandle {
     }
 
     /// In this crate's unit tests: the name caches hold exactly the gateway's SAs and
-    /// policies (O(n), so not in a library build, where a control call is O(1)).
+    /// policies (O(n), so not in a library build: the SA calls stay O(1)).
     fn check_names(&self) {
         if !cfg!(test) {
             return;
