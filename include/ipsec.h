@@ -18,7 +18,9 @@
  *  - Time is passed in: now_ns, nanoseconds since any epoch of the caller's choosing.
  *
  * Thread safety: ipsec_sa, ipsec_gateway, ipsec_replay_window and ipsec_reassembler are
- * used by one thread at a time (they may move between threads); ipsec_spd, ipsec_lint
+ * used by one thread at a time (they may move between threads); for a gateway that
+ * holds for its control calls (ipsec_gateway_add_sa ... ipsec_gateway_remove_policy)
+ * as for its packet calls: one thread, or one lock around both. ipsec_spd, ipsec_lint
  * and ipsec_firewall are immutable and may be shared by any number of threads.
  * Everything else is reentrant.
  *
@@ -57,7 +59,8 @@
  * The result of every fallible call.
  *
  * The numbers are stable and come in blocks per family: 0 success, 1xx misuse of the
- * API, 2xx configuration, 3xx packet drops. A retired number is never reused. A packet
+ * API, 2xx configuration (23x: a gateway control call refused, one status per reason;
+ * the gateway is unchanged), 3xx packet drops. A retired number is never reused. A packet
  * drop is `300 +` the position of its counter in `ipsec_sa_stats` after `bytes`
  * (`IPSEC_ERR_AUTH_FAILED` is counted in `auth_failed`, and so on).
  */
@@ -134,6 +137,48 @@ enum ipsec_status
    * The OS random generator failed, and the call needs randomness (an SPI).
    */
   IPSEC_ERR_RANDOMNESS_UNAVAILABLE = 221,
+  /**
+   * A control call (`ipsec_gateway_add_sa`, `ipsec_gateway_rekey_sa`) was refused:
+   * the name is taken, by an installed SA or by a name that policies use for an SA
+   * (an SA that was rekeyed lends its name to its successor). Nothing changed.
+   */
+  IPSEC_ERR_DUPLICATE_NAME = 230,
+  /**
+   * A control call was refused: an installed inbound SA has this SPI (inbound SAs
+   * are found by SPI, so it must be unique among them). Nothing changed.
+   */
+  IPSEC_ERR_DUPLICATE_SPI = 231,
+  /**
+   * A control call was refused: no SA of this name is installed. Nothing changed.
+   */
+  IPSEC_ERR_UNKNOWN_SA = 232,
+  /**
+   * `ipsec_gateway_delete_sa` / `ipsec_gateway_retire_sa` was refused: a policy
+   * still sends or receives through the SA (remove or replace the policy, or rekey
+   * the SA, first). Nothing changed.
+   */
+  IPSEC_ERR_SA_IN_USE = 233,
+  /**
+   * A policy was refused: it names an SA that is not installed, or not in the
+   * direction the policy uses it. Nothing changed.
+   */
+  IPSEC_ERR_MISSING_SA = 234,
+  /**
+   * `ipsec_gateway_rekey_sa` was refused: the successor's direction is not that of
+   * the SA it replaces. Nothing changed.
+   */
+  IPSEC_ERR_DIRECTION_MISMATCH = 235,
+  /**
+   * `ipsec_gateway_install_policy` was refused: a policy of this name is installed
+   * (`ipsec_gateway_replace_policy` changes it). Nothing changed.
+   */
+  IPSEC_ERR_DUPLICATE_POLICY = 236,
+  /**
+   * A control call was refused: no policy of this name is installed (the policy to
+   * replace or remove, or the `before` of `ipsec_gateway_install_policy`). Nothing
+   * changed.
+   */
+  IPSEC_ERR_UNKNOWN_POLICY = 237,
   /**
    * Dropped: the ICV did not verify (tampered packet or wrong key).
    */
@@ -655,10 +700,25 @@ typedef uint32_t ipsec_df;
 typedef struct ipsec_firewall ipsec_firewall;
 
 /**
- * A gateway: policies plus the SAs they name, ready to process packets.
+ * A gateway: policies plus the SAs they name, ready to process packets; a key manager
+ * adds, rekeys and deletes SAs and installs, replaces and removes policies while it
+ * runs (the control calls `ipsec_gateway_add_sa` ... `ipsec_gateway_remove_policy`).
  *
- * Thread safety: one thread at a time (every packet changes SA state); it may move
- * between threads.
+ * Thread safety: one thread at a time, for the packet calls (every packet changes SA
+ * state) and the control calls alike: a control call changes the gateway as a packet
+ * call does, so the key manager calls it on the thread that processes the gateway's
+ * packets, between packets, or under the same lock as the packet calls. The gateway
+ * may move between threads. A packet is processed under the state before or after a
+ * control call, never half of one.
+ *
+ * Name strings: the SA and policy names the gateway hands out (`sa` and `policy` of an
+ * `ipsec_gateway_result`, `name` of an `ipsec_gateway_sa`, `sa` of an
+ * `ipsec_gateway_event`, the SA of `ipsec_gateway_poll_keepalive` and
+ * `ipsec_gateway_handle_icmp`) stay valid while their SA or policy is installed, and
+ * after it is deleted or removed (by a control call, or by the gateway when an SA's
+ * `ipsec_gateway_retire_sa` time comes) until the next control call that succeeds, or
+ * `ipsec_gateway_free`. Copy a name to keep it longer. A policy replaced by
+ * `ipsec_gateway_replace_policy` keeps its string.
  */
 typedef struct ipsec_gateway ipsec_gateway;
 
@@ -712,13 +772,14 @@ typedef struct ipsec_gateway_result {
   uint32_t verdict;
   /**
    * The SA that encrypted or decrypted the packet (NULL for BYPASSED and
-   * REASSEMBLING); the string lives as long as the gateway.
+   * REASSEMBLING); how long the string lives: `ipsec_gateway`, "Name strings".
    */
   const char *sa;
   /**
    * The policy that decided: the PROTECT or BYPASS policy that matched, or for a
    * decrypted packet the first of its SA's policies whose selectors the inner packet
-   * matches (RFC 4301 §5.2); NULL for REASSEMBLING. Lives as long as the gateway.
+   * matches (RFC 4301 §5.2); NULL for REASSEMBLING. How long the string lives:
+   * `ipsec_gateway`, "Name strings".
    */
   const char *policy;
 } ipsec_gateway_result;
@@ -923,7 +984,7 @@ typedef struct ipsec_sa_info {
  */
 typedef struct ipsec_gateway_sa {
   /**
-   * The SA's name; lives as long as the gateway.
+   * The SA's name (how long the string lives: `ipsec_gateway`, "Name strings").
    */
   const char *name;
   /**
@@ -955,8 +1016,8 @@ typedef struct ipsec_sa_event {
  */
 typedef struct ipsec_gateway_event {
   /**
-   * The SA the event is about (lives as long as the gateway); NULL with
-   * `IPSEC_EVENT_NONE`.
+   * The SA the event is about (how long the string lives: `ipsec_gateway`, "Name
+   * strings"); NULL with `IPSEC_EVENT_NONE`.
    */
   const char *sa;
   /**
@@ -1385,6 +1446,10 @@ ipsec_status ipsec_last_error(char *buf, size_t len, size_t *out_n);
  * time `now_ns` and stores it in `*out`. `IPSEC_ERR_CONFIG` when a policy or SA is
  * invalid, or two inbound SAs share an SPI. Free it with `ipsec_gateway_free`.
  *
+ * A key manager may start from a file with no SAs (say, only a final deny-all policy)
+ * and add SAs and policies while the gateway runs: `ipsec_gateway_add_sa`,
+ * `ipsec_gateway_install_policy` and the other control calls.
+ *
  * # Safety
  *
  * `toml` points to `toml_len` readable bytes; `out` to a writable `ipsec_gateway *`.
@@ -1493,7 +1558,7 @@ ipsec_status ipsec_gateway_too_big_reply(const struct ipsec_gateway *gateway,
 /**
  * Hands an ICMP "fragmentation needed" / ICMPv6 "packet too big" message to the
  * outbound SA whose packet it quotes (as `ipsec_sa_handle_icmp`). `*sa_name` is that
- * SA's name (lives as long as the gateway) and `*new_mtu` its new path MTU, or NULL
+ * SA's name (see `ipsec_gateway`, "Name strings") and `*new_mtu` its new path MTU, or NULL
  * and 0 when nothing changed. `IPSEC_ERR_MALFORMED` when no SA of the gateway sent the
  * quoted packet.
  *
@@ -1602,7 +1667,8 @@ ipsec_status ipsec_gateway_get_stats(const struct ipsec_gateway *gateway,
                                      struct ipsec_sa_stats *out);
 
 /**
- * The number of SAs in the gateway (0 for NULL).
+ * The number of SAs installed in the gateway (0 for NULL): those of the policy file,
+ * plus those added, less those deleted or retired.
  *
  * # Safety
  *
@@ -1611,7 +1677,10 @@ ipsec_status ipsec_gateway_get_stats(const struct ipsec_gateway *gateway,
 size_t ipsec_gateway_sa_count(const struct ipsec_gateway *gateway);
 
 /**
- * SA number `index` of the gateway (file order): name, description and counters.
+ * SA number `index` of the gateway: name, description and counters. The order is
+ * that of the policy file, then the SAs added later (an added SA may take the place
+ * of a deleted one): indices change when SAs are added or deleted, so enumerate
+ * `0 .. ipsec_gateway_sa_count(gateway)` with no control call in between.
  * `IPSEC_ERR_INVALID_ARGUMENT` when `index >= ipsec_gateway_sa_count(gateway)`.
  *
  * # Safety
@@ -1671,7 +1740,7 @@ ipsec_status ipsec_gateway_expire_fragments(struct ipsec_gateway *gateway,
 /**
  * Writes the next NAT-keepalive any SA of the gateway owes at `now_ns` into `buf`, as
  * `ipsec_sa_poll_keepalive` does for one SA: stores its length in `*out_len` and the
- * name of its SA in `*out_sa` (the string lives as long as the gateway), or 0 and NULL
+ * name of its SA in `*out_sa` (see `ipsec_gateway`, "Name strings"), or 0 and NULL
  * when none is due. Call until `*out_len` is 0, sending each keepalive as it comes.
  * `capacity` must be at least `IPSEC_NAT_KEEPALIVE_MAX_LEN`
  * (`IPSEC_ERR_BUFFER_TOO_SMALL` otherwise, nothing written).
@@ -2487,6 +2556,160 @@ const char *ipsec_status_str(uint32_t status);
  * to `IPSEC_VERSION_STRING` of the header the library was built with. Any thread.
  */
 const char *ipsec_version(void);
+
+/**
+ * Installs a new SA called `name` in the gateway, created from `*config` at time
+ * `now_ns` exactly as `ipsec_sa_new` creates one (keys are copied). Policies may name
+ * it from now on (`ipsec_gateway_install_policy`); an inbound SA accepts its packets
+ * at once. Its SPI, if it was allocated by `ipsec_gateway_allocate_spi`, is in use from
+ * now on.
+ *
+ * Refused, with nothing changed: `IPSEC_ERR_DUPLICATE_NAME` (the name is taken),
+ * `IPSEC_ERR_DUPLICATE_SPI` (an inbound SA has the SPI), `IPSEC_ERR_CONFIG` (an
+ * invalid configuration or an empty name, or a cipher or integrity key that an
+ * installed SA uses: keys are never shared; the message names the SA and the field,
+ * `sa "name": key: ...`), `IPSEC_ERR_INVALID_ARGUMENT` (NULL `gateway`, `name` or
+ * `config`, a name that is not UTF-8, an enum field out of range).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `name` is a
+ * NUL-terminated string; `config` points to an initialised `ipsec_sa_config` whose
+ * pointers are valid as documented.
+ */
+ipsec_status ipsec_gateway_add_sa(struct ipsec_gateway *gateway,
+                                  const char *name,
+                                  const struct ipsec_sa_config *config,
+                                  uint64_t now_ns);
+
+/**
+ * Installs the SA `name`, created from `*config` at `now_ns` (as
+ * `ipsec_gateway_add_sa`), as the successor of the installed SA `replaces`
+ * (make-before-break, RFC 7296 §2.8), both of one direction:
+ *
+ * * inbound: the new SA accepts next to the old one and serves the policies the old
+ *   one serves; the old one accepts until deleted (`ipsec_gateway_delete_sa`) or
+ *   retired (`ipsec_gateway_retire_sa`). Rekey the inbound SA first, before the peer
+ *   switches.
+ * * outbound: every policy that sent through `replaces` sends through `name` from the
+ *   next packet on; `replaces` sends no more and may be deleted.
+ *
+ * Policies keep the SA names they were written with; the `sa` of an
+ * `ipsec_gateway_result` names the SA that really processed the packet.
+ *
+ * Refused, with nothing changed, as `ipsec_gateway_add_sa`, and with
+ * `IPSEC_ERR_UNKNOWN_SA` (`replaces` is not installed) or
+ * `IPSEC_ERR_DIRECTION_MISMATCH` (the new SA's direction is not that of `replaces`).
+ *
+ * # Safety
+ *
+ * As `ipsec_gateway_add_sa`; `replaces` is a NUL-terminated string.
+ */
+ipsec_status ipsec_gateway_rekey_sa(struct ipsec_gateway *gateway,
+                                    const char *replaces,
+                                    const char *name,
+                                    const struct ipsec_sa_config *config,
+                                    uint64_t now_ns);
+
+/**
+ * Deletes the SA `name` at once and, when `final_stats` is not NULL, writes its final
+ * counters there. Its SPI is unknown to the next packet (`IPSEC_ERR_UNKNOWN_SPI`,
+ * counted in the gateway's `unknown_spi`) and free for `ipsec_gateway_allocate_spi`
+ * again; its keys are wiped. Its name string stays valid until the next control call
+ * that succeeds (see `ipsec_gateway`).
+ *
+ * Refused, with nothing changed (nothing written): `IPSEC_ERR_UNKNOWN_SA` (no SA has
+ * the name), `IPSEC_ERR_SA_IN_USE` (a policy still needs it: an outbound SA that
+ * carries a policy's traffic, an inbound SA that is the last to serve a policy),
+ * `IPSEC_ERR_INVALID_ARGUMENT` (NULL `gateway` or `name`, a name that is not UTF-8, a
+ * misaligned `final_stats`).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `name` is a
+ * NUL-terminated string; `final_stats` is NULL or points to a writable
+ * `ipsec_sa_stats`.
+ */
+ipsec_status ipsec_gateway_delete_sa(struct ipsec_gateway *gateway,
+                                     const char *name,
+                                     struct ipsec_sa_stats *final_stats);
+
+/**
+ * Deletes the SA `name` when the caller's clock reaches `at_ns` (the old inbound SA
+ * of a rekey, kept for the packets still on their way): the first
+ * `ipsec_gateway_inbound` for its SPI at or after `at_ns` finds it gone
+ * (`IPSEC_ERR_UNKNOWN_SPI`), and `ipsec_gateway_poll_event` at or after `at_ns`
+ * deletes it; `ipsec_gateway_sa_count` and `ipsec_gateway_get_sa` count it until then.
+ * Calling it again moves the time. At `at_ns` it is deleted whatever names it then.
+ *
+ * Refused, with nothing changed, as `ipsec_gateway_delete_sa` is on the state of now
+ * (`IPSEC_ERR_UNKNOWN_SA`, `IPSEC_ERR_SA_IN_USE`, `IPSEC_ERR_INVALID_ARGUMENT`).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `name` is a
+ * NUL-terminated string.
+ */
+ipsec_status ipsec_gateway_retire_sa(struct ipsec_gateway *gateway,
+                                     const char *name,
+                                     uint64_t at_ns);
+
+/**
+ * Installs the policy `policy_toml` (the text of one `[[policy]]` table of a policy
+ * file, without the `[[policy]]` line: `name = "web"`, `action = "bypass"`, ...)
+ * before the installed policy `before`, or last when `before` is NULL (after a final
+ * deny-all it would never match: name the deny-all). The SAs it names must be
+ * installed, in the direction it uses them.
+ *
+ * Refused, with nothing changed: `IPSEC_ERR_CONFIG` (not a valid policy, or an SA of
+ * the wrong direction; the message names the policy and the key),
+ * `IPSEC_ERR_DUPLICATE_POLICY` (a policy has its name), `IPSEC_ERR_MISSING_SA` (it
+ * names an SA that is not installed), `IPSEC_ERR_UNKNOWN_POLICY` (`before` names no
+ * policy), `IPSEC_ERR_INVALID_ARGUMENT` (NULL `gateway` or `policy_toml`, text that
+ * is not UTF-8).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `policy_toml`
+ * is a NUL-terminated string; `before` is NULL or a NUL-terminated string.
+ */
+ipsec_status ipsec_gateway_install_policy(struct ipsec_gateway *gateway,
+                                          const char *policy_toml,
+                                          const char *before);
+
+/**
+ * Replaces the installed policy of the same name as `policy_toml` (one `[[policy]]`
+ * table's text, as `ipsec_gateway_install_policy` takes) with it, in the same place
+ * in the order: to narrow or widen its selectors, or move it to other SAs, in one
+ * step. Its name string stays the same.
+ *
+ * Refused, with nothing changed: `IPSEC_ERR_CONFIG` (not a valid policy, or an SA of
+ * the wrong direction), `IPSEC_ERR_UNKNOWN_POLICY` (no policy has its name),
+ * `IPSEC_ERR_MISSING_SA` (it names an SA that is not installed),
+ * `IPSEC_ERR_INVALID_ARGUMENT` (NULL `gateway` or `policy_toml`, text that is not
+ * UTF-8).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `policy_toml`
+ * is a NUL-terminated string.
+ */
+ipsec_status ipsec_gateway_replace_policy(struct ipsec_gateway *gateway, const char *policy_toml);
+
+/**
+ * Removes the policy `name`: its traffic is decided by the policies after it (DISCARD
+ * when none matches). The SAs it named stay installed (and may now be deleted). Its
+ * name string stays valid until the next control call that succeeds.
+ *
+ * Refused, with nothing changed: `IPSEC_ERR_UNKNOWN_POLICY` (no policy has the name),
+ * `IPSEC_ERR_INVALID_ARGUMENT` (NULL `gateway` or `name`, a name that is not UTF-8).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `name` is a
+ * NUL-terminated string.
+ */
+ipsec_status ipsec_gateway_remove_policy(struct ipsec_gateway *gateway, const char *name);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -4,7 +4,8 @@
 #
 #   1. the release libraries (libipsec.a, libipsec.so)
 #   2. include/ipsec.h compiles as C99 (-pedantic) and as C++11, warnings as errors
-#   3. examples/c/gateway.c, ipsec-ffi/tests/c/error_paths.c, path_mtu.c, secrets.c and snapshot.c
+#   3. examples/c/gateway.c, ipsec-ffi/tests/c/error_paths.c, path_mtu.c, secrets.c, snapshot.c
+#      and live_gateway.c (the control calls of a live gateway), each
 #      built against the static and the shared library and run; then under valgrind (no
 #      errors, no leaks) and with ASan/UBSan; error_paths.c once more with
 #      -DIPSEC_TEST_HOOKS against a separate (debug) library built with the tests-only
@@ -76,7 +77,8 @@ echo "ok: C99 and C++11, no warnings"
 
 stage "C programs against the static and the shared library"
 programs=("gateway:examples/c/gateway.c" "error_paths:ipsec-ffi/tests/c/error_paths.c" "path_mtu:ipsec-ffi/tests/c/path_mtu.c"
-          "secrets:ipsec-ffi/tests/c/secrets.c" "snapshot:ipsec-ffi/tests/c/snapshot.c")
+          "secrets:ipsec-ffi/tests/c/secrets.c" "snapshot:ipsec-ffi/tests/c/snapshot.c"
+          "live_gateway:ipsec-ffi/tests/c/live_gateway.c")
 for entry in "${programs[@]}"; do
   name=${entry%%:*}
   src=${entry#*:}

@@ -98,6 +98,21 @@ pub(crate) fn packet_error(e: Error) -> ipsec_status {
     ipsec_status::of_error(&e)
 }
 
+/// Puts `label: ` in front of the last error's explanation when it is text (not a NULL
+/// argument's), and returns `status`: for errors found before ipsec-core was called,
+/// so that they name their object as the core's own messages do (`sa "x": tunnel_src:
+/// ...`).
+pub(crate) fn in_context(status: ipsec_status, label: &str) -> ipsec_status {
+    let _ = LAST_ERROR.try_with(|slot| {
+        if let Ok(mut slot) = slot.try_borrow_mut()
+            && let LastError::Text(t) = &mut *slot
+        {
+            *t = format!("{label}: {t}");
+        }
+    });
+    status
+}
+
 /// Records a call on a poisoned handle: `IPSEC_ERR_POISONED`.
 pub(crate) fn poisoned() -> ipsec_status {
     fail(

@@ -5,11 +5,12 @@
 //! (RFC 4301 §7; limits set with `ipsec_gateway_set_fragment_limits`).
 
 use core::ffi::c_char;
+use core::time::Duration;
 use std::collections::HashMap;
 use std::ffi::CString;
 
 use ipsec_core::gateway::{Inbound, Outbound};
-use ipsec_core::{FragmentLimits, Gateway, PacketBuf, Spd, SpiError};
+use ipsec_core::{Error, FragmentLimits, Gateway, PacketBuf, Spd, SpiError};
 
 use crate::boundary::{bad_descriptor, boundary, call, config_error, fail, invalid, packet_error};
 use crate::handle::{
@@ -23,48 +24,152 @@ use crate::sa::{
 };
 use crate::status::ipsec_status;
 
-/// A gateway: policies plus the SAs they name, ready to process packets.
+/// A gateway: policies plus the SAs they name, ready to process packets; a key manager
+/// adds, rekeys and deletes SAs and installs, replaces and removes policies while it
+/// runs (the control calls `ipsec_gateway_add_sa` ... `ipsec_gateway_remove_policy`).
 ///
-/// Thread safety: one thread at a time (every packet changes SA state); it may move
-/// between threads.
+/// Thread safety: one thread at a time, for the packet calls (every packet changes SA
+/// state) and the control calls alike: a control call changes the gateway as a packet
+/// call does, so the key manager calls it on the thread that processes the gateway's
+/// packets, between packets, or under the same lock as the packet calls. The gateway
+/// may move between threads. A packet is processed under the state before or after a
+/// control call, never half of one.
+///
+/// Name strings: the SA and policy names the gateway hands out (`sa` and `policy` of an
+/// `ipsec_gateway_result`, `name` of an `ipsec_gateway_sa`, `sa` of an
+/// `ipsec_gateway_event`, the SA of `ipsec_gateway_poll_keepalive` and
+/// `ipsec_gateway_handle_icmp`) stay valid while their SA or policy is installed, and
+/// after it is deleted or removed (by a control call, or by the gateway when an SA's
+/// `ipsec_gateway_retire_sa` time comes) until the next control call that succeeds, or
+/// `ipsec_gateway_free`. Copy a name to keep it longer. A policy replaced by
+/// `ipsec_gateway_replace_policy` keeps its string.
 pub struct ipsec_gateway {
     _private: [u8; 0],
 }
 
-/// The gateway and NUL-terminated copies of its SA names and policy names.
+/// The gateway and NUL-terminated copies of its SA names and policy names, kept equal
+/// to the gateway's SAs and policies after every call.
 pub(crate) struct GatewayHandle {
-    gateway: Gateway,
-    names: CNames,
-    policy_names: CNames,
+    pub(crate) gateway: Gateway,
+    /// The names of the installed SAs.
+    pub(crate) names: CNames,
+    /// The names of the installed policies.
+    pub(crate) policy_names: CNames,
+    /// The SAs given a retirement time by `ipsec_gateway_retire_sa` (the gateway deletes
+    /// them by itself, in `inbound` or `poll_event`, once that time has come).
+    pub(crate) retiring: HashMap<Box<str>, Duration>,
 }
 
 impl Handle for ipsec_gateway {
     type Inner = GatewayHandle;
 }
 
-/// NUL-terminated copies of names, in file order, found by name in one hash lookup (a
-/// packet's verdict names its SA and policy; a policy file may have thousands).
-struct CNames {
-    list: Vec<CString>,
-    index: HashMap<Box<str>, usize>,
+impl GatewayHandle {
+    /// Drops the names of the SAs the gateway deleted by itself since the last call
+    /// (retired SAs whose time `now` reached): O(1) unless some retirement is due.
+    pub(crate) fn forget_retired(&mut self, now: Duration) {
+        if self.retiring.is_empty() {
+            return;
+        }
+        let (gateway, names) = (&self.gateway, &mut self.names);
+        self.retiring.retain(|name, at| {
+            let gone = now >= *at && gateway.sa(name).is_none();
+            if gone {
+                names.remove(name);
+            }
+            !gone
+        });
+    }
+
+    /// Frees the strings of SAs and policies deleted before: called when a control
+    /// call succeeds, before it makes its own change (see [`ipsec_gateway`]).
+    pub(crate) fn free_stale(&mut self) {
+        self.names.stale.clear();
+        self.policy_names.stale.clear();
+    }
+}
+
+/// A NUL-terminated copy of a name, owned through a raw pointer: it moves (as the map
+/// holding it grows, or when it is put aside by a removal) without disturbing the
+/// pointers handed to C. A moved `CString` is a moved `Box`, which Rust's aliasing rules
+/// treat as a new unique owner of the bytes: Miri reports a later read through a
+/// pointer taken before as undefined behaviour.
+struct OwnedName(*mut c_char);
+
+impl OwnedName {
+    fn new(name: &str) -> OwnedName {
+        OwnedName(c_string(name).into_raw())
+    }
+
+    fn as_ptr(&self) -> *const c_char {
+        self.0
+    }
+}
+
+impl Drop for OwnedName {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `CString::into_raw` and is given back once.
+        drop(unsafe { CString::from_raw(self.0) });
+    }
+}
+
+// SAFETY: an `OwnedName` is the only owner of its bytes and never changes them, as a
+// `CString` (which is `Send` and `Sync`).
+unsafe impl Send for OwnedName {}
+// SAFETY: as above.
+unsafe impl Sync for OwnedName {}
+
+/// NUL-terminated copies of names, found by name in one hash lookup (a packet's verdict
+/// names its SA and policy; a gateway may have hundreds of thousands).
+pub(crate) struct CNames {
+    by_name: HashMap<Box<str>, OwnedName>,
+    /// The strings of removed names, kept for pointers handed out before (see
+    /// [`ipsec_gateway`]) until [`GatewayHandle::free_stale`].
+    stale: Vec<OwnedName>,
 }
 
 impl CNames {
     fn new<'a>(names: impl Iterator<Item = &'a str>) -> CNames {
-        let mut list = Vec::new();
-        let mut index = HashMap::new();
+        let mut c = CNames {
+            by_name: HashMap::new(),
+            stale: Vec::new(),
+        };
         for name in names {
-            index.insert(Box::from(name), list.len());
-            list.push(c_string(name));
+            c.add(name);
         }
-        CNames { list, index }
+        c
+    }
+
+    /// How many names.
+    pub(crate) fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// The names, in no particular order.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(|k| &**k)
     }
 
     /// The C string of `name`; NULL if it is not one of these names.
-    fn ptr(&self, name: &str) -> *const c_char {
-        self.index
+    pub(crate) fn ptr(&self, name: &str) -> *const c_char {
+        self.by_name
             .get(name)
-            .map_or(core::ptr::null(), |&i| self.list[i].as_ptr())
+            .map_or(core::ptr::null(), |c| c.as_ptr())
+    }
+
+    /// Adds `name` (a name already there keeps its string). The string's bytes stay
+    /// where they are while the map grows.
+    pub(crate) fn add(&mut self, name: &str) {
+        if !self.by_name.contains_key(name) {
+            self.by_name.insert(Box::from(name), OwnedName::new(name));
+        }
+    }
+
+    /// Removes `name`; its string is kept until [`GatewayHandle::free_stale`].
+    pub(crate) fn remove(&mut self, name: &str) {
+        if let Some(c) = self.by_name.remove(name) {
+            self.stale.push(c);
+        }
     }
 }
 
@@ -94,11 +199,12 @@ pub struct ipsec_gateway_result {
     /// An `ipsec_verdict` value.
     pub verdict: u32,
     /// The SA that encrypted or decrypted the packet (NULL for BYPASSED and
-    /// REASSEMBLING); the string lives as long as the gateway.
+    /// REASSEMBLING); how long the string lives: `ipsec_gateway`, "Name strings".
     pub sa: *const c_char,
     /// The policy that decided: the PROTECT or BYPASS policy that matched, or for a
     /// decrypted packet the first of its SA's policies whose selectors the inner packet
-    /// matches (RFC 4301 §5.2); NULL for REASSEMBLING. Lives as long as the gateway.
+    /// matches (RFC 4301 §5.2); NULL for REASSEMBLING. How long the string lives:
+    /// `ipsec_gateway`, "Name strings".
     pub policy: *const c_char,
 }
 
@@ -107,7 +213,7 @@ pub struct ipsec_gateway_result {
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct ipsec_gateway_sa {
-    /// The SA's name; lives as long as the gateway.
+    /// The SA's name (how long the string lives: `ipsec_gateway`, "Name strings").
     pub name: *const c_char,
     /// What the SA is.
     pub info: ipsec_sa_info,
@@ -120,8 +226,8 @@ pub struct ipsec_gateway_sa {
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct ipsec_gateway_event {
-    /// The SA the event is about (lives as long as the gateway); NULL with
-    /// `IPSEC_EVENT_NONE`.
+    /// The SA the event is about (how long the string lives: `ipsec_gateway`, "Name
+    /// strings"); NULL with `IPSEC_EVENT_NONE`.
     pub sa: *const c_char,
     /// What happened to it.
     pub event: ipsec_sa_event,
@@ -130,6 +236,10 @@ pub struct ipsec_gateway_event {
 /// Creates a gateway from a policy file's text (`[[policy]]` and `[[sa]]` tables) at
 /// time `now_ns` and stores it in `*out`. `IPSEC_ERR_CONFIG` when a policy or SA is
 /// invalid, or two inbound SAs share an SPI. Free it with `ipsec_gateway_free`.
+///
+/// A key manager may start from a file with no SAs (say, only a final deny-all policy)
+/// and add SAs and policies while the gateway runs: `ipsec_gateway_add_sa`,
+/// `ipsec_gateway_install_policy` and the other control calls.
 ///
 /// # Safety
 ///
@@ -155,6 +265,7 @@ pub unsafe extern "C" fn ipsec_gateway_new(
                 gateway,
                 names,
                 policy_names,
+                retiring: HashMap::new(),
             }))
         };
         Ok(())
@@ -258,23 +369,26 @@ unsafe fn process(
                 _ => return Err(unknown_verdict()),
             }
         }
-        Way::In => match h
-            .gateway
-            .inbound(&mut pkt, now(now_ns))
-            .map_err(packet_error)?
-        {
-            Inbound::Decrypted { sa, policy } => ipsec_gateway_result {
+        Way::In => match h.gateway.inbound(&mut pkt, now(now_ns)) {
+            Err(e) => {
+                if matches!(e, Error::UnknownSpi { .. }) {
+                    // The SA of the SPI may have been a retired one, deleted just now.
+                    h.forget_retired(now(now_ns));
+                }
+                return Err(packet_error(e));
+            }
+            Ok(Inbound::Decrypted { sa, policy }) => ipsec_gateway_result {
                 verdict: ipsec_verdict::IPSEC_VERDICT_DECRYPTED as u32,
                 sa: names.ptr(sa),
                 policy: policies.ptr(policy),
             },
-            Inbound::Bypassed { policy } => bypassed(policies.ptr(policy)),
-            Inbound::Reassembling => ipsec_gateway_result {
+            Ok(Inbound::Bypassed { policy }) => bypassed(policies.ptr(policy)),
+            Ok(Inbound::Reassembling) => ipsec_gateway_result {
                 verdict: ipsec_verdict::IPSEC_VERDICT_REASSEMBLING as u32,
                 sa: core::ptr::null(),
                 policy: core::ptr::null(),
             },
-            _ => return Err(unknown_verdict()),
+            Ok(_) => return Err(unknown_verdict()),
         },
     };
     debug_assert!(used == 0 || matches!(way, Way::Out(_)));
@@ -457,7 +571,7 @@ pub unsafe extern "C" fn ipsec_gateway_too_big_reply(
 
 /// Hands an ICMP "fragmentation needed" / ICMPv6 "packet too big" message to the
 /// outbound SA whose packet it quotes (as `ipsec_sa_handle_icmp`). `*sa_name` is that
-/// SA's name (lives as long as the gateway) and `*new_mtu` its new path MTU, or NULL
+/// SA's name (see `ipsec_gateway`, "Name strings") and `*new_mtu` its new path MTU, or NULL
 /// and 0 when nothing changed. `IPSEC_ERR_MALFORMED` when no SA of the gateway sent the
 /// quoted packet.
 ///
@@ -648,7 +762,8 @@ pub unsafe extern "C" fn ipsec_gateway_get_stats(
     })
 }
 
-/// The number of SAs in the gateway (0 for NULL).
+/// The number of SAs installed in the gateway (0 for NULL): those of the policy file,
+/// plus those added, less those deleted or retired.
 ///
 /// # Safety
 ///
@@ -656,10 +771,13 @@ pub unsafe extern "C" fn ipsec_gateway_get_stats(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ipsec_gateway_sa_count(gateway: *const ipsec_gateway) -> usize {
     // SAFETY: caller's contract.
-    boundary(|| unsafe { borrow(gateway, "gateway") }.map_or(0, |h| h.names.list.len()))
+    boundary(|| unsafe { borrow(gateway, "gateway") }.map_or(0, |h| h.names.len()))
 }
 
-/// SA number `index` of the gateway (file order): name, description and counters.
+/// SA number `index` of the gateway: name, description and counters. The order is
+/// that of the policy file, then the SAs added later (an added SA may take the place
+/// of a deleted one): indices change when SAs are added or deleted, so enumerate
+/// `0 .. ipsec_gateway_sa_count(gateway)` with no control call in between.
 /// `IPSEC_ERR_INVALID_ARGUMENT` when `index >= ipsec_gateway_sa_count(gateway)`.
 ///
 /// # Safety
@@ -675,14 +793,14 @@ pub unsafe extern "C" fn ipsec_gateway_get_sa(
         let out = out_ptr(out, "out")?;
         // SAFETY: caller's contract.
         let h = unsafe { borrow(gateway, "gateway") }?;
-        let (_, sa) = h.gateway.sas().nth(index).ok_or_else(|| {
+        let (name, sa) = h.gateway.sas().nth(index).ok_or_else(|| {
             invalid(format!(
                 "index {index} is out of range ({} SAs)",
-                h.names.list.len()
+                h.names.len()
             ))
         })?;
         let value = ipsec_gateway_sa {
-            name: h.names.list[index].as_ptr(),
+            name: h.names.ptr(name),
             info: info_of(sa),
             stats: sa.stats().into(),
         };
@@ -725,6 +843,8 @@ pub unsafe extern "C" fn ipsec_gateway_poll_event(
                 event: event_to(None),
             },
         };
+        // `poll_event` deletes the retired SAs whose time has come.
+        h.forget_retired(now(now_ns));
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out.write(value) };
         Ok(())
@@ -794,7 +914,7 @@ pub unsafe extern "C" fn ipsec_gateway_expire_fragments(
 
 /// Writes the next NAT-keepalive any SA of the gateway owes at `now_ns` into `buf`, as
 /// `ipsec_sa_poll_keepalive` does for one SA: stores its length in `*out_len` and the
-/// name of its SA in `*out_sa` (the string lives as long as the gateway), or 0 and NULL
+/// name of its SA in `*out_sa` (see `ipsec_gateway`, "Name strings"), or 0 and NULL
 /// when none is due. Call until `*out_len` is 0, sending each keepalive as it comes.
 /// `capacity` must be at least `IPSEC_NAT_KEEPALIVE_MAX_LEN`
 /// (`IPSEC_ERR_BUFFER_TOO_SMALL` otherwise, nothing written).

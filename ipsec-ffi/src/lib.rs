@@ -35,6 +35,10 @@
 //!
 //! An `ipsec_sa`, `ipsec_gateway`, `ipsec_replay_window` or `ipsec_reassembler` is used
 //! by one thread at a time (DPDK: "only one thread processes a given SA"); it may move between threads.
+//! For a gateway this holds for its control calls (`ipsec_gateway_add_sa` ...
+//! `ipsec_gateway_remove_policy`) as for its packet calls: a key manager on another
+//! thread takes the same lock as the packet path, or hands its changes to the thread
+//! that owns the gateway, which applies them between packets.
 //! `ipsec_spd`, `ipsec_lint` and `ipsec_firewall` are immutable: any number of threads
 //! may use one at once. The last-error message is per thread.
 //!
@@ -60,7 +64,12 @@ pub mod snapshot;
 pub mod spd;
 pub mod status;
 
+// Last: cbindgen writes the header in module order, and the control calls use the types
+// of the modules above.
+pub mod control;
+
 pub use boundary::{ipsec_last_error, ipsec_last_error_length};
+pub use control::*;
 pub use gateway::*;
 pub use path_mtu::*;
 pub use reassembly::*;

@@ -745,6 +745,34 @@ unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
     Ok(cfg)
 }
 
+/// The core configuration of the C config struct at `config` (`ipsec_sa_new`,
+/// `ipsec_gateway_add_sa`, `ipsec_gateway_rekey_sa`): read by value, `bool` fields and
+/// reserved space checked, enums and addresses converted.
+///
+/// # Safety
+///
+/// `config` is NULL or points to an initialised `ipsec_sa_config` whose pointers are
+/// valid as its field docs say.
+pub(crate) unsafe fn read_config(config: *const ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
+    // SAFETY: initialised (caller's contract); read by value so no reference to
+    // caller memory outlives the call.
+    let c = unsafe {
+        read_struct(
+            config,
+            "config",
+            &[
+                (core::mem::offset_of!(ipsec_sa_config, esn), "esn"),
+                (
+                    core::mem::offset_of!(ipsec_sa_config, udp_encap),
+                    "udp_encap",
+                ),
+            ],
+        )
+    }?;
+    // SAFETY: the pointers inside are valid (caller's contract).
+    unsafe { config_from(&c) }
+}
+
 // ---------------------------------------------------------------------------------------
 // Entry points.
 
@@ -815,23 +843,8 @@ pub unsafe extern "C" fn ipsec_sa_new(
 ) -> ipsec_status {
     call(|| {
         let out = out_ptr(out, "out")?;
-        // SAFETY: initialised (caller's contract); read by value so no reference to
-        // caller memory outlives the call.
-        let c = unsafe {
-            read_struct(
-                config,
-                "config",
-                &[
-                    (core::mem::offset_of!(ipsec_sa_config, esn), "esn"),
-                    (
-                        core::mem::offset_of!(ipsec_sa_config, udp_encap),
-                        "udp_encap",
-                    ),
-                ],
-            )
-        }?;
-        // SAFETY: the pointers inside are valid (caller's contract).
-        let cfg = unsafe { config_from(&c) }?;
+        // SAFETY: caller's contract.
+        let cfg = unsafe { read_config(config) }?;
         let sa = SecurityAssociation::new(cfg, now(now_ns)).map_err(|e| config_error(&e))?;
         // SAFETY: `out` checked non-NULL and aligned; writable by contract.
         unsafe { out.write(into_handle::<ipsec_sa>(sa)) };

@@ -1,14 +1,15 @@
 //! [`ipsec_status`]: the result of every fallible call, its text, and the version.
 
 use core::ffi::c_char;
-use ipsec_core::{DropReason, Error};
+use ipsec_core::{ControlError, DropReason, Error};
 
 use crate::boundary::boundary;
 
 /// The result of every fallible call.
 ///
 /// The numbers are stable and come in blocks per family: 0 success, 1xx misuse of the
-/// API, 2xx configuration, 3xx packet drops. A retired number is never reused. A packet
+/// API, 2xx configuration (23x: a gateway control call refused, one status per reason;
+/// the gateway is unchanged), 3xx packet drops. A retired number is never reused. A packet
 /// drop is `300 +` the position of its counter in `ipsec_sa_stats` after `bytes`
 /// (`IPSEC_ERR_AUTH_FAILED` is counted in `auth_failed`, and so on).
 #[repr(u32)]
@@ -57,6 +58,32 @@ pub enum ipsec_status {
     IPSEC_ERR_SPI_EXHAUSTED = 220,
     /// The OS random generator failed, and the call needs randomness (an SPI).
     IPSEC_ERR_RANDOMNESS_UNAVAILABLE = 221,
+    /// A control call (`ipsec_gateway_add_sa`, `ipsec_gateway_rekey_sa`) was refused:
+    /// the name is taken, by an installed SA or by a name that policies use for an SA
+    /// (an SA that was rekeyed lends its name to its successor). Nothing changed.
+    IPSEC_ERR_DUPLICATE_NAME = 230,
+    /// A control call was refused: an installed inbound SA has this SPI (inbound SAs
+    /// are found by SPI, so it must be unique among them). Nothing changed.
+    IPSEC_ERR_DUPLICATE_SPI = 231,
+    /// A control call was refused: no SA of this name is installed. Nothing changed.
+    IPSEC_ERR_UNKNOWN_SA = 232,
+    /// `ipsec_gateway_delete_sa` / `ipsec_gateway_retire_sa` was refused: a policy
+    /// still sends or receives through the SA (remove or replace the policy, or rekey
+    /// the SA, first). Nothing changed.
+    IPSEC_ERR_SA_IN_USE = 233,
+    /// A policy was refused: it names an SA that is not installed, or not in the
+    /// direction the policy uses it. Nothing changed.
+    IPSEC_ERR_MISSING_SA = 234,
+    /// `ipsec_gateway_rekey_sa` was refused: the successor's direction is not that of
+    /// the SA it replaces. Nothing changed.
+    IPSEC_ERR_DIRECTION_MISMATCH = 235,
+    /// `ipsec_gateway_install_policy` was refused: a policy of this name is installed
+    /// (`ipsec_gateway_replace_policy` changes it). Nothing changed.
+    IPSEC_ERR_DUPLICATE_POLICY = 236,
+    /// A control call was refused: no policy of this name is installed (the policy to
+    /// replace or remove, or the `before` of `ipsec_gateway_install_policy`). Nothing
+    /// changed.
+    IPSEC_ERR_UNKNOWN_POLICY = 237,
     /// Dropped: the ICV did not verify (tampered packet or wrong key).
     IPSEC_ERR_AUTH_FAILED = 300,
     /// Dropped: the sequence number was already received.
@@ -149,6 +176,26 @@ impl ipsec_status {
         }
     }
 
+    /// The status of a refused control call (one per `ControlError` variant).
+    pub(crate) fn of_control(e: &ControlError) -> ipsec_status {
+        use ipsec_status::*;
+        match e {
+            ControlError::DuplicateName { .. } => IPSEC_ERR_DUPLICATE_NAME,
+            ControlError::DuplicateSpi { .. } => IPSEC_ERR_DUPLICATE_SPI,
+            ControlError::UnknownSa { .. } => IPSEC_ERR_UNKNOWN_SA,
+            ControlError::SaInUse { .. } => IPSEC_ERR_SA_IN_USE,
+            ControlError::MissingSa { .. } => IPSEC_ERR_MISSING_SA,
+            ControlError::DirectionMismatch { .. } => IPSEC_ERR_DIRECTION_MISMATCH,
+            ControlError::DuplicatePolicy { .. } => IPSEC_ERR_DUPLICATE_POLICY,
+            ControlError::UnknownPolicy { .. } => IPSEC_ERR_UNKNOWN_POLICY,
+            ControlError::Config(_) => IPSEC_ERR_CONFIG,
+            // A reason added to the core (`non_exhaustive`) that has no status of its
+            // own yet: still a refused call that changed nothing, and the message says
+            // why. Give it a status here when the core gains one.
+            _ => IPSEC_ERR_CONFIG,
+        }
+    }
+
     /// The status of a packet error.
     pub(crate) fn of_error(e: &Error) -> ipsec_status {
         ipsec_status::of_drop(e.drop_reason())
@@ -197,6 +244,38 @@ impl ipsec_status {
             (
                 IPSEC_ERR_RANDOMNESS_UNAVAILABLE,
                 c"IPSEC_ERR_RANDOMNESS_UNAVAILABLE: the OS random generator failed",
+            ),
+            (
+                IPSEC_ERR_DUPLICATE_NAME,
+                c"IPSEC_ERR_DUPLICATE_NAME: an SA of that name is installed",
+            ),
+            (
+                IPSEC_ERR_DUPLICATE_SPI,
+                c"IPSEC_ERR_DUPLICATE_SPI: an inbound SA with that SPI is installed",
+            ),
+            (
+                IPSEC_ERR_UNKNOWN_SA,
+                c"IPSEC_ERR_UNKNOWN_SA: no SA of that name is installed",
+            ),
+            (
+                IPSEC_ERR_SA_IN_USE,
+                c"IPSEC_ERR_SA_IN_USE: a policy still uses the SA",
+            ),
+            (
+                IPSEC_ERR_MISSING_SA,
+                c"IPSEC_ERR_MISSING_SA: the policy names an SA that is not installed",
+            ),
+            (
+                IPSEC_ERR_DIRECTION_MISMATCH,
+                c"IPSEC_ERR_DIRECTION_MISMATCH: a successor SA must have the direction of the SA it replaces",
+            ),
+            (
+                IPSEC_ERR_DUPLICATE_POLICY,
+                c"IPSEC_ERR_DUPLICATE_POLICY: a policy of that name is installed",
+            ),
+            (
+                IPSEC_ERR_UNKNOWN_POLICY,
+                c"IPSEC_ERR_UNKNOWN_POLICY: no policy of that name is installed",
             ),
             (
                 IPSEC_ERR_AUTH_FAILED,

@@ -488,8 +488,9 @@ key = "0808080808080808080808080808080808080808"
 "#;
 
 fn c_text(p: *const c_char) -> Option<&'static str> {
-    // SAFETY: the strings handed out live as long as their owner, which outlives the
-    // checks in these tests.
+    // SAFETY: the strings handed out live as long as their owner (a gateway's names:
+    // while their SA or policy is installed, then until the next successful control
+    // call), which the checks in these tests respect.
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_str().unwrap())
 }
 
@@ -1727,5 +1728,233 @@ fn snapshot_and_restore_as_c_calls_them() {
         );
         assert!(untouched.is_null());
         ipsec_sa_free(out);
+    }
+}
+
+#[test]
+fn control_errors_have_one_status_each() {
+    use ipsec_core::{ConfigError, ControlError};
+    let s = |x: &str| x.to_string();
+    let cases = [
+        (
+            ControlError::DuplicateName { name: s("a") },
+            230,
+            "IPSEC_ERR_DUPLICATE_NAME",
+        ),
+        (
+            ControlError::DuplicateSpi {
+                spi: 0x1000,
+                sa: s("a"),
+            },
+            231,
+            "IPSEC_ERR_DUPLICATE_SPI",
+        ),
+        (
+            ControlError::UnknownSa { name: s("a") },
+            232,
+            "IPSEC_ERR_UNKNOWN_SA",
+        ),
+        (
+            ControlError::SaInUse {
+                sa: s("a"),
+                policy: s("p"),
+            },
+            233,
+            "IPSEC_ERR_SA_IN_USE",
+        ),
+        (
+            ControlError::MissingSa {
+                policy: s("p"),
+                sa: s("a"),
+            },
+            234,
+            "IPSEC_ERR_MISSING_SA",
+        ),
+        (
+            ControlError::DirectionMismatch {
+                sa: s("b"),
+                replaces: s("a"),
+            },
+            235,
+            "IPSEC_ERR_DIRECTION_MISMATCH",
+        ),
+        (
+            ControlError::DuplicatePolicy { name: s("p") },
+            236,
+            "IPSEC_ERR_DUPLICATE_POLICY",
+        ),
+        (
+            ControlError::UnknownPolicy { name: s("p") },
+            237,
+            "IPSEC_ERR_UNKNOWN_POLICY",
+        ),
+        (
+            ControlError::Config(ConfigError::new("key", "too short")),
+            200,
+            "IPSEC_ERR_CONFIG",
+        ),
+    ];
+    for (e, number, name) in cases {
+        assert_eq!(ipsec_status::of_control(&e) as u32, number, "{e:?}");
+        // SAFETY: ipsec_status_str returns static NUL-terminated strings.
+        let text = unsafe { CStr::from_ptr(ipsec_status_str(number)) }
+            .to_str()
+            .unwrap();
+        assert!(text.starts_with(&format!("{name}: ")), "{text}");
+    }
+}
+
+/// An AES-128-GCM tunnel SA config with its own key (an installed SA's key is refused).
+fn keyed(spi: u32, direction: ipsec_direction, key: &[u8; 20]) -> ipsec_sa_config {
+    let mut c = config(spi, direction);
+    c.key = key.as_ptr();
+    c
+}
+
+/// The names `ipsec_gateway_get_sa` lists, sorted.
+fn gateway_sa_names(gw: *const ipsec_gateway) -> Vec<&'static str> {
+    // SAFETY: gw is live for the caller.
+    let n = unsafe { ipsec_gateway_sa_count(gw) };
+    let mut names: Vec<&str> = (0..n)
+        .map(|i| {
+            let mut e = core::mem::MaybeUninit::uninit();
+            // SAFETY: gw is live; e is writable.
+            let st = unsafe { ipsec_gateway_get_sa(gw, i, e.as_mut_ptr()) };
+            assert_eq!(st, ipsec_status::IPSEC_OK);
+            // SAFETY: written on success.
+            c_text(unsafe { e.assume_init() }.name).unwrap()
+        })
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+#[test]
+fn gateway_control_calls_keep_names_coherent_and_refusals_change_nothing() {
+    use ipsec_core::ControlError;
+    use ipsec_direction::{IPSEC_DIRECTION_INBOUND as IN, IPSEC_DIRECTION_OUTBOUND as OUT};
+    use ipsec_status::*;
+    const DENY: &str = "[[policy]]\nname = \"deny\"\naction = \"discard\"\n";
+    let (k1, k2, k3, k4) = ([1u8; 20], [2u8; 20], [3u8; 20], [4u8; 20]);
+    let mut gw = null_mut();
+    // SAFETY: DENY valid for its length; every pointer below is valid for its call;
+    // name strings are read only while the gateway promises them (see ipsec_gateway).
+    unsafe {
+        assert_eq!(
+            ipsec_gateway_new(DENY.as_ptr().cast(), DENY.len(), T0, &mut gw),
+            IPSEC_OK
+        );
+        assert_eq!(ipsec_gateway_sa_count(gw), 0);
+        let add = |name: &CStr, c: &ipsec_sa_config| ipsec_gateway_add_sa(gw, name.as_ptr(), c, T0);
+        assert_eq!(add(c"out", &keyed(0x1000, OUT, &k1)), IPSEC_OK);
+        assert_eq!(add(c"in", &keyed(0x2000, IN, &k2)), IPSEC_OK);
+        assert_eq!(gateway_sa_names(gw), ["in", "out"]);
+
+        // Refused: the status of its reason, the core's message, nothing changed.
+        assert_eq!(
+            add(c"in", &keyed(0x3000, IN, &k3)),
+            IPSEC_ERR_DUPLICATE_NAME
+        );
+        let want = ControlError::DuplicateName { name: "in".into() };
+        assert_eq!(last_error(), want.to_string());
+        assert_eq!(add(c"dup", &keyed(0x3000, IN, &k1)), IPSEC_ERR_CONFIG);
+        assert!(last_error().contains("sa \"out\""), "{}", last_error());
+        assert_eq!(add(c"", &keyed(0x3000, IN, &k3)), IPSEC_ERR_CONFIG);
+        assert_eq!(gateway_sa_names(gw), ["in", "out"]);
+
+        let rdp = c"name = \"rdp\"\nremote = \"10.1.0.0/24\"\naction = \"protect\"\nsa = [\"out\", \"in\"]\n";
+        assert_eq!(
+            ipsec_gateway_install_policy(gw, rdp.as_ptr(), c"deny".as_ptr()),
+            IPSEC_OK
+        );
+        assert_eq!(
+            ipsec_gateway_delete_sa(gw, c"in".as_ptr(), null_mut()),
+            IPSEC_ERR_SA_IN_USE
+        );
+        let want = ControlError::SaInUse {
+            sa: "in".into(),
+            policy: "rdp".into(),
+        };
+        assert_eq!(last_error(), want.to_string());
+
+        // Make-before-break on the inbound side, then the old SA goes.
+        let c3 = keyed(0x3000, IN, &k3);
+        assert_eq!(
+            ipsec_gateway_rekey_sa(gw, c"in".as_ptr(), c"in-2".as_ptr(), &c3, T0),
+            IPSEC_OK
+        );
+        assert_eq!(gateway_sa_names(gw), ["in", "in-2", "out"]);
+        let old = (0..ipsec_gateway_sa_count(gw))
+            .map(|i| {
+                let mut e = core::mem::MaybeUninit::uninit();
+                assert_eq!(ipsec_gateway_get_sa(gw, i, e.as_mut_ptr()), IPSEC_OK);
+                e.assume_init().name
+            })
+            .find(|&p| c_text(p) == Some("in"))
+            .unwrap();
+        // A misaligned final_stats is refused before anything is done.
+        let mut raw = [0u64; 40];
+        let misaligned = raw.as_mut_ptr().cast::<u8>().wrapping_add(1).cast();
+        assert_eq!(
+            ipsec_gateway_delete_sa(gw, c"in".as_ptr(), misaligned),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(ipsec_gateway_sa_count(gw), 3);
+        let mut st = core::mem::MaybeUninit::<ipsec_sa_stats>::uninit();
+        assert_eq!(
+            ipsec_gateway_delete_sa(gw, c"in".as_ptr(), st.as_mut_ptr()),
+            IPSEC_OK
+        );
+        assert_eq!(st.assume_init().packets, 0);
+        assert_eq!(gateway_sa_names(gw), ["in-2", "out"]);
+        // The deleted SA's string stays valid until the next control call that
+        // succeeds; a refused one does not free it.
+        assert_eq!(c_text(old), Some("in"));
+        assert_eq!(
+            ipsec_gateway_delete_sa(gw, c"in".as_ptr(), null_mut()),
+            IPSEC_ERR_UNKNOWN_SA
+        );
+        assert_eq!(c_text(old), Some("in"));
+
+        // A retired SA leaves the list when poll_event deletes it at its time.
+        assert_eq!(add(c"spare", &keyed(0x4000, IN, &k4)), IPSEC_OK);
+        assert_eq!(
+            ipsec_gateway_retire_sa(gw, c"spare".as_ptr(), T0 + 10),
+            IPSEC_OK
+        );
+        let mut ev = core::mem::MaybeUninit::uninit();
+        assert_eq!(
+            ipsec_gateway_poll_event(gw, T0 + 9, ev.as_mut_ptr()),
+            IPSEC_OK
+        );
+        assert_eq!(gateway_sa_names(gw), ["in-2", "out", "spare"]);
+        assert_eq!(
+            ipsec_gateway_poll_event(gw, T0 + 10, ev.as_mut_ptr()),
+            IPSEC_OK
+        );
+        assert_eq!(gateway_sa_names(gw), ["in-2", "out"]);
+        assert_eq!(
+            ipsec_gateway_retire_sa(gw, c"spare".as_ptr(), T0 + 20),
+            IPSEC_ERR_UNKNOWN_SA
+        );
+
+        // Policies: removed, then the SAs may go.
+        assert_eq!(ipsec_gateway_remove_policy(gw, c"rdp".as_ptr()), IPSEC_OK);
+        assert_eq!(
+            ipsec_gateway_remove_policy(gw, c"rdp".as_ptr()),
+            IPSEC_ERR_UNKNOWN_POLICY
+        );
+        assert_eq!(
+            last_error(),
+            ControlError::UnknownPolicy { name: "rdp".into() }.to_string()
+        );
+        for name in [c"in-2", c"out"] {
+            assert_eq!(
+                ipsec_gateway_delete_sa(gw, name.as_ptr(), null_mut()),
+                IPSEC_OK
+            );
+        }
+        assert_eq!(ipsec_gateway_sa_count(gw), 0);
+        ipsec_gateway_free(gw);
     }
 }

@@ -1,0 +1,379 @@
+//! The control plane of a live gateway (`ipsec_core::control`): what a key manager (an
+//! IKE daemon) calls while packets flow. SAs: `ipsec_gateway_add_sa`,
+//! `ipsec_gateway_rekey_sa` (make-before-break), `ipsec_gateway_delete_sa` and
+//! `ipsec_gateway_retire_sa`; policies: `ipsec_gateway_install_policy`,
+//! `ipsec_gateway_replace_policy` and `ipsec_gateway_remove_policy`.
+//!
+//! * **All or nothing.** A refused call returns the status of its reason (230..=237,
+//!   one per `ControlError` variant, or `IPSEC_ERR_CONFIG`), the last-error message is
+//!   the core's explanation, its `Display` text (it names SAs, policies and fields,
+//!   never key bytes; an `ipsec_sa_config` refused before the core sees it is named
+//!   `sa "name": field: ...` in the same way), and
+//!   the gateway is as it was: its SAs, policies, counters and the name strings handed
+//!   out. Invalid arguments (NULL, not UTF-8) are `IPSEC_ERR_INVALID_ARGUMENT`, also
+//!   with nothing changed.
+//! * **Threads.** A control call changes the gateway as a packet call does: one thread
+//!   at a time, the same rule (and the same lock, if any) as `ipsec_gateway_outbound`
+//!   and `ipsec_gateway_inbound`; see `ipsec_gateway`.
+//! * **Name strings** handed out before stay valid as `ipsec_gateway` ("Name strings")
+//!   says: a deleted SA's or removed policy's string until the next control call that
+//!   succeeds.
+//!
+//! Make-before-break rekeying, in C:
+//!
+//! ```c
+//! uint32_t spi;                                               /* the receiver */
+//! ipsec_gateway_allocate_spi(rx, now, &spi);                  /* ... negotiate ... */
+//! ipsec_gateway_rekey_sa(rx, "in-1", "in-2", &new_in, now);   /* both accept */
+//! ipsec_gateway_rekey_sa(tx, "out-1", "out-2", &new_out, now); /* the sender switches */
+//! ipsec_gateway_delete_sa(tx, "out-1", NULL);
+//! ipsec_gateway_retire_sa(rx, "in-1", now + grace_ns);        /* late packets still in */
+//! ```
+
+use core::ffi::c_char;
+use std::collections::HashSet;
+
+use ipsec_core::ControlError;
+
+use crate::boundary::{call, fail, in_context};
+use crate::gateway::{GatewayHandle, ipsec_gateway};
+use crate::handle::{borrow_mut, c_str, out_ptr};
+use crate::sa::{ipsec_sa_config, ipsec_sa_stats, now, read_config};
+use crate::status::ipsec_status;
+
+/// Records a refused control call: its status, and the core's message.
+fn refused(e: ControlError) -> ipsec_status {
+    fail(ipsec_status::of_control(&e), e.to_string())
+}
+
+/// The configuration of the new SA `name`; an error found converting it names the SA
+/// (`sa "name": tunnel_src: ...`), as those the core finds do.
+///
+/// # Safety
+///
+/// As [`read_config`].
+unsafe fn sa_config(
+    config: *const ipsec_sa_config,
+    name: &str,
+) -> Result<ipsec_core::SaConfig, ipsec_status> {
+    // SAFETY: forwarded caller's contract.
+    unsafe { read_config(config) }.map_err(|st| in_context(st, &format!("sa {name:?}")))
+}
+
+impl GatewayHandle {
+    /// Makes the policy names those of the installed policies (after a policy call
+    /// succeeded): O(n), as the policy call's own recompilation of the SPD.
+    fn sync_policy_names(&mut self) {
+        let installed: HashSet<&str> = self
+            .gateway
+            .spd()
+            .policies()
+            .iter()
+            .map(|p| p.name())
+            .collect();
+        let gone: Vec<Box<str>> = self
+            .policy_names
+            .names()
+            .filter(|n| !installed.contains(n))
+            .map(Box::from)
+            .collect();
+        for name in &gone {
+            self.policy_names.remove(name);
+        }
+        for name in installed {
+            self.policy_names.add(name);
+        }
+        self.check_names();
+    }
+
+    /// In this crate's unit tests: the name caches hold exactly the gateway's SAs and
+    /// policies (O(n), so not in a library build: the SA calls stay O(1)).
+    fn check_names(&self) {
+        if !cfg!(test) {
+            return;
+        }
+        assert_eq!(self.names.len(), self.gateway.sas().count());
+        assert!(
+            self.gateway
+                .sas()
+                .all(|(n, _)| !self.names.ptr(n).is_null())
+        );
+        assert_eq!(self.policy_names.len(), self.gateway.spd().policies().len());
+    }
+}
+
+/// Installs a new SA called `name` in the gateway, created from `*config` at time
+/// `now_ns` exactly as `ipsec_sa_new` creates one (keys are copied). Policies may name
+/// it from now on (`ipsec_gateway_install_policy`); an inbound SA accepts its packets
+/// at once. Its SPI, if it was allocated by `ipsec_gateway_allocate_spi`, is in use from
+/// now on.
+///
+/// Refused, with nothing changed: `IPSEC_ERR_DUPLICATE_NAME` (the name is taken),
+/// `IPSEC_ERR_DUPLICATE_SPI` (an inbound SA has the SPI), `IPSEC_ERR_CONFIG` (an
+/// invalid configuration or an empty name, or a cipher or integrity key that an
+/// installed SA uses: keys are never shared; the message names the SA and the field,
+/// `sa "name": key: ...`), `IPSEC_ERR_INVALID_ARGUMENT` (NULL `gateway`, `name` or
+/// `config`, a name that is not UTF-8, an enum field out of range).
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `name` is a
+/// NUL-terminated string; `config` points to an initialised `ipsec_sa_config` whose
+/// pointers are valid as documented.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_add_sa(
+    gateway: *mut ipsec_gateway,
+    name: *const c_char,
+    config: *const ipsec_sa_config,
+    now_ns: u64,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let name = unsafe { c_str(name, "name") }?;
+        // SAFETY: caller's contract.
+        let config = unsafe { sa_config(config, name) }?;
+        // SAFETY: caller's contract.
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        let h = &mut *guard;
+        h.gateway
+            .add_sa(name, config, now(now_ns))
+            .map_err(refused)?;
+        h.free_stale();
+        h.names.add(name);
+        h.check_names();
+        Ok(())
+    })
+}
+
+/// Installs the SA `name`, created from `*config` at `now_ns` (as
+/// `ipsec_gateway_add_sa`), as the successor of the installed SA `replaces`
+/// (make-before-break, RFC 7296 §2.8), both of one direction:
+///
+/// * inbound: the new SA accepts next to the old one and serves the policies the old
+///   one serves; the old one accepts until deleted (`ipsec_gateway_delete_sa`) or
+///   retired (`ipsec_gateway_retire_sa`). Rekey the inbound SA first, before the peer
+///   switches.
+/// * outbound: every policy that sent through `replaces` sends through `name` from the
+///   next packet on; `replaces` sends no more and may be deleted.
+///
+/// Policies keep the SA names they were written with; the `sa` of an
+/// `ipsec_gateway_result` names the SA that really processed the packet.
+///
+/// Refused, with nothing changed, as `ipsec_gateway_add_sa`, and with
+/// `IPSEC_ERR_UNKNOWN_SA` (`replaces` is not installed) or
+/// `IPSEC_ERR_DIRECTION_MISMATCH` (the new SA's direction is not that of `replaces`).
+///
+/// # Safety
+///
+/// As `ipsec_gateway_add_sa`; `replaces` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_rekey_sa(
+    gateway: *mut ipsec_gateway,
+    replaces: *const c_char,
+    name: *const c_char,
+    config: *const ipsec_sa_config,
+    now_ns: u64,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let replaces = unsafe { c_str(replaces, "replaces") }?;
+        // SAFETY: caller's contract.
+        let name = unsafe { c_str(name, "name") }?;
+        // SAFETY: caller's contract.
+        let config = unsafe { sa_config(config, name) }?;
+        // SAFETY: caller's contract.
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        let h = &mut *guard;
+        h.gateway
+            .rekey_sa(replaces, name, config, now(now_ns))
+            .map_err(refused)?;
+        h.free_stale();
+        h.names.add(name);
+        h.check_names();
+        Ok(())
+    })
+}
+
+/// Deletes the SA `name` at once and, when `final_stats` is not NULL, writes its final
+/// counters there. Its SPI is unknown to the next packet (`IPSEC_ERR_UNKNOWN_SPI`,
+/// counted in the gateway's `unknown_spi`) and free for `ipsec_gateway_allocate_spi`
+/// again; its keys are wiped. Its name string stays valid until the next control call
+/// that succeeds (see `ipsec_gateway`).
+///
+/// Refused, with nothing changed (nothing written): `IPSEC_ERR_UNKNOWN_SA` (no SA has
+/// the name), `IPSEC_ERR_SA_IN_USE` (a policy still needs it: an outbound SA that
+/// carries a policy's traffic, an inbound SA that is the last to serve a policy),
+/// `IPSEC_ERR_INVALID_ARGUMENT` (NULL `gateway` or `name`, a name that is not UTF-8, a
+/// misaligned `final_stats`).
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `name` is a
+/// NUL-terminated string; `final_stats` is NULL or points to a writable
+/// `ipsec_sa_stats`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_delete_sa(
+    gateway: *mut ipsec_gateway,
+    name: *const c_char,
+    final_stats: *mut ipsec_sa_stats,
+) -> ipsec_status {
+    call(|| {
+        let final_stats = if final_stats.is_null() {
+            None
+        } else {
+            Some(out_ptr(final_stats, "final_stats")?)
+        };
+        // SAFETY: caller's contract.
+        let name = unsafe { c_str(name, "name") }?;
+        // SAFETY: caller's contract.
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        let h = &mut *guard;
+        let stats = h.gateway.delete_sa(name).map_err(refused)?;
+        h.free_stale();
+        h.names.remove(name);
+        h.retiring.remove(name);
+        h.check_names();
+        if let Some(out) = final_stats {
+            // SAFETY: checked non-NULL and aligned; writable by contract.
+            unsafe { out.write((&stats).into()) };
+        }
+        Ok(())
+    })
+}
+
+/// Deletes the SA `name` when the caller's clock reaches `at_ns` (the old inbound SA
+/// of a rekey, kept for the packets still on their way): the first
+/// `ipsec_gateway_inbound` for its SPI at or after `at_ns` finds it gone
+/// (`IPSEC_ERR_UNKNOWN_SPI`), and `ipsec_gateway_poll_event` at or after `at_ns`
+/// deletes it; `ipsec_gateway_sa_count` and `ipsec_gateway_get_sa` count it until then.
+/// Calling it again moves the time. At `at_ns` it is deleted whatever names it then.
+///
+/// Refused, with nothing changed, as `ipsec_gateway_delete_sa` is on the state of now
+/// (`IPSEC_ERR_UNKNOWN_SA`, `IPSEC_ERR_SA_IN_USE`, `IPSEC_ERR_INVALID_ARGUMENT`).
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `name` is a
+/// NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_retire_sa(
+    gateway: *mut ipsec_gateway,
+    name: *const c_char,
+    at_ns: u64,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let name = unsafe { c_str(name, "name") }?;
+        // SAFETY: caller's contract.
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        let h = &mut *guard;
+        h.gateway.retire_sa(name, now(at_ns)).map_err(refused)?;
+        h.free_stale();
+        h.retiring.insert(Box::from(name), now(at_ns));
+        Ok(())
+    })
+}
+
+/// Installs the policy `policy_toml` (the text of one `[[policy]]` table of a policy
+/// file, without the `[[policy]]` line: `name = "web"`, `action = "bypass"`, ...)
+/// before the installed policy `before`, or last when `before` is NULL (after a final
+/// deny-all it would never match: name the deny-all). The SAs it names must be
+/// installed, in the direction it uses them.
+///
+/// Refused, with nothing changed: `IPSEC_ERR_CONFIG` (not a valid policy, or an SA of
+/// the wrong direction; the message names the policy and the key),
+/// `IPSEC_ERR_DUPLICATE_POLICY` (a policy has its name), `IPSEC_ERR_MISSING_SA` (it
+/// names an SA that is not installed), `IPSEC_ERR_UNKNOWN_POLICY` (`before` names no
+/// policy), `IPSEC_ERR_INVALID_ARGUMENT` (NULL `gateway` or `policy_toml`, text that
+/// is not UTF-8).
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `policy_toml`
+/// is a NUL-terminated string; `before` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_install_policy(
+    gateway: *mut ipsec_gateway,
+    policy_toml: *const c_char,
+    before: *const c_char,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let text = unsafe { c_str(policy_toml, "policy_toml") }?;
+        let before = if before.is_null() {
+            None
+        } else {
+            // SAFETY: caller's contract.
+            Some(unsafe { c_str(before, "before") }?)
+        };
+        // SAFETY: caller's contract.
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        let h = &mut *guard;
+        h.gateway.install_policy(text, before).map_err(refused)?;
+        h.free_stale();
+        h.sync_policy_names();
+        Ok(())
+    })
+}
+
+/// Replaces the installed policy of the same name as `policy_toml` (one `[[policy]]`
+/// table's text, as `ipsec_gateway_install_policy` takes) with it, in the same place
+/// in the order: to narrow or widen its selectors, or move it to other SAs, in one
+/// step. Its name string stays the same.
+///
+/// Refused, with nothing changed: `IPSEC_ERR_CONFIG` (not a valid policy, or an SA of
+/// the wrong direction), `IPSEC_ERR_UNKNOWN_POLICY` (no policy has its name),
+/// `IPSEC_ERR_MISSING_SA` (it names an SA that is not installed),
+/// `IPSEC_ERR_INVALID_ARGUMENT` (NULL `gateway` or `policy_toml`, text that is not
+/// UTF-8).
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `policy_toml`
+/// is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_replace_policy(
+    gateway: *mut ipsec_gateway,
+    policy_toml: *const c_char,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let text = unsafe { c_str(policy_toml, "policy_toml") }?;
+        // SAFETY: caller's contract.
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        let h = &mut *guard;
+        h.gateway.replace_policy(text).map_err(refused)?;
+        h.free_stale();
+        h.sync_policy_names();
+        Ok(())
+    })
+}
+
+/// Removes the policy `name`: its traffic is decided by the policies after it (DISCARD
+/// when none matches). The SAs it named stay installed (and may now be deleted). Its
+/// name string stays valid until the next control call that succeeds.
+///
+/// Refused, with nothing changed: `IPSEC_ERR_UNKNOWN_POLICY` (no policy has the name),
+/// `IPSEC_ERR_INVALID_ARGUMENT` (NULL `gateway` or `name`, a name that is not UTF-8).
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `name` is a
+/// NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_remove_policy(
+    gateway: *mut ipsec_gateway,
+    name: *const c_char,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let name = unsafe { c_str(name, "name") }?;
+        // SAFETY: caller's contract.
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        let h = &mut *guard;
+        h.gateway.remove_policy(name).map_err(refused)?;
+        h.free_stale();
+        h.sync_policy_names();
+        Ok(())
+    })
+}

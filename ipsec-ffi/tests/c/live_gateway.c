@@ -1,0 +1,604 @@
+/*
+ * A live gateway driven through the C API as a key manager drives it: two gateways (a
+ * head office "hq" and a branch "br") start from a policy file holding only a deny-all;
+ * SAs are added and a policy installed before the deny-all at run time, and packets go
+ * from one to the other. Then a make-before-break rekey (inbound first, then outbound):
+ * a packet sent under the old SA is accepted until the old inbound SA is deleted and
+ * refused as an unknown SPI after. Retired SAs disappear from the SA list when the
+ * gateway deletes them (on a packet, or on poll_event). Every refusal has its status
+ * (230..237, IPSEC_ERR_CONFIG) and the core's message, and changes nothing (SA count,
+ * policies, traffic); NULL and non-UTF-8 arguments are refused.
+ * Run by scripts/test-ffi.sh (static and shared library, valgrind, ASan/UBSan).
+ */
+#include <ipsec.h>
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int checks = 0, failed = 0;
+
+#define TRUE(what, cond)                                                                   \
+    do {                                                                                   \
+        checks++;                                                                          \
+        if (!(cond)) {                                                                     \
+            failed++;                                                                      \
+            printf("FAIL line %d: %s\n", __LINE__, what);                                 \
+        } else {                                                                           \
+            printf("ok   %s\n", what);                                                    \
+        }                                                                                  \
+    } while (0)
+
+/* This thread's last-error message (empty when there is none). */
+static const char *last_error(void)
+{
+    static char msg[1024];
+    size_t n = 0;
+    if (ipsec_last_error(msg, sizeof msg, &n) != IPSEC_OK || n != strlen(msg)) {
+        return "";
+    }
+    return msg;
+}
+
+/*
+ * Checks that a call returned `want`, and for an error that the last-error message is
+ * exactly `exact` (when not NULL) or contains `word` (when not NULL).
+ */
+static void check_status(int line, const char *what, ipsec_status got, ipsec_status want,
+                         const char *exact, const char *word)
+{
+    const char *msg;
+    checks++;
+    if (got != want) {
+        failed++;
+        printf("FAIL line %d: %s: got %s, want %s (%s)\n", line, what, ipsec_status_str(got),
+               ipsec_status_str(want), got == IPSEC_OK ? "" : last_error());
+        return;
+    }
+    if (want == IPSEC_OK) {
+        printf("ok   %s\n", what);
+        return;
+    }
+    msg = last_error();
+    if ((exact != NULL && strcmp(msg, exact) != 0) || (word != NULL && strstr(msg, word) == NULL) ||
+        msg[0] == '\0') {
+        failed++;
+        printf("FAIL line %d: %s: message \"%s\", want %s \"%s\"\n", line, what, msg,
+               exact != NULL ? "exactly" : "one with", exact != NULL ? exact : word);
+        return;
+    }
+    printf("ok   %-50s %s: %s\n", what, ipsec_status_str(got), msg);
+}
+
+#define OK(what, call) check_status(__LINE__, what, (call), IPSEC_OK, NULL, NULL)
+#define REFUSED(what, call, want, exact) check_status(__LINE__, what, (call), (want), (exact), NULL)
+#define REFUSED_WITH(what, call, want, word) check_status(__LINE__, what, (call), (want), NULL, (word))
+
+static const uint64_t T0 = UINT64_C(1000000000);
+static const uint64_t SECOND = UINT64_C(1000000000);
+
+/* The policy file both gateways start from: only the final deny-all. */
+static const char DENY_ALL[] = "[[policy]]\nname = \"deny\"\ndirection = \"both\"\naction = \"discard\"\n";
+
+#define HQ_RDP                                                                             \
+    "name = \"rdp\"\nlocal = \"10.0.0.0/24\"\nremote = \"10.1.0.0/24\"\nprotocol = \"tcp\"\n" \
+    "action = \"protect\"\nsa = [\"hq-out\", \"hq-in\"]\n"
+#define BR_RDP                                                                             \
+    "name = \"rdp\"\nlocal = \"10.1.0.0/24\"\nremote = \"10.0.0.0/24\"\nprotocol = \"tcp\"\n" \
+    "action = \"protect\"\nsa = [\"br-out\", \"br-in\"]\n"
+
+#define HEAD 128
+#define SIZE 512
+#define PLEN 40
+
+/* Key number n: 16 bytes of AES-128 key and 4 of salt, different for every n. */
+static void make_key(uint8_t key[20], unsigned n)
+{
+    unsigned i;
+    for (i = 0; i < 20; i++) {
+        key[i] = (uint8_t)(n * 37u + i * 11u + 1u);
+    }
+}
+
+/* An AES-128-GCM tunnel SA (keys are copied by the call that takes the config). */
+static void make_config(ipsec_sa_config *c, uint8_t key[20], uint32_t spi, uint32_t direction,
+                        unsigned key_number)
+{
+    ipsec_sa_config_init(c);
+    make_key(key, key_number);
+    c->spi = spi;
+    c->direction = direction;
+    c->mode = IPSEC_MODE_TUNNEL;
+    c->cipher = IPSEC_CIPHER_AES_128_GCM;
+    c->key = key;
+    c->key_len = 20;
+    if (direction == IPSEC_DIRECTION_OUTBOUND) {
+        c->tunnel_src = "192.0.2.1";
+        c->tunnel_dst = "198.51.100.2";
+    }
+}
+
+static ipsec_status add_sa(ipsec_gateway *gw, const char *name, uint32_t spi, uint32_t direction,
+                           unsigned key_number)
+{
+    ipsec_sa_config c;
+    uint8_t key[20];
+    make_config(&c, key, spi, direction, key_number);
+    return ipsec_gateway_add_sa(gw, name, &c, T0);
+}
+
+static ipsec_status rekey_sa(ipsec_gateway *gw, const char *replaces, const char *name, uint32_t spi,
+                             uint32_t direction, unsigned key_number)
+{
+    ipsec_sa_config c;
+    uint8_t key[20];
+    make_config(&c, key, spi, direction, key_number);
+    return ipsec_gateway_rekey_sa(gw, replaces, name, &c, T0);
+}
+
+/* A TCP packet 10.0.0.5:3389 -> 10.1.0.<host>:50000 carrying `tag`, at buf + HEAD. */
+static void put_packet(uint8_t *buf, uint8_t host, uint32_t tag)
+{
+    uint8_t *p = buf + HEAD;
+    memset(buf, 0, SIZE);
+    p[0] = 0x45;
+    p[3] = PLEN;
+    p[8] = 64;
+    p[9] = 6;
+    p[12] = 10; p[15] = 5;
+    p[16] = 10; p[17] = 1; p[19] = host;
+    p[20] = 3389 >> 8; p[21] = 3389 & 0xff;
+    p[22] = 50000 >> 8; p[23] = 50000 & 0xff;
+    p[24] = (uint8_t)(tag >> 24); p[25] = (uint8_t)(tag >> 16);
+    p[26] = (uint8_t)(tag >> 8); p[27] = (uint8_t)tag;
+    p[32] = 0x50;
+}
+
+/* A packet on the wire between the gateways. */
+typedef struct {
+    uint8_t buf[SIZE];
+    size_t off, len;
+} wire;
+
+/* hq encrypts the packet with `tag` (to 10.1.0.<host>) into `w`. */
+static ipsec_status send_to(ipsec_gateway *hq, uint8_t host, uint32_t tag, wire *w,
+                            ipsec_gateway_result *r)
+{
+    put_packet(w->buf, host, tag);
+    w->off = HEAD;
+    w->len = PLEN;
+    return ipsec_gateway_outbound(hq, w->buf, SIZE, &w->off, &w->len, T0, r);
+}
+
+static ipsec_status send_tag(ipsec_gateway *hq, uint32_t tag, wire *w, ipsec_gateway_result *r)
+{
+    return send_to(hq, 9, tag, w, r);
+}
+
+/* br decrypts a copy of `w` at `now`; 1 in *same when the inner packet is packet `tag`. */
+static ipsec_status receive(ipsec_gateway *br, const wire *w, uint64_t now, uint32_t tag,
+                            ipsec_gateway_result *r, int *same)
+{
+    uint8_t copy[SIZE], want[SIZE];
+    size_t off = w->off, len = w->len;
+    ipsec_status st;
+    memcpy(copy, w->buf, SIZE);
+    st = ipsec_gateway_inbound(br, copy, SIZE, &off, &len, now, r);
+    put_packet(want, 9, tag);
+    *same = st == IPSEC_OK && len == PLEN && memcmp(copy + off, want + HEAD, PLEN) == 0;
+    return st;
+}
+
+static int is(const char *s, const char *want)
+{
+    return s != NULL && strcmp(s, want) == 0;
+}
+
+/* Whether the gateway lists an SA called `name` (ipsec_gateway_get_sa over the count). */
+static int lists(const ipsec_gateway *gw, const char *name)
+{
+    size_t i, n = ipsec_gateway_sa_count(gw);
+    ipsec_gateway_sa e;
+    for (i = 0; i < n; i++) {
+        if (ipsec_gateway_get_sa(gw, i, &e) == IPSEC_OK && is(e.name, name)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* hq -> br: a packet with `tag` goes through under the policy "rdp". */
+static int flows(ipsec_gateway *hq, ipsec_gateway *br, uint32_t tag)
+{
+    wire w;
+    ipsec_gateway_result r;
+    int same = 0;
+    return send_tag(hq, tag, &w, &r) == IPSEC_OK && receive(br, &w, T0, tag, &r, &same) == IPSEC_OK &&
+           same && r.verdict == IPSEC_VERDICT_DECRYPTED && is(r.policy, "rdp");
+}
+
+static ipsec_gateway *empty_gateway(void)
+{
+    ipsec_gateway *gw = NULL;
+    if (ipsec_gateway_new(DENY_ALL, sizeof DENY_ALL - 1, T0, &gw) != IPSEC_OK) {
+        printf("FAIL: cannot create a gateway from the deny-all policy file: %s\n", last_error());
+        exit(1);
+    }
+    return gw;
+}
+
+static ipsec_gateway *hq, *br;
+static uint32_t tag = 100;
+
+/* A refused call changed nothing: the SA counts and the traffic are as before. */
+#define UNCHANGED(what, hq_sas)                                                             \
+    TRUE(what ": nothing changed", ipsec_gateway_sa_count(hq) == (hq_sas) &&                \
+                                       ipsec_gateway_sa_count(br) == 2 && flows(hq, br, ++tag))
+
+static void build(void)
+{
+    wire w;
+    ipsec_gateway_result r;
+    int same = 0;
+
+    printf("\n-- empty gateways, SAs and a policy added at run time\n");
+    hq = empty_gateway();
+    br = empty_gateway();
+    TRUE("a deny-all policy file has no SAs", ipsec_gateway_sa_count(hq) == 0);
+    TRUE("... and discards", send_tag(hq, 1, &w, &r) == IPSEC_ERR_POLICY_DISCARD);
+    REFUSED("a policy before its SAs", ipsec_gateway_install_policy(hq, HQ_RDP, "deny"),
+            IPSEC_ERR_MISSING_SA,
+            "policy \"rdp\" names sa \"hq-out\", which is not installed in that direction");
+    OK("add hq-out", add_sa(hq, "hq-out", 0x1000, IPSEC_DIRECTION_OUTBOUND, 1));
+    OK("add hq-in", add_sa(hq, "hq-in", 0x2000, IPSEC_DIRECTION_INBOUND, 2));
+    OK("add br-out", add_sa(br, "br-out", 0x2000, IPSEC_DIRECTION_OUTBOUND, 2));
+    OK("add br-in", add_sa(br, "br-in", 0x1000, IPSEC_DIRECTION_INBOUND, 1));
+    TRUE("sa_count counts added SAs", ipsec_gateway_sa_count(hq) == 2 && ipsec_gateway_sa_count(br) == 2);
+    TRUE("get_sa lists them by name", lists(hq, "hq-out") && lists(hq, "hq-in") && lists(br, "br-in"));
+    OK("install rdp before the deny-all", ipsec_gateway_install_policy(hq, HQ_RDP, "deny"));
+    OK("... on both", ipsec_gateway_install_policy(br, BR_RDP, "deny"));
+
+    TRUE("hq protects with hq-out under rdp",
+         send_tag(hq, 1, &w, &r) == IPSEC_OK && r.verdict == IPSEC_VERDICT_PROTECTED &&
+             is(r.sa, "hq-out") && is(r.policy, "rdp") && w.buf[w.off + 9] == 50);
+    TRUE("br decrypts it with br-in under rdp",
+         receive(br, &w, T0, 1, &r, &same) == IPSEC_OK && same &&
+             r.verdict == IPSEC_VERDICT_DECRYPTED && is(r.sa, "br-in") && is(r.policy, "rdp"));
+}
+
+static void refusals(void)
+{
+    ipsec_sa_config c;
+    ipsec_sa_stats st;
+    ipsec_sa_stats pattern;
+    uint8_t key[20];
+    char hex[41];
+    const char *msg;
+    unsigned i;
+    static const struct {
+        ipsec_status status;
+        const char *name;
+    } names[] = {
+        {IPSEC_ERR_DUPLICATE_NAME, "IPSEC_ERR_DUPLICATE_NAME"},
+        {IPSEC_ERR_DUPLICATE_SPI, "IPSEC_ERR_DUPLICATE_SPI"},
+        {IPSEC_ERR_UNKNOWN_SA, "IPSEC_ERR_UNKNOWN_SA"},
+        {IPSEC_ERR_SA_IN_USE, "IPSEC_ERR_SA_IN_USE"},
+        {IPSEC_ERR_MISSING_SA, "IPSEC_ERR_MISSING_SA"},
+        {IPSEC_ERR_DIRECTION_MISMATCH, "IPSEC_ERR_DIRECTION_MISMATCH"},
+        {IPSEC_ERR_DUPLICATE_POLICY, "IPSEC_ERR_DUPLICATE_POLICY"},
+        {IPSEC_ERR_UNKNOWN_POLICY, "IPSEC_ERR_UNKNOWN_POLICY"},
+    };
+
+    printf("\n-- every refusal: its status, the core's message, nothing changed\n");
+    for (i = 0; i < sizeof names / sizeof names[0]; i++) {
+        TRUE(names[i].name, (unsigned)names[i].status == 230 + i &&
+                                strncmp(ipsec_status_str(names[i].status), names[i].name,
+                                        strlen(names[i].name)) == 0 &&
+                                ipsec_status_str(names[i].status)[strlen(names[i].name)] == ':');
+    }
+
+    REFUSED("duplicate name", add_sa(hq, "hq-in", 0x3000, IPSEC_DIRECTION_OUTBOUND, 30),
+            IPSEC_ERR_DUPLICATE_NAME, "an SA called \"hq-in\" is installed (names are unique)");
+    UNCHANGED("duplicate name", 2);
+    REFUSED("duplicate SPI", add_sa(hq, "other-in", 0x2000, IPSEC_DIRECTION_INBOUND, 31),
+            IPSEC_ERR_DUPLICATE_SPI,
+            "inbound sa \"hq-in\" already has SPI 0x00002000: inbound SAs are found by their SPI, "
+            "so it must be unique among them");
+    UNCHANGED("duplicate SPI", 2);
+
+    memset(&pattern, 0xab, sizeof pattern);
+    st = pattern;
+    REFUSED("delete an unknown SA", ipsec_gateway_delete_sa(hq, "nope", &st), IPSEC_ERR_UNKNOWN_SA,
+            "no SA called \"nope\" is installed");
+    TRUE("... final_stats not written", memcmp(&st, &pattern, sizeof st) == 0);
+    REFUSED("rekey an unknown SA", rekey_sa(hq, "nope", "x", 0x3001, IPSEC_DIRECTION_OUTBOUND, 33),
+            IPSEC_ERR_UNKNOWN_SA, "no SA called \"nope\" is installed");
+    REFUSED("retire an unknown SA", ipsec_gateway_retire_sa(hq, "nope", T0), IPSEC_ERR_UNKNOWN_SA,
+            "no SA called \"nope\" is installed");
+    UNCHANGED("unknown SA", 2);
+
+    REFUSED("delete an SA a policy sends through", ipsec_gateway_delete_sa(hq, "hq-out", &st),
+            IPSEC_ERR_SA_IN_USE,
+            "sa \"hq-out\" is in use: policy \"rdp\" sends or receives through it (remove or "
+            "replace the policy, or rekey the SA, first)");
+    TRUE("... final_stats not written", memcmp(&st, &pattern, sizeof st) == 0);
+    REFUSED_WITH("retire the inbound SA a policy needs", ipsec_gateway_retire_sa(hq, "hq-in", T0),
+                 IPSEC_ERR_SA_IN_USE, "sa \"hq-in\" is in use");
+    UNCHANGED("SA in use", 2);
+
+    REFUSED("a policy naming an SA not installed",
+            ipsec_gateway_install_policy(hq,
+                                         "name = \"mail\"\nremote = \"10.1.0.0/24\"\naction = "
+                                         "\"protect\"\nsa = [\"hq-out\", \"gone\"]\n",
+                                         "deny"),
+            IPSEC_ERR_MISSING_SA,
+            "policy \"mail\" names sa \"gone\", which is not installed in that direction");
+    UNCHANGED("missing SA", 2);
+
+    REFUSED("rekey an outbound SA with an inbound one",
+            rekey_sa(hq, "hq-out", "hq-in-2", 0x2001, IPSEC_DIRECTION_INBOUND, 32),
+            IPSEC_ERR_DIRECTION_MISMATCH,
+            "sa \"hq-in-2\" cannot replace sa \"hq-out\": a successor must have the direction of "
+            "the SA it replaces");
+    UNCHANGED("direction mismatch", 2);
+
+    REFUSED("a policy name that is installed", ipsec_gateway_install_policy(hq, HQ_RDP, NULL),
+            IPSEC_ERR_DUPLICATE_POLICY, "a policy called \"rdp\" is installed (replace_policy changes it)");
+    UNCHANGED("duplicate policy", 2);
+
+    REFUSED("remove an unknown policy", ipsec_gateway_remove_policy(hq, "nope"),
+            IPSEC_ERR_UNKNOWN_POLICY, "no policy called \"nope\" is installed");
+    REFUSED("install before an unknown policy",
+            ipsec_gateway_install_policy(hq, "name = \"web\"\naction = \"bypass\"\n", "nope"),
+            IPSEC_ERR_UNKNOWN_POLICY, "no policy called \"nope\" is installed");
+    REFUSED("replace a policy that is not installed",
+            ipsec_gateway_replace_policy(hq, "name = \"web\"\naction = \"bypass\"\n"),
+            IPSEC_ERR_UNKNOWN_POLICY, "no policy called \"web\" is installed");
+    UNCHANGED("unknown policy", 2);
+
+    make_config(&c, key, 0x4000, IPSEC_DIRECTION_INBOUND, 40);
+    c.key_len = 5;
+    REFUSED_WITH("a bad SA configuration (5-byte key)", ipsec_gateway_add_sa(hq, "short", &c, T0),
+                 IPSEC_ERR_CONFIG, "sa \"short\": key");
+    make_config(&c, key, 0x4000, IPSEC_DIRECTION_INBOUND, 41);
+    c.mode = 77;
+    REFUSED_WITH("an SA configuration with an enum out of range",
+                 ipsec_gateway_add_sa(hq, "short", &c, T0), IPSEC_ERR_INVALID_ARGUMENT,
+                 "sa \"short\": mode 77");
+    make_config(&c, key, 0x4000, IPSEC_DIRECTION_OUTBOUND, 41);
+    c.tunnel_dst = "198.51.100.300";
+    REFUSED_WITH("an SA configuration with a bad address, named by the SA",
+                 ipsec_gateway_rekey_sa(hq, "hq-out", "bad-peer", &c, T0), IPSEC_ERR_CONFIG,
+                 "sa \"bad-peer\": tunnel_dst");
+    REFUSED_WITH("an empty SA name", add_sa(hq, "", 0x4000, IPSEC_DIRECTION_INBOUND, 42),
+                 IPSEC_ERR_CONFIG, "name");
+    REFUSED_WITH("a policy that is not valid",
+                 ipsec_gateway_install_policy(hq, "name = \"x\"\naction = \"encrypt\"\n", "deny"),
+                 IPSEC_ERR_CONFIG, "policy \"x\": action");
+    REFUSED_WITH("a policy naming SAs in the wrong direction",
+                 ipsec_gateway_replace_policy(
+                     hq, "name = \"rdp\"\nremote = \"10.1.0.0/24\"\naction = \"protect\"\n"
+                         "sa = [\"hq-in\", \"hq-out\"]\n"),
+                 IPSEC_ERR_CONFIG, "policy \"rdp\": sa");
+    UNCHANGED("bad configuration", 2);
+
+    /* Key 1 is hq-out's: an SA with the same key is refused, and the message names the
+     * SA that has it, never the key. */
+    REFUSED_WITH("a key an installed SA uses", add_sa(hq, "copy", 0x5000, IPSEC_DIRECTION_INBOUND, 1),
+                 IPSEC_ERR_CONFIG, "sa \"hq-out\"");
+    msg = last_error();
+    make_key(key, 1);
+    for (i = 0; i < 20; i++) {
+        snprintf(hex + 2 * i, 3, "%02x", key[i]);
+    }
+    TRUE("... names the new SA, and holds no key bytes in hex",
+         strstr(msg, "sa \"copy\"") != NULL && strstr(msg, hex) == NULL);
+    hex[8] = '\0';
+    TRUE("... not even the key's first four", strstr(msg, hex) == NULL);
+    UNCHANGED("key reuse", 2);
+    REFUSED("... and the policy that was refused is not there",
+            ipsec_gateway_remove_policy(hq, "mail"), IPSEC_ERR_UNKNOWN_POLICY,
+            "no policy called \"mail\" is installed");
+    TRUE("the refused SAs are not there", !lists(hq, "copy") && !lists(hq, "other-in") &&
+                                              !lists(hq, "short") && !lists(hq, "x"));
+}
+
+static void null_arguments(void)
+{
+    ipsec_sa_config c;
+    uint8_t key[20];
+    const char bad[] = {'b', (char)0xff, 'd', 0};
+
+    printf("\n-- NULL and non-UTF-8 arguments\n");
+    make_config(&c, key, 0x6000, IPSEC_DIRECTION_INBOUND, 60);
+    REFUSED_WITH("add_sa: NULL gateway", ipsec_gateway_add_sa(NULL, "x", &c, T0),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
+    REFUSED_WITH("add_sa: NULL name", ipsec_gateway_add_sa(hq, NULL, &c, T0),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`name`");
+    REFUSED_WITH("add_sa: NULL config", ipsec_gateway_add_sa(hq, "x", NULL, T0),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`config`");
+    REFUSED_WITH("add_sa: a name that is not UTF-8", ipsec_gateway_add_sa(hq, bad, &c, T0),
+                 IPSEC_ERR_INVALID_ARGUMENT, "UTF-8");
+    REFUSED_WITH("rekey_sa: NULL gateway", ipsec_gateway_rekey_sa(NULL, "hq-in", "x", &c, T0),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
+    REFUSED_WITH("rekey_sa: NULL replaces", ipsec_gateway_rekey_sa(hq, NULL, "x", &c, T0),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`replaces`");
+    REFUSED_WITH("rekey_sa: NULL name", ipsec_gateway_rekey_sa(hq, "hq-in", NULL, &c, T0),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`name`");
+    REFUSED_WITH("rekey_sa: NULL config", ipsec_gateway_rekey_sa(hq, "hq-in", "x", NULL, T0),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`config`");
+    REFUSED_WITH("delete_sa: NULL gateway", ipsec_gateway_delete_sa(NULL, "hq-in", NULL),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
+    REFUSED_WITH("delete_sa: NULL name", ipsec_gateway_delete_sa(hq, NULL, NULL),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`name`");
+    REFUSED_WITH("delete_sa: a name that is not UTF-8", ipsec_gateway_delete_sa(hq, bad, NULL),
+                 IPSEC_ERR_INVALID_ARGUMENT, "UTF-8");
+    REFUSED_WITH("retire_sa: NULL gateway", ipsec_gateway_retire_sa(NULL, "hq-in", T0),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
+    REFUSED_WITH("retire_sa: NULL name", ipsec_gateway_retire_sa(hq, NULL, T0),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`name`");
+    REFUSED_WITH("install_policy: NULL gateway", ipsec_gateway_install_policy(NULL, HQ_RDP, NULL),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
+    REFUSED_WITH("install_policy: NULL text", ipsec_gateway_install_policy(hq, NULL, "deny"),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`policy_toml`");
+    REFUSED_WITH("install_policy: text that is not UTF-8", ipsec_gateway_install_policy(hq, bad, NULL),
+                 IPSEC_ERR_INVALID_ARGUMENT, "UTF-8");
+    REFUSED_WITH("install_policy: before that is not UTF-8",
+                 ipsec_gateway_install_policy(hq, "name = \"web\"\naction = \"bypass\"\n", bad),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`before`");
+    REFUSED_WITH("replace_policy: NULL gateway", ipsec_gateway_replace_policy(NULL, HQ_RDP),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
+    REFUSED_WITH("replace_policy: NULL text", ipsec_gateway_replace_policy(hq, NULL),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`policy_toml`");
+    REFUSED_WITH("remove_policy: NULL gateway", ipsec_gateway_remove_policy(NULL, "rdp"),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
+    REFUSED_WITH("remove_policy: NULL name", ipsec_gateway_remove_policy(hq, NULL),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`name`");
+    UNCHANGED("NULL arguments", 2);
+}
+
+/* Make-before-break: br rekeys its inbound SA first, then hq its outbound SA. */
+static void rekey(void)
+{
+    wire late1, late2, fresh, w;
+    ipsec_gateway_result r;
+    ipsec_sa_stats st, gw_stats;
+    uint64_t unknown_before;
+    uint32_t spi = 0;
+    const char *old_name;
+    int same = 0;
+
+    printf("\n-- make-before-break rekey: inbound first, then outbound\n");
+    /* Sent under the old SA, still on their way during the rekey. */
+    OK("late packet 1 sent under hq-out", send_tag(hq, 1001, &late1, &r));
+    OK("late packet 2 sent under hq-out", send_tag(hq, 1002, &late2, &r));
+
+    OK("br allocates the new SPI", ipsec_gateway_allocate_spi(br, T0, &spi));
+    OK("br: br-in-2 next to br-in", rekey_sa(br, "br-in", "br-in-2", spi, IPSEC_DIRECTION_INBOUND, 50));
+    TRUE("... both listed", ipsec_gateway_sa_count(br) == 3 && lists(br, "br-in") && lists(br, "br-in-2"));
+    TRUE("traffic under the old SAs still flows", flows(hq, br, ++tag));
+    OK("hq: hq-out-2 replaces hq-out", rekey_sa(hq, "hq-out", "hq-out-2", spi, IPSEC_DIRECTION_OUTBOUND, 50));
+    TRUE("... both listed", ipsec_gateway_sa_count(hq) == 3 && lists(hq, "hq-out-2"));
+    TRUE("the next packet goes out under hq-out-2, with the new SPI",
+         send_tag(hq, 1003, &fresh, &r) == IPSEC_OK && is(r.sa, "hq-out-2") && is(r.policy, "rdp") &&
+             fresh.buf[fresh.off + 20] == (uint8_t)(spi >> 24) &&
+             fresh.buf[fresh.off + 23] == (uint8_t)spi);
+
+    memset(&st, 0, sizeof st);
+    OK("hq deletes hq-out", ipsec_gateway_delete_sa(hq, "hq-out", &st));
+    /* 1 (build) + 1 per flows() so far (tag - 100) + the 2 late packets. */
+    TRUE("... its final counters", st.packets == (uint64_t)(tag - 100) + 3 && st.auth_failed == 0);
+    TRUE("... gone from the list", ipsec_gateway_sa_count(hq) == 2 && !lists(hq, "hq-out") &&
+                                        lists(hq, "hq-out-2") && lists(hq, "hq-in"));
+    TRUE("hq still sends under hq-out-2", send_tag(hq, 1004, &w, &r) == IPSEC_OK && is(r.sa, "hq-out-2"));
+
+    TRUE("br decrypts the new packet with br-in-2",
+         receive(br, &fresh, T0, 1003, &r, &same) == IPSEC_OK && same && is(r.sa, "br-in-2") &&
+             is(r.policy, "rdp"));
+    TRUE("br still accepts late packet 1 with the old br-in",
+         receive(br, &late1, T0, 1001, &r, &same) == IPSEC_OK && same && is(r.sa, "br-in"));
+    old_name = r.sa;
+
+    memset(&st, 0, sizeof st);
+    OK("br deletes the old br-in", ipsec_gateway_delete_sa(br, "br-in", &st));
+    /* 1 (build) + 1 per flows() so far + late packet 1. */
+    TRUE("... its final counters count late packet 1", st.packets == (uint64_t)(tag - 100) + 2);
+    TRUE("... the name string handed out before is still valid", is(old_name, "br-in"));
+    TRUE("... gone from the list", ipsec_gateway_sa_count(br) == 2 && !lists(br, "br-in"));
+    OK("br's own counters", ipsec_gateway_get_stats(br, &gw_stats));
+    unknown_before = gw_stats.unknown_spi;
+    REFUSED_WITH("late packet 2 after the delete: unknown SPI",
+                 receive(br, &late2, T0, 1002, &r, &same), IPSEC_ERR_UNKNOWN_SPI, "SPI");
+    OK("br's own counters", ipsec_gateway_get_stats(br, &gw_stats));
+    TRUE("... counted as unknown_spi", gw_stats.unknown_spi == unknown_before + 1);
+    REFUSED_WITH("deleting the new inbound SA under the policy", ipsec_gateway_delete_sa(br, "br-in-2", NULL),
+                 IPSEC_ERR_SA_IN_USE, "\"rdp\"");
+    OK("the old SPI is free again", add_sa(br, "spare", 0x1000, IPSEC_DIRECTION_INBOUND, 70));
+    OK("... and the new SA goes", ipsec_gateway_delete_sa(br, "spare", NULL));
+    TRUE("traffic flows under the new SAs", flows(hq, br, ++tag));
+}
+
+/* One more rekey round where the old inbound SA is retired, not deleted: gone from the
+ * list when the gateway deletes it, on poll_event or on its next packet. */
+static void retire(void)
+{
+    wire late3, late4;
+    ipsec_gateway_result r;
+    ipsec_gateway_event ev;
+    int same = 0;
+
+    printf("\n-- retired SAs: deleted by the gateway when their time comes\n");
+    OK("late packet 3 under hq-out-2", send_tag(hq, 1005, &late3, &r));
+    OK("br: br-in-3 next to br-in-2", rekey_sa(br, "br-in-2", "br-in-3", 0x7003, IPSEC_DIRECTION_INBOUND, 80));
+    OK("hq: hq-out-3", rekey_sa(hq, "hq-out-2", "hq-out-3", 0x7003, IPSEC_DIRECTION_OUTBOUND, 80));
+    OK("hq deletes hq-out-2", ipsec_gateway_delete_sa(hq, "hq-out-2", NULL));
+    OK("br retires br-in-2 in 5 s", ipsec_gateway_retire_sa(br, "br-in-2", T0 + 5 * SECOND));
+    TRUE("... still listed", ipsec_gateway_sa_count(br) == 3 && lists(br, "br-in-2"));
+    TRUE("br-in-2 accepts late packet 3 before its time",
+         receive(br, &late3, T0 + 4 * SECOND, 1005, &r, &same) == IPSEC_OK && same && is(r.sa, "br-in-2"));
+    TRUE("poll_event before its time: nothing, still listed",
+         ipsec_gateway_poll_event(br, T0 + 4 * SECOND, &ev) == IPSEC_OK && ev.sa == NULL &&
+             ev.event.kind == IPSEC_EVENT_NONE && ipsec_gateway_sa_count(br) == 3);
+    TRUE("poll_event at its time deletes it",
+         ipsec_gateway_poll_event(br, T0 + 5 * SECOND, &ev) == IPSEC_OK && ev.sa == NULL &&
+             ipsec_gateway_sa_count(br) == 2 && !lists(br, "br-in-2") && lists(br, "br-in-3"));
+    REFUSED("... and it is unknown to the control calls", ipsec_gateway_delete_sa(br, "br-in-2", NULL),
+            IPSEC_ERR_UNKNOWN_SA, "no SA called \"br-in-2\" is installed");
+
+    OK("late packet 4 under hq-out-3", send_tag(hq, 1006, &late4, &r));
+    OK("br: br-in-4 next to br-in-3", rekey_sa(br, "br-in-3", "br-in-4", 0x7004, IPSEC_DIRECTION_INBOUND, 90));
+    OK("hq: hq-out-4", rekey_sa(hq, "hq-out-3", "hq-out-4", 0x7004, IPSEC_DIRECTION_OUTBOUND, 90));
+    OK("hq deletes hq-out-3", ipsec_gateway_delete_sa(hq, "hq-out-3", NULL));
+    OK("br retires br-in-3 in 10 s", ipsec_gateway_retire_sa(br, "br-in-3", T0 + 20 * SECOND));
+    OK("... no, in 10 s (calling again moves the time)", ipsec_gateway_retire_sa(br, "br-in-3", T0 + 10 * SECOND));
+    REFUSED_WITH("late packet 4 at that time: unknown SPI",
+                 receive(br, &late4, T0 + 10 * SECOND, 1006, &r, &same), IPSEC_ERR_UNKNOWN_SPI, "SPI");
+    TRUE("... and br-in-3 is gone from the list",
+         ipsec_gateway_sa_count(br) == 2 && !lists(br, "br-in-3") && lists(br, "br-in-4"));
+    TRUE("traffic flows under the newest SAs", flows(hq, br, ++tag));
+    TRUE("... whose names the results give", lists(hq, "hq-out-4") && ipsec_gateway_sa_count(hq) == 2);
+}
+
+static void policies(void)
+{
+    wire w;
+    ipsec_gateway_result r;
+    const char *policy_before;
+
+    printf("\n-- policies replaced, installed last, removed\n");
+    TRUE("rdp decides a packet", send_tag(hq, 2001, &w, &r) == IPSEC_OK && is(r.policy, "rdp"));
+    policy_before = r.policy;
+    OK("rdp narrowed to 10.1.0.0/25",
+       ipsec_gateway_replace_policy(hq, "name = \"rdp\"\nlocal = \"10.0.0.0/24\"\nremote = \"10.1.0.0/25\"\n"
+                                        "protocol = \"tcp\"\naction = \"protect\"\nsa = [\"hq-out\", \"hq-in\"]\n"));
+    TRUE("... the same policy string as before",
+         send_tag(hq, 2002, &w, &r) == IPSEC_OK && r.policy == policy_before && is(r.sa, "hq-out-4"));
+    TRUE("10.1.0.200 now falls to the deny-all", send_to(hq, 200, 2003, &w, &r) == IPSEC_ERR_POLICY_DISCARD);
+    OK("a bypass policy installed last (before = NULL)",
+       ipsec_gateway_install_policy(hq, "name = \"late\"\nremote = \"10.1.0.0/24\"\naction = \"bypass\"\n", NULL));
+    TRUE("... after the deny-all it decides nothing", send_to(hq, 200, 2004, &w, &r) == IPSEC_ERR_POLICY_DISCARD);
+    OK("... removed", ipsec_gateway_remove_policy(hq, "late"));
+    OK("rdp removed", ipsec_gateway_remove_policy(hq, "rdp"));
+    TRUE("... the name string handed out before is still valid", is(policy_before, "rdp"));
+    TRUE("its traffic is discarded", send_tag(hq, 2005, &w, &r) == IPSEC_ERR_POLICY_DISCARD);
+    OK("now hq-out-4 may go", ipsec_gateway_delete_sa(hq, "hq-out-4", NULL));
+    OK("... and hq-in", ipsec_gateway_delete_sa(hq, "hq-in", NULL));
+    TRUE("hq is empty again", ipsec_gateway_sa_count(hq) == 0);
+    REFUSED("a policy for SAs that are gone", ipsec_gateway_install_policy(hq, HQ_RDP, "deny"),
+            IPSEC_ERR_MISSING_SA, "policy \"rdp\" names sa \"hq-out\", which is not installed in that direction");
+}
+
+int main(void)
+{
+    build();
+    refusals();
+    null_arguments();
+    rekey();
+    retire();
+    policies();
+    ipsec_gateway_free(hq);
+    ipsec_gateway_free(br);
+    printf("\n%d checks, %d failed\n", checks, failed);
+    return failed == 0 ? 0 : 1;
+}
