@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 mod convert;
 mod errors;
 mod gateway;
+mod policy_edit;
 mod reassembly;
 mod replay;
 mod sa;
@@ -41,6 +42,8 @@ fn _ipsec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<gateway::PyGateway>()?;
     m.add_class::<gateway::PyGatewayVerdict>()?;
     m.add_class::<gateway::PyGatewaySa>()?;
+    m.add_class::<policy_edit::PyPolicyEdit>()?;
+    m.add_class::<policy_edit::PyCompiledPolicies>()?;
     m.add_class::<shared::PySharedSa>()?;
     m.add_class::<shared::PySaLane>()?;
     m.add_class::<spd::PySpd>()?;

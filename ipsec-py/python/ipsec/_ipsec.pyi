@@ -30,6 +30,7 @@ __all__ = [
     "DirectionMismatchError",
     "DuplicatePolicyError",
     "UnknownPolicyError",
+    "StalePoliciesError",
     "SecurityAssociation",
     "SharedSa",
     "SaLane",
@@ -47,6 +48,8 @@ __all__ = [
     "Gateway",
     "GatewayVerdict",
     "GatewaySa",
+    "PolicyEdit",
+    "CompiledPolicies",
     "sas_from_toml",
     "load_sas",
     "esp_spi",
@@ -150,6 +153,10 @@ class UnknownPolicyError(ControlError):
     """No policy of this name is installed."""
 
     name: str
+
+class StalePoliciesError(ControlError):
+    """``commit_policies``: the gateway's policies changed after the ``PolicyEdit`` was
+    taken; nothing changed. Take a new edit and make the changes again."""
 
 @final
 class Lifetime:
@@ -795,7 +802,49 @@ class Gateway:
     @property
     def spd(self) -> Spd:
         """The ``Spd`` the gateway was built from until a policy is installed, replaced
-        or removed; then an ``Spd`` of the live policies (without ``[[sa]]`` tables)."""
+        or removed (or a ``PolicyEdit`` committed); then an ``Spd`` of the live policies
+        (without ``[[sa]]`` tables)."""
+    def edit_policies(self) -> PolicyEdit:
+        """A batch of policy changes on a copy of the policies: change it, ``compile()``
+        it on any thread (no gateway lock is held), then ``commit_policies``."""
+    def commit_policies(self, compiled: CompiledPolicies) -> None:
+        """Swaps in ``compiled`` in one step. ``StalePoliciesError`` (the policies
+        changed since the edit was taken) or ``MissingSaError`` (an SA it names was
+        deleted since): nothing changed. ``ValueError`` for another gateway's policies
+        or policies already used by a commit (committed or refused)."""
+    SPD_CACHE_MAX: ClassVar[int]
+    def set_spd_cache(self, capacity: int) -> None:
+        """An exact-match flow cache for ``capacity`` flows (rounded up to a power of
+        two; 0: off, the default; at most ``SPD_CACHE_MAX``) in front of the policy
+        classifier; emptied by every policy change."""
+    @property
+    def spd_cache_stats(self) -> tuple[int, int, int]:
+        """``(capacity, hits, misses)`` of the SPD cache."""
+
+@final
+class PolicyEdit:
+    """A batch of policy changes (``Gateway.edit_policies``), each checked as the
+    gateway's own call and refused (raising, changing nothing) as it would be."""
+
+    def install(self, text: str, *, before: Optional[str] = None) -> None: ...
+    def replace(self, text: str) -> None: ...
+    def remove(self, name: str) -> None: ...
+    @property
+    def policies(self) -> list[str]:
+        """The policy names as edited so far, in order."""
+    def compile(self) -> CompiledPolicies:
+        """Compiles the policies as edited so far, with the GIL released and no gateway
+        lock held; the edit stays usable."""
+
+@final
+class CompiledPolicies:
+    """Policies compiled from a ``PolicyEdit``, for one ``Gateway.commit_policies``."""
+
+    @property
+    def policies(self) -> list[str]: ...
+    @property
+    def used(self) -> bool:
+        """True once ``commit_policies`` took them (committed or refused)."""
 
 @final
 class GatewaySa:
