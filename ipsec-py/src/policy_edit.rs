@@ -9,7 +9,9 @@
 //! in (O(1), under the gateway's lock).
 //!
 //! `compile()` compiles a copy of the edit: the edit stays usable (change it more and
-//! compile again). A `CompiledPolicies` is used up by `commit_policies`, whether the
+//! compile again) until one of its compiles is committed, or the gateway's policies
+//! change otherwise: from then on its compiles are stale (the core's generation check;
+//! take a new edit). A `CompiledPolicies` is used up by `commit_policies`, whether the
 //! commit succeeds or is refused (the core takes it by value; a refused one is stale for
 //! good); another commit of it raises `ValueError`. Both objects remember their gateway,
 //! and committing to another gateway raises `ValueError` (the core only compares
@@ -122,7 +124,8 @@ impl PyPolicyEdit {
     }
 
     /// Compiles the policies as edited so far (the expensive step) with the GIL
-    /// released and no gateway lock taken; the edit stays usable.
+    /// released and no gateway lock taken; the edit stays usable (until the gateway's
+    /// policies change: then its compiles are stale).
     fn compile(&self, py: Python<'_>) -> PyResult<PyCompiledPolicies> {
         let compiled = py.detach(|| {
             let edit = self.edit.lock().map_err(|_| ())?.clone();

@@ -834,7 +834,8 @@ class PolicyEdit:
         """The policy names as edited so far, in order."""
     def compile(self) -> CompiledPolicies:
         """Compiles the policies as edited so far, with the GIL released and no gateway
-        lock held; the edit stays usable."""
+        lock held. The edit stays usable until the gateway's policies change (a commit
+        included): its compiles are stale from then on."""
 
 @final
 class CompiledPolicies:
