@@ -120,7 +120,11 @@ impl PyPolicyEdit {
     #[getter]
     fn policies(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         let edit = lock_releasing_gil(py, &self.edit)?;
-        Ok(edit.policies().iter().map(|p| p.name().to_owned()).collect())
+        Ok(edit
+            .policies()
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect())
     }
 
     /// Compiles the policies as edited so far (the expensive step) with the GIL
@@ -148,7 +152,11 @@ impl PyPolicyEdit {
         let names = self.policies(py)?;
         Ok(format!(
             "PolicyEdit(policies=[{}])",
-            names.iter().map(|n| str_repr(n)).collect::<Vec<_>>().join(", ")
+            names
+                .iter()
+                .map(|n| str_repr(n))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     }
 }

@@ -27,7 +27,7 @@ use core::ptr::NonNull;
 use core::time::Duration;
 use ipsec_core::sa_file::{NamedSa, parse_sa_file};
 use ipsec_core::{
-    Cipher, DfPolicy, Direction, EspPadding, Error, Integrity, Lifetime, LifetimeLimit, Mode,
+    Cipher, DfPolicy, Direction, Error, EspPadding, Integrity, Lifetime, LifetimeLimit, Mode,
     NAT_KEEPALIVE_MAX_LEN, PacketBuf, RestoreOptions, SaConfig, SaEvent, SaStats,
     SecurityAssociation, TfcPadding,
 };
