@@ -20,6 +20,12 @@
 //! mode the tailroom is a worst case over IP header lengths, so the (shorter) result is
 //! copied into a second object. `decrypt` works in a scratch buffer owned by the SA and
 //! copies the inner packet out once.
+//!
+//! # One implementation for SAs and lanes
+//!
+//! These four packet calls are written once ([`encrypt_one`], [`decrypt_one`],
+//! [`encrypt_batch`], [`decrypt_batch`]) against a [`State`] whose object implements
+//! [`Engine`]: the core SA here, a lane of a shared SA in [`crate::shared`].
 
 use crate::convert::{self, Bad};
 use crate::errors::{Failure, IpsecError};
