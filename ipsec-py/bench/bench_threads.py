@@ -7,9 +7,11 @@ twice the packets per second of one thread on a machine with two free cores. For
 inner packet size (64, 512, 1420 bytes; AES-128-GCM, tunnel mode) it times batches of
 1,000 packets: one thread doing ``2 x rounds`` batches, then two threads doing ``rounds``
 batches each at once, and prints ns per packet and the speed-up (one-thread time over
-two-thread time for the same number of packets). Each figure is the median of
-``--runs`` runs; the machine may be shared, so quote ``nproc``, ``uptime`` and the CPU
-model with it.
+two-thread time for the same number of packets). A third column runs the two threads
+on two lanes of one ``ipsec.SharedSa`` (one SA on several threads: sequence numbers
+leased in blocks of 8 from one counter, one replay window behind a mutex) instead of
+two SAs. Each figure is the median of ``--runs`` runs; the machine may be shared, so
+quote ``nproc``, ``uptime`` and the CPU model with it.
 
     .venv/bin/python ipsec-py/bench/bench_threads.py [--runs 7] [--rounds 40]
 """
@@ -57,6 +59,31 @@ def pair(index: int) -> tuple[ipsec.SecurityAssociation, ipsec.SecurityAssociati
     return out, inb
 
 
+def shared_lanes(index: int) -> tuple[list[ipsec.SaLane], list[ipsec.SaLane]]:
+    """Two outbound and two inbound lanes of one SA (as ``pair``, replay window off)."""
+    spi, key = 0x1000 + index, KEYS[index]
+    out = ipsec.SharedSa(
+        lanes=2,
+        spi=spi,
+        direction="outbound",
+        mode="tunnel",
+        cipher="aes-128-gcm",
+        key=key,
+        tunnel_src="192.0.2.1",
+        tunnel_dst="192.0.2.2",
+    )
+    inb = ipsec.SharedSa(
+        lanes=2,
+        spi=spi,
+        direction="inbound",
+        mode="tunnel",
+        cipher="aes-128-gcm",
+        key=key,
+        replay_window=0,
+    )
+    return out.lanes, inb.lanes
+
+
 def timed(workers: list[threading.Thread]) -> float:
     start = time.perf_counter()
     for w in workers:
@@ -72,12 +99,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40)
     args = parser.parse_args()
     print(f"nproc {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
-    print(f"{'op':8} {'size':>5} {'1 thread ns/pkt':>16} {'2 threads ns/pkt':>17} {'speed-up':>9}")
+    print(
+        f"{'op':8} {'size':>5} {'1 thread ns/pkt':>16} {'2 threads ns/pkt':>17} {'speed-up':>9}"
+        f" {'2 lanes ns/pkt':>15} {'speed-up':>9}"
+    )
+    print(f"{'':8} {'':5} {'(1 SA)':>16} {'(2 SAs)':>17} {'':>9} {'(1 SharedSa)':>15}")
     batch_len = 1000
     for size in (64, 512, 1420):
         batch = [udp4(size)] * batch_len
         sas = [pair(0), pair(1)]
         protected = [out.encrypt_many(batch) for out, _ in sas]
+        out_lanes, in_lanes = shared_lanes(2)
+        lane_protected = pair(2)[0].encrypt_many(batch)
         for op in ("encrypt", "decrypt"):
 
             def work(i: int, rounds: int, op: str = op) -> None:
@@ -88,17 +121,33 @@ def main() -> None:
                     else:
                         inb.decrypt_many(protected[i])
 
-            one, two = [], []
+            def lane_work(i: int, rounds: int, op: str = op) -> None:
+                out, inb = out_lanes[i], in_lanes[i]
+                for _ in range(rounds):
+                    if op == "encrypt":
+                        out.encrypt_many(batch)
+                    else:
+                        inb.decrypt_many(lane_protected)
+
+            one, two, lanes = [], [], []
             for _ in range(args.runs):
                 one.append(timed([threading.Thread(target=work, args=(0, 2 * args.rounds))]))
                 two.append(
                     timed([threading.Thread(target=work, args=(i, args.rounds)) for i in (0, 1)])
                 )
+                lanes.append(
+                    timed(
+                        [
+                            threading.Thread(target=lane_work, args=(i, args.rounds))
+                            for i in (0, 1)
+                        ]
+                    )
+                )
             packets = 2 * args.rounds * batch_len
-            t1, t2 = statistics.median(one), statistics.median(two)
+            t1, t2, tl = statistics.median(one), statistics.median(two), statistics.median(lanes)
             print(
                 f"{op:8} {size:5} {t1 / packets * 1e9:16.0f} {t2 / packets * 1e9:17.0f} "
-                f"{t1 / t2:8.2f}x"
+                f"{t1 / t2:8.2f}x {tl / packets * 1e9:15.0f} {t1 / tl:8.2f}x"
             )
 
 

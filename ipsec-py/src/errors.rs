@@ -24,6 +24,7 @@
 //!      +- DirectionMismatchError   .sa, .replaces
 //!      +- DuplicatePolicyError     .name
 //!      +- UnknownPolicyError       .name
+//!      +- StalePoliciesError       `commit_policies`: the policies changed since the edit
 //! ```
 //!
 //! A control call refused for an invalid SA configuration or policy text
@@ -127,7 +128,8 @@ pyo3::create_exception!(
     ControlError,
     IpsecError,
     "A control call of a live Gateway (add_sa, rekey_sa, delete_sa, retire_sa, \
-     install_policy, replace_policy, remove_policy) was refused; the gateway is \
+     install_policy, replace_policy, remove_policy, commit_policies, or a change to a \
+     PolicyEdit) was refused; the gateway (or the edit) is \
      unchanged. The subclasses say why and carry the names involved as attributes."
 );
 pyo3::create_exception!(
@@ -182,6 +184,14 @@ pyo3::create_exception!(
     UnknownPolicyError,
     ControlError,
     "No policy of this name is installed. `.name`: the name."
+);
+pyo3::create_exception!(
+    ipsec,
+    StalePoliciesError,
+    ControlError,
+    "Gateway.commit_policies: the gateway's policies changed after the PolicyEdit was \
+     taken (edit_policies); nothing was changed. Take a new edit and make the changes \
+     again."
 );
 
 static CONFIG_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -324,6 +334,7 @@ fn control_error<'py>(py: Python<'py>, e: &CoreControlError) -> PyResult<ClassAn
             py.get_type::<UnknownPolicyError>(),
             vec![("name", s(name)?)],
         ),
+        CoreControlError::StalePolicies => (py.get_type::<StalePoliciesError>(), Vec::new()),
         // `Config` is converted to `ConfigError` before this (`From<CoreControlError>`);
         // a variant added to the core later is the base class, with its message.
         _ => (py.get_type::<ControlError>(), Vec::new()),
@@ -432,5 +443,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<DuplicatePolicyError>(),
     )?;
     m.add("UnknownPolicyError", py.get_type::<UnknownPolicyError>())?;
+    m.add("StalePoliciesError", py.get_type::<StalePoliciesError>())?;
     Ok(())
 }

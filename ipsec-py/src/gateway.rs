@@ -12,6 +12,10 @@
 //! gateway remembers. Each runs with the GIL released (a policy change compiles the
 //! whole SPD). `sa_names`, `spd` and `repr` show the gateway as it is now.
 //!
+//! To keep that compile off the gateway's lock, `edit_policies` / `PolicyEdit.compile`
+//! / `commit_policies` batch policy changes ([`crate::policy_edit`]): the lock is held
+//! to copy the policies and for the O(1) commit, never while compiling.
+//!
 //! # Threads and the GIL
 //!
 //! The core gateway lives behind a [`Mutex`], with the discipline of the SA
@@ -37,6 +41,7 @@
 use crate::convert;
 use crate::convert::Bad;
 use crate::errors::{Failure, IpsecError};
+use crate::policy_edit::{PyCompiledPolicies, PyPolicyEdit};
 use crate::reassembly::limits_arg;
 use crate::sa::{
     PySaEvent, SaArgs, event_of, lock_releasing_gil, now_arg, packet_arg, packets_arg, poisoned,
@@ -754,6 +759,65 @@ impl PyGateway {
     fn remove_policy(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<()> {
         let name = convert::text(name, "name")?;
         self.control(py, None, true, move |gw, _| gw.remove_policy(&name))
+    }
+
+    /// Starts a batch of policy changes compiled away from the gateway: a
+    /// `PolicyEdit` holding a copy of the policies (taken under the gateway's lock,
+    /// briefly). Change it (`install`, `replace`, `remove`), `compile()` it on any
+    /// thread while the gateway goes on processing packets, and `commit_policies` the
+    /// result.
+    fn edit_policies(slf: &Bound<'_, Self>) -> PyResult<PyPolicyEdit> {
+        let py = slf.py();
+        let edit = slf.get().lock(py)?.gateway.edit_policies();
+        Ok(PyPolicyEdit::new(edit, slf.clone().unbind()))
+    }
+
+    /// Swaps in the policies `compiled` (from `PolicyEdit.compile()` of an edit of this
+    /// gateway) in one step. Raises `StalePoliciesError` when the policies changed since
+    /// the edit was taken, `MissingSaError` when an SA a policy names was deleted
+    /// since (nothing is changed then), and `ValueError` when `compiled` is another
+    /// gateway's or was used by `commit_policies` already (committed or refused).
+    fn commit_policies(slf: &Bound<'_, Self>, compiled: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let compiled = compiled.cast::<PyCompiledPolicies>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "compiled must be an ipsec.CompiledPolicies, got {}",
+                convert::type_name(compiled)
+            ))
+        })?;
+        let policies = compiled.get().take_for(py, slf)?;
+        slf.get()
+            .control(py, None, true, move |gw, _| gw.commit_policies(policies))
+    }
+
+    /// Puts an exact-match flow cache of room for `capacity` flows (rounded up to a
+    /// power of two; 0 turns it off, the default) in front of the policy classifier
+    /// for whole cleartext packets. Emptied by every policy change, so it never
+    /// answers from replaced policies. Raises `ConfigError` (field `capacity`) above
+    /// `SPD_CACHE_MAX` (the bindings' limit, against an allocation that would abort).
+    fn set_spd_cache(&self, py: Python<'_>, capacity: &Bound<'_, PyAny>) -> PyResult<()> {
+        let capacity: u32 = convert::int(capacity, "capacity", Bad::Config)?;
+        if capacity > Self::SPD_CACHE_MAX {
+            return Err(crate::errors::config(
+                "capacity",
+                format!(
+                    "{capacity} flows: at most {} (SPD_CACHE_MAX)",
+                    Self::SPD_CACHE_MAX
+                ),
+            ));
+        }
+        self.lock(py)?.gateway.set_spd_cache(capacity as usize);
+        Ok(())
+    }
+
+    /// The largest `capacity` of `set_spd_cache`: 2^24 flows.
+    #[classattr]
+    const SPD_CACHE_MAX: u32 = 1 << 24;
+
+    /// `(capacity, hits, misses)` of the SPD cache (capacity 0: off).
+    #[getter]
+    fn spd_cache_stats(&self, py: Python<'_>) -> PyResult<(usize, u64, u64)> {
+        Ok(self.lock(py)?.gateway.spd_cache_stats())
     }
 
     /// Allocates an SPI for an inbound SA being negotiated (`get_spi`): random, never

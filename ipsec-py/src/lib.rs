@@ -7,7 +7,8 @@
 //! The layer holds no packet or policy logic: every call converts its arguments,
 //! delegates to `ipsec-core`, and converts the answer. Errors become Python exceptions
 //! in one place (`errors`); the GIL and threading rules are in the `sa` module (the
-//! `gateway` module, the SPD and its SAs together, follows them).
+//! `gateway` module, the SPD and its SAs together, and the `shared` module, one SA on
+//! several threads, follow them).
 //!
 //! Unsafe code: one audited block in `sa` (a detached batch writes into the buffers of
 //! `bytes` objects it created and has not published yet), allowed item by item; and,
@@ -18,9 +19,11 @@ use pyo3::prelude::*;
 mod convert;
 mod errors;
 mod gateway;
+mod policy_edit;
 mod reassembly;
 mod replay;
 mod sa;
+mod shared;
 mod spd;
 
 #[cfg(test)]
@@ -39,6 +42,10 @@ fn _ipsec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<gateway::PyGateway>()?;
     m.add_class::<gateway::PyGatewayVerdict>()?;
     m.add_class::<gateway::PyGatewaySa>()?;
+    m.add_class::<policy_edit::PyPolicyEdit>()?;
+    m.add_class::<policy_edit::PyCompiledPolicies>()?;
+    m.add_class::<shared::PySharedSa>()?;
+    m.add_class::<shared::PySaLane>()?;
     m.add_class::<spd::PySpd>()?;
     m.add_class::<spd::PyDecision>()?;
     m.add_class::<spd::PyFinding>()?;

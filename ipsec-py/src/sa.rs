@@ -20,6 +20,12 @@
 //! mode the tailroom is a worst case over IP header lengths, so the (shorter) result is
 //! copied into a second object. `decrypt` works in a scratch buffer owned by the SA and
 //! copies the inner packet out once.
+//!
+//! # One implementation for SAs and lanes
+//!
+//! These four packet calls are written once ([`encrypt_one`], [`decrypt_one`],
+//! [`encrypt_batch`], [`decrypt_batch`]) against a [`State`] whose object implements
+//! [`Engine`]: the core SA here, a lane of a shared SA in [`crate::shared`].
 
 use crate::convert::{self, Bad};
 use crate::errors::{Failure, IpsecError};
@@ -27,7 +33,7 @@ use core::ptr::NonNull;
 use core::time::Duration;
 use ipsec_core::sa_file::{NamedSa, parse_sa_file};
 use ipsec_core::{
-    Cipher, DfPolicy, Direction, EspPadding, Integrity, Lifetime, LifetimeLimit, Mode,
+    Cipher, DfPolicy, Direction, Error, EspPadding, Integrity, Lifetime, LifetimeLimit, Mode,
     NAT_KEEPALIVE_MAX_LEN, PacketBuf, RestoreOptions, SaConfig, SaEvent, SaStats,
     SecurityAssociation, TfcPadding,
 };
@@ -44,14 +50,60 @@ use zeroize::Zeroizing;
 const DEFAULT_KEEPALIVE_SECONDS: f64 = 20.0;
 const _: () = assert!(SaConfig::DEFAULT_NAT_KEEPALIVE_INTERVAL.as_secs() == 20);
 
-/// What the mutex protects: the core SA, the caller's latest time, a decrypt scratch
-/// buffer.
-struct State {
-    sa: SecurityAssociation,
+/// What the mutex protects: the core SA (or, for a lane of a shared SA, the lane:
+/// [`Engine`]), the caller's latest time, a decrypt scratch buffer.
+pub(crate) struct State<E = SecurityAssociation> {
+    pub(crate) sa: E,
     /// The latest `now` the caller gave (creation time at first); used when a call
     /// gives none. The bindings never read a clock.
-    now: Duration,
-    scratch: Vec<u8>,
+    pub(crate) now: Duration,
+    pub(crate) scratch: Vec<u8>,
+}
+
+impl<E> State<E> {
+    /// A state created at `now`.
+    pub(crate) fn new(sa: E, now: Duration) -> Self {
+        State {
+            sa,
+            now,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The time to use for a call: the one given (remembered), or the last one.
+    pub(crate) fn time(&mut self, now: Option<Duration>) -> Duration {
+        if let Some(n) = now {
+            self.now = n;
+        }
+        self.now
+    }
+}
+
+/// What the packet calls (`encrypt`, `decrypt` and their batches) need of the object
+/// behind a [`State`]'s mutex: a whole SA, or one lane of a shared SA
+/// ([`crate::shared`]). The functions [`encrypt_one`], [`decrypt_one`],
+/// [`encrypt_batch`] and [`decrypt_batch`] are written once against it.
+pub(crate) trait Engine: Send {
+    /// Encrypts in place ([`SecurityAssociation::encrypt`]).
+    fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error>;
+    /// Decrypts in place ([`SecurityAssociation::decrypt`]).
+    fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error>;
+    /// The tailroom a packet of `len` bytes needs ([`SecurityAssociation::tailroom_for`]).
+    fn tailroom_for(&self, len: usize) -> usize;
+}
+
+impl Engine for SecurityAssociation {
+    fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
+        SecurityAssociation::encrypt(self, pkt, now)
+    }
+
+    fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
+        SecurityAssociation::decrypt(self, pkt, now)
+    }
+
+    fn tailroom_for(&self, len: usize) -> usize {
+        SecurityAssociation::tailroom_for(self, len)
+    }
 }
 
 /// One direction of an IPsec SA (Python `ipsec.SecurityAssociation`).
@@ -193,11 +245,7 @@ impl PySecurityAssociation {
             tunnel: sa.tunnel(),
             udp_encap: sa.udp_encap(),
             headroom: sa.max_headroom(),
-            state: Mutex::new(State {
-                sa,
-                now,
-                scratch: Vec::new(),
-            }),
+            state: Mutex::new(State::new(sa, now)),
         }
     }
 
@@ -215,10 +263,7 @@ impl PySecurityAssociation {
 
     /// The time to use for a call: the one given (remembered), or the last one.
     fn time(state: &mut State, now: Option<Duration>) -> Duration {
-        if let Some(n) = now {
-            state.now = n;
-        }
-        state.now
+        state.time(now)
     }
 }
 
@@ -236,6 +281,190 @@ pub(crate) fn lock_releasing_gil<'a, T: Send>(
             Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
         }
     }
+}
+
+/// `encrypt` of an SA or a lane: the protected packet is written straight into the
+/// `bytes` object returned (made under the lock, where no other Python object is).
+pub(crate) fn encrypt_one<'py, E: Engine>(
+    py: Python<'py>,
+    state: &Mutex<State<E>>,
+    head: usize,
+    packet: &Bound<'py, PyAny>,
+    now: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let data = packet_arg(packet, "packet")?;
+    let now = now_arg(now)?;
+    let len = data.len();
+    let mut outcome = Ok((0, 0));
+    let total;
+    let out = {
+        let mut st = lock_releasing_gil(py, state)?;
+        let now = st.time(now);
+        total = head + len + st.sa.tailroom_for(len);
+        // Only a `bytes` object is created under the lock (no Python code runs).
+        PyBytes::new_with(py, total, |buf| {
+            buf[head..head + len].copy_from_slice(&data);
+            outcome = PacketBuf::new(buf, head, len).and_then(|mut pkt| {
+                st.sa
+                    .encrypt(&mut pkt, now)
+                    .map(|()| (pkt.offset(), pkt.len()))
+            });
+            Ok(())
+        })
+    }?;
+    match outcome {
+        Ok((0, n)) if n == total => Ok(out),
+        Ok((off, n)) => Ok(PyBytes::new(py, &out.as_bytes()[off..off + n])),
+        Err(e) => Err(Failure::from(e).into_exception(py)),
+    }
+}
+
+/// `decrypt` of an SA or a lane, in the state's scratch buffer.
+pub(crate) fn decrypt_one<'py, E: Engine>(
+    py: Python<'py>,
+    state: &Mutex<State<E>>,
+    packet: &Bound<'py, PyAny>,
+    now: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let data = packet_arg(packet, "packet")?;
+    let now = now_arg(now)?;
+    let outcome = {
+        let mut st = lock_releasing_gil(py, state)?;
+        let now = st.time(now);
+        let State { sa, scratch, .. } = &mut *st;
+        scratch.clear();
+        scratch.extend_from_slice(&data);
+        PacketBuf::new(scratch, 0, data.len())
+            .and_then(|mut pkt| {
+                sa.decrypt(&mut pkt, now)
+                    .map(|()| pkt.data().len())
+                    .map(|n| (pkt.offset(), n))
+            })
+            .map(|(off, n)| PyBytes::new(py, &scratch[off..off + n]))
+    };
+    outcome.map_err(|e| Failure::from(e).into_exception(py))
+}
+
+/// `encrypt_many` of an SA or a lane: the output `bytes` objects are made with the
+/// GIL, then written by the batch with the GIL released (lock, copy, transform,
+/// unlock); the first refused packet raises, with its position in `.index`.
+pub(crate) fn encrypt_batch<'py, E: Engine>(
+    py: Python<'py>,
+    state: &Mutex<State<E>>,
+    head: usize,
+    packets: &Bound<'py, PyAny>,
+    now: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let inputs = packets_arg(packets)?;
+    let now = now_arg(now)?;
+    // The sizes depend only on the SA's configuration; the lock is held briefly.
+    let sizes: Vec<usize> = {
+        let st = lock_releasing_gil(py, state)?;
+        inputs
+            .iter()
+            .map(|p| head + p.len() + st.sa.tailroom_for(p.len()))
+            .collect()
+    };
+    let mut outs = Vec::with_capacity(inputs.len());
+    let mut slots = Vec::with_capacity(inputs.len());
+    for &size in &sizes {
+        let mut ptr = NonNull::dangling();
+        let b = PyBytes::new_with(py, size, |buf| {
+            ptr = NonNull::from(buf).cast::<u8>();
+            Ok(())
+        })?;
+        slots.push(OutSlot { ptr, cap: size });
+        outs.push(b);
+    }
+    let results = py.detach(|| {
+        let mut st = state.lock().map_err(|_| ())?;
+        let now = st.time(now);
+        let results: Vec<_> = slots
+            .into_iter()
+            .zip(&inputs)
+            .map(|(slot, input)| {
+                // SAFETY: `slot` describes the `cap` bytes of a bytes object made
+                // above for this batch alone (see `OutSlot`); it stays alive in
+                // `outs` until after this closure returns, and this is the only
+                // reference to its buffer.
+                #[allow(unsafe_code)]
+                let buf = unsafe { core::slice::from_raw_parts_mut(slot.ptr.as_ptr(), slot.cap) };
+                let len = input.len();
+                buf[head..head + len].copy_from_slice(input);
+                PacketBuf::new(buf, head, len).and_then(|mut pkt| {
+                    st.sa
+                        .encrypt(&mut pkt, now)
+                        .map(|()| (pkt.offset(), pkt.len()))
+                })
+            })
+            .collect();
+        Ok(results)
+    });
+    let results = results.map_err(|()| poisoned())?;
+    let mut items = Vec::with_capacity(outs.len());
+    let mut first_error = None;
+    for (i, (out, result)) in outs.into_iter().zip(results).enumerate() {
+        match result {
+            Ok((0, n)) if n == sizes[i] => items.push(out),
+            Ok((off, n)) => items.push(PyBytes::new(py, &out.as_bytes()[off..off + n])),
+            Err(e) => {
+                first_error.get_or_insert((i, e));
+            }
+        }
+    }
+    if let Some((i, e)) = first_error {
+        let err = Failure::from(e).into_exception(py);
+        err.value(py).setattr("index", i)?;
+        return Err(err);
+    }
+    PyList::new(py, items)
+}
+
+/// `decrypt_many` of an SA or a lane: copied into one arena and decrypted with the
+/// GIL released; per packet, the inner packet or the exception that dropped it.
+pub(crate) fn decrypt_batch<'py, E: Engine>(
+    py: Python<'py>,
+    state: &Mutex<State<E>>,
+    packets: &Bound<'py, PyAny>,
+    now: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let inputs = packets_arg(packets)?;
+    let now = now_arg(now)?;
+    let total: usize = inputs.iter().map(|p| p.len()).sum();
+    let batch = py.detach(|| {
+        // One arena for the batch: each packet is copied in and decrypted in place.
+        let mut arena = vec![0u8; total];
+        let mut st = state.lock().map_err(|_| ())?;
+        let now = st.time(now);
+        let mut start = 0;
+        let mut results = Vec::with_capacity(inputs.len());
+        for input in &inputs {
+            let len = input.len();
+            let buf = &mut arena[start..start + len];
+            buf.copy_from_slice(input);
+            results.push(PacketBuf::new(buf, 0, len).and_then(|mut pkt| {
+                st.sa
+                    .decrypt(&mut pkt, now)
+                    .map(|()| (start + pkt.offset(), pkt.len()))
+            }));
+            start += len;
+        }
+        drop(st);
+        Ok((arena, results))
+    });
+    let (arena, results) = batch.map_err(|()| poisoned())?;
+    let mut items: Vec<Bound<'py, PyAny>> = Vec::with_capacity(results.len());
+    for r in results {
+        items.push(match r {
+            Ok((off, n)) => PyBytes::new(py, &arena[off..off + n]).into_any(),
+            Err(e) => Failure::from(e)
+                .into_exception(py)
+                .into_value(py)
+                .into_bound(py)
+                .into_any(),
+        });
+    }
+    PyList::new(py, items)
 }
 
 /// The counters as a dict: `packets`, `bytes` and one key per drop reason (the shape of
@@ -639,32 +868,7 @@ impl PySecurityAssociation {
         packet: &Bound<'py, PyAny>,
         now: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let data = packet_arg(packet, "packet")?;
-        let now = now_arg(now)?;
-        let head = self.headroom;
-        let len = data.len();
-        let mut outcome = Ok((0, 0));
-        let total;
-        let out = {
-            let mut st = self.lock(py)?;
-            let now = Self::time(&mut st, now);
-            total = head + len + st.sa.tailroom_for(len);
-            // Only a `bytes` object is created under the lock (no Python code runs).
-            PyBytes::new_with(py, total, |buf| {
-                buf[head..head + len].copy_from_slice(&data);
-                outcome = PacketBuf::new(buf, head, len).and_then(|mut pkt| {
-                    st.sa
-                        .encrypt(&mut pkt, now)
-                        .map(|()| (pkt.offset(), pkt.len()))
-                });
-                Ok(())
-            })
-        }?;
-        match outcome {
-            Ok((0, n)) if n == total => Ok(out),
-            Ok((off, n)) => Ok(PyBytes::new(py, &out.as_bytes()[off..off + n])),
-            Err(e) => Err(Failure::from(e).into_exception(py)),
-        }
+        encrypt_one(py, &self.state, self.headroom, packet, now)
     }
 
     /// Removes ESP from one packet: the outer packet in, the inner (tunnel) or restored
@@ -676,23 +880,7 @@ impl PySecurityAssociation {
         packet: &Bound<'py, PyAny>,
         now: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let data = packet_arg(packet, "packet")?;
-        let now = now_arg(now)?;
-        let outcome = {
-            let mut st = self.lock(py)?;
-            let now = Self::time(&mut st, now);
-            let State { sa, scratch, .. } = &mut *st;
-            scratch.clear();
-            scratch.extend_from_slice(&data);
-            PacketBuf::new(scratch, 0, data.len())
-                .and_then(|mut pkt| {
-                    sa.decrypt(&mut pkt, now)
-                        .map(|()| pkt.data().len())
-                        .map(|n| (pkt.offset(), n))
-                })
-                .map(|(off, n)| PyBytes::new(py, &scratch[off..off + n]))
-        };
-        outcome.map_err(|e| Failure::from(e).into_exception(py))
+        decrypt_one(py, &self.state, packet, now)
     }
 
     /// Protects a batch of packets with the GIL released; returns one `bytes` per packet.
@@ -703,71 +891,7 @@ impl PySecurityAssociation {
         packets: &Bound<'py, PyAny>,
         now: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let inputs = packets_arg(packets)?;
-        let now = now_arg(now)?;
-        let head = self.headroom;
-        // The sizes depend only on the SA's configuration; the lock is held briefly.
-        let sizes: Vec<usize> = {
-            let st = self.lock(py)?;
-            inputs
-                .iter()
-                .map(|p| head + p.len() + st.sa.tailroom_for(p.len()))
-                .collect()
-        };
-        let mut outs = Vec::with_capacity(inputs.len());
-        let mut slots = Vec::with_capacity(inputs.len());
-        for &size in &sizes {
-            let mut ptr = NonNull::dangling();
-            let b = PyBytes::new_with(py, size, |buf| {
-                ptr = NonNull::from(buf).cast::<u8>();
-                Ok(())
-            })?;
-            slots.push(OutSlot { ptr, cap: size });
-            outs.push(b);
-        }
-        let results = py.detach(|| {
-            let mut st = self.state.lock().map_err(|_| ())?;
-            let now = Self::time(&mut st, now);
-            let results: Vec<_> = slots
-                .into_iter()
-                .zip(&inputs)
-                .map(|(slot, input)| {
-                    // SAFETY: `slot` describes the `cap` bytes of a bytes object made
-                    // above for this batch alone (see `OutSlot`); it stays alive in
-                    // `outs` until after this closure returns, and this is the only
-                    // reference to its buffer.
-                    #[allow(unsafe_code)]
-                    let buf =
-                        unsafe { core::slice::from_raw_parts_mut(slot.ptr.as_ptr(), slot.cap) };
-                    let len = input.len();
-                    buf[head..head + len].copy_from_slice(input);
-                    PacketBuf::new(buf, head, len).and_then(|mut pkt| {
-                        st.sa
-                            .encrypt(&mut pkt, now)
-                            .map(|()| (pkt.offset(), pkt.len()))
-                    })
-                })
-                .collect();
-            Ok(results)
-        });
-        let results = results.map_err(|()| poisoned())?;
-        let mut items = Vec::with_capacity(outs.len());
-        let mut first_error = None;
-        for (i, (out, result)) in outs.into_iter().zip(results).enumerate() {
-            match result {
-                Ok((0, n)) if n == sizes[i] => items.push(out),
-                Ok((off, n)) => items.push(PyBytes::new(py, &out.as_bytes()[off..off + n])),
-                Err(e) => {
-                    first_error.get_or_insert((i, e));
-                }
-            }
-        }
-        if let Some((i, e)) = first_error {
-            let err = Failure::from(e).into_exception(py);
-            err.value(py).setattr("index", i)?;
-            return Err(err);
-        }
-        PyList::new(py, items)
+        encrypt_batch(py, &self.state, self.headroom, packets, now)
     }
 
     /// Removes ESP from a batch of packets with the GIL released; returns, per packet,
@@ -779,43 +903,7 @@ impl PySecurityAssociation {
         packets: &Bound<'py, PyAny>,
         now: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let inputs = packets_arg(packets)?;
-        let now = now_arg(now)?;
-        let total: usize = inputs.iter().map(|p| p.len()).sum();
-        let batch = py.detach(|| {
-            // One arena for the batch: each packet is copied in and decrypted in place.
-            let mut arena = vec![0u8; total];
-            let mut st = self.state.lock().map_err(|_| ())?;
-            let now = Self::time(&mut st, now);
-            let mut start = 0;
-            let mut results = Vec::with_capacity(inputs.len());
-            for input in &inputs {
-                let len = input.len();
-                let buf = &mut arena[start..start + len];
-                buf.copy_from_slice(input);
-                results.push(PacketBuf::new(buf, 0, len).and_then(|mut pkt| {
-                    st.sa
-                        .decrypt(&mut pkt, now)
-                        .map(|()| (start + pkt.offset(), pkt.len()))
-                }));
-                start += len;
-            }
-            drop(st);
-            Ok((arena, results))
-        });
-        let (arena, results) = batch.map_err(|()| poisoned())?;
-        let mut items: Vec<Bound<'py, PyAny>> = Vec::with_capacity(results.len());
-        for r in results {
-            items.push(match r {
-                Ok((off, n)) => PyBytes::new(py, &arena[off..off + n]).into_any(),
-                Err(e) => Failure::from(e)
-                    .into_exception(py)
-                    .into_value(py)
-                    .into_bound(py)
-                    .into_any(),
-            });
-        }
-        PyList::new(py, items)
+        decrypt_batch(py, &self.state, packets, now)
     }
 
     /// The counters: `packets`, `bytes` and one key per drop reason.

@@ -280,7 +280,8 @@ def test_every_control_error_carries_its_fields_and_changes_nothing() -> None:
     e: Any = refused(hq, br, ipsec.DuplicateNameError,
                      lambda: hq.add_sa("hq-out", **sa_kwargs(0x1100, "outbound", 10)), 1)
     assert e.name == "hq-out"
-    assert str(e) == 'an SA called "hq-out" is installed (names are unique)'
+    assert str(e) == ('the name "hq-out" is taken by an installed SA, or by policies for the '
+                      'SA that succeeded one (SA names are unique)')
 
     e = refused(hq, br, ipsec.DuplicateSpiError,
                 lambda: hq.add_sa("hq-in-2", **sa_kwargs(0x2000, "inbound", 11)), 2)
@@ -306,8 +307,8 @@ def test_every_control_error_carries_its_fields_and_changes_nothing() -> None:
     ghost = rdp_policy("rdp-2", "10.0.0.0/24", "10.2.0.0/24", "ghost-out", "hq-in")
     e = refused(hq, br, ipsec.MissingSaError, lambda: hq.install_policy(ghost, before="deny"), 8)
     assert (e.policy, e.sa) == ("rdp-2", "ghost-out")
-    assert str(e) == ('policy "rdp-2" names sa "ghost-out", which is not installed in that '
-                      'direction')
+    assert str(e) == ('policy "rdp-2" names sa "ghost-out", which is not installed (or only '
+                      'SAs being retired serve it)')
     e = refused(hq, br, ipsec.MissingSaError, lambda: hq.replace_policy(
         rdp_policy("rdp", "10.0.0.0/24", "10.1.0.0/24", "hq-out", "ghost-in")), 9)
     assert (e.policy, e.sa) == ("rdp", "ghost-in")

@@ -30,7 +30,10 @@ __all__ = [
     "DirectionMismatchError",
     "DuplicatePolicyError",
     "UnknownPolicyError",
+    "StalePoliciesError",
     "SecurityAssociation",
+    "SharedSa",
+    "SaLane",
     "Lifetime",
     "SaEvent",
     "ReplayWindow",
@@ -45,6 +48,8 @@ __all__ = [
     "Gateway",
     "GatewayVerdict",
     "GatewaySa",
+    "PolicyEdit",
+    "CompiledPolicies",
     "sas_from_toml",
     "load_sas",
     "esp_spi",
@@ -148,6 +153,10 @@ class UnknownPolicyError(ControlError):
     """No policy of this name is installed."""
 
     name: str
+
+class StalePoliciesError(ControlError):
+    """``commit_policies``: the gateway's policies changed after the ``PolicyEdit`` was
+    taken; nothing changed. Take a new edit and make the changes again."""
 
 @final
 class Lifetime:
@@ -292,6 +301,93 @@ class SecurityAssociation:
     def handle_icmp(self, packet: _Bytes, /, *, now: Optional[float] = None) -> Optional[int]:
         """Learns a lower path MTU from an ICMP too-big message about this SA's packets;
         the new path MTU, or None when it did not go down."""
+
+@final
+class SharedSa:
+    """One SA processed by several threads: the shared part (``spi``, ``seq``, summed
+    ``stats``); the packets go through its ``lanes``, one per thread. Outbound sequence
+    numbers are leased to the lanes ``block`` at a time (never one used twice, none
+    skipped while the lanes run); inbound lanes share one replay window (a packet given
+    to two lanes is accepted by one). Keywords: ``SecurityAssociation``'s."""
+
+    def __new__(
+        cls,
+        *,
+        lanes: int,
+        block: int = 8,
+        now: float = 0.0,
+        spi: int,
+        direction: str,
+        mode: str,
+        cipher: str,
+        key: _Bytes,
+        integrity: Optional[str] = None,
+        integrity_key: _Bytes = b"",
+        esn: bool = False,
+        replay_window: int = 64,
+        tunnel_src: Optional[_Addr] = None,
+        tunnel_dst: Optional[_Addr] = None,
+        udp_encap: Optional[tuple[int, int]] = None,
+        seq: int = 0,
+        soft_lifetime: Optional[Lifetime] = None,
+        hard_lifetime: Optional[Lifetime] = None,
+        soft_lifetime_jitter: int = 10,
+        padding: str = "blocks",
+        tfc_pad_to: Optional[int] = None,
+        outer_ttl: int = 64,
+        path_mtu: Optional[int] = None,
+        df: Literal["copy", "set", "clear"] = "copy",
+        nat_keepalive_interval: Optional[float] = 20.0,
+        nat_original_addresses: Optional[tuple[_Addr, _Addr]] = None,
+    ) -> SharedSa: ...
+    @property
+    def lanes(self) -> list[SaLane]:
+        """The lanes, in order (``lanes[i].index == i``); the same objects every time."""
+    @property
+    def spi(self) -> int: ...
+    @property
+    def direction(self) -> Literal["outbound", "inbound"]: ...
+    @property
+    def block(self) -> int: ...
+    @property
+    def seq(self) -> int:
+        """Outbound: the highest sequence number leased to a lane. Inbound: the highest
+        accepted."""
+    @property
+    def stats(self) -> dict[str, int]:
+        """The sum of what the lanes published (``SecurityAssociation.stats``' shape): a
+        lane publishes at each block lease (outbound), every 64 packets (inbound), on
+        ``publish()`` and when freed."""
+
+@final
+class SaLane:
+    """One thread's lane of a ``SharedSa``: the packet calls of ``SecurityAssociation``
+    (the batches release the GIL); each lane has its own lock, so lanes run in
+    parallel."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def spi(self) -> int: ...
+    @property
+    def direction(self) -> Literal["outbound", "inbound"]: ...
+    def encrypt(self, packet: _Bytes, /, *, now: Optional[float] = None) -> bytes: ...
+    def decrypt(self, packet: _Bytes, /, *, now: Optional[float] = None) -> bytes: ...
+    def encrypt_many(
+        self, packets: Iterable[_Bytes], /, *, now: Optional[float] = None
+    ) -> list[bytes]: ...
+    def decrypt_many(
+        self, packets: Iterable[_Bytes], /, *, now: Optional[float] = None
+    ) -> list[Union[bytes, IpsecError]]: ...
+    @property
+    def stats(self) -> dict[str, int]:
+        """The lane's own counters."""
+    def publish(self) -> None:
+        """Publishes the lane's counters to ``SharedSa.stats``."""
+    def poll_event(self, now: Optional[float] = None) -> Optional[SaEvent]: ...
+    def poll_events(self, now: Optional[float] = None) -> list[SaEvent]: ...
+    def poll_keepalive(self, now: Optional[float] = None) -> Optional[bytes]:
+        """The NAT-keepalive due at ``now`` (lane 0 only sends them), or None."""
 
 @final
 class ReplayWindow:
@@ -706,7 +802,50 @@ class Gateway:
     @property
     def spd(self) -> Spd:
         """The ``Spd`` the gateway was built from until a policy is installed, replaced
-        or removed; then an ``Spd`` of the live policies (without ``[[sa]]`` tables)."""
+        or removed (or a ``PolicyEdit`` committed); then an ``Spd`` of the live policies
+        (without ``[[sa]]`` tables)."""
+    def edit_policies(self) -> PolicyEdit:
+        """A batch of policy changes on a copy of the policies: change it, ``compile()``
+        it on any thread (no gateway lock is held), then ``commit_policies``."""
+    def commit_policies(self, compiled: CompiledPolicies) -> None:
+        """Swaps in ``compiled`` in one step. ``StalePoliciesError`` (the policies
+        changed since the edit was taken) or ``MissingSaError`` (an SA it names was
+        deleted since): nothing changed. ``ValueError`` for another gateway's policies
+        or policies already used by a commit (committed or refused)."""
+    SPD_CACHE_MAX: ClassVar[int]
+    def set_spd_cache(self, capacity: int) -> None:
+        """An exact-match flow cache for ``capacity`` flows (rounded up to a power of
+        two; 0: off, the default; at most ``SPD_CACHE_MAX``) in front of the policy
+        classifier; emptied by every policy change."""
+    @property
+    def spd_cache_stats(self) -> tuple[int, int, int]:
+        """``(capacity, hits, misses)`` of the SPD cache."""
+
+@final
+class PolicyEdit:
+    """A batch of policy changes (``Gateway.edit_policies``), each checked as the
+    gateway's own call and refused (raising, changing nothing) as it would be."""
+
+    def install(self, text: str, *, before: Optional[str] = None) -> None: ...
+    def replace(self, text: str) -> None: ...
+    def remove(self, name: str) -> None: ...
+    @property
+    def policies(self) -> list[str]:
+        """The policy names as edited so far, in order."""
+    def compile(self) -> CompiledPolicies:
+        """Compiles the policies as edited so far, with the GIL released and no gateway
+        lock held. The edit stays usable until the gateway's policies change (a commit
+        included): its compiles are stale from then on."""
+
+@final
+class CompiledPolicies:
+    """Policies compiled from a ``PolicyEdit``, for one ``Gateway.commit_policies``."""
+
+    @property
+    def policies(self) -> list[str]: ...
+    @property
+    def used(self) -> bool:
+        """True once ``commit_policies`` took them (committed or refused)."""
 
 @final
 class GatewaySa:

@@ -1,0 +1,352 @@
+//! `SharedSa` and `SaLane`: one SA processed by several threads (the core's
+//! [`ipsec_core::shared`]).
+//!
+//! `SharedSa(lanes=n, block=8, now=..., **sa_keywords)` creates the SA as `n` lanes; the
+//! SA keywords are the `SecurityAssociation` constructor's, converted by the same code
+//! ([`SaArgs`]). The `SharedSa` object is the shared part, for monitoring (`spi`, `seq`,
+//! the summed `stats`); the packets go through its `SaLane` objects (`lanes`), one per
+//! thread.
+//!
+//! # Threads and the GIL
+//!
+//! Each `SaLane` holds its core lane behind its own [`Mutex`], with the SA's discipline
+//! ([`crate::sa`]): its `encrypt` / `decrypt` / `encrypt_many` / `decrypt_many` are the
+//! SA's own code ([`Engine`]), so the batches release the GIL for the whole batch. Two
+//! Python threads on two lanes therefore run their batches in parallel and share only
+//! what the core shares (the sequence number counter, leased in blocks; the inbound
+//! replay window). A lane may still be called from several threads: the calls take
+//! turns, as on an SA, but that is what the lanes are there to avoid.
+//!
+//! # Buffer sizes
+//!
+//! The core's lane does not expose its SA, whose `max_headroom` / `tailroom_for` size
+//! the `bytes` objects `encrypt` writes into. The `SharedSa` therefore creates one more
+//! core SA from the same configuration that only answers these two questions
+//! ([`Lane::sizing`], shared read-only by the lanes; it is never used for a packet).
+//! It costs one more key schedule when the `SharedSa` is created.
+
+use crate::convert::{self, Bad};
+use crate::errors::Failure;
+use crate::sa::{
+    Engine, PySaEvent, SaArgs, State, decrypt_batch, decrypt_one, encrypt_batch, encrypt_one,
+    event_of, lock_releasing_gil, now_arg, stats_dict,
+};
+use core::time::Duration;
+use ipsec_core::{
+    ConfigError, Direction, Error, NAT_KEEPALIVE_MAX_LEN, PacketBuf, SaEvent, SaLane,
+    SecurityAssociation, SharedSa, SharedSaOptions,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use std::sync::{Arc, Mutex};
+
+/// What an `SaLane`'s mutex protects (with the time and scratch buffer of [`State`]).
+pub(crate) struct Lane {
+    lane: SaLane,
+    /// A core SA of the lane's configuration, for [`Engine::tailroom_for`] only (see
+    /// the module docs).
+    sizing: Arc<SecurityAssociation>,
+}
+
+impl Engine for Lane {
+    fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
+        self.lane.encrypt(pkt, now)
+    }
+
+    fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
+        self.lane.decrypt(pkt, now)
+    }
+
+    fn tailroom_for(&self, len: usize) -> usize {
+        self.sizing.tailroom_for(len)
+    }
+}
+
+/// One SA processed by several threads: the shared part (Python `ipsec.SharedSa`).
+#[pyclass(module = "ipsec", name = "SharedSa", frozen)]
+pub(crate) struct PySharedSa {
+    shared: SharedSa,
+    lanes: Vec<Py<PySaLane>>,
+    direction: Direction,
+    block: u32,
+}
+
+/// One thread's lane of a `SharedSa` (Python `ipsec.SaLane`).
+#[pyclass(module = "ipsec", name = "SaLane", frozen)]
+pub(crate) struct PySaLane {
+    state: Mutex<State<Lane>>,
+    // Fixed at creation, read without the lock.
+    index: usize,
+    spi: u32,
+    direction: Direction,
+    /// `max_headroom()` of the lane's SA: constant for its life.
+    headroom: usize,
+}
+
+#[pymethods]
+impl PySharedSa {
+    /// Creates the SA of the `SecurityAssociation` keyword arguments `config` at `now`
+    /// as `lanes` lanes, leasing outbound sequence numbers `block` at a time.
+    #[new]
+    #[pyo3(
+        signature = (*, lanes, block=None, now=None, **config),
+        text_signature = "(*, lanes, block=8, now=0.0, spi, direction, mode, cipher, key, \
+            integrity=None, integrity_key=b'', esn=False, replay_window=64, tunnel_src=None, \
+            tunnel_dst=None, udp_encap=None, seq=0, soft_lifetime=None, hard_lifetime=None, \
+            soft_lifetime_jitter=10, padding='blocks', tfc_pad_to=None, outer_ttl=64, \
+            path_mtu=None, df='copy', nat_keepalive_interval=20.0, \
+            nat_original_addresses=None)"
+    )]
+    fn new(
+        py: Python<'_>,
+        lanes: &Bound<'_, PyAny>,
+        block: Option<&Bound<'_, PyAny>>,
+        now: Option<&Bound<'_, PyAny>>,
+        config: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let n: u32 = convert::int(lanes, "lanes", Bad::Config)?;
+        let mut options = SharedSaOptions::lanes(n as usize);
+        if let Some(b) = convert::opt_int::<u32>(block, "block", Bad::Config)? {
+            options = options.with_block(b);
+        }
+        let config = SaArgs::from_kwargs("SharedSa", config)?.config()?;
+        let now = convert::opt_seconds(now, "now", Bad::Config)?.unwrap_or(Duration::ZERO);
+        // Configurations made from Python have no custom IV source, so this succeeds.
+        let sizing_config = config.try_clone().ok_or_else(|| {
+            Failure::Config(ConfigError::new(
+                "iv_source",
+                "a shared SA cannot copy a custom IV source",
+            ))
+        })?;
+        let (shared, core_lanes) = SharedSa::new(config, options, now).map_err(Failure::from)?;
+        let sizing = Arc::new(SecurityAssociation::new(sizing_config, now).map_err(Failure::from)?);
+        let headroom = sizing.max_headroom();
+        let direction = sizing.direction();
+        let spi = shared.spi();
+        let lanes = core_lanes
+            .into_iter()
+            .map(|lane| {
+                let index = lane.index();
+                Py::new(
+                    py,
+                    PySaLane {
+                        state: Mutex::new(State::new(
+                            Lane {
+                                lane,
+                                sizing: Arc::clone(&sizing),
+                            },
+                            now,
+                        )),
+                        index,
+                        spi,
+                        direction,
+                        headroom,
+                    },
+                )
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(PySharedSa {
+            shared,
+            lanes,
+            direction,
+            block: options.block,
+        })
+    }
+
+    /// The lanes, in order (`lanes[i].index == i`): hand each to one thread. The same
+    /// objects every time.
+    #[getter]
+    fn lanes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, self.lanes.iter().map(|l| l.bind(py)))
+    }
+
+    /// The SPI.
+    #[getter]
+    fn spi(&self) -> u32 {
+        self.shared.spi()
+    }
+
+    /// `"outbound"` or `"inbound"`.
+    #[getter]
+    fn direction(&self) -> &'static str {
+        self.direction.name()
+    }
+
+    /// Outbound sequence numbers a lane leases at a time.
+    #[getter]
+    fn block(&self) -> u32 {
+        self.block
+    }
+
+    /// Outbound: the highest sequence number leased to a lane (every number up to it
+    /// was or will be used by exactly one lane; the unused rest of each lane's block is
+    /// never sent). Inbound: the highest sequence number accepted.
+    #[getter]
+    fn seq(&self) -> u64 {
+        self.shared.seq()
+    }
+
+    /// The sum of the counters the lanes published (`SecurityAssociation.stats`'
+    /// shape). A lane publishes when it leases a block (outbound), every 64 packets
+    /// (inbound), on `SaLane.publish()` and when it is freed.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        stats_dict(py, &self.shared.stats())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "SharedSa(spi={:#x}, direction='{}', lanes={}, block={})",
+            self.shared.spi(),
+            self.direction.name(),
+            self.lanes.len(),
+            self.block
+        )
+    }
+}
+
+impl PySaLane {
+    fn lock(&self, py: Python<'_>) -> PyResult<std::sync::MutexGuard<'_, State<Lane>>> {
+        lock_releasing_gil(py, &self.state)
+    }
+}
+
+#[pymethods]
+impl PySaLane {
+    /// The lane's number (0-based).
+    #[getter]
+    fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The SPI (the shared SA's).
+    #[getter]
+    fn spi(&self) -> u32 {
+        self.spi
+    }
+
+    /// `"outbound"` or `"inbound"`.
+    #[getter]
+    fn direction(&self) -> &'static str {
+        self.direction.name()
+    }
+
+    /// `SecurityAssociation.encrypt` with the next sequence number of the lane's block.
+    #[pyo3(signature = (packet, /, *, now=None))]
+    fn encrypt<'py>(
+        &self,
+        py: Python<'py>,
+        packet: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        encrypt_one(py, &self.state, self.headroom, packet, now)
+    }
+
+    /// `SecurityAssociation.decrypt`, checking and recording the sequence number in the
+    /// shared replay window.
+    #[pyo3(signature = (packet, /, *, now=None))]
+    fn decrypt<'py>(
+        &self,
+        py: Python<'py>,
+        packet: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        decrypt_one(py, &self.state, packet, now)
+    }
+
+    /// `SecurityAssociation.encrypt_many` on this lane, with the GIL released.
+    #[pyo3(signature = (packets, /, *, now=None))]
+    fn encrypt_many<'py>(
+        &self,
+        py: Python<'py>,
+        packets: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        encrypt_batch(py, &self.state, self.headroom, packets, now)
+    }
+
+    /// `SecurityAssociation.decrypt_many` on this lane, with the GIL released.
+    #[pyo3(signature = (packets, /, *, now=None))]
+    fn decrypt_many<'py>(
+        &self,
+        py: Python<'py>,
+        packets: &Bound<'py, PyAny>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        decrypt_batch(py, &self.state, packets, now)
+    }
+
+    /// The lane's own counters (`SecurityAssociation.stats`' shape).
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = *self.lock(py)?.sa.lane.stats();
+        stats_dict(py, &stats)
+    }
+
+    /// Publishes the lane's counters to `SharedSa.stats`.
+    fn publish(&self, py: Python<'_>) -> PyResult<()> {
+        self.lock(py)?.sa.lane.publish();
+        Ok(())
+    }
+
+    /// The lane's next lifetime event at `now` (default: the last time given), or
+    /// `None` (`SecurityAssociation.poll_event`; byte limits and the soft packet limit
+    /// are split between the lanes, so each lane raises its own events).
+    #[pyo3(signature = (now=None))]
+    fn poll_event(
+        &self,
+        py: Python<'_>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<PySaEvent>> {
+        let now = now_arg(now)?;
+        let event = {
+            let mut st = self.lock(py)?;
+            let now = st.time(now);
+            st.sa.lane.poll_event(now)
+        };
+        Ok(event.and_then(event_of))
+    }
+
+    /// Every pending event of the lane, in order, until none is left.
+    #[pyo3(signature = (now=None))]
+    fn poll_events(
+        &self,
+        py: Python<'_>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<PySaEvent>> {
+        let now = now_arg(now)?;
+        let events: Vec<SaEvent> = {
+            let mut st = self.lock(py)?;
+            let now = st.time(now);
+            core::iter::from_fn(|| st.sa.lane.poll_event(now)).collect()
+        };
+        Ok(events.into_iter().filter_map(event_of).collect())
+    }
+
+    /// The NAT-keepalive due at `now` (default: the last time given), counting it as
+    /// sent, or `None` (`SecurityAssociation.poll_keepalive`; lane 0 only sends them).
+    #[pyo3(signature = (now=None))]
+    fn poll_keepalive<'py>(
+        &self,
+        py: Python<'py>,
+        now: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let now = now_arg(now)?;
+        let mut out = [0u8; NAT_KEEPALIVE_MAX_LEN];
+        let len = {
+            let mut st = self.lock(py)?;
+            let now = st.time(now);
+            st.sa.lane.poll_keepalive(now, &mut out)
+        };
+        Ok(len.map(|n| PyBytes::new(py, &out[..n])))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "SaLane(index={}, spi={:#x}, direction='{}')",
+            self.index,
+            self.spi,
+            self.direction.name()
+        )
+    }
+}
