@@ -264,6 +264,17 @@ impl SaLane {
         self.index
     }
 
+    /// The headroom an outbound packet needs ([`SecurityAssociation::max_headroom`]).
+    pub fn max_headroom(&self) -> usize {
+        self.sa.max_headroom()
+    }
+
+    /// The tailroom an outbound packet of `len` bytes needs
+    /// ([`SecurityAssociation::tailroom_for`]).
+    pub fn tailroom_for(&self, len: usize) -> usize {
+        self.sa.tailroom_for(len)
+    }
+
     /// The lane's own counters.
     pub fn stats(&self) -> &SaStats {
         self.sa.stats()
