@@ -433,24 +433,26 @@ impl Gateway {
 
     /// Parses `text` as one policy whose SA names must be installed: outbound names
     /// are those the outbound SAs carry, inbound names those the inbound SAs serve.
+    ///
+    /// Only the names the text gives are looked up (the parser asks for no others), so
+    /// the cost does not grow with the number of installed SAs.
     fn parse_policy(&self, text: &str) -> Result<Policy, ControlError> {
-        let mut sa_dirs: HashMap<&str, Direction> = HashMap::new();
-        sa_dirs.extend(
-            self.routes
-                .keys()
-                .map(|n| (n.as_str(), Direction::Outbound)),
-        );
-        sa_dirs.extend(
-            self.served_by
-                .keys()
-                .map(|n| (n.as_str(), Direction::Inbound)),
-        );
         let (policy, named) = policy_name_and_sas(text);
-        if let Some(sa) = named
-            .into_iter()
-            .find(|n| !sa_dirs.contains_key(n.as_str()))
-        {
-            return Err(ControlError::MissingSa { policy, sa });
+        let mut sa_dirs: HashMap<&str, Direction> = HashMap::with_capacity(named.len());
+        for n in &named {
+            // An inbound name wins over an outbound one (as a map filled with the
+            // outbound names first, then the inbound ones).
+            let (key, dir) = if let Some((k, _)) = self.served_by.get_key_value(n.as_str()) {
+                (k, Direction::Inbound)
+            } else if let Some((k, _)) = self.routes.get_key_value(n.as_str()) {
+                (k, Direction::Outbound)
+            } else {
+                return Err(ControlError::MissingSa {
+                    policy,
+                    sa: n.clone(),
+                });
+            };
+            sa_dirs.insert(key.as_str(), dir);
         }
         Ok(parse_one_policy(text, &sa_dirs)?)
     }

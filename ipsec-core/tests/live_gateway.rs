@@ -425,3 +425,35 @@ fn a_chain_of_rekeys_keeps_the_policy_served() {
     assert_eq!(hq.sas().count(), 2);
     assert_eq!(br.sas().count(), 2);
 }
+
+#[test]
+fn a_policy_is_checked_against_the_installed_sas_of_each_direction() {
+    let (mut hq, _) = live_pair();
+    let before = shape(&hq);
+    // The SAs swapped: each is installed, in the other direction.
+    let err = hq
+        .install_policy(
+            &rdp_policy("mail", "10.0.0.0/24", "10.1.0.0/24", ["hq-in", "hq-out"]),
+            Some("deny"),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, ControlError::Config(_))
+            && err
+                .to_string()
+                .contains("SA \"hq-in\" is inbound but this policy needs an outbound SA"),
+        "{err}"
+    );
+    assert_eq!(shape(&hq), before);
+    // A successor's inherited name counts for its direction (`hq-in` is served by
+    // `hq-in2` too); the names of both directions resolve.
+    hq.rekey_sa("hq-in", "hq-in2", sa(0x2001, Direction::Inbound, 7), T0)
+        .unwrap();
+    hq.delete_sa("hq-in").unwrap();
+    hq.install_policy(
+        &rdp_policy("mail", "10.0.0.0/24", "10.1.0.0/24", ["hq-out", "hq-in"]),
+        Some("deny"),
+    )
+    .unwrap();
+    assert_eq!(shape(&hq).0, ["rdp", "mail", "deny"]);
+}
