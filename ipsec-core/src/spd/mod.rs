@@ -603,30 +603,40 @@ fn family_key(flow: &Flow, a: u32, b: u32) -> Family {
 }
 
 fn tree_rule(r: &RuleRef<'_>, v6: bool) -> TRule {
-    let addrs = |s: &AddrSet| -> Vec<(u128, u128)> {
+    let addrs = |s: &AddrSet| {
         if v6 {
-            s.v6_ranges().to_vec()
+            s.v6_ranges().len()
         } else {
-            s.v4_ranges()
-                .iter()
-                .map(|&(l, h)| (u128::from(l), u128::from(h)))
-                .collect()
+            s.v4_ranges().len()
         }
     };
-    let port = |p: Option<(u16, u16)>| match p {
-        None => vec![(0, u128::from(OPAQUE))],
-        Some((l, h)) => vec![(u128::from(l), u128::from(h))],
-    };
-    TRule::new([
-        addrs(r.src),
-        addrs(r.dst),
-        match r.protocol {
-            None => vec![(0, 255)],
-            Some(p) => vec![(u128::from(p), u128::from(p))],
-        },
-        port(r.a),
-        port(r.b),
-    ])
+    let mut ranges = Vec::with_capacity(addrs(r.src) + addrs(r.dst) + 3);
+    let mut ends = [0u32; 5];
+    for (d, s) in [r.src, r.dst].into_iter().enumerate() {
+        if v6 {
+            ranges.extend_from_slice(s.v6_ranges());
+        } else {
+            ranges.extend(
+                s.v4_ranges()
+                    .iter()
+                    .map(|&(l, h)| (u128::from(l), u128::from(h))),
+            );
+        }
+        ends[d] = ranges.len() as u32;
+    }
+    ranges.push(match r.protocol {
+        None => (0, 255),
+        Some(p) => (u128::from(p), u128::from(p)),
+    });
+    ends[2] = ranges.len() as u32;
+    for (d, p) in [(3, r.a), (4, r.b)] {
+        ranges.push(match p {
+            None => (0, u128::from(OPAQUE)),
+            Some((l, h)) => (u128::from(l), u128::from(h)),
+        });
+        ends[d] = ranges.len() as u32;
+    }
+    TRule::from_flat(ranges, ends)
 }
 
 impl Table {
