@@ -41,10 +41,13 @@
 //!
 //! # Cost and threads
 //!
-//! Adding, rekeying and deleting an SA are O(1) (hash maps; an SA's creation expands
-//! its key schedule). Policy changes compile a new classifier for the whole SPD
+//! Adding and deleting an SA are O(1) (hash maps; an SA's creation expands its key
+//! schedule). Rekeying one is too, except that an outbound successor takes over every
+//! name its predecessors carried: O(number of earlier rekeys of that SA's chain).
+//! Policy changes compile a new classifier for the directions the policy covers
 //! (O(n log n) in the number of policies, off no lock of the caller's: the gateway is
-//! `&mut`) and swap it in; `benches/benches/scale.rs` measures both. Like every
+//! `&mut`; the other direction's classifier is kept) and swap it in;
+//! `benches/benches/control.rs` measures both. Like every
 //! `&mut self` method, a control call runs on the thread that owns the gateway (or
 //! under the caller's lock around it), between packets: a packet is processed under
 //! the state before or after a change, never half of one.
@@ -53,7 +56,7 @@ use crate::error::ConfigError;
 use crate::gateway::{Gateway, SaEntry};
 use crate::sa::{Direction, SaConfig, SaStats, SecurityAssociation};
 use crate::spd::parse::{parse_one_policy, policy_name_and_sas};
-use crate::spd::{Policy, Spd};
+use crate::spd::{Policy, PolicyChange, Spd};
 use core::fmt;
 use core::time::Duration;
 use std::collections::HashMap;
@@ -389,9 +392,7 @@ impl Gateway {
                 .policy_position(b)
                 .ok_or_else(|| ControlError::UnknownPolicy { name: b.to_owned() })?,
         };
-        let mut policies = self.spd.policies().to_vec();
-        policies.insert(at, policy);
-        self.swap_policies(policies);
+        self.change_policies(PolicyChange::Insert(at, policy));
         Ok(())
     }
 
@@ -406,9 +407,7 @@ impl Gateway {
                 .ok_or_else(|| ControlError::UnknownPolicy {
                     name: policy.name().to_owned(),
                 })?;
-        let mut policies = self.spd.policies().to_vec();
-        policies[at] = policy;
-        self.swap_policies(policies);
+        self.change_policies(PolicyChange::Replace(at, policy));
         Ok(())
     }
 
@@ -421,9 +420,7 @@ impl Gateway {
             .ok_or_else(|| ControlError::UnknownPolicy {
                 name: name.to_owned(),
             })?;
-        let mut policies = self.spd.policies().to_vec();
-        policies.remove(at);
-        self.swap_policies(policies);
+        self.change_policies(PolicyChange::Remove(at));
         Ok(())
     }
 
@@ -457,10 +454,12 @@ impl Gateway {
         Ok(parse_one_policy(text, &sa_dirs)?)
     }
 
-    /// Compiles `policies` into a new SPD and swaps it in; remembered fragment
-    /// decisions (positions in the old SPD) are forgotten.
-    fn swap_policies(&mut self, policies: Vec<Policy>) {
-        self.spd = Spd::with_policies(policies);
+    /// Makes the (checked) change to the policies: the SPD is compiled again (only the
+    /// directions the change touches, see [`Spd::changed`]) and swapped in; remembered
+    /// fragment decisions (positions in the old SPD) are forgotten.
+    fn change_policies(&mut self, change: PolicyChange) {
+        let old = core::mem::replace(&mut self.spd, Spd::with_policies(Vec::new()));
+        self.spd = old.changed(change);
         self.fragments.forget_all();
     }
 }

@@ -426,6 +426,93 @@ fn a_chain_of_rekeys_keeps_the_policy_served() {
     assert_eq!(br.sas().count(), 2);
 }
 
+/// After each change the compiled classifier of both directions answers as the plain
+/// scan of the policy list does (a change of one direction keeps the other direction's
+/// classifier, with the positions after the change moved).
+fn assert_classifier_exact(gw: &Gateway) {
+    use ipsec_core::Flow;
+    let hosts: [[u8; 4]; 4] = [[10, 0, 0, 5], [10, 1, 0, 9], [10, 1, 0, 200], [10, 9, 0, 1]];
+    for direction in [Direction::Outbound, Direction::Inbound] {
+        for s in hosts {
+            for d in hosts {
+                for port in [80, 3389, 50000] {
+                    let f = Flow::new(direction, s.into(), d.into(), 6).ports(port, port);
+                    assert_eq!(gw.spd().lookup(&f), gw.spd().lookup_linear(&f), "{f:?}");
+                    assert_eq!(
+                        gw.spd().lookup_non_first_fragment(&f),
+                        gw.spd().lookup_non_first_fragment_linear(&f),
+                        "{f:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn policies_of_one_direction_change_that_direction_only() {
+    let (mut hq, mut br) = live_pair();
+    assert_classifier_exact(&hq);
+    // Outbound only, first in the order: the head office's RDP packets now leave in
+    // the clear; what the branch sends still comes in under `rdp`.
+    hq.install_policy(
+        "name = \"out-clear\"\ndirection = \"outbound\"\nlocal = \"10.0.0.0/24\"\n\
+         protocol = \"tcp\"\nlocal_port = 3389\naction = \"bypass\"\n",
+        Some("rdp"),
+    )
+    .unwrap();
+    assert_eq!(shape(&hq).0, ["out-clear", "rdp", "deny"]);
+    assert_classifier_exact(&hq);
+    let mut buf = vec![0u8; ROOM + 40 + ROOM];
+    buf[ROOM..ROOM + 40].copy_from_slice(&hq_packet(1));
+    let mut p = PacketBuf::new(&mut buf, ROOM, 40).unwrap();
+    assert_eq!(
+        hq.outbound(&mut p, T0).unwrap(),
+        Outbound::Bypassed {
+            policy: "out-clear"
+        }
+    );
+    let (wire, _) = send(&mut br, &packet([10, 1, 0, 9], [10, 0, 0, 5], 2)).unwrap();
+    let mut inbound = wire.clone();
+    let len = inbound.len();
+    let mut p = PacketBuf::new(&mut inbound, 0, len).unwrap();
+    assert_eq!(
+        hq.inbound(&mut p, T0).unwrap(),
+        Inbound::Decrypted {
+            sa: "hq-in",
+            policy: "rdp"
+        }
+    );
+    assert_eq!(
+        hq.spd()
+            .first_policy_naming("hq-in", Direction::Inbound)
+            .map(|p| p.name()),
+        Some("rdp")
+    );
+    // Inbound only, replaced by an outbound one, then removed: each step exact.
+    hq.install_policy(
+        "name = \"in-web\"\ndirection = \"inbound\"\nremote = \"10.9.0.0/16\"\n\
+         protocol = \"tcp\"\naction = \"bypass\"\n",
+        Some("deny"),
+    )
+    .unwrap();
+    assert_classifier_exact(&hq);
+    hq.replace_policy(
+        "name = \"in-web\"\ndirection = \"outbound\"\nremote = \"10.9.0.0/16\"\n\
+         protocol = \"tcp\"\naction = \"bypass\"\n",
+    )
+    .unwrap();
+    assert_classifier_exact(&hq);
+    hq.remove_policy("out-clear").unwrap();
+    assert_classifier_exact(&hq);
+    assert_eq!(shape(&hq).0, ["rdp", "in-web", "deny"]);
+    let (_, sa) = send(&mut hq, &hq_packet(3)).unwrap();
+    assert_eq!(sa, "hq-out");
+    hq.remove_policy("in-web").unwrap();
+    assert_classifier_exact(&hq);
+    assert_eq!(shape(&hq).0, ["rdp", "deny"]);
+}
+
 #[test]
 fn a_policy_is_checked_against_the_installed_sas_of_each_direction() {
     let (mut hq, _) = live_pair();
