@@ -37,17 +37,23 @@
 //!    [`Gateway::delete_sa`], or the time given to [`Gateway::retire_sa`] comes.
 //!
 //! Policies keep the SA names they were written with: a name stands for the SA that
-//! now carries it (the newest in its rekey chain). [`crate::gateway::Outbound`] and
+//! now carries it (the newest in its rekey chain). A successor takes over the names
+//! policies use; a predecessor's name that no policy uses goes with the predecessor
+//! (free again once it is deleted), so a new policy names the SA as it is called now. [`crate::gateway::Outbound`] and
 //! [`crate::gateway::Inbound`] report the SA that really processed each packet.
 //!
 //! # Cost and threads
 //!
 //! Adding, rekeying and deleting an SA are O(1) (hash maps; an SA's creation expands
-//! its key schedule). A policy change compiles a new classifier for the whole SPD
-//! (O(n log n) in the number of policies) and swaps it in; `benches/benches/scale.rs`
-//! measures both. Like every `&mut self` method, a control call runs on the thread
-//! that owns the gateway (or under the caller's lock around it), between packets: a
-//! packet is processed under the state before or after a change, never half of one.
+//! its key schedule; a successor takes over only the names of its predecessor that
+//! policies use, so a long chain of rekeys costs no more).
+//! Policy changes compile a new classifier for the directions the policy covers
+//! (O(n log n) in the number of policies, off no lock of the caller's: the gateway is
+//! `&mut`; the other direction's classifier is kept) and swap it in;
+//! `benches/benches/control.rs` measures both. Like every
+//! `&mut self` method, a control call runs on the thread that owns the gateway (or
+//! under the caller's lock around it), between packets: a packet is processed under
+//! the state before or after a change, never half of one.
 //!
 //! To keep the compile off that thread or lock, batch policy changes in a
 //! [`PolicyEdit`] ([`Gateway::edit_policies`]), [`PolicyEdit::compile`] it anywhere,
@@ -128,7 +134,7 @@ use crate::error::ConfigError;
 use crate::gateway::{Gateway, SaEntry};
 use crate::sa::{Direction, SaConfig, SaStats, SecurityAssociation};
 use crate::spd::parse::{parse_one_policy, policy_name_and_sas};
-use crate::spd::{Policy, Spd};
+use crate::spd::{Policy, PolicyChange, Spd};
 use core::fmt;
 use core::time::Duration;
 use std::collections::HashMap;
@@ -327,7 +333,14 @@ impl Gateway {
                 for r in &moved {
                     self.routes.remove(r);
                 }
-                let routes = core::iter::once(own.clone()).chain(moved).collect();
+                // Its own name, and those of the old SA's that policies still use (as
+                // inbound): a chain of rekeys carries the names of its policies, not
+                // one name per rekey, so a rekey stays O(1) however long the chain.
+                let spd = &self.spd;
+                let kept = moved
+                    .into_iter()
+                    .filter(|n| spd.first_policy_naming(n, Direction::Outbound).is_some());
+                let routes = core::iter::once(own.clone()).chain(kept).collect();
                 SaEntry {
                     name: own.clone(),
                     sa,
@@ -341,6 +354,9 @@ impl Gateway {
         // Fragments remembered as decided through the old SA must not pick the
         // route up again.
         self.fragments.forget_all();
+        // Names no policy used are gone: a policy edit taken before must check its
+        // SA names again at commit.
+        self.sa_removals += 1;
         Ok(())
     }
 
@@ -481,9 +497,7 @@ impl Gateway {
                 .policy_position(b)
                 .ok_or_else(|| ControlError::UnknownPolicy { name: b.to_owned() })?,
         };
-        let mut policies = self.spd.policies().to_vec();
-        policies.insert(at, policy);
-        self.swap_policies(policies);
+        self.change_policies(PolicyChange::Insert(at, policy));
         Ok(())
     }
 
@@ -498,9 +512,7 @@ impl Gateway {
                 .ok_or_else(|| ControlError::UnknownPolicy {
                     name: policy.name().to_owned(),
                 })?;
-        let mut policies = self.spd.policies().to_vec();
-        policies[at] = policy;
-        self.swap_policies(policies);
+        self.change_policies(PolicyChange::Replace(at, policy));
         Ok(())
     }
 
@@ -513,9 +525,7 @@ impl Gateway {
             .ok_or_else(|| ControlError::UnknownPolicy {
                 name: name.to_owned(),
             })?;
-        let mut policies = self.spd.policies().to_vec();
-        policies.remove(at);
-        self.swap_policies(policies);
+        self.change_policies(PolicyChange::Remove(at));
         Ok(())
     }
 
@@ -611,10 +621,12 @@ impl Gateway {
         Ok(())
     }
 
-    /// Compiles `policies` into a new SPD and swaps it in; remembered fragment
-    /// decisions (positions in the old SPD) are forgotten.
-    fn swap_policies(&mut self, policies: Vec<Policy>) {
-        self.spd = Spd::with_policies(policies);
+    /// Makes the (checked) change to the policies: the SPD is compiled again (only the
+    /// directions the change touches, see [`Spd::changed`]) and swapped in; remembered
+    /// fragment decisions (positions in the old SPD) are forgotten.
+    fn change_policies(&mut self, change: PolicyChange) {
+        let old = core::mem::replace(&mut self.spd, Spd::with_policies(Vec::new()));
+        self.spd = old.changed(change);
         self.policy_generation += 1;
         self.fragments.forget_all();
         self.flow_cache.clear();

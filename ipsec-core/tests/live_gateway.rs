@@ -424,6 +424,16 @@ fn a_chain_of_rekeys_keeps_the_policy_served() {
     }
     assert_eq!(hq.sas().count(), 2);
     assert_eq!(br.sas().count(), 2);
+    // The chain carries the name the policy uses ("hq-out"), not one per rekey: an
+    // intermediate name is free again, the policy's name is not.
+    hq.add_sa("hq-out-5", sa(0x9000, Direction::Outbound, 3000), T0)
+        .unwrap();
+    assert_eq!(
+        hq.add_sa("hq-out", sa(0x9001, Direction::Outbound, 3001), T0),
+        Err(ControlError::DuplicateName {
+            name: "hq-out".into()
+        })
+    );
 }
 
 #[test]
@@ -581,4 +591,123 @@ fn the_spd_cache_never_answers_from_a_replaced_spd() {
     let (_, hits, misses) = cached.spd_cache_stats();
     assert!(hits > 0 && misses > 0, "{hits} hits, {misses} misses");
     assert_eq!(plain.spd_cache_stats(), (0, 0, 0));
+}
+
+/// After each change the compiled classifier of both directions answers as the plain
+/// scan of the policy list does (a change of one direction keeps the other direction's
+/// classifier, with the positions after the change moved).
+fn assert_classifier_exact(gw: &Gateway) {
+    use ipsec_core::Flow;
+    let hosts: [[u8; 4]; 4] = [[10, 0, 0, 5], [10, 1, 0, 9], [10, 1, 0, 200], [10, 9, 0, 1]];
+    for direction in [Direction::Outbound, Direction::Inbound] {
+        for s in hosts {
+            for d in hosts {
+                for port in [80, 3389, 50000] {
+                    let f = Flow::new(direction, s.into(), d.into(), 6).ports(port, port);
+                    assert_eq!(gw.spd().lookup(&f), gw.spd().lookup_linear(&f), "{f:?}");
+                    assert_eq!(
+                        gw.spd().lookup_non_first_fragment(&f),
+                        gw.spd().lookup_non_first_fragment_linear(&f),
+                        "{f:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn policies_of_one_direction_change_that_direction_only() {
+    let (mut hq, mut br) = live_pair();
+    assert_classifier_exact(&hq);
+    // Outbound only, first in the order: the head office's RDP packets now leave in
+    // the clear; what the branch sends still comes in under `rdp`.
+    hq.install_policy(
+        "name = \"out-clear\"\ndirection = \"outbound\"\nlocal = \"10.0.0.0/24\"\n\
+         protocol = \"tcp\"\nlocal_port = 3389\naction = \"bypass\"\n",
+        Some("rdp"),
+    )
+    .unwrap();
+    assert_eq!(shape(&hq).0, ["out-clear", "rdp", "deny"]);
+    assert_classifier_exact(&hq);
+    let mut buf = vec![0u8; ROOM + 40 + ROOM];
+    buf[ROOM..ROOM + 40].copy_from_slice(&hq_packet(1));
+    let mut p = PacketBuf::new(&mut buf, ROOM, 40).unwrap();
+    assert_eq!(
+        hq.outbound(&mut p, T0).unwrap(),
+        Outbound::Bypassed {
+            policy: "out-clear"
+        }
+    );
+    let (wire, _) = send(&mut br, &packet([10, 1, 0, 9], [10, 0, 0, 5], 2)).unwrap();
+    let mut inbound = wire.clone();
+    let len = inbound.len();
+    let mut p = PacketBuf::new(&mut inbound, 0, len).unwrap();
+    assert_eq!(
+        hq.inbound(&mut p, T0).unwrap(),
+        Inbound::Decrypted {
+            sa: "hq-in",
+            policy: "rdp"
+        }
+    );
+    assert_eq!(
+        hq.spd()
+            .first_policy_naming("hq-in", Direction::Inbound)
+            .map(|p| p.name()),
+        Some("rdp")
+    );
+    // Inbound only, replaced by an outbound one, then removed: each step exact.
+    hq.install_policy(
+        "name = \"in-web\"\ndirection = \"inbound\"\nremote = \"10.9.0.0/16\"\n\
+         protocol = \"tcp\"\naction = \"bypass\"\n",
+        Some("deny"),
+    )
+    .unwrap();
+    assert_classifier_exact(&hq);
+    hq.replace_policy(
+        "name = \"in-web\"\ndirection = \"outbound\"\nremote = \"10.9.0.0/16\"\n\
+         protocol = \"tcp\"\naction = \"bypass\"\n",
+    )
+    .unwrap();
+    assert_classifier_exact(&hq);
+    hq.remove_policy("out-clear").unwrap();
+    assert_classifier_exact(&hq);
+    assert_eq!(shape(&hq).0, ["rdp", "in-web", "deny"]);
+    let (_, sa) = send(&mut hq, &hq_packet(3)).unwrap();
+    assert_eq!(sa, "hq-out");
+    hq.remove_policy("in-web").unwrap();
+    assert_classifier_exact(&hq);
+    assert_eq!(shape(&hq).0, ["rdp", "deny"]);
+}
+
+#[test]
+fn a_policy_is_checked_against_the_installed_sas_of_each_direction() {
+    let (mut hq, _) = live_pair();
+    let before = shape(&hq);
+    // The SAs swapped: each is installed, in the other direction.
+    let err = hq
+        .install_policy(
+            &rdp_policy("mail", "10.0.0.0/24", "10.1.0.0/24", ["hq-in", "hq-out"]),
+            Some("deny"),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, ControlError::Config(_))
+            && err
+                .to_string()
+                .contains("SA \"hq-in\" is inbound but this policy needs an outbound SA"),
+        "{err}"
+    );
+    assert_eq!(shape(&hq), before);
+    // A successor's inherited name counts for its direction (`hq-in` is served by
+    // `hq-in2` too); the names of both directions resolve.
+    hq.rekey_sa("hq-in", "hq-in2", sa(0x2001, Direction::Inbound, 7), T0)
+        .unwrap();
+    hq.delete_sa("hq-in").unwrap();
+    hq.install_policy(
+        &rdp_policy("mail", "10.0.0.0/24", "10.1.0.0/24", ["hq-out", "hq-in"]),
+        Some("deny"),
+    )
+    .unwrap();
+    assert_eq!(shape(&hq).0, ["rdp", "mail", "deny"]);
 }

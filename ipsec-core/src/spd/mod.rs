@@ -477,6 +477,32 @@ struct RuleOut {
     ports_or_icmp: bool,
 }
 
+impl RuleOut {
+    /// The rule of `policy` (at position `index`) in the table of `direction`.
+    fn of(policy: &Policy, index: u32, direction: Direction) -> RuleOut {
+        RuleOut {
+            action: policy.action,
+            policy: index,
+            name: policy.name.as_str().into(),
+            sa: policy.sa(direction).map(Into::into),
+            ports_or_icmp: policy.has_port_or_icmp_selector(),
+        }
+    }
+}
+
+/// One change to a [`Table`] ([`Table::edited`]).
+#[derive(Clone, Copy)]
+struct TableEdit {
+    /// The position in the policy list.
+    at: usize,
+    /// How the positions after it move (`None`: a policy was replaced).
+    shift: Option<Shift>,
+    /// The table had a rule of the policy at `at` before the change.
+    had: bool,
+    /// It has one of the policy at `at` after it.
+    has: bool,
+}
+
 /// The policies of one direction and their compiled classifier.
 struct Table {
     /// Policy index of each rule, in priority order.
@@ -550,6 +576,40 @@ impl FragmentIndex {
     }
 }
 
+/// How policy positions move when one policy is inserted or removed.
+#[derive(Clone, Copy)]
+enum Shift {
+    /// A policy was inserted at the position: those at or after it move up.
+    Insert,
+    /// The policy at the position was removed: those after it move down.
+    Remove,
+}
+
+impl Shift {
+    #[inline]
+    fn apply<I: Copy + PartialOrd + core::ops::AddAssign + core::ops::SubAssign + From<u8>>(
+        self,
+        i: &mut I,
+        at: I,
+    ) {
+        match self {
+            Shift::Insert if *i >= at => *i += I::from(1),
+            Shift::Remove if *i > at => *i -= I::from(1),
+            _ => {}
+        }
+    }
+}
+
+/// One change to an SPD's policy list ([`Spd::changed`]).
+pub(crate) enum PolicyChange {
+    /// Insert the policy at the position (at most the number of policies).
+    Insert(usize, Policy),
+    /// Replace the policy at the position.
+    Replace(usize, Policy),
+    /// Remove the policy at the position.
+    Remove(usize),
+}
+
 /// Which compiled structure answers lookups.
 enum Engine {
     /// Partitioned interval stabbing, one per address family (the default).
@@ -603,30 +663,40 @@ fn family_key(flow: &Flow, a: u32, b: u32) -> Family {
 }
 
 fn tree_rule(r: &RuleRef<'_>, v6: bool) -> TRule {
-    let addrs = |s: &AddrSet| -> Vec<(u128, u128)> {
+    let addrs = |s: &AddrSet| {
         if v6 {
-            s.v6_ranges().to_vec()
+            s.v6_ranges().len()
         } else {
-            s.v4_ranges()
-                .iter()
-                .map(|&(l, h)| (u128::from(l), u128::from(h)))
-                .collect()
+            s.v4_ranges().len()
         }
     };
-    let port = |p: Option<(u16, u16)>| match p {
-        None => vec![(0, u128::from(OPAQUE))],
-        Some((l, h)) => vec![(u128::from(l), u128::from(h))],
-    };
-    TRule::new([
-        addrs(r.src),
-        addrs(r.dst),
-        match r.protocol {
-            None => vec![(0, 255)],
-            Some(p) => vec![(u128::from(p), u128::from(p))],
-        },
-        port(r.a),
-        port(r.b),
-    ])
+    let mut ranges = Vec::with_capacity(addrs(r.src) + addrs(r.dst) + 3);
+    let mut ends = [0u32; 5];
+    for (d, s) in [r.src, r.dst].into_iter().enumerate() {
+        if v6 {
+            ranges.extend_from_slice(s.v6_ranges());
+        } else {
+            ranges.extend(
+                s.v4_ranges()
+                    .iter()
+                    .map(|&(l, h)| (u128::from(l), u128::from(h))),
+            );
+        }
+        ends[d] = ranges.len() as u32;
+    }
+    ranges.push(match r.protocol {
+        None => (0, 255),
+        Some(p) => (u128::from(p), u128::from(p)),
+    });
+    ends[2] = ranges.len() as u32;
+    for (d, p) in [(3, r.a), (4, r.b)] {
+        ranges.push(match p {
+            None => (0, u128::from(OPAQUE)),
+            Some((l, h)) => (u128::from(l), u128::from(h)),
+        });
+        ends[d] = ranges.len() as u32;
+    }
+    TRule::from_flat(ranges, ends)
 }
 
 impl Table {
@@ -637,22 +707,25 @@ impl Table {
             .filter(|(_, p)| p.direction.covers(direction))
             .map(|(i, _)| u32::try_from(i).expect("fewer than 2^32 policies"))
             .collect();
+        let out = rules
+            .iter()
+            .map(|&i| RuleOut::of(&policies[i as usize], i, direction))
+            .collect();
+        Table::compile(policies, direction, kind, rules, out)
+    }
+
+    /// The table of `rules` (positions in `policies` of the policies of `direction`, in
+    /// order) and their `out`, with its classifier compiled.
+    fn compile(
+        policies: &[Policy],
+        direction: Direction,
+        kind: EngineKind,
+        rules: Vec<u32>,
+        out: Vec<RuleOut>,
+    ) -> Table {
         let refs: Vec<RuleRef<'_>> = rules
             .iter()
             .map(|&i| policies[i as usize].oriented(direction))
-            .collect();
-        let out = rules
-            .iter()
-            .map(|&i| {
-                let p = &policies[i as usize];
-                RuleOut {
-                    action: p.action,
-                    policy: i,
-                    name: p.name.as_str().into(),
-                    sa: p.sa(direction).map(Into::into),
-                    ports_or_icmp: p.has_port_or_icmp_selector(),
-                }
-            })
             .collect();
         const V4_MAX: [u128; 5] = [
             u32::MAX as u128,
@@ -691,6 +764,57 @@ impl Table {
         }
     }
 
+    /// This table after one change at position `at` of the policy list (`policies`, as
+    /// changed): the rule of the policy that was at `at` goes when this direction `had`
+    /// it, the positions after `at` move by one when a policy was inserted or removed
+    /// there (`shift`), and the new policy at `at` comes in when this direction `has`
+    /// it. The other rules keep their place and their [`RuleOut`]; the classifier, which
+    /// works on positions in this table, is kept when this direction's rules did not
+    /// change, and compiled again when they did.
+    fn edited(mut self, policies: &[Policy], direction: Direction, edit: TableEdit) -> Table {
+        let TableEdit {
+            at,
+            shift,
+            had,
+            has,
+        } = edit;
+        if !matches!(self.engine, Engine::Partitioned { .. }) {
+            // (Only benchmarks build the other engines.)
+            drop(self);
+            return Table::build(policies, direction, EngineKind::Partitioned);
+        }
+        let at32 = u32::try_from(at).expect("fewer than 2^32 policies");
+        if had {
+            let pos = self.rules.partition_point(|&i| i < at32);
+            debug_assert_eq!(self.rules.get(pos), Some(&at32));
+            self.rules.remove(pos);
+            self.out.remove(pos);
+        }
+        if let Some(shift) = shift {
+            let moved = |i: &mut u32| shift.apply(i, at32);
+            self.rules.iter_mut().for_each(moved);
+            self.out.iter_mut().for_each(|o| moved(&mut o.policy));
+        }
+        if has {
+            let pos = self.rules.partition_point(|&i| i < at32);
+            self.rules.insert(pos, at32);
+            self.out
+                .insert(pos, RuleOut::of(&policies[at], at32, direction));
+        }
+        if !had && !has {
+            return self;
+        }
+        let Table {
+            rules,
+            out,
+            engine,
+            fragments,
+        } = self;
+        // Freed before the new one is built: the peak memory of one.
+        drop((engine, fragments));
+        Table::compile(policies, direction, EngineKind::Partitioned, rules, out)
+    }
+
     /// The decision of rule `rule` (a position in this table).
     #[inline]
     fn rule_decision(&self, rule: usize) -> Decision<'_> {
@@ -700,6 +824,37 @@ impl Table {
             policy: Some(&o.name),
             policy_index: Some(o.policy as usize),
             sa: o.sa.as_deref(),
+        }
+    }
+}
+
+/// Adds position `at` to `sa`'s list, in order.
+fn remember_position(map: &mut HashMap<String, Vec<usize>>, sa: &str, at: usize) {
+    match map.get_mut(sa) {
+        Some(v) => v.insert(v.partition_point(|&i| i < at), at),
+        None => {
+            map.insert(sa.to_owned(), vec![at]);
+        }
+    }
+}
+
+/// Moves the policy positions of an SA-name map for a policy inserted or removed at `at`.
+fn shift_positions(map: &mut HashMap<String, Vec<usize>>, at: usize, shift: Shift) {
+    for v in map.values_mut() {
+        // Each list is in order: only its tail moves.
+        let from = v.partition_point(|&i| i < at);
+        for i in &mut v[from..] {
+            shift.apply(i, at);
+        }
+    }
+}
+
+/// Takes position `at` out of `sa`'s list (the list goes when it is empty).
+fn forget_position(map: &mut HashMap<String, Vec<usize>>, sa: &str, at: usize) {
+    if let Some(v) = map.get_mut(sa) {
+        v.retain(|&i| i != at);
+        if v.is_empty() {
+            map.remove(sa);
         }
     }
 }
@@ -808,6 +963,89 @@ impl Spd {
     /// SAs: what a live [`Gateway`](crate::Gateway) swaps in when its policies change.
     pub(crate) fn with_policies(policies: Vec<Policy>) -> Spd {
         Spd::build(policies, Vec::new(), EngineKind::Partitioned)
+    }
+
+    /// This SPD with one policy inserted, replaced or removed (checked, their SA names
+    /// resolved by the caller), and no SAs: what a live [`Gateway`](crate::Gateway)
+    /// swaps in when its policies change. The same SPD as
+    /// [`Spd::with_policies`] of the changed list, built with less work: the policies
+    /// are moved, not copied; the SA-name maps and each direction's rule list are
+    /// updated, not rebuilt; and the classifier of a direction the change does not
+    /// touch (a policy of the other direction only) is kept, with its policy positions
+    /// moved. A direction the change touches is compiled again (O(n log n)).
+    pub(crate) fn changed(self, change: PolicyChange) -> Spd {
+        let Spd {
+            mut policies,
+            sas: _,
+            mut by_inbound_sa,
+            mut by_outbound_sa,
+            outbound,
+            inbound,
+        } = self;
+        // A policy's SA names, with the map (of `by_sa`) each belongs in.
+        fn maps(p: &Policy) -> [(&Option<String>, usize); 2] {
+            [(&p.sa_in, 0), (&p.sa_out, 1)]
+        }
+        let mut by_sa = [&mut by_inbound_sa, &mut by_outbound_sa];
+        // The position, how the later ones move, and the directions of the policy that
+        // was there and of the one that is there now.
+        let (at, shift, old, new) = match change {
+            PolicyChange::Insert(at, policy) => {
+                for map in &mut by_sa {
+                    shift_positions(map, at, Shift::Insert);
+                }
+                for (sa, m) in maps(&policy) {
+                    if let Some(sa) = sa {
+                        remember_position(by_sa[m], sa, at);
+                    }
+                }
+                let new = policy.direction;
+                policies.insert(at, policy);
+                (at, Some(Shift::Insert), None, Some(new))
+            }
+            PolicyChange::Remove(at) => {
+                let policy = policies.remove(at);
+                for (sa, m) in maps(&policy) {
+                    if let Some(sa) = sa {
+                        forget_position(by_sa[m], sa, at);
+                    }
+                }
+                for map in &mut by_sa {
+                    shift_positions(map, at, Shift::Remove);
+                }
+                (at, Some(Shift::Remove), Some(policy.direction), None)
+            }
+            PolicyChange::Replace(at, policy) => {
+                let old = core::mem::replace(&mut policies[at], policy);
+                for (sa, m) in maps(&old) {
+                    if let Some(sa) = sa {
+                        forget_position(by_sa[m], sa, at);
+                    }
+                }
+                for (sa, m) in maps(&policies[at]) {
+                    if let Some(sa) = sa {
+                        remember_position(by_sa[m], sa, at);
+                    }
+                }
+                (at, None, Some(old.direction), Some(policies[at].direction))
+            }
+        };
+        let edit = |direction: Direction| TableEdit {
+            at,
+            shift,
+            had: old.is_some_and(|d| d.covers(direction)),
+            has: new.is_some_and(|d| d.covers(direction)),
+        };
+        let outbound = outbound.edited(&policies, Direction::Outbound, edit(Direction::Outbound));
+        let inbound = inbound.edited(&policies, Direction::Inbound, edit(Direction::Inbound));
+        Spd {
+            policies,
+            sas: Vec::new(),
+            by_inbound_sa,
+            by_outbound_sa,
+            outbound,
+            inbound,
+        }
     }
 
     /// The first policy, in order, that names `sa_name` as its SA of `direction`.
@@ -1197,5 +1435,209 @@ impl Spd {
                         .sum::<usize>()
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod change_tests {
+    //! [`Spd::changed`] (what a live gateway does to its SPD) gives the SPD that
+    //! [`Spd::with_policies`] builds from the changed list (what it did before).
+
+    use super::*;
+    use crate::spd::parse::parse_one_policy;
+
+    /// xorshift64*: deterministic.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 16) as usize % n
+        }
+        fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
+            v[self.below(v.len())]
+        }
+    }
+
+    const LOCAL: [&str; 5] = [
+        "10.0.0.0/24",
+        "10.0.0.5",
+        "10.0.1.0/24",
+        "2001:db8::/32",
+        "",
+    ];
+    const REMOTE: [&str; 4] = ["172.16.0.0/12", "172.16.3.4", "2001:db8:1::/48", ""];
+    const HOSTS: [&str; 7] = [
+        "10.0.0.5",
+        "10.0.0.9",
+        "10.0.1.1",
+        "172.16.3.4",
+        "172.17.0.1",
+        "2001:db8::1",
+        "2001:db8:1::2",
+    ];
+
+    /// A random policy called `name`, its SAs among `o0..o2` / `i0..i2`.
+    fn policy(rng: &mut Rng, name: &str, sa_dirs: &HashMap<&str, Direction>) -> Policy {
+        let direction = rng.pick(&["both", "outbound", "inbound"]);
+        let action = rng.pick(&["protect", "bypass", "discard"]);
+        let mut t = format!("name = \"{name}\"\ndirection = \"{direction}\"\n");
+        for (key, set) in [("local", &LOCAL[..]), ("remote", &REMOTE[..])] {
+            let a = rng.pick(set);
+            if !a.is_empty() {
+                t += &format!("{key} = \"{a}\"\n");
+            }
+        }
+        match rng.below(4) {
+            0 => t += "protocol = \"tcp\"\nremote_port = \"443\"\n",
+            1 => t += "protocol = \"udp\"\nlocal_port = \"1000-2000\"\n",
+            2 => t += "protocol = \"icmp\"\nicmp_type = 8\n",
+            _ => {}
+        }
+        t += &format!("action = \"{action}\"\n");
+        if action == "protect" {
+            let (o, i) = (rng.below(3), rng.below(3));
+            t += &match direction {
+                "both" => format!("sa = [\"o{o}\", \"i{i}\"]\n"),
+                "outbound" => format!("sa = \"o{o}\"\n"),
+                _ => format!("sa = \"i{i}\"\n"),
+            };
+        }
+        parse_one_policy(&t, sa_dirs).expect("a valid policy")
+    }
+
+    fn flows() -> Vec<Flow> {
+        let mut v = Vec::new();
+        for d in [Direction::Outbound, Direction::Inbound] {
+            for s in HOSTS {
+                for t in HOSTS {
+                    let (s, t): (IpAddr, IpAddr) = (s.parse().unwrap(), t.parse().unwrap());
+                    if s.is_ipv4() != t.is_ipv4() {
+                        continue;
+                    }
+                    v.push(Flow::new(d, s, t, 6).ports(1500, 443));
+                    v.push(Flow::new(d, s, t, 17).ports(443, 1500));
+                    v.push(Flow::new(d, s, t, 1).icmp(8, 0));
+                    v.push(Flow::new(d, s, t, 50));
+                }
+            }
+        }
+        v
+    }
+
+    fn assert_same(changed: &Spd, fresh: &Spd, flows: &[Flow]) {
+        assert_eq!(changed.policies, fresh.policies);
+        assert_eq!(changed.by_inbound_sa, fresh.by_inbound_sa);
+        assert_eq!(changed.by_outbound_sa, fresh.by_outbound_sa);
+        for (a, b) in [
+            (&changed.outbound, &fresh.outbound),
+            (&changed.inbound, &fresh.inbound),
+        ] {
+            assert_eq!(a.rules, b.rules);
+            let out = |t: &Table| {
+                t.out
+                    .iter()
+                    .map(|o| {
+                        (
+                            o.action,
+                            o.policy,
+                            o.name.clone(),
+                            o.sa.clone(),
+                            o.ports_or_icmp,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(out(a), out(b));
+            assert_eq!(a.fragments.is_some(), b.fragments.is_some());
+        }
+        assert_eq!(changed.compiled_bytes(), fresh.compiled_bytes());
+        for f in flows {
+            assert_eq!(changed.lookup(f), fresh.lookup(f), "{f:?}");
+            assert_eq!(changed.lookup(f), changed.lookup_linear(f), "{f:?}");
+            assert_eq!(
+                changed.lookup_non_first_fragment(f),
+                fresh.lookup_non_first_fragment(f),
+                "{f:?}"
+            );
+            for sa in ["i0", "i1", "i2"] {
+                assert_eq!(
+                    changed.inbound_policy(sa, f),
+                    fresh.inbound_policy(sa, f),
+                    "{f:?}"
+                );
+            }
+        }
+        for d in [Direction::Outbound, Direction::Inbound] {
+            for sa in ["o0", "o1", "o2", "i0", "i1", "i2"] {
+                assert_eq!(
+                    changed.first_policy_naming(sa, d),
+                    fresh.first_policy_naming(sa, d)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_changed_spd_is_the_spd_of_the_changed_policies() {
+        let sa_dirs: HashMap<&str, Direction> = [
+            ("o0", Direction::Outbound),
+            ("o1", Direction::Outbound),
+            ("o2", Direction::Outbound),
+            ("i0", Direction::Inbound),
+            ("i1", Direction::Inbound),
+            ("i2", Direction::Inbound),
+        ]
+        .into_iter()
+        .collect();
+        let flows = flows();
+        let mut rng = Rng(0x5eed_c4a6);
+        let mut kept = 0;
+        for _ in 0..60 {
+            let mut next = 0;
+            let mut list: Vec<Policy> = (0..rng.below(6))
+                .map(|_| {
+                    next += 1;
+                    policy(&mut rng, &format!("p{next}"), &sa_dirs)
+                })
+                .collect();
+            let mut spd = Spd::with_policies(list.clone());
+            for _ in 0..12 {
+                next += 1;
+                let kind = if list.is_empty() { 0 } else { rng.below(3) };
+                let change = match kind {
+                    0 => {
+                        let at = rng.below(list.len() + 1);
+                        PolicyChange::Insert(at, policy(&mut rng, &format!("p{next}"), &sa_dirs))
+                    }
+                    1 => {
+                        let at = rng.below(list.len());
+                        let name = list[at].name.clone();
+                        PolicyChange::Replace(at, policy(&mut rng, &name, &sa_dirs))
+                    }
+                    _ => PolicyChange::Remove(rng.below(list.len())),
+                };
+                let one_direction = match &change {
+                    PolicyChange::Insert(_, p) => p.direction != PolicyDirection::Both,
+                    PolicyChange::Remove(at) => list[*at].direction != PolicyDirection::Both,
+                    PolicyChange::Replace(at, p) => {
+                        p.direction == list[*at].direction && p.direction != PolicyDirection::Both
+                    }
+                };
+                kept += usize::from(one_direction);
+                match &change {
+                    PolicyChange::Insert(at, p) => list.insert(*at, p.clone()),
+                    PolicyChange::Replace(at, p) => list[*at] = p.clone(),
+                    PolicyChange::Remove(at) => {
+                        list.remove(*at);
+                    }
+                }
+                spd = spd.changed(change);
+                assert_same(&spd, &Spd::with_policies(list.clone()), &flows);
+            }
+        }
+        // Many changes kept a direction's classifier (the path this checks).
+        assert!(kept > 100, "{kept}");
     }
 }
