@@ -42,7 +42,7 @@ use crate::sa::{ipsec_sa_config, ipsec_sa_stats, now, read_config};
 use crate::status::ipsec_status;
 
 /// Records a refused control call: its status, and the core's message.
-fn refused(e: ControlError) -> ipsec_status {
+pub(crate) fn refused(e: ControlError) -> ipsec_status {
     fail(ipsec_status::of_control(&e), e.to_string())
 }
 
@@ -63,7 +63,7 @@ unsafe fn sa_config(
 impl GatewayHandle {
     /// Makes the policy names those of the installed policies (after a policy call
     /// succeeded): O(n), as the policy call's own recompilation of the SPD.
-    fn sync_policy_names(&mut self) {
+    pub(crate) fn sync_policy_names(&mut self) {
         let installed: HashSet<&str> = self
             .gateway
             .spd()

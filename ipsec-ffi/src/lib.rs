@@ -60,6 +60,7 @@ pub mod path_mtu;
 pub mod reassembly;
 pub mod replay;
 pub mod sa;
+pub mod shared;
 pub mod snapshot;
 pub mod spd;
 pub mod status;
@@ -67,14 +68,17 @@ pub mod status;
 // Last: cbindgen writes the header in module order, and the control calls use the types
 // of the modules above.
 pub mod control;
+pub mod policy_edit;
 
 pub use boundary::{ipsec_last_error, ipsec_last_error_length};
 pub use control::*;
 pub use gateway::*;
 pub use path_mtu::*;
+pub use policy_edit::*;
 pub use reassembly::*;
 pub use replay::*;
 pub use sa::*;
+pub use shared::*;
 pub use snapshot::*;
 pub use spd::*;
 pub use status::{ipsec_status, ipsec_status_str, ipsec_version};

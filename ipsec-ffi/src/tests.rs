@@ -1788,6 +1788,7 @@ fn control_errors_have_one_status_each() {
             237,
             "IPSEC_ERR_UNKNOWN_POLICY",
         ),
+        (ControlError::StalePolicies, 238, "IPSEC_ERR_STALE_POLICIES"),
         (
             ControlError::Config(ConfigError::new("key", "too short")),
             200,
