@@ -7,8 +7,8 @@
 use core::ffi::c_char;
 use core::time::Duration;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::ffi::CString;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipsec_core::gateway::{Inbound, Outbound};
 use ipsec_core::{ConfigError, Error, FragmentLimits, Gateway, PacketBuf, Spd, SpiError};

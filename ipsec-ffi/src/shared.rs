@@ -108,7 +108,8 @@ pub unsafe extern "C" fn ipsec_shared_sa_new(
             block
         };
         let options = SharedSaOptions::lanes(lanes).with_block(block);
-        let (shared, made) = SharedSa::new(cfg, options, now(now_ns)).map_err(|e| config_error(&e))?;
+        let (shared, made) =
+            SharedSa::new(cfg, options, now(now_ns)).map_err(|e| config_error(&e))?;
         debug_assert_eq!(made.len(), lanes);
         // SAFETY: both checked non-NULL and aligned; `lanes_out` has `lanes` writable
         // slots (caller's contract) and `made.len() == lanes`.
