@@ -19,9 +19,15 @@
  *
  * Thread safety: ipsec_sa, ipsec_gateway, ipsec_replay_window and ipsec_reassembler are
  * used by one thread at a time (they may move between threads); for a gateway that
- * holds for its control calls (ipsec_gateway_add_sa ... ipsec_gateway_remove_policy)
- * as for its packet calls: one thread, or one lock around both. ipsec_spd, ipsec_lint
- * and ipsec_firewall are immutable and may be shared by any number of threads.
+ * holds for its control calls (ipsec_gateway_add_sa ... ipsec_gateway_remove_policy,
+ * ipsec_gateway_commit_policies) as for its packet calls: one thread, or one lock
+ * around both. ipsec_spd, ipsec_lint and ipsec_firewall are immutable and may be
+ * shared by any number of threads.
+ * ipsec_shared_sa may be read by any number of threads at once; each of its
+ * ipsec_sa_lane is used by one thread at a time (one lane per thread); the shared
+ * handle and its lanes may be freed in any order. ipsec_policy_edit and
+ * ipsec_compiled_policies are used by one thread at a time, any thread, without the
+ * gateway (only ipsec_gateway_edit_policies and ipsec_gateway_commit_policies touch it).
  * Everything else is reentrant.
  *
  * Linking: see ipsec-ffi/README.md (pkg-config --cflags --libs ipsec).
@@ -727,7 +733,8 @@ typedef struct ipsec_firewall ipsec_firewall;
 /**
  * A gateway: policies plus the SAs they name, ready to process packets; a key manager
  * adds, rekeys and deletes SAs and installs, replaces and removes policies while it
- * runs (the control calls `ipsec_gateway_add_sa` ... `ipsec_gateway_remove_policy`).
+ * runs (the control calls `ipsec_gateway_add_sa` ... `ipsec_gateway_remove_policy`, and
+ * `ipsec_gateway_commit_policies` for a batch compiled away from it).
  *
  * Thread safety: one thread at a time, for the packet calls (every packet changes SA
  * state) and the control calls alike: a control call changes the gateway as a packet

@@ -4,7 +4,7 @@
 //! `ipsec_gateway_retire_sa`; policies: `ipsec_gateway_install_policy`,
 //! `ipsec_gateway_replace_policy` and `ipsec_gateway_remove_policy`.
 //!
-//! * **All or nothing.** A refused call returns the status of its reason (230..=237,
+//! * **All or nothing.** A refused call returns the status of its reason (230..=238,
 //!   one per `ControlError` variant, or `IPSEC_ERR_CONFIG`), the last-error message is
 //!   the core's explanation, its `Display` text (it names SAs, policies and fields,
 //!   never key bytes; an `ipsec_sa_config` refused before the core sees it is named

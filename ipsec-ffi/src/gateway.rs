@@ -27,7 +27,8 @@ use crate::status::ipsec_status;
 
 /// A gateway: policies plus the SAs they name, ready to process packets; a key manager
 /// adds, rekeys and deletes SAs and installs, replaces and removes policies while it
-/// runs (the control calls `ipsec_gateway_add_sa` ... `ipsec_gateway_remove_policy`).
+/// runs (the control calls `ipsec_gateway_add_sa` ... `ipsec_gateway_remove_policy`, and
+/// `ipsec_gateway_commit_policies` for a batch compiled away from it).
 ///
 /// Thread safety: one thread at a time, for the packet calls (every packet changes SA
 /// state) and the control calls alike: a control call changes the gateway as a packet

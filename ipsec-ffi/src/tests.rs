@@ -2150,8 +2150,9 @@ fn shared_sa_arguments_are_checked() {
     }
 }
 
-/// The outbound verdict of a TCP packet 10.0.0.10:3389 -> 10.1.0.7:50000 under `POLICY`.
-fn rdp_outbound(gw: *mut ipsec_gateway) -> (ipsec_status, Option<&'static str>) {
+/// The status and the policy string of the outbound verdict of a TCP packet
+/// 10.0.0.10:3389 -> 10.1.0.7:50000 under `POLICY` (NULL when refused).
+fn rdp_outbound_raw(gw: *mut ipsec_gateway) -> (ipsec_status, *const c_char) {
     let mut buf = [0u8; 200];
     buf[64..84].copy_from_slice(&[
         0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 10, 10, 1, 0, 7,
@@ -2172,10 +2173,17 @@ fn rdp_outbound(gw: *mut ipsec_gateway) -> (ipsec_status, Option<&'static str>) 
             r.as_mut_ptr(),
         )
     };
+    if st != ipsec_status::IPSEC_OK {
+        return (st, null());
+    }
     // SAFETY: written on success.
-    let policy =
-        (st == ipsec_status::IPSEC_OK).then(|| c_text(unsafe { r.assume_init() }.policy).unwrap());
-    (st, policy)
+    (st, unsafe { r.assume_init() }.policy)
+}
+
+/// [`rdp_outbound_raw`] with the policy's name.
+fn rdp_outbound(gw: *mut ipsec_gateway) -> (ipsec_status, Option<&'static str>) {
+    let (st, p) = rdp_outbound_raw(gw);
+    (st, c_text(p))
 }
 
 #[test]
@@ -2196,7 +2204,7 @@ fn policy_edits_compile_apart_and_commit_or_are_refused_as_stale() {
             IPSEC_OK
         );
         assert_eq!(rdp_outbound(gw), (IPSEC_OK, Some("rdp")));
-        let old_rdp = rdp_outbound(gw).1.unwrap().as_ptr();
+        let old_rdp = rdp_outbound_raw(gw).1;
 
         let mut edit = null_mut();
         assert_eq!(ipsec_gateway_edit_policies(gw, &mut edit), IPSEC_OK);
@@ -2247,10 +2255,10 @@ fn policy_edits_compile_apart_and_commit_or_are_refused_as_stale() {
         assert_eq!(ipsec_policy_edit_compile(edit, &mut compiled), IPSEC_OK);
         assert_eq!(ipsec_gateway_commit_policies(gw, compiled), IPSEC_OK);
         assert_eq!(rdp_outbound(gw).0, IPSEC_OK);
-        let r = rdp_outbound(gw);
-        assert_eq!(r.1, Some("rdp-clear"));
+        let clear = rdp_outbound_raw(gw).1;
+        assert_eq!(c_text(clear), Some("rdp-clear"));
         // "rdp" is still installed: its string is the same one.
-        assert_eq!(c_text(old_rdp.cast()), Some("rdp"));
+        assert_eq!(c_text(old_rdp), Some("rdp"));
 
         // The other edit was taken before that commit: stale, nothing changed.
         assert_eq!(
@@ -2315,9 +2323,8 @@ fn policy_edits_compile_apart_and_commit_or_are_refused_as_stale() {
             IPSEC_OK
         );
         assert_eq!(ipsec_policy_edit_compile(edit, &mut compiled), IPSEC_OK);
-        let clear = r.1.unwrap().as_ptr();
         assert_eq!(ipsec_gateway_commit_policies(gw, compiled), IPSEC_OK);
-        assert_eq!(c_text(clear.cast()), Some("rdp-clear"));
+        assert_eq!(c_text(clear), Some("rdp-clear"));
         assert_eq!(rdp_outbound(gw), (IPSEC_OK, Some("rdp")));
 
         ipsec_gateway_free(gw);
