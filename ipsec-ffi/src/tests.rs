@@ -1963,10 +1963,8 @@ fn gateway_control_calls_keep_names_coherent_and_refusals_change_nothing() {
 fn lane_stats(lane: *const ipsec_sa_lane) -> ipsec_sa_stats {
     let mut s = core::mem::MaybeUninit::uninit();
     // SAFETY: lane is live; s is writable.
-    assert_eq!(
-        unsafe { ipsec_sa_lane_get_stats(lane, s.as_mut_ptr()) },
-        ipsec_status::IPSEC_OK
-    );
+    let st = unsafe { ipsec_sa_lane_get_stats(lane, s.as_mut_ptr()) };
+    assert_eq!(st, ipsec_status::IPSEC_OK);
     // SAFETY: written on success.
     unsafe { s.assume_init() }
 }
@@ -1974,10 +1972,8 @@ fn lane_stats(lane: *const ipsec_sa_lane) -> ipsec_sa_stats {
 fn shared_stats(shared: *const ipsec_shared_sa) -> ipsec_sa_stats {
     let mut s = core::mem::MaybeUninit::uninit();
     // SAFETY: shared is live; s is writable.
-    assert_eq!(
-        unsafe { ipsec_shared_sa_get_stats(shared, s.as_mut_ptr()) },
-        ipsec_status::IPSEC_OK
-    );
+    let st = unsafe { ipsec_shared_sa_get_stats(shared, s.as_mut_ptr()) };
+    assert_eq!(st, ipsec_status::IPSEC_OK);
     // SAFETY: written on success.
     unsafe { s.assume_init() }
 }
