@@ -249,7 +249,7 @@ static void build(void)
     TRUE("... and discards", send_tag(hq, 1, &w, &r) == IPSEC_ERR_POLICY_DISCARD);
     REFUSED("a policy before its SAs", ipsec_gateway_install_policy(hq, HQ_RDP, "deny"),
             IPSEC_ERR_MISSING_SA,
-            "policy \"rdp\" names sa \"hq-out\", which is not installed in that direction");
+            "policy \"rdp\" names sa \"hq-out\", which is not installed (or only SAs being retired serve it)");
     OK("add hq-out", add_sa(hq, "hq-out", 0x1000, IPSEC_DIRECTION_OUTBOUND, 1));
     OK("add hq-in", add_sa(hq, "hq-in", 0x2000, IPSEC_DIRECTION_INBOUND, 2));
     OK("add br-out", add_sa(br, "br-out", 0x2000, IPSEC_DIRECTION_OUTBOUND, 2));
@@ -299,7 +299,7 @@ static void refusals(void)
     }
 
     REFUSED("duplicate name", add_sa(hq, "hq-in", 0x3000, IPSEC_DIRECTION_OUTBOUND, 30),
-            IPSEC_ERR_DUPLICATE_NAME, "an SA called \"hq-in\" is installed (names are unique)");
+            IPSEC_ERR_DUPLICATE_NAME, "the name \"hq-in\" is taken by an installed SA, or by policies for the SA that succeeded one (SA names are unique)");
     UNCHANGED("duplicate name", 2);
     REFUSED("duplicate SPI", add_sa(hq, "other-in", 0x2000, IPSEC_DIRECTION_INBOUND, 31),
             IPSEC_ERR_DUPLICATE_SPI,
@@ -333,7 +333,7 @@ static void refusals(void)
                                          "\"protect\"\nsa = [\"hq-out\", \"gone\"]\n",
                                          "deny"),
             IPSEC_ERR_MISSING_SA,
-            "policy \"mail\" names sa \"gone\", which is not installed in that direction");
+            "policy \"mail\" names sa \"gone\", which is not installed (or only SAs being retired serve it)");
     UNCHANGED("missing SA", 2);
 
     REFUSED("rekey an outbound SA with an inbound one",
@@ -586,7 +586,7 @@ static void policies(void)
     OK("... and hq-in", ipsec_gateway_delete_sa(hq, "hq-in", NULL));
     TRUE("hq is empty again", ipsec_gateway_sa_count(hq) == 0);
     REFUSED("a policy for SAs that are gone", ipsec_gateway_install_policy(hq, HQ_RDP, "deny"),
-            IPSEC_ERR_MISSING_SA, "policy \"rdp\" names sa \"hq-out\", which is not installed in that direction");
+            IPSEC_ERR_MISSING_SA, "policy \"rdp\" names sa \"hq-out\", which is not installed (or only SAs being retired serve it)");
 }
 
 int main(void)
