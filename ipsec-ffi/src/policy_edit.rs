@@ -297,3 +297,11 @@ pub unsafe extern "C" fn ipsec_compiled_policies_free(compiled: *mut ipsec_compi
     // SAFETY: caller's contract.
     boundary(|| unsafe { free_handle(compiled) })
 }
+
+// The thread rules documented above, checked by the compiler: an edit and compiled
+// policies move between threads (built on one, committed on the gateway's).
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<EditHandle>();
+    send::<CompiledHandle>();
+};

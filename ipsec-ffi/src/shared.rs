@@ -308,3 +308,12 @@ pub unsafe extern "C" fn ipsec_sa_lane_poll_event(
         Ok(())
     })
 }
+
+// The thread rules documented above, checked by the compiler: the shared part is read by
+// any number of threads at once, a lane moves between threads.
+const _: () = {
+    const fn send<T: Send>() {}
+    const fn send_sync<T: Send + Sync>() {}
+    send::<SaLane>();
+    send_sync::<SharedSa>();
+};
