@@ -86,6 +86,34 @@ impl GatewayHandle {
         self.check_names();
     }
 
+    /// Updates the policy names after a committed batch (`ipsec_gateway_commit_policies`):
+    /// the gateway's policies were those of the edit's start (a commit over changed
+    /// policies is refused as stale), so the names change by what the batch removed and
+    /// added: O(changes), not O(policies).
+    pub(crate) fn apply_policy_name_changes<'a>(
+        &mut self,
+        removed: impl Iterator<Item = &'a str>,
+        added: impl Iterator<Item = &'a str>,
+    ) {
+        for name in removed {
+            self.policy_names.remove(name);
+        }
+        for name in added {
+            self.policy_names.add(name);
+        }
+        self.check_names();
+        if cfg!(test) {
+            let installed: HashSet<&str> = self
+                .gateway
+                .spd()
+                .policies()
+                .iter()
+                .map(|p| p.name())
+                .collect();
+            assert!(self.policy_names.names().all(|n| installed.contains(n)));
+        }
+    }
+
     /// In this crate's unit tests: the name caches hold exactly the gateway's SAs and
     /// policies (O(n), so not in a library build: the SA calls stay O(1)).
     fn check_names(&self) {

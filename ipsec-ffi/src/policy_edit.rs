@@ -28,6 +28,7 @@
 //! ```
 
 use core::ffi::c_char;
+use std::collections::HashSet;
 
 use ipsec_core::{CompiledPolicies, PolicyEdit};
 
@@ -49,10 +50,34 @@ pub struct ipsec_policy_edit {
     _private: [u8; 0],
 }
 
-/// An edit and the gateway it was taken from.
+/// An edit, the gateway it was taken from, and the net change of policy names it makes
+/// (so that a commit updates the gateway's name strings in O(changes)).
 pub(crate) struct EditHandle {
     edit: PolicyEdit,
     gateway: u64,
+    names: NameChanges,
+}
+
+/// Policy names an edit removes and adds, net: a name removed then installed again (or
+/// the reverse) is in neither set.
+#[derive(Default)]
+pub(crate) struct NameChanges {
+    removed: HashSet<Box<str>>,
+    added: HashSet<Box<str>>,
+}
+
+impl NameChanges {
+    fn installed(&mut self, name: &str) {
+        if !self.removed.remove(name) {
+            self.added.insert(Box::from(name));
+        }
+    }
+
+    fn removed(&mut self, name: &str) {
+        if !self.added.remove(name) {
+            self.removed.insert(Box::from(name));
+        }
+    }
 }
 
 impl Handle for ipsec_policy_edit {
@@ -68,10 +93,12 @@ pub struct ipsec_compiled_policies {
     _private: [u8; 0],
 }
 
-/// Compiled policies and the gateway their edit was taken from.
+/// Compiled policies, the gateway their edit was taken from, and the edit's name
+/// changes.
 pub(crate) struct CompiledHandle {
     compiled: CompiledPolicies,
     gateway: u64,
+    names: NameChanges,
 }
 
 impl Handle for ipsec_compiled_policies {
@@ -99,6 +126,7 @@ pub unsafe extern "C" fn ipsec_gateway_edit_policies(
         let edit = EditHandle {
             edit: h.gateway.edit_policies(),
             gateway: h.id,
+            names: NameChanges::default(),
         };
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out.write(into_handle::<ipsec_policy_edit>(edit)) };
@@ -135,8 +163,22 @@ pub unsafe extern "C" fn ipsec_policy_edit_install(
             Some(unsafe { c_str(before, "before") }?)
         };
         // SAFETY: caller's contract.
-        let mut edit = unsafe { borrow_mut(edit, "edit") }?;
-        edit.edit.install(text, before).map_err(refused)
+        let mut guard = unsafe { borrow_mut(edit, "edit") }?;
+        let e = &mut *guard;
+        // Where the policy goes (when `before` is unknown the install is refused).
+        let at = match before {
+            None => e.edit.policies().len(),
+            Some(b) => e
+                .edit
+                .policies()
+                .iter()
+                .position(|p| p.name() == b)
+                .unwrap_or(0),
+        };
+        e.edit.install(text, before).map_err(refused)?;
+        let name = e.edit.policies()[at].name();
+        e.names.installed(name);
+        Ok(())
     })
 }
 
@@ -182,8 +224,11 @@ pub unsafe extern "C" fn ipsec_policy_edit_remove(
         // SAFETY: caller's contract.
         let name = unsafe { c_str(name, "name") }?;
         // SAFETY: caller's contract.
-        let mut edit = unsafe { borrow_mut(edit, "edit") }?;
-        edit.edit.remove(name).map_err(refused)
+        let mut guard = unsafe { borrow_mut(edit, "edit") }?;
+        let e = &mut *guard;
+        e.edit.remove(name).map_err(refused)?;
+        e.names.removed(name);
+        Ok(())
     })
 }
 
@@ -223,6 +268,7 @@ pub unsafe extern "C" fn ipsec_policy_edit_compile(
         let compiled = CompiledHandle {
             compiled: edit.edit.compile(),
             gateway: edit.gateway,
+            names: edit.names,
         };
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out.write(into_handle::<ipsec_compiled_policies>(compiled)) };
@@ -231,8 +277,8 @@ pub unsafe extern "C" fn ipsec_policy_edit_compile(
 }
 
 /// Swaps the compiled policies into the gateway the edit was taken from: O(1) for the
-/// SPD (the classifier was built by `ipsec_policy_edit_compile`), plus an update of the
-/// library's policy name strings (hash lookups per policy, no compilation). Remembered
+/// SPD (the classifier was built by `ipsec_policy_edit_compile`), plus the library's
+/// policy name strings, O(policies installed or removed by the edit). Remembered
 /// fragment decisions and the SPD cache are emptied, as by every policy change.
 ///
 /// `compiled` is consumed: freed by this call whatever it returns, even when refused
@@ -265,11 +311,15 @@ pub unsafe extern "C" fn ipsec_gateway_commit_policies(
                  from this one (ipsec_gateway_edit_policies)",
             ));
         }
+        let names = compiled.names;
         h.gateway
             .commit_policies(compiled.compiled)
             .map_err(refused)?;
         h.free_stale();
-        h.sync_policy_names();
+        h.apply_policy_name_changes(
+            names.removed.iter().map(|n| &**n),
+            names.added.iter().map(|n| &**n),
+        );
         Ok(())
     })
 }

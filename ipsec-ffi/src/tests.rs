@@ -2323,6 +2323,42 @@ fn policy_edits_compile_apart_and_commit_or_are_refused_as_stale() {
         assert_eq!(c_text(clear), Some("rdp-clear"));
         assert_eq!(rdp_outbound(gw), (IPSEC_OK, Some("rdp")));
 
+        // Net name changes of a batch: a policy removed and installed again keeps its
+        // name string (its name never left); one installed and removed leaves none (the
+        // unit-test build checks the name cache against the policies after each commit).
+        let rdp_string = rdp_outbound_raw(gw).1;
+        let rdp = c"name = \"rdp\"\ndirection = \"both\"\nlocal = \"10.0.0.10\"\nremote = \"10.1.0.0/24\"\nprotocol = \"tcp\"\nlocal_port = 3389\naction = \"protect\"\nsa = [\"out\", \"in\"]\n";
+        assert_eq!(ipsec_gateway_edit_policies(gw, &mut edit), IPSEC_OK);
+        assert_eq!(ipsec_policy_edit_remove(edit, c"rdp".as_ptr()), IPSEC_OK);
+        assert_eq!(
+            ipsec_policy_edit_install(edit, rdp.as_ptr(), c"rest".as_ptr()),
+            IPSEC_OK
+        );
+        assert_eq!(
+            ipsec_policy_edit_install(edit, bypass.as_ptr(), null()),
+            IPSEC_OK
+        );
+        assert_eq!(
+            ipsec_policy_edit_remove(edit, c"rdp-clear".as_ptr()),
+            IPSEC_OK
+        );
+        assert_eq!(
+            ipsec_policy_edit_install(
+                edit,
+                c"name = \"late\"\naction = \"bypass\"\n".as_ptr(),
+                c"rdp".as_ptr()
+            ),
+            IPSEC_OK
+        );
+        assert_eq!(ipsec_policy_edit_compile(edit, &mut compiled), IPSEC_OK);
+        assert_eq!(ipsec_gateway_commit_policies(gw, compiled), IPSEC_OK);
+        // "late" (any traffic, bypass) now comes first.
+        assert_eq!(rdp_outbound(gw), (IPSEC_OK, Some("late")));
+        assert_eq!(rdp_outbound_raw(gw).1, rdp_outbound_raw(gw).1);
+        assert_eq!(c_text(rdp_string), Some("rdp"));
+        assert_eq!(ipsec_gateway_remove_policy(gw, c"late".as_ptr()), IPSEC_OK);
+        assert_eq!(rdp_outbound_raw(gw).1, rdp_string);
+
         ipsec_gateway_free(gw);
         ipsec_gateway_free(other);
     }
