@@ -3041,8 +3041,8 @@ ipsec_status ipsec_policy_edit_compile(struct ipsec_policy_edit *edit,
 
 /**
  * Swaps the compiled policies into the gateway the edit was taken from: O(1) for the
- * SPD (the classifier was built by `ipsec_policy_edit_compile`), plus an update of the
- * library's policy name strings (hash lookups per policy, no compilation). Remembered
+ * SPD (the classifier was built by `ipsec_policy_edit_compile`), plus the library's
+ * policy name strings, O(policies installed or removed by the edit). Remembered
  * fragment decisions and the SPD cache are emptied, as by every policy change.
  *
  * `compiled` is consumed: freed by this call whatever it returns, even when refused
