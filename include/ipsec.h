@@ -19,9 +19,15 @@
  *
  * Thread safety: ipsec_sa, ipsec_gateway, ipsec_replay_window and ipsec_reassembler are
  * used by one thread at a time (they may move between threads); for a gateway that
- * holds for its control calls (ipsec_gateway_add_sa ... ipsec_gateway_remove_policy)
- * as for its packet calls: one thread, or one lock around both. ipsec_spd, ipsec_lint
- * and ipsec_firewall are immutable and may be shared by any number of threads.
+ * holds for its control calls (ipsec_gateway_add_sa ... ipsec_gateway_remove_policy,
+ * ipsec_gateway_commit_policies) as for its packet calls: one thread, or one lock
+ * around both. ipsec_spd, ipsec_lint and ipsec_firewall are immutable and may be
+ * shared by any number of threads.
+ * ipsec_shared_sa may be read by any number of threads at once; each of its
+ * ipsec_sa_lane is used by one thread at a time (one lane per thread); the shared
+ * handle and its lanes may be freed in any order. ipsec_policy_edit and
+ * ipsec_compiled_policies are used by one thread at a time, any thread, without the
+ * gateway (only ipsec_gateway_edit_policies and ipsec_gateway_commit_policies touch it).
  * Everything else is reentrant.
  *
  * Linking: see ipsec-ffi/README.md (pkg-config --cflags --libs ipsec).
@@ -44,10 +50,20 @@
 #define IPSEC_VERSION_STRING "0.1.0"
 
 /**
+ * The largest SPD cache `ipsec_gateway_set_spd_cache` makes: 2^24 flows (about 1 GiB).
+ */
+#define IPSEC_SPD_CACHE_MAX_FLOWS (1 << 24)
+
+/**
  * The largest NAT-keepalive `ipsec_sa_poll_keepalive` writes (IPv6 header, UDP header,
  * one 0xFF byte): give it a buffer of at least this many bytes.
  */
 #define IPSEC_NAT_KEEPALIVE_MAX_LEN 49
+
+/**
+ * The block of sequence numbers a lane leases at a time when `block` is 0.
+ */
+#define IPSEC_SHARED_SA_DEFAULT_BLOCK 8
 
 /**
  * The default `seq_margin` of `ipsec_restore_options` (2^20): how far a restored
@@ -179,6 +195,12 @@ enum ipsec_status
    * changed.
    */
   IPSEC_ERR_UNKNOWN_POLICY = 237,
+  /**
+   * `ipsec_gateway_commit_policies` was refused: the gateway's policies changed after
+   * the edit was taken (`ipsec_gateway_edit_policies`). Take a new edit and make the
+   * changes again. Nothing changed.
+   */
+  IPSEC_ERR_STALE_POLICIES = 238,
   /**
    * Dropped: the ICV did not verify (tampered packet or wrong key).
    */
@@ -692,6 +714,15 @@ typedef uint32_t ipsec_df;
 #endif // __cplusplus
 
 /**
+ * Policies compiled by `ipsec_policy_edit_compile`, ready for
+ * `ipsec_gateway_commit_policies` on the gateway the edit was taken from.
+ *
+ * Thread safety: it may be built on any thread and handed to another (the gateway's);
+ * one thread at a time uses it. It holds no reference to the gateway.
+ */
+typedef struct ipsec_compiled_policies ipsec_compiled_policies;
+
+/**
  * Firewall openings (`ipsec_spd_firewall_openings`): `ipsec_firewall_count` of them,
  * read with `ipsec_firewall_get`.
  *
@@ -702,7 +733,8 @@ typedef struct ipsec_firewall ipsec_firewall;
 /**
  * A gateway: policies plus the SAs they name, ready to process packets; a key manager
  * adds, rekeys and deletes SAs and installs, replaces and removes policies while it
- * runs (the control calls `ipsec_gateway_add_sa` ... `ipsec_gateway_remove_policy`).
+ * runs (the control calls `ipsec_gateway_add_sa` ... `ipsec_gateway_remove_policy`, and
+ * `ipsec_gateway_commit_policies` for a batch compiled away from it).
  *
  * Thread safety: one thread at a time, for the packet calls (every packet changes SA
  * state) and the control calls alike: a control call changes the gateway as a packet
@@ -731,6 +763,16 @@ typedef struct ipsec_gateway ipsec_gateway;
 typedef struct ipsec_lint ipsec_lint;
 
 /**
+ * A batch of policy changes taken from a gateway (`ipsec_gateway_edit_policies`): a
+ * copy of its policies, and of the SA names they may use as they were then.
+ *
+ * Thread safety: one thread at a time; it may move between threads. It holds no
+ * reference to the gateway: its calls need neither the gateway's thread nor its
+ * lock, and it may outlive the gateway.
+ */
+typedef struct ipsec_policy_edit ipsec_policy_edit;
+
+/**
  * A fragment reassembler: the datagrams in progress, within its limits.
  *
  * Thread safety: one thread at a time (every fragment changes it); it may move between
@@ -754,6 +796,28 @@ typedef struct ipsec_replay_window ipsec_replay_window;
  * threads. Use one SA per core, or a lock around it.
  */
 typedef struct ipsec_sa ipsec_sa;
+
+/**
+ * One thread's lane of an `ipsec_shared_sa`: a whole SA of the same keys with its own
+ * counters, taking sequence numbers (outbound) or the replay window (inbound) from the
+ * shared part.
+ *
+ * Thread safety: one thread at a time (as an `ipsec_sa`; give each thread its own
+ * lane); it may move between threads. Different lanes of one SA may be used by
+ * different threads at the same time: that is what they are for.
+ */
+typedef struct ipsec_sa_lane ipsec_sa_lane;
+
+/**
+ * The shared part of one SA processed by several threads (`ipsec_shared_sa_new`): its
+ * SPI, sequence number and summed counters. The packets go through its lanes.
+ *
+ * Thread safety: any number of threads may use one at once (it is only read, and
+ * what it reads is atomic or locked); it is freed once, when no call is using it. It
+ * and its lanes may be freed in any order: they share reference-counted state, freed
+ * with the last of them.
+ */
+typedef struct ipsec_shared_sa ipsec_shared_sa;
 
 /**
  * A policy database: ordered policies, first match wins, no match is DISCARD.
@@ -1624,6 +1688,40 @@ ipsec_status ipsec_gateway_set_fragment_limits(struct ipsec_gateway *gateway,
                                                uint64_t lifetime_ns);
 
 /**
+ * Turns the gateway's SPD cache (RFC 4301 §4.4.2) on with room for `capacity` flows
+ * (rounded up to a power of two), or off with 0 (the default). Whole cleartext packets
+ * (outbound, and inbound cleartext) whose exact flow was seen are then decided without
+ * the classifier. The cache is emptied whenever the policies change (every policy
+ * control call and `ipsec_gateway_commit_policies`), so it never answers from replaced
+ * policies. Its memory (about 56 bytes a flow) is allocated here, once; its hit and
+ * miss counts start again from 0. Worth it when the flows of the traffic fit and the
+ * SPD is large.
+ *
+ * `IPSEC_ERR_CONFIG` (nothing changed) when `capacity` is above
+ * `IPSEC_SPD_CACHE_MAX_FLOWS`.
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call.
+ */
+ipsec_status ipsec_gateway_set_spd_cache(struct ipsec_gateway *gateway, size_t capacity);
+
+/**
+ * Writes the SPD cache's room in flows (0: off) to `*capacity`, and the lookups it
+ * answered (`*hits`) and passed to the classifier (`*misses`) since it was set.
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway not being changed by another thread during the call;
+ * `capacity` points to a writable `size_t`, `hits` and `misses` to writable
+ * `uint64_t`s.
+ */
+ipsec_status ipsec_gateway_get_spd_cache_stats(const struct ipsec_gateway *gateway,
+                                               size_t *capacity,
+                                               uint64_t *hits,
+                                               uint64_t *misses);
+
+/**
  * Allocates an SPI for an inbound SA being negotiated (`get_spi`, as IKE daemons call
  * it) and writes it to `*out_spi`: random, never below 256, never the SPI of one of the
  * gateway's inbound SAs nor one allocated before whose reservation still runs at
@@ -2290,6 +2388,150 @@ ipsec_status ipsec_sa_poll_keepalive(struct ipsec_sa *sa,
 ipsec_status ipsec_sa_next_keepalive(const struct ipsec_sa *sa, uint64_t *out_ns);
 
 /**
+ * Creates the SA of `*config` at time `now_ns` (as `ipsec_sa_new`; keys are copied) as
+ * `lanes` lanes, one per thread, that lease outbound sequence numbers `block` at a
+ * time (0: `IPSEC_SHARED_SA_DEFAULT_BLOCK`, 8; 1 to 1,024: 1 costs one atomic
+ * operation per packet, more leave up to `block - 1` numbers unsent per lane when the
+ * SA ends). Stores the shared part in `*shared_out` and the lanes in `lanes_out[0 ..
+ * lanes]`. Free each of them (any order) with `ipsec_shared_sa_free` /
+ * `ipsec_sa_lane_free`.
+ *
+ * `IPSEC_ERR_CONFIG` when the configuration is refused (as by `ipsec_sa_new`) or
+ * `lanes` is not 1 to 256 or `block` above 1,024 (the message names `lanes` or
+ * `block`); `IPSEC_ERR_INVALID_ARGUMENT` for NULL or misaligned pointers, enum fields
+ * out of range. Nothing is written then.
+ *
+ * # Safety
+ *
+ * `config` points to an initialised `ipsec_sa_config` whose pointers are valid as
+ * documented; `shared_out` points to a writable `ipsec_shared_sa *`; `lanes_out` to
+ * `lanes` writable `ipsec_sa_lane *`.
+ */
+ipsec_status ipsec_shared_sa_new(const struct ipsec_sa_config *config,
+                                 size_t lanes,
+                                 uint32_t block,
+                                 uint64_t now_ns,
+                                 struct ipsec_shared_sa **shared_out,
+                                 struct ipsec_sa_lane **lanes_out);
+
+/**
+ * Frees the shared part of an SA. Its lanes go on working (and summing into state
+ * that lives until the last of them is freed). NULL is ignored.
+ *
+ * # Safety
+ *
+ * `shared` is NULL or from `ipsec_shared_sa_new`, not freed before, used by no call
+ * on another thread during this one, and not used afterwards.
+ */
+void ipsec_shared_sa_free(struct ipsec_shared_sa *shared);
+
+/**
+ * Frees a lane (its keys are wiped), publishing its counters to the shared part
+ * first. The other lanes and the shared part go on working. NULL is ignored.
+ *
+ * # Safety
+ *
+ * `lane` is NULL or from `ipsec_shared_sa_new`, not freed before, used by no other
+ * thread during the call, and not used afterwards.
+ */
+void ipsec_sa_lane_free(struct ipsec_sa_lane *lane);
+
+/**
+ * Writes the sum of the counters the lanes published into `*out` (see the module
+ * docs: a lane publishes when it leases a block of sequence numbers, every 64 inbound
+ * packets, at `ipsec_sa_lane_publish` and when it is freed). Any thread.
+ *
+ * # Safety
+ *
+ * `shared` is a live shared SA; `out` points to a writable `ipsec_sa_stats`.
+ */
+ipsec_status ipsec_shared_sa_get_stats(const struct ipsec_shared_sa *shared,
+                                       struct ipsec_sa_stats *out);
+
+/**
+ * Outbound: the highest sequence number leased to a lane (every number up to it was
+ * or will be used by exactly one lane; the initial `seq` of the configuration before
+ * the first lease). Inbound: the highest sequence number accepted. 0 for NULL or a
+ * poisoned handle (the last error says which). Any thread.
+ *
+ * # Safety
+ *
+ * `shared` is NULL or a live shared SA.
+ */
+uint64_t ipsec_shared_sa_seq(const struct ipsec_shared_sa *shared);
+
+/**
+ * Encrypts a packet in place with an outbound lane, as `ipsec_sa_encrypt` (the same
+ * buffer arguments, results and statuses), with the next sequence number of the
+ * lane's block (leasing a new block when it is used up).
+ * `IPSEC_ERR_LIFETIME_EXPIRED` / `IPSEC_ERR_SEQUENCE_OVERFLOW` when the SA's sequence
+ * numbers (or its hard packet lifetime) are used up by all lanes together.
+ *
+ * # Safety
+ *
+ * `lane` is a live lane used by no other thread during the call; `buf` points to
+ * `capacity` writable bytes; `offset` and `length` point to writable `size_t`s.
+ */
+ipsec_status ipsec_sa_lane_encrypt(struct ipsec_sa_lane *lane,
+                                   uint8_t *buf,
+                                   size_t capacity,
+                                   size_t *offset,
+                                   size_t *length,
+                                   uint64_t now_ns);
+
+/**
+ * Decrypts a packet in place with an inbound lane, as `ipsec_sa_decrypt` (the same
+ * buffer arguments, results and statuses), checking and recording its sequence number
+ * in the replay window all lanes share: a packet given to several lanes is accepted by
+ * exactly one (the others: `IPSEC_ERR_REPLAY`).
+ *
+ * # Safety
+ *
+ * As `ipsec_sa_lane_encrypt`.
+ */
+ipsec_status ipsec_sa_lane_decrypt(struct ipsec_sa_lane *lane,
+                                   uint8_t *buf,
+                                   size_t capacity,
+                                   size_t *offset,
+                                   size_t *length,
+                                   uint64_t now_ns);
+
+/**
+ * Copies the lane's own counters (exact, up to its last packet) into `*out`.
+ *
+ * # Safety
+ *
+ * `lane` is a live lane used by no other thread during the call; `out` points to a
+ * writable `ipsec_sa_stats`.
+ */
+ipsec_status ipsec_sa_lane_get_stats(const struct ipsec_sa_lane *lane, struct ipsec_sa_stats *out);
+
+/**
+ * Publishes the lane's counters to the shared part now (`ipsec_shared_sa_get_stats`
+ * then counts every packet of this lane so far): e.g. before reading the sum when the
+ * threads are idle.
+ *
+ * # Safety
+ *
+ * `lane` is a live lane used by no other thread during the call.
+ */
+ipsec_status ipsec_sa_lane_publish(struct ipsec_sa_lane *lane);
+
+/**
+ * The lane's next lifetime event at `now_ns`, as `ipsec_sa_poll_event` (each lane
+ * raises its own: a byte or soft packet limit is split between the lanes, so the
+ * first lane to reach its share raises it for the SA; time limits are the SA's).
+ *
+ * # Safety
+ *
+ * `lane` is a live lane used by no other thread during the call; `out` points to a
+ * writable `ipsec_sa_event`.
+ */
+ipsec_status ipsec_sa_lane_poll_event(struct ipsec_sa_lane *lane,
+                                      uint64_t now_ns,
+                                      struct ipsec_sa_event *out);
+
+/**
  * Sets `*options` to the defaults: margin `IPSEC_DEFAULT_SEQ_MARGIN`, no `not_below`,
  * no elapsed time.
  *
@@ -2710,6 +2952,134 @@ ipsec_status ipsec_gateway_replace_policy(struct ipsec_gateway *gateway, const c
  * NUL-terminated string.
  */
 ipsec_status ipsec_gateway_remove_policy(struct ipsec_gateway *gateway, const char *name);
+
+/**
+ * Takes a batch of policy changes from the gateway's current policies and stores it in
+ * `*out` (O(policies + SAs): a copy). Change it with `ipsec_policy_edit_install`,
+ * `_replace` and `_remove`, compile it with `ipsec_policy_edit_compile`, or free it
+ * with `ipsec_policy_edit_free`.
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway not being changed by another thread during the call (the
+ * rule of `ipsec_gateway`); `out` points to a writable `ipsec_policy_edit *`.
+ */
+ipsec_status ipsec_gateway_edit_policies(const struct ipsec_gateway *gateway,
+                                         struct ipsec_policy_edit **out);
+
+/**
+ * `ipsec_gateway_install_policy` on the edit: installs the policy `policy_toml` (one
+ * `[[policy]]` table's text) before the policy `before` of the edit, or last when
+ * `before` is NULL. Its SAs are checked against the SAs of the gateway when the edit
+ * was taken.
+ *
+ * Refused, with the edit unchanged: `IPSEC_ERR_CONFIG`, `IPSEC_ERR_DUPLICATE_POLICY`,
+ * `IPSEC_ERR_MISSING_SA`, `IPSEC_ERR_UNKNOWN_POLICY` (as the gateway call),
+ * `IPSEC_ERR_INVALID_ARGUMENT` (NULL `edit` or `policy_toml`, text that is not UTF-8).
+ *
+ * # Safety
+ *
+ * `edit` is a live edit used by no other thread during the call; `policy_toml` is a
+ * NUL-terminated string; `before` is NULL or a NUL-terminated string.
+ */
+ipsec_status ipsec_policy_edit_install(struct ipsec_policy_edit *edit,
+                                       const char *policy_toml,
+                                       const char *before);
+
+/**
+ * `ipsec_gateway_replace_policy` on the edit: replaces the edit's policy of the same
+ * name as `policy_toml` with it, in the same place.
+ *
+ * Refused, with the edit unchanged: `IPSEC_ERR_CONFIG`, `IPSEC_ERR_UNKNOWN_POLICY`,
+ * `IPSEC_ERR_MISSING_SA`, `IPSEC_ERR_INVALID_ARGUMENT` (as the gateway call).
+ *
+ * # Safety
+ *
+ * `edit` is a live edit used by no other thread during the call; `policy_toml` is a
+ * NUL-terminated string.
+ */
+ipsec_status ipsec_policy_edit_replace(struct ipsec_policy_edit *edit, const char *policy_toml);
+
+/**
+ * `ipsec_gateway_remove_policy` on the edit: removes its policy `name`.
+ *
+ * Refused, with the edit unchanged: `IPSEC_ERR_UNKNOWN_POLICY`,
+ * `IPSEC_ERR_INVALID_ARGUMENT` (NULL `edit` or `name`, a name that is not UTF-8).
+ *
+ * # Safety
+ *
+ * `edit` is a live edit used by no other thread during the call; `name` is a
+ * NUL-terminated string.
+ */
+ipsec_status ipsec_policy_edit_remove(struct ipsec_policy_edit *edit, const char *name);
+
+/**
+ * The number of policies in the edit as changed so far (0 for NULL).
+ *
+ * # Safety
+ *
+ * `edit` is NULL or a live edit not being changed by another thread during the call.
+ */
+size_t ipsec_policy_edit_count(const struct ipsec_policy_edit *edit);
+
+/**
+ * Compiles the edited policies (the expensive step: a new classifier for the whole
+ * SPD) and stores the result in `*out`, for `ipsec_gateway_commit_policies`. Needs no
+ * gateway: call it on any thread while the gateway goes on processing packets.
+ *
+ * `edit` is consumed: freed by this call whatever it returns (do not use or free it
+ * afterwards). `IPSEC_ERR_INVALID_ARGUMENT` for NULL `edit` or NULL / misaligned
+ * `out` (nothing written).
+ *
+ * # Safety
+ *
+ * `edit` is NULL or a live edit used by no other thread during the call; `out` points
+ * to a writable `ipsec_compiled_policies *`.
+ */
+ipsec_status ipsec_policy_edit_compile(struct ipsec_policy_edit *edit,
+                                       struct ipsec_compiled_policies **out);
+
+/**
+ * Swaps the compiled policies into the gateway the edit was taken from: O(1) for the
+ * SPD (the classifier was built by `ipsec_policy_edit_compile`), plus the library's
+ * policy name strings, O(policies installed or removed by the edit). Remembered
+ * fragment decisions and the SPD cache are emptied, as by every policy change.
+ *
+ * `compiled` is consumed: freed by this call whatever it returns, even when refused
+ * (do not use or free it afterwards).
+ *
+ * Refused, with the gateway unchanged: `IPSEC_ERR_STALE_POLICIES` (the gateway's
+ * policies changed after the edit was taken: take a new edit), `IPSEC_ERR_MISSING_SA`
+ * (a policy names an SA deleted, or being retired, since), `IPSEC_ERR_INVALID_ARGUMENT`
+ * (NULL `gateway` or `compiled`, or policies edited from another gateway).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call;
+ * `compiled` is NULL or from `ipsec_policy_edit_compile`, not freed before.
+ */
+ipsec_status ipsec_gateway_commit_policies(struct ipsec_gateway *gateway,
+                                           struct ipsec_compiled_policies *compiled);
+
+/**
+ * Frees an edit without compiling it. NULL is ignored.
+ *
+ * # Safety
+ *
+ * `edit` is NULL or from `ipsec_gateway_edit_policies`, not freed or consumed before,
+ * not used afterwards.
+ */
+void ipsec_policy_edit_free(struct ipsec_policy_edit *edit);
+
+/**
+ * Frees compiled policies without committing them. NULL is ignored.
+ *
+ * # Safety
+ *
+ * `compiled` is NULL or from `ipsec_policy_edit_compile`, not freed or consumed
+ * before, not used afterwards.
+ */
+void ipsec_compiled_policies_free(struct ipsec_compiled_policies *compiled);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -4,8 +4,9 @@
 #
 #   1. the release libraries (libipsec.a, libipsec.so)
 #   2. include/ipsec.h compiles as C99 (-pedantic) and as C++11, warnings as errors
-#   3. examples/c/gateway.c, ipsec-ffi/tests/c/error_paths.c, path_mtu.c, secrets.c, snapshot.c
-#      and live_gateway.c (the control calls of a live gateway), each
+#   3. examples/c/gateway.c, ipsec-ffi/tests/c/error_paths.c, path_mtu.c, secrets.c, snapshot.c,
+#      live_gateway.c (the control calls of a live gateway) and threads.c (shared SAs and
+#      policy batches on POSIX threads, built with -pthread), each
 #      built against the static and the shared library and run; then under valgrind (no
 #      errors, no leaks) and with ASan/UBSan; error_paths.c once more with
 #      -DIPSEC_TEST_HOOKS against a separate (debug) library built with the tests-only
@@ -78,12 +79,12 @@ echo "ok: C99 and C++11, no warnings"
 stage "C programs against the static and the shared library"
 programs=("gateway:examples/c/gateway.c" "error_paths:ipsec-ffi/tests/c/error_paths.c" "path_mtu:ipsec-ffi/tests/c/path_mtu.c"
           "secrets:ipsec-ffi/tests/c/secrets.c" "snapshot:ipsec-ffi/tests/c/snapshot.c"
-          "live_gateway:ipsec-ffi/tests/c/live_gateway.c")
+          "live_gateway:ipsec-ffi/tests/c/live_gateway.c" "threads:ipsec-ffi/tests/c/threads.c")
 for entry in "${programs[@]}"; do
   name=${entry%%:*}
   src=${entry#*:}
-  "$CC" "${CFLAGS[@]}" "$src" "$lib/libipsec.a" "${STATIC_LIBS[@]}" -o "$work/$name-static"
-  "$CC" "${CFLAGS[@]}" "$src" -L"$lib" -lipsec -Wl,-rpath,"$lib" -o "$work/$name-shared"
+  "$CC" "${CFLAGS[@]}" -pthread "$src" "$lib/libipsec.a" "${STATIC_LIBS[@]}" -o "$work/$name-static"
+  "$CC" "${CFLAGS[@]}" -pthread "$src" -L"$lib" -lipsec -Wl,-rpath,"$lib" -o "$work/$name-shared"
   if ! readelf -d "$work/$name-shared" | grep -q 'NEEDED.*libipsec\.so'; then
     echo "$name-shared is not linked against libipsec.so"
     exit 1
@@ -140,7 +141,7 @@ stage "AddressSanitizer and UndefinedBehaviorSanitizer"
 for entry in "${programs[@]}"; do
   name=${entry%%:*}
   src=${entry#*:}
-  "$CC" "${CFLAGS[@]}" -g -fsanitize=address,undefined -fno-sanitize-recover=all \
+  "$CC" "${CFLAGS[@]}" -pthread -g -fsanitize=address,undefined -fno-sanitize-recover=all \
     "$src" "$lib/libipsec.a" "${STATIC_LIBS[@]}" -o "$work/$name-asan"
   log="$work/$name-asan.log"
   if ! "$work/$name-asan" >"$log" 2>&1; then

@@ -4,7 +4,7 @@
 //! `ipsec_gateway_retire_sa`; policies: `ipsec_gateway_install_policy`,
 //! `ipsec_gateway_replace_policy` and `ipsec_gateway_remove_policy`.
 //!
-//! * **All or nothing.** A refused call returns the status of its reason (230..=237,
+//! * **All or nothing.** A refused call returns the status of its reason (230..=238,
 //!   one per `ControlError` variant, or `IPSEC_ERR_CONFIG`), the last-error message is
 //!   the core's explanation, its `Display` text (it names SAs, policies and fields,
 //!   never key bytes; an `ipsec_sa_config` refused before the core sees it is named
@@ -42,7 +42,7 @@ use crate::sa::{ipsec_sa_config, ipsec_sa_stats, now, read_config};
 use crate::status::ipsec_status;
 
 /// Records a refused control call: its status, and the core's message.
-fn refused(e: ControlError) -> ipsec_status {
+pub(crate) fn refused(e: ControlError) -> ipsec_status {
     fail(ipsec_status::of_control(&e), e.to_string())
 }
 
@@ -63,7 +63,7 @@ unsafe fn sa_config(
 impl GatewayHandle {
     /// Makes the policy names those of the installed policies (after a policy call
     /// succeeded): O(n), as the policy call's own recompilation of the SPD.
-    fn sync_policy_names(&mut self) {
+    pub(crate) fn sync_policy_names(&mut self) {
         let installed: HashSet<&str> = self
             .gateway
             .spd()
@@ -84,6 +84,34 @@ impl GatewayHandle {
             self.policy_names.add(name);
         }
         self.check_names();
+    }
+
+    /// Updates the policy names after a committed batch (`ipsec_gateway_commit_policies`):
+    /// the gateway's policies were those of the edit's start (a commit over changed
+    /// policies is refused as stale), so the names change by what the batch removed and
+    /// added: O(changes), not O(policies).
+    pub(crate) fn apply_policy_name_changes<'a>(
+        &mut self,
+        removed: impl Iterator<Item = &'a str>,
+        added: impl Iterator<Item = &'a str>,
+    ) {
+        for name in removed {
+            self.policy_names.remove(name);
+        }
+        for name in added {
+            self.policy_names.add(name);
+        }
+        self.check_names();
+        if cfg!(test) {
+            let installed: HashSet<&str> = self
+                .gateway
+                .spd()
+                .policies()
+                .iter()
+                .map(|p| p.name())
+                .collect();
+            assert!(self.policy_names.names().all(|n| installed.contains(n)));
+        }
     }
 
     /// In this crate's unit tests: the name caches hold exactly the gateway's SAs and

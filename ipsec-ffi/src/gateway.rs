@@ -8,9 +8,10 @@ use core::ffi::c_char;
 use core::time::Duration;
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipsec_core::gateway::{Inbound, Outbound};
-use ipsec_core::{Error, FragmentLimits, Gateway, PacketBuf, Spd, SpiError};
+use ipsec_core::{ConfigError, Error, FragmentLimits, Gateway, PacketBuf, Spd, SpiError};
 
 use crate::boundary::{bad_descriptor, boundary, call, config_error, fail, invalid, packet_error};
 use crate::handle::{
@@ -26,7 +27,8 @@ use crate::status::ipsec_status;
 
 /// A gateway: policies plus the SAs they name, ready to process packets; a key manager
 /// adds, rekeys and deletes SAs and installs, replaces and removes policies while it
-/// runs (the control calls `ipsec_gateway_add_sa` ... `ipsec_gateway_remove_policy`).
+/// runs (the control calls `ipsec_gateway_add_sa` ... `ipsec_gateway_remove_policy`, and
+/// `ipsec_gateway_commit_policies` for a batch compiled away from it).
 ///
 /// Thread safety: one thread at a time, for the packet calls (every packet changes SA
 /// state) and the control calls alike: a control call changes the gateway as a packet
@@ -58,7 +60,13 @@ pub(crate) struct GatewayHandle {
     /// The SAs given a retirement time by `ipsec_gateway_retire_sa` (the gateway deletes
     /// them by itself, in `inbound` or `poll_event`, once that time has come).
     pub(crate) retiring: HashMap<Box<str>, Duration>,
+    /// This gateway's number, unique in the process: a policy edit remembers the
+    /// gateway it was taken from, and is committed to that one only.
+    pub(crate) id: u64,
 }
+
+/// The next [`GatewayHandle::id`].
+static NEXT_GATEWAY_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Handle for ipsec_gateway {
     type Inner = GatewayHandle;
@@ -266,6 +274,7 @@ pub unsafe extern "C" fn ipsec_gateway_new(
                 names,
                 policy_names,
                 retiring: HashMap::new(),
+                id: NEXT_GATEWAY_ID.fetch_add(1, Ordering::Relaxed),
             }))
         };
         Ok(())
@@ -677,6 +686,77 @@ pub unsafe extern "C" fn ipsec_gateway_set_fragment_limits(
         let limits =
             FragmentLimits::new(max_datagrams, now(lifetime_ns)).map_err(|e| config_error(&e))?;
         h.gateway.set_fragment_limits(limits);
+        Ok(())
+    })
+}
+
+/// The largest SPD cache `ipsec_gateway_set_spd_cache` makes: 2^24 flows (about 1 GiB).
+pub const IPSEC_SPD_CACHE_MAX_FLOWS: usize = 1 << 24;
+
+/// Turns the gateway's SPD cache (RFC 4301 §4.4.2) on with room for `capacity` flows
+/// (rounded up to a power of two), or off with 0 (the default). Whole cleartext packets
+/// (outbound, and inbound cleartext) whose exact flow was seen are then decided without
+/// the classifier. The cache is emptied whenever the policies change (every policy
+/// control call and `ipsec_gateway_commit_policies`), so it never answers from replaced
+/// policies. Its memory (about 56 bytes a flow) is allocated here, once; its hit and
+/// miss counts start again from 0. Worth it when the flows of the traffic fit and the
+/// SPD is large.
+///
+/// `IPSEC_ERR_CONFIG` (nothing changed) when `capacity` is above
+/// `IPSEC_SPD_CACHE_MAX_FLOWS`.
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_set_spd_cache(
+    gateway: *mut ipsec_gateway,
+    capacity: usize,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let mut h = unsafe { borrow_mut(gateway, "gateway") }?;
+        if capacity > IPSEC_SPD_CACHE_MAX_FLOWS {
+            return Err(config_error(&ConfigError::new(
+                "capacity",
+                format!(
+                    "{capacity} flows: at most {IPSEC_SPD_CACHE_MAX_FLOWS} (0 turns the SPD cache off)"
+                ),
+            )));
+        }
+        h.gateway.set_spd_cache(capacity);
+        Ok(())
+    })
+}
+
+/// Writes the SPD cache's room in flows (0: off) to `*capacity`, and the lookups it
+/// answered (`*hits`) and passed to the classifier (`*misses`) since it was set.
+///
+/// # Safety
+///
+/// `gateway` is a live gateway not being changed by another thread during the call;
+/// `capacity` points to a writable `size_t`, `hits` and `misses` to writable
+/// `uint64_t`s.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_get_spd_cache_stats(
+    gateway: *const ipsec_gateway,
+    capacity: *mut usize,
+    hits: *mut u64,
+    misses: *mut u64,
+) -> ipsec_status {
+    call(|| {
+        let capacity = out_ptr(capacity, "capacity")?;
+        let hits = out_ptr(hits, "hits")?;
+        let misses = out_ptr(misses, "misses")?;
+        // SAFETY: caller's contract.
+        let h = unsafe { borrow(gateway, "gateway") }?;
+        let (c, hit, miss) = h.gateway.spd_cache_stats();
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe {
+            capacity.write(c);
+            hits.write(hit);
+            misses.write(miss);
+        }
         Ok(())
     })
 }

@@ -157,6 +157,27 @@ pub(crate) unsafe fn free_handle<H: Handle>(ptr: *mut H) {
     }
 }
 
+/// Takes the object behind a handle back from C (a call that consumes its argument):
+/// the handle is freed whatever happens next. `IPSEC_ERR_INVALID_ARGUMENT` for NULL,
+/// `IPSEC_ERR_POISONED` (the object dropped) after a panic in an earlier call on it.
+///
+/// # Safety
+///
+/// As [`free_handle`].
+pub(crate) unsafe fn take_handle<H: Handle>(
+    ptr: *mut H,
+    name: &'static str,
+) -> Result<H::Inner, ipsec_status> {
+    if ptr.is_null() {
+        return Err(null_argument(name));
+    }
+    // SAFETY: `ptr` came from `Box::into_raw` of a `Slot<H::Inner>` (caller's contract)
+    // and is given back exactly once.
+    let slot = unsafe { Box::from_raw(ptr.cast::<Slot<H::Inner>>()) };
+    slot.check()?;
+    Ok(slot.value)
+}
+
 /// Checks an out-pointer (non-NULL and aligned) before any work is done, so that the
 /// result is written only on success.
 #[inline]

@@ -7,8 +7,11 @@
 //! ## Conventions (as rustls-ffi and DPDK)
 //!
 //! * Opaque handles (`ipsec_sa`, `ipsec_spd`, `ipsec_gateway`, `ipsec_replay_window`,
-//!   `ipsec_reassembler`, `ipsec_lint`, `ipsec_firewall`) are created by a `*_new` / `*_from_*` / `*_load`
-//!   call and released by the matching `*_free`, which accepts NULL.
+//!   `ipsec_reassembler`, `ipsec_lint`, `ipsec_firewall`, `ipsec_shared_sa`, `ipsec_sa_lane`,
+//!   `ipsec_policy_edit`, `ipsec_compiled_policies`) are created by a `*_new` / `*_from_*` / `*_load`
+//!   call (or `ipsec_gateway_edit_policies`, `ipsec_policy_edit_compile`) and released by
+//!   the matching `*_free`, which accepts NULL. `ipsec_policy_edit_compile` and
+//!   `ipsec_gateway_commit_policies` consume their handle argument, whatever they return.
 //! * Every fallible call returns an [`ipsec_status`] and writes its results through
 //!   out-pointers, **only on success**. Arguments come in the order: object, inputs,
 //!   outputs. A `const` handle pointer means the call does not change the object.
@@ -40,7 +43,13 @@
 //! thread takes the same lock as the packet path, or hands its changes to the thread
 //! that owns the gateway, which applies them between packets.
 //! `ipsec_spd`, `ipsec_lint` and `ipsec_firewall` are immutable: any number of threads
-//! may use one at once. The last-error message is per thread.
+//! may use one at once. An `ipsec_shared_sa` may be read by any number of threads at
+//! once; each of its `ipsec_sa_lane`s is used by one thread at a time (one lane per
+//! thread), and the shared handle and the lanes may be freed in any order (they share
+//! reference-counted state). An `ipsec_policy_edit` or `ipsec_compiled_policies` is used
+//! by one thread at a time, any thread: it needs neither the gateway nor its lock; only
+//! taking the edit and committing touch the gateway. The last-error message is per
+//! thread.
 //!
 //! ## Unsafe code
 //!
@@ -60,6 +69,7 @@ pub mod path_mtu;
 pub mod reassembly;
 pub mod replay;
 pub mod sa;
+pub mod shared;
 pub mod snapshot;
 pub mod spd;
 pub mod status;
@@ -67,14 +77,17 @@ pub mod status;
 // Last: cbindgen writes the header in module order, and the control calls use the types
 // of the modules above.
 pub mod control;
+pub mod policy_edit;
 
 pub use boundary::{ipsec_last_error, ipsec_last_error_length};
 pub use control::*;
 pub use gateway::*;
 pub use path_mtu::*;
+pub use policy_edit::*;
 pub use reassembly::*;
 pub use replay::*;
 pub use sa::*;
+pub use shared::*;
 pub use snapshot::*;
 pub use spd::*;
 pub use status::{ipsec_status, ipsec_status_str, ipsec_version};

@@ -922,7 +922,7 @@ pub unsafe extern "C" fn ipsec_sa_free(sa: *mut ipsec_sa) {
 ///
 /// `buf` points to `capacity` writable bytes; `offset` and `length` to `size_t`s.
 #[inline(always)]
-unsafe fn in_place(
+pub(crate) unsafe fn in_place(
     buf: *mut u8,
     capacity: usize,
     offset: *mut usize,

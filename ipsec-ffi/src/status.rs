@@ -84,6 +84,10 @@ pub enum ipsec_status {
     /// replace or remove, or the `before` of `ipsec_gateway_install_policy`). Nothing
     /// changed.
     IPSEC_ERR_UNKNOWN_POLICY = 237,
+    /// `ipsec_gateway_commit_policies` was refused: the gateway's policies changed after
+    /// the edit was taken (`ipsec_gateway_edit_policies`). Take a new edit and make the
+    /// changes again. Nothing changed.
+    IPSEC_ERR_STALE_POLICIES = 238,
     /// Dropped: the ICV did not verify (tampered packet or wrong key).
     IPSEC_ERR_AUTH_FAILED = 300,
     /// Dropped: the sequence number was already received.
@@ -189,6 +193,7 @@ impl ipsec_status {
             ControlError::DuplicatePolicy { .. } => IPSEC_ERR_DUPLICATE_POLICY,
             ControlError::UnknownPolicy { .. } => IPSEC_ERR_UNKNOWN_POLICY,
             ControlError::Config(_) => IPSEC_ERR_CONFIG,
+            ControlError::StalePolicies => IPSEC_ERR_STALE_POLICIES,
             // A reason added to the core (`non_exhaustive`) that has no status of its
             // own yet: still a refused call that changed nothing, and the message says
             // why. Give it a status here when the core gains one.
@@ -276,6 +281,10 @@ impl ipsec_status {
             (
                 IPSEC_ERR_UNKNOWN_POLICY,
                 c"IPSEC_ERR_UNKNOWN_POLICY: no policy of that name is installed",
+            ),
+            (
+                IPSEC_ERR_STALE_POLICIES,
+                c"IPSEC_ERR_STALE_POLICIES: the policies changed after the edit was taken",
             ),
             (
                 IPSEC_ERR_AUTH_FAILED,

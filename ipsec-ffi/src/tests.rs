@@ -1788,6 +1788,7 @@ fn control_errors_have_one_status_each() {
             237,
             "IPSEC_ERR_UNKNOWN_POLICY",
         ),
+        (ControlError::StalePolicies, 238, "IPSEC_ERR_STALE_POLICIES"),
         (
             ControlError::Config(ConfigError::new("key", "too short")),
             200,
@@ -1955,6 +1956,468 @@ fn gateway_control_calls_keep_names_coherent_and_refusals_change_nothing() {
             );
         }
         assert_eq!(ipsec_gateway_sa_count(gw), 0);
+        ipsec_gateway_free(gw);
+    }
+}
+
+fn lane_stats(lane: *const ipsec_sa_lane) -> ipsec_sa_stats {
+    let mut s = core::mem::MaybeUninit::uninit();
+    // SAFETY: lane is live; s is writable.
+    let st = unsafe { ipsec_sa_lane_get_stats(lane, s.as_mut_ptr()) };
+    assert_eq!(st, ipsec_status::IPSEC_OK);
+    // SAFETY: written on success.
+    unsafe { s.assume_init() }
+}
+
+fn shared_stats(shared: *const ipsec_shared_sa) -> ipsec_sa_stats {
+    let mut s = core::mem::MaybeUninit::uninit();
+    // SAFETY: shared is live; s is writable.
+    let st = unsafe { ipsec_shared_sa_get_stats(shared, s.as_mut_ptr()) };
+    assert_eq!(st, ipsec_status::IPSEC_OK);
+    // SAFETY: written on success.
+    unsafe { s.assume_init() }
+}
+
+#[test]
+fn shared_sa_lanes_lease_sequence_numbers_and_share_one_replay_window() {
+    use ipsec_direction::{IPSEC_DIRECTION_INBOUND as IN, IPSEC_DIRECTION_OUTBOUND as OUT};
+    use ipsec_status::*;
+    let mut shared = null_mut();
+    let mut lanes = [null_mut(); 2];
+    // SAFETY: every pointer is valid for its call; each handle is freed once.
+    unsafe {
+        assert_eq!(
+            ipsec_shared_sa_new(
+                &config(0x4242, OUT),
+                2,
+                2,
+                T0,
+                &mut shared,
+                lanes.as_mut_ptr()
+            ),
+            IPSEC_OK
+        );
+        assert_eq!(ipsec_shared_sa_seq(shared), 0);
+        // Three packets per lane, interleaved, blocks of 2: lane 0 sends 1, 2, 5 (of 5-6),
+        // lane 1 3, 4, 7 (of 7-8); 6 and 8 are leased, unsent.
+        let mut wire = Vec::new();
+        for i in 0..6 {
+            let mut buf = [0u8; 256];
+            let mut len = put_packet(&mut buf, 64);
+            let mut off = 64;
+            let lane = lanes[i % 2];
+            let st =
+                ipsec_sa_lane_encrypt(lane, buf.as_mut_ptr(), buf.len(), &mut off, &mut len, T0);
+            assert_eq!(st, IPSEC_OK);
+            wire.push((buf, off, len));
+        }
+        let seq = |w: &([u8; 256], usize, usize)| {
+            u32::from_be_bytes(w.0[w.1 + 24..w.1 + 28].try_into().unwrap())
+        };
+        let seqs: Vec<u32> = wire.iter().map(seq).collect();
+        assert_eq!(seqs, [1, 3, 2, 4, 5, 7]);
+        assert_eq!(ipsec_shared_sa_seq(shared), 8);
+        assert_eq!(lane_stats(lanes[0]).packets, 3);
+        // Published at each lease only (before the block's packets).
+        assert!(shared_stats(shared).packets < 6);
+        assert_eq!(ipsec_sa_lane_publish(lanes[0]), IPSEC_OK);
+        assert_eq!(ipsec_sa_lane_publish(lanes[1]), IPSEC_OK);
+        assert_eq!(shared_stats(shared).packets, 6);
+        let mut ev = core::mem::MaybeUninit::uninit();
+        assert_eq!(
+            ipsec_sa_lane_poll_event(lanes[0], T0, ev.as_mut_ptr()),
+            IPSEC_OK
+        );
+        assert_eq!(
+            ev.assume_init().kind,
+            ipsec_event_kind::IPSEC_EVENT_NONE as u32
+        );
+        // A lane is an outbound SA: decrypt is the wrong direction (counted).
+        let (mut buf, mut off, mut len) = wire[0];
+        assert_eq!(
+            ipsec_sa_lane_decrypt(
+                lanes[0],
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut off,
+                &mut len,
+                T0
+            ),
+            IPSEC_ERR_WRONG_DIRECTION
+        );
+        // The shared part first, then the lanes: any order.
+        ipsec_shared_sa_free(shared);
+        ipsec_sa_lane_free(lanes[0]);
+        ipsec_sa_lane_free(lanes[1]);
+
+        // Inbound: two lanes, each given every packet: each accepted exactly once.
+        let mut rx = null_mut();
+        let mut rl = [null_mut(); 2];
+        assert_eq!(
+            ipsec_shared_sa_new(&config(0x4242, IN), 2, 0, T0, &mut rx, rl.as_mut_ptr()),
+            IPSEC_OK
+        );
+        let mut accepted = 0;
+        for w in &wire {
+            for &lane in &rl {
+                let (mut buf, mut off, mut len) = *w;
+                match ipsec_sa_lane_decrypt(
+                    lane,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    &mut off,
+                    &mut len,
+                    T0,
+                ) {
+                    IPSEC_OK => accepted += 1,
+                    st => assert_eq!(st, IPSEC_ERR_REPLAY),
+                }
+            }
+        }
+        assert_eq!(accepted, 6);
+        assert_eq!(ipsec_shared_sa_seq(rx), 7);
+        // Lanes publish when freed: free them first, then read the sum.
+        ipsec_sa_lane_free(rl[0]);
+        ipsec_sa_lane_free(rl[1]);
+        let sum = shared_stats(rx);
+        assert_eq!((sum.packets, sum.replay), (6, 6));
+        ipsec_shared_sa_free(rx);
+    }
+}
+
+#[test]
+fn shared_sa_arguments_are_checked() {
+    use ipsec_direction::IPSEC_DIRECTION_OUTBOUND as OUT;
+    use ipsec_status::*;
+    let c = config(0x4242, OUT);
+    let mut shared = null_mut();
+    let mut lanes = [null_mut(); 2];
+    // SAFETY: pointers valid or NULL as each case says; nothing is created.
+    unsafe {
+        assert_eq!(
+            ipsec_shared_sa_new(&c, 0, 0, T0, &mut shared, lanes.as_mut_ptr()),
+            IPSEC_ERR_CONFIG
+        );
+        assert!(last_error().contains("lanes"), "{}", last_error());
+        assert_eq!(
+            ipsec_shared_sa_new(&c, 2, 2048, T0, &mut shared, lanes.as_mut_ptr()),
+            IPSEC_ERR_CONFIG
+        );
+        assert!(last_error().contains("block"), "{}", last_error());
+        assert_eq!(
+            ipsec_shared_sa_new(null(), 2, 0, T0, &mut shared, lanes.as_mut_ptr()),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            ipsec_shared_sa_new(&c, 2, 0, T0, null_mut(), lanes.as_mut_ptr()),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            ipsec_shared_sa_new(&c, 2, 0, T0, &mut shared, null_mut()),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            ipsec_shared_sa_new(&c, usize::MAX, 0, T0, &mut shared, lanes.as_mut_ptr()),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert!(shared.is_null() && lanes.iter().all(|l| l.is_null()));
+        assert_eq!(ipsec_shared_sa_seq(null()), 0);
+        let mut s = core::mem::MaybeUninit::uninit();
+        assert_eq!(
+            ipsec_shared_sa_get_stats(null(), s.as_mut_ptr()),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            ipsec_sa_lane_get_stats(null(), s.as_mut_ptr()),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            ipsec_sa_lane_publish(null_mut()),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        let (mut off, mut len) = (0usize, 0usize);
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            ipsec_sa_lane_encrypt(null_mut(), buf.as_mut_ptr(), 8, &mut off, &mut len, T0),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        ipsec_shared_sa_free(null_mut());
+        ipsec_sa_lane_free(null_mut());
+    }
+}
+
+/// The status and the policy string of the outbound verdict of a TCP packet
+/// 10.0.0.10:3389 -> 10.1.0.7:50000 under `POLICY` (NULL when refused).
+fn rdp_outbound_raw(gw: *mut ipsec_gateway) -> (ipsec_status, *const c_char) {
+    let mut buf = [0u8; 200];
+    buf[64..84].copy_from_slice(&[
+        0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 10, 10, 1, 0, 7,
+    ]);
+    buf[84..88].copy_from_slice(&[0x0d, 0x3d, 0xc3, 0x50]);
+    buf[96] = 0x50;
+    let (mut off, mut len) = (64usize, 40usize);
+    let mut r = core::mem::MaybeUninit::<ipsec_gateway_result>::uninit();
+    // SAFETY: gw is live; the buffer and out-pointers are valid.
+    let st = unsafe {
+        ipsec_gateway_outbound(
+            gw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut off,
+            &mut len,
+            T0,
+            r.as_mut_ptr(),
+        )
+    };
+    if st != ipsec_status::IPSEC_OK {
+        return (st, null());
+    }
+    // SAFETY: written on success.
+    (st, unsafe { r.assume_init() }.policy)
+}
+
+/// [`rdp_outbound_raw`] with the policy's name.
+fn rdp_outbound(gw: *mut ipsec_gateway) -> (ipsec_status, Option<&'static str>) {
+    let (st, p) = rdp_outbound_raw(gw);
+    (st, c_text(p))
+}
+
+#[test]
+fn policy_edits_compile_apart_and_commit_or_are_refused_as_stale() {
+    use ipsec_status::*;
+    let bypass = c"name = \"rdp-clear\"\nlocal = \"10.0.0.10\"\nprotocol = \"tcp\"\nlocal_port = 3389\naction = \"bypass\"\n";
+    let mut gw = null_mut();
+    let mut other = null_mut();
+    // SAFETY: every pointer is valid for its call; each handle is freed or consumed once;
+    // name strings are read while the gateway promises them.
+    unsafe {
+        assert_eq!(
+            ipsec_gateway_new(POLICY.as_ptr().cast(), POLICY.len(), T0, &mut gw),
+            IPSEC_OK
+        );
+        assert_eq!(
+            ipsec_gateway_new(POLICY.as_ptr().cast(), POLICY.len(), T0, &mut other),
+            IPSEC_OK
+        );
+        assert_eq!(rdp_outbound(gw), (IPSEC_OK, Some("rdp")));
+        let old_rdp = rdp_outbound_raw(gw).1;
+
+        let mut edit = null_mut();
+        assert_eq!(ipsec_gateway_edit_policies(gw, &mut edit), IPSEC_OK);
+        assert_eq!(ipsec_policy_edit_count(edit), 2);
+        assert_eq!(
+            ipsec_policy_edit_install(edit, bypass.as_ptr(), c"rdp".as_ptr()),
+            IPSEC_OK
+        );
+        assert_eq!(ipsec_policy_edit_remove(edit, c"rdp".as_ptr()), IPSEC_OK);
+        // Refused edit calls change nothing in the edit.
+        assert_eq!(
+            ipsec_policy_edit_remove(edit, c"rdp".as_ptr()),
+            IPSEC_ERR_UNKNOWN_POLICY
+        );
+        assert_eq!(
+            ipsec_policy_edit_install(edit, bypass.as_ptr(), null()),
+            IPSEC_ERR_DUPLICATE_POLICY
+        );
+        let missing = c"name = \"x\"\naction = \"protect\"\nsa = [\"nope\", \"in\"]\n";
+        assert_eq!(
+            ipsec_policy_edit_install(edit, missing.as_ptr(), null()),
+            IPSEC_ERR_MISSING_SA
+        );
+        assert_eq!(
+            ipsec_policy_edit_replace(edit, c"name = \"zz\"\naction = \"bypass\"\n".as_ptr()),
+            IPSEC_ERR_UNKNOWN_POLICY
+        );
+        assert_eq!(ipsec_policy_edit_count(edit), 2);
+        let mut compiled = null_mut();
+        assert_eq!(ipsec_policy_edit_compile(edit, &mut compiled), IPSEC_OK);
+        // Not yet committed: the gateway is unchanged.
+        assert_eq!(rdp_outbound(gw), (IPSEC_OK, Some("rdp")));
+        // Committed to another gateway: refused, consumed.
+        assert_eq!(
+            ipsec_gateway_commit_policies(other, compiled),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(rdp_outbound(other), (IPSEC_OK, Some("rdp")));
+
+        // Again, this time on the right gateway.
+        assert_eq!(ipsec_gateway_edit_policies(gw, &mut edit), IPSEC_OK);
+        let mut stale_edit = null_mut();
+        assert_eq!(ipsec_gateway_edit_policies(gw, &mut stale_edit), IPSEC_OK);
+        assert_eq!(
+            ipsec_policy_edit_install(edit, bypass.as_ptr(), c"rdp".as_ptr()),
+            IPSEC_OK
+        );
+        assert_eq!(ipsec_policy_edit_compile(edit, &mut compiled), IPSEC_OK);
+        assert_eq!(ipsec_gateway_commit_policies(gw, compiled), IPSEC_OK);
+        assert_eq!(rdp_outbound(gw).0, IPSEC_OK);
+        let clear = rdp_outbound_raw(gw).1;
+        assert_eq!(c_text(clear), Some("rdp-clear"));
+        // "rdp" is still installed: its string is the same one.
+        assert_eq!(c_text(old_rdp), Some("rdp"));
+
+        // The other edit was taken before that commit: stale, nothing changed.
+        assert_eq!(
+            ipsec_policy_edit_remove(stale_edit, c"rdp".as_ptr()),
+            IPSEC_OK
+        );
+        assert_eq!(
+            ipsec_policy_edit_compile(stale_edit, &mut compiled),
+            IPSEC_OK
+        );
+        assert_eq!(
+            ipsec_gateway_commit_policies(gw, compiled),
+            IPSEC_ERR_STALE_POLICIES
+        );
+        assert_eq!(
+            last_error(),
+            ipsec_core::ControlError::StalePolicies.to_string()
+        );
+        assert_eq!(rdp_outbound(gw).1, Some("rdp-clear"));
+
+        // Consumed arguments: NULL refused; a consumed edit even when `out` is NULL.
+        assert_eq!(
+            ipsec_gateway_commit_policies(gw, null_mut()),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            ipsec_policy_edit_compile(null_mut(), &mut compiled),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(ipsec_gateway_edit_policies(gw, &mut edit), IPSEC_OK);
+        assert_eq!(
+            ipsec_policy_edit_compile(edit, null_mut()),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(ipsec_gateway_edit_policies(gw, &mut edit), IPSEC_OK);
+        assert_eq!(ipsec_policy_edit_compile(edit, &mut compiled), IPSEC_OK);
+        assert_eq!(
+            ipsec_gateway_commit_policies(null_mut(), compiled),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            ipsec_gateway_edit_policies(null(), &mut edit),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            ipsec_gateway_edit_policies(gw, null_mut()),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        // Freed unused.
+        assert_eq!(ipsec_gateway_edit_policies(gw, &mut edit), IPSEC_OK);
+        ipsec_policy_edit_free(edit);
+        assert_eq!(ipsec_gateway_edit_policies(gw, &mut edit), IPSEC_OK);
+        assert_eq!(ipsec_policy_edit_compile(edit, &mut compiled), IPSEC_OK);
+        ipsec_compiled_policies_free(compiled);
+        ipsec_policy_edit_free(null_mut());
+        ipsec_compiled_policies_free(null_mut());
+
+        // A commit that removes a policy: its string lives until the next control call.
+        assert_eq!(ipsec_gateway_edit_policies(gw, &mut edit), IPSEC_OK);
+        assert_eq!(
+            ipsec_policy_edit_remove(edit, c"rdp-clear".as_ptr()),
+            IPSEC_OK
+        );
+        assert_eq!(ipsec_policy_edit_compile(edit, &mut compiled), IPSEC_OK);
+        assert_eq!(ipsec_gateway_commit_policies(gw, compiled), IPSEC_OK);
+        assert_eq!(c_text(clear), Some("rdp-clear"));
+        assert_eq!(rdp_outbound(gw), (IPSEC_OK, Some("rdp")));
+
+        // Net name changes of a batch: a policy removed and installed again keeps its
+        // name string (its name never left); one installed and removed leaves none (the
+        // unit-test build checks the name cache against the policies after each commit).
+        let rdp_string = rdp_outbound_raw(gw).1;
+        let rdp = c"name = \"rdp\"\ndirection = \"both\"\nlocal = \"10.0.0.10\"\nremote = \"10.1.0.0/24\"\nprotocol = \"tcp\"\nlocal_port = 3389\naction = \"protect\"\nsa = [\"out\", \"in\"]\n";
+        assert_eq!(ipsec_gateway_edit_policies(gw, &mut edit), IPSEC_OK);
+        assert_eq!(ipsec_policy_edit_remove(edit, c"rdp".as_ptr()), IPSEC_OK);
+        assert_eq!(
+            ipsec_policy_edit_install(edit, rdp.as_ptr(), c"rest".as_ptr()),
+            IPSEC_OK
+        );
+        assert_eq!(
+            ipsec_policy_edit_install(edit, bypass.as_ptr(), null()),
+            IPSEC_OK
+        );
+        assert_eq!(
+            ipsec_policy_edit_remove(edit, c"rdp-clear".as_ptr()),
+            IPSEC_OK
+        );
+        assert_eq!(
+            ipsec_policy_edit_install(
+                edit,
+                c"name = \"late\"\naction = \"bypass\"\n".as_ptr(),
+                c"rdp".as_ptr()
+            ),
+            IPSEC_OK
+        );
+        assert_eq!(ipsec_policy_edit_compile(edit, &mut compiled), IPSEC_OK);
+        assert_eq!(ipsec_gateway_commit_policies(gw, compiled), IPSEC_OK);
+        // "late" (any traffic, bypass) now comes first.
+        assert_eq!(rdp_outbound(gw), (IPSEC_OK, Some("late")));
+        assert_eq!(rdp_outbound_raw(gw).1, rdp_outbound_raw(gw).1);
+        assert_eq!(c_text(rdp_string), Some("rdp"));
+        assert_eq!(ipsec_gateway_remove_policy(gw, c"late".as_ptr()), IPSEC_OK);
+        assert_eq!(rdp_outbound_raw(gw).1, rdp_string);
+
+        ipsec_gateway_free(gw);
+        ipsec_gateway_free(other);
+    }
+}
+
+#[test]
+fn spd_cache_is_set_and_counted() {
+    use ipsec_status::*;
+    let mut gw = null_mut();
+    // SAFETY: every pointer is valid for its call; the gateway is freed once.
+    unsafe {
+        assert_eq!(
+            ipsec_gateway_new(POLICY.as_ptr().cast(), POLICY.len(), T0, &mut gw),
+            IPSEC_OK
+        );
+        let (mut cap, mut hits, mut misses) = (7usize, 7u64, 7u64);
+        assert_eq!(
+            ipsec_gateway_get_spd_cache_stats(gw, &mut cap, &mut hits, &mut misses),
+            IPSEC_OK
+        );
+        assert_eq!((cap, hits, misses), (0, 0, 0));
+        assert_eq!(ipsec_gateway_set_spd_cache(gw, 100), IPSEC_OK);
+        for _ in 0..3 {
+            assert_eq!(rdp_outbound(gw).0, IPSEC_OK);
+        }
+        assert_eq!(
+            ipsec_gateway_get_spd_cache_stats(gw, &mut cap, &mut hits, &mut misses),
+            IPSEC_OK
+        );
+        assert_eq!((cap, hits, misses), (128, 2, 1));
+        assert_eq!(
+            ipsec_gateway_set_spd_cache(gw, IPSEC_SPD_CACHE_MAX_FLOWS + 1),
+            IPSEC_ERR_CONFIG
+        );
+        assert!(last_error().contains("capacity"), "{}", last_error());
+        assert_eq!(
+            ipsec_gateway_get_spd_cache_stats(gw, &mut cap, &mut hits, &mut misses),
+            IPSEC_OK
+        );
+        assert_eq!(cap, 128);
+        assert_eq!(
+            ipsec_gateway_set_spd_cache(null_mut(), 1),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        for (c, h, m) in [
+            (null_mut(), &mut hits as *mut u64, &mut misses as *mut u64),
+            (&mut cap as *mut usize, null_mut(), &mut misses as *mut u64),
+            (&mut cap as *mut usize, &mut hits as *mut u64, null_mut()),
+        ] {
+            assert_eq!(
+                ipsec_gateway_get_spd_cache_stats(gw, c, h, m),
+                IPSEC_ERR_INVALID_ARGUMENT
+            );
+        }
+        assert_eq!(
+            ipsec_gateway_get_spd_cache_stats(null(), &mut cap, &mut hits, &mut misses),
+            IPSEC_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(ipsec_gateway_set_spd_cache(gw, 0), IPSEC_OK);
         ipsec_gateway_free(gw);
     }
 }

@@ -1,0 +1,584 @@
+/*
+ * The calls made for several threads, with POSIX threads:
+ *  - one outbound SA on two threads (ipsec_shared_sa_new, a lane per thread): every
+ *    sequence number used once, exactly 1 .. 2N; the main thread reads the shared part
+ *    while the lanes run; an ordinary inbound SA (ipsec_sa_new) decrypts every packet,
+ *    delivered sorted by sequence number; two threads on two inbound lanes, each given
+ *    every packet: each packet accepted exactly once, and the summed counters say so;
+ *  - a policy batch edited and compiled on another thread while the main thread passes
+ *    packets through the gateway, then committed: the verdicts change; a stale commit
+ *    is IPSEC_ERR_STALE_POLICIES with its message and changes nothing; the name strings
+ *    stay coherent;
+ *  - the SPD cache's counters;
+ *  - NULL arguments refused by every new call, never a crash.
+ * Run by scripts/test-ffi.sh (static and shared library, valgrind, ASan/UBSan).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <ipsec.h>
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int checks = 0, failed = 0;
+
+#define TRUE(what, cond)                                                                   \
+    do {                                                                                   \
+        checks++;                                                                          \
+        if (!(cond)) {                                                                     \
+            failed++;                                                                      \
+            printf("FAIL line %d: %s\n", __LINE__, what);                                 \
+        } else {                                                                           \
+            printf("ok   %s\n", what);                                                    \
+        }                                                                                  \
+    } while (0)
+
+/* This thread's last-error message (empty when there is none). */
+static const char *last_error(void)
+{
+    static char msg[1024];
+    size_t n = 0;
+    if (ipsec_last_error(msg, sizeof msg, &n) != IPSEC_OK || n != strlen(msg)) {
+        return "";
+    }
+    return msg;
+}
+
+/* A call returned `want`; for an error, the message contains `word` (when not NULL). */
+static void check_status(int line, const char *what, ipsec_status got, ipsec_status want,
+                         const char *word)
+{
+    const char *msg;
+    checks++;
+    if (got != want) {
+        failed++;
+        printf("FAIL line %d: %s: got %s, want %s (%s)\n", line, what, ipsec_status_str(got),
+               ipsec_status_str(want), got == IPSEC_OK ? "" : last_error());
+        return;
+    }
+    if (want == IPSEC_OK) {
+        printf("ok   %s\n", what);
+        return;
+    }
+    msg = last_error();
+    if (msg[0] == '\0' || (word != NULL && strstr(msg, word) == NULL)) {
+        failed++;
+        printf("FAIL line %d: %s: message \"%s\", want one with \"%s\"\n", line, what, msg,
+               word != NULL ? word : "(anything)");
+        return;
+    }
+    printf("ok   %-50s %s: %s\n", what, ipsec_status_str(got), msg);
+}
+
+#define OK(what, call) check_status(__LINE__, what, (call), IPSEC_OK, NULL)
+#define REFUSED(what, call, want, word) check_status(__LINE__, what, (call), (want), (word))
+#define NULL_ARG(what, call) check_status(__LINE__, what, (call), IPSEC_ERR_INVALID_ARGUMENT, NULL)
+
+static const uint64_t T0 = UINT64_C(1000000000);
+
+#define HEAD 128
+#define SIZE 256
+#define PLEN 40
+#define N 256 /* packets per thread: a whole number of blocks of 8 */
+#define BLOCK 8
+
+static const uint8_t KEY[20] = {0x4c, 0x80, 0xcd, 0xef, 0xbb, 0x5d, 0x10, 0xda, 0x90, 0x6a,
+                                0xc7, 0x3c, 0x36, 0x13, 0xa6, 0x34, 0x2e, 0x44, 0x3b, 0x68};
+
+static void make_config(ipsec_sa_config *c, uint32_t direction)
+{
+    ipsec_sa_config_init(c);
+    c->spi = 0x4242;
+    c->direction = direction;
+    c->mode = IPSEC_MODE_TUNNEL;
+    c->cipher = IPSEC_CIPHER_AES_128_GCM;
+    c->key = KEY;
+    c->key_len = sizeof KEY;
+    if (direction == IPSEC_DIRECTION_OUTBOUND) {
+        c->tunnel_src = "192.0.2.1";
+        c->tunnel_dst = "198.51.100.2";
+    } else {
+        c->replay_window = 1024;
+    }
+}
+
+/* A TCP packet 10.0.0.5:<sport> -> 10.1.0.9:50000 carrying `tag`, at buf + HEAD. */
+static void put_packet(uint8_t *buf, uint16_t sport, uint32_t tag)
+{
+    uint8_t *p = buf + HEAD;
+    memset(buf, 0, SIZE);
+    p[0] = 0x45;
+    p[3] = PLEN;
+    p[8] = 64;
+    p[9] = 6;
+    p[12] = 10; p[15] = 5;
+    p[16] = 10; p[17] = 1; p[19] = 9;
+    p[20] = (uint8_t)(sport >> 8); p[21] = (uint8_t)sport;
+    p[22] = 50000 >> 8; p[23] = 50000 & 0xff;
+    p[24] = (uint8_t)(tag >> 24); p[25] = (uint8_t)(tag >> 16);
+    p[26] = (uint8_t)(tag >> 8); p[27] = (uint8_t)tag;
+    p[32] = 0x50;
+}
+
+static uint32_t tag_of(const uint8_t *inner)
+{
+    return (uint32_t)inner[24] << 24 | (uint32_t)inner[25] << 16 | (uint32_t)inner[26] << 8 |
+           (uint32_t)inner[27];
+}
+
+/* A packet on the wire. */
+typedef struct {
+    uint8_t buf[SIZE];
+    size_t off, len;
+    ipsec_status st;
+} wire;
+
+static uint32_t seq_of(const wire *w)
+{
+    const uint8_t *esp = w->buf + w->off + 20; /* outer IPv4 header, then SPI, seq */
+    return (uint32_t)esp[4] << 24 | (uint32_t)esp[5] << 16 | (uint32_t)esp[6] << 8 | (uint32_t)esp[7];
+}
+
+static wire sent[2][N];   /* what each outbound lane sent */
+static wire *by_seq[2 * N + 1]; /* the same, by sequence number */
+
+typedef struct {
+    ipsec_sa_lane *lane;
+    int index;
+    int failures;
+    int accepted[2 * N + 1]; /* inbound: which sequence numbers this lane accepted */
+    int replayed;
+} worker;
+
+static void *encrypt_worker(void *arg)
+{
+    worker *w = arg;
+    int i;
+    for (i = 0; i < N; i++) {
+        wire *p = &sent[w->index][i];
+        put_packet(p->buf, 3389, (uint32_t)w->index << 16 | (uint32_t)i);
+        p->off = HEAD;
+        p->len = PLEN;
+        p->st = ipsec_sa_lane_encrypt(w->lane, p->buf, SIZE, &p->off, &p->len, T0);
+        if (p->st != IPSEC_OK) {
+            w->failures++;
+        }
+    }
+    return NULL;
+}
+
+/* Each inbound lane is given every packet, in sequence order. */
+static void *decrypt_worker(void *arg)
+{
+    worker *w = arg;
+    uint32_t s;
+    for (s = 1; s <= 2 * N; s++) {
+        wire copy = *by_seq[s];
+        ipsec_status st = ipsec_sa_lane_decrypt(w->lane, copy.buf, SIZE, &copy.off, &copy.len, T0);
+        if (st == IPSEC_OK) {
+            w->accepted[s] = 1;
+        } else if (st == IPSEC_ERR_REPLAY || st == IPSEC_ERR_TOO_OLD) {
+            w->replayed++;
+        } else {
+            w->failures++;
+        }
+    }
+    return NULL;
+}
+
+static worker workers[2];
+
+static void shared_sa(void)
+{
+    ipsec_sa_config cfg;
+    ipsec_shared_sa *tx = NULL, *rx = NULL;
+    ipsec_sa_lane *lanes[2] = {NULL, NULL};
+    ipsec_sa *inbound = NULL;
+    ipsec_sa_stats st, lane0, lane1;
+    pthread_t threads[2];
+    uint64_t seen = 0, seq;
+    int i, t, distinct = 1, in_range = 1, monotone = 1, decrypted = 0, tags_ok = 1, once = 1;
+
+    printf("\n-- one outbound SA, two threads, a lane each\n");
+    make_config(&cfg, IPSEC_DIRECTION_OUTBOUND);
+    OK("ipsec_shared_sa_new: 2 lanes, blocks of 8",
+       ipsec_shared_sa_new(&cfg, 2, BLOCK, T0, &tx, lanes));
+    for (t = 0; t < 2; t++) {
+        workers[t].lane = lanes[t];
+        workers[t].index = t;
+        if (pthread_create(&threads[t], NULL, encrypt_worker, &workers[t]) != 0) {
+            printf("FAIL: pthread_create\n");
+            exit(1);
+        }
+    }
+    /* The shared part may be read from any thread while the lanes run. */
+    for (i = 0; i < 1000; i++) {
+        seq = ipsec_shared_sa_seq(tx);
+        if (seq < seen || seq > 2 * N) {
+            monotone = 0;
+        }
+        seen = seq;
+        if (ipsec_shared_sa_get_stats(tx, &st) != IPSEC_OK || st.packets > 2 * N) {
+            monotone = 0;
+        }
+    }
+    for (t = 0; t < 2; t++) {
+        pthread_join(threads[t], NULL);
+    }
+    TRUE("the main thread read seq and stats while the lanes ran", monotone);
+    TRUE("every packet encrypted", workers[0].failures == 0 && workers[1].failures == 0);
+    memset(by_seq, 0, sizeof by_seq);
+    for (t = 0; t < 2; t++) {
+        for (i = 0; i < N; i++) {
+            uint32_t s = seq_of(&sent[t][i]);
+            if (s < 1 || s > 2 * N) {
+                in_range = 0;
+            } else if (by_seq[s] != NULL) {
+                distinct = 0;
+            } else {
+                by_seq[s] = &sent[t][i];
+            }
+        }
+    }
+    TRUE("every sequence number in 1 .. 2N", in_range);
+    TRUE("no sequence number used twice", distinct);
+    for (i = 1; i <= 2 * N; i++) {
+        if (by_seq[i] == NULL) {
+            in_range = 0;
+        }
+    }
+    TRUE("... and none skipped: exactly 1 .. 2N", in_range && distinct);
+    TRUE("ipsec_shared_sa_seq is 2N", ipsec_shared_sa_seq(tx) == 2 * N);
+    OK("lane 0 stats", ipsec_sa_lane_get_stats(lanes[0], &lane0));
+    OK("lane 1 stats", ipsec_sa_lane_get_stats(lanes[1], &lane1));
+    TRUE("each lane counted its N packets", lane0.packets == N && lane1.packets == N);
+    OK("publish lane 0", ipsec_sa_lane_publish(lanes[0]));
+    OK("publish lane 1", ipsec_sa_lane_publish(lanes[1]));
+    OK("shared stats", ipsec_shared_sa_get_stats(tx, &st));
+    TRUE("the shared stats sum the lanes: 2N packets",
+         st.packets == 2 * N && st.bytes == lane0.bytes + lane1.bytes);
+    /* Any order: the shared part first. */
+    ipsec_shared_sa_free(tx);
+    ipsec_sa_lane_free(lanes[0]);
+    ipsec_sa_lane_free(lanes[1]);
+
+    printf("\n-- an ordinary inbound SA decrypts them all, sorted by sequence number\n");
+    make_config(&cfg, IPSEC_DIRECTION_INBOUND);
+    OK("ipsec_sa_new (inbound, window 1024)", ipsec_sa_new(&cfg, T0, &inbound));
+    for (i = 1; i <= 2 * N && in_range; i++) {
+        wire copy = *by_seq[i];
+        const wire *orig = by_seq[i];
+        int lane = orig >= &sent[1][0];
+        int idx = (int)(orig - &sent[lane][0]);
+        if (ipsec_sa_decrypt(inbound, copy.buf, SIZE, &copy.off, &copy.len, T0) == IPSEC_OK) {
+            decrypted++;
+            if (copy.len != PLEN || tag_of(copy.buf + copy.off) != ((uint32_t)lane << 16 | (uint32_t)idx)) {
+                tags_ok = 0;
+            }
+        }
+    }
+    TRUE("all 2N decrypted", decrypted == 2 * N);
+    TRUE("... each the packet its lane sent", tags_ok);
+    ipsec_sa_free(inbound);
+
+    printf("\n-- two threads on two inbound lanes, each given every packet\n");
+    OK("ipsec_shared_sa_new: 2 inbound lanes, default block",
+       ipsec_shared_sa_new(&cfg, 2, 0, T0, &rx, lanes));
+    memset(workers, 0, sizeof workers);
+    for (t = 0; t < 2; t++) {
+        workers[t].lane = lanes[t];
+        workers[t].index = t;
+        if (pthread_create(&threads[t], NULL, decrypt_worker, &workers[t]) != 0) {
+            printf("FAIL: pthread_create\n");
+            exit(1);
+        }
+    }
+    for (t = 0; t < 2; t++) {
+        pthread_join(threads[t], NULL);
+    }
+    TRUE("no other failure", workers[0].failures == 0 && workers[1].failures == 0);
+    for (i = 1; i <= 2 * N; i++) {
+        if (workers[0].accepted[i] + workers[1].accepted[i] != 1) {
+            once = 0;
+        }
+    }
+    TRUE("each packet accepted exactly once in total", once);
+    TRUE("... and dropped as a replay by the other lane",
+         workers[0].replayed + workers[1].replayed == 2 * N);
+    TRUE("ipsec_shared_sa_seq: the highest accepted", ipsec_shared_sa_seq(rx) == 2 * N);
+    OK("lane 0 stats", ipsec_sa_lane_get_stats(lanes[0], &lane0));
+    OK("lane 1 stats", ipsec_sa_lane_get_stats(lanes[1], &lane1));
+    TRUE("the lanes' own counters add up", lane0.packets + lane1.packets == 2 * N &&
+                                               lane0.replay + lane0.too_old + lane1.replay +
+                                                       lane1.too_old ==
+                                                   2 * N);
+    /* The lanes first this time: freeing a lane publishes its counters. */
+    ipsec_sa_lane_free(lanes[0]);
+    ipsec_sa_lane_free(lanes[1]);
+    OK("shared stats after the lanes are freed", ipsec_shared_sa_get_stats(rx, &st));
+    TRUE("summed: 2N accepted, 2N replays", st.packets == 2 * N && st.replay + st.too_old == 2 * N &&
+                                                st.bytes == lane0.bytes + lane1.bytes &&
+                                                st.auth_failed == 0);
+    ipsec_shared_sa_free(rx);
+}
+
+/* ---------------------------------------------------------------------------------- */
+
+static const char POLICY[] =
+    "[[policy]]\nname = \"rdp\"\ndirection = \"both\"\nlocal = \"10.0.0.0/24\"\n"
+    "remote = \"10.1.0.0/24\"\nprotocol = \"tcp\"\nlocal_port = 3389\naction = \"protect\"\n"
+    "sa = [\"out\", \"in\"]\n\n"
+    "[[policy]]\nname = \"web\"\ndirection = \"both\"\nprotocol = \"tcp\"\nlocal_port = 80\n"
+    "action = \"bypass\"\n\n"
+    "[[policy]]\nname = \"deny\"\ndirection = \"both\"\naction = \"discard\"\n\n"
+    "[[sa]]\nname = \"out\"\nspi = 4097\ndirection = \"outbound\"\nmode = \"tunnel\"\n"
+    "cipher = \"aes-128-gcm\"\nkey = \"0707070707070707070707070707070707070707\"\n"
+    "tunnel_src = \"192.0.2.1\"\ntunnel_dst = \"198.51.100.2\"\n\n"
+    "[[sa]]\nname = \"in\"\nspi = 8193\ndirection = \"inbound\"\nmode = \"tunnel\"\n"
+    "cipher = \"aes-128-gcm\"\nkey = \"0808080808080808080808080808080808080808\"\n";
+
+static const char RDP_CLEAR[] = "name = \"rdp-clear\"\nlocal = \"10.0.0.5\"\nprotocol = \"tcp\"\n"
+                                "local_port = 3389\naction = \"bypass\"\n";
+
+static const char STALE_MESSAGE[] =
+    "the policies changed after this edit was taken: edit them again from the gateway's "
+    "current policies";
+
+/* The verdict of an outbound packet from local port `sport`; its policy in *policy. */
+static ipsec_status outbound(ipsec_gateway *gw, uint16_t sport, uint32_t *verdict, const char **policy)
+{
+    uint8_t buf[SIZE];
+    size_t off = HEAD, len = PLEN;
+    ipsec_gateway_result r;
+    ipsec_status st;
+    put_packet(buf, sport, 1);
+    st = ipsec_gateway_outbound(gw, buf, SIZE, &off, &len, T0, &r);
+    *verdict = st == IPSEC_OK ? r.verdict : 0;
+    *policy = st == IPSEC_OK ? r.policy : NULL;
+    return st;
+}
+
+static int is(const char *s, const char *want)
+{
+    return s != NULL && strcmp(s, want) == 0;
+}
+
+typedef struct {
+    ipsec_policy_edit *edit;
+    ipsec_compiled_policies *compiled;
+    ipsec_status install, remove, compile;
+    pthread_mutex_t lock;
+    int done;
+} compiler;
+
+/* Another thread edits the batch and compiles it: no gateway needed. */
+static void *compile_worker(void *arg)
+{
+    compiler *c = arg;
+    c->install = ipsec_policy_edit_install(c->edit, RDP_CLEAR, "rdp");
+    c->remove = ipsec_policy_edit_remove(c->edit, "web");
+    c->compile = ipsec_policy_edit_compile(c->edit, &c->compiled); /* consumes the edit */
+    c->edit = NULL;
+    pthread_mutex_lock(&c->lock);
+    c->done = 1;
+    pthread_mutex_unlock(&c->lock);
+    return NULL;
+}
+
+static void policy_batch(void)
+{
+    ipsec_gateway *gw = NULL;
+    ipsec_policy_edit *stale = NULL;
+    ipsec_compiled_policies *stale_compiled = NULL;
+    compiler c;
+    pthread_t thread;
+    uint32_t verdict;
+    const char *policy, *web_name;
+    int during = 0, all_protected = 1, done = 0;
+    size_t capacity = 0;
+    uint64_t hits = 0, misses = 0;
+
+    printf("\n-- a policy batch compiled on another thread while packets flow\n");
+    OK("ipsec_gateway_new", ipsec_gateway_new(POLICY, sizeof POLICY - 1, T0, &gw));
+    OK("SPD cache of 64 flows", ipsec_gateway_set_spd_cache(gw, 64));
+    OK("rdp packet", outbound(gw, 3389, &verdict, &policy));
+    TRUE("... protected by rdp", verdict == IPSEC_VERDICT_PROTECTED && is(policy, "rdp"));
+    OK("web packet", outbound(gw, 80, &verdict, &web_name));
+    TRUE("... bypassed by web", verdict == IPSEC_VERDICT_BYPASSED && is(web_name, "web"));
+
+    memset(&c, 0, sizeof c);
+    pthread_mutex_init(&c.lock, NULL);
+    OK("ipsec_gateway_edit_policies", ipsec_gateway_edit_policies(gw, &c.edit));
+    OK("a second edit, taken at the same time", ipsec_gateway_edit_policies(gw, &stale));
+    TRUE("the edit holds the gateway's 3 policies", ipsec_policy_edit_count(c.edit) == 3);
+    if (pthread_create(&thread, NULL, compile_worker, &c) != 0) {
+        printf("FAIL: pthread_create\n");
+        exit(1);
+    }
+    /* Packets go on while the other thread edits and compiles (at least 100, and until
+     * it is done). */
+    while (!done || during < 100) {
+        if (outbound(gw, 3389, &verdict, &policy) != IPSEC_OK || verdict != IPSEC_VERDICT_PROTECTED ||
+            !is(policy, "rdp")) {
+            all_protected = 0;
+        }
+        during++;
+        pthread_mutex_lock(&c.lock);
+        done = c.done;
+        pthread_mutex_unlock(&c.lock);
+    }
+    pthread_join(thread, NULL);
+    pthread_mutex_destroy(&c.lock);
+    printf("     (%d packets passed during the edit and compile)\n", during);
+    TRUE("until the commit, the old policies decide", all_protected);
+    check_status(__LINE__, "install rdp-clear on the other thread", c.install, IPSEC_OK, NULL);
+    check_status(__LINE__, "remove web on the other thread", c.remove, IPSEC_OK, NULL);
+    check_status(__LINE__, "compile on the other thread", c.compile, IPSEC_OK, NULL);
+    OK("ipsec_gateway_commit_policies", ipsec_gateway_commit_policies(gw, c.compiled));
+    OK("rdp packet after the commit", outbound(gw, 3389, &verdict, &policy));
+    TRUE("... bypassed by rdp-clear", verdict == IPSEC_VERDICT_BYPASSED && is(policy, "rdp-clear"));
+    REFUSED("web packet after the commit: web is gone", outbound(gw, 80, &verdict, &policy),
+            IPSEC_ERR_POLICY_DISCARD, NULL);
+    TRUE("the removed policy's name string is still valid until the next control call",
+         is(web_name, "web"));
+
+    printf("\n-- a stale batch\n");
+    OK("the stale edit: remove rdp", ipsec_policy_edit_remove(stale, "rdp"));
+    OK("... compiled", ipsec_policy_edit_compile(stale, &stale_compiled));
+    REFUSED("commit over policies that changed", ipsec_gateway_commit_policies(gw, stale_compiled),
+            IPSEC_ERR_STALE_POLICIES, STALE_MESSAGE);
+    TRUE("ipsec_status_str names it",
+         strncmp(ipsec_status_str(IPSEC_ERR_STALE_POLICIES), "IPSEC_ERR_STALE_POLICIES: ", 26) == 0 &&
+             IPSEC_ERR_STALE_POLICIES == 238);
+    OK("rdp packet after the stale commit", outbound(gw, 3389, &verdict, &policy));
+    TRUE("... still bypassed by rdp-clear: nothing changed",
+         verdict == IPSEC_VERDICT_BYPASSED && is(policy, "rdp-clear"));
+    TRUE("... and web is still gone", outbound(gw, 80, &verdict, &policy) == IPSEC_ERR_POLICY_DISCARD);
+
+    printf("\n-- the SPD cache\n");
+    OK("ipsec_gateway_get_spd_cache_stats", ipsec_gateway_get_spd_cache_stats(gw, &capacity, &hits, &misses));
+    printf("     capacity %zu, hits %llu, misses %llu\n", capacity, (unsigned long long)hits,
+           (unsigned long long)misses);
+    /* 2 + during + 2 + 2 lookups; misses: each flow once, and again after the commit. */
+    TRUE("capacity 64", capacity == 64);
+    TRUE("every lookup counted", hits + misses == (uint64_t)during + 6);
+    TRUE("the repeated flow hit", hits >= (uint64_t)during);
+    REFUSED("a cache too large", ipsec_gateway_set_spd_cache(gw, IPSEC_SPD_CACHE_MAX_FLOWS + 1),
+            IPSEC_ERR_CONFIG, "capacity");
+    OK("turned off", ipsec_gateway_set_spd_cache(gw, 0));
+    OK("stats", ipsec_gateway_get_spd_cache_stats(gw, &capacity, &hits, &misses));
+    TRUE("off: capacity 0, counters from 0", capacity == 0 && hits == 0 && misses == 0);
+    ipsec_gateway_free(gw);
+}
+
+/* ---------------------------------------------------------------------------------- */
+
+static void null_arguments(void)
+{
+    ipsec_sa_config cfg;
+    ipsec_shared_sa *shared = NULL;
+    ipsec_sa_lane *lanes[2] = {NULL, NULL};
+    ipsec_gateway *gw = NULL;
+    ipsec_policy_edit *edit = NULL;
+    ipsec_compiled_policies *compiled = NULL;
+    ipsec_sa_stats st;
+    ipsec_sa_event ev;
+    uint8_t buf[SIZE];
+    size_t off = HEAD, len = PLEN, capacity;
+    uint64_t hits, misses;
+
+    printf("\n-- NULL arguments\n");
+    make_config(&cfg, IPSEC_DIRECTION_OUTBOUND);
+    NULL_ARG("shared_sa_new: config", ipsec_shared_sa_new(NULL, 2, 0, T0, &shared, lanes));
+    NULL_ARG("shared_sa_new: shared_out", ipsec_shared_sa_new(&cfg, 2, 0, T0, NULL, lanes));
+    NULL_ARG("shared_sa_new: lanes_out", ipsec_shared_sa_new(&cfg, 2, 0, T0, &shared, NULL));
+    REFUSED("shared_sa_new: 0 lanes", ipsec_shared_sa_new(&cfg, 0, 0, T0, &shared, lanes),
+            IPSEC_ERR_CONFIG, "lanes");
+    REFUSED("shared_sa_new: 257 lanes", ipsec_shared_sa_new(&cfg, 257, 0, T0, &shared, lanes),
+            IPSEC_ERR_CONFIG, "lanes");
+    REFUSED("shared_sa_new: a block of 1025", ipsec_shared_sa_new(&cfg, 2, 1025, T0, &shared, lanes),
+            IPSEC_ERR_CONFIG, "block");
+    TRUE("nothing written by the refused calls", shared == NULL && lanes[0] == NULL && lanes[1] == NULL);
+    NULL_ARG("shared_sa_get_stats: shared", ipsec_shared_sa_get_stats(NULL, &st));
+    TRUE("shared_sa_seq(NULL) is 0", ipsec_shared_sa_seq(NULL) == 0);
+    NULL_ARG("sa_lane_encrypt: lane", ipsec_sa_lane_encrypt(NULL, buf, SIZE, &off, &len, T0));
+    NULL_ARG("sa_lane_decrypt: lane", ipsec_sa_lane_decrypt(NULL, buf, SIZE, &off, &len, T0));
+    NULL_ARG("sa_lane_get_stats: lane", ipsec_sa_lane_get_stats(NULL, &st));
+    NULL_ARG("sa_lane_publish: lane", ipsec_sa_lane_publish(NULL));
+    NULL_ARG("sa_lane_poll_event: lane", ipsec_sa_lane_poll_event(NULL, T0, &ev));
+
+    OK("a real shared SA", ipsec_shared_sa_new(&cfg, 2, 0, T0, &shared, lanes));
+    NULL_ARG("shared_sa_get_stats: out", ipsec_shared_sa_get_stats(shared, NULL));
+    NULL_ARG("sa_lane_encrypt: buf", ipsec_sa_lane_encrypt(lanes[0], NULL, SIZE, &off, &len, T0));
+    NULL_ARG("sa_lane_encrypt: offset", ipsec_sa_lane_encrypt(lanes[0], buf, SIZE, NULL, &len, T0));
+    NULL_ARG("sa_lane_encrypt: length", ipsec_sa_lane_encrypt(lanes[0], buf, SIZE, &off, NULL, T0));
+    off = SIZE;
+    NULL_ARG("sa_lane_encrypt: descriptor beyond the buffer",
+             ipsec_sa_lane_encrypt(lanes[0], buf, SIZE, &off, &len, T0));
+    off = HEAD;
+    NULL_ARG("sa_lane_decrypt: buf", ipsec_sa_lane_decrypt(lanes[1], NULL, SIZE, &off, &len, T0));
+    NULL_ARG("sa_lane_get_stats: out", ipsec_sa_lane_get_stats(lanes[0], NULL));
+    NULL_ARG("sa_lane_poll_event: out", ipsec_sa_lane_poll_event(lanes[0], T0, NULL));
+    put_packet(buf, 3389, 7);
+    REFUSED("sa_lane_decrypt on an outbound lane", ipsec_sa_lane_decrypt(lanes[1], buf, SIZE, &off, &len, T0),
+            IPSEC_ERR_WRONG_DIRECTION, NULL);
+    OK("sa_lane_poll_event", ipsec_sa_lane_poll_event(lanes[0], T0, &ev));
+    TRUE("... no event", ev.kind == IPSEC_EVENT_NONE);
+    ipsec_sa_lane_free(lanes[1]);
+    ipsec_sa_lane_free(lanes[0]);
+    ipsec_shared_sa_free(shared);
+    ipsec_shared_sa_free(NULL);
+    ipsec_sa_lane_free(NULL);
+
+    OK("a gateway", ipsec_gateway_new(POLICY, sizeof POLICY - 1, T0, &gw));
+    NULL_ARG("edit_policies: gateway", ipsec_gateway_edit_policies(NULL, &edit));
+    NULL_ARG("edit_policies: out", ipsec_gateway_edit_policies(gw, NULL));
+    NULL_ARG("policy_edit_install: edit", ipsec_policy_edit_install(NULL, RDP_CLEAR, NULL));
+    NULL_ARG("policy_edit_replace: edit", ipsec_policy_edit_replace(NULL, RDP_CLEAR));
+    NULL_ARG("policy_edit_remove: edit", ipsec_policy_edit_remove(NULL, "rdp"));
+    NULL_ARG("policy_edit_compile: edit", ipsec_policy_edit_compile(NULL, &compiled));
+    TRUE("policy_edit_count(NULL) is 0", ipsec_policy_edit_count(NULL) == 0);
+    OK("an edit", ipsec_gateway_edit_policies(gw, &edit));
+    NULL_ARG("policy_edit_install: policy_toml", ipsec_policy_edit_install(edit, NULL, NULL));
+    NULL_ARG("policy_edit_replace: policy_toml", ipsec_policy_edit_replace(edit, NULL));
+    NULL_ARG("policy_edit_remove: name", ipsec_policy_edit_remove(edit, NULL));
+    REFUSED("policy_edit_install: not a policy", ipsec_policy_edit_install(edit, "name = 1\n", NULL),
+            IPSEC_ERR_CONFIG, NULL);
+    REFUSED("policy_edit_install: before an unknown policy",
+            ipsec_policy_edit_install(edit, RDP_CLEAR, "nope"), IPSEC_ERR_UNKNOWN_POLICY, "nope");
+    REFUSED("policy_edit_replace: an unknown policy", ipsec_policy_edit_replace(edit, RDP_CLEAR),
+            IPSEC_ERR_UNKNOWN_POLICY, "rdp-clear");
+    REFUSED("policy_edit_remove: an unknown policy", ipsec_policy_edit_remove(edit, "nope"),
+            IPSEC_ERR_UNKNOWN_POLICY, "nope");
+    TRUE("refused edit calls changed nothing", ipsec_policy_edit_count(edit) == 3);
+    NULL_ARG("policy_edit_compile: out (the edit is consumed)", ipsec_policy_edit_compile(edit, NULL));
+    edit = NULL;
+    NULL_ARG("commit_policies: compiled", ipsec_gateway_commit_policies(gw, NULL));
+    OK("an edit", ipsec_gateway_edit_policies(gw, &edit));
+    OK("compiled", ipsec_policy_edit_compile(edit, &compiled));
+    NULL_ARG("commit_policies: gateway (compiled is consumed)", ipsec_gateway_commit_policies(NULL, compiled));
+    OK("an edit, freed unused", ipsec_gateway_edit_policies(gw, &edit));
+    ipsec_policy_edit_free(edit);
+    OK("an edit", ipsec_gateway_edit_policies(gw, &edit));
+    OK("compiled, freed uncommitted", ipsec_policy_edit_compile(edit, &compiled));
+    ipsec_compiled_policies_free(compiled);
+    ipsec_policy_edit_free(NULL);
+    ipsec_compiled_policies_free(NULL);
+    NULL_ARG("set_spd_cache: gateway", ipsec_gateway_set_spd_cache(NULL, 64));
+    NULL_ARG("get_spd_cache_stats: gateway", ipsec_gateway_get_spd_cache_stats(NULL, &capacity, &hits, &misses));
+    NULL_ARG("get_spd_cache_stats: capacity", ipsec_gateway_get_spd_cache_stats(gw, NULL, &hits, &misses));
+    NULL_ARG("get_spd_cache_stats: hits", ipsec_gateway_get_spd_cache_stats(gw, &capacity, NULL, &misses));
+    NULL_ARG("get_spd_cache_stats: misses", ipsec_gateway_get_spd_cache_stats(gw, &capacity, &hits, NULL));
+    ipsec_gateway_free(gw);
+}
+
+int main(void)
+{
+    shared_sa();
+    policy_batch();
+    null_arguments();
+    printf("\n%d checks, %d failed\n", checks, failed);
+    return failed == 0 ? 0 : 1;
+}
