@@ -238,8 +238,8 @@ impl fmt::Display for ControlError {
             }
             ControlError::Config(e) => e.fmt(f),
             ControlError::StalePolicies => f.write_str(
-                "the policies changed after this edit was taken: edit them again from the \
-                 gateway's current policies",
+                "the policies changed after this edit was taken, or it was taken from \
+                 another gateway: edit them again from this gateway's current policies",
             ),
         }
     }
@@ -583,6 +583,7 @@ impl Gateway {
                 .into_iter()
                 .map(|(n, d)| (n.to_owned(), d))
                 .collect(),
+            gateway: self.id,
             base: self.policy_generation,
             sa_removals: self.sa_removals,
         }
@@ -591,10 +592,10 @@ impl Gateway {
     /// Swaps in the policies `compiled` from an edit taken by
     /// [`Gateway::edit_policies`] on this gateway. Refused (nothing changed) with
     /// [`ControlError::StalePolicies`] when the policies changed since the edit was
-    /// taken (take a new one), or [`ControlError::MissingSa`] when an SA a policy names
+    /// taken (take a new one) or it was taken from another gateway, or [`ControlError::MissingSa`] when an SA a policy names
     /// was deleted (or is being retired) since.
     pub fn commit_policies(&mut self, compiled: CompiledPolicies) -> Result<(), ControlError> {
-        if compiled.base != self.policy_generation {
+        if compiled.gateway != self.id || compiled.base != self.policy_generation {
             return Err(ControlError::StalePolicies);
         }
         if compiled.sa_removals != self.sa_removals {
@@ -666,6 +667,7 @@ fn parse_policy_for(
 pub struct PolicyEdit {
     policies: Vec<Policy>,
     sa_dirs: HashMap<String, Direction>,
+    gateway: u64,
     base: u64,
     sa_removals: u64,
 }
@@ -726,6 +728,7 @@ impl PolicyEdit {
     pub fn compile(self) -> CompiledPolicies {
         CompiledPolicies {
             spd: Spd::with_policies(self.policies),
+            gateway: self.gateway,
             base: self.base,
             sa_removals: self.sa_removals,
         }
@@ -736,6 +739,7 @@ impl PolicyEdit {
 #[derive(Debug)]
 pub struct CompiledPolicies {
     spd: Spd,
+    gateway: u64,
     base: u64,
     sa_removals: u64,
 }

@@ -121,6 +121,9 @@ pub struct Gateway {
     pub(crate) headrooms: BTreeMap<usize, usize>,
     /// SAs with a retirement time set.
     pub(crate) retiring: usize,
+    /// Unique among the gateways of this process: a policy edit is committed only to
+    /// the gateway it was taken from.
+    pub(crate) id: u64,
     /// Bumped whenever the policies change ([`crate::control::PolicyEdit`]).
     pub(crate) policy_generation: u64,
     /// Bumped whenever an SA is deleted or set to retire.
@@ -181,6 +184,10 @@ impl Gateway {
             stats: SaStats::default(),
             headrooms: BTreeMap::new(),
             retiring: 0,
+            id: {
+                static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
             policy_generation: 0,
             sa_removals: 0,
             keys: KeyRegistry::new(),

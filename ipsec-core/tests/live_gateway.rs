@@ -499,6 +499,13 @@ fn a_policy_batch_compiles_on_another_thread_while_packets_flow() {
     assert_eq!(shape(&hq).0, ["rdp", "web", "deny"]);
     assert_eq!(send(&mut hq, &far).unwrap_err(), Error::PolicyDiscard);
 
+    // An edit of another gateway is refused, even when the generations agree.
+    let (_, mut other) = live_pair();
+    assert_eq!(
+        other.commit_policies(hq.edit_policies().compile()),
+        Err(ControlError::StalePolicies)
+    );
+
     // An edit taken before another change is stale.
     let stale = hq.edit_policies();
     hq.remove_policy("web").unwrap();

@@ -343,8 +343,8 @@ static const char RDP_CLEAR[] = "name = \"rdp-clear\"\nlocal = \"10.0.0.5\"\npro
                                 "local_port = 3389\naction = \"bypass\"\n";
 
 static const char STALE_MESSAGE[] =
-    "the policies changed after this edit was taken: edit them again from the gateway's "
-    "current policies";
+    "the policies changed after this edit was taken, or it was taken from another gateway: "
+    "edit them again from this gateway's current policies";
 
 /* The verdict of an outbound packet from local port `sport`; its policy in *policy. */
 static ipsec_status outbound(ipsec_gateway *gw, uint16_t sport, uint32_t *verdict, const char **policy)
