@@ -25,8 +25,10 @@
 //! expected result is computed from the model first, with the documented order of the
 //! checks: for SAs the name (empty, or taken by an SA or by a name an SA serves or
 //! carries), the SPI among inbound SAs, key reuse, then the configuration; for
-//! policies the SA names the text gives (`MissingSa`), the text, the policy's name, the
-//! `before` policy.
+//! policies the SA names the text gives (`MissingSa`; a name only retiring SAs carry or
+//! serve counts as missing), the text, the policy's name, the `before` policy; for
+//! deleting or retiring an inbound SA, whether it is the last SA that is not retiring
+//! to serve a name some policy gives.
 //!
 //! # Checks
 //!
@@ -599,11 +601,13 @@ impl Model {
             }
         } else {
             for n in &sa.serves {
-                let alone = !self
-                    .sas
-                    .iter()
-                    .enumerate()
-                    .any(|(j, s)| j != i && !s.outbound && s.serves.iter().any(|x| x == n));
+                // Retiring SAs do not count: they will be gone.
+                let alone = !self.sas.iter().enumerate().any(|(j, s)| {
+                    j != i
+                        && !s.outbound
+                        && s.retire_at.is_none()
+                        && s.serves.iter().any(|x| x == n)
+                });
                 if alone && let Some(p) = self.first_policy_naming(n, false) {
                     return Err(in_use(p));
                 }
@@ -612,13 +616,19 @@ impl Model {
         Ok(i)
     }
 
-    /// The policy of `spec`, checked as `parse_policy` checks it.
+    /// The policy of `spec`, checked as `parse_policy` checks it: the names it gives
+    /// must be served or carried by SAs that are not retiring.
     fn parse_policy(&self, spec: &PolicySpec) -> Result<MPolicy, ControlError> {
         let (_, named, policy) = policy_text(spec);
         let dir = |n: &str| {
-            if self.served(n) {
+            let staying = |s: &MSa| s.retire_at.is_none();
+            if self
+                .sas
+                .iter()
+                .any(|s| !s.outbound && staying(s) && s.serves.iter().any(|x| x == n))
+            {
                 Some(false)
-            } else if self.route(n).is_some() {
+            } else if self.route(n).is_some_and(|i| staying(&self.sas[i])) {
                 Some(true)
             } else {
                 None
@@ -1282,8 +1292,8 @@ pub fn scenarios() -> Vec<Vec<Op>> {
         |gw: bool, policy: PolicySpec, before: Option<u8>| Op::InstallPolicy { gw, policy, before };
     let send = |gw: bool, flow: u8| Op::Send { gw, flow };
     // Policies of every template: one-way protect, bypass, discard, narrowed by
-    // replace_policy, removed; an outbound SA retired while a policy it was installed
-    // for is added, reaped by poll_event, and added again.
+    // replace_policy, removed; an outbound SA retired, refused to a new policy (it
+    // counts as gone), reaped by poll_event, and added again for the policy.
     let policies = vec![
         pair(false, 0, 0, 0),
         install(false, tpl(1, 0, 0, 0), Some(3)), // p: all outbound through a
@@ -1327,17 +1337,17 @@ pub fn scenarios() -> Vec<Vec<Op>> {
             name: 2,
             after_ms: 5,
         },
-        install(false, tpl(1, 2, 2, 0), Some(0)), // r: all outbound through c
-        send(false, 0),                           // protected by c under r
+        install(false, tpl(1, 2, 2, 0), Some(0)), // r through c: c is retiring
+        send(false, 0),                           // protected by a under p
         Op::Advance { ms: 5 },
-        Op::Poll { gw: false }, // c reaped: r names an SA that is gone
-        send(false, 0),         // policy discard
-        install(false, tpl(1, 1, 2, 0), None), // missing c
+        Op::Poll { gw: false },                   // c reaped
+        install(false, tpl(1, 2, 2, 0), Some(0)), // r through c: c is gone
         Op::AddSa {
             gw: false,
             sa: sa(2, true, 2, 3),
         },
-        send(false, 0), // protected by the new c
+        install(false, tpl(1, 2, 2, 0), Some(0)), // r: all outbound through c
+        send(false, 0),                           // protected by c under r
         Op::RemovePolicy { gw: true, name: 3 },
         Op::Cleartext { gw: true, flow: 0 }, // no policy at all: discard
         Op::AllocateSpi { gw: true },
