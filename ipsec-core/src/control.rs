@@ -20,9 +20,9 @@
 //!   call that would leave one so is refused with [`ControlError::SaInUse`] or
 //!   [`ControlError::MissingSa`]; an SA given to [`Gateway::retire_sa`] counts as gone
 //!   already, so that its deletion at the retirement time cannot leave one so either);
-//!   the decisions remembered for fragments are forgotten
-//!   whenever SAs or policies change, so a later fragment gets the stateless answer
-//!   (see [`crate::fragment_policy`]), never one made by a policy or SA that is gone.
+//!   the decisions remembered for fragments are forgotten whenever SAs or policies
+//!   change, so a later fragment gets the stateless answer (see
+//!   [`crate::fragment_policy`]), never one made by a policy or SA that is gone.
 //! * **Keys are never shared.** An SA whose cipher or integrity key another installed
 //!   SA uses is refused, as loading a policy file refuses it ([`crate::sa_set`]).
 //!
