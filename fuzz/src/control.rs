@@ -10,9 +10,10 @@
 //! length); install (before any policy or last), replace and remove policies made from
 //! eight templates ([`PolicySpec`], two of them invalid) with names from
 //! [`POLICY_NAMES`]; `allocate_spi` (from 256..=263); packets: encrypt a UDP, TCP or
-//! ICMP packet at one gateway and keep the wire packet, deliver any kept packet to the
-//! other gateway (again and again: replays; later: late packets), hand cleartext to a
-//! gateway; move the logical clock; `poll_event` (which deletes retired SAs).
+//! ICMP packet (or a burst of them, of which only the last is kept) at one gateway and
+//! keep the wire packet, deliver any kept packet to the other gateway (again and again:
+//! replays; later: late packets, too old for the window after a burst), hand cleartext
+//! to a gateway; move the logical clock; `poll_event` (which deletes retired SAs).
 //!
 //! Both gateways start with the policy `deny` (both directions, discard) only.
 //!
@@ -72,8 +73,8 @@ const MAX_WIRE: usize = 64;
 const WINDOW: u64 = 64;
 const ROOM: usize = 128;
 
-/// One operation. Its bytes: a byte `b` whose `b % 14` is the kind (the order of the
-/// variants below) and `(b / 14) & 1` the gateway (`from` for `AddPair`, unused by
+/// One operation. Its bytes: a byte `b` whose `b % 15` is the kind (the order of the
+/// variants below) and `(b / 15) & 1` the gateway (`from` for `AddPair`, unused by
 /// `Deliver` and `Advance`), then the fields in order: one byte each (`u8`, `bool` as
 /// bit 0, `before` as `% 5`, 4 meaning none) or four for an [`SaSpec`] or
 /// [`PolicySpec`].
@@ -113,6 +114,10 @@ pub enum Op {
     Poll { gw: bool },
     /// `allocate_spi`.
     AllocateSpi { gw: bool },
+    /// Encrypts `2 + count % 100` packets `flow` at `gw` and keeps the last protected
+    /// one (the others are lost on the way): later packets of the same SA then arrive
+    /// beyond the replay window of the earlier ones.
+    Burst { gw: bool, flow: u8, count: u8 },
 }
 
 /// An SA to create (four bytes: `name`, `outbound` (bit 0), `spi`, `key`).
@@ -165,7 +170,7 @@ impl Reader<'_> {
 }
 
 /// Kinds of operation: the low part of an operation's first byte.
-const KINDS: u8 = 14;
+const KINDS: u8 = 15;
 
 impl SaSpec {
     fn decode(r: &mut Reader<'_>) -> SaSpec {
@@ -237,7 +242,12 @@ impl Op {
             10 => Op::Cleartext { gw, flow: r.u8() },
             11 => Op::Advance { ms: r.u8() },
             12 => Op::Poll { gw },
-            _ => Op::AllocateSpi { gw },
+            13 => Op::AllocateSpi { gw },
+            _ => Op::Burst {
+                gw,
+                flow: r.u8(),
+                count: r.u8(),
+            },
         }
     }
 
@@ -277,6 +287,7 @@ impl Op {
             Op::Advance { ms } => out.extend_from_slice(&[head(11, false), ms]),
             Op::Poll { gw } => out.push(head(12, gw)),
             Op::AllocateSpi { gw } => out.push(head(13, gw)),
+            Op::Burst { gw, flow, count } => out.extend_from_slice(&[head(14, gw), flow, count]),
         }
     }
 }
@@ -974,25 +985,33 @@ pub fn run(ops: &[Op]) -> Tally {
                     |m| m.remove_policy(name),
                 );
             }
-            Op::Send { gw, flow } => {
+            Op::Send { gw, flow } | Op::Burst { gw, flow, .. } => {
                 let side = usize::from(gw);
-                tag += 1;
-                let w = send(
-                    &what,
-                    &mut gws[side],
-                    &mut models[side],
-                    side,
-                    flow,
-                    tag,
-                    now,
-                );
-                let outcome = if w.is_some() {
-                    "protected"
-                } else {
-                    "not protected"
+                let n = match *op {
+                    Op::Burst { count, .. } => 2 + count % 100,
+                    _ => 1,
                 };
-                *tally.entry(format!("outbound {outcome}")).or_default() += 1;
-                if let Some(w) = w {
+                let mut last = None;
+                for _ in 0..n {
+                    tag += 1;
+                    let w = send(
+                        &what,
+                        &mut gws[side],
+                        &mut models[side],
+                        side,
+                        flow,
+                        tag,
+                        now,
+                    );
+                    let outcome = if w.is_some() {
+                        "protected"
+                    } else {
+                        "not protected"
+                    };
+                    *tally.entry(format!("outbound {outcome}")).or_default() += 1;
+                    last = w.or(last);
+                }
+                if let Some(w) = last {
                     if wire.len() == MAX_WIRE {
                         wire.remove(0);
                     }
@@ -1189,7 +1208,8 @@ fn cleartext(
 }
 
 /// Hand-made inputs: a rekey under traffic with a late packet, a retired SA, a
-/// replay, and refusals of every kind (the corpus test runs them).
+/// replay, a packet too old for the window, and refusals of every kind; every policy
+/// template and a retired SA refused to a new policy (the corpus test runs them).
 pub fn scenarios() -> Vec<Vec<Op>> {
     let sa = |name: u8, outbound: bool, spi: u8, key: u8| SaSpec {
         name,
@@ -1281,6 +1301,16 @@ pub fn scenarios() -> Vec<Vec<Op>> {
         Op::Cleartext { gw: true, flow: 2 },
         Op::Poll { gw: true },
         Op::AllocateSpi { gw: true },
+        // A packet, then a burst of 72 of which only the last arrives: the first is
+        // then beyond the window.
+        Op::Send { gw: false, flow: 0 },
+        Op::Burst {
+            gw: false,
+            flow: 0,
+            count: 70,
+        },
+        Op::Deliver { wire: 5 },
+        Op::Deliver { wire: 4 }, // too old
     ];
     let tpl = |template: u8, name: u8, sa_out: u8, sa_in: u8| PolicySpec {
         template,

@@ -309,9 +309,10 @@ fn gateway_control_corpus() {
         ("cleartext discarded", 1),
         ("cleartext unprotected", 1),
         ("inbound Replay", 2),
+        ("inbound TooOld", 1),
         ("inbound UnknownSpi", 1),
-        ("inbound decrypted", 4),
-        ("outbound protected", 4),
+        ("inbound decrypted", 5),
+        ("outbound protected", 77),
     ];
     let want: Tally = want.iter().map(|&(k, n)| (k.to_owned(), n)).collect();
     assert_eq!(run(&scenarios[0]), want);
