@@ -12,12 +12,16 @@
 //! * [`reassembly::reassembly`]: a fragment reassembler driven by coded operations
 //!   (raw packets, synthetic fragments, time, expiry, limits), its invariants checked
 //!   after every one.
+//! * [`control::gateway_control`]: the control plane of two live gateways (SAs added,
+//!   rekeyed, deleted and retired, policies installed, replaced and removed) between
+//!   packets, against a model of what is installed.
 //! * [`snapshot::sa_snapshot`]: untrusted bytes into the SA snapshot parser and restore
 //!   (no panic, parser and restore agree, snapshots stable after one restore).
 //!
 //! Keys are those of `tests/interop/scapy_vectors.json`, so the scapy packets of that file
 //! are meaningful seeds for `esp_decap` (see `corpus/README.md`).
 
+pub mod control;
 pub mod fragmenting;
 pub mod reassembly;
 pub mod snapshot;

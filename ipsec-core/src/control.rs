@@ -18,9 +18,11 @@
 //! * **No packet decided by removed state.** A deleted SA's SPI is unknown to the very
 //!   next packet (`unknown_spi`); policies never name an SA that is not installed (a
 //!   call that would leave one so is refused with [`ControlError::SaInUse`] or
-//!   [`ControlError::MissingSa`]); the decisions remembered for fragments are forgotten
-//!   whenever SAs or policies change, so a later fragment gets the stateless answer
-//!   (see [`crate::fragment_policy`]), never one made by a policy or SA that is gone;
+//!   [`ControlError::MissingSa`]; an SA given to [`Gateway::retire_sa`] counts as gone
+//!   already, so that its deletion at the retirement time cannot leave one so either);
+//!   the decisions remembered for fragments are forgotten whenever SAs or policies
+//!   change, so a later fragment gets the stateless answer (see
+//!   [`crate::fragment_policy`]), never one made by a policy or SA that is gone;
 //!   the SPD cache ([`Gateway::set_spd_cache`]) is emptied with every policy change.
 //! * **Keys are never shared.** An SA whose cipher or integrity key another installed
 //!   SA uses is refused, as loading a policy file refuses it ([`crate::sa_set`]).
@@ -169,7 +171,8 @@ pub enum ControlError {
         /// The first policy that needs it.
         policy: String,
     },
-    /// The policy names an SA that is not installed (or only by SAs being retired).
+    /// The policy names an SA that is not installed (or only retiring, see
+    /// [`Gateway::retire_sa`]), or one of the other direction.
     MissingSa {
         /// The policy.
         policy: String,
@@ -377,7 +380,10 @@ impl Gateway {
     /// packet for that SA and by [`Gateway::poll_event`]): the old inbound SA of a
     /// rekey, kept for the packets still on their way. Calling it again moves the
     /// time. Refused (nothing changed) as [`Gateway::delete_sa`] is, on the state of
-    /// now; at `at` it is deleted whatever names it then.
+    /// now. From now on it counts as gone for the checks of other calls: no policy
+    /// may be installed naming only it ([`ControlError::MissingSa`]), and an SA that
+    /// would be the last besides it to serve a policy cannot be deleted or retired
+    /// ([`ControlError::SaInUse`]); so at `at` no policy needs it.
     pub fn retire_sa(&mut self, name: &str, at: Duration) -> Result<(), ControlError> {
         let index = self.deletable(name)?;
         let entry = self.entries[index].as_mut().expect("a live SA index");
@@ -482,8 +488,8 @@ impl Gateway {
     /// `None` (after a final deny-all it would never match: name the deny-all).
     ///
     /// Refused (nothing changed) when the text is not a valid policy, its name is
-    /// taken, it names an SA that is not installed (in the direction it is named for),
-    /// or `before` names no policy.
+    /// taken, it names an SA that is not installed (in the direction it is named for)
+    /// or only retiring ones ([`Gateway::retire_sa`]), or `before` names no policy.
     pub fn install_policy(&mut self, text: &str, before: Option<&str>) -> Result<(), ControlError> {
         let policy = self.parse_policy(text)?;
         if self.policy_position(policy.name()).is_some() {
@@ -540,8 +546,9 @@ impl Gateway {
         let mut sa_dirs: HashMap<&str, Direction> = HashMap::new();
         sa_dirs.extend(
             self.routes
-                .keys()
-                .map(|n| (n.as_str(), Direction::Outbound)),
+                .iter()
+                .filter(|&(_, &i)| self.entry(i).retire_at.is_none())
+                .map(|(n, _)| (n.as_str(), Direction::Outbound)),
         );
         sa_dirs.extend(
             self.served_by
@@ -560,7 +567,11 @@ impl Gateway {
     /// The direction of the SA name `n` as policies may use it now (see
     /// [`Gateway::sa_directions`]).
     fn sa_direction(&self, n: &str) -> Option<Direction> {
-        if self.routes.contains_key(n) {
+        if self
+            .routes
+            .get(n)
+            .is_some_and(|&i| self.entry(i).retire_at.is_none())
+        {
             Some(Direction::Outbound)
         } else if self.is_served_by_another(n, usize::MAX) {
             Some(Direction::Inbound)

@@ -718,3 +718,79 @@ fn a_policy_is_checked_against_the_installed_sas_of_each_direction() {
     .unwrap();
     assert_eq!(shape(&hq).0, ["rdp", "mail", "deny"]);
 }
+
+/// A retiring SA counts as gone for the checks of later calls (regression): before,
+/// a policy could be installed naming an SA that was already retiring, or the last
+/// SA besides a retiring one that served a policy could be deleted; when the
+/// retirement time came, the SA was deleted under the policy, which then named an SA
+/// that was not installed (its traffic dropped as `policy_discard`, or no SA left to
+/// accept it), though no call had been refused.
+#[test]
+fn a_retiring_sa_takes_no_new_policy_and_is_not_the_last_to_serve_one() {
+    let (mut hq, mut br) = live_pair();
+    let grace = Duration::from_secs(5);
+    // Outbound: "spare" carries no policy, so it may retire; then no policy may name it.
+    hq.add_sa("spare", sa(0x3000, Direction::Outbound, 70), T0)
+        .unwrap();
+    hq.retire_sa("spare", grace).unwrap();
+    let before = shape(&hq);
+    let mail = "name = \"mail\"\ndirection = \"outbound\"\nremote = \"10.1.0.0/24\"\n\
+                protocol = \"tcp\"\nremote_port = 25\naction = \"protect\"\nsa = \"spare\"\n";
+    assert_eq!(
+        hq.install_policy(mail, Some("rdp")).unwrap_err(),
+        ControlError::MissingSa {
+            policy: "mail".into(),
+            sa: "spare".into(),
+        }
+    );
+    assert_eq!(
+        hq.replace_policy(&rdp_policy(
+            "rdp",
+            "10.0.0.0/24",
+            "10.1.0.0/24",
+            ["spare", "hq-in"]
+        ))
+        .unwrap_err(),
+        ControlError::MissingSa {
+            policy: "rdp".into(),
+            sa: "spare".into(),
+        }
+    );
+    assert_eq!(shape(&hq), before);
+    assert!(hq.poll_event(grace).is_none());
+    assert!(hq.sa("spare").is_none());
+    // Inbound: "br-in" retires once "br-in-2" serves "rdp" too; then "br-in-2" is the
+    // last SA to serve it and cannot go.
+    br.rekey_sa("br-in", "br-in-2", sa(0x1001, Direction::Inbound, 71), T0)
+        .unwrap();
+    br.retire_sa("br-in", grace).unwrap();
+    let before = shape(&br);
+    for refused in [
+        br.delete_sa("br-in-2").map(drop),
+        br.retire_sa("br-in-2", grace),
+    ] {
+        assert_eq!(
+            refused.unwrap_err(),
+            ControlError::SaInUse {
+                sa: "br-in-2".into(),
+                policy: "rdp".into(),
+            }
+        );
+    }
+    assert_eq!(shape(&br), before);
+    // At the retirement time "br-in" goes; "rdp" is still served.
+    assert!(br.poll_event(grace).is_none());
+    assert!(br.sa("br-in").is_none());
+    hq.rekey_sa(
+        "hq-out",
+        "hq-out-2",
+        sa(0x1001, Direction::Outbound, 71),
+        T0,
+    )
+    .unwrap();
+    let (wire, _) = send(&mut hq, &hq_packet(1)).unwrap();
+    assert_eq!(
+        receive(&mut br, &wire, grace).unwrap(),
+        (hq_packet(1), "br-in-2".into())
+    );
+}
