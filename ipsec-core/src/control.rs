@@ -543,20 +543,11 @@ impl Gateway {
     /// the outbound SAs carry, inbound names those served by an inbound SA that is not
     /// being retired.
     fn sa_directions(&self) -> HashMap<&str, Direction> {
-        let mut sa_dirs: HashMap<&str, Direction> = HashMap::new();
-        sa_dirs.extend(
-            self.routes
-                .iter()
-                .filter(|&(_, &i)| self.entry(i).retire_at.is_none())
-                .map(|(n, _)| (n.as_str(), Direction::Outbound)),
-        );
-        sa_dirs.extend(
-            self.served_by
-                .keys()
-                .filter(|n| self.is_served_by_another(n, usize::MAX))
-                .map(|n| (n.as_str(), Direction::Inbound)),
-        );
-        sa_dirs
+        self.routes
+            .keys()
+            .chain(self.served_by.keys())
+            .filter_map(|n| Some((n.as_str(), self.sa_direction(n)?)))
+            .collect()
     }
 
     /// Parses `text` as one policy whose SA names must be installed.

@@ -445,6 +445,21 @@ impl SaConfig {
         }
     }
 
+    /// The replay window an SA of this configuration starts with: the configured size
+    /// (default [`SaConfig::DEFAULT_REPLAY_WINDOW`]) from `seq` for an inbound SA, none
+    /// for an outbound one.
+    pub(crate) fn initial_replay_window(&self) -> Result<ReplayWindow, ConfigError> {
+        match self.direction {
+            Direction::Inbound => ReplayWindow::with_highest(
+                self.replay_window
+                    .unwrap_or(SaConfig::DEFAULT_REPLAY_WINDOW),
+                self.esn,
+                self.seq,
+            ),
+            Direction::Outbound => ReplayWindow::new(0, self.esn),
+        }
+    }
+
     /// A copy of this configuration, keys included (the copies are wiped when dropped
     /// too); `None` when it has an [`IvSource`], which cannot be copied. Configurations
     /// read from policy and SA files have none.
@@ -1091,16 +1106,7 @@ impl SecurityAssociation {
             config.padding.align(config.cipher),
             config.iv_source.take(),
         )?;
-        let replay = match config.direction {
-            Direction::Inbound => ReplayWindow::with_highest(
-                config
-                    .replay_window
-                    .unwrap_or(SaConfig::DEFAULT_REPLAY_WINDOW),
-                config.esn,
-                config.seq,
-            )?,
-            Direction::Outbound => ReplayWindow::new(0, config.esn)?,
-        };
+        let replay = config.initial_replay_window()?;
         Ok(SecurityAssociation {
             spi: config.spi,
             direction: config.direction,

@@ -92,6 +92,9 @@ pub(crate) struct SharedState {
     /// Outbound: the last sequence number that may be leased (the sequence space, or
     /// the hard packet lifetime, whichever ends first).
     last_seq: u64,
+    /// Outbound: why a packet past `last_seq` is refused (the hard packet lifetime,
+    /// or the end of the sequence space).
+    exhausted: Error,
     block: u64,
     /// Inbound: the one replay window.
     replay: Mutex<ReplayWindow>,
@@ -170,21 +173,17 @@ impl SharedSa {
             Some(p) => space_end.min(config.seq.saturating_add(p)),
             None => space_end,
         };
-        let window = match config.direction {
-            Direction::Inbound => ReplayWindow::with_highest(
-                config
-                    .replay_window
-                    .unwrap_or(SaConfig::DEFAULT_REPLAY_WINDOW),
-                config.esn,
-                config.seq,
-            )?,
-            Direction::Outbound => ReplayWindow::new(0, config.esn)?,
-        };
+        let window = config.initial_replay_window()?;
         let shared = Arc::new(SharedState {
             direction: config.direction,
             spi: config.spi,
             next_seq: AtomicU64::new(config.seq + 1),
             last_seq,
+            exhausted: if last_seq < space_end {
+                Error::LifetimeExpired(crate::LifetimeLimit::Packets)
+            } else {
+                Error::SequenceOverflow
+            },
             block: u64::from(options.block),
             replay: Mutex::new(window),
             published: (0..options.lanes)
@@ -317,16 +316,7 @@ impl SaLane {
         let start = s.next_seq.fetch_add(s.block, Ordering::Relaxed);
         if start > s.last_seq {
             // Counted once per packet refused, as an SA whose numbers ran out does.
-            let e = if s.last_seq
-                < (if self.sa.esn {
-                    u64::MAX
-                } else {
-                    u64::from(u32::MAX)
-                }) {
-                Error::LifetimeExpired(crate::LifetimeLimit::Packets)
-            } else {
-                Error::SequenceOverflow
-            };
+            let e = s.exhausted;
             self.sa.stats.count_drop(e.drop_reason());
             return Err(e);
         }
