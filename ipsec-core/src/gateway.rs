@@ -36,7 +36,7 @@ use crate::icmp::TooBigMessage;
 use crate::nat::NAT_KEEPALIVE_MAX_LEN;
 use crate::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
 use crate::reassembly::{Reassembler, Reassembly, ReassemblyLimits};
-use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation};
+use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation, TailroomShape};
 use crate::sa_set::KeyRegistry;
 use crate::spd::cache::FlowCache;
 use crate::spd::{Action, Spd};
@@ -119,6 +119,9 @@ pub struct Gateway {
     pub(crate) stats: SaStats,
     /// How many installed SAs need each headroom: the largest is `max_headroom`.
     pub(crate) headrooms: BTreeMap<usize, usize>,
+    /// The outbound SAs' tailroom shapes, each with how many SAs have it (so that
+    /// [`Gateway::tailroom_for`] looks at a few shapes, not at every SA).
+    tailrooms: BTreeMap<TailroomShape, usize>,
     /// SAs with a retirement time set.
     pub(crate) retiring: usize,
     /// Unique among the gateways of this process: a policy edit is committed only to
@@ -183,6 +186,7 @@ impl Gateway {
             outbound_by_spi: HashMap::new(),
             stats: SaStats::default(),
             headrooms: BTreeMap::new(),
+            tailrooms: BTreeMap::new(),
             retiring: 0,
             id: {
                 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -234,6 +238,7 @@ impl Gateway {
                 for name in &entry.routes {
                     self.routes.insert(name.clone(), index);
                 }
+                *self.tailrooms.entry(sa.tailroom_shape()).or_default() += 1;
             }
         }
         *self.headrooms.entry(sa.max_headroom()).or_default() += 1;
@@ -275,6 +280,13 @@ impl Gateway {
                 }
                 for name in &entry.routes {
                     self.routes.remove(name);
+                }
+                let shape = sa.tailroom_shape();
+                if let Some(n) = self.tailrooms.get_mut(&shape) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.tailrooms.remove(&shape);
+                    }
                 }
             }
         }
@@ -380,10 +392,13 @@ impl Gateway {
     }
 
     /// The tailroom to leave behind an outbound packet of `len` bytes so that any of
-    /// the gateway's SAs can encrypt it ([`SecurityAssociation::tailroom_for`]).
+    /// the gateway's outbound SAs can encrypt it ([`SecurityAssociation::tailroom_for`]).
+    /// Cost: one step per distinct SA shape (mode, TFC padding, cipher alignment and
+    /// ICV length), however many SAs there are.
     pub fn tailroom_for(&self, len: usize) -> usize {
-        self.sas()
-            .map(|(_, sa)| sa.tailroom_for(len))
+        self.tailrooms
+            .keys()
+            .map(|shape| shape.tailroom_for(len))
             .max()
             .unwrap_or(0)
     }
