@@ -2461,6 +2461,56 @@ ipsec_status ipsec_shared_sa_get_stats(const struct ipsec_shared_sa *shared,
 uint64_t ipsec_shared_sa_seq(const struct ipsec_shared_sa *shared);
 
 /**
+ * The SA's SPI (any thread); 0 for NULL or a poisoned handle (the last error says
+ * which).
+ *
+ * # Safety
+ *
+ * `shared` is NULL or a live shared SA.
+ */
+uint32_t ipsec_shared_sa_spi(const struct ipsec_shared_sa *shared);
+
+/**
+ * The room a packet of `packet_len` bytes needs on an outbound lane, as
+ * `ipsec_sa_overhead` (every lane of an SA needs the same).
+ *
+ * # Safety
+ *
+ * `lane` is a live lane used by no other thread during the call; `out` points to a
+ * writable `ipsec_overhead`.
+ */
+ipsec_status ipsec_sa_lane_overhead(const struct ipsec_sa_lane *lane,
+                                    size_t packet_len,
+                                    struct ipsec_overhead *out);
+
+/**
+ * Writes the NAT-keepalive lane 0 owes the peer at `now_ns`, as
+ * `ipsec_sa_poll_keepalive` (the same arguments and results). Only lane 0 of an SA
+ * sends keepalives (one per NAT mapping is enough): the other lanes store 0.
+ *
+ * # Safety
+ *
+ * `lane` is a live lane used by no other thread during the call; `buf` points to
+ * `capacity` writable bytes; `out_len` to a writable `size_t`.
+ */
+ipsec_status ipsec_sa_lane_poll_keepalive(struct ipsec_sa_lane *lane,
+                                          uint64_t now_ns,
+                                          uint8_t *buf,
+                                          size_t capacity,
+                                          size_t *out_len);
+
+/**
+ * When lane 0's next NAT-keepalive is due, as `ipsec_sa_next_keepalive`
+ * (`UINT64_MAX`: none; always none on the other lanes).
+ *
+ * # Safety
+ *
+ * `lane` is a live lane used by no other thread during the call; `out_ns` points to a
+ * writable `uint64_t`.
+ */
+ipsec_status ipsec_sa_lane_next_keepalive(const struct ipsec_sa_lane *lane, uint64_t *out_ns);
+
+/**
  * Encrypts a packet in place with an outbound lane, as `ipsec_sa_encrypt` (the same
  * buffer arguments, results and statuses), with the next sequence number of the
  * lane's block (leasing a new block when it is used up).

@@ -232,6 +232,11 @@ impl SharedSa {
         self.shared.spi
     }
 
+    /// Whether the SA encrypts (outbound) or decrypts (inbound).
+    pub fn direction(&self) -> Direction {
+        self.shared.direction
+    }
+
     /// Outbound: the highest sequence number leased to a lane (every number up to it
     /// was or will be used by exactly one lane). Inbound: the highest sequence number
     /// accepted.
@@ -274,6 +279,11 @@ impl SaLane {
         self.sa.tailroom_for(len)
     }
 
+    /// The most an outbound packet can grow ([`SecurityAssociation::max_overhead`]).
+    pub fn max_overhead(&self) -> usize {
+        self.sa.max_overhead()
+    }
+
     /// The lane's own counters.
     pub fn stats(&self) -> &SaStats {
         self.sa.stats()
@@ -299,6 +309,12 @@ impl SaLane {
         out: &mut [u8; crate::NAT_KEEPALIVE_MAX_LEN],
     ) -> Option<usize> {
         self.sa.poll_keepalive(now, out)
+    }
+
+    /// When lane 0's next NAT-keepalive is due ([`SecurityAssociation::next_keepalive`]);
+    /// `None` on the other lanes (they send none).
+    pub fn next_keepalive(&self) -> Option<Duration> {
+        self.sa.next_keepalive()
     }
 
     /// Takes the next block of sequence numbers when the current one is used up.

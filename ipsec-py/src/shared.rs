@@ -16,14 +16,6 @@
 //! what the core shares (the sequence number counter, leased in blocks; the inbound
 //! replay window). A lane may still be called from several threads: the calls take
 //! turns, as on an SA, but that is what the lanes are there to avoid.
-//!
-//! # Buffer sizes
-//!
-//! The core's lane does not expose its SA, whose `max_headroom` / `tailroom_for` size
-//! the `bytes` objects `encrypt` writes into. The `SharedSa` therefore creates one more
-//! core SA from the same configuration that only answers these two questions
-//! ([`Lane::sizing`], shared read-only by the lanes; it is never used for a packet).
-//! It costs one more key schedule when the `SharedSa` is created.
 
 use crate::convert::{self, Bad};
 use crate::errors::Failure;
@@ -33,32 +25,23 @@ use crate::sa::{
 };
 use core::time::Duration;
 use ipsec_core::{
-    ConfigError, Direction, Error, NAT_KEEPALIVE_MAX_LEN, PacketBuf, SaEvent, SaLane,
-    SecurityAssociation, SharedSa, SharedSaOptions,
+    Direction, Error, NAT_KEEPALIVE_MAX_LEN, PacketBuf, SaEvent, SaLane, SharedSa, SharedSaOptions,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-/// What an `SaLane`'s mutex protects (with the time and scratch buffer of [`State`]).
-pub(crate) struct Lane {
-    lane: SaLane,
-    /// A core SA of the lane's configuration, for [`Engine::tailroom_for`] only (see
-    /// the module docs).
-    sizing: Arc<SecurityAssociation>,
-}
-
-impl Engine for Lane {
+impl Engine for SaLane {
     fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
-        self.lane.encrypt(pkt, now)
+        SaLane::encrypt(self, pkt, now)
     }
 
     fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
-        self.lane.decrypt(pkt, now)
+        SaLane::decrypt(self, pkt, now)
     }
 
     fn tailroom_for(&self, len: usize) -> usize {
-        self.sizing.tailroom_for(len)
+        SaLane::tailroom_for(self, len)
     }
 }
 
@@ -74,7 +57,7 @@ pub(crate) struct PySharedSa {
 /// One thread's lane of a `SharedSa` (Python `ipsec.SaLane`).
 #[pyclass(module = "ipsec", name = "SaLane", frozen)]
 pub(crate) struct PySaLane {
-    state: Mutex<State<Lane>>,
+    state: Mutex<State<SaLane>>,
     // Fixed at creation, read without the lock.
     index: usize,
     spi: u32,
@@ -111,17 +94,8 @@ impl PySharedSa {
         }
         let config = SaArgs::from_kwargs("SharedSa", config)?.config()?;
         let now = convert::opt_seconds(now, "now", Bad::Config)?.unwrap_or(Duration::ZERO);
-        // Configurations made from Python have no custom IV source, so this succeeds.
-        let sizing_config = config.try_clone().ok_or_else(|| {
-            Failure::Config(ConfigError::new(
-                "iv_source",
-                "a shared SA cannot copy a custom IV source",
-            ))
-        })?;
         let (shared, core_lanes) = SharedSa::new(config, options, now).map_err(Failure::from)?;
-        let sizing = Arc::new(SecurityAssociation::new(sizing_config, now).map_err(Failure::from)?);
-        let headroom = sizing.max_headroom();
-        let direction = sizing.direction();
+        let direction = shared.direction();
         let spi = shared.spi();
         let lanes = core_lanes
             .into_iter()
@@ -130,17 +104,11 @@ impl PySharedSa {
                 Py::new(
                     py,
                     PySaLane {
-                        state: Mutex::new(State::new(
-                            Lane {
-                                lane,
-                                sizing: Arc::clone(&sizing),
-                            },
-                            now,
-                        )),
+                        headroom: lane.max_headroom(),
+                        state: Mutex::new(State::new(lane, now)),
                         index,
                         spi,
                         direction,
-                        headroom,
                     },
                 )
             })
@@ -206,7 +174,7 @@ impl PySharedSa {
 }
 
 impl PySaLane {
-    fn lock(&self, py: Python<'_>) -> PyResult<std::sync::MutexGuard<'_, State<Lane>>> {
+    fn lock(&self, py: Python<'_>) -> PyResult<std::sync::MutexGuard<'_, State<SaLane>>> {
         lock_releasing_gil(py, &self.state)
     }
 }
@@ -279,13 +247,13 @@ impl PySaLane {
     /// The lane's own counters (`SecurityAssociation.stats`' shape).
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let stats = *self.lock(py)?.sa.lane.stats();
+        let stats = *self.lock(py)?.sa.stats();
         stats_dict(py, &stats)
     }
 
     /// Publishes the lane's counters to `SharedSa.stats`.
     fn publish(&self, py: Python<'_>) -> PyResult<()> {
-        self.lock(py)?.sa.lane.publish();
+        self.lock(py)?.sa.publish();
         Ok(())
     }
 
@@ -302,7 +270,7 @@ impl PySaLane {
         let event = {
             let mut st = self.lock(py)?;
             let now = st.time(now);
-            st.sa.lane.poll_event(now)
+            st.sa.poll_event(now)
         };
         Ok(event.and_then(event_of))
     }
@@ -318,7 +286,7 @@ impl PySaLane {
         let events: Vec<SaEvent> = {
             let mut st = self.lock(py)?;
             let now = st.time(now);
-            core::iter::from_fn(|| st.sa.lane.poll_event(now)).collect()
+            core::iter::from_fn(|| st.sa.poll_event(now)).collect()
         };
         Ok(events.into_iter().filter_map(event_of).collect())
     }
@@ -336,7 +304,7 @@ impl PySaLane {
         let len = {
             let mut st = self.lock(py)?;
             let now = st.time(now);
-            st.sa.lane.poll_keepalive(now, &mut out)
+            st.sa.poll_keepalive(now, &mut out)
         };
         Ok(len.map(|n| PyBytes::new(py, &out[..n])))
     }

@@ -574,9 +574,74 @@ static void null_arguments(void)
     ipsec_gateway_free(gw);
 }
 
+/* The lane calls besides packets: the SPI, buffer sizing as an ordinary SA of the same
+ * configuration needs, and NAT-keepalives sent by lane 0 only. */
+static void lane_sizing_and_keepalives(void)
+{
+    ipsec_sa_config cfg;
+    ipsec_shared_sa *shared = NULL;
+    ipsec_sa_lane *lanes[2] = {NULL, NULL};
+    ipsec_sa *plain = NULL;
+    ipsec_overhead want, got;
+    uint8_t ka[IPSEC_NAT_KEEPALIVE_MAX_LEN], small[IPSEC_NAT_KEEPALIVE_MAX_LEN - 1];
+    size_t ka_len = 99;
+    uint64_t due = 0;
+    const uint64_t interval_ns = UINT64_C(20) * 1000000000u;
+
+    printf("\n-- lane sizing and NAT-keepalives\n");
+    make_config(&cfg, IPSEC_DIRECTION_OUTBOUND);
+    cfg.udp_encap = true;
+    cfg.udp_src_port = 4500;
+    cfg.udp_dst_port = 4500;
+    cfg.nat_keepalive_interval = 20;
+    OK("an outbound shared SA with NAT-T, 2 lanes", ipsec_shared_sa_new(&cfg, 2, 0, T0, &shared, lanes));
+    TRUE("ipsec_shared_sa_spi is the configured SPI", ipsec_shared_sa_spi(shared) == 0x4242);
+    TRUE("ipsec_shared_sa_spi(NULL) is 0", ipsec_shared_sa_spi(NULL) == 0);
+    OK("an ordinary SA of the same configuration", ipsec_sa_new(&cfg, T0, &plain));
+    for (size_t len = 0; len <= 1500; len += 37) {
+        OK("ipsec_sa_overhead", ipsec_sa_overhead(plain, len, &want));
+        OK("ipsec_sa_lane_overhead", ipsec_sa_lane_overhead(lanes[1], len, &got));
+        TRUE("... the lane needs what the SA needs",
+             got.headroom == want.headroom && got.tailroom == want.tailroom &&
+                 got.max_overhead == want.max_overhead);
+    }
+    TRUE("... and room for UDP at least", want.headroom >= 20 + 8 + 8);
+
+    OK("lane 0: next keepalive", ipsec_sa_lane_next_keepalive(lanes[0], &due));
+    TRUE("... due one interval after creation", due == T0 + interval_ns);
+    OK("lane 1: next keepalive", ipsec_sa_lane_next_keepalive(lanes[1], &due));
+    TRUE("... never (lane 0 sends them)", due == UINT64_MAX);
+    OK("lane 0: poll before it is due", ipsec_sa_lane_poll_keepalive(lanes[0], T0 + interval_ns - 1, ka, sizeof ka, &ka_len));
+    TRUE("... none", ka_len == 0);
+    REFUSED("lane 0: poll with a short buffer",
+            ipsec_sa_lane_poll_keepalive(lanes[0], T0 + interval_ns, small, sizeof small, &ka_len),
+            IPSEC_ERR_BUFFER_TOO_SMALL, NULL);
+    OK("lane 0: poll when due", ipsec_sa_lane_poll_keepalive(lanes[0], T0 + interval_ns, ka, sizeof ka, &ka_len));
+    /* IPv4 (20) + UDP (8) + one 0xFF byte, to port 4500. */
+    TRUE("... one IPv4 NAT-keepalive", ka_len == 29 && ka[0] == 0x45 && ka[9] == 17 &&
+                                             ka[22] == 0x11 && ka[23] == 0x94 && ka[28] == 0xFF);
+    OK("lane 0: poll again at once", ipsec_sa_lane_poll_keepalive(lanes[0], T0 + interval_ns, ka, sizeof ka, &ka_len));
+    TRUE("... none (it was just sent)", ka_len == 0);
+    OK("lane 1: poll when due", ipsec_sa_lane_poll_keepalive(lanes[1], T0 + interval_ns, ka, sizeof ka, &ka_len));
+    TRUE("... none on lane 1", ka_len == 0);
+
+    NULL_ARG("sa_lane_overhead: lane", ipsec_sa_lane_overhead(NULL, 40, &got));
+    NULL_ARG("sa_lane_overhead: out", ipsec_sa_lane_overhead(lanes[0], 40, NULL));
+    NULL_ARG("sa_lane_poll_keepalive: lane", ipsec_sa_lane_poll_keepalive(NULL, T0, ka, sizeof ka, &ka_len));
+    NULL_ARG("sa_lane_poll_keepalive: buf", ipsec_sa_lane_poll_keepalive(lanes[0], T0, NULL, sizeof ka, &ka_len));
+    NULL_ARG("sa_lane_poll_keepalive: out_len", ipsec_sa_lane_poll_keepalive(lanes[0], T0, ka, sizeof ka, NULL));
+    NULL_ARG("sa_lane_next_keepalive: lane", ipsec_sa_lane_next_keepalive(NULL, &due));
+    NULL_ARG("sa_lane_next_keepalive: out_ns", ipsec_sa_lane_next_keepalive(lanes[0], NULL));
+    ipsec_sa_free(plain);
+    ipsec_sa_lane_free(lanes[1]);
+    ipsec_sa_lane_free(lanes[0]);
+    ipsec_shared_sa_free(shared);
+}
+
 int main(void)
 {
     shared_sa();
+    lane_sizing_and_keepalives();
     policy_batch();
     null_arguments();
     printf("\n%d checks, %d failed\n", checks, failed);
