@@ -38,6 +38,7 @@ use crate::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
 use crate::reassembly::{Reassembler, Reassembly, ReassemblyLimits};
 use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation, TailroomShape};
 use crate::sa_set::KeyRegistry;
+use crate::shared::LaneLink;
 use crate::spd::cache::FlowCache;
 use crate::spd::{Action, Spd};
 use crate::spi::{SpiAllocator, SpiError};
@@ -98,6 +99,31 @@ pub(crate) struct SaEntry {
     pub(crate) routes: Vec<String>,
     /// When the caller's clock reaches this, the SA is deleted ([`Gateway::retire_sa`]).
     pub(crate) retire_at: Option<Duration>,
+    /// A lane of a shared SA ([`Gateway::add_sa_lane`]): its tie to the shared part.
+    pub(crate) lane: Option<LaneLink>,
+}
+
+impl SaEntry {
+    /// A new SA `name`, serving and carrying its own name.
+    pub(crate) fn new(name: &str, sa: SecurityAssociation, lane: Option<LaneLink>) -> SaEntry {
+        SaEntry {
+            name: name.to_owned(),
+            sa,
+            serves: vec![name.to_owned()],
+            routes: vec![name.to_owned()],
+            retire_at: None,
+            lane,
+        }
+    }
+}
+
+impl Drop for SaEntry {
+    fn drop(&mut self) {
+        // A lane's last counters reach the shared SA's sum.
+        if let Some(link) = &self.lane {
+            link.publish(self.sa.stats());
+        }
+    }
 }
 
 /// The SPD and the SAs it names, ready to process packets; SAs and policies can be
@@ -205,13 +231,7 @@ impl Gateway {
             let sa =
                 SecurityAssociation::new(named.config, now).map_err(|e| e.in_context(&label))?;
             // Unique names, SPIs and keys: the checks above.
-            gateway.insert_entry(SaEntry {
-                serves: vec![named.name.clone()],
-                routes: vec![named.name.clone()],
-                name: named.name,
-                sa,
-                retire_at: None,
-            });
+            gateway.insert_entry(SaEntry::new(&named.name, sa, None));
         }
         Ok(gateway)
     }
@@ -530,6 +550,16 @@ impl Gateway {
             return Err(Error::PolicyDiscard);
         };
         let entry = self.entries[i].as_mut().expect("routes name live SAs");
+        if let Some(link) = &mut entry.lane {
+            // A lane's SA sends only numbers of its block: enough for the packet and,
+            // when spares are offered, for the fragments it may become.
+            let need = if spares.remaining() == 0 {
+                1
+            } else {
+                1 + entry.sa.spares_needed(pkt.data(), now) as u64
+            };
+            link.ensure_seq(&mut entry.sa, need)?;
+        }
         let extra = entry.sa.encrypt_fragmenting(pkt, spares, now)?;
         Ok((
             Outbound::Protected {
@@ -657,11 +687,15 @@ impl Gateway {
             .as_mut()
             .expect("inbound_by_spi names live SAs");
         let mut serving = "";
-        entry.sa.decrypt_verified(pkt, now, |inner| {
+        let r = entry.sa.decrypt_verified(pkt, now, |inner| {
             serving =
                 fragment_policy::decrypted_policy(spd, fragments, i, &entry.serves, inner, now)?;
             Ok(())
-        })?;
+        });
+        if let Some(link) = &mut entry.lane {
+            link.count_inbound(entry.sa.stats());
+        }
+        r?;
         Ok(Inbound::Decrypted {
             sa: &entry.name,
             policy: serving,
