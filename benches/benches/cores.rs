@@ -31,7 +31,7 @@
 //! the library: `nproc`, and what else runs, go with any figure quoted.
 
 use std::hint::black_box;
-use std::sync::{Barrier, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -64,7 +64,8 @@ fn config(direction: Direction) -> SaConfig {
 enum Worker {
     Sa(Box<SecurityAssociation>),
     Lane(Box<SaLane>),
-    Gateway(Box<Mutex<Gateway>>),
+    /// Shared as a control thread would share it (none runs here).
+    Gateway(Arc<Mutex<Gateway>>),
 }
 
 /// A gateway whose one policy protects every packet of `direction` through the SA
@@ -82,7 +83,7 @@ fn gateway(direction: Direction, install: impl FnOnce(&mut Gateway)) -> Worker {
     let policy =
         format!("name = \"all\"\ndirection = \"{dir}\"\naction = \"protect\"\nsa = \"sa\"\n");
     gw.install_policy(&policy, Some("deny")).expect("policy");
-    Worker::Gateway(Box::new(Mutex::new(gw)))
+    Worker::Gateway(Arc::new(Mutex::new(gw)))
 }
 
 impl Worker {
