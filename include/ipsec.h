@@ -2904,6 +2904,47 @@ ipsec_status ipsec_gateway_rekey_sa(struct ipsec_gateway *gateway,
                                     uint64_t now_ns);
 
 /**
+ * Installs lane `*lane` of a shared SA (`ipsec_shared_sa_new`) in the gateway as the
+ * SA `name`, as `ipsec_gateway_add_sa` installs an SA: the model for one SA on several
+ * worker threads, each thread with its own gateway (one gateway per worker, each
+ * control call made on every worker's gateway under that worker's lock; see
+ * ipsec-ffi/README.md). An outbound lane takes its sequence numbers in blocks from the
+ * shared counter; an inbound lane checks them in the SA's one replay window; the
+ * lane's counters reach `ipsec_shared_sa_get_stats` when its SA is deleted from the
+ * gateway or the gateway is freed.
+ *
+ * On success the gateway owns the lane: `*lane` is set to NULL (the handle is gone;
+ * do not free it). Refused as `ipsec_gateway_add_sa`, with nothing changed in the
+ * gateway: `*lane` is then a live lane again, the caller's as before (its handle may
+ * have moved: use the new `*lane`). `IPSEC_ERR_INVALID_ARGUMENT` for a NULL `lane` or
+ * `*lane` (nothing taken).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `name` is a
+ * NUL-terminated string; `lane` points to a writable pointer to a live lane used by
+ * no other thread.
+ */
+ipsec_status ipsec_gateway_add_sa_lane(struct ipsec_gateway *gateway,
+                                       const char *name,
+                                       struct ipsec_sa_lane **lane);
+
+/**
+ * Installs lane `*lane` of a shared SA as the successor of the installed SA
+ * `replaces`, as `ipsec_gateway_rekey_sa` installs an SA (make-before-break), with
+ * `ipsec_gateway_add_sa_lane`'s ownership rules: `*lane` is NULL after success, a
+ * live lane again after a refusal.
+ *
+ * # Safety
+ *
+ * As `ipsec_gateway_add_sa_lane`; `replaces` is a NUL-terminated string.
+ */
+ipsec_status ipsec_gateway_rekey_sa_lane(struct ipsec_gateway *gateway,
+                                         const char *replaces,
+                                         const char *name,
+                                         struct ipsec_sa_lane **lane);
+
+/**
  * Deletes the SA `name` at once and, when `final_stats` is not NULL, writes its final
  * counters there. Its SPI is unknown to the next packet (`IPSEC_ERR_UNKNOWN_SPI`,
  * counted in the gateway's `unknown_spi`) and free for `ipsec_gateway_allocate_spi`
