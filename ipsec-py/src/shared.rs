@@ -25,23 +25,31 @@ use crate::sa::{
 };
 use core::time::Duration;
 use ipsec_core::{
-    Direction, Error, NAT_KEEPALIVE_MAX_LEN, PacketBuf, SaEvent, SaLane, SharedSa, SharedSaOptions,
+    ConfigError, Direction, LaneRefused, NAT_KEEPALIVE_MAX_LEN, PacketBuf, SaEvent, SaLane,
+    SharedSa, SharedSaOptions,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use std::sync::Mutex;
 
-impl Engine for SaLane {
-    fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
-        SaLane::encrypt(self, pkt, now)
+/// A lane, or nothing once a gateway took it (`Gateway.add_sa_lane`).
+impl Engine for Option<SaLane> {
+    fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Failure> {
+        Ok(self
+            .as_mut()
+            .ok_or(Failure::LaneInstalled)?
+            .encrypt(pkt, now)?)
     }
 
-    fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
-        SaLane::decrypt(self, pkt, now)
+    fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Failure> {
+        Ok(self
+            .as_mut()
+            .ok_or(Failure::LaneInstalled)?
+            .decrypt(pkt, now)?)
     }
 
     fn tailroom_for(&self, len: usize) -> usize {
-        SaLane::tailroom_for(self, len)
+        self.as_ref().map_or(0, |l| l.tailroom_for(len))
     }
 }
 
@@ -57,7 +65,7 @@ pub(crate) struct PySharedSa {
 /// One thread's lane of a `SharedSa` (Python `ipsec.SaLane`).
 #[pyclass(module = "ipsec", name = "SaLane", frozen)]
 pub(crate) struct PySaLane {
-    state: Mutex<State<SaLane>>,
+    state: Mutex<State<Option<SaLane>>>,
     // Fixed at creation, read without the lock.
     index: usize,
     spi: u32,
@@ -105,7 +113,7 @@ impl PySharedSa {
                     py,
                     PySaLane {
                         headroom: lane.max_headroom(),
-                        state: Mutex::new(State::new(lane, now)),
+                        state: Mutex::new(State::new(Some(lane), now)),
                         index,
                         spi,
                         direction,
@@ -173,8 +181,40 @@ impl PySharedSa {
     }
 }
 
+/// The lane, or the exception for one a gateway took.
+fn lane(slot: &Option<SaLane>) -> PyResult<&SaLane> {
+    slot.as_ref()
+        .ok_or_else(|| Python::attach(|py| Failure::LaneInstalled.into_exception(py)))
+}
+
+/// [`lane`], mutable.
+fn lane_mut(slot: &mut Option<SaLane>) -> PyResult<&mut SaLane> {
+    slot.as_mut()
+        .ok_or_else(|| Python::attach(|py| Failure::LaneInstalled.into_exception(py)))
+}
+
 impl PySaLane {
-    fn lock(&self, py: Python<'_>) -> PyResult<std::sync::MutexGuard<'_, State<SaLane>>> {
+    /// Hands the lane to `install` (a gateway's `add_sa_lane` or `rekey_sa_lane`); a
+    /// refused lane is put back, unchanged. Called without the GIL.
+    pub(crate) fn install(
+        &self,
+        install: impl FnOnce(SaLane) -> Result<(), LaneRefused>,
+    ) -> Result<(), Failure> {
+        let mut st = self.state.lock().map_err(|_| {
+            Failure::Config(ConfigError::new(
+                "lane",
+                "is unusable: an internal error (panic) happened while it was in use",
+            ))
+        })?;
+        let lane = st.sa.take().ok_or(Failure::LaneInstalled)?;
+        install(lane).map_err(|refused| {
+            let LaneRefused { error, lane, .. } = refused;
+            st.sa = Some(*lane);
+            Failure::from(error)
+        })
+    }
+
+    fn lock(&self, py: Python<'_>) -> PyResult<std::sync::MutexGuard<'_, State<Option<SaLane>>>> {
         lock_releasing_gil(py, &self.state)
     }
 }
@@ -247,13 +287,13 @@ impl PySaLane {
     /// The lane's own counters (`SecurityAssociation.stats`' shape).
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let stats = *self.lock(py)?.sa.stats();
+        let stats = *lane(&self.lock(py)?.sa)?.stats();
         stats_dict(py, &stats)
     }
 
     /// Publishes the lane's counters to `SharedSa.stats`.
     fn publish(&self, py: Python<'_>) -> PyResult<()> {
-        self.lock(py)?.sa.publish();
+        lane(&self.lock(py)?.sa)?.publish();
         Ok(())
     }
 
@@ -270,7 +310,7 @@ impl PySaLane {
         let event = {
             let mut st = self.lock(py)?;
             let now = st.time(now);
-            st.sa.poll_event(now)
+            lane_mut(&mut st.sa)?.poll_event(now)
         };
         Ok(event.and_then(event_of))
     }
@@ -286,7 +326,8 @@ impl PySaLane {
         let events: Vec<SaEvent> = {
             let mut st = self.lock(py)?;
             let now = st.time(now);
-            core::iter::from_fn(|| st.sa.poll_event(now)).collect()
+            let lane = lane_mut(&mut st.sa)?;
+            core::iter::from_fn(|| lane.poll_event(now)).collect()
         };
         Ok(events.into_iter().filter_map(event_of).collect())
     }
@@ -304,7 +345,7 @@ impl PySaLane {
         let len = {
             let mut st = self.lock(py)?;
             let now = st.time(now);
-            st.sa.poll_keepalive(now, &mut out)
+            lane_mut(&mut st.sa)?.poll_keepalive(now, &mut out)
         };
         Ok(len.map(|n| PyBytes::new(py, &out[..n])))
     }
