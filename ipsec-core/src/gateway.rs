@@ -157,6 +157,8 @@ pub struct Gateway {
     pub(crate) policy_generation: u64,
     /// Bumped whenever an SA is deleted or set to retire.
     pub(crate) sa_removals: u64,
+    /// SAs added or removed so far ([`Gateway::sa_changes`]).
+    sa_changes: u64,
     /// The keys of the installed SAs (no key may serve two SAs).
     pub(crate) keys: KeyRegistry,
     /// Outer ESP fragments in progress.
@@ -220,6 +222,7 @@ impl Gateway {
             },
             policy_generation: 0,
             sa_removals: 0,
+            sa_changes: 0,
             keys: KeyRegistry::new(),
             reassembler: Reassembler::new(ReassemblyLimits::DEFAULT),
             fragments: FragmentTable::new(FragmentLimits::DEFAULT),
@@ -239,6 +242,7 @@ impl Gateway {
     /// Puts a checked SA into the tables (its name, SPI and keys are free) and returns
     /// its index.
     pub(crate) fn insert_entry(&mut self, entry: SaEntry) -> usize {
+        self.sa_changes += 1;
         let index = self.free.pop().unwrap_or(self.entries.len());
         let sa = &entry.sa;
         match sa.direction() {
@@ -276,6 +280,7 @@ impl Gateway {
     /// Takes the SA `index` out of every table; the remembered fragment decisions are
     /// forgotten (none may name it any more).
     pub(crate) fn remove_entry(&mut self, index: usize) -> SaEntry {
+        self.sa_changes += 1;
         let entry = self.entries[index].take().expect("a live SA index");
         let sa = &entry.sa;
         match sa.direction() {
@@ -403,6 +408,14 @@ impl Gateway {
             .iter()
             .flatten()
             .map(|e| (e.name.as_str(), &e.sa))
+    }
+
+    /// A counter that moves whenever an SA is added or removed (by a control call, or
+    /// by the gateway when a retired SA's time comes): a list of [`Gateway::sas`] taken
+    /// at one reading is still the list, in the same order, while the counter reads the
+    /// same.
+    pub fn sa_changes(&self) -> u64 {
+        self.sa_changes
     }
 
     /// The headroom to leave in front of an outbound packet so that any of the

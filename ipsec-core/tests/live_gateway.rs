@@ -844,3 +844,46 @@ fn the_gateway_tailroom_follows_the_outbound_sas_as_they_come_and_go() {
         assert_eq!(gw.tailroom_for(len), room, "len {len}");
     }
 }
+
+#[test]
+fn sa_changes_moves_whenever_the_list_of_sas_does() {
+    let mut gw = empty_gateway();
+    let list = |gw: &Gateway| gw.sas().map(|(n, _)| n.to_owned()).collect::<Vec<_>>();
+    let mut seen = vec![(gw.sa_changes(), list(&gw))];
+    let mut step = |gw: &Gateway| {
+        let now = (gw.sa_changes(), list(gw));
+        assert!(
+            seen.iter().all(|(c, _)| *c != now.0),
+            "the counter moved: {now:?} after {seen:?}"
+        );
+        seen.push(now);
+    };
+    gw.add_sa("a", sa(0x100, Direction::Inbound, 1), T0)
+        .unwrap();
+    step(&gw);
+    gw.add_sa("b", sa(0x101, Direction::Outbound, 2), T0)
+        .unwrap();
+    step(&gw);
+    gw.rekey_sa("a", "a2", sa(0x102, Direction::Inbound, 3), T0)
+        .unwrap();
+    step(&gw);
+    gw.delete_sa("b").unwrap();
+    step(&gw);
+    gw.retire_sa("a", Duration::from_secs(5)).unwrap();
+    let before = gw.sa_changes();
+    assert!(gw.poll_event(Duration::from_secs(5)).is_none());
+    assert!(gw.sa("a").is_none(), "reaped at its time");
+    assert_ne!(
+        gw.sa_changes(),
+        before,
+        "a retired SA reaped by the gateway counts"
+    );
+    // Refused calls and packets change nothing.
+    let c = gw.sa_changes();
+    assert!(
+        gw.add_sa("a2", sa(0x103, Direction::Inbound, 4), T0)
+            .is_err()
+    );
+    assert!(gw.delete_sa("nope").is_err());
+    assert_eq!(gw.sa_changes(), c);
+}
