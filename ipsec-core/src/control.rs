@@ -465,15 +465,16 @@ impl Gateway {
                 sa: self.entry(i).name.clone(),
             });
         }
-        if let Some((field, other, other_field)) =
-            self.keys.find_reuse(&config, |i| &self.entry(i).sa.origin)
+        if let Some((field, other, other_field)) = self
+            .keys
+            .find_reuse(config.keys(), |i| self.entry(i).sa.keys())
         {
             let (first_name, first_cfg) = match other {
-                Some(i) => (self.entry(i).name.as_str(), &*self.entry(i).sa.origin),
-                None => (name, &config),
+                Some(i) => (self.entry(i).name.as_str(), self.entry(i).sa.keys()),
+                None => (name, config.keys()),
             };
             return Err(crate::sa_set::key_reuse_error(
-                (name, &config, field),
+                (name, config.keys(), field),
                 (first_name, first_cfg, other_field),
                 other.is_none(),
             )

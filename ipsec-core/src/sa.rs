@@ -456,7 +456,7 @@ impl SaConfig {
                 self.esn,
                 self.seq,
             ),
-            Direction::Outbound => ReplayWindow::new(0, self.esn),
+            Direction::Outbound => ReplayWindow::without_histogram(0, self.esn),
         }
     }
 
@@ -1017,6 +1017,19 @@ impl PendingEvents {
     }
 }
 
+/// The settings of an SA's configuration that the SA does not otherwise hold, and its
+/// keys (wiped on drop; the key schedules cannot give them back): with the SA's own
+/// fields, the whole configuration, as snapshots write it. (The NAT original
+/// addresses are kept by the SA's NAT state.)
+pub(crate) struct KeptConfig {
+    pub(crate) key: Zeroizing<Vec<u8>>,
+    pub(crate) integrity_key: Zeroizing<Vec<u8>>,
+    pub(crate) padding: EspPadding,
+    pub(crate) outer_ttl: u8,
+    pub(crate) df: DfPolicy,
+    pub(crate) nat_keepalive_interval: Option<Duration>,
+}
+
 /// One direction of an IPsec SA: keys, state and counters.
 pub struct SecurityAssociation {
     pub(crate) spi: u32,
@@ -1042,9 +1055,9 @@ pub struct SecurityAssociation {
     /// clock that read less than the snapshot's age): the SA's age at `now` is
     /// `now - created + age_bias`.
     pub(crate) age_bias: Duration,
-    /// The configuration the SA was made from, keys included (wiped on drop), without
-    /// its IV source: what [`SecurityAssociation::snapshot`] writes out.
-    pub(crate) origin: Box<SaConfig>,
+    /// What the SA keeps of its configuration beyond its own fields (keys included):
+    /// what [`SecurityAssociation::snapshot`] writes out.
+    pub(crate) kept: KeptConfig,
     /// When the slow lifetime check must run next.
     pub(crate) trip: Trip,
     pub(crate) expired: Option<LifetimeLimit>,
@@ -1105,6 +1118,7 @@ impl SecurityAssociation {
             &config.integrity_key,
             config.padding.align(config.cipher),
             config.iv_source.take(),
+            config.direction,
         )?;
         let replay = config.initial_replay_window()?;
         Ok(SecurityAssociation {
@@ -1151,9 +1165,26 @@ impl SecurityAssociation {
             fragment_id: getrandom::u32().unwrap_or(0x9e37_79b9),
             next_ipv4_ident: first_ident,
             nat: NatTraversal::new(&config, now),
-            origin: Box::new(config),
+            kept: KeptConfig {
+                key: core::mem::take(&mut config.key),
+                integrity_key: core::mem::take(&mut config.integrity_key),
+                padding: config.padding,
+                outer_ttl: config.outer_ttl,
+                df: config.df,
+                nat_keepalive_interval: config.nat_keepalive_interval,
+            },
             shared_replay: None,
         })
+    }
+
+    /// The part of this SA the key reuse check looks at.
+    pub(crate) fn keys(&self) -> crate::sa_set::SaKeys<'_> {
+        crate::sa_set::SaKeys {
+            cipher: self.cipher,
+            direction: self.direction,
+            key: &self.kept.key,
+            integrity_key: &self.kept.integrity_key,
+        }
     }
 
     /// The SPI.

@@ -349,7 +349,7 @@ impl SecurityAssociation {
     ///
     /// The snapshot holds the keys: it is wiped when dropped; protect its bytes.
     pub fn snapshot(&self, now: Duration) -> SaSnapshot {
-        let c = &self.origin;
+        let c = &self.kept;
         let window = match self.direction {
             Direction::Inbound => self.replay.size(),
             Direction::Outbound => 0,
@@ -408,7 +408,7 @@ impl SecurityAssociation {
         });
         w.opt(self.pmtu.configured, Writer::u16);
         w.opt(c.nat_keepalive_interval, Writer::duration);
-        w.addrs(c.nat_original_addresses);
+        w.addrs(self.nat_original_addresses());
         // State.
         w.u64(self.seq());
         w.duration(self.age(now));
