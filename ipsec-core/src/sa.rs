@@ -1022,12 +1022,45 @@ impl PendingEvents {
 /// fields, the whole configuration, as snapshots write it. (The NAT original
 /// addresses are kept by the SA's NAT state.)
 pub(crate) struct KeptConfig {
-    pub(crate) key: Zeroizing<Vec<u8>>,
-    pub(crate) integrity_key: Zeroizing<Vec<u8>>,
+    /// The cipher key (salt included) followed by the integrity key, in one block.
+    keys: Zeroizing<Box<[u8]>>,
+    /// Where the cipher key ends in `keys`.
+    key_len: u8,
     pub(crate) padding: EspPadding,
     pub(crate) outer_ttl: u8,
     pub(crate) df: DfPolicy,
     pub(crate) nat_keepalive_interval: Option<Duration>,
+}
+
+impl KeptConfig {
+    /// Keeps `config`'s keys (its copies are wiped when it is dropped) and the
+    /// settings above.
+    fn new(config: &SaConfig) -> KeptConfig {
+        let (key, integrity_key) = (&config.key[..], &config.integrity_key[..]);
+        // Made at its final length (no reallocation leaves a copy behind), then filled.
+        let mut keys =
+            Zeroizing::new(vec![0u8; key.len() + integrity_key.len()].into_boxed_slice());
+        keys[..key.len()].copy_from_slice(key);
+        keys[key.len()..].copy_from_slice(integrity_key);
+        KeptConfig {
+            keys,
+            key_len: u8::try_from(key.len()).expect("checked: keys are at most 36 bytes"),
+            padding: config.padding,
+            outer_ttl: config.outer_ttl,
+            df: config.df,
+            nat_keepalive_interval: config.nat_keepalive_interval,
+        }
+    }
+
+    /// The cipher key as configured (salt included).
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.keys[..usize::from(self.key_len)]
+    }
+
+    /// The integrity key as configured (empty for combined-mode ciphers).
+    pub(crate) fn integrity_key(&self) -> &[u8] {
+        &self.keys[usize::from(self.key_len)..]
+    }
 }
 
 /// One direction of an IPsec SA: keys, state and counters.
@@ -1156,23 +1189,13 @@ impl SecurityAssociation {
             expired: None,
             events: PendingEvents::default(),
             stats: SaStats::default(),
-            pmtu: PathMtu {
-                configured: config.path_mtu,
-                learned: None,
-            },
+            pmtu: PathMtu::new(config.path_mtu),
             mtu_cap: config.path_mtu.map_or(usize::MAX, usize::from),
             byte_cap: config.hard.bytes.unwrap_or(u64::MAX),
             fragment_id: getrandom::u32().unwrap_or(0x9e37_79b9),
             next_ipv4_ident: first_ident,
             nat: NatTraversal::new(&config, now),
-            kept: KeptConfig {
-                key: core::mem::take(&mut config.key),
-                integrity_key: core::mem::take(&mut config.integrity_key),
-                padding: config.padding,
-                outer_ttl: config.outer_ttl,
-                df: config.df,
-                nat_keepalive_interval: config.nat_keepalive_interval,
-            },
+            kept: KeptConfig::new(&config),
             shared_replay: None,
         })
     }
@@ -1182,8 +1205,8 @@ impl SecurityAssociation {
         crate::sa_set::SaKeys {
             cipher: self.cipher,
             direction: self.direction,
-            key: &self.kept.key,
-            integrity_key: &self.kept.integrity_key,
+            key: self.kept.key(),
+            integrity_key: self.kept.integrity_key(),
         }
     }
 
@@ -1289,10 +1312,7 @@ impl SecurityAssociation {
                 ));
             }
         }
-        self.pmtu = PathMtu {
-            configured: mtu,
-            learned: None,
-        };
+        self.pmtu = PathMtu::new(mtu);
         self.mtu_cap = mtu.map_or(usize::MAX, usize::from);
         Ok(())
     }
@@ -1315,8 +1335,8 @@ impl SecurityAssociation {
     /// The largest inner packet whose ESP packet fits in `mtu` bytes; `hdr` is the
     /// inner header length that stays in front of ESP (transport mode).
     pub(crate) fn inner_mtu_within(&self, mtu: usize, hdr: usize) -> u16 {
-        let align = self.transform.pad_align;
-        let fixed = 8 + self.transform.iv_len + self.transform.icv_len;
+        let align = self.transform.pad_align();
+        let fixed = 8 + self.transform.iv_len() + self.transform.icv_len();
         let udp = if self.udp_encap.is_some() {
             crate::packet::UDP_HEADER_LEN
         } else {
@@ -1403,7 +1423,7 @@ impl SecurityAssociation {
         } else {
             0
         };
-        outer + udp + 8 + self.transform.iv_len
+        outer + udp + 8 + self.transform.iv_len()
     }
 
     /// The tailroom an outbound packet of `len` bytes needs behind it (TFC padding,
@@ -1411,8 +1431,8 @@ impl SecurityAssociation {
     /// transport mode only the part after the IP header is padded, so this returns the
     /// worst case over header lengths.
     pub fn tailroom_for(&self, len: usize) -> usize {
-        let align = self.transform.pad_align;
-        let trailer = 2 + self.transform.icv_len;
+        let align = self.transform.pad_align();
+        let trailer = 2 + self.transform.icv_len();
         match (self.mode, self.tfc) {
             (Mode::Transport, _) => align - 1 + trailer,
             (Mode::Tunnel, tfc) => {
@@ -1432,7 +1452,7 @@ impl SecurityAssociation {
             TfcPadding::PadTo(n) => usize::from(n),
             TfcPadding::None => 0,
         };
-        self.max_headroom() + tfc + self.transform.pad_align + 1 + self.transform.icv_len
+        self.max_headroom() + tfc + self.transform.pad_align() + 1 + self.transform.icv_len()
     }
 
     /// Brings the lifetimes up to `now` (as a packet would) and says whether a hard

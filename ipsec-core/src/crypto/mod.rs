@@ -572,12 +572,39 @@ pub(crate) struct EspLayout {
 /// The keyed transform of one SA.
 pub(crate) struct Transform {
     engine: Engine,
-    pub(crate) iv_len: usize,
-    pub(crate) icv_len: usize,
-    pub(crate) pad_align: usize,
+    /// The sizes below, in bytes (all at most 32), as `u8`s so that the transform stays
+    /// small; read through the accessors of the same names.
+    iv_len: u8,
+    icv_len: u8,
+    pad_align: u8,
+    cipher_block: u8,
+}
+
+impl Transform {
+    /// Bytes of IV in each packet.
+    #[inline(always)]
+    pub(crate) fn iv_len(&self) -> usize {
+        usize::from(self.iv_len)
+    }
+
+    /// Bytes of ICV in each packet.
+    #[inline(always)]
+    pub(crate) fn icv_len(&self) -> usize {
+        usize::from(self.icv_len)
+    }
+
+    /// The alignment ESP padding brings the encrypted part to (a power of two).
+    #[inline(always)]
+    pub(crate) fn pad_align(&self) -> usize {
+        usize::from(self.pad_align)
+    }
+
     /// The block size the ciphertext must be a whole multiple of (16 for CBC; 1 for
     /// the counter-mode AEADs and NULL, which take any length). Always a power of two.
-    pub(crate) cipher_block: usize,
+    #[inline(always)]
+    pub(crate) fn cipher_block(&self) -> usize {
+        usize::from(self.cipher_block)
+    }
 }
 
 impl Transform {
@@ -711,11 +738,12 @@ impl Transform {
                 unreachable!("Transform::check: non-combined ciphers have an integrity algorithm")
             }
         };
+        let small = |n: usize| u8::try_from(n).expect("ESP sizes are below 256");
         Ok(Transform {
             engine,
-            iv_len: cipher.iv_len(),
-            icv_len,
-            pad_align,
+            iv_len: small(cipher.iv_len()),
+            icv_len: small(icv_len),
+            pad_align: small(pad_align),
             cipher_block: if cipher.pad_align() == 16 { 16 } else { 1 },
         })
     }
@@ -725,8 +753,8 @@ impl Transform {
     #[inline]
     pub(crate) fn seal(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) {
         let EspLayout { esp, icv } = at;
-        let iv_end = esp + 8 + self.iv_len;
-        let icv_len = self.icv_len;
+        let iv_end = esp + 8 + self.iv_len();
+        let icv_len = self.icv_len();
         match &mut self.engine {
             Engine::Aead { key, salt } => {
                 buf[esp + 8..iv_end].copy_from_slice(&seq.to_be_bytes());
@@ -743,8 +771,8 @@ impl Transform {
     #[inline(never)]
     fn seal_slow(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) {
         let EspLayout { esp, icv } = at;
-        let iv_end = esp + 8 + self.iv_len;
-        let icv_len = self.icv_len;
+        let iv_end = esp + 8 + self.iv_len();
+        let icv_len = self.icv_len();
         match &mut self.engine {
             Engine::Aead { .. } => unreachable!("handled by seal"),
             Engine::Gmac { key, salt } => {
@@ -792,7 +820,7 @@ impl Transform {
     #[inline]
     pub(crate) fn open(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) -> bool {
         let EspLayout { esp, icv } = at;
-        let iv_end = esp + 8 + self.iv_len;
+        let iv_end = esp + 8 + self.iv_len();
         match &mut self.engine {
             Engine::Aead { key, salt } => {
                 let iv: [u8; 8] = buf[esp + 8..iv_end].try_into().expect("8-byte IV");
@@ -813,8 +841,8 @@ impl Transform {
     #[inline(never)]
     fn open_slow(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) -> bool {
         let EspLayout { esp, icv } = at;
-        let iv_end = esp + 8 + self.iv_len;
-        let icv_len = self.icv_len;
+        let iv_end = esp + 8 + self.iv_len();
+        let icv_len = self.icv_len();
         match &mut self.engine {
             Engine::Aead { .. } => unreachable!("handled by open"),
             Engine::Gmac { key, salt } => {
