@@ -234,6 +234,18 @@ impl ReplayWindow {
         self.late.as_deref().unwrap_or(&NO_LATE_PACKETS)
     }
 
+    /// Gives up the histogram of a window that records nothing (an inbound lane of a
+    /// [`crate::SharedSa`]: the shared window records); it reads as empty.
+    pub(crate) fn drop_histogram(&mut self) {
+        debug_assert!(
+            self.late
+                .as_deref()
+                .is_none_or(|l| *l == LateHistogram::new()),
+            "only an empty histogram is dropped"
+        );
+        self.late = None;
+    }
+
     /// Counts a late packet `distance` behind the top in the histogram.
     #[inline]
     fn record_late(&mut self, distance: u64) {

@@ -213,6 +213,8 @@ impl SharedSa {
             let mut sa = SecurityAssociation::new(lane_config, now)?;
             if config.direction == Direction::Inbound {
                 sa.shared_replay = Some(Arc::clone(&shared));
+                // Its own window records nothing (the shared one does): no histogram.
+                sa.replay.drop_histogram();
             }
             // Outbound: no block yet; the first packet leases one.
             sa.seq = config.seq;
