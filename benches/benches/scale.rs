@@ -334,7 +334,7 @@ fn memory_report() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     });
     println!(
-        "  size_of: SecurityAssociation {} B, SaConfig {} B (boxed in the SA), \
+        "  size_of: SecurityAssociation {} B, SaConfig {} B (not kept: the SA keeps its keys), \
          ReplayWindow {} B",
         size_of::<SecurityAssociation>(),
         size_of::<SaConfig>(),

@@ -157,6 +157,7 @@
 use crate::error::ConfigError;
 use crate::gateway::{Gateway, SaEntry};
 use crate::sa::{Direction, SaConfig, SaStats, SecurityAssociation};
+use crate::sa_set::SaKeys;
 use crate::shared::{LaneLink, SaLane};
 use crate::spd::parse::{parse_one_policy, policy_name_and_sas};
 use crate::spd::{Policy, PolicyChange, Spd};
@@ -347,7 +348,7 @@ impl Gateway {
         config: SaConfig,
         now: Duration,
     ) -> Result<(), ControlError> {
-        self.check_new_sa(name, &config)?;
+        self.check_new_sa(name, config.spi, config.keys())?;
         let sa = create(name, config, now)?;
         self.insert_entry(SaEntry::new(name, sa, None));
         Ok(())
@@ -362,7 +363,7 @@ impl Gateway {
     /// Refused as [`Gateway::add_sa`] (the lane's configuration is checked as a
     /// configuration would be); the lane is then given back in the error.
     pub fn add_sa_lane(&mut self, name: &str, lane: SaLane) -> Result<(), LaneRefused> {
-        if let Err(error) = self.check_new_sa(name, lane.config()) {
+        if let Err(error) = self.check_new_sa(name, lane.sa().spi(), lane.sa().keys()) {
             return Err(LaneRefused::new(error, lane));
         }
         let (sa, link) = lane.into_parts();
@@ -387,7 +388,7 @@ impl Gateway {
         config: SaConfig,
         now: Duration,
     ) -> Result<(), ControlError> {
-        self.check_rekey(replaces, name, &config)?;
+        self.check_rekey(replaces, name, config.spi, config.keys())?;
         let sa = create(name, config, now)?;
         self.rekey_entry(replaces, name, sa, None);
         Ok(())
@@ -402,7 +403,7 @@ impl Gateway {
         name: &str,
         lane: SaLane,
     ) -> Result<(), LaneRefused> {
-        if let Err(error) = self.check_rekey(replaces, name, lane.config()) {
+        if let Err(error) = self.check_rekey(replaces, name, lane.sa().spi(), lane.sa().keys()) {
             return Err(LaneRefused::new(error, lane));
         }
         let (sa, link) = lane.into_parts();
@@ -415,7 +416,8 @@ impl Gateway {
         &self,
         replaces: &str,
         name: &str,
-        config: &SaConfig,
+        spi: u32,
+        keys: SaKeys<'_>,
     ) -> Result<(), ControlError> {
         let &old = self
             .by_name
@@ -423,13 +425,13 @@ impl Gateway {
             .ok_or_else(|| ControlError::UnknownSa {
                 name: replaces.to_owned(),
             })?;
-        if config.direction != self.entry(old).sa.direction() {
+        if keys.direction != self.entry(old).sa.direction() {
             return Err(ControlError::DirectionMismatch {
                 sa: name.to_owned(),
                 replaces: replaces.to_owned(),
             });
         }
-        self.check_new_sa(name, config)
+        self.check_new_sa(name, spi, keys)
     }
 
     /// Installs the checked SA `sa` as the successor of `replaces`.
@@ -570,9 +572,9 @@ impl Gateway {
         })
     }
 
-    /// Creates the SA of `config` after checking that `name` is free, its SPI unique
-    /// among inbound SAs and its keys unused.
-    fn check_new_sa(&self, name: &str, config: &SaConfig) -> Result<(), ControlError> {
+    /// Checks that `name` is free, the SPI unique among inbound SAs and the keys
+    /// unused, for a new SA (of a configuration, or a lane's).
+    fn check_new_sa(&self, name: &str, spi: u32, keys: SaKeys<'_>) -> Result<(), ControlError> {
         if name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty").into());
         }
@@ -584,23 +586,23 @@ impl Gateway {
                 name: name.to_owned(),
             });
         }
-        if config.direction == Direction::Inbound
-            && let Some(&i) = self.inbound_by_spi.get(&config.spi)
+        if keys.direction == Direction::Inbound
+            && let Some(&i) = self.inbound_by_spi.get(&spi)
         {
             return Err(ControlError::DuplicateSpi {
-                spi: config.spi,
+                spi,
                 sa: self.entry(i).name.clone(),
             });
         }
         if let Some((field, other, other_field)) =
-            self.keys.find_reuse(config, |i| &self.entry(i).sa.origin)
+            self.keys.find_reuse(keys, |i| self.entry(i).sa.keys())
         {
             let (first_name, first_cfg) = match other {
-                Some(i) => (self.entry(i).name.as_str(), &*self.entry(i).sa.origin),
-                None => (name, config),
+                Some(i) => (self.entry(i).name.as_str(), self.entry(i).sa.keys()),
+                None => (name, keys),
             };
             return Err(crate::sa_set::key_reuse_error(
-                (name, config, field),
+                (name, keys, field),
                 (first_name, first_cfg, other_field),
                 other.is_none(),
             )

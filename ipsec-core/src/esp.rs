@@ -418,15 +418,15 @@ impl SecurityAssociation {
                 outer
                     + udp
                     + ESP_HEADER_LEN
-                    + t.iv_len
+                    + t.iv_len()
                     + payload
                     + self.pad_len(payload)
                     + 2
-                    + t.icv_len
+                    + t.icv_len()
             }
             Mode::Transport => {
                 let payload = len - hdr;
-                len + udp + ESP_HEADER_LEN + t.iv_len + self.pad_len(payload) + 2 + t.icv_len
+                len + udp + ESP_HEADER_LEN + t.iv_len() + self.pad_len(payload) + 2 + t.icv_len()
             }
         }
     }
@@ -629,7 +629,7 @@ impl SecurityAssociation {
     /// Padding length for `payload` bytes followed by the 2-byte trailer.
     #[inline]
     fn pad_len(&self, payload: usize) -> usize {
-        crate::crypto::pad_len(payload, self.transform.pad_align)
+        crate::crypto::pad_len(payload, self.transform.pad_align())
     }
 
     /// Writes padding, pad length and next header at `at`; returns the end offset.
@@ -670,8 +670,8 @@ impl SecurityAssociation {
             return Err(Some(Error::WrongDirection));
         };
         let (outer_len, udp_len) = (outer.ip_len, outer.udp_len);
-        let iv_len = self.transform.iv_len;
-        let icv_len = self.transform.icv_len;
+        let iv_len = self.transform.iv_len();
+        let icv_len = self.transform.icv_len();
         let head = outer_len + udp_len + ESP_HEADER_LEN + iv_len;
         let payload = match self.tfc {
             TfcPadding::PadTo(n) if dummy.is_none() => inner_len.max(usize::from(n)),
@@ -762,8 +762,8 @@ impl SecurityAssociation {
             (UDP_HEADER_LEN, IpVersion::V6) => Some(ipv6_pseudo_header_addresses(pkt.data(), hdr)?),
             _ => None,
         };
-        let iv_len = self.transform.iv_len;
-        let icv_len = self.transform.icv_len;
+        let iv_len = self.transform.iv_len();
+        let icv_len = self.transform.icv_len();
         let grow = udp_len + ESP_HEADER_LEN + iv_len;
         let payload = total_len - hdr;
         let pad = self.pad_len(payload);
@@ -899,8 +899,8 @@ impl SecurityAssociation {
             next_header_at: nh_at,
             esp: esp_rel,
         } = outer;
-        let iv_len = self.transform.iv_len;
-        let icv_len = self.transform.icv_len;
+        let iv_len = self.transform.iv_len();
+        let icv_len = self.transform.icv_len();
         let esp_len = total_len - esp_rel;
         if esp_len < ESP_HEADER_LEN {
             return Err(Error::Malformed(Malformed::Truncated));
@@ -918,7 +918,7 @@ impl SecurityAssociation {
         let enc_len = esp_len - ESP_HEADER_LEN - iv_len - icv_len;
         // `cipher_block` is a power of two: a mask, not a division (a `div` here cost
         // a dozen cycles per packet).
-        if enc_len & (self.transform.cipher_block - 1) != 0 {
+        if enc_len & (self.transform.cipher_block() - 1) != 0 {
             return Err(Error::Malformed(Malformed::BadCiphertextLength));
         }
         let seq_wire =

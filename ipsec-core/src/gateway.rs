@@ -266,7 +266,7 @@ impl Gateway {
             }
         }
         *self.headrooms.entry(sa.max_headroom()).or_default() += 1;
-        self.keys.insert(index, &sa.origin);
+        self.keys.insert(index, sa.keys());
         self.by_name.insert(entry.name.clone(), index);
         self.retiring += usize::from(entry.retire_at.is_some());
         if index == self.entries.len() {
@@ -321,7 +321,7 @@ impl Gateway {
                 self.headrooms.remove(&sa.max_headroom());
             }
         }
-        self.keys.remove(index, &sa.origin);
+        self.keys.remove(index, sa.keys());
         self.by_name.remove(&entry.name);
         self.retiring -= usize::from(entry.retire_at.is_some());
         self.fragments.forget_all();

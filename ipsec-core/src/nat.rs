@@ -58,10 +58,19 @@ pub const NAT_KEEPALIVE_MAX_LEN: usize = IPV6_HEADER_LEN + UDP_HEADER_LEN + 1;
 /// An SA's NAT traversal state beyond the UDP header.
 #[derive(Clone, Debug)]
 pub(crate) struct NatTraversal {
+    /// When the SA last sent a packet (or was created), on the caller's clock (every
+    /// SA: snapshots carry the silence).
+    pub(crate) last_sent: Duration,
+    /// The rest, on the heap, only for an SA with UDP encapsulation or NAT original
+    /// addresses; without either every part of it would be empty.
+    more: Option<Box<NatMore>>,
+}
+
+/// The NAT traversal state of an SA that uses it (see [`NatTraversal::more`]).
+#[derive(Clone, Debug)]
+struct NatMore {
     /// Outbound with UDP encapsulation: the keepalive interval (`None`: no keepalives).
     keepalive_interval: Option<Duration>,
-    /// When the SA last sent a packet (or was created), on the caller's clock.
-    pub(crate) last_sent: Duration,
     /// Transport mode: the keepalive's headers, once the first packet gave the
     /// addresses.
     transport_header: Option<OuterHeader>,
@@ -86,15 +95,31 @@ impl NatTraversal {
             let sum = u32::from(address_sum(src)) + u32::from(address_sum(dst));
             ((src, dst), packet::fold_checksum(sum))
         });
+        let used = config.udp_encap.is_some() || original.is_some();
         NatTraversal {
-            keepalive_interval,
             last_sent: now,
-            transport_header: None,
-            ttl: config.outer_ttl,
-            df: config.df,
-            ports: config.udp_encap.unwrap_or((0, 0)),
-            original,
+            more: used.then(|| {
+                Box::new(NatMore {
+                    keepalive_interval,
+                    transport_header: None,
+                    ttl: config.outer_ttl,
+                    df: config.df,
+                    ports: config.udp_encap.unwrap_or((0, 0)),
+                    original,
+                })
+            }),
         }
+    }
+
+    /// The keepalive interval, if the SA sends keepalives.
+    #[inline]
+    fn keepalive_interval(&self) -> Option<Duration> {
+        self.more.as_ref().and_then(|m| m.keepalive_interval)
+    }
+
+    /// The transport-mode keepalive header, once learned.
+    fn transport_header(&self) -> Option<&OuterHeader> {
+        self.more.as_ref().and_then(|m| m.transport_header.as_ref())
     }
 
     /// Notes that the SA sent a packet at `now` (every successful encryption).
@@ -109,12 +134,16 @@ impl NatTraversal {
     /// name the final destination).
     #[inline]
     pub(crate) fn learn_transport_peer(&mut self, pkt: &[u8], version: IpVersion, hdr: usize) {
-        if self.transport_header.is_some() || self.keepalive_interval.is_none() {
-            return;
+        if let Some(more) = &mut self.more
+            && more.transport_header.is_none()
+            && more.keepalive_interval.is_some()
+        {
+            more.learn_transport_peer_slow(pkt, version, hdr);
         }
-        self.learn_transport_peer_slow(pkt, version, hdr);
     }
+}
 
+impl NatMore {
     #[cold]
     #[inline(never)]
     fn learn_transport_peer_slow(&mut self, pkt: &[u8], version: IpVersion, hdr: usize) {
@@ -141,7 +170,9 @@ impl NatTraversal {
             self.df,
         ));
     }
+}
 
+impl NatTraversal {
     /// After ESP was removed from a transport-mode packet that came in UDP: brings the
     /// TCP, UDP or ICMPv6 checksum of `pkt` (the restored packet, exactly) in line with
     /// the addresses of its IP header (see the module docs).
@@ -172,7 +203,7 @@ impl NatTraversal {
             return;
         }
         let received = packet::ones_complement_sum(&pkt[addresses]);
-        let new = match self.original {
+        let new = match self.more.as_ref().and_then(|m| m.original) {
             // RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), m the original addresses, m' the
             // received ones.
             Some((_, original)) => {
@@ -211,13 +242,17 @@ impl SecurityAssociation {
     /// How long the SA may stay silent before it owes a NAT-keepalive, or `None` when
     /// it sends none (keepalives off, an inbound SA, or no UDP encapsulation).
     pub fn nat_keepalive_interval(&self) -> Option<Duration> {
-        self.nat.keepalive_interval
+        self.nat.keepalive_interval()
     }
 
     /// The NAT original addresses `(src, dst)` of an inbound transport-mode SA
     /// ([`SaConfig::nat_original_addresses`]).
     pub fn nat_original_addresses(&self) -> Option<(IpAddr, IpAddr)> {
-        self.nat.original.map(|(addresses, _)| addresses)
+        self.nat
+            .more
+            .as_ref()
+            .and_then(|m| m.original)
+            .map(|(addresses, _)| addresses)
     }
 
     /// When the next NAT-keepalive is due, on the caller's clock (the same as the `now`
@@ -228,10 +263,10 @@ impl SecurityAssociation {
     /// inbound, has no UDP encapsulation or has expired, or (transport mode) has not
     /// encrypted its first packet yet (see the [module docs](crate::nat)).
     pub fn next_keepalive(&self) -> Option<Duration> {
-        let interval = self.nat.keepalive_interval?;
+        let interval = self.nat.keepalive_interval()?;
         let has_header = match self.mode {
             Mode::Tunnel => self.outer.is_some(),
-            _ => self.nat.transport_header.is_some(),
+            _ => self.nat.transport_header().is_some(),
         };
         if !has_header || self.expired.is_some() {
             return None;
@@ -261,7 +296,7 @@ impl SecurityAssociation {
         }
         let header = match self.mode {
             Mode::Tunnel => self.outer.as_ref()?,
-            _ => self.nat.transport_header.as_ref()?,
+            _ => self.nat.transport_header()?,
         };
         let ident = self.next_ipv4_ident;
         self.next_ipv4_ident = ident.wrapping_add(1);

@@ -44,22 +44,64 @@ pub const IPV6_MIN_MTU: u16 = 1280;
 /// The smallest IPv4 MTU (RFC 791): every IPv4 host must pass 68-byte packets.
 pub const IPV4_MIN_MTU: u16 = 68;
 
-/// Configured and learned path MTU of one SA.
+/// Configured and learned path MTU of one SA: on the heap, and only once there is one
+/// (configured, or learned from ICMP: control calls, never a packet), so that the
+/// SAs without a path MTU carry one pointer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PathMtu(Option<Box<Limits>>);
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct PathMtu {
+struct Limits {
     /// The caller's value, if any.
-    pub(crate) configured: Option<u16>,
+    configured: Option<u16>,
     /// A value learned from ICMP and when it expires.
-    pub(crate) learned: Option<(u16, Duration)>,
+    learned: Option<(u16, Duration)>,
 }
 
 impl PathMtu {
+    /// A path MTU configured as `configured`, nothing learned.
+    pub(crate) fn new(configured: Option<u16>) -> PathMtu {
+        PathMtu(configured.map(|c| {
+            Box::new(Limits {
+                configured: Some(c),
+                learned: None,
+            })
+        }))
+    }
+
+    fn limits(&self) -> Limits {
+        self.0.as_deref().copied().unwrap_or_default()
+    }
+
+    fn limits_mut(&mut self) -> &mut Limits {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// The caller's value, if any.
+    pub(crate) fn configured(&self) -> Option<u16> {
+        self.limits().configured
+    }
+
+    /// The value learned from ICMP and when it expires, if any.
+    pub(crate) fn learned(&self) -> Option<(u16, Duration)> {
+        self.limits().learned
+    }
+
+    /// Sets the learned value (a restored snapshot's).
+    pub(crate) fn set_learned(&mut self, learned: Option<(u16, Duration)>) {
+        if learned.is_some() || self.0.is_some() {
+            self.limits_mut().learned = learned;
+        }
+    }
+
     /// The path MTU in force at `now`, if any.
     pub(crate) fn current(&self, now: Duration) -> Option<u16> {
-        let learned = self
-            .learned
-            .and_then(|(mtu, until)| (now < until).then_some(mtu));
-        match (self.configured, learned) {
+        let Limits {
+            configured,
+            learned,
+        } = self.limits();
+        let learned = learned.and_then(|(mtu, until)| (now < until).then_some(mtu));
+        match (configured, learned) {
             (Some(c), Some(l)) => Some(c.min(l)),
             (c, l) => c.or(l),
         }
@@ -76,7 +118,7 @@ impl PathMtu {
         if self.current(now).is_some_and(|cur| mtu >= cur) {
             return None;
         }
-        self.learned = Some((mtu, now.saturating_add(PMTU_AGING)));
+        self.limits_mut().learned = Some((mtu, now.saturating_add(PMTU_AGING)));
         Some(mtu)
     }
 }
@@ -88,17 +130,14 @@ mod tests {
     #[test]
     fn the_lower_value_applies_and_a_learned_one_ages_out() {
         let t = Duration::from_secs;
-        let mut p = PathMtu {
-            configured: Some(1500),
-            learned: None,
-        };
+        let mut p = PathMtu::new(Some(1500));
         assert_eq!(p.current(t(0)), Some(1500));
         assert_eq!(p.learn(1600, t(0)), None, "not lower: ignored");
         assert_eq!(p.learn(1400, t(10)), Some(1400));
         assert_eq!(p.current(t(11)), Some(1400));
         assert_eq!(p.cap(t(11)), 1400);
         assert_eq!(p.current(t(10) + PMTU_AGING), Some(1500), "aged out");
-        p.configured = None;
+        p.limits_mut().configured = None;
         assert_eq!(p.cap(t(10) + PMTU_AGING), usize::MAX);
         assert_eq!(p.learn(1450, t(10) + PMTU_AGING), Some(1450));
     }

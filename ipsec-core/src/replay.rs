@@ -80,9 +80,15 @@ pub struct ReplayWindow {
     infer_window: u32,
     /// Whether the SA uses 64-bit extended sequence numbers.
     esn: bool,
-    /// Distances behind the top of the late packets seen.
-    late: LateHistogram,
+    /// Distances behind the top of the late packets seen, on the heap (512 bytes);
+    /// `None` in the window of an outbound SA, which never receives a packet (read as
+    /// an empty histogram). Windows that receive get it when they are made, so
+    /// recording a late packet never allocates.
+    late: Option<Box<LateHistogram>>,
 }
+
+/// What [`ReplayWindow::late_histogram`] shows for a window without a histogram.
+static NO_LATE_PACKETS: LateHistogram = LateHistogram::new();
 
 impl ReplayWindow {
     /// The size check of [`ReplayWindow::new`], without allocating the window.
@@ -104,6 +110,14 @@ impl ReplayWindow {
     /// value is a [`ConfigError`] naming the field `replay_window`. `esn` selects 64-bit
     /// extended sequence numbers, whose high half is inferred from the 32 bits on the wire.
     pub fn new(size: u32, esn: bool) -> Result<ReplayWindow, ConfigError> {
+        let mut w = Self::without_histogram(size, esn)?;
+        w.late = Some(Box::default());
+        Ok(w)
+    }
+
+    /// [`ReplayWindow::new`] without a late-packet histogram (it reads as empty): the
+    /// window of an outbound SA, which only keeps the settings.
+    pub(crate) fn without_histogram(size: u32, esn: bool) -> Result<ReplayWindow, ConfigError> {
         Self::check_size(size)?;
         let nblocks = if size == 0 {
             0
@@ -121,7 +135,7 @@ impl ReplayWindow {
                 size
             },
             esn,
-            late: LateHistogram::new(),
+            late: None,
         })
     }
 
@@ -190,7 +204,7 @@ impl ReplayWindow {
                 }
             }
         }
-        w.late = late;
+        w.late = Some(Box::new(late));
         Ok(w)
     }
 
@@ -217,7 +231,38 @@ impl ReplayWindow {
     /// reported by [`accept`](Self::accept) or [`note_too_old`](Self::note_too_old)).
     #[inline]
     pub fn late_histogram(&self) -> &LateHistogram {
-        &self.late
+        self.late.as_deref().unwrap_or(&NO_LATE_PACKETS)
+    }
+
+    /// Gives up the histogram of a window that records nothing (an inbound lane of a
+    /// [`crate::SharedSa`]: the shared window records); it reads as empty.
+    pub(crate) fn drop_histogram(&mut self) {
+        debug_assert!(
+            self.late
+                .as_deref()
+                .is_none_or(|l| *l == LateHistogram::new()),
+            "only an empty histogram is dropped"
+        );
+        self.late = None;
+    }
+
+    /// Counts a late packet `distance` behind the top in the histogram.
+    #[inline]
+    fn record_late(&mut self, distance: u64) {
+        match &mut self.late {
+            Some(late) => late.record(distance),
+            None => self.record_late_first(distance),
+        }
+    }
+
+    /// A late packet for a window made without a histogram. The windows of outbound
+    /// SAs receive nothing, so this does not happen on any packet path; it is here so
+    /// that such a window still counts correctly if it is ever fed.
+    #[cold]
+    fn record_late_first(&mut self, distance: u64) {
+        let mut late = Box::<LateHistogram>::default();
+        late.record(distance);
+        self.late = Some(late);
     }
 
     /// The full sequence number a packet carrying `seq_wire` has, as RFC 4303 Appendix A
@@ -297,7 +342,7 @@ impl ReplayWindow {
             self.blocks[i] |= 1u64 << (seq & 63);
         }
         if seq < self.highest {
-            self.late.record(self.highest - seq);
+            self.record_late(self.highest - seq);
         }
         Ok(())
     }
@@ -320,7 +365,7 @@ impl ReplayWindow {
             self.blocks[i] |= 1u64 << (seq & 63);
         }
         if seq < self.highest {
-            self.late.record(self.highest - seq);
+            self.record_late(self.highest - seq);
         }
     }
 
@@ -351,7 +396,7 @@ impl ReplayWindow {
     pub fn note_too_old(&mut self, seq: u64) {
         let bottom_gap = self.highest.checked_sub(u64::from(self.size));
         if seq != 0 && self.size != 0 && bottom_gap.is_some_and(|gap| seq <= gap) {
-            self.late.record(self.highest - seq);
+            self.record_late(self.highest - seq);
         }
     }
 
@@ -413,7 +458,7 @@ impl fmt::Debug for ReplayWindow {
             .field("esn", &self.esn)
             .field("highest", &self.highest)
             .field("blocks", &self.blocks.len())
-            .field("late", &self.late)
+            .field("late", self.late_histogram())
             .finish()
     }
 }

@@ -481,7 +481,7 @@ impl SaConfig {
                 self.esn,
                 self.seq,
             ),
-            Direction::Outbound => ReplayWindow::new(0, self.esn),
+            Direction::Outbound => ReplayWindow::without_histogram(0, self.esn),
         }
     }
 
@@ -1042,6 +1042,52 @@ impl PendingEvents {
     }
 }
 
+/// The settings of an SA's configuration that the SA does not otherwise hold, and its
+/// keys (wiped on drop; the key schedules cannot give them back): with the SA's own
+/// fields, the whole configuration, as snapshots write it. (The NAT original
+/// addresses are kept by the SA's NAT state.)
+pub(crate) struct KeptConfig {
+    /// The cipher key (salt included) followed by the integrity key, in one block.
+    keys: Zeroizing<Box<[u8]>>,
+    /// Where the cipher key ends in `keys`.
+    key_len: u8,
+    pub(crate) padding: EspPadding,
+    pub(crate) outer_ttl: u8,
+    pub(crate) df: DfPolicy,
+    pub(crate) nat_keepalive_interval: Option<Duration>,
+}
+
+impl KeptConfig {
+    /// Keeps `config`'s keys (its copies are wiped when it is dropped) and the
+    /// settings above.
+    fn new(config: &SaConfig) -> KeptConfig {
+        let (key, integrity_key) = (&config.key[..], &config.integrity_key[..]);
+        // Made at its final length (no reallocation leaves a copy behind), then filled.
+        let mut keys =
+            Zeroizing::new(vec![0u8; key.len() + integrity_key.len()].into_boxed_slice());
+        keys[..key.len()].copy_from_slice(key);
+        keys[key.len()..].copy_from_slice(integrity_key);
+        KeptConfig {
+            keys,
+            key_len: u8::try_from(key.len()).expect("checked: keys are at most 36 bytes"),
+            padding: config.padding,
+            outer_ttl: config.outer_ttl,
+            df: config.df,
+            nat_keepalive_interval: config.nat_keepalive_interval,
+        }
+    }
+
+    /// The cipher key as configured (salt included).
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.keys[..usize::from(self.key_len)]
+    }
+
+    /// The integrity key as configured (empty for combined-mode ciphers).
+    pub(crate) fn integrity_key(&self) -> &[u8] {
+        &self.keys[usize::from(self.key_len)..]
+    }
+}
+
 /// One direction of an IPsec SA: keys, state and counters.
 pub struct SecurityAssociation {
     pub(crate) spi: u32,
@@ -1067,9 +1113,9 @@ pub struct SecurityAssociation {
     /// clock that read less than the snapshot's age): the SA's age at `now` is
     /// `now - created + age_bias`.
     pub(crate) age_bias: Duration,
-    /// The configuration the SA was made from, keys included (wiped on drop), without
-    /// its IV source: what [`SecurityAssociation::snapshot`] writes out.
-    pub(crate) origin: Box<SaConfig>,
+    /// What the SA keeps of its configuration beyond its own fields (keys included):
+    /// what [`SecurityAssociation::snapshot`] writes out.
+    pub(crate) kept: KeptConfig,
     /// When the slow lifetime check must run next.
     pub(crate) trip: Trip,
     pub(crate) expired: Option<LifetimeLimit>,
@@ -1130,6 +1176,7 @@ impl SecurityAssociation {
             &config.integrity_key,
             config.padding.align(config.cipher),
             config.iv_source.take(),
+            config.direction,
         )?;
         let replay = config.initial_replay_window()?;
         Ok(SecurityAssociation {
@@ -1167,18 +1214,25 @@ impl SecurityAssociation {
             expired: None,
             events: PendingEvents::default(),
             stats: SaStats::default(),
-            pmtu: PathMtu {
-                configured: config.path_mtu,
-                learned: None,
-            },
+            pmtu: PathMtu::new(config.path_mtu),
             mtu_cap: config.path_mtu.map_or(usize::MAX, usize::from),
             byte_cap: config.hard.bytes.unwrap_or(u64::MAX),
             fragment_id: getrandom::u32().unwrap_or(0x9e37_79b9),
             next_ipv4_ident: first_ident,
             nat: NatTraversal::new(&config, now),
-            origin: Box::new(config),
+            kept: KeptConfig::new(&config),
             shared_replay: None,
         })
+    }
+
+    /// The part of this SA the key reuse check looks at.
+    pub(crate) fn keys(&self) -> crate::sa_set::SaKeys<'_> {
+        crate::sa_set::SaKeys {
+            cipher: self.cipher,
+            direction: self.direction,
+            key: self.kept.key(),
+            integrity_key: self.kept.integrity_key(),
+        }
     }
 
     /// The SPI.
@@ -1283,10 +1337,7 @@ impl SecurityAssociation {
                 ));
             }
         }
-        self.pmtu = PathMtu {
-            configured: mtu,
-            learned: None,
-        };
+        self.pmtu = PathMtu::new(mtu);
         self.mtu_cap = mtu.map_or(usize::MAX, usize::from);
         Ok(())
     }
@@ -1309,8 +1360,8 @@ impl SecurityAssociation {
     /// The largest inner packet whose ESP packet fits in `mtu` bytes; `hdr` is the
     /// inner header length that stays in front of ESP (transport mode).
     pub(crate) fn inner_mtu_within(&self, mtu: usize, hdr: usize) -> u16 {
-        let align = self.transform.pad_align;
-        let fixed = 8 + self.transform.iv_len + self.transform.icv_len;
+        let align = self.transform.pad_align();
+        let fixed = 8 + self.transform.iv_len() + self.transform.icv_len();
         let udp = if self.udp_encap.is_some() {
             crate::packet::UDP_HEADER_LEN
         } else {
@@ -1397,7 +1448,7 @@ impl SecurityAssociation {
         } else {
             0
         };
-        outer + udp + 8 + self.transform.iv_len
+        outer + udp + 8 + self.transform.iv_len()
     }
 
     /// The tailroom an outbound packet of `len` bytes needs behind it (TFC padding,
@@ -1417,8 +1468,8 @@ impl SecurityAssociation {
                 TfcPadding::PadTo(n) => n,
                 TfcPadding::None => 0,
             },
-            pad_align: self.transform.pad_align,
-            icv_len: self.transform.icv_len,
+            pad_align: self.transform.pad_align(),
+            icv_len: self.transform.icv_len(),
         }
     }
 
@@ -1429,7 +1480,7 @@ impl SecurityAssociation {
             TfcPadding::PadTo(n) => usize::from(n),
             TfcPadding::None => 0,
         };
-        self.max_headroom() + tfc + self.transform.pad_align + 1 + self.transform.icv_len
+        self.max_headroom() + tfc + self.transform.pad_align() + 1 + self.transform.icv_len()
     }
 
     /// Brings the lifetimes up to `now` (as a packet would) and says whether a hard

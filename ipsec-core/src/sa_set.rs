@@ -44,7 +44,7 @@
 //! with a constant-time comparison of the keys themselves. Errors name the two SAs
 //! and their fields (`key`, `integrity_key`), never the key.
 
-use crate::crypto::ct_eq;
+use crate::crypto::{Cipher, ct_eq};
 use crate::error::ConfigError;
 use crate::sa::{Direction, SaConfig};
 use crate::sa_file::NamedSa;
@@ -59,17 +59,39 @@ type Slot<'a> = (usize, &'static str, &'a [u8]);
 /// 4-byte salt of the combined modes, see the [module docs](self)) and the integrity
 /// key; empty ones (NULL encryption, combined modes) are left out.
 fn slots(index: usize, sa: &NamedSa) -> impl Iterator<Item = Slot<'_>> {
-    config_keys(&sa.config).map(move |(field, key)| (index, field, key))
+    config_keys(sa.config.keys()).map(move |(field, key)| (index, field, key))
+}
+
+/// What the key reuse check looks at in an SA or its configuration: the cipher, the
+/// direction and the two keys.
+#[derive(Clone, Copy)]
+pub(crate) struct SaKeys<'a> {
+    pub(crate) cipher: Cipher,
+    pub(crate) direction: Direction,
+    pub(crate) key: &'a [u8],
+    pub(crate) integrity_key: &'a [u8],
+}
+
+impl SaConfig {
+    /// The part of this configuration the key reuse check looks at.
+    pub(crate) fn keys(&self) -> SaKeys<'_> {
+        SaKeys {
+            cipher: self.cipher,
+            direction: self.direction,
+            key: &self.key,
+            integrity_key: &self.integrity_key,
+        }
+    }
 }
 
 /// The keys of `cfg` that take part in the reuse check, with their field names.
-fn config_keys(cfg: &SaConfig) -> impl Iterator<Item = (&'static str, &[u8])> {
+fn config_keys(cfg: SaKeys<'_>) -> impl Iterator<Item = (&'static str, &[u8])> {
     let key: &[u8] = if cfg.cipher.is_combined() && cfg.key.len() > 4 {
         &cfg.key[..cfg.key.len() - 4]
     } else {
-        &cfg.key
+        cfg.key
     };
-    [("key", key), ("integrity_key", &cfg.integrity_key[..])]
+    [("key", key), ("integrity_key", cfg.integrity_key)]
         .into_iter()
         .filter(|(_, k)| !k.is_empty())
 }
@@ -110,8 +132,8 @@ pub fn check_key_reuse(sas: &[NamedSa]) -> Vec<ConfigError> {
 fn reuse_error(sas: &[NamedSa], first: Slot<'_>, again: Slot<'_>) -> ConfigError {
     let (sa, first_sa) = (&sas[again.0], &sas[first.0]);
     key_reuse_error(
-        (&sa.name, &sa.config, again.1),
-        (&first_sa.name, &first_sa.config, first.1),
+        (&sa.name, sa.config.keys(), again.1),
+        (&first_sa.name, first_sa.config.keys(), first.1),
         first.0 == again.0,
     )
 }
@@ -119,8 +141,8 @@ fn reuse_error(sas: &[NamedSa], first: Slot<'_>, again: Slot<'_>) -> ConfigError
 /// The error for the key `again` = (SA name, its configuration, field) that the SA
 /// `first` already uses (`same_sa`: in its other role).
 pub(crate) fn key_reuse_error(
-    again: (&str, &SaConfig, &'static str),
-    first: (&str, &SaConfig, &'static str),
+    again: (&str, SaKeys<'_>, &'static str),
+    first: (&str, SaKeys<'_>, &'static str),
     same_sa: bool,
 ) -> ConfigError {
     let (name, cfg, field) = again;
@@ -197,8 +219,8 @@ impl KeyRegistry {
     /// both purposes. `config_of` gives the configuration of a registered SA.
     pub(crate) fn find_reuse<'c>(
         &self,
-        cfg: &SaConfig,
-        config_of: impl Fn(usize) -> &'c SaConfig,
+        cfg: SaKeys<'_>,
+        config_of: impl Fn(usize) -> SaKeys<'c>,
     ) -> Option<(&'static str, Option<usize>, &'static str)> {
         let own: Vec<(&'static str, &[u8])> = config_keys(cfg).collect();
         if let [(f1, k1), (f2, k2)] = own[..]
@@ -218,7 +240,7 @@ impl KeyRegistry {
     }
 
     /// Registers the keys of the SA `index`.
-    pub(crate) fn insert(&mut self, index: usize, cfg: &SaConfig) {
+    pub(crate) fn insert(&mut self, index: usize, cfg: SaKeys<'_>) {
         for (field, key) in config_keys(cfg) {
             let tag = self.tag(key);
             self.tags.entry(tag).or_default().push((index, field));
@@ -226,7 +248,7 @@ impl KeyRegistry {
     }
 
     /// Forgets the keys of the SA `index`.
-    pub(crate) fn remove(&mut self, index: usize, cfg: &SaConfig) {
+    pub(crate) fn remove(&mut self, index: usize, cfg: SaKeys<'_>) {
         for (_, key) in config_keys(cfg) {
             let tag = self.tag(key);
             if let Some(v) = self.tags.get_mut(&tag) {

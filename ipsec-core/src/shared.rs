@@ -282,6 +282,8 @@ impl SharedSa {
             let mut sa = SecurityAssociation::new(lane_config, now)?;
             if config.direction == Direction::Inbound {
                 sa.shared_replay = Some(Arc::clone(&shared));
+                // Its own window records nothing (the shared one does): no histogram.
+                sa.replay.drop_histogram();
             }
             // Outbound: no block yet; the first packet leases one.
             sa.seq = config.seq;
@@ -424,9 +426,9 @@ impl SaLane {
         }
     }
 
-    /// The configuration the lane's SA was made from.
-    pub(crate) fn config(&self) -> &SaConfig {
-        &self.parts().sa.origin
+    /// The lane's SA.
+    pub(crate) fn sa(&self) -> &SecurityAssociation {
+        &self.parts().sa
     }
 
     /// The lane's SA and link, for a gateway entry (the link publishes from there).

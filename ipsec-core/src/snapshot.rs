@@ -349,15 +349,15 @@ impl SecurityAssociation {
     ///
     /// The snapshot holds the keys: it is wiped when dropped; protect its bytes.
     pub fn snapshot(&self, now: Duration) -> SaSnapshot {
-        let c = &self.origin;
+        let c = &self.kept;
         let window = match self.direction {
             Direction::Inbound => self.replay.size(),
             Direction::Outbound => 0,
         };
         let capacity = HEADER_LEN
             + FIXED_BODY_MAX
-            + c.key.len()
-            + c.integrity_key.len()
+            + c.key().len()
+            + c.integrity_key().len()
             + (window as usize).div_ceil(8);
         // Reserved once, so that no reallocation leaves a copy of the keys behind.
         let mut w = Writer(Zeroizing::new(Vec::with_capacity(capacity)));
@@ -376,8 +376,8 @@ impl SecurityAssociation {
         });
         w.name(self.cipher.name());
         w.name(self.integrity.map_or("", Integrity::name));
-        w.blob(&c.key);
-        w.blob(&c.integrity_key);
+        w.blob(c.key());
+        w.blob(c.integrity_key());
         w.u8(u8::from(self.esn));
         w.addrs(self.tunnel);
         w.opt(self.udp_encap, |w, (s, d)| {
@@ -406,9 +406,9 @@ impl SecurityAssociation {
             DfPolicy::Clear => 2,
             _ => 0,
         });
-        w.opt(self.pmtu.configured, Writer::u16);
+        w.opt(self.pmtu.configured(), Writer::u16);
         w.opt(c.nat_keepalive_interval, Writer::duration);
-        w.addrs(c.nat_original_addresses);
+        w.addrs(self.nat_original_addresses());
         // State.
         w.u64(self.seq());
         w.duration(self.age(now));
@@ -427,7 +427,7 @@ impl SecurityAssociation {
             Some(LifetimeLimit::Time) => 3,
         });
         w.opt(
-            self.pmtu.learned.filter(|&(_, until)| until > now),
+            self.pmtu.learned().filter(|&(_, until)| until > now),
             |w, (mtu, until)| {
                 w.u16(mtu);
                 w.duration(until - now);
@@ -530,7 +530,8 @@ impl SecurityAssociation {
         sa.events.pending = state.pending;
         sa.expired = state.expired;
         if let Some((mtu, remaining)) = state.learned_mtu {
-            sa.pmtu.learned = Some((mtu, now.saturating_add(remaining)));
+            sa.pmtu
+                .set_learned(Some((mtu, now.saturating_add(remaining))));
         }
         sa.mtu_cap = sa.pmtu.cap(now);
         sa.next_ipv4_ident = state.next_ipv4_ident;

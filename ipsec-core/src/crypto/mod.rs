@@ -46,6 +46,7 @@
 mod wipe;
 
 use crate::error::ConfigError;
+use crate::sa::Direction;
 use aes::cipher::array::Array;
 use aes::cipher::{BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit, KeyInit};
 use aes_gcm::aead::AeadInOut;
@@ -312,6 +313,15 @@ impl core::fmt::Debug for OsIvSource {
     }
 }
 
+/// The IV source of an inbound CBC SA, which never encrypts (see [`CbcKey`]).
+struct NoIvs;
+
+impl IvSource for NoIvs {
+    fn fill_iv(&mut self, _iv: &mut [u8; 16]) {
+        unreachable!("inbound SAs draw no IVs")
+    }
+}
+
 /// A keyed AEAD (GCM or ChaCha20-Poly1305) from one of the backends.
 enum AeadKey {
     #[cfg(feature = "ring")]
@@ -515,9 +525,22 @@ impl HmacKey {
     }
 }
 
+/// The AES key schedule of a CBC SA, of its direction only: an outbound SA encrypts
+/// and an inbound SA decrypts, so each keeps one set of round keys (`aes::Aes128`
+/// would keep both). Inside [`CbcHmac`], on the heap; the `aes` crate wipes it on drop.
 enum CbcKey {
-    Aes128(Box<aes::Aes128>),
-    Aes256(Box<aes::Aes256>),
+    Enc128(aes::Aes128Enc),
+    Dec128(aes::Aes128Dec),
+    Enc256(aes::Aes256Enc),
+    Dec256(aes::Aes256Dec),
+}
+
+/// The keys of an AES-CBC + HMAC SA, boxed in [`Engine::CbcHmac`] so that the engine
+/// (and so every SA, whatever its cipher) stays a few words wide.
+struct CbcHmac {
+    cbc: CbcKey,
+    mac: HmacKey,
+    ivs: Box<dyn IvSource>,
 }
 
 /// The 4-byte salt of an AEAD key (the nonce's first bytes), boxed and wiped on drop.
@@ -530,14 +553,11 @@ enum Engine {
     Aead { key: AeadKey, salt: Salt },
     /// GMAC: everything from the ESP header to the trailer is AAD, nothing encrypted.
     Gmac { key: AeadKey, salt: Salt },
-    /// AES-CBC then HMAC over header, IV and ciphertext (encrypt-then-MAC).
-    CbcHmac {
-        cbc: CbcKey,
-        mac: HmacKey,
-        ivs: Box<dyn IvSource>,
-    },
-    /// NULL encryption with HMAC.
-    NullHmac { mac: HmacKey },
+    /// AES-CBC then HMAC over header, IV and ciphertext (encrypt-then-MAC). Boxed: the
+    /// HMAC states are up to a few hundred bytes.
+    CbcHmac(Box<CbcHmac>),
+    /// NULL encryption with HMAC, boxed for the same reason.
+    NullHmac(Box<HmacKey>),
 }
 
 /// Byte offsets of one ESP packet inside a buffer, as the transform sees it:
@@ -552,12 +572,39 @@ pub(crate) struct EspLayout {
 /// The keyed transform of one SA.
 pub(crate) struct Transform {
     engine: Engine,
-    pub(crate) iv_len: usize,
-    pub(crate) icv_len: usize,
-    pub(crate) pad_align: usize,
+    /// The sizes below, in bytes (all at most 32), as `u8`s so that the transform stays
+    /// small; read through the accessors of the same names.
+    iv_len: u8,
+    icv_len: u8,
+    pad_align: u8,
+    cipher_block: u8,
+}
+
+impl Transform {
+    /// Bytes of IV in each packet.
+    #[inline(always)]
+    pub(crate) fn iv_len(&self) -> usize {
+        usize::from(self.iv_len)
+    }
+
+    /// Bytes of ICV in each packet.
+    #[inline(always)]
+    pub(crate) fn icv_len(&self) -> usize {
+        usize::from(self.icv_len)
+    }
+
+    /// The alignment ESP padding brings the encrypted part to (a power of two).
+    #[inline(always)]
+    pub(crate) fn pad_align(&self) -> usize {
+        usize::from(self.pad_align)
+    }
+
     /// The block size the ciphertext must be a whole multiple of (16 for CBC; 1 for
     /// the counter-mode AEADs and NULL, which take any length). Always a power of two.
-    pub(crate) cipher_block: usize,
+    #[inline(always)]
+    pub(crate) fn cipher_block(&self) -> usize {
+        usize::from(self.cipher_block)
+    }
 }
 
 impl Transform {
@@ -629,14 +676,19 @@ impl Transform {
         integrity_key: &[u8],
         pad_align: usize,
         iv_source: Option<Box<dyn IvSource>>,
+        direction: Direction,
     ) -> Result<Transform, ConfigError> {
         Transform::check(cipher, key, integrity, integrity_key)?;
         let mac = match integrity {
             Some(i) if !cipher.is_combined() => Some((i, HmacKey::new(i, integrity_key))),
             _ => None,
         };
+        // Copied straight into its box: a copy on the stack would stay there after
+        // this returns, and could end up in the padding of a later heap block.
         let salt = |key: &[u8]| -> Salt {
-            Box::new(Zeroizing::new(key[key.len() - 4..].try_into().expect("4")))
+            let mut salt = Salt::default();
+            salt.copy_from_slice(&key[key.len() - 4..]);
+            salt
         };
         let (engine, icv_len) = match (cipher, mac) {
             (Cipher::Aes128Gcm | Cipher::Aes256Gcm | Cipher::ChaCha20Poly1305, _) => (
@@ -654,27 +706,44 @@ impl Transform {
                 16,
             ),
             (Cipher::Aes128Cbc | Cipher::Aes256Cbc, Some((i, mac))) => {
-                let cbc = if cipher == Cipher::Aes128Cbc {
-                    CbcKey::Aes128(Box::new(aes::Aes128::new_from_slice(key).expect("len")))
-                } else {
-                    CbcKey::Aes256(Box::new(aes::Aes256::new_from_slice(key).expect("len")))
+                let e = "key length checked";
+                let cbc = match (cipher == Cipher::Aes128Cbc, direction) {
+                    (true, Direction::Outbound) => {
+                        CbcKey::Enc128(aes::Aes128Enc::new_from_slice(key).expect(e))
+                    }
+                    (true, Direction::Inbound) => {
+                        CbcKey::Dec128(aes::Aes128Dec::new_from_slice(key).expect(e))
+                    }
+                    (false, Direction::Outbound) => {
+                        CbcKey::Enc256(aes::Aes256Enc::new_from_slice(key).expect(e))
+                    }
+                    (false, Direction::Inbound) => {
+                        CbcKey::Dec256(aes::Aes256Dec::new_from_slice(key).expect(e))
+                    }
                 };
-                let ivs = match iv_source {
-                    Some(s) => s,
-                    None => Box::new(OsIvSource::new()?),
+                // Only outbound SAs draw IVs: an inbound one never builds the default
+                // source (no OS call); a given source is kept either way.
+                let ivs: Box<dyn IvSource> = match (iv_source, direction) {
+                    (Some(s), _) => s,
+                    (None, Direction::Outbound) => Box::new(OsIvSource::new()?),
+                    (None, Direction::Inbound) => Box::new(NoIvs),
                 };
-                (Engine::CbcHmac { cbc, mac, ivs }, i.icv_len())
+                (
+                    Engine::CbcHmac(Box::new(CbcHmac { cbc, mac, ivs })),
+                    i.icv_len(),
+                )
             }
-            (_, Some((i, mac))) => (Engine::NullHmac { mac }, i.icv_len()),
+            (_, Some((i, mac))) => (Engine::NullHmac(Box::new(mac)), i.icv_len()),
             (_, None) => {
                 unreachable!("Transform::check: non-combined ciphers have an integrity algorithm")
             }
         };
+        let small = |n: usize| u8::try_from(n).expect("ESP sizes are below 256");
         Ok(Transform {
             engine,
-            iv_len: cipher.iv_len(),
-            icv_len,
-            pad_align,
+            iv_len: small(cipher.iv_len()),
+            icv_len: small(icv_len),
+            pad_align: small(pad_align),
             cipher_block: if cipher.pad_align() == 16 { 16 } else { 1 },
         })
     }
@@ -684,8 +753,8 @@ impl Transform {
     #[inline]
     pub(crate) fn seal(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) {
         let EspLayout { esp, icv } = at;
-        let iv_end = esp + 8 + self.iv_len;
-        let icv_len = self.icv_len;
+        let iv_end = esp + 8 + self.iv_len();
+        let icv_len = self.icv_len();
         match &mut self.engine {
             Engine::Aead { key, salt } => {
                 buf[esp + 8..iv_end].copy_from_slice(&seq.to_be_bytes());
@@ -702,8 +771,8 @@ impl Transform {
     #[inline(never)]
     fn seal_slow(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) {
         let EspLayout { esp, icv } = at;
-        let iv_end = esp + 8 + self.iv_len;
-        let icv_len = self.icv_len;
+        let iv_end = esp + 8 + self.iv_len();
+        let icv_len = self.icv_len();
         match &mut self.engine {
             Engine::Aead { .. } => unreachable!("handled by seal"),
             Engine::Gmac { key, salt } => {
@@ -713,7 +782,8 @@ impl Transform {
                 });
                 buf[icv..icv + icv_len].copy_from_slice(&tag);
             }
-            Engine::CbcHmac { cbc, mac, ivs } => {
+            Engine::CbcHmac(keys) => {
+                let CbcHmac { cbc, mac, ivs } = &mut **keys;
                 let mut iv = [0u8; 16];
                 ivs.fill_iv(&mut iv);
                 buf[esp + 8..iv_end].copy_from_slice(&iv);
@@ -723,17 +793,20 @@ impl Transform {
                 );
                 let (hi, n) = esn_tail(seq, esn);
                 match cbc {
-                    CbcKey::Aes128(c) => {
-                        let enc = cbc::Encryptor::inner_iv_init(&**c, &iv.into());
+                    CbcKey::Enc128(c) => {
+                        let enc = cbc::Encryptor::inner_iv_init(&*c, &iv.into());
                         mac.encrypt_then_mac(enc, buf, (esp, iv_end, icv), &hi[..n], icv_len);
                     }
-                    CbcKey::Aes256(c) => {
-                        let enc = cbc::Encryptor::inner_iv_init(&**c, &iv.into());
+                    CbcKey::Enc256(c) => {
+                        let enc = cbc::Encryptor::inner_iv_init(&*c, &iv.into());
                         mac.encrypt_then_mac(enc, buf, (esp, iv_end, icv), &hi[..n], icv_len);
+                    }
+                    CbcKey::Dec128(_) | CbcKey::Dec256(_) => {
+                        unreachable!("only outbound SAs seal; they hold encryption keys")
                     }
                 }
             }
-            Engine::NullHmac { mac } => {
+            Engine::NullHmac(mac) => {
                 let (covered, icv_out) = buf[esp..icv + icv_len].split_at_mut(icv - esp);
                 let (hi, n) = esn_tail(seq, esn);
                 mac.compute(covered, &hi[..n], icv_out);
@@ -747,7 +820,7 @@ impl Transform {
     #[inline]
     pub(crate) fn open(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) -> bool {
         let EspLayout { esp, icv } = at;
-        let iv_end = esp + 8 + self.iv_len;
+        let iv_end = esp + 8 + self.iv_len();
         match &mut self.engine {
             Engine::Aead { key, salt } => {
                 let iv: [u8; 8] = buf[esp + 8..iv_end].try_into().expect("8-byte IV");
@@ -768,8 +841,8 @@ impl Transform {
     #[inline(never)]
     fn open_slow(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) -> bool {
         let EspLayout { esp, icv } = at;
-        let iv_end = esp + 8 + self.iv_len;
-        let icv_len = self.icv_len;
+        let iv_end = esp + 8 + self.iv_len();
+        let icv_len = self.icv_len();
         match &mut self.engine {
             Engine::Aead { .. } => unreachable!("handled by open"),
             Engine::Gmac { key, salt } => {
@@ -779,7 +852,8 @@ impl Transform {
                     key.open(nonce_iv(salt, iv), aad, &mut [], &tag)
                 })
             }
-            Engine::CbcHmac { cbc, mac, .. } => {
+            Engine::CbcHmac(keys) => {
+                let CbcHmac { cbc, mac, .. } = &**keys;
                 let mut expect = [0u8; 32];
                 let (hi, n) = esn_tail(seq, esn);
                 mac.compute(&buf[esp..icv], &hi[..n], &mut expect[..icv_len]);
@@ -789,16 +863,19 @@ impl Transform {
                 let iv: [u8; 16] = buf[esp + 8..iv_end].try_into().expect("16-byte IV");
                 let (blocks, _) = Array::slice_as_chunks_mut(&mut buf[iv_end..icv]);
                 match cbc {
-                    CbcKey::Aes128(c) => {
-                        cbc::Decryptor::inner_iv_init(&**c, &iv.into()).decrypt_blocks(blocks);
+                    CbcKey::Dec128(c) => {
+                        cbc::Decryptor::inner_iv_init(c, &iv.into()).decrypt_blocks(blocks);
                     }
-                    CbcKey::Aes256(c) => {
-                        cbc::Decryptor::inner_iv_init(&**c, &iv.into()).decrypt_blocks(blocks);
+                    CbcKey::Dec256(c) => {
+                        cbc::Decryptor::inner_iv_init(c, &iv.into()).decrypt_blocks(blocks);
+                    }
+                    CbcKey::Enc128(_) | CbcKey::Enc256(_) => {
+                        unreachable!("only inbound SAs open; they hold decryption keys")
                     }
                 }
                 true
             }
-            Engine::NullHmac { mac } => {
+            Engine::NullHmac(mac) => {
                 let mut expect = [0u8; 32];
                 let (hi, n) = esn_tail(seq, esn);
                 mac.compute(&buf[esp..icv], &hi[..n], &mut expect[..icv_len]);
@@ -979,8 +1056,16 @@ mod tests {
                 let key: Vec<u8> = (0..cipher.key_len() as u8).collect();
                 let ikey = vec![0x5a; alg.key_len()];
                 let ivs: Box<dyn IvSource> = Box::new(FixedIv(0));
-                let mut t = Transform::new(cipher, &key, Some(alg), &ikey, 16, Some(ivs))
-                    .expect("transform");
+                let mut t = Transform::new(
+                    cipher,
+                    &key,
+                    Some(alg),
+                    &ikey,
+                    16,
+                    Some(ivs),
+                    Direction::Outbound,
+                )
+                .expect("transform");
                 let mac = HmacKey::new(alg, &ikey);
                 let icv_len = alg.icv_len();
                 for blocks in (1..=20).chain([63, 64, 65, 95, 200]) {
