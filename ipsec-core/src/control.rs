@@ -135,6 +135,7 @@
 use crate::error::ConfigError;
 use crate::gateway::{Gateway, SaEntry};
 use crate::sa::{Direction, SaConfig, SaStats, SecurityAssociation};
+use crate::sad::SadKey;
 use crate::spd::parse::{parse_one_policy, policy_name_and_sas};
 use crate::spd::{Policy, PolicyChange, Spd};
 use core::fmt;
@@ -151,7 +152,10 @@ pub enum ControlError {
         /// The name.
         name: String,
     },
-    /// An inbound SA with this SPI is installed (inbound SAs are found by SPI).
+    /// An inbound SA with this SPI and the same lookup key is installed: inbound SAs are
+    /// found by their SPI, with the destination (and source) address when their
+    /// [`crate::SaLookup`] says so (RFC 4301 §4.1), so two may share an SPI only when
+    /// their lookups, or the addresses these compare, differ.
     DuplicateSpi {
         /// The SPI.
         spi: u32,
@@ -215,7 +219,8 @@ impl fmt::Display for ControlError {
             ControlError::DuplicateSpi { spi, sa } => write!(
                 f,
                 "inbound sa {sa:?} already has SPI {spi:#010x}: inbound SAs are found by \
-                 their SPI, so it must be unique among them"
+                 their SPI, so it must be unique among them (unless their lookups tell them \
+                 apart by destination address, RFC 4301 §4.1)"
             ),
             ControlError::UnknownSa { name } => write!(f, "no SA called {name:?} is installed"),
             ControlError::SaInUse { sa, policy } => write!(
@@ -262,7 +267,9 @@ impl Gateway {
     /// packets at once.
     ///
     /// Refused (nothing changed) when the name is taken, an inbound SA already has the
-    /// SPI, `config` is invalid, or one of its keys serves an installed SA.
+    /// SPI and the same lookup key ([`crate::SaLookup`]: two SAs may share an SPI when
+    /// one is found by its destination address and the other not, or by another
+    /// destination), `config` is invalid, or one of its keys serves an installed SA.
     pub fn add_sa(
         &mut self,
         name: &str,
@@ -458,7 +465,9 @@ impl Gateway {
             });
         }
         if config.direction == Direction::Inbound
-            && let Some(&i) = self.inbound_by_spi.get(&config.spi)
+            && let Some(i) =
+                self.inbound
+                    .get(&SadKey::new(config.spi, config.lookup, config.tunnel))
         {
             return Err(ControlError::DuplicateSpi {
                 spi: config.spi,
