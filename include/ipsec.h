@@ -160,8 +160,10 @@ enum ipsec_status
    */
   IPSEC_ERR_DUPLICATE_NAME = 230,
   /**
-   * A control call was refused: an installed inbound SA has this SPI (inbound SAs
-   * are found by SPI, so it must be unique among them). Nothing changed.
+   * A control call was refused: an installed inbound SA has this SPI and the same
+   * lookup (inbound SAs are found by SPI, and by destination where their
+   * `ipsec_sa_config.lookup` says so: SAs share an SPI only when their lookups tell
+   * them apart). Nothing changed.
    */
   IPSEC_ERR_DUPLICATE_SPI = 231,
   /**

@@ -165,7 +165,8 @@ impl core::fmt::Debug for Gateway {
 
 impl Gateway {
     /// Creates the SAs of the SPD's `[[sa]]` tables at time `now`. Fails when an SA's
-    /// configuration is invalid, two inbound SAs share an SPI, or a key serves two SAs
+    /// configuration is invalid, two inbound SAs share an SPI and a lookup key
+    /// ([`crate::SaLookup`]), or a key serves two SAs
     /// (or one SA twice): the checks of [`crate::sa_set`], which loading the [`Spd`]
     /// already ran, are run again here so that a gateway never depends on how its SPD
     /// was made.
@@ -206,7 +207,7 @@ impl Gateway {
             let label = format!("sa {:?}", named.name);
             let sa =
                 SecurityAssociation::new(named.config, now).map_err(|e| e.in_context(&label))?;
-            // Unique names, SPIs and keys: the checks above.
+            // Unique names, lookup keys and keys: the checks above.
             gateway.insert_entry(SaEntry {
                 serves: vec![named.name.clone()],
                 routes: vec![named.name.clone()],
@@ -218,7 +219,7 @@ impl Gateway {
         Ok(gateway)
     }
 
-    /// Puts a checked SA into the tables (its name, SPI and keys are free) and returns
+    /// Puts a checked SA into the tables (its name, lookup key and keys are free) and returns
     /// its index.
     pub(crate) fn insert_entry(&mut self, entry: SaEntry) -> usize {
         let index = self.free.pop().unwrap_or(self.entries.len());

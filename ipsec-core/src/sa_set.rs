@@ -6,8 +6,9 @@
 //!   [`parse_sa_tables`](crate::sa_file::parse_sa_tables), so [`Spd::from_toml`](crate::Spd::from_toml),
 //!   and through them the Python and C loaders and the command line tools).
 //! * [`check_sas`]: every check [`SecurityAssociation::new`](crate::SecurityAssociation::new)
-//!   makes of each SA ([`SaConfig::check`](crate::SaConfig::check)), and unique SPIs among
-//!   the inbound SAs (they are found by SPI). [`Spd::from_toml`](crate::Spd::from_toml)
+//!   makes of each SA ([`SaConfig::check`](crate::SaConfig::check)), and unique lookup
+//!   keys among the inbound SAs (they are found by SPI, and by destination where their
+//!   [`SaLookup`](crate::SaLookup) says so). [`Spd::from_toml`](crate::Spd::from_toml)
 //!   and [`Gateway::new`](crate::Gateway::new) run it, and the policy lint reports what
 //!   it finds as `invalid` findings, so that `lint` passes no file a loader refuses.
 //!
