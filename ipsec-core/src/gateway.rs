@@ -642,8 +642,8 @@ impl Gateway {
             let found = match self.inbound.find(spi) {
                 Found::Sa(i) => Some(i),
                 Found::Unknown => None,
-                Found::ByAddress => outer_addresses(pkt.data())
-                    .and_then(|(src, dst)| self.inbound.find_by_address(spi, dst, src)),
+                Found::ByAddress(slot) => outer_addresses(pkt.data())
+                    .and_then(|(src, dst)| self.inbound.find_by_address(spi, slot, dst, src)),
             };
             let Some(i) = found else {
                 // A known SPI whose SAs all want another destination (or source) is
