@@ -2518,6 +2518,56 @@ ipsec_status ipsec_shared_sa_get_stats(const struct ipsec_shared_sa *shared,
 uint64_t ipsec_shared_sa_seq(const struct ipsec_shared_sa *shared);
 
 /**
+ * The SA's SPI (any thread); 0 for NULL or a poisoned handle (the last error says
+ * which).
+ *
+ * # Safety
+ *
+ * `shared` is NULL or a live shared SA.
+ */
+uint32_t ipsec_shared_sa_spi(const struct ipsec_shared_sa *shared);
+
+/**
+ * The room a packet of `packet_len` bytes needs on an outbound lane, as
+ * `ipsec_sa_overhead` (every lane of an SA needs the same).
+ *
+ * # Safety
+ *
+ * `lane` is a live lane used by no other thread during the call; `out` points to a
+ * writable `ipsec_overhead`.
+ */
+ipsec_status ipsec_sa_lane_overhead(const struct ipsec_sa_lane *lane,
+                                    size_t packet_len,
+                                    struct ipsec_overhead *out);
+
+/**
+ * Writes the NAT-keepalive lane 0 owes the peer at `now_ns`, as
+ * `ipsec_sa_poll_keepalive` (the same arguments and results). Only lane 0 of an SA
+ * sends keepalives (one per NAT mapping is enough): the other lanes store 0.
+ *
+ * # Safety
+ *
+ * `lane` is a live lane used by no other thread during the call; `buf` points to
+ * `capacity` writable bytes; `out_len` to a writable `size_t`.
+ */
+ipsec_status ipsec_sa_lane_poll_keepalive(struct ipsec_sa_lane *lane,
+                                          uint64_t now_ns,
+                                          uint8_t *buf,
+                                          size_t capacity,
+                                          size_t *out_len);
+
+/**
+ * When lane 0's next NAT-keepalive is due, as `ipsec_sa_next_keepalive`
+ * (`UINT64_MAX`: none; always none on the other lanes).
+ *
+ * # Safety
+ *
+ * `lane` is a live lane used by no other thread during the call; `out_ns` points to a
+ * writable `uint64_t`.
+ */
+ipsec_status ipsec_sa_lane_next_keepalive(const struct ipsec_sa_lane *lane, uint64_t *out_ns);
+
+/**
  * Encrypts a packet in place with an outbound lane, as `ipsec_sa_encrypt` (the same
  * buffer arguments, results and statuses), with the next sequence number of the
  * lane's block (leasing a new block when it is used up).
@@ -2909,6 +2959,47 @@ ipsec_status ipsec_gateway_rekey_sa(struct ipsec_gateway *gateway,
                                     const char *name,
                                     const struct ipsec_sa_config *config,
                                     uint64_t now_ns);
+
+/**
+ * Installs lane `*lane` of a shared SA (`ipsec_shared_sa_new`) in the gateway as the
+ * SA `name`, as `ipsec_gateway_add_sa` installs an SA: the model for one SA on several
+ * worker threads, each thread with its own gateway (one gateway per worker, each
+ * control call made on every worker's gateway under that worker's lock; see
+ * ipsec-ffi/README.md). An outbound lane takes its sequence numbers in blocks from the
+ * shared counter; an inbound lane checks them in the SA's one replay window; the
+ * lane's counters reach `ipsec_shared_sa_get_stats` when its SA is deleted from the
+ * gateway or the gateway is freed.
+ *
+ * On success the gateway owns the lane: `*lane` is set to NULL (the handle is gone;
+ * do not free it). Refused as `ipsec_gateway_add_sa`, with nothing changed in the
+ * gateway: `*lane` is then a live lane again, the caller's as before (its handle may
+ * have moved: use the new `*lane`). `IPSEC_ERR_INVALID_ARGUMENT` for a NULL `lane` or
+ * `*lane` (nothing taken).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `name` is a
+ * NUL-terminated string; `lane` points to a writable pointer to a live lane used by
+ * no other thread.
+ */
+ipsec_status ipsec_gateway_add_sa_lane(struct ipsec_gateway *gateway,
+                                       const char *name,
+                                       struct ipsec_sa_lane **lane);
+
+/**
+ * Installs lane `*lane` of a shared SA as the successor of the installed SA
+ * `replaces`, as `ipsec_gateway_rekey_sa` installs an SA (make-before-break), with
+ * `ipsec_gateway_add_sa_lane`'s ownership rules: `*lane` is NULL after success, a
+ * live lane again after a refusal.
+ *
+ * # Safety
+ *
+ * As `ipsec_gateway_add_sa_lane`; `replaces` is a NUL-terminated string.
+ */
+ipsec_status ipsec_gateway_rekey_sa_lane(struct ipsec_gateway *gateway,
+                                         const char *replaces,
+                                         const char *name,
+                                         struct ipsec_sa_lane **lane);
 
 /**
  * Deletes the SA `name` at once and, when `final_stats` is not NULL, writes its final

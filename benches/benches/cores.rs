@@ -15,6 +15,12 @@
 //! * `2_threads_shared_sa`: two lanes of one `SharedSa`, blocks of 8 sequence numbers
 //!   (decrypt: both lanes check and record in the one replay window).
 //! * `2_threads_shared_sa_block1` (encrypt): one atomic increment per packet.
+//! * `1_thread_1_gateway`: the whole gateway path (SPD lookup, the SA, ESP) of one
+//!   gateway whose one policy protects everything through one SA, behind a mutex
+//!   taken per packet (as a control thread would share it).
+//! * `2_threads_2_gateways_shared_sa`: the worker-gateway model
+//!   ([`ipsec_core::Gateway::add_sa_lane`]): each thread its own gateway, behind its own
+//!   mutex taken per packet, holding its lane of one `SharedSa` (blocks of 8).
 //!
 //! Decryption has the replay window off (size 0) so that one ciphertext is accepted
 //! again and again; the shared lanes still take the window's lock twice per packet.
@@ -25,13 +31,13 @@
 //! the library: `nproc`, and what else runs, go with any figure quoted.
 
 use std::hint::black_box;
-use std::sync::Barrier;
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ipsec_core::{
-    Cipher, Direction, Mode, PacketBuf, SaConfig, SaLane, SecurityAssociation, SharedSa,
-    SharedSaOptions,
+    Cipher, Direction, Gateway, Mode, PacketBuf, SaConfig, SaLane, SecurityAssociation, SharedSa,
+    SharedSaOptions, Spd,
 };
 
 mod common;
@@ -58,6 +64,26 @@ fn config(direction: Direction) -> SaConfig {
 enum Worker {
     Sa(Box<SecurityAssociation>),
     Lane(Box<SaLane>),
+    /// Shared as a control thread would share it (none runs here).
+    Gateway(Arc<Mutex<Gateway>>),
+}
+
+/// A gateway whose one policy protects every packet of `direction` through the SA
+/// `"sa"`, installed by `install`.
+fn gateway(direction: Direction, install: impl FnOnce(&mut Gateway)) -> Worker {
+    let dir = if direction == Direction::Outbound {
+        "outbound"
+    } else {
+        "inbound"
+    };
+    let spd =
+        Spd::from_toml("[[policy]]\nname = \"deny\"\naction = \"discard\"\n").expect("policy file");
+    let mut gw = Gateway::new(spd, Duration::ZERO).expect("gateway");
+    install(&mut gw);
+    let policy =
+        format!("name = \"all\"\ndirection = \"{dir}\"\naction = \"protect\"\nsa = \"sa\"\n");
+    gw.install_policy(&policy, Some("deny")).expect("policy");
+    Worker::Gateway(Arc::new(Mutex::new(gw)))
 }
 
 impl Worker {
@@ -65,6 +91,11 @@ impl Worker {
         let r = match self {
             Worker::Sa(sa) => sa.encrypt(p, Duration::ZERO),
             Worker::Lane(lane) => lane.encrypt(p, Duration::ZERO),
+            Worker::Gateway(gw) => gw
+                .lock()
+                .expect("gateway")
+                .outbound(p, Duration::ZERO)
+                .map(|_| ()),
         };
         r.expect("encrypts");
     }
@@ -73,6 +104,11 @@ impl Worker {
         let r = match self {
             Worker::Sa(sa) => sa.decrypt(p, Duration::ZERO),
             Worker::Lane(lane) => lane.decrypt(p, Duration::ZERO),
+            Worker::Gateway(gw) => gw
+                .lock()
+                .expect("gateway")
+                .inbound(p, Duration::ZERO)
+                .map(|_| ()),
         };
         r.expect("decrypts");
     }
@@ -84,6 +120,8 @@ enum Scenario {
     OneThreadOneSa,
     TwoThreadsTwoSas,
     TwoThreadsSharedSa { block: u32 },
+    OneThreadOneGateway,
+    TwoThreadsTwoGatewaysSharedSa,
 }
 
 impl Scenario {
@@ -93,6 +131,8 @@ impl Scenario {
             Scenario::TwoThreadsTwoSas => "2_threads_2_sas",
             Scenario::TwoThreadsSharedSa { block: 1 } => "2_threads_shared_sa_block1",
             Scenario::TwoThreadsSharedSa { .. } => "2_threads_shared_sa",
+            Scenario::OneThreadOneGateway => "1_thread_1_gateway",
+            Scenario::TwoThreadsTwoGatewaysSharedSa => "2_threads_2_gateways_shared_sa",
         }
     }
 
@@ -115,6 +155,23 @@ impl Scenario {
                 lanes
                     .into_iter()
                     .map(|l| Worker::Lane(Box::new(l)))
+                    .collect()
+            }
+            Scenario::OneThreadOneGateway => vec![gateway(direction, |gw| {
+                gw.add_sa("sa", config(direction), Duration::ZERO)
+                    .expect("SA");
+            })],
+            Scenario::TwoThreadsTwoGatewaysSharedSa => {
+                let (_, lanes) =
+                    SharedSa::new(config(direction), SharedSaOptions::lanes(2), Duration::ZERO)
+                        .expect("shared SA");
+                lanes
+                    .into_iter()
+                    .map(|lane| {
+                        gateway(direction, |gw| {
+                            gw.add_sa_lane("sa", lane).expect("lane");
+                        })
+                    })
                     .collect()
             }
         }
@@ -167,11 +224,15 @@ fn cores(c: &mut Criterion) {
         Scenario::TwoThreadsTwoSas,
         Scenario::TwoThreadsSharedSa { block: 8 },
         Scenario::TwoThreadsSharedSa { block: 1 },
+        Scenario::OneThreadOneGateway,
+        Scenario::TwoThreadsTwoGatewaysSharedSa,
     ];
     let decrypt_scenarios = [
         Scenario::OneThreadOneSa,
         Scenario::TwoThreadsTwoSas,
         Scenario::TwoThreadsSharedSa { block: 8 },
+        Scenario::OneThreadOneGateway,
+        Scenario::TwoThreadsTwoGatewaysSharedSa,
     ];
     for (group, outbound, scenarios) in [
         ("cores_encrypt", true, &encrypt_scenarios[..]),

@@ -63,6 +63,28 @@
 //! edit and to commit it (an O(1) swap), and a commit over policies that changed
 //! meanwhile is refused ([`ControlError::StalePolicies`]), never half-applied.
 //!
+//! # Many worker threads: one gateway each
+//!
+//! A gateway is one thread's: its packet path takes no lock at all. A data plane with
+//! several worker threads gives each worker its own gateway (as VPP and DPDK give each
+//! worker its own state) and makes every control call on each of them, each under
+//! that worker's lock for the few microseconds of the call (VPP's worker barrier,
+//! per worker): a worker sees the state before or after a change, never half of one,
+//! and waits for no other worker. SAs are then either
+//!
+//! * one SA per worker (RFC 9611 per-resource Child SAs): [`Gateway::add_sa`] on each
+//!   worker's gateway, each with its own SA; or
+//! * one SA on all workers: a [`SharedSa`](crate::SharedSa) with one lane per worker,
+//!   lane `i` installed in worker `i`'s gateway ([`Gateway::add_sa_lane`],
+//!   [`Gateway::rekey_sa_lane`]): the outbound lanes take sequence numbers in blocks
+//!   from one atomic counter (never one used twice under the key), the inbound lanes
+//!   share one replay window (a packet is accepted by one worker at most), counters
+//!   are summed by [`SharedSa::stats`](crate::SharedSa::stats).
+//!
+//! Policies are installed on each worker's gateway (each compiles its own classifier:
+//! the control thread does the work once per worker). `ipsec-core/tests/worker_gateways.rs`
+//! shows the model; `benches/benches/cores.rs` measures it.
+//!
 //! # Example: a key manager's calls, from bring-up to teardown
 //!
 //! One gateway's side of a CHILD_SA's life (the peer makes the mirror-image calls; the
@@ -136,6 +158,7 @@ use crate::error::ConfigError;
 use crate::gateway::{Gateway, SaEntry};
 use crate::sa::{Direction, SaConfig, SaStats, SecurityAssociation};
 use crate::sad::SadKey;
+use crate::shared::{LaneLink, SaLane};
 use crate::spd::parse::{parse_one_policy, policy_name_and_sas};
 use crate::spd::{Policy, PolicyChange, Spd};
 use core::fmt;
@@ -255,6 +278,61 @@ impl fmt::Display for ControlError {
 
 impl std::error::Error for ControlError {}
 
+/// A refused [`Gateway::add_sa_lane`] or [`Gateway::rekey_sa_lane`]: why, and the lane,
+/// given back unchanged.
+#[non_exhaustive]
+pub struct LaneRefused {
+    /// Why the lane was refused.
+    pub error: ControlError,
+    /// The lane, as it was given.
+    pub lane: Box<SaLane>,
+}
+
+impl LaneRefused {
+    fn new(error: ControlError, lane: SaLane) -> LaneRefused {
+        LaneRefused {
+            error,
+            lane: Box::new(lane),
+        }
+    }
+}
+
+impl core::fmt::Debug for LaneRefused {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LaneRefused")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl core::fmt::Display for LaneRefused {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for LaneRefused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<LaneRefused> for ControlError {
+    fn from(r: LaneRefused) -> ControlError {
+        r.error
+    }
+}
+
+/// Creates the SA `name` of a checked configuration.
+fn create(
+    name: &str,
+    config: SaConfig,
+    now: Duration,
+) -> Result<SecurityAssociation, ControlError> {
+    let label = format!("sa {name:?}");
+    SecurityAssociation::new(config, now).map_err(|e| e.in_context(&label).into())
+}
+
 impl From<ConfigError> for ControlError {
     fn from(e: ConfigError) -> ControlError {
         ControlError::Config(e)
@@ -276,14 +354,26 @@ impl Gateway {
         config: SaConfig,
         now: Duration,
     ) -> Result<(), ControlError> {
-        let sa = self.check_new_sa(name, config, now)?;
-        self.insert_entry(SaEntry {
-            name: name.to_owned(),
-            sa,
-            serves: vec![name.to_owned()],
-            routes: vec![name.to_owned()],
-            retire_at: None,
-        });
+        self.check_new_sa(name, &config)?;
+        let sa = create(name, config, now)?;
+        self.insert_entry(SaEntry::new(name, sa, None));
+        Ok(())
+    }
+
+    /// Installs a lane of a [`SharedSa`](crate::SharedSa) as the SA `name`, as
+    /// [`Gateway::add_sa`] installs an SA: the model for one SA on several worker
+    /// threads, each with its own gateway (see the [module docs](self#cost-and-threads)).
+    /// An outbound lane takes its sequence numbers in blocks from the shared counter;
+    /// an inbound lane checks them against the one replay window of the SA.
+    ///
+    /// Refused as [`Gateway::add_sa`] (the lane's configuration is checked as a
+    /// configuration would be); the lane is then given back in the error.
+    pub fn add_sa_lane(&mut self, name: &str, lane: SaLane) -> Result<(), LaneRefused> {
+        if let Err(error) = self.check_new_sa(name, lane.config()) {
+            return Err(LaneRefused::new(error, lane));
+        }
+        let (sa, link) = lane.into_parts();
+        self.insert_entry(SaEntry::new(name, sa, Some(link)));
         Ok(())
     }
 
@@ -304,6 +394,36 @@ impl Gateway {
         config: SaConfig,
         now: Duration,
     ) -> Result<(), ControlError> {
+        self.check_rekey(replaces, name, &config)?;
+        let sa = create(name, config, now)?;
+        self.rekey_entry(replaces, name, sa, None);
+        Ok(())
+    }
+
+    /// [`Gateway::rekey_sa`] with a lane of a [`SharedSa`](crate::SharedSa) as the
+    /// successor (see [`Gateway::add_sa_lane`]). Refused as [`Gateway::rekey_sa`]; the
+    /// lane is then given back in the error.
+    pub fn rekey_sa_lane(
+        &mut self,
+        replaces: &str,
+        name: &str,
+        lane: SaLane,
+    ) -> Result<(), LaneRefused> {
+        if let Err(error) = self.check_rekey(replaces, name, lane.config()) {
+            return Err(LaneRefused::new(error, lane));
+        }
+        let (sa, link) = lane.into_parts();
+        self.rekey_entry(replaces, name, sa, Some(link));
+        Ok(())
+    }
+
+    /// The checks of [`Gateway::rekey_sa`].
+    fn check_rekey(
+        &self,
+        replaces: &str,
+        name: &str,
+        config: &SaConfig,
+    ) -> Result<(), ControlError> {
         let &old = self
             .by_name
             .get(replaces)
@@ -316,7 +436,18 @@ impl Gateway {
                 replaces: replaces.to_owned(),
             });
         }
-        let sa = self.check_new_sa(name, config, now)?;
+        self.check_new_sa(name, config)
+    }
+
+    /// Installs the checked SA `sa` as the successor of `replaces`.
+    fn rekey_entry(
+        &mut self,
+        replaces: &str,
+        name: &str,
+        sa: SecurityAssociation,
+        lane: Option<LaneLink>,
+    ) {
+        let old = self.by_name[replaces];
         let own = name.to_owned();
         let entry = match sa.direction() {
             Direction::Inbound => {
@@ -335,6 +466,7 @@ impl Gateway {
                     serves,
                     routes: vec![own],
                     retire_at: None,
+                    lane,
                 }
             }
             Direction::Outbound => {
@@ -357,6 +489,7 @@ impl Gateway {
                     serves: vec![own],
                     routes,
                     retire_at: None,
+                    lane,
                 }
             }
         };
@@ -367,7 +500,6 @@ impl Gateway {
         // Names no policy used are gone: a policy edit taken before must check its
         // SA names again at commit.
         self.sa_removals += 1;
-        Ok(())
     }
 
     /// Deletes the SA `name` at once and returns its final counters: its SPI is
@@ -447,12 +579,7 @@ impl Gateway {
 
     /// Creates the SA of `config` after checking that `name` is free, its SPI unique
     /// among inbound SAs and its keys unused.
-    fn check_new_sa(
-        &self,
-        name: &str,
-        config: SaConfig,
-        now: Duration,
-    ) -> Result<SecurityAssociation, ControlError> {
+    fn check_new_sa(&self, name: &str, config: &SaConfig) -> Result<(), ControlError> {
         if name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty").into());
         }
@@ -475,21 +602,20 @@ impl Gateway {
             });
         }
         if let Some((field, other, other_field)) =
-            self.keys.find_reuse(&config, |i| &self.entry(i).sa.origin)
+            self.keys.find_reuse(config, |i| &self.entry(i).sa.origin)
         {
             let (first_name, first_cfg) = match other {
                 Some(i) => (self.entry(i).name.as_str(), &*self.entry(i).sa.origin),
-                None => (name, &config),
+                None => (name, config),
             };
             return Err(crate::sa_set::key_reuse_error(
-                (name, &config, field),
+                (name, config, field),
                 (first_name, first_cfg, other_field),
                 other.is_none(),
             )
             .into());
         }
-        let label = format!("sa {name:?}");
-        SecurityAssociation::new(config, now).map_err(|e| e.in_context(&label).into())
+        Ok(())
     }
 
     /// Installs the policy `text` (one `[[policy]]` table, see the [module

@@ -38,9 +38,10 @@ use crate::icmp::TooBigMessage;
 use crate::nat::NAT_KEEPALIVE_MAX_LEN;
 use crate::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
 use crate::reassembly::{Reassembler, Reassembly, ReassemblyLimits};
-use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation};
+use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation, TailroomShape};
 use crate::sa_set::KeyRegistry;
 use crate::sad::{Found, InboundSad, SadKey};
+use crate::shared::LaneLink;
 use crate::spd::cache::FlowCache;
 use crate::spd::{Action, Spd};
 use crate::spi::{SpiAllocator, SpiError};
@@ -102,6 +103,31 @@ pub(crate) struct SaEntry {
     pub(crate) routes: Vec<String>,
     /// When the caller's clock reaches this, the SA is deleted ([`Gateway::retire_sa`]).
     pub(crate) retire_at: Option<Duration>,
+    /// A lane of a shared SA ([`Gateway::add_sa_lane`]): its tie to the shared part.
+    pub(crate) lane: Option<LaneLink>,
+}
+
+impl SaEntry {
+    /// A new SA `name`, serving and carrying its own name.
+    pub(crate) fn new(name: &str, sa: SecurityAssociation, lane: Option<LaneLink>) -> SaEntry {
+        SaEntry {
+            name: name.to_owned(),
+            sa,
+            serves: vec![name.to_owned()],
+            routes: vec![name.to_owned()],
+            retire_at: None,
+            lane,
+        }
+    }
+}
+
+impl Drop for SaEntry {
+    fn drop(&mut self) {
+        // A lane's last counters reach the shared SA's sum.
+        if let Some(link) = &self.lane {
+            link.publish(self.sa.stats());
+        }
+    }
 }
 
 /// The SPD and the SAs it names, ready to process packets; SAs and policies can be
@@ -125,6 +151,9 @@ pub struct Gateway {
     pub(crate) stats: SaStats,
     /// How many installed SAs need each headroom: the largest is `max_headroom`.
     pub(crate) headrooms: BTreeMap<usize, usize>,
+    /// The outbound SAs' tailroom shapes, each with how many SAs have it (so that
+    /// [`Gateway::tailroom_for`] looks at a few shapes, not at every SA).
+    tailrooms: BTreeMap<TailroomShape, usize>,
     /// SAs with a retirement time set.
     pub(crate) retiring: usize,
     /// Unique among the gateways of this process: a policy edit is committed only to
@@ -134,6 +163,8 @@ pub struct Gateway {
     pub(crate) policy_generation: u64,
     /// Bumped whenever an SA is deleted or set to retire.
     pub(crate) sa_removals: u64,
+    /// SAs added or removed so far ([`Gateway::sa_changes`]).
+    sa_changes: u64,
     /// The keys of the installed SAs (no key may serve two SAs).
     pub(crate) keys: KeyRegistry,
     /// Outer ESP fragments in progress.
@@ -190,6 +221,7 @@ impl Gateway {
             outbound_by_spi: HashMap::new(),
             stats: SaStats::default(),
             headrooms: BTreeMap::new(),
+            tailrooms: BTreeMap::new(),
             retiring: 0,
             id: {
                 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -197,6 +229,7 @@ impl Gateway {
             },
             policy_generation: 0,
             sa_removals: 0,
+            sa_changes: 0,
             keys: KeyRegistry::new(),
             reassembler: Reassembler::new(ReassemblyLimits::DEFAULT),
             fragments: FragmentTable::new(FragmentLimits::DEFAULT),
@@ -208,13 +241,7 @@ impl Gateway {
             let sa =
                 SecurityAssociation::new(named.config, now).map_err(|e| e.in_context(&label))?;
             // Unique names, lookup keys and keys: the checks above.
-            gateway.insert_entry(SaEntry {
-                serves: vec![named.name.clone()],
-                routes: vec![named.name.clone()],
-                name: named.name,
-                sa,
-                retire_at: None,
-            });
+            gateway.insert_entry(SaEntry::new(&named.name, sa, None));
         }
         Ok(gateway)
     }
@@ -222,6 +249,7 @@ impl Gateway {
     /// Puts a checked SA into the tables (its name, lookup key and keys are free) and returns
     /// its index.
     pub(crate) fn insert_entry(&mut self, entry: SaEntry) -> usize {
+        self.sa_changes += 1;
         let index = self.free.pop().unwrap_or(self.entries.len());
         let sa = &entry.sa;
         match sa.direction() {
@@ -241,6 +269,7 @@ impl Gateway {
                 for name in &entry.routes {
                     self.routes.insert(name.clone(), index);
                 }
+                *self.tailrooms.entry(sa.tailroom_shape()).or_default() += 1;
             }
         }
         *self.headrooms.entry(sa.max_headroom()).or_default() += 1;
@@ -258,6 +287,7 @@ impl Gateway {
     /// Takes the SA `index` out of every table; the remembered fragment decisions are
     /// forgotten (none may name it any more).
     pub(crate) fn remove_entry(&mut self, index: usize) -> SaEntry {
+        self.sa_changes += 1;
         let entry = self.entries[index].take().expect("a live SA index");
         let sa = &entry.sa;
         match sa.direction() {
@@ -284,6 +314,13 @@ impl Gateway {
                 }
                 for name in &entry.routes {
                     self.routes.remove(name);
+                }
+                let shape = sa.tailroom_shape();
+                if let Some(n) = self.tailrooms.get_mut(&shape) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.tailrooms.remove(&shape);
+                    }
                 }
             }
         }
@@ -382,6 +419,14 @@ impl Gateway {
             .map(|e| (e.name.as_str(), &e.sa))
     }
 
+    /// A counter that moves whenever an SA is added or removed (by a control call, or
+    /// by the gateway when a retired SA's time comes): a list of [`Gateway::sas`] taken
+    /// at one reading is still the list, in the same order, while the counter reads the
+    /// same.
+    pub fn sa_changes(&self) -> u64 {
+        self.sa_changes
+    }
+
     /// The headroom to leave in front of an outbound packet so that any of the
     /// gateway's SAs can encrypt it ([`SecurityAssociation::max_headroom`]).
     pub fn max_headroom(&self) -> usize {
@@ -389,10 +434,13 @@ impl Gateway {
     }
 
     /// The tailroom to leave behind an outbound packet of `len` bytes so that any of
-    /// the gateway's SAs can encrypt it ([`SecurityAssociation::tailroom_for`]).
+    /// the gateway's outbound SAs can encrypt it ([`SecurityAssociation::tailroom_for`]).
+    /// Cost: one step per distinct SA shape (mode, TFC padding, cipher alignment and
+    /// ICV length), however many SAs there are.
     pub fn tailroom_for(&self, len: usize) -> usize {
-        self.sas()
-            .map(|(_, sa)| sa.tailroom_for(len))
+        self.tailrooms
+            .keys()
+            .map(|shape| shape.tailroom_for(len))
             .max()
             .unwrap_or(0)
     }
@@ -524,6 +572,16 @@ impl Gateway {
             return Err(Error::PolicyDiscard);
         };
         let entry = self.entries[i].as_mut().expect("routes name live SAs");
+        if let Some(link) = &mut entry.lane {
+            // A lane's SA sends only numbers of its block: enough for the packet and,
+            // when spares are offered, for the fragments it may become.
+            let need = if spares.remaining() == 0 {
+                1
+            } else {
+                1 + entry.sa.spares_needed(pkt.data(), now) as u64
+            };
+            link.ensure_seq(&mut entry.sa, need)?;
+        }
         let extra = entry.sa.encrypt_fragmenting(pkt, spares, now)?;
         Ok((
             Outbound::Protected {
@@ -663,11 +721,15 @@ impl Gateway {
             .as_mut()
             .expect("the inbound SAD names live SAs");
         let mut serving = "";
-        entry.sa.decrypt_verified(pkt, now, |inner| {
+        let r = entry.sa.decrypt_verified(pkt, now, |inner| {
             serving =
                 fragment_policy::decrypted_policy(spd, fragments, i, &entry.serves, inner, now)?;
             Ok(())
-        })?;
+        });
+        if let Some(link) = &mut entry.lane {
+            link.count_inbound(entry.sa.stats());
+        }
+        r?;
         Ok(Inbound::Decrypted {
             sa: &entry.name,
             policy: serving,

@@ -234,6 +234,31 @@ impl SaStats {
     }
 }
 
+/// What the tailroom an SA needs behind a packet depends on
+/// ([`SecurityAssociation::tailroom_for`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct TailroomShape {
+    tunnel: bool,
+    /// TFC padding target (0: none).
+    pad_to: u16,
+    pad_align: usize,
+    icv_len: usize,
+}
+
+impl TailroomShape {
+    /// The tailroom behind an inner packet of `len` bytes: TFC padding (tunnel mode),
+    /// ESP padding to the cipher's alignment, the pad-length and next-header bytes,
+    /// and the ICV.
+    pub(crate) fn tailroom_for(self, len: usize) -> usize {
+        let trailer = 2 + self.icv_len;
+        if !self.tunnel {
+            return self.pad_align - 1 + trailer;
+        }
+        let payload = len.max(usize::from(self.pad_to));
+        (payload - len) + crate::crypto::pad_len(payload, self.pad_align) + trailer
+    }
+}
+
 /// Extra bytes TFC padding (RFC 4303 §2.7) adds to tunnel-mode packets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -1511,17 +1536,20 @@ impl SecurityAssociation {
     /// transport mode only the part after the IP header is padded, so this returns the
     /// worst case over header lengths.
     pub fn tailroom_for(&self, len: usize) -> usize {
-        let align = self.transform.pad_align;
-        let trailer = 2 + self.transform.icv_len;
-        match (self.mode, self.tfc) {
-            (Mode::Transport, _) => align - 1 + trailer,
-            (Mode::Tunnel, tfc) => {
-                let payload = match tfc {
-                    TfcPadding::PadTo(n) => len.max(usize::from(n)),
-                    TfcPadding::None => len,
-                };
-                (payload - len) + crate::crypto::pad_len(payload, align) + trailer
-            }
+        self.tailroom_shape().tailroom_for(len)
+    }
+
+    /// What [`Self::tailroom_for`] depends on: SAs of one shape need the same
+    /// tailroom at every length (a gateway keeps one entry per shape, not per SA).
+    pub(crate) fn tailroom_shape(&self) -> TailroomShape {
+        TailroomShape {
+            tunnel: self.mode == Mode::Tunnel,
+            pad_to: match self.tfc {
+                TfcPadding::PadTo(n) => n,
+                TfcPadding::None => 0,
+            },
+            pad_align: self.transform.pad_align,
+            icv_len: self.transform.icv_len,
         }
     }
 

@@ -127,9 +127,27 @@ impl core::fmt::Debug for SharedSa {
     }
 }
 
-/// One thread's lane of a [`SharedSa`]: `Send`, owned by one thread.
+/// One thread's lane of a [`SharedSa`]: `Send`, owned by one thread. Use it on its
+/// own ([`SaLane::encrypt`], [`SaLane::decrypt`]) or install it in a thread's
+/// [`crate::Gateway`] ([`crate::Gateway::add_sa_lane`]): one gateway per worker thread,
+/// each with its lane of the SA.
 pub struct SaLane {
+    /// Always `Some` while the lane exists: only [`SaLane::into_parts`], which consumes
+    /// the lane, takes it (the lane publishes its counters when dropped, so its parts
+    /// cannot simply be moved out).
+    parts: Option<LaneParts>,
+}
+
+/// A lane's SA and its tie to the shared part.
+struct LaneParts {
     sa: SecurityAssociation,
+    link: LaneLink,
+}
+
+/// What ties a lane's SA to the shared part: its block of outbound sequence numbers
+/// and the publication of its counters. Kept beside the SA by an [`SaLane`] and by a
+/// gateway entry holding a lane.
+pub(crate) struct LaneLink {
     shared: Arc<SharedState>,
     index: usize,
     /// Outbound: the last sequence number of the lane's current block (the lane's SA
@@ -139,11 +157,62 @@ pub struct SaLane {
     unpublished: u32,
 }
 
+impl LaneLink {
+    /// Makes sure `sa` may use `need` (at least 1) more sequence numbers of its block,
+    /// leasing a fresh block of at least `need` numbers when fewer are left (the rest
+    /// of the old block is then never sent).
+    #[inline]
+    pub(crate) fn ensure_seq(
+        &mut self,
+        sa: &mut SecurityAssociation,
+        need: u64,
+    ) -> Result<(), Error> {
+        if self.block_end.saturating_sub(sa.seq) >= need {
+            return Ok(());
+        }
+        self.lease(sa, need)
+    }
+
+    #[cold]
+    fn lease(&mut self, sa: &mut SecurityAssociation, need: u64) -> Result<(), Error> {
+        let s = &self.shared;
+        let size = s.block.max(need);
+        let start = s.next_seq.fetch_add(size, Ordering::Relaxed);
+        if start > s.last_seq || s.last_seq - start + 1 < need {
+            // Counted once per packet refused, as an SA whose numbers ran out does.
+            let e = s.exhausted;
+            sa.stats.count_drop(e.drop_reason());
+            return Err(e);
+        }
+        sa.seq = start - 1;
+        self.block_end = (start + size - 1).min(s.last_seq);
+        self.publish(sa.stats());
+        Ok(())
+    }
+
+    /// Counts an inbound packet; publishes the counters every 64.
+    #[inline]
+    pub(crate) fn count_inbound(&mut self, stats: &SaStats) {
+        self.unpublished += 1;
+        if self.unpublished >= 64 {
+            self.unpublished = 0;
+            self.publish(stats);
+        }
+    }
+
+    /// Publishes `stats` as the lane's counters.
+    pub(crate) fn publish(&self, stats: &SaStats) {
+        *self.shared.published[self.index]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = *stats;
+    }
+}
+
 impl core::fmt::Debug for SaLane {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("SaLane")
-            .field("index", &self.index)
-            .field("sa", &self.sa)
+            .field("index", &self.parts().link.index)
+            .field("sa", &self.parts().sa)
             .finish_non_exhaustive()
     }
 }
@@ -217,11 +286,15 @@ impl SharedSa {
             // Outbound: no block yet; the first packet leases one.
             sa.seq = config.seq;
             lanes.push(SaLane {
-                sa,
-                shared: Arc::clone(&shared),
-                index,
-                block_end: config.seq,
-                unpublished: 0,
+                parts: Some(LaneParts {
+                    sa,
+                    link: LaneLink {
+                        shared: Arc::clone(&shared),
+                        index,
+                        block_end: config.seq,
+                        unpublished: 0,
+                    },
+                }),
             });
         }
         Ok((SharedSa { shared }, lanes))
@@ -230,6 +303,11 @@ impl SharedSa {
     /// The SPI.
     pub fn spi(&self) -> u32 {
         self.shared.spi
+    }
+
+    /// Whether the SA encrypts (outbound) or decrypts (inbound).
+    pub fn direction(&self) -> Direction {
+        self.shared.direction
     }
 
     /// Outbound: the highest sequence number leased to a lane (every number up to it
@@ -260,35 +338,39 @@ impl SharedSa {
 impl SaLane {
     /// The lane's number (0-based).
     pub fn index(&self) -> usize {
-        self.index
+        self.parts().link.index
     }
 
     /// The headroom an outbound packet needs ([`SecurityAssociation::max_headroom`]).
     pub fn max_headroom(&self) -> usize {
-        self.sa.max_headroom()
+        self.parts().sa.max_headroom()
     }
 
     /// The tailroom an outbound packet of `len` bytes needs
     /// ([`SecurityAssociation::tailroom_for`]).
     pub fn tailroom_for(&self, len: usize) -> usize {
-        self.sa.tailroom_for(len)
+        self.parts().sa.tailroom_for(len)
+    }
+
+    /// The most an outbound packet can grow ([`SecurityAssociation::max_overhead`]).
+    pub fn max_overhead(&self) -> usize {
+        self.parts().sa.max_overhead()
     }
 
     /// The lane's own counters.
     pub fn stats(&self) -> &SaStats {
-        self.sa.stats()
+        self.parts().sa.stats()
     }
 
     /// Publishes the lane's counters to [`SharedSa::stats`].
     pub fn publish(&self) {
-        *self.shared.published[self.index]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = *self.sa.stats();
+        let p = self.parts();
+        p.link.publish(p.sa.stats());
     }
 
     /// The next lifetime event of this lane ([`SecurityAssociation::poll_event`]).
     pub fn poll_event(&mut self, now: Duration) -> Option<SaEvent> {
-        self.sa.poll_event(now)
+        self.parts_mut().sa.poll_event(now)
     }
 
     /// The NAT-keepalive due at `now`, if any ([`SecurityAssociation::poll_keepalive`];
@@ -298,60 +380,69 @@ impl SaLane {
         now: Duration,
         out: &mut [u8; crate::NAT_KEEPALIVE_MAX_LEN],
     ) -> Option<usize> {
-        self.sa.poll_keepalive(now, out)
+        self.parts_mut().sa.poll_keepalive(now, out)
     }
 
-    /// Takes the next block of sequence numbers when the current one is used up.
-    #[inline]
-    fn ensure_seq(&mut self) -> Result<(), Error> {
-        if self.sa.seq < self.block_end {
-            return Ok(());
-        }
-        self.lease()
-    }
-
-    #[cold]
-    fn lease(&mut self) -> Result<(), Error> {
-        let s = &self.shared;
-        let start = s.next_seq.fetch_add(s.block, Ordering::Relaxed);
-        if start > s.last_seq {
-            // Counted once per packet refused, as an SA whose numbers ran out does.
-            let e = s.exhausted;
-            self.sa.stats.count_drop(e.drop_reason());
-            return Err(e);
-        }
-        self.sa.seq = start - 1;
-        self.block_end = (start + s.block - 1).min(s.last_seq);
-        self.publish();
-        Ok(())
+    /// When lane 0's next NAT-keepalive is due ([`SecurityAssociation::next_keepalive`]);
+    /// `None` on the other lanes (they send none).
+    pub fn next_keepalive(&self) -> Option<Duration> {
+        self.parts().sa.next_keepalive()
     }
 
     /// Encrypts the packet in `pkt` in place ([`SecurityAssociation::encrypt`]) with
     /// the next sequence number of the lane's block.
     pub fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
-        if self.shared.direction != Direction::Outbound {
-            return self.sa.encrypt(pkt, now);
+        let LaneParts { sa, link } = self.parts_mut();
+        if sa.direction() == Direction::Outbound {
+            link.ensure_seq(sa, 1)?;
         }
-        self.ensure_seq()?;
-        self.sa.encrypt(pkt, now)
+        sa.encrypt(pkt, now)
     }
 
     /// Decrypts the packet in `pkt` in place ([`SecurityAssociation::decrypt`]),
     /// checking and recording its sequence number in the shared replay window.
     pub fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
-        let r = self.sa.decrypt(pkt, now);
-        self.unpublished += 1;
-        if self.unpublished >= 64 {
-            self.unpublished = 0;
-            self.publish();
-        }
+        let LaneParts { sa, link } = self.parts_mut();
+        let r = sa.decrypt(pkt, now);
+        link.count_inbound(sa.stats());
         r
+    }
+}
+
+impl SaLane {
+    fn parts(&self) -> &LaneParts {
+        match &self.parts {
+            Some(p) => p,
+            None => unreachable!("a lane is whole until into_parts consumes it"),
+        }
+    }
+
+    fn parts_mut(&mut self) -> &mut LaneParts {
+        match &mut self.parts {
+            Some(p) => p,
+            None => unreachable!("a lane is whole until into_parts consumes it"),
+        }
+    }
+
+    /// The configuration the lane's SA was made from.
+    pub(crate) fn config(&self) -> &SaConfig {
+        &self.parts().sa.origin
+    }
+
+    /// The lane's SA and link, for a gateway entry (the link publishes from there).
+    pub(crate) fn into_parts(mut self) -> (SecurityAssociation, LaneLink) {
+        match self.parts.take() {
+            Some(LaneParts { sa, link }) => (sa, link),
+            None => unreachable!("a lane is whole until into_parts consumes it"),
+        }
     }
 }
 
 impl Drop for SaLane {
     fn drop(&mut self) {
-        self.publish();
+        if let Some(p) = &self.parts {
+            p.link.publish(p.sa.stats());
+        }
     }
 }
 

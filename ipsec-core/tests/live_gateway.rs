@@ -794,3 +794,96 @@ fn a_retiring_sa_takes_no_new_policy_and_is_not_the_last_to_serve_one() {
         (hq_packet(1), "br-in-2".into())
     );
 }
+
+#[test]
+fn the_gateway_tailroom_follows_the_outbound_sas_as_they_come_and_go() {
+    let mut gw = empty_gateway();
+    assert_eq!(
+        gw.tailroom_for(40),
+        0,
+        "no outbound SA, nothing to leave room for"
+    );
+    // An inbound SA encrypts nothing: it needs no tailroom.
+    gw.add_sa("in", sa(0x100, Direction::Inbound, 1), T0)
+        .unwrap();
+    assert_eq!(gw.tailroom_for(40), 0);
+    gw.add_sa("gcm", sa(0x101, Direction::Outbound, 2), T0)
+        .unwrap();
+    let gcm = (0..1500)
+        .map(|len| gw.tailroom_for(len))
+        .collect::<Vec<_>>();
+    // Of a lone SA: the SA's own figure.
+    let lone = ipsec_core::SecurityAssociation::new(sa(0x101, Direction::Outbound, 2), T0).unwrap();
+    for (len, &room) in gcm.iter().enumerate() {
+        assert_eq!(room, lone.tailroom_for(len), "len {len}");
+    }
+    // TFC padding to 300 bytes: short packets need far more room, long ones do not.
+    let mut padded = sa(0x102, Direction::Outbound, 3);
+    padded.tfc_padding(ipsec_core::sa::TfcPadding::PadTo(300));
+    let padded_sa = ipsec_core::SecurityAssociation::new(padded.try_clone().unwrap(), T0).unwrap();
+    gw.add_sa("tfc", padded, T0).unwrap();
+    for len in [0, 40, 299, 300, 301, 1400] {
+        assert_eq!(
+            gw.tailroom_for(len),
+            gcm[len].max(padded_sa.tailroom_for(len)),
+            "len {len}"
+        );
+    }
+    assert!(gw.tailroom_for(40) >= 260);
+    // Many SAs of one shape leave it as it is; deleting the TFC SA takes its shape away.
+    for i in 0..100 {
+        gw.add_sa(
+            &format!("more{i}"),
+            sa(0x200 + i, Direction::Outbound, 10 + i),
+            T0,
+        )
+        .unwrap();
+    }
+    gw.delete_sa("tfc").unwrap();
+    for (len, &room) in gcm.iter().enumerate() {
+        assert_eq!(gw.tailroom_for(len), room, "len {len}");
+    }
+}
+
+#[test]
+fn sa_changes_moves_whenever_the_list_of_sas_does() {
+    let mut gw = empty_gateway();
+    let list = |gw: &Gateway| gw.sas().map(|(n, _)| n.to_owned()).collect::<Vec<_>>();
+    let mut seen = vec![(gw.sa_changes(), list(&gw))];
+    let mut step = |gw: &Gateway| {
+        let now = (gw.sa_changes(), list(gw));
+        assert!(
+            seen.iter().all(|(c, _)| *c != now.0),
+            "the counter moved: {now:?} after {seen:?}"
+        );
+        seen.push(now);
+    };
+    gw.add_sa("a", sa(0x100, Direction::Inbound, 1), T0)
+        .unwrap();
+    step(&gw);
+    gw.add_sa("b", sa(0x101, Direction::Outbound, 2), T0)
+        .unwrap();
+    step(&gw);
+    gw.rekey_sa("a", "a2", sa(0x102, Direction::Inbound, 3), T0)
+        .unwrap();
+    step(&gw);
+    gw.delete_sa("b").unwrap();
+    step(&gw);
+    gw.retire_sa("a", Duration::from_secs(5)).unwrap();
+    let before = gw.sa_changes();
+    assert!(gw.poll_event(Duration::from_secs(5)).is_none());
+    assert!(gw.sa("a").is_none(), "reaped at its time");
+    assert_ne!(
+        gw.sa_changes(),
+        before,
+        "a retired SA reaped by the gateway counts"
+    );
+    // Refused calls and packets change nothing.
+    let c = gw.sa_changes();
+    assert!(
+        gw.add_sa("a2", sa(0x103, Direction::Inbound, 4), T0)
+            .is_err()
+    );
+    assert!(gw.delete_sa("nope").is_err());
+    assert_eq!(gw.sa_changes(), c);
+}

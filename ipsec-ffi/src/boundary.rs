@@ -141,6 +141,10 @@ impl PanicValue for usize {
     const ON_PANIC: Self = 0;
 }
 
+impl PanicValue for u32 {
+    const ON_PANIC: Self = 0;
+}
+
 impl PanicValue for u64 {
     const ON_PANIC: Self = 0;
 }

@@ -33,12 +33,13 @@
 use core::ffi::c_char;
 use std::collections::HashSet;
 
-use ipsec_core::ControlError;
+use ipsec_core::{ControlError, LaneRefused, SaLane};
 
 use crate::boundary::{call, fail, in_context};
 use crate::gateway::{GatewayHandle, ipsec_gateway};
-use crate::handle::{borrow_mut, c_str, out_ptr};
+use crate::handle::{borrow, borrow_mut, c_str, into_handle, out_ptr, take_handle};
 use crate::sa::{ipsec_sa_config, ipsec_sa_stats, now, read_config};
+use crate::shared::ipsec_sa_lane;
 use crate::status::ipsec_status;
 
 /// Records a refused control call: its status, and the core's message.
@@ -220,6 +221,122 @@ pub unsafe extern "C" fn ipsec_gateway_rekey_sa(
         h.check_names();
         Ok(())
     })
+}
+
+/// Installs lane `*lane` of a shared SA (`ipsec_shared_sa_new`) in the gateway as the
+/// SA `name`, as `ipsec_gateway_add_sa` installs an SA: the model for one SA on several
+/// worker threads, each thread with its own gateway (one gateway per worker, each
+/// control call made on every worker's gateway under that worker's lock; see
+/// ipsec-ffi/README.md). An outbound lane takes its sequence numbers in blocks from the
+/// shared counter; an inbound lane checks them in the SA's one replay window; the
+/// lane's counters reach `ipsec_shared_sa_get_stats` when its SA is deleted from the
+/// gateway or the gateway is freed.
+///
+/// On success the gateway owns the lane: `*lane` is set to NULL (the handle is gone;
+/// do not free it). Refused as `ipsec_gateway_add_sa`, with nothing changed in the
+/// gateway: `*lane` is then a live lane again, the caller's as before (its handle may
+/// have moved: use the new `*lane`). `IPSEC_ERR_INVALID_ARGUMENT` for a NULL `lane` or
+/// `*lane` (nothing taken).
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `name` is a
+/// NUL-terminated string; `lane` points to a writable pointer to a live lane used by
+/// no other thread.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_add_sa_lane(
+    gateway: *mut ipsec_gateway,
+    name: *const c_char,
+    lane: *mut *mut ipsec_sa_lane,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let name = unsafe { c_str(name, "name") }?;
+        // SAFETY: caller's contract.
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        let h = &mut *guard;
+        // SAFETY: caller's contract.
+        let taken = unsafe { take_lane(lane) }?;
+        match h.gateway.add_sa_lane(name, taken) {
+            Ok(()) => {
+                h.free_stale();
+                h.names.add(name);
+                h.check_names();
+                Ok(())
+            }
+            // SAFETY: `lane` was checked by `take_lane`.
+            Err(r) => Err(unsafe { give_back(lane, r) }),
+        }
+    })
+}
+
+/// Installs lane `*lane` of a shared SA as the successor of the installed SA
+/// `replaces`, as `ipsec_gateway_rekey_sa` installs an SA (make-before-break), with
+/// `ipsec_gateway_add_sa_lane`'s ownership rules: `*lane` is NULL after success, a
+/// live lane again after a refusal.
+///
+/// # Safety
+///
+/// As `ipsec_gateway_add_sa_lane`; `replaces` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_rekey_sa_lane(
+    gateway: *mut ipsec_gateway,
+    replaces: *const c_char,
+    name: *const c_char,
+    lane: *mut *mut ipsec_sa_lane,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let replaces = unsafe { c_str(replaces, "replaces") }?;
+        // SAFETY: caller's contract.
+        let name = unsafe { c_str(name, "name") }?;
+        // SAFETY: caller's contract.
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        let h = &mut *guard;
+        // SAFETY: caller's contract.
+        let taken = unsafe { take_lane(lane) }?;
+        match h.gateway.rekey_sa_lane(replaces, name, taken) {
+            Ok(()) => {
+                h.free_stale();
+                h.names.add(name);
+                h.check_names();
+                Ok(())
+            }
+            // SAFETY: `lane` was checked by `take_lane`.
+            Err(r) => Err(unsafe { give_back(lane, r) }),
+        }
+    })
+}
+
+/// Takes the lane behind `*lane` and sets `*lane` to NULL (so that a panic later in the
+/// call leaves no dangling handle with the caller). Nothing is taken on an error.
+///
+/// # Safety
+///
+/// `lane` is NULL or points to a writable pointer that is NULL or a live lane.
+unsafe fn take_lane(lane: *mut *mut ipsec_sa_lane) -> Result<SaLane, ipsec_status> {
+    let lane = out_ptr(lane, "lane")?;
+    // SAFETY: checked non-NULL and aligned; readable by contract.
+    let handle = unsafe { lane.read() };
+    // SAFETY: NULL or a live lane by contract; checked before it is taken, so that a
+    // NULL or poisoned lane stays where it is.
+    unsafe { borrow::<ipsec_sa_lane>(handle, "*lane") }?;
+    // SAFETY: as above; the handle is given back exactly once, here.
+    let taken = unsafe { take_handle::<ipsec_sa_lane>(handle, "*lane") }?;
+    // SAFETY: checked non-NULL and aligned; writable by contract.
+    unsafe { lane.write(core::ptr::null_mut()) };
+    Ok(taken)
+}
+
+/// Gives a refused lane back to the caller in `*lane`; the status of the refusal.
+///
+/// # Safety
+///
+/// `lane` is non-NULL, aligned and writable (checked by [`take_lane`]).
+unsafe fn give_back(lane: *mut *mut ipsec_sa_lane, refusal: LaneRefused) -> ipsec_status {
+    // SAFETY: caller's contract.
+    unsafe { lane.write(into_handle::<ipsec_sa_lane>(*refusal.lane)) };
+    refused(refusal.error)
 }
 
 /// Deletes the SA `name` at once and, when `final_stats` is not NULL, writes its final

@@ -8,6 +8,7 @@ use core::ffi::c_char;
 use core::time::Duration;
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipsec_core::gateway::{Inbound, Outbound};
@@ -63,6 +64,10 @@ pub(crate) struct GatewayHandle {
     /// This gateway's number, unique in the process: a policy edit remembers the
     /// gateway it was taken from, and is committed to that one only.
     pub(crate) id: u64,
+    /// The SA names in `Gateway::sas` order as of `Gateway::sa_changes` (the first
+    /// field), for `ipsec_gateway_get_sa`: an enumeration by index costs O(1) per call,
+    /// not a walk over the SAs before the index.
+    pub(crate) sa_order: Mutex<(u64, Vec<Box<str>>)>,
 }
 
 /// The next [`GatewayHandle::id`].
@@ -275,6 +280,7 @@ pub unsafe extern "C" fn ipsec_gateway_new(
                 policy_names,
                 retiring: HashMap::new(),
                 id: NEXT_GATEWAY_ID.fetch_add(1, Ordering::Relaxed),
+                sa_order: Mutex::new((0, Vec::new())),
             }))
         };
         Ok(())
@@ -873,7 +879,18 @@ pub unsafe extern "C" fn ipsec_gateway_get_sa(
         let out = out_ptr(out, "out")?;
         // SAFETY: caller's contract.
         let h = unsafe { borrow(gateway, "gateway") }?;
-        let (name, sa) = h.gateway.sas().nth(index).ok_or_else(|| {
+        let mut order = h.sa_order.lock().unwrap_or_else(|p| p.into_inner());
+        if order.0 != h.gateway.sa_changes() {
+            *order = (
+                h.gateway.sa_changes(),
+                h.gateway.sas().map(|(n, _)| Box::from(n)).collect(),
+            );
+        }
+        let found = order.1.get(index).and_then(|n| {
+            let name = &**n;
+            h.gateway.sa(name).map(|sa| (name, sa))
+        });
+        let (name, sa) = found.ok_or_else(|| {
             invalid(format!(
                 "index {index} is out of range ({} SAs)",
                 h.names.len()

@@ -28,9 +28,10 @@
 use ipsec_core::{SaLane, SharedSa, SharedSaOptions};
 
 use crate::boundary::{boundary, call, config_error, invalid};
-use crate::handle::{Handle, borrow, borrow_mut, free_handle, into_handle, out_ptr};
+use crate::handle::{Handle, borrow, borrow_mut, bytes_mut, free_handle, into_handle, out_ptr};
 use crate::sa::{
-    event_to, in_place, ipsec_sa_config, ipsec_sa_event, ipsec_sa_stats, now, read_config,
+    event_to, in_place, ipsec_overhead, ipsec_sa_config, ipsec_sa_event, ipsec_sa_stats,
+    keepalive_buffer, now, read_config, time_ns,
 };
 use crate::status::ipsec_status;
 
@@ -184,6 +185,99 @@ pub unsafe extern "C" fn ipsec_shared_sa_get_stats(
 pub unsafe extern "C" fn ipsec_shared_sa_seq(shared: *const ipsec_shared_sa) -> u64 {
     // SAFETY: caller's contract.
     boundary(|| unsafe { borrow(shared, "shared") }.map_or(0, |s| s.seq()))
+}
+
+/// The SA's SPI (any thread); 0 for NULL or a poisoned handle (the last error says
+/// which).
+///
+/// # Safety
+///
+/// `shared` is NULL or a live shared SA.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_shared_sa_spi(shared: *const ipsec_shared_sa) -> u32 {
+    // SAFETY: caller's contract.
+    boundary(|| unsafe { borrow(shared, "shared") }.map_or(0, |s| s.spi()))
+}
+
+/// The room a packet of `packet_len` bytes needs on an outbound lane, as
+/// `ipsec_sa_overhead` (every lane of an SA needs the same).
+///
+/// # Safety
+///
+/// `lane` is a live lane used by no other thread during the call; `out` points to a
+/// writable `ipsec_overhead`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_lane_overhead(
+    lane: *const ipsec_sa_lane,
+    packet_len: usize,
+    out: *mut ipsec_overhead,
+) -> ipsec_status {
+    call(|| {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: caller's contract.
+        let lane = unsafe { borrow(lane, "lane") }?;
+        let value = ipsec_overhead {
+            headroom: lane.max_headroom(),
+            tailroom: lane.tailroom_for(packet_len),
+            max_overhead: lane.max_overhead(),
+        };
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out.write(value) };
+        Ok(())
+    })
+}
+
+/// Writes the NAT-keepalive lane 0 owes the peer at `now_ns`, as
+/// `ipsec_sa_poll_keepalive` (the same arguments and results). Only lane 0 of an SA
+/// sends keepalives (one per NAT mapping is enough): the other lanes store 0.
+///
+/// # Safety
+///
+/// `lane` is a live lane used by no other thread during the call; `buf` points to
+/// `capacity` writable bytes; `out_len` to a writable `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_lane_poll_keepalive(
+    lane: *mut ipsec_sa_lane,
+    now_ns: u64,
+    buf: *mut u8,
+    capacity: usize,
+    out_len: *mut usize,
+) -> ipsec_status {
+    call(|| {
+        let out_len = out_ptr(out_len, "out_len")?;
+        // SAFETY: caller's contract.
+        let mut lane = unsafe { borrow_mut(lane, "lane") }?;
+        // SAFETY: caller's contract.
+        let buf = unsafe { bytes_mut(buf, capacity, "buf") }?;
+        let out = keepalive_buffer(buf)?;
+        let len = lane.poll_keepalive(now(now_ns), out).unwrap_or(0);
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out_len.write(len) };
+        Ok(())
+    })
+}
+
+/// When lane 0's next NAT-keepalive is due, as `ipsec_sa_next_keepalive`
+/// (`UINT64_MAX`: none; always none on the other lanes).
+///
+/// # Safety
+///
+/// `lane` is a live lane used by no other thread during the call; `out_ns` points to a
+/// writable `uint64_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_lane_next_keepalive(
+    lane: *const ipsec_sa_lane,
+    out_ns: *mut u64,
+) -> ipsec_status {
+    call(|| {
+        let out_ns = out_ptr(out_ns, "out_ns")?;
+        // SAFETY: caller's contract.
+        let lane = unsafe { borrow(lane, "lane") }?;
+        let due = time_ns(lane.next_keepalive());
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out_ns.write(due) };
+        Ok(())
+    })
 }
 
 /// Encrypts a packet in place with an outbound lane, as `ipsec_sa_encrypt` (the same

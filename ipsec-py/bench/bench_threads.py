@@ -10,7 +10,9 @@ batches each at once, and prints ns per packet and the speed-up (one-thread time
 two-thread time for the same number of packets). A third column runs the two threads
 on two lanes of one ``ipsec.SharedSa`` (one SA on several threads: sequence numbers
 leased in blocks of 8 from one counter, one replay window behind a mutex) instead of
-two SAs. Each figure is the median of ``--runs`` runs; the machine may be shared, so
+two SAs, and a fourth runs two worker gateways (``ipsec.Gateway`` each, holding its
+lane of one SharedSa: ``Gateway.add_sa_lane``) with ``outbound_many`` /
+``inbound_many``, against one thread on one such gateway. Each figure is the median of ``--runs`` runs; the machine may be shared, so
 quote ``nproc``, ``uptime`` and the CPU model with it.
 
     .venv/bin/python ipsec-py/bench/bench_threads.py [--runs 7] [--rounds 40]
@@ -59,11 +61,11 @@ def pair(index: int) -> tuple[ipsec.SecurityAssociation, ipsec.SecurityAssociati
     return out, inb
 
 
-def shared_lanes(index: int) -> tuple[list[ipsec.SaLane], list[ipsec.SaLane]]:
-    """Two outbound and two inbound lanes of one SA (as ``pair``, replay window off)."""
+def shared_lanes(index: int, lanes: int = 2) -> tuple[list[ipsec.SaLane], list[ipsec.SaLane]]:
+    """Outbound and inbound lanes of one SA (as ``pair``, replay window off)."""
     spi, key = 0x1000 + index, KEYS[index]
     out = ipsec.SharedSa(
-        lanes=2,
+        lanes=lanes,
         spi=spi,
         direction="outbound",
         mode="tunnel",
@@ -73,7 +75,7 @@ def shared_lanes(index: int) -> tuple[list[ipsec.SaLane], list[ipsec.SaLane]]:
         tunnel_dst="192.0.2.2",
     )
     inb = ipsec.SharedSa(
-        lanes=2,
+        lanes=lanes,
         spi=spi,
         direction="inbound",
         mode="tunnel",
@@ -82,6 +84,27 @@ def shared_lanes(index: int) -> tuple[list[ipsec.SaLane], list[ipsec.SaLane]]:
         replay_window=0,
     )
     return out.lanes, inb.lanes
+
+
+DENY = '[[policy]]\nname = "deny"\ndirection = "both"\naction = "discard"\n'
+
+
+def worker_gateways(index: int, lanes: int) -> tuple[list[ipsec.Gateway], list[ipsec.Gateway]]:
+    """Outbound and inbound gateways, one per lane of one SA, whose one policy protects
+    every packet of its direction (replay window off, as ``pair``)."""
+    out_lanes, in_lanes = shared_lanes(index, lanes)
+
+    def gateway(lane: ipsec.SaLane, direction: str) -> ipsec.Gateway:
+        gw = ipsec.Gateway(ipsec.Spd.from_toml(DENY))
+        gw.add_sa_lane("sa", lane)
+        gw.install_policy(
+            f'name = "all"\ndirection = "{direction}"\naction = "protect"\nsa = "sa"\n',
+            before="deny",
+        )
+        return gw
+
+    return ([gateway(lane, "outbound") for lane in out_lanes],
+            [gateway(lane, "inbound") for lane in in_lanes])
 
 
 def timed(workers: list[threading.Thread]) -> float:
@@ -101,9 +124,11 @@ def main() -> None:
     print(f"nproc {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
     print(
         f"{'op':8} {'size':>5} {'1 thread ns/pkt':>16} {'2 threads ns/pkt':>17} {'speed-up':>9}"
-        f" {'2 lanes ns/pkt':>15} {'speed-up':>9}"
+        f" {'2 lanes ns/pkt':>15} {'speed-up':>9} {'1 gw ns/pkt':>12} {'2 gws ns/pkt':>13}"
+        f" {'speed-up':>9}"
     )
-    print(f"{'':8} {'':5} {'(1 SA)':>16} {'(2 SAs)':>17} {'':>9} {'(1 SharedSa)':>15}")
+    print(f"{'':8} {'':5} {'(1 SA)':>16} {'(2 SAs)':>17} {'':>9} {'(1 SharedSa)':>15}"
+          f" {'':>9} {'(1 lane)':>12} {'(2 lanes)':>13}")
     batch_len = 1000
     for size in (64, 512, 1420):
         batch = [udp4(size)] * batch_len
@@ -111,6 +136,8 @@ def main() -> None:
         protected = [out.encrypt_many(batch) for out, _ in sas]
         out_lanes, in_lanes = shared_lanes(2)
         lane_protected = pair(2)[0].encrypt_many(batch)
+        gws_out, gws_in = worker_gateways(2, 2)
+        gw1_out, gw1_in = worker_gateways(2, 1)
         for op in ("encrypt", "decrypt"):
 
             def work(i: int, rounds: int, op: str = op) -> None:
@@ -129,8 +156,23 @@ def main() -> None:
                     else:
                         inb.decrypt_many(lane_protected)
 
-            one, two, lanes = [], [], []
+            def gateway_work(gws: tuple[list[ipsec.Gateway], list[ipsec.Gateway]], i: int,
+                             rounds: int, op: str = op) -> None:
+                out, inb = gws[0][i], gws[1][i]
+                for _ in range(rounds):
+                    if op == "encrypt":
+                        out.outbound_many(batch)
+                    else:
+                        inb.inbound_many(lane_protected)
+
+            one, two, lanes, gw_one, gw_two = [], [], [], [], []
             for _ in range(args.runs):
+                gw_one.append(timed([threading.Thread(
+                    target=gateway_work, args=((gw1_out, gw1_in), 0, 2 * args.rounds))]))
+                gw_two.append(timed([
+                    threading.Thread(target=gateway_work, args=((gws_out, gws_in), i, args.rounds))
+                    for i in (0, 1)
+                ]))
                 one.append(timed([threading.Thread(target=work, args=(0, 2 * args.rounds))]))
                 two.append(
                     timed([threading.Thread(target=work, args=(i, args.rounds)) for i in (0, 1)])
@@ -145,9 +187,11 @@ def main() -> None:
                 )
             packets = 2 * args.rounds * batch_len
             t1, t2, tl = statistics.median(one), statistics.median(two), statistics.median(lanes)
+            g1, g2 = statistics.median(gw_one), statistics.median(gw_two)
             print(
                 f"{op:8} {size:5} {t1 / packets * 1e9:16.0f} {t2 / packets * 1e9:17.0f} "
                 f"{t1 / t2:8.2f}x {tl / packets * 1e9:15.0f} {t1 / tl:8.2f}x"
+                f" {g1 / packets * 1e9:12.0f} {g2 / packets * 1e9:13.0f} {g1 / g2:8.2f}x"
             )
 
 

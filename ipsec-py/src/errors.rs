@@ -237,6 +237,8 @@ pub(crate) enum Failure {
     Spi(SpiError),
     /// A refused control call of a live gateway.
     Control(CoreControlError),
+    /// A call on an `SaLane` that was installed in a gateway (`Gateway.add_sa_lane`).
+    LaneInstalled,
 }
 
 impl From<CoreControlError> for Failure {
@@ -371,6 +373,11 @@ impl Failure {
                 }
                 Err(err) => err,
             },
+            Failure::LaneInstalled => PyErr::from_type(
+                py.get_type::<IpsecError>(),
+                "this lane was installed in a gateway (Gateway.add_sa_lane): the gateway \
+                 processes its packets now",
+            ),
             Failure::Control(CoreControlError::Config(e)) => Failure::Config(e).into_exception(py),
             Failure::Control(e) => match control_error(py, &e) {
                 Ok((cls, attrs)) => {

@@ -47,14 +47,15 @@ use crate::sa::{
     PySaEvent, SaArgs, event_of, lock_releasing_gil, now_arg, packet_arg, packets_arg, poisoned,
     stats_dict,
 };
+use crate::shared::PySaLane;
 use crate::spd::{PySpd, read_file, str_repr};
 use core::ops::Range;
 use core::time::Duration;
 use ipsec_core::gateway::{Inbound, Outbound};
 use ipsec_core::reassembly::MAX_DATAGRAM_LEN;
 use ipsec_core::{
-    ControlError, Direction, Error, FragmentLimits, Gateway, Integrity, PacketBuf, SaStats,
-    SpareBuffers, Spd,
+    ControlError, Direction, Error, FragmentLimits, Gateway, Integrity, LaneRefused, PacketBuf,
+    SaLane, SaStats, SpareBuffers, Spd,
 };
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
@@ -327,6 +328,25 @@ impl PyGateway {
         match result {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(refused)) => Err(Failure::from(refused).into_exception(py)),
+            Err(()) => Err(poisoned()),
+        }
+    }
+
+    /// A control call that installs a lane: with the GIL released, under the gateway's
+    /// lock, then the lane's (never the other way round).
+    fn lane_call(
+        &self,
+        py: Python<'_>,
+        lane: &PySaLane,
+        call: impl FnOnce(&mut Gateway, SaLane) -> Result<(), LaneRefused> + Send,
+    ) -> PyResult<()> {
+        let result = py.detach(|| {
+            let mut st = self.state.lock().map_err(|_| ())?;
+            Ok(lane.install(|l| call(&mut st.gateway, l)))
+        });
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refused)) => Err(refused.into_exception(py)),
             Err(()) => Err(poisoned()),
         }
     }
@@ -689,6 +709,40 @@ impl PyGateway {
         let now = now_arg(now)?;
         self.control(py, now, false, move |gw, now| {
             gw.rekey_sa(&replaces, &name, config, now)
+        })
+    }
+
+    /// Installs `lane` (a lane of an `ipsec.SharedSa`) as the SA `name`, as `add_sa`
+    /// installs an SA: one SA on several worker threads, each thread with its own
+    /// gateway holding its lane (outbound lanes take sequence numbers in blocks from
+    /// the shared counter, inbound lanes share one replay window). From then on the
+    /// gateway processes the lane's packets: calls on the `SaLane` object raise
+    /// `IpsecError`. Raises as `add_sa` (`DuplicateNameError`, `DuplicateSpiError`,
+    /// `ConfigError`: a key this gateway's SAs use) and `IpsecError` for a lane already
+    /// installed; the lane stays the caller's then, unchanged.
+    fn add_sa_lane(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        lane: &Bound<'_, PySaLane>,
+    ) -> PyResult<()> {
+        let name = convert::text(name, "name")?;
+        self.lane_call(py, lane.get(), move |gw, l| gw.add_sa_lane(&name, l))
+    }
+
+    /// Installs `lane` as the successor of the installed SA `replaces`, as `rekey_sa`
+    /// installs an SA (make-before-break), with `add_sa_lane`'s rules for the lane.
+    fn rekey_sa_lane(
+        &self,
+        py: Python<'_>,
+        replaces: &Bound<'_, PyAny>,
+        name: &Bound<'_, PyAny>,
+        lane: &Bound<'_, PySaLane>,
+    ) -> PyResult<()> {
+        let replaces = convert::text(replaces, "replaces")?;
+        let name = convert::text(name, "name")?;
+        self.lane_call(py, lane.get(), move |gw, l| {
+            gw.rekey_sa_lane(&replaces, &name, l)
         })
     }
 

@@ -33,7 +33,7 @@ use core::ptr::NonNull;
 use core::time::Duration;
 use ipsec_core::sa_file::{NamedSa, parse_sa_file};
 use ipsec_core::{
-    Cipher, DfPolicy, Direction, Error, EspPadding, Integrity, Lifetime, LifetimeLimit, Mode,
+    Cipher, DfPolicy, Direction, EspPadding, Integrity, Lifetime, LifetimeLimit, Mode,
     NAT_KEEPALIVE_MAX_LEN, PacketBuf, RestoreOptions, SaConfig, SaEvent, SaLookup, SaStats,
     SecurityAssociation, TfcPadding,
 };
@@ -85,20 +85,20 @@ impl<E> State<E> {
 /// [`encrypt_batch`] and [`decrypt_batch`] are written once against it.
 pub(crate) trait Engine: Send {
     /// Encrypts in place ([`SecurityAssociation::encrypt`]).
-    fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error>;
+    fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Failure>;
     /// Decrypts in place ([`SecurityAssociation::decrypt`]).
-    fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error>;
+    fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Failure>;
     /// The tailroom a packet of `len` bytes needs ([`SecurityAssociation::tailroom_for`]).
     fn tailroom_for(&self, len: usize) -> usize;
 }
 
 impl Engine for SecurityAssociation {
-    fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
-        SecurityAssociation::encrypt(self, pkt, now)
+    fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Failure> {
+        Ok(SecurityAssociation::encrypt(self, pkt, now)?)
     }
 
-    fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
-        SecurityAssociation::decrypt(self, pkt, now)
+    fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Failure> {
+        Ok(SecurityAssociation::decrypt(self, pkt, now)?)
     }
 
     fn tailroom_for(&self, len: usize) -> usize {
@@ -306,18 +306,20 @@ pub(crate) fn encrypt_one<'py, E: Engine>(
         // Only a `bytes` object is created under the lock (no Python code runs).
         PyBytes::new_with(py, total, |buf| {
             buf[head..head + len].copy_from_slice(&data);
-            outcome = PacketBuf::new(buf, head, len).and_then(|mut pkt| {
-                st.sa
-                    .encrypt(&mut pkt, now)
-                    .map(|()| (pkt.offset(), pkt.len()))
-            });
+            outcome = PacketBuf::new(buf, head, len)
+                .map_err(Failure::from)
+                .and_then(|mut pkt| {
+                    st.sa
+                        .encrypt(&mut pkt, now)
+                        .map(|()| (pkt.offset(), pkt.len()))
+                });
             Ok(())
         })
     }?;
     match outcome {
         Ok((0, n)) if n == total => Ok(out),
         Ok((off, n)) => Ok(PyBytes::new(py, &out.as_bytes()[off..off + n])),
-        Err(e) => Err(Failure::from(e).into_exception(py)),
+        Err(e) => Err(e.into_exception(py)),
     }
 }
 
@@ -337,6 +339,7 @@ pub(crate) fn decrypt_one<'py, E: Engine>(
         scratch.clear();
         scratch.extend_from_slice(&data);
         PacketBuf::new(scratch, 0, data.len())
+            .map_err(Failure::from)
             .and_then(|mut pkt| {
                 sa.decrypt(&mut pkt, now)
                     .map(|()| pkt.data().len())
@@ -344,7 +347,7 @@ pub(crate) fn decrypt_one<'py, E: Engine>(
             })
             .map(|(off, n)| PyBytes::new(py, &scratch[off..off + n]))
     };
-    outcome.map_err(|e| Failure::from(e).into_exception(py))
+    outcome.map_err(|e| e.into_exception(py))
 }
 
 /// `encrypt_many` of an SA or a lane: the output `bytes` objects are made with the
@@ -393,11 +396,13 @@ pub(crate) fn encrypt_batch<'py, E: Engine>(
                 let buf = unsafe { core::slice::from_raw_parts_mut(slot.ptr.as_ptr(), slot.cap) };
                 let len = input.len();
                 buf[head..head + len].copy_from_slice(input);
-                PacketBuf::new(buf, head, len).and_then(|mut pkt| {
-                    st.sa
-                        .encrypt(&mut pkt, now)
-                        .map(|()| (pkt.offset(), pkt.len()))
-                })
+                PacketBuf::new(buf, head, len)
+                    .map_err(Failure::from)
+                    .and_then(|mut pkt| {
+                        st.sa
+                            .encrypt(&mut pkt, now)
+                            .map(|()| (pkt.offset(), pkt.len()))
+                    })
             })
             .collect();
         Ok(results)
@@ -415,7 +420,7 @@ pub(crate) fn encrypt_batch<'py, E: Engine>(
         }
     }
     if let Some((i, e)) = first_error {
-        let err = Failure::from(e).into_exception(py);
+        let err = e.into_exception(py);
         err.value(py).setattr("index", i)?;
         return Err(err);
     }
@@ -433,33 +438,36 @@ pub(crate) fn decrypt_batch<'py, E: Engine>(
     let inputs = packets_arg(packets)?;
     let now = now_arg(now)?;
     let total: usize = inputs.iter().map(|p| p.len()).sum();
-    let batch = py.detach(|| {
-        // One arena for the batch: each packet is copied in and decrypted in place.
-        let mut arena = vec![0u8; total];
-        let mut st = state.lock().map_err(|_| ())?;
-        let now = st.time(now);
-        let mut start = 0;
-        let mut results = Vec::with_capacity(inputs.len());
-        for input in &inputs {
-            let len = input.len();
-            let buf = &mut arena[start..start + len];
-            buf.copy_from_slice(input);
-            results.push(PacketBuf::new(buf, 0, len).and_then(|mut pkt| {
-                st.sa
-                    .decrypt(&mut pkt, now)
-                    .map(|()| (start + pkt.offset(), pkt.len()))
-            }));
-            start += len;
-        }
-        drop(st);
-        Ok((arena, results))
-    });
+    let batch =
+        py.detach(|| {
+            // One arena for the batch: each packet is copied in and decrypted in place.
+            let mut arena = vec![0u8; total];
+            let mut st = state.lock().map_err(|_| ())?;
+            let now = st.time(now);
+            let mut start = 0;
+            let mut results = Vec::with_capacity(inputs.len());
+            for input in &inputs {
+                let len = input.len();
+                let buf = &mut arena[start..start + len];
+                buf.copy_from_slice(input);
+                results.push(PacketBuf::new(buf, 0, len).map_err(Failure::from).and_then(
+                    |mut pkt| {
+                        st.sa
+                            .decrypt(&mut pkt, now)
+                            .map(|()| (start + pkt.offset(), pkt.len()))
+                    },
+                ));
+                start += len;
+            }
+            drop(st);
+            Ok((arena, results))
+        });
     let (arena, results) = batch.map_err(|()| poisoned())?;
     let mut items: Vec<Bound<'py, PyAny>> = Vec::with_capacity(results.len());
     for r in results {
         items.push(match r {
             Ok((off, n)) => PyBytes::new(py, &arena[off..off + n]).into_any(),
-            Err(e) => Failure::from(e)
+            Err(e) => e
                 .into_exception(py)
                 .into_value(py)
                 .into_bound(py)

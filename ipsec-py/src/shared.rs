@@ -16,14 +16,6 @@
 //! what the core shares (the sequence number counter, leased in blocks; the inbound
 //! replay window). A lane may still be called from several threads: the calls take
 //! turns, as on an SA, but that is what the lanes are there to avoid.
-//!
-//! # Buffer sizes
-//!
-//! The core's lane does not expose its SA, whose `max_headroom` / `tailroom_for` size
-//! the `bytes` objects `encrypt` writes into. The `SharedSa` therefore creates one more
-//! core SA from the same configuration that only answers these two questions
-//! ([`Lane::sizing`], shared read-only by the lanes; it is never used for a packet).
-//! It costs one more key schedule when the `SharedSa` is created.
 
 use crate::convert::{self, Bad};
 use crate::errors::Failure;
@@ -33,32 +25,31 @@ use crate::sa::{
 };
 use core::time::Duration;
 use ipsec_core::{
-    ConfigError, Direction, Error, NAT_KEEPALIVE_MAX_LEN, PacketBuf, SaEvent, SaLane,
-    SecurityAssociation, SharedSa, SharedSaOptions,
+    ConfigError, Direction, LaneRefused, NAT_KEEPALIVE_MAX_LEN, PacketBuf, SaEvent, SaLane,
+    SharedSa, SharedSaOptions,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-/// What an `SaLane`'s mutex protects (with the time and scratch buffer of [`State`]).
-pub(crate) struct Lane {
-    lane: SaLane,
-    /// A core SA of the lane's configuration, for [`Engine::tailroom_for`] only (see
-    /// the module docs).
-    sizing: Arc<SecurityAssociation>,
-}
-
-impl Engine for Lane {
-    fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
-        self.lane.encrypt(pkt, now)
+/// A lane, or nothing once a gateway took it (`Gateway.add_sa_lane`).
+impl Engine for Option<SaLane> {
+    fn encrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Failure> {
+        Ok(self
+            .as_mut()
+            .ok_or(Failure::LaneInstalled)?
+            .encrypt(pkt, now)?)
     }
 
-    fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
-        self.lane.decrypt(pkt, now)
+    fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Failure> {
+        Ok(self
+            .as_mut()
+            .ok_or(Failure::LaneInstalled)?
+            .decrypt(pkt, now)?)
     }
 
     fn tailroom_for(&self, len: usize) -> usize {
-        self.sizing.tailroom_for(len)
+        self.as_ref().map_or(0, |l| l.tailroom_for(len))
     }
 }
 
@@ -74,7 +65,7 @@ pub(crate) struct PySharedSa {
 /// One thread's lane of a `SharedSa` (Python `ipsec.SaLane`).
 #[pyclass(module = "ipsec", name = "SaLane", frozen)]
 pub(crate) struct PySaLane {
-    state: Mutex<State<Lane>>,
+    state: Mutex<State<Option<SaLane>>>,
     // Fixed at creation, read without the lock.
     index: usize,
     spi: u32,
@@ -111,17 +102,8 @@ impl PySharedSa {
         }
         let config = SaArgs::from_kwargs("SharedSa", config)?.config()?;
         let now = convert::opt_seconds(now, "now", Bad::Config)?.unwrap_or(Duration::ZERO);
-        // Configurations made from Python have no custom IV source, so this succeeds.
-        let sizing_config = config.try_clone().ok_or_else(|| {
-            Failure::Config(ConfigError::new(
-                "iv_source",
-                "a shared SA cannot copy a custom IV source",
-            ))
-        })?;
         let (shared, core_lanes) = SharedSa::new(config, options, now).map_err(Failure::from)?;
-        let sizing = Arc::new(SecurityAssociation::new(sizing_config, now).map_err(Failure::from)?);
-        let headroom = sizing.max_headroom();
-        let direction = sizing.direction();
+        let direction = shared.direction();
         let spi = shared.spi();
         let lanes = core_lanes
             .into_iter()
@@ -130,17 +112,11 @@ impl PySharedSa {
                 Py::new(
                     py,
                     PySaLane {
-                        state: Mutex::new(State::new(
-                            Lane {
-                                lane,
-                                sizing: Arc::clone(&sizing),
-                            },
-                            now,
-                        )),
+                        headroom: lane.max_headroom(),
+                        state: Mutex::new(State::new(Some(lane), now)),
                         index,
                         spi,
                         direction,
-                        headroom,
                     },
                 )
             })
@@ -205,8 +181,40 @@ impl PySharedSa {
     }
 }
 
+/// The lane, or the exception for one a gateway took.
+fn lane(slot: &Option<SaLane>) -> PyResult<&SaLane> {
+    slot.as_ref()
+        .ok_or_else(|| Python::attach(|py| Failure::LaneInstalled.into_exception(py)))
+}
+
+/// [`lane`], mutable.
+fn lane_mut(slot: &mut Option<SaLane>) -> PyResult<&mut SaLane> {
+    slot.as_mut()
+        .ok_or_else(|| Python::attach(|py| Failure::LaneInstalled.into_exception(py)))
+}
+
 impl PySaLane {
-    fn lock(&self, py: Python<'_>) -> PyResult<std::sync::MutexGuard<'_, State<Lane>>> {
+    /// Hands the lane to `install` (a gateway's `add_sa_lane` or `rekey_sa_lane`); a
+    /// refused lane is put back, unchanged. Called without the GIL.
+    pub(crate) fn install(
+        &self,
+        install: impl FnOnce(SaLane) -> Result<(), LaneRefused>,
+    ) -> Result<(), Failure> {
+        let mut st = self.state.lock().map_err(|_| {
+            Failure::Config(ConfigError::new(
+                "lane",
+                "is unusable: an internal error (panic) happened while it was in use",
+            ))
+        })?;
+        let lane = st.sa.take().ok_or(Failure::LaneInstalled)?;
+        install(lane).map_err(|refused| {
+            let LaneRefused { error, lane, .. } = refused;
+            st.sa = Some(*lane);
+            Failure::from(error)
+        })
+    }
+
+    fn lock(&self, py: Python<'_>) -> PyResult<std::sync::MutexGuard<'_, State<Option<SaLane>>>> {
         lock_releasing_gil(py, &self.state)
     }
 }
@@ -279,13 +287,13 @@ impl PySaLane {
     /// The lane's own counters (`SecurityAssociation.stats`' shape).
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let stats = *self.lock(py)?.sa.lane.stats();
+        let stats = *lane(&self.lock(py)?.sa)?.stats();
         stats_dict(py, &stats)
     }
 
     /// Publishes the lane's counters to `SharedSa.stats`.
     fn publish(&self, py: Python<'_>) -> PyResult<()> {
-        self.lock(py)?.sa.lane.publish();
+        lane(&self.lock(py)?.sa)?.publish();
         Ok(())
     }
 
@@ -302,7 +310,7 @@ impl PySaLane {
         let event = {
             let mut st = self.lock(py)?;
             let now = st.time(now);
-            st.sa.lane.poll_event(now)
+            lane_mut(&mut st.sa)?.poll_event(now)
         };
         Ok(event.and_then(event_of))
     }
@@ -318,7 +326,8 @@ impl PySaLane {
         let events: Vec<SaEvent> = {
             let mut st = self.lock(py)?;
             let now = st.time(now);
-            core::iter::from_fn(|| st.sa.lane.poll_event(now)).collect()
+            let lane = lane_mut(&mut st.sa)?;
+            core::iter::from_fn(|| lane.poll_event(now)).collect()
         };
         Ok(events.into_iter().filter_map(event_of).collect())
     }
@@ -336,7 +345,7 @@ impl PySaLane {
         let len = {
             let mut st = self.lock(py)?;
             let now = st.time(now);
-            st.sa.lane.poll_keepalive(now, &mut out)
+            lane_mut(&mut st.sa)?.poll_keepalive(now, &mut out)
         };
         Ok(len.map(|n| PyBytes::new(py, &out[..n])))
     }

@@ -475,6 +475,151 @@ static void policy_batch(void)
 
 /* ---------------------------------------------------------------------------------- */
 
+/* One SA on two worker threads, each thread with its own gateway holding its lane. */
+static const char WORKER_POLICY[] = "[[policy]]\nname = \"deny\"\ndirection = \"both\"\naction = \"discard\"\n";
+static const char RDP_OUT[] = "name = \"rdp\"\ndirection = \"outbound\"\nlocal = \"10.0.0.0/24\"\n"
+                              "remote = \"10.1.0.0/24\"\naction = \"protect\"\nsa = \"out\"\n";
+
+typedef struct {
+    ipsec_gateway *gw;
+    int index;
+    int failures;
+} gateway_worker;
+
+static void *gateway_encrypt_worker(void *arg)
+{
+    gateway_worker *w = arg;
+    ipsec_gateway_result r;
+    int i;
+    for (i = 0; i < N; i++) {
+        wire *p = &sent[w->index][i];
+        put_packet(p->buf, 3389, (uint32_t)w->index << 16 | (uint32_t)i);
+        p->off = HEAD;
+        p->len = PLEN;
+        p->st = ipsec_gateway_outbound(w->gw, p->buf, SIZE, &p->off, &p->len, T0, &r);
+        if (p->st != IPSEC_OK || r.verdict != IPSEC_VERDICT_PROTECTED || !is(r.sa, "out")) {
+            w->failures++;
+        }
+    }
+    return NULL;
+}
+
+static void worker_gateways(void)
+{
+    ipsec_sa_config cfg;
+    ipsec_shared_sa *tx = NULL, *next = NULL;
+    ipsec_sa_lane *lanes[2] = {NULL, NULL}, *next_lanes[2] = {NULL, NULL}, *null_lane = NULL;
+    ipsec_gateway *gws[2] = {NULL, NULL};
+    gateway_worker gw_workers[2];
+    pthread_t threads[2];
+    ipsec_sa *inbound = NULL;
+    ipsec_sa_stats st;
+    uint8_t buf[SIZE];
+    size_t off, len;
+    int w, unique = 1, decrypted = 1, tags_ok = 1;
+    uint32_t s;
+
+    printf("\n-- one SA on two worker gateways (ipsec_gateway_add_sa_lane)\n");
+    make_config(&cfg, IPSEC_DIRECTION_OUTBOUND);
+    OK("an outbound shared SA, 2 lanes", ipsec_shared_sa_new(&cfg, 2, BLOCK, T0, &tx, lanes));
+    for (w = 0; w < 2; w++) {
+        OK("a worker's gateway", ipsec_gateway_new(WORKER_POLICY, sizeof WORKER_POLICY - 1, T0, &gws[w]));
+        OK("ipsec_gateway_add_sa_lane", ipsec_gateway_add_sa_lane(gws[w], "out", &lanes[w]));
+        TRUE("... the gateway owns the lane: *lane is NULL", lanes[w] == NULL);
+        OK("the policy that sends through it", ipsec_gateway_install_policy(gws[w], RDP_OUT, "deny"));
+    }
+    for (w = 0; w < 2; w++) {
+        gw_workers[w].gw = gws[w];
+        gw_workers[w].index = w;
+        gw_workers[w].failures = 0;
+        if (pthread_create(&threads[w], NULL, gateway_encrypt_worker, &gw_workers[w]) != 0) {
+            printf("FAIL: pthread_create\n");
+            exit(1);
+        }
+    }
+    for (w = 0; w < 2; w++) {
+        pthread_join(threads[w], NULL);
+    }
+    TRUE("every packet protected by its worker's gateway",
+         gw_workers[0].failures == 0 && gw_workers[1].failures == 0);
+    memset(by_seq, 0, sizeof by_seq);
+    for (w = 0; w < 2; w++) {
+        int i;
+        for (i = 0; i < N; i++) {
+            s = seq_of(&sent[w][i]);
+            if (s == 0 || s > 2 * N || by_seq[s] != NULL) {
+                unique = 0;
+            } else {
+                by_seq[s] = &sent[w][i];
+            }
+        }
+    }
+    TRUE("sequence numbers 1..2N, each used once (blocks of 8 from one counter)", unique);
+    make_config(&cfg, IPSEC_DIRECTION_INBOUND);
+    OK("the peer's inbound SA", ipsec_sa_new(&cfg, T0, &inbound));
+    for (s = 1; unique && s <= 2 * N; s++) {
+        wire copy = *by_seq[s];
+        if (ipsec_sa_decrypt(inbound, copy.buf, SIZE, &copy.off, &copy.len, T0) != IPSEC_OK) {
+            decrypted = 0;
+        } else {
+            /* The inner packet: one of a worker's tags (worker << 16 | packet). */
+            uint32_t tag = tag_of(copy.buf + copy.off);
+            if (tag >> 16 > 1 || (tag & 0xffff) >= N) {
+                tags_ok = 0;
+            }
+        }
+    }
+    TRUE("the peer decrypts every packet, in sequence order", decrypted && tags_ok);
+    ipsec_sa_free(inbound);
+
+    printf("\n-- lane ownership: refused calls give the lane back\n");
+    make_config(&cfg, IPSEC_DIRECTION_OUTBOUND);
+    cfg.spi = 0x4343;
+    {
+        uint8_t key2[20];
+        memcpy(key2, KEY, sizeof key2);
+        key2[0] ^= 0xff;
+        cfg.key = key2;
+        OK("an outbound successor SA, 2 lanes", ipsec_shared_sa_new(&cfg, 2, BLOCK, T0, &next, next_lanes));
+    }
+    REFUSED("add_sa_lane under a name in use", ipsec_gateway_add_sa_lane(gws[0], "out", &next_lanes[0]),
+            IPSEC_ERR_DUPLICATE_NAME, "out");
+    TRUE("... *lane is the caller's lane again", next_lanes[0] != NULL);
+    put_packet(buf, 3389, 7);
+    off = HEAD;
+    len = PLEN;
+    OK("... and it still encrypts", ipsec_sa_lane_encrypt(next_lanes[0], buf, SIZE, &off, &len, T0));
+    REFUSED("rekey_sa_lane of an unknown SA", ipsec_gateway_rekey_sa_lane(gws[0], "nope", "out.2", &next_lanes[0]),
+            IPSEC_ERR_UNKNOWN_SA, "nope");
+    TRUE("... *lane given back", next_lanes[0] != NULL);
+    NULL_ARG("add_sa_lane: lane", ipsec_gateway_add_sa_lane(gws[0], "x", NULL));
+    NULL_ARG("add_sa_lane: *lane", ipsec_gateway_add_sa_lane(gws[0], "x", &null_lane));
+    NULL_ARG("add_sa_lane: gateway", ipsec_gateway_add_sa_lane(NULL, "x", &next_lanes[0]));
+    TRUE("... nothing taken", next_lanes[0] != NULL);
+    NULL_ARG("rekey_sa_lane: name", ipsec_gateway_rekey_sa_lane(gws[0], "out", NULL, &next_lanes[0]));
+    for (w = 0; w < 2; w++) {
+        OK("rekey_sa_lane on each worker", ipsec_gateway_rekey_sa_lane(gws[w], "out", "out.2", &next_lanes[w]));
+        TRUE("... *lane is NULL", next_lanes[w] == NULL);
+        OK("... the old lane deleted", ipsec_gateway_delete_sa(gws[w], "out", NULL));
+    }
+    OK("the old SA's counters (published as its lanes were deleted)", ipsec_shared_sa_get_stats(tx, &st));
+    TRUE("... 2N packets", st.packets == 2 * N);
+    for (w = 0; w < 2; w++) {
+        ipsec_gateway_result r;
+        put_packet(buf, 3389, 9);
+        off = HEAD;
+        len = PLEN;
+        OK("a packet after the rekey", ipsec_gateway_outbound(gws[w], buf, SIZE, &off, &len, T0, &r));
+        TRUE("... through the successor's lane", is(r.sa, "out.2"));
+        ipsec_gateway_free(gws[w]);
+    }
+    OK("the successor's counters (published when the gateways were freed)", ipsec_shared_sa_get_stats(next, &st));
+    /* Two through the gateways, one by the lane refused (then installed) itself. */
+    TRUE("... 3 packets", st.packets == 3);
+    ipsec_shared_sa_free(next);
+    ipsec_shared_sa_free(tx);
+}
+
 static void null_arguments(void)
 {
     ipsec_sa_config cfg;
@@ -574,9 +719,75 @@ static void null_arguments(void)
     ipsec_gateway_free(gw);
 }
 
+/* The lane calls besides packets: the SPI, buffer sizing as an ordinary SA of the same
+ * configuration needs, and NAT-keepalives sent by lane 0 only. */
+static void lane_sizing_and_keepalives(void)
+{
+    ipsec_sa_config cfg;
+    ipsec_shared_sa *shared = NULL;
+    ipsec_sa_lane *lanes[2] = {NULL, NULL};
+    ipsec_sa *plain = NULL;
+    ipsec_overhead want, got;
+    uint8_t ka[IPSEC_NAT_KEEPALIVE_MAX_LEN], small[IPSEC_NAT_KEEPALIVE_MAX_LEN - 1];
+    size_t ka_len = 99;
+    uint64_t due = 0;
+    const uint64_t interval_ns = UINT64_C(20) * 1000000000u;
+
+    printf("\n-- lane sizing and NAT-keepalives\n");
+    make_config(&cfg, IPSEC_DIRECTION_OUTBOUND);
+    cfg.udp_encap = true;
+    cfg.udp_src_port = 4500;
+    cfg.udp_dst_port = 4500;
+    cfg.nat_keepalive_interval = 20;
+    OK("an outbound shared SA with NAT-T, 2 lanes", ipsec_shared_sa_new(&cfg, 2, 0, T0, &shared, lanes));
+    TRUE("ipsec_shared_sa_spi is the configured SPI", ipsec_shared_sa_spi(shared) == 0x4242);
+    TRUE("ipsec_shared_sa_spi(NULL) is 0", ipsec_shared_sa_spi(NULL) == 0);
+    OK("an ordinary SA of the same configuration", ipsec_sa_new(&cfg, T0, &plain));
+    for (size_t len = 0; len <= 1500; len += 37) {
+        OK("ipsec_sa_overhead", ipsec_sa_overhead(plain, len, &want));
+        OK("ipsec_sa_lane_overhead", ipsec_sa_lane_overhead(lanes[1], len, &got));
+        TRUE("... the lane needs what the SA needs",
+             got.headroom == want.headroom && got.tailroom == want.tailroom &&
+                 got.max_overhead == want.max_overhead);
+    }
+    TRUE("... and room for UDP at least", want.headroom >= 20 + 8 + 8);
+
+    OK("lane 0: next keepalive", ipsec_sa_lane_next_keepalive(lanes[0], &due));
+    TRUE("... due one interval after creation", due == T0 + interval_ns);
+    OK("lane 1: next keepalive", ipsec_sa_lane_next_keepalive(lanes[1], &due));
+    TRUE("... never (lane 0 sends them)", due == UINT64_MAX);
+    OK("lane 0: poll before it is due", ipsec_sa_lane_poll_keepalive(lanes[0], T0 + interval_ns - 1, ka, sizeof ka, &ka_len));
+    TRUE("... none", ka_len == 0);
+    REFUSED("lane 0: poll with a short buffer",
+            ipsec_sa_lane_poll_keepalive(lanes[0], T0 + interval_ns, small, sizeof small, &ka_len),
+            IPSEC_ERR_BUFFER_TOO_SMALL, NULL);
+    OK("lane 0: poll when due", ipsec_sa_lane_poll_keepalive(lanes[0], T0 + interval_ns, ka, sizeof ka, &ka_len));
+    /* IPv4 (20) + UDP (8) + one 0xFF byte, to port 4500. */
+    TRUE("... one IPv4 NAT-keepalive", ka_len == 29 && ka[0] == 0x45 && ka[9] == 17 &&
+                                             ka[22] == 0x11 && ka[23] == 0x94 && ka[28] == 0xFF);
+    OK("lane 0: poll again at once", ipsec_sa_lane_poll_keepalive(lanes[0], T0 + interval_ns, ka, sizeof ka, &ka_len));
+    TRUE("... none (it was just sent)", ka_len == 0);
+    OK("lane 1: poll when due", ipsec_sa_lane_poll_keepalive(lanes[1], T0 + interval_ns, ka, sizeof ka, &ka_len));
+    TRUE("... none on lane 1", ka_len == 0);
+
+    NULL_ARG("sa_lane_overhead: lane", ipsec_sa_lane_overhead(NULL, 40, &got));
+    NULL_ARG("sa_lane_overhead: out", ipsec_sa_lane_overhead(lanes[0], 40, NULL));
+    NULL_ARG("sa_lane_poll_keepalive: lane", ipsec_sa_lane_poll_keepalive(NULL, T0, ka, sizeof ka, &ka_len));
+    NULL_ARG("sa_lane_poll_keepalive: buf", ipsec_sa_lane_poll_keepalive(lanes[0], T0, NULL, sizeof ka, &ka_len));
+    NULL_ARG("sa_lane_poll_keepalive: out_len", ipsec_sa_lane_poll_keepalive(lanes[0], T0, ka, sizeof ka, NULL));
+    NULL_ARG("sa_lane_next_keepalive: lane", ipsec_sa_lane_next_keepalive(NULL, &due));
+    NULL_ARG("sa_lane_next_keepalive: out_ns", ipsec_sa_lane_next_keepalive(lanes[0], NULL));
+    ipsec_sa_free(plain);
+    ipsec_sa_lane_free(lanes[1]);
+    ipsec_sa_lane_free(lanes[0]);
+    ipsec_shared_sa_free(shared);
+}
+
 int main(void)
 {
     shared_sa();
+    lane_sizing_and_keepalives();
+    worker_gateways();
     policy_batch();
     null_arguments();
     printf("\n%d checks, %d failed\n", checks, failed);

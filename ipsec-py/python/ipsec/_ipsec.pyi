@@ -785,6 +785,14 @@ class Gateway:
         policy that sent through ``replaces`` sends through ``name`` from the next
         packet on. Raises as ``add_sa``, and ``UnknownSaError`` /
         ``DirectionMismatchError``: nothing changed."""
+    def add_sa_lane(self, name: str, lane: SaLane) -> None:
+        """Installs ``lane`` (of an ``ipsec.SharedSa``) as the SA ``name``: one SA on
+        several worker threads, each with its own gateway holding its lane. The gateway
+        processes the lane's packets from then on (calls on the ``SaLane`` raise
+        ``IpsecError``). Raises as ``add_sa`` (and ``IpsecError`` for a lane already
+        installed); the lane stays the caller's then, unchanged."""
+    def rekey_sa_lane(self, replaces: str, name: str, lane: SaLane) -> None:
+        """``rekey_sa`` with a lane as the successor (``add_sa_lane``'s rules)."""
     def delete_sa(self, name: str) -> dict[str, int]:
         """Deletes the SA at once; returns its final counters (``stats``' shape). Its
         SPI is unknown to the next packet. ``UnknownSaError`` or ``SaInUseError``

@@ -1,0 +1,298 @@
+//! One SA on several worker threads, each with its own gateway (`Gateway::add_sa_lane`):
+//! the packet path of a worker takes no lock another worker holds, control calls go to
+//! each worker's gateway in turn, and the SA's state is shared where it must be (the
+//! sequence number counter, the replay window). The receiver of the workers' packets is
+//! an ordinary SA.
+
+use ipsec_core::gateway::{Inbound, Outbound};
+use ipsec_core::sa::{Direction, Mode};
+use ipsec_core::spd::Spd;
+use ipsec_core::{
+    Cipher, ControlError, DropReason, Error, Gateway, PacketBuf, SaConfig, SaLane,
+    SecurityAssociation, SharedSa, SharedSaOptions,
+};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const T0: Duration = Duration::ZERO;
+const ROOM: usize = 96;
+const SPI: u32 = 0x4242;
+
+fn key(n: u8) -> [u8; 20] {
+    core::array::from_fn(|i| n.wrapping_mul(37) ^ (i as u8).wrapping_mul(11))
+}
+
+fn config(spi: u32, dir: Direction, key: &[u8]) -> SaConfig {
+    let mut c = SaConfig::new(spi, dir, Mode::Tunnel, Cipher::Aes128Gcm, key);
+    if dir == Direction::Outbound {
+        c.tunnel(
+            "192.0.2.1".parse().unwrap(),
+            "198.51.100.2".parse().unwrap(),
+        );
+    } else {
+        c.replay_window(4096);
+    }
+    c
+}
+
+/// A UDP packet 10.0.0.1 -> 10.1.0.1 carrying `tag`.
+fn inner(tag: u32) -> Vec<u8> {
+    packet([10, 0, 0, 1], [10, 1, 0, 1], tag)
+}
+
+/// A UDP packet `src` -> `dst` carrying `tag`.
+fn packet(src: [u8; 4], dst: [u8; 4], tag: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 64];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&64u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    p[28..32].copy_from_slice(&tag.to_be_bytes());
+    p
+}
+
+fn tag_of(inner: &[u8]) -> u32 {
+    u32::from_be_bytes(inner[28..32].try_into().unwrap())
+}
+
+fn spi_seq_of(wire: &[u8]) -> (u32, u32) {
+    (
+        u32::from_be_bytes(wire[20..24].try_into().unwrap()),
+        u32::from_be_bytes(wire[24..28].try_into().unwrap()),
+    )
+}
+
+/// A worker gateway: the policy that protects 10.0.0.0/24 -> 10.1.0.0/24 through `sa`
+/// (both directions, installed after the SAs), then a deny-all.
+fn worker_gateway() -> Gateway {
+    let spd =
+        Spd::from_toml("[[policy]]\nname = \"deny\"\ndirection = \"both\"\naction = \"discard\"\n")
+            .unwrap();
+    Gateway::new(spd, T0).unwrap()
+}
+
+fn install_policy(gw: &mut Gateway, direction: &str, sa: &str) {
+    let text = format!(
+        "name = \"branch\"\ndirection = \"{direction}\"\nlocal = \"10.0.0.0/24\"\n\
+         remote = \"10.1.0.0/24\"\naction = \"protect\"\nsa = \"{sa}\"\n"
+    );
+    gw.install_policy(&text, Some("deny")).unwrap();
+}
+
+fn send(gw: &mut Gateway, tag: u32) -> Result<(Vec<u8>, String), Error> {
+    let pkt = inner(tag);
+    let mut buf = vec![0u8; ROOM + pkt.len() + ROOM];
+    buf[ROOM..ROOM + pkt.len()].copy_from_slice(&pkt);
+    let mut p = PacketBuf::new(&mut buf, ROOM, pkt.len())?;
+    let sa = match gw.outbound(&mut p, T0)? {
+        Outbound::Protected { sa, .. } => sa.to_owned(),
+        other => panic!("not protected: {other:?}"),
+    };
+    Ok((p.data().to_vec(), sa))
+}
+
+fn decrypt(sa: &mut SecurityAssociation, wire: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut buf = wire.to_vec();
+    let mut p = PacketBuf::new(&mut buf, 0, wire.len())?;
+    sa.decrypt(&mut p, T0)?;
+    Ok(p.data().to_vec())
+}
+
+fn lanes(spi: u32, dir: Direction, key: &[u8], n: usize) -> (SharedSa, Vec<SaLane>) {
+    SharedSa::new(config(spi, dir, key), SharedSaOptions::lanes(n), T0).unwrap()
+}
+
+#[test]
+fn two_worker_gateways_send_one_sa_and_rekey_it_under_traffic() {
+    const PER_WORKER: u32 = 3000;
+    let (old_shared, old_lanes) = lanes(SPI, Direction::Outbound, &key(1), 2);
+    let workers: Vec<Arc<Mutex<Gateway>>> = old_lanes
+        .into_iter()
+        .map(|lane| {
+            let mut gw = worker_gateway();
+            gw.add_sa_lane("out", lane).unwrap();
+            install_policy(&mut gw, "outbound", "out");
+            Arc::new(Mutex::new(gw))
+        })
+        .collect();
+    // Each worker locks only its own gateway, per packet; the control thread takes each
+    // worker's lock for one call at a time.
+    let threads: Vec<_> = workers
+        .iter()
+        .enumerate()
+        .map(|(w, gw)| {
+            let gw = Arc::clone(gw);
+            std::thread::spawn(move || {
+                (0..PER_WORKER)
+                    .map(|i| {
+                        let tag = (w as u32) << 24 | i;
+                        let (wire, sa) = send(&mut gw.lock().unwrap(), tag).unwrap();
+                        (tag, wire, sa)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    // Rekey while they send: each worker's outbound policy moves to its lane of the new
+    // SA in one call; the old lane is deleted after.
+    let (new_shared, new_lanes) = lanes(SPI + 1, Direction::Outbound, &key(2), 2);
+    std::thread::sleep(Duration::from_millis(2));
+    for (gw, lane) in workers.iter().zip(new_lanes) {
+        let mut gw = gw.lock().unwrap();
+        gw.rekey_sa_lane("out", "out.2", lane).unwrap();
+        gw.delete_sa("out").unwrap();
+    }
+    let mut sent: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    // The receiver sees them in the order of their sequence numbers (the workers'
+    // packets interleave on the wire).
+    sent.sort_by_key(|(_, wire, _)| spi_seq_of(wire));
+    assert_eq!(sent.len(), 2 * PER_WORKER as usize);
+
+    let mut old_rx =
+        SecurityAssociation::new(config(SPI, Direction::Inbound, &key(1)), T0).unwrap();
+    let mut new_rx =
+        SecurityAssociation::new(config(SPI + 1, Direction::Inbound, &key(2)), T0).unwrap();
+    let mut seen_seq = HashSet::new();
+    let mut tags = HashSet::new();
+    let mut under_new = 0;
+    for (tag, wire, sa) in &sent {
+        let (spi, seq) = spi_seq_of(wire);
+        assert!(
+            seen_seq.insert((spi, seq)),
+            "sequence number {seq} of SPI {spi:#x} used twice"
+        );
+        let rx = if spi == SPI { &mut old_rx } else { &mut new_rx };
+        let plain = decrypt(rx, wire).unwrap_or_else(|e| panic!("packet {tag:#x}: {e}"));
+        assert_eq!(tag_of(&plain), *tag);
+        assert!(tags.insert(*tag));
+        assert_eq!(sa, if spi == SPI { "out" } else { "out.2" });
+        under_new += usize::from(spi == SPI + 1);
+    }
+    assert!(under_new > 0, "some packets went out after the rekey");
+    // Counters: the old lanes published when their gateway entries went; the new ones
+    // when the gateways go.
+    assert_eq!(old_shared.stats().packets as usize, sent.len() - under_new);
+    drop(workers);
+    assert_eq!(new_shared.stats().packets as usize, under_new);
+    // Every number leased was sent, bar the unused rest of each lane's last block.
+    assert!(old_shared.seq() as usize >= sent.len() - under_new);
+    assert!(new_shared.seq() as usize - under_new < 2 * 8);
+}
+
+#[test]
+fn two_worker_gateways_accept_each_packet_of_one_sa_once() {
+    const PACKETS: u32 = 2000;
+    let mut peer = SecurityAssociation::new(config(SPI, Direction::Outbound, &key(3)), T0).unwrap();
+    let wires: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..PACKETS)
+            .map(|tag| {
+                // From the branch (remote) to the head office (local).
+                let pkt = packet([10, 1, 0, 1], [10, 0, 0, 1], tag);
+                let mut buf = vec![0u8; ROOM + pkt.len() + ROOM];
+                buf[ROOM..ROOM + pkt.len()].copy_from_slice(&pkt);
+                let mut p = PacketBuf::new(&mut buf, ROOM, pkt.len()).unwrap();
+                peer.encrypt(&mut p, T0).unwrap();
+                p.data().to_vec()
+            })
+            .collect(),
+    );
+    let (shared, in_lanes) = lanes(SPI, Direction::Inbound, &key(3), 2);
+    // Every packet goes to both workers (as when a packet is duplicated on the way):
+    // exactly one accepts it.
+    let threads: Vec<_> = in_lanes
+        .into_iter()
+        .map(|lane| {
+            let wires = Arc::clone(&wires);
+            std::thread::spawn(move || {
+                let mut gw = worker_gateway();
+                gw.add_sa_lane("in", lane).unwrap();
+                install_policy(&mut gw, "inbound", "in");
+                let mut accepted = Vec::new();
+                for wire in wires.iter() {
+                    let mut buf = wire.clone();
+                    let mut p = PacketBuf::new(&mut buf, 0, wire.len()).unwrap();
+                    match gw.inbound(&mut p, T0) {
+                        Ok(Inbound::Decrypted { sa, policy }) => {
+                            assert_eq!((sa, policy), ("in", "branch"));
+                            accepted.push(tag_of(p.data()));
+                        }
+                        Err(Error::Replayed { .. }) => {}
+                        other => panic!("{other:?}"),
+                    }
+                }
+                let replayed = gw.sa("in").unwrap().stats().dropped(DropReason::Replay);
+                (accepted, replayed)
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut all: Vec<u32> = results
+        .iter()
+        .flat_map(|(a, _)| a.iter().copied())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..PACKETS).collect::<Vec<_>>(),
+        "each packet accepted exactly once"
+    );
+    let replayed: u64 = results.iter().map(|(_, r)| r).sum();
+    assert_eq!(
+        replayed,
+        u64::from(PACKETS),
+        "each second copy counted as replayed"
+    );
+    let stats = shared.stats();
+    assert_eq!(stats.packets, u64::from(PACKETS));
+    assert_eq!(stats.dropped(DropReason::Replay), u64::from(PACKETS));
+}
+
+#[test]
+fn a_refused_lane_is_given_back_unchanged() {
+    let (_, mut out_lanes) = lanes(SPI, Direction::Outbound, &key(4), 2);
+    let (_, mut in_lanes) = lanes(SPI, Direction::Inbound, &key(5), 2);
+    let mut gw = worker_gateway();
+    gw.add_sa_lane("out", out_lanes.remove(0)).unwrap();
+    // The same name again: refused, the lane comes back and still works.
+    let refused = gw.add_sa_lane("out", out_lanes.remove(0)).unwrap_err();
+    assert!(
+        matches!(refused.error, ControlError::DuplicateName { .. }),
+        "{refused}"
+    );
+    let mut lane = *refused.lane;
+    let pkt = inner(1);
+    let mut buf = vec![0u8; ROOM + pkt.len() + ROOM];
+    buf[ROOM..ROOM + pkt.len()].copy_from_slice(&pkt);
+    let mut p = PacketBuf::new(&mut buf, ROOM, pkt.len()).unwrap();
+    lane.encrypt(&mut p, T0).unwrap();
+    // Another lane of the same SA in the same gateway: its key is in use there.
+    let refused = gw.add_sa_lane("out2", lane).unwrap_err();
+    assert!(
+        matches!(refused.error, ControlError::Config(_)),
+        "{refused}"
+    );
+    // Two inbound lanes of one SA in one gateway: the SPI is taken.
+    gw.add_sa_lane("in", in_lanes.remove(0)).unwrap();
+    let refused = gw.add_sa_lane("in2", in_lanes.remove(0)).unwrap_err();
+    assert!(
+        matches!(refused.error, ControlError::DuplicateSpi { spi: SPI, .. }),
+        "{refused}"
+    );
+    // A lane's rekey of an SA of the other direction.
+    let (_, mut other) = lanes(SPI + 9, Direction::Inbound, &key(6), 1);
+    let refused = gw
+        .rekey_sa_lane("out", "out.2", other.remove(0))
+        .unwrap_err();
+    assert!(
+        matches!(refused.error, ControlError::DirectionMismatch { .. }),
+        "{refused}"
+    );
+    let names: Vec<_> = gw.sas().map(|(n, _)| n.to_owned()).collect();
+    assert_eq!(names, ["out", "in"], "nothing changed by the refused calls");
+}
