@@ -160,8 +160,10 @@ enum ipsec_status
    */
   IPSEC_ERR_DUPLICATE_NAME = 230,
   /**
-   * A control call was refused: an installed inbound SA has this SPI (inbound SAs
-   * are found by SPI, so it must be unique among them). Nothing changed.
+   * A control call was refused: an installed inbound SA has this SPI and the same
+   * lookup (inbound SAs are found by SPI, and by destination where their
+   * `ipsec_sa_config.lookup` says so: SAs share an SPI only when their lookups tell
+   * them apart). Nothing changed.
    */
   IPSEC_ERR_DUPLICATE_SPI = 231,
   /**
@@ -710,6 +712,48 @@ enum ipsec_df
 typedef enum ipsec_df ipsec_df;
 #else
 typedef uint32_t ipsec_df;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * How the gateway finds an inbound SA for a packet (RFC 4301 §4.1),
+ * `ipsec_sa_config.lookup`. A packet goes to the SA of the longest match: SPI +
+ * destination + source, then SPI + destination, then SPI alone. Two inbound SAs of a
+ * gateway may share an SPI when their lookups (or the addresses these compare) differ;
+ * a packet whose SPI is known but that matches no SA's lookup is dropped as an unknown
+ * SPI.
+ */
+enum ipsec_sa_lookup
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * By the SPI alone (unicast SAs; the default, and a zeroed struct's).
+   */
+  IPSEC_LOOKUP_SPI = 0,
+  /**
+   * By the SPI and the IPsec protocol. The library does ESP only (ESP in UDP counts
+   * as ESP), so this finds the packets `IPSEC_LOOKUP_SPI` finds, and the two collide.
+   */
+  IPSEC_LOOKUP_SPI_PROTOCOL = 1,
+  /**
+   * By the SPI and the outer destination address, `tunnel_dst` (a multicast group).
+   * Needs an inbound tunnel-mode SA with both tunnel endpoints.
+   */
+  IPSEC_LOOKUP_SPI_DESTINATION = 2,
+  /**
+   * By the SPI, the outer destination and the outer source: `tunnel_dst` and
+   * `tunnel_src` (source-specific multicast). As `IPSEC_LOOKUP_SPI_DESTINATION`, it
+   * needs an inbound tunnel-mode SA with both tunnel endpoints.
+   */
+  IPSEC_LOOKUP_SPI_DESTINATION_SOURCE = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum ipsec_sa_lookup ipsec_sa_lookup;
+#else
+typedef uint32_t ipsec_sa_lookup;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -1286,10 +1330,22 @@ typedef struct ipsec_sa_config {
    */
   uint32_t soft_lifetime_jitter;
   /**
-   * Must be zero: room for fields added later without changing the struct's size.
-   * (These were `reserved[8]`; the fields above took the first four words.)
+   * Inbound: an `ipsec_sa_lookup` value, how the gateway finds the SA for a packet
+   * (`IPSEC_LOOKUP_SPI` by default, and in a zeroed struct). Another value on an
+   * outbound SA, or an address lookup without tunnel mode and both endpoints, is
+   * refused (`IPSEC_ERR_CONFIG` naming `lookup`). (This was the first half of
+   * `reserved[0]`.)
    */
-  uint64_t reserved[4];
+  uint32_t lookup;
+  /**
+   * Must be zero: room for a 32-bit field added later.
+   */
+  uint32_t reserved32;
+  /**
+   * Must be zero: room for fields added later without changing the struct's size.
+   * (These were `reserved[8]`; the fields above took the first five words.)
+   */
+  uint64_t reserved[3];
 } ipsec_sa_config;
 
 /**
@@ -2180,7 +2236,8 @@ ipsec_status ipsec_sa_new(const struct ipsec_sa_config *config,
  * `udp_encap = [src, dst]`, `seq`, `outer_ttl`, `tfc_pad_to`, `padding`, `path_mtu`,
  * `soft_lifetime` / `hard_lifetime = { bytes, packets, seconds }`, `df` ("copy", "set",
  * "clear"), `nat_keepalive_interval` (seconds, 0 off), `nat_original_addresses =
- * [src, dst]`; the 64-bit values (`seq`, lifetimes) may be decimal or `0x` strings
+ * [src, dst]`, `lookup` ("spi", "spi+protocol", "spi+destination",
+ * "spi+destination+source"); the 64-bit values (`seq`, lifetimes) may be decimal or `0x` strings
  * (`seq = "0x8765432100000006"`). `IPSEC_ERR_CONFIG` when the text or an SA
  * in it is invalid (the message names the SA and the key), `IPSEC_ERR_NOT_FOUND` when no
  * SA has that name.

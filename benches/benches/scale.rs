@@ -12,8 +12,15 @@
 //!   SA has already accepted (the map's hit, then the SA's header checks and replay
 //!   check: it fails before any decryption, buffer untouched). The gateway has no
 //!   public lookup by SPI, so these two bracket the lookup;
-//! * `inbound_spi/hashmap`: the structure alone, a `std` `HashMap<u32, usize>` of the
-//!   same SPIs (what `Gateway` keeps, `inbound_by_spi`);
+//! * `inbound_spi/hashmap`: a `std` `HashMap<u32, usize>` of the same SPIs, the
+//!   structure alone (the gateway's inbound SAD keeps one like it, whose values also
+//!   count the SAs of each SPI found by address, RFC 4301 §4.1);
+//! * `inbound_spi/replayed_shared_spi` (run last): `inbound_spi/replayed` once every
+//!   picked SPI is shared with an SA found by SPI + destination
+//!   ([`ipsec_core::SaLookup::SpiDestination`], a multicast group no packet goes to):
+//!   the address path of the lookup (the outer addresses read, one miss in the map by
+//!   SPI and address), which falls through to the SPI-alone SA, whose window refuses
+//!   the packet (too old by then);
 //! * `inbound_packet`: a whole 64-byte inner packet through `Gateway::inbound` (decrypt,
 //!   replay window, inner policy check), fresh sequence numbers: the packets of each
 //!   chunk of 1,024 are encrypted untimed by twin outbound SAs, then timed;
@@ -44,7 +51,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ipsec_core::gateway::{Inbound, Outbound};
 use ipsec_core::{
-    Cipher, Direction, Error, Gateway, Mode, PacketBuf, ReplayWindow, SaConfig,
+    Cipher, Direction, Error, Gateway, Mode, PacketBuf, ReplayWindow, SaConfig, SaLookup,
     SecurityAssociation, Spd,
 };
 
@@ -575,6 +582,48 @@ fn bench_scale(c: &mut Criterion) {
                 t
             })
         });
+        // Last, as it adds SAs: every picked SPI shared with a group SA.
+        for (j, &i) in picked.iter().enumerate() {
+            let mut cfg = SaConfig::new(
+                tuns[i].in_spi,
+                Direction::Inbound,
+                Mode::Tunnel,
+                Cipher::Aes128Gcm,
+                &rng.key(),
+            );
+            cfg.tunnel(
+                "198.51.100.1".parse().expect("address"),
+                "233.252.0.1".parse().expect("address"),
+            )
+            .lookup(SaLookup::SpiDestination);
+            gw.add_sa(&format!("group{j}"), cfg, Duration::ZERO)
+                .expect("a key of its own");
+        }
+        let mut bufs: Vec<Vec<u8>> = replayed.clone();
+        g.bench_function(
+            BenchmarkId::new("inbound_spi/replayed_shared_spi", n),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut failed_as_expected = 0u64;
+                    let start = Instant::now();
+                    for k in 0..iters as usize {
+                        let buf = &mut bufs[k % replayed.len()];
+                        let len = buf.len();
+                        let mut pkt = PacketBuf::new(buf, 0, len).expect("in bounds");
+                        let r = gw.inbound(&mut pkt, Duration::ZERO);
+                        // (Too old by now: `inbound_packet` moved the windows on. Either is
+                        // refused by the window check, before any decryption.)
+                        failed_as_expected += u64::from(matches!(
+                            r,
+                            Err(Error::Replayed { .. } | Error::TooOld { .. })
+                        ));
+                    }
+                    let t = start.elapsed();
+                    assert_eq!(failed_as_expected, iters, "every packet is refused as old");
+                    t
+                })
+            },
+        );
         g.finish();
     }
 }

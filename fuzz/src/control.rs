@@ -6,8 +6,9 @@
 //!
 //! Byte-coded [`Op`]s ([`decode`]; at most [`MAX_OPS`] are run, a truncated one
 //! reads zeros), each on gateway 0 or 1: add, rekey, delete and retire SAs (names from [`SA_NAMES`], `""` included;
-//! SPIs 256..=261 or the invalid 7; keys from eight fresh ones or one of a wrong
-//! length); install (before any policy or last), replace and remove policies made from
+//! SPIs 256..=261 or the invalid 7; an inbound SA found by its SPI, its SPI and
+//! protocol, or its SPI and a destination, the one packets have or another (RFC 4301
+//! §4.1); keys from eight fresh ones or one of a wrong length); install (before any policy or last), replace and remove policies made from
 //! eight templates ([`PolicySpec`], two of them invalid) with names from
 //! [`POLICY_NAMES`]; `allocate_spi` (from 256..=263); packets: encrypt a UDP, TCP or
 //! ICMP packet (or a burst of them, of which only the last is kept) at one gateway and
@@ -25,7 +26,8 @@
 //! policies in order (name, direction, action, protocol, SA names). Each call's
 //! expected result is computed from the model first, with the documented order of the
 //! checks: for SAs the name (empty, or taken by an SA or by a name an SA serves or
-//! carries), the SPI among inbound SAs, key reuse, then the configuration; for
+//! carries), the lookup key (SPI, and destination) among inbound SAs, key reuse, then
+//! the configuration; for
 //! policies the SA names the text gives (`MissingSa`; a name only retiring SAs carry or
 //! serve counts as missing), the text, the policy's name, the `before` policy; for
 //! deleting or retiring an inbound SA, whether it is the last SA that is not retiring
@@ -43,7 +45,9 @@
 //!   dropped as a policy discard) is the model's; the wire packet carries the SPI of
 //!   that SA and the next sequence number.
 //! * Inbound: a packet is decrypted only when the model has an inbound SA with its SPI
-//!   that is not past its retirement time; the verdict names that SA and the policy
+//!   that is not past its retirement time (the longest match: SPI and the packet's
+//!   destination, then the SPI alone; a retired one found is deleted and the search goes
+//!   on); the verdict names that SA and the policy
 //!   the model finds for it, and the inner packet is the one sent. Otherwise the error
 //!   is the model's: unknown SPI (no SA, or retired), too old or replayed (a window of
 //!   64), authentication failure (another key), policy mismatch. Cleartext gets the
@@ -58,6 +62,7 @@ use ipsec_core::packet;
 use ipsec_core::spd::Spd;
 use ipsec_core::{
     Cipher, ConfigError, ControlError, Direction, Error, Gateway, Mode, PacketBuf, SaConfig,
+    SaLookup,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -127,7 +132,11 @@ pub struct SaSpec {
     pub name: u8,
     /// Outbound or inbound.
     pub outbound: bool,
-    /// `% 16`: below 14, SPI 256 + `spi % 6`; otherwise the invalid SPI 7.
+    /// `% 16`: below 14, SPI 256 + `spi % 6`; otherwise the invalid SPI 7. Bits 4 and
+    /// 5, for an inbound SA: how packets find it (RFC 4301 §4.1): 0 by SPI, 1 by SPI
+    /// and protocol (the same key), 2 by SPI and destination, the address the outbound
+    /// SAs send to (`198.51.100.2`), 3 by SPI and another destination (`198.51.100.99`,
+    /// which no packet has).
     pub spi: u8,
     /// `% 9`: key number 0..=7, or 8 for a key of a wrong length.
     pub key: u8,
@@ -328,6 +337,17 @@ impl SaSpec {
         }
     }
 
+    /// An inbound SA's lookup, and the destination it compares (0: the one packets
+    /// have, 1: another), `None` for the SPI alone.
+    fn lookup(&self) -> (SaLookup, Option<u8>) {
+        match (self.spi >> 4) & 3 {
+            0 => (SaLookup::Spi, None),
+            1 => (SaLookup::SpiProtocol, None),
+            2 => (SaLookup::SpiDestination, Some(0)),
+            _ => (SaLookup::SpiDestination, Some(1)),
+        }
+    }
+
     /// The key number, `None` for the key of a wrong length.
     fn key(&self) -> Option<u8> {
         Some(self.key % 9).filter(|&k| k < 8)
@@ -351,6 +371,20 @@ impl SaSpec {
                 "192.0.2.1".parse().expect("address"),
                 "198.51.100.2".parse().expect("address"),
             );
+        } else {
+            let (lookup, dst) = self.lookup();
+            if let Some(d) = dst {
+                let dst = if d == 0 {
+                    "198.51.100.2"
+                } else {
+                    "198.51.100.99"
+                };
+                cfg.tunnel(
+                    "192.0.2.1".parse().expect("address"),
+                    dst.parse().expect("address"),
+                );
+            }
+            cfg.lookup(lookup);
         }
         cfg
     }
@@ -450,6 +484,9 @@ struct MSa {
     name: String,
     outbound: bool,
     spi: u32,
+    /// Inbound: the destination its lookup compares (see [`SaSpec::lookup`]), `None`
+    /// for the SPI alone.
+    dst: Option<u8>,
     key: u8,
     /// Inbound: the names whose policies it serves.
     serves: Vec<String>,
@@ -523,7 +560,13 @@ impl Model {
             return Err(ControlError::DuplicateName { name: name.into() });
         }
         let spi = spec.spi();
-        if !outbound && let Some(holder) = self.sas.iter().find(|s| !s.outbound && s.spi == spi) {
+        let dst = spec.lookup().1;
+        if !outbound
+            && let Some(holder) = self
+                .sas
+                .iter()
+                .find(|s| !s.outbound && s.spi == spi && s.dst == dst)
+        {
             return Err(ControlError::DuplicateSpi {
                 spi,
                 sa: holder.name.clone(),
@@ -545,6 +588,7 @@ impl Model {
             name: sa_name(spec.name).into(),
             outbound,
             spi: spec.spi(),
+            dst: if outbound { None } else { spec.lookup().1 },
             key: spec.key().expect("checked"),
             serves,
             routes,
@@ -1131,13 +1175,23 @@ fn deliver(what: &str, gw: &mut Gateway, m: &mut Model, w: &Wire, now: Duration)
     // The model's verdict: Ok((sa index, policy)) or the error.
     let want: Result<(usize, String), Error> = 'want: {
         let unknown = Error::UnknownSpi { spi: w.spi };
-        let Some(i) = m.sas.iter().position(|s| !s.outbound && s.spi == w.spi) else {
-            break 'want Err(unknown);
+        // The longest match (RFC 4301 §4.1): SPI and the packets' destination, then
+        // the SPI alone; a retired SA found is deleted and the search goes on.
+        let i = loop {
+            let find = |dst: Option<u8>| {
+                m.sas
+                    .iter()
+                    .position(|s| !s.outbound && s.spi == w.spi && s.dst == dst)
+            };
+            let Some(i) = find(Some(0)).or_else(|| find(None)) else {
+                break 'want Err(unknown);
+            };
+            if m.sas[i].retire_at.is_some_and(|t| now >= t) {
+                m.sas.remove(i);
+                continue;
+            }
+            break i;
         };
-        if m.sas[i].retire_at.is_some_and(|t| now >= t) {
-            m.sas.remove(i);
-            break 'want Err(unknown);
-        }
         let s = &m.sas[i];
         if w.seq + WINDOW <= s.highest {
             break 'want Err(Error::TooOld {
@@ -1214,7 +1268,8 @@ fn cleartext(
 
 /// Hand-made inputs: a rekey under traffic with a late packet, a retired SA, a
 /// replay, a packet too old for the window, and refusals of every kind; every policy
-/// template and a retired SA refused to a new policy (the corpus test runs them).
+/// template and a retired SA refused to a new policy; inbound SAs sharing an SPI,
+/// found by destination or SPI alone (the corpus test runs them).
 pub fn scenarios() -> Vec<Vec<Op>> {
     let sa = |name: u8, outbound: bool, spi: u8, key: u8| SaSpec {
         name,
@@ -1388,5 +1443,41 @@ pub fn scenarios() -> Vec<Vec<Op>> {
         Op::AllocateSpi { gw: true },
         Op::AllocateSpi { gw: true },
     ];
-    vec![rekey, policies]
+    // RFC 4301 §4.1 lookups at gateway 1, all SPI 257 (`spi % 6 == 1`; bits 4-5 the
+    // lookup, see `SaSpec::spi`): "a" by SPI and the packets' destination, "b" by SPI
+    // and another destination, "c" by the SPI alone; SPI + protocol and a second "a"
+    // collide.
+    let by_dst = 37;
+    let lookups = vec![
+        pair(false, 0, by_dst, 1),
+        Op::AddSa {
+            gw: true,
+            sa: sa(1, false, 49, 2),
+        },
+        Op::AddSa {
+            gw: true,
+            sa: sa(2, false, 1, 3),
+        },
+        Op::AddSa {
+            gw: true,
+            sa: sa(3, false, 19, 4), // SPI + protocol: the key of "c"
+        },
+        Op::AddSa {
+            gw: true,
+            sa: sa(3, false, by_dst, 5), // the key of "a"
+        },
+        install(false, tpl(1, 0, 0, 0), Some(3)), // p: all outbound through a
+        install(true, tpl(2, 0, 0, 0), Some(3)),  // p: all inbound through a
+        send(false, 0),
+        Op::Deliver { wire: 0 }, // the longest match: a
+        Op::RemovePolicy { gw: true, name: 0 },
+        Op::DeleteSa { gw: true, name: 0 },
+        send(false, 0),
+        Op::Deliver { wire: 1 }, // to c, whose key does not open it
+        Op::DeleteSa { gw: true, name: 2 },
+        send(false, 0),
+        Op::Deliver { wire: 2 }, // b wants another destination: unknown SPI
+        Op::AllocateSpi { gw: true },
+    ];
+    vec![rekey, policies, lookups]
 }

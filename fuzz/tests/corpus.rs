@@ -336,6 +336,22 @@ fn gateway_control_corpus() {
     ];
     let want: Tally = want.iter().map(|&(k, n)| (k.to_owned(), n)).collect();
     assert_eq!(run(&scenarios[1]), want);
+    // The lookup scenario: SAs share SPI 257, the longest match decrypts, the SPI-alone
+    // SA takes the packet once the destination's SA is gone, then no SA matches.
+    let want = [
+        ("AddPair ok", 2),
+        ("AddSa DuplicateSpi", 2),
+        ("AddSa ok", 2),
+        ("DeleteSa ok", 2),
+        ("InstallPolicy ok", 2),
+        ("RemovePolicy ok", 1),
+        ("inbound AuthFailed", 1),
+        ("inbound UnknownSpi", 1),
+        ("inbound decrypted", 1),
+        ("outbound protected", 3),
+    ];
+    let want: Tally = want.iter().map(|&(k, n)| (k.to_owned(), n)).collect();
+    assert_eq!(run(&scenarios[2]), want);
     for path in seeds("gateway_control")
         .into_iter()
         .chain(regressions("gateway_control"))

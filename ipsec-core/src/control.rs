@@ -158,6 +158,7 @@ use crate::error::ConfigError;
 use crate::gateway::{Gateway, SaEntry};
 use crate::sa::{Direction, SaConfig, SaStats, SecurityAssociation};
 use crate::sa_set::SaKeys;
+use crate::sad::SadKey;
 use crate::shared::{LaneLink, SaLane};
 use crate::spd::parse::{parse_one_policy, policy_name_and_sas};
 use crate::spd::{Policy, PolicyChange, Spd};
@@ -175,7 +176,10 @@ pub enum ControlError {
         /// The name.
         name: String,
     },
-    /// An inbound SA with this SPI is installed (inbound SAs are found by SPI).
+    /// An inbound SA with this SPI and the same lookup key is installed: inbound SAs are
+    /// found by their SPI, with the destination (and source) address when their
+    /// [`crate::SaLookup`] says so (RFC 4301 §4.1), so two may share an SPI only when
+    /// their lookups, or the addresses these compare, differ.
     DuplicateSpi {
         /// The SPI.
         spi: u32,
@@ -239,7 +243,8 @@ impl fmt::Display for ControlError {
             ControlError::DuplicateSpi { spi, sa } => write!(
                 f,
                 "inbound sa {sa:?} already has SPI {spi:#010x}: inbound SAs are found by \
-                 their SPI, so it must be unique among them"
+                 their SPI, so it must be unique among them (unless their lookups tell them \
+                 apart by destination address, RFC 4301 §4.1)"
             ),
             ControlError::UnknownSa { name } => write!(f, "no SA called {name:?} is installed"),
             ControlError::SaInUse { sa, policy } => write!(
@@ -319,6 +324,17 @@ impl From<LaneRefused> for ControlError {
     }
 }
 
+/// The key an inbound SA of `config` is found by.
+fn sad_key(config: &SaConfig) -> SadKey {
+    SadKey::new(config.spi, config.lookup, config.tunnel)
+}
+
+/// The key the inbound SA of `lane` is found by.
+fn lane_key(lane: &SaLane) -> SadKey {
+    let sa = lane.sa();
+    SadKey::new(sa.spi(), sa.lookup(), sa.tunnel())
+}
+
 /// Creates the SA `name` of a checked configuration.
 fn create(
     name: &str,
@@ -341,14 +357,16 @@ impl Gateway {
     /// packets at once.
     ///
     /// Refused (nothing changed) when the name is taken, an inbound SA already has the
-    /// SPI, `config` is invalid, or one of its keys serves an installed SA.
+    /// SPI and the same lookup key ([`crate::SaLookup`]: two SAs may share an SPI when
+    /// one is found by its destination address and the other not, or by another
+    /// destination), `config` is invalid, or one of its keys serves an installed SA.
     pub fn add_sa(
         &mut self,
         name: &str,
         config: SaConfig,
         now: Duration,
     ) -> Result<(), ControlError> {
-        self.check_new_sa(name, config.spi, config.keys())?;
+        self.check_new_sa(name, sad_key(&config), config.keys())?;
         let sa = create(name, config, now)?;
         self.insert_entry(SaEntry::new(name, sa, None));
         Ok(())
@@ -363,7 +381,7 @@ impl Gateway {
     /// Refused as [`Gateway::add_sa`] (the lane's configuration is checked as a
     /// configuration would be); the lane is then given back in the error.
     pub fn add_sa_lane(&mut self, name: &str, lane: SaLane) -> Result<(), LaneRefused> {
-        if let Err(error) = self.check_new_sa(name, lane.sa().spi(), lane.sa().keys()) {
+        if let Err(error) = self.check_new_sa(name, lane_key(&lane), lane.sa().keys()) {
             return Err(LaneRefused::new(error, lane));
         }
         let (sa, link) = lane.into_parts();
@@ -388,7 +406,7 @@ impl Gateway {
         config: SaConfig,
         now: Duration,
     ) -> Result<(), ControlError> {
-        self.check_rekey(replaces, name, config.spi, config.keys())?;
+        self.check_rekey(replaces, name, sad_key(&config), config.keys())?;
         let sa = create(name, config, now)?;
         self.rekey_entry(replaces, name, sa, None);
         Ok(())
@@ -403,7 +421,7 @@ impl Gateway {
         name: &str,
         lane: SaLane,
     ) -> Result<(), LaneRefused> {
-        if let Err(error) = self.check_rekey(replaces, name, lane.sa().spi(), lane.sa().keys()) {
+        if let Err(error) = self.check_rekey(replaces, name, lane_key(&lane), lane.sa().keys()) {
             return Err(LaneRefused::new(error, lane));
         }
         let (sa, link) = lane.into_parts();
@@ -416,7 +434,7 @@ impl Gateway {
         &self,
         replaces: &str,
         name: &str,
-        spi: u32,
+        key: SadKey,
         keys: SaKeys<'_>,
     ) -> Result<(), ControlError> {
         let &old = self
@@ -431,7 +449,7 @@ impl Gateway {
                 replaces: replaces.to_owned(),
             });
         }
-        self.check_new_sa(name, spi, keys)
+        self.check_new_sa(name, key, keys)
     }
 
     /// Installs the checked SA `sa` as the successor of `replaces`.
@@ -572,9 +590,10 @@ impl Gateway {
         })
     }
 
-    /// Checks that `name` is free, the SPI unique among inbound SAs and the keys
-    /// unused, for a new SA (of a configuration, or a lane's).
-    fn check_new_sa(&self, name: &str, spi: u32, keys: SaKeys<'_>) -> Result<(), ControlError> {
+    /// Checks that `name` is free, the lookup key (SPI, and the addresses its lookup
+    /// compares) unique among inbound SAs and the keys unused, for a new SA (of a
+    /// configuration, or a lane's).
+    fn check_new_sa(&self, name: &str, key: SadKey, keys: SaKeys<'_>) -> Result<(), ControlError> {
         if name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty").into());
         }
@@ -587,10 +606,10 @@ impl Gateway {
             });
         }
         if keys.direction == Direction::Inbound
-            && let Some(&i) = self.inbound_by_spi.get(&spi)
+            && let Some(i) = self.inbound.get(&key)
         {
             return Err(ControlError::DuplicateSpi {
-                spi,
+                spi: key.spi,
                 sa: self.entry(i).name.clone(),
             });
         }

@@ -2,7 +2,9 @@
 //!
 //! [`Gateway::outbound`] classifies a packet with the SPD and then bypasses it,
 //! discards it or encrypts it with the SA the PROTECT policy names.
-//! [`Gateway::inbound`] finds the SA of an ESP packet by its SPI, decrypts it and checks
+//! [`Gateway::inbound`] finds the SA of an ESP packet by its SPI (and its outer
+//! destination, or destination and source, for SAs whose [`crate::SaLookup`] asks for
+//! it: RFC 4301 §4.1's longest match), decrypts it and checks
 //! the inner packet against the selectors of the policies that SA serves (RFC 4301 §5.2:
 //! `policy_mismatch` otherwise); cleartext is let in only when a BYPASS policy covers
 //! it — cleartext that a PROTECT policy covers is dropped, never accepted.
@@ -38,12 +40,14 @@ use crate::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
 use crate::reassembly::{Reassembler, Reassembly, ReassemblyLimits};
 use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation, TailroomShape};
 use crate::sa_set::KeyRegistry;
+use crate::sad::{Found, InboundSad, SadKey};
 use crate::shared::LaneLink;
 use crate::spd::cache::FlowCache;
 use crate::spd::{Action, Spd};
 use crate::spi::{SpiAllocator, SpiError};
 use core::time::Duration;
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 /// What happened to an outbound packet that was not dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,7 +142,9 @@ pub struct Gateway {
     pub(crate) routes: HashMap<String, usize>,
     /// Inbound SA names as policies write them → the inbound SAs that serve them.
     pub(crate) served_by: HashMap<String, Vec<usize>>,
-    pub(crate) inbound_by_spi: HashMap<u32, usize>,
+    /// Inbound SAs by SPI, and by SPI and addresses where their lookup asks for it
+    /// (RFC 4301 §4.1, [`crate::SaLookup`]).
+    pub(crate) inbound: InboundSad,
     /// Outbound SAs by SPI, for ICMP about their packets (SPIs are chosen by the
     /// peers, so two outbound SAs may share one).
     pub(crate) outbound_by_spi: HashMap<u32, Vec<usize>>,
@@ -190,7 +196,8 @@ impl core::fmt::Debug for Gateway {
 
 impl Gateway {
     /// Creates the SAs of the SPD's `[[sa]]` tables at time `now`. Fails when an SA's
-    /// configuration is invalid, two inbound SAs share an SPI, or a key serves two SAs
+    /// configuration is invalid, two inbound SAs share an SPI and a lookup key
+    /// ([`crate::SaLookup`]), or a key serves two SAs
     /// (or one SA twice): the checks of [`crate::sa_set`], which loading the [`Spd`]
     /// already ran, are run again here so that a gateway never depends on how its SPD
     /// was made.
@@ -210,7 +217,7 @@ impl Gateway {
             by_name: HashMap::with_capacity(configs.len()),
             routes: HashMap::new(),
             served_by: HashMap::new(),
-            inbound_by_spi: HashMap::new(),
+            inbound: InboundSad::default(),
             outbound_by_spi: HashMap::new(),
             stats: SaStats::default(),
             headrooms: BTreeMap::new(),
@@ -233,13 +240,13 @@ impl Gateway {
             let label = format!("sa {:?}", named.name);
             let sa =
                 SecurityAssociation::new(named.config, now).map_err(|e| e.in_context(&label))?;
-            // Unique names, SPIs and keys: the checks above.
+            // Unique names, lookup keys and keys: the checks above.
             gateway.insert_entry(SaEntry::new(&named.name, sa, None));
         }
         Ok(gateway)
     }
 
-    /// Puts a checked SA into the tables (its name, SPI and keys are free) and returns
+    /// Puts a checked SA into the tables (its name, lookup key and keys are free) and returns
     /// its index.
     pub(crate) fn insert_entry(&mut self, entry: SaEntry) -> usize {
         self.sa_changes += 1;
@@ -247,7 +254,7 @@ impl Gateway {
         let sa = &entry.sa;
         match sa.direction() {
             Direction::Inbound => {
-                self.inbound_by_spi.insert(sa.spi(), index);
+                self.inbound.insert(sa_key(sa), index);
                 // Cannot fail: the SA's SPI is 256 or more (`SaConfig::check`).
                 let _ = self.spis.mark_in_use(sa.spi());
                 for name in &entry.serves {
@@ -285,8 +292,10 @@ impl Gateway {
         let sa = &entry.sa;
         match sa.direction() {
             Direction::Inbound => {
-                self.inbound_by_spi.remove(&sa.spi());
-                self.spis.release(sa.spi());
+                // The SPI is free once no SA of any lookup key has it.
+                if self.inbound.remove(&sa_key(sa)) {
+                    self.spis.release(sa.spi());
+                }
                 for name in &entry.serves {
                     if let Some(v) = self.served_by.get_mut(name) {
                         v.retain(|&i| i != index);
@@ -687,18 +696,30 @@ impl Gateway {
             self.stats.count_drop(err.drop_reason());
             return Err(err);
         };
-        let Some(&i) = self.inbound_by_spi.get(&spi) else {
-            return Err(self.drop(Error::UnknownSpi { spi }));
+        let i = loop {
+            let found = match self.inbound.find(spi) {
+                Found::Sa(i) => Some(i),
+                Found::Unknown => None,
+                Found::ByAddress(slot) => outer_addresses(pkt.data())
+                    .and_then(|(src, dst)| self.inbound.find_by_address(spi, slot, dst, src)),
+            };
+            let Some(i) = found else {
+                // A known SPI whose SAs all want another destination (or source) is
+                // unknown to this packet (RFC 4301 §4.1).
+                return Err(self.drop(Error::UnknownSpi { spi }));
+            };
+            if self.retiring > 0 && self.entry(i).retire_at.is_some_and(|t| now >= t) {
+                // Its grace time ran out: gone, as if deleted before this packet came
+                // (which then goes to the next longest match, if any).
+                self.remove_entry(i);
+                continue;
+            }
+            break i;
         };
-        if self.retiring > 0 && self.entry(i).retire_at.is_some_and(|t| now >= t) {
-            // Its grace time ran out: gone, as if deleted before this packet came.
-            self.remove_entry(i);
-            return Err(self.drop(Error::UnknownSpi { spi }));
-        }
         let (spd, fragments) = (&self.spd, &mut self.fragments);
         let entry = self.entries[i]
             .as_mut()
-            .expect("inbound_by_spi names live SAs");
+            .expect("the inbound SAD names live SAs");
         let mut serving = "";
         let r = entry.sa.decrypt_verified(pkt, now, |inner| {
             serving =
@@ -767,6 +788,31 @@ fn is_outer_esp_fragment(pkt: &[u8]) -> bool {
             Ok(Some(f)) if !f.is_atomic() && matches!(f.next_header, IPPROTO_ESP | IPPROTO_UDP)
         ),
         Err(_) => false,
+    }
+}
+
+/// The SAD key of the inbound SA `sa`.
+pub(crate) fn sa_key(sa: &SecurityAssociation) -> SadKey {
+    SadKey::new(sa.spi(), sa.lookup(), sa.tunnel())
+}
+
+/// The outer source and destination addresses of a packet whose IP header
+/// [`esp_spi`] has read.
+fn outer_addresses(pkt: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match pkt.first()? >> 4 {
+        4 => {
+            let a: [u8; 8] = pkt.get(12..20)?.try_into().ok()?;
+            Some((
+                IpAddr::from([a[0], a[1], a[2], a[3]]),
+                IpAddr::from([a[4], a[5], a[6], a[7]]),
+            ))
+        }
+        6 => {
+            let src: [u8; 16] = pkt.get(8..24)?.try_into().ok()?;
+            let dst: [u8; 16] = pkt.get(24..40)?.try_into().ok()?;
+            Some((IpAddr::from(src), IpAddr::from(dst)))
+        }
+        _ => None,
     }
 }
 

@@ -71,6 +71,7 @@ pub mod replay;
 pub mod sa;
 pub mod sa_file;
 pub mod sa_set;
+mod sad;
 pub mod secret;
 pub mod shared;
 pub mod snapshot;
@@ -87,7 +88,7 @@ pub use nat::NAT_KEEPALIVE_MAX_LEN;
 pub use reassembly::{Reassembler, Reassembly, ReassemblyLimits};
 pub use replay::{LateHistogram, ReplayWindow};
 pub use sa::{
-    DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, SaEvent, SaStats,
+    DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, SaEvent, SaLookup, SaStats,
     SecurityAssociation, TfcPadding,
 };
 pub use shared::{SaLane, SharedSa, SharedSaOptions};

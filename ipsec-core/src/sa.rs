@@ -369,6 +369,90 @@ impl DfPolicy {
     }
 }
 
+/// How the gateway's SAD finds an inbound SA for an ESP packet (RFC 4301 §4.1): by
+/// its SPI alone, or by the SPI with the packet's outer destination address, or with
+/// its destination and source addresses.
+///
+/// RFC 4301 §4.1: "Each entry in the SA Database (SAD) must indicate whether the SA
+/// lookup makes use of the destination IP address, or the destination and source IP
+/// addresses, in addition to the SPI". Unicast SAs are found by the SPI alone or the SPI
+/// and the IPsec protocol; multicast SAs (whose SPIs a group controller chooses, not each
+/// receiver, so that two groups may use one SPI) by the SPI and the destination (the
+/// group address), or by the SPI, destination and source (source-specific multicast).
+/// A packet is given the SA of the "longest" match: first SPI + destination + source,
+/// then SPI + destination, then the SPI alone.
+///
+/// The destination and source are the SA's tunnel endpoints
+/// ([`SaConfig::tunnel`]: `tunnel_dst`, `tunnel_src`), compared with the outer IP
+/// header's destination and source. So only inbound tunnel-mode SAs with both
+/// endpoints may be found by address; a transport-mode SA has no endpoints and is found
+/// by its SPI (and protocol).
+///
+/// Two inbound SAs of one gateway may share an SPI when their lookup keys differ (two
+/// groups of one SPI; an SPI-alone SA beside an SPI + destination one, which takes the
+/// packets to its destination); two with the same key are refused
+/// ([`crate::ControlError::DuplicateSpi`]). A packet whose SPI is known but that
+/// matches no SA's key is dropped as `unknown_spi`, as an unknown SPI is.
+///
+/// The lookup is the gateway's: [`SecurityAssociation::decrypt`] on an SA the caller
+/// chose checks the SPI only. Only inbound SAs have one; a lookup other than
+/// [`SaLookup::Spi`] on an outbound SA is refused when it is created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SaLookup {
+    /// By the SPI alone (the default; unicast SAs, whose SPI the receiver chose).
+    #[default]
+    Spi,
+    /// By the SPI and the IPsec protocol (RFC 4301 §4.1: for a receiver that keeps
+    /// separate SPI spaces for AH and ESP). This library does ESP only: the protocol is
+    /// always ESP (IP protocol 50, and ESP in UDP, RFC 3948, counts as ESP), so this
+    /// finds exactly the packets [`SaLookup::Spi`] finds, and the two keys collide.
+    SpiProtocol,
+    /// By the SPI and the outer destination address, which must be the SA's
+    /// `tunnel_dst` (a multicast group, RFC 4301 §4.1).
+    SpiDestination,
+    /// By the SPI, the outer destination and the outer source address: `tunnel_dst` and
+    /// `tunnel_src` (source-specific multicast, RFC 4301 §4.1).
+    SpiDestinationSource,
+}
+
+impl SaLookup {
+    /// `"spi"`, `"spi+protocol"`, `"spi+destination"` or `"spi+destination+source"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SaLookup::Spi => "spi",
+            SaLookup::SpiProtocol => "spi+protocol",
+            SaLookup::SpiDestination => "spi+destination",
+            SaLookup::SpiDestinationSource => "spi+destination+source",
+        }
+    }
+
+    /// Parses the names of [`SaLookup::name`] (case-insensitive).
+    pub fn from_name(name: &str) -> Result<SaLookup, ConfigError> {
+        match name.to_ascii_lowercase().as_str() {
+            "spi" => Ok(SaLookup::Spi),
+            "spi+protocol" => Ok(SaLookup::SpiProtocol),
+            "spi+destination" => Ok(SaLookup::SpiDestination),
+            "spi+destination+source" => Ok(SaLookup::SpiDestinationSource),
+            _ => Err(ConfigError::new(
+                "lookup",
+                format!(
+                    "expected \"spi\", \"spi+protocol\", \"spi+destination\" or \
+                     \"spi+destination+source\", got {name:?}"
+                ),
+            )),
+        }
+    }
+
+    /// Whether the lookup uses the destination address (and perhaps the source).
+    pub const fn uses_addresses(self) -> bool {
+        matches!(
+            self,
+            SaLookup::SpiDestination | SaLookup::SpiDestinationSource
+        )
+    }
+}
+
 /// Everything needed to create a [`SecurityAssociation`].
 ///
 /// Field names are those of the Python constructor and the `[[sa]]` TOML tables.
@@ -398,6 +482,7 @@ pub struct SaConfig {
     pub(crate) df: DfPolicy,
     pub(crate) nat_keepalive_interval: Option<Duration>,
     pub(crate) nat_original_addresses: Option<(IpAddr, IpAddr)>,
+    pub(crate) lookup: SaLookup,
 }
 
 impl fmt::Debug for SaConfig {
@@ -418,6 +503,7 @@ impl fmt::Debug for SaConfig {
             .field("df", &self.df)
             .field("nat_keepalive_interval", &self.nat_keepalive_interval)
             .field("nat_original_addresses", &self.nat_original_addresses)
+            .field("lookup", &self.lookup)
             .finish_non_exhaustive()
     }
 }
@@ -439,7 +525,7 @@ impl SaConfig {
     /// UDP encapsulation, sequence number 0, no lifetimes, soft lifetime jitter 10
     /// percent ([`Self::DEFAULT_SOFT_LIFETIME_JITTER`]), no TFC padding, padding to
     /// cipher blocks, DF copied, NAT-keepalives every 20 s of silence when UDP
-    /// encapsulation is on, no NAT original addresses).
+    /// encapsulation is on, no NAT original addresses, found by its SPI alone).
     ///
     /// `key` is copied; the copy is zeroized when the configuration is dropped.
     pub fn new(spi: u32, direction: Direction, mode: Mode, cipher: Cipher, key: &[u8]) -> Self {
@@ -467,6 +553,7 @@ impl SaConfig {
             df: DfPolicy::Copy,
             nat_keepalive_interval: Some(Self::DEFAULT_NAT_KEEPALIVE_INTERVAL),
             nat_original_addresses: None,
+            lookup: SaLookup::Spi,
         }
     }
 
@@ -623,6 +710,15 @@ impl SaConfig {
         self
     }
 
+    /// Sets how the gateway finds this inbound SA for a packet (default
+    /// [`SaLookup::Spi`]; see [`SaLookup`], RFC 4301 §4.1). [`SaLookup::SpiDestination`]
+    /// and [`SaLookup::SpiDestinationSource`] need tunnel mode and the tunnel endpoints
+    /// (the addresses compared), checked when the SA is created, as is the direction.
+    pub fn lookup(&mut self, lookup: SaLookup) -> &mut Self {
+        self.lookup = lookup;
+        self
+    }
+
     /// Sets the DF bit policy of the outer IPv4 header (default [`DfPolicy::Copy`]).
     pub fn df(&mut self, df: DfPolicy) -> &mut Self {
         self.df = df;
@@ -762,6 +858,7 @@ impl SaConfig {
                 }
             }
         }
+        self.validate_lookup()?;
         validate_lifetimes(&self.soft, &self.hard)?;
         if self.soft_jitter > 100 {
             return Err(ConfigError::new(
@@ -793,6 +890,35 @@ impl SaConfig {
 }
 
 impl SaConfig {
+    /// The lookup needs an inbound SA, and one by address the tunnel endpoints it
+    /// compares.
+    fn validate_lookup(&self) -> Result<(), ConfigError> {
+        if self.lookup == SaLookup::Spi {
+            return Ok(());
+        }
+        if self.direction == Direction::Outbound {
+            return Err(ConfigError::new(
+                "lookup",
+                format!(
+                    "{:?} given for an outbound SA: the lookup is how inbound packets find \
+                     their SA (set it on the inbound SA)",
+                    self.lookup.name()
+                ),
+            ));
+        }
+        if self.lookup.uses_addresses() && (self.mode != Mode::Tunnel || self.tunnel.is_none()) {
+            return Err(ConfigError::new(
+                "lookup",
+                format!(
+                    "{:?} compares the packet's outer addresses with the SA's tunnel_dst \
+                     (and tunnel_src): it needs tunnel mode with tunnel_src and tunnel_dst",
+                    self.lookup.name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// A missing key is "missing", not "got 0 bytes" (checked before the lengths, which
     /// [`Transform::new`] checks).
     fn validate_keys(&self) -> Result<(), ConfigError> {
@@ -1055,6 +1181,8 @@ pub(crate) struct KeptConfig {
     pub(crate) outer_ttl: u8,
     pub(crate) df: DfPolicy,
     pub(crate) nat_keepalive_interval: Option<Duration>,
+    /// How an inbound packet finds the SA (RFC 4301 §4.1).
+    pub(crate) lookup: SaLookup,
 }
 
 impl KeptConfig {
@@ -1074,6 +1202,7 @@ impl KeptConfig {
             outer_ttl: config.outer_ttl,
             df: config.df,
             nat_keepalive_interval: config.nat_keepalive_interval,
+            lookup: config.lookup,
         }
     }
 
@@ -1291,6 +1420,11 @@ impl SecurityAssociation {
     /// The tunnel endpoints, if configured.
     pub fn tunnel(&self) -> Option<(IpAddr, IpAddr)> {
         self.tunnel
+    }
+
+    /// How the gateway finds this inbound SA for a packet ([`SaLookup`]).
+    pub fn lookup(&self) -> SaLookup {
+        self.kept.lookup
     }
 
     /// The soft limits in force: the configured soft lifetime with this SA's jitter

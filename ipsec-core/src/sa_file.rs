@@ -17,7 +17,10 @@
 //! # soft_lifetime_jitter = 10 (percent, 0..=100: see `SaConfig::soft_lifetime_jitter`),
 //! # df = "copy" | "set" | "clear", nat_keepalive_interval = 20 (seconds; 0: off),
 //! # nat_original_addresses = ["198.51.100.7", "10.0.0.5"] (inbound transport mode),
-//! # path_mtu (outbound: the largest outer packet the path carries, see `path_mtu`)
+//! # path_mtu (outbound: the largest outer packet the path carries, see `path_mtu`),
+//! # lookup = "spi" | "spi+protocol" | "spi+destination" | "spi+destination+source"
+//! #   (inbound: how packets find the SA, RFC 4301 §4.1, see `SaLookup`; the
+//! #   addresses are tunnel_dst and tunnel_src)
 //! ```
 //!
 //! Unknown keys are errors; every error names the SA and the key (nested keys with a
@@ -34,7 +37,7 @@
 
 use crate::crypto::{Cipher, Integrity};
 use crate::error::ConfigError;
-use crate::sa::{DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, TfcPadding};
+use crate::sa::{DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, SaLookup, TfcPadding};
 use crate::secret;
 use core::time::Duration;
 use serde::Deserialize;
@@ -98,6 +101,7 @@ struct RawSa {
     df: Option<String>,
     nat_keepalive_interval: Option<U64>,
     nat_original_addresses: Option<(String, String)>,
+    lookup: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +286,9 @@ impl RawSa {
                 parse_addr("nat_original_addresses", src)?,
                 parse_addr("nat_original_addresses", dst)?,
             );
+        }
+        if let Some(l) = &self.lookup {
+            cfg.lookup(SaLookup::from_name(l)?);
         }
         cfg.validate()?;
         Ok(cfg)

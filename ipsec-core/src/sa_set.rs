@@ -6,8 +6,9 @@
 //!   [`parse_sa_tables`](crate::sa_file::parse_sa_tables), so [`Spd::from_toml`](crate::Spd::from_toml),
 //!   and through them the Python and C loaders and the command line tools).
 //! * [`check_sas`]: every check [`SecurityAssociation::new`](crate::SecurityAssociation::new)
-//!   makes of each SA ([`SaConfig::check`](crate::SaConfig::check)), and unique SPIs among
-//!   the inbound SAs (they are found by SPI). [`Spd::from_toml`](crate::Spd::from_toml)
+//!   makes of each SA ([`SaConfig::check`](crate::SaConfig::check)), and unique lookup
+//!   keys among the inbound SAs (they are found by SPI, and by destination where their
+//!   [`SaLookup`](crate::SaLookup) says so). [`Spd::from_toml`](crate::Spd::from_toml)
 //!   and [`Gateway::new`](crate::Gateway::new) run it, and the policy lint reports what
 //!   it finds as `invalid` findings, so that `lint` passes no file a loader refuses.
 //!
@@ -48,6 +49,7 @@ use crate::crypto::{Cipher, ct_eq};
 use crate::error::ConfigError;
 use crate::sa::{Direction, SaConfig};
 use crate::sa_file::NamedSa;
+use crate::sad::SadKey;
 use hmac::{Hmac, KeyInit, Mac};
 use std::collections::HashMap;
 use zeroize::Zeroizing;
@@ -263,27 +265,31 @@ impl KeyRegistry {
 
 /// Every check that creating `sas` as a gateway's SAs makes, without creating them:
 /// [`SaConfig::check`](crate::SaConfig::check) of each SA (errors in the context
-/// `sa "NAME"`), and SPIs unique among the inbound SAs (a repeated SPI is an error on
-/// the later SA that names the earlier one). Key reuse is [`check_key_reuse`], which
+/// `sa "NAME"`), and lookup keys unique among the inbound SAs (their SPI, with the
+/// destination and source their [`crate::SaLookup`] compares; a repeated key is an
+/// error on the later SA that names the earlier one). Key reuse is [`check_key_reuse`], which
 /// the file parsers already run.
 pub fn check_sas(sas: &[NamedSa]) -> Vec<ConfigError> {
     let mut errors = Vec::new();
-    let mut inbound_spis: HashMap<u32, &str> = HashMap::new();
+    let mut inbound_keys: HashMap<SadKey, &str> = HashMap::new();
     for sa in sas {
         let label = format!("sa {:?}", sa.name);
         if let Err(e) = sa.config.check() {
             errors.push(e.in_context(&label));
         }
-        if sa.config.direction == Direction::Inbound
-            && let Some(first) = inbound_spis.insert(sa.config.spi, &sa.name)
+        let c = &sa.config;
+        if c.direction == Direction::Inbound
+            && let key = SadKey::new(c.spi, c.lookup, c.tunnel)
+            && let Some(first) = inbound_keys.insert(key, &sa.name)
         {
             // Keep the first SA as the one later duplicates are reported against.
-            inbound_spis.insert(sa.config.spi, first);
+            inbound_keys.insert(key, first);
             errors.push(ConfigError::new(
                 format!("{label}: spi"),
                 format!(
                     "inbound sa {first:?} already has SPI {:#010x}: inbound SAs are found by \
-                     their SPI, so it must be unique among them",
+                     their SPI, so it must be unique among them (unless their lookups tell \
+                     them apart by destination address, RFC 4301 §4.1)",
                     sa.config.spi
                 ),
             ));

@@ -57,7 +57,7 @@
 //! snapshot are unknown to the standby and would be accepted once more if an attacker
 //! replayed them: the window of a snapshot is as fresh as the snapshot.
 //!
-//! # Format, version 1
+//! # Format, versions 1 and 2
 //!
 //! All integers big-endian. A duration is `secs: u64, nanos: u32` (`nanos` below
 //! 10^9). An optional value is a `u8` tag (0 absent, 1 present) followed by the value
@@ -66,7 +66,7 @@
 //!
 //! ```text
 //! header   magic        8 bytes  "IPSEC-SA"
-//!          version      u16      1
+//!          version      u16      1, or 2 (below)
 //!          flags        u16      0 (reserved)
 //!          body_len     u32      bytes after the header, exactly
 //! config   spi u32, direction u8 (1 outbound, 2 inbound), mode u8 (1 tunnel,
@@ -90,7 +90,17 @@
 //!          window size u32 (inbound; 0 for an outbound SA or replay protection off),
 //!          bitmap: ceil(size / 8) bytes, bit d (byte d / 8, bit d % 8 from the least
 //!          significant) set when sequence number `seq - d` was received
+//! version 2 only, after the bitmap:
+//!          lookup u8 (0 spi, 1 spi+protocol, 2 spi+destination,
+//!          3 spi+destination+source: `SaLookup`, RFC 4301 §4.1)
 //! ```
+//!
+//! A writer writes version 1 for an SA found by its SPI alone (every SA before
+//! version 2 was; such a snapshot is byte for byte what an older library writes and
+//! reads) and version 2 for any other lookup (which an older library refuses as a
+//! version it does not know, rather than restore an SA that would take packets of
+//! other destinations). A reader reads both; a version 1 snapshot restores an SA found
+//! by its SPI alone.
 //!
 //! A reader refuses another magic ([`SnapshotError::BadMagic`]), a version it does not
 //! know ([`SnapshotError::UnsupportedVersion`]), a body shorter than `body_len` or
@@ -103,7 +113,8 @@ use crate::crypto::{Cipher, Integrity};
 use crate::error::{ConfigError, DropReason, LifetimeLimit};
 use crate::replay::{LateHistogram, ReplayWindow};
 use crate::sa::{
-    DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, SecurityAssociation, TfcPadding,
+    DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, SaLookup, SecurityAssociation,
+    TfcPadding,
 };
 use core::fmt;
 use core::time::Duration;
@@ -112,8 +123,9 @@ use zeroize::Zeroizing;
 
 /// The first 8 bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"IPSEC-SA";
-/// The format version this library writes (and the only one it reads).
-pub const SNAPSHOT_VERSION: u16 = 1;
+/// The newest format version this library writes and reads (it reads every version
+/// from 1 on, and writes the oldest that holds the SA: see the [module docs](self)).
+pub const SNAPSHOT_VERSION: u16 = 2;
 /// Bytes of the header (magic, version, flags, body length).
 const HEADER_LEN: usize = 16;
 /// Room for every fixed-size field of the body (the keys and the bitmap come on top).
@@ -205,7 +217,7 @@ impl fmt::Display for SnapshotError {
             SnapshotError::UnsupportedVersion(v) => write!(
                 f,
                 "SA snapshot format version {v} is not supported (this library reads \
-                 version {SNAPSHOT_VERSION})"
+                 versions 1 to {SNAPSHOT_VERSION})"
             ),
             SnapshotError::BadLength { declared, actual } => write!(
                 f,
@@ -362,7 +374,8 @@ impl SecurityAssociation {
         // Reserved once, so that no reallocation leaves a copy of the keys behind.
         let mut w = Writer(Zeroizing::new(Vec::with_capacity(capacity)));
         w.0.extend_from_slice(&SNAPSHOT_MAGIC);
-        w.u16(SNAPSHOT_VERSION);
+        let version = if c.lookup == SaLookup::Spi { 1 } else { 2 };
+        w.u16(version);
         w.u16(0);
         w.u32(0); // body length, filled in below
         w.u32(self.spi);
@@ -452,6 +465,14 @@ impl SecurityAssociation {
         }
         if window % 8 != 0 {
             w.u8(byte);
+        }
+        if version >= 2 {
+            w.u8(match c.lookup {
+                SaLookup::SpiProtocol => 1,
+                SaLookup::SpiDestination => 2,
+                SaLookup::SpiDestinationSource => 3,
+                _ => 0,
+            });
         }
         let body = (w.0.len() - HEADER_LEN) as u32;
         w.0[12..16].copy_from_slice(&body.to_be_bytes());
@@ -730,7 +751,7 @@ fn parse(bytes: &[u8]) -> Result<Parsed, SnapshotError> {
         return Err(SnapshotError::BadMagic);
     }
     let version = r.u16()?;
-    if version != SNAPSHOT_VERSION {
+    if !(1..=SNAPSHOT_VERSION).contains(&version) {
         return Err(SnapshotError::UnsupportedVersion(version));
     }
     if r.u16()? != 0 {
@@ -746,15 +767,23 @@ fn parse(bytes: &[u8]) -> Result<Parsed, SnapshotError> {
             actual: r.bytes.len() as u64,
         });
     }
-    let config = parse_config(&mut r)?;
+    let mut config = parse_config(&mut r)?;
     let state = parse_state(&mut r, &config)?;
+    if version >= 2 {
+        config.lookup(match r.u8()? {
+            0 => SaLookup::Spi,
+            1 => SaLookup::SpiProtocol,
+            2 => SaLookup::SpiDestination,
+            3 => SaLookup::SpiDestinationSource,
+            _ => return Err(bad("lookup", "not 0 to 3")),
+        });
+    }
     if !r.bytes.is_empty() {
         return Err(SnapshotError::BadLength {
             declared: u64::from(declared),
             actual: u64::from(declared) - r.bytes.len() as u64,
         });
     }
-    let mut config = config;
     if config.direction == Direction::Inbound {
         config.replay_window = Some(state.window);
     }
@@ -958,10 +987,16 @@ mod tests {
             SnapshotError::BadMagic
         );
         let mut b = snap.as_bytes().to_vec();
-        b[9] = 2;
+        b[9] = 3;
         assert_eq!(
             SaSnapshot::from_bytes(&b).unwrap_err(),
-            SnapshotError::UnsupportedVersion(2)
+            SnapshotError::UnsupportedVersion(3)
+        );
+        let mut b = snap.as_bytes().to_vec();
+        b[9] = 0;
+        assert_eq!(
+            SaSnapshot::from_bytes(&b).unwrap_err(),
+            SnapshotError::UnsupportedVersion(0)
         );
         let mut b = snap.as_bytes().to_vec();
         b[11] = 1;

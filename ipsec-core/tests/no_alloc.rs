@@ -221,3 +221,75 @@ fn the_counter_sees_allocations() {
     assert!(allocs() > before);
     drop(v);
 }
+
+/// The gateway's inbound SA lookup (RFC 4301 §4.1) allocates nothing either: packets
+/// found by SPI + destination among SAs sharing the SPI (an SPI-alone SA, two groups,
+/// a source-specific one), and packets to a destination no SA has (unknown SPI).
+#[test]
+fn gateway_lookup_by_address_does_not_allocate() {
+    use ipsec_core::gateway::Inbound;
+    use ipsec_core::{Direction, Gateway, SaConfig, SaLookup, Spd};
+    let spi = 0x5000;
+    let cfg = |dir: Direction, dst: &str, n: u8, lookup: SaLookup| {
+        let mut c = SaConfig::new(spi, dir, Mode::Tunnel, Cipher::Aes128Gcm, &[n; 20]);
+        c.tunnel("192.0.2.1".parse().unwrap(), dst.parse().unwrap())
+            .lookup(lookup);
+        c
+    };
+    let deny = "[[policy]]\nname = \"deny\"\naction = \"discard\"\n";
+    let mut gw = Gateway::new(Spd::from_toml(deny).unwrap(), T0).unwrap();
+    let sas = [
+        ("u", "198.51.100.2", 1, SaLookup::Spi),
+        ("g1", "233.252.0.1", 2, SaLookup::SpiDestination),
+        ("g2", "233.252.0.2", 3, SaLookup::SpiDestination),
+        ("s1", "233.252.0.3", 4, SaLookup::SpiDestinationSource),
+    ];
+    for (name, dst, n, lookup) in sas {
+        gw.add_sa(name, cfg(Direction::Inbound, dst, n, lookup), T0)
+            .unwrap();
+        let p = format!(
+            "name = \"p-{name}\"\ndirection = \"inbound\"\naction = \"protect\"\nsa = \"{name}\"\n"
+        );
+        gw.install_policy(&p, Some("deny")).unwrap();
+    }
+    let mut to_g2 = SecurityAssociation::new(
+        cfg(Direction::Outbound, "233.252.0.2", 3, SaLookup::Spi),
+        T0,
+    )
+    .unwrap();
+    let plain = inner_v4(100, 0);
+    let mut buf = vec![0u8; 1024];
+    let before = allocs();
+    for _ in 0..PACKETS {
+        buf[HEAD..HEAD + plain.len()].copy_from_slice(&plain);
+        let mut p = PacketBuf::new(&mut buf, HEAD, plain.len()).expect("buf");
+        to_g2.encrypt(&mut p, T0).expect("encrypt");
+        let got = gw.inbound(&mut p, T0);
+        assert!(
+            matches!(got, Ok(Inbound::Decrypted { sa: "g2", .. })),
+            "{got:?}"
+        );
+    }
+    assert_eq!(allocs() - before, 0, "found by SPI + destination");
+    // Group 2's packet rewritten to another group: the SPI is known, the key is not.
+    let before = allocs();
+    for _ in 0..PACKETS {
+        buf[HEAD..HEAD + plain.len()].copy_from_slice(&plain);
+        let mut p = PacketBuf::new(&mut buf, HEAD, plain.len()).expect("buf");
+        to_g2.encrypt(&mut p, T0).expect("encrypt");
+        let h = &mut p.data_mut()[..20];
+        h[19] = 99; // the outer destination, and the header checksum to match
+        h[10..12].fill(0);
+        let sum = h
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum::<u32>();
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
+        let got = gw.inbound(&mut p, T0);
+        assert!(matches!(got, Err(Error::AuthenticationFailed)), "{got:?}");
+    }
+    assert_eq!(allocs() - before, 0, "taken by the SPI-alone SA");
+    assert_eq!(gw.sa("u").unwrap().stats().dropped_total(), PACKETS as u64);
+}

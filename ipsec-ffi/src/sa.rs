@@ -7,7 +7,7 @@ use core::time::Duration;
 use ipsec_core::sa_file::parse_sa_file;
 use ipsec_core::{
     Cipher, ConfigError, DfPolicy, Direction, DropReason, EspPadding, Integrity, Lifetime,
-    LifetimeLimit, Mode, NAT_KEEPALIVE_MAX_LEN, PacketBuf, SaConfig, SaEvent, SaStats,
+    LifetimeLimit, Mode, NAT_KEEPALIVE_MAX_LEN, PacketBuf, SaConfig, SaEvent, SaLookup, SaStats,
     SecurityAssociation, TfcPadding,
 };
 
@@ -120,6 +120,30 @@ pub enum ipsec_df {
     IPSEC_DF_SET = 1,
     /// Always clear DF (routers may fragment the outer packet).
     IPSEC_DF_CLEAR = 2,
+}
+
+/// How the gateway finds an inbound SA for a packet (RFC 4301 §4.1),
+/// `ipsec_sa_config.lookup`. A packet goes to the SA of the longest match: SPI +
+/// destination + source, then SPI + destination, then SPI alone. Two inbound SAs of a
+/// gateway may share an SPI when their lookups (or the addresses these compare) differ;
+/// a packet whose SPI is known but that matches no SA's lookup is dropped as an unknown
+/// SPI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ipsec_sa_lookup {
+    /// By the SPI alone (unicast SAs; the default, and a zeroed struct's).
+    IPSEC_LOOKUP_SPI = 0,
+    /// By the SPI and the IPsec protocol. The library does ESP only (ESP in UDP counts
+    /// as ESP), so this finds the packets `IPSEC_LOOKUP_SPI` finds, and the two collide.
+    IPSEC_LOOKUP_SPI_PROTOCOL = 1,
+    /// By the SPI and the outer destination address, `tunnel_dst` (a multicast group).
+    /// Needs an inbound tunnel-mode SA with both tunnel endpoints.
+    IPSEC_LOOKUP_SPI_DESTINATION = 2,
+    /// By the SPI, the outer destination and the outer source: `tunnel_dst` and
+    /// `tunnel_src` (source-specific multicast). As `IPSEC_LOOKUP_SPI_DESTINATION`, it
+    /// needs an inbound tunnel-mode SA with both tunnel endpoints.
+    IPSEC_LOOKUP_SPI_DESTINATION_SOURCE = 3,
 }
 
 /// The largest NAT-keepalive `ipsec_sa_poll_keepalive` writes (IPv6 header, UDP header,
@@ -261,9 +285,17 @@ pub struct ipsec_sa_config {
     /// keeps the soft limits exact. `ipsec_sa_get_soft_limits` gives the limits drawn.
     /// (This was `reserved32`.)
     pub soft_lifetime_jitter: u32,
+    /// Inbound: an `ipsec_sa_lookup` value, how the gateway finds the SA for a packet
+    /// (`IPSEC_LOOKUP_SPI` by default, and in a zeroed struct). Another value on an
+    /// outbound SA, or an address lookup without tunnel mode and both endpoints, is
+    /// refused (`IPSEC_ERR_CONFIG` naming `lookup`). (This was the first half of
+    /// `reserved[0]`.)
+    pub lookup: u32,
+    /// Must be zero: room for a 32-bit field added later.
+    pub reserved32: u32,
     /// Must be zero: room for fields added later without changing the struct's size.
-    /// (These were `reserved[8]`; the fields above took the first four words.)
-    pub reserved: [u64; 4],
+    /// (These were `reserved[8]`; the fields above took the first five words.)
+    pub reserved: [u64; 3],
 }
 
 // The fields above came out of the reserved words: the struct keeps its size, and the
@@ -274,7 +306,9 @@ const _: () = {
     assert!(core::mem::offset_of!(ipsec_sa_config, df) == 152);
     assert!(core::mem::offset_of!(ipsec_sa_config, path_mtu) == 176);
     assert!(core::mem::offset_of!(ipsec_sa_config, soft_lifetime_jitter) == 180);
-    assert!(core::mem::offset_of!(ipsec_sa_config, reserved) == 184);
+    assert!(core::mem::offset_of!(ipsec_sa_config, lookup) == 184);
+    assert!(core::mem::offset_of!(ipsec_sa_config, reserved32) == 188);
+    assert!(core::mem::offset_of!(ipsec_sa_config, reserved) == 192);
 };
 
 /// How much room an outbound packet needs around it (`ipsec_sa_overhead`).
@@ -546,6 +580,19 @@ fn df_from(v: u32) -> Result<DfPolicy, ipsec_status> {
     }
 }
 
+fn lookup_from(v: u32) -> Result<SaLookup, ipsec_status> {
+    match v {
+        0 => Ok(SaLookup::Spi),
+        1 => Ok(SaLookup::SpiProtocol),
+        2 => Ok(SaLookup::SpiDestination),
+        3 => Ok(SaLookup::SpiDestinationSource),
+        _ => Err(invalid(format!(
+            "lookup {v} is not an ipsec_sa_lookup (0 spi, 1 spi+protocol, 2 \
+             spi+destination, 3 spi+destination+source)"
+        ))),
+    }
+}
+
 fn lifetime_from(l: &ipsec_lifetime) -> Lifetime {
     let mut out = Lifetime::NONE;
     if l.bytes != 0 {
@@ -628,9 +675,10 @@ pub(crate) fn now(now_ns: u64) -> Duration {
 ///
 /// The pointers in `c` are valid as their field docs say.
 unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
-    if c.reserved.iter().any(|&r| r != 0) {
+    if c.reserved.iter().any(|&r| r != 0) || c.reserved32 != 0 {
         return Err(invalid(
-            "ipsec_sa_config.reserved must be zero (initialise with ipsec_sa_config_init)",
+            "ipsec_sa_config.reserved and reserved32 must be zero (initialise with \
+             ipsec_sa_config_init)",
         ));
     }
     // SAFETY: forwarded caller's contract for `key` / `integrity_key`.
@@ -677,6 +725,7 @@ unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
         .soft_lifetime_jitter(c.soft_lifetime_jitter)
         .hard_lifetime(lifetime_from(&c.hard_lifetime))
         .df(df_from(c.df)?)
+        .lookup(lookup_from(c.lookup)?)
         .nat_keepalive_interval(
             (c.nat_keepalive_interval != 0)
                 .then(|| Duration::from_secs(u64::from(c.nat_keepalive_interval))),
@@ -817,7 +866,9 @@ pub unsafe extern "C" fn ipsec_sa_config_init(config: *mut ipsec_sa_config) -> i
             nat_original_dst: core::ptr::null(),
             path_mtu: 0,
             soft_lifetime_jitter: SaConfig::DEFAULT_SOFT_LIFETIME_JITTER,
-            reserved: [0; 4],
+            lookup: ipsec_sa_lookup::IPSEC_LOOKUP_SPI as u32,
+            reserved32: 0,
+            reserved: [0; 3],
         };
         // SAFETY: `config` is non-NULL, aligned and writable (checked / caller's contract).
         unsafe { config.write(value) };
@@ -860,7 +911,8 @@ pub unsafe extern "C" fn ipsec_sa_new(
 /// `udp_encap = [src, dst]`, `seq`, `outer_ttl`, `tfc_pad_to`, `padding`, `path_mtu`,
 /// `soft_lifetime` / `hard_lifetime = { bytes, packets, seconds }`, `df` ("copy", "set",
 /// "clear"), `nat_keepalive_interval` (seconds, 0 off), `nat_original_addresses =
-/// [src, dst]`; the 64-bit values (`seq`, lifetimes) may be decimal or `0x` strings
+/// [src, dst]`, `lookup` ("spi", "spi+protocol", "spi+destination",
+/// "spi+destination+source"); the 64-bit values (`seq`, lifetimes) may be decimal or `0x` strings
 /// (`seq = "0x8765432100000006"`). `IPSEC_ERR_CONFIG` when the text or an SA
 /// in it is invalid (the message names the SA and the key), `IPSEC_ERR_NOT_FOUND` when no
 /// SA has that name.

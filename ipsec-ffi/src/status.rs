@@ -62,8 +62,10 @@ pub enum ipsec_status {
     /// the name is taken, by an installed SA or by a name that policies use for an SA
     /// (an SA that was rekeyed lends its name to its successor). Nothing changed.
     IPSEC_ERR_DUPLICATE_NAME = 230,
-    /// A control call was refused: an installed inbound SA has this SPI (inbound SAs
-    /// are found by SPI, so it must be unique among them). Nothing changed.
+    /// A control call was refused: an installed inbound SA has this SPI and the same
+    /// lookup (inbound SAs are found by SPI, and by destination where their
+    /// `ipsec_sa_config.lookup` says so: SAs share an SPI only when their lookups tell
+    /// them apart). Nothing changed.
     IPSEC_ERR_DUPLICATE_SPI = 231,
     /// A control call was refused: no SA of this name is installed. Nothing changed.
     IPSEC_ERR_UNKNOWN_SA = 232,

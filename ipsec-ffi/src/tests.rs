@@ -270,8 +270,10 @@ fn out_of_range_enums_and_reserved_fields_are_refused() {
         ("cipher 0", |c| c.cipher = 0),
         ("integrity 77", |c| c.integrity = 77),
         ("padding 4", |c| c.padding = 4),
-        ("reserved", |c| c.reserved[3] = 1),
+        ("reserved", |c| c.reserved[2] = 1),
+        ("reserved32", |c| c.reserved32 = 1),
         ("df 3", |c| c.df = 3),
+        ("lookup 4", |c| c.lookup = 4),
     ] {
         let mut bad = c;
         set(&mut bad);
@@ -1044,7 +1046,8 @@ fn nat_t_config_fields_come_from_the_reserved_words() {
     assert_eq!(c.nat_keepalive_interval, 20);
     assert!(c.nat_original_src.is_null() && c.nat_original_dst.is_null());
     assert_eq!((c.path_mtu, c.soft_lifetime_jitter), (0, 10));
-    assert_eq!(c.reserved, [0; 4]);
+    assert_eq!((c.lookup, c.reserved32), (0, 0));
+    assert_eq!(c.reserved, [0; 3]);
     #[cfg(target_pointer_width = "64")]
     {
         // The layout before these fields: 216 bytes, reserved[8] at 152; the last
@@ -1052,7 +1055,7 @@ fn nat_t_config_fields_come_from_the_reserved_words() {
         assert_eq!(core::mem::size_of::<ipsec_sa_config>(), 216);
         assert_eq!(core::mem::offset_of!(ipsec_sa_config, df), 152);
         assert_eq!(
-            core::mem::offset_of!(ipsec_sa_config, reserved) + 3 * 8,
+            core::mem::offset_of!(ipsec_sa_config, reserved) + 2 * 8,
             152 + 7 * 8
         );
     }

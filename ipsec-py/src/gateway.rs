@@ -643,6 +643,7 @@ impl PyGateway {
             esn: sa.esn(),
             tunnel: sa.tunnel().map(|(s, d)| (s.to_string(), d.to_string())),
             udp_encap: sa.udp_encap(),
+            lookup: sa.lookup().name(),
             seq: sa.seq(),
             expired: sa.is_expired(),
             stats: *sa.stats(),
@@ -654,7 +655,7 @@ impl PyGateway {
     /// (default: the last time given) from the keyword arguments of
     /// `SecurityAssociation(...)`. Policies may name it from now on (`install_policy`);
     /// an inbound SA accepts its packets at once. Raises `DuplicateNameError`,
-    /// `DuplicateSpiError` (an inbound SA has the SPI) or `ConfigError` (an invalid
+    /// `DuplicateSpiError` (an inbound SA has the SPI and the same `lookup`) or `ConfigError` (an invalid
     /// configuration, or a key an installed SA uses); nothing is changed then.
     #[pyo3(
         signature = (name, *, now=None, **config),
@@ -663,7 +664,7 @@ impl PyGateway {
             udp_encap=None, seq=0, soft_lifetime=None, hard_lifetime=None, \
             soft_lifetime_jitter=10, padding='blocks', tfc_pad_to=None, outer_ttl=64, \
             path_mtu=None, df='copy', nat_keepalive_interval=20.0, \
-            nat_original_addresses=None, now=None)"
+            nat_original_addresses=None, lookup='spi', now=None)"
     )]
     fn add_sa(
         &self,
@@ -692,7 +693,7 @@ impl PyGateway {
             tunnel_dst=None, udp_encap=None, seq=0, soft_lifetime=None, hard_lifetime=None, \
             soft_lifetime_jitter=10, padding='blocks', tfc_pad_to=None, outer_ttl=64, \
             path_mtu=None, df='copy', nat_keepalive_interval=20.0, \
-            nat_original_addresses=None, now=None)"
+            nat_original_addresses=None, lookup='spi', now=None)"
     )]
     fn rekey_sa(
         &self,
@@ -1060,6 +1061,10 @@ pub(crate) struct PyGatewaySa {
     /// The UDP encapsulation ports `(src, dst)`, or `None`.
     #[pyo3(get)]
     udp_encap: Option<(u16, u16)>,
+    /// How the gateway finds the SA for an inbound packet (RFC 4301 §4.1): `"spi"`,
+    /// `"spi+protocol"`, `"spi+destination"` or `"spi+destination+source"`.
+    #[pyo3(get)]
+    lookup: &'static str,
     /// Outbound: the last sequence number used. Inbound: the highest received.
     #[pyo3(get)]
     seq: u64,

@@ -34,7 +34,7 @@ use core::time::Duration;
 use ipsec_core::sa_file::{NamedSa, parse_sa_file};
 use ipsec_core::{
     Cipher, DfPolicy, Direction, EspPadding, Integrity, Lifetime, LifetimeLimit, Mode,
-    NAT_KEEPALIVE_MAX_LEN, PacketBuf, RestoreOptions, SaConfig, SaEvent, SaStats,
+    NAT_KEEPALIVE_MAX_LEN, PacketBuf, RestoreOptions, SaConfig, SaEvent, SaLookup, SaStats,
     SecurityAssociation, TfcPadding,
 };
 use pyo3::exceptions::PyTypeError;
@@ -119,6 +119,7 @@ pub(crate) struct PySecurityAssociation {
     esn: bool,
     tunnel: Option<(IpAddr, IpAddr)>,
     udp_encap: Option<(u16, u16)>,
+    lookup: SaLookup,
     /// `max_headroom()`: constant for the SA's life.
     headroom: usize,
 }
@@ -244,6 +245,7 @@ impl PySecurityAssociation {
             esn: sa.esn(),
             tunnel: sa.tunnel(),
             udp_encap: sa.udp_encap(),
+            lookup: sa.lookup(),
             headroom: sa.max_headroom(),
             state: Mutex::new(State::new(sa, now)),
         }
@@ -531,10 +533,11 @@ pub(crate) struct SaArgs<'py> {
     /// Seconds; `None`: no keepalives (the keyword's default is 20 seconds).
     nat_keepalive_interval: Option<f64>,
     nat_original_addresses: Option<Bound<'py, PyAny>>,
+    lookup: Option<Bound<'py, PyAny>>,
 }
 
 /// The keywords of [`SaArgs`], in the constructor's order; the first five are required.
-pub(crate) const SA_KEYWORDS: [&str; 23] = [
+pub(crate) const SA_KEYWORDS: [&str; 24] = [
     "spi",
     "direction",
     "mode",
@@ -558,6 +561,7 @@ pub(crate) const SA_KEYWORDS: [&str; 23] = [
     "df",
     "nat_keepalive_interval",
     "nat_original_addresses",
+    "lookup",
 ];
 
 impl<'py> SaArgs<'py> {
@@ -565,7 +569,7 @@ impl<'py> SaArgs<'py> {
     /// messages): the constructor's keywords (except `now`), the first five required.
     /// An unknown or missing keyword raises `TypeError`, as Python's own call checks do.
     pub(crate) fn from_kwargs(method: &str, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Self> {
-        let mut found: [Option<Bound<'py, PyAny>>; 23] = Default::default();
+        let mut found: [Option<Bound<'py, PyAny>>; 24] = Default::default();
         if let Some(kwargs) = kwargs {
             for (k, v) in kwargs.iter() {
                 let key = k.extract::<PyBackedStr>()?;
@@ -615,6 +619,7 @@ impl<'py> SaArgs<'py> {
             df,
             nat_keepalive_interval,
             nat_original_addresses,
+            lookup,
         ] = found;
         // As the constructor's signature: left out, 20 seconds; None, no keepalives.
         let nat_keepalive_interval = match nat_keepalive_interval {
@@ -652,6 +657,7 @@ impl<'py> SaArgs<'py> {
             df,
             nat_keepalive_interval,
             nat_original_addresses,
+            lookup,
         })
     }
 
@@ -790,6 +796,9 @@ impl<'py> SaArgs<'py> {
                 convert::addr(&dst, "nat_original_addresses", Bad::Config)?,
             );
         }
+        if let Some(l) = self.lookup.as_ref().filter(|l| !l.is_none()) {
+            cfg.lookup(SaLookup::from_name(&name(l, "lookup")?).map_err(Failure::from)?);
+        }
         Ok(cfg)
     }
 }
@@ -804,13 +813,13 @@ impl PySecurityAssociation {
         soft_lifetime=None, hard_lifetime=None, soft_lifetime_jitter=None, padding=None,
         tfc_pad_to=None, outer_ttl=None, path_mtu=None, df=None,
         nat_keepalive_interval=Some(DEFAULT_KEEPALIVE_SECONDS), nat_original_addresses=None,
-        now=None
+        lookup=None, now=None
     ), text_signature = "(spi, direction, mode, cipher, key, integrity=None, integrity_key=b'', \
         esn=False, replay_window=64, tunnel_src=None, tunnel_dst=None, udp_encap=None, seq=0, *, \
         soft_lifetime=None, hard_lifetime=None, soft_lifetime_jitter=10, padding='blocks', \
         tfc_pad_to=None, outer_ttl=64, \
         path_mtu=None, df='copy', nat_keepalive_interval=20.0, nat_original_addresses=None, \
-        now=0.0)")]
+        lookup='spi', now=0.0)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         spi: &Bound<'_, PyAny>,
@@ -836,6 +845,7 @@ impl PySecurityAssociation {
         df: Option<&Bound<'_, PyAny>>,
         nat_keepalive_interval: Option<f64>,
         nat_original_addresses: Option<&Bound<'_, PyAny>>,
+        lookup: Option<&Bound<'_, PyAny>>,
         now: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let config = SaArgs {
@@ -862,6 +872,7 @@ impl PySecurityAssociation {
             df: df.cloned(),
             nat_keepalive_interval,
             nat_original_addresses: nat_original_addresses.cloned(),
+            lookup: lookup.cloned(),
         }
         .config()?;
         let now = convert::opt_seconds(now, "now", Bad::Config)?.unwrap_or(Duration::ZERO);
@@ -1125,6 +1136,13 @@ impl PySecurityAssociation {
     #[getter]
     fn udp_encap(&self) -> Option<(u16, u16)> {
         self.udp_encap
+    }
+
+    /// How a gateway finds this inbound SA for a packet (RFC 4301 §4.1): `"spi"`,
+    /// `"spi+protocol"`, `"spi+destination"` or `"spi+destination+source"`.
+    #[getter]
+    fn lookup(&self) -> &'static str {
+        self.lookup.name()
     }
 
     /// True once a hard lifetime was reached (the SA refuses packets).

@@ -86,7 +86,7 @@ impl PySharedSa {
             tunnel_dst=None, udp_encap=None, seq=0, soft_lifetime=None, hard_lifetime=None, \
             soft_lifetime_jitter=10, padding='blocks', tfc_pad_to=None, outer_ttl=64, \
             path_mtu=None, df='copy', nat_keepalive_interval=20.0, \
-            nat_original_addresses=None)"
+            nat_original_addresses=None, lookup='spi')"
     )]
     fn new(
         py: Python<'_>,

@@ -287,7 +287,8 @@ def test_every_control_error_carries_its_fields_and_changes_nothing() -> None:
                 lambda: hq.add_sa("hq-in-2", **sa_kwargs(0x2000, "inbound", 11)), 2)
     assert (e.spi, e.sa) == (0x2000, "hq-in")
     assert str(e) == ('inbound sa "hq-in" already has SPI 0x00002000: inbound SAs are found '
-                      'by their SPI, so it must be unique among them')
+                      'by their SPI, so it must be unique among them (unless their lookups '
+                      'tell them apart by destination address, RFC 4301 §4.1)')
 
     e = refused(hq, br, ipsec.UnknownSaError, lambda: hq.delete_sa("nope"), 3)
     assert e.name == "nope" and str(e) == 'no SA called "nope" is installed'

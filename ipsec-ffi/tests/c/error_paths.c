@@ -358,9 +358,15 @@ static void configs_and_enums(void)
     c.padding = 2;
     CHECK("padding 2", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_INVALID_ARGUMENT, "padding 2");
     c.padding = IPSEC_PADDING_BLOCKS;
-    c.reserved[3] = 1;
+    c.reserved[2] = 1;
     CHECK("reserved field set", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_INVALID_ARGUMENT, "reserved");
-    c.reserved[3] = 0;
+    c.reserved[2] = 0;
+    c.reserved32 = 1;
+    CHECK("reserved32 set", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_INVALID_ARGUMENT, "reserved32");
+    c.reserved32 = 0;
+    c.lookup = 4;
+    CHECK("lookup 4", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_INVALID_ARGUMENT, "ipsec_sa_lookup");
+    c.lookup = IPSEC_LOOKUP_SPI;
     memset(&c.esn, 2, 1); /* a byte that is no bool, as a memset or the wire leaves it */
     CHECK("esn holding 2", ipsec_sa_new(&c, T0, &sa), IPSEC_ERR_INVALID_ARGUMENT, "esn is 2");
     c.esn = false;

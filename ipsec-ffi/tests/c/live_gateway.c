@@ -7,7 +7,8 @@
  * refused as an unknown SPI after. Retired SAs disappear from the SA list when the
  * gateway deletes them (on a packet, or on poll_event). Every refusal has its status
  * (230..237, IPSEC_ERR_CONFIG) and the core's message, and changes nothing (SA count,
- * policies, traffic); NULL and non-UTF-8 arguments are refused.
+ * policies, traffic); NULL and non-UTF-8 arguments are refused. Last, RFC 4301 §4.1
+ * lookup (ipsec_sa_config.lookup): multicast SAs sharing an SPI, each found by its group.
  * Run by scripts/test-ffi.sh (static and shared library, valgrind, ASan/UBSan).
  */
 #include <ipsec.h>
@@ -304,7 +305,8 @@ static void refusals(void)
     REFUSED("duplicate SPI", add_sa(hq, "other-in", 0x2000, IPSEC_DIRECTION_INBOUND, 31),
             IPSEC_ERR_DUPLICATE_SPI,
             "inbound sa \"hq-in\" already has SPI 0x00002000: inbound SAs are found by their SPI, "
-            "so it must be unique among them");
+            "so it must be unique among them (unless their lookups tell them apart by destination "
+            "address, RFC 4301 \xc2\xa7" "4.1)");
     UNCHANGED("duplicate SPI", 2);
 
     memset(&pattern, 0xab, sizeof pattern);
@@ -589,6 +591,118 @@ static void policies(void)
             IPSEC_ERR_MISSING_SA, "policy \"rdp\" names sa \"hq-out\", which is not installed (or only SAs being retired serve it)");
 }
 
+/*
+ * RFC 4301 §4.1 lookup: two multicast SAs share SPI 0x5000, each found by its group
+ * address (tunnel_dst); a third, found by the SPI alone, takes the SPI's other packets
+ * (the longest match wins). A packet to a group no SA has is an unknown SPI.
+ */
+static ipsec_sa *group_sender(const char *group, unsigned key_number, uint8_t key[20])
+{
+    ipsec_sa_config c;
+    ipsec_sa *sa = NULL;
+    make_config(&c, key, 0x5000, IPSEC_DIRECTION_OUTBOUND, key_number);
+    c.tunnel_dst = group;
+    if (ipsec_sa_new(&c, T0, &sa) != IPSEC_OK) {
+        printf("FAIL: cannot create the sender to %s: %s\n", group, last_error());
+        exit(1);
+    }
+    return sa;
+}
+
+static ipsec_status add_group_sa(ipsec_gateway *gw, const char *name, const char *group,
+                                 uint32_t lookup, unsigned key_number)
+{
+    ipsec_sa_config c;
+    uint8_t key[20];
+    char policy[256];
+    ipsec_status st;
+    make_config(&c, key, 0x5000, IPSEC_DIRECTION_INBOUND, key_number);
+    c.tunnel_src = "192.0.2.1";
+    c.tunnel_dst = group;
+    c.lookup = lookup;
+    st = ipsec_gateway_add_sa(gw, name, &c, T0);
+    if (st != IPSEC_OK) {
+        return st;
+    }
+    snprintf(policy, sizeof policy,
+             "name = \"p-%s\"\ndirection = \"inbound\"\naction = \"protect\"\nsa = \"%s\"\n", name,
+             name);
+    return ipsec_gateway_install_policy(gw, policy, "deny");
+}
+
+/* `sa` encrypts packet `tag`; `gw` takes it: the status, and the SA's name in `*name`. */
+static ipsec_status group_packet(ipsec_sa *sa, ipsec_gateway *gw, uint32_t t, const char **name)
+{
+    uint8_t buf[SIZE];
+    size_t off = HEAD, len = PLEN;
+    ipsec_gateway_result r;
+    ipsec_status st;
+    put_packet(buf, 9, t);
+    *name = NULL;
+    st = ipsec_sa_encrypt(sa, buf, SIZE, &off, &len, T0);
+    if (st != IPSEC_OK) {
+        return st;
+    }
+    st = ipsec_gateway_inbound(gw, buf, SIZE, &off, &len, T0, &r);
+    if (st == IPSEC_OK) {
+        *name = r.sa;
+    }
+    return st;
+}
+
+static void lookup(void)
+{
+    ipsec_gateway *gw = empty_gateway();
+    uint8_t k1[20], k2[20], k3[20];
+    ipsec_sa *to1 = group_sender("233.252.0.1", 41, k1);
+    ipsec_sa *to2 = group_sender("233.252.0.2", 42, k2);
+    ipsec_sa *astray = group_sender("233.252.0.3", 41, k3);
+    ipsec_sa_config c;
+    uint8_t key[20];
+    ipsec_sa_stats stats;
+    const char *name = NULL;
+    OK("add group SA g1 (SPI 0x5000, spi+destination 233.252.0.1)",
+       add_group_sa(gw, "g1", "233.252.0.1", IPSEC_LOOKUP_SPI_DESTINATION, 41));
+    OK("add group SA g2 (the same SPI, 233.252.0.2)",
+       add_group_sa(gw, "g2", "233.252.0.2", IPSEC_LOOKUP_SPI_DESTINATION, 42));
+    REFUSED_WITH("a third SA with g1's SPI and group is a duplicate",
+                 add_group_sa(gw, "g1-again", "233.252.0.1", IPSEC_LOOKUP_SPI_DESTINATION, 43),
+                 IPSEC_ERR_DUPLICATE_SPI, "inbound sa \"g1\" already has SPI 0x00005000");
+    OK("group 1's packet", group_packet(to1, gw, 1, &name));
+    TRUE("... decrypted by g1", is(name, "g1"));
+    OK("group 2's packet", group_packet(to2, gw, 2, &name));
+    TRUE("... decrypted by g2", is(name, "g2"));
+    REFUSED_WITH("a packet with the SPI to another group", group_packet(astray, gw, 3, &name),
+                 IPSEC_ERR_UNKNOWN_SPI, "unknown SPI 0x00005000");
+    OK("gateway stats", ipsec_gateway_get_stats(gw, &stats));
+    TRUE("... counted as unknown SPI", stats.unknown_spi == 1);
+    /* An SPI-alone SA beside them takes what no group SA does (wrong key: auth fails). */
+    OK("add the SPI-alone SA u (key 44)",
+       add_group_sa(gw, "u", "198.51.100.2", IPSEC_LOOKUP_SPI, 44));
+    OK("group 1's packet still goes to g1", group_packet(to1, gw, 4, &name));
+    TRUE("... decrypted by g1", is(name, "g1"));
+    REFUSED_WITH("the stray packet now reaches u, whose key does not open it",
+                 group_packet(astray, gw, 5, &name), IPSEC_ERR_AUTH_FAILED, "");
+    /* Refused configurations: an address lookup on an outbound or transport-mode SA. */
+    make_config(&c, key, 0x5001, IPSEC_DIRECTION_OUTBOUND, 45);
+    c.lookup = IPSEC_LOOKUP_SPI_DESTINATION;
+    REFUSED_WITH("spi+destination on an outbound SA", ipsec_gateway_add_sa(gw, "x", &c, T0),
+                 IPSEC_ERR_CONFIG, "lookup: \"spi+destination\" given for an outbound SA");
+    make_config(&c, key, 0x5001, IPSEC_DIRECTION_INBOUND, 45);
+    c.mode = IPSEC_MODE_TRANSPORT;
+    c.lookup = IPSEC_LOOKUP_SPI_DESTINATION_SOURCE;
+    REFUSED_WITH("spi+destination+source in transport mode", ipsec_gateway_add_sa(gw, "x", &c, T0),
+                 IPSEC_ERR_CONFIG, "lookup: ");
+    OK("delete g1's policy", ipsec_gateway_remove_policy(gw, "p-g1"));
+    OK("delete g1", ipsec_gateway_delete_sa(gw, "g1", NULL));
+    OK("group 2's packet after g1 is gone", group_packet(to2, gw, 6, &name));
+    TRUE("... decrypted by g2", is(name, "g2"));
+    ipsec_sa_free(to1);
+    ipsec_sa_free(to2);
+    ipsec_sa_free(astray);
+    ipsec_gateway_free(gw);
+}
+
 int main(void)
 {
     build();
@@ -597,6 +711,7 @@ int main(void)
     rekey();
     retire();
     policies();
+    lookup();
     ipsec_gateway_free(hq);
     ipsec_gateway_free(br);
     printf("\n%d checks, %d failed\n", checks, failed);

@@ -59,6 +59,8 @@ __all__ = [
 
 _Bytes = Union[bytes, bytearray]
 _Addr = Union[str, IPv4Address, IPv6Address]
+# How a gateway finds an inbound SA for a packet (RFC 4301 §4.1; see the README).
+_Lookup = Literal["spi", "spi+protocol", "spi+destination", "spi+destination+source"]
 _Path = Union[str, "os.PathLike[str]"]
 
 class IpsecError(Exception):
@@ -220,6 +222,7 @@ class SecurityAssociation:
         df: Literal["copy", "set", "clear"] = "copy",
         nat_keepalive_interval: Optional[float] = 20.0,
         nat_original_addresses: Optional[tuple[_Addr, _Addr]] = None,
+        lookup: _Lookup = "spi",
         now: float = 0.0,
     ) -> SecurityAssociation: ...
     def encrypt(self, packet: _Bytes, /, *, now: Optional[float] = None) -> bytes: ...
@@ -285,6 +288,9 @@ class SecurityAssociation:
     @property
     def udp_encap(self) -> Optional[tuple[int, int]]: ...
     @property
+    def lookup(self) -> _Lookup:
+        """How a gateway finds this inbound SA for a packet (RFC 4301 §4.1)."""
+    @property
     def expired(self) -> bool: ...
     @property
     def max_overhead(self) -> int: ...
@@ -339,6 +345,7 @@ class SharedSa:
         df: Literal["copy", "set", "clear"] = "copy",
         nat_keepalive_interval: Optional[float] = 20.0,
         nat_original_addresses: Optional[tuple[_Addr, _Addr]] = None,
+        lookup: _Lookup = "spi",
     ) -> SharedSa: ...
     @property
     def lanes(self) -> list[SaLane]:
@@ -735,6 +742,7 @@ class Gateway:
         df: Literal["copy", "set", "clear"] = "copy",
         nat_keepalive_interval: Optional[float] = 20.0,
         nat_original_addresses: Optional[tuple[_Addr, _Addr]] = None,
+        lookup: _Lookup = "spi",
         now: Optional[float] = None,
     ) -> None:
         """Installs a new SA ``name`` (keywords: ``SecurityAssociation``'s), created at
@@ -769,6 +777,7 @@ class Gateway:
         df: Literal["copy", "set", "clear"] = "copy",
         nat_keepalive_interval: Optional[float] = 20.0,
         nat_original_addresses: Optional[tuple[_Addr, _Addr]] = None,
+        lookup: _Lookup = "spi",
         now: Optional[float] = None,
     ) -> None:
         """Installs ``name`` as the successor of ``replaces`` (make-before-break).
@@ -877,6 +886,9 @@ class GatewaySa:
     def tunnel(self) -> Optional[tuple[str, str]]: ...
     @property
     def udp_encap(self) -> Optional[tuple[int, int]]: ...
+    @property
+    def lookup(self) -> _Lookup:
+        """How the gateway finds the SA for an inbound packet (RFC 4301 §4.1)."""
     @property
     def seq(self) -> int:
         """Outbound: the last sequence number used. Inbound: the highest received."""
