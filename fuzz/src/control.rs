@@ -62,7 +62,7 @@ use ipsec_core::packet;
 use ipsec_core::spd::Spd;
 use ipsec_core::{
     Cipher, ConfigError, ControlError, Direction, Error, Gateway, Mode, PacketBuf, SaConfig,
-    SaLookup,
+    SaLane, SaLookup, SharedSa, SharedSaOptions,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -136,7 +136,8 @@ pub struct SaSpec {
     /// 5, for an inbound SA: how packets find it (RFC 4301 §4.1): 0 by SPI, 1 by SPI
     /// and protocol (the same key), 2 by SPI and destination, the address the outbound
     /// SAs send to (`198.51.100.2`), 3 by SPI and another destination (`198.51.100.99`,
-    /// which no packet has).
+    /// which no packet has). Bit 6: installed as the one lane of a `SharedSa`
+    /// (`add_sa_lane` / `rekey_sa_lane`; the model sees an ordinary SA).
     pub spi: u8,
     /// `% 9`: key number 0..=7, or 8 for a key of a wrong length.
     pub key: u8,
@@ -337,6 +338,11 @@ impl SaSpec {
         }
     }
 
+    /// Whether the SA is installed as a lane of a one-lane `SharedSa`.
+    fn as_lane(&self) -> bool {
+        self.spi & 0x40 != 0
+    }
+
     /// An inbound SA's lookup, and the destination it compares (0: the one packets
     /// have, 1: another), `None` for the SPI alone.
     fn lookup(&self) -> (SaLookup, Option<u8>) {
@@ -504,6 +510,43 @@ struct MSa {
 struct Model {
     sas: Vec<MSa>,
     policies: Vec<MPolicy>,
+}
+
+/// A one-lane `SharedSa` of `config` (`None` for a configuration it refuses: the
+/// caller then takes the ordinary path, which refuses it as the model expects).
+fn lane(config: &SaConfig, now: Duration) -> Option<SaLane> {
+    let (_, mut lanes) = SharedSa::new(config.try_clone()?, SharedSaOptions::lanes(1), now).ok()?;
+    lanes.pop()
+}
+
+/// `add_sa`, or `add_sa_lane` when the spec asks for a lane.
+fn add_sa(
+    g: &mut Gateway,
+    name: &str,
+    spec: &SaSpec,
+    outbound: bool,
+    now: Duration,
+) -> Result<(), ControlError> {
+    let config = spec.config(outbound);
+    match spec.as_lane().then(|| lane(&config, now)).flatten() {
+        Some(l) => g.add_sa_lane(name, l).map_err(|r| r.error),
+        None => g.add_sa(name, config, now),
+    }
+}
+
+/// `rekey_sa`, or `rekey_sa_lane` when the spec asks for a lane.
+fn rekey_sa(
+    g: &mut Gateway,
+    replaces: &str,
+    name: &str,
+    spec: &SaSpec,
+    now: Duration,
+) -> Result<(), ControlError> {
+    let config = spec.config(spec.outbound);
+    match spec.as_lane().then(|| lane(&config, now)).flatten() {
+        Some(l) => g.rekey_sa_lane(replaces, name, l).map_err(|r| r.error),
+        None => g.rekey_sa(replaces, name, config, now),
+    }
 }
 
 fn config_error(what: &str) -> ControlError {
@@ -932,7 +975,7 @@ pub fn run(ops: &[Op]) -> Tally {
                     &mut tally,
                     g,
                     m,
-                    |g| g.add_sa(sa_name(sa.name), sa.config(sa.outbound), now),
+                    |g| add_sa(g, sa_name(sa.name), &sa, sa.outbound, now),
                     |m| m.add_sa(&sa, sa.outbound),
                 );
             }
@@ -943,7 +986,7 @@ pub fn run(ops: &[Op]) -> Tally {
                         &mut tally,
                         &mut gws[side],
                         &mut models[side],
-                        |g| g.add_sa(sa_name(sa.name), sa.config(outbound), now),
+                        |g| add_sa(g, sa_name(sa.name), &sa, outbound, now),
                         |m| m.add_sa(&sa, outbound),
                     );
                 }
@@ -956,7 +999,7 @@ pub fn run(ops: &[Op]) -> Tally {
                     &mut tally,
                     g,
                     m,
-                    |g| g.rekey_sa(old, sa_name(sa.name), sa.config(sa.outbound), now),
+                    |g| rekey_sa(g, old, sa_name(sa.name), &sa, now),
                     |m| m.rekey_sa(old, &sa),
                 );
             }
