@@ -549,8 +549,10 @@ struct Table {
     /// classifier, queried with OPAQUE ports, gives the same answer).
     fragments: Option<FragmentIndex>,
     /// The rules (positions in this table) of policies removed since the compile, one
-    /// bit each; empty while none is. Lookups mask them out.
+    /// bit each (allocated with the classifier, so that the first removal allocates
+    /// nothing). Lookups mask them out while `removed_count` is not 0.
     removed: Vec<u64>,
+    removed_count: usize,
     /// For the non-first fragment index: each chain of rules with the same widened
     /// selectors whose first rule (the only one in the index) was removed brings its
     /// first rule that was not (positions in this table, in order).
@@ -635,9 +637,9 @@ impl FragmentIndex {
     fn lookup(&self, flow: &Flow, table: &Table, base: &[Policy]) -> Option<Option<usize>> {
         let masked = |w: u32| table.is_removed(self.rules[w as usize]);
         let hit = match family_key(flow, OPAQUE, OPAQUE) {
-            Family::V4(k) if table.removed.is_empty() => self.v4.lookup(&k.map(|x| x as u32), &k),
+            Family::V4(k) if table.removed_count == 0 => self.v4.lookup(&k.map(|x| x as u32), &k),
             Family::V4(k) => self.v4.lookup_where(&k.map(|x| x as u32), &k, masked),
-            Family::V6(k) if table.removed.is_empty() => self.v6.lookup(&k, &k),
+            Family::V6(k) if table.removed_count == 0 => self.v6.lookup(&k, &k),
             Family::V6(k) => self.v6.lookup_where(&k, &k, masked),
             Family::Mixed => return None,
         };
@@ -825,11 +827,12 @@ impl Table {
             .any(|r| r.a.is_some() || r.b.is_some())
             .then(|| FragmentIndex::build(&refs));
         Table {
+            removed: vec![0; rules.len().div_ceil(64)],
+            removed_count: 0,
             rules,
             out,
             engine,
             fragments,
-            removed: Vec::new(),
             fragment_extra: Vec::new(),
         }
     }
@@ -848,10 +851,8 @@ impl Table {
         let Ok(t) = self.rules.binary_search(&policy) else {
             return;
         };
-        if self.removed.is_empty() {
-            self.removed = vec![0; self.rules.len().div_ceil(64)];
-        }
         self.removed[t / 64] |= 1 << (t % 64);
+        self.removed_count += 1;
         let t = t as u32;
         let Some(ix) = &self.fragments else { return };
         let Some(first) = ix.chain_of.get(&t) else {
@@ -1558,9 +1559,9 @@ impl Spd {
         // rebuild them at once.)
         Some(match &table.engine {
             Engine::Partitioned { v4, v6 } => match family_key(flow, a, b) {
-                Family::V4(k) if table.removed.is_empty() => v4.lookup(&k.map(|x| x as u32), &k),
+                Family::V4(k) if table.removed_count == 0 => v4.lookup(&k.map(|x| x as u32), &k),
                 Family::V4(k) => v4.lookup_where(&k.map(|x| x as u32), &k, masked),
-                Family::V6(k) if table.removed.is_empty() => v6.lookup(&k, &k),
+                Family::V6(k) if table.removed_count == 0 => v6.lookup(&k, &k),
                 Family::V6(k) => v6.lookup_where(&k, &k, masked),
                 Family::Mixed => return None,
             },
