@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ipsec_core::spd::EngineKind;
-use ipsec_core::{Direction, Flow, Spd, SpdCache};
+use ipsec_core::{Direction, Flow, Gateway, Spd, SpdCache};
 
 /// `flows` as non-first fragments see them: no ports, no ICMP type or code.
 fn without_ports(flows: &[Flow]) -> Vec<Flow> {
@@ -281,6 +281,43 @@ fn setup(n: usize) -> (Spd, Vec<Flow>) {
     (spd, flows)
 }
 
+/// Changes pending on a live gateway's SPD in `compiled_pending`.
+const PENDING: usize = 32;
+
+/// A gateway of `spd`'s policies with [`PENDING`] changes pending: half of them removals
+/// of random policies, half installations of new ones before random policies.
+fn with_pending_changes(spd: &Spd, n: usize) -> Gateway {
+    let mut rng = Rng(0x5eed_9000 + n as u64);
+    let mut gw = Gateway::new(spd.clone(), Duration::ZERO).expect("a gateway");
+    for k in 0..PENDING / 2 {
+        let count = gw.spd().policies().len() - 1;
+        // A compiled policy (not one installed here), not the catch-all; at most half
+        // of them.
+        if k >= n / 2 {
+            break;
+        }
+        let victim = loop {
+            let p = &gw.spd().policies()[rng.below(count as u64) as usize];
+            if !p.name().starts_with("pending") {
+                break p.name().to_owned();
+            }
+        };
+        gw.remove_policy(&victim).expect("removed");
+        let before = gw.spd().policies()[rng.below(count as u64 - 1) as usize]
+            .name()
+            .to_owned();
+        let text = format!(
+            "name = \"pending{k}\"\nlocal = \"10.{}.0.0/16\"\nremote = \"172.16.{}.0/24\"\n\
+             protocol = \"tcp\"\naction = \"bypass\"\n",
+            rng.below(64),
+            rng.below(256)
+        );
+        gw.install_policy(&text, Some(&before)).expect("installed");
+    }
+    assert_eq!(gw.pending_policy_changes(), 2 * (PENDING / 2).min(n / 2));
+    gw
+}
+
 fn bench_spd(c: &mut Criterion) {
     let mut g = c.benchmark_group("spd_lookup");
     g.warm_up_time(Duration::from_millis(500))
@@ -322,6 +359,36 @@ fn bench_spd(c: &mut Criterion) {
                 },
             );
         }
+        // The same lookups on a live gateway's SPD with changes pending beside the
+        // compiled classifier: PENDING / 2 policies removed and as many installed at
+        // random places (the most a gateway that rebuilds when
+        // `Gateway::policy_rebuild_due` says so ever has).
+        let live = with_pending_changes(&spd, n);
+        g.bench_with_input(
+            BenchmarkId::new("compiled_pending", n),
+            &flows,
+            |b, flows| {
+                let live = live.spd();
+                b.iter(|| {
+                    for f in flows {
+                        black_box(live.lookup(black_box(f)));
+                    }
+                });
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("non_first_fragment_pending", n),
+            &fragments,
+            |b, fragments| {
+                let live = live.spd();
+                b.iter(|| {
+                    for f in fragments {
+                        black_box(live.lookup_non_first_fragment(black_box(f)));
+                    }
+                });
+            },
+        );
+        drop(live);
         let mut cache = SpdCache::new(&spd, 16 * FLOWS);
         g.bench_with_input(BenchmarkId::new("cached", n), &flows, |b, flows| {
             b.iter(|| {

@@ -49,10 +49,14 @@
 //! Adding, rekeying and deleting an SA are O(1) (hash maps; an SA's creation expands
 //! its key schedule; a successor takes over only the names of its predecessor that
 //! policies use, so a long chain of rekeys costs no more).
-//! Policy changes compile a new classifier for the directions the policy covers
-//! (O(n log n) in the number of policies, off no lock of the caller's: the gateway is
-//! `&mut`; the other direction's classifier is kept) and swap it in;
-//! `benches/benches/control.rs` measures both. Like every
+//! Policy changes compile nothing: the compiled classifier stays, and the change joins
+//! a short list of changes pending beside it (a removed policy is masked out, an added
+//! one is checked in its place; see "Live changes" in the [`crate::spd`] docs), a few
+//! microseconds whatever the number of policies. When 32 changes are pending,
+//! [`Gateway::policy_rebuild_due`] says to compile again, off the packet thread (the
+//! batch path below, with no change in it) or here ([`Gateway::rebuild_policies`]);
+//! past 128, the next policy call compiles on the spot (O(n log n)).
+//! `benches/benches/control.rs` measures both SA and policy calls. Like every
 //! `&mut self` method, a control call runs on the thread that owns the gateway (or
 //! under the caller's lock around it), between packets: a packet is processed under
 //! the state before or after a change, never half of one.
@@ -161,7 +165,7 @@ use crate::sa_set::SaKeys;
 use crate::sad::SadKey;
 use crate::shared::{LaneLink, SaLane};
 use crate::spd::parse::{parse_one_policy, policy_name_and_sas};
-use crate::spd::{Policy, PolicyChange, Spd};
+use crate::spd::{Policy, Spd};
 use core::fmt;
 use core::time::Duration;
 use std::collections::HashMap;
@@ -644,13 +648,15 @@ impl Gateway {
                 name: policy.name().to_owned(),
             });
         }
-        let at = match before {
-            None => self.spd.policies().len(),
-            Some(b) => self
-                .policy_position(b)
-                .ok_or_else(|| ControlError::UnknownPolicy { name: b.to_owned() })?,
+        let before = match before {
+            None => None,
+            Some(b) => Some(
+                self.policy_position(b)
+                    .ok_or_else(|| ControlError::UnknownPolicy { name: b.to_owned() })?,
+            ),
         };
-        self.change_policies(PolicyChange::Insert(at, policy));
+        self.spd.insert_policy(before, policy);
+        self.policies_changed();
         Ok(())
     }
 
@@ -665,7 +671,8 @@ impl Gateway {
                 .ok_or_else(|| ControlError::UnknownPolicy {
                     name: policy.name().to_owned(),
                 })?;
-        self.change_policies(PolicyChange::Replace(at, policy));
+        self.spd.replace_policy(at, policy);
+        self.policies_changed();
         Ok(())
     }
 
@@ -678,12 +685,14 @@ impl Gateway {
             .ok_or_else(|| ControlError::UnknownPolicy {
                 name: name.to_owned(),
             })?;
-        self.change_policies(PolicyChange::Remove(at));
+        self.spd.remove_policy(at);
+        self.policies_changed();
         Ok(())
     }
 
+    /// The SPD's reference of the policy `name` (O(1)).
     fn policy_position(&self, name: &str) -> Option<usize> {
-        self.spd.policies().iter().position(|p| p.name() == name)
+        self.spd.ref_of_name(name)
     }
 
     /// The direction of every SA name policies may use now: outbound names are those
@@ -726,7 +735,7 @@ impl Gateway {
     /// one lock holds it only for this call and the commit, never for the compile.
     pub fn edit_policies(&self) -> PolicyEdit {
         PolicyEdit {
-            policies: self.spd.policies().to_vec(),
+            policies: self.spd.policies_to_vec(),
             sa_dirs: self
                 .sa_directions()
                 .into_iter()
@@ -771,15 +780,42 @@ impl Gateway {
         Ok(())
     }
 
-    /// Makes the (checked) change to the policies: the SPD is compiled again (only the
-    /// directions the change touches, see [`Spd::changed`]) and swapped in; remembered
-    /// fragment decisions (positions in the old SPD) are forgotten.
-    fn change_policies(&mut self, change: PolicyChange) {
-        let old = core::mem::replace(&mut self.spd, Spd::with_policies(Vec::new()));
-        self.spd = old.changed(change);
+    /// After a (checked) change to the policies: remembered fragment decisions and
+    /// cached flows (policy positions and references in the SPD before the change)
+    /// are forgotten, and an edit taken before is stale.
+    fn policies_changed(&mut self) {
         self.policy_generation += 1;
         self.fragments.forget_all();
         self.flow_cache.clear();
+    }
+
+    /// True when enough policy changes are pending beside the compiled classifier
+    /// (32 or more) that it should be compiled again, off the packet thread: take
+    /// [`Gateway::edit_policies`], [`PolicyEdit::compile`] it on another thread, and
+    /// [`Gateway::commit_policies`] the result (if a policy changed in between, the
+    /// commit is refused as stale: take a new edit). Each pending change costs
+    /// lookups that reach it a check of that policy; see "Live changes" in the
+    /// [`crate::spd`] docs. Past 128 pending changes, the next policy call compiles on
+    /// the spot.
+    pub fn policy_rebuild_due(&self) -> bool {
+        self.spd.rebuild_due()
+    }
+
+    /// Policy changes pending beside the compiled classifier (see
+    /// [`Gateway::policy_rebuild_due`]).
+    pub fn pending_policy_changes(&self) -> usize {
+        self.spd.pending_changes()
+    }
+
+    /// Compiles the policy classifier again here and now, O(n log n) (see
+    /// [`Gateway::policy_rebuild_due`] for doing it off this thread). The policies do
+    /// not change: an edit taken before stays valid.
+    pub fn rebuild_policies(&mut self) {
+        if self.spd.pending_changes() > 0 {
+            self.spd.rebuild();
+            self.fragments.forget_all();
+            self.flow_cache.clear();
+        }
     }
 }
 

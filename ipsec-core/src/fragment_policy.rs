@@ -380,7 +380,7 @@ pub(crate) fn decrypted_policy<'s>(
     match fragment {
         None => spd
             .inbound_policy_index_serving(serves, &flow)
-            .map(|i| spd.policies()[i].name())
+            .map(|r| spd.policy_ref(r).name())
             .ok_or(Error::PolicyMismatch),
         Some(f) => decrypted_fragment_policy(spd, table, sa_index, serves, &flow, &f, now),
     }
@@ -421,7 +421,7 @@ fn decrypted_fragment_policy<'s>(
             None => spd.inbound_policy_index_non_first_fragment(serves, flow)?,
         }
     };
-    Ok(spd.policies()[index].name())
+    Ok(spd.policy_ref(index).name())
 }
 
 #[cfg(test)]

@@ -514,7 +514,7 @@ impl Spd {
     /// to them; the protocol and another one; the ICMP type and code and their
     /// neighbours), each with what it hits. For `ipsec policy explain`.
     pub fn probes(&self) -> Vec<Probe> {
-        let ps = &self.policies;
+        let ps = self.policies();
         let geo = Geometry::new(ps);
         let mut out = Vec::new();
         for (i, p) in ps.iter().enumerate() {

@@ -883,7 +883,7 @@ impl Spd {
     /// The lint and the steps it used; with `scan`, earlier boxes are found by scanning
     /// every earlier policy instead of the index (the tests' reference).
     pub(crate) fn lint_counting(&self, budget: LintBudget, scan: bool) -> (Vec<Finding>, u64) {
-        let ps = &self.policies;
+        let ps = self.policies();
         let mut geo = Geometry::new(ps);
         geo.bound = budget.per_policy;
         geo.total.set(budget.total);
@@ -955,7 +955,7 @@ impl Spd {
     /// The findings of the first-match analysis `a` of policy `p`: `incomplete`,
     /// `shadowed` or `redundant`.
     fn shadow_findings(&self, p: &Policy, a: &Analysis, bound: u64, out: &mut Vec<Finding>) {
-        let ps = &self.policies;
+        let ps = self.policies();
         let name = Some(p.name.as_str());
         if a.incomplete {
             out.push(Finding::new(
@@ -1039,7 +1039,7 @@ impl Spd {
 
     /// The `fragment-bypass` finding of the BYPASS policy `i` (ports "any").
     fn fragment_bypass(&self, geo: &Geometry, flagged: &[bool], i: usize, out: &mut Vec<Finding>) {
-        let ps = &self.policies;
+        let ps = self.policies();
         let start = geo.budget();
         let mut budget = start;
         let mut protects = Vec::new();
@@ -1090,7 +1090,7 @@ impl Spd {
     }
 
     fn conflicts(&self, geo: &Geometry, flagged: &[bool], i: usize, out: &mut Vec<Finding>) {
-        let ps = &self.policies;
+        let ps = self.policies();
         let p = &ps[i];
         let start = geo.budget();
         let mut budget = start;
@@ -1152,7 +1152,7 @@ impl Spd {
         for sa in &self.sas {
             let pair = endpoints(&sa.name).or_else(|| {
                 // An inbound SA without tunnel endpoints: its outbound partner's.
-                self.policies
+                self.policies()
                     .iter()
                     .filter(|p| p.sa_in.as_deref() == Some(sa.name.as_str()))
                     .find_map(|p| endpoints(p.sa_out.as_deref()?))

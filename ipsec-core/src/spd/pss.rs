@@ -250,11 +250,11 @@ impl<K: KeyInt> Partitioned<K> {
         let total: usize = by_dim.iter().map(|(_, v)| v.len()).sum();
         let mut budget = BUDGET_PER_RULE * total + (1 << 20);
         let mut groups = Vec::with_capacity(by_dim.len());
-        for (dim, mut members) in by_dim {
-            if dim.is_none() {
-                // Matches everything: only its first rule can ever answer.
-                members.truncate(1);
-            }
+        for (dim, members) in by_dim {
+            // A group of rules that match everything (`dim` is `None`) keeps them all,
+            // not only the first (the only one a lookup can reach): when that one is
+            // masked out ([`Partitioned::lookup_where`], a policy removed since the
+            // compile) the next one answers.
             let (ids, rules): (Vec<u32>, Vec<TRule>) = members.into_iter().unzip();
             let entries: Vec<Entry<K>> = rules
                 .iter()
@@ -277,6 +277,21 @@ impl<K: KeyInt> Partitioned<K> {
     /// The position of the first rule matching `key`.
     #[inline]
     pub(crate) fn lookup(&self, key: &[K; DIMS], wide: &[u128; DIMS]) -> Option<usize> {
+        self.lookup_where(key, wide, |_| false)
+    }
+
+    /// The position of the first rule matching `key` that `masked` does not take out:
+    /// the answer of the same rules without the masked ones. Each list holds every
+    /// rule of its group covering the point, so a masked rule only lets the scan go on
+    /// to the next candidate; no other rule is reached that the unmasked rules would
+    /// not have reached.
+    #[inline]
+    pub(crate) fn lookup_where(
+        &self,
+        key: &[K; DIMS],
+        wide: &[u128; DIMS],
+        masked: impl Fn(u32) -> bool,
+    ) -> Option<usize> {
         let mut best = u32::MAX;
         for g in &self.groups {
             if g.first >= best {
@@ -288,7 +303,7 @@ impl<K: KeyInt> Partitioned<K> {
                     break;
                 }
                 let inside = (0..DIMS).all(|d| e.lo[d] <= key[d] && key[d] <= e.hi[d]);
-                if inside && (e.exact || g.rules[e.local as usize].matches(wide)) {
+                if inside && (e.exact || g.rules[e.local as usize].matches(wide)) && !masked(e.id) {
                     best = e.id;
                     break;
                 }
