@@ -328,6 +328,14 @@ impl From<LaneRefused> for ControlError {
     }
 }
 
+/// The name the policy text `text` gives (one `[[policy]]` table, as
+/// [`Gateway::install_policy`] takes it), read without checking the rest; `None` when
+/// the text is not TOML or has no name. For callers that keep their own index of the
+/// installed policies by name (the C ABI's name strings).
+pub fn policy_name(text: &str) -> Option<String> {
+    Some(policy_name_and_sas(text).0).filter(|n| !n.is_empty())
+}
+
 /// The key an inbound SA of `config` is found by.
 fn sad_key(config: &SaConfig) -> SadKey {
     SadKey::new(config.spi, config.lookup, config.tunnel)

@@ -62,8 +62,8 @@ unsafe fn sa_config(
 }
 
 impl GatewayHandle {
-    /// Makes the policy names those of the installed policies (after a policy call
-    /// succeeded): O(n), as the policy call's own recompilation of the SPD.
+    /// Makes the policy names those of the installed policies: O(n), for when the
+    /// change is not known name by name.
     pub(crate) fn sync_policy_names(&mut self) {
         let installed: HashSet<&str> = self
             .gateway
@@ -456,7 +456,14 @@ pub unsafe extern "C" fn ipsec_gateway_install_policy(
         let h = &mut *guard;
         h.gateway.install_policy(text, before).map_err(refused)?;
         h.free_stale();
-        h.sync_policy_names();
+        // The one new name: O(1), not a pass over every policy.
+        match ipsec_core::control::policy_name(text) {
+            Some(name) => {
+                h.policy_names.add(&name);
+                h.check_names();
+            }
+            None => h.sync_policy_names(),
+        }
         Ok(())
     })
 }
@@ -489,7 +496,8 @@ pub unsafe extern "C" fn ipsec_gateway_replace_policy(
         let h = &mut *guard;
         h.gateway.replace_policy(text).map_err(refused)?;
         h.free_stale();
-        h.sync_policy_names();
+        // Same name, same string: the names do not change.
+        h.check_names();
         Ok(())
     })
 }
@@ -518,7 +526,8 @@ pub unsafe extern "C" fn ipsec_gateway_remove_policy(
         let h = &mut *guard;
         h.gateway.remove_policy(name).map_err(refused)?;
         h.free_stale();
-        h.sync_policy_names();
+        h.policy_names.remove(name);
+        h.check_names();
         Ok(())
     })
 }
