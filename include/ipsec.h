@@ -72,6 +72,12 @@
 #define IPSEC_DEFAULT_SEQ_MARGIN (1 << 20)
 
 /**
+ * Pending policy changes from which a gateway's policy classifier should be compiled
+ * again (see `ipsec_gateway_pending_policy_changes`).
+ */
+#define IPSEC_POLICY_REBUILD_DUE 32
+
+/**
  * The result of every fallible call.
  *
  * The numbers are stable and come in blocks per family: 0 success, 1xx misuse of the
@@ -3100,6 +3106,33 @@ ipsec_status ipsec_gateway_replace_policy(struct ipsec_gateway *gateway, const c
  * NUL-terminated string.
  */
 ipsec_status ipsec_gateway_remove_policy(struct ipsec_gateway *gateway, const char *name);
+
+/**
+ * Policy changes pending beside the gateway's compiled classifier (0 for NULL): each
+ * `ipsec_gateway_install_policy`, `_replace_policy` and `_remove_policy` is applied
+ * in O(1) and checked at lookup beside the classifier; from
+ * `IPSEC_POLICY_REBUILD_DUE` pending changes, compile them in: an unchanged batch
+ * (`ipsec_gateway_edit_policies`, `ipsec_policy_edit_compile` on any thread,
+ * `ipsec_gateway_commit_policies`), or `ipsec_gateway_rebuild_policies` on the spot.
+ * Past 128 the next policy call compiles on the spot.
+ *
+ * # Safety
+ *
+ * `gateway` is NULL or a live gateway.
+ */
+size_t ipsec_gateway_pending_policy_changes(const struct ipsec_gateway *gateway);
+
+/**
+ * Compiles the gateway's policy classifier again here and now (O(n log n) in the
+ * policies: about half a second at 100,000), so that no change is pending. The
+ * policies do not change; a policy edit taken before stays valid. For doing it off
+ * the packet thread, see `ipsec_gateway_pending_policy_changes`.
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call.
+ */
+ipsec_status ipsec_gateway_rebuild_policies(struct ipsec_gateway *gateway);
 
 /**
  * Takes a batch of policy changes from the gateway's current policies and stores it in

@@ -105,6 +105,52 @@ impl Handle for ipsec_compiled_policies {
     type Inner = CompiledHandle;
 }
 
+/// Pending policy changes from which a gateway's policy classifier should be compiled
+/// again (see `ipsec_gateway_pending_policy_changes`).
+pub const IPSEC_POLICY_REBUILD_DUE: usize = 32;
+const _: () = assert!(IPSEC_POLICY_REBUILD_DUE == ipsec_core::spd::REBUILD_DUE);
+
+/// Policy changes pending beside the gateway's compiled classifier (0 for NULL): each
+/// `ipsec_gateway_install_policy`, `_replace_policy` and `_remove_policy` is applied
+/// in O(1) and checked at lookup beside the classifier; from
+/// `IPSEC_POLICY_REBUILD_DUE` pending changes, compile them in: an unchanged batch
+/// (`ipsec_gateway_edit_policies`, `ipsec_policy_edit_compile` on any thread,
+/// `ipsec_gateway_commit_policies`), or `ipsec_gateway_rebuild_policies` on the spot.
+/// Past 128 the next policy call compiles on the spot.
+///
+/// # Safety
+///
+/// `gateway` is NULL or a live gateway.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_pending_policy_changes(
+    gateway: *const ipsec_gateway,
+) -> usize {
+    // SAFETY: caller's contract.
+    boundary(|| {
+        unsafe { borrow(gateway, "gateway") }.map_or(0, |h| h.gateway.pending_policy_changes())
+    })
+}
+
+/// Compiles the gateway's policy classifier again here and now (O(n log n) in the
+/// policies: about half a second at 100,000), so that no change is pending. The
+/// policies do not change; a policy edit taken before stays valid. For doing it off
+/// the packet thread, see `ipsec_gateway_pending_policy_changes`.
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_rebuild_policies(
+    gateway: *mut ipsec_gateway,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let mut h = unsafe { borrow_mut(gateway, "gateway") }?;
+        h.gateway.rebuild_policies();
+        Ok(())
+    })
+}
+
 /// Takes a batch of policy changes from the gateway's current policies and stores it in
 /// `*out` (O(policies + SAs): a copy). Change it with `ipsec_policy_edit_install`,
 /// `_replace` and `_remove`, compile it with `ipsec_policy_edit_compile`, or free it

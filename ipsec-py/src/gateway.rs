@@ -816,6 +816,33 @@ impl PyGateway {
         self.control(py, None, true, move |gw, _| gw.remove_policy(&name))
     }
 
+    /// Policy changes pending beside the compiled classifier: each policy call is
+    /// applied at once and checked at lookup beside it. From `policy_rebuild_due`
+    /// on, compile them in: an unchanged batch (`edit_policies()`, `compile()` on any
+    /// thread, `commit_policies`) or `rebuild_policies()` here.
+    #[getter]
+    fn pending_policy_changes(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.lock(py)?.gateway.pending_policy_changes())
+    }
+
+    /// Whether enough policy changes are pending (32) that the classifier should be
+    /// compiled again, off the packet thread (past 128 the next policy call does it).
+    #[getter]
+    fn policy_rebuild_due(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.lock(py)?.gateway.policy_rebuild_due())
+    }
+
+    /// Compiles the policy classifier again now, with the GIL released (the policies
+    /// do not change; an edit taken before stays valid).
+    fn rebuild_policies(&self, py: Python<'_>) -> PyResult<()> {
+        let done = py.detach(|| {
+            let mut st = self.state.lock().map_err(|_| ())?;
+            st.gateway.rebuild_policies();
+            Ok(())
+        });
+        done.map_err(|()| poisoned())
+    }
+
     /// Starts a batch of policy changes compiled away from the gateway: a
     /// `PolicyEdit` holding a copy of the policies (taken under the gateway's lock,
     /// briefly). Change it (`install`, `replace`, `remove`), `compile()` it on any

@@ -147,3 +147,23 @@ def test_a_refused_lane_stays_the_callers_and_an_installed_one_is_the_gateways()
     v = gw.outbound(packet("10.0.0.1", "10.1.0.1", 3))
     assert v.sa == "sa.2" and v.packet is not None and esp_spi_seq(v.packet)[0] == SPI + 1
     assert gw.sa_names == ["sa.2"]
+
+
+def test_policy_changes_pending_beside_the_classifier_and_the_rebuild() -> None:
+    gw = ipsec.Gateway(ipsec.Spd.from_toml(DENY))
+    assert (gw.pending_policy_changes, gw.policy_rebuild_due) == (0, False)
+    for i in range(32):
+        gw.install_policy(f'name = "b{i}"\nlocal = "10.9.{i}.0/24"\naction = "bypass"\n',
+                          before="deny")
+    assert (gw.pending_policy_changes, gw.policy_rebuild_due) == (32, True)
+    verdict = gw.outbound(packet("10.9.7.1", "10.1.0.1", 1))
+    assert (verdict.action, verdict.policy) == ("bypass", "b7"), "decided beside the classifier"
+    gw.rebuild_policies()
+    assert (gw.pending_policy_changes, gw.policy_rebuild_due) == (0, False)
+    gw.remove_policy("b7")
+    assert gw.pending_policy_changes == 1
+    verdict = gw.outbound(packet("10.9.7.1", "10.1.0.1", 2))
+    assert verdict.action == "discard", "the removed policy masked out of the classifier"
+    edit = gw.edit_policies()
+    gw.commit_policies(edit.compile())
+    assert gw.pending_policy_changes == 0, "an unchanged batch compiles them in"

@@ -934,8 +934,9 @@ enum Winner {
 }
 
 /// Changes pending (policies added or removed since the compile) from which
-/// [`Spd::rebuild_due`] says a rebuild should be made off the packet thread.
-pub(crate) const REBUILD_DUE: usize = 32;
+/// Pending policy changes from which [`crate::Gateway::policy_rebuild_due`] says the
+/// classifier should be compiled again, off the packet thread.
+pub const REBUILD_DUE: usize = 32;
 /// Changes pending beyond which a change rebuilds the classifiers at once, on the
 /// caller's thread (the bound on what a lookup may have to check beside the compiled
 /// classifier).

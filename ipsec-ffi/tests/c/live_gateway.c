@@ -703,6 +703,45 @@ static void lookup(void)
     ipsec_gateway_free(gw);
 }
 
+/* Policy changes pending beside the compiled classifier, and the rebuild. */
+static void pending_changes(void)
+{
+    ipsec_gateway *gw = NULL;
+    char text[160];
+    int i;
+    size_t before;
+
+    printf("\n-- policy changes pending beside the classifier\n");
+    OK("a gateway with a deny-all", ipsec_gateway_new(DENY_ALL, sizeof DENY_ALL - 1, T0, &gw));
+    TRUE("nothing pending", ipsec_gateway_pending_policy_changes(gw) == 0);
+    for (i = 0; i < IPSEC_POLICY_REBUILD_DUE; i++) {
+        snprintf(text, sizeof text,
+                 "name = \"bypass%d\"\nlocal = \"10.9.%d.0/24\"\nprotocol = \"icmp\"\naction = \"bypass\"\n",
+                 i, i);
+        if (ipsec_gateway_install_policy(gw, text, "deny") != IPSEC_OK) {
+            break;
+        }
+    }
+    TRUE("IPSEC_POLICY_REBUILD_DUE installs", i == IPSEC_POLICY_REBUILD_DUE);
+    before = ipsec_gateway_pending_policy_changes(gw);
+    TRUE("... each pending", before == IPSEC_POLICY_REBUILD_DUE);
+    OK("ipsec_gateway_rebuild_policies", ipsec_gateway_rebuild_policies(gw));
+    TRUE("... nothing pending", ipsec_gateway_pending_policy_changes(gw) == 0);
+    OK("remove a compiled policy", ipsec_gateway_remove_policy(gw, "bypass7"));
+    TRUE("... one change pending", ipsec_gateway_pending_policy_changes(gw) == 1);
+    OK("rebuild again", ipsec_gateway_rebuild_policies(gw));
+    TRUE("... nothing pending", ipsec_gateway_pending_policy_changes(gw) == 0);
+    OK("... the policies as they were: bypass7 stays removed",
+       ipsec_gateway_install_policy(gw, "name = \"bypass7\"\nprotocol = \"icmp\"\naction = \"bypass\"\n", "deny"));
+    REFUSED_WITH("... and bypass8 stays installed",
+                 ipsec_gateway_install_policy(gw, "name = \"bypass8\"\naction = \"bypass\"\n", "deny"),
+                 IPSEC_ERR_DUPLICATE_POLICY, "bypass8");
+    TRUE("pending of NULL is 0", ipsec_gateway_pending_policy_changes(NULL) == 0);
+    REFUSED_WITH("rebuild_policies: NULL gateway", ipsec_gateway_rebuild_policies(NULL),
+                 IPSEC_ERR_INVALID_ARGUMENT, "gateway");
+    ipsec_gateway_free(gw);
+}
+
 int main(void)
 {
     build();
@@ -712,6 +751,7 @@ int main(void)
     retire();
     policies();
     lookup();
+    pending_changes();
     ipsec_gateway_free(hq);
     ipsec_gateway_free(br);
     printf("\n%d checks, %d failed\n", checks, failed);

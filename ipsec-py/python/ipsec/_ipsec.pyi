@@ -813,6 +813,15 @@ class Gateway:
         """Removes the policy (the SAs it named stay). ``UnknownPolicyError``: nothing
         changed."""
     @property
+    def pending_policy_changes(self) -> int:
+        """Policy changes applied beside the compiled classifier, not yet compiled in."""
+    @property
+    def policy_rebuild_due(self) -> bool:
+        """True from 32 pending changes: compile them in (an unchanged batch, or
+        ``rebuild_policies()``); past 128 the next policy call does it."""
+    def rebuild_policies(self) -> None:
+        """Compiles the policy classifier again now (the GIL released)."""
+    @property
     def sa_names(self) -> list[str]:
         """The installed SAs: the policy file's in file order, then those added later
         (one may take the place of a deleted one)."""
