@@ -125,9 +125,10 @@ const _: () = assert!(IPSEC_POLICY_REBUILD_DUE == ipsec_core::spd::REBUILD_DUE);
 pub unsafe extern "C" fn ipsec_gateway_pending_policy_changes(
     gateway: *const ipsec_gateway,
 ) -> usize {
-    // SAFETY: caller's contract.
     boundary(|| {
-        unsafe { borrow(gateway, "gateway") }.map_or(0, |h| h.gateway.pending_policy_changes())
+        // SAFETY: caller's contract.
+        let h = unsafe { borrow(gateway, "gateway") };
+        h.map_or(0, |h| h.gateway.pending_policy_changes())
     })
 }
 
