@@ -87,6 +87,14 @@ impl GatewayHandle {
         self.check_names();
     }
 
+    /// After an SA `name` was installed: the strings of the last call's removals go,
+    /// the new name gets its string.
+    pub(crate) fn sa_installed(&mut self, name: &str) {
+        self.free_stale();
+        self.names.add(name);
+        self.check_names();
+    }
+
     /// Updates the policy names after a committed batch (`ipsec_gateway_commit_policies`):
     /// the gateway's policies were those of the edit's start (a commit over changed
     /// policies is refused as stale), so the names change by what the batch removed and
@@ -167,9 +175,7 @@ pub unsafe extern "C" fn ipsec_gateway_add_sa(
         h.gateway
             .add_sa(name, config, now(now_ns))
             .map_err(refused)?;
-        h.free_stale();
-        h.names.add(name);
-        h.check_names();
+        h.sa_installed(name);
         Ok(())
     })
 }
@@ -216,9 +222,7 @@ pub unsafe extern "C" fn ipsec_gateway_rekey_sa(
         h.gateway
             .rekey_sa(replaces, name, config, now(now_ns))
             .map_err(refused)?;
-        h.free_stale();
-        h.names.add(name);
-        h.check_names();
+        h.sa_installed(name);
         Ok(())
     })
 }
@@ -259,9 +263,7 @@ pub unsafe extern "C" fn ipsec_gateway_add_sa_lane(
         let taken = unsafe { take_lane(lane) }?;
         match h.gateway.add_sa_lane(name, taken) {
             Ok(()) => {
-                h.free_stale();
-                h.names.add(name);
-                h.check_names();
+                h.sa_installed(name);
                 Ok(())
             }
             // SAFETY: `lane` was checked by `take_lane`.
@@ -297,9 +299,7 @@ pub unsafe extern "C" fn ipsec_gateway_rekey_sa_lane(
         let taken = unsafe { take_lane(lane) }?;
         match h.gateway.rekey_sa_lane(replaces, name, taken) {
             Ok(()) => {
-                h.free_stale();
-                h.names.add(name);
-                h.check_names();
+                h.sa_installed(name);
                 Ok(())
             }
             // SAFETY: `lane` was checked by `take_lane`.
