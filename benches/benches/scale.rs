@@ -21,6 +21,12 @@
 //!   the address path of the lookup (the outer addresses read, one miss in the map by
 //!   SPI and address), which falls through to the SPI-alone SA, whose window refuses
 //!   the packet (too old by then);
+//! * `inbound_sa_lookup/spi`: `Gateway::inbound_sa_for`, the inbound SAD lookup alone
+//!   (RFC 4301 §4.1: here every SA is found by its SPI alone), SPI and outer addresses
+//!   given; `inbound_sa_lookup/spi_destination` (run last, with
+//!   `replayed_shared_spi`): the same once every picked SPI is shared with an SA found
+//!   by SPI + destination, so the outer addresses are searched (a miss, then the
+//!   SPI-alone SA);
 //! * `inbound_packet`: a whole 64-byte inner packet through `Gateway::inbound` (decrypt,
 //!   replay window, inner policy check), fresh sequence numbers: the packets of each
 //!   chunk of 1,024 are encrypted untimed by twin outbound SAs, then timed;
@@ -44,7 +50,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hint::black_box;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -440,6 +446,32 @@ fn chunked(
     (total, ok)
 }
 
+/// Times `Gateway::inbound_sa_for` (the SAD lookup alone) on `spis` with the outer
+/// addresses of the twins' packets, as benchmark `case`; every SPI must find an SA.
+fn bench_sad_lookup(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    case: &str,
+    n: usize,
+    gw: &Gateway,
+    spis: &[u32],
+) {
+    let src: IpAddr = "198.51.100.1".parse().expect("address");
+    let dst: IpAddr = "192.0.2.1".parse().expect("address");
+    g.bench_function(BenchmarkId::new(case, n), |b| {
+        b.iter_custom(|iters| {
+            let mut found = 0u64;
+            let start = Instant::now();
+            for k in 0..iters as usize {
+                let spi = black_box(spis[k % spis.len()]);
+                found += u64::from(gw.inbound_sa_for(spi, src, dst).is_some());
+            }
+            let t = start.elapsed();
+            assert_eq!(found, iters, "every SPI finds its SA");
+            t
+        })
+    });
+}
+
 fn bench_scale(c: &mut Criterion) {
     memory_report();
     let mut rng = Rng(0x5eed_0002);
@@ -530,6 +562,7 @@ fn bench_scale(c: &mut Criterion) {
                 start.elapsed()
             })
         });
+        bench_sad_lookup(&mut g, "inbound_sa_lookup/spi", n, &gw, &picked_spis);
         g.bench_function(BenchmarkId::new("inbound_packet", n), |b| {
             b.iter_custom(|iters| {
                 let (t, ok) = chunked(
@@ -599,6 +632,13 @@ fn bench_scale(c: &mut Criterion) {
             gw.add_sa(&format!("group{j}"), cfg, Duration::ZERO)
                 .expect("a key of its own");
         }
+        bench_sad_lookup(
+            &mut g,
+            "inbound_sa_lookup/spi_destination",
+            n,
+            &gw,
+            &picked_spis,
+        );
         let mut bufs: Vec<Vec<u8>> = replayed.clone();
         g.bench_function(
             BenchmarkId::new("inbound_spi/replayed_shared_spi", n),

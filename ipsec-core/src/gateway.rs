@@ -410,6 +410,36 @@ impl Gateway {
         self.by_name.get(name).map(|&i| &self.entry(i).sa)
     }
 
+    /// The name of the inbound SA an ESP packet with `spi` from outer source `src` to
+    /// outer destination `dst` is checked against: RFC 4301 §4.1's longest match, as
+    /// [`Gateway::inbound`] finds it (see [`SaLookup`](crate::SaLookup)), without
+    /// touching the SA. `None` when no SA matches (the packet would be dropped as
+    /// `unknown_spi`). An SA being retired whose grace time has run out is still found
+    /// here until a packet or an expiry check removes it.
+    ///
+    /// ```
+    /// # use ipsec_core::sa::{Direction, Mode};
+    /// # use ipsec_core::{Cipher, Gateway, SaConfig, Spd};
+    /// # use std::time::Duration;
+    /// let deny = "[[policy]]\nname = \"deny-all\"\naction = \"discard\"\n";
+    /// let mut gw = Gateway::new(Spd::from_toml(deny).unwrap(), Duration::ZERO).unwrap();
+    /// let cfg = SaConfig::new(0x4242, Direction::Inbound, Mode::Tunnel,
+    ///                         Cipher::Aes128Gcm, &[7; 20]);
+    /// gw.add_sa("from-branch", cfg, Duration::ZERO).unwrap();
+    /// let (src, dst) = ("192.0.2.1".parse().unwrap(), "198.51.100.1".parse().unwrap());
+    /// assert_eq!(gw.inbound_sa_for(0x4242, src, dst), Some("from-branch"));
+    /// assert_eq!(gw.inbound_sa_for(0x4343, src, dst), None);
+    /// ```
+    #[inline]
+    pub fn inbound_sa_for(&self, spi: u32, src: IpAddr, dst: IpAddr) -> Option<&str> {
+        let i = match self.inbound.find(spi) {
+            Found::Sa(i) => i,
+            Found::Unknown => return None,
+            Found::ByAddress(slot) => InboundSad::find_by_address(slot, dst, src)?,
+        };
+        Some(self.entry(i).name.as_str())
+    }
+
     /// Every SA with its name (for monitoring): those of the policy file in file order,
     /// then those added later (an added SA may take the place of a deleted one).
     pub fn sas(&self) -> impl Iterator<Item = (&str, &SecurityAssociation)> {
@@ -701,7 +731,7 @@ impl Gateway {
                 Found::Sa(i) => Some(i),
                 Found::Unknown => None,
                 Found::ByAddress(slot) => outer_addresses(pkt.data())
-                    .and_then(|(src, dst)| self.inbound.find_by_address(spi, slot, dst, src)),
+                    .and_then(|(src, dst)| InboundSad::find_by_address(slot, dst, src)),
             };
             let Some(i) = found else {
                 // A known SPI whose SAs all want another destination (or source) is
