@@ -12,7 +12,10 @@ on two lanes of one ``ipsec.SharedSa`` (one SA on several threads: sequence numb
 leased in blocks of 8 from one counter, one replay window behind a mutex) instead of
 two SAs, and a fourth runs two worker gateways (``ipsec.Gateway`` each, holding its
 lane of one SharedSa: ``Gateway.add_sa_lane``) with ``outbound_many`` /
-``inbound_many``, against one thread on one such gateway. Each figure is the median of ``--runs`` runs; the machine may be shared, so
+``inbound_many``, against one thread on one such gateway. A fifth runs the two SAs
+with ``ipsec.PacketBatch`` (``batch.load(packets)`` then ``encrypt_batch`` /
+``decrypt_batch``: no Python object per packet; the results are not read back),
+against one thread doing the same on one SA. Each figure is the median of ``--runs`` runs; the machine may be shared, so
 quote ``nproc``, ``uptime`` and the CPU model with it.
 
     .venv/bin/python ipsec-py/bench/bench_threads.py [--runs 7] [--rounds 40]
@@ -125,10 +128,11 @@ def main() -> None:
     print(
         f"{'op':8} {'size':>5} {'1 thread ns/pkt':>16} {'2 threads ns/pkt':>17} {'speed-up':>9}"
         f" {'2 lanes ns/pkt':>15} {'speed-up':>9} {'1 gw ns/pkt':>12} {'2 gws ns/pkt':>13}"
-        f" {'speed-up':>9}"
+        f" {'speed-up':>9} {'1 batch ns/pkt':>15} {'2 batches':>10} {'speed-up':>9}"
     )
     print(f"{'':8} {'':5} {'(1 SA)':>16} {'(2 SAs)':>17} {'':>9} {'(1 SharedSa)':>15}"
-          f" {'':>9} {'(1 lane)':>12} {'(2 lanes)':>13}")
+          f" {'':>9} {'(1 lane)':>12} {'(2 lanes)':>13} {'':>9} {'(1 SA)':>15}"
+          f" {'(2 SAs)':>10}")
     batch_len = 1000
     for size in (64, 512, 1420):
         batch = [udp4(size)] * batch_len
@@ -148,6 +152,17 @@ def main() -> None:
                     else:
                         inb.decrypt_many(protected[i])
 
+            def batch_work(i: int, rounds: int, op: str = op) -> None:
+                out, inb = sas[i]
+                held = ipsec.PacketBatch()
+                for _ in range(rounds):
+                    if op == "encrypt":
+                        held.load(batch)
+                        out.encrypt_batch(held)
+                    else:
+                        held.load(protected[i])
+                        inb.decrypt_batch(held)
+
             def lane_work(i: int, rounds: int, op: str = op) -> None:
                 out, inb = out_lanes[i], in_lanes[i]
                 for _ in range(rounds):
@@ -165,8 +180,12 @@ def main() -> None:
                     else:
                         inb.inbound_many(lane_protected)
 
-            one, two, lanes, gw_one, gw_two = [], [], [], [], []
+            one, two, lanes, gw_one, gw_two, b_one, b_two = [], [], [], [], [], [], []
             for _ in range(args.runs):
+                b_one.append(timed([threading.Thread(target=batch_work,
+                                                     args=(0, 2 * args.rounds))]))
+                b_two.append(timed([threading.Thread(target=batch_work, args=(i, args.rounds))
+                                    for i in (0, 1)]))
                 gw_one.append(timed([threading.Thread(
                     target=gateway_work, args=((gw1_out, gw1_in), 0, 2 * args.rounds))]))
                 gw_two.append(timed([
@@ -188,10 +207,12 @@ def main() -> None:
             packets = 2 * args.rounds * batch_len
             t1, t2, tl = statistics.median(one), statistics.median(two), statistics.median(lanes)
             g1, g2 = statistics.median(gw_one), statistics.median(gw_two)
+            b1, b2 = statistics.median(b_one), statistics.median(b_two)
             print(
                 f"{op:8} {size:5} {t1 / packets * 1e9:16.0f} {t2 / packets * 1e9:17.0f} "
                 f"{t1 / t2:8.2f}x {tl / packets * 1e9:15.0f} {t1 / tl:8.2f}x"
                 f" {g1 / packets * 1e9:12.0f} {g2 / packets * 1e9:13.0f} {g1 / g2:8.2f}x"
+                f" {b1 / packets * 1e9:15.0f} {b2 / packets * 1e9:10.0f} {b1 / b2:8.2f}x"
             )
 
 

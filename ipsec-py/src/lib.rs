@@ -16,6 +16,7 @@
 
 use pyo3::prelude::*;
 
+mod batch;
 mod convert;
 mod errors;
 mod gateway;
@@ -35,6 +36,7 @@ fn _ipsec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     m.add_class::<sa::PySecurityAssociation>()?;
+    m.add_class::<batch::PyPacketBatch>()?;
     m.add_class::<sa::PyLifetime>()?;
     m.add_class::<sa::PySaEvent>()?;
     m.add_class::<replay::PyReplayWindow>()?;

@@ -925,6 +925,31 @@ impl PySecurityAssociation {
         decrypt_batch(py, &self.state, packets, now)
     }
 
+    /// Protects the packets of an `ipsec.PacketBatch` in place, the GIL released for
+    /// the whole call and no Python object made per packet; returns how many were
+    /// encrypted (a refused packet is dropped from the batch with its exception).
+    #[pyo3(signature = (batch, /, *, now=None))]
+    fn encrypt_batch(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
+        crate::batch::transform_batch(py, &self.state, Some(self.headroom), batch, now)
+    }
+
+    /// Removes ESP from the packets of an `ipsec.PacketBatch` in place, as
+    /// `encrypt_batch`; returns how many were decrypted.
+    #[pyo3(signature = (batch, /, *, now=None))]
+    fn decrypt_batch(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
+        crate::batch::transform_batch(py, &self.state, None, batch, now)
+    }
+
     /// The counters: `packets`, `bytes` and one key per drop reason.
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

@@ -284,6 +284,28 @@ impl PySaLane {
         decrypt_batch(py, &self.state, packets, now)
     }
 
+    /// `SecurityAssociation.encrypt_batch` on this lane, with the GIL released.
+    #[pyo3(signature = (batch, /, *, now=None))]
+    fn encrypt_batch(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
+        crate::batch::transform_batch(py, &self.state, Some(self.headroom), batch, now)
+    }
+
+    /// `SecurityAssociation.decrypt_batch` on this lane, with the GIL released.
+    #[pyo3(signature = (batch, /, *, now=None))]
+    fn decrypt_batch(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, PyAny>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
+        crate::batch::transform_batch(py, &self.state, None, batch, now)
+    }
+
     /// The lane's own counters (`SecurityAssociation.stats`' shape).
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

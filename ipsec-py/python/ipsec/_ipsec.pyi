@@ -32,6 +32,7 @@ __all__ = [
     "UnknownPolicyError",
     "StalePoliciesError",
     "SecurityAssociation",
+    "PacketBatch",
     "SharedSa",
     "SaLane",
     "Lifetime",
@@ -193,6 +194,25 @@ class SaEvent:
     def __hash__(self) -> int: ...
 
 @final
+class PacketBatch:
+    """Packets held by the bindings for ``encrypt_batch`` / ``decrypt_batch`` of an SA
+    or a lane: transformed in place with the GIL released and no Python object per
+    packet, so Python threads on separate SAs run in parallel. A packet a transform
+    refuses is dropped (its exception kept, later transforms skip it)."""
+
+    def __new__(cls, packets: Optional[Iterable[_Bytes]] = None, /) -> PacketBatch: ...
+    def load(self, packets: Iterable[_Bytes]) -> None:
+        """Replaces the packets with a copy of ``packets``, reusing the buffers."""
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int, /) -> bytes:
+        """Packet ``index``; raises the exception that dropped it, if it was dropped."""
+    @property
+    def dropped(self) -> int:
+        """How many packets the transforms dropped."""
+    def results(self) -> list[Union[bytes, IpsecError]]:
+        """Every packet: its bytes, or the exception that dropped it."""
+
+@final
 class SecurityAssociation:
     """One direction of an IPsec SA: keys, sequence numbers or replay window, counters."""
 
@@ -233,6 +253,12 @@ class SecurityAssociation:
     def decrypt_many(
         self, packets: Iterable[_Bytes], /, *, now: Optional[float] = None
     ) -> list[Union[bytes, IpsecError]]: ...
+    def encrypt_batch(self, batch: PacketBatch, /, *, now: Optional[float] = None) -> int:
+        """Encrypts a ``PacketBatch`` in place with the GIL released (no object per
+        packet); returns how many packets were encrypted."""
+    def decrypt_batch(self, batch: PacketBatch, /, *, now: Optional[float] = None) -> int:
+        """Decrypts a ``PacketBatch`` in place with the GIL released; returns how many
+        packets were decrypted (refused ones are dropped with their exception)."""
     @property
     def stats(self) -> dict[str, int]: ...
     def poll_event(self, now: Optional[float] = None) -> Optional[SaEvent]: ...
@@ -386,6 +412,12 @@ class SaLane:
     def decrypt_many(
         self, packets: Iterable[_Bytes], /, *, now: Optional[float] = None
     ) -> list[Union[bytes, IpsecError]]: ...
+    def encrypt_batch(self, batch: PacketBatch, /, *, now: Optional[float] = None) -> int:
+        """Encrypts a ``PacketBatch`` in place with the GIL released (no object per
+        packet); returns how many packets were encrypted."""
+    def decrypt_batch(self, batch: PacketBatch, /, *, now: Optional[float] = None) -> int:
+        """Decrypts a ``PacketBatch`` in place with the GIL released; returns how many
+        packets were decrypted (refused ones are dropped with their exception)."""
     @property
     def stats(self) -> dict[str, int]:
         """The lane's own counters."""
