@@ -48,10 +48,10 @@ pub(crate) struct BatchData {
 }
 
 impl BatchData {
-    /// Replaces the packets with `packets`, reusing the buffers.
+    /// Replaces the packets with `packets`, reusing the buffers (what they held before
+    /// is overwritten, or wiped when the batch goes).
     fn load<P: AsRef<[u8]>>(&mut self, packets: &[P]) {
-        self.buf.zeroize();
-        self.spare.zeroize();
+        self.buf.clear();
         self.slots.clear();
         for p in packets {
             let p = p.as_ref();
