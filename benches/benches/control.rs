@@ -21,10 +21,23 @@
 //!   remote and back again in turn. Policy calls compile nothing: each one joins the
 //!   changes pending beside the compiled classifier (see "Live changes" in the
 //!   `ipsec_core::spd` docs); when `Gateway::policy_rebuild_due` says so, the bench
-//!   rebuilds off the timed thread's account, as a gateway does on another thread
-//!   (`edit_policies`, `compile`, `commit_policies`), untimed. A printed line gives the
-//!   cost of that rebuild and of the on-the-spot one a gateway that never rebuilds pays
-//!   every 128 changes.
+//!   rebuilds as a gateway does: `edit_policies` and `commit_policies` on the timed
+//!   thread, `compile` and the drop of the retired policies on another thread (all
+//!   untimed here). A printed line gives the median of the first replace after such a
+//!   rebuild and of the others, and one the cost of the rebuild's steps and of the
+//!   on-the-spot one a gateway that never rebuilds pays every 128 changes;
+//! * `policy_rebuild/{edit,commit,first_install,first_remove,first_replace}`: the
+//!   steps of that off-thread rebuild that the gateway's own thread runs, each timed
+//!   alone in a cycle of its own (32 `replace_policy` calls pending, `edit_policies`,
+//!   `compile` on another thread, `commit_policies`, the retired policies dropped on
+//!   another thread, then one policy call): the goal is that none of them costs the
+//!   gateway's thread more than a policy call does, at any size;
+//!   `policy_rebuild/first_after_rebuild_policies`: the first `replace_policy` after an
+//!   on-the-spot `Gateway::rebuild_policies` (untimed);
+//!   `policy_rebuild/install_after_uncommitted_compile`: the control, an
+//!   `install_policy` right after the same off-thread compile when nothing is
+//!   committed (what a call costs after another thread churned memory while this one
+//!   waited, whatever the SPD).
 //!
 //! Before timing, it prints (not criterion) the cost of one packet right after a change,
 //! against the same packet with no change before it, medians of many repetitions:
@@ -352,6 +365,8 @@ struct Setup {
     out_name: Vec<String>,
     /// Successors installed so far (names stay unique).
     generation: usize,
+    /// Whether tunnel `i`'s policy is narrowed now ([`Setup::replace_random`]).
+    narrowed: Vec<bool>,
 }
 
 impl Setup {
@@ -381,7 +396,26 @@ impl Setup {
             rng,
             spis,
             generation: 0,
+            narrowed: vec![false; n],
         }
+    }
+
+    /// `replace_policy` of a random tunnel's policy, narrowed to a /16 remote or
+    /// widened back in turn; returns its CPU time.
+    fn replace_random(&mut self) -> Duration {
+        let i = self.rng.below(self.n);
+        self.narrowed[i] = !self.narrowed[i];
+        let remote = if self.narrowed[i] {
+            "172.16.0.0/16"
+        } else {
+            "172.16.0.0/12"
+        };
+        // The policy names the tunnel's SAs as first written (a rekeyed outbound SA
+        // carries its old name).
+        let text = policy_text(i, "both", remote, i);
+        let (r, replaced) = cpu(|| self.gw.replace_policy(&text));
+        r.expect("replaced");
+        replaced
     }
 
     /// A fresh inbound packet of tunnel `i` in `slot`; returns its length.
@@ -433,27 +467,118 @@ fn rekey_chain(s: &mut Setup) {
     );
 }
 
+/// The CPU times of one off-thread rebuild, as a gateway does it.
+struct Rebuild {
+    /// `edit_policies`, on the gateway's thread.
+    edit: Duration,
+    /// `compile`, on another thread.
+    compile: Duration,
+    /// `commit_policies`, on the gateway's thread.
+    commit: Duration,
+    /// Dropping the retired policies, on another thread.
+    drop: Duration,
+}
+
+/// Compiles the gateway's policies again off its thread: `edit_policies` here,
+/// `compile` on another thread, `commit_policies` here, and the retired policies
+/// dropped on another thread (joined before this returns, so that the next timed call
+/// runs alone on a shared machine).
+fn rebuild_off_thread(gw: &mut Gateway) -> Rebuild {
+    let (edit, take) = cpu(|| gw.edit_policies());
+    let (compiled, compile) = std::thread::scope(|t| {
+        t.spawn(move || cpu(move || edit.compile()))
+            .join()
+            .expect("compiled")
+    });
+    let (r, commit) = cpu(|| gw.commit_policies(compiled));
+    let retired = r.expect("committed");
+    let ((), dropped) = std::thread::scope(|t| {
+        t.spawn(move || cpu(move || drop(retired)))
+            .join()
+            .expect("dropped")
+    });
+    Rebuild {
+        edit: take,
+        compile,
+        commit,
+        drop: dropped,
+    }
+}
+
 /// Prints what a rebuild of the policy classifier costs (thread CPU time): the batch
-/// path's three steps, and the on-the-spot rebuild.
+/// path's steps, and the on-the-spot rebuild.
 fn rebuild_costs(s: &mut Setup) {
     let n = s.n;
     let text = policy_text(n, "both", "172.16.0.0/12", 0);
     s.gw.install_policy(&text, Some("catch-all"))
         .expect("installed");
-    let (edit, take) = cpu(|| s.gw.edit_policies());
-    let (compiled, compile) = cpu(|| edit.compile());
-    let (r, commit) = cpu(|| s.gw.commit_policies(compiled));
-    r.expect("committed");
+    let r = rebuild_off_thread(&mut s.gw);
     s.gw.remove_policy(&format!("p{n}")).expect("removed");
     let ((), spot) = cpu(|| s.gw.rebuild_policies());
     println!(
-        "  N = {n:>6}, rebuild of the policy classifier, CPU ms: edit_policies {:.2}, \
-         compile (any thread) {:.1}, commit_policies {:.3}; rebuild_policies on the spot {:.1}",
-        take.as_secs_f64() * 1e3,
-        compile.as_secs_f64() * 1e3,
-        commit.as_secs_f64() * 1e3,
+        "  N = {n:>6}, rebuild of the policy classifier, CPU ms: edit_policies {:.3}, \
+         compile (other thread) {:.1}, commit_policies {:.3}, drop of the retired \
+         policies (other thread) {:.1}; rebuild_policies on the spot {:.1}",
+        r.edit.as_secs_f64() * 1e3,
+        r.compile.as_secs_f64() * 1e3,
+        r.commit.as_secs_f64() * 1e3,
+        r.drop.as_secs_f64() * 1e3,
         spot.as_secs_f64() * 1e3,
     );
+}
+
+/// The `policy_rebuild/*` cases (see the module docs): each iteration is one rebuild
+/// cycle, and only `case`'s step of it is timed.
+fn rebuild_cycle(s: &mut Setup, case: &str) -> Duration {
+    let n = s.n;
+    let extra = format!("p{n}");
+    if case == "first_remove" {
+        // Compiled in by the rebuild, removed right after it.
+        let text = policy_text(n, "both", "172.16.0.0/12", 0);
+        s.gw.install_policy(&text, Some("catch-all"))
+            .expect("installed");
+    }
+    while !s.gw.policy_rebuild_due() {
+        s.replace_random();
+    }
+    if case == "first_after_rebuild_policies" {
+        s.gw.rebuild_policies();
+        return s.replace_random();
+    }
+    if case == "install_after_uncommitted_compile" {
+        // The control for the `first_*` cases: the same cycle without the commit (the
+        // compiled policies and the edit dropped on the other thread), so that the
+        // install is the first call after another thread compiled and freed an SPD
+        // while this one waited, but on the SPD it had before.
+        let edit = s.gw.edit_policies();
+        std::thread::scope(|t| {
+            t.spawn(move || drop(edit.compile()));
+        });
+        let text = policy_text(n, "both", "172.16.0.0/12", 0);
+        let (res, t) = cpu(|| s.gw.install_policy(&text, Some("catch-all")));
+        res.expect("installed");
+        s.gw.remove_policy(&extra).expect("removed");
+        s.gw.rebuild_policies();
+        return t;
+    }
+    let r = rebuild_off_thread(&mut s.gw);
+    match case {
+        "edit" => r.edit,
+        "commit" => r.commit,
+        "first_install" => {
+            let text = policy_text(n, "both", "172.16.0.0/12", 0);
+            let (res, t) = cpu(|| s.gw.install_policy(&text, Some("catch-all")));
+            res.expect("installed");
+            s.gw.remove_policy(&extra).expect("removed");
+            t
+        }
+        "first_remove" => {
+            let (res, t) = cpu(|| s.gw.remove_policy(&extra));
+            res.expect("removed");
+            t
+        }
+        _ => s.replace_random(),
+    }
 }
 
 /// The printed after-change packet costs (see the module docs).
@@ -603,38 +728,20 @@ fn bench_control(c: &mut Criterion<ThreadCpu>) {
                 });
             }
         }
-        let mut narrowed: Vec<bool> = vec![false; n];
         let mut rebuilds = 0usize;
         let mut each: Vec<(Duration, usize)> = Vec::new();
         g.bench_function(BenchmarkId::new("policy_replace", n), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let i = s.rng.below(n);
-                    narrowed[i] = !narrowed[i];
-                    let remote = if narrowed[i] {
-                        "172.16.0.0/16"
-                    } else {
-                        "172.16.0.0/12"
-                    };
-                    // The policy names the tunnel's SAs as first written (a rekeyed
-                    // outbound SA carries its old name).
-                    let text = policy_text(i, "both", remote, i);
-                    let (r, replaced) = cpu(|| s.gw.replace_policy(&text));
-                    r.expect("replaced");
+                    let replaced = s.replace_random();
                     total += replaced;
                     each.push((replaced, s.gw.pending_policy_changes()));
                     if s.gw.policy_rebuild_due() {
-                        // Off the packet thread in a gateway: untimed here.
-                        let compiled = s.gw.edit_policies().compile();
-                        s.gw.commit_policies(compiled).expect("committed");
+                        // As a gateway does it (compile and drop on other threads);
+                        // untimed here: the `policy_rebuild/*` cases time its steps.
+                        rebuild_off_thread(&mut s.gw);
                         rebuilds += 1;
-                        // glibc defers part of the work of freeing the old SPD's many
-                        // blocks (sorting its unsorted bin) to the next allocation it
-                        // cannot serve from a cache: make that allocation now, untimed,
-                        // rather than let the next timed call pay ~30 ms for the rebuild
-                        // (the printed medians below show it when this is left out).
-                        drop(std::hint::black_box(vec![0u8; 64 << 10]));
                     }
                 }
                 total
@@ -662,6 +769,22 @@ fn bench_control(c: &mut Criterion<ThreadCpu>) {
                 later.iter().max().map_or(0.0, |d| d.as_nanos() as f64),
                 later.len(),
             );
+        }
+        // One rebuild cycle per iteration (a compile of the whole SPD on another
+        // thread): few of them.
+        g.measurement_time(Duration::from_secs(if n >= 100_000 { 8 } else { 3 }));
+        for case in [
+            "edit",
+            "commit",
+            "first_install",
+            "first_remove",
+            "first_replace",
+            "first_after_rebuild_policies",
+            "install_after_uncommitted_compile",
+        ] {
+            g.bench_function(BenchmarkId::new(format!("policy_rebuild/{case}"), n), |b| {
+                b.iter_custom(|iters| (0..iters).map(|_| rebuild_cycle(&mut s, case)).sum())
+            });
         }
         rebuild_costs(&mut s);
         if k == 0 {

@@ -48,6 +48,7 @@ use crate::spi::{SpiAllocator, SpiError};
 use core::time::Duration;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// What happened to an outbound packet that was not dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +143,11 @@ pub struct Gateway {
     pub(crate) routes: HashMap<String, usize>,
     /// Inbound SA names as policies write them → the inbound SAs that serve them.
     pub(crate) served_by: HashMap<String, Vec<usize>>,
+    /// The direction of every SA name policies may use now (`Gateway::sa_direction`
+    /// of each name of `routes` and `served_by` that has one), kept up to date by every
+    /// SA change; persistent, so that a policy edit takes it in O(1)
+    /// ([`Gateway::edit_policies`]).
+    pub(crate) sa_dirs: imbl::HashMap<Arc<str>, Direction>,
     /// Inbound SAs by SPI, and by SPI and addresses where their lookup asks for it
     /// (RFC 4301 §4.1, [`crate::SaLookup`]).
     pub(crate) inbound: InboundSad,
@@ -217,6 +223,7 @@ impl Gateway {
             by_name: HashMap::with_capacity(configs.len()),
             routes: HashMap::new(),
             served_by: HashMap::new(),
+            sa_dirs: imbl::HashMap::new(),
             inbound: InboundSad::default(),
             outbound_by_spi: HashMap::new(),
             stats: SaStats::default(),
@@ -251,6 +258,7 @@ impl Gateway {
     pub(crate) fn insert_entry(&mut self, entry: SaEntry) -> usize {
         self.sa_changes += 1;
         let index = self.free.pop().unwrap_or(self.entries.len());
+        let names: Vec<String> = entry.serves.iter().chain(&entry.routes).cloned().collect();
         let sa = &entry.sa;
         match sa.direction() {
             Direction::Inbound => {
@@ -280,6 +288,9 @@ impl Gateway {
             self.entries.push(Some(entry));
         } else {
             self.entries[index] = Some(entry);
+        }
+        for n in &names {
+            self.sync_sa_dir(n);
         }
         index
     }
@@ -336,6 +347,9 @@ impl Gateway {
         self.fragments.forget_all();
         self.sa_removals += 1;
         self.free.push(index);
+        for n in entry.serves.iter().chain(&entry.routes) {
+            self.sync_sa_dir(n);
+        }
         entry
     }
 

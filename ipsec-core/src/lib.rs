@@ -79,7 +79,7 @@ pub mod spd;
 pub mod spi;
 
 pub use buffer::{PacketBuf, SpareBuffers};
-pub use control::{CompiledPolicies, ControlError, LaneRefused, PolicyEdit};
+pub use control::{CompiledPolicies, ControlError, LaneRefused, PolicyEdit, RetiredPolicies};
 pub use crypto::{Cipher, Integrity};
 pub use error::{ConfigError, DropReason, Error, FragmentError, LifetimeLimit, Malformed};
 pub use fragment_policy::FragmentLimits;

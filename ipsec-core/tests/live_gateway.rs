@@ -495,15 +495,17 @@ fn a_policy_batch_compiles_on_another_thread_while_packets_flow() {
     let (wire, _) = send(&mut hq, &far).unwrap();
     receive(&mut br, &wire, T0).unwrap();
     let compiled = compiling.join().unwrap();
-    hq.commit_policies(compiled).unwrap();
+    drop(hq.commit_policies(compiled).unwrap());
     assert_eq!(shape(&hq).0, ["rdp", "web", "deny"]);
     assert_eq!(send(&mut hq, &far).unwrap_err(), Error::PolicyDiscard);
 
     // An edit of another gateway is refused, even when the generations agree.
     let (_, mut other) = live_pair();
     assert_eq!(
-        other.commit_policies(hq.edit_policies().compile()),
-        Err(ControlError::StalePolicies)
+        other
+            .commit_policies(hq.edit_policies().compile())
+            .unwrap_err(),
+        ControlError::StalePolicies
     );
 
     // An edit taken before another change is stale.
@@ -589,7 +591,7 @@ fn the_spd_cache_never_answers_from_a_replaced_spd() {
     // A batch commit empties it too.
     let mut edit = cached.edit_policies();
     edit.remove("rdp").unwrap();
-    cached.commit_policies(edit.compile()).unwrap();
+    drop(cached.commit_policies(edit.compile()).unwrap());
     plain.remove_policy("rdp").unwrap();
     for f in &flows {
         assert_eq!(verdict(&mut cached, f), Err(Error::PolicyDiscard));

@@ -245,7 +245,7 @@ proptest! {
                 }
                 Op::Commit => {
                     let compiled = gw.edit_policies().compile();
-                    gw.commit_policies(compiled).expect("committed");
+                    drop(gw.commit_policies(compiled).expect("committed"));
                     prop_assert_eq!(gw.pending_policy_changes(), 0);
                 }
                 _ => {}

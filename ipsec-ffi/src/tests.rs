@@ -2238,7 +2238,7 @@ fn policy_edits_compile_apart_and_commit_or_are_refused_as_stale() {
         assert_eq!(rdp_outbound(gw), (IPSEC_OK, Some("rdp")));
         // Committed to another gateway: refused, consumed.
         assert_eq!(
-            ipsec_gateway_commit_policies(other, compiled),
+            ipsec_gateway_commit_policies(other, compiled, null_mut()),
             IPSEC_ERR_INVALID_ARGUMENT
         );
         assert_eq!(rdp_outbound(other), (IPSEC_OK, Some("rdp")));
@@ -2252,7 +2252,15 @@ fn policy_edits_compile_apart_and_commit_or_are_refused_as_stale() {
             IPSEC_OK
         );
         assert_eq!(ipsec_policy_edit_compile(edit, &mut compiled), IPSEC_OK);
-        assert_eq!(ipsec_gateway_commit_policies(gw, compiled), IPSEC_OK);
+        // The replaced policies come back, to be freed after the gateway's lock.
+        let mut retired: *mut ipsec_retired_policies = null_mut();
+        assert_eq!(
+            ipsec_gateway_commit_policies(gw, compiled, &mut retired),
+            IPSEC_OK
+        );
+        assert!(!retired.is_null());
+        ipsec_retired_policies_free(retired);
+        ipsec_retired_policies_free(null_mut());
         assert_eq!(rdp_outbound(gw).0, IPSEC_OK);
         let clear = rdp_outbound_raw(gw).1;
         assert_eq!(c_text(clear), Some("rdp-clear"));
@@ -2269,7 +2277,7 @@ fn policy_edits_compile_apart_and_commit_or_are_refused_as_stale() {
             IPSEC_OK
         );
         assert_eq!(
-            ipsec_gateway_commit_policies(gw, compiled),
+            ipsec_gateway_commit_policies(gw, compiled, null_mut()),
             IPSEC_ERR_STALE_POLICIES
         );
         assert_eq!(
@@ -2280,7 +2288,7 @@ fn policy_edits_compile_apart_and_commit_or_are_refused_as_stale() {
 
         // Consumed arguments: NULL refused; a consumed edit even when `out` is NULL.
         assert_eq!(
-            ipsec_gateway_commit_policies(gw, null_mut()),
+            ipsec_gateway_commit_policies(gw, null_mut(), null_mut()),
             IPSEC_ERR_INVALID_ARGUMENT
         );
         assert_eq!(
@@ -2295,7 +2303,7 @@ fn policy_edits_compile_apart_and_commit_or_are_refused_as_stale() {
         assert_eq!(ipsec_gateway_edit_policies(gw, &mut edit), IPSEC_OK);
         assert_eq!(ipsec_policy_edit_compile(edit, &mut compiled), IPSEC_OK);
         assert_eq!(
-            ipsec_gateway_commit_policies(null_mut(), compiled),
+            ipsec_gateway_commit_policies(null_mut(), compiled, null_mut()),
             IPSEC_ERR_INVALID_ARGUMENT
         );
         assert_eq!(
@@ -2322,7 +2330,10 @@ fn policy_edits_compile_apart_and_commit_or_are_refused_as_stale() {
             IPSEC_OK
         );
         assert_eq!(ipsec_policy_edit_compile(edit, &mut compiled), IPSEC_OK);
-        assert_eq!(ipsec_gateway_commit_policies(gw, compiled), IPSEC_OK);
+        assert_eq!(
+            ipsec_gateway_commit_policies(gw, compiled, null_mut()),
+            IPSEC_OK
+        );
         assert_eq!(c_text(clear), Some("rdp-clear"));
         assert_eq!(rdp_outbound(gw), (IPSEC_OK, Some("rdp")));
 
@@ -2354,7 +2365,10 @@ fn policy_edits_compile_apart_and_commit_or_are_refused_as_stale() {
             IPSEC_OK
         );
         assert_eq!(ipsec_policy_edit_compile(edit, &mut compiled), IPSEC_OK);
-        assert_eq!(ipsec_gateway_commit_policies(gw, compiled), IPSEC_OK);
+        assert_eq!(
+            ipsec_gateway_commit_policies(gw, compiled, null_mut()),
+            IPSEC_OK
+        );
         // "late" (any traffic, bypass) now comes first.
         assert_eq!(rdp_outbound(gw), (IPSEC_OK, Some("late")));
         assert_eq!(rdp_outbound_raw(gw).1, rdp_outbound_raw(gw).1);

@@ -844,8 +844,9 @@ impl PyGateway {
     }
 
     /// Starts a batch of policy changes compiled away from the gateway: a
-    /// `PolicyEdit` holding a copy of the policies (taken under the gateway's lock,
-    /// briefly). Change it (`install`, `replace`, `remove`), `compile()` it on any
+    /// `PolicyEdit` of the policies as they are (taken under the gateway's lock in
+    /// O(changes pending): it shares the policies, and copies them on its own first
+    /// change). Change it (`install`, `replace`, `remove`), `compile()` it on any
     /// thread while the gateway goes on processing packets, and `commit_policies` the
     /// result.
     fn edit_policies(slf: &Bound<'_, Self>) -> PyResult<PyPolicyEdit> {
@@ -855,7 +856,8 @@ impl PyGateway {
     }
 
     /// Swaps in the policies `compiled` (from `PolicyEdit.compile()` of an edit of this
-    /// gateway) in one step. Raises `StalePoliciesError` when the policies changed since
+    /// gateway) in one step; the policies replaced are freed after the gateway's lock
+    /// is released, with the GIL released. Raises `StalePoliciesError` when the policies changed since
     /// the edit was taken, `MissingSaError` when an SA a policy names was deleted
     /// since (nothing is changed then), and `ValueError` when `compiled` is another
     /// gateway's or was used by `commit_policies` already (committed or refused).
@@ -868,8 +870,13 @@ impl PyGateway {
             ))
         })?;
         let policies = compiled.get().take_for(py, slf)?;
-        slf.get()
-            .control(py, None, true, move |gw, _| gw.commit_policies(policies))
+        let retired = slf
+            .get()
+            .control(py, None, true, move |gw, _| gw.commit_policies(policies))?;
+        // The replaced policies are freed after the gateway's lock is released, with
+        // the GIL released: the expensive part of a commit (O(policies)).
+        py.detach(move || drop(retired));
+        Ok(())
     }
 
     /// Puts an exact-match flow cache of room for `capacity` flows (rounded up to a

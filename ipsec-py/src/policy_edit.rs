@@ -1,12 +1,14 @@
 //! `PolicyEdit` and `CompiledPolicies`: a batch of policy changes compiled away from the
 //! gateway (the core's [`ipsec_core::control::PolicyEdit`]).
 //!
-//! `gw.edit_policies()` copies the gateway's policies (under the gateway's lock, briefly);
-//! `install` / `replace` / `remove` change the copy, checked as the gateway's own calls
+//! `gw.edit_policies()` takes the gateway's policies (under the gateway's lock, in
+//! O(changes pending): they are shared, and copied on the edit's first change);
+//! `install` / `replace` / `remove` change the edit's copy, checked as the gateway's own calls
 //! are (refused changes raise and change nothing); `compile()` builds the classifier with
 //! the GIL released and without the gateway (no gateway lock is taken: packets keep
 //! flowing through the gateway on other threads); `gw.commit_policies(compiled)` swaps it
-//! in (O(1), under the gateway's lock).
+//! in (O(1), under the gateway's lock; the policies it replaces are freed after the
+//! lock is released, with the GIL released).
 //!
 //! `compile()` compiles a copy of the edit: the edit stays usable (change it more and
 //! compile again) until one of its compiles is committed, or the gateway's policies

@@ -210,6 +210,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use tree::{TRule, Tree};
 
 /// What the SPD does with a packet.
@@ -884,6 +885,66 @@ impl Table {
     }
 }
 
+/// The policies in order: those of `base` (the compiled list) less the positions
+/// `removed`, with the policies `added` at their anchors.
+fn ordered_iter<'a>(
+    base: &'a [Policy],
+    removed: &'a [u32],
+    added: &'a [Added],
+) -> impl Iterator<Item = &'a Policy> {
+    let mut added = added.iter().peekable();
+    let mut removed = removed.iter().copied().peekable();
+    let mut base = base.iter().enumerate();
+    core::iter::from_fn(move || {
+        loop {
+            let Some(&(b, p)) = base.clone().next().as_ref() else {
+                return added.next().map(|a| &*a.policy);
+            };
+            if let Some(a) = added.next_if(|a| a.anchor as usize <= b) {
+                return Some(&*a.policy);
+            }
+            base.next();
+            if removed.next_if_eq(&(b as u32)).is_none() {
+                return Some(p);
+            }
+        }
+    })
+}
+
+/// A live SPD's policies as they were at one moment ([`Spd::snapshot`]), for an edit
+/// made away from the gateway: the compiled list shared (an `Arc`, no copy) and the
+/// few changes pending beside it copied, so that taking one costs O(changes pending)
+/// whatever the number of policies. [`PolicySnapshot::to_vec`] makes the ordered copy
+/// on the thread that needs it.
+#[derive(Clone)]
+pub(crate) struct PolicySnapshot {
+    base: Arc<Vec<Policy>>,
+    removed: Vec<u32>,
+    added: Vec<Added>,
+}
+
+impl PolicySnapshot {
+    /// The policies in order, borrowed.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Policy> {
+        ordered_iter(&self.base, &self.removed, &self.added)
+    }
+
+    /// A copy of the policies, in order (O(n): off the gateway's thread).
+    pub(crate) fn to_vec(&self) -> Vec<Policy> {
+        self.iter().cloned().collect()
+    }
+
+    /// An SPD of these policies with no SAs, compiled; shares the policy list when
+    /// no change was pending.
+    pub(crate) fn into_spd(self) -> Spd {
+        if self.removed.is_empty() && self.added.is_empty() {
+            Spd::build(self.base, Vec::new(), EngineKind::Partitioned)
+        } else {
+            Spd::with_policies(self.to_vec())
+        }
+    }
+}
+
 // The thread-safety promises of the docs below, checked by the compiler.
 const _: () = {
     const fn shared_between_threads<T: Send + Sync>() {}
@@ -904,6 +965,7 @@ struct Delta {
 }
 
 /// A policy added since the compile.
+#[derive(Clone)]
 struct Added {
     /// The position in the compiled list of the policy it comes before (removed or
     /// not; the list's length: after all of them). Policies added before the same one
@@ -911,7 +973,8 @@ struct Added {
     anchor: u32,
     /// Its reference: at least the length of the compiled list.
     id: u32,
-    policy: Policy,
+    /// Shared, so that a [`PolicySnapshot`] takes it without a copy.
+    policy: Arc<Policy>,
 }
 
 impl Delta {
@@ -948,8 +1011,10 @@ pub(crate) const DELTA_MAX: usize = 128;
 /// Lookup cost and memory by rule count are in the [module docs](self).
 pub struct Spd {
     /// The policies the classifiers were compiled from, in order; those removed since
-    /// stay until the next rebuild ([`Delta::removed`]).
-    base: Vec<Policy>,
+    /// stay until the next rebuild ([`Delta::removed`]). Shared with the
+    /// [`PolicySnapshot`]s taken of it (an edit of a live gateway's policies), so that
+    /// taking one copies no policy.
+    base: Arc<Vec<Policy>>,
     /// Changes since the compile (only a live [`Gateway`](crate::Gateway) makes them).
     delta: Delta,
     /// The policies in order, made on demand when changes are pending.
@@ -1025,7 +1090,8 @@ impl Spd {
     }
 
     /// Builds an SPD from checked policies and SAs.
-    fn build(policies: Vec<Policy>, sas: Vec<NamedSa>, kind: EngineKind) -> Spd {
+    fn build(policies: impl Into<Arc<Vec<Policy>>>, sas: Vec<NamedSa>, kind: EngineKind) -> Spd {
+        let policies: Arc<Vec<Policy>> = policies.into();
         let mut by_inbound_sa: HashMap<String, Vec<usize>> = HashMap::new();
         let mut by_outbound_sa: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, p) in policies.iter().enumerate() {
@@ -1255,6 +1321,7 @@ impl Spd {
         self.delta.next_id = id.checked_add(1).expect("fewer than 2^32 policies");
         self.names.insert(policy.name.as_str().into(), id);
         let sas = [(policy.sa_in.clone(), true), (policy.sa_out.clone(), false)];
+        let policy = Arc::new(policy);
         self.delta.added.insert(k, Added { anchor, id, policy });
         for (sa, inbound) in sas {
             if let Some(sa) = sa {
@@ -1333,45 +1400,44 @@ impl Spd {
         *self = Spd::with_policies(policies);
     }
 
-    /// The policies in order, moved out (the SPD is left empty of them).
+    /// The policies in order, moved out (the SPD is left empty of them); copied when
+    /// a [`PolicySnapshot`] still shares them.
     fn take_ordered(&mut self) -> Vec<Policy> {
         let base = core::mem::take(&mut self.base);
         let removed = core::mem::take(&mut self.delta.removed);
         let added = core::mem::take(&mut self.delta.added);
+        let base = match Arc::try_unwrap(base) {
+            Ok(base) => base,
+            Err(shared) => return ordered_iter(&shared, &removed, &added).cloned().collect(),
+        };
         let mut out = Vec::with_capacity(base.len() + added.len() - removed.len());
         let mut added = added.into_iter().peekable();
         let mut removed = removed.into_iter().peekable();
         for (b, p) in base.into_iter().enumerate() {
             while let Some(a) = added.next_if(|a| a.anchor as usize <= b) {
-                out.push(a.policy);
+                out.push(Arc::unwrap_or_clone(a.policy));
             }
             if removed.next_if_eq(&(b as u32)).is_none() {
                 out.push(p);
             }
         }
-        out.extend(added.map(|a| a.policy));
+        out.extend(added.map(|a| Arc::unwrap_or_clone(a.policy)));
         out
     }
 
     /// The policies in order, borrowed.
     fn iter_ordered(&self) -> impl Iterator<Item = &Policy> {
-        let mut added = self.delta.added.iter().peekable();
-        let mut removed = self.delta.removed.iter().copied().peekable();
-        let mut base = self.base.iter().enumerate();
-        core::iter::from_fn(move || {
-            loop {
-                let Some(&(b, p)) = base.clone().next().as_ref() else {
-                    return added.next().map(|a| &a.policy);
-                };
-                if let Some(a) = added.next_if(|a| a.anchor as usize <= b) {
-                    return Some(&a.policy);
-                }
-                base.next();
-                if removed.next_if_eq(&(b as u32)).is_none() {
-                    return Some(p);
-                }
-            }
-        })
+        ordered_iter(&self.base, &self.delta.removed, &self.delta.added)
+    }
+
+    /// The policies as they are now, shared with this SPD: O(changes pending), no
+    /// policy copied (see [`PolicySnapshot`]).
+    pub(crate) fn snapshot(&self) -> PolicySnapshot {
+        PolicySnapshot {
+            base: Arc::clone(&self.base),
+            removed: self.delta.removed.clone(),
+            added: self.delta.added.clone(),
+        }
     }
 
     /// A copy of the policies, in order.

@@ -436,7 +436,10 @@ static void policy_batch(void)
     check_status(__LINE__, "install rdp-clear on the other thread", c.install, IPSEC_OK, NULL);
     check_status(__LINE__, "remove web on the other thread", c.remove, IPSEC_OK, NULL);
     check_status(__LINE__, "compile on the other thread", c.compile, IPSEC_OK, NULL);
-    OK("ipsec_gateway_commit_policies", ipsec_gateway_commit_policies(gw, c.compiled));
+    ipsec_retired_policies *retired = NULL;
+    OK("ipsec_gateway_commit_policies", ipsec_gateway_commit_policies(gw, c.compiled, &retired));
+    TRUE("... hands back the replaced policies", retired != NULL);
+    ipsec_retired_policies_free(retired); /* after the lock, in a gateway with one */
     OK("rdp packet after the commit", outbound(gw, 3389, &verdict, &policy));
     TRUE("... bypassed by rdp-clear", verdict == IPSEC_VERDICT_BYPASSED && is(policy, "rdp-clear"));
     REFUSED("web packet after the commit: web is gone", outbound(gw, 80, &verdict, &policy),
@@ -447,7 +450,7 @@ static void policy_batch(void)
     printf("\n-- a stale batch\n");
     OK("the stale edit: remove rdp", ipsec_policy_edit_remove(stale, "rdp"));
     OK("... compiled", ipsec_policy_edit_compile(stale, &stale_compiled));
-    REFUSED("commit over policies that changed", ipsec_gateway_commit_policies(gw, stale_compiled),
+    REFUSED("commit over policies that changed", ipsec_gateway_commit_policies(gw, stale_compiled, NULL),
             IPSEC_ERR_STALE_POLICIES, STALE_MESSAGE);
     TRUE("ipsec_status_str names it",
          strncmp(ipsec_status_str(IPSEC_ERR_STALE_POLICIES), "IPSEC_ERR_STALE_POLICIES: ", 26) == 0 &&
@@ -700,16 +703,17 @@ static void null_arguments(void)
     TRUE("refused edit calls changed nothing", ipsec_policy_edit_count(edit) == 3);
     NULL_ARG("policy_edit_compile: out (the edit is consumed)", ipsec_policy_edit_compile(edit, NULL));
     edit = NULL;
-    NULL_ARG("commit_policies: compiled", ipsec_gateway_commit_policies(gw, NULL));
+    NULL_ARG("commit_policies: compiled", ipsec_gateway_commit_policies(gw, NULL, NULL));
     OK("an edit", ipsec_gateway_edit_policies(gw, &edit));
     OK("compiled", ipsec_policy_edit_compile(edit, &compiled));
-    NULL_ARG("commit_policies: gateway (compiled is consumed)", ipsec_gateway_commit_policies(NULL, compiled));
+    NULL_ARG("commit_policies: gateway (compiled is consumed)", ipsec_gateway_commit_policies(NULL, compiled, NULL));
     OK("an edit, freed unused", ipsec_gateway_edit_policies(gw, &edit));
     ipsec_policy_edit_free(edit);
     OK("an edit", ipsec_gateway_edit_policies(gw, &edit));
     OK("compiled, freed uncommitted", ipsec_policy_edit_compile(edit, &compiled));
     ipsec_compiled_policies_free(compiled);
     ipsec_policy_edit_free(NULL);
+    ipsec_retired_policies_free(NULL);
     ipsec_compiled_policies_free(NULL);
     NULL_ARG("set_spd_cache: gateway", ipsec_gateway_set_spd_cache(NULL, 64));
     NULL_ARG("get_spd_cache_stats: gateway", ipsec_gateway_get_spd_cache_stats(NULL, &capacity, &hits, &misses));

@@ -863,10 +863,12 @@ class Gateway:
         or removed (or a ``PolicyEdit`` committed); then an ``Spd`` of the live policies
         (without ``[[sa]]`` tables)."""
     def edit_policies(self) -> PolicyEdit:
-        """A batch of policy changes on a copy of the policies: change it, ``compile()``
+        """A batch of policy changes on the policies as they are (taken in O(changes
+        pending): shared, copied on the edit's first change): change it, ``compile()``
         it on any thread (no gateway lock is held), then ``commit_policies``."""
     def commit_policies(self, compiled: CompiledPolicies) -> None:
-        """Swaps in ``compiled`` in one step. ``StalePoliciesError`` (the policies
+        """Swaps in ``compiled`` in one step (the replaced policies are freed after the
+        gateway's lock is released, with the GIL released). ``StalePoliciesError`` (the policies
         changed since the edit was taken) or ``MissingSaError`` (an SA it names was
         deleted since): nothing changed. ``ValueError`` for another gateway's policies
         or policies already used by a commit (committed or refused)."""
