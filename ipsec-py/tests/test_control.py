@@ -437,8 +437,9 @@ def test_bad_arguments_raise_type_or_value_errors() -> None:
 def test_control_calls_release_the_gil() -> None:
     """As test_threads.test_batches_release_the_gil: with a 10 s switch interval the main
     thread only runs while the worker is inside a control call if the call released the
-    GIL. The worker replaces a policy of a gateway of 2,000 policies (each replacement
-    compiles the whole SPD) until the main thread has run, at most 50 times."""
+    GIL. The worker replaces a policy of a gateway of 2,000 policies until the main
+    thread has run, at most 5,000 times (a replacement takes microseconds, so the main
+    thread, woken when the GIL is released, may need many of them to get in first)."""
     text = "".join('[[policy]]\nname = "p%d"\nremote = "10.%d.%d.0/24"\naction = "bypass"\n'
                    % (i, 100 + i // 256, i % 256) for i in range(2000)) + DENY_ALL
     gw = ipsec.Gateway.from_toml(text, now=T0)
@@ -448,8 +449,9 @@ def test_control_calls_release_the_gil() -> None:
 
     def worker() -> None:
         started.set()
-        for i in range(50):
-            gw.replace_policy('name = "p7"\nremote = "10.200.%d.0/24"\naction = "bypass"\n' % i)
+        for i in range(5000):
+            gw.replace_policy('name = "p7"\nremote = "10.200.%d.%d/32"\naction = "bypass"\n'
+                              % (i // 256, i % 256))
             done.append(i)
             if main_ran.is_set():
                 break
@@ -470,6 +472,8 @@ def test_control_calls_release_the_gil() -> None:
         sys.setswitchinterval(old)
     assert count > 0
     assert done and len(gw.spd) == 2001
-    d = gw.spd.lookup("outbound", src="10.0.0.1", dst="10.200.%d.1" % done[-1], protocol="udp",
+    last = done[-1]
+    d = gw.spd.lookup("outbound", src="10.0.0.1", dst="10.200.%d.%d" % (last // 256, last % 256),
+                      protocol="udp",
                       src_port=1, dst_port=2)
     assert (d.action, d.policy) == ("bypass", "p7")
