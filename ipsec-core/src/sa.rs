@@ -483,6 +483,8 @@ pub struct SaConfig {
     pub(crate) nat_keepalive_interval: Option<Duration>,
     pub(crate) nat_original_addresses: Option<(IpAddr, IpAddr)>,
     pub(crate) lookup: SaLookup,
+    /// Inbound: whether the replay window keeps a late-packet histogram.
+    pub(crate) late_histogram: bool,
 }
 
 impl fmt::Debug for SaConfig {
@@ -504,6 +506,7 @@ impl fmt::Debug for SaConfig {
             .field("nat_keepalive_interval", &self.nat_keepalive_interval)
             .field("nat_original_addresses", &self.nat_original_addresses)
             .field("lookup", &self.lookup)
+            .field("late_histogram", &self.late_histogram)
             .finish_non_exhaustive()
     }
 }
@@ -525,7 +528,8 @@ impl SaConfig {
     /// UDP encapsulation, sequence number 0, no lifetimes, soft lifetime jitter 10
     /// percent ([`Self::DEFAULT_SOFT_LIFETIME_JITTER`]), no TFC padding, padding to
     /// cipher blocks, DF copied, NAT-keepalives every 20 s of silence when UDP
-    /// encapsulation is on, no NAT original addresses, found by its SPI alone).
+    /// encapsulation is on, no NAT original addresses, found by its SPI alone, no
+    /// late-packet histogram).
     ///
     /// `key` is copied; the copy is zeroized when the configuration is dropped.
     pub fn new(spi: u32, direction: Direction, mode: Mode, cipher: Cipher, key: &[u8]) -> Self {
@@ -554,19 +558,21 @@ impl SaConfig {
             nat_keepalive_interval: Some(Self::DEFAULT_NAT_KEEPALIVE_INTERVAL),
             nat_original_addresses: None,
             lookup: SaLookup::Spi,
+            late_histogram: false,
         }
     }
 
     /// The replay window an SA of this configuration starts with: the configured size
-    /// (default [`SaConfig::DEFAULT_REPLAY_WINDOW`]) from `seq` for an inbound SA, none
-    /// for an outbound one.
+    /// (default [`SaConfig::DEFAULT_REPLAY_WINDOW`]) from `seq` for an inbound SA, with
+    /// a late-packet histogram if asked for; none for an outbound one.
     pub(crate) fn initial_replay_window(&self) -> Result<ReplayWindow, ConfigError> {
         match self.direction {
-            Direction::Inbound => ReplayWindow::with_highest(
+            Direction::Inbound => ReplayWindow::with_highest_and_histogram(
                 self.replay_window
                     .unwrap_or(SaConfig::DEFAULT_REPLAY_WINDOW),
                 self.esn,
                 self.seq,
+                self.late_histogram,
             ),
             Direction::Outbound => ReplayWindow::without_histogram(0, self.esn),
         }
@@ -591,6 +597,20 @@ impl SaConfig {
     pub fn integrity(&mut self, integrity: Integrity, key: &[u8]) -> &mut Self {
         self.integrity = Some(integrity);
         self.integrity_key = Zeroizing::new(key.to_vec());
+        self
+    }
+
+    /// Inbound: whether the replay window keeps a late-packet histogram
+    /// ([`ReplayWindow::late_histogram`]: how far behind the window's top late packets
+    /// arrived, to size the window). Off by default: the histogram costs 512 bytes per
+    /// SA (64 `u64` buckets), more than the rest of an AES-GCM SA's state. When on, it
+    /// is made with the SA, so the packet path never allocates; when off, the SA's
+    /// window reads as an empty histogram and late packets are not counted in one (the
+    /// replay and too-old drop counters still count every refused packet). An SA
+    /// restored from a snapshot whose histogram counted a packet keeps a histogram
+    /// ([`crate::snapshot`]). Ignored on outbound SAs, which receive nothing.
+    pub fn late_histogram(&mut self, on: bool) -> &mut Self {
+        self.late_histogram = on;
         self
     }
 
@@ -1407,7 +1427,8 @@ impl SecurityAssociation {
         &self.stats
     }
 
-    /// The inbound replay window (its late-packet histogram helps size it).
+    /// The inbound replay window (its late-packet histogram, when the SA keeps one,
+    /// helps size it: [`SaConfig::late_histogram`]).
     pub fn replay_window(&self) -> &ReplayWindow {
         &self.replay
     }

@@ -8,7 +8,9 @@
 //! inbound replay window (top and bitmap, bit for bit), the lifetime usage (packets,
 //! bytes, age), the counters, the lifetime events raised and not yet polled, the
 //! configured and learned path MTU, the outer IPv4 Identification and IPv6 fragment
-//! Identification counters, the NAT-keepalive timer and the late-packet histogram.
+//! Identification counters, the NAT-keepalive timer and the late-packet histogram (an
+//! SA without one writes an empty one; a restored SA keeps a histogram when the
+//! snapshot's counted a packet, or when [`RestoreOptions::late_histogram`] asks).
 //!
 //! Not carried: a custom [`crate::crypto::IvSource`] (the restored SA draws its CBC
 //! IVs from the OS, as by default) and the headers of transport-mode NAT-keepalives,
@@ -309,6 +311,9 @@ pub struct RestoreOptions {
     /// Time that passed between taking the snapshot and restoring it, added to the
     /// SA's age.
     pub elapsed_since_snapshot: Duration,
+    /// Inbound: give the restored SA a late-packet histogram even when the snapshot's
+    /// is empty (see [`RestoreOptions::late_histogram`]).
+    pub late_histogram: bool,
 }
 
 impl Default for RestoreOptions {
@@ -327,6 +332,7 @@ impl RestoreOptions {
             seq_margin: Self::DEFAULT_SEQ_MARGIN,
             not_below: None,
             elapsed_since_snapshot: Duration::ZERO,
+            late_histogram: false,
         }
     }
 
@@ -350,6 +356,16 @@ impl RestoreOptions {
     /// it) to the restored SA's age, so its time lifetimes stay on schedule.
     pub const fn elapsed_since_snapshot(mut self, elapsed: Duration) -> Self {
         self.elapsed_since_snapshot = elapsed;
+        self
+    }
+
+    /// Inbound: whether the restored SA keeps a late-packet histogram
+    /// ([`crate::SaConfig::late_histogram`]) when the snapshot's is empty. The snapshot
+    /// does not record whether the SA had one (an empty histogram and none are written
+    /// alike), so a restored SA has one when the snapshot's histogram counted a packet,
+    /// or when this is true. Default false. Ignored for outbound SAs.
+    pub const fn late_histogram(mut self, on: bool) -> Self {
+        self.late_histogram = on;
         self
     }
 }
@@ -534,6 +550,7 @@ impl SecurityAssociation {
                 state.seq,
                 |d| bitmap[(d / 8) as usize] & (1 << (d % 8)) != 0,
                 LateHistogram::from_buckets(state.late),
+                options.late_histogram,
             )?;
         }
         let age = state.age.saturating_add(options.elapsed_since_snapshot);
