@@ -410,7 +410,7 @@ impl SecurityAssociation {
         };
         match self.mode {
             Mode::Tunnel => {
-                let outer = self.outer.as_ref().map_or(0, |o| o.ip_len);
+                let outer = self.outer.as_ref().map_or(0, |o| o.ip_len());
                 let payload = match self.tfc {
                     TfcPadding::PadTo(n) => len.max(usize::from(n)),
                     _ => len,
@@ -437,11 +437,11 @@ impl SecurityAssociation {
             Mode::Tunnel => self
                 .outer
                 .as_ref()
-                .is_some_and(|o| o.ip_len == IPV6_HEADER_LEN),
+                .is_some_and(|o| o.ip_len() == IPV6_HEADER_LEN),
             Mode::Transport => hdr >= IPV6_HEADER_LEN,
         };
         let front = match self.mode {
-            Mode::Tunnel => self.outer.as_ref().map_or(0, |o| o.ip_len),
+            Mode::Tunnel => self.outer.as_ref().map_or(0, |o| o.ip_len()),
             Mode::Transport => hdr,
         };
         let per = if v6 {
@@ -458,13 +458,9 @@ impl SecurityAssociation {
     /// Refuses `packets` more packets of `bytes` inner bytes when they would cross a
     /// hard lifetime; the SA then expires (raising [`crate::SaEvent::Expired`]).
     fn check_lifetime_room(&mut self, packets: u64, bytes: u64) -> Result<(), Error> {
-        let limit = if self.stats.bytes.saturating_add(bytes) > self.byte_cap {
+        let limit = if self.stats.bytes.saturating_add(bytes) > self.hard.bytes {
             Some(LifetimeLimit::Bytes)
-        } else if self
-            .hard
-            .packets
-            .is_some_and(|p| self.stats.packets.saturating_add(packets) > p)
-        {
+        } else if self.stats.packets.saturating_add(packets) > self.hard.packets {
             Some(LifetimeLimit::Packets)
         } else {
             None
@@ -566,7 +562,7 @@ impl SecurityAssociation {
             Mode::Tunnel => self
                 .outer
                 .as_ref()
-                .is_some_and(|o| o.ip_len == IPV6_HEADER_LEN),
+                .is_some_and(|o| o.ip_len() == IPV6_HEADER_LEN),
             Mode::Transport => {
                 packet::parse_ip(pkt.data()).is_ok_and(|i| i.version == IpVersion::V6)
             }
@@ -669,7 +665,7 @@ impl SecurityAssociation {
         let Some(outer) = &self.outer else {
             return Err(Some(Error::WrongDirection));
         };
-        let (outer_len, udp_len) = (outer.ip_len, outer.udp_len);
+        let (outer_len, udp_len) = (outer.ip_len(), outer.udp_len());
         let iv_len = self.transform.iv_len();
         let icv_len = self.transform.icv_len();
         let head = outer_len + udp_len + ESP_HEADER_LEN + iv_len;
@@ -682,7 +678,7 @@ impl SecurityAssociation {
         let total = head + payload + pad + 2 + icv_len;
         if limits
             && (total > self.mtu_cap
-                || self.stats.bytes.saturating_add(inner_len as u64) > self.byte_cap)
+                || self.stats.bytes.saturating_add(inner_len as u64) > self.hard.bytes)
         {
             return Err(None);
         }
@@ -771,7 +767,7 @@ impl SecurityAssociation {
         let new_total = total_len + grow + tail;
         if limits
             && (new_total > self.mtu_cap
-                || self.stats.bytes.saturating_add(total_len as u64) > self.byte_cap)
+                || self.stats.bytes.saturating_add(total_len as u64) > self.hard.bytes)
         {
             return Err(None);
         }
@@ -860,7 +856,7 @@ impl SecurityAssociation {
         match self.decap(pkt) {
             Ok(len) => match verify(pkt.data()) {
                 Ok(()) => {
-                    if self.stats.bytes.saturating_add(len as u64) > self.byte_cap {
+                    if self.stats.bytes.saturating_add(len as u64) > self.hard.bytes {
                         // The hard byte lifetime is never overshot (its ICV verified, so
                         // the replay window has recorded it all the same).
                         self.expire(LifetimeLimit::Bytes);
@@ -1162,8 +1158,11 @@ const PAD_EXPECTED: [u128; 17] = {
 #[derive(Clone, Debug)]
 pub(crate) struct OuterHeader {
     bytes: [u8; IPV6_HEADER_LEN + UDP_HEADER_LEN],
-    pub(crate) ip_len: usize,
-    udp_len: usize,
+    /// The IP header's length (20 or 40), read through [`OuterHeader::ip_len`]; `u8`s
+    /// keep the header, which every outbound tunnel-mode SA holds, small.
+    ip_len: u8,
+    /// The UDP header's length (0 or 8), read through [`OuterHeader::udp_len`].
+    udp_len: u8,
     /// One's-complement sum of the IPv4 header words with TOS, length, Identification,
     /// flags and checksum 0.
     v4_sum: u32,
@@ -1182,6 +1181,18 @@ pub(crate) struct OuterHeader {
 const IPV4_DF: u16 = 0x4000;
 
 impl OuterHeader {
+    /// The IP header's length: 20 (IPv4) or 40 (IPv6).
+    #[inline(always)]
+    pub(crate) fn ip_len(&self) -> usize {
+        usize::from(self.ip_len)
+    }
+
+    /// The UDP header's length: 8 with UDP encapsulation, else 0.
+    #[inline(always)]
+    pub(crate) fn udp_len(&self) -> usize {
+        usize::from(self.udp_len)
+    }
+
     /// The header for endpoints `src`/`dst` (same family), outer TTL / hop limit `ttl`,
     /// optional UDP encapsulation ports and the DF policy.
     pub(crate) fn new(
@@ -1236,8 +1247,8 @@ impl OuterHeader {
         };
         OuterHeader {
             bytes,
-            ip_len,
-            udp_len,
+            ip_len: ip_len as u8,
+            udp_len: udp_len as u8,
             v4_sum,
             df_always,
             df_copied,
@@ -1249,7 +1260,7 @@ impl OuterHeader {
     /// Bytes of the packet that the IP length field does not count (the IPv6 header).
     #[inline]
     fn length_field_excludes(&self) -> usize {
-        if self.ip_len == IPV6_HEADER_LEN {
+        if self.ip_len() == IPV6_HEADER_LEN {
             IPV6_HEADER_LEN
         } else {
             0
@@ -1269,7 +1280,7 @@ impl OuterHeader {
             40 => out.copy_from_slice(&self.bytes[..40]),
             _ => out.copy_from_slice(&self.bytes[..48]),
         }
-        if self.ip_len == IPV4_HEADER_LEN {
+        if self.ip_len() == IPV4_HEADER_LEN {
             let flags = self.df_always | (self.df_copied & (u16::from(inner_df) << 14));
             out[1] = tos;
             out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
@@ -1283,9 +1294,9 @@ impl OuterHeader {
             out[1] |= tos << 4;
             out[4..6].copy_from_slice(&((total - IPV6_HEADER_LEN) as u16).to_be_bytes());
         }
-        if self.udp_len != 0 {
-            let udp = &mut out[self.ip_len..];
-            udp[4..6].copy_from_slice(&((total - self.ip_len) as u16).to_be_bytes());
+        if self.udp_len() != 0 {
+            let udp = &mut out[self.ip_len()..];
+            udp[4..6].copy_from_slice(&((total - self.ip_len()) as u16).to_be_bytes());
         }
     }
 
@@ -1295,7 +1306,7 @@ impl OuterHeader {
     /// precomputed sum. Out of line: only IPv6 needs it.
     #[inline(never)]
     pub(crate) fn set_udp_checksum(&self, pkt: &mut [u8], icv_at: usize) {
-        let udp = self.ip_len;
+        let udp = self.ip_len();
         let payload = udp + UDP_HEADER_LEN;
         let udp_len = (pkt.len() - udp) as u32;
         let sum = self.udp_sum + 2 * udp_len + udp_payload_sum(&pkt[payload..], icv_at - payload);
@@ -1311,8 +1322,8 @@ impl OuterHeader {
         out: &mut [u8; crate::nat::NAT_KEEPALIVE_MAX_LEN],
         ident: u16,
     ) -> usize {
-        debug_assert_eq!(self.udp_len, UDP_HEADER_LEN);
-        let len = self.ip_len + UDP_HEADER_LEN + 1;
+        debug_assert_eq!(self.udp_len(), UDP_HEADER_LEN);
+        let len = self.ip_len() + UDP_HEADER_LEN + 1;
         let pkt = &mut out[..len];
         self.write(&mut pkt[..len - 1], 0, len, true, ident);
         pkt[len - 1] = 0xff;

@@ -60,7 +60,8 @@ pub const NAT_KEEPALIVE_MAX_LEN: usize = IPV6_HEADER_LEN + UDP_HEADER_LEN + 1;
 pub(crate) struct NatTraversal {
     /// When the SA last sent a packet (or was created), on the caller's clock (every
     /// SA: snapshots carry the silence).
-    pub(crate) last_sent: Duration,
+    /// In nanoseconds.
+    pub(crate) last_sent: u64,
     /// The rest, on the heap, only for an SA with UDP encapsulation or NAT original
     /// addresses; without either every part of it would be empty.
     more: Option<Box<NatMore>>,
@@ -97,7 +98,7 @@ impl NatTraversal {
         });
         let used = config.udp_encap.is_some() || original.is_some();
         NatTraversal {
-            last_sent: now,
+            last_sent: crate::sa::nanos(now),
             more: used.then(|| {
                 Box::new(NatMore {
                     keepalive_interval,
@@ -125,7 +126,7 @@ impl NatTraversal {
     /// Notes that the SA sent a packet at `now` (every successful encryption).
     #[inline(always)]
     pub(crate) fn note_sent(&mut self, now: Duration) {
-        self.last_sent = now;
+        self.last_sent = crate::sa::nanos(now);
     }
 
     /// Transport mode with UDP encapsulation: the first packet sent gives the addresses
@@ -271,7 +272,7 @@ impl SecurityAssociation {
         if !has_header || self.expired.is_some() {
             return None;
         }
-        Some(self.nat.last_sent.saturating_add(interval))
+        Some(Duration::from_nanos(self.nat.last_sent).saturating_add(interval))
     }
 
     /// Writes a NAT-keepalive (RFC 3948 §2.3) into `out` and returns its length when one
@@ -301,7 +302,7 @@ impl SecurityAssociation {
         let ident = self.next_ipv4_ident;
         self.next_ipv4_ident = ident.wrapping_add(1);
         let len = header.write_keepalive(out, ident);
-        self.nat.last_sent = now;
+        self.nat.note_sent(now);
         Some(len)
     }
 }

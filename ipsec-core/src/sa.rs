@@ -125,14 +125,62 @@ impl Lifetime {
         self.time = Some(time);
         self
     }
+}
 
-    /// The first limit that `bytes`, `packets` and `age` have reached, if any.
-    fn reached(&self, bytes: u64, packets: u64, age: Duration) -> Option<LifetimeLimit> {
-        if self.time.is_some_and(|t| age >= t) {
+/// A duration as the SA keeps it: whole nanoseconds in a `u64` (up to 584 years),
+/// saturating at `u64::MAX`.
+#[inline]
+pub(crate) fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
+}
+
+/// A [`Lifetime`] as the SA keeps it, in 24 bytes instead of 48: each limit a `u64`,
+/// [`Limits::NONE`] (`u64::MAX`) for no limit of that kind, the time in nanoseconds.
+/// A limit of `u64::MAX` bytes or packets, or of `u64::MAX` nanoseconds (584 years) or
+/// more, can never be reached on any real SA, so it is kept as no limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Bytes of inner packets processed.
+    pub(crate) bytes: u64,
+    /// Packets processed.
+    pub(crate) packets: u64,
+    /// Time since the SA was created, in nanoseconds.
+    pub(crate) nanos: u64,
+}
+
+impl Limits {
+    /// "No limit" in each field.
+    pub(crate) const NONE: u64 = u64::MAX;
+
+    /// `l` as the SA keeps it.
+    pub(crate) fn of(l: &Lifetime) -> Limits {
+        Limits {
+            bytes: l.bytes.unwrap_or(Self::NONE),
+            packets: l.packets.unwrap_or(Self::NONE),
+            nanos: l.time.map_or(Self::NONE, nanos),
+        }
+    }
+
+    /// The limits as a [`Lifetime`] (`None` for no limit).
+    pub(crate) fn lifetime(&self) -> Lifetime {
+        let some = |v: u64| (v != Self::NONE).then_some(v);
+        Lifetime {
+            bytes: some(self.bytes),
+            packets: some(self.packets),
+            time: some(self.nanos).map(Duration::from_nanos),
+        }
+    }
+
+    /// The first limit that `bytes`, `packets` and `age` (nanoseconds) have reached,
+    /// if any.
+    fn reached(&self, bytes: u64, packets: u64, age: u64) -> Option<LifetimeLimit> {
+        if self.nanos != Self::NONE && age >= self.nanos {
             Some(LifetimeLimit::Time)
-        } else if self.packets.is_some_and(|p| packets >= p) {
+        } else if self.packets != Self::NONE && packets >= self.packets {
             Some(LifetimeLimit::Packets)
-        } else if self.bytes.is_some_and(|b| bytes >= b) {
+        } else if self.bytes != Self::NONE && bytes >= self.bytes {
             Some(LifetimeLimit::Bytes)
         } else {
             None
@@ -157,15 +205,17 @@ impl Trip {
     };
 
     /// The trip point of `l` for an SA whose age at `now` is `now - created + bias`
-    /// (`bias` is non-zero only for an SA restored on a clock that read less than the
-    /// SA's age: see [`crate::snapshot`]).
-    fn of(l: &Lifetime, created: Duration, bias: Duration) -> Trip {
+    /// (all in nanoseconds; `bias` is non-zero only for an SA restored on a clock that
+    /// read less than the SA's age: see [`crate::snapshot`]).
+    fn of(l: &Limits, created: u64, bias: u64) -> Trip {
         Trip {
-            at: l.time.map_or(Duration::MAX, |t| {
-                created.saturating_add(t.saturating_sub(bias))
-            }),
-            packets: l.packets.unwrap_or(u64::MAX),
-            bytes: l.bytes.unwrap_or(u64::MAX),
+            at: if l.nanos == Limits::NONE {
+                Duration::MAX
+            } else {
+                Duration::from_nanos(created.saturating_add(l.nanos.saturating_sub(bias)))
+            },
+            packets: l.packets,
+            bytes: l.bytes,
         }
     }
 
@@ -1200,7 +1250,9 @@ pub(crate) struct KeptConfig {
     pub(crate) padding: EspPadding,
     pub(crate) outer_ttl: u8,
     pub(crate) df: DfPolicy,
-    pub(crate) nat_keepalive_interval: Option<Duration>,
+    /// The configured NAT-keepalive interval in nanoseconds ([`Limits::NONE`]: none):
+    /// read through [`KeptConfig::nat_keepalive_interval`].
+    nat_keepalive_nanos: u64,
     /// How an inbound packet finds the SA (RFC 4301 §4.1).
     pub(crate) lookup: SaLookup,
 }
@@ -1221,7 +1273,7 @@ impl KeptConfig {
             padding: config.padding,
             outer_ttl: config.outer_ttl,
             df: config.df,
-            nat_keepalive_interval: config.nat_keepalive_interval,
+            nat_keepalive_nanos: config.nat_keepalive_interval.map_or(Limits::NONE, nanos),
             lookup: config.lookup,
         }
     }
@@ -1229,6 +1281,13 @@ impl KeptConfig {
     /// The cipher key as configured (salt included).
     pub(crate) fn key(&self) -> &[u8] {
         &self.keys[..usize::from(self.key_len)]
+    }
+
+    /// The NAT-keepalive interval as configured (an interval of 584 years or more reads
+    /// as `None`, as it never elapses).
+    pub(crate) fn nat_keepalive_interval(&self) -> Option<Duration> {
+        (self.nat_keepalive_nanos != Limits::NONE)
+            .then(|| Duration::from_nanos(self.nat_keepalive_nanos))
     }
 
     /// The integrity key as configured (empty for combined-mode ciphers).
@@ -1255,13 +1314,17 @@ pub struct SecurityAssociation {
     pub(crate) outer: Option<OuterHeader>,
     pub(crate) udp_encap: Option<(u16, u16)>,
     pub(crate) tfc: TfcPadding,
-    pub(crate) soft: Lifetime,
-    pub(crate) hard: Lifetime,
-    pub(crate) created: Duration,
-    /// Age the SA had already reached at `created` (non-zero only after a restore on a
-    /// clock that read less than the snapshot's age): the SA's age at `now` is
-    /// `now - created + age_bias`.
-    pub(crate) age_bias: Duration,
+    /// The soft limits in force (jitter drawn), as a compact [`Limits`].
+    pub(crate) soft: Limits,
+    /// The hard limits; `hard.bytes` is also the byte cap no packet may cross
+    /// (`u64::MAX` without a byte limit).
+    pub(crate) hard: Limits,
+    /// When the SA was created, on the caller's clock, in nanoseconds.
+    pub(crate) created: u64,
+    /// Age the SA had already reached at `created`, in nanoseconds (non-zero only
+    /// after a restore on a clock that read less than the snapshot's age): the SA's age
+    /// at `now` is `now - created + age_bias`.
+    pub(crate) age_bias: u64,
     /// What the SA keeps of its configuration beyond its own fields (keys included):
     /// what [`SecurityAssociation::snapshot`] writes out.
     pub(crate) kept: KeptConfig,
@@ -1276,8 +1339,6 @@ pub struct SecurityAssociation {
     /// computed, `usize::MAX` without one); larger packets take the slow path, which
     /// refreshes it first.
     pub(crate) mtu_cap: usize,
-    /// The hard byte lifetime (`u64::MAX` without one): no packet may cross it.
-    pub(crate) byte_cap: u64,
     /// Identification of the next IPv6 Fragment header this SA writes (a per-peer
     /// counter from a random start, RFC 7739 §5.1).
     pub(crate) fragment_id: u32,
@@ -1351,21 +1412,20 @@ impl SecurityAssociation {
             },
             udp_encap: config.udp_encap,
             tfc: config.tfc,
-            soft,
-            hard: config.hard,
-            created: now,
-            age_bias: Duration::ZERO,
-            trip: Trip::of(&soft, now, Duration::ZERO).min(Trip::of(
-                &config.hard,
-                now,
-                Duration::ZERO,
+            soft: Limits::of(&soft),
+            hard: Limits::of(&config.hard),
+            created: nanos(now),
+            age_bias: 0,
+            trip: Trip::of(&Limits::of(&soft), nanos(now), 0).min(Trip::of(
+                &Limits::of(&config.hard),
+                nanos(now),
+                0,
             )),
             expired: None,
             events: PendingEvents::default(),
             stats: SaStats::default(),
             pmtu: PathMtu::new(config.path_mtu),
             mtu_cap: config.path_mtu.map_or(usize::MAX, usize::from),
-            byte_cap: config.hard.bytes.unwrap_or(u64::MAX),
             fragment_id: getrandom::u32().unwrap_or(0x9e37_79b9),
             next_ipv4_ident: first_ident,
             nat: NatTraversal::new(&config, now),
@@ -1451,13 +1511,17 @@ impl SecurityAssociation {
     /// The soft limits in force: the configured soft lifetime with this SA's jitter
     /// drawn when it was created ([`SaConfig::soft_lifetime_jitter`]); reaching one
     /// raises [`SaEvent::Rekey`].
+    ///
+    /// A limit of `u64::MAX` bytes or packets, or of `u64::MAX` nanoseconds (584
+    /// years) or more, reads as none: the SA keeps it as no limit.
     pub fn soft_limits(&self) -> Lifetime {
-        self.soft
+        self.soft.lifetime()
     }
 
-    /// The hard limits: reaching one raises [`SaEvent::Expired`].
+    /// The hard limits: reaching one raises [`SaEvent::Expired`]. Limits out of reach
+    /// read as none, as for [`Self::soft_limits`].
     pub fn hard_limits(&self) -> Lifetime {
-        self.hard
+        self.hard.lifetime()
     }
 
     /// True once a hard lifetime was reached.
@@ -1523,7 +1587,7 @@ impl SecurityAssociation {
             0
         };
         let (outer, front) = match self.mode {
-            Mode::Tunnel => (self.outer.as_ref().map_or(0, |o| o.ip_len), 0),
+            Mode::Tunnel => (self.outer.as_ref().map_or(0, |o| o.ip_len()), 0),
             Mode::Transport => (0, hdr),
         };
         // ESP carries roundup(payload + 2, align) bytes after the fixed headers.
@@ -1685,13 +1749,19 @@ impl SecurityAssociation {
 
     /// The SA's age at `now` on the caller's clock (what time lifetimes count).
     pub(crate) fn age(&self, now: Duration) -> Duration {
-        now.saturating_sub(self.created)
+        Duration::from_nanos(self.age_nanos(now))
+    }
+
+    /// [`Self::age`] in nanoseconds (saturating).
+    fn age_nanos(&self, now: Duration) -> u64 {
+        nanos(now)
+            .saturating_sub(self.created)
             .saturating_add(self.age_bias)
     }
 
     #[inline]
     pub(crate) fn update_lifetimes(&mut self, now: Duration) {
-        let age = self.age(now);
+        let age = self.age_nanos(now);
         let (bytes, packets) = (self.stats.bytes, self.stats.packets);
         if let Some(l) = self.soft.reached(bytes, packets, age) {
             self.events.raise(SaEvent::Rekey(l));

@@ -413,7 +413,7 @@ impl SecurityAssociation {
             w.u16(s);
             w.u16(d);
         });
-        for l in [&self.soft, &self.hard] {
+        for l in [&self.soft.lifetime(), &self.hard.lifetime()] {
             w.opt(l.bytes, Writer::u64);
             w.opt(l.packets, Writer::u64);
             w.opt(l.time, Writer::duration);
@@ -436,7 +436,7 @@ impl SecurityAssociation {
             _ => 0,
         });
         w.opt(self.pmtu.configured(), Writer::u16);
-        w.opt(c.nat_keepalive_interval, Writer::duration);
+        w.opt(c.nat_keepalive_interval(), Writer::duration);
         w.addrs(self.nat_original_addresses());
         // State.
         w.u64(self.seq());
@@ -464,7 +464,7 @@ impl SecurityAssociation {
         );
         w.u16(self.next_ipv4_ident);
         w.u32(self.fragment_id);
-        w.duration(now.saturating_sub(self.nat.last_sent));
+        w.duration(now.saturating_sub(Duration::from_nanos(self.nat.last_sent)));
         for b in self.replay.late_histogram().buckets() {
             w.u64(*b);
         }
@@ -555,11 +555,11 @@ impl SecurityAssociation {
         }
         let age = state.age.saturating_add(options.elapsed_since_snapshot);
         if now >= age {
-            sa.created = now - age;
-            sa.age_bias = Duration::ZERO;
+            sa.created = crate::sa::nanos(now - age);
+            sa.age_bias = 0;
         } else {
-            sa.created = Duration::ZERO;
-            sa.age_bias = age - now;
+            sa.created = 0;
+            sa.age_bias = crate::sa::nanos(age - now);
         }
         sa.stats.packets = state.packets;
         sa.stats.bytes = state.bytes;
@@ -574,7 +574,7 @@ impl SecurityAssociation {
         sa.mtu_cap = sa.pmtu.cap(now);
         sa.next_ipv4_ident = state.next_ipv4_ident;
         sa.fragment_id = state.fragment_id;
-        sa.nat.last_sent = now.saturating_sub(state.silence);
+        sa.nat.last_sent = crate::sa::nanos(now.saturating_sub(state.silence));
         // Re-arm the lifetime checks from the restored usage (raising what the
         // standby's `now` has reached).
         sa.update_lifetimes(now);
