@@ -125,7 +125,7 @@ impl Drop for SaEntry {
     fn drop(&mut self) {
         // A lane's last counters reach the shared SA's sum.
         if let Some(link) = &self.lane {
-            link.publish(self.sa.stats());
+            link.publish(&self.sa.stats());
         }
     }
 }
@@ -727,7 +727,7 @@ impl Gateway {
             Ok(())
         });
         if let Some(link) = &mut entry.lane {
-            link.count_inbound(entry.sa.stats());
+            link.count_inbound(&entry.sa);
         }
         r?;
         Ok(Inbound::Decrypted {

@@ -71,14 +71,10 @@ const INFER_WINDOW_WHEN_OFF: u32 = 1 << 31;
 pub struct ReplayWindow {
     /// Ring of bitmap blocks; empty when replay protection is off (size 0).
     blocks: Box<[u64]>,
-    /// `blocks.len() - 1` (the length is a power of two), or 0 when `blocks` is empty.
-    block_mask: u64,
     /// Highest sequence number recorded (the window's top), 0 before the first one.
     highest: u64,
     /// Window width in packets, 0 when replay protection is off.
     size: u32,
-    /// The `W` of RFC 4303 Appendix A: `size`, or 2^31 when `size` is 0.
-    infer_window: u32,
     /// Whether the SA uses 64-bit extended sequence numbers.
     esn: bool,
     /// Distances behind the top of the late packets seen, on the heap (512 bytes), or
@@ -131,14 +127,8 @@ impl ReplayWindow {
         };
         Ok(ReplayWindow {
             blocks: vec![0u64; nblocks].into_boxed_slice(),
-            block_mask: (nblocks as u64).saturating_sub(1),
             highest: 0,
             size,
-            infer_window: if size == 0 {
-                INFER_WINDOW_WHEN_OFF
-            } else {
-                size
-            },
             esn,
             late: None,
         })
@@ -301,7 +291,7 @@ impl ReplayWindow {
         }
         let th = (self.highest >> 32) as u32;
         let tl = self.highest as u32;
-        let w1 = self.infer_window - 1;
+        let w1 = self.infer_window() - 1;
         let bottom = tl.wrapping_sub(w1);
         let seqh = if tl >= w1 {
             // Case A: the window lies within one 2^32 subspace.
@@ -420,10 +410,22 @@ impl ReplayWindow {
         }
     }
 
-    /// Index of the ring block holding `seq`'s bit (`blocks` must not be empty).
+    /// Index of the ring block holding `seq`'s bit (`blocks` must not be empty; its
+    /// length is a power of two, so `len - 1` is the mask; derived rather than kept,
+    /// as the window of every inbound SA is 8 bytes smaller for it).
     #[inline]
     fn block_index(&self, seq: u64) -> usize {
-        ((seq >> 6) & self.block_mask) as usize
+        (seq >> 6) as usize & (self.blocks.len() - 1)
+    }
+
+    /// The `W` of RFC 4303 Appendix A: `size`, or 2^31 when `size` is 0.
+    #[inline]
+    fn infer_window(&self) -> u32 {
+        if self.size == 0 {
+            INFER_WINDOW_WHEN_OFF
+        } else {
+            self.size
+        }
     }
 
     /// The verdict for `seq <= highest`.

@@ -88,7 +88,8 @@
 //!          expired bytes, packets, time), expired u8 (0 no, 1 bytes, 2 packets,
 //!          3 time), learned path MTU (optional: u16 MTU, duration it still holds),
 //!          next IPv4 Identification u16, next IPv6 fragment Identification u32,
-//!          silence (duration since the SA last sent), late histogram 64 × u64,
+//!          silence (duration since the SA last sent; 0 for an inbound SA, which
+//!          sends nothing), late histogram 64 × u64,
 //!          window size u32 (inbound; 0 for an outbound SA or replay protection off),
 //!          bitmap: ceil(size / 8) bytes, bit d (byte d / 8, bit d % 8 from the least
 //!          significant) set when sequence number `seq - d` was received
@@ -114,6 +115,7 @@
 use crate::crypto::{Cipher, Integrity};
 use crate::error::{ConfigError, DropReason, LifetimeLimit};
 use crate::replay::{LateHistogram, ReplayWindow};
+use crate::sa::Side;
 use crate::sa::{
     DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, SaLookup, SecurityAssociation,
     TfcPadding,
@@ -378,10 +380,7 @@ impl SecurityAssociation {
     /// The snapshot holds the keys: it is wiped when dropped; protect its bytes.
     pub fn snapshot(&self, now: Duration) -> SaSnapshot {
         let c = &self.kept;
-        let window = match self.direction {
-            Direction::Inbound => self.replay.size(),
-            Direction::Outbound => 0,
-        };
+        let window = self.replay_window().size();
         let capacity = HEADER_LEN
             + FIXED_BODY_MAX
             + c.key().len()
@@ -408,7 +407,7 @@ impl SecurityAssociation {
         w.blob(c.key());
         w.blob(c.integrity_key());
         w.u8(u8::from(self.esn));
-        w.addrs(self.tunnel);
+        w.addrs(self.tunnel());
         w.opt(self.udp_encap, |w, (s, d)| {
             w.u16(s);
             w.u16(d);
@@ -419,7 +418,7 @@ impl SecurityAssociation {
             w.opt(l.time, Writer::duration);
         }
         w.opt(
-            match self.tfc {
+            match self.tfc() {
                 TfcPadding::PadTo(n) => Some(n),
                 _ => None,
             },
@@ -444,7 +443,7 @@ impl SecurityAssociation {
         w.u64(self.stats.packets);
         w.u64(self.stats.bytes);
         w.u8(DropReason::ALL.len() as u8);
-        for d in self.stats.drops {
+        for d in self.stats().drops {
             w.u64(d);
         }
         w.u8(self.events.raised);
@@ -462,16 +461,25 @@ impl SecurityAssociation {
                 w.duration(until - now);
             },
         );
-        w.u16(self.next_ipv4_ident);
-        w.u32(self.fragment_id);
-        w.duration(now.saturating_sub(Duration::from_nanos(self.nat.last_sent)));
-        for b in self.replay.late_histogram().buckets() {
+        // An inbound SA writes no IPv4 header and no fragment: 0 for both.
+        let (ident, fragment_id) = match &self.side {
+            Side::Outbound(o) => (o.next_ipv4_ident, o.fragment_id),
+            Side::Inbound(_) => (0, 0),
+        };
+        w.u16(ident);
+        w.u32(fragment_id);
+        w.duration(match &self.side {
+            Side::Outbound(o) => now.saturating_sub(Duration::from_nanos(o.last_sent)),
+            // An inbound SA sends nothing (and keeps no time for it).
+            Side::Inbound(_) => Duration::ZERO,
+        });
+        for b in self.replay_window().late_histogram().buckets() {
             w.u64(*b);
         }
         w.u32(window);
         let mut byte = 0u8;
         for d in 0..u64::from(window) {
-            if self.replay.recorded_below_top(d) {
+            if self.replay_window().recorded_below_top(d) {
                 byte |= 1 << (d % 8);
             }
             if d % 8 == 7 {
@@ -544,7 +552,7 @@ impl SecurityAssociation {
         let mut sa = SecurityAssociation::new(config, now)?;
         if sa.direction == Direction::Inbound {
             let bitmap = &state.bitmap;
-            sa.replay = ReplayWindow::restored(
+            sa.inb_mut().replay = ReplayWindow::restored(
                 state.window,
                 sa.esn,
                 state.seq,
@@ -563,7 +571,7 @@ impl SecurityAssociation {
         }
         sa.stats.packets = state.packets;
         sa.stats.bytes = state.bytes;
-        sa.stats.drops = state.drops;
+        sa.set_drops(&state.drops);
         sa.events.raised = state.raised;
         sa.events.pending = state.pending;
         sa.expired = state.expired;
@@ -571,10 +579,15 @@ impl SecurityAssociation {
             sa.pmtu
                 .set_learned(Some((mtu, now.saturating_add(remaining))));
         }
-        sa.mtu_cap = sa.pmtu.cap(now);
-        sa.next_ipv4_ident = state.next_ipv4_ident;
-        sa.fragment_id = state.fragment_id;
-        sa.nat.last_sent = crate::sa::nanos(now.saturating_sub(state.silence));
+        let mtu_cap = sa.pmtu.cap(now);
+        if let Side::Outbound(o) = &mut sa.side {
+            o.mtu_cap = mtu_cap;
+            o.next_ipv4_ident = state.next_ipv4_ident;
+            o.fragment_id = state.fragment_id;
+        }
+        if let Side::Outbound(o) = &mut sa.side {
+            o.last_sent = crate::sa::nanos(now.saturating_sub(state.silence));
+        }
         // Re-arm the lifetime checks from the restored usage (raising what the
         // standby's `now` has reached).
         sa.update_lifetimes(now);

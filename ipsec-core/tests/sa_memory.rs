@@ -66,8 +66,8 @@ static GLOBAL: Counting = Counting;
 
 /// The bounds an outbound and an inbound AES-128-GCM SA must stay under at the
 /// default window (see the module docs).
-const LIMIT_OUTBOUND: usize = 1300;
-const LIMIT_INBOUND: usize = 1830;
+const LIMIT_OUTBOUND: usize = 1024;
+const LIMIT_INBOUND: usize = 1024;
 
 /// The largest replay window.
 const MAX_WINDOW: u32 = 1 << 24;
