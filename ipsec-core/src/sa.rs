@@ -2140,3 +2140,77 @@ impl SecurityAssociation {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An inbound SA keeps a counter for every reason (a check passed to
+    /// `decrypt_verified` may return any error), each in one place; an outbound SA
+    /// leaves out exactly the reasons only decrypting calls produce.
+    #[test]
+    fn drop_counters_cover_every_reason_of_their_direction() {
+        for r in DropReason::ALL {
+            let wide = INBOUND_WIDE_SLOTS[r.index()] != NO_SLOT;
+            let narrow = INBOUND_NARROW_SLOTS[r.index()] != NO_SLOT;
+            assert!(wide ^ narrow, "{r:?}: wide {wide}, narrow {narrow}");
+        }
+        let receive_only = [
+            DropReason::AuthFailed,
+            DropReason::Replay,
+            DropReason::TooOld,
+            DropReason::BadPadding,
+            DropReason::BadNextHeader,
+            DropReason::Dummy,
+            DropReason::NatKeepalive,
+            DropReason::FragmentTimeout,
+            DropReason::FragmentOverlap,
+            DropReason::FragmentDuplicate,
+            DropReason::FragmentLimit,
+            DropReason::FragmentInvalid,
+            DropReason::FragmentTooShort,
+            DropReason::FragmentUnresolved,
+        ];
+        for r in DropReason::ALL {
+            let kept = OUTBOUND_SLOTS[r.index()] != NO_SLOT;
+            assert_eq!(kept, !receive_only.contains(&r), "{r:?}");
+        }
+    }
+
+    fn sa(direction: Direction) -> SecurityAssociation {
+        let mut c = SaConfig::new(0x1000, direction, Mode::Tunnel, Cipher::Aes128Gcm, &[7; 20]);
+        c.tunnel([192, 0, 2, 1].into(), [192, 0, 2, 2].into());
+        SecurityAssociation::new(c, Duration::ZERO).unwrap()
+    }
+
+    /// Counts reach `stats()` under their reason; narrow inbound counters saturate at
+    /// `u32::MAX`, wide ones do not; restored counts come back the same way.
+    #[test]
+    fn drop_counts_by_direction_and_width() {
+        let mut inb = sa(Direction::Inbound);
+        inb.side
+            .count_drops(DropReason::AuthFailed, u64::from(u32::MAX) + 5);
+        inb.side
+            .count_drops(DropReason::BadPadding, u64::from(u32::MAX) + 5);
+        inb.count_drop(DropReason::FragmentOverlap);
+        let s = inb.stats();
+        assert_eq!(s.dropped(DropReason::AuthFailed), u64::from(u32::MAX) + 5);
+        assert_eq!(s.dropped(DropReason::BadPadding), u64::from(u32::MAX));
+        assert_eq!(s.dropped(DropReason::FragmentOverlap), 1);
+        let mut out = sa(Direction::Outbound);
+        out.count_drop(DropReason::SequenceOverflow);
+        out.count_drop(DropReason::TooBig);
+        assert_eq!(out.stats().dropped(DropReason::SequenceOverflow), 1);
+        assert_eq!(out.stats().dropped_total(), 2);
+        let mut restored = sa(Direction::Inbound);
+        restored.set_drops(&s.drops);
+        assert_eq!(restored.stats(), s);
+        // The tunnel endpoints live in the kept key block.
+        assert_eq!(
+            out.tunnel(),
+            Some(([192, 0, 2, 1].into(), [192, 0, 2, 2].into()))
+        );
+        assert_eq!(out.kept.key(), &[7; 20]);
+        assert!(out.kept.integrity_key().is_empty());
+    }
+}
