@@ -487,7 +487,7 @@ impl SecurityAssociation {
                 byte = 0;
             }
         }
-        if window % 8 != 0 {
+        if !window.is_multiple_of(8) {
             w.u8(byte);
         }
         if version >= 2 {
