@@ -559,7 +559,7 @@ impl Gateway {
     pub fn delete_sa(&mut self, name: &str) -> Result<SaStats, ControlError> {
         let index = self.deletable(name)?;
         let entry = self.remove_entry(index);
-        Ok(*entry.sa.stats())
+        Ok(entry.sa.stats())
     }
 
     /// Deletes the SA `name` when the caller's clock reaches `at` (checked on every

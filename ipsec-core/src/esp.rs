@@ -27,7 +27,7 @@ use crate::packet::{
     IPV6_HEADER_LEN, IpVersion, UDP_HEADER_LEN,
 };
 use crate::path_mtu::IPV6_MIN_MTU;
-use crate::sa::{DfPolicy, Direction, Mode, SecurityAssociation, TfcPadding};
+use crate::sa::{DfPolicy, Direction, Mode, SecurityAssociation, Side, TfcPadding};
 use bytes::BytesMut;
 use core::time::Duration;
 use std::net::IpAddr;
@@ -66,7 +66,7 @@ impl SecurityAssociation {
         }
         self.admit(now)?;
         self.encrypt_admitted(pkt, None, &mut SpareBuffers::none(), now)?;
-        self.nat.note_sent(now);
+        self.note_sent(now);
         Ok(())
     }
 
@@ -90,7 +90,7 @@ impl SecurityAssociation {
         }
         self.admit(now)?;
         let extra = self.encrypt_admitted(pkt, None, spares, now)?;
-        self.nat.note_sent(now);
+        self.note_sent(now);
         Ok(extra)
     }
 
@@ -116,7 +116,7 @@ impl SecurityAssociation {
         }
         self.admit(now)?;
         self.encrypt_admitted(pkt, Some(IPPROTO_NONE), &mut SpareBuffers::none(), now)?;
-        self.nat.note_sent(now);
+        self.note_sent(now);
         Ok(())
     }
 
@@ -283,7 +283,7 @@ impl SecurityAssociation {
         };
         match res {
             Ok(inner_len) => {
-                self.seq = next;
+                self.out_mut().seq = next;
                 self.account(inner_len);
                 Ok(0)
             }
@@ -304,13 +304,13 @@ impl SecurityAssociation {
         spares: &mut SpareBuffers<'_, '_>,
         now: Duration,
     ) -> Result<usize, Error> {
-        self.mtu_cap = self.pmtu.cap(now);
+        self.out_mut().mtu_cap = self.pmtu.cap(now);
         let plan = match dummy {
             // A dummy packet's size is the caller's choice: never fragmented.
             Some(_) => {
                 let total = self.protected_len(pkt.len(), 0);
-                if total > self.mtu_cap {
-                    let mtu = self.inner_mtu_within(self.mtu_cap, 0);
+                if total > self.out().mtu_cap {
+                    let mtu = self.inner_mtu_within(self.out().mtu_cap, 0);
                     return Err(self.drop(Error::TooBig { inner_mtu: mtu }));
                 }
                 Oversize::Fits(pkt.len())
@@ -320,7 +320,7 @@ impl SecurityAssociation {
                     Ok(i) => i,
                     Err(_) => return Err(self.drop(Error::Malformed(Malformed::BadInnerPacket))),
                 };
-                match self.oversize_plan(pkt.data(), &info, self.mtu_cap) {
+                match self.oversize_plan(pkt.data(), &info, self.out().mtu_cap) {
                     Ok(plan) => plan,
                     Err(e) => return Err(self.drop(e)),
                 }
@@ -335,7 +335,7 @@ impl SecurityAssociation {
                     Mode::Transport => self.encap_transport(pkt, next, false),
                 };
                 let len = res.map_err(|e| self.drop(e.unwrap_or(Error::SequenceOverflow)))?;
-                self.seq = next;
+                self.out_mut().seq = next;
                 self.account(len);
                 Ok(0)
             }
@@ -410,8 +410,8 @@ impl SecurityAssociation {
         };
         match self.mode {
             Mode::Tunnel => {
-                let outer = self.outer.as_ref().map_or(0, |o| o.ip_len);
-                let payload = match self.tfc {
+                let outer = self.outer().map_or(0, |o| o.ip_len());
+                let payload = match self.tfc() {
                     TfcPadding::PadTo(n) => len.max(usize::from(n)),
                     _ => len,
                 };
@@ -434,14 +434,11 @@ impl SecurityAssociation {
     /// How many fragments an ESP packet of `total` bytes becomes at an MTU of `cap`.
     fn post_count(&self, total: usize, hdr: usize, cap: usize) -> Result<usize, Error> {
         let v6 = match self.mode {
-            Mode::Tunnel => self
-                .outer
-                .as_ref()
-                .is_some_and(|o| o.ip_len == IPV6_HEADER_LEN),
+            Mode::Tunnel => self.outer().is_some_and(|o| o.ip_len() == IPV6_HEADER_LEN),
             Mode::Transport => hdr >= IPV6_HEADER_LEN,
         };
         let front = match self.mode {
-            Mode::Tunnel => self.outer.as_ref().map_or(0, |o| o.ip_len),
+            Mode::Tunnel => self.outer().map_or(0, |o| o.ip_len()),
             Mode::Transport => hdr,
         };
         let per = if v6 {
@@ -458,13 +455,9 @@ impl SecurityAssociation {
     /// Refuses `packets` more packets of `bytes` inner bytes when they would cross a
     /// hard lifetime; the SA then expires (raising [`crate::SaEvent::Expired`]).
     fn check_lifetime_room(&mut self, packets: u64, bytes: u64) -> Result<(), Error> {
-        let limit = if self.stats.bytes.saturating_add(bytes) > self.byte_cap {
+        let limit = if self.stats.bytes.saturating_add(bytes) > self.hard.bytes {
             Some(LifetimeLimit::Bytes)
-        } else if self
-            .hard
-            .packets
-            .is_some_and(|p| self.stats.packets.saturating_add(packets) > p)
-        {
+        } else if self.stats.packets.saturating_add(packets) > self.hard.packets {
             Some(LifetimeLimit::Packets)
         } else {
             None
@@ -494,7 +487,7 @@ impl SecurityAssociation {
         } else {
             u64::from(u32::MAX)
         };
-        if limit - self.seq < n as u64 {
+        if limit - self.out().seq < n as u64 {
             return Err(self.drop(Error::SequenceOverflow));
         }
         let head = self.max_headroom();
@@ -528,10 +521,10 @@ impl SecurityAssociation {
 
     /// Encrypts one pre-made fragment whose room was checked.
     fn encap_fragment(&mut self, p: &mut PacketBuf<'_>) -> Result<(), Error> {
-        let next = self.seq + 1;
+        let next = self.out().seq + 1;
         match self.encap_tunnel(p, next, None, false) {
             Ok(len) => {
-                self.seq = next;
+                self.out_mut().seq = next;
                 self.account(len);
                 Ok(())
             }
@@ -549,7 +542,7 @@ impl SecurityAssociation {
         n: usize,
         spares: &mut SpareBuffers<'_, '_>,
     ) -> Result<usize, Error> {
-        let cap = self.mtu_cap;
+        let cap = self.out().mtu_cap;
         let len = packet::parse_ip(pkt.data()).map_or(pkt.len(), |i| i.total_len);
         self.check_lifetime_room(1, len as u64)?;
         let next = self.next_seq().map_err(|e| self.drop(e))?;
@@ -563,10 +556,7 @@ impl SecurityAssociation {
             return Err(self.drop(e));
         }
         let v6 = match self.mode {
-            Mode::Tunnel => self
-                .outer
-                .as_ref()
-                .is_some_and(|o| o.ip_len == IPV6_HEADER_LEN),
+            Mode::Tunnel => self.outer().is_some_and(|o| o.ip_len() == IPV6_HEADER_LEN),
             Mode::Transport => {
                 packet::parse_ip(pkt.data()).is_ok_and(|i| i.version == IpVersion::V6)
             }
@@ -583,7 +573,7 @@ impl SecurityAssociation {
             Mode::Transport => self.encap_transport(pkt, next, false),
         }
         .map_err(|e| self.drop(e.unwrap_or(Error::Malformed(Malformed::TooBig))))?;
-        self.seq = next;
+        self.out_mut().seq = next;
         self.account(len);
         let used = match packet::parse_ip(pkt.data()).map(|i| i.version) {
             Ok(IpVersion::V4) => Ipv4Split::plan(pkt.data(), cap).map(|plan| {
@@ -593,8 +583,8 @@ impl SecurityAssociation {
             }),
             _ => Ipv6Split::plan(pkt.data(), cap).map(|plan| {
                 let k = plan.count();
-                let id = self.fragment_id;
-                self.fragment_id = id.wrapping_add(1);
+                let id = self.out().fragment_id;
+                self.out_mut().fragment_id = id.wrapping_add(1);
                 plan.split(pkt, &mut reserved[..k - 1], id);
                 k - 1
             }),
@@ -619,10 +609,10 @@ impl SecurityAssociation {
         } else {
             u64::from(u32::MAX)
         };
-        if self.seq >= limit {
+        if self.out().seq >= limit {
             Err(Error::SequenceOverflow)
         } else {
-            Ok(self.seq + 1)
+            Ok(self.out().seq + 1)
         }
     }
 
@@ -666,14 +656,18 @@ impl SecurityAssociation {
                 (info.total_len, info.tos, df, nh)
             }
         };
-        let Some(outer) = &self.outer else {
+        // Fields, not accessors: the transform is borrowed mutably below.
+        let Side::Outbound(out) = &self.side else {
             return Err(Some(Error::WrongDirection));
         };
-        let (outer_len, udp_len) = (outer.ip_len, outer.udp_len);
+        let Some(outer) = &out.outer else {
+            return Err(Some(Error::WrongDirection));
+        };
+        let (outer_len, udp_len) = (outer.ip_len(), outer.udp_len());
         let iv_len = self.transform.iv_len();
         let icv_len = self.transform.icv_len();
         let head = outer_len + udp_len + ESP_HEADER_LEN + iv_len;
-        let payload = match self.tfc {
+        let payload = match out.tfc {
             TfcPadding::PadTo(n) if dummy.is_none() => inner_len.max(usize::from(n)),
             _ => inner_len,
         };
@@ -681,8 +675,8 @@ impl SecurityAssociation {
         let tail = (payload - inner_len) + pad + 2 + icv_len;
         let total = head + payload + pad + 2 + icv_len;
         if limits
-            && (total > self.mtu_cap
-                || self.stats.bytes.saturating_add(inner_len as u64) > self.byte_cap)
+            && (total > out.mtu_cap
+                || self.stats.bytes.saturating_add(inner_len as u64) > self.hard.bytes)
         {
             return Err(None);
         }
@@ -701,8 +695,7 @@ impl SecurityAssociation {
             buf[body + inner_len..body + payload].fill(0);
         }
         let icv = Self::write_trailer(buf, body + payload, pad, next_header);
-        let ident = self.next_ipv4_ident;
-        self.next_ipv4_ident = ident.wrapping_add(1);
+        let ident = out.next_ipv4_ident;
         outer.write(
             &mut buf[start..esp],
             packet::encap_tos(inner_tos),
@@ -718,6 +711,7 @@ impl SecurityAssociation {
             // IPv6: over the sealed packet (RFC 8200 §8.1).
             outer.set_udp_checksum(&mut buf[start..start + total], icv - start);
         }
+        self.out_mut().next_ipv4_ident = ident.wrapping_add(1);
         pkt.set_window(start, total);
         Ok(inner_len)
     }
@@ -770,8 +764,8 @@ impl SecurityAssociation {
         let tail = pad + 2 + icv_len;
         let new_total = total_len + grow + tail;
         if limits
-            && (new_total > self.mtu_cap
-                || self.stats.bytes.saturating_add(total_len as u64) > self.byte_cap)
+            && (new_total > self.out().mtu_cap
+                || self.stats.bytes.saturating_add(total_len as u64) > self.hard.bytes)
         {
             return Err(None);
         }
@@ -860,7 +854,7 @@ impl SecurityAssociation {
         match self.decap(pkt) {
             Ok(len) => match verify(pkt.data()) {
                 Ok(()) => {
-                    if self.stats.bytes.saturating_add(len as u64) > self.byte_cap {
+                    if self.stats.bytes.saturating_add(len as u64) > self.hard.bytes {
                         // The hard byte lifetime is never overshot (its ICV verified, so
                         // the replay window has recorded it all the same).
                         self.expire(LifetimeLimit::Bytes);
@@ -873,7 +867,7 @@ impl SecurityAssociation {
             },
             Err(e) => {
                 if let Error::TooOld { seq, .. } = e {
-                    self.replay.note_too_old(seq);
+                    self.inb_mut().replay.note_too_old(seq);
                 }
                 Err(self.drop(e))
             }
@@ -1162,8 +1156,11 @@ const PAD_EXPECTED: [u128; 17] = {
 #[derive(Clone, Debug)]
 pub(crate) struct OuterHeader {
     bytes: [u8; IPV6_HEADER_LEN + UDP_HEADER_LEN],
-    pub(crate) ip_len: usize,
-    udp_len: usize,
+    /// The IP header's length (20 or 40), read through [`OuterHeader::ip_len`]; `u8`s
+    /// keep the header, which every outbound tunnel-mode SA holds, small.
+    ip_len: u8,
+    /// The UDP header's length (0 or 8), read through [`OuterHeader::udp_len`].
+    udp_len: u8,
     /// One's-complement sum of the IPv4 header words with TOS, length, Identification,
     /// flags and checksum 0.
     v4_sum: u32,
@@ -1182,6 +1179,18 @@ pub(crate) struct OuterHeader {
 const IPV4_DF: u16 = 0x4000;
 
 impl OuterHeader {
+    /// The IP header's length: 20 (IPv4) or 40 (IPv6).
+    #[inline(always)]
+    pub(crate) fn ip_len(&self) -> usize {
+        usize::from(self.ip_len)
+    }
+
+    /// The UDP header's length: 8 with UDP encapsulation, else 0.
+    #[inline(always)]
+    pub(crate) fn udp_len(&self) -> usize {
+        usize::from(self.udp_len)
+    }
+
     /// The header for endpoints `src`/`dst` (same family), outer TTL / hop limit `ttl`,
     /// optional UDP encapsulation ports and the DF policy.
     pub(crate) fn new(
@@ -1236,8 +1245,8 @@ impl OuterHeader {
         };
         OuterHeader {
             bytes,
-            ip_len,
-            udp_len,
+            ip_len: ip_len as u8,
+            udp_len: udp_len as u8,
             v4_sum,
             df_always,
             df_copied,
@@ -1249,7 +1258,7 @@ impl OuterHeader {
     /// Bytes of the packet that the IP length field does not count (the IPv6 header).
     #[inline]
     fn length_field_excludes(&self) -> usize {
-        if self.ip_len == IPV6_HEADER_LEN {
+        if self.ip_len() == IPV6_HEADER_LEN {
             IPV6_HEADER_LEN
         } else {
             0
@@ -1269,7 +1278,7 @@ impl OuterHeader {
             40 => out.copy_from_slice(&self.bytes[..40]),
             _ => out.copy_from_slice(&self.bytes[..48]),
         }
-        if self.ip_len == IPV4_HEADER_LEN {
+        if self.ip_len() == IPV4_HEADER_LEN {
             let flags = self.df_always | (self.df_copied & (u16::from(inner_df) << 14));
             out[1] = tos;
             out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
@@ -1283,9 +1292,9 @@ impl OuterHeader {
             out[1] |= tos << 4;
             out[4..6].copy_from_slice(&((total - IPV6_HEADER_LEN) as u16).to_be_bytes());
         }
-        if self.udp_len != 0 {
-            let udp = &mut out[self.ip_len..];
-            udp[4..6].copy_from_slice(&((total - self.ip_len) as u16).to_be_bytes());
+        if self.udp_len() != 0 {
+            let udp = &mut out[self.ip_len()..];
+            udp[4..6].copy_from_slice(&((total - self.ip_len()) as u16).to_be_bytes());
         }
     }
 
@@ -1295,7 +1304,7 @@ impl OuterHeader {
     /// precomputed sum. Out of line: only IPv6 needs it.
     #[inline(never)]
     pub(crate) fn set_udp_checksum(&self, pkt: &mut [u8], icv_at: usize) {
-        let udp = self.ip_len;
+        let udp = self.ip_len();
         let payload = udp + UDP_HEADER_LEN;
         let udp_len = (pkt.len() - udp) as u32;
         let sum = self.udp_sum + 2 * udp_len + udp_payload_sum(&pkt[payload..], icv_at - payload);
@@ -1311,8 +1320,8 @@ impl OuterHeader {
         out: &mut [u8; crate::nat::NAT_KEEPALIVE_MAX_LEN],
         ident: u16,
     ) -> usize {
-        debug_assert_eq!(self.udp_len, UDP_HEADER_LEN);
-        let len = self.ip_len + UDP_HEADER_LEN + 1;
+        debug_assert_eq!(self.udp_len(), UDP_HEADER_LEN);
+        let len = self.ip_len() + UDP_HEADER_LEN + 1;
         let pkt = &mut out[..len];
         self.write(&mut pkt[..len - 1], 0, len, true, ident);
         pkt[len - 1] = 0xff;

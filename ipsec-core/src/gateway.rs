@@ -126,7 +126,7 @@ impl Drop for SaEntry {
     fn drop(&mut self) {
         // A lane's last counters reach the shared SA's sum.
         if let Some(link) = &self.lane {
-            link.publish(self.sa.stats());
+            link.publish(&self.sa.stats());
         }
     }
 }
@@ -771,7 +771,7 @@ impl Gateway {
             Ok(())
         });
         if let Some(link) = &mut entry.lane {
-            link.count_inbound(entry.sa.stats());
+            link.count_inbound(&entry.sa);
         }
         r?;
         Ok(Inbound::Decrypted {

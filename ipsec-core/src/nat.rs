@@ -47,7 +47,7 @@ use crate::esp::OuterHeader;
 use crate::packet::{
     self, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HEADER_LEN, IpVersion, UDP_HEADER_LEN,
 };
-use crate::sa::{DfPolicy, Direction, Mode, SaConfig, SecurityAssociation};
+use crate::sa::{DfPolicy, Direction, Mode, SaConfig, SecurityAssociation, Side};
 use core::time::Duration;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -58,9 +58,6 @@ pub const NAT_KEEPALIVE_MAX_LEN: usize = IPV6_HEADER_LEN + UDP_HEADER_LEN + 1;
 /// An SA's NAT traversal state beyond the UDP header.
 #[derive(Clone, Debug)]
 pub(crate) struct NatTraversal {
-    /// When the SA last sent a packet (or was created), on the caller's clock (every
-    /// SA: snapshots carry the silence).
-    pub(crate) last_sent: Duration,
     /// The rest, on the heap, only for an SA with UDP encapsulation or NAT original
     /// addresses; without either every part of it would be empty.
     more: Option<Box<NatMore>>,
@@ -84,7 +81,7 @@ struct NatMore {
 
 impl NatTraversal {
     /// The state of a new SA made from `config` (already validated) at time `now`.
-    pub(crate) fn new(config: &SaConfig, now: Duration) -> NatTraversal {
+    pub(crate) fn new(config: &SaConfig) -> NatTraversal {
         let keepalive_interval = match (config.direction, config.udp_encap) {
             (Direction::Outbound, Some(_)) => config
                 .nat_keepalive_interval
@@ -97,7 +94,6 @@ impl NatTraversal {
         });
         let used = config.udp_encap.is_some() || original.is_some();
         NatTraversal {
-            last_sent: now,
             more: used.then(|| {
                 Box::new(NatMore {
                     keepalive_interval,
@@ -120,12 +116,6 @@ impl NatTraversal {
     /// The transport-mode keepalive header, once learned.
     fn transport_header(&self) -> Option<&OuterHeader> {
         self.more.as_ref().and_then(|m| m.transport_header.as_ref())
-    }
-
-    /// Notes that the SA sent a packet at `now` (every successful encryption).
-    #[inline(always)]
-    pub(crate) fn note_sent(&mut self, now: Duration) {
-        self.last_sent = now;
     }
 
     /// Transport mode with UDP encapsulation: the first packet sent gives the addresses
@@ -265,13 +255,16 @@ impl SecurityAssociation {
     pub fn next_keepalive(&self) -> Option<Duration> {
         let interval = self.nat.keepalive_interval()?;
         let has_header = match self.mode {
-            Mode::Tunnel => self.outer.is_some(),
+            Mode::Tunnel => self.outer().is_some(),
             _ => self.nat.transport_header().is_some(),
         };
         if !has_header || self.expired.is_some() {
             return None;
         }
-        Some(self.nat.last_sent.saturating_add(interval))
+        let Side::Outbound(o) = &self.side else {
+            return None;
+        };
+        Some(Duration::from_nanos(o.last_sent).saturating_add(interval))
     }
 
     /// Writes a NAT-keepalive (RFC 3948 §2.3) into `out` and returns its length when one
@@ -294,14 +287,17 @@ impl SecurityAssociation {
         if now < due || self.expired_at(now) {
             return None;
         }
+        let Side::Outbound(o) = &self.side else {
+            return None;
+        };
+        let ident = o.next_ipv4_ident;
         let header = match self.mode {
-            Mode::Tunnel => self.outer.as_ref()?,
+            Mode::Tunnel => self.outer()?,
             _ => self.nat.transport_header()?,
         };
-        let ident = self.next_ipv4_ident;
-        self.next_ipv4_ident = ident.wrapping_add(1);
         let len = header.write_keepalive(out, ident);
-        self.nat.last_sent = now;
+        self.out_mut().next_ipv4_ident = ident.wrapping_add(1);
+        self.note_sent(now);
         Some(len)
     }
 }

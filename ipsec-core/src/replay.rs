@@ -15,7 +15,8 @@
 //!
 //! A window of size 0 turns replay protection off: every sequence number except 0 is
 //! accepted, but `highest` is still tracked so that ESN high bits can be inferred (with
-//! `W = 2^31` for the inference) and late packets still reach the [`LateHistogram`].
+//! `W = 2^31` for the inference) and late packets still reach the [`LateHistogram`]
+//! (when the window has one: see [`ReplayWindow::late_histogram`]).
 //!
 //! # Use on the receive path
 //!
@@ -70,20 +71,17 @@ const INFER_WINDOW_WHEN_OFF: u32 = 1 << 31;
 pub struct ReplayWindow {
     /// Ring of bitmap blocks; empty when replay protection is off (size 0).
     blocks: Box<[u64]>,
-    /// `blocks.len() - 1` (the length is a power of two), or 0 when `blocks` is empty.
-    block_mask: u64,
     /// Highest sequence number recorded (the window's top), 0 before the first one.
     highest: u64,
     /// Window width in packets, 0 when replay protection is off.
     size: u32,
-    /// The `W` of RFC 4303 Appendix A: `size`, or 2^31 when `size` is 0.
-    infer_window: u32,
     /// Whether the SA uses 64-bit extended sequence numbers.
     esn: bool,
-    /// Distances behind the top of the late packets seen, on the heap (512 bytes);
-    /// `None` in the window of an outbound SA, which never receives a packet (read as
-    /// an empty histogram). Windows that receive get it when they are made, so
-    /// recording a late packet never allocates.
+    /// Distances behind the top of the late packets seen, on the heap (512 bytes), or
+    /// `None` for a window without one (read as an empty histogram; late packets are
+    /// not recorded). [`ReplayWindow::new`] makes one; the windows of SAs have one only
+    /// when their configuration asks for it ([`crate::SaConfig::late_histogram`]). It
+    /// is made with the window, so recording a late packet never allocates.
     late: Option<Box<LateHistogram>>,
 }
 
@@ -104,7 +102,8 @@ impl ReplayWindow {
         Ok(())
     }
 
-    /// A window `size` packets wide, with nothing received yet (`highest` is 0).
+    /// A window `size` packets wide, with nothing received yet (`highest` is 0), with a
+    /// late-packet histogram ([`ReplayWindow::late_histogram`]).
     ///
     /// `size` is 0 (replay protection off) or in `32..=16_777_216` (2^24); any other
     /// value is a [`ConfigError`] naming the field `replay_window`. `esn` selects 64-bit
@@ -115,8 +114,10 @@ impl ReplayWindow {
         Ok(w)
     }
 
-    /// [`ReplayWindow::new`] without a late-packet histogram (it reads as empty): the
-    /// window of an outbound SA, which only keeps the settings.
+    /// [`ReplayWindow::new`] without a late-packet histogram (it reads as empty and
+    /// records nothing): the window of an SA that did not ask for one
+    /// ([`crate::SaConfig::late_histogram`]), and of an outbound SA, which only keeps
+    /// the settings.
     pub(crate) fn without_histogram(size: u32, esn: bool) -> Result<ReplayWindow, ConfigError> {
         Self::check_size(size)?;
         let nblocks = if size == 0 {
@@ -126,14 +127,8 @@ impl ReplayWindow {
         };
         Ok(ReplayWindow {
             blocks: vec![0u64; nblocks].into_boxed_slice(),
-            block_mask: (nblocks as u64).saturating_sub(1),
             highest: 0,
             size,
-            infer_window: if size == 0 {
-                INFER_WINDOW_WHEN_OFF
-            } else {
-                size
-            },
             esn,
             late: None,
         })
@@ -152,13 +147,27 @@ impl ReplayWindow {
     /// without ESN (a [`ConfigError`] naming the field `seq`, the SA constructor's name
     /// for it).
     pub fn with_highest(size: u32, esn: bool, highest: u64) -> Result<ReplayWindow, ConfigError> {
+        Self::with_highest_and_histogram(size, esn, highest, true)
+    }
+
+    /// [`ReplayWindow::with_highest`], with a late-packet histogram only when
+    /// `histogram` is true (the window of an SA: [`crate::SaConfig::late_histogram`]).
+    pub(crate) fn with_highest_and_histogram(
+        size: u32,
+        esn: bool,
+        highest: u64,
+        histogram: bool,
+    ) -> Result<ReplayWindow, ConfigError> {
         if !esn && highest > u64::from(u32::MAX) {
             return Err(ConfigError::new(
                 "seq",
                 format!("{highest} does not fit in 32 bits and the SA does not use ESN"),
             ));
         }
-        let mut w = ReplayWindow::new(size, esn)?;
+        let mut w = ReplayWindow::without_histogram(size, esn)?;
+        if histogram {
+            w.late = Some(Box::default());
+        }
         w.highest = highest;
         if highest != 0 && !w.blocks.is_empty() {
             // All bits at or below `highest` count as received; bits above it in the top
@@ -184,17 +193,20 @@ impl ReplayWindow {
     /// A window with `highest` as its top in which exactly the sequence numbers
     /// `highest - d` with `recorded(d)` (for `d` below the size and the top) are
     /// recorded, and `late` as its histogram: a window restored bit for bit from a
-    /// snapshot. Errors as [`ReplayWindow::with_highest`].
+    /// snapshot. The window has a histogram when `late` counts a packet or `histogram`
+    /// is true (an empty histogram and none read the same). Errors as
+    /// [`ReplayWindow::with_highest`].
     pub(crate) fn restored(
         size: u32,
         esn: bool,
         highest: u64,
         recorded: impl Fn(u64) -> bool,
         late: LateHistogram,
+        histogram: bool,
     ) -> Result<ReplayWindow, ConfigError> {
-        let mut w = ReplayWindow::with_highest(0, esn, highest)?;
+        let mut w = ReplayWindow::with_highest_and_histogram(0, esn, highest, false)?;
         if size != 0 {
-            w = ReplayWindow::new(size, esn)?;
+            w = ReplayWindow::without_histogram(size, esn)?;
             w.highest = highest;
             for d in 0..u64::from(size).min(highest) {
                 if recorded(d) {
@@ -204,7 +216,9 @@ impl ReplayWindow {
                 }
             }
         }
-        w.late = Some(Box::new(late));
+        if histogram || late != LateHistogram::new() {
+            w.late = Some(Box::new(late));
+        }
         Ok(w)
     }
 
@@ -229,6 +243,11 @@ impl ReplayWindow {
 
     /// How far behind the top the late packets were (accepted ones, and the too-old ones
     /// reported by [`accept`](Self::accept) or [`note_too_old`](Self::note_too_old)).
+    ///
+    /// A window made by [`ReplayWindow::new`] or [`ReplayWindow::with_highest`] has a
+    /// histogram. The window of an SA has one only when its configuration asked for it
+    /// ([`crate::SaConfig::late_histogram`], off by default: it costs 512 bytes per
+    /// SA); without one this reads as empty and late packets are not counted.
     #[inline]
     pub fn late_histogram(&self) -> &LateHistogram {
         self.late.as_deref().unwrap_or(&NO_LATE_PACKETS)
@@ -246,23 +265,14 @@ impl ReplayWindow {
         self.late = None;
     }
 
-    /// Counts a late packet `distance` behind the top in the histogram.
+    /// Counts a late packet `distance` behind the top in the histogram, if the window
+    /// has one (a window without one records nothing: the packet path never
+    /// allocates).
     #[inline]
     fn record_late(&mut self, distance: u64) {
-        match &mut self.late {
-            Some(late) => late.record(distance),
-            None => self.record_late_first(distance),
+        if let Some(late) = &mut self.late {
+            late.record(distance);
         }
-    }
-
-    /// A late packet for a window made without a histogram. The windows of outbound
-    /// SAs receive nothing, so this does not happen on any packet path; it is here so
-    /// that such a window still counts correctly if it is ever fed.
-    #[cold]
-    fn record_late_first(&mut self, distance: u64) {
-        let mut late = Box::<LateHistogram>::default();
-        late.record(distance);
-        self.late = Some(late);
     }
 
     /// The full sequence number a packet carrying `seq_wire` has, as RFC 4303 Appendix A
@@ -281,7 +291,7 @@ impl ReplayWindow {
         }
         let th = (self.highest >> 32) as u32;
         let tl = self.highest as u32;
-        let w1 = self.infer_window - 1;
+        let w1 = self.infer_window() - 1;
         let bottom = tl.wrapping_sub(w1);
         let seqh = if tl >= w1 {
             // Case A: the window lies within one 2^32 subspace.
@@ -400,10 +410,22 @@ impl ReplayWindow {
         }
     }
 
-    /// Index of the ring block holding `seq`'s bit (`blocks` must not be empty).
+    /// Index of the ring block holding `seq`'s bit (`blocks` must not be empty; its
+    /// length is a power of two, so `len - 1` is the mask; derived rather than kept,
+    /// as the window of every inbound SA is 8 bytes smaller for it).
     #[inline]
     fn block_index(&self, seq: u64) -> usize {
-        ((seq >> 6) & self.block_mask) as usize
+        (seq >> 6) as usize & (self.blocks.len() - 1)
+    }
+
+    /// The `W` of RFC 4303 Appendix A: `size`, or 2^31 when `size` is 0.
+    #[inline]
+    fn infer_window(&self) -> u32 {
+        if self.size == 0 {
+            INFER_WINDOW_WHEN_OFF
+        } else {
+            self.size
+        }
     }
 
     /// The verdict for `seq <= highest`.

@@ -125,14 +125,71 @@ impl Lifetime {
         self.time = Some(time);
         self
     }
+}
 
-    /// The first limit that `bytes`, `packets` and `age` have reached, if any.
-    fn reached(&self, bytes: u64, packets: u64, age: Duration) -> Option<LifetimeLimit> {
-        if self.time.is_some_and(|t| age >= t) {
+/// What [`SecurityAssociation::replay_window`] shows for an outbound SA (which has
+/// none): size 0, without and with ESN.
+static OUTBOUND_WINDOW: std::sync::LazyLock<ReplayWindow> = std::sync::LazyLock::new(|| {
+    ReplayWindow::without_histogram(0, false).expect("0 is a valid size")
+});
+static OUTBOUND_WINDOW_ESN: std::sync::LazyLock<ReplayWindow> = std::sync::LazyLock::new(|| {
+    ReplayWindow::without_histogram(0, true).expect("0 is a valid size")
+});
+
+/// A duration as the SA keeps it: whole nanoseconds in a `u64` (up to 584 years),
+/// saturating at `u64::MAX`.
+#[inline]
+pub(crate) fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
+}
+
+/// A [`Lifetime`] as the SA keeps it, in 24 bytes instead of 48: each limit a `u64`,
+/// [`Limits::NONE`] (`u64::MAX`) for no limit of that kind, the time in nanoseconds.
+/// A limit of `u64::MAX` bytes or packets, or of `u64::MAX` nanoseconds (584 years) or
+/// more, can never be reached on any real SA, so it is kept as no limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Bytes of inner packets processed.
+    pub(crate) bytes: u64,
+    /// Packets processed.
+    pub(crate) packets: u64,
+    /// Time since the SA was created, in nanoseconds.
+    pub(crate) nanos: u64,
+}
+
+impl Limits {
+    /// "No limit" in each field.
+    pub(crate) const NONE: u64 = u64::MAX;
+
+    /// `l` as the SA keeps it.
+    pub(crate) fn of(l: &Lifetime) -> Limits {
+        Limits {
+            bytes: l.bytes.unwrap_or(Self::NONE),
+            packets: l.packets.unwrap_or(Self::NONE),
+            nanos: l.time.map_or(Self::NONE, nanos),
+        }
+    }
+
+    /// The limits as a [`Lifetime`] (`None` for no limit).
+    pub(crate) fn lifetime(&self) -> Lifetime {
+        let some = |v: u64| (v != Self::NONE).then_some(v);
+        Lifetime {
+            bytes: some(self.bytes),
+            packets: some(self.packets),
+            time: some(self.nanos).map(Duration::from_nanos),
+        }
+    }
+
+    /// The first limit that `bytes`, `packets` and `age` (nanoseconds) have reached,
+    /// if any.
+    fn reached(&self, bytes: u64, packets: u64, age: u64) -> Option<LifetimeLimit> {
+        if self.nanos != Self::NONE && age >= self.nanos {
             Some(LifetimeLimit::Time)
-        } else if self.packets.is_some_and(|p| packets >= p) {
+        } else if self.packets != Self::NONE && packets >= self.packets {
             Some(LifetimeLimit::Packets)
-        } else if self.bytes.is_some_and(|b| bytes >= b) {
+        } else if self.bytes != Self::NONE && bytes >= self.bytes {
             Some(LifetimeLimit::Bytes)
         } else {
             None
@@ -144,28 +201,31 @@ impl Lifetime {
 /// has not fired yet is reached, so that the per-packet check is three comparisons.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Trip {
-    at: Duration,
+    /// On the caller's clock, in nanoseconds (`u64::MAX`: never).
+    at: u64,
     packets: u64,
     bytes: u64,
 }
 
 impl Trip {
     const NEVER: Trip = Trip {
-        at: Duration::MAX,
+        at: u64::MAX,
         packets: u64::MAX,
         bytes: u64::MAX,
     };
 
     /// The trip point of `l` for an SA whose age at `now` is `now - created + bias`
-    /// (`bias` is non-zero only for an SA restored on a clock that read less than the
-    /// SA's age: see [`crate::snapshot`]).
-    fn of(l: &Lifetime, created: Duration, bias: Duration) -> Trip {
+    /// (all in nanoseconds; `bias` is non-zero only for an SA restored on a clock that
+    /// read less than the SA's age: see [`crate::snapshot`]).
+    fn of(l: &Limits, created: u64, bias: u64) -> Trip {
         Trip {
-            at: l.time.map_or(Duration::MAX, |t| {
-                created.saturating_add(t.saturating_sub(bias))
-            }),
-            packets: l.packets.unwrap_or(u64::MAX),
-            bytes: l.bytes.unwrap_or(u64::MAX),
+            at: if l.nanos == Limits::NONE {
+                u64::MAX
+            } else {
+                created.saturating_add(l.nanos.saturating_sub(bias))
+            },
+            packets: l.packets,
+            bytes: l.bytes,
         }
     }
 
@@ -179,7 +239,7 @@ impl Trip {
 
     #[inline]
     fn hit(&self, now: Duration, packets: u64, bytes: u64) -> bool {
-        now >= self.at || packets >= self.packets || bytes >= self.bytes
+        nanos(now) >= self.at || packets >= self.packets || bytes >= self.bytes
     }
 }
 
@@ -231,6 +291,205 @@ impl SaStats {
     #[inline]
     pub(crate) fn count_drops(&mut self, reason: DropReason, n: u64) {
         self.drops[reason.index()] += n;
+    }
+}
+
+/// The packet and byte counters of an SA (its drop counters are kept by direction:
+/// see [`Side`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SaCounts {
+    /// Packets successfully encrypted (outbound) or decrypted (inbound).
+    pub(crate) packets: u64,
+    /// Bytes of inner packets in those packets.
+    pub(crate) bytes: u64,
+}
+
+/// "No counter for this reason" in the slot tables below.
+const NO_SLOT: u8 = u8::MAX;
+
+/// The slot of each reason (by [`DropReason::index`]) in an array of the counters of
+/// `list`, in `list`'s order; [`NO_SLOT`] for the reasons not in it.
+const fn slots(list: &[DropReason]) -> [u8; DropReason::ALL.len()] {
+    let mut t = [NO_SLOT; DropReason::ALL.len()];
+    let mut i = 0;
+    while i < list.len() {
+        t[list[i].index()] = i as u8;
+        i += 1;
+    }
+    t
+}
+
+/// The drop reasons an outbound SA can count, each a `u64`. The others can only come
+/// from receiving: the ICV check (`auth_failed`), the replay window (`replay`,
+/// `too_old`), the decapsulated trailer (`bad_padding`, `bad_next_header`, `dummy`), a
+/// NAT-keepalive handed in (`nat_keepalive`) and the policy check of a decapsulated
+/// packet ([`SecurityAssociation::decrypt_verified`], whose check may return any error,
+/// fragments' included): every decrypting call on an outbound SA fails with
+/// `wrong_direction` before any of these. A few reasons no outbound path counts today
+/// (`unknown_spi`, `policy_mismatch`, `policy_discard`, `ecn_ce_on_not_ect`) keep a
+/// counter all the same, so that no count can be lost.
+const OUTBOUND_REASONS: [DropReason; 10] = [
+    DropReason::Malformed,
+    DropReason::UnknownSpi,
+    DropReason::PolicyMismatch,
+    DropReason::LifetimeExpired,
+    DropReason::SequenceOverflow,
+    DropReason::NoBufferSpace,
+    DropReason::PolicyDiscard,
+    DropReason::EcnCeOnNotEct,
+    DropReason::WrongDirection,
+    DropReason::TooBig,
+];
+const OUTBOUND_SLOTS: [u8; DropReason::ALL.len()] = slots(&OUTBOUND_REASONS);
+
+/// The drop reasons an inbound SA counts in a `u64`: those anyone who can send it
+/// packets can drive without the keys (forged, replayed, old, malformed or misdirected
+/// packets, NAT-keepalives, packets after expiry, CE marks on the unprotected outer
+/// header), and those an authenticated peer or the hosts behind it can drive at the
+/// traffic's rate (dummy packets, decapsulated packets the policy refuses, and the
+/// fragments among them).
+const INBOUND_WIDE: [DropReason; 18] = [
+    DropReason::AuthFailed,
+    DropReason::Replay,
+    DropReason::TooOld,
+    DropReason::Malformed,
+    DropReason::UnknownSpi,
+    DropReason::PolicyMismatch,
+    DropReason::LifetimeExpired,
+    DropReason::Dummy,
+    DropReason::PolicyDiscard,
+    DropReason::NatKeepalive,
+    DropReason::EcnCeOnNotEct,
+    DropReason::FragmentTimeout,
+    DropReason::FragmentOverlap,
+    DropReason::FragmentDuplicate,
+    DropReason::FragmentLimit,
+    DropReason::FragmentInvalid,
+    DropReason::FragmentTooShort,
+    DropReason::FragmentUnresolved,
+];
+const INBOUND_WIDE_SLOTS: [u8; DropReason::ALL.len()] = slots(&INBOUND_WIDE);
+
+/// The other reasons an inbound SA counts, each in a `u32` that saturates at
+/// `u32::MAX`: packets whose ICV verified but whose trailer is invalid (a broken
+/// peer, not an attacker: `bad_padding`, `bad_next_header`), the caller's own mistakes
+/// (`no_buffer_space`, `wrong_direction`), and the outbound reasons a check passed to
+/// [`SecurityAssociation::decrypt_verified`] could still return (`sequence_overflow`,
+/// `too_big`).
+const INBOUND_NARROW: [DropReason; 6] = [
+    DropReason::BadPadding,
+    DropReason::BadNextHeader,
+    DropReason::NoBufferSpace,
+    DropReason::WrongDirection,
+    DropReason::SequenceOverflow,
+    DropReason::TooBig,
+];
+const INBOUND_NARROW_SLOTS: [u8; DropReason::ALL.len()] = slots(&INBOUND_NARROW);
+
+/// The state only an outbound SA has, and its drop counters.
+pub(crate) struct OutboundState {
+    /// The last sequence number used.
+    pub(crate) seq: u64,
+    /// Tunnel mode: the outer header, built once.
+    pub(crate) outer: Option<OuterHeader>,
+    /// The largest outer packet that needs no further look (the path MTU as last
+    /// computed, `usize::MAX` without one); larger packets take the slow path, which
+    /// refreshes it first.
+    pub(crate) mtu_cap: usize,
+    /// Identification of the next IPv6 Fragment header this SA writes (a per-peer
+    /// counter from a random start, RFC 7739 §5.1).
+    pub(crate) fragment_id: u32,
+    /// The Identification of the next IPv4 header the SA writes (tunnel mode,
+    /// NAT-keepalives): a counter from a random start (RFC 6864 §4.1; see
+    /// `OuterHeader`).
+    pub(crate) next_ipv4_ident: u16,
+    pub(crate) tfc: TfcPadding,
+    /// When the SA last sent a packet (or was created), on the caller's clock, in
+    /// nanoseconds: NAT-keepalives are due after a silence (snapshots carry it).
+    pub(crate) last_sent: u64,
+    /// One counter per reason of [`OUTBOUND_REASONS`].
+    drops: [u64; OUTBOUND_REASONS.len()],
+}
+
+/// The state only an inbound SA has, and its drop counters.
+pub(crate) struct InboundState {
+    /// The replay window (always present; size 0 means "off").
+    pub(crate) replay: ReplayWindow,
+    /// A lane of a [`crate::shared::SharedSa`]: the replay window it checks.
+    pub(crate) shared_replay: Option<std::sync::Arc<crate::shared::SharedState>>,
+    /// One counter per reason of [`INBOUND_WIDE`].
+    wide: [u64; INBOUND_WIDE.len()],
+    /// One counter per reason of [`INBOUND_NARROW`] (saturating).
+    narrow: [u32; INBOUND_NARROW.len()],
+}
+
+/// What one direction of SA keeps that the other does not, so that neither pays for
+/// the other's fields (issue 12: memory per SA).
+pub(crate) enum Side {
+    Outbound(OutboundState),
+    Inbound(InboundState),
+}
+
+impl Side {
+    /// Counts `n` packets dropped for `reason`.
+    #[inline]
+    fn count_drops(&mut self, reason: DropReason, n: u64) {
+        let i = reason.index();
+        match self {
+            Side::Outbound(o) => {
+                let slot = OUTBOUND_SLOTS[i];
+                debug_assert_ne!(slot, NO_SLOT, "{reason:?} counted on an outbound SA");
+                if let Some(c) = o.drops.get_mut(usize::from(slot)) {
+                    *c += n;
+                }
+            }
+            Side::Inbound(s) => {
+                let wide = INBOUND_WIDE_SLOTS[i];
+                if let Some(c) = s.wide.get_mut(usize::from(wide)) {
+                    *c += n;
+                } else if let Some(c) = s.narrow.get_mut(usize::from(INBOUND_NARROW_SLOTS[i])) {
+                    *c = c.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+                }
+            }
+        }
+    }
+
+    /// The count for `reason` (0 for a reason this direction does not count).
+    fn dropped(&self, reason: DropReason) -> u64 {
+        let i = reason.index();
+        match self {
+            Side::Outbound(o) => o.drops.get(usize::from(OUTBOUND_SLOTS[i])).copied(),
+            Side::Inbound(s) => s
+                .wide
+                .get(usize::from(INBOUND_WIDE_SLOTS[i]))
+                .copied()
+                .or_else(|| {
+                    s.narrow
+                        .get(usize::from(INBOUND_NARROW_SLOTS[i]))
+                        .map(|&c| u64::from(c))
+                }),
+        }
+        .unwrap_or(0)
+    }
+
+    /// Sets the count for `reason` (a restored snapshot's); a narrow counter saturates,
+    /// and a reason this direction cannot count is left out.
+    fn set_dropped(&mut self, reason: DropReason, count: u64) {
+        let i = reason.index();
+        match self {
+            Side::Outbound(o) => {
+                if let Some(c) = o.drops.get_mut(usize::from(OUTBOUND_SLOTS[i])) {
+                    *c = count;
+                }
+            }
+            Side::Inbound(s) => {
+                if let Some(c) = s.wide.get_mut(usize::from(INBOUND_WIDE_SLOTS[i])) {
+                    *c = count;
+                } else if let Some(c) = s.narrow.get_mut(usize::from(INBOUND_NARROW_SLOTS[i])) {
+                    *c = u32::try_from(count).unwrap_or(u32::MAX);
+                }
+            }
+        }
     }
 }
 
@@ -483,6 +742,8 @@ pub struct SaConfig {
     pub(crate) nat_keepalive_interval: Option<Duration>,
     pub(crate) nat_original_addresses: Option<(IpAddr, IpAddr)>,
     pub(crate) lookup: SaLookup,
+    /// Inbound: whether the replay window keeps a late-packet histogram.
+    pub(crate) late_histogram: bool,
 }
 
 impl fmt::Debug for SaConfig {
@@ -504,6 +765,7 @@ impl fmt::Debug for SaConfig {
             .field("nat_keepalive_interval", &self.nat_keepalive_interval)
             .field("nat_original_addresses", &self.nat_original_addresses)
             .field("lookup", &self.lookup)
+            .field("late_histogram", &self.late_histogram)
             .finish_non_exhaustive()
     }
 }
@@ -525,7 +787,8 @@ impl SaConfig {
     /// UDP encapsulation, sequence number 0, no lifetimes, soft lifetime jitter 10
     /// percent ([`Self::DEFAULT_SOFT_LIFETIME_JITTER`]), no TFC padding, padding to
     /// cipher blocks, DF copied, NAT-keepalives every 20 s of silence when UDP
-    /// encapsulation is on, no NAT original addresses, found by its SPI alone).
+    /// encapsulation is on, no NAT original addresses, found by its SPI alone, no
+    /// late-packet histogram).
     ///
     /// `key` is copied; the copy is zeroized when the configuration is dropped.
     pub fn new(spi: u32, direction: Direction, mode: Mode, cipher: Cipher, key: &[u8]) -> Self {
@@ -554,19 +817,21 @@ impl SaConfig {
             nat_keepalive_interval: Some(Self::DEFAULT_NAT_KEEPALIVE_INTERVAL),
             nat_original_addresses: None,
             lookup: SaLookup::Spi,
+            late_histogram: false,
         }
     }
 
     /// The replay window an SA of this configuration starts with: the configured size
-    /// (default [`SaConfig::DEFAULT_REPLAY_WINDOW`]) from `seq` for an inbound SA, none
-    /// for an outbound one.
+    /// (default [`SaConfig::DEFAULT_REPLAY_WINDOW`]) from `seq` for an inbound SA, with
+    /// a late-packet histogram if asked for; none for an outbound one.
     pub(crate) fn initial_replay_window(&self) -> Result<ReplayWindow, ConfigError> {
         match self.direction {
-            Direction::Inbound => ReplayWindow::with_highest(
+            Direction::Inbound => ReplayWindow::with_highest_and_histogram(
                 self.replay_window
                     .unwrap_or(SaConfig::DEFAULT_REPLAY_WINDOW),
                 self.esn,
                 self.seq,
+                self.late_histogram,
             ),
             Direction::Outbound => ReplayWindow::without_histogram(0, self.esn),
         }
@@ -591,6 +856,20 @@ impl SaConfig {
     pub fn integrity(&mut self, integrity: Integrity, key: &[u8]) -> &mut Self {
         self.integrity = Some(integrity);
         self.integrity_key = Zeroizing::new(key.to_vec());
+        self
+    }
+
+    /// Inbound: whether the replay window keeps a late-packet histogram
+    /// ([`ReplayWindow::late_histogram`]: how far behind the window's top late packets
+    /// arrived, to size the window). Off by default: the histogram costs 512 bytes per
+    /// SA (64 `u64` buckets), more than the rest of an AES-GCM SA's state. When on, it
+    /// is made with the SA, so the packet path never allocates; when off, the SA's
+    /// window reads as an empty histogram and late packets are not counted in one (the
+    /// replay and too-old drop counters still count every refused packet). An SA
+    /// restored from a snapshot whose histogram counted a packet keeps a histogram
+    /// ([`crate::snapshot`]). Ignored on outbound SAs, which receive nothing.
+    pub fn late_histogram(&mut self, on: bool) -> &mut Self {
+        self.late_histogram = on;
         self
     }
 
@@ -1040,6 +1319,15 @@ fn soft_below_hard<T: PartialOrd + fmt::Debug>(
     }
 }
 
+/// `a` as an IPv6 address (the tunnel endpoints of one SA share a family: an IPv4
+/// address here is only reached for a mixed pair, which the configuration refuses).
+fn ipv6_of(a: IpAddr) -> std::net::Ipv6Addr {
+    match a {
+        IpAddr::V6(a) => a,
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+    }
+}
+
 /// The first Identification of an outbound SA's IPv4 headers: from the injected
 /// randomness source if there is one (so that tests are repeatable), else from the OS.
 fn first_ipv4_ident(source: &mut Option<Box<dyn IvSource>>) -> Result<u16, ConfigError> {
@@ -1173,14 +1461,21 @@ impl PendingEvents {
 /// fields, the whole configuration, as snapshots write it. (The NAT original
 /// addresses are kept by the SA's NAT state.)
 pub(crate) struct KeptConfig {
-    /// The cipher key (salt included) followed by the integrity key, in one block.
+    /// The cipher key (salt included), the integrity key and the tunnel endpoints
+    /// (none, two IPv4 or two IPv6 addresses: 0, 8 or 32 bytes), in one block: the
+    /// endpoints are only read by control calls (the outer header of an outbound SA
+    /// holds its own copy), so they cost no inline bytes.
     keys: Zeroizing<Box<[u8]>>,
     /// Where the cipher key ends in `keys`.
     key_len: u8,
+    /// Where the integrity key ends in `keys` (the tunnel endpoints follow).
+    keys_end: u8,
     pub(crate) padding: EspPadding,
     pub(crate) outer_ttl: u8,
     pub(crate) df: DfPolicy,
-    pub(crate) nat_keepalive_interval: Option<Duration>,
+    /// The configured NAT-keepalive interval in nanoseconds ([`Limits::NONE`]: none):
+    /// read through [`KeptConfig::nat_keepalive_interval`].
+    nat_keepalive_nanos: u64,
     /// How an inbound packet finds the SA (RFC 4301 §4.1).
     pub(crate) lookup: SaLookup,
 }
@@ -1190,18 +1485,34 @@ impl KeptConfig {
     /// settings above.
     fn new(config: &SaConfig) -> KeptConfig {
         let (key, integrity_key) = (&config.key[..], &config.integrity_key[..]);
+        let keys_end = key.len() + integrity_key.len();
+        let mut tunnel = [0u8; 32];
+        let tunnel_len = match config.tunnel {
+            None => 0,
+            Some((IpAddr::V4(s), IpAddr::V4(d))) => {
+                tunnel[..4].copy_from_slice(&s.octets());
+                tunnel[4..8].copy_from_slice(&d.octets());
+                8
+            }
+            Some((s, d)) => {
+                tunnel[..16].copy_from_slice(&ipv6_of(s).octets());
+                tunnel[16..].copy_from_slice(&ipv6_of(d).octets());
+                32
+            }
+        };
         // Made at its final length (no reallocation leaves a copy behind), then filled.
-        let mut keys =
-            Zeroizing::new(vec![0u8; key.len() + integrity_key.len()].into_boxed_slice());
+        let mut keys = Zeroizing::new(vec![0u8; keys_end + tunnel_len].into_boxed_slice());
         keys[..key.len()].copy_from_slice(key);
-        keys[key.len()..].copy_from_slice(integrity_key);
+        keys[key.len()..keys_end].copy_from_slice(integrity_key);
+        keys[keys_end..].copy_from_slice(&tunnel[..tunnel_len]);
         KeptConfig {
             keys,
             key_len: u8::try_from(key.len()).expect("checked: keys are at most 36 bytes"),
+            keys_end: u8::try_from(keys_end).expect("checked: keys are at most 100 bytes"),
             padding: config.padding,
             outer_ttl: config.outer_ttl,
             df: config.df,
-            nat_keepalive_interval: config.nat_keepalive_interval,
+            nat_keepalive_nanos: config.nat_keepalive_interval.map_or(Limits::NONE, nanos),
             lookup: config.lookup,
         }
     }
@@ -1211,9 +1522,32 @@ impl KeptConfig {
         &self.keys[..usize::from(self.key_len)]
     }
 
+    /// The NAT-keepalive interval as configured (an interval of 584 years or more reads
+    /// as `None`, as it never elapses).
+    pub(crate) fn nat_keepalive_interval(&self) -> Option<Duration> {
+        (self.nat_keepalive_nanos != Limits::NONE)
+            .then(|| Duration::from_nanos(self.nat_keepalive_nanos))
+    }
+
     /// The integrity key as configured (empty for combined-mode ciphers).
     pub(crate) fn integrity_key(&self) -> &[u8] {
-        &self.keys[usize::from(self.key_len)..]
+        &self.keys[usize::from(self.key_len)..usize::from(self.keys_end)]
+    }
+
+    /// The tunnel endpoints as configured.
+    pub(crate) fn tunnel(&self) -> Option<(IpAddr, IpAddr)> {
+        let t = &self.keys[usize::from(self.keys_end)..];
+        let v4 = |b: &[u8]| IpAddr::from([b[0], b[1], b[2], b[3]]);
+        let v6 = |b: &[u8]| {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(b);
+            IpAddr::from(a)
+        };
+        match t.len() {
+            8 => Some((v4(&t[..4]), v4(&t[4..]))),
+            32 => Some((v6(&t[..16]), v6(&t[16..]))),
+            _ => None,
+        }
     }
 }
 
@@ -1226,22 +1560,21 @@ pub struct SecurityAssociation {
     pub(crate) integrity: Option<Integrity>,
     pub(crate) esn: bool,
     pub(crate) transform: Transform,
-    /// Outbound: the last sequence number used.
-    pub(crate) seq: u64,
-    /// Inbound: the replay window (always present; size 0 means "off").
-    pub(crate) replay: ReplayWindow,
-    pub(crate) tunnel: Option<(IpAddr, IpAddr)>,
-    /// Outbound tunnel mode: the outer header, built once.
-    pub(crate) outer: Option<OuterHeader>,
+    /// The state of one direction: outbound (sequence number, outer header, ...) or
+    /// inbound (replay window), each with its drop counters.
+    pub(crate) side: Side,
     pub(crate) udp_encap: Option<(u16, u16)>,
-    pub(crate) tfc: TfcPadding,
-    pub(crate) soft: Lifetime,
-    pub(crate) hard: Lifetime,
-    pub(crate) created: Duration,
-    /// Age the SA had already reached at `created` (non-zero only after a restore on a
-    /// clock that read less than the snapshot's age): the SA's age at `now` is
-    /// `now - created + age_bias`.
-    pub(crate) age_bias: Duration,
+    /// The soft limits in force (jitter drawn), as a compact [`Limits`].
+    pub(crate) soft: Limits,
+    /// The hard limits; `hard.bytes` is also the byte cap no packet may cross
+    /// (`u64::MAX` without a byte limit).
+    pub(crate) hard: Limits,
+    /// When the SA was created, on the caller's clock, in nanoseconds.
+    pub(crate) created: u64,
+    /// Age the SA had already reached at `created`, in nanoseconds (non-zero only
+    /// after a restore on a clock that read less than the snapshot's age): the SA's age
+    /// at `now` is `now - created + age_bias`.
+    pub(crate) age_bias: u64,
     /// What the SA keeps of its configuration beyond its own fields (keys included):
     /// what [`SecurityAssociation::snapshot`] writes out.
     pub(crate) kept: KeptConfig,
@@ -1249,25 +1582,12 @@ pub struct SecurityAssociation {
     pub(crate) trip: Trip,
     pub(crate) expired: Option<LifetimeLimit>,
     pub(crate) events: PendingEvents,
-    pub(crate) stats: SaStats,
+    /// Packets and bytes processed (the drop counters are in [`Side`]).
+    pub(crate) stats: SaCounts,
     /// Outbound: the configured and learned path MTU.
     pub(crate) pmtu: PathMtu,
-    /// The largest outer packet that needs no further look (the path MTU as last
-    /// computed, `usize::MAX` without one); larger packets take the slow path, which
-    /// refreshes it first.
-    pub(crate) mtu_cap: usize,
-    /// The hard byte lifetime (`u64::MAX` without one): no packet may cross it.
-    pub(crate) byte_cap: u64,
-    /// Identification of the next IPv6 Fragment header this SA writes (a per-peer
-    /// counter from a random start, RFC 7739 §5.1).
-    pub(crate) fragment_id: u32,
-    /// The Identification of the next IPv4 header the SA writes (tunnel mode, NAT-keepalives):
-    /// a counter from a random start (RFC 6864 §4.1; see `OuterHeader`).
-    pub(crate) next_ipv4_ident: u16,
     /// NAT traversal beyond the UDP header: keepalives, NAT original addresses.
     pub(crate) nat: NatTraversal,
-    /// A lane of a [`crate::shared::SharedSa`] (inbound): the replay window it checks.
-    pub(crate) shared_replay: Option<std::sync::Arc<crate::shared::SharedState>>,
 }
 
 impl fmt::Debug for SecurityAssociation {
@@ -1279,7 +1599,7 @@ impl fmt::Debug for SecurityAssociation {
             .field("cipher", &self.cipher)
             .field("integrity", &self.integrity)
             .field("esn", &self.esn)
-            .field("stats", &self.stats)
+            .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
 }
@@ -1307,7 +1627,6 @@ impl SecurityAssociation {
             config.iv_source.take(),
             config.direction,
         )?;
-        let replay = config.initial_replay_window()?;
         Ok(SecurityAssociation {
             spi: config.spi,
             direction: config.direction,
@@ -1316,41 +1635,49 @@ impl SecurityAssociation {
             integrity: config.integrity,
             esn: config.esn,
             transform,
-            seq: config.seq,
-            replay,
-            tunnel: config.tunnel,
-            outer: match (config.direction, config.mode, config.tunnel) {
-                (Direction::Outbound, Mode::Tunnel, Some((src, dst))) => Some(OuterHeader::new(
-                    src,
-                    dst,
-                    config.outer_ttl,
-                    config.udp_encap,
-                    config.df,
-                )),
-                _ => None,
+            side: match config.direction {
+                Direction::Outbound => Side::Outbound(OutboundState {
+                    seq: config.seq,
+                    outer: match (config.mode, config.tunnel) {
+                        (Mode::Tunnel, Some((src, dst))) => Some(OuterHeader::new(
+                            src,
+                            dst,
+                            config.outer_ttl,
+                            config.udp_encap,
+                            config.df,
+                        )),
+                        _ => None,
+                    },
+                    mtu_cap: config.path_mtu.map_or(usize::MAX, usize::from),
+                    fragment_id: getrandom::u32().unwrap_or(0x9e37_79b9),
+                    next_ipv4_ident: first_ident,
+                    tfc: config.tfc,
+                    last_sent: nanos(now),
+                    drops: [0; OUTBOUND_REASONS.len()],
+                }),
+                Direction::Inbound => Side::Inbound(InboundState {
+                    replay: config.initial_replay_window()?,
+                    shared_replay: None,
+                    wide: [0; INBOUND_WIDE.len()],
+                    narrow: [0; INBOUND_NARROW.len()],
+                }),
             },
             udp_encap: config.udp_encap,
-            tfc: config.tfc,
-            soft,
-            hard: config.hard,
-            created: now,
-            age_bias: Duration::ZERO,
-            trip: Trip::of(&soft, now, Duration::ZERO).min(Trip::of(
-                &config.hard,
-                now,
-                Duration::ZERO,
+            soft: Limits::of(&soft),
+            hard: Limits::of(&config.hard),
+            created: nanos(now),
+            age_bias: 0,
+            trip: Trip::of(&Limits::of(&soft), nanos(now), 0).min(Trip::of(
+                &Limits::of(&config.hard),
+                nanos(now),
+                0,
             )),
             expired: None,
             events: PendingEvents::default(),
-            stats: SaStats::default(),
+            stats: SaCounts::default(),
             pmtu: PathMtu::new(config.path_mtu),
-            mtu_cap: config.path_mtu.map_or(usize::MAX, usize::from),
-            byte_cap: config.hard.bytes.unwrap_or(u64::MAX),
-            fragment_id: getrandom::u32().unwrap_or(0x9e37_79b9),
-            next_ipv4_ident: first_ident,
-            nat: NatTraversal::new(&config, now),
+            nat: NatTraversal::new(&config),
             kept: KeptConfig::new(&config),
-            shared_replay: None,
         })
     }
 
@@ -1396,20 +1723,120 @@ impl SecurityAssociation {
 
     /// Outbound: the last sequence number used. Inbound: the highest received.
     pub fn seq(&self) -> u64 {
-        match self.direction {
-            Direction::Outbound => self.seq,
-            Direction::Inbound => self.replay.highest(),
+        match &self.side {
+            Side::Outbound(o) => o.seq,
+            Side::Inbound(i) => i.replay.highest(),
         }
     }
 
-    /// The counters.
-    pub fn stats(&self) -> &SaStats {
-        &self.stats
+    /// The counters, by value: the SA keeps only the drop counters its direction can
+    /// count (an outbound SA none of the receiving reasons; an inbound SA a few
+    /// reasons no attacker can drive in `u32`s that saturate at `u32::MAX`: bad
+    /// padding, bad next header, no buffer space, wrong direction, and the outbound
+    /// reasons), and reads 0 for the others.
+    pub fn stats(&self) -> SaStats {
+        let mut s = SaStats {
+            packets: self.stats.packets,
+            bytes: self.stats.bytes,
+            drops: [0; DropReason::ALL.len()],
+        };
+        for r in DropReason::ALL {
+            s.drops[r.index()] = self.side.dropped(r);
+        }
+        s
     }
 
-    /// The inbound replay window (its late-packet histogram helps size it).
+    /// Sets every drop counter from `drops` (in [`DropReason::ALL`] order), as a
+    /// restored snapshot had them.
+    pub(crate) fn set_drops(&mut self, drops: &[u64; DropReason::ALL.len()]) {
+        for r in DropReason::ALL {
+            self.side.set_dropped(r, drops[r.index()]);
+        }
+    }
+
+    /// Counts one packet dropped for `reason`.
+    #[inline]
+    pub(crate) fn count_drop(&mut self, reason: DropReason) {
+        self.side.count_drops(reason, 1);
+    }
+
+    /// The inbound replay window (its late-packet histogram, when the SA keeps one,
+    /// helps size it: [`SaConfig::late_histogram`]). An outbound SA has none: this
+    /// reads as a window of size 0 with ESN as configured.
     pub fn replay_window(&self) -> &ReplayWindow {
-        &self.replay
+        match &self.side {
+            Side::Inbound(i) => &i.replay,
+            Side::Outbound(_) => {
+                if self.esn {
+                    &OUTBOUND_WINDOW_ESN
+                } else {
+                    &OUTBOUND_WINDOW
+                }
+            }
+        }
+    }
+
+    /// The outbound state. Only called on outbound SAs (the direction is fixed when
+    /// the SA is created; every outbound-only path checks it first).
+    #[inline(always)]
+    pub(crate) fn out(&self) -> &OutboundState {
+        match &self.side {
+            Side::Outbound(o) => o,
+            Side::Inbound(_) => unreachable!("outbound state of an inbound SA"),
+        }
+    }
+
+    /// [`Self::out`], mutable.
+    #[inline(always)]
+    pub(crate) fn out_mut(&mut self) -> &mut OutboundState {
+        match &mut self.side {
+            Side::Outbound(o) => o,
+            Side::Inbound(_) => unreachable!("outbound state of an inbound SA"),
+        }
+    }
+
+    /// The inbound state. Only called on inbound SAs (as [`Self::out`]).
+    #[inline(always)]
+    pub(crate) fn inb(&self) -> &InboundState {
+        match &self.side {
+            Side::Inbound(i) => i,
+            Side::Outbound(_) => unreachable!("inbound state of an outbound SA"),
+        }
+    }
+
+    /// [`Self::inb`], mutable.
+    #[inline(always)]
+    pub(crate) fn inb_mut(&mut self) -> &mut InboundState {
+        match &mut self.side {
+            Side::Inbound(i) => i,
+            Side::Outbound(_) => unreachable!("inbound state of an outbound SA"),
+        }
+    }
+
+    /// The outer header of an outbound tunnel-mode SA.
+    #[inline(always)]
+    pub(crate) fn outer(&self) -> Option<&OuterHeader> {
+        match &self.side {
+            Side::Outbound(o) => o.outer.as_ref(),
+            Side::Inbound(_) => None,
+        }
+    }
+
+    /// Notes that the SA sent a packet at `now` (every successful encryption).
+    #[inline(always)]
+    pub(crate) fn note_sent(&mut self, now: Duration) {
+        if let Side::Outbound(o) = &mut self.side {
+            o.last_sent = nanos(now);
+        }
+    }
+
+    /// TFC padding (outbound; none on an inbound SA).
+    #[inline(always)]
+    pub(crate) fn tfc(&self) -> TfcPadding {
+        match &self.side {
+            Side::Outbound(o) => o.tfc,
+            Side::Inbound(_) => TfcPadding::None,
+        }
     }
 
     /// The UDP encapsulation ports, if NAT traversal is on.
@@ -1419,7 +1846,7 @@ impl SecurityAssociation {
 
     /// The tunnel endpoints, if configured.
     pub fn tunnel(&self) -> Option<(IpAddr, IpAddr)> {
-        self.tunnel
+        self.kept.tunnel()
     }
 
     /// How the gateway finds this inbound SA for a packet ([`SaLookup`]).
@@ -1430,13 +1857,17 @@ impl SecurityAssociation {
     /// The soft limits in force: the configured soft lifetime with this SA's jitter
     /// drawn when it was created ([`SaConfig::soft_lifetime_jitter`]); reaching one
     /// raises [`SaEvent::Rekey`].
+    ///
+    /// A limit of `u64::MAX` bytes or packets, or of `u64::MAX` nanoseconds (584
+    /// years) or more, reads as none: the SA keeps it as no limit.
     pub fn soft_limits(&self) -> Lifetime {
-        self.soft
+        self.soft.lifetime()
     }
 
-    /// The hard limits: reaching one raises [`SaEvent::Expired`].
+    /// The hard limits: reaching one raises [`SaEvent::Expired`]. Limits out of reach
+    /// read as none, as for [`Self::soft_limits`].
     pub fn hard_limits(&self) -> Lifetime {
-        self.hard
+        self.hard.lifetime()
     }
 
     /// True once a hard lifetime was reached.
@@ -1472,12 +1903,14 @@ impl SecurityAssociation {
             }
         }
         self.pmtu = PathMtu::new(mtu);
-        self.mtu_cap = mtu.map_or(usize::MAX, usize::from);
+        if let Side::Outbound(o) = &mut self.side {
+            o.mtu_cap = mtu.map_or(usize::MAX, usize::from);
+        }
         Ok(())
     }
 
     fn min_path_mtu(&self) -> u16 {
-        match self.tunnel {
+        match self.kept.tunnel() {
             Some((src, _)) if src.is_ipv6() => IPV6_MIN_MTU,
             _ => IPV4_MIN_MTU,
         }
@@ -1502,7 +1935,7 @@ impl SecurityAssociation {
             0
         };
         let (outer, front) = match self.mode {
-            Mode::Tunnel => (self.outer.as_ref().map_or(0, |o| o.ip_len), 0),
+            Mode::Tunnel => (self.outer().map_or(0, OuterHeader::ip_len), 0),
             Mode::Transport => (0, hdr),
         };
         // ESP carries roundup(payload + 2, align) bytes after the fixed headers.
@@ -1532,7 +1965,7 @@ impl SecurityAssociation {
         let msg = TooBigMessage::parse(icmp).map_err(Error::Malformed)?;
         let not_ours = Error::Malformed(Malformed::NotPathMtuMessage);
         let (qsrc, qdst) = msg.quoted_addresses().ok_or(not_ours)?;
-        if let Some((src, dst)) = self.tunnel
+        if let Some((src, dst)) = self.kept.tunnel()
             && (qsrc != src || qdst != dst)
         {
             return Err(not_ours);
@@ -1548,7 +1981,7 @@ impl SecurityAssociation {
         // The sequence number must be one this SA has sent, recently enough that a
         // router could still be complaining about it.
         let sent = msg.quoted_seq().ok_or(not_ours)?;
-        let last = self.seq as u32;
+        let last = self.out().seq as u32;
         if sent == 0 || last.wrapping_sub(sent) >= 1 << 20 {
             return Err(not_ours);
         }
@@ -1565,14 +1998,14 @@ impl SecurityAssociation {
         };
         let mtu = reported.clamp(u32::from(floor), u32::from(u16::MAX)) as u16;
         let learned = self.pmtu.learn(mtu, now);
-        self.mtu_cap = self.pmtu.cap(now);
+        self.out_mut().mtu_cap = self.pmtu.cap(now);
         Ok(learned)
     }
 
     /// The headroom an outbound packet needs in front of it (outer IP header, UDP
     /// header, ESP header and IV), for the largest outer header this SA can write.
     pub fn max_headroom(&self) -> usize {
-        let outer = match (self.mode, self.tunnel) {
+        let outer = match (self.mode, self.kept.tunnel()) {
             (Mode::Tunnel, Some((src, _))) if src.is_ipv4() => crate::packet::IPV4_HEADER_LEN,
             (Mode::Tunnel, _) => crate::packet::IPV6_HEADER_LEN,
             (Mode::Transport, _) => 0,
@@ -1598,7 +2031,7 @@ impl SecurityAssociation {
     pub(crate) fn tailroom_shape(&self) -> TailroomShape {
         TailroomShape {
             tunnel: self.mode == Mode::Tunnel,
-            pad_to: match self.tfc {
+            pad_to: match self.tfc() {
                 TfcPadding::PadTo(n) => n,
                 TfcPadding::None => 0,
             },
@@ -1610,7 +2043,7 @@ impl SecurityAssociation {
     /// The most an outbound packet can grow: [`Self::max_headroom`] plus the largest
     /// [`Self::tailroom_for`] (for buffer sizing).
     pub fn max_overhead(&self) -> usize {
-        let tfc = match self.tfc {
+        let tfc = match self.tfc() {
             TfcPadding::PadTo(n) => usize::from(n),
             TfcPadding::None => 0,
         };
@@ -1658,19 +2091,25 @@ impl SecurityAssociation {
     /// Counts `err` under its drop reason and hands it back.
     #[inline]
     pub(crate) fn drop(&mut self, err: Error) -> Error {
-        self.stats.count_drop(err.drop_reason());
+        self.count_drop(err.drop_reason());
         err
     }
 
     /// The SA's age at `now` on the caller's clock (what time lifetimes count).
     pub(crate) fn age(&self, now: Duration) -> Duration {
-        now.saturating_sub(self.created)
+        Duration::from_nanos(self.age_nanos(now))
+    }
+
+    /// [`Self::age`] in nanoseconds (saturating).
+    fn age_nanos(&self, now: Duration) -> u64 {
+        nanos(now)
+            .saturating_sub(self.created)
             .saturating_add(self.age_bias)
     }
 
     #[inline]
     pub(crate) fn update_lifetimes(&mut self, now: Duration) {
-        let age = self.age(now);
+        let age = self.age_nanos(now);
         let (bytes, packets) = (self.stats.bytes, self.stats.packets);
         if let Some(l) = self.soft.reached(bytes, packets, age) {
             self.events.raise(SaEvent::Rekey(l));
@@ -1695,9 +2134,83 @@ impl SecurityAssociation {
                 soft.packets = u64::MAX;
             }
             if raised[2] {
-                soft.at = Duration::MAX;
+                soft.at = u64::MAX;
             }
             soft.min(Trip::of(&self.hard, self.created, self.age_bias))
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An inbound SA keeps a counter for every reason (a check passed to
+    /// `decrypt_verified` may return any error), each in one place; an outbound SA
+    /// leaves out exactly the reasons only decrypting calls produce.
+    #[test]
+    fn drop_counters_cover_every_reason_of_their_direction() {
+        for r in DropReason::ALL {
+            let wide = INBOUND_WIDE_SLOTS[r.index()] != NO_SLOT;
+            let narrow = INBOUND_NARROW_SLOTS[r.index()] != NO_SLOT;
+            assert!(wide ^ narrow, "{r:?}: wide {wide}, narrow {narrow}");
+        }
+        let receive_only = [
+            DropReason::AuthFailed,
+            DropReason::Replay,
+            DropReason::TooOld,
+            DropReason::BadPadding,
+            DropReason::BadNextHeader,
+            DropReason::Dummy,
+            DropReason::NatKeepalive,
+            DropReason::FragmentTimeout,
+            DropReason::FragmentOverlap,
+            DropReason::FragmentDuplicate,
+            DropReason::FragmentLimit,
+            DropReason::FragmentInvalid,
+            DropReason::FragmentTooShort,
+            DropReason::FragmentUnresolved,
+        ];
+        for r in DropReason::ALL {
+            let kept = OUTBOUND_SLOTS[r.index()] != NO_SLOT;
+            assert_eq!(kept, !receive_only.contains(&r), "{r:?}");
+        }
+    }
+
+    fn sa(direction: Direction) -> SecurityAssociation {
+        let mut c = SaConfig::new(0x1000, direction, Mode::Tunnel, Cipher::Aes128Gcm, &[7; 20]);
+        c.tunnel([192, 0, 2, 1].into(), [192, 0, 2, 2].into());
+        SecurityAssociation::new(c, Duration::ZERO).unwrap()
+    }
+
+    /// Counts reach `stats()` under their reason; narrow inbound counters saturate at
+    /// `u32::MAX`, wide ones do not; restored counts come back the same way.
+    #[test]
+    fn drop_counts_by_direction_and_width() {
+        let mut inb = sa(Direction::Inbound);
+        inb.side
+            .count_drops(DropReason::AuthFailed, u64::from(u32::MAX) + 5);
+        inb.side
+            .count_drops(DropReason::BadPadding, u64::from(u32::MAX) + 5);
+        inb.count_drop(DropReason::FragmentOverlap);
+        let s = inb.stats();
+        assert_eq!(s.dropped(DropReason::AuthFailed), u64::from(u32::MAX) + 5);
+        assert_eq!(s.dropped(DropReason::BadPadding), u64::from(u32::MAX));
+        assert_eq!(s.dropped(DropReason::FragmentOverlap), 1);
+        let mut out = sa(Direction::Outbound);
+        out.count_drop(DropReason::SequenceOverflow);
+        out.count_drop(DropReason::TooBig);
+        assert_eq!(out.stats().dropped(DropReason::SequenceOverflow), 1);
+        assert_eq!(out.stats().dropped_total(), 2);
+        let mut restored = sa(Direction::Inbound);
+        restored.set_drops(&s.drops);
+        assert_eq!(restored.stats(), s);
+        // The tunnel endpoints live in the kept key block.
+        assert_eq!(
+            out.tunnel(),
+            Some(([192, 0, 2, 1].into(), [192, 0, 2, 2].into()))
+        );
+        assert_eq!(out.kept.key(), &[7; 20]);
+        assert!(out.kept.integrity_key().is_empty());
     }
 }

@@ -167,7 +167,7 @@ impl LaneLink {
         sa: &mut SecurityAssociation,
         need: u64,
     ) -> Result<(), Error> {
-        if self.block_end.saturating_sub(sa.seq) >= need {
+        if self.block_end.saturating_sub(sa.out().seq) >= need {
             return Ok(());
         }
         self.lease(sa, need)
@@ -181,22 +181,22 @@ impl LaneLink {
         if start > s.last_seq || s.last_seq - start + 1 < need {
             // Counted once per packet refused, as an SA whose numbers ran out does.
             let e = s.exhausted;
-            sa.stats.count_drop(e.drop_reason());
+            sa.count_drop(e.drop_reason());
             return Err(e);
         }
-        sa.seq = start - 1;
+        sa.out_mut().seq = start - 1;
         self.block_end = (start + size - 1).min(s.last_seq);
-        self.publish(sa.stats());
+        self.publish(&sa.stats());
         Ok(())
     }
 
     /// Counts an inbound packet; publishes the counters every 64.
     #[inline]
-    pub(crate) fn count_inbound(&mut self, stats: &SaStats) {
+    pub(crate) fn count_inbound(&mut self, sa: &SecurityAssociation) {
         self.unpublished += 1;
         if self.unpublished >= 64 {
             self.unpublished = 0;
-            self.publish(stats);
+            self.publish(&sa.stats());
         }
     }
 
@@ -281,12 +281,15 @@ impl SharedSa {
             }
             let mut sa = SecurityAssociation::new(lane_config, now)?;
             if config.direction == Direction::Inbound {
-                sa.shared_replay = Some(Arc::clone(&shared));
+                let inb = sa.inb_mut();
+                inb.shared_replay = Some(Arc::clone(&shared));
                 // Its own window records nothing (the shared one does): no histogram.
-                sa.replay.drop_histogram();
+                inb.replay.drop_histogram();
             }
             // Outbound: no block yet; the first packet leases one.
-            sa.seq = config.seq;
+            if let crate::sa::Side::Outbound(o) = &mut sa.side {
+                o.seq = config.seq;
+            }
             lanes.push(SaLane {
                 parts: Some(LaneParts {
                     sa,
@@ -359,15 +362,15 @@ impl SaLane {
         self.parts().sa.max_overhead()
     }
 
-    /// The lane's own counters.
-    pub fn stats(&self) -> &SaStats {
+    /// The lane's own counters (by value, as [`SecurityAssociation::stats`]).
+    pub fn stats(&self) -> SaStats {
         self.parts().sa.stats()
     }
 
     /// Publishes the lane's counters to [`SharedSa::stats`].
     pub fn publish(&self) {
         let p = self.parts();
-        p.link.publish(p.sa.stats());
+        p.link.publish(&p.sa.stats());
     }
 
     /// The next lifetime event of this lane ([`SecurityAssociation::poll_event`]).
@@ -406,7 +409,7 @@ impl SaLane {
     pub fn decrypt(&mut self, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
         let LaneParts { sa, link } = self.parts_mut();
         let r = sa.decrypt(pkt, now);
-        link.count_inbound(sa.stats());
+        link.count_inbound(sa);
         r
     }
 }
@@ -443,7 +446,7 @@ impl SaLane {
 impl Drop for SaLane {
     fn drop(&mut self) {
         if let Some(p) = &self.parts {
-            p.link.publish(p.sa.stats());
+            p.link.publish(&p.sa.stats());
         }
     }
 }
@@ -453,8 +456,9 @@ impl SecurityAssociation {
     /// on a lane, the shared one.
     #[inline]
     pub(crate) fn replay_check(&self, seq_wire: u32) -> Result<u64, Error> {
-        match &self.shared_replay {
-            None => self.replay.check(seq_wire),
+        let inb = self.inb();
+        match &inb.shared_replay {
+            None => inb.replay.check(seq_wire),
             Some(s) => s.replay().check(seq_wire),
         }
     }
@@ -463,9 +467,10 @@ impl SecurityAssociation {
     /// another lane may have recorded it meanwhile: then it is a replay.
     #[inline]
     pub(crate) fn replay_record(&mut self, seq: u64) -> Result<(), Error> {
-        match &self.shared_replay {
+        let inb = self.inb_mut();
+        match &inb.shared_replay {
             None => {
-                self.replay.record_checked(seq);
+                inb.replay.record_checked(seq);
                 Ok(())
             }
             Some(s) => s.replay().update(seq),

@@ -8,7 +8,9 @@
 //! inbound replay window (top and bitmap, bit for bit), the lifetime usage (packets,
 //! bytes, age), the counters, the lifetime events raised and not yet polled, the
 //! configured and learned path MTU, the outer IPv4 Identification and IPv6 fragment
-//! Identification counters, the NAT-keepalive timer and the late-packet histogram.
+//! Identification counters, the NAT-keepalive timer and the late-packet histogram (an
+//! SA without one writes an empty one; a restored SA keeps a histogram when the
+//! snapshot's counted a packet, or when [`RestoreOptions::late_histogram`] asks).
 //!
 //! Not carried: a custom [`crate::crypto::IvSource`] (the restored SA draws its CBC
 //! IVs from the OS, as by default) and the headers of transport-mode NAT-keepalives,
@@ -86,7 +88,8 @@
 //!          expired bytes, packets, time), expired u8 (0 no, 1 bytes, 2 packets,
 //!          3 time), learned path MTU (optional: u16 MTU, duration it still holds),
 //!          next IPv4 Identification u16, next IPv6 fragment Identification u32,
-//!          silence (duration since the SA last sent), late histogram 64 × u64,
+//!          silence (duration since the SA last sent; 0 for an inbound SA, which
+//!          sends nothing), late histogram 64 × u64,
 //!          window size u32 (inbound; 0 for an outbound SA or replay protection off),
 //!          bitmap: ceil(size / 8) bytes, bit d (byte d / 8, bit d % 8 from the least
 //!          significant) set when sequence number `seq - d` was received
@@ -112,6 +115,7 @@
 use crate::crypto::{Cipher, Integrity};
 use crate::error::{ConfigError, DropReason, LifetimeLimit};
 use crate::replay::{LateHistogram, ReplayWindow};
+use crate::sa::Side;
 use crate::sa::{
     DfPolicy, Direction, EspPadding, Lifetime, Mode, SaConfig, SaLookup, SecurityAssociation,
     TfcPadding,
@@ -309,6 +313,9 @@ pub struct RestoreOptions {
     /// Time that passed between taking the snapshot and restoring it, added to the
     /// SA's age.
     pub elapsed_since_snapshot: Duration,
+    /// Inbound: give the restored SA a late-packet histogram even when the snapshot's
+    /// is empty (see [`RestoreOptions::late_histogram`]).
+    pub late_histogram: bool,
 }
 
 impl Default for RestoreOptions {
@@ -327,6 +334,7 @@ impl RestoreOptions {
             seq_margin: Self::DEFAULT_SEQ_MARGIN,
             not_below: None,
             elapsed_since_snapshot: Duration::ZERO,
+            late_histogram: false,
         }
     }
 
@@ -352,6 +360,16 @@ impl RestoreOptions {
         self.elapsed_since_snapshot = elapsed;
         self
     }
+
+    /// Inbound: whether the restored SA keeps a late-packet histogram
+    /// ([`crate::SaConfig::late_histogram`]) when the snapshot's is empty. The snapshot
+    /// does not record whether the SA had one (an empty histogram and none are written
+    /// alike), so a restored SA has one when the snapshot's histogram counted a packet,
+    /// or when this is true. Default false. Ignored for outbound SAs.
+    pub const fn late_histogram(mut self, on: bool) -> Self {
+        self.late_histogram = on;
+        self
+    }
 }
 
 impl SecurityAssociation {
@@ -362,10 +380,7 @@ impl SecurityAssociation {
     /// The snapshot holds the keys: it is wiped when dropped; protect its bytes.
     pub fn snapshot(&self, now: Duration) -> SaSnapshot {
         let c = &self.kept;
-        let window = match self.direction {
-            Direction::Inbound => self.replay.size(),
-            Direction::Outbound => 0,
-        };
+        let window = self.replay_window().size();
         let capacity = HEADER_LEN
             + FIXED_BODY_MAX
             + c.key().len()
@@ -392,18 +407,18 @@ impl SecurityAssociation {
         w.blob(c.key());
         w.blob(c.integrity_key());
         w.u8(u8::from(self.esn));
-        w.addrs(self.tunnel);
+        w.addrs(self.tunnel());
         w.opt(self.udp_encap, |w, (s, d)| {
             w.u16(s);
             w.u16(d);
         });
-        for l in [&self.soft, &self.hard] {
+        for l in [&self.soft.lifetime(), &self.hard.lifetime()] {
             w.opt(l.bytes, Writer::u64);
             w.opt(l.packets, Writer::u64);
             w.opt(l.time, Writer::duration);
         }
         w.opt(
-            match self.tfc {
+            match self.tfc() {
                 TfcPadding::PadTo(n) => Some(n),
                 _ => None,
             },
@@ -420,7 +435,7 @@ impl SecurityAssociation {
             _ => 0,
         });
         w.opt(self.pmtu.configured(), Writer::u16);
-        w.opt(c.nat_keepalive_interval, Writer::duration);
+        w.opt(c.nat_keepalive_interval(), Writer::duration);
         w.addrs(self.nat_original_addresses());
         // State.
         w.u64(self.seq());
@@ -428,7 +443,7 @@ impl SecurityAssociation {
         w.u64(self.stats.packets);
         w.u64(self.stats.bytes);
         w.u8(DropReason::ALL.len() as u8);
-        for d in self.stats.drops {
+        for d in self.stats().drops {
             w.u64(d);
         }
         w.u8(self.events.raised);
@@ -446,16 +461,25 @@ impl SecurityAssociation {
                 w.duration(until - now);
             },
         );
-        w.u16(self.next_ipv4_ident);
-        w.u32(self.fragment_id);
-        w.duration(now.saturating_sub(self.nat.last_sent));
-        for b in self.replay.late_histogram().buckets() {
+        // An inbound SA writes no IPv4 header and no fragment: 0 for both.
+        let (ident, fragment_id) = match &self.side {
+            Side::Outbound(o) => (o.next_ipv4_ident, o.fragment_id),
+            Side::Inbound(_) => (0, 0),
+        };
+        w.u16(ident);
+        w.u32(fragment_id);
+        w.duration(match &self.side {
+            Side::Outbound(o) => now.saturating_sub(Duration::from_nanos(o.last_sent)),
+            // An inbound SA sends nothing (and keeps no time for it).
+            Side::Inbound(_) => Duration::ZERO,
+        });
+        for b in self.replay_window().late_histogram().buckets() {
             w.u64(*b);
         }
         w.u32(window);
         let mut byte = 0u8;
         for d in 0..u64::from(window) {
-            if self.replay.recorded_below_top(d) {
+            if self.replay_window().recorded_below_top(d) {
                 byte |= 1 << (d % 8);
             }
             if d % 8 == 7 {
@@ -463,7 +487,7 @@ impl SecurityAssociation {
                 byte = 0;
             }
         }
-        if window % 8 != 0 {
+        if !window.is_multiple_of(8) {
             w.u8(byte);
         }
         if version >= 2 {
@@ -528,25 +552,26 @@ impl SecurityAssociation {
         let mut sa = SecurityAssociation::new(config, now)?;
         if sa.direction == Direction::Inbound {
             let bitmap = &state.bitmap;
-            sa.replay = ReplayWindow::restored(
+            sa.inb_mut().replay = ReplayWindow::restored(
                 state.window,
                 sa.esn,
                 state.seq,
                 |d| bitmap[(d / 8) as usize] & (1 << (d % 8)) != 0,
                 LateHistogram::from_buckets(state.late),
+                options.late_histogram,
             )?;
         }
         let age = state.age.saturating_add(options.elapsed_since_snapshot);
         if now >= age {
-            sa.created = now - age;
-            sa.age_bias = Duration::ZERO;
+            sa.created = crate::sa::nanos(now - age);
+            sa.age_bias = 0;
         } else {
-            sa.created = Duration::ZERO;
-            sa.age_bias = age - now;
+            sa.created = 0;
+            sa.age_bias = crate::sa::nanos(age - now);
         }
         sa.stats.packets = state.packets;
         sa.stats.bytes = state.bytes;
-        sa.stats.drops = state.drops;
+        sa.set_drops(&state.drops);
         sa.events.raised = state.raised;
         sa.events.pending = state.pending;
         sa.expired = state.expired;
@@ -554,10 +579,15 @@ impl SecurityAssociation {
             sa.pmtu
                 .set_learned(Some((mtu, now.saturating_add(remaining))));
         }
-        sa.mtu_cap = sa.pmtu.cap(now);
-        sa.next_ipv4_ident = state.next_ipv4_ident;
-        sa.fragment_id = state.fragment_id;
-        sa.nat.last_sent = now.saturating_sub(state.silence);
+        let mtu_cap = sa.pmtu.cap(now);
+        if let Side::Outbound(o) = &mut sa.side {
+            o.mtu_cap = mtu_cap;
+            o.next_ipv4_ident = state.next_ipv4_ident;
+            o.fragment_id = state.fragment_id;
+        }
+        if let Side::Outbound(o) = &mut sa.side {
+            o.last_sent = crate::sa::nanos(now.saturating_sub(state.silence));
+        }
         // Re-arm the lifetime checks from the restored usage (raising what the
         // standby's `now` has reached).
         sa.update_lifetimes(now);

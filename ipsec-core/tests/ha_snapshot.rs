@@ -63,7 +63,10 @@ fn sa_pair(
     .esn(esn)
     .seq(start);
     let mut inb = config(0x4242, Direction::Inbound, Mode::Tunnel, suite);
-    inb.esn(esn).replay_window(WINDOW).seq(start);
+    inb.esn(esn)
+        .replay_window(WINDOW)
+        .seq(start)
+        .late_histogram(true);
     (
         SecurityAssociation::new(out, Duration::ZERO).unwrap(),
         SecurityAssociation::new(inb, Duration::ZERO).unwrap(),
@@ -517,4 +520,52 @@ fn expired_state_and_every_suite_round_trip() {
     )
     .unwrap();
     assert!(r.is_expired());
+}
+
+/// The late-packet histogram is opt-in (`SaConfig::late_histogram`): an inbound SA
+/// without one reads as empty; a restored SA keeps one when the snapshot's counted a
+/// packet, or when the restore asks for one.
+#[test]
+fn the_late_histogram_is_opt_in_and_kept_through_snapshots() {
+    let t = Duration::ZERO;
+    for opted_in in [false, true] {
+        let (mut out, _) = sa_pair((Cipher::Aes128Gcm, None), false, 0);
+        let mut c = config(
+            0x4242,
+            Direction::Inbound,
+            Mode::Tunnel,
+            (Cipher::Aes128Gcm, None),
+        );
+        c.late_histogram(opted_in);
+        let mut inb = SecurityAssociation::new(c, t).unwrap();
+        let pkts: Vec<Vec<u8>> = (0..3)
+            .map(|_| encrypt_at(&mut out, &inner_v4(30, 0), t).unwrap())
+            .collect();
+        decrypt_at(&mut inb, &pkts[2], t).unwrap();
+        let empty =
+            SecurityAssociation::restore(inb.snapshot(t).as_bytes(), &RestoreOptions::new(), t)
+                .unwrap();
+        decrypt_at(&mut inb, &pkts[0], t).unwrap(); // 2 behind the top: late
+        let late = inb.replay_window().late_histogram();
+        assert_eq!(late.total(), u64::from(opted_in), "opted in: {opted_in}");
+        let restored =
+            SecurityAssociation::restore(inb.snapshot(t).as_bytes(), &RestoreOptions::new(), t)
+                .unwrap();
+        assert_eq!(restored.replay_window().late_histogram(), late);
+        // An empty histogram restores as none unless the restore asks for one.
+        let mut asked = SecurityAssociation::restore(
+            inb.snapshot(t).as_bytes(),
+            &RestoreOptions::new().late_histogram(true),
+            t,
+        )
+        .unwrap();
+        for (mut sa, counts) in [(empty, false), (restored, opted_in)] {
+            decrypt_at(&mut sa, &pkts[1], t).unwrap();
+            let n = sa.replay_window().late_histogram().total();
+            assert_eq!(n, 2 * u64::from(counts), "opted in: {opted_in}");
+        }
+        decrypt_at(&mut asked, &pkts[1], t).unwrap();
+        let n = asked.replay_window().late_histogram().total();
+        assert_eq!(n, 1 + u64::from(opted_in));
+    }
 }

@@ -6,12 +6,19 @@
 //! the other suites and the largest window (2^24) are printed (`cargo test -p
 //! ipsec-core --test sa_memory -- --nocapture`).
 //!
-//! Issue 12 asks for 1 KiB. What keeps an SA above it today (1,280 B outbound, 1,808 B
-//! inbound): ring's AES-GCM key (round keys and GHASH table, 544 B, plus the 4-byte
-//! salt), the counters (`SaStats`, 26 `u64`s, 208 B, lent out as `&SaStats`), and, on
-//! inbound SAs, the late-packet histogram (64 `u64`s, 512 B, lent out as
-//! `&LateHistogram` and recorded on the packet path, so made with the window: the
-//! packet path does not allocate). Outbound SAs have no histogram.
+//! Issue 12 asks for 1 KiB, and both directions meet it: an AES-128-GCM SA at the
+//! default window is 1,008 B outbound and 1,016 B inbound (1,280 B and 1,808 B
+//! before). Of that, 432 B are inline (`size_of`) and the rest is heap: ring's
+//! AES-GCM key (round keys and GHASH table, 544 B, plus the 4-byte salt), the kept
+//! keys (20 B, followed by the tunnel endpoints when set: 8 B for IPv4) and, inbound,
+//! the 16-byte replay ring. Inline, the largest parts are the state of the SA's
+//! direction (`Side`, 216 B: inbound the replay window and its 24 drop counters, 18
+//! `u64`s and 6 saturating `u32`s; outbound the sequence number, the outer header and
+//! its 10 drop counters), the transform (40 B), the kept configuration (32 B), the soft
+//! and hard limits (24 B each, sentinel `u64`s) and the lifetime trip point (24 B).
+//! The late-packet histogram (64 `u64`s, 512 B) is opt-in
+//! (`SaConfig::late_histogram`), so it is not counted here; `SecurityAssociation::stats`
+//! returns the full `SaStats` by value.
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -66,8 +73,8 @@ static GLOBAL: Counting = Counting;
 
 /// The bounds an outbound and an inbound AES-128-GCM SA must stay under at the
 /// default window (see the module docs).
-const LIMIT_OUTBOUND: usize = 1300;
-const LIMIT_INBOUND: usize = 1830;
+const LIMIT_OUTBOUND: usize = 1024;
+const LIMIT_INBOUND: usize = 1024;
 
 /// The largest replay window.
 const MAX_WINDOW: u32 = 1 << 24;

@@ -1232,7 +1232,7 @@ pub unsafe extern "C" fn ipsec_sa_get_stats(
         // SAFETY: caller's contract.
         let sa = unsafe { borrow(sa, "sa") }?;
         // SAFETY: checked non-NULL and aligned; writable by contract.
-        unsafe { out.write(sa.stats().into()) };
+        unsafe { out.write((&sa.stats()).into()) };
         Ok(())
     })
 }

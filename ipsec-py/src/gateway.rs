@@ -621,7 +621,7 @@ impl PyGateway {
         name: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let name = convert::text(name, "name")?;
-        let stats = self.lock(py)?.gateway.sa(&name).map(|sa| *sa.stats());
+        let stats = self.lock(py)?.gateway.sa(&name).map(|sa| sa.stats());
         match stats {
             Some(s) => stats_dict(py, &s),
             None => Err(self.no_sa(py, &name)),
@@ -646,7 +646,7 @@ impl PyGateway {
             lookup: sa.lookup().name(),
             seq: sa.seq(),
             expired: sa.is_expired(),
-            stats: *sa.stats(),
+            stats: sa.stats(),
         });
         info.ok_or_else(|| self.no_sa(py, &name))
     }

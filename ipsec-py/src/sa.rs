@@ -953,7 +953,7 @@ impl PySecurityAssociation {
     /// The counters: `packets`, `bytes` and one key per drop reason.
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let stats = *self.lock(py)?.sa.stats();
+        let stats = self.lock(py)?.sa.stats();
         stats_dict(py, &stats)
     }
 

@@ -309,7 +309,7 @@ impl PySaLane {
     /// The lane's own counters (`SecurityAssociation.stats`' shape).
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let stats = *lane(&self.lock(py)?.sa)?.stats();
+        let stats = lane(&self.lock(py)?.sa)?.stats();
         stats_dict(py, &stats)
     }
 

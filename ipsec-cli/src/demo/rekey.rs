@@ -601,7 +601,7 @@ fn scene(
                     sa.spi(),
                     sa.direction().name(),
                     "active",
-                    *sa.stats(),
+                    sa.stats(),
                 ));
             }
         }
@@ -609,7 +609,7 @@ fn scene(
     for (gw_name, name, spi, dir, state, s) in &rows {
         monitor_row(out, gw_name, name, *spi, dir, state, s);
     }
-    let live = |gw: &Gateway, name: &str| gw.sa(name).map(|s| *s.stats());
+    let live = |gw: &Gateway, name: &str| gw.sa(name).map(|s| s.stats());
     let mut check = |ok: bool, msg: String, out: &mut String| {
         let _ = writeln!(out, "  {msg}");
         if !ok {
