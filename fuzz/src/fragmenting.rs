@@ -86,9 +86,9 @@ pub fn esp_fragmenting(input: &FragmentingInput) {
     let mut pool = SpareBuffers::new(&mut spares);
     let needed = out.spares_needed(&original, T0);
     let mut pkt = PacketBuf::new(&mut buf, HEAD, original.len()).expect("in bounds");
-    let before = *out.stats();
+    let before = out.stats();
     let res = out.encrypt_fragmenting(&mut pkt, &mut pool, T0);
-    let after = *out.stats();
+    let after = out.stats();
     let used = pool.used();
     match res {
         Ok(k) => {

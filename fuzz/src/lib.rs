@@ -182,10 +182,10 @@ impl Inbound {
     /// counted under exactly its own drop reason; a success counts one packet; the
     /// total of packets and drops equals the number of calls.
     fn decrypt(&mut self, pkt: &mut PacketBuf<'_>) -> Result<(), Error> {
-        let before = *self.sa.stats();
+        let before = self.sa.stats();
         let res = self.sa.decrypt(pkt, Duration::ZERO);
         self.calls += 1;
-        let after = *self.sa.stats();
+        let after = self.sa.stats();
         match res {
             Ok(()) => {
                 assert_eq!(after.packets, before.packets + 1, "success not counted");
