@@ -15,7 +15,8 @@ lane of one SharedSa: ``Gateway.add_sa_lane``) with ``outbound_many`` /
 ``inbound_many``, against one thread on one such gateway. A fifth runs the two SAs
 with ``ipsec.PacketBatch`` (``batch.load(packets)`` then ``encrypt_batch`` /
 ``decrypt_batch``: no Python object per packet; the results are not read back),
-against one thread doing the same on one SA. Each figure is the median of ``--runs`` runs; the machine may be shared, so
+against one thread doing the same on one SA, and a sixth the two lanes of one
+``SharedSa`` with batches, against the same one-thread figure. Each figure is the median of ``--runs`` runs; the machine may be shared, so
 quote ``nproc``, ``uptime`` and the CPU model with it.
 
     .venv/bin/python ipsec-py/bench/bench_threads.py [--runs 7] [--rounds 40]
@@ -121,19 +122,21 @@ def timed(workers: list[threading.Thread]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=1000, help="packets per batch call")
     args = parser.parse_args()
     print(f"nproc {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
     print(
         f"{'op':8} {'size':>5} {'1 thread ns/pkt':>16} {'2 threads ns/pkt':>17} {'speed-up':>9}"
         f" {'2 lanes ns/pkt':>15} {'speed-up':>9} {'1 gw ns/pkt':>12} {'2 gws ns/pkt':>13}"
         f" {'speed-up':>9} {'1 batch ns/pkt':>15} {'2 batches':>10} {'speed-up':>9}"
+        f" {'2 lanes':>8} {'speed-up':>9}"
     )
     print(f"{'':8} {'':5} {'(1 SA)':>16} {'(2 SAs)':>17} {'':>9} {'(1 SharedSa)':>15}"
           f" {'':>9} {'(1 lane)':>12} {'(2 lanes)':>13} {'':>9} {'(1 SA)':>15}"
-          f" {'(2 SAs)':>10}")
-    batch_len = 1000
+          f" {'(2 SAs)':>10} {'':>9} {'(batches)':>8}")
+    batch_len = args.batch
     for size in (64, 512, 1420):
         batch = [udp4(size)] * batch_len
         sas = [pair(0), pair(1)]
@@ -163,6 +166,17 @@ def main() -> None:
                         held.load(protected[i])
                         inb.decrypt_batch(held)
 
+            def lane_batch_work(i: int, rounds: int, op: str = op) -> None:
+                out, inb = out_lanes[i], in_lanes[i]
+                held = ipsec.PacketBatch()
+                for _ in range(rounds):
+                    if op == "encrypt":
+                        held.load(batch)
+                        out.encrypt_batch(held)
+                    else:
+                        held.load(lane_protected)
+                        inb.decrypt_batch(held)
+
             def lane_work(i: int, rounds: int, op: str = op) -> None:
                 out, inb = out_lanes[i], in_lanes[i]
                 for _ in range(rounds):
@@ -181,7 +195,10 @@ def main() -> None:
                         inb.inbound_many(lane_protected)
 
             one, two, lanes, gw_one, gw_two, b_one, b_two = [], [], [], [], [], [], []
+            b_lanes: list[float] = []
             for _ in range(args.runs):
+                b_lanes.append(timed([threading.Thread(target=lane_batch_work,
+                                                       args=(i, args.rounds)) for i in (0, 1)]))
                 b_one.append(timed([threading.Thread(target=batch_work,
                                                      args=(0, 2 * args.rounds))]))
                 b_two.append(timed([threading.Thread(target=batch_work, args=(i, args.rounds))
@@ -208,11 +225,13 @@ def main() -> None:
             t1, t2, tl = statistics.median(one), statistics.median(two), statistics.median(lanes)
             g1, g2 = statistics.median(gw_one), statistics.median(gw_two)
             b1, b2 = statistics.median(b_one), statistics.median(b_two)
+            bl = statistics.median(b_lanes)
             print(
                 f"{op:8} {size:5} {t1 / packets * 1e9:16.0f} {t2 / packets * 1e9:17.0f} "
                 f"{t1 / t2:8.2f}x {tl / packets * 1e9:15.0f} {t1 / tl:8.2f}x"
                 f" {g1 / packets * 1e9:12.0f} {g2 / packets * 1e9:13.0f} {g1 / g2:8.2f}x"
                 f" {b1 / packets * 1e9:15.0f} {b2 / packets * 1e9:10.0f} {b1 / b2:8.2f}x"
+                f" {bl / packets * 1e9:8.0f} {b1 / bl:8.2f}x"
             )
 
 
