@@ -37,7 +37,12 @@
 //!   `policy_rebuild/install_after_uncommitted_compile`: the control, an
 //!   `install_policy` right after the same off-thread compile when nothing is
 //!   committed (what a call costs after another thread churned memory while this one
-//!   waited, whatever the SPD).
+//!   waited, whatever the SPD); `policy_rebuild/install_after_idle`: the second
+//!   control, the same install after this thread slept 250 ms with no other thread
+//!   working (the rebuild then runs untimed, its old SPD dropped on another thread);
+//!   `policy_rebuild/first_install_under_traffic`: `first_install` with 256 inbound
+//!   packets through the gateway between the commit and the install (untimed), as on a
+//!   gateway that carries traffic.
 //!
 //! Before timing, it prints (not criterion) the cost of one packet right after a change,
 //! against the same packet with no change before it, medians of many repetitions:
@@ -561,7 +566,38 @@ fn rebuild_cycle(s: &mut Setup, case: &str) -> Duration {
         s.gw.rebuild_policies();
         return t;
     }
+    if case == "install_after_idle" {
+        // The second control: no other thread at all, this one idle for about as long
+        // as a compile of 100,000 policies takes, then the same install.
+        std::thread::sleep(Duration::from_millis(250));
+        let text = policy_text(n, "both", "172.16.0.0/12", 0);
+        let (res, t) = cpu(|| s.gw.install_policy(&text, Some("catch-all")));
+        res.expect("installed");
+        s.gw.remove_policy(&extra).expect("removed");
+        let edit = s.gw.edit_policies();
+        let compiled = edit.compile();
+        let retired = s.gw.commit_policies(compiled).expect("committed");
+        std::thread::scope(|t| {
+            t.spawn(move || drop(retired));
+        });
+        return t;
+    }
     let r = rebuild_off_thread(&mut s.gw);
+    if case == "first_install_under_traffic" {
+        // Traffic between the commit and the call, as on a live gateway: 256 fresh
+        // inbound packets of random tunnels (sealed and decrypted untimed).
+        let mut slot = [0u8; SLOT];
+        for _ in 0..256 {
+            let i = s.rng.below(n);
+            let len = s.inbound_packet(i, &mut slot);
+            time_inbound(&mut s.gw, &mut slot, len);
+        }
+        let text = policy_text(n, "both", "172.16.0.0/12", 0);
+        let (res, t) = cpu(|| s.gw.install_policy(&text, Some("catch-all")));
+        res.expect("installed");
+        s.gw.remove_policy(&extra).expect("removed");
+        return t;
+    }
     match case {
         "edit" => r.edit,
         "commit" => r.commit,
@@ -781,6 +817,8 @@ fn bench_control(c: &mut Criterion<ThreadCpu>) {
             "first_replace",
             "first_after_rebuild_policies",
             "install_after_uncommitted_compile",
+            "install_after_idle",
+            "first_install_under_traffic",
         ] {
             g.bench_function(BenchmarkId::new(format!("policy_rebuild/{case}"), n), |b| {
                 b.iter_custom(|iters| (0..iters).map(|_| rebuild_cycle(&mut s, case)).sum())
