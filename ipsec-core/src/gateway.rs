@@ -40,7 +40,7 @@ use crate::packet::{self, IPPROTO_ESP, IPPROTO_UDP, IpVersion, NAT_T_PORT};
 use crate::reassembly::{Reassembler, Reassembly, ReassemblyLimits};
 use crate::sa::{Direction, SaEvent, SaStats, SecurityAssociation, TailroomShape};
 use crate::sa_set::KeyRegistry;
-use crate::sad::{Found, InboundSad, SadKey};
+use crate::sad::{InboundSad, SadKey};
 use crate::shared::LaneLink;
 use crate::spd::cache::FlowCache;
 use crate::spd::{Action, Spd};
@@ -446,11 +446,7 @@ impl Gateway {
     /// ```
     #[inline]
     pub fn inbound_sa_for(&self, spi: u32, src: IpAddr, dst: IpAddr) -> Option<&str> {
-        let i = match self.inbound.find(spi) {
-            Found::Sa(i) => i,
-            Found::Unknown => return None,
-            Found::ByAddress(slot) => InboundSad::find_by_address(slot, dst, src)?,
-        };
+        let i = self.inbound.lookup(spi, || Some((src, dst)))?;
         Some(self.entry(i).name.as_str())
     }
 
@@ -741,12 +737,7 @@ impl Gateway {
             return Err(err);
         };
         let i = loop {
-            let found = match self.inbound.find(spi) {
-                Found::Sa(i) => Some(i),
-                Found::Unknown => None,
-                Found::ByAddress(slot) => outer_addresses(pkt.data())
-                    .and_then(|(src, dst)| InboundSad::find_by_address(slot, dst, src)),
-            };
+            let found = self.inbound.lookup(spi, || outer_addresses(pkt.data()));
             let Some(i) = found else {
                 // A known SPI whose SAs all want another destination (or source) is
                 // unknown to this packet (RFC 4301 §4.1).

@@ -75,7 +75,7 @@ pub(crate) struct InboundSad {
 }
 
 /// The outcome of [`InboundSad::find`] on the SPI alone.
-pub(crate) enum Found<'a> {
+enum Found<'a> {
     /// The SA.
     Sa(usize),
     /// No SA has the SPI.
@@ -149,11 +149,30 @@ impl InboundSad {
     /// The SA of a packet with `spi` when the SPI decides alone (the common case:
     /// no SA of that SPI is found by address).
     #[inline]
-    pub(crate) fn find(&self, spi: u32) -> Found<'_> {
+    fn find(&self, spi: u32) -> Found<'_> {
         match self.by_spi.get(&spi) {
             None => Found::Unknown,
             Some(s) if s.by_address.is_none() => Found::Sa(s.alone),
             Some(s) => Found::ByAddress(s),
+        }
+    }
+
+    /// The SA of a packet with `spi`, by the longest match ([`Self::find`], then
+    /// [`Self::find_by_address`]); `addresses` gives the packet's outer (source,
+    /// destination) and is only called when an SA of that SPI is found by address.
+    #[inline]
+    pub(crate) fn lookup(
+        &self,
+        spi: u32,
+        addresses: impl FnOnce() -> Option<(IpAddr, IpAddr)>,
+    ) -> Option<usize> {
+        match self.find(spi) {
+            Found::Sa(i) => Some(i),
+            Found::Unknown => None,
+            Found::ByAddress(slot) => {
+                let (src, dst) = addresses()?;
+                Self::find_by_address(slot, dst, src)
+            }
         }
     }
 
@@ -162,7 +181,7 @@ impl InboundSad {
     /// source, then SPI + destination, then the SPI alone. Binary searches over the
     /// SPI's addressed SAs; no hashing, no allocation.
     #[inline]
-    pub(crate) fn find_by_address(slot: &SpiSlot, dst: IpAddr, src: IpAddr) -> Option<usize> {
+    fn find_by_address(slot: &SpiSlot, dst: IpAddr, src: IpAddr) -> Option<usize> {
         let alone = (slot.alone != NONE).then_some(slot.alone);
         let Some(list) = slot.by_address.as_deref() else {
             return alone;
