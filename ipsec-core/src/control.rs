@@ -182,7 +182,7 @@ use crate::sa::{Direction, SaConfig, SaStats, SecurityAssociation};
 use crate::sa_set::SaKeys;
 use crate::sad::SadKey;
 use crate::shared::{LaneLink, SaLane};
-use crate::spd::parse::{parse_one_policy, policy_name_and_sas};
+use crate::spd::parse::sa_direction_error;
 use crate::spd::{Policy, PolicySnapshot, Spd};
 use core::fmt;
 use core::time::Duration;
@@ -352,7 +352,7 @@ impl From<LaneRefused> for ControlError {
 /// the text is not TOML or has no name. For callers that keep their own index of the
 /// installed policies by name (the C ABI's name strings).
 pub fn policy_name(text: &str) -> Option<String> {
-    Some(policy_name_and_sas(text).0).filter(|n| !n.is_empty())
+    Some(crate::spd::parse::policy_name(text)).filter(|n| !n.is_empty())
 }
 
 /// The key an inbound SA of `config` is found by.
@@ -675,8 +675,45 @@ impl Gateway {
     /// Refused (nothing changed) when the text is not a valid policy, its name is
     /// taken, it names an SA that is not installed (in the direction it is named for)
     /// or only retiring ones ([`Gateway::retire_sa`]), or `before` names no policy.
+    ///
+    /// The parse is most of the call's cost (and, on a thread whose caches went to
+    /// packets since its last control call, most of that cost is cache misses): a
+    /// gateway thread that should not pay it takes a [`Policy::from_toml`] parsed
+    /// elsewhere, with [`Gateway::install_parsed_policy`].
     pub fn install_policy(&mut self, text: &str, before: Option<&str>) -> Result<(), ControlError> {
-        let policy = self.parse_policy(text)?;
+        self.install_parsed_policy(Policy::from_toml(text)?, before)
+    }
+
+    /// [`Gateway::install_policy`] of a policy parsed beforehand, on any thread
+    /// ([`Policy::from_toml`]): the same checks and the same result, without the parse.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ipsec_core::{Gateway, Policy, Spd};
+    ///
+    /// let mut gw = Gateway::new(Spd::from_toml(r#"
+    ///     [[policy]]
+    ///     name = "deny"
+    ///     action = "discard"
+    /// "#)?, Duration::ZERO)?;
+    /// // On the key manager's thread:
+    /// let dns = Policy::from_toml(r#"
+    ///     name = "dns"
+    ///     protocol = "udp"
+    ///     remote_port = 53
+    ///     action = "bypass"
+    /// "#)?;
+    /// // On the gateway's: no parse, only the checks against what is installed.
+    /// gw.install_parsed_policy(dns, Some("deny"))?;
+    /// assert_eq!(gw.spd().policies()[0].name(), "dns");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn install_parsed_policy(
+        &mut self,
+        policy: Policy,
+        before: Option<&str>,
+    ) -> Result<(), ControlError> {
+        check_policy_sas(&policy, |n| self.sa_direction(n))?;
         if self.policy_position(policy.name()).is_some() {
             return Err(ControlError::DuplicatePolicy {
                 name: policy.name().to_owned(),
@@ -699,7 +736,13 @@ impl Gateway {
     /// other SAs, in one step). Refused (nothing changed) when the text is not a valid
     /// policy, no policy has its name, or it names an SA that is not installed.
     pub fn replace_policy(&mut self, text: &str) -> Result<(), ControlError> {
-        let policy = self.parse_policy(text)?;
+        self.replace_parsed_policy(Policy::from_toml(text)?)
+    }
+
+    /// [`Gateway::replace_policy`] of a policy parsed beforehand
+    /// ([`Policy::from_toml`]).
+    pub fn replace_parsed_policy(&mut self, policy: Policy) -> Result<(), ControlError> {
+        check_policy_sas(&policy, |n| self.sa_direction(n))?;
         let at =
             self.policy_position(policy.name())
                 .ok_or_else(|| ControlError::UnknownPolicy {
@@ -757,11 +800,6 @@ impl Gateway {
             .collect();
         fresh.len() == self.sa_dirs.len()
             && fresh.iter().all(|(n, d)| self.sa_dirs.get(*n) == Some(d))
-    }
-
-    /// Parses `text` as one policy whose SA names must be installed.
-    fn parse_policy(&self, text: &str) -> Result<Policy, ControlError> {
-        parse_policy_for(text, |n| self.sa_direction(n))
     }
 
     /// The direction of the SA name `n` as policies may use it now (see
@@ -889,29 +927,37 @@ impl Gateway {
     }
 }
 
-/// Parses `text` as one policy whose SA names must be known to `dir_of` (which gives
-/// each installed name's direction). Only the names the policy uses are looked up, so
-/// the cost does not grow with the number of SAs.
-fn parse_policy_for(
-    text: &str,
+/// Checks the SA names `policy` gives against `dir_of` (each name policies may use,
+/// and its direction): a name it does not know is [`ControlError::MissingSa`] (checked
+/// first, for both names), a name of the other direction a [`ConfigError`] on the key
+/// `sa`. Only the names the policy uses are looked up, so the cost does not grow with
+/// the number of SAs.
+fn check_policy_sas(
+    policy: &Policy,
     dir_of: impl Fn(&str) -> Option<Direction>,
-) -> Result<Policy, ControlError> {
-    let (policy, named) = policy_name_and_sas(text);
-    let mut dirs: HashMap<&str, Direction> = HashMap::new();
-    for n in &named {
-        match dir_of(n) {
-            Some(d) => {
-                dirs.insert(n, d);
-            }
-            None => {
-                return Err(ControlError::MissingSa {
-                    policy,
-                    sa: n.clone(),
-                });
-            }
+) -> Result<(), ControlError> {
+    let named = [
+        (policy.sa(Direction::Outbound), Direction::Outbound),
+        (policy.sa(Direction::Inbound), Direction::Inbound),
+    ];
+    let mut found = [None; 2];
+    for (k, (name, _)) in named.iter().enumerate() {
+        if let Some(n) = name {
+            found[k] = Some(dir_of(n).ok_or_else(|| ControlError::MissingSa {
+                policy: policy.name().to_owned(),
+                sa: (*n).to_owned(),
+            })?);
         }
     }
-    Ok(parse_one_policy(text, &dirs)?)
+    for ((name, want), is) in named.iter().zip(found) {
+        if let (Some(n), Some(is)) = (name, is)
+            && is != *want
+        {
+            let label = format!("policy {:?}", policy.name());
+            return Err(sa_direction_error(n, is, *want).in_context(&label).into());
+        }
+    }
+    Ok(())
 }
 
 /// A batch of policy changes made away from the gateway ([`Gateway::edit_policies`]):
@@ -962,7 +1008,8 @@ impl PolicyEdit {
 
     /// [`Gateway::install_policy`] on the edit.
     pub fn install(&mut self, text: &str, before: Option<&str>) -> Result<(), ControlError> {
-        let policy = parse_policy_for(text, |n| self.sa_dirs.get(n).copied())?;
+        let policy = Policy::from_toml(text)?;
+        check_policy_sas(&policy, |n| self.sa_dirs.get(n).copied())?;
         if self.position(policy.name()).is_some() {
             return Err(ControlError::DuplicatePolicy {
                 name: policy.name().to_owned(),
@@ -980,7 +1027,8 @@ impl PolicyEdit {
 
     /// [`Gateway::replace_policy`] on the edit.
     pub fn replace(&mut self, text: &str) -> Result<(), ControlError> {
-        let policy = parse_policy_for(text, |n| self.sa_dirs.get(n).copied())?;
+        let policy = Policy::from_toml(text)?;
+        check_policy_sas(&policy, |n| self.sa_dirs.get(n).copied())?;
         let at = self
             .position(policy.name())
             .ok_or_else(|| ControlError::UnknownPolicy {

@@ -93,5 +93,7 @@ pub use sa::{
 };
 pub use shared::{SaLane, SharedSa, SharedSaOptions};
 pub use snapshot::{RestoreOptions, SaSnapshot, SnapshotError};
-pub use spd::{Action, Decision, Flow, Fragment, FragmentDecision, PolicyDirection, Spd, SpdCache};
+pub use spd::{
+    Action, Decision, Flow, Fragment, FragmentDecision, Policy, PolicyDirection, Spd, SpdCache,
+};
 pub use spi::{SpiAllocator, SpiError};

@@ -5,7 +5,7 @@
 use ipsec_core::gateway::{Inbound, Outbound};
 use ipsec_core::sa::{Direction, Mode};
 use ipsec_core::spd::Spd;
-use ipsec_core::{Cipher, ControlError, DropReason, Error, Gateway, PacketBuf, SaConfig};
+use ipsec_core::{Cipher, ControlError, DropReason, Error, Gateway, PacketBuf, Policy, SaConfig};
 use std::time::Duration;
 
 const T0: Duration = Duration::ZERO;
@@ -308,6 +308,94 @@ fn policies_are_installed_in_place_replaced_and_removed() {
     let stats = hq.delete_sa("hq-out").unwrap();
     assert_eq!(stats.packets, 1);
     assert!(hq.sa("hq-out").is_none());
+}
+
+/// A policy parsed on another thread (`Policy::from_toml`, no gateway needed) is
+/// installed and replaced as its text would be, and refused for the same reasons, with
+/// nothing changed: the parse finds what the text alone shows, the gateway what depends
+/// on its SAs and policies.
+#[test]
+fn a_policy_parsed_elsewhere_is_installed_checked_and_refused_as_its_text() {
+    let (mut hq, mut br) = live_pair();
+    let parse = |text: String| std::thread::spawn(move || Policy::from_toml(&text));
+    let narrowed = rdp_policy("rdp", "10.0.0.0/24", "10.1.0.0/25", ["hq-out", "hq-in"]);
+    let parsed = parse(narrowed.clone()).join().unwrap().unwrap();
+    assert_eq!(parsed.name(), "rdp");
+    assert_eq!(parsed.sa(Direction::Outbound), Some("hq-out"));
+    assert_eq!(parsed.sa(Direction::Inbound), Some("hq-in"));
+    // What the text alone shows is found without a gateway, in the same words.
+    let e = Policy::from_toml("name = \"x\"\naction = \"encrypt\"\n").unwrap_err();
+    assert_eq!(e.field(), "policy \"x\": action", "{e}");
+    let e = Policy::from_toml("name = \"x\"\naction = \"protect\"\n").unwrap_err();
+    assert_eq!(e.field(), "policy \"x\": sa", "{e}");
+    // One [[policy]] table and nothing else: an SA table beside it is not ignored.
+    let one = "[[policy]]\nname = \"web\"\naction = \"bypass\"\n";
+    assert_eq!(Policy::from_toml(one).unwrap().name(), "web");
+    let e = Policy::from_toml(&format!("{one}[[sa]]\nname = \"s\"\nspi = 300\n")).unwrap_err();
+    assert_eq!(e.field(), "policy", "{e}");
+    let e = Policy::from_toml(&format!("{one}{one}")).unwrap_err();
+    assert_eq!(e.field(), "policy", "{e}");
+
+    let before = shape(&hq);
+    let refusals = [
+        (
+            rdp_policy("mail", "10.0.0.0/24", "10.1.0.0/24", ["hq-out", "gone"]),
+            None,
+            ControlError::MissingSa {
+                policy: "mail".into(),
+                sa: "gone".into(),
+            },
+        ),
+        (
+            rdp_policy("rdp", "10.0.0.0/24", "10.1.0.0/24", ["hq-out", "hq-in"]),
+            None,
+            ControlError::DuplicatePolicy { name: "rdp".into() },
+        ),
+        (
+            rdp_policy("mail", "10.0.0.0/24", "10.1.0.0/24", ["hq-out", "hq-in"]),
+            Some("nope"),
+            ControlError::UnknownPolicy {
+                name: "nope".into(),
+            },
+        ),
+    ];
+    for (text, at, want) in refusals {
+        let from_text = hq.install_policy(&text, at).unwrap_err();
+        let p = Policy::from_toml(&text).unwrap();
+        assert_eq!(hq.install_parsed_policy(p, at).unwrap_err(), want);
+        assert_eq!(from_text, want);
+        assert_eq!(shape(&hq), before);
+    }
+    // Both SAs installed, each in the other direction: a config error on `sa`.
+    let swapped = rdp_policy("mail", "10.0.0.0/24", "10.1.0.0/24", ["hq-in", "hq-out"]);
+    let e = hq
+        .install_parsed_policy(Policy::from_toml(&swapped).unwrap(), None)
+        .unwrap_err();
+    assert_eq!(e, hq.install_policy(&swapped, None).unwrap_err());
+    assert!(
+        matches!(&e, ControlError::Config(c) if c.field() == "policy \"mail\": sa"),
+        "{e}"
+    );
+    let e = hq
+        .replace_parsed_policy(Policy::from_toml(&swapped.replace("mail", "rdp")).unwrap())
+        .unwrap_err();
+    assert!(matches!(&e, ControlError::Config(_)), "{e}");
+    assert_eq!(shape(&hq), before);
+
+    // Accepted: the narrowed policy carries 10.1.0.0/25 only, as `replace_policy` would.
+    hq.replace_parsed_policy(parsed).unwrap();
+    let (wire, _) = send(&mut hq, &hq_packet(1)).unwrap();
+    receive(&mut br, &wire, T0).unwrap();
+    let far = packet([10, 0, 0, 5], [10, 1, 0, 200], 2);
+    assert_eq!(send(&mut hq, &far).unwrap_err(), Error::PolicyDiscard);
+    let web = parse(
+        "name = \"web\"\nremote = \"10.1.0.0/24\"\nprotocol = \"tcp\"\nremote_port = 80\n\
+         action = \"bypass\"\n"
+            .into(),
+    );
+    hq.install_parsed_policy(web.join().unwrap().unwrap(), Some("deny"))
+        .unwrap();
+    assert_eq!(shape(&hq).0, ["rdp", "web", "deny"]);
 }
 
 #[test]

@@ -65,7 +65,7 @@ pub(crate) fn parse(text: &str) -> (Vec<Policy>, Vec<NamedSa>, Vec<ConfigError>)
             None => format!("policy #{}", i + 1),
         };
         let mut errs = Vec::new();
-        let p = parse_policy(table, &sa_dirs, &mut errs);
+        let p = parse_policy(table, Some(&sa_dirs), &mut errs);
         if let Some(n) = table.get("name").and_then(Value::as_str)
             && !names.insert(n.to_owned())
         {
@@ -92,34 +92,39 @@ pub(crate) fn parse(text: &str) -> (Vec<Policy>, Vec<NamedSa>, Vec<ConfigError>)
     (policies, sas, errors)
 }
 
-/// Parses one policy for a live gateway ([`crate::Gateway::install_policy`]): `text` is
-/// the body of one `[[policy]]` table (its `key = value` lines), or a document holding
-/// exactly one `[[policy]]` table. `sa_dirs` gives the direction of every SA name a
-/// policy may use. Errors are in the context `policy "NAME"`, scrubbed like the file
-/// parser's.
-pub(crate) fn parse_one_policy(
-    text: &str,
-    sa_dirs: &HashMap<&str, Direction>,
-) -> Result<Policy, ConfigError> {
+/// Parses one policy on its own ([`Policy::from_toml`]): `text` is the body of one
+/// `[[policy]]` table (its `key = value` lines), or a document holding exactly one
+/// `[[policy]]` table. The SA names are taken by their place (`[outbound, inbound]`)
+/// and not looked up: the gateway that installs the policy checks them. Errors are in
+/// the context `policy "NAME"`, scrubbed like the file parser's.
+pub(crate) fn parse_one_policy(text: &str) -> Result<Policy, ConfigError> {
     let mut table: toml::Table = toml::from_str(text).map_err(|e| secret::toml_error(e, text))?;
+    let alone = table.len() == 1;
     if let Some(Value::Array(list)) = table.get_mut("policy") {
         let one = match list.as_mut_slice() {
-            [Value::Table(t)] => core::mem::take(t),
-            _ => {
+            [Value::Table(t)] if alone => Some(core::mem::take(t)),
+            _ => None,
+        };
+        // Whatever else the document held (an [[sa]] table with its key, say) is
+        // wiped before it is dropped.
+        secret::wipe_secret_fields(&mut table);
+        match one {
+            Some(one) => table = one,
+            None => {
                 return Err(ConfigError::new(
                     "policy",
-                    "expected exactly one [[policy]] table (or the keys of one policy)",
+                    "expected exactly one [[policy]] table and nothing else (or the keys \
+                     of one policy)",
                 ));
             }
-        };
-        table = one;
+        }
     }
     let label = match table.get("name").and_then(Value::as_str) {
         Some(n) => format!("policy {n:?}"),
         None => "policy".to_owned(),
     };
     let mut errs = Vec::new();
-    let policy = parse_policy(&table, sa_dirs, &mut errs);
+    let policy = parse_policy(&table, None, &mut errs);
     secret::wipe_secret_fields(&mut table);
     match (policy, errs.into_iter().next()) {
         (Some(p), None) => Ok(p),
@@ -128,11 +133,11 @@ pub(crate) fn parse_one_policy(
     }
 }
 
-/// The `name` of a policy table and the SA names its `sa` key gives (empty when
-/// missing or not strings): for checking them against a live gateway before parsing.
-pub(crate) fn policy_name_and_sas(text: &str) -> (String, Vec<String>) {
+/// The `name` of a policy table, read without checking the rest (empty when the text
+/// is not TOML or the name is missing or not a string).
+pub(crate) fn policy_name(text: &str) -> String {
     let Ok(mut table) = toml::from_str::<toml::Table>(text) else {
-        return (String::new(), Vec::new());
+        return String::new();
     };
     if let Some(Value::Array(list)) = table.get_mut("policy")
         && let [Value::Table(t)] = list.as_mut_slice()
@@ -144,17 +149,21 @@ pub(crate) fn policy_name_and_sas(text: &str) -> (String, Vec<String>) {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let sas = match table.get("sa") {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
-    };
     secret::wipe_secret_fields(&mut table);
-    (name, sas)
+    name
+}
+
+/// Why the SA `name`, of direction `is`, cannot be where a policy names it, which
+/// needs an SA of direction `needs` (the key `sa` of the policy's table).
+pub(crate) fn sa_direction_error(name: &str, is: Direction, needs: Direction) -> ConfigError {
+    ConfigError::new(
+        "sa",
+        format!(
+            "SA {name:?} is {} but this policy needs an {} SA there",
+            is.name(),
+            needs.name()
+        ),
+    )
 }
 
 fn get_str<'a>(t: &'a toml::Table, key: &str, errs: &mut Vec<ConfigError>) -> Option<&'a str> {
@@ -223,9 +232,11 @@ fn parse_icmp(t: &toml::Table, key: &str, errs: &mut Vec<ConfigError>) -> Option
     r.map_err(|m| errs.push(ConfigError::new(key, m))).ok()
 }
 
+/// One policy table. `sa_dirs`, when given, is the direction of every SA name a
+/// policy may use, and the names the policy gives are checked against it.
 fn parse_policy(
     t: &toml::Table,
-    sa_dirs: &HashMap<&str, Direction>,
+    sa_dirs: Option<&HashMap<&str, Direction>>,
     errs: &mut Vec<ConfigError>,
 ) -> Option<Policy> {
     for k in t.keys() {
@@ -353,7 +364,7 @@ fn parse_sa_ref(
     t: &toml::Table,
     direction: Option<PolicyDirection>,
     action: Option<Action>,
-    sa_dirs: &HashMap<&str, Direction>,
+    sa_dirs: Option<&HashMap<&str, Direction>>,
     errs: &mut Vec<ConfigError>,
 ) -> (Option<String>, Option<String>) {
     let Some(value) = t.get("sa") else {
@@ -413,6 +424,7 @@ fn parse_sa_ref(
     }
     let mut ok = true;
     for (n, want) in names.iter().zip(&wanted) {
+        let Some(sa_dirs) = sa_dirs else { break };
         match sa_dirs.get(n) {
             None => {
                 errs.push(ConfigError::new(
@@ -422,14 +434,7 @@ fn parse_sa_ref(
                 ok = false;
             }
             Some(d) if d != want => {
-                errs.push(ConfigError::new(
-                    "sa",
-                    format!(
-                        "SA {n:?} is {} but this policy needs an {} SA there",
-                        d.name(),
-                        want.name()
-                    ),
-                ));
+                errs.push(sa_direction_error(n, *d, *want));
                 ok = false;
             }
             Some(_) => {}
