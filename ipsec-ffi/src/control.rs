@@ -2,7 +2,10 @@
 //! IKE daemon) calls while packets flow. SAs: `ipsec_gateway_add_sa`,
 //! `ipsec_gateway_rekey_sa` (make-before-break), `ipsec_gateway_delete_sa` and
 //! `ipsec_gateway_retire_sa`; policies: `ipsec_gateway_install_policy`,
-//! `ipsec_gateway_replace_policy` and `ipsec_gateway_remove_policy`.
+//! `ipsec_gateway_replace_policy` and `ipsec_gateway_remove_policy`, or, to keep the
+//! parse (most of a policy call's cost) off the gateway's thread and out of its lock,
+//! `ipsec_policy_parse` anywhere, then `ipsec_gateway_install_parsed_policy` or
+//! `ipsec_gateway_replace_parsed_policy`.
 //!
 //! * **All or nothing.** A refused call returns the status of its reason (230..=238,
 //!   one per `ControlError` variant, or `IPSEC_ERR_CONFIG`), the last-error message is
@@ -33,11 +36,13 @@
 use core::ffi::c_char;
 use std::collections::HashSet;
 
-use ipsec_core::{ControlError, LaneRefused, SaLane};
+use ipsec_core::{ControlError, LaneRefused, Policy, SaLane};
 
-use crate::boundary::{call, fail, in_context};
+use crate::boundary::{boundary, call, fail, in_context};
 use crate::gateway::{GatewayHandle, ipsec_gateway};
-use crate::handle::{borrow, borrow_mut, c_str, into_handle, out_ptr, take_handle};
+use crate::handle::{
+    Handle, borrow, borrow_mut, c_str, free_handle, into_handle, out_ptr, take_handle,
+};
 use crate::sa::{ipsec_sa_config, ipsec_sa_stats, now, read_config};
 use crate::shared::ipsec_sa_lane;
 use crate::status::ipsec_status;
@@ -62,31 +67,6 @@ unsafe fn sa_config(
 }
 
 impl GatewayHandle {
-    /// Makes the policy names those of the installed policies: O(n), for when the
-    /// change is not known name by name.
-    pub(crate) fn sync_policy_names(&mut self) {
-        let installed: HashSet<&str> = self
-            .gateway
-            .spd()
-            .policies()
-            .iter()
-            .map(|p| p.name())
-            .collect();
-        let gone: Vec<Box<str>> = self
-            .policy_names
-            .names()
-            .filter(|n| !installed.contains(n))
-            .map(Box::from)
-            .collect();
-        for name in &gone {
-            self.policy_names.remove(name);
-        }
-        for name in installed {
-            self.policy_names.add(name);
-        }
-        self.check_names();
-    }
-
     /// After an SA `name` was installed: the strings of the last call's removals go,
     /// the new name gets its string.
     pub(crate) fn sa_installed(&mut self, name: &str) {
@@ -419,11 +399,71 @@ pub unsafe extern "C" fn ipsec_gateway_retire_sa(
     })
 }
 
+/// One policy, parsed on its own (`ipsec_policy_parse`) and not yet installed: for
+/// `ipsec_gateway_install_parsed_policy` or `ipsec_gateway_replace_parsed_policy`,
+/// which consume it, or `ipsec_policy_free`.
+///
+/// Thread safety: made, installed and freed on any thread (one at a time); it holds no
+/// reference to a gateway.
+pub struct ipsec_policy {
+    _private: [u8; 0],
+}
+
+impl Handle for ipsec_policy {
+    type Inner = Policy;
+}
+
+/// Parses the policy `policy_toml` (the text of one `[[policy]]` table of a policy
+/// file, without the `[[policy]]` line, as `ipsec_gateway_install_policy` takes it)
+/// without a gateway: on the key manager's thread, outside the gateway's lock. The
+/// parse is most of what a policy call costs on the gateway's thread (a few µs warm,
+/// tens of µs when the thread's caches hold packets); what is left for the gateway is
+/// checking the SA names the policy gives and inserting it.
+///
+/// On success `*out` gets the policy (written only on success). Refused:
+/// `IPSEC_ERR_CONFIG` (not a valid policy: the message names the policy and the key,
+/// as the gateway's call would), `IPSEC_ERR_INVALID_ARGUMENT` (NULL `policy_toml`, text
+/// that is not UTF-8, NULL or misaligned `out`).
+///
+/// # Safety
+///
+/// `policy_toml` is a NUL-terminated string; `out` points to a writable
+/// `ipsec_policy *`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_policy_parse(
+    policy_toml: *const c_char,
+    out: *mut *mut ipsec_policy,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let text = unsafe { c_str(policy_toml, "policy_toml") }?;
+        let out = out_ptr(out, "out")?;
+        let policy = Policy::from_toml(text).map_err(|e| refused(e.into()))?;
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out.write(into_handle::<ipsec_policy>(policy)) };
+        Ok(())
+    })
+}
+
+/// Frees a parsed policy that was not installed. NULL is ignored.
+///
+/// # Safety
+///
+/// `policy` is NULL or from `ipsec_policy_parse`, not freed or consumed before, not
+/// used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_policy_free(policy: *mut ipsec_policy) {
+    // SAFETY: caller's contract.
+    boundary(|| unsafe { free_handle(policy) })
+}
+
 /// Installs the policy `policy_toml` (the text of one `[[policy]]` table of a policy
 /// file, without the `[[policy]]` line: `name = "web"`, `action = "bypass"`, ...)
 /// before the installed policy `before`, or last when `before` is NULL (after a final
 /// deny-all it would never match: name the deny-all). The SAs it names must be
-/// installed, in the direction it uses them.
+/// installed, in the direction it uses them. The text is parsed here, on the
+/// gateway's thread: `ipsec_policy_parse` and `ipsec_gateway_install_parsed_policy`
+/// do the same with the parse elsewhere.
 ///
 /// Refused, with nothing changed: `IPSEC_ERR_CONFIG` (not a valid policy, or an SA of
 /// the wrong direction; the message names the policy and the key),
@@ -445,33 +485,83 @@ pub unsafe extern "C" fn ipsec_gateway_install_policy(
     call(|| {
         // SAFETY: caller's contract.
         let text = unsafe { c_str(policy_toml, "policy_toml") }?;
-        let before = if before.is_null() {
-            None
-        } else {
-            // SAFETY: caller's contract.
-            Some(unsafe { c_str(before, "before") }?)
-        };
+        // SAFETY: caller's contract.
+        let before = unsafe { optional_str(before, "before") }?;
         // SAFETY: caller's contract.
         let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
-        let h = &mut *guard;
-        h.gateway.install_policy(text, before).map_err(refused)?;
-        h.free_stale();
-        // The one new name: O(1), not a pass over every policy.
-        match ipsec_core::control::policy_name(text) {
-            Some(name) => {
-                h.policy_names.add(&name);
-                h.check_names();
-            }
-            None => h.sync_policy_names(),
-        }
-        Ok(())
+        let policy = Policy::from_toml(text).map_err(|e| refused(e.into()))?;
+        install_parsed(&mut guard, policy, before)
     })
+}
+
+/// `ipsec_gateway_install_policy` of a policy parsed beforehand (`ipsec_policy_parse`,
+/// on any thread): the same checks, result and statuses, without the parse.
+///
+/// `policy` is consumed: freed by this call whatever it returns, even when refused
+/// (do not use or free it afterwards).
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `policy` is
+/// NULL or from `ipsec_policy_parse`, not freed or consumed before; `before` is NULL or
+/// a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_install_parsed_policy(
+    gateway: *mut ipsec_gateway,
+    policy: *mut ipsec_policy,
+    before: *const c_char,
+) -> ipsec_status {
+    call(|| {
+        // Taken first: consumed whatever happens next.
+        // SAFETY: caller's contract.
+        let policy = unsafe { take_handle(policy, "policy") }?;
+        // SAFETY: caller's contract.
+        let before = unsafe { optional_str(before, "before") }?;
+        // SAFETY: caller's contract.
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        install_parsed(&mut guard, policy, before)
+    })
+}
+
+/// A NUL-terminated string argument that may be NULL.
+///
+/// # Safety
+///
+/// `s` is NULL or a NUL-terminated string.
+unsafe fn optional_str<'a>(
+    s: *const c_char,
+    name: &'static str,
+) -> Result<Option<&'a str>, ipsec_status> {
+    if s.is_null() {
+        Ok(None)
+    } else {
+        // SAFETY: caller's contract.
+        unsafe { c_str(s, name) }.map(Some)
+    }
+}
+
+/// Installs `policy` in the gateway of `h` and gives its name a string.
+fn install_parsed(
+    h: &mut GatewayHandle,
+    policy: Policy,
+    before: Option<&str>,
+) -> Result<(), ipsec_status> {
+    let name: Box<str> = policy.name().into();
+    h.gateway
+        .install_parsed_policy(policy, before)
+        .map_err(refused)?;
+    h.free_stale();
+    // The one new name: O(1), not a pass over every policy.
+    h.policy_names.add(&name);
+    h.check_names();
+    Ok(())
 }
 
 /// Replaces the installed policy of the same name as `policy_toml` (one `[[policy]]`
 /// table's text, as `ipsec_gateway_install_policy` takes) with it, in the same place
 /// in the order: to narrow or widen its selectors, or move it to other SAs, in one
-/// step. Its name string stays the same.
+/// step. Its name string stays the same. `ipsec_policy_parse` and
+/// `ipsec_gateway_replace_parsed_policy` do the same with the parse elsewhere.
 ///
 /// Refused, with nothing changed: `IPSEC_ERR_CONFIG` (not a valid policy, or an SA of
 /// the wrong direction), `IPSEC_ERR_UNKNOWN_POLICY` (no policy has its name),
@@ -493,13 +583,43 @@ pub unsafe extern "C" fn ipsec_gateway_replace_policy(
         let text = unsafe { c_str(policy_toml, "policy_toml") }?;
         // SAFETY: caller's contract.
         let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
-        let h = &mut *guard;
-        h.gateway.replace_policy(text).map_err(refused)?;
-        h.free_stale();
-        // Same name, same string: the names do not change.
-        h.check_names();
-        Ok(())
+        let policy = Policy::from_toml(text).map_err(|e| refused(e.into()))?;
+        replace_parsed(&mut guard, policy)
     })
+}
+
+/// `ipsec_gateway_replace_policy` of a policy parsed beforehand (`ipsec_policy_parse`,
+/// on any thread): the same checks, result and statuses, without the parse.
+///
+/// `policy` is consumed: freed by this call whatever it returns, even when refused
+/// (do not use or free it afterwards).
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `policy` is
+/// NULL or from `ipsec_policy_parse`, not freed or consumed before.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_replace_parsed_policy(
+    gateway: *mut ipsec_gateway,
+    policy: *mut ipsec_policy,
+) -> ipsec_status {
+    call(|| {
+        // Taken first: consumed whatever happens next.
+        // SAFETY: caller's contract.
+        let policy = unsafe { take_handle(policy, "policy") }?;
+        // SAFETY: caller's contract.
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        replace_parsed(&mut guard, policy)
+    })
+}
+
+/// Replaces the policy of `policy`'s name in the gateway of `h`.
+fn replace_parsed(h: &mut GatewayHandle, policy: Policy) -> Result<(), ipsec_status> {
+    h.gateway.replace_parsed_policy(policy).map_err(refused)?;
+    h.free_stale();
+    // Same name, same string: the names do not change.
+    h.check_names();
+    Ok(())
 }
 
 /// Removes the policy `name`: its traffic is decided by the policies after it (DISCARD

@@ -562,6 +562,95 @@ static void retire(void)
     TRUE("... whose names the results give", lists(hq, "hq-out-4") && ipsec_gateway_sa_count(hq) == 2);
 }
 
+/*
+ * Policies parsed off the gateway (ipsec_policy_parse, as a key manager does on its own
+ * thread) and installed or replaced by ipsec_gateway_install_parsed_policy and
+ * _replace_parsed_policy: the same checks and statuses as the text calls; the policy is
+ * consumed whatever the call returns (valgrind finds a leak or a double free).
+ */
+static void parsed_policies(void)
+{
+    wire w;
+    ipsec_gateway_result r;
+    ipsec_policy *p = NULL, *q = NULL;
+    const char *rdp_before;
+
+    printf("\n-- policies parsed beforehand, installed and replaced\n");
+    TRUE("rdp decides a packet", send_tag(hq, 1501, &w, &r) == IPSEC_OK && is(r.policy, "rdp"));
+    rdp_before = r.policy;
+    OK("parse rdp narrowed to 10.1.0.0/25",
+       ipsec_policy_parse("name = \"rdp\"\nlocal = \"10.0.0.0/24\"\nremote = \"10.1.0.0/25\"\n"
+                          "protocol = \"tcp\"\naction = \"protect\"\nsa = [\"hq-out-4\", \"hq-in\"]\n",
+                          &p));
+    TRUE("... a policy", p != NULL);
+    OK("replace_parsed_policy", ipsec_gateway_replace_parsed_policy(hq, p));
+    TRUE("10.1.0.200 now falls to the deny-all", send_to(hq, 200, 1502, &w, &r) == IPSEC_ERR_POLICY_DISCARD);
+    TRUE("10.1.0.9 still goes through rdp, the same name string",
+         send_tag(hq, 1503, &w, &r) == IPSEC_OK && r.policy == rdp_before);
+    p = NULL;
+    OK("parse a bypass for 10.1.0.200", ipsec_policy_parse("name = \"late\"\nremote = \"10.1.0.200\"\n"
+                                                           "action = \"bypass\"\n",
+                                                           &p));
+    OK("install_parsed_policy before rdp", ipsec_gateway_install_parsed_policy(hq, p, "rdp"));
+    TRUE("... it decides 10.1.0.200",
+         send_to(hq, 200, 1504, &w, &r) == IPSEC_OK && r.verdict == IPSEC_VERDICT_BYPASSED && is(r.policy, "late"));
+    OK("... removed by name", ipsec_gateway_remove_policy(hq, "late"));
+
+    q = (ipsec_policy *)&w; /* must stay as it is */
+    REFUSED_WITH("parse a policy that is not valid",
+                 ipsec_policy_parse("name = \"x\"\naction = \"encrypt\"\n", &q), IPSEC_ERR_CONFIG,
+                 "policy \"x\": action");
+    TRUE("... out not written", q == (ipsec_policy *)&w);
+    REFUSED_WITH("parse a protect policy without SAs",
+                 ipsec_policy_parse("name = \"x\"\naction = \"protect\"\n", &q), IPSEC_ERR_CONFIG,
+                 "policy \"x\": sa");
+    p = NULL;
+    OK("parse a policy naming an SA not installed",
+       ipsec_policy_parse("name = \"mail\"\nremote = \"10.1.0.0/24\"\naction = \"protect\"\n"
+                          "sa = [\"hq-out-4\", \"gone\"]\n",
+                          &p));
+    REFUSED("... refused by the gateway, and consumed", ipsec_gateway_install_parsed_policy(hq, p, "deny"),
+            IPSEC_ERR_MISSING_SA,
+            "policy \"mail\" names sa \"gone\", which is not installed (or only SAs being retired serve it)");
+    p = NULL;
+    OK("parse rdp again", ipsec_policy_parse(HQ_RDP, &p));
+    REFUSED("install: its name is taken", ipsec_gateway_install_parsed_policy(hq, p, NULL),
+            IPSEC_ERR_DUPLICATE_POLICY, "a policy called \"rdp\" is installed (replace_policy changes it)");
+    p = NULL;
+    OK("parse a policy naming the SAs the wrong way round",
+       ipsec_policy_parse("name = \"rdp\"\nremote = \"10.1.0.0/24\"\naction = \"protect\"\n"
+                          "sa = [\"hq-in\", \"hq-out-4\"]\n",
+                          &p));
+    REFUSED_WITH("replace: refused as the text call is", ipsec_gateway_replace_parsed_policy(hq, p),
+                 IPSEC_ERR_CONFIG, "policy \"rdp\": sa");
+    p = NULL;
+    OK("parse a policy for the unknown-before case", ipsec_policy_parse("name = \"web\"\naction = \"bypass\"\n", &p));
+    REFUSED("install before an unknown policy", ipsec_gateway_install_parsed_policy(hq, p, "nope"),
+            IPSEC_ERR_UNKNOWN_POLICY, "no policy called \"nope\" is installed");
+    p = NULL;
+    OK("parse web again", ipsec_policy_parse("name = \"web\"\naction = \"bypass\"\n", &p));
+    REFUSED_WITH("install_parsed_policy: NULL gateway (the policy is still consumed)",
+                 ipsec_gateway_install_parsed_policy(NULL, p, NULL), IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
+    REFUSED_WITH("install_parsed_policy: NULL policy", ipsec_gateway_install_parsed_policy(hq, NULL, NULL),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`policy`");
+    REFUSED_WITH("replace_parsed_policy: NULL policy", ipsec_gateway_replace_parsed_policy(hq, NULL),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`policy`");
+    REFUSED_WITH("parse: NULL text", ipsec_policy_parse(NULL, &p), IPSEC_ERR_INVALID_ARGUMENT, "`policy_toml`");
+    REFUSED_WITH("parse: NULL out", ipsec_policy_parse(HQ_RDP, NULL), IPSEC_ERR_INVALID_ARGUMENT, "`out`");
+    p = NULL;
+    OK("a policy parsed and not installed", ipsec_policy_parse("name = \"web\"\naction = \"bypass\"\n", &p));
+    ipsec_policy_free(p); /* freed by the caller */
+    ipsec_policy_free(NULL);
+    p = NULL;
+    OK("rdp widened back to 10.1.0.0/24 (parsed)",
+       ipsec_policy_parse("name = \"rdp\"\nlocal = \"10.0.0.0/24\"\nremote = \"10.1.0.0/24\"\n"
+                          "protocol = \"tcp\"\naction = \"protect\"\nsa = [\"hq-out-4\", \"hq-in\"]\n",
+                          &p));
+    OK("... replaced", ipsec_gateway_replace_parsed_policy(hq, p));
+    UNCHANGED("after the refusals", 2);
+    TRUE("10.1.0.200 goes through rdp again", send_to(hq, 200, 1505, &w, &r) == IPSEC_OK && is(r.policy, "rdp"));
+}
+
 static void policies(void)
 {
     wire w;
@@ -749,6 +838,7 @@ int main(void)
     null_arguments();
     rekey();
     retire();
+    parsed_policies();
     policies();
     lookup();
     pending_changes();
