@@ -55,7 +55,7 @@ use ipsec_core::gateway::{Inbound, Outbound};
 use ipsec_core::reassembly::MAX_DATAGRAM_LEN;
 use ipsec_core::{
     ControlError, Direction, Error, FragmentLimits, Gateway, Integrity, LaneRefused, PacketBuf,
-    SaLane, SaStats, SpareBuffers, Spd,
+    Policy, SaLane, SaStats, SpareBuffers, Spd,
 };
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
@@ -795,8 +795,11 @@ impl PyGateway {
             Some(b) => Some(convert::text(b, "before")?),
             None => None,
         };
+        // Parsed before the gateway's lock is taken: the packet threads never wait
+        // for the parse, the most expensive part of the call.
+        let policy = parse_policy(py, &text)?;
         self.control(py, None, true, move |gw, _| {
-            gw.install_policy(&text, before.as_deref())
+            gw.install_parsed_policy(policy, before.as_deref())
         })
     }
 
@@ -805,7 +808,10 @@ impl PyGateway {
     /// `MissingSaError`; nothing is changed then.
     fn replace_policy(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<()> {
         let text = convert::secret_text(text, "text")?;
-        self.control(py, None, true, move |gw, _| gw.replace_policy(&text))
+        let policy = parse_policy(py, &text)?;
+        self.control(py, None, true, move |gw, _| {
+            gw.replace_parsed_policy(policy)
+        })
     }
 
     /// Removes the policy `name` (its traffic is decided by the policies after it); the
@@ -1127,4 +1133,12 @@ impl PyGatewaySa {
             self.seq
         )
     }
+}
+
+/// Parses one policy's text (`Policy::from_toml`) with the GIL released and before any
+/// gateway lock is taken; a text that is not a valid policy raises `ConfigError`, as
+/// the gateway's call would.
+fn parse_policy(py: Python<'_>, text: &str) -> PyResult<Policy> {
+    py.detach(|| Policy::from_toml(text))
+        .map_err(|e| Failure::from(e).into_exception(py))
 }
