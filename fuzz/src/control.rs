@@ -61,8 +61,8 @@ use ipsec_core::gateway::{Inbound, Outbound};
 use ipsec_core::packet;
 use ipsec_core::spd::Spd;
 use ipsec_core::{
-    Cipher, ConfigError, ControlError, Direction, Error, Gateway, Mode, PacketBuf, SaConfig,
-    SaLane, SaLookup, SharedSa, SharedSaOptions,
+    Cipher, ConfigError, ControlError, Direction, Error, Gateway, Mode, PacketBuf, Policy,
+    SaConfig, SaLane, SaLookup, SharedSa, SharedSaOptions,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -150,7 +150,9 @@ pub struct PolicySpec {
     /// outbound through `sa_out`; 2 protect everything inbound through `sa_in`; 3
     /// protect TCP both ways; 4 bypass ICMP both ways; 5 discard TCP outbound; 6 an
     /// invalid action (with `[sa_out, sa_in]`); 7 protect both ways with one SA only
-    /// (`sa_out`), invalid.
+    /// (`sa_out`), invalid. Bit 3 (`& 8`): parsed first (`Policy::from_toml`) and
+    /// given to `install_parsed_policy` / `replace_parsed_policy` instead of the text
+    /// calls, which must decide the same.
     pub template: u8,
     /// Index into [`POLICY_NAMES`].
     pub name: u8,
@@ -323,6 +325,12 @@ pub fn encode(ops: &[Op]) -> Vec<u8> {
 
 fn sa_name(i: u8) -> &'static str {
     SA_NAMES[usize::from(i) % SA_NAMES.len()]
+}
+
+/// The policy parsed on its own when `spec` asks for the parsed calls (see
+/// [`PolicySpec::template`]); `None` for the text calls.
+fn parsed_first(spec: &PolicySpec, text: &str) -> Option<Result<Policy, ControlError>> {
+    (spec.template & 8 != 0).then(|| Policy::from_toml(text).map_err(ControlError::from))
 }
 
 fn policy_name(i: u8) -> &'static str {
@@ -737,13 +745,15 @@ impl Model {
                 None
             }
         };
+        // What the text alone shows first (it is parsed before the gateway looks),
+        // then the SA names it gives: missing ones, then ones of the other direction.
+        let policy = policy.ok_or_else(|| config_error("invalid policy"))?;
         if let Some(missing) = named.iter().find(|n| dir(n).is_none()) {
             return Err(ControlError::MissingSa {
                 policy: policy_name(spec.name).into(),
                 sa: missing.clone(),
             });
         }
-        let policy = policy.ok_or_else(|| config_error("invalid policy"))?;
         let wrong = |n: &Option<String>, outbound: bool| {
             n.as_deref().is_some_and(|n| dir(n) != Some(outbound))
         };
@@ -1049,7 +1059,10 @@ pub fn run(ops: &[Op]) -> Tally {
                     &mut tally,
                     g,
                     m,
-                    |g| g.install_policy(&text, before),
+                    |g| match parsed_first(&policy, &text) {
+                        Some(p) => g.install_parsed_policy(p?, before),
+                        None => g.install_policy(&text, before),
+                    },
                     |m| m.install_policy(&policy, before),
                 );
             }
@@ -1061,7 +1074,10 @@ pub fn run(ops: &[Op]) -> Tally {
                     &mut tally,
                     g,
                     m,
-                    |g| g.replace_policy(&text),
+                    |g| match parsed_first(&policy, &text) {
+                        Some(p) => g.replace_parsed_policy(p?),
+                        None => g.replace_policy(&text),
+                    },
                     |m| m.replace_policy(&policy),
                 );
             }

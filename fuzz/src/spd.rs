@@ -105,8 +105,8 @@ pub fn policy_parse(data: &[u8]) {
 
 /// The "secrets never in output" property: no 8 consecutive characters of `key` (any
 /// letter case) appear in anything the loaders say about `text`: the errors of
-/// `Spd::from_toml`, `from_toml_all_errors`, `parse_sa_file`, SA and gateway creation
-/// and `run_cases` (the text given as a cases file), every `lint_toml` and `Spd::lint`
+/// `Spd::from_toml`, `from_toml_all_errors`, `Policy::from_toml`, `parse_sa_file`, SA
+/// and gateway creation and `run_cases` (the text given as a cases file), every `lint_toml` and `Spd::lint`
 /// finding, in `Display` and `Debug` form.
 ///
 /// Only the key where it stands as a secret value is secret: the pieces of `key` that
@@ -149,6 +149,10 @@ pub fn secrets_never_in_output(text: &str, key: &str) {
     }
     if let Err(e) = Spd::from_toml(text) {
         said.push(("Spd::from_toml", format!("{e} {e:?}")));
+    }
+    match ipsec_core::Policy::from_toml(text) {
+        Err(e) => said.push(("Policy::from_toml", format!("{e} {e:?}"))),
+        Ok(p) => said.push(("Policy Debug", format!("{p:?}"))),
     }
     match ipsec_core::sa_file::parse_sa_file(text) {
         Err(e) => said.push(("parse_sa_file", format!("{e} {e:?}"))),
