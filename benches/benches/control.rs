@@ -17,6 +17,15 @@
 //! * `policy_install_remove/{pair,install,remove}`: `install_policy` of a PROTECT
 //!   policy (`direction = "both"`, or `"outbound"` only for the `*_out` cases) before the
 //!   final catch-all, and `remove_policy` of it;
+//! * `policy_install_remove/install_parsed`: `install_parsed_policy` of the same policy
+//!   parsed beforehand (`Policy::from_toml`, untimed: a key manager parses on its own
+//!   thread), to show what the parse costs inside `install_policy`;
+//! * `under_traffic/{install_policy,install_parsed_policy,replace_policy,remove_policy,
+//!   add_sa,delete_sa,rekey_sa}`: the same calls, each after 256 packets through the
+//!   gateway (64-byte inbound packets of random tunnels, sealed and decrypted untimed
+//!   on the same thread), as on a gateway that carries traffic between two control
+//!   calls: its caches hold packets, not the control path. This is the case the goal
+//!   is about; the back-to-back figures above are the same calls with warm caches;
 //! * `policy_replace`: `replace_policy` of a random tunnel's policy, narrowed to a /16
 //!   remote and back again in turn. Policy calls compile nothing: each one joins the
 //!   changes pending beside the compiled classifier (see "Live changes" in the
@@ -42,7 +51,9 @@
 //!   working (the rebuild then runs untimed, its old SPD dropped on another thread);
 //!   `policy_rebuild/first_install_under_traffic`: `first_install` with 256 inbound
 //!   packets through the gateway between the commit and the install (untimed), as on a
-//!   gateway that carries traffic.
+//!   gateway that carries traffic. `first_install_parsed`, `install_after_idle_parsed`
+//!   and `first_install_under_traffic_parsed`: the same with `install_parsed_policy` of
+//!   the policy parsed (untimed) before the cycle.
 //!
 //! Before timing, it prints (not criterion) the cost of one packet right after a change,
 //! against the same packet with no change before it, medians of many repetitions:
@@ -448,6 +459,84 @@ impl Setup {
     }
 }
 
+/// Sends `count` fresh 64-byte inbound packets of random tunnels through the gateway
+/// (each sealed by the tunnel's peer side first); none of it is timed.
+fn traffic(s: &mut Setup, count: usize) {
+    let mut slot = [0u8; SLOT];
+    for _ in 0..count {
+        let i = s.rng.below(s.n);
+        let len = s.inbound_packet(i, &mut slot);
+        time_inbound(&mut s.gw, &mut slot, len);
+    }
+}
+
+/// One `under_traffic/*` iteration (see the module docs): traffic, then the timed call
+/// `case`, with what sets it up and undoes it untimed (and a policy rebuild off the
+/// thread when one is due, as a gateway does).
+fn under_traffic(
+    s: &mut Setup,
+    case: &str,
+    pool: &[(u32, [u8; 20])],
+    next: &mut usize,
+) -> Duration {
+    const PACKETS: usize = 256;
+    let n = s.n;
+    if s.gw.policy_rebuild_due() {
+        rebuild_off_thread(&mut s.gw);
+    }
+    let text = policy_text(n, "both", "172.16.0.0/12", 0);
+    let extra = format!("p{n}");
+    match case {
+        "install_policy" | "install_parsed_policy" => {
+            let parsed = ipsec_core::Policy::from_toml(&text).expect("a valid policy");
+            traffic(s, PACKETS);
+            let (r, t) = if case == "install_policy" {
+                cpu(|| s.gw.install_policy(&text, Some("catch-all")))
+            } else {
+                cpu(|| s.gw.install_parsed_policy(parsed, Some("catch-all")))
+            };
+            r.expect("installed");
+            s.gw.remove_policy(&extra).expect("removed");
+            t
+        }
+        "remove_policy" => {
+            s.gw.install_policy(&text, Some("catch-all"))
+                .expect("installed");
+            traffic(s, PACKETS);
+            let (r, t) = cpu(|| s.gw.remove_policy(&extra));
+            r.expect("removed");
+            t
+        }
+        "replace_policy" => {
+            traffic(s, PACKETS);
+            s.replace_random()
+        }
+        "add_sa" | "delete_sa" => {
+            let (spi, key) = pool[*next % pool.len()];
+            *next += 1;
+            let cfg = inbound_config(spi, &key);
+            if case == "add_sa" {
+                traffic(s, PACKETS);
+            }
+            let (r, added) = cpu(|| s.gw.add_sa("added", cfg, Duration::ZERO));
+            r.expect("added");
+            if case == "delete_sa" {
+                traffic(s, PACKETS);
+            }
+            let (r, deleted) = cpu(|| s.gw.delete_sa("added"));
+            r.expect("deleted");
+            if case == "add_sa" { added } else { deleted }
+        }
+        _ => {
+            // rekey_sa of a random tunnel's outbound SA (the old one deleted untimed),
+            // never the last tunnel's (`rekey_chain` measures its chain of rekeys).
+            let i = s.rng.below(n - 1);
+            traffic(s, PACKETS);
+            s.rekey_outbound(i).0
+        }
+    }
+}
+
 /// Rekeys one tunnel's outbound SA again and again (deleting the old one each time)
 /// and prints what the rekey costs as the chain grows: the new SA takes over every name
 /// its predecessors carried, so the list grows by one per rekey.
@@ -537,9 +626,26 @@ fn rebuild_costs(s: &mut Setup) {
 fn rebuild_cycle(s: &mut Setup, case: &str) -> Duration {
     let n = s.n;
     let extra = format!("p{n}");
+    // `*_parsed`: the policy parsed beforehand (as a key manager would, on its own
+    // thread) and installed by `install_parsed_policy`.
+    let (case, parsed) = match case.strip_suffix("_parsed") {
+        Some(c) => (c, true),
+        None => (case, false),
+    };
+    let text = policy_text(n, "both", "172.16.0.0/12", 0);
+    let policy = ipsec_core::Policy::from_toml(&text).expect("a valid policy");
+    let install = |gw: &mut Gateway| {
+        let (res, t) = if parsed {
+            cpu(|| gw.install_parsed_policy(policy, Some("catch-all")))
+        } else {
+            cpu(|| gw.install_policy(&text, Some("catch-all")))
+        };
+        res.expect("installed");
+        gw.remove_policy(&extra).expect("removed");
+        t
+    };
     if case == "first_remove" {
         // Compiled in by the rebuild, removed right after it.
-        let text = policy_text(n, "both", "172.16.0.0/12", 0);
         s.gw.install_policy(&text, Some("catch-all"))
             .expect("installed");
     }
@@ -559,10 +665,7 @@ fn rebuild_cycle(s: &mut Setup, case: &str) -> Duration {
         std::thread::scope(|t| {
             t.spawn(move || drop(edit.compile()));
         });
-        let text = policy_text(n, "both", "172.16.0.0/12", 0);
-        let (res, t) = cpu(|| s.gw.install_policy(&text, Some("catch-all")));
-        res.expect("installed");
-        s.gw.remove_policy(&extra).expect("removed");
+        let t = install(&mut s.gw);
         s.gw.rebuild_policies();
         return t;
     }
@@ -570,10 +673,7 @@ fn rebuild_cycle(s: &mut Setup, case: &str) -> Duration {
         // The second control: no other thread at all, this one idle for about as long
         // as a compile of 100,000 policies takes, then the same install.
         std::thread::sleep(Duration::from_millis(250));
-        let text = policy_text(n, "both", "172.16.0.0/12", 0);
-        let (res, t) = cpu(|| s.gw.install_policy(&text, Some("catch-all")));
-        res.expect("installed");
-        s.gw.remove_policy(&extra).expect("removed");
+        let t = install(&mut s.gw);
         let edit = s.gw.edit_policies();
         let compiled = edit.compile();
         let retired = s.gw.commit_policies(compiled).expect("committed");
@@ -583,30 +683,15 @@ fn rebuild_cycle(s: &mut Setup, case: &str) -> Duration {
         return t;
     }
     let r = rebuild_off_thread(&mut s.gw);
-    if case == "first_install_under_traffic" {
-        // Traffic between the commit and the call, as on a live gateway: 256 fresh
-        // inbound packets of random tunnels (sealed and decrypted untimed).
-        let mut slot = [0u8; SLOT];
-        for _ in 0..256 {
-            let i = s.rng.below(n);
-            let len = s.inbound_packet(i, &mut slot);
-            time_inbound(&mut s.gw, &mut slot, len);
-        }
-        let text = policy_text(n, "both", "172.16.0.0/12", 0);
-        let (res, t) = cpu(|| s.gw.install_policy(&text, Some("catch-all")));
-        res.expect("installed");
-        s.gw.remove_policy(&extra).expect("removed");
-        return t;
-    }
     match case {
         "edit" => r.edit,
         "commit" => r.commit,
-        "first_install" => {
-            let text = policy_text(n, "both", "172.16.0.0/12", 0);
-            let (res, t) = cpu(|| s.gw.install_policy(&text, Some("catch-all")));
-            res.expect("installed");
-            s.gw.remove_policy(&extra).expect("removed");
-            t
+        "first_install" => install(&mut s.gw),
+        "first_install_under_traffic" => {
+            // Traffic between the commit and the call, as on a live gateway: 256
+            // fresh inbound packets of random tunnels (sealed and decrypted untimed).
+            traffic(s, 256);
+            install(&mut s.gw)
         }
         "first_remove" => {
             let (res, t) = cpu(|| s.gw.remove_policy(&extra));
@@ -742,20 +827,29 @@ fn bench_control(c: &mut Criterion<ThreadCpu>) {
         for (direction, suffix) in [("both", ""), ("outbound", "_out")] {
             let text = policy_text(n, direction, "172.16.0.0/12", 0);
             let name = format!("p{n}");
-            for case in ["pair", "install", "remove"] {
+            let cases: &[&str] = if suffix.is_empty() {
+                &["pair", "install", "remove", "install_parsed"]
+            } else {
+                &["pair", "install", "remove"]
+            };
+            for &case in cases {
                 let id = BenchmarkId::new(format!("policy_install_remove/{case}{suffix}"), n);
                 g.bench_function(id, |b| {
                     b.iter_custom(|iters| {
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
-                            let (r, installed) =
-                                cpu(|| s.gw.install_policy(&text, Some("catch-all")));
+                            let parsed = ipsec_core::Policy::from_toml(&text).expect("valid");
+                            let (r, installed) = if case == "install_parsed" {
+                                cpu(|| s.gw.install_parsed_policy(parsed, Some("catch-all")))
+                            } else {
+                                cpu(|| s.gw.install_policy(&text, Some("catch-all")))
+                            };
                             r.expect("installed");
                             let (r, removed) = cpu(|| s.gw.remove_policy(&name));
                             r.expect("removed");
                             total += match case {
                                 "pair" => installed + removed,
-                                "install" => installed,
+                                "install" | "install_parsed" => installed,
                                 _ => removed,
                             };
                         }
@@ -763,6 +857,23 @@ fn bench_control(c: &mut Criterion<ThreadCpu>) {
                     })
                 });
             }
+        }
+        for case in [
+            "install_policy",
+            "install_parsed_policy",
+            "replace_policy",
+            "remove_policy",
+            "add_sa",
+            "delete_sa",
+            "rekey_sa",
+        ] {
+            g.bench_function(BenchmarkId::new(format!("under_traffic/{case}"), n), |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| under_traffic(&mut s, case, &pool, &mut next))
+                        .sum()
+                })
+            });
         }
         let mut rebuilds = 0usize;
         let mut each: Vec<(Duration, usize)> = Vec::new();
@@ -813,12 +924,15 @@ fn bench_control(c: &mut Criterion<ThreadCpu>) {
             "edit",
             "commit",
             "first_install",
+            "first_install_parsed",
             "first_remove",
             "first_replace",
             "first_after_rebuild_policies",
             "install_after_uncommitted_compile",
             "install_after_idle",
+            "install_after_idle_parsed",
             "first_install_under_traffic",
+            "first_install_under_traffic_parsed",
         ] {
             g.bench_function(BenchmarkId::new(format!("policy_rebuild/{case}"), n), |b| {
                 b.iter_custom(|iters| (0..iters).map(|_| rebuild_cycle(&mut s, case)).sum())
