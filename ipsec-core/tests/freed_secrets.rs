@@ -16,6 +16,8 @@ use core::time::Duration;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use zeroize::Zeroize;
+
 use ipsec_core::sa_file::parse_sa_file;
 use ipsec_core::spd::lint_toml;
 use ipsec_core::{Cipher, Direction, Gateway, Integrity, Mode, SaConfig, SecurityAssociation, Spd};
@@ -107,9 +109,12 @@ unsafe impl GlobalAlloc for Checking {
         check_freed(unsafe { std::slice::from_raw_parts(ptr, layout.size()) });
         // Zeroed before it is reused, so that what a block holds when it is freed was
         // written during its own lifetime, not left over from a block freed earlier
-        // (by another test, say) in the same memory.
+        // (by another test, say) in the same memory. By `zeroize` (volatile writes):
+        // a plain `write_bytes` right before `free` is a dead store the optimiser
+        // removes, and in release builds blocks then came back holding what earlier
+        // blocks held (the tests' own texts), which this test counted as leaks.
         // SAFETY: the same live block, written once before it is freed.
-        unsafe { core::ptr::write_bytes(ptr, 0, layout.size()) };
+        unsafe { std::slice::from_raw_parts_mut(ptr, layout.size()) }.zeroize();
         // SAFETY: `ptr` was allocated by `System` with `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }
