@@ -187,6 +187,7 @@ use crate::spd::{Policy, PolicySnapshot, Spd};
 use core::fmt;
 use core::time::Duration;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Why a control call was refused. The gateway is unchanged.
@@ -560,6 +561,82 @@ impl Gateway {
         let index = self.deletable(name)?;
         let entry = self.remove_entry(index);
         Ok(entry.sa.stats())
+    }
+
+    /// Moves the SA `name` to other tunnel endpoints (`tunnel`: outer source and
+    /// destination) and UDP encapsulation (`udp_encap`: source and destination port, or
+    /// `None` for plain ESP), keeping everything else: keys, sequence number, replay
+    /// window, lifetimes and their usage, counters, its name and the policies that use
+    /// it. What an IKE daemon's `update_sa` does when NAT-T finds a new mapping or
+    /// MOBIKE moves the peer (RFC 4555): the SA goes on where it was, no rekey. A path
+    /// MTU learned from ICMP is forgotten (it was the old path's).
+    ///
+    /// For an outbound SA the next packet carries the new outer header; an inbound SA
+    /// found by its addresses ([`crate::SaLookup`]) is found by the new ones from the
+    /// next packet. Refused (nothing changed) when no SA has the name
+    /// ([`ControlError::UnknownSa`]), the endpoints are not valid for the SA (a
+    /// [`ConfigError`] naming the field, as [`Gateway::add_sa`] would), another inbound
+    /// SA already has the new lookup key ([`ControlError::DuplicateSpi`]), or the SA is
+    /// a lane of a shared SA (its lanes share one sequence counter or replay window:
+    /// rekey it instead).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ipsec_core::{Cipher, Direction, Gateway, Mode, SaConfig, Spd};
+    ///
+    /// let mut gw = Gateway::new(Spd::from_toml("[[policy]]\nname = \"deny\"\naction = \"discard\"\n")?,
+    ///     Duration::ZERO)?;
+    /// let mut out = SaConfig::new(0x1000, Direction::Outbound, Mode::Tunnel, Cipher::Aes128Gcm, &[7; 20]);
+    /// out.tunnel("192.0.2.1".parse()?, "198.51.100.2".parse()?).udp_encap(4500, 4500);
+    /// gw.add_sa("out", out, Duration::ZERO)?;
+    /// // The peer's NAT mapping changed: same SA, new outer destination and port.
+    /// gw.update_sa("out", Some(("192.0.2.1".parse()?, "198.51.100.7".parse()?)),
+    ///     Some((4500, 31000)), Duration::from_secs(60))?;
+    /// let sa = gw.sa("out").expect("installed");
+    /// assert_eq!(sa.tunnel(), Some(("192.0.2.1".parse()?, "198.51.100.7".parse()?)));
+    /// assert_eq!(sa.udp_encap(), Some((4500, 31000)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn update_sa(
+        &mut self,
+        name: &str,
+        tunnel: Option<(IpAddr, IpAddr)>,
+        udp_encap: Option<(u16, u16)>,
+        now: Duration,
+    ) -> Result<(), ControlError> {
+        let &index = self
+            .by_name
+            .get(name)
+            .ok_or_else(|| ControlError::UnknownSa {
+                name: name.to_owned(),
+            })?;
+        let entry = self.entry(index);
+        if entry.lane.is_some() {
+            return Err(ConfigError::new(
+                format!("sa {name:?}"),
+                "a lane of a shared SA cannot move on its own (its lanes share one \
+                 sequence counter or replay window): rekey it to the new endpoints",
+            )
+            .into());
+        }
+        let moved = entry
+            .sa
+            .moved(tunnel, udp_encap, now)
+            .map_err(|e| e.in_context(&format!("sa {name:?}")))?;
+        if moved.direction() == Direction::Inbound
+            && let Some(other) = self.inbound.get(&crate::gateway::sa_key(&moved))
+            && other != index
+        {
+            return Err(ControlError::DuplicateSpi {
+                spi: moved.spi(),
+                sa: self.entry(other).name.clone(),
+            });
+        }
+        let mut entry = self.remove_entry(index);
+        // The old SA (and its keys) is dropped here: wiped.
+        entry.sa = moved;
+        self.insert_entry(entry);
+        Ok(())
     }
 
     /// Deletes the SA `name` when the caller's clock reaches `at` (checked on every

@@ -27,7 +27,7 @@ use crate::packet::{
     IPV6_HEADER_LEN, IpVersion, UDP_HEADER_LEN,
 };
 use crate::path_mtu::IPV6_MIN_MTU;
-use crate::sa::{DfPolicy, Direction, Mode, SecurityAssociation, Side, TfcPadding};
+use crate::sa::{DfPolicy, Direction, Mode, SecurityAssociation, Side, TfcPadding, nanos};
 use bytes::BytesMut;
 use core::time::Duration;
 use std::net::IpAddr;
@@ -66,7 +66,7 @@ impl SecurityAssociation {
         }
         self.admit(now)?;
         self.encrypt_admitted(pkt, None, &mut SpareBuffers::none(), now)?;
-        self.note_sent(now);
+        self.note_protected(now);
         Ok(())
     }
 
@@ -90,7 +90,7 @@ impl SecurityAssociation {
         }
         self.admit(now)?;
         let extra = self.encrypt_admitted(pkt, None, spares, now)?;
-        self.note_sent(now);
+        self.note_protected(now);
         Ok(extra)
     }
 
@@ -861,6 +861,7 @@ impl SecurityAssociation {
                         return Err(self.drop(Error::LifetimeExpired(LifetimeLimit::Bytes)));
                     }
                     self.account(len);
+                    self.inb_mut().last_accepted = nanos(now);
                     Ok(())
                 }
                 Err(e) => Err(self.drop(e)),

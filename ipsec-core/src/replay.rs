@@ -255,6 +255,11 @@ impl ReplayWindow {
 
     /// Gives up the histogram of a window that records nothing (an inbound lane of a
     /// [`crate::SharedSa`]: the shared window records); it reads as empty.
+    /// Whether the window keeps a late-packet histogram.
+    pub(crate) fn has_histogram(&self) -> bool {
+        self.late.is_some()
+    }
+
     pub(crate) fn drop_histogram(&mut self) {
         debug_assert!(
             self.late

@@ -145,6 +145,11 @@ pub(crate) fn nanos(d: Duration) -> u64 {
         .saturating_add(u64::from(d.subsec_nanos()))
 }
 
+/// [`nanos`] as an `i64` (saturating: 292 years).
+pub(crate) fn signed_nanos(d: Duration) -> i64 {
+    i64::try_from(nanos(d)).unwrap_or(i64::MAX)
+}
+
 /// A [`Lifetime`] as the SA keeps it, in 24 bytes instead of 48: each limit a `u64`,
 /// [`Limits::NONE`] (`u64::MAX`) for no limit of that kind, the time in nanoseconds.
 /// A limit of `u64::MAX` bytes or packets, or of `u64::MAX` nanoseconds (584 years) or
@@ -214,15 +219,16 @@ impl Trip {
         bytes: u64::MAX,
     };
 
-    /// The trip point of `l` for an SA whose age at `now` is `now - created + bias`
-    /// (all in nanoseconds; `bias` is non-zero only for an SA restored on a clock that
-    /// read less than the SA's age: see [`crate::snapshot`]).
-    fn of(l: &Limits, created: u64, bias: u64) -> Trip {
+    /// The trip point of `l` for an SA whose age at `now` is `now - born` (in
+    /// nanoseconds; `born` is negative for an SA restored on a clock that read less
+    /// than the SA's age: see [`crate::snapshot`]).
+    fn of(l: &Limits, born: i64) -> Trip {
         Trip {
             at: if l.nanos == Limits::NONE {
                 u64::MAX
             } else {
-                created.saturating_add(l.nanos.saturating_sub(bias))
+                let at = i128::from(born) + i128::from(l.nanos);
+                u64::try_from(at.max(0)).unwrap_or(u64::MAX)
             },
             packets: l.packets,
             bytes: l.bytes,
@@ -407,6 +413,10 @@ pub(crate) struct OutboundState {
     /// When the SA last sent a packet (or was created), on the caller's clock, in
     /// nanoseconds: NAT-keepalives are due after a silence (snapshots carry it).
     pub(crate) last_sent: u64,
+    /// When the SA last encrypted a packet of traffic (not a NAT-keepalive nor a dummy
+    /// packet), in nanoseconds (meaningful once it did: see
+    /// [`SecurityAssociation::last_used`]).
+    pub(crate) last_protected: u64,
     /// One counter per reason of [`OUTBOUND_REASONS`].
     drops: [u64; OUTBOUND_REASONS.len()],
 }
@@ -421,6 +431,9 @@ pub(crate) struct InboundState {
     wide: [u64; INBOUND_WIDE.len()],
     /// One counter per reason of [`INBOUND_NARROW`] (saturating).
     narrow: [u32; INBOUND_NARROW.len()],
+    /// When the SA last accepted a packet, on the caller's clock, in nanoseconds
+    /// (meaningful once it accepted one: see [`SecurityAssociation::last_used`]).
+    pub(crate) last_accepted: u64,
 }
 
 /// What one direction of SA keeps that the other does not, so that neither pays for
@@ -1569,12 +1582,11 @@ pub struct SecurityAssociation {
     /// The hard limits; `hard.bytes` is also the byte cap no packet may cross
     /// (`u64::MAX` without a byte limit).
     pub(crate) hard: Limits,
-    /// When the SA was created, on the caller's clock, in nanoseconds.
-    pub(crate) created: u64,
-    /// Age the SA had already reached at `created`, in nanoseconds (non-zero only
-    /// after a restore on a clock that read less than the snapshot's age): the SA's age
-    /// at `now` is `now - created + age_bias`.
-    pub(crate) age_bias: u64,
+    /// When the SA's age was 0, on the caller's clock, in nanoseconds: when it was
+    /// created, or for a restored SA the restore time less the age it had, which is
+    /// negative when the restoring clock read less than that age. Its age at `now`
+    /// is `now - born`.
+    pub(crate) born: i64,
     /// What the SA keeps of its configuration beyond its own fields (keys included):
     /// what [`SecurityAssociation::snapshot`] writes out.
     pub(crate) kept: KeptConfig,
@@ -1653,6 +1665,7 @@ impl SecurityAssociation {
                     next_ipv4_ident: first_ident,
                     tfc: config.tfc,
                     last_sent: nanos(now),
+                    last_protected: nanos(now),
                     drops: [0; OUTBOUND_REASONS.len()],
                 }),
                 Direction::Inbound => Side::Inbound(InboundState {
@@ -1660,18 +1673,15 @@ impl SecurityAssociation {
                     shared_replay: None,
                     wide: [0; INBOUND_WIDE.len()],
                     narrow: [0; INBOUND_NARROW.len()],
+                    last_accepted: nanos(now),
                 }),
             },
             udp_encap: config.udp_encap,
             soft: Limits::of(&soft),
             hard: Limits::of(&config.hard),
-            created: nanos(now),
-            age_bias: 0,
-            trip: Trip::of(&Limits::of(&soft), nanos(now), 0).min(Trip::of(
-                &Limits::of(&config.hard),
-                nanos(now),
-                0,
-            )),
+            born: signed_nanos(now),
+            trip: Trip::of(&Limits::of(&soft), signed_nanos(now))
+                .min(Trip::of(&Limits::of(&config.hard), signed_nanos(now))),
             expired: None,
             events: PendingEvents::default(),
             stats: SaCounts::default(),
@@ -1822,12 +1832,37 @@ impl SecurityAssociation {
         }
     }
 
-    /// Notes that the SA sent a packet at `now` (every successful encryption).
+    /// Notes that the SA sent a packet at `now` (every successful encryption, and
+    /// NAT-keepalives).
     #[inline(always)]
     pub(crate) fn note_sent(&mut self, now: Duration) {
         if let Side::Outbound(o) = &mut self.side {
             o.last_sent = nanos(now);
         }
+    }
+
+    /// Notes that the SA encrypted a packet of traffic at `now` (not a dummy packet).
+    #[inline(always)]
+    pub(crate) fn note_protected(&mut self, now: Duration) {
+        if let Side::Outbound(o) = &mut self.side {
+            o.last_sent = nanos(now);
+            o.last_protected = nanos(now);
+        }
+    }
+
+    /// When the SA last carried traffic, on the caller's clock: the last packet it
+    /// encrypted (outbound; NAT-keepalives and dummy packets do not count) or accepted
+    /// (inbound; refused packets do not count). `None` before its first. What an IKE
+    /// daemon asks to find idle SAs and dead peers (strongSwan's `query_sa` use time).
+    /// A restored SA ([`SecurityAssociation::restore`]) counts from its restore.
+    pub fn last_used(&self) -> Option<Duration> {
+        if self.stats.packets == 0 {
+            return None;
+        }
+        Some(Duration::from_nanos(match &self.side {
+            Side::Outbound(o) => o.last_protected,
+            Side::Inbound(i) => i.last_accepted,
+        }))
     }
 
     /// TFC padding (outbound; none on an inbound SA).
@@ -2102,9 +2137,8 @@ impl SecurityAssociation {
 
     /// [`Self::age`] in nanoseconds (saturating).
     fn age_nanos(&self, now: Duration) -> u64 {
-        nanos(now)
-            .saturating_sub(self.created)
-            .saturating_add(self.age_bias)
+        let age = i128::from(signed_nanos(now)) - i128::from(self.born);
+        u64::try_from(age.max(0)).unwrap_or(u64::MAX)
     }
 
     #[inline]
@@ -2125,7 +2159,7 @@ impl SecurityAssociation {
         self.trip = if self.expired.is_some() {
             Trip::NEVER
         } else {
-            let mut soft = Trip::of(&self.soft, self.created, self.age_bias);
+            let mut soft = Trip::of(&self.soft, self.born);
             let raised = self.events.raised_rekeys();
             if raised[0] {
                 soft.bytes = u64::MAX;
@@ -2136,7 +2170,7 @@ impl SecurityAssociation {
             if raised[2] {
                 soft.at = u64::MAX;
             }
-            soft.min(Trip::of(&self.hard, self.created, self.age_bias))
+            soft.min(Trip::of(&self.hard, self.born))
         };
     }
 }

@@ -367,6 +367,11 @@ impl SaLane {
         self.parts().sa.stats()
     }
 
+    /// When this lane last carried traffic ([`SecurityAssociation::last_used`]).
+    pub fn last_used(&self) -> Option<Duration> {
+        self.parts().sa.last_used()
+    }
+
     /// Publishes the lane's counters to [`SharedSa::stats`].
     pub fn publish(&self) {
         let p = self.parts();

@@ -522,7 +522,60 @@ impl SecurityAssociation {
         options: &RestoreOptions,
         now: Duration,
     ) -> Result<SecurityAssociation, SnapshotError> {
-        let Parsed { mut config, state } = parse(bytes)?;
+        let Parsed { config, state } = parse(bytes)?;
+        Self::restore_parsed(config, state, options, now)
+    }
+
+    /// This SA with other tunnel endpoints and UDP encapsulation, all else as it is
+    /// at `now`: keys, sequence number (no jump: the caller replaces this SA with the
+    /// result in one step, so no sequence number, no nonce, is used twice), replay
+    /// window, lifetimes and their usage, counters, events. For
+    /// [`crate::Gateway::update_sa`] (a NAT mapping or a MOBIKE address change). A
+    /// path MTU learned from ICMP is forgotten (it was the old path's); an injected
+    /// IV source is not carried over (the new SA draws CBC IVs from the OS).
+    ///
+    /// Refused as a configuration with these endpoints would be ([`ConfigError`]
+    /// naming `tunnel_src`, `tunnel_dst`, `udp_encap`, ...).
+    pub(crate) fn moved(
+        &self,
+        tunnel: Option<(IpAddr, IpAddr)>,
+        udp_encap: Option<(u16, u16)>,
+        now: Duration,
+    ) -> Result<SecurityAssociation, ConfigError> {
+        let Parsed {
+            mut config,
+            mut state,
+        } = parse(self.snapshot(now).as_bytes()).map_err(|e| e.to_config_error())?;
+        config.tunnel = tunnel;
+        config.udp_encap = udp_encap;
+        state.learned_mtu = None;
+        let options = RestoreOptions::new().seq_margin(0).late_histogram(
+            self.direction == Direction::Inbound && self.inb().replay.has_histogram(),
+        );
+        let mut sa = Self::restore_parsed(config, state, &options, now).map_err(|e| match e {
+            // The new endpoints refused: the error names the field as `add_sa`'s would.
+            SnapshotError::Config(c) => c,
+            e => e.to_config_error(),
+        })?;
+        // Use times exactly (a snapshot keeps only the outbound silence).
+        match (&mut sa.side, &self.side) {
+            (Side::Outbound(new), Side::Outbound(old)) => {
+                new.last_sent = old.last_sent;
+                new.last_protected = old.last_protected;
+            }
+            (Side::Inbound(new), Side::Inbound(old)) => new.last_accepted = old.last_accepted,
+            _ => {}
+        }
+        Ok(sa)
+    }
+
+    /// [`SecurityAssociation::restore`] of a parsed snapshot.
+    fn restore_parsed(
+        mut config: SaConfig,
+        state: State,
+        options: &RestoreOptions,
+        now: Duration,
+    ) -> Result<SecurityAssociation, SnapshotError> {
         if config.direction == Direction::Outbound {
             let limit = if config.esn {
                 u64::MAX
@@ -562,13 +615,7 @@ impl SecurityAssociation {
             )?;
         }
         let age = state.age.saturating_add(options.elapsed_since_snapshot);
-        if now >= age {
-            sa.created = crate::sa::nanos(now - age);
-            sa.age_bias = 0;
-        } else {
-            sa.created = 0;
-            sa.age_bias = crate::sa::nanos(age - now);
-        }
+        sa.born = crate::sa::signed_nanos(now).saturating_sub(crate::sa::signed_nanos(age));
         sa.stats.packets = state.packets;
         sa.stats.bytes = state.bytes;
         sa.set_drops(&state.drops);
