@@ -1066,9 +1066,18 @@ typedef struct ipsec_sa_stats {
    */
   uint64_t fragment_unresolved;
   /**
+   * When the SA last carried traffic, on the caller's clock, in nanoseconds: the
+   * last packet it encrypted (NAT-keepalives and dummy packets do not count) or
+   * accepted (refused packets do not count). Meaningful only when `packets` is not
+   * 0; 0 in the final counters of `ipsec_gateway_delete_sa` and in
+   * `ipsec_shared_sa_get_stats` (ask a lane). What an IKE daemon's `query_sa` wants
+   * for idle and dead-peer checks. (This was `reserved[0]`.)
+   */
+  uint64_t last_used_ns;
+  /**
    * Zero; room for counters added later.
    */
-  uint64_t reserved[6];
+  uint64_t reserved[5];
 } ipsec_sa_stats;
 
 /**
@@ -3069,6 +3078,38 @@ ipsec_status ipsec_gateway_delete_sa(struct ipsec_gateway *gateway,
 ipsec_status ipsec_gateway_retire_sa(struct ipsec_gateway *gateway,
                                      const char *name,
                                      uint64_t at_ns);
+
+/**
+ * Moves the SA `name` to other tunnel endpoints (`tunnel_src`, `tunnel_dst`: both, or
+ * both NULL for none) and UDP encapsulation (`udp_encap` with `udp_src_port` and
+ * `udp_dst_port`, or plain ESP), keeping everything else: keys, sequence number,
+ * replay window, lifetimes and their usage, counters, its name and the policies that
+ * use it. What an IKE daemon's `update_sa` does when NAT-T finds a new mapping or
+ * MOBIKE moves the peer: no rekey. The next outbound packet carries the new outer
+ * header; an inbound SA found by its addresses (`ipsec_sa_config.lookup`) is found by
+ * the new ones. A path MTU learned from ICMP is forgotten.
+ *
+ * Refused, with nothing changed: `IPSEC_ERR_UNKNOWN_SA` (no SA has the name),
+ * `IPSEC_ERR_CONFIG` (endpoints the SA cannot have, e.g. of two families, a port 0,
+ * no endpoints for an outbound tunnel-mode SA, or a lane of a shared SA; the message
+ * names the SA and the field), `IPSEC_ERR_DUPLICATE_SPI` (another inbound SA has the
+ * new lookup key), `IPSEC_ERR_INVALID_ARGUMENT` (NULL `gateway` or `name`, strings
+ * that are not UTF-8).
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `name` is a
+ * NUL-terminated string; `tunnel_src` and `tunnel_dst` are NULL or NUL-terminated
+ * strings.
+ */
+ipsec_status ipsec_gateway_update_sa(struct ipsec_gateway *gateway,
+                                     const char *name,
+                                     const char *tunnel_src,
+                                     const char *tunnel_dst,
+                                     bool udp_encap,
+                                     uint16_t udp_src_port,
+                                     uint16_t udp_dst_port,
+                                     uint64_t now_ns);
 
 /**
  * Parses the policy `policy_toml` (the text of one `[[policy]]` table of a policy

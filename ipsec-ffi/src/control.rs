@@ -43,7 +43,7 @@ use crate::gateway::{GatewayHandle, ipsec_gateway};
 use crate::handle::{
     Handle, borrow, borrow_mut, c_str, free_handle, into_handle, out_ptr, take_handle,
 };
-use crate::sa::{ipsec_sa_config, ipsec_sa_stats, now, read_config};
+use crate::sa::{ipsec_sa_config, ipsec_sa_stats, now, read_config, read_endpoints};
 use crate::shared::ipsec_sa_lane;
 use crate::status::ipsec_status;
 
@@ -395,6 +395,57 @@ pub unsafe extern "C" fn ipsec_gateway_retire_sa(
         h.gateway.retire_sa(name, now(at_ns)).map_err(refused)?;
         h.free_stale();
         h.retiring.insert(Box::from(name), now(at_ns));
+        Ok(())
+    })
+}
+
+/// Moves the SA `name` to other tunnel endpoints (`tunnel_src`, `tunnel_dst`: both, or
+/// both NULL for none) and UDP encapsulation (`udp_encap` with `udp_src_port` and
+/// `udp_dst_port`, or plain ESP), keeping everything else: keys, sequence number,
+/// replay window, lifetimes and their usage, counters, its name and the policies that
+/// use it. What an IKE daemon's `update_sa` does when NAT-T finds a new mapping or
+/// MOBIKE moves the peer: no rekey. The next outbound packet carries the new outer
+/// header; an inbound SA found by its addresses (`ipsec_sa_config.lookup`) is found by
+/// the new ones. A path MTU learned from ICMP is forgotten.
+///
+/// Refused, with nothing changed: `IPSEC_ERR_UNKNOWN_SA` (no SA has the name),
+/// `IPSEC_ERR_CONFIG` (endpoints the SA cannot have, e.g. of two families, a port 0,
+/// no endpoints for an outbound tunnel-mode SA, or a lane of a shared SA; the message
+/// names the SA and the field), `IPSEC_ERR_DUPLICATE_SPI` (another inbound SA has the
+/// new lookup key), `IPSEC_ERR_INVALID_ARGUMENT` (NULL `gateway` or `name`, strings
+/// that are not UTF-8).
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `name` is a
+/// NUL-terminated string; `tunnel_src` and `tunnel_dst` are NULL or NUL-terminated
+/// strings.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn ipsec_gateway_update_sa(
+    gateway: *mut ipsec_gateway,
+    name: *const c_char,
+    tunnel_src: *const c_char,
+    tunnel_dst: *const c_char,
+    udp_encap: bool,
+    udp_src_port: u16,
+    udp_dst_port: u16,
+    now_ns: u64,
+) -> ipsec_status {
+    call(|| {
+        // SAFETY: caller's contract.
+        let name = unsafe { c_str(name, "name") }?;
+        // SAFETY: caller's contract.
+        let tunnel = unsafe { read_endpoints(tunnel_src, tunnel_dst) }
+            .map_err(|st| in_context(st, &format!("sa {name:?}")))?;
+        let encap = udp_encap.then_some((udp_src_port, udp_dst_port));
+        // SAFETY: caller's contract.
+        let mut guard = unsafe { borrow_mut(gateway, "gateway") }?;
+        let h = &mut *guard;
+        h.gateway
+            .update_sa(name, tunnel, encap, now(now_ns))
+            .map_err(refused)?;
+        h.free_stale();
         Ok(())
     })
 }

@@ -899,7 +899,7 @@ pub unsafe extern "C" fn ipsec_gateway_get_sa(
         let value = ipsec_gateway_sa {
             name: h.names.ptr(name),
             info: info_of(sa),
-            stats: (&sa.stats()).into(),
+            stats: crate::sa::stats_of(sa),
         };
         // SAFETY: checked non-NULL and aligned; writable by contract.
         unsafe { out.write(value) };

@@ -388,8 +388,27 @@ pub struct ipsec_sa_stats {
     pub fragment_too_short: u64,
     /// Dropped: non-first fragments with no policy decision.
     pub fragment_unresolved: u64,
+    /// When the SA last carried traffic, on the caller's clock, in nanoseconds: the
+    /// last packet it encrypted (NAT-keepalives and dummy packets do not count) or
+    /// accepted (refused packets do not count). Meaningful only when `packets` is not
+    /// 0; 0 in the final counters of `ipsec_gateway_delete_sa` and in
+    /// `ipsec_shared_sa_get_stats` (ask a lane). What an IKE daemon's `query_sa` wants
+    /// for idle and dead-peer checks. (This was `reserved[0]`.)
+    pub last_used_ns: u64,
     /// Zero; room for counters added later.
-    pub reserved: [u64; 6],
+    pub reserved: [u64; 5],
+}
+
+/// The counters of `sa`, with its use time.
+pub(crate) fn stats_of(sa: &SecurityAssociation) -> ipsec_sa_stats {
+    with_use_time(&sa.stats(), sa.last_used())
+}
+
+/// `stats` as C counters, with the use time `last_used` (see `last_used_ns`).
+pub(crate) fn with_use_time(stats: &SaStats, last_used: Option<Duration>) -> ipsec_sa_stats {
+    let mut s = ipsec_sa_stats::from(stats);
+    s.last_used_ns = last_used.map_or(0, |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX));
+    s
 }
 
 impl From<&SaStats> for ipsec_sa_stats {
@@ -421,7 +440,8 @@ impl From<&SaStats> for ipsec_sa_stats {
             fragment_invalid: s.dropped(DropReason::FragmentInvalid),
             fragment_too_short: s.dropped(DropReason::FragmentTooShort),
             fragment_unresolved: s.dropped(DropReason::FragmentUnresolved),
-            reserved: [0; 6],
+            last_used_ns: 0,
+            reserved: [0; 5],
         }
     }
 }
@@ -730,31 +750,11 @@ unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
             (c.nat_keepalive_interval != 0)
                 .then(|| Duration::from_secs(u64::from(c.nat_keepalive_interval))),
         );
-    let addr = |ptr: *const c_char,
-                field: &'static str|
-     -> Result<Option<std::net::IpAddr>, ipsec_status> {
-        if ptr.is_null() {
-            return Ok(None);
-        }
-        // SAFETY: a non-NULL endpoint is NUL-terminated (the field's contract).
-        let s = unsafe { c_str(ptr, field) }?;
-        s.parse().map(Some).map_err(|_| {
-            config_error(&ConfigError::new(
-                field,
-                format!("{s:?} is not an IPv4 or IPv6 address"),
-            ))
-        })
-    };
-    match (
-        addr(c.tunnel_src, "tunnel_src")?,
-        addr(c.tunnel_dst, "tunnel_dst")?,
-    ) {
-        (Some(s), Some(d)) => {
-            cfg.tunnel(s, d);
-        }
-        (None, None) => {}
-        (Some(_), None) => return Err(config_error(&ConfigError::new("tunnel_dst", "missing"))),
-        (None, Some(_)) => return Err(config_error(&ConfigError::new("tunnel_src", "missing"))),
+    // SAFETY: non-NULL endpoints are NUL-terminated (the fields' contract).
+    let addr = |ptr: *const c_char, field: &'static str| unsafe { read_addr(ptr, field) };
+    // SAFETY: as above.
+    if let Some((s, d)) = unsafe { read_endpoints(c.tunnel_src, c.tunnel_dst) }? {
+        cfg.tunnel(s, d);
     }
     if c.udp_encap {
         cfg.udp_encap(c.udp_src_port, c.udp_dst_port);
@@ -792,6 +792,52 @@ unsafe fn config_from(c: &ipsec_sa_config) -> Result<SaConfig, ipsec_status> {
         cfg.path_mtu(Some(mtu));
     }
     Ok(cfg)
+}
+
+/// The address string `ptr` (NULL: none) of the field `field`.
+///
+/// # Safety
+///
+/// `ptr` is NULL or a NUL-terminated string.
+pub(crate) unsafe fn read_addr(
+    ptr: *const c_char,
+    field: &'static str,
+) -> Result<Option<std::net::IpAddr>, ipsec_status> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: caller's contract.
+    let s = unsafe { c_str(ptr, field) }?;
+    s.parse().map(Some).map_err(|_| {
+        config_error(&ConfigError::new(
+            field,
+            format!("{s:?} is not an IPv4 or IPv6 address"),
+        ))
+    })
+}
+
+/// The tunnel endpoints `tunnel_src` and `tunnel_dst`: both or neither (NULL).
+///
+/// # Safety
+///
+/// Each is NULL or a NUL-terminated string.
+pub(crate) unsafe fn read_endpoints(
+    tunnel_src: *const c_char,
+    tunnel_dst: *const c_char,
+) -> Result<Option<(std::net::IpAddr, std::net::IpAddr)>, ipsec_status> {
+    // SAFETY: caller's contract.
+    let (src, dst) = unsafe {
+        (
+            read_addr(tunnel_src, "tunnel_src")?,
+            read_addr(tunnel_dst, "tunnel_dst")?,
+        )
+    };
+    match (src, dst) {
+        (Some(s), Some(d)) => Ok(Some((s, d))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(config_error(&ConfigError::new("tunnel_dst", "missing"))),
+        (None, Some(_)) => Err(config_error(&ConfigError::new("tunnel_src", "missing"))),
+    }
 }
 
 /// The core configuration of the C config struct at `config` (`ipsec_sa_new`,
@@ -1232,7 +1278,7 @@ pub unsafe extern "C" fn ipsec_sa_get_stats(
         // SAFETY: caller's contract.
         let sa = unsafe { borrow(sa, "sa") }?;
         // SAFETY: checked non-NULL and aligned; writable by contract.
-        unsafe { out.write((&sa.stats()).into()) };
+        unsafe { out.write(stats_of(&sa)) };
         Ok(())
     })
 }

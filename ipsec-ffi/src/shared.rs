@@ -356,7 +356,7 @@ pub unsafe extern "C" fn ipsec_sa_lane_get_stats(
         // SAFETY: caller's contract.
         let lane = unsafe { borrow(lane, "lane") }?;
         // SAFETY: checked non-NULL and aligned; writable by contract.
-        unsafe { out.write((&lane.stats()).into()) };
+        unsafe { out.write(crate::sa::with_use_time(&lane.stats(), lane.last_used())) };
         Ok(())
     })
 }

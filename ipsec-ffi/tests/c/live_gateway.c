@@ -651,6 +651,76 @@ static void parsed_policies(void)
     TRUE("10.1.0.200 goes through rdp again", send_to(hq, 200, 1505, &w, &r) == IPSEC_OK && is(r.policy, "rdp"));
 }
 
+/* The entry of the SA `name` in `gw`; 1 when found. */
+static int find_sa(const ipsec_gateway *gw, const char *name, ipsec_gateway_sa *out)
+{
+    size_t i, n = ipsec_gateway_sa_count(gw);
+    for (i = 0; i < n; i++) {
+        if (ipsec_gateway_get_sa(gw, i, out) == IPSEC_OK && is(out->name, name)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/*
+ * ipsec_gateway_update_sa (NAT-T / MOBIKE: the same SA at new endpoints) and the use
+ * time of ipsec_sa_stats.last_used_ns (query_sa): hq's outbound SA moves to another
+ * outer destination with UDP encapsulation; its next packet carries the new header, the
+ * branch still accepts it (same keys, the next sequence number), and the counters and
+ * use time carried over. Refusals change nothing.
+ */
+static void moves(void)
+{
+    wire w;
+    ipsec_gateway_result r;
+    ipsec_gateway_sa e;
+    uint64_t packets, seq;
+
+    printf("\n-- update_sa: an SA moved to new endpoints, and its use time\n");
+    TRUE("hq-out-4 is installed", find_sa(hq, "hq-out-4", &e));
+    OK("a packet through it", send_tag(hq, 1601, &w, &r));
+    TRUE("... its use time is the time of that packet (T0)",
+         find_sa(hq, "hq-out-4", &e) && e.stats.packets > 0 && e.stats.last_used_ns == T0);
+    packets = e.stats.packets;
+    seq = e.info.seq;
+    TRUE("... before the move: plain ESP to 198.51.100.2",
+         w.buf[w.off + 9] == 50 && w.buf[w.off + 16] == 198 && w.buf[w.off + 19] == 2);
+    OK("moved to 198.51.100.9, ESP in UDP 4500 -> 31000",
+       ipsec_gateway_update_sa(hq, "hq-out-4", "192.0.2.1", "198.51.100.9", true, 4500, 31000, T0));
+    TRUE("... counters and sequence number carried over",
+         find_sa(hq, "hq-out-4", &e) && e.stats.packets == packets && e.info.seq == seq &&
+             e.stats.last_used_ns == T0);
+    OK("the next packet", send_tag(hq, 1602, &w, &r));
+    TRUE("... is ESP in UDP to 198.51.100.9:31000",
+         w.buf[w.off + 9] == 17 && w.buf[w.off + 19] == 9 && w.buf[w.off + 22] == (31000 >> 8) &&
+             w.buf[w.off + 23] == (31000 & 0xff));
+    TRUE("... with the next sequence number",
+         find_sa(hq, "hq-out-4", &e) && e.info.seq == seq + 1);
+    OK("moved back to plain ESP to 198.51.100.2",
+       ipsec_gateway_update_sa(hq, "hq-out-4", "192.0.2.1", "198.51.100.2", false, 0, 0, T0));
+    TRUE("the branch accepts the next packet (same keys, sequence number seq + 2)",
+         flows(hq, br, 1603) && find_sa(hq, "hq-out-4", &e) && e.info.seq == seq + 2);
+
+    REFUSED("update an unknown SA",
+            ipsec_gateway_update_sa(hq, "nope", "192.0.2.1", "198.51.100.2", false, 0, 0, T0),
+            IPSEC_ERR_UNKNOWN_SA, "no SA called \"nope\" is installed");
+    REFUSED_WITH("endpoints of two families",
+                 ipsec_gateway_update_sa(hq, "hq-out-4", "192.0.2.1", "2001:db8::1", false, 0, 0, T0),
+                 IPSEC_ERR_CONFIG, "sa \"hq-out-4\": tunnel");
+    REFUSED_WITH("a source without a destination",
+                 ipsec_gateway_update_sa(hq, "hq-out-4", "192.0.2.1", NULL, false, 0, 0, T0),
+                 IPSEC_ERR_CONFIG, "sa \"hq-out-4\": tunnel_dst");
+    REFUSED_WITH("not an address",
+                 ipsec_gateway_update_sa(hq, "hq-out-4", "192.0.2.1", "nowhere", false, 0, 0, T0),
+                 IPSEC_ERR_CONFIG, "tunnel_dst");
+    REFUSED_WITH("NULL name", ipsec_gateway_update_sa(hq, NULL, NULL, NULL, false, 0, 0, T0),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`name`");
+    REFUSED_WITH("NULL gateway", ipsec_gateway_update_sa(NULL, "hq-out-4", NULL, NULL, false, 0, 0, T0),
+                 IPSEC_ERR_INVALID_ARGUMENT, "`gateway`");
+    UNCHANGED("refused moves", 2);
+}
+
 static void policies(void)
 {
     wire w;
@@ -839,6 +909,7 @@ int main(void)
     rekey();
     retire();
     parsed_policies();
+    moves();
     policies();
     lookup();
     pending_changes();
