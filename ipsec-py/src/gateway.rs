@@ -646,6 +646,7 @@ impl PyGateway {
             lookup: sa.lookup().name(),
             seq: sa.seq(),
             expired: sa.is_expired(),
+            last_used: sa.last_used().map(|t| t.as_secs_f64()),
             stats: sa.stats(),
         });
         info.ok_or_else(|| self.no_sa(py, &name))
@@ -775,6 +776,67 @@ impl PyGateway {
             PyTypeError::new_err("at must be a number of seconds (int or float), got None")
         })?;
         self.control(py, None, false, move |gw, _| gw.retire_sa(&name, at))
+    }
+
+    /// Moves the SA `name` to other tunnel endpoints and UDP encapsulation
+    /// (`update_sa` of IKE daemons: a new NAT mapping, a MOBIKE address change), at
+    /// `now` (default: the last time given): `tunnel_src` and `tunnel_dst` (both, or
+    /// neither for none), `udp_encap` a `(src_port, dst_port)` tuple or `None` for plain
+    /// ESP. Keys, sequence number, replay window, lifetimes, counters, name and
+    /// policies stay. Raises `UnknownSaError`, `ConfigError` (endpoints the SA cannot
+    /// have) or `DuplicateSpiError` (another inbound SA has the new lookup key);
+    /// nothing is changed then.
+    #[pyo3(signature = (name, *, tunnel_src=None, tunnel_dst=None, udp_encap=None, now=None))]
+    fn update_sa(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        tunnel_src: Option<&Bound<'_, PyAny>>,
+        tunnel_dst: Option<&Bound<'_, PyAny>>,
+        udp_encap: Option<&Bound<'_, PyAny>>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let name = convert::text(name, "name")?;
+        let src = tunnel_src.filter(|o| !o.is_none());
+        let dst = tunnel_dst.filter(|o| !o.is_none());
+        let tunnel = match (src, dst) {
+            (Some(s), Some(d)) => Some((
+                convert::addr(s, "tunnel_src", Bad::Config)?,
+                convert::addr(d, "tunnel_dst", Bad::Config)?,
+            )),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(crate::errors::config(
+                    "tunnel_dst",
+                    "missing (tunnel_src is given)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(crate::errors::config(
+                    "tunnel_src",
+                    "missing (tunnel_dst is given)",
+                ));
+            }
+        };
+        let encap = match udp_encap.filter(|o| !o.is_none()) {
+            None => None,
+            Some(u) => {
+                let pair: (Bound<'_, PyAny>, Bound<'_, PyAny>) = u.extract().map_err(|_| {
+                    PyTypeError::new_err(format!(
+                        "udp_encap must be a (src_port, dst_port) tuple, got {}",
+                        convert::type_name(u)
+                    ))
+                })?;
+                Some((
+                    convert::int(&pair.0, "udp_encap", Bad::Config)?,
+                    convert::int(&pair.1, "udp_encap", Bad::Config)?,
+                ))
+            }
+        };
+        let now = convert::opt_seconds(now, "now", Bad::Value)?;
+        self.control(py, now, false, move |gw, at| {
+            gw.update_sa(&name, tunnel, encap, at)
+        })
     }
 
     /// Installs the policy `text` (one `[[policy]]` table of the policy file, or its
@@ -1111,6 +1173,11 @@ pub(crate) struct PyGatewaySa {
     /// True once a hard lifetime was reached (the SA refuses packets).
     #[pyo3(get)]
     expired: bool,
+    /// When the SA last carried traffic, in seconds on the caller's clock (the last
+    /// packet it encrypted or accepted; keepalives, dummies and refused packets do not
+    /// count), or `None` before its first: `query_sa`'s use time.
+    #[pyo3(get)]
+    last_used: Option<f64>,
     stats: SaStats,
 }
 

@@ -1151,6 +1151,15 @@ impl PySecurityAssociation {
         Ok(self.lock(py)?.sa.seq())
     }
 
+    /// When the SA last carried traffic, in seconds on the caller's clock (the last
+    /// packet it encrypted or accepted; NAT-keepalives, dummy packets and refused
+    /// packets do not count), or `None` before its first: what an IKE daemon's
+    /// `query_sa` reports as the use time.
+    #[getter]
+    fn last_used(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        Ok(self.lock(py)?.sa.last_used().map(|t| t.as_secs_f64()))
+    }
+
     /// The tunnel endpoints `(src, dst)` as text, or `None`.
     #[getter]
     fn tunnel(&self) -> Option<(String, String)> {

@@ -106,3 +106,39 @@ def test_rekey_through_python_interoperates_with_scapy() -> None:
         gw.inbound(late)
     assert gw.stats["unknown_spi"] == unknown + 1
     assert gw.sa_stats("in-2")["packets"] == 2 and gw.sa_stats("out-2")["packets"] == 2
+
+
+def test_update_sa_moves_the_outer_header_and_scapy_decrypts_under_the_same_key() -> None:
+    """``update_sa`` (a MOBIKE move): the next packet goes to the new peer address with
+    the next sequence number under the same key, which scapy (decrypting with a copy
+    of the SA that knows nothing of the move) accepts; counters and use time carry
+    over, and a refused move changes nothing."""
+    gw = ipsec.Gateway.from_toml(DENY_ALL, now=T0)
+    gw.add_sa("out", **sa_kwargs(OLD_OUT, "outbound", 1))
+    gw.add_sa("in", **sa_kwargs(OLD_IN, "inbound", 2))
+    gw.install_policy(rdp_policy("rdp", "10.0.0.0/24", "10.1.0.0/24", "out", "in"),
+                      before="deny")
+    peer_in = scapy_sa(OLD_OUT, 1, (HQ_GW, BR_GW))
+    assert gw.sa_info("out").last_used is None
+    first = gw.outbound(hq_packet(0), now=T0 + 1)
+    assert first.packet is not None and IP(first.packet).dst == BR_GW
+    assert gw.sa_info("out").last_used == T0 + 1
+
+    gw.update_sa("out", tunnel_src=HQ_GW, tunnel_dst="198.51.100.77", now=T0 + 2)
+    info = gw.sa_info("out")
+    assert info.tunnel == (HQ_GW, "198.51.100.77")
+    assert info.seq == 1 and info.stats["packets"] == 1 and info.last_used == T0 + 1
+    second = gw.outbound(hq_packet(1), now=T0 + 3)
+    assert second.packet is not None
+    outer = IP(second.packet)
+    assert outer.dst == "198.51.100.77" and outer[ESP].seq == 2
+    assert scapy_decrypt(peer_in, second.packet) == hq_packet(1)
+
+    with pytest.raises(ipsec.UnknownSaError):
+        gw.update_sa("nope", tunnel_src=HQ_GW, tunnel_dst=BR_GW)
+    with pytest.raises(ipsec.ConfigError, match="tunnel"):
+        gw.update_sa("out", tunnel_src=HQ_GW, tunnel_dst="2001:db8::1")
+    with pytest.raises(ipsec.ConfigError, match="tunnel_dst"):
+        gw.update_sa("out", tunnel_src=HQ_GW)
+    assert gw.sa_info("out").tunnel == (HQ_GW, "198.51.100.77")
+    assert gw.sa_info("out").seq == 2

@@ -310,6 +310,9 @@ class SecurityAssociation:
     @property
     def seq(self) -> int: ...
     @property
+    def last_used(self) -> Optional[float]:
+        """When the SA last carried traffic (seconds, caller's clock), or None."""
+    @property
     def tunnel(self) -> Optional[tuple[str, str]]: ...
     @property
     def udp_encap(self) -> Optional[tuple[int, int]]: ...
@@ -833,6 +836,18 @@ class Gateway:
         """Deletes the SA when the caller's clock reaches ``at`` (checked by its packets
         and by ``poll_events``); calling again moves the time. Raises as
         ``delete_sa``."""
+    def update_sa(
+        self,
+        name: str,
+        *,
+        tunnel_src: Optional[_Addr] = None,
+        tunnel_dst: Optional[_Addr] = None,
+        udp_encap: Optional[tuple[int, int]] = None,
+        now: Optional[float] = None,
+    ) -> None:
+        """Moves the SA to other endpoints and UDP encapsulation (NAT-T, MOBIKE),
+        keeping keys, sequence number, replay window and counters. ``UnknownSaError``,
+        ``ConfigError`` or ``DuplicateSpiError``: nothing changed."""
     def install_policy(self, text: str, *, before: Optional[str] = None) -> None:
         """Installs one policy (a ``[[policy]]`` table or its ``key = value`` lines)
         before the policy ``before``, or last. ``ConfigError``,
@@ -937,6 +952,9 @@ class GatewaySa:
         """Outbound: the last sequence number used. Inbound: the highest received."""
     @property
     def expired(self) -> bool: ...
+    @property
+    def last_used(self) -> Optional[float]:
+        """When the SA last carried traffic (seconds, caller's clock), or None."""
     @property
     def stats(self) -> dict[str, int]: ...
 
