@@ -77,7 +77,7 @@ ESP_PROPOSALS = (
 # first registered kernel-ipsec interface wins); kernel-netlink still installs the
 # addresses and routes.  No `updown` (it would call iptables) and no `stroke`.
 LIBIPSEC_LOAD = (
-    "random nonce drbg aes sha1 sha2 hmac gcm chapoly kdf openssl curve25519 pem pkcs1 "
+    "random nonce drbg openssl aes sha1 sha2 hmac gcm chapoly kdf curve25519 pem pkcs1 "
     "x509 pubkey kernel-libipsec kernel-netlink socket-default vici"
 )
 
@@ -315,6 +315,7 @@ class PingResult:
 
     sent: int
     received: int
+    errors: int = 0    # ICMP errors received instead of replies (e.g. fragmentation needed)
     rtt_min: float = None
     rtt_avg: float = None
     rtt_max: float = None
@@ -353,6 +354,7 @@ class ChildSaCounters:
     spi_in: str
     spi_out: str
     encr_alg: str
+    encr_keysize: int
     integ_alg: str
     bytes_in: int
     packets_in: int
@@ -450,12 +452,13 @@ class WanCapture:
         self.pcap = os.path.join(workdir, "wan-%d.pcap" % time.monotonic_ns())
         self.interface = interface
         self.traffic = None
+        self.tcpdump_report = ""
         self._proc = None
 
     def __enter__(self):
         self._proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, "tcpdump", "-n", "-U", "-s", "128", "-i", self.interface,
-             "-w", self.pcap], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            ["ip", "netns", "exec", self.ns, "tcpdump", "-n", "--immediate-mode", "-U", "-s", "128",
+             "-i", self.interface, "-w", self.pcap], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         line = self._proc.stderr.readline()  # "listening on wan0, ..." once capturing
         if "listening" not in line:
             _stop_process(self._proc)
@@ -465,6 +468,7 @@ class WanCapture:
     def __exit__(self, *exc):
         time.sleep(0.2)  # let the last packets reach the file
         _stop_process(self._proc, signal.SIGINT)
+        self.tcpdump_report = self._proc.stderr.read().strip()  # "N packets captured ..."
         self._proc.stderr.close()
         self.traffic = classify_pcap(self.pcap)
         return False
@@ -730,6 +734,7 @@ class BranchOffice:
                     name=child.get("name", child_id), state=child["state"], protocol=child.get("protocol", ""),
                     encap=child.get("encap") == "yes", spi_in=child.get("spi-in", ""),
                     spi_out=child.get("spi-out", ""), encr_alg=child.get("encr-alg", ""),
+                    encr_keysize=int(child.get("encr-keysize", 0)),
                     integ_alg=child.get("integ-alg", ""),
                     bytes_in=int(child.get("bytes-in", 0)), packets_in=int(child.get("packets-in", 0)),
                     bytes_out=int(child.get("bytes-out", 0)), packets_out=int(child.get("packets-out", 0)),
@@ -742,10 +747,17 @@ class BranchOffice:
 
     # -- traffic -------------------------------------------------------------------------
 
-    def ping(self, from_ns, to_addr, size=56, count=3, interval=0.2, timeout=10):
-        """ping -s size -c count from namespace from_ns; a PingResult (never raises on loss)."""
-        result = netns_exec(from_ns, ["ping", "-n", "-q", "-c", str(count), "-s", str(size), "-i", str(interval),
-                                      "-W", "2", "-w", str(timeout), to_addr], check=False, timeout=timeout + 5)
+    def ping(self, from_ns, to_addr, size=56, count=3, interval=0.2, pmtudisc=None, timeout=10):
+        """ping -s size -c count from namespace from_ns; a PingResult (never raises on loss).
+
+        size is the ICMP payload (the IPv4 packet is 28 bytes longer); pmtudisc is ping's
+        ``-M`` ("do": DF set, never fragment; "dont": the gateway may fragment; None: default).
+        """
+        argv = ["ping", "-n", "-c", str(count), "-s", str(size), "-i", str(interval), "-W", "2",
+                "-w", str(timeout)]
+        if pmtudisc:
+            argv += ["-M", pmtudisc]
+        result = netns_exec(from_ns, argv + [to_addr], check=False, timeout=timeout + 5)
         return parse_ping(result.stdout + result.stderr)
 
     def tcp_transfer(self, client_ns, server_ns, server_addr, nbytes, port=5201, timeout=60):
@@ -777,7 +789,9 @@ def parse_ping(output):
     counts = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", output)
     if not counts:
         raise NetnsError("cannot parse ping output: %s" % output.strip())
-    result = PingResult(int(counts.group(1)), int(counts.group(2)), output=output)
+    errors = re.search(r"\+(\d+) errors", output)
+    result = PingResult(int(counts.group(1)), int(counts.group(2)), int(errors.group(1)) if errors else 0,
+                        output=output)
     rtt = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/", output)
     if rtt:
         result.rtt_min, result.rtt_avg, result.rtt_max = (float(x) for x in rtt.groups())
