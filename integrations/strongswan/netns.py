@@ -20,7 +20,7 @@ The kernel of the test machine has no XFRM/ESP crypto, so by default both gatewa
 strongSwan's ``kernel-libipsec`` plugin (userspace ESP on a TUN device, ESP always in
 UDP 4500).  A gateway can load another kernel-ipsec plugin instead, e.g.::
 
-    hq = CharonConfig(load=LIBIPSEC_LOAD.replace("kernel-libipsec", "kernel-dataplane"),
+    hq = CharonConfig(load=LIBIPSEC_LOAD.replace("kernel-libipsec!", "kernel-dataplane!"),
                       plugins={"kernel-dataplane": "some_option = 1"})
     with BranchOffice(esp_proposal="aes128gcm16", hq=hq) as office:
         print(office.ping(office.hq_lan, BRANCH_LAN_HOST, size=1000, count=3))
@@ -75,10 +75,13 @@ ESP_PROPOSALS = (
 
 # charon.load with userspace ESP: kernel-libipsec must come before kernel-netlink (the
 # first registered kernel-ipsec interface wins); kernel-netlink still installs the
-# addresses and routes.  No `updown` (it would call iptables) and no `stroke`.
+# addresses and routes.  The `!` marks it critical: if it cannot be loaded charon aborts
+# instead of silently falling back to kernel-netlink's XFRM.  openssl comes before aes/gcm
+# so that ESP uses OpenSSL's AES-GCM (the gcm plugin's software GCM is ~7x slower).  No
+# `updown` (it would call iptables) and no `stroke`.
 LIBIPSEC_LOAD = (
     "random nonce drbg openssl aes sha1 sha2 hmac gcm chapoly kdf curve25519 pem pkcs1 "
-    "x509 pubkey kernel-libipsec kernel-netlink socket-default vici"
+    "x509 pubkey kernel-libipsec! kernel-netlink socket-default vici"
 )
 
 # Addresses of the scenario.
@@ -236,7 +239,9 @@ def cleanup_stale_namespaces():
 class CharonConfig:
     """How one gateway's charon is configured (the parts a test may vary).
 
-    load:      the ``charon.load`` plugin list (default: userspace ESP with kernel-libipsec).
+    load:      the ``charon.load`` plugin list (default: userspace ESP with kernel-libipsec);
+               mark the kernel-ipsec plugin critical (``name!``) so charon aborts if it is
+               missing.
     plugins:   extra ``charon.plugins`` sections, plugin name -> body text (``key = value``
                lines), e.g. ``{"kernel-dataplane": "lanes = 2"}``.
     settings:  extra lines placed directly in the ``charon { }`` section.
@@ -550,6 +555,17 @@ class Gateway:
         """Run ``swanctl ARGS --uri <this charon>`` (swanctl itself needs no namespace)."""
         env = dict(os.environ, STRONGSWAN_CONF=os.path.join(self.workdir, "strongswan.conf"))
         return _run([SWANCTL, *args, "--uri", self.vici_uri], timeout=timeout, check=check, env=env)
+
+    def loaded_plugins(self):
+        """Plugin names from charon's "loaded plugins:" log line (empty list before it)."""
+        try:
+            with open(self.log_path) as f:
+                for line in f:
+                    if "loaded plugins:" in line:
+                        return line.split("loaded plugins:", 1)[1].split()
+        except OSError:
+            pass
+        return []
 
     def log_tail(self, lines=40):
         try:

@@ -76,6 +76,8 @@ def assert_sent(growth, sender, receiver, packets, nbytes):
 
 
 def test_child_sa_installed(office):
+    for gateway in (office.hq, office.branch):
+        assert "kernel-libipsec" in gateway.loaded_plugins(), gateway.log_tail()
     hq, branch = the_child_sas(office)
     encr_alg, keysize, integ_alg = EXPECTED_ALGORITHMS[office.esp_proposal]
     for child in (hq, branch):
