@@ -26,9 +26,9 @@ UDP 4500).  A gateway can load another kernel-ipsec plugin instead, e.g.::
         print(office.ping(office.hq_lan, BRANCH_LAN_HOST, size=1000, count=3))
 
 Run ``python3 netns.py demo`` for a quick interactive check, ``python3 netns.py cleanup``
-to remove namespaces left behind by runs that were killed.  The ``tcp-sink``,
-``tcp-send``, ``udp-echo-server`` and ``udp-echo-client`` sub-commands are the traffic
-endpoints the helpers start inside the namespaces.
+to remove namespaces and work directories left behind by runs that were killed.  The
+``tcp-sink``, ``tcp-send``, ``udp-echo-server`` and ``udp-echo-client`` sub-commands are
+the traffic endpoints the helpers start inside the namespaces.
 """
 
 import argparse
@@ -214,11 +214,11 @@ def delete_namespace(ns):
     _run(["ip", "netns", "delete", ns], check=False)
 
 
-def cleanup_stale_namespaces():
-    """Delete namespaces of earlier runs of this module whose process no longer exists.
+def cleanup_stale_runs():
+    """Delete namespaces and work directories of earlier runs whose process is gone.
 
-    Only names matching ``swt<pid>x<n>-`` with a dead ``<pid>`` are touched.  Returns the
-    names deleted.
+    Only names matching ``swt<pid>x<n>-`` (namespaces, and directories in the temporary
+    directory) with a dead ``<pid>`` are touched.  Returns what was deleted.
     """
     deleted = []
     for line in _run(["ip", "netns", "list"], check=False).stdout.splitlines():
@@ -227,6 +227,12 @@ def cleanup_stale_namespaces():
         if match and not _pid_alive(int(match.group(1))):
             delete_namespace(name)
             deleted.append(name)
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        match = _NS_RE.match(name)
+        if match and not _pid_alive(int(match.group(1))) and os.path.isdir(os.path.join(tmp, name)):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+            deleted.append(os.path.join(tmp, name))
     return deleted
 
 
@@ -554,7 +560,15 @@ class Gateway:
     def swanctl(self, *args, timeout=30, check=True):
         """Run ``swanctl ARGS --uri <this charon>`` (swanctl itself needs no namespace)."""
         env = dict(os.environ, STRONGSWAN_CONF=os.path.join(self.workdir, "strongswan.conf"))
-        return _run([SWANCTL, *args, "--uri", self.vici_uri], timeout=timeout, check=check, env=env)
+        result = _run([SWANCTL, *args, "--uri", self.vici_uri], timeout=timeout, check=False, env=env)
+        if check and result.returncode != 0:
+            # --load-all complains about every credential directory (x509, rsa, ...) the work
+            # directory does not have; keep only the lines that say what failed.
+            output = [line for line in (result.stdout + result.stderr).splitlines()
+                      if not line.startswith("opening directory")]
+            raise NetnsError("swanctl %s on %s exited %d:\n%s" % (
+                " ".join(args), self.role, result.returncode, "\n".join(output)))
+        return result
 
     def loaded_plugins(self):
         """Plugin names from charon's "loaded plugins:" log line (empty list before it)."""
@@ -921,7 +935,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="bring the scenario up, send some traffic, tear it down")
     demo.add_argument("--esp", default="aes128gcm16", choices=ESP_PROPOSALS)
-    sub.add_parser("cleanup", help="delete namespaces left by dead runs")
+    sub.add_parser("cleanup", help="delete namespaces and work directories left by dead runs")
     sink = sub.add_parser("tcp-sink")
     sink.add_argument("--port", type=int, required=True)
     send = sub.add_parser("tcp-send")
@@ -939,7 +953,7 @@ def main(argv=None):
     if args.command == "demo":
         _demo(args.esp)
     elif args.command == "cleanup":
-        print("\n".join(cleanup_stale_namespaces()))
+        print("\n".join(cleanup_stale_runs()))
     elif args.command == "tcp-sink":
         _tcp_sink(args.port)
     elif args.command == "tcp-send":

@@ -25,9 +25,9 @@ def strongswan():
     reason = netns.ensure_strongswan()
     if reason:
         pytest.fail("strongSwan test bed unavailable: " + reason, pytrace=False)
-    stale = netns.cleanup_stale_namespaces()
+    stale = netns.cleanup_stale_runs()
     if stale:
-        print("removed namespaces left by dead runs: " + " ".join(stale))
+        print("removed what dead runs left behind: " + " ".join(stale))
 
 
 @pytest.fixture(scope="session")
