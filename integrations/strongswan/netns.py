@@ -595,6 +595,9 @@ class BranchOffice:
     esp_proposal:  swanctl ``esp_proposals`` of the CHILD_SA on both gateways.
     rekey_time:    swanctl ``rekey_time`` of the CHILD_SA on both gateways (e.g. "30s").
     hq, branch:    :class:`CharonConfig` of each gateway (default: kernel-libipsec).
+    swanctl:       {"hq"|"branch": {key: value}}: further swanctl.conf values replaced in
+                   one gateway's template (see :func:`render_swanctl`), e.g. wider
+                   traffic selectors on the branch.
     keep_workdir:  keep the work directory (configs, logs, pcaps) after stop().
 
     Teardown kills the charons and every process in the namespaces, deletes the
@@ -602,11 +605,13 @@ class BranchOffice:
     stop(), at the end of a ``with`` block, on a failed start() and at interpreter exit.
     """
 
-    def __init__(self, esp_proposal="aes128gcm16", rekey_time="1h", hq=None, branch=None, keep_workdir=False):
+    def __init__(self, esp_proposal="aes128gcm16", rekey_time="1h", hq=None, branch=None, swanctl=None,
+                 keep_workdir=False):
         global _scenario_counter
         _scenario_counter += 1
         self.esp_proposal = esp_proposal
         self.rekey_time = rekey_time
+        self.swanctl_values = swanctl or {}
         self.keep_workdir = keep_workdir
         self.prefix = "%s%dx%d" % (NS_PREFIX, os.getpid(), _scenario_counter)
         self.workdir = tempfile.mkdtemp(prefix=self.prefix + "-")
@@ -702,6 +707,7 @@ class BranchOffice:
                 # Both sides passive: start() initiates from the branch with swanctl, which
                 # waits for the result and reports a failure.
                 "start_action": "none",
+                **self.swanctl_values.get(gateway.role, {}),
             }))
         env = dict(os.environ, STRONGSWAN_CONF=os.path.join(gateway.workdir, "strongswan.conf"), **gateway.config.env)
         with open(os.path.join(gateway.workdir, "charon.out"), "w") as out:

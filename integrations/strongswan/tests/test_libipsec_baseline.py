@@ -9,7 +9,8 @@ ESP proposal in ``netns.ESP_PROPOSALS`` one scenario is brought up (IKEv2, PSK, 
 * LAN host to LAN host: ping both ways (ICMP payload 64, 1000, 1400 bytes), a TCP
   transfer of a few MB each way, UDP datagrams echoed;
 * the CHILD_SA counters in ``swanctl --list-sas`` grow by at least what was sent;
-* on the WAN link the tunnel traffic is ESP in UDP 4500 and no LAN address is seen.
+* on the WAN link the tunnel traffic is ESP in UDP 4500 and no LAN address is seen;
+* the head office narrows wider traffic selectors proposed by the branch to the two /24s.
 
 ``test_baseline`` measures (prints, does not assert) TCP throughput and ping RTT for
 aes128gcm16 and chacha20poly1305.
@@ -156,6 +157,19 @@ def test_wan_traffic_is_esp_in_udp_4500(office):
     assert wan.esp == 0, "libipsec should never send bare ESP (IP protocol 50): %r" % wan
     assert wan.esp_in_udp >= 2 * PING_COUNT + nbytes // 1500, (wan, capture.tcpdump_report)
     assert wan.esp_in_udp_bytes >= nbytes, (wan, capture.tcpdump_report)
+
+
+def test_head_office_narrows_wider_branch_selectors(strongswan):
+    """A branch asking for 10.1.0.0/16 <-> 10.0.0.0/8 gets only 10.1.0.0/24 <-> 10.0.0.0/24."""
+    wide = {"local_ts": "10.1.0.0/16", "remote_ts": "10.0.0.0/8"}
+    with netns.BranchOffice(swanctl={"branch": wide}) as office:
+        branch_conn = office.branch.swanctl("--list-conns").stdout
+        assert "10.1.0.0/16" in branch_conn and "10.0.0.0/8" in branch_conn, branch_conn
+        hq, branch = the_child_sas(office)
+        assert hq.local_ts == [netns.HQ_LAN_NET] and hq.remote_ts == [netns.BRANCH_LAN_NET]
+        assert branch.local_ts == [netns.BRANCH_LAN_NET] and branch.remote_ts == [netns.HQ_LAN_NET]
+        ping = office.ping(office.branch_lan, netns.HQ_LAN_HOST, count=2)
+        assert ping.received == 2, ping.output
 
 
 @pytest.mark.parametrize("office", BASELINE_PROPOSALS, indirect=True)
