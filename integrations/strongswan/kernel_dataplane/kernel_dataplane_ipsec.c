@@ -575,7 +575,10 @@ METHOD(kernel_ipsec_t, del_sa, status_t,
 	this->gw->mutex->unlock(this->gw->mutex);
 	if (!sa)
 	{
-		DBG1(DBG_KNL, "kernel-dataplane: no SA %.8x to %H to delete",
+		/* normal for an SPI charon allocated (get_spi) but whose SA was
+		 * never installed: the library keeps such an SPI reserved until
+		 * its reservation runs out (it has no call to release it) */
+		DBG2(DBG_KNL, "kernel-dataplane: no SA %.8x to %H to delete",
 			 ntohl(id->spi), id->dst);
 		return NOT_FOUND;
 	}
