@@ -83,22 +83,24 @@ typedef struct {
 	bool hard;
 } expire_event_t;
 
-void kernel_dataplane_poll_events(kernel_dataplane_gateway_t *gw)
+void kernel_dataplane_poll_events(kernel_dataplane_gateway_t *gw, bool now)
 {
 	expire_event_t events[16];
 	ipsec_gateway_event event;
 	dataplane_sa_t *sa;
-	time_t now = time_monotonic(NULL);
+	time_t this_second = time_monotonic(NULL);
 	int count = 0, i;
 
 	gw->mutex->lock(gw->mutex);
-	if (now == last_event_poll)
+	if (!now && this_second == last_event_poll)
 	{
-		/* byte and packet lifetimes need no finer clock than a second */
+		/* the library's poll looks at every SA: once a second is enough
+		 * for soft limits set with a usual margin (charon's default is
+		 * 10%); a packet refused for an expired SA polls at once */
 		gw->mutex->unlock(gw->mutex);
 		return;
 	}
-	last_event_poll = now;
+	last_event_poll = this_second;
 	while (count < (int)countof(events) &&
 		   ipsec_gateway_poll_event(gw->gateway, dataplane_now_ns(),
 									&event) == IPSEC_OK &&
@@ -224,7 +226,8 @@ static void process_outbound(private_kernel_dataplane_router_t *this,
 		 * drop the library counted on the SA */
 		DBG2(DBG_KNL, "kernel-dataplane: outbound packet dropped: %s",
 			 status == IPSEC_OK ? "not protected" : ipsec_status_str(status));
-		kernel_dataplane_poll_events(gw);
+		kernel_dataplane_poll_events(gw,
+								status == IPSEC_ERR_LIFETIME_EXPIRED);
 		return;
 	}
 	esp = esp_offset(this->outbound_buffer + offset, length);
@@ -240,7 +243,7 @@ static void process_outbound(private_kernel_dataplane_router_t *this,
 					chunk_clone(chunk_create(this->outbound_buffer + offset + esp,
 											 length - esp)));
 	charon->sender->send_no_marker(charon->sender, packet);
-	kernel_dataplane_poll_events(gw);
+	kernel_dataplane_poll_events(gw, FALSE);
 }
 
 /**
@@ -379,7 +382,7 @@ static void receive_esp(private_kernel_dataplane_router_t *this,
 	}
 	free(buf);
 	packet->destroy(packet);
-	kernel_dataplane_poll_events(gw);
+	kernel_dataplane_poll_events(gw, status == IPSEC_ERR_LIFETIME_EXPIRED);
 }
 
 METHOD(kernel_dataplane_router_t, destroy, void,

@@ -44,10 +44,13 @@ kernel_dataplane_router_t *kernel_dataplane_router_create(
 									kernel_dataplane_gateway_t *gateway);
 
 /**
- * Delivers a lifetime event the library raised to charon
- * (charon->kernel->expire). Called by the data path (the library's byte and
- * packet lifetimes only move with traffic) without the gateway lock held.
+ * Delivers the lifetime events the library raised to charon
+ * (charon->kernel->expire). Called by the data path after each packet (the
+ * library's byte and packet lifetimes only move with traffic) without the
+ * gateway lock held; it polls the library at most once a second unless
+ * `now` is set (a packet was refused because its SA expired).
  */
-void kernel_dataplane_poll_events(kernel_dataplane_gateway_t *gateway);
+void kernel_dataplane_poll_events(kernel_dataplane_gateway_t *gateway,
+								  bool now);
 
 #endif /** KERNEL_DATAPLANE_ROUTER_H_ */
