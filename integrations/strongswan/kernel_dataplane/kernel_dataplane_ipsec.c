@@ -921,10 +921,52 @@ static void install_route(private_kernel_dataplane_ipsec_t *this,
 	src_ip->destroy(src_ip);
 }
 
+/**
+ * Hands the route of a policy being removed to another OUT policy of ours
+ * that routes the same subnet (several selector pairs of one subnet, e.g.
+ * different protocols or ports, share one route: the second add_route finds
+ * it there). Call with policy_mutex held, with `policy` out of the list.
+ *
+ * @return		TRUE if another policy took the route over
+ */
+static bool hand_over_route(private_kernel_dataplane_ipsec_t *this,
+							dataplane_policy_t *policy)
+{
+	enumerator_t *enumerator;
+	dataplane_policy_t *other;
+	host_t *net = NULL;
+	uint8_t prefixlen = 0;
+	bool handed = FALSE;
+
+	enumerator = this->policies->create_enumerator(this->policies);
+	while (!handed && enumerator->enumerate(enumerator, &other))
+	{
+		if (other->dir != POLICY_OUT || other->route_net)
+		{
+			continue;
+		}
+		other->dst_ts->to_subnet(other->dst_ts, &net, &prefixlen);
+		if (prefixlen == policy->route_prefixlen &&
+			net->ip_equals(net, policy->route_net))
+		{
+			other->route_net = policy->route_net;
+			other->route_prefixlen = policy->route_prefixlen;
+			other->route_src = policy->route_src;
+			policy->route_net = NULL;
+			policy->route_src = NULL;
+			handed = TRUE;
+		}
+		net->destroy(net);
+		net = NULL;
+	}
+	enumerator->destroy(enumerator);
+	return handed;
+}
+
 static void uninstall_route(private_kernel_dataplane_ipsec_t *this,
 							dataplane_policy_t *policy)
 {
-	if (!policy->route_net)
+	if (!policy->route_net || hand_over_route(this, policy))
 	{
 		return;
 	}
