@@ -44,6 +44,7 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
+  apt-get update >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
 else
   say "packages present"

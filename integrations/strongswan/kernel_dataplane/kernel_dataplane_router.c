@@ -38,6 +38,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <unistd.h>
 
 #include <daemon.h>
 #include <networking/packet.h>
@@ -256,7 +257,9 @@ static job_requeue_t read_tun(private_kernel_dataplane_router_t *this)
 
 	if (!this->gw->tun->read_packet(this->gw->tun, &cleartext))
 	{
-		/* interrupted or the device is gone: try again, fairly */
+		/* read_packet() logged why; pause (a cancellation point) so that a
+		 * device that keeps failing does not spin a thread */
+		usleep(100000);
 		return JOB_REQUEUE_FAIR;
 	}
 	process_outbound(this, cleartext);
