@@ -1813,6 +1813,20 @@ ipsec_status ipsec_gateway_get_spd_cache_stats(const struct ipsec_gateway *gatew
                                                uint64_t *misses);
 
 /**
+ * Gives back an SPI from `ipsec_gateway_allocate_spi` that no SA was installed with
+ * (the negotiation failed, or the daemon deletes an SA it never added), so that it may
+ * be drawn again at once instead of when its reservation runs out. `*released`
+ * (when not NULL) says whether it was reserved. The SPI of an installed inbound SA is
+ * never given back here (`*released` false): delete the SA.
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway used by no other thread during the call; `released` is
+ * NULL or points to a writable `bool`.
+ */
+ipsec_status ipsec_gateway_release_spi(struct ipsec_gateway *gateway, uint32_t spi, bool *released);
+
+/**
  * Allocates an SPI for an inbound SA being negotiated (`get_spi`, as IKE daemons call
  * it) and writes it to `*out_spi`: random, never below 256, never the SPI of one of the
  * gateway's inbound SAs nor one allocated before whose reservation still runs at
@@ -1879,6 +1893,22 @@ size_t ipsec_gateway_sa_count(const struct ipsec_gateway *gateway);
 ipsec_status ipsec_gateway_get_sa(const struct ipsec_gateway *gateway,
                                   size_t index,
                                   struct ipsec_gateway_sa *out);
+
+/**
+ * The installed SA called `name`: its entry as `ipsec_gateway_get_sa` gives it (name
+ * string, description, counters with the use time), found by name in O(1), for a
+ * daemon's `query_sa`. `IPSEC_ERR_UNKNOWN_SA` when no SA has the name (nothing
+ * written), `IPSEC_ERR_INVALID_ARGUMENT` for NULL arguments or a name that is not
+ * UTF-8.
+ *
+ * # Safety
+ *
+ * `gateway` is a live gateway; `name` is a NUL-terminated string; `out` points to a
+ * writable `ipsec_gateway_sa`.
+ */
+ipsec_status ipsec_gateway_find_sa(const struct ipsec_gateway *gateway,
+                                   const char *name,
+                                   struct ipsec_gateway_sa *out);
 
 /**
  * Checks the lifetimes of every SA of the gateway against `now_ns` and writes the next

@@ -369,6 +369,26 @@ impl Gateway {
         self.spis.allocate(now)
     }
 
+    /// Gives back an SPI from [`Self::allocate_spi`] that no SA was installed with (the
+    /// negotiation failed, or the daemon deletes an SA it never added: strongSwan's
+    /// `del_sa` after a failed CHILD_SA), so that it may be drawn again at once
+    /// instead of when its reservation runs out. Returns whether it was reserved. The
+    /// SPI of an installed inbound SA is never given back here (false): delete the SA.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ipsec_core::{Gateway, Spd};
+    ///
+    /// let mut gw = Gateway::new(Spd::from_toml("")?, Duration::ZERO)?;
+    /// let spi = gw.allocate_spi(Duration::ZERO)?;
+    /// assert!(gw.release_spi(spi));
+    /// assert!(!gw.release_spi(spi), "given back once");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn release_spi(&mut self, spi: u32) -> bool {
+        !self.spis.is_in_use(spi) && self.spis.release(spi)
+    }
+
     /// Makes [`Self::allocate_spi`] draw from `min..=max` only (as strongSwan's
     /// `spi_min` / `spi_max`, e.g. to leave a range to another key manager); SPIs in use
     /// and reserved stay so. Refused (nothing changed) when `min` is below 256 or above

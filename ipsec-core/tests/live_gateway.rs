@@ -484,6 +484,31 @@ fn a_deleted_inbound_sa_decides_no_packet_and_its_spi_can_be_allocated_again() {
     assert_eq!(br.allocate_spi(T0).unwrap(), 0x1000);
 }
 
+/// An SPI allocated for a negotiation that failed is given back at once
+/// (`release_spi`), never one an installed SA has.
+#[test]
+fn an_allocated_spi_is_given_back_and_an_installed_one_is_not() {
+    let (_, mut br) = live_pair();
+    br.set_spi_range(0x4000, 0x4001).unwrap();
+    let a = br.allocate_spi(T0).unwrap();
+    let b = br.allocate_spi(T0).unwrap();
+    assert!(br.allocate_spi(T0).is_err(), "both reserved");
+    assert!(br.release_spi(a));
+    assert!(!br.release_spi(a), "given back once");
+    assert_eq!(
+        br.allocate_spi(T0).unwrap(),
+        a,
+        "free again before its reservation ran out"
+    );
+    // Installed with `b`: not given back, and the SA keeps receiving.
+    br.add_sa("b", sa(b, Direction::Inbound, 40), T0).unwrap();
+    assert!(!br.release_spi(b));
+    assert!(br.sa("b").is_some());
+    br.set_spi_range(b, b).unwrap();
+    assert!(br.allocate_spi(T0).is_err(), "still in use");
+    assert!(!br.release_spi(0x1000), "br-in's SPI");
+}
+
 #[test]
 fn a_chain_of_rekeys_keeps_the_policy_served() {
     let (mut hq, mut br) = live_pair();

@@ -16,7 +16,8 @@ use ipsec_core::{ConfigError, Error, FragmentLimits, Gateway, PacketBuf, Spd, Sp
 
 use crate::boundary::{bad_descriptor, boundary, call, config_error, fail, invalid, packet_error};
 use crate::handle::{
-    Handle, borrow, borrow_mut, bytes, bytes_mut, c_string, free_handle, into_handle, out_ptr, text,
+    Handle, borrow, borrow_mut, bytes, bytes_mut, c_str, c_string, free_handle, into_handle,
+    out_ptr, text,
 };
 use crate::path_mtu::with_spares;
 use crate::reassembly::{ipsec_reassembly_limits, limits_from};
@@ -767,6 +768,39 @@ pub unsafe extern "C" fn ipsec_gateway_get_spd_cache_stats(
     })
 }
 
+/// Gives back an SPI from `ipsec_gateway_allocate_spi` that no SA was installed with
+/// (the negotiation failed, or the daemon deletes an SA it never added), so that it may
+/// be drawn again at once instead of when its reservation runs out. `*released`
+/// (when not NULL) says whether it was reserved. The SPI of an installed inbound SA is
+/// never given back here (`*released` false): delete the SA.
+///
+/// # Safety
+///
+/// `gateway` is a live gateway used by no other thread during the call; `released` is
+/// NULL or points to a writable `bool`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_release_spi(
+    gateway: *mut ipsec_gateway,
+    spi: u32,
+    released: *mut bool,
+) -> ipsec_status {
+    call(|| {
+        let released = if released.is_null() {
+            None
+        } else {
+            Some(out_ptr(released, "released")?)
+        };
+        // SAFETY: caller's contract.
+        let mut h = unsafe { borrow_mut(gateway, "gateway") }?;
+        let was = h.gateway.release_spi(spi);
+        if let Some(out) = released {
+            // SAFETY: checked non-NULL and aligned; writable by contract.
+            unsafe { out.write(was) };
+        }
+        Ok(())
+    })
+}
+
 /// Allocates an SPI for an inbound SA being negotiated (`get_spi`, as IKE daemons call
 /// it) and writes it to `*out_spi`: random, never below 256, never the SPI of one of the
 /// gateway's inbound SAs nor one allocated before whose reservation still runs at
@@ -895,6 +929,44 @@ pub unsafe extern "C" fn ipsec_gateway_get_sa(
                 "index {index} is out of range ({} SAs)",
                 h.names.len()
             ))
+        })?;
+        let value = ipsec_gateway_sa {
+            name: h.names.ptr(name),
+            info: info_of(sa),
+            stats: crate::sa::stats_of(sa),
+        };
+        // SAFETY: checked non-NULL and aligned; writable by contract.
+        unsafe { out.write(value) };
+        Ok(())
+    })
+}
+
+/// The installed SA called `name`: its entry as `ipsec_gateway_get_sa` gives it (name
+/// string, description, counters with the use time), found by name in O(1), for a
+/// daemon's `query_sa`. `IPSEC_ERR_UNKNOWN_SA` when no SA has the name (nothing
+/// written), `IPSEC_ERR_INVALID_ARGUMENT` for NULL arguments or a name that is not
+/// UTF-8.
+///
+/// # Safety
+///
+/// `gateway` is a live gateway; `name` is a NUL-terminated string; `out` points to a
+/// writable `ipsec_gateway_sa`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_find_sa(
+    gateway: *const ipsec_gateway,
+    name: *const c_char,
+    out: *mut ipsec_gateway_sa,
+) -> ipsec_status {
+    call(|| {
+        let out = out_ptr(out, "out")?;
+        // SAFETY: caller's contract.
+        let name = unsafe { c_str(name, "name") }?;
+        // SAFETY: caller's contract.
+        let h = unsafe { borrow(gateway, "gateway") }?;
+        let sa = h.gateway.sa(name).ok_or_else(|| {
+            crate::control::refused(ipsec_core::ControlError::UnknownSa {
+                name: name.to_owned(),
+            })
         })?;
         let value = ipsec_gateway_sa {
             name: h.names.ptr(name),

@@ -989,6 +989,14 @@ impl PyGateway {
         Ok(st.gateway.allocate_spi(now).map_err(Failure::from)?)
     }
 
+    /// Gives back an SPI from `allocate_spi` that no SA was installed with (the
+    /// negotiation failed), so that it may be drawn again at once; returns whether it
+    /// was reserved. An installed inbound SA's SPI is never given back (False).
+    fn release_spi(&self, py: Python<'_>, spi: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let spi: u32 = convert::int(spi, "spi", Bad::Value)?;
+        Ok(self.lock(py)?.gateway.release_spi(spi))
+    }
+
     /// Makes `allocate_spi` draw from `min..=max` only; SPIs in use and reserved stay
     /// so. Raises `ConfigError` (field `spi_min` or `spi_max`, nothing changed) when
     /// `min` is below 256 or above `max`.

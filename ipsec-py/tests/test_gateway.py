@@ -330,6 +330,10 @@ def test_allocated_spis_are_random_free_and_never_an_inbound_sas(
     assert {hq.allocate_spi(), hq.allocate_spi()} == {0x2000, 0x2003}
     with pytest.raises(ipsec.SpiExhaustedError, match="no free SPI"):
         hq.allocate_spi()
+    # A failed negotiation gives its SPI back at once; an inbound SA's is never given.
+    assert hq.release_spi(0x2000) and not hq.release_spi(0x2000)
+    assert not hq.release_spi(0x2001)
+    assert hq.allocate_spi() == 0x2000
     # Reservations run out after 165 s of the caller's clock.
     assert hq.allocate_spi(now=T0 + 165) in (0x2000, 0x2003)
     for lo, hi, field in [(100, 0x3000, "spi_min"), (0x3000, 0x2000, "spi_max")]:

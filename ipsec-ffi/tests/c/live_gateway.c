@@ -702,6 +702,23 @@ static void moves(void)
     TRUE("the branch accepts the next packet (same keys, sequence number seq + 2)",
          flows(hq, br, 1603) && find_sa(hq, "hq-out-4", &e) && e.info.seq == seq + 2);
 
+    TRUE("ipsec_gateway_find_sa: the same entry by name",
+         ipsec_gateway_find_sa(hq, "hq-out-4", &e) == IPSEC_OK && is(e.name, "hq-out-4") &&
+             e.info.seq == seq + 2 && e.stats.last_used_ns == T0);
+    REFUSED("find an unknown SA", ipsec_gateway_find_sa(hq, "nope", &e), IPSEC_ERR_UNKNOWN_SA,
+            "no SA called \"nope\" is installed");
+    {
+        uint32_t spi = 0;
+        bool released = false;
+        OK("allocate an SPI for a negotiation that fails", ipsec_gateway_allocate_spi(hq, T0, &spi));
+        TRUE("release_spi gives it back",
+             ipsec_gateway_release_spi(hq, spi, &released) == IPSEC_OK && released);
+        TRUE("... once",
+             ipsec_gateway_release_spi(hq, spi, &released) == IPSEC_OK && !released);
+        TRUE("an installed SA's SPI is not given back (hq-in, 0x2000)",
+             ipsec_gateway_release_spi(hq, 0x2000, &released) == IPSEC_OK && !released);
+        OK("released may be NULL", ipsec_gateway_release_spi(hq, spi, NULL));
+    }
     REFUSED("update an unknown SA",
             ipsec_gateway_update_sa(hq, "nope", "192.0.2.1", "198.51.100.2", false, 0, 0, T0),
             IPSEC_ERR_UNKNOWN_SA, "no SA called \"nope\" is installed");

@@ -736,6 +736,9 @@ class Gateway:
         """A random SPI for an inbound SA being negotiated (``get_spi``): never below
         256, never an inbound SA's nor one allocated before whose reservation (165 s)
         still runs at ``now``. Raises ``SpiExhaustedError`` when none is free."""
+    def release_spi(self, spi: int) -> bool:
+        """Gives back an SPI from ``allocate_spi`` no SA was installed with; True when
+        it was reserved (never an installed inbound SA's)."""
     def set_spi_range(self, min: int, max: int) -> None:
         """Makes ``allocate_spi`` draw from ``min..=max`` only (``ConfigError`` naming
         ``spi_min`` / ``spi_max`` when ``min < 256`` or ``min > max``)."""
