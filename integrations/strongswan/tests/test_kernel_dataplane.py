@@ -105,13 +105,16 @@ def assert_child_sa(office, esp_proposal, v6=False):
 
 
 def pings_both_ways(office, sizes, count=PING_COUNT, v6=False):
-    """Ping LAN host to LAN host both ways with each size (-M dont); every reply must come."""
+    """Ping LAN host to LAN host both ways with each size (-M dont): count replies must come
+    before ping's deadline. ping -w sends until it has count replies, so one more request
+    than count may have been sent (its reply still in flight when ping stopped); more than
+    that means loss."""
     hq_host, branch_host = (netns.HQ_LAN_HOST6, netns.BRANCH_LAN_HOST6) if v6 else (netns.HQ_LAN_HOST,
                                                                                     netns.BRANCH_LAN_HOST)
     for size in sizes:
         for src, dst in ((office.hq_lan, branch_host), (office.branch_lan, hq_host)):
-            result = office.ping(src, dst, size=size, count=count, interval=0.05, pmtudisc="dont")
-            assert (result.sent, result.received) == (count, count), result.output
+            result = office.ping(src, dst, size=size, count=count, interval=0.1, pmtudisc="dont")
+            assert result.received == count and result.sent <= count + 1, result.output
 
 
 def traffic_both_ways(office, nbytes, v6=False, udp_count=20):
@@ -215,6 +218,17 @@ REKEY_SECONDS = 20
 REKEY_RATE = 500_000  # bytes per second each way (paced: losses, not congestion, retransmit)
 
 
+def plugin_summary(office):
+    """Stop hq's charon; the plugin's data-path counters it logs on the way out:
+    (packets out, in, dropped out, dropped in, malformed from TUN)."""
+    assert office.stop_charon(office.hq) == 0
+    with open(office.hq.log_path) as f:
+        stats = re.findall(r"kernel-dataplane: (\d+) packets out, (\d+) in, dropped (\d+) out, (\d+) in, "
+                           r"(\d+) malformed", f.read())
+    assert stats, office.hq.log_tail()
+    return tuple(int(x) for x in stats[-1])
+
+
 def rekey_run(hq_config, branch_config):
     """A paced TCP transfer each way for REKEY_SECONDS with CHILD_SA rekey_time 4s; returns
     {"spis": hq inbound SPIs seen, "retransmissions": {...}, "seconds": {...}, "logs"}."""
@@ -248,14 +262,18 @@ def rekey_run(hq_config, branch_config):
                    for name, ns in (("forth", office.hq_lan), ("back", office.branch_lan))}
         rcvbuf = {gw.role: netns.udp_counters(gw.ns)["RcvbufErrors"] - udp_before[gw.role]
                   for gw in (office.hq, office.branch)}
-        return {"spis": spis, "retransmissions": retrans, "rcvbuf_errors": rcvbuf, "bytes": {k: r.bytes for k, r in results.items()},
+        summary = plugin_summary(office) if hq_config.load == DATAPLANE_LOAD else None
+        return {"spis": spis, "retransmissions": retrans, "rcvbuf_errors": rcvbuf, "plugin": summary, "bytes": {k: r.bytes for k, r in results.items()},
                 "seconds": {k: r.seconds for k, r in results.items()}, "nbytes": nbytes}
 
 
 def test_rekey_under_traffic(plugin_installed, record_baseline):
-    """CHILD_SA rekey_time 4s during 20 s of TCP at 1.5 MB/s each way: both transfers
-    complete on time (no stall), the SPIs changed several times, and TCP retransmitted no
-    more segments than with libipsec on both gateways in the same run (+5 for noise)."""
+    """CHILD_SA rekey_time 4s during 20 s of TCP at 0.5 MB/s each way: both transfers
+    complete on time (no stall), the SPIs changed several times, our plugin dropped no
+    inbound packet, and TCP retransmitted not much more than with libipsec on both
+    gateways in the same run. Retransmissions vary a lot from run to run with libipsec
+    alone (51 to 156 per direction seen on this machine), so the bound is 2x libipsec's
+    total + 20 over both directions, not equality."""
     ours = rekey_run(dataplane(), netns.CharonConfig())
     reference = rekey_run(netns.CharonConfig(), netns.CharonConfig())
     record_baseline("rekey under traffic (%d s, rekey_time 4s): hq=kernel-dataplane %d SPIs, retransmissions %r, "
@@ -270,8 +288,9 @@ def test_rekey_under_traffic(plugin_installed, record_baseline):
         # paced at REKEY_SECONDS: a stall of more than a few seconds shows here
         assert max(run["seconds"].values()) < REKEY_SECONDS + 4, run
         assert len(run["spis"]) >= 4, run  # the first CHILD_SA and at least 3 rekeyings
-    for direction in ("forth", "back"):
-        assert ours["retransmissions"][direction] <= reference["retransmissions"][direction] + 5, (ours, reference)
+    assert ours["plugin"][3] == 0, ("the plugin dropped inbound packets", ours)
+    ours_total, reference_total = sum(ours["retransmissions"].values()), sum(reference["retransmissions"].values())
+    assert ours_total <= 2 * reference_total + 20, (ours, reference)
 
 
 # --------------------------------------------------------------------------------------
@@ -442,9 +461,5 @@ def test_garbage_on_natt_port(plugin_installed):
         after, _ = the_child_sas(office)
         assert (after.spi_in, after.packets_in, after.bytes_in) == (hq.spi_in, hq.packets_in, hq.bytes_in)
         pings_both_ways(office, (64, 1000))
-        assert office.stop_charon(office.hq) == 0
-        with open(office.hq.log_path) as f:
-            stats = re.findall(r"kernel-dataplane: (\d+) packets out, (\d+) in, dropped (\d+) out, (\d+) in", f.read())
-        assert stats, office.hq.log_tail()
-        dropped_in = int(stats[-1][3])
-        assert dropped_in >= esp_like, stats
+        dropped_in = plugin_summary(office)[3]
+        assert dropped_in >= esp_like, (dropped_in, esp_like)
