@@ -335,6 +335,41 @@ def test_child_sa_delete_recreate_and_restart(plugin_installed):
         traffic_both_ways(office, 1 << 20)
 
 
+def test_mobike_moves_the_sas(plugin_installed):
+    """The branch loses its WAN address 192.0.2.2: MOBIKE moves the IKE_SA and the CHILD_SA
+    to the only path left, IPv6 (2001:db8:ffff::2 <-> ::1); charon calls update_sa on hq for
+    both SAs and the plugin moves the library's SAs from IPv4 to IPv6 endpoints
+    (ipsec_gateway_update_sa; the "now ... == ..." line is logged only when the library
+    accepted). The branch's kernel-libipsec cannot change an SA's address family, so the
+    branch then rekeys the CHILD_SA (the SPIs change: not asserted equal); traffic passes
+    on the new path, as ESP in UDP over IPv6."""
+    with netns.BranchOffice(hq=dataplane()) as office:
+        before, _ = the_child_sas(office)
+        pings_both_ways(office, (64,))
+        netns.netns_exec(office.branch.ns, ["ip", "addr", "del", netns.BRANCH_WAN + "/24", "dev", "wan0"])
+        deadline = time.monotonic() + 15
+        while office.list_sas(office.hq)[netns.HQ_IKE_NAME]["remote-host"] == netns.BRANCH_WAN:
+            assert time.monotonic() < deadline, office.hq.log_tail()
+            time.sleep(0.2)
+        new_peer = office.list_sas(office.hq)[netns.HQ_IKE_NAME]["remote-host"]
+        with open(office.hq.log_path) as f:
+            log = f.read()
+        moved = re.findall(r"kernel-dataplane: SA ([0-9a-f]{8}) now (\S+) == (\S+)", log)
+        # the library accepted the move (a refusal is logged as "updating an SA's endpoints
+        # failed: ..."; the plugin before ipsec_gateway_update_sa said "plugin only")
+        assert "updating an SA's endpoints" not in log and "plugin only" not in log, log[-3000:]
+        assert {spi for spi, _, _ in moved} == {before.spi_in, before.spi_out}, (moved, office.hq.log_tail())
+        assert all(new_peer in src + dst for _, src, dst in moved), (new_peer, moved)
+        with office.capture_wan() as capture:
+            pings_both_ways(office, (64, 1000))
+            traffic_both_ways(office, 1 << 20)
+        assert_wan_only_esp_in_udp(capture, 2 * (1 << 20) // 1500, 2 << 20)
+        ike = office.list_sas(office.hq)[netns.HQ_IKE_NAME]
+        assert (ike["local-host"], ike["remote-host"]) == (netns.HQ_WAN6, netns.BRANCH_WAN6), ike
+        after, _ = the_child_sas(office)
+        assert after.bytes_out >= 1 << 20
+
+
 # --------------------------------------------------------------------------------------
 # 6. our plugin on both gateways
 # --------------------------------------------------------------------------------------
