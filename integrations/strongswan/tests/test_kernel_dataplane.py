@@ -483,18 +483,23 @@ def test_garbage_on_natt_port(plugin_installed):
         esp_like = len(garbage)
         garbage += [rng.randbytes(rng.randrange(1, 4)) for _ in range(20)]  # shorter than an SPI
         garbage += [b"\0\0\0\0" + rng.randbytes(rng.randrange(0, 600)) for _ in range(20)]  # "IKE"
-        script = ("import socket,sys,base64\n"
+        # paced (1 ms apart) so that hq's UDP receive buffer does not overflow
+        script = ("import socket,sys,base64,time\n"
                   "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
                   "for line in sys.stdin:\n"
-                  "    s.sendto(base64.b64decode(line),(%r,4500))\n" % netns.HQ_WAN)
+                  "    s.sendto(base64.b64decode(line),(%r,4500))\n"
+                  "    time.sleep(0.001)\n" % netns.HQ_WAN)
+        rcvbuf_before = netns.udp_counters(office.hq.ns)["RcvbufErrors"]
         sent = subprocess.run(["ip", "netns", "exec", office.branch.ns, sys.executable, "-c", script],
                               input="".join(base64.b64encode(g).decode() + "\n" for g in garbage),
                               capture_output=True, text=True, timeout=30)
         assert sent.returncode == 0, sent.stderr
         time.sleep(0.5)
+        rcvbuf_lost = netns.udp_counters(office.hq.ns)["RcvbufErrors"] - rcvbuf_before
         assert office.hq.process.poll() is None, "hq charon died:\n%s" % office.hq.log_tail()
         after, _ = the_child_sas(office)
         assert (after.spi_in, after.packets_in, after.bytes_in) == (hq.spi_in, hq.packets_in, hq.bytes_in)
         pings_both_ways(office, (64, 1000))
         dropped_in = plugin_summary(office)[3]
+        assert rcvbuf_lost == 0, "hq's kernel dropped %d datagrams (receive buffer full)" % rcvbuf_lost
         assert dropped_in >= esp_like, (dropped_in, esp_like)
