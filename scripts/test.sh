@@ -10,9 +10,15 @@
 #   4. the C ABI: header, examples/c/gateway.c and the C error-path tests, static and
 #      shared, under valgrind and ASan/UBSan, pkg-config install (scripts/test-ffi.sh)
 #   5. the Python package: a fresh wheel, stubtest, mypy --strict, pytest (scripts/test-py.sh)
-#   6. a smoke run of every cargo-fuzz target (nightly), or their corpora as plain
+#   6. strongSwan: the kernel-dataplane charon plugin built and installed
+#      (integrations/strongswan/build.sh), then the live tests in network namespaces
+#      (pytest integrations/strongswan/tests: libipsec baseline, the plugin against
+#      libipsec). Needs root and apt (it installs strongSwan); where strongSwan cannot
+#      be installed it says "strongSwan stage NOT run: <reason>" and the script goes on;
+#      where it can, any failure fails the run
+#   7. a smoke run of every cargo-fuzz target (nightly), or their corpora as plain
 #      tests where no nightly toolchain exists
-#   7. criterion benches compiled and run once in test mode (no timing is asserted)
+#   8. criterion benches compiled and run once in test mode (no timing is asserted)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -63,6 +69,39 @@ stage "C ABI (ipsec-ffi): header as C99 and C++, the C gateway and error-path te
 
 stage "Python package (ipsec-py): wheel, stubtest, mypy --strict, pytest"
 ./scripts/test-py.sh
+
+stage "strongSwan: kernel-dataplane plugin and live namespace tests (integrations/strongswan)"
+# Whether strongSwan can be installed here: root, iproute2 and ping, the Debian
+# packages (netns.ensure_strongswan installs them with apt-get or says why it cannot),
+# tcpdump for the WAN captures. Only that decides "not run"; after it, a failure of
+# the build or of a test fails the script.
+swan_start=$(date +%s)
+swan_reason=""
+if [ "$(id -u)" -ne 0 ]; then
+  swan_reason="needs root (network namespaces, apt-get, installing the charon plugin), running as uid $(id -u)"
+else
+  swan_reason=$(.venv/bin/python -c '
+import sys
+sys.path.insert(0, "integrations/strongswan")
+import netns
+print(netns.ensure_strongswan() or "")')
+  if [ -z "$swan_reason" ] && ! command -v tcpdump >/dev/null; then
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends tcpdump >/dev/null 2>&1 &&
+       ! { apt-get update >/dev/null 2>&1 &&
+           DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends tcpdump >/dev/null 2>&1; }; then
+      swan_reason="tcpdump is missing and apt-get cannot install it"
+    fi
+  fi
+fi
+if [ -n "$swan_reason" ]; then
+  echo
+  echo "!!! strongSwan stage NOT run: $swan_reason"
+  echo
+else
+  integrations/strongswan/build.sh
+  .venv/bin/python -m pytest -q -c integrations/strongswan/tests/pytest.ini integrations/strongswan/tests
+  echo "strongSwan stage: $(( $(date +%s) - swan_start ))s"
+fi
 
 stage "fuzz targets"
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then

@@ -93,6 +93,15 @@ BRANCH_GW_LAN, BRANCH_LAN_HOST = "10.1.0.1", "10.1.0.10"
 HQ_GW_LAN6, HQ_LAN_HOST6 = "2001:db8::1", "2001:db8::10"
 BRANCH_GW_LAN6, BRANCH_LAN_HOST6 = "2001:db8:1::1", "2001:db8:1::10"
 
+# swanctl values (BranchOffice(swanctl=...)) for IPv6 outside and inside the tunnel.
+HQ_LAN_NET6, BRANCH_LAN_NET6 = "2001:db8::/64", "2001:db8:1::/64"
+IPV6_SWANCTL = {
+    "hq": {"local_addrs": HQ_WAN6, "remote_addrs": BRANCH_WAN6, "local_ts": HQ_LAN_NET6,
+           "remote_ts": BRANCH_LAN_NET6},
+    "branch": {"local_addrs": BRANCH_WAN6, "remote_addrs": HQ_WAN6, "local_ts": BRANCH_LAN_NET6,
+               "remote_ts": HQ_LAN_NET6},
+}
+
 # Names of the IKE connection / CHILD_SA in examples/strongswan/*/swanctl.conf.
 HQ_IKE_NAME, BRANCH_IKE_NAME, CHILD_NAME = "branch", "hq", "lan"
 
@@ -299,14 +308,21 @@ def _indent(text, width):
     return "\n".join((" " * width + line.strip()) if line.strip() else "" for line in text.strip().splitlines())
 
 
-def render_swanctl(template_path, values):
+def render_swanctl(template_path, values, added=None):
     """Text of template_path with the value of each ``key = value`` line in values replaced.
 
     Every key must occur exactly once in the template (else NetnsError): the examples in
     examples/strongswan are the one source of truth, this only varies a few settings.
+    ``added`` ({key: value}) are connection-level settings the template does not have
+    (e.g. ``remote_port``), inserted after its single ``version = ...`` line.
     """
     with open(template_path) as f:
         text = f.read()
+    if added:
+        text, count = re.subn(r"^([ \t]*)(version[ \t]*=.*\n)", lambda m: m.group(0) + "".join(
+            "%s%s = %s\n" % (m.group(1), key, value) for key, value in added.items()), text, flags=re.MULTILINE)
+        if count != 1:
+            raise NetnsError("%s: expected exactly one `version = ...` line, found %d" % (template_path, count))
     for key, value in values.items():
         pattern = re.compile(r"^(\s*%s\s*=\s*).*$" % re.escape(key), re.MULTILINE)
         text, count = pattern.subn(lambda m, v=str(value): m.group(1) + v, text)
@@ -377,12 +393,13 @@ class ChildSaCounters:
 
 @dataclass
 class WanTraffic:
-    """Packets seen on the hq WAN link during a :class:`WanCapture`, by kind.
+    """Packets (IPv4 and IPv6) seen on the hq WAN link during a :class:`WanCapture`, by kind.
 
-    esp_in_udp: UDP 4500 with a non-zero SPI (RFC 3948);  ike: UDP 500, or UDP 4500 with
-    the non-ESP marker;  esp: bare IP protocol 50;  cleartext_lan: IP packets with a LAN
-    (10.0.0.0/8) source or destination, i.e. tunnel traffic that leaked unencrypted;
-    other: anything else (ARP, IPv6 neighbour discovery, ...).
+    esp_in_udp: UDP 4500 (or the capture's NAT-T port) with a non-zero SPI (RFC 3948);
+    ike: UDP 500, or the NAT-T port with the non-ESP marker;  esp: bare IP protocol 50;
+    cleartext_lan: IP packets with a LAN (10.0.0.0/8, 2001:db8::/64, 2001:db8:1::/64)
+    source or destination, i.e. tunnel traffic that leaked unencrypted;  other: anything
+    else (ARP, IPv6 neighbour discovery, ...).
     """
 
     esp_in_udp: int = 0
@@ -458,8 +475,9 @@ class WanCapture:
     :func:`tcpdump_available` says whether it is installed.
     """
 
-    def __init__(self, ns, workdir, interface="wan0"):
+    def __init__(self, ns, workdir, interface="wan0", natt_port=4500):
         self.ns = ns
+        self.natt_port = natt_port
         self.pcap = os.path.join(workdir, "wan-%d.pcap" % time.monotonic_ns())
         self.interface = interface
         self.traffic = None
@@ -481,7 +499,7 @@ class WanCapture:
         _stop_process(self._proc, signal.SIGINT)
         self.tcpdump_report = self._proc.stderr.read().strip()  # "N packets captured ..."
         self._proc.stderr.close()
-        self.traffic = classify_pcap(self.pcap)
+        self.traffic = classify_pcap(self.pcap, self.natt_port)
         return False
 
 
@@ -489,10 +507,17 @@ def tcpdump_available():
     return shutil.which("tcpdump") is not None
 
 
-def classify_pcap(path):
-    """Count the packets of an Ethernet pcap file by kind (see :class:`WanTraffic`)."""
+LAN_NETWORKS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network(HQ_GW_LAN6 + "/64", strict=False),
+                ipaddress.ip_network(BRANCH_GW_LAN6 + "/64", strict=False))
+
+
+def classify_pcap(path, natt_port=4500):
+    """Count the packets of an Ethernet pcap file by kind (see :class:`WanTraffic`).
+
+    IPv4 and IPv6 (without extension headers before UDP/ESP); natt_port is the UDP port
+    of ESP in UDP and IKE after the NAT-T switch (charon.port_nat_t).
+    """
     traffic = WanTraffic()
-    lan = ipaddress.ip_network("10.0.0.0/8")
     with open(path, "rb") as f:
         header = f.read(24)
         if len(header) < 24:
@@ -507,24 +532,29 @@ def classify_pcap(path):
             _, _, caplen, wirelen = struct.unpack(endian + "IIII", record)
             frame = f.read(caplen)
             ethertype = struct.unpack("!H", frame[12:14])[0]
-            if ethertype != 0x0800:
+            ip = frame[14:]
+            if ethertype == 0x0800:
+                ihl = (ip[0] & 0x0F) * 4
+                proto = ip[9]
+                src, dst = ipaddress.ip_address(ip[12:16]), ipaddress.ip_address(ip[16:20])
+            elif ethertype == 0x86DD:
+                ihl, proto = 40, ip[6]
+                src, dst = ipaddress.ip_address(ip[8:24]), ipaddress.ip_address(ip[24:40])
+            else:
                 traffic.other += 1
                 continue
-            ip = frame[14:]
-            ihl = (ip[0] & 0x0F) * 4
-            proto = ip[9]
-            src, dst = ipaddress.ip_address(ip[12:16]), ipaddress.ip_address(ip[16:20])
-            if src in lan or dst in lan:
+            if any(address in net for address in (src, dst) for net in LAN_NETWORKS
+                   if address.version == net.version):
                 traffic.cleartext_lan += 1
             elif proto == 50:
                 traffic.esp += 1
             elif proto == 17:
                 sport, dport = struct.unpack("!HH", ip[ihl:ihl + 4])
                 payload = ip[ihl + 8:ihl + 12]
-                if 4500 in (sport, dport) and len(payload) == 4 and payload != b"\0\0\0\0":
+                if natt_port in (sport, dport) and len(payload) == 4 and payload != b"\0\0\0\0":
                     traffic.esp_in_udp += 1
                     traffic.esp_in_udp_bytes += wirelen
-                elif 4500 in (sport, dport) or 500 in (sport, dport):
+                elif natt_port in (sport, dport) or 500 in (sport, dport):
                     traffic.ike += 1
                 else:
                     traffic.other += 1
@@ -597,7 +627,9 @@ class BranchOffice:
     hq, branch:    :class:`CharonConfig` of each gateway (default: kernel-libipsec).
     swanctl:       {"hq"|"branch": {key: value}}: further swanctl.conf values replaced in
                    one gateway's template (see :func:`render_swanctl`), e.g. wider
-                   traffic selectors on the branch.
+                   traffic selectors on the branch, or :data:`IPV6_SWANCTL`.
+    swanctl_add:   {"hq"|"branch": {key: value}}: connection settings the template does
+                   not have, added (e.g. ``remote_port``).
     keep_workdir:  keep the work directory (configs, logs, pcaps) after stop().
 
     Teardown kills the charons and every process in the namespaces, deletes the
@@ -606,12 +638,13 @@ class BranchOffice:
     """
 
     def __init__(self, esp_proposal="aes128gcm16", rekey_time="1h", hq=None, branch=None, swanctl=None,
-                 keep_workdir=False):
+                 keep_workdir=False, swanctl_add=None):
         global _scenario_counter
         _scenario_counter += 1
         self.esp_proposal = esp_proposal
         self.rekey_time = rekey_time
         self.swanctl_values = swanctl or {}
+        self.swanctl_added = swanctl_add or {}
         self.keep_workdir = keep_workdir
         self.prefix = "%s%dx%d" % (NS_PREFIX, os.getpid(), _scenario_counter)
         self.workdir = tempfile.mkdtemp(prefix=self.prefix + "-")
@@ -635,19 +668,57 @@ class BranchOffice:
         self.stop()
         return False
 
-    def start(self, timeout=30):
-        """Build the namespaces, start both charons, load the configs, bring up the CHILD_SA."""
+    def start(self, timeout=30, initiate=True):
+        """Build the namespaces, start both charons, load the configs, bring up the CHILD_SA
+        (unless initiate is false)."""
         atexit.register(self.stop)
         try:
             self._build_topology()
             for gateway in (self.hq, self.branch):
                 self._start_charon(gateway)
-            self.hq.swanctl("--load-all", "--file", os.path.join(self.hq.workdir, "swanctl.conf"))
-            self.branch.swanctl("--load-all", "--file", os.path.join(self.branch.workdir, "swanctl.conf"))
-            self.initiate(timeout)
+            for gateway in (self.hq, self.branch):
+                self.load_config(gateway)
+            if initiate:
+                self.initiate(timeout)
         except BaseException:
             self.stop()
             raise
+
+    def load_config(self, gateway):
+        """(Re)write the gateway's swanctl.conf from the current settings (esp_proposal,
+        rekey_time, swanctl values) and load it into its charon."""
+        with open(os.path.join(gateway.workdir, "swanctl.conf"), "w") as f:
+            f.write(render_swanctl(gateway.template, {
+                "esp_proposals": self.esp_proposal,
+                "rekey_time": self.rekey_time,
+                # Both sides passive: start() initiates from the branch with swanctl, which
+                # waits for the result and reports a failure.
+                "start_action": "none",
+                **self.swanctl_values.get(gateway.role, {}),
+            }, self.swanctl_added.get(gateway.role)))
+        gateway.swanctl("--load-all", "--file", os.path.join(gateway.workdir, "swanctl.conf"))
+
+    def stop_charon(self, gateway, timeout=10):
+        """Stop one gateway's charon (SIGTERM, as a service stop does); returns its exit code.
+
+        Its log stays in the work directory until stop().
+        """
+        _stop_process(gateway.process, timeout=timeout)
+        code = gateway.process.returncode
+        gateway.process = None
+        return code
+
+    def restart_charon(self, gateway):
+        """Stop one gateway's charon and start a fresh one with the same configuration
+        (loaded, nothing initiated); the old log is kept as charon.log.<n>."""
+        self.stop_charon(gateway)
+        number = 1
+        while os.path.exists("%s.%d" % (gateway.log_path, number)):
+            number += 1
+        os.rename(gateway.log_path, "%s.%d" % (gateway.log_path, number))
+        shutil.rmtree(os.path.join(gateway.workdir, "run"))
+        self._start_charon(gateway)
+        self.load_config(gateway)
 
     def stop(self):
         """Tear everything down (idempotent)."""
@@ -700,15 +771,6 @@ class BranchOffice:
         os.makedirs(os.path.join(gateway.workdir, "run"))
         with open(os.path.join(gateway.workdir, "strongswan.conf"), "w") as f:
             f.write(strongswan_conf(gateway.config, gateway.workdir))
-        with open(os.path.join(gateway.workdir, "swanctl.conf"), "w") as f:
-            f.write(render_swanctl(gateway.template, {
-                "esp_proposals": self.esp_proposal,
-                "rekey_time": self.rekey_time,
-                # Both sides passive: start() initiates from the branch with swanctl, which
-                # waits for the result and reports a failure.
-                "start_action": "none",
-                **self.swanctl_values.get(gateway.role, {}),
-            }))
         env = dict(os.environ, STRONGSWAN_CONF=os.path.join(gateway.workdir, "strongswan.conf"), **gateway.config.env)
         with open(os.path.join(gateway.workdir, "charon.out"), "w") as out:
             gateway.process = subprocess.Popen(
@@ -777,9 +839,9 @@ class BranchOffice:
                     local_ts=child.get("local-ts", []), remote_ts=child.get("remote-ts", [])))
         return children
 
-    def capture_wan(self):
+    def capture_wan(self, natt_port=4500):
         """A :class:`WanCapture` of the hq WAN veth (use as ``with office.capture_wan() as cap``)."""
-        return WanCapture(self.hq.ns, self.workdir)
+        return WanCapture(self.hq.ns, self.workdir, natt_port=natt_port)
 
     # -- traffic -------------------------------------------------------------------------
 
@@ -796,12 +858,16 @@ class BranchOffice:
         result = netns_exec(from_ns, argv + [to_addr], check=False, timeout=timeout + 5)
         return parse_ping(result.stdout + result.stderr)
 
-    def tcp_transfer(self, client_ns, server_ns, server_addr, nbytes, port=5201, timeout=60):
-        """Send nbytes over TCP from client_ns to a sink in server_ns; a TransferResult."""
+    def tcp_transfer(self, client_ns, server_ns, server_addr, nbytes, port=5201, timeout=60, rate=None):
+        """Send nbytes over TCP from client_ns to a sink in server_ns; a TransferResult.
+
+        rate: paced at about this many bytes per second (None: as fast as TCP goes).
+        """
         server = _start_endpoint(server_ns, ["tcp-sink", "--port", str(port)])
         try:
             client = netns_exec(client_ns, [sys.executable, os.path.abspath(__file__), "tcp-send", "--addr", server_addr,
-                                            "--port", str(port), "--bytes", str(nbytes)], timeout=timeout)
+                                            "--port", str(port), "--bytes", str(nbytes),
+                                            *(["--rate", str(rate)] if rate else [])], timeout=timeout)
             report = json.loads(client.stdout)
         finally:
             _finish_endpoint(server)
@@ -818,6 +884,20 @@ class BranchOffice:
         finally:
             _finish_endpoint(server)
         return UdpEchoResult(report["sent"], report["echoed"], size)
+
+
+def tcp_retransmissions(ns):
+    """RetransSegs of namespace ns's TCP stack (/proc/net/snmp is per network namespace)."""
+    lines = [line.split() for line in netns_exec(ns, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+             if line.startswith("Tcp:")]
+    return int(lines[1][lines[0].index("RetransSegs")])
+
+
+def udp_counters(ns):
+    """The Udp: line of namespace ns's /proc/net/snmp as a dict (InDatagrams, RcvbufErrors, ...)."""
+    lines = [line.split() for line in netns_exec(ns, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+             if line.startswith("Udp:")]
+    return dict(zip(lines[0][1:], (int(value) for value in lines[1][1:])))
 
 
 def parse_ping(output):
@@ -857,8 +937,9 @@ def _finish_endpoint(proc):
 
 
 def _tcp_sink(port):
-    """Accept one connection, read to EOF, answer the byte count (8 bytes, network order)."""
-    with socket.create_server(("0.0.0.0", port)) as listener:
+    """Accept one connection (IPv4 or IPv6), read to EOF, answer the byte count (8 bytes,
+    network order)."""
+    with socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True) as listener:
         print("ready", flush=True)
         conn, _ = listener.accept()
         with conn:
@@ -871,15 +952,21 @@ def _tcp_sink(port):
             conn.sendall(struct.pack("!Q", total))
 
 
-def _tcp_send(addr, port, nbytes):
-    """Send nbytes to a tcp-sink; print {"bytes": acknowledged count, "seconds": duration}."""
+def _tcp_send(addr, port, nbytes, rate=None):
+    """Send nbytes to a tcp-sink (paced at rate bytes/s if given); print {"bytes":
+    acknowledged count, "seconds": duration}."""
     block = bytes(range(256)) * 256
     start = time.monotonic()
     with socket.create_connection((addr, port), timeout=30) as conn:
         remaining = nbytes
         while remaining:
-            sent = conn.send(block[:min(remaining, len(block))])
+            chunk = min(remaining, len(block) if not rate else 16384)
+            sent = conn.send(block[:chunk])
             remaining -= sent
+            if rate:
+                ahead = (nbytes - remaining) / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
         conn.shutdown(socket.SHUT_WR)
         ack = b""
         while len(ack) < 8:
@@ -893,8 +980,9 @@ def _tcp_send(addr, port, nbytes):
 
 def _udp_echo_server(port):
     """Echo every datagram back to its sender until terminated."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("0.0.0.0", port))
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", port))
         print("ready", flush=True)
         while True:
             data, peer = sock.recvfrom(65535)
@@ -904,7 +992,8 @@ def _udp_echo_server(port):
 def _udp_echo_client(addr, port, size, count):
     """Send count numbered datagrams one at a time, count exact echoes; print JSON."""
     echoed = 0
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(1.0)
         for seq in range(count):
             payload = struct.pack("!I", seq) + bytes((seq + i) & 0xFF for i in range(size - 4))
@@ -948,6 +1037,7 @@ def main(argv=None):
     send.add_argument("--addr", required=True)
     send.add_argument("--port", type=int, required=True)
     send.add_argument("--bytes", type=int, required=True)
+    send.add_argument("--rate", type=int, default=None, help="bytes per second (default: unpaced)")
     echo_server = sub.add_parser("udp-echo-server")
     echo_server.add_argument("--port", type=int, required=True)
     echo_client = sub.add_parser("udp-echo-client")
@@ -963,7 +1053,7 @@ def main(argv=None):
     elif args.command == "tcp-sink":
         _tcp_sink(args.port)
     elif args.command == "tcp-send":
-        _tcp_send(args.addr, args.port, args.bytes)
+        _tcp_send(args.addr, args.port, args.bytes, args.rate)
     elif args.command == "udp-echo-server":
         _udp_echo_server(args.port)
     elif args.command == "udp-echo-client":

@@ -13,8 +13,8 @@
 /**
  * The state the plugin's two halves share: the library's gateway (SAD + SPD),
  * the lock around it, and what the plugin keeps per SA beside the library
- * (outer endpoints with ports for charon's sender, the time of last use for
- * query_sa).
+ * (outer endpoints with ports for charon's sender; the time of last use is
+ * the library's, see query_sa).
  *
  * The control half (kernel_dataplane_ipsec.c, called by charon's worker
  * threads) and the packet half (kernel_dataplane_router.c: the TUN reader job
@@ -65,8 +65,6 @@ struct dataplane_sa_t {
 	 */
 	host_t *src;
 	host_t *dst;
-	/** time_monotonic() of the last packet this SA processed; 0: never. */
-	time_t last_use;
 	/** Insertion order: the newest SA of a reqid is the one to rekey from. */
 	uint64_t serial;
 };

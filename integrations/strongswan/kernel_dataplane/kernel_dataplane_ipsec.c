@@ -17,9 +17,9 @@
  *               make-before-break (a new inbound SA accepts beside the old
  *               one and serves its policies; a new outbound SA takes over
  *               the old one's policies from the next packet on)
- *  update_sa    plugin-side only (see update_sa below)
- *  query_sa     the SA's counters from ipsec_gateway_get_sa, the time of
- *               last use from the plugin's own record (the library has none)
+ *  update_sa    ipsec_gateway_update_sa (NAT-T mapping changes, MOBIKE)
+ *  query_sa     the SA's counters and time of last use from
+ *               ipsec_gateway_get_sa
  *  del_sa       ipsec_gateway_delete_sa
  *  add_policy   IN and OUT of POLICY_IPSEC: one library policy per selector
  *               pair and direction, installed before the final deny-all in
@@ -457,18 +457,19 @@ METHOD(kernel_ipsec_t, add_sa, status_t,
 
 /**
  * update_sa: NAT mapping changes and MOBIKE move an SA to new addresses or
- * ports. The library has no call to change an installed SA's endpoints (and
- * charon does not hand the keys again), but the plugin does not need the
- * library's endpoints on the packet path: outbound, it strips the outer
- * header the library writes and sends the ESP from and to the addresses it
- * keeps itself; inbound, SAs are found by SPI alone. So the plugin updates
- * its own record; the library's copy (used for the outer header it writes
- * and for ICMP it matches) goes stale, which is logged.
+ * ports. charon does not hand the keys again: ipsec_gateway_update_sa moves
+ * the library's SA (the outer header it writes, the ICMP it matches), keeping
+ * keys, sequence numbers and counters, and the plugin's own record (the
+ * addresses charon's sender sends from and to) follows. When the library
+ * refuses, nothing changes.
  */
 METHOD(kernel_ipsec_t, update_sa, status_t,
 	private_kernel_dataplane_ipsec_t *this, kernel_ipsec_sa_id_t *id,
 	kernel_ipsec_update_sa_t *data)
 {
+	char tunnel_src[INET6_ADDRSTRLEN], tunnel_dst[INET6_ADDRSTRLEN];
+	uint16_t src_port, dst_port;
+	ipsec_status status = IPSEC_ERR_UNKNOWN_SA;
 	dataplane_sa_t *sa;
 
 	if (!data->new_encap)
@@ -477,17 +478,46 @@ METHOD(kernel_ipsec_t, update_sa, status_t,
 			 "ESP: ESP goes through charon's UDP sockets", ntohl(id->spi));
 		return FAILED;
 	}
+	if (!host_text(data->new_src, tunnel_src, sizeof(tunnel_src)) ||
+		!host_text(data->new_dst, tunnel_dst, sizeof(tunnel_dst)))
+	{
+		DBG1(DBG_KNL, "kernel-dataplane: refusing to update SA %.8x: bad "
+			 "address", ntohl(id->spi));
+		return FAILED;
+	}
+	/* as in add_sa: the ports of charon's NAT-T socket and the peer */
+	src_port = data->new_src->get_port(data->new_src);
+	dst_port = data->new_dst->get_port(data->new_dst);
+	if (!src_port)
+	{
+		src_port = CHARON_NATT_PORT;
+	}
+	if (!dst_port)
+	{
+		dst_port = CHARON_NATT_PORT;
+	}
 	this->gw->mutex->lock(this->gw->mutex);
 	sa = find_sa(this, id->spi, id->dst);
 	if (sa)
 	{
-		sa->src->destroy(sa->src);
-		sa->dst->destroy(sa->dst);
-		sa->src = data->new_src->clone(data->new_src);
-		sa->dst = data->new_dst->clone(data->new_dst);
-		if (data->new_reqid)
+		status = ipsec_gateway_update_sa(this->gw->gateway, sa->name,
+										 tunnel_src, tunnel_dst, true,
+										 src_port, dst_port,
+										 dataplane_now_ns());
+		if (status == IPSEC_OK)
 		{
-			sa->reqid = data->new_reqid;
+			sa->src->destroy(sa->src);
+			sa->dst->destroy(sa->dst);
+			sa->src = data->new_src->clone(data->new_src);
+			sa->dst = data->new_dst->clone(data->new_dst);
+			if (data->new_reqid)
+			{
+				sa->reqid = data->new_reqid;
+			}
+		}
+		else
+		{
+			dataplane_log_failure("updating an SA's endpoints", status);
 		}
 	}
 	this->gw->mutex->unlock(this->gw->mutex);
@@ -497,8 +527,11 @@ METHOD(kernel_ipsec_t, update_sa, status_t,
 			 ntohl(id->spi), id->dst);
 		return NOT_FOUND;
 	}
-	DBG1(DBG_KNL, "kernel-dataplane: SA %.8x now %#H == %#H (updated in the "
-		 "plugin only: the library cannot change an SA's endpoints)",
+	if (status != IPSEC_OK)
+	{
+		return FAILED;
+	}
+	DBG1(DBG_KNL, "kernel-dataplane: SA %.8x now %#H == %#H",
 		 ntohl(id->spi), data->new_src, data->new_dst);
 	return SUCCESS;
 }
@@ -536,8 +569,12 @@ METHOD(kernel_ipsec_t, query_sa, status_t,
 				}
 				if (time)
 				{
-					/* monotonic seconds, as charon expects use times */
-					*time = sa->last_use;
+					/* monotonic seconds, as charon expects use times:
+					 * last_used_ns is on dataplane_now_ns()'s clock
+					 * (CLOCK_MONOTONIC, as time_monotonic()), meaningful
+					 * only once the SA carried a packet; 0: never used */
+					*time = info.stats.packets ?
+						(time_t)(info.stats.last_used_ns / 1000000000ULL) : 0;
 				}
 			}
 		}

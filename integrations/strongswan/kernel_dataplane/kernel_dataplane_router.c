@@ -209,7 +209,6 @@ static void process_outbound(private_kernel_dataplane_router_t *this,
 	if (status == IPSEC_OK && result.verdict == IPSEC_VERDICT_PROTECTED &&
 		(sa = gw->sas->get(gw->sas, result.sa)) != NULL)
 	{
-		sa->last_use = time_monotonic(NULL);
 		src = sa->src->clone(sa->src);
 		dst = sa->dst->clone(sa->dst);
 		gw->counters.outbound_sent++;
@@ -336,7 +335,6 @@ static void receive_esp(private_kernel_dataplane_router_t *this,
 	ipsec_gateway_result result;
 	ipsec_status status = IPSEC_ERR_MALFORMED;
 	size_t header_len, offset = 0, length = 0;
-	dataplane_sa_t *sa;
 	uint8_t *buf;
 	bool deliver = FALSE;
 
@@ -352,11 +350,6 @@ static void receive_esp(private_kernel_dataplane_router_t *this,
 									   dataplane_now_ns(), &result);
 		if (status == IPSEC_OK && result.verdict == IPSEC_VERDICT_DECRYPTED)
 		{
-			sa = gw->sas->get(gw->sas, result.sa);
-			if (sa)
-			{
-				sa->last_use = time_monotonic(NULL);
-			}
 			gw->counters.inbound_delivered++;
 			deliver = TRUE;
 		}

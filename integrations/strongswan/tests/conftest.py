@@ -38,6 +38,6 @@ def record_baseline():
 
 def pytest_terminal_summary(terminalreporter):
     if _baseline_lines:
-        terminalreporter.section("libipsec <-> libipsec baseline (measured, not asserted)")
+        terminalreporter.section("strongSwan measurements (libipsec baseline, rekey comparison; not asserted)")
         for line in _baseline_lines:
             terminalreporter.write_line(line)
