@@ -16,10 +16,15 @@
  * headroom and tailroom (no copy), and hands it to ipsec_gateway_outbound.
  * For the plugin's SAs (tunnel mode, ESP in UDP) the library writes the
  * whole wire packet: outer IPv4/IPv6 header + UDP header + ESP. charon's
- * sender wants the UDP payload only (it owns the socket and the UDP
+ * socket wants the UDP payload only (it owns the socket and the UDP
  * header), so the data path strips the outer IP and UDP headers and sends
- * the ESP from and to the SA's endpoints with send_no_marker (no non-ESP
- * marker: this is ESP).
+ * the ESP from and to the SA's endpoints with charon->socket->send, from the
+ * reader's thread. That is what charon's sender thread does with a packet
+ * queued by sender->send_no_marker, without waking that thread for every
+ * packet (a context switch each way). Like send_no_marker it adds no
+ * non-ESP marker: this is ESP. socket-default sets the DSCP of a packet
+ * with setsockopt() when it differs from the last one's; ESP packets carry
+ * DSCP 0, as IKE packets do unless a connection sets `dscp`.
  *
  * Inbound: charon's receiver hands ESP that arrived on its NAT-T socket to
  * the ESP callback as a UDP payload (SPI first) with the addresses and
@@ -250,7 +255,9 @@ static void process_outbound(private_kernel_dataplane_router_t *this,
 	packet = packet_create_from_data(src, dst,
 					chunk_clone(chunk_create(this->outbound_buffer + offset + esp,
 											 length - esp)));
-	charon->sender->send_no_marker(charon->sender, packet);
+	/* a failed send is logged by the socket (as for the sender's packets) */
+	charon->socket->send(charon->socket, packet);
+	packet->destroy(packet);
 	kernel_dataplane_poll_events(gw, FALSE);
 }
 
