@@ -136,48 +136,76 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-# perf report lines are grouped into these categories (first match wins; matched against
-# "dso symbol").
-CATEGORIES = [
-    ("crypto (AES-GCM/ChaCha20-Poly1305)", r"aes|gcm|ghash|chacha|poly1305|clmul|aesni|ring_core|gfmul|"
-                                           r"CRYPTO_|EVP_|ossl_|_x86_64|avx|openssl|libcrypto"),
-    ("TUN read/write (kernel)", r"\btun_|tun_chr|tun_get_user|tun_put_user|tun_do_read"),
-    ("UDP/IP send+recv (kernel)", r"udp|\bip_|ip6_|ipv6_|__ip|inet_|sock_|skb|sk_|veth|netif|napi|__dev_|dev_|net_rx|"
-                                  r"nf_|__netif|tcp_|icmp|fib|neigh|dst_|__sys_sendto|__sys_recv|sendmsg|recvmsg"),
-    ("syscall entry/exit, poll/select, scheduler", r"entry_SYSCALL|syscall_|do_syscall|__x64_sys|select|poll|"
-                                                   r"schedule|__switch|finish_task|futex|pick_next|enqueue|dequeue|"
-                                                   r"try_to_wake|update_curr|ttwu|wake_up|__schedule|psi_|"
-                                                   r"native_sched|ret_from|exit_to_user|fdget|fput|rw_verify|"
-                                                   r"vfs_read|vfs_write|ksys_read|ksys_write"),
-    ("copies (memcpy, copy to/from user)", r"memcpy|memmove|copy_user|_copy_to|_copy_from|copyin|copyout|rep_movs|"
-                                           r"copy_page|csum_partial_copy"),
-    ("allocation (malloc/free, kmalloc)", r"malloc|free|cfree|kmem_cache|kmalloc|kfree|__alloc|page_frag|"
-                                          r"_int_|tcache|arena|slab|__slab"),
-    ("locking (mutex, spinlock)", r"mutex|spin_lock|spin_unlock|_raw_spin|lock|rwlock|pthread_"),
-    ("ipsec-dataplane library (other)", r"ipsec_|libstrongswan-kernel-dataplane"),
-    ("strongSwan libcharon/libstrongswan/libipsec (other)", r"libcharon|libstrongswan|libipsec|charon"),
+CRYPTO = re.compile(r"aes|gcm|ghash|chacha|poly1305|clmul|ring_core|CRYPTO_|EVP_|ossl_|libcrypto", re.I)
+# kernel frame (anywhere in the stack) -> category, first match wins
+KERNEL_PATHS = [
+    (re.compile(r"^(handle_softirqs|net_rx_action|__do_softirq|do_softirq)$"),
+     "kernel softirq: routing/forwarding of packets, veth"),
+    (re.compile(r"^tun_chr_read_iter$"), "TUN read (syscall)"),
+    (re.compile(r"^tun_chr_write_iter$"), "TUN write (syscall)"),
+    (re.compile(r"^(udp_sendmsg|udpv6_sendmsg|__sys_sendmsg|__sys_sendto)$"), "UDP send (syscall)"),
+    (re.compile(r"^(udp_recvmsg|udpv6_recvmsg|__sys_recvmsg|__sys_recvfrom|___sys_recvmsg)$"), "UDP recv (syscall)"),
+    (re.compile(r"^(do_sys_poll|core_sys_select|do_select)$"), "poll/select (waiting for packets)"),
+    (re.compile(r"^(do_futex|futex_wake|futex_wait)"), "futex: thread handoffs (wakeups, sleeps), contention"),
+    (re.compile(r"^entry_SYSCALL"), "other syscalls"),
+]
+USER_LEAF = [
+    (re.compile(r"memcpy|memmove|memset"), "copies (user memcpy)"),
+    (re.compile(r"malloc|free|_int_|tcache|calloc|realloc"), "malloc/free"),
+    (re.compile(r"pthread_mutex|lll_lock|lll_unlock|pthread_cond|pthread_rwlock"), "locks (user, uncontended)"),
+]
+USER_DSO = [
+    ("kernel-dataplane", "ipsec-dataplane library + plugin (not crypto)"),
+    ("libipsec.so", "strongSwan libipsec (not crypto)"),
+    ("libcharon", "charon/libstrongswan (other)"),
+    ("libstrongswan", "charon/libstrongswan (other)"),
 ]
 
 
-def perf_categories(report_text):
-    """Sum ``perf report --no-children --sort dso,sym`` percentages by category."""
-    totals = {name: 0.0 for name, _ in CATEGORIES}
-    totals["other"] = 0.0
-    top = []
-    for line in report_text.splitlines():
-        match = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*)$", line)
-        if not match:
+def classify_stack(frames):
+    """Category of one perf sample; frames: [(symbol, dso)] from the leaf up."""
+    if not frames:
+        return "unknown"
+    leaf_sym, leaf_dso = frames[0]
+    if CRYPTO.search(leaf_sym) or CRYPTO.search(os.path.basename(leaf_dso)):
+        return "crypto (AES-GCM, ChaCha20-Poly1305)"
+    if "kernel.kallsyms" in leaf_dso:
+        kernel = [sym for sym, dso in frames if "kernel.kallsyms" in dso]
+        for pattern, category in KERNEL_PATHS:
+            if any(pattern.search(sym) for sym in kernel):
+                return category
+        return "kernel other (interrupts, scheduler)"
+    for pattern, category in USER_LEAF:
+        if pattern.search(leaf_sym):
+            return category
+    for needle, category in USER_DSO:
+        if needle in leaf_dso:
+            return category
+    return "other user code (libc, ...)"
+
+
+def perf_categories(data):
+    """(category -> % of samples, top leaf symbols [(%, dso, symbol)]) of a perf.data file."""
+    script = subprocess.run(["perf", "script", "-i", data, "-F", "tid,ip,sym,dso"], capture_output=True, text=True,
+                            timeout=600).stdout
+    counts, leaves, total = {}, {}, 0
+    for block in script.split("\n\n"):
+        frames = []
+        for line in block.splitlines()[1:]:
+            match = re.match(r"\s*[0-9a-f]+ (.*) \((.*)\)$", line)
+            if match:
+                frames.append((match.group(1), match.group(2)))
+        if not frames:
             continue
-        pct, dso, sym = float(match.group(1)), match.group(2), match.group(3).strip()
-        key = "%s %s" % (dso, sym)
-        for name, pattern in CATEGORIES:
-            if re.search(pattern, key, re.IGNORECASE):
-                totals[name] += pct
-                break
-        else:
-            totals["other"] += pct
-        if len(top) < 25:
-            top.append((pct, dso, sym))
+        total += 1
+        category = classify_stack(frames)
+        counts[category] = counts.get(category, 0) + 1
+        leaf = (os.path.basename(frames[0][1]), re.sub(r"\+0x[0-9a-f]+$", "", frames[0][0]))
+        leaves[leaf] = leaves.get(leaf, 0) + 1
+    if not total:
+        return {}, []
+    totals = {c: 100 * n / total for c, n in counts.items()}
+    top = sorted(((100 * n / total, dso, sym) for (dso, sym), n in leaves.items()), reverse=True)
     return totals, top
 
 
@@ -192,11 +220,7 @@ def profile(office, setup, direction, nbytes, port, outdir):
     finally:
         perf.send_signal(2)
         perf.wait(30)
-    report = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso,sym", "--stdio",
-                             "-g", "none", "--percent-limit", "0.05"], capture_output=True, text=True, timeout=300)
-    with open(data + ".txt", "w") as f:
-        f.write(report.stdout)
-    return perf_categories(report.stdout)
+    return perf_categories(data)
 
 
 def cpu_model():
@@ -296,7 +320,7 @@ def run_proposal(proposal, configs, args):
             for name, office in offices.items():
                 for direction in ("hq>br", "br>hq"):
                     totals, top = profile(office, name, direction, nbytes[name], 5203, args.perf)
-                    print("\nperf, %s %s %s (%% of hq charon samples, self time):" % (proposal, name, direction))
+                    print("\nperf, %s %s %s (%% of the hq charon's samples, by stack):" % (proposal, name, direction))
                     for category, pct in sorted(totals.items(), key=lambda kv: -kv[1]):
                         if pct >= 0.5:
                             print("  %5.1f%%  %s" % (pct, category))
