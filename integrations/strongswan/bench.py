@@ -147,7 +147,7 @@ KERNEL_PATHS = [
     (re.compile(r"^(udp_recvmsg|udpv6_recvmsg|__sys_recvmsg|__sys_recvfrom|___sys_recvmsg)$"), "UDP recv (syscall)"),
     (re.compile(r"^(do_sys_poll|core_sys_select|do_select)$"), "poll/select (waiting for packets)"),
     (re.compile(r"^(do_futex|futex_wake|futex_wait)"), "futex: thread handoffs (wakeups, sleeps), contention"),
-    (re.compile(r"^entry_SYSCALL"), "other syscalls"),
+    (re.compile(r"^entry_SYSCALL"), "syscall entry/exit, other syscalls"),
 ]
 USER_LEAF = [
     (re.compile(r"memcpy|memmove|memset"), "copies (user memcpy)"),
@@ -246,6 +246,7 @@ def main():
                         help="another build of the plugin as an extra hq setup")
     parser.add_argument("--only", help="comma-separated setup names to run")
     parser.add_argument("--perf", metavar="DIR", help="perf record the hq charon, data and reports in DIR")
+    parser.add_argument("--perf-setups", help="comma-separated setup names to profile (default: all)")
     args = parser.parse_args()
 
     reason = netns.ensure_strongswan()
@@ -318,6 +319,8 @@ def run_proposal(proposal, configs, args):
         sys.stdout.flush()
         if args.perf:
             for name, office in offices.items():
+                if args.perf_setups and name not in args.perf_setups.split(","):
+                    continue
                 for direction in ("hq>br", "br>hq"):
                     totals, top = profile(office, name, direction, nbytes[name], 5203, args.perf)
                     print("\nperf, %s %s %s (%% of the hq charon's samples, by stack):" % (proposal, name, direction))
