@@ -91,7 +91,7 @@ struct kernel_dataplane_gateway_t {
 		uint64_t outbound_dropped;
 		/** ESP from charon's receiver the plugin or the library dropped. */
 		uint64_t inbound_dropped;
-		/** Outbound packets that went out through charon's sender. */
+		/** Outbound packets encrypted and handed to charon's socket. */
 		uint64_t outbound_sent;
 		/** Inbound packets decrypted and written to TUN. */
 		uint64_t inbound_delivered;

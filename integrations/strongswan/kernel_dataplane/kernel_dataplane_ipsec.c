@@ -374,9 +374,15 @@ METHOD(kernel_ipsec_t, add_sa, status_t,
 		config.replay_window = data->replay_window == 0 ? 0 :
 							   max(32U, min(data->replay_window, 1U << 24));
 	}
-	else if (data->tfc)
+	else
 	{
-		config.tfc_pad_to = min(data->tfc, 65535U);
+		/* the RFC 4303 minimum, as Linux and libipsec send: a few bytes
+		 * less on the wire than whole 16-byte blocks */
+		config.padding = IPSEC_PADDING_MINIMAL;
+		if (data->tfc)
+		{
+			config.tfc_pad_to = min(data->tfc, 65535U);
+		}
 	}
 	config.tunnel_src = tunnel_src;
 	config.tunnel_dst = tunnel_dst;

@@ -12,13 +12,19 @@
  *
  * Outbound: the host routes traffic for the remote selectors into the TUN
  * device (kernel_dataplane_ipsec.c installs the routes). A job on charon's
- * thread pool reads each cleartext packet, copies it into a buffer with
- * headroom and tailroom, and hands it to ipsec_gateway_outbound. For the
- * plugin's SAs (tunnel mode, ESP in UDP) the library writes the whole wire
- * packet: outer IPv4/IPv6 header + UDP header + ESP. charon's sender wants
- * the UDP payload only (it owns the socket and the UDP header), so the data
- * path strips the outer IP and UDP headers and sends the ESP from and to the
- * SA's endpoints with send_no_marker (no non-ESP marker: this is ESP).
+ * thread pool reads each cleartext packet straight into a buffer with
+ * headroom and tailroom (no copy), and hands it to ipsec_gateway_outbound.
+ * For the plugin's SAs (tunnel mode, ESP in UDP) the library writes the
+ * whole wire packet: outer IPv4/IPv6 header + UDP header + ESP. charon's
+ * socket wants the UDP payload only (it owns the socket and the UDP
+ * header), so the data path strips the outer IP and UDP headers and sends
+ * the ESP from and to the SA's endpoints with charon->socket->send, from the
+ * reader's thread. That is what charon's sender thread does with a packet
+ * queued by sender->send_no_marker, without waking that thread for every
+ * packet (a context switch each way). Like send_no_marker it adds no
+ * non-ESP marker: this is ESP. socket-default sets the DSCP of a packet
+ * with setsockopt() when it differs from the last one's; ESP packets carry
+ * DSCP 0, as IKE packets do unless a connection sets `dscp`.
  *
  * Inbound: charon's receiver hands ESP that arrived on its NAT-T socket to
  * the ESP callback as a UDP payload (SPI first) with the addresses and
@@ -37,12 +43,14 @@
 #include "kernel_dataplane_router.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <unistd.h>
 
 #include <daemon.h>
 #include <networking/packet.h>
 #include <processing/jobs/callback_job.h>
+#include <threading/thread.h>
 #include <utils/debug.h>
 
 /** Headroom before a cleartext packet: outer IPv6 (40) + UDP (8) + ESP
@@ -72,6 +80,10 @@ struct private_kernel_dataplane_router_t {
 	 * one thread at a time). */
 	uint8_t *outbound_buffer;
 	size_t outbound_capacity;
+
+	/** The inbound buffer (outer IP header + ESP): only charon's receiver
+	 * thread uses it (it calls receive_esp() under its own lock). */
+	uint8_t *inbound_buffer;
 };
 
 /** When the data path last polled the library's lifetime events (seconds,
@@ -180,27 +192,27 @@ static size_t esp_offset(const uint8_t *packet, size_t len)
 }
 
 /**
- * Encrypts one cleartext packet from the TUN device and sends it.
+ * Encrypts the cleartext packet of `length` bytes at OUTBOUND_HEADROOM in
+ * the outbound buffer and sends it.
  */
 static void process_outbound(private_kernel_dataplane_router_t *this,
-							 chunk_t cleartext)
+							 size_t length)
 {
 	kernel_dataplane_gateway_t *gw = this->gw;
 	ipsec_gateway_result result;
 	ipsec_status status;
 	dataplane_sa_t *sa;
 	host_t *src = NULL, *dst = NULL;
-	size_t offset = OUTBOUND_HEADROOM, length = cleartext.len, esp;
+	size_t offset = OUTBOUND_HEADROOM, esp;
 	packet_t *packet;
 
-	if (cleartext.len == 0 || cleartext.len > MAX_IP_PACKET)
+	if (length == 0 || length > MAX_IP_PACKET)
 	{
 		gw->mutex->lock(gw->mutex);
 		gw->counters.tun_malformed++;
 		gw->mutex->unlock(gw->mutex);
 		return;
 	}
-	memcpy(this->outbound_buffer + offset, cleartext.ptr, cleartext.len);
 
 	gw->mutex->lock(gw->mutex);
 	status = ipsec_gateway_outbound(gw->gateway, this->outbound_buffer,
@@ -242,27 +254,41 @@ static void process_outbound(private_kernel_dataplane_router_t *this,
 	packet = packet_create_from_data(src, dst,
 					chunk_clone(chunk_create(this->outbound_buffer + offset + esp,
 											 length - esp)));
-	charon->sender->send_no_marker(charon->sender, packet);
+	/* a failed send is logged by the socket (as for the sender's packets) */
+	charon->socket->send(charon->socket, packet);
+	packet->destroy(packet);
 	kernel_dataplane_poll_events(gw, FALSE);
 }
 
 /**
- * The TUN reader job: one packet per round, then requeued. read_packet()
- * blocks in a cancellation point, so charon's processor can cancel it.
+ * The TUN reader job: one packet per round, then requeued. It reads from
+ * the device's descriptor straight into the outbound buffer (the TUN
+ * device's read_packet() would allocate and copy every packet twice); the
+ * read blocks in a cancellation point, so charon's processor can cancel it.
  */
 static job_requeue_t read_tun(private_kernel_dataplane_router_t *this)
 {
-	chunk_t cleartext;
+	ssize_t len;
+	bool old;
 
-	if (!this->gw->tun->read_packet(this->gw->tun, &cleartext))
+	old = thread_cancelability(TRUE);
+	len = read(this->gw->tun->get_fd(this->gw->tun),
+			   this->outbound_buffer + OUTBOUND_HEADROOM, MAX_IP_PACKET);
+	thread_cancelability(old);
+	if (len < 0)
 	{
-		/* read_packet() logged why; pause (a cancellation point) so that a
-		 * device that keeps failing does not spin a thread */
+		if (errno == EINTR || errno == EAGAIN)
+		{
+			return JOB_REQUEUE_DIRECT;
+		}
+		DBG1(DBG_KNL, "kernel-dataplane: reading from TUN device %s failed: "
+			 "%s", this->gw->tun->get_name(this->gw->tun), strerror(errno));
+		/* pause (a cancellation point) so that a device that keeps failing
+		 * does not spin a thread */
 		usleep(100000);
 		return JOB_REQUEUE_FAIR;
 	}
-	process_outbound(this, cleartext);
-	chunk_free(&cleartext);
+	process_outbound(this, len);
 	return JOB_REQUEUE_DIRECT;
 }
 
@@ -335,10 +361,10 @@ static void receive_esp(private_kernel_dataplane_router_t *this,
 	ipsec_gateway_result result;
 	ipsec_status status = IPSEC_ERR_MALFORMED;
 	size_t header_len, offset = 0, length = 0;
-	uint8_t *buf;
+	uint8_t *buf = this->inbound_buffer;
 	bool deliver = FALSE;
 
-	buf = malloc(IPV6_HEADER_LEN + esp.len);
+	/* refuses what would not fit an IP packet (and so the buffer) */
 	header_len = write_outer_header(buf, src, dst, esp.len);
 	if (header_len)
 	{
@@ -376,7 +402,6 @@ static void receive_esp(private_kernel_dataplane_router_t *this,
 			 src, status == IPSEC_OK ? "not decrypted"
 									 : ipsec_status_str(status));
 	}
-	free(buf);
 	packet->destroy(packet);
 	kernel_dataplane_poll_events(gw, status == IPSEC_ERR_LIFETIME_EXPIRED);
 }
@@ -396,6 +421,7 @@ METHOD(kernel_dataplane_router_t, destroy, void,
 		 (unsigned long long)this->gw->counters.inbound_dropped,
 		 (unsigned long long)this->gw->counters.tun_malformed);
 	free(this->outbound_buffer);
+	free(this->inbound_buffer);
 	free(this);
 }
 
@@ -413,6 +439,7 @@ kernel_dataplane_router_t *kernel_dataplane_router_create(
 							 OUTBOUND_TAILROOM,
 	);
 	this->outbound_buffer = malloc(this->outbound_capacity);
+	this->inbound_buffer = malloc(IPV6_HEADER_LEN + MAX_IP_PACKET);
 
 	charon->receiver->add_esp_cb(charon->receiver,
 								 (receiver_esp_cb_t)receive_esp, this);
