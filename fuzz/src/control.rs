@@ -65,6 +65,7 @@ use ipsec_core::{
     SaConfig, SaLane, SaLookup, SharedSa, SharedSaOptions,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 /// SA names the input picks from (`""` is refused as a name).
 pub const SA_NAMES: [&str; 5] = ["a", "b", "c", "d", ""];
@@ -79,8 +80,9 @@ const WINDOW: u64 = 64;
 const ROOM: usize = 128;
 
 /// One operation. Its bytes: a byte `b` whose `b % 15` is the kind (the order of the
-/// variants below) and `(b / 15) & 1` the gateway (`from` for `AddPair`, unused by
-/// `Deliver` and `Advance`), then the fields in order: one byte each (`u8`, `bool` as
+/// variants below, `UpdateSa` sharing `DeleteSa`'s: bit 1 of `b / 15` set) and
+/// `(b / 15) & 1` the gateway (`from` for `AddPair`, unused by `Deliver` and
+/// `Advance`), then the fields in order: one byte each (`u8`, `bool` as
 /// bit 0, `before` as `% 5`, 4 meaning none) or four for an [`SaSpec`] or
 /// [`PolicySpec`].
 #[derive(Clone, Debug)]
@@ -92,6 +94,10 @@ pub enum Op {
     RekeySa { gw: bool, replaces: u8, sa: SaSpec },
     /// `delete_sa`.
     DeleteSa { gw: bool, name: u8 },
+    /// `update_sa` of `name` (the kind of `DeleteSa` with bit 1 of `b / 15` set): an
+    /// inbound SA found by its destination moves to the other destination, any other
+    /// SA "moves" to the endpoints it has (everything must stay as it was).
+    UpdateSa { gw: bool, name: u8 },
     /// `retire_sa` at now + `after_ms`.
     RetireSa { gw: bool, name: u8, after_ms: u8 },
     /// `install_policy`, before the policy `before` names (or last).
@@ -229,6 +235,7 @@ impl Op {
                 replaces: r.u8(),
                 sa: SaSpec::decode(r),
             },
+            2 if (b / KINDS) & 2 != 0 => Op::UpdateSa { gw, name: r.u8() },
             2 => Op::DeleteSa { gw, name: r.u8() },
             3 => Op::RetireSa {
                 gw,
@@ -276,6 +283,7 @@ impl Op {
                 sa.encode(out);
             }
             Op::DeleteSa { gw, name } => out.extend_from_slice(&[head(2, gw), name]),
+            Op::UpdateSa { gw, name } => out.extend_from_slice(&[head(2, gw) + 2 * KINDS, name]),
             Op::RetireSa { gw, name, after_ms } => {
                 out.extend_from_slice(&[head(3, gw), name, after_ms]);
             }
@@ -507,6 +515,8 @@ struct MSa {
     /// Outbound: the names whose traffic it carries.
     routes: Vec<String>,
     retire_at: Option<Duration>,
+    /// Installed as a lane of a `SharedSa` (`update_sa` refuses it).
+    lane: bool,
     packets: u64,
     /// Inbound: the highest sequence number accepted and those seen.
     highest: u64,
@@ -644,10 +654,36 @@ impl Model {
             serves,
             routes,
             retire_at: None,
+            lane: spec.as_lane(),
             packets: 0,
             highest: 0,
             seen: BTreeSet::new(),
         }
+    }
+
+    /// `update_sa` of `name` as [`Op::UpdateSa`] moves it.
+    fn update_sa(&mut self, name: &str) -> Result<(), ControlError> {
+        let i = self
+            .find(name)
+            .ok_or_else(|| ControlError::UnknownSa { name: name.into() })?;
+        if self.sas[i].lane {
+            return Err(config_error("a lane cannot move"));
+        }
+        let (spi, dst) = (self.sas[i].spi, self.sas[i].dst.map(|d| 1 - d));
+        if dst.is_some()
+            && let Some(holder) = self
+                .sas
+                .iter()
+                .enumerate()
+                .find(|&(k, s)| k != i && !s.outbound && s.spi == spi && s.dst == dst)
+        {
+            return Err(ControlError::DuplicateSpi {
+                spi,
+                sa: holder.1.name.clone(),
+            });
+        }
+        self.sas[i].dst = dst;
+        Ok(())
     }
 
     fn add_sa(&mut self, spec: &SaSpec, outbound: bool) -> Result<(), ControlError> {
@@ -1032,6 +1068,37 @@ pub fn run(ops: &[Op]) -> Tally {
                 if let Some(stats) = stats {
                     assert_eq!(Some(stats.packets), packets, "{what}: final packet count");
                 }
+            }
+            Op::UpdateSa { gw, name } => {
+                let (g, m) = (&mut gws[usize::from(gw)], &mut models[usize::from(gw)]);
+                let name = sa_name(name);
+                // The endpoints it has, with an address-found inbound SA's destination
+                // swapped (198.51.100.2 <-> 198.51.100.99).
+                let moved = g.sa(name).map(|sa| {
+                    let swap = |d: IpAddr| {
+                        let other = if d == IpAddr::from([198, 51, 100, 2]) {
+                            99
+                        } else {
+                            2
+                        };
+                        IpAddr::from([198, 51, 100, other])
+                    };
+                    match (sa.direction(), sa.lookup(), sa.tunnel()) {
+                        (Direction::Inbound, SaLookup::SpiDestination, Some((s, d))) => {
+                            Some((s, swap(d)))
+                        }
+                        (_, _, tunnel) => tunnel,
+                    }
+                });
+                let tunnel = moved.flatten();
+                control(
+                    &what,
+                    &mut tally,
+                    g,
+                    m,
+                    |g| g.update_sa(name, tunnel, None, now),
+                    |m| m.update_sa(name),
+                );
             }
             Op::RetireSa { gw, name, after_ms } => {
                 let (g, m) = (&mut gws[usize::from(gw)], &mut models[usize::from(gw)]);
