@@ -19,8 +19,9 @@
  *               the old one's policies from the next packet on)
  *  update_sa    ipsec_gateway_update_sa (NAT-T mapping changes, MOBIKE)
  *  query_sa     the SA's counters and time of last use from
- *               ipsec_gateway_get_sa
- *  del_sa       ipsec_gateway_delete_sa
+ *               ipsec_gateway_find_sa
+ *  del_sa       ipsec_gateway_delete_sa; an SPI with no SA (a CHILD_SA that
+ *               failed) is given back with ipsec_gateway_release_spi
  *  add_policy   IN and OUT of POLICY_IPSEC: one library policy per selector
  *               pair and direction, installed before the final deny-all in
  *               order of specificity, naming the SA of the policy's SPI;
@@ -549,40 +550,30 @@ METHOD(kernel_ipsec_t, query_sa, status_t,
 {
 	ipsec_gateway_sa info;
 	dataplane_sa_t *sa;
-	size_t index, count;
 	bool found = FALSE;
 
 	this->gw->mutex->lock(this->gw->mutex);
 	sa = find_sa(this, id->spi, id->dst);
-	if (sa)
+	if (sa && ipsec_gateway_find_sa(this->gw->gateway, sa->name, &info) ==
+			IPSEC_OK)
 	{
-		/* the library reports SAs by index only: look for the name (no
-		 * control call can come in between, we hold the lock) */
-		count = ipsec_gateway_sa_count(this->gw->gateway);
-		for (index = 0; index < count && !found; index++)
+		found = TRUE;
+		if (bytes)
 		{
-			if (ipsec_gateway_get_sa(this->gw->gateway, index, &info) ==
-					IPSEC_OK && streq(info.name, sa->name))
-			{
-				found = TRUE;
-				if (bytes)
-				{
-					*bytes = info.stats.bytes;
-				}
-				if (packets)
-				{
-					*packets = info.stats.packets;
-				}
-				if (time)
-				{
-					/* monotonic seconds, as charon expects use times:
-					 * last_used_ns is on dataplane_now_ns()'s clock
-					 * (CLOCK_MONOTONIC, as time_monotonic()), meaningful
-					 * only once the SA carried a packet; 0: never used */
-					*time = info.stats.packets ?
-						(time_t)(info.stats.last_used_ns / 1000000000ULL) : 0;
-				}
-			}
+			*bytes = info.stats.bytes;
+		}
+		if (packets)
+		{
+			*packets = info.stats.packets;
+		}
+		if (time)
+		{
+			/* monotonic seconds, as charon expects use times: last_used_ns
+			 * is on dataplane_now_ns()'s clock (CLOCK_MONOTONIC, as
+			 * time_monotonic()), meaningful only once the SA carried a
+			 * packet; 0: never used */
+			*time = info.stats.packets ?
+				(time_t)(info.stats.last_used_ns / 1000000000ULL) : 0;
 		}
 	}
 	this->gw->mutex->unlock(this->gw->mutex);
@@ -615,14 +606,21 @@ METHOD(kernel_ipsec_t, del_sa, status_t,
 			dataplane_log_failure("deleting an SA", status);
 		}
 	}
+	else
+	{
+		/* normal for an SPI charon allocated (get_spi) whose SA was never
+		 * installed (a failed CHILD_SA): give it back to the library at
+		 * once rather than when its reservation runs out */
+		bool released = false;
+
+		ipsec_gateway_release_spi(this->gw->gateway, ntohl(id->spi),
+								  &released);
+		DBG2(DBG_KNL, "kernel-dataplane: no SA %.8x to %H to delete%s",
+			 ntohl(id->spi), id->dst, released ? " (SPI released)" : "");
+	}
 	this->gw->mutex->unlock(this->gw->mutex);
 	if (!sa)
 	{
-		/* normal for an SPI charon allocated (get_spi) but whose SA was
-		 * never installed: the library keeps such an SPI reserved until
-		 * its reservation runs out (it has no call to release it) */
-		DBG2(DBG_KNL, "kernel-dataplane: no SA %.8x to %H to delete",
-			 ntohl(id->spi), id->dst);
 		return NOT_FOUND;
 	}
 	return status == IPSEC_OK ? SUCCESS : FAILED;
