@@ -469,12 +469,7 @@ impl Gateway {
         key: SadKey,
         keys: SaKeys<'_>,
     ) -> Result<(), ControlError> {
-        let &old = self
-            .by_name
-            .get(replaces)
-            .ok_or_else(|| ControlError::UnknownSa {
-                name: replaces.to_owned(),
-            })?;
+        let old = self.index_of(replaces)?;
         if keys.direction != self.entry(old).sa.direction() {
             return Err(ControlError::DirectionMismatch {
                 sa: name.to_owned(),
@@ -604,12 +599,7 @@ impl Gateway {
         udp_encap: Option<(u16, u16)>,
         now: Duration,
     ) -> Result<(), ControlError> {
-        let &index = self
-            .by_name
-            .get(name)
-            .ok_or_else(|| ControlError::UnknownSa {
-                name: name.to_owned(),
-            })?;
+        let index = self.index_of(name)?;
         let entry = self.entry(index);
         if entry.lane.is_some() {
             return Err(ConfigError::new(
@@ -661,15 +651,20 @@ impl Gateway {
         Ok(())
     }
 
+    /// The index of the installed SA `name`, or [`ControlError::UnknownSa`].
+    fn index_of(&self, name: &str) -> Result<usize, ControlError> {
+        self.by_name
+            .get(name)
+            .copied()
+            .ok_or_else(|| ControlError::UnknownSa {
+                name: name.to_owned(),
+            })
+    }
+
     /// The index of the SA `name` if no policy would be left without an SA by its
     /// deletion.
     fn deletable(&self, name: &str) -> Result<usize, ControlError> {
-        let &index = self
-            .by_name
-            .get(name)
-            .ok_or_else(|| ControlError::UnknownSa {
-                name: name.to_owned(),
-            })?;
+        let index = self.index_of(name)?;
         let entry = self.entry(index);
         let in_use = |policy: &Policy| ControlError::SaInUse {
             sa: name.to_owned(),

@@ -217,3 +217,44 @@ pub(crate) fn bytes<'a>(obj: &'a Bound<'_, PyAny>, field: &str) -> PyResult<&'a 
         .map(|b| b.as_bytes())
         .map_err(|_| PyTypeError::new_err(format!("{field} must be bytes, got {}", type_name(obj))))
 }
+
+/// Tunnel endpoints from the keywords `tunnel_src` and `tunnel_dst` (`None` or absent:
+/// not given): both or neither, or `ConfigError` naming the missing one.
+pub(crate) fn endpoints(
+    src: Option<&Bound<'_, PyAny>>,
+    dst: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<(IpAddr, IpAddr)>> {
+    match (src.filter(|o| !o.is_none()), dst.filter(|o| !o.is_none())) {
+        (Some(s), Some(d)) => Ok(Some((
+            addr(s, "tunnel_src", Bad::Config)?,
+            addr(d, "tunnel_dst", Bad::Config)?,
+        ))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(crate::errors::config(
+            "tunnel_dst",
+            "missing (tunnel_src is given)",
+        )),
+        (None, Some(_)) => Err(crate::errors::config(
+            "tunnel_src",
+            "missing (tunnel_dst is given)",
+        )),
+    }
+}
+
+/// UDP encapsulation ports from the keyword `udp_encap`: a `(src_port, dst_port)` tuple,
+/// or `None` (absent) for plain ESP.
+pub(crate) fn udp_ports(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<(u16, u16)>> {
+    let Some(u) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    let pair: (Bound<'_, PyAny>, Bound<'_, PyAny>) = u.extract().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "udp_encap must be a (src_port, dst_port) tuple, got {}",
+            type_name(u)
+        ))
+    })?;
+    Ok(Some((
+        int(&pair.0, "udp_encap", Bad::Config)?,
+        int(&pair.1, "udp_encap", Bad::Config)?,
+    )))
+}

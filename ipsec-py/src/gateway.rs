@@ -797,42 +797,8 @@ impl PyGateway {
         now: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let name = convert::text(name, "name")?;
-        let src = tunnel_src.filter(|o| !o.is_none());
-        let dst = tunnel_dst.filter(|o| !o.is_none());
-        let tunnel = match (src, dst) {
-            (Some(s), Some(d)) => Some((
-                convert::addr(s, "tunnel_src", Bad::Config)?,
-                convert::addr(d, "tunnel_dst", Bad::Config)?,
-            )),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(crate::errors::config(
-                    "tunnel_dst",
-                    "missing (tunnel_src is given)",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(crate::errors::config(
-                    "tunnel_src",
-                    "missing (tunnel_dst is given)",
-                ));
-            }
-        };
-        let encap = match udp_encap.filter(|o| !o.is_none()) {
-            None => None,
-            Some(u) => {
-                let pair: (Bound<'_, PyAny>, Bound<'_, PyAny>) = u.extract().map_err(|_| {
-                    PyTypeError::new_err(format!(
-                        "udp_encap must be a (src_port, dst_port) tuple, got {}",
-                        convert::type_name(u)
-                    ))
-                })?;
-                Some((
-                    convert::int(&pair.0, "udp_encap", Bad::Config)?,
-                    convert::int(&pair.1, "udp_encap", Bad::Config)?,
-                ))
-            }
-        };
+        let tunnel = convert::endpoints(tunnel_src, tunnel_dst)?;
+        let encap = convert::udp_ports(udp_encap)?;
         let now = convert::opt_seconds(now, "now", Bad::Value)?;
         self.control(py, now, false, move |gw, at| {
             gw.update_sa(&name, tunnel, encap, at)

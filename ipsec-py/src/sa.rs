@@ -704,40 +704,13 @@ impl<'py> SaArgs<'py> {
                 cfg.replay_window(w);
             }
         }
-        let src = self.tunnel_src.as_ref().filter(|o| !o.is_none());
-        let dst = self.tunnel_dst.as_ref().filter(|o| !o.is_none());
-        match (src, dst) {
-            (Some(s), Some(d)) => {
-                cfg.tunnel(
-                    convert::addr(s, "tunnel_src", Bad::Config)?,
-                    convert::addr(d, "tunnel_dst", Bad::Config)?,
-                );
-            }
-            (None, None) => {}
-            (Some(_), None) => {
-                return Err(crate::errors::config(
-                    "tunnel_dst",
-                    "missing (tunnel_src is given)",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(crate::errors::config(
-                    "tunnel_src",
-                    "missing (tunnel_dst is given)",
-                ));
-            }
+        if let Some((src, dst)) =
+            convert::endpoints(self.tunnel_src.as_ref(), self.tunnel_dst.as_ref())?
+        {
+            cfg.tunnel(src, dst);
         }
-        if let Some(u) = self.udp_encap.as_ref().filter(|o| !o.is_none()) {
-            let pair: (Bound<'_, PyAny>, Bound<'_, PyAny>) = u.extract().map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "udp_encap must be a (src_port, dst_port) tuple, got {}",
-                    convert::type_name(u)
-                ))
-            })?;
-            cfg.udp_encap(
-                convert::int(&pair.0, "udp_encap", Bad::Config)?,
-                convert::int(&pair.1, "udp_encap", Bad::Config)?,
-            );
+        if let Some((src, dst)) = convert::udp_ports(self.udp_encap.as_ref())? {
+            cfg.udp_encap(src, dst);
         }
         if let Some(s) = convert::opt_int::<u64>(self.seq.as_ref(), "seq", Bad::Config)? {
             cfg.seq(s);
