@@ -24,16 +24,24 @@ fn addr(s: &str) -> IpAddr {
     s.parse().expect("an address")
 }
 
-/// A gateway with one PROTECT policy for 10.0.0.0/24 <-> 10.1.0.0/24 through `out` and
-/// `in`, and a final deny-all.
-fn gateway(out: SaConfig, inb: SaConfig) -> Gateway {
+/// The head office's LAN, then the branch's.
+const HQ: (&str, &str) = ("10.0.0.0/24", "10.1.0.0/24");
+/// The branch's LAN, then the head office's.
+const BRANCH: (&str, &str) = ("10.1.0.0/24", "10.0.0.0/24");
+
+/// A gateway with one PROTECT policy for `lans` (local, remote) through `out` and `in`,
+/// and a final deny-all.
+fn gateway(lans: (&str, &str), out: SaConfig, inb: SaConfig) -> Gateway {
     let spd = Spd::from_toml("[[policy]]\nname = \"deny\"\naction = \"discard\"\n").expect("spd");
     let mut gw = Gateway::new(spd, at(0)).expect("gateway");
     gw.add_sa("out", out, at(0)).expect("out");
     gw.add_sa("in", inb, at(0)).expect("in");
+    let (local, remote) = lans;
     gw.install_policy(
-        "name = \"lan\"\nlocal = \"10.0.0.0/24\"\nremote = \"10.1.0.0/24\"\naction = \"protect\"\n\
-         sa = [\"out\", \"in\"]\n",
+        &format!(
+            "name = \"lan\"\nlocal = \"{local}\"\nremote = \"{remote}\"\n\
+             action = \"protect\"\nsa = [\"out\", \"in\"]\n"
+        ),
         Some("deny"),
     )
     .expect("policy");
@@ -100,6 +108,7 @@ fn outer(wire: &[u8]) -> (IpAddr, u16, u32) {
 /// Head office and branch, each sending through `out` and receiving on `in`.
 fn pair() -> (Gateway, Gateway) {
     let hq = gateway(
+        HQ,
         config(0x1000, Direction::Outbound, &KEY_OUT),
         config(0x2000, Direction::Inbound, &KEY_IN),
     );
@@ -107,19 +116,7 @@ fn pair() -> (Gateway, Gateway) {
     br_out.tunnel(addr("198.51.100.2"), addr("192.0.2.1"));
     let mut br_in = config(0x1000, Direction::Inbound, &KEY_OUT);
     br_in.tunnel(addr("198.51.100.2"), addr("192.0.2.1"));
-    let mut br = Gateway::new(
-        Spd::from_toml("[[policy]]\nname = \"deny\"\naction = \"discard\"\n").expect("spd"),
-        at(0),
-    )
-    .expect("gateway");
-    br.add_sa("out", br_out, at(0)).expect("out");
-    br.add_sa("in", br_in, at(0)).expect("in");
-    br.install_policy(
-        "name = \"lan\"\nlocal = \"10.1.0.0/24\"\nremote = \"10.0.0.0/24\"\naction = \"protect\"\n\
-         sa = [\"out\", \"in\"]\n",
-        Some("deny"),
-    )
-    .expect("policy");
+    let br = gateway(BRANCH, br_out, br_in);
     (hq, br)
 }
 
@@ -166,15 +163,14 @@ fn an_inbound_sa_found_by_its_destination_is_found_by_the_new_one() {
     let mut inb = config(0x2000, Direction::Inbound, &KEY_IN);
     inb.tunnel(addr("198.51.100.2"), addr("192.0.2.1"))
         .lookup(SaLookup::SpiDestination);
-    let mut hq = gateway(config(0x1000, Direction::Outbound, &KEY_OUT), inb);
+    let mut hq = gateway(HQ, config(0x1000, Direction::Outbound, &KEY_OUT), inb);
     let mut br_out = config(0x2000, Direction::Outbound, &KEY_IN);
     br_out.tunnel(addr("198.51.100.2"), addr("192.0.2.1"));
-    let mut br = gateway(br_out, config(0x3000, Direction::Inbound, &[0x33; 20]));
-    br.replace_policy(
-        "name = \"lan\"\nlocal = \"10.1.0.0/24\"\nremote = \"10.0.0.0/24\"\naction = \"protect\"\n\
-         sa = [\"out\", \"in\"]\n",
-    )
-    .expect("replaced");
+    let mut br = gateway(
+        BRANCH,
+        br_out,
+        config(0x3000, Direction::Inbound, &[0x33; 20]),
+    );
     let to_old = send(&mut br, &inner(false, 1), at(1));
     receive(&mut hq, &to_old, at(1)).expect("found by 192.0.2.1");
 
