@@ -33,9 +33,11 @@ the traffic endpoints the helpers start inside the namespaces.
 
 import argparse
 import atexit
+import hashlib
 import ipaddress
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -60,6 +62,8 @@ DEBIAN_PACKAGES = (
     "libcharon-extra-plugins",
     "libstrongswan-standard-plugins",
     "libstrongswan-extra-plugins",
+    # the test bed turns UDP segmentation offload off on the WAN veths
+    "ethtool",
 )
 
 # ESP proposal strings the test bed is exercised with (swanctl `esp_proposals` syntax).
@@ -126,6 +130,8 @@ def _strongswan_missing():
         missing.append(CHARON)
     if shutil.which(SWANCTL) is None:
         missing.append(SWANCTL)
+    if shutil.which("ethtool") is None:
+        missing.append("ethtool")
     for plugin in ("kernel-libipsec", "kernel-netlink", "vici", "chapoly", "curve25519"):
         if not os.path.exists(os.path.join(PLUGIN_DIR, "libstrongswan-%s.so" % plugin)):
             missing.append("plugin " + plugin)
@@ -766,6 +772,12 @@ class BranchOffice:
         for gateway in (self.hq, self.branch):
             netns_exec(gateway.ns, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
                                     "net.ipv6.conf.all.forwarding=1"])
+            # The WAN stands for a wire: it carries single packets. A veth would pass a
+            # UDP GSO send (the plugin sends a TCP burst's ESP packets as one) to the
+            # peer whole; without UDP segmentation offload the sender's kernel cuts it
+            # into packets before the device, as for a NIC without USO, so captures and
+            # the peer see the packets a wire would carry.
+            _run(["ip", "netns", "exec", gateway.ns, "ethtool", "-K", "wan0", "tx-udp-segmentation", "off"])
 
     def _start_charon(self, gateway, timeout=10):
         os.makedirs(os.path.join(gateway.workdir, "run"))
@@ -871,6 +883,9 @@ class BranchOffice:
             report = json.loads(client.stdout)
         finally:
             _finish_endpoint(server)
+        if not report["intact"]:
+            raise NetnsError(f"TCP transfer {client_ns} -> {server_addr}: the {report['bytes']} bytes "
+                             "that arrived are not the bytes sent (SHA-256 differs)")
         return TransferResult(report["bytes"], report["seconds"])
 
     def udp_echo(self, client_ns, server_ns, server_addr, size=1000, count=20, port=5300, timeout=30):
@@ -938,30 +953,41 @@ def _finish_endpoint(proc):
 
 def _tcp_sink(port):
     """Accept one connection (IPv4 or IPv6), read to EOF, answer the byte count (8 bytes,
-    network order)."""
+    network order) and the SHA-256 of what arrived (32 bytes)."""
     with socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True) as listener:
         print("ready", flush=True)
         conn, _ = listener.accept()
         with conn:
             total = 0
+            digest = hashlib.sha256()
             while True:
                 chunk = conn.recv(1 << 16)
                 if not chunk:
                     break
                 total += len(chunk)
-            conn.sendall(struct.pack("!Q", total))
+                digest.update(chunk)
+            conn.sendall(struct.pack("!Q", total) + digest.digest())
 
 
 def _tcp_send(addr, port, nbytes, rate=None):
     """Send nbytes to a tcp-sink (paced at rate bytes/s if given); print {"bytes":
-    acknowledged count, "seconds": duration}."""
-    block = bytes(range(256)) * 256
+    acknowledged count, "seconds": duration, "intact": the sink's SHA-256 of what it
+    received equals the sender's}.
+
+    The bytes are pseudo-random in a block of a prime length, so a segment cut, merged or
+    reordered wrongly on the way changes the digest (a checksum recomputed over wrong data
+    would not show it)."""
+    block = random.Random(nbytes).randbytes(65521)
+    sent_digest = hashlib.sha256()
+    offset = 0
     start = time.monotonic()
     with socket.create_connection((addr, port), timeout=30) as conn:
         remaining = nbytes
         while remaining:
-            chunk = min(remaining, len(block) if not rate else 16384)
-            sent = conn.send(block[:chunk])
+            chunk = min(remaining, len(block) - offset if not rate else min(16384, len(block) - offset))
+            sent = conn.send(block[offset:offset + chunk])
+            sent_digest.update(block[offset:offset + sent])
+            offset = (offset + sent) % len(block)
             remaining -= sent
             if rate:
                 ahead = (nbytes - remaining) / rate - (time.monotonic() - start)
@@ -969,13 +995,14 @@ def _tcp_send(addr, port, nbytes, rate=None):
                     time.sleep(ahead)
         conn.shutdown(socket.SHUT_WR)
         ack = b""
-        while len(ack) < 8:
-            chunk = conn.recv(8 - len(ack))
+        while len(ack) < 40:
+            chunk = conn.recv(40 - len(ack))
             if not chunk:
                 raise NetnsError("tcp-sink closed before acknowledging")
             ack += chunk
     seconds = time.monotonic() - start
-    print(json.dumps({"bytes": struct.unpack("!Q", ack)[0], "seconds": seconds}))
+    print(json.dumps({"bytes": struct.unpack("!Q", ack[:8])[0], "seconds": seconds,
+                      "intact": ack[8:] == sent_digest.digest()}))
 
 
 def _udp_echo_server(port):

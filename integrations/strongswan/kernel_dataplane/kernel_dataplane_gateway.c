@@ -59,7 +59,7 @@ void dataplane_sa_destroy(dataplane_sa_t *sa)
 }
 
 kernel_dataplane_gateway_t *kernel_dataplane_gateway_create(char *tun_name,
-															 int mtu)
+															 int mtu, bool offload)
 {
 	kernel_dataplane_gateway_t *this;
 	ipsec_status status;
@@ -78,25 +78,17 @@ kernel_dataplane_gateway_t *kernel_dataplane_gateway_create(char *tun_name,
 		return NULL;
 	}
 
-	this->tun = tun_device_create(tun_name);
-	if (!this->tun)
-	{
-		DBG1(DBG_KNL, "kernel-dataplane: creating TUN device %s failed",
-			 tun_name);
-		kernel_dataplane_gateway_destroy(this);
-		return NULL;
-	}
 	/* no address needed: routes through the device carry the source
 	 * address (as kernel-libipsec installs them) */
-	if (!this->tun->set_mtu(this->tun, mtu) || !this->tun->up(this->tun))
+	this->tun = dataplane_tun_create(tun_name, mtu, offload);
+	if (!this->tun)
 	{
-		DBG1(DBG_KNL, "kernel-dataplane: configuring TUN device %s failed",
-			 this->tun->get_name(this->tun));
 		kernel_dataplane_gateway_destroy(this);
 		return NULL;
 	}
-	DBG1(DBG_KNL, "kernel-dataplane: library %s, TUN device %s (MTU %d)",
-		 ipsec_version(), this->tun->get_name(this->tun), mtu);
+	DBG1(DBG_KNL, "kernel-dataplane: library %s, TUN device %s (MTU %d, "
+		 "offloads %s)", ipsec_version(), this->tun->name, mtu,
+		 this->tun->offload ? "on" : "off");
 	return this;
 }
 
@@ -119,7 +111,7 @@ void kernel_dataplane_gateway_destroy(kernel_dataplane_gateway_t *this)
 	this->sas->destroy(this->sas);
 	/* NULL-safe; wipes the keys of the SAs still installed */
 	ipsec_gateway_free(this->gateway);
-	DESTROY_IF(this->tun);
+	dataplane_tun_destroy(this->tun);
 	this->mutex->destroy(this->mutex);
 	free(this);
 }

@@ -34,11 +34,12 @@
 
 #include <library.h>
 #include <networking/host.h>
-#include <networking/tun_device.h>
 #include <threading/mutex.h>
 #include <collections/hashtable.h>
 
 #include <ipsec.h>
+
+#include "kernel_dataplane_tun.h"
 
 /** Longest SA name the plugin gives the library ("out-0123abcd-4294967295"). */
 #define DATAPLANE_SA_NAME_LEN 32
@@ -81,8 +82,8 @@ struct kernel_dataplane_gateway_t {
 	hashtable_t *sas;
 	/** Next dataplane_sa_t.serial. */
 	uint64_t next_serial;
-	/** The cleartext side: charon's TUN device helper (owned). */
-	tun_device_t *tun;
+	/** The cleartext side (owned). */
+	dataplane_tun_t *tun;
 	/** Packet counters of the data path (under `mutex`). */
 	struct {
 		/** Read from TUN but not a packet the library could take. */
@@ -95,6 +96,9 @@ struct kernel_dataplane_gateway_t {
 		uint64_t outbound_sent;
 		/** Inbound packets decrypted and written to TUN. */
 		uint64_t inbound_delivered;
+		/** Writes to the TUN device that failed (a frame of one or more
+		 * decrypted packets lost). */
+		uint64_t tun_write_failed;
 	} counters;
 };
 
@@ -113,10 +117,11 @@ extern kernel_dataplane_gateway_t *kernel_dataplane_gateway;
  *
  * @param tun_name		name of the TUN device to create
  * @param mtu			its MTU
+ * @param offload		TUN offloads (TSO, checksum) where the kernel has them
  * @return				the state, NULL on failure (logged)
  */
 kernel_dataplane_gateway_t *kernel_dataplane_gateway_create(char *tun_name,
-															 int mtu);
+															 int mtu, bool offload);
 
 /**
  * Frees the shared state: the gateway (its keys are wiped by the library),

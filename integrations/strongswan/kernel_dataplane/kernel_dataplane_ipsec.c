@@ -920,7 +920,7 @@ static void install_route(private_kernel_dataplane_ipsec_t *this,
 	host_t *src_ip = NULL, *net = NULL;
 	uint8_t prefixlen = 0;
 	bool is_virtual = FALSE;
-	char *tun_name = this->gw->tun->get_name(this->gw->tun);
+	char *tun_name = this->gw->tun->name;
 
 	if (policy->dst_ts->includes(policy->dst_ts, peer))
 	{
@@ -1014,7 +1014,7 @@ static void uninstall_route(private_kernel_dataplane_ipsec_t *this,
 	if (charon->kernel->del_route(charon->kernel,
 				policy->route_net->get_address(policy->route_net),
 				policy->route_prefixlen, NULL, policy->route_src,
-				this->gw->tun->get_name(this->gw->tun), FALSE) != SUCCESS)
+				this->gw->tun->name, FALSE) != SUCCESS)
 	{
 		DBG1(DBG_KNL, "kernel-dataplane: removing route %R failed",
 			 policy->dst_ts);

@@ -16,7 +16,8 @@
 #include <utils/debug.h>
 
 /** The TUN device's default name and MTU (strongswan.conf:
- * charon.plugins.kernel-dataplane.tun_name / .mtu). The MTU leaves room for
+ * charon.plugins.kernel-dataplane.tun_name / .mtu; .offload turns the TUN
+ * offloads of kernel_dataplane_tun.h off). The MTU leaves room for
  * the outer IP, UDP and ESP headers on a 1500-byte path, as kernel-libipsec's
  * default does. */
 #define DEFAULT_TUN_NAME "ipsec-dp0"
@@ -52,6 +53,7 @@ static bool create_router(private_kernel_dataplane_plugin_t *this,
 	if (reg)
 	{
 		this->router = kernel_dataplane_router_create(this->gateway);
+		return this->router != NULL;
 	}
 	else
 	{
@@ -88,6 +90,7 @@ plugin_t *kernel_dataplane_plugin_create(void)
 	private_kernel_dataplane_plugin_t *this;
 	char *tun_name;
 	int mtu;
+	bool offload;
 
 	if (!lib->caps->check(lib->caps, CAP_NET_ADMIN))
 	{	/* creating the TUN device and its routes needs it */
@@ -104,6 +107,8 @@ plugin_t *kernel_dataplane_plugin_create(void)
 					lib->ns);
 	mtu = lib->settings->get_int(lib->settings,
 					"%s.plugins.kernel-dataplane.mtu", DEFAULT_TUN_MTU, lib->ns);
+	offload = lib->settings->get_bool(lib->settings,
+					"%s.plugins.kernel-dataplane.offload", TRUE, lib->ns);
 
 	INIT(this,
 		.public = {
@@ -113,7 +118,7 @@ plugin_t *kernel_dataplane_plugin_create(void)
 				.destroy = _destroy,
 			},
 		},
-		.gateway = kernel_dataplane_gateway_create(tun_name, mtu),
+		.gateway = kernel_dataplane_gateway_create(tun_name, mtu, offload),
 	);
 	if (!this->gateway)
 	{
@@ -124,7 +129,7 @@ plugin_t *kernel_dataplane_plugin_create(void)
 
 	/* virtual IPs go on the TUN device, so their traffic meets the plugin */
 	lib->settings->set_str(lib->settings, "%s.install_virtual_ip_on",
-						   this->gateway->tun->get_name(this->gateway->tun),
+						   this->gateway->tun->name,
 						   lib->ns);
 	return &this->public.plugin;
 }
