@@ -395,6 +395,10 @@ class ChildSaCounters:
     packets_out: int
     local_ts: list
     remote_ts: list
+    # seconds since the last packet in / out (charon asks query_policy, then query_sa);
+    # None: no packet yet
+    use_in: int = None
+    use_out: int = None
 
 
 @dataclass
@@ -848,7 +852,9 @@ class BranchOffice:
                     integ_alg=child.get("integ-alg", ""),
                     bytes_in=int(child.get("bytes-in", 0)), packets_in=int(child.get("packets-in", 0)),
                     bytes_out=int(child.get("bytes-out", 0)), packets_out=int(child.get("packets-out", 0)),
-                    local_ts=child.get("local-ts", []), remote_ts=child.get("remote-ts", [])))
+                    local_ts=child.get("local-ts", []), remote_ts=child.get("remote-ts", []),
+                    use_in=int(child["use-in"]) if "use-in" in child else None,
+                    use_out=int(child["use-out"]) if "use-out" in child else None))
         return children
 
     def capture_wan(self, natt_port=4500):

@@ -1224,9 +1224,44 @@ METHOD(kernel_ipsec_t, query_policy, status_t,
 	private_kernel_dataplane_ipsec_t *this, kernel_ipsec_policy_id_t *id,
 	kernel_ipsec_query_policy_t *data, time_t *use_time)
 {
-	/* the library keeps no per-policy use time; charon falls back to the
-	 * SAs' use times (query_sa) */
-	return NOT_SUPPORTED;
+	enumerator_t *enumerator;
+	dataplane_policy_t *policy;
+	dataplane_sa_t *sa;
+	ipsec_gateway_sa info;
+	uint64_t newest = 0;
+	bool used = FALSE;
+
+	/* a library policy names the SA of its reqid (and the library follows
+	 * that SA's rekey chain): its traffic is the traffic of the reqid's SAs
+	 * in its direction, so its last use is the newest of theirs */
+	this->policy_mutex->lock(this->policy_mutex);
+	policy = find_policy(this, id);
+	if (!policy)
+	{
+		this->policy_mutex->unlock(this->policy_mutex);
+		return NOT_FOUND;
+	}
+	this->gw->mutex->lock(this->gw->mutex);
+	enumerator = this->gw->sas->create_enumerator(this->gw->sas);
+	while (enumerator->enumerate(enumerator, NULL, &sa))
+	{
+		if (sa->reqid == policy->reqid &&
+			sa->inbound == (policy->dir == POLICY_IN) &&
+			ipsec_gateway_find_sa(this->gw->gateway, sa->name, &info) ==
+				IPSEC_OK && info.stats.packets)
+		{
+			newest = max(newest, info.stats.last_used_ns);
+			used = TRUE;
+		}
+	}
+	enumerator->destroy(enumerator);
+	this->gw->mutex->unlock(this->gw->mutex);
+	this->policy_mutex->unlock(this->policy_mutex);
+	if (use_time)
+	{	/* monotonic seconds, as query_sa gives them; 0: never used */
+		*use_time = used ? (time_t)(newest / 1000000000ULL) : 0;
+	}
+	return SUCCESS;
 }
 
 /**

@@ -434,6 +434,27 @@ def test_counters_match_libipsec(plugin_installed):
         assert delta["hq"]["bytes_out"] >= (1 << 20) + 2 * count * (size + ICMP4_HEADERS), report
 
 
+def test_use_times_follow_the_traffic(plugin_installed):
+    """charon's use times of our CHILD_SA (what `swanctl --list-sas` shows as use-in /
+    use-out, what `inactivity` closes on) come from the plugin's query_policy: the newest
+    use of the policy's SAs. None before any packet, counting up while idle, back near
+    zero after new traffic."""
+    with netns.BranchOffice(hq=dataplane()) as office:
+        hq = the_child_sas(office)[0]
+        assert (hq.use_in, hq.use_out) == (None, None), hq
+        pings_both_ways(office, (100,), count=2)
+        time.sleep(3.2)
+        hq = the_child_sas(office)[0]
+        assert hq.use_in >= 3 and hq.use_out >= 3, hq
+        # the request comes in, the reply goes out
+        office.ping(office.branch_lan, netns.HQ_LAN_HOST, count=1)
+        hq = the_child_sas(office)[0]
+        assert hq.use_in <= 1 and hq.use_out <= 1, hq
+        time.sleep(2.2)
+        hq = the_child_sas(office)[0]
+        assert hq.use_in >= 2 and hq.use_out >= 2, hq
+
+
 # --------------------------------------------------------------------------------------
 # 8. bad input
 # --------------------------------------------------------------------------------------
