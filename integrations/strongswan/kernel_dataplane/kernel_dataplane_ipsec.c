@@ -50,6 +50,30 @@
 
 typedef struct private_kernel_dataplane_ipsec_t private_kernel_dataplane_ipsec_t;
 typedef struct dataplane_policy_t dataplane_policy_t;
+typedef struct exclude_route_t exclude_route_t;
+
+/**
+ * A host route to a peer through the physical network, installed while a
+ * route of ours into the TUN device covers the peer's address (a remote
+ * selector of 0.0.0.0/0, or of the peer's own subnet): IKE and ESP to the
+ * peer must not enter the tunnel they carry. Shared by the policies that
+ * need it (reference counted, under policy_mutex).
+ */
+struct exclude_route_t {
+	/** The peer's address (the route's destination, a /32 or /128). */
+	host_t *peer;
+	/** The next hop towards it and the device, as the host routed it
+	 * before our route existed. */
+	host_t *gateway;
+	char *if_name;
+	/** The source address the host would use towards the peer. */
+	host_t *src;
+	/** Policies using it. */
+	int refs;
+	/** FALSE when an identical route was already there (not ours to
+	 * remove). */
+	bool installed;
+};
 
 /**
  * One library policy, installed for one or more identical charon policies.
@@ -68,6 +92,9 @@ struct dataplane_policy_t {
 	int refs;
 	/** Higher goes first: more specific selectors win (see specificity()). */
 	int specificity;
+	/** OUT only: the host route keeping the peer out of the tunnel while
+	 * this policy's route covers the peer, or NULL. */
+	exclude_route_t *exclude;
 	/** OUT only: the route into the TUN device we installed, or NULL. */
 	host_t *route_net;
 	uint8_t route_prefixlen;
@@ -87,6 +114,9 @@ struct private_kernel_dataplane_ipsec_t {
 
 	/** dataplane_policy_t, in the library's order (most specific first). */
 	linked_list_t *policies;
+
+	/** exclude_route_t (under policy_mutex). */
+	linked_list_t *excludes;
 
 	/** Numbers for unique names (SAs under gw->mutex, policies under
 	 * policy_mutex). */
@@ -909,6 +939,103 @@ static dataplane_policy_t *find_policy(private_kernel_dataplane_ipsec_t *this,
 }
 
 /**
+ * Takes a reference to the exclude route for `peer`, installing it first:
+ * a host route via the next hop the host uses towards the peer now. Call
+ * with policy_mutex held, before the route into the TUN device exists.
+ *
+ * @return		the exclude route, NULL (logged) when there is no next hop
+ *				or the route cannot be installed
+ */
+static exclude_route_t *take_exclude_route(
+							private_kernel_dataplane_ipsec_t *this, host_t *peer)
+{
+	enumerator_t *enumerator;
+	exclude_route_t *exclude, *found = NULL;
+	chunk_t addr = peer->get_address(peer);
+	status_t status;
+
+	enumerator = this->excludes->create_enumerator(this->excludes);
+	while (enumerator->enumerate(enumerator, &exclude))
+	{
+		if (exclude->peer->ip_equals(exclude->peer, peer))
+		{
+			found = exclude;
+			break;
+		}
+	}
+	enumerator->destroy(enumerator);
+	if (found)
+	{
+		found->refs++;
+		return found;
+	}
+	INIT(exclude,
+		.refs = 1,
+	);
+	exclude->gateway = charon->kernel->get_nexthop(charon->kernel, peer, -1,
+												   NULL, &exclude->if_name);
+	exclude->src = charon->kernel->get_source_addr(charon->kernel, peer, NULL);
+	if (!exclude->gateway || !exclude->if_name || !exclude->src)
+	{
+		DBG1(DBG_KNL, "kernel-dataplane: no next hop towards the peer %H: no "
+			 "exclude route", peer);
+		goto failed;
+	}
+	status = charon->kernel->add_route(charon->kernel, addr, addr.len * 8,
+									   exclude->gateway, exclude->src,
+									   exclude->if_name, FALSE);
+	if (status != SUCCESS && status != ALREADY_DONE)
+	{
+		DBG1(DBG_KNL, "kernel-dataplane: installing exclude route %H via %H "
+			 "dev %s failed", peer, exclude->gateway, exclude->if_name);
+		goto failed;
+	}
+	exclude->installed = status == SUCCESS;
+	exclude->peer = peer->clone(peer);
+	DBG2(DBG_KNL, "kernel-dataplane: exclude route %H via %H dev %s", peer,
+		 exclude->gateway, exclude->if_name);
+	this->excludes->insert_last(this->excludes, exclude);
+	return exclude;
+
+failed:
+	DESTROY_IF(exclude->gateway);
+	DESTROY_IF(exclude->src);
+	free(exclude->if_name);
+	free(exclude);
+	return NULL;
+}
+
+/**
+ * Drops a reference to an exclude route; the last one removes it. Call with
+ * policy_mutex held, after the route into the TUN device is gone.
+ */
+static void release_exclude_route(private_kernel_dataplane_ipsec_t *this,
+								  exclude_route_t *exclude)
+{
+	chunk_t addr;
+
+	if (!exclude || --exclude->refs > 0)
+	{
+		return;
+	}
+	this->excludes->remove(this->excludes, exclude, NULL);
+	addr = exclude->peer->get_address(exclude->peer);
+	if (exclude->installed &&
+		charon->kernel->del_route(charon->kernel, addr, addr.len * 8,
+								  exclude->gateway, exclude->src,
+								  exclude->if_name, FALSE) != SUCCESS)
+	{
+		DBG1(DBG_KNL, "kernel-dataplane: removing exclude route %H failed",
+			 exclude->peer);
+	}
+	exclude->peer->destroy(exclude->peer);
+	exclude->gateway->destroy(exclude->gateway);
+	exclude->src->destroy(exclude->src);
+	free(exclude->if_name);
+	free(exclude);
+}
+
+/**
  * Routes the remote selector of an outbound policy into the TUN device, with
  * the local address inside the local selector as source (as kernel-libipsec
  * does). Call with policy_mutex held (not gw->mutex: charon->kernel may take
@@ -922,21 +1049,25 @@ static void install_route(private_kernel_dataplane_ipsec_t *this,
 	bool is_virtual = FALSE;
 	char *tun_name = this->gw->tun->name;
 
-	if (policy->dst_ts->includes(policy->dst_ts, peer))
-	{
-		/* routing the peer's own address into the tunnel would carry IKE
-		 * and ESP into it: kernel-libipsec adds exclude routes for this,
-		 * this plugin does not (yet) */
-		DBG1(DBG_KNL, "kernel-dataplane: no route for %R: it covers the "
-			 "peer %H", policy->dst_ts, peer);
-		return;
-	}
 	if (charon->kernel->get_address_by_ts(charon->kernel, policy->src_ts,
 										  &src_ip, &is_virtual) != SUCCESS)
 	{
 		DBG1(DBG_KNL, "kernel-dataplane: no local address in %R: no route "
 			 "for %R", policy->src_ts, policy->dst_ts);
 		return;
+	}
+	if (policy->dst_ts->includes(policy->dst_ts, peer))
+	{
+		/* routing the peer's own address into the tunnel would carry IKE
+		 * and ESP into it: a host route keeps the peer where it is */
+		policy->exclude = take_exclude_route(this, peer);
+		if (!policy->exclude)
+		{
+			DBG1(DBG_KNL, "kernel-dataplane: no route for %R: it covers the "
+				 "peer %H", policy->dst_ts, peer);
+			src_ip->destroy(src_ip);
+			return;
+		}
 	}
 	policy->dst_ts->to_subnet(policy->dst_ts, &net, &prefixlen);
 	switch (charon->kernel->add_route(charon->kernel, net->get_address(net),
@@ -956,6 +1087,8 @@ static void install_route(private_kernel_dataplane_ipsec_t *this,
 		default:
 			DBG1(DBG_KNL, "kernel-dataplane: installing route %R src %H dev "
 				 "%s failed", policy->dst_ts, src_ip, tun_name);
+			release_exclude_route(this, policy->exclude);
+			policy->exclude = NULL;
 			break;
 	}
 	net->destroy(net);
@@ -1007,22 +1140,24 @@ static bool hand_over_route(private_kernel_dataplane_ipsec_t *this,
 static void uninstall_route(private_kernel_dataplane_ipsec_t *this,
 							dataplane_policy_t *policy)
 {
-	if (!policy->route_net || hand_over_route(this, policy))
+	if (policy->route_net && !hand_over_route(this, policy))
 	{
-		return;
+		if (charon->kernel->del_route(charon->kernel,
+					policy->route_net->get_address(policy->route_net),
+					policy->route_prefixlen, NULL, policy->route_src,
+					this->gw->tun->name, FALSE) != SUCCESS)
+		{
+			DBG1(DBG_KNL, "kernel-dataplane: removing route %R failed",
+				 policy->dst_ts);
+		}
+		policy->route_net->destroy(policy->route_net);
+		policy->route_src->destroy(policy->route_src);
+		policy->route_net = NULL;
+		policy->route_src = NULL;
 	}
-	if (charon->kernel->del_route(charon->kernel,
-				policy->route_net->get_address(policy->route_net),
-				policy->route_prefixlen, NULL, policy->route_src,
-				this->gw->tun->name, FALSE) != SUCCESS)
-	{
-		DBG1(DBG_KNL, "kernel-dataplane: removing route %R failed",
-			 policy->dst_ts);
-	}
-	policy->route_net->destroy(policy->route_net);
-	policy->route_src->destroy(policy->route_src);
-	policy->route_net = NULL;
-	policy->route_src = NULL;
+	/* after the route into the TUN device: the peer never routes into it */
+	release_exclude_route(this, policy->exclude);
+	policy->exclude = NULL;
 }
 
 /**
@@ -1349,6 +1484,8 @@ METHOD(kernel_ipsec_t, destroy, void,
 	delete_all_sas(this);
 	this->gw->mutex->unlock(this->gw->mutex);
 	this->policies->destroy(this->policies);
+	/* empty: every policy released its exclude route */
+	this->excludes->destroy(this->excludes);
 	this->policy_mutex->destroy(this->policy_mutex);
 	free(this);
 }
@@ -1385,6 +1522,7 @@ kernel_dataplane_ipsec_t *kernel_dataplane_ipsec_create(void)
 		.gw = kernel_dataplane_gateway,
 		.policy_mutex = mutex_create(MUTEX_TYPE_DEFAULT),
 		.policies = linked_list_create(),
+		.excludes = linked_list_create(),
 	);
 	return &this->public;
 }

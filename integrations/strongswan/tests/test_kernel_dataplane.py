@@ -293,6 +293,49 @@ def test_rekey_under_traffic(plugin_installed, record_baseline):
     assert ours_total <= 2 * reference_total + 20, (ours, reference)
 
 
+def routes(ns):
+    """`ip route show table all` of a namespace (IPv4), one route per line."""
+    return netns.netns_exec(ns, ["ip", "-4", "route", "show", "table", "all"]).stdout.splitlines()
+
+
+def test_remote_selector_covering_the_peer_gets_an_exclude_route(plugin_installed):
+    """The branch offers its WAN subnet too (192.0.2.0/24, which holds the branch gateway
+    itself): hq routes that subnet into the TUN device and keeps a host route to the peer
+    through the WAN, so IKE and ESP never enter the tunnel they carry (as kernel-libipsec
+    does it: the host route sends everything to the peer's own address past the tunnel).
+    A LAN host reaches another address of that subnet on the branch through the tunnel
+    (nothing in the clear on the WAN), the CHILD_SA rekeys over the excluded path, and
+    terminating it removes both routes."""
+    wan_net = "192.0.2.0/24"
+    ts = {"hq": {"remote_ts": "%s,%s" % (netns.BRANCH_LAN_NET, wan_net)},
+          "branch": {"local_ts": "%s,%s" % (netns.BRANCH_LAN_NET, wan_net)}}
+    with netns.BranchOffice(hq=dataplane(), swanctl=ts) as office:
+        table = routes(office.hq.ns)
+        tunnel = [r for r in table if r.startswith(wan_net + " ") and "dev ipsec-dp0" in r]
+        exclude = [r for r in table if r.startswith(netns.BRANCH_WAN + " ") and "dev wan0" in r]
+        assert tunnel and exclude, table
+        other = "192.0.2.77"
+        netns.netns_exec(office.branch.ns, ["ip", "addr", "add", other + "/32", "dev", "lo"])
+        before = the_child_sas(office)[0]
+        with office.capture_wan() as capture:
+            result = office.ping(office.hq_lan, other, size=500, count=5, interval=0.1)
+            assert result.received == 5, result.output
+        assert capture.traffic.cleartext_lan == 0, capture.traffic
+        assert capture.traffic.esp_in_udp >= 10, capture.traffic
+        after = the_child_sas(office)[0]
+        assert after.packets_out - before.packets_out >= 5 and after.packets_in - before.packets_in >= 5
+        # IKE still reaches the peer: a CHILD_SA rekeying goes through
+        office.hq.swanctl("--rekey", "--child", netns.CHILD_NAME, timeout=15)
+        deadline = time.monotonic() + 10
+        while the_child_sas(office)[0].spi_in == after.spi_in:
+            assert time.monotonic() < deadline, "no rekeying over the excluded path"
+            time.sleep(0.2)
+        office.hq.swanctl("--terminate", "--child", netns.CHILD_NAME, "--timeout", "10", timeout=15)
+        table = routes(office.hq.ns)
+        assert not [r for r in table if "ipsec-dp0" in r], table
+        assert not [r for r in table if r.startswith(netns.BRANCH_WAN + " ")], table
+
+
 # --------------------------------------------------------------------------------------
 # 5. CHILD_SA deleted and re-created, charon restarted
 # --------------------------------------------------------------------------------------
