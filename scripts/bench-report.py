@@ -1,13 +1,23 @@
 #!/usr/bin/env python3
 """Runs `ipsec bench --json --openssl` several times and prints the median of each
 figure, with ESP encrypt/decrypt as ratios to the best raw per-packet AEAD seal of any
-backend at the same size: RustCrypto, ring and aws-lc-rs (from `ipsec bench`) and
+backend at the same size: RustCrypto, ring and aws-lc-rs (from `ipsec bench`),
 OpenSSL's EVP interface (from benches/openssl/evp_aead.c, built here with `cc -lcrypto`
-and run in every round).
+and run in every round) and intel-ipsec-mb's single call (below).
 
 `openssl speed -evp` is reported too, in its own column: it times a stream of
 EVP_EncryptUpdate calls with no nonce, AAD or tag per buffer, which is the bulk cipher
 and MAC alone rather than a packet's seal (evp_aead.c's header says more).
+
+intel-ipsec-mb is the other baseline: benches/ipsec-mb/mb_esp.c (built here with
+`cc -lIPSec_MB`, run in every round) seals and opens exactly ESP's body (inner packet,
+padding and trailer: 80, 528, 1424 bytes for 64, 512, 1420) and AAD, one packet per
+call ("ipsec-mb", also a candidate for the best raw seal) and in bursts of 32 jobs
+("ipsec-mb-burst32" under the manager init_mb_mgr_auto picks, "ipsec-mb-sse-burst32"
+under the SSE one, which uses SHA-NI). The "ipsec-mb" column compares each ESP row with
+the same operation (encrypt: seal, decrypt: open): burst-1 rows with the single call,
+burst-32 rows with the faster of the two 32-job bursts. Where the library or its header
+is missing, a note says so and the report goes on without those columns' figures.
 
 Usage: scripts/bench-report.py [RUNS] [path/to/ipsec]   (defaults: 5, target/release/ipsec)
 The machines are shared and noisy: one run proves little, the median of several does.
@@ -25,25 +35,40 @@ binary = sys.argv[2] if len(sys.argv) > 2 else "target/release/ipsec"
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def build_evp_helper():
-    """Builds the OpenSSL EVP per-packet benchmark; None (with a note) if it cannot."""
-    src = os.path.join(root, "benches", "openssl", "evp_aead.c")
-    out = os.path.join(root, "target", "evp_aead")
+def build_helper(src, out, flags, libs, what):
+    """Builds a C baseline with `cc`; None (with a note) if it cannot."""
+    src = os.path.join(root, *src)
+    out = os.path.join(root, "target", out)
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        print("note: no C compiler, so no OpenSSL EVP per-packet figures", file=sys.stderr)
+        print(f"note: no C compiler, so no {what} figures", file=sys.stderr)
         return None
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    r = subprocess.run([cc, "-std=c99", "-O2", "-o", out, src, "-lcrypto"],
+    r = subprocess.run([cc, *flags, "-O2", "-o", out, src, *libs],
                        capture_output=True, text=True)
     if r.returncode != 0:
-        print(f"note: cannot build {src} (OpenSSL headers missing?), so no OpenSSL EVP "
-              f"per-packet figures:\n{r.stderr}", file=sys.stderr)
+        print(f"note: cannot build {src} (headers or library missing?), so no {what} "
+              f"figures:\n{r.stderr}", file=sys.stderr)
         return None
     return out
 
 
+def build_evp_helper():
+    """Builds the OpenSSL EVP per-packet benchmark; None (with a note) if it cannot."""
+    return build_helper(("benches", "openssl", "evp_aead.c"), "evp_aead", ["-std=c99"],
+                        ["-lcrypto"], "OpenSSL EVP per-packet")
+
+
+def build_mb_helper():
+    """Builds the intel-ipsec-mb benchmark; None (with a note) if it cannot (Debian:
+    apt-get install libipsec-mb-dev)."""
+    return build_helper(("benches", "ipsec-mb", "mb_esp.c"), "mb_esp", ["-std=c11"],
+                        ["-lIPSec_MB"], "intel-ipsec-mb")
+
+
 evp_helper = build_evp_helper()
+mb_helper = build_mb_helper()
+mb_note = None
 samples = defaultdict(list)
 for i in range(runs):
     out = subprocess.run([binary, "bench", "--json", "--openssl"], check=True,
@@ -51,6 +76,10 @@ for i in range(runs):
     if evp_helper:
         out += subprocess.run([evp_helper], check=True, capture_output=True,
                               text=True).stdout
+    if mb_helper:
+        r = subprocess.run([mb_helper], check=True, capture_output=True, text=True)
+        out += r.stdout
+        mb_note = r.stderr.strip()
     for line in out.splitlines():
         r = json.loads(line)
         key = (r["op"], r["cipher"], r["backend"], r["size"], r["burst"])
@@ -61,10 +90,26 @@ med = {k: statistics.median(v) for k, v in samples.items()}
 
 
 def best_seal(cipher, size):
-    """The fastest per-packet raw seal at this size: (ns, backend)."""
+    """The fastest per-packet raw seal (one packet per call) at this size: (ns, backend)."""
     cands = [(ns, k[2]) for k, ns in med.items()
-             if k[0] == "aead-seal" and k[1] == cipher and k[3] == size
+             if k[0] == "aead-seal" and k[1] == cipher and k[3] == size and k[4] == 1
              and k[2] != "openssl-speed"]
+    return min(cands) if cands else (None, None)
+
+
+MB_BURSTS = {"ipsec-mb-burst32": "auto b32", "ipsec-mb-sse-burst32": "sse b32"}
+
+
+def mb(op, cipher, size, burst):
+    """intel-ipsec-mb doing what this ESP row does (encrypt: seal, decrypt: open): the
+    single call for burst 1, the faster 32-job burst for burst 32: (ns, which)."""
+    raw_op = "aead-seal" if op == "encrypt" else "aead-open"
+    if burst == 1:
+        ns = med.get((raw_op, cipher, "ipsec-mb", size, 1))
+        return (ns, "single") if ns else (None, None)
+    cands = [(ns, MB_BURSTS[k[2]]) for k, ns in med.items()
+             if k[0] == raw_op and k[1] == cipher and k[3] == size and k[4] == burst
+             and k[2] in MB_BURSTS]
     return min(cands) if cands else (None, None)
 
 
@@ -73,9 +118,13 @@ def speed(cipher, size):
 
 
 print(f"median of {runs} runs of `ipsec bench --json --openssl`"
-      + (" and benches/openssl/evp_aead.c" if evp_helper else ""))
+      + (" and benches/openssl/evp_aead.c" if evp_helper else "")
+      + (" and benches/ipsec-mb/mb_esp.c" if mb_helper else ""))
+if mb_note:
+    print(mb_note)
 print(f"{'op':<8} {'cipher':<30} {'size':>5} {'burst':>5} {'ns/pkt':>9} {'Gbit/s':>7} "
-      f"{'best raw seal':>22} {'ratio':>6} {'openssl speed':>14} {'ratio':>6}")
+      f"{'best raw seal':>22} {'ratio':>6} {'openssl speed':>14} {'ratio':>6} "
+      f"{'ipsec-mb':>19} {'ratio':>6}")
 for (op, cipher, backend, size, burst), ns in sorted(med.items()):
     if op not in ("encrypt", "decrypt"):
         continue
@@ -84,10 +133,13 @@ for (op, cipher, backend, size, burst), ns in sorted(med.items()):
     raw = f"{b:.1f} ({who})" if b else "-"
     s = speed(cipher, size)
     sp, sr = (f"{s:.1f}", f"{ns / s:.2f}") if s else ("-", "-")
+    m, how = mb(op, cipher, size, burst)
+    mp, mr = (f"{m:.1f} ({how})", f"{ns / m:.2f}") if m else ("-", "-")
     print(f"{op:<8} {cipher:<30} {size:>5} {burst:>5} {ns:>9.1f} {size * 8 / ns:>7.2f} "
-          f"{raw:>22} {ratio:>6} {sp:>14} {sr:>6}")
+          f"{raw:>22} {ratio:>6} {sp:>14} {sr:>6} {mp:>19} {mr:>6}")
 print()
-print("raw primitives (median ns per seal/open):")
+print("raw primitives (median ns per seal/open, per packet; ipsec-mb rows seal ESP's "
+      "padded body):")
 for (op, cipher, backend, size, burst), ns in sorted(med.items()):
     if op.startswith("aead"):
-        print(f"  {op:<9} {cipher:<30} {backend:<14} {size:>5} {ns:>9.1f}")
+        print(f"  {op:<9} {cipher:<30} {backend:<20} {size:>5} {burst:>5} {ns:>9.1f}")

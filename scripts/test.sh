@@ -18,7 +18,11 @@
 #      where it can, any failure fails the run
 #   7. a smoke run of every cargo-fuzz target (nightly), or their corpora as plain
 #      tests where no nightly toolchain exists
-#   8. criterion benches compiled and run once in test mode (no timing is asserted)
+#   8. criterion benches compiled and run once in test mode (no timing is asserted); the
+#      C baselines of scripts/bench-report.py: OpenSSL EVP (where its headers exist) and
+#      intel-ipsec-mb (libipsec-mb-dev installed with apt-get where it can be; otherwise
+#      "intel-ipsec-mb not installed: <reason>" and the script goes on), built with
+#      -Werror and self-checked
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -146,6 +150,40 @@ for r in rows:
 print(len(rows), "OpenSSL EVP records")'
 else
   echo "no OpenSSL headers: benches/openssl/evp_aead.c not built (bench-report.py says so too)"
+fi
+# intel-ipsec-mb, the other baseline of scripts/bench-report.py: Debian's libipsec-mb-dev
+# (1.3, x86-64 only) installed where apt-get can, benches/ipsec-mb/mb_esp.c built with the
+# same warnings, its --check run once (published GCM, ChaCha20-Poly1305 and HMAC vectors,
+# ESP round trips and tampered tags, under both managers; no timing), then a 1 ms run
+# whose records are checked for the bench format.
+mb_apt() {
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@" >/dev/null 2>&1
+}
+mb_reason=""
+if ! printf '#include <intel-ipsec-mb.h>\n' | cc -E -x c - >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    mb_reason="libipsec-mb-dev is missing and installing it needs root (uid $(id -u))"
+  elif ! command -v apt-get >/dev/null 2>&1; then
+    mb_reason="libipsec-mb-dev is missing and there is no apt-get"
+  elif ! mb_apt install -y --no-install-recommends libipsec-mb-dev &&
+       ! { mb_apt update && mb_apt install -y --no-install-recommends libipsec-mb-dev; }; then
+    mb_reason="apt-get cannot install libipsec-mb-dev (Debian/Ubuntu x86-64 only)"
+  fi
+fi
+if [ -z "$mb_reason" ]; then
+  cc -std=c11 -O2 -Wall -Wextra -Werror -pedantic -o target/mb_esp \
+    benches/ipsec-mb/mb_esp.c -lIPSec_MB
+  target/mb_esp --check
+  target/mb_esp 1 2>/dev/null | .venv/bin/python -c '
+import json, sys
+rows = [json.loads(line) for line in sys.stdin]
+assert len(rows) == 48, rows
+for r in rows:
+    assert r["backend"].startswith("ipsec-mb") and r["per_packet"] and r["ns_per_packet"] > 0, r
+print(len(rows), "intel-ipsec-mb records")'
+else
+  echo "intel-ipsec-mb not installed: $mb_reason; benches/ipsec-mb/mb_esp.c not built" \
+    "(bench-report.py says so too)"
 fi
 
 echo
