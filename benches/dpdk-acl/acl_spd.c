@@ -35,7 +35,11 @@
  * Build and run (scripts/spd-report.py does both):
  *     cc -O2 -Wall -Wextra -o target/acl_spd benches/dpdk-acl/acl_spd.c \
  *         $(pkg-config --cflags --libs libdpdk)
- *     target/acl_spd [--check] [--alg scalar|sse|avx2|avx512x16|avx512x32] FILE...
+ *     target/acl_spd [--check] [--dump] [--alg scalar|sse|avx2|avx512x16|avx512x32] FILE...
+ * --check: the cross-check only; --dump: rte_acl_dump of each context after its build
+ * (to stdout; "alg=" is the classify method, 6 = AVX512X16); --alg: force a method
+ * (default: rte_acl's own choice for this CPU and EAL's SIMD width, 256 bits unless
+ * --force-max-simd-bitwidth, which is AVX512X16 on an AVX-512 CPU).
  * EAL runs with --no-huge -m 512 --no-pci --no-shconf --file-prefix=acl_spd_PID
  * --log-level=error -l 0 (one lcore, no hugepages, no shared configuration and a
  * prefix of its own, so it can run beside other DPDK processes).
@@ -312,7 +316,7 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static int run_set(const char *path, int check_only, int alg) {
+static int run_set(const char *path, int check_only, int alg, int dump) {
     struct set set;
     struct dir dirs[2];
     struct rte_acl_config cfg;
@@ -351,6 +355,8 @@ static int run_set(const char *path, int check_only, int alg) {
             die("rte_acl_build", strerror(-rc));
         if (alg != 0 && rte_acl_set_ctx_classify(dirs[o].ctx, (enum rte_acl_classify_alg)alg) != 0)
             die("rte_acl_set_ctx_classify", "algorithm not supported here");
+        if (dump)
+            rte_acl_dump(dirs[o].ctx); /* to stdout; alg= is the classify method */
     }
     size_t after_build = heap_bytes();
     /* The data pointers, per direction, prepared once. */
@@ -423,12 +429,15 @@ int main(int argc, char **argv) {
     snprintf(prefix, sizeof(prefix), "--file-prefix=acl_spd_%ld", (long)getpid());
     char *eal[] = {argv[0], "--no-huge", "-m", "512", "--no-pci", "--no-shconf", prefix,
                    "--log-level=error", "-l", "0", NULL};
-    int check_only = 0, alg = 0, status = 0, first = 1;
+    int check_only = 0, alg = 0, dump = 0, status = 0, first = 1;
     static const char *algs[] = {"default", "scalar", "sse", "avx2", "neon", "altivec",
                                  "avx512x16", "avx512x32"};
     while (first < argc && strncmp(argv[first], "--", 2) == 0) {
         if (strcmp(argv[first], "--check") == 0) {
             check_only = 1;
+            first++;
+        } else if (strcmp(argv[first], "--dump") == 0) {
+            dump = 1;
             first++;
         } else if (strcmp(argv[first], "--alg") == 0 && first + 1 < argc) {
             alg = -1;
@@ -443,13 +452,13 @@ int main(int argc, char **argv) {
         }
     }
     if (first == argc) {
-        fprintf(stderr, "usage: %s [--check] [--alg NAME] FILE...\n", argv[0]);
+        fprintf(stderr, "usage: %s [--check] [--dump] [--alg NAME] FILE...\n", argv[0]);
         return 2;
     }
     if (rte_eal_init((int)(sizeof(eal) / sizeof(eal[0])) - 1, eal) < 0)
         die("rte_eal_init", rte_strerror(rte_errno));
     for (int i = first; i < argc && status == 0; i++)
-        status = run_set(argv[i], check_only, alg);
+        status = run_set(argv[i], check_only, alg, dump);
     rte_eal_cleanup();
     return status;
 }
