@@ -118,3 +118,10 @@ for family, rules in sorted({(f, n) for f, n, _ in samples}):
           f"{fmt(o('bytes_per_rule_no_fragment_index'), '.0f')} "
           f"({fmt(o('bytes_per_rule'), '.0f')}) | "
           f"{fmt(a('trie_bytes_per_rule'), '.0f')} ({fmt(a('bytes_per_rule'), '.0f')}) |")
+print()
+print("spread of ns/lookup over the runs (min-max): " + "; ".join(
+    f"{family} {rules:,}: ours {fmt(min(o), '.1f')}-{fmt(max(o), '.1f')}"
+    + (f", rte_acl {min(a):.1f}-{max(a):.1f}" if a else "")
+    for family, rules in sorted({(f, n) for f, n, _ in samples})
+    for o in [samples[(family, rules, "ipsec-core")]["ns_per_lookup"]]
+    for a in [samples.get((family, rules, "rte_acl"), {}).get("ns_per_lookup")]))
