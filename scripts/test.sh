@@ -19,10 +19,11 @@
 #   7. a smoke run of every cargo-fuzz target (nightly), or their corpora as plain
 #      tests where no nightly toolchain exists
 #   8. criterion benches compiled and run once in test mode (no timing is asserted); the
-#      C baselines of scripts/bench-report.py: OpenSSL EVP (where its headers exist) and
-#      intel-ipsec-mb (libipsec-mb-dev installed with apt-get where it can be; otherwise
-#      "intel-ipsec-mb not installed: <reason>" and the script goes on), built with
-#      -Werror and self-checked
+#      C baselines of scripts/bench-report.py and scripts/spd-report.py: OpenSSL EVP
+#      (where its headers exist), intel-ipsec-mb (libipsec-mb-dev) and DPDK rte_acl
+#      (dpdk-dev), installed with apt-get where it can; otherwise "intel-ipsec-mb not
+#      installed: <reason>" / "DPDK not installed: <reason>" and the script goes on.
+#      Built with -Werror and self-checked (rte_acl: classifies every flow as our SPD)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -184,6 +185,36 @@ print(len(rows), "intel-ipsec-mb records")'
 else
   echo "intel-ipsec-mb not installed: $mb_reason; benches/ipsec-mb/mb_esp.c not built" \
     "(bench-report.py says so too)"
+fi
+# DPDK's rte_acl, the SPD baseline of scripts/spd-report.py: dpdk-dev installed where apt
+# can, benches/dpdk-acl/acl_spd.c built with -Werror, and its cross-check (rte_acl
+# classifies every flow as our SPD does) run once on the 1,000-policy IPv4 and IPv6 sets.
+dpdk_reason=""
+if ! pkg-config --exists libdpdk 2>/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    dpdk_reason="installing dpdk-dev needs root, running as uid $(id -u)"
+  elif ! command -v apt-get >/dev/null; then
+    dpdk_reason="no apt-get to install dpdk-dev with"
+  elif ! DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
+         dpdk-dev >/dev/null 2>&1 &&
+       ! { apt-get -o DPkg::Lock::Timeout=300 update >/dev/null 2>&1 &&
+           DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
+             dpdk-dev >/dev/null 2>&1; }; then
+    dpdk_reason="apt-get cannot install dpdk-dev"
+  elif ! pkg-config --exists libdpdk; then
+    dpdk_reason="dpdk-dev installed but pkg-config finds no libdpdk"
+  fi
+fi
+if [ -z "$dpdk_reason" ]; then
+  # shellcheck disable=SC2046 # pkg-config's flags are meant to split
+  cc -O2 -Wall -Wextra -Werror -o target/acl_spd benches/dpdk-acl/acl_spd.c \
+    $(pkg-config --cflags --libs libdpdk)
+  cargo run --locked -q -p ipsec-benches --example spd_acl -- \
+    export target/spd-acl-check --sizes 1000
+  target/acl_spd --check target/spd-acl-check/spd-ipv4-1000.txt \
+    target/spd-acl-check/spd-ipv6-1000.txt
+else
+  echo "DPDK not installed: $dpdk_reason: benches/dpdk-acl/acl_spd.c not built or checked"
 fi
 
 echo

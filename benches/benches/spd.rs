@@ -3,27 +3,29 @@
 //! non-first fragment query (`Spd::lookup_non_first_fragment`, the same flows with
 //! their ports taken away) against its plain scan.
 //!
-//! The rule sets are "realistic" (ClassBench-like, deterministic): local networks from 64
-//! site prefixes (/16 and /24), remotes mostly /24s and hosts out of 172.16.0.0/12 (10%
-//! any), TCP 60% / UDP 25% / ICMP 10% / any 5%, local ports single well-known ports,
-//! ranges or any, actions protect/bypass/discard, directions both/outbound/inbound, and a
-//! final catch-all discard. Flows: half are built inside a random rule's selectors (they
-//! hit that rule or an earlier one), half are random (most reach the catch-all, the
-//! worst case of the naive scan).
+//! The rule sets and flows (IPv4 here) come from `spd_gen/mod.rs`, which the DPDK
+//! `rte_acl` comparison (`examples/spd_acl.rs`, `dpdk-acl/acl_spd.c`) shares: local
+//! networks from 64 site prefixes (/16 and /24), remotes mostly /24s and hosts out of
+//! 172.16.0.0/12 (10% any), TCP 60% / UDP 25% / ICMP 10% / any 5%, local ports single
+//! well-known ports, ranges or any, actions protect/bypass/discard, directions
+//! both/outbound/inbound, and a final catch-all discard. Flows: half are built inside a
+//! random rule's selectors (they hit that rule or an earlier one), half are random (most
+//! reach the catch-all, the worst case of the naive scan).
 //!
 //! Run: `cargo bench -p ipsec-benches --bench spd` (about two minutes), or a part, e.g.
 //! `-- spd_lookup/compiled`. Per-lookup figures: each iteration looks up 1,024 flows and
 //! criterion reports elements per second. The bench prints, once per size, the compiled
 //! memory (bytes per rule) and the time to compile.
 
-use std::fmt::Write as _;
+mod spd_gen;
+
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ipsec_core::spd::EngineKind;
-use ipsec_core::{Direction, Flow, Gateway, Spd, SpdCache};
+use ipsec_core::{Flow, Gateway, Spd, SpdCache};
+use spd_gen::{FLOWS, Family, Rng, rule_set};
 
 /// `flows` as non-first fragments see them: no ports, no ICMP type or code.
 fn without_ports(flows: &[Flow]) -> Vec<Flow> {
@@ -37,208 +39,19 @@ fn without_ports(flows: &[Flow]) -> Vec<Flow> {
         .collect()
 }
 
-const FLOWS: usize = 1024;
 const SIZES: [usize; 5] = [10, 100, 1_000, 10_000, 100_000];
 /// The naive scan is measured up to this many rules (at 100k it takes ~ms per lookup).
 const NAIVE_MAX: usize = 10_000;
-const WELL_KNOWN: [u16; 16] = [
-    22, 25, 53, 80, 110, 123, 135, 143, 389, 443, 445, 631, 993, 3389, 5060, 9100,
-];
-
-/// xorshift64*: deterministic and dependency-free.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pct(&mut self) -> u64 {
-        self.below(100)
-    }
-}
-
-/// One generated rule, kept to build flows inside it.
-struct Rule {
-    outbound: bool,
-    inbound: bool,
-    local: (u32, u8),
-    remote: Option<(u32, u8)>,
-    protocol: Option<u8>,
-    local_port: Option<(u16, u16)>,
-}
-
-fn gen_rules(n: usize, rng: &mut Rng) -> (String, Vec<Rule>) {
-    let mut text = String::from(
-        r#"[[sa]]
-name = "out"
-spi = 0x100
-direction = "outbound"
-mode = "tunnel"
-cipher = "aes-128-gcm"
-key = "00112233445566778899aabbccddeeff01020304"
-tunnel_src = "192.0.2.1"
-tunnel_dst = "192.0.2.2"
-[[sa]]
-name = "in"
-spi = 0x101
-direction = "inbound"
-mode = "tunnel"
-cipher = "aes-128-gcm"
-key = "8899aabbccddeeff0011223344556677c1c2c3c4"
-"#,
-    );
-    let mut rules = Vec::with_capacity(n);
-    let ip = |a: u32| Ipv4Addr::from(a);
-    for i in 0..n.saturating_sub(1) {
-        let site = rng.below(64) as u32;
-        let local = if rng.pct() < 50 {
-            ((10 << 24) | (site << 16), 16)
-        } else {
-            (
-                (10 << 24) | (site << 16) | ((rng.below(256) as u32) << 8),
-                24,
-            )
-        };
-        let remote_base = (172 << 24) | (16 << 16) | ((rng.below(1 << 12) as u32) << 8);
-        let remote = match rng.pct() {
-            0..70 => Some((remote_base, 24)),
-            70..90 => Some((remote_base | rng.below(256) as u32, 32)),
-            _ => None,
-        };
-        let protocol = match rng.pct() {
-            0..60 => Some(6),
-            60..85 => Some(17),
-            85..95 => Some(1),
-            _ => None,
-        };
-        let local_port = match (protocol, rng.pct()) {
-            (Some(6 | 17), 0..60) => {
-                let p = WELL_KNOWN[rng.below(16) as usize];
-                Some((p, p))
-            }
-            (Some(6 | 17), 60..85) => {
-                let lo = 1024 + rng.below(30_000) as u16;
-                Some((lo, lo + rng.below(2000) as u16))
-            }
-            _ => None,
-        };
-        let (outbound, inbound, dir) = match rng.pct() {
-            0..70 => (true, true, "both"),
-            70..85 => (true, false, "outbound"),
-            _ => (false, true, "inbound"),
-        };
-        let action = match rng.pct() {
-            0..60 => "protect",
-            60..80 => "bypass",
-            _ => "discard",
-        };
-        let _ = writeln!(
-            text,
-            "[[policy]]\nname = \"r{i}\"\ndirection = \"{dir}\"\nlocal = \"{}/{}\"",
-            ip(local.0),
-            local.1
-        );
-        if let Some((a, l)) = remote {
-            let _ = writeln!(text, "remote = \"{}/{l}\"", ip(a));
-        }
-        let proto = match protocol {
-            Some(6) => "tcp",
-            Some(17) => "udp",
-            Some(1) => "icmp",
-            _ => "any",
-        };
-        let _ = writeln!(text, "protocol = \"{proto}\"");
-        if let Some((lo, hi)) = local_port {
-            let _ = writeln!(text, "local_port = \"{lo}-{hi}\"");
-        }
-        let _ = writeln!(text, "action = \"{action}\"");
-        if action == "protect" {
-            let sa = match dir {
-                "both" => "[\"out\", \"in\"]",
-                "outbound" => "\"out\"",
-                _ => "\"in\"",
-            };
-            let _ = writeln!(text, "sa = {sa}");
-        }
-        rules.push(Rule {
-            outbound,
-            inbound,
-            local,
-            remote,
-            protocol,
-            local_port,
-        });
-    }
-    text += "[[policy]]\nname = \"catch-all\"\ndirection = \"both\"\naction = \"discard\"\n";
-    (text, rules)
-}
-
-fn inside(rng: &mut Rng, (base, len): (u32, u8)) -> u32 {
-    let host = if len == 32 { 0 } else { u32::MAX >> len };
-    base | (rng.next() as u32 & host)
-}
-
-fn gen_flows(rules: &[Rule], rng: &mut Rng) -> Vec<Flow> {
-    (0..FLOWS)
-        .map(|_| {
-            if !rules.is_empty() && rng.pct() < 50 {
-                let r = &rules[rng.below(rules.len() as u64) as usize];
-                let outbound = if r.outbound && r.inbound {
-                    rng.pct() < 50
-                } else {
-                    r.outbound
-                };
-                let local = inside(rng, r.local);
-                let remote = inside(rng, r.remote.unwrap_or((172 << 24, 8)));
-                let proto = r.protocol.unwrap_or(6);
-                let lport = r.local_port.map_or(443, |(lo, hi)| {
-                    lo + rng.below(u64::from(hi - lo) + 1) as u16
-                });
-                let rport = 1024 + rng.below(60_000) as u16;
-                flow(outbound, local, remote, proto, lport, rport)
-            } else {
-                let local = (10 << 24) | (rng.below(64) as u32) << 16 | rng.below(1 << 16) as u32;
-                let remote = (172 << 24) | (16 << 16) | rng.below(1 << 20) as u32;
-                let proto = [6, 17, 1, 50][rng.below(4) as usize];
-                let lport = WELL_KNOWN[rng.below(16) as usize];
-                let rport = rng.below(65536) as u16;
-                flow(rng.pct() < 50, local, remote, proto, lport, rport)
-            }
-        })
-        .collect()
-}
-
-fn flow(outbound: bool, local: u32, remote: u32, proto: u8, lport: u16, rport: u16) -> Flow {
-    let (l, r) = (IpAddr::V4(local.into()), IpAddr::V4(remote.into()));
-    let f = if outbound {
-        Flow::new(Direction::Outbound, l, r, proto)
-    } else {
-        Flow::new(Direction::Inbound, r, l, proto)
-    };
-    match proto {
-        6 | 17 if outbound => f.ports(lport, rport),
-        6 | 17 => f.ports(rport, lport),
-        1 => f.icmp(8, 0),
-        _ => f,
-    }
-}
 
 /// The rule set and flows of one size.
 fn setup(n: usize) -> (Spd, Vec<Flow>) {
-    let mut rng = Rng(0x5eed_0000 + n as u64);
-    let (text, rules) = gen_rules(n, &mut rng);
+    let (text, flows) = rule_set(n, Family::V4);
     let t = Instant::now();
     let spd = Spd::from_toml(&text).expect("generated policies load");
     let load = t.elapsed();
     let t = Instant::now();
     let again = spd.recompiled(EngineKind::Partitioned);
     let compile = t.elapsed();
-    let flows = gen_flows(&rules, &mut rng);
     let hits = flows
         .iter()
         .filter(|f| spd.lookup(f).policy != Some("catch-all"))

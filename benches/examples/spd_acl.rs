@@ -1,0 +1,259 @@
+//! Our SPD against DPDK's `rte_acl`, the Rust half: exports the rule sets and flows of
+//! `benches/spd.rs` (IPv4, and IPv6 of the same shape) for `benches/dpdk-acl/acl_spd.c`,
+//! and times our side of the comparison on the very same rules and flows.
+//!
+//! ```text
+//! cargo run --release -p ipsec-benches --example spd_acl -- export DIR [--sizes 1000,10000]
+//! cargo run --release -p ipsec-benches --example spd_acl -- bench [--sizes 1000,10000]
+//! ```
+//!
+//! `export` writes `DIR/spd-ipv4-N.txt` and `DIR/spd-ipv6-N.txt`, one line per rule and
+//! per flow (the C program's input format, documented there):
+//!
+//! ```text
+//! rule INDEX out|in|both LOCAL/LEN REMOTE/LEN PROTO|any LPORT-LPORT|any RPORT-RPORT|any
+//! flow out|in SRC DST PROTO SPORT|- DPORT|- POLICY_INDEX|none
+//! ```
+//!
+//! Rules are written from the loaded [`Spd`]'s policies (file order = `INDEX`), not from
+//! the generator, and each flow carries the index of the policy our compiled SPD matched,
+//! so the C program proves that `rte_acl` classifies exactly as we do before it times
+//! anything.
+//!
+//! `bench` prints one JSON line per rule set: ns per lookup (the flows, outbound ones
+//! first then inbound ones, in bursts of 32; there is no batch lookup in `ipsec-core`, so
+//! a burst is 32 [`Spd::lookup`] calls on the compiled classifier, no flow cache), the
+//! time to compile the classifier ([`Spd::recompiled`], policy parsing excluded, as
+//! `rte_acl_add_rules` + `rte_acl_build` exclude the application's parsing) and
+//! [`Spd::compiled_bytes`] (both directions; also without the non-first fragment index,
+//! which `rte_acl` has no counterpart of). Timing is the thread CPU clock, a calibration
+//! pass, then 7 rounds of at least 20 ms whose median is reported, as in
+//! `benches/openssl/evp_aead.c` and the C program.
+
+// The thread CPU clock is read through `libc::clock_gettime`.
+#![allow(unsafe_code)]
+
+#[path = "../benches/spd_gen/mod.rs"]
+mod spd_gen;
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ipsec_core::spd::{EngineKind, PolicyDirection};
+use ipsec_core::{Direction, Flow, Spd};
+use spd_gen::{Family, rule_set};
+
+const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
+const BURST: usize = 32;
+const ROUNDS: usize = 7;
+const ROUND_NS: u64 = 20_000_000;
+
+fn cpu_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux has.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(r, 0, "the thread CPU clock");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn family_name(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
+    }
+}
+
+/// `(lo, hi)` as `ADDR/LEN` if it is exactly one prefix of a `width`-bit family.
+fn prefix(family: Family, lo: u128, hi: u128) -> Option<String> {
+    let size = hi.wrapping_sub(lo); // host mask if a prefix
+    let is_prefix = size & size.wrapping_add(1) == 0 && lo & size == 0;
+    let host_bits = size.count_ones() as u8;
+    (is_prefix && host_bits <= family.width())
+        .then(|| format!("{}/{}", family.addr(lo), family.width() - host_bits))
+}
+
+/// The one prefix of `family` in `set`; `None` if the set has no address of the family
+/// (the rule cannot match it); an error if it is not a single prefix.
+fn set_prefix(
+    family: Family,
+    set: &ipsec_core::spd::AddrSet,
+    what: &str,
+) -> Result<Option<String>, String> {
+    let ranges: Vec<(u128, u128)> = match family {
+        Family::V4 => set
+            .v4_ranges()
+            .iter()
+            .map(|&(a, b)| (u128::from(a), u128::from(b)))
+            .collect(),
+        Family::V6 => set.v6_ranges().to_vec(),
+    };
+    match ranges.as_slice() {
+        [] => Ok(None),
+        [(lo, hi)] => prefix(family, *lo, *hi)
+            .map(Some)
+            .ok_or_else(|| format!("{what}: not a prefix")),
+        _ => Err(format!("{what}: more than one range")),
+    }
+}
+
+fn port_text(p: Option<(u16, u16)>) -> String {
+    p.map_or_else(|| "any".into(), |(lo, hi)| format!("{lo}-{hi}"))
+}
+
+/// The export file of one rule set.
+fn export_text(spd: &Spd, flows: &[Flow], family: Family) -> Result<String, String> {
+    let mut out = format!(
+        "# ipsec-core SPD rule set for acl_spd.c: {} {} policies {} flows\n",
+        family_name(family),
+        spd.policies().len(),
+        flows.len()
+    );
+    for (i, p) in spd.policies().iter().enumerate() {
+        if p.icmp_type().is_some() || p.icmp_code().is_some() {
+            return Err(format!(
+                "policy {}: ICMP selectors are not exported",
+                p.name()
+            ));
+        }
+        let local = set_prefix(family, p.local(), p.name())?;
+        let remote = set_prefix(family, p.remote(), p.name())?;
+        let (Some(local), Some(remote)) = (local, remote) else {
+            continue; // no address of this family: cannot match its flows
+        };
+        let dir = match p.direction() {
+            PolicyDirection::Outbound => "out",
+            PolicyDirection::Inbound => "in",
+            _ => "both",
+        };
+        let proto = p.protocol().map_or_else(|| "any".into(), |n| n.to_string());
+        let _ = writeln!(
+            out,
+            "rule {i} {dir} {local} {remote} {proto} {} {}",
+            port_text(p.local_port()),
+            port_text(p.remote_port())
+        );
+    }
+    for f in flows {
+        let dir = match f.direction {
+            Direction::Outbound => "out",
+            _ => "in",
+        };
+        let port = |p: Option<u16>| p.map_or_else(|| "-".into(), |p| p.to_string());
+        let matched = spd
+            .lookup(f)
+            .policy_index
+            .map_or_else(|| "none".into(), |i| i.to_string());
+        let _ = writeln!(
+            out,
+            "flow {dir} {} {} {} {} {} {matched}",
+            f.src,
+            f.dst,
+            f.protocol,
+            port(f.src_port),
+            port(f.dst_port)
+        );
+    }
+    Ok(out)
+}
+
+/// ns per lookup of `flows` in bursts of [`BURST`]: the median of [`ROUNDS`] rounds.
+fn time_lookups(spd: &Spd, flows: &[Flow]) -> f64 {
+    let pass = || {
+        for burst in flows.chunks(BURST) {
+            for f in burst {
+                black_box(spd.lookup(black_box(f)).policy_index);
+            }
+        }
+    };
+    // Calibration: passes that take at least ROUND_NS in all.
+    let t = cpu_now();
+    pass();
+    let one = (cpu_now() - t).as_nanos().max(1) as u64;
+    let passes = ROUND_NS.div_ceil(one).max(1);
+    let mut per_lookup: Vec<f64> = (0..ROUNDS)
+        .map(|_| {
+            let t = cpu_now();
+            for _ in 0..passes {
+                pass();
+            }
+            (cpu_now() - t).as_nanos() as f64 / (passes as f64 * flows.len() as f64)
+        })
+        .collect();
+    per_lookup.sort_by(f64::total_cmp);
+    per_lookup[ROUNDS / 2]
+}
+
+fn parse_sizes(args: &[String]) -> Result<Vec<usize>, String> {
+    match args {
+        [] => Ok(SIZES.to_vec()),
+        [flag, list] if flag == "--sizes" => list
+            .split(',')
+            .map(|s| s.trim().parse().map_err(|e| format!("--sizes {s}: {e}")))
+            .collect(),
+        _ => Err(format!("unexpected arguments {args:?}")),
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let (cmd, rest) = args
+        .split_first()
+        .ok_or("usage: spd_acl export DIR | bench")?;
+    let (dir, rest) = match cmd.as_str() {
+        "export" => {
+            let (dir, rest) = rest.split_first().ok_or("export: the output directory")?;
+            (Some(Path::new(dir)), rest)
+        }
+        "bench" => (None, rest),
+        _ => return Err(format!("unknown command {cmd}")),
+    };
+    let sizes = parse_sizes(rest)?;
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    for family in [Family::V4, Family::V6] {
+        for &n in &sizes {
+            let (text, flows) = rule_set(n, family);
+            let spd = Spd::from_toml(&text).map_err(|e| e.to_string())?;
+            let name = family_name(family);
+            if let Some(dir) = dir {
+                let path = dir.join(format!("spd-{name}-{n}.txt"));
+                std::fs::write(&path, export_text(&spd, &flows, family)?)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                continue;
+            }
+            let mut sorted = flows.clone();
+            sorted.sort_by_key(|f| f.direction != Direction::Outbound);
+            let t = Instant::now();
+            let again = spd.recompiled(EngineKind::Partitioned);
+            let build = t.elapsed();
+            drop(again);
+            let ns = time_lookups(&spd, &sorted);
+            let bytes = spd.compiled_bytes();
+            let no_frag = bytes - spd.fragment_index_bytes();
+            println!(
+                "{{\"impl\":\"ipsec-core\",\"family\":\"{name}\",\"rules\":{n},\"flows\":{},\
+                 \"burst\":{BURST},\"ns_per_lookup\":{ns:.2},\"build_ms\":{:.3},\
+                 \"bytes\":{bytes},\"bytes_per_rule\":{:.1},\"bytes_no_fragment_index\":{no_frag},\
+                 \"bytes_per_rule_no_fragment_index\":{:.1}}}",
+                sorted.len(),
+                build.as_secs_f64() * 1e3,
+                bytes as f64 / n as f64,
+                no_frag as f64 / n as f64,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = run(&args) {
+        eprintln!("spd_acl: {e}");
+        std::process::exit(2);
+    }
+}
