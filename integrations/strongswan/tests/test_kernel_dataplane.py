@@ -164,6 +164,21 @@ def test_traffic_both_ways(plugin_installed, esp_proposal):
         assert after[0].bytes_in - before[0].bytes_in >= nbytes
 
 
+@pytest.mark.parametrize("offload", ["yes", "no"])
+def test_tun_offloads_on_and_off(plugin_installed, offload):
+    """The TUN device with offloads (the default: TCP bursts in one read, UDP GSO sends,
+    merged writes) and without (`offload = no`, as on a kernel that refuses them: one
+    packet per read, send and write): the same traffic passes intact both ways, and the
+    log says which it is (IPv6 with offloads: test_ipv6_inner_and_outer)."""
+    config = dataplane(plugins={PLUGIN: "offload = %s" % offload})
+    with netns.BranchOffice(hq=config) as office:
+        with open(office.hq.log_path) as f:
+            log = f.read()
+        assert "offloads %s" % ("on" if offload == "yes" else "off") in log, office.hq.log_tail()
+        pings_both_ways(office, (64, 1400), count=3)
+        traffic_both_ways(office, 1 << 20)
+
+
 # --------------------------------------------------------------------------------------
 # 2. IPv6 outside and inside
 # --------------------------------------------------------------------------------------
