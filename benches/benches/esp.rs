@@ -21,6 +21,12 @@
 //! figures encrypt the buffer again without restoring it. The buffer window is reset by
 //! describing the packet again with `PacketBuf::new` (no allocation).
 //!
+//! Group `gateway_path` (AES-128-GCM, 64 and 1420 bytes): the same bursts of 32 packets
+//! through a [`Gateway`] (`Gateway::outbound` / `Gateway::inbound` per packet: policy
+//! lookup with the flow cache, SA, ESP, counters) next to the SA alone
+//! (`encrypt_burst` / `decrypt_burst`), so the gateway's share reads as a ratio
+//! (`gateway_outbound_burst32/N` against `sa_encrypt_burst32/N`).
+//!
 //! Outbound SAs use the library defaults: counter-based AEAD nonces and, for CBC, IVs
 //! from the default OS-seeded generator (one AES block per packet, included).
 //!
@@ -37,7 +43,8 @@ use aes_gcm::aead::AeadInOut;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use hmac::{Hmac, Mac};
-use ipsec_core::{Cipher, Direction, Integrity, PacketBuf, SecurityAssociation};
+use ipsec_core::gateway::{Inbound, Outbound};
+use ipsec_core::{Cipher, Direction, Gateway, Integrity, PacketBuf, SecurityAssociation, Spd};
 
 mod common;
 use common::{BURST, inner_packet, refilled_burst, tunnel_sa};
@@ -264,6 +271,116 @@ fn raw_cbc_hmac_benches(g: &mut BenchmarkGroup<'_, WallTime>, size: usize) {
     });
 }
 
+/// The inbound key of the gateway path (the peer's outbound key: not the gateway's own
+/// outbound key, which the library refuses to reuse).
+const PEER_KEY: [u8; 20] = [0x43; 20];
+
+/// A gateway with one tunnel for the bench's packets (10.0.0.0/24 <-> 10.1.0.0/24): the
+/// outbound SA of [`tunnel_sa`] (SPI 0x1000, key 0x42...) and an inbound SA (SPI 0x1000,
+/// [`PEER_KEY`]) without a replay window, so that one protected packet decrypts every
+/// time.
+fn one_tunnel_gateway() -> Gateway {
+    let key = "42".repeat(20);
+    let peer_key = "43".repeat(20);
+    let text = format!(
+        r#"
+[[sa]]
+name = "out"
+spi = 0x1000
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "{key}"
+tunnel_src = "192.0.2.1"
+tunnel_dst = "192.0.2.2"
+
+[[sa]]
+name = "in"
+spi = 0x1000
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "{peer_key}"
+replay_window = 0
+
+[[policy]]
+name = "tunnel"
+direction = "both"
+local = "10.0.0.0/24"
+remote = "10.1.0.0/24"
+action = "protect"
+sa = ["out", "in"]
+"#
+    );
+    let spd = Spd::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
+    Gateway::new(spd, Duration::ZERO).expect("valid gateway")
+}
+
+/// The gateway path against the SA alone, bursts of 32 AES-128-GCM packets.
+fn gateway_path(c: &mut Criterion) {
+    let suite = SUITES[0];
+    let mut g = c.benchmark_group("gateway_path");
+    g.measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500))
+        .sample_size(20);
+    let now = Duration::ZERO;
+    for size in [64, 1420] {
+        let inner = inner_packet(size);
+        let mut outbound = sa(suite, Direction::Outbound);
+        // what the peer sends: 10.1.0.1 -> 10.0.0.1 (the addresses swapped, the header
+        // checksum unchanged), sealed with its key
+        let mut reply = inner.clone();
+        reply[12..20].rotate_left(4);
+        let mut peer = tunnel_sa(suite.cipher, &PEER_KEY, None, Direction::Outbound);
+        let protected = protect(&mut peer, &reply);
+        let (head, slot) = geometry(&outbound, size);
+        let mut storage = vec![0u8; slot * BURST];
+        let mut results = [Ok(()); BURST];
+        let mut gw = one_tunnel_gateway();
+        g.throughput(Throughput::Bytes((size * BURST) as u64));
+        g.bench_function(format!("sa_encrypt_burst{BURST}/{size}"), |b| {
+            b.iter(|| {
+                let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
+                let ok = outbound.encrypt_burst(&mut pkts, &mut results, now);
+                assert_eq!(ok, BURST);
+                black_box(&pkts);
+            })
+        });
+        g.bench_function(format!("gateway_outbound_burst{BURST}/{size}"), |b| {
+            b.iter(|| {
+                let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
+                for pkt in &mut pkts {
+                    let verdict = gw.outbound(pkt, now);
+                    assert!(matches!(verdict, Ok(Outbound::Protected { .. })));
+                }
+                black_box(&pkts);
+            })
+        });
+        let mut inbound = tunnel_sa(suite.cipher, &PEER_KEY, None, Direction::Inbound);
+        let plen = protected.len();
+        let mut storage = vec![0u8; plen * BURST];
+        g.bench_function(format!("sa_decrypt_burst{BURST}/{size}"), |b| {
+            b.iter(|| {
+                let mut pkts = refilled_burst(&mut storage, plen, 0, &protected);
+                let ok = inbound.decrypt_burst(&mut pkts, &mut results, now);
+                assert_eq!(ok, BURST);
+                black_box(&pkts);
+            })
+        });
+        g.bench_function(format!("gateway_inbound_burst{BURST}/{size}"), |b| {
+            b.iter(|| {
+                let mut pkts = refilled_burst(&mut storage, plen, 0, &protected);
+                for pkt in &mut pkts {
+                    let verdict = gw.inbound(pkt, now);
+                    assert!(matches!(verdict, Ok(Inbound::Decrypted { .. })));
+                }
+                black_box(&pkts);
+            })
+        });
+    }
+    g.finish();
+}
+
 fn esp(c: &mut Criterion) {
     for suite in SUITES {
         let mut g = c.benchmark_group(suite.name);
@@ -282,5 +399,5 @@ fn esp(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, esp);
+criterion_group!(benches, esp, gateway_path);
 criterion_main!(benches);
