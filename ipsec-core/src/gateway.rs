@@ -140,7 +140,9 @@ pub struct Gateway {
     pub(crate) free: Vec<usize>,
     pub(crate) by_name: HashMap<String, usize>,
     /// Outbound SA names as policies write them → the outbound SA that carries them.
-    pub(crate) routes: HashMap<String, usize>,
+    /// Hashed with `foldhash` (keyed, random seed), as the SAD is: every outbound
+    /// packet looks its SA up here by name.
+    pub(crate) routes: HashMap<String, usize, foldhash::fast::RandomState>,
     /// Inbound SA names as policies write them → the inbound SAs that serve them.
     pub(crate) served_by: HashMap<String, Vec<usize>>,
     /// The direction of every SA name policies may use now (`Gateway::sa_direction`
@@ -221,7 +223,7 @@ impl Gateway {
             entries: Vec::with_capacity(configs.len()),
             free: Vec::new(),
             by_name: HashMap::with_capacity(configs.len()),
-            routes: HashMap::new(),
+            routes: HashMap::default(),
             served_by: HashMap::new(),
             sa_dirs: imbl::HashMap::new(),
             inbound: InboundSad::default(),
