@@ -203,20 +203,18 @@ static bool tcp_layout(const uint8_t *packet, size_t len, bool options_ok,
 	return *tcp_len >= TCP_HEADER_LEN && *ip_len + *tcp_len <= len;
 }
 
-bool dataplane_tcp_csum_valid(const uint8_t *packet, size_t len)
+/** TRUE when the TCP checksum of a packet whose layout tcp_layout() read
+ * (IPv4 without fragmentation, IPv6 without extension headers) is right. */
+static bool tcp_csum_ok(const uint8_t *packet, size_t len, size_t ip_len,
+						bool ipv6)
 {
-	size_t ip_len, tcp_len;
-	bool ipv6;
 	uint64_t sum;
 
-	if (!tcp_layout(packet, len, true, &ip_len, &tcp_len, &ipv6))
-	{
-		return false;
-	}
 	sum = pseudo_header(packet, ipv6, len - ip_len);
 	sum = csum_add(sum, packet + ip_len, len - ip_len);
 	return csum_fold(sum) == 0xffff;
 }
+
 
 unsigned dataplane_tso_prepare(dataplane_tso_t *tso,
 							   const struct virtio_net_hdr *vnet,
@@ -327,7 +325,7 @@ dataplane_gro_verdict_t dataplane_gro_add(dataplane_gro_t *gro,
 	tcp = packet + ip_len;
 	payload = len - ip_len - tcp_len;
 	if (payload == 0 || (tcp[13] & ~TCP_PSH) != TCP_ACK ||
-		!dataplane_tcp_csum_valid(packet, len))
+		!tcp_csum_ok(packet, len, ip_len, ipv6))
 	{	/* pure ACKs, SYN, FIN, RST, URG, ECE/CWR: as they came */
 		return DATAPLANE_GRO_BYPASS;
 	}

@@ -54,12 +54,6 @@ bool dataplane_csum_complete(const struct virtio_net_hdr *vnet,
 							 uint8_t *packet, size_t len);
 
 /**
- * TRUE when the TCP checksum of an IPv4 (header without options) or IPv6
- * (no extension headers) TCP packet is right.
- */
-bool dataplane_tcp_csum_valid(const uint8_t *packet, size_t len);
-
-/**
  * A TCP send burst (GSO frame) read from the TUN device, to be cut into
  * segments of `mss` payload bytes.
  */
