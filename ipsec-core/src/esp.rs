@@ -19,7 +19,7 @@
 //! is counted under its [`DropReason`](crate::DropReason) before it is returned.
 
 use crate::buffer::{PacketBuf, SpareBuffers};
-use crate::crypto::EspLayout;
+use crate::crypto::{EspLayout, LANES, PendingSeal};
 use crate::error::{Error, LifetimeLimit, Malformed};
 use crate::fragment::{Ipv4Split, Ipv6Split, has_fragment_header, spares_hold};
 use crate::packet::{
@@ -65,7 +65,7 @@ impl SecurityAssociation {
             return Err(self.drop(Error::WrongDirection));
         }
         self.admit(now)?;
-        self.encrypt_admitted(pkt, None, &mut SpareBuffers::none(), now)?;
+        self.encrypt_admitted(pkt, None, &mut SpareBuffers::none(), now, None)?;
         self.note_protected(now);
         Ok(())
     }
@@ -89,7 +89,7 @@ impl SecurityAssociation {
             return Err(self.drop(Error::WrongDirection));
         }
         self.admit(now)?;
-        let extra = self.encrypt_admitted(pkt, None, spares, now)?;
+        let extra = self.encrypt_admitted(pkt, None, spares, now, None)?;
         self.note_protected(now);
         Ok(extra)
     }
@@ -115,7 +115,13 @@ impl SecurityAssociation {
             return Err(self.drop(Error::WrongDirection));
         }
         self.admit(now)?;
-        self.encrypt_admitted(pkt, Some(IPPROTO_NONE), &mut SpareBuffers::none(), now)?;
+        self.encrypt_admitted(
+            pkt,
+            Some(IPPROTO_NONE),
+            &mut SpareBuffers::none(),
+            now,
+            None,
+        )?;
         self.note_sent(now);
         Ok(())
     }
@@ -124,15 +130,46 @@ impl SecurityAssociation {
     /// outcome of `packets[i]`; a failed packet is left in its buffer, never freed, and
     /// counted under its drop reason. Only the first `min(packets.len(),
     /// results.len())` packets are processed. Returns how many succeeded.
+    ///
+    /// AES-CBC packets are encrypted [`LANES`] at a time with their CBC chains side by
+    /// side (one packet's chain is serial; the packets' chains are independent), and
+    /// their ICVs computed after; the packets come out exactly as [`Self::encrypt`]
+    /// would make them one by one, IVs drawn in the same order.
     pub fn encrypt_burst(
         &mut self,
         packets: &mut [PacketBuf<'_>],
         results: &mut [Result<(), Error>],
         now: Duration,
     ) -> usize {
+        let n = packets.len().min(results.len());
+        let (packets, results) = (&mut packets[..n], &mut results[..n]);
+        if !self.transform.seals_in_lanes() || self.direction != Direction::Outbound {
+            let mut ok = 0;
+            for (pkt, res) in packets.iter_mut().zip(results.iter_mut()) {
+                ok += usize::from(store_result(res, self.encrypt(pkt, now)));
+            }
+            return ok;
+        }
         let mut ok = 0;
-        for (pkt, res) in packets.iter_mut().zip(results.iter_mut()) {
-            ok += usize::from(store_result(res, self.encrypt(pkt, now)));
+        for (pkts, ress) in packets.chunks_mut(LANES).zip(results.chunks_mut(LANES)) {
+            let mut pending: [Option<PendingSeal>; LANES] = [None; LANES];
+            for ((pkt, res), slot) in pkts.iter_mut().zip(ress.iter_mut()).zip(&mut pending) {
+                let r = self.admit(now).and_then(|()| {
+                    self.encrypt_admitted(pkt, None, &mut SpareBuffers::none(), now, Some(slot))?;
+                    self.note_protected(now);
+                    Ok(())
+                });
+                ok += usize::from(store_result(res, r));
+            }
+            let mut lanes: [Option<crate::crypto::Lane<'_>>; LANES] = [const { None }; LANES];
+            let mut count = 0;
+            for (pkt, p) in pkts.iter_mut().zip(pending) {
+                if let Some(p) = p {
+                    lanes[count] = Some((pkt.buffer_mut(), p));
+                    count += 1;
+                }
+            }
+            self.transform.seal_lanes(&mut lanes[..count]);
         }
         ok
     }
@@ -264,7 +301,11 @@ impl SecurityAssociation {
         res
     }
 
-    /// Encrypts an admitted packet; returns how many spares it filled.
+    /// Encrypts an admitted packet; returns how many spares it filled. With `pending`
+    /// (the burst path), a CBC packet on the fast path may be left with its IV written
+    /// and its encryption and ICV pending in the slot ([`Transform::seal_begin`]).
+    ///
+    /// [`Transform::seal_begin`]: crate::crypto::Transform
     #[inline(always)]
     fn encrypt_admitted(
         &mut self,
@@ -272,14 +313,15 @@ impl SecurityAssociation {
         dummy: Option<u8>,
         spares: &mut SpareBuffers<'_, '_>,
         now: Duration,
+        pending: Option<&mut Option<PendingSeal>>,
     ) -> Result<usize, Error> {
         let next = match self.next_seq() {
             Ok(s) => s,
             Err(e) => return Err(self.drop(e)),
         };
         let res = match self.mode {
-            Mode::Tunnel => self.encap_tunnel(pkt, next, dummy, true),
-            Mode::Transport => self.encap_transport(pkt, next, true),
+            Mode::Tunnel => self.encap_tunnel(pkt, next, dummy, true, pending),
+            Mode::Transport => self.encap_transport(pkt, next, true, pending),
         };
         match res {
             Ok(inner_len) => {
@@ -331,8 +373,8 @@ impl SecurityAssociation {
                 self.check_lifetime_room(1, len as u64)?;
                 let next = self.next_seq().map_err(|e| self.drop(e))?;
                 let res = match self.mode {
-                    Mode::Tunnel => self.encap_tunnel(pkt, next, dummy, false),
-                    Mode::Transport => self.encap_transport(pkt, next, false),
+                    Mode::Tunnel => self.encap_tunnel(pkt, next, dummy, false, None),
+                    Mode::Transport => self.encap_transport(pkt, next, false, None),
                 };
                 let len = res.map_err(|e| self.drop(e.unwrap_or(Error::SequenceOverflow)))?;
                 self.out_mut().seq = next;
@@ -522,7 +564,7 @@ impl SecurityAssociation {
     /// Encrypts one pre-made fragment whose room was checked.
     fn encap_fragment(&mut self, p: &mut PacketBuf<'_>) -> Result<(), Error> {
         let next = self.out().seq + 1;
-        match self.encap_tunnel(p, next, None, false) {
+        match self.encap_tunnel(p, next, None, false, None) {
             Ok(len) => {
                 self.out_mut().seq = next;
                 self.account(len);
@@ -569,8 +611,8 @@ impl SecurityAssociation {
             }));
         }
         let len = match self.mode {
-            Mode::Tunnel => self.encap_tunnel(pkt, next, None, false),
-            Mode::Transport => self.encap_transport(pkt, next, false),
+            Mode::Tunnel => self.encap_tunnel(pkt, next, None, false, None),
+            Mode::Transport => self.encap_transport(pkt, next, false, None),
         }
         .map_err(|e| self.drop(e.unwrap_or(Error::Malformed(Malformed::TooBig))))?;
         self.out_mut().seq = next;
@@ -633,7 +675,9 @@ impl SecurityAssociation {
 
     /// Tunnel-mode encapsulation. With `limits`, a packet beyond the cached path MTU or
     /// the hard byte lifetime is left unchanged and `Err(None)` sends it to the slow
-    /// path; `Err(Some(e))` is a drop.
+    /// path; `Err(Some(e))` is a drop. With `pending`, the seal may be left half done
+    /// in it ([`Self::encrypt_admitted`]); not when a UDP checksum must be computed over
+    /// the sealed packet.
     #[inline(always)]
     fn encap_tunnel(
         &mut self,
@@ -641,6 +685,7 @@ impl SecurityAssociation {
         seq: u64,
         dummy: Option<u8>,
         limits: bool,
+        pending: Option<&mut Option<PendingSeal>>,
     ) -> Result<usize, Option<Error>> {
         // `inner_df`: what DfPolicy::Copy copies; true unless an inner IPv4 header says
         // the packet may be fragmented.
@@ -705,8 +750,13 @@ impl SecurityAssociation {
         );
         buf[esp..esp + 4].copy_from_slice(&spi.to_be_bytes());
         buf[esp + 4..esp + 8].copy_from_slice(&(seq as u32).to_be_bytes());
-        self.transform
-            .seal(buf, EspLayout { esp, icv }, seq, self.esn);
+        let at = EspLayout { esp, icv };
+        match pending {
+            Some(slot) if !outer.udp_checksum => {
+                *slot = self.transform.seal_begin(buf, at, seq, self.esn);
+            }
+            _ => self.transform.seal(buf, at, seq, self.esn),
+        }
         if outer.udp_checksum {
             // IPv6: over the sealed packet (RFC 8200 §8.1).
             outer.set_udp_checksum(&mut buf[start..start + total], icv - start);
@@ -716,13 +766,15 @@ impl SecurityAssociation {
         Ok(inner_len)
     }
 
-    /// Transport-mode encapsulation; `limits` and the errors as [`Self::encap_tunnel`].
+    /// Transport-mode encapsulation; `limits`, `pending` and the errors as
+    /// [`Self::encap_tunnel`].
     #[inline(always)]
     fn encap_transport(
         &mut self,
         pkt: &mut PacketBuf<'_>,
         seq: u64,
         limits: bool,
+        pending: Option<&mut Option<PendingSeal>>,
     ) -> Result<usize, Option<Error>> {
         let info = packet::parse_ip(pkt.data())
             .map_err(|_| Error::Malformed(Malformed::BadInnerPacket))?;
@@ -787,8 +839,13 @@ impl SecurityAssociation {
         let icv = Self::write_trailer(buf, body + payload, pad, protocol);
         buf[esp..esp + 4].copy_from_slice(&spi.to_be_bytes());
         buf[esp + 4..esp + 8].copy_from_slice(&(seq as u32).to_be_bytes());
-        self.transform
-            .seal(buf, EspLayout { esp, icv }, seq, self.esn);
+        let at = EspLayout { esp, icv };
+        match pending {
+            Some(slot) if udp6_addresses.is_none() => {
+                *slot = self.transform.seal_begin(buf, at, seq, self.esn);
+            }
+            _ => self.transform.seal(buf, at, seq, self.esn),
+        }
         buf[start + nh_at] = if let Some((sport, dport)) = udp_ports {
             let udp = esp - UDP_HEADER_LEN;
             let end = start + new_total;
