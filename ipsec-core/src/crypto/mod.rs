@@ -551,6 +551,15 @@ struct CbcHmac {
     pads: Sha256Pads,
 }
 
+/// An ICV computed ahead for one packet of a decrypt burst ([`Transform::icvs_ahead`]):
+/// the HMAC of `buf[esp..icv]`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct IcvAhead {
+    pub(crate) esp: usize,
+    pub(crate) icv: usize,
+    pub(crate) tag: [u8; 16],
+}
+
 /// How many packets [`Transform::seal_lanes`] encrypts side by side.
 pub(crate) const LANES: usize = 8;
 
@@ -1078,11 +1087,48 @@ impl Transform {
         }
     }
 
+    /// True when a decrypt burst should compute ICVs ahead with [`Self::icvs_ahead`]:
+    /// AES-CBC + HMAC-SHA-256-128 (whose hashes run side by side across packets).
+    #[inline]
+    pub(crate) fn icvs_ahead_pay(&self) -> bool {
+        matches!(&self.engine, Engine::CbcHmac(k) if matches!(k.mac, HmacKey::Sha256(_)))
+    }
+
+    /// For a decrypt burst: the HMAC-SHA-256-128 of `bufs[l][ahead[l].esp..ahead[l].icv]`
+    /// (no ESN tail) into `ahead[l].tag`, up to [`LANES`] packets' hashes side by
+    /// side. [`Self::open`] then compares the packet's ICV with it (in constant time,
+    /// before decrypting) instead of computing it. Only for [`Self::icvs_ahead_pay`].
+    pub(crate) fn icvs_ahead(&self, bufs: &[&[u8]], ahead: &mut [IcvAhead]) {
+        let Engine::CbcHmac(keys) = &self.engine else {
+            return;
+        };
+        for (bufs, ahead) in bufs.chunks(LANES).zip(ahead.chunks_mut(LANES)) {
+            let width = bufs.len().min(ahead.len());
+            let mut macs: [(&[u8], &[u8], &mut [u8]); LANES] =
+                core::array::from_fn(|_| (&[][..], &[][..], &mut [][..]));
+            for ((buf, a), m) in bufs.iter().zip(ahead.iter_mut()).zip(macs.iter_mut()) {
+                *m = (&buf[a.esp..a.icv], &[][..], &mut a.tag[..]);
+            }
+            hmac_sha256_lanes(&keys.pads, &mut macs[..width]);
+        }
+    }
+
     /// Verifies the ICV and decrypts in place. `false` means the ICV did not verify; the
     /// buffer is then unchanged for CBC/NULL/GMAC and unspecified for GCM/ChaCha (ring
     /// and RustCrypto both leave the ciphertext unusable).
+    ///
+    /// `hint`: the ICV [`Self::icvs_ahead`] computed for this packet in a burst; used
+    /// only when it was computed for the same layout (and without ESN), so it changes
+    /// nothing but where the HMAC is computed.
     #[inline]
-    pub(crate) fn open(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) -> bool {
+    pub(crate) fn open(
+        &mut self,
+        buf: &mut [u8],
+        at: EspLayout,
+        seq: u64,
+        esn: bool,
+        hint: Option<&IcvAhead>,
+    ) -> bool {
         let EspLayout { esp, icv } = at;
         let iv_end = esp + 8 + self.iv_len();
         match &mut self.engine {
@@ -1097,13 +1143,20 @@ impl Transform {
                     &tag,
                 )
             }
-            _ => self.open_slow(buf, at, seq, esn),
+            _ => self.open_slow(buf, at, seq, esn, hint),
         }
     }
 
     /// The non-AEAD transforms, kept out of line so that the AEAD path stays small.
     #[inline(never)]
-    fn open_slow(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) -> bool {
+    fn open_slow(
+        &mut self,
+        buf: &mut [u8],
+        at: EspLayout,
+        seq: u64,
+        esn: bool,
+        hint: Option<&IcvAhead>,
+    ) -> bool {
         let EspLayout { esp, icv } = at;
         let iv_end = esp + 8 + self.iv_len();
         let icv_len = self.icv_len();
@@ -1119,8 +1172,15 @@ impl Transform {
             Engine::CbcHmac(keys) => {
                 let CbcHmac { cbc, mac, .. } = &**keys;
                 let mut expect = [0u8; 32];
-                let (hi, n) = esn_tail(seq, esn);
-                mac.compute(&buf[esp..icv], &hi[..n], &mut expect[..icv_len]);
+                match hint {
+                    Some(h) if h.esp == esp && h.icv == icv && !esn && icv_len == 16 => {
+                        expect[..16].copy_from_slice(&h.tag);
+                    }
+                    _ => {
+                        let (hi, n) = esn_tail(seq, esn);
+                        mac.compute(&buf[esp..icv], &hi[..n], &mut expect[..icv_len]);
+                    }
+                }
                 if !ct_eq(&expect[..icv_len], &buf[icv..icv + icv_len]) {
                     return false;
                 }
