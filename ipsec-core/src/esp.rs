@@ -19,7 +19,7 @@
 //! is counted under its [`DropReason`](crate::DropReason) before it is returned.
 
 use crate::buffer::{PacketBuf, SpareBuffers};
-use crate::crypto::EspLayout;
+use crate::crypto::{EspLayout, IcvAhead, LANES, PendingSeal};
 use crate::error::{Error, LifetimeLimit, Malformed};
 use crate::fragment::{Ipv4Split, Ipv6Split, has_fragment_header, spares_hold};
 use crate::packet::{
@@ -65,7 +65,7 @@ impl SecurityAssociation {
             return Err(self.drop(Error::WrongDirection));
         }
         self.admit(now)?;
-        self.encrypt_admitted(pkt, None, &mut SpareBuffers::none(), now)?;
+        self.encrypt_admitted(pkt, None, &mut SpareBuffers::none(), now, None)?;
         self.note_protected(now);
         Ok(())
     }
@@ -89,7 +89,7 @@ impl SecurityAssociation {
             return Err(self.drop(Error::WrongDirection));
         }
         self.admit(now)?;
-        let extra = self.encrypt_admitted(pkt, None, spares, now)?;
+        let extra = self.encrypt_admitted(pkt, None, spares, now, None)?;
         self.note_protected(now);
         Ok(extra)
     }
@@ -115,7 +115,13 @@ impl SecurityAssociation {
             return Err(self.drop(Error::WrongDirection));
         }
         self.admit(now)?;
-        self.encrypt_admitted(pkt, Some(IPPROTO_NONE), &mut SpareBuffers::none(), now)?;
+        self.encrypt_admitted(
+            pkt,
+            Some(IPPROTO_NONE),
+            &mut SpareBuffers::none(),
+            now,
+            None,
+        )?;
         self.note_sent(now);
         Ok(())
     }
@@ -124,15 +130,46 @@ impl SecurityAssociation {
     /// outcome of `packets[i]`; a failed packet is left in its buffer, never freed, and
     /// counted under its drop reason. Only the first `min(packets.len(),
     /// results.len())` packets are processed. Returns how many succeeded.
+    ///
+    /// AES-CBC packets are encrypted [`LANES`] at a time with their CBC chains side by
+    /// side (one packet's chain is serial; the packets' chains are independent), and
+    /// their ICVs computed after; the packets come out exactly as [`Self::encrypt`]
+    /// would make them one by one, IVs drawn in the same order.
     pub fn encrypt_burst(
         &mut self,
         packets: &mut [PacketBuf<'_>],
         results: &mut [Result<(), Error>],
         now: Duration,
     ) -> usize {
+        let n = packets.len().min(results.len());
+        let (packets, results) = (&mut packets[..n], &mut results[..n]);
+        if !self.transform.seals_in_lanes() || self.direction != Direction::Outbound {
+            let mut ok = 0;
+            for (pkt, res) in packets.iter_mut().zip(results.iter_mut()) {
+                ok += usize::from(store_result(res, self.encrypt(pkt, now)));
+            }
+            return ok;
+        }
         let mut ok = 0;
-        for (pkt, res) in packets.iter_mut().zip(results.iter_mut()) {
-            ok += usize::from(store_result(res, self.encrypt(pkt, now)));
+        for (pkts, ress) in packets.chunks_mut(LANES).zip(results.chunks_mut(LANES)) {
+            let mut pending: [Option<PendingSeal>; LANES] = [None; LANES];
+            for ((pkt, res), slot) in pkts.iter_mut().zip(ress.iter_mut()).zip(&mut pending) {
+                let r = self.admit(now).and_then(|()| {
+                    self.encrypt_admitted(pkt, None, &mut SpareBuffers::none(), now, Some(slot))?;
+                    self.note_protected(now);
+                    Ok(())
+                });
+                ok += usize::from(store_result(res, r));
+            }
+            let mut lanes: [Option<crate::crypto::Lane<'_>>; LANES] = [const { None }; LANES];
+            let mut count = 0;
+            for (pkt, p) in pkts.iter_mut().zip(pending) {
+                if let Some(p) = p {
+                    lanes[count] = Some((pkt.buffer_mut(), p));
+                    count += 1;
+                }
+            }
+            self.transform.seal_lanes(&mut lanes[..count]);
         }
         ok
     }
@@ -161,17 +198,84 @@ impl SecurityAssociation {
     /// failed packets stay in their buffers and are counted under their drop reason.
     /// Only the first `min(packets.len(), results.len())` packets are processed.
     /// Returns how many succeeded.
+    ///
+    /// For AES-CBC + HMAC-SHA-256-128 without ESN, the ICVs of [`LANES`] packets at a
+    /// time are computed first, their hashes side by side; each packet is then checked
+    /// (ICV compared in constant time before anything is decrypted, as
+    /// [`Self::decrypt`] does) and decrypted in turn.
     pub fn decrypt_burst(
         &mut self,
         packets: &mut [PacketBuf<'_>],
         results: &mut [Result<(), Error>],
         now: Duration,
     ) -> usize {
+        let n = packets.len().min(results.len());
+        let (packets, results) = (&mut packets[..n], &mut results[..n]);
         let mut ok = 0;
-        for (pkt, res) in packets.iter_mut().zip(results.iter_mut()) {
-            ok += usize::from(store_result(res, self.decrypt(pkt, now)));
+        if !self.transform.icvs_ahead_pay() || self.esn || self.direction != Direction::Inbound {
+            for (pkt, res) in packets.iter_mut().zip(results.iter_mut()) {
+                ok += usize::from(store_result(res, self.decrypt(pkt, now)));
+            }
+            return ok;
+        }
+        for (pkts, ress) in packets.chunks_mut(LANES).zip(results.chunks_mut(LANES)) {
+            let mut ahead = [IcvAhead::default(); LANES];
+            let mut bufs: [&[u8]; LANES] = [&[]; LANES];
+            let mut count = 0;
+            for pkt in pkts.iter() {
+                if let Some(at) = self.esp_layout(pkt) {
+                    ahead[count] = IcvAhead {
+                        esp: at.esp,
+                        icv: at.icv,
+                        tag: [0; 16],
+                    };
+                    bufs[count] = pkt.buffer();
+                    count += 1;
+                }
+            }
+            self.transform
+                .icvs_ahead(&bufs[..count], &mut ahead[..count]);
+            let mut next = 0;
+            for (pkt, res) in pkts.iter_mut().zip(ress.iter_mut()) {
+                let hint = match self.esp_layout(pkt) {
+                    Some(at) if next < count && ahead[next].esp == at.esp => {
+                        next += 1;
+                        Some(ahead[next - 1])
+                    }
+                    _ => None,
+                };
+                let r = self.decrypt_hinted(pkt, now, hint.as_ref(), |_| Ok(()));
+                ok += usize::from(store_result(res, r));
+            }
         }
         ok
+    }
+
+    /// Where the ESP header and ICV of the received packet in `pkt` lie, as
+    /// [`Self::decap`] will find them, or `None` if it will refuse the packet before
+    /// looking at the ICV (not ESP, another SPI, lengths that do not add up).
+    fn esp_layout(&self, pkt: &PacketBuf<'_>) -> Option<EspLayout> {
+        let data = pkt.data();
+        let outer = match OuterEsp::plain_ipv4(data) {
+            Some(o) => o,
+            None => OuterEsp::parse(data).ok()?,
+        };
+        let iv_len = self.transform.iv_len();
+        let icv_len = self.transform.icv_len();
+        let esp_len = outer.total_len - outer.esp;
+        if esp_len < ESP_HEADER_LEN + iv_len + 2 + icv_len {
+            return None;
+        }
+        let spi = u32::from_be_bytes(data[outer.esp..outer.esp + 4].try_into().ok()?);
+        let enc_len = esp_len - ESP_HEADER_LEN - iv_len - icv_len;
+        if spi != self.spi || enc_len & (self.transform.cipher_block() - 1) != 0 {
+            return None;
+        }
+        let esp = pkt.offset() + outer.esp;
+        Some(EspLayout {
+            esp,
+            icv: esp + ESP_HEADER_LEN + iv_len + enc_len,
+        })
     }
 
     /// Convenience for code that holds packets in [`BytesMut`]: replaces the IP packet
@@ -264,7 +368,11 @@ impl SecurityAssociation {
         res
     }
 
-    /// Encrypts an admitted packet; returns how many spares it filled.
+    /// Encrypts an admitted packet; returns how many spares it filled. With `pending`
+    /// (the burst path), a CBC packet on the fast path may be left with its IV written
+    /// and its encryption and ICV pending in the slot ([`Transform::seal_begin`]).
+    ///
+    /// [`Transform::seal_begin`]: crate::crypto::Transform
     #[inline(always)]
     fn encrypt_admitted(
         &mut self,
@@ -272,14 +380,15 @@ impl SecurityAssociation {
         dummy: Option<u8>,
         spares: &mut SpareBuffers<'_, '_>,
         now: Duration,
+        pending: Option<&mut Option<PendingSeal>>,
     ) -> Result<usize, Error> {
         let next = match self.next_seq() {
             Ok(s) => s,
             Err(e) => return Err(self.drop(e)),
         };
         let res = match self.mode {
-            Mode::Tunnel => self.encap_tunnel(pkt, next, dummy, true),
-            Mode::Transport => self.encap_transport(pkt, next, true),
+            Mode::Tunnel => self.encap_tunnel(pkt, next, dummy, true, pending),
+            Mode::Transport => self.encap_transport(pkt, next, true, pending),
         };
         match res {
             Ok(inner_len) => {
@@ -331,8 +440,8 @@ impl SecurityAssociation {
                 self.check_lifetime_room(1, len as u64)?;
                 let next = self.next_seq().map_err(|e| self.drop(e))?;
                 let res = match self.mode {
-                    Mode::Tunnel => self.encap_tunnel(pkt, next, dummy, false),
-                    Mode::Transport => self.encap_transport(pkt, next, false),
+                    Mode::Tunnel => self.encap_tunnel(pkt, next, dummy, false, None),
+                    Mode::Transport => self.encap_transport(pkt, next, false, None),
                 };
                 let len = res.map_err(|e| self.drop(e.unwrap_or(Error::SequenceOverflow)))?;
                 self.out_mut().seq = next;
@@ -522,7 +631,7 @@ impl SecurityAssociation {
     /// Encrypts one pre-made fragment whose room was checked.
     fn encap_fragment(&mut self, p: &mut PacketBuf<'_>) -> Result<(), Error> {
         let next = self.out().seq + 1;
-        match self.encap_tunnel(p, next, None, false) {
+        match self.encap_tunnel(p, next, None, false, None) {
             Ok(len) => {
                 self.out_mut().seq = next;
                 self.account(len);
@@ -569,8 +678,8 @@ impl SecurityAssociation {
             }));
         }
         let len = match self.mode {
-            Mode::Tunnel => self.encap_tunnel(pkt, next, None, false),
-            Mode::Transport => self.encap_transport(pkt, next, false),
+            Mode::Tunnel => self.encap_tunnel(pkt, next, None, false, None),
+            Mode::Transport => self.encap_transport(pkt, next, false, None),
         }
         .map_err(|e| self.drop(e.unwrap_or(Error::Malformed(Malformed::TooBig))))?;
         self.out_mut().seq = next;
@@ -633,7 +742,9 @@ impl SecurityAssociation {
 
     /// Tunnel-mode encapsulation. With `limits`, a packet beyond the cached path MTU or
     /// the hard byte lifetime is left unchanged and `Err(None)` sends it to the slow
-    /// path; `Err(Some(e))` is a drop.
+    /// path; `Err(Some(e))` is a drop. With `pending`, the seal may be left half done
+    /// in it ([`Self::encrypt_admitted`]); not when a UDP checksum must be computed over
+    /// the sealed packet.
     #[inline(always)]
     fn encap_tunnel(
         &mut self,
@@ -641,6 +752,7 @@ impl SecurityAssociation {
         seq: u64,
         dummy: Option<u8>,
         limits: bool,
+        pending: Option<&mut Option<PendingSeal>>,
     ) -> Result<usize, Option<Error>> {
         // `inner_df`: what DfPolicy::Copy copies; true unless an inner IPv4 header says
         // the packet may be fragmented.
@@ -705,8 +817,13 @@ impl SecurityAssociation {
         );
         buf[esp..esp + 4].copy_from_slice(&spi.to_be_bytes());
         buf[esp + 4..esp + 8].copy_from_slice(&(seq as u32).to_be_bytes());
-        self.transform
-            .seal(buf, EspLayout { esp, icv }, seq, self.esn);
+        let at = EspLayout { esp, icv };
+        match pending {
+            Some(slot) if !outer.udp_checksum => {
+                *slot = self.transform.seal_begin(buf, at, seq, self.esn);
+            }
+            _ => self.transform.seal(buf, at, seq, self.esn),
+        }
         if outer.udp_checksum {
             // IPv6: over the sealed packet (RFC 8200 §8.1).
             outer.set_udp_checksum(&mut buf[start..start + total], icv - start);
@@ -716,13 +833,15 @@ impl SecurityAssociation {
         Ok(inner_len)
     }
 
-    /// Transport-mode encapsulation; `limits` and the errors as [`Self::encap_tunnel`].
+    /// Transport-mode encapsulation; `limits`, `pending` and the errors as
+    /// [`Self::encap_tunnel`].
     #[inline(always)]
     fn encap_transport(
         &mut self,
         pkt: &mut PacketBuf<'_>,
         seq: u64,
         limits: bool,
+        pending: Option<&mut Option<PendingSeal>>,
     ) -> Result<usize, Option<Error>> {
         let info = packet::parse_ip(pkt.data())
             .map_err(|_| Error::Malformed(Malformed::BadInnerPacket))?;
@@ -787,8 +906,13 @@ impl SecurityAssociation {
         let icv = Self::write_trailer(buf, body + payload, pad, protocol);
         buf[esp..esp + 4].copy_from_slice(&spi.to_be_bytes());
         buf[esp + 4..esp + 8].copy_from_slice(&(seq as u32).to_be_bytes());
-        self.transform
-            .seal(buf, EspLayout { esp, icv }, seq, self.esn);
+        let at = EspLayout { esp, icv };
+        match pending {
+            Some(slot) if udp6_addresses.is_none() => {
+                *slot = self.transform.seal_begin(buf, at, seq, self.esn);
+            }
+            _ => self.transform.seal(buf, at, seq, self.esn),
+        }
         buf[start + nh_at] = if let Some((sport, dport)) = udp_ports {
             let udp = esp - UDP_HEADER_LEN;
             let end = start + new_total;
@@ -847,11 +971,24 @@ impl SecurityAssociation {
         now: Duration,
         verify: impl FnOnce(&[u8]) -> Result<(), Error>,
     ) -> Result<(), Error> {
+        self.decrypt_hinted(pkt, now, None, verify)
+    }
+
+    /// [`Self::decrypt_verified`] with the packet's ICV possibly computed ahead
+    /// ([`Self::decrypt_burst`]).
+    #[inline(always)]
+    fn decrypt_hinted(
+        &mut self,
+        pkt: &mut PacketBuf<'_>,
+        now: Duration,
+        hint: Option<&IcvAhead>,
+        verify: impl FnOnce(&[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         if self.direction != Direction::Inbound {
             return Err(self.drop(Error::WrongDirection));
         }
         self.admit(now)?;
-        match self.decap(pkt) {
+        match self.decap(pkt, hint) {
             Ok(len) => match verify(pkt.data()) {
                 Ok(()) => {
                     if self.stats.bytes.saturating_add(len as u64) > self.hard.bytes {
@@ -875,7 +1012,7 @@ impl SecurityAssociation {
         }
     }
 
-    fn decap(&mut self, pkt: &mut PacketBuf<'_>) -> Result<usize, Error> {
+    fn decap(&mut self, pkt: &mut PacketBuf<'_>, hint: Option<&IcvAhead>) -> Result<usize, Error> {
         let data = pkt.data();
         // The common case (an outer IPv4 header without options carrying ESP directly)
         // is recognised with a few fixed-offset tests; everything else, and every
@@ -926,7 +1063,7 @@ impl SecurityAssociation {
         let esn = self.esn;
         if !self
             .transform
-            .open(pkt.buffer_mut(), EspLayout { esp, icv }, seq, esn)
+            .open(pkt.buffer_mut(), EspLayout { esp, icv }, seq, esn, hint)
         {
             return Err(Error::AuthenticationFailed);
         }

@@ -541,6 +541,174 @@ struct CbcHmac {
     cbc: CbcKey,
     mac: HmacKey,
     ivs: Box<dyn IvSource>,
+    /// HMAC-SHA-256 only (all zeros, unused, for the other algorithms): the hash
+    /// states after the inner and outer key pads, for the burst path
+    /// ([`Transform::seal_lanes`]), which drives the SHA-256 compression function
+    /// itself so that the hashes of several packets are in flight at once. Not an
+    /// `Option`: its tag would leave 12 bytes of padding at the end of the struct,
+    /// which `Box::new` fills with whatever the stack held (the key hygiene test
+    /// found a key's bytes there).
+    pads: Sha256Pads,
+}
+
+/// An ICV computed ahead for one packet of a decrypt burst ([`Transform::icvs_ahead`]):
+/// the HMAC of `buf[esp..icv]`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct IcvAhead {
+    pub(crate) esp: usize,
+    pub(crate) icv: usize,
+    pub(crate) tag: [u8; 16],
+}
+
+/// How many packets [`Transform::seal_lanes`] encrypts side by side.
+pub(crate) const LANES: usize = 8;
+
+/// A CBC + HMAC packet whose IV is written but whose payload is not encrypted yet and
+/// whose ICV is not written: [`Transform::seal_begin`] leaves it for
+/// [`Transform::seal_lanes`], which finishes up to [`LANES`] of them together.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PendingSeal {
+    at: EspLayout,
+    seq: u64,
+    esn: bool,
+}
+
+/// One packet of a [`Transform::seal_lanes`] call: its buffer and what is left to do.
+pub(crate) type Lane<'a> = (&'a mut [u8], PendingSeal);
+
+type Block16 = Array<u8, aes::cipher::consts::U16>;
+
+/// The CBC chains of several packets, encrypted side by side: block `i` of every
+/// packet, then block `i + 1` of every packet, and so on. The chains are independent,
+/// so the processor keeps one AES encryption of each in flight; a chain that ends
+/// drops out. Run through `encrypt_with_backend`, so that the `aes` crate's backend
+/// (AES-NI, or VAES) is chosen once for the whole burst and its code is inlined here.
+struct CbcLanes<'a, 'b> {
+    /// Each chain: its blocks (plaintext in, ciphertext out) and its IV.
+    chains: &'a mut [(&'b mut [Block16], Block16)],
+}
+
+impl aes::cipher::BlockSizeUser for CbcLanes<'_, '_> {
+    type BlockSize = aes::cipher::consts::U16;
+}
+
+impl aes::cipher::BlockCipherEncClosure for CbcLanes<'_, '_> {
+    #[inline(always)]
+    fn call<B: aes::cipher::BlockCipherEncBackend<BlockSize = Self::BlockSize>>(self, backend: &B) {
+        let steps = self.chains.iter().map(|c| c.0.len()).max().unwrap_or(0);
+        for i in 0..steps {
+            for (blocks, prev) in self.chains.iter_mut() {
+                if let Some(b) = blocks.get_mut(i) {
+                    // One 128-bit XOR: a byte-wise one (which the compiler produced in
+                    // a variant of this loop) followed by the AES load of the same 16
+                    // bytes stalls on store forwarding in every step of the chain.
+                    let x = u128::from_ne_bytes(b.0) ^ u128::from_ne_bytes(prev.0);
+                    b.0 = x.to_ne_bytes();
+                    backend.encrypt_block(b.into());
+                    *prev = *b;
+                }
+            }
+        }
+    }
+}
+
+/// The SHA-256 states of an HMAC key after its inner and outer pad blocks (RFC 2104):
+/// what every HMAC-SHA-256 computation under that key starts from. Wiped on drop.
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+struct Sha256Pads {
+    inner: [u32; 8],
+    outer: [u32; 8],
+}
+
+/// The SHA-256 initial hash value (FIPS 180-4 §5.3.3).
+const SHA256_H0: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
+impl Sha256Pads {
+    /// The pads of `key` (at most one 64-byte block long: RFC 4868 keys are 32 bytes).
+    fn new(key: &[u8]) -> Sha256Pads {
+        assert!(key.len() <= 64, "HMAC-SHA-256 keys of ESP are 32 bytes");
+        let mut pads = Sha256Pads {
+            inner: SHA256_H0,
+            outer: SHA256_H0,
+        };
+        let mut block = Zeroizing::new([0u8; 64]);
+        for (state, byte) in [(&mut pads.inner, 0x36u8), (&mut pads.outer, 0x5c)] {
+            block.fill(byte);
+            for (b, k) in block.iter_mut().zip(key) {
+                *b ^= k;
+            }
+            sha2::block_api::compress256(state, &[*block]);
+        }
+        pads
+    }
+}
+
+/// The HMAC-SHA-256 of `lanes[l].0 || lanes[l].1` for every lane, written (truncated)
+/// to `lanes[l].2`. The compression function is called one 64-byte block at a time,
+/// lane after lane: one packet's SHA-256 is a serial chain (with SHA-NI, bound by the
+/// latency of its round instructions), and the chains of different packets are
+/// independent, so the processor overlaps the blocks of neighbouring lanes.
+fn hmac_sha256_lanes(pads: &Sha256Pads, lanes: &mut [(&[u8], &[u8], &mut [u8])]) {
+    let mut states = [pads.inner; LANES];
+    let n = lanes.len().min(LANES);
+    let lanes = &mut lanes[..n];
+    let steps = lanes.iter().map(|l| l.0.len() / 64).max().unwrap_or(0);
+    for i in 0..steps {
+        for (lane, state) in lanes.iter().zip(states.iter_mut()) {
+            if let Some(block) = lane.0.get(i * 64..i * 64 + 64) {
+                let block: &[u8; 64] = block.try_into().expect("64 bytes");
+                sha2::block_api::compress256(state, core::slice::from_ref(block));
+            }
+        }
+    }
+    // The last partial block, the tail and the padding (one or two blocks); then the
+    // outer hash, one block: the inner digest and its padding.
+    let mut last = [[[0u8; 64]; 2]; LANES];
+    let mut outer = [[0u8; 64]; LANES];
+    for (l, (lane, state)) in lanes.iter().zip(states.iter_mut()).enumerate() {
+        let (data, tail) = (lane.0, lane.1);
+        let rest = &data[data.len() / 64 * 64..];
+        let flat = last[l].as_flattened_mut();
+        flat[..rest.len()].copy_from_slice(rest);
+        flat[rest.len()..rest.len() + tail.len()].copy_from_slice(tail);
+        let n = rest.len() + tail.len();
+        flat[n] = 0x80;
+        let blocks = if n + 9 <= 64 { 1 } else { 2 };
+        let bits = ((64 + data.len() + tail.len()) as u64) * 8;
+        flat[blocks * 64 - 8..blocks * 64].copy_from_slice(&bits.to_be_bytes());
+        sha2::block_api::compress256(state, &last[l][..blocks]);
+        let o = &mut outer[l];
+        for (chunk, word) in o[..32].chunks_exact_mut(4).zip(state.iter()) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        o[32] = 0x80;
+        o[56..].copy_from_slice(&((64u64 + 32) * 8).to_be_bytes());
+        *state = pads.outer;
+    }
+    for (o, state) in outer.iter().zip(states.iter_mut()).take(lanes.len()) {
+        sha2::block_api::compress256(state, core::slice::from_ref(o));
+    }
+    for (lane, state) in lanes.iter_mut().zip(states.iter()) {
+        let mut full = [0u8; 32];
+        for (chunk, word) in full.chunks_exact_mut(4).zip(state.iter()) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        let n = lane.2.len();
+        lane.2.copy_from_slice(&full[..n]);
+    }
+    // Wiped as `Hmac`'s own states are when dropped (the blocks hold only the
+    // public ciphertext and the inner digests, which the ICVs do not reveal the key
+    // through).
+    states.zeroize();
 }
 
 /// The 4-byte salt of an AEAD key (the nonce's first bytes), boxed and wiped on drop.
@@ -728,8 +896,20 @@ impl Transform {
                     (None, Direction::Outbound) => Box::new(OsIvSource::new()?),
                     (None, Direction::Inbound) => Box::new(NoIvs),
                 };
+                let pads = match i {
+                    Integrity::HmacSha256_128 => Sha256Pads::new(integrity_key),
+                    _ => Sha256Pads {
+                        inner: [0; 8],
+                        outer: [0; 8],
+                    },
+                };
                 (
-                    Engine::CbcHmac(Box::new(CbcHmac { cbc, mac, ivs })),
+                    Engine::CbcHmac(Box::new(CbcHmac {
+                        cbc,
+                        mac,
+                        ivs,
+                        pads,
+                    })),
                     i.icv_len(),
                 )
             }
@@ -783,7 +963,7 @@ impl Transform {
                 buf[icv..icv + icv_len].copy_from_slice(&tag);
             }
             Engine::CbcHmac(keys) => {
-                let CbcHmac { cbc, mac, ivs } = &mut **keys;
+                let CbcHmac { cbc, mac, ivs, .. } = &mut **keys;
                 let mut iv = [0u8; 16];
                 ivs.fill_iv(&mut iv);
                 buf[esp + 8..iv_end].copy_from_slice(&iv);
@@ -814,11 +994,141 @@ impl Transform {
         }
     }
 
+    /// True when a burst should hand this transform's seals to [`Self::seal_begin`] and
+    /// [`Self::seal_lanes`] (AES-CBC + HMAC, whose CBC chains are serial inside a
+    /// packet and are run side by side across the packets of a burst).
+    #[inline]
+    pub(crate) fn seals_in_lanes(&self) -> bool {
+        matches!(self.engine, Engine::CbcHmac(_))
+    }
+
+    /// The first half of [`Self::seal`] for the burst path: for AES-CBC + HMAC, draws
+    /// the IV and writes it (so IVs are drawn in packet order, as one packet at a
+    /// time would) and returns what is left for [`Self::seal_lanes`]; every other
+    /// transform seals the packet at once and returns `None`.
+    #[inline]
+    pub(crate) fn seal_begin(
+        &mut self,
+        buf: &mut [u8],
+        at: EspLayout,
+        seq: u64,
+        esn: bool,
+    ) -> Option<PendingSeal> {
+        let Engine::CbcHmac(keys) = &mut self.engine else {
+            self.seal(buf, at, seq, esn);
+            return None;
+        };
+        let mut iv = [0u8; 16];
+        keys.ivs.fill_iv(&mut iv);
+        buf[at.esp + 8..at.esp + 24].copy_from_slice(&iv);
+        Some(PendingSeal { at, seq, esn })
+    }
+
+    /// Finishes the seals [`Self::seal_begin`] left, [`LANES`] packets at a time: their
+    /// CBC chains encrypted side by side ([`CbcLanes`]), then their ICVs (for
+    /// HMAC-SHA-256, the packets' hashes side by side too). The result is byte for byte
+    /// what [`Self::seal`] gives with the same IVs.
+    /// `None` entries are skipped (a burst passes its pending packets first).
+    pub(crate) fn seal_lanes(&self, lanes: &mut [Option<Lane<'_>>]) {
+        let Engine::CbcHmac(keys) = &self.engine else {
+            unreachable!("only CBC seals are left pending")
+        };
+        let CbcHmac { cbc, mac, pads, .. } = &**keys;
+        let icv_len = self.icv_len();
+        for group in lanes.chunks_mut(LANES) {
+            let width = group.len();
+            let mut chains: [(&mut [Block16], Block16); LANES] =
+                core::array::from_fn(|_| (&mut [][..], Block16::default()));
+            for ((buf, p), chain) in group.iter_mut().flatten().zip(chains.iter_mut()) {
+                let (head, body) = buf[..p.at.icv].split_at_mut(p.at.esp + 24);
+                let (blocks, rest) = Array::slice_as_chunks_mut(body);
+                debug_assert!(rest.is_empty(), "padding aligns CBC input to blocks");
+                let iv: [u8; 16] = head[p.at.esp + 8..].try_into().expect("16-byte IV");
+                *chain = (blocks, iv.into());
+            }
+            let chains = CbcLanes {
+                chains: &mut chains[..width],
+            };
+            match cbc {
+                CbcKey::Enc128(c) => c.encrypt_with_backend(chains),
+                CbcKey::Enc256(c) => c.encrypt_with_backend(chains),
+                CbcKey::Dec128(_) | CbcKey::Dec256(_) => {
+                    unreachable!("only outbound SAs seal; they hold encryption keys")
+                }
+            }
+            let mut tails = [([0u8; 4], 0usize); LANES];
+            for ((_, p), t) in group.iter().flatten().zip(tails.iter_mut()) {
+                *t = esn_tail(p.seq, p.esn);
+            }
+            match mac {
+                HmacKey::Sha256(_) => {
+                    let mut macs: [(&[u8], &[u8], &mut [u8]); LANES] =
+                        core::array::from_fn(|_| (&[][..], &[][..], &mut [][..]));
+                    for (((buf, p), (hi, n)), m) in group
+                        .iter_mut()
+                        .flatten()
+                        .zip(tails.iter())
+                        .zip(macs.iter_mut())
+                    {
+                        let EspLayout { esp, icv } = p.at;
+                        let (covered, out) = buf[esp..icv + icv_len].split_at_mut(icv - esp);
+                        *m = (covered, &hi[..*n], out);
+                    }
+                    hmac_sha256_lanes(pads, &mut macs[..width]);
+                }
+                _ => {
+                    for ((buf, p), (hi, n)) in group.iter_mut().flatten().zip(tails.iter()) {
+                        let EspLayout { esp, icv } = p.at;
+                        let (covered, out) = buf[esp..icv + icv_len].split_at_mut(icv - esp);
+                        mac.compute(covered, &hi[..*n], out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when a decrypt burst should compute ICVs ahead with [`Self::icvs_ahead`]:
+    /// AES-CBC + HMAC-SHA-256-128 (whose hashes run side by side across packets).
+    #[inline]
+    pub(crate) fn icvs_ahead_pay(&self) -> bool {
+        matches!(&self.engine, Engine::CbcHmac(k) if matches!(k.mac, HmacKey::Sha256(_)))
+    }
+
+    /// For a decrypt burst: the HMAC-SHA-256-128 of `bufs[l][ahead[l].esp..ahead[l].icv]`
+    /// (no ESN tail) into `ahead[l].tag`, up to [`LANES`] packets' hashes side by
+    /// side. [`Self::open`] then compares the packet's ICV with it (in constant time,
+    /// before decrypting) instead of computing it. Only for [`Self::icvs_ahead_pay`].
+    pub(crate) fn icvs_ahead(&self, bufs: &[&[u8]], ahead: &mut [IcvAhead]) {
+        let Engine::CbcHmac(keys) = &self.engine else {
+            return;
+        };
+        for (bufs, ahead) in bufs.chunks(LANES).zip(ahead.chunks_mut(LANES)) {
+            let width = bufs.len().min(ahead.len());
+            let mut macs: [(&[u8], &[u8], &mut [u8]); LANES] =
+                core::array::from_fn(|_| (&[][..], &[][..], &mut [][..]));
+            for ((buf, a), m) in bufs.iter().zip(ahead.iter_mut()).zip(macs.iter_mut()) {
+                *m = (&buf[a.esp..a.icv], &[][..], &mut a.tag[..]);
+            }
+            hmac_sha256_lanes(&keys.pads, &mut macs[..width]);
+        }
+    }
+
     /// Verifies the ICV and decrypts in place. `false` means the ICV did not verify; the
     /// buffer is then unchanged for CBC/NULL/GMAC and unspecified for GCM/ChaCha (ring
     /// and RustCrypto both leave the ciphertext unusable).
+    ///
+    /// `hint`: the ICV [`Self::icvs_ahead`] computed for this packet in a burst; used
+    /// only when it was computed for the same layout (and without ESN), so it changes
+    /// nothing but where the HMAC is computed.
     #[inline]
-    pub(crate) fn open(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) -> bool {
+    pub(crate) fn open(
+        &mut self,
+        buf: &mut [u8],
+        at: EspLayout,
+        seq: u64,
+        esn: bool,
+        hint: Option<&IcvAhead>,
+    ) -> bool {
         let EspLayout { esp, icv } = at;
         let iv_end = esp + 8 + self.iv_len();
         match &mut self.engine {
@@ -833,13 +1143,20 @@ impl Transform {
                     &tag,
                 )
             }
-            _ => self.open_slow(buf, at, seq, esn),
+            _ => self.open_slow(buf, at, seq, esn, hint),
         }
     }
 
     /// The non-AEAD transforms, kept out of line so that the AEAD path stays small.
     #[inline(never)]
-    fn open_slow(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) -> bool {
+    fn open_slow(
+        &mut self,
+        buf: &mut [u8],
+        at: EspLayout,
+        seq: u64,
+        esn: bool,
+        hint: Option<&IcvAhead>,
+    ) -> bool {
         let EspLayout { esp, icv } = at;
         let iv_end = esp + 8 + self.iv_len();
         let icv_len = self.icv_len();
@@ -855,8 +1172,15 @@ impl Transform {
             Engine::CbcHmac(keys) => {
                 let CbcHmac { cbc, mac, .. } = &**keys;
                 let mut expect = [0u8; 32];
-                let (hi, n) = esn_tail(seq, esn);
-                mac.compute(&buf[esp..icv], &hi[..n], &mut expect[..icv_len]);
+                match hint {
+                    Some(h) if h.esp == esp && h.icv == icv && !esn && icv_len == 16 => {
+                        expect[..16].copy_from_slice(&h.tag);
+                    }
+                    _ => {
+                        let (hi, n) = esn_tail(seq, esn);
+                        mac.compute(&buf[esp..icv], &hi[..n], &mut expect[..icv_len]);
+                    }
+                }
                 if !ct_eq(&expect[..icv_len], &buf[icv..icv + icv_len]) {
                     return false;
                 }
