@@ -5,8 +5,9 @@
 //!
 //! | cipher | backend | IV | ICV |
 //! | --- | --- | --- | --- |
-//! | AES-GCM-16 (RFC 4106), ChaCha20-Poly1305 (RFC 7634) | ring if compiled in, else RustCrypto | 8 bytes = sequence number | 16 |
-//! | AES-GMAC (RFC 4543) | ring if compiled in, else RustCrypto | 8 bytes = sequence number | 16 |
+//! | AES-GCM-16 (RFC 4106) | intel-ipsec-mb with the `ipsec-mb` feature, else ring if compiled in, else RustCrypto | 8 bytes = sequence number | 16 |
+//! | ChaCha20-Poly1305 (RFC 7634) | ring if compiled in, else RustCrypto | 8 bytes = sequence number | 16 |
+//! | AES-GMAC (RFC 4543) | as AES-GCM (GMAC is GCM with all data as AAD) | 8 bytes = sequence number | 16 |
 //! | AES-CBC (RFC 3602) + HMAC-SHA-1/SHA-2 (RFC 2404, RFC 4868) | RustCrypto | 16 random bytes | 12..32 |
 //! | NULL (RFC 2410) + HMAC | RustCrypto | none | 12..32 |
 //!
