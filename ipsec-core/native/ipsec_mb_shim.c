@@ -5,19 +5,20 @@
  * when that feature is on; linked with -lIPSec_MB.
  *
  * intel-ipsec-mb's API is macros over function pointers in an IMB_MGR, which Rust
- * cannot call directly; these functions expand the macros.
+ * cannot call directly; these functions expand the macros, and hand Rust the
+ * manager's single-call GCM function pointers, which it calls per packet.
  *
  * Threading. One manager per process, allocated and initialised once
  * (pthread_once) by ipsec_mb_shim_init(). After that it is only read: the one-call
  * GCM functions (IMB_AES*_GCM_PRE / _ENC / _DEC) take the manager for its function
  * pointers alone and keep all per-call state in the gcm_context_data they are given,
- * which lives on this file's stack frames, one per call. Their key data is only read
+ * which the Rust caller keeps on its stack, one per call. Their key data is only read
  * by ENC/DEC. (With the library's parameter checks compiled in, they also store to
  * a process-wide `volatile int imb_errno` - only when its value changes, which
  * never happens for valid arguments, which the Rust side guarantees.)
  *
- * The context holds the GHASH state and keystream bytes of the call; it is wiped
- * before returning.
+ * The context holds the GHASH state and keystream bytes of the call; the Rust side
+ * wipes it after every call.
  */
 #include <intel-ipsec-mb.h>
 #include <pthread.h>
@@ -29,9 +30,13 @@
 #error "ipsec-core's ipsec-mb backend needs intel-ipsec-mb 1.0 or newer"
 #endif
 
-/* Must match KEY_DATA_BYTES / KEY_DATA_ALIGN in src/crypto/ipsec_mb.rs. */
+/* Must match KEY_DATA_BYTES / KEY_DATA_ALIGN / CONTEXT_WORDS in src/crypto/ipsec_mb.rs. */
 #define SHIM_KEY_DATA_BYTES 1008
 #define SHIM_KEY_DATA_ALIGN 64
+#define SHIM_CONTEXT_BYTES 88
+_Static_assert(sizeof(struct gcm_context_data) == SHIM_CONTEXT_BYTES &&
+                   _Alignof(struct gcm_context_data) <= 8,
+               "struct gcm_context_data changed: update CONTEXT_WORDS on the Rust side");
 _Static_assert(sizeof(struct gcm_key_data) <= SHIM_KEY_DATA_BYTES,
                "struct gcm_key_data grew: raise KEY_DATA_BYTES on both sides");
 _Static_assert(_Alignof(struct gcm_key_data) <= SHIM_KEY_DATA_ALIGN,
@@ -106,30 +111,17 @@ int ipsec_mb_shim_gcm_pre(const uint8_t *key, size_t key_len, void *key_data) {
     }
 }
 
-/* Encrypts (encrypt != 0) or decrypts `data` in place under the 12-byte `iv` and the
- * AAD, and writes the 16-byte tag (computed over the AAD and the ciphertext) to
- * `tag`. `key_len` says which key `key_data` holds (16 or 32), as given to
- * ipsec_mb_shim_gcm_pre. Requires a successful ipsec_mb_shim_init(). */
-void ipsec_mb_shim_gcm(const void *key_data, size_t key_len, int encrypt, const uint8_t *iv,
-                       const uint8_t *aad, uint64_t aad_len, uint8_t *data, uint64_t len,
-                       uint8_t *tag) {
+/* The manager's one-call AES-GCM encrypt and decrypt functions for a key of `key_len`
+ * bytes (16 or 32), for Rust to call directly: the library function itself, with no
+ * shim frame per packet. Requires a successful ipsec_mb_shim_init(). 0 on success, -1
+ * on a bad length or no manager. */
+int ipsec_mb_shim_gcm_fns(size_t key_len, aes_gcm_enc_dec_t *enc, aes_gcm_enc_dec_t *dec) {
     IMB_MGR *m = atomic_load_explicit(&manager, memory_order_acquire);
-    const struct gcm_key_data *k = key_data;
-    struct gcm_context_data ctx;
-    if (key_len == 16) {
-        if (encrypt)
-            IMB_AES128_GCM_ENC(m, k, &ctx, data, data, len, iv, aad, aad_len, tag, 16);
-        else
-            IMB_AES128_GCM_DEC(m, k, &ctx, data, data, len, iv, aad, aad_len, tag, 16);
-    } else {
-        if (encrypt)
-            IMB_AES256_GCM_ENC(m, k, &ctx, data, data, len, iv, aad, aad_len, tag, 16);
-        else
-            IMB_AES256_GCM_DEC(m, k, &ctx, data, data, len, iv, aad, aad_len, tag, 16);
+    if (m == NULL)
+        return -1;
+    switch (key_len) {
+    case 16: *enc = m->gcm128_enc; *dec = m->gcm128_dec; return 0;
+    case 32: *enc = m->gcm256_enc; *dec = m->gcm256_dec; return 0;
+    default: return -1;
     }
-    /* Wipe: inline stores, then a compiler barrier that makes them observable, so
-     * they are neither dropped as dead nor turned into a call (explicit_bzero is an
-     * out-of-line call into libc). */
-    memset(&ctx, 0, sizeof ctx);
-    __asm__ __volatile__("" : : "r"(&ctx) : "memory");
 }

@@ -8,8 +8,9 @@
 //! the SSE, AVX, AVX2 or AVX-512 code for the CPU) on the first key, then only read.
 //! Each seal or open is one call of the library's single-call GCM function (nonce,
 //! AAD, data, tag) with the key's precomputed `gcm_key_data` (round keys and powers
-//! of the hash key); its per-call `gcm_context_data` lives on the shim's stack and is
-//! wiped before the call returns, so keys and calls share nothing mutable and any
+//! of the hash key), made straight from Rust through the manager's function pointer
+//! (fetched once per key); its per-call `gcm_context_data` lives on the caller's stack
+//! and is wiped after the call, so keys and calls share nothing mutable and any
 //! number of threads may seal and open at once.
 //!
 //! The `gcm_key_data` is boxed (64-byte aligned, so it never moves) and overwritten
@@ -26,7 +27,7 @@ use zeroize::Zeroize;
 /// Bytes reserved for one `struct gcm_key_data`: its size in intel-ipsec-mb 1.3 (240
 /// bytes of round keys, 768 of hash-key powers for the AVX-512 code); the shim refuses
 /// to compile (`_Static_assert`) if the library's is larger. Must equal
-/// `SHIM_KEY_DATA_BYTES` in the shim. With `key_len` and the alignment, a key's heap
+/// `SHIM_KEY_DATA_BYTES` in the shim. With the two function pointers, a key's heap
 /// block is 1024 bytes.
 const KEY_DATA_BYTES: usize = 1008;
 
@@ -34,13 +35,37 @@ const KEY_DATA_BYTES: usize = 1008;
 /// bounds the AAD here. ESP packets are far below it; checked before every call.
 const MAX_GCM_BYTES: usize = (1 << 36) - 32;
 
+/// `struct gcm_context_data`: 88 bytes, 8-byte aligned (the shim asserts both), as
+/// 64-bit words.
+const CONTEXT_WORDS: usize = 11;
+
+/// One call's `struct gcm_context_data`, on the caller's stack.
+#[repr(C, align(8))]
+struct GcmContext([u64; CONTEXT_WORDS]);
+
+/// intel-ipsec-mb's `aes_gcm_enc_dec_t`: key data, context, out, in, length, 12-byte
+/// IV, AAD, AAD length, tag out, tag length.
+type GcmFn = unsafe extern "C" fn(
+    key_data: *const c_void,
+    ctx: *mut GcmContext,
+    out: *mut u8,
+    input: *const u8,
+    len: u64,
+    iv: *const u8,
+    aad: *const u8,
+    aad_len: u64,
+    tag: *mut u8,
+    tag_len: u64,
+);
+
 /// A `struct gcm_key_data` with the 64-byte alignment the library's examples give
-/// it (`SHIM_KEY_DATA_ALIGN`), and which AES key it was expanded from.
+/// it (`SHIM_KEY_DATA_ALIGN`), and the manager's encrypt and decrypt functions for its
+/// key length (1,024 bytes in all).
 #[repr(C, align(64))]
 struct KeyData {
     bytes: [u8; KEY_DATA_BYTES],
-    /// 16 (AES-128) or 32 (AES-256): which of the shim's functions use `bytes`.
-    key_len: usize,
+    enc: GcmFn,
+    dec: GcmFn,
 }
 
 unsafe extern "C" {
@@ -49,18 +74,11 @@ unsafe extern "C" {
     fn ipsec_mb_shim_arch() -> *const c_char;
     fn ipsec_mb_shim_version() -> *const c_char;
     fn ipsec_mb_shim_gcm_pre(key: *const u8, key_len: usize, key_data: *mut c_void) -> c_int;
-    #[allow(clippy::too_many_arguments)]
-    fn ipsec_mb_shim_gcm(
-        key_data: *const c_void,
+    fn ipsec_mb_shim_gcm_fns(
         key_len: usize,
-        encrypt: c_int,
-        iv: *const u8,
-        aad: *const u8,
-        aad_len: u64,
-        data: *mut u8,
-        len: u64,
-        tag: *mut u8,
-    );
+        enc: *mut Option<GcmFn>,
+        dec: *mut Option<GcmFn>,
+    ) -> c_int;
 }
 
 /// Initialises the process's manager if that has not happened yet (thread-safe; the
@@ -132,9 +150,18 @@ impl GcmKey {
             ));
         }
         init()?;
+        let (mut enc, mut dec): (Option<GcmFn>, Option<GcmFn>) = (None, None);
+        // SAFETY: `enc` and `dec` are writable `Option<fn>`s, which have the layout of
+        // a nullable C function pointer (`aes_gcm_enc_dec_t`, the type the shim
+        // writes); `init` succeeded, so the shim has its manager.
+        let rc = unsafe { ipsec_mb_shim_gcm_fns(key.len(), &mut enc, &mut dec) };
+        let (Some(enc), Some(dec)) = (enc, dec) else {
+            panic!("ipsec_mb_shim_gcm_fns: {rc}; key length and manager checked");
+        };
         let mut data = Box::new(KeyData {
             bytes: [0; KEY_DATA_BYTES],
-            key_len: key.len(),
+            enc,
+            dec,
         });
         // SAFETY: `key` is readable for `key.len()` (16 or 32) bytes, the length the
         // shim reads for that `key_len`; `data.bytes` is a live, exclusively
@@ -151,44 +178,64 @@ impl GcmKey {
         Ok(GcmKey { data })
     }
 
-    /// Encrypts (`encrypt`) or decrypts `data` in place and returns the tag computed
-    /// over `aad` and the ciphertext.
-    #[inline]
-    fn run(&self, encrypt: bool, nonce: &[u8; 12], aad: &[u8], data: &mut [u8]) -> [u8; 16] {
+    /// Encrypts (`encrypt`) or decrypts `data` in place and writes the tag computed
+    /// over `aad` and the ciphertext to `tag`.
+    #[inline(always)]
+    fn run(
+        &self,
+        encrypt: bool,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        data: &mut [u8],
+        tag: &mut [u8; 16],
+    ) {
         assert!(
             data.len() <= MAX_GCM_BYTES && aad.len() <= MAX_GCM_BYTES,
             "ESP packets are far below the AES-GCM length limits"
         );
-        let mut tag = [0u8; 16];
-        // SAFETY: `self.data` holds a key expanded by `ipsec_mb_shim_gcm_pre` for
-        // `key_len`, only read here; `nonce` is 12 readable bytes, the IV length of
-        // the one-call API; `aad` is readable and `data` readable and writable for
-        // their lengths (checked above against the library's limit, so its parameter
-        // checks pass), and the library reads and writes no further (an empty slice's
-        // dangling pointer is not dereferenced); `tag` is 16 writable bytes, the tag
-        // length passed. No pointer is kept after the call. The manager exists: this
-        // key was made after `init` succeeded, and the shim only reads it.
+        let f = if encrypt {
+            self.data.enc
+        } else {
+            self.data.dec
+        };
+        let mut ctx = GcmContext([0; CONTEXT_WORDS]);
+        // SAFETY: `f` is the manager's one-call GCM function for this key's length
+        // (from `ipsec_mb_shim_gcm_fns`; the manager lives for the whole process and
+        // is only read), and `self.data.bytes` holds the key expanded for it, only
+        // read here. `ctx` is a live, exclusively borrowed `gcm_context_data` (size
+        // and alignment asserted by the shim). `nonce` is 12 readable bytes, the IV
+        // length of the one-call API; `aad` is readable and `data` readable and
+        // writable for their lengths (checked above against the library's limit, so
+        // its parameter checks pass; in place, out == in, as the API allows), and the
+        // library reads and writes no further (an empty slice's dangling pointer is
+        // not dereferenced); `tag` is 16 writable bytes, the tag length passed. No
+        // pointer is kept after the call.
         unsafe {
-            ipsec_mb_shim_gcm(
+            f(
                 self.data.bytes.as_ptr().cast(),
-                self.data.key_len,
-                c_int::from(encrypt),
+                &mut ctx,
+                data.as_mut_ptr(),
+                data.as_ptr(),
+                data.len() as u64,
                 nonce.as_ptr(),
                 aad.as_ptr(),
                 aad.len() as u64,
-                data.as_mut_ptr(),
-                data.len() as u64,
                 tag.as_mut_ptr(),
+                16,
             );
         }
-        tag
+        // The context held the GHASH state (a function of the hash key) and keystream:
+        // volatile writes of zeros, then a fence.
+        ctx.0.zeroize();
     }
 
     /// Encrypts `in_out` in place under the 12-byte nonce, authenticating `aad`;
     /// returns the 16-byte tag. Panics only past GCM's length limit (64 GiB).
     #[inline]
     pub fn seal(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
-        self.run(true, &nonce, aad, in_out)
+        let mut tag = [0u8; 16];
+        self.run(true, &nonce, aad, in_out, &mut tag);
+        tag
     }
 
     /// Decrypts `in_out` in place and checks `tag` in constant time. On a mismatch
@@ -196,7 +243,8 @@ impl GcmKey {
     /// the answer is `false`.
     #[inline]
     pub fn open(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8], tag: &[u8; 16]) -> bool {
-        let expect = self.run(false, &nonce, aad, in_out);
+        let mut expect = [0u8; 16];
+        self.run(false, &nonce, aad, in_out, &mut expect);
         if super::ct_eq(&expect, tag) {
             true
         } else {
@@ -215,11 +263,7 @@ impl GcmKey {
 
 impl core::fmt::Debug for GcmKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "IpsecMbGcmKey {{ aes: {} bits, .. }}",
-            self.data.key_len * 8
-        )
+        f.write_str("IpsecMbGcmKey { .. }")
     }
 }
 
