@@ -75,10 +75,16 @@ Build without the feature to use the portable backends (ring / RustCrypto).";
             cmd.arg("-L").arg(l);
         }
         cmd.arg("-lIPSec_MB");
+        // The command line only: `Command`'s Debug would print the whole environment.
+        let line = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ");
         match cmd.output() {
             Ok(o) if o.status.success() => {}
             Ok(o) => panic!(
-                "\n{MISSING}\n\nThe probe ({cmd:?}) failed:\n{}",
+                "\n{MISSING}\n\nThe probe `{line}` failed:\n{}",
                 String::from_utf8_lossy(&o.stderr)
             ),
             Err(e) => panic!("\n{MISSING}\n\nThe C compiler could not run: {e}"),
