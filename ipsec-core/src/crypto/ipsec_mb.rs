@@ -199,6 +199,8 @@ impl GcmKey {
             self.data.dec
         };
         let mut ctx = GcmContext([0; CONTEXT_WORDS]);
+        // In place: one pointer for both input and output.
+        let io = data.as_mut_ptr();
         // SAFETY: `f` is the manager's one-call GCM function for this key's length
         // (from `ipsec_mb_shim_gcm_fns`; the manager lives for the whole process and
         // is only read), and `self.data.bytes` holds the key expanded for it, only
@@ -214,8 +216,8 @@ impl GcmKey {
             f(
                 self.data.bytes.as_ptr().cast(),
                 &mut ctx,
-                data.as_mut_ptr(),
-                data.as_ptr(),
+                io,
+                io.cast_const(),
                 data.len() as u64,
                 nonce.as_ptr(),
                 aad.as_ptr(),
