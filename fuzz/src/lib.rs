@@ -17,10 +17,14 @@
 //!   packets, against a model of what is installed.
 //! * [`snapshot::sa_snapshot`]: untrusted bytes into the SA snapshot parser and restore
 //!   (no panic, parser and restore agree, snapshots stable after one restore).
+//! * `aead_ipsec_mb::aead_ipsec_mb` (feature `ipsec-mb` only): intel-ipsec-mb's
+//!   AES-GCM against RustCrypto's, sealing, opening and refusing tampered input.
 //!
 //! Keys are those of `tests/interop/scapy_vectors.json`, so the scapy packets of that file
 //! are meaningful seeds for `esp_decap` (see `corpus/README.md`).
 
+#[cfg(feature = "ipsec-mb")]
+pub mod aead_ipsec_mb;
 pub mod control;
 pub mod fragmenting;
 pub mod reassembly;

@@ -361,3 +361,18 @@ fn gateway_control_corpus() {
         gateway_control(&data);
     }
 }
+
+/// Only with `--features ipsec-mb` (which needs libipsec-mb-dev): intel-ipsec-mb's
+/// AES-GCM against RustCrypto's on every seed.
+#[cfg(feature = "ipsec-mb")]
+#[test]
+fn aead_ipsec_mb_corpus() {
+    for path in seeds("aead_ipsec_mb")
+        .into_iter()
+        .chain(regressions("aead_ipsec_mb"))
+    {
+        let data = fs::read(&path).expect("seed readable");
+        println!("aead_ipsec_mb {}", path.display());
+        ipsec_fuzz::aead_ipsec_mb::aead_ipsec_mb(&data);
+    }
+}

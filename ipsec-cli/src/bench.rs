@@ -494,8 +494,13 @@ pub(crate) fn run(json: bool, seconds: f64, openssl: bool) -> Result<Outcome, Cl
         writeln!(
             out,
             "ESP: tunnel mode, IPv4/UDP inner packet of SIZE bytes; decrypt with replay_window 0. \
-             AEAD backend of the ESP rows: {}.",
-            ipsec_core::crypto::AEAD_BACKEND
+             AEAD backend of the ESP rows: {}{}.",
+            ipsec_core::crypto::AEAD_BACKEND,
+            match ipsec_core::crypto::ipsec_mb_info() {
+                Some(Ok((version, arch))) => format!(" (intel-ipsec-mb {version}, {arch} manager)"),
+                Some(Err(e)) => format!(" (intel-ipsec-mb unavailable: {e})"),
+                None => String::new(),
+            }
         )
         .map_err(io_err)?;
         writeln!(
@@ -622,11 +627,7 @@ pub(crate) fn run(json: bool, seconds: f64, openssl: bool) -> Result<Outcome, Cl
     ];
     for (cipher, integrity, budget) in esp {
         let name = label(cipher, integrity);
-        let backend = if cipher.is_combined() {
-            ipsec_core::crypto::AEAD_BACKEND
-        } else {
-            "rustcrypto"
-        };
+        let backend = ipsec_core::crypto::aead_backend(cipher);
         for size in SIZES {
             if out.gone() {
                 return Ok(Outcome::Ok);

@@ -46,11 +46,30 @@
 //! assert_eq!(inbound.stats().packets, 1);
 //! ```
 //!
+//! ## Cargo features
+//!
+//! - `ring` (default): ring carries the AEADs (AES-GCM, AES-GMAC, ChaCha20-Poly1305);
+//!   without it the pure-Rust RustCrypto crates do. CBC and HMAC are always
+//!   RustCrypto's.
+//! - `ipsec-mb` (off by default): AES-128/256-GCM and AES-128/256-GMAC run on Intel's
+//!   intel-ipsec-mb library (its one-call GCM functions with precomputed key data),
+//!   through a small C shim that `build.rs` compiles with the `cc` crate; the rest stays
+//!   as above. It needs intel-ipsec-mb 1.x at build and run time (Debian/Ubuntu:
+//!   `apt-get install libipsec-mb-dev`; `IPSEC_MB_INCLUDE_DIR` / `IPSEC_MB_LIB_DIR` for
+//!   other places) and fails the build with a message saying so when it is missing.
+//!   Enable it with `cargo build --features ipsec-core/ipsec-mb` (or `ipsec-cli`'s
+//!   `ipsec-mb` feature); [`crypto::aead_backend`] names each cipher's backend. An
+//!   AES-GCM SA then keeps the library's 1,008-byte key data (zeroed on drop) instead
+//!   of ring's 544 bytes. The default build is portable Rust (plus ring's assembly)
+//!   and does not change.
+//!
 //! ## Unsafe code
 //!
 //! One module, `crypto::wipe`, holds two audited `unsafe` blocks: a box that zeroes a
-//! backend's key schedule after dropping it (ring keeps keys in plain structs). Every
-//! other module is checked by `deny(unsafe_code)`.
+//! backend's key schedule after dropping it (ring keeps keys in plain structs). With
+//! the `ipsec-mb` feature, `crypto::ipsec_mb` adds the FFI calls into its C shim, each
+//! with its justification, behind safe functions that check lengths first. Every other
+//! module is checked by `deny(unsafe_code)`.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 

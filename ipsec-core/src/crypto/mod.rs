@@ -5,8 +5,9 @@
 //!
 //! | cipher | backend | IV | ICV |
 //! | --- | --- | --- | --- |
-//! | AES-GCM-16 (RFC 4106), ChaCha20-Poly1305 (RFC 7634) | ring if compiled in, else RustCrypto | 8 bytes = sequence number | 16 |
-//! | AES-GMAC (RFC 4543) | ring if compiled in, else RustCrypto | 8 bytes = sequence number | 16 |
+//! | AES-GCM-16 (RFC 4106) | intel-ipsec-mb with the `ipsec-mb` feature, else ring if compiled in, else RustCrypto | 8 bytes = sequence number | 16 |
+//! | ChaCha20-Poly1305 (RFC 7634) | ring if compiled in, else RustCrypto | 8 bytes = sequence number | 16 |
+//! | AES-GMAC (RFC 4543) | as AES-GCM (GMAC is GCM with all data as AAD) | 8 bytes = sequence number | 16 |
 //! | AES-CBC (RFC 3602) + HMAC-SHA-1/SHA-2 (RFC 2404, RFC 4868) | RustCrypto | 16 random bytes | 12..32 |
 //! | NULL (RFC 2410) + HMAC | RustCrypto | none | 12..32 |
 //!
@@ -43,6 +44,10 @@
 //! come from an [`IvSource`] (by default AES-128 in counter mode under a key drawn from
 //! the OS once per SA: unpredictable, and no system call per packet).
 
+#[cfg(feature = "ipsec-mb")]
+mod ipsec_mb;
+#[cfg(feature = "ipsec-mb")]
+pub use ipsec_mb::GcmKey as IpsecMbGcmKey;
 mod wipe;
 
 use crate::error::ConfigError;
@@ -324,6 +329,9 @@ impl IvSource for NoIvs {
 
 /// A keyed AEAD (GCM or ChaCha20-Poly1305) from one of the backends.
 enum AeadKey {
+    /// AES-GCM / AES-GMAC through intel-ipsec-mb (feature `ipsec-mb`).
+    #[cfg(feature = "ipsec-mb")]
+    IpsecMb(ipsec_mb::GcmKey),
     #[cfg(feature = "ring")]
     Ring(wipe::WipeOnDrop<ring::aead::LessSafeKey>),
     #[cfg_attr(feature = "ring", allow(dead_code))]
@@ -334,15 +342,62 @@ enum AeadKey {
     RcChaCha(Box<chacha20poly1305::ChaCha20Poly1305>),
 }
 
-/// Which backend carries the AEADs in this build.
-pub const AEAD_BACKEND: &str = if cfg!(feature = "ring") {
-    "ring"
-} else {
-    "rustcrypto"
+/// Which backends carry the AEADs in this build: `"ring"` or `"rustcrypto"`, or with
+/// the `ipsec-mb` feature `"ipsec-mb+ring"` / `"ipsec-mb+rustcrypto"` (intel-ipsec-mb
+/// for AES-GCM and AES-GMAC, the other for ChaCha20-Poly1305). [`aead_backend`] names
+/// the one of a given cipher.
+pub const AEAD_BACKEND: &str = match (cfg!(feature = "ipsec-mb"), cfg!(feature = "ring")) {
+    (true, true) => "ipsec-mb+ring",
+    (true, false) => "ipsec-mb+rustcrypto",
+    (false, true) => "ring",
+    (false, false) => "rustcrypto",
 };
 
+/// The backend that seals and opens `cipher`'s packets in this build: `"ipsec-mb"`,
+/// `"ring"` or `"rustcrypto"` (CBC, NULL and HMAC are always RustCrypto's).
+pub const fn aead_backend(cipher: Cipher) -> &'static str {
+    let aes_gcm = matches!(
+        cipher,
+        Cipher::Aes128Gcm | Cipher::Aes256Gcm | Cipher::Aes128Gmac | Cipher::Aes256Gmac
+    );
+    if aes_gcm && cfg!(feature = "ipsec-mb") {
+        "ipsec-mb"
+    } else if cipher.is_combined() && cfg!(feature = "ring") {
+        "ring"
+    } else {
+        "rustcrypto"
+    }
+}
+
+/// With the `ipsec-mb` feature: the intel-ipsec-mb version linked and the code path
+/// its manager chose for this CPU (`"sse"`, `"avx"`, `"avx2"`, `"avx512"`), setting
+/// the manager up if no key has yet. `None` without the feature; an error if the
+/// manager cannot be set up.
+pub fn ipsec_mb_info() -> Option<Result<(&'static str, &'static str), ConfigError>> {
+    #[cfg(feature = "ipsec-mb")]
+    {
+        Some(ipsec_mb::library_info())
+    }
+    #[cfg(not(feature = "ipsec-mb"))]
+    {
+        None
+    }
+}
+
 impl AeadKey {
-    fn new(cipher: Cipher, key: &[u8]) -> AeadKey {
+    /// Keys `cipher` (GCM, GMAC or ChaCha20-Poly1305) with `key` (no salt), whose
+    /// length was checked. Fails only if the `ipsec-mb` backend cannot set up the
+    /// library's manager.
+    fn new(cipher: Cipher, key: &[u8]) -> Result<AeadKey, ConfigError> {
+        #[cfg(feature = "ipsec-mb")]
+        if aead_backend(cipher) == "ipsec-mb" {
+            return Ok(AeadKey::IpsecMb(ipsec_mb::GcmKey::new(key)?));
+        }
+        Ok(Self::new_portable(cipher, key))
+    }
+
+    /// [`AeadKey::new`] with ring or RustCrypto.
+    fn new_portable(cipher: Cipher, key: &[u8]) -> AeadKey {
         #[cfg(feature = "ring")]
         {
             let alg = match cipher {
@@ -373,6 +428,8 @@ impl AeadKey {
     #[inline]
     fn seal(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
         match self {
+            #[cfg(feature = "ipsec-mb")]
+            AeadKey::IpsecMb(k) => k.seal(nonce, aad, in_out),
             #[cfg(feature = "ring")]
             AeadKey::Ring(k) => {
                 let tag = k
@@ -395,6 +452,8 @@ impl AeadKey {
     #[inline(always)]
     fn open(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8], tag: &[u8; 16]) -> bool {
         match self {
+            #[cfg(feature = "ipsec-mb")]
+            AeadKey::IpsecMb(k) => k.open(nonce, aad, in_out, tag),
             #[cfg(feature = "ring")]
             AeadKey::Ring(k) => k
                 .open_in_place_separate_tag(
@@ -861,14 +920,14 @@ impl Transform {
         let (engine, icv_len) = match (cipher, mac) {
             (Cipher::Aes128Gcm | Cipher::Aes256Gcm | Cipher::ChaCha20Poly1305, _) => (
                 Engine::Aead {
-                    key: AeadKey::new(cipher, &key[..key.len() - 4]),
+                    key: AeadKey::new(cipher, &key[..key.len() - 4])?,
                     salt: salt(key),
                 },
                 16,
             ),
             (Cipher::Aes128Gmac | Cipher::Aes256Gmac, _) => (
                 Engine::Gmac {
-                    key: AeadKey::new(cipher, &key[..key.len() - 4]),
+                    key: AeadKey::new(cipher, &key[..key.len() - 4])?,
                     salt: salt(key),
                 },
                 16,
@@ -1294,7 +1353,8 @@ fn with_gmac_aad<R>(
 mod tests {
     use super::*;
 
-    /// Every AEAD key (ring's, in the default build) seals exactly as the RustCrypto
+    /// Every AEAD key (ring's in the default build; intel-ipsec-mb's for AES-GCM with
+    /// the `ipsec-mb` feature) seals exactly as the RustCrypto
     /// crates do, opens what it sealed and refuses a flipped bit of tag or ciphertext,
     /// at every length from 0 to 300 bytes (whole and partial blocks) and at 512 and
     /// 1424, with both ESP AAD lengths (8, and 12 with ESN).
@@ -1308,7 +1368,7 @@ mod tests {
             let key: Vec<u8> = (0..cipher.key_len() - 4)
                 .map(|i| (i as u8).wrapping_mul(7) ^ 0x5c)
                 .collect();
-            let ours = AeadKey::new(cipher, &key);
+            let ours = AeadKey::new(cipher, &key).expect("key");
             let reference_seal = |nonce: [u8; 12], aad: &[u8], buf: &mut [u8]| match cipher {
                 Cipher::Aes128Gcm => {
                     let k = aes_gcm::Aes128Gcm::new_from_slice(&key).expect("key");
@@ -1361,6 +1421,72 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The AEAD keys carrying AES-GMAC (all of the ESP packet as AAD, no data) compute
+    /// RustCrypto's tags at every AAD length from 0 to 300 bytes and at 1424, and
+    /// refuse a flipped bit of tag or AAD.
+    #[test]
+    fn gmac_keys_agree_with_rustcrypto_at_every_aad_length() {
+        for cipher in [Cipher::Aes128Gmac, Cipher::Aes256Gmac] {
+            let key: Vec<u8> = (0..cipher.key_len() - 4)
+                .map(|i| (i as u8).wrapping_mul(13) ^ 0xa3)
+                .collect();
+            let ours = AeadKey::new(cipher, &key).expect("key");
+            for len in (0..=300).chain([1424]) {
+                let nonce = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, len as u8, (len >> 8) as u8];
+                let mut aad: Vec<u8> = (0..len).map(|i| (i * 17 + 3) as u8).collect();
+                let tag = ours.seal(nonce, &aad, &mut []);
+                let expected = if cipher == Cipher::Aes128Gmac {
+                    let k = aes_gcm::Aes128Gcm::new_from_slice(&key).expect("key");
+                    rc_seal(&k, nonce, &aad, &mut [])
+                } else {
+                    let k = aes_gcm::Aes256Gcm::new_from_slice(&key).expect("key");
+                    rc_seal(&k, nonce, &aad, &mut [])
+                };
+                assert_eq!(tag, expected, "{cipher:?} {len}");
+                assert!(ours.open(nonce, &aad, &mut [], &tag), "{cipher:?} {len}");
+                let mut bad_tag = tag;
+                bad_tag[len % 16] ^= 0x40;
+                assert!(
+                    !ours.open(nonce, &aad, &mut [], &bad_tag),
+                    "{cipher:?} {len}"
+                );
+                if len > 0 {
+                    aad[len / 3] ^= 0x02;
+                    assert!(!ours.open(nonce, &aad, &mut [], &tag), "{cipher:?} {len}");
+                }
+            }
+        }
+    }
+
+    /// With the `ipsec-mb` feature, AES-GCM and AES-GMAC keys are intel-ipsec-mb's (so
+    /// the tests above compare it with RustCrypto), and ChaCha20-Poly1305 stays on the
+    /// portable backend.
+    #[test]
+    fn each_cipher_gets_the_backend_it_names() {
+        for cipher in [
+            Cipher::Aes128Gcm,
+            Cipher::Aes256Gcm,
+            Cipher::Aes128Gmac,
+            Cipher::Aes256Gmac,
+            Cipher::ChaCha20Poly1305,
+        ] {
+            let key = vec![0x33; cipher.key_len() - 4];
+            let got = match AeadKey::new(cipher, &key).expect("key") {
+                #[cfg(feature = "ipsec-mb")]
+                AeadKey::IpsecMb(_) => "ipsec-mb",
+                #[cfg(feature = "ring")]
+                AeadKey::Ring(_) => "ring",
+                AeadKey::RcAes128(_) | AeadKey::RcAes256(_) | AeadKey::RcChaCha(_) => "rustcrypto",
+            };
+            assert_eq!(got, aead_backend(cipher), "{cipher:?}");
+        }
+        assert_eq!(
+            aead_backend(Cipher::Aes128Gcm) == "ipsec-mb",
+            cfg!(feature = "ipsec-mb")
+        );
+        assert_eq!(aead_backend(Cipher::Aes128Cbc), "rustcrypto");
     }
 
     /// The interleaved CBC + HMAC of `seal` produces exactly CBC first, then the HMAC

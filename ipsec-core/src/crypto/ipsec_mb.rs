@@ -1,0 +1,299 @@
+//! AES-GCM (and AES-GMAC, which is AES-GCM with no data) from intel-ipsec-mb: the
+//! optional `ipsec-mb` backend.
+//!
+//! intel-ipsec-mb's API is C macros over function pointers in a manager (`IMB_MGR`),
+//! so `native/ipsec_mb_shim.c` (built by `build.rs` only with the feature) expands
+//! them into plain functions, and this module calls those. One manager serves the
+//! whole process: allocated and initialised once (`init_mb_mgr_auto`, which picks
+//! the SSE, AVX, AVX2 or AVX-512 code for the CPU) on the first key, then only read.
+//! Each seal or open is one call of the library's single-call GCM function (nonce,
+//! AAD, data, tag) with the key's precomputed `gcm_key_data` (round keys and powers
+//! of the hash key), made straight from Rust through the manager's function pointer
+//! (fetched once per key); its per-call `gcm_context_data` lives on the caller's stack
+//! and is wiped after the call, so keys and calls share nothing mutable and any
+//! number of threads may seal and open at once.
+//!
+//! The `gcm_key_data` is boxed (64-byte aligned, so it never moves) and overwritten
+//! with zeros on drop. Tags are compared in Rust in constant time ([`super::ct_eq`]);
+//! the library only computes them.
+//!
+//! This module holds `unsafe` code: the FFI calls, each with its justification.
+#![allow(unsafe_code)]
+
+use crate::error::ConfigError;
+use core::ffi::{CStr, c_char, c_int, c_void};
+use zeroize::Zeroize;
+
+/// Bytes reserved for one `struct gcm_key_data`: its size in intel-ipsec-mb 1.3 (240
+/// bytes of round keys, 768 of hash-key powers for the AVX-512 code); the shim refuses
+/// to compile (`_Static_assert`) if the library's is larger. Must equal
+/// `SHIM_KEY_DATA_BYTES` in the shim. With the two function pointers, a key's heap
+/// block is 1024 bytes.
+const KEY_DATA_BYTES: usize = 1008;
+
+/// The library's largest GCM message (NIST SP 800-38D: 2^39 - 256 bits), which also
+/// bounds the AAD here. ESP packets are far below it; checked before every call.
+const MAX_GCM_BYTES: usize = (1 << 36) - 32;
+
+/// `struct gcm_context_data`: 88 bytes, 8-byte aligned (the shim asserts both), as
+/// 64-bit words.
+const CONTEXT_WORDS: usize = 11;
+
+/// One call's `struct gcm_context_data`, on the caller's stack.
+#[repr(C, align(8))]
+struct GcmContext([u64; CONTEXT_WORDS]);
+
+/// intel-ipsec-mb's `aes_gcm_enc_dec_t`: key data, context, out, in, length, 12-byte
+/// IV, AAD, AAD length, tag out, tag length.
+type GcmFn = unsafe extern "C" fn(
+    key_data: *const c_void,
+    ctx: *mut GcmContext,
+    out: *mut u8,
+    input: *const u8,
+    len: u64,
+    iv: *const u8,
+    aad: *const u8,
+    aad_len: u64,
+    tag: *mut u8,
+    tag_len: u64,
+);
+
+/// A `struct gcm_key_data` with the 64-byte alignment the library's examples give
+/// it (`SHIM_KEY_DATA_ALIGN`), and the manager's encrypt and decrypt functions for its
+/// key length (1,024 bytes in all).
+#[repr(C, align(64))]
+struct KeyData {
+    bytes: [u8; KEY_DATA_BYTES],
+    enc: GcmFn,
+    dec: GcmFn,
+}
+
+unsafe extern "C" {
+    fn ipsec_mb_shim_init() -> c_int;
+    fn ipsec_mb_shim_strerror(err: c_int) -> *const c_char;
+    fn ipsec_mb_shim_arch() -> *const c_char;
+    fn ipsec_mb_shim_version() -> *const c_char;
+    fn ipsec_mb_shim_gcm_pre(key: *const u8, key_len: usize, key_data: *mut c_void) -> c_int;
+    fn ipsec_mb_shim_gcm_fns(
+        key_len: usize,
+        enc: *mut Option<GcmFn>,
+        dec: *mut Option<GcmFn>,
+    ) -> c_int;
+}
+
+/// Initialises the process's manager if that has not happened yet (thread-safe; the
+/// same answer every time).
+fn init() -> Result<(), ConfigError> {
+    // SAFETY: takes no arguments; the shim serialises the one-time initialisation
+    // with pthread_once and publishes the manager with a release store.
+    let err = unsafe { ipsec_mb_shim_init() };
+    if err == 0 {
+        return Ok(());
+    }
+    // SAFETY: the shim returns a pointer to a static NUL-terminated string (the
+    // library's message table or a literal), valid for the whole process.
+    let msg = unsafe { CStr::from_ptr(ipsec_mb_shim_strerror(err)) };
+    Err(ConfigError::new(
+        "cipher",
+        format!(
+            "intel-ipsec-mb could not set up its manager: {}",
+            msg.to_string_lossy()
+        ),
+    ))
+}
+
+/// Static text from the shim.
+fn static_str(p: *const c_char) -> &'static str {
+    // SAFETY: every caller passes a pointer the shim took from a string literal or
+    // from the library's static version string: NUL-terminated, never freed.
+    unsafe { CStr::from_ptr(p) }.to_str().unwrap_or("?")
+}
+
+/// The intel-ipsec-mb version linked, and the architecture its manager chose (after
+/// initialising the manager if needed): `("1.3.0", "avx512")`, or an error if the
+/// manager cannot be set up.
+pub(crate) fn library_info() -> Result<(&'static str, &'static str), ConfigError> {
+    init()?;
+    // SAFETY: no arguments; both return static strings (see `static_str`). The
+    // manager was published by `init`, and is only read.
+    let (version, arch) = unsafe { (ipsec_mb_shim_version(), ipsec_mb_shim_arch()) };
+    Ok((static_str(version), static_str(arch)))
+}
+
+/// An AES-128-GCM or AES-256-GCM key expanded by intel-ipsec-mb (feature `ipsec-mb`):
+/// the raw one-call seal and open that ESP uses for AES-GCM and AES-GMAC SAs, public
+/// for differential tests, fuzzing and benchmarks. `Send + Sync`: calls only read the
+/// key.
+///
+/// ```
+/// let key = ipsec_core::crypto::IpsecMbGcmKey::new(&[7; 16]).unwrap();
+/// let mut data = *b"sixteen bytes!!!";
+/// let tag = key.seal([1; 12], b"aad", &mut data);
+/// assert!(key.open([1; 12], b"aad", &mut data, &tag));
+/// assert_eq!(&data, b"sixteen bytes!!!");
+/// ```
+pub struct GcmKey {
+    data: Box<KeyData>,
+}
+
+impl GcmKey {
+    /// Expands a 16-byte (AES-128) or 32-byte (AES-256) key, without the ESP salt.
+    /// Errors: another length, or a manager the library could not set up.
+    pub fn new(key: &[u8]) -> Result<GcmKey, ConfigError> {
+        if key.len() != 16 && key.len() != 32 {
+            return Err(ConfigError::new(
+                "key",
+                format!(
+                    "AES-GCM takes a 16- or 32-byte key, got {} bytes",
+                    key.len()
+                ),
+            ));
+        }
+        init()?;
+        let (mut enc, mut dec): (Option<GcmFn>, Option<GcmFn>) = (None, None);
+        // SAFETY: `enc` and `dec` are writable `Option<fn>`s, which have the layout of
+        // a nullable C function pointer (`aes_gcm_enc_dec_t`, the type the shim
+        // writes); `init` succeeded, so the shim has its manager.
+        let rc = unsafe { ipsec_mb_shim_gcm_fns(key.len(), &mut enc, &mut dec) };
+        let (Some(enc), Some(dec)) = (enc, dec) else {
+            panic!("ipsec_mb_shim_gcm_fns: {rc}; key length and manager checked");
+        };
+        let mut data = Box::new(KeyData {
+            bytes: [0; KEY_DATA_BYTES],
+            enc,
+            dec,
+        });
+        // SAFETY: `key` is readable for `key.len()` (16 or 32) bytes, the length the
+        // shim reads for that `key_len`; `data.bytes` is a live, exclusively
+        // borrowed, 64-byte aligned buffer of KEY_DATA_BYTES, at least
+        // sizeof(struct gcm_key_data) (the shim's static assertion); `init`
+        // succeeded, so the shim has its manager.
+        let rc = unsafe {
+            ipsec_mb_shim_gcm_pre(key.as_ptr(), key.len(), data.bytes.as_mut_ptr().cast())
+        };
+        assert_eq!(
+            rc, 0,
+            "ipsec_mb_shim_gcm_pre: key length and manager checked"
+        );
+        Ok(GcmKey { data })
+    }
+
+    /// Encrypts (`encrypt`) or decrypts `data` in place and writes the tag computed
+    /// over `aad` and the ciphertext to `tag`.
+    #[inline(always)]
+    fn run(
+        &self,
+        encrypt: bool,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        data: &mut [u8],
+        tag: &mut [u8; 16],
+    ) {
+        assert!(
+            data.len() <= MAX_GCM_BYTES && aad.len() <= MAX_GCM_BYTES,
+            "ESP packets are far below the AES-GCM length limits"
+        );
+        let f = if encrypt {
+            self.data.enc
+        } else {
+            self.data.dec
+        };
+        let mut ctx = GcmContext([0; CONTEXT_WORDS]);
+        // In place: one pointer for both input and output.
+        let io = data.as_mut_ptr();
+        // SAFETY: `f` is the manager's one-call GCM function for this key's length
+        // (from `ipsec_mb_shim_gcm_fns`; the manager lives for the whole process and
+        // is only read), and `self.data.bytes` holds the key expanded for it, only
+        // read here. `ctx` is a live, exclusively borrowed `gcm_context_data` (size
+        // and alignment asserted by the shim). `nonce` is 12 readable bytes, the IV
+        // length of the one-call API; `aad` is readable and `data` readable and
+        // writable for their lengths (checked above against the library's limit, so
+        // its parameter checks pass; in place, out == in, as the API allows), and the
+        // library reads and writes no further (an empty slice's dangling pointer is
+        // not dereferenced); `tag` is 16 writable bytes, the tag length passed. No
+        // pointer is kept after the call.
+        unsafe {
+            f(
+                self.data.bytes.as_ptr().cast(),
+                &mut ctx,
+                io,
+                io.cast_const(),
+                data.len() as u64,
+                nonce.as_ptr(),
+                aad.as_ptr(),
+                aad.len() as u64,
+                tag.as_mut_ptr(),
+                16,
+            );
+        }
+        // The context held the GHASH state (a function of the hash key) and keystream:
+        // volatile writes of zeros, then a fence.
+        ctx.0.zeroize();
+    }
+
+    /// Encrypts `in_out` in place under the 12-byte nonce, authenticating `aad`;
+    /// returns the 16-byte tag. Panics only past GCM's length limit (64 GiB).
+    #[inline]
+    pub fn seal(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
+        let mut tag = [0u8; 16];
+        self.run(true, &nonce, aad, in_out, &mut tag);
+        tag
+    }
+
+    /// Decrypts `in_out` in place and checks `tag` in constant time. On a mismatch
+    /// `in_out` is overwritten with zeros (no unauthenticated plaintext is left) and
+    /// the answer is `false`.
+    #[inline]
+    pub fn open(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8], tag: &[u8; 16]) -> bool {
+        let mut expect = [0u8; 16];
+        self.run(false, &nonce, aad, in_out, &mut expect);
+        if super::ct_eq(&expect, tag) {
+            true
+        } else {
+            in_out.fill(0);
+            false
+        }
+    }
+}
+
+impl GcmKey {
+    /// Volatile writes of zeros over the round keys and hash-key powers.
+    fn wipe(&mut self) {
+        self.data.bytes.zeroize();
+    }
+}
+
+impl core::fmt::Debug for GcmKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("IpsecMbGcmKey { .. }")
+    }
+}
+
+impl Drop for GcmKey {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The manager comes up and reports the linked library and its choice.
+    #[test]
+    fn manager_initialises_and_reports() {
+        let (version, arch) = library_info().expect("manager");
+        assert!(version.starts_with('1'), "{version}");
+        assert_ne!(arch, "none");
+    }
+
+    /// Dropping a key wipes its expanded key data.
+    #[test]
+    fn key_data_is_wiped_on_drop() {
+        let mut k = GcmKey::new(&[0x42; 16]).expect("key");
+        assert!(k.data.bytes.iter().any(|&b| b != 0));
+        // Run the wipe Drop runs on the live box, then look at it.
+        k.wipe();
+        assert!(k.data.bytes.iter().all(|&b| b == 0));
+    }
+}
