@@ -462,10 +462,16 @@ fn check_burst(spd: &Spd, flows: &[Flow]) {
     for (f, d) in flows.iter().zip(&out) {
         assert_eq!(*d, spd.lookup_linear(f), "lookup_burst: flow {f:?}");
     }
+    // The stages of the burst lookup (a classifier this small otherwise answers one
+    // flow at a time).
+    spd.lookup_burst_staged(flows, &mut out);
+    for (f, d) in flows.iter().zip(&out) {
+        assert_eq!(*d, spd.lookup_linear(f), "lookup_burst_staged: flow {f:?}");
+    }
     for skip in 0..flows.len().min(40) {
         let part = &flows[skip..flows.len().min(skip + 40)];
         let out = &mut out[..part.len()];
-        spd.lookup_burst(part, out);
+        spd.lookup_burst_staged(part, out);
         for (f, d) in part.iter().zip(out.iter()) {
             assert_eq!(
                 *d,

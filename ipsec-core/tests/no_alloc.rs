@@ -346,6 +346,7 @@ fn spd_lookup_burst_does_not_allocate() {
     for _ in 0..PACKETS / 10 {
         spd.lookup_burst(&flows, &mut out);
         spd.lookup_burst(&flows[..7], &mut out[..7]);
+        spd.lookup_burst_staged(&flows, &mut out);
         for f in &flows[..10] {
             std::hint::black_box(spd.lookup(f));
         }
@@ -367,6 +368,7 @@ fn spd_lookup_burst_does_not_allocate() {
     let before = allocs();
     for _ in 0..PACKETS / 10 {
         live.lookup_burst(&flows, &mut out);
+        live.lookup_burst_staged(&flows, &mut out);
     }
     assert_eq!(allocs() - before, 0, "SPD lookups with changes pending");
     for (f, d) in flows.iter().zip(&out) {
