@@ -1767,13 +1767,20 @@ impl Spd {
         staged: bool,
     ) {
         const N: usize = pss::BURST;
-        let Engine::Partitioned { v4, v6 } = &table.engine else {
-            for (f, o) in flows.iter().zip(out.iter_mut()) {
-                if core::ptr::eq(self.table(f.direction), table) {
-                    *o = self.classify(f);
-                }
+        let (v4, v6) = match &table.engine {
+            Engine::Partitioned { v4, v6 } if staged || v4.burst_pays() || v6.burst_pays() => {
+                (v4, v6)
             }
-            return;
+            // The other engines, and partitioned classifiers small enough to stay in the
+            // cache (no misses to overlap): one flow at a time, exactly `lookup`.
+            _ => {
+                for (f, o) in flows.iter().zip(out.iter_mut()) {
+                    if core::ptr::eq(self.table(f.direction), table) {
+                        *o = self.classify(f);
+                    }
+                }
+                return;
+            }
         };
         // The flows of each family (their positions in `flows`), their keys and their
         // answers.

@@ -524,6 +524,12 @@ impl<K: KeyInt> Partitioned<K> {
         }
     }
 
+    /// Whether [`Partitioned::lookup_burst`] uses its stages for this classifier (it is
+    /// at least [`BURST_MIN_BYTES`]); otherwise one key at a time is faster.
+    pub(crate) fn burst_pays(&self) -> bool {
+        self.bytes >= BURST_MIN_BYTES
+    }
+
     /// One line per group: size, index dimension, intervals, mean and max list length.
     pub(crate) fn stats(&self) -> String {
         let mut out = String::new();
