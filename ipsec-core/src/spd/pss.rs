@@ -162,7 +162,7 @@ pub(crate) const BURST: usize = 32;
 /// Below this size (heap bytes) a classifier stays in a core's L2 cache (1 MiB on the
 /// Zen 4 measured) and [`Partitioned::lookup_burst`] looks keys up one at a time:
 /// measured with `spd_acl`, the stages were 5-50% slower than single lookups at 1,000
-/// rules (`Spd::compiled_bytes` 0.6-0.9 MB for both directions) and 10-15% faster at
+/// rules (`Spd::compiled_bytes` 0.6-0.9 MB for both directions) and 10-25% faster at
 /// 10,000 (7-10 MB).
 const BURST_MIN_BYTES: usize = 1 << 20;
 
