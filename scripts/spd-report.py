@@ -6,8 +6,9 @@ rule sets and flows, in one invocation: builds `benches/examples/spd_acl.rs` and
 per flow), then runs both programs in alternation RUNS times and prints the medians.
 
 acl_spd.c first checks that rte_acl classifies every flow as our SPD did (the run stops
-on a mismatch), then times rte_acl_classify in bursts of 32. Our side has no batch
-lookup: a burst is 32 `Spd::lookup` calls on the compiled classifier, no flow cache.
+on a mismatch), then times rte_acl_classify in bursts of 32. Our side times
+`Spd::lookup_burst` in bursts of 32 (checked against `Spd::lookup` first) on the
+compiled classifier, no flow cache.
 Both use the thread CPU clock, 7 rounds, median (spd_acl.rs and acl_spd.c say more).
 
 Columns: ns per lookup (ours, rte_acl, ours / rte_acl: above 1 means we are slower);

@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release -p ipsec-benches --example spd_acl -- export DIR [--sizes 1000,10000]
 //! cargo run --release -p ipsec-benches --example spd_acl -- bench [--sizes 1000,10000]
+//! cargo run --release -p ipsec-benches --example spd_acl -- stats [--sizes 1000,10000]
 //! ```
 //!
 //! `export` writes `DIR/spd-ipv4-N.txt` and `DIR/spd-ipv6-N.txt`, one line per rule and
@@ -20,9 +21,11 @@
 //! so the C program proves that `rte_acl` classifies exactly as we do before it times
 //! anything.
 //!
-//! `bench` prints one JSON line per rule set: ns per lookup (the flows, outbound ones
-//! first then inbound ones, in bursts of 32; there is no batch lookup in `ipsec-core`, so
-//! a burst is 32 [`Spd::lookup`] calls on the compiled classifier, no flow cache), the
+//! `stats` prints the shape of each compiled classifier (outbound IPv4 only: groups,
+//! index dimension, intervals, list lengths), for tuning. `bench` prints one JSON line
+//! per rule set: ns per lookup (the flows, outbound ones
+//! first then inbound ones, in bursts of 32: one [`Spd::lookup_burst`] call per burst, on
+//! the compiled classifier, no flow cache; it is first checked against [`Spd::lookup`]), the
 //! time to compile the classifier ([`Spd::recompiled`], policy parsing excluded, as
 //! `rte_acl_add_rules` + `rte_acl_build` exclude the application's parsing) and
 //! [`Spd::compiled_bytes`] (both directions; also without the non-first fragment index,
@@ -42,7 +45,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ipsec_core::spd::{EngineKind, PolicyDirection};
-use ipsec_core::{Direction, Flow, Spd};
+use ipsec_core::{Decision, Direction, Flow, Spd};
 use spd_gen::{Family, rule_set};
 
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
@@ -161,15 +164,30 @@ fn export_text(spd: &Spd, flows: &[Flow], family: Family) -> Result<String, Stri
     Ok(out)
 }
 
+/// Panics unless [`Spd::lookup_burst`] answers as [`Spd::lookup`] for every flow.
+fn pass_check(spd: &Spd, flows: &[Flow]) {
+    let mut out = [Decision::NO_MATCH; BURST];
+    for burst in flows.chunks(BURST) {
+        let out = &mut out[..burst.len()];
+        spd.lookup_burst(burst, out);
+        for (f, d) in burst.iter().zip(out.iter()) {
+            assert_eq!(*d, spd.lookup(f), "lookup_burst differs from lookup: {f:?}");
+        }
+    }
+}
+
 /// ns per lookup of `flows` in bursts of [`BURST`]: the median of [`ROUNDS`] rounds.
 fn time_lookups(spd: &Spd, flows: &[Flow]) -> f64 {
-    let pass = || {
+    let mut out = [Decision::NO_MATCH; BURST];
+    let mut pass = || {
         for burst in flows.chunks(BURST) {
-            for f in burst {
-                black_box(spd.lookup(black_box(f)).policy_index);
-            }
+            let out = &mut out[..burst.len()];
+            spd.lookup_burst(black_box(burst), out);
+            black_box(&*out);
         }
     };
+    // The burst answers what one lookup at a time answers (a cross-check, not timed).
+    pass_check(spd, flows);
     // Calibration: passes that take at least ROUND_NS in all.
     let t = cpu_now();
     pass();
@@ -202,13 +220,13 @@ fn parse_sizes(args: &[String]) -> Result<Vec<usize>, String> {
 fn run(args: &[String]) -> Result<(), String> {
     let (cmd, rest) = args
         .split_first()
-        .ok_or("usage: spd_acl export DIR | bench")?;
+        .ok_or("usage: spd_acl export DIR | bench | stats")?;
     let (dir, rest) = match cmd.as_str() {
         "export" => {
             let (dir, rest) = rest.split_first().ok_or("export: the output directory")?;
             (Some(Path::new(dir)), rest)
         }
-        "bench" => (None, rest),
+        "bench" | "stats" => (None, rest),
         _ => return Err(format!("unknown command {cmd}")),
     };
     let sizes = parse_sizes(rest)?;
@@ -224,6 +242,10 @@ fn run(args: &[String]) -> Result<(), String> {
                 let path = dir.join(format!("spd-{name}-{n}.txt"));
                 std::fs::write(&path, export_text(&spd, &flows, family)?)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
+                continue;
+            }
+            if cmd == "stats" {
+                println!("{name} {n}:\n{}", spd.engine_stats());
                 continue;
             }
             let mut sorted = flows.clone();

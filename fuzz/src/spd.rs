@@ -9,9 +9,9 @@
 //!   text of any loader (unless they also stand outside the file's secret values).
 //! * [`spd_differential`]: structured random policies over a small address space (so
 //!   that rules overlap often) and random flows and packets: the compiled classifier,
-//!   the flow cache and the naive first-match scan answer the same, always; so do the
-//!   compiled non-first fragment query and its plain scan, and `lookup_packet` gives a
-//!   packet's fragments the answers those queries give.
+//!   the flow cache, the burst lookup and the naive first-match scan answer the same,
+//!   always; so do the compiled non-first fragment query and its plain scan, and
+//!   `lookup_packet` gives a packet's fragments the answers those queries give.
 
 use arbitrary::Arbitrary;
 use ipsec_core::spd::EngineKind;
@@ -410,6 +410,7 @@ pub fn spd_differential(input: &SpdInput) {
         spd.recompiled(EngineKind::BitVector),
         spd.recompiled(EngineKind::Tree),
     ];
+    let mut flows = Vec::new();
     for ff in input.flows.iter().take(256) {
         let addr = |i: u8| -> IpAddr {
             let i = i % 18; // 16 and 17 fall outside every prefix above
@@ -435,13 +436,48 @@ pub fn spd_differential(input: &SpdInput) {
         check(&spd, &others, &mut cache, &f);
         // The same flow twice: the cache answers from its slot.
         check(&spd, &others, &mut cache, &f);
+        flows.push(f);
     }
     for p in input.packets.iter().take(16) {
         for dir in [Direction::Outbound, Direction::Inbound] {
             if let Ok(f) = Flow::from_packet(dir, p) {
                 check(&spd, &others, &mut cache, &f);
+                flows.push(f);
             }
             check_packet(&spd, dir, p);
+        }
+    }
+    check_burst(&spd, &flows);
+    for other in &others {
+        check_burst(other, &flows);
+    }
+}
+
+/// [`Spd::lookup_burst`] over `flows` (mixed directions and families, more than one
+/// burst) and over each suffix of the first 40 (every burst length and alignment)
+/// answers as the naive scan.
+fn check_burst(spd: &Spd, flows: &[Flow]) {
+    let mut out = vec![ipsec_core::Decision::NO_MATCH; flows.len()];
+    spd.lookup_burst(flows, &mut out);
+    for (f, d) in flows.iter().zip(&out) {
+        assert_eq!(*d, spd.lookup_linear(f), "lookup_burst: flow {f:?}");
+    }
+    // The stages of the burst lookup (a classifier this small otherwise answers one
+    // flow at a time).
+    spd.lookup_burst_staged(flows, &mut out);
+    for (f, d) in flows.iter().zip(&out) {
+        assert_eq!(*d, spd.lookup_linear(f), "lookup_burst_staged: flow {f:?}");
+    }
+    for skip in 0..flows.len().min(40) {
+        let part = &flows[skip..flows.len().min(skip + 40)];
+        let out = &mut out[..part.len()];
+        spd.lookup_burst_staged(part, out);
+        for (f, d) in part.iter().zip(out.iter()) {
+            assert_eq!(
+                *d,
+                spd.lookup_linear(f),
+                "lookup_burst (from {skip}): flow {f:?}"
+            );
         }
     }
 }

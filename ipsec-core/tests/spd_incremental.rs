@@ -189,6 +189,17 @@ fn check(gw: &Gateway, list: &[(String, String)], flows: &[Flow]) -> Result<(), 
             f
         );
     }
+    // The burst lookup reads the same compiled classifiers, removal masks and added
+    // policies.
+    let mut burst = vec![ipsec_core::Decision::NO_MATCH; flows.len()];
+    live.lookup_burst(flows, &mut burst);
+    for (f, d) in flows.iter().zip(&burst) {
+        prop_assert_eq!(*d, fresh.lookup(f), "lookup_burst: {:?}", f);
+    }
+    live.lookup_burst_staged(flows, &mut burst);
+    for (f, d) in flows.iter().zip(&burst) {
+        prop_assert_eq!(*d, fresh.lookup(f), "lookup_burst_staged: {:?}", f);
+    }
     for d in [Direction::Outbound, Direction::Inbound] {
         for sa in ["o", "i"] {
             prop_assert_eq!(

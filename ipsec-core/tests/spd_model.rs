@@ -3,7 +3,9 @@
 //! policy file's error messages and the DESIGN.md example.
 
 use ipsec_core::spd::{EngineKind, Policy};
-use ipsec_core::{Action, Direction, Error, Flow, FragmentDecision, FragmentError, Spd, SpdCache};
+use ipsec_core::{
+    Action, Decision, Direction, Error, Flow, FragmentDecision, FragmentError, Spd, SpdCache,
+};
 use proptest::prelude::*;
 use std::net::IpAddr;
 
@@ -198,6 +200,52 @@ proptest! {
         // Twice, so the cache answers from its slots too.
         for f in &flows {
             prop_assert_eq!(cache.lookup(f), spd.lookup_linear(f));
+        }
+    }
+
+    /// The burst lookup answers, for every flow, what a lookup of the flow alone and the
+    /// naive scan answer: bursts of every length (more than one chunk of 32 too), flows
+    /// of both directions and families mixed, and on the alternative classifiers (which
+    /// it answers one flow at a time).
+    #[test]
+    fn burst_equals_lookup_and_naive(
+        policies in prop::collection::vec(gen_policy(), 0..80),
+        flows in prop::collection::vec(gen_flow(), 0..100),
+        split in 0usize..100,
+    ) {
+        // A flow of mixed families too (no real packet has one; the scan answers it).
+        let mut flows = flows;
+        let mixed = Flow::new(Direction::Inbound, v4(1).parse().unwrap(), v6(2).parse().unwrap(), 6);
+        flows.insert(split.min(flows.len()), mixed);
+        let text = to_toml(&policies);
+        let spd = Spd::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let bv = spd.recompiled(EngineKind::BitVector);
+        let tree = spd.recompiled(EngineKind::Tree);
+        for s in [&spd, &bv, &tree] {
+            let mut out = vec![Decision::NO_MATCH; flows.len()];
+            // The stages of the burst lookup (a classifier this small otherwise answers
+            // one flow at a time), then `lookup_burst` as it is.
+            s.lookup_burst_staged(&flows, &mut out);
+            for (f, d) in flows.iter().zip(&out) {
+                prop_assert_eq!(*d, s.lookup(f), "staged: flow {:?}\n{}", f, text);
+                prop_assert_eq!(*d, spd.lookup_linear(f), "staged: flow {:?}\n{}", f, text);
+            }
+            out.fill(Decision::NO_MATCH);
+            s.lookup_burst(&flows, &mut out);
+            for (f, d) in flows.iter().zip(&out) {
+                prop_assert_eq!(*d, s.lookup(f), "flow {:?}\n{}", f, text);
+                prop_assert_eq!(*d, spd.lookup_linear(f), "flow {:?}\n{}", f, text);
+            }
+            // Two calls over a split of the flows answer the same.
+            let (a, b) = flows.split_at(split.min(flows.len()));
+            let (oa, ob) = out.split_at_mut(a.len());
+            oa.fill(Decision::NO_MATCH);
+            ob.fill(Decision::NO_MATCH);
+            s.lookup_burst_staged(a, oa);
+            s.lookup_burst_staged(b, ob);
+            for (f, d) in flows.iter().zip(&out) {
+                prop_assert_eq!(*d, spd.lookup_linear(f), "split flow {:?}\n{}", f, text);
+            }
         }
     }
 
@@ -971,5 +1019,102 @@ proptest! {
         for w in set.v4_ranges().windows(2) {
             prop_assert!(w[0].1.checked_add(1).is_some_and(|n| n < w[1].0));
         }
+    }
+}
+
+/// The burst lookup on rule sets large enough for every stage of the compiled
+/// classifier (thousands of intervals, so the top-level search takes many steps, long
+/// lists, several groups), both families, against one lookup at a time and the naive
+/// scan. The small address space of the property tests above gives few intervals.
+#[test]
+fn burst_equals_naive_on_large_rule_sets() {
+    // xorshift64*: deterministic.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    };
+    for six in [false, true] {
+        let addr = |a: u64, b: u64, c: u64| -> String {
+            if six {
+                format!("2001:db8:{a:x}:{b:x}::{c:x}")
+            } else {
+                format!("10.{a}.{b}.{c}")
+            }
+        };
+        let (net, host) = if six { (64, 128) } else { (24, 32) };
+        let mut text = String::new();
+        for i in 0..3000 {
+            let remote = match next(10) {
+                0 => String::new(),
+                1..=6 => format!("remote = \"{}/{net}\"\n", addr(next(4), next(200), 0)),
+                _ => format!(
+                    "remote = \"{}/{host}\"\n",
+                    addr(next(4), next(200), next(250))
+                ),
+            };
+            // No rule leaves both addresses as "any" (a catch-all would end most scans).
+            let local = if remote.is_empty() || next(3) != 0 {
+                format!("local = \"{}/{net}\"\n", addr(100 + next(8), next(4), 0))
+            } else {
+                String::new()
+            };
+            let (proto, port) = match next(4) {
+                0 => ("tcp", format!("remote_port = {}\n", 1 + next(30))),
+                1 => (
+                    "udp",
+                    format!("local_port = \"{}-{}\"\n", 10, 10 + next(50)),
+                ),
+                2 => ("tcp", String::new()),
+                _ => ("any", String::new()),
+            };
+            let action = ["bypass", "discard"][next(2) as usize];
+            let dir = ["both", "outbound", "inbound"][next(3) as usize];
+            text += &format!(
+                "[[policy]]\nname = \"p{i}\"\ndirection = \"{dir}\"\n{local}{remote}\
+                 protocol = \"{proto}\"\n{port}action = \"{action}\"\n"
+            );
+        }
+        let spd = Spd::from_toml(&text).unwrap();
+        let flows: Vec<Flow> = (0..2000)
+            .map(|_| {
+                let dir = [Direction::Outbound, Direction::Inbound][next(2) as usize];
+                let local = addr(100 + next(9), next(4), next(250)).parse().unwrap();
+                let remote = addr(next(5), next(200), next(250)).parse().unwrap();
+                let (s, d) = match dir {
+                    Direction::Outbound => (local, remote),
+                    _ => (remote, local),
+                };
+                let proto = [6u8, 17, 1, 50][next(4) as usize];
+                let f = Flow::new(dir, s, d, proto);
+                if proto == 6 || proto == 17 {
+                    f.ports(next(70) as u16, next(40) as u16)
+                } else {
+                    f
+                }
+            })
+            .collect();
+        let mut out = vec![Decision::NO_MATCH; flows.len()];
+        spd.lookup_burst_staged(&flows, &mut out);
+        for (f, d) in flows.iter().zip(&out) {
+            assert_eq!(*d, spd.lookup(f), "six={six} {f:?}");
+            assert_eq!(*d, spd.lookup_linear(f), "six={six} {f:?}");
+        }
+        // Not a trivial answer: many flows match, some don't.
+        let matched = out.iter().filter(|d| d.policy.is_some()).count();
+        assert!(
+            (500..1900).contains(&matched),
+            "six={six}: {matched} matched"
+        );
+        let mut distinct: Vec<_> = out.iter().filter_map(|d| d.policy_index).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(
+            distinct.len() > 100,
+            "six={six}: {} policies",
+            distinct.len()
+        );
     }
 }
