@@ -131,7 +131,7 @@ impl SecurityAssociation {
     /// counted under its drop reason. Only the first `min(packets.len(),
     /// results.len())` packets are processed. Returns how many succeeded.
     ///
-    /// AES-CBC packets are encrypted [`LANES`] at a time with their CBC chains side by
+    /// AES-CBC packets are encrypted 8 at a time with their CBC chains side by
     /// side (one packet's chain is serial; the packets' chains are independent), and
     /// their ICVs computed after; the packets come out exactly as [`Self::encrypt`]
     /// would make them one by one, IVs drawn in the same order.
@@ -199,7 +199,7 @@ impl SecurityAssociation {
     /// Only the first `min(packets.len(), results.len())` packets are processed.
     /// Returns how many succeeded.
     ///
-    /// For AES-CBC + HMAC-SHA-256-128 without ESN, the ICVs of [`LANES`] packets at a
+    /// For AES-CBC + HMAC-SHA-256-128 without ESN, the ICVs of 8 packets at a
     /// time are computed first, their hashes side by side; each packet is then checked
     /// (ICV compared in constant time before anything is decrypted, as
     /// [`Self::decrypt`] does) and decrypted in turn.
