@@ -71,9 +71,6 @@
 //! Run: `cargo bench -p ipsec-benches --bench control` (a few minutes, mostly building
 //! the gateways). Under `cargo test --benches` only N = 1,000 runs.
 
-// The thread CPU clock is read through `libc::clock_gettime`.
-#![allow(unsafe_code)]
-
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -111,18 +108,6 @@ fn reps(policy: bool) -> usize {
     }
 }
 
-/// The CPU time this thread has used.
-fn cpu_now() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux has.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(r, 0, "the thread CPU clock");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// Criterion's measurement by the thread CPU clock ([`cpu_now`]).
 struct ThreadCpu;
 
@@ -132,10 +117,10 @@ impl Measurement for ThreadCpu {
     type Intermediate = Duration;
     type Value = Duration;
     fn start(&self) -> Duration {
-        cpu_now()
+        common::cpu_now()
     }
     fn end(&self, start: Duration) -> Duration {
-        cpu_now() - start
+        common::cpu_now() - start
     }
     fn add(&self, a: &Duration, b: &Duration) -> Duration {
         *a + *b
@@ -153,9 +138,9 @@ impl Measurement for ThreadCpu {
 
 /// Times `f` on the thread CPU clock.
 fn cpu<T>(f: impl FnOnce() -> T) -> (T, Duration) {
-    let start = cpu_now();
+    let start = common::cpu_now();
     let r = f();
-    (r, cpu_now() - start)
+    (r, common::cpu_now() - start)
 }
 
 /// xorshift64*: deterministic and dependency-free.

@@ -33,16 +33,15 @@
 //! pass, then 7 rounds of at least 20 ms whose median is reported, as in
 //! `benches/openssl/evp_aead.c` and the C program.
 
-// The thread CPU clock is read through `libc::clock_gettime`.
-#![allow(unsafe_code)]
-
+#[path = "../benches/common/mod.rs"]
+mod common;
 #[path = "../benches/spd_gen/mod.rs"]
 mod spd_gen;
 
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ipsec_core::spd::{EngineKind, PolicyDirection};
 use ipsec_core::{Decision, Direction, Flow, Spd};
@@ -52,17 +51,6 @@ const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 const BURST: usize = 32;
 const ROUNDS: usize = 7;
 const ROUND_NS: u64 = 20_000_000;
-
-fn cpu_now() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux has.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(r, 0, "the thread CPU clock");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
 
 fn family_name(f: Family) -> &'static str {
     match f {
@@ -189,17 +177,17 @@ fn time_lookups(spd: &Spd, flows: &[Flow]) -> f64 {
     // The burst answers what one lookup at a time answers (a cross-check, not timed).
     pass_check(spd, flows);
     // Calibration: passes that take at least ROUND_NS in all.
-    let t = cpu_now();
+    let t = common::cpu_now();
     pass();
-    let one = (cpu_now() - t).as_nanos().max(1) as u64;
+    let one = (common::cpu_now() - t).as_nanos().max(1) as u64;
     let passes = ROUND_NS.div_ceil(one).max(1);
     let mut per_lookup: Vec<f64> = (0..ROUNDS)
         .map(|_| {
-            let t = cpu_now();
+            let t = common::cpu_now();
             for _ in 0..passes {
                 pass();
             }
-            (cpu_now() - t).as_nanos() as f64 / (passes as f64 * flows.len() as f64)
+            (common::cpu_now() - t).as_nanos() as f64 / (passes as f64 * flows.len() as f64)
         })
         .collect();
     per_lookup.sort_by(f64::total_cmp);

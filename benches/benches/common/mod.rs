@@ -1,9 +1,24 @@
-//! What the ESP and C ABI benches share: the SA they measure and the inner packets.
+//! What the benches share: the SA they measure, the inner packets and the thread CPU
+//! clock.
 #![allow(dead_code)] // each bench uses its own subset
 
 use std::time::Duration;
 
 use ipsec_core::{Cipher, Direction, Integrity, Mode, PacketBuf, SaConfig, SecurityAssociation};
+
+/// The CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`): time other processes
+/// hold the core does not count, on a shared machine.
+#[allow(unsafe_code)] // libc::clock_gettime
+pub(crate) fn cpu_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux has.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(r, 0, "the thread CPU clock");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
 
 /// Packets per burst in the burst benches.
 pub(crate) const BURST: usize = 32;
