@@ -12,7 +12,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipsec_core::gateway::{Inbound, Outbound};
-use ipsec_core::{ConfigError, Error, FragmentLimits, Gateway, PacketBuf, Spd, SpiError};
+use ipsec_core::{
+    ConfigError, Error, FragmentLimits, Gateway, PacketBuf, SecurityAssociation, Spd, SpiError,
+};
 
 use crate::boundary::{bad_descriptor, boundary, call, config_error, fail, invalid, packet_error};
 use crate::handle::{
@@ -930,15 +932,19 @@ pub unsafe extern "C" fn ipsec_gateway_get_sa(
                 h.names.len()
             ))
         })?;
-        let value = ipsec_gateway_sa {
-            name: h.names.ptr(name),
-            info: info_of(sa),
-            stats: crate::sa::stats_of(sa),
-        };
         // SAFETY: checked non-NULL and aligned; writable by contract.
-        unsafe { out.write(value) };
+        unsafe { out.write(gateway_sa_entry(&h, name, sa)) };
         Ok(())
     })
+}
+
+/// The C entry of the installed SA `sa` called `name` (its name string kept by `h`).
+fn gateway_sa_entry(h: &GatewayHandle, name: &str, sa: &SecurityAssociation) -> ipsec_gateway_sa {
+    ipsec_gateway_sa {
+        name: h.names.ptr(name),
+        info: info_of(sa),
+        stats: crate::sa::stats_of(sa),
+    }
 }
 
 /// The installed SA called `name`: its entry as `ipsec_gateway_get_sa` gives it (name
@@ -968,13 +974,8 @@ pub unsafe extern "C" fn ipsec_gateway_find_sa(
                 name: name.to_owned(),
             })
         })?;
-        let value = ipsec_gateway_sa {
-            name: h.names.ptr(name),
-            info: info_of(sa),
-            stats: crate::sa::stats_of(sa),
-        };
         // SAFETY: checked non-NULL and aligned; writable by contract.
-        unsafe { out.write(value) };
+        unsafe { out.write(gateway_sa_entry(&h, name, sa)) };
         Ok(())
     })
 }
