@@ -468,6 +468,7 @@ static void process_outbound(private_kernel_dataplane_router_t *this,
 	struct iovec iov[BATCH];
 	size_t offset, esp, segment = 0;
 	unsigned i, j, endpoints = 0, batched = 0;
+	uint64_t now = dataplane_now_ns();
 	bool expired = FALSE;
 
 	gw->mutex->lock(gw->mutex);
@@ -475,9 +476,9 @@ static void process_outbound(private_kernel_dataplane_router_t *this,
 	{
 		offset = OUTBOUND_HEADROOM;
 		endpoint[i] = -1;
+		/* one read of the clock for the batch: it came from one TUN read */
 		status = ipsec_gateway_outbound(gw->gateway, buffers[i], capacities[i],
-										&offset, &lengths[i],
-										dataplane_now_ns(), &result);
+										&offset, &lengths[i], now, &result);
 		expired |= status == IPSEC_ERR_LIFETIME_EXPIRED;
 		if (status != IPSEC_OK || result.verdict != IPSEC_VERDICT_PROTECTED ||
 			(sa = gw->sas->get(gw->sas, result.sa)) == NULL ||
