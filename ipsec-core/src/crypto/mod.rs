@@ -781,10 +781,11 @@ enum Engine {
     /// GMAC: everything from the ESP header to the trailer is AAD, nothing encrypted.
     Gmac { key: AeadKey, salt: Salt },
     /// AES-CBC then HMAC over header, IV and ciphertext (encrypt-then-MAC). Boxed: the
-    /// HMAC states are up to a few hundred bytes.
-    CbcHmac(Box<CbcHmac>),
-    /// NULL encryption with HMAC, boxed for the same reason.
-    NullHmac(Box<HmacKey>),
+    /// HMAC states are up to a few hundred bytes. Wiped whole on drop, padding
+    /// included: [`HmacKey`]'s smaller variants leave padding that may hold stack bytes.
+    CbcHmac(wipe::WipeOnDrop<CbcHmac>),
+    /// NULL encryption with HMAC, boxed and wiped for the same reasons.
+    NullHmac(wipe::WipeOnDrop<HmacKey>),
 }
 
 /// Byte offsets of one ESP packet inside a buffer, as the transform sees it:
@@ -963,7 +964,7 @@ impl Transform {
                     },
                 };
                 (
-                    Engine::CbcHmac(Box::new(CbcHmac {
+                    Engine::CbcHmac(wipe::WipeOnDrop::new(CbcHmac {
                         cbc,
                         mac,
                         ivs,
@@ -972,7 +973,7 @@ impl Transform {
                     i.icv_len(),
                 )
             }
-            (_, Some((i, mac))) => (Engine::NullHmac(Box::new(mac)), i.icv_len()),
+            (_, Some((i, mac))) => (Engine::NullHmac(wipe::WipeOnDrop::new(mac)), i.icv_len()),
             (_, None) => {
                 unreachable!("Transform::check: non-combined ciphers have an integrity algorithm")
             }

@@ -4,11 +4,17 @@
 //! wipes them. This box gives any such key the same guarantee the RustCrypto types give
 //! with their `zeroize` feature: when the SA goes away, the key bytes go with it.
 //!
+//! It also wipes what a type's own `Drop` cannot reach: padding. An enum whose variants
+//! differ in size (the HMAC states: SHA-1's is far smaller than SHA-512's) leaves the
+//! unused tail of a small variant as padding, and `Box::new` copies it from wherever
+//! the value was built on the stack, stale key bytes of an earlier call included.
+//! Zeroing the whole allocation on drop means such bytes never reach freed memory.
+//!
 //! This module holds the crate's only `unsafe` code (two lines, justified below).
 #![allow(unsafe_code)]
 
 use core::mem::{ManuallyDrop, MaybeUninit};
-use core::ops::Deref;
+use core::ops::{Deref, DerefMut};
 use zeroize::Zeroize;
 
 /// A `Box<T>` that overwrites the value's bytes with zeros after dropping it.
@@ -33,6 +39,13 @@ impl<T> Deref for WipeOnDrop<T> {
     #[inline]
     fn deref(&self) -> &T {
         &self.inner
+    }
+}
+
+impl<T> DerefMut for WipeOnDrop<T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.inner
     }
 }
 
