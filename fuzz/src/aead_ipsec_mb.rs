@@ -1,16 +1,18 @@
 //! Differential fuzzing of the optional intel-ipsec-mb backend (`--features ipsec-mb`)
-//! against RustCrypto's `aes-gcm`.
+//! against RustCrypto's `aes-gcm` and `chacha20poly1305`: its AES-GCM keys and its
+//! ChaCha20-Poly1305 keys (which ESP uses for large packets where the library runs
+//! AVX-512 code; this target calls them at every length, on any CPU).
 //!
 //! Input layout (raw bytes, so that any input is meaningful):
 //!
 //! | bytes | meaning |
 //! | --- | --- |
-//! | 0 | flags: bit 0 AES-256 (else AES-128); bit 1 tamper |
+//! | 0 | flags: bit 0 AES-256 (else AES-128); bit 1 tamper; bit 2 ChaCha20-Poly1305 (bit 0 ignored) |
 //! | 1..3 | AAD length (little endian, taken modulo the bytes left) |
 //! | 3..5 | tamper position (modulo AAD + data + tag length) |
 //! | 5 | tamper mask (0 becomes 1) |
 //! | 6..18 | nonce |
-//! | 18..50 | key (the first 16 or 32 bytes) |
+//! | 18..50 | key (the first 16 or 32 bytes; all 32 for ChaCha20-Poly1305) |
 //! | 50.. | AAD, then the data |
 //!
 //! Missing bytes read as zeros. Checks: both backends seal to the same ciphertext and
@@ -19,12 +21,43 @@
 //! zeros where the plaintext would have been.
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
-use ipsec_core::crypto::IpsecMbGcmKey;
+use ipsec_core::crypto::{IpsecMbChaChaKey, IpsecMbGcmKey};
+
+/// The intel-ipsec-mb key under test.
+enum Ours {
+    Gcm(IpsecMbGcmKey),
+    ChaCha(IpsecMbChaChaKey),
+}
+
+impl Ours {
+    fn seal(&self, nonce: [u8; 12], aad: &[u8], data: &mut [u8]) -> [u8; 16] {
+        match self {
+            Ours::Gcm(k) => k.seal(nonce, aad, data),
+            Ours::ChaCha(k) => k.seal(nonce, aad, data),
+        }
+    }
+
+    fn open(&self, nonce: [u8; 12], aad: &[u8], data: &mut [u8], tag: &[u8; 16]) -> bool {
+        match self {
+            Ours::Gcm(k) => k.open(nonce, aad, data, tag),
+            Ours::ChaCha(k) => k.open(nonce, aad, data, tag),
+        }
+    }
+}
 
 const HEADER: usize = 50;
 
-fn reference_seal(key: &[u8], nonce: [u8; 12], aad: &[u8], data: &mut [u8]) -> [u8; 16] {
-    let tag = if key.len() == 16 {
+fn reference_seal(
+    chacha: bool,
+    key: &[u8],
+    nonce: [u8; 12],
+    aad: &[u8],
+    data: &mut [u8],
+) -> [u8; 16] {
+    let tag = if chacha {
+        let k = chacha20poly1305::ChaCha20Poly1305::new_from_slice(key).expect("32-byte key");
+        k.encrypt_inout_detached(&nonce.into(), aad, data.into())
+    } else if key.len() == 16 {
         let k = aes_gcm::Aes128Gcm::new_from_slice(key).expect("16-byte key");
         k.encrypt_inout_detached(&nonce.into(), aad, data.into())
     } else {
@@ -36,6 +69,7 @@ fn reference_seal(key: &[u8], nonce: [u8; 12], aad: &[u8], data: &mut [u8]) -> [
 }
 
 fn reference_open(
+    chacha: bool,
     key: &[u8],
     nonce: [u8; 12],
     aad: &[u8],
@@ -43,7 +77,11 @@ fn reference_open(
     tag: &[u8; 16],
 ) -> bool {
     let tag = &(*tag).into();
-    if key.len() == 16 {
+    if chacha {
+        let k = chacha20poly1305::ChaCha20Poly1305::new_from_slice(key).expect("32-byte key");
+        k.decrypt_inout_detached(&nonce.into(), aad, data.into(), tag)
+            .is_ok()
+    } else if key.len() == 16 {
         let k = aes_gcm::Aes128Gcm::new_from_slice(key).expect("16-byte key");
         k.decrypt_inout_detached(&nonce.into(), aad, data.into(), tag)
             .is_ok()
@@ -60,7 +98,8 @@ pub fn aead_ipsec_mb(input: &[u8]) {
     let n = input.len().min(HEADER);
     head[..n].copy_from_slice(&input[..n]);
     let rest = &input[n..];
-    let aes256 = head[0] & 1 != 0;
+    let chacha = head[0] & 4 != 0;
+    let aes256 = head[0] & 1 != 0 || chacha;
     let tamper = head[0] & 2 != 0;
     let aad_len = usize::from(u16::from_le_bytes([head[1], head[2]])) % (rest.len() + 1);
     let position = usize::from(u16::from_le_bytes([head[3], head[4]]));
@@ -69,11 +108,15 @@ pub fn aead_ipsec_mb(input: &[u8]) {
     let key = &head[18..if aes256 { 50 } else { 34 }];
     let (aad, plain) = rest.split_at(aad_len);
 
-    let ours = IpsecMbGcmKey::new(key).expect("16- or 32-byte key");
+    let ours = if chacha {
+        Ours::ChaCha(IpsecMbChaChaKey::new(key).expect("32-byte key"))
+    } else {
+        Ours::Gcm(IpsecMbGcmKey::new(key).expect("16- or 32-byte key"))
+    };
     let mut sealed = plain.to_vec();
     let tag = ours.seal(nonce, aad, &mut sealed);
     let mut expected = plain.to_vec();
-    let expected_tag = reference_seal(key, nonce, aad, &mut expected);
+    let expected_tag = reference_seal(chacha, key, nonce, aad, &mut expected);
     assert_eq!(sealed, expected, "ciphertexts differ");
     assert_eq!(tag, expected_tag, "tags differ");
 
@@ -85,7 +128,7 @@ pub fn aead_ipsec_mb(input: &[u8]) {
     assert_eq!(opened, plain, "ipsec-mb opened to other bytes");
     let mut opened = sealed.clone();
     assert!(
-        reference_open(key, nonce, aad, &mut opened, &tag),
+        reference_open(chacha, key, nonce, aad, &mut opened, &tag),
         "RustCrypto refused ipsec-mb's seal"
     );
     assert_eq!(opened, plain, "RustCrypto opened to other bytes");
@@ -102,7 +145,7 @@ pub fn aead_ipsec_mb(input: &[u8]) {
         }
         let mut theirs = data.clone();
         assert!(
-            !reference_open(key, nonce, &aad, &mut theirs, &tag),
+            !reference_open(chacha, key, nonce, &aad, &mut theirs, &tag),
             "RustCrypto accepted a forgery"
         );
         assert!(

@@ -125,3 +125,36 @@ int ipsec_mb_shim_gcm_fns(size_t key_len, aes_gcm_enc_dec_t *enc, aes_gcm_enc_de
     default: return -1;
     }
 }
+
+/* ChaCha20-Poly1305 (RFC 8439) through the library's direct API, which 1.3 offers as
+ * init / update / finalize only (no single call): one packet, in place. `encrypt`
+ * non-zero encrypts, else decrypts; either way the 16-byte tag computed over `aad` and
+ * the ciphertext goes to `tag` (the caller compares it when decrypting). `key` is the
+ * raw 32-byte key (the library expands nothing for ChaCha20). `ctx` is the caller's
+ * SHIM_CHACHA_CONTEXT_BYTES of scratch for the call's state (Poly1305 key, keystream
+ * bytes), which the caller wipes afterwards. Like the GCM functions these only read
+ * the manager. Requires a successful ipsec_mb_shim_init(). 0 on success, -1 with no
+ * manager. */
+#define SHIM_CHACHA_CONTEXT_BYTES 192
+_Static_assert(sizeof(struct chacha20_poly1305_context_data) == SHIM_CHACHA_CONTEXT_BYTES &&
+                   _Alignof(struct chacha20_poly1305_context_data) <= 8,
+               "struct chacha20_poly1305_context_data changed: update CHACHA_CONTEXT_WORDS "
+               "on the Rust side");
+
+int ipsec_mb_shim_chacha(int encrypt, const uint8_t *key, void *ctx, const uint8_t *iv,
+                         const uint8_t *aad, uint64_t aad_len, uint8_t *data, uint64_t len,
+                         uint8_t *tag) {
+    IMB_MGR *m = atomic_load_explicit(&manager, memory_order_acquire);
+    if (m == NULL)
+        return -1;
+    struct chacha20_poly1305_context_data *c = ctx;
+    IMB_CHACHA20_POLY1305_INIT(m, key, c, iv, aad, aad_len);
+    if (encrypt) {
+        IMB_CHACHA20_POLY1305_ENC_UPDATE(m, key, c, data, data, len);
+        IMB_CHACHA20_POLY1305_ENC_FINALIZE(m, c, tag, 16);
+    } else {
+        IMB_CHACHA20_POLY1305_DEC_UPDATE(m, key, c, data, data, len);
+        IMB_CHACHA20_POLY1305_DEC_FINALIZE(m, c, tag, 16);
+    }
+    return 0;
+}
