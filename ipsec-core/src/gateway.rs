@@ -106,6 +106,11 @@ pub(crate) struct SaEntry {
     pub(crate) retire_at: Option<Duration>,
     /// A lane of a shared SA ([`Gateway::add_sa_lane`]): its tie to the shared part.
     pub(crate) lane: Option<LaneLink>,
+    /// Inbound: the first policy (its reference in the SPD) this SA serves, with the
+    /// [`Gateway::epoch`] it was found at, so that the packet path checks that policy's
+    /// selectors without looking the served names up again. Stale (recomputed) once
+    /// the epoch moves on.
+    pub(crate) first_served: Option<(u64, usize)>,
 }
 
 impl SaEntry {
@@ -118,8 +123,63 @@ impl SaEntry {
             routes: vec![name.to_owned()],
             retire_at: None,
             lane,
+            first_served: None,
         }
     }
+
+    /// The first policy this inbound SA serves (see [`SaEntry::first_served`]) in `spd`
+    /// at `epoch`; `None` when it serves none.
+    #[inline]
+    fn first_served(&mut self, spd: &Spd, epoch: u64) -> Option<usize> {
+        match self.first_served {
+            Some((e, r)) if e == epoch => Some(r),
+            _ => {
+                let r = spd.serving(&self.serves).first().copied()?;
+                self.first_served = Some((epoch, r));
+                Some(r)
+            }
+        }
+    }
+}
+
+/// Slots of [`Gateway::route_memo`] (a power of two).
+const ROUTE_MEMO: usize = 8;
+
+/// A remembered answer of the outbound route lookup: the PROTECT policy at
+/// `position` sends through the SA `sa`, as long as the [`Gateway::epoch`] is `epoch`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RouteMemo {
+    epoch: u64,
+    position: usize,
+    sa: usize,
+}
+
+/// The outbound SA that carries the traffic of the PROTECT policy at `position`, which
+/// names the SA `name`: from `memo` when it remembers the answer at `epoch`, else from
+/// `routes` (and remembered). The same answer as `routes.get(name)`: the memo is
+/// stale as soon as the policies or the SAs change ([`Gateway::epoch`]).
+#[inline]
+fn resolve_route(
+    memo: &mut [RouteMemo; ROUTE_MEMO],
+    epoch: u64,
+    routes: &HashMap<String, usize, foldhash::fast::RandomState>,
+    position: Option<usize>,
+    name: &str,
+) -> Option<usize> {
+    let Some(position) = position else {
+        return routes.get(name).copied();
+    };
+    let slot = &mut memo[position & (ROUTE_MEMO - 1)];
+    if slot.epoch == epoch && slot.position == position {
+        return Some(slot.sa);
+    }
+    let sa = routes.get(name).copied()?;
+    *slot = RouteMemo {
+        epoch,
+        position,
+        sa,
+    };
+    Some(sa)
 }
 
 impl Drop for SaEntry {
@@ -164,6 +224,15 @@ pub struct Gateway {
     tailrooms: BTreeMap<TailroomShape, usize>,
     /// SAs with a retirement time set.
     pub(crate) retiring: usize,
+    /// Bumped whenever an SA is installed or removed or the policies (or their
+    /// references) change: the packet path's memos of names resolved
+    /// ([`Gateway::route_memo`], [`SaEntry::first_served`]) hold only for the epoch they
+    /// were made in. Starts at 1 (0 marks an empty memo).
+    pub(crate) epoch: u64,
+    /// Outbound: PROTECT policy positions and the SAs they send through, resolved
+    /// before in this [`Gateway::epoch`] (direct-mapped by position), so that a packet
+    /// of a recent policy skips the hash of its SA's name.
+    route_memo: [RouteMemo; ROUTE_MEMO],
     /// Unique among the gateways of this process: a policy edit is committed only to
     /// the gateway it was taken from.
     pub(crate) id: u64,
@@ -232,6 +301,8 @@ impl Gateway {
             headrooms: BTreeMap::new(),
             tailrooms: BTreeMap::new(),
             retiring: 0,
+            epoch: 1,
+            route_memo: [RouteMemo::default(); ROUTE_MEMO],
             id: {
                 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
                 NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -259,6 +330,7 @@ impl Gateway {
     /// its index.
     pub(crate) fn insert_entry(&mut self, entry: SaEntry) -> usize {
         self.sa_changes += 1;
+        self.epoch += 1;
         let index = self.free.pop().unwrap_or(self.entries.len());
         let names: Vec<String> = entry.serves.iter().chain(&entry.routes).cloned().collect();
         let sa = &entry.sa;
@@ -301,6 +373,7 @@ impl Gateway {
     /// forgotten (none may name it any more).
     pub(crate) fn remove_entry(&mut self, index: usize) -> SaEntry {
         self.sa_changes += 1;
+        self.epoch += 1;
         let entry = self.entries[index].take().expect("a live SA index");
         let sa = &entry.sa;
         match sa.direction() {
@@ -624,9 +697,14 @@ impl Gateway {
         };
         let found = match (decision.action, decision.policy, decision.sa) {
             (Action::Bypass, Some(policy), _) => return Ok((Outbound::Bypassed { policy }, 0)),
-            (Action::Protect, Some(policy), Some(name)) => {
-                self.routes.get(name).map(|&i| (i, policy))
-            }
+            (Action::Protect, Some(policy), Some(name)) => resolve_route(
+                &mut self.route_memo,
+                self.epoch,
+                &self.routes,
+                decision.policy_index,
+                name,
+            )
+            .map(|i| (i, policy)),
             _ => None,
         };
         let Some((i, policy)) = found else {
@@ -728,12 +806,17 @@ impl Gateway {
         pkt: &mut PacketBuf<'_>,
         now: Duration,
     ) -> Result<Inbound<'_>, Error> {
-        if is_outer_esp_fragment(pkt.data()) && !self.reassemble(pkt, now)? {
-            return Ok(Inbound::Reassembling);
-        }
-        let spi = match esp_spi(pkt.data()) {
-            Ok(spi) => spi,
-            Err(m) => return Err(self.drop(Error::Malformed(m))),
+        let spi = match plain_ipv4_esp_spi(pkt.data()) {
+            Some(spi) => Some(spi),
+            None => {
+                if is_outer_esp_fragment(pkt.data()) && !self.reassemble(pkt, now)? {
+                    return Ok(Inbound::Reassembling);
+                }
+                match esp_spi(pkt.data()) {
+                    Ok(spi) => spi,
+                    Err(m) => return Err(self.drop(Error::Malformed(m))),
+                }
+            }
         };
         let Some(spi) = spi else {
             let decision = match fragment_policy::cleartext_decision(
@@ -777,10 +860,18 @@ impl Gateway {
         let entry = self.entries[i]
             .as_mut()
             .expect("the inbound SAD names live SAs");
+        let first = entry.first_served(spd, self.epoch);
         let mut serving = "";
         let r = entry.sa.decrypt_verified(pkt, now, |inner| {
-            serving =
-                fragment_policy::decrypted_policy(spd, fragments, i, &entry.serves, inner, now)?;
+            serving = fragment_policy::decrypted_policy(
+                spd,
+                fragments,
+                i,
+                &entry.serves,
+                first,
+                inner,
+                now,
+            )?;
             Ok(())
         });
         if let Some(link) = &mut entry.lane {
@@ -871,6 +962,23 @@ fn outer_addresses(pkt: &[u8]) -> Option<(IpAddr, IpAddr)> {
         }
         _ => None,
     }
+}
+
+/// The SPI of the common inbound packet, read with a few fixed-offset tests: an IPv4
+/// header without options, not a fragment, carrying ESP directly, with its lengths in
+/// order and room for the SPI. `None` for every other packet, which takes the general
+/// path ([`is_outer_esp_fragment`], [`esp_spi`]); for these packets that path gives the
+/// same SPI (it reads the same header the same way), so this only skips its parsing.
+#[inline]
+fn plain_ipv4_esp_spi(pkt: &[u8]) -> Option<u32> {
+    let h: &[u8; 24] = pkt.first_chunk()?;
+    let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    let plain = h[0] == 0x45
+        && h[9] == IPPROTO_ESP
+        && h[6] & 0x3f == 0
+        && h[7] == 0
+        && (24..=pkt.len()).contains(&total_len);
+    plain.then(|| u32::from_be_bytes([h[20], h[21], h[22], h[23]]))
 }
 
 /// The SPI of an ESP packet (IP protocol 50, or UDP to or from the NAT-T port that is

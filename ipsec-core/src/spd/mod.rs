@@ -432,7 +432,7 @@ impl Policy {
     }
 
     /// The selectors alone (the direction only decides which side is which).
-    fn selectors_match(&self, flow: &Flow) -> bool {
+    pub(crate) fn selectors_match(&self, flow: &Flow) -> bool {
         let (src, dst, src_port, dst_port) = match flow.direction {
             Direction::Outbound => (&self.local, &self.remote, self.local_port, self.remote_port),
             Direction::Inbound => (&self.remote, &self.local, self.remote_port, self.local_port),
