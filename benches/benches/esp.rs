@@ -23,9 +23,15 @@
 //!
 //! Group `gateway_path` (AES-128-GCM, 64 and 1420 bytes): the same bursts of 32 packets
 //! through a [`Gateway`] (`Gateway::outbound` / `Gateway::inbound` per packet: policy
-//! lookup with the flow cache, SA, ESP, counters) next to the SA alone
-//! (`encrypt_burst` / `decrypt_burst`), so the gateway's share reads as a ratio
-//! (`gateway_outbound_burst32/N` against `sa_encrypt_burst32/N`).
+//! lookup by the classifier, the gateway's SPD cache being off by default, SA, ESP,
+//! counters) next to the SA alone (`encrypt_burst` / `decrypt_burst`), so the
+//! gateway's share reads as a ratio (`gateway_outbound_burst32/N` against
+//! `sa_encrypt_burst32/N`, `gateway_inbound_burst32/N` against `sa_decrypt_burst32/N`).
+//! Beside them: `gateway_outbound_burst32_spd_cache/N`, the same per-packet calls with
+//! the gateway's SPD cache on (`Gateway::set_spd_cache(1024)`), and
+//! `gateway_outbound_burst_api32/N`, the whole burst in one `Gateway::outbound_burst`
+//! call (SPD cache off; the burst's 32 packets are one flow, so the classifier runs
+//! once per burst: see that method's docs).
 //!
 //! Outbound SAs use the library defaults: counter-based AEAD nonces and, for CBC, IVs
 //! from the default OS-seeded generator (one AES block per packet, included).
@@ -43,7 +49,7 @@ use aes_gcm::aead::AeadInOut;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use hmac::{Hmac, Mac};
-use ipsec_core::gateway::{Inbound, Outbound};
+use ipsec_core::gateway::{BurstVerdict, Inbound, Outbound};
 use ipsec_core::{Cipher, Direction, Gateway, Integrity, PacketBuf, SecurityAssociation, Spd};
 
 mod common;
@@ -353,6 +359,30 @@ fn gateway_path(c: &mut Criterion) {
                     let verdict = gw.outbound(pkt, now);
                     assert!(matches!(verdict, Ok(Outbound::Protected { .. })));
                 }
+                black_box(&pkts);
+            })
+        });
+        let mut cached = one_tunnel_gateway();
+        cached.set_spd_cache(1024);
+        g.bench_function(
+            format!("gateway_outbound_burst{BURST}_spd_cache/{size}"),
+            |b| {
+                b.iter(|| {
+                    let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
+                    for pkt in &mut pkts {
+                        let verdict = cached.outbound(pkt, now);
+                        assert!(matches!(verdict, Ok(Outbound::Protected { .. })));
+                    }
+                    black_box(&pkts);
+                })
+            },
+        );
+        let mut verdicts = [Ok(BurstVerdict::Bypassed); BURST];
+        g.bench_function(format!("gateway_outbound_burst_api{BURST}/{size}"), |b| {
+            b.iter(|| {
+                let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
+                let ok = gw.outbound_burst(&mut pkts, &mut verdicts, now);
+                assert_eq!(ok, BURST);
                 black_box(&pkts);
             })
         });

@@ -329,7 +329,7 @@ pub(crate) fn cleartext_decision<'s>(
 }
 
 #[cold]
-fn cleartext_fragment_decision<'s>(
+pub(crate) fn cleartext_fragment_decision<'s>(
     spd: &'s Spd,
     table: &mut FragmentTable,
     flow: &Flow,

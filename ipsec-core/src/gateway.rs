@@ -26,6 +26,10 @@
 //! [`Spd::lookup_non_first_fragment`]'s answer or is dropped as `fragment_unresolved`.
 //! Unfragmented packets never touch that state.
 //!
+//! [`Gateway::outbound_burst`] takes a burst of outbound packets in one call, with the
+//! same outcome for each packet as [`Gateway::outbound`] and the SA's burst path
+//! ([`SecurityAssociation::encrypt_burst`]) for each run of packets of one SA.
+//!
 //! Drops that belong to an SA are counted on that SA; the others (unknown SPI, policy
 //! discard, unprotected cleartext, fragment drops, unparseable packets) on the
 //! gateway's own [`SaStats`]. Like an SA, a gateway is owned by one thread at a time.
@@ -89,6 +93,33 @@ pub enum Inbound<'a> {
     /// An outer fragment of an ESP packet, copied and held until its datagram is
     /// complete: nothing to pass on yet, and the buffer is free again.
     Reassembling,
+}
+
+/// What [`Gateway::outbound_burst`] did with one packet that was not dropped: the
+/// verdict of [`Gateway::outbound`] without the names (which borrow the gateway; the
+/// per-packet call gives them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BurstVerdict {
+    /// Encrypted by the SA its PROTECT policy names ([`Outbound::Protected`]).
+    Protected,
+    /// Let through in the clear, unchanged, by a BYPASS policy ([`Outbound::Bypassed`]).
+    Bypassed,
+}
+
+/// Where the first pass of [`Gateway::outbound_burst`] sends a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Refused before a policy decided (malformed, a fragment drop): its result is
+    /// written.
+    Done,
+    /// A BYPASS policy's.
+    Bypass,
+    /// DISCARD: a DISCARD policy's, no policy's, or a PROTECT policy's whose SA is
+    /// not installed.
+    Discard,
+    /// To be encrypted by the SA of this index.
+    Sa(usize),
 }
 
 /// One installed SA of a [`Gateway`].
@@ -730,6 +761,156 @@ impl Gateway {
             },
             extra,
         ))
+    }
+
+    /// [`Self::outbound`] for a burst of packets: `results[i]` receives the outcome of
+    /// `packets[i]`. Only the first `min(packets.len(), results.len())` packets are
+    /// processed; returns how many were not dropped.
+    ///
+    /// Every packet gets the verdict, the bytes and the counters (the gateway's, the
+    /// SAs', the SPD cache's) that [`Self::outbound`] would give it, called on each
+    /// packet in turn: a dropped packet is counted under its reason and left in its
+    /// buffer. The burst is faster in two ways. The packets are classified first, and
+    /// each run of consecutive packets for one SA is then encrypted with
+    /// [`SecurityAssociation::encrypt_burst`] (the SAs are independent of each other
+    /// and of the classification, and each SA sees its packets in their order, so
+    /// nothing observable changes). And when the gateway's SPD cache is off
+    /// ([`Self::set_spd_cache`]), a whole packet of the same flow (the same
+    /// [`crate::Flow`]) as the burst's previous whole packet takes that packet's
+    /// decision without the classifier: the policies cannot change within the call,
+    /// so the classifier would answer the same. (With the cache on, every packet asks
+    /// the cache, so that its hit and miss counts are those of single calls.)
+    ///
+    /// Packets that must be fragmented to fit their SA's path MTU are refused as by
+    /// [`Self::outbound`] ([`Error::TooBig`] or [`Error::NoSpareBuffers`]): send them
+    /// with [`Self::outbound_fragmenting`]. Packets of a lane of a shared SA
+    /// ([`Gateway::add_sa_lane`]) are encrypted one at a time, as [`Self::outbound`]
+    /// encrypts them.
+    pub fn outbound_burst(
+        &mut self,
+        packets: &mut [PacketBuf<'_>],
+        results: &mut [Result<BurstVerdict, Error>],
+        now: Duration,
+    ) -> usize {
+        const CHUNK: usize = 32;
+        let n = packets.len().min(results.len());
+        let (packets, results) = (&mut packets[..n], &mut results[..n]);
+        let mut ok = 0;
+        // The burst's previous whole packet's flow and its route (cache off only).
+        let mut last: Option<(crate::spd::Flow, Route)> = None;
+        for (pkts, ress) in packets.chunks_mut(CHUNK).zip(results.chunks_mut(CHUNK)) {
+            let mut routes = [Route::Done; CHUNK];
+            for ((pkt, res), route) in pkts.iter().zip(ress.iter_mut()).zip(&mut routes) {
+                *route = self.outbound_route(pkt.data(), res, &mut last, now);
+            }
+            let mut done = [Ok(()); CHUNK];
+            let mut at = 0;
+            while at < pkts.len() {
+                let Route::Sa(i) = routes[at] else {
+                    ok += usize::from(ress[at].is_ok());
+                    at += 1;
+                    continue;
+                };
+                let end = at
+                    + routes[at..pkts.len()]
+                        .iter()
+                        .take_while(|&&r| r == Route::Sa(i))
+                        .count();
+                let entry = self.entries[i].as_mut().expect("routes name live SAs");
+                match &mut entry.lane {
+                    None => {
+                        entry
+                            .sa
+                            .encrypt_burst(&mut pkts[at..end], &mut done[at..end], now);
+                    }
+                    Some(link) => {
+                        for (pkt, d) in pkts[at..end].iter_mut().zip(&mut done[at..end]) {
+                            *d = link
+                                .ensure_seq(&mut entry.sa, 1)
+                                .and_then(|()| entry.sa.encrypt(pkt, now));
+                        }
+                    }
+                }
+                for (res, d) in ress[at..end].iter_mut().zip(&done[at..end]) {
+                    *res = d.map(|()| BurstVerdict::Protected);
+                    ok += usize::from(d.is_ok());
+                }
+                at = end;
+            }
+        }
+        ok
+    }
+
+    /// The first pass of [`Self::outbound_burst`] for the packet `data`: the SA that
+    /// will encrypt it, or [`Route::Done`] with its result written in `res` (bypassed,
+    /// or dropped and counted), as [`Self::outbound_fragmenting`] decides it. `last`
+    /// is the burst's previous whole packet's flow and route (kept with the cache off).
+    #[inline]
+    fn outbound_route(
+        &mut self,
+        data: &[u8],
+        res: &mut Result<BurstVerdict, Error>,
+        last: &mut Option<(crate::spd::Flow, Route)>,
+        now: Duration,
+    ) -> Route {
+        let (flow, fragment) =
+            match crate::spd::Flow::from_packet_with_fragment(Direction::Outbound, data) {
+                Ok(f) => f,
+                Err(m) => {
+                    let e = Error::Malformed(m);
+                    self.stats.count_drop(e.drop_reason());
+                    *res = Err(e);
+                    return Route::Done;
+                }
+            };
+        let remember = fragment.is_none() && self.flow_cache.capacity() == 0;
+        let route = match last {
+            Some((f, route)) if remember && *f == flow => *route,
+            _ => {
+                let decision = match fragment {
+                    None => self.flow_cache.lookup(&self.spd, &flow),
+                    Some(f) => match fragment_policy::cleartext_fragment_decision(
+                        &self.spd,
+                        &mut self.fragments,
+                        &flow,
+                        &f,
+                        now,
+                    ) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            self.stats.count_drop(e.drop_reason());
+                            *res = Err(e);
+                            return Route::Done;
+                        }
+                    },
+                };
+                let route = match (decision.action, decision.policy, decision.sa) {
+                    (Action::Bypass, Some(_), _) => Route::Bypass,
+                    (Action::Protect, Some(_), Some(name)) => resolve_route(
+                        &mut self.route_memo,
+                        self.epoch,
+                        &self.routes,
+                        decision.policy_index,
+                        name,
+                    )
+                    .map_or(Route::Discard, Route::Sa),
+                    _ => Route::Discard,
+                };
+                if remember {
+                    *last = Some((flow, route));
+                }
+                route
+            }
+        };
+        match route {
+            Route::Bypass => *res = Ok(BurstVerdict::Bypassed),
+            Route::Discard => {
+                self.stats.count_drop(DropReason::PolicyDiscard);
+                *res = Err(Error::PolicyDiscard);
+            }
+            Route::Sa(_) | Route::Done => {}
+        }
+        route
     }
 
     /// How many spare buffers [`Self::outbound_fragmenting`] needs for the outbound
