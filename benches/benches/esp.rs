@@ -23,9 +23,18 @@
 //!
 //! Group `gateway_path` (AES-128-GCM, 64 and 1420 bytes): the same bursts of 32 packets
 //! through a [`Gateway`] (`Gateway::outbound` / `Gateway::inbound` per packet: policy
-//! lookup with the flow cache, SA, ESP, counters) next to the SA alone
-//! (`encrypt_burst` / `decrypt_burst`), so the gateway's share reads as a ratio
-//! (`gateway_outbound_burst32/N` against `sa_encrypt_burst32/N`).
+//! lookup by the classifier, the gateway's SPD cache being off by default, SA, ESP,
+//! counters) next to the SA alone (`encrypt_burst` / `decrypt_burst`), so the
+//! gateway's share reads as a ratio (`gateway_outbound_burst32/N` against
+//! `sa_encrypt_burst32/N`, `gateway_inbound_burst32/N` against `sa_decrypt_burst32/N`).
+//! Beside them: `gateway_outbound_burst32_spd_cache/N`, the same per-packet calls with
+//! the gateway's SPD cache on (`Gateway::set_spd_cache(1024)`), and
+//! `gateway_outbound_burst_api32/N`, the whole burst in one `Gateway::outbound_burst`
+//! call (SPD cache off; the burst's 32 packets are one flow, so the classifier runs
+//! once per burst: see that method's docs). This group is timed on the thread's CPU
+//! clock (`CLOCK_THREAD_CPUTIME_ID`, criterion's `iter_custom`), not wall time: on a
+//! shared machine the time other processes hold the core would otherwise swamp the
+//! ratios it is read for.
 //!
 //! Outbound SAs use the library defaults: counter-based AEAD nonces and, for CBC, IVs
 //! from the default OS-seeded generator (one AES block per packet, included).
@@ -43,11 +52,11 @@ use aes_gcm::aead::AeadInOut;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use hmac::{Hmac, Mac};
-use ipsec_core::gateway::{Inbound, Outbound};
+use ipsec_core::gateway::{BurstVerdict, Inbound, Outbound};
 use ipsec_core::{Cipher, Direction, Gateway, Integrity, PacketBuf, SecurityAssociation, Spd};
 
 mod common;
-use common::{BURST, inner_packet, refilled_burst, tunnel_sa};
+use common::{BURST, cpu_now, inner_packet, refilled_burst, tunnel_sa};
 
 /// Inner packet sizes: a small packet, a medium one, and a full one that still fits a
 /// 1500-byte MTU after tunnel-mode ESP overhead.
@@ -339,42 +348,90 @@ fn gateway_path(c: &mut Criterion) {
         let mut gw = one_tunnel_gateway();
         g.throughput(Throughput::Bytes((size * BURST) as u64));
         g.bench_function(format!("sa_encrypt_burst{BURST}/{size}"), |b| {
-            b.iter(|| {
-                let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
-                let ok = outbound.encrypt_burst(&mut pkts, &mut results, now);
-                assert_eq!(ok, BURST);
-                black_box(&pkts);
+            b.iter_custom(|iters| {
+                let t0 = cpu_now();
+                for _ in 0..iters {
+                    let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
+                    let ok = outbound.encrypt_burst(&mut pkts, &mut results, now);
+                    assert_eq!(ok, BURST);
+                    black_box(&pkts);
+                }
+                cpu_now() - t0
             })
         });
         g.bench_function(format!("gateway_outbound_burst{BURST}/{size}"), |b| {
-            b.iter(|| {
-                let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
-                for pkt in &mut pkts {
-                    let verdict = gw.outbound(pkt, now);
-                    assert!(matches!(verdict, Ok(Outbound::Protected { .. })));
+            b.iter_custom(|iters| {
+                let t0 = cpu_now();
+                for _ in 0..iters {
+                    let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
+                    for pkt in &mut pkts {
+                        let verdict = gw.outbound(pkt, now);
+                        assert!(matches!(verdict, Ok(Outbound::Protected { .. })));
+                    }
+                    black_box(&pkts);
                 }
-                black_box(&pkts);
+                cpu_now() - t0
+            })
+        });
+        let mut cached = one_tunnel_gateway();
+        cached.set_spd_cache(1024);
+        g.bench_function(
+            format!("gateway_outbound_burst{BURST}_spd_cache/{size}"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let t0 = cpu_now();
+                    for _ in 0..iters {
+                        let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
+                        for pkt in &mut pkts {
+                            let verdict = cached.outbound(pkt, now);
+                            assert!(matches!(verdict, Ok(Outbound::Protected { .. })));
+                        }
+                        black_box(&pkts);
+                    }
+                    cpu_now() - t0
+                })
+            },
+        );
+        let mut verdicts = [Ok(BurstVerdict::Bypassed); BURST];
+        g.bench_function(format!("gateway_outbound_burst_api{BURST}/{size}"), |b| {
+            b.iter_custom(|iters| {
+                let t0 = cpu_now();
+                for _ in 0..iters {
+                    let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
+                    let ok = gw.outbound_burst(&mut pkts, &mut verdicts, now);
+                    assert_eq!(ok, BURST);
+                    black_box(&pkts);
+                }
+                cpu_now() - t0
             })
         });
         let mut inbound = tunnel_sa(suite.cipher, &PEER_KEY, None, Direction::Inbound);
         let plen = protected.len();
         let mut storage = vec![0u8; plen * BURST];
         g.bench_function(format!("sa_decrypt_burst{BURST}/{size}"), |b| {
-            b.iter(|| {
-                let mut pkts = refilled_burst(&mut storage, plen, 0, &protected);
-                let ok = inbound.decrypt_burst(&mut pkts, &mut results, now);
-                assert_eq!(ok, BURST);
-                black_box(&pkts);
+            b.iter_custom(|iters| {
+                let t0 = cpu_now();
+                for _ in 0..iters {
+                    let mut pkts = refilled_burst(&mut storage, plen, 0, &protected);
+                    let ok = inbound.decrypt_burst(&mut pkts, &mut results, now);
+                    assert_eq!(ok, BURST);
+                    black_box(&pkts);
+                }
+                cpu_now() - t0
             })
         });
         g.bench_function(format!("gateway_inbound_burst{BURST}/{size}"), |b| {
-            b.iter(|| {
-                let mut pkts = refilled_burst(&mut storage, plen, 0, &protected);
-                for pkt in &mut pkts {
-                    let verdict = gw.inbound(pkt, now);
-                    assert!(matches!(verdict, Ok(Inbound::Decrypted { .. })));
+            b.iter_custom(|iters| {
+                let t0 = cpu_now();
+                for _ in 0..iters {
+                    let mut pkts = refilled_burst(&mut storage, plen, 0, &protected);
+                    for pkt in &mut pkts {
+                        let verdict = gw.inbound(pkt, now);
+                        assert!(matches!(verdict, Ok(Inbound::Decrypted { .. })));
+                    }
+                    black_box(&pkts);
                 }
-                black_box(&pkts);
+                cpu_now() - t0
             })
         });
     }

@@ -507,6 +507,7 @@ impl Gateway {
                     routes: vec![own],
                     retire_at: None,
                     lane,
+                    first_served: None,
                 }
             }
             Direction::Outbound => {
@@ -533,6 +534,7 @@ impl Gateway {
                     routes,
                     retire_at: None,
                     lane,
+                    first_served: None,
                 }
             }
         };
@@ -955,6 +957,7 @@ impl Gateway {
         }
         let old = core::mem::replace(&mut self.spd, compiled.spd);
         self.policy_generation += 1;
+        self.epoch += 1;
         self.fragments.forget_all();
         self.flow_cache.clear();
         Ok(RetiredPolicies { _spd: old })
@@ -965,6 +968,7 @@ impl Gateway {
     /// are forgotten, and an edit taken before is stale.
     fn policies_changed(&mut self) {
         self.policy_generation += 1;
+        self.epoch += 1;
         self.fragments.forget_all();
         self.flow_cache.clear();
     }
@@ -993,6 +997,8 @@ impl Gateway {
     pub fn rebuild_policies(&mut self) {
         if self.spd.pending_changes() > 0 {
             self.spd.rebuild();
+            // Policy references change (positions do not).
+            self.epoch += 1;
             self.fragments.forget_all();
             self.flow_cache.clear();
         }

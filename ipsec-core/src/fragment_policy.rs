@@ -329,7 +329,7 @@ pub(crate) fn cleartext_decision<'s>(
 }
 
 #[cold]
-fn cleartext_fragment_decision<'s>(
+pub(crate) fn cleartext_fragment_decision<'s>(
     spd: &'s Spd,
     table: &mut FragmentTable,
     flow: &Flow,
@@ -365,12 +365,17 @@ fn cleartext_fragment_decision<'s>(
 /// ([`Spd::inbound_policy`]); a fragment is decided as the [module docs](self) say.
 /// Errors: [`Error::PolicyMismatch`] (also for an inner packet that cannot be read) and
 /// [`Error::Fragment`].
+///
+/// `first` is the reference of the first policy the SA serves, if the caller knows it
+/// (`None` otherwise): when a whole packet matches it, it is the answer, with no
+/// look-up of the served names.
 #[inline]
 pub(crate) fn decrypted_policy<'s>(
     spd: &'s Spd,
     table: &mut FragmentTable,
     sa_index: usize,
     serves: &[String],
+    first: Option<usize>,
     inner: &[u8],
     now: Duration,
 ) -> Result<&'s str, Error> {
@@ -378,10 +383,17 @@ pub(crate) fn decrypted_policy<'s>(
         return Err(Error::PolicyMismatch);
     };
     match fragment {
-        None => spd
-            .inbound_policy_index_serving(serves, &flow)
-            .map(|r| spd.policy_ref(r).name())
-            .ok_or(Error::PolicyMismatch),
+        None => {
+            if let Some(r) = first {
+                let p = spd.policy_ref(r);
+                if p.selectors_match(&flow) {
+                    return Ok(p.name());
+                }
+            }
+            spd.inbound_policy_index_serving(serves, &flow)
+                .map(|r| spd.policy_ref(r).name())
+                .ok_or(Error::PolicyMismatch)
+        }
         Some(f) => decrypted_fragment_policy(spd, table, sa_index, serves, &flow, &f, now),
     }
 }

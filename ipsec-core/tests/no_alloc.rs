@@ -410,3 +410,117 @@ fn spd_lookup_burst_does_not_allocate() {
         assert_eq!(*d, live.lookup_linear(f), "{f:?}");
     }
 }
+
+/// The gateway's own path allocates nothing: outbound one packet at a time and in
+/// bursts (`Gateway::outbound_burst`: PROTECT through two SAs, a BYPASS, a DISCARD and
+/// a malformed packet in every burst), with the SPD cache off and on, and inbound (the
+/// protected packets decrypted and checked against their SA's policy, and
+/// cleartext bypassed or dropped).
+#[test]
+fn gateway_paths_do_not_allocate() {
+    use ipsec_core::gateway::{BurstVerdict, Inbound, Outbound};
+    use ipsec_core::{Direction, Gateway, SaConfig, Spd};
+    let key = |n: u8| [n; 20];
+    let cfg = |spi: u32, dir: Direction, n: u8| {
+        let mut c = SaConfig::new(spi, dir, Mode::Tunnel, Cipher::Aes128Gcm, &key(n));
+        c.tunnel("192.0.2.1".parse().unwrap(), "192.0.2.1".parse().unwrap());
+        c
+    };
+    let deny = "[[policy]]\nname = \"deny\"\naction = \"discard\"\n";
+    let mut gw = Gateway::new(Spd::from_toml(deny).unwrap(), T0).unwrap();
+    // Outbound through "a" (to 10.1/16) and "b" (to 10.2/16); packets sent to the
+    // gateway itself come back in on "a-in" and "b-in" (each the peer of its SA).
+    gw.add_sa("a", cfg(0x1000, Direction::Outbound, 1), T0)
+        .unwrap();
+    gw.add_sa("b", cfg(0x1001, Direction::Outbound, 2), T0)
+        .unwrap();
+    let mut a_in = cfg(0x1000, Direction::Inbound, 1);
+    a_in.replay_window(0);
+    let mut b_in = cfg(0x1001, Direction::Inbound, 2);
+    b_in.replay_window(0);
+    for p in [
+        "name = \"ike\"\nprotocol = \"udp\"\nremote_port = 500\naction = \"bypass\"\n",
+        "name = \"to-a\"\ndirection = \"outbound\"\nremote = \"10.1.0.0/16\"\naction = \"protect\"\nsa = \"a\"\n",
+        "name = \"to-b\"\ndirection = \"outbound\"\nremote = \"10.2.0.0/16\"\naction = \"protect\"\nsa = \"b\"\n",
+    ] {
+        gw.install_policy(p, Some("deny")).unwrap();
+    }
+    // A second gateway receives: its inbound SAs serve policies for what "a" and
+    // "b" carry (the inner packets' sources are 10.0.0.0/24, see `inner_v4`).
+    let mut rx = Gateway::new(Spd::from_toml(deny).unwrap(), T0).unwrap();
+    rx.add_sa("a-in", a_in, T0).unwrap();
+    rx.add_sa("b-in", b_in, T0).unwrap();
+    for p in [
+        "name = \"ike\"\nprotocol = \"udp\"\nlocal_port = 500\naction = \"bypass\"\n",
+        "name = \"from-a\"\ndirection = \"inbound\"\nlocal = \"10.1.0.0/16\"\naction = \"protect\"\nsa = \"a-in\"\n",
+        "name = \"from-b\"\ndirection = \"inbound\"\nlocal = \"10.2.0.0/16\"\naction = \"protect\"\nsa = \"b-in\"\n",
+    ] {
+        rx.install_policy(p, Some("deny")).unwrap();
+    }
+    let to = |net: u8, dport: u16| {
+        let mut p = inner_v4(100, 0);
+        p[16..20].copy_from_slice(&[10, net, 0, 9]);
+        p[22..24].copy_from_slice(&dport.to_be_bytes());
+        p[10..12].fill(0);
+        let sum = ipsec_core::packet::internet_checksum(&p[..20]);
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        p
+    };
+    let mut malformed = to(1, 9);
+    malformed.truncate(30);
+    let burst: Vec<Vec<u8>> = (0..32)
+        .map(|i| match i % 8 {
+            0..=2 => to(1, 9),
+            3 | 4 => to(2, 9),
+            5 => to(9, 500),
+            6 => to(3, 9),
+            _ => malformed.clone(),
+        })
+        .collect();
+    let slot = 512;
+    let mut store = vec![0u8; slot * burst.len()];
+    let mut results = [Ok(BurstVerdict::Bypassed); 32];
+    for cache in [0, 64] {
+        gw.set_spd_cache(cache);
+        let before = allocs();
+        for _ in 0..PACKETS / 32 {
+            let mut bufs: [PacketBuf<'_>; 32] = {
+                let mut chunks = store.chunks_mut(slot).zip(&burst);
+                core::array::from_fn(|_| {
+                    let (s, pkt) = chunks.next().unwrap();
+                    s[HEAD..HEAD + pkt.len()].copy_from_slice(pkt);
+                    PacketBuf::new(s, HEAD, pkt.len()).unwrap()
+                })
+            };
+            assert_eq!(gw.outbound_burst(&mut bufs, &mut results, T0), 24);
+            // What the burst protected comes in at the receiving gateway.
+            for (b, r) in bufs.iter_mut().zip(&results) {
+                let got = rx.inbound(b, T0);
+                match r {
+                    Ok(BurstVerdict::Protected) => {
+                        assert!(matches!(got, Ok(Inbound::Decrypted { .. })), "{got:?}")
+                    }
+                    Ok(_) => assert!(matches!(got, Ok(Inbound::Bypassed { .. })), "{got:?}"),
+                    Err(_) => assert!(got.is_err()),
+                }
+            }
+        }
+        for pkt in &burst {
+            for _ in 0..PACKETS / 32 {
+                let s = &mut store[..slot];
+                s[HEAD..HEAD + pkt.len()].copy_from_slice(pkt);
+                let mut p = PacketBuf::new(s, HEAD, pkt.len()).unwrap();
+                if let Ok(Outbound::Protected { .. }) = gw.outbound(&mut p, T0) {
+                    assert!(matches!(
+                        rx.inbound(&mut p, T0),
+                        Ok(Inbound::Decrypted { .. })
+                    ));
+                }
+            }
+        }
+        let n = allocs() - before;
+        assert_eq!(n, 0, "cache {cache}: {n} allocations on the gateway paths");
+    }
+    assert!(rx.sa("a-in").unwrap().stats().packets > 0);
+    assert!(rx.sa("b-in").unwrap().stats().packets > 0);
+}

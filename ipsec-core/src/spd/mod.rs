@@ -432,7 +432,7 @@ impl Policy {
     }
 
     /// The selectors alone (the direction only decides which side is which).
-    fn selectors_match(&self, flow: &Flow) -> bool {
+    pub(crate) fn selectors_match(&self, flow: &Flow) -> bool {
         let (src, dst, src_port, dst_port) = match flow.direction {
             Direction::Outbound => (&self.local, &self.remote, self.local_port, self.remote_port),
             Direction::Inbound => (&self.remote, &self.local, self.remote_port, self.local_port),
@@ -1060,6 +1060,12 @@ pub const REBUILD_DUE: usize = 32;
 /// classifier).
 pub(crate) const DELTA_MAX: usize = 128;
 
+/// SPDs of at most this many policies, with no change pending, are answered by
+/// [`Spd::lookup`] with a first-match scan rather than the compiled classifier (whose
+/// keys cost more to make than a few rule checks; the burst lookup still uses the
+/// classifier).
+const SCAN_MAX: usize = 4;
+
 /// A Security Policy Database: ordered policies, their SAs, and the compiled lookup.
 ///
 /// Immutable once built. `Send + Sync`: share it between threads by reference or `Arc`.
@@ -1646,6 +1652,14 @@ impl Spd {
     /// the compile (if any) taken into account.
     #[inline]
     fn classify(&self, flow: &Flow) -> Decision<'_> {
+        if self.base.len() <= SCAN_MAX && self.delta.is_empty() {
+            // A handful of policies: the first-match scan (the reference) is cheaper
+            // than making the classifier's keys, and answers the same.
+            return match self.base.iter().position(|p| p.matches(flow)) {
+                Some(i) => self.decision(i, flow.direction),
+                None => Decision::NO_MATCH,
+            };
+        }
         let table = self.table(flow.direction);
         let Some(rule) = Self::compiled_rule(table, flow) else {
             // Mixed families come from no real packet: the plain scan answers.
@@ -1703,8 +1717,10 @@ impl Spd {
         })
     }
 
-    /// The first policy matching `flow` (compiled classifier); DISCARD with no policy if
-    /// none does. The SA is the one of the flow's direction.
+    /// The first policy matching `flow` (compiled classifier; an SPD of at most four
+    /// policies with no change pending is scanned in order instead, which is cheaper at
+    /// that size and answers the same); DISCARD with no policy if none does. The SA is
+    /// the one of the flow's direction.
     #[inline]
     pub fn lookup(&self, flow: &Flow) -> Decision<'_> {
         self.classify(flow)
