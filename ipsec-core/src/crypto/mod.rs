@@ -608,6 +608,11 @@ struct CbcHmac {
     /// which `Box::new` fills with whatever the stack held (the key hygiene test
     /// found a key's bytes there).
     pads: Sha256Pads,
+    /// With the `ipsec-mb` feature: the SA's round keys and HMAC pads for
+    /// intel-ipsec-mb, which seals the packets of a burst and computes the ICVs of a
+    /// decrypt burst ([`Transform::seal_lanes`], [`Transform::icvs_ahead`]).
+    #[cfg(feature = "ipsec-mb")]
+    mb: ipsec_mb::CbcHmacKeys,
 }
 
 /// An ICV computed ahead for one packet of a decrypt burst ([`Transform::icvs_ahead`]):
@@ -616,8 +621,23 @@ struct CbcHmac {
 pub(crate) struct IcvAhead {
     pub(crate) esp: usize,
     pub(crate) icv: usize,
-    pub(crate) tag: [u8; 16],
+    pub(crate) tag: [u8; AHEAD_TAG],
 }
+
+/// Bytes of an [`IcvAhead`] tag: the longest ICV computed ahead (HMAC-SHA-256-128's
+/// 16 bytes in the portable build; with `ipsec-mb`, which computes them for every
+/// integrity algorithm, HMAC-SHA-512-256's 32).
+pub(crate) const AHEAD_TAG: usize = if cfg!(feature = "ipsec-mb") { 32 } else { 16 };
+
+/// How many packets a burst hands to [`Transform::seal_lanes`] and
+/// [`Transform::icvs_ahead`] at once: [`LANES`] in the portable build; with
+/// `ipsec-mb`, 32 (the library's SIMD code has up to 16 lanes per algorithm, and
+/// fills them best with a long queue).
+pub(crate) const BURST_CHUNK: usize = if cfg!(feature = "ipsec-mb") {
+    32
+} else {
+    LANES
+};
 
 /// How many packets [`Transform::seal_lanes`] encrypts side by side.
 pub(crate) const LANES: usize = 8;
@@ -963,12 +983,21 @@ impl Transform {
                         outer: [0; 8],
                     },
                 };
+                #[cfg(feature = "ipsec-mb")]
+                let mb = ipsec_mb::CbcHmacKeys::new(
+                    key,
+                    i,
+                    integrity_key,
+                    direction == Direction::Outbound,
+                )?;
                 (
                     Engine::CbcHmac(wipe::WipeOnDrop::new(CbcHmac {
                         cbc,
                         mac,
                         ivs,
                         pads,
+                        #[cfg(feature = "ipsec-mb")]
+                        mb,
                     })),
                     i.icv_len(),
                 )
@@ -1093,7 +1122,51 @@ impl Transform {
         let Engine::CbcHmac(keys) = &self.engine else {
             unreachable!("only CBC seals are left pending")
         };
-        let CbcHmac { cbc, mac, pads, .. } = &**keys;
+        #[cfg(feature = "ipsec-mb")]
+        {
+            Self::seal_lanes_mb(&keys.mb, lanes);
+        }
+        #[cfg(not(feature = "ipsec-mb"))]
+        {
+            self.seal_lanes_portable(keys, lanes);
+        }
+    }
+
+    /// [`Self::seal_lanes`] by intel-ipsec-mb: each packet one job (CBC, then HMAC),
+    /// [`BURST_CHUNK`] jobs per submission. With ESN, the high sequence bits are
+    /// written where the ICV goes and hashed from there, then overwritten by the ICV.
+    #[cfg(feature = "ipsec-mb")]
+    fn seal_lanes_mb(mb: &ipsec_mb::CbcHmacKeys, lanes: &mut [Option<Lane<'_>>]) {
+        for group in lanes.chunks_mut(BURST_CHUNK) {
+            let mut jobs: [ipsec_mb::SealLane<'_>; BURST_CHUNK] =
+                core::array::from_fn(|_| ipsec_mb::SealLane {
+                    buf: &mut [],
+                    esp: 0,
+                    icv: 0,
+                    hash_end: 0,
+                });
+            let mut n = 0;
+            for ((buf, p), job) in group.iter_mut().flatten().zip(jobs.iter_mut()) {
+                let EspLayout { esp, icv } = p.at;
+                let (hi, tail) = esn_tail(p.seq, p.esn);
+                buf[icv..icv + tail].copy_from_slice(&hi[..tail]);
+                *job = ipsec_mb::SealLane {
+                    buf,
+                    esp,
+                    icv,
+                    hash_end: icv + tail,
+                };
+                n += 1;
+            }
+            mb.seal(&mut jobs[..n]);
+        }
+    }
+
+    /// [`Self::seal_lanes`] in Rust: [`LANES`] CBC chains side by side, then the
+    /// HMACs (SHA-256's side by side too).
+    #[cfg_attr(feature = "ipsec-mb", allow(dead_code))]
+    fn seal_lanes_portable(&self, keys: &CbcHmac, lanes: &mut [Option<Lane<'_>>]) {
+        let CbcHmac { cbc, mac, pads, .. } = keys;
         let icv_len = self.icv_len();
         for group in lanes.chunks_mut(LANES) {
             let width = group.len();
@@ -1148,20 +1221,49 @@ impl Transform {
     }
 
     /// True when a decrypt burst should compute ICVs ahead with [`Self::icvs_ahead`]:
-    /// AES-CBC + HMAC-SHA-256-128 (whose hashes run side by side across packets).
+    /// AES-CBC + HMAC-SHA-256-128 (whose hashes run side by side across packets), or
+    /// with `ipsec-mb` AES-CBC with any HMAC.
     #[inline]
     pub(crate) fn icvs_ahead_pay(&self) -> bool {
-        matches!(&self.engine, Engine::CbcHmac(k) if matches!(k.mac, HmacKey::Sha256(_)))
+        if cfg!(feature = "ipsec-mb") {
+            matches!(&self.engine, Engine::CbcHmac(_))
+        } else {
+            matches!(&self.engine, Engine::CbcHmac(k) if matches!(k.mac, HmacKey::Sha256(_)))
+        }
     }
 
-    /// For a decrypt burst: the HMAC-SHA-256-128 of `bufs[l][ahead[l].esp..ahead[l].icv]`
-    /// (no ESN tail) into `ahead[l].tag`, up to [`LANES`] packets' hashes side by
-    /// side. [`Self::open`] then compares the packet's ICV with it (in constant time,
-    /// before decrypting) instead of computing it. Only for [`Self::icvs_ahead_pay`].
+    /// For a decrypt burst: the truncated HMAC of `bufs[l][ahead[l].esp..ahead[l].icv]`
+    /// (no ESN tail) into `ahead[l].tag`: HMAC-SHA-256-128, up to [`LANES`] packets'
+    /// hashes side by side; with `ipsec-mb`, any integrity algorithm, as hash-only
+    /// jobs of intel-ipsec-mb, [`BURST_CHUNK`] per submission (hash only: nothing is
+    /// decrypted before its ICV is compared). [`Self::open`] then compares the
+    /// packet's ICV with it (in constant time, before decrypting) instead of
+    /// computing it. Only for [`Self::icvs_ahead_pay`].
     pub(crate) fn icvs_ahead(&self, bufs: &[&[u8]], ahead: &mut [IcvAhead]) {
         let Engine::CbcHmac(keys) = &self.engine else {
             return;
         };
+        #[cfg(feature = "ipsec-mb")]
+        for (bufs, ahead) in bufs.chunks(BURST_CHUNK).zip(ahead.chunks_mut(BURST_CHUNK)) {
+            let mut jobs: [ipsec_mb::HashLane<'_>; BURST_CHUNK] =
+                core::array::from_fn(|_| ipsec_mb::HashLane {
+                    buf: &[],
+                    esp: 0,
+                    end: 0,
+                    tag: &mut [],
+                });
+            let n = bufs.len().min(ahead.len());
+            for ((buf, a), job) in bufs.iter().zip(ahead.iter_mut()).zip(jobs.iter_mut()) {
+                *job = ipsec_mb::HashLane {
+                    buf,
+                    esp: a.esp,
+                    end: a.icv,
+                    tag: &mut a.tag[..],
+                };
+            }
+            keys.mb.icvs(&mut jobs[..n]);
+        }
+        #[cfg(not(feature = "ipsec-mb"))]
         for (bufs, ahead) in bufs.chunks(LANES).zip(ahead.chunks_mut(LANES)) {
             let width = bufs.len().min(ahead.len());
             let mut macs: [(&[u8], &[u8], &mut [u8]); LANES] =
@@ -1233,8 +1335,8 @@ impl Transform {
                 let CbcHmac { cbc, mac, .. } = &**keys;
                 let mut expect = [0u8; 32];
                 match hint {
-                    Some(h) if h.esp == esp && h.icv == icv && !esn && icv_len == 16 => {
-                        expect[..16].copy_from_slice(&h.tag);
+                    Some(h) if h.esp == esp && h.icv == icv && !esn && icv_len <= AHEAD_TAG => {
+                        expect[..icv_len].copy_from_slice(&h.tag[..icv_len]);
                     }
                     _ => {
                         let (hi, n) = esn_tail(seq, esn);
