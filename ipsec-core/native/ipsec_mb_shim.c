@@ -270,6 +270,18 @@ int ipsec_mb_shim_cbc_hmac_burst(const void *keys, uint32_t key_len, uint32_t ha
     IMB_MGR *m = thread_mgr();
     if (m == NULL)
         return -1;
+    /* Validated here, so that the unchecked submission below (what DPDK's aesni_mb
+     * driver uses: the library's per-job checks cost several ns a packet) never sees
+     * a job the library would refuse. */
+    uint32_t full = hash == 1 ? 20 : hash == 256 ? 32 : hash == 384 ? 48 : 64;
+    if (tag_len == 0 || tag_len > full)
+        return -1;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct shim_lane *l = &lanes[i];
+        if (l->esp == NULL || l->tag == NULL ||
+            (l->body != NULL && (l->cipher_len == 0 || l->cipher_len % 16 != 0)))
+            return -1;
+    }
     const struct shim_cbc_keys *k = keys;
     IMB_JOB *jobs[SHIM_MAX_BURST];
     if (IMB_GET_NEXT_BURST(m, n, jobs) < n)
@@ -305,8 +317,8 @@ int ipsec_mb_shim_cbc_hmac_burst(const void *keys, uint32_t key_len, uint32_t ha
             j->msg_len_to_cipher_in_bytes = 0;
         }
     }
-    uint32_t done = IMB_SUBMIT_BURST(m, n, jobs);
-    int bad = done == 0 && imb_get_errno(m) != 0;
+    uint32_t done = IMB_SUBMIT_BURST_NOCHECK(m, n, jobs);
+    int bad = 0;
     for (uint32_t i = 0; i < done; i++)
         bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
     /* Always flush: nothing may stay queued past this call. */
@@ -315,4 +327,47 @@ int ipsec_mb_shim_cbc_hmac_burst(const void *keys, uint32_t key_len, uint32_t ha
         bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
     bad |= done + flushed != n;
     return bad ? -1 : 0;
+}
+
+/* CBC-decrypts `len` bytes (a non-zero multiple of 16) at `data` in place, under the
+ * decryption round keys in `keys` (from ipsec_mb_shim_cbc_keys for an inbound SA) and
+ * the 16-byte `iv`, as one cipher-only job on this thread's manager (AES-CBC decryption
+ * is parallel inside a packet, so the library runs it at once, with VAES where the CPU
+ * has it). Complete when this returns. 0 on success, -1 if this thread has no manager
+ * or the job failed. */
+int ipsec_mb_shim_cbc_decrypt(const void *keys, uint32_t key_len, const uint8_t *iv,
+                              uint8_t *data, uint64_t len) {
+    if ((key_len != 16 && key_len != 32) || len == 0 || len % 16 != 0)
+        return -1;
+    IMB_MGR *m = thread_mgr();
+    if (m == NULL)
+        return -1;
+    const struct shim_cbc_keys *k = keys;
+    IMB_JOB *j = IMB_GET_NEXT_JOB(m);
+    j->cipher_mode = IMB_CIPHER_CBC;
+    j->cipher_direction = IMB_DIR_DECRYPT;
+    j->chain_order = IMB_ORDER_HASH_CIPHER;
+    j->hash_alg = IMB_AUTH_NULL;
+    j->key_len_in_bytes = key_len;
+    j->enc_keys = k->enc;
+    j->dec_keys = k->dec;
+    j->iv = iv;
+    j->iv_len_in_bytes = 16;
+    j->src = data;
+    j->dst = data;
+    j->cipher_start_src_offset_in_bytes = 0;
+    j->msg_len_to_cipher_in_bytes = len;
+    j->hash_start_src_offset_in_bytes = 0;
+    j->msg_len_to_hash_in_bytes = 0;
+    j->auth_tag_output = NULL;
+    j->auth_tag_output_len_in_bytes = 0;
+    IMB_JOB *done = IMB_SUBMIT_JOB(m);
+    int bad = 0, seen = 0;
+    /* The queue was empty: the job comes back from the submit or from the flush. */
+    while (done != NULL) {
+        seen |= done == j;
+        bad |= done->status != IMB_STATUS_COMPLETED;
+        done = IMB_FLUSH_JOB(m);
+    }
+    return bad || !seen ? -1 : 0;
 }

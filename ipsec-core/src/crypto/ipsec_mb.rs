@@ -312,6 +312,13 @@ unsafe extern "C" {
         encrypt: c_int,
         keys_out: *mut c_void,
     ) -> c_int;
+    fn ipsec_mb_shim_cbc_decrypt(
+        keys: *const c_void,
+        key_len: u32,
+        iv: *const u8,
+        data: *mut u8,
+        len: u64,
+    ) -> c_int;
     fn ipsec_mb_shim_cbc_hmac_burst(
         keys: *const c_void,
         key_len: u32,
@@ -514,6 +521,34 @@ impl CbcHmacKeys {
             }
             self.run(&raw[..group.len()]);
         }
+    }
+
+    /// CBC-decrypts `data` (whole blocks, not empty) in place under `iv`, with the
+    /// decryption round keys of an inbound SA's data, on this thread's manager.
+    /// Panics on a length that is not a non-zero multiple of 16.
+    pub(crate) fn decrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
+        assert!(
+            !data.is_empty() && data.len().is_multiple_of(16),
+            "CBC input is whole blocks"
+        );
+        // SAFETY: `self.data` holds the decryption round keys for `key_len` (only
+        // read); `iv` is 16 readable bytes and `data` readable and writable for its
+        // length, a non-zero multiple of 16 (checked), in place (out == in, which the
+        // library allows). The shim completes the job before it returns, on a manager
+        // of this thread alone.
+        let rc = unsafe {
+            ipsec_mb_shim_cbc_decrypt(
+                self.data.bytes.as_ptr().cast(),
+                self.key_len,
+                iv.as_ptr(),
+                data.as_mut_ptr(),
+                data.len() as u64,
+            )
+        };
+        assert_eq!(
+            rc, 0,
+            "intel-ipsec-mb refused a CBC decryption (no manager for this thread?)"
+        );
     }
 
     /// Volatile writes of zeros over the round keys and pads.
