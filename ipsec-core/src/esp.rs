@@ -134,7 +134,9 @@ impl SecurityAssociation {
     /// AES-CBC packets are encrypted 8 at a time with their CBC chains side by
     /// side (one packet's chain is serial; the packets' chains are independent), and
     /// their ICVs computed after; the packets come out exactly as [`Self::encrypt`]
-    /// would make them one by one, IVs drawn in the same order.
+    /// would make them one by one, IVs drawn in the same order. With the `ipsec-mb`
+    /// feature they go to intel-ipsec-mb instead, 32 at a time, each packet one CBC +
+    /// HMAC job (same bytes; see `crypto::burst_backend`).
     pub fn encrypt_burst(
         &mut self,
         packets: &mut [PacketBuf<'_>],
@@ -206,7 +208,11 @@ impl SecurityAssociation {
     /// For AES-CBC + HMAC-SHA-256-128 without ESN, the ICVs of 8 packets at a
     /// time are computed first, their hashes side by side; each packet is then checked
     /// (ICV compared in constant time before anything is decrypted, as
-    /// [`Self::decrypt`] does) and decrypted in turn.
+    /// [`Self::decrypt`] does) and decrypted in turn. With the `ipsec-mb` feature,
+    /// the ICVs of AES-CBC with any HMAC (without ESN) are computed as intel-ipsec-mb
+    /// hash-only jobs, 32 at a time, and the rest is the same: nothing is decrypted
+    /// before its sequence number and ICV passed, and results and counters are those
+    /// of one packet at a time.
     pub fn decrypt_burst(
         &mut self,
         packets: &mut [PacketBuf<'_>],
