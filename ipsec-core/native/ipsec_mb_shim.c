@@ -322,7 +322,7 @@ int ipsec_mb_shim_cbc_hmac_burst(const void *keys, uint32_t key_len, uint32_t ha
     for (uint32_t i = 0; i < done; i++)
         bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
     /* Always flush: nothing may stay queued past this call. */
-    uint32_t flushed = IMB_FLUSH_BURST(m, IMB_MAX_JOBS, jobs);
+    uint32_t flushed = IMB_FLUSH_BURST(m, SHIM_MAX_BURST, jobs);
     for (uint32_t i = 0; i < flushed; i++)
         bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
     bad |= done + flushed != n;
@@ -362,8 +362,11 @@ int ipsec_mb_shim_cbc_decrypt(const void *keys, uint32_t key_len, const uint8_t 
     j->auth_tag_output = NULL;
     j->auth_tag_output_len_in_bytes = 0;
     IMB_JOB *done = IMB_SUBMIT_JOB(m);
+    if (done == NULL)
+        done = IMB_FLUSH_JOB(m);
     int bad = 0, seen = 0;
-    /* The queue was empty: the job comes back from the submit or from the flush. */
+    /* The queue was empty: the job comes back from the submit or the first flush;
+     * flush until the queue is empty again. */
     while (done != NULL) {
         seen |= done == j;
         bad |= done->status != IMB_STATUS_COMPLETED;
