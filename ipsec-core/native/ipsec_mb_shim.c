@@ -343,7 +343,13 @@ int ipsec_mb_shim_cbc_decrypt(const void *keys, uint32_t key_len, const uint8_t 
     if (m == NULL)
         return -1;
     const struct shim_cbc_keys *k = keys;
-    IMB_JOB *j = IMB_GET_NEXT_JOB(m);
+    /* The burst calls, as for the bursts above: mixing them with the single-job calls
+     * (IMB_GET_NEXT_JOB / IMB_SUBMIT_JOB) on one manager leaves 1.3's queue indices
+     * inconsistent (a later burst then flushed more jobs than it submitted). */
+    IMB_JOB *jobs[1];
+    if (IMB_GET_NEXT_BURST(m, 1, jobs) != 1)
+        return -1;
+    IMB_JOB *j = jobs[0];
     j->cipher_mode = IMB_CIPHER_CBC;
     j->cipher_direction = IMB_DIR_DECRYPT;
     j->chain_order = IMB_ORDER_HASH_CIPHER;
@@ -361,16 +367,8 @@ int ipsec_mb_shim_cbc_decrypt(const void *keys, uint32_t key_len, const uint8_t 
     j->msg_len_to_hash_in_bytes = 0;
     j->auth_tag_output = NULL;
     j->auth_tag_output_len_in_bytes = 0;
-    IMB_JOB *done = IMB_SUBMIT_JOB(m);
-    if (done == NULL)
-        done = IMB_FLUSH_JOB(m);
-    int bad = 0, seen = 0;
-    /* The queue was empty: the job comes back from the submit or the first flush;
-     * flush until the queue is empty again. */
-    while (done != NULL) {
-        seen |= done == j;
-        bad |= done->status != IMB_STATUS_COMPLETED;
-        done = IMB_FLUSH_JOB(m);
-    }
-    return bad || !seen ? -1 : 0;
+    uint32_t done = IMB_SUBMIT_BURST_NOCHECK(m, 1, jobs);
+    if (done == 0)
+        done = IMB_FLUSH_BURST(m, 1, jobs);
+    return done == 1 && jobs[0] == j && j->status == IMB_STATUS_COMPLETED ? 0 : -1;
 }
