@@ -41,15 +41,17 @@
 //!
 //! **CBC + HMAC bursts with `ipsec-mb`.** A packet's CBC encryption and HMAC are
 //! serial chains, so the burst paths run many packets side by side: in Rust, 8 CBC
-//! chains and (for SHA-256) 8 hashes interleaved ([`LANES`]); with the feature, the
-//! packets of a burst go to intel-ipsec-mb as jobs, 32 per submission, whose
-//! multi-buffer code fills 16 SIMD lanes of SHA-256 (AVX-512) where Rust's SHA-NI calls
-//! cannot be interleaved without `unsafe`. Measured on the AVX-512/VAES/SHA-NI guest
+//! chains and (for SHA-256) 8 hashes interleaved; with the feature, the packets of a
+//! burst go to intel-ipsec-mb as jobs, 32 per submission, whose multi-buffer code fills
+//! 16 SIMD lanes of SHA-256 (AVX-512), which Rust's SHA-NI calls cannot be interleaved
+//! into without `unsafe`. Decryption checks every ICV first (hash-only jobs, compared
+//! in Rust in constant time) and decrypts nothing before it passed, as one packet at a
+//! time does. Per packet, against intel-ipsec-mb's own 32-job bursts of the same bytes
 //! (`scripts/bench-report.py 3`, AES-128-CBC + HMAC-SHA-256-128, burst 32, 64/512/1420
-//! bytes) against intel-ipsec-mb's own 32-job bursts: Rust 1.29/1.63/1.75x (encrypt)
-//! and 1.65/1.84/1.92x (decrypt); with the feature, see the commit notes and
-//! `ipsec bench`. Decryption checks every ICV (hash-only jobs; compared in Rust in
-//! constant time) before it decrypts anything, as one packet at a time does.
+//! bytes, on the shared 2-vCPU AVX-512/VAES/SHA-NI guest): Rust 1.29/1.63/1.75x
+//! (encrypt) and 1.65/1.84/1.92x (decrypt); with the feature 1.18/1.10/1.06x and
+//! 1.43/1.27/1.15x. What remains at 64 bytes is ESP's own per-packet work (headers,
+//! trailer, replay window, counters), which the library's figure does not include.
 //!
 //! AEAD nonces are `salt || IV` with the IV equal to the 64-bit sequence number, which
 //! never repeats under one key because outbound sequence numbers never wrap. CBC IVs
