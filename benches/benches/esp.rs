@@ -41,7 +41,10 @@
 //!
 //! Run: `cargo bench -p ipsec-benches --bench esp` (all groups, about 2-3 minutes), or
 //! one group: `cargo bench -p ipsec-benches --bench esp -- aes-128-gcm`. Smoke test (each
-//! benchmark once): `cargo test -p ipsec-benches --benches`.
+//! benchmark once): `cargo test -p ipsec-benches --benches`. With `--features ipsec-mb`
+//! the AES-GCM rows and the CBC bursts run on intel-ipsec-mb (`cargo bench -p
+//! ipsec-benches --features ipsec-mb --bench esp -- 'cbc.*burst'`), to compare with
+//! `benches/ipsec-mb/mb_esp.c`'s 32-job bursts.
 
 use std::hint::black_box;
 use std::time::Duration;

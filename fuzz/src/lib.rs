@@ -19,12 +19,16 @@
 //!   (no panic, parser and restore agree, snapshots stable after one restore).
 //! * `aead_ipsec_mb::aead_ipsec_mb` (feature `ipsec-mb` only): intel-ipsec-mb's
 //!   AES-GCM against RustCrypto's, sealing, opening and refusing tampered input.
+//! * [`cbc_burst::cbc_burst`]: AES-CBC + HMAC bursts (`encrypt_burst` /
+//!   `decrypt_burst`, on intel-ipsec-mb with `--features ipsec-mb`) against one packet
+//!   at a time, with damaged and replayed packets among them.
 //!
 //! Keys are those of `tests/interop/scapy_vectors.json`, so the scapy packets of that file
 //! are meaningful seeds for `esp_decap` (see `corpus/README.md`).
 
 #[cfg(feature = "ipsec-mb")]
 pub mod aead_ipsec_mb;
+pub mod cbc_burst;
 pub mod control;
 pub mod fragmenting;
 pub mod reassembly;

@@ -376,3 +376,17 @@ fn aead_ipsec_mb_corpus() {
         ipsec_fuzz::aead_ipsec_mb::aead_ipsec_mb(&data);
     }
 }
+
+/// AES-CBC + HMAC bursts against one packet at a time on every seed (on
+/// intel-ipsec-mb with `--features ipsec-mb`).
+#[test]
+fn cbc_burst_corpus() {
+    for path in seeds("cbc_burst")
+        .into_iter()
+        .chain(regressions("cbc_burst"))
+    {
+        let data = fs::read(&path).expect("seed readable");
+        println!("cbc_burst {}", path.display());
+        ipsec_fuzz::cbc_burst::cbc_burst(&data);
+    }
+}

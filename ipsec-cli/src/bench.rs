@@ -639,7 +639,11 @@ pub(crate) fn run(json: bool, seconds: f64, openssl: bool) -> Result<Outcome, Cl
                     let r = Record {
                         op,
                         cipher: name.clone(),
-                        backend,
+                        backend: if burst == 1 {
+                            backend
+                        } else {
+                            ipsec_core::crypto::burst_backend(cipher)
+                        },
                         size,
                         burst,
                         ns,

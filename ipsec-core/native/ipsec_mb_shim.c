@@ -158,3 +158,250 @@ int ipsec_mb_shim_chacha(int encrypt, const uint8_t *key, void *ctx, const uint8
     }
     return 0;
 }
+
+/* ------------------------------------------------------------------ CBC + HMAC
+ *
+ * AES-CBC + HMAC-SHA-1/SHA-2 bursts through the job API (IMB_GET_NEXT_BURST,
+ * IMB_SUBMIT_BURST, IMB_FLUSH_BURST), so that the library's multi-buffer code runs
+ * the CBC chains and hashes of a burst's packets side by side.
+ *
+ * Threading. Job submission changes the manager (its job ring and the out-of-order
+ * lanes of every algorithm), so these managers are per thread: one per thread that
+ * submits a burst, allocated and initialised on that thread's first burst and freed
+ * by a pthread key destructor when the thread exits. Every call submits its jobs and
+ * flushes them all before it returns, so between calls a manager holds no pointer
+ * into the caller's buffers, and nothing of one call carries into the next. The key
+ * expansion and HMAC pad set-up below use the process manager (ipsec_mb_shim_init)
+ * for its stateless function pointers only.
+ *
+ * The per-SA data (struct shim_cbc_keys) is owned by Rust: boxed, 64-byte aligned,
+ * zeroed on drop. */
+
+/* Must match CBC_KEY_BYTES in src/crypto/ipsec_mb.rs. */
+#define SHIM_CBC_KEY_BYTES 640
+/* Most jobs per call: must match MAX_BURST in src/crypto/ipsec_mb.rs. */
+#define SHIM_MAX_BURST 64
+_Static_assert(SHIM_MAX_BURST <= IMB_MAX_BURST_SIZE, "burst larger than the library's");
+
+struct shim_cbc_keys {
+    DECLARE_ALIGNED(uint32_t enc[60], 16); /* AES-128/256 encryption round keys */
+    DECLARE_ALIGNED(uint32_t dec[60], 16); /* decryption round keys */
+    DECLARE_ALIGNED(uint8_t ipad[64], 16); /* hash state after key ^ ipad */
+    DECLARE_ALIGNED(uint8_t opad[64], 16); /* hash state after key ^ opad */
+};
+_Static_assert(sizeof(struct shim_cbc_keys) <= SHIM_CBC_KEY_BYTES,
+               "struct shim_cbc_keys grew: raise CBC_KEY_BYTES on both sides");
+
+/* One packet of a burst: `esp` is its ESP header, where the hash starts; the IV is at
+ * esp + 8 and the body at esp + 24. Must match `Lane` in src/crypto/ipsec_mb.rs. */
+struct shim_lane {
+    const uint8_t *esp;
+    uint8_t *body;       /* esp + 24, CBC-encrypted in place; NULL: hash only */
+    uint8_t *tag;        /* where the (truncated) ICV is written */
+    uint64_t cipher_len; /* bytes CBC-encrypted at body (0 for hash only) */
+    uint64_t hash_len;   /* bytes hashed from esp */
+};
+
+static void wipe(void *p, size_t n) {
+    volatile uint8_t *v = p;
+    while (n--)
+        *v++ = 0;
+}
+
+static int hash_alg(uint32_t hash) {
+    switch (hash) {
+    case 1: return IMB_AUTH_HMAC_SHA_1;
+    case 256: return IMB_AUTH_HMAC_SHA_256;
+    case 384: return IMB_AUTH_HMAC_SHA_384;
+    case 512: return IMB_AUTH_HMAC_SHA_512;
+    default: return -1;
+    }
+}
+
+/* Fills `keys_out` (SHIM_CBC_KEY_BYTES, 64-byte aligned) for an SA: the round keys of
+ * one direction (encrypt: the encryption ones; else the decryption ones; the other
+ * set is left zero) of an AES key of 16 or 32 bytes, and the HMAC pads of a MAC key
+ * of at most one hash block (`hash`: 1, 256, 384 or 512). Requires a successful
+ * ipsec_mb_shim_init(). 0 on success, -1 on bad arguments. */
+int ipsec_mb_shim_cbc_keys(const uint8_t *aes_key, size_t aes_len, const uint8_t *mac_key,
+                           size_t mac_len, uint32_t hash, int encrypt, void *keys_out) {
+    IMB_MGR *m = atomic_load_explicit(&manager, memory_order_acquire);
+    size_t block = hash == 384 || hash == 512 ? 128 : 64;
+    if (m == NULL || hash_alg(hash) < 0 || mac_len > block || (aes_len != 16 && aes_len != 32))
+        return -1;
+    struct shim_cbc_keys *k = keys_out;
+    DECLARE_ALIGNED(uint32_t unused[60], 16);
+    if (aes_len == 16)
+        IMB_AES_KEYEXP_128(m, aes_key, encrypt ? k->enc : unused, encrypt ? unused : k->dec);
+    else
+        IMB_AES_KEYEXP_256(m, aes_key, encrypt ? k->enc : unused, encrypt ? unused : k->dec);
+    wipe(unused, sizeof unused);
+    uint8_t pad[128];
+    for (int which = 0; which < 2; which++) {
+        uint8_t x = which == 0 ? 0x36 : 0x5c;
+        uint8_t *out = which == 0 ? k->ipad : k->opad;
+        for (size_t i = 0; i < block; i++)
+            pad[i] = (uint8_t)((i < mac_len ? mac_key[i] : 0) ^ x);
+        switch (hash) {
+        case 1: IMB_SHA1_ONE_BLOCK(m, pad, out); break;
+        case 256: IMB_SHA256_ONE_BLOCK(m, pad, out); break;
+        case 384: IMB_SHA384_ONE_BLOCK(m, pad, out); break;
+        default: IMB_SHA512_ONE_BLOCK(m, pad, out); break;
+        }
+    }
+    wipe(pad, sizeof pad);
+    return 0;
+}
+
+static pthread_once_t thread_key_once = PTHREAD_ONCE_INIT;
+static pthread_key_t thread_key;
+static int thread_key_error;
+static _Thread_local IMB_MGR *thread_manager;
+
+static void thread_manager_free(void *m) {
+    thread_manager = NULL;
+    free_mb_mgr(m);
+}
+
+static void thread_key_init(void) {
+    thread_key_error = pthread_key_create(&thread_key, thread_manager_free);
+}
+
+/* This thread's manager, allocated and initialised on first use; NULL if that fails. */
+static IMB_MGR *thread_mgr(void) {
+    IMB_MGR *m = thread_manager;
+    if (m != NULL)
+        return m;
+    if (pthread_once(&thread_key_once, thread_key_init) != 0 || thread_key_error != 0)
+        return NULL;
+    m = alloc_mb_mgr(0);
+    if (m == NULL)
+        return NULL;
+    IMB_ARCH arch;
+    init_mb_mgr_auto(m, &arch);
+    if (imb_get_errno(m) != 0 || pthread_setspecific(thread_key, m) != 0) {
+        free_mb_mgr(m);
+        return NULL;
+    }
+    thread_manager = m;
+    return m;
+}
+
+/* Runs `n` (at most SHIM_MAX_BURST) packets under `keys` (from ipsec_mb_shim_cbc_keys
+ * with the same `hash` and `key_len`): for a lane with a body, CBC-encrypt the body in
+ * place (IV at esp + 8), then the HMAC over ESP header, IV and ciphertext (cipher then
+ * hash); for one without, the HMAC alone (decrypt: the caller compares the ICV, then
+ * decrypts). Every job is complete when this returns. 0 on success; -1 if this thread
+ * has no manager or a job failed. */
+int ipsec_mb_shim_cbc_hmac_burst(const void *keys, uint32_t key_len, uint32_t hash,
+                                 uint32_t tag_len, const struct shim_lane *lanes, uint32_t n) {
+    int alg = hash_alg(hash);
+    if (n == 0)
+        return 0;
+    if (n > SHIM_MAX_BURST || alg < 0 || (key_len != 16 && key_len != 32))
+        return -1;
+    IMB_MGR *m = thread_mgr();
+    if (m == NULL)
+        return -1;
+    /* Validated here, so that the unchecked submission below (what DPDK's aesni_mb
+     * driver uses: the library's per-job checks cost several ns a packet) never sees
+     * a job the library would refuse. */
+    uint32_t full = hash == 1 ? 20 : hash == 256 ? 32 : hash == 384 ? 48 : 64;
+    if (tag_len == 0 || tag_len > full)
+        return -1;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct shim_lane *l = &lanes[i];
+        if (l->esp == NULL || l->tag == NULL ||
+            (l->body != NULL && (l->cipher_len == 0 || l->cipher_len % 16 != 0)))
+            return -1;
+    }
+    const struct shim_cbc_keys *k = keys;
+    IMB_JOB *jobs[SHIM_MAX_BURST];
+    if (IMB_GET_NEXT_BURST(m, n, jobs) < n)
+        return -1; /* the queue is empty between calls: cannot happen */
+    for (uint32_t i = 0; i < n; i++) {
+        IMB_JOB *j = jobs[i];
+        const struct shim_lane *l = &lanes[i];
+        j->src = l->esp;
+        j->hash_start_src_offset_in_bytes = 0;
+        j->msg_len_to_hash_in_bytes = l->hash_len;
+        j->auth_tag_output = l->tag;
+        j->auth_tag_output_len_in_bytes = tag_len;
+        j->hash_alg = alg;
+        j->u.HMAC._hashed_auth_key_xor_ipad = k->ipad;
+        j->u.HMAC._hashed_auth_key_xor_opad = k->opad;
+        j->key_len_in_bytes = key_len;
+        j->enc_keys = k->enc;
+        j->dec_keys = k->dec;
+        j->iv = l->esp + 8;
+        j->iv_len_in_bytes = 16;
+        j->cipher_start_src_offset_in_bytes = 24;
+        if (l->body != NULL) {
+            j->cipher_mode = IMB_CIPHER_CBC;
+            j->cipher_direction = IMB_DIR_ENCRYPT;
+            j->chain_order = IMB_ORDER_CIPHER_HASH;
+            j->dst = l->body;
+            j->msg_len_to_cipher_in_bytes = l->cipher_len;
+        } else {
+            j->cipher_mode = IMB_CIPHER_NULL;
+            j->cipher_direction = IMB_DIR_DECRYPT;
+            j->chain_order = IMB_ORDER_HASH_CIPHER;
+            j->dst = NULL;
+            j->msg_len_to_cipher_in_bytes = 0;
+        }
+    }
+    uint32_t done = IMB_SUBMIT_BURST_NOCHECK(m, n, jobs);
+    int bad = 0;
+    for (uint32_t i = 0; i < done; i++)
+        bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
+    /* Always flush: nothing may stay queued past this call. */
+    uint32_t flushed = IMB_FLUSH_BURST(m, SHIM_MAX_BURST, jobs);
+    for (uint32_t i = 0; i < flushed; i++)
+        bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
+    bad |= done + flushed != n;
+    return bad ? -1 : 0;
+}
+
+/* CBC-decrypts `len` bytes (a non-zero multiple of 16) at `data` in place, under the
+ * decryption round keys in `keys` (from ipsec_mb_shim_cbc_keys for an inbound SA) and
+ * the 16-byte `iv`, as one cipher-only job on this thread's manager (AES-CBC decryption
+ * is parallel inside a packet, so the library runs it at once, with VAES where the CPU
+ * has it). Complete when this returns. 0 on success, -1 if this thread has no manager
+ * or the job failed. */
+int ipsec_mb_shim_cbc_decrypt(const void *keys, uint32_t key_len, const uint8_t *iv,
+                              uint8_t *data, uint64_t len) {
+    if ((key_len != 16 && key_len != 32) || len == 0 || len % 16 != 0)
+        return -1;
+    IMB_MGR *m = thread_mgr();
+    if (m == NULL)
+        return -1;
+    const struct shim_cbc_keys *k = keys;
+    /* The burst calls, as for the bursts above: mixing them with the single-job calls
+     * (IMB_GET_NEXT_JOB / IMB_SUBMIT_JOB) on one manager leaves 1.3's queue indices
+     * inconsistent (a later burst then flushed more jobs than it submitted). */
+    IMB_JOB *jobs[1];
+    if (IMB_GET_NEXT_BURST(m, 1, jobs) != 1)
+        return -1;
+    IMB_JOB *j = jobs[0];
+    j->cipher_mode = IMB_CIPHER_CBC;
+    j->cipher_direction = IMB_DIR_DECRYPT;
+    j->chain_order = IMB_ORDER_HASH_CIPHER;
+    j->hash_alg = IMB_AUTH_NULL;
+    j->key_len_in_bytes = key_len;
+    j->enc_keys = k->enc;
+    j->dec_keys = k->dec;
+    j->iv = iv;
+    j->iv_len_in_bytes = 16;
+    j->src = data;
+    j->dst = data;
+    j->cipher_start_src_offset_in_bytes = 0;
+    j->msg_len_to_cipher_in_bytes = len;
+    j->hash_start_src_offset_in_bytes = 0;
+    j->msg_len_to_hash_in_bytes = 0;
+    j->auth_tag_output = NULL;
+    j->auth_tag_output_len_in_bytes = 0;
+    uint32_t done = IMB_SUBMIT_BURST_NOCHECK(m, 1, jobs);
+    if (done == 0)
+        done = IMB_FLUSH_BURST(m, 1, jobs);
+    return done == 1 && jobs[0] == j && j->status == IMB_STATUS_COMPLETED ? 0 : -1;
+}

@@ -19,7 +19,7 @@
 //! is counted under its [`DropReason`](crate::DropReason) before it is returned.
 
 use crate::buffer::{PacketBuf, SpareBuffers};
-use crate::crypto::{EspLayout, IcvAhead, LANES, PendingSeal};
+use crate::crypto::{BURST_CHUNK, EspLayout, IcvAhead, PendingSeal};
 use crate::error::{Error, LifetimeLimit, Malformed};
 use crate::fragment::{Ipv4Split, Ipv6Split, has_fragment_header, spares_hold};
 use crate::packet::{
@@ -134,7 +134,9 @@ impl SecurityAssociation {
     /// AES-CBC packets are encrypted 8 at a time with their CBC chains side by
     /// side (one packet's chain is serial; the packets' chains are independent), and
     /// their ICVs computed after; the packets come out exactly as [`Self::encrypt`]
-    /// would make them one by one, IVs drawn in the same order.
+    /// would make them one by one, IVs drawn in the same order. With the `ipsec-mb`
+    /// feature they go to intel-ipsec-mb instead, 32 at a time, each packet one CBC +
+    /// HMAC job (same bytes; see `crypto::burst_backend`).
     pub fn encrypt_burst(
         &mut self,
         packets: &mut [PacketBuf<'_>],
@@ -151,8 +153,11 @@ impl SecurityAssociation {
             return ok;
         }
         let mut ok = 0;
-        for (pkts, ress) in packets.chunks_mut(LANES).zip(results.chunks_mut(LANES)) {
-            let mut pending: [Option<PendingSeal>; LANES] = [None; LANES];
+        for (pkts, ress) in packets
+            .chunks_mut(BURST_CHUNK)
+            .zip(results.chunks_mut(BURST_CHUNK))
+        {
+            let mut pending: [Option<PendingSeal>; BURST_CHUNK] = [None; BURST_CHUNK];
             for ((pkt, res), slot) in pkts.iter_mut().zip(ress.iter_mut()).zip(&mut pending) {
                 let r = self.admit(now).and_then(|()| {
                     self.encrypt_admitted(pkt, None, &mut SpareBuffers::none(), now, Some(slot))?;
@@ -161,7 +166,8 @@ impl SecurityAssociation {
                 });
                 ok += usize::from(store_result(res, r));
             }
-            let mut lanes: [Option<crate::crypto::Lane<'_>>; LANES] = [const { None }; LANES];
+            let mut lanes: [Option<crate::crypto::Lane<'_>>; BURST_CHUNK] =
+                [const { None }; BURST_CHUNK];
             let mut count = 0;
             for (pkt, p) in pkts.iter_mut().zip(pending) {
                 if let Some(p) = p {
@@ -202,7 +208,11 @@ impl SecurityAssociation {
     /// For AES-CBC + HMAC-SHA-256-128 without ESN, the ICVs of 8 packets at a
     /// time are computed first, their hashes side by side; each packet is then checked
     /// (ICV compared in constant time before anything is decrypted, as
-    /// [`Self::decrypt`] does) and decrypted in turn.
+    /// [`Self::decrypt`] does) and decrypted in turn. With the `ipsec-mb` feature,
+    /// the ICVs of AES-CBC with any HMAC (without ESN) are computed as intel-ipsec-mb
+    /// hash-only jobs, 32 at a time, and the rest is the same: nothing is decrypted
+    /// before its sequence number and ICV passed, and results and counters are those
+    /// of one packet at a time.
     pub fn decrypt_burst(
         &mut self,
         packets: &mut [PacketBuf<'_>],
@@ -218,16 +228,19 @@ impl SecurityAssociation {
             }
             return ok;
         }
-        for (pkts, ress) in packets.chunks_mut(LANES).zip(results.chunks_mut(LANES)) {
-            let mut ahead = [IcvAhead::default(); LANES];
-            let mut bufs: [&[u8]; LANES] = [&[]; LANES];
+        for (pkts, ress) in packets
+            .chunks_mut(BURST_CHUNK)
+            .zip(results.chunks_mut(BURST_CHUNK))
+        {
+            let mut ahead = [IcvAhead::default(); BURST_CHUNK];
+            let mut bufs: [&[u8]; BURST_CHUNK] = [&[]; BURST_CHUNK];
             let mut count = 0;
             for pkt in pkts.iter() {
                 if let Some(at) = self.esp_layout(pkt) {
                     ahead[count] = IcvAhead {
                         esp: at.esp,
                         icv: at.icv,
-                        tag: [0; 16],
+                        tag: [0; crate::crypto::AHEAD_TAG],
                     };
                     bufs[count] = pkt.buffer();
                     count += 1;

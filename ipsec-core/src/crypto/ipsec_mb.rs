@@ -425,6 +425,300 @@ impl Drop for GcmKey {
     }
 }
 
+/// Bytes reserved for the shim's `struct shim_cbc_keys` (AES round keys of both
+/// directions, 240 bytes each, of which an SA fills one; the HMAC inner and outer pad
+/// states, 64 bytes each): must equal `SHIM_CBC_KEY_BYTES`; the shim asserts the
+/// struct fits.
+const CBC_KEY_BYTES: usize = 640;
+
+/// Most packets per shim call: must equal `SHIM_MAX_BURST` in the shim. Longer
+/// bursts are cut into calls of this many.
+pub(crate) const MAX_BURST: usize = 64;
+
+/// One CBC + HMAC SA's precomputed data for intel-ipsec-mb, 64-byte aligned.
+#[repr(C, align(64))]
+struct CbcKeyData {
+    bytes: [u8; CBC_KEY_BYTES],
+}
+
+/// The shim's `struct shim_lane`: one job.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawLane {
+    esp: *const u8,
+    body: *mut u8,
+    tag: *mut u8,
+    cipher_len: u64,
+    hash_len: u64,
+}
+
+unsafe extern "C" {
+    fn ipsec_mb_shim_cbc_keys(
+        aes_key: *const u8,
+        aes_len: usize,
+        mac_key: *const u8,
+        mac_len: usize,
+        hash: u32,
+        encrypt: c_int,
+        keys_out: *mut c_void,
+    ) -> c_int;
+    fn ipsec_mb_shim_cbc_decrypt(
+        keys: *const c_void,
+        key_len: u32,
+        iv: *const u8,
+        data: *mut u8,
+        len: u64,
+    ) -> c_int;
+    fn ipsec_mb_shim_cbc_hmac_burst(
+        keys: *const c_void,
+        key_len: u32,
+        hash: u32,
+        tag_len: u32,
+        lanes: *const RawLane,
+        n: u32,
+    ) -> c_int;
+}
+
+/// One packet of [`CbcHmacKeys::seal`]: `buf[esp..esp + 8]` is its ESP header, the IV
+/// follows (written), then the plaintext up to `icv` (whole 16-byte blocks), CBC
+/// encrypted in place; then the HMAC of `buf[esp..hash_end]` is written, truncated, at
+/// `buf[icv..]`. `hash_end` is `icv`, or `icv + 4` with ESN, whose high sequence bits
+/// the caller has put where the ICV goes: the library reads all of a job's message
+/// before it writes its tag (DPDK's `rte_ipsec` relies on the same for ESN).
+pub(crate) struct SealLane<'a> {
+    pub(crate) buf: &'a mut [u8],
+    pub(crate) esp: usize,
+    pub(crate) icv: usize,
+    pub(crate) hash_end: usize,
+}
+
+/// One packet of [`CbcHmacKeys::icvs`]: the HMAC of `buf[esp..end]`, truncated to
+/// the ICV length, into `tag[..icv_len]`.
+pub(crate) struct HashLane<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) esp: usize,
+    pub(crate) end: usize,
+    pub(crate) tag: &'a mut [u8],
+}
+
+/// The intel-ipsec-mb data of an AES-CBC + HMAC SA (feature `ipsec-mb`): AES round
+/// keys of the SA's direction (expanded by `IMB_AES_KEYEXP_128/256`) and the HMAC
+/// inner and outer pad states (`IMB_SHA*_ONE_BLOCK`), computed once when the SA is
+/// made, boxed (64-byte aligned, never moved) and overwritten with zeros on drop.
+///
+/// Bursts go through a manager per thread, made on the thread's first burst and freed
+/// when it exits (see the shim): the job API changes the manager it submits to, so
+/// threads cannot share one; each call submits and flushes all its jobs, so a manager
+/// keeps nothing of one call for the next. The keys are only read, so an SA (or
+/// several SAs) may be used from any thread.
+pub(crate) struct CbcHmacKeys {
+    data: Box<CbcKeyData>,
+    key_len: u32,
+    hash: u32,
+    tag_len: u32,
+}
+
+impl CbcHmacKeys {
+    /// Precomputes an SA's data: `aes_key` of 16 or 32 bytes (checked by the caller),
+    /// `mac_key` of `integrity`'s length, `encrypt` for an outbound SA. Errors: a
+    /// manager the library could not set up.
+    pub(crate) fn new(
+        aes_key: &[u8],
+        integrity: super::Integrity,
+        mac_key: &[u8],
+        encrypt: bool,
+    ) -> Result<CbcHmacKeys, ConfigError> {
+        use super::Integrity as I;
+        assert!(
+            aes_key.len() == 16 || aes_key.len() == 32,
+            "key length checked"
+        );
+        assert_eq!(mac_key.len(), integrity.key_len(), "key length checked");
+        init()?;
+        let hash = match integrity {
+            I::HmacSha1_96 => 1,
+            I::HmacSha256_128 => 256,
+            I::HmacSha384_192 => 384,
+            I::HmacSha512_256 => 512,
+        };
+        let mut data = Box::new(CbcKeyData {
+            bytes: [0; CBC_KEY_BYTES],
+        });
+        // SAFETY: `aes_key` and `mac_key` are readable for the lengths passed (16 or
+        // 32, and at most one hash block: RFC 2404/4868 keys are the digest length,
+        // which the shim checks against the block); `data.bytes` is a live, exclusively
+        // borrowed, 64-byte aligned buffer of CBC_KEY_BYTES, at least
+        // sizeof(struct shim_cbc_keys) (the shim's static assertion); `init` succeeded,
+        // so the shim has its process manager, whose key functions it only calls.
+        let rc = unsafe {
+            ipsec_mb_shim_cbc_keys(
+                aes_key.as_ptr(),
+                aes_key.len(),
+                mac_key.as_ptr(),
+                mac_key.len(),
+                hash,
+                c_int::from(encrypt),
+                data.bytes.as_mut_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "ipsec_mb_shim_cbc_keys: lengths and manager checked");
+        Ok(CbcHmacKeys {
+            data,
+            key_len: aes_key.len() as u32,
+            hash,
+            tag_len: integrity.icv_len() as u32,
+        })
+    }
+
+    /// Runs up to [`MAX_BURST`] jobs through this thread's manager.
+    fn run(&self, lanes: &[RawLane]) {
+        debug_assert!(lanes.len() <= MAX_BURST);
+        // SAFETY: `self.data` holds the data the shim computed for this key length
+        // and hash (only read); every lane was built by `seal` or `icvs` from a live
+        // borrow that outlives this call, with the bounds checked there: `esp` readable
+        // for `hash_len` bytes, `body` (if not null) readable and writable for
+        // `cipher_len` bytes (a non-zero multiple of 16, the IV's 16 bytes in front of
+        // it), `tag` writable for `tag_len` bytes. The shim completes (flushes) every
+        // job before it returns, so no pointer outlives the call; the manager it uses
+        // belongs to this thread alone.
+        let rc = unsafe {
+            ipsec_mb_shim_cbc_hmac_burst(
+                self.data.bytes.as_ptr().cast(),
+                self.key_len,
+                self.hash,
+                self.tag_len,
+                lanes.as_ptr(),
+                lanes.len() as u32,
+            )
+        };
+        assert_eq!(
+            rc, 0,
+            "intel-ipsec-mb refused a CBC + HMAC burst (no manager for this thread, or a job the caller checked)"
+        );
+    }
+
+    /// CBC-encrypts and authenticates every lane (see [`SealLane`]), [`MAX_BURST`]
+    /// per call. Panics on a lane whose offsets are out of bounds or not block
+    /// aligned (the ESP code never makes one).
+    pub(crate) fn seal(&self, lanes: &mut [SealLane<'_>]) {
+        let tag_len = self.tag_len as usize;
+        for group in lanes.chunks_mut(MAX_BURST) {
+            let mut raw = [RawLane {
+                esp: core::ptr::null(),
+                body: core::ptr::null_mut(),
+                tag: core::ptr::null_mut(),
+                cipher_len: 0,
+                hash_len: 0,
+            }; MAX_BURST];
+            for (l, r) in group.iter_mut().zip(raw.iter_mut()) {
+                let SealLane {
+                    buf,
+                    esp,
+                    icv,
+                    hash_end,
+                } = l;
+                let (esp, icv, hash_end) = (*esp, *icv, *hash_end);
+                let body = esp + 24;
+                assert!(
+                    body < icv
+                        && (icv - body).is_multiple_of(16)
+                        && icv <= hash_end
+                        && hash_end <= icv + tag_len
+                        && icv + tag_len <= buf.len(),
+                    "CBC + HMAC lane out of bounds"
+                );
+                // All three pointers from one raw pointer of the exclusive borrow.
+                let p = buf.as_mut_ptr();
+                // SAFETY: esp < body < icv < buf.len(), checked above.
+                *r = unsafe {
+                    RawLane {
+                        esp: p.add(esp).cast_const(),
+                        body: p.add(body),
+                        tag: p.add(icv),
+                        cipher_len: (icv - body) as u64,
+                        hash_len: (hash_end - esp) as u64,
+                    }
+                };
+            }
+            self.run(&raw[..group.len()]);
+        }
+    }
+
+    /// Computes the truncated HMAC of every lane (see [`HashLane`]), [`MAX_BURST`]
+    /// per call. Panics on a lane out of bounds or a tag buffer shorter than the ICV.
+    pub(crate) fn icvs(&self, lanes: &mut [HashLane<'_>]) {
+        let tag_len = self.tag_len as usize;
+        for group in lanes.chunks_mut(MAX_BURST) {
+            let mut raw = [RawLane {
+                esp: core::ptr::null(),
+                body: core::ptr::null_mut(),
+                tag: core::ptr::null_mut(),
+                cipher_len: 0,
+                hash_len: 0,
+            }; MAX_BURST];
+            for (l, r) in group.iter_mut().zip(raw.iter_mut()) {
+                assert!(
+                    l.esp <= l.end && l.end <= l.buf.len() && l.tag.len() >= tag_len,
+                    "HMAC lane out of bounds"
+                );
+                *r = RawLane {
+                    esp: l.buf[l.esp..].as_ptr(),
+                    body: core::ptr::null_mut(),
+                    tag: l.tag.as_mut_ptr(),
+                    cipher_len: 0,
+                    hash_len: (l.end - l.esp) as u64,
+                };
+            }
+            self.run(&raw[..group.len()]);
+        }
+    }
+
+    /// CBC-decrypts `data` (whole blocks, not empty) in place under `iv`, with the
+    /// decryption round keys of an inbound SA's data, on this thread's manager.
+    /// Panics on a length that is not a non-zero multiple of 16.
+    pub(crate) fn decrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
+        assert!(
+            !data.is_empty() && data.len().is_multiple_of(16),
+            "CBC input is whole blocks"
+        );
+        // SAFETY: `self.data` holds the decryption round keys for `key_len` (only
+        // read); `iv` is 16 readable bytes and `data` readable and writable for its
+        // length, a non-zero multiple of 16 (checked), in place (out == in, which the
+        // library allows). The shim completes the job before it returns, on a manager
+        // of this thread alone.
+        let rc = unsafe {
+            ipsec_mb_shim_cbc_decrypt(
+                self.data.bytes.as_ptr().cast(),
+                self.key_len,
+                iv.as_ptr(),
+                data.as_mut_ptr(),
+                data.len() as u64,
+            )
+        };
+        assert_eq!(
+            rc, 0,
+            "intel-ipsec-mb refused a CBC decryption (no manager for this thread?)"
+        );
+    }
+
+    /// Volatile writes of zeros over the round keys and pads.
+    fn wipe(&mut self) {
+        self.data.bytes.zeroize();
+    }
+}
+
+impl core::fmt::Debug for CbcHmacKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("IpsecMbCbcHmacKeys { .. }")
+    }
+}
+
+impl Drop for CbcHmacKeys {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +737,21 @@ mod tests {
         let mut k = GcmKey::new(&[0x42; 16]).expect("key");
         assert!(k.data.bytes.iter().any(|&b| b != 0));
         // Run the wipe Drop runs on the live box, then look at it.
+        k.wipe();
+        assert!(k.data.bytes.iter().all(|&b| b == 0));
+    }
+
+    /// Dropping CBC + HMAC data wipes its round keys and pads.
+    #[test]
+    fn cbc_key_data_is_wiped_on_drop() {
+        let mut k = CbcHmacKeys::new(
+            &[0x42; 32],
+            super::super::Integrity::HmacSha384_192,
+            &[7; 48],
+            true,
+        )
+        .expect("keys");
+        assert!(k.data.bytes.iter().any(|&b| b != 0));
         k.wipe();
         assert!(k.data.bytes.iter().all(|&b| b == 0));
     }
