@@ -24,7 +24,16 @@ At the end it checks issue 14's targets 1-3 against the same medians: AES-128-GC
 raw seal or open of any backend (1.05x), CBC + HMAC-SHA-256 bursts of 32 against the
 library's faster burst (1.15x). Targets 4 and 5 have their own commands (README).
 
-Usage: scripts/bench-report.py [RUNS] [path/to/ipsec]   (defaults: 5, target/release/ipsec)
+Both builds side by side: give several binaries, each optionally labelled, e.g.
+  cargo build --release -p ipsec-cli && cp target/release/ipsec /tmp/ipsec-default
+  cargo build --release -p ipsec-cli --features ipsec-core/ipsec-mb
+  scripts/bench-report.py 5 default=/tmp/ipsec-default ipsec-mb=target/release/ipsec
+Every round runs each binary in turn (interleaved, so that both see the same machine);
+the ESP rows carry the build's label, the raw rows (the same code in every build) are
+pooled, and the target check is printed per build.
+
+Usage: scripts/bench-report.py [RUNS] [[LABEL=]path/to/ipsec ...]
+       (defaults: 5, target/release/ipsec)
 The machines are shared and noisy: one run proves little, the median of several does.
 """
 import json
@@ -36,7 +45,10 @@ import sys
 from collections import defaultdict
 
 runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-binary = sys.argv[2] if len(sys.argv) > 2 else "target/release/ipsec"
+builds = []
+for arg in sys.argv[2:] or ["target/release/ipsec"]:
+    label, _, path = arg.rpartition("=")
+    builds.append((label or (os.path.basename(path) if len(sys.argv) > 3 else ""), path))
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -76,8 +88,16 @@ mb_helper = build_mb_helper()
 mb_note = None
 samples = defaultdict(list)
 for i in range(runs):
-    out = subprocess.run([binary, "bench", "--json", "--openssl"], check=True,
-                         capture_output=True, text=True).stdout
+    out = ""
+    for n, (label, binary) in enumerate(builds):
+        # `openssl speed` (identical for every build) with the first build only.
+        extra = ["--openssl"] if n == 0 else []
+        for line in subprocess.run([binary, "bench", "--json", *extra], check=True,
+                                   capture_output=True, text=True).stdout.splitlines():
+            r = json.loads(line)
+            if label and r["op"] in ("encrypt", "decrypt"):
+                r["backend"] = f"{label}:{r['backend']}"
+            out += json.dumps(r) + "\n"
     if evp_helper:
         out += subprocess.run([evp_helper], check=True, capture_output=True,
                               text=True).stdout
@@ -127,7 +147,10 @@ print(f"median of {runs} runs of `ipsec bench --json --openssl`"
       + (" and benches/ipsec-mb/mb_esp.c" if mb_helper else ""))
 if mb_note:
     print(mb_note)
-print(f"{'op':<8} {'cipher':<30} {'size':>5} {'burst':>5} {'ns/pkt':>9} {'Gbit/s':>7} "
+multi = any(label for label, _ in builds)
+if multi:
+    print("builds: " + ", ".join(f"{label} = {path}" for label, path in builds))
+print(f"{'op':<8} {'cipher':<30} {'build':<22} {'size':>5} {'burst':>5} {'ns/pkt':>9} {'Gbit/s':>7} "
       f"{'best raw seal':>22} {'ratio':>6} {'openssl speed':>14} {'ratio':>6} "
       f"{'ipsec-mb':>19} {'ratio':>6}")
 for (op, cipher, backend, size, burst), ns in sorted(med.items()):
@@ -140,7 +163,7 @@ for (op, cipher, backend, size, burst), ns in sorted(med.items()):
     sp, sr = (f"{s:.1f}", f"{ns / s:.2f}") if s else ("-", "-")
     m, how = mb(op, cipher, size, burst)
     mp, mr = (f"{m:.1f} ({how})", f"{ns / m:.2f}") if m else ("-", "-")
-    print(f"{op:<8} {cipher:<30} {size:>5} {burst:>5} {ns:>9.1f} {size * 8 / ns:>7.2f} "
+    print(f"{op:<8} {cipher:<30} {backend:<22} {size:>5} {burst:>5} {ns:>9.1f} {size * 8 / ns:>7.2f} "
           f"{raw:>22} {ratio:>6} {sp:>14} {sr:>6} {mp:>19} {mr:>6}")
 print()
 print("raw primitives (median ns per seal/open, per packet; ipsec-mb rows seal ESP's "
@@ -160,9 +183,10 @@ def best_raw(op, cipher, size):
     return min(cands) if cands else (None, None)
 
 
-def esp_row(op, cipher, size, burst):
+def esp_row(op, cipher, size, burst, label):
     cands = [ns for k, ns in med.items()
-             if k[0] == op and k[1] == cipher and k[3] == size and k[4] == burst]
+             if k[0] == op and k[1] == cipher and k[3] == size and k[4] == burst
+             and (not label or k[2].startswith(label + ":"))]
     return cands[0] if cands else None
 
 
@@ -177,19 +201,22 @@ def verdict(label, ns, base, who, goal):
 
 
 print()
-print("issue 14 targets 1-3 (ESP row / baseline, medians of this report):")
-for op in ("encrypt", "decrypt"):
-    for burst in (1, 32):
-        m, _ = mb(op, "aes-128-gcm", 64, 1)
-        verdict(f"1. aes-128-gcm 64 B {op} burst {burst} / ipsec-mb single call",
-                esp_row(op, "aes-128-gcm", 64, burst), m, "ipsec-mb", 1.30)
-for cipher in ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305"):
+for label, _ in builds:
+    print()
+    print("issue 14 targets 1-3" + (f", build {label}" if label else "")
+          + " (ESP row / baseline, medians of this report):")
     for op in ("encrypt", "decrypt"):
-        b, who = best_raw(op, cipher, 1420)
-        verdict(f"2. {cipher} 1420 B {op} burst 1 / best raw {'seal' if op == 'encrypt' else 'open'}",
-                esp_row(op, cipher, 1420, 1), b, who, 1.05)
-for size in (64, 512, 1420):
-    for op in ("encrypt", "decrypt"):
-        m, how = mb(op, "aes-128-cbc+hmac-sha256-128", size, 32)
-        verdict(f"3. aes-128-cbc+hmac-sha256-128 {size} B {op} burst 32 / ipsec-mb burst",
-                esp_row(op, "aes-128-cbc+hmac-sha256-128", size, 32), m, how, 1.15)
+        for burst in (1, 32):
+            m, _ = mb(op, "aes-128-gcm", 64, 1)
+            verdict(f"1. aes-128-gcm 64 B {op} burst {burst} / ipsec-mb single call",
+                    esp_row(op, "aes-128-gcm", 64, burst, label), m, "ipsec-mb", 1.30)
+    for cipher in ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305"):
+        for op in ("encrypt", "decrypt"):
+            b, who = best_raw(op, cipher, 1420)
+            verdict(f"2. {cipher} 1420 B {op} burst 1 / best raw {'seal' if op == 'encrypt' else 'open'}",
+                    esp_row(op, cipher, 1420, 1, label), b, who, 1.05)
+    for size in (64, 512, 1420):
+        for op in ("encrypt", "decrypt"):
+            m, how = mb(op, "aes-128-cbc+hmac-sha256-128", size, 32)
+            verdict(f"3. aes-128-cbc+hmac-sha256-128 {size} B {op} burst 32 / ipsec-mb burst",
+                    esp_row(op, "aes-128-cbc+hmac-sha256-128", size, 32, label), m, how, 1.15)
