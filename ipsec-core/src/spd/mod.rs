@@ -83,7 +83,7 @@
 //!
 //! [`Spd::lookup_burst`] answers many flows in one call, 32 at a time, as DPDK's
 //! `rte_acl_classify` does. A lookup of one flow is a chain of dependent memory reads
-//! (top-level search, block of starts, the interval's list, its candidates), and at
+//! (the bucket of the index, the starts in it, the interval's list, its candidates), and at
 //! 10,000 rules and more the lists and candidates are mostly cache misses; the burst
 //! walks the flows of a burst through each group together, one stage at a time, and
 //! loads what the next stage reads for every flow before it is used, so the misses of

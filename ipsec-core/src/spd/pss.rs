@@ -34,6 +34,10 @@ pub(crate) trait KeyInt: Copy + Ord + Default + core::fmt::Debug {
     fn narrow(v: u128) -> Self;
     /// The low 32 bits.
     fn low(self) -> u32;
+    /// The value, widened.
+    fn wide(self) -> u128;
+    /// `(self - base) >> shift` (0 below `base`), saturated to `usize`.
+    fn bucket(self, base: Self, shift: u32) -> usize;
 }
 impl KeyInt for u32 {
     #[inline]
@@ -43,6 +47,14 @@ impl KeyInt for u32 {
     #[inline]
     fn low(self) -> u32 {
         self
+    }
+    #[inline]
+    fn wide(self) -> u128 {
+        u128::from(self)
+    }
+    #[inline(always)]
+    fn bucket(self, base: u32, shift: u32) -> usize {
+        self.saturating_sub(base).checked_shr(shift).unwrap_or(0) as usize
     }
 }
 impl KeyInt for u128 {
@@ -54,37 +66,102 @@ impl KeyInt for u128 {
     fn low(self) -> u32 {
         self as u32
     }
+    #[inline]
+    fn wide(self) -> u128 {
+        self
+    }
+    #[inline(always)]
+    fn bucket(self, base: u128, shift: u32) -> usize {
+        usize::try_from(self.saturating_sub(base).checked_shr(shift).unwrap_or(0))
+            .unwrap_or(usize::MAX)
+    }
 }
 
-/// Interval starts, searched in two steps: a binary search over every [`BLOCK`]-th start
-/// (a small array that stays in the L1 cache), then one block of starts. A plain binary
-/// search over thousands of starts costs a dependent cache miss per step.
+/// Interval starts, found through a bucket table (the first level of a radix trie):
+/// the key's offset from the first boundary, shifted right, picks a bucket, and the
+/// bucket names the interval its lowest value falls in and the one its highest value
+/// falls in; the starts between the two (none or a few: there are about as many buckets
+/// as intervals, spread over the span the boundaries cover) decide. A binary search over
+/// thousands of starts costs a dozen dependent steps per key; this costs two loads and a
+/// short count.
 struct Starts<K> {
-    top: Vec<K>,
     all: Vec<K>,
+    /// The second start (the first boundary): keys below it are in interval 0.
+    base: K,
+    shift: u32,
+    /// `tab[b]`: the interval holding the lowest key of bucket `b` (0 for bucket 0);
+    /// `tab[b + 1]`: the one holding its highest. One entry more than buckets.
+    tab: Vec<u32>,
 }
 
-const BLOCK: usize = 16;
+/// Buckets per interval, at most (rounded down to a power of two, at least 2 buckets).
+const MAX_BUCKETS: usize = 1 << 20;
+
+/// Above this many starts in one bucket, a binary search instead of a count.
+const SHORT: usize = 16;
 
 impl<K: KeyInt> Starts<K> {
     fn new(all: Vec<K>) -> Starts<K> {
+        let n = all.len();
+        let base = all.get(1).copied().unwrap_or(all[0]);
+        let span = all[n - 1].wide() - base.wide();
+        let buckets = n.next_power_of_two().clamp(2, MAX_BUCKETS);
+        let bits = 128 - span.leading_zeros();
+        let shift = bits.saturating_sub(buckets.trailing_zeros());
+        let mut tab = Vec::with_capacity(buckets + 1);
+        let mut i = 0;
+        for b in 0..buckets {
+            if b == 0 {
+                tab.push(0);
+                continue;
+            }
+            // The lowest key of bucket `b` (none past the key type's range: then the
+            // bucket holds no key and any interval will do).
+            let low = (b as u128)
+                .checked_shl(shift)
+                .and_then(|o| base.wide().checked_add(o))
+                .unwrap_or(u128::MAX);
+            while i + 1 < n && all[i + 1].wide() <= low {
+                i += 1;
+            }
+            tab.push(i as u32);
+        }
+        tab.push((n - 1) as u32);
         Starts {
-            top: all.iter().step_by(BLOCK).copied().collect(),
             all,
+            base,
+            shift,
+            tab,
+        }
+    }
+
+    /// The bucket of `k`.
+    #[inline(always)]
+    fn bucket(&self, k: K) -> usize {
+        k.bucket(self.base, self.shift).min(self.tab.len() - 2)
+    }
+
+    /// The interval holding `k`, given the intervals `lo` and `hi` holding the lowest
+    /// and highest key of its bucket.
+    #[inline(always)]
+    fn within(&self, k: K, lo: usize, hi: usize) -> usize {
+        let between = &self.all[lo + 1..=hi];
+        if between.len() <= SHORT {
+            lo + between.iter().filter(|&&s| s <= k).count()
+        } else {
+            lo + between.partition_point(|&s| s <= k)
         }
     }
 
     /// The index of the interval holding `k` (the first start is the domain's minimum).
     #[inline]
     fn find(&self, k: K) -> usize {
-        let t = self.top.partition_point(|&s| s <= k) - 1;
-        let base = t * BLOCK;
-        let block = &self.all[base..(base + BLOCK).min(self.all.len())];
-        base + block_find(block, k)
+        let b = self.bucket(k);
+        self.within(k, self.tab[b] as usize, self.tab[b + 1] as usize)
     }
 
     fn bytes(&self) -> usize {
-        (self.top.len() + self.all.len()) * size_of::<K>()
+        self.all.len() * size_of::<K>() + self.tab.len() * 4
     }
 }
 
@@ -203,13 +280,6 @@ fn scan<K: KeyInt>(
 #[inline(always)]
 fn touch<T>(s: &[T], i: usize, f: impl Fn(&T) -> u32) -> u32 {
     s.get(i).map_or(0, f)
-}
-
-/// The index in `block` (sorted, `block[0] <= k`) of the last start `<= k`: a count
-/// with no branches, which the compiler turns into vector compares.
-#[inline(always)]
-fn block_find<K: KeyInt>(block: &[K], k: K) -> usize {
-    block.iter().filter(|&&s| s <= k).count() - 1
 }
 
 /// Rules of one group under construction: (position, rule).
@@ -407,7 +477,7 @@ impl<K: KeyInt> Partitioned<K> {
 
     /// The answers of [`Partitioned::lookup_where`] for up to [`BURST`] keys at once:
     /// `out[j]` for `keys[j]` (and `wide[j]`). The lookups advance together, stage by
-    /// stage (a group's top-level search, its block of starts, its interval's list, the
+    /// stage (a group's bucket, the starts of the bucket, its interval's list, the
     /// candidates), and each stage first loads what the next one reads for every
     /// key of the burst, so the memory latency of the keys overlaps instead of adding up
     /// (what `rte_acl_classify` does with its flows). Each key's answer is computed by
@@ -436,9 +506,10 @@ impl<K: KeyInt> Partitioned<K> {
         let mut best = [u32::MAX; BURST];
         // The keys (indices) still looking in the current group.
         let mut live = [0u8; BURST];
-        // Per live key: the top-level entry, then the interval.
+        // Per live key: its bucket, then its interval.
         let mut at = [0usize; BURST];
-        // Per live key: its interval's list, `pool[a..b]`.
+        // Per live key: the intervals of its bucket's ends, then its interval's list,
+        // `pool[a..b]`.
         let mut span = [(0u32, 0u32); BURST];
         // What the loads ahead read, per key (see `touch`).
         let mut sink = [0u32; BURST];
@@ -462,38 +533,25 @@ impl<K: KeyInt> Partitioned<K> {
                 }
                 continue;
             };
-            let top = &ix.starts.top;
-            let all = &ix.starts.all;
-            // Top level: a branch-free binary search, all keys one step at a time (the
-            // loads of one step are independent). `top[0]` is the domain's minimum, so
-            // the answer is the last start <= the key.
-            for &j in live {
-                at[usize::from(j)] = 0;
-            }
-            let mut len = top.len();
-            while len > 1 {
-                let half = len / 2;
-                for &j in live {
-                    let j = usize::from(j);
-                    // A step of `half` or none, with no branch (which would be
-                    // mispredicted half the time).
-                    let go = top[at[j] + half] <= keys[j][ix.dim];
-                    at[j] += half * usize::from(go);
-                }
-                len -= half;
-            }
-            // The block of starts below the top-level entry.
+            let st = &ix.starts;
+            // The bucket of each key, then the intervals of its lowest and highest key
+            // (adjacent entries), then the count of the starts between them.
             for &j in live {
                 let j = usize::from(j);
-                let base = at[j] * BLOCK;
-                sink[j] ^=
-                    touch(all, base, |&s| s.low()) ^ touch(all, base + BLOCK - 1, |&s| s.low());
+                at[j] = st.bucket(keys[j][ix.dim]);
+                sink[j] ^= touch(&st.tab, at[j], |&t| t);
             }
             for &j in live {
                 let j = usize::from(j);
-                let base = at[j] * BLOCK;
-                let block = &all[base..(base + BLOCK).min(all.len())];
-                at[j] = base + block_find(block, keys[j][ix.dim]);
+                let b = at[j];
+                let (lo, hi) = (st.tab[b], st.tab[b + 1]);
+                span[j] = (lo, hi);
+                sink[j] ^= touch(&st.all, lo as usize + 1, |&s| s.low());
+            }
+            for &j in live {
+                let j = usize::from(j);
+                let (lo, hi) = span[j];
+                at[j] = st.within(keys[j][ix.dim], lo as usize, hi as usize);
                 sink[j] ^= touch(&ix.lists, at[j], |&(a, _)| a);
             }
             // The interval's list: load its first candidates ahead.
@@ -573,5 +631,85 @@ impl<K: KeyInt> Partitioned<K> {
                     })
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The interval of `k` by the definition: the last start `<= k`.
+    fn reference<K: KeyInt>(all: &[K], k: K) -> usize {
+        all.partition_point(|&s| s <= k) - 1
+    }
+
+    /// `find`, and the steps the burst lookup takes (bucket, its ends, `within`), both
+    /// against the reference, for the starts themselves, their neighbours and `probes`.
+    fn check<K: KeyInt>(all: Vec<K>, probes: &[K], around: impl Fn(K) -> [K; 3]) {
+        let st = Starts::new(all.clone());
+        let keys = all
+            .iter()
+            .flat_map(|&s| around(s))
+            .chain(probes.iter().copied());
+        for k in keys {
+            let want = reference(&all, k);
+            assert_eq!(st.find(k), want, "find {k:?} in {all:?}");
+            let b = st.bucket(k);
+            let (lo, hi) = (st.tab[b] as usize, st.tab[b + 1] as usize);
+            assert_eq!(st.within(k, lo, hi), want, "within {k:?} in {all:?}");
+        }
+    }
+
+    fn v4(mut rest: Vec<u32>) {
+        rest.push(0);
+        rest.sort_unstable();
+        rest.dedup();
+        let around = |s: u32| [s.saturating_sub(1), s, s.saturating_add(1)];
+        check(rest, &[0, 1, u32::MAX, u32::MAX - 1, 1 << 31], around);
+    }
+
+    fn v6(mut rest: Vec<u128>) {
+        rest.push(0);
+        rest.sort_unstable();
+        rest.dedup();
+        let around = |s: u128| [s.saturating_sub(1), s, s.saturating_add(1)];
+        check(rest, &[0, 1, u128::MAX, u128::MAX - 1, 1 << 127], around);
+    }
+
+    #[test]
+    fn starts_edges() {
+        v4(vec![]);
+        v4(vec![u32::MAX]);
+        v4(vec![1]);
+        v4(vec![1, u32::MAX]);
+        // Clustered boundaries with one far away: most buckets empty, one crowded.
+        v4((0..200)
+            .map(|i| 0xac10_0000 + i)
+            .chain([u32::MAX])
+            .collect());
+        v4((0..5000).map(|i| 0x0a00_0000 + i * 256).collect());
+        v6(vec![]);
+        v6(vec![u128::MAX]);
+        v6(vec![1, u128::MAX]);
+        v6((0..300)
+            .map(|i| (0x2001_0db8u128 << 96) | (i << 64))
+            .collect());
+        v6((0..300).map(|i| i * 3).chain([u128::MAX]).collect());
+    }
+
+    proptest! {
+        #[test]
+        fn starts_find_is_the_last_start_below(
+            rest in prop::collection::vec(any::<u32>(), 0..300),
+            narrow in prop::collection::vec(0u32..4096, 0..300),
+            wide in prop::collection::vec(any::<u128>(), 0..300),
+            clustered in prop::collection::vec(0u128..(1 << 20), 0..300),
+        ) {
+            v4(rest);
+            v4(narrow.into_iter().map(|x| 0xac10_0000 | x).collect());
+            v6(wide);
+            v6(clustered.into_iter().map(|x| (0x2001_0db8u128 << 96) | (x << 52)).collect());
+        }
     }
 }
