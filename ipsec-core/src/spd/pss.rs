@@ -236,12 +236,14 @@ impl<K: KeyInt> Group<K> {
 /// Lookups of at most this many keys advance together in [`Partitioned::lookup_burst`].
 pub(crate) const BURST: usize = 32;
 
-/// Below this size (heap bytes) a classifier stays in a core's L2 cache (1 MiB on the
-/// Zen 4 measured) and [`Partitioned::lookup_burst`] looks keys up one at a time:
-/// measured with `spd_acl`, the stages were 5-50% slower than single lookups at 1,000
-/// rules (`Spd::compiled_bytes` 0.6-0.9 MB for both directions) and 10-25% faster at
-/// 10,000 (7-10 MB).
-const BURST_MIN_BYTES: usize = 1 << 20;
+/// Below this size (heap bytes) [`Partitioned::lookup_burst`] looks keys up one at a
+/// time. Measured with `spd_acl` once the bucket table ([`Starts`]) replaced the binary
+/// search (a single lookup is then a short chain of loads): on a Xeon VM (2 MiB L2 per
+/// core, a large shared L3), single lookups were 5-30% faster than the stages at 10,000
+/// rules (3-5 MB per classifier) and 35-55% slower at 100,000 (55-100 MB). Before, with
+/// the binary search, the stages already paid at 10,000 rules on a Zen 4 (1 MiB L2);
+/// sizes between 10,000 and 100,000 rules are not measured.
+const BURST_MIN_BYTES: usize = 16 << 20;
 
 /// Candidates loaded ahead per key before its list is scanned.
 const CANDIDATES_AHEAD: usize = 2;
