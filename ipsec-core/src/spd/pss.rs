@@ -228,6 +228,31 @@ impl<K: KeyInt> Entry<K> {
     }
 }
 
+impl<K: KeyInt> Entry<K> {
+    /// [`Entry::inside`] with every bound compared and no branch until the answer
+    /// (`&`, not `&&`), for the long lists of large classifiers (the burst lookup's
+    /// scan): which dimension fails differs from one candidate to the next, so a test
+    /// per dimension is a mispredicted branch every few candidates, while the answer
+    /// is nearly always "no" in a long list. Measured with `spd_acl`: 100,000 IPv4
+    /// rules about 25% faster. (Short lists, where the first failing test usually ends
+    /// the check, keep [`Entry::inside`].)
+    #[inline(always)]
+    fn inside_all(&self, key: &[K; DIMS]) -> bool {
+        let (s, d) = (key[0].short(), key[1].short());
+        let (p, a, b) = (key[2].low(), key[3].low(), key[4].low());
+        (self.alo[0] <= s)
+            & (s <= self.ahi[0])
+            & (self.alo[1] <= d)
+            & (d <= self.ahi[1])
+            & (self.nlo[0] <= p)
+            & (p <= self.nhi[0])
+            & (self.nlo[1] <= a)
+            & (a <= self.nhi[1])
+            & (self.nlo[2] <= b)
+            & (b <= self.nhi[2])
+    }
+}
+
 /// The elementary intervals of one group's index dimension.
 struct Index<K: KeyInt> {
     dim: usize,
@@ -293,6 +318,28 @@ fn scan<K: KeyInt>(
             break;
         }
         if e.inside(key) && (e.exact || rules[e.local as usize].matches(wide)) && !masked(e.id) {
+            return e.id;
+        }
+    }
+    best
+}
+
+/// [`scan`] with [`Entry::inside_all`]: the same answer.
+#[inline(always)]
+fn scan_all<K: KeyInt>(
+    cands: &[Entry<K>],
+    rules: &[TRule],
+    best: u32,
+    key: &[K; DIMS],
+    wide: &[u128; DIMS],
+    masked: &impl Fn(u32) -> bool,
+) -> u32 {
+    for e in cands {
+        if e.id >= best {
+            break;
+        }
+        if e.inside_all(key) && (e.exact || rules[e.local as usize].matches(wide)) && !masked(e.id)
+        {
             return e.id;
         }
     }
@@ -600,7 +647,7 @@ impl<K: KeyInt> Partitioned<K> {
             for &j in live {
                 let j = usize::from(j);
                 let (a, b) = span[j];
-                best[j] = scan(
+                best[j] = scan_all(
                     &ix.pool[a as usize..b as usize],
                     &g.rules,
                     best[j],
