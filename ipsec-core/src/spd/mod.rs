@@ -83,12 +83,13 @@
 //!
 //! [`Spd::lookup_burst`] answers many flows in one call, 32 at a time, as DPDK's
 //! `rte_acl_classify` does. A lookup of one flow is a chain of dependent memory reads
-//! (top-level search, block of starts, the interval's list, its candidates), and at
-//! 10,000 rules and more the lists and candidates are mostly cache misses; the burst
+//! (the bucket of the index, the starts in it, the interval's list, its candidates), and
+//! at 100,000 rules the lists and candidates are mostly cache misses; the burst
 //! walks the flows of a burst through each group together, one stage at a time, and
 //! loads what the next stage reads for every flow before it is used, so the misses of
 //! 32 flows are in flight at once. Each flow still gets exactly its own lookup's
 //! answer: the same groups, the same interval, the same candidates, one shared scan.
+//! Smaller classifiers (under 16 MiB) answer one flow at a time, which is faster there.
 //! What remains at 100,000 rules is the length of the lists: the group of rules whose
 //! remote is "any" is indexed by the local address, and each point of a local /24 is
 //! covered by its site's /16 rules too (in the benchmark's rule set, 66 candidates per
@@ -1539,7 +1540,7 @@ impl Spd {
     #[doc(hidden)]
     pub fn engine_stats(&self) -> String {
         match &self.outbound.engine {
-            Engine::Partitioned { v4, .. } => v4.stats(),
+            Engine::Partitioned { v4, v6 } => v4.stats() + "IPv6:\n" + &v6.stats(),
             _ => String::new(),
         }
     }
@@ -1734,9 +1735,9 @@ impl Spd {
     /// of a burst that use the same classifier (direction and address family) advance
     /// together, stage by stage, and each stage first loads what the next one
     /// reads for every flow, so the cache misses of the flows overlap instead of
-    /// following one another. A classifier small enough to stay in the cache (under
-    /// 1 MiB: about 1,000 policies) has no misses to overlap, and its flows are looked
-    /// up one at a time. Each flow's answer is reached by the same steps as a
+    /// following one another. A classifier small enough to stay mostly in the caches
+    /// (under 16 MiB: some 20,000-40,000 policies) has few misses to overlap, and its
+    /// flows are looked up one at a time. Each flow's answer is reached by the same steps as a
     /// lookup of it alone (the property tests and the `spd_differential` fuzz target
     /// compare them, and both with [`Spd::lookup_linear`]).
     ///

@@ -34,6 +34,18 @@ pub(crate) trait KeyInt: Copy + Ord + Default + core::fmt::Debug {
     fn narrow(v: u128) -> Self;
     /// The low 32 bits.
     fn low(self) -> u32;
+    /// An address as a candidate's box stores it: all of it for IPv4, the top 64 bits
+    /// (the network part of most prefixes) for IPv6.
+    type Short: Copy + Ord + Default + core::fmt::Debug;
+    /// The stored part of an address.
+    fn short(self) -> Self::Short;
+    /// Whether the keys `k` with `lo.short() <= k.short() <= hi.short()` are exactly
+    /// `lo..=hi` (for IPv6: `lo` ends in 64 zero bits and `hi` in 64 one bits).
+    fn short_exact(lo: Self, hi: Self) -> bool;
+    /// The value, widened.
+    fn wide(self) -> u128;
+    /// `(self - base) >> shift` (0 below `base`), saturated to `usize`.
+    fn bucket(self, base: Self, shift: u32) -> usize;
 }
 impl KeyInt for u32 {
     #[inline]
@@ -43,6 +55,22 @@ impl KeyInt for u32 {
     #[inline]
     fn low(self) -> u32 {
         self
+    }
+    type Short = u32;
+    #[inline(always)]
+    fn short(self) -> u32 {
+        self
+    }
+    fn short_exact(_: u32, _: u32) -> bool {
+        true
+    }
+    #[inline]
+    fn wide(self) -> u128 {
+        u128::from(self)
+    }
+    #[inline(always)]
+    fn bucket(self, base: u32, shift: u32) -> usize {
+        self.saturating_sub(base).checked_shr(shift).unwrap_or(0) as usize
     }
 }
 impl KeyInt for u128 {
@@ -54,61 +82,137 @@ impl KeyInt for u128 {
     fn low(self) -> u32 {
         self as u32
     }
+    type Short = u64;
+    #[inline(always)]
+    fn short(self) -> u64 {
+        (self >> 64) as u64
+    }
+    fn short_exact(lo: u128, hi: u128) -> bool {
+        lo as u64 == 0 && hi as u64 == u64::MAX
+    }
+    #[inline]
+    fn wide(self) -> u128 {
+        self
+    }
+    #[inline(always)]
+    fn bucket(self, base: u128, shift: u32) -> usize {
+        usize::try_from(self.saturating_sub(base).checked_shr(shift).unwrap_or(0))
+            .unwrap_or(usize::MAX)
+    }
 }
 
-/// Interval starts, searched in two steps: a binary search over every [`BLOCK`]-th start
-/// (a small array that stays in the L1 cache), then one block of starts. A plain binary
-/// search over thousands of starts costs a dependent cache miss per step.
+/// Interval starts, found through a bucket table (the first level of a radix trie):
+/// the key's offset from the first boundary, shifted right, picks a bucket, and the
+/// bucket names the interval its lowest value falls in and the one its highest value
+/// falls in; the starts between the two (none or a few: there are about as many buckets
+/// as intervals, spread over the span the boundaries cover) decide. A binary search over
+/// thousands of starts costs a dozen dependent steps per key; this costs two loads and a
+/// short count.
 struct Starts<K> {
-    top: Vec<K>,
     all: Vec<K>,
+    /// The second start (the first boundary): keys below it are in interval 0.
+    base: K,
+    shift: u32,
+    /// `tab[b]`: the interval holding the lowest key of bucket `b` (0 for bucket 0);
+    /// `tab[b + 1]`: the one holding its highest. One entry more than buckets.
+    tab: Vec<u32>,
 }
 
-const BLOCK: usize = 16;
+/// Buckets per interval, at most (rounded down to a power of two, at least 2 buckets).
+const MAX_BUCKETS: usize = 1 << 20;
+
+/// Above this many starts in one bucket, a binary search instead of a count.
+const SHORT: usize = 16;
 
 impl<K: KeyInt> Starts<K> {
     fn new(all: Vec<K>) -> Starts<K> {
+        let n = all.len();
+        let base = all.get(1).copied().unwrap_or(all[0]);
+        let span = all[n - 1].wide() - base.wide();
+        let buckets = n.next_power_of_two().clamp(2, MAX_BUCKETS);
+        let bits = 128 - span.leading_zeros();
+        let shift = bits.saturating_sub(buckets.trailing_zeros());
+        let mut tab = Vec::with_capacity(buckets + 1);
+        let mut i = 0;
+        for b in 0..buckets {
+            if b == 0 {
+                tab.push(0);
+                continue;
+            }
+            // The lowest key of bucket `b` (none past the key type's range: then the
+            // bucket holds no key and any interval will do).
+            let low = (b as u128)
+                .checked_shl(shift)
+                .and_then(|o| base.wide().checked_add(o))
+                .unwrap_or(u128::MAX);
+            while i + 1 < n && all[i + 1].wide() <= low {
+                i += 1;
+            }
+            tab.push(i as u32);
+        }
+        tab.push((n - 1) as u32);
         Starts {
-            top: all.iter().step_by(BLOCK).copied().collect(),
             all,
+            base,
+            shift,
+            tab,
+        }
+    }
+
+    /// The bucket of `k`.
+    #[inline(always)]
+    fn bucket(&self, k: K) -> usize {
+        k.bucket(self.base, self.shift).min(self.tab.len() - 2)
+    }
+
+    /// The interval holding `k`, given the intervals `lo` and `hi` holding the lowest
+    /// and highest key of its bucket.
+    #[inline(always)]
+    fn within(&self, k: K, lo: usize, hi: usize) -> usize {
+        let between = &self.all[lo + 1..=hi];
+        if between.len() <= SHORT {
+            lo + between.iter().filter(|&&s| s <= k).count()
+        } else {
+            lo + between.partition_point(|&s| s <= k)
         }
     }
 
     /// The index of the interval holding `k` (the first start is the domain's minimum).
     #[inline]
     fn find(&self, k: K) -> usize {
-        let t = self.top.partition_point(|&s| s <= k) - 1;
-        let base = t * BLOCK;
-        let block = &self.all[base..(base + BLOCK).min(self.all.len())];
-        base + block_find(block, k)
+        let b = self.bucket(k);
+        self.within(k, self.tab[b] as usize, self.tab[b + 1] as usize)
     }
 
     fn bytes(&self) -> usize {
-        (self.top.len() + self.all.len()) * size_of::<K>()
+        self.all.len() * size_of::<K>() + self.tab.len() * 4
     }
 }
 
 /// A candidate as stored in the lists: the rule's bounding box, inline, so that checking
 /// a candidate reads the list and nothing else. `exact` is false when some dimension of
-/// the rule has several ranges (an address list): then the box only filters and the
-/// rule's full ranges decide.
+/// the rule has several ranges (an address list), or when an IPv6 address range does
+/// not end on /64 boundaries (a host, a /96): then the box only filters and the rule's
+/// full ranges decide.
 ///
 /// Laid out for the scan: the rule position (the first thing a scan reads) and the
 /// narrow dimensions (protocol, A, B: they fit in 32 bits in both families) come first,
-/// in the cache line where the addresses start; IPv6 entries take 112 bytes instead of
-/// the 176 of a box of five `u128` pairs.
+/// in the cache line where the addresses start. IPv6 addresses are stored by their top
+/// 64 bits ([`KeyInt::short`]): an entry takes 72 bytes instead of 112 with full
+/// addresses (176 with a box of five `u128` pairs), and a scan is mostly reading
+/// entries.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
-struct Entry<K> {
+struct Entry<K: KeyInt> {
     id: u32,
     local: u32,
     exact: bool,
     /// Protocol, A and B: lowest and highest value of the box.
     nlo: [u32; 3],
     nhi: [u32; 3],
-    /// Source and destination: lowest and highest value of the box.
-    alo: [K; 2],
-    ahi: [K; 2],
+    /// Source and destination: lowest and highest value of the box (their stored part).
+    alo: [K::Short; 2],
+    ahi: [K::Short; 2],
 }
 
 impl<K: KeyInt> Entry<K> {
@@ -116,7 +220,7 @@ impl<K: KeyInt> Entry<K> {
     /// dimensions, and most candidates fail there), then the narrow dimensions.
     #[inline(always)]
     fn inside(&self, key: &[K; DIMS]) -> bool {
-        (0..2).all(|d| self.alo[d] <= key[d] && key[d] <= self.ahi[d])
+        (0..2).all(|d| self.alo[d] <= key[d].short() && key[d].short() <= self.ahi[d])
             && key[2..]
                 .iter()
                 .zip(self.nlo.iter().zip(&self.nhi))
@@ -124,8 +228,33 @@ impl<K: KeyInt> Entry<K> {
     }
 }
 
+impl<K: KeyInt> Entry<K> {
+    /// [`Entry::inside`] with every bound compared and no branch until the answer
+    /// (`&`, not `&&`), for the long lists of large classifiers (the burst lookup's
+    /// scan): which dimension fails differs from one candidate to the next, so a test
+    /// per dimension is a mispredicted branch every few candidates, while the answer
+    /// is nearly always "no" in a long list. Measured with `spd_acl`: 100,000 IPv4
+    /// rules about 25% faster. (Short lists, where the first failing test usually ends
+    /// the check, keep [`Entry::inside`].)
+    #[inline(always)]
+    fn inside_all(&self, key: &[K; DIMS]) -> bool {
+        let (s, d) = (key[0].short(), key[1].short());
+        let (p, a, b) = (key[2].low(), key[3].low(), key[4].low());
+        (self.alo[0] <= s)
+            & (s <= self.ahi[0])
+            & (self.alo[1] <= d)
+            & (d <= self.ahi[1])
+            & (self.nlo[0] <= p)
+            & (p <= self.nhi[0])
+            & (self.nlo[1] <= a)
+            & (a <= self.nhi[1])
+            & (self.nlo[2] <= b)
+            & (b <= self.nhi[2])
+    }
+}
+
 /// The elementary intervals of one group's index dimension.
-struct Index<K> {
+struct Index<K: KeyInt> {
     dim: usize,
     starts: Starts<K>,
     /// `pool[a..b]` is the list of each interval.
@@ -134,7 +263,7 @@ struct Index<K> {
 }
 
 /// The rules of one wildcard pattern.
-struct Group<K> {
+struct Group<K: KeyInt> {
     first: u32,
     rules: Vec<TRule>,
     /// `None`: every rule is a candidate, in order (`all`).
@@ -159,12 +288,14 @@ impl<K: KeyInt> Group<K> {
 /// Lookups of at most this many keys advance together in [`Partitioned::lookup_burst`].
 pub(crate) const BURST: usize = 32;
 
-/// Below this size (heap bytes) a classifier stays in a core's L2 cache (1 MiB on the
-/// Zen 4 measured) and [`Partitioned::lookup_burst`] looks keys up one at a time:
-/// measured with `spd_acl`, the stages were 5-50% slower than single lookups at 1,000
-/// rules (`Spd::compiled_bytes` 0.6-0.9 MB for both directions) and 10-25% faster at
-/// 10,000 (7-10 MB).
-const BURST_MIN_BYTES: usize = 1 << 20;
+/// Below this size (heap bytes) [`Partitioned::lookup_burst`] looks keys up one at a
+/// time. Measured with `spd_acl` once the bucket table ([`Starts`]) replaced the binary
+/// search (a single lookup is then a short chain of loads): on a Xeon VM (2 MiB L2 per
+/// core, a large shared L3), single lookups were 5-30% faster than the stages at 10,000
+/// rules (3-5 MB per classifier) and 35-55% slower at 100,000 (55-100 MB). Before, with
+/// the binary search, the stages already paid at 10,000 rules on a Zen 4 (1 MiB L2);
+/// sizes between 10,000 and 100,000 rules are not measured.
+const BURST_MIN_BYTES: usize = 16 << 20;
 
 /// Candidates loaded ahead per key before its list is scanned.
 const CANDIDATES_AHEAD: usize = 2;
@@ -193,6 +324,28 @@ fn scan<K: KeyInt>(
     best
 }
 
+/// [`scan`] with [`Entry::inside_all`]: the same answer.
+#[inline(always)]
+fn scan_all<K: KeyInt>(
+    cands: &[Entry<K>],
+    rules: &[TRule],
+    best: u32,
+    key: &[K; DIMS],
+    wide: &[u128; DIMS],
+    masked: &impl Fn(u32) -> bool,
+) -> u32 {
+    for e in cands {
+        if e.id >= best {
+            break;
+        }
+        if e.inside_all(key) && (e.exact || rules[e.local as usize].matches(wide)) && !masked(e.id)
+        {
+            return e.id;
+        }
+    }
+    best
+}
+
 /// What `s[i]` holds (if `i` is in bounds), through `f`: a load made early so that its
 /// cache line is on its way before the code that needs it runs, the "prefetch" of the
 /// burst lookup. The crate has no `unsafe`, and `_mm_prefetch` needs it; a plain load
@@ -205,18 +358,11 @@ fn touch<T>(s: &[T], i: usize, f: impl Fn(&T) -> u32) -> u32 {
     s.get(i).map_or(0, f)
 }
 
-/// The index in `block` (sorted, `block[0] <= k`) of the last start `<= k`: a count
-/// with no branches, which the compiler turns into vector compares.
-#[inline(always)]
-fn block_find<K: KeyInt>(block: &[K], k: K) -> usize {
-    block.iter().filter(|&&s| s <= k).count() - 1
-}
-
 /// Rules of one group under construction: (position, rule).
 type Members = Vec<(u32, TRule)>;
 
 /// The classifier of one address family.
-pub(crate) struct Partitioned<K> {
+pub(crate) struct Partitioned<K: KeyInt> {
     groups: Vec<Group<K>>,
     /// [`Partitioned::heap_bytes`], computed once.
     bytes: usize,
@@ -229,15 +375,17 @@ fn entry<K: KeyInt>(r: &TRule, id: u32, local: u32) -> Entry<K> {
         exact: true,
         nlo: [0; 3],
         nhi: [0; 3],
-        alo: [K::default(); 2],
-        ahi: [K::default(); 2],
+        alo: [K::Short::default(); 2],
+        ahi: [K::Short::default(); 2],
     };
     for d in 0..DIMS {
         let ranges = r.dim(d);
         let (lo, hi) = (ranges[0].0, ranges[ranges.len() - 1].1);
         if d < 2 {
-            e.alo[d] = K::narrow(lo);
-            e.ahi[d] = K::narrow(hi);
+            let (lo, hi) = (K::narrow(lo), K::narrow(hi));
+            e.alo[d] = lo.short();
+            e.ahi[d] = hi.short();
+            e.exact &= K::short_exact(lo, hi);
         } else {
             // Protocol (up to 255), ports and ICMP fields (up to OPAQUE = 2^16).
             e.nlo[d - 2] = u32::try_from(lo).expect("a narrow dimension");
@@ -263,7 +411,10 @@ fn build_index<K: KeyInt>(
             }
         }
     }
-    events.sort_unstable_by_key(|e| e.0);
+    // At one point, the ends first: a range that ends where another of the same rule
+    // begins (adjacent ranges, which the compiled selectors merge anyway) leaves it
+    // covered.
+    events.sort_unstable_by_key(|e| (e.0, e.1));
     let mut active: BTreeSet<u32> = BTreeSet::new();
     let mut seen: HashMap<Vec<u32>, (u32, u32)> = HashMap::new();
     let mut starts: Vec<K> = Vec::new();
@@ -407,7 +558,7 @@ impl<K: KeyInt> Partitioned<K> {
 
     /// The answers of [`Partitioned::lookup_where`] for up to [`BURST`] keys at once:
     /// `out[j]` for `keys[j]` (and `wide[j]`). The lookups advance together, stage by
-    /// stage (a group's top-level search, its block of starts, its interval's list, the
+    /// stage (a group's bucket, the starts of the bucket, its interval's list, the
     /// candidates), and each stage first loads what the next one reads for every
     /// key of the burst, so the memory latency of the keys overlaps instead of adding up
     /// (what `rte_acl_classify` does with its flows). Each key's answer is computed by
@@ -436,9 +587,10 @@ impl<K: KeyInt> Partitioned<K> {
         let mut best = [u32::MAX; BURST];
         // The keys (indices) still looking in the current group.
         let mut live = [0u8; BURST];
-        // Per live key: the top-level entry, then the interval.
+        // Per live key: its bucket, then its interval.
         let mut at = [0usize; BURST];
-        // Per live key: its interval's list, `pool[a..b]`.
+        // Per live key: the intervals of its bucket's ends, then its interval's list,
+        // `pool[a..b]`.
         let mut span = [(0u32, 0u32); BURST];
         // What the loads ahead read, per key (see `touch`).
         let mut sink = [0u32; BURST];
@@ -462,38 +614,25 @@ impl<K: KeyInt> Partitioned<K> {
                 }
                 continue;
             };
-            let top = &ix.starts.top;
-            let all = &ix.starts.all;
-            // Top level: a branch-free binary search, all keys one step at a time (the
-            // loads of one step are independent). `top[0]` is the domain's minimum, so
-            // the answer is the last start <= the key.
-            for &j in live {
-                at[usize::from(j)] = 0;
-            }
-            let mut len = top.len();
-            while len > 1 {
-                let half = len / 2;
-                for &j in live {
-                    let j = usize::from(j);
-                    // A step of `half` or none, with no branch (which would be
-                    // mispredicted half the time).
-                    let go = top[at[j] + half] <= keys[j][ix.dim];
-                    at[j] += half * usize::from(go);
-                }
-                len -= half;
-            }
-            // The block of starts below the top-level entry.
+            let st = &ix.starts;
+            // The bucket of each key, then the intervals of its lowest and highest key
+            // (adjacent entries), then the count of the starts between them.
             for &j in live {
                 let j = usize::from(j);
-                let base = at[j] * BLOCK;
-                sink[j] ^=
-                    touch(all, base, |&s| s.low()) ^ touch(all, base + BLOCK - 1, |&s| s.low());
+                at[j] = st.bucket(keys[j][ix.dim]);
+                sink[j] ^= touch(&st.tab, at[j], |&t| t);
             }
             for &j in live {
                 let j = usize::from(j);
-                let base = at[j] * BLOCK;
-                let block = &all[base..(base + BLOCK).min(all.len())];
-                at[j] = base + block_find(block, keys[j][ix.dim]);
+                let b = at[j];
+                let (lo, hi) = (st.tab[b], st.tab[b + 1]);
+                span[j] = (lo, hi);
+                sink[j] ^= touch(&st.all, lo as usize + 1, |&s| s.low());
+            }
+            for &j in live {
+                let j = usize::from(j);
+                let (lo, hi) = span[j];
+                at[j] = st.within(keys[j][ix.dim], lo as usize, hi as usize);
                 sink[j] ^= touch(&ix.lists, at[j], |&(a, _)| a);
             }
             // The interval's list: load its first candidates ahead.
@@ -508,7 +647,7 @@ impl<K: KeyInt> Partitioned<K> {
             for &j in live {
                 let j = usize::from(j);
                 let (a, b) = span[j];
-                best[j] = scan(
+                best[j] = scan_all(
                     &ix.pool[a as usize..b as usize],
                     &g.rules,
                     best[j],
@@ -573,5 +712,178 @@ impl<K: KeyInt> Partitioned<K> {
                     })
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The interval of `k` by the definition: the last start `<= k`.
+    fn reference<K: KeyInt>(all: &[K], k: K) -> usize {
+        all.partition_point(|&s| s <= k) - 1
+    }
+
+    /// `find`, and the steps the burst lookup takes (bucket, its ends, `within`), both
+    /// against the reference, for the starts themselves, their neighbours and `probes`.
+    fn check<K: KeyInt>(all: Vec<K>, probes: &[K], around: impl Fn(K) -> [K; 3]) {
+        let st = Starts::new(all.clone());
+        let keys = all
+            .iter()
+            .flat_map(|&s| around(s))
+            .chain(probes.iter().copied());
+        for k in keys {
+            let want = reference(&all, k);
+            assert_eq!(st.find(k), want, "find {k:?} in {all:?}");
+            let b = st.bucket(k);
+            let (lo, hi) = (st.tab[b] as usize, st.tab[b + 1] as usize);
+            assert_eq!(st.within(k, lo, hi), want, "within {k:?} in {all:?}");
+        }
+    }
+
+    fn v4(mut rest: Vec<u32>) {
+        rest.push(0);
+        rest.sort_unstable();
+        rest.dedup();
+        let around = |s: u32| [s.saturating_sub(1), s, s.saturating_add(1)];
+        check(rest, &[0, 1, u32::MAX, u32::MAX - 1, 1 << 31], around);
+    }
+
+    fn v6(mut rest: Vec<u128>) {
+        rest.push(0);
+        rest.sort_unstable();
+        rest.dedup();
+        let around = |s: u128| [s.saturating_sub(1), s, s.saturating_add(1)];
+        check(rest, &[0, 1, u128::MAX, u128::MAX - 1, 1 << 127], around);
+    }
+
+    #[test]
+    fn starts_edges() {
+        v4(vec![]);
+        v4(vec![u32::MAX]);
+        v4(vec![1]);
+        v4(vec![1, u32::MAX]);
+        // Clustered boundaries with one far away: most buckets empty, one crowded.
+        v4((0..200)
+            .map(|i| 0xac10_0000 + i)
+            .chain([u32::MAX])
+            .collect());
+        v4((0..5000).map(|i| 0x0a00_0000 + i * 256).collect());
+        v6(vec![]);
+        v6(vec![u128::MAX]);
+        v6(vec![1, u128::MAX]);
+        v6((0..300)
+            .map(|i| (0x2001_0db8u128 << 96) | (i << 64))
+            .collect());
+        v6((0..300).map(|i| i * 3).chain([u128::MAX]).collect());
+    }
+
+    proptest! {
+        #[test]
+        fn starts_find_is_the_last_start_below(
+            rest in prop::collection::vec(any::<u32>(), 0..300),
+            narrow in prop::collection::vec(0u32..4096, 0..300),
+            wide in prop::collection::vec(any::<u128>(), 0..300),
+            clustered in prop::collection::vec(0u128..(1 << 20), 0..300),
+        ) {
+            v4(rest);
+            v4(narrow.into_iter().map(|x| 0xac10_0000 | x).collect());
+            v6(wide);
+            v6(clustered.into_iter().map(|x| (0x2001_0db8u128 << 96) | (x << 52)).collect());
+        }
+    }
+
+    /// An IPv6 address value around the /64 boundaries: network `i / 4`, host 0, 1,
+    /// all ones but the last bit, or all ones.
+    fn grid(i: u8) -> u128 {
+        let low = [0, 1, u64::MAX - 1, u64::MAX][usize::from(i % 4)];
+        (u128::from(i / 4) << 64) | u128::from(low)
+    }
+
+    /// Address ranges on the grid: "any", one range, or two apart.
+    fn addr_ranges() -> impl Strategy<Value = Vec<(u128, u128)>> {
+        prop_oneof![
+            1 => Just(vec![(0, u128::MAX)]),
+            3 => (0u8..24, 0u8..24).prop_map(|(a, b)| vec![(grid(a.min(b)), grid(a.max(b)))]),
+            2 => (0u8..24, 0u8..24, 0u8..24, 0u8..24).prop_map(|(a, b, c, d)| {
+                let mut v = [a, b, c, d];
+                v.sort_unstable();
+                if v[1] == v[2] {
+                    vec![(grid(v[0]), grid(v[3]))]
+                } else {
+                    vec![(grid(v[0]), grid(v[1])), (grid(v[2]), grid(v[3]))]
+                }
+            }),
+        ]
+    }
+
+    /// A narrow range: "any" (`0..=max`) or a range inside a small window.
+    fn narrow(max: u128) -> impl Strategy<Value = Vec<(u128, u128)>> {
+        prop_oneof![
+            1 => Just(vec![(0, max)]),
+            2 => (0u128..8, 0u128..8).prop_map(|(a, b)| vec![(a.min(b), a.max(b))]),
+        ]
+    }
+
+    fn rule() -> impl Strategy<Value = TRule> {
+        (
+            addr_ranges(),
+            addr_ranges(),
+            narrow(255),
+            narrow(65536),
+            narrow(65536),
+        )
+            .prop_map(|(s, d, p, a, b)| {
+                let mut ranges = Vec::new();
+                let mut ends = [0; DIMS];
+                for (i, r) in [s, d, p, a, b].into_iter().enumerate() {
+                    ranges.extend(r);
+                    ends[i] = ranges.len() as u32;
+                }
+                TRule::from_flat(ranges, ends)
+            })
+    }
+
+    fn key() -> impl Strategy<Value = [u128; DIMS]> {
+        let addr = prop_oneof![
+            3 => (0u8..24).prop_map(grid),
+            1 => (0u8..24).prop_map(|i| grid(i).wrapping_add(1)),
+            1 => any::<u128>(),
+        ];
+        (addr.clone(), addr, 0u128..9, 0u128..9, 0u128..9)
+            .prop_map(|(s, d, p, a, b)| [s, d, p, a, b])
+    }
+
+    proptest! {
+        /// IPv6 boxes keep the top 64 bits of the addresses: lookups (single, staged
+        /// bursts, with rules masked out) still answer as the naive first-match scan,
+        /// for ranges that do and do not end on /64 boundaries, address lists, and
+        /// wildcard narrow dimensions.
+        #[test]
+        fn v6_lookup_is_the_first_match(
+            rules in prop::collection::vec(rule(), 1..40),
+            keys in prop::collection::vec(key(), 1..70),
+            mask in any::<u64>(),
+        ) {
+            let max = [u128::MAX, u128::MAX, 255, 65536, 65536];
+            let p = Partitioned::<u128>::build(rules.clone(), max);
+            let masked = |r: u32| mask >> (r % 64) & 1 == 1;
+            let naive = |k: &[u128; DIMS], skip: &dyn Fn(u32) -> bool| {
+                rules.iter().enumerate().position(|(i, r)| r.matches(k) && !skip(i as u32))
+            };
+            for k in &keys {
+                prop_assert_eq!(p.lookup(k, k), naive(k, &|_| false), "{:?}", k);
+                prop_assert_eq!(p.lookup_where(k, k, masked), naive(k, &masked), "{:?}", k);
+            }
+            for chunk in keys.chunks(BURST) {
+                let mut out = [None; BURST];
+                let out = &mut out[..chunk.len()];
+                p.lookup_burst(chunk, chunk, masked, out, true);
+                for (k, o) in chunk.iter().zip(out.iter()) {
+                    prop_assert_eq!(*o, naive(k, &masked), "burst {:?}", k);
+                }
+            }
+        }
     }
 }
