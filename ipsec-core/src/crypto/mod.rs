@@ -708,6 +708,37 @@ pub(crate) struct IcvAhead {
     pub(crate) tag: [u8; AHEAD_TAG],
 }
 
+/// A decrypt burst's hint for [`Transform::open`]: an ICV computed ahead (CBC +
+/// HMAC), or with `ipsec-mb` an AES-GCM packet already decrypted by a job.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ahead<'a> {
+    Icv(&'a IcvAhead),
+    #[cfg(feature = "ipsec-mb")]
+    Gcm(&'a GcmAhead),
+}
+
+/// With `ipsec-mb`: one AES-GCM packet of a decrypt burst whose body
+/// [`Transform::open_ahead`] has decrypted in place (as a job), before its ICV was
+/// compared, under the sequence number `seq` (in the AAD), with the tag it computed.
+/// [`Transform::open`] then compares that tag instead of decrypting, and sets `done`;
+/// if the packet never gets there (refused first, e.g. as a replay of an earlier
+/// packet of the burst), [`Transform::undo_ahead`] puts its ciphertext back.
+#[cfg(feature = "ipsec-mb")]
+#[derive(Debug, Default)]
+pub(crate) struct GcmAhead {
+    pub(crate) esp: usize,
+    pub(crate) icv: usize,
+    pub(crate) seq: u64,
+    nonce: [u8; 12],
+    aad: [u8; 12],
+    aad_len: u8,
+    tag: [u8; 16],
+    /// Set when the body is no longer the job's plaintext awaiting its compare:
+    /// [`Transform::open`] used it (and zeroed it if the tag did not match) or put
+    /// the ciphertext back.
+    pub(crate) done: core::cell::Cell<bool>,
+}
+
 /// Bytes of an [`IcvAhead`] tag: the longest ICV computed ahead (HMAC-SHA-256-128's
 /// 16 bytes in the portable build; with `ipsec-mb`, which computes them for every
 /// integrity algorithm, HMAC-SHA-512-256's 32).
@@ -1176,9 +1207,19 @@ impl Transform {
     /// True when a burst should hand this transform's seals to [`Self::seal_begin`] and
     /// [`Self::seal_lanes`] (AES-CBC + HMAC, whose CBC chains are serial inside a
     /// packet and are run side by side across the packets of a burst).
+    /// With `ipsec-mb`, AES-GCM too (the packets of a burst become the library's GCM
+    /// jobs).
     #[inline]
     pub(crate) fn seals_in_lanes(&self) -> bool {
-        matches!(self.engine, Engine::CbcHmac(_))
+        match &self.engine {
+            Engine::CbcHmac(_) => true,
+            #[cfg(feature = "ipsec-mb")]
+            Engine::Aead {
+                key: AeadKey::IpsecMb(_),
+                ..
+            } => true,
+            _ => false,
+        }
     }
 
     /// The first half of [`Self::seal`] for the burst path: for AES-CBC + HMAC, draws
@@ -1193,6 +1234,16 @@ impl Transform {
         seq: u64,
         esn: bool,
     ) -> Option<PendingSeal> {
+        #[cfg(feature = "ipsec-mb")]
+        if let Engine::Aead {
+            key: AeadKey::IpsecMb(_),
+            ..
+        } = &self.engine
+        {
+            // The IV is the sequence number, as in `seal`; the rest is a GCM job.
+            buf[at.esp + 8..at.esp + 16].copy_from_slice(&seq.to_be_bytes());
+            return Some(PendingSeal { at, seq, esn });
+        }
         let Engine::CbcHmac(keys) = &mut self.engine else {
             self.seal(buf, at, seq, esn);
             return None;
@@ -1209,6 +1260,15 @@ impl Transform {
     /// what [`Self::seal`] gives with the same IVs.
     /// `None` entries are skipped (a burst passes its pending packets first).
     pub(crate) fn seal_lanes(&self, lanes: &mut [Option<Lane<'_>>]) {
+        #[cfg(feature = "ipsec-mb")]
+        if let Engine::Aead {
+            key: AeadKey::IpsecMb(key),
+            salt,
+        } = &self.engine
+        {
+            Self::seal_gcm_mb(key, salt, lanes);
+            return;
+        }
         let Engine::CbcHmac(keys) = &self.engine else {
             unreachable!("only CBC seals are left pending")
         };
@@ -1249,6 +1309,53 @@ impl Transform {
                 n += 1;
             }
             mb.seal(&mut jobs[..n]);
+        }
+    }
+
+    /// [`Self::seal_lanes`] for AES-GCM by intel-ipsec-mb: each packet one GCM job
+    /// (nonce salt || sequence number, AAD SPI || sequence number, tag into the ICV
+    /// field), [`BURST_CHUNK`] jobs per submission: byte for byte what [`Self::seal`]
+    /// gives.
+    #[cfg(feature = "ipsec-mb")]
+    fn seal_gcm_mb(key: &ipsec_mb::GcmKey, salt: &Salt, lanes: &mut [Option<Lane<'_>>]) {
+        for group in lanes.chunks_mut(BURST_CHUNK) {
+            let mut nonces = [[0u8; 12]; BURST_CHUNK];
+            let mut aads = [([0u8; 12], 0usize); BURST_CHUNK];
+            for (((buf, p), n), a) in group
+                .iter()
+                .flatten()
+                .zip(nonces.iter_mut())
+                .zip(aads.iter_mut())
+            {
+                *n = nonce(salt, p.seq);
+                *a = aead_aad(&buf[p.at.esp..p.at.esp + 4], p.seq, p.esn);
+            }
+            let mut jobs: [ipsec_mb::GcmLane<'_>; BURST_CHUNK] =
+                core::array::from_fn(|_| ipsec_mb::GcmLane {
+                    data: &mut [],
+                    nonce: &[0; 12],
+                    aad: &[],
+                    tag: &mut [],
+                });
+            let mut count = 0;
+            for ((((buf, p), n), (aad, aad_len)), job) in group
+                .iter_mut()
+                .flatten()
+                .zip(nonces.iter())
+                .zip(aads.iter())
+                .zip(jobs.iter_mut())
+            {
+                let EspLayout { esp, icv } = p.at;
+                let (body, tag) = buf[esp + 16..icv + 16].split_at_mut(icv - esp - 16);
+                *job = ipsec_mb::GcmLane {
+                    data: body,
+                    nonce: n,
+                    aad: &aad[..*aad_len],
+                    tag,
+                };
+                count += 1;
+            }
+            key.burst(true, &mut jobs[..count]);
         }
     }
 
@@ -1365,13 +1472,106 @@ impl Transform {
         }
     }
 
+    /// With `ipsec-mb`: true when a decrypt burst should decrypt its packets ahead as
+    /// intel-ipsec-mb GCM jobs ([`Self::open_ahead`]): AES-GCM.
+    #[cfg(feature = "ipsec-mb")]
+    #[inline]
+    pub(crate) fn opens_ahead(&self) -> bool {
+        matches!(
+            self.engine,
+            Engine::Aead {
+                key: AeadKey::IpsecMb(_),
+                ..
+            }
+        )
+    }
+
+    /// With `ipsec-mb`, for a decrypt burst of AES-GCM ([`Self::opens_ahead`]):
+    /// decrypts the body of each packet `bufs[l]` at `ahead[l].esp` / `ahead[l].icv`
+    /// in place under its sequence number `ahead[l].seq` (whose replay check has
+    /// passed) and keeps the tag computed, as intel-ipsec-mb GCM jobs,
+    /// [`BURST_CHUNK`] per submission. Nothing is compared here: [`Self::open`]
+    /// compares the tag in constant time when the packet's turn comes (and zeroes the
+    /// body if it does not match, as the one-call open does), or [`Self::undo_ahead`]
+    /// restores the ciphertext of a packet refused before that.
+    #[cfg(feature = "ipsec-mb")]
+    pub(crate) fn open_ahead(&self, bufs: &mut [&mut [u8]], ahead: &mut [GcmAhead], esn: bool) {
+        let Engine::Aead {
+            key: AeadKey::IpsecMb(key),
+            salt,
+        } = &self.engine
+        else {
+            unreachable!("only for opens_ahead")
+        };
+        for (bufs, ahead) in bufs
+            .chunks_mut(BURST_CHUNK)
+            .zip(ahead.chunks_mut(BURST_CHUNK))
+        {
+            let mut jobs: [ipsec_mb::GcmLane<'_>; BURST_CHUNK] =
+                core::array::from_fn(|_| ipsec_mb::GcmLane {
+                    data: &mut [],
+                    nonce: &[0; 12],
+                    aad: &[],
+                    tag: &mut [],
+                });
+            let mut count = 0;
+            for ((buf, a), job) in bufs.iter_mut().zip(ahead.iter_mut()).zip(jobs.iter_mut()) {
+                let (esp, icv) = (a.esp, a.icv);
+                let iv: [u8; 8] = buf[esp + 8..esp + 16].try_into().expect("8-byte IV");
+                a.nonce = nonce_iv(salt, iv);
+                let (aad, aad_len) = aead_aad(&buf[esp..esp + 4], a.seq, esn);
+                a.aad = aad;
+                a.aad_len = aad_len as u8;
+                a.done.set(false);
+                let GcmAhead {
+                    nonce,
+                    aad,
+                    aad_len,
+                    tag,
+                    ..
+                } = a;
+                *job = ipsec_mb::GcmLane {
+                    data: &mut buf[esp + 16..icv],
+                    nonce,
+                    aad: &aad[..usize::from(*aad_len)],
+                    tag: &mut tag[..],
+                };
+                count += 1;
+            }
+            key.burst(false, &mut jobs[..count]);
+        }
+    }
+
+    /// With `ipsec-mb`: puts back the ciphertext of a packet [`Self::open_ahead`]
+    /// decrypted and [`Self::open`] never looked at (CTR mode: encrypting again under
+    /// the same nonce restores it exactly), so that a packet refused before its ICV
+    /// compare is left as one packet at a time leaves it. Nothing if `done`.
+    #[cfg(feature = "ipsec-mb")]
+    #[cold]
+    pub(crate) fn undo_ahead(&self, buf: &mut [u8], ahead: &GcmAhead) {
+        let Engine::Aead {
+            key: AeadKey::IpsecMb(key),
+            ..
+        } = &self.engine
+        else {
+            unreachable!("only for opens_ahead")
+        };
+        if !ahead.done.replace(true) {
+            key.seal(ahead.nonce, &[], &mut buf[ahead.esp + 16..ahead.icv]);
+        }
+    }
+
     /// Verifies the ICV and decrypts in place. `false` means the ICV did not verify; the
     /// buffer is then unchanged for CBC/NULL/GMAC and unspecified for GCM/ChaCha (ring
     /// and RustCrypto both leave the ciphertext unusable).
     ///
     /// `hint`: the ICV [`Self::icvs_ahead`] computed for this packet in a burst; used
     /// only when it was computed for the same layout (and without ESN), so it changes
-    /// nothing but where the HMAC is computed.
+    /// nothing but where the HMAC is computed. With `ipsec-mb`, for AES-GCM: the
+    /// packet as [`Self::open_ahead`] decrypted it; its tag is compared if it was
+    /// computed for the same layout and sequence number, else the ciphertext is put
+    /// back and the packet opened here. Either way the result and the bytes left are
+    /// those of an open without a hint.
     #[inline]
     pub(crate) fn open(
         &mut self,
@@ -1379,10 +1579,30 @@ impl Transform {
         at: EspLayout,
         seq: u64,
         esn: bool,
-        hint: Option<&IcvAhead>,
+        hint: Option<Ahead<'_>>,
     ) -> bool {
         let EspLayout { esp, icv } = at;
         let iv_end = esp + 8 + self.iv_len();
+        #[cfg(feature = "ipsec-mb")]
+        if let Some(Ahead::Gcm(h)) = hint
+            && h.esp == esp
+            && h.icv == icv
+            && !h.done.get()
+        {
+            if h.seq != seq {
+                // Computed under other high sequence bits (the window moved within
+                // the burst): start again from the ciphertext.
+                self.undo_ahead(buf, h);
+            } else {
+                h.done.set(true);
+                if ct_eq(&h.tag, &buf[icv..icv + 16]) {
+                    return true;
+                }
+                // As the one-call open leaves a packet whose tag does not match.
+                buf[iv_end..icv].fill(0);
+                return false;
+            }
+        }
         match &mut self.engine {
             Engine::Aead { key, salt } => {
                 let iv: [u8; 8] = buf[esp + 8..iv_end].try_into().expect("8-byte IV");
@@ -1407,7 +1627,7 @@ impl Transform {
         at: EspLayout,
         seq: u64,
         esn: bool,
-        hint: Option<&IcvAhead>,
+        hint: Option<Ahead<'_>>,
     ) -> bool {
         let EspLayout { esp, icv } = at;
         let iv_end = esp + 8 + self.iv_len();
@@ -1425,7 +1645,9 @@ impl Transform {
                 let CbcHmac { cbc, mac, .. } = &**keys;
                 let mut expect = [0u8; 32];
                 match hint {
-                    Some(h) if h.esp == esp && h.icv == icv && !esn && icv_len <= AHEAD_TAG => {
+                    Some(Ahead::Icv(h))
+                        if h.esp == esp && h.icv == icv && !esn && icv_len <= AHEAD_TAG =>
+                    {
                         expect[..icv_len].copy_from_slice(&h.tag[..icv_len]);
                     }
                     _ => {
