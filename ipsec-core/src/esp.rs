@@ -19,7 +19,7 @@
 //! is counted under its [`DropReason`](crate::DropReason) before it is returned.
 
 use crate::buffer::{PacketBuf, SpareBuffers};
-use crate::crypto::{Ahead, BURST_CHUNK, EspLayout, IcvAhead, PendingSeal};
+use crate::crypto::{BURST_CHUNK, EspLayout, IcvAhead, PendingSeal};
 use crate::error::{Error, LifetimeLimit, Malformed};
 use crate::fragment::{Ipv4Split, Ipv6Split, has_fragment_header, spares_hold};
 use crate::packet::{
@@ -136,7 +136,9 @@ impl SecurityAssociation {
     /// their ICVs computed after; the packets come out exactly as [`Self::encrypt`]
     /// would make them one by one, IVs drawn in the same order. With the `ipsec-mb`
     /// feature they go to intel-ipsec-mb instead, 32 at a time, each packet one CBC +
-    /// HMAC job (same bytes; see `crypto::burst_backend`).
+    /// HMAC job (same bytes; see `crypto::burst_backend`); so do AES-GCM packets, each
+    /// one GCM job (same bytes as the one-call seal of single packets; the library's
+    /// multi-buffer code keeps several packets in flight).
     pub fn encrypt_burst(
         &mut self,
         packets: &mut [PacketBuf<'_>],
@@ -222,10 +224,6 @@ impl SecurityAssociation {
         let n = packets.len().min(results.len());
         let (packets, results) = (&mut packets[..n], &mut results[..n]);
         let mut ok = 0;
-        #[cfg(feature = "ipsec-mb")]
-        if self.transform.opens_ahead() && self.direction == Direction::Inbound {
-            return self.decrypt_burst_ahead(packets, results, now);
-        }
         if !self.transform.icvs_ahead_pay() || self.esn || self.direction != Direction::Inbound {
             for (pkt, res) in packets.iter_mut().zip(results.iter_mut()) {
                 ok += usize::from(store_result(res, self.decrypt(pkt, now)));
@@ -261,79 +259,7 @@ impl SecurityAssociation {
                     }
                     _ => None,
                 };
-                let r = self.decrypt_hinted(pkt, now, hint.as_ref().map(Ahead::Icv), |_| Ok(()));
-                ok += usize::from(store_result(res, r));
-            }
-        }
-        ok
-    }
-
-    /// [`Self::decrypt_burst`] of AES-GCM with `ipsec-mb`: [`BURST_CHUNK`] packets at a
-    /// time, first the packets whose replay check passes (against the window as it is
-    /// before the chunk) are decrypted as intel-ipsec-mb GCM jobs, their tags kept
-    /// aside; then each packet of the chunk goes through [`Self::decrypt`]'s steps in
-    /// order, with its tag compared in constant time instead of its open (so
-    /// lifetimes, the replay check and record, ICV failures and counters are exactly
-    /// those of one packet at a time); a packet refused before its compare (a replay
-    /// of an earlier packet of the chunk, say) gets its ciphertext back.
-    #[cfg(feature = "ipsec-mb")]
-    fn decrypt_burst_ahead(
-        &mut self,
-        packets: &mut [PacketBuf<'_>],
-        results: &mut [Result<(), Error>],
-        now: Duration,
-    ) -> usize {
-        use crate::crypto::GcmAhead;
-        const NONE: u8 = u8::MAX;
-        let mut ok = 0;
-        for (pkts, ress) in packets
-            .chunks_mut(BURST_CHUNK)
-            .zip(results.chunks_mut(BURST_CHUNK))
-        {
-            let mut ahead: [GcmAhead; BURST_CHUNK] = core::array::from_fn(|_| GcmAhead::default());
-            let mut slot = [NONE; BURST_CHUNK];
-            let mut count = 0;
-            for (pkt, s) in pkts.iter().zip(slot.iter_mut()) {
-                let Some(at) = self.esp_layout(pkt) else {
-                    continue;
-                };
-                let buf = pkt.buffer();
-                let wire = u32::from_be_bytes(
-                    buf[at.esp + 4..at.esp + 8]
-                        .try_into()
-                        .expect("4-byte sequence number"),
-                );
-                if let Ok(seq) = self.replay_check(wire) {
-                    let a = &mut ahead[count];
-                    a.esp = at.esp;
-                    a.icv = at.icv;
-                    a.seq = seq;
-                    *s = count as u8;
-                    count += 1;
-                }
-            }
-            {
-                let mut bufs: [&mut [u8]; BURST_CHUNK] = core::array::from_fn(|_| &mut [][..]);
-                for ((pkt, &s), b) in pkts
-                    .iter_mut()
-                    .zip(slot.iter())
-                    .filter(|(_, s)| **s != NONE)
-                    .zip(bufs.iter_mut())
-                {
-                    debug_assert_ne!(s, NONE);
-                    *b = pkt.buffer_mut();
-                }
-                self.transform
-                    .open_ahead(&mut bufs[..count], &mut ahead[..count], self.esn);
-            }
-            for ((pkt, res), &s) in pkts.iter_mut().zip(ress.iter_mut()).zip(slot.iter()) {
-                let hint = (s != NONE).then(|| &ahead[usize::from(s)]);
-                let r = self.decrypt_hinted(pkt, now, hint.map(Ahead::Gcm), |_| Ok(()));
-                if let Some(h) = hint
-                    && !h.done.get()
-                {
-                    self.transform.undo_ahead(pkt.buffer_mut(), h);
-                }
+                let r = self.decrypt_hinted(pkt, now, hint.as_ref(), |_| Ok(()));
                 ok += usize::from(store_result(res, r));
             }
         }
@@ -1070,7 +996,7 @@ impl SecurityAssociation {
         &mut self,
         pkt: &mut PacketBuf<'_>,
         now: Duration,
-        hint: Option<Ahead<'_>>,
+        hint: Option<&IcvAhead>,
         verify: impl FnOnce(&[u8]) -> Result<(), Error>,
     ) -> Result<(), Error> {
         if self.direction != Direction::Inbound {
@@ -1101,7 +1027,7 @@ impl SecurityAssociation {
         }
     }
 
-    fn decap(&mut self, pkt: &mut PacketBuf<'_>, hint: Option<Ahead<'_>>) -> Result<usize, Error> {
+    fn decap(&mut self, pkt: &mut PacketBuf<'_>, hint: Option<&IcvAhead>) -> Result<usize, Error> {
         let data = pkt.data();
         // The common case (an outer IPv4 header without options carrying ESP directly)
         // is recognised with a few fixed-offset tests; everything else, and every

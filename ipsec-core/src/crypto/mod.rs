@@ -380,7 +380,7 @@ enum AeadKey {
 /// Which backends carry the AEADs in this build: `"ring"` or `"rustcrypto"`, or with
 /// the `ipsec-mb` feature `"ipsec-mb+ring"` / `"ipsec-mb+rustcrypto"` (intel-ipsec-mb
 /// for AES-GCM and AES-GMAC, and for ChaCha20-Poly1305 packets of
-/// [`CHACHA_IPSEC_MB_MIN`] bytes and more where it runs AVX-512 code; the other for
+/// `CHACHA_IPSEC_MB_MIN` (640) bytes and more where it runs AVX-512 code; the other for
 /// ChaCha20-Poly1305). [`aead_backend`] names the one of a given cipher.
 pub const AEAD_BACKEND: &str = match (cfg!(feature = "ipsec-mb"), cfg!(feature = "ring")) {
     (true, true) => "ipsec-mb+ring",
@@ -393,7 +393,7 @@ pub const AEAD_BACKEND: &str = match (cfg!(feature = "ipsec-mb"), cfg!(feature =
 /// `"ipsec-mb"`, `"ring"` or `"rustcrypto"` (CBC, NULL and HMAC are RustCrypto's
 /// one packet at a time; see [`burst_backend`] for bursts), or for ChaCha20-Poly1305 with the `ipsec-mb` feature where the
 /// library runs AVX-512 code `"ipsec-mb+ring"` / `"ipsec-mb+rustcrypto"` (the library
-/// from [`CHACHA_IPSEC_MB_MIN`] bytes on, the other below). With the feature, the
+/// from `CHACHA_IPSEC_MB_MIN` (640) bytes on, the other below). With the feature, the
 /// first call may set up the library's manager.
 pub fn aead_backend(cipher: Cipher) -> &'static str {
     let aes_gcm = matches!(
@@ -436,7 +436,9 @@ pub fn ipsec_mb_info() -> Option<Result<(&'static str, &'static str), ConfigErro
 /// [`aead_backend`]'s, except that with the `ipsec-mb` feature the AES-CBC + HMAC
 /// bursts are intel-ipsec-mb's (`"ipsec-mb"`): sealed as its CBC + HMAC jobs, their
 /// ICVs computed as its hash-only jobs (decryption of 256 bytes or more is its too, one
-/// packet or a burst).
+/// packet or a burst). (AES-GCM encrypt bursts are the library's too, as its GCM jobs
+/// rather than its one-call API; decrypt bursts stay on the one-call API, which
+/// measured faster there.)
 pub fn burst_backend(cipher: Cipher) -> &'static str {
     if cfg!(feature = "ipsec-mb") && matches!(cipher, Cipher::Aes128Cbc | Cipher::Aes256Cbc) {
         "ipsec-mb"
@@ -708,37 +710,6 @@ pub(crate) struct IcvAhead {
     pub(crate) tag: [u8; AHEAD_TAG],
 }
 
-/// A decrypt burst's hint for [`Transform::open`]: an ICV computed ahead (CBC +
-/// HMAC), or with `ipsec-mb` an AES-GCM packet already decrypted by a job.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Ahead<'a> {
-    Icv(&'a IcvAhead),
-    #[cfg(feature = "ipsec-mb")]
-    Gcm(&'a GcmAhead),
-}
-
-/// With `ipsec-mb`: one AES-GCM packet of a decrypt burst whose body
-/// [`Transform::open_ahead`] has decrypted in place (as a job), before its ICV was
-/// compared, under the sequence number `seq` (in the AAD), with the tag it computed.
-/// [`Transform::open`] then compares that tag instead of decrypting, and sets `done`;
-/// if the packet never gets there (refused first, e.g. as a replay of an earlier
-/// packet of the burst), [`Transform::undo_ahead`] puts its ciphertext back.
-#[cfg(feature = "ipsec-mb")]
-#[derive(Debug, Default)]
-pub(crate) struct GcmAhead {
-    pub(crate) esp: usize,
-    pub(crate) icv: usize,
-    pub(crate) seq: u64,
-    nonce: [u8; 12],
-    aad: [u8; 12],
-    aad_len: u8,
-    tag: [u8; 16],
-    /// Set when the body is no longer the job's plaintext awaiting its compare:
-    /// [`Transform::open`] used it (and zeroed it if the tag did not match) or put
-    /// the ciphertext back.
-    pub(crate) done: core::cell::Cell<bool>,
-}
-
 /// Bytes of an [`IcvAhead`] tag: the longest ICV computed ahead (HMAC-SHA-256-128's
 /// 16 bytes in the portable build; with `ipsec-mb`, which computes them for every
 /// integrity algorithm, HMAC-SHA-512-256's 32).
@@ -763,8 +734,8 @@ pub(crate) const BURST_CHUNK: usize = if cfg!(feature = "ipsec-mb") {
 /// How many packets [`Transform::seal_lanes`] encrypts side by side.
 pub(crate) const LANES: usize = 8;
 
-/// A CBC + HMAC packet whose IV is written but whose payload is not encrypted yet and
-/// whose ICV is not written: [`Transform::seal_begin`] leaves it for
+/// A CBC + HMAC packet (with `ipsec-mb`, or an AES-GCM one) whose IV is written but
+/// whose payload is not encrypted yet and whose ICV is not written: [`Transform::seal_begin`] leaves it for
 /// [`Transform::seal_lanes`], which finishes up to [`LANES`] of them together.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PendingSeal {
@@ -1472,106 +1443,13 @@ impl Transform {
         }
     }
 
-    /// With `ipsec-mb`: true when a decrypt burst should decrypt its packets ahead as
-    /// intel-ipsec-mb GCM jobs ([`Self::open_ahead`]): AES-GCM.
-    #[cfg(feature = "ipsec-mb")]
-    #[inline]
-    pub(crate) fn opens_ahead(&self) -> bool {
-        matches!(
-            self.engine,
-            Engine::Aead {
-                key: AeadKey::IpsecMb(_),
-                ..
-            }
-        )
-    }
-
-    /// With `ipsec-mb`, for a decrypt burst of AES-GCM ([`Self::opens_ahead`]):
-    /// decrypts the body of each packet `bufs[l]` at `ahead[l].esp` / `ahead[l].icv`
-    /// in place under its sequence number `ahead[l].seq` (whose replay check has
-    /// passed) and keeps the tag computed, as intel-ipsec-mb GCM jobs,
-    /// [`BURST_CHUNK`] per submission. Nothing is compared here: [`Self::open`]
-    /// compares the tag in constant time when the packet's turn comes (and zeroes the
-    /// body if it does not match, as the one-call open does), or [`Self::undo_ahead`]
-    /// restores the ciphertext of a packet refused before that.
-    #[cfg(feature = "ipsec-mb")]
-    pub(crate) fn open_ahead(&self, bufs: &mut [&mut [u8]], ahead: &mut [GcmAhead], esn: bool) {
-        let Engine::Aead {
-            key: AeadKey::IpsecMb(key),
-            salt,
-        } = &self.engine
-        else {
-            unreachable!("only for opens_ahead")
-        };
-        for (bufs, ahead) in bufs
-            .chunks_mut(BURST_CHUNK)
-            .zip(ahead.chunks_mut(BURST_CHUNK))
-        {
-            let mut jobs: [ipsec_mb::GcmLane<'_>; BURST_CHUNK] =
-                core::array::from_fn(|_| ipsec_mb::GcmLane {
-                    data: &mut [],
-                    nonce: &[0; 12],
-                    aad: &[],
-                    tag: &mut [],
-                });
-            let mut count = 0;
-            for ((buf, a), job) in bufs.iter_mut().zip(ahead.iter_mut()).zip(jobs.iter_mut()) {
-                let (esp, icv) = (a.esp, a.icv);
-                let iv: [u8; 8] = buf[esp + 8..esp + 16].try_into().expect("8-byte IV");
-                a.nonce = nonce_iv(salt, iv);
-                let (aad, aad_len) = aead_aad(&buf[esp..esp + 4], a.seq, esn);
-                a.aad = aad;
-                a.aad_len = aad_len as u8;
-                a.done.set(false);
-                let GcmAhead {
-                    nonce,
-                    aad,
-                    aad_len,
-                    tag,
-                    ..
-                } = a;
-                *job = ipsec_mb::GcmLane {
-                    data: &mut buf[esp + 16..icv],
-                    nonce,
-                    aad: &aad[..usize::from(*aad_len)],
-                    tag: &mut tag[..],
-                };
-                count += 1;
-            }
-            key.burst(false, &mut jobs[..count]);
-        }
-    }
-
-    /// With `ipsec-mb`: puts back the ciphertext of a packet [`Self::open_ahead`]
-    /// decrypted and [`Self::open`] never looked at (CTR mode: encrypting again under
-    /// the same nonce restores it exactly), so that a packet refused before its ICV
-    /// compare is left as one packet at a time leaves it. Nothing if `done`.
-    #[cfg(feature = "ipsec-mb")]
-    #[cold]
-    pub(crate) fn undo_ahead(&self, buf: &mut [u8], ahead: &GcmAhead) {
-        let Engine::Aead {
-            key: AeadKey::IpsecMb(key),
-            ..
-        } = &self.engine
-        else {
-            unreachable!("only for opens_ahead")
-        };
-        if !ahead.done.replace(true) {
-            key.seal(ahead.nonce, &[], &mut buf[ahead.esp + 16..ahead.icv]);
-        }
-    }
-
     /// Verifies the ICV and decrypts in place. `false` means the ICV did not verify; the
     /// buffer is then unchanged for CBC/NULL/GMAC and unspecified for GCM/ChaCha (ring
     /// and RustCrypto both leave the ciphertext unusable).
     ///
     /// `hint`: the ICV [`Self::icvs_ahead`] computed for this packet in a burst; used
     /// only when it was computed for the same layout (and without ESN), so it changes
-    /// nothing but where the HMAC is computed. With `ipsec-mb`, for AES-GCM: the
-    /// packet as [`Self::open_ahead`] decrypted it; its tag is compared if it was
-    /// computed for the same layout and sequence number, else the ciphertext is put
-    /// back and the packet opened here. Either way the result and the bytes left are
-    /// those of an open without a hint.
+    /// nothing but where the HMAC is computed.
     #[inline]
     pub(crate) fn open(
         &mut self,
@@ -1579,30 +1457,10 @@ impl Transform {
         at: EspLayout,
         seq: u64,
         esn: bool,
-        hint: Option<Ahead<'_>>,
+        hint: Option<&IcvAhead>,
     ) -> bool {
         let EspLayout { esp, icv } = at;
         let iv_end = esp + 8 + self.iv_len();
-        #[cfg(feature = "ipsec-mb")]
-        if let Some(Ahead::Gcm(h)) = hint
-            && h.esp == esp
-            && h.icv == icv
-            && !h.done.get()
-        {
-            if h.seq != seq {
-                // Computed under other high sequence bits (the window moved within
-                // the burst): start again from the ciphertext.
-                self.undo_ahead(buf, h);
-            } else {
-                h.done.set(true);
-                if ct_eq(&h.tag, &buf[icv..icv + 16]) {
-                    return true;
-                }
-                // As the one-call open leaves a packet whose tag does not match.
-                buf[iv_end..icv].fill(0);
-                return false;
-            }
-        }
         match &mut self.engine {
             Engine::Aead { key, salt } => {
                 let iv: [u8; 8] = buf[esp + 8..iv_end].try_into().expect("8-byte IV");
@@ -1627,7 +1485,7 @@ impl Transform {
         at: EspLayout,
         seq: u64,
         esn: bool,
-        hint: Option<Ahead<'_>>,
+        hint: Option<&IcvAhead>,
     ) -> bool {
         let EspLayout { esp, icv } = at;
         let iv_end = esp + 8 + self.iv_len();
@@ -1645,9 +1503,7 @@ impl Transform {
                 let CbcHmac { cbc, mac, .. } = &**keys;
                 let mut expect = [0u8; 32];
                 match hint {
-                    Some(Ahead::Icv(h))
-                        if h.esp == esp && h.icv == icv && !esn && icv_len <= AHEAD_TAG =>
-                    {
+                    Some(h) if h.esp == esp && h.icv == icv && !esn && icv_len <= AHEAD_TAG => {
                         expect[..icv_len].copy_from_slice(&h.tag[..icv_len]);
                     }
                     _ => {
