@@ -53,6 +53,14 @@
 //! 1.43/1.27/1.15x. What remains at 64 bytes is ESP's own per-packet work (headers,
 //! trailer, replay window, counters), which the library's figure does not include.
 //!
+//! **AES-GCM bursts with `ipsec-mb`.** Encrypt bursts go to intel-ipsec-mb as GCM
+//! jobs (32 per submission, same bytes as the one-call seal of single packets): AES-128-GCM,
+//! 64 bytes, burst 32, 54.7 -> 51.4 ns per packet (1.35x -> 1.27x the library's one
+//! call; the library's own 32-job burst seals in 32.9). Decrypt bursts stay on the
+//! one-call API: decrypting the burst as jobs first (then comparing tags in order)
+//! measured 54.5 -> 61.9 ns, the job saving about 2 ns and the second pass over each
+//! packet costing more.
+//!
 //! AEAD nonces are `salt || IV` with the IV equal to the 64-bit sequence number, which
 //! never repeats under one key because outbound sequence numbers never wrap. CBC IVs
 //! come from an [`IvSource`] (by default AES-128 in counter mode under a key drawn from
