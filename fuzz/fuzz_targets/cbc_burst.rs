@@ -1,4 +1,4 @@
-//! AES-CBC + HMAC bursts against one packet at a time (on intel-ipsec-mb with
+//! AES-CBC + HMAC and AES-GCM bursts against one packet at a time (on intel-ipsec-mb with
 //! `--features ipsec-mb`); see [`ipsec_fuzz::cbc_burst::cbc_burst`].
 #![no_main]
 

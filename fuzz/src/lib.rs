@@ -19,7 +19,7 @@
 //!   (no panic, parser and restore agree, snapshots stable after one restore).
 //! * `aead_ipsec_mb::aead_ipsec_mb` (feature `ipsec-mb` only): intel-ipsec-mb's
 //!   AES-GCM against RustCrypto's, sealing, opening and refusing tampered input.
-//! * [`cbc_burst::cbc_burst`]: AES-CBC + HMAC bursts (`encrypt_burst` /
+//! * [`cbc_burst::cbc_burst`]: AES-CBC + HMAC and AES-GCM bursts (`encrypt_burst` /
 //!   `decrypt_burst`, on intel-ipsec-mb with `--features ipsec-mb`) against one packet
 //!   at a time, with damaged and replayed packets among them.
 //!

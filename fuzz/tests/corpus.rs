@@ -377,7 +377,7 @@ fn aead_ipsec_mb_corpus() {
     }
 }
 
-/// AES-CBC + HMAC bursts against one packet at a time on every seed (on
+/// AES-CBC + HMAC and AES-GCM bursts against one packet at a time on every seed (on
 /// intel-ipsec-mb with `--features ipsec-mb`).
 #[test]
 fn cbc_burst_corpus() {

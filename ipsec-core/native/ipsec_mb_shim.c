@@ -405,3 +405,82 @@ int ipsec_mb_shim_cbc_decrypt(const void *keys, uint32_t key_len, const uint8_t 
         done = IMB_FLUSH_BURST(m, 1, jobs);
     return done == 1 && jobs[0] == j && j->status == IMB_STATUS_COMPLETED ? 0 : -1;
 }
+
+/* ------------------------------------------------------------------ AES-GCM bursts
+ *
+ * The packets of an AES-GCM burst as the library's GCM jobs (IMB_CIPHER_GCM with
+ * IMB_AUTH_AES_GMAC, as its own ESP examples fill them), on this thread's manager
+ * like the CBC bursts above: the multi-buffer code then keeps several packets in
+ * flight, which the one-call API (one packet per call) cannot. The key data is the
+ * SA's `gcm_key_data` from ipsec_mb_shim_gcm_pre, only read. */
+
+/* One packet: `len` (non-zero) bytes at `data` encrypted or decrypted in place under
+ * the 12-byte `iv`, authenticating `aad_len` bytes at `aad`; the 16-byte tag over AAD
+ * and ciphertext goes to `tag` (the caller compares it when decrypting). Must match
+ * `RawGcmLane` in src/crypto/ipsec_mb.rs. */
+struct shim_gcm_lane {
+    uint8_t *data;
+    uint64_t len;
+    const uint8_t *iv;
+    const uint8_t *aad;
+    uint64_t aad_len;
+    uint8_t *tag;
+};
+
+/* Runs `n` (at most SHIM_MAX_BURST) GCM packets under `key_data` (from
+ * ipsec_mb_shim_gcm_pre with the same `key_len`, 16 or 32): `encrypt` non-zero
+ * encrypts, else decrypts. Every job is complete when this returns. 0 on success; -1
+ * on bad arguments, if this thread has no manager, or if a job failed. */
+int ipsec_mb_shim_gcm_burst(const void *key_data, uint32_t key_len, int encrypt,
+                            const struct shim_gcm_lane *lanes, uint32_t n) {
+    if (n == 0)
+        return 0;
+    if (n > SHIM_MAX_BURST || key_data == NULL || (key_len != 16 && key_len != 32))
+        return -1;
+    /* Checked here, for the unchecked submission below. */
+    for (uint32_t i = 0; i < n; i++) {
+        const struct shim_gcm_lane *l = &lanes[i];
+        if (l->data == NULL || l->len == 0 || l->iv == NULL || l->tag == NULL ||
+            (l->aad == NULL && l->aad_len != 0))
+            return -1;
+    }
+    IMB_MGR *m = thread_mgr();
+    if (m == NULL)
+        return -1;
+    IMB_JOB *jobs[SHIM_MAX_BURST];
+    if (IMB_GET_NEXT_BURST(m, n, jobs) < n)
+        return -1; /* the queue is empty between calls: cannot happen */
+    for (uint32_t i = 0; i < n; i++) {
+        IMB_JOB *j = jobs[i];
+        const struct shim_gcm_lane *l = &lanes[i];
+        j->cipher_mode = IMB_CIPHER_GCM;
+        j->hash_alg = IMB_AUTH_AES_GMAC;
+        j->cipher_direction = encrypt ? IMB_DIR_ENCRYPT : IMB_DIR_DECRYPT;
+        j->chain_order = encrypt ? IMB_ORDER_CIPHER_HASH : IMB_ORDER_HASH_CIPHER;
+        j->enc_keys = key_data;
+        j->dec_keys = key_data;
+        j->key_len_in_bytes = key_len;
+        j->src = l->data;
+        j->dst = l->data;
+        j->cipher_start_src_offset_in_bytes = 0;
+        j->msg_len_to_cipher_in_bytes = l->len;
+        j->hash_start_src_offset_in_bytes = 0;
+        j->msg_len_to_hash_in_bytes = l->len;
+        j->iv = l->iv;
+        j->iv_len_in_bytes = 12;
+        j->u.GCM.aad = l->aad;
+        j->u.GCM.aad_len_in_bytes = l->aad_len;
+        j->auth_tag_output = l->tag;
+        j->auth_tag_output_len_in_bytes = 16;
+    }
+    uint32_t done = IMB_SUBMIT_BURST_NOCHECK(m, n, jobs);
+    int bad = 0;
+    for (uint32_t i = 0; i < done; i++)
+        bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
+    /* Always flush: nothing may stay queued past this call. */
+    uint32_t flushed = IMB_FLUSH_BURST(m, SHIM_MAX_BURST, jobs);
+    for (uint32_t i = 0; i < flushed; i++)
+        bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
+    bad |= done + flushed != n;
+    return bad ? -1 : 0;
+}

@@ -136,7 +136,9 @@ impl SecurityAssociation {
     /// their ICVs computed after; the packets come out exactly as [`Self::encrypt`]
     /// would make them one by one, IVs drawn in the same order. With the `ipsec-mb`
     /// feature they go to intel-ipsec-mb instead, 32 at a time, each packet one CBC +
-    /// HMAC job (same bytes; see `crypto::burst_backend`).
+    /// HMAC job (same bytes; see `crypto::burst_backend`); so do AES-GCM packets, each
+    /// one GCM job (same bytes as the one-call seal of single packets; the library's
+    /// multi-buffer code keeps several packets in flight).
     pub fn encrypt_burst(
         &mut self,
         packets: &mut [PacketBuf<'_>],
