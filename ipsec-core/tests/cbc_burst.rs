@@ -85,19 +85,7 @@ fn sa_config(s: Setup, dir: Direction) -> SaConfig {
     c
 }
 
-const ROOM: usize = 192;
-
-/// `plains[i]` in a buffer with room around it.
-fn buffers(plains: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    plains
-        .iter()
-        .map(|p| {
-            let mut b = vec![0u8; ROOM + p.len() + ROOM];
-            b[ROOM..ROOM + p.len()].copy_from_slice(p);
-            b
-        })
-        .collect()
-}
+use common::{BURST_ROOM as ROOM, burst_buffers as buffers};
 
 /// Encrypts `plains` as one burst with one SA and one packet at a time with a twin SA;
 /// checks that both give the same results and bytes; returns the burst's packets.
@@ -109,31 +97,9 @@ fn burst_equals_single(s: Setup, plains: &[Vec<u8>]) -> (Vec<Result<Vec<u8>, Err
     let mut burst_sa = SecurityAssociation::new(sa_config(s, Direction::Outbound), T0).expect("SA");
     let mut single_sa =
         SecurityAssociation::new(sa_config(s, Direction::Outbound), T0).expect("SA");
-    let mut bufs = buffers(plains);
-    let mut pkts: Vec<PacketBuf<'_>> = bufs
-        .iter_mut()
-        .zip(plains)
-        .map(|(b, p)| PacketBuf::new(b, ROOM, p.len()).expect("buf"))
-        .collect();
-    let mut res = vec![Ok(()); plains.len()];
-    let ok = burst_sa.encrypt_burst(&mut pkts, &mut res, T0);
-    let burst: Vec<Result<Vec<u8>, Error>> = pkts
-        .iter()
-        .zip(&res)
-        .map(|(p, r)| (*r).map(|()| p.data().to_vec()))
-        .collect();
-    drop(pkts);
-    let mut single_bufs = buffers(plains);
-    let single: Vec<Result<Vec<u8>, Error>> = single_bufs
-        .iter_mut()
-        .zip(plains)
-        .map(|(b, p)| {
-            let mut pkt = PacketBuf::new(b, ROOM, p.len()).expect("buf");
-            single_sa
-                .encrypt(&mut pkt, T0)
-                .map(|()| pkt.data().to_vec())
-        })
-        .collect();
+    let common::BurstAndSingle {
+        burst, single, ok, ..
+    } = common::encrypt_burst_and_single(&mut burst_sa, &mut single_sa, plains);
     for (i, (b, s1)) in burst.iter().zip(&single).enumerate() {
         assert!(b == s1, "{what}: packet {i} differs");
     }

@@ -111,19 +111,6 @@ fn sa_config(s: Setup, dir: Direction) -> SaConfig {
     c
 }
 
-const ROOM: usize = 192;
-
-fn buffers(plains: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    plains
-        .iter()
-        .map(|p| {
-            let mut b = vec![0u8; ROOM + p.len() + ROOM];
-            b[ROOM..ROOM + p.len()].copy_from_slice(p);
-            b
-        })
-        .collect()
-}
-
 /// Encrypts `plains` as one burst with one SA and one packet at a time with a twin SA;
 /// checks that both give the same results, bytes and counters; returns the packets.
 fn burst_equals_single(s: Setup, plains: &[Vec<u8>]) -> Vec<Result<Vec<u8>, Error>> {
@@ -132,31 +119,13 @@ fn burst_equals_single(s: Setup, plains: &[Vec<u8>]) -> Vec<Result<Vec<u8>, Erro
     let mut burst_sa = SecurityAssociation::new(sa_config(s, Direction::Outbound), T0).expect("SA");
     let mut single_sa =
         SecurityAssociation::new(sa_config(s, Direction::Outbound), T0).expect("SA");
-    let mut bufs = buffers(plains);
-    let mut pkts: Vec<PacketBuf<'_>> = bufs
-        .iter_mut()
-        .zip(plains)
-        .map(|(b, p)| PacketBuf::new(b, ROOM, p.len()).expect("buf"))
-        .collect();
-    let mut res = vec![Ok(()); plains.len()];
-    let ok = burst_sa.encrypt_burst(&mut pkts, &mut res, T0);
-    let burst: Vec<Result<Vec<u8>, Error>> = pkts
-        .iter()
-        .zip(&res)
-        .map(|(p, r)| (*r).map(|()| p.data().to_vec()))
-        .collect();
-    drop(pkts);
-    let mut single_bufs = buffers(plains);
-    let single: Vec<Result<Vec<u8>, Error>> = single_bufs
-        .iter_mut()
-        .zip(plains)
-        .map(|(b, p)| {
-            let mut pkt = PacketBuf::new(b, ROOM, p.len()).expect("buf");
-            single_sa
-                .encrypt(&mut pkt, T0)
-                .map(|()| pkt.data().to_vec())
-        })
-        .collect();
+    let common::BurstAndSingle {
+        burst,
+        single,
+        burst_bufs: bufs,
+        single_bufs,
+        ok,
+    } = common::encrypt_burst_and_single(&mut burst_sa, &mut single_sa, plains);
     for (i, (b, s1)) in burst.iter().zip(&single).enumerate() {
         if let (Ok(b), Ok(s1)) = (b, s1)
             && b != s1

@@ -325,3 +325,73 @@ pub(crate) fn hmac_full(hash: &str, key: &[u8], data: &[u8]) -> Vec<u8> {
         other => panic!("unknown hash {other}"),
     }
 }
+
+/// Headroom and tailroom around every packet of the burst tests (`cbc_burst`,
+/// `gcm_burst`).
+pub(crate) const BURST_ROOM: usize = 192;
+
+/// `plains[i]` in a buffer with [`BURST_ROOM`] around it.
+pub(crate) fn burst_buffers(plains: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    plains
+        .iter()
+        .map(|p| {
+            let mut b = vec![0u8; BURST_ROOM + p.len() + BURST_ROOM];
+            b[BURST_ROOM..BURST_ROOM + p.len()].copy_from_slice(p);
+            b
+        })
+        .collect()
+}
+
+/// `plains` encrypted as one burst by one SA and one packet at a time by its twin.
+pub(crate) struct BurstAndSingle {
+    /// Each packet's outcome in the burst: its bytes, or the error.
+    pub(crate) burst: Vec<Result<Vec<u8>, Error>>,
+    /// The same one packet at a time.
+    pub(crate) single: Vec<Result<Vec<u8>, Error>>,
+    /// The whole buffers of the burst (refused packets' included) and of the singles.
+    pub(crate) burst_bufs: Vec<Vec<u8>>,
+    pub(crate) single_bufs: Vec<Vec<u8>>,
+    /// What `encrypt_burst` returned.
+    pub(crate) ok: usize,
+}
+
+/// Encrypts `plains` (each in a [`burst_buffers`] buffer) as one burst with `burst_sa`
+/// and one at a time with `single_sa`, at [`T0`].
+pub(crate) fn encrypt_burst_and_single(
+    burst_sa: &mut SecurityAssociation,
+    single_sa: &mut SecurityAssociation,
+    plains: &[Vec<u8>],
+) -> BurstAndSingle {
+    let mut burst_bufs = burst_buffers(plains);
+    let mut pkts: Vec<PacketBuf<'_>> = burst_bufs
+        .iter_mut()
+        .zip(plains)
+        .map(|(b, p)| PacketBuf::new(b, BURST_ROOM, p.len()).expect("buf"))
+        .collect();
+    let mut res = vec![Ok(()); plains.len()];
+    let ok = burst_sa.encrypt_burst(&mut pkts, &mut res, T0);
+    let burst: Vec<Result<Vec<u8>, Error>> = pkts
+        .iter()
+        .zip(&res)
+        .map(|(p, r)| (*r).map(|()| p.data().to_vec()))
+        .collect();
+    drop(pkts);
+    let mut single_bufs = burst_buffers(plains);
+    let single = single_bufs
+        .iter_mut()
+        .zip(plains)
+        .map(|(b, p)| {
+            let mut pkt = PacketBuf::new(b, BURST_ROOM, p.len()).expect("buf");
+            single_sa
+                .encrypt(&mut pkt, T0)
+                .map(|()| pkt.data().to_vec())
+        })
+        .collect();
+    BurstAndSingle {
+        burst,
+        single,
+        burst_bufs,
+        single_bufs,
+        ok,
+    }
+}
