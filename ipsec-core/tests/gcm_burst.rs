@@ -199,21 +199,16 @@ fn decrypt_equals_single(
         ok += burst_sa.decrypt_burst(&mut pkts, res, T0);
         windows.extend(pkts.iter().map(|p| (p.offset(), p.len())));
     }
-    let single: Vec<(Result<(), Error>, (usize, usize))> = single_bufs
-        .iter_mut()
-        .map(|b| {
-            let n = b.len();
-            let mut p = PacketBuf::new(b, 0, n).expect("buf");
-            let r = single_sa.decrypt(&mut p, T0);
-            (r, (p.offset(), p.len()))
-        })
-        .collect();
-    for (i, r) in single.iter().enumerate() {
-        assert_eq!(res[i], r.0, "{what}: packet {i} result");
-        assert_eq!(windows[i], r.1, "{what}: packet {i} window");
-        assert!(burst_bufs[i] == single_bufs[i], "{what}: packet {i} bytes");
-    }
-    assert_eq!(ok, single.iter().filter(|r| r.0.is_ok()).count(), "{what}");
+    let single = common::decrypt_one_at_a_time(single_sa, &mut single_bufs);
+    common::assert_same_decrypts(
+        &what,
+        &res,
+        &windows,
+        ok,
+        &burst_bufs,
+        &single,
+        &single_bufs,
+    );
     assert_eq!(burst_sa.stats(), single_sa.stats(), "{what}");
     res
 }

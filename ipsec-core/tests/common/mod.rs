@@ -395,3 +395,41 @@ pub(crate) fn encrypt_burst_and_single(
         ok,
     }
 }
+
+/// One packet's decrypt outcome and the window it is left with (offset, length).
+pub(crate) type Opened = (Result<(), Error>, (usize, usize));
+
+/// Decrypts each of `bufs` (a whole ESP packet each) one at a time with `sa` at [`T0`].
+pub(crate) fn decrypt_one_at_a_time(
+    sa: &mut SecurityAssociation,
+    bufs: &mut [Vec<u8>],
+) -> Vec<Opened> {
+    bufs.iter_mut()
+        .map(|b| {
+            let n = b.len();
+            let mut p = PacketBuf::new(b, 0, n).expect("buf");
+            let r = sa.decrypt(&mut p, T0);
+            (r, (p.offset(), p.len()))
+        })
+        .collect()
+}
+
+/// Asserts that a decrypt burst (`res`, `windows`, `ok`, its buffers `burst_bufs`)
+/// gave what one packet at a time gave (`single`, `single_bufs`): every result, window
+/// and byte, and the count of successes.
+pub(crate) fn assert_same_decrypts(
+    what: &str,
+    res: &[Result<(), Error>],
+    windows: &[(usize, usize)],
+    ok: usize,
+    burst_bufs: &[Vec<u8>],
+    single: &[Opened],
+    single_bufs: &[Vec<u8>],
+) {
+    for (i, r) in single.iter().enumerate() {
+        assert_eq!(res[i], r.0, "{what}: packet {i} result");
+        assert_eq!(windows[i], r.1, "{what}: packet {i} window");
+        assert!(burst_bufs[i] == single_bufs[i], "{what}: packet {i} bytes");
+    }
+    assert_eq!(ok, single.iter().filter(|r| r.0.is_ok()).count(), "{what}");
+}
