@@ -103,8 +103,9 @@ stage "Python package (ipsec-py): wheel, stubtest, mypy --strict, pytest"
 ./scripts/test-py.sh
 
 stage "strongSwan: kernel-dataplane plugin and live namespace tests (integrations/strongswan)"
-# Whether strongSwan can be installed here: root, iproute2 and ping, the Debian
-# packages (netns.ensure_strongswan installs them with apt-get or says why it cannot),
+# Whether strongSwan can be installed here: root, and the Debian packages (strongSwan,
+# iproute2, iputils-ping, ethtool: netns.ensure_strongswan installs them with apt-get or
+# says why it cannot),
 # tcpdump for the WAN captures. Only that decides "not run"; after it, a failure of
 # the build or of a test fails the script.
 swan_start=$(date +%s)

@@ -64,6 +64,10 @@ DEBIAN_PACKAGES = (
     "libstrongswan-extra-plugins",
     # the test bed turns UDP segmentation offload off on the WAN veths
     "ethtool",
+    # namespaces, veths and routes; the reachability checks (a fresh machine may have
+    # neither: CI's had both, a new development machine had no ping)
+    "iproute2",
+    "iputils-ping",
 )
 
 # ESP proposal strings the test bed is exercised with (swanctl `esp_proposals` syntax).
@@ -130,8 +134,9 @@ def _strongswan_missing():
         missing.append(CHARON)
     if shutil.which(SWANCTL) is None:
         missing.append(SWANCTL)
-    if shutil.which("ethtool") is None:
-        missing.append("ethtool")
+    for tool in ("ethtool", "ip", "ping"):
+        if shutil.which(tool) is None:
+            missing.append(tool)
     for plugin in ("kernel-libipsec", "kernel-netlink", "vici", "chapoly", "curve25519"):
         if not os.path.exists(os.path.join(PLUGIN_DIR, "libstrongswan-%s.so" % plugin)):
             missing.append("plugin " + plugin)
@@ -139,7 +144,8 @@ def _strongswan_missing():
 
 
 def ensure_strongswan():
-    """Make sure charon, swanctl and the plugins the test bed needs are installed.
+    """Make sure charon, swanctl, the plugins and the tools (ip, ping, ethtool) the test
+    bed needs are installed.
 
     Installs the Debian packages in :data:`DEBIAN_PACKAGES` with apt-get when something
     is missing (``--no-install-recommends``: the packages ship no systemd unit and no
@@ -149,9 +155,6 @@ def ensure_strongswan():
     """
     if os.geteuid() != 0:
         return "the strongSwan test bed needs root (network namespaces), running as uid %d" % os.geteuid()
-    for tool, package in (("ip", "iproute2"), ("ping", "iputils-ping")):
-        if shutil.which(tool) is None:
-            return "`%s` is not installed (Debian package %s)" % (tool, package)
     if not _strongswan_missing():
         return None
     if shutil.which("apt-get") is None:
