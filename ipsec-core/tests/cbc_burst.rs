@@ -15,24 +15,11 @@ mod common;
 use std::net::IpAddr;
 
 use common::{T0, config, inner_v4, inner_v6};
-use ipsec_core::crypto::IvSource;
 use ipsec_core::{
     Cipher, Direction, DropReason, Error, Integrity, Mode, PacketBuf, SaConfig, SecurityAssociation,
 };
 
-/// IVs that change with every packet (a counter), so that a burst drawing them in a
-/// different order than one packet at a time would show.
-#[derive(Debug)]
-struct CountingIv(u128);
-
-impl IvSource for CountingIv {
-    fn fill_iv(&mut self, iv: &mut [u8; 16]) {
-        self.0 = self
-            .0
-            .wrapping_add(0x0101_0101_0101_0101_0101_0101_0101_0103);
-        *iv = self.0.to_be_bytes();
-    }
-}
+use common::CountingIv;
 
 /// A small deterministic generator (xorshift) for lengths and mixes.
 struct Rng(u64);

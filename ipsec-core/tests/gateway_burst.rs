@@ -4,10 +4,11 @@
 //! whatever the mix of flows, SAs, policies, drops and burst lengths, with the SPD
 //! cache off (the default) and on.
 
+mod common;
+
 use core::time::Duration;
 use std::net::IpAddr;
 
-use ipsec_core::crypto::IvSource;
 use ipsec_core::gateway::{BurstVerdict, Outbound};
 use ipsec_core::{
     Cipher, Direction, Error, Gateway, Integrity, Lifetime, Mode, PacketBuf, SaConfig, SaStats, Spd,
@@ -24,18 +25,7 @@ fn addr(s: &str) -> IpAddr {
     s.parse().expect("an address")
 }
 
-/// CBC IVs from a counter, so that both gateways draw the same ones.
-#[derive(Debug)]
-struct CountingIv(u128);
-
-impl IvSource for CountingIv {
-    fn fill_iv(&mut self, iv: &mut [u8; 16]) {
-        self.0 = self
-            .0
-            .wrapping_add(0x0101_0101_0101_0101_0101_0101_0101_0103);
-        *iv = self.0.to_be_bytes();
-    }
-}
+use common::CountingIv;
 
 /// A gateway with two GCM SAs (one with a hard packet limit that the test reaches), a
 /// CBC + HMAC SA with a small path MTU (big packets are refused), and BYPASS,

@@ -433,3 +433,18 @@ pub(crate) fn assert_same_decrypts(
     }
     assert_eq!(ok, single.iter().filter(|r| r.0.is_ok()).count(), "{what}");
 }
+
+/// CBC IVs from a counter that changes with every packet, so that two SAs given the
+/// same start draw the same IVs, and a burst drawing them in another order than one
+/// packet at a time would show.
+#[derive(Debug)]
+pub(crate) struct CountingIv(pub(crate) u128);
+
+impl IvSource for CountingIv {
+    fn fill_iv(&mut self, iv: &mut [u8; 16]) {
+        self.0 = self
+            .0
+            .wrapping_add(0x0101_0101_0101_0101_0101_0101_0101_0103);
+        *iv = self.0.to_be_bytes();
+    }
+}
