@@ -287,6 +287,22 @@ static IMB_MGR *thread_mgr(void) {
     return m;
 }
 
+/* Submits the `n` filled jobs (validated by the caller, so unchecked), then flushes
+ * the manager, so that every job is complete and nothing stays queued past the call.
+ * `jobs` has room for SHIM_MAX_BURST. 0 if all `n` completed, else -1. */
+static int submit_and_flush(IMB_MGR *m, IMB_JOB **jobs, uint32_t n) {
+    uint32_t done = IMB_SUBMIT_BURST_NOCHECK(m, n, jobs);
+    int bad = 0;
+    for (uint32_t i = 0; i < done; i++)
+        bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
+    /* Always flush: nothing may stay queued past this call. */
+    uint32_t flushed = IMB_FLUSH_BURST(m, SHIM_MAX_BURST, jobs);
+    for (uint32_t i = 0; i < flushed; i++)
+        bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
+    bad |= done + flushed != n;
+    return bad ? -1 : 0;
+}
+
 /* Runs `n` (at most SHIM_MAX_BURST) packets under `keys` (from ipsec_mb_shim_cbc_keys
  * with the same `hash` and `key_len`): for a lane with a body, CBC-encrypt the body in
  * place (IV at esp + 8), then the HMAC over ESP header, IV and ciphertext (cipher then
@@ -350,16 +366,7 @@ int ipsec_mb_shim_cbc_hmac_burst(const void *keys, uint32_t key_len, uint32_t ha
             j->msg_len_to_cipher_in_bytes = 0;
         }
     }
-    uint32_t done = IMB_SUBMIT_BURST_NOCHECK(m, n, jobs);
-    int bad = 0;
-    for (uint32_t i = 0; i < done; i++)
-        bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
-    /* Always flush: nothing may stay queued past this call. */
-    uint32_t flushed = IMB_FLUSH_BURST(m, SHIM_MAX_BURST, jobs);
-    for (uint32_t i = 0; i < flushed; i++)
-        bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
-    bad |= done + flushed != n;
-    return bad ? -1 : 0;
+    return submit_and_flush(m, jobs, n);
 }
 
 /* CBC-decrypts `len` bytes (a non-zero multiple of 16) at `data` in place, under the
@@ -473,14 +480,5 @@ int ipsec_mb_shim_gcm_burst(const void *key_data, uint32_t key_len, int encrypt,
         j->auth_tag_output = l->tag;
         j->auth_tag_output_len_in_bytes = 16;
     }
-    uint32_t done = IMB_SUBMIT_BURST_NOCHECK(m, n, jobs);
-    int bad = 0;
-    for (uint32_t i = 0; i < done; i++)
-        bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
-    /* Always flush: nothing may stay queued past this call. */
-    uint32_t flushed = IMB_FLUSH_BURST(m, SHIM_MAX_BURST, jobs);
-    for (uint32_t i = 0; i < flushed; i++)
-        bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
-    bad |= done + flushed != n;
-    return bad ? -1 : 0;
+    return submit_and_flush(m, jobs, n);
 }
