@@ -3,8 +3,8 @@
 //! same IVs, whatever the mix of lengths, burst sizes, modes and SA options; and the
 //! decrypt burst refuses a tampered packet among them while the others open.
 //!
-//! With the `ipsec-mb` feature the bursts run on intel-ipsec-mb (CBC + HMAC jobs to
-//! seal, hash-only jobs to check ICVs) and one packet at a time stays on the Rust
+//! With the `ipsec-mb` feature the bursts run on intel-ipsec-mb (cipher and hash
+//! bursts to seal, hash bursts to check ICVs) and one packet at a time stays on the Rust
 //! code, so these tests compare the two: `cargo test -p ipsec-core --features
 //! ipsec-mb --test cbc_burst`. [`decrypt_bursts_equal_one_packet_at_a_time`] also
 //! checks that tampered, replayed and malformed packets in a burst get the results,

@@ -607,8 +607,8 @@ pub(crate) struct HashLane<'a> {
 /// made, boxed (64-byte aligned, never moved) and overwritten with zeros on drop.
 ///
 /// Bursts go through a manager per thread, made on the thread's first burst and freed
-/// when it exits (see the shim): the job API changes the manager it submits to, so
-/// threads cannot share one; each call submits and flushes all its jobs, so a manager
+/// when it exits (see the shim): submitting jobs changes the manager (its multi-buffer
+/// lanes), so threads cannot share one; each call completes all its jobs, so a manager
 /// keeps nothing of one call for the next. The keys are only read, so an SA (or
 /// several SAs) may be used from any thread.
 pub(crate) struct CbcHmacKeys {

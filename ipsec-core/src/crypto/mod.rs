@@ -8,7 +8,7 @@
 //! | AES-GCM-16 (RFC 4106) | intel-ipsec-mb with the `ipsec-mb` feature, else ring if compiled in, else RustCrypto | 8 bytes = sequence number | 16 |
 //! | ChaCha20-Poly1305 (RFC 7634) | ring if compiled in, else RustCrypto; with the `ipsec-mb` feature, intel-ipsec-mb for packets of 512 bytes and more where it runs AVX-512 code | 8 bytes = sequence number | 16 |
 //! | AES-GMAC (RFC 4543) | as AES-GCM (GMAC is GCM with all data as AAD) | 8 bytes = sequence number | 16 |
-//! | AES-CBC (RFC 3602) + HMAC-SHA-1/SHA-2 (RFC 2404, RFC 4868) | RustCrypto; with the `ipsec-mb` feature, bursts (and decryption of 256 bytes or more) on intel-ipsec-mb's job API | 16 random bytes | 12..32 |
+//! | AES-CBC (RFC 3602) + HMAC-SHA-1/SHA-2 (RFC 2404, RFC 4868) | RustCrypto; with the `ipsec-mb` feature, bursts (and decryption of 256 bytes or more) on intel-ipsec-mb's burst API | 16 random bytes | 12..32 |
 //! | NULL (RFC 2410) + HMAC | RustCrypto | none | 12..32 |
 //!
 //! **Backend choice, by measurement.** On the 2-core AMD EPYC guest (AES-NI, VAES,
@@ -42,16 +42,19 @@
 //! **CBC + HMAC bursts with `ipsec-mb`.** A packet's CBC encryption and HMAC are
 //! serial chains, so the burst paths run many packets side by side: in Rust, 8 CBC
 //! chains and (for SHA-256) 8 hashes interleaved; with the feature, the packets of a
-//! burst go to intel-ipsec-mb as jobs, 32 per submission, whose multi-buffer code fills
-//! 16 SIMD lanes of SHA-256 (AVX-512), which Rust's SHA-NI calls cannot be interleaved
-//! into without `unsafe`. Decryption checks every ICV first (hash-only jobs, compared
-//! in Rust in constant time) and decrypts nothing before it passed, as one packet at a
-//! time does. Per packet, against intel-ipsec-mb's own 32-job bursts of the same bytes
-//! (`scripts/bench-report.py 3`, AES-128-CBC + HMAC-SHA-256-128, burst 32, 64/512/1420
-//! bytes, on the shared 2-vCPU AVX-512/VAES/SHA-NI guest): Rust 1.29/1.63/1.75x
-//! (encrypt) and 1.65/1.84/1.92x (decrypt); with the feature 1.18/1.10/1.06x and
-//! 1.43/1.27/1.15x. What remains at 64 bytes is ESP's own per-packet work (headers,
-//! trailer, replay window, counters), which the library's figure does not include.
+//! burst go to intel-ipsec-mb, 32 per call of its synchronous burst API (one cipher
+//! burst for the CBC chains, one hash burst for the HMACs), whose multi-buffer code
+//! fills 16 SIMD lanes of SHA-256 (AVX-512), which Rust's SHA-NI calls cannot be
+//! interleaved into without `unsafe`. Decryption checks every ICV first (a hash burst,
+//! compared in Rust in constant time) and decrypts nothing before it passed, as one
+//! packet at a time does. Per packet, against intel-ipsec-mb's own 32-job bursts of the
+//! same bytes through its job queue (`scripts/bench-report.py 3`, AES-128-CBC +
+//! HMAC-SHA-256-128, burst 32, 64/512/1420 bytes, on the shared 2-vCPU
+//! AVX-512/VAES/SHA-NI guest): Rust 1.29/1.63/1.75x (encrypt) and 1.65/1.84/1.92x
+//! (decrypt); with the feature 1.17/1.06/1.05x and 1.37/1.21/1.09x (through the job
+//! queue, as the library's figure is, 1.25/1.05/1.05x and 1.46/1.25/1.11x). What remains
+//! at 64 bytes is ESP's own per-packet work (headers, trailer, replay window, counters),
+//! which the library's figure does not include.
 //!
 //! **AES-GCM bursts with `ipsec-mb`.** Encrypt bursts go to intel-ipsec-mb as GCM
 //! jobs (32 per submission, same bytes as the one-call seal of single packets): AES-128-GCM,
@@ -442,9 +445,9 @@ pub fn ipsec_mb_info() -> Option<Result<(&'static str, &'static str), ConfigErro
 
 /// The backend that runs `cipher`'s packets in `encrypt_burst` and `decrypt_burst`:
 /// [`aead_backend`]'s, except that with the `ipsec-mb` feature the AES-CBC + HMAC
-/// bursts are intel-ipsec-mb's (`"ipsec-mb"`): sealed as its CBC + HMAC jobs, their
-/// ICVs computed as its hash-only jobs (decryption of 256 bytes or more is its too, one
-/// packet or a burst). (AES-GCM encrypt bursts are the library's too, as its GCM jobs
+/// bursts are intel-ipsec-mb's (`"ipsec-mb"`): sealed by its cipher and hash bursts,
+/// their ICVs computed by its hash bursts (decryption of 256 bytes or more is its too,
+/// one packet or a burst). (AES-GCM encrypt bursts are the library's too, as its GCM jobs
 /// rather than its one-call API; decrypt bursts stay on the one-call API, which
 /// measured faster there.)
 pub fn burst_backend(cipher: Cipher) -> &'static str {
@@ -1425,8 +1428,8 @@ impl Transform {
 
     /// For a decrypt burst: the truncated HMAC of `bufs[l][ahead[l].esp..ahead[l].icv]`
     /// (no ESN tail) into `ahead[l].tag`: HMAC-SHA-256-128, up to [`LANES`] packets'
-    /// hashes side by side; with `ipsec-mb`, any integrity algorithm, as hash-only
-    /// jobs of intel-ipsec-mb, [`BURST_CHUNK`] per submission (hash only: nothing is
+    /// hashes side by side; with `ipsec-mb`, any integrity algorithm, as hash bursts
+    /// of intel-ipsec-mb, [`BURST_CHUNK`] per call (hash only: nothing is
     /// decrypted before its ICV is compared). [`Self::open`] then compares the
     /// packet's ICV with it (in constant time, before decrypting) instead of
     /// computing it. Only for [`Self::icvs_ahead_pay`].
