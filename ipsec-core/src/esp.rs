@@ -212,7 +212,7 @@ impl SecurityAssociation {
     /// (ICV compared in constant time before anything is decrypted, as
     /// [`Self::decrypt`] does) and decrypted in turn. With the `ipsec-mb` feature,
     /// the ICVs of AES-CBC with any HMAC (without ESN) are computed as intel-ipsec-mb
-    /// hash-only jobs, 32 at a time, and the rest is the same: nothing is decrypted
+    /// hash bursts, 32 at a time, and the rest is the same: nothing is decrypted
     /// before its sequence number and ICV passed, and results and counters are those
     /// of one packet at a time.
     pub fn decrypt_burst(
@@ -236,8 +236,10 @@ impl SecurityAssociation {
         {
             let mut ahead = [IcvAhead::default(); BURST_CHUNK];
             let mut bufs: [&[u8]; BURST_CHUNK] = [&[]; BURST_CHUNK];
+            // `slot[i]`: the index in `ahead` of packet i's ICV, if it has one.
+            let mut slot = [usize::MAX; BURST_CHUNK];
             let mut count = 0;
-            for pkt in pkts.iter() {
+            for (pkt, slot) in pkts.iter().zip(slot.iter_mut()) {
                 if let Some(at) = self.esp_layout(pkt) {
                     ahead[count] = IcvAhead {
                         esp: at.esp,
@@ -245,21 +247,17 @@ impl SecurityAssociation {
                         tag: [0; crate::crypto::AHEAD_TAG],
                     };
                     bufs[count] = pkt.buffer();
+                    *slot = count;
                     count += 1;
                 }
             }
             self.transform
                 .icvs_ahead(&bufs[..count], &mut ahead[..count]);
-            let mut next = 0;
-            for (pkt, res) in pkts.iter_mut().zip(ress.iter_mut()) {
-                let hint = match self.esp_layout(pkt) {
-                    Some(at) if next < count && ahead[next].esp == at.esp => {
-                        next += 1;
-                        Some(ahead[next - 1])
-                    }
-                    _ => None,
-                };
-                let r = self.decrypt_hinted(pkt, now, hint.as_ref(), |_| Ok(()));
+            for ((pkt, res), &k) in pkts.iter_mut().zip(ress.iter_mut()).zip(slot.iter()) {
+                // `open` uses the hint only for the layout `decap` finds, which is the
+                // one `esp_layout` found: nothing touched this buffer since.
+                let hint = (k < count).then(|| &ahead[k]);
+                let r = self.decrypt_hinted(pkt, now, hint, |_| Ok(()));
                 ok += usize::from(store_result(res, r));
             }
         }
