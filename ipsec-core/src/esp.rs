@@ -828,8 +828,7 @@ impl SecurityAssociation {
             inner_df,
             ident,
         );
-        buf[esp..esp + 4].copy_from_slice(&spi.to_be_bytes());
-        buf[esp + 4..esp + 8].copy_from_slice(&(seq as u32).to_be_bytes());
+        write_esp_header(buf, esp, spi, seq);
         let at = EspLayout { esp, icv };
         match pending {
             Some(slot) if !outer.udp_checksum => {
@@ -917,8 +916,7 @@ impl SecurityAssociation {
         // headroom; the payload does not move.
         buf.copy_within(offset..offset + hdr, start);
         let icv = Self::write_trailer(buf, body + payload, pad, protocol);
-        buf[esp..esp + 4].copy_from_slice(&spi.to_be_bytes());
-        buf[esp + 4..esp + 8].copy_from_slice(&(seq as u32).to_be_bytes());
+        write_esp_header(buf, esp, spi, seq);
         let at = EspLayout { esp, icv };
         match pending {
             Some(slot) if udp6_addresses.is_none() => {
@@ -1143,6 +1141,16 @@ impl SecurityAssociation {
             }
         }
     }
+}
+
+/// Writes the ESP header (SPI, low 32 bits of `seq`) at `esp` with one 8-byte store:
+/// without ESN it is the AEAD's AAD, which the AES-GCM backend then reads with one
+/// load, and a load that spans two stores still in the store buffer waits for both to
+/// reach the cache.
+#[inline(always)]
+fn write_esp_header(buf: &mut [u8], esp: usize, spi: u32, seq: u64) {
+    let header = (u64::from(spi) << 32) | (seq & 0xffff_ffff);
+    buf[esp..esp + ESP_HEADER_LEN].copy_from_slice(&header.to_be_bytes());
 }
 
 /// What the slow path does with a packet beyond the path MTU.

@@ -44,6 +44,42 @@ const CONTEXT_WORDS: usize = 11;
 #[repr(C, align(8))]
 struct GcmContext([u64; CONTEXT_WORDS]);
 
+/// A 12-byte nonce as the library reads it, in a 16-byte block written by one store.
+///
+/// The library loads the nonce with wide loads right at the start of a call. Had the
+/// caller just written it in pieces (salt, then IV: a 4-byte and an 8-byte store, as
+/// the compiler writes a `[u8; 12]`), each such load would span two stores still in
+/// the store buffer, which the processor cannot forward: the load then waits for both
+/// to reach the cache. Measured in C on the AVX-512 guest, sealing 68-byte bodies back
+/// to back: 23 ns a packet with the nonce written by one 16-byte store, 40 with the
+/// two stores.
+#[repr(C, align(16))]
+struct NonceBlock([u8; 16]);
+
+impl NonceBlock {
+    #[inline(always)]
+    fn new(nonce: &[u8; 12]) -> NonceBlock {
+        let mut block = NonceBlock([0; 16]);
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::{__m128i, _mm_set_epi64x};
+            let lo = u64::from_le_bytes(nonce[..8].try_into().expect("8 bytes"));
+            let hi = u32::from_le_bytes(nonce[8..].try_into().expect("4 bytes"));
+            // SAFETY: `_mm_set_epi64x` needs SSE2, which every x86_64 processor has
+            // (it is in the target's baseline). `block` is 16 writable bytes, 16-byte
+            // aligned. Volatile, so that the compiler keeps the one 16-byte store
+            // rather than splitting it.
+            unsafe {
+                let v = _mm_set_epi64x(i64::from(hi), lo as i64);
+                core::ptr::write_volatile(block.0.as_mut_ptr().cast::<__m128i>(), v);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        block.0[..12].copy_from_slice(nonce);
+        block
+    }
+}
+
 /// intel-ipsec-mb's `aes_gcm_enc_dec_t`: key data, context, out, in, length, 12-byte
 /// IV, AAD, AAD length, tag out, tag length.
 type GcmFn = unsafe extern "C" fn(
@@ -217,13 +253,14 @@ impl GcmKey {
             self.data.dec
         };
         let mut ctx = GcmContext([0; CONTEXT_WORDS]);
+        let iv = NonceBlock::new(nonce);
         // In place: one pointer for both input and output.
         let io = data.as_mut_ptr();
         // SAFETY: `f` is the manager's one-call GCM function for this key's length
         // (from `ipsec_mb_shim_gcm_fns`; the manager lives for the whole process and
         // is only read), and `self.data.bytes` holds the key expanded for it, only
         // read here. `ctx` is a live, exclusively borrowed `gcm_context_data` (size
-        // and alignment asserted by the shim). `nonce` is 12 readable bytes, the IV
+        // and alignment asserted by the shim). `iv` holds the 12 nonce bytes, the IV
         // length of the one-call API; `aad` is readable and `data` readable and
         // writable for their lengths (checked above against the library's limit, so
         // its parameter checks pass; in place, out == in, as the API allows), and the
@@ -237,7 +274,7 @@ impl GcmKey {
                 io,
                 io.cast_const(),
                 data.len() as u64,
-                nonce.as_ptr(),
+                iv.0.as_ptr(),
                 aad.as_ptr(),
                 aad.len() as u64,
                 tag.as_mut_ptr(),
@@ -446,10 +483,11 @@ impl ChaChaKey {
             "ESP packets are far below the ChaCha20-Poly1305 length limits"
         );
         let mut ctx = ChaChaContext([0; CHACHA_CONTEXT_WORDS]);
+        let iv = NonceBlock::new(nonce);
         // SAFETY: `self.key` is 32 readable bytes, the key length of the library's
         // ChaCha20-Poly1305; `ctx` is a live, exclusively borrowed
         // `chacha20_poly1305_context_data` (size and alignment asserted by the shim);
-        // `nonce` is 12 readable bytes (the IV length of the API); `aad` is readable
+        // `iv` holds the 12 nonce bytes (the IV length of the API); `aad` is readable
         // and `data` readable and writable for their lengths (checked above against
         // the algorithm's limits; in place, as the API allows; an empty slice's
         // dangling pointer is not dereferenced); `tag` is 16 writable bytes, the tag
@@ -460,7 +498,7 @@ impl ChaChaKey {
                 c_int::from(encrypt),
                 self.key.as_ptr(),
                 &mut ctx,
-                nonce.as_ptr(),
+                iv.0.as_ptr(),
                 aad.as_ptr(),
                 aad.len() as u64,
                 data.as_mut_ptr(),

@@ -1140,9 +1140,18 @@ impl Transform {
         match &mut self.engine {
             Engine::Aead { key, salt } => {
                 buf[esp + 8..iv_end].copy_from_slice(&seq.to_be_bytes());
-                let (aad, aad_len) = aead_aad(&buf[esp..esp + 4], seq, esn);
-                let (body, tag_out) = buf[iv_end..icv + icv_len].split_at_mut(icv - iv_end);
-                let tag = key.seal(nonce(salt, seq), &aad[..aad_len], body);
+                let (head, rest) = buf[esp..icv + icv_len].split_at_mut(iv_end - esp);
+                let (body, tag_out) = rest.split_at_mut(icv - iv_end);
+                let esn_aad;
+                let aad = if esn {
+                    esn_aad = aead_aad(&head[..4], seq, true).0;
+                    &esn_aad[..]
+                } else {
+                    // SPI || 32-bit sequence number is the ESP header itself (written
+                    // by one store: see `write_esp_header` in the esp module).
+                    &head[..8]
+                };
+                let tag = key.seal(nonce(salt, seq), aad, body);
                 tag_out.copy_from_slice(&tag);
             }
             _ => self.seal_slow(buf, at, seq, esn),
@@ -1490,14 +1499,17 @@ impl Transform {
         match &mut self.engine {
             Engine::Aead { key, salt } => {
                 let iv: [u8; 8] = buf[esp + 8..iv_end].try_into().expect("8-byte IV");
-                let (aad, aad_len) = aead_aad(&buf[esp..esp + 4], seq, esn);
                 let tag: [u8; 16] = buf[icv..icv + 16].try_into().expect("16-byte ICV");
-                key.open(
-                    nonce_iv(salt, iv),
-                    &aad[..aad_len],
-                    &mut buf[iv_end..icv],
-                    &tag,
-                )
+                let (head, body) = buf[esp..icv].split_at_mut(iv_end - esp);
+                let esn_aad;
+                let aad = if esn {
+                    esn_aad = aead_aad(&head[..4], seq, true).0;
+                    &esn_aad[..]
+                } else {
+                    // SPI || 32-bit sequence number: the received ESP header.
+                    &head[..8]
+                };
+                key.open(nonce_iv(salt, iv), aad, body, &tag)
             }
             _ => self.open_slow(buf, at, seq, esn, hint),
         }
