@@ -21,6 +21,7 @@
 //! This module holds `unsafe` code: the FFI calls, each with its justification.
 #![allow(unsafe_code)]
 
+use super::Nonce;
 use crate::error::ConfigError;
 use core::ffi::{CStr, c_char, c_int, c_void};
 use zeroize::Zeroize;
@@ -58,13 +59,15 @@ struct NonceBlock([u8; 16]);
 
 impl NonceBlock {
     #[inline(always)]
-    fn new(nonce: &[u8; 12]) -> NonceBlock {
+    fn new(nonce: Nonce) -> NonceBlock {
         let mut block = NonceBlock([0; 16]);
         #[cfg(target_arch = "x86_64")]
         {
             use core::arch::x86_64::{__m128i, _mm_set_epi64x};
-            let lo = u64::from_le_bytes(nonce[..8].try_into().expect("8 bytes"));
-            let hi = u32::from_le_bytes(nonce[8..].try_into().expect("4 bytes"));
+            // From the parts, in registers: salt, then the IV's halves.
+            let iv_lo = u32::from_le_bytes(nonce.iv[..4].try_into().expect("4 bytes"));
+            let hi = u32::from_le_bytes(nonce.iv[4..].try_into().expect("4 bytes"));
+            let lo = u64::from(u32::from_le_bytes(nonce.salt)) | (u64::from(iv_lo) << 32);
             // SAFETY: `_mm_set_epi64x` needs SSE2, which every x86_64 processor has
             // (it is in the target's baseline). `block` is 16 writable bytes, 16-byte
             // aligned. Volatile, so that the compiler keeps the one 16-byte store
@@ -75,7 +78,7 @@ impl NonceBlock {
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        block.0[..12].copy_from_slice(nonce);
+        block.0[..12].copy_from_slice(&nonce.bytes());
         block
     }
 }
@@ -235,14 +238,7 @@ impl GcmKey {
     /// Encrypts (`encrypt`) or decrypts `data` in place and writes the tag computed
     /// over `aad` and the ciphertext to `tag`.
     #[inline(always)]
-    fn run(
-        &self,
-        encrypt: bool,
-        nonce: &[u8; 12],
-        aad: &[u8],
-        data: &mut [u8],
-        tag: &mut [u8; 16],
-    ) {
+    fn run(&self, encrypt: bool, nonce: Nonce, aad: &[u8], data: &mut [u8], tag: &mut [u8; 16]) {
         assert!(
             data.len() <= MAX_GCM_BYTES && aad.len() <= MAX_GCM_BYTES,
             "ESP packets are far below the AES-GCM length limits"
@@ -290,8 +286,14 @@ impl GcmKey {
     /// returns the 16-byte tag. Panics only past GCM's length limit (64 GiB).
     #[inline]
     pub fn seal(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
+        self.seal_nonce(nonce.into(), aad, in_out)
+    }
+
+    /// [`Self::seal`] with the nonce in its parts (what ESP uses: see [`Nonce`]).
+    #[inline]
+    pub(crate) fn seal_nonce(&self, nonce: Nonce, aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
         let mut tag = [0u8; 16];
-        self.run(true, &nonce, aad, in_out, &mut tag);
+        self.run(true, nonce, aad, in_out, &mut tag);
         tag
     }
 
@@ -300,8 +302,20 @@ impl GcmKey {
     /// the answer is `false`.
     #[inline]
     pub fn open(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8], tag: &[u8; 16]) -> bool {
+        self.open_nonce(nonce.into(), aad, in_out, tag)
+    }
+
+    /// [`Self::open`] with the nonce in its parts (what ESP uses: see [`Nonce`]).
+    #[inline]
+    pub(crate) fn open_nonce(
+        &self,
+        nonce: Nonce,
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &[u8; 16],
+    ) -> bool {
         let mut expect = [0u8; 16];
-        self.run(false, &nonce, aad, in_out, &mut expect);
+        self.run(false, nonce, aad, in_out, &mut expect);
         if super::ct_eq(&expect, tag) {
             true
         } else {
@@ -470,14 +484,7 @@ impl ChaChaKey {
 
     /// Encrypts (`encrypt`) or decrypts `data` in place and writes the tag computed
     /// over `aad` and the ciphertext to `tag`.
-    fn run(
-        &self,
-        encrypt: bool,
-        nonce: &[u8; 12],
-        aad: &[u8],
-        data: &mut [u8],
-        tag: &mut [u8; 16],
-    ) {
+    fn run(&self, encrypt: bool, nonce: Nonce, aad: &[u8], data: &mut [u8], tag: &mut [u8; 16]) {
         assert!(
             data.len() as u64 <= MAX_CHACHA_BYTES && aad.len() as u64 <= MAX_CHACHA_BYTES,
             "ESP packets are far below the ChaCha20-Poly1305 length limits"
@@ -518,8 +525,14 @@ impl ChaChaKey {
     /// Encrypts `in_out` in place under the 12-byte nonce, authenticating `aad`;
     /// returns the 16-byte tag.
     pub fn seal(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
+        self.seal_nonce(nonce.into(), aad, in_out)
+    }
+
+    /// [`Self::seal`] with the nonce in its parts (what ESP uses: see [`Nonce`]).
+    #[inline]
+    pub(crate) fn seal_nonce(&self, nonce: Nonce, aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
         let mut tag = [0u8; 16];
-        self.run(true, &nonce, aad, in_out, &mut tag);
+        self.run(true, nonce, aad, in_out, &mut tag);
         tag
     }
 
@@ -527,8 +540,20 @@ impl ChaChaKey {
     /// `in_out` is overwritten with zeros (no unauthenticated plaintext is left) and
     /// the answer is `false`.
     pub fn open(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8], tag: &[u8; 16]) -> bool {
+        self.open_nonce(nonce.into(), aad, in_out, tag)
+    }
+
+    /// [`Self::open`] with the nonce in its parts (what ESP uses: see [`Nonce`]).
+    #[inline]
+    pub(crate) fn open_nonce(
+        &self,
+        nonce: Nonce,
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &[u8; 16],
+    ) -> bool {
         let mut expect = [0u8; 16];
-        self.run(false, &nonce, aad, in_out, &mut expect);
+        self.run(false, nonce, aad, in_out, &mut expect);
         if super::ct_eq(&expect, tag) {
             true
         } else {
