@@ -166,13 +166,12 @@ int ipsec_mb_shim_chacha(int encrypt, const uint8_t *key, void *ctx, const uint8
  * code runs the CBC chains and hashes of a burst's packets side by side.
  *
  * Threading. Job submission changes the manager (the out-of-order lanes of every
- * algorithm, and for the AES-GCM bursts below its job ring), so these managers are
- * per thread: one per thread that submits a burst, allocated and initialised on that
- * thread's first burst and freed by a pthread key destructor when the thread exits.
- * Every call completes all its jobs before it returns (the burst API flushes its
- * lanes; the job ring is flushed), so between calls a manager holds no pointer into
- * the caller's buffers, nothing of one call carries into the next, and the two APIs,
- * which share the lanes, never find the other's jobs in them. The key
+ * algorithm), so these managers are per thread: one per thread that submits a
+ * burst, allocated and initialised on that thread's first burst and freed by a
+ * pthread key destructor when the thread exits. Every call completes all its jobs
+ * before it returns (the burst API flushes its lanes), so between calls a manager
+ * holds no pointer into the caller's buffers and nothing of one call carries into
+ * the next. (The job queue, IMB_SUBMIT_JOB / IMB_SUBMIT_BURST, is not used.) The key
  * expansion and HMAC pad set-up below use the process manager (ipsec_mb_shim_init)
  * for its stateless function pointers only.
  *
@@ -287,22 +286,6 @@ static IMB_MGR *thread_mgr(void) {
     }
     thread_manager = m;
     return m;
-}
-
-/* Submits the `n` filled jobs (validated by the caller, so unchecked), then flushes
- * the manager, so that every job is complete and nothing stays queued past the call.
- * `jobs` has room for SHIM_MAX_BURST. 0 if all `n` completed, else -1. */
-static int submit_and_flush(IMB_MGR *m, IMB_JOB **jobs, uint32_t n) {
-    uint32_t done = IMB_SUBMIT_BURST_NOCHECK(m, n, jobs);
-    int bad = 0;
-    for (uint32_t i = 0; i < done; i++)
-        bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
-    /* Always flush: nothing may stay queued past this call. */
-    uint32_t flushed = IMB_FLUSH_BURST(m, SHIM_MAX_BURST, jobs);
-    for (uint32_t i = 0; i < flushed; i++)
-        bad |= jobs[i]->status != IMB_STATUS_COMPLETED;
-    bad |= done + flushed != n;
-    return bad ? -1 : 0;
 }
 
 /* A burst's jobs, owned by the caller (the synchronous burst API's contract): one
@@ -427,74 +410,4 @@ int ipsec_mb_shim_cbc_decrypt(const void *keys, uint32_t key_len, const uint8_t 
     uint32_t done = IMB_SUBMIT_CIPHER_BURST_NOCHECK(m, &j, 1, IMB_CIPHER_CBC, IMB_DIR_DECRYPT,
                                                     key_size(key_len));
     return all_completed(&j, 1, done);
-}
-
-/* ------------------------------------------------------------------ AES-GCM bursts
- *
- * The packets of an AES-GCM burst as the library's GCM jobs (IMB_CIPHER_GCM with
- * IMB_AUTH_AES_GMAC, as its own ESP examples fill them), on this thread's manager
- * like the CBC bursts above: the multi-buffer code then keeps several packets in
- * flight, which the one-call API (one packet per call) cannot. The key data is the
- * SA's `gcm_key_data` from ipsec_mb_shim_gcm_pre, only read. */
-
-/* One packet: `len` (non-zero) bytes at `data` encrypted or decrypted in place under
- * the 12-byte `iv`, authenticating `aad_len` bytes at `aad`; the 16-byte tag over AAD
- * and ciphertext goes to `tag` (the caller compares it when decrypting). Must match
- * `RawGcmLane` in src/crypto/ipsec_mb.rs. */
-struct shim_gcm_lane {
-    uint8_t *data;
-    uint64_t len;
-    const uint8_t *iv;
-    const uint8_t *aad;
-    uint64_t aad_len;
-    uint8_t *tag;
-};
-
-/* Runs `n` (at most SHIM_MAX_BURST) GCM packets under `key_data` (from
- * ipsec_mb_shim_gcm_pre with the same `key_len`, 16 or 32): `encrypt` non-zero
- * encrypts, else decrypts. Every job is complete when this returns. 0 on success; -1
- * on bad arguments, if this thread has no manager, or if a job failed. */
-int ipsec_mb_shim_gcm_burst(const void *key_data, uint32_t key_len, int encrypt,
-                            const struct shim_gcm_lane *lanes, uint32_t n) {
-    if (n == 0)
-        return 0;
-    if (n > SHIM_MAX_BURST || key_data == NULL || (key_len != 16 && key_len != 32))
-        return -1;
-    /* Checked here, for the unchecked submission below. */
-    for (uint32_t i = 0; i < n; i++) {
-        const struct shim_gcm_lane *l = &lanes[i];
-        if (l->data == NULL || l->len == 0 || l->iv == NULL || l->tag == NULL ||
-            (l->aad == NULL && l->aad_len != 0))
-            return -1;
-    }
-    IMB_MGR *m = thread_mgr();
-    if (m == NULL)
-        return -1;
-    IMB_JOB *jobs[SHIM_MAX_BURST];
-    if (IMB_GET_NEXT_BURST(m, n, jobs) < n)
-        return -1; /* the queue is empty between calls: cannot happen */
-    for (uint32_t i = 0; i < n; i++) {
-        IMB_JOB *j = jobs[i];
-        const struct shim_gcm_lane *l = &lanes[i];
-        j->cipher_mode = IMB_CIPHER_GCM;
-        j->hash_alg = IMB_AUTH_AES_GMAC;
-        j->cipher_direction = encrypt ? IMB_DIR_ENCRYPT : IMB_DIR_DECRYPT;
-        j->chain_order = encrypt ? IMB_ORDER_CIPHER_HASH : IMB_ORDER_HASH_CIPHER;
-        j->enc_keys = key_data;
-        j->dec_keys = key_data;
-        j->key_len_in_bytes = key_len;
-        j->src = l->data;
-        j->dst = l->data;
-        j->cipher_start_src_offset_in_bytes = 0;
-        j->msg_len_to_cipher_in_bytes = l->len;
-        j->hash_start_src_offset_in_bytes = 0;
-        j->msg_len_to_hash_in_bytes = l->len;
-        j->iv = l->iv;
-        j->iv_len_in_bytes = 12;
-        j->u.GCM.aad = l->aad;
-        j->u.GCM.aad_len_in_bytes = l->aad_len;
-        j->auth_tag_output = l->tag;
-        j->auth_tag_output_len_in_bytes = 16;
-    }
-    return submit_and_flush(m, jobs, n);
 }

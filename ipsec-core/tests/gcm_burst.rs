@@ -3,14 +3,15 @@
 //! sizes, modes and SA options, and with damaged, replayed, reordered and too old
 //! packets among good ones, and lifetimes that run out in the middle of a burst.
 //!
-//! With the `ipsec-mb` feature encrypt bursts run as intel-ipsec-mb GCM jobs and one
-//! packet at a time on the library's one-call API, so these tests compare the two:
-//! `cargo test -p ipsec-core --features ipsec-mb --test gcm_burst`. (Decrypt bursts
-//! as GCM jobs, first the packets whose replay check passed, then the tag compares in
-//! order, passed these tests but measured slower, and were taken out; the decrypt
-//! tests stay, for whatever path comes next.) Without the feature both sides take the
-//! same path. AES-GMAC and ChaCha20-Poly1305 ride along (one packet at a time inside
-//! their bursts).
+//! With the `ipsec-mb` feature encrypt bursts encapsulate every packet, then seal
+//! them all (one library call each, back to back), while one packet at a time seals
+//! each as it is encapsulated, so these tests compare the two: `cargo test -p
+//! ipsec-core --features ipsec-mb --test gcm_burst`. (The seals were once the
+//! library's GCM jobs; decrypt bursts as GCM jobs, first the packets whose replay
+//! check passed, then the tag compares in order, passed these tests but measured
+//! slower, and were taken out; the decrypt tests stay, for whatever path comes next.)
+//! Without the feature both sides take the same path. AES-GMAC and ChaCha20-Poly1305
+//! ride along (one packet at a time inside their bursts).
 
 mod common;
 

@@ -186,8 +186,6 @@ pub(crate) fn library_info() -> Result<(&'static str, &'static str), ConfigError
 /// ```
 pub struct GcmKey {
     data: Box<KeyData>,
-    /// 16 or 32: the AES key length, for the job API ([`GcmKey::burst`]).
-    key_len: u32,
 }
 
 impl GcmKey {
@@ -229,10 +227,7 @@ impl GcmKey {
             rc, 0,
             "ipsec_mb_shim_gcm_pre: key length and manager checked"
         );
-        Ok(GcmKey {
-            data,
-            key_len: key.len() as u32,
-        })
+        Ok(GcmKey { data })
     }
 
     /// Encrypts (`encrypt`) or decrypts `data` in place and writes the tag computed
@@ -321,101 +316,6 @@ impl GcmKey {
         } else {
             in_out.fill(0);
             false
-        }
-    }
-}
-
-/// One packet of [`GcmKey::burst`]: `data` (not empty) encrypted or decrypted in place
-/// under `nonce`, authenticating `aad`; the tag over the AAD and the ciphertext is
-/// written to `tag`.
-pub(crate) struct GcmLane<'a> {
-    pub(crate) data: &'a mut [u8],
-    pub(crate) nonce: &'a [u8; 12],
-    pub(crate) aad: &'a [u8],
-    /// 16 bytes.
-    pub(crate) tag: &'a mut [u8],
-}
-
-/// The shim's `struct shim_gcm_lane`: one job.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawGcmLane {
-    data: *mut u8,
-    len: u64,
-    iv: *const u8,
-    aad: *const u8,
-    aad_len: u64,
-    tag: *mut u8,
-}
-
-unsafe extern "C" {
-    fn ipsec_mb_shim_gcm_burst(
-        key_data: *const c_void,
-        key_len: u32,
-        encrypt: c_int,
-        lanes: *const RawGcmLane,
-        n: u32,
-    ) -> c_int;
-}
-
-impl GcmKey {
-    /// Encrypts (`encrypt`) or decrypts every lane in place and writes its tag (see
-    /// [`GcmLane`]), as intel-ipsec-mb GCM jobs on this thread's manager (the job API,
-    /// like the CBC + HMAC bursts: [`CbcHmacKeys`]), [`MAX_BURST`] per call, all
-    /// complete when this returns. Byte for byte what [`GcmKey::seal`] (encrypt) or
-    /// the decryption inside [`GcmKey::open`] gives for each packet. Decrypting
-    /// compares nothing: the caller compares each tag (in constant time) and discards
-    /// the plaintext of a packet whose tag does not match. Panics on an empty lane
-    /// or a tag that is not 16 bytes.
-    pub(crate) fn burst(&self, encrypt: bool, lanes: &mut [GcmLane<'_>]) {
-        for group in lanes.chunks_mut(MAX_BURST) {
-            let mut raw = [RawGcmLane {
-                data: core::ptr::null_mut(),
-                len: 0,
-                iv: core::ptr::null(),
-                aad: core::ptr::null(),
-                aad_len: 0,
-                tag: core::ptr::null_mut(),
-            }; MAX_BURST];
-            for (l, r) in group.iter_mut().zip(raw.iter_mut()) {
-                assert!(
-                    !l.data.is_empty()
-                        && l.tag.len() == 16
-                        && l.data.len() <= MAX_GCM_BYTES
-                        && l.aad.len() <= MAX_GCM_BYTES,
-                    "GCM lane empty or beyond the length limits"
-                );
-                *r = RawGcmLane {
-                    data: l.data.as_mut_ptr(),
-                    len: l.data.len() as u64,
-                    iv: l.nonce.as_ptr(),
-                    aad: l.aad.as_ptr(),
-                    aad_len: l.aad.len() as u64,
-                    tag: l.tag.as_mut_ptr(),
-                };
-            }
-            // SAFETY: `self.data.bytes` holds this key expanded for `key_len` by the
-            // shim (a `gcm_key_data`, 64-byte aligned), only read. Every lane comes
-            // from a live borrow of `group`, which outlives the call: `data` readable
-            // and writable for `len` bytes (not empty, below the library's limit;
-            // in place, out == in, as the API allows), `iv` 12 readable bytes (the IV
-            // length the shim passes), `aad` readable for `aad_len` bytes (an empty
-            // slice's dangling pointer is not dereferenced), `tag` 16 writable bytes.
-            // The shim completes (flushes) every job before it returns, so no pointer
-            // outlives the call; the manager it uses belongs to this thread alone.
-            let rc = unsafe {
-                ipsec_mb_shim_gcm_burst(
-                    self.data.bytes.as_ptr().cast(),
-                    self.key_len,
-                    c_int::from(encrypt),
-                    raw.as_ptr(),
-                    group.len() as u32,
-                )
-            };
-            assert_eq!(
-                rc, 0,
-                "intel-ipsec-mb refused a GCM burst (no manager for this thread, or a job the caller checked)"
-            );
         }
     }
 }

@@ -56,13 +56,25 @@
 //! at 64 bytes is ESP's own per-packet work (headers, trailer, replay window, counters),
 //! which the library's figure does not include.
 //!
-//! **AES-GCM bursts with `ipsec-mb`.** Encrypt bursts go to intel-ipsec-mb as GCM
-//! jobs (32 per submission, same bytes as the one-call seal of single packets): AES-128-GCM,
-//! 64 bytes, burst 32, 54.7 -> 51.4 ns per packet (1.35x -> 1.27x the library's one
-//! call; the library's own 32-job burst seals in 32.9). Decrypt bursts stay on the
-//! one-call API: decrypting the burst as jobs first (then comparing tags in order)
-//! measured 54.5 -> 61.9 ns, the job saving about 2 ns and the second pass over each
-//! packet costing more.
+//! **AES-GCM bursts with `ipsec-mb`.** An encrypt burst encapsulates every packet
+//! first, then seals them one after the other, one library call each
+//! ([`Transform::seal_lanes`]): measured faster than sealing each packet as it is
+//! encapsulated, and than the library's GCM jobs, which an earlier version used (with
+//! ring, RustCrypto and ChaCha20-Poly1305 the second pass gained nothing, so their
+//! bursts seal each packet as it is encapsulated). Decrypt bursts open one
+//! packet at a time: decrypting the burst as GCM jobs first (then comparing tags in
+//! order) measured 54.5 -> 61.9 ns a packet, the job saving about 2 ns and the second
+//! pass over each packet costing more.
+//!
+//! **Store forwarding.** The backends read nonce, AAD and tag with wide loads right
+//! at the start of a call. A value the caller has just written in pieces (a 4-byte
+//! salt and an 8-byte IV) cannot be forwarded from the store buffer to such a load,
+//! which then waits for the stores to reach the cache: about 15 ns a call on the
+//! AVX-512 guest. So the nonce travels as its parts ([`Nonce`]) and is written by one
+//! 16-byte store where the bytes are needed, the AAD without ESN is the ESP header in
+//! the packet (written by one 8-byte store), and nothing is assembled on the stack
+//! just before a call (AES-128-GCM 64 bytes, `ipsec-mb`: encrypt 53 -> 45 ns, decrypt
+//! 50 -> 39).
 //!
 //! AEAD nonces are `salt || IV` with the IV equal to the 64-bit sequence number, which
 //! never repeats under one key because outbound sequence numbers never wrap. CBC IVs
@@ -447,9 +459,7 @@ pub fn ipsec_mb_info() -> Option<Result<(&'static str, &'static str), ConfigErro
 /// [`aead_backend`]'s, except that with the `ipsec-mb` feature the AES-CBC + HMAC
 /// bursts are intel-ipsec-mb's (`"ipsec-mb"`): sealed by its cipher and hash bursts,
 /// their ICVs computed by its hash bursts (decryption of 256 bytes or more is its too,
-/// one packet or a burst). (AES-GCM encrypt bursts are the library's too, as its GCM jobs
-/// rather than its one-call API; decrypt bursts stay on the one-call API, which
-/// measured faster there.)
+/// one packet or a burst).
 pub fn burst_backend(cipher: Cipher) -> &'static str {
     if cfg!(feature = "ipsec-mb") && matches!(cipher, Cipher::Aes128Cbc | Cipher::Aes256Cbc) {
         "ipsec-mb"
@@ -731,16 +741,6 @@ pub(crate) const AHEAD_TAG: usize = if cfg!(feature = "ipsec-mb") { 32 } else { 
 /// which beats the job set-up there.
 #[cfg(feature = "ipsec-mb")]
 const MB_DECRYPT_MIN: usize = 256;
-
-/// With `ipsec-mb`: AES-GCM packets of a burst whose encrypted body is shorter than
-/// this are sealed as intel-ipsec-mb GCM jobs; longer ones by the one-call API at once
-/// ([`Transform::seal_begin`]). In the library's own figures (`benches/ipsec-mb`,
-/// Intel Xeon, AVX-512 manager, ns per packet) its 32-job bursts win on small packets
-/// and lose on large ones: 36 against 46 for one call at 64 bytes, 57 against 63 at
-/// 512, 128 against 116 at 1,420. Inside ESP the two were within 2 % at 1,000 and
-/// 1,420 bytes (`esp_profile encb-gcm128`, A/B), so the switch sits between.
-#[cfg(feature = "ipsec-mb")]
-const GCM_JOB_MAX: usize = 1024;
 
 /// How many packets a burst hands to [`Transform::seal_lanes`] and
 /// [`Transform::icvs_ahead`] at once: [`LANES`] in the portable build; with
@@ -1134,25 +1134,11 @@ impl Transform {
     /// packet at `at` inside `buf` whose header (SPI, low sequence bits) is in place.
     #[inline]
     pub(crate) fn seal(&mut self, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) {
-        let EspLayout { esp, icv } = at;
-        let iv_end = esp + 8 + self.iv_len();
-        let icv_len = self.icv_len();
         match &mut self.engine {
             Engine::Aead { key, salt } => {
-                buf[esp + 8..iv_end].copy_from_slice(&seq.to_be_bytes());
-                let (head, rest) = buf[esp..icv + icv_len].split_at_mut(iv_end - esp);
-                let (body, tag_out) = rest.split_at_mut(icv - iv_end);
-                let esn_aad;
-                let aad = if esn {
-                    esn_aad = aead_aad(&head[..4], seq, true).0;
-                    &esn_aad[..]
-                } else {
-                    // SPI || 32-bit sequence number is the ESP header itself (written
-                    // by one store: see `write_esp_header` in the esp module).
-                    &head[..8]
-                };
-                let tag = key.seal(nonce(salt, seq), aad, body);
-                tag_out.copy_from_slice(&tag);
+                // The IV is the sequence number (RFC 4106 §3.1, RFC 7634 §2).
+                buf[at.esp + 8..at.esp + 16].copy_from_slice(&seq.to_be_bytes());
+                aead_seal(key, salt, buf, at, seq, esn);
             }
             _ => self.seal_slow(buf, at, seq, esn),
         }
@@ -1206,10 +1192,11 @@ impl Transform {
     }
 
     /// True when a burst should hand this transform's seals to [`Self::seal_begin`] and
-    /// [`Self::seal_lanes`] (AES-CBC + HMAC, whose CBC chains are serial inside a
-    /// packet and are run side by side across the packets of a burst).
-    /// With `ipsec-mb`, AES-GCM too (the packets of a burst become the library's GCM
-    /// jobs).
+    /// [`Self::seal_lanes`]: AES-CBC + HMAC, whose CBC chains are serial inside a
+    /// packet and are run side by side across the packets of a burst; and with
+    /// `ipsec-mb` AES-GCM, sealed one after the other once every packet of the burst
+    /// is encapsulated (see [`Self::seal_lanes`]; with ring, RustCrypto and the
+    /// library's ChaCha20-Poly1305 that measured no faster, 0-3 % slower).
     #[inline]
     pub(crate) fn seals_in_lanes(&self) -> bool {
         match &self.engine {
@@ -1241,12 +1228,7 @@ impl Transform {
             ..
         } = &self.engine
         {
-            if at.icv - (at.esp + 16) >= GCM_JOB_MAX {
-                // Large: the one-call API is faster than a job.
-                self.seal(buf, at, seq, esn);
-                return None;
-            }
-            // The IV is the sequence number, as in `seal`; the rest is a GCM job.
+            // The IV is the sequence number, as in `seal`; the seal is `seal_lanes`'.
             buf[at.esp + 8..at.esp + 16].copy_from_slice(&seq.to_be_bytes());
             return Some(PendingSeal { at, seq, esn });
         }
@@ -1260,23 +1242,28 @@ impl Transform {
         Some(PendingSeal { at, seq, esn })
     }
 
-    /// Finishes the seals [`Self::seal_begin`] left, [`LANES`] packets at a time: their
-    /// CBC chains encrypted side by side ([`CbcLanes`]), then their ICVs (for
-    /// HMAC-SHA-256, the packets' hashes side by side too). The result is byte for byte
-    /// what [`Self::seal`] gives with the same IVs.
+    /// Finishes the seals [`Self::seal_begin`] left. AES-CBC + HMAC, [`LANES`] packets
+    /// at a time: their CBC chains encrypted side by side ([`CbcLanes`]), then their
+    /// ICVs (for HMAC-SHA-256, the packets' hashes side by side too). AES-GCM (with
+    /// `ipsec-mb`): one packet after the other, each by one call of the library. That is the same work
+    /// as sealing each packet as it is encapsulated, but measured faster: with nothing
+    /// between the calls, the processor overlaps one call's tail with the next one's
+    /// start, and no call waits on the stores of the encapsulation that just wrote its
+    /// packet (intel-ipsec-mb, AES-128-GCM, 32-packet bursts, `esp_profile encb`: 52
+    /// -> 42 ns a packet at 64 bytes, 80 -> 67 at 512, 136 -> 130 at 1,420; faster
+    /// than the library's own GCM jobs, which this replaced). The result is byte for
+    /// byte what [`Self::seal`] gives with the same IVs.
     /// `None` entries are skipped (a burst passes its pending packets first).
     pub(crate) fn seal_lanes(&self, lanes: &mut [Option<Lane<'_>>]) {
-        #[cfg(feature = "ipsec-mb")]
-        if let Engine::Aead {
-            key: AeadKey::IpsecMb(key),
-            salt,
-        } = &self.engine
-        {
-            Self::seal_gcm_mb(key, salt, lanes);
-            return;
-        }
-        let Engine::CbcHmac(keys) = &self.engine else {
-            unreachable!("only CBC seals are left pending")
+        let keys = match &self.engine {
+            Engine::Aead { key, salt } => {
+                for (buf, p) in lanes.iter_mut().flatten() {
+                    aead_seal(key, salt, buf, p.at, p.seq, p.esn);
+                }
+                return;
+            }
+            Engine::CbcHmac(keys) => keys,
+            _ => unreachable!("only CBC and AEAD seals are left pending"),
         };
         #[cfg(feature = "ipsec-mb")]
         {
@@ -1315,53 +1302,6 @@ impl Transform {
                 n += 1;
             }
             mb.seal(&mut jobs[..n]);
-        }
-    }
-
-    /// [`Self::seal_lanes`] for AES-GCM by intel-ipsec-mb: each packet one GCM job
-    /// (nonce salt || sequence number, AAD SPI || sequence number, tag into the ICV
-    /// field), [`BURST_CHUNK`] jobs per submission: byte for byte what [`Self::seal`]
-    /// gives.
-    #[cfg(feature = "ipsec-mb")]
-    fn seal_gcm_mb(key: &ipsec_mb::GcmKey, salt: &Salt, lanes: &mut [Option<Lane<'_>>]) {
-        for group in lanes.chunks_mut(BURST_CHUNK) {
-            let mut nonces = [[0u8; 12]; BURST_CHUNK];
-            let mut aads = [([0u8; 12], 0usize); BURST_CHUNK];
-            for (((buf, p), n), a) in group
-                .iter()
-                .flatten()
-                .zip(nonces.iter_mut())
-                .zip(aads.iter_mut())
-            {
-                *n = nonce(salt, p.seq).bytes();
-                *a = aead_aad(&buf[p.at.esp..p.at.esp + 4], p.seq, p.esn);
-            }
-            let mut jobs: [ipsec_mb::GcmLane<'_>; BURST_CHUNK] =
-                core::array::from_fn(|_| ipsec_mb::GcmLane {
-                    data: &mut [],
-                    nonce: &[0; 12],
-                    aad: &[],
-                    tag: &mut [],
-                });
-            let mut count = 0;
-            for ((((buf, p), n), (aad, aad_len)), job) in group
-                .iter_mut()
-                .flatten()
-                .zip(nonces.iter())
-                .zip(aads.iter())
-                .zip(jobs.iter_mut())
-            {
-                let EspLayout { esp, icv } = p.at;
-                let (body, tag) = buf[esp + 16..icv + 16].split_at_mut(icv - esp - 16);
-                *job = ipsec_mb::GcmLane {
-                    data: body,
-                    nonce: n,
-                    aad: &aad[..*aad_len],
-                    tag,
-                };
-                count += 1;
-            }
-            key.burst(true, &mut jobs[..count]);
         }
     }
 
@@ -1580,6 +1520,26 @@ impl Transform {
             }
         }
     }
+}
+
+/// Seals the AEAD packet at `at` in `buf`, whose ESP header and IV (the sequence
+/// number, 8 bytes) are in place: encrypts the payload and trailer and writes the tag.
+#[inline(always)]
+fn aead_seal(key: &AeadKey, salt: &Salt, buf: &mut [u8], at: EspLayout, seq: u64, esn: bool) {
+    let EspLayout { esp, icv } = at;
+    let (head, rest) = buf[esp..icv + 16].split_at_mut(16);
+    let (body, tag_out) = rest.split_at_mut(icv - esp - 16);
+    let esn_aad;
+    let aad = if esn {
+        esn_aad = aead_aad(&head[..4], seq, true).0;
+        &esn_aad[..]
+    } else {
+        // SPI || 32-bit sequence number is the ESP header itself (written by one
+        // store: see `write_esp_header` in the esp module).
+        &head[..8]
+    };
+    let tag = key.seal(nonce(salt, seq), aad, body);
+    tag_out.copy_from_slice(&tag);
 }
 
 /// Constant-time equality of two ICVs: every byte is looked at whatever the
