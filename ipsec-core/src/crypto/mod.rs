@@ -58,7 +58,7 @@
 //!
 //! **AES-GCM bursts with `ipsec-mb`.** An encrypt burst encapsulates every packet
 //! first, then seals them one after the other, one library call each
-//! ([`Transform::seal_lanes`]): measured faster than sealing each packet as it is
+//! (`Transform::seal_lanes`): measured faster than sealing each packet as it is
 //! encapsulated, and than the library's GCM jobs, which an earlier version used (with
 //! ring, RustCrypto and ChaCha20-Poly1305 the second pass gained nothing, so their
 //! bursts seal each packet as it is encapsulated). Decrypt bursts open one
@@ -70,7 +70,7 @@
 //! at the start of a call. A value the caller has just written in pieces (a 4-byte
 //! salt and an 8-byte IV) cannot be forwarded from the store buffer to such a load,
 //! which then waits for the stores to reach the cache: about 15 ns a call on the
-//! AVX-512 guest. So the nonce travels as its parts ([`Nonce`]) and is written by one
+//! AVX-512 guest. So the nonce travels as its parts (`Nonce`) and is written by one
 //! 16-byte store where the bytes are needed, the AAD without ESN is the ESP header in
 //! the packet (written by one 8-byte store), and nothing is assembled on the stack
 //! just before a call (AES-128-GCM 64 bytes, `ipsec-mb`: encrypt 53 -> 45 ns, decrypt
