@@ -65,8 +65,10 @@
 //!
 //! ## Unsafe code
 //!
-//! One module, `crypto::wipe`, holds two audited `unsafe` blocks: a box that zeroes a
-//! backend's key schedule after dropping it (ring keeps keys in plain structs). With
+//! Two modules hold audited `unsafe` blocks: `crypto::wipe`, a box that zeroes a
+//! backend's key schedule after dropping it (ring keeps keys in plain structs), and
+//! `crypto::one_store`, one 16-byte SSE2 store that writes a nonce or AAD the way the
+//! backends' wide loads can be forwarded from. With
 //! the `ipsec-mb` feature, `crypto::ipsec_mb` adds the FFI calls into its C shim, each
 //! with its justification, behind safe functions that check lengths first. Every other
 //! module is checked by `deny(unsafe_code)`.

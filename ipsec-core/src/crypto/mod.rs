@@ -71,9 +71,10 @@
 //! salt and an 8-byte IV) cannot be forwarded from the store buffer to such a load,
 //! which then waits for the stores to reach the cache: about 15 ns a call on the
 //! AVX-512 guest. So the nonce travels as its parts (`Nonce`) and is written by one
-//! 16-byte store where the bytes are needed, the AAD without ESN is the ESP header in
-//! the packet (written by one 8-byte store), and nothing is assembled on the stack
-//! just before a call (AES-128-GCM 64 bytes, `ipsec-mb`: encrypt 53 -> 45 ns, decrypt
+//! 16-byte store where the bytes are needed (`one_store`), the AAD without ESN is the
+//! ESP header in the packet (written by one 8-byte store), the ESN AAD is written by
+//! one 16-byte store too, and nothing is assembled in pieces on the stack just before
+//! a call (AES-128-GCM 64 bytes, `ipsec-mb`: encrypt 53 -> 45 ns, decrypt
 //! 50 -> 39).
 //!
 //! AEAD nonces are `salt || IV` with the IV equal to the 64-bit sequence number, which
@@ -98,6 +99,7 @@ pub use ipsec_mb::GcmKey as IpsecMbGcmKey;
 /// the library in `ipsec bench`, so the switch is at 640, clear of the crossing.
 #[cfg(feature = "ipsec-mb")]
 pub const CHACHA_IPSEC_MB_MIN: usize = 640;
+mod one_store;
 mod wipe;
 
 use crate::error::ConfigError;
@@ -1443,8 +1445,8 @@ impl Transform {
                 let (head, body) = buf[esp..icv].split_at_mut(iv_end - esp);
                 let esn_aad;
                 let aad = if esn {
-                    esn_aad = aead_aad(&head[..4], seq, true).0;
-                    &esn_aad[..]
+                    esn_aad = esn_aad_block(head, seq);
+                    &esn_aad.bytes12()[..]
                 } else {
                     // SPI || 32-bit sequence number: the received ESP header.
                     &head[..8]
@@ -1531,8 +1533,9 @@ fn aead_seal(key: &AeadKey, salt: &Salt, buf: &mut [u8], at: EspLayout, seq: u64
     let (body, tag_out) = rest.split_at_mut(icv - esp - 16);
     let esn_aad;
     let aad = if esn {
-        esn_aad = aead_aad(&head[..4], seq, true).0;
-        &esn_aad[..]
+        // SPI || 64-bit sequence number (RFC 4106 §5), written by one store.
+        esn_aad = esn_aad_block(head, seq);
+        &esn_aad.bytes12()[..]
     } else {
         // SPI || 32-bit sequence number is the ESP header itself (written by one
         // store: see `write_esp_header` in the esp module).
@@ -1565,8 +1568,8 @@ pub(crate) const fn pad_len(payload: usize, align: usize) -> usize {
 
 /// An AEAD nonce: salt || 64-bit IV (RFC 4106 §4, RFC 7634 §2), kept as its two parts
 /// so that the compiler holds them in registers: a backend that needs the 12 bytes
-/// in memory writes them itself, in the way its loads want (see the `ipsec_mb`
-/// module's `NonceBlock`). Assembling `[u8; 12]` on the stack here, a 4-byte and an
+/// in memory writes them itself, in the way its loads want (see `one_store`).
+/// Assembling `[u8; 12]` on the stack here, a 4-byte and an
 /// 8-byte store, made the wide load that followed wait for both to reach the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Nonce {
@@ -1605,19 +1608,13 @@ fn nonce_iv(salt: &[u8; 4], iv: [u8; 8]) -> Nonce {
     Nonce { salt: *salt, iv }
 }
 
-/// The AEAD AAD: SPI || 32-bit sequence number, or SPI || 64-bit ESN (RFC 4106 §5,
-/// RFC 7634 §2.1).
-#[inline]
-fn aead_aad(spi: &[u8], seq: u64, esn: bool) -> ([u8; 12], usize) {
-    let mut aad = [0u8; 12];
-    aad[..4].copy_from_slice(spi);
-    if esn {
-        aad[4..].copy_from_slice(&seq.to_be_bytes());
-        (aad, 12)
-    } else {
-        aad[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
-        (aad, 8)
-    }
+/// The AEAD AAD with ESN: SPI (the first 4 bytes of `esp_header`) || 64-bit sequence
+/// number (RFC 4106 §5, RFC 7634 §2.1), written by one store ([`one_store`]). Without
+/// ESN the AAD is the ESP header itself.
+#[inline(always)]
+fn esn_aad_block(esp_header: &[u8], seq: u64) -> one_store::Block16 {
+    let spi: [u8; 4] = esp_header[..4].try_into().expect("4-byte SPI");
+    one_store::Block16::new(spi, seq.to_be_bytes())
 }
 
 /// With ESN the high 32 bits of the sequence number follow the covered data in the

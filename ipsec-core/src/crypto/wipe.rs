@@ -10,7 +10,7 @@
 //! the value was built on the stack, stale key bytes of an earlier call included.
 //! Zeroing the whole allocation on drop means such bytes never reach freed memory.
 //!
-//! This module holds the crate's only `unsafe` code (two lines, justified below).
+//! This module holds two lines of `unsafe` code, justified below.
 #![allow(unsafe_code)]
 
 use core::mem::{ManuallyDrop, MaybeUninit};
