@@ -46,6 +46,18 @@ const CONTEXT_WORDS: usize = 11;
 #[repr(C, align(8))]
 struct GcmContext([u64; CONTEXT_WORDS]);
 
+/// Whether the tag the library computed (`expect`) equals the received `tag`, compared
+/// in constant time; on a mismatch the decrypted `data` is overwritten with zeros, so
+/// no unauthenticated plaintext is left.
+#[inline(always)]
+fn tag_verified(expect: &[u8; 16], tag: &[u8; 16], data: &mut [u8]) -> bool {
+    let ok = super::ct_eq(expect, tag);
+    if !ok {
+        data.fill(0);
+    }
+    ok
+}
+
 /// intel-ipsec-mb's `aes_gcm_enc_dec_t`: key data, context, out, in, length, 12-byte
 /// IV, AAD, AAD length, tag out, tag length.
 type GcmFn = unsafe extern "C" fn(
@@ -275,12 +287,7 @@ impl GcmKey {
     ) -> bool {
         let mut expect = [0u8; 16];
         self.run(false, nonce, aad, in_out, &mut expect);
-        if super::ct_eq(&expect, tag) {
-            true
-        } else {
-            in_out.fill(0);
-            false
-        }
+        tag_verified(&expect, tag, in_out)
     }
 }
 
@@ -419,12 +426,7 @@ impl ChaChaKey {
     ) -> bool {
         let mut expect = [0u8; 16];
         self.run(false, nonce, aad, in_out, &mut expect);
-        if super::ct_eq(&expect, tag) {
-            true
-        } else {
-            in_out.fill(0);
-            false
-        }
+        tag_verified(&expect, tag, in_out)
     }
 }
 

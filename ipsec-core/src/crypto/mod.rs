@@ -1443,15 +1443,8 @@ impl Transform {
                 let iv: [u8; 8] = buf[esp + 8..iv_end].try_into().expect("8-byte IV");
                 let tag: [u8; 16] = buf[icv..icv + 16].try_into().expect("16-byte ICV");
                 let (head, body) = buf[esp..icv].split_at_mut(iv_end - esp);
-                let esn_aad;
-                let aad = if esn {
-                    esn_aad = esn_aad_block(head, seq);
-                    &esn_aad.bytes12()[..]
-                } else {
-                    // SPI || 32-bit sequence number: the received ESP header.
-                    &head[..8]
-                };
-                key.open(nonce_iv(salt, iv), aad, body, &tag)
+                let aad = AeadAad::new(head, seq, esn);
+                key.open(nonce_iv(salt, iv), aad.bytes(), body, &tag)
             }
             _ => self.open_slow(buf, at, seq, esn, hint),
         }
@@ -1531,17 +1524,8 @@ fn aead_seal(key: &AeadKey, salt: &Salt, buf: &mut [u8], at: EspLayout, seq: u64
     let EspLayout { esp, icv } = at;
     let (head, rest) = buf[esp..icv + 16].split_at_mut(16);
     let (body, tag_out) = rest.split_at_mut(icv - esp - 16);
-    let esn_aad;
-    let aad = if esn {
-        // SPI || 64-bit sequence number (RFC 4106 §5), written by one store.
-        esn_aad = esn_aad_block(head, seq);
-        &esn_aad.bytes12()[..]
-    } else {
-        // SPI || 32-bit sequence number is the ESP header itself (written by one
-        // store: see `write_esp_header` in the esp module).
-        &head[..8]
-    };
-    let tag = key.seal(nonce(salt, seq), aad, body);
+    let aad = AeadAad::new(head, seq, esn);
+    let tag = key.seal(nonce(salt, seq), aad.bytes(), body);
     tag_out.copy_from_slice(&tag);
 }
 
@@ -1608,13 +1592,33 @@ fn nonce_iv(salt: &[u8; 4], iv: [u8; 8]) -> Nonce {
     Nonce { salt: *salt, iv }
 }
 
-/// The AEAD AAD with ESN: SPI (the first 4 bytes of `esp_header`) || 64-bit sequence
-/// number (RFC 4106 §5, RFC 7634 §2.1), written by one store ([`one_store`]). Without
-/// ESN the AAD is the ESP header itself.
-#[inline(always)]
-fn esn_aad_block(esp_header: &[u8], seq: u64) -> one_store::Block16 {
-    let spi: [u8; 4] = esp_header[..4].try_into().expect("4-byte SPI");
-    one_store::Block16::new(spi, seq.to_be_bytes())
+/// The AEAD AAD (RFC 4106 §5, RFC 7634 §2.1) of the packet whose ESP header starts
+/// `esp_header`. Without ESN, SPI || 32-bit sequence number is the ESP header itself
+/// (written by one store: see `write_esp_header` in the esp module); with ESN, SPI ||
+/// 64-bit sequence number, written by one store ([`one_store`]).
+enum AeadAad<'a> {
+    Header(&'a [u8]),
+    Esn(one_store::Block16),
+}
+
+impl<'a> AeadAad<'a> {
+    #[inline(always)]
+    fn new(esp_header: &'a [u8], seq: u64, esn: bool) -> AeadAad<'a> {
+        if esn {
+            let spi: [u8; 4] = esp_header[..4].try_into().expect("4-byte SPI");
+            AeadAad::Esn(one_store::Block16::new(spi, seq.to_be_bytes()))
+        } else {
+            AeadAad::Header(&esp_header[..8])
+        }
+    }
+
+    #[inline(always)]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            AeadAad::Header(h) => h,
+            AeadAad::Esn(b) => &b.bytes12()[..],
+        }
+    }
 }
 
 /// With ESN the high 32 bits of the sequence number follow the covered data in the
