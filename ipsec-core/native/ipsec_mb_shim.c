@@ -180,6 +180,10 @@ int ipsec_mb_shim_chacha(int encrypt, const uint8_t *key, void *ctx, const uint8
 
 /* Must match CBC_KEY_BYTES in src/crypto/ipsec_mb.rs. */
 #define SHIM_CBC_KEY_BYTES 640
+/* What the CBC calls return when this thread has no manager (nothing was done): must
+ * match NO_MANAGER in src/crypto/ipsec_mb.rs. */
+#define SHIM_NO_MANAGER (-2)
+
 /* Most jobs per call: must match MAX_BURST in src/crypto/ipsec_mb.rs. */
 #define SHIM_MAX_BURST 64
 _Static_assert(SHIM_MAX_BURST <= IMB_MAX_BURST_SIZE, "burst larger than the library's");
@@ -268,8 +272,13 @@ static void thread_key_init(void) {
     thread_key_error = pthread_key_create(&thread_key, thread_manager_free);
 }
 
+/* Set by ipsec_mb_shim_refuse_thread_manager (tests only). */
+static _Thread_local int thread_manager_refused;
+
 /* This thread's manager, allocated and initialised on first use; NULL if that fails. */
 static IMB_MGR *thread_mgr(void) {
+    if (thread_manager_refused)
+        return NULL;
     IMB_MGR *m = thread_manager;
     if (m != NULL)
         return m;
@@ -286,6 +295,19 @@ static IMB_MGR *thread_mgr(void) {
     }
     thread_manager = m;
     return m;
+}
+
+/* 1 if this thread has its manager (allocating it on first use), 0 if it cannot have
+ * one: then the CBC + HMAC calls below refuse with SHIM_NO_MANAGER, having done
+ * nothing, and the caller uses its own code. */
+int ipsec_mb_shim_thread_ready(void) {
+    return thread_mgr() != NULL;
+}
+
+/* For tests: from now on this thread behaves as if its manager could not be
+ * allocated (`refuse` non-zero), or as before (0). */
+void ipsec_mb_shim_refuse_thread_manager(int refuse) {
+    thread_manager_refused = refuse;
 }
 
 /* A burst's jobs, owned by the caller (the synchronous burst API's contract): one
@@ -316,8 +338,8 @@ static int all_completed(const IMB_JOB *jobs, uint32_t n, uint32_t done) {
  * chains on the multi-buffer lanes, another all hashes, each flushing its lanes before
  * it returns; measured faster than the job queue with chained jobs (about 6 ns a
  * packet encrypting, 14 hashing, on an AVX-512 manager). Every job is complete when
- * this returns. 0 on success; -1 on bad arguments, if this thread has no manager or a
- * job failed. */
+ * this returns. 0 on success; SHIM_NO_MANAGER (nothing done) if this thread has no
+ * manager; -1 on bad arguments or if a job failed. */
 int ipsec_mb_shim_cbc_hmac_burst(const void *keys, uint32_t key_len, uint32_t hash,
                                  uint32_t tag_len, const struct shim_lane *lanes, uint32_t n) {
     int alg = hash_alg(hash);
@@ -339,7 +361,7 @@ int ipsec_mb_shim_cbc_hmac_burst(const void *keys, uint32_t key_len, uint32_t ha
     }
     IMB_MGR *m = thread_mgr();
     if (m == NULL)
-        return -1;
+        return SHIM_NO_MANAGER;
     const struct shim_cbc_keys *k = keys;
     IMB_JOB *jobs = cbc_jobs;
     for (uint32_t i = 0; i < n; i++) {
@@ -383,14 +405,15 @@ int ipsec_mb_shim_cbc_hmac_burst(const void *keys, uint32_t key_len, uint32_t ha
  * the 16-byte `iv`, as a one-job cipher burst (synchronous; the library runs its
  * single-buffer CBC decryption, parallel inside the packet, with VAES where the CPU
  * has it; about 10 ns less a packet than a job through the queue). Complete when this
- * returns. 0 on success, -1 if this thread has no manager or the job failed. */
+ * returns. 0 on success, SHIM_NO_MANAGER (nothing done) if this thread has no manager,
+ * -1 on bad arguments or if the job failed. */
 int ipsec_mb_shim_cbc_decrypt(const void *keys, uint32_t key_len, const uint8_t *iv,
                               uint8_t *data, uint64_t len) {
     if ((key_len != 16 && key_len != 32) || len == 0 || len % 16 != 0)
         return -1;
     IMB_MGR *m = thread_mgr();
     if (m == NULL)
-        return -1;
+        return SHIM_NO_MANAGER;
     const struct shim_cbc_keys *k = keys;
     IMB_JOB j;
     j.cipher_mode = IMB_CIPHER_CBC;

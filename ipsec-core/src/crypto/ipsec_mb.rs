@@ -462,6 +462,27 @@ impl Drop for GcmKey {
 /// struct fits.
 const CBC_KEY_BYTES: usize = 640;
 
+/// What the shim's CBC calls return when the calling thread has no manager (nothing
+/// done): must equal `SHIM_NO_MANAGER` in the shim.
+const NO_MANAGER: c_int = -2;
+
+/// Whether this thread has its intel-ipsec-mb manager for CBC + HMAC bursts (made on
+/// the thread's first burst). `false` only when the library cannot allocate or
+/// initialise one (out of memory): the callers then run their portable code.
+#[inline]
+pub(crate) fn thread_ready() -> bool {
+    // SAFETY: no arguments; the shim only reads and sets its own thread-local state.
+    unsafe { ipsec_mb_shim_thread_ready() != 0 }
+}
+
+/// For tests: this thread behaves as if its manager could not be allocated
+/// (`refuse`), or as before.
+#[cfg(test)]
+pub(crate) fn refuse_thread_manager(refuse: bool) {
+    // SAFETY: sets a thread-local flag in the shim; nothing else.
+    unsafe { ipsec_mb_shim_refuse_thread_manager(c_int::from(refuse)) }
+}
+
 /// Most packets per shim call: must equal `SHIM_MAX_BURST` in the shim. Longer
 /// bursts are cut into calls of this many.
 pub(crate) const MAX_BURST: usize = 64;
@@ -533,6 +554,9 @@ unsafe extern "C" {
         data: *mut u8,
         len: u64,
     ) -> c_int;
+    fn ipsec_mb_shim_thread_ready() -> c_int;
+    #[cfg(test)]
+    fn ipsec_mb_shim_refuse_thread_manager(refuse: c_int);
     fn ipsec_mb_shim_cbc_hmac_burst(
         keys: *const c_void,
         key_len: u32,
@@ -634,7 +658,8 @@ impl CbcHmacKeys {
         })
     }
 
-    /// Runs up to [`MAX_BURST`] jobs through this thread's manager.
+    /// Runs up to [`MAX_BURST`] jobs through this thread's manager, which the caller
+    /// has checked exists ([`thread_ready`]).
     fn run(&self, lanes: &[RawLane]) {
         debug_assert!(lanes.len() <= MAX_BURST);
         // SAFETY: `self.data` holds the data the shim computed for this key length
@@ -657,13 +682,14 @@ impl CbcHmacKeys {
         };
         assert_eq!(
             rc, 0,
-            "intel-ipsec-mb refused a CBC + HMAC burst (no manager for this thread, or a job the caller checked)"
+            "intel-ipsec-mb refused a CBC + HMAC burst (a job the caller checked, or no manager on a thread that had one)"
         );
     }
 
     /// CBC-encrypts and authenticates every lane (see [`SealLane`]), [`MAX_BURST`]
-    /// per call. Panics on a lane whose offsets are out of bounds or not block
-    /// aligned (the ESP code never makes one).
+    /// per call, on this thread's manager (the caller checked [`thread_ready`]).
+    /// Panics on a lane whose offsets are out of bounds or not block aligned (the
+    /// ESP code never makes one).
     pub(crate) fn seal(&self, lanes: &mut [SealLane<'_>]) {
         let tag_len = self.tag_len as usize;
         for group in lanes.chunks_mut(MAX_BURST) {
@@ -703,7 +729,8 @@ impl CbcHmacKeys {
     }
 
     /// Computes the truncated HMAC of every lane (see [`HashLane`]), [`MAX_BURST`]
-    /// per call. Panics on a lane out of bounds or a tag buffer shorter than the ICV.
+    /// per call, on this thread's manager (the caller checked [`thread_ready`]).
+    /// Panics on a lane out of bounds or a tag buffer shorter than the ICV.
     pub(crate) fn icvs(&self, lanes: &mut [HashLane<'_>]) {
         let tag_len = self.tag_len as usize;
         for group in lanes.chunks_mut(MAX_BURST) {
@@ -726,9 +753,11 @@ impl CbcHmacKeys {
     }
 
     /// CBC-decrypts `data` (whole blocks, not empty) in place under `iv`, with the
-    /// decryption round keys of an inbound SA's data, on this thread's manager.
-    /// Panics on a length that is not a non-zero multiple of 16.
-    pub(crate) fn decrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
+    /// decryption round keys of an inbound SA's data, on this thread's manager;
+    /// `false` (nothing done) if this thread cannot have one. Panics on a length that
+    /// is not a non-zero multiple of 16.
+    #[must_use]
+    pub(crate) fn decrypt(&self, iv: &[u8; 16], data: &mut [u8]) -> bool {
         assert!(
             !data.is_empty() && data.len().is_multiple_of(16),
             "CBC input is whole blocks"
@@ -737,7 +766,7 @@ impl CbcHmacKeys {
         // read); `iv` is 16 readable bytes and `data` readable and writable for its
         // length, a non-zero multiple of 16 (checked), in place (out == in, which the
         // library allows). The shim completes the job before it returns, on a manager
-        // of this thread alone.
+        // of this thread alone (or does nothing if the thread has none).
         let rc = unsafe {
             ipsec_mb_shim_cbc_decrypt(
                 self.data.bytes.as_ptr().cast(),
@@ -747,10 +776,14 @@ impl CbcHmacKeys {
                 data.len() as u64,
             )
         };
+        if rc == NO_MANAGER {
+            return false;
+        }
         assert_eq!(
             rc, 0,
-            "intel-ipsec-mb refused a CBC decryption (no manager for this thread?)"
+            "intel-ipsec-mb refused a CBC decryption the caller checked"
         );
+        true
     }
 
     /// Volatile writes of zeros over the round keys and pads.
@@ -791,6 +824,141 @@ mod tests {
         // Run the wipe Drop runs on the live box, then look at it.
         k.wipe();
         assert!(k.data.bytes.iter().all(|&b| b == 0));
+    }
+
+    /// IVs from a counter, so that two SAs draw the same ones.
+    struct CountingIv(u128);
+
+    impl super::super::IvSource for CountingIv {
+        fn fill_iv(&mut self, iv: &mut [u8; 16]) {
+            self.0 = self
+                .0
+                .wrapping_add(0x0101_0101_0101_0101_0101_0101_0101_0103);
+            *iv = self.0.to_be_bytes();
+        }
+    }
+
+    /// An IPv4 packet of `n` bytes (10.0.0.5 -> 10.1.2.3, protocol 253).
+    fn inner(n: usize) -> Vec<u8> {
+        let mut p = vec![0x5a; n];
+        p[..20].copy_from_slice(&[
+            0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 253, 0, 0, 10, 0, 0, 5, 10, 1, 2, 3,
+        ]);
+        p[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+        let c = crate::packet::internet_checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    const ROOM: usize = 96;
+
+    /// Runs `f` on PacketBufs over `bufs`, each holding `lens[i]` bytes at ROOM.
+    fn with_packets(
+        bufs: &mut [Vec<u8>],
+        spans: &mut [(usize, usize)],
+        f: impl FnOnce(&mut [crate::PacketBuf<'_>]) -> usize,
+    ) -> usize {
+        let mut pkts: Vec<crate::PacketBuf<'_>> = bufs
+            .iter_mut()
+            .zip(spans.iter())
+            .map(|(b, &(off, len))| crate::PacketBuf::new(b, off, len).expect("buf"))
+            .collect();
+        let ok = f(&mut pkts);
+        for (p, span) in pkts.iter().zip(spans.iter_mut()) {
+            *span = (p.offset(), p.len());
+        }
+        ok
+    }
+
+    /// On a thread whose manager cannot be allocated, CBC + HMAC bursts (and single
+    /// decryptions the library would take) run on the portable code instead of
+    /// panicking: byte for byte the library's seals, and each side opens what the
+    /// other sealed, a tampered packet refused.
+    #[test]
+    fn cbc_without_a_thread_manager_falls_back_to_the_portable_code() {
+        use crate::{Cipher, Direction, Error, Integrity, Mode, SaConfig, SecurityAssociation};
+        use core::time::Duration;
+        let t0 = Duration::ZERO;
+        for integrity in [Integrity::HmacSha256_128, Integrity::HmacSha384_192] {
+            let make = |dir| {
+                let mut c =
+                    SaConfig::new(0x4242, dir, Mode::Tunnel, Cipher::Aes256Cbc, &[0x21; 32]);
+                c.integrity(integrity, &vec![0x43; integrity.key_len()]);
+                if dir == Direction::Outbound {
+                    c.tunnel(
+                        "192.0.2.1".parse().expect("ip"),
+                        "192.0.2.2".parse().expect("ip"),
+                    );
+                    c.iv_source(Box::new(CountingIv(7)));
+                }
+                SecurityAssociation::new(c, t0).expect("SA")
+            };
+            let plains: Vec<Vec<u8>> = (0..40).map(|i| inner(40 + i * 37)).collect();
+            let fresh = || -> (Vec<Vec<u8>>, Vec<(usize, usize)>) {
+                let bufs = plains
+                    .iter()
+                    .map(|p| {
+                        let mut b = vec![0u8; ROOM + p.len() + 96];
+                        b[ROOM..ROOM + p.len()].copy_from_slice(p);
+                        b
+                    })
+                    .collect();
+                (bufs, plains.iter().map(|p| (ROOM, p.len())).collect())
+            };
+            // Seal the same packets with the library and, refused a manager, without.
+            let mut sealed = Vec::new();
+            for refuse in [false, true] {
+                let mut out = make(Direction::Outbound);
+                let (mut bufs, mut spans) = fresh();
+                refuse_thread_manager(refuse);
+                let mut res = vec![Ok(()); plains.len()];
+                let ok = with_packets(&mut bufs, &mut spans, |p| {
+                    out.encrypt_burst(p, &mut res, t0)
+                });
+                refuse_thread_manager(false);
+                assert_eq!(ok, plains.len(), "{integrity:?} refused {refuse}");
+                sealed.push((bufs, spans));
+            }
+            let wire = |(bufs, spans): &(Vec<Vec<u8>>, Vec<(usize, usize)>)| -> Vec<Vec<u8>> {
+                bufs.iter()
+                    .zip(spans)
+                    .map(|(b, &(o, l))| b[o..o + l].to_vec())
+                    .collect()
+            };
+            assert_eq!(
+                wire(&sealed[0]),
+                wire(&sealed[1]),
+                "{integrity:?}: same bytes"
+            );
+            // Open each side's packets, once refused a manager, once not; one tampered.
+            for refuse in [false, true] {
+                let mut inb = make(Direction::Inbound);
+                let mut bufs = wire(&sealed[usize::from(!refuse)]);
+                bufs[3][30] ^= 1;
+                let mut spans: Vec<(usize, usize)> = bufs.iter().map(|b| (0, b.len())).collect();
+                refuse_thread_manager(refuse);
+                let mut res = vec![Ok(()); bufs.len()];
+                let ok = with_packets(&mut bufs[..20], &mut spans[..20], |p| {
+                    inb.decrypt_burst(p, &mut res[..20], t0)
+                });
+                // The rest one at a time (from 256 bytes the library's decryption).
+                let mut singles = 0;
+                for (b, span) in bufs[20..].iter_mut().zip(&mut spans[20..]) {
+                    let n = b.len();
+                    let mut p = crate::PacketBuf::new(b, 0, n).expect("buf");
+                    singles += usize::from(inb.decrypt(&mut p, t0).is_ok());
+                    *span = (p.offset(), p.len());
+                }
+                refuse_thread_manager(false);
+                assert_eq!((ok, singles), (19, 20), "{integrity:?} refused {refuse}");
+                assert_eq!(res[3], Err(Error::AuthenticationFailed));
+                for (i, ((b, &(o, l)), plain)) in bufs.iter().zip(&spans).zip(&plains).enumerate() {
+                    if i != 3 {
+                        assert!(b[o..o + l] == plain[..], "{integrity:?} packet {i}");
+                    }
+                }
+            }
+        }
     }
 
     /// Dropping CBC + HMAC data wipes its round keys and pads.

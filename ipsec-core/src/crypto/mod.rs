@@ -1267,14 +1267,14 @@ impl Transform {
             Engine::CbcHmac(keys) => keys,
             _ => unreachable!("only CBC and AEAD seals are left pending"),
         };
+        // With `ipsec-mb`, the library's bursts unless this thread cannot have its
+        // manager (out of memory): then the portable lanes, which give the same bytes.
         #[cfg(feature = "ipsec-mb")]
-        {
+        if ipsec_mb::thread_ready() {
             Self::seal_lanes_mb(&keys.mb, lanes);
+            return;
         }
-        #[cfg(not(feature = "ipsec-mb"))]
-        {
-            self.seal_lanes_portable(keys, lanes);
-        }
+        self.seal_lanes_portable(keys, lanes);
     }
 
     /// [`Self::seal_lanes`] by intel-ipsec-mb: each packet one job (CBC, then HMAC),
@@ -1309,7 +1309,6 @@ impl Transform {
 
     /// [`Self::seal_lanes`] in Rust: [`LANES`] CBC chains side by side, then the
     /// HMACs (SHA-256's side by side too).
-    #[cfg_attr(feature = "ipsec-mb", allow(dead_code))]
     fn seal_lanes_portable(&self, keys: &CbcHmac, lanes: &mut [Option<Lane<'_>>]) {
         let CbcHmac { cbc, mac, pads, .. } = keys;
         let icv_len = self.icv_len();
@@ -1388,6 +1387,16 @@ impl Transform {
         let Engine::CbcHmac(keys) = &self.engine else {
             return;
         };
+        #[cfg(feature = "ipsec-mb")]
+        if !ipsec_mb::thread_ready() {
+            // No manager for this thread (out of memory): one HMAC at a time.
+            let icv_len = self.icv_len();
+            for (buf, a) in bufs.iter().zip(ahead.iter_mut()) {
+                keys.mac
+                    .compute(&buf[a.esp..a.icv], &[], &mut a.tag[..icv_len]);
+            }
+            return;
+        }
         #[cfg(feature = "ipsec-mb")]
         for (bufs, ahead) in bufs.chunks(BURST_CHUNK).zip(ahead.chunks_mut(BURST_CHUNK)) {
             let mut jobs: [ipsec_mb::HashLane<'_>; BURST_CHUNK] =
@@ -1488,9 +1497,9 @@ impl Transform {
                     return false;
                 }
                 let iv: [u8; 16] = buf[esp + 8..iv_end].try_into().expect("16-byte IV");
+                // (On a thread that cannot have its manager, the `aes` crate.)
                 #[cfg(feature = "ipsec-mb")]
-                if icv - iv_end >= MB_DECRYPT_MIN {
-                    keys.mb.decrypt(&iv, &mut buf[iv_end..icv]);
+                if icv - iv_end >= MB_DECRYPT_MIN && keys.mb.decrypt(&iv, &mut buf[iv_end..icv]) {
                     return true;
                 }
                 let (blocks, _) = Array::slice_as_chunks_mut(&mut buf[iv_end..icv]);
