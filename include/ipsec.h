@@ -2383,10 +2383,18 @@ ipsec_status ipsec_sa_decrypt(struct ipsec_sa *sa,
  * Returns how many succeeded; 0 also when `sa` is NULL (every status is then
  * `IPSEC_ERR_INVALID_ARGUMENT`; `IPSEC_ERR_POISONED` for a poisoned SA) or `packets`
  * is NULL with `count > 0` (no status can be written; the last error says so). The
- * last error describes the last failed packet. Should a panic be caught part-way, the
- * packets before it keep their results (and are counted in the value returned), the
- * one being processed gets `IPSEC_ERR_PANIC`, the rest `IPSEC_ERR_POISONED`
- * (unprocessed), and the SA is poisoned.
+ * last error describes the last failed packet.
+ *
+ * Where the SA's burst code works across packets (AES-CBC with HMAC: several
+ * packets' CBC chains and HMACs at once; with intel-ipsec-mb, AES-GCM seals back to
+ * back) the packets are processed in groups of up to 32 by it; otherwise one at a
+ * time. Results, counters and bytes are those of `ipsec_sa_encrypt` on each packet in
+ * turn. Descriptors should not share a buffer: a group in which two do is
+ * processed one packet at a time (correct, slower). Should a panic be caught
+ * part-way, the packets of the groups finished before it keep their results (and are
+ * counted in the value returned), the first packet of the group being processed gets
+ * `IPSEC_ERR_PANIC`, the rest `IPSEC_ERR_POISONED` (that group's packets may have been
+ * partly processed: their bytes are unspecified), and the SA is poisoned.
  *
  * # Safety
  *
@@ -2400,7 +2408,9 @@ size_t ipsec_sa_encrypt_burst(struct ipsec_sa *sa,
 
 /**
  * Decrypts `count` packets in place with one inbound SA; the burst form of
- * `ipsec_sa_decrypt`, with the conventions of `ipsec_sa_encrypt_burst`.
+ * `ipsec_sa_decrypt`, with the conventions of `ipsec_sa_encrypt_burst` (for AES-CBC
+ * with HMAC the ICVs of a group are computed together, each compared before its
+ * packet is decrypted).
  *
  * # Safety
  *

@@ -100,6 +100,13 @@ for entry in "${programs[@]}"; do
   done
 done
 
+# The C burst benchmark builds warning-free and runs (a few bursts of each kind).
+"$CC" -std=c11 -pedantic -Wall -Wextra -Werror -I"$root/include" benches/ffi/c_burst.c \
+  -L"$lib" -lipsec -Wl,-rpath,"$lib" -o "$work/c_burst"
+for suite in gcm cbc; do
+  echo "ok: benches/ffi/c_burst.c: $("$work/c_burst" "$suite" 300 20)"
+done
+
 "$CC" "${CFLAGS[@]}" -DIPSEC_TEST_HOOKS ipsec-ffi/tests/c/error_paths.c "$hooks_lib" \
   "${STATIC_LIBS[@]}" -o "$work/error_paths-hooks"
 if ! "$work/error_paths-hooks" >"$work/error_paths-hooks.log" 2>&1; then

@@ -202,6 +202,19 @@ impl SecurityAssociation {
         ok
     }
 
+    /// Whether this SA's burst calls ([`Self::encrypt_burst`] outbound,
+    /// [`Self::decrypt_burst`] inbound) work across the packets of a burst: AES-CBC +
+    /// HMAC (CBC chains and HMACs side by side, or intel-ipsec-mb's multi-buffer
+    /// bursts; inbound without ESN, the ICVs computed together) and with `ipsec-mb`
+    /// AES-GCM seals back to back. Otherwise a burst call is one packet at a time, and
+    /// a caller holding packets in another form need not gather them for it.
+    pub fn bursts_interleave(&self) -> bool {
+        match self.direction {
+            Direction::Outbound => self.transform.seals_in_lanes(),
+            _ => self.transform.icvs_ahead_pay() && !self.esn,
+        }
+    }
+
     /// Decrypts a burst of packets. `results[i]` receives the outcome of `packets[i]`;
     /// failed packets stay in their buffers and are counted under their drop reason.
     /// Only the first `min(packets.len(), results.len())` packets are processed.

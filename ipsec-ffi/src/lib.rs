@@ -100,6 +100,12 @@ mod test_hooks {
     /// No hook: nothing happens.
     #[inline(always)]
     pub(crate) fn packet_step() {}
+
+    /// No hook: no limit.
+    #[inline(always)]
+    pub(crate) fn packets_before_panic() -> usize {
+        usize::MAX
+    }
 }
 
 #[cfg(test)]

@@ -1136,14 +1136,45 @@ unsafe fn burst_one(
     Ok(())
 }
 
+/// Which SA burst [`burst`] runs.
+#[derive(Clone, Copy)]
+enum BurstOp {
+    Encrypt,
+    Decrypt,
+}
+
+/// How many descriptors [`burst`] hands to one `SecurityAssociation::encrypt_burst` /
+/// `decrypt_burst` call (the size of the core's own burst chunks).
+const BURST_GROUP: usize = 32;
+
+/// Whether the buffers of `packets` are pairwise disjoint (then each may be borrowed
+/// mutably at the same time). The C contract does not forbid two descriptors in one
+/// buffer (packets side by side in one allocation); such a group runs one packet at a
+/// time instead.
+fn buffers_disjoint(packets: &[ipsec_packet]) -> bool {
+    let mut spans = [(0usize, 0usize); BURST_GROUP];
+    let n = packets.len().min(BURST_GROUP);
+    for (s, p) in spans.iter_mut().zip(packets) {
+        *s = (p.buf as usize, (p.buf as usize).saturating_add(p.capacity));
+    }
+    let spans = &mut spans[..n];
+    let ordered = |spans: &[(usize, usize)]| spans.windows(2).all(|w| w[0].1 <= w[1].0);
+    // Buffers in address order (an array, a pool) pass in one look; others are sorted.
+    ordered(spans) || {
+        spans.sort_unstable();
+        ordered(spans)
+    }
+}
+
 /// The burst loop shared by encrypt and decrypt, run inside [`burst_boundary`]:
 /// returns how many packets succeeded, also after a panic part-way.
 ///
-/// `SecurityAssociation::encrypt_burst` is itself this loop over `encrypt`; calling it
-/// would first need an array of `PacketBuf`s built from the descriptors (an allocation
-/// or a fixed-size chunking per burst), so the descriptors are converted and processed
-/// one at a time instead, under the same key schedule, with no allocation. A descriptor
-/// that does not describe its buffer fails on its own; the others go on.
+/// Where the SA's bursts work across packets (`bursts_interleave`), the descriptors
+/// go to its burst call, [`BURST_GROUP`] at a time, as `PacketBuf`s on the stack (no
+/// allocation), so that C callers get what the core's bursts do across packets (CBC chains and HMACs side by side or on intel-ipsec-mb's
+/// multi-buffer code, AES-GCM seals back to back, ICVs computed ahead). A descriptor
+/// that does not describe its buffer fails on its own; the others go on. A group
+/// whose descriptors share a buffer runs one packet at a time.
 ///
 /// # Safety
 ///
@@ -1153,7 +1184,8 @@ unsafe fn burst(
     sa: *mut ipsec_sa,
     packets: *mut ipsec_packet,
     count: usize,
-    mut f: impl FnMut(&mut SecurityAssociation, &mut PacketBuf<'_>) -> Result<(), ipsec_core::Error>,
+    op: BurstOp,
+    now: Duration,
 ) -> usize {
     let body = |progress: &mut BurstProgress| {
         // SAFETY: caller's contract.
@@ -1171,23 +1203,113 @@ unsafe fn burst(
             }
         };
         progress.started = true;
-        let mut one = |pkt: &mut PacketBuf<'_>| f(&mut sa, pkt);
-        for p in packets.iter_mut() {
-            // SAFETY: each descriptor's buffer is valid and not otherwise accessed (the
-            // caller's contract); one buffer is borrowed at a time.
-            p.status = match unsafe { burst_one(p, &mut one) } {
-                Ok(()) => {
-                    progress.ok += 1;
-                    ipsec_status::IPSEC_OK as u32
+        // Groups only where the SA's burst code works across packets (otherwise it is
+        // one packet at a time, and gathering the descriptors measured 4-9 % slower).
+        let grouped = sa.bursts_interleave();
+        let mut rest = packets;
+        while !rest.is_empty() {
+            // A group ends before a packet the test hook will panic on, so that the
+            // packets before it report their results (test builds only).
+            let take = rest
+                .len()
+                .min(BURST_GROUP)
+                .min(crate::test_hooks::packets_before_panic());
+            let (group, tail) = core::mem::take(&mut rest).split_at_mut(take.max(1));
+            rest = tail;
+            if take == 0 || !grouped || !buffers_disjoint(group) {
+                for p in group.iter_mut() {
+                    let mut one = |pkt: &mut PacketBuf<'_>| match op {
+                        BurstOp::Encrypt => sa.encrypt(pkt, now),
+                        BurstOp::Decrypt => sa.decrypt(pkt, now),
+                    };
+                    // SAFETY: each descriptor's buffer is valid (caller's contract);
+                    // one buffer is borrowed at a time.
+                    p.status = match unsafe { burst_one(p, &mut one) } {
+                        Ok(()) => {
+                            progress.ok += 1;
+                            ipsec_status::IPSEC_OK as u32
+                        }
+                        Err(s) => s as u32,
+                    };
+                    progress.done += 1;
                 }
-                Err(s) => s as u32,
-            };
-            progress.done += 1;
+                continue;
+            }
+            // SAFETY: the group's buffers are valid (caller's contract) and pairwise
+            // disjoint (checked), so they may all be borrowed at once.
+            progress.ok += unsafe { burst_group(&mut sa, group, op, now) };
+            progress.done += group.len();
         }
         progress.ok
     };
     // SAFETY: `started` is set once `packets` was checked (caller's contract).
     unsafe { burst_boundary(packets, count, body, |_| {}) }
+}
+
+/// One group of [`burst`] (at most [`BURST_GROUP`] descriptors) through the SA's burst
+/// call; every status written; returns how many succeeded.
+///
+/// # Safety
+///
+/// Each descriptor's `buf` points to `capacity` writable bytes that nothing else
+/// accesses during the call, and no two overlap.
+unsafe fn burst_group(
+    sa: &mut SecurityAssociation,
+    group: &mut [ipsec_packet],
+    op: BurstOp,
+    now: Duration,
+) -> usize {
+    debug_assert!(group.len() <= BURST_GROUP);
+    let mut bufs: [PacketBuf<'_>; BURST_GROUP] =
+        core::array::from_fn(|_| PacketBuf::new(&mut [], 0, 0).expect("an empty window"));
+    // `slot[i]`: the index in `bufs` of descriptor i, if it describes its buffer.
+    let mut slot = [usize::MAX; BURST_GROUP];
+    let mut n = 0;
+    for (p, slot) in group.iter_mut().zip(slot.iter_mut()) {
+        // SAFETY: caller's contract (valid, and disjoint from the other buffers).
+        let checked = unsafe { bytes_mut(p.buf, p.capacity, "packets[i].buf") }.and_then(|buf| {
+            PacketBuf::new(buf, p.offset, p.length)
+                .map_err(|_| bad_descriptor(p.offset, p.length, p.capacity))
+        });
+        match checked {
+            Ok(pkt) => {
+                crate::test_hooks::packet_step();
+                bufs[n] = pkt;
+                *slot = n;
+                n += 1;
+            }
+            Err(status) => p.status = status as u32,
+        }
+    }
+    let mut results = [Ok(()); BURST_GROUP];
+    let ok = match op {
+        BurstOp::Encrypt => sa.encrypt_burst(&mut bufs[..n], &mut results[..n], now),
+        BurstOp::Decrypt => sa.decrypt_burst(&mut bufs[..n], &mut results[..n], now),
+    };
+    for (p, &k) in group.iter_mut().zip(slot.iter()) {
+        if k == usize::MAX {
+            // Refused before the burst: its error again, so that the last error
+            // describes the last failed packet.
+            // SAFETY: as above; this buffer is not among `bufs` (it was refused).
+            let _ = unsafe { bytes_mut(p.buf, p.capacity, "packets[i].buf") }.and_then(|buf| {
+                PacketBuf::new(buf, p.offset, p.length)
+                    .map_err(|_| bad_descriptor(p.offset, p.length, p.capacity))
+            });
+            continue;
+        }
+        // By reference: only a failure's error is copied (a wide load of the whole
+        // `Result` right after the burst's narrow store of its tag would wait for it).
+        p.status = match &results[k] {
+            Ok(()) => {
+                p.offset = bufs[k].offset();
+                p.length = bufs[k].len();
+                ipsec_status::IPSEC_OK as u32
+            }
+            // In order, so that the last error describes the last failed packet.
+            Err(e) => packet_error(*e) as u32,
+        };
+    }
+    ok
 }
 
 /// Encrypts `count` packets in place with one outbound SA (DPDK's
@@ -1197,10 +1319,18 @@ unsafe fn burst(
 /// Returns how many succeeded; 0 also when `sa` is NULL (every status is then
 /// `IPSEC_ERR_INVALID_ARGUMENT`; `IPSEC_ERR_POISONED` for a poisoned SA) or `packets`
 /// is NULL with `count > 0` (no status can be written; the last error says so). The
-/// last error describes the last failed packet. Should a panic be caught part-way, the
-/// packets before it keep their results (and are counted in the value returned), the
-/// one being processed gets `IPSEC_ERR_PANIC`, the rest `IPSEC_ERR_POISONED`
-/// (unprocessed), and the SA is poisoned.
+/// last error describes the last failed packet.
+///
+/// Where the SA's burst code works across packets (AES-CBC with HMAC: several
+/// packets' CBC chains and HMACs at once; with intel-ipsec-mb, AES-GCM seals back to
+/// back) the packets are processed in groups of up to 32 by it; otherwise one at a
+/// time. Results, counters and bytes are those of `ipsec_sa_encrypt` on each packet in
+/// turn. Descriptors should not share a buffer: a group in which two do is
+/// processed one packet at a time (correct, slower). Should a panic be caught
+/// part-way, the packets of the groups finished before it keep their results (and are
+/// counted in the value returned), the first packet of the group being processed gets
+/// `IPSEC_ERR_PANIC`, the rest `IPSEC_ERR_POISONED` (that group's packets may have been
+/// partly processed: their bytes are unspecified), and the SA is poisoned.
 ///
 /// # Safety
 ///
@@ -1213,13 +1343,14 @@ pub unsafe extern "C" fn ipsec_sa_encrypt_burst(
     count: usize,
     now_ns: u64,
 ) -> usize {
-    let now = now(now_ns);
     // SAFETY: caller's contract.
-    unsafe { burst(sa, packets, count, |sa, p| sa.encrypt(p, now)) }
+    unsafe { burst(sa, packets, count, BurstOp::Encrypt, now(now_ns)) }
 }
 
 /// Decrypts `count` packets in place with one inbound SA; the burst form of
-/// `ipsec_sa_decrypt`, with the conventions of `ipsec_sa_encrypt_burst`.
+/// `ipsec_sa_decrypt`, with the conventions of `ipsec_sa_encrypt_burst` (for AES-CBC
+/// with HMAC the ICVs of a group are computed together, each compared before its
+/// packet is decrypted).
 ///
 /// # Safety
 ///
@@ -1231,9 +1362,8 @@ pub unsafe extern "C" fn ipsec_sa_decrypt_burst(
     count: usize,
     now_ns: u64,
 ) -> usize {
-    let now = now(now_ns);
     // SAFETY: caller's contract.
-    unsafe { burst(sa, packets, count, |sa, p| sa.decrypt(p, now)) }
+    unsafe { burst(sa, packets, count, BurstOp::Decrypt, now(now_ns)) }
 }
 
 /// The room an outbound packet of `packet_len` bytes needs (`headroom` in front,

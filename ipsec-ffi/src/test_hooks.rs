@@ -39,3 +39,13 @@ pub(crate) fn packet_step() {
         panic!("deliberate panic (test hook ipsec_test_panic_after)");
     }
 }
+
+/// How many packet operations on this thread will run before the deliberate panic
+/// (`usize::MAX` when none is planned): a burst ends a group of packets there, so that
+/// the packets before the panicking one report their results as one at a time would.
+pub(crate) fn packets_before_panic() -> usize {
+    PANIC_COUNTDOWN.with(|c| match c.get() {
+        0 => usize::MAX,
+        n => usize::try_from(n - 1).unwrap_or(usize::MAX),
+    })
+}
