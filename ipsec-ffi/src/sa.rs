@@ -1115,6 +1115,19 @@ pub unsafe extern "C" fn ipsec_sa_decrypt(
     })
 }
 
+/// The packet a burst descriptor describes, or why it does not describe one (the last
+/// error says so too).
+///
+/// # Safety
+///
+/// `p.buf` points to `p.capacity` writable bytes that nothing else accesses for `'a`.
+unsafe fn described_packet<'a>(p: &ipsec_packet) -> Result<PacketBuf<'a>, ipsec_status> {
+    // SAFETY: caller's contract.
+    let buf = unsafe { bytes_mut(p.buf, p.capacity, "packets[i].buf") }?;
+    PacketBuf::new(buf, p.offset, p.length)
+        .map_err(|_| bad_descriptor(p.offset, p.length, p.capacity))
+}
+
 /// One packet of a burst: checks its descriptor and runs `f` on it.
 ///
 /// # Safety
@@ -1126,9 +1139,7 @@ unsafe fn burst_one(
     f: &mut impl FnMut(&mut PacketBuf<'_>) -> Result<(), ipsec_core::Error>,
 ) -> Result<(), ipsec_status> {
     // SAFETY: caller's contract.
-    let buf = unsafe { bytes_mut(p.buf, p.capacity, "packets[i].buf") }?;
-    let mut pkt = PacketBuf::new(buf, p.offset, p.length)
-        .map_err(|_| bad_descriptor(p.offset, p.length, p.capacity))?;
+    let mut pkt = unsafe { described_packet(p) }?;
     crate::test_hooks::packet_step();
     f(&mut pkt).map_err(packet_error)?;
     p.offset = pkt.offset();
@@ -1171,10 +1182,11 @@ fn buffers_disjoint(packets: &[ipsec_packet]) -> bool {
 ///
 /// Where the SA's bursts work across packets (`bursts_interleave`), the descriptors
 /// go to its burst call, [`BURST_GROUP`] at a time, as `PacketBuf`s on the stack (no
-/// allocation), so that C callers get what the core's bursts do across packets (CBC chains and HMACs side by side or on intel-ipsec-mb's
-/// multi-buffer code, AES-GCM seals back to back, ICVs computed ahead). A descriptor
-/// that does not describe its buffer fails on its own; the others go on. A group
-/// whose descriptors share a buffer runs one packet at a time.
+/// allocation), so that C callers get what the core's bursts do across packets (CBC
+/// chains and HMACs side by side or on intel-ipsec-mb's multi-buffer code, AES-GCM
+/// seals back to back, ICVs computed ahead); elsewhere they are processed one at a
+/// time. A descriptor that does not describe its buffer fails on its own; the others
+/// go on. A group whose descriptors share a buffer runs one packet at a time.
 ///
 /// # Safety
 ///
@@ -1267,11 +1279,7 @@ unsafe fn burst_group(
     let mut n = 0;
     for (p, slot) in group.iter_mut().zip(slot.iter_mut()) {
         // SAFETY: caller's contract (valid, and disjoint from the other buffers).
-        let checked = unsafe { bytes_mut(p.buf, p.capacity, "packets[i].buf") }.and_then(|buf| {
-            PacketBuf::new(buf, p.offset, p.length)
-                .map_err(|_| bad_descriptor(p.offset, p.length, p.capacity))
-        });
-        match checked {
+        match unsafe { described_packet(p) } {
             Ok(pkt) => {
                 crate::test_hooks::packet_step();
                 bufs[n] = pkt;
@@ -1291,10 +1299,7 @@ unsafe fn burst_group(
             // Refused before the burst: its error again, so that the last error
             // describes the last failed packet.
             // SAFETY: as above; this buffer is not among `bufs` (it was refused).
-            let _ = unsafe { bytes_mut(p.buf, p.capacity, "packets[i].buf") }.and_then(|buf| {
-                PacketBuf::new(buf, p.offset, p.length)
-                    .map_err(|_| bad_descriptor(p.offset, p.length, p.capacity))
-            });
+            let _ = unsafe { described_packet(p) };
             continue;
         }
         // By reference: only a failure's error is copied (a wide load of the whole
