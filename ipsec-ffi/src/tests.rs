@@ -227,7 +227,10 @@ fn packets_at(bufs: &mut [Vec<u8>], offset: usize) -> Vec<ipsec_packet> {
 #[test]
 fn c_bursts_equal_one_packet_at_a_time() {
     static HMAC_KEY: [u8; 32] = [0x33; 32];
-    for cbc in [false, true] {
+    // Under Miri (which checks the group path's borrows) only CBC, whose bursts are
+    // grouped, and two groups: interpreted AES is slow.
+    let suites: &[bool] = if cfg!(miri) { &[true] } else { &[false, true] };
+    for &cbc in suites {
         let cfg = |dir| {
             let mut c = config(0x2000, dir);
             if cbc {
@@ -240,7 +243,10 @@ fn c_bursts_equal_one_packet_at_a_time() {
             c
         };
         let out = new_sa(&cfg(ipsec_direction::IPSEC_DIRECTION_OUTBOUND));
-        let n = 75;
+        let n = if cfg!(miri) { 34 } else { 75 };
+        // A replay in a later group than its original (inside the window), a packet
+        // cut short.
+        let (replayed, cut) = ((n - 2).min(40), n - 1);
         let mut bufs = vec![vec![0u8; 200]; n];
         let mut pkts = packets_at(&mut bufs, 80);
         // SAFETY: every descriptor's buffer is valid for its capacity.
@@ -253,8 +259,8 @@ fn c_bursts_equal_one_packet_at_a_time() {
             .collect();
         // Damage: a flipped ICV bit, a replay of an earlier packet, a cut one.
         wire[5].last_mut().map(|b| *b ^= 1).expect("bytes");
-        wire[40] = wire[7].clone();
-        wire[60].truncate(30);
+        wire[replayed] = wire[7].clone();
+        wire[cut].truncate(30);
         let run = |burst: bool| {
             let inb = new_sa(&cfg(ipsec_direction::IPSEC_DIRECTION_INBOUND));
             let mut bufs: Vec<Vec<u8>> = wire.clone();
@@ -298,7 +304,7 @@ fn c_bursts_equal_one_packet_at_a_time() {
         assert_eq!(burst.0, n - 4, "cbc {cbc}");
         assert_eq!(burst, single, "cbc {cbc}");
         assert_eq!(burst.1[5].0, ipsec_status::IPSEC_ERR_AUTH_FAILED as u32);
-        assert_eq!(burst.1[40].0, ipsec_status::IPSEC_ERR_REPLAY as u32);
+        assert_eq!(burst.1[replayed].0, ipsec_status::IPSEC_ERR_REPLAY as u32);
         assert_eq!(
             burst.1[20].0,
             ipsec_status::IPSEC_ERR_INVALID_ARGUMENT as u32
