@@ -46,6 +46,20 @@ struct Setup {
     mtu: Option<u16>,
 }
 
+impl Setup {
+    /// Tunnel mode over IPv4, no ESN, no NAT-T, no path MTU.
+    fn tunnel(suite: (Cipher, Option<Integrity>)) -> Setup {
+        Setup {
+            suite,
+            mode: Mode::Tunnel,
+            esn: false,
+            natt: false,
+            outer6: false,
+            mtu: None,
+        }
+    }
+}
+
 fn v(s: &str) -> IpAddr {
     s.parse().expect("address")
 }
@@ -392,14 +406,7 @@ fn decrypt_bursts_out_of_order_and_at_lifetime_limits() {
     let mut rng = Rng(0x6a09_e667_f3bc_c909);
     let (mut expired_inside, mut reordered_refused) = (0, 0);
     for suite in cbc_suites() {
-        let s = Setup {
-            suite,
-            mode: Mode::Tunnel,
-            esn: false,
-            natt: false,
-            outer6: false,
-            mtu: None,
-        };
+        let s = Setup::tunnel(suite);
         for round in 0..12 {
             let n = 20 + rng.next(60);
             let plains: Vec<Vec<u8>> = (0..n).map(|_| inner_v4(rng.next(600), 0)).collect();
@@ -500,14 +507,7 @@ fn decrypt_bursts_equal_one_packet_at_a_time() {
 #[test]
 fn single_packets_between_bursts() {
     let suite = (Cipher::Aes256Cbc, Some(Integrity::HmacSha512_256));
-    let s = Setup {
-        suite,
-        mode: Mode::Tunnel,
-        esn: false,
-        natt: false,
-        outer6: false,
-        mtu: None,
-    };
+    let s = Setup::tunnel(suite);
     let mut out = SecurityAssociation::new(sa_config(s, Direction::Outbound), T0).expect("SA");
     let mut inb = SecurityAssociation::new(sa_config(s, Direction::Inbound), T0).expect("SA");
     let plain = inner_v4(1392, 0);
