@@ -1,11 +1,16 @@
 //! The cost of the C ABI: each C entry point of `ipsec-ffi` against the Rust call it
-//! wraps, on the same SA setup (AES-128-GCM, tunnel mode, IPv4/UDP inner packets).
+//! wraps, on the same SA setup (tunnel mode, IPv4/UDP inner packets).
 //!
+//! Group `ffi-aes-128-gcm`:
 //! * `rust_encrypt/N`, `c_encrypt/N` (N = 64, 1420): one packet, `SecurityAssociation::
 //!   encrypt` against `ipsec_sa_encrypt`; likewise `rust_decrypt/N`, `c_decrypt/N`
 //!   (replay window off so one ciphertext can be decrypted again and again).
 //! * `rust_encrypt_burst32/1420`, `c_encrypt_burst32/1420` (and `decrypt`): 32 packets,
 //!   `encrypt_burst` against `ipsec_sa_encrypt_burst` over `ipsec_packet` descriptors.
+//!
+//! Group `ffi-aes-128-cbc-hmac-sha256`: the burst rows at 64 and 1420 bytes, where the
+//! core's bursts work across packets (CBC chains and HMAC lanes side by side) and the C
+//! bursts hand their descriptors to them in groups of 32.
 //!
 //! The C entry points are called through a function pointer hidden behind `black_box`,
 //! so the optimiser cannot inline them into the benchmark: the call costs what it costs
@@ -27,49 +32,61 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 mod common;
 mod ffi_setup;
 use common::{inner_packet, refilled_burst};
-use ffi_setup::{BURST, BurstFn, CSa, OneFn, rust_sa};
+use ffi_setup::{BURST, BurstFn, CSa, OneFn, Suite, rust_suite_sa};
 use ipsec::{ipsec_packet, ipsec_status};
 use ipsec_core::{Direction, PacketBuf};
 
 fn ffi(c: &mut Criterion) {
+    suite_group(c, Suite::Aes128Gcm, &[64, 1420], &[1420]);
+    suite_group(c, Suite::CbcHmacSha256, &[], &[64, 1420]);
+}
+
+/// The rows of one suite: single packets at the sizes in `single`, bursts of
+/// [`BURST`] at the sizes in `bursts`.
+fn suite_group(c: &mut Criterion, suite: Suite, single: &[usize], bursts: &[usize]) {
     let now = Duration::ZERO;
     let c_encrypt: OneFn = black_box(ipsec::ipsec_sa_encrypt);
     let c_decrypt: OneFn = black_box(ipsec::ipsec_sa_decrypt);
     let c_encrypt_burst: BurstFn = black_box(ipsec::ipsec_sa_encrypt_burst);
     let c_decrypt_burst: BurstFn = black_box(ipsec::ipsec_sa_decrypt_burst);
 
-    let mut g = c.benchmark_group("ffi-aes-128-gcm");
+    let mut g = c.benchmark_group(suite.group());
     g.warm_up_time(Duration::from_secs(1));
     g.measurement_time(Duration::from_secs(3));
-    for size in [64usize, 1420] {
+    let mut sizes: Vec<usize> = single.iter().chain(bursts).copied().collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for size in sizes {
         let inner = inner_packet(size);
-        let mut rust_out = rust_sa(Direction::Outbound);
+        let mut rust_out = rust_suite_sa(suite, Direction::Outbound);
         let head = rust_out.max_headroom();
         let slot = head + size + rust_out.tailroom_for(size);
         g.throughput(Throughput::Bytes(size as u64));
 
+        let c_out = CSa::with_suite(suite, Direction::Outbound);
         let mut storage = vec![0u8; slot];
-        g.bench_function(format!("rust_encrypt/{size}"), |b| {
-            b.iter(|| {
-                storage[head..head + size].copy_from_slice(&inner);
-                let mut pkt = PacketBuf::new(&mut storage, head, size).expect("in bounds");
-                rust_out.encrypt(&mut pkt, now).expect("encrypts");
-                black_box(pkt.len())
-            })
-        });
-        let c_out = CSa::new(Direction::Outbound);
-        g.bench_function(format!("c_encrypt/{size}"), |b| {
-            b.iter(|| {
-                storage[head..head + size].copy_from_slice(&inner);
-                let (mut off, mut len) = (head, size);
-                // SAFETY: `storage` has `slot` bytes; off/len are valid.
-                let st = unsafe {
-                    c_encrypt(c_out.0, storage.as_mut_ptr(), slot, &mut off, &mut len, 0)
-                };
-                assert_eq!(st, ipsec_status::IPSEC_OK);
-                black_box(len)
-            })
-        });
+        if single.contains(&size) {
+            g.bench_function(format!("rust_encrypt/{size}"), |b| {
+                b.iter(|| {
+                    storage[head..head + size].copy_from_slice(&inner);
+                    let mut pkt = PacketBuf::new(&mut storage, head, size).expect("in bounds");
+                    rust_out.encrypt(&mut pkt, now).expect("encrypts");
+                    black_box(pkt.len())
+                })
+            });
+            g.bench_function(format!("c_encrypt/{size}"), |b| {
+                b.iter(|| {
+                    storage[head..head + size].copy_from_slice(&inner);
+                    let (mut off, mut len) = (head, size);
+                    // SAFETY: `storage` has `slot` bytes; off/len are valid.
+                    let st = unsafe {
+                        c_encrypt(c_out.0, storage.as_mut_ptr(), slot, &mut off, &mut len, 0)
+                    };
+                    assert_eq!(st, ipsec_status::IPSEC_OK);
+                    black_box(len)
+                })
+            });
+        }
 
         // One ciphertext, decrypted again and again (replay window off on both).
         let mut pkt = PacketBuf::new(&mut storage, head, size).expect("in bounds");
@@ -77,33 +94,36 @@ fn ffi(c: &mut Criterion) {
         rust_out.encrypt(&mut pkt, now).expect("encrypts");
         let protected = pkt.data().to_vec();
         let plen = protected.len();
-        let mut storage = vec![0u8; plen];
-        let mut rust_in = rust_sa(Direction::Inbound);
-        g.bench_function(format!("rust_decrypt/{size}"), |b| {
-            b.iter(|| {
-                storage.copy_from_slice(&protected);
-                let mut pkt = PacketBuf::new(&mut storage, 0, plen).expect("in bounds");
-                rust_in.decrypt(&mut pkt, now).expect("decrypts");
-                black_box(pkt.len())
-            })
-        });
-        let c_in = CSa::new(Direction::Inbound);
-        g.bench_function(format!("c_decrypt/{size}"), |b| {
-            b.iter(|| {
-                storage.copy_from_slice(&protected);
-                let (mut off, mut len) = (0, plen);
-                // SAFETY: `storage` has `plen` bytes; off/len are valid.
-                let st =
-                    unsafe { c_decrypt(c_in.0, storage.as_mut_ptr(), plen, &mut off, &mut len, 0) };
-                assert_eq!(st, ipsec_status::IPSEC_OK);
-                black_box(len)
-            })
-        });
+        let mut rust_in = rust_suite_sa(suite, Direction::Inbound);
+        let c_in = CSa::with_suite(suite, Direction::Inbound);
+        if single.contains(&size) {
+            let mut storage = vec![0u8; plen];
+            g.bench_function(format!("rust_decrypt/{size}"), |b| {
+                b.iter(|| {
+                    storage.copy_from_slice(&protected);
+                    let mut pkt = PacketBuf::new(&mut storage, 0, plen).expect("in bounds");
+                    rust_in.decrypt(&mut pkt, now).expect("decrypts");
+                    black_box(pkt.len())
+                })
+            });
+            g.bench_function(format!("c_decrypt/{size}"), |b| {
+                b.iter(|| {
+                    storage.copy_from_slice(&protected);
+                    let (mut off, mut len) = (0, plen);
+                    // SAFETY: `storage` has `plen` bytes; off/len are valid.
+                    let st = unsafe {
+                        c_decrypt(c_in.0, storage.as_mut_ptr(), plen, &mut off, &mut len, 0)
+                    };
+                    assert_eq!(st, ipsec_status::IPSEC_OK);
+                    black_box(len)
+                })
+            });
+        }
 
-        if size != 1420 {
+        if !bursts.contains(&size) {
             continue;
         }
-        // Bursts of 32 x 1420 bytes.
+        // Bursts of 32 packets.
         g.throughput(Throughput::Bytes((size * BURST) as u64));
         let mut storage = vec![0u8; slot * BURST];
         let mut results = [Ok(()); BURST];

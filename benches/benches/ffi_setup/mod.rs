@@ -1,19 +1,43 @@
-//! What `benches/ffi.rs` and `benches/ffi_ab.rs` share: the same AES-128-GCM tunnel SA
-//! built through the Rust API and through the C API, and the C entry points' types.
+//! What `benches/ffi.rs` and `benches/ffi_ab.rs` share: the same tunnel SA (AES-128-GCM,
+//! or AES-128-CBC + HMAC-SHA-256-128) built through the Rust API and through the C API,
+//! and the C entry points' types.
 #![allow(dead_code)] // each bench uses its own subset
 
 use std::ptr::null_mut;
 
 use ipsec::{
-    ipsec_cipher, ipsec_direction, ipsec_mode, ipsec_packet, ipsec_sa, ipsec_sa_config,
-    ipsec_sa_config_init, ipsec_sa_new, ipsec_status,
+    ipsec_cipher, ipsec_direction, ipsec_integrity, ipsec_mode, ipsec_packet, ipsec_sa,
+    ipsec_sa_config, ipsec_sa_config_init, ipsec_sa_new, ipsec_status,
 };
-use ipsec_core::{Cipher, Direction, SecurityAssociation};
+use ipsec_core::{Cipher, Direction, Integrity, SecurityAssociation};
 
 pub(crate) use crate::common::BURST;
 use crate::common::{SPI, tunnel_sa};
 
 pub(crate) const KEY: [u8; 20] = [0x42; 20];
+/// The AES-128-CBC key and the HMAC-SHA-256 key of [`Suite::CbcHmacSha256`].
+const CBC_KEY: [u8; 16] = [0x42; 16];
+const MAC_KEY: [u8; 32] = [0x5a; 32];
+
+/// The cipher suites the FFI benches compare.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Suite {
+    /// AES-128-GCM (one packet at a time in the core's bursts, except with `ipsec-mb`'s
+    /// encryption).
+    Aes128Gcm,
+    /// AES-128-CBC + HMAC-SHA-256-128, whose bursts work across packets.
+    CbcHmacSha256,
+}
+
+impl Suite {
+    /// The criterion group name.
+    pub(crate) fn group(self) -> &'static str {
+        match self {
+            Suite::Aes128Gcm => "ffi-aes-128-gcm",
+            Suite::CbcHmacSha256 => "ffi-aes-128-cbc-hmac-sha256",
+        }
+    }
+}
 
 pub(crate) type OneFn = unsafe extern "C" fn(
     *mut ipsec_sa,
@@ -28,14 +52,33 @@ pub(crate) type BurstFn =
 
 /// The AES-128-GCM tunnel SA through the Rust API.
 pub(crate) fn rust_sa(direction: Direction) -> SecurityAssociation {
-    tunnel_sa(Cipher::Aes128Gcm, &KEY, None, direction)
+    rust_suite_sa(Suite::Aes128Gcm, direction)
+}
+
+/// The tunnel SA of `suite` through the Rust API.
+pub(crate) fn rust_suite_sa(suite: Suite, direction: Direction) -> SecurityAssociation {
+    match suite {
+        Suite::Aes128Gcm => tunnel_sa(Cipher::Aes128Gcm, &KEY, None, direction),
+        Suite::CbcHmacSha256 => tunnel_sa(
+            Cipher::Aes128Cbc,
+            &CBC_KEY,
+            Some((Integrity::HmacSha256_128, &MAC_KEY)),
+            direction,
+        ),
+    }
 }
 
 /// The same SA through the C API.
 pub(crate) struct CSa(pub(crate) *mut ipsec_sa);
 
 impl CSa {
+    /// The AES-128-GCM SA.
     pub(crate) fn new(direction: Direction) -> CSa {
+        CSa::with_suite(Suite::Aes128Gcm, direction)
+    }
+
+    /// The SA of `suite`.
+    pub(crate) fn with_suite(suite: Suite, direction: Direction) -> CSa {
         let mut cfg = std::mem::MaybeUninit::<ipsec_sa_config>::uninit();
         // SAFETY: `cfg` is writable; init fills every field.
         let st = unsafe { ipsec_sa_config_init(cfg.as_mut_ptr()) };
@@ -44,9 +87,21 @@ impl CSa {
         let mut cfg = unsafe { cfg.assume_init() };
         cfg.spi = SPI;
         cfg.mode = ipsec_mode::IPSEC_MODE_TUNNEL as u32;
-        cfg.cipher = ipsec_cipher::IPSEC_CIPHER_AES_128_GCM as u32;
-        cfg.key = KEY.as_ptr();
-        cfg.key_len = KEY.len();
+        match suite {
+            Suite::Aes128Gcm => {
+                cfg.cipher = ipsec_cipher::IPSEC_CIPHER_AES_128_GCM as u32;
+                cfg.key = KEY.as_ptr();
+                cfg.key_len = KEY.len();
+            }
+            Suite::CbcHmacSha256 => {
+                cfg.cipher = ipsec_cipher::IPSEC_CIPHER_AES_128_CBC as u32;
+                cfg.key = CBC_KEY.as_ptr();
+                cfg.key_len = CBC_KEY.len();
+                cfg.integrity = ipsec_integrity::IPSEC_INTEGRITY_HMAC_SHA256_128 as u32;
+                cfg.integrity_key = MAC_KEY.as_ptr();
+                cfg.integrity_key_len = MAC_KEY.len();
+            }
+        }
         match direction {
             Direction::Outbound => {
                 cfg.direction = ipsec_direction::IPSEC_DIRECTION_OUTBOUND as u32;
