@@ -1653,6 +1653,47 @@ ipsec_status ipsec_gateway_outbound(struct ipsec_gateway *gateway,
                                     struct ipsec_gateway_result *out);
 
 /**
+ * The burst form of `ipsec_gateway_outbound`: classifies and processes `count`
+ * outbound packets, each as that call would, in order. Each descriptor's `offset` and
+ * `length` are updated on success and its `status` set to `IPSEC_OK` or the reason the
+ * packet was dropped (`IPSEC_ERR_POLICY_DISCARD`, ... as `ipsec_gateway_outbound`);
+ * `verdicts[i]` receives `IPSEC_VERDICT_PROTECTED` or `IPSEC_VERDICT_BYPASSED` for a
+ * packet that succeeded and 0 for one that did not. Dropped packets stay where they
+ * are, unchanged, never freed. Returns how many succeeded; 0 also when `gateway` is
+ * NULL or `verdicts` is NULL with `count > 0` (every status is then
+ * `IPSEC_ERR_INVALID_ARGUMENT`; `IPSEC_ERR_POISONED` for a poisoned gateway) or
+ * `packets` is NULL with `count > 0` (no status can be written; the last error says
+ * so). The last error describes the last failed packet.
+ *
+ * Faster than one call per packet (`Gateway::outbound_burst` in Rust): the packets
+ * are classified first, then each run of consecutive packets for one SA is encrypted
+ * by that SA's burst code (AES-CBC with HMAC: several packets' CBC chains and HMACs at
+ * once; with intel-ipsec-mb, AES-GCM seals back to back), in groups of up to 32; with
+ * the SPD cache off, a packet of the same flow as the previous one takes its decision
+ * without the classifier. Verdicts, bytes, the gateway's, the SAs' and the SPD cache's
+ * counters are those of `ipsec_gateway_outbound` on each packet in turn. Packets that
+ * must be fragmented fail as there (`IPSEC_ERR_TOO_BIG`, or `IPSEC_ERR_NO_BUFFER_SPACE`
+ * when they may be fragmented): send them with `ipsec_gateway_outbound_fragmenting`.
+ * Descriptors should not share a buffer: a group in which two do is processed one
+ * packet at a time (correct, slower). Should a panic be caught part-way, the packets
+ * of the groups finished before it keep their results (and are counted in the value
+ * returned), the first packet of the group being processed gets `IPSEC_ERR_PANIC`, the
+ * rest `IPSEC_ERR_POISONED` and verdict 0 (that group's packets may have been partly
+ * processed: their bytes are unspecified), and the gateway is poisoned.
+ *
+ * # Safety
+ *
+ * `gateway` as for `ipsec_gateway_outbound`; `packets` points to `count` writable
+ * descriptors, each `buf` to `capacity` writable bytes; `verdicts` to `count`
+ * writable `uint32_t`.
+ */
+size_t ipsec_gateway_outbound_burst(struct ipsec_gateway *gateway,
+                                    struct ipsec_packet *packets,
+                                    size_t count,
+                                    uint64_t now_ns,
+                                    uint32_t *verdicts);
+
+/**
  * `ipsec_gateway_outbound` for packets that may have to be fragmented to fit their
  * SA's path MTU: the extra packets go into the first `*spares_used` of the
  * `spare_count` spare descriptors (as `ipsec_sa_encrypt_fragmenting`). A packet that

@@ -11,21 +11,24 @@ use std::ffi::CString;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipsec_core::gateway::{Inbound, Outbound};
+use ipsec_core::gateway::{BurstVerdict, Inbound, Outbound};
 use ipsec_core::{
     ConfigError, Error, FragmentLimits, Gateway, PacketBuf, SecurityAssociation, Spd, SpiError,
 };
 
-use crate::boundary::{bad_descriptor, boundary, call, config_error, fail, invalid, packet_error};
+use crate::boundary::{
+    BurstProgress, bad_descriptor, boundary, burst_boundary, call, config_error, fail, invalid,
+    packet_error,
+};
 use crate::handle::{
-    Handle, borrow, borrow_mut, bytes, bytes_mut, c_str, c_string, free_handle, into_handle,
-    out_ptr, text,
+    Handle, array_mut, borrow, borrow_mut, bytes, bytes_mut, c_str, c_string, free_handle,
+    into_handle, out_ptr, text,
 };
 use crate::path_mtu::with_spares;
 use crate::reassembly::{ipsec_reassembly_limits, limits_from};
 use crate::sa::{
-    event_to, info_of, ipsec_sa_event, ipsec_sa_info, ipsec_sa_stats, keepalive_buffer, now,
-    time_ns,
+    BURST_GROUP, buffers_disjoint, described_packet, event_to, info_of, ipsec_packet,
+    ipsec_sa_event, ipsec_sa_info, ipsec_sa_stats, keepalive_buffer, now, time_ns,
 };
 use crate::status::ipsec_status;
 
@@ -479,6 +482,197 @@ pub unsafe extern "C" fn ipsec_gateway_outbound(
             Way::Out(Spares::NONE),
         )
     })
+}
+
+/// The burst form of `ipsec_gateway_outbound`: classifies and processes `count`
+/// outbound packets, each as that call would, in order. Each descriptor's `offset` and
+/// `length` are updated on success and its `status` set to `IPSEC_OK` or the reason the
+/// packet was dropped (`IPSEC_ERR_POLICY_DISCARD`, ... as `ipsec_gateway_outbound`);
+/// `verdicts[i]` receives `IPSEC_VERDICT_PROTECTED` or `IPSEC_VERDICT_BYPASSED` for a
+/// packet that succeeded and 0 for one that did not. Dropped packets stay where they
+/// are, unchanged, never freed. Returns how many succeeded; 0 also when `gateway` is
+/// NULL or `verdicts` is NULL with `count > 0` (every status is then
+/// `IPSEC_ERR_INVALID_ARGUMENT`; `IPSEC_ERR_POISONED` for a poisoned gateway) or
+/// `packets` is NULL with `count > 0` (no status can be written; the last error says
+/// so). The last error describes the last failed packet.
+///
+/// Faster than one call per packet (`Gateway::outbound_burst` in Rust): the packets
+/// are classified first, then each run of consecutive packets for one SA is encrypted
+/// by that SA's burst code (AES-CBC with HMAC: several packets' CBC chains and HMACs at
+/// once; with intel-ipsec-mb, AES-GCM seals back to back), in groups of up to 32; with
+/// the SPD cache off, a packet of the same flow as the previous one takes its decision
+/// without the classifier. Verdicts, bytes, the gateway's, the SAs' and the SPD cache's
+/// counters are those of `ipsec_gateway_outbound` on each packet in turn. Packets that
+/// must be fragmented fail as there (`IPSEC_ERR_TOO_BIG`, or `IPSEC_ERR_NO_BUFFER_SPACE`
+/// when they may be fragmented): send them with `ipsec_gateway_outbound_fragmenting`.
+/// Descriptors should not share a buffer: a group in which two do is processed one
+/// packet at a time (correct, slower). Should a panic be caught part-way, the packets
+/// of the groups finished before it keep their results (and are counted in the value
+/// returned), the first packet of the group being processed gets `IPSEC_ERR_PANIC`, the
+/// rest `IPSEC_ERR_POISONED` and verdict 0 (that group's packets may have been partly
+/// processed: their bytes are unspecified), and the gateway is poisoned.
+///
+/// # Safety
+///
+/// `gateway` as for `ipsec_gateway_outbound`; `packets` points to `count` writable
+/// descriptors, each `buf` to `capacity` writable bytes; `verdicts` to `count`
+/// writable `uint32_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_gateway_outbound_burst(
+    gateway: *mut ipsec_gateway,
+    packets: *mut ipsec_packet,
+    count: usize,
+    now_ns: u64,
+    verdicts: *mut u32,
+) -> usize {
+    let t = now(now_ns);
+    let body = |progress: &mut BurstProgress| {
+        // SAFETY: caller's contract.
+        let Ok(packets) = (unsafe { array_mut(packets, count, "packets") }) else {
+            return 0;
+        };
+        let refuse = |packets: &mut [ipsec_packet], status: ipsec_status| {
+            for p in packets.iter_mut() {
+                p.status = status as u32;
+            }
+            0
+        };
+        // SAFETY: caller's contract.
+        let verdicts = match unsafe { array_mut(verdicts, count, "verdicts") } {
+            Ok(v) => v,
+            Err(status) => return refuse(packets, status),
+        };
+        // SAFETY: caller's contract.
+        let mut guard = match unsafe { borrow_mut(gateway, "gateway") } {
+            Ok(g) => g,
+            Err(status) => return refuse(packets, status),
+        };
+        let gateway = &mut guard.gateway;
+        progress.started = true;
+        let (mut rest, mut rest_verdicts) = (packets, verdicts);
+        while !rest.is_empty() {
+            // A group ends before a packet the test hook will panic on, so that the
+            // packets before it report their results (test builds only).
+            let take = rest
+                .len()
+                .min(BURST_GROUP)
+                .min(crate::test_hooks::packets_before_panic());
+            let (group, tail) = core::mem::take(&mut rest).split_at_mut(take.max(1));
+            let (group_verdicts, tail_verdicts) =
+                core::mem::take(&mut rest_verdicts).split_at_mut(take.max(1));
+            (rest, rest_verdicts) = (tail, tail_verdicts);
+            if take == 0 || !buffers_disjoint(group) {
+                for (p, v) in group.iter_mut().zip(group_verdicts.iter_mut()) {
+                    // SAFETY: each descriptor's buffer is valid (caller's contract);
+                    // one buffer is borrowed at a time.
+                    let r = unsafe { described_packet(p) }.and_then(|mut pkt| {
+                        crate::test_hooks::packet_step();
+                        let verdict = match gateway.outbound(&mut pkt, t) {
+                            Ok(Outbound::Protected { .. }) => BurstVerdict::Protected,
+                            Ok(Outbound::Bypassed { .. }) => BurstVerdict::Bypassed,
+                            Ok(_) => return Err(unknown_verdict()),
+                            Err(e) => return Err(packet_error(e)),
+                        };
+                        p.offset = pkt.offset();
+                        p.length = pkt.len();
+                        Ok(verdict)
+                    });
+                    progress.ok += usize::from(finish(p, v, r));
+                    progress.done += 1;
+                }
+                continue;
+            }
+            // SAFETY: the group's buffers are valid (caller's contract) and pairwise
+            // disjoint (checked), so they may all be borrowed at once.
+            progress.ok += unsafe { outbound_group(gateway, group, group_verdicts, t) };
+            progress.done += group.len();
+        }
+        progress.ok
+    };
+    let after_panic = |progress: &BurstProgress| {
+        // SAFETY: `started` was set, so the array was checked (caller's contract).
+        if let Ok(v) = unsafe { array_mut(verdicts, count, "verdicts") } {
+            v.iter_mut().skip(progress.done).for_each(|v| *v = 0);
+        }
+    };
+    // SAFETY: `started` is set once `packets` was checked (caller's contract).
+    unsafe { burst_boundary(packets, count, body, after_panic) }
+}
+
+/// Writes a burst packet's status and verdict; true if it succeeded.
+fn finish(p: &mut ipsec_packet, verdict: &mut u32, r: Result<BurstVerdict, ipsec_status>) -> bool {
+    let (status, v) = match r {
+        Ok(BurstVerdict::Protected) => (
+            ipsec_status::IPSEC_OK,
+            ipsec_verdict::IPSEC_VERDICT_PROTECTED as u32,
+        ),
+        Ok(BurstVerdict::Bypassed) => (
+            ipsec_status::IPSEC_OK,
+            ipsec_verdict::IPSEC_VERDICT_BYPASSED as u32,
+        ),
+        Ok(_) => (unknown_verdict(), 0),
+        Err(status) => (status, 0),
+    };
+    p.status = status as u32;
+    *verdict = v;
+    status == ipsec_status::IPSEC_OK
+}
+
+/// One group of `ipsec_gateway_outbound_burst` (at most [`BURST_GROUP`] descriptors)
+/// through `Gateway::outbound_burst`; every status and verdict written; returns how
+/// many succeeded.
+///
+/// # Safety
+///
+/// Each descriptor's `buf` points to `capacity` writable bytes that nothing else
+/// accesses during the call, and no two overlap.
+unsafe fn outbound_group(
+    gateway: &mut Gateway,
+    group: &mut [ipsec_packet],
+    verdicts: &mut [u32],
+    now: Duration,
+) -> usize {
+    debug_assert!(group.len() <= BURST_GROUP && verdicts.len() == group.len());
+    let mut bufs: [PacketBuf<'_>; BURST_GROUP] =
+        core::array::from_fn(|_| PacketBuf::new(&mut [], 0, 0).expect("an empty window"));
+    // `slot[i]`: the index in `bufs` of descriptor i, if it describes its buffer.
+    let mut slot = [usize::MAX; BURST_GROUP];
+    let mut n = 0;
+    for (p, slot) in group.iter_mut().zip(slot.iter_mut()) {
+        // SAFETY: caller's contract (valid, and disjoint from the other buffers).
+        if let Ok(pkt) = unsafe { described_packet(p) } {
+            crate::test_hooks::packet_step();
+            bufs[n] = pkt;
+            *slot = n;
+            n += 1;
+        }
+    }
+    let mut results = [Ok(BurstVerdict::Bypassed); BURST_GROUP];
+    gateway.outbound_burst(&mut bufs[..n], &mut results[..n], now);
+    let mut ok = 0;
+    for ((p, v), &k) in group.iter_mut().zip(verdicts.iter_mut()).zip(slot.iter()) {
+        let r = if k == usize::MAX {
+            // Refused before the burst: its error again, in order, so that the last
+            // error describes the last failed packet.
+            // SAFETY: as above; this buffer is not among `bufs` (it was refused).
+            let again = unsafe { described_packet(p) };
+            Err(again
+                .err()
+                .unwrap_or(ipsec_status::IPSEC_ERR_INVALID_ARGUMENT))
+        } else {
+            // By reference: only a failure's error is copied.
+            match &results[k] {
+                Ok(verdict) => {
+                    p.offset = bufs[k].offset();
+                    p.length = bufs[k].len();
+                    Ok(*verdict)
+                }
+                Err(e) => Err(packet_error(*e)),
+            }
+        };
+        ok += usize::from(finish(p, v, r));
+    }
+    ok
 }
 
 /// `ipsec_gateway_outbound` for packets that may have to be fragmented to fit their

@@ -1121,7 +1121,7 @@ pub unsafe extern "C" fn ipsec_sa_decrypt(
 /// # Safety
 ///
 /// `p.buf` points to `p.capacity` writable bytes that nothing else accesses for `'a`.
-unsafe fn described_packet<'a>(p: &ipsec_packet) -> Result<PacketBuf<'a>, ipsec_status> {
+pub(crate) unsafe fn described_packet<'a>(p: &ipsec_packet) -> Result<PacketBuf<'a>, ipsec_status> {
     // SAFETY: caller's contract.
     let buf = unsafe { bytes_mut(p.buf, p.capacity, "packets[i].buf") }?;
     PacketBuf::new(buf, p.offset, p.length)
@@ -1156,13 +1156,13 @@ enum BurstOp {
 
 /// How many descriptors [`burst`] hands to one `SecurityAssociation::encrypt_burst` /
 /// `decrypt_burst` call (the size of the core's own burst chunks).
-const BURST_GROUP: usize = 32;
+pub(crate) const BURST_GROUP: usize = 32;
 
 /// Whether the buffers of `packets` are pairwise disjoint (then each may be borrowed
 /// mutably at the same time). The C contract does not forbid two descriptors in one
 /// buffer (packets side by side in one allocation); such a group runs one packet at a
 /// time instead.
-fn buffers_disjoint(packets: &[ipsec_packet]) -> bool {
+pub(crate) fn buffers_disjoint(packets: &[ipsec_packet]) -> bool {
     let mut spans = [(0usize, 0usize); BURST_GROUP];
     let n = packets.len().min(BURST_GROUP);
     for (s, p) in spans.iter_mut().zip(packets) {

@@ -2583,3 +2583,453 @@ fn spd_cache_is_set_and_counted() {
         ipsec_gateway_free(gw);
     }
 }
+
+/// The policies and SAs of the gateway burst tests: AES-128-GCM, AES-128-CBC + HMAC and
+/// a short-lived AES-256-GCM SA protecting three remote networks, IKE bypassed, one
+/// network blocked, the rest discarded.
+const BURST_POLICY: &str = r#"
+[[policy]]
+name = "ike"
+protocol = "udp"
+remote_port = 500
+action = "bypass"
+
+[[policy]]
+name = "blocked"
+remote = "10.3.0.0/16"
+action = "discard"
+
+[[policy]]
+name = "to-gcm"
+direction = "outbound"
+remote = "10.1.0.0/16"
+action = "protect"
+sa = "gcm"
+
+[[policy]]
+name = "to-cbc"
+direction = "outbound"
+remote = "10.2.0.0/16"
+action = "protect"
+sa = "cbc"
+
+[[policy]]
+name = "to-short"
+direction = "outbound"
+remote = "10.4.0.0/16"
+action = "protect"
+sa = "short"
+
+[[policy]]
+name = "rest"
+action = "discard"
+
+[[sa]]
+name = "gcm"
+spi = 4097
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "0707070707070707070707070707070707070707"
+tunnel_src = "192.0.2.1"
+tunnel_dst = "198.51.100.2"
+path_mtu = 400
+
+[[sa]]
+name = "cbc"
+spi = 4098
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-128-cbc"
+key = "09090909090909090909090909090909"
+integrity = "hmac-sha256-128"
+integrity_key = "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a"
+tunnel_src = "192.0.2.1"
+tunnel_dst = "198.51.100.3"
+
+[[sa]]
+name = "short"
+spi = 4099
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-256-gcm"
+key = "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0c0c0c0c"
+tunnel_src = "192.0.2.1"
+tunnel_dst = "198.51.100.4"
+hard_lifetime = { packets = 10 }
+"#;
+
+fn burst_gateway() -> *mut ipsec_gateway {
+    let mut gw = null_mut();
+    // SAFETY: the policy text is valid for its length; `gw` is writable.
+    let st = unsafe {
+        ipsec_gateway_new(
+            BURST_POLICY.as_ptr().cast(),
+            BURST_POLICY.len(),
+            T0,
+            &mut gw,
+        )
+    };
+    assert_eq!(st, ipsec_status::IPSEC_OK, "{}", last_error());
+    gw
+}
+
+/// An IPv4/UDP packet from 10.0.0.1 to `dst`:`dport` at `buf[off..]`; its length.
+fn udp_to(buf: &mut [u8], off: usize, dst: [u8; 4], dport: u16) -> usize {
+    udp_sized(buf, off, dst, dport, 60)
+}
+
+/// [`udp_to`] with `len` bytes.
+fn udp_sized(buf: &mut [u8], off: usize, dst: [u8; 4], dport: u16, len: usize) -> usize {
+    let p = &mut buf[off..off + len];
+    p.fill(0x5a);
+    p[..20].copy_from_slice(&[
+        0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 0, 0, 0, 0,
+    ]);
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[16..20].copy_from_slice(&dst);
+    p[20..28].copy_from_slice(&[0x13, 0x88, 0, 0, 0, 0, 0, 0]);
+    p[22..24].copy_from_slice(&dport.to_be_bytes());
+    p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
+    ipsec_core::packet::set_ipv4_checksum(&mut p[..20]);
+    len
+}
+
+/// Everything a gateway burst leaves behind: the value returned, each packet's
+/// (status, verdict, offset, length), the buffers, the gateway's counters, each SA's
+/// (name, counters) and the last error.
+type BurstOutcome = (
+    usize,
+    Vec<(u32, u32, usize, usize)>,
+    Vec<Vec<u8>>,
+    ipsec_sa_stats,
+    Vec<(String, ipsec_sa_stats)>,
+    String,
+);
+
+/// Runs `bufs` (described by `pkts`) through a fresh gateway, as one
+/// `ipsec_gateway_outbound_burst` call (`burst`) or one `ipsec_gateway_outbound` call
+/// per packet.
+fn gateway_outbound_run(
+    mut bufs: Vec<Vec<u8>>,
+    pkts: &[(usize, usize)],
+    burst: bool,
+) -> BurstOutcome {
+    let gw = burst_gateway();
+    let n = pkts.len();
+    let mut descs: Vec<ipsec_packet> = bufs
+        .iter_mut()
+        .zip(pkts)
+        .map(|(b, &(offset, length))| ipsec_packet {
+            buf: b.as_mut_ptr(),
+            capacity: b.len(),
+            offset,
+            length,
+            status: 999,
+            fragments: 0,
+        })
+        .collect();
+    let mut verdicts = vec![999u32; n];
+    // SAFETY: every descriptor's buffer is valid for its capacity; `verdicts` has `n`
+    // writable entries; the gateway is live and freed once.
+    unsafe {
+        let ok = if burst {
+            ipsec_gateway_outbound_burst(gw, descs.as_mut_ptr(), n, T0, verdicts.as_mut_ptr())
+        } else {
+            let mut ok = 0;
+            for (d, v) in descs.iter_mut().zip(verdicts.iter_mut()) {
+                let mut r = core::mem::MaybeUninit::uninit();
+                let st = ipsec_gateway_outbound(
+                    gw,
+                    d.buf,
+                    d.capacity,
+                    &mut d.offset,
+                    &mut d.length,
+                    T0,
+                    r.as_mut_ptr(),
+                );
+                d.status = st as u32;
+                *v = if st == ipsec_status::IPSEC_OK {
+                    ok += 1;
+                    r.assume_init().verdict
+                } else {
+                    0
+                };
+            }
+            ok
+        };
+        let seen = descs
+            .iter()
+            .zip(&verdicts)
+            .map(|(d, &v)| (d.status, v, d.offset, d.length))
+            .collect();
+        let mut s = core::mem::MaybeUninit::uninit();
+        assert_eq!(
+            ipsec_gateway_get_stats(gw, s.as_mut_ptr()),
+            ipsec_status::IPSEC_OK
+        );
+        let gateway_stats = s.assume_init();
+        let sas = (0..ipsec_gateway_sa_count(gw))
+            .map(|i| {
+                let mut e = core::mem::MaybeUninit::uninit();
+                assert_eq!(
+                    ipsec_gateway_get_sa(gw, i, e.as_mut_ptr()),
+                    ipsec_status::IPSEC_OK
+                );
+                let e = e.assume_init();
+                (c_text(e.name).unwrap_or("").to_string(), e.stats)
+            })
+            .collect();
+        let error = last_error();
+        ipsec_gateway_free(gw);
+        (ok, seen, bufs, gateway_stats, sas, error)
+    }
+}
+
+/// `ipsec_gateway_outbound_burst` (groups of 32 through `Gateway::outbound_burst`)
+/// gives what `ipsec_gateway_outbound` gives one packet at a time, over several groups:
+/// protected by three SAs (one of which reaches its hard packet lifetime part-way),
+/// bypassed, discarded by a policy and by the final deny-all, malformed, and a
+/// descriptor beyond its buffer; the same statuses, verdicts, bytes, the gateway's and
+/// every SA's counters and the last error. Descriptors sharing one buffer work too.
+#[test]
+fn c_gateway_bursts_equal_one_packet_at_a_time() {
+    const OFF: usize = 96;
+    // Under Miri (which checks the group path's borrows) one short group: interpreted
+    // AES is slow.
+    let (n, bad, cut) = if cfg!(miri) {
+        (15, 8, 13)
+    } else {
+        (75, 20, 29)
+    };
+    let mut bufs = vec![vec![0u8; 640]; n];
+    let mut pkts: Vec<(usize, usize)> = bufs
+        .iter_mut()
+        .enumerate()
+        .map(|(i, b)| {
+            let k = i as u8;
+            let (dst, dport) = match i % 7 {
+                0 | 1 => ([10, 1, 0, k], 5001),
+                2 => ([10, 2, 0, k], 5001),
+                3 => ([10, 4, 0, k], 5001),
+                4 => ([10, 9, 0, k], 500),
+                5 => ([10, 3, 0, k], 5001),
+                _ => ([10, 8, 0, k], 5001),
+            };
+            (OFF, udp_to(b, OFF, dst, dport))
+        })
+        .collect();
+    // A descriptor beyond its buffer; a packet cut inside its IP header; one beyond
+    // its SA's path MTU (400), which may be fragmented but has no spare buffers.
+    pkts[bad].1 = 640;
+    pkts[cut].1 = 12;
+    let big = 7;
+    pkts[big].1 = udp_sized(&mut bufs[big], OFF, [10, 1, 0, 7], 5001, 500);
+    let (burst, single) = (
+        gateway_outbound_run(bufs.clone(), &pkts, true),
+        gateway_outbound_run(bufs.clone(), &pkts, false),
+    );
+    // Each gateway starts its outer IPv4 Identification at random and draws CBC IVs at
+    // random: compare the ESP packets without the outer Identification and checksum,
+    // and the CBC SA's without their bytes.
+    let bytes = |o: &BurstOutcome| -> Vec<Vec<u8>> {
+        o.2.iter()
+            .zip(&o.1)
+            .enumerate()
+            .map(|(i, (b, &(status, verdict, off, _)))| {
+                let mut b = b.clone();
+                if status == ipsec_status::IPSEC_OK as u32
+                    && verdict == ipsec_verdict::IPSEC_VERDICT_PROTECTED as u32
+                {
+                    if i % 7 == 2 {
+                        return Vec::new();
+                    }
+                    b[off + 4..off + 6].fill(0);
+                    b[off + 10..off + 12].fill(0);
+                }
+                b
+            })
+            .collect()
+    };
+    assert_eq!(burst.0, single.0);
+    assert_eq!(burst.1, single.1);
+    let (b, s1) = (bytes(&burst), bytes(&single));
+    for (i, (x, y)) in b.iter().zip(&s1).enumerate() {
+        let d: Vec<usize> = (0..x.len().min(y.len()))
+            .filter(|&k| x[k] != y[k])
+            .collect();
+        assert!(
+            d.is_empty() && x.len() == y.len(),
+            "packet {i}: bytes {d:?} differ"
+        );
+    }
+    assert_eq!(
+        (burst.3, &burst.4, &burst.5),
+        (single.3, &single.4, &single.5)
+    );
+
+    // What the packets got, so that the comparison above covers every kind.
+    let (ok, protected, bypassed) = (
+        ipsec_status::IPSEC_OK as u32,
+        ipsec_verdict::IPSEC_VERDICT_PROTECTED as u32,
+        ipsec_verdict::IPSEC_VERDICT_BYPASSED as u32,
+    );
+    let seen = &burst.1;
+    assert_eq!((seen[0].0, seen[0].1), (ok, protected));
+    assert_eq!(burst.2[0][seen[0].2 + 9], 50, "ESP");
+    assert_eq!((seen[2].0, seen[2].1), (ok, protected));
+    assert_eq!((seen[4].0, seen[4].1), (ok, bypassed));
+    assert_eq!(burst.2[4], bufs[4], "bypassed unchanged");
+    let discard = ipsec_status::IPSEC_ERR_POLICY_DISCARD as u32;
+    assert_eq!((seen[5].0, seen[5].1), (discard, 0));
+    assert_eq!((seen[6].0, seen[6].1), (discard, 0));
+    assert_eq!(burst.2[6], bufs[6], "a dropped packet stays as it was");
+    assert_eq!(seen[bad].0, ipsec_status::IPSEC_ERR_INVALID_ARGUMENT as u32);
+    assert_eq!(seen[cut].0, ipsec_status::IPSEC_ERR_MALFORMED as u32);
+    assert_eq!(seen[big].0, ipsec_status::IPSEC_ERR_NO_BUFFER_SPACE as u32);
+    // The short-lived SA encrypted its first 10 packets, then refused the rest.
+    let short: Vec<u32> = (3..n).step_by(7).map(|i| seen[i].0).collect();
+    let expired = ipsec_status::IPSEC_ERR_LIFETIME_EXPIRED as u32;
+    let lived = short.len().min(10);
+    assert!(short[..lived].iter().all(|&s| s == ok), "{short:?}");
+    assert!(short[lived..].iter().all(|&s| s == expired), "{short:?}");
+    assert_eq!(short.len() > 10, !cfg!(miri), "{short:?}");
+    let failed = seen.iter().filter(|s| s.0 != ok).count();
+    assert_eq!(burst.0, n - failed);
+    assert!(burst.3.policy_discard > 0, "{:?}", burst.3);
+
+    // Four packets side by side in one buffer: one at a time, the same results.
+    let mut shared = vec![0u8; 4 * 256];
+    let mut descs: Vec<ipsec_packet> = (0..4)
+        .map(|i| {
+            let len = udp_to(&mut shared, i * 256 + OFF, [10, 1, 0, i as u8], 5001);
+            ipsec_packet {
+                // SAFETY: within `shared`.
+                buf: unsafe { shared.as_mut_ptr().add(i * 256) },
+                capacity: 256,
+                offset: OFF,
+                length: len,
+                status: 999,
+                fragments: 0,
+            }
+        })
+        .collect();
+    let gw = burst_gateway();
+    let mut verdicts = [0u32; 4];
+    // SAFETY: the descriptors lie inside `shared`; freed once.
+    unsafe {
+        let got =
+            ipsec_gateway_outbound_burst(gw, descs.as_mut_ptr(), 4, T0, verdicts.as_mut_ptr());
+        assert_eq!(got, 4);
+        ipsec_gateway_free(gw);
+    }
+    assert_eq!(verdicts, [protected; 4]);
+    assert!(descs.iter().all(|d| d.status == ok && d.offset < OFF));
+}
+
+/// Bad arguments of `ipsec_gateway_outbound_burst`: every status says so, nothing is
+/// processed, and nothing crashes.
+#[test]
+fn c_gateway_burst_refuses_bad_arguments() {
+    let gw = burst_gateway();
+    let mut buf = vec![0u8; 256];
+    let len = udp_to(&mut buf, 96, [10, 1, 0, 1], 5001);
+    let mut desc = [ipsec_packet {
+        buf: buf.as_mut_ptr(),
+        capacity: 256,
+        offset: 96,
+        length: len,
+        status: 999,
+        fragments: 0,
+    }];
+    let mut verdict = [999u32];
+    let invalid = ipsec_status::IPSEC_ERR_INVALID_ARGUMENT as u32;
+    // SAFETY: the descriptor and verdict are valid; NULLs are what is tested.
+    unsafe {
+        assert_eq!(
+            ipsec_gateway_outbound_burst(
+                null_mut(),
+                desc.as_mut_ptr(),
+                1,
+                T0,
+                verdict.as_mut_ptr()
+            ),
+            0
+        );
+        assert_eq!(desc[0].status, invalid);
+        desc[0].status = 999;
+        assert_eq!(
+            ipsec_gateway_outbound_burst(gw, desc.as_mut_ptr(), 1, T0, null_mut()),
+            0
+        );
+        assert_eq!(desc[0].status, invalid);
+        assert!(last_error().contains("verdicts"), "{}", last_error());
+        assert_eq!(
+            ipsec_gateway_outbound_burst(gw, null_mut(), 1, T0, verdict.as_mut_ptr()),
+            0
+        );
+        assert!(last_error().contains("packets"), "{}", last_error());
+        // Nothing to do is no error.
+        assert_eq!(
+            ipsec_gateway_outbound_burst(gw, null_mut(), 0, T0, null_mut()),
+            0
+        );
+        assert_eq!(verdict, [999]);
+        assert_eq!((desc[0].offset, desc[0].length), (96, len));
+        ipsec_gateway_free(gw);
+    }
+}
+
+/// A gateway burst that panics part-way (a test hook) reports the packets before the
+/// panic, marks the rest, and poisons the gateway.
+#[test]
+fn a_gateway_burst_that_panics_part_way_reports_what_it_did() {
+    let gw = burst_gateway();
+    let mut bufs = vec![vec![0u8; 256]; 5];
+    let mut descs: Vec<ipsec_packet> = bufs
+        .iter_mut()
+        .map(|b| {
+            let length = udp_to(b, 96, [10, 1, 0, 1], 5001);
+            ipsec_packet {
+                buf: b.as_mut_ptr(),
+                capacity: 256,
+                offset: 96,
+                length,
+                status: 999,
+                fragments: 0,
+            }
+        })
+        .collect();
+    let mut verdicts = [999u32; 5];
+    // SAFETY: every descriptor is valid for its buffer; the gateway is freed once.
+    unsafe {
+        test_hooks::ipsec_test_panic_after(3);
+        let ok = ipsec_gateway_outbound_burst(gw, descs.as_mut_ptr(), 5, T0, verdicts.as_mut_ptr());
+        assert_eq!(ok, 2, "the two packets before the panic");
+        let statuses: Vec<u32> = descs.iter().map(|d| d.status).collect();
+        let (ok_, panic) = (
+            ipsec_status::IPSEC_OK as u32,
+            ipsec_status::IPSEC_ERR_PANIC as u32,
+        );
+        assert_eq!(
+            statuses,
+            [ok_, ok_, panic, POISONED as u32, POISONED as u32]
+        );
+        let protected = ipsec_verdict::IPSEC_VERDICT_PROTECTED as u32;
+        assert_eq!(verdicts, [protected, protected, 0, 0, 0]);
+        assert_eq!(
+            descs
+                .iter()
+                .map(|d| (d.offset, d.length))
+                .collect::<Vec<_>>()[3..],
+            [(96, 60), (96, 60)]
+        );
+        assert!(
+            last_error().contains("deliberate panic"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(ipsec_gateway_sa_count(gw), 0, "poisoned");
+        ipsec_gateway_free(gw);
+    }
+}
