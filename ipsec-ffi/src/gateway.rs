@@ -367,7 +367,14 @@ unsafe fn process(
                 Some(out_ptr(spares.used, "spares_used")?)
             };
             let t = now(now_ns);
-            let needed = h.gateway.spares_needed(pkt.data(), t);
+            // Without spare descriptors (`ipsec_gateway_outbound`) the pool is empty
+            // however many the packet needs; sizing it would classify the packet a
+            // second time.
+            let needed = if spares.count == 0 {
+                0
+            } else {
+                h.gateway.spares_needed(pkt.data(), t)
+            };
             let gateway = &mut h.gateway;
             // SAFETY: the spare descriptors are valid (caller's contract).
             let ((verdict, _), k) = unsafe {
