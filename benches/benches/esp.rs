@@ -31,7 +31,8 @@
 //! the gateway's SPD cache on (`Gateway::set_spd_cache(1024)`), and
 //! `gateway_outbound_burst_api32/N`, the whole burst in one `Gateway::outbound_burst`
 //! call (SPD cache off; the burst's 32 packets are one flow, so the classifier runs
-//! once per burst: see that method's docs). This group is timed on the thread's CPU
+//! once per burst: see that method's docs), and `gateway_inbound_burst_api32/N`, the
+//! received burst in one `Gateway::inbound_burst` call (one run for one SA). This group is timed on the thread's CPU
 //! clock (`CLOCK_THREAD_CPUTIME_ID`, criterion's `iter_custom`), not wall time: on a
 //! shared machine the time other processes hold the core would otherwise swamp the
 //! ratios it is read for.
@@ -432,6 +433,18 @@ fn gateway_path(c: &mut Criterion) {
                         let verdict = gw.inbound(pkt, now);
                         assert!(matches!(verdict, Ok(Inbound::Decrypted { .. })));
                     }
+                    black_box(&pkts);
+                }
+                cpu_now() - t0
+            })
+        });
+        g.bench_function(format!("gateway_inbound_burst_api{BURST}/{size}"), |b| {
+            b.iter_custom(|iters| {
+                let t0 = cpu_now();
+                for _ in 0..iters {
+                    let mut pkts = refilled_burst(&mut storage, plen, 0, &protected);
+                    let ok = gw.inbound_burst(&mut pkts, &mut verdicts, now);
+                    assert_eq!(ok, BURST);
                     black_box(&pkts);
                 }
                 cpu_now() - t0

@@ -1,0 +1,342 @@
+//! `Gateway::inbound_burst` gives what `Gateway::inbound` gives one packet at a time:
+//! the same verdicts, bytes and counters (the gateway's, every SA's, the SPD cache's)
+//! over mixes of runs of ESP for three SAs (AES-128-GCM, AES-128-CBC + HMAC, one that
+//! reaches its hard packet lifetime), replays, tampered and truncated ESP, inner packets
+//! outside their SA's policy, unknown SPIs, outer fragments of ESP that are reassembled
+//! part-way through a run, and cleartext that is bypassed or discarded; in bursts of
+//! several sizes, with the SPD cache on and off.
+
+use core::time::Duration;
+use std::net::IpAddr;
+
+use ipsec_core::gateway::{BurstVerdict, Inbound};
+use ipsec_core::{
+    Cipher, Direction, Error, Gateway, Integrity, Lifetime, Mode, PacketBuf, SaConfig, SaStats,
+    SecurityAssociation, Spd,
+};
+
+const HEAD: usize = 128;
+const SLOT: usize = 2048;
+
+fn at(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+
+fn addr(s: &str) -> IpAddr {
+    s.parse().expect("an address")
+}
+
+/// One of the receiving gateway's SAs (and its peer's).
+struct Suite {
+    name: &'static str,
+    spi: u32,
+    cipher: Cipher,
+    key: Vec<u8>,
+    integrity: Option<(Integrity, Vec<u8>)>,
+}
+
+/// The three SAs: AES-128-GCM, AES-128-CBC + HMAC-SHA-256-128, and a short-lived
+/// AES-256-GCM one.
+fn suites() -> [Suite; 3] {
+    let suite = |name, spi, cipher, key, integrity| Suite {
+        name,
+        spi,
+        cipher,
+        key,
+        integrity,
+    };
+    [
+        suite("gcm", 0x2000, Cipher::Aes128Gcm, vec![1; 20], None),
+        suite(
+            "cbc",
+            0x2001,
+            Cipher::Aes128Cbc,
+            vec![3; 16],
+            Some((Integrity::HmacSha256_128, vec![4; 32])),
+        ),
+        suite("short", 0x2002, Cipher::Aes256Gcm, vec![2; 36], None),
+    ]
+}
+
+fn config(k: usize, direction: Direction) -> SaConfig {
+    let Suite {
+        spi,
+        cipher,
+        key,
+        integrity,
+        ..
+    } = &suites()[k];
+    let mut c = SaConfig::new(*spi, direction, Mode::Tunnel, *cipher, key);
+    if let Some((i, ikey)) = integrity {
+        c.integrity(*i, ikey);
+    }
+    if direction == Direction::Outbound {
+        c.tunnel(addr("198.51.100.2"), addr("192.0.2.1"));
+    } else {
+        c.replay_window(64);
+        if k == 2 {
+            c.hard_lifetime(Lifetime::NONE.with_packets(10));
+        }
+    }
+    c
+}
+
+/// The receiving gateway: one inbound SA per suite, each serving the policy of one
+/// remote network (10.1/16, 10.2/16, 10.4/16), IKE bypassed, 10.3/16 blocked, the rest
+/// discarded.
+fn gateway(cache: usize) -> Gateway {
+    let spd = Spd::from_toml("[[policy]]\nname = \"deny\"\naction = \"discard\"\n").expect("spd");
+    let mut gw = Gateway::new(spd, at(0)).expect("gateway");
+    for (k, suite) in suites().iter().enumerate() {
+        gw.add_sa(suite.name, config(k, Direction::Inbound), at(0))
+            .expect("sa");
+    }
+    for p in [
+        "name = \"ike\"\nprotocol = \"udp\"\nremote_port = 500\naction = \"bypass\"\n",
+        "name = \"blocked\"\nremote = \"10.3.0.0/16\"\naction = \"discard\"\n",
+        "name = \"from-gcm\"\ndirection = \"inbound\"\nremote = \"10.1.0.0/16\"\naction = \"protect\"\nsa = \"gcm\"\n",
+        "name = \"from-cbc\"\ndirection = \"inbound\"\nremote = \"10.2.0.0/16\"\naction = \"protect\"\nsa = \"cbc\"\n",
+        "name = \"from-short\"\ndirection = \"inbound\"\nremote = \"10.4.0.0/16\"\naction = \"protect\"\nsa = \"short\"\n",
+    ] {
+        gw.install_policy(p, Some("deny")).expect("policy");
+    }
+    gw.set_spd_cache(cache);
+    gw
+}
+
+/// A deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// An IPv4/UDP packet of `len` bytes from `src` to 10.0.0.5:`dport`.
+fn ipv4(src: [u8; 4], len: usize, dport: u16, tag: u8) -> Vec<u8> {
+    let mut p = vec![tag; len];
+    p[..20].copy_from_slice(&[
+        0x45, 0, 0, 0, 0x12, tag, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 10, 0, 0, 5,
+    ]);
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[12..16].copy_from_slice(&src);
+    p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&dport.to_be_bytes());
+    p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
+    p[26..28].fill(0);
+    ipsec_core::packet::set_ipv4_checksum(&mut p[..20]);
+    p
+}
+
+/// `inner` encrypted by the sender's SA `k`.
+fn esp(sender: &mut [SecurityAssociation], k: usize, inner: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; SLOT];
+    buf[HEAD..HEAD + inner.len()].copy_from_slice(inner);
+    let mut p = PacketBuf::new(&mut buf, HEAD, inner.len()).expect("in bounds");
+    sender[k].encrypt(&mut p, at(0)).expect("encrypts");
+    p.data().to_vec()
+}
+
+/// The IPv4 packet `whole` as two fragments (the first carrying `first` bytes of its
+/// payload, a multiple of 8).
+fn fragments(whole: &[u8], first: usize) -> [Vec<u8>; 2] {
+    let payload = &whole[20..];
+    let part = |body: &[u8], offset: usize, more: bool| {
+        let mut f = whole[..20].to_vec();
+        f.extend_from_slice(body);
+        let len = f.len() as u16;
+        f[2..4].copy_from_slice(&len.to_be_bytes());
+        let flags = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+        f[6..8].copy_from_slice(&flags.to_be_bytes());
+        ipsec_core::packet::set_ipv4_checksum(&mut f[..20]);
+        f
+    };
+    [
+        part(&payload[..first], 0, true),
+        part(&payload[first..], first, false),
+    ]
+}
+
+/// A mix of `count` packets: mostly runs of ESP for one SA, with the damage and the
+/// other kinds of traffic a gateway's inbound side sees between them.
+fn mix(seed: u64, count: usize) -> Vec<Vec<u8>> {
+    let mut rng = Rng(seed);
+    let mut sender: Vec<SecurityAssociation> = (0..3)
+        .map(|k| SecurityAssociation::new(config(k, Direction::Outbound), at(0)).expect("sa"))
+        .collect();
+    let nets = [[10, 1, 0, 9], [10, 2, 0, 9], [10, 4, 0, 9]];
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    while out.len() < count {
+        let tag = out.len() as u8;
+        match rng.next(12) {
+            0..=5 => {
+                // A run for one SA.
+                let k = rng.next(3);
+                for _ in 0..1 + rng.next(12) {
+                    let inner = ipv4(nets[k], 40 + rng.next(300), 5000, tag);
+                    out.push(esp(&mut sender, k, &inner));
+                }
+            }
+            6 => {
+                // Replayed inside a run, and an ICV flipped.
+                let k = rng.next(2);
+                let p = esp(&mut sender, k, &ipv4(nets[k], 64, 5000, tag));
+                let mut bad = esp(&mut sender, k, &ipv4(nets[k], 64, 5000, tag));
+                *bad.last_mut().expect("bytes") ^= 1;
+                out.extend([p.clone(), bad, p]);
+            }
+            7 => {
+                // Inner packet outside the SA's policy (from 10.2 through the GCM SA),
+                // and an ESP packet cut short.
+                let k = rng.next(2);
+                out.push(esp(&mut sender, 0, &ipv4(nets[1], 64, 5000, tag)));
+                let mut cut = esp(&mut sender, k, &ipv4(nets[k], 64, 5000, tag));
+                cut.truncate(40);
+                out.push(cut);
+            }
+            8 => {
+                // An unknown SPI.
+                let mut p = esp(&mut sender, 0, &ipv4(nets[0], 64, 5000, tag));
+                p[20..24].copy_from_slice(&0x9999u32.to_be_bytes());
+                out.push(p);
+            }
+            9 => {
+                // An ESP packet in two outer fragments, inside a run of its SA.
+                let k = rng.next(2);
+                let before = esp(&mut sender, k, &ipv4(nets[k], 64, 5000, tag));
+                let whole = esp(&mut sender, k, &ipv4(nets[k], 300, 5000, tag));
+                let after = esp(&mut sender, k, &ipv4(nets[k], 64, 5000, tag));
+                let [a, b] = fragments(&whole, 128);
+                out.extend([before, a, b, after]);
+            }
+            10 => {
+                // IKE from the peer (source port 500): bypassed.
+                let mut p = ipv4([10, 9, 9, 9], 64, 500, tag);
+                p[20..22].copy_from_slice(&500u16.to_be_bytes());
+                out.push(p);
+            }
+            _ => out.push(ipv4([10, 3, 1, 1], 64, 5000, tag)),
+        }
+    }
+    out.truncate(count);
+    out
+}
+
+/// What one packet came to: the verdict (or error) and the bytes in its window.
+type Outcome = (Result<BurstVerdict, Error>, Vec<u8>);
+
+/// The gateway's counters, every SA's, and the SPD cache's room and lookups.
+fn counters(gw: &Gateway) -> (SaStats, Vec<(String, SaStats)>, (usize, u64)) {
+    let mut sas: Vec<(String, SaStats)> =
+        gw.sas().map(|(n, sa)| (n.to_owned(), sa.stats())).collect();
+    sas.sort_by(|a, b| a.0.cmp(&b.0));
+    let (room, hits, misses) = gw.spd_cache_stats();
+    (*gw.stats(), sas, (room, hits + misses))
+}
+
+fn one_at_a_time(gw: &mut Gateway, packets: &[Vec<u8>]) -> Vec<Outcome> {
+    packets
+        .iter()
+        .map(|pkt| {
+            let mut buf = vec![0u8; SLOT];
+            buf[HEAD..HEAD + pkt.len()].copy_from_slice(pkt);
+            let mut p = PacketBuf::new(&mut buf, HEAD, pkt.len()).expect("in bounds");
+            let verdict = match gw.inbound(&mut p, at(1)) {
+                Ok(Inbound::Decrypted { .. }) => Ok(BurstVerdict::Decrypted),
+                Ok(Inbound::Bypassed { .. }) => Ok(BurstVerdict::Bypassed),
+                Ok(Inbound::Reassembling) => Ok(BurstVerdict::Reassembling),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => Err(e),
+            };
+            (verdict, p.data().to_vec())
+        })
+        .collect()
+}
+
+fn in_bursts(gw: &mut Gateway, packets: &[Vec<u8>], burst: usize) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    for chunk in packets.chunks(burst) {
+        let mut store = vec![0u8; SLOT * chunk.len()];
+        let mut bufs: Vec<PacketBuf<'_>> = store
+            .chunks_mut(SLOT)
+            .zip(chunk)
+            .map(|(s, pkt)| {
+                s[HEAD..HEAD + pkt.len()].copy_from_slice(pkt);
+                PacketBuf::new(s, HEAD, pkt.len()).expect("in bounds")
+            })
+            .collect();
+        let mut results = vec![Err(Error::WrongDirection); chunk.len()];
+        let ok = gw.inbound_burst(&mut bufs, &mut results, at(1));
+        assert_eq!(ok, results.iter().filter(|r| r.is_ok()).count());
+        out.extend(
+            results
+                .into_iter()
+                .zip(bufs.iter().map(|b| b.data().to_vec())),
+        );
+    }
+    out
+}
+
+#[test]
+fn an_inbound_burst_gives_what_single_calls_give() {
+    for cache in [0, 64] {
+        let mut seen: Vec<Outcome> = Vec::new();
+        for (seed, burst) in [(1, 32), (2, 1), (3, 7), (4, 45), (5, 100), (6, 33)] {
+            let packets = mix(seed, 300);
+            let mut single = gateway(cache);
+            let mut bursty = gateway(cache);
+            let want = one_at_a_time(&mut single, &packets);
+            let got = in_bursts(&mut bursty, &packets, burst);
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert_eq!(
+                    w, g,
+                    "cache {cache}, seed {seed}, burst {burst}: packet {i}"
+                );
+            }
+            assert_eq!(
+                counters(&single),
+                counters(&bursty),
+                "cache {cache}, seed {seed}"
+            );
+            seen.extend(want);
+        }
+        // The mixes reach every kind of outcome.
+        let kinds = |r: fn(&Outcome) -> bool| seen.iter().filter(|o| r(o)).count();
+        assert!(kinds(|o| o.0 == Ok(BurstVerdict::Decrypted)) > 100);
+        assert!(kinds(|o| o.0 == Ok(BurstVerdict::Bypassed)) > 0);
+        assert!(kinds(|o| o.0 == Ok(BurstVerdict::Reassembling)) > 0);
+        assert!(kinds(|o| o.0 == Err(Error::PolicyDiscard)) > 0);
+        assert!(kinds(|o| o.0 == Err(Error::PolicyMismatch)) > 0);
+        assert!(kinds(|o| o.0 == Err(Error::AuthenticationFailed)) > 0);
+        assert!(kinds(|o| matches!(o.0, Err(Error::Replayed { .. }))) > 0);
+        assert!(kinds(|o| matches!(o.0, Err(Error::UnknownSpi { .. }))) > 0);
+        assert!(kinds(|o| matches!(o.0, Err(Error::Malformed(_)))) > 0);
+        assert!(kinds(|o| matches!(o.0, Err(Error::LifetimeExpired(_)))) > 0);
+    }
+}
+
+#[test]
+fn inbound_results_beyond_the_packets_are_left_alone() {
+    let packets = mix(9, 10);
+    let mut gw = gateway(0);
+    let mut store = vec![0u8; SLOT * packets.len()];
+    let mut bufs: Vec<PacketBuf<'_>> = store
+        .chunks_mut(SLOT)
+        .zip(&packets)
+        .map(|(s, pkt)| {
+            s[HEAD..HEAD + pkt.len()].copy_from_slice(pkt);
+            PacketBuf::new(s, HEAD, pkt.len()).expect("in bounds")
+        })
+        .collect();
+    // Fewer results than packets: only as many packets are processed.
+    let mut results = vec![Err(Error::WrongDirection); 4];
+    gw.inbound_burst(&mut bufs, &mut results, at(1));
+    assert!(results.iter().all(|r| *r != Err(Error::WrongDirection)));
+    for (b, pkt) in bufs.iter().zip(&packets).skip(4) {
+        assert_eq!(b.data(), &pkt[..], "untouched");
+    }
+}
