@@ -1694,6 +1694,33 @@ size_t ipsec_gateway_outbound_burst(struct ipsec_gateway *gateway,
                                     uint32_t *verdicts);
 
 /**
+ * The burst form of `ipsec_gateway_inbound`: processes `count` received packets, each
+ * as that call would, in order, with the conventions of `ipsec_gateway_outbound_burst`
+ * (statuses, `offset` and `length`, the value returned, NULL arguments, the last
+ * error, shared buffers, a panic part-way). `verdicts[i]` receives
+ * `IPSEC_VERDICT_DECRYPTED`, `IPSEC_VERDICT_BYPASSED` or `IPSEC_VERDICT_REASSEMBLING`
+ * (a held outer fragment: nothing to pass on, `offset` and `length` unchanged) for a
+ * packet that succeeded and 0 for one that did not.
+ *
+ * Faster than one call per packet where consecutive packets are plain IPv4 ESP for
+ * one SA (`Gateway::inbound_burst` in Rust): such a run goes to the SA's burst code
+ * (AES-CBC with HMAC: the ICVs of the run computed together), each packet still checked
+ * against the SA's policies; the rest (fragments, ESP in UDP, IPv6, cleartext) is
+ * processed one packet at a time. Verdicts, bytes and every counter are those of
+ * `ipsec_gateway_inbound` on each packet in turn, reassembly included (give each
+ * descriptor room for a whole datagram where fragments may come).
+ *
+ * # Safety
+ *
+ * As `ipsec_gateway_outbound_burst`.
+ */
+size_t ipsec_gateway_inbound_burst(struct ipsec_gateway *gateway,
+                                   struct ipsec_packet *packets,
+                                   size_t count,
+                                   uint64_t now_ns,
+                                   uint32_t *verdicts);
+
+/**
  * `ipsec_gateway_outbound` for packets that may have to be fragmented to fit their
  * SA's path MTU: the extra packets go into the first `*spares_used` of the
  * `spare_count` spare descriptors (as `ipsec_sa_encrypt_fragmenting`). A packet that

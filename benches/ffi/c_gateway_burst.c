@@ -1,11 +1,15 @@
 /*
- * The C gateway's outbound path: times ipsec_gateway_outbound (one call per packet)
+ * The C gateway's packet path: times ipsec_gateway_outbound (one call per packet)
  * against ipsec_gateway_outbound_burst (one call per 32 packets) on the same gateway
  * (a PROTECT policy for 10.1.0.0/16 through one tunnel-mode SA, IKE bypassed, the rest
- * discarded), tunnel-mode IPv4/UDP packets to 32 hosts of 10.1.0.0/16; every iteration
- * first restores the packets with memcpy (included). Thread CPU time, ns per packet.
- * Before timing it checks that both calls give every packet the same status, verdict,
- * length and ESP header.
+ * discarded), tunnel-mode IPv4/UDP packets to 32 hosts of 10.1.0.0/16, and likewise
+ * ipsec_gateway_inbound against ipsec_gateway_inbound_burst on a receiving gateway
+ * (the peer's inbound SA, replay window off so that the same 32 packets can be
+ * received again and again); every iteration first restores the packets with memcpy
+ * (included: the outbound side its cleartext, the inbound side the ESP packets whole).
+ * Thread CPU time, ns per packet. Before timing it checks that the burst and the single
+ * calls give every packet the same status, verdict, length and ESP header (outbound),
+ * and the same status, verdict and inner packet (inbound).
  *
  *   cargo build --release -p ipsec-ffi
  *   cc -O2 -Wall -Wextra -Iinclude benches/ffi/c_gateway_burst.c -Ltarget/release \
@@ -79,6 +83,26 @@ static const char POLICY_CBC[] =
     "integrity_key = \"0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a\"\n"
     "tunnel_src = \"192.0.2.1\"\ntunnel_dst = \"198.51.100.2\"\n";
 
+/* The receiving gateway of each policy above: the same SA inbound, serving the same
+ * networks seen from the other side. */
+static const char RECEIVER_GCM[] =
+    "[[policy]]\nname = \"branch\"\ndirection = \"inbound\"\nlocal = \"10.1.0.0/16\"\n"
+    "action = \"protect\"\nsa = \"in\"\n"
+    "[[policy]]\nname = \"rest\"\naction = \"discard\"\n"
+    "[[sa]]\nname = \"in\"\nspi = 4097\ndirection = \"inbound\"\nmode = \"tunnel\"\n"
+    "cipher = \"aes-128-gcm\"\nkey = \"0707070707070707070707070707070707070707\"\n"
+    "replay_window = 0\n";
+
+static const char RECEIVER_CBC[] =
+    "[[policy]]\nname = \"branch\"\ndirection = \"inbound\"\nlocal = \"10.1.0.0/16\"\n"
+    "action = \"protect\"\nsa = \"in\"\n"
+    "[[policy]]\nname = \"rest\"\naction = \"discard\"\n"
+    "[[sa]]\nname = \"in\"\nspi = 4097\ndirection = \"inbound\"\nmode = \"tunnel\"\n"
+    "cipher = \"aes-128-cbc\"\nkey = \"09090909090909090909090909090909\"\n"
+    "integrity = \"hmac-sha256-128\"\n"
+    "integrity_key = \"0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a\"\n"
+    "replay_window = 0\n";
+
 /* Restores the 32 cleartext packets and their descriptors. */
 static void refill(uint8_t *bufs, struct ipsec_packet *p, uint8_t (*plain)[STRIDE],
                    size_t len) {
@@ -88,13 +112,18 @@ static void refill(uint8_t *bufs, struct ipsec_packet *p, uint8_t (*plain)[STRID
     }
 }
 
-/* One packet at a time; fills the statuses and verdicts like the burst does. */
-static size_t one_by_one(struct ipsec_gateway *gw, struct ipsec_packet *p, uint32_t *verdicts) {
+/* One packet at a time, outbound or inbound; fills the statuses and verdicts like the
+ * burst does. */
+static size_t one_by_one(struct ipsec_gateway *gw, struct ipsec_packet *p, uint32_t *verdicts,
+                         int inbound) {
     size_t ok = 0;
     for (int i = 0; i < BURST; i++) {
         struct ipsec_gateway_result r;
-        ipsec_status st = ipsec_gateway_outbound(gw, p[i].buf, p[i].capacity, &p[i].offset,
-                                                 &p[i].length, 0, &r);
+        ipsec_status st =
+            inbound ? ipsec_gateway_inbound(gw, p[i].buf, p[i].capacity, &p[i].offset,
+                                            &p[i].length, 0, &r)
+                    : ipsec_gateway_outbound(gw, p[i].buf, p[i].capacity, &p[i].offset,
+                                             &p[i].length, 0, &r);
         p[i].status = (uint32_t)st;
         verdicts[i] = st == IPSEC_OK ? r.verdict : 0;
         ok += st == IPSEC_OK;
@@ -131,7 +160,7 @@ int main(int argc, char **argv) {
     /* The same answers both ways (gateway 0 per packet, gateway 1 in a burst; each
      * starts at sequence number 1, so the ESP headers match too). */
     refill(bufs, p, plain, len);
-    size_t ok1 = one_by_one(gw[0], p, v);
+    size_t ok1 = one_by_one(gw[0], p, v, 0);
     uint8_t esp[BURST][8];
     for (int i = 0; i < BURST; i++)
         memcpy(esp[i], p[i].buf + p[i].offset + 20, 8);
@@ -153,7 +182,7 @@ int main(int argc, char **argv) {
     double t0 = thread_ns();
     for (long it = 0; it < iters; it++) {
         refill(bufs, p, plain, len);
-        if (one_by_one(gw[0], p, v) != BURST)
+        if (one_by_one(gw[0], p, v, 0) != BURST)
             return 1;
     }
     double t1 = thread_ns();
@@ -163,12 +192,77 @@ int main(int argc, char **argv) {
             return 1;
     }
     double t2 = thread_ns();
-    printf("%s %zu B, gateway outbound: one call per packet %.1f ns/packet, "
-           "bursts of %d %.1f ns/packet\n",
-           cbc ? "aes-128-cbc+hmac-sha256-128" : "aes-128-gcm", len,
-           (t1 - t0) / (double)iters / BURST, BURST, (t2 - t1) / (double)iters / BURST);
-    ipsec_gateway_free(gw[0]);
-    ipsec_gateway_free(gw[1]);
+
+    /* Inbound: what the burst just sealed, received by two gateways. */
+    static uint8_t sealed[BURST][STRIDE];
+    size_t sealed_off[BURST], sealed_len[BURST];
+    for (int i = 0; i < BURST; i++) {
+        sealed_off[i] = q[i].offset;
+        sealed_len[i] = q[i].length;
+        memcpy(sealed[i], q[i].buf + q[i].offset, q[i].length);
+    }
+    const char *receiver = cbc ? RECEIVER_CBC : RECEIVER_GCM;
+    struct ipsec_gateway *rx[2];
+    for (int g = 0; g < 2; g++) {
+        if (ipsec_gateway_new(receiver, strlen(receiver), 0, &rx[g]) != IPSEC_OK) {
+            fprintf(stderr, "ipsec_gateway_new (receiver): %s\n", last_error());
+            return 1;
+        }
+    }
+    for (int i = 0; i < BURST; i++) {
+        memcpy(bufs + i * STRIDE + sealed_off[i], sealed[i], sealed_len[i]);
+        p[i] = (struct ipsec_packet){bufs + i * STRIDE, STRIDE, sealed_off[i], sealed_len[i], 0, 0};
+    }
+    ok1 = one_by_one(rx[0], p, v, 1);
+    static uint8_t inner[BURST][STRIDE];
+    for (int i = 0; i < BURST; i++)
+        memcpy(inner[i], p[i].buf + p[i].offset, len); /* (checked below: len bytes) */
+    for (int i = 0; i < BURST; i++) {
+        memcpy(bufs + i * STRIDE + sealed_off[i], sealed[i], sealed_len[i]);
+        q[i] = (struct ipsec_packet){bufs + i * STRIDE, STRIDE, sealed_off[i], sealed_len[i], 0, 0};
+    }
+    ok2 = ipsec_gateway_inbound_burst(rx[1], q, BURST, 0, w);
+    if (ok1 != BURST || ok2 != BURST) {
+        fprintf(stderr, "%zu / %zu packets received: %s\n", ok1, ok2, last_error());
+        return 1;
+    }
+    for (int i = 0; i < BURST; i++) {
+        if (p[i].status != q[i].status || v[i] != w[i] || v[i] != IPSEC_VERDICT_DECRYPTED ||
+            p[i].length != len || q[i].length != len ||
+            memcmp(inner[i], q[i].buf + q[i].offset, len) != 0 ||
+            memcmp(inner[i], plain[i], len) != 0) {
+            fprintf(stderr, "packet %d: the inbound burst and the single calls disagree\n", i);
+            return 1;
+        }
+    }
+    double t3 = thread_ns();
+    for (long it = 0; it < iters; it++) {
+        for (int i = 0; i < BURST; i++) {
+            memcpy(bufs + i * STRIDE + sealed_off[i], sealed[i], sealed_len[i]);
+            p[i] = (struct ipsec_packet){bufs + i * STRIDE, STRIDE, sealed_off[i], sealed_len[i], 0, 0};
+        }
+        if (one_by_one(rx[0], p, v, 1) != BURST)
+            return 1;
+    }
+    double t4 = thread_ns();
+    for (long it = 0; it < iters; it++) {
+        for (int i = 0; i < BURST; i++) {
+            memcpy(bufs + i * STRIDE + sealed_off[i], sealed[i], sealed_len[i]);
+            q[i] = (struct ipsec_packet){bufs + i * STRIDE, STRIDE, sealed_off[i], sealed_len[i], 0, 0};
+        }
+        if (ipsec_gateway_inbound_burst(rx[1], q, BURST, 0, w) != BURST)
+            return 1;
+    }
+    double t5 = thread_ns();
+    printf("%s %zu B, gateway one call per packet / bursts of %d: outbound %.1f / %.1f, "
+           "inbound %.1f / %.1f ns/packet\n",
+           cbc ? "aes-128-cbc+hmac-sha256-128" : "aes-128-gcm", len, BURST,
+           (t1 - t0) / (double)iters / BURST, (t2 - t1) / (double)iters / BURST,
+           (t4 - t3) / (double)iters / BURST, (t5 - t4) / (double)iters / BURST);
+    for (int g = 0; g < 2; g++) {
+        ipsec_gateway_free(gw[g]);
+        ipsec_gateway_free(rx[g]);
+    }
     free(bufs);
     return 0;
 }

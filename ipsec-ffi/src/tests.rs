@@ -3033,3 +3033,236 @@ fn a_gateway_burst_that_panics_part_way_reports_what_it_did() {
         ipsec_gateway_free(gw);
     }
 }
+
+/// The receiving side of [`BURST_POLICY`]: an inbound SA for each of its outbound SAs
+/// (the same SPIs and keys), each serving the policy of the network it protects.
+const RECEIVER_POLICY: &str = r#"
+[[policy]]
+name = "ike"
+protocol = "udp"
+local_port = 500
+action = "bypass"
+
+[[policy]]
+name = "from-gcm"
+direction = "inbound"
+local = "10.1.0.0/16"
+action = "protect"
+sa = "gcm-in"
+
+[[policy]]
+name = "from-cbc"
+direction = "inbound"
+local = "10.2.0.0/16"
+action = "protect"
+sa = "cbc-in"
+
+[[policy]]
+name = "from-short"
+direction = "inbound"
+local = "10.4.0.0/16"
+action = "protect"
+sa = "short-in"
+
+[[policy]]
+name = "rest"
+action = "discard"
+
+[[sa]]
+name = "gcm-in"
+spi = 4097
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "0707070707070707070707070707070707070707"
+
+[[sa]]
+name = "cbc-in"
+spi = 4098
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-cbc"
+key = "09090909090909090909090909090909"
+integrity = "hmac-sha256-128"
+integrity_key = "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a"
+
+[[sa]]
+name = "short-in"
+spi = 4099
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-256-gcm"
+key = "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0c0c0c0c"
+hard_lifetime = { packets = 6 }
+"#;
+
+/// `ipsec_gateway_inbound_burst` gives what `ipsec_gateway_inbound` gives one packet at
+/// a time: what a sending gateway's burst produced (ESP of three SAs, cleartext it let
+/// through or refused), with a tampered, a replayed and an unknown-SPI packet and a
+/// descriptor beyond its buffer among it; the same statuses, verdicts, bytes, the
+/// gateway's and every SA's counters and the last error.
+#[test]
+fn c_gateway_inbound_bursts_equal_one_packet_at_a_time() {
+    const OFF: usize = 96;
+    let n = if cfg!(miri) { 15 } else { 75 };
+    let mut bufs = vec![vec![0u8; 640]; n];
+    let pkts: Vec<(usize, usize)> = bufs
+        .iter_mut()
+        .enumerate()
+        .map(|(i, b)| {
+            let k = i as u8;
+            let (dst, dport) = match i % 6 {
+                0 | 1 => ([10, 1, 0, k], 5001),
+                2 => ([10, 2, 0, k], 5001),
+                3 => ([10, 4, 0, k], 5001),
+                4 => ([10, 9, 0, k], 500),
+                _ => ([10, 3, 0, k], 5001),
+            };
+            (OFF, udp_to(b, OFF, dst, dport))
+        })
+        .collect();
+    // What the sender puts on the wire: its ESP, and the cleartext as it was.
+    let sent = gateway_outbound_run(bufs, &pkts, true);
+    let mut wire: Vec<Vec<u8>> = sent
+        .2
+        .iter()
+        .zip(&sent.1)
+        .map(|(b, &(_, _, off, len))| b[off..off + len].to_vec())
+        .collect();
+    // Damage: a flipped ICV bit, a replay of an earlier packet, an unknown SPI.
+    wire[6].last_mut().map(|b| *b ^= 1).expect("bytes");
+    wire[13] = wire[12].clone();
+    wire[7][20..24].copy_from_slice(&0x9999u32.to_be_bytes());
+    let run = |burst: bool| {
+        let mut gw = null_mut();
+        // SAFETY: the policy text is valid for its length; `gw` is writable.
+        let st = unsafe {
+            ipsec_gateway_new(
+                RECEIVER_POLICY.as_ptr().cast(),
+                RECEIVER_POLICY.len(),
+                T0,
+                &mut gw,
+            )
+        };
+        assert_eq!(st, ipsec_status::IPSEC_OK, "{}", last_error());
+        let mut bufs: Vec<Vec<u8>> = wire
+            .iter()
+            .map(|w| {
+                let mut b = vec![0u8; 640];
+                b[OFF..OFF + w.len()].copy_from_slice(w);
+                b
+            })
+            .collect();
+        let mut descs: Vec<ipsec_packet> = bufs
+            .iter_mut()
+            .zip(&wire)
+            .map(|(b, w)| ipsec_packet {
+                buf: b.as_mut_ptr(),
+                capacity: b.len(),
+                offset: OFF,
+                length: w.len(),
+                status: 999,
+                fragments: 0,
+            })
+            .collect();
+        // One descriptor beyond its buffer.
+        descs[9].length = 640;
+        let mut verdicts = vec![999u32; n];
+        // SAFETY: every descriptor's buffer is valid for its capacity; `verdicts` has
+        // `n` entries; the gateway is live and freed once.
+        unsafe {
+            let ok = if burst {
+                ipsec_gateway_inbound_burst(gw, descs.as_mut_ptr(), n, T0, verdicts.as_mut_ptr())
+            } else {
+                let mut ok = 0;
+                for (d, v) in descs.iter_mut().zip(verdicts.iter_mut()) {
+                    let mut r = core::mem::MaybeUninit::uninit();
+                    let st = ipsec_gateway_inbound(
+                        gw,
+                        d.buf,
+                        d.capacity,
+                        &mut d.offset,
+                        &mut d.length,
+                        T0,
+                        r.as_mut_ptr(),
+                    );
+                    d.status = st as u32;
+                    *v = if st == ipsec_status::IPSEC_OK {
+                        ok += 1;
+                        r.assume_init().verdict
+                    } else {
+                        0
+                    };
+                }
+                ok
+            };
+            let seen: Vec<(u32, u32, usize, usize)> = descs
+                .iter()
+                .zip(&verdicts)
+                .map(|(d, &v)| (d.status, v, d.offset, d.length))
+                .collect();
+            let mut s = core::mem::MaybeUninit::uninit();
+            assert_eq!(
+                ipsec_gateway_get_stats(gw, s.as_mut_ptr()),
+                ipsec_status::IPSEC_OK
+            );
+            let sas: Vec<ipsec_sa_stats> = (0..ipsec_gateway_sa_count(gw))
+                .map(|i| {
+                    let mut e = core::mem::MaybeUninit::uninit();
+                    assert_eq!(
+                        ipsec_gateway_get_sa(gw, i, e.as_mut_ptr()),
+                        ipsec_status::IPSEC_OK
+                    );
+                    e.assume_init().stats
+                })
+                .collect();
+            let error = last_error();
+            ipsec_gateway_free(gw);
+            (ok, seen, bufs, s.assume_init(), sas, error)
+        }
+    };
+    let (burst, single) = (run(true), run(false));
+    assert_eq!(burst.0, single.0);
+    assert_eq!(burst.1, single.1);
+    for (i, (x, y)) in burst.2.iter().zip(&single.2).enumerate() {
+        assert!(x == y, "packet {i}: bytes differ");
+    }
+    assert_eq!(
+        (burst.3, &burst.4, &burst.5),
+        (single.3, &single.4, &single.5)
+    );
+
+    // What the packets got, so that the comparison above covers every kind.
+    let (ok, decrypted, bypassed) = (
+        ipsec_status::IPSEC_OK as u32,
+        ipsec_verdict::IPSEC_VERDICT_DECRYPTED as u32,
+        ipsec_verdict::IPSEC_VERDICT_BYPASSED as u32,
+    );
+    let seen = &burst.1;
+    assert_eq!((seen[0].0, seen[0].1), (ok, decrypted));
+    assert_eq!(
+        &burst.2[0][seen[0].2..seen[0].2 + 20],
+        &wire_inner_header(0)[..]
+    );
+    assert_eq!((seen[2].0, seen[2].1), (ok, decrypted));
+    assert_eq!((seen[4].0, seen[4].1), (ok, bypassed));
+    assert_eq!(seen[5].0, ipsec_status::IPSEC_ERR_POLICY_DISCARD as u32);
+    assert_eq!(seen[6].0, ipsec_status::IPSEC_ERR_AUTH_FAILED as u32);
+    assert_eq!(seen[7].0, ipsec_status::IPSEC_ERR_UNKNOWN_SPI as u32);
+    assert_eq!(seen[9].0, ipsec_status::IPSEC_ERR_INVALID_ARGUMENT as u32);
+    assert_eq!(seen[13].0, ipsec_status::IPSEC_ERR_REPLAY as u32);
+    if !cfg!(miri) {
+        // The short-lived SA took 6 packets, then refused the rest of its ESP.
+        let short: Vec<u32> = seen.iter().skip(3).step_by(6).map(|s| s.0).collect();
+        let expired = ipsec_status::IPSEC_ERR_LIFETIME_EXPIRED as u32;
+        assert_eq!(short.iter().filter(|&&s| s == ok).count(), 6, "{short:?}");
+        assert!(short.contains(&expired), "{short:?}");
+    }
+}
+
+/// The inner header of packet 0 of `c_gateway_inbound_bursts_equal_one_packet_at_a_time`.
+fn wire_inner_header(k: u8) -> [u8; 20] {
+    let mut b = [0u8; 96 + 60];
+    udp_to(&mut b, 96, [10, 1, 0, k], 5001);
+    b[96..116].try_into().expect("20 bytes")
+}
