@@ -152,7 +152,7 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
         continue
       fi
       features=(--features ipsec-mb)
-    elif [ "$t" = cbc_burst ] && [ -z "$mb_reason" ]; then
+    elif { [ "$t" = cbc_burst ] || [ "$t" = gateway_burst ]; } && [ -z "$mb_reason" ]; then
       # CBC + HMAC bursts on intel-ipsec-mb against one packet at a time (in Rust);
       # without the library it compares the Rust burst lanes instead
       features=(--features ipsec-mb)

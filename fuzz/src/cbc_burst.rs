@@ -216,7 +216,7 @@ pub fn cbc_burst(input: &[u8]) {
             assert_eq!(*r, Ok::<(), Error>(()), "packet {k} refused");
             let (o, l) = burst_w[k];
             assert!(
-                &burst_bufs[k][o..o + l] == &plain[..],
+                burst_bufs[k][o..o + l] == plain[..],
                 "packet {k} opened wrong"
             );
         }

@@ -22,6 +22,9 @@
 //! * [`cbc_burst::cbc_burst`]: AES-CBC + HMAC and AES-GCM bursts (`encrypt_burst` /
 //!   `decrypt_burst`, on intel-ipsec-mb with `--features ipsec-mb`) against one packet
 //!   at a time, with damaged and replayed packets among them.
+//! * [`gateway_burst::gateway_burst`]: `Gateway::inbound_burst` against
+//!   `Gateway::inbound` one packet at a time, on ESP of three SAs with damage,
+//!   replays, outer fragments and cleartext among it.
 //!
 //! Keys are those of `tests/interop/scapy_vectors.json`, so the scapy packets of that file
 //! are meaningful seeds for `esp_decap` (see `corpus/README.md`).
@@ -31,6 +34,7 @@ pub mod aead_ipsec_mb;
 pub mod cbc_burst;
 pub mod control;
 pub mod fragmenting;
+pub mod gateway_burst;
 pub mod reassembly;
 pub mod snapshot;
 pub mod spd;

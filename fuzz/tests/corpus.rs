@@ -390,3 +390,15 @@ fn cbc_burst_corpus() {
         ipsec_fuzz::cbc_burst::cbc_burst(&data);
     }
 }
+
+#[test]
+fn gateway_burst_corpus() {
+    for path in seeds("gateway_burst")
+        .into_iter()
+        .chain(regressions("gateway_burst"))
+    {
+        let data = fs::read(&path).expect("seed readable");
+        println!("gateway_burst {}", path.display());
+        ipsec_fuzz::gateway_burst::gateway_burst(&data);
+    }
+}
