@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use ipsec_core::gateway::{BurstVerdict, Outbound};
 use ipsec_core::{
-    Cipher, Direction, Error, Gateway, Integrity, Lifetime, Mode, PacketBuf, SaConfig, SaStats, Spd,
+    Cipher, Direction, Error, Gateway, Integrity, Lifetime, Mode, PacketBuf, SaConfig, Spd,
 };
 
 const HEAD: usize = 128;
@@ -25,7 +25,9 @@ fn addr(s: &str) -> IpAddr {
     s.parse().expect("an address")
 }
 
-use common::CountingIv;
+use common::{
+    BurstOutcome, CountingIv, Rng, gateway_counters, gateway_in_bursts, gateway_one_at_a_time,
+};
 
 /// A gateway with two GCM SAs (one with a hard packet limit that the test reaches), a
 /// CBC + HMAC SA with a small path MTU (big packets are refused), and BYPASS,
@@ -80,18 +82,6 @@ fn gateway(cache: usize) -> Gateway {
     }
     gw.set_spd_cache(cache);
     gw
-}
-
-/// A deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
 }
 
 /// An IPv4 packet of `len` bytes to `dst`: UDP with the given destination port, or
@@ -176,67 +166,25 @@ fn mix(seed: u64, count: usize) -> Vec<Vec<u8>> {
     out
 }
 
-/// What one packet came to: the verdict (or error) and the bytes in its buffer.
-type Outcome = (Result<BurstVerdict, Error>, Vec<u8>);
-
-/// The gateway's counters, every SA's, and the SPD cache's room and lookups. (Its
-/// hits and misses apart depend on which flows share a set, which the cache's random
-/// seed decides, so two gateways fed alike differ there; their sum is the number of
-/// packets that asked the cache.)
-fn counters(gw: &Gateway) -> (SaStats, Vec<(String, SaStats)>, (usize, u64)) {
-    let mut sas: Vec<(String, SaStats)> =
-        gw.sas().map(|(n, sa)| (n.to_owned(), sa.stats())).collect();
-    sas.sort_by(|a, b| a.0.cmp(&b.0));
-    let (room, hits, misses) = gw.spd_cache_stats();
-    (*gw.stats(), sas, (room, hits + misses))
+fn one_at_a_time(gw: &mut Gateway, packets: &[Vec<u8>]) -> Vec<BurstOutcome> {
+    gateway_one_at_a_time(gw, packets, |gw, p| match gw.outbound(p, at(1)) {
+        Ok(Outbound::Protected { .. }) => Ok(BurstVerdict::Protected),
+        Ok(Outbound::Bypassed { .. }) => Ok(BurstVerdict::Bypassed),
+        Ok(other) => panic!("unexpected {other:?}"),
+        Err(e) => Err(e),
+    })
 }
 
-fn one_at_a_time(gw: &mut Gateway, packets: &[Vec<u8>]) -> Vec<Outcome> {
-    packets
-        .iter()
-        .map(|pkt| {
-            let mut buf = vec![0u8; SLOT];
-            buf[HEAD..HEAD + pkt.len()].copy_from_slice(pkt);
-            let mut p = PacketBuf::new(&mut buf, HEAD, pkt.len()).expect("in bounds");
-            let verdict = match gw.outbound(&mut p, at(1)) {
-                Ok(Outbound::Protected { .. }) => Ok(BurstVerdict::Protected),
-                Ok(Outbound::Bypassed { .. }) => Ok(BurstVerdict::Bypassed),
-                Ok(other) => panic!("unexpected {other:?}"),
-                Err(e) => Err(e),
-            };
-            (verdict, p.data().to_vec())
-        })
-        .collect()
-}
-
-fn in_bursts(gw: &mut Gateway, packets: &[Vec<u8>], burst: usize) -> Vec<Outcome> {
-    let mut out = Vec::new();
-    for chunk in packets.chunks(burst) {
-        let mut store = vec![0u8; SLOT * chunk.len()];
-        let mut bufs: Vec<PacketBuf<'_>> = store
-            .chunks_mut(SLOT)
-            .zip(chunk)
-            .map(|(s, pkt)| {
-                s[HEAD..HEAD + pkt.len()].copy_from_slice(pkt);
-                PacketBuf::new(s, HEAD, pkt.len()).expect("in bounds")
-            })
-            .collect();
-        let mut results = vec![Err(Error::PolicyDiscard); chunk.len()];
-        let ok = gw.outbound_burst(&mut bufs, &mut results, at(1));
-        assert_eq!(ok, results.iter().filter(|r| r.is_ok()).count());
-        out.extend(
-            results
-                .into_iter()
-                .zip(bufs.iter().map(|b| b.data().to_vec())),
-        );
-    }
-    out
+fn in_bursts(gw: &mut Gateway, packets: &[Vec<u8>], burst: usize) -> Vec<BurstOutcome> {
+    gateway_in_bursts(gw, packets, burst, |gw, bufs, results| {
+        gw.outbound_burst(bufs, results, at(1))
+    })
 }
 
 #[test]
 fn a_burst_gives_what_single_calls_give() {
     for cache in [0, 64] {
-        let mut seen: Vec<Outcome> = Vec::new();
+        let mut seen: Vec<BurstOutcome> = Vec::new();
         for (seed, burst) in [(1, 32), (2, 1), (3, 7), (4, 45), (5, 100), (6, 33)] {
             let packets = mix(seed, 300);
             let mut single = gateway(cache);
@@ -250,14 +198,14 @@ fn a_burst_gives_what_single_calls_give() {
                 );
             }
             assert_eq!(
-                counters(&single),
-                counters(&bursty),
+                gateway_counters(&single),
+                gateway_counters(&bursty),
                 "cache {cache}, seed {seed}"
             );
             seen.extend(want);
         }
         // The mixes reach every kind of outcome.
-        let kinds = |r: fn(&Outcome) -> bool| seen.iter().filter(|o| r(o)).count();
+        let kinds = |r: fn(&BurstOutcome) -> bool| seen.iter().filter(|o| r(o)).count();
         assert!(kinds(|o| o.0 == Ok(BurstVerdict::Protected)) > 0);
         assert!(kinds(|o| o.0 == Ok(BurstVerdict::Bypassed)) > 0);
         assert!(kinds(|o| o.0 == Err(Error::PolicyDiscard)) > 0);

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: hex, packet builders, buffer handling,
-//! a fixed CBC IV source, SA constructors and reference HMACs.
+//! a fixed CBC IV source, SA constructors, reference HMACs, and the gateway burst
+//! tests' comparison of bursts with single calls.
 #![allow(dead_code)]
 
 use core::time::Duration;
@@ -447,4 +448,104 @@ impl IvSource for CountingIv {
             .wrapping_add(0x0101_0101_0101_0101_0101_0101_0101_0103);
         *iv = self.0.to_be_bytes();
     }
+}
+
+/// A deterministic generator (xorshift) for the burst tests' packet mixes.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    /// A number below `n`.
+    pub(crate) fn next(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// What one packet of a gateway burst test came to: the verdict (or error) and the
+/// bytes in its window.
+pub(crate) type BurstOutcome = (Result<ipsec_core::gateway::BurstVerdict, Error>, Vec<u8>);
+
+/// Headroom in front of, and the size of, every buffer of the gateway burst tests.
+const BURST_HEAD: usize = 128;
+const BURST_SLOT: usize = 2048;
+
+/// The gateway's counters, every SA's (by name), and the SPD cache's room and lookups.
+/// (Its hits and misses apart depend on which flows share a set, which the cache's
+/// random seed decides, so two gateways fed alike differ there; their sum is the number
+/// of packets that asked the cache.)
+pub(crate) fn gateway_counters(
+    gw: &ipsec_core::Gateway,
+) -> (
+    ipsec_core::SaStats,
+    Vec<(String, ipsec_core::SaStats)>,
+    (usize, u64),
+) {
+    let mut sas: Vec<(String, ipsec_core::SaStats)> =
+        gw.sas().map(|(n, sa)| (n.to_owned(), sa.stats())).collect();
+    sas.sort_by(|a, b| a.0.cmp(&b.0));
+    let (room, hits, misses) = gw.spd_cache_stats();
+    (*gw.stats(), sas, (room, hits + misses))
+}
+
+/// Each packet through `gw` by itself (`one` is `Gateway::outbound` or
+/// `Gateway::inbound` with its verdict mapped to a `BurstVerdict`).
+pub(crate) fn gateway_one_at_a_time(
+    gw: &mut ipsec_core::Gateway,
+    packets: &[Vec<u8>],
+    mut one: impl FnMut(
+        &mut ipsec_core::Gateway,
+        &mut PacketBuf<'_>,
+    ) -> Result<ipsec_core::gateway::BurstVerdict, Error>,
+) -> Vec<BurstOutcome> {
+    packets
+        .iter()
+        .map(|pkt| {
+            let mut buf = vec![0u8; BURST_SLOT];
+            buf[BURST_HEAD..BURST_HEAD + pkt.len()].copy_from_slice(pkt);
+            let mut p = PacketBuf::new(&mut buf, BURST_HEAD, pkt.len()).expect("in bounds");
+            let verdict = one(gw, &mut p);
+            (verdict, p.data().to_vec())
+        })
+        .collect()
+}
+
+/// The packets through `gw` in bursts of `burst` (`many` is `Gateway::outbound_burst`
+/// or `Gateway::inbound_burst`), each burst's count of packets not dropped checked.
+pub(crate) fn gateway_in_bursts(
+    gw: &mut ipsec_core::Gateway,
+    packets: &[Vec<u8>],
+    burst: usize,
+    mut many: impl FnMut(
+        &mut ipsec_core::Gateway,
+        &mut [PacketBuf<'_>],
+        &mut [Result<ipsec_core::gateway::BurstVerdict, Error>],
+    ) -> usize,
+) -> Vec<BurstOutcome> {
+    let mut out = Vec::new();
+    for chunk in packets.chunks(burst) {
+        let mut store = vec![0u8; BURST_SLOT * chunk.len()];
+        let mut bufs: Vec<PacketBuf<'_>> = store
+            .chunks_mut(BURST_SLOT)
+            .zip(chunk)
+            .map(|(s, pkt)| {
+                s[BURST_HEAD..BURST_HEAD + pkt.len()].copy_from_slice(pkt);
+                PacketBuf::new(s, BURST_HEAD, pkt.len()).expect("in bounds")
+            })
+            .collect();
+        let mut results = vec![Err(Error::WrongDirection); chunk.len()];
+        let ok = many(gw, &mut bufs, &mut results);
+        assert_eq!(ok, results.iter().filter(|r| r.is_ok()).count());
+        assert!(
+            !results.contains(&Err(Error::WrongDirection)),
+            "every result written"
+        );
+        out.extend(
+            results
+                .into_iter()
+                .zip(bufs.iter().map(|b| b.data().to_vec())),
+        );
+    }
+    out
 }
