@@ -2763,12 +2763,23 @@ fn gateway_outbound_run(
             .zip(&verdicts)
             .map(|(d, &v)| (d.status, v, d.offset, d.length))
             .collect();
-        let mut s = core::mem::MaybeUninit::uninit();
+        let (gateway_stats, sas, error) = gateway_counters(gw);
+        ipsec_gateway_free(gw);
+        (ok, seen, bufs, gateway_stats, sas, error)
+    }
+}
+
+/// A live gateway's counters, each SA's (name, counters), and this thread's last error.
+fn gateway_counters(
+    gw: *mut ipsec_gateway,
+) -> (ipsec_sa_stats, Vec<(String, ipsec_sa_stats)>, String) {
+    let mut s = core::mem::MaybeUninit::uninit();
+    // SAFETY: `gw` is live (caller); the out-pointers are writable.
+    unsafe {
         assert_eq!(
             ipsec_gateway_get_stats(gw, s.as_mut_ptr()),
             ipsec_status::IPSEC_OK
         );
-        let gateway_stats = s.assume_init();
         let sas = (0..ipsec_gateway_sa_count(gw))
             .map(|i| {
                 let mut e = core::mem::MaybeUninit::uninit();
@@ -2780,9 +2791,7 @@ fn gateway_outbound_run(
                 (c_text(e.name).unwrap_or("").to_string(), e.stats)
             })
             .collect();
-        let error = last_error();
-        ipsec_gateway_free(gw);
-        (ok, seen, bufs, gateway_stats, sas, error)
+        (s.assume_init(), sas, last_error())
     }
 }
 
@@ -3201,24 +3210,9 @@ fn c_gateway_inbound_bursts_equal_one_packet_at_a_time() {
                 .zip(&verdicts)
                 .map(|(d, &v)| (d.status, v, d.offset, d.length))
                 .collect();
-            let mut s = core::mem::MaybeUninit::uninit();
-            assert_eq!(
-                ipsec_gateway_get_stats(gw, s.as_mut_ptr()),
-                ipsec_status::IPSEC_OK
-            );
-            let sas: Vec<ipsec_sa_stats> = (0..ipsec_gateway_sa_count(gw))
-                .map(|i| {
-                    let mut e = core::mem::MaybeUninit::uninit();
-                    assert_eq!(
-                        ipsec_gateway_get_sa(gw, i, e.as_mut_ptr()),
-                        ipsec_status::IPSEC_OK
-                    );
-                    e.assume_init().stats
-                })
-                .collect();
-            let error = last_error();
+            let (gateway_stats, sas, error) = gateway_counters(gw);
             ipsec_gateway_free(gw);
-            (ok, seen, bufs, s.assume_init(), sas, error)
+            (ok, seen, bufs, gateway_stats, sas, error)
         }
     };
     let (burst, single) = (run(true), run(false));
