@@ -234,33 +234,32 @@ impl SecurityAssociation {
         results: &mut [Result<(), Error>],
         now: Duration,
     ) -> usize {
-        self.decrypt_burst_verified(packets, results, now, |_, _| Ok(()))
+        self.decrypt_burst_verified(packets, results, now, |_| Ok(()))
     }
 
     /// [`Self::decrypt_burst`] with the check of [`Self::decrypt_verified`]: `verify`
-    /// is shown each decapsulated packet with its index in `packets`, in order, and
-    /// refuses it with the error to count (the replay window still records it).
+    /// is shown each decapsulated packet, in order, and refuses it with the error to
+    /// count (the replay window still records it).
     pub(crate) fn decrypt_burst_verified(
         &mut self,
         packets: &mut [PacketBuf<'_>],
         results: &mut [Result<(), Error>],
         now: Duration,
-        mut verify: impl FnMut(usize, &[u8]) -> Result<(), Error>,
+        mut verify: impl FnMut(&[u8]) -> Result<(), Error>,
     ) -> usize {
         let n = packets.len().min(results.len());
         let (packets, results) = (&mut packets[..n], &mut results[..n]);
         let mut ok = 0;
         if !self.transform.icvs_ahead_pay() || self.esn || self.direction != Direction::Inbound {
-            for (at, (pkt, res)) in packets.iter_mut().zip(results.iter_mut()).enumerate() {
-                let r = self.decrypt_verified(pkt, now, |inner| verify(at, inner));
+            for (pkt, res) in packets.iter_mut().zip(results.iter_mut()) {
+                let r = self.decrypt_verified(pkt, now, &mut verify);
                 ok += usize::from(store_result(res, r));
             }
             return ok;
         }
-        for (chunk, (pkts, ress)) in packets
+        for (pkts, ress) in packets
             .chunks_mut(BURST_CHUNK)
             .zip(results.chunks_mut(BURST_CHUNK))
-            .enumerate()
         {
             let mut ahead = [IcvAhead::default(); BURST_CHUNK];
             let mut bufs: [&[u8]; BURST_CHUNK] = [&[]; BURST_CHUNK];
@@ -281,17 +280,11 @@ impl SecurityAssociation {
             }
             self.transform
                 .icvs_ahead(&bufs[..count], &mut ahead[..count]);
-            for (j, ((pkt, res), &k)) in pkts
-                .iter_mut()
-                .zip(ress.iter_mut())
-                .zip(slot.iter())
-                .enumerate()
-            {
+            for ((pkt, res), &k) in pkts.iter_mut().zip(ress.iter_mut()).zip(slot.iter()) {
                 // `open` uses the hint only for the layout `decap` finds, which is the
                 // one `esp_layout` found: nothing touched this buffer since.
                 let hint = (k < count).then(|| &ahead[k]);
-                let at = chunk * BURST_CHUNK + j;
-                let r = self.decrypt_hinted(pkt, now, hint, |inner| verify(at, inner));
+                let r = self.decrypt_hinted(pkt, now, hint, &mut verify);
                 ok += usize::from(store_result(res, r));
             }
         }

@@ -1076,7 +1076,7 @@ impl Gateway {
         let serves = &entry.serves;
         let ok = entry
             .sa
-            .decrypt_burst_verified(pkts, &mut done, now, |_, inner| {
+            .decrypt_burst_verified(pkts, &mut done, now, |inner| {
                 fragment_policy::decrypted_policy(spd, fragments, i, serves, first, inner, now)
                     .map(|_| ())
             });
