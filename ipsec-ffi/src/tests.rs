@@ -2710,12 +2710,24 @@ type BurstOutcome = (
 /// Runs `bufs` (described by `pkts`) through a fresh gateway, as one
 /// `ipsec_gateway_outbound_burst` call (`burst`) or one `ipsec_gateway_outbound` call
 /// per packet.
-fn gateway_outbound_run(
+fn gateway_outbound_run(bufs: Vec<Vec<u8>>, pkts: &[(usize, usize)], burst: bool) -> BurstOutcome {
+    gateway_run(BURST_POLICY, bufs, pkts, burst, false)
+}
+
+/// Runs `bufs` (described by `pkts`) through a fresh gateway of `policy`, outbound or
+/// `inbound`, as one burst call (`burst`) or one `ipsec_gateway_outbound` /
+/// `ipsec_gateway_inbound` call per packet.
+fn gateway_run(
+    policy: &str,
     mut bufs: Vec<Vec<u8>>,
     pkts: &[(usize, usize)],
     burst: bool,
+    inbound: bool,
 ) -> BurstOutcome {
-    let gw = burst_gateway();
+    let mut gw = null_mut();
+    // SAFETY: the policy text is valid for its length; `gw` is writable.
+    let st = unsafe { ipsec_gateway_new(policy.as_ptr().cast(), policy.len(), T0, &mut gw) };
+    assert_eq!(st, ipsec_status::IPSEC_OK, "{}", last_error());
     let n = pkts.len();
     let mut descs: Vec<ipsec_packet> = bufs
         .iter_mut()
@@ -2733,13 +2745,24 @@ fn gateway_outbound_run(
     // SAFETY: every descriptor's buffer is valid for its capacity; `verdicts` has `n`
     // writable entries; the gateway is live and freed once.
     unsafe {
+        let (one, many) = if inbound {
+            (
+                ipsec_gateway_inbound as GatewayOne,
+                ipsec_gateway_inbound_burst as GatewayMany,
+            )
+        } else {
+            (
+                ipsec_gateway_outbound as GatewayOne,
+                ipsec_gateway_outbound_burst as GatewayMany,
+            )
+        };
         let ok = if burst {
-            ipsec_gateway_outbound_burst(gw, descs.as_mut_ptr(), n, T0, verdicts.as_mut_ptr())
+            many(gw, descs.as_mut_ptr(), n, T0, verdicts.as_mut_ptr())
         } else {
             let mut ok = 0;
             for (d, v) in descs.iter_mut().zip(verdicts.iter_mut()) {
                 let mut r = core::mem::MaybeUninit::uninit();
-                let st = ipsec_gateway_outbound(
+                let st = one(
                     gw,
                     d.buf,
                     d.capacity,
@@ -2768,6 +2791,20 @@ fn gateway_outbound_run(
         (ok, seen, bufs, gateway_stats, sas, error)
     }
 }
+
+/// `ipsec_gateway_outbound` / `ipsec_gateway_inbound`.
+type GatewayOne = unsafe extern "C" fn(
+    *mut ipsec_gateway,
+    *mut u8,
+    usize,
+    *mut usize,
+    *mut usize,
+    u64,
+    *mut ipsec_gateway_result,
+) -> ipsec_status;
+/// `ipsec_gateway_outbound_burst` / `ipsec_gateway_inbound_burst`.
+type GatewayMany =
+    unsafe extern "C" fn(*mut ipsec_gateway, *mut ipsec_packet, usize, u64, *mut u32) -> usize;
 
 /// A live gateway's counters, each SA's (name, counters), and this thread's last error.
 fn gateway_counters(
@@ -3142,79 +3179,18 @@ fn c_gateway_inbound_bursts_equal_one_packet_at_a_time() {
     wire[6].last_mut().map(|b| *b ^= 1).expect("bytes");
     wire[13] = wire[12].clone();
     wire[7][20..24].copy_from_slice(&0x9999u32.to_be_bytes());
-    let run = |burst: bool| {
-        let mut gw = null_mut();
-        // SAFETY: the policy text is valid for its length; `gw` is writable.
-        let st = unsafe {
-            ipsec_gateway_new(
-                RECEIVER_POLICY.as_ptr().cast(),
-                RECEIVER_POLICY.len(),
-                T0,
-                &mut gw,
-            )
-        };
-        assert_eq!(st, ipsec_status::IPSEC_OK, "{}", last_error());
-        let mut bufs: Vec<Vec<u8>> = wire
-            .iter()
-            .map(|w| {
-                let mut b = vec![0u8; 640];
-                b[OFF..OFF + w.len()].copy_from_slice(w);
-                b
-            })
-            .collect();
-        let mut descs: Vec<ipsec_packet> = bufs
-            .iter_mut()
-            .zip(&wire)
-            .map(|(b, w)| ipsec_packet {
-                buf: b.as_mut_ptr(),
-                capacity: b.len(),
-                offset: OFF,
-                length: w.len(),
-                status: 999,
-                fragments: 0,
-            })
-            .collect();
-        // One descriptor beyond its buffer.
-        descs[9].length = 640;
-        let mut verdicts = vec![999u32; n];
-        // SAFETY: every descriptor's buffer is valid for its capacity; `verdicts` has
-        // `n` entries; the gateway is live and freed once.
-        unsafe {
-            let ok = if burst {
-                ipsec_gateway_inbound_burst(gw, descs.as_mut_ptr(), n, T0, verdicts.as_mut_ptr())
-            } else {
-                let mut ok = 0;
-                for (d, v) in descs.iter_mut().zip(verdicts.iter_mut()) {
-                    let mut r = core::mem::MaybeUninit::uninit();
-                    let st = ipsec_gateway_inbound(
-                        gw,
-                        d.buf,
-                        d.capacity,
-                        &mut d.offset,
-                        &mut d.length,
-                        T0,
-                        r.as_mut_ptr(),
-                    );
-                    d.status = st as u32;
-                    *v = if st == ipsec_status::IPSEC_OK {
-                        ok += 1;
-                        r.assume_init().verdict
-                    } else {
-                        0
-                    };
-                }
-                ok
-            };
-            let seen: Vec<(u32, u32, usize, usize)> = descs
-                .iter()
-                .zip(&verdicts)
-                .map(|(d, &v)| (d.status, v, d.offset, d.length))
-                .collect();
-            let (gateway_stats, sas, error) = gateway_counters(gw);
-            ipsec_gateway_free(gw);
-            (ok, seen, bufs, gateway_stats, sas, error)
-        }
-    };
+    let bufs: Vec<Vec<u8>> = wire
+        .iter()
+        .map(|w| {
+            let mut b = vec![0u8; 640];
+            b[OFF..OFF + w.len()].copy_from_slice(w);
+            b
+        })
+        .collect();
+    let mut pkts: Vec<(usize, usize)> = wire.iter().map(|w| (OFF, w.len())).collect();
+    // One descriptor beyond its buffer.
+    pkts[9].1 = 640;
+    let run = |burst| gateway_run(RECEIVER_POLICY, bufs.clone(), &pkts, burst, true);
     let (burst, single) = (run(true), run(false));
     assert_eq!(burst.0, single.0);
     assert_eq!(burst.1, single.1);
