@@ -691,24 +691,15 @@ fn one_packet(
 
 /// Writes a burst packet's status and verdict; true if it succeeded.
 fn finish(p: &mut ipsec_packet, verdict: &mut u32, r: Result<BurstVerdict, ipsec_status>) -> bool {
-    let (status, v) = match r {
-        Ok(BurstVerdict::Protected) => (
-            ipsec_status::IPSEC_OK,
-            ipsec_verdict::IPSEC_VERDICT_PROTECTED as u32,
-        ),
-        Ok(BurstVerdict::Bypassed) => (
-            ipsec_status::IPSEC_OK,
-            ipsec_verdict::IPSEC_VERDICT_BYPASSED as u32,
-        ),
-        Ok(BurstVerdict::Decrypted) => (
-            ipsec_status::IPSEC_OK,
-            ipsec_verdict::IPSEC_VERDICT_DECRYPTED as u32,
-        ),
-        Ok(BurstVerdict::Reassembling) => (
-            ipsec_status::IPSEC_OK,
-            ipsec_verdict::IPSEC_VERDICT_REASSEMBLING as u32,
-        ),
-        Ok(_) => (unknown_verdict(), 0),
+    let code = |v| match v {
+        BurstVerdict::Protected => Ok(ipsec_verdict::IPSEC_VERDICT_PROTECTED),
+        BurstVerdict::Bypassed => Ok(ipsec_verdict::IPSEC_VERDICT_BYPASSED),
+        BurstVerdict::Decrypted => Ok(ipsec_verdict::IPSEC_VERDICT_DECRYPTED),
+        BurstVerdict::Reassembling => Ok(ipsec_verdict::IPSEC_VERDICT_REASSEMBLING),
+        _ => Err(unknown_verdict()),
+    };
+    let (status, v) = match r.and_then(code) {
+        Ok(v) => (ipsec_status::IPSEC_OK, v as u32),
         Err(status) => (status, 0),
     };
     p.status = status as u32;
