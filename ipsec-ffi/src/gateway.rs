@@ -27,8 +27,8 @@ use crate::handle::{
 use crate::path_mtu::with_spares;
 use crate::reassembly::{ipsec_reassembly_limits, limits_from};
 use crate::sa::{
-    BURST_GROUP, buffers_disjoint, described_packet, event_to, info_of, ipsec_packet,
-    ipsec_sa_event, ipsec_sa_info, ipsec_sa_stats, keepalive_buffer, now, time_ns,
+    BURST_GROUP, buffers_disjoint, burst_group_len, described_packet, event_to, info_of,
+    ipsec_packet, ipsec_sa_event, ipsec_sa_info, ipsec_sa_stats, keepalive_buffer, now, time_ns,
 };
 use crate::status::ipsec_status;
 
@@ -617,12 +617,7 @@ unsafe fn gateway_burst(
         progress.started = true;
         let (mut rest, mut rest_verdicts) = (packets, verdicts);
         while !rest.is_empty() {
-            // A group ends before a packet the test hook will panic on, so that the
-            // packets before it report their results (test builds only).
-            let take = rest
-                .len()
-                .min(BURST_GROUP)
-                .min(crate::test_hooks::packets_before_panic());
+            let take = burst_group_len(rest.len());
             let (group, tail) = core::mem::take(&mut rest).split_at_mut(take.max(1));
             let (group_verdicts, tail_verdicts) =
                 core::mem::take(&mut rest_verdicts).split_at_mut(take.max(1));

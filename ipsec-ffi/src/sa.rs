@@ -1158,6 +1158,16 @@ enum BurstOp {
 /// `decrypt_burst` call (the size of the core's own burst chunks).
 pub(crate) const BURST_GROUP: usize = 32;
 
+/// How many of the `remaining` descriptors of a burst the next group takes: at most
+/// [`BURST_GROUP`], and a group ends before a packet the test hook will panic on, so
+/// that the packets before it report their results (test builds only; 0 then means
+/// the next packet is that one).
+pub(crate) fn burst_group_len(remaining: usize) -> usize {
+    remaining
+        .min(BURST_GROUP)
+        .min(crate::test_hooks::packets_before_panic())
+}
+
 /// Whether the buffers of `packets` are pairwise disjoint (then each may be borrowed
 /// mutably at the same time). The C contract does not forbid two descriptors in one
 /// buffer (packets side by side in one allocation); such a group runs one packet at a
@@ -1220,12 +1230,7 @@ unsafe fn burst(
         let grouped = sa.bursts_interleave();
         let mut rest = packets;
         while !rest.is_empty() {
-            // A group ends before a packet the test hook will panic on, so that the
-            // packets before it report their results (test builds only).
-            let take = rest
-                .len()
-                .min(BURST_GROUP)
-                .min(crate::test_hooks::packets_before_panic());
+            let take = burst_group_len(rest.len());
             let (group, tail) = core::mem::take(&mut rest).split_at_mut(take.max(1));
             rest = tail;
             if take == 0 || !grouped || !buffers_disjoint(group) {
