@@ -369,9 +369,11 @@ impl<K: KeyInt> Index<K> {
     #[inline(always)]
     fn query(&self, key: &[K; DIMS]) -> QBox {
         let m = self.mapped(key.map(|k| (k.top64(), k.low())));
+        // Every dimension but the index's, in order (`others`), as a selection per
+        // lane rather than a lookup through `others` (no loads, no dependence on them).
         let mut q = [0; QLANES];
         for i in 0..4 {
-            q[i] = m[self.others[i]];
+            q[i] = if i < self.dim { m[i] } else { m[i + 1] };
             q[i + 4] = !q[i];
         }
         q
