@@ -180,9 +180,11 @@ proptest! {
         let mut cache = SpdCache::new(&spd, 16);
         let bv = spd.recompiled(EngineKind::BitVector);
         let tree = spd.recompiled(EngineKind::Tree);
+        let filtered = spd.recompiled(EngineKind::PartitionedFiltered);
         for f in &flows {
             let naive = spd.lookup_linear(f);
             prop_assert_eq!(spd.lookup(f), naive, "flow {:?}\n{}", f, text);
+            prop_assert_eq!(filtered.lookup(f), naive, "filtered: flow {:?}\n{}", f, text);
             prop_assert_eq!(bv.lookup(f), naive, "bit vector: flow {:?}\n{}", f, text);
             prop_assert_eq!(tree.lookup(f), naive, "tree: flow {:?}\n{}", f, text);
             prop_assert_eq!(cache.lookup(f), naive);
@@ -205,8 +207,9 @@ proptest! {
 
     /// The burst lookup answers, for every flow, what a lookup of the flow alone and the
     /// naive scan answer: bursts of every length (more than one chunk of 32 too), flows
-    /// of both directions and families mixed, and on the alternative classifiers (which
-    /// it answers one flow at a time).
+    /// of both directions and families mixed, on the default classifier with its lists
+    /// in the filtered layout, and on the alternative classifiers (which it answers one
+    /// flow at a time).
     #[test]
     fn burst_equals_lookup_and_naive(
         policies in prop::collection::vec(gen_policy(), 0..80),
@@ -221,7 +224,8 @@ proptest! {
         let spd = Spd::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let bv = spd.recompiled(EngineKind::BitVector);
         let tree = spd.recompiled(EngineKind::Tree);
-        for s in [&spd, &bv, &tree] {
+        let filtered = spd.recompiled(EngineKind::PartitionedFiltered);
+        for s in [&spd, &filtered, &bv, &tree] {
             let mut out = vec![Decision::NO_MATCH; flows.len()];
             // The stages of the burst lookup (a classifier this small otherwise answers
             // one flow at a time), then `lookup_burst` as it is.
@@ -262,10 +266,12 @@ proptest! {
         let text = to_toml(&policies);
         let spd = Spd::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         // (The fragment index is the partitioned classifier whatever the engine, so
-        // the other engines add nothing here.)
+        // the other engines add nothing here; its filtered layout does.)
+        let filtered = spd.recompiled(EngineKind::PartitionedFiltered);
         for f in &flows {
             let naive = spd.lookup_non_first_fragment_linear(f);
             prop_assert_eq!(spd.lookup_non_first_fragment(f), naive, "flow {:?}\n{}", f, text);
+            prop_assert_eq!(filtered.lookup_non_first_fragment(f), naive, "filtered {:?}", f);
             // The query ignores whatever ports and ICMP fields the flow carries.
             let mut bare = *f;
             (bare.src_port, bare.dst_port, bare.icmp_type, bare.icmp_code) = (None, None, None, None);
@@ -1097,6 +1103,14 @@ fn burst_equals_naive_on_large_rule_sets() {
             })
             .collect();
         let mut out = vec![Decision::NO_MATCH; flows.len()];
+        // The default classifier (its lists' layout chosen by size), then the same
+        // with its lists filtered whatever the size.
+        let filtered = spd.recompiled(EngineKind::PartitionedFiltered);
+        filtered.lookup_burst_staged(&flows, &mut out);
+        for (f, d) in flows.iter().zip(&out) {
+            assert_eq!(*d, filtered.lookup(f), "six={six} filtered {f:?}");
+            assert_eq!(*d, spd.lookup_linear(f), "six={six} filtered {f:?}");
+        }
         spd.lookup_burst_staged(&flows, &mut out);
         for (f, d) in flows.iter().zip(&out) {
             assert_eq!(*d, spd.lookup(f), "six={six} {f:?}");

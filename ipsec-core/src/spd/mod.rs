@@ -609,7 +609,7 @@ struct FragmentIndex {
 }
 
 impl FragmentIndex {
-    fn build(refs: &[RuleRef<'_>]) -> FragmentIndex {
+    fn build(refs: &[RuleRef<'_>], filter_min_bytes: usize) -> FragmentIndex {
         let mut seen: HashMap<_, u32> = HashMap::new();
         let mut chain_of: HashMap<u32, u32> = HashMap::new();
         let mut chains: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -653,8 +653,13 @@ impl FragmentIndex {
             v4: Partitioned::build(
                 widened.iter().map(|r| tree_rule(r, false)).collect(),
                 V4_MAX,
+                filter_min_bytes,
             ),
-            v6: Partitioned::build(widened.iter().map(|r| tree_rule(r, true)).collect(), V6_MAX),
+            v6: Partitioned::build(
+                widened.iter().map(|r| tree_rule(r, true)).collect(),
+                V6_MAX,
+                filter_min_bytes,
+            ),
             rules,
             chain_of,
             chains,
@@ -732,6 +737,10 @@ enum Engine {
 pub enum EngineKind {
     /// Rules partitioned by wildcard pattern, interval stabbing per part (the default).
     Partitioned,
+    /// [`EngineKind::Partitioned`] with its lists in the filtered layout whatever its
+    /// size (the default keeps entries inline in small classifiers): for the tests,
+    /// whose rule sets are small.
+    PartitionedFiltered,
     /// HiCuts-style decision trees.
     Tree,
     /// Lucent bit vectors with an aggregate bitmap.
@@ -851,10 +860,22 @@ impl Table {
             OPAQUE as u128,
         ];
         const V6_MAX: [u128; 5] = [u128::MAX, u128::MAX, 255, OPAQUE as u128, OPAQUE as u128];
+        let filter_min_bytes = match kind {
+            EngineKind::PartitionedFiltered => 0,
+            _ => pss::FILTER_MIN_BYTES,
+        };
         let engine = match kind {
-            EngineKind::Partitioned => Engine::Partitioned {
-                v4: Partitioned::build(refs.iter().map(|r| tree_rule(r, false)).collect(), V4_MAX),
-                v6: Partitioned::build(refs.iter().map(|r| tree_rule(r, true)).collect(), V6_MAX),
+            EngineKind::Partitioned | EngineKind::PartitionedFiltered => Engine::Partitioned {
+                v4: Partitioned::build(
+                    refs.iter().map(|r| tree_rule(r, false)).collect(),
+                    V4_MAX,
+                    filter_min_bytes,
+                ),
+                v6: Partitioned::build(
+                    refs.iter().map(|r| tree_rule(r, true)).collect(),
+                    V6_MAX,
+                    filter_min_bytes,
+                ),
             },
             EngineKind::BitVector => Engine::BitVector(Classifier::build(&refs)),
             EngineKind::Tree => Engine::Tree {
@@ -871,7 +892,7 @@ impl Table {
         let fragments = refs
             .iter()
             .any(|r| r.a.is_some() || r.b.is_some())
-            .then(|| FragmentIndex::build(&refs));
+            .then(|| FragmentIndex::build(&refs, filter_min_bytes));
         Table {
             removed: vec![0; rules.len().div_ceil(64)],
             removed_count: 0,
@@ -1689,7 +1710,7 @@ impl Spd {
     /// The first rule of `table`'s compiled classifier (a position in it) that matches
     /// `flow`, rules removed since the compile left out; `None` for a flow of mixed
     /// address families.
-    #[inline]
+    #[inline(always)]
     fn compiled_rule(table: &Table, flow: &Flow) -> Option<Option<usize>> {
         let (a, b) = port_dims(flow);
         let masked = |r: u32| table.is_removed(r);

@@ -9,11 +9,13 @@
 //! masks and far fewer groups. A group's dimension is its index: it is cut into
 //! elementary intervals at the rule boundaries and each interval keeps the list of the
 //! group's rules whose range covers it, in priority order (identical lists stored once).
-//! A list entry is a 16-byte filter box (the rule's box in the four other dimensions,
-//! each mapped monotonically to 16 bits: [`QBox`]) and the rule's position; a lookup
-//! finds its interval in each group's index (a bucket table, [`Starts`]), compares its
-//! own mapped key with every box of the list (one vector compare each) and checks only
-//! the rules whose box it passes, in order, against the whole key; the first that
+//! A lookup finds its interval in each group's index (a bucket table, [`Starts`]) and
+//! checks the listed rules in order against the whole key. In a small classifier a list
+//! holds each rule's bounding box inline ([`Entry`]); in a large one
+//! ([`FILTER_MIN_BYTES`]) a 16-byte filter box (the rule's box in the four other
+//! dimensions, each mapped monotonically to 16 bits: [`QBox`]) and the rule's position,
+//! and the lookup compares its own mapped key with every box of the list (one vector
+//! compare each), checking only the rules whose box it passes; the first that
 //! matches is the group's answer, and the earliest answer over all groups is the first
 //! match. A candidate that comes after the best answer so far stops the scan, and whole
 //! groups whose first rule comes after it are skipped.
@@ -279,14 +281,7 @@ const QLANES: usize = 8;
 /// candidate that matches, it only lets through a few that do not (those the mapping
 /// made indistinguishable), which the full check then rejects.
 ///
-/// Measured with `spd_acl` (Xeon VM, medians of 5 interleaved runs, against the lists
-/// holding each candidate's [`Entry`] inline): 100,000 rules 24 % (IPv4) and 45-48 %
-/// (IPv6) faster, 10,000 rules level to 7 % faster, memory a third smaller from 10,000
-/// rules up; 1,000 rules 10-15 % slower for IPv4 (about 2.5 ns: everything is in the
-/// cache there, and a candidate that passes costs one more dependent load), up to
-/// 10 % for IPv6. Keeping entries inline for small indexes was tried (two layouts): it did
-/// not win back the 1,000-rule IPv4 time in any of several code shapes and cost time
-/// at 10,000.
+/// Used by classifiers large enough to miss the cache ([`FILTER_MIN_BYTES`]).
 type QBox = [u16; QLANES];
 
 /// Whether the key's filter box `q` passes candidate `c` (see [`QBox`]): a saturating
@@ -356,7 +351,10 @@ struct Index<K: KeyInt> {
     others: [usize; 4],
     /// The maps of the two address dimensions.
     quant: [Quant; 2],
-    /// Per list entry: the candidate's filter box ([`QBox`], 16 bytes: a list of 60
+    /// Per list entry, in a classifier of the inline layout
+    /// ([`Partitioned::filtered`] false): the candidate's [`Entry`].
+    pool: Vec<Entry<K>>,
+    /// Per list entry, in the filtered layout: the candidate's filter box ([`QBox`], 16 bytes: a list of 60
     /// candidates is 15 cache lines of boxes, against 50 with their entries inline).
     boxes: Vec<QBox>,
     /// Per list entry: the candidate's position in its group's `all` (read only when
@@ -422,7 +420,7 @@ struct Group<K: KeyInt> {
 impl<K: KeyInt> Group<K> {
     /// The group's answer for `key` (see [`scan`]).
     #[inline]
-    fn first_match(
+    fn first_match<const FILTERED: bool>(
         &self,
         key: &[K; DIMS],
         wide: &[u128; DIMS],
@@ -432,16 +430,17 @@ impl<K: KeyInt> Group<K> {
         match &self.index {
             Some(ix) => {
                 let (a, b) = ix.starts.list(ix.starts.find(key[ix.dim]));
-                self.scan_list(ix, a as usize..b as usize, key, wide, best, masked)
+                self.scan_list::<FILTERED>(ix, a as usize..b as usize, key, wide, best, masked)
             }
             None => scan(&self.all, &self.rules, best, key, wide, masked),
         }
     }
 
-    /// [`scan`] over the list `list` of index `ix`: the candidates whose filter box
-    /// the key passes, checked in order as [`scan`] checks them.
+    /// [`scan`] over the list `list` of index `ix`: in the inline layout its entries;
+    /// in the filtered layout (`FILTERED`) the candidates whose filter box the key
+    /// passes, checked in order as [`scan`] checks them.
     #[inline(always)]
-    fn scan_list(
+    fn scan_list<const FILTERED: bool>(
         &self,
         ix: &Index<K>,
         list: core::ops::Range<usize>,
@@ -450,6 +449,9 @@ impl<K: KeyInt> Group<K> {
         best: u32,
         masked: &impl Fn(u32) -> bool,
     ) -> u32 {
+        if !FILTERED {
+            return scan(&ix.pool[list], &self.rules, best, key, wide, masked);
+        }
         if list.is_empty() {
             return best;
         }
@@ -484,6 +486,17 @@ pub(crate) const BURST: usize = 32;
 /// the binary search, the stages already paid at 10,000 rules on a Zen 4 (1 MiB L2);
 /// sizes between 10,000 and 100,000 rules are not measured.
 const BURST_MIN_BYTES: usize = 16 << 20;
+
+/// A classifier whose lists would take at least this many bytes with their entries
+/// inline takes the filtered layout (filter boxes, [`QBox`]); a smaller one keeps the
+/// entries inline. Measured with `spd_acl` on a Xeon VM (2 MiB L2 per core), medians of
+/// 5 interleaved runs: at 1,000 rules (about 100 KiB of lists, in the cache) boxes for
+/// every size were 10-20 % slower for IPv4 (a candidate that passes costs one more
+/// dependent load, and the key must be mapped), level for IPv6; at 10,000 (about
+/// 1 MiB) level to 12 % faster, at 100,000 (tens of MiB) 24-48 % faster and a third
+/// smaller. The lookup has one loop per layout (`lookup_in`), chosen once per key: a
+/// choice per group inside one loop cost 5-25 % at 10,000 rules in several code shapes.
+pub(crate) const FILTER_MIN_BYTES: usize = 256 << 10;
 
 /// Cache lines of filter boxes loaded ahead per key before its list is scanned.
 const LINES_AHEAD: usize = 2;
@@ -533,6 +546,9 @@ type Members = Vec<(u32, TRule)>;
 /// The classifier of one address family.
 pub(crate) struct Partitioned<K: KeyInt> {
     groups: Vec<Group<K>>,
+    /// The layout of every index's lists: filter boxes (true) or entries inline (see
+    /// [`FILTER_MIN_BYTES`]).
+    filtered: bool,
     /// [`Partitioned::heap_bytes`], computed once.
     bytes: usize,
 }
@@ -576,6 +592,7 @@ fn build_index<K: KeyInt>(rules: &[TRule], dim: usize, budget: &mut usize) -> Op
         starts: Starts::new(vec![K::default()], vec![(0, 0)]),
         others,
         quant,
+        pool: Vec::new(),
         boxes: Vec::new(),
         locals: Vec::new(),
     };
@@ -628,8 +645,6 @@ fn build_index<K: KeyInt>(rules: &[TRule], dim: usize, budget: &mut usize) -> Op
             None => break,
         }
     }
-    let filter: Vec<QBox> = rules.iter().map(|r| ix.filter_box(r)).collect();
-    ix.boxes = locals.iter().map(|&r| filter[r as usize]).collect();
     ix.locals = locals;
     ix.starts = Starts::new(starts, lists);
     Some(ix)
@@ -638,8 +653,13 @@ fn build_index<K: KeyInt>(rules: &[TRule], dim: usize, budget: &mut usize) -> Op
 impl<K: KeyInt> Partitioned<K> {
     /// Builds the classifier of `rules` (priority order); `max[d]` is the largest value
     /// of dimension `d` (a rule covering `0..=max[d]` leaves it as "any"), and must fit
-    /// in `K`.
-    pub(crate) fn build(rules: Vec<TRule>, max: [u128; DIMS]) -> Partitioned<K> {
+    /// in `K`. The lists take the filtered layout if their entries inline would take
+    /// `filter_min_bytes` or more ([`FILTER_MIN_BYTES`]; 0 for the tests).
+    pub(crate) fn build(
+        rules: Vec<TRule>,
+        max: [u128; DIMS],
+        filter_min_bytes: usize,
+    ) -> Partitioned<K> {
         let rules: Vec<(u32, TRule)> = rules
             .into_iter()
             .enumerate()
@@ -698,7 +718,28 @@ impl<K: KeyInt> Partitioned<K> {
             });
         }
         groups.sort_by_key(|g| g.first);
-        let mut p = Partitioned { groups, bytes: 0 };
+        // The lists' layout, for the whole classifier (one lookup loop each).
+        let inline_bytes: usize = groups
+            .iter()
+            .filter_map(|g| g.index.as_ref())
+            .map(|ix| ix.locals.len() * size_of::<Entry<K>>())
+            .sum();
+        let filtered = inline_bytes >= filter_min_bytes;
+        for g in &mut groups {
+            let Some(ix) = &mut g.index else { continue };
+            if filtered {
+                let filter: Vec<QBox> = g.rules.iter().map(|r| ix.filter_box(r)).collect();
+                ix.boxes = ix.locals.iter().map(|&r| filter[r as usize]).collect();
+            } else {
+                ix.pool = ix.locals.iter().map(|&r| g.all[r as usize]).collect();
+                ix.locals = Vec::new();
+            }
+        }
+        let mut p = Partitioned {
+            groups,
+            filtered,
+            bytes: 0,
+        };
         p.bytes = p.heap_bytes();
         p
     }
@@ -722,13 +763,28 @@ impl<K: KeyInt> Partitioned<K> {
         wide: &[u128; DIMS],
         masked: impl Fn(u32) -> bool,
     ) -> Option<usize> {
+        if self.filtered {
+            self.lookup_in::<true>(key, wide, &masked)
+        } else {
+            self.lookup_in::<false>(key, wide, &masked)
+        }
+    }
+
+    /// [`Partitioned::lookup_where`] in the lists' layout (`FILTERED`).
+    #[inline(always)]
+    fn lookup_in<const FILTERED: bool>(
+        &self,
+        key: &[K; DIMS],
+        wide: &[u128; DIMS],
+        masked: &impl Fn(u32) -> bool,
+    ) -> Option<usize> {
         let mut best = u32::MAX;
         for g in &self.groups {
             if g.first >= best {
                 // Groups are sorted by their first rule: none after this one can win.
                 break;
             }
-            best = g.first_match(key, wide, best, &masked);
+            best = g.first_match::<FILTERED>(key, wide, best, masked);
         }
         (best != u32::MAX).then_some(best as usize)
     }
@@ -814,8 +870,12 @@ impl<K: KeyInt> Partitioned<K> {
                 let i = st.within(keys[j][ix.dim], lo as usize, hi as usize);
                 let (a, b) = st.list(i);
                 span[j] = (a, b);
-                for c in (a..b).step_by(BOXES_PER_LINE).take(LINES_AHEAD) {
-                    sink[j] ^= touch(&ix.boxes, c as usize, |q| u32::from(q[0]));
+                if self.filtered {
+                    for c in (a..b).step_by(BOXES_PER_LINE).take(LINES_AHEAD) {
+                        sink[j] ^= touch(&ix.boxes, c as usize, |q| u32::from(q[0]));
+                    }
+                } else {
+                    sink[j] ^= touch(&ix.pool, a as usize, |e| e.id);
                 }
             }
             for &j in live {
@@ -823,7 +883,11 @@ impl<K: KeyInt> Partitioned<K> {
                 let (a, b) = span[j];
                 let list = a as usize..b as usize;
                 let (key, wide) = (&keys[j], &wide[j]);
-                best[j] = g.scan_list(ix, list, key, wide, best[j], &masked);
+                best[j] = if self.filtered {
+                    g.scan_list::<true>(ix, list, key, wide, best[j], &masked)
+                } else {
+                    g.scan_list::<false>(ix, list, key, wide, best[j], &masked)
+                };
             }
         }
         core::hint::black_box(&sink);
@@ -1027,7 +1091,8 @@ mod tests {
     }
 
     /// Lookups of `rules` compiled for `K` (single, with rules masked out by `mask`,
-    /// staged bursts) against the naive first-match scan, for `keys` (full width).
+    /// staged bursts), in both list layouts, against the naive first-match scan, for
+    /// `keys` (full width).
     fn check_first_match<K: KeyInt>(
         rules: &[TRule],
         keys: &[[u128; DIMS]],
@@ -1042,17 +1107,20 @@ mod tests {
                 .position(|(i, r)| r.matches(k) && !skip(i as u32))
         };
         let narrowed: Vec<[K; DIMS]> = keys.iter().map(|k| k.map(K::narrow)).collect();
-        let p = Partitioned::<K>::build(rules.to_vec(), max);
-        for (k, w) in narrowed.iter().zip(keys) {
-            prop_assert_eq!(p.lookup(k, w), naive(w, &|_| false), "{:?}", w);
-            prop_assert_eq!(p.lookup_where(k, w, masked), naive(w, &masked), "{:?}", w);
-        }
-        for (chunk, wide) in narrowed.chunks(BURST).zip(keys.chunks(BURST)) {
-            let mut out = [None; BURST];
-            let out = &mut out[..chunk.len()];
-            p.lookup_burst(chunk, wide, masked, out, true);
-            for (w, o) in wide.iter().zip(out.iter()) {
-                prop_assert_eq!(*o, naive(w, &masked), "burst {:?}", w);
+        for filter_min_bytes in [FILTER_MIN_BYTES, 0] {
+            let p = Partitioned::<K>::build(rules.to_vec(), max, filter_min_bytes);
+            prop_assert_eq!(p.filtered, filter_min_bytes == 0);
+            for (k, w) in narrowed.iter().zip(keys) {
+                prop_assert_eq!(p.lookup(k, w), naive(w, &|_| false), "{:?}", w);
+                prop_assert_eq!(p.lookup_where(k, w, masked), naive(w, &masked), "{:?}", w);
+            }
+            for (chunk, wide) in narrowed.chunks(BURST).zip(keys.chunks(BURST)) {
+                let mut out = [None; BURST];
+                let out = &mut out[..chunk.len()];
+                p.lookup_burst(chunk, wide, masked, out, true);
+                for (w, o) in wide.iter().zip(out.iter()) {
+                    prop_assert_eq!(*o, naive(w, &masked), "burst {:?}", w);
+                }
             }
         }
         Ok(())
