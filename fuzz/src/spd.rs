@@ -370,6 +370,13 @@ fn check(spd: &Spd, others: &[Spd], cache: &mut SpdCache<'_>, f: &Flow) {
         frag,
         "fragment query: compiled != naive for {f:?}"
     );
+    for (i, o) in others.iter().enumerate() {
+        assert_eq!(
+            o.lookup_non_first_fragment(f),
+            frag,
+            "fragment query: engine {i} != naive for {f:?}"
+        );
+    }
     if let FragmentDecision::Decided(d) = frag {
         // Decided: whatever the ports, the whole packet gets the same answer.
         assert_eq!(
@@ -405,10 +412,12 @@ pub fn spd_differential(input: &SpdInput) {
     let text = to_toml(policies);
     let spd = Spd::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let mut cache = SpdCache::new(&spd, 8);
-    // The alternative structures of the module docs must agree too.
+    // The alternative structures of the module docs must agree too, and the default
+    // classifier with its lists in the filtered layout (which only large SPDs get).
     let others = [
         spd.recompiled(EngineKind::BitVector),
         spd.recompiled(EngineKind::Tree),
+        spd.recompiled(EngineKind::PartitionedFiltered),
     ];
     let mut flows = Vec::new();
     for ff in input.flows.iter().take(256) {
