@@ -3,7 +3,8 @@
 # mypy and scapy; cargo-fuzz) and runs every test. Usage: ./scripts/test.sh
 #
 # Stages, in order (the first failure stops the run with a non-zero exit):
-#   1. cargo fmt --check, cargo clippy -D warnings (all targets)
+#   1. cargo fmt --check, cargo clippy -D warnings (all targets; the fuzz crate's in
+#      stage 7)
 #   2. Rust unit, integration and doc tests of the workspace (and the header-drift check);
 #      the optional intel-ipsec-mb backend (libipsec-mb-dev installed with apt-get where
 #      it can be) linted and tested; Miri on the unsafe code
@@ -172,8 +173,9 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
 else
   echo "no nightly toolchain: cargo-fuzz needs one; replaying every target's corpus as plain tests instead"
 fi
-# On every machine: the corpora (and saved regressions) as plain tests on stable.
-(cd fuzz && cargo test --locked)
+# On every machine: the fuzz crate linted (it is outside the workspace), and the corpora
+# (and saved regressions) as plain tests on stable.
+(cd fuzz && cargo clippy --all-targets --locked -- -D warnings && cargo test --locked)
 
 stage "benchmarks (compiled and run once, no timing asserted)"
 cargo test --locked -p ipsec-benches --benches
