@@ -12,6 +12,12 @@
 //! core's bursts work across packets (CBC chains and HMAC lanes side by side) and the C
 //! bursts hand their descriptors to them in groups of 32.
 //!
+//! Groups `ffi-gateway-aes-128-gcm` and `ffi-gateway-aes-128-cbc-hmac-sha256`: the whole
+//! gateway path (SPD, SA, ESP) for bursts of 32 packets at 64 and 1420 bytes,
+//! `Gateway::outbound_burst` / `inbound_burst` against `ipsec_gateway_outbound_burst` /
+//! `ipsec_gateway_inbound_burst`, on one tunnel's gateway made from the same policy
+//! text through each API.
+//!
 //! The C entry points are called through a function pointer hidden behind `black_box`,
 //! so the optimiser cannot inline them into the benchmark: the call costs what it costs
 //! a C program calling into libipsec (argument checks, the panic boundary, the
@@ -32,13 +38,164 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 mod common;
 mod ffi_setup;
 use common::{inner_packet, refilled_burst};
-use ffi_setup::{BURST, BurstFn, CSa, OneFn, Suite, rust_suite_sa};
-use ipsec::{ipsec_packet, ipsec_status};
-use ipsec_core::{Direction, PacketBuf};
+use ffi_setup::{BURST, BurstFn, CGateway, CSa, GatewayBurstFn, OneFn, Suite, rust_suite_sa};
+use ipsec::{ipsec_packet, ipsec_status, ipsec_verdict};
+use ipsec_core::gateway::BurstVerdict;
+use ipsec_core::{Direction, Gateway, PacketBuf, Spd};
 
 fn ffi(c: &mut Criterion) {
     suite_group(c, Suite::Aes128Gcm, &[64, 1420], &[1420]);
     suite_group(c, Suite::CbcHmacSha256, &[], &[64, 1420]);
+    for suite in [Suite::Aes128Gcm, Suite::CbcHmacSha256] {
+        gateway_group(c, suite);
+    }
+}
+
+/// Descriptors for [`BURST`] slots of `slot` bytes in `storage`, each holding `len`
+/// bytes at `offset`.
+fn descriptors(storage: &mut [u8], slot: usize, offset: usize, len: usize) -> Vec<ipsec_packet> {
+    assert!(storage.len() >= slot * BURST);
+    let base = storage.as_mut_ptr();
+    (0..BURST)
+        .map(|i| ipsec_packet {
+            // SAFETY: slot `i` lies inside `storage` (checked above).
+            buf: unsafe { base.add(i * slot) },
+            capacity: slot,
+            offset,
+            length: len,
+            status: 0,
+            fragments: 0,
+        })
+        .collect()
+}
+
+/// Restores `template` at `offset` in every slot a descriptor names, and the
+/// descriptors' offset and length.
+fn refill_descriptors(descs: &mut [ipsec_packet], offset: usize, template: &[u8]) {
+    for d in descs {
+        // SAFETY: each descriptor names a distinct slot of `capacity` bytes of live,
+        // otherwise unborrowed storage (see `descriptors`).
+        let s = unsafe { std::slice::from_raw_parts_mut(d.buf, d.capacity) };
+        s[offset..offset + template.len()].copy_from_slice(template);
+        d.offset = offset;
+        d.length = template.len();
+    }
+}
+
+/// The gateway rows of one suite: bursts of [`BURST`] through the Rust and the C API.
+fn gateway_group(c: &mut Criterion, suite: Suite) {
+    let now = Duration::ZERO;
+    let c_outbound: GatewayBurstFn = black_box(ipsec::ipsec_gateway_outbound_burst);
+    let c_inbound: GatewayBurstFn = black_box(ipsec::ipsec_gateway_inbound_burst);
+    let toml = suite.gateway_toml();
+    let spd = Spd::from_toml(&toml).unwrap_or_else(|e| panic!("{e}"));
+    let mut rust_gw = Gateway::new(spd, now).expect("valid gateway");
+    let c_gw = CGateway::new(&toml);
+    let mut verdicts = [Ok(BurstVerdict::Bypassed); BURST];
+    let mut c_verdicts = [0u32; BURST];
+
+    let mut g = c.benchmark_group(format!("ffi-gateway-{}", &suite.group()[4..]));
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(3));
+    for size in [64, 1420] {
+        g.throughput(Throughput::Bytes((size * BURST) as u64));
+        let inner = inner_packet(size);
+        let mut peer = suite.peer_sa();
+        let head = peer.max_headroom();
+        let slot = head + size + peer.tailroom_for(size);
+        let mut storage = vec![0u8; slot * BURST];
+        g.bench_function(format!("rust_outbound_burst{BURST}/{size}"), |b| {
+            b.iter(|| {
+                let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
+                assert_eq!(rust_gw.outbound_burst(&mut pkts, &mut verdicts, now), BURST);
+                black_box(&pkts);
+            })
+        });
+        let mut descs = descriptors(&mut storage, slot, head, size);
+        // Set-up check: every packet protected through the C API too.
+        refill_descriptors(&mut descs, head, &inner);
+        // SAFETY: every descriptor points into `storage`; 32 verdicts.
+        let ok = unsafe {
+            c_outbound(
+                c_gw.0,
+                descs.as_mut_ptr(),
+                BURST,
+                0,
+                c_verdicts.as_mut_ptr(),
+            )
+        };
+        assert_eq!(ok, BURST);
+        let protected_verdict = ipsec_verdict::IPSEC_VERDICT_PROTECTED as u32;
+        assert!(c_verdicts.iter().all(|&v| v == protected_verdict));
+        g.bench_function(format!("c_outbound_burst{BURST}/{size}"), |b| {
+            b.iter(|| {
+                refill_descriptors(&mut descs, head, &inner);
+                // SAFETY: every descriptor points into `storage`; 32 verdicts.
+                let ok = unsafe {
+                    c_outbound(
+                        c_gw.0,
+                        descs.as_mut_ptr(),
+                        BURST,
+                        0,
+                        c_verdicts.as_mut_ptr(),
+                    )
+                };
+                assert_eq!(ok, BURST);
+                black_box(&descs);
+            })
+        });
+
+        // What the peer sends: the reply (addresses swapped), sealed with the same keys.
+        let mut reply = inner.clone();
+        reply[12..20].rotate_left(4);
+        let mut one = vec![0u8; slot];
+        one[head..head + size].copy_from_slice(&reply);
+        let mut pkt = PacketBuf::new(&mut one, head, size).expect("in bounds");
+        peer.encrypt(&mut pkt, now).expect("encrypts");
+        let protected = pkt.data().to_vec();
+        let plen = protected.len();
+        let mut storage = vec![0u8; plen * BURST];
+        g.bench_function(format!("rust_inbound_burst{BURST}/{size}"), |b| {
+            b.iter(|| {
+                let mut pkts = refilled_burst(&mut storage, plen, 0, &protected);
+                assert_eq!(rust_gw.inbound_burst(&mut pkts, &mut verdicts, now), BURST);
+                black_box(&pkts);
+            })
+        });
+        let mut descs = descriptors(&mut storage, plen, 0, plen);
+        refill_descriptors(&mut descs, 0, &protected);
+        // SAFETY: every descriptor points into `storage`; 32 verdicts.
+        let ok = unsafe {
+            c_inbound(
+                c_gw.0,
+                descs.as_mut_ptr(),
+                BURST,
+                0,
+                c_verdicts.as_mut_ptr(),
+            )
+        };
+        assert_eq!(ok, BURST);
+        let decrypted = ipsec_verdict::IPSEC_VERDICT_DECRYPTED as u32;
+        assert!(c_verdicts.iter().all(|&v| v == decrypted));
+        g.bench_function(format!("c_inbound_burst{BURST}/{size}"), |b| {
+            b.iter(|| {
+                refill_descriptors(&mut descs, 0, &protected);
+                // SAFETY: every descriptor points into `storage`; 32 verdicts.
+                let ok = unsafe {
+                    c_inbound(
+                        c_gw.0,
+                        descs.as_mut_ptr(),
+                        BURST,
+                        0,
+                        c_verdicts.as_mut_ptr(),
+                    )
+                };
+                assert_eq!(ok, BURST);
+                black_box(&descs);
+            })
+        });
+    }
+    g.finish();
 }
 
 /// The rows of one suite: single packets at the sizes in `single`, bursts of
