@@ -25,7 +25,7 @@
 //! iteration (the transform works in place); the difference of two medians is the
 //! per-packet cost of the C ABI.
 //!
-//! Run: `cargo bench -p ipsec-benches --bench ffi` (about a minute and a half); smoke
+//! Run: `cargo bench -p ipsec-benches --bench ffi` (about three minutes); smoke
 //! test: `cargo test -p ipsec-benches --bench ffi`.
 // The C entry points are `unsafe extern "C"` functions: calling them is the point.
 #![allow(unsafe_code)]
