@@ -1069,15 +1069,18 @@ mod tests {
             narrow(65536),
             narrow(65536),
         )
-            .prop_map(|(s, d, p, a, b)| {
-                let mut ranges = Vec::new();
-                let mut ends = [0; DIMS];
-                for (i, r) in [s, d, p, a, b].into_iter().enumerate() {
-                    ranges.extend(r);
-                    ends[i] = ranges.len() as u32;
-                }
-                TRule::from_flat(ranges, ends)
-            })
+            .prop_map(|(s, d, p, a, b)| trule([s, d, p, a, b]))
+    }
+
+    /// The rule of these ranges per dimension.
+    fn trule(dims: [Vec<(u128, u128)>; DIMS]) -> TRule {
+        let mut ranges = Vec::new();
+        let mut ends = [0; DIMS];
+        for (i, r) in dims.into_iter().enumerate() {
+            ranges.extend(r);
+            ends[i] = ranges.len() as u32;
+        }
+        TRule::from_flat(ranges, ends)
     }
 
     fn key() -> impl Strategy<Value = [u128; DIMS]> {
@@ -1154,15 +1157,8 @@ mod tests {
                 2 => (0u128..8, 0u128..8).prop_map(move |(a, b)| vec![(max - a.max(b), max - a.min(b))]),
             ]
         };
-        (addr.clone(), addr, high(255), high(65536), high(65536)).prop_map(|(s, d, p, a, b)| {
-            let mut ranges = Vec::new();
-            let mut ends = [0; DIMS];
-            for (i, r) in [s, d, p, a, b].into_iter().enumerate() {
-                ranges.extend(r);
-                ends[i] = ranges.len() as u32;
-            }
-            TRule::from_flat(ranges, ends)
-        })
+        (addr.clone(), addr, high(255), high(65536), high(65536))
+            .prop_map(|(s, d, p, a, b)| trule([s, d, p, a, b]))
     }
 
     fn v4_key() -> impl Strategy<Value = [u128; DIMS]> {
