@@ -82,6 +82,19 @@ fn refill_descriptors(descs: &mut [ipsec_packet], offset: usize, template: &[u8]
     }
 }
 
+/// One C gateway burst call over `descs` (whose slots `descriptors` made).
+fn c_gateway_burst(
+    f: GatewayBurstFn,
+    gw: &CGateway,
+    descs: &mut [ipsec_packet],
+    verdicts: &mut [u32; BURST],
+) -> usize {
+    assert_eq!(descs.len(), BURST);
+    // SAFETY: every descriptor names a live slot of its storage (`descriptors`), and
+    // `verdicts` has room for every packet.
+    unsafe { f(gw.0, descs.as_mut_ptr(), BURST, 0, verdicts.as_mut_ptr()) }
+}
+
 /// The gateway rows of one suite: bursts of [`BURST`] through the Rust and the C API.
 fn gateway_group(c: &mut Criterion, suite: Suite) {
     let now = Duration::ZERO;
@@ -114,32 +127,16 @@ fn gateway_group(c: &mut Criterion, suite: Suite) {
         let mut descs = descriptors(&mut storage, slot, head, size);
         // Set-up check: every packet protected through the C API too.
         refill_descriptors(&mut descs, head, &inner);
-        // SAFETY: every descriptor points into `storage`; 32 verdicts.
-        let ok = unsafe {
-            c_outbound(
-                c_gw.0,
-                descs.as_mut_ptr(),
-                BURST,
-                0,
-                c_verdicts.as_mut_ptr(),
-            )
-        };
-        assert_eq!(ok, BURST);
+        assert_eq!(
+            c_gateway_burst(c_outbound, &c_gw, &mut descs, &mut c_verdicts),
+            BURST
+        );
         let protected_verdict = ipsec_verdict::IPSEC_VERDICT_PROTECTED as u32;
         assert!(c_verdicts.iter().all(|&v| v == protected_verdict));
         g.bench_function(format!("c_outbound_burst{BURST}/{size}"), |b| {
             b.iter(|| {
                 refill_descriptors(&mut descs, head, &inner);
-                // SAFETY: every descriptor points into `storage`; 32 verdicts.
-                let ok = unsafe {
-                    c_outbound(
-                        c_gw.0,
-                        descs.as_mut_ptr(),
-                        BURST,
-                        0,
-                        c_verdicts.as_mut_ptr(),
-                    )
-                };
+                let ok = c_gateway_burst(c_outbound, &c_gw, &mut descs, &mut c_verdicts);
                 assert_eq!(ok, BURST);
                 black_box(&descs);
             })
@@ -164,32 +161,16 @@ fn gateway_group(c: &mut Criterion, suite: Suite) {
         });
         let mut descs = descriptors(&mut storage, plen, 0, plen);
         refill_descriptors(&mut descs, 0, &protected);
-        // SAFETY: every descriptor points into `storage`; 32 verdicts.
-        let ok = unsafe {
-            c_inbound(
-                c_gw.0,
-                descs.as_mut_ptr(),
-                BURST,
-                0,
-                c_verdicts.as_mut_ptr(),
-            )
-        };
-        assert_eq!(ok, BURST);
+        assert_eq!(
+            c_gateway_burst(c_inbound, &c_gw, &mut descs, &mut c_verdicts),
+            BURST
+        );
         let decrypted = ipsec_verdict::IPSEC_VERDICT_DECRYPTED as u32;
         assert!(c_verdicts.iter().all(|&v| v == decrypted));
         g.bench_function(format!("c_inbound_burst{BURST}/{size}"), |b| {
             b.iter(|| {
                 refill_descriptors(&mut descs, 0, &protected);
-                // SAFETY: every descriptor points into `storage`; 32 verdicts.
-                let ok = unsafe {
-                    c_inbound(
-                        c_gw.0,
-                        descs.as_mut_ptr(),
-                        BURST,
-                        0,
-                        c_verdicts.as_mut_ptr(),
-                    )
-                };
+                let ok = c_gateway_burst(c_inbound, &c_gw, &mut descs, &mut c_verdicts);
                 assert_eq!(ok, BURST);
                 black_box(&descs);
             })
@@ -291,27 +272,10 @@ fn suite_group(c: &mut Criterion, suite: Suite, single: &[usize], bursts: &[usiz
                 black_box(&pkts);
             })
         });
-        let base = storage.as_mut_ptr();
-        let mut descs: Vec<ipsec_packet> = (0..BURST)
-            .map(|i| ipsec_packet {
-                // SAFETY: slot `i` lies inside `storage`.
-                buf: unsafe { base.add(i * slot) },
-                capacity: slot,
-                offset: head,
-                length: size,
-                status: 0,
-                fragments: 0,
-            })
-            .collect();
+        let mut descs = descriptors(&mut storage, slot, head, size);
         g.bench_function(format!("c_encrypt_burst{BURST}/{size}"), |b| {
             b.iter(|| {
-                for (i, d) in descs.iter_mut().enumerate() {
-                    // SAFETY: slot `i` of `storage`, `slot` bytes, not otherwise borrowed.
-                    let s = unsafe { std::slice::from_raw_parts_mut(base.add(i * slot), slot) };
-                    s[head..head + size].copy_from_slice(&inner);
-                    d.offset = head;
-                    d.length = size;
-                }
+                refill_descriptors(&mut descs, head, &inner);
                 // SAFETY: every descriptor points into `storage`.
                 let ok = unsafe { c_encrypt_burst(c_out.0, descs.as_mut_ptr(), BURST, 0) };
                 assert_eq!(ok, BURST);
@@ -327,27 +291,10 @@ fn suite_group(c: &mut Criterion, suite: Suite, single: &[usize], bursts: &[usiz
                 black_box(&pkts);
             })
         });
-        let base = storage.as_mut_ptr();
-        let mut descs: Vec<ipsec_packet> = (0..BURST)
-            .map(|i| ipsec_packet {
-                // SAFETY: slot `i` lies inside `storage`.
-                buf: unsafe { base.add(i * plen) },
-                capacity: plen,
-                offset: 0,
-                length: plen,
-                status: 0,
-                fragments: 0,
-            })
-            .collect();
+        let mut descs = descriptors(&mut storage, plen, 0, plen);
         g.bench_function(format!("c_decrypt_burst{BURST}/{size}"), |b| {
             b.iter(|| {
-                for (i, d) in descs.iter_mut().enumerate() {
-                    // SAFETY: slot `i` of `storage`, `plen` bytes, not otherwise borrowed.
-                    let s = unsafe { std::slice::from_raw_parts_mut(base.add(i * plen), plen) };
-                    s.copy_from_slice(&protected);
-                    d.offset = 0;
-                    d.length = plen;
-                }
+                refill_descriptors(&mut descs, 0, &protected);
                 // SAFETY: every descriptor points into `storage`.
                 let ok = unsafe { c_decrypt_burst(c_in.0, descs.as_mut_ptr(), BURST, 0) };
                 assert_eq!(ok, BURST);
