@@ -347,15 +347,14 @@ struct Index<K: KeyInt> {
     dim: usize,
     /// The intervals; `a..b` in `boxes` and `locals` is the list of each.
     starts: Starts<K>,
-    /// The dimensions of the filter boxes: every one but `dim`.
-    others: [usize; 4],
     /// The maps of the two address dimensions.
     quant: [Quant; 2],
     /// Per list entry, in a classifier of the inline layout
     /// ([`Partitioned::filtered`] false): the candidate's [`Entry`].
     pool: Vec<Entry<K>>,
-    /// Per list entry, in the filtered layout: the candidate's filter box ([`QBox`], 16 bytes: a list of 60
-    /// candidates is 15 cache lines of boxes, against 50 with their entries inline).
+    /// Per list entry, in the filtered layout: the candidate's filter box ([`QBox`], 16
+    /// bytes: a list of 60 candidates is 15 cache lines of boxes, against 50 with
+    /// their entries inline).
     boxes: Vec<QBox>,
     /// Per list entry: the candidate's position in its group's `all` (read only when
     /// the box passes).
@@ -367,12 +366,18 @@ impl<K: KeyInt> Index<K> {
     #[inline(always)]
     fn query(&self, key: &[K; DIMS]) -> QBox {
         let m = self.mapped(key.map(|k| (k.top64(), k.low())));
-        // Every dimension but the index's, in order (`others`), as a selection per
-        // lane rather than a lookup through `others` (no loads, no dependence on them).
+        self.lanes(&m, &m)
+    }
+
+    /// A filter box from mapped lowest and highest values: every dimension but the
+    /// index's, in order, selected per lane (no table of dimensions to load).
+    #[inline(always)]
+    fn lanes(&self, lo: &[u16; DIMS], hi: &[u16; DIMS]) -> QBox {
         let mut q = [0; QLANES];
         for i in 0..4 {
-            q[i] = if i < self.dim { m[i] } else { m[i + 1] };
-            q[i + 4] = !q[i];
+            let d = if i < self.dim { i } else { i + 1 };
+            q[i] = lo[d];
+            q[i + 4] = !hi[d];
         }
         q
     }
@@ -386,12 +391,7 @@ impl<K: KeyInt> Index<K> {
                 (K::narrow(b).top64(), u32::try_from(b).unwrap_or(u32::MAX))
             }))
         });
-        let mut c = [0; QLANES];
-        for (i, &d) in self.others.iter().enumerate() {
-            c[i] = lo[d];
-            c[i + 4] = !hi[d];
-        }
-        c
+        self.lanes(&lo, &hi)
     }
 
     /// Every dimension of a point mapped to 16 bits (addresses by their top 64 bits,
@@ -582,15 +582,10 @@ fn entry<K: KeyInt>(r: &TRule, id: u32, local: u32) -> Entry<K> {
 }
 
 fn build_index<K: KeyInt>(rules: &[TRule], dim: usize, budget: &mut usize) -> Option<Index<K>> {
-    let mut others = [0; 4];
-    for (o, d) in others.iter_mut().zip((0..DIMS).filter(|&d| d != dim)) {
-        *o = d;
-    }
     let quant = [0, 1].map(|d| Quant::for_addresses::<K>(rules, d));
     let mut ix = Index {
         dim,
         starts: Starts::new(vec![K::default()], vec![(0, 0)]),
-        others,
         quant,
         pool: Vec::new(),
         boxes: Vec::new(),
