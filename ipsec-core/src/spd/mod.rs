@@ -31,8 +31,10 @@
 //! ranges instead of masks, and typically two or three groups: "remote is specific",
 //! "only local is specific", the catch-all). A group's dimension is cut into elementary
 //! intervals at the rule boundaries; each interval lists, in priority order, the rules
-//! of the group covering it, with their bounding boxes inline. A lookup does one
-//! two-step binary search per group and checks a few candidates; the earliest match
+//! of the group covering it: with their bounding boxes inline in a small classifier, as
+//! 16-byte filter boxes (the box mapped to 16 bits a dimension, compared with the key's
+//! in one vector instruction) in a large one. A lookup finds its interval in each group
+//! through a bucket table and checks a few candidates; the earliest match
 //! over the groups wins, and a candidate or group that comes after the best answer so
 //! far is not looked at. Each list holds every rule of its group whose range covers the
 //! point and the full check decides, so the answer is the naive scan's by construction;
