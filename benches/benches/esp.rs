@@ -60,7 +60,7 @@ use ipsec_core::gateway::{BurstVerdict, Inbound, Outbound};
 use ipsec_core::{Cipher, Direction, Gateway, Integrity, PacketBuf, SecurityAssociation, Spd};
 
 mod common;
-use common::{BURST, cpu_now, inner_packet, refilled_burst, tunnel_sa};
+use common::{BURST, cpu_now, geometry, inner_packet, protect, refilled_burst, tunnel_sa};
 
 /// Inner packet sizes: a small packet, a medium one, and a full one that still fits a
 /// 1500-byte MTU after tunnel-mode ESP overhead.
@@ -109,24 +109,6 @@ fn sa(suite: Suite, direction: Direction) -> SecurityAssociation {
     let key = vec![0x42u8; suite.key_len];
     let integrity = suite.integrity.map(|i| (i, &[0x24u8; 32][..]));
     tunnel_sa(suite.cipher, &key, integrity, direction)
-}
-
-/// Buffer geometry for one packet: headroom, and the whole slot size.
-fn geometry(outbound: &SecurityAssociation, size: usize) -> (usize, usize) {
-    let head = outbound.max_headroom();
-    (head, head + size + outbound.tailroom_for(size))
-}
-
-/// The protected form of `inner` (an outer IPv4 packet).
-fn protect(outbound: &mut SecurityAssociation, inner: &[u8]) -> Vec<u8> {
-    let (head, slot) = geometry(outbound, inner.len());
-    let mut storage = vec![0u8; slot];
-    storage[head..head + inner.len()].copy_from_slice(inner);
-    let mut pkt = PacketBuf::new(&mut storage, head, inner.len()).expect("in bounds");
-    outbound
-        .encrypt(&mut pkt, Duration::ZERO)
-        .expect("encrypts");
-    pkt.data().to_vec()
 }
 
 fn esp_benches(g: &mut BenchmarkGroup<'_, WallTime>, suite: Suite, size: usize) {

@@ -37,7 +37,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 mod common;
 mod ffi_setup;
-use common::{inner_packet, refilled_burst};
+use common::{geometry, inner_packet, protect, refilled_burst};
 use ffi_setup::{BURST, BurstFn, CGateway, CSa, GatewayBurstFn, OneFn, Suite, rust_suite_sa};
 use ipsec::{ipsec_packet, ipsec_status, ipsec_verdict};
 use ipsec_core::gateway::BurstVerdict;
@@ -114,8 +114,7 @@ fn gateway_group(c: &mut Criterion, suite: Suite) {
         g.throughput(Throughput::Bytes((size * BURST) as u64));
         let inner = inner_packet(size);
         let mut peer = suite.peer_sa();
-        let head = peer.max_headroom();
-        let slot = head + size + peer.tailroom_for(size);
+        let (head, slot) = geometry(&peer, size);
         let mut storage = vec![0u8; slot * BURST];
         g.bench_function(format!("rust_outbound_burst{BURST}/{size}"), |b| {
             b.iter(|| {
@@ -145,11 +144,7 @@ fn gateway_group(c: &mut Criterion, suite: Suite) {
         // What the peer sends: the reply (addresses swapped), sealed with the same keys.
         let mut reply = inner.clone();
         reply[12..20].rotate_left(4);
-        let mut one = vec![0u8; slot];
-        one[head..head + size].copy_from_slice(&reply);
-        let mut pkt = PacketBuf::new(&mut one, head, size).expect("in bounds");
-        peer.encrypt(&mut pkt, now).expect("encrypts");
-        let protected = pkt.data().to_vec();
+        let protected = protect(&mut peer, &reply);
         let plen = protected.len();
         let mut storage = vec![0u8; plen * BURST];
         g.bench_function(format!("rust_inbound_burst{BURST}/{size}"), |b| {
@@ -197,8 +192,7 @@ fn suite_group(c: &mut Criterion, suite: Suite, single: &[usize], bursts: &[usiz
     for size in sizes {
         let inner = inner_packet(size);
         let mut rust_out = rust_suite_sa(suite, Direction::Outbound);
-        let head = rust_out.max_headroom();
-        let slot = head + size + rust_out.tailroom_for(size);
+        let (head, slot) = geometry(&rust_out, size);
         g.throughput(Throughput::Bytes(size as u64));
 
         let c_out = CSa::with_suite(suite, Direction::Outbound);
@@ -227,10 +221,7 @@ fn suite_group(c: &mut Criterion, suite: Suite, single: &[usize], bursts: &[usiz
         }
 
         // One ciphertext, decrypted again and again (replay window off on both).
-        let mut pkt = PacketBuf::new(&mut storage, head, size).expect("in bounds");
-        pkt.buffer_mut()[head..head + size].copy_from_slice(&inner);
-        rust_out.encrypt(&mut pkt, now).expect("encrypts");
-        let protected = pkt.data().to_vec();
+        let protected = protect(&mut rust_out, &inner);
         let plen = protected.len();
         let mut rust_in = rust_suite_sa(suite, Direction::Inbound);
         let c_in = CSa::with_suite(suite, Direction::Inbound);

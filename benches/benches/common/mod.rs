@@ -83,3 +83,21 @@ pub(crate) fn refilled_burst<'a>(
         PacketBuf::new(s, at, template.len()).expect("in bounds")
     })
 }
+
+/// Buffer geometry for one packet: headroom, and the whole slot size.
+pub(crate) fn geometry(outbound: &SecurityAssociation, size: usize) -> (usize, usize) {
+    let head = outbound.max_headroom();
+    (head, head + size + outbound.tailroom_for(size))
+}
+
+/// The protected form of `inner` (an outer IPv4 packet).
+pub(crate) fn protect(outbound: &mut SecurityAssociation, inner: &[u8]) -> Vec<u8> {
+    let (head, slot) = geometry(outbound, inner.len());
+    let mut storage = vec![0u8; slot];
+    storage[head..head + inner.len()].copy_from_slice(inner);
+    let mut pkt = PacketBuf::new(&mut storage, head, inner.len()).expect("in bounds");
+    outbound
+        .encrypt(&mut pkt, Duration::ZERO)
+        .expect("encrypts");
+    pkt.data().to_vec()
+}
