@@ -206,6 +206,7 @@ mod flow;
 pub mod lint;
 mod lint_index;
 pub(crate) mod parse;
+mod prefetch;
 mod pss;
 pub mod selector;
 mod tree;
@@ -941,7 +942,9 @@ impl Table {
     }
 
     /// Loads the records of `rules` (a burst's answers) before their decisions are
-    /// built, so that their cache misses overlap (see `pss::touch`).
+    /// built, so that their cache misses overlap: plain loads, one per answer, whose
+    /// values nothing waits for. (Prefetches, which the burst lookup uses, measured
+    /// level here, at 100,000 rules.)
     #[inline]
     fn load_ahead(&self, rules: &[Option<usize>]) {
         let mut acc = 0u32;

@@ -28,6 +28,7 @@
 //! copied into many lists, so a global budget turns a group that would exceed it into a
 //! plain ordered list (slower, still exact).
 
+use crate::spd::prefetch::prefetch;
 use crate::spd::tree::{DIMS, TRule};
 use std::collections::{BTreeSet, HashMap};
 
@@ -528,18 +529,6 @@ fn scan<K: KeyInt>(
     best
 }
 
-/// What `s[i]` holds (if `i` is in bounds), through `f`: a load made early so that its
-/// cache line is on its way before the code that needs it runs, the "prefetch" of the
-/// burst lookup. The crate has no `unsafe`, and `_mm_prefetch` needs it; a plain load
-/// whose value nothing waits for does the same job on an out-of-order core: the loads
-/// of a stage, one per key, are independent, so their misses are in flight together.
-/// The value goes to the key's own slot of a sink (one `xor` per key: no chain of
-/// dependences from one key to the next, which would serialize the stage).
-#[inline(always)]
-fn touch<T>(s: &[T], i: usize, f: impl Fn(&T) -> u32) -> u32 {
-    s.get(i).map_or(0, f)
-}
-
 /// Rules of one group under construction: (position, rule).
 type Members = Vec<(u32, TRule)>;
 
@@ -820,8 +809,6 @@ impl<K: KeyInt> Partitioned<K> {
         // Per live key: the intervals of its bucket's ends, then its interval's list
         // (`a..b` in the index's boxes and locals).
         let mut span = [(0u32, 0u32); BURST];
-        // What the loads ahead read, per key (see `touch`).
-        let mut sink = [0u32; BURST];
         for g in &self.groups {
             let mut m = 0;
             for (j, &b) in best[..n].iter().enumerate() {
@@ -848,14 +835,14 @@ impl<K: KeyInt> Partitioned<K> {
             for &j in live {
                 let j = usize::from(j);
                 at[j] = st.bucket(keys[j][ix.dim]);
-                sink[j] ^= touch(&st.tab, at[j], |&t| t);
+                prefetch(&st.tab, at[j]);
             }
             for &j in live {
                 let j = usize::from(j);
                 let b = at[j];
                 let (lo, hi) = (st.tab[b], st.tab[b + 1]);
                 span[j] = (lo, hi);
-                sink[j] ^= touch(&st.all, lo as usize + 1, |s| s.start.low());
+                prefetch(&st.all, lo as usize + 1);
             }
             // The interval (its list is in the slot the count just read), then its
             // first candidates' boxes, loaded ahead.
@@ -867,10 +854,10 @@ impl<K: KeyInt> Partitioned<K> {
                 span[j] = (a, b);
                 if self.filtered {
                     for c in (a..b).step_by(BOXES_PER_LINE).take(LINES_AHEAD) {
-                        sink[j] ^= touch(&ix.boxes, c as usize, |q| u32::from(q[0]));
+                        prefetch(&ix.boxes, c as usize);
                     }
                 } else {
-                    sink[j] ^= touch(&ix.pool, a as usize, |e| e.id);
+                    prefetch(&ix.pool, a as usize);
                 }
             }
             for &j in live {
@@ -885,7 +872,6 @@ impl<K: KeyInt> Partitioned<K> {
                 };
             }
         }
-        core::hint::black_box(&sink);
         for (o, &b) in out.iter_mut().zip(&best[..n]) {
             *o = (b != u32::MAX).then_some(b as usize);
         }
