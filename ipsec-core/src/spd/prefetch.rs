@@ -28,9 +28,12 @@ pub(crate) fn prefetch<T>(s: &[T], i: usize) {
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    if size_of::<T>() > 0 {
-        // SAFETY: `p` points to the first byte of `s[i]`, a live, initialised element
-        // of a non-zero size borrowed for this call; a byte read of it is valid.
-        core::hint::black_box(unsafe { core::ptr::read_volatile(p) });
+    {
+        if size_of::<T>() > 0 {
+            // SAFETY: `p` points to the first byte of `s[i]`, a live, initialised
+            // element of a non-zero size borrowed for this call; a byte read of it is
+            // valid.
+            core::hint::black_box(unsafe { core::ptr::read_volatile(p) });
+        }
     }
 }

@@ -499,7 +499,7 @@ const BURST_MIN_BYTES: usize = 16 << 20;
 /// choice per group inside one loop cost 5-25 % at 10,000 rules in several code shapes.
 pub(crate) const FILTER_MIN_BYTES: usize = 256 << 10;
 
-/// Cache lines of filter boxes loaded ahead per key before its list is scanned.
+/// Cache lines of filter boxes prefetched per key before its list is scanned.
 const LINES_AHEAD: usize = 2;
 
 /// Filter boxes per 64-byte cache line.
@@ -776,7 +776,7 @@ impl<K: KeyInt> Partitioned<K> {
     /// The answers of [`Partitioned::lookup_where`] for up to [`BURST`] keys at once:
     /// `out[j]` for `keys[j]` (and `wide[j]`). The lookups advance together, stage by
     /// stage (a group's bucket, the starts of the bucket, its interval's list, the
-    /// candidates), and each stage first loads what the next one reads for every
+    /// candidates), and each stage first prefetches what the next one reads for every
     /// key of the burst, so the memory latency of the keys overlaps instead of adding up
     /// (what `rte_acl_classify` does with its flows). Each key's answer is computed by
     /// the same steps as [`Partitioned::lookup_where`]: the same groups in the same
@@ -845,7 +845,7 @@ impl<K: KeyInt> Partitioned<K> {
                 prefetch(&st.all, lo as usize + 1);
             }
             // The interval (its list is in the slot the count just read), then its
-            // first candidates' boxes, loaded ahead.
+            // first candidates' boxes, prefetched.
             for &j in live {
                 let j = usize::from(j);
                 let (lo, hi) = span[j];
