@@ -644,25 +644,10 @@ impl FragmentIndex {
                 (i as u32, wide)
             })
             .unzip();
-        const V4_MAX: [u128; 5] = [
-            u32::MAX as u128,
-            u32::MAX as u128,
-            255,
-            OPAQUE as u128,
-            OPAQUE as u128,
-        ];
-        const V6_MAX: [u128; 5] = [u128::MAX, u128::MAX, 255, OPAQUE as u128, OPAQUE as u128];
+        let (v4, v6) = classifiers(&widened, filter_min_bytes);
         FragmentIndex {
-            v4: Partitioned::build(
-                widened.iter().map(|r| tree_rule(r, false)).collect(),
-                V4_MAX,
-                filter_min_bytes,
-            ),
-            v6: Partitioned::build(
-                widened.iter().map(|r| tree_rule(r, true)).collect(),
-                V6_MAX,
-                filter_min_bytes,
-            ),
+            v4,
+            v6,
             rules,
             chain_of,
             chains,
@@ -790,6 +775,28 @@ fn port_dims(flow: &Flow) -> (u32, u32) {
     (a.map_or(OPAQUE, u32::from), b.map_or(OPAQUE, u32::from))
 }
 
+/// The IPv4 and IPv6 classifiers of `rules` (in priority order), their lists in the
+/// filtered layout from `filter_min_bytes` ([`pss::FILTER_MIN_BYTES`]; 0 forces it).
+fn classifiers(
+    rules: &[RuleRef<'_>],
+    filter_min_bytes: usize,
+) -> (Partitioned<u32>, Partitioned<u128>) {
+    // The largest value of each dimension (addresses, protocol, selectors A and B).
+    const V4_MAX: [u128; 5] = [
+        u32::MAX as u128,
+        u32::MAX as u128,
+        255,
+        OPAQUE as u128,
+        OPAQUE as u128,
+    ];
+    const V6_MAX: [u128; 5] = [u128::MAX, u128::MAX, 255, OPAQUE as u128, OPAQUE as u128];
+    let family = |v6| -> Vec<TRule> { rules.iter().map(|r| tree_rule(r, v6)).collect() };
+    (
+        Partitioned::build(family(false), V4_MAX, filter_min_bytes),
+        Partitioned::build(family(true), V6_MAX, filter_min_bytes),
+    )
+}
+
 fn tree_rule(r: &RuleRef<'_>, v6: bool) -> TRule {
     let addrs = |s: &AddrSet| {
         if v6 {
@@ -855,31 +862,15 @@ impl Table {
             .iter()
             .map(|&i| policies[i as usize].oriented(direction))
             .collect();
-        const V4_MAX: [u128; 5] = [
-            u32::MAX as u128,
-            u32::MAX as u128,
-            255,
-            OPAQUE as u128,
-            OPAQUE as u128,
-        ];
-        const V6_MAX: [u128; 5] = [u128::MAX, u128::MAX, 255, OPAQUE as u128, OPAQUE as u128];
         let filter_min_bytes = match kind {
             EngineKind::PartitionedFiltered => 0,
             _ => pss::FILTER_MIN_BYTES,
         };
         let engine = match kind {
-            EngineKind::Partitioned | EngineKind::PartitionedFiltered => Engine::Partitioned {
-                v4: Partitioned::build(
-                    refs.iter().map(|r| tree_rule(r, false)).collect(),
-                    V4_MAX,
-                    filter_min_bytes,
-                ),
-                v6: Partitioned::build(
-                    refs.iter().map(|r| tree_rule(r, true)).collect(),
-                    V6_MAX,
-                    filter_min_bytes,
-                ),
-            },
+            EngineKind::Partitioned | EngineKind::PartitionedFiltered => {
+                let (v4, v6) = classifiers(&refs, filter_min_bytes);
+                Engine::Partitioned { v4, v6 }
+            }
             EngineKind::BitVector => Engine::BitVector(Classifier::build(&refs)),
             EngineKind::Tree => Engine::Tree {
                 v4: Tree::build(
