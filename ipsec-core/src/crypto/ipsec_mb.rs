@@ -59,6 +59,65 @@ fn tag_verified(expect: &[u8; 16], tag: &[u8; 16], data: &mut [u8]) -> bool {
     ok
 }
 
+/// The public seal and open of a one-call AEAD key (`GcmKey`, `ChaChaKey`), over its
+/// `run(encrypt, nonce, aad, data, tag)`: one definition of the tag handling for both.
+macro_rules! one_call_aead {
+    ($key:ty, $limit:literal) => {
+        impl $key {
+            /// Encrypts `in_out` in place under the 12-byte nonce, authenticating
+            /// `aad`; returns the 16-byte tag. Panics only past
+            #[doc = $limit]
+            #[inline]
+            pub fn seal(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
+                self.seal_nonce(nonce.into(), aad, in_out)
+            }
+
+            /// [`Self::seal`] with the nonce in its parts (what ESP uses: see
+            /// [`Nonce`]).
+            #[inline]
+            pub(crate) fn seal_nonce(
+                &self,
+                nonce: Nonce,
+                aad: &[u8],
+                in_out: &mut [u8],
+            ) -> [u8; 16] {
+                let mut tag = [0u8; 16];
+                self.run(true, nonce, aad, in_out, &mut tag);
+                tag
+            }
+
+            /// Decrypts `in_out` in place and checks `tag` in constant time. On a
+            /// mismatch `in_out` is overwritten with zeros (no unauthenticated
+            /// plaintext is left) and the answer is `false`.
+            #[inline]
+            pub fn open(
+                &self,
+                nonce: [u8; 12],
+                aad: &[u8],
+                in_out: &mut [u8],
+                tag: &[u8; 16],
+            ) -> bool {
+                self.open_nonce(nonce.into(), aad, in_out, tag)
+            }
+
+            /// [`Self::open`] with the nonce in its parts (what ESP uses: see
+            /// [`Nonce`]).
+            #[inline]
+            pub(crate) fn open_nonce(
+                &self,
+                nonce: Nonce,
+                aad: &[u8],
+                in_out: &mut [u8],
+                tag: &[u8; 16],
+            ) -> bool {
+                let mut expect = [0u8; 16];
+                self.run(false, nonce, aad, in_out, &mut expect);
+                tag_verified(&expect, tag, in_out)
+            }
+        }
+    };
+}
+
 /// intel-ipsec-mb's `aes_gcm_enc_dec_t`: key data, context, out, in, length, 12-byte
 /// IV, AAD, AAD length, tag out, tag length.
 type GcmFn = unsafe extern "C" fn(
@@ -253,44 +312,9 @@ impl GcmKey {
         // volatile writes of zeros, then a fence.
         ctx.0.zeroize();
     }
-
-    /// Encrypts `in_out` in place under the 12-byte nonce, authenticating `aad`;
-    /// returns the 16-byte tag. Panics only past GCM's length limit (64 GiB).
-    #[inline]
-    pub fn seal(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
-        self.seal_nonce(nonce.into(), aad, in_out)
-    }
-
-    /// [`Self::seal`] with the nonce in its parts (what ESP uses: see [`Nonce`]).
-    #[inline]
-    pub(crate) fn seal_nonce(&self, nonce: Nonce, aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
-        let mut tag = [0u8; 16];
-        self.run(true, nonce, aad, in_out, &mut tag);
-        tag
-    }
-
-    /// Decrypts `in_out` in place and checks `tag` in constant time. On a mismatch
-    /// `in_out` is overwritten with zeros (no unauthenticated plaintext is left) and
-    /// the answer is `false`.
-    #[inline]
-    pub fn open(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8], tag: &[u8; 16]) -> bool {
-        self.open_nonce(nonce.into(), aad, in_out, tag)
-    }
-
-    /// [`Self::open`] with the nonce in its parts (what ESP uses: see [`Nonce`]).
-    #[inline]
-    pub(crate) fn open_nonce(
-        &self,
-        nonce: Nonce,
-        aad: &[u8],
-        in_out: &mut [u8],
-        tag: &[u8; 16],
-    ) -> bool {
-        let mut expect = [0u8; 16];
-        self.run(false, nonce, aad, in_out, &mut expect);
-        tag_verified(&expect, tag, in_out)
-    }
 }
+
+one_call_aead!(GcmKey, "GCM's length limit (64 GiB).");
 
 /// `struct chacha20_poly1305_context_data`: 192 bytes, 8-byte aligned (the shim
 /// asserts both, as `SHIM_CHACHA_CONTEXT_BYTES`), as 64-bit words.
@@ -394,42 +418,9 @@ impl ChaChaKey {
             "ipsec_mb_shim_chacha: the manager was set up with the key"
         );
     }
-
-    /// Encrypts `in_out` in place under the 12-byte nonce, authenticating `aad`;
-    /// returns the 16-byte tag.
-    pub fn seal(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
-        self.seal_nonce(nonce.into(), aad, in_out)
-    }
-
-    /// [`Self::seal`] with the nonce in its parts (what ESP uses: see [`Nonce`]).
-    #[inline]
-    pub(crate) fn seal_nonce(&self, nonce: Nonce, aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
-        let mut tag = [0u8; 16];
-        self.run(true, nonce, aad, in_out, &mut tag);
-        tag
-    }
-
-    /// Decrypts `in_out` in place and checks `tag` in constant time. On a mismatch
-    /// `in_out` is overwritten with zeros (no unauthenticated plaintext is left) and
-    /// the answer is `false`.
-    pub fn open(&self, nonce: [u8; 12], aad: &[u8], in_out: &mut [u8], tag: &[u8; 16]) -> bool {
-        self.open_nonce(nonce.into(), aad, in_out, tag)
-    }
-
-    /// [`Self::open`] with the nonce in its parts (what ESP uses: see [`Nonce`]).
-    #[inline]
-    pub(crate) fn open_nonce(
-        &self,
-        nonce: Nonce,
-        aad: &[u8],
-        in_out: &mut [u8],
-        tag: &[u8; 16],
-    ) -> bool {
-        let mut expect = [0u8; 16];
-        self.run(false, nonce, aad, in_out, &mut expect);
-        tag_verified(&expect, tag, in_out)
-    }
 }
+
+one_call_aead!(ChaChaKey, "ChaCha20-Poly1305's length limit (256 GiB).");
 
 impl core::fmt::Debug for ChaChaKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
