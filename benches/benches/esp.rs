@@ -32,7 +32,13 @@
 //! `gateway_outbound_burst_api32/N`, the whole burst in one `Gateway::outbound_burst`
 //! call (SPD cache off; the burst's 32 packets are one flow, so the classifier runs
 //! once per burst: see that method's docs), and `gateway_inbound_burst_api32/N`, the
-//! received burst in one `Gateway::inbound_burst` call (one run for one SA). This group is timed on the thread's CPU
+//! received burst in one `Gateway::inbound_burst` call (one run for one SA). The gateway
+//! of those rows has one policy; `gateway_outbound_burst32_branch_office/N` and
+//! `gateway_inbound_burst32_branch_office/N` send the same bursts through the gateway
+//! of `examples/branch-office.toml` (15 policies: IKE bypasses, a PROTECT policy per
+//! service and branch, a final DISCARD), a terminal-server packet (policy `b1-rdp`)
+//! out and its reply in, to read against `sa_encrypt_burst32/N` and
+//! `sa_decrypt_burst32/N` as a gateway's SPD usually is. This group is timed on the thread's CPU
 //! clock (`CLOCK_THREAD_CPUTIME_ID`, criterion's `iter_custom`), not wall time: on a
 //! shared machine the time other processes hold the core would otherwise swamp the
 //! ratios it is read for.
@@ -57,7 +63,9 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use hmac::{Hmac, Mac};
 use ipsec_core::gateway::{BurstVerdict, Inbound, Outbound};
-use ipsec_core::{Cipher, Direction, Gateway, Integrity, PacketBuf, SecurityAssociation, Spd};
+use ipsec_core::{
+    Cipher, Direction, Gateway, Integrity, Mode, PacketBuf, SaConfig, SecurityAssociation, Spd,
+};
 
 mod common;
 use common::{BURST, cpu_now, geometry, inner_packet, protect, refilled_burst, tunnel_sa};
@@ -311,6 +319,61 @@ sa = ["out", "in"]
     Gateway::new(spd, Duration::ZERO).expect("valid gateway")
 }
 
+/// The gateway of the branch-office scenario (`examples/branch-office.toml`: 15
+/// policies, IKE bypasses, per-service PROTECT policies for two branches, a final
+/// DISCARD), with the inbound SAs' replay windows off so that one protected packet
+/// decrypts every time.
+fn branch_office_gateway() -> Gateway {
+    let text = include_str!("../../examples/branch-office.toml")
+        .replace("replay_window = 1024", "replay_window = 0");
+    let spd = Spd::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
+    Gateway::new(spd, Duration::ZERO).expect("valid gateway")
+}
+
+/// A `size`-byte IPv4/TCP packet from 10.0.0.10:3389 (the head office's terminal
+/// server) to 10.1.0.7:50123 (a branch 1 client): policy `b1-rdp`, SA `ho-to-b1`.
+fn rdp_packet(size: usize) -> Vec<u8> {
+    let mut p = inner_packet(size);
+    p[9] = 6;
+    p[12..20].copy_from_slice(&[10, 0, 0, 10, 10, 1, 0, 7]);
+    p[10..12].fill(0);
+    ipsec_core::packet::set_ipv4_checksum(&mut p[..20]);
+    p[20..24].copy_from_slice(&[0x0d, 0x3d, 0xc3, 0xcb]);
+    p[32] = 0x50;
+    p
+}
+
+/// The branch 1 client's reply to [`rdp_packet`] as branch 1's gateway sends it: ESP
+/// under SA `b1-to-ho` (SPI 0x2001, its key from the example file), 198.51.100.2 ->
+/// 192.0.2.1.
+fn rdp_reply_protected(size: usize) -> Vec<u8> {
+    let mut reply = rdp_packet(size);
+    reply[12..20].rotate_left(4);
+    reply[20..24].rotate_left(2);
+    let key: Vec<u8> = (0..20)
+        .map(|i| {
+            u8::from_str_radix(
+                &"2b7e151628aed2a6abf7158809cf4f3cb1c2d3e4"[2 * i..2 * i + 2],
+                16,
+            )
+        })
+        .collect::<Result<_, _>>()
+        .expect("hex key");
+    let mut cfg = SaConfig::new(
+        0x2001,
+        Direction::Outbound,
+        Mode::Tunnel,
+        Cipher::Aes128Gcm,
+        &key,
+    );
+    cfg.tunnel(
+        "198.51.100.2".parse().expect("address"),
+        "192.0.2.1".parse().expect("address"),
+    );
+    let mut branch = SecurityAssociation::new(cfg, Duration::ZERO).expect("valid SA");
+    protect(&mut branch, &reply)
+}
+
 /// The gateway path against the SA alone, bursts of 32 AES-128-GCM packets.
 fn gateway_path(c: &mut Criterion) {
     let suite = SUITES[0];
@@ -359,6 +422,25 @@ fn gateway_path(c: &mut Criterion) {
                 cpu_now() - t0
             })
         });
+        let mut office = branch_office_gateway();
+        let rdp = rdp_packet(size);
+        g.bench_function(
+            format!("gateway_outbound_burst{BURST}_branch_office/{size}"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let t0 = cpu_now();
+                    for _ in 0..iters {
+                        let mut pkts = refilled_burst(&mut storage, slot, head, &rdp);
+                        for pkt in &mut pkts {
+                            let verdict = office.outbound(pkt, now);
+                            assert!(matches!(verdict, Ok(Outbound::Protected { .. })));
+                        }
+                        black_box(&pkts);
+                    }
+                    cpu_now() - t0
+                })
+            },
+        );
         let mut cached = one_tunnel_gateway();
         cached.set_spd_cache(1024);
         g.bench_function(
@@ -420,6 +502,26 @@ fn gateway_path(c: &mut Criterion) {
                 cpu_now() - t0
             })
         });
+        let reply = rdp_reply_protected(size);
+        let rlen = reply.len();
+        let mut reply_storage = vec![0u8; rlen * BURST];
+        g.bench_function(
+            format!("gateway_inbound_burst{BURST}_branch_office/{size}"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let t0 = cpu_now();
+                    for _ in 0..iters {
+                        let mut pkts = refilled_burst(&mut reply_storage, rlen, 0, &reply);
+                        for pkt in &mut pkts {
+                            let verdict = office.inbound(pkt, now);
+                            assert!(matches!(verdict, Ok(Inbound::Decrypted { .. })));
+                        }
+                        black_box(&pkts);
+                    }
+                    cpu_now() - t0
+                })
+            },
+        );
         g.bench_function(format!("gateway_inbound_burst_api{BURST}/{size}"), |b| {
             b.iter_custom(|iters| {
                 let t0 = cpu_now();
