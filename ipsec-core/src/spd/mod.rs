@@ -36,8 +36,11 @@
 //! in one vector instruction) in a large one. A lookup finds its interval in each group
 //! through a bucket table and checks a few candidates; the earliest match
 //! over the groups wins, and a candidate or group that comes after the best answer so
-//! far is not looked at. Each list holds every rule of its group whose range covers the
-//! point and the full check decides, so the answer is the naive scan's by construction;
+//! far is not looked at. A classifier of at most 16 rules (a gateway's usual SPD) is one
+//! group without an index: its rules' boxes are checked in order, which costs less than
+//! finding an interval per group at that size. Each list holds every rule of its group
+//! whose range covers the point and the full check decides, so the answer is the naive
+//! scan's by construction;
 //! [`Spd::lookup_linear`] is that scan, and the property tests and the
 //! `spd_differential` fuzz target compare them (and the two alternatives below).
 //!
@@ -223,7 +226,7 @@ use crate::sa::Direction;
 use crate::sa_file::NamedSa;
 use bv::{Classifier, Key, OPAQUE, RuleRef};
 use core::fmt;
-use pss::Partitioned;
+use pss::{Layout, Partitioned};
 use selector::{has_ports, is_icmp};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -612,7 +615,7 @@ struct FragmentIndex {
 }
 
 impl FragmentIndex {
-    fn build(refs: &[RuleRef<'_>], filter_min_bytes: usize) -> FragmentIndex {
+    fn build(refs: &[RuleRef<'_>], layout: Layout) -> FragmentIndex {
         let mut seen: HashMap<_, u32> = HashMap::new();
         let mut chain_of: HashMap<u32, u32> = HashMap::new();
         let mut chains: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -644,7 +647,7 @@ impl FragmentIndex {
                 (i as u32, wide)
             })
             .unzip();
-        let (v4, v6) = classifiers(&widened, filter_min_bytes);
+        let (v4, v6) = classifiers(&widened, layout);
         FragmentIndex {
             v4,
             v6,
@@ -725,9 +728,9 @@ enum Engine {
 pub enum EngineKind {
     /// Rules partitioned by wildcard pattern, interval stabbing per part (the default).
     Partitioned,
-    /// [`EngineKind::Partitioned`] with its lists in the filtered layout whatever its
-    /// size (the default keeps entries inline in small classifiers): for the tests,
-    /// whose rule sets are small.
+    /// [`EngineKind::Partitioned`] with an index and its lists in the filtered layout
+    /// whatever its size (the default scans classifiers of at most 16 rules and keeps
+    /// entries inline in small ones): for the tests, whose rule sets are small.
     PartitionedFiltered,
     /// HiCuts-style decision trees.
     Tree,
@@ -775,12 +778,8 @@ fn port_dims(flow: &Flow) -> (u32, u32) {
     (a.map_or(OPAQUE, u32::from), b.map_or(OPAQUE, u32::from))
 }
 
-/// The IPv4 and IPv6 classifiers of `rules` (in priority order), their lists in the
-/// filtered layout from `filter_min_bytes` ([`pss::FILTER_MIN_BYTES`]; 0 forces it).
-fn classifiers(
-    rules: &[RuleRef<'_>],
-    filter_min_bytes: usize,
-) -> (Partitioned<u32>, Partitioned<u128>) {
+/// The IPv4 and IPv6 classifiers of `rules` (in priority order), laid out in `layout`.
+fn classifiers(rules: &[RuleRef<'_>], layout: Layout) -> (Partitioned<u32>, Partitioned<u128>) {
     // The largest value of each dimension (addresses, protocol, selectors A and B).
     const V4_MAX: [u128; 5] = [
         u32::MAX as u128,
@@ -792,8 +791,8 @@ fn classifiers(
     const V6_MAX: [u128; 5] = [u128::MAX, u128::MAX, 255, OPAQUE as u128, OPAQUE as u128];
     let family = |v6| -> Vec<TRule> { rules.iter().map(|r| tree_rule(r, v6)).collect() };
     (
-        Partitioned::build(family(false), V4_MAX, filter_min_bytes),
-        Partitioned::build(family(true), V6_MAX, filter_min_bytes),
+        Partitioned::build(family(false), V4_MAX, layout),
+        Partitioned::build(family(true), V6_MAX, layout),
     )
 }
 
@@ -862,13 +861,13 @@ impl Table {
             .iter()
             .map(|&i| policies[i as usize].oriented(direction))
             .collect();
-        let filter_min_bytes = match kind {
-            EngineKind::PartitionedFiltered => 0,
-            _ => pss::FILTER_MIN_BYTES,
+        let layout = match kind {
+            EngineKind::PartitionedFiltered => Layout::INDEXED_FILTERED,
+            _ => Layout::MEASURED,
         };
         let engine = match kind {
             EngineKind::Partitioned | EngineKind::PartitionedFiltered => {
-                let (v4, v6) = classifiers(&refs, filter_min_bytes);
+                let (v4, v6) = classifiers(&refs, layout);
                 Engine::Partitioned { v4, v6 }
             }
             EngineKind::BitVector => Engine::BitVector(Classifier::build(&refs)),
@@ -886,7 +885,7 @@ impl Table {
         let fragments = refs
             .iter()
             .any(|r| r.a.is_some() || r.b.is_some())
-            .then(|| FragmentIndex::build(&refs, filter_min_bytes));
+            .then(|| FragmentIndex::build(&refs, layout));
         Table {
             removed: vec![0; rules.len().div_ceil(64)],
             removed_count: 0,
@@ -1077,12 +1076,6 @@ pub const REBUILD_DUE: usize = 32;
 /// caller's thread (the bound on what a lookup may have to check beside the compiled
 /// classifier).
 pub(crate) const DELTA_MAX: usize = 128;
-
-/// SPDs of at most this many policies, with no change pending, are answered by
-/// [`Spd::lookup`] with a first-match scan rather than the compiled classifier (whose
-/// keys cost more to make than a few rule checks; the burst lookup still uses the
-/// classifier).
-const SCAN_MAX: usize = 4;
 
 /// A Security Policy Database: ordered policies, their SAs, and the compiled lookup.
 ///
@@ -1670,14 +1663,6 @@ impl Spd {
     /// the compile (if any) taken into account.
     #[inline]
     fn classify(&self, flow: &Flow) -> Decision<'_> {
-        if self.base.len() <= SCAN_MAX && self.delta.is_empty() {
-            // A handful of policies: the first-match scan (the reference) is cheaper
-            // than making the classifier's keys, and answers the same.
-            return match self.base.iter().position(|p| p.matches(flow)) {
-                Some(i) => self.decision(i, flow.direction),
-                None => Decision::NO_MATCH,
-            };
-        }
         let table = self.table(flow.direction);
         let Some(rule) = Self::compiled_rule(table, flow) else {
             // Mixed families come from no real packet: the plain scan answers.
@@ -1735,10 +1720,10 @@ impl Spd {
         })
     }
 
-    /// The first policy matching `flow` (compiled classifier; an SPD of at most four
-    /// policies with no change pending is scanned in order instead, which is cheaper at
-    /// that size and answers the same); DISCARD with no policy if none does. The SA is
-    /// the one of the flow's direction.
+    /// The first policy matching `flow` (compiled classifier: a direction with at most
+    /// 16 policies of the flow's address family is a scan of their compact boxes, in
+    /// order); DISCARD with no policy if none does. The SA is the one of the flow's
+    /// direction.
     #[inline]
     pub fn lookup(&self, flow: &Flow) -> Decision<'_> {
         self.classify(flow)
