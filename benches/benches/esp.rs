@@ -350,15 +350,8 @@ fn rdp_reply_protected(size: usize) -> Vec<u8> {
     let mut reply = rdp_packet(size);
     reply[12..20].rotate_left(4);
     reply[20..24].rotate_left(2);
-    let key: Vec<u8> = (0..20)
-        .map(|i| {
-            u8::from_str_radix(
-                &"2b7e151628aed2a6abf7158809cf4f3cb1c2d3e4"[2 * i..2 * i + 2],
-                16,
-            )
-        })
-        .collect::<Result<_, _>>()
-        .expect("hex key");
+    let key = ipsec_core::sa_file::decode_hex("key", "2b7e151628aed2a6abf7158809cf4f3cb1c2d3e4")
+        .expect("the example's key");
     let mut cfg = SaConfig::new(
         0x2001,
         Direction::Outbound,
