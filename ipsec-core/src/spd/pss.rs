@@ -701,6 +701,7 @@ impl<K: KeyInt> Partitioned<K> {
         order.sort_by_key(|&(_, crowd)| crowd);
         // Each rule goes to the group of the first dimension (in that order) it does not
         // leave as "any"; rules that leave every dimension as "any" go to the last group.
+        // A classifier small enough to scan is one group without a dimension.
         let mut by_dim: Vec<(Option<usize>, Members)> = Vec::new();
         let scan = rules.len() <= layout.scan_max;
         for (id, r) in rules {
