@@ -367,6 +367,52 @@ fn rdp_reply_protected(size: usize) -> Vec<u8> {
     protect(&mut branch, &reply)
 }
 
+/// The thread CPU time of `iters` bursts of [`BURST`] copies of `template` (at `at` in
+/// `slot`-byte buffers over `storage`), `send` called on each packet in turn.
+fn per_packet(
+    storage: &mut [u8],
+    (slot, at): (usize, usize),
+    template: &[u8],
+    iters: u64,
+    mut send: impl FnMut(&mut PacketBuf<'_>),
+) -> Duration {
+    let t0 = cpu_now();
+    for _ in 0..iters {
+        let mut pkts = refilled_burst(storage, slot, at, template);
+        pkts.iter_mut().for_each(&mut send);
+        black_box(&pkts);
+    }
+    cpu_now() - t0
+}
+
+/// [`per_packet`] through `gw.outbound`, every packet protected.
+fn outbound_each(
+    gw: &mut Gateway,
+    storage: &mut [u8],
+    (slot, at): (usize, usize),
+    template: &[u8],
+    iters: u64,
+) -> Duration {
+    per_packet(storage, (slot, at), template, iters, |pkt| {
+        let verdict = gw.outbound(pkt, Duration::ZERO);
+        assert!(matches!(verdict, Ok(Outbound::Protected { .. })));
+    })
+}
+
+/// [`per_packet`] through `gw.inbound`, every packet decrypted.
+fn inbound_each(
+    gw: &mut Gateway,
+    storage: &mut [u8],
+    (slot, at): (usize, usize),
+    template: &[u8],
+    iters: u64,
+) -> Duration {
+    per_packet(storage, (slot, at), template, iters, |pkt| {
+        let verdict = gw.inbound(pkt, Duration::ZERO);
+        assert!(matches!(verdict, Ok(Inbound::Decrypted { .. })));
+    })
+}
+
 /// The gateway path against the SA alone, bursts of 32 AES-128-GCM packets.
 fn gateway_path(c: &mut Criterion) {
     let suite = SUITES[0];
@@ -402,18 +448,7 @@ fn gateway_path(c: &mut Criterion) {
             })
         });
         g.bench_function(format!("gateway_outbound_burst{BURST}/{size}"), |b| {
-            b.iter_custom(|iters| {
-                let t0 = cpu_now();
-                for _ in 0..iters {
-                    let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
-                    for pkt in &mut pkts {
-                        let verdict = gw.outbound(pkt, now);
-                        assert!(matches!(verdict, Ok(Outbound::Protected { .. })));
-                    }
-                    black_box(&pkts);
-                }
-                cpu_now() - t0
-            })
+            b.iter_custom(|iters| outbound_each(&mut gw, &mut storage, (slot, head), &inner, iters))
         });
         let mut office = branch_office_gateway();
         let rdp = rdp_packet(size);
@@ -421,16 +456,7 @@ fn gateway_path(c: &mut Criterion) {
             format!("gateway_outbound_burst{BURST}_branch_office/{size}"),
             |b| {
                 b.iter_custom(|iters| {
-                    let t0 = cpu_now();
-                    for _ in 0..iters {
-                        let mut pkts = refilled_burst(&mut storage, slot, head, &rdp);
-                        for pkt in &mut pkts {
-                            let verdict = office.outbound(pkt, now);
-                            assert!(matches!(verdict, Ok(Outbound::Protected { .. })));
-                        }
-                        black_box(&pkts);
-                    }
-                    cpu_now() - t0
+                    outbound_each(&mut office, &mut storage, (slot, head), &rdp, iters)
                 })
             },
         );
@@ -440,16 +466,7 @@ fn gateway_path(c: &mut Criterion) {
             format!("gateway_outbound_burst{BURST}_spd_cache/{size}"),
             |b| {
                 b.iter_custom(|iters| {
-                    let t0 = cpu_now();
-                    for _ in 0..iters {
-                        let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
-                        for pkt in &mut pkts {
-                            let verdict = cached.outbound(pkt, now);
-                            assert!(matches!(verdict, Ok(Outbound::Protected { .. })));
-                        }
-                        black_box(&pkts);
-                    }
-                    cpu_now() - t0
+                    outbound_each(&mut cached, &mut storage, (slot, head), &inner, iters)
                 })
             },
         );
@@ -482,18 +499,7 @@ fn gateway_path(c: &mut Criterion) {
             })
         });
         g.bench_function(format!("gateway_inbound_burst{BURST}/{size}"), |b| {
-            b.iter_custom(|iters| {
-                let t0 = cpu_now();
-                for _ in 0..iters {
-                    let mut pkts = refilled_burst(&mut storage, plen, 0, &protected);
-                    for pkt in &mut pkts {
-                        let verdict = gw.inbound(pkt, now);
-                        assert!(matches!(verdict, Ok(Inbound::Decrypted { .. })));
-                    }
-                    black_box(&pkts);
-                }
-                cpu_now() - t0
-            })
+            b.iter_custom(|iters| inbound_each(&mut gw, &mut storage, (plen, 0), &protected, iters))
         });
         let reply = rdp_reply_protected(size);
         let rlen = reply.len();
@@ -502,16 +508,7 @@ fn gateway_path(c: &mut Criterion) {
             format!("gateway_inbound_burst{BURST}_branch_office/{size}"),
             |b| {
                 b.iter_custom(|iters| {
-                    let t0 = cpu_now();
-                    for _ in 0..iters {
-                        let mut pkts = refilled_burst(&mut reply_storage, rlen, 0, &reply);
-                        for pkt in &mut pkts {
-                            let verdict = office.inbound(pkt, now);
-                            assert!(matches!(verdict, Ok(Inbound::Decrypted { .. })));
-                        }
-                        black_box(&pkts);
-                    }
-                    cpu_now() - t0
+                    inbound_each(&mut office, &mut reply_storage, (rlen, 0), &reply, iters)
                 })
             },
         );
