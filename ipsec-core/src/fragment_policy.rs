@@ -58,7 +58,7 @@
 use crate::error::{ConfigError, Error, FragmentError};
 use crate::sa::Direction;
 use crate::spd::cache::FlowCache;
-use crate::spd::{Decision, Flow, Fragment, Spd};
+use crate::spd::{Decision, Flow, Fragment, Spd, ipv4_packet_key};
 use core::time::Duration;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
@@ -320,6 +320,11 @@ pub(crate) fn cleartext_decision<'s>(
     pkt: &[u8],
     now: Duration,
 ) -> Result<Decision<'s>, Error> {
+    if cache.is_off()
+        && let Some(d) = spd.lookup_ipv4_packet(direction, pkt)
+    {
+        return Ok(d);
+    }
     let (flow, fragment) =
         Flow::from_packet_with_fragment(direction, pkt).map_err(Error::Malformed)?;
     match fragment {
@@ -379,6 +384,16 @@ pub(crate) fn decrypted_policy<'s>(
     inner: &[u8],
     now: Duration,
 ) -> Result<&'s str, Error> {
+    if let Some(r) = first
+        && let Some(key) = ipv4_packet_key(inner)
+    {
+        // A whole IPv4 packet: its key, read straight from the bytes, against the
+        // SA's first policy (the usual answer); anything else parses a flow.
+        let p = spd.policy_ref(r);
+        if p.selectors_match_ipv4(Direction::Inbound, &key) {
+            return Ok(p.name());
+        }
+    }
     let Ok((flow, fragment)) = Flow::from_packet_with_fragment(Direction::Inbound, inner) else {
         return Err(Error::PolicyMismatch);
     };

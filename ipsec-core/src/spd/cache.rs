@@ -101,6 +101,12 @@ impl FlowCache {
         }
     }
 
+    /// Whether it is off (no room: every lookup goes to the SPD).
+    #[inline]
+    pub(crate) fn is_off(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     /// Flows it has room for (0: off).
     pub(crate) fn capacity(&self) -> usize {
         self.slots.len() * 2

@@ -443,7 +443,53 @@ impl Policy {
 
     /// The selectors alone (the direction only decides which side is which).
     pub(crate) fn selectors_match(&self, flow: &Flow) -> bool {
-        let (src, dst, src_port, dst_port) = match flow.direction {
+        self.selectors_admit(
+            flow.direction,
+            |src| src.contains(flow.src),
+            |dst| dst.contains(flow.dst),
+            flow.protocol,
+            [flow.src_port, flow.dst_port],
+            [flow.icmp_type, flow.icmp_code],
+        )
+    }
+
+    /// [`Policy::selectors_match`] for the flow of a whole IPv4 packet in `direction`,
+    /// given as its classifier key ([`ipv4_packet_key`]) rather than a [`Flow`].
+    #[inline]
+    pub(crate) fn selectors_match_ipv4(&self, direction: Direction, key: &[u32; 5]) -> bool {
+        let protocol = key[2] as u8;
+        // The key's A and B are what the flow's ports or ICMP fields would be.
+        let (ports, icmp) = if has_ports(protocol) {
+            ([Some(key[3] as u16), Some(key[4] as u16)], [None; 2])
+        } else if is_icmp(protocol) {
+            ([None; 2], [Some(key[3] as u8), Some(key[4] as u8)])
+        } else {
+            ([None; 2], [None; 2])
+        };
+        self.selectors_admit(
+            direction,
+            |src| src.contains_v4(key[0]),
+            |dst| dst.contains_v4(key[1]),
+            protocol,
+            ports,
+            icmp,
+        )
+    }
+
+    /// Whether the selectors admit a packet in `direction` whose source and
+    /// destination the sets `src_in` and `dst_in` accept, of `protocol`, with those
+    /// `ports` (source, destination) and `icmp` fields (type, code).
+    #[inline(always)]
+    fn selectors_admit(
+        &self,
+        direction: Direction,
+        src_in: impl Fn(&AddrSet) -> bool,
+        dst_in: impl Fn(&AddrSet) -> bool,
+        protocol: u8,
+        ports: [Option<u16>; 2],
+        icmp: [Option<u8>; 2],
+    ) -> bool {
+        let (src, dst, src_port, dst_port) = match direction {
             Direction::Outbound => (&self.local, &self.remote, self.local_port, self.remote_port),
             Direction::Inbound => (&self.remote, &self.local, self.remote_port, self.local_port),
         };
@@ -453,13 +499,13 @@ impl Policy {
             (Some(_), None) => false,
         };
         let icmp_ok = |sel: Option<u8>, v: Option<u8>| sel.is_none() || sel == v;
-        src.contains(flow.src)
-            && dst.contains(flow.dst)
-            && self.protocol.is_none_or(|p| p == flow.protocol)
-            && port_ok(src_port, flow.src_port)
-            && port_ok(dst_port, flow.dst_port)
-            && icmp_ok(self.icmp_type, flow.icmp_type)
-            && icmp_ok(self.icmp_code, flow.icmp_code)
+        src_in(src)
+            && dst_in(dst)
+            && self.protocol.is_none_or(|p| p == protocol)
+            && port_ok(src_port, ports[0])
+            && port_ok(dst_port, ports[1])
+            && icmp_ok(self.icmp_type, icmp[0])
+            && icmp_ok(self.icmp_code, icmp[1])
     }
 
     fn oriented(&self, direction: Direction) -> RuleRef<'_> {
@@ -767,6 +813,44 @@ fn family_key(flow: &Flow, a: u32, b: u32) -> Family {
     }
 }
 
+/// The IPv4 classifier key (source, destination, protocol, A, B) of `pkt` when it is a
+/// whole IPv4 packet that [`Flow::from_packet_with_fragment`] reads without error: the
+/// key [`family_key`] gives for that flow, read straight from the bytes. `None` for
+/// anything else (IPv6, a fragment, a packet the parse refuses): those take the flow's
+/// way, which also says what is wrong with them.
+#[inline(always)]
+pub(crate) fn ipv4_packet_key(pkt: &[u8]) -> Option<[u32; 5]> {
+    let h: &[u8; 20] = pkt.first_chunk()?;
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    let whole = u16::from_be_bytes([h[6], h[7]]) & 0x3fff == 0;
+    if h[0] >> 4 != 4 || ihl < 20 || total < ihl || total > pkt.len() || !whole {
+        return None;
+    }
+    let protocol = h[9];
+    let (a, b) = if has_ports(protocol) || is_icmp(protocol) {
+        // Too short for the ports (or type and code): the parse refuses it.
+        let l4: &[u8; 4] = pkt[ihl..total].first_chunk()?;
+        if has_ports(protocol) {
+            (
+                u32::from(u16::from_be_bytes([l4[0], l4[1]])),
+                u32::from(u16::from_be_bytes([l4[2], l4[3]])),
+            )
+        } else {
+            (u32::from(l4[0]), u32::from(l4[1]))
+        }
+    } else {
+        (OPAQUE, OPAQUE)
+    };
+    Some([
+        u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
+        u32::from_be_bytes([h[16], h[17], h[18], h[19]]),
+        u32::from(protocol),
+        a,
+        b,
+    ])
+}
+
 /// The values of `flow` in the classifiers' A and B dimensions: its ports, or its ICMP
 /// type and code, or [`OPAQUE`] when absent or unknown.
 #[inline]
@@ -948,7 +1032,7 @@ impl Table {
     }
 
     /// The decision of rule `rule` (a position in this table).
-    #[inline]
+    #[inline(always)]
     fn rule_decision(&self, rule: usize) -> Decision<'_> {
         let o = &self.out[rule];
         Decision {
@@ -1732,6 +1816,42 @@ impl Spd {
         self.classify(flow)
     }
 
+    /// [`Spd::lookup`] of the flow of `pkt` in `direction`, read straight from its
+    /// bytes, when `pkt` is a whole IPv4 packet and the compiled classifier answers
+    /// alone; `None` otherwise, and the caller parses the packet's [`Flow`] and looks
+    /// that up. The gateway's way for the packets it gets in the clear: the same
+    /// answer without building a flow or a wide key.
+    #[inline]
+    pub(crate) fn lookup_ipv4_packet(
+        &self,
+        direction: Direction,
+        pkt: &[u8],
+    ) -> Option<Decision<'_>> {
+        self.lookup_ipv4_key(direction, &ipv4_packet_key(pkt)?)
+    }
+
+    /// [`Spd::lookup`] of the flow of a whole IPv4 packet in `direction`, given as its
+    /// classifier key ([`ipv4_packet_key`]), when the compiled classifier answers alone
+    /// (a partitioned one, no change since the compile); `None` otherwise.
+    #[inline]
+    pub(crate) fn lookup_ipv4_key(
+        &self,
+        direction: Direction,
+        key: &[u32; 5],
+    ) -> Option<Decision<'_>> {
+        let table = self.table(direction);
+        let Engine::Partitioned { v4, .. } = &table.engine else {
+            return None;
+        };
+        if !self.delta.is_empty() || table.removed_count != 0 {
+            return None;
+        }
+        Some(match v4.lookup(key, &key.map(u128::from)) {
+            Some(rule) => table.rule_decision(rule),
+            None => Decision::NO_MATCH,
+        })
+    }
+
     /// [`Spd::lookup`] of every flow of `flows`, answered in `out` (`out[i]` for
     /// `flows[i]`): exactly what `lookup` answers for each, faster when there are
     /// several. Allocates nothing.
@@ -2166,9 +2286,9 @@ mod change_tests {
     use crate::spd::parse::parse_one_policy;
 
     /// xorshift64*: deterministic.
-    struct Rng(u64);
+    pub(super) struct Rng(pub(super) u64);
     impl Rng {
-        fn below(&mut self, n: usize) -> usize {
+        pub(super) fn below(&mut self, n: usize) -> usize {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
@@ -2198,7 +2318,7 @@ mod change_tests {
     ];
 
     /// A random policy called `name`, its SAs among `o0..o2` / `i0..i2`.
-    fn policy(rng: &mut Rng, name: &str) -> Policy {
+    pub(super) fn policy(rng: &mut Rng, name: &str) -> Policy {
         let direction = rng.pick(&["both", "outbound", "inbound"]);
         let action = rng.pick(&["protect", "bypass", "discard"]);
         let mut t = format!("name = \"{name}\"\ndirection = \"{direction}\"\n");
@@ -2208,10 +2328,11 @@ mod change_tests {
                 t += &format!("{key} = \"{a}\"\n");
             }
         }
-        match rng.below(4) {
+        match rng.below(5) {
             0 => t += "protocol = \"tcp\"\nremote_port = \"443\"\n",
             1 => t += "protocol = \"udp\"\nlocal_port = \"1000-2000\"\n",
             2 => t += "protocol = \"icmp\"\nicmp_type = 8\n",
+            3 => t += "protocol = \"icmp\"\nicmp_type = 3\nicmp_code = 1\n",
             _ => {}
         }
         t += &format!("action = \"{action}\"\n");
@@ -2389,5 +2510,169 @@ mod change_tests {
         }
         // Many changes kept a direction's classifier (the path this checks).
         assert!(kept > 100, "{kept}");
+    }
+}
+
+#[cfg(test)]
+mod packet_key_tests {
+    //! The gateway's ways for whole IPv4 packets ([`ipv4_packet_key`],
+    //! [`Spd::lookup_ipv4_packet`], [`Policy::selectors_match_ipv4`]) answer what the
+    //! [`Flow`] parsed from the packet does, for any bytes: well-formed or not, fragment
+    //! or not, whatever the classifier's engine.
+
+    use super::change_tests::{Rng, policy};
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An IPv4-ish packet: header fields drawn to reach every check of the parse
+    /// (version, header length, total length, fragment fields, protocol, a transport
+    /// header cut short), addresses and ports that the random policies name.
+    fn packet() -> impl Strategy<Value = Vec<u8>> {
+        let version_ihl = prop_oneof![
+            4 => Just(0x45u8),
+            1 => Just(0x46),
+            1 => Just(0x4f),
+            1 => Just(0x44),
+            1 => Just(0x65),
+            1 => any::<u8>(),
+        ];
+        let fragment = prop_oneof![
+            4 => Just(0u16),
+            2 => Just(0x4000),
+            1 => Just(0x2000),
+            1 => Just(0x0001),
+            1 => Just(0x8000),
+            1 => any::<u16>(),
+        ];
+        let protocol = prop_oneof![
+            Just(6u8),
+            Just(17),
+            Just(132),
+            Just(1),
+            Just(58),
+            Just(50),
+            any::<u8>()
+        ];
+        let host = prop_oneof![
+            Just(0x0a00_0005u32),
+            Just(0x0a00_0009),
+            Just(0x0a00_0101),
+            Just(0xac10_0304),
+            Just(0xac11_0001),
+            any::<u32>(),
+        ];
+        let port = prop_oneof![
+            Just(443u16),
+            Just(1500),
+            Just(1000),
+            Just(2000),
+            Just(8),
+            Just(0x0800),
+            Just(0x0301),
+            any::<u16>(),
+        ];
+        (
+            (version_ihl, fragment, protocol, host.clone(), host),
+            (port.clone(), port, 0usize..12),
+            (any::<bool>(), any::<u16>(), any::<bool>(), 0usize..80),
+        )
+            .prop_map(
+                |(
+                    (vi, frag, protocol, src, dst),
+                    (sport, dport, payload),
+                    (honest, total, cut, keep),
+                )| {
+                    let options = usize::from(vi & 0x0f).saturating_sub(5) * 4;
+                    let mut p = vec![0u8; 20 + options];
+                    p[0] = vi;
+                    p[6..8].copy_from_slice(&frag.to_be_bytes());
+                    p[8] = 64;
+                    p[9] = protocol;
+                    p[12..16].copy_from_slice(&src.to_be_bytes());
+                    p[16..20].copy_from_slice(&dst.to_be_bytes());
+                    p.extend_from_slice(&sport.to_be_bytes());
+                    p.extend_from_slice(&dport.to_be_bytes());
+                    p.extend(std::iter::repeat_n(0x5a, payload));
+                    let len = if honest { p.len() as u16 } else { total };
+                    p[2..4].copy_from_slice(&len.to_be_bytes());
+                    if cut {
+                        p.truncate(keep);
+                    }
+                    p
+                },
+            )
+    }
+
+    /// The key [`Spd::lookup`] builds for `flow`, if it is IPv4.
+    fn flow_key(flow: &Flow) -> Option<[u32; 5]> {
+        let (a, b) = port_dims(flow);
+        match family_key(flow, a, b) {
+            Family::V4(k) => Some(k.map(|x| x as u32)),
+            _ => None,
+        }
+    }
+
+    /// Checks `pkt` against `spd`; `partitioned`: its engine is one the quick look-up
+    /// serves (it declines for the others).
+    fn check(spd: &Spd, partitioned: bool, pkt: &[u8]) {
+        let parsed = Flow::from_packet_with_fragment(Direction::Outbound, pkt);
+        let want = match &parsed {
+            Ok((flow, None)) => flow_key(flow),
+            _ => None,
+        };
+        let key = ipv4_packet_key(pkt);
+        assert_eq!(key, want, "{pkt:02x?} parsed as {parsed:?}");
+        for direction in [Direction::Outbound, Direction::Inbound] {
+            let quick = spd.lookup_ipv4_packet(direction, pkt);
+            let (Some(key), Ok((flow, None))) = (key, &parsed) else {
+                assert_eq!(quick, None, "{pkt:02x?}");
+                continue;
+            };
+            let flow = Flow { direction, ..*flow };
+            let want = partitioned.then(|| spd.lookup(&flow));
+            assert_eq!(quick, want, "{flow:?}");
+            for p in spd.policies().iter() {
+                assert_eq!(
+                    p.selectors_match_ipv4(direction, &key),
+                    p.selectors_match(&flow),
+                    "{} on {flow:?}",
+                    p.name
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn whole_ipv4_packets_are_answered_as_their_flows(
+            seed in any::<u64>(),
+            count in 0usize..24,
+            pkts in prop::collection::vec(packet(), 1..24),
+        ) {
+            let mut rng = Rng(seed | 1);
+            let list: Vec<Policy> =
+                (0..count).map(|i| policy(&mut rng, &format!("p{i}"))).collect();
+            let spd = Spd::with_policies(list.clone());
+            for (kind, partitioned) in [
+                (EngineKind::Partitioned, true),
+                (EngineKind::PartitionedFiltered, true),
+                (EngineKind::Tree, false),
+            ] {
+                let spd = spd.recompiled(kind);
+                for pkt in &pkts {
+                    check(&spd, partitioned, pkt);
+                }
+            }
+            // A changed SPD answers through the flow (its added policies are not in the
+            // classifier): the quick way declines.
+            let changed = spd.changed(PolicyChange::Insert(0, policy(&mut rng, "added")));
+            for pkt in &pkts {
+                for direction in [Direction::Outbound, Direction::Inbound] {
+                    prop_assert_eq!(changed.lookup_ipv4_packet(direction, pkt), None);
+                }
+            }
+        }
     }
 }
