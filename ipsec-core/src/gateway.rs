@@ -129,6 +129,16 @@ enum Route {
     Sa(usize),
 }
 
+/// What [`Gateway::outbound_route`] remembers of a burst's previous whole packet (with
+/// the SPD cache off), to route the next packet of the same flow without a look-up.
+#[derive(Clone, Copy, PartialEq)]
+enum FlowMemo {
+    /// A whole IPv4 packet's classifier key ([`crate::spd::ipv4_packet_key`]).
+    Ipv4([u32; 5]),
+    /// Any other packet's flow.
+    Flow(crate::spd::Flow),
+}
+
 /// One installed SA of a [`Gateway`].
 pub(crate) struct SaEntry {
     pub(crate) name: String,
@@ -804,7 +814,7 @@ impl Gateway {
         let (packets, results) = (&mut packets[..n], &mut results[..n]);
         let mut ok = 0;
         // The burst's previous whole packet's flow and its route (cache off only).
-        let mut last: Option<(crate::spd::Flow, Route)> = None;
+        let mut last: Option<(FlowMemo, Route)> = None;
         for (pkts, ress) in packets.chunks_mut(CHUNK).zip(results.chunks_mut(CHUNK)) {
             let mut routes = [Route::Done; CHUNK];
             for ((pkt, res), route) in pkts.iter().zip(ress.iter_mut()).zip(&mut routes) {
@@ -857,25 +867,47 @@ impl Gateway {
         &mut self,
         data: &[u8],
         res: &mut Result<BurstVerdict, Error>,
-        last: &mut Option<(crate::spd::Flow, Route)>,
+        last: &mut Option<(FlowMemo, Route)>,
         now: Duration,
     ) -> Route {
-        let (flow, fragment) =
-            match crate::spd::Flow::from_packet_with_fragment(Direction::Outbound, data) {
-                Ok(f) => f,
-                Err(m) => {
-                    let e = Error::Malformed(m);
-                    self.stats.count_drop(e.drop_reason());
-                    *res = Err(e);
-                    return Route::Done;
+        let cache_off = self.flow_cache.is_off();
+        // A whole IPv4 packet is looked up by its key, read from the bytes; the rest
+        // (and every packet of a changed SPD) by its parsed flow.
+        let quick = match cache_off
+            .then(|| crate::spd::ipv4_packet_key(data))
+            .flatten()
+        {
+            Some(key) => match last {
+                Some((FlowMemo::Ipv4(k), route)) if *k == key => {
+                    return self.route_verdict(*route, res);
                 }
-            };
-        let remember = fragment.is_none() && self.flow_cache.capacity() == 0;
-        let route = match last {
-            Some((f, route)) if remember && *f == flow => *route,
-            _ => {
+                _ => self
+                    .spd
+                    .lookup_ipv4_key(Direction::Outbound, &key)
+                    .map(|d| (Some(FlowMemo::Ipv4(key)), d)),
+            },
+            None => None,
+        };
+        let (memo, decision) = match quick {
+            Some(q) => q,
+            None => {
+                let (flow, fragment) =
+                    match crate::spd::Flow::from_packet_with_fragment(Direction::Outbound, data) {
+                        Ok(f) => f,
+                        Err(m) => {
+                            let e = Error::Malformed(m);
+                            self.stats.count_drop(e.drop_reason());
+                            *res = Err(e);
+                            return Route::Done;
+                        }
+                    };
                 let decision = match fragment {
-                    None => self.flow_cache.lookup(&self.spd, &flow),
+                    None => match last {
+                        Some((FlowMemo::Flow(f), route)) if cache_off && *f == flow => {
+                            return self.route_verdict(*route, res);
+                        }
+                        _ => self.flow_cache.lookup(&self.spd, &flow),
+                    },
                     Some(f) => match fragment_policy::cleartext_fragment_decision(
                         &self.spd,
                         &mut self.fragments,
@@ -891,24 +923,32 @@ impl Gateway {
                         }
                     },
                 };
-                let route = match (decision.action, decision.policy, decision.sa) {
-                    (Action::Bypass, Some(_), _) => Route::Bypass,
-                    (Action::Protect, Some(_), Some(name)) => resolve_route(
-                        &mut self.route_memo,
-                        self.epoch,
-                        &self.routes,
-                        decision.policy_index,
-                        name,
-                    )
-                    .map_or(Route::Discard, Route::Sa),
-                    _ => Route::Discard,
-                };
-                if remember {
-                    *last = Some((flow, route));
-                }
-                route
+                let memo = (fragment.is_none() && cache_off).then_some(FlowMemo::Flow(flow));
+                (memo, decision)
             }
         };
+        let route = match (decision.action, decision.policy, decision.sa) {
+            (Action::Bypass, Some(_), _) => Route::Bypass,
+            (Action::Protect, Some(_), Some(name)) => resolve_route(
+                &mut self.route_memo,
+                self.epoch,
+                &self.routes,
+                decision.policy_index,
+                name,
+            )
+            .map_or(Route::Discard, Route::Sa),
+            _ => Route::Discard,
+        };
+        if let Some(memo) = memo {
+            *last = Some((memo, route));
+        }
+        self.route_verdict(route, res)
+    }
+
+    /// Writes in `res` the result of a packet routed to `route` that is not encrypted
+    /// (bypassed, or discarded and counted); returns `route`.
+    #[inline]
+    fn route_verdict(&mut self, route: Route, res: &mut Result<BurstVerdict, Error>) -> Route {
         match route {
             Route::Bypass => *res = Ok(BurstVerdict::Bypassed),
             Route::Discard => {
