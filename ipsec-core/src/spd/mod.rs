@@ -2096,7 +2096,13 @@ impl Spd {
     ///
     /// Errors are [`Error::Malformed`] for a packet that cannot be read and
     /// [`Error::Fragment`] for a fragment the data path drops.
+    ///
+    /// A whole IPv4 packet's selectors are read straight into the classifier's key
+    /// (no [`Flow`] is built), as the gateway reads them: the same answer, sooner.
     pub fn lookup_packet(&self, direction: Direction, pkt: &[u8]) -> Result<Decision<'_>, Error> {
+        if let Some(d) = self.lookup_ipv4_packet(direction, pkt) {
+            return Ok(d);
+        }
         let (flow, fragment) =
             Flow::from_packet_with_fragment(direction, pkt).map_err(Error::Malformed)?;
         match fragment {
