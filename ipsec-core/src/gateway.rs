@@ -526,7 +526,10 @@ impl Gateway {
     /// seen are then decided without the classifier. It is emptied whenever the
     /// policies change, so it never answers from a replaced SPD. Its memory (about 56
     /// bytes a flow) is allocated here, once. Worth it when the flows of the traffic fit
-    /// and the SPD is large (`benches/benches/scale.rs` measures both paths).
+    /// and the SPD is large (`benches/benches/scale.rs` measures both paths); with the
+    /// cache on, every packet's flow is parsed and hashed, which costs more than the
+    /// classifier of a gateway's usual few dozen policies (it reads a whole IPv4
+    /// packet's key straight from its bytes).
     pub fn set_spd_cache(&mut self, capacity: usize) {
         self.flow_cache = FlowCache::new(capacity);
     }
