@@ -58,7 +58,7 @@
 use crate::error::{ConfigError, Error, FragmentError};
 use crate::sa::Direction;
 use crate::spd::cache::FlowCache;
-use crate::spd::{Decision, Flow, Fragment, Spd, ipv4_packet_key};
+use crate::spd::{Decision, Flow, Fragment, Spd, packet_key};
 use core::time::Duration;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
@@ -321,7 +321,7 @@ pub(crate) fn cleartext_decision<'s>(
     now: Duration,
 ) -> Result<Decision<'s>, Error> {
     if cache.is_off()
-        && let Some(d) = spd.lookup_ipv4_packet(direction, pkt)
+        && let Some(d) = spd.lookup_whole_packet(direction, pkt)
     {
         return Ok(d);
     }
@@ -385,12 +385,12 @@ pub(crate) fn decrypted_policy<'s>(
     now: Duration,
 ) -> Result<&'s str, Error> {
     if let Some(r) = first
-        && let Some(key) = ipv4_packet_key(inner)
+        && let Some(key) = packet_key(inner)
     {
-        // A whole IPv4 packet: its key, read straight from the bytes, against the
-        // SA's first policy (the usual answer); anything else parses a flow.
+        // A whole packet: its key, read straight from the bytes, against the SA's
+        // first policy (the usual answer); anything else parses a flow.
         let p = spd.policy_ref(r);
-        if p.selectors_match_ipv4(Direction::Inbound, &key) {
+        if p.selectors_match_key(Direction::Inbound, &key) {
             return Ok(p.name());
         }
     }

@@ -133,8 +133,8 @@ enum Route {
 /// the SPD cache off), to route the next packet of the same flow without a look-up.
 #[derive(Clone, Copy, PartialEq)]
 enum FlowMemo {
-    /// A whole IPv4 packet's classifier key ([`crate::spd::ipv4_packet_key`]).
-    Ipv4([u32; 5]),
+    /// A whole packet's classifier key ([`crate::spd::packet_key`]).
+    Key(crate::spd::PacketKey),
     /// Any other packet's flow.
     Flow(crate::spd::Flow),
 }
@@ -528,7 +528,7 @@ impl Gateway {
     /// bytes a flow) is allocated here, once. Worth it when the flows of the traffic fit
     /// and the SPD is large (`benches/benches/scale.rs` measures both paths); with the
     /// cache on, every packet's flow is parsed and hashed, which costs more than the
-    /// classifier of a gateway's usual few dozen policies (it reads a whole IPv4
+    /// classifier of a gateway's usual few dozen policies (it reads a whole
     /// packet's key straight from its bytes).
     pub fn set_spd_cache(&mut self, capacity: usize) {
         self.flow_cache = FlowCache::new(capacity);
@@ -874,20 +874,17 @@ impl Gateway {
         now: Duration,
     ) -> Route {
         let cache_off = self.flow_cache.is_off();
-        // A whole IPv4 packet is looked up by its key, read from the bytes; the rest
+        // A whole packet (IPv4, or IPv6 without extension headers) is looked up by its key, read from the bytes; the rest
         // (and every packet of a changed SPD) by its parsed flow.
-        let quick = match cache_off
-            .then(|| crate::spd::ipv4_packet_key(data))
-            .flatten()
-        {
+        let quick = match cache_off.then(|| crate::spd::packet_key(data)).flatten() {
             Some(key) => match last {
-                Some((FlowMemo::Ipv4(k), route)) if *k == key => {
+                Some((FlowMemo::Key(k), route)) if *k == key => {
                     return self.route_verdict(*route, res);
                 }
                 _ => self
                     .spd
-                    .lookup_ipv4_key(Direction::Outbound, &key)
-                    .map(|d| (Some(FlowMemo::Ipv4(key)), d)),
+                    .lookup_packet_key(Direction::Outbound, &key)
+                    .map(|d| (Some(FlowMemo::Key(key)), d)),
             },
             None => None,
         };

@@ -139,10 +139,7 @@ impl AddrSet {
     pub fn contains(&self, addr: IpAddr) -> bool {
         match addr {
             IpAddr::V4(a) => self.contains_v4(u32::from(a)),
-            IpAddr::V6(a) => {
-                let a = u128::from(a);
-                self.v6.iter().any(|&(l, h)| l <= a && a <= h)
-            }
+            IpAddr::V6(a) => self.contains_v6(u128::from(a)),
         }
     }
 
@@ -150,6 +147,12 @@ impl AddrSet {
     #[inline]
     pub(crate) fn contains_v4(&self, a: u32) -> bool {
         self.v4.iter().any(|&(l, h)| l <= a && a <= h)
+    }
+
+    /// True if the IPv6 address `a` (as a number) is in the set.
+    #[inline]
+    pub(crate) fn contains_v6(&self, a: u128) -> bool {
+        self.v6.iter().any(|&(l, h)| l <= a && a <= h)
     }
 
     /// True if the set holds every IPv4 and every IPv6 address.
