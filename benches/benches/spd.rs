@@ -12,6 +12,11 @@
 //! random rule's selectors (they hit that rule or an earlier one), half are random (most
 //! reach the catch-all, the worst case of the naive scan).
 //!
+//! `packet/N` looks up the same flows as packets (`Spd::lookup_packet`, which reads a
+//! whole packet's selectors straight into the classifier's key), `packet_parsed/N` as
+//! the gateway did before session 13 (`Flow::from_packet`, then `Spd::lookup`); the
+//! `_v6` rows do the same with the IPv6 rule sets of 10 and 1,000 rules.
+//!
 //! Run: `cargo bench -p ipsec-benches --bench spd` (about two minutes), or a part, e.g.
 //! `-- spd_lookup/compiled`. Per-lookup figures: each iteration looks up 1,024 flows and
 //! criterion reports elements per second. The bench prints, once per size, the compiled
@@ -20,11 +25,12 @@
 mod spd_gen;
 
 use std::hint::black_box;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ipsec_core::spd::EngineKind;
-use ipsec_core::{Flow, Gateway, Spd, SpdCache};
+use ipsec_core::{Direction, Flow, Gateway, Spd, SpdCache};
 use spd_gen::{FLOWS, Family, Rng, rule_set};
 
 /// `flows` as non-first fragments see them: no ports, no ICMP type or code.
@@ -131,6 +137,76 @@ fn with_pending_changes(spd: &Spd, n: usize) -> Gateway {
     gw
 }
 
+/// `flow` as a packet: an IPv4 or IPv6 header, then 8 bytes of upper-layer header (its
+/// ports, or its ICMP type and code, first).
+fn packet_of(flow: &Flow) -> Vec<u8> {
+    let mut upper = [0u8; 8];
+    if let (Some(s), Some(d)) = (flow.src_port, flow.dst_port) {
+        upper[..2].copy_from_slice(&s.to_be_bytes());
+        upper[2..4].copy_from_slice(&d.to_be_bytes());
+    } else if let Some(t) = flow.icmp_type {
+        upper[0] = t;
+        upper[1] = flow.icmp_code.unwrap_or(0);
+    }
+    let mut p = match (flow.src, flow.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut h = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, flow.protocol, 0, 0];
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            h
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut h = vec![0x60, 0, 0, 0, 0, 8, flow.protocol, 64];
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            h
+        }
+        _ => unreachable!("the generated flows are of one family"),
+    };
+    p.extend_from_slice(&upper);
+    p
+}
+
+/// The `packet` and `packet_parsed` rows of `spd` and `flows` (`suffix` names the
+/// family).
+fn bench_packets(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    spd: &Spd,
+    flows: &[Flow],
+    suffix: &str,
+    n: usize,
+) {
+    let packets: Vec<(Direction, Vec<u8>)> =
+        flows.iter().map(|f| (f.direction, packet_of(f))).collect();
+    for ((direction, p), f) in packets.iter().zip(flows) {
+        assert_eq!(spd.lookup_packet(*direction, p), Ok(spd.lookup(f)));
+    }
+    g.bench_with_input(
+        BenchmarkId::new(format!("packet{suffix}"), n),
+        &packets,
+        |b, packets| {
+            b.iter(|| {
+                for (direction, p) in packets {
+                    black_box(spd.lookup_packet(*direction, black_box(p)).ok());
+                }
+            });
+        },
+    );
+    g.bench_with_input(
+        BenchmarkId::new(format!("packet_parsed{suffix}"), n),
+        &packets,
+        |b, packets| {
+            b.iter(|| {
+                for (direction, p) in packets {
+                    if let Ok(f) = Flow::from_packet(*direction, black_box(p)) {
+                        black_box(spd.lookup(&f));
+                    }
+                }
+            });
+        },
+    );
+}
+
 fn bench_spd(c: &mut Criterion) {
     let mut g = c.benchmark_group("spd_lookup");
     g.warm_up_time(Duration::from_millis(500))
@@ -147,6 +223,12 @@ fn bench_spd(c: &mut Criterion) {
                 }
             });
         });
+        bench_packets(&mut g, &spd, &flows, "", n);
+        if n == 10 || n == 1_000 {
+            let (text, flows) = rule_set(n, Family::V6);
+            let spd = Spd::from_toml(&text).expect("generated policies load");
+            bench_packets(&mut g, &spd, &flows, "_v6", n);
+        }
         let fragments = without_ports(&flows);
         g.bench_with_input(
             BenchmarkId::new("non_first_fragment", n),
