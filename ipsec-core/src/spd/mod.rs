@@ -1893,7 +1893,31 @@ impl Spd {
         direction: Direction,
         pkt: &[u8],
     ) -> Option<Decision<'_>> {
-        self.lookup_packet_key(direction, &packet_key(pkt)?)
+        // Each family's key is built where the look-up reads it: moved as a
+        // `PacketKey`, it would be copied with wide loads just after its narrow stores,
+        // which wait (store forwarding fails).
+        let table = self.table(direction);
+        let Engine::Partitioned { v4, v6 } = &table.engine else {
+            return None;
+        };
+        if !self.delta.is_empty() || table.removed_count != 0 {
+            return None;
+        }
+        let rule = match *pkt.first()? >> 4 {
+            4 => {
+                let k = ipv4_packet_key(pkt)?;
+                v4.lookup(&k, &k.map(u128::from))
+            }
+            6 => {
+                let k = ipv6_packet_key(pkt)?;
+                v6.lookup(&k, &k)
+            }
+            _ => return None,
+        };
+        Some(match rule {
+            Some(rule) => table.rule_decision(rule),
+            None => Decision::NO_MATCH,
+        })
     }
 
     /// [`Spd::lookup`] of the flow of a whole packet in `direction`, given as its
