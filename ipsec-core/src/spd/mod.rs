@@ -1896,38 +1896,44 @@ impl Spd {
         // Each family's key is built where the look-up reads it: moved as a
         // `PacketKey`, it would be copied with wide loads just after its narrow stores,
         // which wait (store forwarding fails).
-        let table = self.table(direction);
-        let Engine::Partitioned { v4, v6 } = &table.engine else {
-            return None;
-        };
-        if !self.delta.is_empty() || table.removed_count != 0 {
-            return None;
-        }
-        let rule = match *pkt.first()? >> 4 {
+        self.lookup_compiled_alone(direction, |v4, v6| match *pkt.first()? >> 4 {
             4 => {
                 let k = ipv4_packet_key(pkt)?;
-                v4.lookup(&k, &k.map(u128::from))
+                Some(v4.lookup(&k, &k.map(u128::from)))
             }
             6 => {
                 let k = ipv6_packet_key(pkt)?;
-                v6.lookup(&k, &k)
+                Some(v6.lookup(&k, &k))
             }
-            _ => return None,
-        };
-        Some(match rule {
-            Some(rule) => table.rule_decision(rule),
-            None => Decision::NO_MATCH,
+            _ => None,
         })
     }
 
     /// [`Spd::lookup`] of the flow of a whole packet in `direction`, given as its
-    /// classifier key ([`packet_key`]), when the compiled classifier answers alone (a
-    /// partitioned one, no change since the compile); `None` otherwise.
+    /// classifier key ([`packet_key`]), when the compiled classifier answers alone;
+    /// `None` otherwise.
     #[inline]
     pub(crate) fn lookup_packet_key(
         &self,
         direction: Direction,
         key: &PacketKey,
+    ) -> Option<Decision<'_>> {
+        self.lookup_compiled_alone(direction, |v4, v6| {
+            Some(match key {
+                PacketKey::V4(k) => v4.lookup(k, &k.map(u128::from)),
+                PacketKey::V6(k) => v6.lookup(k, k),
+            })
+        })
+    }
+
+    /// The decision for the rule that `classify` finds with `direction`'s IPv4 and
+    /// IPv6 classifiers, when they answer alone (partitioned ones, no change since the
+    /// compile); `None` otherwise or when `classify` declines (`None`).
+    #[inline(always)]
+    fn lookup_compiled_alone(
+        &self,
+        direction: Direction,
+        classify: impl FnOnce(&Partitioned<u32>, &Partitioned<u128>) -> Option<Option<usize>>,
     ) -> Option<Decision<'_>> {
         let table = self.table(direction);
         let Engine::Partitioned { v4, v6 } = &table.engine else {
@@ -1936,11 +1942,7 @@ impl Spd {
         if !self.delta.is_empty() || table.removed_count != 0 {
             return None;
         }
-        let rule = match key {
-            PacketKey::V4(k) => v4.lookup(k, &k.map(u128::from)),
-            PacketKey::V6(k) => v6.lookup(k, k),
-        };
-        Some(match rule {
+        Some(match classify(v4, v6)? {
             Some(rule) => table.rule_decision(rule),
             None => Decision::NO_MATCH,
         })
