@@ -874,8 +874,9 @@ impl Gateway {
         now: Duration,
     ) -> Route {
         let cache_off = self.flow_cache.is_off();
-        // A whole packet (IPv4, or IPv6 without extension headers) is looked up by its key, read from the bytes; the rest
-        // (and every packet of a changed SPD) by its parsed flow.
+        // A whole packet (IPv4, or IPv6 without extension headers) is looked up by its
+        // key, read from the bytes; the rest (and every packet of a changed SPD) by its
+        // parsed flow.
         let quick = match cache_off.then(|| crate::spd::packet_key(data)).flatten() {
             Some(key) => match last {
                 Some((FlowMemo::Key(k), route)) if *k == key => {
