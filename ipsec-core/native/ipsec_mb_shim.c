@@ -20,11 +20,14 @@
  * The context holds the GHASH state and keystream bytes of the call; the Rust side
  * wipes it after every call.
  */
+/* clock_gettime and CLOCK_MONOTONIC under -std=c11. */
+#define _POSIX_C_SOURCE 199309L
 #include <intel-ipsec-mb.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #if !defined(IMB_VERSION_NUM) || IMB_VERSION_NUM < 0x10000
 #error "ipsec-core's ipsec-mb backend needs intel-ipsec-mb 1.0 or newer"
@@ -168,7 +171,8 @@ int ipsec_mb_shim_chacha(int encrypt, const uint8_t *key, void *ctx, const uint8
  * Threading. Job submission changes the manager (the out-of-order lanes of every
  * algorithm), so these managers are per thread: one per thread that submits a
  * burst, allocated and initialised on that thread's first burst and freed by a
- * pthread key destructor when the thread exits. Every call completes all its jobs
+ * pthread key destructor when the thread exits (and a second, SSE one, made and
+ * freed the same way, where it hashes faster: "which manager hashes" below). Every call completes all its jobs
  * before it returns (the burst API flushes its lanes), so between calls a manager
  * holds no pointer into the caller's buffers and nothing of one call carries into
  * the next. (The job queue, IMB_SUBMIT_JOB / IMB_SUBMIT_BURST, is not used.) The key
@@ -259,42 +263,68 @@ int ipsec_mb_shim_cbc_keys(const uint8_t *aes_key, size_t aes_len, const uint8_t
 }
 
 static pthread_once_t thread_key_once = PTHREAD_ONCE_INIT;
-static pthread_key_t thread_key;
+static pthread_key_t thread_key, sse_key;
 static int thread_key_error;
 static _Thread_local IMB_MGR *thread_manager;
+static _Thread_local IMB_MGR *sse_manager;
 
 static void thread_manager_free(void *m) {
     thread_manager = NULL;
     free_mb_mgr(m);
 }
 
+static void sse_manager_free(void *m) {
+    sse_manager = NULL;
+    free_mb_mgr(m);
+}
+
 static void thread_key_init(void) {
     thread_key_error = pthread_key_create(&thread_key, thread_manager_free);
+    if (thread_key_error == 0)
+        thread_key_error = pthread_key_create(&sse_key, sse_manager_free);
 }
 
 /* Set by ipsec_mb_shim_refuse_thread_manager (tests only). */
 static _Thread_local int thread_manager_refused;
 
-/* This thread's manager, allocated and initialised on first use; NULL if that fails. */
-static IMB_MGR *thread_mgr(void) {
-    if (thread_manager_refused)
-        return NULL;
-    IMB_MGR *m = thread_manager;
-    if (m != NULL)
-        return m;
-    if (pthread_once(&thread_key_once, thread_key_init) != 0 || thread_key_error != 0)
-        return NULL;
-    m = alloc_mb_mgr(0);
+/* A new manager for this thread, initialised by `init` and registered under `key`
+ * (freed when the thread exits); NULL if any of that fails. */
+static IMB_MGR *new_thread_mgr(int sse, pthread_key_t key) {
+    IMB_MGR *m = alloc_mb_mgr(0);
     if (m == NULL)
         return NULL;
-    IMB_ARCH arch;
-    init_mb_mgr_auto(m, &arch);
-    if (imb_get_errno(m) != 0 || pthread_setspecific(thread_key, m) != 0) {
+    if (sse) {
+        init_mb_mgr_sse(m);
+    } else {
+        IMB_ARCH arch;
+        init_mb_mgr_auto(m, &arch);
+    }
+    if (imb_get_errno(m) != 0 || pthread_setspecific(key, m) != 0) {
         free_mb_mgr(m);
         return NULL;
     }
-    thread_manager = m;
     return m;
+}
+
+/* This thread's manager (init_mb_mgr_auto's choice), allocated and initialised on
+ * first use; NULL if that fails. */
+static IMB_MGR *thread_mgr(void) {
+    if (thread_manager_refused)
+        return NULL;
+    if (thread_manager != NULL)
+        return thread_manager;
+    if (pthread_once(&thread_key_once, thread_key_init) != 0 || thread_key_error != 0)
+        return NULL;
+    thread_manager = new_thread_mgr(0, thread_key);
+    return thread_manager;
+}
+
+/* This thread's SSE manager (made on first use, after thread_mgr succeeded); NULL
+ * if it cannot be had. */
+static IMB_MGR *thread_sse_mgr(void) {
+    if (sse_manager == NULL)
+        sse_manager = new_thread_mgr(1, sse_key);
+    return sse_manager;
 }
 
 /* 1 if this thread has its manager (allocating it on first use), 0 if it cannot have
@@ -327,6 +357,158 @@ static int all_completed(const IMB_JOB *jobs, uint32_t n, uint32_t done) {
     return bad ? -1 : 0;
 }
 
+/* ------------------------------------------------------------------ which manager hashes
+ *
+ * The manager init_mb_mgr_auto picks is not the fastest at every HMAC: its AVX-512
+ * code hashes SHA-1 and SHA-256 sixteen messages side by side, the SSE manager's uses
+ * the CPU's SHA extensions (SHA-NI) on a few at a time, and which wins depends on the
+ * CPU and the message length. Measured with benches/ipsec-mb/mb_esp.c on an AMD EPYC
+ * (Zen 4: AVX-512, SHA-NI), 32-job CBC + HMAC-SHA-256 bursts, ns a packet: open 123
+ * under the AVX-512 manager and 95 under the SSE one at 64 bytes, 269 / 267 at 512,
+ * 554 / 607 at 1,420; on an Intel Xeon (Ice Lake) the AVX-512 manager was the faster
+ * at 64 bytes. So the hash manager is chosen by measurement, as Linux chooses its
+ * RAID-6 and XOR code at boot: per hash and class of message length (below 128
+ * bytes, then each doubling up to 2,048 and more), the first burst of a pair the
+ * process has not measured yet first times both managers of its thread on 32
+ * messages of that class's length (a warm-up each, then CAL_ROUNDS rounds in
+ * alternating order; the minimum of each), and the SSE manager hashes that pair
+ * from then on, on every thread, if it was at least 1/16 faster. Both compute the
+ * same HMAC; only the time differs. The cipher always runs on the auto manager. */
+
+#define HASH_CLASSES 6
+#define CAL_ROUNDS 7
+#define CAL_JOBS 32
+#define CAL_MAX_LEN (96u << (HASH_CLASSES - 1))
+
+enum { CHOICE_UNMEASURED = 0, CHOICE_AUTO = 1, CHOICE_SSE = 2 };
+
+/* The process's choice per (hash, length class): CHOICE_*. */
+static _Atomic int hash_choice[4][HASH_CLASSES];
+
+/* Set by ipsec_mb_shim_force_hash_manager (tests only): CHOICE_* for this thread, or
+ * CHOICE_UNMEASURED for the measured choice. */
+static _Thread_local int hash_forced;
+
+static int hash_index(uint32_t hash) {
+    return hash == 1 ? 0 : hash == 256 ? 1 : hash == 384 ? 2 : 3;
+}
+
+/* 0 below 128 bytes, 1 below 256, ..., HASH_CLASSES - 1 from 2,048. */
+static int length_class(uint64_t len) {
+    int c = 0;
+    for (uint64_t limit = 128; c < HASH_CLASSES - 1 && len >= limit; limit <<= 1)
+        c++;
+    return c;
+}
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* Fills `n` hash-only jobs over `msg` (`len` bytes each) with tags into `tags`. */
+static void fill_hash_jobs(IMB_JOB *jobs, uint32_t n, int alg, const uint8_t *msg,
+                           uint64_t len, const uint8_t *pad, uint8_t (*tags)[64],
+                           uint32_t tag_len) {
+    for (uint32_t i = 0; i < n; i++) {
+        IMB_JOB *j = &jobs[i];
+        memset(j, 0, sizeof *j);
+        j->cipher_mode = IMB_CIPHER_NULL;
+        j->cipher_direction = IMB_DIR_ENCRYPT;
+        j->chain_order = IMB_ORDER_CIPHER_HASH;
+        j->src = msg;
+        j->hash_alg = alg;
+        j->hash_start_src_offset_in_bytes = 0;
+        j->msg_len_to_hash_in_bytes = len;
+        j->u.HMAC._hashed_auth_key_xor_ipad = pad;
+        j->u.HMAC._hashed_auth_key_xor_opad = pad;
+        j->auth_tag_output = tags[i];
+        j->auth_tag_output_len_in_bytes = tag_len;
+    }
+}
+
+/* Nanoseconds `m` takes to hash the `n` jobs (UINT64_MAX if a job failed). */
+static uint64_t time_hash_burst(IMB_MGR *m, IMB_JOB *jobs, uint32_t n, int alg) {
+    for (uint32_t i = 0; i < n; i++)
+        jobs[i].status = IMB_STATUS_BEING_PROCESSED;
+    uint64_t t0 = now_ns();
+    uint32_t done = IMB_SUBMIT_HASH_BURST_NOCHECK(m, jobs, n, (IMB_HASH_ALG)alg);
+    uint64_t t = now_ns() - t0;
+    return all_completed(jobs, n, done) == 0 ? t : UINT64_MAX;
+}
+
+/* Times the auto manager `a` against the SSE manager `sse` on CAL_JOBS HMACs of a
+ * class's length; CHOICE_SSE if the SSE one was at least 1/16 faster. Uses this
+ * thread's cbc_jobs (the caller fills them afterwards). */
+static int measure_hash_choice(IMB_MGR *a, IMB_MGR *sse, int alg, int cls,
+                               uint32_t tag_len) {
+    static const uint8_t msg[CAL_MAX_LEN];
+    DECLARE_ALIGNED(static const uint8_t pad[64], 16);
+    uint8_t tags[CAL_JOBS][64];
+    uint64_t len = 96u << cls;
+    fill_hash_jobs(cbc_jobs, CAL_JOBS, alg, msg, len, pad, tags, tag_len);
+    uint64_t best[2] = {UINT64_MAX, UINT64_MAX};
+    IMB_MGR *mgrs[2] = {a, sse};
+    for (int r = -1; r < CAL_ROUNDS; r++) {
+        for (int k = 0; k < 2; k++) {
+            int which = (r & 1) ? 1 - k : k;
+            uint64_t t = time_hash_burst(mgrs[which], cbc_jobs, CAL_JOBS, alg);
+            if (r >= 0 && t < best[which])
+                best[which] = t;
+        }
+    }
+    return best[1] != UINT64_MAX && best[1] < best[0] - best[0] / 16 ? CHOICE_SSE
+                                                                      : CHOICE_AUTO;
+}
+
+/* The manager that hashes bursts of `hash` whose messages average `len` bytes, on a
+ * thread whose auto manager is `a` (measuring first if the process has not). */
+static IMB_MGR *hash_mgr(IMB_MGR *a, int alg, uint32_t hash, uint64_t len, uint32_t tag_len) {
+    if (a->used_arch == IMB_ARCH_SSE)
+        return a;
+    int choice = hash_forced;
+    if (choice == CHOICE_UNMEASURED) {
+        _Atomic int *slot = &hash_choice[hash_index(hash)][length_class(len)];
+        choice = atomic_load_explicit(slot, memory_order_relaxed);
+        if (choice == CHOICE_UNMEASURED) {
+            IMB_MGR *sse = thread_sse_mgr();
+            choice = sse == NULL ? CHOICE_AUTO
+                                 : measure_hash_choice(a, sse, alg, length_class(len), tag_len);
+            atomic_store_explicit(slot, choice, memory_order_relaxed);
+        }
+    }
+    if (choice == CHOICE_SSE) {
+        IMB_MGR *sse = thread_sse_mgr();
+        if (sse != NULL)
+            return sse;
+    }
+    return a;
+}
+
+/* For tests: this thread hashes every CBC + HMAC burst on its auto manager
+ * (`which` 1), on its SSE manager (2), or as measured (0). */
+void ipsec_mb_shim_force_hash_manager(int which) {
+    hash_forced = which == CHOICE_AUTO || which == CHOICE_SSE ? which : CHOICE_UNMEASURED;
+}
+
+/* For reports: the manager that hashes bursts of `hash` (1, 256, 384, 512) whose
+ * messages are about `len` bytes, measuring it now if the process has not: "sse",
+ * or the auto manager's architecture ("avx512", ...); "none" if this thread has no
+ * manager or `hash` is unknown. */
+const char *ipsec_mb_shim_hash_manager(uint32_t hash, uint64_t len) {
+    int alg = hash_alg(hash);
+    IMB_MGR *a = thread_mgr();
+    if (a == NULL || alg < 0)
+        return "none";
+    uint32_t tag_len = hash == 1 ? 12 : hash == 256 ? 16 : hash == 384 ? 24 : 32;
+    IMB_MGR *h = hash_mgr(a, alg, hash, len, tag_len);
+    if (h != a)
+        return "sse";
+    const char *arch = ipsec_mb_shim_arch();
+    return arch;
+}
+
 /* Runs `n` (at most SHIM_MAX_BURST) packets under `keys` (from ipsec_mb_shim_cbc_keys
  * with the same `hash` and `key_len`): either every lane has a body, and each body is
  * CBC-encrypted in place (IV at esp + 8), then the HMAC over ESP header, IV and
@@ -353,15 +535,19 @@ int ipsec_mb_shim_cbc_hmac_burst(const void *keys, uint32_t key_len, uint32_t ha
     if (tag_len == 0 || tag_len > full)
         return -1;
     int encrypt = lanes[0].body != NULL;
+    uint64_t hashed = 0;
     for (uint32_t i = 0; i < n; i++) {
         const struct shim_lane *l = &lanes[i];
         if (l->esp == NULL || l->tag == NULL || (l->body != NULL) != encrypt ||
             (encrypt && (l->cipher_len == 0 || l->cipher_len % 16 != 0)))
             return -1;
+        hashed += l->hash_len;
     }
     IMB_MGR *m = thread_mgr();
     if (m == NULL)
         return SHIM_NO_MANAGER;
+    /* Before the jobs are filled: a first measurement uses them. */
+    IMB_MGR *h = hash_mgr(m, alg, hash, hashed / n, tag_len);
     const struct shim_cbc_keys *k = keys;
     IMB_JOB *jobs = cbc_jobs;
     for (uint32_t i = 0; i < n; i++) {
@@ -396,7 +582,7 @@ int ipsec_mb_shim_cbc_hmac_burst(const void *keys, uint32_t key_len, uint32_t ha
         for (uint32_t i = 0; i < n; i++)
             jobs[i].status = IMB_STATUS_BEING_PROCESSED;
     }
-    uint32_t done = IMB_SUBMIT_HASH_BURST_NOCHECK(m, jobs, n, (IMB_HASH_ALG)alg);
+    uint32_t done = IMB_SUBMIT_HASH_BURST_NOCHECK(h, jobs, n, (IMB_HASH_ALG)alg);
     return all_completed(jobs, n, done);
 }
 

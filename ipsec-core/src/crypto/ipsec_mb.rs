@@ -474,6 +474,44 @@ pub(crate) fn refuse_thread_manager(refuse: bool) {
     unsafe { ipsec_mb_shim_refuse_thread_manager(c_int::from(refuse)) }
 }
 
+/// Which of this thread's managers hashes a CBC + HMAC burst.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HashManager {
+    /// The process's measured choice per hash and length (the shim's docs).
+    Measured = 0,
+    /// The manager `init_mb_mgr_auto` picked (AVX-512 code on such CPUs).
+    Auto = 1,
+    /// The SSE manager (SHA-NI where the CPU has it).
+    Sse = 2,
+}
+
+/// For tests: from now on this thread hashes CBC + HMAC bursts on `which` manager.
+#[cfg(test)]
+pub(crate) fn force_hash_manager(which: HashManager) {
+    // SAFETY: sets a thread-local value in the shim; nothing else.
+    unsafe { ipsec_mb_shim_force_hash_manager(which as c_int) }
+}
+
+/// The manager that hashes CBC + HMAC bursts of `integrity` whose messages (ESP
+/// header to the end of the ciphertext) are about `len` bytes: `"sse"` (SHA-NI
+/// where the CPU has it) or the architecture of the manager `init_mb_mgr_auto`
+/// picked (`"avx512"`, ...), `"none"` if this thread cannot have a manager. The
+/// process measures both the first time a burst of that hash and length class comes
+/// (here, if none has yet): see the shim's "which manager hashes". For reports.
+pub(super) fn hmac_burst_manager(integrity: super::Integrity, len: usize) -> &'static str {
+    use super::Integrity as I;
+    let hash = match integrity {
+        I::HmacSha1_96 => 1,
+        I::HmacSha256_128 => 256,
+        I::HmacSha384_192 => 384,
+        I::HmacSha512_256 => 512,
+    };
+    // SAFETY: plain values; the shim returns a static string (a literal or the
+    // manager's architecture name from `ipsec_mb_shim_arch`).
+    static_str(unsafe { ipsec_mb_shim_hash_manager(hash, len as u64) })
+}
+
 /// Most packets per shim call: must equal `SHIM_MAX_BURST` in the shim. Longer
 /// bursts are cut into calls of this many.
 pub(crate) const MAX_BURST: usize = 64;
@@ -548,6 +586,9 @@ unsafe extern "C" {
     fn ipsec_mb_shim_thread_ready() -> c_int;
     #[cfg(test)]
     fn ipsec_mb_shim_refuse_thread_manager(refuse: c_int);
+    #[cfg(test)]
+    fn ipsec_mb_shim_force_hash_manager(which: c_int);
+    fn ipsec_mb_shim_hash_manager(hash: u32, len: u64) -> *const c_char;
     fn ipsec_mb_shim_cbc_hmac_burst(
         keys: *const c_void,
         key_len: u32,
@@ -861,16 +902,51 @@ mod tests {
         ok
     }
 
-    /// On a thread whose manager cannot be allocated, CBC + HMAC bursts (and single
-    /// decryptions the library would take) run on the portable code instead of
-    /// panicking: byte for byte the library's seals, and each side opens what the
-    /// other sealed, a tampered packet refused.
+    /// How a test thread runs CBC + HMAC bursts.
+    #[derive(Clone, Copy, Debug)]
+    enum BurstCode {
+        /// As if no manager could be allocated: the portable code.
+        Portable,
+        /// The library, hashing on the given manager.
+        Library(HashManager),
+    }
+
+    const BURST_CODES: [BurstCode; 4] = [
+        BurstCode::Portable,
+        BurstCode::Library(HashManager::Measured),
+        BurstCode::Library(HashManager::Auto),
+        BurstCode::Library(HashManager::Sse),
+    ];
+
+    /// Runs `f` on this thread with bursts on `code`, then puts the thread back.
+    fn with_burst_code<R>(code: BurstCode, f: impl FnOnce() -> R) -> R {
+        match code {
+            BurstCode::Portable => refuse_thread_manager(true),
+            BurstCode::Library(m) => force_hash_manager(m),
+        }
+        let r = f();
+        refuse_thread_manager(false);
+        force_hash_manager(HashManager::Measured);
+        r
+    }
+
+    /// CBC + HMAC bursts give the same bytes whichever code runs them: the portable
+    /// code (on a thread whose manager cannot be allocated, which must not panic), and
+    /// the library hashing on its auto manager, on its SSE manager (SHA-NI), or on the
+    /// one measured faster; each opens what the others sealed, a tampered packet
+    /// refused. Every HMAC, packets from 40 bytes to 3 KiB (every length class of the
+    /// hash-manager choice).
     #[test]
-    fn cbc_without_a_thread_manager_falls_back_to_the_portable_code() {
+    fn cbc_bursts_agree_on_every_code_path() {
         use crate::{Cipher, Direction, Error, Integrity, Mode, SaConfig, SecurityAssociation};
         use core::time::Duration;
         let t0 = Duration::ZERO;
-        for integrity in [Integrity::HmacSha256_128, Integrity::HmacSha384_192] {
+        for integrity in [
+            Integrity::HmacSha1_96,
+            Integrity::HmacSha256_128,
+            Integrity::HmacSha384_192,
+            Integrity::HmacSha512_256,
+        ] {
             let make = |dir| {
                 let mut c =
                     SaConfig::new(0x4242, dir, Mode::Tunnel, Cipher::Aes256Cbc, &[0x21; 32]);
@@ -884,7 +960,7 @@ mod tests {
                 }
                 SecurityAssociation::new(c, t0).expect("SA")
             };
-            let plains: Vec<Vec<u8>> = (0..40).map(|i| inner(40 + i * 37)).collect();
+            let plains: Vec<Vec<u8>> = (0..40).map(|i| inner(40 + i * 77)).collect();
             let fresh = || -> (Vec<Vec<u8>>, Vec<(usize, usize)>) {
                 let bufs = plains
                     .iter()
@@ -896,58 +972,91 @@ mod tests {
                     .collect();
                 (bufs, plains.iter().map(|p| (ROOM, p.len())).collect())
             };
-            // Seal the same packets with the library and, refused a manager, without.
-            let mut sealed = Vec::new();
-            for refuse in [false, true] {
-                let mut out = make(Direction::Outbound);
-                let (mut bufs, mut spans) = fresh();
-                refuse_thread_manager(refuse);
-                let mut res = vec![Ok(()); plains.len()];
-                let ok = with_packets(&mut bufs, &mut spans, |p| {
-                    out.encrypt_burst(p, &mut res, t0)
-                });
-                refuse_thread_manager(false);
-                assert_eq!(ok, plains.len(), "{integrity:?} refused {refuse}");
-                sealed.push((bufs, spans));
-            }
             let wire = |(bufs, spans): &(Vec<Vec<u8>>, Vec<(usize, usize)>)| -> Vec<Vec<u8>> {
                 bufs.iter()
                     .zip(spans)
                     .map(|(b, &(o, l))| b[o..o + l].to_vec())
                     .collect()
             };
-            assert_eq!(
-                wire(&sealed[0]),
-                wire(&sealed[1]),
-                "{integrity:?}: same bytes"
-            );
-            // Open each side's packets, once refused a manager, once not; one tampered.
-            for refuse in [false, true] {
+            // Seal the same packets on every code path.
+            let mut sealed = Vec::new();
+            for code in BURST_CODES {
+                let mut out = make(Direction::Outbound);
+                let (mut bufs, mut spans) = fresh();
+                let mut res = vec![Ok(()); plains.len()];
+                let ok = with_burst_code(code, || {
+                    with_packets(&mut bufs, &mut spans, |p| {
+                        out.encrypt_burst(p, &mut res, t0)
+                    })
+                });
+                assert_eq!(ok, plains.len(), "{integrity:?} {code:?}");
+                sealed.push(wire(&(bufs, spans)));
+            }
+            for (code, s) in BURST_CODES.iter().zip(&sealed) {
+                assert!(
+                    *s == sealed[0],
+                    "{integrity:?} {code:?}: not the same bytes"
+                );
+            }
+            // Open on every code path what the next one sealed; one packet tampered.
+            for (k, code) in BURST_CODES.into_iter().enumerate() {
                 let mut inb = make(Direction::Inbound);
-                let mut bufs = wire(&sealed[usize::from(!refuse)]);
+                let mut bufs = sealed[(k + 1) % sealed.len()].clone();
                 bufs[3][30] ^= 1;
                 let mut spans: Vec<(usize, usize)> = bufs.iter().map(|b| (0, b.len())).collect();
-                refuse_thread_manager(refuse);
                 let mut res = vec![Ok(()); bufs.len()];
-                let ok = with_packets(&mut bufs[..20], &mut spans[..20], |p| {
-                    inb.decrypt_burst(p, &mut res[..20], t0)
+                let (ok, singles) = with_burst_code(code, || {
+                    let ok = with_packets(&mut bufs[..20], &mut spans[..20], |p| {
+                        inb.decrypt_burst(p, &mut res[..20], t0)
+                    });
+                    // The rest one at a time (from 256 bytes the library's decryption).
+                    let mut singles = 0;
+                    for (b, span) in bufs[20..].iter_mut().zip(&mut spans[20..]) {
+                        let n = b.len();
+                        let mut p = crate::PacketBuf::new(b, 0, n).expect("buf");
+                        singles += usize::from(inb.decrypt(&mut p, t0).is_ok());
+                        *span = (p.offset(), p.len());
+                    }
+                    (ok, singles)
                 });
-                // The rest one at a time (from 256 bytes the library's decryption).
-                let mut singles = 0;
-                for (b, span) in bufs[20..].iter_mut().zip(&mut spans[20..]) {
-                    let n = b.len();
-                    let mut p = crate::PacketBuf::new(b, 0, n).expect("buf");
-                    singles += usize::from(inb.decrypt(&mut p, t0).is_ok());
-                    *span = (p.offset(), p.len());
-                }
-                refuse_thread_manager(false);
-                assert_eq!((ok, singles), (19, 20), "{integrity:?} refused {refuse}");
+                assert_eq!((ok, singles), (19, 20), "{integrity:?} {code:?}");
                 assert_eq!(res[3], Err(Error::AuthenticationFailed));
                 for (i, ((b, &(o, l)), plain)) in bufs.iter().zip(&spans).zip(&plains).enumerate() {
                     if i != 3 {
-                        assert!(b[o..o + l] == plain[..], "{integrity:?} packet {i}");
+                        assert!(
+                            b[o..o + l] == plain[..],
+                            "{integrity:?} {code:?} packet {i}"
+                        );
                     }
                 }
+            }
+        }
+    }
+
+    /// The manager chosen for each hash and length class is one of the two measured,
+    /// and asking again gives the same answer (measured once per process).
+    #[test]
+    fn hash_manager_choice_is_measured_once() {
+        use super::super::Integrity;
+        let (_, arch) = library_info().expect("manager");
+        for integrity in [Integrity::HmacSha1_96, Integrity::HmacSha512_256] {
+            for len in [64, 200, 400, 900, 1500, 4000] {
+                let first = hmac_burst_manager(integrity, len);
+                assert!(
+                    first == "sse" || first == arch,
+                    "{integrity:?} {len}: {first}"
+                );
+                assert_eq!(hmac_burst_manager(integrity, len), first);
+            }
+        }
+        // A forced manager is the one that hashes (the test of every code path
+        // relies on it).
+        if arch != "sse" {
+            for (which, name) in [(HashManager::Sse, "sse"), (HashManager::Auto, arch)] {
+                let got = with_burst_code(BurstCode::Library(which), || {
+                    hmac_burst_manager(Integrity::HmacSha256_128, 100)
+                });
+                assert_eq!(got, name);
             }
         }
     }

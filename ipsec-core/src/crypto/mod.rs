@@ -457,6 +457,25 @@ pub fn ipsec_mb_info() -> Option<Result<(&'static str, &'static str), ConfigErro
     }
 }
 
+/// With the `ipsec-mb` feature: which of intel-ipsec-mb's managers hashes the CBC +
+/// HMAC bursts of `integrity` whose messages (ESP header to the end of the
+/// ciphertext) are about `len` bytes: `"sse"` (its SHA-NI code where the CPU has
+/// it) or the architecture of the manager `init_mb_mgr_auto` picked (`"avx512"`,
+/// ...), `"none"` on a thread that cannot have a manager. Chosen per process by
+/// timing both on the first burst of each hash and length class (measured here if
+/// none came yet). `None` without the feature.
+pub fn ipsec_mb_hmac_burst_manager(integrity: Integrity, len: usize) -> Option<&'static str> {
+    #[cfg(feature = "ipsec-mb")]
+    {
+        Some(ipsec_mb::hmac_burst_manager(integrity, len))
+    }
+    #[cfg(not(feature = "ipsec-mb"))]
+    {
+        let _ = (integrity, len);
+        None
+    }
+}
+
 /// The backend that runs `cipher`'s packets in `encrypt_burst` and `decrypt_burst`:
 /// [`aead_backend`]'s, except that with the `ipsec-mb` feature the AES-CBC + HMAC
 /// bursts are intel-ipsec-mb's (`"ipsec-mb"`): sealed by its cipher and hash bursts,
