@@ -15,7 +15,7 @@
 //! number of threads may seal and open at once.
 //!
 //! The `gcm_key_data` is boxed (64-byte aligned, so it never moves) and overwritten
-//! with zeros on drop. Tags are compared in Rust in constant time ([`super::ct_eq`]);
+//! with zeros on drop. Tags are compared in Rust in constant time ([`super::ct_eq16`]);
 //! the library only computes them.
 //!
 //! This module holds `unsafe` code: the FFI calls, each with its justification.
@@ -52,7 +52,7 @@ struct GcmContext([u64; CONTEXT_WORDS]);
 /// no unauthenticated plaintext is left.
 #[inline(always)]
 fn tag_verified(expect: &[u8; 16], tag: &[u8; 16], data: &mut [u8]) -> bool {
-    let ok = super::ct_eq(expect, tag);
+    let ok = super::ct_eq16(expect, tag);
     if !ok {
         data.fill(0);
     }
