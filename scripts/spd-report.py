@@ -10,6 +10,11 @@ on a mismatch), then times rte_acl_classify in bursts of 32. Our side times
 `Spd::lookup_burst` in bursts of 32 (checked against `Spd::lookup` first) on the
 compiled classifier, no flow cache.
 Both use the thread CPU clock, 7 rounds, median (spd_acl.rs and acl_spd.c say more).
+Both run on CPU 0: the C program's EAL pins its one lcore there (`-l 0`), and ours is
+pinned to the same CPU here (a thread the scheduler moves between CPUs finds its
+caches cold on the other: on a 2-vCPU AMD EPYC guest, unpinned runs of ours on the
+1,000-rule IPv4 set took 25 or 36-41 ns a lookup from one process to the next, pinned
+ones 25-26 every time).
 
 Columns: ns per lookup (ours, rte_acl, ours / rte_acl: above 1 means we are slower);
 build ms (ours: `Spd::recompiled`, both directions; rte_acl: rte_acl_add_rules +
@@ -72,6 +77,12 @@ if sizes:
     wanted = set(sizes[1].split(","))
     files = [f for f in files if f.rsplit("-", 1)[1][:-4] in wanted]
 
+def pin_to_cpu0():
+    """In the child before it runs: CPU 0, where EAL's `-l 0` pins the C program."""
+    if 0 in os.sched_getaffinity(0):
+        os.sched_setaffinity(0, {0})
+
+
 samples = defaultdict(lambda: defaultdict(list))
 for i in range(runs):
     cmds = [[ours, "bench"] + sizes]
@@ -80,7 +91,7 @@ for i in range(runs):
     if i % 2:
         cmds.reverse()  # alternate which side runs first
     for cmd in cmds:
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pin_to_cpu0)
         if r.returncode != 0:
             sys.exit(f"{cmd[0]} failed ({r.returncode}):\n{r.stderr}")
         for line in r.stdout.splitlines():

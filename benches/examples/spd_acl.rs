@@ -31,7 +31,8 @@
 //! [`Spd::compiled_bytes`] (both directions; also without the non-first fragment index,
 //! which `rte_acl` has no counterpart of). Timing is the thread CPU clock, a calibration
 //! pass, then 7 rounds of at least 20 ms whose median is reported, as in
-//! `benches/openssl/evp_aead.c` and the C program.
+//! `benches/openssl/evp_aead.c` and the C program. `scripts/spd-report.py` runs it on
+//! CPU 0, where the C program's EAL pins its lcore (by hand: `taskset -c 0`).
 
 #[path = "../benches/common/mod.rs"]
 mod common;
