@@ -1578,6 +1578,7 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 /// [`ct_eq`] of two 16-byte tags, as two 64-bit words: the difference is three
 /// instructions from the loads, where the bytewise fold took a chain of eight
 /// vector reductions, all waiting for the tag the backend has just computed.
+#[cfg(any(feature = "ipsec-mb", test))]
 #[inline]
 pub(crate) fn ct_eq16(a: &[u8; 16], b: &[u8; 16]) -> bool {
     let x = u128::from_ne_bytes(*a) ^ u128::from_ne_bytes(*b);
