@@ -500,16 +500,20 @@ pub(crate) fn force_hash_manager(which: HashManager) {
 /// process measures both the first time a burst of that hash and length class comes
 /// (here, if none has yet): see the shim's "which manager hashes". For reports.
 pub(super) fn hmac_burst_manager(integrity: super::Integrity, len: usize) -> &'static str {
+    // SAFETY: plain values; the shim returns a static string (a literal or the
+    // manager's architecture name from `ipsec_mb_shim_arch`).
+    static_str(unsafe { ipsec_mb_shim_hash_manager(shim_hash(integrity), len as u64) })
+}
+
+/// The shim's name for an HMAC: its hash's bits (1 for SHA-1).
+fn shim_hash(integrity: super::Integrity) -> u32 {
     use super::Integrity as I;
-    let hash = match integrity {
+    match integrity {
         I::HmacSha1_96 => 1,
         I::HmacSha256_128 => 256,
         I::HmacSha384_192 => 384,
         I::HmacSha512_256 => 512,
-    };
-    // SAFETY: plain values; the shim returns a static string (a literal or the
-    // manager's architecture name from `ipsec_mb_shim_arch`).
-    static_str(unsafe { ipsec_mb_shim_hash_manager(hash, len as u64) })
+    }
 }
 
 /// Most packets per shim call: must equal `SHIM_MAX_BURST` in the shim. Longer
@@ -648,19 +652,13 @@ impl CbcHmacKeys {
         mac_key: &[u8],
         encrypt: bool,
     ) -> Result<CbcHmacKeys, ConfigError> {
-        use super::Integrity as I;
         assert!(
             aes_key.len() == 16 || aes_key.len() == 32,
             "key length checked"
         );
         assert_eq!(mac_key.len(), integrity.key_len(), "key length checked");
         init()?;
-        let hash = match integrity {
-            I::HmacSha1_96 => 1,
-            I::HmacSha256_128 => 256,
-            I::HmacSha384_192 => 384,
-            I::HmacSha512_256 => 512,
-        };
+        let hash = shim_hash(integrity);
         let mut data = Box::new(CbcKeyData {
             bytes: [0; CBC_KEY_BYTES],
         });
