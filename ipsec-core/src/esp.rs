@@ -135,8 +135,9 @@ impl SecurityAssociation {
     /// side (one packet's chain is serial; the packets' chains are independent), and
     /// their ICVs computed after; the packets come out exactly as [`Self::encrypt`]
     /// would make them one by one, IVs drawn in the same order. With the `ipsec-mb`
-    /// feature they go to intel-ipsec-mb instead, 32 at a time, through its cipher and
-    /// hash bursts (same bytes; see `crypto::burst_backend`); AES-GCM packets are all
+    /// feature they go to intel-ipsec-mb instead, 32 at a time, through its hash
+    /// bursts and, beyond 224 bytes of ciphertext, its cipher bursts (shorter ones
+    /// are encrypted 32 chains side by side; same bytes; see `crypto::burst_backend`); AES-GCM packets are all
     /// encapsulated first, then sealed one after the other (same bytes as one packet
     /// at a time; back to back, the library's calls overlap in the processor).
     pub fn encrypt_burst(
