@@ -267,4 +267,10 @@ fn main() {
     } else {
         run(n);
     }
+    if op == "encb"
+        && cipher == Cipher::Aes128Cbc
+        && let Some(how) = ipsec_core::crypto::ipsec_mb_cbc_seal_cipher(size + 16)
+    {
+        eprintln!("CBC seal bursts encrypted by: {how}");
+    }
 }

@@ -136,8 +136,9 @@ impl SecurityAssociation {
     /// their ICVs computed after; the packets come out exactly as [`Self::encrypt`]
     /// would make them one by one, IVs drawn in the same order. With the `ipsec-mb`
     /// feature they go to intel-ipsec-mb instead, 32 at a time, through its hash
-    /// bursts and, beyond 224 bytes of ciphertext, its cipher bursts (shorter ones
-    /// are encrypted 32 chains side by side; same bytes; see `crypto::burst_backend`); AES-GCM packets are all
+    /// bursts and its cipher bursts, or, for short packets where the process measured
+    /// it faster, 32 CBC chains side by side in the `aes` crate (same bytes; see
+    /// `crypto::burst_backend`); AES-GCM packets are all
     /// encapsulated first, then sealed one after the other (same bytes as one packet
     /// at a time; back to back, the library's calls overlap in the processor).
     pub fn encrypt_burst(

@@ -26,6 +26,7 @@ use super::one_store::Block16;
 use crate::error::ConfigError;
 use core::ffi::{CStr, c_char, c_int, c_void};
 use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicU8, Ordering};
 use zeroize::Zeroize;
 
 /// Bytes reserved for one `struct gcm_key_data`: its size in intel-ipsec-mb 1.3 (240
@@ -493,25 +494,68 @@ pub(crate) fn force_hash_manager(which: HashManager) {
     unsafe { ipsec_mb_shim_force_hash_manager(which as c_int) }
 }
 
-/// The longest CBC ciphertext (bytes) whose bursts are encrypted by the `aes` crate,
-/// chains side by side, rather than by the library's cipher burst (see
-/// [`cipher_in_crate`]).
-const CRATE_CIPHER_MAX: usize = 224;
+/// The longest CBC ciphertext (bytes) a seal burst may have to be encrypted by the
+/// `aes` crate rather than by the library's cipher burst ([`cipher_in_crate`]).
+pub(crate) const CRATE_CIPHER_MAX: usize = 224;
 
-/// Whether a CBC + HMAC seal burst whose ciphertexts have the lengths `lens` should
-/// be encrypted by the `aes` crate (32 chains side by side, AES-NI rounds of all in
-/// flight) and only hashed by the library. Measured on AMD Zen 4 (`esp_profile
-/// encb-cbc`, medians of 5 interleaved runs, ns a packet, library cipher burst
-/// against crate): 151 / 136 at 80 bytes of ciphertext, 182 / 158 at 144, 190 / 184
-/// at 192, 220 / 212 at 224, 218 / 230 at 272, 640 / 720 at 1,424. The longest
-/// ciphertext decides: the crate's chains advance together, one block a step.
+/// Per length class of the longest ciphertext in a seal burst (up to 96, 160 and
+/// [`CRATE_CIPHER_MAX`] bytes): 0 not measured yet, 1 the `aes` crate encrypts, 2 the
+/// library does.
+static CRATE_CIPHER: [AtomicU8; 3] = [const { AtomicU8::new(0) }; 3];
+
+/// The index in [`CRATE_CIPHER`] of a burst whose longest ciphertext is `len` bytes.
+fn crate_cipher_class(len: usize) -> Option<usize> {
+    match len {
+        0..=96 => Some(0),
+        97..=160 => Some(1),
+        161..=CRATE_CIPHER_MAX => Some(2),
+        _ => None,
+    }
+}
+
+/// Whether a CBC + HMAC seal burst whose longest ciphertext is `longest` bytes should be
+/// encrypted by the `aes` crate (the 32 packets' CBC chains side by side, AES-NI rounds
+/// of all in flight) and only hashed by the library. Decided by measurement, once per
+/// length class and process: the first burst of a class runs `measure(class's longest
+/// ciphertext)`, which times both ways (the answer is kept for every thread; two
+/// threads measuring at once both store an answer, either is good). Longer
+/// ciphertexts stay on the library. On the AMD Zen 4 guest (`esp_profile encb-cbc`,
+/// medians of 5 interleaved runs, ns a packet, library cipher burst against the
+/// crate): 151 / 136 at 80 bytes of ciphertext, 182 / 158 at 144, 190 / 184 at 192,
+/// 220 / 212 at 224, 218 / 230 at 272, 640 / 720 at 1,424. The longest ciphertext
+/// decides: the crate's chains advance together, one block a step.
 #[inline]
-pub(crate) fn cipher_in_crate(mut lens: impl Iterator<Item = usize>) -> bool {
+pub(crate) fn cipher_in_crate(longest: usize, measure: impl FnOnce(usize) -> bool) -> bool {
     #[cfg(test)]
     if let Some(forced) = FORCE_CRATE_CIPHER.get() {
         return forced;
     }
-    lens.all(|l| l <= CRATE_CIPHER_MAX)
+    let Some(class) = crate_cipher_class(longest) else {
+        return false;
+    };
+    match CRATE_CIPHER[class].load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let crate_wins = measure([96, 160, CRATE_CIPHER_MAX][class]);
+            CRATE_CIPHER[class].store(if crate_wins { 1 } else { 2 }, Ordering::Relaxed);
+            crate_wins
+        }
+    }
+}
+
+/// What [`cipher_in_crate`] decided for seal bursts whose longest ciphertext is `len`
+/// bytes: `"aes crate"`, `"ipsec-mb"`, or `"not measured"` (no such burst yet in this
+/// process). For reports.
+pub(super) fn crate_cipher_choice(len: usize) -> &'static str {
+    let Some(class) = crate_cipher_class(len) else {
+        return "ipsec-mb";
+    };
+    match CRATE_CIPHER[class].load(Ordering::Relaxed) {
+        1 => "aes crate",
+        2 => "ipsec-mb",
+        _ => "not measured",
+    }
 }
 
 #[cfg(test)]
@@ -1099,6 +1143,52 @@ mod tests {
                 assert_eq!(got, name);
             }
         }
+    }
+
+    /// The CBC seal cipher of each length class is measured on the first burst of
+    /// the class (with the SA's keys) and kept: the report names one of the two ways
+    /// after a burst, the same again; beyond the crate's limit it is the library's.
+    #[test]
+    fn seal_cipher_choice_is_measured_once() {
+        use crate::{Cipher, Direction, Integrity, Mode, SaConfig, SecurityAssociation};
+        use core::time::Duration;
+        let t0 = Duration::ZERO;
+        let mut c = SaConfig::new(
+            0x7700,
+            Direction::Outbound,
+            Mode::Tunnel,
+            Cipher::Aes128Cbc,
+            &[3; 16],
+        );
+        c.integrity(Integrity::HmacSha256_128, &[5; 32]);
+        c.tunnel(
+            "192.0.2.1".parse().expect("ip"),
+            "192.0.2.2".parse().expect("ip"),
+        );
+        let mut out = SecurityAssociation::new(c, t0).expect("SA");
+        for (size, ciphertext) in [(64, 80), (120, 144), (200, 208)] {
+            let plain = inner(size);
+            let mut bufs: Vec<Vec<u8>> = (0..32)
+                .map(|_| {
+                    let mut b = vec![0u8; ROOM + size + 96];
+                    b[ROOM..ROOM + size].copy_from_slice(&plain);
+                    b
+                })
+                .collect();
+            let mut spans = vec![(ROOM, size); 32];
+            let mut res = vec![Ok(()); 32];
+            let ok = with_packets(&mut bufs, &mut spans, |p| {
+                out.encrypt_burst(p, &mut res, t0)
+            });
+            assert_eq!(ok, 32);
+            let first = crate_cipher_choice(ciphertext);
+            assert!(
+                first == "aes crate" || first == "ipsec-mb",
+                "{size}: {first}"
+            );
+            assert_eq!(crate_cipher_choice(ciphertext), first);
+        }
+        assert_eq!(crate_cipher_choice(CRATE_CIPHER_MAX + 16), "ipsec-mb");
     }
 
     /// Dropping CBC + HMAC data wipes its round keys and pads.
