@@ -28,7 +28,8 @@ Both builds side by side: give several binaries, each optionally labelled, e.g.
   cargo build --release -p ipsec-cli && cp target/release/ipsec /tmp/ipsec-default
   cargo build --release -p ipsec-cli --features ipsec-core/ipsec-mb
   scripts/bench-report.py 5 default=/tmp/ipsec-default ipsec-mb=target/release/ipsec
-Every round runs each binary in turn (interleaved, so that both see the same machine);
+Every round runs each binary in turn (interleaved, so that both see the same machine),
+every measured program pinned to the same CPU;
 the ESP rows carry the build's label, the raw rows (the same code in every build) are
 pooled, and the target check is printed per build.
 
@@ -83,6 +84,14 @@ def build_mb_helper():
                         ["-lIPSec_MB"], "intel-ipsec-mb")
 
 
+def pin_to_one_cpu():
+    """In each measured child: the same single CPU (the last this script may use) for
+    every program of every round, so that none is migrated to a core whose caches are
+    cold in the middle of its run, and all sides see the same core (scripts/spd-report.py
+    pins likewise; unpinned runs of the same code differed by up to 25 %)."""
+    os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+
+
 evp_helper = build_evp_helper()
 mb_helper = build_mb_helper()
 mb_note = None
@@ -93,16 +102,18 @@ for i in range(runs):
         # `openssl speed` (identical for every build) with the first build only.
         extra = ["--openssl"] if n == 0 else []
         for line in subprocess.run([binary, "bench", "--json", *extra], check=True,
-                                   capture_output=True, text=True).stdout.splitlines():
+                                   capture_output=True, text=True,
+                                   preexec_fn=pin_to_one_cpu).stdout.splitlines():
             r = json.loads(line)
             if label and r["op"] in ("encrypt", "decrypt"):
                 r["backend"] = f"{label}:{r['backend']}"
             out += json.dumps(r) + "\n"
     if evp_helper:
         out += subprocess.run([evp_helper], check=True, capture_output=True,
-                              text=True).stdout
+                              text=True, preexec_fn=pin_to_one_cpu).stdout
     if mb_helper:
-        r = subprocess.run([mb_helper], check=True, capture_output=True, text=True)
+        r = subprocess.run([mb_helper], check=True, capture_output=True, text=True,
+                           preexec_fn=pin_to_one_cpu)
         out += r.stdout
         mb_note = r.stderr.strip()
     for line in out.splitlines():
