@@ -810,6 +810,35 @@ pub(crate) type Lane<'a> = (&'a mut [u8], PendingSeal);
 
 type Block16 = Array<u8, aes::cipher::consts::U16>;
 
+/// CBC-encrypts the payload of each of the (at most `N`) packets in `group` whose IV
+/// is written ([`Transform::seal_begin`]), their chains side by side ([`CbcLanes`]);
+/// returns how many.
+#[inline(always)]
+fn encrypt_chains<const N: usize>(cbc: &CbcKey, group: &mut [Option<Lane<'_>>]) -> usize {
+    let mut chains: [(&mut [Block16], Block16); N] =
+        core::array::from_fn(|_| (&mut [][..], Block16::default()));
+    let mut width = 0;
+    for ((buf, p), chain) in group.iter_mut().flatten().zip(chains.iter_mut()) {
+        let (head, body) = buf[..p.at.icv].split_at_mut(p.at.esp + 24);
+        let (blocks, rest) = Array::slice_as_chunks_mut(body);
+        debug_assert!(rest.is_empty(), "padding aligns CBC input to blocks");
+        let iv: [u8; 16] = head[p.at.esp + 8..].try_into().expect("16-byte IV");
+        *chain = (blocks, iv.into());
+        width += 1;
+    }
+    let chains = CbcLanes {
+        chains: &mut chains[..width],
+    };
+    match cbc {
+        CbcKey::Enc128(c) => c.encrypt_with_backend(chains),
+        CbcKey::Enc256(c) => c.encrypt_with_backend(chains),
+        CbcKey::Dec128(_) | CbcKey::Dec256(_) => {
+            unreachable!("only outbound SAs seal; they hold encryption keys")
+        }
+    }
+    width
+}
+
 /// The CBC chains of several packets, encrypted side by side: block `i` of every
 /// packet, then block `i + 1` of every packet, and so on. The chains are independent,
 /// so the processor keeps one AES encryption of each in flight; a chain that ends
@@ -1340,27 +1369,7 @@ impl Transform {
     fn seal_lanes_split(&self, keys: &CbcHmac, lanes: &mut [Option<Lane<'_>>]) {
         let icv_len = self.icv_len();
         for group in lanes.chunks_mut(BURST_CHUNK) {
-            let mut chains: [(&mut [Block16], Block16); BURST_CHUNK] =
-                core::array::from_fn(|_| (&mut [][..], Block16::default()));
-            let mut width = 0;
-            for ((buf, p), chain) in group.iter_mut().flatten().zip(chains.iter_mut()) {
-                let (head, body) = buf[..p.at.icv].split_at_mut(p.at.esp + 24);
-                let (blocks, rest) = Array::slice_as_chunks_mut(body);
-                debug_assert!(rest.is_empty(), "padding aligns CBC input to blocks");
-                let iv: [u8; 16] = head[p.at.esp + 8..].try_into().expect("16-byte IV");
-                *chain = (blocks, iv.into());
-                width += 1;
-            }
-            let chains = CbcLanes {
-                chains: &mut chains[..width],
-            };
-            match &keys.cbc {
-                CbcKey::Enc128(c) => c.encrypt_with_backend(chains),
-                CbcKey::Enc256(c) => c.encrypt_with_backend(chains),
-                CbcKey::Dec128(_) | CbcKey::Dec256(_) => {
-                    unreachable!("only outbound SAs seal; they hold encryption keys")
-                }
-            }
+            let width = encrypt_chains::<BURST_CHUNK>(&keys.cbc, group);
             let mut jobs: [ipsec_mb::HashLane<'_>; BURST_CHUNK] =
                 core::array::from_fn(|_| ipsec_mb::HashLane {
                     buf: &[],
@@ -1466,26 +1475,7 @@ impl Transform {
         let CbcHmac { cbc, mac, pads, .. } = keys;
         let icv_len = self.icv_len();
         for group in lanes.chunks_mut(LANES) {
-            let width = group.len();
-            let mut chains: [(&mut [Block16], Block16); LANES] =
-                core::array::from_fn(|_| (&mut [][..], Block16::default()));
-            for ((buf, p), chain) in group.iter_mut().flatten().zip(chains.iter_mut()) {
-                let (head, body) = buf[..p.at.icv].split_at_mut(p.at.esp + 24);
-                let (blocks, rest) = Array::slice_as_chunks_mut(body);
-                debug_assert!(rest.is_empty(), "padding aligns CBC input to blocks");
-                let iv: [u8; 16] = head[p.at.esp + 8..].try_into().expect("16-byte IV");
-                *chain = (blocks, iv.into());
-            }
-            let chains = CbcLanes {
-                chains: &mut chains[..width],
-            };
-            match cbc {
-                CbcKey::Enc128(c) => c.encrypt_with_backend(chains),
-                CbcKey::Enc256(c) => c.encrypt_with_backend(chains),
-                CbcKey::Dec128(_) | CbcKey::Dec256(_) => {
-                    unreachable!("only outbound SAs seal; they hold encryption keys")
-                }
-            }
+            let width = encrypt_chains::<LANES>(cbc, group);
             let mut tails = [([0u8; 4], 0usize); LANES];
             for ((_, p), t) in group.iter().flatten().zip(tails.iter_mut()) {
                 *t = esn_tail(p.seq, p.esn);
