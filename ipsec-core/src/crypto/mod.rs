@@ -1334,9 +1334,9 @@ impl Transform {
             Engine::CbcHmac(keys) => keys,
             _ => unreachable!("only CBC and AEAD seals are left pending"),
         };
-        // With `ipsec-mb`, the library's bursts (for short packets its hash bursts
-        // alone) unless this thread cannot have its manager (out of memory): then the
-        // portable lanes, which give the same bytes.
+        // With `ipsec-mb`, the library's bursts (for short packets, where measured
+        // faster, its hash bursts alone) unless this thread cannot have its manager
+        // (out of memory): then the portable lanes, which give the same bytes.
         #[cfg(feature = "ipsec-mb")]
         if ipsec_mb::thread_ready() {
             let longest = lanes
