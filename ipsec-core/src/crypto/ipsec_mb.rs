@@ -695,7 +695,9 @@ pub(crate) struct SealLane<'a> {
 }
 
 /// One packet of [`CbcHmacKeys::icvs`]: the HMAC of `buf[esp..end]`, truncated to
-/// the ICV length, into `tag[..icv_len]`.
+/// the ICV length, into `tag[..icv_len]`. The default lane is empty (a placeholder in
+/// a burst's array).
+#[derive(Default)]
 pub(crate) struct HashLane<'a> {
     pub(crate) buf: &'a [u8],
     pub(crate) esp: usize,

@@ -1370,13 +1370,7 @@ impl Transform {
         let icv_len = self.icv_len();
         for group in lanes.chunks_mut(BURST_CHUNK) {
             let width = encrypt_chains::<BURST_CHUNK>(&keys.cbc, group);
-            let mut jobs: [ipsec_mb::HashLane<'_>; BURST_CHUNK] =
-                core::array::from_fn(|_| ipsec_mb::HashLane {
-                    buf: &[],
-                    esp: 0,
-                    end: 0,
-                    tag: &mut [],
-                });
+            let mut jobs: [ipsec_mb::HashLane<'_>; BURST_CHUNK] = Default::default();
             for ((buf, p), job) in group.iter_mut().flatten().zip(jobs.iter_mut()) {
                 let EspLayout { esp, icv } = p.at;
                 // The ICV goes right after what it covers (no ESN here).
@@ -1542,13 +1536,7 @@ impl Transform {
         }
         #[cfg(feature = "ipsec-mb")]
         for (bufs, ahead) in bufs.chunks(BURST_CHUNK).zip(ahead.chunks_mut(BURST_CHUNK)) {
-            let mut jobs: [ipsec_mb::HashLane<'_>; BURST_CHUNK] =
-                core::array::from_fn(|_| ipsec_mb::HashLane {
-                    buf: &[],
-                    esp: 0,
-                    end: 0,
-                    tag: &mut [],
-                });
+            let mut jobs: [ipsec_mb::HashLane<'_>; BURST_CHUNK] = Default::default();
             let n = bufs.len().min(ahead.len());
             for ((buf, a), job) in bufs.iter().zip(ahead.iter_mut()).zip(jobs.iter_mut()) {
                 *job = ipsec_mb::HashLane {
