@@ -498,19 +498,23 @@ pub(crate) fn force_hash_manager(which: HashManager) {
 /// `aes` crate rather than by the library's cipher burst ([`cipher_in_crate`]).
 pub(crate) const CRATE_CIPHER_MAX: usize = 224;
 
-/// Per length class of the longest ciphertext in a seal burst (up to 96, 160 and
-/// [`CRATE_CIPHER_MAX`] bytes): 0 not measured yet, 1 the `aes` crate encrypts, 2 the
-/// library does.
-static CRATE_CIPHER: [AtomicU8; 3] = [const { AtomicU8::new(0) }; 3];
+/// The length classes of a seal burst's longest ciphertext, by their longest (bytes);
+/// each is measured with its longest.
+const CRATE_CIPHER_CLASSES: [usize; 3] = [96, 160, CRATE_CIPHER_MAX];
+
+/// Per class of [`CRATE_CIPHER_CLASSES`]: [`NOT_MEASURED`], [`CRATE_ENCRYPTS`] or
+/// [`LIBRARY_ENCRYPTS`].
+static CRATE_CIPHER: [AtomicU8; CRATE_CIPHER_CLASSES.len()] =
+    [const { AtomicU8::new(NOT_MEASURED) }; CRATE_CIPHER_CLASSES.len()];
+const NOT_MEASURED: u8 = 0;
+const CRATE_ENCRYPTS: u8 = 1;
+const LIBRARY_ENCRYPTS: u8 = 2;
 
 /// The index in [`CRATE_CIPHER`] of a burst whose longest ciphertext is `len` bytes.
 fn crate_cipher_class(len: usize) -> Option<usize> {
-    match len {
-        0..=96 => Some(0),
-        97..=160 => Some(1),
-        161..=CRATE_CIPHER_MAX => Some(2),
-        _ => None,
-    }
+    CRATE_CIPHER_CLASSES
+        .iter()
+        .position(|&longest| len <= longest)
 }
 
 /// Whether a CBC + HMAC seal burst whose longest ciphertext is `longest` bytes should be
@@ -534,11 +538,16 @@ pub(crate) fn cipher_in_crate(longest: usize, measure: impl FnOnce(usize) -> boo
         return false;
     };
     match CRATE_CIPHER[class].load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
+        CRATE_ENCRYPTS => true,
+        LIBRARY_ENCRYPTS => false,
         _ => {
-            let crate_wins = measure([96, 160, CRATE_CIPHER_MAX][class]);
-            CRATE_CIPHER[class].store(if crate_wins { 1 } else { 2 }, Ordering::Relaxed);
+            let crate_wins = measure(CRATE_CIPHER_CLASSES[class]);
+            let choice = if crate_wins {
+                CRATE_ENCRYPTS
+            } else {
+                LIBRARY_ENCRYPTS
+            };
+            CRATE_CIPHER[class].store(choice, Ordering::Relaxed);
             crate_wins
         }
     }
@@ -552,8 +561,8 @@ pub(super) fn crate_cipher_choice(len: usize) -> &'static str {
         return "ipsec-mb";
     };
     match CRATE_CIPHER[class].load(Ordering::Relaxed) {
-        1 => "aes crate",
-        2 => "ipsec-mb",
+        CRATE_ENCRYPTS => "aes crate",
+        LIBRARY_ENCRYPTS => "ipsec-mb",
         _ => "not measured",
     }
 }

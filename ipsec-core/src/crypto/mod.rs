@@ -1396,14 +1396,15 @@ impl Transform {
     #[cold]
     fn crate_cipher_faster(&self, keys: &CbcHmac, len: usize) -> bool {
         const ROOM: usize = 24 + ipsec_mb::CRATE_CIPHER_MAX + 64;
-        let len = len.min(ipsec_mb::CRATE_CIPHER_MAX) / 16 * 16;
+        // Whole blocks, at least one, within the buffers.
+        let len = len.clamp(16, ipsec_mb::CRATE_CIPHER_MAX) / 16 * 16;
         let mut bufs = [[0u8; ROOM]; BURST_CHUNK];
         let mut time = |split: bool| {
             let mut lanes: [Option<Lane<'_>>; BURST_CHUNK] = [const { None }; BURST_CHUNK];
             for (lane, buf) in lanes.iter_mut().zip(bufs.iter_mut()) {
                 let at = EspLayout {
                     esp: 0,
-                    icv: 24 + len.max(16),
+                    icv: 24 + len,
                 };
                 *lane = Some((
                     &mut buf[..],
