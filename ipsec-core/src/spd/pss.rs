@@ -416,6 +416,10 @@ struct Group<K: KeyInt> {
     /// `None`: every rule is a candidate, in order (`all`).
     index: Option<Index<K>>,
     all: Vec<Entry<K>>,
+    /// Every rule of the group leaves every dimension as "any" (the final catch-all
+    /// of most SPDs): its first rule not masked out is the answer, with no box to
+    /// compare.
+    matches_all: bool,
 }
 
 impl<K: KeyInt> Group<K> {
@@ -433,8 +437,32 @@ impl<K: KeyInt> Group<K> {
                 let (a, b) = ix.starts.list(ix.starts.find(key[ix.dim]));
                 self.scan_list::<FILTERED>(ix, a as usize..b as usize, key, wide, best, masked)
             }
-            None => scan(&self.all, &self.rules, best, key, wide, masked),
+            None => self.scan_all(best, key, wide, masked),
         }
+    }
+
+    /// The answer of a group without an index: [`scan`] over all its rules, or for a
+    /// group that matches everything its first rule not masked out.
+    #[inline(always)]
+    fn scan_all(
+        &self,
+        best: u32,
+        key: &[K; DIMS],
+        wide: &[u128; DIMS],
+        masked: &impl Fn(u32) -> bool,
+    ) -> u32 {
+        if self.matches_all {
+            for e in &self.all {
+                if e.id >= best {
+                    break;
+                }
+                if !masked(e.id) {
+                    return e.id;
+                }
+            }
+            return best;
+        }
+        scan(&self.all, &self.rules, best, key, wide, masked)
     }
 
     /// [`scan`] over the list `list` of index `ix`: in the inline layout its entries;
@@ -731,11 +759,13 @@ impl<K: KeyInt> Partitioned<K> {
                 .map(|(local, (r, &id))| entry(r, id, local as u32))
                 .collect();
             let index = dim.and_then(|d| build_index(&rules, d, &mut budget));
+            let matches_all = rules.iter().all(|r| (0..DIMS).all(|d| !specific(r, d)));
             groups.push(Group {
                 first: ids[0],
                 rules,
                 index,
                 all: entries,
+                matches_all,
             });
         }
         groups.sort_by_key(|g| g.first);
@@ -862,7 +892,7 @@ impl<K: KeyInt> Partitioned<K> {
             let Some(ix) = &g.index else {
                 for &j in live {
                     let j = usize::from(j);
-                    best[j] = scan(&g.all, &g.rules, best[j], &keys[j], &wide[j], &masked);
+                    best[j] = g.scan_all(best[j], &keys[j], &wide[j], &masked);
                 }
                 continue;
             };
@@ -1204,7 +1234,39 @@ mod tests {
             .prop_map(|(s, d, p, a, b)| [s, d, p, a, b])
     }
 
+    /// A rule that leaves every dimension as "any" (IPv4 bounds).
+    fn v4_match_all() -> TRule {
+        let addr = vec![(0, u128::from(u32::MAX))];
+        trule([
+            addr.clone(),
+            addr,
+            vec![(0, 255)],
+            vec![(0, 65536)],
+            vec![(0, 65536)],
+        ])
+    }
+
     proptest! {
+        /// Rules that match everything (the group answered without comparing boxes),
+        /// among and after the others, some masked out: lookups still answer as the
+        /// naive first-match scan (the next match-all rule when one is masked).
+        #[test]
+        fn match_all_rules_answer_in_order(
+            mut rules in prop::collection::vec(v4_rule(), 0..30),
+            at in prop::collection::vec(any::<prop::sample::Index>(), 1..4),
+            keys in prop::collection::vec(v4_key(), 1..40),
+            mask in any::<u64>(),
+        ) {
+            for i in at {
+                rules.insert(i.index(rules.len() + 1), v4_match_all());
+            }
+            rules.push(v4_match_all());
+            let max = [u128::from(u32::MAX), u128::from(u32::MAX), 255, 65536, 65536];
+            let p = Partitioned::<u32>::build(rules.clone(), max, Layout::MEASURED);
+            prop_assert!(rules.len() <= SCAN_MAX || p.groups.iter().any(|g| g.matches_all));
+            check_first_match::<u32>(&rules, &keys, mask, max)?;
+        }
+
         /// IPv4 lookups (the filter maps addresses, some rules far outside the span of
         /// the rest) answer as the naive first-match scan.
         #[test]
