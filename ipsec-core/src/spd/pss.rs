@@ -207,17 +207,26 @@ impl<K: KeyInt> Starts<K> {
     fn within(&self, k: K, lo: usize, hi: usize) -> usize {
         let between = &self.all[lo + 1..=hi];
         if between.len() <= SHORT {
-            lo + between.iter().filter(|s| s.start <= k).count()
+            // Sorted: the starts `<= k` come first, and usually there are none or
+            // one (about one bucket per interval).
+            let mut i = 0;
+            while i < between.len() && between[i].start <= k {
+                i += 1;
+            }
+            lo + i
         } else {
             lo + between.partition_point(|s| s.start <= k)
         }
     }
 
     /// The index of the interval holding `k` (the first start is the domain's minimum).
-    #[inline]
+    #[inline(always)]
     fn find(&self, k: K) -> usize {
         let b = self.bucket(k);
-        self.within(k, self.tab[b] as usize, self.tab[b + 1] as usize)
+        let [lo, hi] = self.tab[b..b + 2] else {
+            unreachable!("two entries")
+        };
+        self.within(k, lo as usize, hi as usize)
     }
 
     /// The list of interval `i`.
