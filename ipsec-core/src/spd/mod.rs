@@ -987,6 +987,13 @@ fn tree_rule(r: &RuleRef<'_>, v6: bool) -> TRule {
 }
 
 impl Table {
+    /// Whether this table's burst lookups take the stages of
+    /// [`Partitioned::lookup_burst`] (a partitioned classifier large enough for them);
+    /// otherwise each flow is looked up alone.
+    fn burst_pays(&self) -> bool {
+        matches!(&self.engine, Engine::Partitioned { v4, v6 } if v4.burst_pays() || v6.burst_pays())
+    }
+
     fn build(policies: &[Policy], direction: Direction, kind: EngineKind) -> Table {
         let rules: Vec<u32> = policies
             .iter()
@@ -1814,7 +1821,7 @@ impl Spd {
 
     /// The decision the compiled classifier gives for `flow`, with the changes since
     /// the compile (if any) taken into account.
-    #[inline]
+    #[inline(always)]
     fn classify(&self, flow: &Flow) -> Decision<'_> {
         let table = self.table(flow.direction);
         let Some(rule) = Self::compiled_rule(table, flow) else {
@@ -1822,6 +1829,13 @@ impl Spd {
             return self.lookup_linear(flow);
         };
         self.decide(table, flow, rule)
+    }
+
+    /// [`Spd::classify`] into `out`: the decision is written where it goes, not built
+    /// aside and copied (out of line, with `classify` inlined).
+    #[inline(never)]
+    fn classify_into<'s>(&'s self, flow: &Flow, out: &mut Decision<'s>) {
+        *out = self.classify(flow);
     }
 
     /// The decision for `flow` given `rule`, the answer of `table`'s compiled
@@ -1988,6 +2002,14 @@ impl Spd {
     }
 
     fn lookup_burst_with<'s>(&'s self, flows: &[Flow], out: &mut [Decision<'s>], staged: bool) {
+        if !staged && !self.outbound.burst_pays() && !self.inbound.burst_pays() {
+            // Classifiers that stay in the cache (or other engines): one flow at a
+            // time, in one pass whatever their directions.
+            for (f, o) in flows.iter().zip(out.iter_mut()) {
+                self.classify_into(f, o);
+            }
+            return;
+        }
         for (flows, out) in flows.chunks(pss::BURST).zip(out.chunks_mut(pss::BURST)) {
             for table in [&self.outbound, &self.inbound] {
                 self.classify_burst(table, flows, out, staged);
@@ -2014,7 +2036,7 @@ impl Spd {
             _ => {
                 for (f, o) in flows.iter().zip(out.iter_mut()) {
                     if core::ptr::eq(self.table(f.direction), table) {
-                        *o = self.classify(f);
+                        self.classify_into(f, o);
                     }
                 }
                 return;
