@@ -1821,21 +1821,29 @@ impl Spd {
 
     /// The decision the compiled classifier gives for `flow`, with the changes since
     /// the compile (if any) taken into account.
-    #[inline(always)]
+    #[inline]
     fn classify(&self, flow: &Flow) -> Decision<'_> {
+        let mut decision = Decision::NO_MATCH;
+        self.classify_into(flow, &mut decision);
+        decision
+    }
+
+    /// [`Spd::classify`] into `out`. Each way writes its decision straight into `out`
+    /// (a decision built aside and copied there took 14 more instructions a lookup,
+    /// 323 instead of 309, among 1,000 IPv4 policies).
+    #[inline(never)]
+    fn classify_into<'s>(&'s self, flow: &Flow, out: &mut Decision<'s>) {
         let table = self.table(flow.direction);
         let Some(rule) = Self::compiled_rule(table, flow) else {
             // Mixed families come from no real packet: the plain scan answers.
-            return self.lookup_linear(flow);
+            *out = self.lookup_linear(flow);
+            return;
         };
-        self.decide(table, flow, rule)
-    }
-
-    /// [`Spd::classify`] into `out`: the decision is written where it goes, not built
-    /// aside and copied (out of line, with `classify` inlined).
-    #[inline(never)]
-    fn classify_into<'s>(&'s self, flow: &Flow, out: &mut Decision<'s>) {
-        *out = self.classify(flow);
+        match rule {
+            Some(rule) if self.delta.is_empty() => *out = table.rule_decision(rule),
+            None if self.delta.is_empty() => *out = Decision::NO_MATCH,
+            _ => *out = self.decide(table, flow, rule),
+        }
     }
 
     /// The decision for `flow` given `rule`, the answer of `table`'s compiled
