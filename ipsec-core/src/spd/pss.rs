@@ -53,7 +53,8 @@ pub(crate) trait KeyInt: Copy + Ord + Default + core::fmt::Debug {
     fn top64(self) -> u64;
     /// The value, widened.
     fn wide(self) -> u128;
-    /// `(self - base) >> shift` (0 below `base`), saturated to `usize`.
+    /// `(self - base) >> shift` (0 below `base`), saturated to `usize`; `shift` is
+    /// less than the type's width (as [`Starts`] makes it).
     fn bucket(self, base: Self, shift: u32) -> usize;
 }
 impl KeyInt for u32 {
@@ -83,7 +84,7 @@ impl KeyInt for u32 {
     }
     #[inline(always)]
     fn bucket(self, base: u32, shift: u32) -> usize {
-        self.saturating_sub(base).checked_shr(shift).unwrap_or(0) as usize
+        self.saturating_sub(base).wrapping_shr(shift) as usize
     }
 }
 impl KeyInt for u128 {
@@ -113,8 +114,7 @@ impl KeyInt for u128 {
     }
     #[inline(always)]
     fn bucket(self, base: u128, shift: u32) -> usize {
-        usize::try_from(self.saturating_sub(base).checked_shr(shift).unwrap_or(0))
-            .unwrap_or(usize::MAX)
+        usize::try_from(self.saturating_sub(base).wrapping_shr(shift)).unwrap_or(usize::MAX)
     }
 }
 
@@ -167,7 +167,10 @@ impl<K: KeyInt> Starts<K> {
         let span = all[n - 1].start.wide() - base.wide();
         let buckets = n.next_power_of_two().clamp(2, MAX_BUCKETS);
         let bits = 128 - span.leading_zeros();
+        // At least two buckets: the shift is below the span's bit length, so below
+        // the key type's width (`KeyInt::bucket` relies on it).
         let shift = bits.saturating_sub(buckets.trailing_zeros());
+        debug_assert!(shift < bits.max(1));
         let mut tab = Vec::with_capacity(buckets + 1);
         let mut i = 0;
         for b in 0..buckets {
