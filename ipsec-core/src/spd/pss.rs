@@ -378,6 +378,14 @@ impl<K: KeyInt> Index<K> {
     /// The filter box of `key` (see [`QBox`]).
     #[inline(always)]
     fn query(&self, key: &[K; DIMS]) -> QBox {
+        if self.dim < 2 {
+            // Indexed on an address (the usual case): the other address and the
+            // narrow dimensions, in order; only one address to map.
+            let other = 1 - self.dim;
+            let a = self.quant[other].map(key[other].top64());
+            let [p, x, y] = [2, 3, 4].map(|d| narrow16(key[d].low()));
+            return [a, p, x, y, !a, !p, !x, !y];
+        }
         let m = self.mapped(key.map(|k| (k.top64(), k.low())));
         self.lanes(&m, &m)
     }
