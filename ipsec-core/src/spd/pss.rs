@@ -124,7 +124,7 @@ impl KeyInt for u128 {
 /// falls in; the starts between the two (none or a few: there are about as many buckets
 /// as intervals, spread over the span the boundaries cover) decide. A binary search over
 /// thousands of starts costs a dozen dependent steps per key; this costs two loads and a
-/// short count.
+/// short walk (up to the first start above the key).
 ///
 /// Each start is stored with its interval's list (`a..b` in the index's candidates), so
 /// that the cache line the count reads also holds the list it leads to: one dependent
@@ -918,7 +918,7 @@ impl<K: KeyInt> Partitioned<K> {
             };
             let st = &ix.starts;
             // The bucket of each key, then the intervals of its lowest and highest key
-            // (adjacent entries), then the count of the starts between them.
+            // (adjacent entries), then the walk over the starts between them.
             for &j in live {
                 let j = usize::from(j);
                 at[j] = st.bucket(keys[j][ix.dim]);
