@@ -2040,9 +2040,7 @@ impl Spd {
     ) {
         const N: usize = pss::BURST;
         let (v4, v6) = match &table.engine {
-            Engine::Partitioned { v4, v6 } if staged || v4.burst_pays() || v6.burst_pays() => {
-                (v4, v6)
-            }
+            Engine::Partitioned { v4, v6 } if staged || table.burst_pays() => (v4, v6),
             // The other engines, and partitioned classifiers small enough to stay in the
             // cache (no misses to overlap): one flow at a time, exactly `lookup`.
             _ => {
