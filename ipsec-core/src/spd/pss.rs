@@ -15,8 +15,10 @@
 //! ([`FILTER_MIN_BYTES`]) a 16-byte filter box (the rule's box in the four other
 //! dimensions, each mapped monotonically to 16 bits: [`QBox`]) and the rule's position,
 //! and the lookup compares its own mapped key with every box of the list (one vector
-//! compare each), checking only the rules whose box it passes; the first that
-//! matches is the group's answer, and the earliest answer over all groups is the first
+//! compare each), checking only the rules whose box it passes (none at all when the
+//! box is exact, [`Index::box_exact`]: the usual case for prefixes and port ranges, so
+//! a large classifier's lookup reads no rule); the first that matches is the group's
+//! answer, and the earliest answer over all groups is the first
 //! match. A candidate that comes after the best answer so far stops the scan, and whole
 //! groups whose first rule comes after it are skipped.
 //!
@@ -281,6 +283,10 @@ impl<K: KeyInt> Entry<K> {
     }
 }
 
+/// The flag of a list entry that holds a rule's position, not its place in the group
+/// (see [`Index::locals`]).
+const BOX_EXACT: u32 = 1 << 31;
+
 /// Lanes of a candidate's filter box ([`QBox`]).
 const QLANES: usize = 8;
 
@@ -322,6 +328,28 @@ impl Quant {
     #[inline(always)]
     fn map(&self, x: u64) -> u16 {
         (x.saturating_sub(self.base) >> self.shift).min(u64::from(u16::MAX)) as u16
+    }
+
+    /// Whether the keys `x` (top 64 bits, at most `top`, the domain's highest) with
+    /// `map(lo) <= map(x) <= map(hi)` are exactly `lo..=hi`: `lo` is the lowest value
+    /// of its map and `hi` the highest of its, so the mapped range loses nothing.
+    fn exact(&self, lo: u64, hi: u64, top: u64) -> bool {
+        let (a, b) = (self.map(lo), self.map(hi));
+        // The lowest value mapped to `a`: 0 for 0 (everything below `base` maps there).
+        let first = if a == 0 {
+            Some(0)
+        } else {
+            self.base.checked_add(u64::from(a) << self.shift)
+        };
+        // The highest mapped to `b`: the domain's highest for 65,535 (saturated).
+        let last = if b == u16::MAX {
+            top
+        } else {
+            self.base
+                .checked_add(u64::from(b + 1) << self.shift)
+                .map_or(top, |next| (next - 1).min(top))
+        };
+        first == Some(lo) && last == hi
     }
 
     /// The map of address dimension `dim` for `rules`.
@@ -370,7 +398,9 @@ struct Index<K: KeyInt> {
     /// their entries inline).
     boxes: Vec<QBox>,
     /// Per list entry: the candidate's position in its group's `all` (read only when
-    /// the box passes).
+    /// the box passes), or, with [`BOX_EXACT`] set, the rule's position in the
+    /// classifier when its filter box is exact ([`Index::box_exact`]): then passing the
+    /// box is matching the rule, and the scan reads nothing else.
     locals: Vec<u32>,
 }
 
@@ -413,6 +443,27 @@ impl<K: KeyInt> Index<K> {
             }))
         });
         self.lanes(&lo, &hi)
+    }
+
+    /// Whether the filter box of rule `r` is exact: a key in this index's interval
+    /// that passes it matches the rule (every dimension other than the index's is one
+    /// range that its map keeps whole), so the scan needs not read the rule's
+    /// [`Entry`]. `max[d]` is the highest value of dimension `d`.
+    fn box_exact(&self, r: &TRule, max: &[u128; DIMS]) -> bool {
+        (0..DIMS).filter(|&d| d != self.dim).all(|d| {
+            let &[(lo, hi)] = r.dim(d) else {
+                return false;
+            };
+            if d < 2 {
+                let (lo, hi) = (K::narrow(lo), K::narrow(hi));
+                let top = K::narrow(max[d]).top64();
+                K::short_exact(lo, hi) && self.quant[d].exact(lo.top64(), hi.top64(), top)
+            } else {
+                // `narrow16` keeps every value but OPAQUE, which it puts with 65,535.
+                let top = u128::from(u16::MAX);
+                lo <= top && (hi < top || hi == max[d])
+            }
+        })
     }
 
     /// Every dimension of a point mapped to 16 bits (addresses by their top 64 bits,
@@ -507,6 +558,16 @@ impl<K: KeyInt> Group<K> {
         let q = ix.query(key);
         for (c, &local) in ix.boxes[list.clone()].iter().zip(&ix.locals[list]) {
             if !passes(c, &q) {
+                continue;
+            }
+            if local & BOX_EXACT != 0 {
+                let id = local & !BOX_EXACT;
+                if id >= best {
+                    break;
+                }
+                if !masked(id) {
+                    return id;
+                }
                 continue;
             }
             let e = &self.all[local as usize];
@@ -801,6 +862,13 @@ impl<K: KeyInt> Partitioned<K> {
             if filtered {
                 let filter: Vec<QBox> = g.rules.iter().map(|r| ix.filter_box(r)).collect();
                 ix.boxes = ix.locals.iter().map(|&r| filter[r as usize]).collect();
+                let exact: Vec<bool> = g.rules.iter().map(|r| ix.box_exact(r, &max)).collect();
+                for local in &mut ix.locals {
+                    let r = *local as usize;
+                    if exact[r] && g.all[r].id < BOX_EXACT {
+                        *local = g.all[r].id | BOX_EXACT;
+                    }
+                }
             } else {
                 ix.pool = ix.locals.iter().map(|&r| g.all[r as usize]).collect();
                 ix.locals = Vec::new();
@@ -1252,6 +1320,43 @@ mod tests {
             narrow(65536),
         )
             .prop_map(|(s, d, p, a, b)| [s, d, p, a, b])
+    }
+
+    proptest! {
+        /// `Quant::exact` says a range is kept whole exactly when it is: the map is
+        /// monotone, so the range loses nothing unless the value just below it or the
+        /// one just above it maps inside its mapped range.
+        #[test]
+        fn quant_exact_is_whole(
+            wide in any::<bool>(),
+            base in any::<u64>(),
+            shift in 0u32..49,
+            lo in (0u8..3, any::<u64>(), 0u64..70_000),
+            hi in (0u8..3, any::<u64>(), 0u64..70_000),
+        ) {
+            let top = if wide { u64::MAX } else { u64::from(u32::MAX) };
+            let (base, shift) = (base % (top / 2), shift.min(if wide { 48 } else { 16 }));
+            let q = Quant { base, shift };
+            // Any value, one on the map's grid (the lowest of its mapped value, or for
+            // the upper bound the highest), or the domain's end.
+            let grid = |i: u64, minus: u64| base.saturating_add(i << shift).saturating_sub(minus);
+            let pick = |(kind, any, i): (u8, u64, u64), minus: u64, end: u64| {
+                match kind {
+                    0 => any,
+                    1 => grid(i, minus),
+                    _ => end,
+                }
+                .min(top)
+            };
+            let (a, b) = (pick(lo, 0, 0), pick(hi, 1, top));
+            let (lo, hi) = (a.min(b), a.max(b));
+            let (ma, mb) = (q.map(lo), q.map(hi));
+            let spills = [lo.checked_sub(1), hi.checked_add(1).filter(|&x| x <= top)]
+                .into_iter()
+                .flatten()
+                .any(|x| (ma..=mb).contains(&q.map(x)));
+            prop_assert_eq!(q.exact(lo, hi, top), !spills, "{:?} {}..={}", q, lo, hi);
+        }
     }
 
     /// A rule that leaves every dimension as "any" (IPv4 bounds).
