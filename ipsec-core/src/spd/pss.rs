@@ -1011,6 +1011,9 @@ impl<K: KeyInt> Partitioned<K> {
                     for c in (a..b).step_by(BOXES_PER_LINE).take(LINES_AHEAD) {
                         prefetch(&ix.boxes, c as usize);
                     }
+                    if a < b {
+                        prefetch(&ix.locals, a as usize);
+                    }
                 } else {
                     prefetch(&ix.pool, a as usize);
                 }
