@@ -65,11 +65,12 @@
 //!
 //! ## Unsafe code
 //!
-//! Three modules hold audited `unsafe` blocks: `crypto::wipe`, a box that zeroes a
+//! Four modules hold audited `unsafe` blocks: `crypto::wipe`, a box that zeroes a
 //! backend's key schedule after dropping it (ring keeps keys in plain structs),
 //! `crypto::one_store`, one 16-byte SSE2 store that writes a nonce or AAD the way the
-//! backends' wide loads can be forwarded from, and `spd::prefetch`, the cache-line
-//! prefetch of the SPD's burst lookups. With
+//! backends' wide loads can be forwarded from, `spd::prefetch`, the cache-line
+//! prefetch of the SPD's burst lookups, and `spd::huge`, the `madvise` that asks Linux
+//! for huge pages under a large compiled SPD. With
 //! the `ipsec-mb` feature, `crypto::ipsec_mb` adds the FFI calls into its C shim, each
 //! with its justification, behind safe functions that check lengths first. Every other
 //! module is checked by `deny(unsafe_code)`.

@@ -209,6 +209,7 @@ pub(crate) mod cache;
 pub mod cases;
 pub mod firewall;
 mod flow;
+mod huge;
 pub mod lint;
 mod lint_index;
 pub(crate) mod parse;
@@ -1001,10 +1002,13 @@ impl Table {
             .filter(|(_, p)| p.direction.covers(direction))
             .map(|(i, _)| u32::try_from(i).expect("fewer than 2^32 policies"))
             .collect();
-        let out = rules
+        let out: Vec<RuleOut> = rules
             .iter()
             .map(|&i| RuleOut::of(&policies[i as usize], i, direction))
             .collect();
+        // Read once per lookup, at the answer's position: a large SPD's (40 bytes a
+        // rule) is worth a huge page as much as the classifier's arrays.
+        huge::advise_huge_pages(&out);
         Table::compile(policies, direction, kind, rules, out)
     }
 

@@ -30,6 +30,7 @@
 //! copied into many lists, so a global budget turns a group that would exceed it into a
 //! plain ordered list (slower, still exact).
 
+use crate::spd::huge::advise_huge_pages;
 use crate::spd::prefetch::prefetch;
 use crate::spd::tree::{DIMS, TRule};
 use std::collections::{BTreeSet, HashMap};
@@ -872,6 +873,16 @@ impl<K: KeyInt> Partitioned<K> {
             } else {
                 ix.pool = ix.locals.iter().map(|&r| g.all[r as usize]).collect();
                 ix.locals = Vec::new();
+            }
+        }
+        for g in &groups {
+            advise_huge_pages(&g.all);
+            if let Some(ix) = &g.index {
+                advise_huge_pages(&ix.pool);
+                advise_huge_pages(&ix.boxes);
+                advise_huge_pages(&ix.locals);
+                advise_huge_pages(&ix.starts.all);
+                advise_huge_pages(&ix.starts.tab);
             }
         }
         let mut p = Partitioned {
