@@ -21,8 +21,9 @@
 //! The total divided by the lookups: the calls of `classify_into` (the `<` lines above
 //! it: one call per flow, for a classifier under 16 MiB, which answers one flow at a
 //! time), or 16 per call of `classify_burst` (the staged burst of the largest sets: two
-//! calls, one per direction, per 32 flows). Session 16 on an AMD EPYC: about 290 instructions
-//! a lookup for the 1,000-policy IPv4 set, 449 for 10,000, 875 for 100,000.
+//! calls, one per direction, per 32 flows). Session 17 on an AMD EPYC: about 295 instructions
+//! a lookup for the 1,000-policy IPv4 set, 424 for 10,000 (449 before the exact filter
+//! boxes), about 640 for 100,000 (the calls of `classify_burst` times 16).
 //!
 //! `export` writes `DIR/spd-ipv4-N.txt` and `DIR/spd-ipv6-N.txt`, one line per rule and
 //! per flow (the C program's input format, documented there):
