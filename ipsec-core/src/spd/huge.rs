@@ -10,7 +10,7 @@
 //! (`MADV_COLLAPSE`, Linux 6.1 and later: the compile's arrays reuse memory the
 //! allocator already had, whose 4 KiB pages the first advice alone would leave until
 //! the kernel's background collapsing reaches them). Only the whole, 2 MiB-aligned
-//! parts of each array get huge pages (about 36 of the 90 MiB of a 100,000-policy
+//! parts of each array get huge pages (36 MiB of the 130 of a 100,000-policy
 //! SPD). `spd_acl bench`, 100,000 policies, AMD EPYC Zen 4, interleaved pairs: IPv4
 //! 61.5 -> 58.2 ns a lookup, IPv6 101.4 -> 99.0; 10,000 policies (arrays of a few
 //! hundred KiB) unchanged. Every allocation of the process on huge pages (glibc's
