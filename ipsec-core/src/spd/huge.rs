@@ -47,7 +47,7 @@ pub(crate) fn advise_huge_pages<T>(v: &[T]) {
 /// Whether the system lets a process ask for huge pages: its
 /// `transparent_hugepage/enabled` setting is `always` or `madvise` (read once). An
 /// administrator who chose `never` (or a kernel without THP) is obeyed: nothing is
-/// advised, as `MADV_COLLAPSE` by itself would not ask.
+/// advised (`MADV_COLLAPSE` does not consult that setting).
 #[cfg(all(target_os = "linux", not(miri)))]
 fn huge_pages_allowed() -> bool {
     static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
