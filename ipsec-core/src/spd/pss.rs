@@ -500,29 +500,22 @@ impl<K: KeyInt> Group<K> {
     fn first_match<const FILTERED: bool>(
         &self,
         key: &[K; DIMS],
-        wide: &[u128; DIMS],
         best: u32,
         masked: &impl Fn(u32) -> bool,
     ) -> u32 {
         match &self.index {
             Some(ix) => {
                 let (a, b) = ix.starts.list(ix.starts.find(key[ix.dim]));
-                self.scan_list::<FILTERED>(ix, a as usize..b as usize, key, wide, best, masked)
+                self.scan_list::<FILTERED>(ix, a as usize..b as usize, key, best, masked)
             }
-            None => self.scan_all(best, key, wide, masked),
+            None => self.scan_all(best, key, masked),
         }
     }
 
     /// The answer of a group without an index: [`scan`] over all its rules, or for a
     /// group that matches everything its first rule not masked out.
     #[inline(always)]
-    fn scan_all(
-        &self,
-        best: u32,
-        key: &[K; DIMS],
-        wide: &[u128; DIMS],
-        masked: &impl Fn(u32) -> bool,
-    ) -> u32 {
+    fn scan_all(&self, best: u32, key: &[K; DIMS], masked: &impl Fn(u32) -> bool) -> u32 {
         if self.matches_all {
             for e in &self.all {
                 if e.id >= best {
@@ -534,7 +527,7 @@ impl<K: KeyInt> Group<K> {
             }
             return best;
         }
-        scan(&self.all, &self.rules, best, key, wide, masked)
+        scan(&self.all, &self.rules, best, key, masked)
     }
 
     /// [`scan`] over the list `list` of index `ix`: in the inline layout its entries;
@@ -546,12 +539,11 @@ impl<K: KeyInt> Group<K> {
         ix: &Index<K>,
         list: core::ops::Range<usize>,
         key: &[K; DIMS],
-        wide: &[u128; DIMS],
         best: u32,
         masked: &impl Fn(u32) -> bool,
     ) -> u32 {
         if !FILTERED {
-            return scan(&ix.pool[list], &self.rules, best, key, wide, masked);
+            return scan(&ix.pool[list], &self.rules, best, key, masked);
         }
         if list.is_empty() {
             return best;
@@ -576,7 +568,7 @@ impl<K: KeyInt> Group<K> {
                 break;
             }
             if e.inside(key)
-                && (e.exact || self.rules[local as usize].matches(wide))
+                && (e.exact || self.rules[local as usize].matches(&key.map(K::wide)))
                 && !masked(e.id)
             {
                 return e.id;
@@ -653,22 +645,24 @@ const BOXES_PER_LINE: usize = 64 / size_of::<QBox>();
 
 /// The first rule of `cands` (a list in priority order) that matches, if it comes before
 /// `best` (a rule position; `u32::MAX` for none yet) and `masked` does not take it out;
-/// otherwise `best`. `key` is the key narrowed to `K`, `wide` the same key in full
-/// (for the rules whose box only filters).
+/// otherwise `best`. `key` is the key narrowed to `K` (widened back for the full
+/// check of a rule whose box only filters).
 #[inline(always)]
 fn scan<K: KeyInt>(
     cands: &[Entry<K>],
     rules: &[TRule],
     best: u32,
     key: &[K; DIMS],
-    wide: &[u128; DIMS],
     masked: &impl Fn(u32) -> bool,
 ) -> u32 {
     for e in cands {
         if e.id >= best {
             break;
         }
-        if e.inside(key) && (e.exact || rules[e.local as usize].matches(wide)) && !masked(e.id) {
+        if e.inside(key)
+            && (e.exact || rules[e.local as usize].matches(&key.map(K::wide)))
+            && !masked(e.id)
+        {
             return e.id;
         }
     }
@@ -896,8 +890,8 @@ impl<K: KeyInt> Partitioned<K> {
 
     /// The position of the first rule matching `key`.
     #[inline]
-    pub(crate) fn lookup(&self, key: &[K; DIMS], wide: &[u128; DIMS]) -> Option<usize> {
-        self.lookup_where(key, wide, |_| false)
+    pub(crate) fn lookup(&self, key: &[K; DIMS]) -> Option<usize> {
+        self.lookup_where(key, |_| false)
     }
 
     /// The position of the first rule matching `key` that `masked` does not take out:
@@ -910,13 +904,12 @@ impl<K: KeyInt> Partitioned<K> {
     pub(crate) fn lookup_where(
         &self,
         key: &[K; DIMS],
-        wide: &[u128; DIMS],
         masked: impl Fn(u32) -> bool,
     ) -> Option<usize> {
         if self.filtered {
-            self.lookup_in::<true>(key, wide, &masked)
+            self.lookup_in::<true>(key, &masked)
         } else {
-            self.lookup_in::<false>(key, wide, &masked)
+            self.lookup_in::<false>(key, &masked)
         }
     }
 
@@ -925,7 +918,6 @@ impl<K: KeyInt> Partitioned<K> {
     fn lookup_in<const FILTERED: bool>(
         &self,
         key: &[K; DIMS],
-        wide: &[u128; DIMS],
         masked: &impl Fn(u32) -> bool,
     ) -> Option<usize> {
         let mut best = u32::MAX;
@@ -934,13 +926,13 @@ impl<K: KeyInt> Partitioned<K> {
                 // Groups are sorted by their first rule: none after this one can win.
                 break;
             }
-            best = g.first_match::<FILTERED>(key, wide, best, masked);
+            best = g.first_match::<FILTERED>(key, best, masked);
         }
         (best != u32::MAX).then_some(best as usize)
     }
 
     /// The answers of [`Partitioned::lookup_where`] for up to [`BURST`] keys at once:
-    /// `out[j]` for `keys[j]` (and `wide[j]`). The lookups advance together, stage by
+    /// `out[j]` for `keys[j]`. The lookups advance together, stage by
     /// stage (a group's bucket, the starts of the bucket, its interval's list, the
     /// candidates), and each stage first prefetches what the next one reads for every
     /// key of the burst, so the memory latency of the keys overlaps instead of adding up
@@ -952,18 +944,17 @@ impl<K: KeyInt> Partitioned<K> {
     pub(crate) fn lookup_burst(
         &self,
         keys: &[[K; DIMS]],
-        wide: &[[u128; DIMS]],
         masked: impl Fn(u32) -> bool,
         out: &mut [Option<usize>],
         always_staged: bool,
     ) {
         let n = keys.len();
-        assert!(n <= BURST && wide.len() == n && out.len() == n);
+        assert!(n <= BURST && out.len() == n);
         if self.bytes < BURST_MIN_BYTES && !always_staged {
             // Small enough to stay in the cache: there are no misses to overlap, and
             // the stages only add work. One key at a time.
-            for ((o, k), w) in out.iter_mut().zip(keys).zip(wide) {
-                *o = self.lookup_where(k, w, &masked);
+            for (o, k) in out.iter_mut().zip(keys) {
+                *o = self.lookup_where(k, &masked);
             }
             return;
         }
@@ -991,7 +982,7 @@ impl<K: KeyInt> Partitioned<K> {
             let Some(ix) = &g.index else {
                 for &j in live {
                     let j = usize::from(j);
-                    best[j] = g.scan_all(best[j], &keys[j], &wide[j], &masked);
+                    best[j] = g.scan_all(best[j], &keys[j], &masked);
                 }
                 continue;
             };
@@ -1033,11 +1024,11 @@ impl<K: KeyInt> Partitioned<K> {
                 let j = usize::from(j);
                 let (a, b) = span[j];
                 let list = a as usize..b as usize;
-                let (key, wide) = (&keys[j], &wide[j]);
+                let key = &keys[j];
                 best[j] = if self.filtered {
-                    g.scan_list::<true>(ix, list, key, wide, best[j], &masked)
+                    g.scan_list::<true>(ix, list, key, best[j], &masked)
                 } else {
-                    g.scan_list::<false>(ix, list, key, wide, best[j], &masked)
+                    g.scan_list::<false>(ix, list, key, best[j], &masked)
                 };
             }
         }
@@ -1271,13 +1262,13 @@ mod tests {
                 let p = Partitioned::<K>::build(rules.to_vec(), max, layout);
                 prop_assert_eq!(p.filtered, filter_min_bytes == 0);
                 for (k, w) in narrowed.iter().zip(keys) {
-                    prop_assert_eq!(p.lookup(k, w), naive(w, &|_| false), "{:?}", w);
-                    prop_assert_eq!(p.lookup_where(k, w, masked), naive(w, &masked), "{:?}", w);
+                    prop_assert_eq!(p.lookup(k), naive(w, &|_| false), "{:?}", w);
+                    prop_assert_eq!(p.lookup_where(k, masked), naive(w, &masked), "{:?}", w);
                 }
                 for (chunk, wide) in narrowed.chunks(BURST).zip(keys.chunks(BURST)) {
                     let mut out = [None; BURST];
                     let out = &mut out[..chunk.len()];
-                    p.lookup_burst(chunk, wide, masked, out, true);
+                    p.lookup_burst(chunk, masked, out, true);
                     for (w, o) in wide.iter().zip(out.iter()) {
                         prop_assert_eq!(*o, naive(w, &masked), "burst {:?}", w);
                     }
