@@ -56,11 +56,14 @@ pub(crate) trait KeyInt: Copy + Ord + Default + core::fmt::Debug {
     fn top64(self) -> u64;
     /// The value, widened.
     fn wide(self) -> u128;
+    /// Whether an address map may cut at the subnet field ([`Quant`]): IPv6.
+    const SUBNETS: bool;
     /// `(self - base) >> shift` (0 below `base`), saturated to `usize`; `shift` is
     /// less than the type's width (as [`Starts`] makes it).
     fn bucket(self, base: Self, shift: u32) -> usize;
 }
 impl KeyInt for u32 {
+    const SUBNETS: bool = false;
     #[inline]
     fn narrow(v: u128) -> u32 {
         v as u32
@@ -91,6 +94,7 @@ impl KeyInt for u32 {
     }
 }
 impl KeyInt for u128 {
+    const SUBNETS: bool = true;
     #[inline]
     fn narrow(v: u128) -> u128 {
         v
@@ -314,21 +318,66 @@ fn passes(c: &QBox, q: &QBox) -> bool {
         == 0
 }
 
-/// A monotone map of an address dimension to 16 bits: `(x - base) >> shift` of the
-/// address's top 64 bits ([`KeyInt::top64`]: all of an IPv4 address), 0 below `base`,
-/// 65,535 above the span it covers: the span of the group's bounds, leaving out the
-/// extreme 1 % on each side (so that one far-away rule does not coarsen the rest).
+/// A monotone map of an address dimension to 16 bits, of the address's top 64 bits
+/// ([`KeyInt::top64`]: all of an IPv4 address): 0 below `base`, 65,535 above the span
+/// it covers (the span of the group's bounds, leaving out the extreme 1 % on each side,
+/// so that one far-away rule does not coarsen the rest), and in between the offset
+/// `d = x - base` either scaled (`d >> shift`, `low` 0) or, for IPv6, cut at bit
+/// `shift` into two fields: the high part, then the low part saturated to `low` bits.
+///
+/// The two-field map is for the hierarchy of IPv6 addressing: sites are /48s and their
+/// subnets the /64s numbered by the next 16 bits, of which few are used (1, 2, ...).
+/// Scaled, the span of 64 sites is 22 bits and a /64 shares its 16-bit value with 63
+/// neighbours, so a rule for one subnet cannot be told apart from its neighbours'
+/// (its box is not exact, and the scan reads the rule); cut at the subnet field, a
+/// site takes 6 bits and each of its first 1,023 subnets a value of its own.
 /// Protocol and the port dimensions (at most 2^16) keep their value ([`narrow16`]).
 #[derive(Clone, Copy, Debug, Default)]
 struct Quant {
     base: u64,
     shift: u32,
+    /// Bits of the low field (0: the map is `d >> shift`); at most `shift`.
+    low: u32,
 }
 
 impl Quant {
     #[inline(always)]
     fn map(&self, x: u64) -> u16 {
-        (x.saturating_sub(self.base) >> self.shift).min(u64::from(u16::MAX)) as u16
+        let d = x.saturating_sub(self.base);
+        let high = d >> self.shift;
+        let v = if self.low == 0 {
+            high
+        } else {
+            // `high` is below 2^(64 - shift) and `low <= shift`: no bit is lost.
+            let field = (d & ((1 << self.shift) - 1)).min((1 << self.low) - 1);
+            (high << self.low) | field
+        };
+        v.min(u64::from(u16::MAX)) as u16
+    }
+
+    /// [`Quant::map`] for keys of type `K`: IPv4 maps are always scaled, and their
+    /// lookups do not test for the other kind.
+    #[inline(always)]
+    fn map_key<K: KeyInt>(&self, x: u64) -> u16 {
+        if K::SUBNETS {
+            self.map(x)
+        } else {
+            (x.saturating_sub(self.base) >> self.shift).min(u64::from(u16::MAX)) as u16
+        }
+    }
+
+    /// The first and the last offset from `base` whose (unsaturated) map is `v`.
+    fn offsets(&self, v: u16) -> (u128, u128) {
+        let (v, field_max) = (u128::from(v), (1u128 << self.low) - 1);
+        let (high, field) = (v >> self.low, v & field_max);
+        let first = (high << self.shift) + field;
+        // A saturated field (always, for the scaled map) holds the rest of the cut.
+        let last = if field < field_max {
+            first
+        } else {
+            (high << self.shift) + (1u128 << self.shift) - 1
+        };
+        (first, last)
     }
 
     /// Whether the keys `x` (top 64 bits, at most `top`, the domain's highest) with
@@ -336,32 +385,32 @@ impl Quant {
     /// of its map and `hi` the highest of its, so the mapped range loses nothing.
     fn exact(&self, lo: u64, hi: u64, top: u64) -> bool {
         let (a, b) = (self.map(lo), self.map(hi));
+        let base = u128::from(self.base);
         // The lowest value mapped to `a`: 0 for 0 (everything below `base` maps there).
-        let first = if a == 0 {
-            Some(0)
-        } else {
-            self.base.checked_add(u64::from(a) << self.shift)
-        };
+        let first = if a == 0 { 0 } else { base + self.offsets(a).0 };
         // The highest mapped to `b`: the domain's highest for 65,535 (saturated).
         let last = if b == u16::MAX {
-            top
+            u128::from(top)
         } else {
-            self.base
-                .checked_add(u64::from(b + 1) << self.shift)
-                .map_or(top, |next| (next - 1).min(top))
+            (base + self.offsets(b).1).min(u128::from(top))
         };
-        first == Some(lo) && last == hi
+        first == u128::from(lo) && last == u128::from(hi)
     }
 
-    /// The map of address dimension `dim` for `rules`.
+    /// The map of address dimension `dim` for `rules`: scaled, or for IPv6 keys
+    /// ([`KeyInt::SUBNETS`]) the two-field map that keeps the most rules' bounds whole
+    /// ([`Quant::exact`]), counted on up to [`QUANT_SAMPLE`] rules. Either is
+    /// aligned on its scale or cut.
     fn for_addresses<K: KeyInt>(rules: &[TRule], dim: usize) -> Quant {
+        let domain_top = K::narrow(u128::MAX).top64();
+        let ends = |r: &TRule| {
+            let ranges = r.dim(dim);
+            [ranges[0].0, ranges[ranges.len() - 1].1].map(|b| K::narrow(b).top64())
+        };
         let mut bounds: Vec<u64> = rules
             .iter()
-            .flat_map(|r| {
-                let ranges = r.dim(dim);
-                [ranges[0].0, ranges[ranges.len() - 1].1].map(|b| K::narrow(b).top64())
-            })
-            .filter(|&b| b != 0 && b != K::narrow(u128::MAX).top64())
+            .flat_map(ends)
+            .filter(|&b| b != 0 && b != domain_top)
             .collect();
         if bounds.is_empty() {
             return Quant::default();
@@ -369,13 +418,64 @@ impl Quant {
         bounds.sort_unstable();
         let cut = bounds.len() / 100;
         let (base, top) = (bounds[cut], bounds[bounds.len() - 1 - cut]);
+        let scaled = Quant::scaled(base, top);
         let bits = 64 - (top - base).leading_zeros();
-        Quant {
-            base,
-            shift: bits.saturating_sub(16),
+        if !K::SUBNETS || bits <= 16 {
+            return scaled;
+        }
+        let step = rules.len().div_ceil(QUANT_SAMPLE).max(1);
+        let sample: Vec<[u64; 2]> = rules.iter().step_by(step).map(ends).collect();
+        let whole = |q: &Quant| {
+            sample
+                .iter()
+                .filter(|&&[lo, hi]| q.exact(lo, hi, domain_top))
+                .count()
+        };
+        // Each cut, `base` aligned on it, the high field taking what the span needs
+        // above the cut (1 to 15 bits) and the low field the rest of the 16; the
+        // scaled map wins ties.
+        let mut best = (whole(&scaled), scaled);
+        for shift in bits - 16..bits {
+            let base = base & !((1 << shift) - 1);
+            let high = (64 - (top - base).leading_zeros()).saturating_sub(shift);
+            if !(1..16).contains(&high) {
+                continue;
+            }
+            let q = Quant {
+                base,
+                shift,
+                low: 16 - high,
+            };
+            let n = whole(&q);
+            if n > best.0 {
+                best = (n, q);
+            }
+        }
+        best.1
+    }
+
+    /// The scaled map of `base..=top` into 16 bits, `base` aligned on the scale (so
+    /// that bounds aligned on it, prefixes usually, map whole).
+    fn scaled(base: u64, top: u64) -> Quant {
+        let mut shift = (64 - (top - base).leading_zeros()).saturating_sub(16);
+        loop {
+            let aligned = base & !((1 << shift) - 1);
+            let need = (64 - (top - aligned).leading_zeros()).saturating_sub(16);
+            if need == shift {
+                return Quant {
+                    base: aligned,
+                    shift,
+                    low: 0,
+                };
+            }
+            shift = need;
         }
     }
 }
+
+/// Rules whose bounds [`Quant::for_addresses`] counts to choose an IPv6 map (evenly
+/// spread over the group).
+const QUANT_SAMPLE: usize = 1024;
 
 /// The 16-bit map of a narrow dimension (protocol, ports, ICMP fields): the value,
 /// OPAQUE (2^16) sharing 65,535 with the highest port. Monotone.
@@ -413,7 +513,7 @@ impl<K: KeyInt> Index<K> {
             // Indexed on an address (the usual case): the other address and the
             // narrow dimensions, in order; only one address to map.
             let other = 1 - self.dim;
-            let a = self.quant[other].map(key[other].top64());
+            let a = self.quant[other].map_key::<K>(key[other].top64());
             let [p, x, y] = [2, 3, 4].map(|d| narrow16(key[d].low()));
             return [a, p, x, y, !a, !p, !x, !y];
         }
@@ -472,8 +572,8 @@ impl<K: KeyInt> Index<K> {
     #[inline(always)]
     fn mapped(&self, v: [(u64, u32); DIMS]) -> [u16; DIMS] {
         [
-            self.quant[0].map(v[0].0),
-            self.quant[1].map(v[1].0),
+            self.quant[0].map_key::<K>(v[0].0),
+            self.quant[1].map_key::<K>(v[1].0),
             narrow16(v[2].1),
             narrow16(v[3].1),
             narrow16(v[4].1),
@@ -1043,7 +1143,8 @@ impl<K: KeyInt> Partitioned<K> {
         self.bytes >= BURST_MIN_BYTES
     }
 
-    /// One line per group: size, index dimension, intervals, mean and max list length.
+    /// One line per group: size, index dimension, intervals, mean and max list length,
+    /// and in the filtered layout the share of list entries with an exact box.
     pub(crate) fn stats(&self) -> String {
         let mut out = String::new();
         for g in &self.groups {
@@ -1065,10 +1166,17 @@ impl<K: KeyInt> Partitioned<K> {
                 None => (-1, 1, g.all.len() as f64, g.all.len()),
             };
             out += &format!(
-                "group first={} rules={} dim={dim} intervals={n} mean={mean:.1} max={max}\n",
+                "group first={} rules={} dim={dim} intervals={n} mean={mean:.1} max={max}",
                 g.first,
                 g.all.len()
             );
+            // In the filtered layout: the share of list entries whose box is exact.
+            if let Some(ix) = g.index.as_ref().filter(|ix| !ix.locals.is_empty()) {
+                let exact = ix.locals.iter().filter(|&&l| l & BOX_EXACT != 0).count();
+                let pct = 100.0 * exact as f64 / ix.locals.len() as f64;
+                out += &format!(" exact={pct:.1}%");
+            }
+            out += "\n";
         }
         out
     }
@@ -1171,10 +1279,14 @@ mod tests {
     }
 
     /// An IPv6 address value around the /64 boundaries: network `i / 4`, host 0, 1,
-    /// all ones but the last bit, or all ones.
+    /// all ones but the last bit, or all ones. Networks 0-2 are neighbours; 3-5 are
+    /// subnets 1, 0 and 1 of sites 2^24 apart (a span of more than 16 bits, where the
+    /// filter's address maps may cut at the subnet field: [`Quant`]).
     fn grid(i: u8) -> u128 {
         let low = [0, 1, u64::MAX - 1, u64::MAX][usize::from(i % 4)];
-        (u128::from(i / 4) << 64) | u128::from(low)
+        let n = u128::from(i / 4);
+        let network = if n < 3 { n } else { ((n - 2) << 24) | (n % 2) };
+        (network << 64) | u128::from(low)
     }
 
     /// Address ranges on the grid: "any", one range, or two apart.
@@ -1330,25 +1442,29 @@ mod tests {
     proptest! {
         /// `Quant::exact` says a range is kept whole exactly when it is: the map is
         /// monotone, so the range loses nothing unless the value just below it or the
-        /// one just above it maps inside its mapped range.
+        /// one just above it maps inside its mapped range. Scaled maps and two-field
+        /// maps (`low` > 0), whose monotony the same test checks on the neighbours.
         #[test]
         fn quant_exact_is_whole(
             wide in any::<bool>(),
             base in any::<u64>(),
             shift in 0u32..49,
-            lo in (0u8..3, any::<u64>(), 0u64..70_000),
-            hi in (0u8..3, any::<u64>(), 0u64..70_000),
+            low in prop_oneof![Just(0u32), 1u32..17],
+            lo in (0u8..4, any::<u64>(), 0u64..70_000, 0u64..70_000),
+            hi in (0u8..4, any::<u64>(), 0u64..70_000, 0u64..70_000),
         ) {
             let top = if wide { u64::MAX } else { u64::from(u32::MAX) };
             let (base, shift) = (base % (top / 2), shift.min(if wide { 48 } else { 16 }));
-            let q = Quant { base, shift };
+            let q = Quant { base, shift, low: low.min(shift) };
             // Any value, one on the map's grid (the lowest of its mapped value, or for
-            // the upper bound the highest), or the domain's end.
+            // the upper bound the highest), one in a cut's low field, or the domain's
+            // end.
             let grid = |i: u64, minus: u64| base.saturating_add(i << shift).saturating_sub(minus);
-            let pick = |(kind, any, i): (u8, u64, u64), minus: u64, end: u64| {
+            let pick = |(kind, any, i, j): (u8, u64, u64, u64), minus: u64, end: u64| {
                 match kind {
                     0 => any,
                     1 => grid(i, minus),
+                    2 => grid(i, 0).saturating_add(j % (1 << shift.min(20))),
                     _ => end,
                 }
                 .min(top)
@@ -1356,11 +1472,77 @@ mod tests {
             let (a, b) = (pick(lo, 0, 0), pick(hi, 1, top));
             let (lo, hi) = (a.min(b), a.max(b));
             let (ma, mb) = (q.map(lo), q.map(hi));
+            prop_assert!(ma <= mb, "not monotone: {:?} {} -> {}, {} -> {}", q, lo, ma, hi, mb);
             let spills = [lo.checked_sub(1), hi.checked_add(1).filter(|&x| x <= top)]
                 .into_iter()
                 .flatten()
                 .any(|x| (ma..=mb).contains(&q.map(x)));
             prop_assert_eq!(q.exact(lo, hi, top), !spills, "{:?} {}..={}", q, lo, hi);
+        }
+    }
+
+    /// IPv6 rules for /64 subnets of many /48 sites (the usual plan: the subnet field
+    /// numbered from 0), to every remote: the map of the local address cuts at the
+    /// subnet field, every subnet's box is exact, and lookups answer as the naive scan.
+    #[test]
+    fn subnet_maps_keep_ipv6_subnets_whole() {
+        let site = |s: u128, x: u128| (0xfd00u128 << 112) | (s << 80) | (x << 64);
+        let remote = |i: u128| (0x2001_0db8u128 << 96) | (i << 64);
+        let mut rules = Vec::new();
+        // Each subnet with two remotes of its own: the remote address is the more
+        // selective, so the index.
+        for i in 0..64 * 6 * 2 {
+            let (s, x) = (i / 12, i / 2 % 6);
+            {
+                let local = vec![(site(s, x), site(s, x) | u128::from(u64::MAX))];
+                let remote = vec![(remote(i), remote(i) | u128::from(u64::MAX))];
+                let port = 1000 + i % 7;
+                rules.push(trule([
+                    local,
+                    remote,
+                    vec![(6, 6)],
+                    vec![(0, 65536)],
+                    vec![(port, port)],
+                ]));
+            }
+        }
+        let max = [u128::MAX, u128::MAX, 255, 65536, 65536];
+        let p = Partitioned::<u128>::build(rules.clone(), max, Layout::INDEXED_FILTERED);
+        let ix = p.groups[0].index.as_ref().expect("indexed");
+        // Indexed on the remote address: the local one is mapped, cut at the subnet.
+        assert_eq!(ix.dim, 1);
+        assert!(ix.quant[0].low > 0, "{:?}", ix.quant[0]);
+        // Every subnet inside the map's span is whole; the first maps to 0 with
+        // everything below it, and the span leaves out the top 1 % of the bounds
+        // (mapped to 65,535 with everything above).
+        let q = ix.quant[0];
+        let mut saturated = 0;
+        for r in &rules {
+            let (lo, hi) = (r.dim(0)[0].0.top64(), r.dim(0)[0].1.top64());
+            if q.map(lo) == 0 || q.map(hi) == u16::MAX {
+                saturated += 1;
+            } else {
+                assert!(q.exact(lo, hi, u64::MAX), "{lo:x}..={hi:x} {q:?}");
+            }
+        }
+        assert!(
+            saturated <= 2 + rules.len() / 100,
+            "{saturated} at the ends"
+        );
+        let exact = ix.locals.iter().filter(|&&l| l & BOX_EXACT != 0).count();
+        assert!(exact + saturated >= ix.locals.len(), "{exact} exact boxes");
+        for (i, r) in rules.iter().enumerate() {
+            let (lo, port) = (r.dim(0)[0].0, r.dim(4)[0].0);
+            let key = [lo + 7, r.dim(1)[0].0 + 1, 6, 5, port];
+            let naive = rules.iter().position(|r| r.matches(&key));
+            assert_eq!(p.lookup(&key), naive, "rule {i}");
+            assert!(naive.is_some_and(|n| n <= i));
+            // The next subnet's key (or the next site's): not this rule.
+            let other = [lo + (1 << 64), key[1], 6, 5, port];
+            assert_eq!(
+                p.lookup(&other),
+                rules.iter().position(|r| r.matches(&other))
+            );
         }
     }
 
