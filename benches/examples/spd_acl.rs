@@ -23,7 +23,8 @@
 //! time), or 16 per call of `classify_burst` (the staged burst of the largest sets: two
 //! calls, one per direction, per 32 flows). Session 17 on an AMD EPYC: about 295 instructions
 //! a lookup for the 1,000-policy IPv4 set, 424 for 10,000 (449 before the exact filter
-//! boxes), about 640 for 100,000 (the calls of `classify_burst` times 16).
+//! boxes; 416 in session 18), about 640 for 100,000 (the calls of `classify_burst` times
+//! 16; where it is inlined, toggle on `Spd::lookup_burst`, one call per 32 flows).
 //!
 //! `export` writes `DIR/spd-ipv4-N.txt` and `DIR/spd-ipv6-N.txt`, one line per rule and
 //! per flow (the C program's input format, documented there):
@@ -39,7 +40,8 @@
 //! anything.
 //!
 //! `stats` prints the shape of each compiled classifier (outbound IPv4 only: groups,
-//! index dimension, intervals, list lengths), for tuning. `bench` prints one JSON line
+//! index dimension, intervals, list lengths, and in the filtered layout the share of
+//! list entries whose filter box is exact), for tuning. `bench` prints one JSON line
 //! per rule set: ns per lookup (the flows, outbound ones
 //! first then inbound ones, in bursts of 32: one [`Spd::lookup_burst`] call per burst, on
 //! the compiled classifier, no flow cache; it is first checked against [`Spd::lookup`]), the
