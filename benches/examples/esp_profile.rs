@@ -15,6 +15,9 @@
 //! values of N and dividing the difference of the totals by the difference of N gives the
 //! instructions per packet without the set-up.
 
+#[path = "../benches/common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -244,22 +247,14 @@ fn main() {
     if args.get(4).map(String::as_str) == Some("time") {
         // Median of 15 rounds of N iterations (set-up included, so use a large N), for
         // a quick look; `ipsec bench` is the real measurement.
-        // On-CPU time of this thread (Linux schedstat, ns) where available: on a
-        // shared machine it leaves out the time other processes had the core.
-        let on_cpu = || {
-            std::fs::read_to_string("/proc/thread-self/schedstat")
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        };
+        // The thread's CPU clock: on a shared machine it leaves out the time other
+        // processes had the core. (Linux's schedstat, read before, moves in scheduler
+        // ticks on some guests: every figure a multiple of 20 ns at N = 200,000.)
         let mut v: Vec<f64> = (0..15)
             .map(|_| {
-                let (t0, c0) = (std::time::Instant::now(), on_cpu());
+                let t0 = common::cpu_now();
                 run(n);
-                let ns = match (c0, on_cpu()) {
-                    (Some(a), Some(b)) => (b - a) as f64,
-                    _ => t0.elapsed().as_nanos() as f64,
-                };
-                ns / n as f64
+                (common::cpu_now() - t0).as_nanos() as f64 / n as f64
             })
             .collect();
         v.sort_by(f64::total_cmp);
