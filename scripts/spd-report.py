@@ -3,7 +3,9 @@
 rule sets and flows, in one invocation: builds `benches/examples/spd_acl.rs` and
 `benches/dpdk-acl/acl_spd.c`, exports the rule sets of `benches/benches/spd_gen`
 (IPv4 and IPv6, 1k/10k/100k policies, 1,024 flows each, with the policy our SPD matched
-per flow), then runs both programs in alternation RUNS times and prints the medians.
+per flow), then runs both programs in alternation RUNS times and prints the medians,
+and the median of the ratios taken inside each run (steadier on a shared host, where
+neighbours move both sides' times within minutes).
 
 acl_spd.c first checks that rte_acl classifies every flow as our SPD did (the run stops
 on a mismatch), then times rte_acl_classify in bursts of 32. Our side times
@@ -137,3 +139,18 @@ print("spread of ns/lookup over the runs (min-max): " + "; ".join(
     for family, rules in sorted({(f, n) for f, n, _ in samples})
     for o in [samples[(family, rules, "ipsec-core")]["ns_per_lookup"]]
     for a in [samples.get((family, rules, "rte_acl"), {}).get("ns_per_lookup")]))
+
+
+def per_run_ratios(family, rules):
+    """ours/rte_acl of each run (both sides measured minutes apart, not a whole report)."""
+    o = samples[(family, rules, "ipsec-core")].get("ns_per_lookup", [])
+    a = samples.get((family, rules, "rte_acl"), {}).get("ns_per_lookup", [])
+    return [x / y for x, y in zip(o, a) if y] if len(o) == len(a) else []
+
+
+ratios = {k: per_run_ratios(*k) for k in sorted({(f, n) for f, n, _ in samples})}
+if any(ratios.values()):
+    print()
+    print("ours/rte_acl within each run (median, min-max): " + "; ".join(
+        f"{family} {rules:,}: {statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})"
+        for (family, rules), r in ratios.items() if r))
