@@ -1482,8 +1482,9 @@ mod tests {
     }
 
     /// IPv6 rules for /64 subnets of many /48 sites (the usual plan: the subnet field
-    /// numbered from 0), to every remote: the map of the local address cuts at the
-    /// subnet field, every subnet's box is exact, and lookups answer as the naive scan.
+    /// numbered from 0), each to a remote /64 of its own: the map of the local address
+    /// cuts at the subnet field, every subnet inside the map's span has an exact box,
+    /// and lookups answer as the naive scan.
     #[test]
     fn subnet_maps_keep_ipv6_subnets_whole() {
         let site = |s: u128, x: u128| (0xfd00u128 << 112) | (s << 80) | (x << 64);
@@ -1493,18 +1494,16 @@ mod tests {
         // selective, so the index.
         for i in 0..64 * 6 * 2 {
             let (s, x) = (i / 12, i / 2 % 6);
-            {
-                let local = vec![(site(s, x), site(s, x) | u128::from(u64::MAX))];
-                let remote = vec![(remote(i), remote(i) | u128::from(u64::MAX))];
-                let port = 1000 + i % 7;
-                rules.push(trule([
-                    local,
-                    remote,
-                    vec![(6, 6)],
-                    vec![(0, 65536)],
-                    vec![(port, port)],
-                ]));
-            }
+            let local = vec![(site(s, x), site(s, x) | u128::from(u64::MAX))];
+            let remote = vec![(remote(i), remote(i) | u128::from(u64::MAX))];
+            let port = 1000 + i % 7;
+            rules.push(trule([
+                local,
+                remote,
+                vec![(6, 6)],
+                vec![(0, 65536)],
+                vec![(port, port)],
+            ]));
         }
         let max = [u128::MAX, u128::MAX, 255, 65536, 65536];
         let p = Partitioned::<u128>::build(rules.clone(), max, Layout::INDEXED_FILTERED);
