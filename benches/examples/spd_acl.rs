@@ -40,8 +40,10 @@
 //! anything.
 //!
 //! `stats` prints the shape of each compiled classifier (outbound IPv4 only: groups,
-//! index dimension, intervals, list lengths, and in the filtered layout the share of
-//! list entries whose filter box is exact), for tuning. `bench` prints one JSON line
+//! index dimension, intervals, list lengths, the interval starts a lookup walks in its
+//! bucket (`walk`: mean over the intervals, most, and the share walked by bisection),
+//! and in the filtered layout the share of list entries whose filter box is exact), for
+//! tuning. `bench` prints one JSON line
 //! per rule set: ns per lookup (the flows, outbound ones
 //! first then inbound ones, in bursts of 32: one [`Spd::lookup_burst`] call per burst, on
 //! the compiled classifier, no flow cache; it is first checked against [`Spd::lookup`]), the

@@ -136,14 +136,95 @@ impl KeyInt for u128 {
 /// Each start is stored with its interval's list (`a..b` in the index's candidates), so
 /// that the cache line the count reads also holds the list it leads to: one dependent
 /// miss fewer per group and key on a large classifier.
+///
+/// IPv6 boundaries cluster: a site's subnets are /64s numbered from 1 in the 16 bits
+/// after its /48, and sites are far apart, so buckets spread evenly over the span give
+/// each site one bucket and all its subnets' starts (104 a bucket in the 100,000-policy
+/// set's local-address group, searched by bisection). An IPv6 index may take its
+/// buckets from a two-field map instead ([`Split`]), chosen at build time when it walks
+/// fewer starts.
 struct Starts<K> {
     all: Vec<Slot<K>>,
     /// The second start (the first boundary): keys below it are in interval 0.
     base: K,
     shift: u32,
+    /// IPv6 only: the buckets are [`Split::index`] of the key's top 64 bits, not
+    /// `(k - base) >> shift`.
+    split: Option<Split>,
     /// `tab[b]`: the interval holding the lowest key of bucket `b` (0 for bucket 0);
     /// `tab[b + 1]`: the one holding its highest. One entry more than buckets.
     tab: Vec<u32>,
+}
+
+/// A monotone map of an IPv6 address to a bucket by its top 64 bits, cut in two
+/// fields as [`Quant`]'s two-field maps are: the offset from `base` above bit
+/// `shift`, then the bits below the cut saturated to `low` bits (a site, then its
+/// first subnets). In 64-bit arithmetic: the same map of the whole address cost 60
+/// instructions a lookup in shifts of 128-bit values.
+#[derive(Clone, Copy, Debug)]
+struct Split {
+    base: u64,
+    shift: u32,
+    /// At most `shift`, so that no bit of the high field is lost.
+    low: u32,
+}
+
+impl Split {
+    /// The bucket of top-64 value `x` (0 below `base`).
+    #[inline(always)]
+    fn index(&self, x: u64) -> usize {
+        let d = x.saturating_sub(self.base);
+        let field = (d & ((1 << self.shift) - 1)).min((1 << self.low) - 1);
+        usize::try_from(((d >> self.shift) << self.low) | field).unwrap_or(usize::MAX)
+    }
+
+    /// The lowest key of bucket `b` (`None` past the domain's end): the lowest
+    /// address whose top 64 bits are the bucket's lowest.
+    fn lowest(&self, b: usize) -> Option<u128> {
+        let b = b as u64;
+        let (high, field) = (b >> self.low, b & ((1 << self.low) - 1));
+        let x = high
+            .checked_shl(self.shift)
+            .filter(|o| o >> self.shift == high)
+            .and_then(|o| self.base.checked_add(o))
+            .and_then(|o| o.checked_add(field))?;
+        Some(u128::from(x) << 64)
+    }
+
+    /// The two-field maps of `2^bits` buckets for top-64 values in `lo..=hi`: each
+    /// cut whose high field needs at most `bits - 1` bits above it, from `base = lo`.
+    fn candidates(lo: u64, hi: u64, bits: u32) -> impl Iterator<Item = Split> {
+        let span = 64 - (hi - lo).leading_zeros();
+        (span.saturating_sub(bits).max(1)..span).filter_map(move |shift| {
+            let high = (64 - ((hi - lo) >> shift).leading_zeros()).max(1);
+            let low = bits.checked_sub(high)?;
+            (low >= 1 && low <= shift).then_some(Split {
+                base: lo,
+                shift,
+                low,
+            })
+        })
+    }
+}
+
+/// The most buckets a two-field map ([`Split`]) may take, as a multiple of the scaled
+/// map's (a power of two).
+const SPLIT_MORE: usize = 4;
+
+/// Sum over buckets of the square of the starts in each (`index` of each start, a
+/// non-decreasing sequence): about the starts a lookup walks, over all intervals.
+fn walk_cost(indices: impl Iterator<Item = usize>) -> u64 {
+    let mut cost = 0u64;
+    let (mut current, mut run) = (usize::MAX, 0u64);
+    for i in indices {
+        if i == current {
+            run += 1;
+        } else {
+            cost += run * run;
+            (current, run) = (i, 1);
+        }
+    }
+    cost + run * run
 }
 
 /// An interval: its first value and its list.
@@ -178,6 +259,31 @@ impl<K: KeyInt> Starts<K> {
         // the key type's width (`KeyInt::bucket` relies on it).
         let shift = bits.saturating_sub(buckets.trailing_zeros());
         debug_assert!(shift < bits.max(1));
+        let mut split = None;
+        if K::SUBNETS && n > 2 {
+            // The two-field map that walks the fewest starts, if at most half as
+            // many as the scaled offset's (it costs a few instructions more a
+            // lookup), with up to `SPLIT_MORE` times the buckets (a site's subnets
+            // may be numbered sparsely).
+            let mut best = walk_cost(
+                all.iter()
+                    .map(|s| s.start.bucket(base, shift).min(buckets - 1)),
+            ) / 2;
+            let (lo, hi) = (base.top64(), all[n - 1].start.top64());
+            let scaled_bits = buckets.trailing_zeros();
+            for bits in scaled_bits..=scaled_bits + SPLIT_MORE.trailing_zeros() {
+                for sp in Split::candidates(lo, hi, bits) {
+                    let top = (1 << bits) - 1;
+                    let cost = walk_cost(all.iter().map(|s| sp.index(s.start.top64()).min(top)));
+                    if cost < best {
+                        best = cost;
+                        split = Some((sp, 1 << bits));
+                    }
+                }
+            }
+        }
+        let buckets = split.map_or(buckets, |(_, b)| b);
+        let split = split.map(|(sp, _)| sp);
         let mut tab = Vec::with_capacity(buckets + 1);
         let mut i = 0;
         for b in 0..buckets {
@@ -187,10 +293,13 @@ impl<K: KeyInt> Starts<K> {
             }
             // The lowest key of bucket `b` (none past the key type's range: then the
             // bucket holds no key and any interval will do).
-            let low = (b as u128)
-                .checked_shl(shift)
-                .and_then(|o| base.wide().checked_add(o))
-                .unwrap_or(u128::MAX);
+            let low = match split {
+                Some(sp) => sp.lowest(b).unwrap_or(u128::MAX),
+                None => (b as u128)
+                    .checked_shl(shift)
+                    .and_then(|o| base.wide().checked_add(o))
+                    .unwrap_or(u128::MAX),
+            };
             while i + 1 < n && all[i + 1].start.wide() <= low {
                 i += 1;
             }
@@ -201,6 +310,7 @@ impl<K: KeyInt> Starts<K> {
             all,
             base,
             shift,
+            split,
             tab,
         }
     }
@@ -208,7 +318,11 @@ impl<K: KeyInt> Starts<K> {
     /// The bucket of `k`.
     #[inline(always)]
     fn bucket(&self, k: K) -> usize {
-        k.bucket(self.base, self.shift).min(self.tab.len() - 2)
+        let b = match self.split {
+            Some(sp) if K::SUBNETS => sp.index(k.top64()),
+            _ => k.bucket(self.base, self.shift),
+        };
+        b.min(self.tab.len() - 2)
     }
 
     /// The interval holding `k`, given the intervals `lo` and `hi` holding the lowest
@@ -1170,6 +1284,26 @@ impl<K: KeyInt> Partitioned<K> {
                 g.first,
                 g.all.len()
             );
+            // The starts a lookup walks in its bucket (between the intervals of the
+            // bucket's lowest and highest key): the mean over the intervals (a key
+            // in each), the most, and the share of intervals in buckets with more
+            // than `SHORT` (searched by bisection).
+            if let Some(ix) = &g.index {
+                let st = &ix.starts;
+                let mut walk = vec![0usize; st.all.len()];
+                for b in st.tab.windows(2) {
+                    for w in &mut walk[b[0] as usize..=b[1] as usize] {
+                        *w = (*w).max((b[1] - b[0]) as usize);
+                    }
+                }
+                let mean = walk.iter().sum::<usize>() as f64 / walk.len() as f64;
+                let long = walk.iter().filter(|&&w| w > SHORT).count();
+                out += &format!(
+                    " walk={mean:.1} walk_max={} bisected={:.1}%",
+                    walk.iter().max().unwrap_or(&0),
+                    100.0 * long as f64 / walk.len() as f64
+                );
+            }
             // In the filtered layout: the share of list entries whose box is exact.
             if let Some(ix) = g.index.as_ref().filter(|ix| !ix.locals.is_empty()) {
                 let exact = ix.locals.iter().filter(|&&l| l & BOX_EXACT != 0).count();
@@ -1263,6 +1397,68 @@ mod tests {
         v6((0..300).map(|i| i * 3).chain([u128::MAX]).collect());
     }
 
+    /// The starts of IPv6 subnet rules as the benchmark's large sets have them: 64
+    /// sites (/48s, numbered from 1), each with /64s numbered sparsely up to 255.
+    fn site_subnets() -> Vec<u128> {
+        let mut all: Vec<u128> = (1..=64u128)
+            .flat_map(|site| {
+                (0..100u128).flat_map(move |i| {
+                    let subnet = (i * 37 + site) % 256;
+                    let net = (0xfd00u128 << 112) | (site << 80) | (subnet << 64);
+                    [net, net + (1 << 64)]
+                })
+            })
+            .collect();
+        all.push(0);
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    #[test]
+    fn split_buckets_spread_a_sites_subnets() {
+        let all = site_subnets();
+        let st = Starts::new(all.clone(), vec![(0, 0); all.len()]);
+        let sp = st.split.expect("a two-field map");
+        // Scaled, every site is one bucket and a lookup walks its 100-odd starts;
+        // split at the site field, a subnet has a bucket of its own.
+        let walk = st.tab.windows(2).map(|b| b[1] - b[0]).max().unwrap();
+        assert!(walk <= 2, "walk {walk} with {sp:?}");
+        let scaled = all[1..]
+            .chunk_by(|a, b| a >> 80 == b >> 80)
+            .map(<[_]>::len)
+            .max()
+            .unwrap();
+        assert!(scaled > 100, "{scaled}");
+        let around = |s: u128| [s.saturating_sub(1), s, s.saturating_add(1)];
+        check(
+            all,
+            &[0, 1, u128::MAX, 0xfd00u128 << 112, (0xfd01u128 << 112) - 1],
+            around,
+        );
+    }
+
+    #[test]
+    fn split_buckets_are_monotone_and_start_where_they_say() {
+        let sp = Split {
+            base: 0xfd00_0000_0001_0000,
+            shift: 16,
+            low: 8,
+        };
+        let mut last = 0;
+        for x in (sp.base - 3..sp.base + (70 << 16)).step_by(97) {
+            let b = sp.index(x);
+            assert!(b >= last, "{x:x}");
+            last = b;
+        }
+        for b in 1..(40 << 8) {
+            let lowest = (sp.lowest(b).expect("in the domain") >> 64) as u64;
+            assert_eq!(sp.index(lowest), b, "{b}");
+            assert!(sp.index(lowest - 1) < b, "{b}");
+        }
+        assert_eq!(sp.lowest(usize::MAX), None);
+    }
+
     proptest! {
         #[test]
         fn starts_find_is_the_last_start_below(
@@ -1270,11 +1466,17 @@ mod tests {
             narrow in prop::collection::vec(0u32..4096, 0..300),
             wide in prop::collection::vec(any::<u128>(), 0..300),
             clustered in prop::collection::vec(0u128..(1 << 20), 0..300),
+            subnets in prop::collection::vec((0u128..64, 0u128..256, 0u128..4), 0..600),
         ) {
             v4(rest);
             v4(narrow.into_iter().map(|x| 0xac10_0000 | x).collect());
             v6(wide);
             v6(clustered.into_iter().map(|x| (0x2001_0db8u128 << 96) | (x << 52)).collect());
+            // Sites, their /64s and a few hosts: the two-field buckets' case.
+            v6(subnets
+                .into_iter()
+                .map(|(site, subnet, host)| (0xfd00u128 << 112) | (site << 80) | (subnet << 64) | host)
+                .collect());
         }
     }
 
