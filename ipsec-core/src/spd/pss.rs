@@ -141,64 +141,49 @@ impl KeyInt for u128 {
 /// after its /48, and sites are far apart, so buckets spread evenly over the span give
 /// each site one bucket and all its subnets' starts (104 a bucket in the 100,000-policy
 /// set's local-address group, searched by bisection). An IPv6 index may take its
-/// buckets from a two-field map instead ([`Split`]), chosen at build time when it walks
-/// fewer starts.
+/// buckets from a two-field map instead ([`Quant::bucket`]), chosen at build time when it
+/// walks fewer starts.
 struct Starts<K> {
     all: Vec<Slot<K>>,
     /// The second start (the first boundary): keys below it are in interval 0.
     base: K,
     shift: u32,
-    /// IPv6 only: the buckets are [`Split::index`] of the key's top 64 bits, not
+    /// IPv6 only: the buckets are [`Quant::bucket`] of the key's top 64 bits, not
     /// `(k - base) >> shift`.
-    split: Option<Split>,
+    split: Option<Quant>,
     /// `tab[b]`: the interval holding the lowest key of bucket `b` (0 for bucket 0);
     /// `tab[b + 1]`: the one holding its highest. One entry more than buckets.
     tab: Vec<u32>,
 }
 
-/// A monotone map of an IPv6 address to a bucket by its top 64 bits, cut in two
-/// fields as [`Quant`]'s two-field maps are: the offset from `base` above bit
-/// `shift`, then the bits below the cut saturated to `low` bits (a site, then its
-/// first subnets). In 64-bit arithmetic: the same map of the whole address cost 60
-/// instructions a lookup in shifts of 128-bit values.
-#[derive(Clone, Copy, Debug)]
-struct Split {
-    base: u64,
-    shift: u32,
-    /// At most `shift`, so that no bit of the high field is lost.
-    low: u32,
-}
-
-impl Split {
+/// [`Quant`]'s two-field maps as bucket maps ([`Starts`]): the same monotone map of an
+/// IPv6 address's top 64 bits (the offset from `base` above bit `shift`, then the bits
+/// below the cut saturated to `low` bits: a site, then its first subnets), not
+/// saturated to 16 bits. In 64-bit arithmetic: the same map of the whole address cost
+/// 60 instructions a lookup in shifts of 128-bit values.
+impl Quant {
     /// The bucket of top-64 value `x` (0 below `base`).
     #[inline(always)]
-    fn index(&self, x: u64) -> usize {
+    fn bucket(&self, x: u64) -> usize {
         let d = x.saturating_sub(self.base);
-        let field = (d & ((1 << self.shift) - 1)).min((1 << self.low) - 1);
-        usize::try_from(((d >> self.shift) << self.low) | field).unwrap_or(usize::MAX)
+        usize::try_from(two_fields(d, self.shift, self.low)).unwrap_or(usize::MAX)
     }
 
     /// The lowest key of bucket `b` (`None` past the domain's end): the lowest
     /// address whose top 64 bits are the bucket's lowest.
-    fn lowest(&self, b: usize) -> Option<u128> {
-        let b = b as u64;
-        let (high, field) = (b >> self.low, b & ((1 << self.low) - 1));
-        let x = high
-            .checked_shl(self.shift)
-            .filter(|o| o >> self.shift == high)
-            .and_then(|o| self.base.checked_add(o))
-            .and_then(|o| o.checked_add(field))?;
-        Some(u128::from(x) << 64)
+    fn bucket_start(&self, b: usize) -> Option<u128> {
+        let x = u128::from(self.base) + two_fields_first(b as u64, self.shift, self.low);
+        u64::try_from(x).ok().map(|x| u128::from(x) << 64)
     }
 
     /// The two-field maps of `2^bits` buckets for top-64 values in `lo..=hi`: each
     /// cut whose high field needs at most `bits - 1` bits above it, from `base = lo`.
-    fn candidates(lo: u64, hi: u64, bits: u32) -> impl Iterator<Item = Split> {
+    fn bucket_maps(lo: u64, hi: u64, bits: u32) -> impl Iterator<Item = Quant> {
         let span = 64 - (hi - lo).leading_zeros();
         (span.saturating_sub(bits).max(1)..span).filter_map(move |shift| {
             let high = (64 - ((hi - lo) >> shift).leading_zeros()).max(1);
             let low = bits.checked_sub(high)?;
-            (low >= 1 && low <= shift).then_some(Split {
+            (low >= 1 && low <= shift).then_some(Quant {
                 base: lo,
                 shift,
                 low,
@@ -207,8 +192,23 @@ impl Split {
     }
 }
 
-/// The most buckets a two-field map ([`Split`]) may take, as a multiple of the scaled
-/// map's (a power of two).
+/// The two-field map of offset `d` ([`Quant`]): its bits above `shift`, then
+/// those below saturated to `low` bits. `low <= shift`, so no bit of the high part is
+/// lost.
+#[inline(always)]
+fn two_fields(d: u64, shift: u32, low: u32) -> u64 {
+    let field = (d & ((1 << shift) - 1)).min((1 << low) - 1);
+    ((d >> shift) << low) | field
+}
+
+/// The first offset whose [`two_fields`] map is `v`.
+fn two_fields_first(v: u64, shift: u32, low: u32) -> u128 {
+    let (high, field) = (u128::from(v >> low), u128::from(v & ((1 << low) - 1)));
+    (high << shift) + field
+}
+
+/// The most buckets a two-field bucket map ([`Quant::bucket`]) may take, as a multiple
+/// of the scaled map's (a power of two).
 const SPLIT_MORE: usize = 4;
 
 /// Sum over buckets of the square of the starts in each (`index` of each start, a
@@ -272,9 +272,9 @@ impl<K: KeyInt> Starts<K> {
             let (lo, hi) = (base.top64(), all[n - 1].start.top64());
             let scaled_bits = buckets.trailing_zeros();
             for bits in scaled_bits..=scaled_bits + SPLIT_MORE.trailing_zeros() {
-                for sp in Split::candidates(lo, hi, bits) {
+                for sp in Quant::bucket_maps(lo, hi, bits) {
                     let top = (1 << bits) - 1;
-                    let cost = walk_cost(all.iter().map(|s| sp.index(s.start.top64()).min(top)));
+                    let cost = walk_cost(all.iter().map(|s| sp.bucket(s.start.top64()).min(top)));
                     if cost < best {
                         best = cost;
                         split = Some((sp, 1 << bits));
@@ -294,7 +294,7 @@ impl<K: KeyInt> Starts<K> {
             // The lowest key of bucket `b` (none past the key type's range: then the
             // bucket holds no key and any interval will do).
             let low = match split {
-                Some(sp) => sp.lowest(b).unwrap_or(u128::MAX),
+                Some(sp) => sp.bucket_start(b).unwrap_or(u128::MAX),
                 None => (b as u128)
                     .checked_shl(shift)
                     .and_then(|o| base.wide().checked_add(o))
@@ -319,7 +319,7 @@ impl<K: KeyInt> Starts<K> {
     #[inline(always)]
     fn bucket(&self, k: K) -> usize {
         let b = match self.split {
-            Some(sp) if K::SUBNETS => sp.index(k.top64()),
+            Some(sp) if K::SUBNETS => sp.bucket(k.top64()),
             _ => k.bucket(self.base, self.shift),
         };
         b.min(self.tab.len() - 2)
@@ -458,13 +458,10 @@ impl Quant {
     #[inline(always)]
     fn map(&self, x: u64) -> u16 {
         let d = x.saturating_sub(self.base);
-        let high = d >> self.shift;
         let v = if self.low == 0 {
-            high
+            d >> self.shift
         } else {
-            // `high` is below 2^(64 - shift) and `low <= shift`: no bit is lost.
-            let field = (d & ((1 << self.shift) - 1)).min((1 << self.low) - 1);
-            (high << self.low) | field
+            two_fields(d, self.shift, self.low)
         };
         v.min(u64::from(u16::MAX)) as u16
     }
@@ -482,14 +479,14 @@ impl Quant {
 
     /// The first and the last offset from `base` whose (unsaturated) map is `v`.
     fn offsets(&self, v: u16) -> (u128, u128) {
-        let (v, field_max) = (u128::from(v), (1u128 << self.low) - 1);
-        let (high, field) = (v >> self.low, v & field_max);
-        let first = (high << self.shift) + field;
+        let field_max = (1u32 << self.low) - 1;
+        let field = u32::from(v) & field_max;
+        let first = two_fields_first(u64::from(v), self.shift, self.low);
         // A saturated field (always, for the scaled map) holds the rest of the cut.
         let last = if field < field_max {
             first
         } else {
-            (high << self.shift) + (1u128 << self.shift) - 1
+            first - u128::from(field) + (1u128 << self.shift) - 1
         };
         (first, last)
     }
@@ -1440,23 +1437,23 @@ mod tests {
 
     #[test]
     fn split_buckets_are_monotone_and_start_where_they_say() {
-        let sp = Split {
+        let sp = Quant {
             base: 0xfd00_0000_0001_0000,
             shift: 16,
             low: 8,
         };
         let mut last = 0;
         for x in (sp.base - 3..sp.base + (70 << 16)).step_by(97) {
-            let b = sp.index(x);
+            let b = sp.bucket(x);
             assert!(b >= last, "{x:x}");
             last = b;
         }
         for b in 1..(40 << 8) {
-            let lowest = (sp.lowest(b).expect("in the domain") >> 64) as u64;
-            assert_eq!(sp.index(lowest), b, "{b}");
-            assert!(sp.index(lowest - 1) < b, "{b}");
+            let lowest = (sp.bucket_start(b).expect("in the domain") >> 64) as u64;
+            assert_eq!(sp.bucket(lowest), b, "{b}");
+            assert!(sp.bucket(lowest - 1) < b, "{b}");
         }
-        assert_eq!(sp.lowest(usize::MAX), None);
+        assert_eq!(sp.bucket_start(usize::MAX), None);
     }
 
     proptest! {
