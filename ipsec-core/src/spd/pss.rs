@@ -175,21 +175,6 @@ impl Quant {
         let x = u128::from(self.base) + two_fields_first(b as u64, self.shift, self.low);
         u64::try_from(x).ok().map(|x| u128::from(x) << 64)
     }
-
-    /// The two-field maps of `2^bits` buckets for top-64 values in `lo..=hi`: each
-    /// cut whose high field needs at most `bits - 1` bits above it, from `base = lo`.
-    fn bucket_maps(lo: u64, hi: u64, bits: u32) -> impl Iterator<Item = Quant> {
-        let span = 64 - (hi - lo).leading_zeros();
-        (span.saturating_sub(bits).max(1)..span).filter_map(move |shift| {
-            let high = (64 - ((hi - lo) >> shift).leading_zeros()).max(1);
-            let low = bits.checked_sub(high)?;
-            (low >= 1 && low <= shift).then_some(Quant {
-                base: lo,
-                shift,
-                low,
-            })
-        })
-    }
 }
 
 /// The two-field map of offset `d` ([`Quant`]): its bits above `shift`, then
@@ -211,8 +196,9 @@ fn two_fields_first(v: u64, shift: u32, low: u32) -> u128 {
 /// of the scaled map's (a power of two).
 const SPLIT_MORE: usize = 4;
 
-/// Sum over buckets of the square of the starts in each (`index` of each start, a
-/// non-decreasing sequence): about the starts a lookup walks, over all intervals.
+/// Sum over buckets of the square of the starts in each (`indices`: the bucket of each
+/// start, a non-decreasing sequence): about the starts a lookup walks, over all
+/// intervals.
 fn walk_cost(indices: impl Iterator<Item = usize>) -> u64 {
     let mut cost = 0u64;
     let (mut current, mut run) = (usize::MAX, 0u64);
@@ -272,7 +258,7 @@ impl<K: KeyInt> Starts<K> {
             let (lo, hi) = (base.top64(), all[n - 1].start.top64());
             let scaled_bits = buckets.trailing_zeros();
             for bits in scaled_bits..=scaled_bits + SPLIT_MORE.trailing_zeros() {
-                for sp in Quant::bucket_maps(lo, hi, bits) {
+                for sp in Quant::two_field_maps(lo, hi, bits, false) {
                     let top = (1 << bits) - 1;
                     let cost = walk_cost(all.iter().map(|s| sp.bucket(s.start.top64()).min(top)));
                     if cost < best {
@@ -542,27 +528,33 @@ impl Quant {
                 .filter(|&&[lo, hi]| q.exact(lo, hi, domain_top))
                 .count()
         };
-        // Each cut, `base` aligned on it, the high field taking what the span needs
-        // above the cut (1 to 15 bits) and the low field the rest of the 16; the
-        // scaled map wins ties.
+        // Each cut, `base` aligned on it; the scaled map wins ties.
         let mut best = (whole(&scaled), scaled);
-        for shift in bits - 16..bits {
-            let base = base & !((1 << shift) - 1);
-            let high = (64 - (top - base).leading_zeros()).saturating_sub(shift);
-            if !(1..16).contains(&high) {
-                continue;
-            }
-            let q = Quant {
-                base,
-                shift,
-                low: 16 - high,
-            };
+        for q in Quant::two_field_maps(base, top, 16, true) {
             let n = whole(&q);
             if n > best.0 {
                 best = (n, q);
             }
         }
         best.1
+    }
+
+    /// The two-field maps of top-64 values in `lo..=hi` into `bits` bits: for each cut
+    /// below the span's top, `base` (`lo`, or `lo` aligned on the cut if `aligned`),
+    /// the high field taking what the span needs above the cut and the low field the
+    /// rest (at least one bit, at most the cut).
+    fn two_field_maps(lo: u64, hi: u64, bits: u32, aligned: bool) -> impl Iterator<Item = Quant> {
+        let span = 64 - (hi - lo).leading_zeros();
+        (span.saturating_sub(bits).max(1)..span).filter_map(move |shift| {
+            let base = if aligned {
+                lo & !((1 << shift) - 1)
+            } else {
+                lo
+            };
+            let high = (64 - ((hi - base) >> shift).leading_zeros()).max(1);
+            let low = bits.checked_sub(high)?;
+            (low >= 1 && low <= shift).then_some(Quant { base, shift, low })
+        })
     }
 
     /// The scaled map of `base..=top` into 16 bits, `base` aligned on the scale (so
