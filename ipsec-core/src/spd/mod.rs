@@ -33,8 +33,10 @@
 //! intervals at the rule boundaries; each interval lists, in priority order, the rules
 //! of the group covering it: with their bounding boxes inline in a small classifier, as
 //! 16-byte filter boxes (the box mapped to 16 bits a dimension, compared with the key's
-//! in one vector instruction) in a large one. A lookup finds its interval in each group
-//! through a bucket table and checks a few candidates; the earliest match
+//! in one vector instruction) in a large one, where long lists are also split in parts
+//! by protocol class (TCP, UDP, ICMP, the rest: the protocols many rules name), so that
+//! a key scans only the rules that can match its protocol. A lookup finds its interval
+//! in each group through a bucket table and checks a few candidates; the earliest match
 //! over the groups wins, and a candidate or group that comes after the best answer so
 //! far is not looked at. A classifier of at most 16 rules (a gateway's usual SPD) is one
 //! group without an index: its rules' boxes are checked in order, which costs less than
