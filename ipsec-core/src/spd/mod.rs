@@ -1885,9 +1885,9 @@ impl Spd {
         Some(match &table.engine {
             Engine::Partitioned { v4, v6 } => match family_key(flow, a, b) {
                 Family::V4(k) if table.removed_count == 0 => v4.lookup(&k.map(|x| x as u32)),
-                Family::V4(k) => v4.lookup_where(&k.map(|x| x as u32), masked),
+                Family::V4(k) => v4.lookup_masked(&k.map(|x| x as u32), masked),
                 Family::V6(k) if table.removed_count == 0 => v6.lookup(&k),
-                Family::V6(k) => v6.lookup_where(&k, masked),
+                Family::V6(k) => v6.lookup_masked(&k, masked),
                 Family::Mixed => return None,
             },
             Engine::Tree { v4, v6 } => match family_key(flow, a, b) {
