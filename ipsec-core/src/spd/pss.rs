@@ -865,8 +865,8 @@ pub(crate) struct Layout {
     pub(crate) filter_min_bytes: usize,
     /// At most this many rules are scanned in order, without an index ([`SCAN_MAX`]).
     pub(crate) scan_max: usize,
-    /// Groups of at least this many rules are split by protocol class
-    /// ([`CLASS_MIN_RULES`]).
+    /// The lists of groups of at least this many rules are split by protocol class
+    /// ([`CLASS_MIN_RULES`]; 0: whatever their length, for the tests).
     pub(crate) class_min_rules: usize,
 }
 
@@ -1838,14 +1838,15 @@ mod tests {
                 .position(|(i, r)| r.matches(k) && !skip(i as u32))
         };
         let narrowed: Vec<[K; DIMS]> = keys.iter().map(|k| k.map(K::narrow)).collect();
-        // Both list layouts, each indexed and split by protocol class whatever the
-        // number of rules, and scanned whatever the number.
+        // Both list layouts, each indexed whatever the number of rules (its lists split
+        // by protocol class where that shortens them, or never split), and scanned
+        // whatever the number.
         for filter_min_bytes in [FILTER_MIN_BYTES, 0] {
-            for scan_max in [0, usize::MAX] {
+            for (scan_max, class_min_rules) in [(0, 0), (0, usize::MAX), (usize::MAX, 0)] {
                 let layout = Layout {
                     filter_min_bytes,
                     scan_max,
-                    class_min_rules: scan_max,
+                    class_min_rules,
                 };
                 let p = Partitioned::<K>::build(rules.to_vec(), max, layout);
                 prop_assert_eq!(p.filtered, filter_min_bytes == 0);
@@ -2086,34 +2087,27 @@ mod tests {
                 continue;
             };
             split += 1;
+            // The rule positions of the candidates `a..b`.
+            let ids = |a: u32, b: u32| -> Vec<u32> {
+                let id = |l: u32| match l & BOX_EXACT {
+                    0 => g.all[l as usize].id,
+                    _ => l & !BOX_EXACT,
+                };
+                ix.locals[a as usize..b as usize]
+                    .iter()
+                    .map(|&l| id(l))
+                    .collect()
+            };
             for i in 0..ix.starts.all.len() {
                 let (a, _) = ix.starts.list::<true>(i, 0);
                 let (_, b) = ix.starts.list::<true>(i, MAX_CLASSES - 1);
-                // The whole list: each rule once, in order.
-                let mut whole: Vec<u32> = ix.locals[a as usize..b as usize]
-                    .iter()
-                    .map(|&l| {
-                        if l & BOX_EXACT != 0 {
-                            l & !BOX_EXACT
-                        } else {
-                            g.all[l as usize].id
-                        }
-                    })
-                    .collect();
+                // The rules of the list (some in several parts).
+                let mut whole = ids(a, b);
                 whole.sort_unstable();
                 whole.dedup();
                 for c in 0..p.classes.count() {
                     let (pa, pb) = ix.starts.list::<true>(i, c);
-                    let part: Vec<u32> = ix.locals[pa as usize..pb as usize]
-                        .iter()
-                        .map(|&l| {
-                            if l & BOX_EXACT != 0 {
-                                l & !BOX_EXACT
-                            } else {
-                                g.all[l as usize].id
-                            }
-                        })
-                        .collect();
+                    let part = ids(pa, pb);
                     let want: Vec<u32> = whole
                         .iter()
                         .copied()
