@@ -68,7 +68,10 @@ use ipsec_core::{
 };
 
 mod common;
-use common::{BURST, cpu_now, geometry, inner_packet, protect, refilled_burst, tunnel_sa};
+use common::{
+    BURST, cpu_now, geometry, inner_packet, inner_packet_v6, protect, refilled_burst, tunnel_sa,
+    tunnel_sa_between,
+};
 
 /// Inner packet sizes: a small packet, a medium one, and a full one that still fits a
 /// 1500-byte MTU after tunnel-mode ESP overhead.
@@ -278,13 +281,41 @@ fn raw_cbc_hmac_benches(g: &mut BenchmarkGroup<'_, WallTime>, size: usize) {
 /// outbound key, which the library refuses to reuse).
 const PEER_KEY: [u8; 20] = [0x43; 20];
 
-/// A gateway with one tunnel for the bench's packets (10.0.0.0/24 <-> 10.1.0.0/24): the
-/// outbound SA of [`tunnel_sa`] (SPI 0x1000, key 0x42...) and an inbound SA (SPI 0x1000,
+/// The addresses of a gateway-path tunnel: the protected subnets on each side and the
+/// outer endpoints (the gateway's, then its peer's).
+struct TunnelAddrs {
+    local: &'static str,
+    remote: &'static str,
+    outer: (&'static str, &'static str),
+}
+
+/// The IPv4 tunnel of the gateway path (the packets of [`inner_packet`]).
+const TUNNEL_V4: TunnelAddrs = TunnelAddrs {
+    local: "10.0.0.0/24",
+    remote: "10.1.0.0/24",
+    outer: ("192.0.2.1", "192.0.2.2"),
+};
+
+/// The IPv6 tunnel of the gateway path (the packets of [`inner_packet_v6`]), IPv6 outside
+/// too.
+const TUNNEL_V6: TunnelAddrs = TunnelAddrs {
+    local: "2001:db8:1::/48",
+    remote: "2001:db8:2::/48",
+    outer: ("2001:db8:ff::1", "2001:db8:ff::2"),
+};
+
+/// A gateway with one tunnel `t` for the bench's packets: the outbound SA of
+/// [`tunnel_sa`] (SPI 0x1000, key 0x42...) and an inbound SA (SPI 0x1000,
 /// [`PEER_KEY`]) without a replay window, so that one protected packet decrypts every
 /// time.
-fn one_tunnel_gateway() -> Gateway {
+fn one_tunnel_gateway(t: &TunnelAddrs) -> Gateway {
     let key = "42".repeat(20);
     let peer_key = "43".repeat(20);
+    let TunnelAddrs {
+        local,
+        remote,
+        outer: (src, dst),
+    } = t;
     let text = format!(
         r#"
 [[sa]]
@@ -294,8 +325,8 @@ direction = "outbound"
 mode = "tunnel"
 cipher = "aes-128-gcm"
 key = "{key}"
-tunnel_src = "192.0.2.1"
-tunnel_dst = "192.0.2.2"
+tunnel_src = "{src}"
+tunnel_dst = "{dst}"
 
 [[sa]]
 name = "in"
@@ -309,8 +340,8 @@ replay_window = 0
 [[policy]]
 name = "tunnel"
 direction = "both"
-local = "10.0.0.0/24"
-remote = "10.1.0.0/24"
+local = "{local}"
+remote = "{remote}"
 action = "protect"
 sa = ["out", "in"]
 "#
@@ -413,6 +444,47 @@ fn inbound_each(
     })
 }
 
+/// The thread CPU time of `iters` bursts of [`BURST`] copies of `template` (at `at` in
+/// `slot`-byte buffers over `storage`) encrypted by the SA alone (`encrypt_burst`).
+fn encrypt_bursts(
+    sa: &mut SecurityAssociation,
+    storage: &mut [u8],
+    (slot, at): (usize, usize),
+    template: &[u8],
+    iters: u64,
+) -> Duration {
+    let mut results = [Ok(()); BURST];
+    let t0 = cpu_now();
+    for _ in 0..iters {
+        let mut pkts = refilled_burst(storage, slot, at, template);
+        let ok = sa.encrypt_burst(&mut pkts, &mut results, Duration::ZERO);
+        assert_eq!(ok, BURST);
+        black_box(&pkts);
+    }
+    cpu_now() - t0
+}
+
+/// The thread CPU time of `iters` bursts of [`BURST`] copies of the protected packet
+/// `template` (filling `slot`-byte buffers over `storage`) decrypted by the SA alone
+/// (`decrypt_burst`).
+fn decrypt_bursts(
+    sa: &mut SecurityAssociation,
+    storage: &mut [u8],
+    slot: usize,
+    template: &[u8],
+    iters: u64,
+) -> Duration {
+    let mut results = [Ok(()); BURST];
+    let t0 = cpu_now();
+    for _ in 0..iters {
+        let mut pkts = refilled_burst(storage, slot, 0, template);
+        let ok = sa.decrypt_burst(&mut pkts, &mut results, Duration::ZERO);
+        assert_eq!(ok, BURST);
+        black_box(&pkts);
+    }
+    cpu_now() - t0
+}
+
 /// The gateway path against the SA alone, bursts of 32 AES-128-GCM packets.
 fn gateway_path(c: &mut Criterion) {
     let suite = SUITES[0];
@@ -432,19 +504,11 @@ fn gateway_path(c: &mut Criterion) {
         let protected = protect(&mut peer, &reply);
         let (head, slot) = geometry(&outbound, size);
         let mut storage = vec![0u8; slot * BURST];
-        let mut results = [Ok(()); BURST];
-        let mut gw = one_tunnel_gateway();
+        let mut gw = one_tunnel_gateway(&TUNNEL_V4);
         g.throughput(Throughput::Bytes((size * BURST) as u64));
         g.bench_function(format!("sa_encrypt_burst{BURST}/{size}"), |b| {
             b.iter_custom(|iters| {
-                let t0 = cpu_now();
-                for _ in 0..iters {
-                    let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
-                    let ok = outbound.encrypt_burst(&mut pkts, &mut results, now);
-                    assert_eq!(ok, BURST);
-                    black_box(&pkts);
-                }
-                cpu_now() - t0
+                encrypt_bursts(&mut outbound, &mut storage, (slot, head), &inner, iters)
             })
         });
         g.bench_function(format!("gateway_outbound_burst{BURST}/{size}"), |b| {
@@ -460,7 +524,7 @@ fn gateway_path(c: &mut Criterion) {
                 })
             },
         );
-        let mut cached = one_tunnel_gateway();
+        let mut cached = one_tunnel_gateway(&TUNNEL_V4);
         cached.set_spd_cache(1024);
         g.bench_function(
             format!("gateway_outbound_burst{BURST}_spd_cache/{size}"),
@@ -488,14 +552,7 @@ fn gateway_path(c: &mut Criterion) {
         let mut storage = vec![0u8; plen * BURST];
         g.bench_function(format!("sa_decrypt_burst{BURST}/{size}"), |b| {
             b.iter_custom(|iters| {
-                let t0 = cpu_now();
-                for _ in 0..iters {
-                    let mut pkts = refilled_burst(&mut storage, plen, 0, &protected);
-                    let ok = inbound.decrypt_burst(&mut pkts, &mut results, now);
-                    assert_eq!(ok, BURST);
-                    black_box(&pkts);
-                }
-                cpu_now() - t0
+                decrypt_bursts(&mut inbound, &mut storage, plen, &protected, iters)
             })
         });
         g.bench_function(format!("gateway_inbound_burst{BURST}/{size}"), |b| {
@@ -524,8 +581,47 @@ fn gateway_path(c: &mut Criterion) {
                 cpu_now() - t0
             })
         });
+        gateway_path_ipv6(&mut g, size);
     }
     g.finish();
+}
+
+/// The one-tunnel rows of [`gateway_path`] for IPv6 packets in an IPv6 tunnel (the
+/// gateway's IPv6 classifier, packet key and outer header): `sa_encrypt_burst32_ipv6/N`
+/// against `gateway_outbound_burst32_ipv6/N`, `sa_decrypt_burst32_ipv6/N` against
+/// `gateway_inbound_burst32_ipv6/N`.
+fn gateway_path_ipv6(g: &mut BenchmarkGroup<'_, WallTime>, size: usize) {
+    let cipher = SUITES[0].cipher;
+    let (src, dst) = TUNNEL_V6.outer;
+    let inner = inner_packet_v6(size);
+    let mut outbound =
+        tunnel_sa_between(cipher, &[0x42; 20], None, Direction::Outbound, (src, dst));
+    // what the peer sends: the addresses swapped, sealed with its key from its end
+    let mut reply = inner.clone();
+    reply[8..40].rotate_left(16);
+    let mut peer = tunnel_sa_between(cipher, &PEER_KEY, None, Direction::Outbound, (dst, src));
+    let protected = protect(&mut peer, &reply);
+    let (head, slot) = geometry(&outbound, size);
+    let mut storage = vec![0u8; slot * BURST];
+    let mut gw = one_tunnel_gateway(&TUNNEL_V6);
+    g.throughput(Throughput::Bytes((size * BURST) as u64));
+    g.bench_function(format!("sa_encrypt_burst{BURST}_ipv6/{size}"), |b| {
+        b.iter_custom(|iters| {
+            encrypt_bursts(&mut outbound, &mut storage, (slot, head), &inner, iters)
+        })
+    });
+    g.bench_function(format!("gateway_outbound_burst{BURST}_ipv6/{size}"), |b| {
+        b.iter_custom(|iters| outbound_each(&mut gw, &mut storage, (slot, head), &inner, iters))
+    });
+    let mut inbound = tunnel_sa_between(cipher, &PEER_KEY, None, Direction::Inbound, (src, dst));
+    let plen = protected.len();
+    let mut storage = vec![0u8; plen * BURST];
+    g.bench_function(format!("sa_decrypt_burst{BURST}_ipv6/{size}"), |b| {
+        b.iter_custom(|iters| decrypt_bursts(&mut inbound, &mut storage, plen, &protected, iters))
+    });
+    g.bench_function(format!("gateway_inbound_burst{BURST}_ipv6/{size}"), |b| {
+        b.iter_custom(|iters| inbound_each(&mut gw, &mut storage, (plen, 0), &protected, iters))
+    });
 }
 
 fn esp(c: &mut Criterion) {

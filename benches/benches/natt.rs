@@ -23,7 +23,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ipsec_core::{Cipher, Direction, Mode, PacketBuf, SaConfig, SecurityAssociation};
 
 mod common;
-use common::{SPI, inner_packet};
+use common::{SPI, inner_packet, inner_packet_v6};
 
 const SIZES: [usize; 3] = [64, 512, 1420];
 const KEY: [u8; 20] = [0x42; 20];
@@ -96,34 +96,6 @@ fn outbound(path: &Path) -> SecurityAssociation {
         cfg.udp_encap(4500, 4500);
     }
     SecurityAssociation::new(cfg, Duration::ZERO).expect("valid SA")
-}
-
-/// An IPv6/UDP packet of exactly `size` bytes.
-fn inner_packet_v6(size: usize) -> Vec<u8> {
-    assert!(size >= 48);
-    let mut p = vec![0u8; size];
-    p[0] = 0x60;
-    p[4..6].copy_from_slice(&((size - 40) as u16).to_be_bytes());
-    p[6] = 17;
-    p[7] = 64;
-    p[8..24].copy_from_slice(
-        &"2001:db8:1::1"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets(),
-    );
-    p[24..40].copy_from_slice(
-        &"2001:db8:2::1"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets(),
-    );
-    p[40..44].copy_from_slice(&[0x13, 0x88, 0x13, 0x89]);
-    p[44..46].copy_from_slice(&((size - 40) as u16).to_be_bytes());
-    for (i, b) in p[48..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    p
 }
 
 fn natt(c: &mut Criterion) {

@@ -8,7 +8,12 @@
 //!
 //! CASE is `OP-CIPHER` with OP one of `enc`, `dec`, `encb`, `decb` (bursts of 32),
 //! `raw-seal`, `raw-open` and CIPHER one
-//! of `gcm128`, `gcm256`, `chacha`, `cbc` (AES-128-CBC + HMAC-SHA-256-128). Each of the N
+//! of `gcm128`, `gcm256`, `chacha`, `cbc` (AES-128-CBC + HMAC-SHA-256-128). The gateway
+//! path (target 4) has its own CASEs, AES-128-GCM only: `gw-out4`, `gw-in4`, `gw-out6`,
+//! `gw-in6` (one packet at a time through `Gateway::outbound` / `Gateway::inbound` of a
+//! one-tunnel gateway, IPv4 or IPv6 inside and outside) and `sa-out4` ... `sa-in6` (the
+//! same packets through the gateway's SA alone): the difference is the gateway's work.
+//! Each of the N
 //! iterations restores its input from a template (a decrypt: its ciphertext) and runs
 //! the operation once on one tunnel-mode IPv4/UDP packet of SIZE bytes (as `ipsec
 //! bench` does). Running it with two
@@ -24,7 +29,10 @@ use std::time::Duration;
 use aes::cipher::array::Array;
 use aes::cipher::{BlockModeEncrypt, InnerIvInit, KeyInit};
 use hmac::{Hmac, Mac};
-use ipsec_core::{Cipher, Direction, Integrity, Mode, PacketBuf, SaConfig, SecurityAssociation};
+use ipsec_core::gateway::{Inbound, Outbound};
+use ipsec_core::{
+    Cipher, Direction, Gateway, Integrity, Mode, PacketBuf, SaConfig, SecurityAssociation, Spd,
+};
 
 fn udp_packet(size: usize) -> Vec<u8> {
     let mut p = vec![0xabu8; size];
@@ -127,6 +135,145 @@ fn esp(op: &str, cipher: Cipher, integrity: Option<Integrity>, size: usize, n: u
     assert!(!failed, "a packet failed");
 }
 
+/// The one-tunnel gateway of `family` (4 or 6) and an SA configured as its (`sa-`
+/// cases: the SA alone) or the gateway itself (`gw-` cases), N packets one at a time
+/// (see the module docs).
+fn gateway(op: &str, family: u8, size: usize, n: u64) {
+    let (local, remote, here, there) = match family {
+        4 => ("10.0.0.0/24", "10.1.0.0/24", "192.0.2.1", "192.0.2.2"),
+        _ => (
+            "2001:db8:1::/48",
+            "2001:db8:2::/48",
+            "2001:db8:ff::1",
+            "2001:db8:ff::2",
+        ),
+    };
+    let (key, peer_key) = ([0x42u8; 20], [0x43u8; 20]);
+    let text = format!(
+        r#"
+[[sa]]
+name = "out"
+spi = 0x1000
+direction = "outbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "{}"
+tunnel_src = "{here}"
+tunnel_dst = "{there}"
+
+[[sa]]
+name = "in"
+spi = 0x1001
+direction = "inbound"
+mode = "tunnel"
+cipher = "aes-128-gcm"
+key = "{}"
+replay_window = 0
+
+[[policy]]
+name = "tunnel"
+direction = "both"
+local = "{local}"
+remote = "{remote}"
+action = "protect"
+sa = ["out", "in"]
+"#,
+        hex(&key),
+        hex(&peer_key),
+    );
+    let mut gw = Gateway::new(Spd::from_toml(&text).unwrap(), Duration::ZERO).unwrap();
+    let sa = |dir, key: &[u8], spi, (src, dst): (&str, &str)| {
+        let mut c = SaConfig::new(spi, dir, Mode::Tunnel, Cipher::Aes128Gcm, key);
+        if dir == Direction::Outbound {
+            c.tunnel(src.parse().unwrap(), dst.parse().unwrap());
+        } else {
+            c.replay_window(0);
+        }
+        SecurityAssociation::new(c, Duration::ZERO).unwrap()
+    };
+    let mut out = sa(Direction::Outbound, &key, 0x1000, (here, there));
+    let mut inb = sa(Direction::Inbound, &peer_key, 0x1001, (there, here));
+    // The packet out (local -> remote) and the peer's reply in, sealed at its end.
+    let inner = if family == 4 {
+        let mut p = udp_packet(size);
+        p[12..20].copy_from_slice(&[10, 0, 0, 1, 10, 1, 0, 1]);
+        p[10..12].fill(0);
+        let c = ipsec_core::packet::internet_checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    } else {
+        udp_packet_v6(size)
+    };
+    let mut reply = inner.clone();
+    if family == 4 {
+        reply[12..20].rotate_left(4);
+    } else {
+        reply[8..40].rotate_left(16);
+    }
+    let mut peer = sa(Direction::Outbound, &peer_key, 0x1001, (there, here));
+    let head = out.max_headroom() + 64;
+    let mut storage = vec![0u8; head + size + out.tailroom_for(size) + 64];
+    storage[head..head + size].copy_from_slice(&reply);
+    let mut p = PacketBuf::new(&mut storage, head, size).unwrap();
+    peer.encrypt(&mut p, Duration::ZERO).unwrap();
+    let (enc_off, enc_len) = (p.offset(), p.len());
+    let enc_tpl = p.data().to_vec();
+    let mut failed = false;
+    for _ in 0..n {
+        if op.ends_with("out") {
+            p.buffer_mut()[head..head + size].copy_from_slice(&inner);
+            failed |= p.reset(head, size).is_err();
+            failed |= if op == "gw-out" {
+                !matches!(
+                    gw.outbound(black_box(&mut p), Duration::ZERO),
+                    Ok(Outbound::Protected { .. })
+                )
+            } else {
+                out.encrypt(black_box(&mut p), Duration::ZERO).is_err()
+            };
+        } else {
+            p.buffer_mut()[enc_off..enc_off + enc_len].copy_from_slice(&enc_tpl);
+            failed |= p.reset(enc_off, enc_len).is_err();
+            failed |= if op == "gw-in" {
+                !matches!(
+                    gw.inbound(black_box(&mut p), Duration::ZERO),
+                    Ok(Inbound::Decrypted { .. })
+                )
+            } else {
+                inb.decrypt(black_box(&mut p), Duration::ZERO).is_err()
+            };
+        }
+    }
+    assert!(!failed, "a packet failed");
+}
+
+/// Lower-case hex of `bytes` (a policy file's keys).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An IPv6/UDP packet of `size` bytes, 2001:db8:1::1 -> 2001:db8:2::1.
+fn udp_packet_v6(size: usize) -> Vec<u8> {
+    let mut p = vec![0xabu8; size];
+    p[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 0, 17, 64]);
+    p[4..6].copy_from_slice(&((size - 40) as u16).to_be_bytes());
+    p[8..24].copy_from_slice(
+        &"2001:db8:1::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    p[24..40].copy_from_slice(
+        &"2001:db8:2::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    p[40..44].copy_from_slice(&[0x13, 0x88, 0x13, 0x89]);
+    p[44..46].copy_from_slice(&((size - 40) as u16).to_be_bytes());
+    p
+}
+
 fn raw(op: &str, cipher: Cipher, size: usize, n: u64) {
     let aad = [0x00, 0x00, 0x10, 0x01, 0, 0, 0, 1];
     let plain: Vec<u8> = (0..size).map(|i| i as u8).collect();
@@ -226,7 +373,11 @@ fn main() {
         .and_then(|c| {
             c.split_once('-').map(|(a, b)| {
                 // `raw-seal-gcm128`: the op has a dash of its own.
-                if a == "raw" || a == "mb" {
+                if a == "gw" || a == "sa" {
+                    // `gw-in4`: the op is `gw-in`, the "cipher" the family.
+                    let (o, family) = b.split_at(b.len().saturating_sub(1));
+                    (format!("{a}-{o}"), family.to_string())
+                } else if a == "raw" || a == "mb" {
                     let (o, c) = b.split_once('-').expect(usage);
                     (format!("{a}-{o}"), c.to_string())
                 } else {
@@ -237,6 +388,14 @@ fn main() {
         .expect(usage);
     let size: usize = args.get(2).and_then(|s| s.parse().ok()).expect(usage);
     let n: u64 = args.get(3).and_then(|s| s.parse().ok()).expect(usage);
+    if op.starts_with("gw-") || op.starts_with("sa-") {
+        let family = match name.as_str() {
+            "4" => 4,
+            "6" => 6,
+            _ => panic!("{usage}"),
+        };
+        return gateway(&op, family, size, n);
+    }
     let (cipher, integrity) = suite(&name);
     let run = |n| match op.as_str() {
         "enc" | "dec" | "encb" | "decb" => esp(&op, cipher, integrity, size, n),

@@ -35,15 +35,30 @@ pub(crate) fn tunnel_sa(
     integrity: Option<(Integrity, &[u8])>,
     direction: Direction,
 ) -> SecurityAssociation {
+    tunnel_sa_between(
+        cipher,
+        key,
+        integrity,
+        direction,
+        ("192.0.2.1", "192.0.2.2"),
+    )
+}
+
+/// [`tunnel_sa`] between other tunnel endpoints (`(source, destination)` of an
+/// outbound SA's outer header: IPv4 or IPv6 addresses).
+pub(crate) fn tunnel_sa_between(
+    cipher: Cipher,
+    key: &[u8],
+    integrity: Option<(Integrity, &[u8])>,
+    direction: Direction,
+    (src, dst): (&str, &str),
+) -> SecurityAssociation {
     let mut cfg = SaConfig::new(SPI, direction, Mode::Tunnel, cipher, key);
     if let Some((integrity, integrity_key)) = integrity {
         cfg.integrity(integrity, integrity_key);
     }
     if direction == Direction::Outbound {
-        cfg.tunnel(
-            "192.0.2.1".parse().expect("address"),
-            "192.0.2.2".parse().expect("address"),
-        );
+        cfg.tunnel(src.parse().expect("address"), dst.parse().expect("address"));
     } else {
         cfg.replay_window(0);
     }
@@ -62,6 +77,34 @@ pub(crate) fn inner_packet(size: usize) -> Vec<u8> {
     p[20..24].copy_from_slice(&[0x13, 0x88, 0x13, 0x89]);
     p[24..26].copy_from_slice(&((size - 20) as u16).to_be_bytes());
     for (i, b) in p[28..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    p
+}
+
+/// An IPv6/UDP packet of exactly `size` bytes (2001:db8:1::1 -> 2001:db8:2::1).
+pub(crate) fn inner_packet_v6(size: usize) -> Vec<u8> {
+    assert!(size >= 48);
+    let mut p = vec![0u8; size];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&((size - 40) as u16).to_be_bytes());
+    p[6] = 17;
+    p[7] = 64;
+    p[8..24].copy_from_slice(
+        &"2001:db8:1::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    p[24..40].copy_from_slice(
+        &"2001:db8:2::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    p[40..44].copy_from_slice(&[0x13, 0x88, 0x13, 0x89]);
+    p[44..46].copy_from_slice(&((size - 40) as u16).to_be_bytes());
+    for (i, b) in p[48..].iter_mut().enumerate() {
         *b = i as u8;
     }
     p
