@@ -298,10 +298,7 @@ impl SecurityAssociation {
     /// looking at the ICV (not ESP, another SPI, lengths that do not add up).
     fn esp_layout(&self, pkt: &PacketBuf<'_>) -> Option<EspLayout> {
         let data = pkt.data();
-        let outer = match OuterEsp::plain_ipv4(data) {
-            Some(o) => o,
-            None => OuterEsp::parse(data).ok()?,
-        };
+        let outer = OuterEsp::of(data).ok()?;
         let iv_len = self.transform.iv_len();
         let icv_len = self.transform.icv_len();
         let esp_len = outer.total_len - outer.esp;
@@ -1054,14 +1051,11 @@ impl SecurityAssociation {
 
     fn decap(&mut self, pkt: &mut PacketBuf<'_>, hint: Option<&IcvAhead>) -> Result<usize, Error> {
         let data = pkt.data();
-        // The common case (an outer IPv4 header without options carrying ESP directly)
-        // is recognised with a few fixed-offset tests; everything else, and every
-        // packet those tests do not like, takes the general parse, which also says
-        // what is wrong.
-        let outer = match OuterEsp::plain_ipv4(data) {
-            Some(o) => o,
-            None => OuterEsp::parse(data)?,
-        };
+        // The common cases (an outer IPv4 header without options, or an IPv6 header
+        // without extension headers, carrying ESP directly) are recognised with a few
+        // fixed-offset tests; everything else, and every packet those tests do not
+        // like, takes the general parse, which also says what is wrong.
+        let outer = OuterEsp::of(data)?;
         let OuterEsp {
             version,
             header_len,
@@ -1213,7 +1207,7 @@ fn store_result(slot: &mut Result<(), Error>, r: Result<(), Error>) -> bool {
 }
 
 /// What decapsulation needs to know about the outer headers of a received packet.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct OuterEsp {
     version: IpVersion,
     /// The IP header (IPv4 options included, IPv6 extension headers not).
@@ -1253,6 +1247,36 @@ impl OuterEsp {
             next_header_at: 9,
             esp: IPV4_HEADER_LEN,
         })
+    }
+
+    /// The fast path's IPv6 case: a fixed header whose next header is ESP (no extension
+    /// headers), its payload length within `data`. `None` for anything else. It reads
+    /// what [`OuterEsp::parse`] reads of such a packet, and answers the same.
+    #[inline]
+    fn plain_ipv6(data: &[u8]) -> Option<OuterEsp> {
+        let h: &[u8; IPV6_HEADER_LEN] = data.first_chunk()?;
+        let total_len = IPV6_HEADER_LEN + usize::from(u16::from_be_bytes([h[4], h[5]]));
+        let plain = h[0] >> 4 == 6 && h[6] == IPPROTO_ESP && total_len <= data.len();
+        plain.then_some(OuterEsp {
+            version: IpVersion::V6,
+            header_len: IPV6_HEADER_LEN,
+            total_len,
+            tos: ((h[0] & 0x0f) << 4) | (h[1] >> 4),
+            header_end: IPV6_HEADER_LEN,
+            next_header_at: 6,
+            esp: IPV6_HEADER_LEN,
+        })
+    }
+
+    /// The outer header of a received packet: [`OuterEsp::plain_ipv4`] or
+    /// [`OuterEsp::plain_ipv6`] where they apply (a few fixed-offset tests), else
+    /// [`OuterEsp::parse`], which also says what is wrong.
+    #[inline(always)]
+    fn of(data: &[u8]) -> Result<OuterEsp, Error> {
+        match OuterEsp::plain_ipv4(data).or_else(|| OuterEsp::plain_ipv6(data)) {
+            Some(o) => Ok(o),
+            None => OuterEsp::parse(data),
+        }
     }
 
     /// The general parse: IPv4 with options, IPv6 with extension headers, ESP in UDP.
@@ -1633,7 +1657,7 @@ fn write_outer_ip(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The masked-word padding check agrees with the byte-wise definition for every
@@ -1660,5 +1684,74 @@ mod tests {
                 assert!(padding_ok(&buf, at, pad));
             }
         }
+    }
+    /// Outer headers of the shapes the fast paths test for and their near misses:
+    /// IPv4 with and without options, fragment bits, protocols ESP, UDP, TCP, correct
+    /// and wrong checksums; IPv6 with next header ESP, UDP, a Fragment header, hop-by-hop
+    /// options; total and payload lengths below, at and above the buffer's.
+    pub(crate) fn outer_header_shapes() -> Vec<Vec<u8>> {
+        let mut all = Vec::new();
+        for len in [0usize, 20, 23, 24, 39, 40, 43, 44, 60, 72] {
+            for first in [0x45u8, 0x46, 0x44, 0x60, 0x6f, 0x65, 0x50] {
+                for next in [IPPROTO_ESP, 17, 6, 44, 0] {
+                    for stated in [0usize, 4, 20, 24, 32, 40, 44, 60, 72, 80] {
+                        for frag in [[0u8, 0], [0x40, 0], [0x20, 0], [0, 1]] {
+                            let mut p: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+                            let set = |p: &mut Vec<u8>, at: usize, b: u8| {
+                                if let Some(x) = p.get_mut(at) {
+                                    *x = b;
+                                }
+                            };
+                            set(&mut p, 0, first);
+                            if first >> 4 == 4 {
+                                let [hi, lo] = (stated as u16).to_be_bytes();
+                                set(&mut p, 2, hi);
+                                set(&mut p, 3, lo);
+                                set(&mut p, 6, frag[0]);
+                                set(&mut p, 7, frag[1]);
+                                set(&mut p, 9, next);
+                                if p.len() >= IPV4_HEADER_LEN {
+                                    p[10..12].fill(0);
+                                    packet::set_ipv4_checksum(&mut p[..IPV4_HEADER_LEN]);
+                                    if frag == [0, 1] {
+                                        // (with these bits: a wrong checksum instead)
+                                        p[7] = 0;
+                                        p[11] ^= 1;
+                                    }
+                                }
+                            } else {
+                                let [hi, lo] = (stated.saturating_sub(40) as u16).to_be_bytes();
+                                set(&mut p, 4, hi);
+                                set(&mut p, 5, lo);
+                                set(&mut p, 6, next);
+                                set(&mut p, 40, frag[0]);
+                            }
+                            all.push(p);
+                        }
+                    }
+                }
+            }
+        }
+        all
+    }
+
+    /// The fast paths of the outer header ([`OuterEsp::plain_ipv4`],
+    /// [`OuterEsp::plain_ipv6`]) answer, where they answer, what the general parse
+    /// answers, and they do answer for plain packets of both families.
+    #[test]
+    fn plain_outer_headers_parse_as_the_general_parse() {
+        let (mut v4, mut v6) = (0, 0);
+        for p in outer_header_shapes() {
+            if let Some(o) = OuterEsp::plain_ipv4(&p) {
+                assert_eq!(OuterEsp::parse(&p), Ok(o), "{p:02x?}");
+                v4 += 1;
+            }
+            if let Some(o) = OuterEsp::plain_ipv6(&p) {
+                assert_eq!(OuterEsp::parse(&p), Ok(o), "{p:02x?}");
+                v6 += 1;
+            }
+            assert_eq!(OuterEsp::of(&p).ok(), OuterEsp::parse(&p).ok(), "{p:02x?}");
+        }
+        assert!(v4 > 0 && v6 > 0, "fast paths taken: IPv4 {v4}, IPv6 {v6}");
     }
 }
