@@ -9,10 +9,12 @@
 //! CASE is `OP-CIPHER` with OP one of `enc`, `dec`, `encb`, `decb` (bursts of 32),
 //! `raw-seal`, `raw-open` and CIPHER one
 //! of `gcm128`, `gcm256`, `chacha`, `cbc` (AES-128-CBC + HMAC-SHA-256-128). The gateway
-//! path (target 4) has its own CASEs, AES-128-GCM only: `gw-out4`, `gw-in4`, `gw-out6`,
-//! `gw-in6` (one packet at a time through `Gateway::outbound` / `Gateway::inbound` of a
-//! one-tunnel gateway, IPv4 or IPv6 inside and outside) and `sa-out4` ... `sa-in6` (the
-//! same packets through the gateway's SA alone): the difference is the gateway's work.
+//! path (target 4) has its own CASEs: `gw-out4`, `gw-in4`, `gw-out6`, `gw-in6` (one
+//! packet at a time through `Gateway::outbound` / `Gateway::inbound` of a one-tunnel
+//! gateway, IPv4 or IPv6 inside and outside), `gw-inb4`, `gw-inb6` (bursts of 32
+//! through `Gateway::inbound_burst`) and `sa-out4` ... `sa-inb6` (the same packets
+//! through the gateway's SA alone): the difference is the gateway's work. AES-128-GCM,
+//! or AES-128-CBC + HMAC-SHA-256-128 with the suffix `-cbc` (`gw-inb6-cbc`).
 //! Each of the N
 //! iterations restores its input from a template (a decrypt: its ciphertext) and runs
 //! the operation once on one tunnel-mode IPv4/UDP packet of SIZE bytes (as `ipsec
@@ -29,7 +31,7 @@ use std::time::Duration;
 use aes::cipher::array::Array;
 use aes::cipher::{BlockModeEncrypt, InnerIvInit, KeyInit};
 use hmac::{Hmac, Mac};
-use ipsec_core::gateway::{Inbound, Outbound};
+use ipsec_core::gateway::{BurstVerdict, Inbound, Outbound};
 use ipsec_core::{
     Cipher, Direction, Gateway, Integrity, Mode, PacketBuf, SaConfig, SecurityAssociation, Spd,
 };
@@ -136,9 +138,10 @@ fn esp(op: &str, cipher: Cipher, integrity: Option<Integrity>, size: usize, n: u
 }
 
 /// The one-tunnel gateway of `family` (4 or 6) and an SA configured as its (`sa-`
-/// cases: the SA alone) or the gateway itself (`gw-` cases), N packets one at a time
-/// (see the module docs).
-fn gateway(op: &str, family: u8, size: usize, n: u64) {
+/// cases: the SA alone) or the gateway itself (`gw-` cases), N packets one at a time,
+/// or in bursts of 32 (`inb`: `decrypt_burst` / `Gateway::inbound_burst`); AES-128-GCM,
+/// or AES-128-CBC + HMAC-SHA-256-128 when `cbc` (see the module docs).
+fn gateway(op: &str, family: u8, cbc: bool, size: usize, n: u64) {
     let (local, remote, here, there) = match family {
         4 => ("10.0.0.0/24", "10.1.0.0/24", "192.0.2.1", "192.0.2.2"),
         _ => (
@@ -148,7 +151,25 @@ fn gateway(op: &str, family: u8, size: usize, n: u64) {
             "2001:db8:ff::2",
         ),
     };
-    let (key, peer_key) = ([0x42u8; 20], [0x43u8; 20]);
+    let (cipher, key_len) = if cbc {
+        (Cipher::Aes128Cbc, 16)
+    } else {
+        (Cipher::Aes128Gcm, 20)
+    };
+    let (key, peer_key) = (vec![0x42u8; key_len], vec![0x43u8; key_len]);
+    // Integrity keys of their own (the library refuses a key shared between SAs).
+    let (ikey, peer_ikey) = ([0x24u8; 32], [0x25u8; 32]);
+    let suite = |ikey: &[u8]| {
+        if cbc {
+            format!(
+                "cipher = \"aes-128-cbc\"\nintegrity = \"hmac-sha256-128\"\nintegrity_key = \"{}\"",
+                hex(ikey)
+            )
+        } else {
+            "cipher = \"aes-128-gcm\"".to_string()
+        }
+    };
+    let (suite_out, suite_in) = (suite(&ikey), suite(&peer_ikey));
     let text = format!(
         r#"
 [[sa]]
@@ -156,7 +177,7 @@ name = "out"
 spi = 0x1000
 direction = "outbound"
 mode = "tunnel"
-cipher = "aes-128-gcm"
+{suite_out}
 key = "{}"
 tunnel_src = "{here}"
 tunnel_dst = "{there}"
@@ -166,7 +187,7 @@ name = "in"
 spi = 0x1001
 direction = "inbound"
 mode = "tunnel"
-cipher = "aes-128-gcm"
+{suite_in}
 key = "{}"
 replay_window = 0
 
@@ -182,8 +203,11 @@ sa = ["out", "in"]
         hex(&peer_key),
     );
     let mut gw = Gateway::new(Spd::from_toml(&text).unwrap(), Duration::ZERO).unwrap();
-    let sa = |dir, key: &[u8], spi, (src, dst): (&str, &str)| {
-        let mut c = SaConfig::new(spi, dir, Mode::Tunnel, Cipher::Aes128Gcm, key);
+    let sa = |dir, (key, ikey): (&[u8], &[u8]), spi, (src, dst): (&str, &str)| {
+        let mut c = SaConfig::new(spi, dir, Mode::Tunnel, cipher, key);
+        if cbc {
+            c.integrity(Integrity::HmacSha256_128, ikey);
+        }
         if dir == Direction::Outbound {
             c.tunnel(src.parse().unwrap(), dst.parse().unwrap());
         } else {
@@ -191,8 +215,13 @@ sa = ["out", "in"]
         }
         SecurityAssociation::new(c, Duration::ZERO).unwrap()
     };
-    let mut out = sa(Direction::Outbound, &key, 0x1000, (here, there));
-    let mut inb = sa(Direction::Inbound, &peer_key, 0x1001, (there, here));
+    let mut out = sa(Direction::Outbound, (&key, &ikey), 0x1000, (here, there));
+    let mut inb = sa(
+        Direction::Inbound,
+        (&peer_key, &peer_ikey),
+        0x1001,
+        (there, here),
+    );
     // The packet out (local -> remote) and the peer's reply in, sealed at its end.
     let inner = if family == 4 {
         let mut p = udp_packet(size);
@@ -210,7 +239,12 @@ sa = ["out", "in"]
     } else {
         reply[8..40].rotate_left(16);
     }
-    let mut peer = sa(Direction::Outbound, &peer_key, 0x1001, (there, here));
+    let mut peer = sa(
+        Direction::Outbound,
+        (&peer_key, &peer_ikey),
+        0x1001,
+        (there, here),
+    );
     let head = out.max_headroom() + 64;
     let mut storage = vec![0u8; head + size + out.tailroom_for(size) + 64];
     storage[head..head + size].copy_from_slice(&reply);
@@ -219,6 +253,31 @@ sa = ["out", "in"]
     let (enc_off, enc_len) = (p.offset(), p.len());
     let enc_tpl = p.data().to_vec();
     let mut failed = false;
+    if op.ends_with("inb") {
+        // Bursts of 32: N counts packets, so N / 32 calls.
+        let stride = storage.len().div_ceil(64) * 64;
+        let mut bufs = vec![0u8; stride * 32];
+        let mut pkts: Vec<PacketBuf<'_>> = bufs
+            .chunks_exact_mut(stride)
+            .map(|c| PacketBuf::new(c, 0, 0).unwrap())
+            .collect();
+        let mut verdicts = vec![Ok(BurstVerdict::Bypassed); 32];
+        let mut results: Vec<Result<(), ipsec_core::Error>> = vec![Ok(()); 32];
+        for _ in 0..n / 32 {
+            for p in pkts.iter_mut() {
+                p.buffer_mut()[enc_off..enc_off + enc_len].copy_from_slice(&enc_tpl);
+                failed |= p.reset(enc_off, enc_len).is_err();
+            }
+            let ok = if op == "gw-inb" {
+                gw.inbound_burst(black_box(&mut pkts), &mut verdicts, Duration::ZERO)
+            } else {
+                inb.decrypt_burst(black_box(&mut pkts), &mut results, Duration::ZERO)
+            };
+            failed |= ok != 32;
+        }
+        assert!(!failed, "a packet failed");
+        return;
+    }
     for _ in 0..n {
         if op.ends_with("out") {
             p.buffer_mut()[head..head + size].copy_from_slice(&inner);
@@ -374,9 +433,11 @@ fn main() {
             c.split_once('-').map(|(a, b)| {
                 // `raw-seal-gcm128`: the op has a dash of its own.
                 if a == "gw" || a == "sa" {
-                    // `gw-in4`: the op is `gw-in`, the "cipher" the family.
-                    let (o, family) = b.split_at(b.len().saturating_sub(1));
-                    (format!("{a}-{o}"), family.to_string())
+                    // `gw-in4`, `gw-inb6-cbc`: the op is `gw-in`, `gw-inb`, the
+                    // "cipher" the family and the suite.
+                    let (o, suite) = b.split_once('-').unwrap_or((b, "gcm128"));
+                    let (o, family) = o.split_at(o.len().saturating_sub(1));
+                    (format!("{a}-{o}"), format!("{family}-{suite}"))
                 } else if a == "raw" || a == "mb" {
                     let (o, c) = b.split_once('-').expect(usage);
                     (format!("{a}-{o}"), c.to_string())
@@ -388,16 +449,17 @@ fn main() {
         .expect(usage);
     let size: usize = args.get(2).and_then(|s| s.parse().ok()).expect(usage);
     let n: u64 = args.get(3).and_then(|s| s.parse().ok()).expect(usage);
-    if op.starts_with("gw-") || op.starts_with("sa-") {
-        let family = match name.as_str() {
-            "4" => 4,
-            "6" => 6,
+    let gateway_case =
+        (op.starts_with("gw-") || op.starts_with("sa-")).then(|| match name.as_str() {
+            "4-gcm128" => (4, false),
+            "6-gcm128" => (6, false),
+            "4-cbc" => (4, true),
+            "6-cbc" => (6, true),
             _ => panic!("{usage}"),
-        };
-        return gateway(&op, family, size, n);
-    }
-    let (cipher, integrity) = suite(&name);
+        });
+    let (cipher, integrity) = gateway_case.map_or_else(|| suite(&name), |_| suite("gcm128"));
     let run = |n| match op.as_str() {
+        _ if let Some((family, cbc)) = gateway_case => gateway(&op, family, cbc, size, n),
         "enc" | "dec" | "encb" | "decb" => esp(&op, cipher, integrity, size, n),
         "raw-seal" | "raw-open" => raw(&op, cipher, size, n),
         "mb-serial" | "mb-interleaved" => multi_buffer(&op, size, n),

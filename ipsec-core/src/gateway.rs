@@ -1028,15 +1028,16 @@ impl Gateway {
     /// Every packet gets the verdict, the bytes and the counters (the gateway's, the
     /// SAs', the SPD cache's) that [`Self::inbound`] would give it, called on each
     /// packet in turn: a dropped packet is counted under its reason. The burst is faster
-    /// where consecutive packets are plain IPv4 ESP for one SA (what a tunnel between
-    /// two sites mostly carries): such a run goes to the SA's burst code
+    /// where consecutive packets are plain ESP for one SA (an outer IPv4 header without
+    /// options, or IPv6 without extension headers: what a tunnel between two sites
+    /// mostly carries): such a run goes to the SA's burst code
     /// ([`SecurityAssociation::decrypt_burst`]: for AES-CBC with HMAC the ICVs of the
     /// run are computed together), each packet still checked against the SA's
     /// policies in turn. The packets are processed in their order, so the state
     /// packets share (replay windows, lifetimes, remembered fragment decisions, the
     /// reassembler) sees what single calls show it. Everything else (fragments, ESP in
-    /// UDP, IPv6, cleartext, lanes of shared SAs, and every packet while an SA is
-    /// retiring) goes through [`Self::inbound`] one packet at a time.
+    /// UDP, IPv6 extension headers, cleartext, lanes of shared SAs, and every packet
+    /// while an SA is retiring) goes through [`Self::inbound`] one packet at a time.
     pub fn inbound_burst(
         &mut self,
         packets: &mut [PacketBuf<'_>],
@@ -1087,16 +1088,17 @@ impl Gateway {
         ok
     }
 
-    /// The SA of a packet that may join a run of [`Self::inbound_burst`]: plain IPv4
-    /// ESP whose SPI names an SA that is not a lane of a shared SA.
+    /// The SA of a packet that may join a run of [`Self::inbound_burst`]: plain IPv4 or
+    /// IPv6 ESP ([`plain_esp_spi`]) whose SPI names an SA that is not a lane of a shared
+    /// SA.
     #[inline]
     fn inbound_run_sa(&self, data: &[u8]) -> Option<usize> {
-        let spi = plain_ipv4_esp_spi(data)?;
+        let spi = plain_esp_spi(data)?;
         let i = self.inbound.lookup(spi, || outer_addresses(data))?;
         self.entry(i).lane.is_none().then_some(i)
     }
 
-    /// A run of [`Self::inbound_burst`]: consecutive plain IPv4 ESP packets for the SA
+    /// A run of [`Self::inbound_burst`]: consecutive plain ESP packets for the SA
     /// of index `i`, decrypted by its burst code and each checked against its policies
     /// as [`Self::inbound`] checks one. Returns how many were not dropped.
     fn decrypt_run(

@@ -1,7 +1,8 @@
 //! `Gateway::inbound_burst` gives what `Gateway::inbound` gives one packet at a time:
 //! the same verdicts, bytes and counters (the gateway's, every SA's, the SPD cache's)
-//! over mixes of runs of ESP for three SAs (AES-128-GCM, AES-128-CBC + HMAC, one that
-//! reaches its hard packet lifetime), replays, tampered and truncated ESP, inner packets
+//! over mixes of runs of ESP for four SAs (AES-128-GCM, AES-128-CBC + HMAC, one that
+//! reaches its hard packet lifetime, and AES-128-CBC + HMAC carrying IPv6 in IPv6),
+//! replays, tampered and truncated ESP, inner packets
 //! outside their SA's policy, unknown SPIs, outer fragments of ESP that are reassembled
 //! part-way through a run, and cleartext that is bypassed or discarded; in bursts of
 //! several sizes, with the SPD cache on and off.
@@ -38,9 +39,9 @@ struct Suite {
     integrity: Option<(Integrity, Vec<u8>)>,
 }
 
-/// The three SAs: AES-128-GCM, AES-128-CBC + HMAC-SHA-256-128, and a short-lived
-/// AES-256-GCM one.
-fn suites() -> [Suite; 3] {
+/// The four SAs: AES-128-GCM, AES-128-CBC + HMAC-SHA-256-128, a short-lived AES-256-GCM
+/// one, and AES-128-CBC + HMAC-SHA-256-128 between IPv6 endpoints (IPv6 inside).
+fn suites() -> [Suite; 4] {
     let suite = |name, spi, cipher, key, integrity| Suite {
         name,
         spi,
@@ -58,8 +59,18 @@ fn suites() -> [Suite; 3] {
             Some((Integrity::HmacSha256_128, vec![4; 32])),
         ),
         suite("short", 0x2002, Cipher::Aes256Gcm, vec![2; 36], None),
+        suite(
+            "cbc6",
+            0x2003,
+            Cipher::Aes128Cbc,
+            vec![5; 16],
+            Some((Integrity::HmacSha256_128, vec![6; 32])),
+        ),
     ]
 }
+
+/// The SA of [`suites`] that carries IPv6.
+const V6: usize = 3;
 
 fn config(k: usize, direction: Direction) -> SaConfig {
     let Suite {
@@ -73,7 +84,9 @@ fn config(k: usize, direction: Direction) -> SaConfig {
     if let Some((i, ikey)) = integrity {
         c.integrity(*i, ikey);
     }
-    if direction == Direction::Outbound {
+    if direction == Direction::Outbound && k == V6 {
+        c.tunnel(addr("2001:db8:ff::2"), addr("2001:db8:ff::1"));
+    } else if direction == Direction::Outbound {
         c.tunnel(addr("198.51.100.2"), addr("192.0.2.1"));
     } else {
         c.replay_window(64);
@@ -85,8 +98,8 @@ fn config(k: usize, direction: Direction) -> SaConfig {
 }
 
 /// The receiving gateway: one inbound SA per suite, each serving the policy of one
-/// remote network (10.1/16, 10.2/16, 10.4/16), IKE bypassed, 10.3/16 blocked, the rest
-/// discarded.
+/// remote network (10.1/16, 10.2/16, 10.4/16, 2001:db8:5::/48), IKE bypassed, 10.3/16
+/// blocked, the rest discarded.
 fn gateway(cache: usize) -> Gateway {
     let spd = Spd::from_toml("[[policy]]\nname = \"deny\"\naction = \"discard\"\n").expect("spd");
     let mut gw = Gateway::new(spd, at(0)).expect("gateway");
@@ -100,6 +113,7 @@ fn gateway(cache: usize) -> Gateway {
         "name = \"from-gcm\"\ndirection = \"inbound\"\nremote = \"10.1.0.0/16\"\naction = \"protect\"\nsa = \"gcm\"\n",
         "name = \"from-cbc\"\ndirection = \"inbound\"\nremote = \"10.2.0.0/16\"\naction = \"protect\"\nsa = \"cbc\"\n",
         "name = \"from-short\"\ndirection = \"inbound\"\nremote = \"10.4.0.0/16\"\naction = \"protect\"\nsa = \"short\"\n",
+        "name = \"from-cbc6\"\ndirection = \"inbound\"\nremote = \"2001:db8:5::/48\"\naction = \"protect\"\nsa = \"cbc6\"\n",
     ] {
         gw.install_policy(p, Some("deny")).expect("policy");
     }
@@ -120,6 +134,22 @@ fn ipv4(src: [u8; 4], len: usize, dport: u16, tag: u8) -> Vec<u8> {
     p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
     p[26..28].fill(0);
     ipsec_core::packet::set_ipv4_checksum(&mut p[..20]);
+    p
+}
+
+/// An IPv6/UDP packet of `len` bytes from 2001:db8:`site`::9 to 2001:db8::5, port
+/// `dport`.
+fn ipv6(site: u16, len: usize, dport: u16, tag: u8) -> Vec<u8> {
+    let mut p = vec![tag; len];
+    p[..8].copy_from_slice(&[0x60, 0, 0, tag, 0, 0, 17, 64]);
+    p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+    let src = std::net::Ipv6Addr::new(0x2001, 0xdb8, site, 0, 0, 0, 0, 9);
+    let dst = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 5);
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    p[40..42].copy_from_slice(&40000u16.to_be_bytes());
+    p[42..44].copy_from_slice(&dport.to_be_bytes());
+    p[44..46].copy_from_slice(&((len - 40) as u16).to_be_bytes());
     p
 }
 
@@ -156,14 +186,38 @@ fn fragments(whole: &[u8], first: usize) -> [Vec<u8>; 2] {
 /// other kinds of traffic a gateway's inbound side sees between them.
 fn mix(seed: u64, count: usize) -> Vec<Vec<u8>> {
     let mut rng = Rng(seed);
-    let mut sender: Vec<SecurityAssociation> = (0..3)
+    let mut sender: Vec<SecurityAssociation> = (0..suites().len())
         .map(|k| SecurityAssociation::new(config(k, Direction::Outbound), at(0)).expect("sa"))
         .collect();
     let nets = [[10, 1, 0, 9], [10, 2, 0, 9], [10, 4, 0, 9]];
     let mut out: Vec<Vec<u8>> = Vec::new();
     while out.len() < count {
         let tag = out.len() as u8;
-        match rng.next(12) {
+        match rng.next(14) {
+            12 => {
+                // A run of IPv6 in IPv6, with an inner packet from outside the SA's
+                // policy, a replay and a flipped ICV among them.
+                let run = 1 + rng.next(12);
+                for i in 0..run {
+                    let site = if i == run / 2 { 6 } else { 5 };
+                    out.push(esp(
+                        &mut sender,
+                        V6,
+                        &ipv6(site, 60 + rng.next(300), 5000, tag),
+                    ));
+                }
+                let p = esp(&mut sender, V6, &ipv6(5, 80, 5000, tag));
+                let mut bad = esp(&mut sender, V6, &ipv6(5, 80, 5000, tag));
+                *bad.last_mut().expect("bytes") ^= 1;
+                out.extend([p.clone(), bad, p]);
+            }
+            13 => {
+                // IPv4 and IPv6 runs back to back (each run is one SA's).
+                out.push(esp(&mut sender, 1, &ipv4(nets[1], 64, 5000, tag)));
+                out.push(esp(&mut sender, V6, &ipv6(5, 64, 5000, tag)));
+                out.push(esp(&mut sender, V6, &ipv6(5, 64, 5000, tag)));
+                out.push(esp(&mut sender, 1, &ipv4(nets[1], 64, 5000, tag)));
+            }
             0..=5 => {
                 // A run for one SA.
                 let k = rng.next(3);
@@ -259,6 +313,13 @@ fn an_inbound_burst_gives_what_single_calls_give() {
         // The mixes reach every kind of outcome.
         let kinds = |r: fn(&BurstOutcome) -> bool| seen.iter().filter(|o| r(o)).count();
         assert!(kinds(|o| o.0 == Ok(BurstVerdict::Decrypted)) > 100);
+        // IPv6 inner packets decrypted (they ran through the burst code as IPv4 ones
+        // do), and one refused by its SA's policy.
+        assert!(kinds(|o| o.0 == Ok(BurstVerdict::Decrypted) && o.1.first() == Some(&0x60)) > 20);
+        assert!(
+            kinds(|o| o.0 == Err(Error::PolicyMismatch) && o.1.first().map(|b| b >> 4) == Some(6))
+                > 0
+        );
         assert!(kinds(|o| o.0 == Ok(BurstVerdict::Bypassed)) > 0);
         assert!(kinds(|o| o.0 == Ok(BurstVerdict::Reassembling)) > 0);
         assert!(kinds(|o| o.0 == Err(Error::PolicyDiscard)) > 0);
