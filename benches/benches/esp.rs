@@ -69,8 +69,8 @@ use ipsec_core::{
 
 mod common;
 use common::{
-    BURST, cpu_now, geometry, inner_packet, inner_packet_v6, protect, refilled_burst, tunnel_sa,
-    tunnel_sa_between,
+    BURST, cpu_now, geometry, inner_packet, inner_packet_v6, one_tunnel_toml, protect,
+    refilled_burst, tunnel_sa, tunnel_sa_between,
 };
 
 /// Inner packet sizes: a small packet, a medium one, and a full one that still fits a
@@ -287,6 +287,10 @@ struct TunnelAddrs {
     local: &'static str,
     remote: &'static str,
     outer: (&'static str, &'static str),
+    /// The bench's inner packet of a size (local -> remote).
+    packet: fn(usize) -> Vec<u8>,
+    /// Where its source and destination addresses lie (swapped for the reply).
+    addresses: core::ops::Range<usize>,
 }
 
 /// The IPv4 tunnel of the gateway path (the packets of [`inner_packet`]).
@@ -294,6 +298,8 @@ const TUNNEL_V4: TunnelAddrs = TunnelAddrs {
     local: "10.0.0.0/24",
     remote: "10.1.0.0/24",
     outer: ("192.0.2.1", "192.0.2.2"),
+    packet: inner_packet,
+    addresses: 12..20,
 };
 
 /// The IPv6 tunnel of the gateway path (the packets of [`inner_packet_v6`]), IPv6 outside
@@ -302,6 +308,8 @@ const TUNNEL_V6: TunnelAddrs = TunnelAddrs {
     local: "2001:db8:1::/48",
     remote: "2001:db8:2::/48",
     outer: ("2001:db8:ff::1", "2001:db8:ff::2"),
+    packet: inner_packet_v6,
+    addresses: 8..40,
 };
 
 /// A gateway with one tunnel `t` for the bench's packets: the outbound SA of
@@ -309,42 +317,12 @@ const TUNNEL_V6: TunnelAddrs = TunnelAddrs {
 /// [`PEER_KEY`]) without a replay window, so that one protected packet decrypts every
 /// time.
 fn one_tunnel_gateway(t: &TunnelAddrs) -> Gateway {
-    let key = "42".repeat(20);
-    let peer_key = "43".repeat(20);
-    let TunnelAddrs {
-        local,
-        remote,
-        outer: (src, dst),
-    } = t;
-    let text = format!(
-        r#"
-[[sa]]
-name = "out"
-spi = 0x1000
-direction = "outbound"
-mode = "tunnel"
-cipher = "aes-128-gcm"
-key = "{key}"
-tunnel_src = "{src}"
-tunnel_dst = "{dst}"
-
-[[sa]]
-name = "in"
-spi = 0x1000
-direction = "inbound"
-mode = "tunnel"
-cipher = "aes-128-gcm"
-key = "{peer_key}"
-replay_window = 0
-
-[[policy]]
-name = "tunnel"
-direction = "both"
-local = "{local}"
-remote = "{remote}"
-action = "protect"
-sa = ["out", "in"]
-"#
+    let suite = |key: &str| format!("cipher = \"aes-128-gcm\"\nkey = \"{key}\"");
+    let text = one_tunnel_toml(
+        (t.local, t.remote),
+        t.outer,
+        &suite(&"42".repeat(20)),
+        &suite(&"43".repeat(20)),
     );
     let spd = Spd::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
     Gateway::new(spd, Duration::ZERO).expect("valid gateway")
@@ -399,21 +377,34 @@ fn rdp_reply_protected(size: usize) -> Vec<u8> {
 }
 
 /// The thread CPU time of `iters` bursts of [`BURST`] copies of `template` (at `at` in
-/// `slot`-byte buffers over `storage`), `send` called on each packet in turn.
-fn per_packet(
+/// `slot`-byte buffers over `storage`), each burst handed to `run`.
+fn timed_bursts(
     storage: &mut [u8],
     (slot, at): (usize, usize),
     template: &[u8],
     iters: u64,
-    mut send: impl FnMut(&mut PacketBuf<'_>),
+    mut run: impl FnMut(&mut [PacketBuf<'_>; BURST]),
 ) -> Duration {
     let t0 = cpu_now();
     for _ in 0..iters {
         let mut pkts = refilled_burst(storage, slot, at, template);
-        pkts.iter_mut().for_each(&mut send);
+        run(&mut pkts);
         black_box(&pkts);
     }
     cpu_now() - t0
+}
+
+/// [`timed_bursts`] with `send` called on each packet in turn.
+fn per_packet(
+    storage: &mut [u8],
+    geometry: (usize, usize),
+    template: &[u8],
+    iters: u64,
+    mut send: impl FnMut(&mut PacketBuf<'_>),
+) -> Duration {
+    timed_bursts(storage, geometry, template, iters, |pkts| {
+        pkts.iter_mut().for_each(&mut send)
+    })
 }
 
 /// [`per_packet`] through `gw.outbound`, every packet protected.
@@ -444,29 +435,22 @@ fn inbound_each(
     })
 }
 
-/// The thread CPU time of `iters` bursts of [`BURST`] copies of `template` (at `at` in
-/// `slot`-byte buffers over `storage`) encrypted by the SA alone (`encrypt_burst`).
+/// [`timed_bursts`] encrypted by the SA alone (`encrypt_burst`).
 fn encrypt_bursts(
     sa: &mut SecurityAssociation,
     storage: &mut [u8],
-    (slot, at): (usize, usize),
+    geometry: (usize, usize),
     template: &[u8],
     iters: u64,
 ) -> Duration {
     let mut results = [Ok(()); BURST];
-    let t0 = cpu_now();
-    for _ in 0..iters {
-        let mut pkts = refilled_burst(storage, slot, at, template);
-        let ok = sa.encrypt_burst(&mut pkts, &mut results, Duration::ZERO);
-        assert_eq!(ok, BURST);
-        black_box(&pkts);
-    }
-    cpu_now() - t0
+    timed_bursts(storage, geometry, template, iters, |pkts| {
+        assert_eq!(sa.encrypt_burst(pkts, &mut results, Duration::ZERO), BURST);
+    })
 }
 
-/// The thread CPU time of `iters` bursts of [`BURST`] copies of the protected packet
-/// `template` (filling `slot`-byte buffers over `storage`) decrypted by the SA alone
-/// (`decrypt_burst`).
+/// [`timed_bursts`] of the protected packet `template` (filling `slot`-byte buffers)
+/// decrypted by the SA alone (`decrypt_burst`).
 fn decrypt_bursts(
     sa: &mut SecurityAssociation,
     storage: &mut [u8],
@@ -475,45 +459,31 @@ fn decrypt_bursts(
     iters: u64,
 ) -> Duration {
     let mut results = [Ok(()); BURST];
-    let t0 = cpu_now();
-    for _ in 0..iters {
-        let mut pkts = refilled_burst(storage, slot, 0, template);
-        let ok = sa.decrypt_burst(&mut pkts, &mut results, Duration::ZERO);
-        assert_eq!(ok, BURST);
-        black_box(&pkts);
-    }
-    cpu_now() - t0
+    timed_bursts(storage, (slot, 0), template, iters, |pkts| {
+        assert_eq!(sa.decrypt_burst(pkts, &mut results, Duration::ZERO), BURST);
+    })
 }
 
 /// The gateway path against the SA alone, bursts of 32 AES-128-GCM packets.
 fn gateway_path(c: &mut Criterion) {
-    let suite = SUITES[0];
     let mut g = c.benchmark_group("gateway_path");
     g.measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500))
         .sample_size(20);
     let now = Duration::ZERO;
     for size in [64, 1420] {
-        let inner = inner_packet(size);
-        let mut outbound = sa(suite, Direction::Outbound);
-        // what the peer sends: 10.1.0.1 -> 10.0.0.1 (the addresses swapped, the header
-        // checksum unchanged), sealed with its key
-        let mut reply = inner.clone();
-        reply[12..20].rotate_left(4);
-        let mut peer = tunnel_sa(suite.cipher, &PEER_KEY, None, Direction::Outbound);
-        let protected = protect(&mut peer, &reply);
-        let (head, slot) = geometry(&outbound, size);
-        let mut storage = vec![0u8; slot * BURST];
-        let mut gw = one_tunnel_gateway(&TUNNEL_V4);
         g.throughput(Throughput::Bytes((size * BURST) as u64));
-        g.bench_function(format!("sa_encrypt_burst{BURST}/{size}"), |b| {
-            b.iter_custom(|iters| {
-                encrypt_bursts(&mut outbound, &mut storage, (slot, head), &inner, iters)
-            })
-        });
-        g.bench_function(format!("gateway_outbound_burst{BURST}/{size}"), |b| {
-            b.iter_custom(|iters| outbound_each(&mut gw, &mut storage, (slot, head), &inner, iters))
-        });
+        one_tunnel_rows(&mut g, &TUNNEL_V4, "", size);
+        // The IPv4 tunnel's other rows: other gateways, and the burst calls.
+        let OneTunnel {
+            inner,
+            protected,
+            mut gw,
+            head,
+            slot,
+            ..
+        } = one_tunnel(&TUNNEL_V4, size);
+        let mut storage = vec![0u8; slot * BURST];
         let mut office = branch_office_gateway();
         let rdp = rdp_packet(size);
         g.bench_function(
@@ -537,27 +507,13 @@ fn gateway_path(c: &mut Criterion) {
         let mut verdicts = [Ok(BurstVerdict::Bypassed); BURST];
         g.bench_function(format!("gateway_outbound_burst_api{BURST}/{size}"), |b| {
             b.iter_custom(|iters| {
-                let t0 = cpu_now();
-                for _ in 0..iters {
-                    let mut pkts = refilled_burst(&mut storage, slot, head, &inner);
-                    let ok = gw.outbound_burst(&mut pkts, &mut verdicts, now);
-                    assert_eq!(ok, BURST);
-                    black_box(&pkts);
-                }
-                cpu_now() - t0
+                timed_bursts(&mut storage, (slot, head), &inner, iters, |pkts| {
+                    assert_eq!(gw.outbound_burst(pkts, &mut verdicts, now), BURST);
+                })
             })
         });
-        let mut inbound = tunnel_sa(suite.cipher, &PEER_KEY, None, Direction::Inbound);
         let plen = protected.len();
         let mut storage = vec![0u8; plen * BURST];
-        g.bench_function(format!("sa_decrypt_burst{BURST}/{size}"), |b| {
-            b.iter_custom(|iters| {
-                decrypt_bursts(&mut inbound, &mut storage, plen, &protected, iters)
-            })
-        });
-        g.bench_function(format!("gateway_inbound_burst{BURST}/{size}"), |b| {
-            b.iter_custom(|iters| inbound_each(&mut gw, &mut storage, (plen, 0), &protected, iters))
-        });
         let reply = rdp_reply_protected(size);
         let rlen = reply.len();
         let mut reply_storage = vec![0u8; rlen * BURST];
@@ -571,57 +527,97 @@ fn gateway_path(c: &mut Criterion) {
         );
         g.bench_function(format!("gateway_inbound_burst_api{BURST}/{size}"), |b| {
             b.iter_custom(|iters| {
-                let t0 = cpu_now();
-                for _ in 0..iters {
-                    let mut pkts = refilled_burst(&mut storage, plen, 0, &protected);
-                    let ok = gw.inbound_burst(&mut pkts, &mut verdicts, now);
-                    assert_eq!(ok, BURST);
-                    black_box(&pkts);
-                }
-                cpu_now() - t0
+                timed_bursts(&mut storage, (plen, 0), &protected, iters, |pkts| {
+                    assert_eq!(gw.inbound_burst(pkts, &mut verdicts, now), BURST);
+                })
             })
         });
-        gateway_path_ipv6(&mut g, size);
+        // IPv6 packets in an IPv6 tunnel: the gateway's IPv6 classifier, packet key
+        // and outer header.
+        one_tunnel_rows(&mut g, &TUNNEL_V6, "_ipv6", size);
     }
     g.finish();
 }
 
-/// The one-tunnel rows of [`gateway_path`] for IPv6 packets in an IPv6 tunnel (the
-/// gateway's IPv6 classifier, packet key and outer header): `sa_encrypt_burst32_ipv6/N`
-/// against `gateway_outbound_burst32_ipv6/N`, `sa_decrypt_burst32_ipv6/N` against
-/// `gateway_inbound_burst32_ipv6/N`.
-fn gateway_path_ipv6(g: &mut BenchmarkGroup<'_, WallTime>, size: usize) {
+/// What the one-tunnel rows of [`gateway_path`] work on: the inner packet, the peer's
+/// protected reply, the gateway's outbound SA and its inbound SA alone (as the gateway
+/// holds them: same keys and SPI), the gateway, and the buffer geometry of the
+/// outbound packets (headroom, slot).
+struct OneTunnel {
+    inner: Vec<u8>,
+    protected: Vec<u8>,
+    outbound: SecurityAssociation,
+    inbound: SecurityAssociation,
+    gw: Gateway,
+    head: usize,
+    slot: usize,
+}
+
+/// The [`OneTunnel`] of tunnel `t` for `size`-byte packets.
+fn one_tunnel(t: &TunnelAddrs, size: usize) -> OneTunnel {
     let cipher = SUITES[0].cipher;
-    let (src, dst) = TUNNEL_V6.outer;
-    let inner = inner_packet_v6(size);
-    let mut outbound =
-        tunnel_sa_between(cipher, &[0x42; 20], None, Direction::Outbound, (src, dst));
-    // what the peer sends: the addresses swapped, sealed with its key from its end
+    let (src, dst) = t.outer;
+    let inner = (t.packet)(size);
+    let outbound = tunnel_sa_between(cipher, &[0x42; 20], None, Direction::Outbound, (src, dst));
+    // what the peer sends: the addresses swapped (an IPv4 header's checksum is the
+    // same), sealed with its key from its end
     let mut reply = inner.clone();
-    reply[8..40].rotate_left(16);
+    reply[t.addresses.clone()].rotate_left(t.addresses.len() / 2);
     let mut peer = tunnel_sa_between(cipher, &PEER_KEY, None, Direction::Outbound, (dst, src));
     let protected = protect(&mut peer, &reply);
     let (head, slot) = geometry(&outbound, size);
+    OneTunnel {
+        inner,
+        protected,
+        outbound,
+        inbound: tunnel_sa_between(cipher, &PEER_KEY, None, Direction::Inbound, (src, dst)),
+        gw: one_tunnel_gateway(t),
+        head,
+        slot,
+    }
+}
+
+/// The rows of one tunnel `t` (row names end in `suffix`): `sa_encrypt_burst32/N`
+/// against `gateway_outbound_burst32/N`, `sa_decrypt_burst32/N` against
+/// `gateway_inbound_burst32/N`.
+fn one_tunnel_rows(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    t: &TunnelAddrs,
+    suffix: &str,
+    size: usize,
+) {
+    let OneTunnel {
+        inner,
+        protected,
+        mut outbound,
+        mut inbound,
+        mut gw,
+        head,
+        slot,
+    } = one_tunnel(t, size);
     let mut storage = vec![0u8; slot * BURST];
-    let mut gw = one_tunnel_gateway(&TUNNEL_V6);
-    g.throughput(Throughput::Bytes((size * BURST) as u64));
-    g.bench_function(format!("sa_encrypt_burst{BURST}_ipv6/{size}"), |b| {
+    g.bench_function(format!("sa_encrypt_burst{BURST}{suffix}/{size}"), |b| {
         b.iter_custom(|iters| {
             encrypt_bursts(&mut outbound, &mut storage, (slot, head), &inner, iters)
         })
     });
-    g.bench_function(format!("gateway_outbound_burst{BURST}_ipv6/{size}"), |b| {
-        b.iter_custom(|iters| outbound_each(&mut gw, &mut storage, (slot, head), &inner, iters))
-    });
-    let mut inbound = tunnel_sa_between(cipher, &PEER_KEY, None, Direction::Inbound, (src, dst));
+    g.bench_function(
+        format!("gateway_outbound_burst{BURST}{suffix}/{size}"),
+        |b| {
+            b.iter_custom(|iters| outbound_each(&mut gw, &mut storage, (slot, head), &inner, iters))
+        },
+    );
     let plen = protected.len();
     let mut storage = vec![0u8; plen * BURST];
-    g.bench_function(format!("sa_decrypt_burst{BURST}_ipv6/{size}"), |b| {
+    g.bench_function(format!("sa_decrypt_burst{BURST}{suffix}/{size}"), |b| {
         b.iter_custom(|iters| decrypt_bursts(&mut inbound, &mut storage, plen, &protected, iters))
     });
-    g.bench_function(format!("gateway_inbound_burst{BURST}_ipv6/{size}"), |b| {
-        b.iter_custom(|iters| inbound_each(&mut gw, &mut storage, (plen, 0), &protected, iters))
-    });
+    g.bench_function(
+        format!("gateway_inbound_burst{BURST}{suffix}/{size}"),
+        |b| {
+            b.iter_custom(|iters| inbound_each(&mut gw, &mut storage, (plen, 0), &protected, iters))
+        },
+    );
 }
 
 fn esp(c: &mut Criterion) {

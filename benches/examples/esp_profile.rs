@@ -92,35 +92,27 @@ fn esp(op: &str, cipher: Cipher, integrity: Option<Integrity>, size: usize, n: u
     let ct_tpl = &enc_tpl[ct.start - enc_off..ct.end - enc_off];
     let mut failed = false;
     if op == "encb" || op == "decb" {
-        // Bursts of 32: N counts packets, so N / 32 calls.
-        let stride = storage.len().div_ceil(64) * 64;
-        let mut bufs = vec![0u8; stride * 32];
-        let mut pkts: Vec<PacketBuf<'_>> = bufs
-            .chunks_exact_mut(stride)
-            .map(|c| PacketBuf::new(c, 0, 0).unwrap())
-            .collect();
         let mut results: Vec<Result<(), ipsec_core::Error>> = vec![Ok(()); 32];
-        for p in pkts.iter_mut() {
-            p.buffer_mut()[enc_off..enc_off + enc_len].copy_from_slice(&enc_tpl);
-        }
-        for _ in 0..n / 32 {
-            for p in pkts.iter_mut() {
-                if op == "encb" {
-                    p.buffer_mut()[head..head + size].copy_from_slice(&tpl);
-                    failed |= p.reset(head, size).is_err();
-                } else {
-                    p.buffer_mut()[ct.clone()].copy_from_slice(ct_tpl);
-                    failed |= p.reset(enc_off, enc_len).is_err();
-                }
-            }
-            let ok = if op == "encb" {
-                out.encrypt_burst(black_box(&mut pkts), &mut results, Duration::ZERO)
+        let refill = |p: &mut PacketBuf<'_>, first: bool| {
+            if op == "encb" {
+                p.buffer_mut()[head..head + size].copy_from_slice(&tpl);
+                p.reset(head, size).is_ok()
             } else {
-                inb.decrypt_burst(black_box(&mut pkts), &mut results, Duration::ZERO)
-            };
-            failed |= ok != 32;
-        }
-        assert!(!failed, "a packet failed");
+                // The whole packet once, then only its ciphertext (see above).
+                if first {
+                    p.buffer_mut()[enc_off..enc_off + enc_len].copy_from_slice(&enc_tpl);
+                }
+                p.buffer_mut()[ct.clone()].copy_from_slice(ct_tpl);
+                p.reset(enc_off, enc_len).is_ok()
+            }
+        };
+        in_bursts(storage.len(), n, refill, |pkts| {
+            if op == "encb" {
+                out.encrypt_burst(pkts, &mut results, Duration::ZERO)
+            } else {
+                inb.decrypt_burst(pkts, &mut results, Duration::ZERO)
+            }
+        });
         return;
     }
     for _ in 0..n {
@@ -159,48 +151,23 @@ fn gateway(op: &str, family: u8, cbc: bool, size: usize, n: u64) {
     let (key, peer_key) = (vec![0x42u8; key_len], vec![0x43u8; key_len]);
     // Integrity keys of their own (the library refuses a key shared between SAs).
     let (ikey, peer_ikey) = ([0x24u8; 32], [0x25u8; 32]);
-    let suite = |ikey: &[u8]| {
-        if cbc {
-            format!(
-                "cipher = \"aes-128-cbc\"\nintegrity = \"hmac-sha256-128\"\nintegrity_key = \"{}\"",
-                hex(ikey)
-            )
-        } else {
-            "cipher = \"aes-128-gcm\"".to_string()
-        }
+    let suite = |key: &[u8], ikey: &[u8]| {
+        let integrity = format!(
+            "\nintegrity = \"hmac-sha256-128\"\nintegrity_key = \"{}\"",
+            hex(ikey)
+        );
+        format!(
+            "cipher = \"{}\"\nkey = \"{}\"{}",
+            if cbc { "aes-128-cbc" } else { "aes-128-gcm" },
+            hex(key),
+            if cbc { integrity.as_str() } else { "" },
+        )
     };
-    let (suite_out, suite_in) = (suite(&ikey), suite(&peer_ikey));
-    let text = format!(
-        r#"
-[[sa]]
-name = "out"
-spi = 0x1000
-direction = "outbound"
-mode = "tunnel"
-{suite_out}
-key = "{}"
-tunnel_src = "{here}"
-tunnel_dst = "{there}"
-
-[[sa]]
-name = "in"
-spi = 0x1001
-direction = "inbound"
-mode = "tunnel"
-{suite_in}
-key = "{}"
-replay_window = 0
-
-[[policy]]
-name = "tunnel"
-direction = "both"
-local = "{local}"
-remote = "{remote}"
-action = "protect"
-sa = ["out", "in"]
-"#,
-        hex(&key),
-        hex(&peer_key),
+    let text = common::one_tunnel_toml(
+        (local, remote),
+        (here, there),
+        &suite(&key, &ikey),
+        &suite(&peer_key, &peer_ikey),
     );
     let mut gw = Gateway::new(Spd::from_toml(&text).unwrap(), Duration::ZERO).unwrap();
     let sa = |dir, (key, ikey): (&[u8], &[u8]), spi, (src, dst): (&str, &str)| {
@@ -219,19 +186,14 @@ sa = ["out", "in"]
     let mut inb = sa(
         Direction::Inbound,
         (&peer_key, &peer_ikey),
-        0x1001,
+        0x1000,
         (there, here),
     );
     // The packet out (local -> remote) and the peer's reply in, sealed at its end.
     let inner = if family == 4 {
-        let mut p = udp_packet(size);
-        p[12..20].copy_from_slice(&[10, 0, 0, 1, 10, 1, 0, 1]);
-        p[10..12].fill(0);
-        let c = ipsec_core::packet::internet_checksum(&p[..20]);
-        p[10..12].copy_from_slice(&c.to_be_bytes());
-        p
+        common::inner_packet(size)
     } else {
-        udp_packet_v6(size)
+        common::inner_packet_v6(size)
     };
     let mut reply = inner.clone();
     if family == 4 {
@@ -242,7 +204,7 @@ sa = ["out", "in"]
     let mut peer = sa(
         Direction::Outbound,
         (&peer_key, &peer_ikey),
-        0x1001,
+        0x1000,
         (there, here),
     );
     let head = out.max_headroom() + 64;
@@ -254,28 +216,19 @@ sa = ["out", "in"]
     let enc_tpl = p.data().to_vec();
     let mut failed = false;
     if op.ends_with("inb") {
-        // Bursts of 32: N counts packets, so N / 32 calls.
-        let stride = storage.len().div_ceil(64) * 64;
-        let mut bufs = vec![0u8; stride * 32];
-        let mut pkts: Vec<PacketBuf<'_>> = bufs
-            .chunks_exact_mut(stride)
-            .map(|c| PacketBuf::new(c, 0, 0).unwrap())
-            .collect();
         let mut verdicts = vec![Ok(BurstVerdict::Bypassed); 32];
         let mut results: Vec<Result<(), ipsec_core::Error>> = vec![Ok(()); 32];
-        for _ in 0..n / 32 {
-            for p in pkts.iter_mut() {
-                p.buffer_mut()[enc_off..enc_off + enc_len].copy_from_slice(&enc_tpl);
-                failed |= p.reset(enc_off, enc_len).is_err();
-            }
-            let ok = if op == "gw-inb" {
-                gw.inbound_burst(black_box(&mut pkts), &mut verdicts, Duration::ZERO)
+        let refill = |p: &mut PacketBuf<'_>, _first: bool| {
+            p.buffer_mut()[enc_off..enc_off + enc_len].copy_from_slice(&enc_tpl);
+            p.reset(enc_off, enc_len).is_ok()
+        };
+        in_bursts(storage.len(), n, refill, |pkts| {
+            if op == "gw-inb" {
+                gw.inbound_burst(pkts, &mut verdicts, Duration::ZERO)
             } else {
-                inb.decrypt_burst(black_box(&mut pkts), &mut results, Duration::ZERO)
-            };
-            failed |= ok != 32;
-        }
-        assert!(!failed, "a packet failed");
+                inb.decrypt_burst(pkts, &mut results, Duration::ZERO)
+            }
+        });
         return;
     }
     for _ in 0..n {
@@ -311,26 +264,30 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An IPv6/UDP packet of `size` bytes, 2001:db8:1::1 -> 2001:db8:2::1.
-fn udp_packet_v6(size: usize) -> Vec<u8> {
-    let mut p = vec![0xabu8; size];
-    p[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 0, 17, 64]);
-    p[4..6].copy_from_slice(&((size - 40) as u16).to_be_bytes());
-    p[8..24].copy_from_slice(
-        &"2001:db8:1::1"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets(),
-    );
-    p[24..40].copy_from_slice(
-        &"2001:db8:2::1"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets(),
-    );
-    p[40..44].copy_from_slice(&[0x13, 0x88, 0x13, 0x89]);
-    p[44..46].copy_from_slice(&((size - 40) as u16).to_be_bytes());
-    p
+/// N / 32 bursts (N counts packets) over 32 buffers of at least `len` bytes: `refill`
+/// restores each packet's bytes and window before each burst (told whether it is the
+/// first; false: it could not), `burst` processes the 32 and says how many it did not
+/// drop. Panics if any packet failed.
+fn in_bursts(
+    len: usize,
+    n: u64,
+    mut refill: impl FnMut(&mut PacketBuf<'_>, bool) -> bool,
+    mut burst: impl FnMut(&mut [PacketBuf<'_>]) -> usize,
+) {
+    let stride = len.div_ceil(64) * 64;
+    let mut bufs = vec![0u8; stride * 32];
+    let mut pkts: Vec<PacketBuf<'_>> = bufs
+        .chunks_exact_mut(stride)
+        .map(|c| PacketBuf::new(c, 0, 0).unwrap())
+        .collect();
+    let mut failed = false;
+    for round in 0..n / 32 {
+        for p in pkts.iter_mut() {
+            failed |= !refill(p, round == 0);
+        }
+        failed |= burst(black_box(&mut pkts)) != 32;
+    }
+    assert!(!failed, "a packet failed");
 }
 
 fn raw(op: &str, cipher: Cipher, size: usize, n: u64) {

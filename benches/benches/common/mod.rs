@@ -65,6 +65,47 @@ pub(crate) fn tunnel_sa_between(
     SecurityAssociation::new(cfg, Duration::ZERO).expect("valid SA")
 }
 
+/// The policy file of a gateway with one tunnel between the networks `local` and
+/// `remote`: SA `out` (SPI 0x1000, outer header `src` -> `dst`) and SA `in` (SPI 0x1000,
+/// no replay window, so that one protected packet decrypts every time), each given its
+/// algorithm and key lines (`cipher = ...`, `key = ...`, `integrity...`), and a PROTECT
+/// policy for both directions through them.
+pub(crate) fn one_tunnel_toml(
+    (local, remote): (&str, &str),
+    (src, dst): (&str, &str),
+    out: &str,
+    inbound: &str,
+) -> String {
+    format!(
+        r#"
+[[sa]]
+name = "out"
+spi = 0x1000
+direction = "outbound"
+mode = "tunnel"
+{out}
+tunnel_src = "{src}"
+tunnel_dst = "{dst}"
+
+[[sa]]
+name = "in"
+spi = 0x1000
+direction = "inbound"
+mode = "tunnel"
+{inbound}
+replay_window = 0
+
+[[policy]]
+name = "tunnel"
+direction = "both"
+local = "{local}"
+remote = "{remote}"
+action = "protect"
+sa = ["out", "in"]
+"#
+    )
+}
+
 /// An IPv4/UDP packet of exactly `size` bytes (header checksum correct).
 pub(crate) fn inner_packet(size: usize) -> Vec<u8> {
     assert!(size >= 28);
