@@ -1,10 +1,12 @@
 //! The gateway's inbound bursts against one packet at a time.
 //!
-//! `Gateway::inbound_burst` hands each run of consecutive plain IPv4 ESP packets for one
-//! SA to that SA's burst code (with each packet's policy check) and everything else to
-//! `Gateway::inbound`. This target builds what a gateway receives from a peer (ESP for
-//! three SAs: AES-128-GCM, AES-128-CBC + HMAC-SHA-256-128 and a short-lived AES-256-GCM
-//! one; inner packets inside and outside each SA's policy; bits flipped anywhere,
+//! `Gateway::inbound_burst` hands each run of consecutive plain ESP packets (IPv4
+//! without options, IPv6 without extension headers) for one SA to that SA's burst code
+//! (with each packet's policy check) and everything else to `Gateway::inbound`. This
+//! target builds what a gateway receives from its peers (ESP for four SAs: AES-128-GCM,
+//! AES-128-CBC + HMAC-SHA-256-128, a short-lived AES-256-GCM one, and AES-128-CBC +
+//! HMAC-SHA-256-128 carrying IPv6 in IPv6; inner packets inside and outside each SA's
+//! policy; bits flipped anywhere,
 //! replays, ESP in two outer fragments, unknown SPIs, cleartext) and feeds it to two
 //! identical gateways, one in bursts of a size the input chooses, the other one packet
 //! at a time: every result, every byte of every buffer and every counter (the
@@ -16,7 +18,7 @@
 //! | --- | --- |
 //! | 0 | burst size: 1 + (byte % 40) |
 //! | 1 | bit 0: SPD cache on (64 flows) |
-//! | 2.. | per packet, 3 bytes: kind (% 10: 0-3 ESP of SA kind % 3 from its network, 4 ESP of the GCM SA from another SA's network, 5 a copy of an earlier packet with a bit flipped at position `a`/`b`, 6 a replay of an earlier packet, 7 ESP in two outer fragments, 8 an unknown SPI, 9 cleartext to port `a`), `a`, `b` (inner length 28 + a + 256 * (b % 4)) |
+//! | 2.. | per packet, 3 bytes: kind (% 10: 0-2 ESP of SA kind from its network, 3 ESP of the IPv6 SA from its network or, when `b` is odd, from outside its policy, 4 ESP of the GCM SA from another SA's network, 5 a copy of an earlier packet with a bit flipped at position `a`/`b`, 6 a replay of an earlier packet, 7 ESP in two outer fragments, 8 an unknown SPI, 9 cleartext to port `a`), `a`, `b` (inner length 28 + a + 256 * (b % 4)) |
 
 use core::time::Duration;
 use std::net::IpAddr;
@@ -41,13 +43,21 @@ fn config(k: usize, direction: Direction) -> SaConfig {
     let (spi, cipher, key): (u32, Cipher, Vec<u8>) = match k {
         0 => (0x2000, Cipher::Aes128Gcm, vec![1; 20]),
         1 => (0x2001, Cipher::Aes128Cbc, vec![3; 16]),
-        _ => (0x2002, Cipher::Aes256Gcm, vec![2; 36]),
+        2 => (0x2002, Cipher::Aes256Gcm, vec![2; 36]),
+        _ => (0x2003, Cipher::Aes128Cbc, vec![5; 16]),
     };
     let mut c = SaConfig::new(spi, direction, Mode::Tunnel, cipher, &key);
-    if k == 1 {
-        c.integrity(Integrity::HmacSha256_128, &[4; 32]);
+    let integrity_key = match k {
+        1 => Some([4; 32]),
+        V6 => Some([6; 32]),
+        _ => None,
+    };
+    if let Some(ikey) = integrity_key {
+        c.integrity(Integrity::HmacSha256_128, &ikey);
     }
-    if direction == Direction::Outbound {
+    if direction == Direction::Outbound && k == V6 {
+        c.tunnel(addr("2001:db8:ff::2"), addr("2001:db8:ff::1"));
+    } else if direction == Direction::Outbound {
         c.tunnel(addr("198.51.100.2"), addr("192.0.2.1"));
     } else if k == 2 {
         c.hard_lifetime(Lifetime::NONE.with_packets(12));
@@ -55,18 +65,25 @@ fn config(k: usize, direction: Direction) -> SaConfig {
     c
 }
 
-/// The receiving gateway: inbound SA `k` serves the policy of network 10.(k+1).0.0/16,
-/// IKE from port 500 is bypassed, the rest discarded.
+/// The SA (`config`'s `k`) that carries IPv6 in IPv6.
+const V6: usize = 3;
+
+/// The receiving gateway: inbound SA `k` serves the policy of network 10.(k+1).0.0/16
+/// (the IPv6 SA 2001:db8:4::/48), IKE from port 500 is bypassed, the rest discarded.
 fn gateway(cache: bool) -> Gateway {
     let spd = Spd::from_toml("[[policy]]\nname = \"deny\"\naction = \"discard\"\n").expect("spd");
     let mut gw = Gateway::new(spd, Duration::ZERO).expect("gateway");
-    for (k, name) in ["gcm", "cbc", "short"].iter().enumerate() {
+    for (k, name) in ["gcm", "cbc", "short", "cbc6"].iter().enumerate() {
         gw.add_sa(name, config(k, Direction::Inbound), Duration::ZERO)
             .expect("sa");
+        let remote = if k == V6 {
+            "2001:db8:4::/48".to_string()
+        } else {
+            format!("10.{}.0.0/16", k + 1)
+        };
         let policy = format!(
-            "name = \"from-{name}\"\ndirection = \"inbound\"\nremote = \"10.{}.0.0/16\"\n\
-             action = \"protect\"\nsa = \"{name}\"\n",
-            k + 1
+            "name = \"from-{name}\"\ndirection = \"inbound\"\nremote = \"{remote}\"\n\
+             action = \"protect\"\nsa = \"{name}\"\n"
         );
         gw.install_policy(&policy, Some("deny")).expect("policy");
     }
@@ -91,6 +108,23 @@ fn ipv4(net: u8, len: usize, sport: u16, tag: u8) -> Vec<u8> {
     p[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
     p[26..28].fill(0);
     ipsec_core::packet::set_ipv4_checksum(&mut p[..20]);
+    p
+}
+
+/// An IPv6/UDP packet of `len` bytes (at least 48) from 2001:db8:`site`::9:`sport` to
+/// 2001:db8::5 port 5000.
+fn ipv6(site: u16, len: usize, sport: u16, tag: u8) -> Vec<u8> {
+    let mut p = vec![tag; len];
+    p[..8].copy_from_slice(&[0x60, 0, 0, tag, 0, 0, 17, 64]);
+    p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+    let src = std::net::Ipv6Addr::new(0x2001, 0xdb8, site, 0, 0, 0, 0, 9);
+    let dst = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 5);
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    p[40..42].copy_from_slice(&sport.to_be_bytes());
+    p[42..44].copy_from_slice(&5000u16.to_be_bytes());
+    p[44..46].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+    p[46..48].fill(0);
     p
 }
 
@@ -125,7 +159,7 @@ fn fragments(whole: &[u8], first: usize) -> Vec<Vec<u8>> {
 
 /// The packets the input describes.
 fn packets(data: &[u8]) -> Vec<Vec<u8>> {
-    let mut sender: Vec<SecurityAssociation> = (0..3)
+    let mut sender: Vec<SecurityAssociation> = (0..4)
         .map(|k| SecurityAssociation::new(config(k, Direction::Outbound), Duration::ZERO))
         .collect::<Result<_, _>>()
         .expect("sender SAs");
@@ -139,9 +173,13 @@ fn packets(data: &[u8]) -> Vec<Vec<u8>> {
         let tag = i as u8;
         let len = 28 + usize::from(a) + 256 * usize::from(b % 4);
         match kind {
-            0..=3 => {
-                let k = usize::from(kind % 3);
+            0..=2 => {
+                let k = usize::from(kind);
                 out.extend(esp(&mut sender[k], &ipv4(k as u8 + 1, len, 40000, tag)));
+            }
+            3 => {
+                let inner = ipv6(4 + u16::from(b % 2), len + 20, 40000, tag);
+                out.extend(esp(&mut sender[V6], &inner));
             }
             4 => out.extend(esp(&mut sender[0], &ipv4(2 + b % 2, len, 40000, tag))),
             5 if !out.is_empty() => {
