@@ -1685,6 +1685,7 @@ pub(crate) mod tests {
             }
         }
     }
+
     /// Outer headers of the shapes the fast paths test for and their near misses:
     /// IPv4 with and without options, fragment bits, protocols ESP, UDP, TCP, correct
     /// and wrong checksums; IPv6 with next header ESP, UDP, a Fragment header, hop-by-hop
