@@ -345,8 +345,9 @@ pub(crate) fn chacha_preferred() -> bool {
 /// A ChaCha20-Poly1305 key for intel-ipsec-mb (feature `ipsec-mb`): what ESP uses for
 /// ChaCha20-Poly1305 packets of [`super::CHACHA_IPSEC_MB_MIN`] bytes and more where
 /// the library runs AVX-512 code ([`super::aead_backend`]); public for differential
-/// tests, fuzzing and benchmarks. The raw 32-byte key, boxed and wiped on drop (the
-/// library expands nothing). `Send + Sync`: calls only read the key.
+/// tests, fuzzing and benchmarks. The raw 32-byte key (the library expands nothing)
+/// in a boxed [`ChaChaKeyBlock`], wiped on drop. `Send + Sync`: calls only read the
+/// key.
 ///
 /// ```
 /// let key = ipsec_core::crypto::IpsecMbChaChaKey::new(&[7; 32]).unwrap();
@@ -356,8 +357,22 @@ pub(crate) fn chacha_preferred() -> bool {
 /// assert_eq!(&data, b"sixteen bytes!!!");
 /// ```
 pub struct ChaChaKey {
-    key: Box<zeroize::Zeroizing<[u8; 32]>>,
+    key: Box<ChaChaKeyBlock>,
 }
+
+/// Bytes the library may read from a ChaCha20-Poly1305 key pointer. The key is 32
+/// bytes, but intel-ipsec-mb 1.3's AVX2 ChaCha20 code reads 48 from it (a 32-byte key
+/// allocation ending a page faults on every other length from 1 byte up; 16 bytes
+/// beyond it never do: measured with each manager, key, AAD and data placed before
+/// an unmapped page). The fuzzer found it (`aead_ipsec_mb` under ASan, on a CPU whose
+/// manager is AVX2); `tests::library_reads_only_what_it_is_given` keeps the bound.
+const CHACHA_KEY_BLOCK: usize = 64;
+
+/// A ChaCha20-Poly1305 key as the library reads it: the 32 key bytes, then zeros to
+/// [`CHACHA_KEY_BLOCK`]. 64-byte aligned, so no read within the block crosses a page
+/// or a cache line.
+#[repr(C, align(64))]
+struct ChaChaKeyBlock([u8; CHACHA_KEY_BLOCK]);
 
 impl ChaChaKey {
     /// Keys ChaCha20-Poly1305 with a 32-byte key (without the ESP salt). Errors:
@@ -374,54 +389,84 @@ impl ChaChaKey {
         }
         init()?;
         // Copied straight into its box: no copy of the key is left on the stack.
-        let mut boxed: Box<zeroize::Zeroizing<[u8; 32]>> = Box::default();
-        boxed.copy_from_slice(key);
+        let mut boxed = Box::new(ChaChaKeyBlock([0; CHACHA_KEY_BLOCK]));
+        boxed.0[..32].copy_from_slice(key);
         Ok(ChaChaKey { key: boxed })
     }
 
     /// Encrypts (`encrypt`) or decrypts `data` in place and writes the tag computed
     /// over `aad` and the ciphertext to `tag`.
+    #[inline]
     fn run(&self, encrypt: bool, nonce: Nonce, aad: &[u8], data: &mut [u8], tag: &mut [u8; 16]) {
-        assert!(
-            data.len() as u64 <= MAX_CHACHA_BYTES && aad.len() as u64 <= MAX_CHACHA_BYTES,
-            "ESP packets are far below the ChaCha20-Poly1305 length limits"
-        );
-        let mut ctx = ChaChaContext([0; CHACHA_CONTEXT_WORDS]);
-        // One store, for the library's wide loads (see `one_store`).
-        let iv = Block16::new(nonce.salt, nonce.iv);
-        // SAFETY: `self.key` is 32 readable bytes, the key length of the library's
-        // ChaCha20-Poly1305; `ctx` is a live, exclusively borrowed
-        // `chacha20_poly1305_context_data` (size and alignment asserted by the shim);
-        // `iv` holds the 12 nonce bytes (the IV length of the API); `aad` is readable
-        // and `data` readable and writable for their lengths (checked above against
-        // the algorithm's limits; in place, as the API allows; an empty slice's
-        // dangling pointer is not dereferenced); `tag` is 16 writable bytes, the tag
-        // length the shim passes. `init` succeeded when the key was made, so the shim
-        // has its manager (only read). No pointer is kept after the call.
-        let rc = unsafe {
-            ipsec_mb_shim_chacha(
-                c_int::from(encrypt),
-                self.key.as_ptr(),
-                &mut ctx,
-                iv.bytes12().as_ptr(),
-                aad.as_ptr(),
-                aad.len() as u64,
-                data.as_mut_ptr(),
-                data.len() as u64,
-                tag.as_mut_ptr(),
-            )
-        };
-        // The context held the one-time Poly1305 key and keystream bytes: volatile
-        // writes of zeros, then a fence.
-        ctx.0.zeroize();
-        assert_eq!(
-            rc, 0,
-            "ipsec_mb_shim_chacha: the manager was set up with the key"
-        );
+        chacha_call(&self.key.0, encrypt, nonce, aad, data, tag);
     }
 }
 
+/// One ChaCha20-Poly1305 call of the library under the key block `key` (the key, then
+/// zeros; see [`CHACHA_KEY_BLOCK`]): `data` encrypted (`encrypt`) or decrypted in
+/// place, the tag over `aad` and the ciphertext written to `tag`.
+fn chacha_call(
+    key: &[u8; CHACHA_KEY_BLOCK],
+    encrypt: bool,
+    nonce: Nonce,
+    aad: &[u8],
+    data: &mut [u8],
+    tag: &mut [u8; 16],
+) {
+    assert!(
+        data.len() as u64 <= MAX_CHACHA_BYTES && aad.len() as u64 <= MAX_CHACHA_BYTES,
+        "ESP packets are far below the ChaCha20-Poly1305 length limits"
+    );
+    let mut ctx = ChaChaContext([0; CHACHA_CONTEXT_WORDS]);
+    // One store, for the library's wide loads (see `one_store`).
+    let iv = Block16::new(nonce.salt, nonce.iv);
+    // SAFETY: `key` is CHACHA_KEY_BLOCK readable bytes, the 32-byte key of
+    // the library's ChaCha20-Poly1305 and the zeros its wide loads may reach
+    // (`CHACHA_KEY_BLOCK`); `ctx` is a live, exclusively borrowed
+    // `chacha20_poly1305_context_data` (size and alignment asserted by the shim);
+    // `iv` holds the 12 nonce bytes (the IV length of the API); `aad` is readable
+    // and `data` readable and writable for their lengths (checked above against
+    // the algorithm's limits; in place, as the API allows; an empty slice's
+    // dangling pointer is not dereferenced); `tag` is 16 writable bytes, the tag
+    // length the shim passes. Callers hold a key made after `init` succeeded (or
+    // called `init`), so the shim has its manager (only read). No pointer is kept
+    // after the call.
+    let rc = unsafe {
+        ipsec_mb_shim_chacha(
+            c_int::from(encrypt),
+            key.as_ptr(),
+            &mut ctx,
+            iv.bytes12().as_ptr(),
+            aad.as_ptr(),
+            aad.len() as u64,
+            data.as_mut_ptr(),
+            data.len() as u64,
+            tag.as_mut_ptr(),
+        )
+    };
+    // The context held the one-time Poly1305 key and keystream bytes: volatile
+    // writes of zeros, then a fence.
+    ctx.0.zeroize();
+    assert_eq!(
+        rc, 0,
+        "ipsec_mb_shim_chacha: the manager was set up with the key"
+    );
+}
+
 one_call_aead!(ChaChaKey, "ChaCha20-Poly1305's length limit (256 GiB).");
+
+impl ChaChaKey {
+    /// Volatile writes of zeros over the key block.
+    fn wipe(&mut self) {
+        self.key.0.zeroize();
+    }
+}
+
+impl Drop for ChaChaKey {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
 
 impl core::fmt::Debug for ChaChaKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -1200,6 +1245,269 @@ mod tests {
             assert_eq!(crate_cipher_choice(ciphertext), first);
         }
         assert_eq!(crate_cipher_choice(CRATE_CIPHER_MAX + 16), "ipsec-mb");
+    }
+
+    /// Memory that ends where an unmapped page begins: a read or write past a slice
+    /// taken from its end faults (the test process dies), so a test passes only if the
+    /// library touches no byte beyond what it was given.
+    struct GuardedPage {
+        base: *mut u8,
+        page: usize,
+    }
+
+    impl GuardedPage {
+        fn new() -> GuardedPage {
+            // SAFETY: sysconf takes a constant and has no other effect.
+            let page =
+                usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).expect("page size");
+            // SAFETY: an anonymous private mapping of two fresh pages, checked below;
+            // then the second page made inaccessible.
+            let base = unsafe {
+                let base = libc::mmap(
+                    core::ptr::null_mut(),
+                    2 * page,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                assert_ne!(base, libc::MAP_FAILED, "mmap");
+                let guard = base.cast::<u8>().add(page).cast();
+                assert_eq!(libc::mprotect(guard, page, libc::PROT_NONE), 0, "mprotect");
+                base.cast::<u8>()
+            };
+            GuardedPage { base, page }
+        }
+
+        /// The last `n` bytes before the unmapped page, filled with `fill`.
+        fn tail(&mut self, n: usize, fill: u8) -> &mut [u8] {
+            assert!(n <= self.page);
+            // SAFETY: the first page is mapped readable and writable and owned by
+            // `self`, borrowed exclusively for the slice's life; `n` fits in it.
+            let tail = unsafe { core::slice::from_raw_parts_mut(self.base.add(self.page - n), n) };
+            tail.fill(fill);
+            tail
+        }
+    }
+
+    impl Drop for GuardedPage {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in `new`, unmapped once; no slice of it lives on
+            // (each borrowed `self`).
+            unsafe { libc::munmap(self.base.cast(), 2 * self.page) };
+        }
+    }
+
+    /// Lengths of data that cover every way the library's code splits a message
+    /// (blocks of 16 to 512 bytes, their remainders) and ESP's sizes.
+    fn probe_lengths() -> impl Iterator<Item = usize> {
+        (0..=520).chain(1400..=1440)
+    }
+
+    /// intel-ipsec-mb reads no byte of a ChaCha20-Poly1305 key block, AAD or data
+    /// beyond them, nor of AES-GCM AAD or data, whichever manager the CPU gets (each
+    /// placed right before an unmapped page in turn; a stray read kills the test).
+    /// The key block's size is what 1.3's AVX2 code needs (it reads 48 bytes of a
+    /// 32-byte key); the answers are checked against a reference as well, so the
+    /// placement changed nothing else.
+    #[test]
+    fn library_reads_only_what_it_is_given() {
+        use aes_gcm::aead::{AeadInOut, KeyInit};
+        init().expect("manager");
+        let mut guard = GuardedPage::new();
+        let nonce = Nonce::from([9; 12]);
+        let mut block = [0u8; CHACHA_KEY_BLOCK];
+        block[..32].fill(0x61);
+        let reference =
+            chacha20poly1305::ChaCha20Poly1305::new_from_slice(&block[..32]).expect("key");
+        for aad_len in [0, 8, 12, 13] {
+            let aad = vec![0xaa; aad_len];
+            for len in probe_lengths() {
+                let mut expect = vec![0x55; len];
+                let expect_tag = reference
+                    .encrypt_inout_detached(&[9; 12].into(), &aad, expect.as_mut_slice().into())
+                    .expect("reference");
+                // The key block against the guard.
+                let k: &[u8; CHACHA_KEY_BLOCK] = {
+                    let k = guard.tail(CHACHA_KEY_BLOCK, 0);
+                    k.copy_from_slice(&block);
+                    (&*k).try_into().expect("block")
+                };
+                let (mut data, mut tag) = (vec![0x55; len], [0u8; 16]);
+                chacha_call(k, true, nonce, &aad, &mut data, &mut tag);
+                assert!(
+                    data == expect && tag == expect_tag[..],
+                    "key {aad_len} {len}"
+                );
+                chacha_call(k, false, nonce, &aad, &mut data, &mut tag);
+                assert!(data.iter().all(|&b| b == 0x55) && tag == expect_tag[..]);
+                // The AAD against the guard.
+                let a = guard.tail(aad_len, 0xaa);
+                let (mut data, mut tag) = (vec![0x55; len], [0u8; 16]);
+                chacha_call(&block, true, nonce, a, &mut data, &mut tag);
+                assert!(
+                    data == expect && tag == expect_tag[..],
+                    "AAD {aad_len} {len}"
+                );
+                // The data against the guard.
+                let d = guard.tail(len, 0x55);
+                chacha_call(&block, true, nonce, &aad, d, &mut tag);
+                assert!(d == expect && tag == expect_tag[..], "data {aad_len} {len}");
+                chacha_call(&block, false, nonce, &aad, d, &mut tag);
+                assert!(d.iter().all(|&b| b == 0x55) && tag == expect_tag[..]);
+            }
+        }
+        for key_len in [16, 32] {
+            let key = GcmKey::new(&vec![0x3c; key_len]).expect("key");
+            for aad_len in [0, 8, 12, 13] {
+                for len in probe_lengths() {
+                    let mut expect = vec![0x55; len];
+                    let aad = vec![0xaa; aad_len];
+                    let expect_tag = if key_len == 16 {
+                        aes_gcm::Aes128Gcm::new_from_slice(&[0x3c; 16])
+                            .expect("key")
+                            .encrypt_inout_detached(
+                                &[9; 12].into(),
+                                &aad,
+                                expect.as_mut_slice().into(),
+                            )
+                    } else {
+                        aes_gcm::Aes256Gcm::new_from_slice(&[0x3c; 32])
+                            .expect("key")
+                            .encrypt_inout_detached(
+                                &[9; 12].into(),
+                                &aad,
+                                expect.as_mut_slice().into(),
+                            )
+                    }
+                    .expect("reference");
+                    let mut data = vec![0x55; len];
+                    let tag = key.seal([9; 12], guard.tail(aad_len, 0xaa), &mut data);
+                    assert!(data == expect && tag == expect_tag[..], "GCM aad {len}");
+                    let d = guard.tail(len, 0x55);
+                    let tag = key.seal([9; 12], &aad, d);
+                    assert!(d == expect && tag == expect_tag[..], "GCM data {len}");
+                    assert!(key.open([9; 12], &aad, d, &tag), "GCM open {len}");
+                    assert!(d.iter().all(|&b| b == 0x55), "GCM opened {len}");
+                }
+            }
+        }
+    }
+
+    /// ESP packets whose buffers end right before an unmapped page: sealed (the
+    /// buffer exactly as long as the ESP packet) and opened (the buffer exactly the
+    /// packet), in bursts of 40 and one at a time, on every code path of the CBC +
+    /// HMAC bursts, AES-GCM and ChaCha20-Poly1305 too. A read or write past a packet
+    /// kills the test; each sealed packet must open on an SA in ordinary memory and
+    /// each packet sealed there must open here, to the same plaintext.
+    #[test]
+    fn esp_packets_ending_a_page_are_touched_no_further() {
+        use crate::{Cipher, Direction, Integrity, Mode, SaConfig, SecurityAssociation};
+        use core::time::Duration;
+        let t0 = Duration::ZERO;
+        let suites = [
+            (Cipher::Aes128Gcm, None),
+            (Cipher::Aes256Gcm, None),
+            (Cipher::ChaCha20Poly1305, None),
+            (Cipher::Aes128Cbc, Some(Integrity::HmacSha256_128)),
+            (Cipher::Aes256Cbc, Some(Integrity::HmacSha1_96)),
+            (Cipher::Aes256Cbc, Some(Integrity::HmacSha512_256)),
+        ];
+        let plains: Vec<Vec<u8>> = (0..40).map(|i| inner(40 + i * 37)).collect();
+        for (cipher, integrity) in suites {
+            let make = |dir| {
+                let key = vec![0x21; cipher.key_len()];
+                let mut c = SaConfig::new(0x4343, dir, Mode::Tunnel, cipher, &key);
+                if let Some(integrity) = integrity {
+                    c.integrity(integrity, &vec![0x43; integrity.key_len()]);
+                }
+                if dir == Direction::Outbound {
+                    c.tunnel(
+                        "192.0.2.1".parse().expect("ip"),
+                        "192.0.2.2".parse().expect("ip"),
+                    );
+                }
+                SecurityAssociation::new(c, t0).expect("SA")
+            };
+            let codes: &[BurstCode] = if integrity.is_some() {
+                &BURST_CODES
+            } else {
+                &BURST_CODES[..1]
+            };
+            for &code in codes {
+                with_burst_code(code, || {
+                    // Sealed in ordinary memory, to learn each ESP packet's place.
+                    let mut out = make(Direction::Outbound);
+                    let mut bufs: Vec<Vec<u8>> = plains
+                        .iter()
+                        .map(|p| {
+                            let mut b = vec![0u8; ROOM + p.len() + 96];
+                            b[ROOM..ROOM + p.len()].copy_from_slice(p);
+                            b
+                        })
+                        .collect();
+                    let mut spans: Vec<(usize, usize)> =
+                        plains.iter().map(|p| (ROOM, p.len())).collect();
+                    let mut res = vec![Ok(()); plains.len()];
+                    let ok = with_packets(&mut bufs, &mut spans, |p| {
+                        out.encrypt_burst(p, &mut res, t0)
+                    });
+                    assert_eq!(ok, plains.len(), "{cipher:?} {code:?}");
+                    let wire: Vec<Vec<u8>> = bufs
+                        .iter()
+                        .zip(&spans)
+                        .map(|(b, &(o, l))| b[o..o + l].to_vec())
+                        .collect();
+                    // Sealed again, each buffer ending where its ESP packet ends.
+                    let mut pages: Vec<GuardedPage> =
+                        plains.iter().map(|_| GuardedPage::new()).collect();
+                    let mut pkts: Vec<crate::PacketBuf<'_>> = pages
+                        .iter_mut()
+                        .zip(&plains)
+                        .zip(&spans)
+                        .map(|((g, p), &(o, l))| {
+                            let b = g.tail(o + l, 0);
+                            b[ROOM..ROOM + p.len()].copy_from_slice(p);
+                            crate::PacketBuf::new(b, ROOM, p.len()).expect("buf")
+                        })
+                        .collect();
+                    let mut out = make(Direction::Outbound);
+                    let (burst, single) = pkts.split_at_mut(20);
+                    assert_eq!(out.encrypt_burst(burst, &mut res[..20], t0), 20);
+                    for p in single.iter_mut() {
+                        out.encrypt(p, t0).expect("seal at a page's end");
+                    }
+                    let mut inb = make(Direction::Inbound);
+                    for (p, plain) in pkts.iter().zip(&plains) {
+                        let mut b = p.data().to_vec();
+                        let n = b.len();
+                        let mut q = crate::PacketBuf::new(&mut b, 0, n).expect("buf");
+                        inb.decrypt(&mut q, t0).expect("opens in ordinary memory");
+                        assert!(q.data() == &plain[..], "{cipher:?} {code:?}");
+                    }
+                    drop(pkts);
+                    // Opened with each ESP packet filling its buffer to a page's end.
+                    let mut inb = make(Direction::Inbound);
+                    let mut pkts: Vec<crate::PacketBuf<'_>> = pages
+                        .iter_mut()
+                        .zip(&wire)
+                        .map(|(g, w)| {
+                            let b = g.tail(w.len(), 0);
+                            b.copy_from_slice(w);
+                            crate::PacketBuf::new(b, 0, w.len()).expect("buf")
+                        })
+                        .collect();
+                    let (burst, single) = pkts.split_at_mut(20);
+                    assert_eq!(inb.decrypt_burst(burst, &mut res[..20], t0), 20);
+                    for p in single.iter_mut() {
+                        inb.decrypt(p, t0).expect("open at a page's end");
+                    }
+                    for (p, plain) in pkts.iter().zip(&plains) {
+                        assert!(p.data() == &plain[..], "{cipher:?} {code:?}");
+                    }
+                });
+            }
+        }
     }
 
     /// Dropping CBC + HMAC data wipes its round keys and pads.
