@@ -1703,11 +1703,11 @@ size_t ipsec_gateway_outbound_burst(struct ipsec_gateway *gateway,
  * packet that succeeded and 0 for one that did not.
  *
  * Faster than one call per packet where consecutive packets are plain ESP (IPv4
- * without options, IPv6 without extension headers) for one SA (`Gateway::inbound_burst`
- * in Rust): such a run goes to the SA's burst code (AES-CBC with HMAC: the ICVs of the
- * run computed together), each packet still checked against the SA's policies; the
- * rest (fragments, ESP in UDP, IPv6 extension headers, cleartext) is processed one
- * packet at a time. Verdicts, bytes and every counter are those of
+ * without options, IPv6 without extension headers; ESP directly or in UDP on the
+ * NAT-T port) for one SA (`Gateway::inbound_burst` in Rust): such a run goes to the
+ * SA's burst code (AES-CBC with HMAC: the ICVs of the run computed together), each
+ * packet still checked against the SA's policies; the rest (fragments, IPv4 options,
+ * IPv6 extension headers, cleartext) is processed one packet at a time. Verdicts, bytes and every counter are those of
  * `ipsec_gateway_inbound` on each packet in turn, reassembly included (give each
  * descriptor room for a whole datagram where fragments may come).
  *

@@ -14,7 +14,8 @@
 //! gateway, IPv4 or IPv6 inside and outside), `gw-inb4`, `gw-inb6` (bursts of 32
 //! through `Gateway::inbound_burst`) and `sa-out4` ... `sa-inb6` (the same packets
 //! through the gateway's SA alone): the difference is the gateway's work. AES-128-GCM,
-//! or AES-128-CBC + HMAC-SHA-256-128 with the suffix `-cbc` (`gw-inb6-cbc`).
+//! or AES-128-CBC + HMAC-SHA-256-128 with the suffix `-cbc` (`gw-inb6-cbc`), or
+//! AES-128-GCM in UDP on port 4500 (NAT-T) with `-natt`.
 //! Each of the N
 //! iterations restores its input from a template (a decrypt: its ciphertext) and runs
 //! the operation once on one tunnel-mode IPv4/UDP packet of SIZE bytes (as `ipsec
@@ -132,8 +133,9 @@ fn esp(op: &str, cipher: Cipher, integrity: Option<Integrity>, size: usize, n: u
 /// The one-tunnel gateway of `family` (4 or 6) and an SA configured as its (`sa-`
 /// cases: the SA alone) or the gateway itself (`gw-` cases), N packets one at a time,
 /// or in bursts of 32 (`inb`: `decrypt_burst` / `Gateway::inbound_burst`); AES-128-GCM,
-/// or AES-128-CBC + HMAC-SHA-256-128 when `cbc` (see the module docs).
-fn gateway(op: &str, family: u8, cbc: bool, size: usize, n: u64) {
+/// or AES-128-CBC + HMAC-SHA-256-128 when `cbc`, in UDP (port 4500) when `natt` (see
+/// the module docs).
+fn gateway(op: &str, family: u8, (cbc, natt): (bool, bool), size: usize, n: u64) {
     let (local, remote, here, there) = match family {
         4 => ("10.0.0.0/24", "10.1.0.0/24", "192.0.2.1", "192.0.2.2"),
         _ => (
@@ -157,10 +159,15 @@ fn gateway(op: &str, family: u8, cbc: bool, size: usize, n: u64) {
             hex(ikey)
         );
         format!(
-            "cipher = \"{}\"\nkey = \"{}\"{}",
+            "cipher = \"{}\"\nkey = \"{}\"{}{}",
             if cbc { "aes-128-cbc" } else { "aes-128-gcm" },
             hex(key),
             if cbc { integrity.as_str() } else { "" },
+            if natt {
+                "\nudp_encap = [4500, 4500]"
+            } else {
+                ""
+            },
         )
     };
     let text = common::one_tunnel_toml(
@@ -174,6 +181,9 @@ fn gateway(op: &str, family: u8, cbc: bool, size: usize, n: u64) {
         let mut c = SaConfig::new(spi, dir, Mode::Tunnel, cipher, key);
         if cbc {
             c.integrity(Integrity::HmacSha256_128, ikey);
+        }
+        if natt {
+            c.udp_encap(4500, 4500);
         }
         if dir == Direction::Outbound {
             c.tunnel(src.parse().unwrap(), dst.parse().unwrap());
@@ -408,15 +418,17 @@ fn main() {
     let n: u64 = args.get(3).and_then(|s| s.parse().ok()).expect(usage);
     let gateway_case =
         (op.starts_with("gw-") || op.starts_with("sa-")).then(|| match name.as_str() {
-            "4-gcm128" => (4, false),
-            "6-gcm128" => (6, false),
-            "4-cbc" => (4, true),
-            "6-cbc" => (6, true),
+            "4-gcm128" => (4, (false, false)),
+            "6-gcm128" => (6, (false, false)),
+            "4-cbc" => (4, (true, false)),
+            "6-cbc" => (6, (true, false)),
+            "4-natt" => (4, (false, true)),
+            "6-natt" => (6, (false, true)),
             _ => panic!("{usage}"),
         });
     let (cipher, integrity) = gateway_case.map_or_else(|| suite(&name), |_| suite("gcm128"));
     let run = |n| match op.as_str() {
-        _ if let Some((family, cbc)) = gateway_case => gateway(&op, family, cbc, size, n),
+        _ if let Some((family, suite)) = gateway_case => gateway(&op, family, suite, size, n),
         "enc" | "dec" | "encb" | "decb" => esp(&op, cipher, integrity, size, n),
         "raw-seal" | "raw-open" => raw(&op, cipher, size, n),
         "mb-serial" | "mb-interleaved" => multi_buffer(&op, size, n),

@@ -1052,9 +1052,9 @@ impl SecurityAssociation {
     fn decap(&mut self, pkt: &mut PacketBuf<'_>, hint: Option<&IcvAhead>) -> Result<usize, Error> {
         let data = pkt.data();
         // The common cases (an outer IPv4 header without options, or an IPv6 header
-        // without extension headers, carrying ESP directly) are recognised with a few
-        // fixed-offset tests; everything else, and every packet those tests do not
-        // like, takes the general parse, which also says what is wrong.
+        // without extension headers, carrying ESP directly or in UDP) are recognised
+        // with a few fixed-offset tests; everything else, and every packet those tests
+        // do not like, takes the general parse, which also says what is wrong.
         let outer = OuterEsp::of(data)?;
         let OuterEsp {
             version,
@@ -1225,58 +1225,90 @@ struct OuterEsp {
 }
 
 impl OuterEsp {
-    /// The fast path: an IPv4 header without options, not a fragment, protocol ESP,
-    /// lengths consistent and checksum correct. `None` for anything else (which
-    /// [`OuterEsp::parse`] then handles or refuses with a reason).
-    #[inline]
-    fn plain_ipv4(data: &[u8]) -> Option<OuterEsp> {
+    /// An IPv4 header without options, not a fragment, its lengths consistent and
+    /// checksum correct, and the protocol it carries; `None` for any other header.
+    #[inline(always)]
+    fn ipv4_header(data: &[u8]) -> Option<(OuterEsp, u8)> {
         let h: &[u8; IPV4_HEADER_LEN] = data.first_chunk()?;
         let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
         let plain = h[0] == 0x45
-            && h[9] == IPPROTO_ESP
             && h[6] & 0x3f == 0
             && h[7] == 0
             && (IPV4_HEADER_LEN..=data.len()).contains(&total_len)
             && packet::ipv4_checksum_ok(h);
-        plain.then_some(OuterEsp {
-            version: IpVersion::V4,
-            header_len: IPV4_HEADER_LEN,
-            total_len,
-            tos: h[1],
-            header_end: IPV4_HEADER_LEN,
-            next_header_at: 9,
-            esp: IPV4_HEADER_LEN,
-        })
+        plain.then_some((
+            OuterEsp {
+                version: IpVersion::V4,
+                header_len: IPV4_HEADER_LEN,
+                total_len,
+                tos: h[1],
+                header_end: IPV4_HEADER_LEN,
+                next_header_at: 9,
+                esp: IPV4_HEADER_LEN,
+            },
+            h[9],
+        ))
     }
 
-    /// The fast path's IPv6 case: a fixed header whose next header is ESP (no extension
-    /// headers), its payload length within `data`. `None` for anything else. It reads
-    /// what [`OuterEsp::parse`] reads of such a packet, and answers the same.
+    /// The fast path: an IPv4 header without options, not a fragment, its lengths
+    /// consistent and checksum correct, or an IPv6 header without extension headers,
+    /// carrying ESP directly or in UDP ([`OuterEsp::carried`]). `None` for anything else
+    /// (which [`OuterEsp::parse`] then handles or refuses with a reason). It reads what
+    /// the general parse reads of such a packet, and answers the same.
     #[inline]
-    fn plain_ipv6(data: &[u8]) -> Option<OuterEsp> {
+    fn plain(data: &[u8]) -> Option<OuterEsp> {
+        match OuterEsp::ipv4_header(data) {
+            // The commonest shape in the fewest steps: IPv4 carrying ESP.
+            Some((o, IPPROTO_ESP)) => Some(o),
+            Some((o, protocol)) => o.carried(protocol, data),
+            None => OuterEsp::ipv6_header(data).and_then(|(o, p)| o.carried(p, data)),
+        }
+    }
+
+    /// An IPv6 header, its payload length within `data`, and its next header (an
+    /// extension header is not carried: [`OuterEsp::carried`] refuses it).
+    #[inline(always)]
+    fn ipv6_header(data: &[u8]) -> Option<(OuterEsp, u8)> {
         let h: &[u8; IPV6_HEADER_LEN] = data.first_chunk()?;
         let total_len = IPV6_HEADER_LEN + usize::from(u16::from_be_bytes([h[4], h[5]]));
-        let plain = h[0] >> 4 == 6 && h[6] == IPPROTO_ESP && total_len <= data.len();
-        plain.then_some(OuterEsp {
-            version: IpVersion::V6,
-            header_len: IPV6_HEADER_LEN,
-            total_len,
-            tos: ((h[0] & 0x0f) << 4) | (h[1] >> 4),
-            header_end: IPV6_HEADER_LEN,
-            next_header_at: 6,
-            esp: IPV6_HEADER_LEN,
-        })
+        let plain = h[0] >> 4 == 6 && total_len <= data.len();
+        plain.then_some((
+            OuterEsp {
+                version: IpVersion::V6,
+                header_len: IPV6_HEADER_LEN,
+                total_len,
+                tos: ((h[0] & 0x0f) << 4) | (h[1] >> 4),
+                header_end: IPV6_HEADER_LEN,
+                next_header_at: 6,
+                esp: IPV6_HEADER_LEN,
+            },
+            h[6],
+        ))
     }
 
-    /// The outer header of a received packet: [`OuterEsp::plain_ipv4`] or
-    /// [`OuterEsp::plain_ipv6`] where they apply (a few fixed-offset tests), else
-    /// [`OuterEsp::parse`], which also says what is wrong.
+    /// A plain outer header followed by `protocol`: ESP at `header_end`, or ESP in UDP
+    /// (RFC 3948; any port, as [`OuterEsp::parse`] takes it: the caller chose the SA)
+    /// when the UDP payload holds an SPI that is not the non-ESP marker of IKE. `None`
+    /// for anything else (another protocol, a keepalive, IKE, too short: the general
+    /// parse says which).
+    #[inline(always)]
+    fn carried(self, protocol: u8, data: &[u8]) -> Option<OuterEsp> {
+        match protocol {
+            IPPROTO_ESP => Some(self),
+            IPPROTO_UDP => {
+                let esp = self.header_end + UDP_HEADER_LEN;
+                let spi: &[u8; 4] = data.get(esp..self.total_len)?.first_chunk()?;
+                (*spi != [0; 4]).then_some(OuterEsp { esp, ..self })
+            }
+            _ => None,
+        }
+    }
+
+    /// The outer header of a received packet: [`OuterEsp::plain`] where it applies (a
+    /// few fixed-offset tests), else [`OuterEsp::parse`], which also says what is wrong.
     #[inline(always)]
     fn of(data: &[u8]) -> Result<OuterEsp, Error> {
-        match OuterEsp::plain_ipv4(data).or_else(|| OuterEsp::plain_ipv6(data)) {
-            Some(o) => Ok(o),
-            None => OuterEsp::parse(data),
-        }
+        OuterEsp::plain(data).map_or_else(|| OuterEsp::parse(data), Ok)
     }
 
     /// The general parse: IPv4 with options, IPv6 with extension headers, ESP in UDP.
@@ -1689,45 +1721,67 @@ pub(crate) mod tests {
     /// Outer headers of the shapes the fast paths test for and their near misses:
     /// IPv4 with and without options, fragment bits, protocols ESP, UDP, TCP, correct
     /// and wrong checksums; IPv6 with next header ESP, UDP, a Fragment header, hop-by-hop
-    /// options; total and payload lengths below, at and above the buffer's.
+    /// options; total and payload lengths below, at and above the buffer's; UDP to and
+    /// from the NAT-T port or not, carrying an SPI, a keepalive or IKE's non-ESP marker.
     pub(crate) fn outer_header_shapes() -> Vec<Vec<u8>> {
         let mut all = Vec::new();
-        for len in [0usize, 20, 23, 24, 39, 40, 43, 44, 60, 72] {
+        for len in [0usize, 20, 23, 24, 29, 32, 39, 40, 43, 44, 49, 52, 60, 72] {
             for first in [0x45u8, 0x46, 0x44, 0x60, 0x6f, 0x65, 0x50] {
-                for next in [IPPROTO_ESP, 17, 6, 44, 0] {
-                    for stated in [0usize, 4, 20, 24, 32, 40, 44, 60, 72, 80] {
+                for next in [IPPROTO_ESP, IPPROTO_UDP, 6, 44, 0] {
+                    for stated in [0usize, 4, 20, 24, 28, 29, 32, 40, 44, 48, 49, 52, 60, 72] {
                         for frag in [[0u8, 0], [0x40, 0], [0x20, 0], [0, 1]] {
-                            let mut p: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
-                            let set = |p: &mut Vec<u8>, at: usize, b: u8| {
-                                if let Some(x) = p.get_mut(at) {
-                                    *x = b;
+                            for udp in 0..if next == IPPROTO_UDP { 5 } else { 1 } {
+                                let mut p: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+                                let set = |p: &mut Vec<u8>, at: usize, b: u8| {
+                                    if let Some(x) = p.get_mut(at) {
+                                        *x = b;
+                                    }
+                                };
+                                set(&mut p, 0, first);
+                                if first >> 4 == 4 {
+                                    let [hi, lo] = (stated as u16).to_be_bytes();
+                                    set(&mut p, 2, hi);
+                                    set(&mut p, 3, lo);
+                                    set(&mut p, 6, frag[0]);
+                                    set(&mut p, 7, frag[1]);
+                                    set(&mut p, 9, next);
+                                    if p.len() >= IPV4_HEADER_LEN {
+                                        p[10..12].fill(0);
+                                        packet::set_ipv4_checksum(&mut p[..IPV4_HEADER_LEN]);
+                                        if frag == [0, 1] {
+                                            // (with these bits: a wrong checksum instead)
+                                            p[7] = 0;
+                                            p[11] ^= 1;
+                                        }
+                                    }
+                                } else {
+                                    let [hi, lo] = (stated.saturating_sub(40) as u16).to_be_bytes();
+                                    set(&mut p, 4, hi);
+                                    set(&mut p, 5, lo);
+                                    set(&mut p, 6, next);
+                                    set(&mut p, 40, frag[0]);
                                 }
-                            };
-                            set(&mut p, 0, first);
-                            if first >> 4 == 4 {
-                                let [hi, lo] = (stated as u16).to_be_bytes();
-                                set(&mut p, 2, hi);
-                                set(&mut p, 3, lo);
-                                set(&mut p, 6, frag[0]);
-                                set(&mut p, 7, frag[1]);
-                                set(&mut p, 9, next);
-                                if p.len() >= IPV4_HEADER_LEN {
-                                    p[10..12].fill(0);
-                                    packet::set_ipv4_checksum(&mut p[..IPV4_HEADER_LEN]);
-                                    if frag == [0, 1] {
-                                        // (with these bits: a wrong checksum instead)
-                                        p[7] = 0;
-                                        p[11] ^= 1;
+                                // UDP: ports (NAT-T's 4500 on either side, or neither), then
+                                // an SPI, a keepalive byte or the non-ESP marker.
+                                let at = if first >> 4 == 4 { 20 } else { 40 };
+                                let (ports, body): ([u16; 2], [u8; 4]) = match udp {
+                                    1 => ([4500, 4500], [0, 0, 0x10, 1]),
+                                    2 => ([1234, 4500], [0xff, 0, 0, 0]),
+                                    3 => ([4500, 1234], [0, 0, 0, 0]),
+                                    4 => ([1234, 1235], [0, 0, 0x10, 1]),
+                                    _ => ([0, 0], [0; 4]),
+                                };
+                                if udp != 0 {
+                                    let [a, b] = ports[0].to_be_bytes();
+                                    let [c, d] = ports[1].to_be_bytes();
+                                    for (i, x) in
+                                        [a, b, c, d, 0, 0, 0, 0].into_iter().chain(body).enumerate()
+                                    {
+                                        set(&mut p, at + i, x);
                                     }
                                 }
-                            } else {
-                                let [hi, lo] = (stated.saturating_sub(40) as u16).to_be_bytes();
-                                set(&mut p, 4, hi);
-                                set(&mut p, 5, lo);
-                                set(&mut p, 6, next);
-                                set(&mut p, 40, frag[0]);
+                                all.push(p);
                             }
-                            all.push(p);
                         }
                     }
                 }
@@ -1736,23 +1790,26 @@ pub(crate) mod tests {
         all
     }
 
-    /// The fast paths of the outer header ([`OuterEsp::plain_ipv4`],
-    /// [`OuterEsp::plain_ipv6`]) answer, where they answer, what the general parse
-    /// answers, and they do answer for plain packets of both families.
+    /// The fast path of the outer header ([`OuterEsp::plain`]) answers, where it
+    /// answers, what the general parse answers, and it does answer for plain packets of
+    /// both families, ESP in UDP too.
     #[test]
     fn plain_outer_headers_parse_as_the_general_parse() {
-        let (mut v4, mut v6) = (0, 0);
+        let (mut v4, mut v6, mut udp) = (0, 0, 0);
         for p in outer_header_shapes() {
-            if let Some(o) = OuterEsp::plain_ipv4(&p) {
+            if let Some(o) = OuterEsp::plain(&p) {
                 assert_eq!(OuterEsp::parse(&p), Ok(o), "{p:02x?}");
-                v4 += 1;
-            }
-            if let Some(o) = OuterEsp::plain_ipv6(&p) {
-                assert_eq!(OuterEsp::parse(&p), Ok(o), "{p:02x?}");
-                v6 += 1;
+                match o.version {
+                    IpVersion::V4 => v4 += 1,
+                    IpVersion::V6 => v6 += 1,
+                }
+                udp += usize::from(o.esp != o.header_end);
             }
             assert_eq!(OuterEsp::of(&p).ok(), OuterEsp::parse(&p).ok(), "{p:02x?}");
         }
-        assert!(v4 > 0 && v6 > 0, "fast paths taken: IPv4 {v4}, IPv6 {v6}");
+        assert!(
+            v4 > 0 && v6 > 0 && udp > 0,
+            "fast paths taken: IPv4 {v4}, IPv6 {v6}, of which in UDP {udp}"
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! `Gateway::inbound_burst` gives what `Gateway::inbound` gives one packet at a time:
 //! the same verdicts, bytes and counters (the gateway's, every SA's, the SPD cache's)
-//! over mixes of runs of ESP for four SAs (AES-128-GCM, AES-128-CBC + HMAC, one that
-//! reaches its hard packet lifetime, and AES-128-CBC + HMAC carrying IPv6 in IPv6),
-//! replays, tampered and truncated ESP, inner packets
+//! over mixes of runs of ESP for five SAs (AES-128-GCM, AES-128-CBC + HMAC, one that
+//! reaches its hard packet lifetime, AES-128-CBC + HMAC carrying IPv6 in IPv6, and
+//! AES-128-GCM in UDP on the NAT-T port), replays, tampered and truncated ESP, inner packets
 //! outside their SA's policy, unknown SPIs, outer fragments of ESP that are reassembled
 //! part-way through a run, and cleartext that is bypassed or discarded; in bursts of
 //! several sizes, with the SPD cache on and off.
@@ -39,9 +39,10 @@ struct Suite {
     integrity: Option<(Integrity, Vec<u8>)>,
 }
 
-/// The four SAs: AES-128-GCM, AES-128-CBC + HMAC-SHA-256-128, a short-lived AES-256-GCM
-/// one, and AES-128-CBC + HMAC-SHA-256-128 between IPv6 endpoints (IPv6 inside).
-fn suites() -> [Suite; 4] {
+/// The five SAs: AES-128-GCM, AES-128-CBC + HMAC-SHA-256-128, a short-lived AES-256-GCM
+/// one, AES-128-CBC + HMAC-SHA-256-128 between IPv6 endpoints (IPv6 inside), and
+/// AES-128-GCM in UDP (NAT-T).
+fn suites() -> [Suite; 5] {
     let suite = |name, spi, cipher, key, integrity| Suite {
         name,
         spi,
@@ -66,11 +67,15 @@ fn suites() -> [Suite; 4] {
             vec![5; 16],
             Some((Integrity::HmacSha256_128, vec![6; 32])),
         ),
+        suite("natt", 0x2004, Cipher::Aes128Gcm, vec![7; 20], None),
     ]
 }
 
 /// The SA of [`suites`] that carries IPv6.
 const V6: usize = 3;
+
+/// The SA of [`suites`] whose ESP comes in UDP (port 4500 both ways).
+const NATT: usize = 4;
 
 fn config(k: usize, direction: Direction) -> SaConfig {
     let Suite {
@@ -83,6 +88,9 @@ fn config(k: usize, direction: Direction) -> SaConfig {
     let mut c = SaConfig::new(*spi, direction, Mode::Tunnel, *cipher, key);
     if let Some((i, ikey)) = integrity {
         c.integrity(*i, ikey);
+    }
+    if k == NATT {
+        c.udp_encap(4500, 4500);
     }
     if direction == Direction::Outbound && k == V6 {
         c.tunnel(addr("2001:db8:ff::2"), addr("2001:db8:ff::1"));
@@ -98,8 +106,8 @@ fn config(k: usize, direction: Direction) -> SaConfig {
 }
 
 /// The receiving gateway: one inbound SA per suite, each serving the policy of one
-/// remote network (10.1/16, 10.2/16, 10.4/16, 2001:db8:5::/48), IKE bypassed, 10.3/16
-/// blocked, the rest discarded.
+/// remote network (10.1/16, 10.2/16, 10.4/16, 2001:db8:5::/48, 10.6/16), IKE bypassed,
+/// 10.3/16 blocked, the rest discarded.
 fn gateway(cache: usize) -> Gateway {
     let spd = Spd::from_toml("[[policy]]\nname = \"deny\"\naction = \"discard\"\n").expect("spd");
     let mut gw = Gateway::new(spd, at(0)).expect("gateway");
@@ -114,6 +122,7 @@ fn gateway(cache: usize) -> Gateway {
         "name = \"from-cbc\"\ndirection = \"inbound\"\nremote = \"10.2.0.0/16\"\naction = \"protect\"\nsa = \"cbc\"\n",
         "name = \"from-short\"\ndirection = \"inbound\"\nremote = \"10.4.0.0/16\"\naction = \"protect\"\nsa = \"short\"\n",
         "name = \"from-cbc6\"\ndirection = \"inbound\"\nremote = \"2001:db8:5::/48\"\naction = \"protect\"\nsa = \"cbc6\"\n",
+        "name = \"from-natt\"\ndirection = \"inbound\"\nremote = \"10.6.0.0/16\"\naction = \"protect\"\nsa = \"natt\"\n",
     ] {
         gw.install_policy(p, Some("deny")).expect("policy");
     }
@@ -193,7 +202,32 @@ fn mix(seed: u64, count: usize) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = Vec::new();
     while out.len() < count {
         let tag = out.len() as u8;
-        match rng.next(14) {
+        match rng.next(15) {
+            14 => {
+                // A run in UDP (NAT-T), an IKE packet with the non-ESP marker on the
+                // same port in it, a flipped ICV and one from outside the policy.
+                let run = 1 + rng.next(10);
+                for i in 0..run {
+                    let net = if i == run / 2 {
+                        [10, 1, 0, 9]
+                    } else {
+                        [10, 6, 0, 9]
+                    };
+                    out.push(esp(
+                        &mut sender,
+                        NATT,
+                        &ipv4(net, 40 + rng.next(300), 5000, tag),
+                    ));
+                    if i == 1 {
+                        let mut ike = esp(&mut sender, NATT, &ipv4([10, 6, 0, 9], 64, 5000, tag));
+                        ike[28..32].fill(0);
+                        out.push(ike);
+                    }
+                }
+                let mut bad = esp(&mut sender, NATT, &ipv4([10, 6, 0, 9], 64, 5000, tag));
+                *bad.last_mut().expect("bytes") ^= 1;
+                out.push(bad);
+            }
             12 => {
                 // A run of IPv6 in IPv6, with an inner packet from outside the SA's
                 // policy, a replay and a flipped ICV among them.
@@ -319,6 +353,10 @@ fn an_inbound_burst_gives_what_single_calls_give() {
         assert!(
             kinds(|o| o.0 == Err(Error::PolicyMismatch) && o.1.first().map(|b| b >> 4) == Some(6))
                 > 0
+        );
+        // ESP in UDP decrypted (its runs too go through the burst code).
+        assert!(
+            kinds(|o| o.0 == Ok(BurstVerdict::Decrypted) && o.1.get(12..14) == Some(&[10, 6])) > 10
         );
         assert!(kinds(|o| o.0 == Ok(BurstVerdict::Bypassed)) > 0);
         assert!(kinds(|o| o.0 == Ok(BurstVerdict::Reassembling)) > 0);
