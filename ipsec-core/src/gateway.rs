@@ -1335,7 +1335,7 @@ fn plain_esp_spi(pkt: &[u8]) -> Option<u32> {
     plain_udp_esp_spi(pkt)
 }
 
-/// [`plain_esp_spi`] for ESP in UDP (IPv4 or IPv6) and the shapes it refuses. Not
+/// [`plain_esp_spi`] for ESP in UDP to or from the NAT-T port, under IPv4 or IPv6. Not
 /// inlined: it would cost the other shapes registers.
 #[inline(never)]
 fn plain_udp_esp_spi(pkt: &[u8]) -> Option<u32> {
@@ -1353,20 +1353,17 @@ fn plain_udp_esp_spi(pkt: &[u8]) -> Option<u32> {
         }
         _ => return None,
     };
-    let esp = match protocol {
-        IPPROTO_ESP => header_end,
-        IPPROTO_UDP => {
-            let ports: &[u8; 4] = pkt.get(header_end..)?.first_chunk()?;
-            let nat_t = NAT_T_PORT.to_be_bytes();
-            if ports[..2] != nat_t && ports[2..] != nat_t {
-                return None;
-            }
-            header_end + packet::UDP_HEADER_LEN
-        }
-        _ => return None,
-    };
+    if protocol != IPPROTO_UDP {
+        return None;
+    }
+    let ports: &[u8; 4] = pkt.get(header_end..)?.first_chunk()?;
+    let nat_t = NAT_T_PORT.to_be_bytes();
+    if ports[..2] != nat_t && ports[2..] != nat_t {
+        return None;
+    }
+    let esp = header_end + packet::UDP_HEADER_LEN;
     let spi: &[u8; 4] = pkt.get(esp..total_len)?.first_chunk()?;
-    (protocol == IPPROTO_ESP || *spi != [0; 4]).then(|| u32::from_be_bytes(*spi))
+    (*spi != [0; 4]).then(|| u32::from_be_bytes(*spi))
 }
 
 /// The SPI of an ESP packet (IP protocol 50, or UDP to or from the NAT-T port that is
