@@ -32,8 +32,26 @@ root=$(pwd)
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}
 
-stage() { printf '\n=== %s ===\n' "$*"; }
+# Each stage's wall time is kept and printed at the end (and the time since the start
+# at each stage's head), so that a slow CI run says where its minutes went.
 start=$(date +%s)
+stage_name=""
+stage_start=$start
+stage_times=""
+end_stage() {
+  local now
+  now=$(date +%s)
+  if [ -n "$stage_name" ]; then
+    stage_times+=$(printf '%6ss  %s' "$((now - stage_start))" "$stage_name")$'\n'
+  fi
+  stage_name=""
+  stage_start=$now
+}
+stage() {
+  end_stage
+  stage_name="$*"
+  printf '\n=== %s === (%ss in)\n' "$*" "$(($(date +%s) - start))"
+}
 
 stage "format and lints"
 cargo fmt --all --check
@@ -246,5 +264,8 @@ else
   echo "DPDK not installed: $dpdk_reason: benches/dpdk-acl/acl_spd.c not built or checked"
 fi
 
+end_stage
 echo
+echo "wall time of each stage:"
+printf '%s' "$stage_times"
 echo "all tests passed in $(( $(date +%s) - start ))s"
