@@ -85,6 +85,13 @@ const LIMIT_INBOUND: usize = 1024;
 const LIMIT_OUTBOUND: usize = 1536;
 #[cfg(feature = "ipsec-mb")]
 const LIMIT_INBOUND: usize = 1536;
+// Where that build hands large AES-GCM payloads to ring (a CPU with VAES but without
+// the library's AVX-512 code: `aead_backend` says "ipsec-mb+ring"), the SA keeps both
+// keys: ring's 544 B more.
+#[cfg(feature = "ipsec-mb")]
+const LIMIT_SPLIT_EXTRA: usize = 576;
+#[cfg(not(feature = "ipsec-mb"))]
+const LIMIT_SPLIT_EXTRA: usize = 0;
 
 /// The largest replay window.
 const MAX_WINDOW: u32 = 1 << 24;
@@ -156,6 +163,8 @@ fn aes_128_gcm_sa_stays_under_its_bound() {
         (Direction::Outbound, LIMIT_OUTBOUND),
         (Direction::Inbound, LIMIT_INBOUND),
     ] {
+        let split = ipsec_core::crypto::aead_backend(Cipher::Aes128Gcm) == "ipsec-mb+ring";
+        let limit = limit + if split { LIMIT_SPLIT_EXTRA } else { 0 };
         let bytes = sa_bytes(Cipher::Aes128Gcm, None, direction, None);
         assert!(
             bytes < limit,

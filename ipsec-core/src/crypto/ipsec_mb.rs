@@ -342,12 +342,29 @@ pub(crate) fn chacha_preferred() -> bool {
     matches!(library_info(), Ok((_, "avx512")))
 }
 
+/// Whether ESP should hand AES-GCM payloads of [`super::GCM_RING_MIN`] bytes and more
+/// to ring rather than to the library: where the manager is not the AVX-512 one (the
+/// library's SSE, AVX and AVX2 GCM code encrypts with 128-bit AES-NI) and the CPU has
+/// VAES and VPCLMULQDQ with AVX2, so that ring runs its 256-bit VAES code (see
+/// [`super::GCM_RING_MIN`] for the measurements). False if the manager cannot be set
+/// up (no AES-GCM key can be made then).
+#[cfg(feature = "ring")]
+pub(crate) fn gcm_large_to_ring() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let vaes = std::arch::is_x86_feature_detected!("vaes")
+        && std::arch::is_x86_feature_detected!("vpclmulqdq")
+        && std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    let vaes = false;
+    vaes && matches!(library_info(), Ok((_, arch)) if arch != "avx512")
+}
+
 /// A ChaCha20-Poly1305 key for intel-ipsec-mb (feature `ipsec-mb`): what ESP uses for
 /// ChaCha20-Poly1305 packets of [`super::CHACHA_IPSEC_MB_MIN`] bytes and more where
 /// the library runs AVX-512 code ([`super::aead_backend`]); public for differential
 /// tests, fuzzing and benchmarks. The raw 32-byte key (the library expands nothing)
-/// in a boxed [`ChaChaKeyBlock`], wiped on drop. `Send + Sync`: calls only read the
-/// key.
+/// in a boxed 64-byte block (the key, then zeros: the library reads past 32 bytes),
+/// wiped on drop. `Send + Sync`: calls only read the key.
 ///
 /// ```
 /// let key = ipsec_core::crypto::IpsecMbChaChaKey::new(&[7; 32]).unwrap();
