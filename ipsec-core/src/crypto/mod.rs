@@ -599,6 +599,20 @@ impl AeadKey {
         }
     }
 
+    /// Whether this is an AES-GCM / AES-GMAC key of intel-ipsec-mb (alone, or for
+    /// payloads below [`GCM_RING_MIN`]), whose burst seals go after every packet of
+    /// the burst is encapsulated ([`Transform::seals_in_lanes`]).
+    #[inline]
+    fn is_ipsec_mb_gcm(&self) -> bool {
+        match self {
+            #[cfg(feature = "ipsec-mb")]
+            AeadKey::IpsecMb(_) => true,
+            #[cfg(all(feature = "ipsec-mb", feature = "ring"))]
+            AeadKey::IpsecMbGcmRing { .. } => true,
+            _ => false,
+        }
+    }
+
     #[inline]
     fn seal(&self, nonce: Nonce, aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
         match self {
@@ -1329,11 +1343,7 @@ impl Transform {
     pub(crate) fn seals_in_lanes(&self) -> bool {
         match &self.engine {
             Engine::CbcHmac(_) => true,
-            #[cfg(feature = "ipsec-mb")]
-            Engine::Aead {
-                key: AeadKey::IpsecMb(_),
-                ..
-            } => true,
+            Engine::Aead { key, .. } => key.is_ipsec_mb_gcm(),
             _ => false,
         }
     }
@@ -1350,11 +1360,8 @@ impl Transform {
         seq: u64,
         esn: bool,
     ) -> Option<PendingSeal> {
-        #[cfg(feature = "ipsec-mb")]
-        if let Engine::Aead {
-            key: AeadKey::IpsecMb(_),
-            ..
-        } = &self.engine
+        if let Engine::Aead { key, .. } = &self.engine
+            && key.is_ipsec_mb_gcm()
         {
             // The IV is the sequence number, as in `seal`; the seal is `seal_lanes`'.
             buf[at.esp + 8..at.esp + 16].copy_from_slice(&seq.to_be_bytes());
