@@ -60,8 +60,9 @@
 //!   Enable it with `cargo build --features ipsec-core/ipsec-mb` (or `ipsec-cli`'s
 //!   `ipsec-mb` feature); [`crypto::aead_backend`] names each cipher's backend. An
 //!   AES-GCM SA then keeps the library's 1,008-byte key data (zeroed on drop) instead
-//!   of ring's 544 bytes. The default build is portable Rust (plus ring's assembly)
-//!   and does not change.
+//!   of ring's 544 bytes, or both where large payloads go to ring (a CPU with VAES on
+//!   which the library does not run its AVX-512 code). The default build is portable
+//!   Rust (plus ring's assembly) and does not change.
 //!
 //! ## Unsafe code
 //!
