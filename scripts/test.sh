@@ -191,33 +191,57 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
   fi
-  targets=$(cd fuzz && cargo fuzz list)
-  work=$(mktemp -d)
-  for t in $targets; do
-    features=()
-    if [ "$t" = aead_ipsec_mb ]; then
+  # Every target is built first (those on the ipsec-mb backend with its feature), then
+  # run two at a time straight from its binary: libFuzzer uses one core.
+  (cd fuzz && cargo +nightly fuzz build)
+  targets=()
+  for t in $(cd fuzz && cargo fuzz list); do
+    if [ "$t" = aead_ipsec_mb ] && [ -n "$mb_reason" ]; then
       # the differential target of the optional backend: built only with it
-      if [ -n "$mb_reason" ]; then
-        echo "$t: not run (intel-ipsec-mb not installed: $mb_reason)"
-        continue
-      fi
-      features=(--features ipsec-mb)
-    elif { [ "$t" = cbc_burst ] || [ "$t" = gateway_burst ]; } && [ -z "$mb_reason" ]; then
-      # CBC + HMAC bursts on intel-ipsec-mb against one packet at a time (in Rust);
-      # without the library it compares the Rust burst lanes instead
-      features=(--features ipsec-mb)
+      echo "$t: not run (intel-ipsec-mb not installed: $mb_reason)"
+      continue
     fi
-    # Fuzz a copy of the corpus so that new inputs do not dirty the checkout.
-    cp -r "fuzz/corpus/$t" "$work/$t"
-    log="$work/$t.log"
-    if ! (cd fuzz && cargo +nightly fuzz run "${features[@]}" "$t" "$work/$t" -- \
-          -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 >"$log" 2>&1); then
+    if [ -z "$mb_reason" ] &&
+       { [ "$t" = aead_ipsec_mb ] || [ "$t" = cbc_burst ] || [ "$t" = gateway_burst ]; }; then
+      # CBC + HMAC bursts on intel-ipsec-mb against one packet at a time (in Rust);
+      # without the library they compare the Rust burst lanes instead
+      (cd fuzz && cargo +nightly fuzz build --features ipsec-mb "$t")
+    fi
+    targets+=("$t")
+  done
+  fuzz_bin="$root/fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release"
+  work=$(mktemp -d)
+  fuzz_one() {
+    local t=$1 log="$work/$1.log"
+    # A copy of the corpus, so that new inputs do not dirty the checkout.
+    if ! cp -r "fuzz/corpus/$t" "$work/$t"; then
+      echo "fuzz target $t: its corpus could not be copied"
+      touch "$work/failed"
+      return
+    fi
+    if "$fuzz_bin/$t" "$work/$t" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \
+         -artifact_prefix="$work/$t-" >"$log" 2>&1; then
+      echo "$t: $(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" |
+        grep -o '[0-9]*$') runs in ${FUZZ_SECONDS}s, no crash"
+    else
       tail -n 60 "$log"
       echo "fuzz target $t failed"
-      exit 1
+      touch "$work/failed"
     fi
-    echo "$t: $(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$') runs in ${FUZZ_SECONDS}s, no crash"
+  }
+  running=0
+  for t in "${targets[@]}"; do
+    fuzz_one "$t" &
+    running=$((running + 1))
+    if [ "$running" -ge 2 ]; then
+      wait -n || true
+      running=$((running - 1))
+    fi
   done
+  wait
+  if [ -e "$work/failed" ]; then
+    exit 1
+  fi
   rm -rf "$work"
 else
   echo "no nightly toolchain: cargo-fuzz needs one; replaying every target's corpus as plain tests instead"
