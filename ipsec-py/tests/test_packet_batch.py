@@ -142,9 +142,8 @@ def test_cbc_batches_are_esp_scapy_decrypts_and_equal_one_packet_at_a_time() -> 
         except ipsec.IpsecError as e:
             one_by_one.append(e)
     burst = burst_sa.decrypt_many(wires)
-    assert [type(r) for r in burst] == [type(r) for r in one_by_one]
-    assert [r for r in burst if isinstance(r, bytes)] == [
-        r for r in one_by_one if isinstance(r, bytes)]
+    assert [r if isinstance(r, bytes) else type(r) for r in burst] == [
+        r if isinstance(r, bytes) else type(r) for r in one_by_one]
     assert burst_sa.stats == one_sa.stats
     stats = burst_sa.stats
     assert (stats["auth_failed"], stats["malformed"], stats["replay"], stats["too_old"],
@@ -153,7 +152,8 @@ def test_cbc_batches_are_esp_scapy_decrypts_and_equal_one_packet_at_a_time() -> 
     batch_sa = cbc_sa("inbound", 32)
     batch = ipsec.PacketBatch(wires)
     assert batch_sa.decrypt_batch(batch) == 37
-    assert [type(r) for r in batch.results()] == [type(r) for r in one_by_one]
+    assert [r if isinstance(r, bytes) else type(r) for r in batch.results()] == [
+        r if isinstance(r, bytes) else type(r) for r in one_by_one]
     assert batch_sa.stats == one_sa.stats
 
 
