@@ -613,7 +613,7 @@ impl AeadKey {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn seal(&self, nonce: Nonce, aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
         match self {
             #[cfg(feature = "ipsec-mb")]
