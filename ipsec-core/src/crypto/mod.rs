@@ -1634,7 +1634,7 @@ impl Transform {
     /// `hint`: the ICV [`Self::icvs_ahead`] computed for this packet in a burst; used
     /// only when it was computed for the same layout (and without ESN), so it changes
     /// nothing but where the HMAC is computed.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn open(
         &mut self,
         buf: &mut [u8],
