@@ -374,7 +374,11 @@ pub(crate) fn cleartext_fragment_decision<'s>(
 /// `first` is the reference of the first policy the SA serves, if the caller knows it
 /// (`None` otherwise): when a whole packet matches it, it is the answer, with no
 /// look-up of the served names.
-#[inline]
+///
+/// The usual answer (a whole packet under the first policy) is a small function of its
+/// own; everything else is out of line: as one function, every packet paid for the
+/// prologue and stack frame of the flow parse.
+#[inline(never)]
 pub(crate) fn decrypted_policy<'s>(
     spd: &'s Spd,
     table: &mut FragmentTable,
@@ -394,6 +398,20 @@ pub(crate) fn decrypted_policy<'s>(
             return Ok(p.name());
         }
     }
+    decrypted_flow_policy(spd, table, sa_index, serves, first, inner, now)
+}
+
+/// [`decrypted_policy`] past its first test: the inner packet parsed as a flow.
+#[inline(never)]
+fn decrypted_flow_policy<'s>(
+    spd: &'s Spd,
+    table: &mut FragmentTable,
+    sa_index: usize,
+    serves: &[String],
+    first: Option<usize>,
+    inner: &[u8],
+    now: Duration,
+) -> Result<&'s str, Error> {
     let Ok((flow, fragment)) = Flow::from_packet_with_fragment(Direction::Inbound, inner) else {
         return Err(Error::PolicyMismatch);
     };
