@@ -1057,8 +1057,24 @@ impl Gateway {
             // are the routes each packet would find in turn.
             let mut routes = [None; CHUNK];
             if self.retiring == 0 {
+                // The last SPI whose route holds for all its packets, and that route:
+                // a burst is mostly one SA's, and this spares the hash look-up.
+                let mut known: Option<(u32, Option<usize>)> = None;
                 for (pkt, route) in pkts.iter().zip(&mut routes) {
-                    *route = self.inbound_run_sa(pkt.data());
+                    let data = pkt.data();
+                    let Some(spi) = plain_esp_spi(data) else {
+                        continue;
+                    };
+                    *route = match known {
+                        Some((s, r)) if s == spi => r,
+                        _ => {
+                            let (r, spi_alone) = self.inbound_run_sa(spi, data);
+                            if spi_alone {
+                                known = Some((spi, r));
+                            }
+                            r
+                        }
+                    };
                 }
             }
             let mut at = 0;
@@ -1090,13 +1106,17 @@ impl Gateway {
         ok
     }
 
-    /// The SA of a packet that may join a run of [`Self::inbound_burst`]: plain ESP
-    /// ([`plain_esp_spi`]) whose SPI names an SA that is not a lane of a shared SA.
+    /// The SA of a plain ESP packet ([`plain_esp_spi`] gave its `spi`) if it may join
+    /// a run of [`Self::inbound_burst`] (an SA that is not a lane of a shared SA), and
+    /// whether that answer holds for every packet with this SPI
+    /// ([`InboundSad::lookup_noting_spi_alone`]).
     #[inline]
-    fn inbound_run_sa(&self, data: &[u8]) -> Option<usize> {
-        let spi = plain_esp_spi(data)?;
-        let i = self.inbound.lookup(spi, || outer_addresses(data))?;
-        self.entry(i).lane.is_none().then_some(i)
+    fn inbound_run_sa(&self, spi: u32, data: &[u8]) -> (Option<usize>, bool) {
+        let (found, spi_alone) = self
+            .inbound
+            .lookup_noting_spi_alone(spi, || outer_addresses(data));
+        let run = found.filter(|&i| self.entry(i).lane.is_none());
+        (run, spi_alone)
     }
 
     /// A run of [`Self::inbound_burst`]: consecutive plain ESP packets for the SA

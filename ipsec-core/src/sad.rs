@@ -166,12 +166,25 @@ impl InboundSad {
         spi: u32,
         addresses: impl FnOnce() -> Option<(IpAddr, IpAddr)>,
     ) -> Option<usize> {
+        self.lookup_noting_spi_alone(spi, addresses).0
+    }
+
+    /// [`Self::lookup`], and whether its answer holds for every packet with `spi`,
+    /// whatever its addresses (no SA of that SPI is found by address): a burst may
+    /// then reuse it for the next packets with that SPI.
+    #[inline]
+    pub(crate) fn lookup_noting_spi_alone(
+        &self,
+        spi: u32,
+        addresses: impl FnOnce() -> Option<(IpAddr, IpAddr)>,
+    ) -> (Option<usize>, bool) {
         match self.find(spi) {
-            Found::Sa(i) => Some(i),
-            Found::Unknown => None,
+            Found::Sa(i) => (Some(i), true),
+            Found::Unknown => (None, true),
             Found::ByAddress(slot) => {
-                let (src, dst) = addresses()?;
-                Self::find_by_address(slot, dst, src)
+                let found =
+                    addresses().and_then(|(src, dst)| Self::find_by_address(slot, dst, src));
+                (found, false)
             }
         }
     }

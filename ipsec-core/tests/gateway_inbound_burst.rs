@@ -391,3 +391,70 @@ fn inbound_results_beyond_the_packets_are_left_alone() {
         assert_eq!(b.data(), &pkt[..], "untouched");
     }
 }
+
+/// Packets whose SPI is shared by SAs found by destination (RFC 4301 §4.1) each reach
+/// their own SA in a burst, whatever the order: the burst remembers an SPI's SA only
+/// when the SPI alone decides it. Two groups share SPI 0x5000 (each its own key and
+/// policy), beside the SPI-alone AES-128-GCM SA of the other tests.
+#[test]
+fn a_burst_sends_packets_of_a_shared_spi_to_the_sa_of_their_destination() {
+    use ipsec_core::SaLookup;
+    let group = |direction, dst: &str, n: u8| {
+        let mut c = SaConfig::new(0x5000, direction, Mode::Tunnel, Cipher::Aes128Gcm, &[n; 20]);
+        c.tunnel(addr("198.51.100.2"), addr(dst));
+        if direction == Direction::Inbound {
+            c.lookup(SaLookup::SpiDestination);
+        }
+        c
+    };
+    let mut gw = gateway(0);
+    for (name, dst, n, remote) in [
+        ("g1", "233.252.0.1", 11, "10.1.0.0/16"),
+        ("g2", "233.252.0.2", 12, "10.2.0.0/16"),
+    ] {
+        gw.add_sa(name, group(Direction::Inbound, dst, n), at(0))
+            .expect("sa");
+        let p = format!(
+            "name = \"p-{name}\"\ndirection = \"inbound\"\nremote = \"{remote}\"\naction = \"protect\"\nsa = \"{name}\"\n"
+        );
+        gw.install_policy(&p, Some("deny")).expect("policy");
+    }
+    let mut to_g1 =
+        SecurityAssociation::new(group(Direction::Outbound, "233.252.0.1", 11), at(0)).expect("sa");
+    let mut to_g2 =
+        SecurityAssociation::new(group(Direction::Outbound, "233.252.0.2", 12), at(0)).expect("sa");
+    let mut alone = SecurityAssociation::new(config(0, Direction::Outbound), at(0)).expect("sa");
+    let seal = |sa: &mut SecurityAssociation, inner: &[u8]| {
+        let mut buf = vec![0u8; SLOT];
+        buf[HEAD..HEAD + inner.len()].copy_from_slice(inner);
+        let mut p = PacketBuf::new(&mut buf, HEAD, inner.len()).expect("in bounds");
+        sa.encrypt(&mut p, at(0)).expect("encrypts");
+        p.data().to_vec()
+    };
+    // Runs of each group's packets and single ones between them, ending with the
+    // SPI-alone SA's, so that a remembered SA would be wrong for the next packet.
+    let order = [1, 1, 1, 2, 2, 1, 2, 2, 2, 0, 0, 1, 2, 1, 0, 2];
+    let packets: Vec<Vec<u8>> = order
+        .iter()
+        .enumerate()
+        .map(|(i, &g)| match g {
+            1 => seal(&mut to_g1, &ipv4([10, 1, 0, 9], 100, 80, i as u8)),
+            2 => seal(&mut to_g2, &ipv4([10, 2, 0, 9], 100, 80, i as u8)),
+            _ => seal(&mut alone, &ipv4([10, 1, 0, 9], 100, 80, i as u8)),
+        })
+        .collect();
+    let got = in_bursts(&mut gw, &packets, 32);
+    for (i, (o, &g)) in got.iter().zip(&order).enumerate() {
+        assert_eq!(o.0, Ok(BurstVerdict::Decrypted), "packet {i} (group {g})");
+        assert_eq!(o.1.get(12..14), Some(&[10, g.max(1)][..]), "packet {i}");
+    }
+    let count = |g: u8| order.iter().filter(|&&x| x == g).count() as u64;
+    for (name, g) in [("g1", 1), ("g2", 2), ("gcm", 0)] {
+        let stats = gw.sa(name).expect("sa").stats();
+        assert_eq!(
+            (stats.packets, stats.dropped_total()),
+            (count(g), 0),
+            "{name}"
+        );
+    }
+}
