@@ -344,6 +344,9 @@ pub struct Policy {
     pub(crate) sa_in: Option<String>,
 }
 
+/// A port selector: an inclusive range, or `None` for any port.
+type PortSel = Option<(u16, u16)>;
+
 impl Policy {
     /// Parses one policy on its own: `text` is the body of one `[[policy]]` table of a
     /// policy file (its `key = value` lines), or a document holding exactly one
@@ -516,10 +519,7 @@ impl Policy {
     /// The selectors seen from a packet in `direction`: (source set, destination set,
     /// source ports, destination ports).
     #[inline(always)]
-    fn oriented_parts(
-        &self,
-        direction: Direction,
-    ) -> (&AddrSet, &AddrSet, Option<(u16, u16)>, Option<(u16, u16)>) {
+    fn oriented_parts(&self, direction: Direction) -> (&AddrSet, &AddrSet, PortSel, PortSel) {
         match direction {
             Direction::Outbound => (&self.local, &self.remote, self.local_port, self.remote_port),
             Direction::Inbound => (&self.remote, &self.local, self.remote_port, self.local_port),
