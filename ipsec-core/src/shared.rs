@@ -193,11 +193,67 @@ impl LaneLink {
     /// Counts an inbound packet; publishes the counters every 64.
     #[inline]
     pub(crate) fn count_inbound(&mut self, sa: &SecurityAssociation) {
-        self.unpublished += 1;
+        self.count_inbound_packets(sa, 1);
+    }
+
+    /// Counts `n` inbound packets; publishes the counters once 64 or more have gone
+    /// by unpublished.
+    #[inline]
+    fn count_inbound_packets(&mut self, sa: &SecurityAssociation, n: usize) {
+        self.unpublished = self
+            .unpublished
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         if self.unpublished >= 64 {
             self.unpublished = 0;
             self.publish(&sa.stats());
         }
+    }
+
+    /// [`SecurityAssociation::encrypt_burst`] on the lane's SA `sa`, with the numbers
+    /// of the lane's block: each run of packets that the numbers left in the block
+    /// cover is one burst of the SA, and a fresh block is leased where
+    /// [`SaLane::encrypt`] would lease it, before the packet that finds the block
+    /// empty. A packet uses at most one number (a failed one none), so the packets, the
+    /// numbers, the leases and the counters are those of one packet at a time.
+    pub(crate) fn encrypt_burst(
+        &mut self,
+        sa: &mut SecurityAssociation,
+        packets: &mut [PacketBuf<'_>],
+        results: &mut [Result<(), Error>],
+        now: Duration,
+    ) -> usize {
+        let n = packets.len().min(results.len());
+        if sa.direction() != Direction::Outbound {
+            return sa.encrypt_burst(packets, results, now);
+        }
+        let (mut ok, mut at) = (0, 0);
+        while at < n {
+            if let Err(e) = self.ensure_seq(sa, 1) {
+                results[at] = Err(e);
+                at += 1;
+                continue;
+            }
+            let left = self.block_end - sa.out().seq;
+            let end = at + usize::try_from(left).map_or(n - at, |l| l.min(n - at));
+            ok += sa.encrypt_burst(&mut packets[at..end], &mut results[at..end], now);
+            at = end;
+        }
+        ok
+    }
+
+    /// [`SecurityAssociation::decrypt_burst`] on the lane's SA `sa` (the shared replay
+    /// window checked and recorded packet by packet, as [`SaLane::decrypt`] does),
+    /// then the packets counted towards the next publication.
+    pub(crate) fn decrypt_burst(
+        &mut self,
+        sa: &mut SecurityAssociation,
+        packets: &mut [PacketBuf<'_>],
+        results: &mut [Result<(), Error>],
+        now: Duration,
+    ) -> usize {
+        let ok = sa.decrypt_burst(packets, results, now);
+        self.count_inbound_packets(sa, packets.len().min(results.len()));
+        ok
     }
 
     /// Publishes `stats` as the lane's counters.
@@ -416,6 +472,45 @@ impl SaLane {
         let r = sa.decrypt(pkt, now);
         link.count_inbound(sa);
         r
+    }
+
+    /// Whether the lane's burst calls work across the packets of a burst
+    /// ([`SecurityAssociation::bursts_interleave`]).
+    pub fn bursts_interleave(&self) -> bool {
+        self.parts().sa.bursts_interleave()
+    }
+
+    /// Encrypts a burst in place ([`SecurityAssociation::encrypt_burst`]: AES-CBC +
+    /// HMAC chains and hashes side by side) with the numbers of the lane's block.
+    /// `results[i]` receives the outcome of `packets[i]`; only the first
+    /// `min(packets.len(), results.len())` packets are processed. Returns how many
+    /// succeeded. Packets, sequence numbers, block leases and counters are those of
+    /// [`Self::encrypt`] called for each packet in turn.
+    pub fn encrypt_burst(
+        &mut self,
+        packets: &mut [PacketBuf<'_>],
+        results: &mut [Result<(), Error>],
+        now: Duration,
+    ) -> usize {
+        let LaneParts { sa, link } = self.parts_mut();
+        link.encrypt_burst(sa, packets, results, now)
+    }
+
+    /// Decrypts a burst in place ([`SecurityAssociation::decrypt_burst`]), each
+    /// packet's sequence number checked and recorded in the shared replay window.
+    /// `results[i]` receives the outcome of `packets[i]`; only the first
+    /// `min(packets.len(), results.len())` packets are processed. Returns how many
+    /// succeeded. Results and counters are those of [`Self::decrypt`] called for each
+    /// packet in turn (the lane publishes its counters after the burst once 64 packets
+    /// or more have gone by unpublished).
+    pub fn decrypt_burst(
+        &mut self,
+        packets: &mut [PacketBuf<'_>],
+        results: &mut [Result<(), Error>],
+        now: Duration,
+    ) -> usize {
+        let LaneParts { sa, link } = self.parts_mut();
+        link.decrypt_burst(sa, packets, results, now)
     }
 }
 
