@@ -11,7 +11,9 @@
 //!
 //! Each `SaLane` holds its core lane behind its own [`Mutex`], with the SA's discipline
 //! ([`crate::sa`]): its `encrypt` / `decrypt` / `encrypt_many` / `decrypt_many` are the
-//! SA's own code ([`Engine`]), so the batches release the GIL for the whole batch. Two
+//! SA's own code ([`Engine`]; batches of an SA whose bursts interleave go through the
+//! lane's burst code, [`SaLane::encrypt_burst`]), so the batches release the GIL for
+//! the whole batch. Two
 //! Python threads on two lanes therefore run their batches in parallel and share only
 //! what the core shares (the sequence number counter, leased in blocks; the inbound
 //! replay window). A lane may still be called from several threads: the calls take
@@ -20,7 +22,7 @@
 use crate::convert::{self, Bad};
 use crate::errors::Failure;
 use crate::sa::{
-    Engine, PySaEvent, SaArgs, State, decrypt_batch, decrypt_one, encrypt_batch, encrypt_one,
+    Engine, PySaEvent, SaArgs, State, Way, decrypt_batch, decrypt_one, encrypt_batch, encrypt_one,
     event_of, lock_releasing_gil, now_arg, stats_dict,
 };
 use core::time::Duration;
@@ -51,6 +53,50 @@ impl Engine for Option<SaLane> {
     fn tailroom_for(&self, len: usize) -> usize {
         self.as_ref().map_or(0, |l| l.tailroom_for(len))
     }
+
+    fn bursts_pay(&self) -> bool {
+        self.as_ref().is_some_and(SaLane::bursts_interleave)
+    }
+
+    /// The lane's burst code ([`SaLane::encrypt_burst`]: the SA's, with the numbers
+    /// of the lane's block; results and counters those of one packet at a time).
+    fn encrypt_burst(
+        &mut self,
+        packets: &mut [PacketBuf<'_>],
+        now: Duration,
+    ) -> Vec<Result<(), Failure>> {
+        lane_burst(self, Way::Encrypt, packets, now)
+    }
+
+    fn decrypt_burst(
+        &mut self,
+        packets: &mut [PacketBuf<'_>],
+        now: Duration,
+    ) -> Vec<Result<(), Failure>> {
+        lane_burst(self, Way::Decrypt, packets, now)
+    }
+}
+
+/// The burst call of the lane in `slot` for `way`, per packet its outcome (every
+/// packet refused once a gateway took the lane).
+fn lane_burst(
+    slot: &mut Option<SaLane>,
+    way: Way,
+    packets: &mut [PacketBuf<'_>],
+    now: Duration,
+) -> Vec<Result<(), Failure>> {
+    let Some(lane) = slot.as_mut() else {
+        return packets
+            .iter()
+            .map(|_| Err(Failure::LaneInstalled))
+            .collect();
+    };
+    let mut results = vec![Ok(()); packets.len()];
+    match way {
+        Way::Encrypt => lane.encrypt_burst(packets, &mut results, now),
+        Way::Decrypt => lane.decrypt_burst(packets, &mut results, now),
+    };
+    results.into_iter().map(|r| Ok(r?)).collect()
 }
 
 /// One SA processed by several threads: the shared part (Python `ipsec.SharedSa`).

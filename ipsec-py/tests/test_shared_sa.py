@@ -4,7 +4,8 @@ Outbound lanes lease sequence numbers in blocks from one counter: two threads se
 N packets each use exactly 1..2N (the block divides N), and an ordinary inbound SA
 decrypts them all. Inbound lanes share one replay window: a packet handed to both lanes
 is accepted by exactly one. Counters are per lane and summed by the SharedSa. scapy's
-ESP decrypts what a lane sends. The lanes' batches release the GIL.
+ESP decrypts what a lane sends. AES-CBC + HMAC batches of lanes (the SA's burst code)
+give what one packet at a time gives. The lanes' batches release the GIL.
 """
 
 from __future__ import annotations
@@ -287,6 +288,77 @@ def test_scapy_decrypts_what_lanes_send(cipher: str, integrity: Optional[str], e
         theirs.esn = seq >> 32
         assert bytes(raw(theirs.decrypt(IP(ct)))) == pt
     assert sorted(seqs) == list(range(start + 1, start + 1 + len(plain)))
+
+
+def outcomes(results: list[Any]) -> list[Any]:
+    """Per packet: its ESP sequence number and length, or the exception's type."""
+    return [(esp_seq(r), len(r)) if isinstance(r, bytes) else type(r) for r in results]
+
+
+def test_cbc_lane_batches_equal_one_packet_at_a_time() -> None:
+    """A lane's AES-CBC + HMAC batches go through the SA's burst code (its chains and
+    hashes side by side), with the numbers of the lane's block: two lanes taking turns,
+    blocks of 7, up to the hard packet lifetime, give the sequence numbers, refusals and
+    counters of one packet at a time, and scapy decrypts what they send. Inbound, the
+    lanes' batches answer tampered and replayed packets as single calls do."""
+    cbc: dict[str, Any] = dict(cipher="aes-128-cbc", integrity="hmac-sha256-128", block=7)
+    sizes = [13, 1, 9, 20, 5, 12, 8]
+    plain = [udp4(i, size=40 + (i * 37) % 500) for i in range(sum(sizes))]
+
+    def turns(sa: ipsec.SharedSa, batched: bool, packets: list[bytes], call: str) -> list[Any]:
+        out: list[Any] = []
+        at = 0
+        for k, n in enumerate(sizes * 4):
+            if at >= len(packets):
+                break
+            lane, part = sa.lanes[k % 2], packets[at:at + n]
+            at += n
+            if batched:
+                batch = ipsec.PacketBatch(part)
+                getattr(lane, f"{call}_batch")(batch)
+                out += batch.results()
+            else:
+                for p in part:
+                    try:
+                        out.append(getattr(lane, call)(p))
+                    except ipsec.IpsecError as e:
+                        out.append(e)
+        return out
+
+    single = shared("outbound", hard_lifetime=ipsec.Lifetime(packets=60), **cbc)
+    bursty = shared("outbound", hard_lifetime=ipsec.Lifetime(packets=60), **cbc)
+    want = turns(single, False, plain, "encrypt")
+    got = turns(bursty, True, plain, "encrypt")
+    assert outcomes(got) == outcomes(want)
+    assert any(isinstance(r, ipsec.LifetimeExpiredError) for r in got)
+    assert [lane.stats for lane in bursty.lanes] == [lane.stats for lane in single.lanes]
+    theirs = ScapySA(ESP, spi=SPI, crypt_algo="AES-CBC", crypt_key=key_for("aes-128-cbc"),
+                     auth_algo="SHA2-256-128",
+                     auth_key=integrity_key_for("hmac-sha256-128"),
+                     tunnel_header=IP(src=T4_SRC, dst=T4_DST))
+    sent = [(p, r) for p, r in zip(plain, got) if isinstance(r, bytes)]
+    assert len({esp_seq(r) for _, r in sent}) == len(sent) > 40
+    for p, r in sent:
+        assert bytes(raw(theirs.decrypt(IP(r)))) == p
+    # Inbound: a tampered copy ahead of every 9th packet, an old one replayed after
+    # every 10th.
+    wires: list[bytes] = []
+    for i, (_, r) in enumerate(sent):
+        if i % 9 == 0:
+            wires.append(r[:-1] + bytes([r[-1] ^ 1]))
+        wires.append(r)
+        if i % 10 == 0:
+            wires.append(sent[i // 2][1])
+    single_in = shared("inbound", replay_window=64, **cbc)
+    bursty_in = shared("inbound", replay_window=64, **cbc)
+    want = turns(single_in, False, wires, "decrypt")
+    got = turns(bursty_in, True, wires, "decrypt")
+    assert [r if isinstance(r, bytes) else type(r) for r in got] == [
+        r if isinstance(r, bytes) else type(r) for r in want]
+    assert [r for r in got if isinstance(r, bytes)] == [p for p, _ in sent]
+    assert any(isinstance(r, ipsec.AuthenticationError) for r in got)
+    assert any(isinstance(r, ipsec.ReplayError) for r in got)
+    assert [lane.stats for lane in bursty_in.lanes] == [lane.stats for lane in single_in.lanes]
 
 
 # --- the GIL ---------------------------------------------------------------------------
