@@ -803,9 +803,10 @@ impl Gateway {
     ///
     /// Packets that must be fragmented to fit their SA's path MTU are refused as by
     /// [`Self::outbound`] ([`Error::TooBig`] or [`Error::NoSpareBuffers`]): send them
-    /// with [`Self::outbound_fragmenting`]. Packets of a lane of a shared SA
-    /// ([`Gateway::add_sa_lane`]) are encrypted one at a time, as [`Self::outbound`]
-    /// encrypts them.
+    /// with [`Self::outbound_fragmenting`]. A lane of a shared SA
+    /// ([`Gateway::add_sa_lane`]) encrypts its runs with the same burst code and the
+    /// numbers of its block ([`crate::SaLane::encrypt_burst`]): the sequence numbers,
+    /// block leases and counters of [`Self::outbound`] on each packet in turn.
     pub fn outbound_burst(
         &mut self,
         packets: &mut [PacketBuf<'_>],
@@ -837,18 +838,14 @@ impl Gateway {
                         .take_while(|&&r| r == Route::Sa(i))
                         .count();
                 let entry = self.entries[i].as_mut().expect("routes name live SAs");
+                let (run, run_done) = (&mut pkts[at..end], &mut done[at..end]);
                 match &mut entry.lane {
                     None => {
-                        entry
-                            .sa
-                            .encrypt_burst(&mut pkts[at..end], &mut done[at..end], now);
+                        entry.sa.encrypt_burst(run, run_done, now);
                     }
+                    // A lane: the same burst code, with the numbers of its block.
                     Some(link) => {
-                        for (pkt, d) in pkts[at..end].iter_mut().zip(&mut done[at..end]) {
-                            *d = link
-                                .ensure_seq(&mut entry.sa, 1)
-                                .and_then(|()| entry.sa.encrypt(pkt, now));
-                        }
+                        link.encrypt_burst(&mut entry.sa, run, run_done, now);
                     }
                 }
                 for (res, d) in ress[at..end].iter_mut().zip(&done[at..end]) {
@@ -1036,10 +1033,10 @@ impl Gateway {
     /// run are computed together), each packet still checked against the SA's
     /// policies in turn. The packets are processed in their order, so the state
     /// packets share (replay windows, lifetimes, remembered fragment decisions, the
-    /// reassembler) sees what single calls show it. Everything else (fragments, IPv4
-    /// options, IPv6 extension headers, cleartext, lanes of shared SAs, and every
-    /// packet while an SA is retiring) goes through [`Self::inbound`] one packet at a
-    /// time.
+    /// reassembler) sees what single calls show it; a lane of a shared SA checks and
+    /// records each packet in the shared replay window. Everything else (fragments,
+    /// IPv4 options, IPv6 extension headers, cleartext, and every packet while an SA is
+    /// retiring) goes through [`Self::inbound`] one packet at a time.
     pub fn inbound_burst(
         &mut self,
         packets: &mut [PacketBuf<'_>],
@@ -1106,17 +1103,13 @@ impl Gateway {
         ok
     }
 
-    /// The SA of a plain ESP packet ([`plain_esp_spi`] gave its `spi`) if it may join
-    /// a run of [`Self::inbound_burst`] (an SA that is not a lane of a shared SA), and
-    /// whether that answer holds for every packet with this SPI
-    /// ([`InboundSad::lookup_noting_spi_alone`]).
+    /// The SA of a plain ESP packet ([`plain_esp_spi`] gave its `spi`), which a run of
+    /// [`Self::inbound_burst`] may take, and whether that answer holds for every packet
+    /// with this SPI ([`InboundSad::lookup_noting_spi_alone`]).
     #[inline]
     fn inbound_run_sa(&self, spi: u32, data: &[u8]) -> (Option<usize>, bool) {
-        let (found, spi_alone) = self
-            .inbound
-            .lookup_noting_spi_alone(spi, || outer_addresses(data));
-        let run = found.filter(|&i| self.entry(i).lane.is_none());
-        (run, spi_alone)
+        self.inbound
+            .lookup_noting_spi_alone(spi, || outer_addresses(data))
     }
 
     /// A run of [`Self::inbound_burst`]: consecutive plain ESP packets for the SA
@@ -1144,6 +1137,10 @@ impl Gateway {
                 fragment_policy::decrypted_policy(spd, fragments, i, serves, first, inner, now)
                     .map(|_| ())
             });
+        if let Some(link) = &mut entry.lane {
+            // As `inbound` counts each packet on a lane.
+            link.count_inbound_packets(&entry.sa, pkts.len());
+        }
         for (res, d) in ress.iter_mut().zip(&done) {
             *res = match d {
                 Ok(()) => Ok(BurstVerdict::Decrypted),

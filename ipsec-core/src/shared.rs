@@ -199,7 +199,7 @@ impl LaneLink {
     /// Counts `n` inbound packets; publishes the counters once 64 or more have gone
     /// by unpublished.
     #[inline]
-    fn count_inbound_packets(&mut self, sa: &SecurityAssociation, n: usize) {
+    pub(crate) fn count_inbound_packets(&mut self, sa: &SecurityAssociation, n: usize) {
         self.unpublished = self
             .unpublished
             .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));

@@ -330,6 +330,45 @@ fn cbc_burst_lanes_do_not_allocate() {
     }
 }
 
+/// A lane's bursts (`SaLane::encrypt_burst` / `decrypt_burst`: the SA's CBC burst code
+/// with the numbers of the lane's block, block leases and counter publication included)
+/// allocate nothing.
+#[test]
+fn shared_sa_lane_bursts_do_not_allocate() {
+    use ipsec_core::{Direction, SharedSa, SharedSaOptions};
+    const N: usize = 32;
+    let suite = (Cipher::Aes128Cbc, Some(Integrity::HmacSha256_128));
+    let mut out_cfg = common::config(0x4545, Direction::Outbound, Mode::Tunnel, suite);
+    out_cfg.tunnel(
+        "192.0.2.1".parse().unwrap(),
+        "198.51.100.2".parse().unwrap(),
+    );
+    let in_cfg = common::config(0x4545, Direction::Inbound, Mode::Tunnel, suite);
+    // Blocks of 8: a burst of 32 leases four times.
+    let options = SharedSaOptions::lanes(2).with_block(8);
+    let (_out, mut out_lanes) = SharedSa::new(out_cfg, options, T0).expect("shared");
+    let (_in, mut in_lanes) = SharedSa::new(in_cfg, options, T0).expect("shared");
+    let plains: Vec<Vec<u8>> = (0..N).map(|i| inner_v4(i * 45, 0)).collect();
+    let mut bufs = vec![[0u8; 1792]; N];
+    let mut res: [Result<(), Error>; N] = [Ok(()); N];
+    let before = allocs();
+    for _ in 0..PACKETS / N {
+        for (b, p) in bufs.iter_mut().zip(&plains) {
+            b[HEAD..HEAD + p.len()].copy_from_slice(p);
+        }
+        let mut it = bufs.iter_mut().zip(&plains);
+        let mut pkts: [PacketBuf<'_>; N] = core::array::from_fn(|_| {
+            let (b, p) = it.next().expect("buffer");
+            PacketBuf::new(b, HEAD, p.len()).expect("buf")
+        });
+        assert_eq!(out_lanes[0].encrypt_burst(&mut pkts, &mut res, T0), N);
+        assert_eq!(in_lanes[1].decrypt_burst(&mut pkts, &mut res, T0), N);
+        assert!(pkts.iter().zip(&plains).all(|(p, q)| p.data() == &q[..]));
+    }
+    let n = allocs() - before;
+    assert_eq!(n, 0, "{n} allocations in lane bursts");
+}
+
 /// SPD lookups allocate nothing, one flow or a burst at a time: bursts longer than the
 /// classifier's 32 and shorter, both directions and families mixed, a flow of mixed
 /// families (the scan answers it), and an SPD with live changes pending (a removed and
