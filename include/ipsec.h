@@ -2748,6 +2748,37 @@ ipsec_status ipsec_sa_lane_decrypt(struct ipsec_sa_lane *lane,
                                    uint64_t now_ns);
 
 /**
+ * Encrypts `count` packets in place with an outbound lane: the burst form of
+ * `ipsec_sa_lane_encrypt`, with the conventions of `ipsec_sa_encrypt_burst` (the
+ * descriptors, statuses, value returned and panic handling; AES-CBC with HMAC in
+ * groups of up to 32 through the SA's burst code). Sequence numbers, block leases,
+ * statuses and counters are those of `ipsec_sa_lane_encrypt` on each packet in turn.
+ *
+ * # Safety
+ *
+ * `lane` is a live lane used by no other thread during the call; `packets` points to
+ * `count` writable descriptors, each `buf` to `capacity` writable bytes.
+ */
+size_t ipsec_sa_lane_encrypt_burst(struct ipsec_sa_lane *lane,
+                                   struct ipsec_packet *packets,
+                                   size_t count,
+                                   uint64_t now_ns);
+
+/**
+ * Decrypts `count` packets in place with an inbound lane: the burst form of
+ * `ipsec_sa_lane_decrypt` (each sequence number checked and recorded in the replay
+ * window all lanes share), with the conventions of `ipsec_sa_encrypt_burst`.
+ *
+ * # Safety
+ *
+ * As `ipsec_sa_lane_encrypt_burst`.
+ */
+size_t ipsec_sa_lane_decrypt_burst(struct ipsec_sa_lane *lane,
+                                   struct ipsec_packet *packets,
+                                   size_t count,
+                                   uint64_t now_ns);
+
+/**
  * Copies the lane's own counters (exact, up to its last packet) into `*out`.
  *
  * # Safety

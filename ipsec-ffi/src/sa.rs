@@ -6,9 +6,9 @@ use core::time::Duration;
 
 use ipsec_core::sa_file::parse_sa_file;
 use ipsec_core::{
-    Cipher, ConfigError, DfPolicy, Direction, DropReason, EspPadding, Integrity, Lifetime,
-    LifetimeLimit, Mode, NAT_KEEPALIVE_MAX_LEN, PacketBuf, SaConfig, SaEvent, SaLookup, SaStats,
-    SecurityAssociation, TfcPadding,
+    Cipher, ConfigError, DfPolicy, Direction, DropReason, Error, EspPadding, Integrity, Lifetime,
+    LifetimeLimit, Mode, NAT_KEEPALIVE_MAX_LEN, PacketBuf, SaConfig, SaEvent, SaLane, SaLookup,
+    SaStats, SecurityAssociation, TfcPadding,
 };
 
 use crate::boundary::{
@@ -1149,9 +1149,81 @@ unsafe fn burst_one(
 
 /// Which SA burst [`burst`] runs.
 #[derive(Clone, Copy)]
-enum BurstOp {
+pub(crate) enum BurstOp {
     Encrypt,
     Decrypt,
+}
+
+/// What [`burst`] needs of the object behind a handle: an SA, or a lane of a shared
+/// SA (`ipsec_sa_lane_encrypt_burst`), whose calls are the SA's with the lane's
+/// sequence numbers and shared replay window.
+pub(crate) trait BurstTarget {
+    /// `SecurityAssociation::bursts_interleave`.
+    fn bursts_interleave(&self) -> bool;
+    /// One packet of `op`.
+    fn one(&mut self, op: BurstOp, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error>;
+    /// A burst of `op`; returns how many succeeded.
+    fn many(
+        &mut self,
+        op: BurstOp,
+        pkts: &mut [PacketBuf<'_>],
+        results: &mut [Result<(), Error>],
+        now: Duration,
+    ) -> usize;
+}
+
+impl BurstTarget for SecurityAssociation {
+    fn bursts_interleave(&self) -> bool {
+        SecurityAssociation::bursts_interleave(self)
+    }
+
+    #[inline(always)]
+    fn one(&mut self, op: BurstOp, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
+        match op {
+            BurstOp::Encrypt => self.encrypt(pkt, now),
+            BurstOp::Decrypt => self.decrypt(pkt, now),
+        }
+    }
+
+    fn many(
+        &mut self,
+        op: BurstOp,
+        pkts: &mut [PacketBuf<'_>],
+        results: &mut [Result<(), Error>],
+        now: Duration,
+    ) -> usize {
+        match op {
+            BurstOp::Encrypt => self.encrypt_burst(pkts, results, now),
+            BurstOp::Decrypt => self.decrypt_burst(pkts, results, now),
+        }
+    }
+}
+
+impl BurstTarget for SaLane {
+    fn bursts_interleave(&self) -> bool {
+        SaLane::bursts_interleave(self)
+    }
+
+    #[inline(always)]
+    fn one(&mut self, op: BurstOp, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
+        match op {
+            BurstOp::Encrypt => self.encrypt(pkt, now),
+            BurstOp::Decrypt => self.decrypt(pkt, now),
+        }
+    }
+
+    fn many(
+        &mut self,
+        op: BurstOp,
+        pkts: &mut [PacketBuf<'_>],
+        results: &mut [Result<(), Error>],
+        now: Duration,
+    ) -> usize {
+        match op {
+            BurstOp::Encrypt => self.encrypt_burst(pkts, results, now),
+            BurstOp::Decrypt => self.decrypt_burst(pkts, results, now),
+        }
+    }
 }
 
 /// How many descriptors [`burst`] hands to one `SecurityAssociation::encrypt_burst` /
@@ -1202,20 +1274,24 @@ pub(crate) fn buffers_disjoint(packets: &[ipsec_packet]) -> bool {
 ///
 /// `packets` points to `count` descriptors as documented on the entry points.
 #[inline(always)]
-unsafe fn burst(
-    sa: *mut ipsec_sa,
+pub(crate) unsafe fn burst<H: Handle>(
+    sa: *mut H,
+    name: &'static str,
     packets: *mut ipsec_packet,
     count: usize,
     op: BurstOp,
     now: Duration,
-) -> usize {
+) -> usize
+where
+    H::Inner: BurstTarget,
+{
     let body = |progress: &mut BurstProgress| {
         // SAFETY: caller's contract.
         let Ok(packets) = (unsafe { array_mut(packets, count, "packets") }) else {
             return 0;
         };
         // SAFETY: caller's contract.
-        let mut sa = match unsafe { borrow_mut(sa, "sa") } {
+        let mut sa = match unsafe { borrow_mut(sa, name) } {
             Ok(sa) => sa,
             Err(status) => {
                 for p in packets.iter_mut() {
@@ -1235,10 +1311,7 @@ unsafe fn burst(
             rest = tail;
             if take == 0 || !grouped || !buffers_disjoint(group) {
                 for p in group.iter_mut() {
-                    let mut one = |pkt: &mut PacketBuf<'_>| match op {
-                        BurstOp::Encrypt => sa.encrypt(pkt, now),
-                        BurstOp::Decrypt => sa.decrypt(pkt, now),
-                    };
+                    let mut one = |pkt: &mut PacketBuf<'_>| sa.one(op, pkt, now);
                     // SAFETY: each descriptor's buffer is valid (caller's contract);
                     // one buffer is borrowed at a time.
                     p.status = match unsafe { burst_one(p, &mut one) } {
@@ -1254,7 +1327,7 @@ unsafe fn burst(
             }
             // SAFETY: the group's buffers are valid (caller's contract) and pairwise
             // disjoint (checked), so they may all be borrowed at once.
-            progress.ok += unsafe { burst_group(&mut sa, group, op, now) };
+            progress.ok += unsafe { burst_group(&mut *sa, group, op, now) };
             progress.done += group.len();
         }
         progress.ok
@@ -1270,8 +1343,8 @@ unsafe fn burst(
 ///
 /// Each descriptor's `buf` points to `capacity` writable bytes that nothing else
 /// accesses during the call, and no two overlap.
-unsafe fn burst_group(
-    sa: &mut SecurityAssociation,
+unsafe fn burst_group<T: BurstTarget>(
+    sa: &mut T,
     group: &mut [ipsec_packet],
     op: BurstOp,
     now: Duration,
@@ -1295,10 +1368,7 @@ unsafe fn burst_group(
         }
     }
     let mut results = [Ok(()); BURST_GROUP];
-    let ok = match op {
-        BurstOp::Encrypt => sa.encrypt_burst(&mut bufs[..n], &mut results[..n], now),
-        BurstOp::Decrypt => sa.decrypt_burst(&mut bufs[..n], &mut results[..n], now),
-    };
+    let ok = sa.many(op, &mut bufs[..n], &mut results[..n], now);
     for (p, &k) in group.iter_mut().zip(slot.iter()) {
         if k == usize::MAX {
             // Refused before the burst: its error again, so that the last error
@@ -1354,7 +1424,7 @@ pub unsafe extern "C" fn ipsec_sa_encrypt_burst(
     now_ns: u64,
 ) -> usize {
     // SAFETY: caller's contract.
-    unsafe { burst(sa, packets, count, BurstOp::Encrypt, now(now_ns)) }
+    unsafe { burst(sa, "sa", packets, count, BurstOp::Encrypt, now(now_ns)) }
 }
 
 /// Decrypts `count` packets in place with one inbound SA; the burst form of
@@ -1373,7 +1443,7 @@ pub unsafe extern "C" fn ipsec_sa_decrypt_burst(
     now_ns: u64,
 ) -> usize {
     // SAFETY: caller's contract.
-    unsafe { burst(sa, packets, count, BurstOp::Decrypt, now(now_ns)) }
+    unsafe { burst(sa, "sa", packets, count, BurstOp::Decrypt, now(now_ns)) }
 }
 
 /// The room an outbound packet of `packet_len` bytes needs (`headroom` in front,

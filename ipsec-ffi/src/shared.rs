@@ -30,8 +30,8 @@ use ipsec_core::{SaLane, SharedSa, SharedSaOptions};
 use crate::boundary::{boundary, call, config_error, invalid};
 use crate::handle::{Handle, borrow, borrow_mut, bytes_mut, free_handle, into_handle, out_ptr};
 use crate::sa::{
-    event_to, in_place, ipsec_overhead, ipsec_sa_config, ipsec_sa_event, ipsec_sa_stats,
-    keepalive_buffer, now, read_config, time_ns,
+    BurstOp, burst, event_to, in_place, ipsec_overhead, ipsec_packet, ipsec_sa_config,
+    ipsec_sa_event, ipsec_sa_stats, keepalive_buffer, now, read_config, time_ns,
 };
 use crate::status::ipsec_status;
 
@@ -338,6 +338,45 @@ pub unsafe extern "C" fn ipsec_sa_lane_decrypt(
             })
         }
     })
+}
+
+/// Encrypts `count` packets in place with an outbound lane: the burst form of
+/// `ipsec_sa_lane_encrypt`, with the conventions of `ipsec_sa_encrypt_burst` (the
+/// descriptors, statuses, value returned and panic handling; AES-CBC with HMAC in
+/// groups of up to 32 through the SA's burst code). Sequence numbers, block leases,
+/// statuses and counters are those of `ipsec_sa_lane_encrypt` on each packet in turn.
+///
+/// # Safety
+///
+/// `lane` is a live lane used by no other thread during the call; `packets` points to
+/// `count` writable descriptors, each `buf` to `capacity` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_lane_encrypt_burst(
+    lane: *mut ipsec_sa_lane,
+    packets: *mut ipsec_packet,
+    count: usize,
+    now_ns: u64,
+) -> usize {
+    // SAFETY: caller's contract.
+    unsafe { burst(lane, "lane", packets, count, BurstOp::Encrypt, now(now_ns)) }
+}
+
+/// Decrypts `count` packets in place with an inbound lane: the burst form of
+/// `ipsec_sa_lane_decrypt` (each sequence number checked and recorded in the replay
+/// window all lanes share), with the conventions of `ipsec_sa_encrypt_burst`.
+///
+/// # Safety
+///
+/// As `ipsec_sa_lane_encrypt_burst`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ipsec_sa_lane_decrypt_burst(
+    lane: *mut ipsec_sa_lane,
+    packets: *mut ipsec_packet,
+    count: usize,
+    now_ns: u64,
+) -> usize {
+    // SAFETY: caller's contract.
+    unsafe { burst(lane, "lane", packets, count, BurstOp::Decrypt, now(now_ns)) }
 }
 
 /// Copies the lane's own counters (exact, up to its last packet) into `*out`.
