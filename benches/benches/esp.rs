@@ -10,6 +10,10 @@
 //! * `esp_encrypt_burst32/N`: 32 packets through `encrypt_burst`.
 //! * `esp_decrypt/N`, `esp_decrypt_burst32/N`: the same, inbound, with the replay window
 //!   off (size 0) so that one ciphertext can be decrypted again and again.
+//! * CBC suite only: `lane_encrypt_burst32/N`, `lane_decrypt_burst32/N` and
+//!   `lane_encrypt_single32/N`, `lane_decrypt_single32/N`: the same 32 packets through
+//!   one lane of a `SharedSa` (blocks of 64), with its burst calls and one packet at a
+//!   time.
 //! * `rustcrypto_seal/N`, `ring_seal/N`, `aws_lc_seal/N`: the AEAD alone, in place, with
 //!   8 bytes of AAD (as ESP's SPI and sequence number) — or, for the CBC suite,
 //!   `rustcrypto_cbc_hmac/N`: AES-CBC over N bytes plus HMAC-SHA-256 over them.
@@ -64,7 +68,8 @@ use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterio
 use hmac::{Hmac, Mac};
 use ipsec_core::gateway::{BurstVerdict, Inbound, Outbound};
 use ipsec_core::{
-    Cipher, Direction, Gateway, Integrity, Mode, PacketBuf, SaConfig, SecurityAssociation, Spd,
+    Cipher, Direction, Gateway, Integrity, Mode, PacketBuf, SaConfig, SecurityAssociation,
+    SharedSa, SharedSaOptions, Spd,
 };
 
 mod common;
@@ -189,7 +194,75 @@ fn esp_benches(g: &mut BenchmarkGroup<'_, WallTime>, suite: Suite, size: usize) 
             })
         });
     }
+    if suite.integrity.is_some() {
+        lane_burst_benches(g, suite, size, &inner, &protected);
+    }
     g.throughput(Throughput::Bytes(size as u64));
+}
+
+/// A lane of a shared SA (one lane, blocks of 64) on the suite's bursts of 32, through
+/// its burst calls and one packet at a time (`SaLane::encrypt_burst` against 32
+/// `SaLane::encrypt` calls): what a lane's bursts gain where they interleave.
+fn lane_burst_benches(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    suite: Suite,
+    size: usize,
+    inner: &[u8],
+    protected: &[u8],
+) {
+    let now = Duration::ZERO;
+    let lane = |direction| {
+        let key = vec![0x42u8; suite.key_len];
+        let mut cfg = SaConfig::new(common::SPI, direction, Mode::Tunnel, suite.cipher, &key);
+        if let Some(i) = suite.integrity {
+            cfg.integrity(i, &[0x24u8; 32]);
+        }
+        if direction == Direction::Outbound {
+            cfg.tunnel("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        } else {
+            cfg.replay_window(0);
+        }
+        let (_, mut lanes) =
+            SharedSa::new(cfg, SharedSaOptions::lanes(1).with_block(64), now).expect("lane");
+        lanes.pop().expect("one lane")
+    };
+    let mut results = [Ok(()); BURST];
+    for burst in [false, true] {
+        let how = if burst { "burst" } else { "single" };
+        let mut outbound = lane(Direction::Outbound);
+        let head = outbound.max_headroom();
+        let slot = head + size + outbound.tailroom_for(size);
+        let mut storage = vec![0u8; slot * BURST];
+        g.bench_function(format!("lane_encrypt_{how}{BURST}/{size}"), |b| {
+            b.iter(|| {
+                let mut pkts = refilled_burst(&mut storage, slot, head, inner);
+                if burst {
+                    assert_eq!(outbound.encrypt_burst(&mut pkts, &mut results, now), BURST);
+                } else {
+                    for p in pkts.iter_mut() {
+                        outbound.encrypt(p, now).expect("encrypts");
+                    }
+                }
+                black_box(&pkts);
+            })
+        });
+        let mut inbound = lane(Direction::Inbound);
+        let plen = protected.len();
+        let mut storage = vec![0u8; plen * BURST];
+        g.bench_function(format!("lane_decrypt_{how}{BURST}/{size}"), |b| {
+            b.iter(|| {
+                let mut pkts = refilled_burst(&mut storage, plen, 0, protected);
+                if burst {
+                    assert_eq!(inbound.decrypt_burst(&mut pkts, &mut results, now), BURST);
+                } else {
+                    for p in pkts.iter_mut() {
+                        inbound.decrypt(p, now).expect("decrypts");
+                    }
+                }
+                black_box(&pkts);
+            })
+        });
+    }
 }
 
 fn raw_aead_benches(g: &mut BenchmarkGroup<'_, WallTime>, suite: Suite, size: usize) {
