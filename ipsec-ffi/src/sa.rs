@@ -1172,59 +1172,44 @@ pub(crate) trait BurstTarget {
     ) -> usize;
 }
 
-impl BurstTarget for SecurityAssociation {
-    fn bursts_interleave(&self) -> bool {
-        SecurityAssociation::bursts_interleave(self)
-    }
+/// [`BurstTarget`] for a type with the SA's packet and burst calls.
+macro_rules! burst_target {
+    ($($ty:ty),+) => {$(
+        impl BurstTarget for $ty {
+            fn bursts_interleave(&self) -> bool {
+                <$ty>::bursts_interleave(self)
+            }
 
-    #[inline(always)]
-    fn one(&mut self, op: BurstOp, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
-        match op {
-            BurstOp::Encrypt => self.encrypt(pkt, now),
-            BurstOp::Decrypt => self.decrypt(pkt, now),
-        }
-    }
+            #[inline(always)]
+            fn one(
+                &mut self,
+                op: BurstOp,
+                pkt: &mut PacketBuf<'_>,
+                now: Duration,
+            ) -> Result<(), Error> {
+                match op {
+                    BurstOp::Encrypt => self.encrypt(pkt, now),
+                    BurstOp::Decrypt => self.decrypt(pkt, now),
+                }
+            }
 
-    fn many(
-        &mut self,
-        op: BurstOp,
-        pkts: &mut [PacketBuf<'_>],
-        results: &mut [Result<(), Error>],
-        now: Duration,
-    ) -> usize {
-        match op {
-            BurstOp::Encrypt => self.encrypt_burst(pkts, results, now),
-            BurstOp::Decrypt => self.decrypt_burst(pkts, results, now),
+            fn many(
+                &mut self,
+                op: BurstOp,
+                pkts: &mut [PacketBuf<'_>],
+                results: &mut [Result<(), Error>],
+                now: Duration,
+            ) -> usize {
+                match op {
+                    BurstOp::Encrypt => self.encrypt_burst(pkts, results, now),
+                    BurstOp::Decrypt => self.decrypt_burst(pkts, results, now),
+                }
+            }
         }
-    }
+    )+};
 }
 
-impl BurstTarget for SaLane {
-    fn bursts_interleave(&self) -> bool {
-        SaLane::bursts_interleave(self)
-    }
-
-    #[inline(always)]
-    fn one(&mut self, op: BurstOp, pkt: &mut PacketBuf<'_>, now: Duration) -> Result<(), Error> {
-        match op {
-            BurstOp::Encrypt => self.encrypt(pkt, now),
-            BurstOp::Decrypt => self.decrypt(pkt, now),
-        }
-    }
-
-    fn many(
-        &mut self,
-        op: BurstOp,
-        pkts: &mut [PacketBuf<'_>],
-        results: &mut [Result<(), Error>],
-        now: Duration,
-    ) -> usize {
-        match op {
-            BurstOp::Encrypt => self.encrypt_burst(pkts, results, now),
-            BurstOp::Decrypt => self.decrypt_burst(pkts, results, now),
-        }
-    }
-}
+burst_target!(SecurityAssociation, SaLane);
 
 /// How many descriptors [`burst`] hands to one `SecurityAssociation::encrypt_burst` /
 /// `decrypt_burst` call (the size of the core's own burst chunks).

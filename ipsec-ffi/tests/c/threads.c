@@ -192,6 +192,68 @@ static void *decrypt_worker(void *arg)
 
 static worker workers[2];
 
+/* Runs `fn` on two threads, thread t on workers[t] with lanes[t]; returns when both
+ * have finished. */
+static void run_lane_workers(ipsec_sa_lane *lanes[2], void *(*fn)(void *))
+{
+    pthread_t threads[2];
+    int t;
+    for (t = 0; t < 2; t++) {
+        workers[t].lane = lanes[t];
+        workers[t].index = t;
+        if (pthread_create(&threads[t], NULL, fn, &workers[t]) != 0) {
+            printf("FAIL: pthread_create\n");
+            exit(1);
+        }
+    }
+    for (t = 0; t < 2; t++) {
+        pthread_join(threads[t], NULL);
+    }
+}
+
+/* Fills by_seq from what the two lanes (or workers) sent; 1 when their sequence numbers
+ * are exactly 1 .. 2N, each used once. */
+static int index_by_seq(void)
+{
+    int t, i, ok = 1;
+    memset(by_seq, 0, sizeof by_seq);
+    for (t = 0; t < 2; t++) {
+        for (i = 0; i < N; i++) {
+            uint32_t s = seq_of(&sent[t][i]);
+            if (s < 1 || s > 2 * N || by_seq[s] != NULL) {
+                ok = 0;
+            } else {
+                by_seq[s] = &sent[t][i];
+            }
+        }
+    }
+    return ok;
+}
+
+/* An ordinary inbound SA of `cfg` decrypts by_seq[1 .. 2N] (see index_by_seq), in
+ * sequence order: 1 when every packet decrypts to the one its lane sent (tag
+ * lane << 16 | index). */
+static int decrypt_sorted(const ipsec_sa_config *cfg)
+{
+    ipsec_sa *inbound = NULL;
+    int i, decrypted = 0, tags_ok = 1;
+    OK("ipsec_sa_new (the ordinary inbound SA)", ipsec_sa_new(cfg, T0, &inbound));
+    for (i = 1; i <= 2 * N; i++) {
+        wire copy = *by_seq[i];
+        const wire *orig = by_seq[i];
+        int lane = orig >= &sent[1][0];
+        int idx = (int)(orig - &sent[lane][0]);
+        if (ipsec_sa_decrypt(inbound, copy.buf, SIZE, &copy.off, &copy.len, T0) == IPSEC_OK) {
+            decrypted++;
+            if (copy.len != PLEN || tag_of(copy.buf + copy.off) != ((uint32_t)lane << 16 | (uint32_t)idx)) {
+                tags_ok = 0;
+            }
+        }
+    }
+    ipsec_sa_free(inbound);
+    return decrypted == 2 * N && tags_ok;
+}
+
 static void shared_sa(void)
 {
     ipsec_sa_config cfg;
@@ -289,17 +351,7 @@ static void shared_sa(void)
     OK("ipsec_shared_sa_new: 2 inbound lanes, default block",
        ipsec_shared_sa_new(&cfg, 2, 0, T0, &rx, lanes));
     memset(workers, 0, sizeof workers);
-    for (t = 0; t < 2; t++) {
-        workers[t].lane = lanes[t];
-        workers[t].index = t;
-        if (pthread_create(&threads[t], NULL, decrypt_worker, &workers[t]) != 0) {
-            printf("FAIL: pthread_create\n");
-            exit(1);
-        }
-    }
-    for (t = 0; t < 2; t++) {
-        pthread_join(threads[t], NULL);
-    }
+    run_lane_workers(lanes, decrypt_worker);
     TRUE("no other failure", workers[0].failures == 0 && workers[1].failures == 0);
     for (i = 1; i <= 2 * N; i++) {
         if (workers[0].accepted[i] + workers[1].accepted[i] != 1) {
@@ -416,44 +468,20 @@ static void lane_bursts(void)
     ipsec_sa_config cfg;
     ipsec_shared_sa *tx = NULL, *rx = NULL;
     ipsec_sa_lane *lanes[2] = {NULL, NULL};
-    ipsec_sa *inbound = NULL;
     ipsec_sa_stats st;
     ipsec_packet none = {NULL, 0, 0, 0, 0, 0};
-    pthread_t threads[2];
-    int i, t, distinct = 1, in_range = 1, decrypted = 0, tags_ok = 1, once = 1;
+    int i, unique, once = 1;
 
     printf("\n-- one AES-CBC + HMAC outbound SA, two threads, a lane each, in bursts of 32\n");
     make_cbc_config(&cfg, IPSEC_DIRECTION_OUTBOUND);
     OK("ipsec_shared_sa_new: 2 lanes, blocks of 8",
        ipsec_shared_sa_new(&cfg, 2, BLOCK, T0, &tx, lanes));
     memset(workers, 0, sizeof workers);
-    for (t = 0; t < 2; t++) {
-        workers[t].lane = lanes[t];
-        workers[t].index = t;
-        if (pthread_create(&threads[t], NULL, encrypt_burst_worker, &workers[t]) != 0) {
-            printf("FAIL: pthread_create\n");
-            exit(1);
-        }
-    }
-    for (t = 0; t < 2; t++) {
-        pthread_join(threads[t], NULL);
-    }
+    run_lane_workers(lanes, encrypt_burst_worker);
     TRUE("every packet encrypted", workers[0].failures == 0 && workers[1].failures == 0);
-    memset(by_seq, 0, sizeof by_seq);
-    for (t = 0; t < 2; t++) {
-        for (i = 0; i < N; i++) {
-            uint32_t s = seq_of(&sent[t][i]);
-            if (s < 1 || s > 2 * N) {
-                in_range = 0;
-            } else if (by_seq[s] != NULL) {
-                distinct = 0;
-            } else {
-                by_seq[s] = &sent[t][i];
-            }
-        }
-    }
+    unique = index_by_seq();
     TRUE("exactly 1 .. 2N, none twice (bursts lease blocks as single calls do)",
-         in_range && distinct && ipsec_shared_sa_seq(tx) == 2 * N);
+         unique && ipsec_shared_sa_seq(tx) == 2 * N);
     TRUE("a NULL lane: 0, every status INVALID_ARGUMENT",
          ipsec_sa_lane_encrypt_burst(NULL, &none, 1, T0) == 0 &&
              none.status == IPSEC_ERR_INVALID_ARGUMENT);
@@ -465,36 +493,14 @@ static void lane_bursts(void)
 
     printf("\n-- an ordinary inbound SA decrypts them all\n");
     make_cbc_config(&cfg, IPSEC_DIRECTION_INBOUND);
-    OK("ipsec_sa_new (inbound)", ipsec_sa_new(&cfg, T0, &inbound));
-    for (i = 1; i <= 2 * N && in_range && distinct; i++) {
-        wire copy = *by_seq[i];
-        const wire *orig = by_seq[i];
-        int lane = orig >= &sent[1][0];
-        int idx = (int)(orig - &sent[lane][0]);
-        if (ipsec_sa_decrypt(inbound, copy.buf, SIZE, &copy.off, &copy.len, T0) == IPSEC_OK) {
-            decrypted++;
-            if (copy.len != PLEN || tag_of(copy.buf + copy.off) != ((uint32_t)lane << 16 | (uint32_t)idx)) {
-                tags_ok = 0;
-            }
-        }
-    }
-    TRUE("all 2N decrypted, each the packet its lane sent", decrypted == 2 * N && tags_ok);
-    ipsec_sa_free(inbound);
+    TRUE("all 2N decrypted, each the packet its lane sent", unique && decrypt_sorted(&cfg));
 
     printf("\n-- two threads on two inbound lanes, each given every packet, in bursts\n");
     OK("ipsec_shared_sa_new: 2 inbound lanes",
        ipsec_shared_sa_new(&cfg, 2, 0, T0, &rx, lanes));
     memset(workers, 0, sizeof workers);
-    for (t = 0; t < 2; t++) {
-        workers[t].lane = lanes[t];
-        workers[t].index = t;
-        if (pthread_create(&threads[t], NULL, decrypt_burst_worker, &workers[t]) != 0) {
-            printf("FAIL: pthread_create\n");
-            exit(1);
-        }
-    }
-    for (t = 0; t < 2; t++) {
-        pthread_join(threads[t], NULL);
+    if (unique) {
+        run_lane_workers(lanes, decrypt_burst_worker);
     }
     TRUE("no other failure", workers[0].failures == 0 && workers[1].failures == 0);
     for (i = 1; i <= 2 * N; i++) {
@@ -733,18 +739,7 @@ static void worker_gateways(void)
     }
     TRUE("every packet protected by its worker's gateway",
          gw_workers[0].failures == 0 && gw_workers[1].failures == 0);
-    memset(by_seq, 0, sizeof by_seq);
-    for (w = 0; w < 2; w++) {
-        int i;
-        for (i = 0; i < N; i++) {
-            s = seq_of(&sent[w][i]);
-            if (s == 0 || s > 2 * N || by_seq[s] != NULL) {
-                unique = 0;
-            } else {
-                by_seq[s] = &sent[w][i];
-            }
-        }
-    }
+    unique = index_by_seq();
     TRUE("sequence numbers 1..2N, each used once (blocks of 8 from one counter)", unique);
     make_config(&cfg, IPSEC_DIRECTION_INBOUND);
     OK("the peer's inbound SA", ipsec_sa_new(&cfg, T0, &inbound));
