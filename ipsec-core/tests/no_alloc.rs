@@ -295,59 +295,14 @@ fn gateway_lookup_by_address_does_not_allocate() {
     assert_eq!(gw.sa("u").unwrap().stats().dropped_total(), PACKETS as u64);
 }
 
-/// The CBC burst path (CBC chains and HMACs of up to 8 packets side by side): bursts of
-/// 32 packets of mixed lengths, so that lanes drop out at different blocks, with
-/// HMAC-SHA-256 (hashed side by side too) and HMAC-SHA-1 (one packet at a time).
-#[test]
-fn cbc_burst_lanes_do_not_allocate() {
+/// Bursts of 32 packets of mixed lengths, `PACKETS` in all: each burst refilled,
+/// `encrypt`ed, `decrypt`ed (both must take all 32) and checked. Returns the allocations
+/// the rounds made.
+fn cbc_burst_allocations(
+    mut encrypt: impl FnMut(&mut [PacketBuf<'_>], &mut [Result<(), Error>]) -> usize,
+    mut decrypt: impl FnMut(&mut [PacketBuf<'_>], &mut [Result<(), Error>]) -> usize,
+) -> u64 {
     const N: usize = 32;
-    for suite in [
-        (Cipher::Aes128Cbc, Some(Integrity::HmacSha256_128)),
-        (Cipher::Aes256Cbc, Some(Integrity::HmacSha1_96)),
-    ] {
-        for mode in [Mode::Tunnel, Mode::Transport] {
-            let (mut out, mut inb) = pair(0x4444, mode, suite);
-            let plains: Vec<Vec<u8>> = (0..N).map(|i| inner_v4(i * 45, 0)).collect();
-            let mut bufs = vec![[0u8; 1792]; N];
-            let mut res: [Result<(), Error>; N] = [Ok(()); N];
-            let before = allocs();
-            for _ in 0..PACKETS / N {
-                for (b, p) in bufs.iter_mut().zip(&plains) {
-                    b[HEAD..HEAD + p.len()].copy_from_slice(p);
-                }
-                let mut it = bufs.iter_mut().zip(&plains);
-                let mut pkts: [PacketBuf<'_>; N] = core::array::from_fn(|_| {
-                    let (b, p) = it.next().expect("buffer");
-                    PacketBuf::new(b, HEAD, p.len()).expect("buf")
-                });
-                assert_eq!(out.encrypt_burst(&mut pkts, &mut res, T0), N);
-                assert_eq!(inb.decrypt_burst(&mut pkts, &mut res, T0), N);
-                assert!(pkts.iter().zip(&plains).all(|(p, q)| p.data() == &q[..]));
-            }
-            let n = allocs() - before;
-            assert_eq!(n, 0, "{suite:?} {mode:?}: {n} allocations in CBC bursts");
-        }
-    }
-}
-
-/// A lane's bursts (`SaLane::encrypt_burst` / `decrypt_burst`: the SA's CBC burst code
-/// with the numbers of the lane's block, block leases and counter publication included)
-/// allocate nothing.
-#[test]
-fn shared_sa_lane_bursts_do_not_allocate() {
-    use ipsec_core::{Direction, SharedSa, SharedSaOptions};
-    const N: usize = 32;
-    let suite = (Cipher::Aes128Cbc, Some(Integrity::HmacSha256_128));
-    let mut out_cfg = common::config(0x4545, Direction::Outbound, Mode::Tunnel, suite);
-    out_cfg.tunnel(
-        "192.0.2.1".parse().unwrap(),
-        "198.51.100.2".parse().unwrap(),
-    );
-    let in_cfg = common::config(0x4545, Direction::Inbound, Mode::Tunnel, suite);
-    // Blocks of 8: a burst of 32 leases four times.
-    let options = SharedSaOptions::lanes(2).with_block(8);
-    let (_out, mut out_lanes) = SharedSa::new(out_cfg, options, T0).expect("shared");
-    let (_in, mut in_lanes) = SharedSa::new(in_cfg, options, T0).expect("shared");
     let plains: Vec<Vec<u8>> = (0..N).map(|i| inner_v4(i * 45, 0)).collect();
     let mut bufs = vec![[0u8; 1792]; N];
     let mut res: [Result<(), Error>; N] = [Ok(()); N];
@@ -361,11 +316,54 @@ fn shared_sa_lane_bursts_do_not_allocate() {
             let (b, p) = it.next().expect("buffer");
             PacketBuf::new(b, HEAD, p.len()).expect("buf")
         });
-        assert_eq!(out_lanes[0].encrypt_burst(&mut pkts, &mut res, T0), N);
-        assert_eq!(in_lanes[1].decrypt_burst(&mut pkts, &mut res, T0), N);
+        assert_eq!(encrypt(&mut pkts, &mut res), N);
+        assert_eq!(decrypt(&mut pkts, &mut res), N);
         assert!(pkts.iter().zip(&plains).all(|(p, q)| p.data() == &q[..]));
     }
-    let n = allocs() - before;
+    allocs() - before
+}
+
+/// The CBC burst path (CBC chains and HMACs of up to 8 packets side by side): bursts of
+/// 32 packets of mixed lengths, so that lanes drop out at different blocks, with
+/// HMAC-SHA-256 (hashed side by side too) and HMAC-SHA-1 (one packet at a time).
+#[test]
+fn cbc_burst_lanes_do_not_allocate() {
+    for suite in [
+        (Cipher::Aes128Cbc, Some(Integrity::HmacSha256_128)),
+        (Cipher::Aes256Cbc, Some(Integrity::HmacSha1_96)),
+    ] {
+        for mode in [Mode::Tunnel, Mode::Transport] {
+            let (mut out, mut inb) = pair(0x4444, mode, suite);
+            let n = cbc_burst_allocations(
+                |p, r| out.encrypt_burst(p, r, T0),
+                |p, r| inb.decrypt_burst(p, r, T0),
+            );
+            assert_eq!(n, 0, "{suite:?} {mode:?}: {n} allocations in CBC bursts");
+        }
+    }
+}
+
+/// A lane's bursts (`SaLane::encrypt_burst` / `decrypt_burst`: the SA's CBC burst code
+/// with the numbers of the lane's block, block leases and counter publication included)
+/// allocate nothing.
+#[test]
+fn shared_sa_lane_bursts_do_not_allocate() {
+    use ipsec_core::{Direction, SharedSa, SharedSaOptions};
+    let suite = (Cipher::Aes128Cbc, Some(Integrity::HmacSha256_128));
+    let mut out_cfg = common::config(0x4545, Direction::Outbound, Mode::Tunnel, suite);
+    out_cfg.tunnel(
+        "192.0.2.1".parse().unwrap(),
+        "198.51.100.2".parse().unwrap(),
+    );
+    let in_cfg = common::config(0x4545, Direction::Inbound, Mode::Tunnel, suite);
+    // Blocks of 8: a burst of 32 leases four times.
+    let options = SharedSaOptions::lanes(2).with_block(8);
+    let (_out, mut out_lanes) = SharedSa::new(out_cfg, options, T0).expect("shared");
+    let (_in, mut in_lanes) = SharedSa::new(in_cfg, options, T0).expect("shared");
+    let n = cbc_burst_allocations(
+        |p, r| out_lanes[0].encrypt_burst(p, r, T0),
+        |p, r| in_lanes[1].decrypt_burst(p, r, T0),
+    );
     assert_eq!(n, 0, "{n} allocations in lane bursts");
 }
 
