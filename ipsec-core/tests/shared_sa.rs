@@ -19,7 +19,15 @@ const KEY: [u8; 20] = [
 ];
 
 fn config(dir: Direction) -> SaConfig {
-    let mut c = SaConfig::new(0x4242, dir, Mode::Tunnel, Cipher::Aes128Gcm, &KEY);
+    tunnel_config(
+        SaConfig::new(0x4242, dir, Mode::Tunnel, Cipher::Aes128Gcm, &KEY),
+        dir,
+    )
+}
+
+/// `c`, an SA of direction `dir`, with this side's tunnel (outbound) or a replay window
+/// of 1024 (inbound).
+fn tunnel_config(mut c: SaConfig, dir: Direction) -> SaConfig {
     if dir == Direction::Outbound {
         c.tunnel(
             "192.0.2.1".parse().unwrap(),
@@ -244,15 +252,7 @@ fn bad_options_are_refused() {
 fn cbc_config(dir: Direction) -> SaConfig {
     let mut c = SaConfig::new(0x4343, dir, Mode::Tunnel, Cipher::Aes128Cbc, &KEY[..16]);
     c.integrity(Integrity::HmacSha256_128, &[0x5a; 32]);
-    if dir == Direction::Outbound {
-        c.tunnel(
-            "192.0.2.1".parse().unwrap(),
-            "198.51.100.2".parse().unwrap(),
-        );
-    } else {
-        c.replay_window(1024);
-    }
-    c
+    tunnel_config(c, dir)
 }
 
 /// One packet's outcome: the result, and the bytes left in its buffer's window.

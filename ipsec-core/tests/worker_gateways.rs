@@ -25,7 +25,13 @@ fn key(n: u8) -> [u8; 20] {
 }
 
 fn config(spi: u32, dir: Direction, key: &[u8]) -> SaConfig {
-    let mut c = SaConfig::new(spi, dir, Mode::Tunnel, Cipher::Aes128Gcm, key);
+    let c = SaConfig::new(spi, dir, Mode::Tunnel, Cipher::Aes128Gcm, key);
+    tunnel_config(c, dir)
+}
+
+/// `c`, an SA of direction `dir`, with this side's tunnel (outbound) or a replay window
+/// of 4096 (inbound).
+fn tunnel_config(mut c: SaConfig, dir: Direction) -> SaConfig {
     if dir == Direction::Outbound {
         c.tunnel(
             "192.0.2.1".parse().unwrap(),
@@ -315,15 +321,7 @@ fn a_refused_lane_is_given_back_unchanged() {
 fn cbc_config(dir: Direction) -> SaConfig {
     let mut c = SaConfig::new(SPI, dir, Mode::Tunnel, Cipher::Aes128Cbc, &key(5)[..16]);
     c.integrity(Integrity::HmacSha256_128, &[0x3c; 32]);
-    if dir == Direction::Outbound {
-        c.tunnel(
-            "192.0.2.1".parse().unwrap(),
-            "198.51.100.2".parse().unwrap(),
-        );
-    } else {
-        c.replay_window(1024);
-    }
-    c
+    tunnel_config(c, dir)
 }
 
 /// Two worker gateways, each with its lane (blocks of 5) of a shared AES-CBC + HMAC SA

@@ -192,11 +192,9 @@ static void *decrypt_worker(void *arg)
 
 static worker workers[2];
 
-/* Runs `fn` on two threads, thread t on workers[t] with lanes[t]; returns when both
- * have finished. */
-static void run_lane_workers(ipsec_sa_lane *lanes[2], void *(*fn)(void *))
+/* Starts `fn` on two threads, thread t on workers[t] with lanes[t]. */
+static void start_lane_workers(pthread_t threads[2], ipsec_sa_lane *lanes[2], void *(*fn)(void *))
 {
-    pthread_t threads[2];
     int t;
     for (t = 0; t < 2; t++) {
         workers[t].lane = lanes[t];
@@ -206,6 +204,14 @@ static void run_lane_workers(ipsec_sa_lane *lanes[2], void *(*fn)(void *))
             exit(1);
         }
     }
+}
+
+/* Runs `fn` on two threads as start_lane_workers; returns when both have finished. */
+static void run_lane_workers(ipsec_sa_lane *lanes[2], void *(*fn)(void *))
+{
+    pthread_t threads[2];
+    int t;
+    start_lane_workers(threads, lanes, fn);
     for (t = 0; t < 2; t++) {
         pthread_join(threads[t], NULL);
     }
@@ -269,14 +275,7 @@ static void shared_sa(void)
     make_config(&cfg, IPSEC_DIRECTION_OUTBOUND);
     OK("ipsec_shared_sa_new: 2 lanes, blocks of 8",
        ipsec_shared_sa_new(&cfg, 2, BLOCK, T0, &tx, lanes));
-    for (t = 0; t < 2; t++) {
-        workers[t].lane = lanes[t];
-        workers[t].index = t;
-        if (pthread_create(&threads[t], NULL, encrypt_worker, &workers[t]) != 0) {
-            printf("FAIL: pthread_create\n");
-            exit(1);
-        }
-    }
+    start_lane_workers(threads, lanes, encrypt_worker);
     /* The shared part may be read from any thread while the lanes run. */
     for (i = 0; i < 1000; i++) {
         seq = ipsec_shared_sa_seq(tx);
