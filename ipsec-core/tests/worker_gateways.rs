@@ -101,6 +101,21 @@ fn send(gw: &mut Gateway, tag: u32) -> Result<(Vec<u8>, String), Error> {
     Ok((p.data().to_vec(), sa))
 }
 
+/// Packets tagged 0 .. `count` from the branch (remote) to the head office (local),
+/// sealed by the peer's outbound SA `peer`.
+fn from_branch(peer: &mut SecurityAssociation, count: u32) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|tag| {
+            let pkt = packet([10, 1, 0, 1], [10, 0, 0, 1], tag);
+            let mut buf = vec![0u8; ROOM + pkt.len() + ROOM];
+            buf[ROOM..ROOM + pkt.len()].copy_from_slice(&pkt);
+            let mut p = PacketBuf::new(&mut buf, ROOM, pkt.len()).unwrap();
+            peer.encrypt(&mut p, T0).unwrap();
+            p.data().to_vec()
+        })
+        .collect()
+}
+
 fn decrypt(sa: &mut SecurityAssociation, wire: &[u8]) -> Result<Vec<u8>, Error> {
     let mut buf = wire.to_vec();
     let mut p = PacketBuf::new(&mut buf, 0, wire.len())?;
@@ -209,19 +224,7 @@ fn two_worker_gateways_send_one_sa_and_rekey_it_under_traffic() {
 fn two_worker_gateways_accept_each_packet_of_one_sa_once() {
     const PACKETS: u32 = 2000;
     let mut peer = SecurityAssociation::new(config(SPI, Direction::Outbound, &key(3)), T0).unwrap();
-    let wires: Arc<Vec<Vec<u8>>> = Arc::new(
-        (0..PACKETS)
-            .map(|tag| {
-                // From the branch (remote) to the head office (local).
-                let pkt = packet([10, 1, 0, 1], [10, 0, 0, 1], tag);
-                let mut buf = vec![0u8; ROOM + pkt.len() + ROOM];
-                buf[ROOM..ROOM + pkt.len()].copy_from_slice(&pkt);
-                let mut p = PacketBuf::new(&mut buf, ROOM, pkt.len()).unwrap();
-                peer.encrypt(&mut p, T0).unwrap();
-                p.data().to_vec()
-            })
-            .collect(),
-    );
+    let wires: Arc<Vec<Vec<u8>>> = Arc::new(from_branch(&mut peer, PACKETS));
     let (shared, in_lanes) = lanes(SPI, Direction::Inbound, &key(3), 2);
     // Every packet goes to both workers (as when a packet is duplicated on the way):
     // exactly one accepts it.
@@ -452,16 +455,7 @@ fn worker_gateway_bursts_on_lanes_give_what_single_calls_give() {
     // Inbound: the branch's packets to the head office, a tampered copy ahead of every
     // 11th, an earlier packet replayed after every 13th.
     let mut peer = SecurityAssociation::new(cbc_config(Direction::Outbound), T0).unwrap();
-    let sealed: Vec<Vec<u8>> = (0..120u32)
-        .map(|tag| {
-            let pkt = packet([10, 1, 0, 1], [10, 0, 0, 1], tag);
-            let mut buf = vec![0u8; ROOM + pkt.len() + ROOM];
-            buf[ROOM..ROOM + pkt.len()].copy_from_slice(&pkt);
-            let mut p = PacketBuf::new(&mut buf, ROOM, pkt.len()).unwrap();
-            peer.encrypt(&mut p, T0).unwrap();
-            p.data().to_vec()
-        })
-        .collect();
+    let sealed = from_branch(&mut peer, 120);
     let mut wires = Vec::new();
     for (i, w) in sealed.iter().enumerate() {
         if i % 11 == 0 {
